@@ -1,0 +1,3 @@
+from beamport.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The `beamport` command: the server, and client commands that talk to it over HTTP."""

@@ -1,0 +1,19 @@
+"""Server settings, from the command line or BEAMPORT_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("BEAMPORT_DATA_DIR", "beamport-data")))
+    database_url: str | None = field(default_factory=lambda: os.environ.get("BEAMPORT_DATABASE_URL") or None)
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    log_level: str = "info"

@@ -1,0 +1,98 @@
+"""The HTTP layer: routes of the Dataflow v1b3 REST API onto the service layer, nothing more."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.routing import Route
+
+from beamport.errors import ApiError
+from beamport.http import jobs
+from beamport.http.protocol import error_response
+from beamport.http.unimplemented import NO_ENGINE, NO_SNAPSHOTS, NO_SQL, NO_TEMPLATES, NO_WORKERS, not_yet
+
+log = logging.getLogger(__name__)
+
+P = "/v1b3/projects/{projectId}"
+L = P + "/locations/{location}"
+
+
+def _twins(path: str, endpoint, methods: list[str]) -> list[Route]:
+    """A method under projects.locations and its location-less twin under projects (us-central1)."""
+    return [Route(L + path, endpoint, methods=methods), Route(P + path, endpoint, methods=methods)]
+
+
+def routes() -> list[Route]:
+    # Order matters: ":verb" paths before the plain {jobId} paths they would also match.
+    table = [
+        Route(P + "/jobs:aggregated", jobs.aggregated, methods=["GET"]),
+        *_twins("/jobs/{jobId}:snapshot", not_yet("jobs.snapshot", NO_SNAPSHOTS), ["POST"]),
+        *_twins("/jobs/{jobId}/workItems:lease", not_yet("jobs.workItems.lease", NO_WORKERS), ["POST"]),
+        *_twins("/jobs/{jobId}/workItems:reportStatus", not_yet("jobs.workItems.reportStatus", NO_WORKERS), ["POST"]),
+        *_twins("/jobs/{jobId}/debug/getConfig", not_yet("jobs.debug.getConfig", NO_WORKERS), ["POST"]),
+        *_twins("/jobs/{jobId}/debug/sendCapture", not_yet("jobs.debug.sendCapture", NO_WORKERS), ["POST"]),
+        Route(
+            L + "/jobs/{jobId}/debug/getWorkerStacktraces",
+            not_yet("jobs.debug.getWorkerStacktraces", NO_WORKERS),
+            methods=["POST"],
+        ),
+        Route(L + "/jobs/{jobId}/executionDetails", not_yet("jobs.getExecutionDetails", NO_ENGINE), methods=["GET"]),
+        Route(
+            L + "/jobs/{jobId}/stages/{stageId}/executionDetails",
+            not_yet("jobs.stages.getExecutionDetails", NO_ENGINE),
+            methods=["GET"],
+        ),
+        Route(L + "/jobs/{jobId}/snapshots", not_yet("jobs.snapshots.list", NO_SNAPSHOTS), methods=["GET"]),
+        *_twins("/jobs/{jobId}/messages", jobs.list_messages, ["GET"]),
+        *_twins("/jobs/{jobId}/metrics", jobs.get_metrics, ["GET"]),
+        *_twins("/jobs/{jobId}", jobs.get, ["GET"]),
+        *_twins("/jobs/{jobId}", jobs.update, ["PUT"]),
+        *_twins("/jobs", jobs.list_, ["GET"]),
+        *_twins("/jobs", jobs.create, ["POST"]),
+        *_twins("/WorkerMessages", not_yet("workerMessages", NO_WORKERS), ["POST"]),
+        *_twins("/snapshots/{snapshotId}", not_yet("snapshots.get", NO_SNAPSHOTS), ["GET"]),
+        Route(L + "/snapshots/{snapshotId}", not_yet("snapshots.delete", NO_SNAPSHOTS), methods=["DELETE"]),
+        *_twins("/snapshots", not_yet("snapshots.list", NO_SNAPSHOTS), ["GET"]),
+        Route(P + "/snapshots", not_yet("deleteSnapshots", NO_SNAPSHOTS), methods=["DELETE"]),
+        *_twins("/templates:get", not_yet("templates.get", NO_TEMPLATES), ["GET"]),
+        *_twins("/templates:launch", not_yet("templates.launch", NO_TEMPLATES), ["POST"]),
+        *_twins("/templates", not_yet("templates.create", NO_TEMPLATES), ["POST"]),
+        Route(L + "/flexTemplates:launch", not_yet("flexTemplates.launch", NO_TEMPLATES), methods=["POST"]),
+        Route(L + "/sql:validate", not_yet("sql.validate", NO_SQL), methods=["GET"]),
+    ]
+    return table
+
+
+async def _http_error(request: Request, exc: HTTPException):
+    if exc.status_code == 405:
+        error = ApiError("NOT_FOUND", f"Method {request.method} is not defined for {request.url.path}.")
+    elif exc.status_code == 404:
+        error = ApiError("NOT_FOUND", f"The requested URL {request.url.path} was not found on this server.")
+    else:
+        error = ApiError("INVALID_ARGUMENT", str(exc.detail))
+    return error_response(error)
+
+
+async def _internal_error(request: Request, exc: Exception):
+    log.exception("internal error answering %s %s", request.method, request.url.path)
+    return error_response(ApiError("INTERNAL", "Internal error encountered."))
+
+
+def create_app(settings, jobs_service) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        jobs_service.store.close()
+
+    app = Starlette(
+        routes=routes(),
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.jobs = jobs_service
+    return app

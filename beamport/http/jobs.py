@@ -1,0 +1,101 @@
+"""projects.[locations.]jobs: create, get, list, aggregated, update, messages.list, getMetrics."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from beamport import wire
+from beamport.http.protocol import api, call, id_param, int_param, location_param, project_param, read_json
+from beamport.service import model
+
+
+def _service(request: Request):
+    return request.app.state.jobs
+
+
+def _view(request: Request) -> int:
+    return wire.parse_enum(request.query_params.get("view"), model.JobView, "view")
+
+
+@api
+async def create(request: Request) -> dict:
+    project, location = project_param(request), location_param(request)
+    view = _view(request)
+    body = await read_json(request)
+    replace = request.query_params.get("replaceJobId")
+    return await call(_service(request).create_job, project, location, body, replace, view)
+
+
+@api
+async def get(request: Request) -> dict:
+    project, location = project_param(request), location_param(request)
+    job_id = id_param(request, "jobId")
+    return await call(_service(request).get_job, project, location, job_id, _view(request))
+
+
+async def _list(request: Request, location: str | None) -> dict:
+    q = request.query_params
+    return await call(
+        _service(request).list_jobs,
+        project_param(request),
+        location,
+        filter=wire.parse_enum(q.get("filter"), model.ListJobsFilter, "filter"),
+        view=_view(request),
+        name=q.get("name"),
+        page_size_=int_param(request, "pageSize"),
+        page_token=q.get("pageToken"),
+        create_from_us=wire.parse_timestamp_us(q.get("createTimeRange.startTime"), "createTimeRange.startTime"),
+        create_to_us=wire.parse_timestamp_us(q.get("createTimeRange.endTime"), "createTimeRange.endTime"),
+        end_from_us=wire.parse_timestamp_us(
+            q.get("terminationTimeRange.startTime"), "terminationTimeRange.startTime"
+        ),
+        end_to_us=wire.parse_timestamp_us(q.get("terminationTimeRange.endTime"), "terminationTimeRange.endTime"),
+    )
+
+
+@api
+async def list_(request: Request) -> dict:
+    return await _list(request, location_param(request))
+
+
+@api
+async def aggregated(request: Request) -> dict:
+    """jobs:aggregated lists the project's jobs in every location."""
+    return await _list(request, None)
+
+
+@api
+async def update(request: Request) -> dict:
+    project, location = project_param(request), location_param(request)
+    job_id = id_param(request, "jobId")
+    body = await read_json(request)
+    mask = request.query_params.get("updateMask")
+    return await call(_service(request).update_job, project, location, job_id, body, mask)
+
+
+@api
+async def list_messages(request: Request) -> dict:
+    q = request.query_params
+    return await call(
+        _service(request).list_messages,
+        project_param(request),
+        location_param(request),
+        id_param(request, "jobId"),
+        minimum_importance=wire.parse_enum(q.get("minimumImportance"), model.JobMessageImportance, "minimumImportance"),
+        start_us=wire.parse_timestamp_us(q.get("startTime"), "startTime"),
+        end_us=wire.parse_timestamp_us(q.get("endTime"), "endTime"),
+        page_size_=int_param(request, "pageSize"),
+        page_token=q.get("pageToken"),
+    )
+
+
+@api
+async def get_metrics(request: Request) -> dict:
+    q = request.query_params
+    return await call(
+        _service(request).get_metrics,
+        project_param(request),
+        location_param(request),
+        id_param(request, "jobId"),
+        wire.parse_timestamp_us(q.get("startTime"), "startTime"),
+    )

@@ -1,0 +1,135 @@
+"""Google REST conventions shared by every endpoint: system parameters, bodies, JSON answers."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from beamport.errors import ApiError, invalid_argument
+from beamport.http.fields import parse_fields, select
+
+log = logging.getLogger(__name__)
+
+JSON_TYPE = "application/json; charset=UTF-8"
+DEFAULT_LOCATION = "us-central1"
+
+_PROJECT_RE = re.compile(r"[a-z0-9][-a-z0-9.:_]{0,127}\Z")
+_LOCATION_RE = re.compile(r"[a-z][-a-z0-9]{0,62}\Z")
+_ID_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_]{0,127}\Z")
+
+
+class SystemParams:
+    """Query parameters any Google API call may carry: alt, $.xgafv, fields, prettyPrint, key..."""
+
+    __slots__ = ("pretty", "fields")
+
+    def __init__(self, request: Request):
+        query = request.query_params
+        alt = query.get("$alt") or query.get("alt") or "json"
+        if alt.split(";", 1)[0] != "json":
+            raise invalid_argument(f"Unsupported alt value {alt!r}: this server answers in JSON only (alt=json).")
+        xgafv = query.get("$.xgafv")
+        if xgafv not in (None, "1", "2"):
+            raise invalid_argument(f"Invalid value at 'xgafv' ($.xgafv), \"{xgafv}\"")
+        self.pretty = query.get("prettyPrint", "true").lower() not in ("false", "0")
+        fields = query.get("fields") or query.get("$fields")
+        self.fields = parse_fields(fields) if fields else None
+
+
+def json_response(data: dict, params: SystemParams | None = None, status: int = 200) -> Response:
+    if params is not None and params.fields is not None:
+        data = select(data, params.fields)
+    option = orjson.OPT_INDENT_2 if params is None or params.pretty else 0
+    return Response(orjson.dumps(data, option=option), status_code=status, media_type=JSON_TYPE)
+
+
+def error_response(error: ApiError) -> Response:
+    return Response(orjson.dumps(error.to_dict(), option=orjson.OPT_INDENT_2), status_code=error.code, media_type=JSON_TYPE)
+
+
+def api(handler):
+    """Wrap an endpoint: system parameters, Google-style errors, JSON answer."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            params = SystemParams(request)
+            return json_response(await handler(request), params)
+        except ApiError as error:
+            return error_response(error)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+async def call(function, *args, **kwargs):
+    """Run a (blocking) service call off the event loop."""
+    return await run_in_threadpool(function, *args, **kwargs)
+
+
+async def read_json(request: Request) -> dict:
+    """The request body as a JSON object; refuses bodies over the limit without reading them whole."""
+    limit = request.app.state.settings.max_request_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise invalid_argument("Invalid Content-Length header")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        return {}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_argument(f"Invalid JSON payload received. {exc}") from None
+    if not isinstance(data, dict):
+        raise invalid_argument(
+            f"Invalid JSON payload received. The request body must be a JSON object, not {type(data).__name__}."
+        )
+    return data
+
+
+def _too_large(limit: int) -> ApiError:
+    return invalid_argument(f"Request payload size exceeds the limit: {limit} bytes.")
+
+
+def project_param(request: Request) -> str:
+    project = request.path_params["projectId"]
+    if not _PROJECT_RE.match(project):
+        raise invalid_argument(f"Invalid project id {project!r}")
+    return project
+
+
+def location_param(request: Request) -> str:
+    location = request.path_params.get("location", DEFAULT_LOCATION)
+    if not _LOCATION_RE.match(location):
+        raise invalid_argument(f"Invalid location {location!r}")
+    return location
+
+
+def id_param(request: Request, name: str) -> str:
+    value = request.path_params[name]
+    if not _ID_RE.match(value):
+        raise invalid_argument(f"Invalid {name} {value!r}")
+    return value
+
+
+def int_param(request: Request, name: str) -> int:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise invalid_argument(f"Invalid value at '{name}' (TYPE_INT32), \"{value}\"") from None

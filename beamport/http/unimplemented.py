@@ -1,0 +1,23 @@
+"""Methods routed but not yet backed by a real implementation: each answers UNIMPLEMENTED saying what is missing."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from beamport.errors import unimplemented
+from beamport.http.protocol import api
+
+NO_WORKERS = "this Beamport server has no worker harness yet"
+NO_ENGINE = "this Beamport server has no execution engine yet, so no job has an execution to describe"
+NO_SNAPSHOTS = "snapshots need a streaming engine that checkpoints state, which this Beamport server does not have yet"
+NO_TEMPLATES = "this Beamport server cannot launch templates yet"
+NO_SQL = "this Beamport server has no GoogleSQL validator yet"
+
+
+def not_yet(method: str, reason: str):
+    @api
+    async def endpoint(request: Request) -> dict:
+        raise unimplemented(f"{method} is not implemented: {reason}.")
+
+    endpoint.__name__ = method.replace(".", "_")
+    return endpoint

@@ -1,0 +1,36 @@
+"""Assemble the service from its parts (store, service layer, HTTP layer) and run it under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from beamport.config import Settings
+from beamport.http.app import create_app
+from beamport.service.jobs import JobService
+from beamport.store import open_store
+
+log = logging.getLogger("beamport")
+
+
+def build_app(settings: Settings):
+    store = open_store(settings.database_url, settings.data_dir)
+    return create_app(settings, JobService(store))
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = build_app(settings)
+    where = settings.database_url.split("@")[-1] if settings.database_url else settings.data_dir.resolve()
+    log.info("Beamport serving the Dataflow API on http://%s:%d/v1b3/ (state: %s)", settings.host, settings.port, where)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )

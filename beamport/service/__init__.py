@@ -1,0 +1,1 @@
+"""The service layer: Dataflow's semantics over the store, free of HTTP."""

@@ -1,0 +1,414 @@
+"""Dataflow's job semantics: create, get, list, update (state changes), messages and metrics.
+
+Every change is one atomic store write guarded by the job's version, so two
+concurrent requests can never both act on the same old state; the loser reads
+the job again and re-applies its request to what it finds.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from beamport import wire
+from beamport.errors import ApiError, failed_precondition, invalid_argument, not_found
+from beamport.service import model
+from beamport.service.model import JobPb
+from beamport.service.paging import decode_token, encode_token, page_size
+from beamport.store.base import (
+    FILTER_ACTIVE,
+    FILTER_ALL,
+    FILTER_TERMINATED,
+    ActiveNameTaken,
+    JobChange,
+    JobQuery,
+    JobRecord,
+    MessageQuery,
+    MessageRecord,
+    Store,
+    VersionConflict,
+    Write,
+)
+
+log = logging.getLogger(__name__)
+
+_RETRIES = 50
+_FILTERS = {"UNKNOWN": FILTER_ALL, "ALL": FILTER_ALL, "ACTIVE": FILTER_ACTIVE, "TERMINATED": FILTER_TERMINATED}
+# Fields a client may name in jobs.update's updateMask (both spellings are accepted, as Google's ESF does).
+_UPDATABLE = {
+    "labels": ("labels",),
+    "runtime_updatable_params.max_num_workers": ("runtimeUpdatableParams", "maxNumWorkers"),
+    "runtime_updatable_params.min_num_workers": ("runtimeUpdatableParams", "minNumWorkers"),
+    "runtime_updatable_params.worker_utilization_hint": ("runtimeUpdatableParams", "workerUtilizationHint"),
+}
+_UPDATABLE.update(
+    {
+        "runtimeUpdatableParams.maxNumWorkers": _UPDATABLE["runtime_updatable_params.max_num_workers"],
+        "runtimeUpdatableParams.minNumWorkers": _UPDATABLE["runtime_updatable_params.min_num_workers"],
+        "runtimeUpdatableParams.workerUtilizationHint": _UPDATABLE["runtime_updatable_params.worker_utilization_hint"],
+    }
+)
+NO_ENGINE_WARNING = (
+    "This Beamport server has no execution engine yet, so nothing will run this job: "
+    "it stays in JOB_STATE_PENDING until it is cancelled."
+)
+
+
+def _timestamp(us: int) -> str:
+    return wire.format_timestamp_us(us)
+
+
+def _message(job_id: str, now_us: int, importance: str, text: str) -> MessageRecord:
+    return MessageRecord(
+        job_id=job_id,
+        message_id=model.new_message_id(),
+        time_us=now_us,
+        importance_rank=model.IMPORTANCE_RANK[importance],
+        text=text,
+    )
+
+
+def _record_from_document(doc: dict, record: JobRecord | None = None) -> JobRecord:
+    summary, detail = model.split_document(doc)
+    active = doc.get("currentState") not in model.TERMINAL_STATES
+    end_us = None
+    if not active:
+        end_us = wire.parse_timestamp_us(doc.get("currentStateTime"), "currentStateTime")
+    fields = dict(
+        id=doc["id"],
+        project_id=doc["projectId"],
+        location=doc["location"],
+        name=doc["name"],
+        client_request_id=doc.get("clientRequestId", ""),
+        active=active,
+        create_us=wire.parse_timestamp_us(doc["createTime"], "createTime"),
+        end_us=end_us,
+        summary=orjson.dumps(summary).decode(),
+        detail=orjson.dumps(detail).decode(),
+    )
+    if record is None:
+        return JobRecord(**fields)
+    for key, value in fields.items():
+        setattr(record, key, value)
+    return record
+
+
+def _document(record: JobRecord) -> dict:
+    doc = orjson.loads(record.summary)
+    if record.detail:
+        doc.update(orjson.loads(record.detail))
+    return doc
+
+
+class JobService:
+    def __init__(self, store: Store, clock=wire.now_us):
+        self.store = store
+        self.clock = clock
+
+    # -- reading ------------------------------------------------------------
+
+    def _load(self, project_id: str, location: str | None, job_id: str, with_detail: bool = True) -> JobRecord:
+        record = self.store.get_job(project_id, job_id, with_detail=with_detail)
+        if record is None or (location is not None and record.location != location):
+            where = f" in location {location}" if location else ""
+            raise not_found(
+                f"Information about job {job_id}{where} could not be found in our system. "
+                "Please double check that the id is correct."
+            )
+        return record
+
+    def _render(self, record: JobRecord, view: int) -> dict:
+        detail = orjson.loads(record.detail) if record.detail and view in (model.VIEW_ALL, model.VIEW_DESCRIPTION) else None
+        return model.render_view(orjson.loads(record.summary), detail, view)
+
+    def get_job(self, project_id: str, location: str | None, job_id: str, view: int = 0) -> dict:
+        with_detail = view in (model.VIEW_ALL, model.VIEW_DESCRIPTION)
+        return self._render(self._load(project_id, location, job_id, with_detail), view)
+
+    def list_jobs(
+        self,
+        project_id: str,
+        location: str | None,
+        filter: int = 0,
+        view: int = 0,
+        name: str | None = None,
+        page_size_: int = 0,
+        page_token: str | None = None,
+        create_from_us: int | None = None,
+        create_to_us: int | None = None,
+        end_from_us: int | None = None,
+        end_to_us: int | None = None,
+    ) -> dict:
+        limit = page_size(page_size_, default=50, maximum=1000)
+        query = JobQuery(
+            project_id=project_id,
+            location=location,
+            filter=_FILTERS[model.ListJobsFilter.values_by_number[filter].name],
+            name=name or None,
+            create_from_us=create_from_us,
+            create_to_us=create_to_us,
+            end_from_us=end_from_us,
+            end_to_us=end_to_us,
+            before_seq=decode_token("jobs", page_token),
+            limit=limit + 1,
+        )
+        with_detail = view in (model.VIEW_ALL, model.VIEW_DESCRIPTION)
+        records = self.store.list_jobs(query, with_detail=with_detail)
+        response: dict = {}
+        if records:
+            response["jobs"] = [self._render(r, view) for r in records[:limit]]
+        if len(records) > limit:
+            response["nextPageToken"] = encode_token("jobs", records[limit - 1].seq)
+        return response
+
+    def list_messages(
+        self,
+        project_id: str,
+        location: str | None,
+        job_id: str,
+        minimum_importance: int = 0,
+        start_us: int | None = None,
+        end_us: int | None = None,
+        page_size_: int = 0,
+        page_token: str | None = None,
+    ) -> dict:
+        self._load(project_id, location, job_id, with_detail=False)
+        limit = page_size(page_size_, default=100, maximum=1000)
+        rank = 0
+        if minimum_importance:
+            name = model.JobMessageImportance.values_by_number[minimum_importance].name
+            rank = model.IMPORTANCE_RANK.get(name, 0)
+        records = self.store.list_messages(
+            MessageQuery(
+                job_id=job_id,
+                min_importance_rank=rank,
+                start_us=start_us,
+                end_us=end_us,
+                after_seq=decode_token("messages", page_token),
+                limit=limit + 1,
+            )
+        )
+        response: dict = {}
+        if records:
+            response["jobMessages"] = [
+                {
+                    "id": m.message_id,
+                    "time": _timestamp(m.time_us),
+                    "messageText": m.text,
+                    "messageImportance": model.IMPORTANCE_ORDER[m.importance_rank],
+                }
+                for m in records[:limit]
+            ]
+        if len(records) > limit:
+            response["nextPageToken"] = encode_token("messages", records[limit - 1].seq)
+        return response
+
+    def get_metrics(self, project_id: str, location: str | None, job_id: str, start_us: int | None = None) -> dict:
+        """JobMetrics. No engine runs jobs yet, so no job has metrics: the list is empty, truthfully."""
+        self._load(project_id, location, job_id, with_detail=False)
+        return {"metricTime": _timestamp(self.clock())}
+
+    # -- creating -----------------------------------------------------------
+
+    def create_job(
+        self, project_id: str, location: str, body: dict, replace_job_id: str | None = None, view: int = 0
+    ) -> dict:
+        job = wire.parse_message(body, JobPb, "job")
+        if not job.name:
+            raise invalid_argument("The job name is required: set 'name'.")
+        if len(job.name) > model.JOB_NAME_MAX or not model.JOB_NAME_RE.match(job.name):
+            raise invalid_argument(
+                f"Invalid job name '{job.name}': a job name must consist of only the characters "
+                "[-a-z0-9], starting with a letter and ending with a letter or number."
+            )
+        replace_job_id = job.replace_job_id or replace_job_id or ""
+
+        if job.client_request_id:
+            # A retried create: answer the job the first attempt made.
+            existing = self.store.find_job_by_request_id(project_id, location, job.name, job.client_request_id)
+            if existing is not None:
+                return self._render(existing, view)
+
+        now = self.clock()
+        job_id = model.new_job_id(now)
+        for server_field in (
+            "id", "project_id", "location", "create_time", "current_state", "current_state_time",
+            "requested_state", "replaced_by_job_id", "stage_states", "start_time", "execution_info",
+        ):  # fmt: skip
+            job.ClearField(server_field)
+        job.id = job_id
+        job.project_id = project_id
+        job.location = location
+        job.replace_job_id = replace_job_id
+        stamp = Timestamp(seconds=now // 1_000_000, nanos=(now % 1_000_000) * 1000)
+        job.create_time.CopyFrom(stamp)
+        job.start_time.CopyFrom(stamp)
+        job.current_state_time.CopyFrom(stamp)
+        job.current_state = model.JobState.values_by_name[model.PENDING].number
+        record = _record_from_document(wire.to_dict(job))
+        messages = [_message(job_id, now, "JOB_MESSAGE_WARNING", NO_ENGINE_WARNING)]
+
+        for _ in range(_RETRIES):
+            try:
+                if replace_job_id:
+                    self._replace(project_id, location, replace_job_id, record, messages, now)
+                else:
+                    self.store.write(Write(new_jobs=[record], messages=messages))
+                return self._render(record, view)
+            except VersionConflict:
+                continue
+            except ActiveNameTaken:
+                # Dataflow answers a second create of an active name with the
+                # existing job, unchanged; clients compare clientRequestId.
+                existing = self.store.find_active_job(project_id, location, job.name)
+                if existing is not None and not replace_job_id:
+                    return self._render(existing, view)
+        raise ApiError("ABORTED", f"Too much contention creating job {job.name}; try again.")
+
+    def _replace(
+        self, project_id: str, location: str, old_id: str, record: JobRecord, messages: list, now: int
+    ) -> None:
+        old = self._load(project_id, location, old_id)
+        old_doc = _document(old)
+        if not old.active:
+            raise failed_precondition(
+                f"Job {old_id} is in state {old_doc.get('currentState')}: only an active job can be replaced."
+            )
+        if old.name != record.name:
+            raise invalid_argument(
+                f"The replacement job must have the same name as job {old_id} ('{old.name}'), not '{record.name}'."
+            )
+        expected = old.version
+        old_doc.update(currentState=model.UPDATED, currentStateTime=_timestamp(now), replacedByJobId=record.id)
+        _record_from_document(old_doc, old)
+        self.store.write(
+            Write(
+                new_jobs=[record],
+                changed_jobs=[JobChange(old, expected)],
+                messages=[
+                    *messages,
+                    _message(record.id, now, "JOB_MESSAGE_BASIC", f"This job replaces job {old_id}."),
+                    _message(old_id, now, "JOB_MESSAGE_BASIC", f"Job was updated: it is replaced by job {record.id}."),
+                ],
+            )
+        )
+
+    # -- changing -----------------------------------------------------------
+
+    def update_job(
+        self, project_id: str, location: str | None, job_id: str, body: dict, update_mask: str | None = None
+    ) -> dict:
+        job = wire.parse_message(body, JobPb, "job")
+        requested = model.JobState.values_by_number[job.requested_state].name if job.requested_state else ""
+        mask = [path.strip() for path in (update_mask or "").split(",") if path.strip()]
+        if requested and mask:
+            raise invalid_argument("A job update may set requestedState or updateMask, not both.")
+        if not requested and not mask:
+            raise invalid_argument(
+                "Nothing to update: set requestedState, or list the fields to change in updateMask."
+            )
+        for path in mask:
+            if path not in _UPDATABLE:
+                raise invalid_argument(
+                    f"updateMask names '{path}', which cannot be updated; updatable fields: "
+                    "labels, runtime_updatable_params.{max_num_workers,min_num_workers,worker_utilization_hint}."
+                )
+        changes = wire.to_dict(job)
+
+        for _ in range(_RETRIES):
+            record = self._load(project_id, location, job_id)
+            doc = _document(record)
+            state = doc.get("currentState", "")
+            if state in model.TERMINAL_STATES:
+                raise failed_precondition(
+                    f"Job {job_id} is in terminal state {state} and can no longer be changed."
+                )
+            now = self.clock()
+            if requested:
+                messages = self._request_state(doc, requested, now)
+            else:
+                messages = self._apply_mask(doc, mask, changes)
+            expected = record.version
+            _record_from_document(doc, record)
+            try:
+                self.store.write(Write(changed_jobs=[JobChange(record, expected)], messages=messages))
+            except VersionConflict:
+                continue
+            return self._render(record, model.VIEW_SUMMARY)
+        raise ApiError("ABORTED", f"Too much contention updating job {job_id}; try again.")
+
+    def _request_state(self, doc: dict, requested: str, now: int) -> list[MessageRecord]:
+        """Apply a client's requestedState to the job document; return the messages it causes."""
+        job_id, state = doc["id"], doc.get("currentState", "")
+
+        def move(new_state: str) -> None:
+            doc["currentState"] = new_state
+            doc["currentStateTime"] = _timestamp(now)
+
+        if requested == model.CANCELLED:
+            doc["requestedState"] = model.CANCELLED
+            if state == model.CANCELLING:
+                return []
+            if state in model.NOT_STARTED_STATES:
+                move(model.CANCELLED)  # nothing runs yet, so nothing needs stopping
+            else:
+                move(model.CANCELLING)  # the engine finishes the cancel
+            return [_message(job_id, now, "JOB_MESSAGE_BASIC", f"Cancel request is committed for job {job_id}.")]
+
+        if requested in (model.DRAINED, model.DRAINING):  # Beam asks for DRAINING, gcloud for DRAINED
+            if doc.get("type") != model.STREAMING:
+                raise failed_precondition(
+                    f"Job {job_id} is a batch job, and batch jobs cannot be drained; "
+                    "cancel it instead (requestedState JOB_STATE_CANCELLED)."
+                )
+            if state == model.CANCELLING:
+                raise failed_precondition(f"Job {job_id} is being cancelled and cannot be drained.")
+            doc["requestedState"] = model.DRAINED
+            if state == model.DRAINING:
+                return []
+            if state in model.NOT_STARTED_STATES:
+                move(model.DRAINED)  # it never read any input: there is nothing to flush
+            else:
+                move(model.DRAINING)
+            return [_message(job_id, now, "JOB_MESSAGE_BASIC", f"Drain request is committed for job {job_id}.")]
+
+        if requested == model.DONE:
+            raise failed_precondition(
+                f"Job {job_id} is in {state}: a job reaches JOB_STATE_DONE only by finishing its work. "
+                "Request JOB_STATE_CANCELLED or JOB_STATE_DRAINED to stop it."
+            )
+
+        raise invalid_argument(
+            f"requestedState {requested} cannot be requested by a client: use JOB_STATE_CANCELLED, "
+            "JOB_STATE_DRAINED (or JOB_STATE_DRAINING) or JOB_STATE_DONE."
+        )
+
+    def _apply_mask(self, doc: dict, mask: list[str], changes: dict) -> list[MessageRecord]:
+        for path in mask:
+            keys = _UPDATABLE[path]
+            if keys == ("labels",):
+                if changes.get("labels"):
+                    doc["labels"] = changes["labels"]
+                else:
+                    doc.pop("labels", None)
+                continue
+            if doc.get("type") != model.STREAMING:
+                raise failed_precondition(
+                    f"Job {doc['id']} is a batch job: runtime updatable parameters apply to streaming jobs only."
+                )
+            group, key = keys
+            target = doc.setdefault(group, {})
+            value = changes.get(group, {}).get(key)
+            if value is None:
+                target.pop(key, None)
+            else:
+                target[key] = value
+            if not target:
+                doc.pop(group)
+        params = doc.get("runtimeUpdatableParams", {})
+        low, high = params.get("minNumWorkers"), params.get("maxNumWorkers")
+        if low is not None and high is not None and int(low) > int(high):
+            raise invalid_argument(f"minNumWorkers ({low}) must not exceed maxNumWorkers ({high}).")
+        return []

@@ -1,0 +1,115 @@
+"""Dataflow's job model: states, views, ids and names, and the enum types used on the wire."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+from google.cloud import dataflow_v1beta3 as dataflow
+from google.protobuf import descriptor_pool
+
+JobPb = dataflow.Job.pb()
+
+_pool = descriptor_pool.Default()
+JobState = _pool.FindEnumTypeByName("google.dataflow.v1beta3.JobState")
+JobView = _pool.FindEnumTypeByName("google.dataflow.v1beta3.JobView")
+JobType = _pool.FindEnumTypeByName("google.dataflow.v1beta3.JobType")
+JobMessageImportance = _pool.FindEnumTypeByName("google.dataflow.v1beta3.JobMessageImportance")
+ListJobsFilter = dataflow.ListJobsRequest.pb().DESCRIPTOR.enum_types_by_name["Filter"]
+
+PENDING = "JOB_STATE_PENDING"
+QUEUED = "JOB_STATE_QUEUED"
+RUNNING = "JOB_STATE_RUNNING"
+STOPPED = "JOB_STATE_STOPPED"
+DONE = "JOB_STATE_DONE"
+FAILED = "JOB_STATE_FAILED"
+CANCELLING = "JOB_STATE_CANCELLING"
+CANCELLED = "JOB_STATE_CANCELLED"
+DRAINING = "JOB_STATE_DRAINING"
+DRAINED = "JOB_STATE_DRAINED"
+UPDATED = "JOB_STATE_UPDATED"
+
+TERMINAL_STATES = frozenset({DONE, FAILED, CANCELLED, DRAINED, UPDATED})
+# Active, but no work has started: stopping such a job needs no engine.
+NOT_STARTED_STATES = frozenset({PENDING, QUEUED, STOPPED})
+
+STREAMING = "JOB_TYPE_STREAMING"
+
+VIEW_UNKNOWN = JobView.values_by_name["JOB_VIEW_UNKNOWN"].number
+VIEW_SUMMARY = JobView.values_by_name["JOB_VIEW_SUMMARY"].number
+VIEW_ALL = JobView.values_by_name["JOB_VIEW_ALL"].number
+VIEW_DESCRIPTION = JobView.values_by_name["JOB_VIEW_DESCRIPTION"].number
+
+# Message importances in increasing order; the enum's numbers are not in this order.
+IMPORTANCE_ORDER = (
+    "JOB_MESSAGE_DEBUG",
+    "JOB_MESSAGE_DETAILED",
+    "JOB_MESSAGE_BASIC",
+    "JOB_MESSAGE_WARNING",
+    "JOB_MESSAGE_ERROR",
+)
+IMPORTANCE_RANK = {name: rank for rank, name in enumerate(IMPORTANCE_ORDER)}
+
+# Top-level Job fields that JOB_VIEW_SUMMARY shows; the rest (environment,
+# steps, pipeline description, execution info...) is the job's detail.
+SUMMARY_FIELDS = frozenset(
+    {
+        "id",
+        "projectId",
+        "name",
+        "type",
+        "currentState",
+        "currentStateTime",
+        "requestedState",
+        "createTime",
+        "startTime",
+        "location",
+        "labels",
+        "jobMetadata",
+        "clientRequestId",
+        "replaceJobId",
+        "replacedByJobId",
+        "createdFromSnapshotId",
+        "stageStates",
+        "satisfiesPzs",
+        "satisfiesPzi",
+        "runtimeUpdatableParams",
+        "serviceResources",
+        "pausable",
+    }
+)
+
+JOB_NAME_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?\Z")
+JOB_NAME_MAX = 1024
+
+
+def new_job_id(now_us: int) -> str:
+    """Dataflow's id format: UTC creation time, then a random 63-bit number."""
+    stamp = time.strftime("%Y-%m-%d_%H_%M_%S", time.gmtime(now_us // 1_000_000))
+    return f"{stamp}-{secrets.randbits(63)}"
+
+
+def new_message_id() -> str:
+    return str(secrets.randbits(63))
+
+
+def split_document(doc: dict) -> tuple[dict, dict]:
+    summary = {k: v for k, v in doc.items() if k in SUMMARY_FIELDS}
+    detail = {k: v for k, v in doc.items() if k not in SUMMARY_FIELDS}
+    return summary, detail
+
+
+def render_view(summary: dict, detail: dict | None, view: int) -> dict:
+    """The job as `view` shows it. JOB_VIEW_UNKNOWN means summary, as Dataflow documents."""
+    if view == VIEW_ALL and detail:
+        return {**summary, **detail}
+    if view == VIEW_DESCRIPTION and detail:
+        described = dict(summary)
+        for key in ("environment", "pipelineDescription", "stepsLocation"):
+            if key in detail:
+                described[key] = detail[key]
+        if "steps" in detail:
+            described["steps"] = [{k: s[k] for k in ("kind", "name") if k in s} for s in detail["steps"]]
+        return described
+    return summary

@@ -1,0 +1,30 @@
+"""Opaque page tokens: a position in a sequence, tagged with what it pages over."""
+
+from __future__ import annotations
+
+import base64
+
+from beamport.errors import invalid_argument
+
+
+def encode_token(kind: str, position: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode().rstrip("=")
+
+
+def decode_token(kind: str, token: str | None) -> int | None:
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        tag, _, position = base64.urlsafe_b64decode(padded.encode()).decode().partition(":")
+        if tag == kind and position.isdigit():
+            return int(position)
+    except (ValueError, UnicodeError):
+        pass
+    raise invalid_argument(f"Invalid page token: {token!r}")
+
+
+def page_size(requested: int, default: int, maximum: int) -> int:
+    if requested < 0:
+        raise invalid_argument(f"pageSize must not be negative, got {requested}")
+    return min(requested or default, maximum)

@@ -1,0 +1,244 @@
+"""The store on SQLAlchemy: SQLite (the embedded default) or PostgreSQL, same code."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, event, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from beamport.store.base import (
+    FILTER_ACTIVE,
+    FILTER_TERMINATED,
+    ActiveNameTaken,
+    JobQuery,
+    JobRecord,
+    MessageQuery,
+    MessageRecord,
+    Store,
+    VersionConflict,
+    Write,
+)
+from beamport.store.tables import job_messages, jobs
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+_SUMMARY_COLUMNS = [c for c in jobs.c if c.name != "detail"]
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(url, pool_size=8, max_overflow=32, pool_timeout=60)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own
+        # transaction handling defers it and would break BEGIN IMMEDIATE).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")  # an accepted job survives power loss too
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        # Writers take the write lock up front, so two writers never deadlock
+        # upgrading read locks; readers don't block anyone (WAL).
+        if connection.get_execution_options().get("write"):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+class SqlStore(Store):
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite"):
+            self.engine = _sqlite_engine(url)
+        else:
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://") :]
+            self.engine = create_engine(url, pool_size=8, max_overflow=32, pool_pre_ping=True)
+        self._writer = self.engine.execution_options(write=True)
+        self._migrate_lock = threading.Lock()
+
+    # -- schema -------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self._migrate_lock, self._writer.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    # -- writes -------------------------------------------------------------
+
+    def write(self, write: Write) -> None:
+        try:
+            with self._writer.begin() as conn:
+                for change in write.changed_jobs:
+                    row = _job_row(change.record)
+                    row["version"] = change.expected_version + 1
+                    result = conn.execute(
+                        update(jobs)
+                        .where(jobs.c.id == change.record.id, jobs.c.version == change.expected_version)
+                        .values(**row)
+                    )
+                    if result.rowcount != 1:
+                        raise VersionConflict(change.record.id)
+                new_seqs = [
+                    conn.execute(insert(jobs).values(**_job_row(record))).inserted_primary_key[0]
+                    for record in write.new_jobs
+                ]
+                rows = [
+                    {
+                        "job_id": m.job_id,
+                        "message_id": m.message_id,
+                        "time_us": m.time_us,
+                        "importance_rank": m.importance_rank,
+                        "text": m.text,
+                    }
+                    for m in write.messages
+                ]
+                if rows:
+                    conn.execute(insert(job_messages), rows)
+        except IntegrityError as exc:
+            text = str(exc.orig).lower()
+            if "uq_jobs_active_name" in text or ("unique" in text and "jobs.name" in text):
+                raise ActiveNameTaken(str(exc.orig)) from None
+            raise
+        # Only a committed write changes the caller's records.
+        for change in write.changed_jobs:
+            change.record.version = change.expected_version + 1
+        for record, seq in zip(write.new_jobs, new_seqs):
+            record.seq = seq
+
+    # -- reads --------------------------------------------------------------
+
+    def get_job(self, project_id: str, job_id: str, with_detail: bool = True) -> JobRecord | None:
+        columns = list(jobs.c) if with_detail else _SUMMARY_COLUMNS
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(*columns).where(jobs.c.id == job_id, jobs.c.project_id == project_id)
+            ).first()
+        return _job_record(row) if row else None
+
+    def find_job_by_request_id(self, project_id, location, name, client_request_id):
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(*jobs.c)
+                .where(
+                    jobs.c.project_id == project_id,
+                    jobs.c.location == location,
+                    jobs.c.client_request_id == client_request_id,
+                    jobs.c.name == name,
+                )
+                .order_by(jobs.c.seq.desc())
+                .limit(1)
+            ).first()
+        return _job_record(row) if row else None
+
+    def find_active_job(self, project_id, location, name):
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(*jobs.c).where(
+                    jobs.c.project_id == project_id,
+                    jobs.c.location == location,
+                    jobs.c.name == name,
+                    jobs.c.active == True,  # noqa: E712 (SQL expression)
+                )
+            ).first()
+        return _job_record(row) if row else None
+
+    def list_jobs(self, query: JobQuery, with_detail: bool = False) -> list[JobRecord]:
+        columns = list(jobs.c) if with_detail else _SUMMARY_COLUMNS
+        stmt = select(*columns).where(jobs.c.project_id == query.project_id)
+        if query.location is not None:
+            stmt = stmt.where(jobs.c.location == query.location)
+        if query.filter == FILTER_ACTIVE:
+            stmt = stmt.where(jobs.c.active == True)  # noqa: E712
+        elif query.filter == FILTER_TERMINATED:
+            stmt = stmt.where(jobs.c.active == False)  # noqa: E712
+        if query.name:
+            stmt = stmt.where(jobs.c.name == query.name)
+        if query.create_from_us is not None:
+            stmt = stmt.where(jobs.c.create_us >= query.create_from_us)
+        if query.create_to_us is not None:
+            stmt = stmt.where(jobs.c.create_us < query.create_to_us)
+        if query.end_from_us is not None:
+            stmt = stmt.where(jobs.c.end_us >= query.end_from_us)
+        if query.end_to_us is not None:
+            stmt = stmt.where(jobs.c.end_us < query.end_to_us)
+        if query.before_seq is not None:
+            stmt = stmt.where(jobs.c.seq < query.before_seq)
+        stmt = stmt.order_by(jobs.c.seq.desc()).limit(query.limit)
+        with self.engine.connect() as conn:
+            return [_job_record(row) for row in conn.execute(stmt)]
+
+    def list_messages(self, query: MessageQuery) -> list[MessageRecord]:
+        stmt = select(*job_messages.c).where(job_messages.c.job_id == query.job_id)
+        if query.min_importance_rank:
+            stmt = stmt.where(job_messages.c.importance_rank >= query.min_importance_rank)
+        if query.start_us is not None:
+            stmt = stmt.where(job_messages.c.time_us >= query.start_us)
+        if query.end_us is not None:
+            stmt = stmt.where(job_messages.c.time_us < query.end_us)
+        if query.after_seq is not None:
+            stmt = stmt.where(job_messages.c.seq > query.after_seq)
+        stmt = stmt.order_by(job_messages.c.seq).limit(query.limit)
+        with self.engine.connect() as conn:
+            return [
+                MessageRecord(
+                    job_id=row.job_id,
+                    message_id=row.message_id,
+                    time_us=row.time_us,
+                    importance_rank=row.importance_rank,
+                    text=row.text,
+                    seq=row.seq,
+                )
+                for row in conn.execute(stmt)
+            ]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _job_row(record: JobRecord) -> dict:
+    return {
+        "id": record.id,
+        "project_id": record.project_id,
+        "location": record.location,
+        "name": record.name,
+        "client_request_id": record.client_request_id,
+        "active": record.active,
+        "create_us": record.create_us,
+        "end_us": record.end_us,
+        "version": record.version,
+        "summary": record.summary,
+        "detail": record.detail,
+    }
+
+
+def _job_record(row) -> JobRecord:
+    mapping = row._mapping
+    return JobRecord(
+        id=mapping["id"],
+        project_id=mapping["project_id"],
+        location=mapping["location"],
+        name=mapping["name"],
+        client_request_id=mapping["client_request_id"],
+        active=bool(mapping["active"]),
+        create_us=mapping["create_us"],
+        end_us=mapping["end_us"],
+        summary=mapping["summary"],
+        detail=mapping.get("detail", ""),
+        version=mapping["version"],
+        seq=mapping["seq"],
+    )

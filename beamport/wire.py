@@ -1,0 +1,169 @@
+"""Google's JSON mapping for Dataflow's messages (the protobuf types of google-cloud-dataflow-client).
+
+The rule for incoming JSON, applied to every request body:
+- Unknown field names are dropped, at any depth. Clients built from a newer
+  schema than ours (Beam, google-api-python-client's discovery documents,
+  GAPIC) must keep working, so unknown names are not an error.
+- A known field with a value of the wrong type, an enum name or number that the
+  enum does not define, or a malformed timestamp/duration/int64 is
+  INVALID_ARGUMENT, and nothing is changed.
+- Enums may arrive as names or integers; answers always carry names, int64 as
+  strings, timestamps in RFC 3339, durations as "3.5s" (json_format's output).
+"""
+
+from __future__ import annotations
+
+import time
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from beamport.errors import invalid_argument
+
+# Fields of these types carry free-form JSON or a scalar-like JSON form: not walked.
+_OPAQUE_TYPES = {
+    "google.protobuf.Struct",
+    "google.protobuf.Value",
+    "google.protobuf.ListValue",
+    "google.protobuf.Any",
+    "google.protobuf.Timestamp",
+    "google.protobuf.Duration",
+    "google.protobuf.FieldMask",
+    "google.protobuf.Empty",
+}
+
+
+def _fields_by_json_key(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
+    cached = _FIELDS_CACHE.get(descriptor.full_name)
+    if cached is None:
+        cached = {}
+        for field in descriptor.fields:
+            cached[field.name] = field
+            cached[field.json_name] = field
+        _FIELDS_CACHE[descriptor.full_name] = cached
+    return cached
+
+
+_FIELDS_CACHE: dict[str, dict[str, FieldDescriptor]] = {}
+
+
+def _drop_unknown(value, descriptor: Descriptor, path: str, dropped: list[str]):
+    """Return a copy of the JSON object `value` with names unknown to `descriptor` removed."""
+    if not isinstance(value, dict):
+        return value  # json_format reports the type error with a precise message
+    known = _fields_by_json_key(descriptor)
+    out = {}
+    for key, item in value.items():
+        field = known.get(key)
+        if field is None:
+            dropped.append(f"{path}.{key}" if path else key)
+            continue
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name not in _OPAQUE_TYPES:
+            child = field.message_type
+            if child.GetOptions().map_entry:
+                value_field = child.fields_by_name["value"]
+                if (
+                    isinstance(item, dict)
+                    and value_field.type == FieldDescriptor.TYPE_MESSAGE
+                    and value_field.message_type.full_name not in _OPAQUE_TYPES
+                ):
+                    item = {
+                        k: _drop_unknown(v, value_field.message_type, f"{path}.{key}[{k}]", dropped)
+                        for k, v in item.items()
+                    }
+            elif field.label == FieldDescriptor.LABEL_REPEATED and isinstance(item, list):
+                item = [_drop_unknown(v, child, f"{path}.{key}[{i}]", dropped) for i, v in enumerate(item)]
+            else:
+                item = _drop_unknown(item, child, f"{path}.{key}" if path else key, dropped)
+        out[key] = item
+    return out
+
+
+def _check_enums(message: Message, path: str) -> None:
+    """Refuse enum numbers the enum does not define (proto3 enums would keep them silently)."""
+    for field, value in message.ListFields():
+        name = f"{path}.{field.json_name}" if path else field.json_name
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            values = value if field.label == FieldDescriptor.LABEL_REPEATED else [value]
+            for number in values:
+                if field.enum_type.values_by_number.get(number) is None:
+                    raise invalid_argument(
+                        f"Invalid value at '{name}' (type.googleapis.com/{field.enum_type.full_name}), {number}"
+                    )
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name not in _OPAQUE_TYPES:
+            if field.message_type.GetOptions().map_entry:
+                value_field = field.message_type.fields_by_name["value"]
+                if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                    for key, item in value.items():
+                        _check_enums(item, f"{name}[{key}]")
+            elif field.label == FieldDescriptor.LABEL_REPEATED:
+                for i, item in enumerate(value):
+                    _check_enums(item, f"{name}[{i}]")
+            else:
+                _check_enums(value, name)
+
+
+def parse_message(data, message_class, what: str = "body"):
+    """Parse a JSON value into a new protobuf message (raw pb class), following the module rule."""
+    if not isinstance(data, dict):
+        raise invalid_argument(
+            f"Invalid JSON payload received. Expected an object for {what}, got {type(data).__name__}."
+        )
+    message = message_class()
+    dropped: list[str] = []
+    cleaned = _drop_unknown(data, message.DESCRIPTOR, "", dropped)
+    try:
+        json_format.ParseDict(cleaned, message)
+    except json_format.ParseError as exc:
+        raise invalid_argument(f"Invalid JSON payload received. {exc}") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. out-of-range numbers
+        raise invalid_argument(f"Invalid JSON payload received. {exc}") from None
+    _check_enums(message, "")
+    return message
+
+
+def to_dict(message: Message) -> dict:
+    """Google's JSON form of a message: camelCase names, enum names, int64 as strings."""
+    return json_format.MessageToDict(message)
+
+
+def parse_enum(value: str | None, enum_type, param: str, default: int = 0) -> int:
+    """Parse an enum given by name or number in a query parameter."""
+    if value is None or value == "":
+        return default
+    descriptor = enum_type.DESCRIPTOR
+    found = descriptor.values_by_name.get(value)
+    if found is None and value.lstrip("-").isdigit():
+        found = descriptor.values_by_number.get(int(value))
+    if found is None:
+        raise invalid_argument(f"Invalid value at '{param}' (type.googleapis.com/{descriptor.full_name}), \"{value}\"")
+    return found.number
+
+
+def enum_name(enum_type, number: int) -> str:
+    return enum_type.DESCRIPTOR.values_by_number[number].name
+
+
+def parse_timestamp_us(value: str | None, param: str) -> int | None:
+    """RFC 3339 timestamp (query parameter) to microseconds since the epoch."""
+    if value is None or value == "":
+        return None
+    ts = Timestamp()
+    try:
+        ts.FromJsonString(value)
+    except ValueError:
+        raise invalid_argument(
+            f"Invalid value at '{param}' (type.googleapis.com/google.protobuf.Timestamp), \"{value}\""
+        ) from None
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def format_timestamp_us(us: int) -> str:
+    ts = Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
+    return ts.ToJsonString()
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
