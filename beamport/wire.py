@@ -13,6 +13,7 @@ The rule for incoming JSON, applied to every request body:
 
 from __future__ import annotations
 
+import logging
 import time
 
 from google.protobuf import json_format
@@ -21,6 +22,8 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from beamport.errors import invalid_argument
+
+log = logging.getLogger(__name__)
 
 # Fields of these types carry free-form JSON or a scalar-like JSON form: not walked.
 _OPAQUE_TYPES = {
@@ -121,6 +124,8 @@ def parse_message(data, message_class, what: str = "body"):
     except (ValueError, TypeError, OverflowError) as exc:  # e.g. out-of-range numbers
         raise invalid_argument(f"Invalid JSON payload received. {exc}") from None
     _check_enums(message, "")
+    if dropped:
+        log.debug("ignored unknown fields in %s: %s", what, ", ".join(dropped))
     return message
 
 
@@ -129,21 +134,16 @@ def to_dict(message: Message) -> dict:
     return json_format.MessageToDict(message)
 
 
-def parse_enum(value: str | None, enum_type, param: str, default: int = 0) -> int:
-    """Parse an enum given by name or number in a query parameter."""
+def parse_enum(value: str | None, descriptor, param: str, default: int = 0) -> int:
+    """Parse an enum (given its EnumDescriptor) by name or number, as a query parameter may carry it."""
     if value is None or value == "":
         return default
-    descriptor = enum_type.DESCRIPTOR
     found = descriptor.values_by_name.get(value)
     if found is None and value.lstrip("-").isdigit():
         found = descriptor.values_by_number.get(int(value))
     if found is None:
         raise invalid_argument(f"Invalid value at '{param}' (type.googleapis.com/{descriptor.full_name}), \"{value}\"")
     return found.number
-
-
-def enum_name(enum_type, number: int) -> str:
-    return enum_type.DESCRIPTOR.values_by_number[number].name
 
 
 def parse_timestamp_us(value: str | None, param: str) -> int | None:
