@@ -1,0 +1,180 @@
+"""Test fixtures: real `beamport serve` processes on free ports, and the real client libraries."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("BEAMPORT_TEST_POSTGRES_URL")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A `beamport serve` subprocess; start() again after stop() reuses the same state."""
+
+    def __init__(self, data_dir: Path, database_url: str | None = None, extra_args: tuple[str, ...] = ()):
+        self.data_dir = data_dir
+        self.database_url = database_url
+        self.extra_args = extra_args
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Server":
+        args = [sys.executable, "-m", "beamport", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
+        args += list(self.extra_args)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir.parent)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"beamport serve exited early:\n{self.log_path.read_text()}")
+            try:
+                httpx.get(self.url + "/v1b3/projects/ready-check/locations/us-central1/jobs", timeout=1)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"beamport serve did not answer in 30 s:\n{self.log_path.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=30)
+        self.process = None
+        return code
+
+
+def new_postgres_database() -> str:
+    """A fresh, empty database on the test PostgreSQL server."""
+    import psycopg
+
+    if not POSTGRES_URL:
+        message = "BEAMPORT_TEST_POSTGRES_URL is not set: run the suite with .ci/run, which starts PostgreSQL"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"beamport_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Server:
+    """One server (SQLite) shared by the tests that only need isolation by project."""
+    srv = Server(tmp_path_factory.mktemp("shared") / "data").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend_server(request, tmp_path):
+    """A server of its own, on each store backend, for tests that restart or load it."""
+    url = new_postgres_database() if request.param == "postgres" else None
+    srv = Server(tmp_path / "data", database_url=url).start()
+    yield srv
+    if srv.process is not None:
+        srv.stop()
+
+
+@pytest.fixture
+def project() -> str:
+    """A project id of the test's own, so tests sharing a server never see each other's jobs."""
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def region() -> str:
+    return "us-central1"
+
+
+def discovery_client(url: str):
+    from google.auth.credentials import AnonymousCredentials
+    from googleapiclient.discovery import build
+
+    return build(
+        "dataflow",
+        "v1b3",
+        client_options={"api_endpoint": url},
+        credentials=AnonymousCredentials(),
+        static_discovery=True,
+        cache_discovery=False,
+    )
+
+
+def gapic_clients(url: str):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import dataflow_v1beta3 as dataflow
+
+    kwargs = dict(transport="rest", client_options={"api_endpoint": url}, credentials=AnonymousCredentials())
+    return (
+        dataflow.JobsV1Beta3Client(**kwargs),
+        dataflow.MessagesV1Beta3Client(**kwargs),
+        dataflow.MetricsV1Beta3Client(**kwargs),
+    )
+
+
+class Api:
+    """Raw HTTP access, for checks of the wire format itself."""
+
+    def __init__(self, url: str, project: str, region: str = "us-central1"):
+        self.client = httpx.Client(base_url=url, timeout=30)
+        self.project = project
+        self.region = region
+
+    @property
+    def jobs_path(self) -> str:
+        return f"/v1b3/projects/{self.project}/locations/{self.region}/jobs"
+
+    def create(self, name: str, **fields) -> dict:
+        response = self.client.post(self.jobs_path, json={"name": name, **fields})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def get(self, job_id: str, **params) -> httpx.Response:
+        return self.client.get(f"{self.jobs_path}/{job_id}", params=params)
+
+    def update(self, job_id: str, body: dict, **params) -> httpx.Response:
+        return self.client.put(f"{self.jobs_path}/{job_id}", json=body, params=params)
+
+    def list(self, **params) -> httpx.Response:
+        return self.client.get(self.jobs_path, params=params)
+
+    def all_jobs(self, **params) -> list[dict]:
+        jobs, token = [], None
+        while True:
+            page = self.list(**params, **({"pageToken": token} if token else {})).json()
+            jobs += page.get("jobs", [])
+            token = page.get("nextPageToken")
+            if not token:
+                return jobs
+
+    def messages(self, job_id: str, **params) -> httpx.Response:
+        return self.client.get(f"{self.jobs_path}/{job_id}/messages", params=params)
+
+
+@pytest.fixture
+def api(server, project) -> Api:
+    return Api(server.url, project)

@@ -1,0 +1,257 @@
+"""Dataflow's job semantics over HTTP: ids, names, idempotency, replacement, views, filters, state changes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import Api
+
+ID_RE = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}_\d{2}_\d{2}-\d+\Z")
+RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z\Z")
+
+
+def test_create_fills_server_fields(api):
+    job = api.create("fill-me", type="JOB_TYPE_BATCH", id="client-id", currentState="JOB_STATE_DONE")
+    assert ID_RE.match(job["id"]) and job["id"] != "client-id"
+    assert job["projectId"] == api.project and job["location"] == "us-central1"
+    assert job["currentState"] == "JOB_STATE_PENDING"
+    for key in ("createTime", "currentStateTime", "startTime"):
+        assert RFC3339_RE.match(job[key]), job[key]
+    assert api.get(job["id"]).json() == job
+
+
+@pytest.mark.parametrize("name", ["Upper", "1starts-with-digit", "ends-with-dash-", "under_score", "a" * 1025, ""])
+def test_invalid_names_are_refused(api, name):
+    response = api.client.post(api.jobs_path, json={"name": name})
+    assert response.status_code == 400
+    assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert api.all_jobs() == []
+
+
+def test_client_request_id_makes_create_idempotent(api):
+    first = api.create("idem", clientRequestId="r-1")
+    again = api.create("idem", clientRequestId="r-1")
+    assert again["id"] == first["id"]
+    assert len(api.all_jobs()) == 1
+
+
+def test_second_active_job_with_a_name_gets_the_existing_job(api):
+    first = api.create("dup", clientRequestId="r-1", labels={"v": "1"})
+    second = api.create("dup", clientRequestId="r-2", labels={"v": "2"})
+    # Dataflow answers with the existing job, unchanged; clients see the differing clientRequestId.
+    assert second["id"] == first["id"] and second["clientRequestId"] == "r-1"
+    assert second["labels"] == {"v": "1"}
+    assert api.update(first["id"], {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    third = api.create("dup", clientRequestId="r-3")
+    assert third["id"] != first["id"]
+    assert len(api.all_jobs()) == 2
+
+
+def test_same_name_in_other_region_or_project_is_independent(server, api):
+    first = api.create("shared-name")
+    other_region = Api(server.url, api.project, "europe-west1").create("shared-name")
+    other_project = Api(server.url, api.project + "-b").create("shared-name")
+    assert len({first["id"], other_region["id"], other_project["id"]}) == 3
+
+
+def test_replace_job_id_updates_the_old_job(api):
+    old = api.create("upd", type="JOB_TYPE_STREAMING")
+    new = api.create("upd", type="JOB_TYPE_STREAMING", replaceJobId=old["id"])
+    assert new["id"] != old["id"] and new["replaceJobId"] == old["id"]
+    old_now = api.get(old["id"]).json()
+    assert old_now["currentState"] == "JOB_STATE_UPDATED"
+    assert old_now["replacedByJobId"] == new["id"]
+    texts = [m["messageText"] for m in api.messages(old["id"]).json()["jobMessages"]]
+    assert any(new["id"] in t for t in texts)
+
+    # The old job is terminal now: it cannot be replaced again.
+    again = api.client.post(api.jobs_path, json={"name": "upd", "replaceJobId": old["id"]})
+    assert again.status_code == 400 and again.json()["error"]["status"] == "FAILED_PRECONDITION"
+    # The replacement must keep the name.
+    renamed = api.client.post(api.jobs_path, json={"name": "other", "replaceJobId": new["id"]})
+    assert renamed.status_code == 400 and "same name" in renamed.json()["error"]["message"]
+    # The deprecated query parameter works too.
+    third = api.client.post(api.jobs_path, params={"replaceJobId": new["id"]}, json={"name": "upd"}).json()
+    assert third["replaceJobId"] == new["id"]
+    assert api.get(new["id"]).json()["currentState"] == "JOB_STATE_UPDATED"
+    missing = api.client.post(api.jobs_path, json={"name": "upd", "replaceJobId": "2020-01-01_00_00_00-1"})
+    assert missing.status_code == 404
+    assert len(api.all_jobs()) == 3
+
+
+def test_views(api):
+    steps = [{"kind": "ParallelRead", "name": "s1", "properties": {"user_name": "Read"}}]
+    environment = {"tempStoragePrefix": "/tmp/x", "sdkPipelineOptions": {"options": {"a": 1}}}
+    job = api.create("views", steps=steps, environment=environment, labels={"k": "v"})
+    summary = api.get(job["id"]).json()
+    assert "environment" not in summary and "steps" not in summary and summary["labels"] == {"k": "v"}
+    assert api.get(job["id"], view="JOB_VIEW_SUMMARY").json() == summary
+    full = api.get(job["id"], view="JOB_VIEW_ALL").json()
+    assert full["steps"] == steps and full["environment"] == environment
+    described = api.get(job["id"], view="JOB_VIEW_DESCRIPTION").json()
+    assert described["environment"] == environment and described["steps"] == [{"kind": "ParallelRead", "name": "s1"}]
+    # Integer enums in query parameters, as GAPIC's enum-encoding=int clients send them.
+    assert api.get(job["id"], view="2").json() == full
+
+
+def test_list_filters_order_and_regions(server, api):
+    a = api.create("a", type="JOB_TYPE_BATCH")
+    b = api.create("b", type="JOB_TYPE_STREAMING")
+    c = api.create("c")
+    api.update(b["id"], {"requestedState": "JOB_STATE_CANCELLED"})
+    elsewhere = Api(server.url, api.project, "europe-west1").create("d")
+
+    ids = lambda **p: [j["id"] for j in api.list(**p).json().get("jobs", [])]  # noqa: E731
+    assert ids() == [c["id"], b["id"], a["id"]]  # newest first
+    assert ids(filter="ALL") == ids()
+    assert ids(filter="ACTIVE") == [c["id"], a["id"]]
+    assert ids(filter="TERMINATED") == [b["id"]]
+    assert ids(filter="3") == ids(filter="ACTIVE")
+    assert ids(name="b") == [b["id"]]
+    assert "environment" not in api.list().json()["jobs"][0]
+
+    aggregated = api.client.get(f"/v1b3/projects/{api.project}/jobs:aggregated").json()
+    assert [j["id"] for j in aggregated["jobs"]] == [elsewhere["id"], c["id"], b["id"], a["id"]]
+
+    created = api.get(b["id"]).json()["createTime"]
+    assert ids(**{"createTimeRange.startTime": created}) == [c["id"], b["id"]]
+    assert ids(**{"createTimeRange.endTime": created}) == [a["id"]]
+    ended = api.get(b["id"]).json()["currentStateTime"]
+    assert ids(**{"terminationTimeRange.startTime": ended}) == [b["id"]]
+
+    # A job is found only in its own region and project.
+    assert api.client.get(f"/v1b3/projects/{api.project}/locations/europe-west1/jobs/{a['id']}").status_code == 404
+    assert api.client.get(f"/v1b3/projects/other-project/locations/us-central1/jobs/{a['id']}").status_code == 404
+
+
+def test_state_changes(api):
+    batch = api.create("batch", type="JOB_TYPE_BATCH")
+    stream = api.create("stream", type="JOB_TYPE_STREAMING")
+
+    def refused(job_id, body, status, **params):
+        response = api.update(job_id, body, **params)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["status"] == status
+        return response.json()["error"]["message"]
+
+    assert "cannot be drained" in refused(batch["id"], {"requestedState": "JOB_STATE_DRAINED"}, "FAILED_PRECONDITION")
+    assert "finishing" in refused(batch["id"], {"requestedState": "JOB_STATE_DONE"}, "FAILED_PRECONDITION")
+    refused(batch["id"], {"requestedState": "JOB_STATE_RUNNING"}, "INVALID_ARGUMENT")
+    refused(batch["id"], {}, "INVALID_ARGUMENT")
+    refused(batch["id"], {"requestedState": "JOB_STATE_CANCELLED", "labels": {"a": "b"}}, "INVALID_ARGUMENT", updateMask="labels")
+    refused(batch["id"], {"name": "x"}, "INVALID_ARGUMENT", updateMask="name")
+    refused(batch["id"], {"runtimeUpdatableParams": {"maxNumWorkers": 3}}, "FAILED_PRECONDITION",
+            updateMask="runtime_updatable_params.max_num_workers")
+    assert api.get(batch["id"]).json()["currentState"] == "JOB_STATE_PENDING"
+
+    params = api.update(
+        stream["id"],
+        {"runtimeUpdatableParams": {"maxNumWorkers": 5, "minNumWorkers": 2}},
+        updateMask="runtimeUpdatableParams.maxNumWorkers,runtimeUpdatableParams.minNumWorkers",
+    ).json()
+    assert params["runtimeUpdatableParams"] == {"maxNumWorkers": 5, "minNumWorkers": 2}
+    refused(stream["id"], {"runtimeUpdatableParams": {"minNumWorkers": 9}}, "INVALID_ARGUMENT",
+            updateMask="runtime_updatable_params.min_num_workers")
+
+    # Beam's DataflowRunner asks for DRAINING, gcloud for DRAINED; integers work too (7 = DRAINING).
+    drained = api.update(stream["id"], {"requestedState": 7}).json()
+    assert drained["currentState"] == "JOB_STATE_DRAINED" and drained["requestedState"] == "JOB_STATE_DRAINED"
+    assert "terminal" in refused(stream["id"], {"requestedState": "JOB_STATE_CANCELLED"}, "FAILED_PRECONDITION")
+    refused(stream["id"], {"labels": {"a": "b"}}, "FAILED_PRECONDITION", updateMask="labels")
+
+    cancelled = api.update(batch["id"], {"requestedState": "JOB_STATE_CANCELLED"}).json()
+    assert cancelled["currentState"] == "JOB_STATE_CANCELLED"
+    assert cancelled["currentStateTime"] >= cancelled["createTime"]
+
+
+def test_labels_update_and_clear(api):
+    job = api.create("labels", labels={"a": "1"})
+    assert api.update(job["id"], {"labels": {"b": "2"}}, updateMask="labels").json()["labels"] == {"b": "2"}
+    cleared = api.update(job["id"], {}, updateMask="labels").json()
+    assert "labels" not in cleared
+    assert "labels" not in api.get(job["id"]).json()
+
+
+def test_messages_filters_and_paging(api):
+    job = api.create("msgs", type="JOB_TYPE_STREAMING")
+    api.update(job["id"], {"labels": {"x": "y"}}, updateMask="labels")
+    api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"})
+    everything = api.messages(job["id"]).json()["jobMessages"]
+    assert [m["messageImportance"] for m in everything] == ["JOB_MESSAGE_WARNING", "JOB_MESSAGE_BASIC"]
+    for m in everything:
+        assert set(m) == {"id", "time", "messageText", "messageImportance"} and RFC3339_RE.match(m["time"])
+
+    def texts(**params):
+        return [m["messageText"] for m in api.messages(job["id"], **params).json().get("jobMessages", [])]
+
+    assert texts(minimumImportance="JOB_MESSAGE_WARNING") == [everything[0]["messageText"]]
+    assert texts(minimumImportance="JOB_MESSAGE_DEBUG") == [m["messageText"] for m in everything]
+    assert texts(minimumImportance="JOB_MESSAGE_ERROR") == []
+    assert texts(startTime=everything[1]["time"]) == [everything[1]["messageText"]]
+    assert texts(endTime=everything[1]["time"]) == [everything[0]["messageText"]]
+
+    first = api.messages(job["id"], pageSize=1).json()
+    assert len(first["jobMessages"]) == 1 and first["nextPageToken"]
+    second = api.messages(job["id"], pageSize=1, pageToken=first["nextPageToken"]).json()
+    assert second["jobMessages"] == everything[1:] and "nextPageToken" not in second
+
+
+def test_system_parameters(api):
+    job = api.create("sysparams")
+    path = f"{api.jobs_path}/{job['id']}"
+    for params in ({"$alt": "json;enum-encoding=int"}, {"alt": "json"}, {"$.xgafv": "2"}, {"key": "abc"}):
+        response = api.client.get(path, params=params)
+        assert response.status_code == 200 and response.json()["id"] == job["id"]
+    compact = api.client.get(path, params={"prettyPrint": "false"}).text
+    assert "\n" not in compact and compact.startswith('{"id"')
+    assert "\n" in api.client.get(path).text
+    partial = api.client.get(api.jobs_path, params={"fields": "jobs(id,currentState),nextPageToken"}).json()
+    assert partial == {"jobs": [{"id": job["id"], "currentState": "JOB_STATE_PENDING"}]}
+    assert api.client.get(path, params={"fields": "name"}).json() == {"name": "sysparams"}
+    assert api.client.get(path, params={"alt": "proto"}).status_code == 400
+    assert api.client.get(path, params={"fields": "jobs(id"}).status_code == 400
+
+
+UNIMPLEMENTED = [
+    ("POST", "/v1b3/projects/p/locations/us-central1/WorkerMessages"),
+    ("POST", "/v1b3/projects/p/WorkerMessages"),
+    ("GET", "/v1b3/projects/p/locations/us-central1/jobs/j/executionDetails"),
+    ("GET", "/v1b3/projects/p/locations/us-central1/jobs/j/stages/s/executionDetails"),
+    ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j:snapshot"),
+    ("POST", "/v1b3/projects/p/jobs/j:snapshot"),
+    ("GET", "/v1b3/projects/p/locations/us-central1/jobs/j/snapshots"),
+    ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/debug/getConfig"),
+    ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/debug/getWorkerStacktraces"),
+    ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/debug/sendCapture"),
+    ("POST", "/v1b3/projects/p/jobs/j/debug/getConfig"),
+    ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/workItems:lease"),
+    ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/workItems:reportStatus"),
+    ("POST", "/v1b3/projects/p/jobs/j/workItems:lease"),
+    ("GET", "/v1b3/projects/p/locations/us-central1/snapshots/s"),
+    ("DELETE", "/v1b3/projects/p/locations/us-central1/snapshots/s"),
+    ("GET", "/v1b3/projects/p/locations/us-central1/snapshots"),
+    ("GET", "/v1b3/projects/p/snapshots/s"),
+    ("GET", "/v1b3/projects/p/snapshots"),
+    ("DELETE", "/v1b3/projects/p/snapshots"),
+    ("GET", "/v1b3/projects/p/locations/us-central1/sql:validate?query=SELECT%201"),
+    ("POST", "/v1b3/projects/p/locations/us-central1/templates"),
+    ("GET", "/v1b3/projects/p/locations/us-central1/templates:get?gcsPath=/x"),
+    ("POST", "/v1b3/projects/p/locations/us-central1/templates:launch?gcsPath=/x"),
+    ("POST", "/v1b3/projects/p/templates"),
+    ("GET", "/v1b3/projects/p/templates:get"),
+    ("POST", "/v1b3/projects/p/templates:launch"),
+    ("POST", "/v1b3/projects/p/locations/us-central1/flexTemplates:launch"),
+]
+
+
+@pytest.mark.parametrize("method,path", UNIMPLEMENTED)
+def test_methods_not_built_yet_say_so(server, method, path):
+    import httpx
+
+    response = httpx.request(method, server.url + path, json={} if method == "POST" else None)
+    assert response.status_code == 501
+    error = response.json()["error"]
+    assert error["status"] == "UNIMPLEMENTED" and error["code"] == 501
+    assert "not implemented" in error["message"]
