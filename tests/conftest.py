@@ -81,10 +81,11 @@ def new_postgres_database() -> str:
     return f"{base}/{name}"
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
-    """One server (SQLite) shared by the tests that only need isolation by project."""
-    srv = Server(tmp_path_factory.mktemp("shared") / "data").start()
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def server(request, tmp_path_factory) -> Server:
+    """A server per store backend, shared by the tests that only need isolation by project."""
+    url = new_postgres_database() if request.param == "postgres" else None
+    srv = Server(tmp_path_factory.mktemp(f"shared-{request.param}") / "data", database_url=url).start()
     yield srv
     srv.stop()
 

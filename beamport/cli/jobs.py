@@ -1,5 +1,174 @@
-"""`beamport jobs ...`: client commands over the HTTP API."""
+"""`beamport jobs ...`: client commands over the HTTP API (list, describe, cancel, drain, messages)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from enum import Enum
+from typing import Annotated, Iterator, Optional
 
 import typer
 
+from beamport.cli.client import DEFAULT_ENDPOINT, DEFAULT_REGION, ClientError, DataflowClient, MessageFollower
+from beamport.cli.output import Format, Printer
+
 app = typer.Typer(help="List, describe and steer jobs on a Beamport (or Dataflow) endpoint.", no_args_is_help=True)
+
+
+class Status(str, Enum):
+    all = "all"
+    active = "active"
+    terminated = "terminated"
+
+
+class Importance(str, Enum):
+    debug = "debug"
+    detailed = "detailed"
+    basic = "basic"
+    warning = "warning"
+    error = "error"
+
+
+# Options every command takes.
+Endpoint = Annotated[
+    str, typer.Option("--endpoint", envvar="BEAMPORT_ENDPOINT", help="Root URL of the Dataflow API.", show_default=True)
+]
+Project = Annotated[
+    Optional[str], typer.Option("--project", envvar="BEAMPORT_PROJECT", help="Project id (required).")
+]
+Region = Annotated[str, typer.Option("--region", envvar="BEAMPORT_REGION", help="Region (location) of the jobs.")]
+OutputFormat = Annotated[Format, typer.Option("--format", help="table (readable) or json.")]
+JobId = Annotated[str, typer.Argument(help="The job's id.", show_default=False)]
+
+
+class Session:
+    def __init__(self, client: DataflowClient, printer: Printer, project: str, region: str):
+        self.client, self.printer, self.project, self.region = client, printer, project, region
+
+
+@contextmanager
+def session(endpoint: str, project: str | None, region: str, format: Format) -> Iterator[Session]:
+    """A client and a printer for one command; expected failures become a message and an exit code."""
+    if not project:
+        raise typer.BadParameter("no project set: pass --project or set BEAMPORT_PROJECT.", param_hint="'--project'")
+    printer = Printer(format)
+    client = DataflowClient(endpoint)
+    try:
+        yield Session(client, printer, project, region)
+    except ClientError as exc:
+        printer.error(str(exc))
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        printer.note("")
+        raise typer.Exit(130) from None
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, without a second error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
+
+
+@app.command("list")
+def list_jobs(
+    status: Annotated[Status, typer.Option(help="Which jobs: all, active or terminated.")] = Status.all,
+    name: Annotated[Optional[str], typer.Option(help="Only jobs with this exact name.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="List at most this many jobs (newest first).")] = 100,
+    all_regions: Annotated[bool, typer.Option("--all-regions", help="List the jobs of every region.")] = False,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = DEFAULT_REGION,
+    format: OutputFormat = Format.table,
+):
+    """List jobs, newest first."""
+    with session(endpoint, project, region, format) as s:
+        jobs = list(
+            s.client.iter_jobs(
+                s.project,
+                None if all_regions else s.region,
+                filter=status.value.upper(),
+                name=name,
+                limit=limit,
+            )
+        )
+        s.printer.jobs(jobs)
+
+
+@app.command()
+def describe(
+    job_id: JobId,
+    full: Annotated[bool, typer.Option("--full", help="Everything about the job (JOB_VIEW_ALL).")] = False,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = DEFAULT_REGION,
+    format: OutputFormat = Format.table,
+):
+    """Show a job (its summary; --full for everything, environment and steps included)."""
+    with session(endpoint, project, region, format) as s:
+        view = "JOB_VIEW_ALL" if full else "JOB_VIEW_SUMMARY"
+        s.printer.job(s.client.get_job(s.project, s.region, job_id, view=view))
+
+
+def _request_state(s: Session, job_id: str, action: str, state: str) -> None:
+    job = s.client.request_state(s.project, s.region, job_id, state)
+    s.printer.state_change(job, job_id, action, state)
+
+
+@app.command()
+def cancel(
+    job_id: JobId,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = DEFAULT_REGION,
+    format: OutputFormat = Format.table,
+):
+    """Cancel a job: it stops at once, without finishing its work."""
+    with session(endpoint, project, region, format) as s:
+        _request_state(s, job_id, "cancel", "JOB_STATE_CANCELLED")
+
+
+@app.command()
+def drain(
+    job_id: JobId,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = DEFAULT_REGION,
+    format: OutputFormat = Format.table,
+):
+    """Drain a streaming job: it stops reading input and finishes what it has read."""
+    with session(endpoint, project, region, format) as s:
+        _request_state(s, job_id, "drain", "JOB_STATE_DRAINED")
+
+
+@app.command()
+def messages(
+    job_id: JobId,
+    importance: Annotated[
+        Importance, typer.Option(help="Show messages of this importance and above.")
+    ] = Importance.basic,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new messages until the job ends.")
+    ] = False,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.05, help="With --follow: seconds between two polls.")
+    ] = 2.0,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = DEFAULT_REGION,
+    format: OutputFormat = Format.table,
+):
+    """Print a job's messages (one per line; JSON lines with --format json)."""
+    minimum = f"JOB_MESSAGE_{importance.value.upper()}"
+    with session(endpoint, project, region, format) as s:
+        if not follow:
+            s.printer.messages(s.client.iter_messages(s.project, s.region, job_id, minimum))
+            return
+        follower = MessageFollower(s.client, s.project, s.region, job_id, minimum)
+        while True:
+            s.printer.messages(follower.poll())
+            if follower.finished:
+                s.printer.note(f"Job [{job_id}] ended in state {follower.state}.")
+                return
+            time.sleep(poll_interval)
