@@ -11,7 +11,14 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
-from beamport.cli.client import DEFAULT_ENDPOINT, DEFAULT_REGION, ClientError, DataflowClient, MessageFollower
+from beamport.cli.client import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_REGION,
+    ClientError,
+    ConnectionFailure,
+    DataflowClient,
+    MessageFollower,
+)
 from beamport.cli.output import Format, Printer
 
 app = typer.Typer(help="List, describe and steer jobs on a Beamport (or Dataflow) endpoint.", no_args_is_help=True)
@@ -57,6 +64,9 @@ def session(endpoint: str, project: str | None, region: str, format: Format) -> 
     client = DataflowClient(endpoint)
     try:
         yield Session(client, printer, project, region)
+    except ConnectionFailure as exc:
+        printer.error(f"{exc}. Is a server listening there? (Set it with --endpoint or BEAMPORT_ENDPOINT.)")
+        raise typer.Exit(1) from None
     except ClientError as exc:
         printer.error(str(exc))
         raise typer.Exit(1) from None

@@ -1,0 +1,263 @@
+"""A small synchronous client of the Dataflow v1b3 REST API, for the `beamport jobs` commands.
+
+It speaks HTTP and knows the API's paths, paging and error shape; it prints nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Iterator
+from urllib.parse import quote
+
+import httpx
+
+DEFAULT_ENDPOINT = "http://localhost:8080"
+DEFAULT_REGION = "us-central1"
+TERMINAL_STATES = frozenset(
+    {"JOB_STATE_DONE", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_DRAINED", "JOB_STATE_UPDATED"}
+)
+MAX_PAGE_SIZE = 1000
+
+
+class ClientError(Exception):
+    """A call that did not succeed; its str() is the message to show."""
+
+
+class ApiCallError(ClientError):
+    """The server answered with an error ({"error": {"code", "message", "status"}})."""
+
+    def __init__(self, status: str, message: str, code: int):
+        super().__init__(f"({status}) {message}")
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+class ConnectionFailure(ClientError):
+    """Nothing (usable) answered at the endpoint."""
+
+    def __init__(self, endpoint: str, reason: str):
+        super().__init__(f"Could not reach the Dataflow API endpoint {endpoint}: {reason}")
+        self.endpoint = endpoint
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    endpoint = endpoint.strip()
+    if "://" not in endpoint:
+        endpoint = "http://" + endpoint
+    return endpoint.rstrip("/")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def format_time_us(us: int) -> str:
+    """Microseconds since the epoch as RFC 3339 (UTC), as a google.protobuf.Timestamp parameter."""
+    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time_us(value: str) -> int:
+    """An RFC 3339 timestamp as microseconds since the epoch (digits past microseconds dropped)."""
+    return (datetime.fromisoformat(value) - _EPOCH) // timedelta(microseconds=1)
+
+
+class DataflowClient:
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 30.0):
+        self.endpoint = normalize_endpoint(endpoint)
+        self._http = httpx.Client(
+            base_url=self.endpoint,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            headers={"Accept": "application/json"},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "DataflowClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------
+
+    @staticmethod
+    def _jobs_path(project: str, region: str | None) -> str:
+        base = f"/v1b3/projects/{quote(project, safe='')}"
+        if region is None:
+            return base + "/jobs:aggregated"
+        return f"{base}/locations/{quote(region, safe='')}/jobs"
+
+    def _job_path(self, project: str, region: str, job_id: str) -> str:
+        return f"{self._jobs_path(project, region)}/{quote(job_id, safe='')}"
+
+    def _request(self, method: str, path: str, params: dict | None = None, json: dict | None = None) -> dict:
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = self._http.request(method, path, params=params, json=json)
+        except httpx.TimeoutException:
+            raise ConnectionFailure(self.endpoint, "the request timed out") from None
+        except httpx.HTTPError as exc:
+            raise ConnectionFailure(self.endpoint, str(exc) or type(exc).__name__) from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.is_success and isinstance(data, dict):
+            return data
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict) and error.get("message"):
+            raise ApiCallError(
+                str(error.get("status") or f"HTTP {response.status_code}"), str(error["message"]), response.status_code
+            )
+        snippet = " ".join(response.text.split())[:200] or response.reason_phrase
+        if response.is_success:
+            raise ConnectionFailure(self.endpoint, f"the answer to {method} {path} is not a JSON object: {snippet}")
+        raise ApiCallError(f"HTTP {response.status_code}", snippet, response.status_code)
+
+    # -- jobs ---------------------------------------------------------------
+
+    def list_jobs_page(
+        self,
+        project: str,
+        region: str | None,
+        filter: str | None = None,
+        name: str | None = None,
+        page_size: int | None = None,
+        page_token: str | None = None,
+    ) -> dict:
+        """One page of jobs.list; region None lists every region (jobs:aggregated)."""
+        params = {"filter": filter, "name": name, "pageSize": page_size, "pageToken": page_token}
+        return self._request("GET", self._jobs_path(project, region), params)
+
+    def iter_jobs(
+        self,
+        project: str,
+        region: str | None,
+        filter: str | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[dict]:
+        """Jobs, newest first, following nextPageToken until `limit` jobs (None: all)."""
+        count, token = 0, None
+        while limit is None or count < limit:
+            size = MAX_PAGE_SIZE if limit is None else min(limit - count, MAX_PAGE_SIZE)
+            page = self.list_jobs_page(project, region, filter, name, size, token)
+            for job in page.get("jobs", []):
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                yield job
+            token = page.get("nextPageToken")
+            if not token:
+                return
+
+    def get_job(self, project: str, region: str, job_id: str, view: str | None = None) -> dict:
+        return self._request("GET", self._job_path(project, region, job_id), {"view": view})
+
+    def update_job(self, project: str, region: str, job_id: str, body: dict) -> dict:
+        return self._request("PUT", self._job_path(project, region, job_id), json=body)
+
+    def request_state(self, project: str, region: str, job_id: str, state: str) -> dict:
+        """Ask for a state change (JOB_STATE_CANCELLED, JOB_STATE_DRAINED); returns the job as changed."""
+        return self.update_job(project, region, job_id, {"requestedState": state})
+
+    # -- messages -------------------------------------------------------------
+
+    def list_messages_page(
+        self,
+        project: str,
+        region: str,
+        job_id: str,
+        minimum_importance: str | None = None,
+        start_time: str | None = None,
+        page_size: int | None = None,
+        page_token: str | None = None,
+    ) -> dict:
+        params = {
+            "minimumImportance": minimum_importance,
+            "startTime": start_time,
+            "pageSize": page_size,
+            "pageToken": page_token,
+        }
+        return self._request("GET", self._job_path(project, region, job_id) + "/messages", params)
+
+    def iter_messages(
+        self,
+        project: str,
+        region: str,
+        job_id: str,
+        minimum_importance: str | None = None,
+        start_time: str | None = None,
+    ) -> Iterator[dict]:
+        """Every message of the job (from start_time on), oldest first, following nextPageToken."""
+        token = None
+        while True:
+            page = self.list_messages_page(
+                project, region, job_id, minimum_importance, start_time, MAX_PAGE_SIZE, token
+            )
+            yield from page.get("jobMessages", [])
+            token = page.get("nextPageToken")
+            if not token:
+                return
+
+
+class MessageFollower:
+    """Reads a job's messages as they come, each once, and notices when the job ends.
+
+    A page token only exists while more pages do, so each poll asks for the
+    messages from (the newest time seen - `overlap`) on and drops the ids it has
+    already handed out: a message stamped a little before one already seen but
+    stored after it is still caught, and nothing is handed out twice.
+    """
+
+    def __init__(
+        self,
+        client: DataflowClient,
+        project: str,
+        region: str,
+        job_id: str,
+        minimum_importance: str | None = None,
+        overlap_seconds: float = 60.0,
+    ):
+        self.client = client
+        self.project, self.region, self.job_id = project, region, job_id
+        self.minimum_importance = minimum_importance
+        self.state: str | None = None
+        self._overlap_us = int(overlap_seconds * 1_000_000)
+        self._seen: dict[object, int] = {}  # message key -> its time (epoch microseconds)
+        self._newest: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def _time_of(self, message: dict) -> int:
+        try:
+            return parse_time_us(message["time"])
+        except (KeyError, TypeError, ValueError):
+            return self._newest or 0
+
+    def poll(self) -> list[dict]:
+        """The messages not returned before. Reads the job's state first, so once `finished` is
+        true the messages returned include everything the job logged up to its end."""
+        job = self.client.get_job(self.project, self.region, self.job_id, view="JOB_VIEW_SUMMARY")
+        self.state = job.get("currentState")
+        start = None
+        if self._newest is not None:
+            start = format_time_us(self._newest - self._overlap_us)
+        new = []
+        for message in self.client.iter_messages(
+            self.project, self.region, self.job_id, self.minimum_importance, start
+        ):
+            key = message.get("id") or (message.get("time"), message.get("messageText"))
+            if key in self._seen:
+                continue
+            when = self._time_of(message)
+            self._seen[key] = when
+            self._newest = when if self._newest is None else max(self._newest, when)
+            new.append(message)
+        if self._newest is not None:
+            cutoff = self._newest - self._overlap_us
+            self._seen = {k: t for k, t in self._seen.items() if t >= cutoff}
+        return new

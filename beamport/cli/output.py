@@ -1,0 +1,180 @@
+"""How the `beamport jobs` commands show jobs and messages: a readable table/text view, or JSON.
+
+It knows the shape of Dataflow's Job and JobMessage objects, and nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import datetime
+from enum import Enum
+from typing import Iterable, TextIO
+
+from rich.console import Console
+from rich.table import Table
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def short_enum(value: str | None, prefix: str) -> str:
+    """JOB_STATE_PENDING -> Pending, JOB_TYPE_STREAMING -> Streaming, as gcloud shows them."""
+    if not value:
+        return "Unknown"
+    if value.startswith(prefix):
+        value = value[len(prefix):]
+    return value.replace("_", " ").capitalize()
+
+
+def short_time(value: str | None, precision: str = "seconds") -> str:
+    """An RFC 3339 timestamp (UTC) as '2024-05-01 12:34:56' (or with '.123' for milliseconds)."""
+    if not value:
+        return "-"
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    text = dt.strftime("%Y-%m-%d %H:%M:%S")
+    if precision == "milliseconds":
+        text += f".{dt.microsecond // 1000:03d}"
+    return text
+
+
+# -- a YAML-like view of nested JSON ------------------------------------------
+
+_PLAIN = re.compile(r"[A-Za-z0-9_./@(][-A-Za-z0-9_./@()+, ]*\Z")
+_NUMBER = re.compile(r"[-+]?(\d[\d_]*)?\.?\d*([eE][-+]?\d+)?\Z")
+
+
+def _scalar(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)  # only empty ones are shown inline
+    text = str(value)
+    plain = _PLAIN.match(text) and text == text.strip() and not _NUMBER.match(text)
+    if plain and text not in ("true", "false", "null"):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def yaml_lines(value, indent: int = 0) -> list[str]:
+    pad = "  " * indent
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, (dict, list)) and item:
+                lines.append(f"{pad}{key}:")
+                lines += yaml_lines(item, indent + 1)
+            else:
+                lines.append(f"{pad}{key}: {_scalar(item)}")
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, (dict, list)) and item:
+                nested = yaml_lines(item, indent + 1)
+                lines.append(f"{pad}- {nested[0].lstrip()}")
+                lines += nested[1:]
+            else:
+                lines.append(f"{pad}- {_scalar(item)}")
+    else:
+        lines.append(pad + _scalar(value))
+    return lines
+
+
+# -- the printer ----------------------------------------------------------------
+
+
+class Printer:
+    """Writes results to stdout in the chosen format; notes and errors go to stderr."""
+
+    def __init__(self, format: Format = Format.table, out: TextIO | None = None, err: TextIO | None = None):
+        self.format = Format(format)
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+
+    def _write(self, text: str, stream: TextIO | None = None) -> None:
+        stream = stream or self.out
+        stream.write(text if text.endswith("\n") else text + "\n")
+        stream.flush()
+
+    def _json(self, value) -> None:
+        self._write(json.dumps(value, indent=2, ensure_ascii=False))
+
+    def note(self, text: str) -> None:
+        self._write(text, self.err)
+
+    def error(self, text: str) -> None:
+        self._write(f"ERROR: {text}", self.err)
+
+    def _table(self, table: Table) -> None:
+        # Columns keep their natural width, as gcloud's and kubectl's do: a job id is never cut,
+        # a narrow terminal wraps the line instead. Colors only on a terminal (rich's default).
+        console = Console(file=self.out, width=100_000, highlight=False)
+        with console.capture() as capture:
+            console.print(table)
+        self._write("\n".join(line.rstrip() for line in capture.get().splitlines()))
+
+    # -- jobs ---------------------------------------------------------------
+
+    def jobs(self, jobs: list[dict]) -> None:
+        if self.format is Format.json:
+            self._json(jobs)
+            return
+        if not jobs:
+            self.note("Listed 0 items.")
+            return
+        table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
+        for column in ("JOB_ID", "NAME", "TYPE", "STATE", "REGION", "CREATED (UTC)"):
+            table.add_column(column, no_wrap=True)
+        for job in jobs:
+            table.add_row(
+                job.get("id", ""),
+                job.get("name", ""),
+                short_enum(job.get("type"), "JOB_TYPE_"),
+                short_enum(job.get("currentState"), "JOB_STATE_"),
+                job.get("location", ""),
+                short_time(job.get("createTime")),
+            )
+        self._table(table)
+
+    def job(self, job: dict) -> None:
+        if self.format is Format.json:
+            self._json(job)
+        else:
+            self._write("\n".join(yaml_lines(job)))
+
+    def state_change(self, job: dict, job_id: str, action: str, requested_state: str) -> None:
+        """The answer to a cancel or drain: `action` is 'cancel' or 'drain'."""
+        if self.format is Format.json:
+            self._json(job)
+            return
+        state = job.get("currentState", "JOB_STATE_UNKNOWN")
+        done = {"cancel": "Cancelled", "drain": "Drained"}[action]
+        if state == requested_state:
+            self._write(f"{done} job [{job_id}]; state: {state}")
+        else:
+            self._write(f"Requested {action} of job [{job_id}]; state: {state}")
+
+    # -- messages -------------------------------------------------------------
+
+    def messages(self, messages: Iterable[dict]) -> None:
+        for message in messages:
+            self.message(message)
+
+    def message(self, message: dict) -> None:
+        if self.format is Format.json:
+            self._write(json.dumps(message, ensure_ascii=False))
+            return
+        importance = short_enum(message.get("messageImportance"), "JOB_MESSAGE_").upper()
+        prefix = f"{short_time(message.get('time'), 'milliseconds')}  {importance:<8}  "
+        text = message.get("messageText", "")
+        continuation = "\n" + " " * len(prefix)
+        self._write(prefix + continuation.join(text.splitlines() or [""]))
