@@ -20,6 +20,7 @@ def test_create_fills_server_fields(api):
     for key in ("createTime", "currentStateTime", "startTime"):
         assert RFC3339_RE.match(job[key]), job[key]
     assert api.get(job["id"]).json() == job
+    assert api.create("no-type")["type"] == "JOB_TYPE_BATCH"
 
 
 @pytest.mark.parametrize("name", ["Upper", "1starts-with-digit", "ends-with-dash-", "under_score", "a" * 1025, ""])

@@ -52,7 +52,7 @@ _UPDATABLE.update(
 )
 NO_ENGINE_WARNING = (
     "This Beamport server has no execution engine yet, so nothing will run this job: "
-    "it stays in JOB_STATE_PENDING until it is cancelled."
+    "it stays in JOB_STATE_PENDING until it is cancelled (or, if it is a streaming job, drained)."
 )
 
 
@@ -247,6 +247,8 @@ class JobService:
         job.start_time.CopyFrom(stamp)
         job.current_state_time.CopyFrom(stamp)
         job.current_state = model.JobState.values_by_name[model.PENDING].number
+        if not job.type_:
+            job.type_ = model.JobType.values_by_name[model.BATCH].number  # Dataflow's default
         record = _record_from_document(wire.to_dict(job))
         messages = [_message(job_id, now, "JOB_MESSAGE_WARNING", NO_ENGINE_WARNING)]
 

@@ -34,6 +34,7 @@ TERMINAL_STATES = frozenset({DONE, FAILED, CANCELLED, DRAINED, UPDATED})
 # Active, but no work has started: stopping such a job needs no engine.
 NOT_STARTED_STATES = frozenset({PENDING, QUEUED, STOPPED})
 
+BATCH = "JOB_TYPE_BATCH"
 STREAMING = "JOB_TYPE_STREAMING"
 
 VIEW_UNKNOWN = JobView.values_by_name["JOB_VIEW_UNKNOWN"].number
