@@ -16,7 +16,7 @@ from beamport import wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument, not_found
 from beamport.service import model
 from beamport.service.model import JobPb
-from beamport.service.paging import decode_token, encode_token, page_size
+from beamport.service.paging import decode_token, page_response, page_size
 from beamport.store.base import (
     FILTER_ACTIVE,
     FILTER_ALL,
@@ -68,6 +68,15 @@ def _message(job_id: str, now_us: int, importance: str, text: str) -> MessageRec
         importance_rank=model.IMPORTANCE_RANK[importance],
         text=text,
     )
+
+
+def _render_message(m: MessageRecord) -> dict:
+    return {
+        "id": m.message_id,
+        "time": _timestamp(m.time_us),
+        "messageText": m.text,
+        "messageImportance": model.IMPORTANCE_ORDER[m.importance_rank],
+    }
 
 
 def _record_from_document(doc: dict, record: JobRecord | None = None) -> JobRecord:
@@ -156,12 +165,7 @@ class JobService:
         )
         with_detail = view in (model.VIEW_ALL, model.VIEW_DESCRIPTION)
         records = self.store.list_jobs(query, with_detail=with_detail)
-        response: dict = {}
-        if records:
-            response["jobs"] = [self._render(r, view) for r in records[:limit]]
-        if len(records) > limit:
-            response["nextPageToken"] = encode_token("jobs", records[limit - 1].seq)
-        return response
+        return page_response(records, limit, "jobs", "jobs", lambda record: self._render(record, view))
 
     def list_messages(
         self,
@@ -190,20 +194,7 @@ class JobService:
                 limit=limit + 1,
             )
         )
-        response: dict = {}
-        if records:
-            response["jobMessages"] = [
-                {
-                    "id": m.message_id,
-                    "time": _timestamp(m.time_us),
-                    "messageText": m.text,
-                    "messageImportance": model.IMPORTANCE_ORDER[m.importance_rank],
-                }
-                for m in records[:limit]
-            ]
-        if len(records) > limit:
-            response["nextPageToken"] = encode_token("messages", records[limit - 1].seq)
-        return response
+        return page_response(records, limit, "messages", "jobMessages", _render_message)
 
     def get_metrics(self, project_id: str, location: str | None, job_id: str, start_us: int | None = None) -> dict:
         """JobMetrics. No engine runs jobs yet, so no job has metrics: the list is empty, truthfully."""

@@ -28,3 +28,13 @@ def page_size(requested: int, default: int, maximum: int) -> int:
     if requested < 0:
         raise invalid_argument(f"pageSize must not be negative, got {requested}")
     return min(requested or default, maximum)
+
+
+def page_response(records: list, limit: int, kind: str, items_key: str, render) -> dict:
+    """A list response from up to limit+1 records: the first `limit` rendered, a token if there were more."""
+    response: dict = {}
+    if records:
+        response[items_key] = [render(record) for record in records[:limit]]
+    if len(records) > limit:
+        response["nextPageToken"] = encode_token(kind, records[limit - 1].seq)
+    return response
