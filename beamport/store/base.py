@@ -44,6 +44,48 @@ class MessageRecord:
     seq: int | None = None
 
 
+# Work item states
+WORK_PENDING = "PENDING"  # waiting for a worker to lease it
+WORK_LEASED = "LEASED"
+WORK_DONE = "DONE"
+WORK_FAILED = "FAILED"
+WORK_CANCELLED = "CANCELLED"
+
+
+@dataclass
+class WorkItemRecord:
+    job_id: str
+    state: str = WORK_PENDING
+    attempt: int = 1
+    worker_id: str | None = None
+    lease_expire_us: int | None = None
+    next_report_index: int = 1
+    start_us: int | None = None
+    end_us: int | None = None
+    version: int = 1
+    id: int | None = None  # assigned by the store
+
+
+@dataclass
+class MetricRecord:
+    job_id: str
+    metric_key: str  # identifies the metric (name, origin, context) within the job
+    update_us: int
+    doc: str  # the MetricUpdate, Google JSON
+
+
+@dataclass
+class StageRecord:
+    job_id: str
+    stage: str
+    state: str
+    ordinal: int
+    start_us: int | None = None
+    end_us: int | None = None
+    worker_id: str | None = None
+    work_item_id: int | None = None
+
+
 @dataclass
 class JobQuery:
     project_id: str
@@ -89,12 +131,24 @@ class ActiveNameTaken(StoreError):
 
 
 @dataclass
+class WorkItemChange:
+    """Replace a stored work item with `record`, provided its version is still `expected_version`."""
+
+    record: WorkItemRecord
+    expected_version: int
+
+
+@dataclass
 class Write:
-    """One atomic write: new jobs, changed jobs and new messages, all or nothing."""
+    """One atomic write, all or nothing. Metrics and stages replace the stored ones with the same key."""
 
     new_jobs: Sequence[JobRecord] = ()
     changed_jobs: Sequence[JobChange] = ()
     messages: Iterable[MessageRecord] = field(default_factory=list)
+    new_work_items: Sequence[WorkItemRecord] = ()
+    changed_work_items: Sequence[WorkItemChange] = ()
+    metrics: Sequence[MetricRecord] = ()
+    stages: Sequence[StageRecord] = ()
 
 
 class Store(abc.ABC):
@@ -120,6 +174,27 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_messages(self, query: MessageQuery) -> list[MessageRecord]:
         """Messages matching the query, oldest first, at most query.limit."""
+
+    @abc.abstractmethod
+    def list_active_jobs(self, limit: int) -> list[JobRecord]:
+        """Active jobs of every project, oldest first (summary only)."""
+
+    @abc.abstractmethod
+    def get_work_item(self, item_id: int) -> WorkItemRecord | None: ...
+
+    @abc.abstractmethod
+    def list_work_items(self, job_id: str) -> list[WorkItemRecord]: ...
+
+    @abc.abstractmethod
+    def list_work_items_in_state(self, state: str, limit: int) -> list[WorkItemRecord]:
+        """Work items in `state`, of every job, oldest first."""
+
+    @abc.abstractmethod
+    def list_metrics(self, job_id: str, since_us: int | None = None) -> list[MetricRecord]: ...
+
+    @abc.abstractmethod
+    def list_stages(self, job_id: str) -> list[StageRecord]:
+        """The job's stages in the order they started."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -19,11 +19,14 @@ from beamport.store.base import (
     JobRecord,
     MessageQuery,
     MessageRecord,
+    MetricRecord,
+    StageRecord,
     Store,
     VersionConflict,
+    WorkItemRecord,
     Write,
 )
-from beamport.store.tables import job_messages, jobs
+from beamport.store.tables import job_messages, job_metrics, jobs, stage_runs, work_items
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -109,6 +112,22 @@ class SqlStore(Store):
                 ]
                 if rows:
                     conn.execute(insert(job_messages), rows)
+                for change in write.changed_work_items:
+                    row = _work_item_row(change.record)
+                    row["version"] = change.expected_version + 1
+                    result = conn.execute(
+                        update(work_items)
+                        .where(work_items.c.id == change.record.id, work_items.c.version == change.expected_version)
+                        .values(**row)
+                    )
+                    if result.rowcount != 1:
+                        raise VersionConflict(f"work item {change.record.id}")
+                new_item_ids = [
+                    conn.execute(insert(work_items).values(**_work_item_row(item))).inserted_primary_key[0]
+                    for item in write.new_work_items
+                ]
+                self._upsert(conn, job_metrics, ["job_id", "metric_key"], [vars(m) for m in write.metrics])
+                self._upsert(conn, stage_runs, ["job_id", "stage"], [vars(st) for st in write.stages])
         except IntegrityError as exc:
             text = str(exc.orig).lower()
             if "uq_jobs_active_name" in text or ("unique" in text and "jobs.name" in text):
@@ -119,6 +138,21 @@ class SqlStore(Store):
             change.record.version = change.expected_version + 1
         for record, seq in zip(write.new_jobs, new_seqs):
             record.seq = seq
+        for change in write.changed_work_items:
+            change.record.version = change.expected_version + 1
+        for item, item_id in zip(write.new_work_items, new_item_ids):
+            item.id = item_id
+
+    def _upsert(self, conn, table, key: list[str], rows: list[dict]) -> None:
+        if not rows:
+            return
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        stmt = dialect_insert(table)
+        updates = {c.name: stmt.excluded[c.name] for c in table.c if c.name not in key}
+        conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=updates), rows)
 
     # -- reads --------------------------------------------------------------
 
@@ -206,6 +240,38 @@ class SqlStore(Store):
                 for row in conn.execute(stmt)
             ]
 
+    def list_active_jobs(self, limit: int) -> list[JobRecord]:
+        stmt = select(*_SUMMARY_COLUMNS).where(jobs.c.active == True).order_by(jobs.c.seq).limit(limit)  # noqa: E712
+        with self.engine.connect() as conn:
+            return [_job_record(row) for row in conn.execute(stmt)]
+
+    def get_work_item(self, item_id: int) -> WorkItemRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*work_items.c).where(work_items.c.id == item_id)).first()
+        return WorkItemRecord(**row._mapping) if row else None
+
+    def list_work_items(self, job_id: str) -> list[WorkItemRecord]:
+        stmt = select(*work_items.c).where(work_items.c.job_id == job_id).order_by(work_items.c.id)
+        with self.engine.connect() as conn:
+            return [WorkItemRecord(**row._mapping) for row in conn.execute(stmt)]
+
+    def list_work_items_in_state(self, state: str, limit: int) -> list[WorkItemRecord]:
+        stmt = select(*work_items.c).where(work_items.c.state == state).order_by(work_items.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [WorkItemRecord(**row._mapping) for row in conn.execute(stmt)]
+
+    def list_metrics(self, job_id: str, since_us: int | None = None) -> list[MetricRecord]:
+        stmt = select(*job_metrics.c).where(job_metrics.c.job_id == job_id)
+        if since_us is not None:
+            stmt = stmt.where(job_metrics.c.update_us >= since_us)
+        with self.engine.connect() as conn:
+            return [MetricRecord(**row._mapping) for row in conn.execute(stmt.order_by(job_metrics.c.metric_key))]
+
+    def list_stages(self, job_id: str) -> list[StageRecord]:
+        stmt = select(*stage_runs.c).where(stage_runs.c.job_id == job_id).order_by(stage_runs.c.ordinal)
+        with self.engine.connect() as conn:
+            return [StageRecord(**row._mapping) for row in conn.execute(stmt)]
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -224,6 +290,12 @@ def _job_row(record: JobRecord) -> dict:
         "summary": record.summary,
         "detail": record.detail,
     }
+
+
+def _work_item_row(item: WorkItemRecord) -> dict:
+    row = dict(vars(item))
+    row.pop("id")
+    return row
 
 
 def _job_record(row) -> JobRecord:

@@ -27,6 +27,7 @@ jobs = Table(
     Index("ix_jobs_project_location_active_seq", "project_id", "location", "active", "seq"),
     Index("ix_jobs_project_location_name_seq", "project_id", "location", "name", "seq"),
     Index("ix_jobs_request", "project_id", "location", "client_request_id"),
+    Index("ix_jobs_active_seq", "active", "seq"),
     # Dataflow's rule: one active job per (project, region, name).
     Index(
         "uq_jobs_active_name",
@@ -51,4 +52,47 @@ job_messages = Table(
     Column("text", Text, nullable=False),
     Index("ix_job_messages_job_seq", "job_id", "seq"),
     sqlite_autoincrement=True,
+)
+
+# The unit of work a worker leases: for now one per job, the whole pipeline.
+work_items = Table(
+    "work_items",
+    metadata,
+    Column("id", SeqType, primary_key=True, autoincrement=True),
+    Column("job_id", String(128), nullable=False),
+    Column("state", String(16), nullable=False),  # PENDING, LEASED, DONE, FAILED, CANCELLED
+    Column("attempt", Integer, nullable=False),
+    Column("worker_id", String(256), nullable=True),
+    Column("lease_expire_us", BigInteger, nullable=True),
+    Column("next_report_index", BigInteger, nullable=False),
+    Column("start_us", BigInteger, nullable=True),
+    Column("end_us", BigInteger, nullable=True),
+    Column("version", Integer, nullable=False),
+    Index("ix_work_items_job", "job_id"),
+    Index("ix_work_items_state", "state", "id"),
+    sqlite_autoincrement=True,
+)
+
+# The latest (cumulative) value of each of a job's metrics, as a MetricUpdate document.
+job_metrics = Table(
+    "job_metrics",
+    metadata,
+    Column("job_id", String(128), primary_key=True),
+    Column("metric_key", String(2048), primary_key=True),
+    Column("update_us", BigInteger, nullable=False),
+    Column("doc", Text, nullable=False),
+)
+
+# Each fused stage of a job's execution, as the worker reported it.
+stage_runs = Table(
+    "stage_runs",
+    metadata,
+    Column("job_id", String(128), primary_key=True),
+    Column("stage", String(1024), primary_key=True),
+    Column("state", String(64), nullable=False),
+    Column("start_us", BigInteger, nullable=True),
+    Column("end_us", BigInteger, nullable=True),
+    Column("worker_id", String(256), nullable=True),
+    Column("work_item_id", BigInteger, nullable=True),
+    Column("ordinal", Integer, nullable=False),  # the order stages started in
 )
