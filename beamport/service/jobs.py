@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from beamport import wire
-from beamport.errors import ApiError, failed_precondition, invalid_argument, not_found
+from beamport.errors import ApiError, failed_precondition, invalid_argument
 from beamport.service import model
+from beamport.service.documents import (
+    document,
+    job_message,
+    load_job,
+    move_to_state,
+    record_from_document,
+    render_job,
+    render_message,
+    timestamp,
+)
 from beamport.service.model import JobPb
 from beamport.service.paging import decode_token, page_response, page_size
 from beamport.store.base import (
@@ -56,61 +65,6 @@ NO_ENGINE_WARNING = (
 )
 
 
-def _timestamp(us: int) -> str:
-    return wire.format_timestamp_us(us)
-
-
-def _message(job_id: str, now_us: int, importance: str, text: str) -> MessageRecord:
-    return MessageRecord(
-        job_id=job_id,
-        message_id=model.new_message_id(),
-        time_us=now_us,
-        importance_rank=model.IMPORTANCE_RANK[importance],
-        text=text,
-    )
-
-
-def _render_message(m: MessageRecord) -> dict:
-    return {
-        "id": m.message_id,
-        "time": _timestamp(m.time_us),
-        "messageText": m.text,
-        "messageImportance": model.IMPORTANCE_ORDER[m.importance_rank],
-    }
-
-
-def _record_from_document(doc: dict, record: JobRecord | None = None) -> JobRecord:
-    summary, detail = model.split_document(doc)
-    active = doc.get("currentState") not in model.TERMINAL_STATES
-    end_us = None
-    if not active:
-        end_us = wire.parse_timestamp_us(doc.get("currentStateTime"), "currentStateTime")
-    fields = dict(
-        id=doc["id"],
-        project_id=doc["projectId"],
-        location=doc["location"],
-        name=doc["name"],
-        client_request_id=doc.get("clientRequestId", ""),
-        active=active,
-        create_us=wire.parse_timestamp_us(doc["createTime"], "createTime"),
-        end_us=end_us,
-        summary=orjson.dumps(summary).decode(),
-        detail=orjson.dumps(detail).decode(),
-    )
-    if record is None:
-        return JobRecord(**fields)
-    for key, value in fields.items():
-        setattr(record, key, value)
-    return record
-
-
-def _document(record: JobRecord) -> dict:
-    doc = orjson.loads(record.summary)
-    if record.detail:
-        doc.update(orjson.loads(record.detail))
-    return doc
-
-
 class JobService:
     def __init__(self, store: Store, clock=wire.now_us):
         self.store = store
@@ -118,23 +72,9 @@ class JobService:
 
     # -- reading ------------------------------------------------------------
 
-    def _load(self, project_id: str, location: str | None, job_id: str, with_detail: bool = True) -> JobRecord:
-        record = self.store.get_job(project_id, job_id, with_detail=with_detail)
-        if record is None or (location is not None and record.location != location):
-            where = f" in location {location}" if location else ""
-            raise not_found(
-                f"Information about job {job_id}{where} could not be found in our system. "
-                "Please double check that the id is correct."
-            )
-        return record
-
-    def _render(self, record: JobRecord, view: int) -> dict:
-        detail = orjson.loads(record.detail) if record.detail and view in (model.VIEW_ALL, model.VIEW_DESCRIPTION) else None
-        return model.render_view(orjson.loads(record.summary), detail, view)
-
     def get_job(self, project_id: str, location: str | None, job_id: str, view: int = 0) -> dict:
         with_detail = view in (model.VIEW_ALL, model.VIEW_DESCRIPTION)
-        return self._render(self._load(project_id, location, job_id, with_detail), view)
+        return render_job(load_job(self.store, project_id, location, job_id, with_detail), view)
 
     def list_jobs(
         self,
@@ -165,7 +105,7 @@ class JobService:
         )
         with_detail = view in (model.VIEW_ALL, model.VIEW_DESCRIPTION)
         records = self.store.list_jobs(query, with_detail=with_detail)
-        return page_response(records, limit, "jobs", "jobs", lambda record: self._render(record, view))
+        return page_response(records, limit, "jobs", "jobs", lambda record: render_job(record, view))
 
     def list_messages(
         self,
@@ -178,7 +118,7 @@ class JobService:
         page_size_: int = 0,
         page_token: str | None = None,
     ) -> dict:
-        self._load(project_id, location, job_id, with_detail=False)
+        load_job(self.store, project_id, location, job_id, with_detail=False)
         limit = page_size(page_size_, default=100, maximum=1000)
         rank = 0
         if minimum_importance:
@@ -194,12 +134,12 @@ class JobService:
                 limit=limit + 1,
             )
         )
-        return page_response(records, limit, "messages", "jobMessages", _render_message)
+        return page_response(records, limit, "messages", "jobMessages", render_message)
 
     def get_metrics(self, project_id: str, location: str | None, job_id: str, start_us: int | None = None) -> dict:
         """JobMetrics. No engine runs jobs yet, so no job has metrics: the list is empty, truthfully."""
-        self._load(project_id, location, job_id, with_detail=False)
-        return {"metricTime": _timestamp(self.clock())}
+        load_job(self.store, project_id, location, job_id, with_detail=False)
+        return {"metricTime": timestamp(self.clock())}
 
     # -- creating -----------------------------------------------------------
 
@@ -220,7 +160,7 @@ class JobService:
             # A retried create: answer the job the first attempt made.
             existing = self.store.find_job_by_request_id(project_id, location, job.name, job.client_request_id)
             if existing is not None:
-                return self._render(existing, view)
+                return render_job(existing, view)
 
         now = self.clock()
         job_id = model.new_job_id(now)
@@ -240,8 +180,8 @@ class JobService:
         job.current_state = model.JobState.values_by_name[model.PENDING].number
         if not job.type_:
             job.type_ = model.JobType.values_by_name[model.BATCH].number  # Dataflow's default
-        record = _record_from_document(wire.to_dict(job))
-        messages = [_message(job_id, now, "JOB_MESSAGE_WARNING", NO_ENGINE_WARNING)]
+        record = record_from_document(wire.to_dict(job))
+        messages = [job_message(job_id, now, "JOB_MESSAGE_WARNING", NO_ENGINE_WARNING)]
 
         for _ in range(_RETRIES):
             try:
@@ -249,7 +189,7 @@ class JobService:
                     self._replace(project_id, location, replace_job_id, record, messages, now)
                 else:
                     self.store.write(Write(new_jobs=[record], messages=messages))
-                return self._render(record, view)
+                return render_job(record, view)
             except VersionConflict:
                 continue
             except ActiveNameTaken:
@@ -257,14 +197,14 @@ class JobService:
                 # existing job, unchanged; clients compare clientRequestId.
                 existing = self.store.find_active_job(project_id, location, job.name)
                 if existing is not None and not replace_job_id:
-                    return self._render(existing, view)
+                    return render_job(existing, view)
         raise ApiError("ABORTED", f"Too much contention creating job {job.name}; try again.")
 
     def _replace(
         self, project_id: str, location: str, old_id: str, record: JobRecord, messages: list, now: int
     ) -> None:
-        old = self._load(project_id, location, old_id)
-        old_doc = _document(old)
+        old = load_job(self.store, project_id, location, old_id)
+        old_doc = document(old)
         if not old.active:
             raise failed_precondition(
                 f"Job {old_id} is in state {old_doc.get('currentState')}: only an active job can be replaced."
@@ -274,16 +214,16 @@ class JobService:
                 f"The replacement job must have the same name as job {old_id} ('{old.name}'), not '{record.name}'."
             )
         expected = old.version
-        old_doc.update(currentState=model.UPDATED, currentStateTime=_timestamp(now), replacedByJobId=record.id)
-        _record_from_document(old_doc, old)
+        old_doc.update(currentState=model.UPDATED, currentStateTime=timestamp(now), replacedByJobId=record.id)
+        record_from_document(old_doc, old)
         self.store.write(
             Write(
                 new_jobs=[record],
                 changed_jobs=[JobChange(old, expected)],
                 messages=[
                     *messages,
-                    _message(record.id, now, "JOB_MESSAGE_BASIC", f"This job replaces job {old_id}."),
-                    _message(old_id, now, "JOB_MESSAGE_BASIC", f"Job was updated: it is replaced by job {record.id}."),
+                    job_message(record.id, now, "JOB_MESSAGE_BASIC", f"This job replaces job {old_id}."),
+                    job_message(old_id, now, "JOB_MESSAGE_BASIC", f"Job was updated: it is replaced by job {record.id}."),
                 ],
             )
         )
@@ -311,8 +251,8 @@ class JobService:
         changes = wire.to_dict(job)
 
         for _ in range(_RETRIES):
-            record = self._load(project_id, location, job_id)
-            doc = _document(record)
+            record = load_job(self.store, project_id, location, job_id)
+            doc = document(record)
             state = doc.get("currentState", "")
             if state in model.TERMINAL_STATES:
                 raise failed_precondition(
@@ -324,12 +264,12 @@ class JobService:
             else:
                 messages = self._apply_mask(doc, mask, changes)
             expected = record.version
-            _record_from_document(doc, record)
+            record_from_document(doc, record)
             try:
                 self.store.write(Write(changed_jobs=[JobChange(record, expected)], messages=messages))
             except VersionConflict:
                 continue
-            return self._render(record, model.VIEW_SUMMARY)
+            return render_job(record, model.VIEW_SUMMARY)
         raise ApiError("ABORTED", f"Too much contention updating job {job_id}; try again.")
 
     def _request_state(self, doc: dict, requested: str, now: int) -> list[MessageRecord]:
@@ -337,8 +277,7 @@ class JobService:
         job_id, state = doc["id"], doc.get("currentState", "")
 
         def move(new_state: str) -> None:
-            doc["currentState"] = new_state
-            doc["currentStateTime"] = _timestamp(now)
+            move_to_state(doc, new_state, now)
 
         if requested == model.CANCELLED:
             doc["requestedState"] = model.CANCELLED
@@ -348,7 +287,7 @@ class JobService:
                 move(model.CANCELLED)  # nothing runs yet, so nothing needs stopping
             else:
                 move(model.CANCELLING)  # the engine finishes the cancel
-            return [_message(job_id, now, "JOB_MESSAGE_BASIC", f"Cancel request is committed for job {job_id}.")]
+            return [job_message(job_id, now, "JOB_MESSAGE_BASIC", f"Cancel request is committed for job {job_id}.")]
 
         if requested in (model.DRAINED, model.DRAINING):  # Beam asks for DRAINING, gcloud for DRAINED
             if doc.get("type") != model.STREAMING:
@@ -365,7 +304,7 @@ class JobService:
                 move(model.DRAINED)  # it never read any input: there is nothing to flush
             else:
                 move(model.DRAINING)
-            return [_message(job_id, now, "JOB_MESSAGE_BASIC", f"Drain request is committed for job {job_id}.")]
+            return [job_message(job_id, now, "JOB_MESSAGE_BASIC", f"Drain request is committed for job {job_id}.")]
 
         if requested == model.DONE:
             raise failed_precondition(

@@ -1,0 +1,88 @@
+"""Jobs as stored documents: records to and from their Google-JSON form, messages, lookups."""
+
+from __future__ import annotations
+
+import orjson
+
+from beamport import wire
+from beamport.errors import not_found
+from beamport.service import model
+from beamport.store.base import JobRecord, MessageRecord, Store
+
+
+def timestamp(us: int) -> str:
+    return wire.format_timestamp_us(us)
+
+
+def job_message(job_id: str, now_us: int, importance: str, text: str) -> MessageRecord:
+    return MessageRecord(
+        job_id=job_id,
+        message_id=model.new_message_id(),
+        time_us=now_us,
+        importance_rank=model.IMPORTANCE_RANK[importance],
+        text=text,
+    )
+
+
+def render_message(m: MessageRecord) -> dict:
+    return {
+        "id": m.message_id,
+        "time": timestamp(m.time_us),
+        "messageText": m.text,
+        "messageImportance": model.IMPORTANCE_ORDER[m.importance_rank],
+    }
+
+
+def record_from_document(doc: dict, record: JobRecord | None = None) -> JobRecord:
+    summary, detail = model.split_document(doc)
+    active = doc.get("currentState") not in model.TERMINAL_STATES
+    end_us = None
+    if not active:
+        end_us = wire.parse_timestamp_us(doc.get("currentStateTime"), "currentStateTime")
+    fields = dict(
+        id=doc["id"],
+        project_id=doc["projectId"],
+        location=doc["location"],
+        name=doc["name"],
+        client_request_id=doc.get("clientRequestId", ""),
+        active=active,
+        create_us=wire.parse_timestamp_us(doc["createTime"], "createTime"),
+        end_us=end_us,
+        summary=orjson.dumps(summary).decode(),
+        detail=orjson.dumps(detail).decode(),
+    )
+    if record is None:
+        return JobRecord(**fields)
+    for key, value in fields.items():
+        setattr(record, key, value)
+    return record
+
+
+def document(record: JobRecord) -> dict:
+    doc = orjson.loads(record.summary)
+    if record.detail:
+        doc.update(orjson.loads(record.detail))
+    return doc
+
+
+def load_job(store: Store, project_id: str, location: str | None, job_id: str, with_detail: bool = True) -> JobRecord:
+    """The job, or NOT_FOUND when it does not exist in this project (and location, when given)."""
+    record = store.get_job(project_id, job_id, with_detail=with_detail)
+    if record is None or (location is not None and record.location != location):
+        where = f" in location {location}" if location else ""
+        raise not_found(
+            f"Information about job {job_id}{where} could not be found in our system. "
+            "Please double check that the id is correct."
+        )
+    return record
+
+
+def render_job(record: JobRecord, view: int) -> dict:
+    with_detail = record.detail and view in (model.VIEW_ALL, model.VIEW_DESCRIPTION)
+    detail = orjson.loads(record.detail) if with_detail else None
+    return model.render_view(orjson.loads(record.summary), detail, view)
+
+
+def move_to_state(doc: dict, state: str, now_us: int) -> None:
+    doc["currentState"] = state
+    doc["currentStateTime"] = timestamp(now_us)
