@@ -154,7 +154,11 @@ class Write:
 class Store(abc.ABC):
     @abc.abstractmethod
     def write(self, write: Write) -> None:
-        """Apply a Write atomically. Raises VersionConflict or ActiveNameTaken and changes nothing."""
+        """Apply a Write atomically. Raises VersionConflict or ActiveNameTaken and changes nothing.
+
+        A job's message times never decrease in commit order: a new message's time is raised to the
+        job's last stored message time if it is earlier.
+        """
 
     @abc.abstractmethod
     def get_job(self, project_id: str, job_id: str, with_detail: bool = True) -> JobRecord | None: ...

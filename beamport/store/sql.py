@@ -100,16 +100,7 @@ class SqlStore(Store):
                     conn.execute(insert(jobs).values(**_job_row(record))).inserted_primary_key[0]
                     for record in write.new_jobs
                 ]
-                rows = [
-                    {
-                        "job_id": m.job_id,
-                        "message_id": m.message_id,
-                        "time_us": m.time_us,
-                        "importance_rank": m.importance_rank,
-                        "text": m.text,
-                    }
-                    for m in write.messages
-                ]
+                rows = self._message_rows(conn, list(write.messages))
                 if rows:
                     conn.execute(insert(job_messages), rows)
                 for change in write.changed_work_items:
@@ -142,6 +133,38 @@ class SqlStore(Store):
             change.record.version = change.expected_version + 1
         for item, item_id in zip(write.new_work_items, new_item_ids):
             item.id = item_id
+
+    def _message_rows(self, conn, messages: list[MessageRecord]) -> list[dict]:
+        """Rows for new messages, their times never earlier than the job's last stored message.
+
+        Pollers (Beam's DataflowRunner among them) ask for messages from the last time they saw: a
+        message committed later with an earlier time would never reach them.
+        """
+        last: dict[str, int] = {}
+        rows = []
+        for m in messages:
+            if m.job_id not in last:
+                if self.engine.dialect.name == "postgresql":
+                    # Serialise message writers of one job (SQLite writers are serialised already).
+                    conn.execute(select(jobs.c.seq).where(jobs.c.id == m.job_id).with_for_update())
+                latest = conn.execute(
+                    select(job_messages.c.time_us)
+                    .where(job_messages.c.job_id == m.job_id)
+                    .order_by(job_messages.c.seq.desc())
+                    .limit(1)
+                ).scalar()
+                last[m.job_id] = latest or 0
+            m.time_us = last[m.job_id] = max(m.time_us, last[m.job_id])
+            rows.append(
+                {
+                    "job_id": m.job_id,
+                    "message_id": m.message_id,
+                    "time_us": m.time_us,
+                    "importance_rank": m.importance_rank,
+                    "text": m.text,
+                }
+            )
+        return rows
 
     def _upsert(self, conn, table, key: list[str], rows: list[dict]) -> None:
         if not rows:
