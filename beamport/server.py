@@ -8,6 +8,7 @@ import uvicorn
 
 from beamport.config import Settings
 from beamport.http.app import create_app
+from beamport.service.execution import ExecutionService
 from beamport.service.jobs import JobService
 from beamport.store import open_store
 
@@ -16,7 +17,7 @@ log = logging.getLogger("beamport")
 
 def build_app(settings: Settings):
     store = open_store(settings.database_url, settings.data_dir)
-    return create_app(settings, JobService(store))
+    return create_app(settings, JobService(store), ExecutionService(store))
 
 
 def serve(settings: Settings) -> None:

@@ -216,10 +216,6 @@ def test_system_parameters(api):
 
 
 UNIMPLEMENTED = [
-    ("POST", "/v1b3/projects/p/locations/us-central1/WorkerMessages"),
-    ("POST", "/v1b3/projects/p/WorkerMessages"),
-    ("GET", "/v1b3/projects/p/locations/us-central1/jobs/j/executionDetails"),
-    ("GET", "/v1b3/projects/p/locations/us-central1/jobs/j/stages/s/executionDetails"),
     ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j:snapshot"),
     ("POST", "/v1b3/projects/p/jobs/j:snapshot"),
     ("GET", "/v1b3/projects/p/locations/us-central1/jobs/j/snapshots"),
@@ -227,9 +223,6 @@ UNIMPLEMENTED = [
     ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/debug/getWorkerStacktraces"),
     ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/debug/sendCapture"),
     ("POST", "/v1b3/projects/p/jobs/j/debug/getConfig"),
-    ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/workItems:lease"),
-    ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/workItems:reportStatus"),
-    ("POST", "/v1b3/projects/p/jobs/j/workItems:lease"),
     ("GET", "/v1b3/projects/p/locations/us-central1/snapshots/s"),
     ("DELETE", "/v1b3/projects/p/locations/us-central1/snapshots/s"),
     ("GET", "/v1b3/projects/p/locations/us-central1/snapshots"),

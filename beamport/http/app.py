@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from beamport.errors import ApiError
-from beamport.http import jobs
+from beamport.http import execution, jobs
 from beamport.http.protocol import error_response
-from beamport.http.unimplemented import NO_ENGINE, NO_SNAPSHOTS, NO_SQL, NO_TEMPLATES, NO_WORKERS, not_yet
+from beamport.http.unimplemented import NO_SNAPSHOTS, NO_SQL, NO_TEMPLATES, NO_WORKERS, not_yet
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ def routes() -> list[Route]:
     table = [
         Route(P + "/jobs:aggregated", jobs.aggregated, methods=["GET"]),
         *_twins("/jobs/{jobId}:snapshot", not_yet("jobs.snapshot", NO_SNAPSHOTS), ["POST"]),
-        *_twins("/jobs/{jobId}/workItems:lease", not_yet("jobs.workItems.lease", NO_WORKERS), ["POST"]),
-        *_twins("/jobs/{jobId}/workItems:reportStatus", not_yet("jobs.workItems.reportStatus", NO_WORKERS), ["POST"]),
+        *_twins("/jobs/{jobId}/workItems:lease", execution.lease, ["POST"]),
+        *_twins("/jobs/{jobId}/workItems:reportStatus", execution.report_status, ["POST"]),
         *_twins("/jobs/{jobId}/debug/getConfig", not_yet("jobs.debug.getConfig", NO_WORKERS), ["POST"]),
         *_twins("/jobs/{jobId}/debug/sendCapture", not_yet("jobs.debug.sendCapture", NO_WORKERS), ["POST"]),
         Route(
@@ -40,20 +40,16 @@ def routes() -> list[Route]:
             not_yet("jobs.debug.getWorkerStacktraces", NO_WORKERS),
             methods=["POST"],
         ),
-        Route(L + "/jobs/{jobId}/executionDetails", not_yet("jobs.getExecutionDetails", NO_ENGINE), methods=["GET"]),
-        Route(
-            L + "/jobs/{jobId}/stages/{stageId}/executionDetails",
-            not_yet("jobs.stages.getExecutionDetails", NO_ENGINE),
-            methods=["GET"],
-        ),
+        Route(L + "/jobs/{jobId}/executionDetails", execution.execution_details, methods=["GET"]),
+        Route(L + "/jobs/{jobId}/stages/{stageId}/executionDetails", execution.stage_execution_details, methods=["GET"]),
         Route(L + "/jobs/{jobId}/snapshots", not_yet("jobs.snapshots.list", NO_SNAPSHOTS), methods=["GET"]),
         *_twins("/jobs/{jobId}/messages", jobs.list_messages, ["GET"]),
-        *_twins("/jobs/{jobId}/metrics", jobs.get_metrics, ["GET"]),
+        *_twins("/jobs/{jobId}/metrics", execution.get_metrics, ["GET"]),
         *_twins("/jobs/{jobId}", jobs.get, ["GET"]),
         *_twins("/jobs/{jobId}", jobs.update, ["PUT"]),
         *_twins("/jobs", jobs.list_, ["GET"]),
         *_twins("/jobs", jobs.create, ["POST"]),
-        *_twins("/WorkerMessages", not_yet("workerMessages", NO_WORKERS), ["POST"]),
+        *_twins("/WorkerMessages", execution.worker_messages, ["POST"]),
         *_twins("/snapshots/{snapshotId}", not_yet("snapshots.get", NO_SNAPSHOTS), ["GET"]),
         Route(L + "/snapshots/{snapshotId}", not_yet("snapshots.delete", NO_SNAPSHOTS), methods=["DELETE"]),
         *_twins("/snapshots", not_yet("snapshots.list", NO_SNAPSHOTS), ["GET"]),
@@ -82,10 +78,14 @@ async def _internal_error(request: Request, exc: Exception):
     return error_response(ApiError("INTERNAL", "Internal error encountered."))
 
 
-def create_app(settings, jobs_service) -> Starlette:
+def create_app(settings, jobs_service, execution_service, on_startup=(), on_shutdown=()) -> Starlette:
     @asynccontextmanager
     async def lifespan(app):
+        for start in on_startup:
+            start()
         yield
+        for stop in on_shutdown:
+            stop()
         jobs_service.store.close()
 
     app = Starlette(
@@ -95,4 +95,5 @@ def create_app(settings, jobs_service) -> Starlette:
     )
     app.state.settings = settings
     app.state.jobs = jobs_service
+    app.state.execution = execution_service
     return app

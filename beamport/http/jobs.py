@@ -87,15 +87,3 @@ async def list_messages(request: Request) -> dict:
         page_size_=int_param(request, "pageSize"),
         page_token=q.get("pageToken"),
     )
-
-
-@api
-async def get_metrics(request: Request) -> dict:
-    q = request.query_params
-    return await call(
-        _service(request).get_metrics,
-        project_param(request),
-        location_param(request),
-        id_param(request, "jobId"),
-        wire.parse_timestamp_us(q.get("startTime"), "startTime"),
-    )

@@ -7,7 +7,7 @@ import orjson
 from beamport import wire
 from beamport.errors import not_found
 from beamport.service import model
-from beamport.store.base import JobRecord, MessageRecord, Store
+from beamport.store.base import WORK_LEASED, WORK_PENDING, JobRecord, MessageRecord, Store, WorkItemChange
 
 
 def timestamp(us: int) -> str:
@@ -86,3 +86,14 @@ def render_job(record: JobRecord, view: int) -> dict:
 def move_to_state(doc: dict, state: str, now_us: int) -> None:
     doc["currentState"] = state
     doc["currentStateTime"] = timestamp(now_us)
+
+
+def close_work_items(store: Store, job_id: str, state: str, now_us: int) -> list[WorkItemChange]:
+    """Changes that end the job's open work items in `state` (for the same Write as the job's own change)."""
+    changes = []
+    for item in store.list_work_items(job_id):
+        if item.state in (WORK_PENDING, WORK_LEASED):
+            expected = item.version
+            item.state, item.end_us = state, now_us
+            changes.append(WorkItemChange(item, expected))
+    return changes

@@ -15,6 +15,7 @@ from beamport import wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument
 from beamport.service import model
 from beamport.service.documents import (
+    close_work_items,
     document,
     job_message,
     load_job,
@@ -37,7 +38,9 @@ from beamport.store.base import (
     MessageQuery,
     MessageRecord,
     Store,
+    WORK_CANCELLED,
     VersionConflict,
+    WorkItemRecord,
     Write,
 )
 
@@ -59,9 +62,9 @@ _UPDATABLE.update(
         "runtimeUpdatableParams.workerUtilizationHint": _UPDATABLE["runtime_updatable_params.worker_utilization_hint"],
     }
 )
-NO_ENGINE_WARNING = (
-    "This Beamport server has no execution engine yet, so nothing will run this job: "
-    "it stays in JOB_STATE_PENDING until it is cancelled (or, if it is a streaming job, drained)."
+NO_STREAMING_ENGINE = (
+    "This Beamport server has no streaming engine yet, so nothing will run this streaming job: "
+    "it stays in JOB_STATE_PENDING until it is cancelled or drained."
 )
 
 
@@ -136,11 +139,6 @@ class JobService:
         )
         return page_response(records, limit, "messages", "jobMessages", render_message)
 
-    def get_metrics(self, project_id: str, location: str | None, job_id: str, start_us: int | None = None) -> dict:
-        """JobMetrics. No engine runs jobs yet, so no job has metrics: the list is empty, truthfully."""
-        load_job(self.store, project_id, location, job_id, with_detail=False)
-        return {"metricTime": timestamp(self.clock())}
-
     # -- creating -----------------------------------------------------------
 
     def create_job(
@@ -181,14 +179,17 @@ class JobService:
         if not job.type_:
             job.type_ = model.JobType.values_by_name[model.BATCH].number  # Dataflow's default
         record = record_from_document(wire.to_dict(job))
-        messages = [job_message(job_id, now, "JOB_MESSAGE_WARNING", NO_ENGINE_WARNING)]
+        if job.type_ == model.JobType.values_by_name[model.STREAMING].number:
+            work, messages = [], [job_message(job_id, now, "JOB_MESSAGE_WARNING", NO_STREAMING_ENGINE)]
+        else:
+            work, messages = [WorkItemRecord(job_id=job_id)], []  # the whole pipeline, for a worker to lease
 
         for _ in range(_RETRIES):
             try:
                 if replace_job_id:
-                    self._replace(project_id, location, replace_job_id, record, messages, now)
+                    self._replace(project_id, location, replace_job_id, record, work, messages, now)
                 else:
-                    self.store.write(Write(new_jobs=[record], messages=messages))
+                    self.store.write(Write(new_jobs=[record], new_work_items=work, messages=messages))
                 return render_job(record, view)
             except VersionConflict:
                 continue
@@ -201,7 +202,7 @@ class JobService:
         raise ApiError("ABORTED", f"Too much contention creating job {job.name}; try again.")
 
     def _replace(
-        self, project_id: str, location: str, old_id: str, record: JobRecord, messages: list, now: int
+        self, project_id: str, location: str, old_id: str, record: JobRecord, work: list, messages: list, now: int
     ) -> None:
         old = load_job(self.store, project_id, location, old_id)
         old_doc = document(old)
@@ -219,7 +220,9 @@ class JobService:
         self.store.write(
             Write(
                 new_jobs=[record],
+                new_work_items=work,
                 changed_jobs=[JobChange(old, expected)],
+                changed_work_items=close_work_items(self.store, old_id, WORK_CANCELLED, now),
                 messages=[
                     *messages,
                     job_message(record.id, now, "JOB_MESSAGE_BASIC", f"This job replaces job {old_id}."),
@@ -265,8 +268,12 @@ class JobService:
                 messages = self._apply_mask(doc, mask, changes)
             expected = record.version
             record_from_document(doc, record)
+            # A job that ended here never started: its work will never be leased.
+            work = [] if record.active else close_work_items(self.store, job_id, WORK_CANCELLED, now)
             try:
-                self.store.write(Write(changed_jobs=[JobChange(record, expected)], messages=messages))
+                self.store.write(
+                    Write(changed_jobs=[JobChange(record, expected)], changed_work_items=work, messages=messages)
+                )
             except VersionConflict:
                 continue
             return render_job(record, model.VIEW_SUMMARY)

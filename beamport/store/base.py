@@ -161,7 +161,8 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def get_job(self, project_id: str, job_id: str, with_detail: bool = True) -> JobRecord | None: ...
+    def get_job(self, project_id: str | None, job_id: str, with_detail: bool = True) -> JobRecord | None:
+        """The job with this id in this project (any project when project_id is None)."""
 
     @abc.abstractmethod
     def find_job_by_request_id(

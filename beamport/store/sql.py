@@ -179,12 +179,13 @@ class SqlStore(Store):
 
     # -- reads --------------------------------------------------------------
 
-    def get_job(self, project_id: str, job_id: str, with_detail: bool = True) -> JobRecord | None:
+    def get_job(self, project_id: str | None, job_id: str, with_detail: bool = True) -> JobRecord | None:
         columns = list(jobs.c) if with_detail else _SUMMARY_COLUMNS
+        stmt = select(*columns).where(jobs.c.id == job_id)
+        if project_id is not None:
+            stmt = stmt.where(jobs.c.project_id == project_id)
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(*columns).where(jobs.c.id == job_id, jobs.c.project_id == project_id)
-            ).first()
+            row = conn.execute(stmt).first()
         return _job_record(row) if row else None
 
     def find_job_by_request_id(self, project_id, location, name, client_request_id):

@@ -33,6 +33,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_work_items_job", "work_items", ["job_id"])
     op.create_index("ix_work_items_state", "work_items", ["state", "id"])
+    # Batch jobs accepted before jobs could run get their work now.
+    op.execute(
+        "INSERT INTO work_items (job_id, state, attempt, next_report_index, version) "
+        "SELECT id, 'PENDING', 1, 1, 1 FROM jobs WHERE active AND summary NOT LIKE '%JOB_TYPE_STREAMING%'"
+    )
     op.create_table(
         "job_metrics",
         sa.Column("job_id", sa.String(128), primary_key=True),

@@ -1,0 +1,59 @@
+"""The run of a job: metrics, execution details, and the work-item protocol of workers."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from beamport import wire
+from beamport.http.protocol import api, call, id_param, location_param, project_param, read_json
+
+
+def _service(request: Request):
+    return request.app.state.execution
+
+
+@api
+async def get_metrics(request: Request) -> dict:
+    start = wire.parse_timestamp_us(request.query_params.get("startTime"), "startTime")
+    return await call(
+        _service(request).get_metrics, project_param(request), location_param(request), id_param(request, "jobId"), start
+    )
+
+
+@api
+async def execution_details(request: Request) -> dict:
+    return await call(
+        _service(request).execution_details, project_param(request), location_param(request), id_param(request, "jobId")
+    )
+
+
+@api
+async def stage_execution_details(request: Request) -> dict:
+    return await call(
+        _service(request).stage_execution_details,
+        project_param(request),
+        location_param(request),
+        id_param(request, "jobId"),
+        request.path_params["stageId"],
+    )
+
+
+@api
+async def lease(request: Request) -> dict:
+    project, location, job_id = project_param(request), location_param(request), id_param(request, "jobId")
+    body = await read_json(request)
+    return await call(_service(request).lease, project, location, job_id, body)
+
+
+@api
+async def report_status(request: Request) -> dict:
+    project, location, job_id = project_param(request), location_param(request), id_param(request, "jobId")
+    body = await read_json(request)
+    return await call(_service(request).report_status, project, location, job_id, body)
+
+
+@api
+async def worker_messages(request: Request) -> dict:
+    project, location = project_param(request), location_param(request)
+    body = await read_json(request)
+    return await call(_service(request).worker_messages, project, location, body)

@@ -1,0 +1,477 @@
+"""Running jobs: the work-item protocol workers speak, and what the local worker pool asks of the service.
+
+Workers use only the public API: `workItems:lease` claims a job's work (the job becomes RUNNING),
+`workItems:reportStatus` extends the lease and carries metrics, completion and errors (the job becomes
+DONE or FAILED), and `WorkerMessages` carries the pipeline's log records and stage states as
+`workerMessageCode` entries (docs/worker-protocol.md). The service answers a report for a cancelled job
+with `completeWorkStatus` CANCELLED, which tells a worker to stop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import orjson
+
+from beamport import schema, wire
+from beamport.errors import ApiError, failed_precondition, invalid_argument, not_found, unimplemented
+from beamport.service import model
+from beamport.service.documents import (
+    close_work_items,
+    document,
+    job_message,
+    load_job,
+    move_to_state,
+    record_from_document,
+    timestamp,
+)
+from beamport.store.base import (
+    WORK_CANCELLED,
+    WORK_DONE,
+    WORK_FAILED,
+    WORK_LEASED,
+    WORK_PENDING,
+    JobChange,
+    JobRecord,
+    MetricRecord,
+    StageRecord,
+    Store,
+    VersionConflict,
+    WorkItemChange,
+    WorkItemRecord,
+    Write,
+)
+
+log = logging.getLogger(__name__)
+
+_RETRIES = 50
+DEFAULT_LEASE_US = 60_000_000
+MAX_LEASE_US = 600_000_000
+REPORT_INTERVAL = "1s"
+MAX_WORKER_MESSAGES = 1000
+
+# workerMessageCode codes the service acts on; any other code is kept as a DETAILED job message.
+CODE_LOG = "BEAMPORT_JOB_LOG"  # parameters: importance (JOB_MESSAGE_*), text
+CODE_STAGE = "BEAMPORT_STAGE_STATE"  # parameters: stage, state (JOB_STATE_RUNNING / DONE / FAILED)
+CODE_HARNESS_STARTED = "HARNESS_STARTED"
+# WorkerMessage kinds that need the worker registry (not built yet).
+_REGISTRY_KINDS = (
+    "workerHealthReport",
+    "workerMetrics",
+    "workerLifecycleEvent",
+    "workerShutdownNotice",
+    "perWorkerMetrics",
+    "streamingScalingReport",
+    "workerThreadScalingReport",
+    "dataSamplingReport",
+)
+_EXECUTION_STATE = {
+    model.RUNNING: "EXECUTION_STATE_RUNNING",
+    model.DONE: "EXECUTION_STATE_SUCCEEDED",
+    model.FAILED: "EXECUTION_STATE_FAILED",
+    model.CANCELLED: "EXECUTION_STATE_CANCELLED",
+}
+_STOP_STATES = (model.CANCELLING,)
+
+
+def _duration_us(value: str | None, default: int) -> int:
+    if not value:
+        return default
+    return min(max(int(float(value[:-1]) * 1_000_000), 1_000_000), MAX_LEASE_US)
+
+
+def metric_key(update: dict) -> str:
+    """What makes a MetricUpdate the same metric as an earlier one: its structured name."""
+    return orjson.dumps(update.get("name", {}), option=orjson.OPT_SORT_KEYS).decode()
+
+
+class ExecutionService:
+    def __init__(self, store: Store, clock=wire.now_us):
+        self.store = store
+        self.clock = clock
+
+    # -- the work-item protocol -------------------------------------------------
+
+    def lease(self, project_id: str, location: str, job_id: str, body: dict) -> dict:
+        request = schema.check(body, "LeaseWorkItemRequest")
+        worker_id = request.get("workerId")
+        if not worker_id:
+            raise invalid_argument("workerId is required to lease work.")
+        lease_us = _duration_us(request.get("requestedLeaseDuration"), DEFAULT_LEASE_US)
+        for _ in range(_RETRIES):
+            job = load_job(self.store, project_id, location, job_id)
+            doc = document(job)
+            if not job.active or doc.get("currentState") in _STOP_STATES:
+                return {}
+            now = self.clock()
+            leasable = [
+                item
+                for item in self.store.list_work_items(job_id)
+                if item.state == WORK_PENDING or (item.state == WORK_LEASED and (item.lease_expire_us or 0) < now)
+            ]
+            if not leasable:
+                return {}
+            item = leasable[0]
+            expected_item, expected_job = item.version, job.version
+            item.state, item.worker_id = WORK_LEASED, worker_id
+            item.lease_expire_us = now + lease_us
+            item.start_us = now
+            write = Write(changed_work_items=[WorkItemChange(item, expected_item)])
+            if doc.get("currentState") in model.NOT_STARTED_STATES:
+                move_to_state(doc, model.RUNNING, now)
+                record_from_document(doc, job)
+                write.changed_jobs = [JobChange(job, expected_job)]
+                write.messages = [job_message(job_id, now, "JOB_MESSAGE_BASIC", "Workers have started successfully.")]
+            try:
+                self.store.write(write)
+            except VersionConflict:
+                continue
+            return {"workItems": [self._render_item(job, item)]}
+        raise ApiError("ABORTED", f"Too much contention leasing work of job {job_id}; try again.")
+
+    def _render_item(self, job: JobRecord, item: WorkItemRecord) -> dict:
+        return {
+            "id": str(item.id),
+            "projectId": job.project_id,
+            "jobId": job.id,
+            "leaseExpireTime": timestamp(item.lease_expire_us),
+            "reportStatusInterval": REPORT_INTERVAL,
+            "initialReportIndex": str(item.next_report_index),
+            # What to run: the whole pipeline of the job, on the embedded engine.
+            "configuration": json.dumps({"kind": "beamport.pipeline", "attempt": item.attempt}),
+        }
+
+    def report_status(self, project_id: str, location: str, job_id: str, body: dict) -> dict:
+        request = schema.check(body, "ReportWorkItemStatusRequest")
+        worker_id = request.get("workerId")
+        if not worker_id:
+            raise invalid_argument("workerId is required to report work status.")
+        statuses = request.get("workItemStatuses", [])
+        for status in statuses:  # everything is checked before anything changes
+            if status.get("counterUpdates"):
+                raise unimplemented(
+                    "counterUpdates are not implemented: Beamport's workers report metrics as metricUpdates."
+                )
+            self._owned_item(job_id, status)
+        job = load_job(self.store, project_id, location, job_id)
+        return {"workItemServiceStates": [self._apply_status(job, worker_id, status) for status in statuses]}
+
+    def _owned_item(self, job_id: str, status: dict) -> WorkItemRecord:
+        raw_id = status.get("workItemId", "")
+        item = self.store.get_work_item(int(raw_id)) if raw_id.isdigit() else None
+        if item is None or item.job_id != job_id:
+            raise not_found(f"Work item {raw_id!r} of job {job_id} does not exist.")
+        return item
+
+    def _apply_status(self, job: JobRecord, worker_id: str, status: dict) -> dict:
+        for _ in range(_RETRIES):
+            item = self._owned_item(job.id, status)
+            job = load_job(self.store, job.project_id, job.location, job.id)
+            doc = document(job)
+            now = self.clock()
+            if item.state == WORK_CANCELLED or not job.active:
+                return {"completeWorkStatus": {"code": 1, "message": f"Job {job.id} is {doc.get('currentState')}."}}
+            if item.state != WORK_LEASED or item.worker_id != worker_id:
+                raise failed_precondition(f"Work item {item.id} is not leased to worker {worker_id}.")
+            index = int(status.get("reportIndex", "0"))
+            if index != item.next_report_index:
+                raise failed_precondition(
+                    f"reportIndex {index} of work item {item.id} does not match the expected {item.next_report_index}."
+                )
+            expected_item, expected_job = item.version, job.version
+            item.next_report_index += 1
+            item.lease_expire_us = now + _duration_us(status.get("requestedLeaseDuration"), DEFAULT_LEASE_US)
+            write = Write(
+                changed_work_items=[WorkItemChange(item, expected_item)],
+                metrics=[
+                    MetricRecord(job.id, metric_key(u), now, orjson.dumps({**u, "updateTime": timestamp(now)}).decode())
+                    for u in status.get("metricUpdates", [])
+                ],
+            )
+            answer = {
+                "leaseExpireTime": timestamp(item.lease_expire_us),
+                "reportStatusInterval": REPORT_INTERVAL,
+                "nextReportIndex": str(item.next_report_index),
+            }
+            if doc.get("currentState") == model.CANCELLING:
+                item.state, item.end_us = WORK_CANCELLED, now
+                self._end_job(doc, model.CANCELLED, now, write)
+                answer = {"completeWorkStatus": {"code": 1, "message": f"Job {job.id} was cancelled."}}
+            elif status.get("completed"):
+                errors = status.get("errors", [])
+                item.state, item.end_us = (WORK_FAILED if errors else WORK_DONE), now
+                messages = [
+                    job_message(job.id, now, "JOB_MESSAGE_ERROR", e.get("message") or f"Worker error {e.get('code')}")
+                    for e in errors
+                ]
+                if errors:
+                    messages.append(job_message(job.id, now, "JOB_MESSAGE_ERROR", "Workflow failed."))
+                write.messages = messages
+                self._end_job(doc, model.FAILED if errors else model.DONE, now, write)
+            if write.messages or answer.get("completeWorkStatus"):
+                record_from_document(doc, job)
+                write.changed_jobs = [JobChange(job, expected_job)]
+            try:
+                self.store.write(write)
+            except VersionConflict:
+                continue
+            return answer
+        raise ApiError("ABORTED", f"Too much contention reporting work of job {job.id}; try again.")
+
+    def _end_job(self, doc: dict, state: str, now: int, write: Write) -> None:
+        move_to_state(doc, state, now)
+        write.messages = [
+            *write.messages,
+            job_message(doc["id"], now, "JOB_MESSAGE_BASIC", "Stopping worker pool..."),
+            job_message(doc["id"], now, "JOB_MESSAGE_BASIC", "Worker pool stopped."),
+        ]
+
+    # -- worker messages -------------------------------------------------------------
+
+    def worker_messages(self, project_id: str, location: str, body: dict) -> dict:
+        request = schema.check(body, "SendWorkerMessagesRequest")
+        messages = request.get("workerMessages", [])
+        if len(messages) > MAX_WORKER_MESSAGES:
+            raise invalid_argument(f"At most {MAX_WORKER_MESSAGES} worker messages per request, got {len(messages)}.")
+        by_job: dict[str, list[dict]] = {}
+        for i, message in enumerate(messages):  # everything is checked before anything changes
+            kinds = [kind for kind in _REGISTRY_KINDS if kind in message]
+            if kinds:
+                raise unimplemented(
+                    f"workerMessages[{i}] is a {kinds[0]}, which is not implemented: "
+                    "this Beamport server has no worker registry yet (only workerMessageCode is handled)."
+                )
+            job_id = message.get("labels", {}).get("JOB_ID")
+            if not job_id:
+                raise invalid_argument(f"workerMessages[{i}] has no JOB_ID label.")
+            code = message.get("workerMessageCode")
+            if not code or not code.get("code"):
+                raise invalid_argument(f"workerMessages[{i}] carries no workerMessageCode.")
+            _check_code(code, i)
+            by_job.setdefault(job_id, []).append(message)
+        for job_id in by_job:
+            load_job(self.store, project_id, location, job_id)
+        for job_id, job_messages in by_job.items():
+            self._record_worker_messages(project_id, location, job_id, job_messages)
+        return {"workerMessageResponses": [{} for _ in messages]}
+
+    def _record_worker_messages(self, project_id: str, location: str, job_id: str, messages: list[dict]) -> None:
+        for _ in range(_RETRIES):
+            job = load_job(self.store, project_id, location, job_id)
+            doc, expected = document(job), job.version
+            now = self.clock()
+            stages = {stage.stage: stage for stage in self.store.list_stages(job_id)}
+            write = Write()
+            notes = []
+            for message in messages:
+                code, params = message["workerMessageCode"]["code"], message["workerMessageCode"].get("parameters", {})
+                worker = message.get("labels", {}).get("WORKER_ID", "a worker")
+                if code == CODE_LOG:
+                    notes.append(job_message(job_id, now, params["importance"], params["text"]))
+                elif code == CODE_STAGE:
+                    stage = stages.get(params["stage"]) or StageRecord(job_id, params["stage"], "", ordinal=len(stages))
+                    labels = message.get("labels", {})
+                    stage.state, stage.worker_id = params["state"], labels.get("WORKER_ID")
+                    if str(labels.get("WORK_ITEM_ID", "")).isdigit():
+                        stage.work_item_id = int(labels["WORK_ITEM_ID"])
+                    if params["state"] == model.RUNNING:
+                        stage.start_us = stage.start_us or now
+                    else:
+                        stage.end_us = now
+                    stages[stage.stage] = stage
+                elif code == CODE_HARNESS_STARTED:
+                    notes.append(job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"Worker {worker} started its harness."))
+                else:
+                    detail = f": {json.dumps(params, sort_keys=True)}" if params else ""
+                    notes.append(job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"Worker {worker} reported {code}{detail}"))
+            write.messages = notes
+            touched = [m["workerMessageCode"]["parameters"]["stage"] for m in messages if m["workerMessageCode"]["code"] == CODE_STAGE]
+            if touched:
+                write.stages = [stages[name] for name in dict.fromkeys(touched)]
+                doc["stageStates"] = [
+                    {
+                        "executionStageName": stage.stage,
+                        "executionStageState": stage.state,
+                        "currentStateTime": timestamp(stage.end_us or stage.start_us or now),
+                    }
+                    for stage in sorted(stages.values(), key=lambda s: s.ordinal)
+                ]
+                record_from_document(doc, job)
+                write.changed_jobs = [JobChange(job, expected)]
+            try:
+                self.store.write(write)
+                return
+            except VersionConflict:
+                continue
+        raise ApiError("ABORTED", f"Too much contention recording worker messages of job {job_id}; try again.")
+
+    # -- what the API shows of a run -------------------------------------------------
+
+    def get_metrics(self, project_id: str, location: str | None, job_id: str, start_us: int | None = None) -> dict:
+        load_job(self.store, project_id, location, job_id, with_detail=False)
+        response: dict = {"metricTime": timestamp(self.clock())}
+        metrics = [orjson.loads(m.doc) for m in self.store.list_metrics(job_id, since_us=start_us)]
+        if metrics:
+            response["metrics"] = metrics
+        return response
+
+    def execution_details(self, project_id: str, location: str, job_id: str) -> dict:
+        load_job(self.store, project_id, location, job_id, with_detail=False)
+        stages = [_stage_summary(stage) for stage in self.store.list_stages(job_id)]
+        return {"stages": stages} if stages else {}
+
+    def stage_execution_details(self, project_id: str, location: str, job_id: str, stage_id: str) -> dict:
+        load_job(self.store, project_id, location, job_id, with_detail=False)
+        stage = next((s for s in self.store.list_stages(job_id) if s.stage == stage_id), None)
+        if stage is None:
+            raise not_found(f"Job {job_id} has no stage {stage_id!r}.")
+        item = self.store.get_work_item(stage.work_item_id) if stage.work_item_id else None
+        task = {
+            "taskId": stage.stage,
+            "attemptId": str(item.attempt if item else 1),
+            "state": _EXECUTION_STATE.get(stage.state, "EXECUTION_STATE_UNKNOWN"),
+        }
+        if stage.start_us:
+            task["startTime"] = timestamp(stage.start_us)
+        if stage.end_us:
+            task["endTime"] = timestamp(stage.end_us)
+        return {"workers": [{"workerName": stage.worker_id or "unknown", "workItems": [task]}]}
+
+    # -- what the local worker pool asks -------------------------------------------------
+
+    def pending_work(self, limit: int) -> list[tuple[JobRecord, WorkItemRecord]]:
+        """Work waiting for a worker, oldest first, with its job (summary)."""
+        out = []
+        for item in self.store.list_work_items_in_state(WORK_PENDING, limit):
+            job = self.store.get_job(None, item.job_id, with_detail=False)
+            if job is not None and job.active:
+                out.append((job, item))
+        return out
+
+    def job_state(self, job_id: str) -> str | None:
+        job = self.store.get_job(None, job_id, with_detail=False)
+        return orjson.loads(job.summary).get("currentState") if job else None
+
+    def _change_job(self, job_id: str, change) -> None:
+        """Apply `change(doc, now, write) -> bool` to the job with a version check; False means no change."""
+        for _ in range(_RETRIES):
+            job = self.store.get_job(None, job_id)
+            if job is None:
+                return
+            doc, expected, now = document(job), job.version, self.clock()
+            write = Write()
+            if not change(doc, now, write):
+                return
+            record_from_document(doc, job)
+            write.changed_jobs = [JobChange(job, expected)]
+            try:
+                self.store.write(write)
+                return
+            except VersionConflict:
+                continue
+        raise ApiError("ABORTED", f"Too much contention changing job {job_id}.")
+
+    def mark_queued(self, job_id: str, running: int) -> None:
+        def change(doc, now, write):
+            if doc.get("currentState") != model.PENDING:
+                return False
+            move_to_state(doc, model.QUEUED, now)
+            write.messages = [
+                job_message(
+                    job_id, now, "JOB_MESSAGE_BASIC",
+                    f"The job is queued: {running} jobs are running, the most this server runs at once "
+                    "(beamport serve --max-concurrent-jobs).",
+                )
+            ]
+            return True
+
+        self._change_job(job_id, change)
+
+    def starting_worker(self, job_id: str, worker_id: str) -> None:
+        def change(doc, now, write):
+            write.messages = [
+                job_message(job_id, now, "JOB_MESSAGE_BASIC", f"Starting 1 worker ({worker_id}) on this host...")
+            ]
+            return True
+
+        self._change_job(job_id, change)
+
+    def complete_cancel(self, job_id: str) -> None:
+        """The job's workers are stopped: a CANCELLING job is CANCELLED."""
+
+        def change(doc, now, write):
+            if doc.get("currentState") != model.CANCELLING:
+                return False
+            self._end_job(doc, model.CANCELLED, now, write)
+            write.changed_work_items = close_work_items(self.store, job_id, WORK_CANCELLED, now)
+            return True
+
+        self._change_job(job_id, change)
+
+    def worker_exited(self, job_id: str, worker_id: str, reason: str) -> None:
+        """A worker process ended. If it still held the job's work, the job failed."""
+
+        def change(doc, now, write):
+            held = [
+                i for i in self.store.list_work_items(job_id) if i.state == WORK_LEASED and i.worker_id == worker_id
+            ]
+            if not held or doc.get("currentState") in model.TERMINAL_STATES:
+                return False
+            if doc.get("currentState") == model.CANCELLING:
+                self._end_job(doc, model.CANCELLED, now, write)
+                write.changed_work_items = close_work_items(self.store, job_id, WORK_CANCELLED, now)
+                return True
+            write.messages = [job_message(job_id, now, "JOB_MESSAGE_ERROR", reason)]
+            self._end_job(doc, model.FAILED, now, write)
+            write.changed_work_items = close_work_items(self.store, job_id, WORK_FAILED, now)
+            return True
+
+        self._change_job(job_id, change)
+
+    def recover_after_restart(self) -> None:
+        """Work leased before a restart lost its worker: run it again; finish cancels that were under way."""
+        for item in self.store.list_work_items_in_state(WORK_LEASED, 10_000):
+
+            def change(doc, now, write, item=item):
+                if doc.get("currentState") == model.CANCELLING:
+                    self._end_job(doc, model.CANCELLED, now, write)
+                    write.changed_work_items = close_work_items(self.store, item.job_id, WORK_CANCELLED, now)
+                    return True
+                expected = item.version
+                item.state, item.worker_id, item.lease_expire_us = WORK_PENDING, None, None
+                item.attempt += 1
+                write.changed_work_items = [WorkItemChange(item, expected)]
+                write.messages = [
+                    job_message(
+                        item.job_id, now, "JOB_MESSAGE_WARNING",
+                        f"The Beamport server restarted while this job ran, and its worker was lost: "
+                        f"running the job's work again (attempt {item.attempt}).",
+                    )
+                ]
+                return True
+
+            self._change_job(item.job_id, change)
+
+def _check_code(code: dict, index: int) -> None:
+    params = code.get("parameters", {})
+    if code["code"] == CODE_LOG:
+        if params.get("importance") not in model.IMPORTANCE_RANK or not isinstance(params.get("text"), str):
+            raise invalid_argument(
+                f"workerMessages[{index}]: {CODE_LOG} needs parameters importance (a JOB_MESSAGE_* name) and text."
+            )
+    elif code["code"] == CODE_STAGE:
+        if not isinstance(params.get("stage"), str) or params.get("state") not in (model.RUNNING, model.DONE, model.FAILED):
+            raise invalid_argument(
+                f"workerMessages[{index}]: {CODE_STAGE} needs parameters stage and state "
+                "(JOB_STATE_RUNNING, JOB_STATE_DONE or JOB_STATE_FAILED)."
+            )
+
+
+def _stage_summary(stage: StageRecord) -> dict:
+    summary = {"stageId": stage.stage, "state": _EXECUTION_STATE.get(stage.state, "EXECUTION_STATE_UNKNOWN")}
+    if stage.start_us:
+        summary["startTime"] = timestamp(stage.start_us)
+    if stage.end_us:
+        summary["endTime"] = timestamp(stage.end_us)
+    return summary

@@ -1,0 +1,272 @@
+"""Beam metric results -> Dataflow `MetricUpdate`s (Google JSON), and getMetrics' bookkeeping.
+
+The target is what Beam's own reader, apache_beam.runners.dataflow.dataflow_metrics.
+DataflowMetrics, makes of a JobMetrics: for every metric it must give back the
+MetricResult that DirectRunner/FnApiRunner's `metrics().query()` gives. What that
+reader requires, and so what is emitted (see docs/metrics-and-graph.md):
+
+- user metrics have `name.origin == "user"` (_populate_metrics filters on it);
+- `name.context["step"]` is the transform id, the key of
+  `pipeline.components.transforms`: _translate_step_name turns it back into the
+  unique_name through `job_graph.proto_pipeline.components.transforms[id]`;
+- `name.context["namespace"]` is the metric's namespace (_get_metric_key);
+- every metric comes twice, committed (no "tentative") and attempted
+  (`context["tentative"] == "true"`): _populate_metrics indexes both without a
+  default, so a metric missing either one raises KeyError in the reader;
+- counters: `scalar` (a JSON number; proto-plus hands it over as a float, and the
+  reader turns whole floats back into ints);
+- distributions: no `scalar` (the reader tests scalar first) and `distribution`
+  {count, min, max, sum} as numbers (the reader int()s each; Java casts to Number),
+  plus `mean`, which the Dataflow service also sends;
+- string sets: `set`, a list of strings (what Beam Java reads; Beam Python 2.77
+  does not read it yet: TODO apache/beam#31788);
+- gauges: `gauge` {value, timestamp} and no kind (a sampled value, not an
+  aggregate); neither Beam SDK reads gauges back from Dataflow;
+- bounded tries: `boundedTrie` in Dataflow's BoundedTrie shape, which is the shape
+  of Beam's own BoundedTrie proto.
+
+System metrics (per-PCollection ElementCount and MeanByteCount) cannot come from
+`metrics().query()`: FnApiRunner's MetricResults are user metrics only, and its
+`monitoring_metrics()` drops the PCOLLECTION label, merging every collection into
+one key. They come from the raw monitoring infos instead: `system_metric_updates`
+takes `RunnerResult.monitoring_infos()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections import defaultdict
+from typing import Iterable, Mapping
+
+from google.protobuf import json_format
+
+from apache_beam.metrics import monitoring_infos as mi
+from apache_beam.metrics.cells import (
+    BoundedTrieData,
+    DistributionData,
+    DistributionResult,
+    GaugeData,
+    GaugeResult,
+)
+from apache_beam.portability.api import beam_runner_api_pb2
+
+from beamport import wire
+from beamport.service import graph
+
+log = logging.getLogger(__name__)
+
+USER_ORIGIN = "user"
+SYSTEM_ORIGIN = "dataflow/v1b3"  # the origin DataflowMetrics reads system metrics from
+_RESERVED_CONTEXT = {"step", "namespace", "tentative"}
+
+
+# -- user metrics -------------------------------------------------------------
+
+
+def metric_updates(results, pipeline_proto: beam_runner_api_pb2.Pipeline, update_time_us: int) -> list[dict]:
+    """MetricUpdates for Beam MetricResults.
+
+    results: the dict `PipelineResult.metrics().query()` returns, or any iterable of
+    MetricResult. pipeline_proto: the pipeline the job was submitted with (the one
+    staged at pipelineUrl, which DataflowRunner also keeps as `job.proto_pipeline`).
+    """
+    step_ids = graph.transform_ids_by_name(pipeline_proto)
+    transforms = pipeline_proto.components.transforms
+    update_time = wire.format_timestamp_us(update_time_us)
+    out: list[dict] = []
+    for result in _flatten_results(results):
+        sample = result.attempted if result.attempted is not None else result.committed
+        if _value_fields(sample) is None:
+            log.debug("metric %s has a value type Dataflow cannot carry: %r", result.key, sample)
+            continue
+        context = _user_context(result.key, step_ids, transforms)
+        for tentative, value in ((False, result.committed), (True, result.attempted)):
+            name_context = dict(context, tentative="true") if tentative else dict(context)
+            update = {
+                "name": {"origin": USER_ORIGIN, "name": result.key.metric.name, "context": name_context},
+                "cumulative": True,
+                "updateTime": update_time,
+            }
+            # A side Beam never filled (committed=None) stays valueless: the reader gives None back.
+            if value is not None:
+                update.update(_value_fields(value))
+            out.append(update)
+    return out
+
+
+def _flatten_results(results) -> Iterable:
+    if isinstance(results, Mapping):
+        for group in results.values():
+            yield from group
+    else:
+        yield from results
+
+
+def _step_id(step: str | None, step_ids: Mapping[str, str], transforms) -> str | None:
+    """The transform id for a MetricResult's step.
+
+    The Python SDK harness labels user metrics with the transform's unique_name (its
+    NameContext), other SDKs with the transform id; both are accepted. A name the
+    proto does not know is kept as is: the reader then reports step "" for it.
+    """
+    if not step:
+        return None
+    if step in transforms:
+        return step
+    return step_ids.get(step, step)
+
+
+def _user_context(key, step_ids, transforms) -> dict:
+    context = {}
+    step = _step_id(key.step, step_ids, transforms)
+    if step is not None:
+        context["step"] = step
+    context["namespace"] = key.metric.namespace
+    for label, value in (key.labels or {}).items():
+        if label not in _RESERVED_CONTEXT:  # DataflowMetrics copies back only a few known labels
+            context[str(label)] = str(value)
+    return context
+
+
+def _value_fields(value) -> dict | None:
+    """The kind and value fields of a MetricUpdate for one Beam metric value, or None if it has none."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Number):
+        return {"kind": "Sum", "scalar": value}
+    if isinstance(value, DistributionResult):
+        value = value.data
+    if isinstance(value, DistributionData):
+        dist = {"count": value.count, "min": value.min, "max": value.max, "sum": value.sum}
+        if value.count:
+            dist["mean"] = value.sum / value.count
+        return {"kind": "Distribution", "distribution": dist}
+    if isinstance(value, (set, frozenset)):
+        return {"kind": "Set", "set": sorted(str(v) for v in value)}
+    if isinstance(value, GaugeResult):
+        value = value.data
+    if isinstance(value, GaugeData):
+        return {"gauge": {"value": value.value, "timestamp": wire.format_timestamp_us(int(value.timestamp * 1_000_000))}}
+    if isinstance(value, BoundedTrieData):  # query() hands bounded tries over as BoundedTrieData
+        return {"kind": "Trie", "boundedTrie": json_format.MessageToDict(value.to_proto())}
+    return None
+
+
+# -- system metrics -------------------------------------------------------------
+
+
+def system_metric_updates(
+    monitoring_infos: Iterable, pipeline_proto: beam_runner_api_pb2.Pipeline, update_time_us: int
+) -> list[dict]:
+    """ElementCount and MeanByteCount per PCollection, from FnApiRunner monitoring infos.
+
+    monitoring_infos: `RunnerResult.monitoring_infos()` (FnApiRunner aggregates each
+    stage's bundles, and a collection is counted in one stage only, so counts here are
+    summed). Collections the proto does not know (runner-internal ones) are skipped.
+
+    Names follow what the Dataflow service answers for Beam Python portable jobs:
+    origin "dataflow/v1b3", context {"original_name": "<producer>-out0-ElementCount",
+    "output_user_name": "<producer>-out0"}, no step. DataflowMetrics.all_metrics()
+    turns these into MetricKey(step="", MetricName("dataflow/v1b3", "ElementCount"),
+    labels={original_name, output_user_name}).
+    """
+    pcolls = pipeline_proto.components.pcollections
+    counts: dict[str, int] = defaultdict(int)
+    sizes: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [count, sum]
+    for info in monitoring_infos:
+        pc = info.labels.get(mi.PCOLLECTION_LABEL)
+        if pc not in pcolls:
+            continue
+        if info.urn == mi.ELEMENT_COUNT_URN:
+            counts[pc] += mi.extract_counter_value(info)
+        elif info.urn == mi.SAMPLED_BYTE_SIZE_URN:
+            count, total, _, _ = mi.extract_distribution(info)
+            sizes[pc][0] += count
+            sizes[pc][1] += total
+    update_time = wire.format_timestamp_us(update_time_us)
+    made_by = graph.producers(pipeline_proto)
+    transforms = pipeline_proto.components.transforms
+    out: list[dict] = []
+    for pc in sorted(set(counts) | set(sizes)):
+        user_name = _output_user_name(pc, made_by, transforms, pcolls)
+        if pc in counts:
+            out += _system_pair("ElementCount", user_name, {"kind": "Sum", "scalar": counts[pc]}, update_time)
+        count, total = sizes.get(pc, (0, 0))
+        if count:
+            # Dataflow answers MeanByteCount as a whole-number scalar.
+            out += _system_pair("MeanByteCount", user_name, {"kind": "Mean", "scalar": round(total / count)}, update_time)
+    return out
+
+
+def _output_user_name(pc: str, made_by, transforms, pcolls) -> str:
+    """'<producing transform's unique_name>-out<i>', Dataflow's name for a step output."""
+    if pc in made_by:
+        tid, tag = made_by[pc]
+        return f"{transforms[tid].unique_name}-out{graph.output_index(transforms[tid], tag)}"
+    return pcolls[pc].unique_name or pc
+
+
+def _system_pair(name: str, output_user_name: str, value: dict, update_time: str) -> list[dict]:
+    context = {"original_name": f"{output_user_name}-{name}", "output_user_name": output_user_name}
+    return [
+        {
+            "name": {"origin": SYSTEM_ORIGIN, "name": name, "context": dict(context, **extra)},
+            "cumulative": True,
+            **value,
+            "updateTime": update_time,
+        }
+        for extra in ({}, {"tentative": "true"})
+    ]
+
+
+# -- what getMetrics answers ------------------------------------------------------
+
+
+def metric_identity(update: Mapping) -> tuple:
+    """What makes two MetricUpdates the same metric: origin, name and the whole context."""
+    name = update.get("name", {})
+    return (name.get("origin", ""), name.get("name", ""), tuple(sorted((name.get("context") or {}).items())))
+
+
+def merge_updates(previous: Iterable[Mapping], current: Iterable[Mapping]) -> list[dict]:
+    """The stored updates after a new report: a metric whose value did not change keeps its
+    old updateTime, so getMetrics' startTime ("only what changed since") can skip it.
+    Metrics absent from the new report are kept (they are cumulative: still true).
+    """
+    merged = {metric_identity(u): dict(u) for u in previous}
+    for update in current:
+        key = metric_identity(update)
+        old = merged.get(key)
+        if old is not None and _without_time(old) == _without_time(update):
+            continue
+        merged[key] = dict(update)
+    return list(merged.values())
+
+
+def _without_time(update: Mapping) -> dict:
+    return {k: v for k, v in update.items() if k != "updateTime"}
+
+
+def updates_since(updates: Iterable[Mapping], start_time_us: int | None) -> list[dict]:
+    """The updates whose value changed at or after start_time_us (all of them if None).
+
+    Inclusive: a client that passes back the last metricTime it saw gets repeats, never gaps.
+    """
+    if start_time_us is None:
+        return [dict(u) for u in updates]
+    return [dict(u) for u in updates if _changed_us(u) >= start_time_us]
+
+
+def _changed_us(update: Mapping) -> int:
+    stamp = wire.parse_timestamp_us(update.get("updateTime"), "updateTime")
+    return stamp if stamp is not None else 2**63  # no time known: never hide it
+
+
+def job_metrics(updates: Iterable[Mapping], metric_time_us: int, start_time_us: int | None = None) -> dict:
+    """A JobMetrics document: {"metricTime", "metrics"} (metrics left out when empty, as json_format does)."""
+    doc: dict = {"metricTime": wire.format_timestamp_us(metric_time_us)}
+    selected = updates_since(updates, start_time_us)
+    if selected:
+        doc["metrics"] = selected
+    return doc
