@@ -17,3 +17,15 @@ class Settings:
     database_url: str | None = field(default_factory=lambda: os.environ.get("BEAMPORT_DATABASE_URL") or None)
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     log_level: str = "info"
+    max_concurrent_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Where files named in requests may be read and written, besides the data dir and the start directory.
+    allow_paths: list[Path] = field(default_factory=list)
+
+    def allowed_roots(self) -> list[Path]:
+        return [self.data_dir.resolve(), Path.cwd().resolve(), *(p.resolve() for p in self.allow_paths)]
+
+    @property
+    def endpoint(self) -> str:
+        """How processes on this host reach the server."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"

@@ -11,13 +11,25 @@ from beamport.http.app import create_app
 from beamport.service.execution import ExecutionService
 from beamport.service.jobs import JobService
 from beamport.store import open_store
+from beamport.worker.pool import LocalWorkerPool
 
 log = logging.getLogger("beamport")
 
 
-def build_app(settings: Settings):
+def build_app(settings: Settings, with_workers: bool = True):
     store = open_store(settings.database_url, settings.data_dir)
-    return create_app(settings, JobService(store), ExecutionService(store))
+    execution = ExecutionService(store)
+    hooks: dict = {}
+    if with_workers and settings.max_concurrent_jobs > 0:
+        pool = LocalWorkerPool(
+            execution,
+            settings.endpoint,
+            settings.max_concurrent_jobs,
+            settings.allowed_roots(),
+            settings.data_dir,
+        )
+        hooks = {"on_startup": [pool.start], "on_shutdown": [pool.stop]}
+    return create_app(settings, JobService(store), execution, **hooks)
 
 
 def serve(settings: Settings) -> None:

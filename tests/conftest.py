@@ -81,11 +81,16 @@ def new_postgres_database() -> str:
     return f"{base}/{name}"
 
 
+# The API tests' servers run no workers: their jobs stay as the API leaves them (nothing leases their work).
+API_ONLY = ("--max-concurrent-jobs", "0", "--allow-path", "/tmp")
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def server(request, tmp_path_factory) -> Server:
     """A server per store backend, shared by the tests that only need isolation by project."""
     url = new_postgres_database() if request.param == "postgres" else None
-    srv = Server(tmp_path_factory.mktemp(f"shared-{request.param}") / "data", database_url=url).start()
+    data = tmp_path_factory.mktemp(f"shared-{request.param}") / "data"
+    srv = Server(data, database_url=url, extra_args=API_ONLY).start()
     yield srv
     srv.stop()
 
@@ -94,7 +99,7 @@ def server(request, tmp_path_factory) -> Server:
 def backend_server(request, tmp_path):
     """A server of its own, on each store backend, for tests that restart or load it."""
     url = new_postgres_database() if request.param == "postgres" else None
-    srv = Server(tmp_path / "data", database_url=url).start()
+    srv = Server(tmp_path / "data", database_url=url, extra_args=API_ONLY).start()
     yield srv
     if srv.process is not None:
         srv.stop()

@@ -7,7 +7,7 @@ import socket
 import httpx
 import pytest
 
-from conftest import Api, Server
+from conftest import API_ONLY, Api, Server
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ def test_huge_body_with_content_length_is_refused(api, seeded):
 
 
 def test_chunked_body_over_limit_is_refused_without_reading_it_whole(tmp_path):
-    server = Server(tmp_path / "data", extra_args=("--max-request-bytes", "4096")).start()
+    server = Server(tmp_path / "data", extra_args=(*API_ONLY, "--max-request-bytes", "4096")).start()
     try:
         api = Api(server.url, "small-limit")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -26,8 +27,14 @@ def serve(
     ),
     max_request_bytes: int = typer.Option(DEFAULT_MAX_REQUEST_BYTES, help="Largest request body accepted."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    max_concurrent_jobs: int = typer.Option(
+        os.cpu_count() or 1, help="Jobs run at once by this server's local workers (0: none; others queue)."
+    ),
+    allow_path: list[Path] = typer.Option(
+        [], help="A directory where jobs may read and write files, besides the data dir and the start directory."
+    ),
 ):
-    """Serve the Dataflow v1b3 REST API."""
+    """Serve the Dataflow v1b3 REST API, and run the jobs submitted to it."""
     from beamport.server import serve as run
 
     run(
@@ -38,8 +45,28 @@ def serve(
             database_url=database_url,
             max_request_bytes=max_request_bytes,
             log_level=log_level,
+            max_concurrent_jobs=max_concurrent_jobs,
+            allow_paths=allow_path,
         )
     )
+
+
+@app.command()
+def worker(
+    endpoint: str = typer.Option(..., envvar="BEAMPORT_ENDPOINT", help="The service's address."),
+    project: str = typer.Option(..., help="The job's project."),
+    region: str = typer.Option("us-central1", help="The job's region."),
+    job_id: str = typer.Option(..., help="The job whose work to lease and run."),
+    worker_id: Optional[str] = typer.Option(None, help="This worker's name (default: host and pid)."),
+    allow_path: list[Path] = typer.Option([], help="A directory the job may read and write files in."),
+):
+    """Run a worker: lease a job's work through the API, run it on the embedded engine, report until it ends."""
+    import logging
+
+    from beamport.worker.harness import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise typer.Exit(run(endpoint, project, region, job_id, worker_id, [p.resolve() for p in allow_path]))
 
 
 def main() -> None:

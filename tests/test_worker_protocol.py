@@ -1,0 +1,170 @@
+"""The work-item protocol as a worker speaks it over HTTP: lease, reportStatus, WorkerMessages.
+
+These tests play the worker by hand against a server with no local workers, so every step is visible.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import Api
+
+NOW = "2026-01-01T00:00:00Z"
+
+
+class Worker:
+    def __init__(self, api: Api, job_id: str, worker_id: str = "w-1"):
+        self.api, self.job_id, self.worker_id = api, job_id, worker_id
+        self.path = f"{api.jobs_path}/{job_id}"
+
+    def lease(self, **extra):
+        body = {"workerId": self.worker_id, "requestedLeaseDuration": "30s", "currentWorkerTime": NOW, **extra}
+        return self.api.client.post(self.path + "/workItems:lease", json=body)
+
+    def report(self, item_id, index, **status):
+        body = {
+            "workerId": self.worker_id,
+            "workItemStatuses": [{"workItemId": item_id, "reportIndex": str(index), **status}],
+        }
+        return self.api.client.post(self.path + "/workItems:reportStatus", json=body)
+
+    def send(self, *messages):
+        path = f"/v1b3/projects/{self.api.project}/locations/us-central1/WorkerMessages"
+        return self.api.client.post(path, json={"workerMessages": list(messages)})
+
+    def code(self, code, **parameters):
+        return {
+            "labels": {"JOB_ID": self.job_id, "WORKER_ID": self.worker_id},
+            "time": NOW,
+            "workerMessageCode": {"code": code, "parameters": parameters},
+        }
+
+
+def texts(api, job_id, **params):
+    return [m["messageText"] for m in api.messages(job_id, **params).json().get("jobMessages", [])]
+
+
+COUNTER = {
+    "name": {"origin": "user", "name": "words", "context": {"step": "s1", "namespace": "ns"}},
+    "kind": "Sum",
+    "scalar": 7,
+    "cumulative": True,
+}
+
+
+def test_a_worker_runs_a_job_to_done(api):
+    job = api.create("batch")
+    worker = Worker(api, job["id"])
+    leased = worker.lease()
+    assert leased.status_code == 200, leased.text
+    (item,) = leased.json()["workItems"]
+    assert item["jobId"] == job["id"] and item["projectId"] == api.project
+    assert item["initialReportIndex"] == "1" and item["reportStatusInterval"] == "1s" and "leaseExpireTime" in item
+    assert api.get(job["id"]).json()["currentState"] == "JOB_STATE_RUNNING"
+    assert "Workers have started successfully." in texts(api, job["id"])
+
+    # The work is held: nobody else gets it.
+    assert Worker(api, job["id"], "w-2").lease().json() == {}
+
+    assert worker.send(
+        worker.code("HARNESS_STARTED"),
+        worker.code("BEAMPORT_JOB_LOG", importance="JOB_MESSAGE_WARNING", text="careful"),
+        worker.code("BEAMPORT_STAGE_STATE", stage="F1", state="JOB_STATE_RUNNING"),
+        worker.code("SOMETHING_NEW", detail=1),
+    ).json() == {"workerMessageResponses": [{}, {}, {}, {}]}
+    assert "careful" in texts(api, job["id"], minimumImportance="JOB_MESSAGE_WARNING")
+    assert any("SOMETHING_NEW" in t for t in texts(api, job["id"], minimumImportance="JOB_MESSAGE_DETAILED"))
+    assert api.get(job["id"]).json()["stageStates"][0]["executionStageState"] == "JOB_STATE_RUNNING"
+
+    first = worker.report(item["id"], 1, metricUpdates=[COUNTER])
+    assert first.status_code == 200, first.text
+    state = first.json()["workItemServiceStates"][0]
+    assert state["nextReportIndex"] == "2" and "leaseExpireTime" in state
+    metrics = api.client.get(f"{api.jobs_path}/{job['id']}/metrics").json()["metrics"]
+    assert [m["scalar"] for m in metrics] == [7] and metrics[0]["updateTime"]
+
+    worker.send(worker.code("BEAMPORT_STAGE_STATE", stage="F1", state="JOB_STATE_DONE"))
+    done = worker.report(item["id"], 2, metricUpdates=[{**COUNTER, "scalar": 9}], completed=True)
+    assert done.status_code == 200, done.text
+    final = api.get(job["id"]).json()
+    assert final["currentState"] == "JOB_STATE_DONE"
+    assert "Worker pool stopped." in texts(api, job["id"])
+    metrics = api.client.get(f"{api.jobs_path}/{job['id']}/metrics").json()["metrics"]
+    assert [m["scalar"] for m in metrics] == [9]  # cumulative: the newest value replaces the old one
+
+    details = api.client.get(f"{api.jobs_path}/{job['id']}/executionDetails").json()
+    assert details["stages"][0]["stageId"] == "F1" and details["stages"][0]["state"] == "EXECUTION_STATE_SUCCEEDED"
+    stage = api.client.get(f"{api.jobs_path}/{job['id']}/stages/F1/executionDetails").json()
+    assert stage["workers"][0]["workerName"] == "w-1"
+
+    # A finished job's work answers any late report with completeWorkStatus.
+    late = worker.report(item["id"], 3).json()["workItemServiceStates"][0]
+    assert late["completeWorkStatus"]["code"] == 1
+
+
+def test_a_failed_run_fails_the_job_with_its_errors(api):
+    job = api.create("failing")
+    worker = Worker(api, job["id"])
+    item = worker.lease().json()["workItems"][0]
+    error = "Traceback (most recent call last):\n  ...\nValueError: boom"
+    assert worker.report(item["id"], 1, completed=True, errors=[{"code": 2, "message": error}]).status_code == 200
+    assert api.get(job["id"]).json()["currentState"] == "JOB_STATE_FAILED"
+    assert error in texts(api, job["id"], minimumImportance="JOB_MESSAGE_ERROR")
+
+
+def test_cancel_reaches_the_worker(api):
+    job = api.create("cancel-me")
+    worker = Worker(api, job["id"])
+    item = worker.lease().json()["workItems"][0]
+    assert api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"}).json()["currentState"] == "JOB_STATE_CANCELLING"
+    answer = worker.report(item["id"], 1).json()["workItemServiceStates"][0]
+    assert answer["completeWorkStatus"]["code"] == 1
+    assert api.get(job["id"]).json()["currentState"] == "JOB_STATE_CANCELLED"
+
+
+def test_protocol_errors_change_nothing(api):
+    job = api.create("strict")
+    worker = Worker(api, job["id"])
+    item = worker.lease().json()["workItems"][0]
+    before = (api.get(job["id"], view="JOB_VIEW_ALL").json(), texts(api, job["id"]))
+
+    def refused(response, code, status):
+        assert response.status_code == code, response.text
+        assert response.json()["error"]["status"] == status
+
+    refused(worker.report(item["id"], 5), 400, "FAILED_PRECONDITION")  # wrong report index
+    refused(Worker(api, job["id"], "intruder").report(item["id"], 1), 400, "FAILED_PRECONDITION")
+    refused(worker.report("999999", 1), 404, "NOT_FOUND")
+    refused(worker.report("not-a-number", 1), 404, "NOT_FOUND")
+    refused(worker.report(item["id"], 1, counterUpdates=[{"cumulative": True}]), 501, "UNIMPLEMENTED")
+    refused(worker.report(item["id"], "x"), 400, "INVALID_ARGUMENT")
+    refused(worker.lease(requestedLeaseDuration="soon"), 400, "INVALID_ARGUMENT")
+    refused(api.client.post(worker.path + "/workItems:lease", json={}), 400, "INVALID_ARGUMENT")
+    refused(Worker(api, "2020-01-01_00_00_00-1").lease(), 404, "NOT_FOUND")
+
+    refused(worker.send({**worker.code("X"), "labels": {}}), 400, "INVALID_ARGUMENT")
+    refused(worker.send({**worker.code("X"), "labels": {"JOB_ID": "2020-01-01_00_00_00-1"}}), 404, "NOT_FOUND")
+    refused(worker.send({"labels": {"JOB_ID": job["id"]}, "workerHealthReport": {"vmIsHealthy": True}}), 501, "UNIMPLEMENTED")
+    refused(worker.send({"labels": {"JOB_ID": job["id"]}, "workerHealthReport": {"vmIsHealthy": "yes"}}), 400, "INVALID_ARGUMENT")
+    refused(worker.send(worker.code("BEAMPORT_JOB_LOG", importance="LOUD", text="x")), 400, "INVALID_ARGUMENT")
+    refused(worker.send(worker.code("BEAMPORT_STAGE_STATE", stage="F", state="JOB_STATE_PAUSED")), 400, "INVALID_ARGUMENT")
+    # A batch mixing good and bad messages is refused whole.
+    refused(worker.send(worker.code("BEAMPORT_JOB_LOG", importance="JOB_MESSAGE_BASIC", text="fine"),
+                        {**worker.code("X"), "labels": {}}), 400, "INVALID_ARGUMENT")
+    refused(worker.send(*[worker.code("X")] * 1001), 400, "INVALID_ARGUMENT")
+
+    assert (api.get(job["id"], view="JOB_VIEW_ALL").json(), texts(api, job["id"])) == before
+    # ... and the real next report still works.
+    assert worker.report(item["id"], 1).status_code == 200
+
+
+def test_streaming_jobs_have_no_work_to_lease_yet(api):
+    job = api.create("stream", type="JOB_TYPE_STREAMING")
+    assert Worker(api, job["id"]).lease().json() == {}
+    assert any("no streaming engine" in t for t in texts(api, job["id"]))
+
+
+def test_a_cancelled_pending_job_has_no_work(api):
+    job = api.create("never-run")
+    api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"})
+    assert Worker(api, job["id"]).lease().json() == {}
