@@ -76,7 +76,7 @@ def run(endpoint: str, project: str, location: str, job_id: str, worker_id: str 
     from beamport.engine.embedded import EmbeddedEngine
     from beamport.engine.staging import stage_job
     from beamport.files import FilePolicy
-    from beamport.service.metrics import metric_updates
+    from beamport.translate.metrics import metric_updates
 
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
     api = WorkerApi(endpoint, project, location, job_id, worker_id)

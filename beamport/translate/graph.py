@@ -25,7 +25,7 @@ Everything returned is Google JSON (camelCase) that parses as `dataflow.Job`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from google.protobuf.duration_pb2 import Duration
@@ -253,11 +253,14 @@ def transform_summaries(pipeline: beam_runner_api_pb2.Pipeline) -> list[dict]:
     out = []
     for tid in ordered_transform_ids(pipeline):
         t = transforms[tid]
-        summary = {"kind": summary_kind(t), "id": tid, "name": t.unique_name}
+        summary = {"id": tid, "name": t.unique_name}
+        if summary_kind(t) != "UNKNOWN_KIND":  # the enum's default: Google JSON leaves it out
+            summary["kind"] = summary_kind(t)
         display = transform_display_data(t)
         if display:
             summary["displayData"] = display
-        outputs = [_pcoll_name(pcolls, pc) for _, pc in sorted(t.outputs.items(), key=lambda kv: output_index(t, kv[0]))]
+        tags = sorted(t.outputs, key=lambda tag: output_index(t, tag))
+        outputs = [_pcoll_name(pcolls, t.outputs[tag]) for tag in tags]
         inputs = [_pcoll_name(pcolls, pc) for _, pc in sorted(t.inputs.items())]
         if outputs:
             summary["outputCollectionName"] = outputs
@@ -268,7 +271,21 @@ def transform_summaries(pipeline: beam_runner_api_pb2.Pipeline) -> list[dict]:
 
 
 def _pcoll_name(pcolls, pc_id: str) -> str:
-    return pcolls[pc_id].unique_name if pc_id in pcolls and pcolls[pc_id].unique_name else pc_id
+    """A collection's user name: "Work.None" for Beam Python's "4Work.None".
+
+    Beam Python makes PCollection unique_names unique by prefixing the producer's
+    label length; the prefix means nothing to a reader, so it goes when it checks out.
+    """
+    name = pcolls[pc_id].unique_name if pc_id in pcolls else ""
+    if not name:
+        return pc_id
+    digits = len(name) - len(name.lstrip("0123456789"))
+    if digits:
+        rest = name[digits:]
+        length = int(name[:digits])
+        if length and rest[length : length + 1] == ".":
+            return rest
+    return name
 
 
 @dataclass(frozen=True)
@@ -285,7 +302,7 @@ class StageDescription:
     transform_ids: Sequence[str]
     inputs: Sequence[str] = ()
     outputs: Sequence[str] = ()
-    prerequisites: Sequence[str] = field(default_factory=tuple)
+    prerequisites: Sequence[str] = ()
 
 
 def execution_stages(pipeline: beam_runner_api_pb2.Pipeline, stages: Sequence[StageDescription]) -> list[dict]:
@@ -297,18 +314,18 @@ def execution_stages(pipeline: beam_runner_api_pb2.Pipeline, stages: Sequence[St
     order = {tid: i for i, tid in enumerate(ordered_transform_ids(pipeline))}
 
     def source(pc: str) -> dict:
-        item = {"name": pc, "userName": _pcoll_name(pcolls, pc)}
-        if pc in made_by:
-            item["originalTransformOrCollection"] = transforms[made_by[pc][0]].unique_name
-        else:
-            item["originalTransformOrCollection"] = _pcoll_name(pcolls, pc)
-        return item
+        # A collection is best known by the transform that makes it.
+        user_name = _pcoll_name(pcolls, pc)
+        origin = transforms[made_by[pc][0]].unique_name if pc in made_by else user_name
+        return {"name": pc, "userName": user_name, "originalTransformOrCollection": origin}
 
     out = []
     for stage in stages:
-        members = sorted((t for t in dict.fromkeys(stage.transform_ids) if t in transforms), key=lambda t: order.get(t, 0))
+        members = sorted({t for t in stage.transform_ids if t in transforms}, key=lambda t: order.get(t, 0))
         summary: dict = {"name": stage.name, "id": ids[stage.name]}
-        summary["kind"] = _stage_kind([transforms[t] for t in members])
+        kind = _stage_kind([transforms[t] for t in members])
+        if kind != "UNKNOWN_KIND":
+            summary["kind"] = kind
         if stage.inputs:
             summary["inputSource"] = [source(pc) for pc in dict.fromkeys(stage.inputs)]
         if stage.outputs:
@@ -326,10 +343,7 @@ def execution_stages(pipeline: beam_runner_api_pb2.Pipeline, stages: Sequence[St
             inputs = set(transforms[t].inputs.values())
             made_here += [pc for pc in transforms[t].outputs.values() if pc not in inputs]
         if made_here:
-            summary["componentSource"] = [
-                {"name": pc, "userName": _pcoll_name(pcolls, pc), "originalTransformOrCollection": transforms[made_by[pc][0]].unique_name if pc in made_by else _pcoll_name(pcolls, pc)}
-                for pc in dict.fromkeys(made_here)
-            ]
+            summary["componentSource"] = [source(pc) for pc in dict.fromkeys(made_here)]
         out.append(summary)
     return out
 
@@ -386,13 +400,12 @@ def describe_fn_api_stages(stages, pipeline: beam_runner_api_pb2.Pipeline) -> li
         )
     # Data dependencies FnApiRunner leaves implicit: who makes what a stage reads.
     made_in = {pc: s.name for s in out for pc in s.outputs}
-    return [
-        StageDescription(
-            s.name, s.transform_ids, s.inputs, s.outputs,
-            tuple(dict.fromkeys([*s.prerequisites, *(made_in[pc] for pc in s.inputs if made_in.get(pc, s.name) != s.name)])),
-        )
-        for s in out
-    ]  # fmt: skip
+    described = []
+    for s in out:
+        makers = [made_in[pc] for pc in s.inputs if made_in.get(pc, s.name) != s.name]
+        prereqs = tuple(dict.fromkeys([*s.prerequisites, *makers]))
+        described.append(StageDescription(s.name, s.transform_ids, s.inputs, s.outputs, prereqs))
+    return described
 
 
 def _original_transform_id(name: str, by_name: Mapping[str, str]) -> str | None:

@@ -52,7 +52,7 @@ from apache_beam.metrics.cells import (
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from beamport import wire
-from beamport.service import graph
+from beamport.translate import graph
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ def _step_id(step: str | None, step_ids: Mapping[str, str], transforms) -> str |
 
     The Python SDK harness labels user metrics with the transform's unique_name (its
     NameContext), other SDKs with the transform id; both are accepted. A name the
-    proto does not know is kept as is: the reader then reports step "" for it.
+    proto does not know is kept as is: the reader fails to translate it and then
+    reports it unchanged, which is what DirectRunner reports too.
     """
     if not step:
         return None
@@ -147,7 +148,8 @@ def _value_fields(value) -> dict | None:
     if isinstance(value, GaugeResult):
         value = value.data
     if isinstance(value, GaugeData):
-        return {"gauge": {"value": value.value, "timestamp": wire.format_timestamp_us(int(value.timestamp * 1_000_000))}}
+        stamp = wire.format_timestamp_us(int(value.timestamp * 1_000_000))  # Beam keeps seconds
+        return {"gauge": {"value": value.value, "timestamp": stamp}}
     if isinstance(value, BoundedTrieData):  # query() hands bounded tries over as BoundedTrieData
         return {"kind": "Trie", "boundedTrie": json_format.MessageToDict(value.to_proto())}
     return None
@@ -176,7 +178,7 @@ def system_metric_updates(
     sizes: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [count, sum]
     for info in monitoring_infos:
         pc = info.labels.get(mi.PCOLLECTION_LABEL)
-        if pc not in pcolls:
+        if pc is None or pc not in pcolls:
             continue
         if info.urn == mi.ELEMENT_COUNT_URN:
             counts[pc] += mi.extract_counter_value(info)
@@ -194,8 +196,10 @@ def system_metric_updates(
             out += _system_pair("ElementCount", user_name, {"kind": "Sum", "scalar": counts[pc]}, update_time)
         count, total = sizes.get(pc, (0, 0))
         if count:
-            # Dataflow answers MeanByteCount as a whole-number scalar.
-            out += _system_pair("MeanByteCount", user_name, {"kind": "Mean", "scalar": round(total / count)}, update_time)
+            # Dataflow answers MeanByteCount as a whole-number scalar (what Beam reads);
+            # meanSum/meanCount are the documented fields of the "Mean" kind.
+            mean = {"kind": "Mean", "scalar": round(total / count), "meanSum": total, "meanCount": count}
+            out += _system_pair("MeanByteCount", user_name, mean, update_time)
     return out
 
 
