@@ -76,7 +76,7 @@ def _drop_unknown(value, descriptor: Descriptor, path: str, dropped: list[str]):
                         k: _drop_unknown(v, value_field.message_type, f"{path}.{key}[{k}]", dropped)
                         for k, v in item.items()
                     }
-            elif field.label == FieldDescriptor.LABEL_REPEATED and isinstance(item, list):
+            elif field.is_repeated and isinstance(item, list):
                 item = [_drop_unknown(v, child, f"{path}.{key}[{i}]", dropped) for i, v in enumerate(item)]
             else:
                 item = _drop_unknown(item, child, f"{path}.{key}" if path else key, dropped)
@@ -89,7 +89,7 @@ def _check_enums(message: Message, path: str) -> None:
     for field, value in message.ListFields():
         name = f"{path}.{field.json_name}" if path else field.json_name
         if field.type == FieldDescriptor.TYPE_ENUM:
-            values = value if field.label == FieldDescriptor.LABEL_REPEATED else [value]
+            values = value if field.is_repeated else [value]
             for number in values:
                 if field.enum_type.values_by_number.get(number) is None:
                     raise invalid_argument(
@@ -101,7 +101,7 @@ def _check_enums(message: Message, path: str) -> None:
                 if value_field.type == FieldDescriptor.TYPE_MESSAGE:
                     for key, item in value.items():
                         _check_enums(item, f"{name}[{key}]")
-            elif field.label == FieldDescriptor.LABEL_REPEATED:
+            elif field.is_repeated:
                 for i, item in enumerate(value):
                     _check_enums(item, f"{name}[{i}]")
             else:
