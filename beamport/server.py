@@ -7,6 +7,7 @@ import logging
 import uvicorn
 
 from beamport.config import Settings
+from beamport.files import FilePolicy
 from beamport.http.app import create_app
 from beamport.service.execution import ExecutionService
 from beamport.service.jobs import JobService
@@ -29,7 +30,8 @@ def build_app(settings: Settings, with_workers: bool = True):
             settings.data_dir,
         )
         hooks = {"on_startup": [pool.start], "on_shutdown": [pool.stop]}
-    return create_app(settings, JobService(store), execution, **hooks)
+    jobs = JobService(store, FilePolicy(settings.allowed_roots()))
+    return create_app(settings, jobs, execution, **hooks)
 
 
 def serve(settings: Settings) -> None:

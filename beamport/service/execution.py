@@ -275,10 +275,12 @@ class ExecutionService:
                     stage.state, stage.worker_id = params["state"], labels.get("WORKER_ID")
                     if str(labels.get("WORK_ITEM_ID", "")).isdigit():
                         stage.work_item_id = int(labels["WORK_ITEM_ID"])
+                    # Stage times are the worker's (messages reach the service in batches).
+                    at = _worker_time_us(message, now)
                     if params["state"] == model.RUNNING:
-                        stage.start_us = stage.start_us or now
+                        stage.start_us = stage.start_us or at
                     else:
-                        stage.end_us = now
+                        stage.end_us = at
                     stages[stage.stage] = stage
                 elif code == CODE_HARNESS_STARTED:
                     notes.append(job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"Worker {worker} started its harness."))
@@ -452,6 +454,13 @@ class ExecutionService:
                 return True
 
             self._change_job(item.job_id, change)
+
+def _worker_time_us(message: dict, default: int) -> int:
+    try:
+        return wire.parse_timestamp_us(message.get("time"), "time") or default
+    except ApiError:
+        return default
+
 
 def _check_code(code: dict, index: int) -> None:
     params = code.get("parameters", {})

@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from beamport import wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument
+from beamport.files import FilePolicy
 from beamport.service import model
 from beamport.service.documents import (
     close_work_items,
@@ -69,8 +70,9 @@ NO_STREAMING_ENGINE = (
 
 
 class JobService:
-    def __init__(self, store: Store, clock=wire.now_us):
+    def __init__(self, store: Store, files: FilePolicy | None = None, clock=wire.now_us):
         self.store = store
+        self.files = files  # None: files named in requests are neither checked nor read (tests of the API only)
         self.clock = clock
 
     # -- reading ------------------------------------------------------------
@@ -178,7 +180,9 @@ class JobService:
         job.current_state = model.JobState.values_by_name[model.PENDING].number
         if not job.type_:
             job.type_ = model.JobType.values_by_name[model.BATCH].number  # Dataflow's default
-        record = record_from_document(wire.to_dict(job))
+        doc = wire.to_dict(job)
+        self._check_files(doc)
+        record = record_from_document(doc)
         if job.type_ == model.JobType.values_by_name[model.STREAMING].number:
             work, messages = [], [job_message(job_id, now, "JOB_MESSAGE_WARNING", NO_STREAMING_ENGINE)]
         else:
@@ -200,6 +204,29 @@ class JobService:
                 if existing is not None and not replace_job_id:
                     return render_job(existing, view)
         raise ApiError("ABORTED", f"Too much contention creating job {job.name}; try again.")
+
+    def _check_files(self, doc: dict) -> None:
+        """Refuse files outside the operator's roots now, not when the job runs; describe the pipeline."""
+        if self.files is None:
+            return
+        environment = doc.get("environment", {})
+        options = environment.get("sdkPipelineOptions", {}).get("options", {})
+        named = [options.get("temp_location"), options.get("staging_location"), environment.get("tempStoragePrefix")]
+        named += [p.get("location") for pool in environment.get("workerPools", []) for p in pool.get("packages", [])]
+        for location in filter(None, named):
+            self.files.check(location)
+        if options.get("pipelineUrl") and "steps" not in doc:
+            from apache_beam.portability.api import beam_runner_api_pb2
+            from google.protobuf.message import DecodeError
+
+            from beamport.translate.graph import job_graph
+
+            url = options["pipelineUrl"]
+            try:
+                pipeline = beam_runner_api_pb2.Pipeline.FromString(self.files.read_bytes(url))
+            except DecodeError as exc:
+                raise invalid_argument(f"{url} is not a Beam pipeline: {exc}") from None
+            doc.update(job_graph(pipeline, sdk_pipeline_options=environment.get("sdkPipelineOptions")))
 
     def _replace(
         self, project_id: str, location: str, old_id: str, record: JobRecord, work: list, messages: list, now: int

@@ -84,12 +84,12 @@ class WorkerApi:
         if messages:
             self._call("POST", self.messages_path, json={"workerMessages": messages, "location": self.location})
 
-    def code_message(self, code: str, parameters: dict, work_item_id: str | None = None) -> dict:
+    def code_message(self, code: str, parameters: dict, work_item_id: str | None = None, time_us: int | None = None) -> dict:
         labels = {"JOB_ID": self.job_id, "WORKER_ID": self.worker_id, "CONTAINER_TYPE": "beamport-worker"}
         if work_item_id:
             labels["WORK_ITEM_ID"] = work_item_id
         return {
             "labels": labels,
-            "time": wire.format_timestamp_us(wire.now_us()),
+            "time": wire.format_timestamp_us(time_us or wire.now_us()),
             "workerMessageCode": {"code": code, "parameters": parameters},
         }

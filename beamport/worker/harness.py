@@ -45,7 +45,7 @@ class Reporter:
         self.latest_metrics = None
 
     def stage_state(self, stage_name: str, state: str, time_us: int) -> None:
-        self._queue(CODE_STAGE, {"stage": stage_name, "state": state})
+        self._queue(CODE_STAGE, {"stage": stage_name, "state": state}, time_us)
 
     def metrics(self, results) -> None:
         with self.lock:
@@ -60,8 +60,8 @@ class Reporter:
     def warn(self, text: str) -> None:
         self._queue(CODE_LOG, {"importance": "JOB_MESSAGE_WARNING", "text": text})
 
-    def _queue(self, code: str, parameters: dict) -> None:
-        message = self.api.code_message(code, parameters, self.work_item_id)
+    def _queue(self, code: str, parameters: dict, time_us: int | None = None) -> None:
+        message = self.api.code_message(code, parameters, self.work_item_id, time_us)
         with self.lock:
             self.pending.append(message)
 
