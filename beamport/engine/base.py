@@ -1,0 +1,77 @@
+"""The engine interface: what runs a staged job, and what it tells its caller while it runs.
+
+An engine runs one job synchronously in the calling process. The caller (the worker harness) runs it
+in a process of its own and cancels by killing that process (and its process group: an engine may
+start worker subprocesses), so engines need no cancellation protocol of their own.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from apache_beam.portability.api import beam_runner_api_pb2
+
+# What a run ends in (Beam's PipelineState names).
+DONE = "DONE"
+FAILED = "FAILED"
+
+# What a fused stage goes through (Dataflow's execution state names).
+STAGE_RUNNING = "JOB_STATE_RUNNING"
+STAGE_DONE = "JOB_STATE_DONE"
+STAGE_FAILED = "JOB_STATE_FAILED"
+
+JOB_TYPE_BATCH = "FNAPI_BATCH"
+JOB_TYPE_STREAMING = "FNAPI_STREAMING"
+
+
+@dataclass
+class StagedJob:
+    """A job made ready to run: its pipeline, options and main session, read from where it was staged."""
+
+    job_id: str
+    job_type: str  # JOB_TYPE_BATCH or JOB_TYPE_STREAMING
+    # The pipeline as submitted, except that its Python SDK environments run embedded (see staging.py).
+    pipeline: beam_runner_api_pb2.Pipeline
+    # sdkPipelineOptions.options, with JSON's whole floats turned back into ints (see staging.py).
+    options: dict[str, Any]
+    main_session: Path | None = None  # the pickled main session (save_main_session), a local file
+    python_path: list[str] = field(default_factory=list)  # staged pure-Python wheels, importable as they are
+    rewritten_environments: list[str] = field(default_factory=list)  # ids of the environments rewritten
+
+    def pipeline_options(self):
+        """The options as Beam's PipelineOptions, as Dataflow's SDK harness builds them."""
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        return PipelineOptions.from_dictionary(self.options)
+
+
+class RunObserver(Protocol):
+    """What an engine reports while a job runs. Called from the engine's threads: keep each call short."""
+
+    def stage_state(self, stage_name: str, state: str, time_us: int) -> None:
+        """A fused stage started (STAGE_RUNNING) or ended (STAGE_DONE, STAGE_FAILED); time in µs since the epoch."""
+
+    def metrics(self, results: dict[str, list]) -> None:
+        """The job's user metrics so far, as `PipelineResult.metrics().query()` gives them on DirectRunner:
+        {"counters": [MetricResult...], "distributions": [...], "gauges": [...], "string_sets": [...],
+        "bounded_tries": [...]}, each MetricResult keyed by the transform's unique name. Each call is a
+        complete snapshot (not a delta); the last one is the job's final metrics."""
+
+    def log(self, record: logging.LogRecord) -> None:
+        """A log record the pipeline's code emitted (a DoFn's logging.warning, an IO's progress...)."""
+
+
+@dataclass
+class RunResult:
+    state: str  # DONE or FAILED
+    error: str | None = None  # for FAILED: the user's exception, formatted as a traceback
+
+
+class Engine(abc.ABC):
+    @abc.abstractmethod
+    def run(self, job: StagedJob, observer: RunObserver) -> RunResult:
+        """Run the job to its end in this process. Errors of the pipeline are a FAILED result, not exceptions."""

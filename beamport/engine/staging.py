@@ -1,0 +1,260 @@
+"""A stored job document -> a StagedJob the embedded engine can run, plus warnings for the caller.
+
+What Beam's DataflowRunner staged for a job, and what becomes of it here:
+- pipelineUrl (sdkPipelineOptions.options): the pipeline proto. Its Python SDK environments are Docker
+  environments (Dataflow starts the SDK container); they are rewritten to run embedded, in this process,
+  as is Beam's "default" environment. Environments of other SDKs (cross-language transforms) are refused.
+- packages (environment.workerPools[].packages):
+  - pickled_main_session: loaded before the run, as Dataflow's SDK harness does;
+  - a wheel or sdist whose distribution is already installed at that version: nothing to do;
+  - a pure-Python wheel: imported from where it was staged (a wheel is a zip sys.path can hold);
+  - requirements.txt: each requirement is checked against the installed distributions;
+  - anything else (sdists, setup.py's workflow.tar.gz, platform wheels, jars, a custom Beam SDK)
+    cannot be installed without changing the environment every job shares: a warning says so;
+  - submission_environment_dependencies.txt, extra_packages.txt: information only.
+Every file is read through the operator's FilePolicy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from apache_beam.portability import common_urns, python_urns
+from apache_beam.portability.api import beam_runner_api_pb2
+
+from beamport.engine.base import JOB_TYPE_BATCH, JOB_TYPE_STREAMING, StagedJob
+from beamport.errors import ApiError
+from beamport.files import FilePolicy, scheme_of
+
+MAIN_SESSION = "pickled_main_session"
+REQUIREMENTS = "requirements.txt"
+INFORMATION_ONLY = {"submission_environment_dependencies.txt", "extra_packages.txt"}
+# Options only the Dataflow service reads; Beam's option parser would only warn about them.
+SERVICE_OPTIONS = {"pipelineUrl", "pipelineProtoHash"}
+# Beam's default SDK images: gcr.io/cloud-dataflow/v1beta3/beam_python3.11_sdk:2.77.0, apache/beam_python3.11_sdk:2.77.0
+_SDK_IMAGE = re.compile(r"(^|/)beam_python(?P<python>\d+\.\d+)_sdk:(?P<beam>[^@]+)")
+_PYTHON_SDK_CAPABILITY = "beam:version:sdk_base:apache/beam_python"
+
+
+def stage_job(job: dict, policy: FilePolicy, workdir: Path | None = None) -> tuple[StagedJob, list[str]]:
+    """The job ready to run, and warnings (texts for JOB_MESSAGE_WARNINGs) about what is not honoured.
+
+    job: the job document in Google JSON, as jobs.get with JOB_VIEW_ALL answers it.
+    workdir: where files staged on gs:// are copied to (a new temporary directory if None).
+    Raises ApiError when the job cannot run at all (no pipeline, a file outside the policy...).
+    """
+    import apache_beam
+
+    environment = job.get("environment") or {}
+    raw_options = (environment.get("sdkPipelineOptions") or {}).get("options") or {}
+    warnings: list[str] = []
+    fetch = _Fetcher(policy, workdir)
+
+    pipeline_url = raw_options.get("pipelineUrl")
+    if not pipeline_url:
+        raise ApiError(
+            "FAILED_PRECONDITION",
+            "The job has no pipeline to run (environment.sdkPipelineOptions.options.pipelineUrl): only jobs "
+            "submitted by Beam's DataflowRunner (portable job submission) can run on this Beamport.",
+        )
+    try:
+        pipeline = beam_runner_api_pb2.Pipeline.FromString(policy.read_bytes(pipeline_url))
+    except DecodeError as exc:
+        raise ApiError("INVALID_ARGUMENT", f"{pipeline_url} is not a Beam pipeline proto: {exc}") from None
+    # Temp and staging locations are the operator's business too, even though the engine itself only reads.
+    for key in ("temp_location", "staging_location"):
+        if raw_options.get(key):
+            policy.check(raw_options[key])
+
+    rewritten = rewrite_python_environments(pipeline, warnings)
+
+    submitted_with = (environment.get("userAgent") or {}).get("version")
+    if submitted_with and submitted_with != apache_beam.__version__:
+        warnings.append(
+            f"The job was submitted with Beam {submitted_with}; this engine runs Beam {apache_beam.__version__}. "
+            "Pipelines pickled by one Beam version may not load in another."
+        )
+
+    job_type = (environment.get("version") or {}).get("job_type") or JOB_TYPE_BATCH
+    if job_type == JOB_TYPE_STREAMING:
+        warnings.append(
+            "This is a streaming job. The embedded engine runs a pipeline until all its input is processed: "
+            "bounded sources work, unbounded ones (Pub/Sub, Kafka...) do not."
+        )
+
+    main_session, python_path = None, []
+    for package in _packages(environment):
+        name, location = package["name"], package["location"]
+        if name == MAIN_SESSION:
+            main_session = fetch.local_path(location, name)
+        elif name == REQUIREMENTS:
+            missing = unsatisfied_requirements(fetch.read_text(location))
+            if missing:
+                warnings.append(
+                    f"requirements.txt asks for {', '.join(missing)}, which this engine's Python environment does "
+                    "not have; Beamport does not install packages per job. The pipeline runs without them."
+                )
+        elif name in INFORMATION_ONLY:
+            continue
+        elif _installed_distribution(name):
+            continue  # already here at the staged version (e.g. a requirements.txt package Beam cached)
+        elif _is_pure_wheel(name):
+            python_path.append(str(fetch.local_path(location, name)))
+        else:
+            warnings.append(
+                f"The staged package {name} is not installed: the embedded engine runs in Beamport's own Python "
+                "environment and installs only pure-Python wheels (as they are, per job). Install it in that "
+                "environment if the pipeline needs it."
+            )
+
+    options = {key: _json_number(value) for key, value in raw_options.items() if key not in SERVICE_OPTIONS}
+    staged = StagedJob(
+        job_id=job.get("id", ""),
+        job_type=job_type,
+        pipeline=pipeline,
+        options=options,
+        main_session=main_session,
+        python_path=python_path,
+        rewritten_environments=rewritten,
+    )
+    return staged, warnings
+
+
+def rewrite_python_environments(pipeline: beam_runner_api_pb2.Pipeline, warnings: list[str]) -> list[str]:
+    """Make the pipeline's Python SDK environments embedded, in place; return the ids rewritten.
+
+    Environments of other SDKs (cross-language transforms) cannot run here: ApiError FAILED_PRECONDITION.
+    """
+    docker = common_urns.environments.DOCKER.urn
+    used = {t.environment_id for t in pipeline.components.transforms.values() if t.environment_id}
+    rewritten = []
+    for env_id, env in pipeline.components.environments.items():
+        if env.urn == python_urns.EMBEDDED_PYTHON:
+            continue
+        image = beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image if env.urn == docker else ""
+        # DEFAULT: "whatever the runner runs Python in" (Beam's own protos, without DataflowRunner's rewriting).
+        if env.urn == common_urns.environments.DEFAULT.urn or (env.urn == docker and _is_python_sdk(env, image)):
+            if image:
+                _warn_about_image(image, warnings)
+            env.urn, env.payload = python_urns.EMBEDDED_PYTHON, b""
+            rewritten.append(env_id)
+        elif env_id in used:
+            users = sorted(t.unique_name for t in pipeline.components.transforms.values() if t.environment_id == env_id)
+            raise ApiError(
+                "FAILED_PRECONDITION",
+                f"The transforms {', '.join(users[:5])} run in the environment {env_id} ({env.urn} {image}), "
+                "which is not Beam's Python SDK: the embedded engine runs Python transforms only "
+                "(cross-language transforms are not supported).",
+            )
+    return rewritten
+
+
+def unsatisfied_requirements(text: str) -> list[str]:
+    """The requirement lines of a requirements file that the installed distributions do not satisfy."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    missing = []
+    for line in text.splitlines():
+        line = line.split(" #")[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            missing.append(line)  # pip options, URLs, editable installs: nothing we can check
+            continue
+        if requirement.marker and not requirement.marker.evaluate():
+            continue
+        try:
+            version = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            missing.append(line)
+            continue
+        if requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
+            missing.append(f"{line} (installed: {version})")
+    return missing
+
+
+class _Fetcher:
+    """Reads staged files through the policy; gs:// files that must be local are copied to a workdir."""
+
+    def __init__(self, policy: FilePolicy, workdir: Path | None):
+        self.policy = policy
+        self.workdir = workdir
+
+    def read_text(self, location: str) -> str:
+        return self.policy.read_bytes(location).decode("utf-8", errors="replace")
+
+    def local_path(self, location: str, name: str) -> Path:
+        if scheme_of(location) != "gs":
+            path = Path(self.policy.check(location))
+            if not path.is_file():
+                raise ApiError("NOT_FOUND", f"The staged file {name} ({location}) does not exist.")
+            return path
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="beamport-staged-"))
+        path = self.workdir / os.path.basename(name)
+        path.write_bytes(self.policy.read_bytes(location))
+        return path
+
+
+def _packages(environment: dict) -> list[dict]:
+    seen, packages = set(), []
+    for pool in environment.get("workerPools") or []:
+        for package in pool.get("packages") or []:
+            if package.get("name") and package.get("location") and package["name"] not in seen:
+                seen.add(package["name"])
+                packages.append(package)
+    return packages
+
+
+def _is_python_sdk(env: beam_runner_api_pb2.Environment, image: str) -> bool:
+    return any(c.startswith(_PYTHON_SDK_CAPABILITY) for c in env.capabilities) or bool(_SDK_IMAGE.search(image))
+
+
+def _warn_about_image(image: str, warnings: list[str]) -> None:
+    import apache_beam
+
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    match = _SDK_IMAGE.search(image)
+    if not match:
+        warnings.append(
+            f"The pipeline asked for the container image {image}; the embedded engine does not run containers: "
+            f"the pipeline runs in Beamport's own Python {here} environment with Beam {apache_beam.__version__}."
+        )
+    elif match["python"] != here:
+        warnings.append(
+            f"The pipeline was built for Python {match['python']}; the embedded engine runs Python {here}."
+        )
+
+
+def _installed_distribution(filename: str) -> bool:
+    """Whether a staged wheel or sdist names a distribution installed here at the same version."""
+    match = re.match(r"^(?P<name>[A-Za-z0-9_.]+?)-(?P<version>[0-9][^-]*?)(\.tar\.gz|\.zip|-.*\.whl)$", filename)
+    if not match:
+        return False
+    try:
+        return metadata.version(match["name"]) == match["version"]
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def _is_pure_wheel(filename: str) -> bool:
+    return filename.endswith(".whl") and filename.rsplit("-", 3)[-2:] in (["none", "any.whl"],)
+
+
+def _json_number(value):
+    """Undo JSON's numbers: sdkPipelineOptions is a Struct, so an int option (num_workers=4) comes back 4.0,
+    which Beam's int options refuse to parse."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_json_number(v) for v in value]
+    return value

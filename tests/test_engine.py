@@ -1,0 +1,641 @@
+"""The engine layer: jobs submitted by Beam's DataflowRunner, staged from what the server stored, run on the
+embedded engine, and compared with DirectRunner on the same input. Plus the file policy and staging rules."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import uuid
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from beamport.engine.base import DONE, FAILED, STAGE_DONE, STAGE_FAILED, STAGE_RUNNING
+from beamport.engine.embedded import PROCESSES, THREADS, EmbeddedEngine, parallelism_for
+from beamport.engine.staging import stage_job, unsatisfied_requirements
+from beamport.errors import ApiError
+from beamport.files import FilePolicy
+
+one_backend = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+
+# Run as a script, so that its pipelines live in __main__ (as a user's do) and need save_main_session.
+SUBMIT = textwrap.dedent(
+    '''
+    import json
+    import logging
+    import sys
+
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.transforms import window
+
+    STOPWORDS = ["a", "and", "the"]  # a global the pipeline reads
+    WINDOW_S = 60
+
+
+    def normalise(word):  # a module-level helper the DoFn calls
+        return word.strip(".,;!").lower()
+
+
+    class Tokenise(beam.DoFn):
+        def __init__(self):
+            self.words = Metrics.counter("tokenise", "words")
+            self.skipped = Metrics.counter("tokenise", "stopwords")
+            self.lengths = Metrics.distribution("tokenise", "word_length")
+
+        def process(self, line, stopwords):
+            seconds, text = line.split("\\t", 1)
+            for raw in text.split():
+                word = normalise(raw)
+                if word in stopwords:
+                    self.skipped.inc()
+                    continue
+                if word == "alarm":
+                    logging.warning("alarm word at second %s", seconds)
+                self.words.inc()
+                self.lengths.update(len(word))
+                yield window.TimestampedValue((word, int(seconds)), int(seconds))
+
+
+    def describe(joined, win=beam.DoFn.WindowParam):
+        word, groups = joined
+        Metrics.counter("describe", "rows").inc()
+        return f"{int(win.start)} {word} count={sum(groups['count'])} seconds={sorted(groups['seconds'])}"
+
+
+    def build_windowed(pipeline, source, output):
+        stopwords = pipeline | "Stopwords" >> beam.Create(STOPWORDS)
+        words = (
+            pipeline
+            | "Read" >> beam.io.ReadFromText(source)
+            | "Tokenise" >> beam.ParDo(Tokenise(), stopwords=beam.pvalue.AsList(stopwords))
+            | "Window" >> beam.WindowInto(window.FixedWindows(WINDOW_S))
+        )
+        counts = words | "Ones" >> beam.Map(lambda kv: (kv[0], 1)) | "Count" >> beam.CombinePerKey(sum)
+        (
+            {"count": counts, "seconds": words}
+            | "Join" >> beam.CoGroupByKey()
+            | "Describe" >> beam.Map(describe)
+            | "Write" >> beam.io.WriteToText(output, num_shards=1)
+        )
+
+
+    def explode(line):
+        raise ValueError("boom")
+
+
+    def build_failing(pipeline, source, output):
+        pipeline | "Read" >> beam.io.ReadFromText(source) | "Explode" >> beam.Map(explode)
+
+
+    def metric_rows(results):
+        rows = []
+        for kind in ("counters", "distributions"):
+            for r in results[kind]:
+                c = r.committed
+                value = c if kind == "counters" else [c.sum, c.count, c.min, c.max]
+                rows.append([kind, r.key.step, r.key.metric.namespace, r.key.metric.name, value])
+        return sorted(rows)
+
+
+    def submit_options(endpoint, project, work, name):
+        staging = f"{work}/staging-{name}"
+        return [
+            "--runner=DataflowRunner", f"--dataflow_endpoint={endpoint}", "--no_auth", f"--project={project}",
+            "--region=us-central1", f"--temp_location={staging}", f"--staging_location={staging}",
+            f"--job_name={name}", "--save_main_session",
+        ]
+
+
+    if __name__ == "__main__":
+        endpoint, project, work = sys.argv[1:4]
+        source = f"{work}/events.txt"
+
+        # The reference run: DirectRunner, here, on the same input.
+        direct = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--save_main_session"]))
+        build_windowed(direct, source, f"{work}/direct-windowed/out")
+        result = direct.run()
+        result.wait_until_finish()
+        with open(f"{work}/direct-windowed-metrics.json", "w") as f:
+            json.dump(metric_rows(result.metrics().query()), f)
+
+        for name, build in [("windowed", build_windowed), ("failing", build_failing)]:
+            pipeline = beam.Pipeline(options=PipelineOptions(submit_options(endpoint, project, work, name)))
+            build(pipeline, source, f"{work}/engine-{name}/out")
+            print("JOB", name, pipeline.run().job_id(), flush=True)
+
+        # Beam's wordcount example, as it is: it waits for its job, which no engine of this server runs.
+        from apache_beam.examples import wordcount
+        from apache_beam.runners.dataflow.dataflow_runner import DataflowPipelineResult
+
+        DataflowPipelineResult.wait_until_finish = lambda self, duration=None: print("JOB wordcount", self.job_id())
+        wordcount.run([*submit_options(endpoint, project, work, "wordcount"),
+                       f"--input={work}/words.txt", f"--output={work}/engine-wordcount/out"])
+    '''
+)
+
+
+class Recorder:
+    """A RunObserver that keeps everything, in order."""
+
+    def __init__(self):
+        self.events: list[tuple] = []
+        self.records: list[logging.LogRecord] = []
+
+    def stage_state(self, stage_name: str, state: str, time_us: int) -> None:
+        self.events.append(("stage", stage_name, state, time_us))
+
+    def metrics(self, results) -> None:
+        self.events.append(("metrics", results))
+
+    def log(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @property
+    def snapshots(self) -> list:
+        return [event[1] for event in self.events if event[0] == "metrics"]
+
+    def states(self) -> dict[str, list[str]]:
+        states: dict[str, list[str]] = {}
+        for event in self.events:
+            if event[0] == "stage":
+                states.setdefault(event[1], []).append(event[2])
+        return states
+
+
+class Submitted:
+    def __init__(self, work: Path, jobs: dict[str, dict]):
+        self.work = work
+        self.jobs = jobs
+
+    def stage(self, name: str):
+        return stage_job(self.jobs[name], FilePolicy([self.work]))
+
+
+@pytest.fixture(scope="module")
+def submitted(server, tmp_path_factory) -> Submitted:
+    """Three jobs submitted once by DataflowRunner (and the DirectRunner reference run), fetched as stored."""
+    work = tmp_path_factory.mktemp("engine")
+    rng = random.Random(7)
+    vocabulary = "the quick brown fox and a lazy dog alarm jumps over river".split()
+    (work / "events.txt").write_text(
+        "".join(f"{i * 2}\t{' '.join(rng.choice(vocabulary) for _ in range(6))}\n" for i in range(300))
+    )
+    (work / "words.txt").write_text(
+        "".join(" ".join(rng.choice(vocabulary) for _ in range(8)) + "\n" for _ in range(200))
+    )
+    for name in ("windowed", "failing", "wordcount"):
+        (work / f"staging-{name}").mkdir()
+    script = work / "submit.py"
+    script.write_text(SUBMIT)
+    project = f"test-{uuid.uuid4().hex[:10]}"
+    endpoint = server.url.replace("127.0.0.1", "localhost")  # "localhost": Beam stages to local directories
+    done = subprocess.run(
+        [sys.executable, str(script), endpoint, project, str(work)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    ids = dict(line.split()[1:3] for line in done.stdout.splitlines() if line.startswith("JOB "))
+    assert set(ids) == {"windowed", "failing", "wordcount"}, done.stdout
+    jobs = {}
+    for name, job_id in ids.items():
+        answer = httpx.get(
+            f"{server.url}/v1b3/projects/{project}/locations/us-central1/jobs/{job_id}", params={"view": "JOB_VIEW_ALL"}
+        )
+        assert answer.status_code == 200, answer.text
+        jobs[name] = answer.json()
+    return Submitted(work, jobs)
+
+
+def sorted_lines(directory: Path, pattern: str) -> list[str]:
+    files = sorted(directory.glob(pattern))
+    assert files, f"no {pattern} in {directory}"
+    return sorted(line for f in files for line in f.read_text().splitlines())
+
+
+def direct_wordcount(work: Path) -> list[str]:
+    from apache_beam.examples import wordcount
+
+    wordcount.run(
+        [f"--input={work}/words.txt", f"--output={work}/direct-wordcount/out", "--runner=DirectRunner"],
+        save_main_session=False,
+    )
+    return sorted_lines(work / "direct-wordcount", "out-*")
+
+
+# -- (a) wordcount ------------------------------------------------------------
+
+
+@one_backend
+def test_wordcount_matches_direct_runner(submitted):
+    staged, warnings = submitted.stage("wordcount")
+    assert warnings == []
+    assert staged.job_type == "FNAPI_BATCH"
+    assert staged.rewritten_environments  # DataflowRunner's Docker environment, now embedded
+    assert all(env.urn == "beam:env:embedded_python:v1" for env in staged.pipeline.components.environments.values())
+
+    result = EmbeddedEngine().run(staged, Recorder())
+
+    assert (result.state, result.error) == (DONE, None)
+    engine = sorted_lines(submitted.work / "engine-wordcount", "out-*-of-00001")
+    assert engine == direct_wordcount(submitted.work)
+    assert any(line.startswith("fox: ") for line in engine)
+
+
+@pytest.mark.slow
+@one_backend
+def test_wordcount_on_worker_processes(submitted):
+    """Two workers: SDK harness subprocesses, whose log records come back as records."""
+    staged, _ = submitted.stage("wordcount")
+    recorder = Recorder()
+
+    result = EmbeddedEngine(default_workers=2).run(staged, recorder)
+
+    assert (result.state, result.error) == (DONE, None)
+    # WriteToText writes a shard per worker.
+    assert sorted_lines(submitted.work / "engine-wordcount", "out-*-of-00002") == direct_wordcount(submitted.work)
+    harness = [r for r in recorder.records if r.name == "apache_beam.runners.worker.sdk_worker_main"]
+    assert any("semi_persistent_directory" in r.getMessage() for r in harness)  # the subprocess's own record
+    assert not [r for r in recorder.records if r.levelno >= logging.WARNING], [r.getMessage() for r in recorder.records]
+
+
+# -- (b) main session, side input, CoGroupByKey, windows, metrics -----------------
+
+
+@one_backend
+def test_windowed_pipeline_and_its_metrics_match_direct_runner(submitted):
+    staged, warnings = submitted.stage("windowed")
+    assert warnings == []
+    assert staged.main_session is not None and staged.main_session.name == "pickled_main_session"
+    recorder = Recorder()
+
+    result = EmbeddedEngine().run(staged, recorder)
+
+    assert (result.state, result.error) == (DONE, None)
+    work = submitted.work
+    engine = sorted_lines(work / "engine-windowed", "out-*")
+    assert engine == sorted_lines(work / "direct-windowed", "out-*")
+    assert len({line.split()[0] for line in engine}) > 5  # several windows
+
+    from_script = json.loads((work / "direct-windowed-metrics.json").read_text())
+    final = recorder.snapshots[-1]
+    ours = sorted(
+        [["counters", r.key.step, r.key.metric.namespace, r.key.metric.name, r.committed] for r in final["counters"]]
+        + [
+            ["distributions", r.key.step, r.key.metric.namespace, r.key.metric.name,
+             [r.committed.sum, r.committed.count, r.committed.min, r.committed.max]]
+            for r in final["distributions"]
+        ]
+    )
+    assert ours == from_script
+    assert ["counters", "Tokenise", "tokenise", "words"] in [row[:4] for row in ours]
+
+
+@one_backend
+def test_a_main_session_that_does_not_load_fails_the_run(submitted, tmp_path):
+    staged, _ = submitted.stage("windowed")
+    staged.main_session = tmp_path / "pickled_main_session"
+    staged.main_session.write_bytes(b"not a pickle")
+
+    result = EmbeddedEngine().run(staged, Recorder())
+
+    assert result.state == FAILED and "main session" in result.error
+
+
+# -- (c) a failing pipeline ---------------------------------------------------
+
+
+@one_backend
+def test_failing_pipeline_gives_the_users_error(submitted):
+    staged, _ = submitted.stage("failing")
+    recorder = Recorder()
+
+    result = EmbeddedEngine().run(staged, recorder)
+
+    assert result.state == FAILED
+    assert "ValueError: boom" in result.error and "in explode" in result.error
+    assert "[while running 'Explode']" in result.error
+    assert "apache_beam/" not in result.error  # Beam's own frames are left out
+    states = recorder.states()
+    failed = [name for name, seen in states.items() if STAGE_FAILED in seen]
+    assert len(failed) == 1 and "Explode" in failed[0]
+
+
+# -- (e) what the observer hears ----------------------------------------------
+
+
+@one_backend
+def test_observer_hears_stages_metrics_and_logs(submitted):
+    staged, _ = submitted.stage("windowed")
+    recorder = Recorder()
+
+    assert EmbeddedEngine().run(staged, recorder).state == DONE
+
+    states = recorder.states()
+    assert len(states) >= 3
+    assert all(seen == [STAGE_RUNNING, STAGE_DONE] for seen in states.values()), states
+    assert any("Tokenise" in name for name in states)
+    times = [event[3] for event in recorder.events if event[0] == "stage"]
+    assert times == sorted(times)
+    # Metrics come while the job runs, not only at its end: a snapshot precedes the last stage's start.
+    last_start = max(i for i, event in enumerate(recorder.events) if event[0] == "stage" and event[2] == STAGE_RUNNING)
+    early = [event for event in recorder.events[:last_start] if event[0] == "metrics"]
+    assert early and any(r.key.metric.name == "words" for r in early[-1][1]["counters"])
+    # The pipeline's own logging, with its level.
+    alarms = [r for r in recorder.records if r.getMessage().startswith("alarm word at second")]
+    assert alarms and all(r.levelno == logging.WARNING for r in alarms)
+    # Records of the runner itself are not the pipeline's.
+    assert not [r for r in recorder.records if r.name.startswith("apache_beam.runners.portability")]
+
+
+# -- (d) the file policy ------------------------------------------------------
+
+
+def test_file_policy_allows_paths_under_its_roots(tmp_path):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "f.pb").write_bytes(b"data")
+    policy = FilePolicy([root])
+    assert policy.check(str(root / "sub" / "f.pb")) == str((root / "sub" / "f.pb").resolve())
+    assert policy.read_bytes(f"file://{root}/sub/f.pb") == b"data"
+    assert policy.check(str(root / "sub" / ".." / "sub" / "f.pb")) == str((root / "sub" / "f.pb").resolve())
+    assert policy.check(str(root)) == str(root.resolve())
+
+
+def test_file_policy_refuses_what_is_outside_its_roots(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_text("x")
+    (root / "escape").symlink_to(outside)
+    (tmp_path / "root-sibling").mkdir()
+    policy = FilePolicy([root])
+
+    cases = [
+        str(outside / "secret"),
+        f"file://{outside}/secret",
+        f"{root}/../outside/secret",  # .. escape
+        f"{root}/escape/secret",  # symlink escape
+        str(tmp_path / "root-sibling"),  # a common prefix is not containment
+    ]
+    for location in cases:
+        with pytest.raises(ApiError) as refused:
+            policy.read_bytes(location)
+        assert refused.value.status == "PERMISSION_DENIED", location
+        assert location.removeprefix("file://") in refused.value.message
+        assert "outside the allowed roots" in refused.value.message and str(root.resolve()) in refused.value.message
+    # The resolved path is named too, so the operator sees where a link leads.
+    with pytest.raises(ApiError) as refused:
+        policy.check(f"{root}/escape/secret")
+    assert str(outside.resolve() / "secret") in refused.value.message
+
+    for location, status in [("relative/pipeline.pb", "INVALID_ARGUMENT"), ("s3://bucket/x", "INVALID_ARGUMENT"),
+                             ("file://otherhost/x", "INVALID_ARGUMENT")]:
+        with pytest.raises(ApiError) as refused:
+            policy.check(location)
+        assert refused.value.status == status and location in refused.value.message
+
+
+def test_gcs_locations_need_a_configured_endpoint(tmp_path, monkeypatch):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    policy = FilePolicy([tmp_path])
+    with pytest.raises(ApiError) as refused:
+        policy.read_bytes("gs://bucket/staging/pipeline.pb")
+    assert refused.value.status == "FAILED_PRECONDITION"
+    assert "gs://bucket/staging/pipeline.pb" in refused.value.message
+    assert "STORAGE_EMULATOR_HOST" in refused.value.message
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://localhost:1")
+    assert policy.check("gs://bucket/staging/pipeline.pb") == "gs://bucket/staging/pipeline.pb"
+
+
+def test_staging_refuses_a_pipeline_outside_the_roots(tmp_path):
+    allowed, elsewhere = tmp_path / "allowed", tmp_path / "elsewhere"
+    allowed.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "pipeline.pb").write_bytes(_pipeline_proto().SerializeToString())
+    job = _job_document(str(elsewhere / "pipeline.pb"))
+
+    with pytest.raises(ApiError) as refused:
+        stage_job(job, FilePolicy([allowed]))
+    assert refused.value.status == "PERMISSION_DENIED"
+    assert str(elsewhere / "pipeline.pb") in refused.value.message
+
+    job["environment"]["sdkPipelineOptions"]["options"]["pipelineUrl"] = str(allowed / ".." / "elsewhere" / "pipeline.pb")
+    with pytest.raises(ApiError) as refused:
+        stage_job(job, FilePolicy([allowed]))
+    assert refused.value.status == "PERMISSION_DENIED"
+
+    # Temp and staging locations are held to the same roots.
+    (allowed / "pipeline.pb").write_bytes(_pipeline_proto().SerializeToString())
+    job = _job_document(str(allowed / "pipeline.pb"), temp_location=str(elsewhere))
+    with pytest.raises(ApiError) as refused:
+        stage_job(job, FilePolicy([allowed]))
+    assert refused.value.status == "PERMISSION_DENIED" and str(elsewhere) in refused.value.message
+
+
+# -- staging rules --------------------------------------------------------------
+
+
+def _pipeline_proto(image: str | None = None, capabilities: list[str] | None = None):
+    """A small pipeline as DataflowRunner would submit it: transforms in a Docker environment."""
+    import apache_beam as beam
+    from apache_beam.portability.api import beam_runner_api_pb2
+    from apache_beam.transforms import environments
+
+    pipeline = beam.Pipeline()
+    _ = pipeline | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * 2)
+    docker = environments.DockerEnvironment.from_container_image(
+        image or environments.DockerEnvironment.default_docker_image()
+    )
+    proto = pipeline.to_runner_api(default_environment=docker)
+    for env in proto.components.environments.values():
+        if env.urn == "beam:env:docker:v1":
+            if image is not None:
+                env.payload = beam_runner_api_pb2.DockerPayload(container_image=image).SerializeToString()
+            if capabilities is not None:
+                env.ClearField("capabilities")
+                env.capabilities.extend(capabilities)
+    return proto
+
+
+def _job_document(pipeline_url: str, packages: list[dict] = (), beam_version: str | None = None, **options) -> dict:
+    import apache_beam
+
+    return {
+        "id": "2026-01-01_00_00_00-1",
+        "environment": {
+            "sdkPipelineOptions": {"options": {"pipelineUrl": pipeline_url, "direct_num_workers": 1.0, **options}},
+            "workerPools": [{"packages": list(packages)}],
+            "userAgent": {"version": beam_version or apache_beam.__version__},
+            "version": {"job_type": "FNAPI_BATCH"},
+        },
+    }
+
+
+def test_staging_honours_what_it_can_and_warns_about_the_rest(tmp_path):
+    (tmp_path / "pipeline.pb").write_bytes(_pipeline_proto(image="example.com/team/custom:1").SerializeToString())
+    (tmp_path / "requirements.txt").write_text("apache-beam\nprotobuf>=1\nbeamport-no-such-package==1.0\n")
+    wheel = tmp_path / "tinymod-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("tinymod.py", "VALUE = 42\n")
+    (tmp_path / "mypkg-1.0.tar.gz").write_bytes(b"sdist")
+    packages = [
+        {"name": name, "location": str(tmp_path / name)}
+        for name in ("requirements.txt", wheel.name, "mypkg-1.0.tar.gz")
+    ]
+    job = _job_document(str(tmp_path / "pipeline.pb"), packages, beam_version="2.10.0", num_workers=4.0)
+
+    staged, warnings = stage_job(job, FilePolicy([tmp_path]))
+
+    assert staged.python_path == [str(wheel)]
+    assert staged.options["num_workers"] == 4 and isinstance(staged.options["num_workers"], int)
+    assert "pipelineUrl" not in staged.options
+    assert staged.pipeline_options().view_as(
+        __import__("apache_beam").options.pipeline_options.WorkerOptions
+    ).num_workers == 4
+    text = "\n".join(warnings)
+    assert len(warnings) == 4, warnings
+    assert "beamport-no-such-package==1.0" in text and "apache-beam" not in text.split("asks for")[1].split("\n")[0]
+    assert "mypkg-1.0.tar.gz" in text
+    assert "example.com/team/custom:1" in text
+    assert "2.10.0" in text
+
+
+def test_staging_refuses_environments_of_other_sdks(tmp_path):
+    java = _pipeline_proto(image="apache/beam_java11_sdk:2.77.0", capabilities=["beam:coder:bytes:v1"])
+    (tmp_path / "pipeline.pb").write_bytes(java.SerializeToString())
+    with pytest.raises(ApiError) as refused:
+        stage_job(_job_document(str(tmp_path / "pipeline.pb")), FilePolicy([tmp_path]))
+    assert refused.value.status == "FAILED_PRECONDITION" and "beam_java11_sdk" in refused.value.message
+
+
+def test_staging_needs_a_pipeline(tmp_path):
+    with pytest.raises(ApiError) as refused:
+        stage_job({"id": "x", "environment": {}}, FilePolicy([tmp_path]))
+    assert refused.value.status == "FAILED_PRECONDITION" and "pipelineUrl" in refused.value.message
+
+    (tmp_path / "pipeline.pb").write_bytes(b"\xff\xff not a proto")
+    with pytest.raises(ApiError) as refused:
+        stage_job(_job_document(str(tmp_path / "pipeline.pb")), FilePolicy([tmp_path]))
+    assert refused.value.status == "INVALID_ARGUMENT"
+
+
+def test_unsatisfied_requirements():
+    assert unsatisfied_requirements("# pins\napache-beam>=2.0\n\nprotobuf\n") == []
+    missing = unsatisfied_requirements("apache-beam<1\nbeamport-no-such-package\n--index-url http://x\n")
+    assert missing[0].startswith("apache-beam<1 (installed: ")
+    assert missing[1:] == ["beamport-no-such-package", "--index-url http://x"]
+
+
+def test_a_staged_pipeline_runs(tmp_path):
+    """Without any server: a pipeline proto as DataflowRunner stages it, run to its end."""
+    (tmp_path / "pipeline.pb").write_bytes(_pipeline_proto().SerializeToString())
+    staged, warnings = stage_job(_job_document(str(tmp_path / "pipeline.pb")), FilePolicy([tmp_path]))
+    assert warnings == [] and staged.main_session is None
+    recorder = Recorder()
+    assert EmbeddedEngine().run(staged, recorder).state == DONE
+    assert recorder.states() and all(s[-1] == STAGE_DONE for s in recorder.states().values())
+
+
+def _log_element(x):
+    logging.warning("element %s", x)
+    return x
+
+
+def test_engine_in_a_thread_leaves_its_hosts_records_out(tmp_path):
+    """A host runs the engine in a thread and logs from its main thread: those records are not the pipeline's."""
+    import threading
+
+    import apache_beam as beam
+
+    pipeline = beam.Pipeline()
+    _ = pipeline | beam.Create(range(20)) | beam.Map(_log_element)
+    (tmp_path / "pipeline.pb").write_bytes(pipeline.to_runner_api().SerializeToString())
+    staged, _ = stage_job(_job_document(str(tmp_path / "pipeline.pb")), FilePolicy([tmp_path]))
+    recorder = Recorder()
+    outcome = []
+    engine = threading.Thread(target=lambda: outcome.append(EmbeddedEngine().run(staged, recorder)))
+    host = logging.getLogger("host")
+    engine.start()
+    while engine.is_alive():
+        host.warning("host chatter")
+        engine.join(0.001)
+
+    assert outcome[0].state == DONE
+    messages = [r.getMessage() for r in recorder.records]
+    assert sorted(m for m in messages if m.startswith("element")) == sorted(f"element {i}" for i in range(20))
+    assert "host chatter" not in messages
+
+
+def test_a_pickler_that_is_not_installed_fails_the_run(tmp_path):
+    (tmp_path / "pipeline.pb").write_bytes(_pipeline_proto().SerializeToString())
+    staged, _ = stage_job(_job_document(str(tmp_path / "pipeline.pb"), pickle_library="dill"), FilePolicy([tmp_path]))
+    try:
+        import dill  # noqa: F401
+    except ImportError:
+        result = EmbeddedEngine().run(staged, Recorder())
+        assert result.state == FAILED and "dill" in result.error
+    else:
+        assert EmbeddedEngine().run(staged, Recorder()).state == DONE
+
+
+@pytest.mark.slow
+def test_a_job_staged_on_gcs_runs(tmp_path, monkeypatch):
+    """pipelineUrl and the main session on gs://, through a GCS emulator (STORAGE_EMULATOR_HOST)."""
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    from conftest import free_port
+
+    port = free_port()
+    server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="staging-bucket")
+    server.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        from google.cloud import storage
+
+        bucket = storage.Client.create_anonymous_client().bucket("staging-bucket")
+        bucket.blob("job/pipeline.pb").upload_from_string(_pipeline_proto().SerializeToString())
+        from apache_beam.internal import pickler
+
+        pickler.dump_session(str(tmp_path / "session"))
+        bucket.blob("job/pickled_main_session").upload_from_filename(str(tmp_path / "session"))
+        packages = [{"name": "pickled_main_session", "location": "gs://staging-bucket/job/pickled_main_session"}]
+        job = _job_document("gs://staging-bucket/job/pipeline.pb", packages)
+
+        staged, warnings = stage_job(job, FilePolicy([tmp_path / "nothing-local"]), workdir=tmp_path)
+
+        assert warnings == []
+        assert staged.main_session == tmp_path / "pickled_main_session"
+        assert EmbeddedEngine().run(staged, Recorder()).state == DONE
+        with pytest.raises(ApiError) as missing:
+            FilePolicy([]).read_bytes("gs://staging-bucket/job/nothing-here")
+        assert missing.value.status == "NOT_FOUND"
+    finally:
+        server.stop()
+
+
+# -- parallelism ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options, default_workers, expected",
+    [
+        ({"direct_num_workers": 1, "direct_running_mode": "in_memory"}, 1, (1, THREADS)),
+        ({"direct_num_workers": 1}, 3, (3, PROCESSES)),
+        ({"num_workers": 4, "direct_num_workers": 1}, 1, (4, PROCESSES)),
+        ({"direct_num_workers": 2}, 1, (2, PROCESSES)),
+        ({"direct_num_workers": 2, "direct_running_mode": "multi_threading"}, 1, (2, THREADS)),
+        ({"direct_num_workers": 1, "direct_running_mode": "multi_processing"}, 1, (1, PROCESSES)),
+        ({"direct_num_workers": 0}, 1, (os.cpu_count(), PROCESSES if os.cpu_count() > 1 else THREADS)),
+    ],
+)
+def test_parallelism(options, default_workers, expected):
+    chosen = parallelism_for(options, default_workers)
+    assert (chosen.workers, chosen.mode) == expected
