@@ -18,6 +18,7 @@ class Settings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     log_level: str = "info"
     max_concurrent_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    sdk_workers_per_job: int = 1  # for jobs whose options do not say (num_workers, direct_num_workers)
     # Where files named in requests may be read and written, besides the data dir and the start directory.
     allow_paths: list[Path] = field(default_factory=list)
 

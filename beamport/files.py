@@ -29,16 +29,14 @@ def scheme_of(location: str) -> str | None:
 
 
 class FilePolicy:
-    """Checks locations against the allowed roots, and reads files that pass."""
+    """Checks locations against the allowed roots, and reads files that pass.
+
+    The server's roots are Settings.allowed_roots(): the data dir, the start directory, each --allow-path.
+    """
 
     def __init__(self, roots: list[Path] | list[str]):
         # Roots are compared in their real form, so a root reached through a symlink still matches.
         self.roots = [os.path.realpath(os.fspath(root)) for root in roots]
-
-    @classmethod
-    def default(cls, data_dir: Path, allow_paths: list[Path] = ()) -> "FilePolicy":
-        """The server's policy: its data dir, the directory it was started in, and each --allow-path."""
-        return cls([Path(data_dir), Path.cwd(), *allow_paths])
 
     def check(self, location: str) -> str:
         """The location to use for `location` if the policy allows it, else ApiError.
@@ -132,4 +130,5 @@ def _read_gcs(location: str) -> bytes:
     except Exception as exc:
         if type(exc).__name__ == "NotFound":
             raise ApiError("NOT_FOUND", f"{location} does not exist.") from None
-        raise ApiError("UNAVAILABLE", f"{location} could not be read from {os.environ.get(GCS_EMULATOR_VARIABLE)}: {exc}") from exc
+        endpoint = os.environ.get(GCS_EMULATOR_VARIABLE)
+        raise ApiError("UNAVAILABLE", f"{location} could not be read from {endpoint}: {exc}") from exc

@@ -28,6 +28,7 @@ def build_app(settings: Settings, with_workers: bool = True):
             settings.max_concurrent_jobs,
             settings.allowed_roots(),
             settings.data_dir,
+            sdk_workers=settings.sdk_workers_per_job,
         )
         hooks = {"on_startup": [pool.start], "on_shutdown": [pool.stop]}
     jobs = JobService(store, FilePolicy(settings.allowed_roots()))

@@ -34,6 +34,7 @@ class Server:
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
 
     @property
     def url(self) -> str:

@@ -65,9 +65,9 @@ def test_bad_create_bodies(api, seeded, body, needle):
 
 def test_unknown_fields_are_ignored_not_stored(api):
     # The documented rule (docs/api.md): unknown names are dropped at any depth, so newer clients keep working.
-    job = api.create("lenient", futureField={"x": 1}, environment={"futureEnvField": 1, "tempStoragePrefix": "/t"})
+    job = api.create("lenient", futureField={"x": 1}, environment={"futureEnvField": 1, "tempStoragePrefix": "/tmp/t"})
     full = api.get(job["id"], view="JOB_VIEW_ALL").json()
-    assert "futureField" not in full and full["environment"] == {"tempStoragePrefix": "/t"}
+    assert "futureField" not in full and full["environment"] == {"tempStoragePrefix": "/tmp/t"}
     updated = api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED", "futureField": 1})
     assert updated.json()["currentState"] == "JOB_STATE_CANCELLED"
 

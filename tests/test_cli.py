@@ -20,7 +20,8 @@ from conftest import ROOT, Api, free_port
 # The CLI only speaks HTTP: one store backend is enough here (the API tests cover both).
 one_backend = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 
-NO_ENGINE = "This Beamport server has no execution engine yet"
+# The first message of a streaming job (no streaming engine yet): a WARNING every test can count on.
+NO_ENGINE = "This Beamport server has no streaming engine yet"
 
 
 def clean_env(**extra: str) -> dict:
@@ -148,15 +149,15 @@ def test_describe_table_and_json(cli, api):
 
 @one_backend
 def test_describe_full_shows_the_environment(cli, api):
-    job = api.create("with-env", environment={"tempStoragePrefix": "gs://bucket/tmp", "workerRegion": "us-east1"})
+    job = api.create("with-env", environment={"tempStoragePrefix": "/tmp/beamport-cli-test", "workerRegion": "us-east1"})
     assert "environment" not in cli("describe", job["id"]).stdout
     assert "environment" not in json.loads(cli("describe", job["id"], "--format", "json").stdout)
 
     full = cli("describe", job["id"], "--full").stdout.splitlines()
     at = full.index("environment:")
-    assert {full[at + 1], full[at + 2]} == {'  tempStoragePrefix: "gs://bucket/tmp"', "  workerRegion: us-east1"}
+    assert {full[at + 1], full[at + 2]} == {'  tempStoragePrefix: /tmp/beamport-cli-test', "  workerRegion: us-east1"}
     as_json = json.loads(cli("describe", job["id"], "--full", "--format", "json").stdout)
-    assert as_json["environment"] == {"tempStoragePrefix": "gs://bucket/tmp", "workerRegion": "us-east1"}
+    assert as_json["environment"] == {"tempStoragePrefix": "/tmp/beamport-cli-test", "workerRegion": "us-east1"}
 
 
 # -- cancel, drain -------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def test_drain_batch_job_fails(cli, api):
 
 @one_backend
 def test_messages(cli, api):
-    job = api.create("talkative")
+    job = api.create("talkative", type="JOB_TYPE_STREAMING")
     api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"})
     lines = cli("messages", job["id"]).stdout.splitlines()
     assert len(lines) == 2
@@ -225,7 +226,7 @@ def test_messages(cli, api):
 
 @one_backend
 def test_messages_json_lines(cli, api):
-    job = api.create("talkative-json")
+    job = api.create("talkative-json", type="JOB_TYPE_STREAMING")
     api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"})
     printed = [json.loads(line) for line in cli("messages", job["id"], "--format", "json").stdout.splitlines()]
     assert printed == api.messages(job["id"], minimumImportance="JOB_MESSAGE_BASIC").json()["jobMessages"]
@@ -245,7 +246,7 @@ def _cancel_later(api: Api, job_id: str, delay: float) -> threading.Thread:
 @one_backend
 @pytest.mark.parametrize("format", ["table", "json"])
 def test_messages_follow_ends_with_the_job(cli, api, format):
-    job = api.create(f"followed-{format}")
+    job = api.create(f"followed-{format}", type="JOB_TYPE_STREAMING")
     thread = _cancel_later(api, job["id"], 1.0)
     started = time.monotonic()
     result = cli("messages", job["id"], "--follow", "--poll-interval", "0.1", "--format", format, timeout=15)
@@ -265,7 +266,7 @@ def test_messages_follow_ends_with_the_job(cli, api, format):
 
 @one_backend
 def test_messages_follow_of_a_finished_job_returns_at_once(cli, api):
-    job = api.create("already-done")
+    job = api.create("already-done", type="JOB_TYPE_STREAMING")
     api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"})
     result = cli("messages", job["id"], "--follow", "--poll-interval", "30", timeout=10)
     assert len(result.stdout.splitlines()) == 2
@@ -273,7 +274,7 @@ def test_messages_follow_of_a_finished_job_returns_at_once(cli, api):
 
 @one_backend
 def test_messages_follow_stops_cleanly_on_ctrl_c(server, project, api):
-    job = api.create("interrupted")
+    job = api.create("interrupted", type="JOB_TYPE_STREAMING")
     process = subprocess.Popen(
         [sys.executable, "-m", "beamport", "jobs", "messages", job["id"], "--follow", "--poll-interval", "0.1",
          "--endpoint", server.url, "--project", project],
@@ -341,7 +342,7 @@ def test_nothing_listening(project):
 @one_backend
 def test_client_follows_page_tokens(server, project, api, monkeypatch):
     monkeypatch.setattr(client_module, "MAX_PAGE_SIZE", 2)
-    ids = [api.create(f"paged-{i}")["id"] for i in range(5)]
+    ids = [api.create(f"paged-{i}", type="JOB_TYPE_STREAMING")["id"] for i in range(5)]
     api.update(ids[0], {"requestedState": "JOB_STATE_CANCELLED"})
     with DataflowClient(server.url) as client:
         assert [job["id"] for job in client.iter_jobs(project, "us-central1")] == ids[::-1]

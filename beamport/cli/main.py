@@ -33,6 +33,9 @@ def serve(
     allow_path: list[Path] = typer.Option(
         [], help="A directory where jobs may read and write files, besides the data dir and the start directory."
     ),
+    sdk_workers_per_job: int = typer.Option(
+        1, help="SDK worker processes a job runs on when its options (num_workers, direct_num_workers) do not say."
+    ),
 ):
     """Serve the Dataflow v1b3 REST API, and run the jobs submitted to it."""
     from beamport.server import serve as run
@@ -47,6 +50,7 @@ def serve(
             log_level=log_level,
             max_concurrent_jobs=max_concurrent_jobs,
             allow_paths=allow_path,
+            sdk_workers_per_job=sdk_workers_per_job,
         )
     )
 
@@ -59,6 +63,7 @@ def worker(
     job_id: str = typer.Option(..., help="The job whose work to lease and run."),
     worker_id: Optional[str] = typer.Option(None, help="This worker's name (default: host and pid)."),
     allow_path: list[Path] = typer.Option([], help="A directory the job may read and write files in."),
+    sdk_workers: int = typer.Option(1, help="SDK worker processes, when the job's options do not say."),
 ):
     """Run a worker: lease a job's work through the API, run it on the embedded engine, report until it ends."""
     import logging
@@ -66,7 +71,8 @@ def worker(
     from beamport.worker.harness import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    raise typer.Exit(run(endpoint, project, region, job_id, worker_id, [p.resolve() for p in allow_path]))
+    roots = [p.resolve() for p in allow_path]
+    raise typer.Exit(run(endpoint, project, region, job_id, worker_id, roots, sdk_workers))
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ class PipelineLogHandler(logging.Handler):
         super().__init__(logging.NOTSET)
         self.deliver = deliver
         main = threading.main_thread()
-        self._host_thread = None
+        self._host_thread = None if threading.current_thread() is main else main.ident
         self._inside = threading.local()  # an observer that logs must not loop back into itself
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -40,8 +40,6 @@ class PipelineLogHandler(logging.Handler):
         if record.name == _WORKER_LOG_SERVICE and record.msg == _WORKER_LOG_FORMAT:
             record = worker_record(record)
         elif record.name.startswith(_RUNNER_LOGGERS):
-            return
-        if record is None:
             return
         self._inside.active = True
         try:
@@ -67,7 +65,7 @@ def pipeline_logs(deliver: Callable[[logging.LogRecord], None], level: int) -> I
         root.setLevel(previous)
 
 
-def worker_record(record: logging.LogRecord) -> logging.LogRecord | None:
+def worker_record(record: logging.LogRecord) -> logging.LogRecord:
     """Rebuild the LogRecord an SDK worker subprocess sent (as a Fn API LogEntry) over the logging service."""
     from apache_beam.portability.api import beam_fn_api_pb2
     from apache_beam.runners.worker.log_handler import LOG_LEVEL_TO_LOGENTRY_MAP

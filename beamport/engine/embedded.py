@@ -82,7 +82,8 @@ def parallelism_for(options: dict, default_workers: int = 1, default_mode: str =
     workers = options.get("num_workers") or None
     if not workers and options.get("direct_num_workers", 1) != 1:
         workers = options["direct_num_workers"] or os.cpu_count() or 1
-    workers = max(1, int(workers or default_workers))
+    # Dataflow's num_workers counts machines; here they share this host's cores, so no more than those.
+    workers = min(max(1, int(workers or default_workers)), os.cpu_count() or 1)
     mode = {"multi_processing": PROCESSES, "multi_threading": THREADS}.get(options.get("direct_running_mode"))
     mode = mode or default_mode
     if mode == AUTO:
@@ -226,15 +227,18 @@ def readable_stage_names(stages) -> dict[str, str]:
 
 
 def _nothing_more_for(stage: str, context) -> bool:
-    queues = context.queues
-    pending = (
-        stage in queues.ready_inputs._keyed_elements
-        or any(key[0] == stage for key in queues.watermark_pending_inputs._keyed_elements)
-        or any(key[0] == stage for key in queues.time_pending_inputs._keyed_elements)
-    )
-    if pending:
+    try:
+        # The queues' keys: the stage name for ready inputs, (stage name, time) for pending ones.
+        queues = context.queues
+        if (
+            stage in queues.ready_inputs._keyed_elements
+            or any(key[0] == stage for key in queues.watermark_pending_inputs._keyed_elements)
+            or any(key[0] == stage for key in queues.time_pending_inputs._keyed_elements)
+        ):
+            return False
+        return context.watermark_manager.get_stage_node(stage).input_watermark() >= timestamp.MAX_TIMESTAMP
+    except (AttributeError, KeyError):  # another Beam's internals: stages then end with the run
         return False
-    return context.watermark_manager.get_stage_node(stage).input_watermark() >= timestamp.MAX_TIMESTAMP
 
 
 def _now_us() -> int:
@@ -278,7 +282,8 @@ def _for_worker_processes(job: StagedJob, workdir: Path):
         shutil.copyfile(job.main_session, staged / "pickled_main_session")
     variables = {"SEMI_PERSISTENT_DIRECTORY": str(workdir)}
     if job.python_path:
-        variables["PYTHONPATH"] = os.pathsep.join([*job.python_path, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+        variables["PYTHONPATH"] = os.pathsep.join([*job.python_path, *inherited])
     # The command runs through a shell (local_job_service.SubprocessSdkWorker): variables go in front of it.
     command = " ".join(
         [*(f"{k}={shlex.quote(v)}" for k, v in variables.items()), shlex.quote(sys.executable),

@@ -47,7 +47,8 @@ def stage_job(job: dict, policy: FilePolicy, workdir: Path | None = None) -> tup
     """The job ready to run, and warnings (texts for JOB_MESSAGE_WARNINGs) about what is not honoured.
 
     job: the job document in Google JSON, as jobs.get with JOB_VIEW_ALL answers it.
-    workdir: where files staged on gs:// are copied to (a new temporary directory if None).
+    workdir: where files staged on gs:// are copied to (if None, a new temporary directory, left in place:
+    the engine reads them during the run).
     Raises ApiError when the job cannot run at all (no pipeline, a file outside the policy...).
     """
     import apache_beam

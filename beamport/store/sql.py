@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, insert, select, update
+from sqlalchemy import Integer, bindparam, create_engine, event, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -180,12 +180,9 @@ class SqlStore(Store):
     # -- reads --------------------------------------------------------------
 
     def get_job(self, project_id: str | None, job_id: str, with_detail: bool = True) -> JobRecord | None:
-        columns = list(jobs.c) if with_detail else _SUMMARY_COLUMNS
-        stmt = select(*columns).where(jobs.c.id == job_id)
-        if project_id is not None:
-            stmt = stmt.where(jobs.c.project_id == project_id)
+        stmt = _GET_JOB[with_detail, project_id is not None]
         with self.engine.connect() as conn:
-            row = conn.execute(stmt).first()
+            row = conn.execute(stmt, {"job_id": job_id, "project_id": project_id}).first()
         return _job_record(row) if row else None
 
     def find_job_by_request_id(self, project_id, location, name, client_request_id):
@@ -216,29 +213,9 @@ class SqlStore(Store):
         return _job_record(row) if row else None
 
     def list_jobs(self, query: JobQuery, with_detail: bool = False) -> list[JobRecord]:
-        columns = list(jobs.c) if with_detail else _SUMMARY_COLUMNS
-        stmt = select(*columns).where(jobs.c.project_id == query.project_id)
-        if query.location is not None:
-            stmt = stmt.where(jobs.c.location == query.location)
-        if query.filter == FILTER_ACTIVE:
-            stmt = stmt.where(jobs.c.active == True)  # noqa: E712
-        elif query.filter == FILTER_TERMINATED:
-            stmt = stmt.where(jobs.c.active == False)  # noqa: E712
-        if query.name:
-            stmt = stmt.where(jobs.c.name == query.name)
-        if query.create_from_us is not None:
-            stmt = stmt.where(jobs.c.create_us >= query.create_from_us)
-        if query.create_to_us is not None:
-            stmt = stmt.where(jobs.c.create_us < query.create_to_us)
-        if query.end_from_us is not None:
-            stmt = stmt.where(jobs.c.end_us >= query.end_from_us)
-        if query.end_to_us is not None:
-            stmt = stmt.where(jobs.c.end_us < query.end_to_us)
-        if query.before_seq is not None:
-            stmt = stmt.where(jobs.c.seq < query.before_seq)
-        stmt = stmt.order_by(jobs.c.seq.desc()).limit(query.limit)
+        stmt, params = _list_jobs_statement(query, with_detail)
         with self.engine.connect() as conn:
-            return [_job_record(row) for row in conn.execute(stmt)]
+            return [_job_record(row) for row in conn.execute(stmt, params).all()]
 
     def list_messages(self, query: MessageQuery) -> list[MessageRecord]:
         stmt = select(*job_messages.c).where(job_messages.c.job_id == query.job_id)
@@ -334,7 +311,56 @@ def _job_record(row) -> JobRecord:
         create_us=mapping["create_us"],
         end_us=mapping["end_us"],
         summary=mapping["summary"],
-        detail=mapping.get("detail", ""),
+        # `in`, not .get(): a key the row lacks costs SQLAlchemy an exception, per row.
+        detail=mapping["detail"] if "detail" in mapping else "",
         version=mapping["version"],
         seq=mapping["seq"],
     )
+
+
+# jobs.get and jobs.list statements, built once and run with bound values: on SQLite,
+# building and cache-keying a select() per call costs more than running it.
+
+
+def _get_job_statement(with_detail: bool, by_project: bool):
+    stmt = select(*(jobs.c if with_detail else _SUMMARY_COLUMNS)).where(jobs.c.id == bindparam("job_id"))
+    return stmt.where(jobs.c.project_id == bindparam("project_id")) if by_project else stmt
+
+
+_GET_JOB = {(d, p): _get_job_statement(d, p) for d in (False, True) for p in (False, True)}
+
+# A JobQuery field, and the condition it adds when it is set (not None).
+_LIST_CONDITIONS = {
+    "location": lambda value: jobs.c.location == value,
+    "name": lambda value: jobs.c.name == value,
+    "create_from_us": lambda value: jobs.c.create_us >= value,
+    "create_to_us": lambda value: jobs.c.create_us < value,
+    "end_from_us": lambda value: jobs.c.end_us >= value,
+    "end_to_us": lambda value: jobs.c.end_us < value,
+    "before_seq": lambda value: jobs.c.seq < value,
+}
+_LIST_STATEMENTS: dict[tuple, object] = {}  # at most 2 x 3 x 2**7 shapes
+
+
+def _list_jobs_statement(query: JobQuery, with_detail: bool):
+    """The statement for the query's shape (which conditions it has), and the values to bind."""
+    params = {field: getattr(query, field) for field in _LIST_CONDITIONS}
+    params["name"] = params["name"] or None  # an empty name selects every name
+    shape = (with_detail, query.filter, *(params[field] is not None for field in _LIST_CONDITIONS))
+    stmt = _LIST_STATEMENTS.get(shape)
+    if stmt is None:
+        stmt = select(*(jobs.c if with_detail else _SUMMARY_COLUMNS)).where(
+            jobs.c.project_id == bindparam("project_id")
+        )
+        if query.filter == FILTER_ACTIVE:
+            stmt = stmt.where(jobs.c.active == True)  # noqa: E712
+        elif query.filter == FILTER_TERMINATED:
+            stmt = stmt.where(jobs.c.active == False)  # noqa: E712
+        for field, condition in _LIST_CONDITIONS.items():
+            if params[field] is not None:
+                stmt = stmt.where(condition(bindparam(field)))
+        stmt = stmt.order_by(jobs.c.seq.desc()).limit(bindparam("limit", type_=Integer))
+        _LIST_STATEMENTS[shape] = stmt
+    params = {field: value for field, value in params.items() if value is not None}
+    params.update(project_id=query.project_id, limit=query.limit)
+    return stmt, params

@@ -71,7 +71,15 @@ class Reporter:
             return pending, self.latest_metrics
 
 
-def run(endpoint: str, project: str, location: str, job_id: str, worker_id: str | None, allow_paths: list[Path]) -> int:
+def run(
+    endpoint: str,
+    project: str,
+    location: str,
+    job_id: str,
+    worker_id: str | None,
+    allow_paths: list[Path],
+    sdk_workers: int = 1,
+) -> int:
     """Run one job's work to its end. Returns the process exit code."""
     from beamport.engine.embedded import EmbeddedEngine
     from beamport.engine.staging import stage_job
@@ -95,7 +103,7 @@ def run(endpoint: str, project: str, location: str, job_id: str, worker_id: str 
             for warning in warnings:
                 reporter.warn(warning)
             outcome["pipeline"] = staged.pipeline
-            outcome["result"] = EmbeddedEngine().run(staged, reporter)
+            outcome["result"] = EmbeddedEngine(default_workers=sdk_workers).run(staged, reporter)
         except Exception as exc:  # staging errors and engine bugs end the work as failed, with the reason
             outcome["error"] = getattr(exc, "message", None) or "".join(traceback.format_exception(exc))
 

@@ -39,12 +39,14 @@ class LocalWorkerPool:
         max_jobs: int,
         allow_paths: list[Path],
         data_dir: Path,
+        sdk_workers: int = 1,
         tick_s: float = 0.1,
     ):
         self.execution = execution
         self.endpoint = endpoint
         self.max_jobs = max_jobs
         self.allow_paths = allow_paths
+        self.sdk_workers = sdk_workers
         self.run_dir = data_dir / "workers"
         self.tick_s = tick_s
         self.workers: dict[str, _Worker] = {}
@@ -98,7 +100,7 @@ class LocalWorkerPool:
         args = [
             sys.executable, "-m", "beamport", "worker",
             "--endpoint", self.endpoint, "--project", job.project_id, "--region", job.location,
-            "--job-id", job.id, "--worker-id", worker_id,
+            "--job-id", job.id, "--worker-id", worker_id, "--sdk-workers", str(self.sdk_workers),
         ]  # fmt: skip
         for path in self.allow_paths:
             args += ["--allow-path", str(path)]

@@ -1,0 +1,243 @@
+"""Jobs submitted with Beam's DataflowRunner run for real: outputs, states, messages, metrics, cancel, restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Api, Server, new_postgres_database
+
+PIPELINES = Path(__file__).parent / "pipelines"
+pytestmark = pytest.mark.slow
+
+TEXT = "\n".join(
+    f"line {i}: the quick brown fox jumps over the lazy dog, a tale of {i % 7} cats and {i % 3} mice." for i in range(300)
+)
+
+
+def dataflow_flags(server: Server, project: str, workdir: Path, name: str) -> list[str]:
+    # Beam stages locally and uses REST only when the endpoint's host is "localhost".
+    return [
+        "--runner=DataflowRunner",
+        f"--dataflow_endpoint={server.url.replace('127.0.0.1', 'localhost')}",
+        "--no_auth",
+        f"--project={project}",
+        "--region=us-central1",
+        f"--temp_location={workdir}",
+        f"--staging_location={workdir}",
+        f"--job_name={name}",
+    ]
+
+
+def run(args: list[str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def read_output(prefix: Path) -> list[str]:
+    return sorted(line for f in prefix.parent.glob(prefix.name + "*") for line in f.read_text().splitlines())
+
+
+def wait_state(api: Api, job_id: str, states: set[str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.get(job_id).json()
+        if job.get("currentState") in states:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {states}: {api.get(job_id).json()}")
+
+
+def texts(api: Api, job_id: str) -> list[str]:
+    return [m["messageText"] for m in api.messages(job_id, minimumImportance="JOB_MESSAGE_DEBUG", pageSize=1000).json().get("jobMessages", [])]
+
+
+def job_ids(api: Api) -> list[str]:
+    return [j["id"] for j in api.all_jobs()]
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory) -> Server:
+    """A server that runs jobs, allowed to use the tests' temporary directories."""
+    base = tmp_path_factory.mktemp("runner")
+    srv = Server(base / "data", extra_args=("--allow-path", str(base.parent))).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def workdir(runner, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("work")
+    (path / "in.txt").write_text(TEXT)
+    return path
+
+
+@pytest.mark.parametrize(
+    "module,extra",
+    [
+        ("apache_beam.examples.wordcount", []),
+        ("apache_beam.examples.wordcount_minimal", []),
+        ("apache_beam.examples.cookbook.multiple_output_pardo", []),
+        ("apache_beam.examples.complete.autocomplete", []),
+    ],
+)
+def test_beam_examples_match_direct_runner(runner, project, workdir, module, extra):
+    api = Api(runner.url, project)
+    direct = workdir / "direct" / "out"
+    run(["-m", module, "--input", str(workdir / "in.txt"), "--output", str(direct), "--runner=DirectRunner", *extra])
+    served = workdir / "served" / "out"
+    flags = dataflow_flags(runner, project, workdir, "example")
+    run(["-m", module, "--input", str(workdir / "in.txt"), "--output", str(served), *flags, *extra])
+
+    assert read_output(served) == read_output(direct) != []
+    (job,) = api.all_jobs()
+    assert job["currentState"] == "JOB_STATE_DONE"
+    full = api.get(job["id"], view="JOB_VIEW_ALL").json()
+    assert full["steps"] and full["pipelineDescription"]["originalPipelineTransform"]
+    assert full["stageStates"] and {s["executionStageState"] for s in full["stageStates"]} == {"JOB_STATE_DONE"}
+    assert "Workers have started successfully." in texts(api, job["id"])
+
+
+def test_user_pipeline_outputs_and_metrics_match_direct_runner(runner, project, workdir):
+    api = Api(runner.url, project)
+    script = str(PIPELINES / "rich_pipeline.py")
+    direct = run([script, "--input", str(workdir / "in.txt"), "--output", str(workdir / "direct" / "out"), "--runner=DirectRunner"])
+    served = run([script, "--input", str(workdir / "in.txt"), "--output", str(workdir / "served" / "out"),
+                  *dataflow_flags(runner, project, workdir, "rich")])
+
+    assert read_output(workdir / "served" / "out") == read_output(workdir / "direct" / "out") != []
+    metrics = lambda done: json.loads(done.stdout.split("METRICS ", 1)[1].splitlines()[0])  # noqa: E731
+    assert metrics(served) == metrics(direct)
+    assert metrics(served)["counters"][0][2] > 0
+
+    (job,) = api.all_jobs()
+    assert job["currentState"] == "JOB_STATE_DONE"
+    all_texts = texts(api, job["id"])
+    assert any("a window of" in t for t in all_texts)  # the pipeline's own log records
+    warnings = api.messages(job["id"], minimumImportance="JOB_MESSAGE_WARNING").json()["jobMessages"]
+    assert any("a window of" in m["messageText"] for m in warnings)
+    details = api.client.get(f"{api.jobs_path}/{job['id']}/executionDetails").json()
+    assert details["stages"] and all(s["state"] == "EXECUTION_STATE_SUCCEEDED" for s in details["stages"])
+    stage = details["stages"][0]
+    assert stage["startTime"] <= stage["endTime"]
+
+
+def test_failing_pipeline_ends_failed_with_the_traceback(runner, project, workdir):
+    api = Api(runner.url, project)
+    done = run([str(PIPELINES / "failing_pipeline.py"), *dataflow_flags(runner, project, workdir, "failing")], check=False)
+    assert done.returncode != 0
+    assert "boom on element 3" in done.stderr  # wait_until_finish raises with the job's error
+    (job,) = api.all_jobs()
+    assert job["currentState"] == "JOB_STATE_FAILED"
+    errors = [m["messageText"] for m in api.messages(job["id"], minimumImportance="JOB_MESSAGE_ERROR").json()["jobMessages"]]
+    assert any("Traceback" in e and "explode" in e and "ValueError: boom on element 3" in e for e in errors), errors
+
+
+def worker_processes(job_id: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if proc.name.isdigit() and b"worker" in cmdline and job_id.encode() in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def submit_slow(server, project, workdir, name, seconds) -> str:
+    done = run([str(PIPELINES / "slow_pipeline.py"), str(seconds), str(workdir / name / "out"),
+                *dataflow_flags(server, project, workdir, name)])
+    return done.stdout.split("JOB_ID ", 1)[1].split()[0]
+
+
+def test_cancel_stops_the_run_within_two_seconds(runner, project, workdir):
+    api = Api(runner.url, project)
+    job_id = submit_slow(runner, project, workdir, "slow", 120)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait = time.monotonic()
+    while not any(s.get("executionStageState") == "JOB_STATE_RUNNING" for s in api.get(job_id).json().get("stageStates", [])):
+        assert time.monotonic() - wait < 60, "no stage ever started"
+        time.sleep(0.1)
+    assert worker_processes(job_id)
+
+    started = time.monotonic()
+    assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=2)
+    assert time.monotonic() - started < 2
+    assert worker_processes(job_id) == []
+    assert not list((workdir / "slow").glob("out*"))
+
+
+def test_jobs_past_the_limit_queue(tmp_path, project):
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--max-concurrent-jobs", "1")).start()
+    try:
+        api = Api(srv.url, project)
+        first = submit_slow(srv, project, tmp_path, "first", 4)
+        wait_state(api, first, {"JOB_STATE_RUNNING"})
+        second = submit_slow(srv, project, tmp_path, "second", 0)
+        queued = wait_state(api, second, {"JOB_STATE_QUEUED"})
+        assert queued["currentState"] == "JOB_STATE_QUEUED"
+        assert any("queued" in t for t in texts(api, second))
+        wait_state(api, first, {"JOB_STATE_DONE"}, timeout=120)
+        wait_state(api, second, {"JOB_STATE_DONE"}, timeout=120)
+        assert read_output(tmp_path / "second" / "out") == ["1"]
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_restart_during_a_run_runs_the_work_again(tmp_path, project, backend):
+    url = new_postgres_database() if backend == "postgres" else None
+    srv = Server(tmp_path / "data", database_url=url, extra_args=("--allow-path", str(tmp_path))).start()
+    try:
+        api = Api(srv.url, project)
+        job_id = submit_slow(srv, project, tmp_path, "resumed", 3)
+        wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+        srv.stop(signal.SIGKILL)
+        srv.start()
+        done = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
+        assert done["currentState"] == "JOB_STATE_DONE", texts(api, job_id)
+        assert any("restarted" in t and "attempt 2" in t for t in texts(api, job_id))
+        assert read_output(tmp_path / "resumed" / "out") == ["1"]
+        # No worker outlives the work: not the first server's (killed at the restart), nor the second's.
+        deadline = time.monotonic() + 10
+        while worker_processes(job_id) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert worker_processes(job_id) == []
+    finally:
+        srv.stop()
+
+
+def test_files_outside_the_allowed_roots_are_refused(tmp_path, project):
+    # The server's roots: its data dir, the directory it starts in (tmp_path/srv) and tmp_path/allowed.
+    srv = Server(tmp_path / "srv" / "data", extra_args=("--allow-path", str(tmp_path / "allowed"))).start()
+    try:
+        api = Api(srv.url, project)
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        done = run([str(PIPELINES / "slow_pipeline.py"), "0", str(outside / "out"),
+                    *dataflow_flags(srv, project, outside, "refused")], check=False)
+        assert done.returncode != 0
+        assert "403" in done.stderr and str(outside) in done.stderr and "outside the allowed roots" in done.stderr
+        assert job_ids(api) == []
+        # Through a symlink inside an allowed root: still refused.
+        (tmp_path / "allowed").mkdir()
+        os.symlink(outside, tmp_path / "allowed" / "link")
+        response = api.client.post(api.jobs_path, json={
+            "name": "sneaky",
+            "environment": {"sdkPipelineOptions": {"options": {"pipelineUrl": str(tmp_path / "allowed" / "link" / "pipeline.pb")}}},
+        })
+        assert response.status_code == 403 and response.json()["error"]["status"] == "PERMISSION_DENIED"
+        assert job_ids(api) == []
+    finally:
+        srv.stop()
