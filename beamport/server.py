@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import threading
 
 import uvicorn
 
@@ -32,6 +34,9 @@ def build_app(settings: Settings, with_workers: bool = True):
         )
         hooks = {"on_startup": [pool.start], "on_shutdown": [pool.stop]}
     jobs = JobService(store, FilePolicy(settings.allowed_roots()))
+    # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.
+    warm = threading.Thread(target=lambda: importlib.import_module("beamport.translate.graph"), daemon=True)
+    hooks.setdefault("on_startup", []).append(warm.start)
     return create_app(settings, jobs, execution, **hooks)
 
 

@@ -58,19 +58,36 @@ def serve(
 @app.command()
 def worker(
     endpoint: str = typer.Option(..., envvar="BEAMPORT_ENDPOINT", help="The service's address."),
-    project: str = typer.Option(..., help="The job's project."),
+    project: Optional[str] = typer.Option(None, help="The job's project."),
     region: str = typer.Option("us-central1", help="The job's region."),
-    job_id: str = typer.Option(..., help="The job whose work to lease and run."),
+    job_id: Optional[str] = typer.Option(None, help="The job whose work to lease and run."),
     worker_id: Optional[str] = typer.Option(None, help="This worker's name (default: host and pid)."),
     allow_path: list[Path] = typer.Option([], help="A directory the job may read and write files in."),
     sdk_workers: int = typer.Option(1, help="SDK worker processes, when the job's options do not say."),
+    standby: bool = typer.Option(
+        False, help="Get ready (import the engine), then read the job to run from stdin as one JSON line."
+    ),
 ):
     """Run a worker: lease a job's work through the API, run it on the embedded engine, report until it ends."""
+    import json
     import logging
+    import sys
 
     from beamport.worker.harness import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if standby:
+        from beamport.worker.harness import warm_up
+
+        warm_up()
+        line = sys.stdin.readline()
+        if not line:
+            raise typer.Exit(0)  # the pool stopped without needing this worker
+        assignment = json.loads(line)
+        project, region, job_id = assignment["project"], assignment["region"], assignment["job_id"]
+        worker_id = assignment.get("worker_id", worker_id)
+    if not project or not job_id:
+        raise typer.BadParameter("--project and --job-id are required (or --standby)")
     roots = [p.resolve() for p in allow_path]
     raise typer.Exit(run(endpoint, project, region, job_id, worker_id, roots, sdk_workers))
 

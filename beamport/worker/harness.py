@@ -71,6 +71,13 @@ class Reporter:
             return pending, self.latest_metrics
 
 
+def warm_up() -> None:
+    """Import what running a job needs (Beam above all), so that a standby worker starts at once."""
+    import beamport.engine.embedded  # noqa: F401
+    import beamport.engine.staging  # noqa: F401
+    import beamport.translate.metrics  # noqa: F401
+
+
 def run(
     endpoint: str,
     project: str,
