@@ -105,6 +105,9 @@ def test_beam_examples_match_direct_runner(runner, project, workdir, module, ext
     full = api.get(job["id"], view="JOB_VIEW_ALL").json()
     assert full["steps"] and full["pipelineDescription"]["originalPipelineTransform"]
     assert full["stageStates"] and {s["executionStageState"] for s in full["stageStates"]} == {"JOB_STATE_DONE"}
+    # The graph described at submission names the stages the engine then ran.
+    planned = {stage["name"] for stage in full["pipelineDescription"]["executionPipelineStage"]}
+    assert {s["executionStageName"] for s in full["stageStates"]} <= planned
     assert "Workers have started successfully." in texts(api, job["id"])
 
 

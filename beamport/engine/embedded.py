@@ -37,7 +37,6 @@ from apache_beam.portability import python_urns
 from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiMetrics
-from apache_beam.runners.worker import bundle_processor
 from apache_beam.transforms import environments
 from apache_beam.utils import timestamp
 
@@ -53,6 +52,7 @@ from beamport.engine.base import (
     StagedJob,
 )
 from beamport.engine.capture import pipeline_logs, user_error
+from beamport.translate.graph import readable_stage_names
 
 THREADS = "threads"
 PROCESSES = "processes"
@@ -207,23 +207,6 @@ class StageTracker:
     def send_metrics(self) -> None:
         self.last_metrics = time.monotonic()
         self.observer.metrics(FnApiMetrics(dict(self.infos_by_stage), user_metrics_only=True).query())
-
-
-def readable_stage_names(stages) -> dict[str, str]:
-    """Beam's fused stage names ("((ref_AppliedPTransform_Split_8)+(...))") -> Dataflow-style ones:
-    the unique names of the stage's steps joined by "+" ("Split+PairWithOne+GroupAndSum/Precombine")."""
-    channel_urns = {bundle_processor.DATA_INPUT_URN, bundle_processor.DATA_OUTPUT_URN}
-    names: dict[str, str] = {}
-    taken: set[str] = set()
-    for stage in stages:
-        steps = [t.unique_name for t in stage.transforms if t.spec.urn not in channel_urns]
-        name = "+".join(steps) or stage.name
-        unique, n = name, 2
-        while unique in taken:
-            unique, n = f"{name} ({n})", n + 1
-        taken.add(unique)
-        names[stage.name] = unique
-    return names
 
 
 def _nothing_more_for(stage: str, context) -> bool:

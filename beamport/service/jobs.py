@@ -219,14 +219,15 @@ class JobService:
             from apache_beam.portability.api import beam_runner_api_pb2
             from google.protobuf.message import DecodeError
 
-            from beamport.translate.graph import job_graph
+            from beamport.translate.graph import fused_stages, job_graph
 
             url = options["pipelineUrl"]
             try:
                 pipeline = beam_runner_api_pb2.Pipeline.FromString(self.files.read_bytes(url))
             except DecodeError as exc:
                 raise invalid_argument(f"{url} is not a Beam pipeline: {exc}") from None
-            doc.update(job_graph(pipeline, sdk_pipeline_options=environment.get("sdkPipelineOptions")))
+            stages = fused_stages(pipeline)
+            doc.update(job_graph(pipeline, stages, sdk_pipeline_options=environment.get("sdkPipelineOptions")))
 
     def _replace(
         self, project_id: str, location: str, old_id: str, record: JobRecord, work: list, messages: list, now: int

@@ -358,6 +358,31 @@ def _stage_kind(members: list[beam_runner_api_pb2.PTransform]) -> str:
     return "PAR_DO_KIND"
 
 
+def readable_stage_names(stages) -> dict[str, str]:
+    """Beam's fused stage names ("((ref_AppliedPTransform_Split_8)+(...))") -> Dataflow-style ones:
+    the unique names of the stage's steps joined by "+" ("Split+PairWithOne+GroupAndSum/Precombine").
+    The engine reports stages by these names, so the job graph names them the same way."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for stage in stages:
+        steps = [t.unique_name for t in stage.transforms if t.spec.urn not in (_RUNNER_SOURCE, _RUNNER_SINK)]
+        name = "+".join(steps) or stage.name
+        unique, n = name, 2
+        while unique in taken:
+            unique, n = f"{name} ({n})", n + 1
+        taken.add(unique)
+        names[stage.name] = unique
+    return names
+
+
+def fused_stages(pipeline: beam_runner_api_pb2.Pipeline) -> list[StageDescription]:
+    """The fused stages FnApiRunner (the embedded engine) will run the pipeline in."""
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    _, stages = FnApiRunner().create_stages(pipeline)
+    return describe_fn_api_stages(stages, pipeline)
+
+
 def describe_fn_api_stages(stages, pipeline: beam_runner_api_pb2.Pipeline) -> list[StageDescription]:
     """StageDescriptions from FnApiRunner's fused stages (`FnApiRunner().create_stages(proto)[1]`).
 
@@ -369,7 +394,8 @@ def describe_fn_api_stages(stages, pipeline: beam_runner_api_pb2.Pipeline) -> li
     """
     by_name = transform_ids_by_name(pipeline)
     pcolls = pipeline.components.pcollections
-    names = {id(stage): f"F{i}" for i, stage in enumerate(stages, start=1)}
+    readable = readable_stage_names(stages)
+    names = {id(stage): readable[stage.name] for stage in stages}
     out = []
     for stage in stages:
         ids, inputs, outputs, made = [], [], [], set()
