@@ -159,6 +159,9 @@ class Recorder:
     def log(self, record: logging.LogRecord) -> None:
         self.records.append(record)
 
+    def monitoring_infos(self, infos: list) -> None:
+        self.events.append(("monitoring", infos))
+
     @property
     def snapshots(self) -> list:
         return [event[1] for event in self.events if event[0] == "metrics"]

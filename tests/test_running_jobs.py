@@ -129,6 +129,12 @@ def test_user_pipeline_outputs_and_metrics_match_direct_runner(runner, project, 
     assert any("a window of" in t for t in all_texts)  # the pipeline's own log records
     warnings = api.messages(job["id"], minimumImportance="JOB_MESSAGE_WARNING").json()["jobMessages"]
     assert any("a window of" in m["messageText"] for m in warnings)
+    # System metrics: elements per PCollection, named as Dataflow names them.
+    metrics_now = api.client.get(f"{api.jobs_path}/{job['id']}/metrics").json()["metrics"]
+    counts = {m["name"]["context"]["output_user_name"]: m["scalar"] for m in metrics_now
+              if m["name"]["name"] == "ElementCount" and "tentative" not in m["name"]["context"]}
+    words_counted = metrics(served)["counters"][0][2]  # the pipeline's own counter of the words it emitted
+    assert counts["Count/Count:PairWithVoid-out0"] == words_counted == 4500
     details = api.client.get(f"{api.jobs_path}/{job['id']}/executionDetails").json()
     assert details["stages"] and all(s["state"] == "EXECUTION_STATE_SUCCEEDED" for s in details["stages"])
     stage = details["stages"][0]

@@ -64,6 +64,10 @@ class RunObserver(Protocol):
     def log(self, record: logging.LogRecord) -> None:
         """A log record the pipeline's code emitted (a DoFn's logging.warning, an IO's progress...)."""
 
+    def monitoring_infos(self, infos: list) -> None:
+        """Every monitoring info of the run so far (Beam's MonitoringInfo protos, aggregated per stage),
+        sent with each metrics snapshot: the system metrics, such as element counts per PCollection."""
+
 
 @dataclass
 class RunResult:

@@ -207,6 +207,7 @@ class StageTracker:
     def send_metrics(self) -> None:
         self.last_metrics = time.monotonic()
         self.observer.metrics(FnApiMetrics(dict(self.infos_by_stage), user_metrics_only=True).query())
+        self.observer.monitoring_infos([info for infos in self.infos_by_stage.values() for info in infos])
 
 
 def _nothing_more_for(stage: str, context) -> bool:

@@ -43,6 +43,7 @@ class Reporter:
         self.lock = threading.Lock()
         self.pending: list[dict] = []
         self.latest_metrics = None
+        self.latest_infos: list = []
 
     def stage_state(self, stage_name: str, state: str, time_us: int) -> None:
         self._queue(CODE_STAGE, {"stage": stage_name, "state": state}, time_us)
@@ -50,6 +51,10 @@ class Reporter:
     def metrics(self, results) -> None:
         with self.lock:
             self.latest_metrics = results
+
+    def monitoring_infos(self, infos: list) -> None:
+        with self.lock:
+            self.latest_infos = infos
 
     def log(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
@@ -65,10 +70,10 @@ class Reporter:
         with self.lock:
             self.pending.append(message)
 
-    def take(self) -> tuple[list[dict], object]:
+    def take(self) -> tuple[list[dict], object, list]:
         with self.lock:
             pending, self.pending = self.pending, []
-            return pending, self.latest_metrics
+            return pending, self.latest_metrics, self.latest_infos
 
 
 def warm_up() -> None:
@@ -91,7 +96,7 @@ def run(
     from beamport.engine.embedded import EmbeddedEngine
     from beamport.engine.staging import stage_job
     from beamport.files import FilePolicy
-    from beamport.translate.metrics import metric_updates
+    from beamport.translate.metrics import metric_updates, system_metric_updates
 
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
     api = WorkerApi(endpoint, project, location, job_id, worker_id)
@@ -119,11 +124,13 @@ def run(
 
     def flush(completed: bool = False, errors=()) -> dict:
         nonlocal index
-        pending, results = reporter.take()
+        pending, results, infos = reporter.take()
         api.send(pending)
         updates = []
         if results is not None and "pipeline" in outcome:
-            updates = metric_updates(results, outcome["pipeline"], wire.now_us())
+            now = wire.now_us()
+            updates = metric_updates(results, outcome["pipeline"], now)
+            updates += system_metric_updates(infos, outcome["pipeline"], now)
         answer = api.report(item_id, index, updates, completed=completed, errors=errors)
         index += 1
         return answer
