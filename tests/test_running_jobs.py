@@ -138,7 +138,15 @@ def test_user_pipeline_outputs_and_metrics_match_direct_runner(runner, project, 
     details = api.client.get(f"{api.jobs_path}/{job['id']}/executionDetails").json()
     assert details["stages"] and all(s["state"] == "EXECUTION_STATE_SUCCEEDED" for s in details["stages"])
     stage = details["stages"][0]
-    assert stage["startTime"] <= stage["endTime"]
+    assert stage["startTime"] <= stage["endTime"] and stage["progress"]["currentProgress"] == 1.0
+    # Both answers parse as the GAPIC types (as google-cloud-dataflow-client would read them).
+    from google.cloud import dataflow_v1beta3 as dataflow
+    from google.protobuf import json_format
+
+    json_format.ParseDict(details, dataflow.JobExecutionDetails.pb()())
+    one = api.client.get(f"{api.jobs_path}/{job['id']}/stages/{stage['stageId']}/executionDetails")
+    json_format.ParseDict(one.json(), dataflow.StageExecutionDetails.pb()())
+    assert one.json()["workers"][0]["workItems"][0]["state"] == "EXECUTION_STATE_SUCCEEDED"
 
 
 def test_failing_pipeline_ends_failed_with_the_traceback(runner, project, workdir):

@@ -319,26 +319,29 @@ class ExecutionService:
         return response
 
     def execution_details(self, project_id: str, location: str, job_id: str) -> dict:
-        load_job(self.store, project_id, location, job_id, with_detail=False)
-        stages = [_stage_summary(stage) for stage in self.store.list_stages(job_id)]
+        ids = self._stage_ids(project_id, location, job_id)
+        stages = [_stage_summary(stage, ids) for stage in self.store.list_stages(job_id)]
         return {"stages": stages} if stages else {}
 
     def stage_execution_details(self, project_id: str, location: str, job_id: str, stage_id: str) -> dict:
-        load_job(self.store, project_id, location, job_id, with_detail=False)
-        stage = next((s for s in self.store.list_stages(job_id) if s.stage == stage_id), None)
+        ids = self._stage_ids(project_id, location, job_id)
+        stage = next((s for s in self.store.list_stages(job_id) if ids.get(s.stage, s.stage) == stage_id), None)
         if stage is None:
             raise not_found(f"Job {job_id} has no stage {stage_id!r}.")
         item = self.store.get_work_item(stage.work_item_id) if stage.work_item_id else None
         task = {
-            "taskId": stage.stage,
+            "taskId": ids.get(stage.stage, stage.stage),
             "attemptId": str(item.attempt if item else 1),
             "state": _EXECUTION_STATE.get(stage.state, "EXECUTION_STATE_UNKNOWN"),
+            **_timing(stage),
         }
-        if stage.start_us:
-            task["startTime"] = timestamp(stage.start_us)
-        if stage.end_us:
-            task["endTime"] = timestamp(stage.end_us)
         return {"workers": [{"workerName": stage.worker_id or "unknown", "workItems": [task]}]}
+
+    def _stage_ids(self, project_id: str, location: str, job_id: str) -> dict[str, str]:
+        """Stage name -> the id the job graph gave it (S01...), for URLs and summaries."""
+        doc = document(load_job(self.store, project_id, location, job_id))
+        planned = doc.get("pipelineDescription", {}).get("executionPipelineStage", [])
+        return {stage["name"]: stage["id"] for stage in planned if "name" in stage and "id" in stage}
 
     # -- what the local worker pool asks -------------------------------------------------
 
@@ -477,10 +480,29 @@ def _check_code(code: dict, index: int) -> None:
             )
 
 
-def _stage_summary(stage: StageRecord) -> dict:
-    summary = {"stageId": stage.stage, "state": _EXECUTION_STATE.get(stage.state, "EXECUTION_STATE_UNKNOWN")}
-    if stage.start_us:
-        summary["startTime"] = timestamp(stage.start_us)
-    if stage.end_us:
-        summary["endTime"] = timestamp(stage.end_us)
+def _stage_summary(stage: StageRecord, ids: dict[str, str]) -> dict:
+    summary = {
+        "stageId": ids.get(stage.stage, stage.stage),
+        "state": _EXECUTION_STATE.get(stage.state, "EXECUTION_STATE_UNKNOWN"),
+    }
+    summary.update(_timing(stage))
     return summary
+
+
+def _timing(stage: StageRecord) -> dict:
+    """Start, end and progress. The engine reports a stage's start and end, not fractions in between,
+    so a running stage's progress is its start alone (no current value) and a finished one's is 1."""
+    timing: dict = {}
+    points = []
+    if stage.start_us:
+        timing["startTime"] = timestamp(stage.start_us)
+        points.append({"time": timing["startTime"], "value": 0.0})
+    if stage.end_us:
+        timing["endTime"] = timestamp(stage.end_us)
+        if stage.state == model.DONE:
+            points.append({"time": timing["endTime"], "value": 1.0})
+    if points:
+        timing["progress"] = {"dataPoints": points}
+        if stage.state == model.DONE:
+            timing["progress"]["currentProgress"] = 1.0
+    return timing
