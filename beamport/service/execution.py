@@ -16,6 +16,7 @@ import orjson
 
 from beamport import schema, wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument, not_found, unimplemented
+from beamport.protocol import CODE_HARNESS_STARTED, CODE_LOG, CODE_STAGE, WORK_ITEM_TYPE
 from beamport.service import model
 from beamport.service.documents import (
     close_work_items,
@@ -51,10 +52,6 @@ MAX_LEASE_US = 600_000_000
 REPORT_INTERVAL = "1s"
 MAX_WORKER_MESSAGES = 1000
 
-# workerMessageCode codes the service acts on; any other code is kept as a DETAILED job message.
-CODE_LOG = "BEAMPORT_JOB_LOG"  # parameters: importance (JOB_MESSAGE_*), text
-CODE_STAGE = "BEAMPORT_STAGE_STATE"  # parameters: stage, state (JOB_STATE_RUNNING / DONE / FAILED)
-CODE_HARNESS_STARTED = "HARNESS_STARTED"
 # WorkerMessage kinds that need the worker registry (not built yet).
 _REGISTRY_KINDS = (
     "workerHealthReport",
@@ -139,7 +136,7 @@ class ExecutionService:
             "reportStatusInterval": REPORT_INTERVAL,
             "initialReportIndex": str(item.next_report_index),
             # What to run: the whole pipeline of the job, on the embedded engine.
-            "configuration": json.dumps({"kind": "beamport.pipeline", "attempt": item.attempt}),
+            "configuration": json.dumps({"kind": WORK_ITEM_TYPE, "attempt": item.attempt}),
         }
 
     def report_status(self, project_id: str, location: str, job_id: str, body: dict) -> dict:

@@ -7,6 +7,7 @@ import time
 import httpx
 
 from beamport import wire
+from beamport.protocol import WORK_ITEM_TYPE
 
 
 class WorkerApiError(Exception):
@@ -48,7 +49,7 @@ class WorkerApi:
             self.job_path + "/workItems:lease",
             json={
                 "workerId": self.worker_id,
-                "workItemTypes": ["beamport.pipeline"],
+                "workItemTypes": [WORK_ITEM_TYPE],
                 "requestedLeaseDuration": f"{lease_seconds}s",
                 "currentWorkerTime": wire.format_timestamp_us(wire.now_us()),
                 "location": self.location,

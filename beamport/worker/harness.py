@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from beamport import wire
-from beamport.service.execution import CODE_HARNESS_STARTED, CODE_LOG, CODE_STAGE
+from beamport.protocol import CODE_HARNESS_STARTED, CODE_LOG, CODE_STAGE
 from beamport.worker.api import WorkerApi
 
 log = logging.getLogger(__name__)
