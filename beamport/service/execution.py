@@ -250,25 +250,21 @@ class ExecutionService:
         for job_id in by_job:
             load_job(self.store, project_id, location, job_id)
         for job_id, job_messages in by_job.items():
-            self._record_worker_messages(project_id, location, job_id, job_messages)
+            self._record_worker_messages(job_id, job_messages)
         return {"workerMessageResponses": [{} for _ in messages]}
 
-    def _record_worker_messages(self, project_id: str, location: str, job_id: str, messages: list[dict]) -> None:
-        for _ in range(_RETRIES):
-            job = load_job(self.store, project_id, location, job_id)
-            doc, expected = document(job), job.version
-            now = self.clock()
+    def _record_worker_messages(self, job_id: str, messages: list[dict]) -> None:
+        def change(doc, now, write):
             stages = {stage.stage: stage for stage in self.store.list_stages(job_id)}
-            write = Write()
-            notes = []
+            notes, touched = [], []
             for message in messages:
                 code, params = message["workerMessageCode"]["code"], message["workerMessageCode"].get("parameters", {})
-                worker = message.get("labels", {}).get("WORKER_ID", "a worker")
+                labels = message.get("labels", {})
+                worker = labels.get("WORKER_ID", "a worker")
                 if code == CODE_LOG:
                     notes.append(job_message(job_id, now, params["importance"], params["text"]))
                 elif code == CODE_STAGE:
                     stage = stages.get(params["stage"]) or StageRecord(job_id, params["stage"], "", ordinal=len(stages))
-                    labels = message.get("labels", {})
                     stage.state, stage.worker_id = params["state"], labels.get("WORKER_ID")
                     if str(labels.get("WORK_ITEM_ID", "")).isdigit():
                         stage.work_item_id = int(labels["WORK_ITEM_ID"])
@@ -279,13 +275,13 @@ class ExecutionService:
                     else:
                         stage.end_us = at
                     stages[stage.stage] = stage
+                    touched.append(stage.stage)
                 elif code == CODE_HARNESS_STARTED:
                     notes.append(job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"Worker {worker} started its harness."))
                 else:
                     detail = f": {json.dumps(params, sort_keys=True)}" if params else ""
                     notes.append(job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"Worker {worker} reported {code}{detail}"))
             write.messages = notes
-            touched = [m["workerMessageCode"]["parameters"]["stage"] for m in messages if m["workerMessageCode"]["code"] == CODE_STAGE]
             if touched:
                 write.stages = [stages[name] for name in dict.fromkeys(touched)]
                 doc["stageStates"] = [
@@ -296,14 +292,9 @@ class ExecutionService:
                     }
                     for stage in sorted(stages.values(), key=lambda s: s.ordinal)
                 ]
-                record_from_document(doc, job)
-                write.changed_jobs = [JobChange(job, expected)]
-            try:
-                self.store.write(write)
-                return
-            except VersionConflict:
-                continue
-        raise ApiError("ABORTED", f"Too much contention recording worker messages of job {job_id}; try again.")
+            return True
+
+        self._change_job(job_id, change)
 
     # -- what the API shows of a run -------------------------------------------------
 
