@@ -365,14 +365,36 @@ def readable_stage_names(stages) -> dict[str, str]:
     names: dict[str, str] = {}
     taken: set[str] = set()
     for stage in stages:
-        steps = [t.unique_name for t in stage.transforms if t.spec.urn not in (_RUNNER_SOURCE, _RUNNER_SINK)]
-        name = "+".join(steps) or stage.name
+        name = "+".join(_steps_in_flow_order(stage)) or stage.name
         unique, n = name, 2
         while unique in taken:
             unique, n = f"{name} ({n})", n + 1
         taken.add(unique)
         names[stage.name] = unique
     return names
+
+
+def _steps_in_flow_order(stage) -> list[str]:
+    """The unique names of a stage's steps, producers before consumers, ties by name.
+
+    FnApiRunner keeps a stage's transforms in an order that depends on set iteration (and so on
+    PYTHONHASHSEED): the names must not, since the service and the engine compute them apart.
+    """
+    steps = [t for t in stage.transforms if t.spec.urn not in (_RUNNER_SOURCE, _RUNNER_SINK)]
+    made_by = {pc: t.unique_name for t in steps for pc in t.outputs.values()}
+    waits = {
+        t.unique_name: {made_by[pc] for pc in t.inputs.values() if made_by.get(pc, t.unique_name) != t.unique_name}
+        for t in steps
+    }
+    order: list[str] = []
+    while waits:
+        ready = sorted(name for name, deps in waits.items() if not deps) or sorted(waits)[:1]
+        for name in ready:
+            order.append(name)
+            del waits[name]
+        for deps in waits.values():
+            deps.difference_update(ready)
+    return order
 
 
 def fused_stages(pipeline: beam_runner_api_pb2.Pipeline) -> list[StageDescription]:
