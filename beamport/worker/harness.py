@@ -142,7 +142,9 @@ def run(
             if "completeWorkStatus" in answer:
                 # The service wants this work to end (the job was cancelled): stop at once, with any children.
                 log.info("stopping: %s", answer["completeWorkStatus"].get("message"))
-                os.killpg(os.getpgrp(), signal.SIGKILL) if os.getpgrp() == os.getpid() else os._exit(1)
+                if os.getpgrp() == os.getpid():  # this worker leads its group: SDK worker processes go too
+                    os.killpg(os.getpgrp(), signal.SIGKILL)
+                os._exit(1)
 
     result = outcome.get("result")
     error = outcome.get("error") or (result.error if result is not None and result.state != "DONE" else None)
