@@ -1,0 +1,508 @@
+"""Benchmark of jobs.get and jobs.list against a real `beamport serve` with 100,000 stored jobs.
+
+1. Seeds the jobs into a fresh SQLite data dir, in-process, through the store
+   (beamport.store.open_store + Write batches), each job built from a job
+   document shaped like what Beam's DataflowRunner submits.
+2. Starts `python -m beamport serve` on a free loopback port.
+3. Runs benchmarks/loadgen.py, a separate process, once per scenario: C
+   keep-alive connections, warm-up, then a measured window.
+4. Prints requests/s and latency percentiles, and the targets.
+
+    /work/venv/bin/python benchmarks/api_bench.py --repeat 3          # as recorded in benchmarks/README.md
+    /work/venv/bin/python benchmarks/api_bench.py --repeat 3 --pin    # server on CPU 0, load on CPU 1
+    /work/venv/bin/python benchmarks/api_bench.py --data-dir /tmp/bp-bench --reuse   # keep the seeded DB
+
+Exit status: 0 if every run was free of errors (whether or not targets were met), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from beamport import wire  # noqa: E402
+from beamport.service import model  # noqa: E402
+try:  # where the service keeps it (it moved from service.jobs to service.documents)
+    from beamport.service.documents import record_from_document  # noqa: E402
+except ImportError:  # pragma: no cover
+    from beamport.service.jobs import _record_from_document as record_from_document  # noqa: E402
+from beamport.store import open_store  # noqa: E402
+from beamport.store.base import Write  # noqa: E402
+
+try:  # a pending batch job has its work waiting for a worker (servers with an execution engine)
+    from beamport.store.base import WorkItemRecord  # noqa: E402
+except ImportError:  # pragma: no cover
+    WorkItemRecord = None
+
+PROJECT = "bench-project"
+LOCATION = "us-central1"
+# (project, location, share of the jobs): most jobs are in the one the benchmark queries.
+PLACES = [(PROJECT, LOCATION, 0.90), (PROJECT, "europe-west1", 0.05), ("other-project", LOCATION, 0.05)]
+TARGET_GET_RPS = 1500.0
+TARGET_LIST_P99_MS = 25.0
+META_FILE = "bench-meta.json"
+IDS_FILE = "bench-ids.txt"
+SEED_FORMAT = 3  # bump when the seeded documents change, so --reuse re-seeds
+
+
+# -- seeding ----------------------------------------------------------------
+
+TEAMS = ["data-eng", "analytics", "ml-platform", "billing", "search", "ads-quality"]
+PIPELINES = ["daily-etl", "sessionize", "dedupe-events", "export-bq", "feature-gen", "wordcount", "backfill"]
+USERS = ["alice", "bob", "carol", "dave", "erin"]
+SPAN_US = 180 * 86400 * 1_000_000  # jobs were created over the last 180 days
+
+
+def _environment(rng: random.Random, project: str, location: str, name: str, bucket: str, stamp: str) -> dict:
+    staging = f"gs://{bucket}/staging/{name}.{stamp}"
+    staged = f"storage.googleapis.com/{bucket}/staging/{name}.{stamp}"
+    experiments = ["use_runner_v2", "use_portable_job_submission", "use_multiple_sdk_containers", "beam_fn_api"]
+    if rng.random() < 0.3:
+        experiments.append("enable_prime")
+    py = rng.choice(["3.10", "3.11", "3.12"])
+    return {
+        "tempStoragePrefix": f"storage.googleapis.com/{bucket}/temp",
+        "clusterManagerApiService": "compute.googleapis.com",
+        "experiments": experiments,
+        "userAgent": {"name": f"Apache Beam Python {py} SDK", "version": "2.77.0"},
+        "version": {"job_type": "FNAPI_BATCH", "major": "8"},
+        "dataset": "bigquery.googleapis.com/cloud_dataflow",
+        "sdkPipelineOptions": {
+            "options": {
+                "project": project,
+                "region": location,
+                "job_name": name,
+                "runner": "DataflowRunner",
+                "temp_location": f"gs://{bucket}/temp",
+                "staging_location": f"gs://{bucket}/staging",
+                "experiments": experiments,
+                "save_main_session": rng.random() < 0.5,
+                "sdk_location": "container",
+                "pipeline_type_check": True,
+                "beam_services": {},
+                "dataflow_endpoint": "https://dataflow.googleapis.com",
+                "no_auth": False,
+                "labels": [],
+                "machine_type": rng.choice(["n1-standard-4", "n2-standard-8", "e2-standard-4"]),
+                "max_num_workers": float(rng.choice([10, 20, 50, 100])),
+                "pipelineUrl": f"{staging}/pipeline.pb",
+            },
+            "display_data": [
+                {"key": "runner", "namespace": "apache_beam.options.pipeline_options.StandardOptions",
+                 "type": "STRING", "value": "DataflowRunner"},
+                {"key": "project", "namespace": "apache_beam.options.pipeline_options.GoogleCloudOptions",
+                 "type": "STRING", "value": project},
+                {"key": "job_name", "namespace": "apache_beam.options.pipeline_options.GoogleCloudOptions",
+                 "type": "STRING", "value": name},
+                {"key": "temp_location", "namespace": "apache_beam.options.pipeline_options.GoogleCloudOptions",
+                 "type": "STRING", "value": f"gs://{bucket}/temp"},
+                {"key": "region", "namespace": "apache_beam.options.pipeline_options.GoogleCloudOptions",
+                 "type": "STRING", "value": location},
+                {"key": "sdk_location", "namespace": "apache_beam.options.pipeline_options.SetupOptions",
+                 "type": "STRING", "value": "container"},
+            ],
+        },
+        "workerPools": [
+            {
+                "kind": "harness",
+                "packages": [
+                    {"name": "pipeline.pb", "location": f"{staged}/pipeline.pb"},
+                    {"name": "submission_environment_dependencies.txt",
+                     "location": f"{staged}/submission_environment_dependencies.txt"},
+                ],
+                "taskrunnerSettings": {
+                    "parallelWorkerSettings": {
+                        "baseUrl": "https://dataflow.googleapis.com",
+                        "servicePath": "https://dataflow.googleapis.com",
+                    }
+                },
+                "autoscalingSettings": {"algorithm": "AUTOSCALING_ALGORITHM_BASIC", "maxNumWorkers": 20},
+                "sdkHarnessContainerImages": [
+                    {
+                        "containerImage": f"gcr.io/cloud-dataflow/v1beta3/beam_python{py}_sdk:2.77.0",
+                        "environmentId": "ref_Environment_default_environment_1",
+                        "capabilities": [
+                            "beam:coder:bytes:v1", "beam:coder:bool:v1", "beam:coder:varint:v1",
+                            "beam:coder:string_utf8:v1", "beam:coder:iterable:v1", "beam:coder:kv:v1",
+                            "beam:protocol:progress_reporting:v1", "beam:protocol:worker_status:v1",
+                            "beam:transform:sdf_truncate_sized_restrictions:v1",
+                            f"beam:version:sdk_base:apache/beam_python{py}_sdk:2.77.0",
+                        ],
+                    }
+                ],
+            }
+        ],
+    }  # fmt: skip
+
+
+def _job_document(rng: random.Random, i: int, project: str, location: str, create_us: int, pending: bool) -> dict:
+    team = rng.choice(TEAMS)
+    created = datetime.fromtimestamp(create_us / 1e6, timezone.utc)
+    if rng.random() < 0.6:  # Beam's default name
+        name = f"beamapp-{rng.choice(USERS)}-{created:%m%d%H%M%S}-{created:%f}-{rng.getrandbits(32):08x}"
+    else:
+        name = f"{rng.choice(PIPELINES)}-{team}-{created:%Y%m%d-%H%M%S}-{i}"
+    stamp = f"{created:%m%d%H%M%S}.{i}"
+    created_s = wire.format_timestamp_us(create_us)
+    doc = {
+        "id": model.new_job_id(create_us),
+        "projectId": project,
+        "name": name,
+        "type": "JOB_TYPE_BATCH",
+        "environment": _environment(rng, project, location, name, f"{team}-dataflow", stamp),
+        "currentState": model.PENDING,
+        "currentStateTime": created_s,
+        "createTime": created_s,
+        "location": location,
+        "labels": {"team": team, "env": rng.choice(["prod", "staging", "dev"]), "owner": rng.choice(USERS)},
+        "clientRequestId": f"{created:%Y%m%d%H%M%S%f}-{rng.randrange(1000, 10000)}",
+        "startTime": created_s,
+    }
+    if not pending:
+        r = rng.random()
+        state = model.DONE if r < 0.85 else model.FAILED if r < 0.93 else model.CANCELLED
+        doc["currentState"] = state
+        doc["currentStateTime"] = wire.format_timestamp_us(create_us + rng.randrange(60, 4 * 3600) * 1_000_000)
+        if state == model.CANCELLED:
+            doc["requestedState"] = model.CANCELLED
+    return doc
+
+
+def _check_wire_form(doc: dict) -> None:
+    """The seeded documents must be what the server itself would store (Google's JSON form of a Job)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # protobuf's, from json_format
+        normal = wire.to_dict(wire.parse_message(doc, model.JobPb, "job"))
+    if normal != doc:
+        raise SystemExit(
+            f"seed document is not in wire form:\n{json.dumps(doc, indent=1)}\n!=\n{json.dumps(normal, indent=1)}"
+        )
+
+
+def seed(data_dir: Path, jobs: int, seed_value: int, batch: int) -> tuple[list[str], float, int]:
+    """Write `jobs` jobs; return the ids in PROJECT/LOCATION, the seconds it took and the DB size."""
+    rng = random.Random(seed_value)
+    started = time.perf_counter()
+    store = open_store(None, data_dir)
+    now = wire.now_us()
+    first = now - SPAN_US
+    places = [p[:2] for p in PLACES]
+    weights = [p[2] for p in PLACES]
+    pending_from = int(jobs * 0.995)  # the newest 0.5% are still pending, the rest have ended
+    ids: list[str] = []
+    batch_records, work_batch = [], []
+    for i in range(jobs):
+        project, location = rng.choices(places, weights)[0]
+        create_us = first + (SPAN_US * i) // jobs + rng.randrange(1_000_000)
+        doc = _job_document(rng, i, project, location, create_us, pending=i >= pending_from or rng.random() < 0.002)
+        if i < 3:
+            _check_wire_form(doc)
+        record = record_from_document(doc)
+        batch_records.append(record)
+        if record.active and WorkItemRecord is not None:
+            work_batch.append(WorkItemRecord(job_id=record.id))
+        if (project, location) == (PROJECT, LOCATION):
+            ids.append(doc["id"])
+        if len(batch_records) >= batch or i == jobs - 1:
+            extra = {"new_work_items": work_batch} if work_batch else {}
+            store.write(Write(new_jobs=batch_records, **extra))
+            batch_records, work_batch = [], []
+    # Leave a checkpointed database, as a server that has been running a while would.
+    with store.engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    size = sum(f.stat().st_size for f in data_dir.iterdir() if f.name.startswith("beamport.db"))
+    return ids, time.perf_counter() - started, size
+
+
+# -- server -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: Path, port: int, log_path: Path, extra: list[str], cpu: int | None) -> subprocess.Popen:
+    args = [sys.executable, "-m", "beamport", "serve", "--port", str(port), "--data-dir", str(data_dir),
+            "--log-level", "warning", "--max-concurrent-jobs", "0", *extra]  # fmt: skip  (API only: no workers)
+    log = open(log_path, "ab")
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=_pinned(cpu))
+    url = f"http://127.0.0.1:{port}/v1b3/projects/{PROJECT}/locations/{LOCATION}/jobs?pageSize=1"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"beamport serve exited early:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit(f"beamport serve did not answer in 60 s:\n{log_path.read_text()}")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def wait_until_idle(pid: int, limit_s: float = 60.0) -> float:
+    """Wait for the server to finish starting up (it imports Beam in the background once it answers):
+    until it uses under 5% of a core for a second. Returns the seconds waited (Linux; elsewhere 0)."""
+    started = time.monotonic()
+    last = _cpu_seconds(pid)
+    while last is not None and time.monotonic() - started < limit_s:
+        time.sleep(1.0)
+        now = _cpu_seconds(pid)
+        if now is None or now - last < 0.05:
+            break
+        last = now
+    return time.monotonic() - started
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _pinned(cpu: int | None):
+    """preexec_fn pinning a child (and every thread it starts) to one CPU; None: no pinning."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def run_load(args, port: int, scenario: str, ids_file: Path, server_pid: int, connections: int) -> dict:
+    command = [sys.executable, str(HERE / "loadgen.py"), "--port", str(port), "--scenario", scenario,
+               "--project", PROJECT, "--location", LOCATION, "--ids-file", str(ids_file),
+               "--connections", str(connections), "--duration", str(args.duration),
+               "--warmup", str(args.warmup), "--seed", str(args.seed), "--server-pid", str(server_pid)]  # fmt: skip
+    load = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, preexec_fn=_pinned(1 if args.pin else None))
+    try:
+        out, _ = load.communicate(timeout=args.warmup + args.duration + 120)
+    except subprocess.TimeoutExpired:
+        load.kill()
+        load.communicate()
+        raise SystemExit(f"load generator for {scenario} did not finish in time")
+    if load.returncode != 0:
+        raise SystemExit(f"load generator for {scenario} failed (exit {load.returncode}):\n{out}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -- main -------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=100_000, help="jobs to store")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections")
+    parser.add_argument("--scenarios", default="get,list", help="comma-separated: get, list")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per scenario (targets use the median)")
+    parser.add_argument(
+        "--list-latency-connections", default="1,4",
+        help="extra list runs at these (lower) connection counts, to show latency below saturation; '' for none",
+    )  # fmt: skip
+    parser.add_argument("--data-dir", type=Path, help="where to seed (default: a temporary directory, removed after)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse a DB seeded earlier in --data-dir with the same --jobs/--seed"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="random seed (documents, request mix)")
+    parser.add_argument("--batch", type=int, default=2000, help="jobs per store write when seeding")
+    parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
+    parser.add_argument("--json", type=Path, help="also write all results to this JSON file")
+    parser.add_argument(
+        "--pin", action="store_true",
+        help="pin the server to CPU 0 and the load generator to CPU 1 (default: the scheduler places them)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if not scenarios or set(scenarios) - {"get", "list"}:
+        parser.error("--scenarios: a comma-separated list of get, list")
+    if not 1 <= args.repeat <= 20:
+        parser.error("--repeat must be within 1..20")
+    if args.jobs < 1000 or args.jobs > 10_000_000:
+        parser.error("--jobs must be within 1,000..10,000,000")
+    extra_list_connections = [int(c) for c in args.list_latency_connections.split(",") if c.strip()]
+
+    temp = None
+    if args.data_dir is None:
+        if args.reuse:
+            parser.error("--reuse needs --data-dir")
+        temp = Path(tempfile.mkdtemp(prefix="beamport-bench-"))
+        data_dir = temp / "data"
+    else:
+        data_dir = args.data_dir.resolve()
+    meta_path, ids_path = data_dir / META_FILE, data_dir / IDS_FILE
+    wanted = {"jobs": args.jobs, "seed": args.seed, "format": SEED_FORMAT}
+    log_path = data_dir.parent / f"{data_dir.name}-server.log"
+
+    try:
+        reused = False
+        if args.reuse and meta_path.exists() and ids_path.exists():
+            meta = json.loads(meta_path.read_text())
+            reused = {k: meta.get(k) for k in wanted} == wanted
+        if reused:
+            seed_s, db_bytes = meta["seed_s"], meta["db_bytes"]
+            print(f"reusing the {args.jobs:,} jobs seeded earlier in {data_dir} (seeding took {seed_s:.1f} s then)")
+        else:
+            if data_dir.exists() and any(data_dir.iterdir()):
+                if not args.reuse:
+                    parser.error(f"{data_dir} is not empty: pass --reuse to use it, or remove it")
+                shutil.rmtree(data_dir)  # --reuse, but seeded with other parameters
+            print(f"seeding {args.jobs:,} jobs into {data_dir} ...", flush=True)
+            ids, seed_s, db_bytes = seed(data_dir, args.jobs, args.seed, args.batch)
+            ids_path.write_text("\n".join(ids) + "\n")
+            meta_path.write_text(json.dumps({**wanted, "seed_s": seed_s, "db_bytes": db_bytes}))
+            print(f"seeded {args.jobs:,} jobs in {seed_s:.1f} s ({args.jobs / seed_s:,.0f} jobs/s), "
+                  f"{len(ids):,} of them in {PROJECT}/{LOCATION}; database {db_bytes / 2**20:.0f} MiB")  # fmt: skip
+
+        port = args.port or free_port()
+        server = start_server(data_dir, port, log_path, [], 0 if args.pin else None)
+        print(f"beamport serve pid {server.pid} on 127.0.0.1:{port}; server log {log_path}", flush=True)
+        print(f"server idle (start-up done) after {wait_until_idle(server.pid):.1f} s more", flush=True)
+        runs = []
+        try:
+            plan = [(s, args.connections) for _ in range(args.repeat) for s in scenarios]
+            if "list" in scenarios:
+                plan += [("list", c) for c in extra_list_connections if c != args.connections]
+            for scenario, connections in plan:
+                print(f"running {scenario} with {connections} connections: {args.warmup:g} s warm-up + "
+                      f"{args.duration:g} s measured ...", flush=True)  # fmt: skip
+                result = run_load(args, port, scenario, ids_path, server.pid, connections)
+                runs.append(result)
+                print(
+                    f"  {result['requests_per_s']:>9,.0f} req/s  p50 {_ms(result['p50_ms'])} ms  "
+                    f"p90 {_ms(result['p90_ms'])} ms  p99 {_ms(result['p99_ms'])} ms  max {_ms(result['max_ms'])} ms  "
+                    f"errors {result['errors']}  CPU: server {_fmt_pct(result.get('server_cpu_pct'))} "
+                    f"loadgen {_fmt_pct(result.get('loadgen_cpu_pct'))} "
+                    f"machine {_fmt_pct(result.get('machine_cpu_pct'))}",
+                    flush=True,
+                )
+        finally:
+            stop_server(server)
+
+        summary = report(args, runs, seed_s, db_bytes, reused)
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        return 0 if all(r["errors"] == 0 for r in runs) else 1
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _cpu_per_request(r: dict) -> str:
+    if r.get("server_cpu_pct") is None or not r["requests_per_s"]:
+        return "?"
+    return f"{10 * r['server_cpu_pct'] / r['requests_per_s']:.2f}"
+
+
+def _fmt_pct(value) -> str:
+    return "?" if value is None else f"{value:.0f}%"
+
+
+def report(args, runs: list[dict], seed_s: float, db_bytes: int, reused: bool) -> dict:
+    def median(scenario, key):
+        values = [r[key] for r in runs if r["scenario"] == scenario and r["connections"] == args.connections]
+        if not values:
+            return None
+        return statistics.median(float("inf") if v is None else v for v in values)
+
+    def clean(scenario):
+        return all(r["errors"] == 0 for r in runs if r["scenario"] == scenario)
+
+    checks = []
+    get_rps, list_p99 = median("get", "requests_per_s"), median("list", "p99_ms")
+    of = f" (median of {args.repeat})" if args.repeat > 1 else ""
+    if get_rps is not None:
+        checks.append(("jobs.get requests/s", f">= {TARGET_GET_RPS:,.0f}", f"{get_rps:,.0f}{of}",
+                       get_rps >= TARGET_GET_RPS and clean("get")))  # fmt: skip
+    if list_p99 is not None:
+        checks.append(("jobs.list p99", f"<= {TARGET_LIST_P99_MS:g} ms", f"{_ms(list_p99)} ms{of}",
+                       list_p99 <= TARGET_LIST_P99_MS and clean("list")))  # fmt: skip
+
+    width = 112
+    print()
+    print("=" * width)
+    print(f"Beamport API benchmark  {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  "
+          f"{platform.node()}  {os.cpu_count()} CPUs  Python {platform.python_version()}")  # fmt: skip
+    print(f"{args.jobs:,} jobs stored (SQLite, WAL); seeding {'(earlier) ' if reused else ''}took {seed_s:.1f} s; "
+          f"database {db_bytes / 2**20:.0f} MiB")  # fmt: skip
+    placement = "server pinned to CPU 0, load to CPU 1" if args.pin else "CPU placement left to the scheduler"
+    print(f"load: separate process, HTTP/1.1 keep-alive over 127.0.0.1, closed loop; "
+          f"{args.warmup:g} s warm-up, {args.duration:g} s measured per run; {placement}")  # fmt: skip
+    print("-" * width)
+    print(f"{'scenario':<10}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+          f"{'errors':>8}{'resp B':>8}{'server':>9}{'loadgen':>9}{'machine':>9}{'srv ms/req':>11}")  # fmt: skip
+    disturbed = False
+    for r in runs:
+        print(f"{r['scenario']:<10}{r['connections']:>6}{r['requests_per_s']:>10,.0f}{_ms(r['p50_ms']):>9}"
+              f"{_ms(r['p90_ms']):>9}{_ms(r['p99_ms']):>9}{_ms(r['max_ms']):>9}{r['errors']:>8}"
+              f"{r['mean_response_bytes']:>8}{_fmt_pct(r.get('server_cpu_pct')):>9}"
+              f"{_fmt_pct(r.get('loadgen_cpu_pct')):>9}{_fmt_pct(r.get('machine_cpu_pct')):>9}"
+              f"{_cpu_per_request(r):>11}")  # fmt: skip
+        if r["errors"]:
+            print(f"  !! {r['scenario']} had errors (statuses {r['statuses']}, failures {r['failures']}): "
+                  "this run is not a valid figure")  # fmt: skip
+        parts = [r.get("machine_cpu_pct"), r.get("server_cpu_pct"), r.get("loadgen_cpu_pct")]
+        if None not in parts and parts[0] - parts[1] - parts[2] > 25:
+            disturbed = True
+    print("CPU columns: % of one core during the measured window (machine: all processes, "
+          f"{100 * (os.cpu_count() or 1)}% = every core busy); srv ms/req: server CPU time per request")  # fmt: skip
+    if disturbed:
+        print("note: other processes used more than a quarter of a core during some runs; "
+              "those figures are disturbed (either way: see benchmarks/README.md)")  # fmt: skip
+    print("-" * width)
+    print(f"targets (at {args.connections} connections):")
+    for what, target, got, ok in checks:
+        print(f"  {what:<22} target {target:<10} got {got:<24} {'MET' if ok else 'NOT MET'}")
+    print("=" * width)
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "jobs": args.jobs,
+        "pinned": args.pin,
+        "seed_s": seed_s,
+        "db_bytes": db_bytes,
+        "runs": runs,
+        "targets": [{"what": w, "target": t, "got": g, "met": ok} for w, t, g, ok in checks],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
