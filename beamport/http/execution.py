@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from beamport import wire
-from beamport.http.protocol import api, call, id_param, location_param, project_param, read_json
+from beamport.http.protocol import api, call, id_param, location_param, project_param, read, read_json
 
 
 def _service(request: Request):
@@ -15,7 +15,8 @@ def _service(request: Request):
 @api
 async def get_metrics(request: Request) -> dict:
     start = wire.parse_timestamp_us(request.query_params.get("startTime"), "startTime")
-    return await call(
+    return await read(
+        request,
         _service(request).get_metrics, project_param(request), location_param(request), id_param(request, "jobId"), start
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from beamport import wire
-from beamport.http.protocol import api, call, id_param, int_param, location_param, project_param, read_json
+from beamport.http.protocol import api, call, id_param, int_param, location_param, project_param, read, read_json
 from beamport.service import model
 
 
@@ -30,12 +30,13 @@ async def create(request: Request) -> dict:
 async def get(request: Request) -> dict:
     project, location = project_param(request), location_param(request)
     job_id = id_param(request, "jobId")
-    return await call(_service(request).get_job, project, location, job_id, _view(request))
+    return await read(request, _service(request).get_job, project, location, job_id, _view(request))
 
 
 async def _list(request: Request, location: str | None) -> dict:
     q = request.query_params
-    return await call(
+    return await read(
+        request,
         _service(request).list_jobs,
         project_param(request),
         location,
@@ -76,7 +77,8 @@ async def update(request: Request) -> dict:
 @api
 async def list_messages(request: Request) -> dict:
     q = request.query_params
-    return await call(
+    return await read(
+        request,
         _service(request).list_messages,
         project_param(request),
         location_param(request),

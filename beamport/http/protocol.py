@@ -71,6 +71,18 @@ async def call(function, *args, **kwargs):
     return await run_in_threadpool(function, *args, **kwargs)
 
 
+async def read(request: Request, function, *args, **kwargs):
+    """Run a read-only service call: on the event loop itself when the store's reads never wait (SQLite in
+    WAL mode: a read neither takes a lock nor waits for one, and its pages are in memory), else like call().
+
+    Handing each call to a thread costs more than the read: the GIL passes between threads on different
+    cores at every call, which halved jobs.get's throughput (benchmarks/README.md).
+    """
+    if request.app.state.inline_reads:
+        return function(*args, **kwargs)
+    return await run_in_threadpool(function, *args, **kwargs)
+
+
 async def read_json(request: Request) -> dict:
     """The request body as a JSON object; refuses bodies over the limit without reading them whole."""
     limit = request.app.state.settings.max_request_bytes

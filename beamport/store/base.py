@@ -152,6 +152,8 @@ class Write:
 
 
 class Store(abc.ABC):
+    # True when a read neither takes nor waits for a lock (so a caller may run it on an event loop).
+    reads_never_wait: bool = False
     @abc.abstractmethod
     def write(self, write: Write) -> None:
         """Apply a Write atomically. Raises VersionConflict or ActiveNameTaken and changes nothing.

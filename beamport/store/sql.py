@@ -64,6 +64,7 @@ class SqlStore(Store):
         self.url = url
         if url.startswith("sqlite"):
             self.engine = _sqlite_engine(url)
+            self.reads_never_wait = True  # WAL: readers take no lock
         else:
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url[len("postgresql://") :]
