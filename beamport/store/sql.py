@@ -88,15 +88,7 @@ class SqlStore(Store):
         try:
             with self._writer.begin() as conn:
                 for change in write.changed_jobs:
-                    row = _job_row(change.record)
-                    row["version"] = change.expected_version + 1
-                    result = conn.execute(
-                        update(jobs)
-                        .where(jobs.c.id == change.record.id, jobs.c.version == change.expected_version)
-                        .values(**row)
-                    )
-                    if result.rowcount != 1:
-                        raise VersionConflict(change.record.id)
+                    _compare_and_set(conn, jobs, change.record.id, change.expected_version, _job_row(change.record))
                 new_seqs = [
                     conn.execute(insert(jobs).values(**_job_row(record))).inserted_primary_key[0]
                     for record in write.new_jobs
@@ -106,14 +98,7 @@ class SqlStore(Store):
                     conn.execute(insert(job_messages), rows)
                 for change in write.changed_work_items:
                     row = _work_item_row(change.record)
-                    row["version"] = change.expected_version + 1
-                    result = conn.execute(
-                        update(work_items)
-                        .where(work_items.c.id == change.record.id, work_items.c.version == change.expected_version)
-                        .values(**row)
-                    )
-                    if result.rowcount != 1:
-                        raise VersionConflict(f"work item {change.record.id}")
+                    _compare_and_set(conn, work_items, change.record.id, change.expected_version, row)
                 new_item_ids = [
                     conn.execute(insert(work_items).values(**_work_item_row(item))).inserted_primary_key[0]
                     for item in write.new_work_items
@@ -292,6 +277,17 @@ def _job_row(record: JobRecord) -> dict:
         "summary": record.summary,
         "detail": record.detail,
     }
+
+
+def _compare_and_set(conn, table, record_id, expected_version: int, row: dict) -> None:
+    """Replace the row with this id if its version is still the expected one, else VersionConflict."""
+    result = conn.execute(
+        update(table)
+        .where(table.c.id == record_id, table.c.version == expected_version)
+        .values({**row, "version": expected_version + 1})
+    )
+    if result.rowcount != 1:
+        raise VersionConflict(f"{table.name} {record_id}")
 
 
 def _work_item_row(item: WorkItemRecord) -> dict:
