@@ -130,7 +130,7 @@ class FakeResult:
 
 
 def dataflow_reader(updates, proto, steps_job=None) -> DataflowMetrics:
-    job_metrics = as_client_sees(metrics.job_metrics(updates, NOW_US))
+    job_metrics = as_client_sees({"metricTime": "2026-11-18T11:06:40.123456Z", "metrics": list(updates)})
     job_graph = types.SimpleNamespace(proto_pipeline=proto, proto=steps_job or dataflow.Job())
     return DataflowMetrics(FakeClient(job_metrics), FakeResult(), job_graph)
 
@@ -304,24 +304,6 @@ def test_element_counts(runs):
     means = [r for r in reader.all_metrics() if r.key.metric.name == "MeanByteCount"]
     means = {r.key.labels["output_user_name"]: r.committed for r in means}
     assert set(means) == set(counts) and all(isinstance(v, int) and v > 0 for v in means.values())
-
-
-# -- getMetrics bookkeeping ------------------------------------------------------------
-
-
-def test_merge_keeps_update_time_of_unchanged_metrics(runs, updates):
-    later = metrics.metric_updates(runs.engine.metrics().query(), runs.proto, NOW_US + 5_000_000)
-    changed = [dict(u) for u in later]
-    target = next(u for u in changed if u["name"]["name"] == "zero")
-    target["scalar"] = 9
-    merged = metrics.merge_updates(updates, changed)
-    assert len(merged) == len(updates)
-    since = metrics.updates_since(merged, NOW_US + 1)
-    assert [(u["name"]["name"], u["scalar"]) for u in since] == [("zero", 9)]
-    assert len(metrics.updates_since(merged, NOW_US)) == len(updates)  # inclusive
-    doc = metrics.job_metrics(merged, NOW_US + 6_000_000, NOW_US + 1)
-    assert doc["metricTime"] == "2026-11-18T11:06:46.123456Z" and len(doc["metrics"]) == 1
-    assert metrics.job_metrics(merged, NOW_US, NOW_US + 10_000_000) == {"metricTime": "2026-11-18T11:06:40.123456Z"}
 
 
 # -- the job graph -------------------------------------------------------------------

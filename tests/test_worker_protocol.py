@@ -168,3 +168,18 @@ def test_a_cancelled_pending_job_has_no_work(api):
     job = api.create("never-run")
     api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"})
     assert Worker(api, job["id"]).lease().json() == {}
+
+
+def test_get_metrics_start_time_returns_only_what_changed(api):
+    job = api.create("metrics-since")
+    worker = Worker(api, job["id"])
+    item = worker.lease().json()["workItems"][0]
+    other = {**COUNTER, "name": {**COUNTER["name"], "name": "other"}}
+    assert worker.report(item["id"], 1, metricUpdates=[COUNTER, other]).status_code == 200
+    path = f"{api.jobs_path}/{job['id']}/metrics"
+    first = api.client.get(path).json()
+    # The next report repeats `other` unchanged (reports are cumulative) and changes the counter.
+    assert worker.report(item["id"], 2, metricUpdates=[{**COUNTER, "scalar": 8}, other]).status_code == 200
+    later = api.client.get(path, params={"startTime": first["metricTime"]}).json()
+    assert [(m["name"]["name"], m["scalar"]) for m in later["metrics"]] == [("words", 8)]
+    assert len(api.client.get(path).json()["metrics"]) == 2

@@ -86,7 +86,7 @@ def create_app(settings, jobs_service, execution_service, on_startup=(), on_shut
         yield
         for stop in on_shutdown:
             stop()
-        jobs_service.store.close()
+        jobs_service.close()
 
     app = Starlette(
         routes=routes(),
@@ -96,5 +96,5 @@ def create_app(settings, jobs_service, execution_service, on_startup=(), on_shut
     app.state.settings = settings
     app.state.jobs = jobs_service
     app.state.execution = execution_service
-    app.state.inline_reads = jobs_service.store.reads_never_wait
+    app.state.inline_reads = jobs_service.reads_never_wait
     return app

@@ -181,10 +181,7 @@ class ExecutionService:
             item.lease_expire_us = now + _duration_us(status.get("requestedLeaseDuration"), DEFAULT_LEASE_US)
             write = Write(
                 changed_work_items=[WorkItemChange(item, expected_item)],
-                metrics=[
-                    MetricRecord(job.id, metric_key(u), now, orjson.dumps({**u, "updateTime": timestamp(now)}).decode())
-                    for u in status.get("metricUpdates", [])
-                ],
+                metrics=self._changed_metrics(job.id, status.get("metricUpdates", []), now),
             )
             answer = {
                 "leaseExpireTime": timestamp(item.lease_expire_us),
@@ -215,6 +212,19 @@ class ExecutionService:
                 continue
             return answer
         raise ApiError("ABORTED", f"Too much contention reporting work of job {job.id}; try again.")
+
+    def _changed_metrics(self, job_id: str, updates: list[dict], now: int) -> list[MetricRecord]:
+        """Records for the reported metrics whose value changed. Reports are cumulative: an unchanged metric
+        keeps its updateTime, so getMetrics' startTime ("only what changed since") can leave it out."""
+        stored = {m.metric_key: orjson.loads(m.doc) for m in self.store.list_metrics(job_id)} if updates else {}
+        records = []
+        for update in updates:
+            key = metric_key(update)
+            old = stored.get(key)
+            if old is not None and {k: v for k, v in old.items() if k != "updateTime"} == update:
+                continue
+            records.append(MetricRecord(job_id, key, now, orjson.dumps({**update, "updateTime": timestamp(now)}).decode()))
+        return records
 
     def _end_job(self, doc: dict, state: str, now: int, write: Write) -> None:
         move_to_state(doc, state, now)

@@ -75,6 +75,14 @@ class JobService:
         self.files = files  # None: files named in requests are neither checked nor read (tests of the API only)
         self.clock = clock
 
+    @property
+    def reads_never_wait(self) -> bool:
+        """Whether reads may run on an event loop (see Store.reads_never_wait)."""
+        return self.store.reads_never_wait
+
+    def close(self) -> None:
+        self.store.close()
+
     # -- reading ------------------------------------------------------------
 
     def get_job(self, project_id: str, location: str | None, job_id: str, view: int = 0) -> dict:
