@@ -63,6 +63,7 @@ class WorkItemRecord:
     start_us: int | None = None
     end_us: int | None = None
     version: int = 1
+    failures: str = "[]"  # JSON: the attempts that failed, [{attempt, worker, reason}]
     id: int | None = None  # assigned by the store
 
 
@@ -84,6 +85,58 @@ class StageRecord:
     end_us: int | None = None
     worker_id: str | None = None
     work_item_id: int | None = None
+
+
+# Worker states
+WORKER_RUNNING = "RUNNING"  # reporting, healthy
+WORKER_UNHEALTHY = "UNHEALTHY"  # reporting, says it is not healthy
+WORKER_BROKEN = "BROKEN"  # said it is broken for good: gets no work
+WORKER_LOST = "LOST"  # missed its health deadline
+WORKER_SHUTDOWN = "SHUTDOWN"  # sent a shutdown notice
+WORKER_LIVE_STATES = (WORKER_RUNNING, WORKER_UNHEALTHY)
+
+
+@dataclass
+class WorkerRecord:
+    worker_id: str
+    project_id: str
+    location: str
+    job_id: str
+    state: str
+    labels: str  # JSON
+    first_seen_us: int
+    last_seen_us: int
+    report_interval_us: int
+    reason: str = ""
+    container_start_us: int | None = None
+    vm_startup_us: int | None = None
+    last_health_us: int | None = None
+    health: str = "{}"  # JSON: the last WorkerHealthReport
+    cpu_total_ms: int | None = None
+    cpu_rate: float | None = None
+    cpu_us: int | None = None
+    work_item_id: int | None = None
+    stacks_request_us: int | None = None
+    stacks_us: int | None = None
+    stacks: str = "[]"  # JSON: the last Stack list the worker sent
+
+
+@dataclass
+class CpuSample:
+    worker_id: str
+    time_us: int
+    total_ms: int
+    rate: float
+
+
+@dataclass
+class WorkerEvent:
+    worker_id: str
+    job_id: str
+    time_us: int
+    event: str
+    detail: str  # JSON
+    seq: int | None = None
 
 
 @dataclass
@@ -149,6 +202,9 @@ class Write:
     changed_work_items: Sequence[WorkItemChange] = ()
     metrics: Sequence[MetricRecord] = ()
     stages: Sequence[StageRecord] = ()
+    workers: Sequence[WorkerRecord] = ()  # replace the stored ones with the same worker_id
+    cpu_samples: Sequence[CpuSample] = ()
+    worker_events: Sequence[WorkerEvent] = ()
 
 
 class Store(abc.ABC):
@@ -202,6 +258,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_stages(self, job_id: str) -> list[StageRecord]:
         """The job's stages in the order they started."""
+
+    @abc.abstractmethod
+    def get_workers(self, worker_ids: Iterable[str]) -> dict[str, WorkerRecord]: ...
+
+    @abc.abstractmethod
+    def list_workers(self, job_id: str | None = None, states: Sequence[str] = (), limit: int = 1000) -> list[WorkerRecord]:
+        """Workers (of one job, in some states), most recently seen first."""
+
+    @abc.abstractmethod
+    def list_cpu_samples(self, worker_id: str, limit: int = 60) -> list[CpuSample]:
+        """The worker's latest CPU samples, oldest first."""
+
+    @abc.abstractmethod
+    def list_worker_events(self, worker_id: str, limit: int = 100) -> list[WorkerEvent]:
+        """The worker's latest lifecycle events, oldest first."""
+
+    @abc.abstractmethod
+    def prune_cpu_samples(self, before_us: int) -> None: ...
 
     @abc.abstractmethod
     def close(self) -> None: ...

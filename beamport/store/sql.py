@@ -7,12 +7,15 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Integer, bindparam, create_engine, event, insert, select, update
+from sqlalchemy import Integer, bindparam, create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from beamport.store.base import (
     FILTER_ACTIVE,
+    CpuSample,
+    WorkerEvent,
+    WorkerRecord,
     FILTER_TERMINATED,
     ActiveNameTaken,
     JobQuery,
@@ -26,7 +29,16 @@ from beamport.store.base import (
     WorkItemRecord,
     Write,
 )
-from beamport.store.tables import job_messages, job_metrics, jobs, stage_runs, work_items
+from beamport.store.tables import (
+    job_messages,
+    job_metrics,
+    jobs,
+    stage_runs,
+    work_items,
+    worker_cpu_samples,
+    worker_events,
+    workers,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -105,6 +117,12 @@ class SqlStore(Store):
                 ]
                 self._upsert(conn, job_metrics, ["job_id", "metric_key"], [vars(m) for m in write.metrics])
                 self._upsert(conn, stage_runs, ["job_id", "stage"], [vars(st) for st in write.stages])
+                self._upsert(conn, workers, ["worker_id"], [vars(w) for w in write.workers])
+                # A sample repeated (a retried request) is the same sample: keep the first.
+                self._insert_new(conn, worker_cpu_samples, ["worker_id", "time_us"], [vars(c) for c in write.cpu_samples])
+                events = [{k: v for k, v in vars(e).items() if k != "seq"} for e in write.worker_events]
+                if events:
+                    conn.execute(insert(worker_events), events)
         except IntegrityError as exc:
             text = str(exc.orig).lower()
             if "uq_jobs_active_name" in text or ("unique" in text and "jobs.name" in text):
@@ -162,6 +180,19 @@ class SqlStore(Store):
         stmt = dialect_insert(table)
         updates = {c.name: stmt.excluded[c.name] for c in table.c if c.name not in key}
         conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=updates), rows)
+
+    def _insert_new(self, conn, table, key: list[str], rows: list[dict]) -> None:
+        if not rows:
+            return
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        conn.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=key), rows)
+
+    def prune_cpu_samples(self, before_us: int) -> None:
+        with self._writer.begin() as conn:
+            conn.execute(delete(worker_cpu_samples).where(worker_cpu_samples.c.time_us < before_us))
 
     # -- reads --------------------------------------------------------------
 
@@ -258,6 +289,44 @@ class SqlStore(Store):
         stmt = select(*stage_runs.c).where(stage_runs.c.job_id == job_id).order_by(stage_runs.c.ordinal)
         with self.engine.connect() as conn:
             return [StageRecord(**row._mapping) for row in conn.execute(stmt)]
+
+    def get_workers(self, worker_ids) -> dict[str, WorkerRecord]:
+        ids = list(dict.fromkeys(worker_ids))
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(*workers.c).where(workers.c.worker_id.in_(ids))).all()
+        return {row.worker_id: WorkerRecord(**row._mapping) for row in rows}
+
+    def list_workers(self, job_id=None, states=(), limit=1000) -> list[WorkerRecord]:
+        stmt = select(*workers.c)
+        if job_id is not None:
+            stmt = stmt.where(workers.c.job_id == job_id)
+        if states:
+            stmt = stmt.where(workers.c.state.in_(list(states)))
+        stmt = stmt.order_by(workers.c.last_seen_us.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [WorkerRecord(**row._mapping) for row in conn.execute(stmt)]
+
+    def list_cpu_samples(self, worker_id: str, limit: int = 60) -> list[CpuSample]:
+        stmt = (
+            select(*worker_cpu_samples.c)
+            .where(worker_cpu_samples.c.worker_id == worker_id)
+            .order_by(worker_cpu_samples.c.time_us.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [CpuSample(**row._mapping) for row in reversed(conn.execute(stmt).all())]
+
+    def list_worker_events(self, worker_id: str, limit: int = 100) -> list[WorkerEvent]:
+        stmt = (
+            select(*worker_events.c)
+            .where(worker_events.c.worker_id == worker_id)
+            .order_by(worker_events.c.seq.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [WorkerEvent(**row._mapping) for row in reversed(conn.execute(stmt).all())]
 
     def close(self) -> None:
         self.engine.dispose()

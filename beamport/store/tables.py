@@ -1,6 +1,6 @@
 """The database schema (SQLAlchemy Core). Changes here need a migration in migrations/versions."""
 
-from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, SmallInteger, String, Table, Text, true
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, SmallInteger, String, Table, Text, true
 
 metadata = MetaData()
 
@@ -68,6 +68,7 @@ work_items = Table(
     Column("start_us", BigInteger, nullable=True),
     Column("end_us", BigInteger, nullable=True),
     Column("version", Integer, nullable=False),
+    Column("failures", Text, nullable=False, server_default="[]"),  # JSON: [{attempt, worker, reason}]
     Index("ix_work_items_job", "job_id"),
     Index("ix_work_items_state", "state", "id"),
     sqlite_autoincrement=True,
@@ -95,4 +96,55 @@ stage_runs = Table(
     Column("worker_id", String(256), nullable=True),
     Column("work_item_id", BigInteger, nullable=True),
     Column("ordinal", Integer, nullable=False),  # the order stages started in
+)
+
+# The worker registry: each worker the service has heard from, its last health and CPU sample.
+workers = Table(
+    "workers",
+    metadata,
+    Column("worker_id", String(256), primary_key=True),
+    Column("project_id", String(128), nullable=False),
+    Column("location", String(64), nullable=False),
+    Column("job_id", String(128), nullable=False),  # the job it serves (or served last)
+    Column("state", String(16), nullable=False),  # RUNNING, UNHEALTHY, BROKEN, LOST, SHUTDOWN, STOPPED
+    Column("reason", Text, nullable=False, server_default=""),  # why it is not RUNNING
+    Column("labels", Text, nullable=False),
+    Column("container_start_us", BigInteger, nullable=True),
+    Column("vm_startup_us", BigInteger, nullable=True),
+    Column("first_seen_us", BigInteger, nullable=False),
+    Column("last_seen_us", BigInteger, nullable=False),
+    Column("last_health_us", BigInteger, nullable=True),
+    Column("health", Text, nullable=False, server_default="{}"),  # the last WorkerHealthReport
+    Column("report_interval_us", BigInteger, nullable=False),  # the health interval the service asked for
+    Column("cpu_total_ms", BigInteger, nullable=True),
+    Column("cpu_rate", Float, nullable=True),
+    Column("cpu_us", BigInteger, nullable=True),
+    Column("work_item_id", BigInteger, nullable=True),
+    Column("stacks_request_us", BigInteger, nullable=True),
+    Column("stacks_us", BigInteger, nullable=True),
+    Column("stacks", Text, nullable=False, server_default="[]"),  # the last thread stacks it sent
+    Index("ix_workers_job", "job_id"),
+    Index("ix_workers_state", "state"),
+)
+
+worker_cpu_samples = Table(
+    "worker_cpu_samples",
+    metadata,
+    Column("worker_id", String(256), primary_key=True),
+    Column("time_us", BigInteger, primary_key=True),
+    Column("total_ms", BigInteger, nullable=False),
+    Column("rate", Float, nullable=False),
+)
+
+worker_events = Table(
+    "worker_events",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("worker_id", String(256), nullable=False),
+    Column("job_id", String(128), nullable=False),
+    Column("time_us", BigInteger, nullable=False),
+    Column("event", String(128), nullable=False),
+    Column("detail", Text, nullable=False),  # JSON
+    Index("ix_worker_events_worker_seq", "worker_id", "seq"),
+    sqlite_autoincrement=True,
 )
