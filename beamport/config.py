@@ -17,7 +17,10 @@ class Settings:
     database_url: str | None = field(default_factory=lambda: os.environ.get("BEAMPORT_DATABASE_URL") or None)
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     log_level: str = "info"
-    max_concurrent_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Workers `serve` runs on this host (each runs one job's work at a time); 0: only remote workers.
+    local_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # How often workers report their health, unless the service asks otherwise (it adapts per worker).
+    worker_report_interval_s: float = 5.0
     sdk_workers_per_job: int = 1  # for jobs whose options do not say (num_workers, direct_num_workers)
     # Where files named in requests may be read and written, besides the data dir and the start directory.
     allow_paths: list[Path] = field(default_factory=list)

@@ -4,5 +4,23 @@
 CODE_LOG = "BEAMPORT_JOB_LOG"  # parameters: importance (JOB_MESSAGE_*), text
 CODE_STAGE = "BEAMPORT_STAGE_STATE"  # parameters: stage, state (JOB_STATE_RUNNING / DONE / FAILED)
 CODE_HARNESS_STARTED = "HARNESS_STARTED"
+CODE_STACKTRACES = "BEAMPORT_STACKTRACES"  # parameters: stacks, a list of Dataflow Stack objects
+CODE_STAGING_FAILED = "STAGING_FILES_DOWNLOAD_ERROR"  # parameters: error
+
+# In a reportStatus answer's harnessData: the service wants this worker's thread stacks (debug.getWorkerStacktraces).
+HARNESS_SEND_STACKS = "beamport.sendStacktraces"
+
+# workerLifecycleEvent events the workers send (the Dataflow names).
+CONTAINER_START = "CONTAINER_START"
+STAGING_FILES_DOWNLOAD_START = "STAGING_FILES_DOWNLOAD_START"
+STAGING_FILES_DOWNLOAD_FINISH = "STAGING_FILES_DOWNLOAD_FINISH"
+SDK_INSTALL_START = "SDK_INSTALL_START"
+SDK_INSTALL_FINISH = "SDK_INSTALL_FINISH"
+
+# Labels of every worker message.
+LABEL_JOB = "JOB_ID"
+LABEL_WORKER = "WORKER_ID"
+LABEL_WORK_ITEM = "WORK_ITEM_ID"
+CONTAINER_TYPE = "beamport-worker"
 
 WORK_ITEM_TYPE = "beamport.pipeline"  # a work item that is a job's whole pipeline

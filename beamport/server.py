@@ -14,10 +14,13 @@ from beamport.files import FilePolicy
 from beamport.http.app import create_app
 from beamport.service.execution import ExecutionService
 from beamport.service.jobs import JobService
+from beamport.service.workers import WorkerRegistry
 from beamport.store import open_store
 from beamport.worker.pool import LocalWorkerPool
 
 log = logging.getLogger("beamport")
+
+SWEEP_EVERY_S = 0.5
 
 
 def _warm_up() -> None:
@@ -33,25 +36,51 @@ def _warm_up() -> None:
         gc.set_threshold(20_000, 20, 20)
 
 
+class Sweeper:
+    """The service's own clock: abandons lost workers and expired leases, whoever runs the workers."""
+
+    def __init__(self, registry: WorkerRegistry, every_s: float = SWEEP_EVERY_S):
+        self.registry = registry
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.registry.sweep()
+            except Exception:  # a database hiccup must not stop the sweeps to come
+                log.exception("sweep failed")
+
+
 def build_app(settings: Settings, with_workers: bool = True):
     store = open_store(settings.database_url, settings.data_dir)
-    execution = ExecutionService(store)
-    hooks: dict = {}
-    if with_workers and settings.max_concurrent_jobs > 0:
+    execution = ExecutionService(store, default_report_interval_us=int(settings.worker_report_interval_s * 1e6))
+    registry = WorkerRegistry(store, execution)
+    sweeper = Sweeper(registry)
+    hooks: dict = {"on_startup": [sweeper.start], "on_shutdown": [sweeper.stop]}
+    if with_workers and settings.local_workers > 0:
         pool = LocalWorkerPool(
             execution,
             settings.endpoint,
-            settings.max_concurrent_jobs,
+            settings.local_workers,
             settings.allowed_roots(),
             settings.data_dir,
             sdk_workers=settings.sdk_workers_per_job,
         )
-        hooks = {"on_startup": [pool.start], "on_shutdown": [pool.stop]}
+        hooks["on_startup"].append(pool.start)
+        hooks["on_shutdown"].insert(0, pool.stop)
     jobs = JobService(store, FilePolicy(settings.allowed_roots()))
     # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.
-    warm = threading.Thread(target=_warm_up, daemon=True)
-    hooks.setdefault("on_startup", []).append(warm.start)
-    return create_app(settings, jobs, execution, **hooks)
+    hooks["on_startup"].append(threading.Thread(target=_warm_up, daemon=True).start)
+    return create_app(settings, jobs, execution, registry, **hooks)
 
 
 def serve(settings: Settings) -> None:

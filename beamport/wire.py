@@ -167,3 +167,20 @@ def format_timestamp_us(us: int) -> str:
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def format_duration_us(us: int) -> str:
+    """A google.protobuf.Duration in its JSON form: "5s", "0.200s", "1.000500s"."""
+    seconds, micros = divmod(us, 1_000_000)
+    if not micros:
+        return f"{seconds}s"
+    if micros % 1000 == 0:
+        return f"{seconds}.{micros // 1000:03d}s"
+    return f"{seconds}.{micros:06d}s"
+
+
+def parse_duration_us(value: str) -> int:
+    """The microseconds of a Duration's JSON form ("5s", "0.2s"); ValueError when malformed."""
+    if not value.endswith("s"):
+        raise ValueError(value)
+    return round(float(value[:-1]) * 1_000_000)

@@ -160,14 +160,16 @@ def test_failing_pipeline_ends_failed_with_the_traceback(runner, project, workdi
     assert any("Traceback" in e and "explode" in e and "ValueError: boom on element 3" in e for e in errors), errors
 
 
-def worker_group(server: Server, api: Api, job_id: str) -> int:
-    """The process group of the job's worker (the pool starts each worker in a session of its own)."""
+def worker_groups(server: Server, api: Api, job_id: str) -> tuple[int, int]:
+    """The process groups of the job's worker and of the executor running its work (each leads its own),
+    from the worker registry: the worker's CONTAINER_ID label and its CONTAINER_START event."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        found = re.search(r"Starting 1 worker \((local-\w+)\)", "\n".join(texts(api, job_id)))
-        pid_file = server.data_dir / "workers" / f"{found.group(1)}.pid" if found else None
-        if pid_file and pid_file.exists():
-            return int(pid_file.read_text())
+        for worker in api.client.get(f"{server.url}/beamport/v1/workers", params={"jobId": job_id}).json()["workers"]:
+            events = api.client.get(f"{server.url}/beamport/v1/workers/{worker['workerId']}").json()["lifecycleEvents"]
+            starts = [e for e in events if e["event"] == "CONTAINER_START" and e["jobId"] == job_id]
+            if starts:
+                return int(worker["labels"]["CONTAINER_ID"]), int(starts[-1]["metadata"]["executor_pid"])
         time.sleep(0.05)
     raise AssertionError(f"no worker started for job {job_id}")
 
@@ -200,12 +202,15 @@ def test_cancel_stops_the_run_within_two_seconds(runner, project, workdir):
     while not any(s.get("executionStageState") == "JOB_STATE_RUNNING" for s in api.get(job_id).json().get("stageStates", [])):
         assert time.monotonic() - wait < 60, "no stage ever started"
         time.sleep(0.1)
-    group = worker_group(runner, api, job_id)
+    _worker, group = worker_groups(runner, api, job_id)
     assert alive_in_group(group)
 
     started = time.monotonic()
     assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
     wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=2)
+    # The worker's executor learns it from its next report's answer, and stops with its SDK workers.
+    while alive_in_group(group) and time.monotonic() - started < 2:
+        time.sleep(0.02)
     assert time.monotonic() - started < 2
     assert alive_in_group(group) == []
     assert not list((workdir / "slow").glob("out*"))
@@ -236,7 +241,7 @@ def test_a_restart_during_a_run_runs_the_work_again(tmp_path, project, backend):
         api = Api(srv.url, project)
         job_id = submit_slow(srv, project, tmp_path, "resumed", 3)
         wait_state(api, job_id, {"JOB_STATE_RUNNING"})
-        first_worker = worker_group(srv, api, job_id)
+        first_worker, first_executor = worker_groups(srv, api, job_id)
         srv.stop(signal.SIGKILL)
         srv.start()
         done = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
@@ -244,7 +249,7 @@ def test_a_restart_during_a_run_runs_the_work_again(tmp_path, project, backend):
         assert any("restarted" in t and "attempt 2" in t for t in texts(api, job_id))
         assert read_output(tmp_path / "resumed" / "out") == ["1"]
         # The first server's worker did not outlive the restart (the new server killed it).
-        assert alive_in_group(first_worker) == []
+        assert alive_in_group(first_worker) == [] and alive_in_group(first_executor) == []
     finally:
         srv.stop()
 

@@ -102,14 +102,30 @@ def test_a_worker_runs_a_job_to_done(api):
     assert late["completeWorkStatus"]["code"] == 1
 
 
-def test_a_failed_run_fails_the_job_with_its_errors(api):
+def test_a_failed_attempt_is_retried_and_the_fourth_failure_fails_the_job(api):
     job = api.create("failing")
-    worker = Worker(api, job["id"])
-    item = worker.lease().json()["workItems"][0]
-    error = "Traceback (most recent call last):\n  ...\nValueError: boom"
-    assert worker.report(item["id"], 1, completed=True, errors=[{"code": 2, "message": error}]).status_code == 200
-    assert api.get(job["id"]).json()["currentState"] == "JOB_STATE_FAILED"
-    assert error in texts(api, job["id"], minimumImportance="JOB_MESSAGE_ERROR")
+    for attempt in range(1, 5):
+        worker = Worker(api, job["id"], f"w-{attempt}")
+        leased = worker.lease().json()
+        assert leased, f"attempt {attempt} found no work to lease"
+        item = leased["workItems"][0]
+        assert item["configuration"].count(f'"attempt": {attempt}') == 1
+        error = f"Traceback (most recent call last):\n  ...\nValueError: boom {attempt}"
+        answer = worker.report(item["id"], int(item["initialReportIndex"]), completed=True,
+                               errors=[{"code": 2, "message": error}])
+        assert answer.status_code == 200, answer.text
+        state = api.get(job["id"]).json()["currentState"]
+        assert state == ("JOB_STATE_FAILED" if attempt == 4 else "JOB_STATE_RUNNING"), attempt
+    errors = "\n".join(texts(api, job["id"], minimumImportance="JOB_MESSAGE_ERROR"))
+    assert "failed 4 times" in errors
+    for attempt in range(1, 5):  # the final message names each failure, with its worker
+        assert f"attempt {attempt} on worker w-{attempt}: Traceback" in errors and f"boom {attempt}" in errors
+    warnings = texts(api, job["id"], minimumImportance="JOB_MESSAGE_WARNING")
+    assert sum("will be leased again" in t for t in warnings) == 3
+    assert any("Worker w-2 took over work item" in t for t in texts(api, job["id"]))
+    # A worker whose attempt ended is told to stop if it reports again.
+    late = Worker(api, job["id"], "w-1").report(item["id"], 9).json()["workItemServiceStates"][0]
+    assert late["completeWorkStatus"]["code"] in (1, 10)
 
 
 def test_cancel_reaches_the_worker(api):
@@ -144,7 +160,9 @@ def test_protocol_errors_change_nothing(api):
 
     refused(worker.send({**worker.code("X"), "labels": {}}), 400, "INVALID_ARGUMENT")
     refused(worker.send({**worker.code("X"), "labels": {"JOB_ID": "2020-01-01_00_00_00-1"}}), 404, "NOT_FOUND")
-    refused(worker.send({"labels": {"JOB_ID": job["id"]}, "workerHealthReport": {"vmIsHealthy": True}}), 501, "UNIMPLEMENTED")
+    refused(worker.send({"labels": {"JOB_ID": job["id"]}, "workerHealthReport": {"vmIsHealthy": True}}), 400, "INVALID_ARGUMENT")
+    refused(worker.send({**worker.code("X"), "perWorkerMetrics": {}}), 400, "INVALID_ARGUMENT")
+    refused(worker.send({"labels": worker.code("X")["labels"], "streamingScalingReport": {}}), 501, "UNIMPLEMENTED")
     refused(worker.send({"labels": {"JOB_ID": job["id"]}, "workerHealthReport": {"vmIsHealthy": "yes"}}), 400, "INVALID_ARGUMENT")
     refused(worker.send(worker.code("BEAMPORT_JOB_LOG", importance="LOUD", text="x")), 400, "INVALID_ARGUMENT")
     refused(worker.send(worker.code("BEAMPORT_STAGE_STATE", stage="F", state="JOB_STATE_PAUSED")), 400, "INVALID_ARGUMENT")

@@ -27,8 +27,14 @@ def serve(
     ),
     max_request_bytes: int = typer.Option(DEFAULT_MAX_REQUEST_BYTES, help="Largest request body accepted."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
-    max_concurrent_jobs: int = typer.Option(
-        os.cpu_count() or 1, help="Jobs run at once by this server's local workers (0: none; others queue)."
+    workers: int = typer.Option(
+        os.cpu_count() or 1,
+        "--workers",
+        "--max-concurrent-jobs",
+        help="Workers run on this host, each running one job at a time (0: none; remote workers only).",
+    ),
+    worker_report_interval: float = typer.Option(
+        5.0, help="Seconds between a worker's health reports, until the service adapts it."
     ),
     allow_path: list[Path] = typer.Option(
         [], help="A directory where jobs may read and write files, besides the data dir and the start directory."
@@ -48,7 +54,8 @@ def serve(
             database_url=database_url,
             max_request_bytes=max_request_bytes,
             log_level=log_level,
-            max_concurrent_jobs=max_concurrent_jobs,
+            local_workers=workers,
+            worker_report_interval_s=worker_report_interval,
             allow_paths=allow_path,
             sdk_workers_per_job=sdk_workers_per_job,
         )
@@ -58,38 +65,30 @@ def serve(
 @app.command()
 def worker(
     endpoint: str = typer.Option(..., envvar="BEAMPORT_ENDPOINT", help="The service's address."),
-    project: Optional[str] = typer.Option(None, help="The job's project."),
-    region: str = typer.Option("us-central1", help="The job's region."),
-    job_id: Optional[str] = typer.Option(None, help="The job whose work to lease and run."),
+    data_dir: Path = typer.Option(Path("beamport-worker"), help="Where this worker keeps its executors' logs."),
+    project: str = typer.Option("-", help="Lease only work of this project ('-': any)."),
+    region: str = typer.Option("-", help="Lease only work of jobs in this region ('-': any)."),
+    job_id: str = typer.Option("-", help="Lease only work of this job ('-': any)."),
     worker_id: Optional[str] = typer.Option(None, help="This worker's name (default: host and pid)."),
-    allow_path: list[Path] = typer.Option([], help="A directory the job may read and write files in."),
+    allow_path: list[Path] = typer.Option([], help="A directory jobs may read and write files in."),
     sdk_workers: int = typer.Option(1, help="SDK worker processes, when the job's options do not say."),
-    standby: bool = typer.Option(
-        False, help="Get ready (import the engine), then read the job to run from stdin as one JSON line."
-    ),
+    once: bool = typer.Option(False, help="Run at most one work item, then exit."),
+    preemptible: bool = typer.Option(False, help="A SIGTERM means preemption (the shutdown notice says so)."),
+    poll_interval: float = typer.Option(0.25, help="Seconds between lease attempts while there is no work."),
 ):
-    """Run a worker: lease a job's work through the API, run it on the embedded engine, report until it ends."""
-    import json
+    """Run a worker: lease work through the API, run it on the embedded engine, report until it ends."""
     import logging
-    import sys
 
-    from beamport.worker.harness import run
+    from beamport.worker.harness import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if standby:
-        from beamport.worker.harness import warm_up
-
-        warm_up()
-        line = sys.stdin.readline()
-        if not line:
-            raise typer.Exit(0)  # the pool stopped without needing this worker
-        assignment = json.loads(line)
-        project, region, job_id = assignment["project"], assignment["region"], assignment["job_id"]
-        worker_id = assignment.get("worker_id", worker_id)
-    if not project or not job_id:
-        raise typer.BadParameter("--project and --job-id are required (or --standby)")
     roots = [p.resolve() for p in allow_path]
-    raise typer.Exit(run(endpoint, project, region, job_id, worker_id, roots, sdk_workers))
+    raise typer.Exit(
+        Worker(
+            endpoint, data_dir.resolve(), worker_id, roots, sdk_workers, project, region, job_id,
+            once=once, preemptible=preemptible, poll_s=poll_interval,
+        ).run()
+    )  # fmt: skip
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ class StagedJob:
     main_session: Path | None = None  # the pickled main session (save_main_session), a local file
     python_path: list[str] = field(default_factory=list)  # staged pure-Python wheels, importable as they are
     rewritten_environments: list[str] = field(default_factory=list)  # ids of the environments rewritten
+    staged_bytes: int = 0  # the size of the staged files read (pipeline, main session, packages)
 
     def pipeline_options(self):
         """The options as Beam's PipelineOptions, as Dataflow's SDK harness builds them."""

@@ -66,7 +66,9 @@ def stage_job(job: dict, policy: FilePolicy, workdir: Path | None = None) -> tup
             "submitted by Beam's DataflowRunner (portable job submission) can run on this Beamport.",
         )
     try:
-        pipeline = beam_runner_api_pb2.Pipeline.FromString(policy.read_bytes(pipeline_url))
+        pipeline_bytes = policy.read_bytes(pipeline_url)
+        fetch.bytes_read += len(pipeline_bytes)
+        pipeline = beam_runner_api_pb2.Pipeline.FromString(pipeline_bytes)
     except DecodeError as exc:
         raise ApiError("INVALID_ARGUMENT", f"{pipeline_url} is not a Beam pipeline proto: {exc}") from None
     # Temp and staging locations are the operator's business too, even though the engine itself only reads.
@@ -124,6 +126,7 @@ def stage_job(job: dict, policy: FilePolicy, workdir: Path | None = None) -> tup
         main_session=main_session,
         python_path=python_path,
         rewritten_environments=rewritten,
+        staged_bytes=fetch.bytes_read,
     )
     return staged, warnings
 
@@ -189,20 +192,26 @@ class _Fetcher:
     def __init__(self, policy: FilePolicy, workdir: Path | None):
         self.policy = policy
         self.workdir = workdir
+        self.bytes_read = 0
 
     def read_text(self, location: str) -> str:
-        return self.policy.read_bytes(location).decode("utf-8", errors="replace")
+        data = self.policy.read_bytes(location)
+        self.bytes_read += len(data)
+        return data.decode("utf-8", errors="replace")
 
     def local_path(self, location: str, name: str) -> Path:
         if scheme_of(location) != "gs":
             path = Path(self.policy.check(location))
             if not path.is_file():
                 raise ApiError("NOT_FOUND", f"The staged file {name} ({location}) does not exist.")
+            self.bytes_read += path.stat().st_size
             return path
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="beamport-staged-"))
         path = self.workdir / os.path.basename(name)
-        path.write_bytes(self.policy.read_bytes(location))
+        data = self.policy.read_bytes(location)
+        self.bytes_read += len(data)
+        path.write_bytes(data)
         return path
 
 

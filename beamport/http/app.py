@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from beamport.errors import ApiError
-from beamport.http import execution, jobs
+from beamport.http import execution, jobs, workers
 from beamport.http.protocol import error_response
-from beamport.http.unimplemented import NO_SNAPSHOTS, NO_SQL, NO_TEMPLATES, NO_WORKERS, not_yet
+from beamport.http.unimplemented import NO_SNAPSHOTS, NO_SQL, NO_TEMPLATES, NO_DEBUG, not_yet
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,9 @@ def routes() -> list[Route]:
         *_twins("/jobs/{jobId}:snapshot", not_yet("jobs.snapshot", NO_SNAPSHOTS), ["POST"]),
         *_twins("/jobs/{jobId}/workItems:lease", execution.lease, ["POST"]),
         *_twins("/jobs/{jobId}/workItems:reportStatus", execution.report_status, ["POST"]),
-        *_twins("/jobs/{jobId}/debug/getConfig", not_yet("jobs.debug.getConfig", NO_WORKERS), ["POST"]),
-        *_twins("/jobs/{jobId}/debug/sendCapture", not_yet("jobs.debug.sendCapture", NO_WORKERS), ["POST"]),
-        Route(
-            L + "/jobs/{jobId}/debug/getWorkerStacktraces",
-            not_yet("jobs.debug.getWorkerStacktraces", NO_WORKERS),
-            methods=["POST"],
-        ),
+        *_twins("/jobs/{jobId}/debug/getConfig", not_yet("jobs.debug.getConfig", NO_DEBUG), ["POST"]),
+        *_twins("/jobs/{jobId}/debug/sendCapture", not_yet("jobs.debug.sendCapture", NO_DEBUG), ["POST"]),
+        Route(L + "/jobs/{jobId}/debug/getWorkerStacktraces", workers.get_worker_stacktraces, methods=["POST"]),
         Route(L + "/jobs/{jobId}/executionDetails", execution.execution_details, methods=["GET"]),
         Route(L + "/jobs/{jobId}/stages/{stageId}/executionDetails", execution.stage_execution_details, methods=["GET"]),
         Route(L + "/jobs/{jobId}/snapshots", not_yet("jobs.snapshots.list", NO_SNAPSHOTS), methods=["GET"]),
@@ -49,7 +45,7 @@ def routes() -> list[Route]:
         *_twins("/jobs/{jobId}", jobs.update, ["PUT"]),
         *_twins("/jobs", jobs.list_, ["GET"]),
         *_twins("/jobs", jobs.create, ["POST"]),
-        *_twins("/WorkerMessages", execution.worker_messages, ["POST"]),
+        *_twins("/WorkerMessages", workers.worker_messages, ["POST"]),
         *_twins("/snapshots/{snapshotId}", not_yet("snapshots.get", NO_SNAPSHOTS), ["GET"]),
         Route(L + "/snapshots/{snapshotId}", not_yet("snapshots.delete", NO_SNAPSHOTS), methods=["DELETE"]),
         *_twins("/snapshots", not_yet("snapshots.list", NO_SNAPSHOTS), ["GET"]),
@@ -59,6 +55,9 @@ def routes() -> list[Route]:
         *_twins("/templates", not_yet("templates.create", NO_TEMPLATES), ["POST"]),
         Route(L + "/flexTemplates:launch", not_yet("flexTemplates.launch", NO_TEMPLATES), methods=["POST"]),
         Route(L + "/sql:validate", not_yet("sql.validate", NO_SQL), methods=["GET"]),
+        # Beamport's own (not Dataflow's): the worker registry.
+        Route("/beamport/v1/workers", workers.list_workers, methods=["GET"]),
+        Route("/beamport/v1/workers/{workerId:path}", workers.get_worker, methods=["GET"]),
     ]
     return table
 
@@ -78,7 +77,7 @@ async def _internal_error(request: Request, exc: Exception):
     return error_response(ApiError("INTERNAL", "Internal error encountered."))
 
 
-def create_app(settings, jobs_service, execution_service, on_startup=(), on_shutdown=()) -> Starlette:
+def create_app(settings, jobs_service, execution_service, worker_registry, on_startup=(), on_shutdown=()) -> Starlette:
     @asynccontextmanager
     async def lifespan(app):
         for start in on_startup:
@@ -96,5 +95,6 @@ def create_app(settings, jobs_service, execution_service, on_startup=(), on_shut
     app.state.settings = settings
     app.state.jobs = jobs_service
     app.state.execution = execution_service
+    app.state.workers = worker_registry
     app.state.inline_reads = jobs_service.reads_never_wait
     return app

@@ -39,9 +39,16 @@ async def stage_execution_details(request: Request) -> dict:
     )
 
 
+def _or_any(request: Request, name: str, parse) -> str:
+    """`-` (AIP-159's wildcard) or a valid value: a worker may lease the work of any job."""
+    return "-" if request.path_params.get(name) == "-" else parse(request)
+
+
 @api
 async def lease(request: Request) -> dict:
-    project, location, job_id = project_param(request), location_param(request), id_param(request, "jobId")
+    project = _or_any(request, "projectId", project_param)
+    location = _or_any(request, "location", location_param)
+    job_id = _or_any(request, "jobId", lambda r: id_param(r, "jobId"))
     body = await read_json(request)
     return await call(_service(request).lease, project, location, job_id, body)
 
@@ -53,8 +60,3 @@ async def report_status(request: Request) -> dict:
     return await call(_service(request).report_status, project, location, job_id, body)
 
 
-@api
-async def worker_messages(request: Request) -> dict:
-    project, location = project_param(request), location_param(request)
-    body = await read_json(request)
-    return await call(_service(request).worker_messages, project, location, body)

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from beamport.errors import unimplemented
 from beamport.http.protocol import api
 
-NO_WORKERS = "this Beamport server has no worker registry yet"
+NO_DEBUG = "Beamport's workers take no debug configuration and send no debug captures"
 NO_SNAPSHOTS = "snapshots need a streaming engine that checkpoints state, which this Beamport server does not have yet"
 NO_TEMPLATES = "this Beamport server cannot launch templates yet"
 NO_SQL = "this Beamport server has no GoogleSQL validator yet"

@@ -16,7 +16,7 @@ import orjson
 
 from beamport import schema, wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument, not_found, unimplemented
-from beamport.protocol import CODE_HARNESS_STARTED, CODE_LOG, CODE_STAGE, WORK_ITEM_TYPE
+from beamport.protocol import CODE_HARNESS_STARTED, CODE_LOG, CODE_STAGE, HARNESS_SEND_STACKS, WORK_ITEM_TYPE
 from beamport.service import model
 from beamport.service.documents import (
     close_work_items,
@@ -33,6 +33,10 @@ from beamport.store.base import (
     WORK_FAILED,
     WORK_LEASED,
     WORK_PENDING,
+    WORKER_BROKEN,
+    WORKER_LIVE_STATES,
+    WORKER_RUNNING,
+    WORKER_SHUTDOWN,
     JobChange,
     JobRecord,
     MetricRecord,
@@ -40,6 +44,7 @@ from beamport.store.base import (
     Store,
     VersionConflict,
     WorkItemChange,
+    WorkerRecord,
     WorkItemRecord,
     Write,
 )
@@ -50,19 +55,10 @@ _RETRIES = 50
 DEFAULT_LEASE_US = 60_000_000
 MAX_LEASE_US = 600_000_000
 REPORT_INTERVAL = "1s"
-MAX_WORKER_MESSAGES = 1000
+# Dataflow retries a failing batch work item up to 4 times: the 4th failure fails the job.
+MAX_FAILURES = 4
+ANY = "-"  # AIP-159: a wildcard for the project, location or job of a lease
 
-# WorkerMessage kinds that need the worker registry (not built yet).
-_REGISTRY_KINDS = (
-    "workerHealthReport",
-    "workerMetrics",
-    "workerLifecycleEvent",
-    "workerShutdownNotice",
-    "perWorkerMetrics",
-    "streamingScalingReport",
-    "workerThreadScalingReport",
-    "dataSamplingReport",
-)
 _EXECUTION_STATE = {
     model.RUNNING: "EXECUTION_STATE_RUNNING",
     model.DONE: "EXECUTION_STATE_SUCCEEDED",
@@ -70,6 +66,7 @@ _EXECUTION_STATE = {
     model.CANCELLED: "EXECUTION_STATE_CANCELLED",
 }
 _STOP_STATES = (model.CANCELLING,)
+_ABORTED = 10  # google.rpc.Code: the work item must stop (its lease was revoked)
 
 
 def _duration_us(value: str | None, default: int) -> int:
@@ -83,49 +80,99 @@ def metric_key(update: dict) -> str:
     return orjson.dumps(update.get("name", {}), option=orjson.OPT_SORT_KEYS).decode()
 
 
+def failures_of(item: WorkItemRecord) -> list[dict]:
+    return orjson.loads(item.failures or "[]")
+
+
 class ExecutionService:
-    def __init__(self, store: Store, clock=wire.now_us):
+    def __init__(self, store: Store, clock=wire.now_us, default_report_interval_us: int = 5_000_000):
         self.store = store
         self.clock = clock
+        # The health report interval a worker is first given (the registry adapts it per worker).
+        self.default_report_interval_us = default_report_interval_us
 
     # -- the work-item protocol -------------------------------------------------
 
     def lease(self, project_id: str, location: str, job_id: str, body: dict) -> dict:
+        """Lease work of a job, or with `-` for the job (and project, location) of any job that has some."""
         request = schema.check(body, "LeaseWorkItemRequest")
         worker_id = request.get("workerId")
         if not worker_id:
             raise invalid_argument("workerId is required to lease work.")
         lease_us = _duration_us(request.get("requestedLeaseDuration"), DEFAULT_LEASE_US)
+        if job_id != ANY:
+            load_job(self.store, project_id, location, job_id, with_detail=False)
+        worker = self.store.get_workers([worker_id]).get(worker_id)
+        if worker is not None and worker.state in (WORKER_BROKEN, WORKER_SHUTDOWN):
+            return {}  # abandoned: a broken or departing worker gets no more work
         for _ in range(_RETRIES):
-            job = load_job(self.store, project_id, location, job_id)
+            found = self._leasable(project_id, location, job_id)
+            if found is None:
+                return {}
+            job, item = found
             doc = document(job)
-            if not job.active or doc.get("currentState") in _STOP_STATES:
-                return {}
             now = self.clock()
-            leasable = [
-                item
-                for item in self.store.list_work_items(job_id)
-                if item.state == WORK_PENDING or (item.state == WORK_LEASED and (item.lease_expire_us or 0) < now)
-            ]
-            if not leasable:
-                return {}
-            item = leasable[0]
             expected_item, expected_job = item.version, job.version
             item.state, item.worker_id = WORK_LEASED, worker_id
             item.lease_expire_us = now + lease_us
             item.start_us = now
-            write = Write(changed_work_items=[WorkItemChange(item, expected_item)])
+            write = Write(
+                changed_work_items=[WorkItemChange(item, expected_item)],
+                workers=[self._serving(worker, worker_id, job, item, now)],
+            )
+            messages = []
             if doc.get("currentState") in model.NOT_STARTED_STATES:
                 move_to_state(doc, model.RUNNING, now)
+                messages.append(job_message(job.id, now, "JOB_MESSAGE_BASIC", "Workers have started successfully."))
+            failures = failures_of(item)
+            if item.attempt > 1:
+                after = f" (worker {failures[-1]['worker']}: {failures[-1]['reason']})" if failures else ""
+                messages.append(
+                    job_message(
+                        job.id, now, "JOB_MESSAGE_BASIC",
+                        f"Worker {worker_id} took over work item {item.id}, attempt {item.attempt}{after}.",
+                    )
+                )  # fmt: skip
+            if messages:
                 record_from_document(doc, job)
                 write.changed_jobs = [JobChange(job, expected_job)]
-                write.messages = [job_message(job_id, now, "JOB_MESSAGE_BASIC", "Workers have started successfully.")]
+                write.messages = messages
             try:
                 self.store.write(write)
             except VersionConflict:
                 continue
             return {"workItems": [self._render_item(job, item)]}
         raise ApiError("ABORTED", f"Too much contention leasing work of job {job_id}; try again.")
+
+    def _leasable(self, project_id: str, location: str, job_id: str) -> tuple[JobRecord, WorkItemRecord] | None:
+        """The oldest pending work item of the job (or of any job the wildcards match), with its job."""
+        if job_id != ANY:
+            job = load_job(self.store, project_id, location, job_id)
+            if not job.active or document(job).get("currentState") in _STOP_STATES:
+                return None
+            items = [item for item in self.store.list_work_items(job_id) if item.state == WORK_PENDING]
+            return (job, items[0]) if items else None
+        for item in self.store.list_work_items_in_state(WORK_PENDING, 1000):
+            job = self.store.get_job(None if project_id == ANY else project_id, item.job_id)
+            if job is None or not job.active or (location != ANY and job.location != location):
+                continue
+            if document(job).get("currentState") not in _STOP_STATES:
+                return job, item
+        return None
+
+    def _serving(self, worker: WorkerRecord | None, worker_id: str, job: JobRecord, item: WorkItemRecord, now: int):
+        """The registry entry of a worker that has just leased work."""
+        if worker is None:
+            worker = WorkerRecord(
+                worker_id=worker_id, project_id=job.project_id, location=job.location, job_id=job.id,
+                state=WORKER_RUNNING, labels="{}", first_seen_us=now, last_seen_us=now,
+                report_interval_us=self.default_report_interval_us,
+            )  # fmt: skip
+        worker.project_id, worker.location, worker.job_id = job.project_id, job.location, job.id
+        worker.work_item_id, worker.last_seen_us = item.id, now
+        if worker.state not in WORKER_LIVE_STATES:  # a worker that was lost (e.g. cut off) and came back
+            worker.state, worker.reason = WORKER_RUNNING, ""
+        return worker
 
     def _render_item(self, job: JobRecord, item: WorkItemRecord) -> dict:
         return {
@@ -136,7 +183,9 @@ class ExecutionService:
             "reportStatusInterval": REPORT_INTERVAL,
             "initialReportIndex": str(item.next_report_index),
             # What to run: the whole pipeline of the job, on the embedded engine.
-            "configuration": json.dumps({"kind": WORK_ITEM_TYPE, "attempt": item.attempt}),
+            "configuration": json.dumps(
+                {"kind": WORK_ITEM_TYPE, "attempt": item.attempt, "location": job.location}
+            ),
         }
 
     def report_status(self, project_id: str, location: str, job_id: str, body: dict) -> dict:
@@ -170,6 +219,14 @@ class ExecutionService:
             if item.state == WORK_CANCELLED or not job.active:
                 return {"completeWorkStatus": {"code": 1, "message": f"Job {job.id} is {doc.get('currentState')}."}}
             if item.state != WORK_LEASED or item.worker_id != worker_id:
+                lost = [f for f in failures_of(item) if f["worker"] == worker_id]
+                if lost:  # this worker held the work, and lost it: tell it to stop
+                    return {
+                        "completeWorkStatus": {
+                            "code": _ABORTED,
+                            "message": f"The lease of work item {item.id} was revoked: {lost[-1]['reason']}",
+                        }
+                    }
                 raise failed_precondition(f"Work item {item.id} is not leased to worker {worker_id}.")
             index = int(status.get("reportIndex", "0"))
             if index != item.next_report_index:
@@ -188,21 +245,19 @@ class ExecutionService:
                 "reportStatusInterval": REPORT_INTERVAL,
                 "nextReportIndex": str(item.next_report_index),
             }
+            worker = self.store.get_workers([worker_id]).get(worker_id)
+            if worker and (worker.stacks_request_us or 0) > (worker.stacks_us or 0):
+                answer["harnessData"] = {HARNESS_SEND_STACKS: True}
             if doc.get("currentState") == model.CANCELLING:
                 item.state, item.end_us = WORK_CANCELLED, now
                 self._end_job(doc, model.CANCELLED, now, write)
                 answer = {"completeWorkStatus": {"code": 1, "message": f"Job {job.id} was cancelled."}}
+            elif status.get("completed") and status.get("errors"):
+                reason = "; ".join(e.get("message") or f"error {e.get('code')}" for e in status["errors"])
+                self._fail_attempt(doc, item, reason, now, write)
             elif status.get("completed"):
-                errors = status.get("errors", [])
-                item.state, item.end_us = (WORK_FAILED if errors else WORK_DONE), now
-                messages = [
-                    job_message(job.id, now, "JOB_MESSAGE_ERROR", e.get("message") or f"Worker error {e.get('code')}")
-                    for e in errors
-                ]
-                if errors:
-                    messages.append(job_message(job.id, now, "JOB_MESSAGE_ERROR", "Workflow failed."))
-                write.messages = messages
-                self._end_job(doc, model.FAILED if errors else model.DONE, now, write)
+                item.state, item.end_us = WORK_DONE, now
+                self._end_job(doc, model.DONE, now, write)
             if write.messages or answer.get("completeWorkStatus"):
                 record_from_document(doc, job)
                 write.changed_jobs = [JobChange(job, expected_job)]
@@ -212,6 +267,92 @@ class ExecutionService:
                 continue
             return answer
         raise ApiError("ABORTED", f"Too much contention reporting work of job {job.id}; try again.")
+
+    def _fail_attempt(self, doc: dict, item: WorkItemRecord, reason: str, now: int, write: Write, counts=True) -> None:
+        """The current attempt of a leased work item ended without finishing the work (the worker reported an
+        error, or was lost, broken or shut down). Lease it again, or fail the job at the 4th failure. An
+        attempt that ends through no fault of the work (a shutdown notice, a server restart) is not counted."""
+        job_id, worker = item.job_id, item.worker_id or "unknown"
+        failures = failures_of(item)
+        failures.append({"attempt": item.attempt, "worker": worker, "reason": reason, "counted": counts,
+                         "startUs": item.start_us, "endUs": now})  # fmt: skip
+        item.failures = orjson.dumps(failures).decode()
+        counted = [f for f in failures if f.get("counted", True)]
+        if counts and len(counted) >= MAX_FAILURES:
+            item.state, item.end_us = WORK_FAILED, now
+            causes = "\n".join(f"  attempt {f['attempt']} on worker {f['worker']}: {f['reason']}" for f in counted)
+            write.messages = [
+                *write.messages,
+                job_message(job_id, now, "JOB_MESSAGE_ERROR", f"Work item {item.id} failed on worker {worker}: {reason}"),
+                job_message(
+                    job_id, now, "JOB_MESSAGE_ERROR",
+                    f"Workflow failed. Causes: The job failed because a work item has failed {MAX_FAILURES} times:\n"
+                    f"{causes}",
+                ),
+            ]  # fmt: skip
+            self._end_job(doc, model.FAILED, now, write)
+            return
+        item.state, item.worker_id, item.lease_expire_us, item.end_us = WORK_PENDING, None, None, now
+        item.attempt += 1
+        item.next_report_index = 1
+        left = MAX_FAILURES - len(counted)
+        what = f"failed ({len(counted)} of {MAX_FAILURES} failures allowed)" if counts else "stopped"
+        write.messages = [
+            *write.messages,
+            job_message(
+                job_id, now, "JOB_MESSAGE_WARNING" if counts else "JOB_MESSAGE_BASIC",
+                f"Work item {item.id} {what} on worker {worker}: {reason}\n"
+                f"It will be leased again (attempt {item.attempt}; {left} more failures fail the job).",
+            ),
+        ]  # fmt: skip
+
+    def release_work(self, worker_id: str, reason: str, counts: bool = True, job_id: str | None = None) -> int:
+        """Revoke the leases a worker holds and lease its work again (see _fail_attempt). Returns how many."""
+        items = [
+            item
+            for item in self.store.list_work_items_in_state(WORK_LEASED, 10_000)
+            if item.worker_id == worker_id and (job_id is None or item.job_id == job_id)
+        ]
+        for item in items:
+            self._revoke(item.id, worker_id, reason, counts)
+        return len(items)
+
+    def _revoke(self, item_id: int, worker_id: str | None, reason: str, counts: bool) -> None:
+        for _ in range(_RETRIES):
+            item = self.store.get_work_item(item_id)
+            if item is None or item.state != WORK_LEASED or (worker_id and item.worker_id != worker_id):
+                return
+            job = self.store.get_job(None, item.job_id)
+            if job is None:
+                return
+            doc, now = document(job), self.clock()
+            expected_item, expected_job = item.version, job.version
+            write = Write()
+            if doc.get("currentState") == model.CANCELLING or not job.active:
+                item.state, item.end_us = WORK_CANCELLED, now
+                if job.active:
+                    self._end_job(doc, model.CANCELLED, now, write)
+            else:
+                self._fail_attempt(doc, item, reason, now, write, counts)
+            write.changed_work_items = [WorkItemChange(item, expected_item)]
+            record_from_document(doc, job)
+            write.changed_jobs = [JobChange(job, expected_job)]
+            try:
+                self.store.write(write)
+                return
+            except VersionConflict:
+                continue
+
+    def expire_leases(self) -> None:
+        """Leases nobody renewed in time: the worker stopped reporting; its work goes to another."""
+        now = self.clock()
+        for item in self.store.list_work_items_in_state(WORK_LEASED, 10_000):
+            if item.lease_expire_us is not None and item.lease_expire_us < now:
+                self._revoke(
+                    item.id, item.worker_id,
+                    f"its lease expired at {timestamp(item.lease_expire_us)} without a report from the worker.",
+                    counts=True,
+                )  # fmt: skip
 
     def _changed_metrics(self, job_id: str, updates: list[dict], now: int) -> list[MetricRecord]:
         """Records for the reported metrics whose value changed. Reports are cumulative: an unchanged metric
@@ -234,34 +375,11 @@ class ExecutionService:
             job_message(doc["id"], now, "JOB_MESSAGE_BASIC", "Worker pool stopped."),
         ]
 
-    # -- worker messages -------------------------------------------------------------
+    # -- worker message codes -------------------------------------------------------
 
-    def worker_messages(self, project_id: str, location: str, body: dict) -> dict:
-        request = schema.check(body, "SendWorkerMessagesRequest")
-        messages = request.get("workerMessages", [])
-        if len(messages) > MAX_WORKER_MESSAGES:
-            raise invalid_argument(f"At most {MAX_WORKER_MESSAGES} worker messages per request, got {len(messages)}.")
-        by_job: dict[str, list[dict]] = {}
-        for i, message in enumerate(messages):  # everything is checked before anything changes
-            kinds = [kind for kind in _REGISTRY_KINDS if kind in message]
-            if kinds:
-                raise unimplemented(
-                    f"workerMessages[{i}] is a {kinds[0]}, which is not implemented: "
-                    "this Beamport server has no worker registry yet (only workerMessageCode is handled)."
-                )
-            job_id = message.get("labels", {}).get("JOB_ID")
-            if not job_id:
-                raise invalid_argument(f"workerMessages[{i}] has no JOB_ID label.")
-            code = message.get("workerMessageCode")
-            if not code or not code.get("code"):
-                raise invalid_argument(f"workerMessages[{i}] carries no workerMessageCode.")
-            _check_code(code, i)
-            by_job.setdefault(job_id, []).append(message)
-        for job_id in by_job:
-            load_job(self.store, project_id, location, job_id)
-        for job_id, job_messages in by_job.items():
-            self._record_worker_messages(job_id, job_messages)
-        return {"workerMessageResponses": [{} for _ in messages]}
+    def record_code_messages(self, job_id: str, messages: list[dict]) -> None:
+        """Apply workerMessageCode messages (checked by the registry) to the job: messages, stage states."""
+        self._record_worker_messages(job_id, messages)
 
     def _record_worker_messages(self, job_id: str, messages: list[dict]) -> None:
         def change(doc, now, write):
@@ -383,22 +501,23 @@ class ExecutionService:
             write.messages = [
                 job_message(
                     job_id, now, "JOB_MESSAGE_BASIC",
-                    f"The job is queued: {running} jobs are running, the most this server runs at once "
-                    "(beamport serve --max-concurrent-jobs).",
+                    f"The job is queued: the {running} workers of this server are busy "
+                    "(beamport serve --workers).",
                 )
             ]
             return True
 
         self._change_job(job_id, change)
 
-    def starting_worker(self, job_id: str, worker_id: str) -> None:
-        def change(doc, now, write):
-            write.messages = [
-                job_message(job_id, now, "JOB_MESSAGE_BASIC", f"Starting 1 worker ({worker_id}) on this host...")
-            ]
-            return True
+    def busy_workers(self) -> set[str]:
+        """Workers holding a lease."""
+        return {item.worker_id for item in self.store.list_work_items_in_state(WORK_LEASED, 10_000) if item.worker_id}
 
-        self._change_job(job_id, change)
+    def finish_cancels(self) -> None:
+        """A job cancelled while its work waited between attempts has no worker to stop: it is CANCELLED."""
+        for item in self.store.list_work_items_in_state(WORK_PENDING, 10_000):
+            if self.job_state(item.job_id) == model.CANCELLING:
+                self.complete_cancel(item.job_id)
 
     def complete_cancel(self, job_id: str) -> None:
         """The job's workers are stopped: a CANCELLING job is CANCELLED."""
@@ -412,70 +531,15 @@ class ExecutionService:
 
         self._change_job(job_id, change)
 
-    def worker_exited(self, job_id: str, worker_id: str, reason: str) -> None:
-        """A worker process ended. If it still held the job's work, the job failed."""
-
-        def change(doc, now, write):
-            held = [
-                i for i in self.store.list_work_items(job_id) if i.state == WORK_LEASED and i.worker_id == worker_id
-            ]
-            if not held or doc.get("currentState") in model.TERMINAL_STATES:
-                return False
-            if doc.get("currentState") == model.CANCELLING:
-                self._end_job(doc, model.CANCELLED, now, write)
-                write.changed_work_items = close_work_items(self.store, job_id, WORK_CANCELLED, now)
-                return True
-            write.messages = [job_message(job_id, now, "JOB_MESSAGE_ERROR", reason)]
-            self._end_job(doc, model.FAILED, now, write)
-            write.changed_work_items = close_work_items(self.store, job_id, WORK_FAILED, now)
-            return True
-
-        self._change_job(job_id, change)
-
-    def recover_after_restart(self) -> None:
-        """Work leased before a restart lost its worker: run it again; finish cancels that were under way."""
-        for item in self.store.list_work_items_in_state(WORK_LEASED, 10_000):
-
-            def change(doc, now, write, item=item):
-                if doc.get("currentState") == model.CANCELLING:
-                    self._end_job(doc, model.CANCELLED, now, write)
-                    write.changed_work_items = close_work_items(self.store, item.job_id, WORK_CANCELLED, now)
-                    return True
-                expected = item.version
-                item.state, item.worker_id, item.lease_expire_us = WORK_PENDING, None, None
-                item.attempt += 1
-                write.changed_work_items = [WorkItemChange(item, expected)]
-                write.messages = [
-                    job_message(
-                        item.job_id, now, "JOB_MESSAGE_WARNING",
-                        f"The Beamport server restarted while this job ran, and its worker was lost: "
-                        f"running the job's work again (attempt {item.attempt}).",
-                    )
-                ]
-                return True
-
-            self._change_job(item.job_id, change)
+    def worker_exited(self, worker_id: str, reason: str, counts: bool = True) -> None:
+        """A local worker process ended: work it still held is leased again (or the job fails)."""
+        self.release_work(worker_id, reason, counts)
 
 def _worker_time_us(message: dict, default: int) -> int:
     try:
         return wire.parse_timestamp_us(message.get("time"), "time") or default
     except ApiError:
         return default
-
-
-def _check_code(code: dict, index: int) -> None:
-    params = code.get("parameters", {})
-    if code["code"] == CODE_LOG:
-        if params.get("importance") not in model.IMPORTANCE_RANK or not isinstance(params.get("text"), str):
-            raise invalid_argument(
-                f"workerMessages[{index}]: {CODE_LOG} needs parameters importance (a JOB_MESSAGE_* name) and text."
-            )
-    elif code["code"] == CODE_STAGE:
-        if not isinstance(params.get("stage"), str) or params.get("state") not in (model.RUNNING, model.DONE, model.FAILED):
-            raise invalid_argument(
-                f"workerMessages[{index}]: {CODE_STAGE} needs parameters stage and state "
-                "(JOB_STATE_RUNNING, JOB_STATE_DONE or JOB_STATE_FAILED)."
-            )
 
 
 def _stage_summary(stage: StageRecord, ids: dict[str, str]) -> dict:

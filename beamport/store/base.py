@@ -93,6 +93,7 @@ WORKER_UNHEALTHY = "UNHEALTHY"  # reporting, says it is not healthy
 WORKER_BROKEN = "BROKEN"  # said it is broken for good: gets no work
 WORKER_LOST = "LOST"  # missed its health deadline
 WORKER_SHUTDOWN = "SHUTDOWN"  # sent a shutdown notice
+WORKER_IDLE = "IDLE"  # stopped reporting after its work ended (it reports only while it runs work)
 WORKER_LIVE_STATES = (WORKER_RUNNING, WORKER_UNHEALTHY)
 
 
@@ -273,6 +274,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_worker_events(self, worker_id: str, limit: int = 100) -> list[WorkerEvent]:
         """The worker's latest lifecycle events, oldest first."""
+
+    @abc.abstractmethod
+    def request_worker_stacks(self, worker_id: str, at_us: int) -> None:
+        """Note that the worker's thread stacks were asked for (a Write leaves this alone)."""
+
+    @abc.abstractmethod
+    def save_worker_stacks(self, worker_id: str, stacks: str, at_us: int) -> None:
+        """Keep the thread stacks a worker sent (a Write leaves them alone)."""
 
     @abc.abstractmethod
     def prune_cpu_samples(self, before_us: int) -> None: ...

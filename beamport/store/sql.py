@@ -43,6 +43,7 @@ from beamport.store.tables import (
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 _SUMMARY_COLUMNS = [c for c in jobs.c if c.name != "detail"]
+_STACK_COLUMNS = ("stacks_request_us", "stacks_us", "stacks")
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -117,7 +118,8 @@ class SqlStore(Store):
                 ]
                 self._upsert(conn, job_metrics, ["job_id", "metric_key"], [vars(m) for m in write.metrics])
                 self._upsert(conn, stage_runs, ["job_id", "stage"], [vars(st) for st in write.stages])
-                self._upsert(conn, workers, ["worker_id"], [vars(w) for w in write.workers])
+                # The stacks columns are not the registry's to overwrite: the debug call and the worker set them.
+                self._upsert(conn, workers, ["worker_id"], [vars(w) for w in write.workers], keep=_STACK_COLUMNS)
                 # A sample repeated (a retried request) is the same sample: keep the first.
                 self._insert_new(conn, worker_cpu_samples, ["worker_id", "time_us"], [vars(c) for c in write.cpu_samples])
                 events = [{k: v for k, v in vars(e).items() if k != "seq"} for e in write.worker_events]
@@ -170,7 +172,7 @@ class SqlStore(Store):
             )
         return rows
 
-    def _upsert(self, conn, table, key: list[str], rows: list[dict]) -> None:
+    def _upsert(self, conn, table, key: list[str], rows: list[dict], keep=()) -> None:
         if not rows:
             return
         if self.engine.dialect.name == "postgresql":
@@ -178,7 +180,7 @@ class SqlStore(Store):
         else:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
         stmt = dialect_insert(table)
-        updates = {c.name: stmt.excluded[c.name] for c in table.c if c.name not in key}
+        updates = {c.name: stmt.excluded[c.name] for c in table.c if c.name not in key and c.name not in keep}
         conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=updates), rows)
 
     def _insert_new(self, conn, table, key: list[str], rows: list[dict]) -> None:
@@ -189,6 +191,14 @@ class SqlStore(Store):
         else:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
         conn.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=key), rows)
+
+    def request_worker_stacks(self, worker_id: str, at_us: int) -> None:
+        with self._writer.begin() as conn:
+            conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(stacks_request_us=at_us))
+
+    def save_worker_stacks(self, worker_id: str, stacks: str, at_us: int) -> None:
+        with self._writer.begin() as conn:
+            conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(stacks=stacks, stacks_us=at_us))
 
     def prune_cpu_samples(self, before_us: int) -> None:
         with self._writer.begin() as conn:

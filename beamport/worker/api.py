@@ -2,65 +2,96 @@
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 
 import httpx
 
 from beamport import wire
-from beamport.protocol import WORK_ITEM_TYPE
+from beamport.protocol import CONTAINER_TYPE, LABEL_JOB, LABEL_WORK_ITEM, LABEL_WORKER, WORK_ITEM_TYPE
+
+ANY = "-"  # AIP-159 wildcard: lease the work of any job (of any project, in any location)
 
 
 class WorkerApiError(Exception):
-    pass
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Work:
+    """A leased work item, and the job it belongs to."""
+
+    project: str
+    location: str
+    job_id: str
+    item_id: str
+    report_index: int
+    attempt: int
+
+    @classmethod
+    def from_item(cls, item: dict, location: str) -> "Work":
+        config = json.loads(item.get("configuration") or "{}")
+        return cls(
+            project=item["projectId"],
+            location=config.get("location", location),
+            job_id=item["jobId"],
+            item_id=item["id"],
+            report_index=int(item.get("initialReportIndex", "1")),
+            attempt=int(config.get("attempt", 1)),
+        )
 
 
 class WorkerApi:
-    def __init__(self, endpoint: str, project: str, location: str, job_id: str, worker_id: str):
+    def __init__(self, endpoint: str, worker_id: str, labels: dict[str, str] | None = None):
         self.http = httpx.Client(base_url=endpoint.rstrip("/"), timeout=60)
-        self.job_path = f"/v1b3/projects/{project}/locations/{location}/jobs/{job_id}"
-        self.messages_path = f"/v1b3/projects/{project}/locations/{location}/WorkerMessages"
-        self.location = location
-        self.job_id = job_id
         self.worker_id = worker_id
+        self.extra_labels = labels or {}
 
-    def _call(self, method: str, path: str, **kwargs) -> dict:
-        for attempt in range(5):
+    def _call(self, method: str, path: str, attempts: int = 5, **kwargs) -> dict:
+        for attempt in range(attempts):
             try:
                 response = self.http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                if attempt == 4:
+                if attempt == attempts - 1:
                     raise WorkerApiError(f"{method} {path}: {exc}") from None
                 time.sleep(0.2 * 2**attempt)
                 continue
-            if response.status_code >= 500 and attempt < 4:
+            if response.status_code >= 500 and attempt < attempts - 1:
                 time.sleep(0.2 * 2**attempt)
                 continue
             if response.status_code != 200:
-                raise WorkerApiError(f"{method} {path}: HTTP {response.status_code}: {response.text}")
+                raise WorkerApiError(f"{method} {path}: HTTP {response.status_code}: {response.text}", response.status_code)
             return response.json()
         raise AssertionError("unreachable")
 
-    def get_job(self) -> dict:
-        return self._call("GET", self.job_path, params={"view": "JOB_VIEW_ALL"})
+    @staticmethod
+    def _job_path(work: Work) -> str:
+        return f"/v1b3/projects/{work.project}/locations/{work.location}/jobs/{work.job_id}"
 
-    def lease(self, lease_seconds: int = 60) -> dict | None:
+    def lease(self, project: str = ANY, location: str = ANY, job_id: str = ANY, lease_seconds: int = 60) -> Work | None:
         answer = self._call(
             "POST",
-            self.job_path + "/workItems:lease",
+            f"/v1b3/projects/{project}/locations/{location}/jobs/{job_id}/workItems:lease",
             json={
                 "workerId": self.worker_id,
                 "workItemTypes": [WORK_ITEM_TYPE],
                 "requestedLeaseDuration": f"{lease_seconds}s",
                 "currentWorkerTime": wire.format_timestamp_us(wire.now_us()),
-                "location": self.location,
+                "location": location,
             },
         )
         items = answer.get("workItems", [])
-        return items[0] if items else None
+        return Work.from_item(items[0], location) if items else None
 
-    def report(self, item_id: str, report_index: int, metric_updates: list[dict], completed=False, errors=()) -> dict:
+    def get_job(self, work: Work) -> dict:
+        return self._call("GET", self._job_path(work), params={"view": "JOB_VIEW_ALL"})
+
+    def report(self, work: Work, report_index: int, metric_updates: list[dict], completed=False, errors=()) -> dict:
         status = {
-            "workItemId": item_id,
+            "workItemId": work.item_id,
             "reportIndex": str(report_index),
             "requestedLeaseDuration": "60s",
             "metricUpdates": metric_updates,
@@ -71,26 +102,34 @@ class WorkerApi:
             status["errors"] = list(errors)
         answer = self._call(
             "POST",
-            self.job_path + "/workItems:reportStatus",
+            self._job_path(work) + "/workItems:reportStatus",
             json={
                 "workerId": self.worker_id,
                 "workItemStatuses": [status],
                 "currentWorkerTime": wire.format_timestamp_us(wire.now_us()),
-                "location": self.location,
+                "location": work.location,
             },
         )
         return answer["workItemServiceStates"][0]
 
-    def send(self, messages: list[dict]) -> None:
-        if messages:
-            self._call("POST", self.messages_path, json={"workerMessages": messages, "location": self.location})
+    def send(self, work: Work, messages: list[dict]) -> list[dict]:
+        """Send worker messages; the service's responses, one per message."""
+        if not messages:
+            return []
+        answer = self._call(
+            "POST",
+            f"/v1b3/projects/{work.project}/locations/{work.location}/WorkerMessages",
+            json={"workerMessages": messages, "location": work.location},
+        )
+        return answer.get("workerMessageResponses", [])
 
-    def code_message(self, code: str, parameters: dict, work_item_id: str | None = None, time_us: int | None = None) -> dict:
-        labels = {"JOB_ID": self.job_id, "WORKER_ID": self.worker_id, "CONTAINER_TYPE": "beamport-worker"}
-        if work_item_id:
-            labels["WORK_ITEM_ID"] = work_item_id
-        return {
-            "labels": labels,
-            "time": wire.format_timestamp_us(time_us or wire.now_us()),
-            "workerMessageCode": {"code": code, "parameters": parameters},
-        }
+    def message(self, work: Work, kind: str, body: dict, time_us: int | None = None, with_item: bool = True) -> dict:
+        """A WorkerMessage of one kind (workerHealthReport, workerMessageCode...), with this worker's labels."""
+        labels = {LABEL_JOB: work.job_id, LABEL_WORKER: self.worker_id, "CONTAINER_TYPE": CONTAINER_TYPE,
+                  **self.extra_labels}  # fmt: skip
+        if with_item:
+            labels[LABEL_WORK_ITEM] = work.item_id
+        return {"labels": labels, "time": wire.format_timestamp_us(time_us or wire.now_us()), kind: body}
+
+    def code_message(self, work: Work, code: str, parameters: dict, time_us: int | None = None) -> dict:
+        return self.message(work, "workerMessageCode", {"code": code, "parameters": parameters}, time_us)

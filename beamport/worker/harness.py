@@ -1,155 +1,245 @@
-"""The worker harness: lease a job's work, run it on the engine, report through the API until it ends.
+"""The worker: leases work through the API, runs each work item in an executor process, and tells the
+service how it is (health, CPU, lifecycle, shutdown) through WorkerMessages.
 
-It talks to the service only through the public API (beamport.worker.api), so it can run on any host
-that reaches the endpoint and sees the job's staged files.
+It talks to the service only through the public API, so it can run on any host that reaches the
+endpoint and sees the jobs' staged files: `beamport worker --endpoint URL`. `beamport serve` runs a pool
+of these same workers on its own host.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
+import select
 import signal
 import socket
-import threading
-import traceback
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from beamport import wire
-from beamport.protocol import CODE_HARNESS_STARTED, CODE_LOG, CODE_STAGE
-from beamport.worker.api import WorkerApi
+from beamport.protocol import CONTAINER_START
+from beamport.worker.api import ANY, Work, WorkerApi, WorkerApiError
+from beamport.worker.host import HostProbe
 
 log = logging.getLogger(__name__)
 
-REPORT_EVERY_S = 1.0
+DEFAULT_HEALTH_INTERVAL_US = 5_000_000  # until the service says otherwise
+MAX_EXECUTOR_START_FAILURES = 3  # executors that die before their work starts: the worker is broken
 
 
-def importance_of(record: logging.LogRecord) -> str:
-    """Map a log record onto a job message importance. Beam's own INFO chatter stays DETAILED."""
-    if record.levelno >= logging.ERROR:
-        return "JOB_MESSAGE_ERROR"
-    if record.levelno >= logging.WARNING:
-        return "JOB_MESSAGE_WARNING"
-    if record.levelno >= logging.INFO:
-        return "JOB_MESSAGE_DETAILED" if record.name.startswith("apache_beam") else "JOB_MESSAGE_BASIC"
-    return "JOB_MESSAGE_DEBUG"
+class Worker:
+    def __init__(
+        self,
+        endpoint: str,
+        data_dir: Path,
+        worker_id: str | None = None,
+        allow_paths: list[Path] = (),
+        sdk_workers: int = 1,
+        project: str = ANY,
+        location: str = ANY,
+        job_id: str = ANY,
+        once: bool = False,
+        preemptible: bool = False,
+        poll_s: float = 0.25,
+    ):
+        self.endpoint = endpoint
+        self.data_dir = data_dir
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.labels = {"HOST": socket.gethostname(), "CONTAINER_ID": str(os.getpid())}
+        self.api = WorkerApi(endpoint, self.worker_id, self.labels)
+        self.allow_paths = [str(p) for p in allow_paths]
+        self.sdk_workers = sdk_workers
+        self.target = (project, location, job_id)
+        self.once = once
+        self.shutdown_reason = "PREEMPTION" if preemptible else "UNKNOWN"
+        self.poll_s = poll_s
+        self.probe = HostProbe(data_dir)
+        self.container_start_us = wire.now_us()
+        self.interval_us = DEFAULT_HEALTH_INTERVAL_US
+        self.stopping = False
+        self.broken: str | None = None
+        self._standby: subprocess.Popen | None = None
+        self._start_failures = 0
 
+    # -- the loop ------------------------------------------------------------------
 
-class Reporter:
-    """The engine's RunObserver: collects what happens in the run; the harness sends it in batches."""
-
-    def __init__(self, api: WorkerApi, work_item_id: str):
-        self.api = api
-        self.work_item_id = work_item_id
-        self.lock = threading.Lock()
-        self.pending: list[dict] = []
-        self.latest_metrics = None
-        self.latest_infos: list = []
-
-    def stage_state(self, stage_name: str, state: str, time_us: int) -> None:
-        self._queue(CODE_STAGE, {"stage": stage_name, "state": state}, time_us)
-
-    def metrics(self, results) -> None:
-        with self.lock:
-            self.latest_metrics = results
-
-    def monitoring_infos(self, infos: list) -> None:
-        with self.lock:
-            self.latest_infos = infos
-
-    def log(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.exc_info:
-            text += "\n" + "".join(traceback.format_exception(*record.exc_info))
-        self._queue(CODE_LOG, {"importance": importance_of(record), "text": text})
-
-    def warn(self, text: str) -> None:
-        self._queue(CODE_LOG, {"importance": "JOB_MESSAGE_WARNING", "text": text})
-
-    def _queue(self, code: str, parameters: dict, time_us: int | None = None) -> None:
-        message = self.api.code_message(code, parameters, self.work_item_id, time_us)
-        with self.lock:
-            self.pending.append(message)
-
-    def take(self) -> tuple[list[dict], object, list]:
-        with self.lock:
-            pending, self.pending = self.pending, []
-            return pending, self.latest_metrics, self.latest_infos
-
-
-def warm_up() -> None:
-    """Import what running a job needs (Beam above all), so that a standby worker starts at once."""
-    import beamport.engine.embedded  # noqa: F401
-    import beamport.engine.staging  # noqa: F401
-    import beamport.translate.metrics  # noqa: F401
-
-
-def run(
-    endpoint: str,
-    project: str,
-    location: str,
-    job_id: str,
-    worker_id: str | None,
-    allow_paths: list[Path],
-    sdk_workers: int = 1,
-) -> int:
-    """Run one job's work to its end. Returns the process exit code."""
-    from beamport.engine.embedded import EmbeddedEngine
-    from beamport.engine.staging import stage_job
-    from beamport.files import FilePolicy
-    from beamport.translate.metrics import metric_updates, system_metric_updates
-
-    worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    api = WorkerApi(endpoint, project, location, job_id, worker_id)
-    item = api.lease()
-    if item is None:
-        log.info("no work to lease for job %s", job_id)
-        return 0
-    item_id, index = item["id"], int(item["initialReportIndex"])
-    api.send([api.code_message(CODE_HARNESS_STARTED, {"pid": os.getpid()}, item_id)])
-    reporter = Reporter(api, item_id)
-    outcome: dict = {}
-
-    def execute() -> None:
+    def run(self) -> int:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self._standby = self._spawn_executor()
+        log.info("worker %s leasing work from %s", self.worker_id, self.endpoint)
+        idle_s = self.poll_s
         try:
-            staged, warnings = stage_job(api.get_job(), FilePolicy(allow_paths))
-            for warning in warnings:
-                reporter.warn(warning)
-            outcome["pipeline"] = staged.pipeline
-            outcome["result"] = EmbeddedEngine(default_workers=sdk_workers).run(staged, reporter)
-        except Exception as exc:  # staging errors and engine bugs end the work as failed, with the reason
-            outcome["error"] = getattr(exc, "message", None) or "".join(traceback.format_exception(exc))
+            while not self.stopping and not self.broken:
+                try:
+                    work = self.api.lease(*self.target)
+                except WorkerApiError as exc:
+                    log.warning("lease failed: %s", exc)
+                    work = None
+                    idle_s = min(idle_s * 2, 5.0)
+                if work is None:
+                    if self.once:
+                        break
+                    time.sleep(idle_s)
+                    continue
+                idle_s = self.poll_s
+                self.serve(work)
+                if self.once:
+                    break
+        finally:
+            if self._standby:
+                self._kill(self._standby)
+        return 2 if self.broken else 0
 
-    thread = threading.Thread(target=execute, name="engine", daemon=True)
-    thread.start()
+    def _on_signal(self, signum, _frame) -> None:
+        self.stopping = True
 
-    def flush(completed: bool = False, errors=()) -> dict:
-        nonlocal index
-        pending, results, infos = reporter.take()
-        api.send(pending)
-        updates = []
-        if results is not None and "pipeline" in outcome:
-            now = wire.now_us()
-            updates = metric_updates(results, outcome["pipeline"], now)
-            updates += system_metric_updates(infos, outcome["pipeline"], now)
-        answer = api.report(item_id, index, updates, completed=completed, errors=errors)
-        index += 1
-        return answer
+    def serve(self, work: Work) -> None:
+        """Run one work item in an executor, reporting health and CPU until it ends."""
+        log.info("running work item %s of job %s (attempt %d)", work.item_id, work.job_id, work.attempt)
+        executor, self._standby = self._standby or self._spawn_executor(), None
+        status_r = executor.status_r
+        assignment = {
+            "work": dataclasses.asdict(work),
+            "endpoint": self.endpoint,
+            "worker_id": self.worker_id,
+            "labels": self.labels,
+            "status_fd": executor.status_fd,
+            "container_start_us": self.container_start_us,
+            "allow_paths": self.allow_paths,
+            "sdk_workers": self.sdk_workers,
+        }
+        try:
+            executor.stdin.write((json.dumps(assignment) + "\n").encode())
+            executor.stdin.close()
+        except OSError:
+            pass  # it died: seen below, as an exit without completion
+        start = self.api.message(work, "workerLifecycleEvent", {
+            "event": CONTAINER_START, "containerStartTime": wire.format_timestamp_us(self.container_start_us),
+            "metadata": {"pid": str(os.getpid()), "executor_pid": str(executor.pid)},
+        })  # fmt: skip
+        self._report_health(work, [start])
+        progress = {"next_report_index": work.report_index}
+        next_health = time.monotonic() + self.interval_us / 1e6
+        buffer = b""
+        while executor.poll() is None:
+            ready, _, _ = select.select([status_r], [], [], 0.1)
+            if ready:
+                chunk = os.read(status_r, 65536)
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    progress.update(json.loads(line))
+            if self.stopping:
+                self._shut_down(work, executor)
+                return
+            if time.monotonic() >= next_health:
+                self._report_health(work)
+                next_health = time.monotonic() + self.interval_us / 1e6
+        for line in (buffer + _drain(status_r)).split(b"\n"):
+            if line.strip():
+                progress.update(json.loads(line))
+        os.close(status_r)
+        if not progress.get("completed") and not progress.get("stopped"):
+            self._executor_died(work, executor, progress["next_report_index"])
+        else:
+            self._start_failures = 0
+            executor.log_path.unlink(missing_ok=True)  # kept only when something went wrong
+        if not self.stopping:
+            self._standby = self._spawn_executor()
 
-    while thread.is_alive():
-        thread.join(REPORT_EVERY_S)
-        if thread.is_alive():
-            answer = flush()
-            if "completeWorkStatus" in answer:
-                # The service wants this work to end (the job was cancelled): stop at once, with any children.
-                log.info("stopping: %s", answer["completeWorkStatus"].get("message"))
-                if os.getpgrp() == os.getpid():  # this worker leads its group: SDK worker processes go too
-                    os.killpg(os.getpgrp(), signal.SIGKILL)
-                os._exit(1)
+    # -- what the worker tells the service --------------------------------------------------
 
-    result = outcome.get("result")
-    error = outcome.get("error") or (result.error if result is not None and result.state != "DONE" else None)
-    if error:
-        flush(completed=True, errors=[{"code": 2, "message": error}])
-        return 1
-    flush(completed=True)
-    return 0
+    def _report_health(self, work: Work, extra: list[dict] = ()) -> None:
+        """A batch: health report and CPU sample (and any event). The answer sets the next interval."""
+        messages = [
+            *extra,
+            self.api.message(work, "workerHealthReport", self.probe.health(self.interval_us, self.broken)),
+            self.api.message(work, "workerMetrics", {"cpuTime": [self.probe.cpu_sample()]}),
+        ]
+        try:
+            responses = self.api.send(work, messages)
+        except WorkerApiError as exc:
+            log.warning("health report failed: %s", exc)
+            return
+        for response in responses:
+            asked = response.get("workerHealthReportResponse", {}).get("reportInterval")
+            if asked and wire.parse_duration_us(asked) > 0:
+                if wire.parse_duration_us(asked) != self.interval_us:
+                    log.info("health report interval now %s (the service asked)", asked)
+                self.interval_us = wire.parse_duration_us(asked)
+
+    def _shut_down(self, work: Work, executor: subprocess.Popen) -> None:
+        """SIGTERM: tell the service at once (it moves the work), then stop the executor."""
+        log.info("shutting down (%s): work item %s moves to another worker", self.shutdown_reason, work.item_id)
+        notice = self.api.message(work, "workerShutdownNotice", {"reason": self.shutdown_reason})
+        try:
+            self.api.send(work, [notice])
+        except WorkerApiError as exc:
+            log.warning("shutdown notice failed: %s", exc)
+        self._kill(executor)
+
+    def _executor_died(self, work: Work, executor: subprocess.Popen, report_index: int) -> None:
+        """The executor ended without completing its work: close the work item as failed, with the reason."""
+        self._start_failures += 1
+        tail = _tail(executor.log_path)
+        reason = f"The worker's executor process (pid {executor.pid}) exited with code {executor.returncode} before its work ended."
+        if tail:
+            reason += "\n" + tail
+        try:
+            self.api.report(work, report_index, [], completed=True, errors=[{"code": 2, "message": reason}])
+        except WorkerApiError as exc:
+            log.warning("could not report the failure of work item %s: %s", work.item_id, exc)
+        if self._start_failures >= MAX_EXECUTOR_START_FAILURES:
+            self.broken = f"{self._start_failures} executors in a row died before their work ended"
+            self._report_health(work)  # vmIsBroken: the service gives this worker no more work
+
+    # -- executors --------------------------------------------------------------------------
+
+    def _spawn_executor(self) -> subprocess.Popen:
+        status_r, status_w = os.pipe()
+        log_path = self.data_dir / f"executor-{time.time_ns()}.log"
+        with open(log_path, "ab") as out:
+            # Its own session: stopping it stops the SDK worker processes it started too.
+            process = subprocess.Popen(
+                [sys.executable, "-m", "beamport.worker.executor", str(os.getpid())],
+                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, pass_fds=(status_w,),
+            )  # fmt: skip
+        os.close(status_w)
+        process.status_r, process.status_fd, process.log_path = status_r, status_w, log_path
+        return process
+
+    @staticmethod
+    def _kill(process: subprocess.Popen) -> None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+        try:
+            os.close(process.status_r)
+        except OSError:
+            pass
+
+
+def _drain(fd: int) -> bytes:
+    data = b""
+    while select.select([fd], [], [], 0)[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-size:].strip()
+    except OSError:
+        return ""

@@ -1,0 +1,389 @@
+"""The worker registry: what workers tell the service through WorkerMessages, and what the service does
+about it.
+
+Every worker message carries labels (JOB_ID, WORKER_ID, ...). Health reports, CPU samples, lifecycle
+events and shutdown notices update the worker's entry; message codes go to the job (its log, its stage
+states). The service acts on what it hears: a worker that reports itself broken, sends a shutdown notice,
+or misses its health deadline loses its leases and its work is leased to another worker
+(ExecutionService.release_work). The health report interval is the service's to set, per worker: longer
+when many workers report, shorter for a worker it is worried about.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import orjson
+
+from beamport import schema, wire
+from beamport.errors import ApiError, failed_precondition, invalid_argument, not_found
+from beamport.protocol import CODE_LOG, CODE_STACKTRACES, CODE_STAGE, CONTAINER_START, LABEL_JOB, LABEL_WORKER
+from beamport.service import model
+from beamport.service.documents import job_message, load_job, timestamp
+from beamport.service.execution import ExecutionService
+from beamport.store.base import (
+    WORKER_BROKEN,
+    WORKER_IDLE,
+    WORKER_LIVE_STATES,
+    WORKER_LOST,
+    WORKER_RUNNING,
+    WORKER_SHUTDOWN,
+    WORKER_UNHEALTHY,
+    CpuSample,
+    Store,
+    WorkerEvent,
+    WorkerRecord,
+    Write,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_WORKER_MESSAGES = 1000
+MISSED_INTERVALS = 3  # a worker that sends no health report for this many intervals is lost
+MIN_INTERVAL_US = 200_000
+MAX_INTERVAL_US = 60_000_000
+HEALTH_REPORTS_PER_S = 200  # past this many live workers' reports a second, everyone reports less often
+CPU_SAMPLES_KEPT_US = 3_600_000_000  # the CPU series of the last hour
+STACKS_WAIT_S = 10.0
+
+_REGISTRY_KINDS = ("workerHealthReport", "workerMetrics", "workerLifecycleEvent", "workerShutdownNotice")
+# Kinds of WorkerMessage Beamport's engines have no use for (streaming and sampling reports): refused whole.
+_UNSUPPORTED_KINDS = ("perWorkerMetrics", "streamingScalingReport", "workerThreadScalingReport", "dataSamplingReport")
+_SHUTDOWN_REASONS = ("UNKNOWN", "PREEMPTION")
+
+
+class WorkerRegistry:
+    def __init__(self, store: Store, execution: ExecutionService, clock=wire.now_us):
+        self.store = store
+        self.execution = execution
+        self.clock = clock
+
+    @property
+    def base_interval_us(self) -> int:
+        return self.execution.default_report_interval_us
+
+    # -- WorkerMessages --------------------------------------------------------------
+
+    def worker_messages(self, project_id: str, location: str, body: dict) -> dict:
+        request = schema.check(body, "SendWorkerMessagesRequest")
+        messages = request.get("workerMessages", [])
+        if len(messages) > MAX_WORKER_MESSAGES:
+            raise invalid_argument(f"At most {MAX_WORKER_MESSAGES} worker messages per request, got {len(messages)}.")
+        jobs: dict[str, object] = {}
+        for i, message in enumerate(messages):  # everything is checked before anything changes
+            _check_message(message, i)
+            job_id = message["labels"][LABEL_JOB]
+            if job_id not in jobs:
+                jobs[job_id] = load_job(self.store, project_id, location, job_id, with_detail=False)
+        now = self.clock()
+        workers = self.store.get_workers(m["labels"][LABEL_WORKER] for m in messages if LABEL_WORKER in m["labels"])
+        update = _Update(now)
+        responses = []
+        codes: dict[str, list[dict]] = {}
+        for message in messages:
+            labels = message["labels"]
+            job = jobs[labels[LABEL_JOB]]
+            if "workerMessageCode" in message:
+                if message["workerMessageCode"]["code"] == CODE_STACKTRACES:
+                    stacks = message["workerMessageCode"].get("parameters", {}).get("stacks", [])
+                    update.stacks.append((labels[LABEL_WORKER], orjson.dumps(stacks).decode()))
+                else:
+                    codes.setdefault(job.id, []).append(message)
+                responses.append({})
+                continue
+            worker = self._entry(workers, labels, job, now)
+            update.touch(worker)
+            if "workerHealthReport" in message:
+                responses.append(self._health(worker, message["workerHealthReport"], update, len(workers)))
+            elif "workerMetrics" in message:
+                for sample in message["workerMetrics"].get("cpuTime", []):
+                    at = _time_us(sample.get("timestamp"), now)
+                    total, rate = int(sample.get("totalMs", 0)), float(sample.get("rate", 0.0))
+                    update.samples.append(CpuSample(worker.worker_id, at, total, rate))
+                    if at >= (worker.cpu_us or 0):
+                        worker.cpu_total_ms, worker.cpu_rate, worker.cpu_us = total, rate, at
+                responses.append({"workerMetricsResponse": {}})
+            elif "workerLifecycleEvent" in message:
+                self._lifecycle(worker, message, update)
+                responses.append({})
+            else:
+                self._shutdown(worker, message["workerShutdownNotice"], update)
+                responses.append({"workerShutdownNoticeResponse": {}})
+        self.store.write(Write(workers=list(update.workers.values()), cpu_samples=update.samples,
+                               worker_events=update.events, messages=update.messages))  # fmt: skip
+        for worker_id, stacks in update.stacks:
+            self.store.save_worker_stacks(worker_id, stacks, now)
+        for worker_id, reason, counts in update.releases:
+            self.execution.release_work(worker_id, reason, counts)
+        for job_id, job_messages in codes.items():
+            self.execution.record_code_messages(job_id, job_messages)
+        return {"workerMessageResponses": responses}
+
+    def _entry(self, workers: dict[str, WorkerRecord], labels: dict, job, now: int) -> WorkerRecord:
+        worker_id = labels[LABEL_WORKER]
+        worker = workers.get(worker_id)
+        if worker is None:
+            worker = workers[worker_id] = WorkerRecord(
+                worker_id=worker_id, project_id=job.project_id, location=job.location, job_id=job.id,
+                state=WORKER_RUNNING, labels="{}", first_seen_us=now, last_seen_us=now,
+                report_interval_us=self.base_interval_us,
+            )  # fmt: skip
+        if worker.job_id != job.id:  # the worker moved on to another job
+            worker.project_id, worker.location, worker.job_id, worker.work_item_id = (
+                job.project_id, job.location, job.id, None
+            )
+        worker.labels = orjson.dumps(labels, option=orjson.OPT_SORT_KEYS).decode()
+        worker.last_seen_us = now
+        return worker
+
+    def _health(self, worker: WorkerRecord, report: dict, update: "_Update", reporting: int) -> dict:
+        now = update.now
+        was = worker.state
+        previous = worker.last_health_us
+        worker.last_health_us = now
+        worker.health = orjson.dumps(report).decode()
+        if report.get("vmStartupTime"):
+            worker.vm_startup_us = _time_us(report["vmStartupTime"], None)
+        if was in (WORKER_BROKEN, WORKER_SHUTDOWN):
+            pass  # abandoned for good: late reports change nothing
+        elif report.get("vmIsBroken"):
+            worker.state, worker.reason = WORKER_BROKEN, report.get("msg") or "the worker reported it is broken"
+            update.note(worker, "JOB_MESSAGE_WARNING",
+                        f"Worker {worker.worker_id} reported it is broken ({worker.reason}): it gets no more work.")  # fmt: skip
+            update.releases.append((worker.worker_id, f"worker {worker.worker_id} reported it is broken: {worker.reason}", True))
+        elif report.get("vmIsHealthy", True) is False:
+            worker.state, worker.reason = WORKER_UNHEALTHY, report.get("msg") or "the worker reported it is unhealthy"
+            if was != WORKER_UNHEALTHY:
+                update.note(worker, "JOB_MESSAGE_WARNING", f"Worker {worker.worker_id} is unhealthy: {worker.reason}")
+        else:
+            if was == WORKER_UNHEALTHY:
+                update.note(worker, "JOB_MESSAGE_BASIC", f"Worker {worker.worker_id} is healthy again.")
+            worker.state, worker.reason = WORKER_RUNNING, ""
+        late = previous is not None and now - previous > 1.5 * worker.report_interval_us
+        worker.report_interval_us = self._interval_for(worker, reporting, worried=late)
+        return {"workerHealthReportResponse": {"reportInterval": wire.format_duration_us(worker.report_interval_us)}}
+
+    def _interval_for(self, worker: WorkerRecord, reporting: int, worried: bool) -> int:
+        """How often this worker should report: the base interval, stretched when so many workers report
+        that their reports would pass HEALTH_REPORTS_PER_S, shortened for a worker that is unhealthy or
+        reported late (so that the service learns soon whether it is lost)."""
+        live = max(reporting, self._live_count())
+        interval = max(self.base_interval_us, live * 1_000_000 // HEALTH_REPORTS_PER_S)
+        if worker.state == WORKER_UNHEALTHY or worried:
+            interval = self.base_interval_us // 5
+        return min(max(interval, MIN_INTERVAL_US), MAX_INTERVAL_US)
+
+    def _live_count(self) -> int:
+        # Counted at most once a second: every health report asks.
+        now = time.monotonic()
+        if now - getattr(self, "_live_at", 0.0) > 1.0:
+            self._live, self._live_at = len(self.store.list_workers(states=WORKER_LIVE_STATES, limit=100_000)), now
+        return self._live
+
+    def _lifecycle(self, worker: WorkerRecord, message: dict, update: "_Update") -> None:
+        event = message["workerLifecycleEvent"]
+        name = event.get("event") or "UNKNOWN"
+        at = _time_us(message.get("time"), update.now)
+        if event.get("containerStartTime"):
+            worker.container_start_us = _time_us(event["containerStartTime"], None)
+        detail = {"metadata": event.get("metadata", {})}
+        update.events.append(WorkerEvent(worker.worker_id, worker.job_id, at, name, orjson.dumps(detail).decode()))
+        if name == CONTAINER_START:
+            labels = orjson.loads(worker.labels)
+            where = ", ".join(f"{k.lower()} {v}" for k, v in sorted(labels.items()) if k.startswith("CONTAINER_") or k == "HOST")
+            update.note(worker, "JOB_MESSAGE_BASIC", f"Worker {worker.worker_id} started" + (f" ({where})." if where else "."))
+
+    def _shutdown(self, worker: WorkerRecord, notice: dict, update: "_Update") -> None:
+        reason = notice.get("reason") or "UNKNOWN"
+        if worker.state == WORKER_SHUTDOWN:
+            return
+        worker.state, worker.reason = WORKER_SHUTDOWN, f"shutdown notice ({reason})"
+        update.events.append(WorkerEvent(worker.worker_id, worker.job_id, update.now, "SHUTDOWN_NOTICE",
+                                         orjson.dumps({"reason": reason}).decode()))  # fmt: skip
+        update.note(worker, "JOB_MESSAGE_BASIC",
+                    f"Worker {worker.worker_id} is shutting down ({reason}): its work moves to another worker.")  # fmt: skip
+        # Not the work's fault: a preempted worker's work is not counted as failed.
+        update.releases.append((worker.worker_id, f"worker {worker.worker_id} is shutting down ({reason}).", False))
+
+    # -- what the service does on its own ----------------------------------------------------
+
+    def sweep(self) -> None:
+        """Abandon workers past their health deadline, and work whose lease expired."""
+        now = self.clock()
+        lost, idle = [], []
+        busy = self.execution.busy_workers()
+        for worker in self.store.list_workers(states=WORKER_LIVE_STATES, limit=100_000):
+            if worker.last_health_us is None:
+                continue  # it never sent a health report: its leases alone say whether it is alive
+            deadline = worker.last_health_us + MISSED_INTERVALS * worker.report_interval_us
+            if deadline >= now:
+                continue
+            if worker.worker_id in busy:
+                worker.state = WORKER_LOST
+                worker.reason = f"no health report since {timestamp(worker.last_health_us)}"
+                lost.append(worker)
+            else:  # its work ended, so it stopped reporting
+                worker.state, worker.reason, worker.work_item_id = WORKER_IDLE, "no work", None
+                idle.append(worker)
+        if lost or idle:
+            update = _Update(now)
+            for worker in lost:
+                update.note(worker, "JOB_MESSAGE_WARNING",
+                            f"Worker {worker.worker_id} was lost: {worker.reason} ({MISSED_INTERVALS} report intervals).")  # fmt: skip
+            self.store.write(Write(workers=lost + idle, messages=update.messages))
+            for worker in lost:
+                self.execution.release_work(worker.worker_id, f"the worker was lost: {worker.reason}.", True)
+        self.execution.expire_leases()
+        self.execution.finish_cancels()
+        if now % 60_000_000 < 1_000_000:  # about once a minute
+            self.store.prune_cpu_samples(now - CPU_SAMPLES_KEPT_US)
+
+    # -- what the API and the CLI show -------------------------------------------------------------
+
+    def list_workers(self, job_id: str | None = None, include_gone: bool = False, limit: int = 1000) -> dict:
+        states = () if include_gone else WORKER_LIVE_STATES
+        return {"workers": [self.render(w) for w in self.store.list_workers(job_id, states, limit)]}
+
+    def get_worker(self, worker_id: str) -> dict:
+        worker = self.store.get_workers([worker_id]).get(worker_id)
+        if worker is None:
+            raise not_found(f"Worker {worker_id!r} is not known to this service.")
+        out = self.render(worker)
+        out["cpuTime"] = [
+            {"timestamp": timestamp(s.time_us), "totalMs": str(s.total_ms), "rate": s.rate}
+            for s in self.store.list_cpu_samples(worker_id, 120)
+        ]
+        out["lifecycleEvents"] = [
+            {"time": timestamp(e.time_us), "event": e.event, "jobId": e.job_id, **orjson.loads(e.detail)}
+            for e in self.store.list_worker_events(worker_id)
+        ]
+        return out
+
+    def render(self, worker: WorkerRecord) -> dict:
+        out = {
+            "workerId": worker.worker_id,
+            "projectId": worker.project_id,
+            "location": worker.location,
+            "jobId": worker.job_id,
+            "state": worker.state,
+            "labels": orjson.loads(worker.labels),
+            "firstSeenTime": timestamp(worker.first_seen_us),
+            "lastSeenTime": timestamp(worker.last_seen_us),
+            "reportInterval": wire.format_duration_us(worker.report_interval_us),
+        }
+        optional = {
+            "reason": worker.reason or None,
+            "containerStartTime": worker.container_start_us and timestamp(worker.container_start_us),
+            "vmStartupTime": worker.vm_startup_us and timestamp(worker.vm_startup_us),
+            "lastHealthTime": worker.last_health_us and timestamp(worker.last_health_us),
+            "workItemId": worker.work_item_id and str(worker.work_item_id),
+        }
+        out.update({k: v for k, v in optional.items() if v})
+        if worker.health != "{}":
+            out["health"] = orjson.loads(worker.health)
+        if worker.cpu_us is not None:
+            out["cpu"] = {"timestamp": timestamp(worker.cpu_us), "totalMs": str(worker.cpu_total_ms), "rate": worker.cpu_rate}
+        return out
+
+    def stacktraces(self, project_id: str, location: str, job_id: str, body: dict, wait_s: float = STACKS_WAIT_S) -> dict:
+        """debug.getWorkerStacktraces: ask a live worker of the job for its thread stacks, wait for them."""
+        request = schema.check(body, "GetWorkerStacktracesRequest")
+        load_job(self.store, project_id, location, job_id, with_detail=False)
+        worker_id = request.get("workerId")
+        if not worker_id:
+            raise invalid_argument("workerId is required: the worker whose thread stacks to get.")
+        worker = self.store.get_workers([worker_id]).get(worker_id)
+        if worker is None or worker.job_id != job_id:
+            raise not_found(f"Job {job_id} has no worker {worker_id!r}.")
+        if worker.state not in WORKER_LIVE_STATES or worker.work_item_id is None:
+            raise failed_precondition(f"Worker {worker_id} is not running work of job {job_id} ({worker.state}).")
+        asked = self.clock()
+        self.store.request_worker_stacks(worker_id, asked)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            worker = self.store.get_workers([worker_id])[worker_id]
+            if (worker.stacks_us or 0) >= asked:
+                stacks = orjson.loads(worker.stacks)
+                return {"sdks": [{"sdkId": f"{worker_id}/python", "stacks": stacks}]} if stacks else {}
+            time.sleep(0.05)
+        raise ApiError("DEADLINE_EXCEEDED", f"Worker {worker_id} did not send its thread stacks within {wait_s:g} s.")
+
+
+class _Update:
+    """What one batch of messages (or one sweep) changes in the registry, written at once."""
+
+    def __init__(self, now: int):
+        self.now = now
+        self.workers: dict[str, WorkerRecord] = {}
+        self.samples: list[CpuSample] = []
+        self.events: list[WorkerEvent] = []
+        self.messages: list = []
+        self.releases: list[tuple[str, str, bool]] = []
+        self.stacks: list[tuple[str, str]] = []
+
+    def touch(self, worker: WorkerRecord) -> None:
+        self.workers[worker.worker_id] = worker
+
+    def note(self, worker: WorkerRecord, importance: str, text: str) -> None:
+        self.messages.append(job_message(worker.job_id, self.now, importance, text))
+
+
+def _check_message(message: dict, i: int) -> None:
+    labels = message.get("labels") or {}
+    if not labels.get(LABEL_JOB):
+        raise invalid_argument(f"workerMessages[{i}] has no {LABEL_JOB} label.")
+    kinds = [kind for kind in (*_REGISTRY_KINDS, "workerMessageCode", *_UNSUPPORTED_KINDS) if kind in message]
+    if not kinds:
+        raise invalid_argument(
+            f"workerMessages[{i}] carries nothing: expected one of workerHealthReport, workerMetrics, "
+            "workerLifecycleEvent, workerShutdownNotice or workerMessageCode."
+        )
+    if len(kinds) > 1:
+        raise invalid_argument(f"workerMessages[{i}] carries {' and '.join(kinds)}: a worker message is one of them.")
+    kind = kinds[0]
+    if kind in _UNSUPPORTED_KINDS:
+        raise ApiError("UNIMPLEMENTED", f"workerMessages[{i}] is a {kind}, which Beamport's engines do not use.")
+    if kind == "workerMessageCode":
+        code = message["workerMessageCode"]
+        if not code.get("code"):
+            raise invalid_argument(f"workerMessages[{i}].workerMessageCode has no code.")
+        _check_code(code, i)
+        if code["code"] == CODE_STACKTRACES and not labels.get(LABEL_WORKER):
+            raise invalid_argument(f"workerMessages[{i}] has no {LABEL_WORKER} label.")
+        return
+    if not labels.get(LABEL_WORKER):
+        raise invalid_argument(f"workerMessages[{i}] is a {kind} without a {LABEL_WORKER} label.")
+    if kind == "workerShutdownNotice":
+        reason = message[kind].get("reason") or "UNKNOWN"
+        if reason not in _SHUTDOWN_REASONS:
+            raise invalid_argument(f"workerMessages[{i}].workerShutdownNotice.reason must be UNKNOWN or PREEMPTION.")
+    if kind == "workerLifecycleEvent" and not message[kind].get("event"):
+        raise invalid_argument(f"workerMessages[{i}].workerLifecycleEvent has no event.")
+
+
+def _check_code(code: dict, index: int) -> None:
+    params = code.get("parameters", {})
+    if code["code"] == CODE_LOG:
+        if params.get("importance") not in model.IMPORTANCE_RANK or not isinstance(params.get("text"), str):
+            raise invalid_argument(
+                f"workerMessages[{index}]: {CODE_LOG} needs parameters importance (a JOB_MESSAGE_* name) and text."
+            )
+    elif code["code"] == CODE_STAGE:
+        if not isinstance(params.get("stage"), str) or params.get("state") not in (model.RUNNING, model.DONE, model.FAILED):
+            raise invalid_argument(
+                f"workerMessages[{index}]: {CODE_STAGE} needs parameters stage and state "
+                "(JOB_STATE_RUNNING, JOB_STATE_DONE or JOB_STATE_FAILED)."
+            )
+    elif code["code"] == CODE_STACKTRACES:
+        stacks = params.get("stacks")
+        if not isinstance(stacks, list):
+            raise invalid_argument(f"workerMessages[{index}]: {CODE_STACKTRACES} needs parameters stacks (a list).")
+        schema.check({"sdks": [{"stacks": stacks}]}, "GetWorkerStacktracesResponse", f"workerMessages[{index}]")
+
+
+def _time_us(value: str | None, default: int | None) -> int | None:
+    try:
+        return wire.parse_timestamp_us(value, "time") or default
+    except ApiError:
+        return default

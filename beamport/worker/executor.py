@@ -1,0 +1,229 @@
+"""The executor: one process per leased work item, started by a worker (beamport.worker.harness).
+
+It stages the job, runs it on the engine, and reports through the API until the work ends: reportStatus
+every `reportStatusInterval` (metrics, the lease renewed), WorkerMessages for the pipeline's logs, stage
+states and lifecycle events. Each report's next index goes up a pipe to the worker, which can then close
+the work item itself if this process dies. A fresh process per work item keeps one job's imports, main
+session and threads out of the next job's way; the worker starts it ahead of need (Beam imported) so
+that leased work starts at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+from beamport import wire
+from beamport.protocol import (
+    CODE_HARNESS_STARTED,
+    CODE_LOG,
+    CODE_STACKTRACES,
+    CODE_STAGE,
+    CODE_STAGING_FAILED,
+    HARNESS_SEND_STACKS,
+    SDK_INSTALL_FINISH,
+    SDK_INSTALL_START,
+    STAGING_FILES_DOWNLOAD_FINISH,
+    STAGING_FILES_DOWNLOAD_START,
+)
+from beamport.worker.api import Work, WorkerApi
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY_S = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+def importance_of(record: logging.LogRecord) -> str:
+    """Map a log record onto a job message importance. Beam's own INFO chatter stays DETAILED."""
+    if record.levelno >= logging.ERROR:
+        return "JOB_MESSAGE_ERROR"
+    if record.levelno >= logging.WARNING:
+        return "JOB_MESSAGE_WARNING"
+    if record.levelno >= logging.INFO:
+        return "JOB_MESSAGE_DETAILED" if record.name.startswith("apache_beam") else "JOB_MESSAGE_BASIC"
+    return "JOB_MESSAGE_DEBUG"
+
+
+class Reporter:
+    """The engine's RunObserver: collects what happens in the run; the executor sends it in batches."""
+
+    def __init__(self, api: WorkerApi, work: Work):
+        self.api = api
+        self.work = work
+        self.lock = threading.Lock()
+        self.pending: list[dict] = []
+        self.latest_metrics = None
+        self.latest_infos: list = []
+
+    def stage_state(self, stage_name: str, state: str, time_us: int) -> None:
+        self._queue(self.api.code_message(self.work, CODE_STAGE, {"stage": stage_name, "state": state}, time_us))
+
+    def metrics(self, results) -> None:
+        with self.lock:
+            self.latest_metrics = results
+
+    def monitoring_infos(self, infos: list) -> None:
+        with self.lock:
+            self.latest_infos = infos
+
+    def log(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info))
+        self.code(CODE_LOG, {"importance": importance_of(record), "text": text})
+
+    def warn(self, text: str) -> None:
+        self.code(CODE_LOG, {"importance": "JOB_MESSAGE_WARNING", "text": text})
+
+    def code(self, code: str, parameters: dict) -> None:
+        self._queue(self.api.code_message(self.work, code, parameters))
+
+    def lifecycle(self, event: str, container_start_us: int, **metadata) -> None:
+        body = {"event": event, "containerStartTime": wire.format_timestamp_us(container_start_us),
+                "metadata": {k: str(v) for k, v in metadata.items()}}  # fmt: skip
+        self._queue(self.api.message(self.work, "workerLifecycleEvent", body))
+
+    def _queue(self, message: dict) -> None:
+        with self.lock:
+            self.pending.append(message)
+
+    def take(self) -> tuple[list[dict], object, list]:
+        with self.lock:
+            pending, self.pending = self.pending, []
+            return pending, self.latest_metrics, self.latest_infos
+
+
+def thread_stacks() -> list[dict]:
+    """This process's threads as Dataflow Stack objects (for debug.getWorkerStacktraces)."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    now = wire.format_timestamp_us(wire.now_us())
+    return [
+        {
+            "threadName": names.get(ident, f"thread-{ident}"),
+            "threadState": "RUNNABLE",
+            "threadCount": 1,
+            "stackContent": "".join(traceback.format_stack(frame)),
+            "timestamp": now,
+        }
+        for ident, frame in sys._current_frames().items()
+    ]
+
+
+def warm_up() -> None:
+    """Import what running a job needs (Beam above all), so that a standby executor starts at once."""
+    import beamport.engine.embedded  # noqa: F401
+    import beamport.engine.staging  # noqa: F401
+    import beamport.translate.metrics  # noqa: F401
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: be killed when the worker that started this process dies (kill -9 included), so that a lost
+    worker's work never runs on behind the service's back."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def execute(assignment: dict) -> int:
+    """Run one leased work item to its end. Returns the process exit code."""
+    from beamport.engine.embedded import EmbeddedEngine
+    from beamport.engine.staging import stage_job
+    from beamport.files import FilePolicy
+    from beamport.translate.metrics import metric_updates, system_metric_updates
+
+    work = Work(**assignment["work"])
+    api = WorkerApi(assignment["endpoint"], assignment["worker_id"], assignment.get("labels"))
+    status = os.fdopen(assignment["status_fd"], "w", buffering=1) if assignment.get("status_fd") else None
+    container_start_us = assignment.get("container_start_us") or wire.now_us()
+    allow_paths = [Path(p) for p in assignment.get("allow_paths", [])]
+    reporter = Reporter(api, work)
+    reporter.code(CODE_HARNESS_STARTED, {"pid": os.getpid(), "attempt": work.attempt, "engine": "embedded"})
+    outcome: dict = {}
+    index = work.report_index
+
+    def run() -> None:
+        try:
+            reporter.lifecycle(STAGING_FILES_DOWNLOAD_START, container_start_us)
+            try:
+                staged, warnings = stage_job(api.get_job(work), FilePolicy(allow_paths))
+            except Exception as exc:
+                reporter.code(CODE_STAGING_FAILED, {"error": getattr(exc, "message", None) or str(exc)})
+                raise
+            reporter.lifecycle(STAGING_FILES_DOWNLOAD_FINISH, container_start_us, downloaded_bytes=staged.staged_bytes)
+            reporter.lifecycle(SDK_INSTALL_START, container_start_us)
+            for warning in warnings:
+                reporter.warn(warning)
+            # The engine's SDK is Beamport's own Beam; staged pure-Python wheels go on its path.
+            reporter.lifecycle(SDK_INSTALL_FINISH, container_start_us, wheels=len(staged.python_path))
+            outcome["pipeline"] = staged.pipeline
+            outcome["result"] = EmbeddedEngine(default_workers=assignment.get("sdk_workers", 1)).run(staged, reporter)
+        except Exception as exc:  # staging errors and engine bugs end the work as failed, with the reason
+            outcome["error"] = getattr(exc, "message", None) or "".join(traceback.format_exception(exc))
+
+    thread = threading.Thread(target=run, name="engine", daemon=True)
+    thread.start()
+
+    def flush(completed: bool = False, errors=()) -> dict:
+        nonlocal index
+        pending, results, infos = reporter.take()
+        api.send(work, pending)
+        updates = []
+        if results is not None and "pipeline" in outcome:
+            now = wire.now_us()
+            updates = metric_updates(results, outcome["pipeline"], now)
+            updates += system_metric_updates(infos, outcome["pipeline"], now)
+        answer = api.report(work, index, updates, completed=completed, errors=errors)
+        index += 1
+        if status:
+            status.write(json.dumps({"next_report_index": index, "completed": completed}) + "\n")
+        if answer.get("harnessData", {}).get(HARNESS_SEND_STACKS):
+            api.send(work, [api.code_message(work, CODE_STACKTRACES, {"stacks": thread_stacks()})])
+        return answer
+
+    while thread.is_alive():
+        thread.join(REPORT_EVERY_S)
+        if thread.is_alive():
+            answer = flush()
+            if "completeWorkStatus" in answer:
+                # The service wants this work to end (cancelled, or the lease revoked): stop at once, with
+                # the SDK worker processes (this process leads its own process group).
+                log.info("stopping: %s", answer["completeWorkStatus"].get("message"))
+                if status:
+                    status.write(json.dumps({"stopped": True}) + "\n")
+                if os.getpgrp() == os.getpid():
+                    os.killpg(os.getpgrp(), signal.SIGKILL)
+                os._exit(1)
+
+    result = outcome.get("result")
+    error = outcome.get("error") or (result.error if result is not None and result.state != "DONE" else None)
+    if error:
+        flush(completed=True, errors=[{"code": 2, "message": error}])
+        return 1
+    flush(completed=True)
+    return 0
+
+
+def main() -> None:
+    """`python -m beamport.worker.executor PARENT_PID`: warm up, then run the work item read from stdin."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    die_with_parent(int(sys.argv[1]))
+    warm_up()
+    line = sys.stdin.readline()
+    if not line:
+        sys.exit(0)  # the worker stopped without needing this executor
+    sys.exit(execute(json.loads(line)))
+
+
+if __name__ == "__main__":
+    main()
