@@ -83,7 +83,7 @@ def new_postgres_database() -> str:
 
 
 # The API tests' servers run no workers: their jobs stay as the API leaves them (nothing leases their work).
-API_ONLY = ("--max-concurrent-jobs", "0", "--allow-path", "/tmp")
+API_ONLY = ("--workers", "0", "--allow-path", "/tmp")
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])

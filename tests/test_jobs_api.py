@@ -220,7 +220,6 @@ UNIMPLEMENTED = [
     ("POST", "/v1b3/projects/p/jobs/j:snapshot"),
     ("GET", "/v1b3/projects/p/locations/us-central1/jobs/j/snapshots"),
     ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/debug/getConfig"),
-    ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/debug/getWorkerStacktraces"),
     ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/debug/sendCapture"),
     ("POST", "/v1b3/projects/p/jobs/j/debug/getConfig"),
     ("GET", "/v1b3/projects/p/locations/us-central1/snapshots/s"),

@@ -217,7 +217,7 @@ def test_cancel_stops_the_run_within_two_seconds(runner, project, workdir):
 
 
 def test_jobs_past_the_limit_queue(tmp_path, project):
-    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--max-concurrent-jobs", "1")).start()
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1")).start()
     try:
         api = Api(srv.url, project)
         first = submit_slow(srv, project, tmp_path, "first", 4)

@@ -5,6 +5,8 @@ These tests play the worker by hand against a server with no local workers, so e
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from conftest import Api
@@ -201,3 +203,142 @@ def test_get_metrics_start_time_returns_only_what_changed(api):
     later = api.client.get(path, params={"startTime": first["metricTime"]}).json()
     assert [(m["name"]["name"], m["scalar"]) for m in later["metrics"]] == [("words", 8)]
     assert len(api.client.get(path).json()["metrics"]) == 2
+
+
+def health(worker: Worker, **report) -> dict:
+    return {
+        "labels": {"JOB_ID": worker.job_id, "WORKER_ID": worker.worker_id},
+        "time": NOW,
+        "workerHealthReport": {"vmIsHealthy": True, "reportInterval": "5s", **report},
+    }
+
+
+def registry(api: Api, job_id: str) -> dict[str, dict]:
+    workers = api.client.get("/beamport/v1/workers", params={"jobId": job_id, "all": "true"}).json()["workers"]
+    return {w["workerId"]: w for w in workers}
+
+
+def test_a_broken_worker_loses_its_work_and_gets_no_more(api):
+    job = api.create("broken")
+    bad = Worker(api, job["id"], f"bad-{api.project}")
+    item = bad.lease().json()["workItems"][0]
+    answer = bad.send(health(bad, vmIsHealthy=False, vmIsBroken=True, msg="disk on fire"))
+    assert answer.status_code == 200, answer.text
+    assert "workerHealthReportResponse" in answer.json()["workerMessageResponses"][0]
+    assert registry(api, job["id"])[bad.worker_id]["state"] == "BROKEN"
+    assert any("reported it is broken (disk on fire)" in t for t in texts(api, job["id"], minimumImportance="JOB_MESSAGE_WARNING"))
+
+    # Its lease is revoked: its next report is told to stop, and it gets no more work, of any job.
+    stop = bad.report(item["id"], 1).json()["workItemServiceStates"][0]
+    assert stop["completeWorkStatus"]["code"] == 10 and "disk on fire" in stop["completeWorkStatus"]["message"]
+    assert bad.lease().json() == {}
+    other = api.create("other")
+    assert Worker(api, other["id"], bad.worker_id).lease().json() == {}
+    # A healthy report later does not bring it back.
+    bad.send(health(bad))
+    assert registry(api, job["id"])[bad.worker_id]["state"] == "BROKEN"
+
+    # The work goes to another worker, as its next attempt; the execution details show both.
+    good = Worker(api, job["id"], "good")
+    (moved,) = good.lease().json()["workItems"]
+    assert moved["id"] == item["id"] and '"attempt": 2' in moved["configuration"]
+    good.send(good.code("BEAMPORT_STAGE_STATE", stage="F1", state="JOB_STATE_RUNNING"))
+    stage = api.client.get(f"{api.jobs_path}/{job['id']}/stages/F1/executionDetails").json()
+    assert [(w["workerName"], w["workItems"][0]["attemptId"], w["workItems"][0]["state"]) for w in stage["workers"]] == [
+        (bad.worker_id, "1", "EXECUTION_STATE_FAILED"),
+        ("good", "2", "EXECUTION_STATE_RUNNING"),
+    ]
+
+
+def test_the_service_sets_each_workers_report_interval(api):
+    job = api.create("intervals")
+    worker = Worker(api, job["id"], f"calm-{api.project}")
+
+    def interval(**report):
+        response = worker.send(health(worker, **report))
+        assert response.status_code == 200, response.text
+        return response.json()["workerMessageResponses"][0]["workerHealthReportResponse"]["reportInterval"]
+
+    assert interval() == "5s"  # the server's --worker-report-interval
+    assert interval(vmIsHealthy=False, msg="swapping") == "1s"  # worried: report more often
+    assert registry(api, job["id"])[worker.worker_id]["state"] == "UNHEALTHY"
+    assert interval() == "5s"
+    assert any("is healthy again" in t for t in texts(api, job["id"]))
+
+    # Under load (more live workers than 200 reports a second allows at 5 s), everyone reports less often.
+    crowd = [health(Worker(api, job["id"], f"crowd-{api.project}-{i}")) for i in range(1000)]
+    assert worker.send(*crowd).status_code == 200
+    time.sleep(1.1)  # the service counts live workers at most once a second
+    more = [health(Worker(api, job["id"], f"more-{api.project}-{i}")) for i in range(500)]
+    answers = worker.send(*more).json()["workerMessageResponses"]
+    intervals = {a["workerHealthReportResponse"]["reportInterval"] for a in answers}
+    assert len(intervals) == 1 and 7.5 <= float(intervals.pop()[:-1]) < 9  # 1,500+ live workers / 200 per s
+    # The crowd leaves (shutdown notices), so that the server's other tests see the usual interval.
+    for message in crowd + more:
+        message.pop("workerHealthReport")
+        message["workerShutdownNotice"] = {"reason": "UNKNOWN"}
+    assert worker.send(*crowd).status_code == 200 and worker.send(*more).status_code == 200
+    time.sleep(1.1)
+
+
+def test_worker_messages_answer_one_entry_per_message_in_order(api):
+    job = api.create("answers")
+    worker = Worker(api, job["id"], f"w-{api.project}")
+    labels = {"JOB_ID": job["id"], "WORKER_ID": worker.worker_id}
+    answer = worker.send(
+        health(worker),
+        {"labels": labels, "workerMetrics": {"cpuTime": [{"totalMs": "1500", "rate": 0.25, "timestamp": NOW}]}},
+        {"labels": labels, "time": NOW, "workerLifecycleEvent": {"event": "CONTAINER_START",
+                                                                  "containerStartTime": NOW, "metadata": {"a": "1"}}},
+        worker.code("HARNESS_STARTED"),
+        {"labels": labels, "workerShutdownNotice": {"reason": "UNKNOWN"}},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"workerMessageResponses": [
+        {"workerHealthReportResponse": {"reportInterval": "5s"}},
+        {"workerMetricsResponse": {}},
+        {},
+        {},
+        {"workerShutdownNoticeResponse": {}},
+    ]}  # fmt: skip
+    detail = api.client.get(f"/beamport/v1/workers/{worker.worker_id}").json()
+    assert detail["state"] == "SHUTDOWN" and detail["cpu"]["totalMs"] == "1500" and detail["cpu"]["rate"] == 0.25
+    assert detail["containerStartTime"] == NOW
+    assert [e["event"] for e in detail["lifecycleEvents"]] == ["CONTAINER_START", "SHUTDOWN_NOTICE"]
+
+
+def test_malformed_worker_messages_change_nothing(api):
+    job = api.create("malformed")
+    worker = Worker(api, job["id"], f"m-{api.project}")
+    assert worker.send(health(worker)).status_code == 200
+    before = (registry(api, job["id"]), texts(api, job["id"], minimumImportance="JOB_MESSAGE_DEBUG"))
+    labels = {"JOB_ID": job["id"], "WORKER_ID": worker.worker_id}
+
+    def refused(code, status, *messages, body=None):
+        path = f"/v1b3/projects/{api.project}/locations/us-central1/WorkerMessages"
+        response = api.client.post(path, json=body if body is not None else {"workerMessages": list(messages)})
+        assert response.status_code == code, response.text
+        error = response.json()["error"]
+        assert error["status"] == status and error["message"]
+        return error["message"]
+
+    assert "must be a JSON object" in refused(400, "INVALID_ARGUMENT", body=[])
+    refused(400, "INVALID_ARGUMENT", body={"workerMessages": "lots"})
+    refused(400, "INVALID_ARGUMENT", {**health(worker), "workerHealthReport": {"vmIsHealthy": "yes"}})
+    refused(400, "INVALID_ARGUMENT", {**health(worker), "workerHealthReport": {"reportInterval": "soon"}})
+    refused(400, "INVALID_ARGUMENT", {"labels": labels, "workerMetrics": {"cpuTime": [{"totalMs": "many"}]}})
+    refused(400, "INVALID_ARGUMENT", {"labels": labels, "workerMetrics": {"cpuTime": {"totalMs": "1"}}})
+    assert "JOB_ID" in refused(400, "INVALID_ARGUMENT", {"labels": {"WORKER_ID": "x"}, "workerHealthReport": {}})
+    assert "WORKER_ID" in refused(400, "INVALID_ARGUMENT", {"labels": {"JOB_ID": job["id"]}, "workerHealthReport": {}})
+    refused(404, "NOT_FOUND", {"labels": {**labels, "JOB_ID": "2020-01-01_00_00_00-1"}, "workerHealthReport": {}})
+    assert "carries nothing" in refused(400, "INVALID_ARGUMENT", {"labels": labels, "somethingElse": {"x": 1}})
+    refused(400, "INVALID_ARGUMENT", {**health(worker), "workerShutdownNotice": {"reason": "UNKNOWN"}})
+    refused(400, "INVALID_ARGUMENT", {"labels": labels, "workerShutdownNotice": {"reason": "BORED"}})
+    refused(400, "INVALID_ARGUMENT", {"labels": labels, "workerLifecycleEvent": {"metadata": {"a": "b"}}})
+    refused(400, "INVALID_ARGUMENT", {"labels": labels, "workerLifecycleEvent": {"event": "X", "metadata": {"a": 1}}})
+    assert "1000" in refused(400, "INVALID_ARGUMENT", *[health(worker)] * 1001)
+    # One bad message refuses the whole batch, the good ones in it included.
+    refused(404, "NOT_FOUND", health(worker, vmIsBroken=True), {"labels": {**labels, "JOB_ID": "nope-1"}, "workerHealthReport": {}})
+    assert (registry(api, job["id"]), texts(api, job["id"], minimumImportance="JOB_MESSAGE_DEBUG")) == before
+    # Unknown fields next to a known kind are ignored, as everywhere in the API (newer workers keep working).
+    assert worker.send({**health(worker), "futureField": 1}).status_code == 200

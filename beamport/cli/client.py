@@ -162,6 +162,15 @@ class DataflowClient:
         """Ask for a state change (JOB_STATE_CANCELLED, JOB_STATE_DRAINED); returns the job as changed."""
         return self.update_job(project, region, job_id, {"requestedState": state})
 
+    # -- workers (Beamport's own registry view, not Dataflow's API) ------------------
+
+    def list_workers(self, job_id: str | None = None, include_gone: bool = False) -> list[dict]:
+        params = {"jobId": job_id, "all": "true" if include_gone else None}
+        return self._request("GET", "/beamport/v1/workers", params).get("workers", [])
+
+    def get_worker(self, worker_id: str) -> dict:
+        return self._request("GET", f"/beamport/v1/workers/{quote(worker_id, safe='')}")
+
     # -- messages -------------------------------------------------------------
 
     def list_messages_page(

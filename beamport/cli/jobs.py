@@ -56,9 +56,9 @@ class Session:
 
 
 @contextmanager
-def session(endpoint: str, project: str | None, region: str, format: Format) -> Iterator[Session]:
+def session(endpoint: str, project: str | None, region: str, format: Format, need_project=True) -> Iterator[Session]:
     """A client and a printer for one command; expected failures become a message and an exit code."""
-    if not project:
+    if need_project and not project:
         raise typer.BadParameter("no project set: pass --project or set BEAMPORT_PROJECT.", param_hint="'--project'")
     printer = Printer(format)
     client = DataflowClient(endpoint)

@@ -8,11 +8,12 @@ from typing import Optional
 
 import typer
 
-from beamport.cli import jobs
+from beamport.cli import jobs, workers as workers_cli
 from beamport.config import DEFAULT_MAX_REQUEST_BYTES, Settings
 
 app = typer.Typer(help="Beamport: the Dataflow API, self-hosted.", no_args_is_help=True, add_completion=False)
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(workers_cli.app, name="workers")
 
 
 @app.command()
@@ -82,6 +83,7 @@ def worker(
     from beamport.worker.harness import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per lease poll
     roots = [p.resolve() for p in allow_path]
     raise typer.Exit(
         Worker(

@@ -145,6 +145,37 @@ class Printer:
             )
         self._table(table)
 
+    # -- workers ------------------------------------------------------------
+
+    def workers(self, workers: list[dict], now_us: int) -> None:
+        if self.format is Format.json:
+            self._json(workers)
+            return
+        if not workers:
+            self.note("Listed 0 items.")
+            return
+        table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
+        for column in ("WORKER_ID", "JOB_ID", "STATE", "HEALTH", "CPU", "UPTIME", "WORK_ITEM", "LAST_REPORT"):
+            table.add_column(column, no_wrap=True)
+        for worker in workers:
+            table.add_row(
+                worker.get("workerId", ""),
+                worker.get("jobId", ""),
+                worker.get("state", ""),
+                _health(worker),
+                f"{worker['cpu']['rate'] * 100:.1f}%" if worker.get("cpu") else "-",
+                _age(worker.get("containerStartTime") or worker.get("firstSeenTime"), now_us),
+                worker.get("workItemId", "-"),
+                _age(worker.get("lastSeenTime"), now_us) + " ago",
+            )
+        self._table(table)
+
+    def worker(self, worker: dict) -> None:
+        if self.format is Format.json:
+            self._json(worker)
+            return
+        self._write("\n".join(yaml_lines(worker)))
+
     def job(self, job: dict) -> None:
         if self.format is Format.json:
             self._json(job)
@@ -178,3 +209,28 @@ class Printer:
         text = message.get("messageText", "")
         continuation = "\n" + " " * len(prefix)
         self._write(prefix + continuation.join(text.splitlines() or [""]))
+
+
+def _health(worker: dict) -> str:
+    health = worker.get("health")
+    if not health:
+        return "-"
+    if health.get("vmIsBroken"):
+        return "broken: " + health.get("msg", "")
+    if health.get("vmIsHealthy") is False:
+        return "unhealthy: " + health.get("msg", "")
+    return "healthy"
+
+
+def _age(value: str | None, now_us: int) -> str:
+    """How long ago an RFC 3339 time was, as 3s, 5m02s, 2h05m."""
+    if not value:
+        return "-"
+    from beamport.cli.client import parse_time_us
+
+    seconds = max(0, (now_us - parse_time_us(value)) // 1_000_000)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

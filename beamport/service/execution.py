@@ -15,7 +15,7 @@ import logging
 import orjson
 
 from beamport import schema, wire
-from beamport.errors import ApiError, failed_precondition, invalid_argument, not_found, unimplemented
+from beamport.errors import RPC_CODE, ApiError, failed_precondition, invalid_argument, not_found, unimplemented
 from beamport.protocol import CODE_HARNESS_STARTED, CODE_LOG, CODE_STAGE, HARNESS_SEND_STACKS, WORK_ITEM_TYPE
 from beamport.service import model
 from beamport.service.documents import (
@@ -66,7 +66,9 @@ _EXECUTION_STATE = {
     model.CANCELLED: "EXECUTION_STATE_CANCELLED",
 }
 _STOP_STATES = (model.CANCELLING,)
-_ABORTED = 10  # google.rpc.Code: the work item must stop (its lease was revoked)
+_ABORTED = RPC_CODE["ABORTED"]  # the work item must stop (its lease was revoked)
+# Errors that another attempt would meet again (the job cannot run as submitted): no retry.
+_PERMANENT_CODES = {RPC_CODE[s] for s in ("INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "FAILED_PRECONDITION")}
 
 
 def _duration_us(value: str | None, default: int) -> int:
@@ -254,7 +256,8 @@ class ExecutionService:
                 answer = {"completeWorkStatus": {"code": 1, "message": f"Job {job.id} was cancelled."}}
             elif status.get("completed") and status.get("errors"):
                 reason = "; ".join(e.get("message") or f"error {e.get('code')}" for e in status["errors"])
-                self._fail_attempt(doc, item, reason, now, write)
+                permanent = any(e.get("code") in _PERMANENT_CODES for e in status["errors"])
+                self._fail_attempt(doc, item, reason, now, write, permanent=permanent)
             elif status.get("completed"):
                 item.state, item.end_us = WORK_DONE, now
                 self._end_job(doc, model.DONE, now, write)
@@ -268,28 +271,32 @@ class ExecutionService:
             return answer
         raise ApiError("ABORTED", f"Too much contention reporting work of job {job.id}; try again.")
 
-    def _fail_attempt(self, doc: dict, item: WorkItemRecord, reason: str, now: int, write: Write, counts=True) -> None:
+    def _fail_attempt(
+        self, doc: dict, item: WorkItemRecord, reason: str, now: int, write: Write, counts=True, permanent=False
+    ) -> None:
         """The current attempt of a leased work item ended without finishing the work (the worker reported an
-        error, or was lost, broken or shut down). Lease it again, or fail the job at the 4th failure. An
-        attempt that ends through no fault of the work (a shutdown notice, a server restart) is not counted."""
+        error, or was lost, broken or shut down). Lease it again, or fail the job at the 4th failure, or at
+        once when the error is permanent. An attempt that ends through no fault of the work (a shutdown
+        notice, a server restart) is not counted."""
         job_id, worker = item.job_id, item.worker_id or "unknown"
         failures = failures_of(item)
         failures.append({"attempt": item.attempt, "worker": worker, "reason": reason, "counted": counts,
                          "startUs": item.start_us, "endUs": now})  # fmt: skip
         item.failures = orjson.dumps(failures).decode()
         counted = [f for f in failures if f.get("counted", True)]
-        if counts and len(counted) >= MAX_FAILURES:
+        if permanent or (counts and len(counted) >= MAX_FAILURES):
             item.state, item.end_us = WORK_FAILED, now
             causes = "\n".join(f"  attempt {f['attempt']} on worker {f['worker']}: {f['reason']}" for f in counted)
+            why = (
+                "The job cannot run as submitted; another attempt would fail the same way."
+                if permanent
+                else f"Workflow failed. Causes: The job failed because a work item has failed {MAX_FAILURES} times:\n{causes}"
+            )
             write.messages = [
                 *write.messages,
                 job_message(job_id, now, "JOB_MESSAGE_ERROR", f"Work item {item.id} failed on worker {worker}: {reason}"),
-                job_message(
-                    job_id, now, "JOB_MESSAGE_ERROR",
-                    f"Workflow failed. Causes: The job failed because a work item has failed {MAX_FAILURES} times:\n"
-                    f"{causes}",
-                ),
-            ]  # fmt: skip
+                job_message(job_id, now, "JOB_MESSAGE_ERROR", why),
+            ]
             self._end_job(doc, model.FAILED, now, write)
             return
         item.state, item.worker_id, item.lease_expire_us, item.end_us = WORK_PENDING, None, None, now
@@ -445,13 +452,31 @@ class ExecutionService:
         if stage is None:
             raise not_found(f"Job {job_id} has no stage {stage_id!r}.")
         item = self.store.get_work_item(stage.work_item_id) if stage.work_item_id else None
+        if item is None:  # a worker that did not label its messages with the work item: the job has one
+            item = next(iter(self.store.list_work_items(job_id)), None)
+        task_id = ids.get(stage.stage, stage.stage)
+        # Attempts that ended early ran on other workers: each shows, as a failed (or moved) attempt.
+        workers = [
+            {
+                "workerName": failure["worker"],
+                "workItems": [{
+                    "taskId": task_id,
+                    "attemptId": str(failure["attempt"]),
+                    "state": "EXECUTION_STATE_FAILED",
+                    **({"startTime": timestamp(failure["startUs"])} if failure.get("startUs") else {}),
+                    "endTime": timestamp(failure["endUs"]),
+                }],
+            }  # fmt: skip
+            for failure in (failures_of(item) if item else [])
+        ]
         task = {
-            "taskId": ids.get(stage.stage, stage.stage),
+            "taskId": task_id,
             "attemptId": str(item.attempt if item else 1),
             "state": _EXECUTION_STATE.get(stage.state, "EXECUTION_STATE_UNKNOWN"),
             **_timing(stage),
         }
-        return {"workers": [{"workerName": stage.worker_id or "unknown", "workItems": [task]}]}
+        workers.append({"workerName": stage.worker_id or "unknown", "workItems": [task]})
+        return {"workers": workers}
 
     def _stage_ids(self, project_id: str, location: str, job_id: str) -> dict[str, str]:
         """Stage name -> the id the job graph gave it (S01...), for URLs and summaries."""

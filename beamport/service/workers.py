@@ -77,7 +77,9 @@ class WorkerRegistry:
             if job_id not in jobs:
                 jobs[job_id] = load_job(self.store, project_id, location, job_id, with_detail=False)
         now = self.clock()
-        workers = self.store.get_workers(m["labels"][LABEL_WORKER] for m in messages if LABEL_WORKER in m["labels"])
+        ids = {m["labels"][LABEL_WORKER] for m in messages if LABEL_WORKER in m["labels"]}
+        workers = self.store.get_workers(ids)
+        newcomers = len(ids) - len(workers)  # live from this batch on, not counted in the store yet
         update = _Update(now)
         responses = []
         codes: dict[str, list[dict]] = {}
@@ -95,7 +97,7 @@ class WorkerRegistry:
             worker = self._entry(workers, labels, job, now)
             update.touch(worker)
             if "workerHealthReport" in message:
-                responses.append(self._health(worker, message["workerHealthReport"], update, len(workers)))
+                responses.append(self._health(worker, message["workerHealthReport"], update, newcomers))
             elif "workerMetrics" in message:
                 for sample in message["workerMetrics"].get("cpuTime", []):
                     at = _time_us(sample.get("timestamp"), now)
@@ -137,7 +139,7 @@ class WorkerRegistry:
         worker.last_seen_us = now
         return worker
 
-    def _health(self, worker: WorkerRecord, report: dict, update: "_Update", reporting: int) -> dict:
+    def _health(self, worker: WorkerRecord, report: dict, update: "_Update", newcomers: int) -> dict:
         now = update.now
         was = worker.state
         previous = worker.last_health_us
@@ -161,14 +163,14 @@ class WorkerRegistry:
                 update.note(worker, "JOB_MESSAGE_BASIC", f"Worker {worker.worker_id} is healthy again.")
             worker.state, worker.reason = WORKER_RUNNING, ""
         late = previous is not None and now - previous > 1.5 * worker.report_interval_us
-        worker.report_interval_us = self._interval_for(worker, reporting, worried=late)
+        worker.report_interval_us = self._interval_for(worker, newcomers, worried=late)
         return {"workerHealthReportResponse": {"reportInterval": wire.format_duration_us(worker.report_interval_us)}}
 
-    def _interval_for(self, worker: WorkerRecord, reporting: int, worried: bool) -> int:
+    def _interval_for(self, worker: WorkerRecord, newcomers: int, worried: bool) -> int:
         """How often this worker should report: the base interval, stretched when so many workers report
         that their reports would pass HEALTH_REPORTS_PER_S, shortened for a worker that is unhealthy or
         reported late (so that the service learns soon whether it is lost)."""
-        live = max(reporting, self._live_count())
+        live = self._live_count() + newcomers
         interval = max(self.base_interval_us, live * 1_000_000 // HEALTH_REPORTS_PER_S)
         if worker.state == WORKER_UNHEALTHY or worried:
             interval = self.base_interval_us // 5

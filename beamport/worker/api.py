@@ -50,22 +50,25 @@ class WorkerApi:
         self.worker_id = worker_id
         self.extra_labels = labels or {}
 
-    def _call(self, method: str, path: str, attempts: int = 5, **kwargs) -> dict:
-        for attempt in range(attempts):
+    def _call(self, method: str, path: str, retry_for_s: float = 6.0, **kwargs) -> dict:
+        """One API call; an unreachable service or a 5xx answer is tried again until `retry_for_s` passed."""
+        deadline = time.monotonic() + retry_for_s
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 response = self.http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                if attempt == attempts - 1:
+                if time.monotonic() >= deadline:
                     raise WorkerApiError(f"{method} {path}: {exc}") from None
-                time.sleep(0.2 * 2**attempt)
+                time.sleep(min(0.2 * 2**attempt, 2.0))
                 continue
-            if response.status_code >= 500 and attempt < attempts - 1:
-                time.sleep(0.2 * 2**attempt)
+            if response.status_code >= 500 and time.monotonic() < deadline:
+                time.sleep(min(0.2 * 2**attempt, 2.0))
                 continue
             if response.status_code != 200:
                 raise WorkerApiError(f"{method} {path}: HTTP {response.status_code}: {response.text}", response.status_code)
             return response.json()
-        raise AssertionError("unreachable")
 
     @staticmethod
     def _job_path(work: Work) -> str:
@@ -100,9 +103,11 @@ class WorkerApi:
             status["completed"] = True
         if errors:
             status["errors"] = list(errors)
+        # Reports ride out a service restart: the lease (60 s) outlives the wait.
         answer = self._call(
             "POST",
             self._job_path(work) + "/workItems:reportStatus",
+            retry_for_s=45.0,
             json={
                 "workerId": self.worker_id,
                 "workItemStatuses": [status],

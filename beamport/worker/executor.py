@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 
 from beamport import wire
+from beamport.errors import RPC_CODE
 from beamport.protocol import (
     CODE_HARNESS_STARTED,
     CODE_LOG,
@@ -33,7 +34,7 @@ from beamport.protocol import (
     STAGING_FILES_DOWNLOAD_FINISH,
     STAGING_FILES_DOWNLOAD_START,
 )
-from beamport.worker.api import Work, WorkerApi
+from beamport.worker.api import Work, WorkerApi, WorkerApiError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,10 @@ class Reporter:
     def _queue(self, message: dict) -> None:
         with self.lock:
             self.pending.append(message)
+
+    def put_back(self, messages: list[dict]) -> None:
+        with self.lock:
+            self.pending[:0] = messages
 
     def take(self) -> tuple[list[dict], object, list]:
         with self.lock:
@@ -170,6 +175,9 @@ def execute(assignment: dict) -> int:
             outcome["result"] = EmbeddedEngine(default_workers=assignment.get("sdk_workers", 1)).run(staged, reporter)
         except Exception as exc:  # staging errors and engine bugs end the work as failed, with the reason
             outcome["error"] = getattr(exc, "message", None) or "".join(traceback.format_exception(exc))
+            # A job that cannot run as submitted (no pipeline, a file it may not read) fails the same way on
+            # every attempt: its status code tells the service not to try again.
+            outcome["code"] = RPC_CODE.get(getattr(exc, "status", ""), RPC_CODE["UNKNOWN"])
 
     thread = threading.Thread(target=run, name="engine", daemon=True)
     thread.start()
@@ -177,7 +185,11 @@ def execute(assignment: dict) -> int:
     def flush(completed: bool = False, errors=()) -> dict:
         nonlocal index
         pending, results, infos = reporter.take()
-        api.send(work, pending)
+        try:
+            api.send(work, pending)
+        except WorkerApiError as exc:  # the service is away: keep the messages for the next report
+            log.warning("could not send worker messages: %s", exc)
+            reporter.put_back(pending)
         updates = []
         if results is not None and "pipeline" in outcome:
             now = wire.now_us()
@@ -208,7 +220,7 @@ def execute(assignment: dict) -> int:
     result = outcome.get("result")
     error = outcome.get("error") or (result.error if result is not None and result.state != "DONE" else None)
     if error:
-        flush(completed=True, errors=[{"code": 2, "message": error}])
+        flush(completed=True, errors=[{"code": outcome.get("code", RPC_CODE["UNKNOWN"]), "message": error}])
         return 1
     flush(completed=True)
     return 0
@@ -217,6 +229,7 @@ def execute(assignment: dict) -> int:
 def main() -> None:
     """`python -m beamport.worker.executor PARENT_PID`: warm up, then run the work item read from stdin."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     die_with_parent(int(sys.argv[1]))
     warm_up()
     line = sys.stdin.readline()

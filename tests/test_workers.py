@@ -1,0 +1,221 @@
+"""Workers as the service sees them: the registry, health, loss, shutdown, retries, and what they show.
+
+Real `beamport worker` processes run real pipelines against a server that runs no local workers, so each
+test decides which workers exist; the service's health interval is 1 s so that losses show within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import Api, Server, discovery_client
+from test_running_jobs import PIPELINES, TEXT, alive_in_group, dataflow_flags, read_output, run, texts, wait_state
+
+pytestmark = pytest.mark.slow
+
+
+class WorkerProcess:
+    """A `beamport worker` started by hand, as on another host: its own data dir, its own id."""
+
+    def __init__(self, server: Server, data_dir: Path, worker_id: str, *args: str):
+        self.worker_id = worker_id
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = data_dir.parent / f"{worker_id}.log"
+        command = [sys.executable, "-m", "beamport", "worker", "--endpoint", server.url, "--worker-id", worker_id,
+                   "--data-dir", str(data_dir), "--allow-path", str(data_dir.parent.parent), "--poll-interval", "0.1",
+                   *args]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def signal(self, sig: int) -> None:
+        os.killpg(self.process.pid, sig) if sig == signal.SIGKILL else self.process.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory) -> Server:
+    """A server without local workers, asking workers for a health report every second."""
+    base = tmp_path_factory.mktemp("remote")
+    srv = Server(base / "data", extra_args=("--workers", "0", "--worker-report-interval", "1",
+                                            "--allow-path", str(base.parent))).start()  # fmt: skip
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def workers(tmp_path):
+    started: list[WorkerProcess] = []
+
+    def start(server: Server, worker_id: str, *args: str) -> WorkerProcess:
+        worker = WorkerProcess(server, tmp_path / "workers" / worker_id, worker_id, *args)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def registry(server: Server, job_id: str | None = None, include_gone: bool = True) -> dict[str, dict]:
+    params = {"all": "true" if include_gone else "false", **({"jobId": job_id} if job_id else {})}
+    return {w["workerId"]: w for w in httpx.get(f"{server.url}/beamport/v1/workers", params=params).json()["workers"]}
+
+
+def worker_detail(server: Server, worker_id: str) -> dict:
+    return httpx.get(f"{server.url}/beamport/v1/workers/{worker_id}").json()
+
+
+def wait_for(condition, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_on(server: Server, api: Api, job_id: str, worker_id: str) -> None:
+    """Wait until the worker runs a stage of the job."""
+    def ready():
+        job = api.get(job_id).json()
+        stages = [s for s in job.get("stageStates", []) if s.get("executionStageState") == "JOB_STATE_RUNNING"]
+        return stages and registry(server, job_id).get(worker_id, {}).get("workItemId")
+
+    wait_for(ready, what=f"job {job_id} running on {worker_id}")
+
+
+@pytest.fixture
+def wordcount(tmp_path):
+    """Input for slow_wordcount.py, and the output an undisturbed DirectRunner run writes from it."""
+    source = tmp_path / "input.txt"
+    source.write_text("\n".join(TEXT.splitlines()[:40]) + "\n")
+    run([str(PIPELINES / "slow_wordcount.py"), str(source), str(tmp_path / "expected" / "out"), "0",
+         "--runner=DirectRunner"])  # fmt: skip
+    return source, read_output(tmp_path / "expected" / "out")
+
+
+def submit_wordcount(server: Server, project: str, workdir: Path, source: Path, name: str, seconds: float) -> str:
+    done = run([str(PIPELINES / "slow_wordcount.py"), str(source), str(workdir / name / "out"), str(seconds),
+                *dataflow_flags(server, project, workdir, name)])  # fmt: skip
+    return done.stdout.split("JOB_ID ", 1)[1].split()[0]
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_output_is_identical(remote, project, tmp_path, workers, wordcount):
+    source, expected = wordcount
+    api = Api(remote.url, project)
+    first = workers(remote, "first")
+    job_id = submit_wordcount(remote, project, tmp_path, source, "killed", 0.15)
+    running_on(remote, api, job_id, "first")
+    events = worker_detail(remote, "first")["lifecycleEvents"]
+    executor = int(next(e for e in events if e["event"] == "CONTAINER_START")["metadata"]["executor_pid"])
+
+    first.signal(signal.SIGKILL)
+    # The executor goes with its worker: a lost worker's work never runs on behind the service's back.
+    wait_for(lambda: not alive_in_group(executor), timeout=5, what="the executor to die with its worker")
+    second = workers(remote, "second")
+    done = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=180)
+    assert done["currentState"] == "JOB_STATE_DONE", texts(api, job_id)
+
+    # Same output as an undisturbed run: nothing lost, nothing twice (the killed attempt never finalized).
+    assert read_output(tmp_path / "killed" / "out") == expected
+    assert len(list((tmp_path / "killed").glob("out-*-of-00003"))) == 3
+    messages = "\n".join(texts(api, job_id))
+    assert "Worker first was lost: no health report since" in messages
+    assert "Worker second took over work item" in messages and "attempt 2" in messages
+    assert "Worker first started" in messages and "Worker second started" in messages
+
+    entries = registry(remote, job_id)
+    assert entries["first"]["state"] == "LOST"
+    # The second worker obeyed the service's 1 s interval (its own default is 5 s).
+    detail = worker_detail(remote, "second")
+    assert detail["health"]["reportInterval"] == "1s" and detail["health"]["vmIsHealthy"] is True
+    samples = detail["cpuTime"]
+    assert len(samples) >= 3 and all(int(s["totalMs"]) >= 0 for s in samples)
+    events = [e["event"] for e in detail["lifecycleEvents"]]
+    for event in ("CONTAINER_START", "STAGING_FILES_DOWNLOAD_START", "STAGING_FILES_DOWNLOAD_FINISH",
+                  "SDK_INSTALL_START", "SDK_INSTALL_FINISH"):  # fmt: skip
+        assert event in events, events
+    staged = next(e for e in detail["lifecycleEvents"] if e["event"] == "STAGING_FILES_DOWNLOAD_FINISH")
+    assert int(staged["metadata"]["downloaded_bytes"]) > 0
+    assert second.process.poll() is None  # it lives on, ready for more work
+
+
+def test_sigterm_sends_a_shutdown_notice_and_the_work_moves_at_once(remote, project, tmp_path, workers, wordcount):
+    source, expected = wordcount
+    api = Api(remote.url, project)
+    leaving = workers(remote, "leaving", "--preemptible")
+    job_id = submit_wordcount(remote, project, tmp_path, source, "moved", 0.15)
+    running_on(remote, api, job_id, "leaving")
+    workers(remote, "staying")
+
+    signalled = time.monotonic()
+    leaving.signal(signal.SIGTERM)
+    assert leaving.process.wait(timeout=10) == 0
+    running_on(remote, api, job_id, "staying")
+    # Moved on the notice, well before the health deadline (3 intervals of 1 s) would have.
+    assert time.monotonic() - signalled < 2.5
+    entry = registry(remote, job_id)["leaving"]
+    assert entry["state"] == "SHUTDOWN" and "PREEMPTION" in entry["reason"]
+    notices = [e for e in worker_detail(remote, "leaving")["lifecycleEvents"] if e["event"] == "SHUTDOWN_NOTICE"]
+    assert notices and notices[0]["reason"] == "PREEMPTION"
+    assert any("Worker leaving is shutting down (PREEMPTION)" in t for t in texts(api, job_id))
+
+    # debug.getWorkerStacktraces, through Google's discovery client: the live executor's thread stacks.
+    stacks = discovery_client(remote.url).projects().locations().jobs().debug().getWorkerStacktraces(
+        projectId=project, location="us-central1", jobId=job_id, body={"workerId": "staying"}
+    ).execute()
+    threads = {s["threadName"]: s["stackContent"] for s in stacks["sdks"][0]["stacks"]}
+    assert "engine" in threads and "executor.py" in threads["engine"]
+
+    # The CLI's view of the registry.
+    listing = subprocess.run([sys.executable, "-m", "beamport", "workers", "list", "--job", job_id,
+                              "--endpoint", remote.url], capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    header, *rows = listing.stdout.splitlines()
+    assert header.split() == ["WORKER_ID", "JOB_ID", "STATE", "HEALTH", "CPU", "UPTIME", "WORK_ITEM", "LAST_REPORT"]
+    (row,) = [r.split() for r in rows]
+    assert row[0] == "staying" and row[2] == "RUNNING" and row[3] == "healthy" and row[4].endswith("%")
+
+    done = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=180)
+    assert done["currentState"] == "JOB_STATE_DONE", texts(api, job_id)
+    assert read_output(tmp_path / "moved" / "out") == expected
+    # A shutdown is not the work's fault: no failure counted.
+    assert not any("failures allowed" in t for t in texts(api, job_id))
+
+
+def test_a_second_worker_with_its_own_data_dir_picks_up_queued_jobs(tmp_path, project, workers):
+    srv = Server(tmp_path / "data", extra_args=("--workers", "1", "--allow-path", str(tmp_path))).start()
+    try:
+        api = Api(srv.url, project)
+        slow = run([str(PIPELINES / "slow_pipeline.py"), "30", str(tmp_path / "slow" / "out"),
+                    *dataflow_flags(srv, project, tmp_path, "slow")])  # fmt: skip
+        slow_id = slow.stdout.split("JOB_ID ", 1)[1].split()[0]
+        wait_state(api, slow_id, {"JOB_STATE_RUNNING"})
+        quick = run([str(PIPELINES / "slow_pipeline.py"), "0", str(tmp_path / "quick" / "out"),
+                     *dataflow_flags(srv, project, tmp_path, "quick")])  # fmt: skip
+        quick_id = quick.stdout.split("JOB_ID ", 1)[1].split()[0]
+        wait_state(api, quick_id, {"JOB_STATE_QUEUED"})
+        extra = workers(srv, "extra")
+        done = wait_state(api, quick_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
+        assert done["currentState"] == "JOB_STATE_DONE", texts(api, quick_id)
+        assert read_output(tmp_path / "quick" / "out") == ["1"]
+        assert "extra" in registry(srv, quick_id)
+        assert extra.data_dir.is_dir() and (extra.data_dir.parent / "extra.log").exists()
+        assert api.get(slow_id).json()["currentState"] == "JOB_STATE_RUNNING"  # still on the local worker
+        api.update(slow_id, {"requestedState": "JOB_STATE_CANCELLED"})
+    finally:
+        srv.stop()
