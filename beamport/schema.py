@@ -34,16 +34,26 @@ def check(data, schema_name: str, what: str = "body"):
     """Return `data` as the named schema accepts it: unknown names dropped, int64 rendered as strings."""
     if not isinstance(data, dict):
         raise invalid_argument(f"Invalid JSON payload received. Expected an object for {what}.")
-    return _check(data, {"$ref": schema_name}, what)
+    return _check(data, {"$ref": schema_name}, (what,))
 
 
-def _fail(path: str, detail: str):
-    raise invalid_argument(f"Invalid JSON payload received. Invalid value at '{path}': {detail}")
+def _fail(path: tuple, detail: str):
+    raise invalid_argument(f"Invalid JSON payload received. Invalid value at '{_path_text(path)}': {detail}")
 
 
-def _check(value, schema: dict, path: str):
-    if "$ref" in schema:
-        schema = _schemas()[schema["$ref"]]
+def _path_text(path: tuple) -> str:
+    # Paths are built as nested tuples (parent, step) and spelled out only for an error message.
+    steps = []
+    while len(path) == 2:
+        path, step = path
+        steps.append(step)
+    return path[0] + "".join(reversed(steps))
+
+
+def _check(value, schema: dict, path: tuple):
+    ref = schema.get("$ref")
+    if ref is not None:
+        schema = _schemas()[ref]
     kind = schema.get("type", "any")
     if value is None or kind == "any":
         return value
@@ -55,15 +65,16 @@ def _check(value, schema: dict, path: str):
         out = {}
         for key, item in value.items():
             if properties and key in properties:
-                out[key] = _check(item, properties[key], f"{path}.{key}")
+                out[key] = _check(item, properties[key], (path, f".{key}"))
             elif extra is not None:
-                out[key] = _check(item, extra, f"{path}[{key!r}]")
+                out[key] = _check(item, extra, (path, f"[{key!r}]"))
             # else: an unknown name, dropped
         return out
     if kind == "array":
         if not isinstance(value, list):
             _fail(path, "expected a list")
-        return [_check(item, schema["items"], f"{path}[{i}]") for i, item in enumerate(value)]
+        items = schema["items"]
+        return [_check(item, items, (path, f"[{i}]")) for i, item in enumerate(value)]
     if kind == "boolean":
         if not isinstance(value, bool):
             _fail(path, "expected true or false")
@@ -85,7 +96,7 @@ def _check(value, schema: dict, path: str):
     return value
 
 
-def _check_string(value, schema: dict, path: str):
+def _check_string(value, schema: dict, path: tuple):
     fmt = schema.get("format")
     if fmt in _STRING_INT_RANGES:
         # Google's JSON mapping writes 64-bit integers as strings, and accepts numbers too.

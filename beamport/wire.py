@@ -14,7 +14,9 @@ The rule for incoming JSON, applied to every request body:
 from __future__ import annotations
 
 import logging
+import re
 import time
+from datetime import datetime, timedelta, timezone
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -146,10 +148,21 @@ def parse_enum(value: str | None, descriptor, param: str, default: int = 0) -> i
     return found.number
 
 
+# 2026-11-27T10:00:00Z, 2026-11-27T10:00:00.123Z, 2026-11-27T10:00:00.123456+01:00: what datetime reads exactly.
+_COMMON_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6})?(Z|[+-]\d\d:\d\d)\Z")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def parse_timestamp_us(value: str | None, param: str) -> int | None:
     """RFC 3339 timestamp (query parameter) to microseconds since the epoch."""
     if value is None or value == "":
         return None
+    if _COMMON_TIMESTAMP.match(value):  # the usual form, parsed ten times faster than below
+        try:
+            return (datetime.fromisoformat(value) - _EPOCH) // _MICROSECOND
+        except ValueError:
+            pass  # February 30th and such: refused below, in the same words as any other bad value
     ts = Timestamp()
     try:
         ts.FromJsonString(value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import orjson
 
@@ -58,6 +59,21 @@ class WorkerRegistry:
         self.store = store
         self.execution = execution
         self.clock = clock
+        self._jobs: dict[str, _JobRef] = {}
+
+    def _job(self, project_id: str, location: str, job_id: str) -> "_JobRef":
+        """Where a job lives, or NOT_FOUND. Remembered: a job never moves and is never deleted, and every
+        worker message names one."""
+        ref = self._jobs.get(job_id)
+        if ref is None:
+            job = load_job(self.store, None, None, job_id, with_detail=False)
+            ref = _JobRef(job.id, job.project_id, job.location)
+            if len(self._jobs) > 100_000:
+                self._jobs.clear()
+            self._jobs[job_id] = ref
+        if ref.project_id != project_id or ref.location != location:
+            load_job(self.store, project_id, location, job_id, with_detail=False)  # raises NOT_FOUND
+        return ref
 
     @property
     def base_interval_us(self) -> int:
@@ -70,12 +86,12 @@ class WorkerRegistry:
         messages = request.get("workerMessages", [])
         if len(messages) > MAX_WORKER_MESSAGES:
             raise invalid_argument(f"At most {MAX_WORKER_MESSAGES} worker messages per request, got {len(messages)}.")
-        jobs: dict[str, object] = {}
+        jobs: dict[str, _JobRef] = {}
         for i, message in enumerate(messages):  # everything is checked before anything changes
             _check_message(message, i)
             job_id = message["labels"][LABEL_JOB]
             if job_id not in jobs:
-                jobs[job_id] = load_job(self.store, project_id, location, job_id, with_detail=False)
+                jobs[job_id] = self._job(project_id, location, job_id)
         now = self.clock()
         ids = {m["labels"][LABEL_WORKER] for m in messages if LABEL_WORKER in m["labels"]}
         workers = self.store.get_workers(ids)
@@ -310,6 +326,13 @@ class WorkerRegistry:
                 return {"sdks": [{"sdkId": f"{worker_id}/python", "stacks": stacks}]} if stacks else {}
             time.sleep(0.05)
         raise ApiError("DEADLINE_EXCEEDED", f"Worker {worker_id} did not send its thread stacks within {wait_s:g} s.")
+
+
+@dataclass(frozen=True)
+class _JobRef:
+    id: str
+    project_id: str
+    location: str
 
 
 class _Update:

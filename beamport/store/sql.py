@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -75,9 +76,13 @@ def _sqlite_engine(url: str) -> Engine:
 class SqlStore(Store):
     def __init__(self, url: str):
         self.url = url
+        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in steps of up to
+        # 100 ms (its busy handler) while others keep taking it: writers queue on a lock here instead.
+        self._write_lock = contextlib.nullcontext()
         if url.startswith("sqlite"):
             self.engine = _sqlite_engine(url)
             self.reads_never_wait = True  # WAL: readers take no lock
+            self._write_lock = threading.Lock()
         else:
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url[len("postgresql://") :]
@@ -99,7 +104,7 @@ class SqlStore(Store):
 
     def write(self, write: Write) -> None:
         try:
-            with self._writer.begin() as conn:
+            with self._write_lock, self._writer.begin() as conn:
                 for change in write.changed_jobs:
                     _compare_and_set(conn, jobs, change.record.id, change.expected_version, _job_row(change.record))
                 new_seqs = [
@@ -148,11 +153,13 @@ class SqlStore(Store):
         """
         last: dict[str, int] = {}
         rows = []
+        if self.engine.dialect.name == "postgresql":
+            # Serialise message writers of one job (SQLite writers are serialised already); jobs locked in
+            # id order, so that two writes with messages of the same jobs never deadlock.
+            for job_id in sorted({m.job_id for m in messages}):
+                conn.execute(select(jobs.c.seq).where(jobs.c.id == job_id).with_for_update())
         for m in messages:
             if m.job_id not in last:
-                if self.engine.dialect.name == "postgresql":
-                    # Serialise message writers of one job (SQLite writers are serialised already).
-                    conn.execute(select(jobs.c.seq).where(jobs.c.id == m.job_id).with_for_update())
                 latest = conn.execute(
                     select(job_messages.c.time_us)
                     .where(job_messages.c.job_id == m.job_id)
@@ -179,6 +186,8 @@ class SqlStore(Store):
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
         else:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        # In key order: two writers upserting the same rows lock them in the same order (no deadlock).
+        rows = sorted(rows, key=lambda row: [row[k] for k in key])
         stmt = dialect_insert(table)
         updates = {c.name: stmt.excluded[c.name] for c in table.c if c.name not in key and c.name not in keep}
         conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=updates), rows)
@@ -190,18 +199,19 @@ class SqlStore(Store):
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
         else:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        rows = sorted(rows, key=lambda row: [row[k] for k in key])
         conn.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=key), rows)
 
     def request_worker_stacks(self, worker_id: str, at_us: int) -> None:
-        with self._writer.begin() as conn:
+        with self._write_lock, self._writer.begin() as conn:
             conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(stacks_request_us=at_us))
 
     def save_worker_stacks(self, worker_id: str, stacks: str, at_us: int) -> None:
-        with self._writer.begin() as conn:
+        with self._write_lock, self._writer.begin() as conn:
             conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(stacks=stacks, stacks_us=at_us))
 
     def prune_cpu_samples(self, before_us: int) -> None:
-        with self._writer.begin() as conn:
+        with self._write_lock, self._writer.begin() as conn:
             conn.execute(delete(worker_cpu_samples).where(worker_cpu_samples.c.time_us < before_us))
 
     # -- reads --------------------------------------------------------------
@@ -305,8 +315,8 @@ class SqlStore(Store):
         if not ids:
             return {}
         with self.engine.connect() as conn:
-            rows = conn.execute(select(*workers.c).where(workers.c.worker_id.in_(ids))).all()
-        return {row.worker_id: WorkerRecord(**row._mapping) for row in rows}
+            rows = conn.execute(_GET_WORKERS, {"ids": ids}).all()
+        return {row.worker_id: WorkerRecord(*row) for row in rows}
 
     def list_workers(self, job_id=None, states=(), limit=1000) -> list[WorkerRecord]:
         stmt = select(*workers.c)
@@ -440,3 +450,9 @@ def _list_jobs_statement(query: JobQuery, with_detail: bool):
     params = {field: value for field, value in params.items() if value is not None}
     params.update(project_id=query.project_id, limit=query.limit)
     return stmt, params
+
+
+# Columns in WorkerRecord's field order, so that a row makes a record positionally (the registry reads
+# hundreds of workers a second under load).
+_WORKER_COLUMNS = [workers.c[name] for name in WorkerRecord.__dataclass_fields__]
+_GET_WORKERS = select(*_WORKER_COLUMNS).where(workers.c.worker_id.in_(bindparam("ids", expanding=True)))
