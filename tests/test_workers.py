@@ -219,3 +219,29 @@ def test_a_second_worker_with_its_own_data_dir_picks_up_queued_jobs(tmp_path, pr
         api.update(slow_id, {"requestedState": "JOB_STATE_CANCELLED"})
     finally:
         srv.stop()
+
+
+def test_a_job_scales_between_num_workers_and_max_workers_from_its_backlog(remote, project, tmp_path, workers):
+    api = Api(remote.url, project)
+    workers(remote, "scaler")
+    done = run([str(PIPELINES / "scaling_pipeline.py"), str(tmp_path / "scaled" / "out"),
+                *dataflow_flags(remote, project, tmp_path, "scaled"),
+                "--num_workers=1", "--max_num_workers=2", "--autoscaling_algorithm=THROUGHPUT_BASED"])  # fmt: skip
+    job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
+    final = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=180)
+    assert final["currentState"] == "JOB_STATE_DONE", texts(api, job_id)
+    assert read_output(tmp_path / "scaled" / "out") == [f"{k}: 2500" for k in range(8)]
+
+    # messages.list's autoscalingEvents, through Google's discovery client.
+    listing = discovery_client(remote.url).projects().locations().jobs().messages().list(
+        projectId=project, location="us-central1", jobId=job_id
+    ).execute()
+    events = [(e["eventType"], e["currentNumWorkers"], e["targetNumWorkers"]) for e in listing["autoscalingEvents"]]
+    assert events[0] == ("TARGET_NUM_WORKERS_CHANGED", "0", "1"), events  # numWorkers at the start
+    assert ("TARGET_NUM_WORKERS_CHANGED", "1", "2") in events, events  # the shuffle's backlog raised it
+    scaled_up = ("CURRENT_NUM_WORKERS_CHANGED", "2", "2") in events
+    assert scaled_up or (os.cpu_count() == 1 and any(e[0] == "ACTUATION_FAILURE" for e in events)), events
+    assert any(e[0] == "TARGET_NUM_WORKERS_CHANGED" and e[2] == "1" for e in events[2:]), events  # and lowered after
+    assert all(int(e[2]) <= 2 for e in events)  # never past maxNumWorkers
+    raised = next(e for e in listing["autoscalingEvents"] if e["targetNumWorkers"] == "2")
+    assert "backlog" in raised["description"]["messageText"]

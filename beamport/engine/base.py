@@ -69,6 +69,13 @@ class RunObserver(Protocol):
         """Every monitoring info of the run so far (Beam's MonitoringInfo protos, aggregated per stage),
         sent with each metrics snapshot: the system metrics, such as element counts per PCollection."""
 
+    def workers_for(self, stage_name: str, backlog_bytes: int) -> int | None:
+        """A stage is about to start with this much input in front of it: how many SDK workers should run
+        it (None: as many as now). Called once per stage, before it runs; may take a round trip."""
+
+    def workers_changed(self, stage_name: str, workers: int, target: int, limit: int) -> None:
+        """The run now uses `workers` SDK workers (asked for `target`; the host allows `limit`)."""
+
 
 @dataclass
 class RunResult:

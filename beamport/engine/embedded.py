@@ -68,6 +68,7 @@ METRICS_EVERY_S = 1.0  # between snapshots while a stage runs many bundles; ever
 class Parallelism:
     workers: int
     mode: str  # THREADS or PROCESSES
+    max_workers: int = 1  # what autoscaling may raise `workers` to during the run
 
 
 def parallelism_for(options: dict, default_workers: int = 1, default_mode: str = AUTO) -> Parallelism:
@@ -83,12 +84,16 @@ def parallelism_for(options: dict, default_workers: int = 1, default_mode: str =
     if not workers and options.get("direct_num_workers", 1) != 1:
         workers = options["direct_num_workers"] or os.cpu_count() or 1
     # Dataflow's num_workers counts machines; here they share this host's cores, so no more than those.
-    workers = min(max(1, int(workers or default_workers)), os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    workers = min(max(1, int(workers or default_workers)), cores)
+    # Dataflow's max_num_workers: the run may scale up to it (not with autoscaling_algorithm NONE).
+    scaling = str(options.get("autoscaling_algorithm") or "").upper() != "NONE"
+    max_workers = min(max(workers, int(options.get("max_num_workers") or 0) if scaling else 0), cores)
     mode = {"multi_processing": PROCESSES, "multi_threading": THREADS}.get(options.get("direct_running_mode"))
     mode = mode or default_mode
     if mode == AUTO:
-        mode = PROCESSES if workers > 1 else THREADS
-    return Parallelism(workers, mode)
+        mode = PROCESSES if max_workers > 1 else THREADS
+    return Parallelism(workers, mode, max_workers)
 
 
 class EmbeddedEngine(Engine):
@@ -118,7 +123,9 @@ class EmbeddedEngine(Engine):
                     pickler.load_session(str(job.main_session))
                 except Exception:
                     return RunResult(FAILED, MAIN_SESSION_FAILED + traceback.format_exc())
-            runner = ObservedFnApiRunner(observer, parallelism.workers, provision_info=provision_info)
+            runner = ObservedFnApiRunner(
+                observer, parallelism.workers, parallelism.max_workers, provision_info=provision_info
+            )
             try:
                 result = runner.run_via_runner_api(pipeline, options)
             except Exception as exc:  # the pipeline's failure, whatever it raised, is the job's result
@@ -132,11 +139,12 @@ class EmbeddedEngine(Engine):
 class ObservedFnApiRunner(fn_runner.FnApiRunner):
     """FnApiRunner that tells an observer when stages start and end, and what the metrics are so far."""
 
-    def __init__(self, observer: RunObserver, workers: int, **kwargs):
+    def __init__(self, observer: RunObserver, workers: int, max_workers: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.observer = observer
         # run_pipeline() would set this from direct_num_workers; run_via_runner_api() leaves the default 1.
         self._num_workers = workers
+        self.max_workers = max(workers, max_workers)
         self.tracker: StageTracker | None = None
 
     def run_stages(self, stage_context, stages):
@@ -147,6 +155,8 @@ class ObservedFnApiRunner(fn_runner.FnApiRunner):
 
     def _execute_bundle(self, runner_execution_context, bundle_context_manager, bundle_input):
         stage = bundle_context_manager.stage.name
+        if stage not in self.tracker.running and stage not in self.tracker.scaled:
+            self._scale(stage, bundle_context_manager, bundle_input)
         self.tracker.bundle_started(stage)
         try:
             result = super()._execute_bundle(runner_execution_context, bundle_context_manager, bundle_input)
@@ -155,6 +165,41 @@ class ObservedFnApiRunner(fn_runner.FnApiRunner):
             raise
         self.tracker.bundle_finished(stage, result.process_bundle.monitoring_infos, runner_execution_context)
         return result
+
+
+    def _scale(self, stage: str, bundle_context_manager, bundle_input) -> None:
+        """Before a stage's first bundle: run it on as many SDK workers as the observer says (autoscaling).
+        FnApiRunner's bundle managers take their worker count from the stage's context; more workers are
+        created on demand (get_worker_handlers)."""
+        self.tracker.scaled.add(stage)
+        if bundle_context_manager.stage.is_stateful():
+            return  # one key at a time: FnApiRunner runs stateful stages on one worker whatever the count
+        ask = getattr(self.observer, "workers_for", None)
+        target = ask(self.tracker.names[stage], _backlog_bytes(bundle_input)) if ask else None
+        if not target:
+            return
+        workers, before = max(1, min(target, self.max_workers)), bundle_context_manager.num_workers
+        if workers != before:
+            bundle_context_manager.num_workers = workers
+            bundle_context_manager._worker_handlers = None  # fetched again, for the new count
+        tell = getattr(self.observer, "workers_changed", None)
+        if tell and (workers != self.tracker.workers or workers < target):
+            tell(self.tracker.names[stage], workers, target, self.max_workers)
+        self.tracker.workers = workers
+
+
+def _backlog_bytes(bundle_input) -> int:
+    """The size of a bundle's input: encoded chunks as they are, grouped values (a GroupByKey's output,
+    kept decoded by Beam) estimated by their length; 0 where Beam's buffers do not say."""
+    total = 0
+    try:
+        for buffer in bundle_input.data.values():  # translations.DataInput(data, timers)
+            total += sum(len(chunk) for chunk in getattr(buffer, "_inputs", ()))
+            for key, values in getattr(buffer, "_table", {}).items():
+                total += len(key) + sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in values)
+    except (AttributeError, TypeError):
+        pass
+    return total
 
 
 class StageTracker:
@@ -170,6 +215,8 @@ class StageTracker:
         self.observer = observer
         self.names = readable_stage_names(stages)
         self.running: set[str] = set()
+        self.scaled: set[str] = set()  # stages whose worker count was decided
+        self.workers = 0  # the count the last stage started with (0: not decided yet)
         self.infos_by_stage: dict[str, list] = {}
         self.last_metrics = 0.0
 

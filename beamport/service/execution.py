@@ -16,8 +16,15 @@ import orjson
 
 from beamport import schema, wire
 from beamport.errors import RPC_CODE, ApiError, failed_precondition, invalid_argument, not_found, unimplemented
-from beamport.protocol import CODE_HARNESS_STARTED, CODE_LOG, CODE_STAGE, HARNESS_SEND_STACKS, WORK_ITEM_TYPE
-from beamport.service import model
+from beamport.protocol import (
+    CODE_HARNESS_STARTED,
+    CODE_LOG,
+    CODE_STAGE,
+    CODE_WORKERS_CHANGED,
+    HARNESS_SEND_STACKS,
+    WORK_ITEM_TYPE,
+)
+from beamport.service import autoscaling, model
 from beamport.service.documents import (
     close_work_items,
     document,
@@ -139,11 +146,18 @@ class ExecutionService:
                 record_from_document(doc, job)
                 write.changed_jobs = [JobChange(job, expected_job)]
                 write.messages = messages
+            workers = autoscaling.worker_range(doc)
+            if workers:
+                upto = f", up to {workers.high} as its backlog asks" if workers.scales else ""
+                write.autoscaling_events = [autoscaling.event(
+                    job.id, now, autoscaling.TARGET_CHANGED, 0, workers.low,
+                    f"Starting the job's work on {workers.low} worker(s){upto}.",
+                )]  # fmt: skip
             try:
                 self.store.write(write)
             except VersionConflict:
                 continue
-            return {"workItems": [self._render_item(job, item)]}
+            return {"workItems": [self._render_item(job, item, workers)]}
         raise ApiError("ABORTED", f"Too much contention leasing work of job {job_id}; try again.")
 
     def _leasable(self, project_id: str, location: str, job_id: str) -> tuple[JobRecord, WorkItemRecord] | None:
@@ -176,7 +190,7 @@ class ExecutionService:
             worker.state, worker.reason = WORKER_RUNNING, ""
         return worker
 
-    def _render_item(self, job: JobRecord, item: WorkItemRecord) -> dict:
+    def _render_item(self, job: JobRecord, item: WorkItemRecord, workers: autoscaling.WorkerRange | None) -> dict:
         return {
             "id": str(item.id),
             "projectId": job.project_id,
@@ -186,7 +200,8 @@ class ExecutionService:
             "initialReportIndex": str(item.next_report_index),
             # What to run: the whole pipeline of the job, on the embedded engine.
             "configuration": json.dumps(
-                {"kind": WORK_ITEM_TYPE, "attempt": item.attempt, "location": job.location}
+                {"kind": WORK_ITEM_TYPE, "attempt": item.attempt, "location": job.location,
+                 **({"workers": workers.as_config()} if workers else {})}  # fmt: skip
             ),
         }
 
@@ -250,6 +265,11 @@ class ExecutionService:
             worker = self.store.get_workers([worker_id]).get(worker_id)
             if worker and (worker.stacks_request_us or 0) > (worker.stacks_us or 0):
                 answer["harnessData"] = {HARNESS_SEND_STACKS: True}
+            remaining = ((status.get("reportedProgress") or {}).get("remainingParallelism") or {}).get("value")
+            if remaining is not None:
+                target = self._scale(doc, job.id, float(remaining), now, write)
+                if target:
+                    answer.setdefault("harnessData", {})[autoscaling.HARNESS_TARGET_WORKERS] = target
             if doc.get("currentState") == model.CANCELLING:
                 item.state, item.end_us = WORK_CANCELLED, now
                 self._end_job(doc, model.CANCELLED, now, write)
@@ -270,6 +290,24 @@ class ExecutionService:
                 continue
             return answer
         raise ApiError("ABORTED", f"Too much contention reporting work of job {job.id}; try again.")
+
+    def _scale(self, doc: dict, job_id: str, remaining: float, now: int, write: Write) -> int | None:
+        """The job's target worker count for the backlog its worker reports (an event when it changes)."""
+        workers = autoscaling.worker_range(doc)
+        if workers is None:
+            return None
+        target = workers.target(remaining) if workers.scales else workers.low
+        events = self.store.list_autoscaling_events(job_id)
+        last = next((e for e in reversed(events) if e.event_type == autoscaling.TARGET_CHANGED), None)
+        if last is None or last.target_workers != target:
+            current = next((e.current_workers for e in reversed(events) if e.event_type == autoscaling.CURRENT_CHANGED), 0)
+            verb = "Raised" if last is None or target > last.target_workers else "Lowered"
+            write.autoscaling_events = [autoscaling.event(
+                job_id, now, autoscaling.TARGET_CHANGED, current, target,
+                f"{verb} the target number of workers to {target} (between {workers.low} and {workers.high}): "
+                f"the backlog of the stage starting is {remaining:g} unit(s) of {autoscaling.UNIT_BYTES // 2**20} MiB.",
+            )]  # fmt: skip
+        return target
 
     def _fail_attempt(
         self, doc: dict, item: WorkItemRecord, reason: str, now: int, write: Write, counts=True, permanent=False
@@ -411,6 +449,8 @@ class ExecutionService:
                         stage.end_us = at
                     stages[stage.stage] = stage
                     touched.append(stage.stage)
+                elif code == CODE_WORKERS_CHANGED:
+                    write.autoscaling_events = [*write.autoscaling_events, *_workers_changed(job_id, now, params)]
                 elif code == CODE_HARNESS_STARTED:
                     notes.append(job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"Worker {worker} started its harness."))
                 else:
@@ -559,6 +599,22 @@ class ExecutionService:
     def worker_exited(self, worker_id: str, reason: str, counts: bool = True) -> None:
         """A local worker process ended: work it still held is leased again (or the job fails)."""
         self.release_work(worker_id, reason, counts)
+
+def _workers_changed(job_id: str, now: int, params: dict) -> list:
+    """A stage started on a number of SDK workers (CODE_WORKERS_CHANGED): the job's current count changed,
+    or could not reach the target."""
+    workers, target = int(params.get("workers", 0)), int(params.get("target", 0))
+    events = []
+    if workers != int(params.get("previous", 0)):
+        events.append(autoscaling.event(job_id, now, autoscaling.CURRENT_CHANGED, workers, target,
+                                        f"Stage {params.get('stage', '?')} runs on {workers} worker(s)."))  # fmt: skip
+    if workers < target:
+        events.append(autoscaling.event(
+            job_id, now, autoscaling.ACTUATION_FAILURE, workers, target,
+            f"Could not run {target} workers: the worker's host allows {params.get('limit', workers)}.",
+        ))  # fmt: skip
+    return events
+
 
 def _worker_time_us(message: dict, default: int) -> int:
     try:

@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from beamport import wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument
 from beamport.files import FilePolicy
-from beamport.service import model
+from beamport.service import autoscaling, model
 from beamport.service.documents import (
     close_work_items,
     document,
@@ -147,7 +147,12 @@ class JobService:
                 limit=limit + 1,
             )
         )
-        return page_response(records, limit, "messages", "jobMessages", render_message)
+        response = page_response(records, limit, "messages", "jobMessages", render_message)
+        if not page_token:  # the job's worker count changes, in the same time window, once per listing
+            events = self.store.list_autoscaling_events(job_id, start_us, end_us)
+            if events:
+                response["autoscalingEvents"] = [autoscaling.render_event(e) for e in events]
+        return response
 
     # -- creating -----------------------------------------------------------
 

@@ -141,6 +141,17 @@ class WorkerEvent:
 
 
 @dataclass
+class AutoscalingEventRecord:
+    job_id: str
+    time_us: int
+    event_type: str
+    current_workers: int
+    target_workers: int
+    description: str
+    seq: int | None = None
+
+
+@dataclass
 class JobQuery:
     project_id: str
     location: str | None  # None: every location (jobs:aggregated)
@@ -206,6 +217,7 @@ class Write:
     workers: Sequence[WorkerRecord] = ()  # replace the stored ones with the same worker_id
     cpu_samples: Sequence[CpuSample] = ()
     worker_events: Sequence[WorkerEvent] = ()
+    autoscaling_events: Sequence[AutoscalingEventRecord] = ()
 
 
 class Store(abc.ABC):
@@ -259,6 +271,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_stages(self, job_id: str) -> list[StageRecord]:
         """The job's stages in the order they started."""
+
+    @abc.abstractmethod
+    def list_autoscaling_events(
+        self, job_id: str, start_us: int | None = None, end_us: int | None = None, limit: int = 1000
+    ) -> list[AutoscalingEventRecord]:
+        """The job's autoscaling events in [start, end), oldest first."""
 
     @abc.abstractmethod
     def get_workers(self, worker_ids: Iterable[str]) -> dict[str, WorkerRecord]: ...

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from beamport.store.base import (
     FILTER_ACTIVE,
+    AutoscalingEventRecord,
     CpuSample,
     WorkerEvent,
     WorkerRecord,
@@ -31,6 +32,7 @@ from beamport.store.base import (
     Write,
 )
 from beamport.store.tables import (
+    autoscaling_events,
     job_messages,
     job_metrics,
     jobs,
@@ -130,6 +132,9 @@ class SqlStore(Store):
                 events = [{k: v for k, v in vars(e).items() if k != "seq"} for e in write.worker_events]
                 if events:
                     conn.execute(insert(worker_events), events)
+                scaling = [{k: v for k, v in vars(e).items() if k != "seq"} for e in write.autoscaling_events]
+                if scaling:
+                    conn.execute(insert(autoscaling_events), scaling)
         except IntegrityError as exc:
             text = str(exc.orig).lower()
             if "uq_jobs_active_name" in text or ("unique" in text and "jobs.name" in text):
@@ -309,6 +314,16 @@ class SqlStore(Store):
         stmt = select(*stage_runs.c).where(stage_runs.c.job_id == job_id).order_by(stage_runs.c.ordinal)
         with self.engine.connect() as conn:
             return [StageRecord(**row._mapping) for row in conn.execute(stmt)]
+
+    def list_autoscaling_events(self, job_id, start_us=None, end_us=None, limit=1000):
+        stmt = select(*autoscaling_events.c).where(autoscaling_events.c.job_id == job_id)
+        if start_us is not None:
+            stmt = stmt.where(autoscaling_events.c.time_us >= start_us)
+        if end_us is not None:
+            stmt = stmt.where(autoscaling_events.c.time_us < end_us)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt.order_by(autoscaling_events.c.seq).limit(limit)).all()
+        return [AutoscalingEventRecord(**row._mapping) for row in rows]
 
     def get_workers(self, worker_ids) -> dict[str, WorkerRecord]:
         ids = list(dict.fromkeys(worker_ids))

@@ -148,3 +148,18 @@ worker_events = Table(
     Index("ix_worker_events_worker_seq", "worker_id", "seq"),
     sqlite_autoincrement=True,
 )
+
+# Each change of a job's worker count (AutoscalingEvent), for messages.list.
+autoscaling_events = Table(
+    "autoscaling_events",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("job_id", String(128), nullable=False),
+    Column("time_us", BigInteger, nullable=False),
+    Column("event_type", String(64), nullable=False),  # TARGET_NUM_WORKERS_CHANGED, CURRENT_NUM_WORKERS_CHANGED...
+    Column("current_workers", Integer, nullable=False),
+    Column("target_workers", Integer, nullable=False),
+    Column("description", Text, nullable=False),
+    Index("ix_autoscaling_events_job_seq", "job_id", "seq"),
+    sqlite_autoincrement=True,
+)

@@ -30,6 +30,7 @@ class Work:
     item_id: str
     report_index: int
     attempt: int
+    config: str = "{}"  # the work item's configuration (JSON)
 
     @classmethod
     def from_item(cls, item: dict, location: str) -> "Work":
@@ -41,6 +42,7 @@ class Work:
             item_id=item["id"],
             report_index=int(item.get("initialReportIndex", "1")),
             attempt=int(config.get("attempt", 1)),
+            config=item.get("configuration") or "{}",
         )
 
 
@@ -92,13 +94,17 @@ class WorkerApi:
     def get_job(self, work: Work) -> dict:
         return self._call("GET", self._job_path(work), params={"view": "JOB_VIEW_ALL"})
 
-    def report(self, work: Work, report_index: int, metric_updates: list[dict], completed=False, errors=()) -> dict:
+    def report(
+        self, work: Work, report_index: int, metric_updates: list[dict], completed=False, errors=(), remaining=None
+    ) -> dict:
         status = {
             "workItemId": work.item_id,
             "reportIndex": str(report_index),
             "requestedLeaseDuration": "60s",
             "metricUpdates": metric_updates,
         }
+        if remaining is not None:  # the backlog of the stage starting, in units of parallel work
+            status["reportedProgress"] = {"remainingParallelism": {"value": remaining}}
         if completed:
             status["completed"] = True
         if errors:

@@ -24,6 +24,7 @@ from beamport import wire
 from beamport.errors import RPC_CODE
 from beamport.protocol import (
     CODE_HARNESS_STARTED,
+    CODE_WORKERS_CHANGED,
     CODE_LOG,
     CODE_STACKTRACES,
     CODE_STAGE,
@@ -34,6 +35,7 @@ from beamport.protocol import (
     STAGING_FILES_DOWNLOAD_FINISH,
     STAGING_FILES_DOWNLOAD_START,
 )
+from beamport.service.autoscaling import HARNESS_TARGET_WORKERS, UNIT_BYTES
 from beamport.worker.api import Work, WorkerApi, WorkerApiError
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,24 @@ class Reporter:
         with self.lock:
             self.pending.append(message)
 
+    # -- autoscaling (see beamport.service.autoscaling) ---------------------------------
+
+    scaling: dict | None = None  # the work item's worker range, {min, max}
+    workers = 0  # SDK workers the run uses now (0 before the first stage)
+    ask_service = None  # reports at once with a backlog, returns the answer
+
+    def workers_for(self, stage_name: str, backlog_bytes: int) -> int | None:
+        if not self.scaling or self.scaling["max"] <= self.scaling["min"] or self.ask_service is None:
+            return None
+        units = -(-backlog_bytes // UNIT_BYTES)
+        answer = self.ask_service(units)
+        return (answer.get("harnessData") or {}).get(HARNESS_TARGET_WORKERS)
+
+    def workers_changed(self, stage_name: str, workers: int, target: int, limit: int) -> None:
+        previous, self.workers = self.workers, workers
+        self.code(CODE_WORKERS_CHANGED, {"stage": stage_name, "workers": workers, "previous": previous,
+                                         "target": target, "limit": limit})  # fmt: skip
+
     def put_back(self, messages: list[dict]) -> None:
         with self.lock:
             self.pending[:0] = messages
@@ -148,6 +168,7 @@ def execute(assignment: dict) -> int:
     from beamport.translate.metrics import metric_updates, system_metric_updates
 
     work = Work(**assignment["work"])
+    work_config = json.loads(work.config or "{}")
     api = WorkerApi(assignment["endpoint"], assignment["worker_id"], assignment.get("labels"))
     status = os.fdopen(assignment["status_fd"], "w", buffering=1) if assignment.get("status_fd") else None
     container_start_us = assignment.get("container_start_us") or wire.now_us()
@@ -182,7 +203,16 @@ def execute(assignment: dict) -> int:
     thread = threading.Thread(target=run, name="engine", daemon=True)
     thread.start()
 
-    def flush(completed: bool = False, errors=()) -> dict:
+    lock = threading.Lock()  # the main loop and the engine thread (autoscaling) both report
+
+    def flush(completed: bool = False, errors=(), remaining: int | None = None) -> dict:
+        with lock:
+            return _flush(completed, errors, remaining)
+
+    reporter.scaling = work_config.get("workers")
+    reporter.ask_service = lambda units: flush(remaining=units)
+
+    def _flush(completed: bool, errors, remaining: int | None) -> dict:
         nonlocal index
         pending, results, infos = reporter.take()
         try:
@@ -195,7 +225,7 @@ def execute(assignment: dict) -> int:
             now = wire.now_us()
             updates = metric_updates(results, outcome["pipeline"], now)
             updates += system_metric_updates(infos, outcome["pipeline"], now)
-        answer = api.report(work, index, updates, completed=completed, errors=errors)
+        answer = api.report(work, index, updates, completed=completed, errors=errors, remaining=remaining)
         index += 1
         if status:
             status.write(json.dumps({"next_report_index": index, "completed": completed}) + "\n")
