@@ -246,7 +246,7 @@ def free_port() -> int:
 
 def start_server(data_dir: Path, port: int, log_path: Path, extra: list[str], cpu: int | None) -> subprocess.Popen:
     args = [sys.executable, "-m", "beamport", "serve", "--port", str(port), "--data-dir", str(data_dir),
-            "--log-level", "warning", "--max-concurrent-jobs", "0", *extra]  # fmt: skip  (API only: no workers)
+            "--log-level", "warning", "--workers", "0", *extra]  # fmt: skip  (API only: no workers)
     log = open(log_path, "ab")
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=_pinned(cpu))
     url = f"http://127.0.0.1:{port}/v1b3/projects/{PROJECT}/locations/{LOCATION}/jobs?pageSize=1"

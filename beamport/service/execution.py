@@ -26,7 +26,6 @@ from beamport.protocol import (
 )
 from beamport.service import autoscaling, model
 from beamport.service.documents import (
-    close_work_items,
     document,
     job_message,
     load_job,
@@ -535,10 +534,6 @@ class ExecutionService:
                 out.append((job, item))
         return out
 
-    def job_state(self, job_id: str) -> str | None:
-        job = self.store.get_job(None, job_id, with_detail=False)
-        return orjson.loads(job.summary).get("currentState") if job else None
-
     def _change_job(self, job_id: str, change) -> None:
         """Apply `change(doc, now, write) -> bool` to the job with a version check; False means no change."""
         for _ in range(_RETRIES):
@@ -577,24 +572,6 @@ class ExecutionService:
     def busy_workers(self) -> set[str]:
         """Workers holding a lease."""
         return {item.worker_id for item in self.store.list_work_items_in_state(WORK_LEASED, 10_000) if item.worker_id}
-
-    def finish_cancels(self) -> None:
-        """A job cancelled while its work waited between attempts has no worker to stop: it is CANCELLED."""
-        for item in self.store.list_work_items_in_state(WORK_PENDING, 10_000):
-            if self.job_state(item.job_id) == model.CANCELLING:
-                self.complete_cancel(item.job_id)
-
-    def complete_cancel(self, job_id: str) -> None:
-        """The job's workers are stopped: a CANCELLING job is CANCELLED."""
-
-        def change(doc, now, write):
-            if doc.get("currentState") != model.CANCELLING:
-                return False
-            self._end_job(doc, model.CANCELLED, now, write)
-            write.changed_work_items = close_work_items(self.store, job_id, WORK_CANCELLED, now)
-            return True
-
-        self._change_job(job_id, change)
 
     def worker_exited(self, worker_id: str, reason: str, counts: bool = True) -> None:
         """A local worker process ended: work it still held is leased again (or the job fails)."""

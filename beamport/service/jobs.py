@@ -40,6 +40,7 @@ from beamport.store.base import (
     MessageRecord,
     Store,
     WORK_CANCELLED,
+    WORK_LEASED,
     VersionConflict,
     WorkItemRecord,
     Write,
@@ -304,7 +305,9 @@ class JobService:
                 )
             now = self.clock()
             if requested:
-                messages = self._request_state(doc, requested, now)
+                # Work between attempts (no worker holds it) has nothing to stop: the cancel ends at once.
+                held = any(item.state == WORK_LEASED for item in self.store.list_work_items(job_id))
+                messages = self._request_state(doc, requested, now, held)
             else:
                 messages = self._apply_mask(doc, mask, changes)
             expected = record.version
@@ -320,7 +323,7 @@ class JobService:
             return render_job(record, model.VIEW_SUMMARY)
         raise ApiError("ABORTED", f"Too much contention updating job {job_id}; try again.")
 
-    def _request_state(self, doc: dict, requested: str, now: int) -> list[MessageRecord]:
+    def _request_state(self, doc: dict, requested: str, now: int, work_held: bool = True) -> list[MessageRecord]:
         """Apply a client's requestedState to the job document; return the messages it causes."""
         job_id, state = doc["id"], doc.get("currentState", "")
 
@@ -331,8 +334,8 @@ class JobService:
             doc["requestedState"] = model.CANCELLED
             if state == model.CANCELLING:
                 return []
-            if state in model.NOT_STARTED_STATES:
-                move(model.CANCELLED)  # nothing runs yet, so nothing needs stopping
+            if state in model.NOT_STARTED_STATES or not work_held:
+                move(model.CANCELLED)  # nothing runs (yet, or between attempts), so nothing needs stopping
             else:
                 move(model.CANCELLING)  # the engine finishes the cancel
             return [job_message(job_id, now, "JOB_MESSAGE_BASIC", f"Cancel request is committed for job {job_id}.")]

@@ -253,7 +253,6 @@ class WorkerRegistry:
             for worker in lost:
                 self.execution.release_work(worker.worker_id, f"the worker was lost: {worker.reason}.", True)
         self.execution.expire_leases()
-        self.execution.finish_cancels()
         if now % 60_000_000 < 1_000_000:  # about once a minute
             self.store.prune_cpu_samples(now - CPU_SAMPLES_KEPT_US)
 
