@@ -14,13 +14,14 @@ from beamport.files import FilePolicy
 from beamport.http.app import create_app
 from beamport.service.execution import ExecutionService
 from beamport.service.jobs import JobService
+from beamport.service.notify import WorkNotifier
 from beamport.service.workers import WorkerRegistry
 from beamport.store import open_store
 from beamport.worker.pool import LocalWorkerPool
 
 log = logging.getLogger("beamport")
 
-SWEEP_EVERY_S = 0.5
+SWEEP_EVERY_S = 1.0
 
 
 def _warm_up() -> None:
@@ -62,7 +63,10 @@ class Sweeper:
 
 def build_app(settings: Settings, with_workers: bool = True):
     store = open_store(settings.database_url, settings.data_dir)
-    execution = ExecutionService(store, default_report_interval_us=int(settings.worker_report_interval_s * 1e6))
+    work = WorkNotifier()
+    execution = ExecutionService(
+        store, default_report_interval_us=int(settings.worker_report_interval_s * 1e6), work=work
+    )
     registry = WorkerRegistry(store, execution)
     sweeper = Sweeper(registry)
     hooks: dict = {"on_startup": [sweeper.start], "on_shutdown": [sweeper.stop]}
@@ -77,7 +81,7 @@ def build_app(settings: Settings, with_workers: bool = True):
         )
         hooks["on_startup"].append(pool.start)
         hooks["on_shutdown"].insert(0, pool.stop)
-    jobs = JobService(store, FilePolicy(settings.allowed_roots()))
+    jobs = JobService(store, FilePolicy(settings.allowed_roots()), work=work)
     # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.
     hooks["on_startup"].append(threading.Thread(target=_warm_up, daemon=True).start)
     return create_app(settings, jobs, execution, registry, **hooks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -80,6 +81,15 @@ async def _internal_error(request: Request, exc: Exception):
 def create_app(settings, jobs_service, execution_service, worker_registry, on_startup=(), on_shutdown=()) -> Starlette:
     @asynccontextmanager
     async def lifespan(app):
+        loop = asyncio.get_running_loop()
+        app.state.work_available = asyncio.Event()
+
+        def wake() -> None:  # on the loop: wake every waiting lease, then wait anew
+            app.state.work_available.set()
+            app.state.work_available = asyncio.Event()
+
+        for notifier in {id(n): n for n in (jobs_service.work, execution_service.work)}.values():
+            notifier.subscribe(lambda: loop.call_soon_threadsafe(wake))
         for start in on_startup:
             start()
         yield

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from starlette.requests import Request
 
 from beamport import wire
@@ -39,6 +42,9 @@ async def stage_execution_details(request: Request) -> dict:
     )
 
 
+LEASE_WAIT_S = 2.0
+
+
 def _or_any(request: Request, name: str, parse) -> str:
     """`-` (AIP-159's wildcard) or a valid value: a worker may lease the work of any job."""
     return "-" if request.path_params.get(name) == "-" else parse(request)
@@ -50,7 +56,22 @@ async def lease(request: Request) -> dict:
     location = _or_any(request, "location", location_param)
     job_id = _or_any(request, "jobId", lambda r: id_param(r, "jobId"))
     body = await read_json(request)
-    return await call(_service(request).lease, project, location, job_id, body)
+    if job_id != "-":
+        return await call(_service(request).lease, project, location, job_id, body)
+    # A worker asking for any job's work waits here (up to LEASE_WAIT_S) for work to appear, woken when a
+    # job is created or work is put back, instead of polling: idle workers cost the server next to nothing,
+    # and a new job is leased at once.
+    deadline = time.monotonic() + LEASE_WAIT_S
+    while True:
+        available = request.app.state.work_available
+        answer = await call(_service(request).lease, project, location, job_id, body)
+        remaining = deadline - time.monotonic()
+        if answer or remaining <= 0:
+            return answer
+        try:
+            await asyncio.wait_for(available.wait(), remaining)
+        except asyncio.TimeoutError:
+            pass
 
 
 @api

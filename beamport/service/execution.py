@@ -25,6 +25,7 @@ from beamport.protocol import (
     WORK_ITEM_TYPE,
 )
 from beamport.service import autoscaling, model
+from beamport.service.notify import WorkNotifier
 from beamport.service.documents import (
     document,
     job_message,
@@ -93,9 +94,13 @@ def failures_of(item: WorkItemRecord) -> list[dict]:
 
 
 class ExecutionService:
-    def __init__(self, store: Store, clock=wire.now_us, default_report_interval_us: int = 5_000_000):
+    def __init__(
+        self, store: Store, clock=wire.now_us, default_report_interval_us: int = 5_000_000,
+        work: WorkNotifier | None = None,
+    ):  # fmt: skip
         self.store = store
         self.clock = clock
+        self.work = work or WorkNotifier()  # told when work is put back to be leased again
         # The health report interval a worker is first given (the registry adapts it per worker).
         self.default_report_interval_us = default_report_interval_us
 
@@ -287,6 +292,8 @@ class ExecutionService:
                 self.store.write(write)
             except VersionConflict:
                 continue
+            if item.state == WORK_PENDING:
+                self.work.notify()
             return answer
         raise ApiError("ABORTED", f"Too much contention reporting work of job {job.id}; try again.")
 
@@ -383,9 +390,11 @@ class ExecutionService:
             write.changed_jobs = [JobChange(job, expected_job)]
             try:
                 self.store.write(write)
-                return
             except VersionConflict:
                 continue
+            if item.state == WORK_PENDING:
+                self.work.notify()
+            return
 
     def expire_leases(self) -> None:
         """Leases nobody renewed in time: the worker stopped reporting; its work goes to another."""

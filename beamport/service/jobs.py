@@ -15,6 +15,7 @@ from beamport import wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument
 from beamport.files import FilePolicy
 from beamport.service import autoscaling, model
+from beamport.service.notify import WorkNotifier
 from beamport.service.documents import (
     close_work_items,
     document,
@@ -71,10 +72,13 @@ NO_STREAMING_ENGINE = (
 
 
 class JobService:
-    def __init__(self, store: Store, files: FilePolicy | None = None, clock=wire.now_us):
+    def __init__(
+        self, store: Store, files: FilePolicy | None = None, clock=wire.now_us, work: WorkNotifier | None = None
+    ):
         self.store = store
         self.files = files  # None: files named in requests are neither checked nor read (tests of the API only)
         self.clock = clock
+        self.work = work or WorkNotifier()  # told when a created job has work to lease
 
     @property
     def reads_never_wait(self) -> bool:
@@ -208,6 +212,8 @@ class JobService:
                     self._replace(project_id, location, replace_job_id, record, work, messages, now)
                 else:
                     self.store.write(Write(new_jobs=[record], new_work_items=work, messages=messages))
+                if work:
+                    self.work.notify()
                 return render_job(record, view)
             except VersionConflict:
                 continue

@@ -230,13 +230,15 @@ class WorkerRegistry:
         """Abandon workers past their health deadline, and work whose lease expired."""
         now = self.clock()
         lost, idle = [], []
-        busy = self.execution.busy_workers()
-        for worker in self.store.list_workers(states=WORKER_LIVE_STATES, limit=100_000):
-            if worker.last_health_us is None:
-                continue  # it never sent a health report: its leases alone say whether it is alive
-            deadline = worker.last_health_us + MISSED_INTERVALS * worker.report_interval_us
-            if deadline >= now:
-                continue
+        late = [
+            worker
+            for worker in self.store.list_workers(states=WORKER_LIVE_STATES, limit=100_000)
+            # A worker that never sent a health report: its leases alone say whether it is alive.
+            if worker.last_health_us is not None
+            and worker.last_health_us + MISSED_INTERVALS * worker.report_interval_us < now
+        ]
+        busy = self.execution.busy_workers() if late else set()
+        for worker in late:
             if worker.worker_id in busy:
                 worker.state = WORKER_LOST
                 worker.reason = f"no health report since {timestamp(worker.last_health_us)}"

@@ -299,9 +299,9 @@ class SqlStore(Store):
             return [WorkItemRecord(**row._mapping) for row in conn.execute(stmt)]
 
     def list_work_items_in_state(self, state: str, limit: int) -> list[WorkItemRecord]:
-        stmt = select(*work_items.c).where(work_items.c.state == state).order_by(work_items.c.id).limit(limit)
         with self.engine.connect() as conn:
-            return [WorkItemRecord(**row._mapping) for row in conn.execute(stmt)]
+            rows = conn.execute(_WORK_ITEMS_IN_STATE, {"state": state, "limit": limit})
+            return [WorkItemRecord(**row._mapping) for row in rows]
 
     def list_metrics(self, job_id: str, since_us: int | None = None) -> list[MetricRecord]:
         stmt = select(*job_metrics.c).where(job_metrics.c.job_id == job_id)
@@ -334,14 +334,10 @@ class SqlStore(Store):
         return {row.worker_id: WorkerRecord(*row) for row in rows}
 
     def list_workers(self, job_id=None, states=(), limit=1000) -> list[WorkerRecord]:
-        stmt = select(*workers.c)
-        if job_id is not None:
-            stmt = stmt.where(workers.c.job_id == job_id)
-        if states:
-            stmt = stmt.where(workers.c.state.in_(list(states)))
-        stmt = stmt.order_by(workers.c.last_seen_us.desc()).limit(limit)
+        stmt = _LIST_WORKERS[job_id is not None, bool(states)]
+        params = {"job_id": job_id, "states": list(states), "limit": limit}
         with self.engine.connect() as conn:
-            return [WorkerRecord(**row._mapping) for row in conn.execute(stmt)]
+            return [WorkerRecord(*row) for row in conn.execute(stmt, params)]
 
     def list_cpu_samples(self, worker_id: str, limit: int = 60) -> list[CpuSample]:
         stmt = (
@@ -471,3 +467,22 @@ def _list_jobs_statement(query: JobQuery, with_detail: bool):
 # hundreds of workers a second under load).
 _WORKER_COLUMNS = [workers.c[name] for name in WorkerRecord.__dataclass_fields__]
 _GET_WORKERS = select(*_WORKER_COLUMNS).where(workers.c.worker_id.in_(bindparam("ids", expanding=True)))
+
+
+def _list_workers_statement(by_job: bool, by_state: bool):
+    stmt = select(*_WORKER_COLUMNS)
+    if by_job:
+        stmt = stmt.where(workers.c.job_id == bindparam("job_id"))
+    if by_state:
+        stmt = stmt.where(workers.c.state.in_(bindparam("states", expanding=True)))
+    return stmt.order_by(workers.c.last_seen_us.desc()).limit(bindparam("limit", type_=Integer))
+
+
+# Statements the sweeper runs every second, built once.
+_LIST_WORKERS = {(j, s): _list_workers_statement(j, s) for j in (False, True) for s in (False, True)}
+_WORK_ITEMS_IN_STATE = (
+    select(*work_items.c)
+    .where(work_items.c.state == bindparam("state"))
+    .order_by(work_items.c.id)
+    .limit(bindparam("limit", type_=Integer))
+)

@@ -85,7 +85,7 @@ class Worker:
                 if work is None:
                     if self.once:
                         break
-                    time.sleep(idle_s)
+                    time.sleep(idle_s)  # a Beamport service has held the lease a while already: see http/execution.py
                     continue
                 idle_s = self.poll_s
                 self.serve(work)

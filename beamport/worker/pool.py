@@ -24,6 +24,7 @@ from beamport.service.execution import ExecutionService
 log = logging.getLogger(__name__)
 
 RESPAWN_AFTER_S = 1.0  # a worker that keeps dying is not respawned in a tight loop
+QUEUE_CHECK_S = 0.5  # how often waiting jobs are checked for QUEUED (a worker's exit is seen every tick)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class LocalWorkerPool:
         self.tick_s = tick_s
         self.workers: list[_Worker] = []
         self._spawned_at = 0.0
+        self._queue_checked = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -92,6 +94,9 @@ class LocalWorkerPool:
             (self.run_dir / f"{worker.worker_id}.pid").unlink(missing_ok=True)
             if time.monotonic() - self._spawned_at > RESPAWN_AFTER_S:
                 self.workers[i] = self._spawn()
+        if time.monotonic() - self._queue_checked < QUEUE_CHECK_S:
+            return
+        self._queue_checked = time.monotonic()
         pending = self.execution.pending_work(limit=100)
         if pending:
             busy = self.execution.busy_workers()
