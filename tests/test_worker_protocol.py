@@ -304,6 +304,9 @@ def test_worker_messages_answer_one_entry_per_message_in_order(api):
     assert detail["state"] == "SHUTDOWN" and detail["cpu"]["totalMs"] == "1500" and detail["cpu"]["rate"] == 0.25
     assert detail["containerStartTime"] == NOW
     assert [e["event"] for e in detail["lifecycleEvents"]] == ["CONTAINER_START", "SHUTDOWN_NOTICE"]
+    # A worker that shut down and leases again is a new process under the same name: it gets work.
+    assert worker.lease().json()["workItems"]
+    assert registry(api, job["id"])[worker.worker_id]["state"] == "RUNNING"
 
 
 def test_malformed_worker_messages_change_nothing(api):

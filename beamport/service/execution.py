@@ -43,7 +43,6 @@ from beamport.store.base import (
     WORKER_BROKEN,
     WORKER_LIVE_STATES,
     WORKER_RUNNING,
-    WORKER_SHUTDOWN,
     JobChange,
     JobRecord,
     MetricRecord,
@@ -116,8 +115,9 @@ class ExecutionService:
         if job_id != ANY:
             load_job(self.store, project_id, location, job_id, with_detail=False)
         worker = self.store.get_workers([worker_id]).get(worker_id)
-        if worker is not None and worker.state in (WORKER_BROKEN, WORKER_SHUTDOWN):
-            return {}  # abandoned: a broken or departing worker gets no more work
+        if worker is not None and worker.state == WORKER_BROKEN:
+            return {}  # abandoned: a broken worker gets no more work (a worker that shut down and leases
+            # again is a new process under the same name: it may)
         for _ in range(_RETRIES):
             found = self._leasable(project_id, location, job_id)
             if found is None:
@@ -288,14 +288,20 @@ class ExecutionService:
             if write.messages or answer.get("completeWorkStatus"):
                 record_from_document(doc, job)
                 write.changed_jobs = [JobChange(job, expected_job)]
-            try:
-                self.store.write(write)
-            except VersionConflict:
-                continue
-            if item.state == WORK_PENDING:
-                self.work.notify()
-            return answer
+            if self._commit(write, item):
+                return answer
         raise ApiError("ABORTED", f"Too much contention reporting work of job {job.id}; try again.")
+
+    def _commit(self, write: Write, item: WorkItemRecord) -> bool:
+        """Write a change of a work item (False: it changed meanwhile, read again); if the item is waiting
+        for a worker again, wake the workers waiting for work."""
+        try:
+            self.store.write(write)
+        except VersionConflict:
+            return False
+        if item.state == WORK_PENDING:
+            self.work.notify()
+        return True
 
     def _scale(self, doc: dict, job_id: str, remaining: float, now: int, write: Write) -> int | None:
         """The job's target worker count for the backlog its worker reports (an event when it changes)."""
@@ -388,13 +394,8 @@ class ExecutionService:
             write.changed_work_items = [WorkItemChange(item, expected_item)]
             record_from_document(doc, job)
             write.changed_jobs = [JobChange(job, expected_job)]
-            try:
-                self.store.write(write)
-            except VersionConflict:
-                continue
-            if item.state == WORK_PENDING:
-                self.work.notify()
-            return
+            if self._commit(write, item):
+                return
 
     def expire_leases(self) -> None:
         """Leases nobody renewed in time: the worker stopped reporting; its work goes to another."""

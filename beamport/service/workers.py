@@ -60,6 +60,7 @@ class WorkerRegistry:
         self.execution = execution
         self.clock = clock
         self._jobs: dict[str, _JobRef] = {}
+        self._live, self._live_at = 0, 0.0  # live workers, as counted at that monotonic time
 
     def _job(self, project_id: str, location: str, job_id: str) -> "_JobRef":
         """Where a job lives, or NOT_FOUND. Remembered: a job never moves and is never deleted, and every
@@ -164,7 +165,7 @@ class WorkerRegistry:
         if report.get("vmStartupTime"):
             worker.vm_startup_us = _time_us(report["vmStartupTime"], None)
         if was in (WORKER_BROKEN, WORKER_SHUTDOWN):
-            pass  # abandoned for good: late reports change nothing
+            pass  # abandoned, or leaving: late reports change nothing
         elif report.get("vmIsBroken"):
             worker.state, worker.reason = WORKER_BROKEN, report.get("msg") or "the worker reported it is broken"
             update.note(worker, "JOB_MESSAGE_WARNING",
@@ -195,7 +196,7 @@ class WorkerRegistry:
     def _live_count(self) -> int:
         # Counted at most once a second: every health report asks.
         now = time.monotonic()
-        if now - getattr(self, "_live_at", 0.0) > 1.0:
+        if now - self._live_at > 1.0:
             self._live, self._live_at = len(self.store.list_workers(states=WORKER_LIVE_STATES, limit=100_000)), now
         return self._live
 
