@@ -245,3 +245,25 @@ def test_a_job_scales_between_num_workers_and_max_workers_from_its_backlog(remot
     assert all(int(e[2]) <= 2 for e in events)  # never past maxNumWorkers
     raised = next(e for e in listing["autoscalingEvents"] if e["targetNumWorkers"] == "2")
     assert "backlog" in raised["description"]["messageText"]
+
+
+def test_a_remote_worker_keeps_its_work_across_a_server_restart(tmp_path, project, workers, wordcount):
+    source, expected = wordcount
+    srv = Server(tmp_path / "data", extra_args=("--workers", "0", "--worker-report-interval", "1",
+                                                "--allow-path", str(tmp_path))).start()  # fmt: skip
+    try:
+        api = Api(srv.url, project)
+        workers(srv, "steady")
+        job_id = submit_wordcount(srv, project, tmp_path, source, "restarted", 0.1)
+        running_on(srv, api, job_id, "steady")
+        srv.stop(signal.SIGKILL)
+        time.sleep(4)  # longer than 3 health intervals: the worker's reports fail meanwhile
+        srv.start()
+        done = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=180)
+        assert done["currentState"] == "JOB_STATE_DONE", texts(api, job_id)
+        assert read_output(tmp_path / "restarted" / "out") == expected
+        # The same attempt finished: nothing was lost or moved.
+        messages = "\n".join(texts(api, job_id))
+        assert "took over" not in messages and "was lost" not in messages, messages
+    finally:
+        srv.stop()

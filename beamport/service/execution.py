@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 _RETRIES = 50
 DEFAULT_LEASE_US = 60_000_000
 MAX_LEASE_US = 600_000_000
+# After a start, how long workers (whose reports failed while the server was down) have to report again
+# before their leases or health deadlines are judged.
+RESTART_GRACE_US = 15_000_000
 REPORT_INTERVAL = "1s"
 # Dataflow retries a failing batch work item up to 4 times: the 4th failure fails the job.
 MAX_FAILURES = 4
@@ -100,6 +103,7 @@ class ExecutionService:
         self.store = store
         self.clock = clock
         self.work = work or WorkNotifier()  # told when work is put back to be leased again
+        self.started_us = clock()
         # The health report interval a worker is first given (the registry adapts it per worker).
         self.default_report_interval_us = default_report_interval_us
 
@@ -400,8 +404,10 @@ class ExecutionService:
     def expire_leases(self) -> None:
         """Leases nobody renewed in time: the worker stopped reporting; its work goes to another."""
         now = self.clock()
+        # Workers could not report while this server was down: give them time to reach it again.
+        grace_until = self.started_us + RESTART_GRACE_US
         for item in self.store.list_work_items_in_state(WORK_LEASED, 10_000):
-            if item.lease_expire_us is not None and item.lease_expire_us < now:
+            if item.lease_expire_us is not None and max(item.lease_expire_us, grace_until) < now:
                 self._revoke(
                     item.id, item.worker_id,
                     f"its lease expired at {timestamp(item.lease_expire_us)} without a report from the worker.",

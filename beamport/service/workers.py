@@ -22,7 +22,7 @@ from beamport.errors import ApiError, failed_precondition, invalid_argument, not
 from beamport.protocol import CODE_LOG, CODE_STACKTRACES, CODE_STAGE, CONTAINER_START, LABEL_JOB, LABEL_WORKER
 from beamport.service import model
 from beamport.service.documents import job_message, load_job, timestamp
-from beamport.service.execution import ExecutionService
+from beamport.service.execution import RESTART_GRACE_US, ExecutionService
 from beamport.store.base import (
     WORKER_BROKEN,
     WORKER_IDLE,
@@ -230,13 +230,14 @@ class WorkerRegistry:
     def sweep(self) -> None:
         """Abandon workers past their health deadline, and work whose lease expired."""
         now = self.clock()
+        grace_until = self.execution.started_us + RESTART_GRACE_US  # reports failed while we were down
         lost, idle = [], []
         late = [
             worker
             for worker in self.store.list_workers(states=WORKER_LIVE_STATES, limit=100_000)
             # A worker that never sent a health report: its leases alone say whether it is alive.
             if worker.last_health_us is not None
-            and worker.last_health_us + MISSED_INTERVALS * worker.report_interval_us < now
+            and max(worker.last_health_us + MISSED_INTERVALS * worker.report_interval_us, grace_until) < now
         ]
         busy = self.execution.busy_workers() if late else set()
         for worker in late:
