@@ -10,6 +10,10 @@ CODE_STAGING_FAILED = "STAGING_FILES_DOWNLOAD_ERROR"  # parameters: error
 
 # In a reportStatus answer's harnessData: the service wants this worker's thread stacks (debug.getWorkerStacktraces).
 HARNESS_SEND_STACKS = "beamport.sendStacktraces"
+# ... and the number of SDK workers the job should run on now (autoscaling).
+HARNESS_TARGET_WORKERS = "beamport.targetWorkers"
+# A worker reports a stage's backlog as remainingParallelism in units of this much input.
+BACKLOG_UNIT_BYTES = 1 << 20
 
 # workerLifecycleEvent events the workers send (the Dataflow names).
 CONTAINER_START = "CONTAINER_START"

@@ -77,10 +77,12 @@ def test_a_worker_runs_a_job_to_done(api):
     assert any("SOMETHING_NEW" in t for t in texts(api, job["id"], minimumImportance="JOB_MESSAGE_DETAILED"))
     assert api.get(job["id"]).json()["stageStates"][0]["executionStageState"] == "JOB_STATE_RUNNING"
 
-    first = worker.report(item["id"], 1, metricUpdates=[COUNTER])
+    first = worker.report(item["id"], 1, metricUpdates=[COUNTER], reportedProgress={"fractionConsumed": 0.25})
     assert first.status_code == 200, first.text
     state = first.json()["workItemServiceStates"][0]
     assert state["nextReportIndex"] == "2" and "leaseExpireTime" in state
+    listed = api.client.get("/beamport/v1/workers", params={"jobId": job["id"], "all": "true"}).json()["workers"]
+    assert [w.get("workItemProgress") for w in listed if w["workerId"] == "w-1"] == [0.25]
     metrics = api.client.get(f"{api.jobs_path}/{job['id']}/metrics").json()["metrics"]
     assert [m["scalar"] for m in metrics] == [7] and metrics[0]["updateTime"]
 

@@ -151,6 +151,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_output_is_identical(remote,
         assert event in events, events
     staged = next(e for e in detail["lifecycleEvents"] if e["event"] == "STAGING_FILES_DOWNLOAD_FINISH")
     assert int(staged["metadata"]["downloaded_bytes"]) > 0
+    assert detail["workItemProgress"] == 1.0  # reported as its work went, done at the end
     assert second.process.poll() is None  # it lives on, ready for more work
 
 

@@ -165,7 +165,8 @@ class Printer:
                 _health(worker),
                 f"{worker['cpu']['rate'] * 100:.1f}%" if worker.get("cpu") else "-",
                 _age(worker.get("containerStartTime") or worker.get("firstSeenTime"), now_us),
-                worker.get("workItemId", "-"),
+                worker.get("workItemId", "-")
+                + (f" ({worker['workItemProgress']:.0%})" if "workItemProgress" in worker else ""),
                 _age(worker.get("lastSeenTime"), now_us) + " ago",
             )
         self._table(table)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from beamport.protocol import BACKLOG_UNIT_BYTES as UNIT_BYTES
+from beamport.protocol import HARNESS_TARGET_WORKERS
 from beamport.service.documents import timestamp
 from beamport.store.base import AutoscalingEventRecord
 
-UNIT_BYTES = 1 << 20  # a stage's input per worker worth adding
-HARNESS_TARGET_WORKERS = "beamport.targetWorkers"  # in a reportStatus answer's harnessData
+__all__ = ["UNIT_BYTES", "HARNESS_TARGET_WORKERS", "WorkerRange", "worker_range", "event", "render_event"]
 
 TARGET_CHANGED = "TARGET_NUM_WORKERS_CHANGED"
 CURRENT_CHANGED = "CURRENT_NUM_WORKERS_CHANGED"

@@ -273,7 +273,10 @@ class ExecutionService:
             worker = self.store.get_workers([worker_id]).get(worker_id)
             if worker and (worker.stacks_request_us or 0) > (worker.stacks_us or 0):
                 answer["harnessData"] = {HARNESS_SEND_STACKS: True}
-            remaining = ((status.get("reportedProgress") or {}).get("remainingParallelism") or {}).get("value")
+            progress = status.get("reportedProgress") or {}
+            if progress.get("fractionConsumed") is not None:
+                item.progress = min(max(float(progress["fractionConsumed"]), 0.0), 1.0)
+            remaining = (progress.get("remainingParallelism") or {}).get("value")
             if remaining is not None:
                 target = self._scale(doc, job.id, float(remaining), now, write)
                 if target:
@@ -287,7 +290,7 @@ class ExecutionService:
                 permanent = any(e.get("code") in _PERMANENT_CODES for e in status["errors"])
                 self._fail_attempt(doc, item, reason, now, write, permanent=permanent)
             elif status.get("completed"):
-                item.state, item.end_us = WORK_DONE, now
+                item.state, item.end_us, item.progress = WORK_DONE, now, 1.0
                 self._end_job(doc, model.DONE, now, write)
             if write.messages or answer.get("completeWorkStatus"):
                 record_from_document(doc, job)
@@ -355,7 +358,7 @@ class ExecutionService:
             return
         item.state, item.worker_id, item.lease_expire_us, item.end_us = WORK_PENDING, None, None, now
         item.attempt += 1
-        item.next_report_index = 1
+        item.next_report_index, item.progress = 1, None
         left = MAX_FAILURES - len(counted)
         what = f"failed ({len(counted)} of {MAX_FAILURES} failures allowed)" if counts else "stopped"
         write.messages = [

@@ -35,6 +35,7 @@ from beamport.store.base import (
     Store,
     WorkerEvent,
     WorkerRecord,
+    WorkItemRecord,
     Write,
 )
 
@@ -264,13 +265,18 @@ class WorkerRegistry:
 
     def list_workers(self, job_id: str | None = None, include_gone: bool = False, limit: int = 1000) -> dict:
         states = () if include_gone else WORKER_LIVE_STATES
-        return {"workers": [self.render(w) for w in self.store.list_workers(job_id, states, limit)]}
+        workers = self.store.list_workers(job_id, states, limit)
+        # The progress of the work each live worker holds (workers that left hold none).
+        items = {w.work_item_id: self.store.get_work_item(w.work_item_id) for w in workers
+                 if w.work_item_id and w.state in WORKER_LIVE_STATES}  # fmt: skip
+        return {"workers": [self.render(w, items.get(w.work_item_id)) for w in workers]}
 
     def get_worker(self, worker_id: str) -> dict:
         worker = self.store.get_workers([worker_id]).get(worker_id)
         if worker is None:
             raise not_found(f"Worker {worker_id!r} is not known to this service.")
-        out = self.render(worker)
+        item = self.store.get_work_item(worker.work_item_id) if worker.work_item_id else None
+        out = self.render(worker, item)
         out["cpuTime"] = [
             {"timestamp": timestamp(s.time_us), "totalMs": str(s.total_ms), "rate": s.rate}
             for s in self.store.list_cpu_samples(worker_id, 120)
@@ -281,7 +287,7 @@ class WorkerRegistry:
         ]
         return out
 
-    def render(self, worker: WorkerRecord) -> dict:
+    def render(self, worker: WorkerRecord, item: WorkItemRecord | None = None) -> dict:
         out = {
             "workerId": worker.worker_id,
             "projectId": worker.project_id,
@@ -301,6 +307,8 @@ class WorkerRegistry:
             "workItemId": worker.work_item_id and str(worker.work_item_id),
         }
         out.update({k: v for k, v in optional.items() if v})
+        if item is not None and item.worker_id == worker.worker_id and item.progress is not None:
+            out["workItemProgress"] = item.progress
         if worker.health != "{}":
             out["health"] = orjson.loads(worker.health)
         if worker.cpu_us is not None:

@@ -64,6 +64,7 @@ class WorkItemRecord:
     end_us: int | None = None
     version: int = 1
     failures: str = "[]"  # JSON: the attempts that failed, [{attempt, worker, reason}]
+    progress: float | None = None  # the fraction of the work done, as the worker last reported it
     id: int | None = None  # assigned by the store
 
 

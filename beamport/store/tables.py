@@ -69,6 +69,7 @@ work_items = Table(
     Column("end_us", BigInteger, nullable=True),
     Column("version", Integer, nullable=False),
     Column("failures", Text, nullable=False, server_default="[]"),  # JSON: [{attempt, worker, reason}]
+    Column("progress", Float, nullable=True),  # the fraction done, as the worker last reported it
     Index("ix_work_items_job", "job_id"),
     Index("ix_work_items_state", "state", "id"),
     sqlite_autoincrement=True,

@@ -95,7 +95,8 @@ class WorkerApi:
         return self._call("GET", self._job_path(work), params={"view": "JOB_VIEW_ALL"})
 
     def report(
-        self, work: Work, report_index: int, metric_updates: list[dict], completed=False, errors=(), remaining=None
+        self, work: Work, report_index: int, metric_updates: list[dict], completed=False, errors=(), remaining=None,
+        fraction=None,
     ) -> dict:
         status = {
             "workItemId": work.item_id,
@@ -103,8 +104,13 @@ class WorkerApi:
             "requestedLeaseDuration": "60s",
             "metricUpdates": metric_updates,
         }
+        progress = {}
+        if fraction is not None:  # how much of the work is done
+            progress["fractionConsumed"] = fraction
         if remaining is not None:  # the backlog of the stage starting, in units of parallel work
-            status["reportedProgress"] = {"remainingParallelism": {"value": remaining}}
+            progress["remainingParallelism"] = {"value": remaining}
+        if progress:
+            status["reportedProgress"] = progress
         if completed:
             status["completed"] = True
         if errors:

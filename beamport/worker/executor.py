@@ -21,10 +21,13 @@ import traceback
 from pathlib import Path
 
 from beamport import wire
+from beamport.engine.base import STAGE_RUNNING
 from beamport.errors import RPC_CODE
 from beamport.protocol import (
     CODE_HARNESS_STARTED,
     CODE_WORKERS_CHANGED,
+    BACKLOG_UNIT_BYTES,
+    HARNESS_TARGET_WORKERS,
     CODE_LOG,
     CODE_STACKTRACES,
     CODE_STAGE,
@@ -35,7 +38,6 @@ from beamport.protocol import (
     STAGING_FILES_DOWNLOAD_FINISH,
     STAGING_FILES_DOWNLOAD_START,
 )
-from beamport.service.autoscaling import HARNESS_TARGET_WORKERS, UNIT_BYTES
 from beamport.worker.api import Work, WorkerApi, WorkerApiError
 
 log = logging.getLogger(__name__)
@@ -65,9 +67,21 @@ class Reporter:
         self.pending: list[dict] = []
         self.latest_metrics = None
         self.latest_infos: list = []
+        self.stages: dict[str, str] = {}
+
+    planned_stages = 0  # the job graph's count of stages (pipelineDescription), for progress
 
     def stage_state(self, stage_name: str, state: str, time_us: int) -> None:
+        with self.lock:
+            self.stages[stage_name] = state
         self._queue(self.api.code_message(self.work, CODE_STAGE, {"stage": stage_name, "state": state}, time_us))
+
+    def fraction_done(self) -> float:
+        """Stages done out of all stages (planned, or seen if more): the run's progress, for reportStatus."""
+        with self.lock:
+            done = sum(1 for state in self.stages.values() if state != STAGE_RUNNING)
+            total = max(self.planned_stages, len(self.stages), 1)
+        return round(done / total, 4)
 
     def metrics(self, results) -> None:
         with self.lock:
@@ -107,7 +121,7 @@ class Reporter:
     def workers_for(self, stage_name: str, backlog_bytes: int) -> int | None:
         if not self.scaling or self.scaling["max"] <= self.scaling["min"] or self.ask_service is None:
             return None
-        units = -(-backlog_bytes // UNIT_BYTES)
+        units = -(-backlog_bytes // BACKLOG_UNIT_BYTES)
         answer = self.ask_service(units)
         return (answer.get("harnessData") or {}).get(HARNESS_TARGET_WORKERS)
 
@@ -182,7 +196,9 @@ def execute(assignment: dict) -> int:
         try:
             reporter.lifecycle(STAGING_FILES_DOWNLOAD_START, container_start_us)
             try:
-                staged, warnings = stage_job(api.get_job(work), FilePolicy(allow_paths))
+                job = api.get_job(work)
+                reporter.planned_stages = len((job.get("pipelineDescription") or {}).get("executionPipelineStage", []))
+                staged, warnings = stage_job(job, FilePolicy(allow_paths))
             except Exception as exc:
                 reporter.code(CODE_STAGING_FAILED, {"error": getattr(exc, "message", None) or str(exc)})
                 raise
@@ -225,7 +241,8 @@ def execute(assignment: dict) -> int:
             now = wire.now_us()
             updates = metric_updates(results, outcome["pipeline"], now)
             updates += system_metric_updates(infos, outcome["pipeline"], now)
-        answer = api.report(work, index, updates, completed=completed, errors=errors, remaining=remaining)
+        answer = api.report(work, index, updates, completed=completed, errors=errors, remaining=remaining,
+                            fraction=reporter.fraction_done())  # fmt: skip
         index += 1
         if status:
             status.write(json.dumps({"next_report_index": index, "completed": completed}) + "\n")

@@ -1,4 +1,4 @@
-"""Autoscaling events: each change of a job's worker count, for messages.list.
+"""Autoscaling events: each change of a job's worker count, for messages.list; work item progress.
 
 Revision ID: 0004
 Revises: 0003
@@ -26,7 +26,11 @@ def upgrade() -> None:
         sqlite_autoincrement=True,
     )
     op.create_index("ix_autoscaling_events_job_seq", "autoscaling_events", ["job_id", "seq"])
+    with op.batch_alter_table("work_items") as batch:
+        batch.add_column(sa.Column("progress", sa.Float, nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("work_items") as batch:
+        batch.drop_column("progress")
     op.drop_table("autoscaling_events")
