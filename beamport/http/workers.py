@@ -36,7 +36,8 @@ async def list_workers(request: Request) -> dict:
     if job_id is not None and not job_id.replace("-", "").replace("_", "").isalnum():
         raise invalid_argument(f"Invalid jobId {job_id!r}")
     include_gone = request.query_params.get("all", "false").lower() in ("1", "true")
-    return await read(request, _registry(request).list_workers, job_id, include_gone)
+    # In the thread pool: a long list reads each live worker's work item too.
+    return await call(_registry(request).list_workers, job_id, include_gone)
 
 
 @api

@@ -102,7 +102,12 @@ class Worker:
     def serve(self, work: Work) -> None:
         """Run one work item in an executor, reporting health and CPU until it ends."""
         log.info("running work item %s of job %s (attempt %d)", work.item_id, work.job_id, work.attempt)
-        executor, self._standby = self._standby or self._spawn_executor(), None
+        executor, self._standby = self._standby, None
+        if executor is None or executor.poll() is not None:  # the standby died while idle: not the work's fault
+            if executor is not None:
+                log.warning("the standby executor had exited (code %s); starting another", executor.returncode)
+                self._kill(executor)
+            executor = self._spawn_executor()
         status_r = executor.status_r
         assignment = {
             "work": dataclasses.asdict(work),
