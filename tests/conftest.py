@@ -53,6 +53,7 @@ class Server:
                 raise RuntimeError(f"beamport serve exited early:\n{self.log_path.read_text()}")
             try:
                 httpx.get(self.url + "/v1b3/projects/ready-check/locations/us-central1/jobs", timeout=1)
+                self.started = time.monotonic()
                 return self
             except httpx.TransportError:
                 time.sleep(0.05)

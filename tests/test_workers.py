@@ -269,3 +269,29 @@ def test_a_remote_worker_keeps_its_work_across_a_server_restart(tmp_path, projec
         assert "took over" not in messages and "was lost" not in messages, messages
     finally:
         srv.stop()
+
+
+def test_a_worker_idle_past_its_health_deadline_is_not_lost_when_it_leases_again(remote, project):
+    """Played by hand over HTTP, so that no health report comes between the lease and the sweeps."""
+    api = Api(remote.url, project)
+    first, second = api.create("idle-first"), api.create("idle-second")
+    jobs = f"/v1b3/projects/{project}/locations/us-central1/jobs"
+
+    def lease(job):
+        body = {"workerId": "idler", "requestedLeaseDuration": "60s"}
+        return api.client.post(f"{jobs}/{job['id']}/workItems:lease", json=body).json()["workItems"][0]
+
+    item = lease(first)
+    health = {"labels": {"JOB_ID": first["id"], "WORKER_ID": "idler"}, "workerHealthReport": {"vmIsHealthy": True}}
+    assert api.client.post(f"/v1b3/projects/{project}/locations/us-central1/WorkerMessages",
+                           json={"workerMessages": [health]}).status_code == 200  # fmt: skip
+    done = {"workerId": "idler", "workItemStatuses": [{"workItemId": item["id"], "reportIndex": "1", "completed": True}]}
+    assert api.client.post(f"{jobs}/{first['id']}/workItems:reportStatus", json=done).status_code == 200
+    # Idle for longer than 3 intervals of 1 s, and past the 15 s after the server's start (no deadline then).
+    time.sleep(max(3.5, remote.started + 16 - time.monotonic()))
+    item = lease(second)
+    time.sleep(2.5)  # sweeps run; the worker has sent no health report since its lease
+    assert registry(remote, second["id"])["idler"]["state"] == "RUNNING"
+    status = {"workerId": "idler", "workItemStatuses": [{"workItemId": item["id"], "reportIndex": "1"}]}
+    answer = api.client.post(f"{jobs}/{second['id']}/workItems:reportStatus", json=status).json()
+    assert "completeWorkStatus" not in answer["workItemServiceStates"][0], answer

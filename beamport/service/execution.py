@@ -194,6 +194,10 @@ class ExecutionService:
             )  # fmt: skip
         worker.project_id, worker.location, worker.job_id = job.project_id, job.location, job.id
         worker.work_item_id, worker.last_seen_us = item.id, now
+        # Leasing proves it alive: its health deadline counts from now, not from its last report (which,
+        # for a worker that was idle between jobs, may be long past).
+        if worker.last_health_us is not None:
+            worker.last_health_us = now
         if worker.state not in WORKER_LIVE_STATES:  # a worker that was lost (e.g. cut off) and came back
             worker.state, worker.reason = WORKER_RUNNING, ""
         return worker
