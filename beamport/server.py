@@ -15,6 +15,7 @@ from beamport.http.app import create_app
 from beamport.service.execution import ExecutionService
 from beamport.service.jobs import JobService
 from beamport.service.notify import WorkNotifier
+from beamport.service.templates import TemplateService
 from beamport.service.workers import WorkerRegistry
 from beamport.store import open_store
 from beamport.worker.pool import LocalWorkerPool
@@ -81,10 +82,12 @@ def build_app(settings: Settings, with_workers: bool = True):
         )
         hooks["on_startup"].append(pool.start)
         hooks["on_shutdown"].insert(0, pool.stop)
-    jobs = JobService(store, FilePolicy(settings.allowed_roots()), work=work)
+    files = FilePolicy(settings.allowed_roots())
+    jobs = JobService(store, files, work=work)
+    templates = TemplateService(jobs, files)
     # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.
     hooks["on_startup"].append(threading.Thread(target=_warm_up, daemon=True).start)
-    return create_app(settings, jobs, execution, registry, **hooks)
+    return create_app(settings, jobs, execution, registry, templates, **hooks)
 
 
 def serve(settings: Settings) -> None:

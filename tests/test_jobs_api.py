@@ -229,12 +229,6 @@ UNIMPLEMENTED = [
     ("GET", "/v1b3/projects/p/snapshots"),
     ("DELETE", "/v1b3/projects/p/snapshots"),
     ("GET", "/v1b3/projects/p/locations/us-central1/sql:validate?query=SELECT%201"),
-    ("POST", "/v1b3/projects/p/locations/us-central1/templates"),
-    ("GET", "/v1b3/projects/p/locations/us-central1/templates:get?gcsPath=/x"),
-    ("POST", "/v1b3/projects/p/locations/us-central1/templates:launch?gcsPath=/x"),
-    ("POST", "/v1b3/projects/p/templates"),
-    ("GET", "/v1b3/projects/p/templates:get"),
-    ("POST", "/v1b3/projects/p/templates:launch"),
     ("POST", "/v1b3/projects/p/locations/us-central1/flexTemplates:launch"),
 ]
 

@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from beamport.errors import ApiError
-from beamport.http import execution, jobs, workers
+from beamport.http import execution, jobs, templates, workers
 from beamport.http.protocol import error_response
-from beamport.http.unimplemented import NO_SNAPSHOTS, NO_SQL, NO_TEMPLATES, NO_DEBUG, not_yet
+from beamport.http.unimplemented import NO_SNAPSHOTS, NO_SQL, NO_FLEX_TEMPLATES, NO_DEBUG, not_yet
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,10 @@ def routes() -> list[Route]:
         Route(L + "/snapshots/{snapshotId}", not_yet("snapshots.delete", NO_SNAPSHOTS), methods=["DELETE"]),
         *_twins("/snapshots", not_yet("snapshots.list", NO_SNAPSHOTS), ["GET"]),
         Route(P + "/snapshots", not_yet("deleteSnapshots", NO_SNAPSHOTS), methods=["DELETE"]),
-        *_twins("/templates:get", not_yet("templates.get", NO_TEMPLATES), ["GET"]),
-        *_twins("/templates:launch", not_yet("templates.launch", NO_TEMPLATES), ["POST"]),
-        *_twins("/templates", not_yet("templates.create", NO_TEMPLATES), ["POST"]),
-        Route(L + "/flexTemplates:launch", not_yet("flexTemplates.launch", NO_TEMPLATES), methods=["POST"]),
+        *_twins("/templates:get", templates.get, ["GET"]),
+        *_twins("/templates:launch", templates.launch, ["POST"]),
+        *_twins("/templates", templates.create, ["POST"]),
+        Route(L + "/flexTemplates:launch", not_yet("flexTemplates.launch", NO_FLEX_TEMPLATES), methods=["POST"]),
         Route(L + "/sql:validate", not_yet("sql.validate", NO_SQL), methods=["GET"]),
         # Beamport's own (not Dataflow's): the worker registry.
         Route("/beamport/v1/workers", workers.list_workers, methods=["GET"]),
@@ -78,7 +78,9 @@ async def _internal_error(request: Request, exc: Exception):
     return error_response(ApiError("INTERNAL", "Internal error encountered."))
 
 
-def create_app(settings, jobs_service, execution_service, worker_registry, on_startup=(), on_shutdown=()) -> Starlette:
+def create_app(
+    settings, jobs_service, execution_service, worker_registry, template_service, on_startup=(), on_shutdown=()
+) -> Starlette:
     @asynccontextmanager
     async def lifespan(app):
         loop = asyncio.get_running_loop()
@@ -106,5 +108,6 @@ def create_app(settings, jobs_service, execution_service, worker_registry, on_st
     app.state.jobs = jobs_service
     app.state.execution = execution_service
     app.state.workers = worker_registry
+    app.state.templates = template_service
     app.state.inline_reads = jobs_service.reads_never_wait
     return app

@@ -8,6 +8,7 @@ the job again and re-applies its request to what it finds.
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -15,7 +16,6 @@ from beamport import wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument
 from beamport.files import FilePolicy
 from beamport.service import autoscaling, model
-from beamport.service.notify import WorkNotifier
 from beamport.service.documents import (
     close_work_items,
     document,
@@ -28,6 +28,7 @@ from beamport.service.documents import (
     timestamp,
 )
 from beamport.service.model import JobPb
+from beamport.service.notify import WorkNotifier
 from beamport.service.paging import decode_token, page_response, page_size
 from beamport.store.base import (
     FILTER_ACTIVE,
@@ -162,8 +163,10 @@ class JobService:
     # -- creating -----------------------------------------------------------
 
     def create_job(
-        self, project_id: str, location: str, body: dict, replace_job_id: str | None = None, view: int = 0
+        self, project_id: str, location: str, body: dict, replace_job_id: str | None = None, view: int = 0,
+        notes: Sequence[tuple[str, str]] = (),
     ) -> dict:
+        """Create a job (or replace an active one); `notes` are (importance, text) messages for it."""
         job = wire.parse_message(body, JobPb, "job")
         if not job.name:
             raise invalid_argument("The job name is required: set 'name'.")
@@ -205,6 +208,7 @@ class JobService:
             work, messages = [], [job_message(job_id, now, "JOB_MESSAGE_WARNING", NO_STREAMING_ENGINE)]
         else:
             work, messages = [WorkItemRecord(job_id=job_id)], []  # the whole pipeline, for a worker to lease
+        messages += [job_message(job_id, now, importance, text) for importance, text in notes]
 
         for _ in range(_RETRIES):
             try:

@@ -1,0 +1,232 @@
+"""Classic templates: a job described once, launched many times with runtime parameters.
+
+A classic template is the file Beam's DataflowRunner writes with `--template_location`: the job body it
+would have sent to jobs.create (pipelineUrl and options in `environment.sdkPipelineOptions`). Its metadata,
+when there is some, is the JSON file next to it named `<template>_metadata` (as on Dataflow). Launching one
+validates the parameters against the metadata, puts them among the job's options, where the engine gives
+them to the pipeline's ValueProvider options (RuntimeValueProvider, as Dataflow's SDK harness does), applies
+the RuntimeEnvironment, and creates the job.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+
+from beamport import schema
+from beamport.errors import ApiError, failed_precondition, invalid_argument, unimplemented
+from beamport.files import FilePolicy
+from beamport.service import model
+from beamport.service.jobs import JobService
+
+METADATA_SUFFIX = "_metadata"
+# RuntimeEnvironment fields that mean something only on Google's machines: a warning says they are ignored.
+_NO_LOCAL_MEANING = (
+    "zone", "workerRegion", "workerZone", "machineType", "network", "subnetwork", "serviceAccountEmail",
+    "kmsKeyName", "ipConfiguration", "diskSizeGb", "enableStreamingEngine", "streamingMode",
+    "bypassTempDirValidation",
+)  # fmt: skip
+
+
+class TemplateService:
+    def __init__(self, jobs: JobService, files: FilePolicy):
+        self.jobs = jobs
+        self.files = files
+
+    # -- the three methods -------------------------------------------------------------
+
+    def get(self, project_id: str, location: str, gcs_path: str | None, view: str | None) -> dict:
+        if view not in (None, "", "METADATA_ONLY"):
+            raise invalid_argument(f"Invalid value at 'view', \"{view}\": the only view is METADATA_ONLY.")
+        template, metadata = self._load(gcs_path)
+        return {
+            "status": {},  # google.rpc.Status OK
+            "metadata": metadata or _metadata_from_template(template, gcs_path),
+            "templateType": "LEGACY",
+        }
+
+    def launch(
+        self, project_id: str, location: str, gcs_path: str | None, validate_only: bool, body: dict,
+        dynamic_template: bool = False,
+    ) -> dict:  # fmt: skip
+        if dynamic_template:
+            raise unimplemented("dynamicTemplate is not implemented: launch a classic template with gcsPath.")
+        request = schema.check(body, "LaunchTemplateParameters")
+        job, notes = self._job_from_template(
+            project_id, location, gcs_path, request.get("jobName"), request.get("parameters") or {},
+            request.get("environment") or {},
+        )  # fmt: skip
+        if validate_only:
+            return {}
+        replace = None
+        if request.get("update"):
+            existing = self.jobs.store.find_active_job(project_id, location, job["name"])
+            if existing is None:
+                raise failed_precondition(f"update is set, but no active job is named {job['name']!r}.")
+            replace = existing.id
+            if request.get("transformNameMapping"):
+                job["transformNameMapping"] = request["transformNameMapping"]
+        return {"job": self.jobs.create_job(project_id, location, job, replace_job_id=replace, notes=notes)}
+
+    def create(self, project_id: str, location: str, body: dict) -> dict:
+        request = schema.check(body, "CreateJobFromTemplateRequest")
+        job, notes = self._job_from_template(
+            project_id, location, request.get("gcsPath"), request.get("jobName"), request.get("parameters") or {},
+            request.get("environment") or {},
+        )  # fmt: skip
+        return self.jobs.create_job(project_id, location, job, notes=notes)
+
+    # -- from a template file to a job body ------------------------------------------------
+
+    def _load(self, gcs_path: str | None) -> tuple[dict, dict | None]:
+        if not gcs_path:
+            raise invalid_argument("gcsPath is required: the location of the template file.")
+        template = _json_object(self.files.read_bytes(gcs_path), gcs_path)
+        environment = template.get("environment")
+        options = (environment or {}).get("sdkPipelineOptions", {}).get("options") if isinstance(environment, dict) else None
+        if not isinstance(options, dict):
+            raise invalid_argument(
+                f"{gcs_path} is not a Dataflow template: a template is the job file Beam's DataflowRunner writes "
+                "with --template_location (environment.sdkPipelineOptions.options is missing)."
+            )
+        try:
+            raw = self.files.read_bytes(gcs_path + METADATA_SUFFIX)
+        except ApiError as exc:
+            if exc.status != "NOT_FOUND":
+                raise
+            return template, None
+        metadata = schema.check(_json_object(raw, gcs_path + METADATA_SUFFIX), "TemplateMetadata",
+                                gcs_path + METADATA_SUFFIX)  # fmt: skip
+        return template, metadata
+
+    def _job_from_template(
+        self, project_id: str, location: str, gcs_path: str | None, job_name: str | None, parameters: dict,
+        environment: dict,
+    ) -> tuple[dict, list[tuple[str, str]]]:  # fmt: skip
+        """The job body to create, and messages for it (importance, text)."""
+        template, metadata = self._load(gcs_path)
+        if not job_name:
+            raise invalid_argument("jobName is required to launch a template.")
+        options = template["environment"]["sdkPipelineOptions"]["options"]
+        _check_parameters(parameters, metadata, options)
+        job = {key: value for key, value in template.items() if key not in ("id", "clientRequestId")}
+        job["name"] = job_name
+        job_environment = job["environment"]
+        options = dict(options)
+        options.pop("template_location", None)  # this job is a launch, not a template
+        for name, value in parameters.items():
+            options[name] = value
+        options["job_name"] = job_name
+        warnings = _apply_environment(environment, job_environment, options, job)
+        job_environment["sdkPipelineOptions"] = {**job_environment["sdkPipelineOptions"], "options": options}
+        given = ", ".join(sorted(parameters)) or "none"
+        notes = [("JOB_MESSAGE_BASIC", f"Launched from the template {gcs_path} (parameters: {given}).")]
+        return job, notes + [("JOB_MESSAGE_WARNING", warning) for warning in warnings]
+
+
+def _json_object(raw: bytes, where: str) -> dict:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_argument(f"{where} is not a Dataflow template: it is not JSON ({exc}).") from None
+    if not isinstance(value, dict):
+        raise invalid_argument(f"{where} is not a Dataflow template: it is not a JSON object.")
+    return value
+
+
+def _metadata_from_template(template: dict, gcs_path: str) -> dict:
+    """Metadata for a template that has no metadata file: its name, and its runtime parameters (the
+    pipeline's ValueProvider options, which the template file lists without a value)."""
+    options = template["environment"]["sdkPipelineOptions"]["options"]
+    runtime = sorted(name for name, value in options.items() if value is None)
+    return {
+        "name": template.get("name") or gcs_path.rstrip("/").rsplit("/", 1)[-1],
+        "parameters": [
+            {"name": name, "label": name, "helpText": "A runtime parameter of the pipeline.", "isOptional": True}
+            for name in runtime
+        ],
+    }
+
+
+def _check_parameters(parameters: dict, metadata: dict | None, options: dict) -> None:
+    """Parameters against the metadata (required, regexes, enum options, unknown names); without metadata,
+    a parameter must be one of the pipeline's options."""
+    for name, value in parameters.items():
+        if not isinstance(value, str):
+            raise invalid_argument(f"The template parameter '{name}' must be a string.")
+    if metadata is None:
+        unknown = sorted(set(parameters) - set(options))
+        if unknown:
+            raise invalid_argument(
+                f"The template parameters are invalid: '{unknown[0]}' is not a parameter of this template "
+                "(not one of its pipeline's options)."
+            )
+        return
+    declared = {p["name"]: p for p in metadata.get("parameters", []) if p.get("name")}
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise invalid_argument(
+            f"The template parameters are invalid: '{unknown[0]}' is not a parameter of this template "
+            f"(its metadata declares {', '.join(sorted(declared)) or 'none'})."
+        )
+    for name, spec in declared.items():
+        value = parameters.get(name)
+        if value is None:
+            if not spec.get("isOptional"):
+                raise invalid_argument(f"The template parameter '{name}' is required and was not given.")
+            continue
+        for pattern in spec.get("regexes", []):
+            try:
+                matched = re.fullmatch(pattern, value)
+            except re.error as exc:
+                raise failed_precondition(f"The template's metadata has a bad regex for '{name}': {exc}") from None
+            if not matched:
+                raise invalid_argument(
+                    f"The template parameter '{name}' is invalid: {value!r} does not match the regex {pattern!r}."
+                )
+        options = [o.get("value") for o in spec.get("enumOptions", [])]
+        if spec.get("paramType") == "ENUM" and options and value not in options:
+            raise invalid_argument(
+                f"The template parameter '{name}' is invalid: {value!r} is not one of {', '.join(options)}."
+            )
+        if spec.get("paramType") == "NUMBER" and not re.fullmatch(r"-?\d+(\.\d+)?", value):
+            raise invalid_argument(f"The template parameter '{name}' is invalid: {value!r} is not a number.")
+        if spec.get("paramType") == "BOOLEAN" and value not in ("true", "false"):
+            raise invalid_argument(f"The template parameter '{name}' is invalid: {value!r} is not true or false.")
+
+
+def _apply_environment(environment: dict, job_environment: dict, options: dict, job: dict) -> list[str]:
+    """Apply a RuntimeEnvironment where it means something here; the warnings for the rest."""
+    if environment.get("tempLocation"):
+        options["temp_location"] = environment["tempLocation"]
+        job_environment["tempStoragePrefix"] = environment["tempLocation"]
+    pools = job_environment.setdefault("workerPools", [{}]) or [{}]
+    job_environment["workerPools"] = pools
+    if environment.get("numWorkers"):
+        pools[0]["numWorkers"] = options["num_workers"] = environment["numWorkers"]
+    if environment.get("maxWorkers"):
+        pools[0].setdefault("autoscalingSettings", {})["maxNumWorkers"] = environment["maxWorkers"]
+        options["max_num_workers"] = environment["maxWorkers"]
+    if environment.get("additionalExperiments"):
+        experiments = list(options.get("experiments") or [])
+        experiments += [e for e in environment["additionalExperiments"] if e not in experiments]
+        options["experiments"] = experiments
+        job_environment["experiments"] = experiments
+    if environment.get("additionalUserLabels"):
+        job["labels"] = {**(job.get("labels") or {}), **environment["additionalUserLabels"]}
+    for option in environment.get("additionalPipelineOptions", []):
+        name, sep, value = option.partition("=")
+        name = name.strip().lstrip("-")
+        if not sep or not name:
+            raise invalid_argument(f"additionalPipelineOptions: {option!r} is not name=value.")
+        options[name] = value
+    return [
+        f"The template's RuntimeEnvironment.{name} has no meaning on Beamport (jobs run on its own workers): "
+        "it is ignored."
+        for name in _NO_LOCAL_MEANING
+        if environment.get(name) not in (None, "", False, 0)
+    ]
+
+
+__all__ = ["TemplateService", "METADATA_SUFFIX", "model"]
