@@ -13,6 +13,7 @@ from beamport.config import Settings
 from beamport.files import FilePolicy
 from beamport.http.app import create_app
 from beamport.service.execution import ExecutionService
+from beamport.service.flex_templates import FlexTemplateService
 from beamport.service.jobs import JobService
 from beamport.service.notify import WorkNotifier
 from beamport.service.templates import TemplateService
@@ -84,10 +85,11 @@ def build_app(settings: Settings, with_workers: bool = True):
         hooks["on_shutdown"].insert(0, pool.stop)
     files = FilePolicy(settings.allowed_roots())
     jobs = JobService(store, files, work=work)
-    templates = TemplateService(jobs, files)
+    templates = TemplateService(jobs, files, builtin_dir=settings.data_dir.resolve() / "templates" / "builtin")
+    flex = FlexTemplateService(jobs, files, settings.endpoint, settings.data_dir.resolve() / "templates" / "flex")
     # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.
     hooks["on_startup"].append(threading.Thread(target=_warm_up, daemon=True).start)
-    return create_app(settings, jobs, execution, registry, templates, **hooks)
+    return create_app(settings, jobs, execution, registry, templates, flex, **hooks)
 
 
 def serve(settings: Settings) -> None:

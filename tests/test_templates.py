@@ -4,6 +4,9 @@ parameters through google-api-python-client and google-cloud-dataflow-client, ru
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,4 +132,110 @@ def test_bad_launches_name_the_problem_and_create_nothing(served, project, tmp_p
     assert "'input' is required" in api.client.post(
         path, params={"gcsPath": str(template), "validateOnly": "true"}, json={"jobName": "x", "parameters": {}}
     ).json()["error"]["message"]
+    assert api.all_jobs() == []
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "beamport", *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+FLEX_METADATA = {
+    "name": "Flex greeter",
+    "parameters": [
+        {"name": "input", "label": "Input", "helpText": "Text to read.", "paramType": "GCS_READ_FILE"},
+        {"name": "output", "label": "Output", "helpText": "Prefix to write.", "paramType": "GCS_WRITE_FILE"},
+        {"name": "greeting", "label": "Greeting", "helpText": "A word.", "isOptional": True},
+    ],
+}
+
+YAML_PIPELINE = """\
+pipeline:
+  type: chain
+  transforms:
+    - type: ReadFromText
+      config:
+        path: "{{ input }}"
+    - type: MapToFields
+      config:
+        language: python
+        fields:
+          line: "'{{ greeting }} ' + line"
+    - type: WriteToText
+      config:
+        path: "{{ output }}"
+"""
+
+
+def test_a_python_flex_template_runs_its_launcher_which_submits_the_job(served, project):
+    srv, base, _ = served
+    api = Api(srv.url, project)
+    program = base / "flex_main.py"
+    shutil.copyfile(PIPELINES / "flex_main.py", program)
+    (base / "flex_metadata.json").write_text(json.dumps(FLEX_METADATA))
+    spec = base / "greeter-flex.json"
+    cli("templates", "build-flex", str(spec), "--py-path", str(program), "--metadata-file", str(base / "flex_metadata.json"))
+    assert json.loads(spec.read_text())["sdkInfo"] == {"language": "PYTHON"}
+
+    launched = discovery_client(srv.url).projects().locations().flexTemplates().launch(
+        projectId=project, location="us-central1",
+        body={"launchParameter": {"jobName": "flex-greet", "containerSpecGcsPath": str(spec),
+                                  "parameters": {"input": str(base / "in.txt"), "output": str(base / "flex" / "out"),
+                                                 "greeting": "howdy"}}},
+    ).execute()  # fmt: skip
+    job = launched["job"]
+    assert job["name"] == "flex-greet"
+    done = wait_state(api, job["id"], {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
+    assert done["currentState"] == "JOB_STATE_DONE", texts(api, job["id"])
+    assert read_output(base / "flex" / "out") == ["howdy there", "howdy world"]
+    assert any("Launched from a flex template" in t for t in texts(api, job["id"]))
+
+
+def test_a_yaml_template_runs_with_its_parameters_as_jinja_variables(served, project):
+    srv, base, _ = served
+    api = Api(srv.url, project)
+    (base / "pipeline.yaml").write_text(YAML_PIPELINE)
+    spec = base / "yaml-spec.json"
+    cli("templates", "build-flex", str(spec), "--yaml-pipeline-file", str(base / "pipeline.yaml"))
+    assert json.loads(spec.read_text())["metadata"]["yamlDefinition"] == YAML_PIPELINE
+    cli("flex-template", "run", "yaml-greet", "--template-file-gcs-location", str(spec), "--endpoint", srv.url,
+        "--project", project, "--parameters",
+        f"input={base / 'in.txt'},output={base / 'yaml' / 'out'},greeting=hey")  # fmt: skip
+    (job,) = api.all_jobs()
+    done = wait_state(api, job["id"], {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
+    assert done["currentState"] == "JOB_STATE_DONE", texts(api, job["id"])
+    assert read_output(base / "yaml" / "out") == ["hey there", "hey world"]
+
+
+def test_bad_flex_launches_are_refused(served, project):
+    srv, base, _ = served
+    api = Api(srv.url, project)
+    path = f"/v1b3/projects/{project}/locations/us-central1/flexTemplates:launch"
+
+    def refused(launch, status, code=400, **extra):
+        response = api.client.post(path, json={"launchParameter": launch, **extra})
+        assert response.status_code == code, response.text
+        assert response.json()["error"]["status"] == status
+        return response.json()["error"]["message"]
+
+    assert "does not exist" in refused({"jobName": "x", "containerSpecGcsPath": str(base / "nope.json")}, "NOT_FOUND", 404)
+    (base / "junk.json").write_text("{")
+    assert "not a flex template spec" in refused({"jobName": "x", "containerSpecGcsPath": str(base / "junk.json")},
+                                                 "INVALID_ARGUMENT")  # fmt: skip
+    java = {"image": "gcr.io/x/y", "sdkInfo": {"language": "JAVA"}, "metadata": {"name": "j"}}
+    assert "JAVA" in refused({"jobName": "x", "containerSpec": java}, "UNIMPLEMENTED", 501)
+    image_only = {"image": "gcr.io/x/y", "sdkInfo": {"language": "PYTHON"}}
+    assert "runs no container images" in refused({"jobName": "x", "containerSpec": image_only}, "FAILED_PRECONDITION")
+    spec = base / "greeter-flex.json"
+    if spec.exists():
+        assert "jobName" in refused({"containerSpecGcsPath": str(spec)}, "INVALID_ARGUMENT")
+        assert "'input' is required" in refused({"jobName": "x", "containerSpecGcsPath": str(spec), "parameters": {}},
+                                                "INVALID_ARGUMENT")  # fmt: skip
+        outside = {"input": "/etc/passwd", "output": str(base / "o")}
+        refused({"jobName": "x", "containerSpecGcsPath": str(spec), "parameters": outside}, "PERMISSION_DENIED", 403)
+        ok = api.client.post(path, json={"validateOnly": True, "launchParameter": {
+            "jobName": "x", "containerSpecGcsPath": str(spec),
+            "parameters": {"input": str(base / "in.txt"), "output": str(base / "o")}}})  # fmt: skip
+        assert ok.status_code == 200 and ok.json() == {}
     assert api.all_jobs() == []

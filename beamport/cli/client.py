@@ -162,6 +162,21 @@ class DataflowClient:
         """Ask for a state change (JOB_STATE_CANCELLED, JOB_STATE_DRAINED); returns the job as changed."""
         return self.update_job(project, region, job_id, {"requestedState": state})
 
+    # -- templates -----------------------------------------------------------
+
+    def _locations_path(self, project: str, region: str) -> str:
+        return f"/v1b3/projects/{quote(project, safe='')}/locations/{quote(region, safe='')}"
+
+    def get_template(self, project: str, region: str, gcs_path: str) -> dict:
+        return self._request("GET", self._locations_path(project, region) + "/templates:get", {"gcsPath": gcs_path})
+
+    def launch_template(self, project: str, region: str, gcs_path: str, body: dict, validate_only=False) -> dict:
+        params = {"gcsPath": gcs_path, "validateOnly": "true" if validate_only else None}
+        return self._request("POST", self._locations_path(project, region) + "/templates:launch", params, json=body)
+
+    def launch_flex_template(self, project: str, region: str, body: dict) -> dict:
+        return self._request("POST", self._locations_path(project, region) + "/flexTemplates:launch", json=body)
+
     # -- workers (Beamport's own registry view, not Dataflow's API) ------------------
 
     def list_workers(self, job_id: str | None = None, include_gone: bool = False) -> list[dict]:

@@ -171,11 +171,12 @@ class Printer:
             )
         self._table(table)
 
-    def worker(self, worker: dict) -> None:
+    def document(self, value: dict) -> None:
+        """Any API answer: JSON, or readable YAML-like lines."""
         if self.format is Format.json:
-            self._json(worker)
+            self._json(value)
             return
-        self._write("\n".join(yaml_lines(worker)))
+        self._write("\n".join(yaml_lines(value)))
 
     def job(self, job: dict) -> None:
         if self.format is Format.json:

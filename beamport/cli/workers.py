@@ -34,4 +34,4 @@ def describe(
 ):
     """Show a worker: its last health report, CPU samples and lifecycle events."""
     with session(endpoint, None, DEFAULT_REGION, format, need_project=False) as s:
-        s.printer.worker(s.client.get_worker(worker_id))
+        s.printer.document(s.client.get_worker(worker_id))

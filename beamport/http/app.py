@@ -14,7 +14,7 @@ from starlette.routing import Route
 from beamport.errors import ApiError
 from beamport.http import execution, jobs, templates, workers
 from beamport.http.protocol import error_response
-from beamport.http.unimplemented import NO_SNAPSHOTS, NO_SQL, NO_FLEX_TEMPLATES, NO_DEBUG, not_yet
+from beamport.http.unimplemented import NO_DEBUG, NO_SNAPSHOTS, NO_SQL, not_yet
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def routes() -> list[Route]:
         *_twins("/templates:get", templates.get, ["GET"]),
         *_twins("/templates:launch", templates.launch, ["POST"]),
         *_twins("/templates", templates.create, ["POST"]),
-        Route(L + "/flexTemplates:launch", not_yet("flexTemplates.launch", NO_FLEX_TEMPLATES), methods=["POST"]),
+        Route(L + "/flexTemplates:launch", templates.launch_flex, methods=["POST"]),
         Route(L + "/sql:validate", not_yet("sql.validate", NO_SQL), methods=["GET"]),
         # Beamport's own (not Dataflow's): the worker registry.
         Route("/beamport/v1/workers", workers.list_workers, methods=["GET"]),
@@ -79,8 +79,9 @@ async def _internal_error(request: Request, exc: Exception):
 
 
 def create_app(
-    settings, jobs_service, execution_service, worker_registry, template_service, on_startup=(), on_shutdown=()
-) -> Starlette:
+    settings, jobs_service, execution_service, worker_registry, template_service, flex_service,
+    on_startup=(), on_shutdown=(),
+) -> Starlette:  # fmt: skip
     @asynccontextmanager
     async def lifespan(app):
         loop = asyncio.get_running_loop()
@@ -109,5 +110,6 @@ def create_app(
     app.state.execution = execution_service
     app.state.workers = worker_registry
     app.state.templates = template_service
+    app.state.flex_templates = flex_service
     app.state.inline_reads = jobs_service.reads_never_wait
     return app

@@ -1,4 +1,4 @@
-"""projects.[locations.]templates: get, launch, create (classic templates)."""
+"""projects.[locations.]templates (classic templates: get, launch, create) and flexTemplates.launch."""
 
 from __future__ import annotations
 
@@ -43,3 +43,11 @@ async def create(request: Request) -> dict:
     project, location = project_param(request), location_param(request)
     body = await read_json(request)
     return await call(_service(request).create, project, location, body)
+
+
+@api
+async def launch_flex(request: Request) -> dict:
+    project, location = project_param(request), location_param(request)
+    body = await read_json(request)
+    # In the thread pool: the launch waits for the template's launcher to submit its job.
+    return await call(request.app.state.flex_templates.launch, project, location, body)

@@ -9,7 +9,6 @@ from beamport.http.protocol import api
 
 NO_DEBUG = "Beamport's workers take no debug configuration and send no debug captures"
 NO_SNAPSHOTS = "snapshots need a streaming engine that checkpoints state, which this Beamport server does not have yet"
-NO_FLEX_TEMPLATES = "flex templates are not built yet (classic templates are: templates.launch)"
 NO_SQL = "this Beamport server has no GoogleSQL validator yet"
 
 

@@ -229,6 +229,12 @@ class JobService:
                     return render_job(existing, view)
         raise ApiError("ABORTED", f"Too much contention creating job {job.name}; try again.")
 
+    def add_messages(self, job_id: str, notes: Sequence[tuple[str, str]]) -> None:
+        """Add (importance, text) messages to a job (what launched it, warnings about how)."""
+        if notes:
+            now = self.clock()
+            self.store.write(Write(messages=[job_message(job_id, now, importance, text) for importance, text in notes]))
+
     def _check_files(self, doc: dict) -> None:
         """Refuse files outside the operator's roots now, not when the job runs; describe the pipeline."""
         if self.files is None:

@@ -10,14 +10,19 @@ the RuntimeEnvironment, and creates the job.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import orjson
 
 from beamport import schema
-from beamport.errors import ApiError, failed_precondition, invalid_argument, unimplemented
+from beamport.errors import ApiError, failed_precondition, invalid_argument, not_found, unimplemented
 from beamport.files import FilePolicy
-from beamport.service import model
 from beamport.service.jobs import JobService
 
 METADATA_SUFFIX = "_metadata"
@@ -25,14 +30,26 @@ METADATA_SUFFIX = "_metadata"
 _NO_LOCAL_MEANING = (
     "zone", "workerRegion", "workerZone", "machineType", "network", "subnetwork", "serviceAccountEmail",
     "kmsKeyName", "ipConfiguration", "diskSizeGb", "enableStreamingEngine", "streamingMode",
-    "bypassTempDirValidation",
+    "bypassTempDirValidation", "launcherMachineType", "flexrsGoal", "sdkContainerImage", "dumpHeapOnOom",
+    "saveHeapDumpsToGcsPath", "enableLauncherVmSerialPortLogging",
+)  # fmt: skip
+
+
+BUILTIN_SCHEME = "builtin://"
+# Parameter types that name files: their values must lie under the operator's roots, like any file a
+# request names.
+_PATH_TYPES = (
+    "GCS_READ_FILE", "GCS_WRITE_FILE", "GCS_READ_FOLDER", "GCS_WRITE_FOLDER", "GCS_READ_BUCKET", "GCS_WRITE_BUCKET",
+    "JAVASCRIPT_UDF_FILE",
 )  # fmt: skip
 
 
 class TemplateService:
-    def __init__(self, jobs: JobService, files: FilePolicy):
+    def __init__(self, jobs: JobService, files: FilePolicy, builtin_dir: Path | None = None):
         self.jobs = jobs
         self.files = files
+        self.builtin_dir = builtin_dir  # where built-in templates are written on first use
+        self._builtin_lock = threading.Lock()
 
     # -- the three methods -------------------------------------------------------------
 
@@ -77,11 +94,47 @@ class TemplateService:
         )  # fmt: skip
         return self.jobs.create_job(project_id, location, job, notes=notes)
 
+    # -- built-in templates -------------------------------------------------------------------
+
+    def _builtin(self, name: str) -> Path:
+        """The template file of a built-in template, written on first use (by DataflowRunner, as any
+        classic template is) into the data dir, with its metadata next to it."""
+        from beamport.builtin_templates import TEMPLATES, metadata_path
+
+        if name not in TEMPLATES:
+            raise not_found(
+                f"There is no built-in template {name!r}; the built-in templates are {', '.join(sorted(TEMPLATES))}."
+            )
+        if self.builtin_dir is None:
+            raise failed_precondition("This server has no directory for built-in templates.")
+        template = self.builtin_dir / name
+        with self._builtin_lock:
+            if not template.exists():
+                self._write_builtin(name, TEMPLATES[name], template)
+            metadata = Path(f"{template}{METADATA_SUFFIX}")
+            if not metadata.exists():
+                shutil.copyfile(metadata_path(name), metadata)
+        return template
+
+    def _write_builtin(self, name: str, module: str, template: Path) -> None:
+        staging = self.builtin_dir / "staging" / name
+        staging.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", f"beamport.builtin_templates.{module}", "--runner=DataflowRunner",
+                "--project=beamport-builtin", "--region=us-central1", f"--temp_location={staging}",
+                f"--staging_location={staging}", f"--template_location={template}.tmp",
+                "--dataflow_endpoint=http://localhost:1", "--no_auth"]  # fmt: skip
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise ApiError("INTERNAL", f"Could not write the built-in template {name}: {done.stderr[-2000:]}")
+        os.replace(f"{template}.tmp", template)
+
     # -- from a template file to a job body ------------------------------------------------
 
     def _load(self, gcs_path: str | None) -> tuple[dict, dict | None]:
         if not gcs_path:
             raise invalid_argument("gcsPath is required: the location of the template file.")
+        if gcs_path.startswith(BUILTIN_SCHEME):
+            gcs_path = str(self._builtin(gcs_path[len(BUILTIN_SCHEME) :]))
         template = _json_object(self.files.read_bytes(gcs_path), gcs_path)
         environment = template.get("environment")
         options = (environment or {}).get("sdkPipelineOptions", {}).get("options") if isinstance(environment, dict) else None
@@ -109,7 +162,8 @@ class TemplateService:
         if not job_name:
             raise invalid_argument("jobName is required to launch a template.")
         options = template["environment"]["sdkPipelineOptions"]["options"]
-        _check_parameters(parameters, metadata, options)
+        check_parameters(parameters, metadata, options)
+        check_path_parameters(self.files, parameters, metadata)
         job = {key: value for key, value in template.items() if key not in ("id", "clientRequestId")}
         job["name"] = job_name
         job_environment = job["environment"]
@@ -123,6 +177,21 @@ class TemplateService:
         given = ", ".join(sorted(parameters)) or "none"
         notes = [("JOB_MESSAGE_BASIC", f"Launched from the template {gcs_path} (parameters: {given}).")]
         return job, notes + [("JOB_MESSAGE_WARNING", warning) for warning in warnings]
+
+
+def check_path_parameters(files: FilePolicy, parameters: dict, metadata: dict | None) -> None:
+    """Parameters the metadata types as files or folders must lie under the operator's roots: the job
+    will read or write them."""
+    for spec in (metadata or {}).get("parameters", []):
+        value = parameters.get(spec.get("name"))
+        if value and spec.get("paramType") in _PATH_TYPES:
+            files.check(_fixed_part(value))
+
+
+def _fixed_part(pattern: str) -> str:
+    """A path pattern up to its first wildcard (what must lie under the roots)."""
+    cut = min((i for i, c in enumerate(pattern) if c in "*?["), default=len(pattern))
+    return pattern[:cut] or pattern
 
 
 def _json_object(raw: bytes, where: str) -> dict:
@@ -149,14 +218,14 @@ def _metadata_from_template(template: dict, gcs_path: str) -> dict:
     }
 
 
-def _check_parameters(parameters: dict, metadata: dict | None, options: dict) -> None:
+def check_parameters(parameters: dict, metadata: dict | None, options: dict | None) -> None:
     """Parameters against the metadata (required, regexes, enum options, unknown names); without metadata,
-    a parameter must be one of the pipeline's options."""
+    a parameter must be one of the pipeline's options (when they are known)."""
     for name, value in parameters.items():
         if not isinstance(value, str):
             raise invalid_argument(f"The template parameter '{name}' must be a string.")
-    if metadata is None:
-        unknown = sorted(set(parameters) - set(options))
+    if metadata is None or "parameters" not in metadata:  # the template does not declare its parameters
+        unknown = sorted(set(parameters) - set(options)) if options is not None else []
         if unknown:
             raise invalid_argument(
                 f"The template parameters are invalid: '{unknown[0]}' is not a parameter of this template "
@@ -221,6 +290,11 @@ def _apply_environment(environment: dict, job_environment: dict, options: dict, 
         if not sep or not name:
             raise invalid_argument(f"additionalPipelineOptions: {option!r} is not name=value.")
         options[name] = value
+    return environment_warnings(environment)
+
+
+def environment_warnings(environment: dict) -> list[str]:
+    """Warnings for the runtime environment's fields that have no meaning here."""
     return [
         f"The template's RuntimeEnvironment.{name} has no meaning on Beamport (jobs run on its own workers): "
         "it is ignored."
@@ -229,4 +303,4 @@ def _apply_environment(environment: dict, job_environment: dict, options: dict, 
     ]
 
 
-__all__ = ["TemplateService", "METADATA_SUFFIX", "model"]
+__all__ = ["TemplateService", "METADATA_SUFFIX", "check_parameters", "check_path_parameters", "environment_warnings"]

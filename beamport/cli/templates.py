@@ -1,0 +1,122 @@
+"""`beamport templates ...` and `beamport flex-template run`: templates, with gcloud-like flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from beamport.cli.client import DEFAULT_ENDPOINT, DEFAULT_REGION
+from beamport.cli.jobs import Endpoint, OutputFormat, Project, Region, session
+from beamport.cli.output import Format
+
+app = typer.Typer(help="Describe and run classic templates; write flex template specs.", no_args_is_help=True)
+flex_app = typer.Typer(help="Run flex templates.", no_args_is_help=True)
+
+GcsLocation = Annotated[str, typer.Option("--gcs-location", help="The template file (a path, file:// or gs://).")]
+Parameters = Annotated[
+    Optional[str], typer.Option("--parameters", help="Runtime parameters: NAME=VALUE[,NAME=VALUE...].")
+]
+JobName = Annotated[str, typer.Argument(help="The name of the job to start.", show_default=False)]
+
+
+def parse_parameters(text: str | None) -> dict[str, str]:
+    """gcloud's --parameters: comma-separated NAME=VALUE pairs."""
+    out = {}
+    for pair in filter(None, (text or "").split(",")):
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="'--parameters'")
+        out[name.strip()] = value
+    return out
+
+
+@app.command()
+def describe(
+    gcs_location: GcsLocation,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = DEFAULT_REGION,
+    format: OutputFormat = Format.table,
+):
+    """Show a template's metadata (its parameters)."""
+    with session(endpoint, project, region, format) as s:
+        s.printer.document(s.client.get_template(s.project, s.region, gcs_location))
+
+
+@app.command()
+def run(
+    job_name: JobName,
+    gcs_location: GcsLocation,
+    parameters: Parameters = None,
+    validate_only: Annotated[bool, typer.Option("--validate-only", help="Check, start nothing.")] = False,
+    num_workers: Annotated[Optional[int], typer.Option(help="Workers the job starts with.")] = None,
+    max_workers: Annotated[Optional[int], typer.Option(help="Workers the job may scale to.")] = None,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = DEFAULT_REGION,
+    format: OutputFormat = Format.table,
+):
+    """Start a job from a classic template (`builtin://NAME` for Beamport's built-in templates)."""
+    environment = {k: v for k, v in {"numWorkers": num_workers, "maxWorkers": max_workers}.items() if v}
+    body = {"jobName": job_name, "parameters": parse_parameters(parameters), "environment": environment}
+    with session(endpoint, project, region, format) as s:
+        answer = s.client.launch_template(s.project, s.region, gcs_location, body, validate_only)
+        if validate_only:
+            s.printer.note("The template and its parameters are valid (nothing was started).")
+        else:
+            s.printer.job(answer["job"])
+
+
+@app.command("build-flex")
+def build_flex(
+    spec_path: Annotated[Path, typer.Argument(help="Where to write the flex template spec file.")],
+    py_path: Annotated[Optional[Path], typer.Option("--py-path", help="The template's Python program.")] = None,
+    yaml_pipeline_file: Annotated[
+        Optional[Path], typer.Option(help="A Beam YAML pipeline (a YAML template) instead of a program.")
+    ] = None,
+    metadata_file: Annotated[Optional[Path], typer.Option(help="The template's metadata (JSON).")] = None,
+    requirements_file: Annotated[Optional[Path], typer.Option(help="The program's requirements.txt.")] = None,
+    image: Annotated[str, typer.Option(help="The image name recorded in the spec (Beamport runs none).")] = (
+        "beamport/python-launcher"
+    ),
+):
+    """Write a flex template spec file, as `gcloud dataflow flex-template build` does."""
+    if bool(py_path) == bool(yaml_pipeline_file):
+        raise typer.BadParameter("give --py-path or --yaml-pipeline-file (one of them)")
+    metadata = json.loads(metadata_file.read_text()) if metadata_file else {"name": spec_path.stem}
+    spec: dict = {"image": image, "metadata": metadata, "defaultEnvironment": {}}
+    if yaml_pipeline_file:
+        spec["sdkInfo"] = {"language": "YAML"}
+        spec["metadata"]["yamlDefinition"] = yaml_pipeline_file.read_text()
+    else:
+        spec["sdkInfo"] = {"language": "PYTHON"}
+        spec["beamport"] = {"pythonFile": str(py_path.resolve())}
+        if requirements_file:
+            spec["beamport"]["requirementsFile"] = str(requirements_file.resolve())
+    spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+    typer.echo(f"Wrote the flex template spec {spec_path}.")
+
+
+@flex_app.command("run")
+def flex_run(
+    job_name: JobName,
+    template_file_gcs_location: Annotated[
+        str, typer.Option("--template-file-gcs-location", help="The flex template spec file.")
+    ],
+    parameters: Parameters = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="Workers the job starts with.")] = None,
+    max_workers: Annotated[Optional[int], typer.Option(help="Workers the job may scale to.")] = None,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = DEFAULT_REGION,
+    format: OutputFormat = Format.table,
+):
+    """Start a job from a flex template (its launcher runs on the server's host and submits the job)."""
+    environment = {k: v for k, v in {"numWorkers": num_workers, "maxWorkers": max_workers}.items() if v}
+    body = {"launchParameter": {"jobName": job_name, "containerSpecGcsPath": template_file_gcs_location,
+                                "parameters": parse_parameters(parameters), "environment": environment}}  # fmt: skip
+    with session(endpoint, project, region, format) as s:
+        s.printer.job(s.client.launch_flex_template(s.project, s.region, body)["job"])

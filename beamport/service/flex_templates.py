@@ -1,0 +1,206 @@
+"""Flex templates: a launcher program that builds the pipeline and submits it, started per launch.
+
+On Dataflow a flex template is a container image whose launcher runs the template's program, which
+submits the real job with DataflowRunner. Beamport runs no images: it runs the launcher as a local
+process, the way Dataflow's Python launcher does (the program named by FLEX_TEMPLATE_PYTHON_PY_FILE, with
+the parameters as pipeline options), pointed back at this service. A YAML template's program is Beam's
+own `apache_beam.yaml.main`, given the pipeline from the spec's `metadata.yamlDefinition` and the
+parameters as its jinja variables. The launch answers the job the launcher submitted.
+
+The spec file (`containerSpecGcsPath`, or `containerSpec` inline) is Dataflow's: `image`, `sdkInfo`,
+`metadata`, `defaultEnvironment`; `beamport templates build-flex` writes one, adding what Beamport needs
+to find the program: `beamport.pythonFile` (and `beamport.requirementsFile`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+from beamport import schema, wire
+from beamport.errors import ApiError, failed_precondition, invalid_argument, unimplemented
+from beamport.files import FilePolicy
+from beamport.service.jobs import JobService
+from beamport.service.templates import check_path_parameters, check_parameters, environment_warnings
+from beamport.store.base import FILTER_ALL, JobQuery
+
+LAUNCH_TIMEOUT_S = 300.0  # for the launcher to submit its job
+
+
+class FlexTemplateService:
+    def __init__(self, jobs: JobService, files: FilePolicy, endpoint: str, work_dir: Path):
+        self.jobs = jobs
+        self.files = files
+        # Beam stages locally and uses REST only when the endpoint's host is "localhost".
+        self.endpoint = endpoint.replace("127.0.0.1", "localhost")
+        self.work_dir = work_dir
+
+    def launch(self, project_id: str, location: str, body: dict) -> dict:
+        request = schema.check(body, "LaunchFlexTemplateRequest")
+        launch = request.get("launchParameter") or {}
+        job_name = launch.get("jobName")
+        if not job_name:
+            raise invalid_argument("launchParameter.jobName is required.")
+        spec = self._spec(launch)
+        parameters = {**(launch.get("launchOptions") or {}), **(launch.get("parameters") or {})}
+        metadata = spec.get("metadata")
+        check_parameters(parameters, metadata, options=None)
+        check_path_parameters(self.files, parameters, metadata)
+        program = self._program(spec, parameters)
+        environment = {**(spec.get("defaultEnvironment") or {}), **(launch.get("environment") or {})}
+        if request.get("validateOnly"):
+            return {}
+        return {"job": self._run_launcher(project_id, location, job_name, launch, environment, program, spec)}
+
+    # -- the spec and the program ------------------------------------------------------------
+
+    def _spec(self, launch: dict) -> dict:
+        if launch.get("containerSpec") and launch.get("containerSpecGcsPath"):
+            raise invalid_argument("Give launchParameter.containerSpec or containerSpecGcsPath, not both.")
+        if launch.get("containerSpec"):
+            return launch["containerSpec"]  # inline: Dataflow's fields only (no Beamport extension)
+        path = launch.get("containerSpecGcsPath")
+        if not path:
+            raise invalid_argument("launchParameter.containerSpecGcsPath (or containerSpec) is required.")
+        try:
+            spec = orjson.loads(self.files.read_bytes(path))
+        except orjson.JSONDecodeError as exc:
+            raise invalid_argument(f"{path} is not a flex template spec: it is not JSON ({exc}).") from None
+        if not isinstance(spec, dict) or not isinstance(spec.get("sdkInfo"), dict):
+            raise invalid_argument(f"{path} is not a flex template spec: it has no sdkInfo.")
+        checked = schema.check(spec, "ContainerSpec", path)
+        checked["beamport"] = spec.get("beamport") or {}
+        return checked
+
+    def _program(self, spec: dict, parameters: dict) -> dict:
+        """The launcher's command line and environment, and warnings about the template."""
+        language = (spec.get("sdkInfo") or {}).get("language")
+        metadata = spec.get("metadata") or {}
+        if language == "YAML" or metadata.get("yamlDefinition"):
+            if not metadata.get("yamlDefinition"):
+                raise invalid_argument("A YAML template's spec needs its pipeline in metadata.yamlDefinition.")
+            args = ["-m", "apache_beam.yaml.main", f"--yaml_pipeline={metadata['yamlDefinition']}",
+                    f"--jinja_variables={json.dumps(parameters)}"]  # fmt: skip
+            return {"args": args, "cwd": None, "env": {}, "options": {}, "warnings": []}
+        if language != "PYTHON":
+            raise unimplemented(
+                f"Beamport runs the launchers of Python and YAML flex templates; this one's language is {language}."
+            )
+        extension = spec.get("beamport") or {}
+        python_file = extension.get("pythonFile")
+        if not python_file:
+            raise failed_precondition(
+                "Beamport runs a flex template's launcher program itself (it runs no container images): the spec "
+                f"names the image {spec.get('image')!r} but not the program. Write the spec with "
+                "`beamport templates build-flex ... --py-path main.py`."
+            )
+        program = Path(self.files.check(python_file))
+        if not program.is_file():
+            raise failed_precondition(f"The flex template's program {python_file} does not exist.")
+        warnings = []
+        requirements = extension.get("requirementsFile")
+        env = {"FLEX_TEMPLATE_PYTHON_PY_FILE": str(program)}
+        if requirements:
+            from beamport.engine.staging import unsatisfied_requirements  # (imports Beam)
+
+            env["FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE"] = requirements
+            missing = unsatisfied_requirements(self.files.read_bytes(requirements).decode("utf-8", "replace"))
+            if missing:
+                warnings.append(
+                    f"The template's requirements ask for {', '.join(missing)}, which Beamport's Python "
+                    "environment does not have; Beamport does not install packages per job."
+                )
+        return {"args": [str(program)], "cwd": str(program.parent), "env": env, "options": parameters,
+                "warnings": warnings}  # fmt: skip
+
+    # -- running the launcher -------------------------------------------------------------------
+
+    def _run_launcher(
+        self, project_id: str, location: str, job_name: str, launch: dict, environment: dict, program: dict, spec: dict
+    ) -> dict:
+        run_dir = self.work_dir / f"{job_name}-{uuid.uuid4().hex[:8]}"
+        run_dir.mkdir(parents=True)
+        temp = environment.get("tempLocation") or str(run_dir)
+        staging = environment.get("stagingLocation") or str(run_dir)
+        options = {
+            "runner": "DataflowRunner", "dataflow_endpoint": self.endpoint, "no_auth": True,
+            "project": project_id, "region": location, "job_name": job_name,
+            "temp_location": temp, "staging_location": staging,
+            **_environment_options(environment), **program["options"],
+        }  # fmt: skip
+        if launch.get("update"):
+            options["update"] = True
+            if launch.get("transformNameMappings"):
+                options["transform_name_mapping"] = json.dumps(launch["transformNameMappings"])
+        args = [sys.executable, *program["args"], *_flags(options)]
+        log_path = run_dir / "launcher.log"
+        started_us = wire.now_us()
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(args, cwd=program["cwd"] or str(run_dir), stdout=log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, **program["env"]}, start_new_session=True)  # fmt: skip
+        # Reap it whenever it ends (a program that waits for its job runs on until the job ends).
+        threading.Thread(target=process.wait, name=f"flex-launcher-{job_name}", daemon=True).start()
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            job = self._submitted(project_id, location, job_name, started_us)
+            if job is not None:
+                notes = [("JOB_MESSAGE_BASIC", f"Launched from a flex template; the launcher's log is {log_path}.")]
+                notes += [("JOB_MESSAGE_WARNING", w) for w in program["warnings"] + environment_warnings(environment)]
+                self.jobs.add_messages(job["id"], notes)
+                return job
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise failed_precondition(
+                    f"The flex template's launcher exited with code {process.returncode} without submitting a job:\n{tail}"
+                )
+            time.sleep(0.1)
+        process.kill()
+        raise ApiError("DEADLINE_EXCEEDED", f"The flex template's launcher submitted no job in {LAUNCH_TIMEOUT_S:g} s.")
+
+    def _submitted(self, project_id: str, location: str, job_name: str, since_us: int) -> dict | None:
+        query = JobQuery(project_id=project_id, location=location, filter=FILTER_ALL, name=job_name, limit=1)
+        found = self.jobs.store.list_jobs(query)
+        if found and found[0].create_us >= since_us:
+            return self.jobs.get_job(project_id, location, found[0].id)
+        return None
+
+
+def _environment_options(environment: dict) -> dict:
+    """FlexTemplateRuntimeEnvironment fields with a local meaning, as Beam pipeline options."""
+    options: dict = {}
+    if environment.get("numWorkers"):
+        options["num_workers"] = environment["numWorkers"]
+    if environment.get("maxWorkers"):
+        options["max_num_workers"] = environment["maxWorkers"]
+    if environment.get("autoscalingAlgorithm"):
+        options["autoscaling_algorithm"] = environment["autoscalingAlgorithm"].removeprefix("AUTOSCALING_ALGORITHM_")
+    if environment.get("additionalExperiments"):
+        options["experiments"] = list(environment["additionalExperiments"])
+    if environment.get("additionalUserLabels"):
+        options["labels"] = [f"{k}={v}" for k, v in environment["additionalUserLabels"].items()]
+    for option in environment.get("additionalPipelineOptions", []):
+        name, sep, value = option.partition("=")
+        if not sep or not name.strip("- "):
+            raise invalid_argument(f"additionalPipelineOptions: {option!r} is not name=value.")
+        options[name.strip().lstrip("-")] = value
+    return options
+
+
+def _flags(options: dict) -> list[str]:
+    flags = []
+    for name, value in options.items():
+        if value is True:
+            flags.append(f"--{name}")
+        elif isinstance(value, list):
+            flags += [f"--{name}={item}" for item in value]
+        elif value is not None and value is not False:
+            flags.append(f"--{name}={value}")
+    return flags
