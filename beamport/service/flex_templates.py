@@ -30,7 +30,6 @@ from beamport.errors import ApiError, failed_precondition, invalid_argument, uni
 from beamport.files import FilePolicy
 from beamport.service.jobs import JobService
 from beamport.service.templates import check_path_parameters, check_parameters, environment_warnings
-from beamport.store.base import FILTER_ALL, JobQuery
 
 LAUNCH_TIMEOUT_S = 300.0  # for the launcher to submit its job
 
@@ -150,7 +149,7 @@ class FlexTemplateService:
         threading.Thread(target=process.wait, name=f"flex-launcher-{job_name}", daemon=True).start()
         deadline = time.monotonic() + LAUNCH_TIMEOUT_S
         while time.monotonic() < deadline:
-            job = self._submitted(project_id, location, job_name, started_us)
+            job = self.jobs.newest_job_named(project_id, location, job_name, started_us)
             if job is not None:
                 notes = [("JOB_MESSAGE_BASIC", f"Launched from a flex template; the launcher's log is {log_path}.")]
                 notes += [("JOB_MESSAGE_WARNING", w) for w in program["warnings"] + environment_warnings(environment)]
@@ -165,12 +164,6 @@ class FlexTemplateService:
         process.kill()
         raise ApiError("DEADLINE_EXCEEDED", f"The flex template's launcher submitted no job in {LAUNCH_TIMEOUT_S:g} s.")
 
-    def _submitted(self, project_id: str, location: str, job_name: str, since_us: int) -> dict | None:
-        query = JobQuery(project_id=project_id, location=location, filter=FILTER_ALL, name=job_name, limit=1)
-        found = self.jobs.store.list_jobs(query)
-        if found and found[0].create_us >= since_us:
-            return self.jobs.get_job(project_id, location, found[0].id)
-        return None
 
 
 def _environment_options(environment: dict) -> dict:

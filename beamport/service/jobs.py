@@ -229,6 +229,18 @@ class JobService:
                     return render_job(existing, view)
         raise ApiError("ABORTED", f"Too much contention creating job {job.name}; try again.")
 
+    def active_job_id(self, project_id: str, location: str, name: str) -> str | None:
+        """The id of the active job with this name, if there is one."""
+        job = self.store.find_active_job(project_id, location, name)
+        return job.id if job else None
+
+    def newest_job_named(self, project_id: str, location: str, name: str, created_since_us: int) -> dict | None:
+        """The newest job with this name created since the given time (summary view), if any."""
+        found = self.store.list_jobs(JobQuery(project_id=project_id, location=location, name=name, limit=1))
+        if found and found[0].create_us >= created_since_us:
+            return render_job(found[0], model.VIEW_SUMMARY)
+        return None
+
     def add_messages(self, job_id: str, notes: Sequence[tuple[str, str]]) -> None:
         """Add (importance, text) messages to a job (what launched it, warnings about how)."""
         if notes:

@@ -78,10 +78,9 @@ class TemplateService:
             return {}
         replace = None
         if request.get("update"):
-            existing = self.jobs.store.find_active_job(project_id, location, job["name"])
-            if existing is None:
+            replace = self.jobs.active_job_id(project_id, location, job["name"])
+            if replace is None:
                 raise failed_precondition(f"update is set, but no active job is named {job['name']!r}.")
-            replace = existing.id
             if request.get("transformNameMapping"):
                 job["transformNameMapping"] = request["transformNameMapping"]
         return {"job": self.jobs.create_job(project_id, location, job, replace_job_id=replace, notes=notes)}
