@@ -239,3 +239,61 @@ def test_bad_flex_launches_are_refused(served, project):
             "parameters": {"input": str(base / "in.txt"), "output": str(base / "o")}}})  # fmt: skip
         assert ok.status_code == 200 and ok.json() == {}
     assert api.all_jobs() == []
+
+
+def test_built_in_templates_run_on_local_files(served, project):
+    srv, base, _ = served
+    api = Api(srv.url, project)
+    data = base / "builtin"
+    (data / "csv").mkdir(parents=True)
+    (data / "words.txt").write_text("the cat and the hat\nThe end\n")
+    (data / "shout_fn.py").write_text("def shout(line):\n    return None if line.startswith('#') else line.upper()\n")
+    (data / "lines.txt").write_text("# a comment\nhello\nworld\n")
+    (data / "csv" / "a.csv").write_text('name,city\nann,"Paris, FR"\n')
+    (data / "csv" / "b.csv").write_text("name,city\nbob,Oslo\n")
+    (data / "plain").mkdir()
+    originals = {"one.txt": b"one\n" * 1000, "two.bin": bytes(range(256)) * 50}
+    for name, content in originals.items():
+        (data / "plain" / name).write_bytes(content)
+
+    described = cli("templates", "describe", "--gcs-location", "builtin://Word_Count", "--endpoint", srv.url,
+                    "--project", project, "--format", "json")  # fmt: skip
+    assert [p["name"] for p in json.loads(described.stdout)["metadata"]["parameters"]] == ["inputFile", "output"]
+
+    launches = {
+        "Word_Count": {"inputFile": str(data / "words.txt"), "output": str(data / "counts")},
+        "Text_Transform_Python_UDF": {"inputFilePattern": str(data / "lines.txt"), "outputPrefix": str(data / "udf"),
+                                      "pythonUdfFilePath": str(data / "shout_fn.py"), "pythonUdfFunctionName": "shout"},
+        "CSV_to_JSONL": {"inputFilePattern": str(data / "csv" / "*.csv"), "outputPrefix": str(data / "rows")},
+        "Bulk_Compress_Files": {"inputFilePattern": str(data / "plain" / "*"), "outputDirectory": str(data / "zipped"),
+                                "compression": "GZIP"},
+    }  # fmt: skip
+    ids = {}
+    for name, parameters in launches.items():
+        pairs = ",".join(f"{k}={v}" for k, v in parameters.items() if "," not in v)
+        done = cli("templates", "run", name.lower().replace("_", "-"), "--gcs-location", f"builtin://{name}",
+                   "--parameters", pairs, "--endpoint", srv.url, "--project", project, "--format", "json")  # fmt: skip
+        ids[name] = json.loads(done.stdout)["id"]
+    for name, job_id in ids.items():
+        final = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=180)
+        assert final["currentState"] == "JOB_STATE_DONE", (name, texts(api, job_id))
+
+    assert read_output(data / "counts") == sorted(["the: 2", "cat: 1", "and: 1", "hat: 1", "The: 1", "end: 1"])
+    assert read_output(data / "udf") == ["HELLO", "WORLD"]
+    rows = [json.loads(line) for line in read_output(data / "rows")]
+    assert sorted(rows, key=lambda r: r["name"]) == [{"city": "Paris, FR", "name": "ann"}, {"city": "Oslo", "name": "bob"}]
+    assert sorted(p.name for p in (data / "zipped").iterdir()) == ["one.txt.gz", "two.bin.gz"]
+
+    # ... and back: decompressed copies equal the originals.
+    job = discovery_client(srv.url).projects().locations().templates().launch(
+        projectId=project, location="us-central1", gcsPath="builtin://Bulk_Decompress_Files",
+        body={"jobName": "unzip", "parameters": {"inputFilePattern": str(data / "zipped" / "*.gz"),
+                                                  "outputDirectory": str(data / "unzipped")}},
+    ).execute()["job"]  # fmt: skip
+    final = wait_state(api, job["id"], {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=180)
+    assert final["currentState"] == "JOB_STATE_DONE", texts(api, job["id"])
+    assert {p.name: p.read_bytes() for p in (data / "unzipped").iterdir()} == originals
+
+    missing = api.client.post(f"/v1b3/projects/{project}/locations/us-central1/templates:launch",
+                              params={"gcsPath": "builtin://Nope"}, json={"jobName": "x"})  # fmt: skip
+    assert missing.status_code == 404 and "Word_Count" in missing.json()["error"]["message"]

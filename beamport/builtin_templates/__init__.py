@@ -1,0 +1,45 @@
+"""Beamport's built-in classic templates, in the spirit of Google's provided Dataflow templates, on files.
+
+Each template is one module of this package. Run as a script with Beam's DataflowRunner and
+`--template_location PATH`, it writes a classic template, which Beamport then launches with runtime
+parameters. Every parameter is therefore a ValueProvider option, read only at run time. Next to the modules
+is each template's metadata (`<Template_Name>_metadata.json`, Dataflow's classic metadata format), to copy
+next to the template file as `PATH_metadata`.
+
+This module imports nothing from Beam, so the service can list the templates cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# Template name -> module name (in this package).
+TEMPLATES = {
+    "Word_Count": "word_count",
+    "Text_Transform_Python_UDF": "python_udf_text",
+    "Bulk_Compress_Files": "bulk_compress",
+    "Bulk_Decompress_Files": "bulk_decompress",
+    "CSV_to_JSONL": "csv_to_jsonl",
+}
+
+
+def metadata_path(name: str) -> Path:
+    """The metadata JSON file of the built-in template `name` (a key of TEMPLATES)."""
+    if name not in TEMPLATES:
+        raise KeyError(f"{name!r} is not a built-in template (one of {', '.join(sorted(TEMPLATES))}).")
+    return Path(__file__).parent / f"{name}_metadata.json"
+
+
+def add_parameters(parser, parameters: dict[str, dict]) -> None:
+    """Declare a template's runtime parameters (name -> keyword arguments) as ValueProvider options.
+
+    Beam parses the options of every PipelineOptions subclass in the process with one parser, and
+    argparse refuses a name declared twice: a parameter that several template modules share
+    (inputFilePattern, ...) is declared by whichever comes first, so shared names must be declared alike.
+    """
+    for name, kwargs in parameters.items():
+        try:
+            parser.add_value_provider_argument(f"--{name}", **kwargs)
+        except argparse.ArgumentError:
+            pass  # already declared by another template module imported in this process
