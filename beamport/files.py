@@ -119,10 +119,10 @@ def _path_of_file_url(location: str) -> str:
 def _read_gcs(location: str) -> bytes:
     # Beam's own GCS client, so gs:// behaves here as it does in the pipeline; with STORAGE_EMULATOR_HOST
     # set and no credentials asked for, google-cloud-storage talks to the configured endpoint anonymously.
-    from apache_beam.io.gcp import gcsio
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from beamport.lazy_imports import beam_module
 
-    options = PipelineOptions([])
+    gcsio = beam_module("apache_beam.io.gcp.gcsio")
+    options = beam_module("apache_beam.options.pipeline_options").PipelineOptions([])
     client = gcsio.GcsIO(gcsio.create_storage_client(options, use_credentials=False), options)
     try:
         with client.open(location, "r") as handle:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import threading
 
@@ -12,6 +11,7 @@ import uvicorn
 from beamport.config import Settings
 from beamport.files import FilePolicy
 from beamport.http.app import create_app
+from beamport.lazy_imports import beam_module
 from beamport.service.execution import ExecutionService
 from beamport.service.flex_templates import FlexTemplateService
 from beamport.service.jobs import JobService
@@ -31,7 +31,7 @@ def _warm_up() -> None:
     garbage collector's full collections: with Beam's modules in the heap, each full collection held the
     GIL for ~100 ms, a pause every request in flight waited out (the worst latencies under load)."""
     try:
-        importlib.import_module("beamport.translate.graph")
+        beam_module("beamport.translate.graph")
     finally:
         gc.collect()
         gc.freeze()

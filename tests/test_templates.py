@@ -117,6 +117,8 @@ def test_bad_launches_name_the_problem_and_create_nothing(served, project, tmp_p
     assert "'colour' is not a parameter" in refused(str(template), {"jobName": "x", "parameters": {**good, "colour": "red"}},
                                                     "INVALID_ARGUMENT")  # fmt: skip
     assert "jobName" in refused(str(template), {"parameters": good}, "INVALID_ARGUMENT")
+    assert "no active job" in refused(str(template), {"jobName": "nobody", "parameters": good, "update": True},
+                                      "FAILED_PRECONDITION")  # fmt: skip
     assert "does not exist" in refused(str(base / "missing"), {"jobName": "x"}, "NOT_FOUND", 404)
     (tmp_path / "notes.txt").write_text("not json")
     not_template = base / "notes.txt"
@@ -297,3 +299,45 @@ def test_built_in_templates_run_on_local_files(served, project):
     missing = api.client.post(f"/v1b3/projects/{project}/locations/us-central1/templates:launch",
                               params={"gcsPath": "builtin://Nope"}, json={"jobName": "x"})  # fmt: skip
     assert missing.status_code == 404 and "Word_Count" in missing.json()["error"]["message"]
+
+
+def test_templates_are_read_from_file_urls_and_gcs(served, project, tmp_path, monkeypatch):
+    srv, base, template = served
+    api = Api(srv.url, project)
+    path = f"/v1b3/projects/{project}/locations/us-central1/templates:launch"
+    good = {"input": str(base / "in.txt"), "output": str(base / "gcs" / "out")}
+    checked = api.client.post(path, params={"gcsPath": f"file://{template}", "validateOnly": "true"},
+                              json={"jobName": "by-url", "parameters": good})  # fmt: skip
+    assert checked.status_code == 200 and checked.json() == {}
+
+    # gs://, through a GCS emulator, for a server started with STORAGE_EMULATOR_HOST.
+    from gcp_storage_emulator import server as emulator
+    from google.cloud import storage
+
+    from conftest import free_port
+
+    port = free_port()
+    gcs = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="templates")
+    gcs.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    other = Server(tmp_path / "data", extra_args=("--allow-path", str(base), "--workers", "1")).start()
+    try:
+        bucket = storage.Client.create_anonymous_client().bucket("templates")
+        bucket.blob("greeter").upload_from_filename(str(template))
+        bucket.blob("greeter_metadata").upload_from_filename(f"{template}_metadata")
+        other_api = Api(other.url, project)
+        described = other_api.client.get(f"/v1b3/projects/{project}/locations/us-central1/templates:get",
+                                         params={"gcsPath": "gs://templates/greeter"}).json()  # fmt: skip
+        assert described.get("metadata", {}).get("name") == "Greeter", described
+        launched = other_api.client.post(path, params={"gcsPath": "gs://templates/greeter"},
+                                         json={"jobName": "from-gcs", "parameters": good})  # fmt: skip
+        assert launched.status_code == 200, launched.text
+        job_id = launched.json()["job"]["id"]
+        done = wait_state(other_api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
+        assert done["currentState"] == "JOB_STATE_DONE", texts(other_api, job_id)
+        assert read_output(base / "gcs" / "out") == ["hello there", "hello world"]
+        missing = other_api.client.post(path, params={"gcsPath": "gs://templates/none"}, json={"jobName": "x"})
+        assert missing.status_code == 404
+    finally:
+        other.stop()
+        gcs.stop()

@@ -28,6 +28,7 @@ import orjson
 from beamport import schema, wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument, unimplemented
 from beamport.files import FilePolicy
+from beamport.lazy_imports import beam_module
 from beamport.service.jobs import JobService
 from beamport.service.templates import check_path_parameters, check_parameters, environment_warnings
 
@@ -108,7 +109,7 @@ class FlexTemplateService:
         requirements = extension.get("requirementsFile")
         env = {"FLEX_TEMPLATE_PYTHON_PY_FILE": str(program)}
         if requirements:
-            from beamport.engine.staging import unsatisfied_requirements  # (imports Beam)
+            unsatisfied_requirements = beam_module("beamport.engine.staging").unsatisfied_requirements
 
             env["FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE"] = requirements
             missing = unsatisfied_requirements(self.files.read_bytes(requirements).decode("utf-8", "replace"))

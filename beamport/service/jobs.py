@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from beamport import wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument
 from beamport.files import FilePolicy
+from beamport.lazy_imports import beam_module
 from beamport.service import autoscaling, model
 from beamport.service.documents import (
     close_work_items,
@@ -258,6 +259,7 @@ class JobService:
         for location in filter(None, named):
             self.files.check(location)
         if options.get("pipelineUrl") and "steps" not in doc:
+            beam_module("beamport.translate.graph")  # imports Beam (under the lock: see lazy_imports)
             from apache_beam.portability.api import beam_runner_api_pb2
             from google.protobuf.message import DecodeError
 
