@@ -43,3 +43,17 @@ def add_parameters(parser, parameters: dict[str, dict]) -> None:
             parser.add_value_provider_argument(f"--{name}", **kwargs)
         except argparse.ArgumentError:
             pass  # already declared by another template module imported in this process
+
+
+def run_as_template(build) -> None:
+    """A template module's main: build the pipeline from the command line's options and run it (with
+    --template_location, DataflowRunner only writes the template)."""
+    import sys
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    options = PipelineOptions(sys.argv[1:])
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, options)
+    pipeline.run()

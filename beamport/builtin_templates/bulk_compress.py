@@ -8,15 +8,14 @@ outputFailureFile, a failure fails the job rather than going unnoticed.
 
 from __future__ import annotations
 
-import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beamport.builtin_templates import add_parameters
-from beamport.builtin_templates.files import FAILED, copy_file, error_text, spread_matches, write_failures
+from beamport.builtin_templates import add_parameters, run_as_template
+from beamport.builtin_templates.files import FAILED, copy_or_fail, spread_matches, write_failures
 
 EXTENSIONS = {"GZIP": ".gz", "BZIP2": ".bz2", "DEFLATE": ".deflate"}
 
@@ -48,12 +47,7 @@ class CompressFile(beam.DoFn):
     def process(self, metadata):
         source = metadata.path
         target = FileSystems.join(self.directory, FileSystems.split(source)[1] + self.extension)
-        try:
-            copy_file(source, CompressionTypes.UNCOMPRESSED, target, self.compression_type)
-        except Exception as exc:
-            yield beam.pvalue.TaggedOutput(FAILED, (source, error_text(exc)))
-        else:
-            yield target
+        yield from copy_or_fail(source, CompressionTypes.UNCOMPRESSED, target, self.compression_type)
 
 
 def build(pipeline, options):
@@ -67,7 +61,4 @@ def build(pipeline, options):
 
 
 if __name__ == "__main__":
-    options = PipelineOptions(sys.argv[1:])
-    p = beam.Pipeline(options=options)
-    build(p, options)
-    p.run()  # with --template_location, this only writes the template
+    run_as_template(build)

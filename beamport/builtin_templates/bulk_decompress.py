@@ -10,15 +10,14 @@ a failure fails the job rather than going unnoticed.
 from __future__ import annotations
 
 import os
-import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beamport.builtin_templates import add_parameters
-from beamport.builtin_templates.files import FAILED, copy_file, error_text, spread_matches, write_failures
+from beamport.builtin_templates import add_parameters, run_as_template
+from beamport.builtin_templates.files import FAILED, copy_or_fail, spread_matches, write_failures
 
 COMPRESSIONS = {".gz": CompressionTypes.GZIP, ".bz2": CompressionTypes.BZIP2, ".deflate": CompressionTypes.DEFLATE}
 
@@ -45,13 +44,8 @@ class DecompressFile(beam.DoFn):
             yield beam.pvalue.TaggedOutput(FAILED, (source, "unknown compression"))
             return
         target = FileSystems.join(self.output_directory.get(), name)
-        try:
-            # Written UNCOMPRESSED explicitly: AUTO would compress again a name like x.tar.gz.
-            copy_file(source, compression, target, CompressionTypes.UNCOMPRESSED)
-        except Exception as exc:
-            yield beam.pvalue.TaggedOutput(FAILED, (source, error_text(exc)))
-        else:
-            yield target
+        # Written UNCOMPRESSED explicitly: AUTO would compress again a name like x.tar.gz.
+        yield from copy_or_fail(source, compression, target, CompressionTypes.UNCOMPRESSED)
 
 
 def build(pipeline, options):
@@ -65,7 +59,4 @@ def build(pipeline, options):
 
 
 if __name__ == "__main__":
-    options = PipelineOptions(sys.argv[1:])
-    p = beam.Pipeline(options=options)
-    build(p, options)
-    p.run()  # with --template_location, this only writes the template
+    run_as_template(build)

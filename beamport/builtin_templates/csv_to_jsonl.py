@@ -12,13 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beamport.builtin_templates import add_parameters
+from beamport.builtin_templates import add_parameters, run_as_template
 from beamport.builtin_templates.files import spread_matches
 
 
@@ -71,7 +70,4 @@ def build(pipeline, options):
 
 
 if __name__ == "__main__":
-    options = PipelineOptions(sys.argv[1:])
-    p = beam.Pipeline(options=options)
-    build(p, options)
-    p.run()  # with --template_location, this only writes the template
+    run_as_template(build)

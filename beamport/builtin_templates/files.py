@@ -46,6 +46,15 @@ def error_text(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+def copy_or_fail(source, source_type, target, target_type):
+    """Outputs of a DoFn copying one file: the target written, or (source, error) on the FAILED output."""
+    try:
+        copy_file(source, source_type, target, target_type)
+    except Exception as exc:
+        return [beam.pvalue.TaggedOutput(FAILED, (source, error_text(exc)))]
+    return [target]
+
+
 def spread_matches(pipeline, pattern):
     """The files matching a pattern (a ValueProvider), spread over the workers."""
     return (

@@ -7,13 +7,12 @@ its function is called on each line (str -> str); a line for which it returns No
 
 from __future__ import annotations
 
-import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beamport.builtin_templates import add_parameters
+from beamport.builtin_templates import add_parameters, run_as_template
 
 
 class PythonUdfTextOptions(PipelineOptions):
@@ -64,7 +63,4 @@ def build(pipeline, options):
 
 
 if __name__ == "__main__":
-    options = PipelineOptions(sys.argv[1:])
-    p = beam.Pipeline(options=options)
-    build(p, options)
-    p.run()  # with --template_location, this only writes the template
+    run_as_template(build)

@@ -8,12 +8,11 @@ case kept, as in Beam's and Google's word count ("The" and "the" are two words).
 from __future__ import annotations
 
 import re
-import sys
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beamport.builtin_templates import add_parameters
+from beamport.builtin_templates import add_parameters, run_as_template
 
 
 class WordCountOptions(PipelineOptions):
@@ -47,7 +46,4 @@ def build(pipeline, options):
 
 
 if __name__ == "__main__":
-    options = PipelineOptions(sys.argv[1:])
-    p = beam.Pipeline(options=options)
-    build(p, options)
-    p.run()  # with --template_location, this only writes the template
+    run_as_template(build)

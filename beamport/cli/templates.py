@@ -20,6 +20,12 @@ Parameters = Annotated[
     Optional[str], typer.Option("--parameters", help="Runtime parameters: NAME=VALUE[,NAME=VALUE...].")
 ]
 JobName = Annotated[str, typer.Argument(help="The name of the job to start.", show_default=False)]
+NumWorkers = Annotated[Optional[int], typer.Option(help="Workers the job starts with.")]
+MaxWorkers = Annotated[Optional[int], typer.Option(help="Workers the job may scale to.")]
+
+
+def _environment(num_workers: int | None, max_workers: int | None) -> dict:
+    return {k: v for k, v in {"numWorkers": num_workers, "maxWorkers": max_workers}.items() if v}
 
 
 def parse_parameters(text: str | None) -> dict[str, str]:
@@ -52,15 +58,15 @@ def run(
     gcs_location: GcsLocation,
     parameters: Parameters = None,
     validate_only: Annotated[bool, typer.Option("--validate-only", help="Check, start nothing.")] = False,
-    num_workers: Annotated[Optional[int], typer.Option(help="Workers the job starts with.")] = None,
-    max_workers: Annotated[Optional[int], typer.Option(help="Workers the job may scale to.")] = None,
+    num_workers: NumWorkers = None,
+    max_workers: MaxWorkers = None,
     endpoint: Endpoint = DEFAULT_ENDPOINT,
     project: Project = None,
     region: Region = DEFAULT_REGION,
     format: OutputFormat = Format.table,
 ):
     """Start a job from a classic template (`builtin://NAME` for Beamport's built-in templates)."""
-    environment = {k: v for k, v in {"numWorkers": num_workers, "maxWorkers": max_workers}.items() if v}
+    environment = _environment(num_workers, max_workers)
     body = {"jobName": job_name, "parameters": parse_parameters(parameters), "environment": environment}
     with session(endpoint, project, region, format) as s:
         answer = s.client.launch_template(s.project, s.region, gcs_location, body, validate_only)
@@ -107,15 +113,15 @@ def flex_run(
         str, typer.Option("--template-file-gcs-location", help="The flex template spec file.")
     ],
     parameters: Parameters = None,
-    num_workers: Annotated[Optional[int], typer.Option(help="Workers the job starts with.")] = None,
-    max_workers: Annotated[Optional[int], typer.Option(help="Workers the job may scale to.")] = None,
+    num_workers: NumWorkers = None,
+    max_workers: MaxWorkers = None,
     endpoint: Endpoint = DEFAULT_ENDPOINT,
     project: Project = None,
     region: Region = DEFAULT_REGION,
     format: OutputFormat = Format.table,
 ):
     """Start a job from a flex template (its launcher runs on the server's host and submits the job)."""
-    environment = {k: v for k, v in {"numWorkers": num_workers, "maxWorkers": max_workers}.items() if v}
+    environment = _environment(num_workers, max_workers)
     body = {"launchParameter": {"jobName": job_name, "containerSpecGcsPath": template_file_gcs_location,
                                 "parameters": parse_parameters(parameters), "environment": environment}}  # fmt: skip
     with session(endpoint, project, region, format) as s:
