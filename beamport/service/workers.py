@@ -47,6 +47,7 @@ MIN_INTERVAL_US = 200_000
 MAX_INTERVAL_US = 60_000_000
 HEALTH_REPORTS_PER_S = 200  # past this many live workers' reports a second, everyone reports less often
 CPU_SAMPLES_KEPT_US = 3_600_000_000  # the CPU series of the last hour
+GONE_WORKERS_KEPT_US = 7 * 86_400_000_000  # workers lost, broken, idle or shut down: a week of history
 STACKS_WAIT_S = 10.0
 
 _REGISTRY_KINDS = ("workerHealthReport", "workerMetrics", "workerLifecycleEvent", "workerShutdownNotice")
@@ -259,7 +260,7 @@ class WorkerRegistry:
                 self.execution.release_work(worker.worker_id, f"the worker was lost: {worker.reason}.", True)
         self.execution.expire_leases()
         if now % 60_000_000 < 1_000_000:  # about once a minute
-            self.store.prune_cpu_samples(now - CPU_SAMPLES_KEPT_US)
+            self.store.prune_workers(now - CPU_SAMPLES_KEPT_US, now - GONE_WORKERS_KEPT_US, WORKER_LIVE_STATES)
 
     # -- what the API and the CLI show -------------------------------------------------------------
 

@@ -303,7 +303,9 @@ class Store(abc.ABC):
         """Keep the thread stacks a worker sent (a Write leaves them alone)."""
 
     @abc.abstractmethod
-    def prune_cpu_samples(self, before_us: int) -> None: ...
+    def prune_workers(self, samples_before_us: int, gone_before_us: int, live_states: Sequence[str]) -> None:
+        """Drop CPU samples older than `samples_before_us`, and workers (with their samples and events) not
+        in a live state and not seen since `gone_before_us`."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -215,9 +215,17 @@ class SqlStore(Store):
         with self._write_lock, self._writer.begin() as conn:
             conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(stacks=stacks, stacks_us=at_us))
 
-    def prune_cpu_samples(self, before_us: int) -> None:
+    def prune_workers(self, samples_before_us: int, gone_before_us: int, live_states) -> None:
+        gone = (
+            select(workers.c.worker_id)
+            .where(workers.c.state.not_in(list(live_states)), workers.c.last_seen_us < gone_before_us)
+            .scalar_subquery()
+        )
         with self._write_lock, self._writer.begin() as conn:
-            conn.execute(delete(worker_cpu_samples).where(worker_cpu_samples.c.time_us < before_us))
+            conn.execute(delete(worker_cpu_samples).where(worker_cpu_samples.c.time_us < samples_before_us))
+            conn.execute(delete(worker_cpu_samples).where(worker_cpu_samples.c.worker_id.in_(gone)))
+            conn.execute(delete(worker_events).where(worker_events.c.worker_id.in_(gone)))
+            conn.execute(delete(workers).where(workers.c.worker_id.in_(gone)))
 
     # -- reads --------------------------------------------------------------
 
