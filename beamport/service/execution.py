@@ -446,9 +446,7 @@ class ExecutionService:
 
     def record_code_messages(self, job_id: str, messages: list[dict]) -> None:
         """Apply workerMessageCode messages (checked by the registry) to the job: messages, stage states."""
-        self._record_worker_messages(job_id, messages)
 
-    def _record_worker_messages(self, job_id: str, messages: list[dict]) -> None:
         def change(doc, now, write):
             stages = {stage.stage: stage for stage in self.store.list_stages(job_id)}
             notes, touched = [], []
