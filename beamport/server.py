@@ -16,6 +16,7 @@ from beamport.service.execution import ExecutionService
 from beamport.service.flex_templates import FlexTemplateService
 from beamport.service.jobs import JobService
 from beamport.service.notify import WorkNotifier
+from beamport.service.sql import SqlService
 from beamport.service.templates import TemplateService
 from beamport.service.workers import WorkerRegistry
 from beamport.store import open_store
@@ -89,7 +90,7 @@ def build_app(settings: Settings, with_workers: bool = True):
     flex = FlexTemplateService(jobs, files, settings.endpoint, settings.data_dir.resolve() / "templates" / "flex")
     # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.
     hooks["on_startup"].append(threading.Thread(target=_warm_up, daemon=True).start)
-    return create_app(settings, jobs, execution, registry, templates, flex, **hooks)
+    return create_app(settings, jobs, execution, registry, templates, flex, SqlService(), **hooks)
 
 
 def serve(settings: Settings) -> None:

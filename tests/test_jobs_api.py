@@ -228,7 +228,6 @@ UNIMPLEMENTED = [
     ("GET", "/v1b3/projects/p/snapshots/s"),
     ("GET", "/v1b3/projects/p/snapshots"),
     ("DELETE", "/v1b3/projects/p/snapshots"),
-    ("GET", "/v1b3/projects/p/locations/us-central1/sql:validate?query=SELECT%201"),
 ]
 
 

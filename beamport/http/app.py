@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from beamport.errors import ApiError
-from beamport.http import execution, jobs, templates, workers
+from beamport.http import execution, jobs, sql, templates, workers
 from beamport.http.protocol import error_response
-from beamport.http.unimplemented import NO_DEBUG, NO_SNAPSHOTS, NO_SQL, not_yet
+from beamport.http.unimplemented import NO_DEBUG, NO_SNAPSHOTS, not_yet
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def routes() -> list[Route]:
         *_twins("/templates:launch", templates.launch, ["POST"]),
         *_twins("/templates", templates.create, ["POST"]),
         Route(L + "/flexTemplates:launch", templates.launch_flex, methods=["POST"]),
-        Route(L + "/sql:validate", not_yet("sql.validate", NO_SQL), methods=["GET"]),
+        Route(L + "/sql:validate", sql.validate, methods=["GET"]),
         # Beamport's own (not Dataflow's): the worker registry.
         Route("/beamport/v1/workers", workers.list_workers, methods=["GET"]),
         Route("/beamport/v1/workers/{workerId:path}", workers.get_worker, methods=["GET"]),
@@ -79,7 +79,7 @@ async def _internal_error(request: Request, exc: Exception):
 
 
 def create_app(
-    settings, jobs_service, execution_service, worker_registry, template_service, flex_service,
+    settings, jobs_service, execution_service, worker_registry, template_service, flex_service, sql_service,
     on_startup=(), on_shutdown=(),
 ) -> Starlette:  # fmt: skip
     @asynccontextmanager
@@ -111,5 +111,6 @@ def create_app(
     app.state.workers = worker_registry
     app.state.templates = template_service
     app.state.flex_templates = flex_service
+    app.state.sql = sql_service
     app.state.inline_reads = jobs_service.reads_never_wait
     return app

@@ -9,7 +9,6 @@ from beamport.http.protocol import api
 
 NO_DEBUG = "Beamport's workers take no debug configuration and send no debug captures"
 NO_SNAPSHOTS = "snapshots need a streaming engine that checkpoints state, which this Beamport server does not have yet"
-NO_SQL = "this Beamport server has no GoogleSQL validator yet"
 
 
 def not_yet(method: str, reason: str):
