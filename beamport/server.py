@@ -90,7 +90,8 @@ def build_app(settings: Settings, with_workers: bool = True):
     flex = FlexTemplateService(jobs, files, settings.endpoint, settings.data_dir.resolve() / "templates" / "flex")
     # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.
     hooks["on_startup"].append(threading.Thread(target=_warm_up, daemon=True).start)
-    return create_app(settings, jobs, execution, registry, templates, flex, SqlService(), **hooks)
+    sql = SqlService(store, files, templates)
+    return create_app(settings, jobs, execution, registry, templates, flex, sql, **hooks)
 
 
 def serve(settings: Settings) -> None:

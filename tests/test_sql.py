@@ -80,3 +80,124 @@ def test_bad_requests_are_refused(sql, project, server):
         status = conn.recv(64).split(b" ")[1]
     assert status.startswith(b"4"), status
     assert validate(sql, project, "SELECT 1") == {"queryInfo": {}}
+
+
+# -- the catalog and SQL jobs --------------------------------------------------------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from conftest import Api, Server  # noqa: E402
+from test_running_jobs import read_output, texts, wait_state  # noqa: E402
+
+QUERIES = {
+    "by_region": "SELECT region, SUM(amount) AS total, COUNT(*) AS n FROM sales GROUP BY region",
+    "joined": "SELECT c.name, SUM(s.amount) AS total FROM sales AS s JOIN customers AS c ON s.region = c.region "
+              "GROUP BY c.name",
+    "running": "SELECT user_id, ts, value, SUM(value) OVER (PARTITION BY user_id ORDER BY ts) AS running_total "
+               "FROM events",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sql_server(tmp_path_factory):
+    """A server that runs jobs, and CSV, JSON Lines and Parquet files to query."""
+    base = tmp_path_factory.mktemp("sql")
+    srv = Server(base / "data", extra_args=("--allow-path", str(base))).start()
+    files = base / "files"
+    files.mkdir()
+    (files / "sales-1.csv").write_text("region,product,amount\nnorth,apple,3\nsouth,pear,5\n")
+    (files / "sales-2.csv").write_text("region,product,amount\nnorth,pear,4\neast,apple,1\n")
+    rows = [{"id": 1, "name": "ann", "region": "north"}, {"id": 2, "name": "bob", "region": "south"},
+            {"id": 3, "name": "cy", "region": "north"}]  # fmt: skip
+    (files / "customers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"user_id": [1, 1, 2, 1, 2], "ts": [1, 2, 1, 3, 2], "value": [10.0, 5.5, 1.0, 2.0, 4.0]}),
+                   files / "events.parquet")  # fmt: skip
+    yield srv, base
+    srv.stop()
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "beamport", *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_sql_queries_run_as_jobs_and_match_the_engine_run_directly(sql_server, project):
+    srv, base = sql_server
+    api = Api(srv.url, project)
+    common = ["--endpoint", srv.url, "--project", project]
+    files = base / "files"
+    cli("sql", "tables", "add", "sales", "--path", str(files / "sales-*.csv"), "--format", "csv", *common)
+    cli("sql", "tables", "add", "customers", "--path", str(files / "customers.jsonl"), "--format", "jsonl", *common)
+    cli("sql", "tables", "add", "events", "--path", str(files / "events.parquet"), "--format", "parquet", *common)
+    listed = cli("sql", "tables", "list", *common, "--format", "json")
+    schemas = {t["name"]: t["schema"] for t in json.loads(listed.stdout)["tables"]}
+    assert schemas["sales"] == [{"name": "region", "type": "STRING"}, {"name": "product", "type": "STRING"},
+                                {"name": "amount", "type": "INT64"}]  # fmt: skip
+    assert {c["name"] for c in schemas["events"]} == {"user_id", "ts", "value"}
+
+    # Validation now checks names against the catalog.
+    assert cli("sql", "validate", "SELECT region FROM sales", *common).returncode == 0
+    wrong = cli("sql", "validate", "SELECT colour FROM sales", *common, check=False)
+    assert wrong.returncode == 1 and "colour" in wrong.stdout
+
+    ids = {}
+    for name, query in QUERIES.items():
+        done = cli("sql", "query", query, "--job-name", name.replace("_", "-"), "--output", str(base / "out" / name),
+                   *common, "--format", "json")  # fmt: skip
+        ids[name] = json.loads(done.stdout)["id"]
+    csv_job = cli("sql", "query", QUERIES["by_region"], "--job-name", "as-csv", "--output", str(base / "out" / "csv"),
+                  "--output-format", "csv", *common, "--format", "json")  # fmt: skip
+    ids["csv"] = json.loads(csv_job.stdout)["id"]
+    for name, job_id in ids.items():
+        final = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=180)
+        assert final["currentState"] == "JOB_STATE_DONE", (name, texts(api, job_id))
+
+    from beamport.builtin_templates import sql_engine
+
+    tables = {"sales": {"path": str(files / "sales-*.csv"), "format": "csv"},
+              "customers": {"path": str(files / "customers.jsonl"), "format": "jsonl"},
+              "events": {"path": str(files / "events.parquet"), "format": "parquet"}}  # fmt: skip
+    for name, query in QUERIES.items():
+        direct = sorted(json.dumps(row, sort_keys=True, default=str) for row in sql_engine.run(query, tables))
+        assert read_output(base / "out" / name) == direct != [], name
+    assert read_output(base / "out" / "by_region") == sorted([
+        '{"n": 1, "region": "east", "total": 1}', '{"n": 1, "region": "south", "total": 5}',
+        '{"n": 2, "region": "north", "total": 7}',
+    ])  # fmt: skip
+    assert read_output(base / "out" / "csv") == ["east,1,1", "north,7,2", "south,5,1"]
+
+
+def test_bad_sql_jobs_are_refused_and_create_nothing(sql_server, project):
+    srv, base = sql_server
+    api = Api(srv.url, project)
+    path = f"/beamport/v1/projects/{project}/locations/us-central1/sql:query"
+    api.client.post(f"/beamport/v1/projects/{project}/sqlTables",
+                    json={"name": "sales", "path": str(base / "files" / "sales-*.csv"), "format": "csv"})  # fmt: skip
+    good = {"jobName": "x", "output": str(base / "bad" / "out")}
+
+    def refused(body, status="INVALID_ARGUMENT", code=400):
+        response = api.client.post(path, json=body)
+        assert response.status_code == code, response.text
+        assert response.json()["error"]["status"] == status
+        return response.json()["error"]["message"]
+
+    assert "query is required" in refused({**good, "query": ""})
+    assert "over 1048576 bytes" in refused({**good, "query": "SELECT '" + "x" * (1 << 20) + "' FROM sales"})
+    assert "Unknown table 'orders'" in refused({**good, "query": "SELECT * FROM orders"})
+    assert "Only a query" in refused({**good, "query": "DELETE FROM sales WHERE amount > 1"})
+    assert "Only a query" in refused({**good, "query": "CREATE TABLE t (a INT64)"})
+    assert "Syntax error" in refused({**good, "query": "SELECT FROM sales"})
+    assert "colour" in refused({**good, "query": "SELECT colour FROM sales"})
+    assert "PERMISSION_DENIED" == api.client.post(
+        f"/beamport/v1/projects/{project}/sqlTables", json={"name": "secrets", "path": "/etc/passwd", "format": "csv"}
+    ).json()["error"]["status"]
+    launched = api.client.post(f"/v1b3/projects/{project}/locations/us-central1/templates:launch",
+                               params={"gcsPath": "builtin://SQL_Query"}, json={"jobName": "sneaky"})  # fmt: skip
+    assert launched.status_code == 400 and "sql:query" in launched.json()["error"]["message"]
+    assert api.all_jobs() == []

@@ -21,6 +21,7 @@ TEMPLATES = {
     "Bulk_Compress_Files": "bulk_compress",
     "Bulk_Decompress_Files": "bulk_decompress",
     "CSV_to_JSONL": "csv_to_jsonl",
+    "SQL_Query": "sql_query",  # Beamport's SQL jobs (beamport sql query), not Google's
 }
 
 

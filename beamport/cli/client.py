@@ -177,6 +177,30 @@ class DataflowClient:
     def launch_flex_template(self, project: str, region: str, body: dict) -> dict:
         return self._request("POST", self._locations_path(project, region) + "/flexTemplates:launch", json=body)
 
+    # -- SQL -------------------------------------------------------------------
+
+    def validate_sql(self, project: str, region: str, query: str) -> dict:
+        return self._request("GET", self._locations_path(project, region) + "/sql:validate", {"query": query})
+
+    def _tables_path(self, project: str) -> str:
+        return f"/beamport/v1/projects/{quote(project, safe='')}/sqlTables"
+
+    def add_sql_table(self, project: str, table: dict) -> dict:
+        return self._request("POST", self._tables_path(project), json=table)
+
+    def list_sql_tables(self, project: str) -> list[dict]:
+        return self._request("GET", self._tables_path(project)).get("tables", [])
+
+    def get_sql_table(self, project: str, name: str) -> dict:
+        return self._request("GET", f"{self._tables_path(project)}/{quote(name, safe='')}")
+
+    def delete_sql_table(self, project: str, name: str) -> dict:
+        return self._request("DELETE", f"{self._tables_path(project)}/{quote(name, safe='')}")
+
+    def sql_query(self, project: str, region: str, body: dict) -> dict:
+        path = f"/beamport/v1/projects/{quote(project, safe='')}/locations/{quote(region, safe='')}/sql:query"
+        return self._request("POST", path, json=body)
+
     # -- workers (Beamport's own registry view, not Dataflow's API) ------------------
 
     def list_workers(self, job_id: str | None = None, include_gone: bool = False) -> list[dict]:

@@ -59,6 +59,12 @@ def routes() -> list[Route]:
         # Beamport's own (not Dataflow's): the worker registry.
         Route("/beamport/v1/workers", workers.list_workers, methods=["GET"]),
         Route("/beamport/v1/workers/{workerId:path}", workers.get_worker, methods=["GET"]),
+        # Beamport's own: the SQL table catalog and SQL jobs (docs/sql.md).
+        Route("/beamport/v1/projects/{projectId}/sqlTables", sql.list_tables, methods=["GET"]),
+        Route("/beamport/v1/projects/{projectId}/sqlTables", sql.add_table, methods=["POST"]),
+        Route("/beamport/v1/projects/{projectId}/sqlTables/{name}", sql.get_table, methods=["GET"]),
+        Route("/beamport/v1/projects/{projectId}/sqlTables/{name}", sql.delete_table, methods=["DELETE"]),
+        Route("/beamport/v1/projects/{projectId}/locations/{location}/sql:query", sql.query, methods=["POST"]),
     ]
     return table
 

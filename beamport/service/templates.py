@@ -36,6 +36,8 @@ _NO_LOCAL_MEANING = (
 
 
 BUILTIN_SCHEME = "builtin://"
+# Built-in templates only their own service starts (it checks what the parameters name): name -> by what.
+INTERNAL_TEMPLATES = {"SQL_Query": "sql:query (beamport sql query)"}
 # Parameter types that name files: their values must lie under the operator's roots, like any file a
 # request names.
 _PATH_TYPES = (
@@ -93,6 +95,13 @@ class TemplateService:
         )  # fmt: skip
         return self.jobs.create_job(project_id, location, job, notes=notes)
 
+    def launch_internal(self, project_id: str, location: str, name: str, job_name: str, parameters: dict) -> dict:
+        """Start a job from one of Beamport's internal built-in templates (for the service that owns it)."""
+        job, notes = self._job_from_template(
+            project_id, location, BUILTIN_SCHEME + name, job_name, parameters, {}, internal=True
+        )
+        return self.jobs.create_job(project_id, location, job, notes=notes)
+
     # -- built-in templates -------------------------------------------------------------------
 
     def _builtin(self, name: str) -> Path:
@@ -129,11 +138,15 @@ class TemplateService:
 
     # -- from a template file to a job body ------------------------------------------------
 
-    def _load(self, gcs_path: str | None) -> tuple[dict, dict | None]:
+    def _load(self, gcs_path: str | None, internal: bool = False) -> tuple[dict, dict | None]:
         if not gcs_path:
             raise invalid_argument("gcsPath is required: the location of the template file.")
         if gcs_path.startswith(BUILTIN_SCHEME):
-            gcs_path = str(self._builtin(gcs_path[len(BUILTIN_SCHEME) :]))
+            name = gcs_path[len(BUILTIN_SCHEME) :]
+            if name in INTERNAL_TEMPLATES and not internal:
+                # Its parameters name files the policy must check first: its own service starts it.
+                raise failed_precondition(f"{name} is started by {INTERNAL_TEMPLATES[name]}, not launched directly.")
+            gcs_path = str(self._builtin(name))
         template = _json_object(self.files.read_bytes(gcs_path), gcs_path)
         environment = template.get("environment")
         options = (environment or {}).get("sdkPipelineOptions", {}).get("options") if isinstance(environment, dict) else None
@@ -154,10 +167,10 @@ class TemplateService:
 
     def _job_from_template(
         self, project_id: str, location: str, gcs_path: str | None, job_name: str | None, parameters: dict,
-        environment: dict,
+        environment: dict, internal: bool = False,
     ) -> tuple[dict, list[tuple[str, str]]]:  # fmt: skip
         """The job body to create, and messages for it (importance, text)."""
-        template, metadata = self._load(gcs_path)
+        template, metadata = self._load(gcs_path, internal)
         if not job_name:
             raise invalid_argument("jobName is required to launch a template.")
         options = template["environment"]["sdkPipelineOptions"]["options"]
@@ -184,10 +197,10 @@ def check_path_parameters(files: FilePolicy, parameters: dict, metadata: dict | 
     for spec in (metadata or {}).get("parameters", []):
         value = parameters.get(spec.get("name"))
         if value and spec.get("paramType") in _PATH_TYPES:
-            files.check(_fixed_part(value))
+            files.check(fixed_part(value))
 
 
-def _fixed_part(pattern: str) -> str:
+def fixed_part(pattern: str) -> str:
     """A path pattern up to its first wildcard (what must lie under the roots)."""
     cut = min((i for i, c in enumerate(pattern) if c in "*?["), default=len(pattern))
     return pattern[:cut] or pattern

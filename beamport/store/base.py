@@ -153,6 +153,16 @@ class AutoscalingEventRecord:
 
 
 @dataclass
+class SqlTableRecord:
+    project_id: str
+    name: str
+    path: str
+    format: str
+    schema: str  # JSON: [{name, type}]
+    create_us: int
+
+
+@dataclass
 class JobQuery:
     project_id: str
     location: str | None  # None: every location (jobs:aggregated)
@@ -306,6 +316,17 @@ class Store(abc.ABC):
     def prune_workers(self, samples_before_us: int, gone_before_us: int, live_states: Sequence[str]) -> None:
         """Drop CPU samples older than `samples_before_us`, and workers (with their samples and events) not
         in a live state and not seen since `gone_before_us`."""
+
+    @abc.abstractmethod
+    def put_sql_table(self, table: SqlTableRecord) -> None:
+        """Add a table to the SQL catalog, or replace the one of that name."""
+
+    @abc.abstractmethod
+    def list_sql_tables(self, project_id: str, names: Sequence[str] | None = None) -> list[SqlTableRecord]:
+        """The project's tables (of these names), by name."""
+
+    @abc.abstractmethod
+    def delete_sql_table(self, project_id: str, name: str) -> bool: ...
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -25,6 +25,7 @@ from beamport.store.base import (
     MessageQuery,
     MessageRecord,
     MetricRecord,
+    SqlTableRecord,
     StageRecord,
     Store,
     VersionConflict,
@@ -33,6 +34,7 @@ from beamport.store.base import (
 )
 from beamport.store.tables import (
     autoscaling_events,
+    sql_tables,
     job_messages,
     job_metrics,
     jobs,
@@ -366,6 +368,22 @@ class SqlStore(Store):
         )
         with self.engine.connect() as conn:
             return [WorkerEvent(**row._mapping) for row in reversed(conn.execute(stmt).all())]
+
+    def put_sql_table(self, table: SqlTableRecord) -> None:
+        with self._write_lock, self._writer.begin() as conn:
+            self._upsert(conn, sql_tables, ["project_id", "name"], [vars(table)])
+
+    def list_sql_tables(self, project_id: str, names=None) -> list[SqlTableRecord]:
+        stmt = select(*sql_tables.c).where(sql_tables.c.project_id == project_id)
+        if names is not None:
+            stmt = stmt.where(sql_tables.c.name.in_(list(names)))
+        with self.engine.connect() as conn:
+            return [SqlTableRecord(**row._mapping) for row in conn.execute(stmt.order_by(sql_tables.c.name))]
+
+    def delete_sql_table(self, project_id: str, name: str) -> bool:
+        with self._write_lock, self._writer.begin() as conn:
+            done = conn.execute(delete(sql_tables).where(sql_tables.c.project_id == project_id, sql_tables.c.name == name))
+        return done.rowcount == 1
 
     def close(self) -> None:
         self.engine.dispose()

@@ -164,3 +164,15 @@ autoscaling_events = Table(
     Index("ix_autoscaling_events_job_seq", "job_id", "seq"),
     sqlite_autoincrement=True,
 )
+
+# The SQL table catalog: local files that SQL queries can read by name (docs/sql.md).
+sql_tables = Table(
+    "sql_tables",
+    metadata,
+    Column("project_id", String(128), primary_key=True),
+    Column("name", String(256), primary_key=True),
+    Column("path", Text, nullable=False),  # a file or a glob
+    Column("format", String(16), nullable=False),  # csv, jsonl, parquet
+    Column("schema", Text, nullable=False),  # JSON: [{name, type}], GoogleSQL types
+    Column("create_us", BigInteger, nullable=False),
+)
