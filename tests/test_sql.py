@@ -145,6 +145,8 @@ def test_sql_queries_run_as_jobs_and_match_the_engine_run_directly(sql_server, p
     assert cli("sql", "validate", "SELECT region FROM sales", *common).returncode == 0
     wrong = cli("sql", "validate", "SELECT colour FROM sales", *common, check=False)
     assert wrong.returncode == 1 and "colour" in wrong.stdout
+    misfit = cli("sql", "validate", "SELECT SUM(region) FROM sales", *common, "--format", "json", check=False)
+    assert misfit.returncode == 1 and "sum(VARCHAR)" in json.loads(misfit.stdout)["errorMessage"]
 
     ids = {}
     for name, query in QUERIES.items():
