@@ -67,6 +67,14 @@ class Server:
         return code
 
 
+def beamport_command(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `beamport ARGS` (the CLI, as a user does); with check, it must exit 0."""
+    done = subprocess.run([sys.executable, "-m", "beamport", *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 def new_postgres_database() -> str:
     """A fresh, empty database on the test PostgreSQL server."""
     import psycopg

@@ -84,10 +84,7 @@ def test_bad_requests_are_refused(sql, project, server):
 
 # -- the catalog and SQL jobs --------------------------------------------------------------------
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-from conftest import Api, Server  # noqa: E402
+from conftest import Api, Server, beamport_command  # noqa: E402
 from test_running_jobs import read_output, texts, wait_state  # noqa: E402
 
 QUERIES = {
@@ -120,40 +117,33 @@ def sql_server(tmp_path_factory):
     srv.stop()
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "beamport", *args], capture_output=True, text=True, timeout=300)
-    if check:
-        assert done.returncode == 0, done.stdout + done.stderr
-    return done
-
-
 def test_sql_queries_run_as_jobs_and_match_the_engine_run_directly(sql_server, project):
     srv, base = sql_server
     api = Api(srv.url, project)
     common = ["--endpoint", srv.url, "--project", project]
     files = base / "files"
-    cli("sql", "tables", "add", "sales", "--path", str(files / "sales-*.csv"), "--format", "csv", *common)
-    cli("sql", "tables", "add", "customers", "--path", str(files / "customers.jsonl"), "--format", "jsonl", *common)
-    cli("sql", "tables", "add", "events", "--path", str(files / "events.parquet"), "--format", "parquet", *common)
-    listed = cli("sql", "tables", "list", *common, "--format", "json")
+    beamport_command("sql", "tables", "add", "sales", "--path", str(files / "sales-*.csv"), "--format", "csv", *common)
+    beamport_command("sql", "tables", "add", "customers", "--path", str(files / "customers.jsonl"), "--format", "jsonl", *common)
+    beamport_command("sql", "tables", "add", "events", "--path", str(files / "events.parquet"), "--format", "parquet", *common)
+    listed = beamport_command("sql", "tables", "list", *common, "--format", "json")
     schemas = {t["name"]: t["schema"] for t in json.loads(listed.stdout)["tables"]}
     assert schemas["sales"] == [{"name": "region", "type": "STRING"}, {"name": "product", "type": "STRING"},
                                 {"name": "amount", "type": "INT64"}]  # fmt: skip
     assert {c["name"] for c in schemas["events"]} == {"user_id", "ts", "value"}
 
     # Validation now checks names against the catalog.
-    assert cli("sql", "validate", "SELECT region FROM sales", *common).returncode == 0
-    wrong = cli("sql", "validate", "SELECT colour FROM sales", *common, check=False)
+    assert beamport_command("sql", "validate", "SELECT region FROM sales", *common).returncode == 0
+    wrong = beamport_command("sql", "validate", "SELECT colour FROM sales", *common, check=False)
     assert wrong.returncode == 1 and "colour" in wrong.stdout
-    misfit = cli("sql", "validate", "SELECT SUM(region) FROM sales", *common, "--format", "json", check=False)
+    misfit = beamport_command("sql", "validate", "SELECT SUM(region) FROM sales", *common, "--format", "json", check=False)
     assert misfit.returncode == 1 and "sum(VARCHAR)" in json.loads(misfit.stdout)["errorMessage"]
 
     ids = {}
     for name, query in QUERIES.items():
-        done = cli("sql", "query", query, "--job-name", name.replace("_", "-"), "--output", str(base / "out" / name),
+        done = beamport_command("sql", "query", query, "--job-name", name.replace("_", "-"), "--output", str(base / "out" / name),
                    *common, "--format", "json")  # fmt: skip
         ids[name] = json.loads(done.stdout)["id"]
-    csv_job = cli("sql", "query", QUERIES["by_region"], "--job-name", "as-csv", "--output", str(base / "out" / "csv"),
+    csv_job = beamport_command("sql", "query", QUERIES["by_region"], "--job-name", "as-csv", "--output", str(base / "out" / "csv"),
                   "--output-format", "csv", *common, "--format", "json")  # fmt: skip
     ids["csv"] = json.loads(csv_job.stdout)["id"]
     for name, job_id in ids.items():

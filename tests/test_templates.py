@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import Api, Server, discovery_client
+from conftest import Api, Server, beamport_command, discovery_client
 from test_running_jobs import PIPELINES, read_output, run, texts, wait_state
 
 pytestmark = pytest.mark.slow
@@ -137,12 +135,6 @@ def test_bad_launches_name_the_problem_and_create_nothing(served, project, tmp_p
     assert api.all_jobs() == []
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "beamport", *args], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
-
-
 FLEX_METADATA = {
     "name": "Flex greeter",
     "parameters": [
@@ -177,7 +169,7 @@ def test_a_python_flex_template_runs_its_launcher_which_submits_the_job(served, 
     shutil.copyfile(PIPELINES / "flex_main.py", program)
     (base / "flex_metadata.json").write_text(json.dumps(FLEX_METADATA))
     spec = base / "greeter-flex.json"
-    cli("templates", "build-flex", str(spec), "--py-path", str(program), "--metadata-file", str(base / "flex_metadata.json"))
+    beamport_command("templates", "build-flex", str(spec), "--py-path", str(program), "--metadata-file", str(base / "flex_metadata.json"))
     assert json.loads(spec.read_text())["sdkInfo"] == {"language": "PYTHON"}
 
     launched = discovery_client(srv.url).projects().locations().flexTemplates().launch(
@@ -199,9 +191,9 @@ def test_a_yaml_template_runs_with_its_parameters_as_jinja_variables(served, pro
     api = Api(srv.url, project)
     (base / "pipeline.yaml").write_text(YAML_PIPELINE)
     spec = base / "yaml-spec.json"
-    cli("templates", "build-flex", str(spec), "--yaml-pipeline-file", str(base / "pipeline.yaml"))
+    beamport_command("templates", "build-flex", str(spec), "--yaml-pipeline-file", str(base / "pipeline.yaml"))
     assert json.loads(spec.read_text())["metadata"]["yamlDefinition"] == YAML_PIPELINE
-    cli("flex-template", "run", "yaml-greet", "--template-file-gcs-location", str(spec), "--endpoint", srv.url,
+    beamport_command("flex-template", "run", "yaml-greet", "--template-file-gcs-location", str(spec), "--endpoint", srv.url,
         "--project", project, "--parameters",
         f"input={base / 'in.txt'},output={base / 'yaml' / 'out'},greeting=hey")  # fmt: skip
     (job,) = api.all_jobs()
@@ -258,7 +250,7 @@ def test_built_in_templates_run_on_local_files(served, project):
     for name, content in originals.items():
         (data / "plain" / name).write_bytes(content)
 
-    described = cli("templates", "describe", "--gcs-location", "builtin://Word_Count", "--endpoint", srv.url,
+    described = beamport_command("templates", "describe", "--gcs-location", "builtin://Word_Count", "--endpoint", srv.url,
                     "--project", project, "--format", "json")  # fmt: skip
     assert [p["name"] for p in json.loads(described.stdout)["metadata"]["parameters"]] == ["inputFile", "output"]
 
@@ -273,7 +265,7 @@ def test_built_in_templates_run_on_local_files(served, project):
     ids = {}
     for name, parameters in launches.items():
         pairs = ",".join(f"{k}={v}" for k, v in parameters.items() if "," not in v)
-        done = cli("templates", "run", name.lower().replace("_", "-"), "--gcs-location", f"builtin://{name}",
+        done = beamport_command("templates", "run", name.lower().replace("_", "-"), "--gcs-location", f"builtin://{name}",
                    "--parameters", pairs, "--endpoint", srv.url, "--project", project, "--format", "json")  # fmt: skip
         ids[name] = json.loads(done.stdout)["id"]
     for name, job_id in ids.items():
