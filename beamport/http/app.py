@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.routing import Route
+from starlette.responses import FileResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from beamport.console import STATIC
 from beamport.errors import ApiError
 from beamport.http import execution, jobs, sql, templates, workers
 from beamport.http.protocol import error_response
@@ -65,8 +68,15 @@ def routes() -> list[Route]:
         Route("/beamport/v1/projects/{projectId}/sqlTables/{name}", sql.get_table, methods=["GET"]),
         Route("/beamport/v1/projects/{projectId}/sqlTables/{name}", sql.delete_table, methods=["DELETE"]),
         Route("/beamport/v1/projects/{projectId}/locations/{location}/sql:query", sql.query, methods=["POST"]),
+        # The web console: static pages over the same API.
+        Route("/", _console, methods=["GET"]),
+        Mount("/console", StaticFiles(directory=STATIC), name="console"),
     ]
     return table
+
+
+async def _console(request: Request):
+    return FileResponse(STATIC / "index.html")
 
 
 async def _http_error(request: Request, exc: HTTPException):

@@ -1,0 +1,494 @@
+// Beamport's console: hash routes over the public API (/v1b3) and Beamport's own (/beamport/v1).
+// Plain DOM, no framework: every view is a function that renders into <main> and may register a refresh.
+
+const main = document.getElementById("main");
+const projectInput = document.getElementById("project");
+const REGION = "us-central1";
+const REFRESH_MS = 2000;
+let timer = null;
+
+projectInput.value = localStorage.getItem("beamport.project") || "demo";
+projectInput.addEventListener("change", () => {
+  localStorage.setItem("beamport.project", projectInput.value.trim());
+  route();
+});
+const project = () => encodeURIComponent(projectInput.value.trim() || "demo");
+
+// -- plumbing -----------------------------------------------------------------------------------
+
+class ApiError extends Error {}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { "Content-Type": "application/json", ...(options.headers || {}) },
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = body.error || {};
+    throw new ApiError(`${error.status || response.status}: ${error.message || response.statusText}`);
+  }
+  return body;
+}
+
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (value !== undefined && value !== null && value !== false) node.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const svg = (tag, attrs = {}, ...children) => {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  for (const child of children.flat()) if (child) node.append(child instanceof Node ? child : document.createTextNode(child));
+  return node;
+};
+
+function toast(text) {
+  const item = h("div", {}, text);
+  document.getElementById("toast").append(item);
+  setTimeout(() => item.remove(), 8000);
+}
+
+const short = (state) => (state || "").replace(/^JOB_STATE_|^JOB_TYPE_/, "");
+const when = (time) => (time ? new Date(time).toLocaleString() : "");
+function duration(start, end) {
+  if (!start) return "";
+  const seconds = Math.max(0, ((end ? new Date(end) : new Date()) - new Date(start)) / 1000);
+  return seconds < 60 ? `${seconds.toFixed(0)} s` : `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+}
+const terminal = (state) => ["JOB_STATE_DONE", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_DRAINED", "JOB_STATE_UPDATED"].includes(state);
+
+function every(refresh) {
+  clearInterval(timer);
+  const run = () => refresh().catch((error) => console.warn(error));
+  run();
+  timer = setInterval(run, REFRESH_MS);
+}
+
+// -- routes -------------------------------------------------------------------------------------
+
+const routes = [
+  [/^#\/jobs\/([^/]+)\/([^/]+)\/([^/]+)$/, jobPage],
+  [/^#\/workers$/, workersPage],
+  [/^#\/templates$/, templatesPage],
+  [/^#\/sql$/, sqlPage],
+  [/^.*$/, jobsPage],
+];
+
+function route() {
+  clearInterval(timer);
+  const hash = location.hash || "#/jobs";
+  for (const link of document.querySelectorAll("nav a")) link.classList.toggle("active", hash.startsWith(link.getAttribute("href")));
+  for (const [pattern, view] of routes) {
+    const match = hash.match(pattern);
+    if (match) {
+      main.replaceChildren();
+      view(...match.slice(1).map(decodeURIComponent));
+      main.focus();
+      return;
+    }
+  }
+}
+window.addEventListener("hashchange", route);
+
+// -- jobs list ----------------------------------------------------------------------------------
+
+function jobsPage() {
+  const state = h("select", { "aria-label": "State" }, ["ALL", "ACTIVE", "TERMINATED"].map((s) => h("option", { value: s }, s)));
+  const name = h("input", { placeholder: "name", "aria-label": "Name", spellcheck: "false" });
+  const region = h("input", { placeholder: "all regions", "aria-label": "Region", spellcheck: "false" });
+  const rows = h("tbody");
+  const pager = h("div", { class: "filters" });
+  const tokens = [null];
+  let page = 0;
+  main.append(
+    h("h1", {}, "Jobs"),
+    h("div", { class: "filters" }, h("label", {}, "State ", state), h("label", {}, "Name ", name), h("label", {}, "Region ", region)),
+    h("table", { id: "jobs" }, h("thead", {}, h("tr", {}, ["Name", "State", "Type", "Region", "Started", "Duration", "Id"].map((c) => h("th", {}, c)))), rows),
+    pager,
+  );
+  const reset = () => { tokens.length = 1; page = 0; every(load); };
+  state.addEventListener("change", reset);
+  name.addEventListener("change", reset);
+  region.addEventListener("change", reset);
+
+  async function load() {
+    const params = new URLSearchParams({ pageSize: "50", filter: state.value });
+    if (name.value.trim()) params.set("name", name.value.trim());
+    if (tokens[page]) params.set("pageToken", tokens[page]);
+    const base = region.value.trim()
+      ? `/v1b3/projects/${project()}/locations/${encodeURIComponent(region.value.trim())}/jobs`
+      : `/v1b3/projects/${project()}/jobs:aggregated`;
+    const answer = await api(`${base}?${params}`);
+    const jobs = answer.jobs || [];
+    rows.replaceChildren(...jobs.map((job) => h("tr", {},
+      h("td", {}, h("a", { href: `#/jobs/${project()}/${job.location}/${job.id}` }, job.name)),
+      h("td", { class: `state ${job.currentState}` }, short(job.currentState)),
+      h("td", {}, short(job.type)),
+      h("td", {}, job.location),
+      h("td", {}, when(job.startTime || job.createTime)),
+      h("td", {}, duration(job.startTime || job.createTime, terminal(job.currentState) ? job.currentStateTime : null)),
+      h("td", { class: "muted" }, job.id),
+    )));
+    if (!jobs.length) rows.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No jobs.")));
+    tokens[page + 1] = answer.nextPageToken || null;
+    pager.replaceChildren(
+      h("button", { disabled: page === 0 ? "" : null, onclick: () => { page -= 1; every(load); } }, "Newer"),
+      h("span", { class: "muted" }, `Page ${page + 1}`),
+      h("button", { disabled: answer.nextPageToken ? null : "", onclick: () => { page += 1; every(load); } }, "Older"),
+    );
+  }
+  every(load);
+}
+
+// -- one job ------------------------------------------------------------------------------------
+
+function jobPage(projectId, region, jobId) {
+  const base = `/v1b3/projects/${encodeURIComponent(projectId)}/locations/${encodeURIComponent(region)}/jobs/${encodeURIComponent(jobId)}`;
+  const header = h("dl", { class: "kv", id: "job-header" });
+  const actions = h("div", { class: "filters" });
+  const graph = h("div", { class: "graph", id: "graph" });
+  const timeline = h("div", { class: "timeline", id: "timeline" });
+  const metrics = h("div", { id: "metrics" });
+  const workers = h("div", { id: "job-workers" });
+  const resources = h("div", { id: "resources" });
+  const importance = h("select", { "aria-label": "Minimum importance" },
+    ["JOB_MESSAGE_DETAILED", "JOB_MESSAGE_BASIC", "JOB_MESSAGE_WARNING", "JOB_MESSAGE_ERROR", "JOB_MESSAGE_DEBUG"].map((i) => h("option", { value: i }, i.replace("JOB_MESSAGE_", "").toLowerCase())));
+  const logs = h("div", { class: "logs", id: "logs", tabindex: "0", "aria-label": "Job messages" });
+  const title = h("h1", {}, jobId);
+  const expanded = new Set();
+  const history = {}; // metric -> [[time, value]]
+  main.append(title, actions, h("div", { class: "grid" },
+    h("section", {}, h("h2", {}, "Job"), header),
+    h("section", {}, h("h2", {}, "Resources"), resources)),
+    h("h2", {}, "Graph"), graph,
+    h("h2", {}, "Stages"), timeline,
+    h("div", { class: "grid" },
+      h("section", {}, h("h2", {}, "Metrics"), metrics),
+      h("section", {}, h("h2", {}, "Workers"), workers)),
+    h("h2", {}, "Logs ", importance), logs);
+  importance.addEventListener("change", () => { logs.replaceChildren(); seen.clear(); lastTime = null; });
+
+  const seen = new Set();
+  let lastTime = null;
+  let job = null;
+  let failedStages = new Set();
+
+  async function refresh() {
+    job = await api(`${base}?view=JOB_VIEW_ALL`);
+    title.textContent = job.name;
+    renderHeader(job);
+    renderActions(job);
+    const [metricAnswer, details] = await Promise.all([
+      api(`${base}/metrics`),
+      api(`${base}/executionDetails`).catch(() => ({})),
+    ]);
+    const all = metricAnswer.metrics || [];
+    failedStages = new Set((job.stageStates || []).filter((s) => s.executionStageState === "JOB_STATE_FAILED").map((s) => s.executionStageName));
+    renderGraph(job, all);
+    renderTimeline(details.stages || []);
+    renderMetrics(all);
+    await Promise.all([renderLogs(), renderWorkers()]);
+  }
+
+  function renderHeader(job) {
+    const sdk = (job.jobMetadata || {}).sdkVersion || {};
+    const options = ((job.environment || {}).sdkPipelineOptions || {}).options || {};
+    const pairs = [
+      ["State", h("span", { class: `state ${job.currentState}`, id: "job-state" }, short(job.currentState))],
+      ["Type", short(job.type)], ["Id", job.id], ["Region", job.location],
+      ["SDK", [sdk.versionDisplayName, sdk.version].filter(Boolean).join(" ")],
+      ["Created", when(job.createTime)], ["State since", when(job.currentStateTime)],
+      ["Duration", duration(job.startTime || job.createTime, terminal(job.currentState) ? job.currentStateTime : null)],
+      ["Labels", Object.entries(job.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ")],
+      ["Options", Object.entries(options).filter(([, v]) => v !== null && v !== "" && !(Array.isArray(v) && !v.length)).slice(0, 12).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("  ")],
+    ];
+    header.replaceChildren(...pairs.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  }
+
+  function renderActions(job) {
+    if (terminal(job.currentState)) { actions.replaceChildren(); return; }
+    const act = (label, state) => h("button", { class: "danger", onclick: async () => {
+      if (!confirm(`${label} job ${job.name}?`)) return;
+      try { await api(base, { method: "PUT", body: JSON.stringify({ requestedState: state }) }); toast(`${label}: requested.`); }
+      catch (error) { toast(error.message); }
+    } }, label);
+    actions.replaceChildren(act("Cancel", "JOB_STATE_CANCELLED"), job.type === "JOB_TYPE_STREAMING" ? act("Drain", "JOB_STATE_DRAINED") : null);
+  }
+
+  function renderGraph(job, all) {
+    const transforms = ((job.pipelineDescription || {}).originalPipelineTransform || []);
+    if (!transforms.length) { graph.replaceChildren(h("p", { class: "muted" }, "No pipeline graph (the job has no pipeline).")); return; }
+    const counts = {};
+    for (const m of all) {
+      const ctx = (m.name || {}).context || {};
+      if ((m.name || {}).name === "ElementCount" && !ctx.tentative && ctx.output_user_name) counts[ctx.output_user_name] = Number(m.scalar || 0);
+    }
+    const names = transforms.map((t) => t.name);
+    const isComposite = (name) => names.some((other) => other.startsWith(name + "/"));
+    const parent = (name) => name.includes("/") ? name.slice(0, name.lastIndexOf("/")) : null;
+    // Shown: top-level transforms, and the children of expanded composites.
+    const shown = transforms.filter((t) => { const p = parent(t.name); return p === null ? true : expanded.has(p) && shownAncestors(p); });
+    function shownAncestors(name) { const p = parent(name); return p === null ? true : expanded.has(p) && shownAncestors(p); }
+    const visible = shown.filter((t) => !(isComposite(t.name) && expanded.has(t.name)));
+    const leafOf = {}; // collection -> the leaf transform that produces it
+    for (const t of transforms) if (!isComposite(t.name)) for (const [i, pc] of (t.outputCollectionName || []).entries()) leafOf[pc] = `${t.name}-out${i}`;
+    const outCount = (t) => (t.outputCollectionName || []).reduce((sum, pc) => sum + (counts[leafOf[pc]] || 0), 0);
+    // Layers: a node is one below the deepest node whose output it reads.
+    const producer = {};
+    for (const t of visible) for (const pc of t.outputCollectionName || []) producer[pc] = t.name;
+    const layer = {};
+    const depth = (t, guard = 0) => {
+      if (layer[t.name] !== undefined || guard > 200) return layer[t.name] || 0;
+      const ups = (t.inputCollectionName || []).map((pc) => producer[pc]).filter((p) => p && p !== t.name);
+      layer[t.name] = ups.length ? 1 + Math.max(...ups.map((p) => depth(visible.find((v) => v.name === p), guard + 1))) : 0;
+      return layer[t.name];
+    };
+    visible.forEach((t) => depth(t));
+    const byLayer = {};
+    for (const t of visible) (byLayer[layer[t.name]] ||= []).push(t);
+    const W = 230, H = 46, GX = 30, GY = 34;
+    const pos = {};
+    const layers = Object.keys(byLayer).map(Number).sort((a, b) => a - b);
+    const widest = Math.max(...layers.map((l) => byLayer[l].length));
+    for (const l of layers) byLayer[l].forEach((t, i) => { pos[t.name] = { x: 10 + i * (W + GX) + (widest - byLayer[l].length) * (W + GX) / 2, y: 10 + l * (H + GY) }; });
+    const width = 20 + widest * (W + GX), height = 20 + layers.length * (H + GY);
+    const edges = [];
+    for (const t of visible) for (const pc of t.inputCollectionName || []) {
+      const from = producer[pc];
+      if (from && pos[from] && from !== t.name) {
+        const a = pos[from], b = pos[t.name];
+        edges.push(svg("path", { d: `M${a.x + W / 2},${a.y + H} C${a.x + W / 2},${a.y + H + GY / 2} ${b.x + W / 2},${b.y - GY / 2} ${b.x + W / 2},${b.y}` }));
+      }
+    }
+    const running = new Set((job.stageStates || []).filter((s) => s.executionStageState === "JOB_STATE_RUNNING").map((s) => s.executionStageName));
+    const touches = (set, name) => [...set].some((stage) => stage.includes(name));
+    const nodes = visible.map((t) => {
+      const p = pos[t.name];
+      const label = t.name.includes("/") ? t.name.slice(t.name.lastIndexOf("/") + 1) : t.name;
+      const composite = isComposite(t.name);
+      const classes = ["node", composite && "composite", touches(failedStages, t.name) && "failed", touches(running, t.name) && "running"].filter(Boolean).join(" ");
+      const group = svg("g", { class: classes, transform: `translate(${p.x},${p.y})`, "data-name": t.name, tabindex: composite ? "0" : "-1", role: composite ? "button" : "img", "aria-label": `${t.name}: ${outCount(t)} elements` },
+        svg("title", {}, t.name),
+        svg("rect", { width: W, height: H }),
+        svg("text", { x: 8, y: 18 }, (composite ? "▸ " : "") + (label.length > 30 ? label.slice(0, 29) + "…" : label)),
+        svg("text", { x: 8, y: 36, class: "count" }, `${outCount(t).toLocaleString()} elements`));
+      if (composite) {
+        const toggle = () => { expanded.add(t.name); renderGraph(job, all); };
+        group.addEventListener("click", toggle);
+        group.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") toggle(); });
+      }
+      return group;
+    });
+    const collapse = expanded.size ? h("button", { onclick: () => { expanded.clear(); renderGraph(job, all); } }, "Collapse all") : null;
+    graph.replaceChildren(...[collapse, svg("svg", { viewBox: `0 0 ${width} ${height}`, style: `max-width:${width}px`, role: "img", "aria-label": "Pipeline graph" }, ...edges, ...nodes)].filter(Boolean));
+  }
+
+  function renderTimeline(stages) {
+    if (!stages.length) { timeline.replaceChildren(h("p", { class: "muted" }, "No stage has run yet.")); return; }
+    const start = Math.min(...stages.map((s) => new Date(s.startTime || Date.now())));
+    const end = Math.max(...stages.map((s) => new Date(s.endTime || Date.now())));
+    const span = Math.max(1, end - start);
+    timeline.replaceChildren(h("table", {}, stages.map((s) => {
+      const left = ((new Date(s.startTime || Date.now()) - start) / span) * 100;
+      const width = Math.max(0.5, ((new Date(s.endTime || Date.now()) - new Date(s.startTime || Date.now())) / span) * 100);
+      return h("tr", {}, h("td", {}, s.stageId), h("td", {}, s.state.replace("EXECUTION_STATE_", "").toLowerCase()),
+        h("td", { style: "width:70%" }, h("div", { class: `bar ${s.state}`, style: `margin-left:${left}%;width:${width}%` })),
+        h("td", {}, duration(s.startTime, s.endTime)));
+    })));
+  }
+
+  function renderMetrics(all) {
+    const user = all.filter((m) => (m.name || {}).origin === "user" && !((m.name || {}).context || {}).tentative);
+    const now = Date.now();
+    for (const m of user) {
+      const key = `${m.name.context.step || ""}/${m.name.name}`;
+      const value = m.scalar !== undefined ? Number(m.scalar) : m.distribution ? Number(m.distribution.count || 0) : m.gauge ? Number(m.gauge.value || 0) : null;
+      if (value === null) continue;
+      const series = (history[key] ||= []);
+      if (!series.length || series[series.length - 1][1] !== value || now - series[series.length - 1][0] > 10000) series.push([now, value]);
+    }
+    if (!user.length) { metrics.replaceChildren(h("p", { class: "muted" }, "No user metrics.")); return; }
+    metrics.replaceChildren(h("table", {}, h("thead", {}, h("tr", {}, ["Step", "Metric", "Kind", "Value", "Over time"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, user.map((m) => {
+        const key = `${m.name.context.step || ""}/${m.name.name}`;
+        const d = m.distribution;
+        const value = m.scalar !== undefined ? m.scalar : d ? `count ${d.count}, sum ${d.sum}, min ${d.min}, max ${d.max}` : m.gauge ? m.gauge.value : JSON.stringify(m.set || "");
+        return h("tr", {}, h("td", {}, m.name.context.step || ""), h("td", {}, m.name.name), h("td", {}, m.kind || ""), h("td", {}, String(value)), h("td", {}, sparkline(history[key] || [])));
+      }))));
+  }
+
+  async function renderLogs() {
+    const params = new URLSearchParams({ minimumImportance: importance.value, pageSize: "1000" });
+    if (lastTime) params.set("startTime", lastTime);
+    const answer = await api(`${base}/messages?${params}`);
+    const fresh = (answer.jobMessages || []).filter((m) => !seen.has(m.id));
+    const atBottom = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
+    for (const m of fresh) {
+      seen.add(m.id);
+      logs.append(h("div", { class: m.messageImportance }, `${when(m.time)}  ${m.messageText}`));
+      lastTime = m.time;
+    }
+    if (atBottom) logs.scrollTop = logs.scrollHeight;
+    if (!logs.childElementCount) logs.append(h("div", { class: "muted" }, "No messages yet."));
+  }
+
+  async function renderWorkers() {
+    const answer = await api(`/beamport/v1/workers?jobId=${encodeURIComponent(jobId)}&all=true`);
+    const list = answer.workers || [];
+    const details = await Promise.all(list.map((w) => api(`/beamport/v1/workers/${encodeURIComponent(w.workerId)}`).catch(() => w)));
+    if (!details.length) { workers.replaceChildren(h("p", { class: "muted" }, "No worker yet.")); resources.replaceChildren(h("p", { class: "muted" }, "Nothing measured yet.")); return; }
+    workers.replaceChildren(h("table", {}, h("thead", {}, h("tr", {}, ["Worker", "State", "Health", "CPU", "Events"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, details.map((w) => h("tr", {},
+        h("td", {}, w.workerId), h("td", { class: `state ${w.state}` }, w.state),
+        h("td", {}, w.health ? (w.health.vmIsHealthy === false ? `unhealthy: ${w.health.msg || ""}` : "healthy") : ""),
+        h("td", {}, sparkline((w.cpuTime || []).map((s) => [new Date(s.timestamp).getTime(), s.rate * 100]), "%")),
+        h("td", { class: "muted" }, (w.lifecycleEvents || []).filter((e) => e.jobId === jobId).map((e) => e.event.toLowerCase().replaceAll("_", " ")).join(", ")))))));
+    renderResources(details);
+  }
+
+  async function renderResources(details) {
+    // vCPU-hours from the CPU samples (totalMs counts since each worker started: the growth during the
+    // job's samples), memory GB-hours from the RSS of the worker's processes over its reports.
+    let cpuMs = 0, gbHours = 0;
+    for (const w of details) {
+      const samples = (w.cpuTime || []).map((s) => [new Date(s.timestamp).getTime(), Number(s.totalMs)]);
+      if (samples.length > 1) cpuMs += samples[samples.length - 1][1] - samples[0][1];
+      const rss = ((w.health || {}).pods || []).reduce((sum, p) => sum + Number(p.rssBytes || 0), 0);
+      if (samples.length > 1) gbHours += (rss / 2 ** 30) * ((samples[samples.length - 1][0] - samples[0][0]) / 3.6e6);
+    }
+    const vcpuHours = cpuMs / 3.6e6;
+    let rates = null;
+    try { rates = await (await fetch("/console/rates.json")).json(); } catch { /* no rates: no estimate */ }
+    const cost = rates ? vcpuHours * rates.vcpuHour + gbHours * rates.memoryGbHour : null;
+    resources.replaceChildren(h("dl", { class: "kv" },
+      h("dt", {}, "vCPU-hours"), h("dd", { id: "vcpu-hours" }, vcpuHours.toFixed(5)),
+      h("dt", {}, "Memory GB-hours"), h("dd", {}, gbHours.toFixed(5)),
+      h("dt", {}, "On Dataflow (estimate)"), h("dd", {}, cost === null ? "no rates" : `$${cost.toFixed(5)}`),
+      h("dt", {}, "Rates"), h("dd", { class: "muted" }, rates ? `${rates.region} batch, $${rates.vcpuHour}/vCPU-hour, $${rates.memoryGbHour}/GB-hour (as of ${rates.asOf}; edit console/static/rates.json)` : "")));
+  }
+
+  every(refresh);
+}
+
+function sparkline(points, unit = "") {
+  if (points.length < 2) return points.length ? `${Number(points[0][1]).toFixed(1)}${unit}` : "";
+  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const d = points.map((p, i) => `${i ? "L" : "M"}${((p[0] - x0) / Math.max(1, x1 - x0)) * 120},${22 - ((p[1] - y0) / Math.max(1e-9, y1 - y0)) * 20}`).join(" ");
+  return h("span", {}, svg("svg", { width: 124, height: 24, role: "img", "aria-label": `from ${y0.toFixed(1)} to ${ys[ys.length - 1].toFixed(1)}${unit}` },
+    svg("path", { d, fill: "none", stroke: "#0b57d0", "stroke-width": 1.5 })), ` ${Number(ys[ys.length - 1]).toFixed(1)}${unit}`);
+}
+
+// -- workers ------------------------------------------------------------------------------------
+
+function workersPage() {
+  const rows = h("tbody");
+  main.append(h("h1", {}, "Workers"), h("table", {}, h("thead", {}, h("tr", {}, ["Worker", "Job", "State", "Health", "CPU", "Work item", "Last report"].map((c) => h("th", {}, c)))), rows));
+  every(async () => {
+    const list = (await api("/beamport/v1/workers?all=true")).workers || [];
+    rows.replaceChildren(...list.map((w) => h("tr", {}, h("td", {}, w.workerId),
+      h("td", {}, h("a", { href: `#/jobs/${encodeURIComponent(w.projectId)}/${encodeURIComponent(w.location)}/${encodeURIComponent(w.jobId)}` }, w.jobId)),
+      h("td", { class: `state ${w.state}` }, w.state), h("td", {}, w.health ? (w.health.vmIsHealthy === false ? "unhealthy" : "healthy") : ""),
+      h("td", {}, w.cpu ? `${(w.cpu.rate * 100).toFixed(1)}%` : ""), h("td", {}, w.workItemId || ""), h("td", {}, when(w.lastSeenTime)))));
+    if (!list.length) rows.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No workers.")));
+  });
+}
+
+// -- templates ----------------------------------------------------------------------------------
+
+const BUILTINS = ["Word_Count", "Text_Transform_Python_UDF", "Bulk_Compress_Files", "Bulk_Decompress_Files", "CSV_to_JSONL"];
+
+function templatesPage() {
+  const path = h("input", { id: "template-path", size: 60, placeholder: "/path/to/template or builtin://Word_Count", spellcheck: "false" });
+  const pick = h("select", { "aria-label": "Built-in template" }, h("option", { value: "" }, "built-in…"), BUILTINS.map((b) => h("option", { value: `builtin://${b}` }, b)));
+  const formArea = h("div");
+  pick.addEventListener("change", () => { if (pick.value) { path.value = pick.value; load(); } });
+  main.append(h("h1", {}, "Templates"), h("div", { class: "filters" }, h("label", {}, "Template ", path), pick, h("button", { onclick: load }, "Open")), formArea);
+
+  async function load() {
+    formArea.replaceChildren();
+    let answer;
+    try { answer = await api(`/v1b3/projects/${project()}/locations/${REGION}/templates:get?gcsPath=${encodeURIComponent(path.value.trim())}`); }
+    catch (error) { formArea.append(h("p", { class: "error" }, error.message)); return; }
+    const metadata = answer.metadata || {};
+    const fields = {};
+    const jobName = h("input", { name: "jobName", required: "", pattern: "[a-z]([-a-z0-9]*[a-z0-9])?", value: (metadata.name || "job").toLowerCase().replace(/[^a-z0-9-]/g, "-").replace(/^-+|-+$/g, "") });
+    const errors = h("p", { class: "error", id: "launch-error" });
+    const form = h("form", { class: "launch", id: "launch-form" }, h("label", { for: "f-jobName" }, "Job name"), Object.assign(jobName, { id: "f-jobName" }));
+    for (const p of metadata.parameters || []) {
+      let input;
+      if (p.paramType === "ENUM" && (p.enumOptions || []).length) input = h("select", {}, (p.isOptional ? [h("option", { value: "" }, "")] : []).concat(p.enumOptions.map((o) => h("option", { value: o.value }, o.label || o.value))));
+      else if (p.paramType === "BOOLEAN") input = h("select", {}, h("option", { value: "" }, ""), h("option", { value: "true" }, "true"), h("option", { value: "false" }, "false"));
+      else input = h("input", { type: p.paramType === "NUMBER" ? "number" : "text", size: 60, spellcheck: "false", placeholder: p.defaultValue || "" });
+      input.id = `f-${p.name}`;
+      input.name = p.name;
+      if (!p.isOptional) input.required = true;
+      fields[p.name] = { input, spec: p };
+      form.append(h("label", { for: input.id }, p.label || p.name, p.isOptional ? "" : " *"), input, p.helpText ? h("div", { class: "help" }, p.helpText) : null);
+    }
+    form.append(h("span"), h("button", { type: "submit" }, "Run job"));
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      errors.textContent = "";
+      const parameters = {};
+      for (const [name, { input, spec }] of Object.entries(fields)) {
+        const value = input.value.trim();
+        if (!value) { if (!spec.isOptional) { errors.textContent = `${spec.label || name} is required.`; input.focus(); return; } continue; }
+        const bad = (spec.regexes || []).find((r) => !new RegExp(`^(?:${r})$`).test(value));
+        if (bad) { errors.textContent = `${spec.label || name} must match ${bad}.`; input.focus(); return; }
+        parameters[name] = value;
+      }
+      try {
+        const launched = await api(`/v1b3/projects/${project()}/locations/${REGION}/templates:launch?gcsPath=${encodeURIComponent(path.value.trim())}`,
+          { method: "POST", body: JSON.stringify({ jobName: jobName.value.trim(), parameters }) });
+        location.hash = `#/jobs/${project()}/${launched.job.location}/${launched.job.id}`;
+      } catch (error) { errors.textContent = error.message; }
+    });
+    formArea.append(h("h2", {}, metadata.name || path.value), metadata.description ? h("p", { class: "muted" }, metadata.description) : null, form, errors);
+  }
+}
+
+// -- SQL ----------------------------------------------------------------------------------------
+
+function sqlPage() {
+  const query = h("textarea", { id: "sql-query", "aria-label": "GoogleSQL query", spellcheck: "false" }, "SELECT 1");
+  const status = h("p", { id: "sql-status", "aria-live": "polite" });
+  const jobName = h("input", { placeholder: "job name", "aria-label": "Job name" });
+  const output = h("input", { placeholder: "/path/to/output prefix", size: 50, "aria-label": "Output prefix" });
+  const tables = h("div");
+  main.append(h("h1", {}, "SQL"), query, status, h("div", { class: "filters" }, jobName, output, h("button", { onclick: run }, "Run as a job")), h("h2", {}, "Tables"), tables);
+  let pending = null;
+  query.addEventListener("input", () => { clearTimeout(pending); pending = setTimeout(validate, 300); });
+  validate();
+  api(`/beamport/v1/projects/${project()}/sqlTables`).then((answer) => tables.replaceChildren(
+    (answer.tables || []).length ? h("table", {}, (answer.tables || []).map((t) => h("tr", {}, h("td", {}, t.name), h("td", {}, t.format), h("td", {}, t.path), h("td", { class: "muted" }, t.schema.map((c) => `${c.name} ${c.type}`).join(", "))))) : h("p", { class: "muted" }, "No tables (beamport sql tables add)."),
+  )).catch((error) => tables.replaceChildren(h("p", { class: "error" }, error.message)));
+
+  async function validate() {
+    if (!query.value.trim()) { status.textContent = ""; return; }
+    try {
+      const answer = await api(`/v1b3/projects/${project()}/locations/${REGION}/sql:validate?query=${encodeURIComponent(query.value)}`);
+      status.className = answer.errorMessage ? "error" : "muted";
+      status.textContent = answer.errorMessage || `Valid.${((answer.queryInfo || {}).queryProperty || []).length ? " Reads an unbounded source." : ""}`;
+    } catch (error) { status.className = "error"; status.textContent = error.message; }
+  }
+
+  async function run() {
+    try {
+      const job = await api(`/beamport/v1/projects/${project()}/locations/${REGION}/sql:query`,
+        { method: "POST", body: JSON.stringify({ query: query.value, jobName: jobName.value.trim(), output: output.value.trim() }) });
+      location.hash = `#/jobs/${project()}/${job.location}/${job.id}`;
+    } catch (error) { toast(error.message); }
+  }
+}
+
+route();
