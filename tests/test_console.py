@@ -55,7 +55,7 @@ def console_server(tmp_path_factory):
 def test_watch_a_job_run_and_cancel_it_from_the_console(console_server, project, page):
     srv, base = console_server
     api = Api(srv.url, project)
-    done = run([str(PIPELINES / "slow_pipeline.py"), "120", str(base / "out" / "slow"),
+    done = run([str(PIPELINES / "shuffled_slow_pipeline.py"), "120", str(base / "out" / "slow"),
                 *dataflow_flags(srv, project, base, "console-slow")])  # fmt: skip
     job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
 
@@ -67,7 +67,13 @@ def test_watch_a_job_run_and_cancel_it_from_the_console(console_server, project,
     row.locator("a").click()
 
     page.locator("#job-state", has_text="RUNNING").wait_for()
-    assert page.locator("#graph g.node").count() >= 3  # Create, Map(nap), WriteToText
+    # The graph, with element counts from the stage that has ended while the next one runs.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#graph text.count')].some(t => t.textContent.startsWith('10 '))",
+        timeout=60_000,
+    )
+    assert page.locator("#job-state", has_text="RUNNING").count() == 1
+    assert page.locator("#graph g.node").count() >= 3  # Create, Reshuffle, Map(nap), WriteToText
     page.locator("#logs", has_text="Workers have started successfully.").wait_for()
     page.locator("#job-workers td", has_text="RUNNING").first.wait_for()
     page.locator("#timeline .bar.EXECUTION_STATE_RUNNING").first.wait_for(timeout=30_000)

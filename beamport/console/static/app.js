@@ -165,6 +165,7 @@ function jobPage(projectId, region, jobId) {
   const logs = h("div", { class: "logs", id: "logs", tabindex: "0", "aria-label": "Job messages" });
   const title = h("h1", {}, jobId);
   const expanded = new Set();
+  const rates = {}; // node -> {time, count, perSecond}: throughput between two refreshes
   const history = {}; // metric -> [[time, value]]
   main.append(title, actions, h("div", { class: "grid" },
     h("section", {}, h("h2", {}, "Job"), header),
@@ -271,6 +272,14 @@ function jobPage(projectId, region, jobId) {
     }
     const running = new Set((job.stageStates || []).filter((s) => s.executionStageState === "JOB_STATE_RUNNING").map((s) => s.executionStageName));
     const touches = (set, name) => [...set].some((stage) => stage.includes(name));
+    const now = Date.now();
+    const throughput = (t) => {
+      const count = outCount(t), last = rates[t.name];
+      if (!last || count < last.count) rates[t.name] = { time: now, count, perSecond: 0 };
+      else if (count > last.count && now > last.time) rates[t.name] = { time: now, count, perSecond: ((count - last.count) * 1000) / (now - last.time) };
+      const perSecond = rates[t.name].perSecond;
+      return perSecond && !terminal(job.currentState) ? ` · ${perSecond < 10 ? perSecond.toFixed(1) : Math.round(perSecond)}/s` : "";
+    };
     const nodes = visible.map((t) => {
       const p = pos[t.name];
       const label = t.name.includes("/") ? t.name.slice(t.name.lastIndexOf("/") + 1) : t.name;
@@ -280,7 +289,7 @@ function jobPage(projectId, region, jobId) {
         svg("title", {}, t.name),
         svg("rect", { width: W, height: H }),
         svg("text", { x: 8, y: 18 }, (composite ? "▸ " : "") + (label.length > 30 ? label.slice(0, 29) + "…" : label)),
-        svg("text", { x: 8, y: 36, class: "count" }, `${outCount(t).toLocaleString()} elements`));
+        svg("text", { x: 8, y: 36, class: "count" }, `${outCount(t).toLocaleString()} elements${throughput(t)}`));
       if (composite) {
         const toggle = () => { expanded.add(t.name); renderGraph(job, all); };
         group.addEventListener("click", toggle);
