@@ -114,3 +114,16 @@ def test_launch_a_template_through_its_form(console_server, project, page):
     assert wait_state(api, job["id"], {"JOB_STATE_DONE"})["currentState"] == "JOB_STATE_DONE"
     assert read_output(base / "form" / "counts") == ["a: 2", "is: 1", "rose: 2"]
     assert page.failures == []
+
+
+def test_a_failed_step_is_highlighted(console_server, project, page):
+    srv, base = console_server
+    api = Api(srv.url, project)
+    run([str(PIPELINES / "failing_pipeline.py"), *dataflow_flags(srv, project, base, "console-fails")], check=False)
+    (job,) = [j for j in api.all_jobs() if j["name"] == "console-fails"]
+    assert job["currentState"] == "JOB_STATE_FAILED"
+    page.goto(f"{srv.url}/#/jobs/{project}/us-central1/{job['id']}")
+    page.locator("#job-state", has_text="FAILED").wait_for()
+    page.locator("#graph g.node.failed[data-name='Map(explode)']").wait_for()
+    page.locator("#logs", has_text="boom on element 3").first.wait_for()
+    assert page.failures == []

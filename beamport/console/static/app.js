@@ -271,7 +271,9 @@ function jobPage(projectId, region, jobId) {
       }
     }
     const running = new Set((job.stageStates || []).filter((s) => s.executionStageState === "JOB_STATE_RUNNING").map((s) => s.executionStageName));
-    const touches = (set, name) => [...set].some((stage) => stage.includes(name));
+    // A fused stage is named by its transforms joined with "+": a node is in it when one of them is the node
+    // or lies inside it (a composite).
+    const touches = (set, name) => [...set].some((stage) => stage.split("+").some((part) => part === name || part.startsWith(name + "/")));
     const now = Date.now();
     const throughput = (t) => {
       const count = outCount(t), last = rates[t.name];
