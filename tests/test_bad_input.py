@@ -169,7 +169,9 @@ def test_bad_message_queries(api, seeded):
 
 def test_unknown_paths_and_methods(server, seeded, api):
     error_of(api.client.get("/v1b3/projects/p/locations/us-central1/nothing"), 404, "NOT_FOUND")
-    error_of(api.client.get("/"), 404, "NOT_FOUND")
+    error_of(api.client.get("/nothing-here"), 404, "NOT_FOUND")
+    error_of(api.client.get("/console/no-such-file.js"), 404, "NOT_FOUND")
+    error_of(api.client.post("/"), 404, "NOT_FOUND")  # / is the console's page: GET only
     error_of(api.client.delete(f"{api.jobs_path}/{seeded['batch']['id']}"), 404, "NOT_FOUND")
 
 
