@@ -77,6 +77,11 @@ class FilePolicy:
             )
         return real
 
+    def check_pattern(self, pattern: str) -> str:
+        """check() for a file pattern: its part before the first wildcard must be allowed."""
+        cut = min((i for i, c in enumerate(pattern) if c in "*?["), default=len(pattern))
+        return self.check(pattern[:cut] or pattern)
+
     def read_bytes(self, location: str) -> bytes:
         """The whole content of an allowed file."""
         checked = self.check(location)

@@ -30,7 +30,7 @@ from beamport.errors import ApiError, failed_precondition, invalid_argument, uni
 from beamport.files import FilePolicy
 from beamport.lazy_imports import beam_module
 from beamport.service.jobs import JobService
-from beamport.service.templates import check_path_parameters, check_parameters, environment_warnings
+from beamport.service.templates import check_parameters, check_path_parameters, environment_warnings, pipeline_options
 
 LAUNCH_TIMEOUT_S = 300.0  # for the launcher to submit its job
 
@@ -180,11 +180,7 @@ def _environment_options(environment: dict) -> dict:
         options["experiments"] = list(environment["additionalExperiments"])
     if environment.get("additionalUserLabels"):
         options["labels"] = [f"{k}={v}" for k, v in environment["additionalUserLabels"].items()]
-    for option in environment.get("additionalPipelineOptions", []):
-        name, sep, value = option.partition("=")
-        if not sep or not name.strip("- "):
-            raise invalid_argument(f"additionalPipelineOptions: {option!r} is not name=value.")
-        options[name.strip().lstrip("-")] = value
+    options.update(pipeline_options(environment))
     return options
 
 

@@ -18,7 +18,6 @@ from beamport import wire
 from beamport.errors import invalid_argument, not_found
 from beamport.files import FilePolicy
 from beamport.lazy_imports import beam_module
-from beamport.service.templates import fixed_part
 from beamport.store.base import SqlTableRecord, Store
 
 MAX_QUERY_BYTES = 1 << 20
@@ -103,7 +102,7 @@ class SqlService:
             raise invalid_argument(f"format must be one of {', '.join(engine.FORMATS)}, not {fmt!r}.")
         if not isinstance(path, str) or not path:
             raise invalid_argument("path is required: the table's files (a path or a glob).")
-        self.files.check(fixed_part(path))
+        self.files.check_pattern(path)
         try:
             inferred = engine.describe(path, fmt)
         except Exception as exc:
@@ -161,7 +160,7 @@ class SqlService:
                 f"the catalog has {', '.join(known) or 'no tables'}."
             )
         for table in tables.values():
-            self.files.check(fixed_part(table["path"]))  # the policy may have changed since it was added
+            self.files.check_pattern(table["path"])  # the policy may have changed since it was added
         error = self._check_against(query, tables)
         if error:
             raise invalid_argument(error)

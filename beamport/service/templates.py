@@ -197,13 +197,19 @@ def check_path_parameters(files: FilePolicy, parameters: dict, metadata: dict | 
     for spec in (metadata or {}).get("parameters", []):
         value = parameters.get(spec.get("name"))
         if value and spec.get("paramType") in _PATH_TYPES:
-            files.check(fixed_part(value))
+            files.check_pattern(value)
 
 
-def fixed_part(pattern: str) -> str:
-    """A path pattern up to its first wildcard (what must lie under the roots)."""
-    cut = min((i for i, c in enumerate(pattern) if c in "*?["), default=len(pattern))
-    return pattern[:cut] or pattern
+def pipeline_options(environment: dict) -> dict:
+    """A runtime environment's additionalPipelineOptions ("name=value" each) as options."""
+    options = {}
+    for option in environment.get("additionalPipelineOptions", []):
+        name, sep, value = option.partition("=")
+        name = name.strip().lstrip("-")
+        if not sep or not name:
+            raise invalid_argument(f"additionalPipelineOptions: {option!r} is not name=value.")
+        options[name] = value
+    return options
 
 
 def _json_object(raw: bytes, where: str) -> dict:
@@ -296,12 +302,7 @@ def _apply_environment(environment: dict, job_environment: dict, options: dict, 
         job_environment["experiments"] = experiments
     if environment.get("additionalUserLabels"):
         job["labels"] = {**(job.get("labels") or {}), **environment["additionalUserLabels"]}
-    for option in environment.get("additionalPipelineOptions", []):
-        name, sep, value = option.partition("=")
-        name = name.strip().lstrip("-")
-        if not sep or not name:
-            raise invalid_argument(f"additionalPipelineOptions: {option!r} is not name=value.")
-        options[name] = value
+    options.update(pipeline_options(environment))
     return environment_warnings(environment)
 
 
@@ -315,4 +316,5 @@ def environment_warnings(environment: dict) -> list[str]:
     ]
 
 
-__all__ = ["TemplateService", "METADATA_SUFFIX", "check_parameters", "check_path_parameters", "environment_warnings"]
+__all__ = ["TemplateService", "METADATA_SUFFIX", "check_parameters", "check_path_parameters", "environment_warnings",
+           "pipeline_options"]

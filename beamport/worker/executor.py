@@ -68,8 +68,10 @@ class Reporter:
         self.latest_metrics = None
         self.latest_infos: list = []
         self.stages: dict[str, str] = {}
-
-    planned_stages = 0  # the job graph's count of stages (pipelineDescription), for progress
+        self.planned_stages = 0  # the job graph's count of stages (pipelineDescription), for progress
+        self.scaling: dict | None = None  # the work item's worker range, {min, max}
+        self.workers = 0  # SDK workers the run uses now (0 before the first stage)
+        self.ask_service = None  # reports at once with a backlog, returns the answer
 
     def stage_state(self, stage_name: str, state: str, time_us: int) -> None:
         with self.lock:
@@ -113,10 +115,6 @@ class Reporter:
             self.pending.append(message)
 
     # -- autoscaling (see beamport.service.autoscaling) ---------------------------------
-
-    scaling: dict | None = None  # the work item's worker range, {min, max}
-    workers = 0  # SDK workers the run uses now (0 before the first stage)
-    ask_service = None  # reports at once with a backlog, returns the answer
 
     def workers_for(self, stage_name: str, backlog_bytes: int) -> int | None:
         if not self.scaling or self.scaling["max"] <= self.scaling["min"] or self.ask_service is None:
