@@ -87,3 +87,38 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def run(self, job: StagedJob, observer: RunObserver) -> RunResult:
         """Run the job to its end in this process. Errors of the pipeline are a FAILED result, not exceptions."""
+
+
+# -- streaming: what the service asks of the engine that runs a streaming job, outside any worker --------
+
+
+class EngineError(Exception):
+    """The engine could not do what was asked (its message says why, for the user)."""
+
+
+@dataclass
+class Savepoint:
+    """A job's state, saved by its engine while it runs (what Dataflow calls a snapshot's data)."""
+
+    location: str  # where the engine wrote it (a directory): what a new job restores from, what is deleted
+    size_bytes: int
+
+
+class StreamingControl(abc.ABC):
+    """Control of running streaming jobs, used by the service layer (snapshots, drain, update).
+
+    Jobs are named by their Beamport job id. Implemented by beamport.engine.flink.FlinkControl; a server
+    without a checkpointing engine has none (`streaming_control(settings)` answers None), and refuses
+    snapshots with FAILED_PRECONDITION naming what would work.
+    """
+
+    name: str = ""  # the engine's name, for messages ("flink")
+
+    @abc.abstractmethod
+    def savepoint(self, job_id: str, directory: Path) -> Savepoint:
+        """Save the running job's state under `directory` (created if missing), without stopping it.
+        Blocks until the savepoint is complete. Raises EngineError (job not running on the engine...)."""
+
+    @abc.abstractmethod
+    def discard(self, location: str) -> None:
+        """Delete a savepoint's data (a location `savepoint` returned). Missing data is not an error."""
