@@ -18,6 +18,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 # What a run ends in (Beam's PipelineState names).
 DONE = "DONE"
 FAILED = "FAILED"
+DRAINED = "DRAINED"  # a streaming run that stopped reading, fired its windows and flushed (on request)
 
 # What a fused stage goes through (Dataflow's execution state names).
 STAGE_RUNNING = "JOB_STATE_RUNNING"
@@ -79,7 +80,7 @@ class RunObserver(Protocol):
 
 @dataclass
 class RunResult:
-    state: str  # DONE or FAILED
+    state: str  # DONE, FAILED, or DRAINED
     error: str | None = None  # for FAILED: the user's exception, formatted as a traceback
 
 

@@ -1,0 +1,349 @@
+"""The Flink engine: jobs run on a Flink cluster through Beam's Flink job server; snapshots are savepoints.
+
+Three services make the engine (scripts/flink-cluster starts all of them on one host; docs/engines.md):
+Flink's REST API (`master`: the job's state, savepoints, cancel), Beam's Flink job server (`job_server`:
+the Beam Job API, which translates the portable pipeline into a Flink job) and a Python SDK worker pool
+(`sdk_pool`: where Flink's tasks start the SDK workers that run the pipeline's Python code).
+
+A Flink job is named by its Beamport job id, so that whoever holds the id finds the job on the cluster:
+the service (snapshots: `FlinkControl`), or a worker that takes over the work of a lost one (it adopts
+the running Flink job instead of submitting it again).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from beamport.engine.base import (
+    DONE,
+    DRAINED,
+    FAILED,
+    JOB_TYPE_STREAMING,
+    Engine,
+    EngineError,
+    RunObserver,
+    RunResult,
+    Savepoint,
+    StagedJob,
+    StreamingControl,
+)
+
+log = logging.getLogger(__name__)
+
+NAME = "flink"
+_ACTIVE = {"INITIALIZING", "CREATED", "RUNNING", "RESTARTING", "FAILING", "CANCELLING", "RECONCILING", "SUSPENDED"}
+_END_OF_TIME = 9223372036854775807  # Long.MAX_VALUE: Flink's watermark once the input is all read
+POLL_S = 1.0
+SUBMIT_TIMEOUT_S = 180.0
+SAVEPOINT_TIMEOUT_S = 120.0
+DRAIN_GRACE_S = 5.0  # how long a drained job may take to finish by itself before it is stopped
+# Defaults for options the job may set itself (Beam's FlinkPipelineOptions, in Python's spelling).
+DEFAULT_OPTIONS = {
+    # Bundles of a streaming stage end at each checkpoint (and after max_bundle_time_mills): without
+    # checkpoints, output of a streaming stage that gets no more input could wait forever.
+    "checkpointing_interval": 5000,
+    "max_bundle_time_mills": 500,
+}
+
+
+@dataclass
+class FlinkConfig:
+    master: str  # host:port of Flink's REST API
+    job_server: str  # host:port of Beam's Flink job server (Beam Job API)
+    sdk_pool: str  # host:port of the Python SDK worker pool
+    shared_dir: Path  # a directory Beamport's workers and the SDK workers share (drain signals)
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> FlinkConfig | None:
+        """From BEAMPORT_FLINK_* (what scripts/flink-cluster writes); None unless all three are set."""
+        values = [environ.get(f"BEAMPORT_FLINK_{k}", "") for k in ("MASTER", "JOB_SERVER", "SDK_POOL")]
+        if not all(values):
+            return None
+        shared = Path(environ.get("BEAMPORT_FLINK_SHARED_DIR", "/tmp/beamport-flink"))
+        return cls(*values, shared_dir=shared)
+
+    def drain_file(self, job_id: str) -> Path:
+        return self.shared_dir / "drain" / job_id
+
+
+class FlinkRest:
+    """The few calls of Flink's REST API that Beamport makes."""
+
+    def __init__(self, master: str, timeout: float = 10.0):
+        self.base = master if master.startswith("http") else f"http://{master}"
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                text = answer.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            raise EngineError(f"Flink answered {exc.code} to {method} {path}: {detail}") from None
+        except OSError as exc:
+            raise EngineError(f"Flink's REST API at {self.base} cannot be reached: {exc}") from None
+        return json.loads(text) if text.strip() else {}
+
+    def find_job(self, name: str, active_only: bool = True) -> dict | None:
+        """The newest Flink job of this name ({jid, name, state, ...}); only an active one if so asked."""
+        jobs = [j for j in self._call("GET", "/jobs/overview").get("jobs", []) if j.get("name") == name]
+        if active_only:
+            jobs = [j for j in jobs if j.get("state") in _ACTIVE]
+        return max(jobs, key=lambda j: j.get("start-time", 0)) if jobs else None
+
+    def job(self, jid: str) -> dict:
+        return self._call("GET", f"/jobs/{jid}")
+
+    def cancel(self, jid: str) -> None:
+        self._call("PATCH", f"/jobs/{jid}?mode=cancel")
+
+    def root_exception(self, jid: str) -> str:
+        try:
+            return (self._call("GET", f"/jobs/{jid}/exceptions").get("root-exception") or "").strip()
+        except EngineError:
+            return ""
+
+    def at_end_of_time(self, jid: str) -> bool:
+        """Whether every task that has inputs has seen the final watermark (all windows have fired)."""
+        seen = False
+        for vertex in self.job(jid).get("vertices", []):
+            marks = self._call("GET", f"/jobs/{jid}/vertices/{vertex['id']}/watermarks")
+            inputs = [int(m["value"]) for m in marks if m.get("id", "").endswith("currentInputWatermark")]
+            if inputs:
+                seen = True
+                if min(inputs) < _END_OF_TIME:
+                    return False
+        return seen
+
+    def savepoint(self, jid: str, directory: Path, timeout: float = SAVEPOINT_TIMEOUT_S) -> str:
+        """Take a savepoint of a running job under `directory`, without stopping it; its location."""
+        directory.mkdir(parents=True, exist_ok=True)
+        body = {"target-directory": directory.resolve().as_uri(), "cancel-job": False, "formatType": "CANONICAL"}
+        trigger = self._call("POST", f"/jobs/{jid}/savepoints", body)["request-id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self._call("GET", f"/jobs/{jid}/savepoints/{trigger}")
+            if status.get("status", {}).get("id") == "COMPLETED":
+                operation = status.get("operation") or {}
+                if operation.get("failure-cause"):
+                    cause = operation["failure-cause"].get("stack-trace", "").splitlines()
+                    raise EngineError(f"Flink could not take the savepoint: {cause[0] if cause else 'unknown cause'}")
+                return operation["location"]
+            time.sleep(0.2)
+        raise EngineError(f"Flink's savepoint of job {jid} did not complete within {timeout:.0f} s.")
+
+
+def local_path(location: str) -> Path:
+    """A savepoint's location (file:/... as Flink writes it) as a local path."""
+    if location.startswith("file:"):
+        location = location[len("file:"):]
+        while location.startswith("//"):
+            location = location[1:]
+    return Path(location)
+
+
+def directory_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class FlinkControl(StreamingControl):
+    """Snapshots of running jobs as Flink savepoints, for the service layer."""
+
+    name = NAME
+
+    def __init__(self, config: FlinkConfig):
+        self.config = config
+        self.rest = FlinkRest(config.master)
+
+    def savepoint(self, job_id: str, directory: Path) -> Savepoint:
+        found = self.rest.find_job(job_id)
+        if found is None or found.get("state") != "RUNNING":
+            state = found.get("state") if found else "not on the cluster"
+            raise EngineError(f"Job {job_id} is not running on Flink ({state}): there is no state to save.")
+        location = self.rest.savepoint(found["jid"], directory)
+        return Savepoint(location=location, size_bytes=directory_size(local_path(location)))
+
+    def discard(self, location: str) -> None:
+        shutil.rmtree(local_path(location), ignore_errors=True)
+
+
+class FlinkEngine(Engine):
+    """Runs a staged job on Flink and follows it until it ends (or is drained, or stopped)."""
+
+    def __init__(self, config: FlinkConfig, restore_from: str | None = None):
+        self.config = config
+        self.rest = FlinkRest(config.master)
+        self.restore_from = restore_from  # a savepoint location to start from (snapshots, update)
+        self._drain = threading.Event()
+        self._stopping = threading.Event()
+        self.flink_job_id: str | None = None
+        self._job_id: str | None = None
+
+    # -- called from other threads -----------------------------------------------------------
+
+    def request_drain(self) -> None:
+        """Stop reading, fire every window, flush, then end DRAINED (see beamport.io.local_log)."""
+        self._drain.set()
+
+    def stop(self) -> None:
+        """Cancel the Flink job now (the job was cancelled, or its work moved): best effort, brief."""
+        self._stopping.set()
+        jid = self.flink_job_id
+        try:
+            if jid is None and self._job_id:  # stopped while submitting: the job may just have arrived
+                jid = (self.rest.find_job(self._job_id) or {}).get("jid")
+            if jid:
+                self.rest.cancel(jid)
+        except EngineError as exc:
+            log.warning("could not cancel the Flink job of %s: %s", self._job_id, exc)
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self, job: StagedJob, observer: RunObserver) -> RunResult:
+        self._job_id = job.job_id
+        drain_file = self.config.drain_file(job.job_id)
+        try:
+            found = self.rest.find_job(job.job_id)
+            if found is not None:  # a worker before this one submitted it, and was lost: follow it
+                log.info("adopting Flink job %s of job %s", found["jid"], job.job_id)
+                self.flink_job_id = found["jid"]
+            else:
+                drain_file.unlink(missing_ok=True)
+                self.flink_job_id = self._submit(job, drain_file)
+            return self._follow(job, observer, drain_file)
+        except EngineError as exc:
+            return RunResult(FAILED, str(exc))
+
+    def _submit(self, job: StagedJob, drain_file: Path) -> str:
+        import grpc
+        from apache_beam.portability.api import beam_artifact_api_pb2_grpc, beam_job_api_pb2, beam_job_api_pb2_grpc
+        from apache_beam.runners.portability import artifact_service
+        from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+        pipeline = external_environments(job, self.config.sdk_pool)
+        options = {**DEFAULT_OPTIONS, **job.options}
+        options.update(
+            job_name=job.job_id,  # the Flink job's name: how Beamport finds it again
+            runner="PortableRunner",
+            streaming=job.job_type == JOB_TYPE_STREAMING,
+            beamport_drain_file=str(drain_file),
+        )
+        if self.restore_from:
+            options["savepoint_path"] = self.restore_from
+        channel = grpc.insecure_channel(self.config.job_server)
+        service = beam_job_api_pb2_grpc.JobServiceStub(channel)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        except grpc.FutureTimeoutError:
+            raise EngineError(f"Beam's Flink job server at {self.config.job_server} cannot be reached.") from None
+        try:
+            prepared = service.Prepare(
+                beam_job_api_pb2.PrepareJobRequest(
+                    job_name=job.job_id, pipeline=pipeline,
+                    pipeline_options=JobServiceHandle.encode_pipeline_options(options),
+                ),
+                timeout=60,
+            )  # fmt: skip
+            if prepared.artifact_staging_endpoint.url:
+                artifact_service.offer_artifacts(
+                    beam_artifact_api_pb2_grpc.ArtifactStagingServiceStub(
+                        grpc.insecure_channel(prepared.artifact_staging_endpoint.url)
+                    ),
+                    artifact_service.ArtifactRetrievalService(artifact_service.BeamFilesystemHandler(None).file_reader),
+                    prepared.staging_session_token,
+                )
+            invocation = service.Run(beam_job_api_pb2.RunJobRequest(preparation_id=prepared.preparation_id), timeout=60)
+        except grpc.RpcError as exc:
+            raise EngineError(f"Beam's Flink job server refused the job: {exc.details() or exc}") from None
+        deadline = time.monotonic() + SUBMIT_TIMEOUT_S
+        while time.monotonic() < deadline:  # the job server translates, then submits to the cluster
+            found = self.rest.find_job(job.job_id, active_only=False)
+            if found is not None:
+                return found["jid"]
+            state = service.GetState(beam_job_api_pb2.GetJobStateRequest(job_id=invocation.job_id), timeout=10)
+            if state.state in (beam_job_api_pb2.JobState.FAILED, beam_job_api_pb2.JobState.CANCELLED):
+                raise EngineError(
+                    "Beam's Flink job server could not translate or submit the job; its log says why."
+                )
+            time.sleep(0.5)
+        raise EngineError(f"The job did not reach the Flink cluster within {SUBMIT_TIMEOUT_S:.0f} s.")
+
+    def _follow(self, job: StagedJob, observer: RunObserver, drain_file: Path) -> RunResult:
+        jid = self.flink_job_id
+        draining = False
+        ended_at = None  # when a draining job was first seen with every watermark at the end of time
+        stages: dict[str, str] = {}
+        while True:
+            try:
+                details = self.rest.job(jid)
+            except EngineError as exc:
+                log.warning("%s", exc)
+                time.sleep(POLL_S)
+                continue
+            state = details.get("state")
+            self._report_stages(details, stages, observer)
+            if state == "FINISHED":
+                return RunResult(DRAINED if draining else DONE)
+            if state == "FAILED":
+                return RunResult(FAILED, self.rest.root_exception(jid) or "The Flink job failed.")
+            if state == "CANCELED":
+                if draining:
+                    return RunResult(DRAINED)
+                return RunResult(FAILED, "The Flink job was cancelled on the cluster, not through Beamport.")
+            if self._drain.is_set() and not draining and state == "RUNNING":
+                drain_file.parent.mkdir(parents=True, exist_ok=True)
+                drain_file.touch()
+                draining = True
+                log.info("draining Flink job %s", jid)
+            if draining and state == "RUNNING" and self.rest.at_end_of_time(jid):
+                # Every window has fired. The job usually finishes by itself now (its sources have ended);
+                # one that does not (a source that never ends) is stopped: a savepoint first ends the
+                # bundles in flight, so their output is written. Nothing restarts from it: it is not kept.
+                ended_at = ended_at or time.monotonic()
+                if time.monotonic() - ended_at > DRAIN_GRACE_S:
+                    try:
+                        flushed = self.rest.savepoint(jid, self.config.shared_dir / "flush" / job.job_id)
+                        shutil.rmtree(local_path(flushed), ignore_errors=True)
+                        self.rest.cancel(jid)
+                    except EngineError as exc:  # it finished meanwhile: the next poll sees it
+                        log.info("stopping drained job %s: %s", jid, exc)
+            time.sleep(POLL_S)
+
+    @staticmethod
+    def _report_stages(details: dict, seen: dict[str, str], observer: RunObserver) -> None:
+        from beamport.engine.base import STAGE_DONE, STAGE_FAILED, STAGE_RUNNING
+
+        states = {"RUNNING": STAGE_RUNNING, "FINISHED": STAGE_DONE, "FAILED": STAGE_FAILED}
+        for vertex in details.get("vertices", []):
+            state = states.get(vertex.get("status"))
+            if state and seen.get(vertex["name"]) != state:
+                seen[vertex["name"]] = state
+                observer.stage_state(vertex["name"], state, int(time.time() * 1e6))
+
+
+def external_environments(job: StagedJob, sdk_pool: str):
+    """The pipeline with its (rewritten) Python environments pointing at the SDK worker pool."""
+    from apache_beam.portability import common_urns, python_urns
+    from apache_beam.portability.api import beam_runner_api_pb2, endpoints_pb2
+
+    pipeline = beam_runner_api_pb2.Pipeline()
+    pipeline.CopyFrom(job.pipeline)
+    payload = beam_runner_api_pb2.ExternalPayload(endpoint=endpoints_pb2.ApiServiceDescriptor(url=sdk_pool))
+    for env in pipeline.components.environments.values():
+        if env.urn == python_urns.EMBEDDED_PYTHON:
+            env.urn = common_urns.environments.EXTERNAL.urn
+            env.payload = payload.SerializeToString()
+            del env.dependencies[:]  # Dataflow's staged files: the SDK workers run Beamport's own Python
+    return pipeline

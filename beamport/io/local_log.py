@@ -1,0 +1,128 @@
+"""ReadFromLocalLog: an unbounded, replayable source over a local append-only text file.
+
+Each line (ending in a newline) is one element, read as it is appended, for as long as the job runs: a
+local stand-in for Pub/Sub or Kafka. The position read up to is the source's state (the restriction of a
+splittable DoFn), so an engine that checkpoints (Flink) keeps it in its snapshots: a job started from a
+snapshot goes on reading where the snapshotted job was, nothing read twice or skipped.
+
+Event time is the time of reading, or what `timestamp_fn(line)` says (seconds since the epoch); the
+watermark follows the newest event time read. When the job is drained the source stops reading, says its
+watermark is at the end of time so every window fires, and ends.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.options.value_provider import RuntimeValueProvider
+from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
+
+# The pipeline option naming the file whose presence means "drain": Beamport's engines set it per job.
+DRAIN_FILE_OPTION = "beamport_drain_file"
+_END = 2**62  # an unbounded restriction's end: further than any file will grow
+POLL_S = 0.5  # how long to wait for new lines once the file is read to its end
+
+
+def drain_requested() -> bool:
+    """Whether this job is being drained (the engine created its drain file)."""
+    path = RuntimeValueProvider.get_value(DRAIN_FILE_OPTION, str, "")
+    return bool(path) and os.path.exists(path)
+
+
+class _Positions(RestrictionProvider):
+    """The element is (path, start offset); the restriction is the byte range still to read."""
+
+    def initial_restriction(self, element):
+        return OffsetRange(element[1], _END)
+
+    def create_tracker(self, restriction):
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, element, restriction):
+        try:
+            return max(os.path.getsize(element[0]) - restriction.start, 0)
+        except OSError:
+            return 0
+
+    def split(self, element, restriction):
+        yield restriction  # one reader per file: lines must be read in order to know where each begins
+
+    def truncate(self, element, restriction):
+        return None  # a drained job reads nothing more
+
+
+class _Watermark(WatermarkEstimatorProvider):
+    def initial_estimator_state(self, element, restriction):
+        return MIN_TIMESTAMP
+
+    def create_watermark_estimator(self, state):
+        return ManualWatermarkEstimator(state)
+
+
+class _ReadLines(beam.DoFn):
+    def __init__(self, timestamp_fn: Callable[[str], float] | None):
+        self.timestamp_fn = timestamp_fn
+
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        element: tuple[str, int],
+        tracker=beam.DoFn.RestrictionParam(_Positions()),
+        watermark=beam.DoFn.WatermarkEstimatorParam(_Watermark()),
+    ):
+        if drain_requested():
+            watermark.set_watermark(MAX_TIMESTAMP)
+            tracker.try_claim(tracker.current_restriction().stop)  # claims the rest: the restriction is done
+            return
+        path, position = element[0], tracker.current_restriction().start
+        try:
+            source = open(path, "rb")
+        except FileNotFoundError:
+            source = None  # not written yet: wait for it
+        if source is not None:
+            with source:
+                source.seek(position)
+                for line in source:
+                    if not line.endswith(b"\n"):
+                        break  # a line still being written: read it whole next time
+                    # Claim the line's last byte: a checkpoint then resumes right after this line.
+                    if not tracker.try_claim(position + len(line) - 1):
+                        return
+                    position += len(line)
+                    text = line[:-1].decode("utf-8")
+                    at = Timestamp.of(self.timestamp_fn(text)) if self.timestamp_fn else Timestamp.now()
+                    if at > watermark.current_watermark():
+                        watermark.set_watermark(at)
+                    yield beam.window.TimestampedValue(text, at)
+        if not self.timestamp_fn:  # event time is reading time: time passes while nothing comes
+            now = Timestamp.of(time.time())
+            if now > watermark.current_watermark():
+                watermark.set_watermark(now)
+        tracker.defer_remainder(Duration(seconds=POLL_S))
+
+
+class ReadFromLocalLog(beam.PTransform):
+    """Read the lines of a local file as they are appended, until the job is cancelled or drained.
+
+    `path`: the file (it may not exist yet). `start_offset`: the byte offset to start at (0: replay the
+    whole file). `timestamp_fn`: a line's event time, in seconds since the epoch (default: when it is read).
+    """
+
+    def __init__(self, path: str, start_offset: int = 0, timestamp_fn: Callable[[str], float] | None = None):
+        super().__init__()
+        self.path = os.path.abspath(path)
+        self.start_offset = start_offset
+        self.timestamp_fn = timestamp_fn
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Path" >> beam.Create([(self.path, self.start_offset)])
+            | "Read" >> beam.ParDo(_ReadLines(self.timestamp_fn))
+        )
