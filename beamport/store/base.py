@@ -162,6 +162,30 @@ class SqlTableRecord:
     create_us: int
 
 
+# Snapshot states (Dataflow's SnapshotState names; a deleted snapshot has no record)
+SNAPSHOT_PENDING = "PENDING"
+SNAPSHOT_RUNNING = "RUNNING"
+SNAPSHOT_READY = "READY"
+SNAPSHOT_FAILED = "FAILED"
+
+
+@dataclass
+class SnapshotRecord:
+    id: str
+    project_id: str
+    location: str
+    source_job_id: str
+    state: str
+    create_us: int
+    ttl_us: int
+    expire_us: int  # create_us + ttl_us
+    description: str = ""
+    snapshot_sources: bool = False
+    disk_size_bytes: int | None = None  # once READY
+    data_location: str = ""  # where the engine saved the state, once READY
+    error: str = ""  # why it FAILED
+
+
 @dataclass
 class JobQuery:
     project_id: str
@@ -327,6 +351,39 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def delete_sql_table(self, project_id: str, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    def add_snapshot(self, snapshot: SnapshotRecord) -> None: ...
+
+    @abc.abstractmethod
+    def update_snapshot(self, snapshot: SnapshotRecord) -> bool:
+        """Replace the stored snapshot with this id; False (and nothing written) when it is gone."""
+
+    @abc.abstractmethod
+    def get_snapshot(self, project_id: str, snapshot_id: str) -> SnapshotRecord | None: ...
+
+    @abc.abstractmethod
+    def list_snapshots(
+        self, project_id: str, location: str, source_job_id: str | None = None, limit: int = 1000
+    ) -> list[SnapshotRecord]:
+        """The snapshots of a project and location (of one source job), newest first."""
+
+    @abc.abstractmethod
+    def list_expired_snapshots(self, now_us: int, limit: int = 100) -> list[SnapshotRecord]:
+        """Snapshots of every project whose expiry time has passed, oldest expiry first."""
+
+    @abc.abstractmethod
+    def list_snapshots_in_states(
+        self, states: Sequence[str], created_before_us: int, limit: int = 100
+    ) -> list[SnapshotRecord]:
+        """Snapshots of every project in one of these states, created before the given time, oldest first."""
+
+    @abc.abstractmethod
+    def delete_snapshot(self, snapshot_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    def find_active_jobs_from_snapshot(self, project_id: str, snapshot_id: str) -> list[JobRecord]:
+        """The project's active jobs whose document names this snapshot in createdFromSnapshotId (summary only)."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

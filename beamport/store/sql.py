@@ -6,6 +6,7 @@ import contextlib
 import threading
 from pathlib import Path
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Integer, bindparam, create_engine, delete, event, insert, select, update
@@ -25,6 +26,7 @@ from beamport.store.base import (
     MessageQuery,
     MessageRecord,
     MetricRecord,
+    SnapshotRecord,
     SqlTableRecord,
     StageRecord,
     Store,
@@ -34,6 +36,7 @@ from beamport.store.base import (
 )
 from beamport.store.tables import (
     autoscaling_events,
+    snapshots,
     sql_tables,
     job_messages,
     job_metrics,
@@ -385,8 +388,73 @@ class SqlStore(Store):
             done = conn.execute(delete(sql_tables).where(sql_tables.c.project_id == project_id, sql_tables.c.name == name))
         return done.rowcount == 1
 
+    # -- snapshots ------------------------------------------------------------
+
+    def add_snapshot(self, snapshot: SnapshotRecord) -> None:
+        with self._write_lock, self._writer.begin() as conn:
+            conn.execute(insert(snapshots).values(**vars(snapshot)))
+
+    def update_snapshot(self, snapshot: SnapshotRecord) -> bool:
+        row = {k: v for k, v in vars(snapshot).items() if k != "id"}
+        with self._write_lock, self._writer.begin() as conn:
+            done = conn.execute(update(snapshots).where(snapshots.c.id == snapshot.id).values(**row))
+        return done.rowcount == 1
+
+    def get_snapshot(self, project_id: str, snapshot_id: str) -> SnapshotRecord | None:
+        stmt = select(*snapshots.c).where(snapshots.c.id == snapshot_id, snapshots.c.project_id == project_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return _snapshot_record(row) if row else None
+
+    def list_snapshots(self, project_id, location, source_job_id=None, limit=1000) -> list[SnapshotRecord]:
+        stmt = select(*snapshots.c).where(snapshots.c.project_id == project_id, snapshots.c.location == location)
+        if source_job_id is not None:
+            stmt = stmt.where(snapshots.c.source_job_id == source_job_id)
+        stmt = stmt.order_by(snapshots.c.create_us.desc(), snapshots.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [_snapshot_record(row) for row in conn.execute(stmt)]
+
+    def list_expired_snapshots(self, now_us: int, limit: int = 100) -> list[SnapshotRecord]:
+        stmt = select(*snapshots.c).where(snapshots.c.expire_us <= now_us)
+        stmt = stmt.order_by(snapshots.c.expire_us).limit(limit)
+        with self.engine.connect() as conn:
+            return [_snapshot_record(row) for row in conn.execute(stmt)]
+
+    def list_snapshots_in_states(self, states, created_before_us: int, limit: int = 100) -> list[SnapshotRecord]:
+        stmt = (
+            select(*snapshots.c)
+            .where(snapshots.c.state.in_(list(states)), snapshots.c.create_us < created_before_us)
+            .order_by(snapshots.c.create_us)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [_snapshot_record(row) for row in conn.execute(stmt)]
+
+    def delete_snapshot(self, snapshot_id: str) -> bool:
+        with self._write_lock, self._writer.begin() as conn:
+            done = conn.execute(delete(snapshots).where(snapshots.c.id == snapshot_id))
+        return done.rowcount == 1
+
+    def find_active_jobs_from_snapshot(self, project_id: str, snapshot_id: str) -> list[JobRecord]:
+        # The summary is compact JSON (orjson): the field appears exactly as below. Only the project's active
+        # jobs are read, by index; the text match runs on those alone.
+        needle = orjson.dumps({"createdFromSnapshotId": snapshot_id}).decode()[1:-1]
+        stmt = select(*_SUMMARY_COLUMNS).where(
+            jobs.c.project_id == project_id,
+            jobs.c.active == True,  # noqa: E712 (SQL expression)
+            jobs.c.summary.contains(needle, autoescape=True),
+        )
+        with self.engine.connect() as conn:
+            return [_job_record(row) for row in conn.execute(stmt.order_by(jobs.c.seq))]
+
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _snapshot_record(row) -> SnapshotRecord:
+    snapshot = SnapshotRecord(**row._mapping)
+    snapshot.snapshot_sources = bool(snapshot.snapshot_sources)
+    return snapshot
 
 
 def _job_row(record: JobRecord) -> dict:

@@ -1,6 +1,6 @@
 """The database schema (SQLAlchemy Core). Changes here need a migration in migrations/versions."""
 
-from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, SmallInteger, String, Table, Text, true
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, SmallInteger, String, Table, Text, false, true
 
 metadata = MetaData()
 
@@ -175,4 +175,27 @@ sql_tables = Table(
     Column("format", String(16), nullable=False),  # csv, jsonl, parquet
     Column("schema", Text, nullable=False),  # JSON: [{name, type}], GoogleSQL types
     Column("create_us", BigInteger, nullable=False),
+)
+
+# Snapshots of streaming jobs (Dataflow's snapshots resource): the record; the data is the engine's.
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("project_id", String(128), nullable=False),
+    Column("location", String(64), nullable=False),
+    Column("source_job_id", String(128), nullable=False),
+    Column("state", String(16), nullable=False),  # PENDING, RUNNING, READY, FAILED (Dataflow's SnapshotState)
+    Column("create_us", BigInteger, nullable=False),
+    Column("ttl_us", BigInteger, nullable=False),
+    Column("expire_us", BigInteger, nullable=False),  # create_us + ttl_us: when the sweeper deletes it
+    Column("description", Text, nullable=False, server_default=""),
+    Column("snapshot_sources", Boolean, nullable=False, server_default=false()),
+    Column("disk_size_bytes", BigInteger, nullable=True),  # once READY
+    Column("data_location", Text, nullable=False, server_default=""),  # where the engine saved it, once READY
+    Column("error", Text, nullable=False, server_default=""),  # why it FAILED (Dataflow's Snapshot has no field)
+    Index("ix_snapshots_project_location_create", "project_id", "location", "create_us"),
+    Index("ix_snapshots_source_job", "source_job_id"),
+    Index("ix_snapshots_expire", "expire_us"),
+    Index("ix_snapshots_state_create", "state", "create_us"),
 )
