@@ -8,7 +8,9 @@ import threading
 
 import uvicorn
 
+from beamport import wire
 from beamport.config import Settings
+from beamport.engine.control import streaming_control
 from beamport.files import FilePolicy
 from beamport.http.app import create_app
 from beamport.lazy_imports import beam_module
@@ -16,6 +18,7 @@ from beamport.service.execution import ExecutionService
 from beamport.service.flex_templates import FlexTemplateService
 from beamport.service.jobs import JobService
 from beamport.service.notify import WorkNotifier
+from beamport.service.snapshots import SnapshotService
 from beamport.service.sql import SqlService
 from beamport.service.templates import TemplateService
 from beamport.service.workers import WorkerRegistry
@@ -25,6 +28,7 @@ from beamport.worker.pool import LocalWorkerPool
 log = logging.getLogger("beamport")
 
 SWEEP_EVERY_S = 1.0
+EXPIRE_SNAPSHOTS_EVERY = 10  # sweeps
 
 
 def _warm_up() -> None:
@@ -41,11 +45,15 @@ def _warm_up() -> None:
 
 
 class Sweeper:
-    """The service's own clock: abandons lost workers and expired leases, whoever runs the workers."""
+    """The service's own clock: abandons lost workers and expired leases, whoever runs the workers; deletes
+    expired snapshots."""
 
-    def __init__(self, registry: WorkerRegistry, every_s: float = SWEEP_EVERY_S):
+    def __init__(
+        self, registry: WorkerRegistry, every_s: float = SWEEP_EVERY_S, snapshots: SnapshotService | None = None
+    ):
         self.registry = registry
         self.every_s = every_s
+        self.snapshots = snapshots
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
 
@@ -57,11 +65,18 @@ class Sweeper:
         self._thread.join(5)
 
     def _loop(self) -> None:
+        sweeps = 0
         while not self._stop.wait(self.every_s):
             try:
                 self.registry.sweep()
             except Exception:  # a database hiccup must not stop the sweeps to come
                 log.exception("sweep failed")
+            sweeps += 1
+            if self.snapshots is not None and sweeps % EXPIRE_SNAPSHOTS_EVERY == 0:
+                try:
+                    self.snapshots.expire(wire.now_us())
+                except Exception:
+                    log.exception("expiring snapshots failed")
 
 
 def build_app(settings: Settings, with_workers: bool = True):
@@ -71,7 +86,8 @@ def build_app(settings: Settings, with_workers: bool = True):
         store, default_report_interval_us=int(settings.worker_report_interval_s * 1e6), work=work
     )
     registry = WorkerRegistry(store, execution)
-    sweeper = Sweeper(registry)
+    snapshots = SnapshotService(store, settings.data_dir, streaming_control(settings))
+    sweeper = Sweeper(registry, snapshots=snapshots)
     hooks: dict = {"on_startup": [sweeper.start], "on_shutdown": [sweeper.stop]}
     if with_workers and settings.local_workers > 0:
         pool = LocalWorkerPool(
@@ -91,7 +107,7 @@ def build_app(settings: Settings, with_workers: bool = True):
     # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.
     hooks["on_startup"].append(threading.Thread(target=_warm_up, daemon=True).start)
     sql = SqlService(store, files, templates)
-    return create_app(settings, jobs, execution, registry, templates, flex, sql, **hooks)
+    return create_app(settings, jobs, execution, registry, templates, flex, sql, snapshots, **hooks)
 
 
 def serve(settings: Settings) -> None:

@@ -133,10 +133,10 @@ def test_google_cloud_dataflow_client(server, project, region):
     with pytest.raises(gexc.NotFound):
         jobs.get_job(request=dataflow.GetJobRequest(project_id=project, location=region, job_id="no-such-job"))
 
-    # Unimplemented methods answer 501, which the client maps to MethodNotImplemented.
-    with pytest.raises(gexc.MethodNotImplemented) as unimplemented:
+    # Only streaming jobs can be snapshotted (tests/test_snapshots.py has the rest).
+    with pytest.raises(gexc.BadRequest) as snapshot:
         jobs.snapshot_job(request=dataflow.SnapshotJobRequest(project_id=project, location=region, job_id=created.id))
-    assert "snapshot" in str(unimplemented.value).lower()
+    assert "is a batch job" in str(snapshot.value)
 
 
 BEAM_SUBMIT = textwrap.dedent(

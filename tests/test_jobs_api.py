@@ -216,18 +216,9 @@ def test_system_parameters(api):
 
 
 UNIMPLEMENTED = [
-    ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j:snapshot"),
-    ("POST", "/v1b3/projects/p/jobs/j:snapshot"),
-    ("GET", "/v1b3/projects/p/locations/us-central1/jobs/j/snapshots"),
     ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/debug/getConfig"),
     ("POST", "/v1b3/projects/p/locations/us-central1/jobs/j/debug/sendCapture"),
     ("POST", "/v1b3/projects/p/jobs/j/debug/getConfig"),
-    ("GET", "/v1b3/projects/p/locations/us-central1/snapshots/s"),
-    ("DELETE", "/v1b3/projects/p/locations/us-central1/snapshots/s"),
-    ("GET", "/v1b3/projects/p/locations/us-central1/snapshots"),
-    ("GET", "/v1b3/projects/p/snapshots/s"),
-    ("GET", "/v1b3/projects/p/snapshots"),
-    ("DELETE", "/v1b3/projects/p/snapshots"),
 ]
 
 

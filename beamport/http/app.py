@@ -15,9 +15,9 @@ from starlette.staticfiles import StaticFiles
 
 from beamport.console import STATIC
 from beamport.errors import ApiError
-from beamport.http import execution, jobs, sql, templates, workers
+from beamport.http import execution, jobs, snapshots, sql, templates, workers
 from beamport.http.protocol import error_response
-from beamport.http.unimplemented import NO_DEBUG, NO_SNAPSHOTS, not_yet
+from beamport.http.unimplemented import NO_DEBUG, not_yet
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def routes() -> list[Route]:
     # Order matters: ":verb" paths before the plain {jobId} paths they would also match.
     table = [
         Route(P + "/jobs:aggregated", jobs.aggregated, methods=["GET"]),
-        *_twins("/jobs/{jobId}:snapshot", not_yet("jobs.snapshot", NO_SNAPSHOTS), ["POST"]),
+        *_twins("/jobs/{jobId}:snapshot", snapshots.snapshot_job, ["POST"]),
         *_twins("/jobs/{jobId}/workItems:lease", execution.lease, ["POST"]),
         *_twins("/jobs/{jobId}/workItems:reportStatus", execution.report_status, ["POST"]),
         *_twins("/jobs/{jobId}/debug/getConfig", not_yet("jobs.debug.getConfig", NO_DEBUG), ["POST"]),
@@ -42,7 +42,7 @@ def routes() -> list[Route]:
         Route(L + "/jobs/{jobId}/debug/getWorkerStacktraces", workers.get_worker_stacktraces, methods=["POST"]),
         Route(L + "/jobs/{jobId}/executionDetails", execution.execution_details, methods=["GET"]),
         Route(L + "/jobs/{jobId}/stages/{stageId}/executionDetails", execution.stage_execution_details, methods=["GET"]),
-        Route(L + "/jobs/{jobId}/snapshots", not_yet("jobs.snapshots.list", NO_SNAPSHOTS), methods=["GET"]),
+        Route(L + "/jobs/{jobId}/snapshots", snapshots.list_job_snapshots, methods=["GET"]),
         *_twins("/jobs/{jobId}/messages", jobs.list_messages, ["GET"]),
         *_twins("/jobs/{jobId}/metrics", execution.get_metrics, ["GET"]),
         *_twins("/jobs/{jobId}", jobs.get, ["GET"]),
@@ -50,10 +50,10 @@ def routes() -> list[Route]:
         *_twins("/jobs", jobs.list_, ["GET"]),
         *_twins("/jobs", jobs.create, ["POST"]),
         *_twins("/WorkerMessages", workers.worker_messages, ["POST"]),
-        *_twins("/snapshots/{snapshotId}", not_yet("snapshots.get", NO_SNAPSHOTS), ["GET"]),
-        Route(L + "/snapshots/{snapshotId}", not_yet("snapshots.delete", NO_SNAPSHOTS), methods=["DELETE"]),
-        *_twins("/snapshots", not_yet("snapshots.list", NO_SNAPSHOTS), ["GET"]),
-        Route(P + "/snapshots", not_yet("deleteSnapshots", NO_SNAPSHOTS), methods=["DELETE"]),
+        *_twins("/snapshots/{snapshotId}", snapshots.get, ["GET"]),
+        Route(L + "/snapshots/{snapshotId}", snapshots.delete, methods=["DELETE"]),
+        *_twins("/snapshots", snapshots.list_, ["GET"]),
+        Route(P + "/snapshots", snapshots.delete_snapshots, methods=["DELETE"]),
         *_twins("/templates:get", templates.get, ["GET"]),
         *_twins("/templates:launch", templates.launch, ["POST"]),
         *_twins("/templates", templates.create, ["POST"]),
@@ -96,7 +96,7 @@ async def _internal_error(request: Request, exc: Exception):
 
 def create_app(
     settings, jobs_service, execution_service, worker_registry, template_service, flex_service, sql_service,
-    on_startup=(), on_shutdown=(),
+    snapshot_service, on_startup=(), on_shutdown=(),
 ) -> Starlette:  # fmt: skip
     @asynccontextmanager
     async def lifespan(app):
@@ -128,5 +128,6 @@ def create_app(
     app.state.templates = template_service
     app.state.flex_templates = flex_service
     app.state.sql = sql_service
+    app.state.snapshots = snapshot_service
     app.state.inline_reads = jobs_service.reads_never_wait
     return app

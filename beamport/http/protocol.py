@@ -130,6 +130,24 @@ def location_param(request: Request) -> str:
     return location
 
 
+def location_query_param(request: Request) -> str:
+    """A location-less twin's location: the `location` query parameter, else the default region."""
+    location = request.query_params.get("location") or DEFAULT_LOCATION
+    if not _LOCATION_RE.match(location):
+        raise invalid_argument(f"Invalid location {location!r}")
+    return location
+
+
+def id_query_param(request: Request, name: str) -> str | None:
+    """An id given as a query parameter (None when absent), checked as path ids are."""
+    value = request.query_params.get(name)
+    if not value:
+        return None
+    if not _ID_RE.match(value):
+        raise invalid_argument(f"Invalid {name} {value!r}")
+    return value
+
+
 def id_param(request: Request, name: str) -> str:
     value = request.path_params[name]
     if not _ID_RE.match(value):

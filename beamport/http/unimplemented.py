@@ -8,7 +8,6 @@ from beamport.errors import unimplemented
 from beamport.http.protocol import api
 
 NO_DEBUG = "Beamport's workers take no debug configuration and send no debug captures"
-NO_SNAPSHOTS = "snapshots need a streaming engine that checkpoints state, which this Beamport server does not have yet"
 
 
 def not_yet(method: str, reason: str):
