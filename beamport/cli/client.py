@@ -91,10 +91,15 @@ class DataflowClient:
     def _job_path(self, project: str, region: str, job_id: str) -> str:
         return f"{self._jobs_path(project, region)}/{quote(job_id, safe='')}"
 
-    def _request(self, method: str, path: str, params: dict | None = None, json: dict | None = None) -> dict:
+    def _request(
+        self, method: str, path: str, params: dict | None = None, json: dict | None = None, timeout: float | None = None
+    ) -> dict:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            response = self._http.request(method, path, params=params, json=json)
+            response = self._http.request(
+                method, path, params=params, json=json,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            )  # fmt: skip
         except httpx.TimeoutException:
             raise ConnectionFailure(self.endpoint, "the request timed out") from None
         except httpx.HTTPError as exc:
@@ -200,6 +205,23 @@ class DataflowClient:
     def sql_query(self, project: str, region: str, body: dict) -> dict:
         path = f"/beamport/v1/projects/{quote(project, safe='')}/locations/{quote(region, safe='')}/sql:query"
         return self._request("POST", path, json=body)
+
+    # -- snapshots -------------------------------------------------------------
+
+    def snapshot_job(self, project: str, region: str, job_id: str, body: dict) -> dict:
+        """jobs.snapshot: the server waits up to ~30 s for the engine, so this call waits longer."""
+        return self._request("POST", self._job_path(project, region, job_id) + ":snapshot", json=body, timeout=90.0)
+
+    def list_snapshots(self, project: str, region: str, job_id: str | None = None) -> list[dict]:
+        path = self._locations_path(project, region) + "/snapshots"
+        return self._request("GET", path, {"jobId": job_id}).get("snapshots", [])
+
+    def get_snapshot(self, project: str, region: str, snapshot_id: str) -> dict:
+        return self._request("GET", f"{self._locations_path(project, region)}/snapshots/{quote(snapshot_id, safe='')}")
+
+    def delete_snapshot(self, project: str, region: str, snapshot_id: str) -> dict:
+        path = f"{self._locations_path(project, region)}/snapshots/{quote(snapshot_id, safe='')}"
+        return self._request("DELETE", path)
 
     # -- workers (Beamport's own registry view, not Dataflow's API) ------------------
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from beamport.cli import jobs, sql, templates, workers as workers_cli
+from beamport.cli import jobs, snapshots, sql, templates, workers as workers_cli
 from beamport.config import DEFAULT_MAX_REQUEST_BYTES, Settings
 
 app = typer.Typer(help="Beamport: the Dataflow API, self-hosted.", no_args_is_help=True, add_completion=False)
@@ -17,6 +17,7 @@ app.add_typer(workers_cli.app, name="workers")
 app.add_typer(templates.app, name="templates")
 app.add_typer(templates.flex_app, name="flex-template")
 app.add_typer(sql.app, name="sql")
+app.add_typer(snapshots.app, name="snapshots")
 
 
 @app.command()

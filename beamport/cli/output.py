@@ -145,6 +145,31 @@ class Printer:
             )
         self._table(table)
 
+    # -- snapshots ----------------------------------------------------------
+
+    def snapshots(self, snapshots: list[dict]) -> None:
+        if self.format is Format.json:
+            self._json(snapshots)
+            return
+        if not snapshots:
+            self.note("Listed 0 items.")
+            return
+        table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
+        for column in ("SNAPSHOT_ID", "SOURCE_JOB_ID", "STATE", "SIZE", "CREATED (UTC)", "TTL", "DESCRIPTION"):
+            table.add_column(column, no_wrap=True)
+        for snapshot in snapshots:
+            size = snapshot.get("diskSizeBytes")
+            table.add_row(
+                snapshot.get("id", ""),
+                snapshot.get("sourceJobId", ""),
+                snapshot.get("state", ""),
+                _bytes(int(size)) if size is not None else "-",
+                short_time(snapshot.get("creationTime")),
+                _duration(snapshot.get("ttl")),
+                snapshot.get("description", ""),
+            )
+        self._table(table)
+
     # -- workers ------------------------------------------------------------
 
     def workers(self, workers: list[dict], now_us: int) -> None:
@@ -236,3 +261,29 @@ def _age(value: str | None, now_us: int) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _bytes(n: int) -> str:
+    """A size as 512 B, 1.5 KiB, 20.0 MiB."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _duration(value: str | None) -> str:
+    """A Duration's JSON form ("604800s") as 7d, 1h30m, 45s."""
+    if not value or not value.endswith("s"):
+        return value or "-"
+    try:
+        seconds = round(float(value[:-1]))
+    except ValueError:
+        return value
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts)

@@ -1,0 +1,108 @@
+"""`beamport snapshots ...`: snapshots of streaming jobs (create, list, describe, delete), over the HTTP API."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Optional
+
+import typer
+
+from beamport.cli.client import DEFAULT_ENDPOINT, DEFAULT_REGION
+from beamport.cli.jobs import Endpoint, JobId, OutputFormat, Project, Region, session
+from beamport.cli.output import Format
+
+app = typer.Typer(help="Snapshots of streaming jobs: their saved state, to start new jobs from.", no_args_is_help=True)
+
+SnapshotId = Annotated[str, typer.Argument(help="The snapshot's id.", show_default=False)]
+
+_TTL_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)\Z")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> str:
+    """--ttl 30m, 1h, 7d, 3600s or 3600 -> the Duration's JSON form ("3600s")."""
+    match = _TTL_RE.match(text.strip().lower())
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a duration such as 30m, 12h, 7d or 3600s.", param_hint="'--ttl'")
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds:.3f}s"
+
+
+@app.command()
+def create(
+    job_id: JobId,
+    ttl: Annotated[
+        Optional[str], typer.Option(help="How long the snapshot is kept: 30m, 12h, 7d... (default 7d, at most 30d).")
+    ] = None,
+    description: Annotated[Optional[str], typer.Option(help="A description of the snapshot.")] = None,
+    snapshot_sources: Annotated[
+        bool, typer.Option("--snapshot-sources", help="Also snapshot the sources (Beamport does not: it warns).")
+    ] = False,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = DEFAULT_REGION,
+    format: OutputFormat = Format.table,
+):
+    """Snapshot a running streaming job; prints the snapshot (usually READY: the server waits up to ~30 s)."""
+    body: dict = {}
+    if ttl is not None:
+        body["ttl"] = parse_ttl(ttl)
+    if description:
+        body["description"] = description
+    if snapshot_sources:
+        body["snapshotSources"] = True
+    with session(endpoint, project, region, format) as s:
+        snapshot = s.client.snapshot_job(s.project, s.region, job_id, body)
+        s.printer.document(snapshot)
+        state, snapshot_id = snapshot.get("state"), snapshot.get("id")
+        if state == "FAILED":
+            s.printer.error(
+                f"Snapshot [{snapshot_id}] failed; the job's messages say why: beamport jobs messages {job_id}"
+            )
+            raise typer.Exit(1)
+        if state != "READY":
+            s.printer.note(f"Snapshot [{snapshot_id}] is {state}: `beamport snapshots describe {snapshot_id}` shows "
+                           "when it is READY.")  # fmt: skip
+
+
+@app.command("list")
+def list_snapshots(
+    job: Annotated[Optional[str], typer.Option("--job", help="Only the snapshots of this job.")] = None,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = DEFAULT_REGION,
+    format: OutputFormat = Format.table,
+):
+    """List the region's snapshots, newest first."""
+    with session(endpoint, project, region, format) as s:
+        s.printer.snapshots(s.client.list_snapshots(s.project, s.region, job))
+
+
+@app.command()
+def describe(
+    snapshot_id: SnapshotId,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = DEFAULT_REGION,
+    format: OutputFormat = Format.table,
+):
+    """Show a snapshot: its source job, state, size, creation time and time to live."""
+    with session(endpoint, project, region, format) as s:
+        s.printer.document(s.client.get_snapshot(s.project, s.region, snapshot_id))
+
+
+@app.command()
+def delete(
+    snapshot_id: SnapshotId,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = DEFAULT_REGION,
+    format: OutputFormat = Format.table,
+):
+    """Delete a snapshot and its data."""
+    with session(endpoint, project, region, format) as s:
+        answer = s.client.delete_snapshot(s.project, s.region, snapshot_id)
+        if format is Format.json:
+            s.printer.document(answer)
+        else:
+            typer.echo(f"Deleted snapshot [{snapshot_id}].")
