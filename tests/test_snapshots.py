@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import orjson
@@ -262,7 +263,8 @@ HOUR_US = 3600 * 1_000_000
 
 
 class Savepoints(StreamingControl):
-    """Writes a savepoint's files under the directory the service gives; discard removes them."""
+    """Writes a savepoint's files under the directory the service gives, and names them with a file: URI (as
+    Flink does); discard removes them."""
 
     name = "test"
 
@@ -277,11 +279,11 @@ class Savepoints(StreamingControl):
         data.mkdir(parents=True)
         (data / "_metadata").write_bytes(job_id.encode())
         (data / "state-0").write_bytes(b"s" * 4096)
-        return Savepoint(str(data), sum(f.stat().st_size for f in data.iterdir()))
+        return Savepoint(data.as_uri(), sum(f.stat().st_size for f in data.iterdir()))
 
     def discard(self, location: str) -> None:
         self.discarded.append(location)
-        shutil.rmtree(location, ignore_errors=True)
+        shutil.rmtree(urlparse(location).path, ignore_errors=True)
 
 
 class Clock:
@@ -335,7 +337,8 @@ def test_a_ready_snapshot_is_deleted_with_its_data(world, tmp_path):
     assert snapshot["state"] == "READY" and snapshot["sourceJobId"] == job_id and snapshot["region"] == REGION
     assert snapshot["ttl"] == "3600s" and snapshot["description"] == "before v2"
     assert int(snapshot["diskSizeBytes"]) == 4096 + len(job_id)
-    data = Path(snapshots.restore_location("p", REGION, snapshot["id"]))
+    location = snapshots.restore_location("p", REGION, snapshot["id"])
+    data = Path(urlparse(location).path)
     assert data.is_relative_to(tmp_path / "data" / "snapshots" / snapshot["id"]) and (data / "_metadata").exists()
     assert any(f"Snapshot {snapshot['id']} created" in t for t in texts(jobs, job_id))
 
@@ -343,7 +346,7 @@ def test_a_ready_snapshot_is_deleted_with_its_data(world, tmp_path):
         snapshots.delete_snapshot("p", "europe-west1", snapshot["id"])
     assert refused.value.status == "NOT_FOUND" and data.exists()
     assert snapshots.delete_snapshot("p", REGION, snapshot["id"]) == {}
-    assert control.discarded == [str(data)] and not (tmp_path / "data" / "snapshots" / snapshot["id"]).exists()
+    assert control.discarded == [location] and not (tmp_path / "data" / "snapshots" / snapshot["id"]).exists()
     with pytest.raises(ApiError) as refused:
         snapshots.get_snapshot("p", REGION, snapshot["id"])
     assert refused.value.status == "NOT_FOUND"

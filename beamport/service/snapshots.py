@@ -19,6 +19,7 @@ import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import orjson
 from google.cloud import dataflow_v1beta3 as dataflow
@@ -257,7 +258,7 @@ class SnapshotService:
         try:
             if snapshot.data_location and self.control is not None:
                 self.control.discard(snapshot.data_location)
-            elif snapshot.data_location and not _inside(Path(snapshot.data_location), directory):
+            elif snapshot.data_location and not _inside(_local_path(snapshot.data_location), directory):
                 log.warning("snapshot %s: its data at %s is left in place (no streaming engine to discard it)",
                             snapshot.id, snapshot.data_location)  # fmt: skip
         except Exception:  # noqa: BLE001 (the record is gone: log, and leave the rest to the operator)
@@ -299,6 +300,13 @@ class SnapshotService:
             if snapshot.id not in taking:
                 self._failed(snapshot, "interrupted: the server stopped while the snapshot was being taken.")
         return deleted
+
+
+def _local_path(location: str) -> Path:
+    """A savepoint's location as a path: engines may name it with a file: URI (Flink does)."""
+    if location.startswith("file:"):
+        return Path(unquote(urlparse(location).path))
+    return Path(location)
 
 
 def _inside(path: Path, directory: Path) -> bool:
