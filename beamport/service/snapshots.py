@@ -60,8 +60,8 @@ _LOCATION_RE = re.compile(r"[a-z][-a-z0-9]{0,62}\Z")
 
 NO_CONTROL = (
     "This Beamport server has no streaming engine that saves state, so it cannot snapshot job {job_id}. "
-    "Snapshots need a Flink cluster: start the server with `beamport serve --flink-master HOST:PORT` "
-    "(see docs/engines.md)."
+    "Snapshots need a Flink cluster: start the server with `beamport serve --flink-master HOST:PORT ...` "
+    "(scripts/flink-cluster starts one; see docs/engines.md)."
 )
 
 
