@@ -312,12 +312,18 @@ def world(store, tmp_path):
     return clock, jobs, snapshots, control
 
 
-def move_job(store, job_id: str, state: str) -> None:
+def change_job(store, job_id: str, state: str | None = None, **fields) -> None:
     record = store.get_job(None, job_id)
     doc = document(record)
-    move_to_state(doc, state, record.create_us + 1)
+    doc.update(fields)
+    if state:
+        move_to_state(doc, state, record.create_us + 1)
     expected = record.version
     store.write(Write(changed_jobs=[JobChange(record_from_document(doc, record), expected)]))
+
+
+def move_job(store, job_id: str, state: str) -> None:
+    change_job(store, job_id, state)
 
 
 def running_streaming_job(jobs: JobService, name: str = "stream") -> str:
@@ -380,8 +386,10 @@ def test_a_snapshot_a_job_has_yet_to_start_from_is_kept(world, tmp_path):
     clock, jobs, snapshots, control = world
     source = running_streaming_job(jobs, "source")
     snapshot = snapshots.snapshot_job("p", REGION, source, {"ttl": "60s"})
-    restored = jobs.create_job("p", REGION, {"name": "restored", "type": "JOB_TYPE_STREAMING",
-                                             "createdFromSnapshotId": snapshot["id"]})  # fmt: skip
+    # A job created from the snapshot, not started yet (the job service's own checks at create are not this
+    # test's business: the job is stored as it would be once they passed).
+    restored = jobs.create_job("p", REGION, {"name": "restored", "type": "JOB_TYPE_STREAMING"})
+    change_job(jobs.store, restored["id"], createdFromSnapshotId=snapshot["id"])
     assert restored["currentState"] == "JOB_STATE_PENDING"
     with pytest.raises(ApiError) as refused:
         snapshots.delete_snapshot("p", REGION, snapshot["id"])
