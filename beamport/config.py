@@ -10,6 +10,26 @@ DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
+class FlinkConfig:
+    master: str  # host:port of Flink's REST API
+    job_server: str  # host:port of Beam's Flink job server (Beam Job API)
+    sdk_pool: str  # host:port of the Python SDK worker pool
+    shared_dir: Path  # a directory Beamport's workers and the SDK workers share (drain signals)
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> FlinkConfig | None:
+        """From BEAMPORT_FLINK_* (what scripts/flink-cluster writes); None unless all three are set."""
+        values = [environ.get(f"BEAMPORT_FLINK_{k}", "") for k in ("MASTER", "JOB_SERVER", "SDK_POOL")]
+        if not all(values):
+            return None
+        shared = Path(environ.get("BEAMPORT_FLINK_SHARED_DIR", "/tmp/beamport-flink"))
+        return cls(*values, shared_dir=shared)
+
+    def drain_file(self, job_id: str) -> Path:
+        return self.shared_dir / "drain" / job_id
+
+
+@dataclass
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -24,6 +44,8 @@ class Settings:
     sdk_workers_per_job: int = 1  # for jobs whose options do not say (num_workers, direct_num_workers)
     # Where files named in requests may be read and written, besides the data dir and the start directory.
     allow_paths: list[Path] = field(default_factory=list)
+    # The Flink cluster that runs streaming jobs (and takes their snapshots); None: no streaming engine.
+    flink: FlinkConfig | None = field(default_factory=FlinkConfig.from_env)
 
     def allowed_roots(self) -> list[Path]:
         return [self.data_dir.resolve(), Path.cwd().resolve(), *(p.resolve() for p in self.allow_paths)]

@@ -12,6 +12,8 @@ CODE_STAGING_FAILED = "STAGING_FILES_DOWNLOAD_ERROR"  # parameters: error
 HARNESS_SEND_STACKS = "beamport.sendStacktraces"
 # ... and the number of SDK workers the job should run on now (autoscaling).
 HARNESS_TARGET_WORKERS = "beamport.targetWorkers"
+# ... and that the job is draining: stop reading, fire every window, flush, then complete the work.
+HARNESS_DRAIN = "beamport.drain"
 # A worker reports a stage's backlog as remainingParallelism in units of this much input.
 BACKLOG_UNIT_BYTES = 1 << 20
 

@@ -82,11 +82,14 @@ class Sweeper:
 def build_app(settings: Settings, with_workers: bool = True):
     store = open_store(settings.database_url, settings.data_dir)
     work = WorkNotifier()
+    control = streaming_control(settings)
+    streaming_engine = control.name if control else None
+    snapshots = SnapshotService(store, settings.data_dir, control)
     execution = ExecutionService(
-        store, default_report_interval_us=int(settings.worker_report_interval_s * 1e6), work=work
-    )
+        store, default_report_interval_us=int(settings.worker_report_interval_s * 1e6), work=work,
+        streaming_engine=streaming_engine, restore_location=snapshots.restore_location,
+    )  # fmt: skip
     registry = WorkerRegistry(store, execution)
-    snapshots = SnapshotService(store, settings.data_dir, streaming_control(settings))
     sweeper = Sweeper(registry, snapshots=snapshots)
     hooks: dict = {"on_startup": [sweeper.start], "on_shutdown": [sweeper.stop]}
     if with_workers and settings.local_workers > 0:
@@ -101,7 +104,8 @@ def build_app(settings: Settings, with_workers: bool = True):
         hooks["on_startup"].append(pool.start)
         hooks["on_shutdown"].insert(0, pool.stop)
     files = FilePolicy(settings.allowed_roots())
-    jobs = JobService(store, files, work=work)
+    jobs = JobService(store, files, work=work, streaming_engine=streaming_engine,
+                      restore_location=snapshots.restore_location)  # fmt: skip
     templates = TemplateService(jobs, files, builtin_dir=settings.data_dir.resolve() / "templates" / "builtin")
     flex = FlexTemplateService(jobs, files, settings.endpoint, settings.data_dir.resolve() / "templates" / "flex")
     # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.

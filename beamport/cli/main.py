@@ -47,9 +47,20 @@ def serve(
     sdk_workers_per_job: int = typer.Option(
         1, help="SDK worker processes a job runs on when its options (num_workers, direct_num_workers) do not say."
     ),
+    flink_master: Optional[str] = typer.Option(
+        None, envvar="BEAMPORT_FLINK_MASTER", help="host:port of the Flink cluster's REST API (streaming engine)."
+    ),
+    flink_job_server: Optional[str] = typer.Option(
+        None, envvar="BEAMPORT_FLINK_JOB_SERVER", help="host:port of Beam's Flink job server."
+    ),
+    flink_sdk_pool: Optional[str] = typer.Option(
+        None, envvar="BEAMPORT_FLINK_SDK_POOL", help="host:port of the Python SDK worker pool Flink's tasks use."
+    ),
 ):
     """Serve the Dataflow v1b3 REST API, and run the jobs submitted to it."""
     from beamport.server import serve as run
+
+    _use_flink(flink_master, flink_job_server, flink_sdk_pool)
 
     run(
         Settings(
@@ -67,6 +78,17 @@ def serve(
     )
 
 
+def _use_flink(master: str | None, job_server: str | None, sdk_pool: str | None) -> None:
+    """Flink's endpoints go in the environment, where this process and the workers it starts read them."""
+    given = {"MASTER": master, "JOB_SERVER": job_server, "SDK_POOL": sdk_pool}
+    if any(given.values()) and not all(given.values()):
+        missing = [f"--flink-{k.lower().replace('_', '-')}" for k, v in given.items() if not v]
+        raise typer.BadParameter(f"the Flink engine needs all three endpoints: missing {', '.join(missing)}")
+    for key, value in given.items():
+        if value:
+            os.environ[f"BEAMPORT_FLINK_{key}"] = value
+
+
 @app.command()
 def worker(
     endpoint: str = typer.Option(..., envvar="BEAMPORT_ENDPOINT", help="The service's address."),
@@ -80,10 +102,20 @@ def worker(
     once: bool = typer.Option(False, help="Run at most one work item, then exit."),
     preemptible: bool = typer.Option(False, help="A SIGTERM means preemption (the shutdown notice says so)."),
     poll_interval: float = typer.Option(0.25, help="Seconds between lease attempts while there is no work."),
+    flink_master: Optional[str] = typer.Option(
+        None, envvar="BEAMPORT_FLINK_MASTER", help="host:port of the Flink cluster's REST API (streaming engine)."
+    ),
+    flink_job_server: Optional[str] = typer.Option(
+        None, envvar="BEAMPORT_FLINK_JOB_SERVER", help="host:port of Beam's Flink job server."
+    ),
+    flink_sdk_pool: Optional[str] = typer.Option(
+        None, envvar="BEAMPORT_FLINK_SDK_POOL", help="host:port of the Python SDK worker pool Flink's tasks use."
+    ),
 ):
-    """Run a worker: lease work through the API, run it on the embedded engine, report until it ends."""
+    """Run a worker: lease work through the API, run it on its engine (embedded or Flink), report until it ends."""
     import logging
 
+    _use_flink(flink_master, flink_job_server, flink_sdk_pool)
     from beamport.worker.harness import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -6,5 +6,9 @@ from beamport.engine.base import StreamingControl
 
 
 def streaming_control(settings) -> StreamingControl | None:
-    """The control of the server's checkpointing streaming engine, or None when it has none."""
-    return None  # filled in by the Flink engine (beamport.engine.flink)
+    """The control of the server's checkpointing streaming engine (Flink), or None when it has none."""
+    if getattr(settings, "flink", None) is None:
+        return None
+    from beamport.engine.flink import FlinkControl
+
+    return FlinkControl(settings.flink)

@@ -20,9 +20,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
+from beamport.config import FlinkConfig
 from beamport.engine.base import (
     DONE,
     DRAINED,
@@ -53,26 +53,6 @@ DEFAULT_OPTIONS = {
     "checkpointing_interval": 5000,
     "max_bundle_time_mills": 500,
 }
-
-
-@dataclass
-class FlinkConfig:
-    master: str  # host:port of Flink's REST API
-    job_server: str  # host:port of Beam's Flink job server (Beam Job API)
-    sdk_pool: str  # host:port of the Python SDK worker pool
-    shared_dir: Path  # a directory Beamport's workers and the SDK workers share (drain signals)
-
-    @classmethod
-    def from_env(cls, environ=os.environ) -> FlinkConfig | None:
-        """From BEAMPORT_FLINK_* (what scripts/flink-cluster writes); None unless all three are set."""
-        values = [environ.get(f"BEAMPORT_FLINK_{k}", "") for k in ("MASTER", "JOB_SERVER", "SDK_POOL")]
-        if not all(values):
-            return None
-        shared = Path(environ.get("BEAMPORT_FLINK_SHARED_DIR", "/tmp/beamport-flink"))
-        return cls(*values, shared_dir=shared)
-
-    def drain_file(self, job_id: str) -> Path:
-        return self.shared_dir / "drain" / job_id
 
 
 class FlinkRest:

@@ -43,7 +43,9 @@ _SDK_IMAGE = re.compile(r"(^|/)beam_python(?P<python>\d+\.\d+)_sdk:(?P<beam>[^@]
 _PYTHON_SDK_CAPABILITY = "beam:version:sdk_base:apache/beam_python"
 
 
-def stage_job(job: dict, policy: FilePolicy, workdir: Path | None = None) -> tuple[StagedJob, list[str]]:
+def stage_job(
+    job: dict, policy: FilePolicy, workdir: Path | None = None, engine: str = "embedded"
+) -> tuple[StagedJob, list[str]]:
     """The job ready to run, and warnings (texts for JOB_MESSAGE_WARNINGs) about what is not honoured.
 
     job: the job document in Google JSON, as jobs.get with JOB_VIEW_ALL answers it.
@@ -86,7 +88,7 @@ def stage_job(job: dict, policy: FilePolicy, workdir: Path | None = None) -> tup
         )
 
     job_type = (environment.get("version") or {}).get("job_type") or JOB_TYPE_BATCH
-    if job_type == JOB_TYPE_STREAMING:
+    if job_type == JOB_TYPE_STREAMING and engine == "embedded":
         warnings.append(
             "This is a streaming job. The embedded engine runs a pipeline until all its input is processed: "
             "bounded sources work, unbounded ones (Pub/Sub, Kafka...) do not."

@@ -21,10 +21,11 @@ from beamport.protocol import (
     CODE_LOG,
     CODE_STAGE,
     CODE_WORKERS_CHANGED,
+    HARNESS_DRAIN,
     HARNESS_SEND_STACKS,
     WORK_ITEM_TYPE,
 )
-from beamport.service import autoscaling, model
+from beamport.service import autoscaling, engines, model
 from beamport.service.notify import WorkNotifier
 from beamport.service.documents import (
     document,
@@ -98,7 +99,7 @@ def failures_of(item: WorkItemRecord) -> list[dict]:
 class ExecutionService:
     def __init__(
         self, store: Store, clock=wire.now_us, default_report_interval_us: int = 5_000_000,
-        work: WorkNotifier | None = None,
+        work: WorkNotifier | None = None, streaming_engine: str | None = None, restore_location=None,
     ):  # fmt: skip
         self.store = store
         self.clock = clock
@@ -106,6 +107,9 @@ class ExecutionService:
         self.started_us = clock()
         # The health report interval a worker is first given (the registry adapts it per worker).
         self.default_report_interval_us = default_report_interval_us
+        self.streaming_engine = streaming_engine  # "flink", or None: see beamport.service.engines
+        # (project, location, snapshot id) -> the snapshot's data, for jobs that start from one.
+        self.restore_location = restore_location
 
     # -- the work-item protocol -------------------------------------------------
 
@@ -203,6 +207,7 @@ class ExecutionService:
         return worker
 
     def _render_item(self, job: JobRecord, item: WorkItemRecord, workers: autoscaling.WorkerRange | None) -> dict:
+        doc = document(job)
         return {
             "id": str(item.id),
             "projectId": job.project_id,
@@ -210,12 +215,20 @@ class ExecutionService:
             "leaseExpireTime": timestamp(item.lease_expire_us),
             "reportStatusInterval": REPORT_INTERVAL,
             "initialReportIndex": str(item.next_report_index),
-            # What to run: the whole pipeline of the job, on the embedded engine.
+            # What to run: the whole pipeline of the job, on its engine (from a snapshot's state).
             "configuration": json.dumps(
                 {"kind": WORK_ITEM_TYPE, "attempt": item.attempt, "location": job.location,
+                 "engine": engines.engine_of(doc, self.streaming_engine), **self._restore(job, doc),
                  **({"workers": workers.as_config()} if workers else {})}  # fmt: skip
             ),
         }
+
+    def _restore(self, job: JobRecord, doc: dict) -> dict:
+        """Where the job's starting state is (createdFromSnapshotId), for its engine."""
+        snapshot_id = doc.get("createdFromSnapshotId")
+        if not snapshot_id or self.restore_location is None:
+            return {}
+        return {"restoreFrom": self.restore_location(job.project_id, job.location, snapshot_id)}
 
     def report_status(self, project_id: str, location: str, job_id: str, body: dict) -> dict:
         request = schema.check(body, "ReportWorkItemStatusRequest")
@@ -285,6 +298,8 @@ class ExecutionService:
                 target = self._scale(doc, job.id, float(remaining), now, write)
                 if target:
                     answer.setdefault("harnessData", {})[autoscaling.HARNESS_TARGET_WORKERS] = target
+            if doc.get("currentState") == model.DRAINING:
+                answer.setdefault("harnessData", {})[HARNESS_DRAIN] = True
             if doc.get("currentState") == model.CANCELLING:
                 item.state, item.end_us = WORK_CANCELLED, now
                 self._end_job(doc, model.CANCELLED, now, write)
@@ -295,7 +310,8 @@ class ExecutionService:
                 self._fail_attempt(doc, item, reason, now, write, permanent=permanent)
             elif status.get("completed"):
                 item.state, item.end_us, item.progress = WORK_DONE, now, 1.0
-                self._end_job(doc, model.DONE, now, write)
+                # A draining job's work completes once it has flushed: the job ends drained.
+                self._end_job(doc, model.DRAINED if doc.get("currentState") == model.DRAINING else model.DONE, now, write)
             if write.messages or answer.get("completeWorkStatus"):
                 record_from_document(doc, job)
                 write.changed_jobs = [JobChange(job, expected_job)]

@@ -16,7 +16,7 @@ from beamport import wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument
 from beamport.files import FilePolicy
 from beamport.lazy_imports import beam_module
-from beamport.service import autoscaling, model
+from beamport.service import autoscaling, engines, model
 from beamport.service.documents import (
     close_work_items,
     document,
@@ -68,19 +68,23 @@ _UPDATABLE.update(
     }
 )
 NO_STREAMING_ENGINE = (
-    "This Beamport server has no streaming engine yet, so nothing will run this streaming job: "
-    "it stays in JOB_STATE_PENDING until it is cancelled or drained."
+    "This Beamport server has no streaming engine (a Flink cluster: see docs/engines.md), so nothing will run "
+    "this streaming job: it stays in JOB_STATE_PENDING until it is cancelled or drained."
 )
 
 
 class JobService:
     def __init__(
-        self, store: Store, files: FilePolicy | None = None, clock=wire.now_us, work: WorkNotifier | None = None
-    ):
+        self, store: Store, files: FilePolicy | None = None, clock=wire.now_us, work: WorkNotifier | None = None,
+        streaming_engine: str | None = None, restore_location=None,
+    ):  # fmt: skip
         self.store = store
         self.files = files  # None: files named in requests are neither checked nor read (tests of the API only)
         self.clock = clock
         self.work = work or WorkNotifier()  # told when a created job has work to lease
+        self.streaming_engine = streaming_engine  # "flink", or None: see beamport.service.engines
+        # (project, location, snapshot id) -> the snapshot's data; raises unless it can be started from.
+        self.restore_location = restore_location
 
     @property
     def reads_never_wait(self) -> bool:
@@ -203,9 +207,11 @@ class JobService:
         if not job.type_:
             job.type_ = model.JobType.values_by_name[model.BATCH].number  # Dataflow's default
         doc = wire.to_dict(job)
+        engines.check_engine(doc, self.streaming_engine)
+        self._check_snapshot(project_id, location, doc)
         self._check_files(doc)
         record = record_from_document(doc)
-        if job.type_ == model.JobType.values_by_name[model.STREAMING].number:
+        if engines.engine_of(doc, self.streaming_engine) is None:
             work, messages = [], [job_message(job_id, now, "JOB_MESSAGE_WARNING", NO_STREAMING_ENGINE)]
         else:
             work, messages = [WorkItemRecord(job_id=job_id)], []  # the whole pipeline, for a worker to lease
@@ -247,6 +253,20 @@ class JobService:
         if notes:
             now = self.clock()
             self.store.write(Write(messages=[job_message(job_id, now, importance, text) for importance, text in notes]))
+
+    def _check_snapshot(self, project_id: str, location: str, doc: dict) -> None:
+        """A job created from a snapshot needs a snapshot ready to start from, and an engine that can."""
+        snapshot_id = doc.get("createdFromSnapshotId")
+        if not snapshot_id:
+            return
+        engine = engines.engine_of(doc, self.streaming_engine)
+        if engine != engines.FLINK or self.restore_location is None:
+            raise failed_precondition(
+                f"The job is to start from snapshot {snapshot_id}, but it would run on "
+                f"{engine or 'no engine'}, which cannot restore state: streaming jobs start from snapshots on "
+                "the Flink engine (see docs/engines.md)."
+            )
+        self.restore_location(project_id, location, snapshot_id)
 
     def _check_files(self, doc: dict) -> None:
         """Refuse files outside the operator's roots now, not when the job runs; describe the pipeline."""

@@ -32,6 +32,7 @@ from beamport.protocol import (
     CODE_STACKTRACES,
     CODE_STAGE,
     CODE_STAGING_FAILED,
+    HARNESS_DRAIN,
     HARNESS_SEND_STACKS,
     SDK_INSTALL_FINISH,
     SDK_INSTALL_START,
@@ -172,9 +173,26 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def make_engine(work_config: dict, sdk_workers: int):
+    """The engine the service chose for this work item (see beamport.service.engines)."""
+    if work_config.get("engine") == "flink":
+        from beamport.config import FlinkConfig
+        from beamport.engine.flink import FlinkEngine
+
+        config = FlinkConfig.from_env()
+        if config is None:
+            raise WorkerApiError(
+                "This worker has no Flink cluster to run the job on: set BEAMPORT_FLINK_MASTER, "
+                "BEAMPORT_FLINK_JOB_SERVER and BEAMPORT_FLINK_SDK_POOL (scripts/flink-cluster writes them)."
+            )
+        return FlinkEngine(config, restore_from=work_config.get("restoreFrom"))
+    from beamport.engine.embedded import EmbeddedEngine
+
+    return EmbeddedEngine(default_workers=sdk_workers)
+
+
 def execute(assignment: dict) -> int:
     """Run one leased work item to its end. Returns the process exit code."""
-    from beamport.engine.embedded import EmbeddedEngine
     from beamport.engine.staging import stage_job
     from beamport.files import FilePolicy
     from beamport.translate.metrics import metric_updates, system_metric_updates
@@ -186,8 +204,10 @@ def execute(assignment: dict) -> int:
     container_start_us = assignment.get("container_start_us") or wire.now_us()
     allow_paths = [Path(p) for p in assignment.get("allow_paths", [])]
     reporter = Reporter(api, work)
-    reporter.code(CODE_HARNESS_STARTED, {"pid": os.getpid(), "attempt": work.attempt, "engine": "embedded"})
+    reporter.code(CODE_HARNESS_STARTED, {"pid": os.getpid(), "attempt": work.attempt,
+                                         "engine": work_config.get("engine", "embedded")})  # fmt: skip
     outcome: dict = {}
+    engine_box: list = []  # the engine, once made (the main loop drains or stops it)
     index = work.report_index
 
     def run() -> None:
@@ -196,7 +216,7 @@ def execute(assignment: dict) -> int:
             try:
                 job = api.get_job(work)
                 reporter.planned_stages = len((job.get("pipelineDescription") or {}).get("executionPipelineStage", []))
-                staged, warnings = stage_job(job, FilePolicy(allow_paths))
+                staged, warnings = stage_job(job, FilePolicy(allow_paths), engine=work_config.get("engine", "embedded"))
             except Exception as exc:
                 reporter.code(CODE_STAGING_FAILED, {"error": getattr(exc, "message", None) or str(exc)})
                 raise
@@ -207,7 +227,9 @@ def execute(assignment: dict) -> int:
             # The engine's SDK is Beamport's own Beam; staged pure-Python wheels go on its path.
             reporter.lifecycle(SDK_INSTALL_FINISH, container_start_us, wheels=len(staged.python_path))
             outcome["pipeline"] = staged.pipeline
-            outcome["result"] = EmbeddedEngine(default_workers=assignment.get("sdk_workers", 1)).run(staged, reporter)
+            engine = make_engine(work_config, assignment.get("sdk_workers", 1))
+            engine_box.append(engine)
+            outcome["result"] = engine.run(staged, reporter)
         except Exception as exc:  # staging errors and engine bugs end the work as failed, with the reason
             outcome["error"] = getattr(exc, "message", None) or "".join(traceback.format_exception(exc))
             # A job that cannot run as submitted (no pipeline, a file it may not read) fails the same way on
@@ -252,18 +274,25 @@ def execute(assignment: dict) -> int:
         thread.join(REPORT_EVERY_S)
         if thread.is_alive():
             answer = flush()
+            if answer.get("harnessData", {}).get(HARNESS_DRAIN) and engine_box:
+                request_drain = getattr(engine_box[0], "request_drain", None)
+                if request_drain:
+                    request_drain()
             if "completeWorkStatus" in answer:
                 # The service wants this work to end (cancelled, or the lease revoked): stop at once, with
                 # the SDK worker processes (this process leads its own process group).
                 log.info("stopping: %s", answer["completeWorkStatus"].get("message"))
                 if status:
                     status.write(json.dumps({"stopped": True}) + "\n")
+                stop = getattr(engine_box[0], "stop", None) if engine_box else None
+                if stop:  # an engine whose job runs outside this process (Flink) stops it first
+                    stop()
                 if os.getpgrp() == os.getpid():
                     os.killpg(os.getpgrp(), signal.SIGKILL)
                 os._exit(1)
 
     result = outcome.get("result")
-    error = outcome.get("error") or (result.error if result is not None and result.state != "DONE" else None)
+    error = outcome.get("error") or (result.error if result is not None and result.state == "FAILED" else None)
     if error:
         flush(completed=True, errors=[{"code": outcome.get("code", RPC_CODE["UNKNOWN"]), "message": error}])
         return 1

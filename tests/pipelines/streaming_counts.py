@@ -1,0 +1,64 @@
+"""A streaming pipeline over a local log (beamport.io.ReadFromLocalLog), submitted without waiting.
+
+    streaming_counts.py MODE LOG OUT [--version N] [--count-step NAME] -- DataflowRunner flags...
+
+MODE counts: a running count per key, kept in state (key,count,line to OUT, a line per element).
+MODE windows: elements per key and one-hour event-time window (a line's second field is its time).
+Each output line is appended to OUT by the pipeline itself, tagged with --version (update tests).
+"""
+
+import argparse
+import sys
+from typing import Tuple
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms import userstate
+
+from beamport.io import ReadFromLocalLog
+
+
+class RunningCount(beam.DoFn):
+    COUNT = userstate.ReadModifyWriteStateSpec("count", beam.coders.VarIntCoder())
+
+    def process(self, element, count=beam.DoFn.StateParam(COUNT)):
+        key, line = element
+        n = (count.read() or 0) + 1
+        count.write(n)
+        yield f"{key},{n},{line}"
+
+
+class AppendTo(beam.DoFn):
+    def __init__(self, path, version):
+        self.path, self.version = path, version
+
+    def process(self, text):
+        with open(self.path, "a") as out:
+            out.write(f"v{self.version}|{text}\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["counts", "windows"])
+    parser.add_argument("log")
+    parser.add_argument("out")
+    parser.add_argument("--version", default="1")
+    parser.add_argument("--count-step", default="Count")
+    args, beam_args = parser.parse_known_args()
+    p = beam.Pipeline(options=PipelineOptions(beam_args))
+    if args.mode == "counts":
+        lines = p | "Read" >> ReadFromLocalLog(args.log)
+        keyed = lines | "Key" >> beam.Map(lambda line: (line.split(",")[0], line)).with_output_types(Tuple[str, str])
+        texts = keyed | args.count_step >> beam.ParDo(RunningCount())
+    else:
+        lines = p | "Read" >> ReadFromLocalLog(args.log, timestamp_fn=lambda line: float(line.split(",")[1]))
+        texts = (
+            lines
+            | "Window" >> beam.WindowInto(beam.window.FixedWindows(3600))
+            | "Key" >> beam.Map(lambda line: (line.split(",")[0], 1))
+            | "Sum" >> beam.CombinePerKey(sum)
+            | "Format" >> beam.MapTuple(lambda key, n: f"{key},{n}")
+        )
+    texts | "Write" >> beam.ParDo(AppendTo(args.out, args.version))
+    result = p.run()
+    print("JOB_ID", result.job_id(), flush=True)
