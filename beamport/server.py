@@ -105,7 +105,8 @@ def build_app(settings: Settings, with_workers: bool = True):
         hooks["on_shutdown"].insert(0, pool.stop)
     files = FilePolicy(settings.allowed_roots())
     jobs = JobService(store, files, work=work, streaming_engine=streaming_engine,
-                      restore_location=snapshots.restore_location)  # fmt: skip
+                      restore_location=snapshots.restore_location, carry_state=snapshots.carry_state,
+                      pipelines_dir=settings.data_dir.resolve() / "pipelines")  # fmt: skip
     templates = TemplateService(jobs, files, builtin_dir=settings.data_dir.resolve() / "templates" / "builtin")
     flex = FlexTemplateService(jobs, files, settings.endpoint, settings.data_dir.resolve() / "templates" / "flex")
     # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.

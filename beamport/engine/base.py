@@ -121,5 +121,9 @@ class StreamingControl(abc.ABC):
         Blocks until the savepoint is complete. Raises EngineError (job not running on the engine...)."""
 
     @abc.abstractmethod
+    def stop(self, job_id: str) -> None:
+        """Stop the running job at once, without draining (its state was saved: an update). Raises EngineError."""
+
+    @abc.abstractmethod
     def discard(self, location: str) -> None:
         """Delete a savepoint's data (a location `savepoint` returned). Missing data is not an error."""

@@ -155,6 +155,11 @@ class FlinkControl(StreamingControl):
         location = self.rest.savepoint(found["jid"], directory)
         return Savepoint(location=location, size_bytes=directory_size(local_path(location)))
 
+    def stop(self, job_id: str) -> None:
+        found = self.rest.find_job(job_id)
+        if found is not None:
+            self.rest.cancel(found["jid"])
+
     def discard(self, location: str) -> None:
         shutil.rmtree(local_path(location), ignore_errors=True)
 
@@ -162,10 +167,12 @@ class FlinkControl(StreamingControl):
 class FlinkEngine(Engine):
     """Runs a staged job on Flink and follows it until it ends (or is drained, or stopped)."""
 
-    def __init__(self, config: FlinkConfig, restore_from: str | None = None):
+    def __init__(self, config: FlinkConfig, restore_from: str | None = None, state_names: dict | None = None):
         self.config = config
         self.rest = FlinkRest(config.master)
         self.restore_from = restore_from  # a savepoint location to start from (snapshots, update)
+        # {new transform name: the name its state was saved under}: an update's transformNameMapping, reversed.
+        self.state_names = state_names or {}
         self._drain = threading.Event()
         self._stopping = threading.Event()
         self.flink_job_id: str | None = None
@@ -213,6 +220,7 @@ class FlinkEngine(Engine):
         from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
         pipeline = external_environments(job, self.config.sdk_pool)
+        rename_transforms(pipeline, self.state_names)
         options = {**DEFAULT_OPTIONS, **job.options}
         options.update(
             job_name=job.job_id,  # the Flink job's name: how Beamport finds it again
@@ -327,3 +335,14 @@ def external_environments(job: StagedJob, sdk_pool: str):
             env.payload = payload.SerializeToString()
             del env.dependencies[:]  # Dataflow's staged files: the SDK workers run Beamport's own Python
     return pipeline
+
+
+def rename_transforms(pipeline, names: dict) -> None:
+    """Give renamed transforms (and what is inside them) their old names, in place: Flink finds an
+    operator's state by its transforms' names, so a transform renamed in an update keeps its state."""
+    from beamport.translate.compat import mapped_name
+
+    if not names:
+        return
+    for transform in pipeline.components.transforms.values():
+        transform.unique_name = mapped_name(transform.unique_name, names)

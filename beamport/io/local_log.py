@@ -6,8 +6,8 @@ splittable DoFn), so an engine that checkpoints (Flink) keeps it in its snapshot
 snapshot goes on reading where the snapshotted job was, nothing read twice or skipped.
 
 Event time is the time of reading, or what `timestamp_fn(line)` says (seconds since the epoch); the
-watermark follows the newest event time read. When the job is drained the source stops reading, says its
-watermark is at the end of time so every window fires, and ends.
+watermark follows the newest event time read. When the job is drained the source reads what the file holds
+at that moment, says its watermark is at the end of time (so every window fires) and ends.
 """
 
 from __future__ import annotations
@@ -76,10 +76,7 @@ class _ReadLines(beam.DoFn):
         tracker=beam.DoFn.RestrictionParam(_Positions()),
         watermark=beam.DoFn.WatermarkEstimatorParam(_Watermark()),
     ):
-        if drain_requested():
-            watermark.set_watermark(MAX_TIMESTAMP)
-            tracker.try_claim(tracker.current_restriction().stop)  # claims the rest: the restriction is done
-            return
+        draining = drain_requested()  # then read what the file holds now, and end
         path, position = element[0], tracker.current_restriction().start
         try:
             source = open(path, "rb")
@@ -100,6 +97,10 @@ class _ReadLines(beam.DoFn):
                     if at > watermark.current_watermark():
                         watermark.set_watermark(at)
                     yield beam.window.TimestampedValue(text, at)
+        if draining:
+            watermark.set_watermark(MAX_TIMESTAMP)  # every window downstream can fire
+            tracker.try_claim(tracker.current_restriction().stop)  # claims the rest: the restriction is done
+            return
         if not self.timestamp_fn:  # event time is reading time: time passes while nothing comes
             now = Timestamp.of(time.time())
             if now > watermark.current_watermark():

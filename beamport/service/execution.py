@@ -228,7 +228,10 @@ class ExecutionService:
         snapshot_id = doc.get("createdFromSnapshotId")
         if not snapshot_id or self.restore_location is None:
             return {}
-        return {"restoreFrom": self.restore_location(job.project_id, job.location, snapshot_id)}
+        restore = {"restoreFrom": self.restore_location(job.project_id, job.location, snapshot_id)}
+        if doc.get("transformNameMapping"):  # an update that renamed transforms: their state keeps its old names
+            restore["stateNames"] = {new: old for old, new in doc["transformNameMapping"].items()}
+        return restore
 
     def report_status(self, project_id: str, location: str, job_id: str, body: dict) -> dict:
         request = schema.check(body, "ReportWorkItemStatusRequest")

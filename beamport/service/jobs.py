@@ -76,7 +76,7 @@ NO_STREAMING_ENGINE = (
 class JobService:
     def __init__(
         self, store: Store, files: FilePolicy | None = None, clock=wire.now_us, work: WorkNotifier | None = None,
-        streaming_engine: str | None = None, restore_location=None,
+        streaming_engine: str | None = None, restore_location=None, carry_state=None, pipelines_dir=None,
     ):  # fmt: skip
         self.store = store
         self.files = files  # None: files named in requests are neither checked nor read (tests of the API only)
@@ -85,6 +85,12 @@ class JobService:
         self.streaming_engine = streaming_engine  # "flink", or None: see beamport.service.engines
         # (project, location, snapshot id) -> the snapshot's data; raises unless it can be started from.
         self.restore_location = restore_location
+        # (project, location, running job id, new job's name) -> the id of a snapshot of its state, the job
+        # stopped; for updates of streaming jobs on an engine that saves state.
+        self.carry_state = carry_state
+        # A copy of each submitted pipeline, by job id: DataflowRunner stages every submission's pipeline.pb at
+        # the same path of a local staging location, so a later submission overwrites an earlier one's.
+        self.pipelines_dir = pipelines_dir
 
     @property
     def reads_never_wait(self) -> bool:
@@ -210,6 +216,8 @@ class JobService:
         engines.check_engine(doc, self.streaming_engine)
         self._check_snapshot(project_id, location, doc)
         self._check_files(doc)
+        if replace_job_id:
+            notes = [*notes, *self._carry_state(project_id, location, replace_job_id, doc)]
         record = record_from_document(doc)
         if engines.engine_of(doc, self.streaming_engine) is None:
             work, messages = [], [job_message(job_id, now, "JOB_MESSAGE_WARNING", NO_STREAMING_ENGINE)]
@@ -254,6 +262,63 @@ class JobService:
             now = self.clock()
             self.store.write(Write(messages=[job_message(job_id, now, importance, text) for importance, text in notes]))
 
+    def _carry_state(self, project_id: str, location: str, old_id: str, doc: dict) -> list[tuple[str, str]]:
+        """An update of a streaming job on an engine that saves state: check that the new pipeline can take
+        the old one's state, then snapshot the old job and stop it; the new job starts from the snapshot.
+        Anything refused leaves the old job as it was."""
+        old = load_job(self.store, project_id, location, old_id)
+        old_doc = document(old)
+        self._check_replaceable(old, old_doc, doc.get("name", ""))
+        engine = engines.engine_of(old_doc, self.streaming_engine)
+        if old_doc.get("type") != model.STREAMING or engine != engines.FLINK or self.carry_state is None:
+            return []
+        if old_doc.get("currentState") != model.RUNNING:
+            return [("JOB_MESSAGE_WARNING", f"Job {old_id} was not running ({old_doc.get('currentState')}): "
+                     "this job starts without its state.")]  # fmt: skip
+        if engines.engine_of(doc, self.streaming_engine) != engines.FLINK:
+            raise failed_precondition(
+                f"Job {old_id} runs on Flink and keeps state; its replacement must run on Flink too to take it on."
+            )
+        compat = beam_module("beamport.translate.compat")  # imports Beam (under the lock: see lazy_imports)
+        problems = compat.incompatibilities(
+            self._pipeline_of(old_doc), self._pipeline_of(doc), doc.get("transformNameMapping") or {}
+        )
+        if problems:
+            raise failed_precondition(
+                f"The new job is not compatible with job {old_id}: " + "; ".join(problems)
+                + f". Job {old_id} has not been changed."
+            )
+        snapshot_id = self.carry_state(project_id, location, old_id, doc["name"])
+        doc["createdFromSnapshotId"] = snapshot_id
+        return [("JOB_MESSAGE_BASIC", f"This job takes over the state of job {old_id}, saved in snapshot {snapshot_id}.")]
+
+    def _pipeline_of(self, doc: dict):
+        """The Beam pipeline a job runs (its staged pipelineUrl)."""
+        beam_module("beamport.translate.compat")
+        from apache_beam.portability.api import beam_runner_api_pb2
+
+        kept = self.pipelines_dir / f"{doc.get('id')}.pb" if self.pipelines_dir is not None else None
+        if kept is not None and kept.exists():
+            return beam_runner_api_pb2.Pipeline.FromString(kept.read_bytes())
+        url = doc.get("environment", {}).get("sdkPipelineOptions", {}).get("options", {}).get("pipelineUrl")
+        if not url or self.files is None:
+            raise failed_precondition(
+                f"Job {doc.get('id') or doc.get('name')} names no staged pipeline (pipelineUrl): the compatibility "
+                "of an update cannot be checked."
+            )
+        return beam_runner_api_pb2.Pipeline.FromString(self.files.read_bytes(url))
+
+    @staticmethod
+    def _check_replaceable(old: JobRecord, old_doc: dict, new_name: str) -> None:
+        if not old.active:
+            raise failed_precondition(
+                f"Job {old.id} is in state {old_doc.get('currentState')}: only an active job can be replaced."
+            )
+        if old.name != new_name:
+            raise invalid_argument(
+                f"The replacement job must have the same name as job {old.id} ('{old.name}'), not '{new_name}'."
+            )
+
     def _check_snapshot(self, project_id: str, location: str, doc: dict) -> None:
         """A job created from a snapshot needs a snapshot ready to start from, and an engine that can."""
         snapshot_id = doc.get("createdFromSnapshotId")
@@ -286,10 +351,14 @@ class JobService:
             from beamport.translate.graph import fused_stages, job_graph
 
             url = options["pipelineUrl"]
+            data = self.files.read_bytes(url)
             try:
-                pipeline = beam_runner_api_pb2.Pipeline.FromString(self.files.read_bytes(url))
+                pipeline = beam_runner_api_pb2.Pipeline.FromString(data)
             except DecodeError as exc:
                 raise invalid_argument(f"{url} is not a Beam pipeline: {exc}") from None
+            if self.pipelines_dir is not None and doc.get("id"):
+                self.pipelines_dir.mkdir(parents=True, exist_ok=True)
+                (self.pipelines_dir / f"{doc['id']}.pb").write_bytes(data)
             stages = fused_stages(pipeline)
             doc.update(job_graph(pipeline, stages, sdk_pipeline_options=environment.get("sdkPipelineOptions")))
 
@@ -298,14 +367,7 @@ class JobService:
     ) -> None:
         old = load_job(self.store, project_id, location, old_id)
         old_doc = document(old)
-        if not old.active:
-            raise failed_precondition(
-                f"Job {old_id} is in state {old_doc.get('currentState')}: only an active job can be replaced."
-            )
-        if old.name != record.name:
-            raise invalid_argument(
-                f"The replacement job must have the same name as job {old_id} ('{old.name}'), not '{record.name}'."
-            )
+        self._check_replaceable(old, old_doc, record.name)
         expected = old.version
         old_doc.update(currentState=model.UPDATED, currentStateTime=timestamp(now), replacedByJobId=record.id)
         record_from_document(old_doc, old)

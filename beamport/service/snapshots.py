@@ -16,6 +16,7 @@ import logging
 import re
 import shutil
 import threading
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -27,7 +28,7 @@ from google.cloud import dataflow_v1beta3 as dataflow
 from beamport import wire
 from beamport.engine.base import EngineError, StreamingControl
 from beamport.errors import failed_precondition, invalid_argument, not_found
-from beamport.service import model
+from beamport.service import engines, model
 from beamport.service.documents import job_message, load_job, timestamp
 from beamport.store.base import (
     SNAPSHOT_FAILED,
@@ -58,6 +59,7 @@ NOT_YET_RESTORED = frozenset({model.PENDING, model.QUEUED})
 DEFAULT_LOCATION = "us-central1"  # what the location-less twins mean
 _LOCATION_RE = re.compile(r"[a-z][-a-z0-9]{0,62}\Z")
 
+UPDATE_WAIT_S = 120.0  # how long an update waits for the running job's state to be saved
 NO_CONTROL = (
     "This Beamport server has no streaming engine that saves state, so it cannot snapshot job {job_id}. "
     "Snapshots need a Flink cluster: start the server with `beamport serve --flink-master HOST:PORT ...` "
@@ -115,6 +117,13 @@ class SnapshotService:
             )
         if self.control is None:
             raise failed_precondition(NO_CONTROL.format(job_id=job_id))
+        engine = engines.engine_of(doc, self.control.name)
+        if engine != self.control.name:
+            raise failed_precondition(
+                f"Job {job_id} runs on the {engine} engine, which keeps no state a new job could start from. "
+                f"Snapshots are taken of jobs on the {self.control.name} engine (the default for streaming jobs "
+                f"on this server; label {engines.ENGINE_LABEL}={self.control.name})."
+            )
         state = doc.get("currentState")
         if state != model.RUNNING:
             raise failed_precondition(
@@ -148,6 +157,28 @@ class SnapshotService:
         finished.wait(self.wait_s)
         current = self.store.get_snapshot(project_id, snapshot.id)
         return render_snapshot(current or snapshot)
+
+    def carry_state(self, project_id: str, location: str, job_id: str, new_job_name: str) -> str:
+        """For an update: snapshot the running job, waiting for the engine, then stop it at once (its
+        state goes on in the job that replaces it). Returns the snapshot's id; FAILED_PRECONDITION, with
+        the old job unchanged, when its state cannot be saved."""
+        body = {"description": f"The state of job {job_id}, carried into the job that updates it ({new_job_name})."}
+        snapshot = self.snapshot_job(project_id, location, job_id, body)
+        deadline = time.monotonic() + UPDATE_WAIT_S
+        while snapshot["state"] in ("PENDING", "RUNNING") and time.monotonic() < deadline:
+            time.sleep(0.1)
+            snapshot = self.get_snapshot(project_id, location, snapshot["id"])
+        if snapshot["state"] != "READY":
+            record = self.store.get_snapshot(project_id, snapshot["id"])
+            why = (record.error if record else "") or f"the snapshot is {snapshot['state']}"
+            raise failed_precondition(
+                f"Job {job_id} cannot be updated: its state could not be saved ({why}). It is still running."
+            )
+        try:
+            self.control.stop(job_id)
+        except EngineError as exc:  # its worker stops it too, when it learns the job was replaced
+            log.warning("stopping job %s after its update snapshot: %s", job_id, exc)
+        return snapshot["id"]
 
     def _take(self, snapshot: SnapshotRecord, finished: threading.Event) -> None:
         """In a thread of its own: ask the engine for the savepoint, record what came of it."""

@@ -185,7 +185,7 @@ def make_engine(work_config: dict, sdk_workers: int):
                 "This worker has no Flink cluster to run the job on: set BEAMPORT_FLINK_MASTER, "
                 "BEAMPORT_FLINK_JOB_SERVER and BEAMPORT_FLINK_SDK_POOL (scripts/flink-cluster writes them)."
             )
-        return FlinkEngine(config, restore_from=work_config.get("restoreFrom"))
+        return FlinkEngine(config, restore_from=work_config.get("restoreFrom"), state_names=work_config.get("stateNames"))
     from beamport.engine.embedded import EmbeddedEngine
 
     return EmbeddedEngine(default_workers=sdk_workers)
