@@ -1,0 +1,272 @@
+"""Streaming jobs on Flink, end to end: DataflowRunner submits, Flink runs, Beamport snapshots, drains, updates.
+
+The pipelines (tests/pipelines/streaming_counts.py) read a local log with beamport.io.ReadFromLocalLog and
+append what they compute to a file, each line tagged with the version of the pipeline that wrote it. The
+Flink cluster is the one scripts/test starts (scripts/flink-cluster): BEAMPORT_TEST_FLINK_ENV names its
+endpoints file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from conftest import Api, Server, beamport_command, discovery_client, gapic_clients
+from test_running_jobs import dataflow_flags, run, wait_state
+
+PIPELINES = Path(__file__).parent / "pipelines"
+pytestmark = pytest.mark.slow
+
+
+def flink_endpoints() -> dict[str, str]:
+    path = os.environ.get("BEAMPORT_TEST_FLINK_ENV")
+    if not path or not Path(path).exists():
+        message = "BEAMPORT_TEST_FLINK_ENV is not set: run the suite with scripts/test, which starts a Flink cluster"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    endpoints = {}
+    for line in Path(path).read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        endpoints[key.strip()] = value.strip()
+    return endpoints
+
+
+@pytest.fixture(scope="module")
+def flink() -> dict[str, str]:
+    return flink_endpoints()
+
+
+@pytest.fixture(scope="module")
+def streaming_server(flink, tmp_path_factory):
+    root = tmp_path_factory.mktemp("streaming")
+    args = ("--allow-path", str(root), "--workers", "4",
+            "--flink-master", flink["BEAMPORT_FLINK_MASTER"], "--flink-job-server", flink["BEAMPORT_FLINK_JOB_SERVER"],
+            "--flink-sdk-pool", flink["BEAMPORT_FLINK_SDK_POOL"])  # fmt: skip
+    srv = Server(root / "data", extra_args=args).start()
+    srv.root = root
+    yield srv
+    srv.stop()
+    # Flink jobs outlive the server (a restarted server's workers adopt them): stop what the tests left.
+    for job in flink_jobs(flink):
+        if job["state"] == "RUNNING":
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://{flink['BEAMPORT_FLINK_MASTER']}/jobs/{job['jid']}?mode=cancel", method="PATCH"), timeout=5)
+
+
+def flink_jobs(flink: dict) -> list[dict]:
+    with urllib.request.urlopen(f"http://{flink['BEAMPORT_FLINK_MASTER']}/jobs/overview", timeout=5) as answer:
+        return json.load(answer)["jobs"]
+
+
+def flink_state(flink: dict, job_id: str) -> str | None:
+    """The state of the Flink job that runs this Beamport job (None: there is none)."""
+    jobs = [j for j in flink_jobs(flink) if j["name"] == job_id]
+    return max(jobs, key=lambda j: j["start-time"])["state"] if jobs else None
+
+
+def append(log: Path, lines: list[str]) -> None:
+    with open(log, "a") as out:
+        out.writelines(line + "\n" for line in lines)
+
+
+def outputs(path: Path, version: str | None = None) -> list[list[str]]:
+    """The pipeline's output lines (split at commas), of one version if given."""
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        tag, _, text = line.partition("|")
+        if version is None or tag == f"v{version}":
+            found.append(text.split(","))
+    return found
+
+
+def wait_for(what, predicate, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def submit(server: Server, project: str, workdir: Path, name: str, mode: str, log: Path, out: Path,
+           *extra: str) -> str:  # fmt: skip
+    workdir.mkdir(parents=True, exist_ok=True)
+    done = run([str(PIPELINES / "streaming_counts.py"), mode, str(log), str(out), *extra,
+                *dataflow_flags(server, project, workdir, name), "--streaming"])  # fmt: skip
+    return done.stdout.split("JOB_ID ", 1)[1].split()[0]
+
+
+def counts_by_key(rows: list[list[str]]) -> dict[str, list[int]]:
+    by_key = defaultdict(list)
+    for key, count, *_ in rows:
+        by_key[key].append(int(count))
+    return by_key
+
+
+def test_a_snapshot_holds_the_state_a_new_job_continues_from(streaming_server, flink, project):
+    srv, root = streaming_server, streaming_server.root / "snap"
+    api = Api(srv.url, project)
+    log, out = root / "in.log", root / "out.txt"
+    root.mkdir()
+    append(log, [f"k{i % 2},{i}" for i in range(10)])
+    job_id = submit(srv, project, root / "v1", "counts", "counts", log, out)
+    job = wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    assert job["type"] == "JOB_TYPE_STREAMING"
+    wait_for("the first ten lines counted", lambda: len(outputs(out, "1")) >= 10)
+    assert flink_state(flink, job_id) == "RUNNING"
+
+    # jobs.snapshot through Google's GAPIC client, as Dataflow users call it.
+    from google.cloud import dataflow_v1beta3 as dataflow
+    from google.protobuf import duration_pb2
+
+    from google.auth.credentials import AnonymousCredentials
+
+    jobs_client, _, _ = gapic_clients(srv.url)
+    snapshots_client = dataflow.SnapshotsV1Beta3Client(
+        transport="rest", client_options={"api_endpoint": srv.url}, credentials=AnonymousCredentials()
+    )
+    snapshot = jobs_client.snapshot_job(dataflow.SnapshotJobRequest(
+        project_id=project, location="us-central1", job_id=job_id, ttl=duration_pb2.Duration(seconds=3600),
+        description="ten lines in",
+    ))  # fmt: skip
+    assert snapshot.state == dataflow.SnapshotState.READY, snapshot
+    assert snapshot.source_job_id == job_id and snapshot.region == "us-central1"
+    assert snapshot.disk_size_bytes > 0 and snapshot.description == "ten lines in"
+    listed = snapshots_client.list_snapshots(dataflow.ListSnapshotsRequest(
+        project_id=project, location="us-central1", job_id=job_id))  # fmt: skip
+    assert [s.id for s in listed.snapshots] == [snapshot.id]
+    data = [p for p in (srv.data_dir / "snapshots" / snapshot.id).rglob("_metadata")]
+    assert data, "the snapshot's savepoint is in the data dir"
+
+    # Lines the old job counts after the snapshot: the new job counts them again from the snapshot's state
+    # (the same counts: nothing is counted twice in the state).
+    append(log, [f"k{i % 2},{i}" for i in range(10, 14)])
+    wait_for("lines after the snapshot", lambda: len(outputs(out, "1")) >= 14)
+    assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=10)
+    wait_for("the Flink job cancelled", lambda: flink_state(flink, job_id) == "CANCELED", timeout=30)
+
+    append(log, [f"k{i % 2},{i}" for i in range(14, 20)])
+    new_id = submit(srv, project, root / "v2", "counts", "counts", log, out, "--version", "2",
+                    f"--create_from_snapshot={snapshot.id}")  # fmt: skip
+    new_job = wait_state(api, new_id, {"JOB_STATE_RUNNING"})
+    assert new_job["createdFromSnapshotId"] == snapshot.id
+    # The new job reads from where the snapshot was (line 10), with the counts the snapshot held (5 a key).
+    rows = wait_for("the new job's counts", lambda: len(outputs(out, "2")) >= 10 and outputs(out, "2"))
+    assert [int(r[3]) for r in rows] == list(range(10, 20)), "read on from the snapshot's position, in order"
+    assert counts_by_key(rows) == {"k0": [6, 7, 8, 9, 10], "k1": [6, 7, 8, 9, 10]}
+    old = counts_by_key(outputs(out, "1"))
+    assert old == {"k0": [1, 2, 3, 4, 5, 6, 7], "k1": [1, 2, 3, 4, 5, 6, 7]}
+
+    # A snapshot a job started from can be deleted once that job runs; the data goes with it.
+    beamport_command("snapshots", "delete", snapshot.id, "--endpoint", srv.url, "--project", project)
+    assert not (srv.data_dir / "snapshots" / snapshot.id).exists()
+    assert api.update(new_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_for("the new Flink job cancelled", lambda: flink_state(flink, new_id) == "CANCELED", timeout=30)
+
+
+def test_drain_reads_what_was_written_fires_open_windows_and_ends_drained(streaming_server, flink, project):
+    srv, root = streaming_server, streaming_server.root / "drain"
+    api = Api(srv.url, project)
+    log, out = root / "in.log", root / "out.txt"
+    root.mkdir()
+    hour = 1_800_000_000 // 3600 * 3600  # the start of an event-time hour
+    append(log, [f"k{i % 3},{hour + i}" for i in range(12)])
+    job_id = submit(srv, project, root / "w", "windows", "windows", log, out)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait_for("the Flink job running", lambda: flink_state(flink, job_id) == "RUNNING")
+    append(log, [f"k{i % 3},{hour + i}" for i in range(12, 15)])
+    time.sleep(3)
+    assert outputs(out) == [], "the hour's window is still open: nothing is written before the drain"
+
+    # Drain as gcloud asks for it (requestedState JOB_STATE_DRAINED), through the discovery client.
+    dataflow = discovery_client(srv.url)
+    dataflow.projects().locations().jobs().update(
+        projectId=project, location="us-central1", jobId=job_id, body={"requestedState": "JOB_STATE_DRAINED"}
+    ).execute()
+    assert api.get(job_id).json()["currentState"] == "JOB_STATE_DRAINING"
+    wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=90)
+    assert sorted(outputs(out)) == [["k0", "5"], ["k1", "5"], ["k2", "5"]]
+    assert flink_state(flink, job_id) in ("FINISHED", "CANCELED")
+    texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
+    assert any("Drain request is committed" in t for t in texts)
+
+
+def test_update_carries_state_over_and_refuses_an_incompatible_pipeline(streaming_server, flink, project):
+    srv, root = streaming_server, streaming_server.root / "update"
+    api = Api(srv.url, project)
+    log, out = root / "in.log", root / "out.txt"
+    root.mkdir()
+    append(log, [f"k{i % 2},{i}" for i in range(6)])
+    job_id = submit(srv, project, root / "v1", "upd", "counts", log, out)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait_for("six lines counted", lambda: len(outputs(out, "1")) >= 6)
+
+    # Renaming the stateful step without mapping it would lose its state: refused, the job untouched.
+    (root / "v2").mkdir()
+    refused = run([str(PIPELINES / "streaming_counts.py"), "counts", str(log), str(out), "--version", "2",
+                   "--count-step", "Counter", *dataflow_flags(srv, project, root / "v2", "upd"), "--streaming",
+                   "--update"], check=False)  # fmt: skip
+    assert refused.returncode != 0
+    assert "transform 'Count' holds state in the running job and is missing" in refused.stderr, refused.stderr[-2000:]
+    assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
+    assert flink_state(flink, job_id) == "RUNNING"
+
+    # Mapped, the rename keeps the state: the new job counts on from 3.
+    new_id = submit(srv, project, root / "v2", "upd", "counts", log, out, "--version", "2", "--count-step", "Counter",
+                    "--update", '--transform_name_mapping={"Count": "Counter"}')  # fmt: skip
+    wait_state(api, new_id, {"JOB_STATE_RUNNING"})
+    old = api.get(job_id).json()
+    assert old["currentState"] == "JOB_STATE_UPDATED" and old["replacedByJobId"] == new_id
+    wait_for("the old Flink job stopped", lambda: flink_state(flink, job_id) == "CANCELED", timeout=30)
+    append(log, [f"k{i % 2},{i}" for i in range(6, 10)])
+    rows = wait_for("the updated job's counts", lambda: len(outputs(out, "2")) >= 4 and outputs(out, "2"))
+    assert counts_by_key(rows) == {"k0": [4, 5], "k1": [4, 5]}
+    assert counts_by_key(outputs(out, "1")) == {"k0": [1, 2, 3], "k1": [1, 2, 3]}
+    new = api.get(new_id).json()
+    carried = new["createdFromSnapshotId"]
+    texts = [m["messageText"] for m in api.messages(new_id).json().get("jobMessages", [])]
+    assert any(f"takes over the state of job {job_id}, saved in snapshot {carried}" in t for t in texts)
+    assert api.update(new_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_for("the new Flink job cancelled", lambda: flink_state(flink, new_id) == "CANCELED", timeout=30)
+
+
+def test_snapshots_expire_with_their_data_and_only_flink_jobs_have_them(streaming_server, flink, project):
+    srv, root = streaming_server, streaming_server.root / "ttl"
+    api = Api(srv.url, project)
+    log, out = root / "in.log", root / "out.txt"
+    root.mkdir()
+    append(log, ["k0,0"])
+    job_id = submit(srv, project, root / "v1", "ttl", "counts", log, out)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait_for("the line counted", lambda: outputs(out, "1"))
+    dataflow = discovery_client(srv.url)
+    snapshot = dataflow.projects().locations().jobs().snapshot(
+        projectId=project, location="us-central1", jobId=job_id, body={"ttl": "3s"}
+    ).execute()
+    assert snapshot["state"] == "READY" and snapshot["ttl"] == "3s"
+    where = srv.data_dir / "snapshots" / snapshot["id"]
+    assert where.exists()
+    snapshots = dataflow.projects().locations().snapshots()
+    wait_for("the snapshot expired", lambda: not snapshots.list(projectId=project, location="us-central1")
+             .execute().get("snapshots"), timeout=40)  # fmt: skip
+    assert not where.exists()
+    assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+
+    # A streaming job on the embedded engine keeps no state that could be saved: refused, naming Flink.
+    embedded = api.create("on-embedded", type="JOB_TYPE_STREAMING", labels={"beamport_engine": "embedded"})
+    response = api.client.post(f"{api.jobs_path}/{embedded['id']}:snapshot", json={})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["status"] == "FAILED_PRECONDITION"
+    assert "embedded engine" in error["message"] and "flink" in error["message"]
