@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,19 @@ class FlinkConfig:
         return self.shared_dir / "drain" / job_id
 
 
+def find_prism(environ=os.environ) -> Path | None:
+    """Beam's Prism binary: BEAMPORT_PRISM (`none`: no Prism), else `prism` on the PATH, else where
+    `go install` puts it (scripts/prism-build)."""
+    named = environ.get("BEAMPORT_PRISM")
+    if named:
+        return Path(named) if named != "none" and Path(named).is_file() else None
+    found = shutil.which("prism")
+    if found:
+        return Path(found)
+    gobin = Path(environ.get("GOBIN") or Path(environ.get("GOPATH") or Path.home() / "go") / "bin")
+    return gobin / "prism" if (gobin / "prism").is_file() else None
+
+
 @dataclass
 class Settings:
     host: str = "127.0.0.1"
@@ -46,6 +60,14 @@ class Settings:
     allow_paths: list[Path] = field(default_factory=list)
     # The Flink cluster that runs streaming jobs (and takes their snapshots); None: no streaming engine.
     flink: FlinkConfig | None = field(default_factory=FlinkConfig.from_env)
+    # Beam's Prism runner, for streaming jobs on this host when there is no Flink (no snapshots).
+    prism: Path | None = field(default_factory=find_prism)
+
+    def engines(self) -> tuple[set[str], str | None]:
+        """The engines this server's workers can run jobs on, and the one streaming jobs run on by default."""
+        available = {"embedded"} | ({"flink"} if self.flink else set()) | ({"prism"} if self.prism else set())
+        streaming = "flink" if self.flink else "prism" if self.prism else None
+        return available, streaming
 
     def allowed_roots(self) -> list[Path]:
         return [self.data_dir.resolve(), Path.cwd().resolve(), *(p.resolve() for p in self.allow_paths)]

@@ -83,7 +83,7 @@ def build_app(settings: Settings, with_workers: bool = True):
     store = open_store(settings.database_url, settings.data_dir)
     work = WorkNotifier()
     control = streaming_control(settings)
-    streaming_engine = control.name if control else None
+    available, streaming_engine = settings.engines()
     snapshots = SnapshotService(store, settings.data_dir, control)
     execution = ExecutionService(
         store, default_report_interval_us=int(settings.worker_report_interval_s * 1e6), work=work,
@@ -104,7 +104,7 @@ def build_app(settings: Settings, with_workers: bool = True):
         hooks["on_startup"].append(pool.start)
         hooks["on_shutdown"].insert(0, pool.stop)
     files = FilePolicy(settings.allowed_roots())
-    jobs = JobService(store, files, work=work, streaming_engine=streaming_engine,
+    jobs = JobService(store, files, work=work, streaming_engine=streaming_engine, engines_available=available,
                       restore_location=snapshots.restore_location, carry_state=snapshots.carry_state,
                       pipelines_dir=settings.data_dir.resolve() / "pipelines")  # fmt: skip
     templates = TemplateService(jobs, files, builtin_dir=settings.data_dir.resolve() / "templates" / "builtin")

@@ -46,7 +46,10 @@ class Server:
             args += ["--database-url", self.database_url]
         args += list(self.extra_args)
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir.parent)
+        # Streaming engines only where a test asks for one (its extra args): Prism may be on this machine.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BEAMPORT_FLINK_")}
+        env.setdefault("BEAMPORT_PRISM", "none")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir.parent, env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

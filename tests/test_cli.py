@@ -20,8 +20,8 @@ from conftest import ROOT, Api, free_port
 # The CLI only speaks HTTP: one store backend is enough here (the API tests cover both).
 one_backend = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 
-# The first message of a streaming job (no streaming engine yet): a WARNING every test can count on.
-NO_ENGINE = "This Beamport server has no streaming engine yet"
+# The first message of a streaming job (the test servers have no streaming engine): a WARNING every test can count on.
+NO_ENGINE = "This Beamport server has no streaming engine"
 
 
 def clean_env(**extra: str) -> dict:

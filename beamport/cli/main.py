@@ -56,11 +56,16 @@ def serve(
     flink_sdk_pool: Optional[str] = typer.Option(
         None, envvar="BEAMPORT_FLINK_SDK_POOL", help="host:port of the Python SDK worker pool Flink's tasks use."
     ),
+    prism: Optional[Path] = typer.Option(
+        None, envvar="BEAMPORT_PRISM", help="Beam's Prism binary (streaming jobs without Flink; default: found on PATH or in Go's bin)."
+    ),
 ):
     """Serve the Dataflow v1b3 REST API, and run the jobs submitted to it."""
     from beamport.server import serve as run
 
     _use_flink(flink_master, flink_job_server, flink_sdk_pool)
+    if prism and str(prism) != "none":
+        os.environ["BEAMPORT_PRISM"] = str(prism.resolve())
 
     run(
         Settings(
@@ -111,11 +116,16 @@ def worker(
     flink_sdk_pool: Optional[str] = typer.Option(
         None, envvar="BEAMPORT_FLINK_SDK_POOL", help="host:port of the Python SDK worker pool Flink's tasks use."
     ),
+    prism: Optional[Path] = typer.Option(
+        None, envvar="BEAMPORT_PRISM", help="Beam's Prism binary (streaming jobs without Flink; default: found on PATH or in Go's bin)."
+    ),
 ):
     """Run a worker: lease work through the API, run it on its engine (embedded or Flink), report until it ends."""
     import logging
 
     _use_flink(flink_master, flink_job_server, flink_sdk_pool)
+    if prism and str(prism) != "none":
+        os.environ["BEAMPORT_PRISM"] = str(prism.resolve())
     from beamport.worker.harness import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

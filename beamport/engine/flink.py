@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from beamport.config import FlinkConfig
+from beamport.engine.portable import JobService, external_environments
 from beamport.engine.base import (
     DONE,
     DRAINED,
@@ -214,11 +215,6 @@ class FlinkEngine(Engine):
             return RunResult(FAILED, str(exc))
 
     def _submit(self, job: StagedJob, drain_file: Path) -> str:
-        import grpc
-        from apache_beam.portability.api import beam_artifact_api_pb2_grpc, beam_job_api_pb2, beam_job_api_pb2_grpc
-        from apache_beam.runners.portability import artifact_service
-        from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
         pipeline = external_environments(job, self.config.sdk_pool)
         rename_transforms(pipeline, self.state_names)
         options = {**DEFAULT_OPTIONS, **job.options}
@@ -230,40 +226,18 @@ class FlinkEngine(Engine):
         )
         if self.restore_from:
             options["savepoint_path"] = self.restore_from
-        channel = grpc.insecure_channel(self.config.job_server)
-        service = beam_job_api_pb2_grpc.JobServiceStub(channel)
-        try:
-            grpc.channel_ready_future(channel).result(timeout=30)
-        except grpc.FutureTimeoutError:
-            raise EngineError(f"Beam's Flink job server at {self.config.job_server} cannot be reached.") from None
-        try:
-            prepared = service.Prepare(
-                beam_job_api_pb2.PrepareJobRequest(
-                    job_name=job.job_id, pipeline=pipeline,
-                    pipeline_options=JobServiceHandle.encode_pipeline_options(options),
-                ),
-                timeout=60,
-            )  # fmt: skip
-            if prepared.artifact_staging_endpoint.url:
-                artifact_service.offer_artifacts(
-                    beam_artifact_api_pb2_grpc.ArtifactStagingServiceStub(
-                        grpc.insecure_channel(prepared.artifact_staging_endpoint.url)
-                    ),
-                    artifact_service.ArtifactRetrievalService(artifact_service.BeamFilesystemHandler(None).file_reader),
-                    prepared.staging_session_token,
-                )
-            invocation = service.Run(beam_job_api_pb2.RunJobRequest(preparation_id=prepared.preparation_id), timeout=60)
-        except grpc.RpcError as exc:
-            raise EngineError(f"Beam's Flink job server refused the job: {exc.details() or exc}") from None
+        service = JobService(self.config.job_server, "Beam's Flink job server")
+        invocation = service.submit(job.job_id, pipeline, options)
         deadline = time.monotonic() + SUBMIT_TIMEOUT_S
         while time.monotonic() < deadline:  # the job server translates, then submits to the cluster
             found = self.rest.find_job(job.job_id, active_only=False)
             if found is not None:
                 return found["jid"]
-            state = service.GetState(beam_job_api_pb2.GetJobStateRequest(job_id=invocation.job_id), timeout=10)
-            if state.state in (beam_job_api_pb2.JobState.FAILED, beam_job_api_pb2.JobState.CANCELLED):
+            if service.state(invocation) in ("FAILED", "CANCELLED"):
+                errors = service.errors(invocation)
                 raise EngineError(
-                    "Beam's Flink job server could not translate or submit the job; its log says why."
+                    "Beam's Flink job server could not translate or submit the job"
+                    + (f": {errors[-1]}" if errors else "; its log says why.")
                 )
             time.sleep(0.5)
         raise EngineError(f"The job did not reach the Flink cluster within {SUBMIT_TIMEOUT_S:.0f} s.")
@@ -319,22 +293,6 @@ class FlinkEngine(Engine):
             if state and seen.get(vertex["name"]) != state:
                 seen[vertex["name"]] = state
                 observer.stage_state(vertex["name"], state, int(time.time() * 1e6))
-
-
-def external_environments(job: StagedJob, sdk_pool: str):
-    """The pipeline with its (rewritten) Python environments pointing at the SDK worker pool."""
-    from apache_beam.portability import common_urns, python_urns
-    from apache_beam.portability.api import beam_runner_api_pb2, endpoints_pb2
-
-    pipeline = beam_runner_api_pb2.Pipeline()
-    pipeline.CopyFrom(job.pipeline)
-    payload = beam_runner_api_pb2.ExternalPayload(endpoint=endpoints_pb2.ApiServiceDescriptor(url=sdk_pool))
-    for env in pipeline.components.environments.values():
-        if env.urn == python_urns.EMBEDDED_PYTHON:
-            env.urn = common_urns.environments.EXTERNAL.urn
-            env.payload = payload.SerializeToString()
-            del env.dependencies[:]  # Dataflow's staged files: the SDK workers run Beamport's own Python
-    return pipeline
 
 
 def rename_transforms(pipeline, names: dict) -> None:

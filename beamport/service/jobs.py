@@ -77,12 +77,14 @@ class JobService:
     def __init__(
         self, store: Store, files: FilePolicy | None = None, clock=wire.now_us, work: WorkNotifier | None = None,
         streaming_engine: str | None = None, restore_location=None, carry_state=None, pipelines_dir=None,
+        engines_available: set[str] | frozenset = frozenset({engines.EMBEDDED}),
     ):  # fmt: skip
         self.store = store
         self.files = files  # None: files named in requests are neither checked nor read (tests of the API only)
         self.clock = clock
         self.work = work or WorkNotifier()  # told when a created job has work to lease
-        self.streaming_engine = streaming_engine  # "flink", or None: see beamport.service.engines
+        self.streaming_engine = streaming_engine  # "flink", "prism" or None: see beamport.service.engines
+        self.engines_available = set(engines_available) | ({streaming_engine} if streaming_engine else set())
         # (project, location, snapshot id) -> the snapshot's data; raises unless it can be started from.
         self.restore_location = restore_location
         # (project, location, running job id, new job's name) -> the id of a snapshot of its state, the job
@@ -213,7 +215,7 @@ class JobService:
         if not job.type_:
             job.type_ = model.JobType.values_by_name[model.BATCH].number  # Dataflow's default
         doc = wire.to_dict(job)
-        engines.check_engine(doc, self.streaming_engine)
+        engines.check_engine(doc, self.engines_available)
         self._check_snapshot(project_id, location, doc)
         self._check_files(doc)
         if replace_job_id:
@@ -270,8 +272,13 @@ class JobService:
         old_doc = document(old)
         self._check_replaceable(old, old_doc, doc.get("name", ""))
         engine = engines.engine_of(old_doc, self.streaming_engine)
-        if old_doc.get("type") != model.STREAMING or engine != engines.FLINK or self.carry_state is None:
+        if old_doc.get("type") != model.STREAMING:
             return []
+        if engine not in engines.SAVES_STATE or self.carry_state is None:
+            if old_doc.get("currentState") != model.RUNNING:
+                return []
+            return [("JOB_MESSAGE_WARNING", f"Job {old_id} runs on the {engine} engine, which keeps no state to "
+                     "carry over: this job starts without it (updates keep state on the Flink engine).")]  # fmt: skip
         if old_doc.get("currentState") != model.RUNNING:
             return [("JOB_MESSAGE_WARNING", f"Job {old_id} was not running ({old_doc.get('currentState')}): "
                      "this job starts without its state.")]  # fmt: skip

@@ -186,6 +186,16 @@ def make_engine(work_config: dict, sdk_workers: int):
                 "BEAMPORT_FLINK_JOB_SERVER and BEAMPORT_FLINK_SDK_POOL (scripts/flink-cluster writes them)."
             )
         return FlinkEngine(config, restore_from=work_config.get("restoreFrom"), state_names=work_config.get("stateNames"))
+    if work_config.get("engine") == "prism":
+        from beamport.config import find_prism
+        from beamport.engine.prism import PrismEngine
+
+        binary = find_prism()
+        if binary is None:
+            raise WorkerApiError(
+                "This worker has no Prism binary to run the job on: set BEAMPORT_PRISM (scripts/prism-build builds one)."
+            )
+        return PrismEngine(binary)
     from beamport.engine.embedded import EmbeddedEngine
 
     return EmbeddedEngine(default_workers=sdk_workers)

@@ -1,0 +1,118 @@
+"""The Prism engine: streaming jobs on Beam's Prism runner, on this host, with nothing else to run.
+
+Prism (Beam's Go runner, Beam's default local runner) runs unbounded pipelines: splittable DoFns that
+defer, event-time windows, state and timers. It keeps no savepoints, so it gives no snapshots and no
+update with state: the service refuses those for Prism jobs, naming Flink.
+
+Per run, in the executor's process group (so a killed executor takes them with it): a Prism process
+serving the Beam Job API on a free port, and an SDK worker pool in the executor, whose workers start
+through beamport.engine.sdk_boot with the job's options (the drain signal among them).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from beamport.engine.base import (
+    DONE,
+    DRAINED,
+    FAILED,
+    JOB_TYPE_STREAMING,
+    STAGE_DONE,
+    STAGE_RUNNING,
+    Engine,
+    EngineError,
+    RunObserver,
+    RunResult,
+    StagedJob,
+)
+from beamport.engine.portable import JobService, external_environments
+
+log = logging.getLogger(__name__)
+
+NAME = "prism"
+POLL_S = 0.5
+START_TIMEOUT_S = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrismEngine(Engine):
+    def __init__(self, binary: Path):
+        self.binary = binary
+        self._drain = threading.Event()
+        self._stopping = threading.Event()
+        self._service: JobService | None = None
+        self._invocation: str | None = None
+
+    def request_drain(self) -> None:
+        self._drain.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._service is not None and self._invocation is not None:
+            try:
+                self._service.cancel(self._invocation)
+            except EngineError as exc:
+                log.warning("%s", exc)
+
+    def run(self, job: StagedJob, observer: RunObserver) -> RunResult:
+        from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
+
+        with tempfile.TemporaryDirectory(prefix="beamport-prism-") as scratch:
+            workdir = Path(scratch)
+            boot = workdir / "boot"
+            boot.write_text(f"#!/bin/sh\nexec {sys.executable} -m beamport.engine.sdk_boot "
+                            f"--semi_persist_dir={workdir} \"$@\"\n")  # fmt: skip
+            boot.chmod(0o755)
+            pool_address, pool = BeamFnExternalWorkerPoolServicer.start(use_process=True, container_executable=str(boot))
+            port = _free_port()
+            with open(workdir / "prism.log", "wb") as prism_log:
+                prism = subprocess.Popen(
+                    [str(self.binary), f"--job_port={port}", "--serve_http=false", "--log_level=warn"],
+                    stdout=prism_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            try:
+                return self._run(job, observer, f"localhost:{port}", pool_address, workdir / "drain")
+            except EngineError as exc:
+                return RunResult(FAILED, str(exc))
+            finally:
+                prism.kill()
+                prism.wait()
+                pool.stop(0)
+
+    def _run(self, job: StagedJob, observer: RunObserver, address: str, pool: str, drain_file: Path) -> RunResult:
+        self._service = service = JobService(address, "Prism", connect_timeout=START_TIMEOUT_S)
+        options = dict(job.options)
+        options.update(
+            job_name=job.job_id, runner="PortableRunner", streaming=job.job_type == JOB_TYPE_STREAMING,
+            beamport_drain_file=str(drain_file),
+        )  # fmt: skip
+        self._invocation = invocation = service.submit(job.job_id, external_environments(job, pool), options)
+        observer.stage_state("Prism", STAGE_RUNNING, int(time.time() * 1e6))
+        draining = False
+        while True:
+            state = service.state(invocation)
+            if state == "DONE":
+                observer.stage_state("Prism", STAGE_DONE, int(time.time() * 1e6))
+                return RunResult(DRAINED if draining else DONE)
+            if state == "FAILED":
+                errors = service.errors(invocation)
+                return RunResult(FAILED, errors[-1] if errors else "The job failed on Prism.")
+            if state in ("CANCELLED", "STOPPED"):
+                return RunResult(FAILED, "The job was cancelled on Prism, not through Beamport.")
+            if self._drain.is_set() and not draining:
+                drain_file.touch()  # Beamport's sources read what they hold, then end: the job finishes
+                draining = True
+            time.sleep(POLL_S)
