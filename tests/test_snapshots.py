@@ -241,6 +241,8 @@ def test_cli_commands_show_the_api_errors(server, api):
     for command in ("describe", "delete"):
         done = beamport_command("snapshots", command, missing, *common, check=False)
         assert done.returncode == 1 and "ERROR: (NOT_FOUND)" in done.stderr and missing in done.stderr
+    done = beamport_command("jobs", "run", "--from-snapshot", missing, *common, check=False)
+    assert done.returncode == 1 and "ERROR: (NOT_FOUND)" in done.stderr and missing in done.stderr
     assert all_snapshots(server, api.project) == []
 
 

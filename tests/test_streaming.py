@@ -175,6 +175,69 @@ def test_a_snapshot_holds_the_state_a_new_job_continues_from(streaming_server, f
     wait_for("the new Flink job cancelled", lambda: flink_state(flink, new_id) == "CANCELED", timeout=30)
 
 
+def test_jobs_run_from_snapshot_continues_the_counts_then_drains(streaming_server, flink, project):
+    """`beamport jobs run --from-snapshot` (the CLI, over HTTP): the snapshot's job's pipeline runs again, from the
+    snapshot's state; refused while that job is still active under the name; the new job drains."""
+    srv, root = streaming_server, streaming_server.root / "rerun"
+    api = Api(srv.url, project)
+    common = ("--endpoint", srv.url, "--project", project)
+    log, out = root / "in.log", root / "out.txt"
+    root.mkdir()
+    append(log, [f"k{i % 2},{i}" for i in range(10)])
+    job_id = submit(srv, project, root / "v1", "rerun", "counts", log, out, "--labels", "team=counts")
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait_for("the first ten lines counted", lambda: len(outputs(out, "1")) >= 10)
+
+    created = beamport_command("snapshots", "create", job_id, "--ttl", "1h", "--format", "json", *common)
+    snapshot = json.loads(created.stdout)
+    assert snapshot["state"] == "READY" and snapshot["sourceJobId"] == job_id
+
+    # The source job still runs under the name: a create would only answer it. Refused, nothing created.
+    refused = beamport_command("jobs", "run", "--from-snapshot", snapshot["id"], *common, check=False)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert f"[{job_id}] is still active under the name 'rerun'" in refused.stderr, refused.stderr
+    assert "cancel or drain it" in refused.stderr and "--job-name" in refused.stderr
+    assert [j["id"] for j in api.all_jobs(name="rerun")] == [job_id]
+
+    append(log, [f"k{i % 2},{i}" for i in range(10, 14)])
+    wait_for("lines after the snapshot", lambda: len(outputs(out, "1")) >= 14)
+    cancelled = beamport_command("jobs", "cancel", job_id, *common)
+    assert f"job [{job_id}]" in cancelled.stdout
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=30)
+    wait_for("the Flink job cancelled", lambda: flink_state(flink, job_id) == "CANCELED", timeout=30)
+    assert counts_by_key(outputs(out)) == {"k0": [1, 2, 3, 4, 5, 6, 7], "k1": [1, 2, 3, 4, 5, 6, 7]}
+
+    append(log, [f"k{i % 2},{i}" for i in range(14, 20)])
+    before = len(outputs(out))
+    ran = beamport_command("jobs", "run", "--from-snapshot", snapshot["id"], *common)
+    shown = dict(line.split(": ", 1) for line in ran.stdout.splitlines() if not line.startswith(" ") and ": " in line)
+    new_id = shown["id"]
+    assert new_id != job_id and shown["name"] == "rerun" and shown["currentState"] == "JOB_STATE_PENDING"
+    assert shown["createdFromSnapshotId"] == snapshot["id"]
+    assert f"Created job [{new_id}] from snapshot [{snapshot['id']}] of job [{job_id}]" in ran.stderr
+    wait_state(api, new_id, {"JOB_STATE_RUNNING"})
+    new, old = api.get(new_id, view="JOB_VIEW_ALL").json(), api.get(job_id, view="JOB_VIEW_ALL").json()
+    assert new["type"] == "JOB_TYPE_STREAMING" and new["labels"] == old["labels"] == {"team": "counts"}
+    new_options = new["environment"]["sdkPipelineOptions"]["options"]
+    old_options = old["environment"]["sdkPipelineOptions"]["options"]
+    assert new_options["pipelineUrl"] == old_options["pipelineUrl"]
+    assert new_options["create_from_snapshot"] == snapshot["id"]
+    assert new["steps"] == old["steps"], "the service described the same staged pipeline"
+    assert new["clientRequestId"] != old["clientRequestId"]
+
+    # The same pipeline (its lines are tagged v1 too): from the snapshot's position (line 10), with the counts
+    # the snapshot held (5 a key). The old job is stopped: every line written since is the new job's.
+    rows = wait_for("the new job's counts", lambda: len(outputs(out)) >= before + 10 and outputs(out)[before:])
+    assert [int(r[3]) for r in rows] == list(range(10, 20)), "read on from the snapshot's position, in order"
+    assert counts_by_key(rows) == {"k0": [6, 7, 8, 9, 10], "k1": [6, 7, 8, 9, 10]}
+
+    drained = beamport_command("jobs", "drain", new_id, *common)
+    assert f"drain of job [{new_id}]; state: JOB_STATE_DRAINING" in drained.stdout, drained.stdout
+    wait_state(api, new_id, {"JOB_STATE_DRAINED"}, timeout=90)
+    assert flink_state(flink, new_id) in ("FINISHED", "CANCELED")
+    assert len(outputs(out)) == before + 10, "nothing counted twice by the drain"
+
+
 def test_drain_reads_what_was_written_fires_open_windows_and_ends_drained(streaming_server, flink, project):
     srv, root = streaming_server, streaming_server.root / "drain"
     api = Api(srv.url, project)

@@ -160,6 +160,10 @@ class DataflowClient:
     def get_job(self, project: str, region: str, job_id: str, view: str | None = None) -> dict:
         return self._request("GET", self._job_path(project, region, job_id), {"view": view})
 
+    def create_job(self, project: str, region: str, body: dict) -> dict:
+        """jobs.create; Dataflow answers a create of an active job's name with that job (compare clientRequestId)."""
+        return self._request("POST", self._jobs_path(project, region), json=body)
+
     def update_job(self, project: str, region: str, job_id: str, body: dict) -> dict:
         return self._request("PUT", self._job_path(project, region, job_id), json=body)
 

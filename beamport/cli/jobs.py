@@ -1,11 +1,14 @@
-"""`beamport jobs ...`: client commands over the HTTP API (list, describe, cancel, drain, messages)."""
+"""`beamport jobs ...`: client commands over the HTTP API (list, describe, run, cancel, drain, messages)."""
 
 from __future__ import annotations
 
+import copy
 import os
+import random
 import sys
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Iterator, Optional
 
@@ -119,6 +122,82 @@ def describe(
     with session(endpoint, project, region, format) as s:
         view = "JOB_VIEW_ALL" if full else "JOB_VIEW_SUMMARY"
         s.printer.job(s.client.get_job(s.project, s.region, job_id, view=view))
+
+
+# What a job created again from its source job takes over: what DataflowRunner sent to create it, less what
+# belongs to one submission (clientRequestId, replaceJobId, transformNameMapping, createdFromSnapshotId) and
+# what the service derives from the staged pipeline itself (steps, pipelineDescription).
+_RERUN_FIELDS = ("type", "environment", "labels", "stepsLocation")
+# Pipeline options of one submission (an update of a running job), not of the pipeline.
+_SUBMISSION_OPTIONS = ("update", "transform_name_mapping")
+
+
+def rerun_body(source: dict, name: str, snapshot_id: str, client_request_id: str) -> dict:
+    """A jobs.create body that runs the pipeline of `source` (a job as JOB_VIEW_ALL shows it) again, as job
+    `name`, starting from snapshot `snapshot_id`: the same staged pipeline (pipelineUrl), packages, options,
+    type and labels (the engine's among them)."""
+    body = {key: copy.deepcopy(source[key]) for key in _RERUN_FIELDS if key in source}
+    options = body.get("environment", {}).get("sdkPipelineOptions", {}).get("options")
+    if not isinstance(options, dict) or not options.get("pipelineUrl"):
+        raise ClientError(
+            f"Job {source.get('id')} names no staged pipeline (environment.sdkPipelineOptions.options.pipelineUrl): "
+            "only jobs submitted by Beam's DataflowRunner can be run again."
+        )
+    for key in _SUBMISSION_OPTIONS:
+        options.pop(key, None)
+    options["job_name"] = name  # as DataflowRunner's own options say for --job_name, --create_from_snapshot
+    options["create_from_snapshot"] = snapshot_id
+    body.update(name=name, createdFromSnapshotId=snapshot_id, clientRequestId=client_request_id)
+    return body
+
+
+def _new_request_id() -> str:
+    """A clientRequestId as DataflowRunner makes them: UTC time to the microsecond, then a random number."""
+    return f"{datetime.now(timezone.utc):%Y%m%d%H%M%S%f}-{random.randrange(1000, 10000)}"
+
+
+@app.command("run")
+def run_job(
+    from_snapshot: Annotated[
+        str,
+        typer.Option("--from-snapshot", help="Start from this snapshot: the pipeline of its job, from its state.",
+                     show_default=False),
+    ],
+    job_name: Annotated[
+        Optional[str], typer.Option("--job-name", help="Name of the new job (default: the source job's name).")
+    ] = None,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = DEFAULT_REGION,
+    format: OutputFormat = Format.table,
+):
+    """Start a new job that runs the pipeline of a snapshot's job, from the snapshot's state."""
+    with session(endpoint, project, region, format) as s:
+        snapshot = s.client.get_snapshot(s.project, s.region, from_snapshot)
+        source_id = snapshot.get("sourceJobId")
+        if not source_id:
+            raise ClientError(f"Snapshot {from_snapshot} names no source job (sourceJobId).")
+        source = s.client.get_job(s.project, s.region, source_id, view="JOB_VIEW_ALL")
+        name = job_name or source.get("name", "")
+        # Dataflow answers a create of an active job's name with that job, unchanged: ask first.
+        active = next(iter(s.client.iter_jobs(s.project, s.region, filter="ACTIVE", name=name, limit=1)), None)
+        if active is not None:
+            which = "The snapshot's job" if active.get("id") == source_id else "Job"
+            raise ClientError(
+                f"{which} [{active.get('id')}] is still active under the name '{name}' "
+                f"(state {active.get('currentState')}): cancel or drain it first (beamport jobs cancel|drain "
+                f"{active.get('id')}), or pass --job-name to give the new job another name."
+            )
+        request_id = _new_request_id()
+        body = rerun_body(source, name, from_snapshot, request_id)
+        job = s.client.create_job(s.project, s.region, body)
+        if job.get("clientRequestId") != request_id:  # an active job took the name meanwhile: it was answered
+            raise ClientError(
+                f"Job [{job.get('id')}] became active under the name '{name}' meanwhile (state "
+                f"{job.get('currentState')}); no job was created. Cancel or drain it, or pass --job-name."
+            )
+        s.printer.job(job)
+        s.printer.note(f"Created job [{job.get('id')}] from snapshot [{from_snapshot}] of job [{source_id}].")
 
 
 def _request_state(s: Session, job_id: str, action: str, state: str) -> None:
