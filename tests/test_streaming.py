@@ -333,3 +333,53 @@ def test_snapshots_expire_with_their_data_and_only_flink_jobs_have_them(streamin
     error = response.json()["error"]
     assert error["status"] == "FAILED_PRECONDITION"
     assert "embedded engine" in error["message"] and "flink" in error["message"]
+
+
+# -- Prism: streaming on this host without Java (no snapshots) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prism_server(tmp_path_factory):
+    binary = os.environ.get("BEAMPORT_TEST_PRISM")
+    if not binary or not Path(binary).is_file():
+        message = "BEAMPORT_TEST_PRISM is not set: run the suite with scripts/test, which builds Prism"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    root = tmp_path_factory.mktemp("prism")
+    srv = Server(root / "data", extra_args=("--allow-path", str(root), "--workers", "2", "--prism", binary)).start()
+    srv.root = root
+    yield srv
+    srv.stop()
+
+
+def test_prism_runs_streaming_jobs_until_cancelled_or_drained_and_takes_no_snapshots(prism_server, project):
+    srv, root = prism_server, prism_server.root
+    api = Api(srv.url, project)
+    log, out = root / "counts.log", root / "counts.txt"
+    append(log, [f"k{i % 2},{i}" for i in range(4)])
+    job_id = submit(srv, project, root / "c", "counts", "counts", log, out)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait_for("four lines counted", lambda: len(outputs(out)) >= 4)
+    append(log, [f"k{i % 2},{i}" for i in range(4, 6)])  # read as they come: the job is unbounded
+    rows = wait_for("six lines counted", lambda: len(outputs(out)) >= 6 and outputs(out))
+    assert counts_by_key(rows) == {"k0": [1, 2, 3], "k1": [1, 2, 3]}
+    texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
+    assert not any("no streaming engine" in t for t in texts)
+
+    refused = api.client.post(f"{api.jobs_path}/{job_id}:snapshot", json={})
+    assert refused.status_code == 400 and refused.json()["error"]["status"] == "FAILED_PRECONDITION"
+    assert "Flink" in refused.json()["error"]["message"]
+    assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=10)
+
+    windows_log, windows_out = root / "windows.log", root / "windows.txt"
+    hour = 1_800_000_000 // 3600 * 3600
+    append(windows_log, [f"k{i % 2},{hour + i}" for i in range(6)])
+    job_id = submit(srv, project, root / "w", "windows", "windows", windows_log, windows_out)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    time.sleep(5)
+    assert outputs(windows_out) == [], "the hour's window is still open"
+    assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200  # as Beam asks
+    wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=60)
+    assert sorted(outputs(windows_out)) == [["k0", "3"], ["k1", "3"]]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -23,7 +22,6 @@ import urllib.request
 from pathlib import Path
 
 from beamport.config import FlinkConfig
-from beamport.engine.portable import JobService, external_environments
 from beamport.engine.base import (
     DONE,
     DRAINED,
@@ -37,6 +35,7 @@ from beamport.engine.base import (
     StagedJob,
     StreamingControl,
 )
+from beamport.engine.portable import JobService, external_environments
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,10 @@ DEFAULT_OPTIONS = {
     # checkpoints, output of a streaming stage that gets no more input could wait forever.
     "checkpointing_interval": 5000,
     "max_bundle_time_mills": 500,
+    # Keep a job's SDK workers for a minute after their last user: with 0 (Beam's default), a task that lets
+    # go of its environment while another task is still setting up can have the worker closed under a
+    # bundle in flight, and the job stalls (seen: the first job after a start, its source's output lost).
+    "environment_cache_millis": 60000,
 }
 
 
