@@ -383,3 +383,44 @@ def test_prism_runs_streaming_jobs_until_cancelled_or_drained_and_takes_no_snaps
     assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200  # as Beam asks
     wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=60)
     assert sorted(outputs(windows_out)) == [["k0", "3"], ["k1", "3"]]
+
+
+def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopts_it(flink, tmp_path, project):
+    import psutil
+
+    args = ("--allow-path", str(tmp_path), "--workers", "1",
+            "--flink-master", flink["BEAMPORT_FLINK_MASTER"], "--flink-job-server", flink["BEAMPORT_FLINK_JOB_SERVER"],
+            "--flink-sdk-pool", flink["BEAMPORT_FLINK_SDK_POOL"])  # fmt: skip
+    srv = Server(tmp_path / "data", extra_args=args).start()
+    api = Api(srv.url, project)
+    log, out = tmp_path / "in.log", tmp_path / "out.txt"
+    append(log, [f"k{i % 2},{i}" for i in range(4)])
+    job_id = submit(srv, project, tmp_path / "v1", "crash", "counts", log, out)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait_for("four lines counted", lambda: len(outputs(out)) >= 4)
+    flink_id = next(j["jid"] for j in flink_jobs(flink) if j["name"] == job_id)
+
+    # The server, its worker and the worker's executor all die at once, as on a crash of the machine.
+    server = psutil.Process(srv.process.pid)
+    for process in [*server.children(recursive=True), server]:
+        process.kill()
+    srv.process.wait()
+    srv.process = None
+    append(log, [f"k{i % 2},{i}" for i in range(4, 8)])  # the Flink job goes on reading meanwhile
+    wait_for("lines counted while Beamport is down", lambda: len(outputs(out)) >= 8)
+
+    srv.start()
+    try:
+        # The work is leased again; the new executor follows the running Flink job instead of submitting it.
+        wait_for("the work leased again", lambda: any(
+            "took over work item" in m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])
+        ), timeout=90)  # fmt: skip
+        assert [j["jid"] for j in flink_jobs(flink) if j["name"] == job_id] == [flink_id]
+        assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
+        append(log, [f"k{i % 2},{i}" for i in range(8, 10)])
+        rows = wait_for("counts after the restart", lambda: len(outputs(out)) >= 10 and outputs(out))
+        assert counts_by_key(rows) == {"k0": [1, 2, 3, 4, 5], "k1": [1, 2, 3, 4, 5]}, "no count lost or repeated"
+        assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+        wait_for("the Flink job cancelled", lambda: flink_state(flink, job_id) == "CANCELED", timeout=30)
+    finally:
+        srv.stop()
