@@ -20,6 +20,20 @@ app.add_typer(sql.app, name="sql")
 app.add_typer(snapshots.app, name="snapshots")
 
 
+# The streaming engines (docs/engines.md), for `serve` and `worker` alike.
+FLINK_MASTER = typer.Option(
+    None, envvar="BEAMPORT_FLINK_MASTER", help="host:port of the Flink cluster's REST API (streaming engine)."
+)
+FLINK_JOB_SERVER = typer.Option(None, envvar="BEAMPORT_FLINK_JOB_SERVER", help="host:port of Beam's Flink job server.")
+FLINK_SDK_POOL = typer.Option(
+    None, envvar="BEAMPORT_FLINK_SDK_POOL", help="host:port of the Python SDK worker pool Flink's tasks use."
+)
+PRISM = typer.Option(
+    None, envvar="BEAMPORT_PRISM",
+    help="Beam's Prism binary (streaming without Flink; default: on the PATH or in Go's bin; 'none': no Prism).",
+)  # fmt: skip
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
@@ -47,25 +61,15 @@ def serve(
     sdk_workers_per_job: int = typer.Option(
         1, help="SDK worker processes a job runs on when its options (num_workers, direct_num_workers) do not say."
     ),
-    flink_master: Optional[str] = typer.Option(
-        None, envvar="BEAMPORT_FLINK_MASTER", help="host:port of the Flink cluster's REST API (streaming engine)."
-    ),
-    flink_job_server: Optional[str] = typer.Option(
-        None, envvar="BEAMPORT_FLINK_JOB_SERVER", help="host:port of Beam's Flink job server."
-    ),
-    flink_sdk_pool: Optional[str] = typer.Option(
-        None, envvar="BEAMPORT_FLINK_SDK_POOL", help="host:port of the Python SDK worker pool Flink's tasks use."
-    ),
-    prism: Optional[Path] = typer.Option(
-        None, envvar="BEAMPORT_PRISM", help="Beam's Prism binary (streaming jobs without Flink; default: found on PATH or in Go's bin)."
-    ),
+    flink_master: Optional[str] = FLINK_MASTER,
+    flink_job_server: Optional[str] = FLINK_JOB_SERVER,
+    flink_sdk_pool: Optional[str] = FLINK_SDK_POOL,
+    prism: Optional[Path] = PRISM,
 ):
     """Serve the Dataflow v1b3 REST API, and run the jobs submitted to it."""
     from beamport.server import serve as run
 
-    _use_flink(flink_master, flink_job_server, flink_sdk_pool)
-    if prism and str(prism) != "none":
-        os.environ["BEAMPORT_PRISM"] = str(prism.resolve())
+    _use_streaming_engines(flink_master, flink_job_server, flink_sdk_pool, prism)
 
     run(
         Settings(
@@ -83,8 +87,10 @@ def serve(
     )
 
 
-def _use_flink(master: str | None, job_server: str | None, sdk_pool: str | None) -> None:
-    """Flink's endpoints go in the environment, where this process and the workers it starts read them."""
+def _use_streaming_engines(master: str | None, job_server: str | None, sdk_pool: str | None, prism: Path | None) -> None:
+    """The streaming engines go in the environment, where this process and the workers it starts read them."""
+    if prism and str(prism) != "none":
+        os.environ["BEAMPORT_PRISM"] = str(prism.resolve())
     given = {"MASTER": master, "JOB_SERVER": job_server, "SDK_POOL": sdk_pool}
     if any(given.values()) and not all(given.values()):
         missing = [f"--flink-{k.lower().replace('_', '-')}" for k, v in given.items() if not v]
@@ -107,25 +113,15 @@ def worker(
     once: bool = typer.Option(False, help="Run at most one work item, then exit."),
     preemptible: bool = typer.Option(False, help="A SIGTERM means preemption (the shutdown notice says so)."),
     poll_interval: float = typer.Option(0.25, help="Seconds between lease attempts while there is no work."),
-    flink_master: Optional[str] = typer.Option(
-        None, envvar="BEAMPORT_FLINK_MASTER", help="host:port of the Flink cluster's REST API (streaming engine)."
-    ),
-    flink_job_server: Optional[str] = typer.Option(
-        None, envvar="BEAMPORT_FLINK_JOB_SERVER", help="host:port of Beam's Flink job server."
-    ),
-    flink_sdk_pool: Optional[str] = typer.Option(
-        None, envvar="BEAMPORT_FLINK_SDK_POOL", help="host:port of the Python SDK worker pool Flink's tasks use."
-    ),
-    prism: Optional[Path] = typer.Option(
-        None, envvar="BEAMPORT_PRISM", help="Beam's Prism binary (streaming jobs without Flink; default: found on PATH or in Go's bin)."
-    ),
+    flink_master: Optional[str] = FLINK_MASTER,
+    flink_job_server: Optional[str] = FLINK_JOB_SERVER,
+    flink_sdk_pool: Optional[str] = FLINK_SDK_POOL,
+    prism: Optional[Path] = PRISM,
 ):
     """Run a worker: lease work through the API, run it on its engine (embedded or Flink), report until it ends."""
     import logging
 
-    _use_flink(flink_master, flink_job_server, flink_sdk_pool)
-    if prism and str(prism) != "none":
-        os.environ["BEAMPORT_PRISM"] = str(prism.resolve())
+    _use_streaming_engines(flink_master, flink_job_server, flink_sdk_pool, prism)
     from beamport.worker.harness import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
