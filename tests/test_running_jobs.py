@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import Api, Server, new_postgres_database
@@ -228,6 +229,33 @@ def test_jobs_past_the_limit_queue(tmp_path, project):
         wait_state(api, first, {"JOB_STATE_DONE"}, timeout=120)
         wait_state(api, second, {"JOB_STATE_DONE"}, timeout=120)
         assert read_output(tmp_path / "second" / "out") == ["1"]
+    finally:
+        srv.stop()
+
+
+def test_a_queued_job_runs_its_own_pipeline_after_a_later_submission_replaced_the_staged_file(tmp_path, project):
+    # DataflowRunner writes every submission's pipeline.pb at the same path of a local staging location.
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1")).start()
+    try:
+        api = Api(srv.url, project)
+        first = submit_slow(srv, project, tmp_path, "first", 4)
+        wait_state(api, first, {"JOB_STATE_RUNNING"})
+        second = submit_slow(srv, project, tmp_path, "second", 0)
+        wait_state(api, second, {"JOB_STATE_QUEUED"})
+        third = submit_slow(srv, project, tmp_path, "third", 0)  # replaces pipeline.pb while second waits
+        for job_id in (first, second, third):
+            done = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
+            assert done["currentState"] == "JOB_STATE_DONE", texts(api, job_id)
+        assert read_output(tmp_path / "second" / "out") == ["1"]
+        assert read_output(tmp_path / "third" / "out") == ["1"]
+        # The job as the service kept it, and what a create with a pipeline that is not the one it names gets.
+        kept = httpx.get(f"{srv.url}/beamport/v1/projects/{project}/locations/us-central1/jobs/{second}/pipeline")
+        assert kept.status_code == 200 and kept.headers["content-type"] == "application/x-protobuf"
+        body = api.get(second, view="JOB_VIEW_ALL").json()
+        body["environment"]["sdkPipelineOptions"]["options"]["pipelineProtoHash"] = "0" * 64
+        created = api.client.post(api.jobs_path, json={"name": "mismatched", "environment": body["environment"]})
+        assert created.status_code == 400, created.text
+        assert "not the one this job was submitted with" in created.json()["error"]["message"]
     finally:
         srv.stop()
 

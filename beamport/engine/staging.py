@@ -17,6 +17,8 @@ Every file is read through the operator's FilePolicy.
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 import re
 import sys
@@ -44,13 +46,15 @@ _PYTHON_SDK_CAPABILITY = "beam:version:sdk_base:apache/beam_python"
 
 
 def stage_job(
-    job: dict, policy: FilePolicy, workdir: Path | None = None, engine: str = "embedded"
+    job: dict, policy: FilePolicy, workdir: Path | None = None, engine: str = "embedded",
+    pipeline_bytes: bytes | None = None,
 ) -> tuple[StagedJob, list[str]]:
     """The job ready to run, and warnings (texts for JOB_MESSAGE_WARNINGs) about what is not honoured.
 
     job: the job document in Google JSON, as jobs.get with JOB_VIEW_ALL answers it.
     workdir: where files staged on gs:// are copied to (if None, a new temporary directory, left in place:
     the engine reads them during the run).
+    pipeline_bytes: the pipeline as the service kept it when the job was created; None: read pipelineUrl.
     Raises ApiError when the job cannot run at all (no pipeline, a file outside the policy...).
     """
     import apache_beam
@@ -67,8 +71,10 @@ def stage_job(
             "The job has no pipeline to run (environment.sdkPipelineOptions.options.pipelineUrl): only jobs "
             "submitted by Beam's DataflowRunner (portable job submission) can run on this Beamport.",
         )
-    try:
+    if pipeline_bytes is None:
         pipeline_bytes = policy.read_bytes(pipeline_url)
+        check_pipeline_hash(pipeline_bytes, raw_options)
+    try:
         fetch.bytes_read += len(pipeline_bytes)
         pipeline = beam_runner_api_pb2.Pipeline.FromString(pipeline_bytes)
     except DecodeError as exc:
@@ -131,6 +137,19 @@ def stage_job(
         staged_bytes=fetch.bytes_read,
     )
     return staged, warnings
+
+
+def check_pipeline_hash(pipeline_bytes: bytes, options: dict) -> None:
+    """Refuse a staged pipeline that is not the one submitted (DataflowRunner sends its SHA-256): with a local
+    staging location, every submission writes the same pipeline.pb, so a later one can replace an earlier's."""
+    expected = options.get("pipelineProtoHash")
+    if expected and hashlib.sha256(pipeline_bytes).hexdigest() != expected:
+        raise ApiError(
+            "FAILED_PRECONDITION",
+            f"The pipeline staged at {options.get('pipelineUrl')} is not the one this job was submitted with (its "
+            "SHA-256 differs from pipelineProtoHash): a later submission with the same staging location replaced "
+            "it. Give each job a staging location of its own.",
+        )
 
 
 def rewrite_python_environments(pipeline: beam_runner_api_pb2.Pipeline, warnings: list[str]) -> list[str]:

@@ -59,7 +59,10 @@ def routes() -> list[Route]:
         *_twins("/templates", templates.create, ["POST"]),
         Route(L + "/flexTemplates:launch", templates.launch_flex, methods=["POST"]),
         Route(L + "/sql:validate", sql.validate, methods=["GET"]),
-        # Beamport's own (not Dataflow's): the worker registry.
+        # Beamport's own (not Dataflow's): a job's pipeline as it was submitted, for its workers.
+        Route("/beamport/v1/projects/{projectId}/locations/{location}/jobs/{jobId}/pipeline", jobs.kept_pipeline,
+              methods=["GET"]),  # fmt: skip
+        # Beamport's own: the worker registry.
         Route("/beamport/v1/workers", workers.list_workers, methods=["GET"]),
         Route("/beamport/v1/workers/{workerId:path}", workers.get_worker, methods=["GET"]),
         # Beamport's own: the SQL table catalog and SQL jobs (docs/sql.md).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from beamport import wire
 from beamport.http.protocol import api, call, id_param, int_param, location_param, project_param, read, read_json
@@ -89,3 +90,18 @@ async def list_messages(request: Request) -> dict:
         page_size_=int_param(request, "pageSize"),
         page_token=q.get("pageToken"),
     )
+
+
+async def kept_pipeline(request: Request) -> Response:
+    """Beamport's own: the pipeline proto a job was created with (its workers run this, not the staged file,
+    which a later submission may have replaced)."""
+    from beamport.errors import ApiError
+    from beamport.http.protocol import error_response
+
+    try:
+        project, location = project_param(request), location_param(request)
+        job_id = id_param(request, "jobId")
+        data = await call(_service(request).kept_pipeline, project, location, job_id)
+    except ApiError as error:
+        return error_response(error)
+    return Response(data, media_type="application/x-protobuf")

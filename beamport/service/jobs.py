@@ -246,6 +246,14 @@ class JobService:
                     return render_job(existing, view)
         raise ApiError("ABORTED", f"Too much contention creating job {job.name}; try again.")
 
+    def kept_pipeline(self, project_id: str, location: str, job_id: str) -> bytes:
+        """The pipeline a job was created with, as the service kept it (what its workers run)."""
+        load_job(self.store, project_id, location, job_id, with_detail=False)
+        kept = self.pipelines_dir / f"{job_id}.pb" if self.pipelines_dir is not None else None
+        if kept is None or not kept.exists():
+            raise ApiError("NOT_FOUND", f"Job {job_id} has no kept pipeline (it was created without one).")
+        return kept.read_bytes()
+
     def active_job_id(self, project_id: str, location: str, name: str) -> str | None:
         """The id of the active job with this name, if there is one."""
         job = self.store.find_active_job(project_id, location, name)
@@ -359,6 +367,9 @@ class JobService:
 
             url = options["pipelineUrl"]
             data = self.files.read_bytes(url)
+            from beamport.engine.staging import check_pipeline_hash
+
+            check_pipeline_hash(data, options)
             try:
                 pipeline = beam_runner_api_pb2.Pipeline.FromString(data)
             except DecodeError as exc:

@@ -94,6 +94,15 @@ class WorkerApi:
     def get_job(self, work: Work) -> dict:
         return self._call("GET", self._job_path(work), params={"view": "JOB_VIEW_ALL"})
 
+    def get_pipeline(self, work: Work) -> bytes | None:
+        """The pipeline the job was created with, as the service kept it (None: it kept none)."""
+        path = f"/beamport/v1/projects/{work.project}/locations/{work.location}/jobs/{work.job_id}/pipeline"
+        try:
+            response = self.http.get(path)
+        except httpx.TransportError as exc:
+            raise WorkerApiError(f"GET {path}: {exc}") from None
+        return response.content if response.status_code == 200 else None
+
     def report(
         self, work: Work, report_index: int, metric_updates: list[dict], completed=False, errors=(), remaining=None,
         fraction=None,

@@ -226,7 +226,8 @@ def execute(assignment: dict) -> int:
             try:
                 job = api.get_job(work)
                 reporter.planned_stages = len((job.get("pipelineDescription") or {}).get("executionPipelineStage", []))
-                staged, warnings = stage_job(job, FilePolicy(allow_paths), engine=work_config.get("engine", "embedded"))
+                staged, warnings = stage_job(job, FilePolicy(allow_paths), engine=work_config.get("engine", "embedded"),
+                                             pipeline_bytes=api.get_pipeline(work))  # fmt: skip
             except Exception as exc:
                 reporter.code(CODE_STAGING_FAILED, {"error": getattr(exc, "message", None) or str(exc)})
                 raise
