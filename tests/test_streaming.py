@@ -265,6 +265,25 @@ def test_drain_reads_what_was_written_fires_open_windows_and_ends_drained(stream
     assert any("Drain request is committed" in t for t in texts)
 
 
+def test_event_time_timers_fire_as_the_watermark_passes_them(streaming_server, flink, project):
+    srv, root = streaming_server, streaming_server.root / "timers"
+    api = Api(srv.url, project)
+    log, out = root / "in.log", root / "out.txt"
+    root.mkdir()
+    t = 1_800_000_000
+    append(log, [f"k0,{t}", f"k1,{t + 1}", f"k0,{t + 2}"])
+    job_id = submit(srv, project, root / "t", "timers", "timers", log, out)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait_for("the Flink job running", lambda: flink_state(flink, job_id) == "RUNNING")
+    time.sleep(5)
+    assert outputs(out) == [], "no timer is due: the watermark is still within the minute"
+    append(log, [f"k1,{t + 30}", f"k2,{t + 90}"])  # the watermark passes t+60 and t+61: k0's and k1's timers
+    rows = wait_for("the timers fired", lambda: len(outputs(out)) >= 2 and outputs(out))
+    assert sorted(rows) == [["k0", "2"], ["k1", "2"]]
+    assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_for("the Flink job cancelled", lambda: flink_state(flink, job_id) == "CANCELED", timeout=30)
+
+
 def test_update_carries_state_over_and_refuses_an_incompatible_pipeline(streaming_server, flink, project):
     srv, root = streaming_server, streaming_server.root / "update"
     api = Api(srv.url, project)

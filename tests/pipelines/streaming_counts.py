@@ -4,6 +4,8 @@
 
 MODE counts: a running count per key, kept in state (key,count,line to OUT, a line per element).
 MODE windows: elements per key and one-hour event-time window (a line's second field is its time).
+MODE timers: per key, elements gathered in state until an event-time timer a minute after the first fires
+(key,n when the watermark passes it).
 Each output line is appended to OUT by the pipeline itself, tagged with --version (update tests).
 """
 
@@ -28,6 +30,24 @@ class RunningCount(beam.DoFn):
         yield f"{key},{n},{line}"
 
 
+class GatherForAMinute(beam.DoFn):
+    SEEN = userstate.BagStateSpec("seen", beam.coders.StrUtf8Coder())
+    DUE = userstate.TimerSpec("due", userstate.TimeDomain.WATERMARK)
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, seen=beam.DoFn.StateParam(SEEN),
+                due=beam.DoFn.TimerParam(DUE)):  # fmt: skip
+        key, line = element
+        if not list(seen.read()):
+            due.set(timestamp + 60)
+        seen.add(line)
+
+    @userstate.on_timer(DUE)
+    def flush(self, key=beam.DoFn.KeyParam, seen=beam.DoFn.StateParam(SEEN)):
+        lines = list(seen.read())
+        seen.clear()
+        yield f"{key},{len(lines)}"
+
+
 class AppendTo(beam.DoFn):
     def __init__(self, path, version):
         self.path, self.version = path, version
@@ -39,7 +59,7 @@ class AppendTo(beam.DoFn):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["counts", "windows"])
+    parser.add_argument("mode", choices=["counts", "windows", "timers"])
     parser.add_argument("log")
     parser.add_argument("out")
     parser.add_argument("--version", default="1")
@@ -50,6 +70,10 @@ if __name__ == "__main__":
         lines = p | "Read" >> ReadFromLocalLog(args.log)
         keyed = lines | "Key" >> beam.Map(lambda line: (line.split(",")[0], line)).with_output_types(Tuple[str, str])
         texts = keyed | args.count_step >> beam.ParDo(RunningCount())
+    elif args.mode == "timers":
+        lines = p | "Read" >> ReadFromLocalLog(args.log, timestamp_fn=lambda line: float(line.split(",")[1]))
+        keyed = lines | "Key" >> beam.Map(lambda line: (line.split(",")[0], line)).with_output_types(Tuple[str, str])
+        texts = keyed | "Gather" >> beam.ParDo(GatherForAMinute())
     else:
         lines = p | "Read" >> ReadFromLocalLog(args.log, timestamp_fn=lambda line: float(line.split(",")[1]))
         texts = (
