@@ -113,7 +113,8 @@ class SnapshotService:
         if doc.get("type") != model.STREAMING:
             raise failed_precondition(
                 f"Job {job_id} is a batch job: only streaming jobs can be snapshotted (a batch job keeps no state "
-                "between its stages that a new job could start from)."
+                "between its stages that a new job could start from). Run the pipeline as a streaming job "
+                "(--streaming) on the Flink engine to take snapshots of it."
             )
         if self.control is None:
             raise failed_precondition(NO_CONTROL.format(job_id=job_id))
