@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -45,17 +46,15 @@ _END_OF_TIME = 9223372036854775807  # Long.MAX_VALUE: Flink's watermark once the
 POLL_S = 1.0
 SUBMIT_TIMEOUT_S = 180.0
 SAVEPOINT_TIMEOUT_S = 120.0
-DRAIN_GRACE_S = 5.0  # how long a drained job may take to finish by itself before it is stopped
+DRAIN_GRACE_S = 5.0
+STALL_CHECK_S = 20.0  # how long after it runs a job's first stage must have passed its input on
+MAX_RESUBMITS = 3  # how long a drained job may take to finish by itself before it is stopped
 # Defaults for options the job may set itself (Beam's FlinkPipelineOptions, in Python's spelling).
 DEFAULT_OPTIONS = {
     # Bundles of a streaming stage end at each checkpoint (and after max_bundle_time_mills): without
     # checkpoints, output of a streaming stage that gets no more input could wait forever.
     "checkpointing_interval": 5000,
     "max_bundle_time_mills": 500,
-    # Keep a job's SDK workers for a minute after their last user: with 0 (Beam's default), a task that lets
-    # go of its environment while another task is still setting up can have the worker closed under a
-    # bundle in flight, and the job stalls (seen: the first job after a start, its source's output lost).
-    "environment_cache_millis": 60000,
 }
 
 
@@ -99,6 +98,25 @@ class FlinkRest:
         except EngineError:
             return ""
 
+    def first_bundle_lost(self, jid: str) -> bool:
+        """Whether the job's first stage took its input and never passed anything on, though later stages
+        wait for it: the symptom of a first bundle lost at start-up (see FlinkEngine._follow)."""
+        vertices = self.job(jid).get("vertices", [])
+        if len(vertices) < 2 or not vertices[0].get("name", "").startswith("Source: Impulse"):
+            return False
+        first = vertices[0]["id"]
+        names = [m["id"] for m in self._call("GET", f"/jobs/{jid}/vertices/{first}/metrics")]
+        wanted = [n for n in names if n.endswith((".numRecordsIn", ".numRecordsOut")) and "Source__" not in n
+                  and n.count(".") >= 2]  # fmt: skip
+        if not wanted:
+            return False
+        query = ",".join(urllib.parse.quote(n, safe="") for n in wanted)
+        values = {m["id"]: int(float(m["value"])) for m in
+                  self._call("GET", f"/jobs/{jid}/vertices/{first}/metrics?get={query}")}  # fmt: skip
+        took = sum(v for k, v in values.items() if k.endswith(".numRecordsIn"))
+        passed = sum(v for k, v in values.items() if k.endswith(".numRecordsOut"))
+        return took > 0 and passed == 0
+
     def at_end_of_time(self, jid: str) -> bool:
         """Whether every task that has inputs has seen the final watermark (all windows have fired)."""
         seen = False
@@ -127,6 +145,11 @@ class FlinkRest:
                 return operation["location"]
             time.sleep(0.2)
         raise EngineError(f"Flink's savepoint of job {jid} did not complete within {timeout:.0f} s.")
+
+
+def _warning(text: str) -> logging.LogRecord:
+    """A record for the job's messages (RunObserver.log): a JOB_MESSAGE_WARNING."""
+    return logging.LogRecord("beamport.engine.flink", logging.WARNING, __file__, 0, text, None, None)
 
 
 def local_path(location: str) -> Path:
@@ -230,11 +253,12 @@ class FlinkEngine(Engine):
         if self.restore_from:
             options["savepoint_path"] = self.restore_from
         service = JobService(self.config.job_server, "Beam's Flink job server")
+        submitted_ms = time.time() * 1000 - 1000  # a job of this name from before (resubmitted) is not this one
         invocation = service.submit(job.job_id, pipeline, options)
         deadline = time.monotonic() + SUBMIT_TIMEOUT_S
         while time.monotonic() < deadline:  # the job server translates, then submits to the cluster
             found = self.rest.find_job(job.job_id, active_only=False)
-            if found is not None:
+            if found is not None and found.get("start-time", 0) >= submitted_ms:
                 return found["jid"]
             if service.state(invocation) in ("FAILED", "CANCELLED"):
                 errors = service.errors(invocation)
@@ -247,6 +271,9 @@ class FlinkEngine(Engine):
 
     def _follow(self, job: StagedJob, observer: RunObserver, drain_file: Path) -> RunResult:
         jid = self.flink_job_id
+        running_since = None  # when the job was first seen RUNNING (for the start-up check)
+        started = False  # its first stage has passed its input on (checked once, STALL_CHECK_S after it runs)
+        resubmits = 0
         draining = False
         ended_at = None  # when a draining job was first seen with every watermark at the end of time
         stages: dict[str, str] = {}
@@ -267,6 +294,23 @@ class FlinkEngine(Engine):
                 if draining:
                     return RunResult(DRAINED)
                 return RunResult(FAILED, "The Flink job was cancelled on the cluster, not through Beamport.")
+            if state == "RUNNING" and running_since is None:
+                running_since = time.monotonic()
+            if (running_since is not None and not started and not draining
+                    and time.monotonic() - running_since > STALL_CHECK_S):  # fmt: skip
+                started = resubmits >= MAX_RESUBMITS or not self.rest.first_bundle_lost(jid)
+            if running_since is not None and not started and not draining and time.monotonic() - running_since > STALL_CHECK_S:
+                # Beam 2.62's Flink runner sometimes loses the first bundle of a job's first stage (the
+                # impulse reaches the SDK worker, its output never comes back): nothing has been read yet,
+                # so the job is submitted again from where it was to start.
+                resubmits += 1
+                observer.log(_warning(f"Flink lost the first bundle of job {job.job_id} (Flink job {jid}), a known "
+                                      f"race of Beam's Flink runner: submitting it again (attempt {resubmits + 1})."))
+                self.rest.cancel(jid)
+                self._wait_ended(jid)
+                jid = self.flink_job_id = self._submit(job, drain_file)
+                running_since = None
+                continue
             if self._drain.is_set() and not draining and state == "RUNNING":
                 drain_file.parent.mkdir(parents=True, exist_ok=True)
                 drain_file.touch()
@@ -285,6 +329,11 @@ class FlinkEngine(Engine):
                     except EngineError as exc:  # it finished meanwhile: the next poll sees it
                         log.info("stopping drained job %s: %s", jid, exc)
             time.sleep(POLL_S)
+
+    def _wait_ended(self, jid: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.rest.job(jid).get("state") in _ACTIVE:
+            time.sleep(0.2)
 
     @staticmethod
     def _report_stages(details: dict, seen: dict[str, str], observer: RunObserver) -> None:
