@@ -293,6 +293,23 @@ def test_event_time_timers_fire_as_the_watermark_passes_them(streaming_server, f
     append(log, [f"k1,{t + 30}", f"k2,{t + 90}"])  # the watermark passes t+60 and t+61: k0's and k1's timers
     rows = wait_for("the timers fired", lambda: len(outputs(out)) >= 2 and outputs(out))
     assert sorted(rows) == [["k0", "2"], ["k1", "2"]]
+
+    # The console's Snapshot button on the running job: the savepoint is taken, the page says so.
+    from playwright.sync_api import sync_playwright
+    from test_console import CHROMIUM
+
+    if not Path(CHROMIUM).exists():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("Chromium is not installed: scripts/test installs it")
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = chromium.new_page()
+        page.goto(f"{srv.url}/#/jobs/{project}/us-central1/{job_id}")
+        page.get_by_role("button", name="Snapshot").click()
+        page.get_by_text("READY").wait_for(timeout=60_000)
+        chromium.close()
+    listed = api.client.get(f"{api.jobs_path}/{job_id}/snapshots").json()["snapshots"]
+    assert [s["description"] for s in listed] == ["from the console"] and listed[0]["state"] == "READY"
     assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
     wait_for("the Flink job cancelled", lambda: flink_state(flink, job_id) == "CANCELED", timeout=30)
 

@@ -222,7 +222,16 @@ function jobPage(projectId, region, jobId) {
       try { await api(base, { method: "PUT", body: JSON.stringify({ requestedState: state }) }); toast(`${label}: requested.`); }
       catch (error) { toast(error.message); }
     } }, label);
-    actions.replaceChildren(act("Cancel", "JOB_STATE_CANCELLED"), job.type === "JOB_TYPE_STREAMING" ? act("Drain", "JOB_STATE_DRAINED") : null);
+    // A snapshot of a running streaming job (Flink saves its state; other engines refuse, saying why).
+    const snapshot = h("button", { onclick: async () => {
+      try {
+        const taken = await api(`${base}:snapshot`, { method: "POST", body: JSON.stringify({ description: "from the console" }) });
+        toast(`Snapshot ${taken.id}: ${short(taken.state)}${taken.diskSizeBytes ? `, ${taken.diskSizeBytes} bytes` : ""}.`);
+      } catch (error) { toast(error.message); }
+    } }, "Snapshot");
+    const streaming = job.type === "JOB_TYPE_STREAMING";
+    actions.replaceChildren(act("Cancel", "JOB_STATE_CANCELLED"), streaming ? act("Drain", "JOB_STATE_DRAINED") : null,
+      streaming && job.currentState === "JOB_STATE_RUNNING" ? snapshot : null);
   }
 
   function renderGraph(job, all) {
