@@ -201,7 +201,6 @@ class FlinkEngine(Engine):
         # {new transform name: the name its state was saved under}: an update's transformNameMapping, reversed.
         self.state_names = state_names or {}
         self._drain = threading.Event()
-        self._stopping = threading.Event()
         self.flink_job_id: str | None = None
         self._job_id: str | None = None
 
@@ -213,7 +212,6 @@ class FlinkEngine(Engine):
 
     def stop(self) -> None:
         """Cancel the Flink job now (the job was cancelled, or its work moved): best effort, brief."""
-        self._stopping.set()
         jid = self.flink_job_id
         try:
             if jid is None and self._job_id:  # stopped while submitting: the job may just have arrived

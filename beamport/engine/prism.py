@@ -52,7 +52,6 @@ class PrismEngine(Engine):
     def __init__(self, binary: Path):
         self.binary = binary
         self._drain = threading.Event()
-        self._stopping = threading.Event()
         self._service: JobService | None = None
         self._invocation: str | None = None
 
@@ -60,7 +59,6 @@ class PrismEngine(Engine):
         self._drain.set()
 
     def stop(self) -> None:
-        self._stopping.set()
         if self._service is not None and self._invocation is not None:
             try:
                 self._service.cancel(self._invocation)
