@@ -427,7 +427,8 @@ def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopt
     job_id = submit(srv, project, tmp_path / "v1", "crash", "counts", log, out)
     wait_state(api, job_id, {"JOB_STATE_RUNNING"})
     wait_for("four lines counted", lambda: len(outputs(out)) >= 4)
-    flink_id = next(j["jid"] for j in flink_jobs(flink) if j["name"] == job_id)
+    running = lambda: [j["jid"] for j in flink_jobs(flink) if j["name"] == job_id and j["state"] == "RUNNING"]  # noqa: E731
+    (flink_id,) = running()
 
     # The server, its worker and the worker's executor all die at once, as on a crash of the machine.
     server = psutil.Process(srv.process.pid)
@@ -444,7 +445,7 @@ def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopt
         wait_for("the work leased again", lambda: any(
             "took over work item" in m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])
         ), timeout=90)  # fmt: skip
-        assert [j["jid"] for j in flink_jobs(flink) if j["name"] == job_id] == [flink_id]
+        assert running() == [flink_id], "the same Flink job, not a second one"
         assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
         append(log, [f"k{i % 2},{i}" for i in range(8, 10)])
         rows = wait_for("counts after the restart", lambda: len(outputs(out)) >= 10 and outputs(out))
