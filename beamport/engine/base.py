@@ -105,6 +105,15 @@ class Savepoint:
     size_bytes: int
 
 
+def savepoint_path(location: str) -> Path:
+    """A savepoint's location as a local path: engines may name it with a file: URI (Flink does)."""
+    if location.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(location).path))
+    return Path(location)
+
+
 class StreamingControl(abc.ABC):
     """Control of running streaming jobs, used by the service layer (snapshots, drain, update).
 

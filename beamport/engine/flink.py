@@ -35,6 +35,7 @@ from beamport.engine.base import (
     Savepoint,
     StagedJob,
     StreamingControl,
+    savepoint_path,
 )
 from beamport.engine.portable import JobService, external_environments
 
@@ -152,15 +153,6 @@ def _warning(text: str) -> logging.LogRecord:
     return logging.LogRecord("beamport.engine.flink", logging.WARNING, __file__, 0, text, None, None)
 
 
-def local_path(location: str) -> Path:
-    """A savepoint's location (file:/... as Flink writes it) as a local path."""
-    if location.startswith("file:"):
-        location = location[len("file:"):]
-        while location.startswith("//"):
-            location = location[1:]
-    return Path(location)
-
-
 def directory_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -180,7 +172,7 @@ class FlinkControl(StreamingControl):
             state = found.get("state") if found else "not on the cluster"
             raise EngineError(f"Job {job_id} is not running on Flink ({state}): there is no state to save.")
         location = self.rest.savepoint(found["jid"], directory)
-        return Savepoint(location=location, size_bytes=directory_size(local_path(location)))
+        return Savepoint(location=location, size_bytes=directory_size(savepoint_path(location)))
 
     def stop(self, job_id: str) -> None:
         found = self.rest.find_job(job_id)
@@ -188,7 +180,7 @@ class FlinkControl(StreamingControl):
             self.rest.cancel(found["jid"])
 
     def discard(self, location: str) -> None:
-        shutil.rmtree(local_path(location), ignore_errors=True)
+        shutil.rmtree(savepoint_path(location), ignore_errors=True)
 
 
 class FlinkEngine(Engine):
@@ -322,7 +314,7 @@ class FlinkEngine(Engine):
                 if time.monotonic() - ended_at > DRAIN_GRACE_S:
                     try:
                         flushed = self.rest.savepoint(jid, self.config.shared_dir / "flush" / job.job_id)
-                        shutil.rmtree(local_path(flushed), ignore_errors=True)
+                        shutil.rmtree(savepoint_path(flushed), ignore_errors=True)
                         self.rest.cancel(jid)
                     except EngineError as exc:  # it finished meanwhile: the next poll sees it
                         log.info("stopping drained job %s: %s", jid, exc)

@@ -6,7 +6,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from beamport import wire
-from beamport.http.protocol import api, call, id_param, int_param, location_param, project_param, read, read_json
+from beamport.errors import ApiError
+from beamport.http.protocol import (
+    api, call, error_response, id_param, int_param, location_param, project_param, read, read_json,
+)  # fmt: skip
 from beamport.service import model
 
 
@@ -95,9 +98,6 @@ async def list_messages(request: Request) -> dict:
 async def kept_pipeline(request: Request) -> Response:
     """Beamport's own: the pipeline proto a job was created with (its workers run this, not the staged file,
     which a later submission may have replaced)."""
-    from beamport.errors import ApiError
-    from beamport.http.protocol import error_response
-
     try:
         project, location = project_param(request), location_param(request)
         job_id = id_param(request, "jobId")

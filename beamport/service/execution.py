@@ -169,7 +169,7 @@ class ExecutionService:
                 self.store.write(write)
             except VersionConflict:
                 continue
-            return {"workItems": [self._render_item(job, item, workers)]}
+            return {"workItems": [self._render_item(job, doc, item, workers)]}
         raise ApiError("ABORTED", f"Too much contention leasing work of job {job_id}; try again.")
 
     def _leasable(self, project_id: str, location: str, job_id: str) -> tuple[JobRecord, WorkItemRecord] | None:
@@ -206,8 +206,9 @@ class ExecutionService:
             worker.state, worker.reason = WORKER_RUNNING, ""
         return worker
 
-    def _render_item(self, job: JobRecord, item: WorkItemRecord, workers: autoscaling.WorkerRange | None) -> dict:
-        doc = document(job)
+    def _render_item(
+        self, job: JobRecord, doc: dict, item: WorkItemRecord, workers: autoscaling.WorkerRange | None
+    ) -> dict:
         return {
             "id": str(item.id),
             "projectId": job.project_id,

@@ -20,13 +20,12 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import orjson
 from google.cloud import dataflow_v1beta3 as dataflow
 
 from beamport import wire
-from beamport.engine.base import EngineError, StreamingControl
+from beamport.engine.base import EngineError, StreamingControl, savepoint_path
 from beamport.errors import failed_precondition, invalid_argument, not_found
 from beamport.service import engines, model
 from beamport.service.documents import job_message, load_job, timestamp
@@ -290,7 +289,7 @@ class SnapshotService:
         try:
             if snapshot.data_location and self.control is not None:
                 self.control.discard(snapshot.data_location)
-            elif snapshot.data_location and not _inside(_local_path(snapshot.data_location), directory):
+            elif snapshot.data_location and not _inside(savepoint_path(snapshot.data_location), directory):
                 log.warning("snapshot %s: its data at %s is left in place (no streaming engine to discard it)",
                             snapshot.id, snapshot.data_location)  # fmt: skip
         except Exception:  # noqa: BLE001 (the record is gone: log, and leave the rest to the operator)
@@ -332,13 +331,6 @@ class SnapshotService:
             if snapshot.id not in taking:
                 self._failed(snapshot, "interrupted: the server stopped while the snapshot was being taken.")
         return deleted
-
-
-def _local_path(location: str) -> Path:
-    """A savepoint's location as a path: engines may name it with a file: URI (Flink does)."""
-    if location.startswith("file:"):
-        return Path(unquote(urlparse(location).path))
-    return Path(location)
 
 
 def _inside(path: Path, directory: Path) -> bool:
