@@ -62,6 +62,10 @@ class Settings:
     flink: FlinkConfig | None = field(default_factory=FlinkConfig.from_env)
     # Beam's Prism runner, for streaming jobs on this host when there is no Flink (no snapshots).
     prism: Path | None = field(default_factory=find_prism)
+    # Every call authenticated and authorised (docs/security.md); off only on a loopback bind (--no-auth).
+    auth: bool = True
+    # Host names the server answers to besides IP addresses and loopback names (DNS rebinding guard).
+    allowed_hosts: list[str] = field(default_factory=list)
 
     def engines(self) -> tuple[set[str], str | None]:
         """The engines this server's workers can run jobs on, and the one streaming jobs run on by default."""
@@ -71,6 +75,20 @@ class Settings:
 
     def allowed_roots(self) -> list[Path]:
         return [self.data_dir.resolve(), Path.cwd().resolve(), *(p.resolve() for p in self.allow_paths)]
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.data_dir.resolve() / "admin-key.json"
+
+    @property
+    def local_worker_key_path(self) -> Path:
+        return self.data_dir.resolve() / "auth" / "local-workers-key.json"
+
+    def private_paths(self) -> list[Path]:
+        """Files under the data dir that no job, template or table may name: keys and the database."""
+        data = self.data_dir.resolve()
+        return [self.admin_key_path, self.local_worker_key_path.parent,
+                *(data / f"beamport.db{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))]  # fmt: skip
 
     @property
     def endpoint(self) -> str:

@@ -11,6 +11,7 @@ credentials the machine has, which is not what a self-hosted service should do b
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from pathlib import Path
@@ -34,9 +35,11 @@ class FilePolicy:
     The server's roots are Settings.allowed_roots(): the data dir, the start directory, each --allow-path.
     """
 
-    def __init__(self, roots: list[Path] | list[str]):
+    def __init__(self, roots: list[Path] | list[str], private: list[Path] | list[str] = ()):
         # Roots are compared in their real form, so a root reached through a symlink still matches.
         self.roots = [os.path.realpath(os.fspath(root)) for root in roots]
+        # Beamport's own files inside a root (its keys, its database): never a job's to read or write.
+        self.private = [os.path.realpath(os.fspath(path)) for path in private]
 
     def check(self, location: str) -> str:
         """The location to use for `location` if the policy allows it, else ApiError.
@@ -75,12 +78,19 @@ class FilePolicy:
                 f"{shown} is outside the allowed roots: {', '.join(self.roots)}. "
                 "The operator can allow more directories with --allow-path.",
             )
+        if any(_is_within(real, private) for private in self.private):
+            raise ApiError("PERMISSION_DENIED", f"{location} is one of Beamport's own files (keys, database).")
         return real
 
     def check_pattern(self, pattern: str) -> str:
         """check() for a file pattern: its part before the first wildcard must be allowed."""
         cut = min((i for i, c in enumerate(pattern) if c in "*?["), default=len(pattern))
-        return self.check(pattern[:cut] or pattern)
+        checked = self.check(pattern[:cut] or pattern)
+        pattern_path = os.path.normpath(_path_of_file_url(pattern) if scheme_of(pattern) == "file" else pattern)
+        for private in self.private:  # a pattern that would match Beamport's own files (or files in its folders)
+            if fnmatch.fnmatchcase(private, pattern_path) or fnmatch.fnmatchcase(private + "/x", pattern_path):
+                raise ApiError("PERMISSION_DENIED", f"{pattern} would match Beamport's own files (keys, database).")
+        return checked
 
     def read_bytes(self, location: str) -> bytes:
         """The whole content of an allowed file."""

@@ -16,6 +16,7 @@ from beamport.http.app import create_app
 from beamport.lazy_imports import beam_module
 from beamport.service.execution import ExecutionService
 from beamport.service.flex_templates import FlexTemplateService
+from beamport.service.iam import ADMIN_EMAIL, IamService, Principal
 from beamport.service.jobs import JobService
 from beamport.service.notify import WorkNotifier
 from beamport.service.snapshots import SnapshotService
@@ -23,6 +24,7 @@ from beamport.service.sql import SqlService
 from beamport.service.templates import TemplateService
 from beamport.service.workers import WorkerRegistry
 from beamport.store import open_store
+from beamport.store.iam import SqlIamStore
 from beamport.worker.pool import LocalWorkerPool
 
 log = logging.getLogger("beamport")
@@ -81,6 +83,14 @@ class Sweeper:
 
 def build_app(settings: Settings, with_workers: bool = True):
     store = open_store(settings.database_url, settings.data_dir)
+    iam = IamService(SqlIamStore(store), enabled=settings.auth)
+    worker_credentials = None
+    if settings.auth:
+        if iam.ensure_admin(settings.admin_key_path, settings.endpoint):
+            log.info("Created the admin account %s; its key is %s", ADMIN_EMAIL, settings.admin_key_path)
+        if with_workers and settings.local_workers > 0:
+            worker_credentials = settings.local_worker_key_path
+            iam.local_worker_credentials(worker_credentials, settings.endpoint)
     work = WorkNotifier()
     control = streaming_control(settings)
     available, streaming_engine = settings.engines()
@@ -100,19 +110,21 @@ def build_app(settings: Settings, with_workers: bool = True):
             settings.allowed_roots(),
             settings.data_dir,
             sdk_workers=settings.sdk_workers_per_job,
+            credentials=worker_credentials,
+            private_paths=settings.private_paths(),
         )
         hooks["on_startup"].append(pool.start)
         hooks["on_shutdown"].insert(0, pool.stop)
-    files = FilePolicy(settings.allowed_roots())
+    files = FilePolicy(settings.allowed_roots(), settings.private_paths())
     jobs = JobService(store, files, work=work, streaming_engine=streaming_engine, engines_available=available,
                       restore_location=snapshots.restore_location, carry_state=snapshots.carry_state,
                       pipelines_dir=settings.data_dir.resolve() / "pipelines")  # fmt: skip
     templates = TemplateService(jobs, files, builtin_dir=settings.data_dir.resolve() / "templates" / "builtin")
-    flex = FlexTemplateService(jobs, files, settings.endpoint, settings.data_dir.resolve() / "templates" / "flex")
+    flex = FlexTemplateService(jobs, files, settings.endpoint, settings.data_dir.resolve() / "templates" / "flex", iam)
     # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.
     hooks["on_startup"].append(threading.Thread(target=_warm_up, daemon=True).start)
     sql = SqlService(store, files, templates)
-    return create_app(settings, jobs, execution, registry, templates, flex, sql, snapshots, **hooks)
+    return create_app(settings, jobs, execution, registry, templates, flex, sql, snapshots, iam, **hooks)
 
 
 def serve(settings: Settings) -> None:
@@ -120,6 +132,16 @@ def serve(settings: Settings) -> None:
     app = build_app(settings)
     where = settings.database_url.split("@")[-1] if settings.database_url else settings.data_dir.resolve()
     log.info("Beamport serving the Dataflow API on http://%s:%d/v1b3/ (state: %s)", settings.host, settings.port, where)
+    iam = app.state.iam
+    if settings.auth:
+        code = iam.sign_in_code(Principal(ADMIN_EMAIL))
+        log.info(
+            "Authentication is on. Clients use the admin key:\n    export GOOGLE_APPLICATION_CREDENTIALS=%s\n"
+            "Console (one-time sign-in link): %s/console/signin?code=%s",
+            settings.admin_key_path, settings.endpoint, code,
+        )
+    else:
+        log.warning("Authentication is OFF (--no-auth): anyone who reaches %s may run code on this host.", settings.endpoint)
     uvicorn.run(
         app,
         host=settings.host,

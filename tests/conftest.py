@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("BEAMPORT_TEST_POSTGRES_URL")
+CREDENTIALS = "GOOGLE_APPLICATION_CREDENTIALS"
 
 
 def free_port() -> int:
@@ -27,10 +28,15 @@ def free_port() -> int:
 class Server:
     """A `beamport serve` subprocess; start() again after stop() reuses the same state."""
 
-    def __init__(self, data_dir: Path, database_url: str | None = None, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self, data_dir: Path, database_url: str | None = None, extra_args: tuple[str, ...] = (), auth: bool = False
+    ):
+        """`auth`: authentication on, as `beamport serve` runs by default (test_auth.py). The other tests drive
+        the API itself and run their servers with --no-auth (on loopback, the only bind it is allowed on)."""
         self.data_dir = data_dir
         self.database_url = database_url
         self.extra_args = extra_args
+        self.auth = auth
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
@@ -40,14 +46,21 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def admin_key(self) -> Path:
+        """The key `beamport serve` wrote for its admin account on its first start (auth on)."""
+        return self.data_dir / "admin-key.json"
+
     def start(self) -> "Server":
         args = [sys.executable, "-m", "beamport", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
         if self.database_url:
             args += ["--database-url", self.database_url]
         args += list(self.extra_args)
+        if not self.auth:
+            args.append("--no-auth")
         log = open(self.log_path, "ab")
         # Streaming engines only where a test asks for one (its extra args): Prism may be on this machine.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BEAMPORT_FLINK_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BEAMPORT_FLINK_") and k != CREDENTIALS}
         env.setdefault("BEAMPORT_PRISM", "none")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir.parent, env=env)
         deadline = time.monotonic() + 30
@@ -70,9 +83,15 @@ class Server:
         return code
 
 
-def beamport_command(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `beamport ARGS` (the CLI, as a user does); with check, it must exit 0."""
-    done = subprocess.run([sys.executable, "-m", "beamport", *args], capture_output=True, text=True, timeout=300)
+def beamport_command(*args: str, check: bool = True, credentials: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `beamport ARGS` (the CLI, as a user does), with GOOGLE_APPLICATION_CREDENTIALS set to `credentials`
+    (none by default); with check, it must exit 0."""
+    env = {k: v for k, v in os.environ.items() if k != CREDENTIALS}
+    if credentials is not None:
+        env[CREDENTIALS] = str(credentials)
+    done = subprocess.run(
+        [sys.executable, "-m", "beamport", *args], capture_output=True, text=True, timeout=300, env=env
+    )
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import API_ONLY, Api, Server
 
+JSON = {"content-type": "application/json"}
+
 
 @pytest.fixture
 def seeded(api):
@@ -86,7 +88,7 @@ def test_unknown_fields_are_ignored_not_stored(api):
     ],
 )
 def test_bad_updates(api, seeded, body, status, needle):
-    response = api.client.put(f"{api.jobs_path}/{seeded['batch']['id']}", content=body)
+    response = api.client.put(f"{api.jobs_path}/{seeded['batch']['id']}", content=body, headers=JSON)
     assert needle in error_of(response, 400, status)
 
 
@@ -177,7 +179,7 @@ def test_unknown_paths_and_methods(server, seeded, api):
 
 def test_huge_body_with_content_length_is_refused(api, seeded):
     body = b'{"name": "huge", "labels": {"x": "' + b"a" * (33 * 1024 * 1024) + b'"}}'
-    response = api.client.post(api.jobs_path, content=body)
+    response = api.client.post(api.jobs_path, content=body, headers=JSON)
     assert "exceeds the limit" in error_of(response, 400, "INVALID_ARGUMENT")
 
 
@@ -192,7 +194,7 @@ def test_chunked_body_over_limit_is_refused_without_reading_it_whole(tmp_path):
                 yield b"a" * 1024
             yield b'"}}'
 
-        response = api.client.post(api.jobs_path, content=chunks())
+        response = api.client.post(api.jobs_path, content=chunks(), headers=JSON)
         assert "4096 bytes" in error_of(response, 400, "INVALID_ARGUMENT")
         assert api.create("small", labels={"a": "b"})["name"] == "small"  # within the limit: fine
         assert [j["name"] for j in api.all_jobs()] == ["small"]

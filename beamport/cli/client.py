@@ -5,11 +5,15 @@ It speaks HTTP and knows the API's paths, paging and error shape; it prints noth
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
 from urllib.parse import quote
 
 import httpx
+from google.auth.exceptions import GoogleAuthError
+
+from beamport.credentials import CREDENTIALS_VARIABLE, key_file_auth
 
 DEFAULT_ENDPOINT = "http://localhost:8080"
 DEFAULT_REGION = "us-central1"
@@ -62,12 +66,18 @@ def parse_time_us(value: str) -> int:
 
 
 class DataflowClient:
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 30.0):
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 30.0, credentials: str | None = None):
+        """`credentials`: a service-account key file; by default GOOGLE_APPLICATION_CREDENTIALS's, if set."""
         self.endpoint = normalize_endpoint(endpoint)
+        try:
+            auth = key_file_auth(credentials)
+        except (OSError, ValueError) as exc:
+            raise ClientError(f"Cannot use the credentials {credentials or os.environ.get(CREDENTIALS_VARIABLE)}: {exc}") from None
         self._http = httpx.Client(
             base_url=self.endpoint,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             headers={"Accept": "application/json"},
+            auth=auth,
         )
 
     def close(self) -> None:
@@ -104,6 +114,8 @@ class DataflowClient:
             raise ConnectionFailure(self.endpoint, "the request timed out") from None
         except httpx.HTTPError as exc:
             raise ConnectionFailure(self.endpoint, str(exc) or type(exc).__name__) from None
+        except GoogleAuthError as exc:  # the key was refused at its token_uri, or that could not be reached
+            raise ClientError(f"Could not get an access token with {os.environ.get(CREDENTIALS_VARIABLE) or 'the key'}: {exc}") from None
         try:
             data = response.json()
         except ValueError:

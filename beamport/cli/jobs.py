@@ -64,7 +64,11 @@ def session(endpoint: str, project: str | None, region: str, format: Format, nee
     if need_project and not project:
         raise typer.BadParameter("no project set: pass --project or set BEAMPORT_PROJECT.", param_hint="'--project'")
     printer = Printer(format)
-    client = DataflowClient(endpoint)
+    try:
+        client = DataflowClient(endpoint)
+    except ClientError as exc:
+        printer.error(str(exc))
+        raise typer.Exit(1) from None
     try:
         yield Session(client, printer, project, region)
     except ConnectionFailure as exc:

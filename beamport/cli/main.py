@@ -65,10 +65,24 @@ def serve(
     flink_job_server: Optional[str] = FLINK_JOB_SERVER,
     flink_sdk_pool: Optional[str] = FLINK_SDK_POOL,
     prism: Optional[Path] = PRISM,
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="Answer every call without credentials (refused unless --host is a loopback address)."
+    ),
+    allowed_host: list[str] = typer.Option(
+        [], help="A host name clients reach this server by (IP addresses and loopback names always work)."
+    ),
 ):
     """Serve the Dataflow v1b3 REST API, and run the jobs submitted to it."""
+    from beamport.http.guard import is_loopback
     from beamport.server import serve as run
 
+    if no_auth and not is_loopback(host):
+        typer.echo(
+            f"error: --no-auth is refused on --host {host}: without authentication anyone who reaches the port runs "
+            "code on this machine. Bind to 127.0.0.1, or keep authentication on (docs/security.md).",
+            err=True,
+        )
+        raise typer.Exit(2)
     _use_streaming_engines(flink_master, flink_job_server, flink_sdk_pool, prism)
 
     run(
@@ -83,6 +97,8 @@ def serve(
             worker_report_interval_s=worker_report_interval,
             allow_paths=allow_path,
             sdk_workers_per_job=sdk_workers_per_job,
+            auth=not no_auth,
+            allowed_hosts=allowed_host,
         )
     )
 
@@ -117,6 +133,11 @@ def worker(
     flink_job_server: Optional[str] = FLINK_JOB_SERVER,
     flink_sdk_pool: Optional[str] = FLINK_SDK_POOL,
     prism: Optional[Path] = PRISM,
+    credentials: Optional[Path] = typer.Option(
+        None, envvar="GOOGLE_APPLICATION_CREDENTIALS",
+        help="A service-account key file (roles/dataflow.worker) to call the service with.",
+    ),
+    deny_path: list[Path] = typer.Option([], hidden=True, help="A path under the allowed ones jobs may not name."),
 ):
     """Run a worker: lease work through the API, run it on its engine (embedded or Flink), report until it ends."""
     import logging
@@ -131,6 +152,7 @@ def worker(
         Worker(
             endpoint, data_dir.resolve(), worker_id, roots, sdk_workers, project, region, job_id,
             once=once, preemptible=preemptible, poll_s=poll_interval,
+            credentials=credentials.resolve() if credentials else None, deny_paths=[p.resolve() for p in deny_path],
         ).run()
     )  # fmt: skip
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse
 from starlette.routing import Mount, Route
@@ -15,7 +17,9 @@ from starlette.staticfiles import StaticFiles
 
 from beamport.console import STATIC
 from beamport.errors import ApiError
-from beamport.http import execution, jobs, snapshots, sql, templates, workers
+from beamport.http import execution, iam, jobs, snapshots, sql, templates, workers
+from beamport.http.auth import allow
+from beamport.http.guard import BrowserGuard
 from beamport.http.protocol import error_response
 from beamport.http.unimplemented import NO_DEBUG, not_yet
 
@@ -25,56 +29,91 @@ P = "/v1b3/projects/{projectId}"
 L = P + "/locations/{location}"
 
 
-def _twins(path: str, endpoint, methods: list[str]) -> list[Route]:
+def _twins(path: str, endpoint, methods: list[str], permission: str) -> list[Route]:
     """A method under projects.locations and its location-less twin under projects (us-central1)."""
-    return [Route(L + path, endpoint, methods=methods), Route(P + path, endpoint, methods=methods)]
+    guarded = allow(permission, endpoint)
+    return [Route(L + path, guarded, methods=methods), Route(P + path, guarded, methods=methods)]
+
+
+def _route(path: str, endpoint, methods: list[str], permission: str) -> Route:
+    return Route(path, allow(permission, endpoint), methods=methods)
+
+
+BP = "/beamport/v1"
+IAM = "/v1/projects/{projectId}/serviceAccounts"
 
 
 def routes() -> list[Route]:
-    # Order matters: ":verb" paths before the plain {jobId} paths they would also match.
+    # Order matters: ":verb" paths before the plain {jobId} paths they would also match. Every API route
+    # names the permission it needs (service/roles.py); only the token endpoint, the console's pages and
+    # its sign-in link are open.
+    debug = "dataflow.jobs.debug"
     table = [
-        Route(P + "/jobs:aggregated", jobs.aggregated, methods=["GET"]),
-        *_twins("/jobs/{jobId}:snapshot", snapshots.snapshot_job, ["POST"]),
-        *_twins("/jobs/{jobId}/workItems:lease", execution.lease, ["POST"]),
-        *_twins("/jobs/{jobId}/workItems:reportStatus", execution.report_status, ["POST"]),
-        *_twins("/jobs/{jobId}/debug/getConfig", not_yet("jobs.debug.getConfig", NO_DEBUG), ["POST"]),
-        *_twins("/jobs/{jobId}/debug/sendCapture", not_yet("jobs.debug.sendCapture", NO_DEBUG), ["POST"]),
-        Route(L + "/jobs/{jobId}/debug/getWorkerStacktraces", workers.get_worker_stacktraces, methods=["POST"]),
-        Route(L + "/jobs/{jobId}/executionDetails", execution.execution_details, methods=["GET"]),
-        Route(L + "/jobs/{jobId}/stages/{stageId}/executionDetails", execution.stage_execution_details, methods=["GET"]),
-        Route(L + "/jobs/{jobId}/snapshots", snapshots.list_job_snapshots, methods=["GET"]),
-        *_twins("/jobs/{jobId}/messages", jobs.list_messages, ["GET"]),
-        *_twins("/jobs/{jobId}/metrics", execution.get_metrics, ["GET"]),
-        *_twins("/jobs/{jobId}", jobs.get, ["GET"]),
-        *_twins("/jobs/{jobId}", jobs.update, ["PUT"]),
-        *_twins("/jobs", jobs.list_, ["GET"]),
-        *_twins("/jobs", jobs.create, ["POST"]),
-        *_twins("/WorkerMessages", workers.worker_messages, ["POST"]),
-        *_twins("/snapshots/{snapshotId}", snapshots.get, ["GET"]),
-        Route(L + "/snapshots/{snapshotId}", snapshots.delete, methods=["DELETE"]),
-        *_twins("/snapshots", snapshots.list_, ["GET"]),
-        Route(P + "/snapshots", snapshots.delete_snapshots, methods=["DELETE"]),
-        *_twins("/templates:get", templates.get, ["GET"]),
-        *_twins("/templates:launch", templates.launch, ["POST"]),
-        *_twins("/templates", templates.create, ["POST"]),
-        Route(L + "/flexTemplates:launch", templates.launch_flex, methods=["POST"]),
-        Route(L + "/sql:validate", sql.validate, methods=["GET"]),
+        _route(P + "/jobs:aggregated", jobs.aggregated, ["GET"], "dataflow.jobs.list"),
+        *_twins("/jobs/{jobId}:snapshot", snapshots.snapshot_job, ["POST"], "dataflow.jobs.snapshot"),
+        *_twins("/jobs/{jobId}/workItems:lease", execution.lease, ["POST"], "dataflow.workItems.lease"),
+        *_twins("/jobs/{jobId}/workItems:reportStatus", execution.report_status, ["POST"], "dataflow.workItems.update"),
+        *_twins("/jobs/{jobId}/debug/getConfig", not_yet("jobs.debug.getConfig", NO_DEBUG), ["POST"], debug),
+        *_twins("/jobs/{jobId}/debug/sendCapture", not_yet("jobs.debug.sendCapture", NO_DEBUG), ["POST"], debug),
+        _route(L + "/jobs/{jobId}/debug/getWorkerStacktraces", workers.get_worker_stacktraces, ["POST"], debug),
+        _route(L + "/jobs/{jobId}/executionDetails", execution.execution_details, ["GET"], "dataflow.jobs.get"),
+        _route(L + "/jobs/{jobId}/stages/{stageId}/executionDetails", execution.stage_execution_details, ["GET"],
+               "dataflow.jobs.get"),
+        _route(L + "/jobs/{jobId}/snapshots", snapshots.list_job_snapshots, ["GET"], "dataflow.snapshots.list"),
+        *_twins("/jobs/{jobId}/messages", jobs.list_messages, ["GET"], "dataflow.messages.list"),
+        *_twins("/jobs/{jobId}/metrics", execution.get_metrics, ["GET"], "dataflow.metrics.get"),
+        *_twins("/jobs/{jobId}", jobs.get, ["GET"], "dataflow.jobs.get"),
+        *_twins("/jobs/{jobId}", jobs.update, ["PUT"], "dataflow.jobs.update"),
+        *_twins("/jobs", jobs.list_, ["GET"], "dataflow.jobs.list"),
+        *_twins("/jobs", jobs.create, ["POST"], "dataflow.jobs.create"),
+        *_twins("/WorkerMessages", workers.worker_messages, ["POST"], "dataflow.workItems.sendMessage"),
+        *_twins("/snapshots/{snapshotId}", snapshots.get, ["GET"], "dataflow.snapshots.get"),
+        _route(L + "/snapshots/{snapshotId}", snapshots.delete, ["DELETE"], "dataflow.snapshots.delete"),
+        *_twins("/snapshots", snapshots.list_, ["GET"], "dataflow.snapshots.list"),
+        _route(P + "/snapshots", snapshots.delete_snapshots, ["DELETE"], "dataflow.snapshots.delete"),
+        *_twins("/templates:get", templates.get, ["GET"], "dataflow.templates.get"),
+        *_twins("/templates:launch", templates.launch, ["POST"], "dataflow.jobs.create"),
+        *_twins("/templates", templates.create, ["POST"], "dataflow.jobs.create"),
+        _route(L + "/flexTemplates:launch", templates.launch_flex, ["POST"], "dataflow.jobs.create"),
+        _route(L + "/sql:validate", sql.validate, ["GET"], "dataflow.sql.validate"),
         # Beamport's own (not Dataflow's): a job's pipeline as it was submitted, for its workers.
-        Route("/beamport/v1/projects/{projectId}/locations/{location}/jobs/{jobId}/pipeline", jobs.kept_pipeline,
-              methods=["GET"]),  # fmt: skip
-        # Beamport's own: the worker registry.
-        Route("/beamport/v1/workers", workers.list_workers, methods=["GET"]),
-        Route("/beamport/v1/workers/{workerId:path}", workers.get_worker, methods=["GET"]),
+        _route(BP + "/projects/{projectId}/locations/{location}/jobs/{jobId}/pipeline", jobs.kept_pipeline, ["GET"],
+               "dataflow.jobs.getPipeline"),
+        # Beamport's own: the worker registry (each caller sees the workers of projects it may view).
+        _route(BP + "/workers", workers.list_workers, ["GET"], "dataflow.workers.list"),
+        _route(BP + "/workers/{workerId:path}", workers.get_worker, ["GET"], "dataflow.workers.get"),
         # Beamport's own: the SQL table catalog and SQL jobs (docs/sql.md).
-        Route("/beamport/v1/projects/{projectId}/sqlTables", sql.list_tables, methods=["GET"]),
-        Route("/beamport/v1/projects/{projectId}/sqlTables", sql.add_table, methods=["POST"]),
-        Route("/beamport/v1/projects/{projectId}/sqlTables/{name}", sql.get_table, methods=["GET"]),
-        Route("/beamport/v1/projects/{projectId}/sqlTables/{name}", sql.delete_table, methods=["DELETE"]),
-        Route("/beamport/v1/projects/{projectId}/locations/{location}/sql:query", sql.query, methods=["POST"]),
-        # The web console: static pages over the same API.
+        _route(BP + "/projects/{projectId}/sqlTables", sql.list_tables, ["GET"], "dataflow.sqlTables.list"),
+        _route(BP + "/projects/{projectId}/sqlTables", sql.add_table, ["POST"], "dataflow.sqlTables.create"),
+        _route(BP + "/projects/{projectId}/sqlTables/{name}", sql.get_table, ["GET"], "dataflow.sqlTables.get"),
+        _route(BP + "/projects/{projectId}/sqlTables/{name}", sql.delete_table, ["DELETE"], "dataflow.sqlTables.delete"),
+        _route(BP + "/projects/{projectId}/locations/{location}/sql:query", sql.query, ["POST"], "dataflow.jobs.create"),
+        # Identity and access (docs/security.md): IAM v1 and Resource Manager v1 shapes, the audit log.
+        _route(IAM, iam.create_account, ["POST"], "iam.serviceAccounts.create"),
+        _route(IAM, iam.list_accounts, ["GET"], "iam.serviceAccounts.list"),
+        _route(IAM + "/{email}", iam.get_account, ["GET"], "iam.serviceAccounts.get"),
+        _route(IAM + "/{email}", iam.delete_account, ["DELETE"], "iam.serviceAccounts.delete"),
+        _route(IAM + "/{email}/keys", iam.create_key, ["POST"], "iam.serviceAccountKeys.create"),
+        _route(IAM + "/{email}/keys", iam.list_keys, ["GET"], "iam.serviceAccountKeys.list"),
+        _route(IAM + "/{email}/keys/{keyId}", iam.delete_key, ["DELETE"], "iam.serviceAccountKeys.delete"),
+        _route("/v1/projects/{projectId}:getIamPolicy", iam.get_project_policy, ["POST"],
+               "resourcemanager.projects.getIamPolicy"),
+        _route("/v1/projects/{projectId}:setIamPolicy", iam.set_project_policy, ["POST"],
+               "resourcemanager.projects.setIamPolicy"),
+        _route("/v1/organizations/{organizationId}:getIamPolicy", iam.get_organization_policy, ["POST"],
+               "resourcemanager.projects.getIamPolicy"),
+        _route("/v1/organizations/{organizationId}:setIamPolicy", iam.set_organization_policy, ["POST"],
+               "resourcemanager.projects.setIamPolicy"),
+        _route(BP + "/projects/{projectId}/auditLogs", iam.list_project_audit, ["GET"], "logging.logEntries.list"),
+        _route(BP + "/auditLogs", iam.list_all_audit, ["GET"], "logging.logEntries.list"),
+        Route("/token", iam.token, methods=["POST"]),
+        Route(BP + "/session", iam.whoami, methods=["GET"]),
+        Route(BP + "/session:link", iam.sign_in_link, methods=["POST"]),
+        # The web console: static pages over the same API (they hold no data; the API calls they make do).
+        Route("/console/signin", iam.sign_in, methods=["GET"]),
         Route("/", _console, methods=["GET"]),
         Mount("/console", StaticFiles(directory=STATIC), name="console"),
-    ]
+    ]  # fmt: skip
     return table
 
 
@@ -99,7 +138,7 @@ async def _internal_error(request: Request, exc: Exception):
 
 def create_app(
     settings, jobs_service, execution_service, worker_registry, template_service, flex_service, sql_service,
-    snapshot_service, on_startup=(), on_shutdown=(),
+    snapshot_service, iam_service, on_startup=(), on_shutdown=(),
 ) -> Starlette:  # fmt: skip
     @asynccontextmanager
     async def lifespan(app):
@@ -122,6 +161,7 @@ def create_app(
     app = Starlette(
         routes=routes(),
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        middleware=[Middleware(BrowserGuard, allowed_hosts=frozenset([*settings.allowed_hosts, settings.host, socket.gethostname()]))],
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -132,5 +172,6 @@ def create_app(
     app.state.flex_templates = flex_service
     app.state.sql = sql_service
     app.state.snapshots = snapshot_service
+    app.state.iam = iam_service
     app.state.inline_reads = jobs_service.reads_never_wait
     return app

@@ -8,6 +8,7 @@ import time
 from starlette.requests import Request
 
 from beamport import wire
+from beamport.http.auth import principal_of
 from beamport.http.protocol import api, call, id_param, location_param, project_param, read, read_json
 
 
@@ -58,13 +59,18 @@ async def lease(request: Request) -> dict:
     body = await read_json(request)
     if job_id != "-":
         return await call(_service(request).lease, project, location, job_id, body)
+    # A worker leases only the work of projects it is bound to (every project: None).
+    projects = None
+    if project == "-":
+        principal = await principal_of(request)
+        projects = await read(request, request.app.state.iam.projects_with, principal, "dataflow.workItems.lease")
     # A worker asking for any job's work waits here (up to LEASE_WAIT_S) for work to appear, woken when a
     # job is created or work is put back, instead of polling: idle workers cost the server next to nothing,
     # and a new job is leased at once.
     deadline = time.monotonic() + LEASE_WAIT_S
     while True:
         available = request.app.state.work_available
-        answer = await call(_service(request).lease, project, location, job_id, body)
+        answer = await call(_service(request).lease, project, location, job_id, body, projects)
         remaining = deadline - time.monotonic()
         if answer or remaining <= 0:
             return answer

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from beamport.errors import invalid_argument
+from beamport.http.auth import principal_of
 from beamport.http.protocol import api, call, location_param, project_param, read_json
 
 
@@ -49,5 +50,6 @@ async def create(request: Request) -> dict:
 async def launch_flex(request: Request) -> dict:
     project, location = project_param(request), location_param(request)
     body = await read_json(request)
-    # In the thread pool: the launch waits for the template's launcher to submit its job.
-    return await call(request.app.state.flex_templates.launch, project, location, body)
+    principal = await principal_of(request)
+    # In the thread pool: the launch waits for the template's launcher to submit its job (as the caller).
+    return await call(request.app.state.flex_templates.launch, project, location, body, principal)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from beamport.errors import invalid_argument
+from beamport.http.auth import principal_of
 from beamport.http.protocol import api, call, id_param, location_param, project_param, read, read_json
 
 
@@ -36,8 +37,9 @@ async def list_workers(request: Request) -> dict:
     if job_id is not None and not job_id.replace("-", "").replace("_", "").isalnum():
         raise invalid_argument(f"Invalid jobId {job_id!r}")
     include_gone = request.query_params.get("all", "false").lower() in ("1", "true")
+    projects = await _visible_projects(request, "dataflow.workers.list")
     # In the thread pool: a long list reads each live worker's work item too.
-    return await call(_registry(request).list_workers, job_id, include_gone)
+    return await call(_registry(request).list_workers, job_id, include_gone, projects=projects)
 
 
 @api
@@ -45,4 +47,11 @@ async def get_worker(request: Request) -> dict:
     worker_id = request.path_params["workerId"]
     if not worker_id or len(worker_id) > 256:
         raise invalid_argument("Invalid workerId")
-    return await read(request, _registry(request).get_worker, worker_id)
+    projects = await _visible_projects(request, "dataflow.workers.get")
+    return await read(request, _registry(request).get_worker, worker_id, projects)
+
+
+async def _visible_projects(request: Request, permission: str) -> set[str] | None:
+    """The projects whose workers the caller may see (None: every project's)."""
+    principal = await principal_of(request)
+    return await read(request, request.app.state.iam.projects_with, principal, permission)

@@ -113,8 +113,9 @@ class ExecutionService:
 
     # -- the work-item protocol -------------------------------------------------
 
-    def lease(self, project_id: str, location: str, job_id: str, body: dict) -> dict:
-        """Lease work of a job, or with `-` for the job (and project, location) of any job that has some."""
+    def lease(self, project_id: str, location: str, job_id: str, body: dict, projects: set[str] | None = None) -> dict:
+        """Lease work of a job, or with `-` for the job (and project, location) of any job that has some (of
+        `projects` only, unless None)."""
         request = schema.check(body, "LeaseWorkItemRequest")
         worker_id = request.get("workerId")
         if not worker_id:
@@ -127,7 +128,7 @@ class ExecutionService:
             return {}  # abandoned: a broken worker gets no more work (a worker that shut down and leases
             # again is a new process under the same name: it may)
         for _ in range(_RETRIES):
-            found = self._leasable(project_id, location, job_id)
+            found = self._leasable(project_id, location, job_id, projects)
             if found is None:
                 return {}
             job, item = found
@@ -172,7 +173,9 @@ class ExecutionService:
             return {"workItems": [self._render_item(job, doc, item, workers)]}
         raise ApiError("ABORTED", f"Too much contention leasing work of job {job_id}; try again.")
 
-    def _leasable(self, project_id: str, location: str, job_id: str) -> tuple[JobRecord, WorkItemRecord] | None:
+    def _leasable(
+        self, project_id: str, location: str, job_id: str, projects: set[str] | None = None
+    ) -> tuple[JobRecord, WorkItemRecord] | None:
         """The oldest pending work item of the job (or of any job the wildcards match), with its job."""
         if job_id != ANY:
             job = load_job(self.store, project_id, location, job_id)
@@ -183,6 +186,8 @@ class ExecutionService:
         for item in self.store.list_work_items_in_state(WORK_PENDING, 1000):
             job = self.store.get_job(None if project_id == ANY else project_id, item.job_id)
             if job is None or not job.active or (location != ANY and job.location != location):
+                continue
+            if projects is not None and job.project_id not in projects:
                 continue
             if document(job).get("currentState") not in _STOP_STATES:
                 return job, item

@@ -27,23 +27,27 @@ import orjson
 
 from beamport import schema, wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument, unimplemented
+from beamport.credentials import CREDENTIALS_VARIABLE
 from beamport.files import FilePolicy
+from beamport.service.iam import ANONYMOUS, IamService, Principal
 from beamport.lazy_imports import beam_module
 from beamport.service.jobs import JobService
 from beamport.service.templates import check_parameters, check_path_parameters, environment_warnings, pipeline_options
 
 LAUNCH_TIMEOUT_S = 300.0  # for the launcher to submit its job
+LAUNCHER_KEY_S = 3600.0  # how long a launcher may act for its caller
 
 
 class FlexTemplateService:
-    def __init__(self, jobs: JobService, files: FilePolicy, endpoint: str, work_dir: Path):
+    def __init__(self, jobs: JobService, files: FilePolicy, endpoint: str, work_dir: Path, iam: IamService | None = None):
         self.jobs = jobs
+        self.iam = iam
         self.files = files
         # Beam stages locally and uses REST only when the endpoint's host is "localhost".
         self.endpoint = endpoint.replace("127.0.0.1", "localhost")
         self.work_dir = work_dir
 
-    def launch(self, project_id: str, location: str, body: dict) -> dict:
+    def launch(self, project_id: str, location: str, body: dict, principal: Principal = ANONYMOUS) -> dict:
         request = schema.check(body, "LaunchFlexTemplateRequest")
         launch = request.get("launchParameter") or {}
         job_name = launch.get("jobName")
@@ -58,7 +62,7 @@ class FlexTemplateService:
         environment = {**(spec.get("defaultEnvironment") or {}), **(launch.get("environment") or {})}
         if request.get("validateOnly"):
             return {}
-        return {"job": self._run_launcher(project_id, location, job_name, launch, environment, program, spec)}
+        return {"job": self._run_launcher(project_id, location, job_name, launch, environment, program, spec, principal)}
 
     # -- the spec and the program ------------------------------------------------------------
 
@@ -124,7 +128,8 @@ class FlexTemplateService:
     # -- running the launcher -------------------------------------------------------------------
 
     def _run_launcher(
-        self, project_id: str, location: str, job_name: str, launch: dict, environment: dict, program: dict, spec: dict
+        self, project_id: str, location: str, job_name: str, launch: dict, environment: dict, program: dict, spec: dict,
+        principal: Principal,
     ) -> dict:
         run_dir = self.work_dir / f"{job_name}-{uuid.uuid4().hex[:8]}"
         run_dir.mkdir(parents=True)
@@ -140,14 +145,31 @@ class FlexTemplateService:
             options["update"] = True
             if launch.get("transformNameMappings"):
                 options["transform_name_mapping"] = json.dumps(launch["transformNameMappings"])
+        env = {k: v for k, v in os.environ.items() if k != CREDENTIALS_VARIABLE}
+        key_id = None
+        if self.iam is not None and self.iam.enabled and principal is not ANONYMOUS:
+            # The launcher submits as the caller: a key of the caller's own account, deleted once it exits.
+            key_id, key = self.iam.temporary_key(principal, self.endpoint, LAUNCHER_KEY_S)
+            key_path = run_dir / "credentials.json"
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(key, handle)
+            env[CREDENTIALS_VARIABLE] = str(key_path)
+            options.pop("no_auth")
         args = [sys.executable, *program["args"], *_flags(options)]
         log_path = run_dir / "launcher.log"
         started_us = wire.now_us()
         with open(log_path, "wb") as log:
             process = subprocess.Popen(args, cwd=program["cwd"] or str(run_dir), stdout=log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **program["env"]}, start_new_session=True)  # fmt: skip
-        # Reap it whenever it ends (a program that waits for its job runs on until the job ends).
-        threading.Thread(target=process.wait, name=f"flex-launcher-{job_name}", daemon=True).start()
+                                       env={**env, **program["env"]}, start_new_session=True)  # fmt: skip
+
+        def reap() -> None:  # whenever it ends (a program that waits for its job runs on until the job ends)
+            process.wait()
+            if key_id is not None:
+                self.iam.drop_temporary_key(principal, key_id)
+                (run_dir / "credentials.json").unlink(missing_ok=True)
+
+        threading.Thread(target=reap, name=f"flex-launcher-{job_name}", daemon=True).start()
         deadline = time.monotonic() + LAUNCH_TIMEOUT_S
         while time.monotonic() < deadline:
             job = self.jobs.newest_job_named(project_id, location, job_name, started_us)

@@ -264,17 +264,22 @@ class WorkerRegistry:
 
     # -- what the API and the CLI show -------------------------------------------------------------
 
-    def list_workers(self, job_id: str | None = None, include_gone: bool = False, limit: int = 1000) -> dict:
+    def list_workers(
+        self, job_id: str | None = None, include_gone: bool = False, limit: int = 1000, projects: set[str] | None = None
+    ) -> dict:
+        """The registry's workers (of jobs of `projects` only, unless None)."""
         states = () if include_gone else WORKER_LIVE_STATES
         workers = self.store.list_workers(job_id, states, limit)
+        if projects is not None:
+            workers = [w for w in workers if w.project_id in projects]
         # The progress of the work each live worker holds (workers that left hold none).
         items = {w.work_item_id: self.store.get_work_item(w.work_item_id) for w in workers
                  if w.work_item_id and w.state in WORKER_LIVE_STATES}  # fmt: skip
         return {"workers": [self.render(w, items.get(w.work_item_id)) for w in workers]}
 
-    def get_worker(self, worker_id: str) -> dict:
+    def get_worker(self, worker_id: str, projects: set[str] | None = None) -> dict:
         worker = self.store.get_workers([worker_id]).get(worker_id)
-        if worker is None:
+        if worker is None or (projects is not None and worker.project_id not in projects):
             raise not_found(f"Worker {worker_id!r} is not known to this service.")
         item = self.store.get_work_item(worker.work_item_id) if worker.work_item_id else None
         out = self.render(worker, item)

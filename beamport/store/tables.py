@@ -199,3 +199,65 @@ snapshots = Table(
     Index("ix_snapshots_expire", "expire_us"),
     Index("ix_snapshots_state_create", "state", "create_us"),
 )
+
+# Identity and access (docs/security.md): service accounts, their public keys, policies, issued tokens, audit.
+service_accounts = Table(
+    "service_accounts",
+    metadata,
+    Column("email", String(256), primary_key=True),
+    Column("project_id", String(128), nullable=False),
+    Column("display_name", String(256), nullable=False, server_default=""),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("create_us", BigInteger, nullable=False),
+    Index("ix_service_accounts_project", "project_id", "email"),
+)
+
+# Only public keys are kept: a key's private half is handed out once, when it is created.
+service_account_keys = Table(
+    "service_account_keys",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("email", String(256), nullable=False),
+    Column("public_key", Text, nullable=False),  # PEM
+    Column("create_us", BigInteger, nullable=False),
+    Column("expire_us", BigInteger, nullable=True),  # validBeforeTime; None: does not expire
+    Index("ix_service_account_keys_email", "email"),
+)
+
+# A resource's IAM policy (a project, or "*": every project) as Google's Policy JSON, version-checked.
+iam_policies = Table(
+    "iam_policies",
+    metadata,
+    Column("resource", String(128), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("bindings", Text, nullable=False),  # JSON: [{"role": ..., "members": [...]}]
+)
+
+# Access tokens answered at the token endpoint, by their SHA-256 (the tokens themselves are never kept).
+access_tokens = Table(
+    "access_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("email", String(256), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("expire_us", BigInteger, nullable=False),
+    Index("ix_access_tokens_key", "key_id"),
+    Index("ix_access_tokens_expire", "expire_us"),
+)
+
+# Admin activity, as Cloud Audit Logs keeps it: every state-changing call, and every refused one.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("time_us", BigInteger, nullable=False),
+    Column("project_id", String(128), nullable=False),  # "" for calls on no project (e.g. a token request)
+    Column("principal", String(256), nullable=False),  # the caller's email, "anonymous", or "" when unknown
+    Column("method", String(128), nullable=False),  # e.g. dataflow.jobs.create
+    Column("resource", Text, nullable=False),  # the request path
+    Column("status", String(32), nullable=False),  # OK or a google.rpc.Code name
+    Column("message", Text, nullable=False, server_default=""),
+    Column("caller_ip", String(64), nullable=False, server_default=""),
+    Index("ix_audit_log_project_seq", "project_id", "seq"),
+    sqlite_autoincrement=True,
+)

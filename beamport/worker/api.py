@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx
 
 from beamport import wire
+from beamport.credentials import KeyFileAuth
 from beamport.protocol import CONTAINER_TYPE, LABEL_JOB, LABEL_WORK_ITEM, LABEL_WORKER, WORK_ITEM_TYPE
 
 ANY = "-"  # AIP-159 wildcard: lease the work of any job (of any project, in any location)
@@ -47,8 +48,9 @@ class Work:
 
 
 class WorkerApi:
-    def __init__(self, endpoint: str, worker_id: str, labels: dict[str, str] | None = None):
-        self.http = httpx.Client(base_url=endpoint.rstrip("/"), timeout=60)
+    def __init__(self, endpoint: str, worker_id: str, labels: dict[str, str] | None = None, credentials: str | None = None):
+        # A worker's own key (roles/dataflow.worker); none against a server run with --no-auth.
+        self.http = httpx.Client(base_url=endpoint.rstrip("/"), timeout=60, auth=KeyFileAuth(credentials) if credentials else None)
         self.worker_id = worker_id
         self.extra_labels = labels or {}
 

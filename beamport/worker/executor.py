@@ -209,10 +209,11 @@ def execute(assignment: dict) -> int:
 
     work = Work(**assignment["work"])
     work_config = json.loads(work.config or "{}")
-    api = WorkerApi(assignment["endpoint"], assignment["worker_id"], assignment.get("labels"))
+    api = WorkerApi(assignment["endpoint"], assignment["worker_id"], assignment.get("labels"), assignment.get("credentials"))
     status = os.fdopen(assignment["status_fd"], "w", buffering=1) if assignment.get("status_fd") else None
     container_start_us = assignment.get("container_start_us") or wire.now_us()
     allow_paths = [Path(p) for p in assignment.get("allow_paths", [])]
+    files = FilePolicy(allow_paths, [Path(p) for p in assignment.get("deny_paths", [])])
     reporter = Reporter(api, work)
     reporter.code(CODE_HARNESS_STARTED, {"pid": os.getpid(), "attempt": work.attempt,
                                          "engine": work_config.get("engine", "embedded")})  # fmt: skip
@@ -226,7 +227,7 @@ def execute(assignment: dict) -> int:
             try:
                 job = api.get_job(work)
                 reporter.planned_stages = len((job.get("pipelineDescription") or {}).get("executionPipelineStage", []))
-                staged, warnings = stage_job(job, FilePolicy(allow_paths), engine=work_config.get("engine", "embedded"),
+                staged, warnings = stage_job(job, files, engine=work_config.get("engine", "embedded"),
                                              pipeline_bytes=api.get_pipeline(work))  # fmt: skip
             except Exception as exc:
                 reporter.code(CODE_STAGING_FAILED, {"error": getattr(exc, "message", None) or str(exc)})

@@ -45,12 +45,16 @@ class Worker:
         once: bool = False,
         preemptible: bool = False,
         poll_s: float = 0.25,
+        credentials: Path | None = None,
+        deny_paths: list[Path] = (),
     ):
         self.endpoint = endpoint
+        self.credentials = str(credentials) if credentials else None
+        self.deny_paths = [str(p) for p in deny_paths]
         self.data_dir = data_dir
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.labels = {"HOST": socket.gethostname(), "CONTAINER_ID": str(os.getpid())}
-        self.api = WorkerApi(endpoint, self.worker_id, self.labels)
+        self.api = WorkerApi(endpoint, self.worker_id, self.labels, self.credentials)
         self.allow_paths = [str(p) for p in allow_paths]
         self.sdk_workers = sdk_workers
         self.target = (project, location, job_id)
@@ -117,6 +121,8 @@ class Worker:
             "status_fd": executor.status_fd,
             "container_start_us": self.container_start_us,
             "allow_paths": self.allow_paths,
+            "deny_paths": self.deny_paths,
+            "credentials": self.credentials,
             "sdk_workers": self.sdk_workers,
         }
         try:

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from beamport.credentials import CREDENTIALS_VARIABLE
 from beamport.service.execution import ExecutionService
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,11 @@ class LocalWorkerPool:
         data_dir: Path,
         sdk_workers: int = 1,
         tick_s: float = 0.1,
+        credentials: Path | None = None,
+        private_paths: list[Path] = (),
     ):
+        self.credentials = credentials  # the local workers' key (None: the server runs without authentication)
+        self.private_paths = private_paths
         self.execution = execution
         self.endpoint = endpoint
         self.size = size
@@ -112,11 +117,17 @@ class LocalWorkerPool:
                 "--data-dir", str(data_dir), "--sdk-workers", str(self.sdk_workers), "--poll-interval", "0.1"]  # fmt: skip
         for path in self.allow_paths:
             args += ["--allow-path", str(path)]
+        for path in self.private_paths:
+            args += ["--deny-path", str(path)]
+        if self.credentials:
+            args += ["--credentials", str(self.credentials)]
         log_path = data_dir / "worker.log"
         with open(log_path, "ab") as out:
             # Its own session: the server's signals (Ctrl-C) are not the worker's.
+            # Its credentials are the pool's to give: never the key of whoever started the server.
+            env = {k: v for k, v in os.environ.items() if k != CREDENTIALS_VARIABLE}
             process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)  # fmt: skip
+                                       start_new_session=True, env=env)  # fmt: skip
         (self.run_dir / f"{worker_id}.pid").write_text(str(process.pid))
         self._spawned_at = time.monotonic()
         log.info("local worker %s started (pid %d)", worker_id, process.pid)

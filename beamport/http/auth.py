@@ -1,0 +1,75 @@
+"""Who calls, and may they: every route of the API is wrapped with the permission it needs.
+
+The caller is named by a bearer token (an access token from the token endpoint, or a JWT self-signed with a
+service-account key) or, for the console, by its session cookie, whose state-changing calls must also carry
+the session's CSRF token. The permission is checked on the project in the path; refusals and state changes
+go to the audit log. The decisions themselves are the IAM service's (service/iam.py).
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from beamport.errors import ApiError
+from beamport.http.protocol import call, error_response, read
+from beamport.service.iam import Principal
+
+SESSION_COOKIE = "beamport_session"
+CSRF_HEADER = "x-csrf-token"
+PRINCIPAL = "beamport.principal"  # where the caller is kept in the request's scope
+# The worker protocol's calls come every few seconds from every worker: audited only when refused (as Cloud
+# Audit Logs keeps them out of admin activity).
+_NOT_AUDITED = frozenset({"dataflow.workItems.lease", "dataflow.workItems.update", "dataflow.workItems.sendMessage"})
+
+
+async def principal_of(request: Request) -> Principal | None:
+    """The authenticated caller (cached in the request), None if it sent no credentials; raises UNAUTHENTICATED
+    for invalid ones and PERMISSION_DENIED for a console call without its CSRF token."""
+    if PRINCIPAL in request.scope:
+        return request.scope[PRINCIPAL]
+    iam = request.app.state.iam
+    header = request.headers.get("authorization")
+    principal = iam.cached(header)
+    if principal is None and (header or not iam.enabled):
+        principal = await read(request, iam.authenticate, header, request.headers.get("host", ""))
+    elif principal is None and SESSION_COOKIE in request.cookies:
+        principal = iam.session(request.cookies[SESSION_COOKIE])
+        if principal is not None and request.method not in ("GET", "HEAD"):
+            if request.headers.get(CSRF_HEADER) != principal.csrf:
+                raise ApiError("PERMISSION_DENIED", "A console request that changes state must carry its CSRF token.")
+    request.scope[PRINCIPAL] = principal
+    return principal
+
+
+def allow(permission: str, endpoint):
+    """The endpoint, answered only to callers that hold `permission` on the path's project."""
+    audited = permission not in _NOT_AUDITED
+
+    async def guarded(request: Request) -> Response:
+        iam = request.app.state.iam
+        project = request.path_params.get("projectId")
+        principal = None
+        try:
+            principal = await principal_of(request)
+            await read(request, iam.authorize, principal, permission, project)
+        except ApiError as error:
+            await _audit(request, principal, permission, project, error.status, error.message)
+            return error_response(error)
+        response = await endpoint(request)
+        if audited and request.method not in ("GET", "HEAD"):
+            status, message = "OK", ""
+            if response.status_code != 200:
+                error = orjson.loads(response.body).get("error", {})
+                status, message = error.get("status", "UNKNOWN"), error.get("message", "")
+            await _audit(request, principal, permission, project, status, message)
+        return response
+
+    guarded.__name__ = getattr(endpoint, "__name__", "endpoint")
+    return guarded
+
+
+async def _audit(request: Request, principal, method: str, project, status: str, message: str) -> None:
+    client = request.client.host if request.client else ""
+    await call(request.app.state.iam.audit, principal, method, project or "", request.url.path, status, message, client)
