@@ -1,16 +1,23 @@
 """The web console, end to end in headless Chromium (Debian's, never one a test tool downloads): submit a
 pipeline, watch it run, see its graph with counts and its logs, cancel it from the page; launch a template
-through its form. The pages must never fire an API call that fails unexpectedly."""
+through its form; sign in with the one-time link of a server with authentication on, and change state only
+with the session's CSRF token. The pages must never fire an API call that fails unexpectedly."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Api, Server
+from beamport.credentials import KeyFileAuth
+from beamport.service.iam import ADMIN_EMAIL
+from conftest import CREDENTIALS, Api, Server
 from test_running_jobs import PIPELINES, dataflow_flags, read_output, run, wait_state
 
 pytestmark = pytest.mark.slow
@@ -126,4 +133,132 @@ def test_a_failed_step_is_highlighted(console_server, project, page):
     page.locator("#job-state", has_text="FAILED").wait_for()
     page.locator("#graph g.node.failed[data-name='Map(explode)']").wait_for()
     page.locator("#logs", has_text="boom on element 3").first.wait_for()
+    assert page.failures == []
+
+
+# -- signing in (authentication on) -------------------------------------------------------------------
+
+
+@pytest.fixture
+def auth_server(tmp_path):
+    base = tmp_path
+    srv = Server(base / "data", extra_args=("--allow-path", str(base)), auth=True).start()
+    yield srv, base
+    if srv.process is not None:
+        srv.stop()
+
+
+def sign_in_link(srv: Server) -> str:
+    """The newest one-time link `beamport serve` logged at start."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        links = re.findall(r"Console \(one-time sign-in link\): (\S+)", srv.log_path.read_text())
+        if links:
+            return links[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"no sign-in link in the server's log:\n{srv.log_path.read_text()}")
+
+
+def run_authenticated(srv: Server, args: list[str]) -> subprocess.CompletedProcess:
+    """A DataflowRunner submission that authenticates with the server's admin key (as a user would)."""
+    flags = [f for f in args if f != "--no_auth"]
+    env = {**os.environ, CREDENTIALS: str(srv.admin_key)}
+    done = subprocess.run([sys.executable, *flags], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def is_api(url: str) -> bool:
+    path = url.split("://", 1)[1].split("/", 1)[1] if "://" in url else url
+    return path.startswith(("v1b3/", "v1/", "beamport/v1/", "token"))
+
+
+def test_sign_in_with_the_one_time_link_and_cancel_with_the_csrf_token(auth_server, project, page):
+    srv, base = auth_server
+    api = Api(srv.url, project)
+    api.client.auth = KeyFileAuth(srv.admin_key)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    requests = []
+    page.on("request", lambda r: is_api(r.url) and requests.append(r))
+
+    # Without a session: the sign-in view, and no API call but the session's.
+    page.goto(f"{srv.url}/#/jobs")
+    page.locator("#signin", has_text="Sign in to Beamport").wait_for()
+    assert page.locator("#signin", has_text="beamport console link").count() == 1
+    assert page.locator("nav").is_hidden()
+    page.wait_for_timeout(2500)  # longer than a refresh: nothing else is asked
+    assert {r.url.split("?")[0] for r in requests} == {f"{srv.url}/beamport/v1/session"}
+    assert {f for f in page.failures} == {(401, f"{srv.url}/beamport/v1/session")}
+    page.screenshot(path=str(ARTIFACTS / "console-sign-in.png"), full_page=True)
+    page.failures.clear()
+
+    # A running batch job, submitted with the admin key.
+    done = run_authenticated(srv, [str(PIPELINES / "shuffled_slow_pipeline.py"), "120", str(base / "out" / "slow"),
+                                   *dataflow_flags(srv, project, base, "console-signed-in")])  # fmt: skip
+    job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
+
+    # The link signs the browser in (an HttpOnly, SameSite=Strict cookie) and opens the console.
+    link = sign_in_link(srv)
+    page.goto(link)
+    assert page.url == f"{srv.url}/"
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == "beamport_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    page.locator("#principal", has_text=ADMIN_EMAIL).wait_for()
+    page.fill("#project", project)
+    page.press("#project", "Enter")
+    row = page.locator("#jobs tbody tr", has_text="console-signed-in")
+    row.locator("text=RUNNING").wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "console-signed-in.png"), full_page=True)
+    token = page.evaluate("async () => (await (await fetch('/beamport/v1/session')).json()).csrfToken")
+    assert token
+
+    # Cancel from the page: its PUT carries the session's CSRF token.
+    row.locator("a").click()
+    page.locator("#job-state", has_text="RUNNING").wait_for()
+    page.once("dialog", lambda dialog: dialog.accept())
+    with page.expect_request(lambda r: r.method == "PUT" and r.url.endswith(f"/jobs/{job_id}")) as sent:
+        page.click("button:has-text('Cancel')")
+    assert sent.value.headers.get("x-csrf-token") == token
+    page.locator("#job-state", has_text="CANCELLED").wait_for(timeout=15_000)
+    assert api.get(job_id).json()["currentState"] == "JOB_STATE_CANCELLED"
+    assert page.failures == []
+
+    # The same call from the page without the token is refused.
+    job_path = f"/v1b3/projects/{project}/locations/us-central1/jobs/{job_id}"
+    status, message = page.evaluate(
+        """async (path) => {
+            const r = await fetch(path, {method: "PUT", headers: {"Content-Type": "application/json"},
+                                         body: JSON.stringify({requestedState: "JOB_STATE_CANCELLED"})});
+            return [r.status, ((await r.json()).error || {}).message];
+        }""",
+        job_path,
+    )
+    assert (status, message) == (403, "A console request that changes state must carry its CSRF token.")
+    assert page.failures == [(403, f"{srv.url}{job_path}")]
+    page.failures.clear()
+
+    # A link works once.
+    second = page.goto(link)
+    assert second.status == 401
+    assert "used already" in page.content()
+    page.failures.clear()
+
+    # The session ends with the server (sessions live in its memory): the open page shows the sign-in view.
+    page.goto(f"{srv.url}/#/jobs")
+    page.locator("#principal", has_text=ADMIN_EMAIL).wait_for()
+    row.locator("text=CANCELLED").wait_for()
+    srv.stop()
+    srv.start()
+    page.locator("#signin", has_text="session has ended").wait_for(timeout=15_000)
+    assert page.locator("#principal").count() == 0
+    assert page.failures and all(status == 401 for status, _ in page.failures), page.failures
+    page.failures.clear()
+
+    # Signed in again in another tab (the restarted server's new link): Continue picks the session up.
+    other = page.context.new_page()
+    other.goto(sign_in_link(srv))
+    other.close()
+    page.click("#signin-continue")
+    page.locator("#principal", has_text=ADMIN_EMAIL).wait_for()
+    page.locator("#jobs tbody tr", has_text="console-signed-in").locator("text=CANCELLED").wait_for()
     assert page.failures == []

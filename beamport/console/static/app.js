@@ -18,17 +18,51 @@ const project = () => encodeURIComponent(projectInput.value.trim() || "demo");
 
 class ApiError extends Error {}
 
-async function api(path, options = {}) {
-  const response = await fetch(path, {
-    ...options,
-    headers: { "Content-Type": "application/json", ...(options.headers || {}) },
-  });
+// The console's session (docs/console.md): who is signed in, and the CSRF token that every call changing
+// state must carry (the server refuses them without it). Without authentication (serve --no-auth) the
+// principal is "anonymous" and there is no token.
+const session = { principal: null, authentication: null, csrfToken: null, signedOut: false };
+const SAFE = new Set(["GET", "HEAD"]);
+
+async function api(path, options = {}, retried = false) {
+  if (session.signedOut) throw new ApiError("UNAUTHENTICATED: not signed in.");
+  const method = (options.method || "GET").toUpperCase();
+  const headers = { "Content-Type": "application/json", ...(options.headers || {}) };
+  if (session.csrfToken && !SAFE.has(method)) headers["X-CSRF-Token"] = session.csrfToken;
+  const response = await fetch(path, { ...options, headers, credentials: "same-origin" });
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const error = body.error || {};
+    if (response.status === 401) signedOut();
+    // Signed in again in another tab (a new session, a new token): take the new token and try once more.
+    else if (response.status === 403 && !SAFE.has(method) && !retried && session.csrfToken) {
+      const before = session.csrfToken;
+      const signedIn = await loadSession().catch(() => null);
+      if (signedIn === false) signedOut();
+      else if (signedIn && session.csrfToken !== before) return api(path, options, true);
+    }
     throw new ApiError(`${error.status || response.status}: ${error.message || response.statusText}`);
   }
   return body;
+}
+
+// GET /beamport/v1/session: true when signed in (or authentication is off), false when not (401).
+async function loadSession() {
+  const response = await fetch("/beamport/v1/session", { credentials: "same-origin" });
+  const body = await response.json().catch(() => ({}));
+  if (response.status === 401) return false;
+  if (!response.ok) throw new ApiError(`${(body.error || {}).status || response.status}: ${(body.error || {}).message || response.statusText}`);
+  Object.assign(session, { principal: body.principal, authentication: body.authentication, csrfToken: body.csrfToken || null, signedOut: false });
+  renderWho();
+  return true;
+}
+
+function renderWho() {
+  const who = document.getElementById("who");
+  if (session.signedOut || !session.principal) { who.replaceChildren(); return; }
+  who.replaceChildren(session.authentication === "off"
+    ? h("span", { class: "warn", title: "The server runs with --no-auth: anyone who reaches it may use it." }, "Authentication off (anonymous)")
+    : h("span", { title: "Signed in to this console" }, "Signed in as ", h("strong", { id: "principal" }, session.principal)));
 }
 
 function h(tag, attrs = {}, ...children) {
@@ -85,6 +119,7 @@ const routes = [
 
 function route() {
   clearInterval(timer);
+  if (session.signedOut) return;
   const hash = location.hash || "#/jobs";
   for (const link of document.querySelectorAll("nav a")) link.classList.toggle("active", hash.startsWith(link.getAttribute("href")));
   for (const [pattern, view] of routes) {
@@ -511,4 +546,60 @@ function sqlPage() {
   }
 }
 
-route();
+// -- signing in ----------------------------------------------------------------------------------
+
+// Not signed in (no session, or it ended: expired, or the server restarted): the sign-in view instead of
+// the console, and no API call until a session exists.
+function signedOut(ended = true) {
+  clearInterval(timer);
+  if (session.signedOut) return;
+  Object.assign(session, { signedOut: true, principal: null, csrfToken: null });
+  document.body.classList.add("signed-out");
+  renderWho();
+  signInPage(ended);
+}
+
+function signInPage(ended) {
+  const status = h("p", { class: "muted", id: "signin-status", "aria-live": "polite" });
+  const command = `GOOGLE_APPLICATION_CREDENTIALS=admin-key.json \\\n  beamport console link --endpoint ${location.origin}`;
+  main.replaceChildren(h("section", { class: "signin", id: "signin" },
+    h("h1", {}, "Sign in to Beamport"),
+    ended ? h("p", { class: "error" }, "Your console session has ended: it expired, or the server restarted.")
+      : h("p", {}, "This server asks who you are before it shows or changes anything."),
+    h("ol", {},
+      h("li", {}, "Open the one-time sign-in link that ", h("code", {}, "beamport serve"), " printed when it started, on the line ",
+        h("code", {}, "Console (one-time sign-in link): …/console/signin?code=…"), ". A link works once."),
+      h("li", {}, "Or get a new link with a service-account key file (the server's admin key is ", h("code", {}, "admin-key.json"),
+        " in its data directory), and open it:", h("pre", {}, command))),
+    h("p", {}, "Opened the link in another tab? ", h("button", { id: "signin-continue", onclick: () => resume(true) }, "Continue")),
+    status));
+  main.focus();
+}
+
+// After signing in elsewhere (another tab shares the cookie): back to the console. `asked`: from the button.
+async function resume(asked = false) {
+  let signedIn = false;
+  try { signedIn = await loadSession(); } catch (error) { signedIn = false; }
+  if (!signedIn) {
+    const status = document.getElementById("signin-status");
+    if (status && asked) status.textContent = "Still not signed in: open a sign-in link first.";
+    return;
+  }
+  document.body.classList.remove("signed-out");
+  route();
+}
+window.addEventListener("focus", () => { if (session.signedOut) resume(); });
+
+async function start() {
+  let signedIn;
+  try { signedIn = await loadSession(); }
+  catch (error) {
+    main.replaceChildren(h("h1", {}, "Beamport"), h("p", { class: "error" }, `The server did not answer as expected: ${error.message}`),
+      h("button", { onclick: start }, "Try again"));
+    return;
+  }
+  if (signedIn) route();
+  else signedOut(false);
+}
+
+start();
