@@ -287,6 +287,81 @@ class DataflowClient:
             if not token:
                 return
 
+    # -- identity and access (IAM v1, Resource Manager v1 and Beamport's own audit log and console link) ----
+
+    @staticmethod
+    def _account_path(email: str) -> str:
+        """A service account by its email alone: `-` for the project, as Google's IAM API allows."""
+        return f"/v1/projects/-/serviceAccounts/{quote(email, safe='@')}"
+
+    def create_service_account(
+        self, project: str, account_id: str, display_name: str | None = None, description: str | None = None
+    ) -> dict:
+        details = {k: v for k, v in (("displayName", display_name), ("description", description)) if v}
+        body = {"accountId": account_id, "serviceAccount": details}
+        return self._request("POST", f"/v1/projects/{quote(project, safe='')}/serviceAccounts", json=body)
+
+    def list_service_accounts(self, project: str) -> list[dict]:
+        return self._request("GET", f"/v1/projects/{quote(project, safe='')}/serviceAccounts").get("accounts", [])
+
+    def get_service_account(self, email: str) -> dict:
+        return self._request("GET", self._account_path(email))
+
+    def delete_service_account(self, email: str) -> dict:
+        return self._request("DELETE", self._account_path(email))
+
+    def create_service_account_key(self, email: str) -> dict:
+        """A new key; the answer's privateKeyData (base64 of the key file) is the only copy of its private half."""
+        return self._request("POST", self._account_path(email) + "/keys", json={})
+
+    def list_service_account_keys(self, email: str) -> list[dict]:
+        return self._request("GET", self._account_path(email) + "/keys").get("keys", [])
+
+    def delete_service_account_key(self, email: str, key_id: str) -> dict:
+        return self._request("DELETE", f"{self._account_path(email)}/keys/{quote(key_id, safe='')}")
+
+    @staticmethod
+    def _policy_path(resource: str) -> str:
+        """`projects/P` or `organizations/O` -> /v1/projects/P (the verb is appended)."""
+        kind, _, name = resource.partition("/")
+        return f"/v1/{kind}/{quote(name, safe='')}"
+
+    def get_iam_policy(self, resource: str) -> dict:
+        """The IAM policy of `projects/P` or `organizations/O`, with its etag."""
+        return self._request("POST", self._policy_path(resource) + ":getIamPolicy", json={})
+
+    def set_iam_policy(self, resource: str, policy: dict) -> dict:
+        """Replace the policy; an etag in it that is no longer current is refused with ABORTED (409)."""
+        return self._request("POST", self._policy_path(resource) + ":setIamPolicy", json={"policy": policy})
+
+    def list_audit_logs_page(
+        self, project: str | None, page_size: int | None = None, page_token: str | None = None
+    ) -> dict:
+        """One page of audit log entries, newest first; project None: every project's (and the organization's)."""
+        path = "/beamport/v1/auditLogs"
+        if project is not None:
+            path = f"/beamport/v1/projects/{quote(project, safe='')}/auditLogs"
+        return self._request("GET", path, {"pageSize": page_size, "pageToken": page_token})
+
+    def iter_audit_logs(self, project: str | None, limit: int | None = None) -> Iterator[dict]:
+        """Audit log entries, newest first, following nextPageToken until `limit` entries (None: all)."""
+        count, token = 0, None
+        while limit is None or count < limit:
+            size = MAX_PAGE_SIZE if limit is None else min(limit - count, MAX_PAGE_SIZE)
+            page = self.list_audit_logs_page(project, size, token)
+            for entry in page.get("entries", []):
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                yield entry
+            token = page.get("nextPageToken")
+            if not token:
+                return
+
+    def console_sign_in_link(self) -> str:
+        """A one-time link that signs the web console in as the caller."""
+        return self._request("POST", "/beamport/v1/session:link", json={})["url"]
+
 
 class MessageFollower:
     """Reads a job's messages as they come, each once, and notices when the job ends.

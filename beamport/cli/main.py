@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from beamport.cli import jobs, snapshots, sql, templates, workers as workers_cli
+from beamport.cli import iam, jobs, snapshots, sql, templates, workers as workers_cli
 from beamport.config import DEFAULT_MAX_REQUEST_BYTES, Settings
 
 app = typer.Typer(help="Beamport: the Dataflow API, self-hosted.", no_args_is_help=True, add_completion=False)
@@ -18,6 +18,11 @@ app.add_typer(templates.app, name="templates")
 app.add_typer(templates.flex_app, name="flex-template")
 app.add_typer(sql.app, name="sql")
 app.add_typer(snapshots.app, name="snapshots")
+app.add_typer(iam.app, name="iam")
+app.add_typer(iam.projects_app, name="projects")
+app.add_typer(iam.organizations_app, name="organizations")
+app.add_typer(iam.logs_app, name="logs")
+app.add_typer(iam.console_app, name="console")
 
 
 # The streaming engines (docs/engines.md), for `serve` and `worker` alike.
