@@ -7,6 +7,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from beamport.sandbox import Limits, Sandbox
+
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 
@@ -66,6 +68,15 @@ class Settings:
     auth: bool = True
     # Host names the server answers to besides IP addresses and loopback names (DNS rebinding guard).
     allowed_hosts: list[str] = field(default_factory=list)
+    # Per-project quotas on jobs (0: none): active jobs, and jobs created per minute (docs/api.md).
+    max_active_jobs: int = 25
+    max_jobs_per_minute: int = 60
+    # Seconds a client has to send a request's headers, and then its body (else 408, connection closed).
+    request_header_timeout_s: float = 10.0
+    request_body_timeout_s: float = 30.0
+    # User code under bubblewrap: auto (where installed), required, off; and each job's resource limits.
+    sandbox: str = "auto"
+    job_limits: Limits = field(default_factory=Limits)
 
     def engines(self) -> tuple[set[str], str | None]:
         """The engines this server's workers can run jobs on, and the one streaming jobs run on by default."""
@@ -87,8 +98,13 @@ class Settings:
     def private_paths(self) -> list[Path]:
         """Files under the data dir that no job, template or table may name: keys and the database."""
         data = self.data_dir.resolve()
-        return [self.admin_key_path, self.local_worker_key_path.parent,
+        return [self.admin_key_path, self.local_worker_key_path.parent, data / "pipelines", data / "workers",
                 *(data / f"beamport.db{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))]  # fmt: skip
+
+    def user_code_sandbox(self) -> Sandbox:
+        """The sandbox this server's own user-code processes (flex launchers) run in."""
+        writable = [*self.allowed_roots(), *([self.flink.shared_dir] if self.flink else [])]
+        return Sandbox(self.sandbox, writable=writable, hidden=self.private_paths(), limits=self.job_limits)
 
     @property
     def endpoint(self) -> str:

@@ -36,6 +36,10 @@ class KeyFileAuth(httpx.Auth):
                 self.credentials.refresh(google.auth.transport.requests.Request())
             return self.credentials.token
 
+    def token(self) -> str:
+        """A valid access token (refreshed if need be)."""
+        return self._refresh()
+
     def auth_flow(self, request: httpx.Request):
         request.headers["Authorization"] = f"Bearer {self._refresh()}"
         response = yield request

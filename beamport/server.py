@@ -11,20 +11,24 @@ import uvicorn
 from beamport import wire
 from beamport.config import Settings
 from beamport.engine.control import streaming_control
+from beamport.errors import ApiError
 from beamport.files import FilePolicy
 from beamport.http.app import create_app
+from beamport.http.timeouts import BodyTimeout, header_timeout_protocol
 from beamport.lazy_imports import beam_module
 from beamport.service.execution import ExecutionService
 from beamport.service.flex_templates import FlexTemplateService
 from beamport.service.iam import ADMIN_EMAIL, IamService, Principal
 from beamport.service.jobs import JobService
 from beamport.service.notify import WorkNotifier
+from beamport.service.quotas import JobQuotas
 from beamport.service.snapshots import SnapshotService
 from beamport.service.sql import SqlService
 from beamport.service.templates import TemplateService
 from beamport.service.workers import WorkerRegistry
 from beamport.store import open_store
 from beamport.store.iam import SqlIamStore
+from beamport.sandbox import SandboxUnavailable
 from beamport.worker.pool import LocalWorkerPool
 
 log = logging.getLogger("beamport")
@@ -51,11 +55,15 @@ class Sweeper:
     expired snapshots."""
 
     def __init__(
-        self, registry: WorkerRegistry, every_s: float = SWEEP_EVERY_S, snapshots: SnapshotService | None = None
-    ):
+        self, registry: WorkerRegistry, every_s: float = SWEEP_EVERY_S, snapshots: SnapshotService | None = None,
+        check_database=None,
+    ):  # fmt: skip
         self.registry = registry
         self.every_s = every_s
         self.snapshots = snapshots
+        # The store's check that its database is still there (SQLite: the file not deleted), asked every sweep
+        # so that the server notices even while nothing is written.
+        self.check_database = check_database
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
 
@@ -69,6 +77,11 @@ class Sweeper:
     def _loop(self) -> None:
         sweeps = 0
         while not self._stop.wait(self.every_s):
+            if self.check_database is not None:
+                try:
+                    self.check_database()
+                except ApiError:  # the database is gone (the store said so, once): nothing to sweep any more
+                    continue
             try:
                 self.registry.sweep()
             except Exception:  # a database hiccup must not stop the sweeps to come
@@ -100,7 +113,7 @@ def build_app(settings: Settings, with_workers: bool = True):
         streaming_engine=streaming_engine, restore_location=snapshots.restore_location,
     )  # fmt: skip
     registry = WorkerRegistry(store, execution)
-    sweeper = Sweeper(registry, snapshots=snapshots)
+    sweeper = Sweeper(registry, snapshots=snapshots, check_database=getattr(store, "check_database", None))
     hooks: dict = {"on_startup": [sweeper.start], "on_shutdown": [sweeper.stop]}
     if with_workers and settings.local_workers > 0:
         pool = LocalWorkerPool(
@@ -112,15 +125,18 @@ def build_app(settings: Settings, with_workers: bool = True):
             sdk_workers=settings.sdk_workers_per_job,
             credentials=worker_credentials,
             private_paths=settings.private_paths(),
+            sandbox_flags=["--sandbox", settings.sandbox, *settings.job_limits.flags()],
         )
         hooks["on_startup"].append(pool.start)
         hooks["on_shutdown"].insert(0, pool.stop)
     files = FilePolicy(settings.allowed_roots(), settings.private_paths())
     jobs = JobService(store, files, work=work, streaming_engine=streaming_engine, engines_available=available,
                       restore_location=snapshots.restore_location, carry_state=snapshots.carry_state,
-                      pipelines_dir=settings.data_dir.resolve() / "pipelines")  # fmt: skip
+                      pipelines_dir=settings.data_dir.resolve() / "pipelines",
+                      quotas=JobQuotas(store, settings.max_active_jobs, settings.max_jobs_per_minute))  # fmt: skip
     templates = TemplateService(jobs, files, builtin_dir=settings.data_dir.resolve() / "templates" / "builtin")
-    flex = FlexTemplateService(jobs, files, settings.endpoint, settings.data_dir.resolve() / "templates" / "flex", iam)
+    flex = FlexTemplateService(jobs, files, settings.endpoint, settings.data_dir.resolve() / "templates" / "flex", iam,
+                               sandbox=settings.user_code_sandbox(), secrets_dir=settings.local_worker_key_path.parent)
     # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.
     hooks["on_startup"].append(threading.Thread(target=_warm_up, daemon=True).start)
     sql = SqlService(store, files, templates)
@@ -129,6 +145,12 @@ def build_app(settings: Settings, with_workers: bool = True):
 
 def serve(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sandbox = settings.user_code_sandbox()
+    try:
+        sandbox.require()
+    except SandboxUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
+    (log.info if sandbox.enabled else log.warning)("Sandbox: %s", sandbox.describe())
     app = build_app(settings)
     where = settings.database_url.split("@")[-1] if settings.database_url else settings.data_dir.resolve()
     log.info("Beamport serving the Dataflow API on http://%s:%d/v1b3/ (state: %s)", settings.host, settings.port, where)
@@ -143,11 +165,13 @@ def serve(settings: Settings) -> None:
     else:
         log.warning("Authentication is OFF (--no-auth): anyone who reaches %s may run code on this host.", settings.endpoint)
     uvicorn.run(
-        app,
+        # A request must arrive within time limits (headers, then body), or it is answered 408 and its
+        # connection closed: slow or half-sent requests cannot hold connections (http/timeouts.py).
+        BodyTimeout(app, settings.request_body_timeout_s),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=header_timeout_protocol(settings.request_header_timeout_s),
         access_log=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,

@@ -115,7 +115,11 @@ class DataflowClient:
         except httpx.HTTPError as exc:
             raise ConnectionFailure(self.endpoint, str(exc) or type(exc).__name__) from None
         except GoogleAuthError as exc:  # the key was refused at its token_uri, or that could not be reached
-            raise ClientError(f"Could not get an access token with {os.environ.get(CREDENTIALS_VARIABLE) or 'the key'}: {exc}") from None
+            key = os.environ.get(CREDENTIALS_VARIABLE) or "the key"
+            reason = exc.args[0] if exc.args else str(exc)
+            if "invalid_grant" in str(reason):  # refused: deleted, expired or not this server's key
+                raise ApiCallError("UNAUTHENTICATED", f"The key {key} was refused: {reason}", 401) from None
+            raise ClientError(f"Could not get an access token with {key}: {reason}") from None
         try:
             data = response.json()
         except ValueError:

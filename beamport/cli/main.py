@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from beamport.cli import iam, jobs, snapshots, sql, templates, workers as workers_cli
-from beamport.config import DEFAULT_MAX_REQUEST_BYTES, Settings
+from beamport.config import DEFAULT_MAX_REQUEST_BYTES, FlinkConfig, Settings
+from beamport.sandbox import MODES, Limits, Sandbox, SandboxUnavailable, parse_size
 
 app = typer.Typer(help="Beamport: the Dataflow API, self-hosted.", no_args_is_help=True, add_completion=False)
 app.add_typer(jobs.app, name="jobs")
@@ -33,6 +34,14 @@ FLINK_JOB_SERVER = typer.Option(None, envvar="BEAMPORT_FLINK_JOB_SERVER", help="
 FLINK_SDK_POOL = typer.Option(
     None, envvar="BEAMPORT_FLINK_SDK_POOL", help="host:port of the Python SDK worker pool Flink's tasks use."
 )
+# The sandbox of user code (docs/security.md), for `serve` and `worker` alike.
+SANDBOX = typer.Option(
+    "auto", envvar="BEAMPORT_SANDBOX",
+    help="Run user code under bubblewrap: auto (when installed), required (refuse to run jobs without), off.",
+)  # fmt: skip
+JOB_MEMORY = typer.Option(None, help="Memory (address space) a job's processes may use, e.g. 4G (default: no limit).")
+JOB_OPEN_FILES = typer.Option(None, help="Open files a job's process may hold (default: the system's limit).")
+JOB_PROCESSES = typer.Option(None, help="Processes of this host's user a job may start (default: the system's limit).")
 PRISM = typer.Option(
     None, envvar="BEAMPORT_PRISM",
     help="Beam's Prism binary (streaming without Flink; default: on the PATH or in Go's bin; 'none': no Prism).",
@@ -76,6 +85,20 @@ def serve(
     allowed_host: list[str] = typer.Option(
         [], help="A host name clients reach this server by (IP addresses and loopback names always work)."
     ),
+    max_active_jobs: int = typer.Option(
+        25, help="Quota: active jobs a project may have at once (Dataflow's default, 25; 0: no quota)."
+    ),
+    max_jobs_per_minute: int = typer.Option(60, help="Quota: jobs a project may create per minute (0: no quota)."),
+    request_header_timeout: float = typer.Option(
+        10.0, help="Seconds a client has to send a request's line and headers (else 408, connection closed)."
+    ),
+    request_body_timeout: float = typer.Option(
+        30.0, help="Seconds a client has to send a request's body once the server reads it (else 408)."
+    ),
+    sandbox: str = SANDBOX,
+    job_memory: Optional[str] = JOB_MEMORY,
+    job_open_files: Optional[int] = JOB_OPEN_FILES,
+    job_processes: Optional[int] = JOB_PROCESSES,
 ):
     """Serve the Dataflow v1b3 REST API, and run the jobs submitted to it."""
     from beamport.http.guard import is_loopback
@@ -104,8 +127,20 @@ def serve(
             sdk_workers_per_job=sdk_workers_per_job,
             auth=not no_auth,
             allowed_hosts=allowed_host,
+            max_active_jobs=max_active_jobs,
+            max_jobs_per_minute=max_jobs_per_minute,
+            request_header_timeout_s=request_header_timeout,
+            request_body_timeout_s=request_body_timeout,
+            sandbox=_sandbox_mode(sandbox),
+            job_limits=Limits(parse_size(job_memory), job_open_files, job_processes),
         )
     )
+
+
+def _sandbox_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise typer.BadParameter(f"--sandbox must be one of {', '.join(MODES)}, not {mode!r}")
+    return mode
 
 
 def _use_streaming_engines(master: str | None, job_server: str | None, sdk_pool: str | None, prism: Path | None) -> None:
@@ -143,6 +178,10 @@ def worker(
         help="A service-account key file (roles/dataflow.worker) to call the service with.",
     ),
     deny_path: list[Path] = typer.Option([], hidden=True, help="A path under the allowed ones jobs may not name."),
+    sandbox: str = SANDBOX,
+    job_memory: Optional[str] = JOB_MEMORY,
+    job_open_files: Optional[int] = JOB_OPEN_FILES,
+    job_processes: Optional[int] = JOB_PROCESSES,
 ):
     """Run a worker: lease work through the API, run it on its engine (embedded or Flink), report until it ends."""
     import logging
@@ -153,11 +192,22 @@ def worker(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per lease poll
     roots = [p.resolve() for p in allow_path]
+    key = credentials.resolve() if credentials else None
+    flink = FlinkConfig.from_env()
+    jail = Sandbox(_sandbox_mode(sandbox), writable=[*roots, *([flink.shared_dir] if flink else [])],
+                   hidden=[*(p.resolve() for p in deny_path), *([key] if key else [])],
+                   limits=Limits(parse_size(job_memory), job_open_files, job_processes))  # fmt: skip
+    try:
+        jail.require()
+    except SandboxUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    logging.getLogger("beamport.worker").info("worker: %s", jail.describe())
     raise typer.Exit(
         Worker(
             endpoint, data_dir.resolve(), worker_id, roots, sdk_workers, project, region, job_id,
             once=once, preemptible=preemptible, poll_s=poll_interval,
-            credentials=credentials.resolve() if credentials else None, deny_paths=[p.resolve() for p in deny_path],
+            credentials=key, deny_paths=[p.resolve() for p in deny_path], sandbox=jail,
         ).run()
     )  # fmt: skip
 

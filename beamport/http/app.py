@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from beamport.console import STATIC
 from beamport.errors import ApiError
 from beamport.http import execution, iam, jobs, snapshots, sql, templates, workers
-from beamport.http.auth import allow
+from beamport.http.auth import allow, path_project
 from beamport.http.guard import BrowserGuard
 from beamport.http.protocol import error_response
 from beamport.http.unimplemented import NO_DEBUG, not_yet
@@ -35,8 +35,8 @@ def _twins(path: str, endpoint, methods: list[str], permission: str) -> list[Rou
     return [Route(L + path, guarded, methods=methods), Route(P + path, guarded, methods=methods)]
 
 
-def _route(path: str, endpoint, methods: list[str], permission: str) -> Route:
-    return Route(path, allow(permission, endpoint), methods=methods)
+def _route(path: str, endpoint, methods: list[str], permission: str, on=path_project) -> Route:
+    return Route(path, allow(permission, endpoint, on), methods=methods)
 
 
 BP = "/beamport/v1"
@@ -91,22 +91,24 @@ def routes() -> list[Route]:
         # Identity and access (docs/security.md): IAM v1 and Resource Manager v1 shapes, the audit log.
         _route(IAM, iam.create_account, ["POST"], "iam.serviceAccounts.create"),
         _route(IAM, iam.list_accounts, ["GET"], "iam.serviceAccounts.list"),
-        _route(IAM + "/{email}", iam.get_account, ["GET"], "iam.serviceAccounts.get"),
-        _route(IAM + "/{email}", iam.delete_account, ["DELETE"], "iam.serviceAccounts.delete"),
-        _route(IAM + "/{email}/keys", iam.create_key, ["POST"], "iam.serviceAccountKeys.create"),
-        _route(IAM + "/{email}/keys", iam.list_keys, ["GET"], "iam.serviceAccountKeys.list"),
-        _route(IAM + "/{email}/keys/{keyId}", iam.delete_key, ["DELETE"], "iam.serviceAccountKeys.delete"),
+        _route(IAM + "/{email}", iam.get_account, ["GET"], "iam.serviceAccounts.get", on=iam.account_project),
+        _route(IAM + "/{email}", iam.delete_account, ["DELETE"], "iam.serviceAccounts.delete", on=iam.account_project),
+        _route(IAM + "/{email}/keys", iam.create_key, ["POST"], "iam.serviceAccountKeys.create", on=iam.account_project),
+        _route(IAM + "/{email}/keys", iam.list_keys, ["GET"], "iam.serviceAccountKeys.list", on=iam.account_project),
+        _route(IAM + "/{email}/keys/{keyId}", iam.delete_key, ["DELETE"], "iam.serviceAccountKeys.delete",
+               on=iam.account_project),
         _route("/v1/projects/{projectId}:getIamPolicy", iam.get_project_policy, ["POST"],
                "resourcemanager.projects.getIamPolicy"),
         _route("/v1/projects/{projectId}:setIamPolicy", iam.set_project_policy, ["POST"],
                "resourcemanager.projects.setIamPolicy"),
         _route("/v1/organizations/{organizationId}:getIamPolicy", iam.get_organization_policy, ["POST"],
-               "resourcemanager.projects.getIamPolicy"),
+               "resourcemanager.projects.getIamPolicy", on=iam.organization),
         _route("/v1/organizations/{organizationId}:setIamPolicy", iam.set_organization_policy, ["POST"],
-               "resourcemanager.projects.setIamPolicy"),
+               "resourcemanager.projects.setIamPolicy", on=iam.organization),
         _route(BP + "/projects/{projectId}/auditLogs", iam.list_project_audit, ["GET"], "logging.logEntries.list"),
-        _route(BP + "/auditLogs", iam.list_all_audit, ["GET"], "logging.logEntries.list"),
+        _route(BP + "/auditLogs", iam.list_all_audit, ["GET"], "logging.logEntries.list", on=iam.organization),
         Route("/token", iam.token, methods=["POST"]),
+        Route("/revoke", iam.revoke, methods=["POST"]),
         Route(BP + "/session", iam.whoami, methods=["GET"]),
         Route(BP + "/session:link", iam.sign_in_link, methods=["POST"]),
         # The web console: static pages over the same API (they hold no data; the API calls they make do).
@@ -129,6 +131,12 @@ async def _http_error(request: Request, exc: HTTPException):
     else:
         error = ApiError("INVALID_ARGUMENT", str(exc.detail))
     return error_response(error)
+
+
+async def _api_error(request: Request, exc: ApiError):
+    """An ApiError raised outside an endpoint's own handling (e.g. the store's DatabaseGone, UNAVAILABLE, met
+    while auditing a refusal): answered as it is."""
+    return error_response(exc)
 
 
 async def _internal_error(request: Request, exc: Exception):
@@ -160,7 +168,7 @@ def create_app(
 
     app = Starlette(
         routes=routes(),
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={HTTPException: _http_error, ApiError: _api_error, Exception: _internal_error},
         middleware=[Middleware(BrowserGuard, allowed_hosts=frozenset([*settings.allowed_hosts, settings.host, socket.gethostname()]))],
         lifespan=lifespan,
     )

@@ -8,6 +8,8 @@ go to the audit log. The decisions themselves are the IAM service's (service/iam
 
 from __future__ import annotations
 
+import hmac
+
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,7 +23,8 @@ CSRF_HEADER = "x-csrf-token"
 PRINCIPAL = "beamport.principal"  # where the caller is kept in the request's scope
 # The worker protocol's calls come every few seconds from every worker: audited only when refused (as Cloud
 # Audit Logs keeps them out of admin activity).
-_NOT_AUDITED = frozenset({"dataflow.workItems.lease", "dataflow.workItems.update", "dataflow.workItems.sendMessage"})
+_NOT_AUDITED = frozenset({"dataflow.workItems.lease", "dataflow.workItems.update", "dataflow.workItems.sendMessage",
+                          "resourcemanager.projects.getIamPolicy"})  # a read, though a POST  # fmt: skip
 
 
 async def principal_of(request: Request) -> Principal | None:
@@ -37,23 +40,31 @@ async def principal_of(request: Request) -> Principal | None:
     elif principal is None and SESSION_COOKIE in request.cookies:
         principal = iam.session(request.cookies[SESSION_COOKIE])
         if principal is not None and request.method not in ("GET", "HEAD"):
-            if request.headers.get(CSRF_HEADER) != principal.csrf:
+            if not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), principal.csrf):
                 raise ApiError("PERMISSION_DENIED", "A console request that changes state must carry its CSRF token.")
     request.scope[PRINCIPAL] = principal
     return principal
 
 
-def allow(permission: str, endpoint):
-    """The endpoint, answered only to callers that hold `permission` on the path's project."""
+def path_project(request: Request) -> str | None:
+    return request.path_params.get("projectId")
+
+
+def allow(permission: str, endpoint, on=path_project):
+    """The endpoint, answered only to callers that hold `permission` on the resource `on(request)` names: the
+    path's project by default (`-`: some project, the endpoint narrowing what it answers to those)."""
     audited = permission not in _NOT_AUDITED
 
     async def guarded(request: Request) -> Response:
         iam = request.app.state.iam
-        project = request.path_params.get("projectId")
         principal = None
+        project = request.path_params.get("projectId")
         try:
             principal = await principal_of(request)
-            await read(request, iam.authorize, principal, permission, project)
+            if principal is None:  # refused before anything is looked up for it
+                iam.authorize(None, permission, project)
+            project = on(request) if on is path_project else await read(request, on, request)
+            await read(request, iam.authorize, principal, permission, project, request.path_params.get("jobId"))
         except ApiError as error:
             await _audit(request, principal, permission, project, error.status, error.message)
             return error_response(error)

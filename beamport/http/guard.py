@@ -20,7 +20,7 @@ from beamport.errors import ApiError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Routes whose bodies are not JSON: the OAuth token endpoint takes a form (RFC 6749), as Google's does.
-FORM_ROUTES = ("/token",)
+FORM_ROUTES = ("/token", "/revoke")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 

@@ -36,6 +36,17 @@ def _email(request: Request) -> str:
     return email
 
 
+def account_project(request: Request) -> str:
+    """What a service-account route is authorised on: the account's own project (`projects/-/...` names it by
+    its email alone); Beamport's own accounts belong to the organization."""
+    return _iam(request).account_scope(_project_or_any(request), _email(request))
+
+
+def organization(request: Request) -> str:
+    """Organization routes, and what spans every project, are authorised on the organization."""
+    return ORGANIZATION
+
+
 def root_url(request: Request) -> str:
     """This server's root as the caller reached it: the token_uri of the keys it is handed."""
     return f"{request.url.scheme}://{request.headers.get('host') or request.url.netloc}"
@@ -128,17 +139,31 @@ async def list_all_audit(request: Request) -> dict:
 
 async def token(request: Request) -> Response:
     """The OAuth 2.0 token endpoint: grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=JWT."""
+    form = await _read_form(request)
+    if form is None:
+        return _oauth_error(OAuthError("invalid_request", "The request is too large."))
+    try:
+        answer = await call(_iam(request).grant_token, form, request.headers.get("host", ""))
+    except OAuthError as error:
+        return _oauth_error(error)
+    return Response(orjson.dumps(answer), media_type=JSON_TYPE, headers={"Cache-Control": "no-store"})
+
+
+async def revoke(request: Request) -> Response:
+    """RFC 7009 token revocation (Google's revoke endpoint takes the token alone)."""
+    form = await _read_form(request) or {}
+    await call(_iam(request).revoke, form.get("token") or request.query_params.get("token", ""))
+    return Response(b"{}", media_type=JSON_TYPE)
+
+
+async def _read_form(request: Request) -> dict | None:
+    """A form body (application/x-www-form-urlencoded), None if it is over MAX_FORM_BYTES."""
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
-            return _oauth_error(OAuthError("invalid_request", "The request is too large."))
-    form = dict(parse_qsl(body.decode("utf-8", "replace")))
-    try:
-        answer = await call(_iam(request).grant_token, form)
-    except OAuthError as error:
-        return _oauth_error(error)
-    return Response(orjson.dumps(answer), media_type=JSON_TYPE, headers={"Cache-Control": "no-store"})
+            return None
+    return dict(parse_qsl(body.decode("utf-8", "replace")))
 
 
 def _oauth_error(error: OAuthError) -> Response:

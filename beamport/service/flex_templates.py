@@ -30,18 +30,27 @@ from beamport.errors import ApiError, failed_precondition, invalid_argument, uni
 from beamport.credentials import CREDENTIALS_VARIABLE
 from beamport.files import FilePolicy
 from beamport.service.iam import ANONYMOUS, IamService, Principal
+from beamport.sandbox import OFF, Sandbox
 from beamport.lazy_imports import beam_module
+from beamport.service import model
 from beamport.service.jobs import JobService
 from beamport.service.templates import check_parameters, check_path_parameters, environment_warnings, pipeline_options
 
 LAUNCH_TIMEOUT_S = 300.0  # for the launcher to submit its job
+# Pipeline options naming where the launcher's DataflowRunner writes before it submits the job.
+_WRITTEN_BY_THE_RUNNER = ("temp_location", "staging_location", "gcp_temp_location", "template_location")
 LAUNCHER_KEY_S = 3600.0  # how long a launcher may act for its caller
 
 
 class FlexTemplateService:
-    def __init__(self, jobs: JobService, files: FilePolicy, endpoint: str, work_dir: Path, iam: IamService | None = None):
+    def __init__(
+        self, jobs: JobService, files: FilePolicy, endpoint: str, work_dir: Path, iam: IamService | None = None,
+        sandbox: Sandbox | None = None, secrets_dir: Path | None = None,
+    ):
         self.jobs = jobs
         self.iam = iam
+        self.sandbox = sandbox or Sandbox(OFF)  # the launcher is user code
+        self.secrets_dir = secrets_dir or work_dir / ".keys"  # launchers' keys, where no job can name them
         self.files = files
         # Beam stages locally and uses REST only when the endpoint's host is "localhost".
         self.endpoint = endpoint.replace("127.0.0.1", "localhost")
@@ -53,16 +62,35 @@ class FlexTemplateService:
         job_name = launch.get("jobName")
         if not job_name:
             raise invalid_argument("launchParameter.jobName is required.")
+        if not isinstance(job_name, str) or len(job_name) > model.JOB_NAME_MAX or not model.JOB_NAME_RE.match(job_name):
+            # Checked before it names the launcher's directory (DATA_DIR/templates/flex/JOB_NAME-...).
+            raise invalid_argument(
+                f"Invalid launchParameter.jobName {job_name!r}: lower-case letters, digits and hyphens, starting "
+                "with a letter and not ending with a hyphen."
+            )
         spec = self._spec(launch)
         parameters = {**(launch.get("launchOptions") or {}), **(launch.get("parameters") or {})}
         metadata = spec.get("metadata")
         check_parameters(parameters, metadata, options=None)
-        check_path_parameters(self.files, parameters, metadata)
-        program = self._program(spec, parameters)
+        parameters = check_path_parameters(self.files, parameters, metadata)
         environment = {**(spec.get("defaultEnvironment") or {}), **(launch.get("environment") or {})}
+        self._check_launcher_locations(environment, parameters)
+        program = self._program(spec, parameters)
         if request.get("validateOnly"):
             return {}
         return {"job": self._run_launcher(project_id, location, job_name, launch, environment, program, spec, principal)}
+
+    def _check_launcher_locations(self, environment: dict, parameters: dict) -> None:
+        """Where the launcher's DataflowRunner writes (it stages the pipeline before it submits the job, so
+        jobs.create would check too late): the environment's temp and staging locations, and the same options
+        given as parameters or additionalPipelineOptions. The environment's become canonical."""
+        for field in ("tempLocation", "stagingLocation"):
+            if environment.get(field):
+                environment[field] = self.files.check_output(environment[field], folder=True)
+        for options in (parameters, pipeline_options(environment)):
+            for name in _WRITTEN_BY_THE_RUNNER:
+                if options.get(name):
+                    self.files.check_output(options[name], folder=name != "template_location")
 
     # -- the spec and the program ------------------------------------------------------------
 
@@ -106,7 +134,7 @@ class FlexTemplateService:
                 f"names the image {spec.get('image')!r} but not the program. Write the spec with "
                 "`beamport templates build-flex ... --py-path main.py`."
             )
-        program = Path(self.files.check(python_file))
+        program = Path(self.files.check(python_file))  # the real path: the launcher runs what was checked
         if not program.is_file():
             raise failed_precondition(f"The flex template's program {python_file} does not exist.")
         warnings = []
@@ -115,7 +143,7 @@ class FlexTemplateService:
         if requirements:
             unsatisfied_requirements = beam_module("beamport.engine.staging").unsatisfied_requirements
 
-            env["FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE"] = requirements
+            env["FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE"] = self.files.check(requirements)
             missing = unsatisfied_requirements(self.files.read_bytes(requirements).decode("utf-8", "replace"))
             if missing:
                 warnings.append(
@@ -146,28 +174,31 @@ class FlexTemplateService:
             if launch.get("transformNameMappings"):
                 options["transform_name_mapping"] = json.dumps(launch["transformNameMappings"])
         env = {k: v for k, v in os.environ.items() if k != CREDENTIALS_VARIABLE}
-        key_id = None
+        set_env, files, key_id, key_path = dict(program["env"]), {}, None, None
         if self.iam is not None and self.iam.enabled and principal is not ANONYMOUS:
             # The launcher submits as the caller: a key of the caller's own account, deleted once it exits.
             key_id, key = self.iam.temporary_key(principal, self.endpoint, LAUNCHER_KEY_S)
-            key_path = run_dir / "credentials.json"
+            self.secrets_dir.mkdir(parents=True, exist_ok=True)
+            key_path = self.secrets_dir / f"launcher-{run_dir.name}.json"
             fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
                 json.dump(key, handle)
-            env[CREDENTIALS_VARIABLE] = str(key_path)
+            inside = "/tmp/beamport-credentials.json" if self.sandbox.enabled else str(key_path)
+            files[inside], set_env[CREDENTIALS_VARIABLE] = key_path, inside
             options.pop("no_auth")
         args = [sys.executable, *program["args"], *_flags(options)]
+        cwd = program["cwd"] or str(run_dir)
         log_path = run_dir / "launcher.log"
         started_us = wire.now_us()
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(args, cwd=program["cwd"] or str(run_dir), stdout=log, stderr=subprocess.STDOUT,
-                                       env={**env, **program["env"]}, start_new_session=True)  # fmt: skip
+            process = subprocess.Popen(self.sandbox.command(args, set_env, files, cwd), cwd=cwd, stdout=log,
+                                       stderr=subprocess.STDOUT, env={**env, **set_env}, start_new_session=True)  # fmt: skip
 
         def reap() -> None:  # whenever it ends (a program that waits for its job runs on until the job ends)
             process.wait()
             if key_id is not None:
                 self.iam.drop_temporary_key(principal, key_id)
-                (run_dir / "credentials.json").unlink(missing_ok=True)
+                key_path.unlink(missing_ok=True)
 
         threading.Thread(target=reap, name=f"flex-launcher-{job_name}", daemon=True).start()
         deadline = time.monotonic() + LAUNCH_TIMEOUT_S

@@ -36,6 +36,14 @@ LOCAL_WORKERS_EMAIL = f"beamport-local-workers@beamport.{EMAIL_DOMAIN}"
 TOKEN_PREFIX = "bp."  # Beamport's access tokens: opaque, kept by their hash
 TOKEN_LIFETIME_S = 3600
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # RFC 8693
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+JOB_TOKEN_LIFETIME_S = 7 * 24 * 3600  # a job's executor cannot refresh: its token lasts the run (revoked at its end)
+# What an executor's token may do: the calls of the work it runs, on its own job (and nothing else).
+JOB_TOKEN_PERMISSIONS = frozenset({
+    "dataflow.workItems.update", "dataflow.workItems.sendMessage", "dataflow.jobs.get", "dataflow.jobs.getPipeline",
+})  # fmt: skip
+_JOB_RESOURCE = re.compile(r"projects/([a-z0-9][-a-z0-9.:_]{0,127})/locations/([a-z][-a-z0-9]{0,62})/jobs/([A-Za-z0-9][-A-Za-z0-9_]{0,127})\Z")
 # A self-signed JWT is for the API it names (aud), or carries a scope that covers Dataflow.
 DATAFLOW_AUDIENCE = "https://dataflow.googleapis.com/"
 DATAFLOW_SCOPES = frozenset(
@@ -58,6 +66,7 @@ class Principal:
     email: str
     key_id: str = ""
     csrf: str = ""  # a console session's CSRF token
+    job: str = ""  # projects/P/locations/L/jobs/J: a token exchanged down to one job (a worker's executor)
 
     @property
     def member(self) -> str:
@@ -153,6 +162,17 @@ class IamService:
         self.store.delete_key(key_id)
         self._forget(lambda p: p.key_id == key_id)
         return {}
+
+    def account_scope(self, project_id: str, email: str) -> str:
+        """The resource whose policy governs an account: its project; the organization for Beamport's own."""
+        if email in (ADMIN_EMAIL, LOCAL_WORKERS_EMAIL):
+            return ORGANIZATION
+        if project_id != "-":
+            return project_id
+        account = self.store.get_account(email)
+        if account is None:
+            raise not_found(f"Service account {account_resource(project_id, email)} does not exist.")
+        return account.project_id
 
     def _account(self, project_id: str, email: str) -> ServiceAccountRecord:
         account = self.store.get_account(email)
@@ -269,7 +289,7 @@ class IamService:
             record = self.store.get_token(_hash(token))
             if record is None or record.expire_us <= now:
                 raise ApiError("UNAUTHENTICATED", _UNAUTHENTICATED)
-            return Principal(record.email, record.key_id), record.expire_us
+            return Principal(record.email, record.key_id, job=record.job), record.expire_us
         try:
             claims, key = self._verified_jwt(token)
         except keys.InvalidJwt as exc:
@@ -296,23 +316,56 @@ class IamService:
             raise keys.InvalidJwt(f"key {key_id} is not {claims['iss']}'s")
         return claims, key
 
-    def grant_token(self, form: dict) -> dict:
-        """The token endpoint (`token_uri`): an access token for a JWT-bearer assertion signed with a key."""
+    def grant_token(self, form: dict, host: str = "") -> dict:
+        """The token endpoint (`token_uri`): an access token for a JWT-bearer assertion signed with a key, or
+        (RFC 8693 token exchange) one job's token for a worker's access token."""
+        if form.get("grant_type") == TOKEN_EXCHANGE:
+            return self._exchange(form, host)
         if form.get("grant_type") != JWT_BEARER:
-            raise OAuthError("unsupported_grant_type", f"Only {JWT_BEARER} is supported.")
+            raise OAuthError("unsupported_grant_type", f"Only {JWT_BEARER} and {TOKEN_EXCHANGE} are supported.")
         try:
             claims, key = self._verified_jwt(form.get("assertion") or "")
         except keys.InvalidJwt as exc:
             raise OAuthError("invalid_grant", f"Invalid JWT: {exc}") from None
         if urlsplit(str(claims.get("aud", ""))).path != "/token":
             raise OAuthError("invalid_grant", "Invalid JWT: the audience must be this server's token_uri.")
+        return self._issue(Principal(key.email, key.key_id), TOKEN_LIFETIME_S, key.expire_us)
+
+    def _exchange(self, form: dict, host: str) -> dict:
+        """A token good for one job only, for a worker's executor, whose user code must not act for the worker."""
+        if form.get("subject_token_type", ACCESS_TOKEN_TYPE) != ACCESS_TOKEN_TYPE:
+            raise OAuthError("invalid_request", f"subject_token_type must be {ACCESS_TOKEN_TYPE}.")
+        try:
+            subject = self.authenticate(f"Bearer {form.get('subject_token') or ''}", host)
+        except ApiError:
+            raise OAuthError("invalid_grant", "The subject_token is not a valid access token.") from None
+        match = _JOB_RESOURCE.match(form.get("resource") or "")
+        if subject is None or subject.job or match is None:
+            raise OAuthError("invalid_request", "resource must be projects/P/locations/L/jobs/J, for a worker's token.")
+        try:
+            self.authorize(subject, "dataflow.workItems.update", match.group(1))
+        except ApiError as error:
+            raise OAuthError("invalid_grant", error.message) from None
+        key = self.store.get_key(subject.key_id)
+        return self._issue(Principal(subject.email, subject.key_id, job=match.group(0)), JOB_TOKEN_LIFETIME_S,
+                           key.expire_us if key else None)  # fmt: skip
+
+    def _issue(self, principal: Principal, lifetime_s: int, key_expire_us: int | None) -> dict:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = self.clock()
-        expire = now + TOKEN_LIFETIME_S * 1_000_000
-        if key.expire_us is not None:
-            expire = min(expire, key.expire_us)
-        self.store.add_token(TokenRecord(_hash(token), key.email, key.key_id, expire), expired_before_us=now)
+        expire = now + lifetime_s * 1_000_000
+        if key_expire_us is not None:
+            expire = min(expire, key_expire_us)
+        record = TokenRecord(_hash(token), principal.email, principal.key_id, expire, principal.job)
+        self.store.add_token(record, expired_before_us=now)
         return {"access_token": token, "expires_in": max(1, (expire - now) // 1_000_000), "token_type": "Bearer"}
+
+    def revoke(self, token: str) -> None:
+        """RFC 7009 revocation (as Google's revoke endpoint: whoever holds a token may revoke it)."""
+        if token.startswith(TOKEN_PREFIX):
+            self.store.delete_token(_hash(token))
+            with self._lock:
+                self._tokens.pop(token, None)
 
     def _forget(self, which) -> None:
         """Drop cached tokens and sessions of principals that lost their key or account."""
@@ -324,12 +377,20 @@ class IamService:
 
     # -- authorization ----------------------------------------------------------------------------
 
-    def authorize(self, principal: Principal | None, permission: str, project_id: str | None) -> None:
-        """Refuse unless the principal holds the permission on the project (`-` or None: on some project)."""
+    def authorize(
+        self, principal: Principal | None, permission: str, project_id: str | None, job_id: str | None = None
+    ) -> None:
+        """Refuse unless the principal holds the permission on the project (`-` or None: on some project); a
+        token exchanged down to one job holds only its own job's calls."""
         if principal is None:
             raise ApiError("UNAUTHENTICATED", _UNAUTHENTICATED)
         if principal is ANONYMOUS:
             return
+        if principal.job:
+            project, _, job = _JOB_RESOURCE.match(principal.job).groups()
+            if permission not in JOB_TOKEN_PERMISSIONS or project_id != project or job_id not in (None, job):
+                raise ApiError("PERMISSION_DENIED", f"Permission '{permission}' denied: this token is good for "
+                                                    f"{principal.job} only.")  # fmt: skip
         if project_id in (None, "-"):
             if self.projects_with(principal, permission) != set():
                 return
@@ -517,14 +578,15 @@ def _render_audit(record: AuditRecord) -> dict:
         "status": {} if record.status == "OK" else {"code": RPC_CODE.get(record.status, 2), "message": record.message},
         "requestMetadata": {"callerIp": record.caller_ip} if record.caller_ip else {},
     }
-    log_name = f"projects/{project}/logs/cloudaudit.googleapis.com%2Factivity" if project else (
-        "organizations/beamport/logs/cloudaudit.googleapis.com%2Factivity")  # fmt: skip
+    parent = project if project.startswith("organizations/") else f"projects/{project}" if project else ORGANIZATION
+    log_name = f"{parent}/logs/cloudaudit.googleapis.com%2Factivity"
     return {
         "logName": log_name,
         "insertId": str(record.seq),
         "timestamp": wire.format_timestamp_us(record.time_us),
         "severity": "NOTICE" if record.status == "OK" else "ERROR",
-        "resource": {"type": "dataflow_step" if project else "organization", "labels": {"project_id": project}},
+        "resource": {"type": "project", "labels": {"project_id": project}} if parent.startswith("projects/") else (
+            {"type": "organization", "labels": {"organization_id": ORGANIZATION.split("/")[1]}}),  # fmt: skip
         "protoPayload": payload,
     }
 

@@ -43,6 +43,7 @@ class TokenRecord:
     email: str
     key_id: str
     expire_us: int
+    job: str = ""  # the one job a token exchanged for an executor is good for
 
 
 @dataclass
@@ -103,6 +104,9 @@ class IamStore(abc.ABC):
 
     @abc.abstractmethod
     def get_token(self, token_hash: str) -> TokenRecord | None: ...
+
+    @abc.abstractmethod
+    def delete_token(self, token_hash: str) -> bool: ...
 
     @abc.abstractmethod
     def add_audit(self, records: list[AuditRecord]) -> None: ...
@@ -201,6 +205,10 @@ class SqlIamStore(IamStore):
         with self.engine.connect() as conn:
             row = conn.execute(select(access_tokens).where(access_tokens.c.token_hash == token_hash)).first()
         return TokenRecord(**row._mapping) if row else None
+
+    def delete_token(self, token_hash: str) -> bool:
+        with self._write() as conn:
+            return conn.execute(delete(access_tokens).where(access_tokens.c.token_hash == token_hash)).rowcount > 0
 
     def add_audit(self, records: list[AuditRecord]) -> None:
         if not records:

@@ -241,6 +241,8 @@ access_tokens = Table(
     Column("email", String(256), nullable=False),
     Column("key_id", String(64), nullable=False),
     Column("expire_us", BigInteger, nullable=False),
+    # projects/P/locations/L/jobs/J for a token exchanged down to one job (a worker's executor); "" otherwise
+    Column("job", String(512), nullable=False, server_default=""),
     Index("ix_access_tokens_key", "key_id"),
     Index("ix_access_tokens_expire", "expire_us"),
 )

@@ -48,9 +48,15 @@ class Work:
 
 
 class WorkerApi:
-    def __init__(self, endpoint: str, worker_id: str, labels: dict[str, str] | None = None, credentials: str | None = None):
-        # A worker's own key (roles/dataflow.worker); none against a server run with --no-auth.
-        self.http = httpx.Client(base_url=endpoint.rstrip("/"), timeout=60, auth=KeyFileAuth(credentials) if credentials else None)
+    def __init__(
+        self, endpoint: str, worker_id: str, labels: dict[str, str] | None = None, credentials: str | None = None,
+        token: str | None = None,
+    ):
+        """`credentials`: the worker's key (roles/dataflow.worker); `token`: an access token good for one job (an
+        executor's); neither against a server run with --no-auth."""
+        self.key_auth = KeyFileAuth(credentials) if credentials else None
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self.http = httpx.Client(base_url=endpoint.rstrip("/"), timeout=60, auth=self.key_auth, headers=headers)
         self.worker_id = worker_id
         self.extra_labels = labels or {}
 
@@ -92,6 +98,26 @@ class WorkerApi:
         )
         items = answer.get("workItems", [])
         return Work.from_item(items[0], location) if items else None
+
+    def job_token(self, work: Work) -> str | None:
+        """An access token good for this work's job only (RFC 8693 exchange of the worker's own), for the
+        executor: the user code it runs must not act as the worker. None without credentials."""
+        if self.key_auth is None:
+            return None
+        form = {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": self.key_auth.token(),
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "resource": f"projects/{work.project}/locations/{work.location}/jobs/{work.job_id}",
+        }
+        response = httpx.post(f"{self.http.base_url}/token", data=form, timeout=60)
+        if response.status_code != 200:
+            raise WorkerApiError(f"POST /token (exchange): HTTP {response.status_code}: {response.text}", response.status_code)
+        return response.json()["access_token"]
+
+    def revoke(self, token: str) -> None:
+        """Revoke a token (the executor's, once its work ended); failures only logged by the caller."""
+        httpx.post(f"{self.http.base_url}/revoke", data={"token": token}, timeout=30)
 
     def get_job(self, work: Work) -> dict:
         return self._call("GET", self._job_path(work), params={"view": "JOB_VIEW_ALL"})

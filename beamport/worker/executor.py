@@ -169,7 +169,8 @@ def die_with_parent(parent_pid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect (0: in a sandbox,
+        # whose parent is the sandbox's own init, and which dies with the worker)
         os._exit(1)
 
 
@@ -209,7 +210,7 @@ def execute(assignment: dict) -> int:
 
     work = Work(**assignment["work"])
     work_config = json.loads(work.config or "{}")
-    api = WorkerApi(assignment["endpoint"], assignment["worker_id"], assignment.get("labels"), assignment.get("credentials"))
+    api = WorkerApi(assignment["endpoint"], assignment["worker_id"], assignment.get("labels"), token=assignment.get("token"))
     status = os.fdopen(assignment["status_fd"], "w", buffering=1) if assignment.get("status_fd") else None
     container_start_us = assignment.get("container_start_us") or wire.now_us()
     allow_paths = [Path(p) for p in assignment.get("allow_paths", [])]
@@ -313,7 +314,8 @@ def execute(assignment: dict) -> int:
 
 
 def main() -> None:
-    """`python -m beamport.worker.executor PARENT_PID`: warm up, then run the work item read from stdin."""
+    """`python -m beamport.worker.executor PARENT_PID`: warm up, then run the work item read from stdin (PARENT_PID
+    0: in a sandbox, which dies with the worker itself)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     die_with_parent(int(sys.argv[1]))

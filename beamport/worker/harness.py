@@ -20,8 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from beamport import wire
 from beamport.protocol import CONTAINER_START
+from beamport.sandbox import OFF, Sandbox
 from beamport.worker.api import ANY, Work, WorkerApi, WorkerApiError
 from beamport.worker.host import HostProbe
 
@@ -47,8 +50,11 @@ class Worker:
         poll_s: float = 0.25,
         credentials: Path | None = None,
         deny_paths: list[Path] = (),
+        sandbox: Sandbox | None = None,
     ):
         self.endpoint = endpoint
+        # User code (the executor and all it starts) sees the allowed roots, never Beamport's own files or keys.
+        self.sandbox = sandbox or Sandbox(OFF)
         self.credentials = str(credentials) if credentials else None
         self.deny_paths = [str(p) for p in deny_paths]
         self.data_dir = data_dir
@@ -113,6 +119,11 @@ class Worker:
                 self._kill(executor)
             executor = self._spawn_executor()
         status_r = executor.status_r
+        try:
+            token = self.api.job_token(work)
+        except WorkerApiError as exc:  # the executor will fail to report, and say so; the work is retried
+            log.warning("no token for the executor of job %s: %s", work.job_id, exc)
+            token = None
         assignment = {
             "work": dataclasses.asdict(work),
             "endpoint": self.endpoint,
@@ -122,7 +133,7 @@ class Worker:
             "container_start_us": self.container_start_us,
             "allow_paths": self.allow_paths,
             "deny_paths": self.deny_paths,
-            "credentials": self.credentials,
+            "token": token,
             "sdk_workers": self.sdk_workers,
         }
         try:
@@ -156,6 +167,11 @@ class Worker:
             if line.strip():
                 progress.update(json.loads(line))
         os.close(status_r)
+        if token:
+            try:
+                self.api.revoke(token)
+            except httpx.HTTPError as exc:  # it expires anyway
+                log.warning("could not revoke the executor's token: %s", exc)
         if not progress.get("completed") and not progress.get("stopped"):
             self._executor_died(work, executor, progress["next_report_index"])
         else:
@@ -217,8 +233,9 @@ class Worker:
         log_path = self.data_dir / f"executor-{time.time_ns()}.log"
         with open(log_path, "ab") as out:
             # Its own session: stopping it stops the SDK worker processes it started too.
+            argv = [sys.executable, "-m", "beamport.worker.executor", "0" if self.sandbox.enabled else str(os.getpid())]
             process = subprocess.Popen(
-                [sys.executable, "-m", "beamport.worker.executor", str(os.getpid())],
+                self.sandbox.command(argv),
                 stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, pass_fds=(status_w,),
             )  # fmt: skip

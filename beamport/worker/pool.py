@@ -47,7 +47,9 @@ class LocalWorkerPool:
         tick_s: float = 0.1,
         credentials: Path | None = None,
         private_paths: list[Path] = (),
+        sandbox_flags: list[str] = (),
     ):
+        self.sandbox_flags = list(sandbox_flags)  # --sandbox MODE and the job limits, as the server was given
         self.credentials = credentials  # the local workers' key (None: the server runs without authentication)
         self.private_paths = private_paths
         self.execution = execution
@@ -60,6 +62,7 @@ class LocalWorkerPool:
         self.workers: list[_Worker] = []
         self._spawned_at = 0.0
         self._queue_checked = 0.0
+        self._queued: set[str] = set()  # waiting jobs already marked QUEUED
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -102,12 +105,17 @@ class LocalWorkerPool:
         if time.monotonic() - self._queue_checked < QUEUE_CHECK_S:
             return
         self._queue_checked = time.monotonic()
-        pending = self.execution.pending_work(limit=100)
-        if pending:
+        # Every waiting job, not only the oldest few: behind a flood of jobs, the newest wait longest. Each is
+        # marked once (the service's change is a no-op for a job no longer PENDING).
+        waiting = self.execution.waiting_jobs()
+        self._queued &= waiting
+        new = waiting - self._queued
+        if new:
             busy = self.execution.busy_workers()
             if all(worker.worker_id in busy for worker in self.workers):
-                for job, _item in pending:
-                    self.execution.mark_queued(job.id, len(self.workers))
+                for job_id in sorted(new):
+                    self.execution.mark_queued(job_id, len(self.workers))
+                self._queued |= new
 
     def _spawn(self) -> _Worker:
         worker_id = f"local-{uuid.uuid4().hex[:8]}"
@@ -121,6 +129,7 @@ class LocalWorkerPool:
             args += ["--deny-path", str(path)]
         if self.credentials:
             args += ["--credentials", str(self.credentials)]
+        args += self.sandbox_flags
         log_path = data_dir / "worker.log"
         with open(log_path, "ab") as out:
             # Its own session: the server's signals (Ctrl-C) are not the worker's.

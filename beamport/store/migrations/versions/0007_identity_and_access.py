@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("email", sa.String(256), nullable=False),
         sa.Column("key_id", sa.String(64), nullable=False),
         sa.Column("expire_us", sa.BigInteger, nullable=False),
+        sa.Column("job", sa.String(512), nullable=False, server_default=""),
     )
     op.create_index("ix_access_tokens_key", "access_tokens", ["key_id"])
     op.create_index("ix_access_tokens_expire", "access_tokens", ["expire_us"])

@@ -1,0 +1,150 @@
+"""User code in a sandbox: every process that runs a pipeline (a worker's executor, with the SDK workers and
+runners it starts) or a flex template's launcher runs under bubblewrap (Debian's `bubblewrap`).
+
+Inside: a user namespace in which the process is uid 65534 with no capabilities; new PID, IPC and UTS
+namespaces (killing the sandbox kills everything in it); the whole system read-only; a fresh /tmp as the
+run's scratch; the operator's allowed roots writable; Beamport's own files (keys, database, kept pipelines,
+worker logs) replaced by empty mounts; an environment holding only what a run needs; and the operator's
+resource limits (memory, open files, processes) through prlimit. The network is shared: runs talk to the
+service, to the engines and to GCS or other endpoints the operator configured. docs/security.md says what
+this does and does not protect.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+AUTO, REQUIRED, OFF = "auto", "required", "off"
+MODES = (AUTO, REQUIRED, OFF)
+NOBODY = 65534
+# What a run keeps of its parent's environment: locale and paths, and the engines' and emulators' endpoints.
+KEPT_VARIABLES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "JAVA_HOME", "GOPATH",
+                            "GOBIN", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"})  # fmt: skip
+KEPT_PREFIXES = ("LC_", "BEAMPORT_FLINK_MASTER", "BEAMPORT_FLINK_JOB_SERVER", "BEAMPORT_FLINK_SDK_POOL",
+                 "BEAMPORT_FLINK_SHARED_DIR", "BEAMPORT_PRISM", "BEAMPORT_FLINK_LOG_LEVEL", "STORAGE_EMULATOR_HOST",
+                 "PUBSUB_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")  # fmt: skip
+
+
+def _beamports_own_code() -> list[Path]:
+    """Beamport's package and the Python environment it runs from: never writable by user code."""
+    import beamport
+
+    return [Path(beamport.__file__).resolve().parent, Path(sys.prefix).resolve()]
+
+
+class SandboxUnavailable(Exception):
+    """--sandbox required, and no sandbox can be made here (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one run (None: the system's)."""
+
+    memory_bytes: int | None = None
+    open_files: int | None = None
+    processes: int | None = None
+
+    def prlimit(self) -> list[str]:
+        flags = [f"--as={self.memory_bytes}" if self.memory_bytes else "",
+                 f"--nofile={self.open_files}" if self.open_files else "",
+                 f"--nproc={self.processes}" if self.processes else ""]  # fmt: skip
+        flags = [f for f in flags if f]
+        return ["prlimit", *flags, "--"] if flags else []
+
+    def flags(self) -> list[str]:
+        """The same limits as `beamport worker` flags."""
+        return [*(["--job-memory", str(self.memory_bytes)] if self.memory_bytes else []),
+                *(["--job-open-files", str(self.open_files)] if self.open_files else []),
+                *(["--job-processes", str(self.processes)] if self.processes else [])]  # fmt: skip
+
+
+def parse_size(text: str | None) -> int | None:
+    """'4G', '512M', '1048576' as bytes (None for None or '')."""
+    if not text:
+        return None
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    return int(float(number) * factor)
+
+
+class Sandbox:
+    def __init__(self, mode: str = AUTO, writable=(), hidden=(), limits: Limits = Limits()):
+        if mode not in MODES:
+            raise ValueError(f"sandbox mode must be one of {', '.join(MODES)}, not {mode!r}")
+        self.mode = mode
+        self.writable = [Path(p) for p in writable]
+        self.hidden = [Path(p) for p in hidden]
+        self.limits = limits
+
+    @functools.cached_property
+    def unavailable(self) -> str | None:
+        """Why no sandbox can be made here (None: it can)."""
+        if self.mode == OFF:
+            return "the sandbox is turned off (--sandbox off)"
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            return "bubblewrap is not installed (Debian: apt-get install bubblewrap)"
+        if self.limits.prlimit() and shutil.which("prlimit") is None:
+            return "prlimit (util-linux) is not installed, and resource limits were asked for"
+        probe = subprocess.run([bwrap, *self._namespaces(), "--ro-bind", "/", "/", "--", "true"],
+                               capture_output=True, text=True, timeout=30)  # fmt: skip
+        if probe.returncode != 0:
+            return f"bubblewrap cannot make a sandbox here: {probe.stderr.strip() or probe.returncode}"
+        return None
+
+    @property
+    def enabled(self) -> bool:
+        return self.unavailable is None
+
+    def require(self) -> None:
+        """Raise SandboxUnavailable if the operator required a sandbox and none can be made."""
+        if self.mode == REQUIRED and self.unavailable:
+            raise SandboxUnavailable(f"--sandbox required, but {self.unavailable}.")
+
+    def describe(self) -> str:
+        if self.enabled:
+            limits = " ".join(self.limits.prlimit()[1:-1]) or "no resource limits"
+            return (f"user code runs in a bubblewrap sandbox (uid {NOBODY}, no capabilities, system read-only, "
+                    f"writable: {', '.join(map(str, self.writable)) or 'nothing'}; {limits})")  # fmt: skip
+        return f"user code runs WITHOUT a sandbox, as uid {os.getuid()}: {self.unavailable}"
+
+    def command(self, argv: list[str], set_env: dict[str, str] = (), files: dict[str, Path] = (),
+                cwd: str | None = None) -> list[str]:  # fmt: skip
+        """`argv` to run inside the sandbox (unchanged when there is none), in an environment of what a run keeps
+        of this process's, plus `set_env`; `files` are host files (a credential) made readable inside at the
+        given paths under /tmp."""
+        if not self.enabled:
+            return argv
+        env = {k: v for k, v in os.environ.items() if k in KEPT_VARIABLES or k.startswith(KEPT_PREFIXES)}
+        env.update(dict(set_env))
+        args = ["bwrap", *self._namespaces(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                "--tmpfs", "/tmp"]  # fmt: skip
+        for path in self.writable:
+            if path.exists():
+                args += ["--bind", str(path), str(path)]
+        for path in _beamports_own_code():  # read-only even inside a writable root (e.g. the start directory)
+            args += ["--ro-bind", str(path), str(path)]
+        for path in self.hidden:
+            if path.is_dir():
+                args += ["--tmpfs", str(path)]
+            elif path.exists():
+                args += ["--ro-bind", "/dev/null", str(path)]
+        for inside, host in dict(files).items():
+            args += ["--ro-bind", str(host), inside]
+        args += ["--clearenv", "--setenv", "HOME", "/tmp", "--chdir", cwd or "/tmp"]
+        for key, value in sorted(env.items()):
+            args += ["--setenv", key, value]
+        return [*args, "--", *self.limits.prlimit(), *argv]
+
+    @staticmethod
+    def _namespaces() -> list[str]:
+        return ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--unshare-pid", "--unshare-ipc",
+                "--unshare-uts", "--cap-drop", "ALL", "--die-with-parent", "--new-session"]  # fmt: skip
