@@ -453,3 +453,35 @@ def test_cross_site_requests_and_dns_rebinding_are_refused_and_create_nothing(tm
         ok = httpx.post(create, json={"name": f"fine-{host.split(':')[0].replace('.', '-')}"},
                         headers={**headers, "Host": host, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"})
         assert ok.status_code == 200, ok.text
+
+
+def test_console_sessions_sign_out_and_lapse_with_the_key_that_asked_for_them(secured, project):
+    srv, base, admin = secured
+    email, key = admin.account(project, "console-user", VIEWER, base)
+    headers = bearer(key)
+
+    def link() -> str:
+        answer = httpx.post(srv.url + "/beamport/v1/session:link", headers=headers)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["url"]
+
+    browser = httpx.Client(timeout=30)  # keeps cookies, as a browser does
+    signed_in = browser.get(link(), follow_redirects=False)
+    assert signed_in.status_code == 303
+    cookie = signed_in.headers["set-cookie"]
+    assert f"beamport_session_{srv.port}=" in cookie and "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+    session = browser.get(srv.url + "/beamport/v1/session").json()
+    assert session["principal"] == email and session["csrfToken"]
+    # Signing out is a state change: it needs the CSRF token.
+    error_of(browser.delete(srv.url + "/beamport/v1/session"), 403, "PERMISSION_DENIED")
+    assert browser.delete(srv.url + "/beamport/v1/session", headers={"X-CSRF-Token": session["csrfToken"]}).status_code == 200
+    error_of(browser.get(srv.url + "/beamport/v1/session"), 401, "UNAUTHENTICATED")
+    # A session, and a link not used yet, end with the key that asked for them.
+    unused = link()
+    browser = httpx.Client(timeout=30)
+    browser.get(link(), follow_redirects=False)
+    assert browser.get(srv.url + "/beamport/v1/session").status_code == 200
+    key_id = json.loads(key.read_text())["private_key_id"]
+    admin.ok("DELETE", f"/v1/projects/-/serviceAccounts/{email}/keys/{key_id}")
+    error_of(browser.get(srv.url + "/beamport/v1/session"), 401, "UNAUTHENTICATED")
+    assert httpx.get(unused, follow_redirects=False).status_code == 401

@@ -201,7 +201,7 @@ def test_sign_in_with_the_one_time_link_and_cancel_with_the_csrf_token(auth_serv
     link = sign_in_link(srv)
     page.goto(link)
     assert page.url == f"{srv.url}/"
-    (cookie,) = [c for c in page.context.cookies() if c["name"] == "beamport_session"]
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == f"beamport_session_{srv.port}"]
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     page.locator("#principal", has_text=ADMIN_EMAIL).wait_for()
     page.fill("#project", project)

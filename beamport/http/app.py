@@ -110,6 +110,7 @@ def routes() -> list[Route]:
         Route("/token", iam.token, methods=["POST"]),
         Route("/revoke", iam.revoke, methods=["POST"]),
         Route(BP + "/session", iam.whoami, methods=["GET"]),
+        Route(BP + "/session", iam.sign_out, methods=["DELETE"]),
         Route(BP + "/session:link", iam.sign_in_link, methods=["POST"]),
         # The web console: static pages over the same API (they hold no data; the API calls they make do).
         Route("/console/signin", iam.sign_in, methods=["GET"]),

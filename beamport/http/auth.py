@@ -18,7 +18,7 @@ from beamport.errors import ApiError
 from beamport.http.protocol import call, error_response, read
 from beamport.service.iam import Principal
 
-SESSION_COOKIE = "beamport_session"
+SESSION_COOKIE = "beamport_session"  # + "_PORT": browsers share a host's cookies across its ports
 CSRF_HEADER = "x-csrf-token"
 PRINCIPAL = "beamport.principal"  # where the caller is kept in the request's scope
 # The worker protocol's calls come every few seconds from every worker: audited only when refused (as Cloud
@@ -37,13 +37,19 @@ async def principal_of(request: Request) -> Principal | None:
     principal = iam.cached(header)
     if principal is None and (header or not iam.enabled):
         principal = await read(request, iam.authenticate, header, request.headers.get("host", ""))
-    elif principal is None and SESSION_COOKIE in request.cookies:
-        principal = iam.session(request.cookies[SESSION_COOKIE])
+    elif principal is None and session_cookie(request) in request.cookies:
+        principal = iam.session(request.cookies[session_cookie(request)])
         if principal is not None and request.method not in ("GET", "HEAD"):
             if not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), principal.csrf):
                 raise ApiError("PERMISSION_DENIED", "A console request that changes state must carry its CSRF token.")
     request.scope[PRINCIPAL] = principal
     return principal
+
+
+def session_cookie(request: Request) -> str:
+    """The console session's cookie name on this server (one per port, so that two servers on one host keep
+    their sessions apart)."""
+    return f"{SESSION_COOKIE}_{request.url.port or (443 if request.url.scheme == 'https' else 80)}"
 
 
 def path_project(request: Request) -> str | None:

@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from beamport.errors import ApiError, invalid_argument
-from beamport.http.auth import SESSION_COOKIE, principal_of
-from beamport.http.protocol import JSON_TYPE, api, call, int_param, project_param, read_json
+from beamport.http.auth import principal_of, session_cookie
+from beamport.http.protocol import JSON_TYPE, api, call, error_response, int_param, project_param, read_json
 from beamport.service.iam import ORGANIZATION, OAuthError
 
 _EMAIL_RE = re.compile(r"[a-z0-9][-a-z0-9.]{0,62}@[a-z0-9][-a-z0-9.]{0,200}\Z")
@@ -184,7 +184,7 @@ async def sign_in(request: Request) -> Response:
         )  # fmt: skip
     session_id, _principal = session
     response = RedirectResponse("/", status_code=303)
-    response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="strict", path="/",
+    response.set_cookie(session_cookie(request), session_id, httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")  # fmt: skip
     return response
 
@@ -201,6 +201,20 @@ async def whoami(request: Request) -> dict:
     if principal.csrf:
         answer["csrfToken"] = principal.csrf
     return answer
+
+
+async def sign_out(request: Request) -> Response:
+    """End the console's session (a state change: it needs the session's CSRF token) and drop its cookie."""
+    try:
+        principal = await principal_of(request)
+    except ApiError as error:
+        return error_response(error)
+    name = session_cookie(request)
+    if principal is not None and name in request.cookies:
+        _iam(request).sign_out(request.cookies[name])
+    response = Response(b"{}", media_type=JSON_TYPE)
+    response.delete_cookie(name, path="/", httponly=True, samesite="strict")
+    return response
 
 
 @api

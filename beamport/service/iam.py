@@ -96,7 +96,7 @@ class IamService:
         self._lock = threading.Lock()
         self._tokens: dict[str, tuple[Principal, float]] = {}  # bearer -> (principal, valid until, monotonic)
         self._grants: dict[tuple[str, str], tuple[frozenset[str], float]] = {}  # (email, project) -> permissions
-        self._sign_in_codes: dict[str, tuple[str, float]] = {}
+        self._sign_in_codes: dict[str, tuple[Principal, float]] = {}
         self._sessions: dict[str, tuple[Principal, float]] = {}
 
     # -- service accounts and keys (IAM API v1) ---------------------------------------------------
@@ -370,7 +370,7 @@ class IamService:
     def _forget(self, which) -> None:
         """Drop cached tokens and sessions of principals that lost their key or account."""
         with self._lock:
-            for cache in (self._tokens, self._sessions):
+            for cache in (self._tokens, self._sessions, self._sign_in_codes):
                 for token in [t for t, (p, _) in cache.items() if which(p)]:
                     del cache[token]
             self._grants.clear()
@@ -466,21 +466,26 @@ class IamService:
     # -- console sessions -------------------------------------------------------------------------
 
     def sign_in_code(self, principal: Principal) -> str:
-        """A one-time code that signs the console in as the principal (the link `beamport serve` prints)."""
+        """A one-time code that signs the console in as the principal (the link `beamport serve` prints); it
+        lapses with the key that asked for it."""
         code = secrets.token_urlsafe(24)
+        now = time.monotonic()
         with self._lock:
-            self._sign_in_codes[code] = (principal.email, time.monotonic() + SIGN_IN_CODE_S)
+            _drop_expired(self._sign_in_codes, now)
+            self._sign_in_codes[code] = (Principal(principal.email, principal.key_id), now + SIGN_IN_CODE_S)
         return code
 
     def sign_in(self, code: str) -> tuple[str, Principal] | None:
         """Use a sign-in code: (session id, principal) of a new console session, or None."""
+        now = time.monotonic()
         with self._lock:
             entry = self._sign_in_codes.pop(code, None)
-            if entry is None or entry[1] < time.monotonic():
+            if entry is None or entry[1] < now:
                 return None
+            _drop_expired(self._sessions, now)
             session_id = secrets.token_urlsafe(32)
-            principal = Principal(entry[0], csrf=secrets.token_urlsafe(24))
-            self._sessions[session_id] = (principal, time.monotonic() + SESSION_S)
+            principal = Principal(entry[0].email, entry[0].key_id, csrf=secrets.token_urlsafe(24))
+            self._sessions[session_id] = (principal, now + SESSION_S)
         return session_id, principal
 
     def session(self, session_id: str) -> Principal | None:
@@ -508,6 +513,11 @@ class IamService:
         if len(records) > limit:
             answer["nextPageToken"] = encode_token("audit", records[limit - 1].seq)
         return answer
+
+
+def _drop_expired(entries: dict, now: float) -> None:
+    for key in [k for k, (_, until) in entries.items() if until < now]:
+        del entries[key]
 
 
 def _granted(bindings: list[dict], email: str) -> set[str]:
