@@ -8,9 +8,18 @@
    keep-alive connections, warm-up, then a measured window.
 4. Prints requests/s and latency percentiles, and the targets.
 
-    /work/venv/bin/python benchmarks/api_bench.py --repeat 3          # as recorded in benchmarks/README.md
-    /work/venv/bin/python benchmarks/api_bench.py --repeat 3 --pin    # server on CPU 0, load on CPU 1
-    /work/venv/bin/python benchmarks/api_bench.py --data-dir /tmp/bp-bench --reuse   # keep the seeded DB
+Authentication (`--auth`): `off` (the default) starts the server with --no-auth, as the figures of the
+first sections of benchmarks/README.md were measured; `on` starts it with authentication and sends every
+request with `Authorization: Bearer TOKEN`, an access token obtained from the server's admin key through
+google-auth as a client does; `compare` starts both servers on the same seeded data and runs each scenario
+(default: get only) in alternating rounds, off and on, then one round (`--jwt-rounds`) with a self-signed
+JWT as the bearer (what google-cloud-dataflow-client's REST transport sends), and prints the ratio on/off
+against the target (>= 90%).
+
+    .venv/bin/python benchmarks/api_bench.py --repeat 3          # as recorded in benchmarks/README.md
+    .venv/bin/python benchmarks/api_bench.py --repeat 3 --pin    # server on CPU 0, load on CPU 1
+    .venv/bin/python benchmarks/api_bench.py --data-dir /tmp/bp-bench --reuse   # keep the seeded DB
+    .venv/bin/python benchmarks/api_bench.py --auth compare --repeat 5 --data-dir /tmp/bp-bench --reuse
 
 Exit status: 0 if every run was free of errors (whether or not targets were met), 1 otherwise.
 """
@@ -60,6 +69,11 @@ LOCATION = "us-central1"
 PLACES = [(PROJECT, LOCATION, 0.90), (PROJECT, "europe-west1", 0.05), ("other-project", LOCATION, 0.05)]
 TARGET_GET_RPS = 1500.0
 TARGET_LIST_P99_MS = 25.0
+TARGET_AUTH_RATIO = 0.90  # jobs.get with authentication keeps this share of its throughput without
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+AUTH_ENV = "BEAMPORT_BENCH_AUTHORIZATION"  # how the load generator gets the Authorization header's value
+# How the server is called: without authentication, or with a bearer token of the admin key.
+MODES = {"off": "auth off", "token": "auth on, access token", "jwt": "auth on, self-signed JWT"}
 META_FILE = "bench-meta.json"
 IDS_FILE = "bench-ids.txt"
 SEED_FORMAT = 3  # bump when the seeded documents change, so --reuse re-seeds
@@ -244,9 +258,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, port: int, log_path: Path, extra: list[str], cpu: int | None) -> subprocess.Popen:
+def start_server(
+    data_dir: Path, port: int, log_path: Path, extra: list[str], cpu: int | None, auth: bool = False
+) -> subprocess.Popen:
     args = [sys.executable, "-m", "beamport", "serve", "--port", str(port), "--data-dir", str(data_dir),
             "--log-level", "warning", "--workers", "0", *extra]  # fmt: skip  (API only: no workers)
+    if not auth:
+        args.append("--no-auth")
     log = open(log_path, "ab")
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=_pinned(cpu))
     url = f"http://127.0.0.1:{port}/v1b3/projects/{PROJECT}/locations/{LOCATION}/jobs?pageSize=1"
@@ -258,10 +276,42 @@ def start_server(data_dir: Path, port: int, log_path: Path, extra: list[str], cp
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return process
+        except urllib.error.HTTPError as error:  # it answers: 401 from a server with authentication
+            if auth and error.code == 401:
+                return process
+            time.sleep(0.1)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.1)
     process.kill()
     raise SystemExit(f"beamport serve did not answer in 60 s:\n{log_path.read_text()}")
+
+
+def bearer_token(data_dir: Path, port: int, private_dir: Path, jwt: bool = False) -> str:
+    """A bearer token of the server's admin key (DATA_DIR/admin-key.json), obtained through google-auth as a
+    client does: an access token from the key's token_uri, or (jwt) a JWT self-signed with the key, as
+    google-cloud-dataflow-client's REST transport sends (with_always_use_jwt_access)."""
+    import google.auth.transport.requests
+    from google.oauth2 import service_account
+
+    key_file = data_dir / "admin-key.json"
+    info = json.loads(key_file.read_text())
+    token_uri = f"http://127.0.0.1:{port}/token"
+    if info.get("token_uri") != token_uri:
+        # The key was written by the first server started on this data dir (--reuse), on another port.
+        info["token_uri"] = token_uri
+        key_file = private_dir / "admin-key.json"
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(info, handle)
+    credentials = service_account.Credentials.from_service_account_file(str(key_file), scopes=SCOPES)
+    if jwt:
+        credentials = credentials.with_always_use_jwt_access(True)
+    credentials.refresh(google.auth.transport.requests.Request())
+    token = credentials.token
+    if jwt != (token.count(".") == 2):
+        wanted = "a self-signed JWT" if jwt else "an access token"
+        raise SystemExit(f"expected {wanted} from google-auth, got {token[:20]}...")
+    return token
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -302,12 +352,21 @@ def _pinned(cpu: int | None):
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
-def run_load(args, port: int, scenario: str, ids_file: Path, server_pid: int, connections: int) -> dict:
+def run_load(
+    args, port: int, scenario: str, ids_file: Path, server_pid: int, connections: int, token: str | None = None
+) -> dict:
     command = [sys.executable, str(HERE / "loadgen.py"), "--port", str(port), "--scenario", scenario,
                "--project", PROJECT, "--location", LOCATION, "--ids-file", str(ids_file),
                "--connections", str(connections), "--duration", str(args.duration),
                "--warmup", str(args.warmup), "--seed", str(args.seed), "--server-pid", str(server_pid)]  # fmt: skip
-    load = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, preexec_fn=_pinned(1 if args.pin else None))
+    env = dict(os.environ)
+    env.pop(AUTH_ENV, None)
+    if token is not None:
+        command += ["--authorization-env", AUTH_ENV]
+        env[AUTH_ENV] = f"Bearer {token}"
+    load = subprocess.Popen(
+        command, stdout=subprocess.PIPE, text=True, env=env, preexec_fn=_pinned(1 if args.pin else None)
+    )
     try:
         out, _ = load.communicate(timeout=args.warmup + args.duration + 120)
     except subprocess.TimeoutExpired:
@@ -328,8 +387,19 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     parser.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections")
-    parser.add_argument("--scenarios", default="get,list", help="comma-separated: get, list")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per scenario (targets use the median)")
+    parser.add_argument(
+        "--scenarios", help="comma-separated: get, list (default: get,list; with --auth compare: get)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1,
+        help="runs per scenario (targets use the median); with --auth compare: rounds, each one run off and one on",
+    )  # fmt: skip
+    parser.add_argument(
+        "--auth", choices=["off", "on", "compare"], default="off",
+        help="off: server with --no-auth (default); on: authentication, requests with an access token of the "
+        "admin key; compare: both servers on the same data, alternating rounds, and a self-signed JWT round",
+    )  # fmt: skip
+    parser.add_argument("--jwt-rounds", type=int, default=1, help="with --auth compare: runs with a self-signed JWT")
     parser.add_argument(
         "--list-latency-connections", default="1,4",
         help="extra list runs at these (lower) connection counts, to show latency below saturation; '' for none",
@@ -347,6 +417,8 @@ def main(argv=None) -> int:
         help="pin the server to CPU 0 and the load generator to CPU 1 (default: the scheduler places them)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.scenarios is None:
+        args.scenarios = "get" if args.auth == "compare" else "get,list"
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if not scenarios or set(scenarios) - {"get", "list"}:
         parser.error("--scenarios: a comma-separated list of get, list")
@@ -354,7 +426,11 @@ def main(argv=None) -> int:
         parser.error("--repeat must be within 1..20")
     if args.jobs < 1000 or args.jobs > 10_000_000:
         parser.error("--jobs must be within 1,000..10,000,000")
+    if not 0 <= args.jwt_rounds <= 20:
+        parser.error("--jwt-rounds must be within 0..20")
     extra_list_connections = [int(c) for c in args.list_latency_connections.split(",") if c.strip()]
+    if args.auth == "compare":
+        extra_list_connections = []  # the comparison is at --connections only
 
     temp = None
     if args.data_dir is None:
@@ -367,6 +443,7 @@ def main(argv=None) -> int:
     meta_path, ids_path = data_dir / META_FILE, data_dir / IDS_FILE
     wanted = {"jobs": args.jobs, "seed": args.seed, "format": SEED_FORMAT}
     log_path = data_dir.parent / f"{data_dir.name}-server.log"
+    private_dir = Path(tempfile.mkdtemp(prefix="beamport-bench-key-"))  # a copy of the admin key, if needed
 
     try:
         reused = False
@@ -388,19 +465,48 @@ def main(argv=None) -> int:
             print(f"seeded {args.jobs:,} jobs in {seed_s:.1f} s ({args.jobs / seed_s:,.0f} jobs/s), "
                   f"{len(ids):,} of them in {PROJECT}/{LOCATION}; database {db_bytes / 2**20:.0f} MiB")  # fmt: skip
 
-        port = args.port or free_port()
-        server = start_server(data_dir, port, log_path, [], 0 if args.pin else None)
-        print(f"beamport serve pid {server.pid} on 127.0.0.1:{port}; server log {log_path}", flush=True)
-        print(f"server idle (start-up done) after {wait_until_idle(server.pid):.1f} s more", flush=True)
+        # The servers: mode -> (port, process). With --auth compare, both run on the same database (one
+        # at a time under load; the other idles).
+        wanted_servers = {"off": ["off"], "on": ["on"], "compare": ["on", "off"]}[args.auth]
+        servers: dict[str, tuple[int, subprocess.Popen]] = {}
         runs = []
         try:
-            plan = [(s, args.connections) for _ in range(args.repeat) for s in scenarios]
+            for which in wanted_servers:  # the one with authentication first: it creates the admin key
+                port = args.port if (args.port and not servers) else free_port()
+                server = start_server(data_dir, port, log_path, [], 0 if args.pin else None, auth=which == "on")
+                servers[which] = (port, server)
+                print(f"beamport serve (auth {which}) pid {server.pid} on 127.0.0.1:{port}; server log {log_path}",
+                      flush=True)  # fmt: skip
+            for which, (port, server) in servers.items():
+                print(f"server (auth {which}) idle (start-up done) after {wait_until_idle(server.pid):.1f} s more",
+                      flush=True)  # fmt: skip
+            tokens: dict[str, str | None] = {"off": None}
+            if "on" in servers:
+                started = time.perf_counter()
+                tokens["token"] = bearer_token(data_dir, servers["on"][0], private_dir)
+                got_token = time.perf_counter() - started
+                tokens["jwt"] = bearer_token(data_dir, servers["on"][0], private_dir, jwt=True)
+                print(f"access token from the admin key through google-auth in {got_token:.2f} s; "
+                      "self-signed JWT made", flush=True)  # fmt: skip
+            main_mode = {"off": "off", "on": "token", "compare": "off"}[args.auth]
+            plan = []
+            for i in range(args.repeat):
+                for s in scenarios:
+                    if args.auth == "compare":  # alternate which goes first, so neither always follows the other
+                        order = ("off", "token") if i % 2 == 0 else ("token", "off")
+                        plan += [(s, args.connections, m) for m in order]
+                    else:
+                        plan.append((s, args.connections, main_mode))
+            if args.auth == "compare":
+                plan += [(s, args.connections, "jwt") for _ in range(args.jwt_rounds) for s in scenarios]
             if "list" in scenarios:
-                plan += [("list", c) for c in extra_list_connections if c != args.connections]
-            for scenario, connections in plan:
-                print(f"running {scenario} with {connections} connections: {args.warmup:g} s warm-up + "
-                      f"{args.duration:g} s measured ...", flush=True)  # fmt: skip
-                result = run_load(args, port, scenario, ids_path, server.pid, connections)
+                plan += [("list", c, main_mode) for c in extra_list_connections if c != args.connections]
+            for scenario, connections, mode in plan:
+                port, server = servers["off" if mode == "off" else "on"]
+                print(f"running {scenario} ({MODES[mode]}) with {connections} connections: {args.warmup:g} s "
+                      f"warm-up + {args.duration:g} s measured ...", flush=True)  # fmt: skip
+                result = run_load(args, port, scenario, ids_path, server.pid, connections, tokens[mode])
+                result["auth"] = mode
                 runs.append(result)
                 print(
                     f"  {result['requests_per_s']:>9,.0f} req/s  p50 {_ms(result['p50_ms'])} ms  "
@@ -411,13 +517,15 @@ def main(argv=None) -> int:
                     flush=True,
                 )
         finally:
-            stop_server(server)
+            for _, server in servers.values():
+                stop_server(server)
 
         summary = report(args, runs, seed_s, db_bytes, reused)
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2) + "\n")
         return 0 if all(r["errors"] == 0 for r in runs) else 1
     finally:
+        shutil.rmtree(private_dir, ignore_errors=True)
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
 
@@ -426,10 +534,16 @@ def _ms(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _cpu_per_request(r: dict) -> str:
+def _server_ms(r: dict) -> float | None:
+    """Server CPU time per request, in ms."""
     if r.get("server_cpu_pct") is None or not r["requests_per_s"]:
-        return "?"
-    return f"{10 * r['server_cpu_pct'] / r['requests_per_s']:.2f}"
+        return None
+    return 10 * r["server_cpu_pct"] / r["requests_per_s"]
+
+
+def _cpu_per_request(r: dict) -> str:
+    value = _server_ms(r)
+    return "?" if value is None else f"{value:.2f}"
 
 
 def _fmt_pct(value) -> str:
@@ -437,26 +551,60 @@ def _fmt_pct(value) -> str:
 
 
 def report(args, runs: list[dict], seed_s: float, db_bytes: int, reused: bool) -> dict:
-    def median(scenario, key):
-        values = [r[key] for r in runs if r["scenario"] == scenario and r["connections"] == args.connections]
+    def of_mode(scenario, mode):
+        return [r for r in runs
+                if r["scenario"] == scenario and r["connections"] == args.connections and r["auth"] == mode]  # fmt: skip
+
+    def median(scenario, key, mode):
+        values = [r[key] for r in of_mode(scenario, mode)]
         if not values:
             return None
         return statistics.median(float("inf") if v is None else v for v in values)
 
-    def clean(scenario):
-        return all(r["errors"] == 0 for r in runs if r["scenario"] == scenario)
+    def clean(scenario, *modes):
+        return all(r["errors"] == 0 for r in runs if r["scenario"] == scenario and r["auth"] in modes)
 
     checks = []
-    get_rps, list_p99 = median("get", "requests_per_s"), median("list", "p99_ms")
+    # The API targets are judged on the runs with authentication when there are any (it is on by default).
+    main_mode = "off" if args.auth == "off" else "token"
+    get_rps, list_p99 = median("get", "requests_per_s", main_mode), median("list", "p99_ms", main_mode)
     of = f" (median of {args.repeat})" if args.repeat > 1 else ""
+    auth_note = f", {MODES[main_mode]}" if args.auth != "off" else ""
     if get_rps is not None:
-        checks.append(("jobs.get requests/s", f">= {TARGET_GET_RPS:,.0f}", f"{get_rps:,.0f}{of}",
-                       get_rps >= TARGET_GET_RPS and clean("get")))  # fmt: skip
+        checks.append((f"jobs.get requests/s{auth_note}", f">= {TARGET_GET_RPS:,.0f}", f"{get_rps:,.0f}{of}",
+                       get_rps >= TARGET_GET_RPS and clean("get", main_mode)))  # fmt: skip
     if list_p99 is not None:
-        checks.append(("jobs.list p99", f"<= {TARGET_LIST_P99_MS:g} ms", f"{_ms(list_p99)} ms{of}",
-                       list_p99 <= TARGET_LIST_P99_MS and clean("list")))  # fmt: skip
+        checks.append((f"jobs.list p99{auth_note}", f"<= {TARGET_LIST_P99_MS:g} ms", f"{_ms(list_p99)} ms{of}",
+                       list_p99 <= TARGET_LIST_P99_MS and clean("list", main_mode)))  # fmt: skip
+    comparison = []
+    if args.auth == "compare":
+        for scenario in dict.fromkeys(r["scenario"] for r in runs):
+            off_rps = median(scenario, "requests_per_s", "off")
+            rows = []
+            for mode in MODES:
+                n = len(of_mode(scenario, mode))
+                if n:
+                    rps = median(scenario, "requests_per_s", mode)
+                    cpu = [_server_ms(r) for r in of_mode(scenario, mode) if _server_ms(r) is not None]
+                    rows.append((mode, n, rps, median(scenario, "p50_ms", mode), median(scenario, "p99_ms", mode),
+                                 rps / off_rps if off_rps else None, statistics.median(cpu) if cpu else None))  # fmt: skip
+            # Each round's own ratio: its on run against its off run (they ran one after the other).
+            pairs = [r for r in runs if r["scenario"] == scenario and r["connections"] == args.connections
+                     and r["auth"] in ("off", "token")]  # fmt: skip
+            per_round = []
+            for a, b in zip(pairs[::2], pairs[1::2]):
+                on, off = (a, b) if a["auth"] == "token" else (b, a)
+                per_round.append(on["requests_per_s"] / off["requests_per_s"] if off["requests_per_s"] else None)
+            comparison.append((scenario, rows, per_round))
+            name = {"get": "jobs.get", "list": "jobs.list"}[scenario]
+            for mode, n, _, _, _, ratio, _ in rows:
+                if mode != "off" and ratio is not None:
+                    runs_of = f"median of {n} / median of {len(of_mode(scenario, 'off'))}"
+                    checks.append((f"{name} req/s on/off, {'JWT' if mode == 'jwt' else 'access token'}",
+                                   f">= {TARGET_AUTH_RATIO:.0%}", f"{ratio:.1%} ({runs_of})",
+                                   ratio >= TARGET_AUTH_RATIO and clean(scenario, "off", mode)))  # fmt: skip
 
-    width = 112
+    width = 118
     print()
     print("=" * width)
     print(f"Beamport API benchmark  {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  "
@@ -467,12 +615,12 @@ def report(args, runs: list[dict], seed_s: float, db_bytes: int, reused: bool) -
     print(f"load: separate process, HTTP/1.1 keep-alive over 127.0.0.1, closed loop; "
           f"{args.warmup:g} s warm-up, {args.duration:g} s measured per run; {placement}")  # fmt: skip
     print("-" * width)
-    print(f"{'scenario':<10}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+    print(f"{'scenario':<10}{'auth':<7}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
           f"{'errors':>8}{'resp B':>8}{'server':>9}{'loadgen':>9}{'machine':>9}{'srv ms/req':>11}")  # fmt: skip
     disturbed = False
     for r in runs:
-        print(f"{r['scenario']:<10}{r['connections']:>6}{r['requests_per_s']:>10,.0f}{_ms(r['p50_ms']):>9}"
-              f"{_ms(r['p90_ms']):>9}{_ms(r['p99_ms']):>9}{_ms(r['max_ms']):>9}{r['errors']:>8}"
+        print(f"{r['scenario']:<10}{r['auth']:<7}{r['connections']:>6}{r['requests_per_s']:>10,.0f}"
+              f"{_ms(r['p50_ms']):>9}{_ms(r['p90_ms']):>9}{_ms(r['p99_ms']):>9}{_ms(r['max_ms']):>9}{r['errors']:>8}"
               f"{r['mean_response_bytes']:>8}{_fmt_pct(r.get('server_cpu_pct')):>9}"
               f"{_fmt_pct(r.get('loadgen_cpu_pct')):>9}{_fmt_pct(r.get('machine_cpu_pct')):>9}"
               f"{_cpu_per_request(r):>11}")  # fmt: skip
@@ -487,16 +635,42 @@ def report(args, runs: list[dict], seed_s: float, db_bytes: int, reused: bool) -
     if disturbed:
         print("note: other processes used more than a quarter of a core during some runs; "
               "those figures are disturbed (either way: see benchmarks/README.md)")  # fmt: skip
+    if args.auth != "off":
+        print("auth: off = server with --no-auth; token = Authorization: Bearer ACCESS_TOKEN (from the admin key "
+              "through google-auth); jwt = Authorization: Bearer SELF_SIGNED_JWT")  # fmt: skip
+    for scenario, rows, per_round in comparison:
+        print("-" * width)
+        print(f"{scenario}: authentication on vs off, {args.connections} connections, same server data, "
+              "alternating rounds (medians)")  # fmt: skip
+        for mode, n, rps, p50, p99, ratio, cpu in rows:
+            print(f"  {MODES[mode]:<26} {n:>2} runs {rps:>9,.0f} req/s  p50 {_ms(p50):>6} ms  p99 {_ms(p99):>6} ms  "
+                  f"server CPU {'?' if cpu is None else f'{cpu:.3f}'} ms/req   "
+                  f"{'' if ratio is None else f'req/s {ratio:.1%} of off'}")  # fmt: skip
+        if per_round:
+            ratios = ", ".join("?" if x is None else f"{x:.1%}" for x in per_round)
+            print(f"  each round's on/off req/s ratio: {ratios}")
+        cpu = {row[0]: row[6] for row in rows}
+        for mode in ("token", "jwt"):
+            if cpu.get(mode) is not None and cpu.get("off"):
+                print(f"  server CPU per request, {MODES[mode]} / off: {cpu[mode] / cpu['off']:.1%} "
+                      "(less disturbed by other load than req/s)")  # fmt: skip
     print("-" * width)
     print(f"targets (at {args.connections} connections):")
     for what, target, got, ok in checks:
-        print(f"  {what:<22} target {target:<10} got {got:<24} {'MET' if ok else 'NOT MET'}")
+        print(f"  {what:<42} target {target:<10} got {got:<32} {'MET' if ok else 'NOT MET'}")
     print("=" * width)
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "jobs": args.jobs,
         "pinned": args.pin,
+        "auth": args.auth,
+        "comparison": [
+            {"scenario": s, "modes": [dict(zip(("auth", "runs", "requests_per_s", "p50_ms", "p99_ms", "ratio_to_off",
+                                                "server_cpu_ms_per_request"), row))
+                                      for row in rows], "per_round_ratio": per_round}
+            for s, rows, per_round in comparison
+        ],  # fmt: skip
         "seed_s": seed_s,
         "db_bytes": db_bytes,
         "runs": runs,

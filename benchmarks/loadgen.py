@@ -12,6 +12,9 @@ Scenarios:
         a mix of first pages (no filter, ACTIVE, TERMINATED) and later pages
         reached with tokens the server handed out (collected before warm-up)
 
+With --authorization-env NAME, every request carries `Authorization: <value of $NAME>` (e.g. `Bearer TOKEN`);
+the value is passed in the environment, not on the command line, so that `ps` does not show it.
+
 Prints one JSON object (the result) as the last line of stdout.
 """
 
@@ -40,8 +43,9 @@ class HttpError(Exception):
 class Connection:
     """One keep-alive HTTP/1.1 connection; request() returns (status, body)."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, extra_headers: str = ""):
         self.host, self.port = host, port
+        self.extra_headers = extra_headers  # whole header lines, each ending in \r\n
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -58,7 +62,7 @@ class Connection:
             await self.open()
         self.writer.write(
             f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: application/json\r\n"
-            "User-Agent: beamport-loadgen\r\n\r\n".encode()
+            f"User-Agent: beamport-loadgen\r\n{self.extra_headers}\r\n".encode()
         )
         reader = self.reader
         status_line = await reader.readline()
@@ -146,8 +150,8 @@ class Recorder:
         self.failures[what] = self.failures.get(what, 0) + 1
 
 
-async def _worker(host, port, next_request, rec: Recorder, deadline: float, rng: random.Random) -> None:
-    conn = Connection(host, port)
+async def _worker(host, port, headers, next_request, rec: Recorder, deadline: float, rng: random.Random) -> None:
+    conn = Connection(host, port, headers)
     try:
         while True:
             now = time.perf_counter()
@@ -187,6 +191,12 @@ def _percentile(sorted_values: list[float], p: float) -> float | None:
 
 async def run(args) -> dict:
     base = _jobs_path(args.project, args.location)
+    headers = ""
+    if args.authorization_env:
+        value = os.environ.get(args.authorization_env, "")
+        if not value or "\r" in value or "\n" in value:
+            raise SystemExit(f"${args.authorization_env} must hold one Authorization header value")
+        headers = f"Authorization: {value}\r\n"
     rng = random.Random(args.seed)
     prep_started = time.perf_counter()
 
@@ -201,7 +211,7 @@ async def run(args) -> dict:
             return f"{base}/{job_id}", lambda body, j=job_id.encode(): j in body
 
     else:
-        conn = Connection(args.host, args.port)
+        conn = Connection(args.host, args.port, headers)
         tokens = await _collect_tokens(conn, base, args.max_token_requests)
         conn.close()
         if not tokens:
@@ -225,7 +235,7 @@ async def run(args) -> dict:
     stop = start + args.duration
     rec = Recorder(start, stop)
     workers = [
-        _worker(args.host, args.port, next_request, rec, stop, random.Random(rng.random()))
+        _worker(args.host, args.port, headers, next_request, rec, stop, random.Random(rng.random()))
         for _ in range(args.connections)
     ]
     await asyncio.wait_for(asyncio.gather(*workers), args.warmup + args.duration + REQUEST_TIMEOUT_S + 5)
@@ -237,6 +247,7 @@ async def run(args) -> dict:
     ms = lambda seconds: None if seconds is None else round(seconds * 1000, 3)  # noqa: E731
     return {
         "scenario": args.scenario,
+        "authorization": bool(headers),
         "connections": args.connections,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
@@ -321,6 +332,10 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--server-pid", type=int, help="server process, to report its CPU use (Linux)")
+    parser.add_argument(
+        "--authorization-env", metavar="NAME",
+        help="send `Authorization: $NAME` (the variable's value, e.g. 'Bearer TOKEN') with every request",
+    )  # fmt: skip
     parser.add_argument("--max-token-requests", type=int, default=200, help="bound on requests made to collect tokens")
     args = parser.parse_args(argv)
     if not ipaddress.ip_address(args.host).is_loopback:

@@ -72,7 +72,7 @@ def main() -> None:
     log = open(work / "server.log", "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "beamport", "serve", "--port", str(port), "--data-dir", str(work / "data"),
-         "--allow-path", str(work), "--log-level", "warning"],
+         "--allow-path", str(work), "--log-level", "warning", "--no-auth"],  # Beam's --no_auth: no credentials
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

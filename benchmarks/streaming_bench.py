@@ -67,7 +67,7 @@ def run_engine(engine: str, jobs: int) -> dict[str, list[float]]:
     url = f"http://localhost:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "beamport", "serve", "--port", str(port), "--data-dir", str(work / "data"),
-         "--allow-path", str(work), "--workers", "2"],
+         "--allow-path", str(work), "--workers", "2", "--no-auth"],  # Beam's --no_auth: no credentials
         env=env, stdout=open(work / "server.log", "wb"), stderr=subprocess.STDOUT, cwd=work,
     )  # fmt: skip
     figures: dict[str, list[float]] = {"to first output": [], "new line to output": [], "drain": []}
