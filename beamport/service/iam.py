@@ -260,7 +260,9 @@ class IamService:
         """The principal of a bearer token verified recently (no store read), else None."""
         if not self.enabled:
             return ANONYMOUS
-        cached = self._tokens.get(authorization[7:].strip()) if authorization else None
+        if not authorization or authorization[:7].lower() != "bearer ":
+            return None
+        cached = self._tokens.get(authorization[7:].strip())
         return cached[0] if cached is not None and cached[1] > time.monotonic() else None
 
     def authenticate(self, authorization: str | None, host: str = "") -> Principal | None:
@@ -418,8 +420,19 @@ class IamService:
             granted |= _granted(orjson.loads(self.store.get_policy(project_id)[1]), email)
         granted = frozenset(granted)
         with self._lock:
+            if len(self._grants) > 10_000:  # callers name projects: bound what they can make us keep
+                self._grants.clear()
             self._grants[(email, project_id)] = (granted, time.monotonic() + CACHE_S)
         return granted
+
+    def decides_at_once(self, principal: Principal | None, project_id: str | None) -> bool:
+        """Whether authorize() needs no store read for this call (so it may run on the event loop)."""
+        if principal is None or principal is ANONYMOUS or not self.enabled:
+            return True
+        if project_id in (None, "-"):
+            return False
+        cached = self._grants.get((principal.email, project_id))
+        return cached is not None and cached[1] > time.monotonic()
 
     # -- the server's own accounts ----------------------------------------------------------------
 
