@@ -220,12 +220,14 @@ def test_jobs_past_the_limit_queue(tmp_path, project):
     srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1")).start()
     try:
         api = Api(srv.url, project)
-        first = submit_slow(srv, project, tmp_path, "first", 4)
+        release = tmp_path / "release"  # the first job runs until the test has seen the second one queue
+        first = submit_slow(srv, project, tmp_path, "first", release)
         wait_state(api, first, {"JOB_STATE_RUNNING"})
         second = submit_slow(srv, project, tmp_path, "second", 0)
         queued = wait_state(api, second, {"JOB_STATE_QUEUED"})
         assert queued["currentState"] == "JOB_STATE_QUEUED"
         assert any("queued" in t for t in texts(api, second))
+        release.touch()
         wait_state(api, first, {"JOB_STATE_DONE"}, timeout=120)
         wait_state(api, second, {"JOB_STATE_DONE"}, timeout=120)
         assert read_output(tmp_path / "second" / "out") == ["1"]
@@ -238,11 +240,13 @@ def test_a_queued_job_runs_its_own_pipeline_after_a_later_submission_replaced_th
     srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1")).start()
     try:
         api = Api(srv.url, project)
-        first = submit_slow(srv, project, tmp_path, "first", 4)
+        release = tmp_path / "release"
+        first = submit_slow(srv, project, tmp_path, "first", release)
         wait_state(api, first, {"JOB_STATE_RUNNING"})
         second = submit_slow(srv, project, tmp_path, "second", 0)
         wait_state(api, second, {"JOB_STATE_QUEUED"})
         third = submit_slow(srv, project, tmp_path, "third", 0)  # replaces pipeline.pb while second waits
+        release.touch()
         for job_id in (first, second, third):
             done = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
             assert done["currentState"] == "JOB_STATE_DONE", texts(api, job_id)
