@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamport.builtin_templates import add_parameters, run_as_template
-from beamport.builtin_templates.files import FAILED, copy_or_fail, spread_matches, write_failures
+from beamport.builtin_templates.files import FAILED, check_output, copy_or_fail, spread_matches, write_failures
 
 EXTENSIONS = {"GZIP": ".gz", "BZIP2": ".bz2", "DEFLATE": ".deflate"}
 
@@ -42,10 +42,9 @@ class CompressFile(beam.DoFn):
             raise ValueError(f"compression must be one of {', '.join(EXTENSIONS)}, not {self.compression.get()!r}.")
         self.compression_type = getattr(CompressionTypes, name)
         self.extension = EXTENSIONS[name]
-        self.directory = self.output_directory.get()
+        self.directory = check_output(self.output_directory.get(), folder=True)
 
-    def process(self, metadata):
-        source = metadata.path
+    def process(self, source):
         target = FileSystems.join(self.directory, FileSystems.split(source)[1] + self.extension)
         yield from copy_or_fail(source, CompressionTypes.UNCOMPRESSED, target, self.compression_type)
 

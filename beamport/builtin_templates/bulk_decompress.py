@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamport.builtin_templates import add_parameters, run_as_template
-from beamport.builtin_templates.files import FAILED, copy_or_fail, spread_matches, write_failures
+from beamport.builtin_templates.files import FAILED, check_output, copy_or_fail, spread_matches, write_failures
 
 COMPRESSIONS = {".gz": CompressionTypes.GZIP, ".bz2": CompressionTypes.BZIP2, ".deflate": CompressionTypes.DEFLATE}
 
@@ -36,14 +36,16 @@ class DecompressFile(beam.DoFn):
     def __init__(self, output_directory):
         self.output_directory = output_directory  # a ValueProvider: read at run time
 
-    def process(self, metadata):
-        source = metadata.path
+    def setup(self):
+        self.directory = check_output(self.output_directory.get(), folder=True)
+
+    def process(self, source):
         name, extension = os.path.splitext(FileSystems.split(source)[1])
         compression = COMPRESSIONS.get(extension.lower())
         if compression is None or not name:
             yield beam.pvalue.TaggedOutput(FAILED, (source, "unknown compression"))
             return
-        target = FileSystems.join(self.output_directory.get(), name)
+        target = FileSystems.join(self.directory, name)
         # Written UNCOMPRESSED explicitly: AUTO would compress again a name like x.tar.gz.
         yield from copy_or_fail(source, compression, target, CompressionTypes.UNCOMPRESSED)
 

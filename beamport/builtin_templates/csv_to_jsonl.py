@@ -14,11 +14,10 @@ import io
 import json
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamport.builtin_templates import add_parameters, run_as_template
-from beamport.builtin_templates.files import spread_matches
+from beamport.builtin_templates.files import WriteToText, open_read, spread_matches
 
 
 class CsvToJsonlOptions(PipelineOptions):
@@ -46,9 +45,8 @@ class CsvFileToJson(beam.DoFn):
             raise ValueError(f"hasHeader must be true or false, not {self.has_header.get()!r}.")
         self.header = header == "true"
 
-    def process(self, metadata):
-        path = metadata.path
-        with FileSystems.open(path) as f:  # compression from the extension (AUTO): x.csv.gz works too
+    def process(self, path):
+        with open_read(path) as f:  # compression from the extension (AUTO): x.csv.gz works too
             text = f.read().decode("utf-8-sig")  # utf-8-sig: drop a byte order mark
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=self.sep)
         rows = (row for row in reader if row)  # skip blank lines
@@ -65,7 +63,7 @@ def build(pipeline, options):
     return (
         spread_matches(pipeline, params.inputFilePattern)
         | "ToJson" >> beam.ParDo(CsvFileToJson(params.delimiter, params.hasHeader))
-        | "Write" >> beam.io.WriteToText(params.outputPrefix, file_name_suffix=".jsonl")
+        | "Write" >> WriteToText(params.outputPrefix, file_name_suffix=".jsonl")
     )
 
 

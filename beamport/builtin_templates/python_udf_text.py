@@ -9,10 +9,10 @@ from __future__ import annotations
 
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamport.builtin_templates import add_parameters, run_as_template
+from beamport.builtin_templates.files import ReadText, WriteToText, open_read
 
 
 class PythonUdfTextOptions(PipelineOptions):
@@ -35,7 +35,7 @@ class ApplyUdf(beam.DoFn):
     def setup(self):
         path = self.file_path.get()
         name = self.function_name.get() or "transform"
-        with FileSystems.open(path) as f:
+        with open_read(path) as f:
             source = f.read().decode("utf-8")
         namespace = {"__name__": "udf", "__file__": path}  # a fresh namespace, as if the file were a module
         exec(compile(source, path, "exec"), namespace)
@@ -56,9 +56,9 @@ def build(pipeline, options):
     params = options.view_as(PythonUdfTextOptions)
     return (
         pipeline
-        | "Read" >> beam.io.ReadFromText(params.inputFilePattern)
+        | "Read" >> ReadText(params.inputFilePattern)
         | "ApplyUdf" >> beam.ParDo(ApplyUdf(params.pythonUdfFilePath, params.pythonUdfFunctionName))
-        | "Write" >> beam.io.WriteToText(params.outputPrefix)
+        | "Write" >> WriteToText(params.outputPrefix)
     )
 
 

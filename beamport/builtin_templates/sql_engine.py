@@ -3,10 +3,16 @@ translated from GoogleSQL (BigQuery's dialect) by sqlglot and each catalog table
 
 Used by the SQL_Query template's pipeline (the query runs inside a DoFn) and by the service, to infer a
 table's schema and to check a query's names and types against the catalog.
+
+A table's files are given as a list (what the caller matched through the file policy; a pattern given as a
+string is expanded here, for direct use): DuckDB never expands a pattern itself, and once the tables' views
+exist it may open those files only (allowed_paths, enable_external_access off, the configuration locked), so a
+query cannot read other files with DuckDB's own table functions (read_csv('/etc/passwd'), read_text, glob...).
 """
 
 from __future__ import annotations
 
+import glob
 import re
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -28,8 +34,23 @@ def to_duckdb(query: str) -> str:
     return translated
 
 
-def _source(path: str, fmt: str) -> str:
-    quoted = "'" + path.replace("'", "''") + "'"
+def _files(path: str | list[str]) -> list[str]:
+    """A table's files: the list given, or a pattern's matches."""
+    files = sorted(glob.glob(path)) if isinstance(path, str) else list(path)
+    if not files:
+        raise ValueError(f"No file matches {path}")
+    for file in files:
+        if any(c in file for c in "*?[{"):  # DuckDB would take it for a pattern
+            raise ValueError(f"{file}: a file name with * ? [ {{ cannot be read as a table's file")
+    return files
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _source(path: str | list[str], fmt: str) -> str:
+    quoted = "[" + ", ".join(_literal(file) for file in _files(path)) + "]"
     if fmt == "csv":
         return f"read_csv_auto({quoted}, header = true)"
     if fmt == "jsonl":
@@ -39,23 +60,35 @@ def _source(path: str, fmt: str) -> str:
     raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
 
 
-def connect(tables: dict[str, dict]):
-    """A DuckDB connection where each table (name -> {path, format}) is a view over its files."""
-    import duckdb
-
-    connection = duckdb.connect()
-    for name, table in tables.items():
-        if not NAME_RE.match(name):
-            raise ValueError(f"{name!r} is not a table name")
-        connection.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {_source(table["path"], table["format"])}')
+def _locked(connection, files: list[str]):
+    """The connection, allowed to open these files only, for good."""
+    connection.execute(f"SET allowed_paths = [{', '.join(_literal(file) for file in files)}]")
+    connection.execute("SET enable_external_access = false")
+    connection.execute("SET lock_configuration = true")
     return connection
 
 
-def describe(path: str, fmt: str) -> list[dict]:
+def connect(tables: dict[str, dict]):
+    """A DuckDB connection where each table (name -> {path: files or a pattern, format}) is a view over its
+    files, and no other file can be opened."""
+    import duckdb
+
+    connection = duckdb.connect()
+    files = []
+    for name, table in tables.items():
+        if not NAME_RE.match(name):
+            raise ValueError(f"{name!r} is not a table name")
+        files += _files(table["path"])
+        connection.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {_source(table["path"], table["format"])}')
+    return _locked(connection, files)
+
+
+def describe(path: str | list[str], fmt: str) -> list[dict]:
     """The columns of files, as [{name, type}] with GoogleSQL types (inferred from the data)."""
     import duckdb
 
-    rows = duckdb.connect().execute(f"DESCRIBE SELECT * FROM {_source(path, fmt)}").fetchall()
+    connection = _locked(duckdb.connect(), _files(path))
+    rows = connection.execute(f"DESCRIBE SELECT * FROM {_source(path, fmt)}").fetchall()
     return [{"name": row[0], "type": _GOOGLESQL_TYPES.get(row[1], row[1])} for row in rows]
 
 

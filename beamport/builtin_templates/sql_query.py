@@ -2,7 +2,9 @@
 
 Parameters: query (GoogleSQL), tables (JSON: {name: {path, format}}, what the service resolves from its
 catalog), outputPrefix, outputFormat (jsonl or csv). The query runs inside the pipeline on DuckDB
-(sql_engine.py); the rows are written as JSON lines (keys sorted) or CSV lines (no header).
+(sql_engine.py); the rows are written as JSON lines (keys sorted) or CSV lines (no header). Each table's
+files are matched in the worker through its file policy (builtin_templates/files.py), and DuckDB may open
+those files only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamport.builtin_templates import add_parameters, run_as_template
+from beamport.builtin_templates.files import WriteToText, match
 
 
 class SqlQueryOptions(PipelineOptions):
@@ -36,7 +39,13 @@ class RunQuery(beam.DoFn):
         from beamport.builtin_templates import sql_engine
 
         as_csv = (self.output_format.get() or "jsonl") == "csv"
-        for row in sql_engine.run(self.query.get(), json.loads(self.tables.get() or "{}")):
+        tables = {}
+        for name, table in json.loads(self.tables.get() or "{}").items():
+            files = match(table["path"])
+            if not files:
+                raise FileNotFoundError(f"No file matches {table['path']!r} (the table {name}).")
+            tables[name] = {"path": files, "format": table["format"]}
+        for row in sql_engine.run(self.query.get(), tables):
             if as_csv:
                 line = io.StringIO()
                 csv.writer(line, lineterminator="").writerow(["" if v is None else v for v in row.values()])
@@ -51,7 +60,7 @@ def build(pipeline, options):
         pipeline
         | "Start" >> beam.Create([None])
         | "Query" >> beam.ParDo(RunQuery(params.query, params.tables, params.outputFormat))
-        | "Write" >> beam.io.WriteToText(params.outputPrefix)
+        | "Write" >> WriteToText(params.outputPrefix)
     )
 
 

@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamport.builtin_templates import add_parameters, run_as_template
+from beamport.builtin_templates.files import ReadText, WriteToText
 
 
 class WordCountOptions(PipelineOptions):
@@ -34,14 +35,15 @@ def format_count(word: str, count: int) -> str:
 
 def build(pipeline, options):
     params = options.view_as(WordCountOptions)
-    # ReadFromText and WriteToText take the ValueProviders and read them at run time.
+    # ReadText and WriteToText take the ValueProviders and read them at run time, and open files through the
+    # worker's file policy (builtin_templates/files.py).
     return (
         pipeline
-        | "Read" >> beam.io.ReadFromText(params.inputFile)
+        | "Read" >> ReadText(params.inputFile)
         | "Words" >> beam.FlatMap(words)
         | "Count" >> beam.combiners.Count.PerElement()
         | "Format" >> beam.MapTuple(format_count)
-        | "Write" >> beam.io.WriteToText(params.output)
+        | "Write" >> WriteToText(params.output)
     )
 
 

@@ -12,7 +12,10 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
   - anything else (sdists, setup.py's workflow.tar.gz, platform wheels, jars, a custom Beam SDK)
     cannot be installed without changing the environment every job shares: a warning says so;
   - submission_environment_dependencies.txt, extra_packages.txt: information only.
-Every file is read through the operator's FilePolicy.
+Every file is read through the operator's FilePolicy. The policy also goes to the pipeline: stage_job exports
+it to this process's environment (FilePolicy.export; the executor runs one work item per process, and the SDK
+harness processes it starts inherit it), where Beamport's built-in templates find it to check each file when
+they open it.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def stage_job(
     """
     import apache_beam
 
+    policy.export()  # for the built-in templates' checks where they open files (see above)
     environment = job.get("environment") or {}
     raw_options = (environment.get("sdkPipelineOptions") or {}).get("options") or {}
     warnings: list[str] = []

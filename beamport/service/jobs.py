@@ -354,9 +354,12 @@ class JobService:
             return
         environment = doc.get("environment", {})
         options = environment.get("sdkPipelineOptions", {}).get("options", {})
-        named = [options.get("temp_location"), options.get("staging_location"), environment.get("tempStoragePrefix")]
-        named += [p.get("location") for pool in environment.get("workerPools", []) for p in pool.get("packages", [])]
-        for location in filter(None, named):
+        # Directories written into (paths, not patterns), and files read.
+        written = [options.get("temp_location"), options.get("staging_location"), environment.get("tempStoragePrefix")]
+        read = [p.get("location") for pool in environment.get("workerPools", []) for p in pool.get("packages", [])]
+        for location in filter(None, written):
+            self.files.check_output(location, folder=True)
+        for location in filter(None, read):
             self.files.check(location)
         if options.get("pipelineUrl") and "steps" not in doc:
             beam_module("beamport.translate.graph")  # imports Beam (under the lock: see lazy_imports)

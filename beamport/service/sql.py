@@ -15,12 +15,15 @@ import json
 import orjson
 
 from beamport import wire
-from beamport.errors import invalid_argument, not_found
-from beamport.files import FilePolicy
+from beamport.errors import ApiError, invalid_argument, not_found
+from beamport.files import FilePolicy, scheme_of
 from beamport.lazy_imports import beam_module
 from beamport.store.base import SqlTableRecord, Store
 
 MAX_QUERY_BYTES = 1 << 20
+# How deep a query may nest parentheses and brackets: the parser is recursive (it gives up near 65 levels
+# of parentheses), and no real query comes near this.
+MAX_NESTING = 40
 # Dataflow SQL's unbounded sources: pubsub.topic.`project`.`topic` (and subscriptions).
 _UNBOUNDED_PREFIXES = (("pubsub", "topic"), ("pubsub", "subscription"))
 
@@ -55,10 +58,24 @@ class SqlService:
             raise invalid_argument("query is required: the GoogleSQL query.")
         if len(query.encode()) > MAX_QUERY_BYTES:
             raise invalid_argument(f"The query is over {MAX_QUERY_BYTES} bytes.")
+        depth = _nesting(query)
+        if depth > MAX_NESTING:
+            raise invalid_argument(
+                f"The query nests parentheses or brackets {depth} levels deep; at most {MAX_NESTING} are allowed."
+            )
         try:
             statements = bqsqlparse.parse(query)
         except bqsqlparse.BQSQLError as exc:
             return _syntax_error(exc), []
+        except RecursionError:  # deep nesting without brackets (NOT NOT NOT ..., - - - ...)
+            raise invalid_argument("The query nests too deeply to be parsed.") from None
+        try:
+            return self._read(statements)
+        except RecursionError:
+            raise invalid_argument("The query nests too deeply to be parsed.") from None
+
+    @staticmethod
+    def _read(statements: list) -> tuple[str | None, list[list[str]]]:
         if len(statements) != 1:
             return f"Expected one query, got {len(statements)} statements.", []
         (statement,) = statements
@@ -78,11 +95,16 @@ class SqlService:
             return None
         return {found[name].name: {"path": found[name].path, "format": found[name].format} for name in names}
 
-    @staticmethod
-    def _check_against(query: str, tables: dict[str, dict]) -> str | None:
+    def _check_against(self, query: str, tables: dict[str, dict]) -> str | None:
         engine = beam_module("beamport.builtin_templates.sql_engine")
+        try:  # each table's files now, through the policy: DuckDB opens only those
+            resolved = {name: {"path": self._files(t["path"]), "format": t["format"]} for name, t in tables.items()}
+        except ApiError as exc:
+            if exc.status != "INVALID_ARGUMENT":
+                raise
+            return f"Invalid query for the catalog's tables: {exc.message}"
         try:
-            engine.check(query, tables)
+            engine.check(query, resolved)
         except Exception as exc:  # DuckDB's binder: a column or function that does not fit
             return f"Invalid query for the catalog's tables: {str(exc).splitlines()[0]}"
         return None
@@ -102,9 +124,12 @@ class SqlService:
             raise invalid_argument(f"format must be one of {', '.join(engine.FORMATS)}, not {fmt!r}.")
         if not isinstance(path, str) or not path:
             raise invalid_argument("path is required: the table's files (a path or a glob).")
-        self.files.check_pattern(path)
+        if scheme_of(path) == "gs":
+            raise invalid_argument(f"{path}: a table's files are local files (a path or a glob, or a file:// URL).")
+        path = self.files.check_pattern(path)  # the canonical pattern: what the catalog keeps, and jobs read
+        files = self._files(path)
         try:
-            inferred = engine.describe(path, fmt)
+            inferred = engine.describe(files, fmt)
         except Exception as exc:
             raise invalid_argument(f"Cannot read {path} as {fmt}: {str(exc).splitlines()[0]}") from None
         columns = body.get("schema") or inferred
@@ -159,13 +184,52 @@ class SqlService:
                 f"Unknown table {unknown!r}: add it to the catalog (beamport sql tables add); "
                 f"the catalog has {', '.join(known) or 'no tables'}."
             )
-        for table in tables.values():
-            self.files.check_pattern(table["path"])  # the policy may have changed since it was added
+        for table in tables.values():  # the policy may have changed since it was added
+            table["path"] = self.files.check_pattern(table["path"])
         error = self._check_against(query, tables)
         if error:
             raise invalid_argument(error)
         parameters = {"query": query, "tables": json.dumps(tables), "outputPrefix": output, "outputFormat": fmt}
         return self.templates.launch_internal(project_id, location, "SQL_Query", job_name, parameters)
+
+    def _files(self, pattern: str) -> list[str]:
+        """The files of a table now, each allowed by the policy; at least one."""
+        files = self.files.match(pattern)
+        if not files:
+            raise invalid_argument(f"No file matches {pattern}.")
+        return files
+
+
+def _nesting(query: str) -> int:
+    """The deepest nesting of parentheses and brackets in a query, outside its strings, quoted names and
+    comments (an upper bound is enough: this only guards the parser)."""
+    if query.count("(") + query.count("[") <= MAX_NESTING:
+        return query.count("(") + query.count("[")
+    depth = deepest = 0
+    i, n = 0, len(query)
+    while i < n:
+        c = query[i]
+        if c in "'\"`":
+            end = query.find(c, i + 1)
+            while end != -1 and query[end - 1] == "\\":
+                end = query.find(c, end + 1)
+            i = n if end == -1 else end + 1
+            continue
+        if c == "-" and query.startswith("--", i) or c == "#":
+            end = query.find("\n", i)
+            i = n if end == -1 else end + 1
+            continue
+        if c == "/" and query.startswith("/*", i):
+            end = query.find("*/", i + 2)
+            i = n if end == -1 else end + 2
+            continue
+        if c in "([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in ")]":
+            depth = max(depth - 1, 0)
+        i += 1
+    return deepest
 
 
 def _syntax_error(exc: Exception) -> str:

@@ -10,6 +10,7 @@ the RuntimeEnvironment, and creates the job.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -39,11 +40,11 @@ BUILTIN_SCHEME = "builtin://"
 # Built-in templates only their own service starts (it checks what the parameters name): name -> by what.
 INTERNAL_TEMPLATES = {"SQL_Query": "sql:query (beamport sql query)"}
 # Parameter types that name files: their values must lie under the operator's roots, like any file a
-# request names.
-_PATH_TYPES = (
-    "GCS_READ_FILE", "GCS_WRITE_FILE", "GCS_READ_FOLDER", "GCS_WRITE_FOLDER", "GCS_READ_BUCKET", "GCS_WRITE_BUCKET",
-    "JAVASCRIPT_UDF_FILE",
-)  # fmt: skip
+# request names. Read: a file or a pattern (FilePolicy.check_pattern); written: a file or a prefix of files, or a
+# folder (FilePolicy.check_output).
+_READ_TYPES = ("GCS_READ_FILE", "GCS_READ_FOLDER", "GCS_READ_BUCKET", "JAVASCRIPT_UDF_FILE")
+_WRITE_FILE_TYPES = ("GCS_WRITE_FILE",)
+_WRITE_FOLDER_TYPES = ("GCS_WRITE_FOLDER", "GCS_WRITE_BUCKET")
 
 
 class TemplateService:
@@ -116,12 +117,16 @@ class TemplateService:
         if self.builtin_dir is None:
             raise failed_precondition("This server has no directory for built-in templates.")
         template = self.builtin_dir / name
+        stamp = Path(f"{template}.version")  # the built-in templates' code it was written from
         with self._builtin_lock:
-            if not template.exists():
+            stale = not template.exists() or not stamp.exists() or stamp.read_text() != _builtin_version()
+            if stale:
                 self._write_builtin(name, TEMPLATES[name], template)
             metadata = Path(f"{template}{METADATA_SUFFIX}")
-            if not metadata.exists():
+            if stale or not metadata.exists():
                 shutil.copyfile(metadata_path(name), metadata)
+            if stale:
+                stamp.write_text(_builtin_version())
         return template
 
     def _write_builtin(self, name: str, module: str, template: Path) -> None:
@@ -175,7 +180,8 @@ class TemplateService:
             raise invalid_argument("jobName is required to launch a template.")
         options = template["environment"]["sdkPipelineOptions"]["options"]
         check_parameters(parameters, metadata, options)
-        check_path_parameters(self.files, parameters, metadata)
+        parameters = check_path_parameters(self.files, parameters, metadata)
+        check_not_overridden(parameters, metadata, environment)
         job = {key: value for key, value in template.items() if key not in ("id", "clientRequestId")}
         job["name"] = job_name
         job_environment = job["environment"]
@@ -191,13 +197,54 @@ class TemplateService:
         return job, notes + [("JOB_MESSAGE_WARNING", warning) for warning in warnings]
 
 
-def check_path_parameters(files: FilePolicy, parameters: dict, metadata: dict | None) -> None:
+def check_path_parameters(files: FilePolicy, parameters: dict, metadata: dict | None) -> dict:
     """Parameters the metadata types as files or folders must lie under the operator's roots: the job
-    will read or write them."""
+    will read or write them. Answers the parameters with those values canonical (FilePolicy's answer: real
+    directories, no `..`, no file:// URL), which the job must get: what was checked is what is used."""
+    checked = dict(parameters)
     for spec in (metadata or {}).get("parameters", []):
-        value = parameters.get(spec.get("name"))
-        if value and spec.get("paramType") in _PATH_TYPES:
-            files.check_pattern(value)
+        name, kind = spec.get("name"), spec.get("paramType")
+        value = parameters.get(name)
+        if not value:
+            continue
+        if kind in _READ_TYPES:
+            checked[name] = files.check_pattern(value)
+        elif kind in _WRITE_FILE_TYPES:
+            checked[name] = files.check_output(value)
+        elif kind in _WRITE_FOLDER_TYPES:
+            checked[name] = files.check_output(value, folder=True)
+    return checked
+
+
+def check_not_overridden(parameters: dict, metadata: dict | None, environment: dict) -> None:
+    """additionalPipelineOptions may not set a template parameter: it would replace the checked value."""
+    declared = {p.get("name") for p in (metadata or {}).get("parameters", [])} | set(parameters)
+    for name in pipeline_options(environment):
+        if name in declared:
+            raise invalid_argument(
+                f"environment.additionalPipelineOptions sets {name!r}, a parameter of the template: give it in "
+                "parameters."
+            )
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_version() -> str:
+    """A digest of the built-in templates' code and metadata, and of Beam's version: a template file written
+    from other code (an older Beamport) is written again."""
+    import hashlib
+    from importlib import metadata as distributions
+
+    import beamport.builtin_templates as package
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(package.__file__).parent.iterdir()):
+        if path.suffix in (".py", ".json"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    try:
+        digest.update(distributions.version("apache-beam").encode())
+    except distributions.PackageNotFoundError:
+        pass
+    return digest.hexdigest()
 
 
 def pipeline_options(environment: dict) -> dict:
@@ -316,5 +363,5 @@ def environment_warnings(environment: dict) -> list[str]:
     ]
 
 
-__all__ = ["TemplateService", "METADATA_SUFFIX", "check_parameters", "check_path_parameters", "environment_warnings",
-           "pipeline_options"]
+__all__ = ["TemplateService", "METADATA_SUFFIX", "check_not_overridden", "check_parameters", "check_path_parameters",
+           "environment_warnings", "pipeline_options"]
