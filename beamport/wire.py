@@ -23,9 +23,36 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from beamport.errors import invalid_argument
+from beamport.errors import ApiError, invalid_argument
 
 log = logging.getLogger(__name__)
+
+# How deep a JSON value may nest (objects and lists; the value itself is level 1). Request bodies deeper are
+# refused as they are read (http/protocol.py), and so is any other JSON made into a message (a template's
+# file): parsing and rendering a message recurse once or twice per level (json_format, a Struct's values), so
+# the limit keeps them far from Python's. Beam's job body, the deepest a real client sends, is ~10 deep.
+MAX_JSON_DEPTH = 100
+
+
+def deeper_than(value, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a parsed JSON value nests objects and lists more than `limit` levels (walked with a stack)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
+
+
+def too_deep(what: str = "body") -> ApiError:
+    return invalid_argument(
+        f"Invalid JSON payload received. The {what} nests objects and lists deeper than {MAX_JSON_DEPTH} levels, "
+        "the limit."
+    )
+
 
 # Fields of these types carry free-form JSON or a scalar-like JSON form: not walked.
 _OPAQUE_TYPES = {
@@ -116,6 +143,8 @@ def parse_message(data, message_class, what: str = "body"):
         raise invalid_argument(
             f"Invalid JSON payload received. Expected an object for {what}, got {type(data).__name__}."
         )
+    if deeper_than(data):  # not only request bodies come here: a template's file, say
+        raise too_deep(what)
     message = message_class()
     dropped: list[str] = []
     cleaned = _drop_unknown(data, message.DESCRIPTOR, "", dropped)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import socket
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -198,5 +202,219 @@ def test_chunked_body_over_limit_is_refused_without_reading_it_whole(tmp_path):
         assert "4096 bytes" in error_of(response, 400, "INVALID_ARGUMENT")
         assert api.create("small", labels={"a": "b"})["name"] == "small"  # within the limit: fine
         assert [j["name"] for j in api.all_jobs()] == ["small"]
+    finally:
+        server.stop()
+
+
+# -- issue 14: inputs that answered 500 -------------------------------------------------------------------
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _deep_object(levels: int, leaf=1):
+    value = leaf
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def _deep_list(levels: int):
+    value = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        "a(" * 1000 + "b" + ")" * 1000,
+        "/".join(["a"] * 5000),
+        "a(" * 33 + "b" + ")" * 33,
+        "jobs(" * 20 + "a/" * 20 + "b",
+    ],
+)
+def test_a_field_selection_nested_too_deep_is_refused(api, seeded, fields):
+    job_id = seeded["batch"]["id"]
+    for path in (api.jobs_path, f"{api.jobs_path}/{job_id}", f"{api.jobs_path}/{job_id}/messages"):
+        response = api.client.get(path, params={"fields": fields})
+        assert "nested deeper than 32 levels" in error_of(response, 400, "INVALID_ARGUMENT")
+    response = api.client.post(api.jobs_path, params={"fields": fields}, json={"name": "not-created"})
+    error_of(response, 400, "INVALID_ARGUMENT")
+
+
+def test_a_field_selection_at_the_depth_limit_still_selects(api, seeded):
+    fields = "jobs(" + "a(" * 30 + "b" + ")" * 30 + ",id)"  # 32 levels
+    response = api.list(fields=fields)
+    assert response.status_code == 200, response.text
+    assert {j["id"] for j in response.json()["jobs"]} == {seeded["batch"]["id"], seeded["stream"]["id"]}
+
+
+@pytest.mark.parametrize("params", [{"name": "a\x00b"}, {"pageToken": "\x00"}, {"view\x00": "x"}, {"fields": "id\x00"}])
+def test_nul_in_a_query_parameter_is_refused(api, seeded, params):
+    assert "NUL" in error_of(api.list(**params), 400, "INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/beamport/v1/workers/a%00b", "/beamport/v1/projects/{p}/sqlTables/a%00b", "{jobs}/a%00b", "{jobs}/%00/messages"],
+)
+def test_nul_in_a_path_is_refused(api, seeded, path):
+    path = path.format(p=api.project, jobs=api.jobs_path)
+    assert "NUL" in error_of(api.client.get(path), 400, "INVALID_ARGUMENT")
+
+
+def test_nul_in_a_template_path_is_refused(server, api, seeded, tmp_path):
+    path = f"{api.jobs_path.rsplit('/', 1)[0]}/templates:get"
+    response = api.client.get(path, params={"gcsPath": f"{tmp_path}/a\x00b"})
+    error_of(response, 400, "INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize("where", ["pipelineUrl", "sqlTable", "containerSpecGcsPath", "templateParameter"])
+def test_nul_in_a_path_naming_field_is_refused_and_stores_nothing(api, seeded, tmp_path, where):
+    nul = f"{tmp_path}/a\x00b"
+    base = api.jobs_path.rsplit("/", 1)[0]
+    tables = f"/beamport/v1/projects/{api.project}/sqlTables"
+    template = tmp_path / "template.json"
+    template.write_text(json.dumps({"environment": {"sdkPipelineOptions": {"options": {"input": ""}}}}))
+    parameter = {"name": "input", "label": "In", "helpText": "in", "paramType": "GCS_READ_FILE"}
+    metadata = {"name": "T", "parameters": [parameter]}
+    (tmp_path / "template.json_metadata").write_text(json.dumps(metadata))
+    if where == "pipelineUrl":
+        environment = {"sdkPipelineOptions": {"options": {"pipelineUrl": nul}}}
+        response = api.client.post(api.jobs_path, json={"name": "nul", "environment": environment})
+    elif where == "sqlTable":
+        response = api.client.post(tables, json={"name": "nul", "path": nul, "format": "csv"})
+    elif where == "containerSpecGcsPath":
+        body = {"launchParameter": {"jobName": "nul", "containerSpecGcsPath": nul}}
+        response = api.client.post(f"{base}/flexTemplates:launch", json=body)
+    else:
+        body = {"jobName": "nul", "parameters": {"input": nul}}
+        response = api.client.post(f"{base}/templates:launch", params={"gcsPath": str(template)}, json=body)
+    assert response.status_code in (400, 403, 404), response.text
+    error_of(response, response.status_code, response.json()["error"]["status"])
+    assert api.client.get(tables).json() == {"tables": []}
+
+
+@pytest.mark.parametrize("kind", ["jobs", "messages"])
+@pytest.mark.parametrize(
+    "position", ["99999999999999999999999", "9223372036854775808", "-1", "1e5", "\u0663", "9" * 5000, ""]
+)
+def test_a_page_token_beyond_the_store_is_refused(api, seeded, kind, position):
+    token = _b64(f"{kind}:{position}")
+    if kind == "jobs":
+        response = api.list(pageToken=token)
+    else:
+        response = api.messages(seeded["batch"]["id"], pageToken=token)
+    assert "Invalid page token" in error_of(response, 400, "INVALID_ARGUMENT")
+
+
+def test_a_page_token_at_the_last_position_pages_from_there(api, seeded):
+    response = api.list(pageToken=_b64("jobs:9223372036854775807"))
+    assert response.status_code == 200, response.text
+    assert len(response.json()["jobs"]) == 2
+    response = api.client.get(
+        f"/v1b3/projects/{api.project}/jobs:aggregated", params={"pageToken": _b64("jobs:99999999999999999999999")}
+    )
+    assert "Invalid page token" in error_of(response, 400, "INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize("levels", [98, 900, 1100])
+def test_a_body_nested_deeper_than_the_limit_is_refused(api, seeded, levels):
+    # The body, environment and sdkPipelineOptions are 3 levels: 98 more make 101.
+    body = {"name": "deep", "environment": {"sdkPipelineOptions": {"options": _deep_object(levels)}}}
+    content = json.dumps(body) if levels < 900 else _dumps_deep(body, levels)
+    response = api.client.post(api.jobs_path, content=content, headers=JSON)
+    assert "deeper than 100 levels" in error_of(response, 400, "INVALID_ARGUMENT")
+
+
+def _dumps_deep(body: dict, levels: int) -> str:
+    """JSON of a body whose options nest `levels` deep (deeper than Python's json writes)."""
+    shallow = json.dumps({**body, "environment": {"sdkPipelineOptions": {"options": "DEEP"}}})
+    return shallow.replace('"DEEP"', '{"a":' * levels + "1" + "}" * levels)
+
+
+def test_a_body_at_the_depth_limit_is_kept_and_shown(api):
+    options = {"deep": _deep_object(96)}  # the body, environment, sdkPipelineOptions, options: 3 + 1 + 96 = 100
+    job = api.create("deep-enough", environment={"sdkPipelineOptions": {"options": options}})
+    full = api.get(job["id"], view="JOB_VIEW_ALL")
+    assert full.status_code == 200, full.text
+    assert full.json()["environment"]["sdkPipelineOptions"]["options"] == options
+    listed = api.list(view="JOB_VIEW_ALL", fields="jobs(environment)").json()["jobs"]
+    assert listed[0]["environment"]["sdkPipelineOptions"]["options"] == options
+
+
+def test_a_template_file_nested_too_deep_is_refused(api, seeded, tmp_path):
+    """A template's file is JSON too, read without the request body's limit: the job made of it has it."""
+    template = tmp_path / "deep-template.json"
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    template.write_text('{"environment": {"sdkPipelineOptions": {"options": {"input": "", "x": ' + deep + "}}}}")
+    base = api.jobs_path.rsplit("/", 1)[0]
+    body = {"jobName": "deep-template", "parameters": {"input": "in"}}
+    response = api.client.post(f"{base}/templates:launch", params={"gcsPath": str(template)}, json=body)
+    assert "deeper than 100 levels" in error_of(response, 400, "INVALID_ARGUMENT")
+    response = api.client.post(f"{base}/templates", json={**body, "gcsPath": str(template)})
+    assert "deeper than 100 levels" in error_of(response, 400, "INVALID_ARGUMENT")
+
+
+def test_a_sql_table_schema_nested_too_deep_is_refused(api, seeded, tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text("a\n1\n")
+    tables = f"/beamport/v1/projects/{api.project}/sqlTables"
+    body = {"name": "deep", "path": str(csv), "format": "csv", "schema": _deep_list(300)}
+    assert "deeper than 100 levels" in error_of(api.client.post(tables, json=body), 400, "INVALID_ARGUMENT")
+    assert api.client.get(tables).json() == {"tables": []}
+
+
+def test_a_sql_query_nested_too_deep_is_refused(api, seeded, tmp_path):
+    query = "SELECT " + "(" * 500 + "1" + ")" * 500
+    base = api.jobs_path.rsplit("/", 1)[0]
+    validated = api.client.get(f"{base}/sql:validate", params={"query": query})
+    assert validated.status_code in (200, 400), validated.text
+    if validated.status_code == 200:
+        assert validated.json().get("errorMessage")
+    body = {"query": query, "jobName": "deep-sql", "output": str(tmp_path / "out")}
+    response = api.client.post(f"/beamport/v1/projects/{api.project}/locations/{api.region}/sql:query", json=body)
+    error_of(response, 400, "INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize("removed", ["everything", "wal"])
+def test_deleted_database_files_stop_the_server_accepting_anything(tmp_path, removed):
+    """SQLite writes on into a deleted file that no one will read again: the server notices and answers 503
+    rather than acknowledge what it cannot keep; after a restart nothing it refused is there."""
+    server = Server(tmp_path / "data", extra_args=API_ONLY).start()
+    try:
+        api = Api(server.url, "gone")
+        api.create("before")
+        database = server.data_dir / "beamport.db"
+        for path in [database, Path(f"{database}-wal"), Path(f"{database}-shm")]:
+            if removed == "everything" or path.name.endswith("-wal"):
+                path.unlink()
+        for _ in range(3):
+            message = error_of(api.client.post(api.jobs_path, json={"name": "after"}), 503, "UNAVAILABLE")
+            assert "database is gone" in message and "restarted" in message
+            error_of(api.list(), 503, "UNAVAILABLE")
+    finally:
+        server.stop()
+    server.start()
+    try:
+        names = [j["name"] for j in Api(server.url, "gone").all_jobs()]
+        assert "after" not in names
+    finally:
+        server.stop()
+
+
+def test_a_deleted_database_is_noticed_without_a_write(tmp_path):
+    server = Server(tmp_path / "data", extra_args=API_ONLY).start()
+    try:
+        api = Api(server.url, "gone-idle")
+        api.create("before")
+        for path in server.data_dir.glob("beamport.db*"):
+            path.unlink()
+        time.sleep(2.5)  # the sweeper looks every second
+        assert "database is gone" in error_of(api.list(), 503, "UNAVAILABLE")
+        assert "database is gone" in server.log_path.read_text()
     finally:
         server.stop()

@@ -1,4 +1,9 @@
-"""Partial responses: Google's `fields` parameter, e.g. `jobs(id,currentState),nextPageToken`."""
+"""Partial responses: Google's `fields` parameter, e.g. `jobs(id,currentState),nextPageToken`.
+
+Parsed without recursion (a stack of open parentheses), and refused when it nests deeper than MAX_DEPTH
+levels: a selection is never deeper than the answers it selects from, and a deep one must not cost the
+server more than a shallow one.
+"""
 
 from __future__ import annotations
 
@@ -8,58 +13,96 @@ from beamport.errors import invalid_argument
 
 _TOKEN = re.compile(r"\s*([A-Za-z0-9_*]+(?:/[A-Za-z0-9_*]+)*|[(),])")
 
+# Levels a selection may nest: parentheses and `/` steps together (`a/b(c)` is 3). Dataflow's answers nest
+# about 10 levels deep (a job's steps' properties), free-form values (Structs) a few more.
+MAX_DEPTH = 32
+
 # A selection tree: {name: subtree}, where None selects the whole value.
 Tree = dict
 
 
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 100 else text[:100] + "...")
+
+
 def parse_fields(text: str) -> Tree:
-    tokens, pos = [], 0
     text = text.strip()
+    tokens, pos = [], 0
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if not match:
-            raise invalid_argument(f"Invalid field selection {text!r} at position {pos}")
+            raise invalid_argument(f"Invalid field selection {_shown(text)} at position {pos}")
         tokens.append(match.group(1))
         pos = match.end()
-    tree, rest = _parse_list(tokens, text)
-    if rest:
-        raise invalid_argument(f"Invalid field selection {text!r}: unbalanced parentheses")
-    return tree
 
+    def broken(why: str = ""):
+        return invalid_argument(f"Invalid field selection {_shown(text)}{': ' + why if why else ''}")
 
-def _parse_list(tokens: list[str], text: str) -> tuple[Tree, list[str]]:
-    tree: Tree = {}
-    while tokens:
-        path = tokens.pop(0)
-        if path in "(),":
-            raise invalid_argument(f"Invalid field selection {text!r}")
-        sub = None
-        if tokens and tokens[0] == "(":
-            sub, tokens = _parse_list(tokens[1:], text)
-            if not tokens or tokens[0] != ")":
-                raise invalid_argument(f"Invalid field selection {text!r}: unbalanced parentheses")
-            tokens = tokens[1:]
-        _insert(tree, path.split("/"), sub)
-        if tokens and tokens[0] == ",":
-            tokens = tokens[1:]
+    root: Tree = {}
+    # Open parentheses, innermost last: (the tree of the list inside, the tree it goes into, its path, depth).
+    stack: list[tuple[Tree, Tree, list[str], int]] = []
+    tree, depth = root, 0
+    i, n = 0, len(tokens)
+    while True:
+        # An item: a path, then a parenthesised list or nothing. (At the top level, nothing at all: an empty
+        # selection, or a trailing comma.)
+        if i >= n and not stack:
+            return root
+        if i >= n or tokens[i] in "(),":
+            raise broken()
+        names = tokens[i].split("/")
+        i += 1
+        if depth + len(names) > MAX_DEPTH:
+            raise broken(f"nested deeper than {MAX_DEPTH} levels")
+        if i < n and tokens[i] == "(":
+            i += 1
+            stack.append(({}, tree, names, depth))
+            tree, depth = stack[-1][0], depth + len(names)
             continue
-        break
-    return tree, tokens
+        _insert(tree, names, None)
+        # After an item: a comma (another item follows), a closing parenthesis, or the end.
+        while True:
+            if i < n and tokens[i] == ",":
+                i += 1
+                break
+            if i < n and tokens[i] == ")":
+                if not stack:
+                    raise broken("unbalanced parentheses")
+                inner, tree, names, depth = stack.pop()
+                _insert(tree, names, inner)
+                i += 1
+                continue
+            if i < n:
+                raise broken()
+            if stack:
+                raise broken("unbalanced parentheses")
+            return root
 
 
 def _insert(tree: Tree, names: list[str], sub: Tree | None) -> None:
-    head, rest = names[0], names[1:]
+    """Add the selection `sub` (None: the whole value) at the path `names`, merged with what is there."""
+    for name in names[:-1]:
+        node = tree.get(name, {})
+        if node is None:
+            return  # already selected whole
+        tree = tree.setdefault(name, node)
+    head = names[-1]
     if head in tree and tree[head] is None:
         return  # already selected whole
-    if not rest:
-        if sub is None or head not in tree:
-            tree[head] = sub
-        else:
-            for key, value in sub.items():
-                _insert(tree[head], [key], value)
+    if sub is None or head not in tree:
+        tree[head] = sub
         return
-    node = tree.setdefault(head, {})
-    _insert(node, rest, sub)
+    # Both partial: merge, level by level (both trees are at most MAX_DEPTH deep).
+    pending = [(tree[head], sub)]
+    while pending:
+        into, other = pending.pop()
+        for key, value in other.items():
+            if key in into and into[key] is None:
+                continue
+            if value is None or key not in into:
+                into[key] = value
+            else:
+                pending.append((into[key], value))
 
 
 def select(value, tree: Tree | None):

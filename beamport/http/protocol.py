@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from beamport.errors import ApiError, invalid_argument
 from beamport.http.fields import parse_fields, select
+from beamport.wire import MAX_JSON_DEPTH, deeper_than, too_deep
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,10 @@ class SystemParams:
 
     def __init__(self, request: Request):
         query = request.query_params
+        if b"%00" in request.scope.get("query_string", b""):  # a NUL arrives percent-encoded or not at all
+            _refuse_nul(query)
+        if b"%00" in request.scope.get("raw_path", b""):
+            raise invalid_argument("Invalid path: NUL characters are not allowed.")
         alt = query.get("$alt") or query.get("alt") or "json"
         if alt.split(";", 1)[0] != "json":
             raise invalid_argument(f"Unsupported alt value {alt!r}: this server answers in JSON only (alt=json).")
@@ -39,6 +44,15 @@ class SystemParams:
         self.pretty = query.get("prettyPrint", "true").lower() not in ("false", "0")
         fields = query.get("fields") or query.get("$fields")
         self.fields = parse_fields(fields) if fields else None
+
+
+def _refuse_nul(query) -> None:
+    """No parameter takes a NUL character (nor does a path): not a file name, an id, a filter, a database
+    text."""
+    for name, value in query.multi_items():
+        if "\x00" in name or "\x00" in value:
+            shown = name.replace("\x00", "\\x00")[:100]
+            raise invalid_argument(f"Invalid value at '{shown}': NUL characters are not allowed.")
 
 
 def json_response(data: dict, params: SystemParams | None = None, status: int = 200) -> Response:
@@ -104,11 +118,17 @@ async def read_json(request: Request) -> dict:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):
+            raise too_deep() from None
         raise invalid_argument(f"Invalid JSON payload received. {exc}") from None
     if not isinstance(data, dict):
         raise invalid_argument(
             f"Invalid JSON payload received. The request body must be a JSON object, not {type(data).__name__}."
         )
+    # Every JSON route reads its body here: none nests deeper than wire.MAX_JSON_DEPTH (orjson itself stops at
+    # 1024). Only a body with more brackets than the limit can be deeper (counted at C speed).
+    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and deeper_than(data):
+        raise too_deep()
     return data
 
 

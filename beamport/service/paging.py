@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import base64
+import re
 
 from beamport.errors import invalid_argument
+
+# A position is a sequence number of the store: a signed 64-bit integer column (SQLite's INTEGER, PostgreSQL's
+# BIGINT). A token naming one beyond that is not one this server made.
+MAX_POSITION = 2**63 - 1
+_POSITION = re.compile(r"[0-9]{1,19}\Z")
 
 
 def encode_token(kind: str, position: int) -> str:
@@ -17,11 +23,12 @@ def decode_token(kind: str, token: str | None) -> int | None:
     try:
         padded = token + "=" * (-len(token) % 4)
         tag, _, position = base64.urlsafe_b64decode(padded.encode()).decode().partition(":")
-        if tag == kind and position.isdigit():
+        if tag == kind and _POSITION.match(position) and int(position) <= MAX_POSITION:
             return int(position)
     except (ValueError, UnicodeError):
         pass
-    raise invalid_argument(f"Invalid page token: {token!r}")
+    shown = token if len(token) <= 100 else token[:100] + "..."
+    raise invalid_argument(f"Invalid page token: {shown!r}")
 
 
 def page_size(requested: int, default: int, maximum: int) -> int:
