@@ -9,38 +9,32 @@ from starlette.requests import Request
 
 from beamport import wire
 from beamport.http.auth import principal_of
-from beamport.http.protocol import api, call, id_param, location_param, project_param, read, read_json
+from beamport.http.protocol import api, api_off_loop, call, id_param, location_param, project_param, read, read_json
 
 
 def _service(request: Request):
     return request.app.state.execution
 
 
-@api
-async def get_metrics(request: Request) -> dict:
+@api_off_loop
+async def get_metrics(request: Request):
+    """A job's metrics: as many as its pipeline reports (read and rendered off the event loop)."""
     start = wire.parse_timestamp_us(request.query_params.get("startTime"), "startTime")
-    return await read(
-        request,
-        _service(request).get_metrics, project_param(request), location_param(request), id_param(request, "jobId"), start
-    )
+    project, location, job_id = project_param(request), location_param(request), id_param(request, "jobId")
+    return lambda: _service(request).get_metrics(project, location, job_id, start)
 
 
-@api
-async def execution_details(request: Request) -> dict:
-    return await call(
-        _service(request).execution_details, project_param(request), location_param(request), id_param(request, "jobId")
-    )
+@api_off_loop
+async def execution_details(request: Request):
+    project, location, job_id = project_param(request), location_param(request), id_param(request, "jobId")
+    return lambda: _service(request).execution_details(project, location, job_id)
 
 
-@api
-async def stage_execution_details(request: Request) -> dict:
-    return await call(
-        _service(request).stage_execution_details,
-        project_param(request),
-        location_param(request),
-        id_param(request, "jobId"),
-        request.path_params["stageId"],
-    )
+@api_off_loop
+async def stage_execution_details(request: Request):
+    project, location, job_id = project_param(request), location_param(request), id_param(request, "jobId")
+    stage_id = request.path_params["stageId"]
+    return lambda: _service(request).stage_execution_details(project, location, job_id, stage_id)
 
 
 LEASE_WAIT_S = 2.0

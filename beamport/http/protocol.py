@@ -183,3 +183,23 @@ def int_param(request: Request, name: str) -> int:
         return int(value)
     except ValueError:
         raise invalid_argument(f"Invalid value at '{name}' (TYPE_INT32), \"{value}\"") from None
+
+
+def api_off_loop(handler):
+    """Like api(), for calls whose answers may be large (lists, a whole job, metrics): the handler checks the
+    request on the event loop and returns a function of no arguments (or a dict, answered as api() does).
+    Calling that function (the service's read) and rendering its answer (JSON, `fields`) both run in the
+    thread pool, so that no other request waits while a large answer is built."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            params = SystemParams(request)
+            answer = await handler(request)
+            if callable(answer):
+                return await run_in_threadpool(lambda: json_response(answer(), params))
+            return json_response(answer, params)
+        except ApiError as error:
+            return error_response(error)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint

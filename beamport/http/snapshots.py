@@ -7,6 +7,7 @@ from starlette.requests import Request
 
 from beamport.http.protocol import (
     api,
+    api_off_loop,
     call,
     id_param,
     id_query_param,
@@ -38,18 +39,19 @@ async def snapshot_job(request: Request) -> dict:
     return await call(_service(request).snapshot_job, project, location, job_id, body)
 
 
-@api
-async def list_job_snapshots(request: Request) -> dict:
+@api_off_loop
+async def list_job_snapshots(request: Request):
+    """Lists are unpaged (as on Dataflow): read and rendered off the event loop."""
     project, location = project_param(request), location_param(request)
     job_id = id_param(request, "jobId")
-    return await read(request, _service(request).list_snapshots, project, location, job_id)
+    return lambda: _service(request).list_snapshots(project, location, job_id)
 
 
-@api
-async def list_(request: Request) -> dict:
+@api_off_loop
+async def list_(request: Request):
     project, location = project_param(request), _location(request)
     job_id = id_query_param(request, "jobId")
-    return await read(request, _service(request).list_snapshots, project, location, job_id)
+    return lambda: _service(request).list_snapshots(project, location, job_id)
 
 
 @api

@@ -9,6 +9,7 @@ with `completeWorkStatus` CANCELLED, which tells a worker to stop.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 
@@ -68,6 +69,9 @@ REPORT_INTERVAL = "1s"
 # Dataflow retries a failing batch work item up to 4 times: the 4th failure fails the job.
 MAX_FAILURES = 4
 ANY = "-"  # AIP-159: a wildcard for the project, location or job of a lease
+# How many waiting work items a lease of any job's work chooses among (the oldest; per-project quotas keep the
+# number waiting far below this).
+PENDING_SCAN = 10_000
 
 _EXECUTION_STATE = {
     model.RUNNING: "EXECUTION_STATE_RUNNING",
@@ -110,6 +114,7 @@ class ExecutionService:
         self.streaming_engine = streaming_engine  # "flink", or None: see beamport.service.engines
         # (project, location, snapshot id) -> the snapshot's data, for jobs that start from one.
         self.restore_location = restore_location
+        self._places: dict[str, tuple[str, str]] = {}  # job id -> (project, location): see _where
 
     # -- the work-item protocol -------------------------------------------------
 
@@ -183,15 +188,43 @@ class ExecutionService:
                 return None
             items = [item for item in self.store.list_work_items(job_id) if item.state == WORK_PENDING]
             return (job, items[0]) if items else None
-        for item in self.store.list_work_items_in_state(WORK_PENDING, 1000):
-            job = self.store.get_job(None if project_id == ANY else project_id, item.job_id)
-            if job is None or not job.active or (location != ANY and job.location != location):
+        # Fair across projects: among the projects with work this worker may take, the one with the fewest work
+        # items running goes first (ties: the one whose waiting work is oldest), and its oldest item; so a
+        # project that queues thousands of jobs delays another project's job by one lease at most.
+        waiting: dict[str, list[WorkItemRecord]] = {}
+        for item in self.store.list_work_items_in_state(WORK_PENDING, PENDING_SCAN):
+            where = self._where(item.job_id)
+            if where is None or (project_id != ANY and where[0] != project_id):
                 continue
-            if projects is not None and job.project_id not in projects:
+            if (location != ANY and where[1] != location) or (projects is not None and where[0] not in projects):
                 continue
-            if document(job).get("currentState") not in _STOP_STATES:
-                return job, item
+            waiting.setdefault(where[0], []).append(item)
+        if not waiting:
+            return None
+        running = collections.Counter(
+            where[0]
+            for where in map(self._where, (i.job_id for i in self.store.list_work_items_in_state(WORK_LEASED, 10_000)))
+            if where is not None
+        )
+        for project in sorted(waiting, key=lambda p: (running[p], waiting[p][0].id)):
+            for item in waiting[project]:
+                job = self.store.get_job(project, item.job_id)
+                if job is not None and job.active and document(job).get("currentState") not in _STOP_STATES:
+                    return job, item
         return None
+
+    def _where(self, job_id: str) -> tuple[str, str] | None:
+        """A job's (project, location), which never change: cached, so that choosing among thousands of waiting
+        work items reads each job once."""
+        where = self._places.get(job_id)
+        if where is None:
+            job = self.store.get_job(None, job_id, with_detail=False)
+            if job is None:
+                return None
+            if len(self._places) >= 100_000:
+                self._places.clear()
+            where = self._places[job_id] = (job.project_id, job.location)
+        return where
 
     def _serving(self, worker: WorkerRecord | None, worker_id: str, job: JobRecord, item: WorkItemRecord, now: int):
         """The registry entry of a worker that has just leased work."""
@@ -579,6 +612,10 @@ class ExecutionService:
             if job is not None and job.active:
                 out.append((job, item))
         return out
+
+    def waiting_jobs(self, limit: int = PENDING_SCAN) -> list[str]:
+        """The ids of the jobs whose work waits for a worker, oldest first (one read of the work items)."""
+        return list(dict.fromkeys(item.job_id for item in self.store.list_work_items_in_state(WORK_PENDING, limit)))
 
     def _change_job(self, job_id: str, change) -> None:
         """Apply `change(doc, now, write) -> bool` to the job with a version check; False means no change."""

@@ -30,6 +30,7 @@ from beamport.service.documents import (
 )
 from beamport.service.model import JobPb
 from beamport.service.notify import WorkNotifier
+from beamport.service.quotas import JobQuotas, check_job, check_job_name, check_labels
 from beamport.service.paging import decode_token, page_response, page_size
 from beamport.store.base import (
     FILTER_ACTIVE,
@@ -77,9 +78,10 @@ class JobService:
     def __init__(
         self, store: Store, files: FilePolicy | None = None, clock=wire.now_us, work: WorkNotifier | None = None,
         streaming_engine: str | None = None, restore_location=None, carry_state=None, pipelines_dir=None,
-        engines_available: set[str] | frozenset = frozenset({engines.EMBEDDED}),
+        engines_available: set[str] | frozenset = frozenset({engines.EMBEDDED}), quotas: JobQuotas | None = None,
     ):  # fmt: skip
         self.store = store
+        self.quotas = quotas  # per-project quotas on creates (None: none)
         self.files = files  # None: files named in requests are neither checked nor read (tests of the API only)
         self.clock = clock
         self.work = work or WorkNotifier()  # told when a created job has work to lease
@@ -181,13 +183,7 @@ class JobService:
     ) -> dict:
         """Create a job (or replace an active one); `notes` are (importance, text) messages for it."""
         job = wire.parse_message(body, JobPb, "job")
-        if not job.name:
-            raise invalid_argument("The job name is required: set 'name'.")
-        if len(job.name) > model.JOB_NAME_MAX or not model.JOB_NAME_RE.match(job.name):
-            raise invalid_argument(
-                f"Invalid job name '{job.name}': a job name must consist of only the characters "
-                "[-a-z0-9], starting with a letter and ending with a letter or number."
-            )
+        check_job_name(job.name)
         replace_job_id = job.replace_job_id or replace_job_id or ""
 
         if job.client_request_id:
@@ -215,7 +211,27 @@ class JobService:
         if not job.type_:
             job.type_ = model.JobType.values_by_name[model.BATCH].number  # Dataflow's default
         doc = wire.to_dict(job)
+        check_job(doc)  # Dataflow's limits, field by field (service/quotas.py)
         engines.check_engine(doc, self.engines_available)
+        if self.quotas is None:
+            return self._create(project_id, location, doc, replace_job_id, view, notes, now)
+        try:
+            self.quotas.reserve(project_id, job_id, now, replacing=bool(replace_job_id))
+        except ApiError:
+            # Past a quota, a create of a name that has an active job still answers that job, as Dataflow does.
+            existing = None if replace_job_id else self.store.find_active_job(project_id, location, job.name)
+            if existing is not None:
+                return render_job(existing, view)
+            raise
+        try:
+            return self._create(project_id, location, doc, replace_job_id, view, notes, now)
+        finally:
+            self.quotas.release(project_id, job_id)
+
+    def _create(
+        self, project_id: str, location: str, doc: dict, replace_job_id: str, view: int, notes, now: int
+    ) -> dict:
+        job_id = doc["id"]
         self._check_snapshot(project_id, location, doc)
         self._check_files(doc)
         if replace_job_id:
@@ -241,10 +257,10 @@ class JobService:
             except ActiveNameTaken:
                 # Dataflow answers a second create of an active name with the
                 # existing job, unchanged; clients compare clientRequestId.
-                existing = self.store.find_active_job(project_id, location, job.name)
+                existing = self.store.find_active_job(project_id, location, doc["name"])
                 if existing is not None and not replace_job_id:
                     return render_job(existing, view)
-        raise ApiError("ABORTED", f"Too much contention creating job {job.name}; try again.")
+        raise ApiError("ABORTED", f"Too much contention creating job {doc['name']}; try again.")
 
     def kept_pipeline(self, project_id: str, location: str, job_id: str) -> bytes:
         """The pipeline a job was created with, as the service kept it (what its workers run)."""
@@ -427,6 +443,8 @@ class JobService:
                     "labels, runtime_updatable_params.{max_num_workers,min_num_workers,worker_utilization_hint}."
                 )
         changes = wire.to_dict(job)
+        if "labels" in mask:
+            check_labels(changes.get("labels"))
 
         for _ in range(_RETRIES):
             record = load_job(self.store, project_id, location, job_id)

@@ -108,14 +108,14 @@ class LocalWorkerPool:
         # Every waiting job, not only the oldest few: behind a flood of jobs, the newest wait longest. Each is
         # marked once (the service's change is a no-op for a job no longer PENDING).
         waiting = self.execution.waiting_jobs()
-        self._queued &= waiting
-        new = waiting - self._queued
+        self._queued &= set(waiting)
+        new = [job_id for job_id in waiting if job_id not in self._queued]
         if new:
             busy = self.execution.busy_workers()
             if all(worker.worker_id in busy for worker in self.workers):
-                for job_id in sorted(new):
+                for job_id in new:  # oldest first
                     self.execution.mark_queued(job_id, len(self.workers))
-                self._queued |= new
+                self._queued.update(new)
 
     def _spawn(self) -> _Worker:
         worker_id = f"local-{uuid.uuid4().hex[:8]}"
