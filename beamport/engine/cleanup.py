@@ -58,8 +58,8 @@ def _clean_up(staged: StagedJob, files) -> list[str]:
     removed: list[str] = []
     for folder, basename in sorted(_sink_folders(staged.pipeline)):
         if files is not None:
-            try:
-                folder = files.check(folder)
+            try:  # a folder the job may write into (its real path)
+                folder = files.check_output(folder, folder=True)
             except ApiError:
                 continue
         try:
