@@ -114,7 +114,7 @@ def new_postgres_database() -> str:
 
 
 # The API tests' servers run no workers: their jobs stay as the API leaves them (nothing leases their work).
-API_ONLY = ("--workers", "0", "--allow-path", "/tmp")
+API_ONLY = ("--workers", "0", "--allow-path", "/tmp", "--max-active-jobs", "0", "--max-jobs-per-minute", "0")
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])

@@ -110,7 +110,7 @@ def test_template_launches_go_through_the_same_rules(api):
         path = f"/v1b3/projects/{api.project}/locations/us-central1/templates:launch"
         launched = api.client.post(path, params={"gcsPath": str(template)},
                                    json={"jobName": "from-template", "environment": {"additionalUserLabels": {"Team": "x"}}})  # fmt: skip
-        assert "'labels'" in error_of(launched, 400, "INVALID_ARGUMENT")
+        assert "'environment.additionalUserLabels'" in error_of(launched, 400, "INVALID_ARGUMENT")
         launched = api.client.post(path, params={"gcsPath": str(template)}, json={"jobName": "Bad_Name"})
         assert "Invalid job name" in error_of(launched, 400, "INVALID_ARGUMENT")
         assert api.all_jobs() == []

@@ -122,9 +122,7 @@ class ExecutionService:
         """Lease work of a job, or with `-` for the job (and project, location) of any job that has some (of
         `projects` only, unless None)."""
         request = schema.check(body, "LeaseWorkItemRequest")
-        worker_id = request.get("workerId")
-        if not worker_id:
-            raise invalid_argument("workerId is required to lease work.")
+        worker_id = _worker_id(request, "lease work")
         lease_us = _duration_us(request.get("requestedLeaseDuration"), DEFAULT_LEASE_US)
         if job_id != ANY:
             load_job(self.store, project_id, location, job_id, with_detail=False)
@@ -274,9 +272,7 @@ class ExecutionService:
 
     def report_status(self, project_id: str, location: str, job_id: str, body: dict) -> dict:
         request = schema.check(body, "ReportWorkItemStatusRequest")
-        worker_id = request.get("workerId")
-        if not worker_id:
-            raise invalid_argument("workerId is required to report work status.")
+        worker_id = _worker_id(request, "report work status")
         statuses = request.get("workItemStatuses", [])
         for status in statuses:  # everything is checked before anything changes
             if status.get("counterUpdates"):
@@ -709,3 +705,13 @@ def _timing(stage: StageRecord) -> dict:
         if stage.state == model.DONE:
             timing["progress"]["currentProgress"] = 1.0
     return timing
+
+
+def _worker_id(request: dict, to: str) -> str:
+    """A request's workerId: a printable name of at most 256 characters."""
+    worker_id = request.get("workerId")
+    if not worker_id:
+        raise invalid_argument(f"workerId is required to {to}.")
+    if not isinstance(worker_id, str) or len(worker_id) > 256 or not worker_id.isprintable():
+        raise invalid_argument("workerId must be a printable name of at most 256 characters.")
+    return worker_id

@@ -34,6 +34,7 @@ from beamport.sandbox import OFF, Sandbox
 from beamport.lazy_imports import beam_module
 from beamport.service import model
 from beamport.service.jobs import JobService
+from beamport.service.quotas import check_template_launch
 from beamport.service.templates import check_parameters, check_path_parameters, environment_warnings, pipeline_options
 
 LAUNCH_TIMEOUT_S = 300.0  # for the launcher to submit its job
@@ -70,6 +71,8 @@ class FlexTemplateService:
             )
         spec = self._spec(launch)
         parameters = {**(launch.get("launchOptions") or {}), **(launch.get("parameters") or {})}
+        check_template_launch(job_name, parameters, (launch.get("environment") or {}).get("additionalUserLabels"),
+                              prefix="launchParameter.")  # fmt: skip
         metadata = spec.get("metadata")
         check_parameters(parameters, metadata, options=None)
         parameters = check_path_parameters(self.files, parameters, metadata)

@@ -52,6 +52,7 @@ DATAFLOW_SCOPES = frozenset(
 SIGN_IN_CODE_S = 24 * 3600
 SESSION_S = 12 * 3600
 CACHE_S = 5.0  # how long a policy read may be reused (writes through this server clear it at once)
+_PROJECT_ID = re.compile(r"[a-z0-9][-a-z0-9.:_]{0,127}\Z")
 _ACCOUNT_ID = re.compile(r"[a-z]([-a-z0-9]{4,28}[a-z0-9])\Z")
 _UNAUTHENTICATED = (
     "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid "
@@ -228,7 +229,7 @@ class IamService:
         merged: dict[str, set[str]] = {}
         for i, binding in enumerate(bindings):
             role = binding.get("role") if isinstance(binding, dict) else None
-            if role not in PERMISSIONS:
+            if not isinstance(role, str) or role not in PERMISSIONS:
                 raise invalid_argument(
                     f"policy.bindings[{i}].role {role!r} is not a role of this server; the roles are "
                     f"{', '.join(sorted(PERMISSIONS))}."
@@ -513,8 +514,11 @@ class IamService:
 
     def audit(self, principal: Principal | None, method: str, project_id: str, resource: str, status: str,
               message: str = "", caller_ip: str = "") -> None:  # fmt: skip
-        record = AuditRecord(self.clock(), project_id or "", principal.email if principal else "", method,
-                             resource, status, message[:1000], caller_ip)  # fmt: skip
+        # What a refused request named goes in as it came, made storable: no NUL, bounded (a project id that is
+        # not one is kept in the resource alone).
+        project = project_id if project_id and (_PROJECT_ID.match(project_id) or project_id == ORGANIZATION) else ""
+        record = AuditRecord(self.clock(), project, principal.email if principal else "", method,
+                             _storable(resource, 2000), status, _storable(message, 1000), caller_ip[:64])  # fmt: skip
         self.store.add_audit([record])
 
     def list_audit(self, project_id: str | None, requested_size: int = 0, token: str | None = None) -> dict:
@@ -526,6 +530,10 @@ class IamService:
         if len(records) > limit:
             answer["nextPageToken"] = encode_token("audit", records[limit - 1].seq)
         return answer
+
+
+def _storable(text: str, limit: int) -> str:
+    return text.replace("\x00", "\\0")[:limit]
 
 
 def _drop_expired(entries: dict, now: float) -> None:

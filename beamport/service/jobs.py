@@ -370,6 +370,8 @@ class JobService:
             return
         environment = doc.get("environment", {})
         options = environment.get("sdkPipelineOptions", {}).get("options", {})
+        if not isinstance(options, dict):
+            raise invalid_argument("environment.sdkPipelineOptions.options must be an object.")
         # Directories written into (paths, not patterns), and files read.
         written = [options.get("temp_location"), options.get("staging_location"), environment.get("tempStoragePrefix")]
         read = [p.get("location") for pool in environment.get("workerPools", []) for p in pool.get("packages", [])]

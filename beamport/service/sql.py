@@ -54,8 +54,8 @@ class SqlService:
         """(an error message, or None) and the paths of the tables the query reads."""
         import bqsqlparse  # imported only for the SQL calls
 
-        if not query or not query.strip():
-            raise invalid_argument("query is required: the GoogleSQL query.")
+        if not isinstance(query, str) or not query.strip():
+            raise invalid_argument("query is required: the GoogleSQL query (a string).")
         if len(query.encode()) > MAX_QUERY_BYTES:
             raise invalid_argument(f"The query is over {MAX_QUERY_BYTES} bytes.")
         depth = _nesting(query)
@@ -67,6 +67,8 @@ class SqlService:
             statements = bqsqlparse.parse(query)
         except bqsqlparse.BQSQLError as exc:
             return _syntax_error(exc), []
+        except (AttributeError, IndexError, TypeError, ValueError):  # the parser's lexer on what it does not know
+            return "Syntax error: the query has characters or a construct GoogleSQL does not accept.", []
         except RecursionError:  # deep nesting without brackets (NOT NOT NOT ..., - - - ...)
             raise invalid_argument("The query nests too deeply to be parsed.") from None
         try:
@@ -133,7 +135,9 @@ class SqlService:
         except Exception as exc:
             raise invalid_argument(f"Cannot read {path} as {fmt}: {str(exc).splitlines()[0]}") from None
         columns = body.get("schema") or inferred
-        if not isinstance(columns, list) or not all(isinstance(c, dict) and c.get("name") for c in columns):
+        if not isinstance(columns, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"] for c in columns
+        ):
             raise invalid_argument("schema must be a list of {name, type}.")
         missing = {c["name"] for c in columns} - {c["name"] for c in inferred}
         if missing:

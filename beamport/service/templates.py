@@ -25,6 +25,7 @@ from beamport import schema
 from beamport.errors import ApiError, failed_precondition, invalid_argument, not_found, unimplemented
 from beamport.files import FilePolicy
 from beamport.service.jobs import JobService
+from beamport.service.quotas import check_template_launch
 
 METADATA_SUFFIX = "_metadata"
 # RuntimeEnvironment fields that mean something only on Google's machines: a warning says they are ignored.
@@ -178,6 +179,7 @@ class TemplateService:
         template, metadata = self._load(gcs_path, internal)
         if not job_name:
             raise invalid_argument("jobName is required to launch a template.")
+        check_template_launch(job_name, parameters, environment.get("additionalUserLabels"))
         options = template["environment"]["sdkPipelineOptions"]["options"]
         check_parameters(parameters, metadata, options)
         parameters = check_path_parameters(self.files, parameters, metadata)

@@ -204,6 +204,7 @@ def make_engine(work_config: dict, sdk_workers: int):
 
 def execute(assignment: dict) -> int:
     """Run one leased work item to its end. Returns the process exit code."""
+    from beamport.engine.cleanup import clean_up_earlier_attempts
     from beamport.engine.staging import stage_job
     from beamport.files import FilePolicy
     from beamport.translate.metrics import metric_updates, system_metric_updates
@@ -230,6 +231,7 @@ def execute(assignment: dict) -> int:
                 reporter.planned_stages = len((job.get("pipelineDescription") or {}).get("executionPipelineStage", []))
                 staged, warnings = stage_job(job, files, engine=work_config.get("engine", "embedded"),
                                              pipeline_bytes=api.get_pipeline(work))  # fmt: skip
+                warnings += clean_up_earlier_attempts(staged, work.attempt, files)
             except Exception as exc:
                 reporter.code(CODE_STAGING_FAILED, {"error": getattr(exc, "message", None) or str(exc)})
                 raise
