@@ -65,6 +65,22 @@ def parse_time_us(value: str) -> int:
     return (datetime.fromisoformat(value) - _EPOCH) // timedelta(microseconds=1)
 
 
+def _pages(fetch, key: str, limit: int | None) -> Iterator[dict]:
+    """The items under `key` of the pages `fetch(page_size, page_token)` answers, following nextPageToken until
+    `limit` items (None: all)."""
+    count, token = 0, None
+    while limit is None or count < limit:
+        page = fetch(MAX_PAGE_SIZE if limit is None else min(limit - count, MAX_PAGE_SIZE), token)
+        for item in page.get(key, []):
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            yield item
+        token = page.get("nextPageToken")
+        if not token:
+            return
+
+
 class DataflowClient:
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 30.0, credentials: str | None = None):
         """`credentials`: a service-account key file; by default GOOGLE_APPLICATION_CREDENTIALS's, if set."""
@@ -160,18 +176,7 @@ class DataflowClient:
         limit: int | None = None,
     ) -> Iterator[dict]:
         """Jobs, newest first, following nextPageToken until `limit` jobs (None: all)."""
-        count, token = 0, None
-        while limit is None or count < limit:
-            size = MAX_PAGE_SIZE if limit is None else min(limit - count, MAX_PAGE_SIZE)
-            page = self.list_jobs_page(project, region, filter, name, size, token)
-            for job in page.get("jobs", []):
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield job
-            token = page.get("nextPageToken")
-            if not token:
-                return
+        return _pages(lambda size, token: self.list_jobs_page(project, region, filter, name, size, token), "jobs", limit)
 
     def get_job(self, project: str, region: str, job_id: str, view: str | None = None) -> dict:
         return self._request("GET", self._job_path(project, region, job_id), {"view": view})
@@ -349,18 +354,7 @@ class DataflowClient:
 
     def iter_audit_logs(self, project: str | None, limit: int | None = None) -> Iterator[dict]:
         """Audit log entries, newest first, following nextPageToken until `limit` entries (None: all)."""
-        count, token = 0, None
-        while limit is None or count < limit:
-            size = MAX_PAGE_SIZE if limit is None else min(limit - count, MAX_PAGE_SIZE)
-            page = self.list_audit_logs_page(project, size, token)
-            for entry in page.get("entries", []):
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield entry
-            token = page.get("nextPageToken")
-            if not token:
-                return
+        return _pages(lambda size, token: self.list_audit_logs_page(project, size, token), "entries", limit)
 
     def console_sign_in_link(self) -> str:
         """A one-time link that signs the web console in as the caller."""
