@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from conftest import Server, beamport_command, free_port, new_postgres_database
-from test_running_jobs import dataflow_flags, read_output, wait_state
+from test_running_jobs import dataflow_flags, read_output
 
 pytestmark = pytest.mark.slow
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]

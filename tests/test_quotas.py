@@ -213,7 +213,7 @@ def test_active_job_quota(tmp_path, store_url):
         assert api.create("job-0")["id"] == jobs[0]["id"]
         # Another region of the project counts too; another project does not.
         other_region = Api(server.url, "flood", "europe-west1").client.post(
-            f"/v1b3/projects/flood/locations/europe-west1/jobs", json={"name": "elsewhere"})  # fmt: skip
+            "/v1b3/projects/flood/locations/europe-west1/jobs", json={"name": "elsewhere"})  # fmt: skip
         error_of(other_region, 429, "RESOURCE_EXHAUSTED")
         assert Api(server.url, "other").create("job-0")["name"] == "job-0"
         # A job that ends frees its place.
