@@ -103,8 +103,8 @@ class Settings:
 
     def user_code_sandbox(self) -> Sandbox:
         """The sandbox this server's own user-code processes (flex launchers) run in."""
-        writable = [*self.allowed_roots(), *([self.flink.shared_dir] if self.flink else [])]
-        return Sandbox(self.sandbox, writable=writable, hidden=self.private_paths(), limits=self.job_limits)
+        return Sandbox(self.sandbox, writable=self.allowed_roots(), hidden=self.private_paths(), limits=self.job_limits,
+                       shared=[self.flink.shared_dir] if self.flink else [])  # fmt: skip
 
     @property
     def endpoint(self) -> str:

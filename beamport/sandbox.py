@@ -76,11 +76,14 @@ def parse_size(text: str | None) -> int | None:
 
 
 class Sandbox:
-    def __init__(self, mode: str = AUTO, writable=(), hidden=(), limits: Limits = Limits()):
+    def __init__(self, mode: str = AUTO, writable=(), hidden=(), limits: Limits = Limits(), shared=()):
+        """`writable`: directories bound writable when they exist; `shared`: directories the run shares with
+        processes outside it (e.g. Flink's drain signals), created if missing so that they are bound."""
         if mode not in MODES:
             raise ValueError(f"sandbox mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.mode = mode
-        self.writable = [Path(p) for p in writable]
+        self.shared = [Path(p) for p in shared]
+        self.writable = [*(Path(p) for p in writable), *self.shared]
         self.hidden = [Path(p) for p in hidden]
         self.limits = limits
 
@@ -123,6 +126,8 @@ class Sandbox:
         given paths under /tmp."""
         if not self.enabled:
             return argv
+        for path in self.shared:
+            path.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k in KEPT_VARIABLES or k.startswith(KEPT_PREFIXES)}
         env.update(dict(set_env))
         args = ["bwrap", *self._namespaces(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",

@@ -194,7 +194,7 @@ def worker(
     roots = [p.resolve() for p in allow_path]
     key = credentials.resolve() if credentials else None
     flink = FlinkConfig.from_env()
-    jail = Sandbox(_sandbox_mode(sandbox), writable=[*roots, *([flink.shared_dir] if flink else [])],
+    jail = Sandbox(_sandbox_mode(sandbox), writable=roots, shared=[flink.shared_dir] if flink else [],
                    hidden=[*(p.resolve() for p in deny_path), *([key] if key else [])],
                    limits=Limits(parse_size(job_memory), job_open_files, job_processes))  # fmt: skip
     try:

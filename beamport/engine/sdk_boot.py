@@ -46,7 +46,28 @@ def main(argv: list[str]) -> None:
         RUNNER_CAPABILITIES=" ".join(info.runner_capabilities),
     )
     os.dup2(2, 1)
-    os.execve(sys.executable, [sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"], env)
+    argv = [sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"]
+    sandbox = _sandbox(semi_persistent)
+    if sandbox is not None and sandbox.enabled:  # user code: the job's DoFns
+        worker_env = {k: env[k] for k in ("PIPELINE_OPTIONS", "CONTROL_API_SERVICE_DESCRIPTOR", "WORKER_ID",
+                                           "LOGGING_API_SERVICE_DESCRIPTOR", "SEMI_PERSISTENT_DIRECTORY",
+                                           "RUNNER_CAPABILITIES")}  # fmt: skip
+        argv = sandbox.command(argv, set_env=worker_env)
+    os.execvpe(argv[0], argv, env)
+
+
+def _sandbox(semi_persistent: str):
+    """The sandbox the pool's operator asked for (scripts/flink-cluster --sandbox, --allow-path), as for
+    Beamport's own workers (docs/security.md); None when the pool was started without one."""
+    mode = os.environ.get("BEAMPORT_SANDBOX")
+    if not mode:
+        return None
+    from beamport.sandbox import Sandbox
+
+    writable = [p for p in os.environ.get("BEAMPORT_SANDBOX_WRITABLE", "").split(os.pathsep) if p]
+    sandbox = Sandbox(mode, writable=[*writable, semi_persistent], shared=[os.environ.get("BEAMPORT_FLINK_SHARED_DIR", "/tmp/beamport-flink")])
+    sandbox.require()
+    return sandbox
 
 
 if __name__ == "__main__":
