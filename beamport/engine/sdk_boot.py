@@ -65,7 +65,9 @@ def _sandbox(semi_persistent: str):
     from beamport.sandbox import Sandbox
 
     writable = [p for p in os.environ.get("BEAMPORT_SANDBOX_WRITABLE", "").split(os.pathsep) if p]
-    sandbox = Sandbox(mode, writable=[*writable, semi_persistent], shared=[os.environ.get("BEAMPORT_FLINK_SHARED_DIR", "/tmp/beamport-flink")])
+    hidden = [p for p in os.environ.get("BEAMPORT_SANDBOX_HIDDEN", "").split(os.pathsep) if p]
+    shared = os.environ.get("BEAMPORT_FLINK_SHARED_DIR", "/tmp/beamport-flink")
+    sandbox = Sandbox(mode, writable=[*writable, semi_persistent], hidden=hidden, shared=[shared])
     sandbox.require()
     return sandbox
 
