@@ -34,15 +34,18 @@ class FlinkConfig:
 
 def find_prism(environ=os.environ) -> Path | None:
     """Beam's Prism binary: BEAMPORT_PRISM (`none`: no Prism), else `prism` on the PATH, else where
-    `go install` puts it (scripts/prism-build)."""
+    `go install` puts it, else where scripts/prism-build puts it (BEAMPORT_PRISM_BIN_DIR, by default
+    ~/.cache/beamport/bin)."""
     named = environ.get("BEAMPORT_PRISM")
     if named:
         return Path(named) if named != "none" and Path(named).is_file() else None
     found = shutil.which("prism")
     if found:
         return Path(found)
-    gobin = Path(environ.get("GOBIN") or Path(environ.get("GOPATH") or Path.home() / "go") / "bin")
-    return gobin / "prism" if (gobin / "prism").is_file() else None
+    home = Path(environ.get("HOME") or Path.home())
+    gobin = Path(environ.get("GOBIN") or Path(environ.get("GOPATH") or home / "go") / "bin")
+    built = Path(environ.get("BEAMPORT_PRISM_BIN_DIR") or home / ".cache" / "beamport" / "bin")
+    return next((d / "prism" for d in (gobin, built) if (d / "prism").is_file()), None)
 
 
 @dataclass

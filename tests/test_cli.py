@@ -15,7 +15,7 @@ import pytest
 from beamport.cli import client as client_module
 from beamport.cli.client import DataflowClient, MessageFollower, format_time_us, parse_time_us
 from beamport.cli.output import short_enum, yaml_lines
-from conftest import ROOT, Api, free_port
+from conftest import ROOT, Api, beamport_command, free_port
 
 # The CLI only speaks HTTP: one store backend is enough here (the API tests cover both).
 one_backend = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
@@ -405,3 +405,23 @@ def test_output_helpers():
         'f: "007"',
         "g: true",
     ]
+
+
+def test_version():
+    from beamport import __version__
+
+    done = beamport_command("--version")
+    assert done.stdout.strip() == f"beamport {__version__}"
+
+
+def test_the_server_finds_prism_where_scripts_prism_build_puts_it(tmp_path):
+    from beamport.config import find_prism
+
+    built = tmp_path / "home" / ".cache" / "beamport" / "bin"
+    environ = {"HOME": str(tmp_path / "home"), "PATH": str(tmp_path / "nothing"), "GOPATH": str(tmp_path / "go")}
+    assert find_prism(environ) is None
+    built.mkdir(parents=True)
+    (built / "prism").write_text("#!/bin/sh\n")
+    assert find_prism(environ) == built / "prism"
+    assert find_prism({**environ, "BEAMPORT_PRISM_BIN_DIR": str(built)}) == built / "prism"
+    assert find_prism({**environ, "BEAMPORT_PRISM": "none", "BEAMPORT_PRISM_BIN_DIR": str(built)}) is None

@@ -13,6 +13,21 @@ from beamport.config import DEFAULT_MAX_REQUEST_BYTES, FlinkConfig, Settings
 from beamport.sandbox import MODES, Limits, Sandbox, SandboxUnavailable, parse_size
 
 app = typer.Typer(help="Beamport: the Dataflow API, self-hosted.", no_args_is_help=True, add_completion=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from beamport import __version__
+
+        typer.echo(f"beamport {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Beamport: the Dataflow API, self-hosted."""
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(workers_cli.app, name="workers")
 app.add_typer(templates.app, name="templates")
@@ -44,7 +59,7 @@ JOB_OPEN_FILES = typer.Option(None, help="Open files a job's process may hold (d
 JOB_PROCESSES = typer.Option(None, help="Processes of this host's user a job may start (default: the system's limit).")
 PRISM = typer.Option(
     None, envvar="BEAMPORT_PRISM",
-    help="Beam's Prism binary (streaming without Flink; default: on the PATH or in Go's bin; 'none': no Prism).",
+    help="Beam's Prism binary (streaming without Flink; default: on the PATH, in Go's bin, or where scripts/prism-build puts it; 'none': no Prism).",
 )  # fmt: skip
 
 
