@@ -69,10 +69,6 @@ class Principal:
     csrf: str = ""  # a console session's CSRF token
     job: str = ""  # projects/P/locations/L/jobs/J: a token exchanged down to one job (a worker's executor)
 
-    @property
-    def member(self) -> str:
-        return f"serviceAccount:{self.email}"
-
 
 ANONYMOUS = Principal("anonymous")
 

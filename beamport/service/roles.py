@@ -38,4 +38,3 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     ADMIN: frozenset(_ADMINISTER),
     WORKER: _WORK,
 }
-ALL_PERMISSIONS = frozenset().union(*PERMISSIONS.values())
