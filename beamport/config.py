@@ -87,6 +87,23 @@ class Settings:
         streaming = "flink" if self.flink else "prism" if self.prism else None
         return available, streaming
 
+    def engine_report(self) -> list[str]:
+        """What each engine is here, or why it is not: for the server's start-up log."""
+        flink = (f"flink: the cluster at {self.flink.master} (streaming jobs run here, with snapshots and updates)"
+                 if self.flink else "flink: no cluster (start one with scripts/flink-cluster and pass its endpoints:"
+                 " --flink-master, --flink-job-server, --flink-sdk-pool, or source its endpoints.env)")  # fmt: skip
+        if self.prism:
+            prism = f"prism: {self.prism} (" + ("streaming jobs that name it" if self.flink else "streaming jobs") + ")"
+        elif os.environ.get("BEAMPORT_PRISM") == "none":
+            prism = "prism: off (--prism none)"
+        else:
+            prism = ("prism: not found (looked at BEAMPORT_PRISM, the PATH, Go's bin and ~/.cache/beamport/bin; "
+                     "scripts/prism-build builds it)")  # fmt: skip
+        lines = ["embedded: Beam's FnApiRunner on this host's workers (batch jobs)", flink, prism]
+        if not (self.flink or self.prism):
+            lines.append("streaming jobs wait in JOB_STATE_PENDING until the server restarts with Flink or Prism")
+        return lines
+
     def allowed_roots(self) -> list[Path]:
         return [self.data_dir.resolve(), Path.cwd().resolve(), *(p.resolve() for p in self.allow_paths)]
 

@@ -134,6 +134,7 @@ def build_app(settings: Settings, with_workers: bool = True):
                       restore_location=snapshots.restore_location, carry_state=snapshots.carry_state,
                       pipelines_dir=settings.data_dir.resolve() / "pipelines",
                       quotas=JobQuotas(store, settings.max_active_jobs, settings.max_jobs_per_minute))  # fmt: skip
+    hooks["on_startup"].append(jobs.start_waiting_jobs)  # streaming jobs created before it had an engine
     templates = TemplateService(jobs, files, builtin_dir=settings.data_dir.resolve() / "templates" / "builtin")
     flex = FlexTemplateService(jobs, files, settings.endpoint, settings.data_dir.resolve() / "templates" / "flex", iam,
                                sandbox=settings.user_code_sandbox(), secrets_dir=settings.local_worker_key_path.parent)
@@ -151,6 +152,7 @@ def serve(settings: Settings) -> None:
     except SandboxUnavailable as exc:
         raise SystemExit(f"error: {exc}") from None
     (log.info if sandbox.enabled else log.warning)("Sandbox: %s", sandbox.describe())
+    log.info("Engines:\n    %s", "\n    ".join(settings.engine_report()))
     app = build_app(settings)
     where = settings.database_url.split("@")[-1] if settings.database_url else settings.data_dir.resolve()
     log.info("Beamport serving the Dataflow API on http://%s:%d/v1b3/ (state: %s)", settings.host, settings.port, where)

@@ -150,6 +150,9 @@ class Recorder:
         self.events: list[tuple] = []
         self.records: list[logging.LogRecord] = []
 
+    def running(self, detail: str) -> None:
+        self.events.append(("running", detail))
+
     def stage_state(self, stage_name: str, state: str, time_us: int) -> None:
         self.events.append(("stage", stage_name, state, time_us))
 

@@ -414,6 +414,41 @@ def test_prism_runs_streaming_jobs_until_cancelled_or_drained_and_takes_no_snaps
     assert sorted(outputs(windows_out)) == [["k0", "3"], ["k1", "3"]]
 
 
+def test_a_streaming_job_created_without_an_engine_runs_once_the_server_restarts_with_prism(prism_server, tmp_path,
+                                                                                             project):  # fmt: skip
+    """The README's order of things: a server started before Prism was built keeps a streaming job PENDING (and
+    says why, naming both engines); restarted with Prism, it runs that job. The start-up log names the engines."""
+    binary = os.environ["BEAMPORT_TEST_PRISM"]
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", "--prism", "none"))
+    srv.start()
+    try:
+        api = Api(srv.url, project)
+        log, out = tmp_path / "in.log", tmp_path / "out.txt"
+        append(log, ["k0,0", "k1,1"])
+        job_id = submit(srv, project, tmp_path / "w", "waits", "counts", log, out)
+        assert api.get(job_id).json()["currentState"] == "JOB_STATE_PENDING"
+        texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
+        assert any("no streaming engine" in t and "Prism" in t and "Flink" in t for t in texts), texts
+        startup = srv.log_path.read_text()
+        assert "prism: off (--prism none)" in startup and "flink: no cluster" in startup
+        assert "embedded: Beam's FnApiRunner" in startup
+        srv.stop()
+
+        srv.extra_args = ("--allow-path", str(tmp_path), "--workers", "1", "--prism", binary)
+        srv.start()
+        wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+        rows = wait_for("the lines counted", lambda: len(outputs(out)) >= 2 and outputs(out))
+        assert counts_by_key(rows) == {"k0": [1], "k1": [1]}
+        texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
+        assert any("now has a streaming engine (prism)" in t for t in texts), texts
+        assert f"prism: {Path(binary).resolve()} (streaming jobs)" in srv.log_path.read_text()
+        assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+        wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=30)
+    finally:
+        if srv.process is not None:
+            srv.stop()
+
+
 def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopts_it(flink, tmp_path, project):
     import psutil
 

@@ -61,11 +61,16 @@ def test_a_worker_runs_a_job_to_done(api):
     (item,) = leased.json()["workItems"]
     assert item["jobId"] == job["id"] and item["projectId"] == api.project
     assert item["initialReportIndex"] == "1" and item["reportStatusInterval"] == "1s" and "leaseExpireTime" in item
-    assert api.get(job["id"]).json()["currentState"] == "JOB_STATE_RUNNING"
+    # Leased is not running: the job is RUNNING once the worker's engine says it runs the job.
+    assert api.get(job["id"]).json()["currentState"] == "JOB_STATE_PENDING"
     assert "Workers have started successfully." in texts(api, job["id"])
 
     # The work is held: nobody else gets it.
     assert Worker(api, job["id"], "w-2").lease().json() == {}
+
+    assert worker.send(worker.code("BEAMPORT_ENGINE_RUNNING", detail="a test engine")).status_code == 200
+    assert api.get(job["id"]).json()["currentState"] == "JOB_STATE_RUNNING"
+    assert "The job is running on a test engine." in texts(api, job["id"], minimumImportance="JOB_MESSAGE_DETAILED")
 
     assert worker.send(
         worker.code("HARNESS_STARTED"),
@@ -118,7 +123,7 @@ def test_a_failed_attempt_is_retried_and_the_fourth_failure_fails_the_job(api):
                                errors=[{"code": 2, "message": error}])
         assert answer.status_code == 200, answer.text
         state = api.get(job["id"]).json()["currentState"]
-        assert state == ("JOB_STATE_FAILED" if attempt == 4 else "JOB_STATE_RUNNING"), attempt
+        assert state == ("JOB_STATE_FAILED" if attempt == 4 else "JOB_STATE_PENDING"), attempt  # it never ran
     errors = "\n".join(texts(api, job["id"], minimumImportance="JOB_MESSAGE_ERROR"))
     assert "failed 4 times" in errors
     for attempt in range(1, 5):  # the final message names each failure, with its worker

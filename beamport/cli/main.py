@@ -160,8 +160,8 @@ def _sandbox_mode(mode: str) -> str:
 
 def _use_streaming_engines(master: str | None, job_server: str | None, sdk_pool: str | None, prism: Path | None) -> None:
     """The streaming engines go in the environment, where this process and the workers it starts read them."""
-    if prism and str(prism) != "none":
-        os.environ["BEAMPORT_PRISM"] = str(prism.resolve())
+    if prism:
+        os.environ["BEAMPORT_PRISM"] = "none" if str(prism) == "none" else str(prism.resolve())
     given = {"MASTER": master, "JOB_SERVER": job_server, "SDK_POOL": sdk_pool}
     if any(given.values()) and not all(given.values()):
         missing = [f"--flink-{k.lower().replace('_', '-')}" for k, v in given.items() if not v]

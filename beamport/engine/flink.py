@@ -267,6 +267,7 @@ class FlinkEngine(Engine):
         draining = False
         ended_at = None  # when a draining job was first seen with every watermark at the end of time
         stages: dict[str, str] = {}
+        reported_running = False
         while True:
             try:
                 details = self.rest.job(jid)
@@ -286,6 +287,10 @@ class FlinkEngine(Engine):
                 return RunResult(FAILED, "The Flink job was cancelled on the cluster, not through Beamport.")
             if state == "RUNNING" and running_since is None:
                 running_since = time.monotonic()
+            if not reported_running and state == "RUNNING" and _all_tasks_running(details):
+                # Only now can Flink take a savepoint (a snapshot), so only now is the job RUNNING.
+                reported_running = True
+                observer.running(f"Flink (job {jid} on {self.config.master})")
             if (running_since is not None and not started and not draining
                     and time.monotonic() - running_since > STALL_CHECK_S):  # fmt: skip
                 started = resubmits >= MAX_RESUBMITS or not self.rest.first_bundle_lost(jid)
@@ -335,6 +340,11 @@ class FlinkEngine(Engine):
             if state and seen.get(vertex["name"]) != state:
                 seen[vertex["name"]] = state
                 observer.stage_state(vertex["name"], state, int(time.time() * 1e6))
+
+
+def _all_tasks_running(details: dict) -> bool:
+    """Every task of the Flink job is deployed and running (or done): the job is doing its work."""
+    return all(vertex.get("status") in ("RUNNING", "FINISHED") for vertex in details.get("vertices", []))
 
 
 def rename_transforms(pipeline, names: dict) -> None:

@@ -100,8 +100,12 @@ class PrismEngine(Engine):
         self._invocation = invocation = service.submit(job.job_id, external_environments(job, pool), options)
         observer.stage_state("Prism", STAGE_RUNNING, int(time.time() * 1e6))
         draining = False
+        running = False
         while True:
             state = service.state(invocation)
+            if state == "RUNNING" and not running:
+                running = True
+                observer.running(f"Prism (invocation {invocation})")
             if state == "DONE":
                 observer.stage_state("Prism", STAGE_DONE, int(time.time() * 1e6))
                 return RunResult(DRAINED if draining else DONE)

@@ -18,6 +18,7 @@ import orjson
 from beamport import schema, wire
 from beamport.errors import RPC_CODE, ApiError, failed_precondition, invalid_argument, not_found, unimplemented
 from beamport.protocol import (
+    CODE_ENGINE_RUNNING,
     CODE_HARNESS_STARTED,
     CODE_LOG,
     CODE_STAGE,
@@ -146,8 +147,11 @@ class ExecutionService:
                 workers=[self._serving(worker, worker_id, job, item, now)],
             )
             messages = []
-            if doc.get("currentState") in model.NOT_STARTED_STATES:
-                move_to_state(doc, model.RUNNING, now)
+            # The job is RUNNING once its engine runs it (CODE_ENGINE_RUNNING): a Flink job is not running
+            # while it is being submitted to the cluster. A queued job waits no more.
+            if doc.get("currentState") in model.NOT_STARTED_STATES and item.attempt == 1:
+                if doc.get("currentState") == model.QUEUED:
+                    move_to_state(doc, model.PENDING, now)
                 messages.append(job_message(job.id, now, "JOB_MESSAGE_BASIC", "Workers have started successfully."))
             failures = failures_of(item)
             if item.attempt > 1:
@@ -525,6 +529,11 @@ class ExecutionService:
                     touched.append(stage.stage)
                 elif code == CODE_WORKERS_CHANGED:
                     write.autoscaling_events = [*write.autoscaling_events, *_workers_changed(job_id, now, params)]
+                elif code == CODE_ENGINE_RUNNING:
+                    if doc.get("currentState") in model.NOT_STARTED_STATES:
+                        move_to_state(doc, model.RUNNING, now)
+                    where = params.get("detail") or "its engine"
+                    notes.append(job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"The job is running on {where}."))
                 elif code == CODE_HARNESS_STARTED:
                     notes.append(job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"Worker {worker} started its harness."))
                 else:

@@ -69,8 +69,10 @@ _UPDATABLE.update(
     }
 )
 NO_STREAMING_ENGINE = (
-    "This Beamport server has no streaming engine (a Flink cluster: see docs/engines.md), so nothing will run "
-    "this streaming job: it stays in JOB_STATE_PENDING until it is cancelled or drained."
+    "This Beamport server has no streaming engine (neither a Flink cluster nor Beam's Prism runner: "
+    "scripts/prism-build builds Prism, scripts/flink-cluster starts Flink; see docs/engines.md), so nothing runs "
+    "this streaming job yet: it waits in JOB_STATE_PENDING until the server is restarted with one (then it runs), "
+    "or until it is cancelled or drained."
 )
 
 
@@ -227,6 +229,34 @@ class JobService:
             return self._create(project_id, location, doc, replace_job_id, view, notes, now)
         finally:
             self.quotas.release(project_id, job_id)
+
+    def start_waiting_jobs(self) -> int:
+        """Give work to the streaming jobs that were created while the server had no streaming engine, now that
+        it has one (at start-up). Returns how many now wait for a worker."""
+        if self.streaming_engine is None:
+            return 0
+        started = 0
+        for summary in self.store.list_active_jobs(100_000):  # bounded by the active-jobs quota
+            doc = document(summary)
+            if (doc.get("type") != model.STREAMING or doc.get("currentState") not in model.NOT_STARTED_STATES
+                    or engines.engine_of(doc, None) is not None  # it named its engine: it had work from the start
+                    or self.store.list_work_items(summary.id)):  # fmt: skip
+                continue
+            job = load_job(self.store, summary.project_id, None, summary.id)
+            now, expected = self.clock(), job.version
+            # Written back unchanged, under the version read: a second server starting at once conflicts.
+            record_from_document(document(job), job)
+            text = f"This server now has a streaming engine ({self.streaming_engine}): the job runs on it."
+            try:
+                self.store.write(Write(changed_jobs=[JobChange(job, expected)], new_work_items=[WorkItemRecord(job_id=job.id)],
+                                       messages=[job_message(job.id, now, "JOB_MESSAGE_BASIC", text)]))  # fmt: skip
+            except VersionConflict:
+                continue
+            started += 1
+        if started:
+            log.info("%d streaming job(s) created without a streaming engine now run on %s", started, self.streaming_engine)
+            self.work.notify()
+        return started
 
     def _create(
         self, project_id: str, location: str, doc: dict, replace_job_id: str, view: int, notes, now: int
@@ -487,10 +517,10 @@ class JobService:
             doc["requestedState"] = model.CANCELLED
             if state == model.CANCELLING:
                 return []
-            if state in model.NOT_STARTED_STATES or not work_held:
+            if not work_held:
                 move(model.CANCELLED)  # nothing runs (yet, or between attempts), so nothing needs stopping
             else:
-                move(model.CANCELLING)  # the engine finishes the cancel
+                move(model.CANCELLING)  # a worker holds the work (its engine may be starting): it stops it
             return [job_message(job_id, now, "JOB_MESSAGE_BASIC", f"Cancel request is committed for job {job_id}.")]
 
         if requested in (model.DRAINED, model.DRAINING):  # Beam asks for DRAINING, gcloud for DRAINED
@@ -504,7 +534,7 @@ class JobService:
             doc["requestedState"] = model.DRAINED
             if state == model.DRAINING:
                 return []
-            if state in model.NOT_STARTED_STATES:
+            if state in model.NOT_STARTED_STATES and not work_held:
                 move(model.DRAINED)  # it never read any input: there is nothing to flush
             else:
                 move(model.DRAINING)
