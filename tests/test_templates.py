@@ -262,7 +262,12 @@ def test_built_in_templates_run_on_local_files(served, project):
         "Bulk_Compress_Files": {"inputFilePattern": str(data / "plain" / "*"), "outputDirectory": str(data / "zipped"),
                                 "compression": "GZIP"},
     }  # fmt: skip
-    ids = {}
+    # An input that matches no file fails the job, naming the pattern (not DONE with an empty output).
+    nothing = str(data / "no-such-*.txt")
+    launched = beamport_command("templates", "run", "wc-nothing", "--gcs-location", "builtin://Word_Count",
+                                "--parameters", f"inputFile={nothing},output={data / 'nothing'}", "--endpoint", srv.url,
+                                "--project", project, "--format", "json")  # fmt: skip
+    ids = {"nothing": json.loads(launched.stdout)["id"]}
     for name, parameters in launches.items():
         pairs = ",".join(f"{k}={v}" for k, v in parameters.items() if "," not in v)
         done = beamport_command("templates", "run", name.lower().replace("_", "-"), "--gcs-location", f"builtin://{name}",
@@ -270,6 +275,10 @@ def test_built_in_templates_run_on_local_files(served, project):
         ids[name] = json.loads(done.stdout)["id"]
     for name, job_id in ids.items():
         final = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=180)
+        if name == "nothing":
+            assert final["currentState"] == "JOB_STATE_FAILED", texts(api, job_id)
+            assert f"No file matches the input pattern {nothing!r}" in "\n".join(texts(api, job_id))
+            continue
         assert final["currentState"] == "JOB_STATE_DONE", (name, texts(api, job_id))
 
     assert read_output(data / "counts") == sorted(["the: 2", "cat: 1", "and: 1", "hat: 1", "The: 1", "end: 1"])

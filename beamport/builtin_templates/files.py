@@ -22,7 +22,7 @@ from apache_beam.io import textio
 from apache_beam.io.filesystem import CompressedFile, CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from beamport.files import POLICY_VARIABLE, FilePolicy, has_wildcard, scheme_of
+from beamport.files import POLICY_VARIABLE, FilePolicy, scheme_of
 
 FAILED = "failed"  # the tag of the (path, error) outputs of files that could not be handled
 _CHUNK = 1 << 20
@@ -95,7 +95,8 @@ def check_output(location: str, folder: bool = False) -> str:
 
 class MatchFiles(beam.DoFn):
     """The files a pattern matches, matched at run time: the pattern is a template parameter. Matching
-    nothing is an error, unless the pattern has a wildcard (as with Java's FileIO.match())."""
+    nothing fails the job, naming the pattern, as Google's templates do (TextIO's EmptyMatchTreatment.DISALLOW):
+    a job that read nothing because of a typo must not end DONE with an empty output."""
 
     def __init__(self, pattern):
         self.pattern = pattern
@@ -103,8 +104,8 @@ class MatchFiles(beam.DoFn):
     def process(self, _):
         pattern = self.pattern.get()
         found = match(pattern)
-        if not found and not has_wildcard(pattern):
-            raise FileNotFoundError(f"No file matches {pattern!r}.")
+        if not found:
+            raise FileNotFoundError(f"No file matches the input pattern {pattern!r}: there is nothing to read.")
         yield from found
 
 
