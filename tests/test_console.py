@@ -123,6 +123,35 @@ def test_launch_a_template_through_its_form(console_server, project, page):
     assert page.failures == []
 
 
+def test_the_workers_page_shows_live_workers_and_gone_ones_on_request_never_as_healthy(console_server, project, page):
+    srv, _ = console_server
+    api = Api(srv.url, project)
+    job = api.create("ghost-job")
+    ghost = f"ghost-{project}"
+    labels = {"JOB_ID": job["id"], "WORKER_ID": ghost}
+    # A healthy report, then a shutdown notice: gone at once, its last report (healthy) kept as history.
+    answer = api.client.post(f"/v1b3/projects/{project}/locations/us-central1/WorkerMessages", json={"workerMessages": [
+        {"labels": labels, "workerHealthReport": {"vmIsHealthy": True}},
+        {"labels": labels, "workerShutdownNotice": {"reason": "UNKNOWN"}},
+    ]})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+
+    page.goto(f"{srv.url}/#/workers")
+    # The server's local workers are live (IDLE or RUNNING): listed by default; the gone one is not.
+    page.locator("#workers tbody tr", has_text="local-").first.wait_for()
+    assert page.locator("#workers tbody tr", has_text=ghost).count() == 0
+    assert page.locator("#workers tbody tr.gone").count() == 0
+    page.check("#show-gone-workers")
+    row = page.locator("#workers tbody tr", has_text=ghost)
+    row.wait_for()
+    assert row.get_attribute("class") == "gone"
+    cells = row.locator("td").all_inner_texts()
+    assert cells[2] == "SHUTDOWN" and cells[3] == "shutdown: shutdown notice (UNKNOWN)", cells
+    page.uncheck("#show-gone-workers")
+    row.wait_for(state="detached")
+    assert page.failures == []
+
+
 def test_a_failed_step_is_highlighted(console_server, project, page):
     srv, base = console_server
     api = Api(srv.url, project)

@@ -6,11 +6,13 @@ test decides which workers exist; the service's health interval is 1 s so that l
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -67,6 +69,18 @@ def workers(tmp_path):
     yield start
     for worker in started:
         worker.stop()
+
+
+def listed(server: Server, *args: str) -> dict[str, list[str]]:
+    """`beamport workers list ARGS` as a user runs it (no BEAMPORT_* variables): its rows by worker id."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BEAMPORT_")}
+    done = subprocess.run([sys.executable, "-m", "beamport", "workers", "list", "--endpoint", server.url, *args],
+                          capture_output=True, text=True, timeout=30, env=env, check=False)  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    header, *rows = done.stdout.splitlines() or [""]
+    assert not rows or header.split() == ["WORKER_ID", "JOB_ID", "STATE", "HEALTH", "CPU", "UPTIME", "WORK_ITEM",
+                                          "LAST_REPORT"], done.stdout  # fmt: skip
+    return {row.split()[0]: row.split() for row in rows}
 
 
 def registry(server: Server, job_id: str | None = None, include_gone: bool = True) -> dict[str, dict]:
@@ -295,3 +309,95 @@ def test_a_worker_idle_past_its_health_deadline_is_not_lost_when_it_leases_again
     status = {"workerId": "idler", "workItemStatuses": [{"workItemId": item["id"], "reportIndex": "1"}]}
     answer = api.client.post(f"{jobs}/{second['id']}/workItems:reportStatus", json=status).json()
     assert "completeWorkStatus" not in answer["workItemServiceStates"][0], answer
+
+
+def test_idle_workers_are_listed_live_their_polls_noted_sparingly_and_lost_once_they_stop(tmp_path, project, workers):
+    """Workers that wait for work send no health reports: their lease polls keep them live (IDLE); a worker
+    that stops polling is LOST after its deadline and leaves the default listing, though it held no work.
+    A server of its own: no other test's work for the worker that takes any project's."""
+    remote = Server(tmp_path / "data", extra_args=("--workers", "0", "--worker-report-interval", "1",
+                                                   "--allow-path", str(tmp_path))).start()  # fmt: skip
+    try:
+        _idle_workers(remote, project, workers)
+    finally:
+        remote.stop()
+
+
+def _idle_workers(remote: Server, project: str, workers) -> None:
+    api = Api(remote.url, project)
+    idle_job = api.create("nothing-to-do")  # cancelled before any worker leased it: it has no work, ever
+    assert api.update(idle_job["id"], {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    waiting = workers(remote, "waiting")  # any project's work: the service holds its polls up to 2 s
+    # Polls for one job's work: answered at once, 10 a second (--poll-interval 0.1).
+    workers(remote, "bound", "--project", project, "--region", "us-central1", "--job-id", idle_job["id"])
+    workers(remote, "elsewhere", "--project", f"{project}-other")
+    ours = {"waiting", "bound", "elsewhere"}
+    live = wait_for(lambda: (found := registry(remote, include_gone=False)) and ours <= set(found) and found,
+                    timeout=30, what="the three idle workers listed live")  # fmt: skip
+    assert {worker_id: live[worker_id]["state"] for worker_id in ours} == dict.fromkeys(ours, "IDLE")
+    assert "health" not in live["waiting"] and live["bound"]["projectId"] == project
+
+    # `beamport workers list` shows them without --all; with --project, that project's and the unbound ones.
+    rows = listed(remote)
+    assert ours <= set(rows) and {rows[w][2] for w in ours} == {"IDLE"}, rows
+    assert rows["waiting"][1:4] == ["-", "IDLE", "-"]  # no job yet, no health report
+    in_project = listed(remote, "--project", project)
+    assert {"waiting", "bound"} <= set(in_project) and "elsewhere" not in in_project
+    in_europe = listed(remote, "--project", project, "--region", "europe-west1")
+    assert "waiting" in in_europe and "bound" not in in_europe
+
+    # Ten polls a second, noted at most once per idle interval (2.5 s here: the 1 s health interval is shorter).
+    seen, deadline = set(), time.monotonic() + 6
+    while time.monotonic() < deadline:
+        seen.add(registry(remote, include_gone=False)["bound"]["lastSeenTime"])
+        time.sleep(0.1)
+    times = sorted(datetime.fromisoformat(t).timestamp() for t in seen)
+    assert len(times) >= 2 and all(b - a >= 2.5 for a, b in itertools.pairwise(times)), sorted(seen)
+
+    waiting.signal(signal.SIGKILL)
+    gone = wait_for(lambda: registry(remote).get("waiting", {}).get("state") == "LOST" and registry(remote)["waiting"],
+                    timeout=60, what="the killed idle worker LOST")  # fmt: skip
+    assert gone["reason"].startswith("no report or lease poll since"), gone
+    assert "waiting" not in registry(remote, include_gone=False) and "waiting" not in listed(remote)
+    assert listed(remote, "--all")["waiting"][1:4] == ["-", "LOST", "-"]
+    assert registry(remote, include_gone=False)["bound"]["state"] == "IDLE"  # still polling
+
+
+def test_a_worker_that_stops_reporting_is_lost_even_when_it_held_no_work(remote, project):
+    """Played over the WorkerMessages API: one healthy report, no work, then silence."""
+    api = Api(remote.url, project)
+    job = api.create("reported-once")
+    worker_id = f"quiet-{project}"
+    health = {"labels": {"JOB_ID": job["id"], "WORKER_ID": worker_id}, "workerHealthReport": {"vmIsHealthy": True}}
+    answer = api.client.post(f"/v1b3/projects/{project}/locations/us-central1/WorkerMessages",
+                             json={"workerMessages": [health]})  # fmt: skip
+    assert answer.json()["workerMessageResponses"][0]["workerHealthReportResponse"]["reportInterval"] == "1s"
+    assert listed(remote, "--project", project)[worker_id][2:4] == ["RUNNING", "healthy"]
+
+    entry = wait_for(lambda: registry(remote).get(worker_id, {}).get("state") == "LOST" and registry(remote)[worker_id],
+                     timeout=60, what="the silent worker LOST")  # fmt: skip
+    assert entry["reason"] == f"no report or lease poll since {entry['lastHealthTime']}", entry
+    assert entry["health"]["vmIsHealthy"] is True  # its last report, as it sent it: history ...
+    assert listed(remote, "--all", "--project", project)[worker_id][2:4] == ["LOST", "-"]  # ... not its health now
+    assert worker_id not in listed(remote, "--project", project)
+    # It held no work: nothing of its job's is released, and the job is not told.
+    assert not any("was lost" in text for text in texts(Api(remote.url, project), job["id"]))
+
+
+def test_the_local_workers_are_listed_idle_and_shown_gone_once_their_server_stops(tmp_path):
+    """The newcomer's case: `beamport serve`, then `beamport workers list` (and after a restart, no ghosts)."""
+    srv = Server(tmp_path / "data", extra_args=("--workers", "2", "--allow-path", str(tmp_path))).start()
+    try:
+        first = wait_for(lambda: len(rows := listed(srv)) == 2 and rows, timeout=60, what="two local workers listed")
+        assert all(worker_id.startswith("local-") and row[2] == "IDLE" for worker_id, row in first.items()), first
+        srv.stop()
+        srv.start()
+        second = wait_for(lambda: len(rows := listed(srv)) == 2 and not set(rows) & set(first) and rows,
+                          timeout=60, what="the new server's two local workers listed, and only them")  # fmt: skip
+        assert {row[2] for row in second.values()} == {"IDLE"}
+        everyone = registry(srv)
+        for worker_id in first:  # the pool stopped them: gone at once, not after their deadline
+            assert everyone[worker_id]["state"] == "SHUTDOWN", everyone[worker_id]
+            assert everyone[worker_id]["reason"] == "the Beamport server stopped its local workers."
+    finally:
+        srv.stop()

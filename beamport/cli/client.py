@@ -250,8 +250,12 @@ class DataflowClient:
 
     # -- workers (Beamport's own registry view, not Dataflow's API) ------------------
 
-    def list_workers(self, job_id: str | None = None, include_gone: bool = False) -> list[dict]:
-        params = {"jobId": job_id, "all": "true" if include_gone else None}
+    def list_workers(
+        self, job_id: str | None = None, include_gone: bool = False, project: str | None = None,
+        region: str | None = None,
+    ) -> list[dict]:  # fmt: skip
+        """Live workers (or all); of a project, a region: theirs, and those that serve no job yet."""
+        params = {"jobId": job_id, "all": "true" if include_gone else None, "projectId": project, "location": region}
         return self._request("GET", "/beamport/v1/workers", params).get("workers", [])
 
     def get_worker(self, worker_id: str) -> dict:

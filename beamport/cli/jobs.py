@@ -46,7 +46,7 @@ Endpoint = Annotated[
     str, typer.Option("--endpoint", envvar="BEAMPORT_ENDPOINT", help="Root URL of the Dataflow API.", show_default=True)
 ]
 Project = Annotated[
-    Optional[str], typer.Option("--project", envvar="BEAMPORT_PROJECT", help="Project id (required).")
+    Optional[str], typer.Option("--project", envvar="BEAMPORT_PROJECT", help="Project id (most commands require one).")
 ]
 Region = Annotated[str, typer.Option("--region", envvar="BEAMPORT_REGION", help="Region (location) of the jobs.")]
 OutputFormat = Annotated[Format, typer.Option("--format", help="table (readable) or json.")]

@@ -185,7 +185,7 @@ class Printer:
         for worker in workers:
             table.add_row(
                 worker.get("workerId", ""),
-                worker.get("jobId", ""),
+                worker.get("jobId") or "-",  # none yet: it waits for its first work
                 worker.get("state", ""),
                 _health(worker),
                 f"{worker['cpu']['rate'] * 100:.1f}%" if worker.get("cpu") else "-",
@@ -238,12 +238,16 @@ class Printer:
         self._write(prefix + continuation.join(text.splitlines() or [""]))
 
 
+_LIVE_WORKER_STATES = ("RUNNING", "UNHEALTHY", "IDLE")
+
+
 def _health(worker: dict) -> str:
+    """From the worker's last health report, while it is live; a gone worker's report is history, whatever it said."""
     health = worker.get("health")
-    if not health:
+    if worker.get("state") == "BROKEN" or (health or {}).get("vmIsBroken"):
+        return "broken: " + ((health or {}).get("msg") or worker.get("reason", ""))
+    if worker.get("state") not in _LIVE_WORKER_STATES or not health:
         return "-"
-    if health.get("vmIsBroken"):
-        return "broken: " + health.get("msg", "")
     if health.get("vmIsHealthy") is False:
         return "unhealthy: " + health.get("msg", "")
     return "healthy"

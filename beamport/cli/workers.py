@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from beamport.cli.client import DEFAULT_ENDPOINT, DEFAULT_REGION
-from beamport.cli.jobs import Endpoint, OutputFormat, session
+from beamport.cli.jobs import Endpoint, OutputFormat, Project, Region, session
 from beamport.cli.output import Format
 
 app = typer.Typer(help="The workers a Beamport service knows: health, CPU, uptime, current work.", no_args_is_help=True)
@@ -17,13 +17,16 @@ app = typer.Typer(help="The workers a Beamport service knows: health, CPU, uptim
 @app.command("list")
 def list_workers(
     job: Annotated[Optional[str], typer.Option("--job", help="Only the workers of this job.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Also workers that are lost, broken, idle or gone.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Also workers that are gone: lost, broken or shut down.")] = False,
     endpoint: Endpoint = DEFAULT_ENDPOINT,
+    project: Project = None,
+    region: Region = None,
     format: OutputFormat = Format.table,
 ):
-    """List workers: health, CPU %, uptime, current work item, last report."""
-    with session(endpoint, None, DEFAULT_REGION, format, need_project=False) as s:
-        s.printer.workers(s.client.list_workers(job, all_), time.time_ns() // 1000)
+    """List live workers (running, idle, unhealthy): health, CPU %, uptime, work item, last report. With --project
+    (or --region): the workers of that project's (region's) jobs, and those that serve no job yet."""
+    with session(endpoint, project, region or DEFAULT_REGION, format, need_project=False) as s:
+        s.printer.workers(s.client.list_workers(job, all_, project, region), time.time_ns() // 1000)
 
 
 @app.command()

@@ -158,6 +158,16 @@ def location_query_param(request: Request) -> str:
     return location
 
 
+def project_query_param(request: Request, name: str = "projectId") -> str | None:
+    """A project id given as a query parameter (None when absent), checked as path ones are."""
+    project = request.query_params.get(name)
+    if not project:
+        return None
+    if not _PROJECT_RE.match(project):
+        raise invalid_argument(f"Invalid {name} {project!r}")
+    return project
+
+
 def id_query_param(request: Request, name: str) -> str | None:
     """An id given as a query parameter (None when absent), checked as path ids are."""
     value = request.query_params.get(name)

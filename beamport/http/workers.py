@@ -10,7 +10,17 @@ from starlette.requests import Request
 
 from beamport.errors import invalid_argument
 from beamport.http.auth import principal_of
-from beamport.http.protocol import api, call, id_param, location_param, project_param, read, read_json
+from beamport.http.protocol import (
+    api,
+    call,
+    id_param,
+    location_param,
+    location_query_param,
+    project_param,
+    project_query_param,
+    read,
+    read_json,
+)
 
 
 def _registry(request: Request):
@@ -37,9 +47,13 @@ async def list_workers(request: Request) -> dict:
     if job_id is not None and not job_id.replace("-", "").replace("_", "").isalnum():
         raise invalid_argument(f"Invalid jobId {job_id!r}")
     include_gone = request.query_params.get("all", "false").lower() in ("1", "true")
+    # projectId, location: that project's (location's) workers, and those that serve no job yet.
+    project = project_query_param(request)
+    location = location_query_param(request) if request.query_params.get("location") else None
     projects = await _visible_projects(request, "dataflow.workers.list")
     # In the thread pool: a long list reads each live worker's work item too.
-    return await call(_registry(request).list_workers, job_id, include_gone, projects=projects)
+    return await call(_registry(request).list_workers, job_id, include_gone, projects=projects,
+                      project_id=project, location=location)  # fmt: skip
 
 
 @api

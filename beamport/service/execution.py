@@ -44,8 +44,12 @@ from beamport.store.base import (
     WORK_LEASED,
     WORK_PENDING,
     WORKER_BROKEN,
+    WORKER_IDLE,
     WORKER_LIVE_STATES,
+    WORKER_LOST,
+    WORKER_REPORTING_STATES,
     WORKER_RUNNING,
+    WORKER_SHUTDOWN,
     JobChange,
     JobRecord,
     MetricRecord,
@@ -66,6 +70,10 @@ MAX_LEASE_US = 600_000_000
 # After a start, how long workers (whose reports failed while the server was down) have to report again
 # before their leases or health deadlines are judged.
 RESTART_GRACE_US = 15_000_000
+# A worker waiting for work is heard from at its lease polls: a Beamport worker polls at least every 2.5 s (a
+# lease of any job's work waits up to 2 s at the service, http/execution.py). A poll is noted at most once per
+# idle interval (the worker's health interval, if longer), and an idle worker is lost after 3 of them.
+MIN_IDLE_INTERVAL_US = 2_500_000
 REPORT_INTERVAL = "1s"
 # Dataflow retries a failing batch work item up to 4 times: the 4th failure fails the job.
 MAX_FAILURES = 4
@@ -101,6 +109,11 @@ def failures_of(item: WorkItemRecord) -> list[dict]:
     return orjson.loads(item.failures or "[]")
 
 
+def idle_interval_us(worker: WorkerRecord) -> int:
+    """How often the service notes the lease polls of a worker waiting for work (see MIN_IDLE_INTERVAL_US)."""
+    return max(worker.report_interval_us, MIN_IDLE_INTERVAL_US)
+
+
 class ExecutionService:
     def __init__(
         self, store: Store, clock=wire.now_us, default_report_interval_us: int = 5_000_000,
@@ -134,6 +147,7 @@ class ExecutionService:
         for _ in range(_RETRIES):
             found = self._leasable(project_id, location, job_id, projects)
             if found is None:
+                self._waiting(worker, worker_id, project_id, location)
                 return {}
             job, item = found
             doc = document(job)
@@ -242,9 +256,33 @@ class ExecutionService:
         # for a worker that was idle between jobs, may be long past).
         if worker.last_health_us is not None:
             worker.last_health_us = now
-        if worker.state not in WORKER_LIVE_STATES:  # a worker that was lost (e.g. cut off) and came back
+        if worker.state not in WORKER_REPORTING_STATES:  # idle, or lost (e.g. cut off) and back
             worker.state, worker.reason = WORKER_RUNNING, ""
         return worker
+
+    def _waiting(self, worker: WorkerRecord | None, worker_id: str, project_id: str, location: str) -> None:
+        """A lease poll that found no work: the worker is alive, and IDLE unless it still holds work. Noted at
+        most once per idle interval (polls may come many times a second), and at once when its state changes."""
+        now = self.clock()
+        if worker is None:  # not serving any job yet: bound to the project (and location) it asks work of, if one
+            worker = WorkerRecord(
+                worker_id=worker_id, project_id="" if project_id == ANY else project_id,
+                location="" if location == ANY else location, job_id="", state=WORKER_IDLE, labels="{}",
+                first_seen_us=now, last_seen_us=now, report_interval_us=self.default_report_interval_us,
+            )  # fmt: skip
+        elif worker.state == WORKER_RUNNING and not self._holds_work(worker):  # its work ended
+            worker.state, worker.reason, worker.last_seen_us = WORKER_IDLE, "", now
+        elif worker.state in WORKER_LIVE_STATES:  # an unhealthy one stays so until a health report says otherwise
+            if now - worker.last_seen_us < idle_interval_us(worker):
+                return
+            worker.last_seen_us = now
+        else:  # lost (e.g. cut off) or shut down, and back
+            worker.state, worker.reason, worker.last_seen_us = WORKER_IDLE, "", now
+        self.store.write(Write(workers=[worker]))
+
+    def _holds_work(self, worker: WorkerRecord) -> bool:
+        item = self.store.get_work_item(worker.work_item_id) if worker.work_item_id else None
+        return item is not None and item.state == WORK_LEASED and item.worker_id == worker.worker_id
 
     def _render_item(
         self, job: JobRecord, doc: dict, item: WorkItemRecord, workers: autoscaling.WorkerRange | None
@@ -662,8 +700,14 @@ class ExecutionService:
         return {item.worker_id for item in self.store.list_work_items_in_state(WORK_LEASED, 10_000) if item.worker_id}
 
     def worker_exited(self, worker_id: str, reason: str, counts: bool = True) -> None:
-        """A local worker process ended: work it still held is leased again (or the job fails)."""
+        """A local worker process ended: work it still held is leased again (or the job fails), and the
+        registry shows it gone at once (LOST, or SHUTDOWN when the server stopped it), not after its deadline."""
         self.release_work(worker_id, reason, counts)
+        worker = self.store.get_workers([worker_id]).get(worker_id)
+        if worker is not None and worker.state in WORKER_LIVE_STATES:
+            worker.state = WORKER_LOST if counts else WORKER_SHUTDOWN
+            worker.reason = reason.splitlines()[0] if reason else ""
+            self.store.write(Write(workers=[worker]))
 
 def _workers_changed(job_id: str, now: int, params: dict) -> list:
     """A stage started on a number of SDK workers (CODE_WORKERS_CHANGED): the job's current count changed,

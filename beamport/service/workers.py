@@ -6,7 +6,8 @@ events and shutdown notices update the worker's entry; message codes go to the j
 states). The service acts on what it hears: a worker that reports itself broken, sends a shutdown notice,
 or misses its health deadline loses its leases and its work is leased to another worker
 (ExecutionService.release_work). The health report interval is the service's to set, per worker: longer
-when many workers report, shorter for a worker it is worried about.
+when many workers report, shorter for a worker it is worried about. A worker waiting for work sends no
+reports: its lease polls say it is alive (ExecutionService._waiting), and it is lost when they stop.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from beamport.errors import ApiError, failed_precondition, invalid_argument, not
 from beamport.protocol import CODE_LOG, CODE_STACKTRACES, CODE_STAGE, CONTAINER_START, LABEL_JOB, LABEL_WORKER
 from beamport.service import model
 from beamport.service.documents import job_message, load_job, timestamp
-from beamport.service.execution import RESTART_GRACE_US, ExecutionService
+from beamport.service.execution import RESTART_GRACE_US, ExecutionService, idle_interval_us
 from beamport.store.base import (
     WORKER_BROKEN,
-    WORKER_IDLE,
     WORKER_LIVE_STATES,
     WORKER_LOST,
+    WORKER_REPORTING_STATES,
     WORKER_RUNNING,
     WORKER_SHUTDOWN,
     WORKER_UNHEALTHY,
@@ -42,12 +43,13 @@ from beamport.store.base import (
 log = logging.getLogger(__name__)
 
 MAX_WORKER_MESSAGES = 1000
-MISSED_INTERVALS = 3  # a worker that sends no health report for this many intervals is lost
+MISSED_INTERVALS = 3  # a worker not heard from (health report, or lease poll while idle) for this many intervals is lost
 MIN_INTERVAL_US = 200_000
 MAX_INTERVAL_US = 60_000_000
 HEALTH_REPORTS_PER_S = 200  # past this many live workers' reports a second, everyone reports less often
 CPU_SAMPLES_KEPT_US = 3_600_000_000  # the CPU series of the last hour
-GONE_WORKERS_KEPT_US = 7 * 86_400_000_000  # workers lost, broken, idle or shut down: a week of history
+GONE_WORKERS_KEPT_US = 7 * 86_400_000_000  # workers lost, broken or shut down: a week of history
+PRUNE_EVERY_US = 60_000_000
 STACKS_WAIT_S = 10.0
 
 _REGISTRY_KINDS = ("workerHealthReport", "workerMetrics", "workerLifecycleEvent", "workerShutdownNotice")
@@ -62,7 +64,8 @@ class WorkerRegistry:
         self.execution = execution
         self.clock = clock
         self._jobs: dict[str, _JobRef] = {}
-        self._live, self._live_at = 0, 0.0  # live workers, as counted at that monotonic time
+        self._live, self._live_at = 0, 0.0  # reporting workers, as counted at that monotonic time
+        self._pruned_us: int | None = None  # when the sweep last dropped old workers and samples
 
     def _job(self, project_id: str, location: str, job_id: str) -> "_JobRef":
         """Where a job lives, or NOT_FOUND. Remembered: a job never moves and is never deleted, and every
@@ -196,10 +199,11 @@ class WorkerRegistry:
         return min(max(interval, MIN_INTERVAL_US), MAX_INTERVAL_US)
 
     def _live_count(self) -> int:
-        # Counted at most once a second: every health report asks.
+        # Counted at most once a second: every health report asks. Idle workers send none: not counted.
         now = time.monotonic()
         if now - self._live_at > 1.0:
-            self._live, self._live_at = len(self.store.list_workers(states=WORKER_LIVE_STATES, limit=100_000)), now
+            self._live = len(self.store.list_workers(states=WORKER_REPORTING_STATES, limit=100_000))
+            self._live_at = now
         return self._live
 
     def _lifecycle(self, worker: WorkerRecord, message: dict, update: "_Update") -> None:
@@ -230,48 +234,58 @@ class WorkerRegistry:
     # -- what the service does on its own ----------------------------------------------------
 
     def sweep(self) -> None:
-        """Abandon workers past their health deadline, and work whose lease expired."""
+        """Mark workers past their deadline lost (those holding work lose it), expire leases, drop old workers."""
         now = self.clock()
         grace_until = self.execution.started_us + RESTART_GRACE_US  # reports failed while we were down
-        lost, idle = [], []
+        # The shorter deadline first (a worker holding work must report on its health interval), so that the
+        # leases are read only when some worker is late.
         late = [
             worker
             for worker in self.store.list_workers(states=WORKER_LIVE_STATES, limit=100_000)
-            # A worker that never sent a health report: its leases alone say whether it is alive.
-            if worker.last_health_us is not None
-            and max(worker.last_health_us + MISSED_INTERVALS * worker.report_interval_us, grace_until) < now
+            if max(_heard_us(worker) + MISSED_INTERVALS * worker.report_interval_us, grace_until) < now
         ]
         busy = self.execution.busy_workers() if late else set()
+        lost = []
         for worker in late:
+            heard = timestamp(_heard_us(worker))
             if worker.worker_id in busy:
-                worker.state = WORKER_LOST
+                if worker.last_health_us is None:
+                    continue  # it never sent a health report: its leases alone say whether it is alive
                 worker.reason = f"no health report since {timestamp(worker.last_health_us)}"
-                lost.append(worker)
-            else:  # its work ended, so it stopped reporting
-                worker.state, worker.reason, worker.work_item_id = WORKER_IDLE, "no work", None
-                idle.append(worker)
-        if lost or idle:
+            elif max(_heard_us(worker) + MISSED_INTERVALS * idle_interval_us(worker), grace_until) < now:
+                worker.reason = f"no report or lease poll since {heard}"
+            else:
+                continue  # waiting for work: its lease polls are noted once per idle interval
+            worker.state = WORKER_LOST
+            lost.append(worker)
+        if lost:
             update = _Update(now)
             for worker in lost:
-                update.note(worker, "JOB_MESSAGE_WARNING",
-                            f"Worker {worker.worker_id} was lost: {worker.reason} ({MISSED_INTERVALS} report intervals).")  # fmt: skip
-            self.store.write(Write(workers=lost + idle, messages=update.messages))
+                if worker.worker_id in busy:  # its job is told; the work of an idle worker is nobody's concern
+                    update.note(worker, "JOB_MESSAGE_WARNING",
+                                f"Worker {worker.worker_id} was lost: {worker.reason} ({MISSED_INTERVALS} report intervals).")  # fmt: skip
+            self.store.write(Write(workers=lost, messages=update.messages))
             for worker in lost:
-                self.execution.release_work(worker.worker_id, f"the worker was lost: {worker.reason}.", True)
+                if worker.worker_id in busy:
+                    self.execution.release_work(worker.worker_id, f"the worker was lost: {worker.reason}.", True)
         self.execution.expire_leases()
-        if now % 60_000_000 < 1_000_000:  # about once a minute
+        if self._pruned_us is None or now - self._pruned_us >= PRUNE_EVERY_US:
+            self._pruned_us = now
             self.store.prune_workers(now - CPU_SAMPLES_KEPT_US, now - GONE_WORKERS_KEPT_US, WORKER_LIVE_STATES)
 
     # -- what the API and the CLI show -------------------------------------------------------------
 
     def list_workers(
-        self, job_id: str | None = None, include_gone: bool = False, limit: int = 1000, projects: set[str] | None = None
-    ) -> dict:
-        """The registry's workers (of jobs of `projects` only, unless None)."""
+        self, job_id: str | None = None, include_gone: bool = False, limit: int = 1000, projects: set[str] | None = None,
+        project_id: str | None = None, location: str | None = None,
+    ) -> dict:  # fmt: skip
+        """The registry's live workers, or all (of jobs of `projects` only, unless None). With `project_id` (or
+        `location`): that project's workers, and those that serve no job yet (they wait for any project's work)."""
         states = () if include_gone else WORKER_LIVE_STATES
-        workers = self.store.list_workers(job_id, states, limit)
-        if projects is not None:
-            workers = [w for w in workers if w.project_id in projects]
+        if project_id is not None:
+            projects = {project_id, ""} if projects is None else {project_id, ""} & projects
+        locations = None if location is None else {location, ""}
+        workers = self.store.list_workers(job_id, states, limit, projects, locations)
         # The progress of the work each live worker holds (workers that left hold none).
         items = {w.work_item_id: self.store.get_work_item(w.work_item_id) for w in workers
                  if w.work_item_id and w.state in WORKER_LIVE_STATES}  # fmt: skip
@@ -331,7 +345,7 @@ class WorkerRegistry:
         worker = self.store.get_workers([worker_id]).get(worker_id)
         if worker is None or worker.job_id != job_id:
             raise not_found(f"Job {job_id} has no worker {worker_id!r}.")
-        if worker.state not in WORKER_LIVE_STATES or worker.work_item_id is None:
+        if worker.state not in WORKER_REPORTING_STATES or worker.work_item_id is None:
             raise failed_precondition(f"Worker {worker_id} is not running work of job {job_id} ({worker.state}).")
         asked = self.clock()
         self.store.request_worker_stacks(worker_id, asked)
@@ -422,6 +436,11 @@ def _check_code(code: dict, index: int) -> None:
         if not isinstance(stacks, list):
             raise invalid_argument(f"workerMessages[{index}]: {CODE_STACKTRACES} needs parameters stacks (a list).")
         schema.check({"sdks": [{"stacks": stacks}]}, "GetWorkerStacktracesResponse", f"workerMessages[{index}]")
+
+
+def _heard_us(worker: WorkerRecord) -> int:
+    """When the service last heard from a worker: a health report, any worker message, a lease or a lease poll."""
+    return max(worker.last_health_us or 0, worker.last_seen_us)
 
 
 def _time_us(value: str | None, default: int | None) -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 # jobs.list filters
 FILTER_ALL = "ALL"
@@ -91,11 +91,13 @@ class StageRecord:
 # Worker states
 WORKER_RUNNING = "RUNNING"  # reporting, healthy
 WORKER_UNHEALTHY = "UNHEALTHY"  # reporting, says it is not healthy
+WORKER_IDLE = "IDLE"  # holds no work and asks for some (its lease polls are what the service hears of it)
 WORKER_BROKEN = "BROKEN"  # said it is broken for good: gets no work
-WORKER_LOST = "LOST"  # missed its health deadline
-WORKER_SHUTDOWN = "SHUTDOWN"  # sent a shutdown notice
-WORKER_IDLE = "IDLE"  # stopped reporting after its work ended (it reports only while it runs work)
-WORKER_LIVE_STATES = (WORKER_RUNNING, WORKER_UNHEALTHY)
+WORKER_LOST = "LOST"  # missed its deadline: nothing heard from it (health report, lease poll) in time
+WORKER_SHUTDOWN = "SHUTDOWN"  # sent a shutdown notice, or its process was stopped by the local pool
+# Workers that run work and report their health while they do (as far as the service knows).
+WORKER_REPORTING_STATES = (WORKER_RUNNING, WORKER_UNHEALTHY)
+WORKER_LIVE_STATES = (*WORKER_REPORTING_STATES, WORKER_IDLE)
 
 
 @dataclass
@@ -317,8 +319,11 @@ class Store(abc.ABC):
     def get_workers(self, worker_ids: Iterable[str]) -> dict[str, WorkerRecord]: ...
 
     @abc.abstractmethod
-    def list_workers(self, job_id: str | None = None, states: Sequence[str] = (), limit: int = 1000) -> list[WorkerRecord]:
-        """Workers (of one job, in some states), most recently seen first."""
+    def list_workers(
+        self, job_id: str | None = None, states: Sequence[str] = (), limit: int = 1000,
+        projects: Collection[str] | None = None, locations: Collection[str] | None = None,
+    ) -> list[WorkerRecord]:  # fmt: skip
+        """Workers (of one job, in some states, of some projects and locations), most recently seen first."""
 
     @abc.abstractmethod
     def list_cpu_samples(self, worker_id: str, limit: int = 60) -> list[CpuSample]:

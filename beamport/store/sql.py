@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -473,9 +474,12 @@ class SqlStore(Store):
             rows = conn.execute(_GET_WORKERS, {"ids": ids}).all()
         return {row.worker_id: WorkerRecord(*row) for row in rows}
 
-    def list_workers(self, job_id=None, states=(), limit=1000) -> list[WorkerRecord]:
-        stmt = _LIST_WORKERS[job_id is not None, bool(states)]
-        params = {"job_id": job_id, "states": list(states), "limit": limit}
+    def list_workers(self, job_id=None, states=(), limit=1000, projects=None, locations=None) -> list[WorkerRecord]:
+        if (projects is not None and not projects) or (locations is not None and not locations):
+            return []
+        stmt = _list_workers_statement(job_id is not None, bool(states), projects is not None, locations is not None)
+        params = {"job_id": job_id, "states": list(states), "limit": limit, "projects": list(projects or ()),
+                  "locations": list(locations or ())}  # fmt: skip
         with self.engine.connect() as conn:
             return [WorkerRecord(*row) for row in conn.execute(stmt, params)]
 
@@ -690,17 +694,21 @@ _WORKER_COLUMNS = [workers.c[name] for name in WorkerRecord.__dataclass_fields__
 _GET_WORKERS = select(*_WORKER_COLUMNS).where(workers.c.worker_id.in_(bindparam("ids", expanding=True)))
 
 
-def _list_workers_statement(by_job: bool, by_state: bool):
+# Statements the sweeper runs every second, built once.
+@functools.cache
+def _list_workers_statement(by_job: bool, by_state: bool, by_project: bool, by_location: bool):
     stmt = select(*_WORKER_COLUMNS)
     if by_job:
         stmt = stmt.where(workers.c.job_id == bindparam("job_id"))
     if by_state:
         stmt = stmt.where(workers.c.state.in_(bindparam("states", expanding=True)))
+    if by_project:
+        stmt = stmt.where(workers.c.project_id.in_(bindparam("projects", expanding=True)))
+    if by_location:
+        stmt = stmt.where(workers.c.location.in_(bindparam("locations", expanding=True)))
     return stmt.order_by(workers.c.last_seen_us.desc()).limit(bindparam("limit", type_=Integer))
 
 
-# Statements the sweeper runs every second, built once.
-_LIST_WORKERS = {(j, s): _list_workers_statement(j, s) for j in (False, True) for s in (False, True)}
 _WORK_ITEMS_IN_STATE = (
     select(*work_items.c)
     .where(work_items.c.state == bindparam("state"))

@@ -107,7 +107,7 @@ workers = Table(
     Column("project_id", String(128), nullable=False),
     Column("location", String(64), nullable=False),
     Column("job_id", String(128), nullable=False),  # the job it serves (or served last)
-    Column("state", String(16), nullable=False),  # RUNNING, UNHEALTHY, BROKEN, LOST, SHUTDOWN, STOPPED
+    Column("state", String(16), nullable=False),  # RUNNING, UNHEALTHY, IDLE, BROKEN, LOST, SHUTDOWN
     Column("reason", Text, nullable=False, server_default=""),  # why it is not RUNNING
     Column("labels", Text, nullable=False),
     Column("container_start_us", BigInteger, nullable=True),

@@ -402,9 +402,9 @@ function jobPage(projectId, region, jobId) {
     const details = await Promise.all(list.map((w) => api(`/beamport/v1/workers/${encodeURIComponent(w.workerId)}`).catch(() => w)));
     if (!details.length) { workers.replaceChildren(h("p", { class: "muted" }, "No worker yet.")); resources.replaceChildren(h("p", { class: "muted" }, "Nothing measured yet.")); return; }
     workers.replaceChildren(h("table", {}, h("thead", {}, h("tr", {}, ["Worker", "State", "Health", "CPU", "Events"].map((c) => h("th", {}, c)))),
-      h("tbody", {}, details.map((w) => h("tr", {},
+      h("tbody", {}, details.map((w) => h("tr", { class: LIVE_WORKER_STATES.includes(w.state) ? null : "gone" },
         h("td", {}, w.workerId), h("td", { class: `state ${w.state}` }, w.state),
-        h("td", {}, w.health ? (w.health.vmIsHealthy === false ? `unhealthy: ${w.health.msg || ""}` : "healthy") : ""),
+        h("td", {}, workerHealth(w)),
         h("td", {}, sparkline((w.cpuTime || []).map((s) => [new Date(s.timestamp).getTime(), s.rate * 100]), "%")),
         h("td", { class: "muted" }, (w.lifecycleEvents || []).filter((e) => e.jobId === jobId).map((e) => e.event.toLowerCase().replaceAll("_", " ")).join(", ")))))));
     renderResources(details);
@@ -445,17 +445,34 @@ function sparkline(points, unit = "") {
 
 // -- workers ------------------------------------------------------------------------------------
 
+// Live workers: running work, waiting for work (IDLE), or unhealthy. The others are gone (LOST, BROKEN, SHUTDOWN).
+const LIVE_WORKER_STATES = ["RUNNING", "UNHEALTHY", "IDLE"];
+
+// A worker's health: its last report while it is live; a gone worker's report is history, never "healthy".
+function workerHealth(w) {
+  const health = w.health || {};
+  if (w.state === "BROKEN" || health.vmIsBroken) return `broken: ${health.msg || w.reason || ""}`;
+  if (!LIVE_WORKER_STATES.includes(w.state)) return `${w.state.toLowerCase()}: ${w.reason || ""}`;
+  if (!w.health) return "";
+  return health.vmIsHealthy === false ? `unhealthy: ${health.msg || ""}` : "healthy";
+}
+
 function workersPage() {
   const rows = h("tbody");
-  main.append(h("h1", {}, "Workers"), h("table", {}, h("thead", {}, h("tr", {}, ["Worker", "Job", "State", "Health", "CPU", "Work item", "Last report"].map((c) => h("th", {}, c)))), rows));
-  every(async () => {
-    const list = (await api("/beamport/v1/workers?all=true")).workers || [];
-    rows.replaceChildren(...list.map((w) => h("tr", {}, h("td", {}, w.workerId),
-      h("td", {}, h("a", { href: `#/jobs/${encodeURIComponent(w.projectId)}/${encodeURIComponent(w.location)}/${encodeURIComponent(w.jobId)}` }, w.jobId)),
-      h("td", { class: `state ${w.state}` }, w.state), h("td", {}, w.health ? (w.health.vmIsHealthy === false ? "unhealthy" : "healthy") : ""),
+  const showGone = h("input", { type: "checkbox", id: "show-gone-workers" });
+  main.append(h("h1", {}, "Workers"),
+    h("div", { class: "filters" }, h("label", {}, showGone, " Also gone workers (lost, broken, shut down)")),
+    h("table", { id: "workers" }, h("thead", {}, h("tr", {}, ["Worker", "Job", "State", "Health", "CPU", "Work item", "Last report"].map((c) => h("th", {}, c)))), rows));
+  const load = async () => {
+    const list = (await api(`/beamport/v1/workers${showGone.checked ? "?all=true" : ""}`)).workers || [];
+    rows.replaceChildren(...list.map((w) => h("tr", { class: LIVE_WORKER_STATES.includes(w.state) ? null : "gone" }, h("td", {}, w.workerId),
+      h("td", {}, w.jobId ? h("a", { href: `#/jobs/${encodeURIComponent(w.projectId)}/${encodeURIComponent(w.location)}/${encodeURIComponent(w.jobId)}` }, w.jobId) : h("span", { class: "muted" }, "none yet")),
+      h("td", { class: `state ${w.state}` }, w.state), h("td", {}, workerHealth(w)),
       h("td", {}, w.cpu ? `${(w.cpu.rate * 100).toFixed(1)}%` : ""), h("td", {}, w.workItemId || ""), h("td", {}, when(w.lastSeenTime)))));
-    if (!list.length) rows.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No workers.")));
-  });
+    if (!list.length) rows.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, showGone.checked ? "No workers." : "No live workers.")));
+  };
+  showGone.addEventListener("change", () => every(load));
+  every(load);
 }
 
 // -- templates ----------------------------------------------------------------------------------
