@@ -5,6 +5,7 @@ with the session's CSRF token. The pages must never fire an API call that fails 
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import shutil
@@ -101,6 +102,7 @@ def test_launch_a_template_through_its_form(console_server, project, page):
     page.press("#project", "Enter")
     page.select_option("select[aria-label='Built-in template']", "builtin://Word_Count")
     page.locator("#launch-form").wait_for(timeout=60_000)  # the first use writes the built-in template
+    assert "null" not in page.locator("#launch-form").inner_text()  # under a field without help text, say
     # The form checks before it sends: a required field left empty.
     page.fill("#f-jobName", "from-the-form")
     page.click("#launch-form button[type=submit]")
@@ -162,6 +164,98 @@ def test_a_failed_step_is_highlighted(console_server, project, page):
     page.locator("#job-state", has_text="FAILED").wait_for()
     page.locator("#graph g.node.failed[data-name='Map(explode)']").wait_for()
     page.locator("#logs", has_text="boom on element 3").first.wait_for()
+    assert page.failures == []
+
+
+@pytest.fixture(scope="module")
+def one_worker_server(tmp_path_factory):
+    """A server with a single local worker: each job runs on the same worker as the one before."""
+    base = tmp_path_factory.mktemp("console-one-worker")
+    srv = Server(base / "data", extra_args=("--allow-path", str(base), "--workers", "1")).start()
+    yield srv, base
+    if srv.process is not None:
+        srv.stop()
+
+
+def page_text(page) -> str:
+    """What the job page says, but its log (the pipeline's own messages may say anything)."""
+    return page.evaluate("() => [...document.querySelectorAll('main > :not(#logs)')].map(e => e.innerText).join('\\n')")
+
+
+def shown_vcpu_seconds(page) -> float:
+    return float(re.search(r"\(([\d.]+) vCPU-seconds\)", page.locator("#vcpu-time").inner_text()).group(1))
+
+
+def service_metric(api: Api, job_id: str, name: str) -> float:
+    """A resource metric of the job, as getMetrics answers it (committed)."""
+    metrics = api.client.get(f"{api.jobs_path}/{job_id}/metrics").json().get("metrics", [])
+    (value,) = [m["scalar"] for m in metrics if m["name"]["origin"] == "dataflow/v1b3" and m["name"]["name"] == name
+                and "context" not in m["name"]]  # fmt: skip
+    return value
+
+
+def test_a_job_page_says_what_the_user_set_and_keeps_what_the_job_used(one_worker_server, project, page):
+    srv, base = one_worker_server
+    api = Api(srv.url, project)
+    output = base / "out" / "numbers"
+    done = run([str(PIPELINES / "console_pipeline.py"), f"--output={output}", "--seconds=6",
+                *dataflow_flags(srv, project, base, "console-used")])  # fmt: skip
+    job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
+    page.goto(f"{srv.url}/#/jobs/{project}/us-central1/{job_id}")
+
+    # A running batch job: Cancel and nothing else, and nothing on the page reads "null" or "undefined".
+    page.locator("#job-state", has_text="RUNNING").wait_for(timeout=60_000)
+    assert page.locator("#job-actions").inner_text() == "Cancel"
+    assert not re.search(r"\b(null|undefined|NaN)\b", page_text(page)), page_text(page)
+
+    page.locator("#job-state", has_text="DONE").wait_for(timeout=120_000)
+    assert page.locator("#job-sdk").inner_text() == f"Apache Beam SDK for Python {importlib.metadata.version('apache-beam')}"
+    # Options: what the user set (Beam's display data), every one of them, and not Beam's defaults.
+    options = page.locator("#job-options li").all_inner_texts()
+    assert f"output = {output}" in options and "job_name = console-used" in options and "runner = DataflowRunner" in options
+    assert not [o for o in options if o.startswith(("beam_services", "parallelism", "pipelineUrl"))], options
+    # Metrics: the user's, by the step names the user gave; none of Beam's own (lineage), no transform ids.
+    table = page.locator("#metrics-table")
+    table.locator("td", has_text=re.compile(r"^naps$")).wait_for()
+    rows = table.evaluate("t => [...t.tBodies[0].rows].map(r => [...r.cells].slice(0, 4).map(c => c.innerText))")
+    assert sorted(rows) == [["Nap", "naps", "Sum", "10"], ["Nap", "sizes", "Distribution", "count 10, sum 45, min 0, max 9"]]
+    assert "ref_AppliedPTransform" not in table.inner_text() and "sinks_v2" not in table.inner_text()
+    section = "(e => e.scrollWidth <= e.clientWidth)(document.getElementById('metrics').parentElement)"
+    assert page.evaluate(f"() => {section}"), "the metrics table does not fit its column"
+    counts = page.locator("#graph text.count").all_text_contents()
+    assert "1 element" in counts and not [c for c in counts if c.startswith("1 elements")], counts
+    # What the job used: its worker's CPU and memory, from getMetrics.
+    page.wait_for_function("() => /\\(([1-9]|0\\.[1-9])/.test((document.getElementById('vcpu-time') || {}).textContent)",
+                           timeout=30_000)  # fmt: skip
+    assert page.locator("#memory-time").inner_text() != "0.00000 GB-hours"
+    assert page.locator("#cost").inner_text().startswith("$")
+    worker_id = page.locator("#job-workers tbody td").first.inner_text()
+    assert worker_id
+
+    # The only worker runs another job: the first one's page still shows its worker and what it used.
+    again = run([str(PIPELINES / "console_pipeline.py"), f"--output={base / 'out' / 'again'}",
+                 *dataflow_flags(srv, project, base, "console-next")])  # fmt: skip
+    next_id = again.stdout.split("JOB_ID ", 1)[1].split()[0]
+    assert wait_state(api, next_id, {"JOB_STATE_DONE"}, timeout=120)["currentState"] == "JOB_STATE_DONE"
+    assert api.client.get(f"/beamport/v1/workers/{worker_id}").json()["jobId"] == next_id
+    used = service_metric(api, job_id, "TotalVcpuTime")
+    assert used > 0 and service_metric(api, job_id, "TotalMemoryUsage") > 0
+
+    def shows_what_it_used():
+        page.goto(f"{srv.url}/#/jobs/{project}/us-central1/{job_id}")
+        page.reload()
+        page.locator("#job-state", has_text="DONE").wait_for()
+        row = page.locator("#job-workers tbody tr", has_text=worker_id)
+        row.locator("td.state.MOVED_ON").wait_for()
+        assert "container start" in row.inner_text()  # its lifecycle events for this job
+        page.locator("#vcpu-time").wait_for()
+        assert shown_vcpu_seconds(page) == round(used, 1)
+
+    shows_what_it_used()
+    # And after a restart of the server.
+    srv.stop()
+    srv.start()
+    shows_what_it_used()
     assert page.failures == []
 
 

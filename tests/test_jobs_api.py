@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 
 import pytest
@@ -21,6 +22,35 @@ def test_create_fills_server_fields(api):
         assert RFC3339_RE.match(job[key]), job[key]
     assert api.get(job["id"]).json() == job
     assert api.create("no-type")["type"] == "JOB_TYPE_BATCH"
+
+
+def test_create_fills_the_sdk_version_from_the_user_agent(api):
+    beam = importlib.metadata.version("apache-beam")  # what Beamport's engines run
+
+    def sdk_of(name, **environment):
+        job = api.create(name, environment=environment)
+        assert api.get(job["id"]).json()["jobMetadata"] == job["jobMetadata"]  # in the summary view, as Dataflow
+        return job["jobMetadata"]["sdkVersion"]
+
+    python = {"name": "Apache Beam Python 3.12 SDK", "version": beam}
+    assert sdk_of("python", userAgent=python) == {
+        "version": beam, "versionDisplayName": "Apache Beam SDK for Python", "sdkSupportStatus": "SUPPORTED",
+    }  # fmt: skip
+    older = {"name": "Apache Beam SDK for Python", "version": "2.6.0"}
+    assert sdk_of("older", userAgent=older) == {
+        "version": "2.6.0", "versionDisplayName": "Apache Beam SDK for Python", "sdkSupportStatus": "UNKNOWN",
+    }  # fmt: skip
+    java = {"name": "Apache Beam SDK for Java", "version": "2.61.0", "java.version": "17", "container.version": "x"}
+    assert sdk_of("java", userAgent=java) == {
+        "version": "2.61.0", "versionDisplayName": "Apache Beam SDK for Java", "sdkSupportStatus": "UNKNOWN",
+    }  # fmt: skip
+    go = {"name": "Apache Beam SDK for Go", "version": "2.60.0"}
+    assert sdk_of("go", userAgent=go)["versionDisplayName"] == "Apache Beam SDK for Go"
+    # What the client says wins; no user agent, no SDK version.
+    mine = {"version": "1.2.3", "versionDisplayName": "My SDK", "sdkSupportStatus": "STALE"}
+    job = api.create("client-says", environment={"userAgent": python}, jobMetadata={"sdkVersion": mine})
+    assert job["jobMetadata"]["sdkVersion"] == mine
+    assert "jobMetadata" not in api.create("no-agent", environment={"tempStoragePrefix": "/tmp/x"})
 
 
 @pytest.mark.parametrize("name", ["Upper", "1starts-with-digit", "ends-with-dash-", "under_score", "a" * 1025, ""])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -125,6 +126,11 @@ def test_user_pipeline_outputs_and_metrics_match_direct_runner(runner, project, 
 
     (job,) = api.all_jobs()
     assert job["currentState"] == "JOB_STATE_DONE"
+    # The SDK, from the user agent Beam sent (jobs.list's summary view has it, as Dataflow's does).
+    beam = importlib.metadata.version("apache-beam")
+    assert job["jobMetadata"]["sdkVersion"] == {
+        "version": beam, "versionDisplayName": "Apache Beam SDK for Python", "sdkSupportStatus": "SUPPORTED",
+    }  # fmt: skip
     all_texts = texts(api, job["id"])
     assert any("a window of" in t for t in all_texts)  # the pipeline's own log records
     warnings = api.messages(job["id"], minimumImportance="JOB_MESSAGE_WARNING").json()["jobMessages"]
@@ -135,6 +141,16 @@ def test_user_pipeline_outputs_and_metrics_match_direct_runner(runner, project, 
               if m["name"]["name"] == "ElementCount" and "tentative" not in m["name"]["context"]}
     words_counted = metrics(served)["counters"][0][2]  # the pipeline's own counter of the words it emitted
     assert counts["Count/Count:PairWithVoid-out0"] == words_counted == 4500
+    # What the run used, as Dataflow reports it (its worker's last sample follows the end of the work).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        metrics_now = api.client.get(f"{api.jobs_path}/{job['id']}/metrics").json()["metrics"]
+        used = {m["name"]["name"]: m["scalar"] for m in metrics_now
+                if m["name"]["origin"] == "dataflow/v1b3" and "context" not in m["name"]}  # fmt: skip
+        if used.get("TotalVcpuTime", 0) > 0 and used.get("TotalMemoryUsage", 0) > 0:
+            break
+        time.sleep(0.1)
+    assert used.get("TotalVcpuTime", 0) > 0 and used.get("TotalMemoryUsage", 0) > 0, used
     details = api.client.get(f"{api.jobs_path}/{job['id']}/executionDetails").json()
     assert details["stages"] and all(s["state"] == "EXECUTION_STATE_SUCCEEDED" for s in details["stages"])
     stage = details["stages"][0]

@@ -32,6 +32,7 @@ from beamport.service.model import JobPb
 from beamport.service.notify import WorkNotifier
 from beamport.service.quotas import JobQuotas, check_job, check_job_name, check_labels
 from beamport.service.paging import decode_token, page_response, page_size
+from beamport.service.sdk_version import fill_sdk_version
 from beamport.store.base import (
     FILTER_ACTIVE,
     FILTER_ALL,
@@ -213,6 +214,7 @@ class JobService:
         if not job.type_:
             job.type_ = model.JobType.values_by_name[model.BATCH].number  # Dataflow's default
         doc = wire.to_dict(job)
+        fill_sdk_version(doc)  # from the user agent, as Dataflow does
         check_job(doc)  # Dataflow's limits, field by field (service/quotas.py)
         engines.check_engine(doc, self.engines_available)
         if self.quotas is None:

@@ -24,6 +24,7 @@ from beamport.protocol import CODE_LOG, CODE_STACKTRACES, CODE_STAGE, CONTAINER_
 from beamport.service import model
 from beamport.service.documents import job_message, load_job, timestamp
 from beamport.service.execution import RESTART_GRACE_US, ExecutionService, idle_interval_us
+from beamport.service.usage import JobUsage
 from beamport.store.base import (
     WORKER_BROKEN,
     WORKER_LIVE_STATES,
@@ -66,6 +67,7 @@ class WorkerRegistry:
         self._jobs: dict[str, _JobRef] = {}
         self._live, self._live_at = 0, 0.0  # reporting workers, as counted at that monotonic time
         self._pruned_us: int | None = None  # when the sweep last dropped old workers and samples
+        self.usage = JobUsage(store)  # what each job used, from its workers' CPU samples and health reports
 
     def _job(self, project_id: str, location: str, job_id: str) -> "_JobRef":
         """Where a job lives, or NOT_FOUND. Remembered: a job never moves and is never deleted, and every
@@ -136,6 +138,7 @@ class WorkerRegistry:
                 responses.append({"workerShutdownNoticeResponse": {}})
         self.store.write(Write(workers=list(update.workers.values()), cpu_samples=update.samples,
                                worker_events=update.events, messages=update.messages))  # fmt: skip
+        self.usage.record(messages, now)
         for worker_id, stacks in update.stacks:
             self.store.save_worker_stacks(worker_id, stacks, now)
         for worker_id, reason, counts in update.releases:

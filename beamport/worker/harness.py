@@ -163,10 +163,12 @@ class Worker:
             if time.monotonic() >= next_health:
                 self._report_health(work)
                 next_health = time.monotonic() + self.interval_us / 1e6
+            self.probe.look()  # what the executor uses counts up to its end, even from inside a sandbox
         for line in (buffer + _drain(status_r)).split(b"\n"):
             if line.strip():
                 progress.update(json.loads(line))
         os.close(status_r)
+        self._report_usage(work)
         if token:
             try:
                 self.api.revoke(token)
@@ -200,6 +202,14 @@ class Worker:
                 if wire.parse_duration_us(asked) != self.interval_us:
                     log.info("health report interval now %s (the service asked)", asked)
                 self.interval_us = wire.parse_duration_us(asked)
+
+    def _report_usage(self, work: Work) -> None:
+        """The work's last CPU sample, once its executor ended: the service counts what the work used up to its end,
+        not up to the last health report."""
+        try:
+            self.api.send(work, [self.api.message(work, "workerMetrics", {"cpuTime": [self.probe.cpu_sample()]})])
+        except WorkerApiError as exc:
+            log.warning("the last CPU sample of work item %s was not sent: %s", work.item_id, exc)
 
     def _shut_down(self, work: Work, executor: subprocess.Popen) -> None:
         """SIGTERM: tell the service at once (it moves the work), then stop the executor."""

@@ -98,6 +98,11 @@ function duration(start, end) {
   const seconds = Math.max(0, ((end ? new Date(end) : new Date()) - new Date(start)) / 1000);
   return seconds < 60 ? `${seconds.toFixed(0)} s` : `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
 }
+// "1 element", "2 elements", "1,500 elements".
+const plural = (count, one, many = `${one}s`) => `${Number(count).toLocaleString()} ${Number(count) === 1 ? one : many}`;
+// The nodes of a list that may hold nothing at places (null, undefined, false), for append and replaceChildren,
+// which would show them as text ("null").
+const present = (...items) => items.flat().filter((item) => item !== null && item !== undefined && item !== false);
 const terminal = (state) => ["JOB_STATE_DONE", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_DRAINED", "JOB_STATE_UPDATED"].includes(state);
 
 function every(refresh) {
@@ -189,7 +194,7 @@ function jobsPage() {
 function jobPage(projectId, region, jobId) {
   const base = `/v1b3/projects/${encodeURIComponent(projectId)}/locations/${encodeURIComponent(region)}/jobs/${encodeURIComponent(jobId)}`;
   const header = h("dl", { class: "kv", id: "job-header" });
-  const actions = h("div", { class: "filters" });
+  const actions = h("div", { class: "filters", id: "job-actions" });
   const graph = h("div", { class: "graph", id: "graph" });
   const timeline = h("div", { class: "timeline", id: "timeline" });
   const metrics = h("div", { id: "metrics" });
@@ -232,22 +237,36 @@ function jobPage(projectId, region, jobId) {
     renderGraph(job, all);
     renderTimeline(details.stages || []);
     renderMetrics(all);
-    await Promise.all([renderLogs(), renderWorkers()]);
+    await Promise.all([renderLogs(), renderWorkers(details.stages || []), renderResources(all)]);
   }
 
   function renderHeader(job) {
     const sdk = (job.jobMetadata || {}).sdkVersion || {};
-    const options = ((job.environment || {}).sdkPipelineOptions || {}).options || {};
+    const support = sdk.sdkSupportStatus && sdk.sdkSupportStatus !== "SUPPORTED" ? `(support: ${sdk.sdkSupportStatus.toLowerCase()})` : "";
     const pairs = [
       ["State", h("span", { class: `state ${job.currentState}`, id: "job-state" }, short(job.currentState))],
       ["Type", short(job.type)], ["Id", job.id], ["Region", job.location],
-      ["SDK", [sdk.versionDisplayName, sdk.version].filter(Boolean).join(" ")],
+      ["SDK", h("span", { id: "job-sdk" }, [sdk.versionDisplayName, sdk.version, support].filter(Boolean).join(" "))],
       ["Created", when(job.createTime)], ["State since", when(job.currentStateTime)],
       ["Duration", duration(job.startTime || job.createTime, terminal(job.currentState) ? job.currentStateTime : null)],
       ["Labels", Object.entries(job.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ")],
-      ["Options", Object.entries(options).filter(([, v]) => v !== null && v !== "" && !(Array.isArray(v) && !v.length)).slice(0, 12).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("  ")],
+      ["Options", renderOptions(job)],
     ];
     header.replaceChildren(...pairs.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  }
+
+  // The options the user set: those Beam lists in the submission's display data (the options that differ from
+  // their defaults), with the value the job runs with (a template launch sets its parameters there). A client
+  // that sends no display data: every option that has a value.
+  function renderOptions(job) {
+    const given = (job.environment || {}).sdkPipelineOptions || {};
+    const options = given.options || {};
+    const set = Array.isArray(given.display_data)
+      ? given.display_data.filter((item) => item && item.key in options).map((item) => [item.key, options[item.key]])
+      : Object.entries(options).filter(([, v]) => v !== null && v !== "" && !(typeof v === "object" && !Object.keys(v).length));
+    const text = (v) => (Array.isArray(v) && v.length ? v.join(", ") : typeof v === "object" ? JSON.stringify(v) : String(v));
+    if (!set.length) return h("span", { class: "muted" }, "none");
+    return h("ul", { class: "options", id: "job-options" }, set.map(([k, v]) => h("li", {}, h("code", {}, k), " = ", text(v))));
   }
 
   function renderActions(job) {
@@ -261,12 +280,12 @@ function jobPage(projectId, region, jobId) {
     const snapshot = h("button", { onclick: async () => {
       try {
         const taken = await api(`${base}:snapshot`, { method: "POST", body: JSON.stringify({ description: "from the console" }) });
-        toast(`Snapshot ${taken.id}: ${short(taken.state)}${taken.diskSizeBytes ? `, ${taken.diskSizeBytes} bytes` : ""}.`);
+        toast(`Snapshot ${taken.id}: ${short(taken.state)}${taken.diskSizeBytes ? `, ${plural(taken.diskSizeBytes, "byte")}` : ""}.`);
       } catch (error) { toast(error.message); }
     } }, "Snapshot");
     const streaming = job.type === "JOB_TYPE_STREAMING";
-    actions.replaceChildren(act("Cancel", "JOB_STATE_CANCELLED"), streaming ? act("Drain", "JOB_STATE_DRAINED") : null,
-      streaming && job.currentState === "JOB_STATE_RUNNING" ? snapshot : null);
+    actions.replaceChildren(...present(act("Cancel", "JOB_STATE_CANCELLED"), streaming && act("Drain", "JOB_STATE_DRAINED"),
+      streaming && job.currentState === "JOB_STATE_RUNNING" && snapshot));
   }
 
   function renderGraph(job, all) {
@@ -331,11 +350,11 @@ function jobPage(projectId, region, jobId) {
       const label = t.name.includes("/") ? t.name.slice(t.name.lastIndexOf("/") + 1) : t.name;
       const composite = isComposite(t.name);
       const classes = ["node", composite && "composite", touches(failedStages, t.name) && "failed", touches(running, t.name) && "running"].filter(Boolean).join(" ");
-      const group = svg("g", { class: classes, transform: `translate(${p.x},${p.y})`, "data-name": t.name, tabindex: composite ? "0" : "-1", role: composite ? "button" : "img", "aria-label": `${t.name}: ${outCount(t)} elements` },
+      const group = svg("g", { class: classes, transform: `translate(${p.x},${p.y})`, "data-name": t.name, tabindex: composite ? "0" : "-1", role: composite ? "button" : "img", "aria-label": `${t.name}: ${plural(outCount(t), "element")}` },
         svg("title", {}, t.name),
         svg("rect", { width: W, height: H }),
         svg("text", { x: 8, y: 18 }, (composite ? "▸ " : "") + (label.length > 30 ? label.slice(0, 29) + "…" : label)),
-        svg("text", { x: 8, y: 36, class: "count" }, `${outCount(t).toLocaleString()} elements${throughput(t)}`));
+        svg("text", { x: 8, y: 36, class: "count" }, `${plural(outCount(t), "element")}${throughput(t)}`));
       if (composite) {
         const toggle = () => { expanded.add(t.name); renderGraph(job, all); };
         group.addEventListener("click", toggle);
@@ -361,8 +380,17 @@ function jobPage(projectId, region, jobId) {
     })));
   }
 
+  // Beam's own metrics among the user's (origin "user"): its lineage of sources and sinks.
+  const BEAM_NAMESPACES = new Set(["lineage"]);
+
   function renderMetrics(all) {
-    const user = all.filter((m) => (m.name || {}).origin === "user" && !((m.name || {}).context || {}).tentative);
+    const user = all.filter((m) => {
+      const context = (m.name || {}).context || {};
+      return m.name.origin === "user" && !context.tentative && !BEAM_NAMESPACES.has(context.namespace);
+    });
+    // Metrics name their step by its transform id (ref_AppliedPTransform_...): shown by the name the user gave it.
+    const stepNames = Object.fromEntries(((job.pipelineDescription || {}).originalPipelineTransform || []).map((t) => [t.id, t.name]));
+    const stepOf = (m) => stepNames[m.name.context.step] || m.name.context.step || "";
     const now = Date.now();
     for (const m of user) {
       const key = `${m.name.context.step || ""}/${m.name.name}`;
@@ -372,12 +400,12 @@ function jobPage(projectId, region, jobId) {
       if (!series.length || series[series.length - 1][1] !== value || now - series[series.length - 1][0] > 10000) series.push([now, value]);
     }
     if (!user.length) { metrics.replaceChildren(h("p", { class: "muted" }, "No user metrics.")); return; }
-    metrics.replaceChildren(h("table", {}, h("thead", {}, h("tr", {}, ["Step", "Metric", "Kind", "Value", "Over time"].map((c) => h("th", {}, c)))),
+    metrics.replaceChildren(h("table", { id: "metrics-table" }, h("thead", {}, h("tr", {}, ["Step", "Metric", "Kind", "Value", "Over time"].map((c) => h("th", {}, c)))),
       h("tbody", {}, user.map((m) => {
         const key = `${m.name.context.step || ""}/${m.name.name}`;
         const d = m.distribution;
         const value = m.scalar !== undefined ? m.scalar : d ? `count ${d.count}, sum ${d.sum}, min ${d.min}, max ${d.max}` : m.gauge ? m.gauge.value : JSON.stringify(m.set || "");
-        return h("tr", {}, h("td", {}, m.name.context.step || ""), h("td", {}, m.name.name), h("td", {}, m.kind || ""), h("td", {}, String(value)), h("td", {}, sparkline(history[key] || [])));
+        return h("tr", {}, h("td", {}, stepOf(m)), h("td", { title: `namespace ${m.name.context.namespace || ""}` }, m.name.name), h("td", {}, m.kind || ""), h("td", {}, String(value)), h("td", {}, sparkline(history[key] || [])));
       }))));
   }
 
@@ -396,39 +424,56 @@ function jobPage(projectId, region, jobId) {
     if (!logs.childElementCount) logs.append(h("div", { class: "muted" }, "No messages yet."));
   }
 
-  async function renderWorkers() {
-    const answer = await api(`/beamport/v1/workers?jobId=${encodeURIComponent(jobId)}&all=true`);
-    const list = answer.workers || [];
-    const details = await Promise.all(list.map((w) => api(`/beamport/v1/workers/${encodeURIComponent(w.workerId)}`).catch(() => w)));
-    if (!details.length) { workers.replaceChildren(h("p", { class: "muted" }, "No worker yet.")); resources.replaceChildren(h("p", { class: "muted" }, "Nothing measured yet.")); return; }
+  // The workers that ran the job: those serving it now, and those its stages ran on (executionDetails keeps them
+  // with the job after they moved on). A worker now serving another job shows that, not its health or CPU there.
+  const ENDED = ["EXECUTION_STATE_SUCCEEDED", "EXECUTION_STATE_FAILED", "EXECUTION_STATE_CANCELLED"];
+  const stageWorkers = {}; // stage id -> the names of its workers, once the stage ended (they change no more)
+  async function workersOfJob(stages) {
+    const serving = (await api(`/beamport/v1/workers?jobId=${encodeURIComponent(jobId)}&all=true`)).workers || [];
+    const ran = await Promise.all(stages.map(async (stage) => {
+      if (stageWorkers[stage.stageId]) return stageWorkers[stage.stageId];
+      const answer = await api(`${base}/stages/${encodeURIComponent(stage.stageId)}/executionDetails`).catch(() => ({}));
+      const names = (answer.workers || []).map((w) => w.workerName).filter((name) => name && name !== "unknown");
+      if (ENDED.includes(stage.state)) stageWorkers[stage.stageId] = names;
+      return names;
+    }));
+    const ids = new Set([...serving.map((w) => w.workerId), ...ran.flat()]);
+    const details = await Promise.all([...ids].map((id) => api(`/beamport/v1/workers/${encodeURIComponent(id)}`)
+      .catch(() => serving.find((w) => w.workerId === id) || { workerId: id, state: "GONE", reason: "no longer known to the service" })));
+    return details.map((w) => (!w.jobId || w.jobId === jobId ? w
+      : { ...w, state: "MOVED_ON", reason: `now on job ${w.jobId}`, health: undefined, cpuTime: [] }));
+  }
+
+  async function renderWorkers(stages) {
+    const details = await workersOfJob(stages);
+    if (!details.length) { workers.replaceChildren(h("p", { class: "muted" }, terminal(job.currentState) ? "No worker ran this job." : "No worker yet.")); return; }
     workers.replaceChildren(h("table", {}, h("thead", {}, h("tr", {}, ["Worker", "State", "Health", "CPU", "Events"].map((c) => h("th", {}, c)))),
       h("tbody", {}, details.map((w) => h("tr", { class: LIVE_WORKER_STATES.includes(w.state) ? null : "gone" },
         h("td", {}, w.workerId), h("td", { class: `state ${w.state}` }, w.state),
         h("td", {}, workerHealth(w)),
         h("td", {}, sparkline((w.cpuTime || []).map((s) => [new Date(s.timestamp).getTime(), s.rate * 100]), "%")),
         h("td", { class: "muted" }, (w.lifecycleEvents || []).filter((e) => e.jobId === jobId).map((e) => e.event.toLowerCase().replaceAll("_", " ")).join(", ")))))));
-    renderResources(details);
   }
 
-  async function renderResources(details) {
-    // vCPU-hours from the CPU samples (totalMs counts since each worker started: the growth during the
-    // job's samples), memory GB-hours from the RSS of the worker's processes over its reports.
-    let cpuMs = 0, gbHours = 0;
-    for (const w of details) {
-      const samples = (w.cpuTime || []).map((s) => [new Date(s.timestamp).getTime(), Number(s.totalMs)]);
-      if (samples.length > 1) cpuMs += samples[samples.length - 1][1] - samples[0][1];
-      const rss = ((w.health || {}).pods || []).reduce((sum, p) => sum + Number(p.rssBytes || 0), 0);
-      if (samples.length > 1) gbHours += (rss / 2 ** 30) * ((samples[samples.length - 1][0] - samples[0][0]) / 3.6e6);
+  let prices; // rates.json, read once: undefined until then, null when there is none
+  async function renderResources(all) {
+    // What the job used, as Dataflow reports it in getMetrics (origin dataflow/v1b3, no step): TotalVcpuTime in
+    // vCPU-seconds, TotalMemoryUsage in MB-seconds. The service keeps them with the job.
+    const service = (name) => all.find((m) => m.name.origin === "dataflow/v1b3" && m.name.name === name && !(m.name.context || {}).tentative);
+    const vcpu = service("TotalVcpuTime"), memory = service("TotalMemoryUsage");
+    if (!vcpu && !memory) {
+      resources.replaceChildren(h("p", { class: "muted" }, terminal(job.currentState) ? "No worker reported what it used." : "Nothing measured yet."));
+      return;
     }
-    const vcpuHours = cpuMs / 3.6e6;
-    let rates = null;
-    try { rates = await (await fetch("/console/rates.json")).json(); } catch { /* no rates: no estimate */ }
-    const cost = rates ? vcpuHours * rates.vcpuHour + gbHours * rates.memoryGbHour : null;
+    if (prices === undefined) prices = await fetch("/console/rates.json").then((r) => (r.ok ? r.json() : null)).catch(() => null);
+    const vcpuSeconds = Number((vcpu || {}).scalar || 0), memoryMbSeconds = Number((memory || {}).scalar || 0);
+    const vcpuHours = vcpuSeconds / 3600, gbHours = memoryMbSeconds / 1024 / 3600;
+    const cost = prices ? vcpuHours * prices.vcpuHour + gbHours * prices.memoryGbHour : null;
     resources.replaceChildren(h("dl", { class: "kv" },
-      h("dt", {}, "vCPU-hours"), h("dd", { id: "vcpu-hours" }, vcpuHours.toFixed(5)),
-      h("dt", {}, "Memory GB-hours"), h("dd", {}, gbHours.toFixed(5)),
-      h("dt", {}, "On Dataflow (estimate)"), h("dd", {}, cost === null ? "no rates" : `$${cost.toFixed(5)}`),
-      h("dt", {}, "Rates"), h("dd", { class: "muted" }, rates ? `${rates.region} batch, $${rates.vcpuHour}/vCPU-hour, $${rates.memoryGbHour}/GB-hour (as of ${rates.asOf}; edit console/static/rates.json)` : "")));
+      h("dt", {}, "Total vCPU time"), h("dd", { id: "vcpu-time" }, `${vcpuHours.toFixed(5)} vCPU-hours (${vcpuSeconds.toFixed(1)} vCPU-seconds)`),
+      h("dt", {}, "Total memory time"), h("dd", { id: "memory-time" }, `${gbHours.toFixed(5)} GB-hours`),
+      h("dt", {}, "On Dataflow (estimate)"), h("dd", { id: "cost" }, cost === null ? "no rates" : `$${cost.toFixed(5)}`),
+      h("dt", {}, "Rates"), h("dd", { class: "muted" }, prices ? `${prices.region} batch, $${prices.vcpuHour}/vCPU-hour, $${prices.memoryGbHour}/GB-hour (as of ${prices.asOf}; edit console/static/rates.json)` : "")));
   }
 
   every(refresh);
@@ -505,7 +550,7 @@ function templatesPage() {
       input.name = p.name;
       if (!p.isOptional) input.required = true;
       fields[p.name] = { input, spec: p };
-      form.append(h("label", { for: input.id }, p.label || p.name, p.isOptional ? "" : " *"), input, p.helpText ? h("div", { class: "help" }, p.helpText) : null);
+      form.append(...present(h("label", { for: input.id }, p.label || p.name, p.isOptional ? "" : " *"), input, p.helpText && h("div", { class: "help" }, p.helpText)));
     }
     form.append(h("span"), h("button", { type: "submit" }, "Run job"));
     form.addEventListener("submit", async (event) => {
@@ -525,7 +570,7 @@ function templatesPage() {
         location.hash = `#/jobs/${project()}/${launched.job.location}/${launched.job.id}`;
       } catch (error) { errors.textContent = error.message; }
     });
-    formArea.append(h("h2", {}, metadata.name || path.value), metadata.description ? h("p", { class: "muted" }, metadata.description) : null, form, errors);
+    formArea.append(...present(h("h2", {}, metadata.name || path.value), metadata.description && h("p", { class: "muted" }, metadata.description), form, errors));
   }
 }
 
