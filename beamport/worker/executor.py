@@ -24,6 +24,7 @@ from beamport import wire
 from beamport.engine.base import STAGE_RUNNING
 from beamport.errors import RPC_CODE
 from beamport.protocol import (
+    CODE_ENGINE_RUNNING,
     CODE_HARNESS_STARTED,
     CODE_WORKERS_CHANGED,
     BACKLOG_UNIT_BYTES,
@@ -73,6 +74,9 @@ class Reporter:
         self.scaling: dict | None = None  # the work item's worker range, {min, max}
         self.workers = 0  # SDK workers the run uses now (0 before the first stage)
         self.ask_service = None  # reports at once with a backlog, returns the answer
+
+    def running(self, detail: str) -> None:
+        self.code(CODE_ENGINE_RUNNING, {"detail": detail})
 
     def stage_state(self, stage_name: str, state: str, time_us: int) -> None:
         with self.lock:
