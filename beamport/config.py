@@ -89,16 +89,21 @@ class Settings:
 
     def engine_report(self) -> list[str]:
         """What each engine is here, or why it is not: for the server's start-up log."""
-        flink = (f"flink: the cluster at {self.flink.master} (streaming jobs run here, with snapshots and updates)"
-                 if self.flink else "flink: no cluster (start one with scripts/flink-cluster and pass its endpoints:"
-                 " --flink-master, --flink-job-server, --flink-sdk-pool, or source its endpoints.env)")  # fmt: skip
+        flink = (
+            f"flink: the cluster at {self.flink.master} (streaming jobs run here, with snapshots and updates)"
+            if self.flink
+            else "flink: no cluster (start one with scripts/flink-cluster and pass its endpoints:"
+            " --flink-master, --flink-job-server, --flink-sdk-pool, or source its endpoints.env)"
+        )
         if self.prism:
             prism = f"prism: {self.prism} (" + ("streaming jobs that name it" if self.flink else "streaming jobs") + ")"
         elif os.environ.get("BEAMPORT_PRISM") == "none":
             prism = "prism: off (--prism none)"
         else:
-            prism = ("prism: not found (looked at BEAMPORT_PRISM, the PATH, Go's bin and ~/.cache/beamport/bin; "
-                     "scripts/prism-build builds it)")  # fmt: skip
+            prism = (
+                "prism: not found (looked at BEAMPORT_PRISM, the PATH, Go's bin and ~/.cache/beamport/bin; "
+                "scripts/prism-build builds it)"
+            )
         lines = ["embedded: Beam's FnApiRunner on this host's workers (batch jobs)", flink, prism]
         if not (self.flink or self.prism):
             lines.append("streaming jobs wait in JOB_STATE_PENDING until the server restarts with Flink or Prism")
@@ -118,13 +123,23 @@ class Settings:
     def private_paths(self) -> list[Path]:
         """Files under the data dir that no job, template or table may name: keys and the database."""
         data = self.data_dir.resolve()
-        return [self.admin_key_path, self.local_worker_key_path.parent, data / "pipelines", data / "workers",
-                *(data / f"beamport.db{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))]  # fmt: skip
+        return [
+            self.admin_key_path,
+            self.local_worker_key_path.parent,
+            data / "pipelines",
+            data / "workers",
+            *(data / f"beamport.db{suffix}" for suffix in ("", "-wal", "-shm", "-journal")),
+        ]
 
     def user_code_sandbox(self) -> Sandbox:
         """The sandbox this server's own user-code processes (flex launchers) run in."""
-        return Sandbox(self.sandbox, writable=self.allowed_roots(), hidden=self.private_paths(), limits=self.job_limits,
-                       shared=[self.flink.shared_dir] if self.flink else [])  # fmt: skip
+        return Sandbox(
+            self.sandbox,
+            writable=self.allowed_roots(),
+            hidden=self.private_paths(),
+            limits=self.job_limits,
+            shared=[self.flink.shared_dir] if self.flink else [],
+        )
 
     @property
     def endpoint(self) -> str:

@@ -24,11 +24,33 @@ AUTO, REQUIRED, OFF = "auto", "required", "off"
 MODES = (AUTO, REQUIRED, OFF)
 NOBODY = 65534
 # What a run keeps of its parent's environment: locale and paths, and the engines' and emulators' endpoints.
-KEPT_VARIABLES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "JAVA_HOME", "GOPATH",
-                            "GOBIN", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"})  # fmt: skip
-KEPT_PREFIXES = ("LC_", "BEAMPORT_FLINK_MASTER", "BEAMPORT_FLINK_JOB_SERVER", "BEAMPORT_FLINK_SDK_POOL",
-                 "BEAMPORT_FLINK_SHARED_DIR", "BEAMPORT_PRISM", "BEAMPORT_FLINK_LOG_LEVEL", "STORAGE_EMULATOR_HOST",
-                 "PUBSUB_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")  # fmt: skip
+KEPT_VARIABLES = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "PYTHONPATH",
+        "VIRTUAL_ENV",
+        "JAVA_HOME",
+        "GOPATH",
+        "GOBIN",
+        "OPENBLAS_CORETYPE",
+        "OPENBLAS_L2_SIZE",
+    }
+)
+KEPT_PREFIXES = (
+    "LC_",
+    "BEAMPORT_FLINK_MASTER",
+    "BEAMPORT_FLINK_JOB_SERVER",
+    "BEAMPORT_FLINK_SDK_POOL",
+    "BEAMPORT_FLINK_SHARED_DIR",
+    "BEAMPORT_PRISM",
+    "BEAMPORT_FLINK_LOG_LEVEL",
+    "STORAGE_EMULATOR_HOST",
+    "PUBSUB_EMULATOR_HOST",
+    "BIGQUERY_EMULATOR_HOST",
+)
 
 
 def _beamports_own_code() -> list[Path]:
@@ -51,17 +73,21 @@ class Limits:
     processes: int | None = None
 
     def prlimit(self) -> list[str]:
-        flags = [f"--as={self.memory_bytes}" if self.memory_bytes else "",
-                 f"--nofile={self.open_files}" if self.open_files else "",
-                 f"--nproc={self.processes}" if self.processes else ""]  # fmt: skip
+        flags = [
+            f"--as={self.memory_bytes}" if self.memory_bytes else "",
+            f"--nofile={self.open_files}" if self.open_files else "",
+            f"--nproc={self.processes}" if self.processes else "",
+        ]
         flags = [f for f in flags if f]
         return ["prlimit", *flags, "--"] if flags else []
 
     def flags(self) -> list[str]:
         """The same limits as `beamport worker` flags."""
-        return [*(["--job-memory", str(self.memory_bytes)] if self.memory_bytes else []),
-                *(["--job-open-files", str(self.open_files)] if self.open_files else []),
-                *(["--job-processes", str(self.processes)] if self.processes else [])]  # fmt: skip
+        return [
+            *(["--job-memory", str(self.memory_bytes)] if self.memory_bytes else []),
+            *(["--job-open-files", str(self.open_files)] if self.open_files else []),
+            *(["--job-processes", str(self.processes)] if self.processes else []),
+        ]
 
 
 def parse_size(text: str | None) -> int | None:
@@ -97,8 +123,12 @@ class Sandbox:
             return "bubblewrap is not installed (Debian: apt-get install bubblewrap)"
         if self.limits.prlimit() and shutil.which("prlimit") is None:
             return "prlimit (util-linux) is not installed, and resource limits were asked for"
-        probe = subprocess.run([bwrap, *self._namespaces(), "--ro-bind", "/", "/", "--", "true"],
-                               capture_output=True, text=True, timeout=30)  # fmt: skip
+        probe = subprocess.run(
+            [bwrap, *self._namespaces(), "--ro-bind", "/", "/", "--", "true"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if probe.returncode != 0:
             return f"bubblewrap cannot make a sandbox here: {probe.stderr.strip() or probe.returncode}"
         return None
@@ -115,12 +145,15 @@ class Sandbox:
     def describe(self) -> str:
         if self.enabled:
             limits = " ".join(self.limits.prlimit()[1:-1]) or "no resource limits"
-            return (f"user code runs in a bubblewrap sandbox (uid {NOBODY}, no capabilities, system read-only, "
-                    f"writable: {', '.join(map(str, self.writable)) or 'nothing'}; {limits})")  # fmt: skip
+            return (
+                f"user code runs in a bubblewrap sandbox (uid {NOBODY}, no capabilities, system read-only, "
+                f"writable: {', '.join(map(str, self.writable)) or 'nothing'}; {limits})"
+            )
         return f"user code runs WITHOUT a sandbox, as uid {os.getuid()}: {self.unavailable}"
 
-    def command(self, argv: list[str], set_env: dict[str, str] = (), files: dict[str, Path] = (),
-                cwd: str | None = None) -> list[str]:  # fmt: skip
+    def command(
+        self, argv: list[str], set_env: dict[str, str] = (), files: dict[str, Path] = (), cwd: str | None = None
+    ) -> list[str]:
         """`argv` to run inside the sandbox (unchanged when there is none), in an environment of what a run keeps
         of this process's, plus `set_env`; `files` are host files (a credential) made readable inside at the
         given paths under /tmp."""
@@ -130,8 +163,19 @@ class Sandbox:
             path.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k in KEPT_VARIABLES or k.startswith(KEPT_PREFIXES)}
         env.update(dict(set_env))
-        args = ["bwrap", *self._namespaces(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                "--tmpfs", "/tmp"]  # fmt: skip
+        args = [
+            "bwrap",
+            *self._namespaces(),
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+        ]
         for path in self.writable:
             if path.exists():
                 args += ["--bind", str(path), str(path)]
@@ -151,5 +195,17 @@ class Sandbox:
 
     @staticmethod
     def _namespaces() -> list[str]:
-        return ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--unshare-pid", "--unshare-ipc",
-                "--unshare-uts", "--cap-drop", "ALL", "--die-with-parent", "--new-session"]  # fmt: skip
+        return [
+            "--unshare-user",
+            "--uid",
+            str(NOBODY),
+            "--gid",
+            str(NOBODY),
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--cap-drop",
+            "ALL",
+            "--die-with-parent",
+            "--new-session",
+        ]

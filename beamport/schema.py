@@ -111,7 +111,7 @@ def _check_string(value, schema: dict, path: tuple):
     if not isinstance(value, str):
         _fail(path, "expected a string")
     if fmt == "google-duration" and not _DURATION_RE.match(value):
-        _fail(path, f"{value!r} is not a duration such as \"3.5s\"")
+        _fail(path, f'{value!r} is not a duration such as "3.5s"')
     if fmt == "google-datetime" and not _DATETIME_RE.match(value):
         _fail(path, f"{value!r} is not an RFC 3339 timestamp")
     enum = schema.get("enum")

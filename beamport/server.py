@@ -16,6 +16,7 @@ from beamport.files import FilePolicy
 from beamport.http.app import create_app
 from beamport.http.timeouts import BodyTimeout, header_timeout_protocol
 from beamport.lazy_imports import beam_module
+from beamport.sandbox import SandboxUnavailable
 from beamport.service.execution import ExecutionService
 from beamport.service.flex_templates import FlexTemplateService
 from beamport.service.iam import ADMIN_EMAIL, IamService, Principal
@@ -28,7 +29,6 @@ from beamport.service.templates import TemplateService
 from beamport.service.workers import WorkerRegistry
 from beamport.store import open_store
 from beamport.store.iam import SqlIamStore
-from beamport.sandbox import SandboxUnavailable
 from beamport.worker.pool import LocalWorkerPool
 
 log = logging.getLogger("beamport")
@@ -55,9 +55,12 @@ class Sweeper:
     expired snapshots."""
 
     def __init__(
-        self, registry: WorkerRegistry, every_s: float = SWEEP_EVERY_S, snapshots: SnapshotService | None = None,
+        self,
+        registry: WorkerRegistry,
+        every_s: float = SWEEP_EVERY_S,
+        snapshots: SnapshotService | None = None,
         check_database=None,
-    ):  # fmt: skip
+    ):
         self.registry = registry
         self.every_s = every_s
         self.snapshots = snapshots
@@ -109,9 +112,12 @@ def build_app(settings: Settings, with_workers: bool = True):
     available, streaming_engine = settings.engines()
     snapshots = SnapshotService(store, settings.data_dir, control)
     execution = ExecutionService(
-        store, default_report_interval_us=int(settings.worker_report_interval_s * 1e6), work=work,
-        streaming_engine=streaming_engine, restore_location=snapshots.restore_location,
-    )  # fmt: skip
+        store,
+        default_report_interval_us=int(settings.worker_report_interval_s * 1e6),
+        work=work,
+        streaming_engine=streaming_engine,
+        restore_location=snapshots.restore_location,
+    )
     registry = WorkerRegistry(store, execution)
     sweeper = Sweeper(registry, snapshots=snapshots, check_database=getattr(store, "check_database", None))
     hooks: dict = {"on_startup": [sweeper.start], "on_shutdown": [sweeper.stop]}
@@ -130,14 +136,28 @@ def build_app(settings: Settings, with_workers: bool = True):
         hooks["on_startup"].append(pool.start)
         hooks["on_shutdown"].insert(0, pool.stop)
     files = FilePolicy(settings.allowed_roots(), settings.private_paths())
-    jobs = JobService(store, files, work=work, streaming_engine=streaming_engine, engines_available=available,
-                      restore_location=snapshots.restore_location, carry_state=snapshots.carry_state,
-                      pipelines_dir=settings.data_dir.resolve() / "pipelines",
-                      quotas=JobQuotas(store, settings.max_active_jobs, settings.max_jobs_per_minute))  # fmt: skip
+    jobs = JobService(
+        store,
+        files,
+        work=work,
+        streaming_engine=streaming_engine,
+        engines_available=available,
+        restore_location=snapshots.restore_location,
+        carry_state=snapshots.carry_state,
+        pipelines_dir=settings.data_dir.resolve() / "pipelines",
+        quotas=JobQuotas(store, settings.max_active_jobs, settings.max_jobs_per_minute),
+    )
     hooks["on_startup"].append(jobs.start_waiting_jobs)  # streaming jobs created before it had an engine
     templates = TemplateService(jobs, files, builtin_dir=settings.data_dir.resolve() / "templates" / "builtin")
-    flex = FlexTemplateService(jobs, files, settings.endpoint, settings.data_dir.resolve() / "templates" / "flex", iam,
-                               sandbox=settings.user_code_sandbox(), secrets_dir=settings.local_worker_key_path.parent)
+    flex = FlexTemplateService(
+        jobs,
+        files,
+        settings.endpoint,
+        settings.data_dir.resolve() / "templates" / "flex",
+        iam,
+        sandbox=settings.user_code_sandbox(),
+        secrets_dir=settings.local_worker_key_path.parent,
+    )
     # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.
     hooks["on_startup"].append(threading.Thread(target=_warm_up, daemon=True).start)
     sql = SqlService(store, files, templates)
@@ -162,10 +182,14 @@ def serve(settings: Settings) -> None:
         log.info(
             "Authentication is on. Clients use the admin key:\n    export GOOGLE_APPLICATION_CREDENTIALS=%s\n"
             "Console (one-time sign-in link): %s/console/signin?code=%s",
-            settings.admin_key_path, settings.endpoint, code,
+            settings.admin_key_path,
+            settings.endpoint,
+            code,
         )
     else:
-        log.warning("Authentication is OFF (--no-auth): anyone who reaches %s may run code on this host.", settings.endpoint)
+        log.warning(
+            "Authentication is OFF (--no-auth): anyone who reaches %s may run code on this host.", settings.endpoint
+        )
     uvicorn.run(
         # A request must arrive within time limits (headers, then body), or it is answered 408 and its
         # connection closed: slow or half-sent requests cannot hold connections (http/timeouts.py).

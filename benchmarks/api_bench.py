@@ -42,7 +42,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from beamport import wire  # noqa: E402
 from beamport.service import model  # noqa: E402
+
 try:  # where the service keeps it (it moved from service.jobs to service.documents)
     from beamport.service.documents import record_from_document  # noqa: E402
 except ImportError:  # pragma: no cover
@@ -122,18 +123,42 @@ def _environment(rng: random.Random, project: str, location: str, name: str, buc
                 "pipelineUrl": f"{staging}/pipeline.pb",
             },
             "display_data": [
-                {"key": "runner", "namespace": "apache_beam.options.pipeline_options.StandardOptions",
-                 "type": "STRING", "value": "DataflowRunner"},
-                {"key": "project", "namespace": "apache_beam.options.pipeline_options.GoogleCloudOptions",
-                 "type": "STRING", "value": project},
-                {"key": "job_name", "namespace": "apache_beam.options.pipeline_options.GoogleCloudOptions",
-                 "type": "STRING", "value": name},
-                {"key": "temp_location", "namespace": "apache_beam.options.pipeline_options.GoogleCloudOptions",
-                 "type": "STRING", "value": f"gs://{bucket}/temp"},
-                {"key": "region", "namespace": "apache_beam.options.pipeline_options.GoogleCloudOptions",
-                 "type": "STRING", "value": location},
-                {"key": "sdk_location", "namespace": "apache_beam.options.pipeline_options.SetupOptions",
-                 "type": "STRING", "value": "container"},
+                {
+                    "key": "runner",
+                    "namespace": "apache_beam.options.pipeline_options.StandardOptions",
+                    "type": "STRING",
+                    "value": "DataflowRunner",
+                },
+                {
+                    "key": "project",
+                    "namespace": "apache_beam.options.pipeline_options.GoogleCloudOptions",
+                    "type": "STRING",
+                    "value": project,
+                },
+                {
+                    "key": "job_name",
+                    "namespace": "apache_beam.options.pipeline_options.GoogleCloudOptions",
+                    "type": "STRING",
+                    "value": name,
+                },
+                {
+                    "key": "temp_location",
+                    "namespace": "apache_beam.options.pipeline_options.GoogleCloudOptions",
+                    "type": "STRING",
+                    "value": f"gs://{bucket}/temp",
+                },
+                {
+                    "key": "region",
+                    "namespace": "apache_beam.options.pipeline_options.GoogleCloudOptions",
+                    "type": "STRING",
+                    "value": location,
+                },
+                {
+                    "key": "sdk_location",
+                    "namespace": "apache_beam.options.pipeline_options.SetupOptions",
+                    "type": "STRING",
+                    "value": "container",
+                },
             ],
         },
         "workerPools": [
@@ -141,8 +166,10 @@ def _environment(rng: random.Random, project: str, location: str, name: str, buc
                 "kind": "harness",
                 "packages": [
                     {"name": "pipeline.pb", "location": f"{staged}/pipeline.pb"},
-                    {"name": "submission_environment_dependencies.txt",
-                     "location": f"{staged}/submission_environment_dependencies.txt"},
+                    {
+                        "name": "submission_environment_dependencies.txt",
+                        "location": f"{staged}/submission_environment_dependencies.txt",
+                    },
                 ],
                 "taskrunnerSettings": {
                     "parallelWorkerSettings": {
@@ -156,9 +183,14 @@ def _environment(rng: random.Random, project: str, location: str, name: str, buc
                         "containerImage": f"gcr.io/cloud-dataflow/v1beta3/beam_python{py}_sdk:2.77.0",
                         "environmentId": "ref_Environment_default_environment_1",
                         "capabilities": [
-                            "beam:coder:bytes:v1", "beam:coder:bool:v1", "beam:coder:varint:v1",
-                            "beam:coder:string_utf8:v1", "beam:coder:iterable:v1", "beam:coder:kv:v1",
-                            "beam:protocol:progress_reporting:v1", "beam:protocol:worker_status:v1",
+                            "beam:coder:bytes:v1",
+                            "beam:coder:bool:v1",
+                            "beam:coder:varint:v1",
+                            "beam:coder:string_utf8:v1",
+                            "beam:coder:iterable:v1",
+                            "beam:coder:kv:v1",
+                            "beam:protocol:progress_reporting:v1",
+                            "beam:protocol:worker_status:v1",
                             "beam:transform:sdf_truncate_sized_restrictions:v1",
                             f"beam:version:sdk_base:apache/beam_python{py}_sdk:2.77.0",
                         ],
@@ -166,12 +198,12 @@ def _environment(rng: random.Random, project: str, location: str, name: str, buc
                 ],
             }
         ],
-    }  # fmt: skip
+    }
 
 
 def _job_document(rng: random.Random, i: int, project: str, location: str, create_us: int, pending: bool) -> dict:
     team = rng.choice(TEAMS)
-    created = datetime.fromtimestamp(create_us / 1e6, timezone.utc)
+    created = datetime.fromtimestamp(create_us / 1e6, UTC)
     if rng.random() < 0.6:  # Beam's default name
         name = f"beamapp-{rng.choice(USERS)}-{created:%m%d%H%M%S}-{created:%f}-{rng.getrandbits(32):08x}"
     else:
@@ -261,8 +293,21 @@ def free_port() -> int:
 def start_server(
     data_dir: Path, port: int, log_path: Path, extra: list[str], cpu: int | None, auth: bool = False
 ) -> subprocess.Popen:
-    args = [sys.executable, "-m", "beamport", "serve", "--port", str(port), "--data-dir", str(data_dir),
-            "--log-level", "warning", "--workers", "0", *extra]  # fmt: skip  (API only: no workers)
+    args = [
+        sys.executable,
+        "-m",
+        "beamport",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--log-level",
+        "warning",
+        "--workers",
+        "0",
+        *extra,
+    ]  # API only: no workers
     if not auth:
         args.append("--no-auth")
     log = open(log_path, "ab")
@@ -355,10 +400,30 @@ def _pinned(cpu: int | None):
 def run_load(
     args, port: int, scenario: str, ids_file: Path, server_pid: int, connections: int, token: str | None = None
 ) -> dict:
-    command = [sys.executable, str(HERE / "loadgen.py"), "--port", str(port), "--scenario", scenario,
-               "--project", PROJECT, "--location", LOCATION, "--ids-file", str(ids_file),
-               "--connections", str(connections), "--duration", str(args.duration),
-               "--warmup", str(args.warmup), "--seed", str(args.seed), "--server-pid", str(server_pid)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(HERE / "loadgen.py"),
+        "--port",
+        str(port),
+        "--scenario",
+        scenario,
+        "--project",
+        PROJECT,
+        "--location",
+        LOCATION,
+        "--ids-file",
+        str(ids_file),
+        "--connections",
+        str(connections),
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+        "--seed",
+        str(args.seed),
+        "--server-pid",
+        str(server_pid),
+    ]
     env = dict(os.environ)
     env.pop(AUTH_ENV, None)
     if token is not None:
@@ -372,7 +437,7 @@ def run_load(
     except subprocess.TimeoutExpired:
         load.kill()
         load.communicate()
-        raise SystemExit(f"load generator for {scenario} did not finish in time")
+        raise SystemExit(f"load generator for {scenario} did not finish in time") from None
     if load.returncode != 0:
         raise SystemExit(f"load generator for {scenario} failed (exit {load.returncode}):\n{out}")
     return json.loads(out.strip().splitlines()[-1])
@@ -387,23 +452,26 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     parser.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections")
+    parser.add_argument("--scenarios", help="comma-separated: get, list (default: get,list; with --auth compare: get)")
     parser.add_argument(
-        "--scenarios", help="comma-separated: get, list (default: get,list; with --auth compare: get)"
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per scenario (targets use the median); with --auth compare: rounds, each one run off and one on",
     )
     parser.add_argument(
-        "--repeat", type=int, default=1,
-        help="runs per scenario (targets use the median); with --auth compare: rounds, each one run off and one on",
-    )  # fmt: skip
-    parser.add_argument(
-        "--auth", choices=["off", "on", "compare"], default="off",
+        "--auth",
+        choices=["off", "on", "compare"],
+        default="off",
         help="off: server with --no-auth (default); on: authentication, requests with an access token of the "
         "admin key; compare: both servers on the same data, alternating rounds, and a self-signed JWT round",
-    )  # fmt: skip
+    )
     parser.add_argument("--jwt-rounds", type=int, default=1, help="with --auth compare: runs with a self-signed JWT")
     parser.add_argument(
-        "--list-latency-connections", default="1,4",
+        "--list-latency-connections",
+        default="1,4",
         help="extra list runs at these (lower) connection counts, to show latency below saturation; '' for none",
-    )  # fmt: skip
+    )
     parser.add_argument("--data-dir", type=Path, help="where to seed (default: a temporary directory, removed after)")
     parser.add_argument(
         "--reuse", action="store_true", help="reuse a DB seeded earlier in --data-dir with the same --jobs/--seed"
@@ -413,9 +481,10 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--json", type=Path, help="also write all results to this JSON file")
     parser.add_argument(
-        "--pin", action="store_true",
+        "--pin",
+        action="store_true",
         help="pin the server to CPU 0 and the load generator to CPU 1 (default: the scheduler places them)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     if args.scenarios is None:
         args.scenarios = "get" if args.auth == "compare" else "get,list"
@@ -462,8 +531,10 @@ def main(argv=None) -> int:
             ids, seed_s, db_bytes = seed(data_dir, args.jobs, args.seed, args.batch)
             ids_path.write_text("\n".join(ids) + "\n")
             meta_path.write_text(json.dumps({**wanted, "seed_s": seed_s, "db_bytes": db_bytes}))
-            print(f"seeded {args.jobs:,} jobs in {seed_s:.1f} s ({args.jobs / seed_s:,.0f} jobs/s), "
-                  f"{len(ids):,} of them in {PROJECT}/{LOCATION}; database {db_bytes / 2**20:.0f} MiB")  # fmt: skip
+            print(
+                f"seeded {args.jobs:,} jobs in {seed_s:.1f} s ({args.jobs / seed_s:,.0f} jobs/s), "
+                f"{len(ids):,} of them in {PROJECT}/{LOCATION}; database {db_bytes / 2**20:.0f} MiB"
+            )
 
         # The servers: mode -> (port, process). With --auth compare, both run on the same database (one
         # at a time under load; the other idles).
@@ -475,19 +546,25 @@ def main(argv=None) -> int:
                 port = args.port if (args.port and not servers) else free_port()
                 server = start_server(data_dir, port, log_path, [], 0 if args.pin else None, auth=which == "on")
                 servers[which] = (port, server)
-                print(f"beamport serve (auth {which}) pid {server.pid} on 127.0.0.1:{port}; server log {log_path}",
-                      flush=True)  # fmt: skip
-            for which, (port, server) in servers.items():
-                print(f"server (auth {which}) idle (start-up done) after {wait_until_idle(server.pid):.1f} s more",
-                      flush=True)  # fmt: skip
+                print(
+                    f"beamport serve (auth {which}) pid {server.pid} on 127.0.0.1:{port}; server log {log_path}",
+                    flush=True,
+                )
+            for which, (_port, server) in servers.items():
+                print(
+                    f"server (auth {which}) idle (start-up done) after {wait_until_idle(server.pid):.1f} s more",
+                    flush=True,
+                )
             tokens: dict[str, str | None] = {"off": None}
             if "on" in servers:
                 started = time.perf_counter()
                 tokens["token"] = bearer_token(data_dir, servers["on"][0], private_dir)
                 got_token = time.perf_counter() - started
                 tokens["jwt"] = bearer_token(data_dir, servers["on"][0], private_dir, jwt=True)
-                print(f"access token from the admin key through google-auth in {got_token:.2f} s; "
-                      "self-signed JWT made", flush=True)  # fmt: skip
+                print(
+                    f"access token from the admin key through google-auth in {got_token:.2f} s; self-signed JWT made",
+                    flush=True,
+                )
             main_mode = {"off": "off", "on": "token", "compare": "off"}[args.auth]
             plan = []
             for i in range(args.repeat):
@@ -503,8 +580,11 @@ def main(argv=None) -> int:
                 plan += [("list", c, main_mode) for c in extra_list_connections if c != args.connections]
             for scenario, connections, mode in plan:
                 port, server = servers["off" if mode == "off" else "on"]
-                print(f"running {scenario} ({MODES[mode]}) with {connections} connections: {args.warmup:g} s "
-                      f"warm-up + {args.duration:g} s measured ...", flush=True)  # fmt: skip
+                print(
+                    f"running {scenario} ({MODES[mode]}) with {connections} connections: {args.warmup:g} s "
+                    f"warm-up + {args.duration:g} s measured ...",
+                    flush=True,
+                )
                 result = run_load(args, port, scenario, ids_path, server.pid, connections, tokens[mode])
                 result["auth"] = mode
                 runs.append(result)
@@ -552,8 +632,9 @@ def _fmt_pct(value) -> str:
 
 def report(args, runs: list[dict], seed_s: float, db_bytes: int, reused: bool) -> dict:
     def of_mode(scenario, mode):
-        return [r for r in runs
-                if r["scenario"] == scenario and r["connections"] == args.connections and r["auth"] == mode]  # fmt: skip
+        return [
+            r for r in runs if r["scenario"] == scenario and r["connections"] == args.connections and r["auth"] == mode
+        ]
 
     def median(scenario, key, mode):
         values = [r[key] for r in of_mode(scenario, mode)]
@@ -571,11 +652,23 @@ def report(args, runs: list[dict], seed_s: float, db_bytes: int, reused: bool) -
     of = f" (median of {args.repeat})" if args.repeat > 1 else ""
     auth_note = f", {MODES[main_mode]}" if args.auth != "off" else ""
     if get_rps is not None:
-        checks.append((f"jobs.get requests/s{auth_note}", f">= {TARGET_GET_RPS:,.0f}", f"{get_rps:,.0f}{of}",
-                       get_rps >= TARGET_GET_RPS and clean("get", main_mode)))  # fmt: skip
+        checks.append(
+            (
+                f"jobs.get requests/s{auth_note}",
+                f">= {TARGET_GET_RPS:,.0f}",
+                f"{get_rps:,.0f}{of}",
+                get_rps >= TARGET_GET_RPS and clean("get", main_mode),
+            )
+        )
     if list_p99 is not None:
-        checks.append((f"jobs.list p99{auth_note}", f"<= {TARGET_LIST_P99_MS:g} ms", f"{_ms(list_p99)} ms{of}",
-                       list_p99 <= TARGET_LIST_P99_MS and clean("list", main_mode)))  # fmt: skip
+        checks.append(
+            (
+                f"jobs.list p99{auth_note}",
+                f"<= {TARGET_LIST_P99_MS:g} ms",
+                f"{_ms(list_p99)} ms{of}",
+                list_p99 <= TARGET_LIST_P99_MS and clean("list", main_mode),
+            )
+        )
     comparison = []
     if args.auth == "compare":
         for scenario in dict.fromkeys(r["scenario"] for r in runs):
@@ -586,13 +679,25 @@ def report(args, runs: list[dict], seed_s: float, db_bytes: int, reused: bool) -
                 if n:
                     rps = median(scenario, "requests_per_s", mode)
                     cpu = [_server_ms(r) for r in of_mode(scenario, mode) if _server_ms(r) is not None]
-                    rows.append((mode, n, rps, median(scenario, "p50_ms", mode), median(scenario, "p99_ms", mode),
-                                 rps / off_rps if off_rps else None, statistics.median(cpu) if cpu else None))  # fmt: skip
+                    rows.append(
+                        (
+                            mode,
+                            n,
+                            rps,
+                            median(scenario, "p50_ms", mode),
+                            median(scenario, "p99_ms", mode),
+                            rps / off_rps if off_rps else None,
+                            statistics.median(cpu) if cpu else None,
+                        )
+                    )
             # Each round's own ratio: its on run against its off run (they ran one after the other).
-            pairs = [r for r in runs if r["scenario"] == scenario and r["connections"] == args.connections
-                     and r["auth"] in ("off", "token")]  # fmt: skip
+            pairs = [
+                r
+                for r in runs
+                if r["scenario"] == scenario and r["connections"] == args.connections and r["auth"] in ("off", "token")
+            ]
             per_round = []
-            for a, b in zip(pairs[::2], pairs[1::2]):
+            for a, b in zip(pairs[::2], pairs[1::2], strict=False):
                 on, off = (a, b) if a["auth"] == "token" else (b, a)
                 per_round.append(on["requests_per_s"] / off["requests_per_s"] if off["requests_per_s"] else None)
             comparison.append((scenario, rows, per_round))
@@ -600,77 +705,125 @@ def report(args, runs: list[dict], seed_s: float, db_bytes: int, reused: bool) -
             for mode, n, _, _, _, ratio, _ in rows:
                 if mode != "off" and ratio is not None:
                     runs_of = f"median of {n} / median of {len(of_mode(scenario, 'off'))}"
-                    checks.append((f"{name} req/s on/off, {'JWT' if mode == 'jwt' else 'access token'}",
-                                   f">= {TARGET_AUTH_RATIO:.0%}", f"{ratio:.1%} ({runs_of})",
-                                   ratio >= TARGET_AUTH_RATIO and clean(scenario, "off", mode)))  # fmt: skip
+                    checks.append(
+                        (
+                            f"{name} req/s on/off, {'JWT' if mode == 'jwt' else 'access token'}",
+                            f">= {TARGET_AUTH_RATIO:.0%}",
+                            f"{ratio:.1%} ({runs_of})",
+                            ratio >= TARGET_AUTH_RATIO and clean(scenario, "off", mode),
+                        )
+                    )
 
     width = 118
     print()
     print("=" * width)
-    print(f"Beamport API benchmark  {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  "
-          f"{platform.node()}  {os.cpu_count()} CPUs  Python {platform.python_version()}")  # fmt: skip
-    print(f"{args.jobs:,} jobs stored (SQLite, WAL); seeding {'(earlier) ' if reused else ''}took {seed_s:.1f} s; "
-          f"database {db_bytes / 2**20:.0f} MiB")  # fmt: skip
+    print(
+        f"Beamport API benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M UTC}  "
+        f"{platform.node()}  {os.cpu_count()} CPUs  Python {platform.python_version()}"
+    )
+    print(
+        f"{args.jobs:,} jobs stored (SQLite, WAL); seeding {'(earlier) ' if reused else ''}took {seed_s:.1f} s; "
+        f"database {db_bytes / 2**20:.0f} MiB"
+    )
     placement = "server pinned to CPU 0, load to CPU 1" if args.pin else "CPU placement left to the scheduler"
-    print(f"load: separate process, HTTP/1.1 keep-alive over 127.0.0.1, closed loop; "
-          f"{args.warmup:g} s warm-up, {args.duration:g} s measured per run; {placement}")  # fmt: skip
+    print(
+        f"load: separate process, HTTP/1.1 keep-alive over 127.0.0.1, closed loop; "
+        f"{args.warmup:g} s warm-up, {args.duration:g} s measured per run; {placement}"
+    )
     print("-" * width)
-    print(f"{'scenario':<10}{'auth':<7}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-          f"{'errors':>8}{'resp B':>8}{'server':>9}{'loadgen':>9}{'machine':>9}{'srv ms/req':>11}")  # fmt: skip
+    print(
+        f"{'scenario':<10}{'auth':<7}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'errors':>8}{'resp B':>8}{'server':>9}{'loadgen':>9}{'machine':>9}{'srv ms/req':>11}"
+    )
     disturbed = False
     for r in runs:
-        print(f"{r['scenario']:<10}{r['auth']:<7}{r['connections']:>6}{r['requests_per_s']:>10,.0f}"
-              f"{_ms(r['p50_ms']):>9}{_ms(r['p90_ms']):>9}{_ms(r['p99_ms']):>9}{_ms(r['max_ms']):>9}{r['errors']:>8}"
-              f"{r['mean_response_bytes']:>8}{_fmt_pct(r.get('server_cpu_pct')):>9}"
-              f"{_fmt_pct(r.get('loadgen_cpu_pct')):>9}{_fmt_pct(r.get('machine_cpu_pct')):>9}"
-              f"{_cpu_per_request(r):>11}")  # fmt: skip
+        print(
+            f"{r['scenario']:<10}{r['auth']:<7}{r['connections']:>6}{r['requests_per_s']:>10,.0f}"
+            f"{_ms(r['p50_ms']):>9}{_ms(r['p90_ms']):>9}{_ms(r['p99_ms']):>9}{_ms(r['max_ms']):>9}{r['errors']:>8}"
+            f"{r['mean_response_bytes']:>8}{_fmt_pct(r.get('server_cpu_pct')):>9}"
+            f"{_fmt_pct(r.get('loadgen_cpu_pct')):>9}{_fmt_pct(r.get('machine_cpu_pct')):>9}"
+            f"{_cpu_per_request(r):>11}"
+        )
         if r["errors"]:
-            print(f"  !! {r['scenario']} had errors (statuses {r['statuses']}, failures {r['failures']}): "
-                  "this run is not a valid figure")  # fmt: skip
+            print(
+                f"  !! {r['scenario']} had errors (statuses {r['statuses']}, failures {r['failures']}): "
+                "this run is not a valid figure"
+            )
         parts = [r.get("machine_cpu_pct"), r.get("server_cpu_pct"), r.get("loadgen_cpu_pct")]
         if None not in parts and parts[0] - parts[1] - parts[2] > 25:
             disturbed = True
-    print("CPU columns: % of one core during the measured window (machine: all processes, "
-          f"{100 * (os.cpu_count() or 1)}% = every core busy); srv ms/req: server CPU time per request")  # fmt: skip
+    print(
+        "CPU columns: % of one core during the measured window (machine: all processes, "
+        f"{100 * (os.cpu_count() or 1)}% = every core busy); srv ms/req: server CPU time per request"
+    )
     if disturbed:
-        print("note: other processes used more than a quarter of a core during some runs; "
-              "those figures are disturbed (either way: see benchmarks/README.md)")  # fmt: skip
+        print(
+            "note: other processes used more than a quarter of a core during some runs; "
+            "those figures are disturbed (either way: see benchmarks/README.md)"
+        )
     if args.auth != "off":
-        print("auth: off = server with --no-auth; token = Authorization: Bearer ACCESS_TOKEN (from the admin key "
-              "through google-auth); jwt = Authorization: Bearer SELF_SIGNED_JWT")  # fmt: skip
+        print(
+            "auth: off = server with --no-auth; token = Authorization: Bearer ACCESS_TOKEN (from the admin key "
+            "through google-auth); jwt = Authorization: Bearer SELF_SIGNED_JWT"
+        )
     for scenario, rows, per_round in comparison:
         print("-" * width)
-        print(f"{scenario}: authentication on vs off, {args.connections} connections, same server data, "
-              "alternating rounds (medians)")  # fmt: skip
+        print(
+            f"{scenario}: authentication on vs off, {args.connections} connections, same server data, "
+            "alternating rounds (medians)"
+        )
         for mode, n, rps, p50, p99, ratio, cpu in rows:
-            print(f"  {MODES[mode]:<26} {n:>2} runs {rps:>9,.0f} req/s  p50 {_ms(p50):>6} ms  p99 {_ms(p99):>6} ms  "
-                  f"server CPU {'?' if cpu is None else f'{cpu:.3f}'} ms/req   "
-                  f"{'' if ratio is None else f'req/s {ratio:.1%} of off'}")  # fmt: skip
+            print(
+                f"  {MODES[mode]:<26} {n:>2} runs {rps:>9,.0f} req/s  p50 {_ms(p50):>6} ms  p99 {_ms(p99):>6} ms  "
+                f"server CPU {'?' if cpu is None else f'{cpu:.3f}'} ms/req   "
+                f"{'' if ratio is None else f'req/s {ratio:.1%} of off'}"
+            )
         if per_round:
             ratios = ", ".join("?" if x is None else f"{x:.1%}" for x in per_round)
             print(f"  each round's on/off req/s ratio: {ratios}")
         cpu = {row[0]: row[6] for row in rows}
         for mode in ("token", "jwt"):
             if cpu.get(mode) is not None and cpu.get("off"):
-                print(f"  server CPU per request, {MODES[mode]} / off: {cpu[mode] / cpu['off']:.1%} "
-                      "(less disturbed by other load than req/s)")  # fmt: skip
+                print(
+                    f"  server CPU per request, {MODES[mode]} / off: {cpu[mode] / cpu['off']:.1%} "
+                    "(less disturbed by other load than req/s)"
+                )
     print("-" * width)
     print(f"targets (at {args.connections} connections):")
     for what, target, got, ok in checks:
         print(f"  {what:<42} target {target:<10} got {got:<32} {'MET' if ok else 'NOT MET'}")
     print("=" * width)
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "jobs": args.jobs,
         "pinned": args.pin,
         "auth": args.auth,
         "comparison": [
-            {"scenario": s, "modes": [dict(zip(("auth", "runs", "requests_per_s", "p50_ms", "p99_ms", "ratio_to_off",
-                                                "server_cpu_ms_per_request"), row))
-                                      for row in rows], "per_round_ratio": per_round}
+            {
+                "scenario": s,
+                "modes": [
+                    dict(
+                        zip(
+                            (
+                                "auth",
+                                "runs",
+                                "requests_per_s",
+                                "p50_ms",
+                                "p99_ms",
+                                "ratio_to_off",
+                                "server_cpu_ms_per_request",
+                            ),
+                            row,
+                            strict=False,
+                        )
+                    )
+                    for row in rows
+                ],
+                "per_round_ratio": per_round,
+            }
             for s, rows, per_round in comparison
-        ],  # fmt: skip
+        ],
         "seed_s": seed_s,
         "db_bytes": db_bytes,
         "runs": runs,

@@ -161,7 +161,7 @@ async def _worker(host, port, headers, next_request, rec: Recorder, deadline: fl
             t0 = time.perf_counter()
             try:
                 status, body = await asyncio.wait_for(conn.request(path), REQUEST_TIMEOUT_S)
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, HttpError, ValueError) as exc:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, HttpError, ValueError) as exc:
                 conn.close()
                 if rec.start <= t0 < rec.stop:
                     rec.fail(type(exc).__name__)
@@ -333,9 +333,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--server-pid", type=int, help="server process, to report its CPU use (Linux)")
     parser.add_argument(
-        "--authorization-env", metavar="NAME",
+        "--authorization-env",
+        metavar="NAME",
         help="send `Authorization: $NAME` (the variable's value, e.g. 'Bearer TOKEN') with every request",
-    )  # fmt: skip
+    )
     parser.add_argument("--max-token-requests", type=int, default=200, help="bound on requests made to collect tokens")
     args = parser.parse_args(argv)
     if not ipaddress.ip_address(args.host).is_loopback:

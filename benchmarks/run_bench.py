@@ -71,10 +71,24 @@ def main() -> None:
     port = free_port()
     log = open(work / "server.log", "wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "beamport", "serve", "--port", str(port), "--data-dir", str(work / "data"),
-         "--allow-path", str(work), "--log-level", "warning", "--no-auth"],  # Beam's --no_auth: no credentials
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "beamport",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(work / "data"),
+            "--allow-path",
+            str(work),
+            "--log-level",
+            "warning",
+            "--no-auth",
+        ],  # Beam's --no_auth: no credentials
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     api = httpx.Client(base_url=url, timeout=30)
     jobs_path = f"/v1b3/projects/{PROJECT}/locations/{REGION}/jobs"
@@ -85,14 +99,38 @@ def main() -> None:
         except httpx.TransportError:
             time.sleep(0.1)
     flags = [
-        "--runner=DataflowRunner", f"--dataflow_endpoint=http://localhost:{port}", "--no_auth",
-        f"--project={PROJECT}", f"--region={REGION}", f"--temp_location={work}", f"--staging_location={work}",
-    ]  # fmt: skip
+        "--runner=DataflowRunner",
+        f"--dataflow_endpoint=http://localhost:{port}",
+        "--no_auth",
+        f"--project={PROJECT}",
+        f"--region={REGION}",
+        f"--temp_location={work}",
+        f"--staging_location={work}",
+    ]
     try:
-        direct = timed(["-m", "apache_beam.examples.wordcount", "--input", str(text), "--output", str(work / "direct" / "out"),
-                        "--runner=DirectRunner"])
-        served = timed(["-m", "apache_beam.examples.wordcount", "--input", str(text), "--output", str(work / "served" / "out"),
-                        *flags, "--job_name=wordcount"])
+        direct = timed(
+            [
+                "-m",
+                "apache_beam.examples.wordcount",
+                "--input",
+                str(text),
+                "--output",
+                str(work / "direct" / "out"),
+                "--runner=DirectRunner",
+            ]
+        )
+        served = timed(
+            [
+                "-m",
+                "apache_beam.examples.wordcount",
+                "--input",
+                str(text),
+                "--output",
+                str(work / "served" / "out"),
+                *flags,
+                "--job_name=wordcount",
+            ]
+        )
         (job,) = api.get(jobs_path).json()["jobs"]
         assert job["currentState"] == "JOB_STATE_DONE", job
         span = parse_time(job["currentStateTime"]) - parse_time(job["createTime"])
@@ -102,8 +140,11 @@ def main() -> None:
         for n in range(args.latency_jobs):
             script = work / "tiny.py"
             script.write_text(TINY)
-            subprocess.run([sys.executable, str(script), str(work / f"tiny{n}"), *flags, f"--job_name=tiny-{n}"],
-                           check=True, capture_output=True)  # fmt: skip
+            subprocess.run(
+                [sys.executable, str(script), str(work / f"tiny{n}"), *flags, f"--job_name=tiny-{n}"],
+                check=True,
+                capture_output=True,
+            )
             job_id = api.get(jobs_path, params={"name": f"tiny-{n}"}).json()["jobs"][0]["id"]
             started = None
             deadline = time.monotonic() + 60
@@ -125,8 +166,10 @@ def main() -> None:
     print(f"    ratio span/a:                        {span / direct:7.3f}")
     print(f"    outputs identical:                   {same}")
     waits.sort()
-    print(f"submission to RUNNING over {len(waits)} jobs: p50 {statistics.median(waits):.2f} s, "
-          f"max {waits[-1]:.2f} s   target p50 <= 1 s")
+    print(
+        f"submission to RUNNING over {len(waits)} jobs: p50 {statistics.median(waits):.2f} s, "
+        f"max {waits[-1]:.2f} s   target p50 <= 1 s"
+    )
 
 
 def _lines(directory: Path) -> list[str]:

@@ -66,10 +66,26 @@ def run_engine(engine: str, jobs: int) -> dict[str, list[float]]:
     port = free_port()
     url = f"http://localhost:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "beamport", "serve", "--port", str(port), "--data-dir", str(work / "data"),
-         "--allow-path", str(work), "--workers", "2", "--no-auth"],  # Beam's --no_auth: no credentials
-        env=env, stdout=open(work / "server.log", "wb"), stderr=subprocess.STDOUT, cwd=work,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "beamport",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(work / "data"),
+            "--allow-path",
+            str(work),
+            "--workers",
+            "2",
+            "--no-auth",
+        ],  # Beam's --no_auth: no credentials
+        env=env,
+        stdout=open(work / "server.log", "wb"),
+        stderr=subprocess.STDOUT,
+        cwd=work,
+    )
     figures: dict[str, list[float]] = {"to first output": [], "new line to output": [], "drain": []}
     try:
         wait("the server", lambda: _answers(url), 60)
@@ -78,23 +94,38 @@ def run_engine(engine: str, jobs: int) -> dict[str, list[float]]:
             log.write_text("".join(f"k{i % 2},{i}\n" for i in range(4)))
             started = time.perf_counter()
             done = subprocess.run(
-                [sys.executable, str(PIPELINE), "counts", str(log), str(out), "--runner=DataflowRunner",
-                 f"--dataflow_endpoint={url}", "--no_auth", f"--project={PROJECT}", f"--region={REGION}",
-                 f"--temp_location={work}", f"--staging_location={work}", f"--job_name=bench-{n}", "--streaming"],
-                capture_output=True, text=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    str(PIPELINE),
+                    "counts",
+                    str(log),
+                    str(out),
+                    "--runner=DataflowRunner",
+                    f"--dataflow_endpoint={url}",
+                    "--no_auth",
+                    f"--project={PROJECT}",
+                    f"--region={REGION}",
+                    f"--temp_location={work}",
+                    f"--staging_location={work}",
+                    f"--job_name=bench-{n}",
+                    "--streaming",
+                ],
+                capture_output=True,
+                text=True,
+            )
             if done.returncode:
                 sys.exit(done.stderr[-3000:])
             job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
-            wait("the first output", lambda: lines(out) >= 4)
+            wait("the first output", lambda out=out: lines(out) >= 4)
             figures["to first output"].append(time.perf_counter() - started)
             with open(log, "a") as f:
                 f.write("k0,4\n")
-            figures["new line to output"].append(wait("the new line's output", lambda: lines(out) >= 5))
+            figures["new line to output"].append(wait("the new line's output", lambda out=out: lines(out) >= 5))
             jobs_path = f"{url}/v1b3/projects/{PROJECT}/locations/{REGION}/jobs/{job_id}"
             httpx.put(jobs_path, json={"requestedState": "JOB_STATE_DRAINED"}, timeout=30)
-            figures["drain"].append(wait("the drain", lambda: httpx.get(jobs_path).json()["currentState"]
-                                         == "JOB_STATE_DRAINED"))  # fmt: skip
+            figures["drain"].append(
+                wait("the drain", lambda path=jobs_path: httpx.get(path).json()["currentState"] == "JOB_STATE_DRAINED")
+            )
     finally:
         server.terminate()
         server.wait(30)
@@ -116,8 +147,10 @@ def main() -> None:
     for engine in args.engine or ["prism", "flink"]:
         figures = run_engine(engine, args.jobs)
         for name, values in figures.items():
-            print(f"{engine:6} {name:20} median {statistics.median(values):6.1f} s   max {max(values):6.1f} s"
-                  f"   ({len(values)} jobs)")  # fmt: skip
+            print(
+                f"{engine:6} {name:20} median {statistics.median(values):6.1f} s   max {max(values):6.1f} s"
+                f"   ({len(values)} jobs)"
+            )
 
 
 if __name__ == "__main__":

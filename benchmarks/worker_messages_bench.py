@@ -42,8 +42,21 @@ def free_port() -> int:
 
 
 def start_server(data_dir: Path, port: int, database_url: str | None) -> subprocess.Popen:
-    args = [sys.executable, "-m", "beamport", "serve", "--port", str(port), "--data-dir", str(data_dir),
-            "--log-level", "warning", "--workers", "0", "--no-auth"]  # fmt: skip  (the load is not about auth)
+    args = [
+        sys.executable,
+        "-m",
+        "beamport",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--log-level",
+        "warning",
+        "--workers",
+        "0",
+        "--no-auth",
+    ]  # the load is not about auth
     if database_url:
         args += ["--database-url", database_url]
     log = open(data_dir.parent / "server.log", "ab")
@@ -71,11 +84,33 @@ def batches(job_ids: list[str], workers: int, batch: int, count: int, seed: int)
         messages = []
         for w in rng.sample(range(workers), batch // 2):
             labels = {"JOB_ID": job_ids[w % len(job_ids)], "WORKER_ID": f"sim-{w}", "CONTAINER_TYPE": "beamport-worker"}
-            messages.append({"labels": labels, "time": _stamp(now), "workerHealthReport": {
-                "vmIsHealthy": True, "vmStartupTime": _stamp(now - 3600), "reportInterval": "5s",
-                "pods": [{"name": "harness", "pid": 1000 + w}]}})  # fmt: skip
-            messages.append({"labels": labels, "time": _stamp(now), "workerMetrics": {"cpuTime": [
-                {"timestamp": _stamp(now + rng.random()), "totalMs": str(rng.randrange(10**6)), "rate": rng.random()}]}})  # fmt: skip
+            messages.append(
+                {
+                    "labels": labels,
+                    "time": _stamp(now),
+                    "workerHealthReport": {
+                        "vmIsHealthy": True,
+                        "vmStartupTime": _stamp(now - 3600),
+                        "reportInterval": "5s",
+                        "pods": [{"name": "harness", "pid": 1000 + w}],
+                    },
+                }
+            )
+            messages.append(
+                {
+                    "labels": labels,
+                    "time": _stamp(now),
+                    "workerMetrics": {
+                        "cpuTime": [
+                            {
+                                "timestamp": _stamp(now + rng.random()),
+                                "totalMs": str(rng.randrange(10**6)),
+                                "rate": rng.random(),
+                            }
+                        ]
+                    },
+                }
+            )
         bodies.append(json.dumps({"workerMessages": messages, "location": LOCATION}).encode())
     return bodies
 
@@ -89,11 +124,14 @@ async def _connection(port: int, path: str, bodies: list[bytes], stop_at: float,
         started = time.monotonic()
         writer.write(
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
         await reader.readexactly(length)
         if status != 200:
             raise RuntimeError(f"HTTP {status}")
@@ -116,7 +154,9 @@ def load(port: int, bodies: list[bytes], connections: int, warmup: float, second
     async def main():
         start = time.monotonic()
         measure_from, stop_at = start + warmup, start + warmup + seconds
-        await asyncio.gather(*(_connection(port, path, bodies, stop_at, measure_from, latencies) for _ in range(connections)))
+        await asyncio.gather(
+            *(_connection(port, path, bodies, stop_at, measure_from, latencies) for _ in range(connections))
+        )
 
     asyncio.run(main())
     queue.put([latency for _, latency in latencies])
@@ -142,8 +182,9 @@ def main(argv=None) -> int:
     server = start_server(base / "data", port, args.database_url)
     try:
         jobs_url = f"http://127.0.0.1:{port}/v1b3/projects/{PROJECT}/locations/{LOCATION}/jobs"
-        job_ids = [httpx.post(jobs_url, json={"name": f"bench-{i}"}).json()["id"]
-                   for i in range(max(1, args.workers // 50))]  # fmt: skip
+        job_ids = [
+            httpx.post(jobs_url, json={"name": f"bench-{i}"}).json()["id"] for i in range(max(1, args.workers // 50))
+        ]
         bodies = batches(job_ids, args.workers, args.batch, 200, seed=1)
         queue = multiprocessing.get_context("spawn").Queue()
         loader = multiprocessing.get_context("spawn").Process(
@@ -178,13 +219,20 @@ def main(argv=None) -> int:
         "messages_per_s": round(rate),
         "target_messages_per_s": TARGET_MESSAGES_PER_S,
         "ratio_to_target": round(rate / TARGET_MESSAGES_PER_S, 2),
-        "latency_ms": {"p50": round(pct(50), 1), "p90": round(pct(90), 1), "p99": round(pct(99), 1), "max": round(latencies[-1] * 1000, 1)},
+        "latency_ms": {
+            "p50": round(pct(50), 1),
+            "p90": round(pct(90), 1),
+            "p99": round(pct(99), 1),
+            "max": round(latencies[-1] * 1000, 1),
+        },
         "server_cpu_s_per_1000_messages": round(cpu / messages * 1000, 4) if messages else None,
         "workers_in_registry": len(registry),
     }
-    print(f"{result['messages_per_s']:,} messages/s ({result['ratio_to_target']}x the {TARGET_MESSAGES_PER_S:,} target), "
-          f"p50 {result['latency_ms']['p50']} ms, p99 {result['latency_ms']['p99']} ms per {args.batch}-message request, "
-          f"{result['server_cpu_s_per_1000_messages']} server CPU s per 1,000 messages ({result['store']})")  # fmt: skip
+    print(
+        f"{result['messages_per_s']:,} messages/s ({result['ratio_to_target']}x the {TARGET_MESSAGES_PER_S:,} target), "
+        f"p50 {result['latency_ms']['p50']} ms, p99 {result['latency_ms']['p99']} ms per {args.batch}-message request, "
+        f"{result['server_cpu_s_per_1000_messages']} server CPU s per 1,000 messages ({result['store']})"
+    )
     print(json.dumps(result))
     return 0 if result["workers_in_registry"] == args.workers else 1
 

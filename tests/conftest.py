@@ -51,7 +51,7 @@ class Server:
         """The key `beamport serve` wrote for its admin account on its first start (auth on)."""
         return self.data_dir / "admin-key.json"
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         args = [sys.executable, "-m", "beamport", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
         if self.database_url:
             args += ["--database-url", self.database_url]

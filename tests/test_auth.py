@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import Server, beamport_command, free_port, new_postgres_database
 from test_running_jobs import dataflow_flags, read_output
 
@@ -78,7 +77,9 @@ class Admin:
         return self.ok("GET", f"/v1b3/projects/{project}/locations/{REGION}/jobs").get("jobs", [])
 
     def audit(self, project: str) -> list[dict]:
-        return self.ok("GET", f"/beamport/v1/projects/{project}/auditLogs", params={"pageSize": 1000}).get("entries", [])
+        return self.ok("GET", f"/beamport/v1/projects/{project}/auditLogs", params={"pageSize": 1000}).get(
+            "entries", []
+        )
 
 
 def error_of(response: httpx.Response, code: int, status: str) -> str:
@@ -89,7 +90,9 @@ def error_of(response: httpx.Response, code: int, status: str) -> str:
 
 def untouched(job: dict) -> None:
     """Nobody asked to cancel the job (the local worker fails a job created by hand, having no pipeline to run)."""
-    assert job.get("requestedState") in (None, "JOB_STATE_UNKNOWN") and job["currentState"] != "JOB_STATE_CANCELLED", job
+    assert job.get("requestedState") in (None, "JOB_STATE_UNKNOWN") and job["currentState"] != "JOB_STATE_CANCELLED", (
+        job
+    )
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -97,8 +100,9 @@ def secured(request, tmp_path_factory):
     """A server with authentication on and one local worker, as `beamport serve` runs by default."""
     url = new_postgres_database() if request.param == "postgres" else None
     base = tmp_path_factory.mktemp(f"auth-{request.param}")
-    srv = Server(base / "data", database_url=url, extra_args=("--allow-path", str(base), "--workers", "1"),
-                 auth=True).start()  # fmt: skip
+    srv = Server(
+        base / "data", database_url=url, extra_args=("--allow-path", str(base), "--workers", "1"), auth=True
+    ).start()
     yield srv, base, Admin(srv)
     srv.stop()
 
@@ -123,22 +127,41 @@ def test_first_start_writes_an_admin_key_only_its_owner_reads_and_prints_how_to_
     email = json.loads(srv.admin_key.read_text())["client_email"]
     assert "privateKeyData" not in json.dumps(admin.ok("GET", f"/v1/projects/-/serviceAccounts/{email}/keys"))
     # Jobs, templates and tables cannot name the keys (they lie in the data dir, an allowed root).
-    launch = admin.http.post(f"/v1b3/projects/p-keys/locations/{REGION}/templates:launch",
-                             params={"gcsPath": "builtin://Word_Count"},
-                             json={"jobName": "steal", "parameters": {"inputFile": str(srv.admin_key),
-                                                                      "output": str(srv.data_dir / "stolen")}})  # fmt: skip
+    launch = admin.http.post(
+        f"/v1b3/projects/p-keys/locations/{REGION}/templates:launch",
+        params={"gcsPath": "builtin://Word_Count"},
+        json={
+            "jobName": "steal",
+            "parameters": {"inputFile": str(srv.admin_key), "output": str(srv.data_dir / "stolen")},
+        },
+    )
     assert "Beamport's own files" in error_of(launch, 403, "PERMISSION_DENIED")
-    table = admin.http.post("/beamport/v1/projects/p-keys/sqlTables",
-                            json={"name": "k", "path": str(srv.data_dir / "admin-*.json"), "format": "jsonl"})
+    table = admin.http.post(
+        "/beamport/v1/projects/p-keys/sqlTables",
+        json={"name": "k", "path": str(srv.data_dir / "admin-*.json"), "format": "jsonl"},
+    )
     error_of(table, 403, "PERMISSION_DENIED")
 
 
 def test_no_auth_is_refused_unless_the_bind_is_loopback(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "beamport", "serve", "--no-auth", "--host", "0.0.0.0", "--port", str(free_port()),
-         "--data-dir", str(tmp_path / "data")],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "beamport",
+            "serve",
+            "--no-auth",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0
     assert "--no-auth is refused" in done.stderr
     assert not (tmp_path / "data").exists()
@@ -154,13 +177,25 @@ def test_beam_dataflow_runner_wordcount_with_a_developer_key_and_no_no_auth(secu
     out = base / project / "out"
     flags = [f for f in dataflow_flags(srv, project, base, "wordcount") if f != "--no_auth"]
     env = {**os.environ, "GOOGLE_APPLICATION_CREDENTIALS": str(key)}
-    done = subprocess.run([sys.executable, "-m", "apache_beam.examples.wordcount", *flags,
-                           f"--input={base / f'{project}.txt'}", f"--output={out}"],
-                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "apache_beam.examples.wordcount",
+            *flags,
+            f"--input={base / f'{project}.txt'}",
+            f"--output={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "JOB_STATE_DONE" in done.stderr
-    assert sorted(read_output(out)) == sorted(["to: 6", "be: 6", "or: 3", "not: 3", "that: 3", "is: 3", "the: 3",
-                                               "question: 3"])  # fmt: skip
+    assert sorted(read_output(out)) == sorted(
+        ["to: 6", "be: 6", "or: 3", "not: 3", "that: 3", "is: 3", "the: 3", "question: 3"]
+    )
     # The developer's create and the local worker's run are both in the audit log, by who did them.
     creates = [e for e in admin.audit(project) if e["protoPayload"]["methodName"] == "dataflow.jobs.create"]
     assert creates and creates[0]["protoPayload"]["authenticationInfo"]["principalEmail"].startswith("wc-dev@")
@@ -173,20 +208,28 @@ def test_google_clients_and_the_cli_with_a_key(secured, project):
     from googleapiclient.discovery import build
 
     # google-api-python-client: an access token from the key's token_uri.
-    discovery = build("dataflow", "v1b3", credentials=credentials(key), static_discovery=True, cache_discovery=False,
-                      client_options={"api_endpoint": srv.url})  # fmt: skip
+    discovery = build(
+        "dataflow",
+        "v1b3",
+        credentials=credentials(key),
+        static_discovery=True,
+        cache_discovery=False,
+        client_options={"api_endpoint": srv.url},
+    )
     jobs = discovery.projects().locations().jobs()
     created = jobs.create(projectId=project, location=REGION, body={"name": "by-discovery"}).execute()
     assert jobs.get(projectId=project, location=REGION, jobId=created["id"]).execute()["name"] == "by-discovery"
     # google-cloud-dataflow-client over REST: a self-signed JWT, no token call.
-    gapic = dataflow.JobsV1Beta3Client(transport="rest", credentials=credentials(key),
-                                       client_options={"api_endpoint": srv.url})  # fmt: skip
+    gapic = dataflow.JobsV1Beta3Client(
+        transport="rest", credentials=credentials(key), client_options={"api_endpoint": srv.url}
+    )
     gapic.create_job(request={"project_id": project, "location": REGION, "job": {"name": "by-gapic"}})
     names = {j.name for j in gapic.list_jobs(request={"project_id": project, "location": REGION})}
     assert {"by-discovery", "by-gapic"} <= names
     # The CLI, with GOOGLE_APPLICATION_CREDENTIALS.
-    listed = beamport_command("jobs", "list", "--project", project, "--endpoint", srv.url, "--format", "json",
-                              credentials=key)  # fmt: skip
+    listed = beamport_command(
+        "jobs", "list", "--project", project, "--endpoint", srv.url, "--format", "json", credentials=key
+    )
     assert {"by-discovery", "by-gapic"} <= {j["name"] for j in json.loads(listed.stdout)}
     refused = beamport_command("jobs", "list", "--project", project, "--endpoint", srv.url, check=False)
     assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr + refused.stdout
@@ -197,20 +240,35 @@ def test_a_yaml_flex_template_launched_by_a_developer_runs_as_the_developer(secu
     srv, base, admin = secured
     email, key = admin.account(project, "flexer", DEVELOPER, base)
     (base / "greet.txt").write_text("world\n")
-    spec = {"sdkInfo": {"language": "YAML"}, "metadata": {"name": "greet", "yamlDefinition": (
-        "pipeline:\n  type: chain\n  transforms:\n"
-        "    - {type: ReadFromText, config: {path: '{{ input }}'}}\n"
-        "    - {type: MapToFields, config: {language: python, fields: {line: \"'hi ' + line\"}}}\n"
-        "    - {type: WriteToText, config: {path: '{{ output }}'}}\n")}}  # fmt: skip
+    spec = {
+        "sdkInfo": {"language": "YAML"},
+        "metadata": {
+            "name": "greet",
+            "yamlDefinition": (
+                "pipeline:\n  type: chain\n  transforms:\n"
+                "    - {type: ReadFromText, config: {path: '{{ input }}'}}\n"
+                "    - {type: MapToFields, config: {language: python, fields: {line: \"'hi ' + line\"}}}\n"
+                "    - {type: WriteToText, config: {path: '{{ output }}'}}\n"
+            ),
+        },
+    }
     http = httpx.Client(base_url=srv.url, headers=bearer(key), timeout=300)
-    launched = http.post(f"/v1b3/projects/{project}/locations/{REGION}/flexTemplates:launch", json={"launchParameter": {
-        "jobName": "greet", "containerSpec": spec,
-        "parameters": {"input": str(base / "greet.txt"), "output": str(base / project / "greet")}}})  # fmt: skip
+    launched = http.post(
+        f"/v1b3/projects/{project}/locations/{REGION}/flexTemplates:launch",
+        json={
+            "launchParameter": {
+                "jobName": "greet",
+                "containerSpec": spec,
+                "parameters": {"input": str(base / "greet.txt"), "output": str(base / project / "greet")},
+            }
+        },
+    )
     assert launched.status_code == 200, launched.text
     job_id = launched.json()["job"]["id"]
     deadline = time.monotonic() + 180
-    while (state := admin.ok("GET", f"/v1b3/projects/{project}/locations/{REGION}/jobs/{job_id}")["currentState"]) \
-            not in ("JOB_STATE_DONE", "JOB_STATE_FAILED") and time.monotonic() < deadline:  # fmt: skip
+    while (
+        state := admin.ok("GET", f"/v1b3/projects/{project}/locations/{REGION}/jobs/{job_id}")["currentState"]
+    ) not in ("JOB_STATE_DONE", "JOB_STATE_FAILED") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert state == "JOB_STATE_DONE"
     assert read_output(base / project / "greet") == ["hi world"]
@@ -231,11 +289,19 @@ def test_without_credentials_every_route_group_answers_401_and_changes_nothing(s
     job = admin.job(project, "kept")
     j = f"/v1b3/projects/{project}/locations/{REGION}/jobs/{job['id']}"
     calls = [
-        ("GET", f"/v1b3/projects/{project}/locations/{REGION}/jobs"), ("GET", f"/v1b3/projects/{project}/jobs"),
-        ("GET", f"/v1b3/projects/{project}/jobs:aggregated"), ("GET", j), ("GET", j + "?view=JOB_VIEW_ALL"),
-        ("POST", f"/v1b3/projects/{project}/locations/{REGION}/jobs"), ("PUT", j), ("GET", j + "/messages"),
-        ("GET", j + "/metrics"), ("GET", j + "/executionDetails"), ("POST", j + ":snapshot"),
-        ("POST", j + "/debug/getWorkerStacktraces"), ("POST", j + "/workItems:reportStatus"),
+        ("GET", f"/v1b3/projects/{project}/locations/{REGION}/jobs"),
+        ("GET", f"/v1b3/projects/{project}/jobs"),
+        ("GET", f"/v1b3/projects/{project}/jobs:aggregated"),
+        ("GET", j),
+        ("GET", j + "?view=JOB_VIEW_ALL"),
+        ("POST", f"/v1b3/projects/{project}/locations/{REGION}/jobs"),
+        ("PUT", j),
+        ("GET", j + "/messages"),
+        ("GET", j + "/metrics"),
+        ("GET", j + "/executionDetails"),
+        ("POST", j + ":snapshot"),
+        ("POST", j + "/debug/getWorkerStacktraces"),
+        ("POST", j + "/workItems:reportStatus"),
         ("POST", "/v1b3/projects/-/locations/-/jobs/-/workItems:lease"),
         ("POST", f"/v1b3/projects/{project}/locations/{REGION}/WorkerMessages"),
         ("GET", f"/v1b3/projects/{project}/locations/{REGION}/snapshots"),
@@ -243,13 +309,17 @@ def test_without_credentials_every_route_group_answers_401_and_changes_nothing(s
         ("POST", f"/v1b3/projects/{project}/locations/{REGION}/templates:launch?gcsPath=builtin://Word_Count"),
         ("POST", f"/v1b3/projects/{project}/locations/{REGION}/flexTemplates:launch"),
         ("GET", f"/v1b3/projects/{project}/locations/{REGION}/sql:validate?query=SELECT+1"),
-        ("GET", f"/beamport/v1/projects/{project}/sqlTables"), ("POST", f"/beamport/v1/projects/{project}/sqlTables"),
+        ("GET", f"/beamport/v1/projects/{project}/sqlTables"),
+        ("POST", f"/beamport/v1/projects/{project}/sqlTables"),
         ("POST", f"/beamport/v1/projects/{project}/locations/{REGION}/sql:query"),
         ("GET", f"/beamport/v1/projects/{project}/locations/{REGION}/jobs/{job['id']}/pipeline"),
-        ("GET", "/beamport/v1/workers"), ("GET", "/beamport/v1/workers/anyone"),
-        ("GET", f"/v1/projects/{project}/serviceAccounts"), ("POST", f"/v1/projects/{project}/serviceAccounts"),
-        ("POST", f"/v1/projects/{project}:setIamPolicy"), ("GET", f"/beamport/v1/projects/{project}/auditLogs"),
-    ]  # fmt: skip
+        ("GET", "/beamport/v1/workers"),
+        ("GET", "/beamport/v1/workers/anyone"),
+        ("GET", f"/v1/projects/{project}/serviceAccounts"),
+        ("POST", f"/v1/projects/{project}/serviceAccounts"),
+        ("POST", f"/v1/projects/{project}:setIamPolicy"),
+        ("GET", f"/beamport/v1/projects/{project}/auditLogs"),
+    ]
     for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic YWRtaW46YWRtaW4="}):
         for method, path in calls:
             body = {} if method in ("GET", "DELETE") else {"json": {"name": "intruder"}}
@@ -271,8 +341,11 @@ def test_a_viewer_reads_but_cannot_cancel(secured, project):
     assert viewer.get(path).status_code == 200
     message = error_of(viewer.put(path, json={"requestedState": "JOB_STATE_CANCELLED"}), 403, "PERMISSION_DENIED")
     assert "dataflow.jobs.update" in message
-    assert "dataflow.jobs.create" in error_of(viewer.post(f"/v1b3/projects/{project}/locations/{REGION}/jobs",
-                                                          json={"name": "nope"}), 403, "PERMISSION_DENIED")  # fmt: skip
+    assert "dataflow.jobs.create" in error_of(
+        viewer.post(f"/v1b3/projects/{project}/locations/{REGION}/jobs", json={"name": "nope"}),
+        403,
+        "PERMISSION_DENIED",
+    )
     untouched(admin.ok("GET", path))
     assert [j["name"] for j in admin.jobs(project)] == ["watched"]
     # A viewer is no administrator: no keys for others, no policy changes.
@@ -290,26 +363,37 @@ def test_a_developer_of_one_project_is_denied_another(secured, project_pair):
         "dataflow.jobs.list": dev.get(f"/v1b3/projects/{b}/locations/{REGION}/jobs"),
         "dataflow.jobs.get": dev.get(f"/v1b3/projects/{b}/locations/{REGION}/jobs/{b_job['id']}"),
         "dataflow.jobs.create": dev.post(f"/v1b3/projects/{b}/locations/{REGION}/jobs", json={"name": "x"}),
-        "dataflow.jobs.update": dev.put(f"/v1b3/projects/{b}/locations/{REGION}/jobs/{b_job['id']}",
-                                        json={"requestedState": "JOB_STATE_CANCELLED"}),
-        "dataflow.templates.get": dev.get(f"/v1b3/projects/{b}/locations/{REGION}/templates:get",
-                                          params={"gcsPath": "builtin://Word_Count"}),
+        "dataflow.jobs.update": dev.put(
+            f"/v1b3/projects/{b}/locations/{REGION}/jobs/{b_job['id']}", json={"requestedState": "JOB_STATE_CANCELLED"}
+        ),
+        "dataflow.templates.get": dev.get(
+            f"/v1b3/projects/{b}/locations/{REGION}/templates:get", params={"gcsPath": "builtin://Word_Count"}
+        ),
         "dataflow.snapshots.list": dev.get(f"/v1b3/projects/{b}/locations/{REGION}/snapshots"),
-        "dataflow.sqlTables.create": dev.post(f"/beamport/v1/projects/{b}/sqlTables",
-                                              json={"name": "t", "path": str(base / "x.csv"), "format": "csv"}),
+        "dataflow.sqlTables.create": dev.post(
+            f"/beamport/v1/projects/{b}/sqlTables", json={"name": "t", "path": str(base / "x.csv"), "format": "csv"}
+        ),
         "dataflow.sqlTables.list": dev.get(f"/beamport/v1/projects/{b}/sqlTables"),
-        "dataflow.jobs.getPipeline": dev.get(f"/beamport/v1/projects/{b}/locations/{REGION}/jobs/{b_job['id']}/pipeline"),
+        "dataflow.jobs.getPipeline": dev.get(
+            f"/beamport/v1/projects/{b}/locations/{REGION}/jobs/{b_job['id']}/pipeline"
+        ),
         "logging.logEntries.list": dev.get(f"/beamport/v1/projects/{a}/auditLogs"),
-    }  # fmt: skip
+    }
     for permission, response in denied.items():
         assert permission in error_of(response, 403, "PERMISSION_DENIED"), permission
     assert [j["name"] for j in admin.jobs(b)] == ["theirs"]
     untouched(admin.ok("GET", f"/v1b3/projects/{b}/locations/{REGION}/jobs/{b_job['id']}"))
     assert dev.get(f"/beamport/v1/projects/{a}/sqlTables").status_code == 200
-    assert dev.get(f"/v1b3/projects/{a}/locations/{REGION}/templates:get", params={"gcsPath": "builtin://Word_Count"}
-                   ).status_code == 200  # fmt: skip
+    assert (
+        dev.get(
+            f"/v1b3/projects/{a}/locations/{REGION}/templates:get", params={"gcsPath": "builtin://Word_Count"}
+        ).status_code
+        == 200
+    )
     # Its view of the worker registry holds its own project's workers only.
-    assert all(w["projectId"] == a for w in dev.get("/beamport/v1/workers", params={"all": "true"}).json().get("workers", []))
+    assert all(
+        w["projectId"] == a for w in dev.get("/beamport/v1/workers", params={"all": "true"}).json().get("workers", [])
+    )
 
 
 def test_a_deleted_key_stops_working_at_once(secured, project):
@@ -354,15 +438,22 @@ def test_expired_tampered_and_foreign_jwts_are_refused(secured, project):
     error_of(call(good, iss=admin_email, sub=admin_email), 401, "UNAUTHENTICATED")  # someone else's name
     token = jwt.encode(signer, good).decode()
     head, body, sig = token.split(".")
-    forged = base64.urlsafe_b64encode(json.dumps({**good, "iss": admin_email, "sub": admin_email}).encode()).decode().rstrip("=")
+    forged = (
+        base64.urlsafe_b64encode(json.dumps({**good, "iss": admin_email, "sub": admin_email}).encode())
+        .decode()
+        .rstrip("=")
+    )
     tampered = httpx.get(path, headers={"Authorization": f"Bearer {head}.{forged}.{sig}"})
     error_of(tampered, 401, "UNAUTHENTICATED")
     # A key of our own making that claims the real key's id.
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    other = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
     impostor = crypt.RSASigner.from_string(other, key_id=data["private_key_id"])
     error_of(call(good, signer=impostor), 401, "UNAUTHENTICATED")
     # The token endpoint refuses the same.
@@ -397,9 +488,26 @@ def test_workers_lease_only_the_work_of_projects_they_are_bound_to(tmp_path, pro
     # `beamport worker --credentials KEY` of project B, run once: it takes B's job (which has no pipeline, so it
     # fails it, saying so) through the API with its own credentials.
     _, b_key = admin.account(b, "worker-b", WORKER, tmp_path)
-    done = subprocess.run([sys.executable, "-m", "beamport", "worker", "--endpoint", srv.url, "--credentials", str(b_key),
-                           "--once", "--data-dir", str(tmp_path / "wb"), "--worker-id", "w-b"],
-                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "beamport",
+            "worker",
+            "--endpoint",
+            srv.url,
+            "--credentials",
+            str(b_key),
+            "--once",
+            "--data-dir",
+            str(tmp_path / "wb"),
+            "--worker-id",
+            "w-b",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     b_state = admin.ok("GET", f"/v1b3/projects/{b}/locations/{REGION}/jobs/{b_job['id']}")["currentState"]
     assert b_state == "JOB_STATE_FAILED"
@@ -408,9 +516,21 @@ def test_workers_lease_only_the_work_of_projects_they_are_bound_to(tmp_path, pro
 # -- no way in from a web page --------------------------------------------------------------------------
 
 
-YAML_ATTACK = {"launchParameter": {"jobName": "csrf", "containerSpec": {"sdkInfo": {"language": "YAML"}, "metadata": {
-    "name": "x", "yamlDefinition": "pipeline:\n  type: chain\n  transforms:\n    - {type: Create, config: {elements: [1]}}\n"
-    "    - {type: MapToFields, config: {language: python, fields: {x: \"__import__('os').system('touch MARKER')\"}}}\n"}}}}  # fmt: skip
+YAML_ATTACK = {
+    "launchParameter": {
+        "jobName": "csrf",
+        "containerSpec": {
+            "sdkInfo": {"language": "YAML"},
+            "metadata": {
+                "name": "x",
+                "yamlDefinition": "pipeline:\n  type: chain\n  transforms:\n"
+                "    - {type: Create, config: {elements: [1]}}\n"
+                "    - {type: MapToFields, config: {language: python, "
+                "fields: {x: \"__import__('os').system('touch MARKER')\"}}}\n",
+            },
+        },
+    }
+}
 
 
 @pytest.mark.parametrize("auth", [True, False], ids=["auth", "no-auth"])
@@ -442,7 +562,9 @@ def test_cross_site_requests_and_dns_rebinding_are_refused_and_create_nothing(tm
     rebound = httpx.get(create, headers={**headers, "Host": "evil.example"})
     assert rebound.status_code == 403
     # No CORS: a preflight grants nothing.
-    preflight = httpx.options(create, headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    preflight = httpx.options(
+        create, headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    )
     assert "access-control-allow-origin" not in preflight.headers
     time.sleep(1)
     assert not marker.exists()
@@ -450,8 +572,11 @@ def test_cross_site_requests_and_dns_rebinding_are_refused_and_create_nothing(tm
     assert listing.get("jobs", []) == []
     # The server's own origin, IP addresses and loopback names are fine.
     for host in (f"127.0.0.1:{srv.port}", f"localhost:{srv.port}"):
-        ok = httpx.post(create, json={"name": f"fine-{host.split(':')[0].replace('.', '-')}"},
-                        headers={**headers, "Host": host, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"})
+        ok = httpx.post(
+            create,
+            json={"name": f"fine-{host.split(':')[0].replace('.', '-')}"},
+            headers={**headers, "Host": host, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"},
+        )
         assert ok.status_code == 200, ok.text
 
 
@@ -469,12 +594,19 @@ def test_console_sessions_sign_out_and_lapse_with_the_key_that_asked_for_them(se
     signed_in = browser.get(link(), follow_redirects=False)
     assert signed_in.status_code == 303
     cookie = signed_in.headers["set-cookie"]
-    assert f"beamport_session_{srv.port}=" in cookie and "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+    assert (
+        f"beamport_session_{srv.port}=" in cookie
+        and "httponly" in cookie.lower()
+        and "samesite=strict" in cookie.lower()
+    )
     session = browser.get(srv.url + "/beamport/v1/session").json()
     assert session["principal"] == email and session["csrfToken"]
     # Signing out is a state change: it needs the CSRF token.
     error_of(browser.delete(srv.url + "/beamport/v1/session"), 403, "PERMISSION_DENIED")
-    assert browser.delete(srv.url + "/beamport/v1/session", headers={"X-CSRF-Token": session["csrfToken"]}).status_code == 200
+    assert (
+        browser.delete(srv.url + "/beamport/v1/session", headers={"X-CSRF-Token": session["csrfToken"]}).status_code
+        == 200
+    )
     error_of(browser.get(srv.url + "/beamport/v1/session"), 401, "UNAUTHENTICATED")
     # A session, and a link not used yet, end with the key that asked for them.
     unused = link()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import API_ONLY, Api, Server
 
 JSON = {"content-type": "application/json"}
@@ -99,7 +98,9 @@ def test_bad_updates(api, seeded, body, status, needle):
 def test_terminal_jobs_refuse_changes(api, seeded):
     path = f"{api.jobs_path}/{seeded['stream']['id']}"
     error_of(api.client.put(path, json={"requestedState": "JOB_STATE_CANCELLED"}), 400, "FAILED_PRECONDITION")
-    error_of(api.client.put(path, params={"updateMask": "labels"}, json={"labels": {"a": "b"}}), 400, "FAILED_PRECONDITION")
+    error_of(
+        api.client.put(path, params={"updateMask": "labels"}, json={"labels": {"a": "b"}}), 400, "FAILED_PRECONDITION"
+    )
 
 
 def test_ids_that_do_not_exist_or_belong_elsewhere(server, api, seeded):
@@ -114,7 +115,11 @@ def test_ids_that_do_not_exist_or_belong_elsewhere(server, api, seeded):
     error_of(other.messages(job_id), 404, "NOT_FOUND")
     error_of(other.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}), 404, "NOT_FOUND")
     # ... nor another region of the same project.
-    error_of(Api(server.url, api.project, "europe-west1").update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}), 404, "NOT_FOUND")
+    error_of(
+        Api(server.url, api.project, "europe-west1").update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}),
+        404,
+        "NOT_FOUND",
+    )
 
 
 def raw_request(server: Server, request_line: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -170,7 +175,9 @@ def test_bad_message_queries(api, seeded):
     job_id = seeded["batch"]["id"]
     error_of(api.messages(job_id, minimumImportance="LOUD"), 400, "INVALID_ARGUMENT")
     error_of(api.messages(job_id, startTime="noon"), 400, "INVALID_ARGUMENT")
-    error_of(api.messages(job_id, pageToken=api.list(pageSize=1).json().get("nextPageToken") or "x"), 400, "INVALID_ARGUMENT")
+    error_of(
+        api.messages(job_id, pageToken=api.list(pageSize=1).json().get("nextPageToken") or "x"), 400, "INVALID_ARGUMENT"
+    )
 
 
 def test_unknown_paths_and_methods(server, seeded, api):

@@ -11,11 +11,11 @@ import threading
 import time
 
 import pytest
+from conftest import ROOT, Api, beamport_command, free_port
 
 from beamport.cli import client as client_module
 from beamport.cli.client import DataflowClient, MessageFollower, format_time_us, parse_time_us
 from beamport.cli.output import short_enum, yaml_lines
-from conftest import ROOT, Api, beamport_command, free_port
 
 # The CLI only speaks HTTP: one store backend is enough here (the API tests cover both).
 one_backend = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
@@ -149,13 +149,15 @@ def test_describe_table_and_json(cli, api):
 
 @one_backend
 def test_describe_full_shows_the_environment(cli, api):
-    job = api.create("with-env", environment={"tempStoragePrefix": "/tmp/beamport-cli-test", "workerRegion": "us-east1"})
+    job = api.create(
+        "with-env", environment={"tempStoragePrefix": "/tmp/beamport-cli-test", "workerRegion": "us-east1"}
+    )
     assert "environment" not in cli("describe", job["id"]).stdout
     assert "environment" not in json.loads(cli("describe", job["id"], "--format", "json").stdout)
 
     full = cli("describe", job["id"], "--full").stdout.splitlines()
     at = full.index("environment:")
-    assert {full[at + 1], full[at + 2]} == {'  tempStoragePrefix: /tmp/beamport-cli-test', "  workerRegion: us-east1"}
+    assert {full[at + 1], full[at + 2]} == {"  tempStoragePrefix: /tmp/beamport-cli-test", "  workerRegion: us-east1"}
     as_json = json.loads(cli("describe", job["id"], "--full", "--format", "json").stdout)
     assert as_json["environment"] == {"tempStoragePrefix": "/tmp/beamport-cli-test", "workerRegion": "us-east1"}
 
@@ -276,10 +278,27 @@ def test_messages_follow_of_a_finished_job_returns_at_once(cli, api):
 def test_messages_follow_stops_cleanly_on_ctrl_c(server, project, api):
     job = api.create("interrupted", type="JOB_TYPE_STREAMING")
     process = subprocess.Popen(
-        [sys.executable, "-m", "beamport", "jobs", "messages", job["id"], "--follow", "--poll-interval", "0.1",
-         "--endpoint", server.url, "--project", project],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "beamport",
+            "jobs",
+            "messages",
+            job["id"],
+            "--follow",
+            "--poll-interval",
+            "0.1",
+            "--endpoint",
+            server.url,
+            "--project",
+            project,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+        cwd=ROOT,
+    )
     try:
         deadline = time.monotonic() + 10
         first = process.stdout.readline()  # it is following once it printed the first message

@@ -7,10 +7,9 @@ import sys
 import textwrap
 
 import pytest
+from conftest import discovery_client, gapic_clients
 from google.api_core import exceptions as gexc
 from googleapiclient.errors import HttpError
-
-from conftest import discovery_client, gapic_clients
 
 
 def test_google_api_python_client(server, project, region):
@@ -50,9 +49,11 @@ def test_google_api_python_client(server, project, region):
 
     messages = jobs.messages().list(projectId=project, location=region, jobId=job_id).execute()["jobMessages"]
     assert any("Cancel request" in m["messageText"] for m in messages)
-    basic = jobs.messages().list(
-        projectId=project, location=region, jobId=job_id, minimumImportance="JOB_MESSAGE_WARNING"
-    ).execute()["jobMessages"]
+    basic = (
+        jobs.messages()
+        .list(projectId=project, location=region, jobId=job_id, minimumImportance="JOB_MESSAGE_WARNING")
+        .execute()["jobMessages"]
+    )
     assert {m["messageImportance"] for m in basic} == {"JOB_MESSAGE_WARNING"}
 
     metrics = jobs.getMetrics(projectId=project, location=region, jobId=job_id).execute()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-
 from conftest import Api
 
 
@@ -34,7 +33,8 @@ def test_concurrent_state_changes_make_one_legal_transition(backend_server, proj
     requests = ["JOB_STATE_CANCELLED", "JOB_STATE_DRAINED", "JOB_STATE_DRAINING"] * 4
 
     for job in jobs:
-        def update(state: str) -> httpx.Response:
+
+        def update(state: str, job: dict = job) -> httpx.Response:
             with httpx.Client(base_url=backend_server.url, timeout=60) as client:
                 return client.put(f"{api.jobs_path}/{job['id']}", json={"requestedState": state})
 
@@ -48,7 +48,9 @@ def test_concurrent_state_changes_make_one_legal_transition(backend_server, proj
         final = api.get(job["id"]).json()
         assert final["currentState"] == accepted[0].json()["currentState"]
         assert final["currentState"] in ("JOB_STATE_CANCELLED", "JOB_STATE_DRAINED")
-        committed = [m for m in api.messages(job["id"]).json()["jobMessages"] if "request is committed" in m["messageText"]]
+        committed = [
+            m for m in api.messages(job["id"]).json()["jobMessages"] if "request is committed" in m["messageText"]
+        ]
         assert len(committed) == 1
 
 
@@ -58,7 +60,9 @@ def test_concurrent_label_updates_all_land(backend_server, project):
 
     def relabel(i: int) -> httpx.Response:
         with httpx.Client(base_url=backend_server.url, timeout=60) as client:
-            return client.put(f"{api.jobs_path}/{job['id']}", params={"updateMask": "labels"}, json={"labels": {"n": str(i)}})
+            return client.put(
+                f"{api.jobs_path}/{job['id']}", params={"updateMask": "labels"}, json={"labels": {"n": str(i)}}
+            )
 
     with ThreadPoolExecutor(10) as pool:
         responses = list(pool.map(relabel, range(10)))

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CREDENTIALS, Api, Server
+from test_running_jobs import PIPELINES, dataflow_flags, read_output, run, wait_state
 
 from beamport.credentials import KeyFileAuth
 from beamport.service.iam import ADMIN_EMAIL
-from conftest import CREDENTIALS, Api, Server
-from test_running_jobs import PIPELINES, dataflow_flags, read_output, run, wait_state
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -63,8 +63,14 @@ def console_server(tmp_path_factory):
 def test_watch_a_job_run_and_cancel_it_from_the_console(console_server, project, page):
     srv, base = console_server
     api = Api(srv.url, project)
-    done = run([str(PIPELINES / "shuffled_slow_pipeline.py"), "120", str(base / "out" / "slow"),
-                *dataflow_flags(srv, project, base, "console-slow")])  # fmt: skip
+    done = run(
+        [
+            str(PIPELINES / "shuffled_slow_pipeline.py"),
+            "120",
+            str(base / "out" / "slow"),
+            *dataflow_flags(srv, project, base, "console-slow"),
+        ]
+    )
     job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
 
     page.goto(f"{srv.url}/#/jobs")
@@ -132,10 +138,15 @@ def test_the_workers_page_shows_live_workers_and_gone_ones_on_request_never_as_h
     ghost = f"ghost-{project}"
     labels = {"JOB_ID": job["id"], "WORKER_ID": ghost}
     # A healthy report, then a shutdown notice: gone at once, its last report (healthy) kept as history.
-    answer = api.client.post(f"/v1b3/projects/{project}/locations/us-central1/WorkerMessages", json={"workerMessages": [
-        {"labels": labels, "workerHealthReport": {"vmIsHealthy": True}},
-        {"labels": labels, "workerShutdownNotice": {"reason": "UNKNOWN"}},
-    ]})  # fmt: skip
+    answer = api.client.post(
+        f"/v1b3/projects/{project}/locations/us-central1/WorkerMessages",
+        json={
+            "workerMessages": [
+                {"labels": labels, "workerHealthReport": {"vmIsHealthy": True}},
+                {"labels": labels, "workerShutdownNotice": {"reason": "UNKNOWN"}},
+            ]
+        },
+    )
     assert answer.status_code == 200, answer.text
 
     page.goto(f"{srv.url}/#/workers")
@@ -189,8 +200,11 @@ def shown_vcpu_seconds(page) -> float:
 def service_metric(api: Api, job_id: str, name: str) -> float:
     """A resource metric of the job, as getMetrics answers it (committed)."""
     metrics = api.client.get(f"{api.jobs_path}/{job_id}/metrics").json().get("metrics", [])
-    (value,) = [m["scalar"] for m in metrics if m["name"]["origin"] == "dataflow/v1b3" and m["name"]["name"] == name
-                and "context" not in m["name"]]  # fmt: skip
+    (value,) = [
+        m["scalar"]
+        for m in metrics
+        if m["name"]["origin"] == "dataflow/v1b3" and m["name"]["name"] == name and "context" not in m["name"]
+    ]
     return value
 
 
@@ -198,8 +212,14 @@ def test_a_job_page_says_what_the_user_set_and_keeps_what_the_job_used(one_worke
     srv, base = one_worker_server
     api = Api(srv.url, project)
     output = base / "out" / "numbers"
-    done = run([str(PIPELINES / "console_pipeline.py"), f"--output={output}", "--seconds=6",
-                *dataflow_flags(srv, project, base, "console-used")])  # fmt: skip
+    done = run(
+        [
+            str(PIPELINES / "console_pipeline.py"),
+            f"--output={output}",
+            "--seconds=6",
+            *dataflow_flags(srv, project, base, "console-used"),
+        ]
+    )
     job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
     page.goto(f"{srv.url}/#/jobs/{project}/us-central1/{job_id}")
 
@@ -209,32 +229,48 @@ def test_a_job_page_says_what_the_user_set_and_keeps_what_the_job_used(one_worke
     assert not re.search(r"\b(null|undefined|NaN)\b", page_text(page)), page_text(page)
 
     page.locator("#job-state", has_text="DONE").wait_for(timeout=120_000)
-    assert page.locator("#job-sdk").inner_text() == f"Apache Beam SDK for Python {importlib.metadata.version('apache-beam')}"
+    assert (
+        page.locator("#job-sdk").inner_text()
+        == f"Apache Beam SDK for Python {importlib.metadata.version('apache-beam')}"
+    )
     # Options: what the user set (Beam's display data), every one of them, and not Beam's defaults.
     options = page.locator("#job-options li").all_inner_texts()
-    assert f"output = {output}" in options and "job_name = console-used" in options and "runner = DataflowRunner" in options
+    assert (
+        f"output = {output}" in options
+        and "job_name = console-used" in options
+        and "runner = DataflowRunner" in options
+    )
     assert not [o for o in options if o.startswith(("beam_services", "parallelism", "pipelineUrl"))], options
     # Metrics: the user's, by the step names the user gave; none of Beam's own (lineage), no transform ids.
     table = page.locator("#metrics-table")
     table.locator("td", has_text=re.compile(r"^naps$")).wait_for()
     rows = table.evaluate("t => [...t.tBodies[0].rows].map(r => [...r.cells].slice(0, 4).map(c => c.innerText))")
-    assert sorted(rows) == [["Nap", "naps", "Sum", "10"], ["Nap", "sizes", "Distribution", "count 10, sum 45, min 0, max 9"]]
+    assert sorted(rows) == [
+        ["Nap", "naps", "Sum", "10"],
+        ["Nap", "sizes", "Distribution", "count 10, sum 45, min 0, max 9"],
+    ]
     assert "ref_AppliedPTransform" not in table.inner_text() and "sinks_v2" not in table.inner_text()
     section = "(e => e.scrollWidth <= e.clientWidth)(document.getElementById('metrics').parentElement)"
     assert page.evaluate(f"() => {section}"), "the metrics table does not fit its column"
     counts = page.locator("#graph text.count").all_text_contents()
     assert "1 element" in counts and not [c for c in counts if c.startswith("1 elements")], counts
     # What the job used: its worker's CPU and memory, from getMetrics.
-    page.wait_for_function("() => /\\(([1-9]|0\\.[1-9])/.test((document.getElementById('vcpu-time') || {}).textContent)",
-                           timeout=30_000)  # fmt: skip
+    page.wait_for_function(
+        "() => /\\(([1-9]|0\\.[1-9])/.test((document.getElementById('vcpu-time') || {}).textContent)", timeout=30_000
+    )
     assert page.locator("#memory-time").inner_text() != "0.00000 GB-hours"
     assert page.locator("#cost").inner_text().startswith("$")
     worker_id = page.locator("#job-workers tbody td").first.inner_text()
     assert worker_id
 
     # The only worker runs another job: the first one's page still shows its worker and what it used.
-    again = run([str(PIPELINES / "console_pipeline.py"), f"--output={base / 'out' / 'again'}",
-                 *dataflow_flags(srv, project, base, "console-next")])  # fmt: skip
+    again = run(
+        [
+            str(PIPELINES / "console_pipeline.py"),
+            f"--output={base / 'out' / 'again'}",
+            *dataflow_flags(srv, project, base, "console-next"),
+        ]
+    )
     next_id = again.stdout.split("JOB_ID ", 1)[1].split()[0]
     assert wait_state(api, next_id, {"JOB_STATE_DONE"}, timeout=120)["currentState"] == "JOB_STATE_DONE"
     assert api.client.get(f"/beamport/v1/workers/{worker_id}").json()["jobId"] == next_id
@@ -316,8 +352,15 @@ def test_sign_in_with_the_one_time_link_and_cancel_with_the_csrf_token(auth_serv
     page.failures.clear()
 
     # A running batch job, submitted with the admin key.
-    done = run_authenticated(srv, [str(PIPELINES / "shuffled_slow_pipeline.py"), "120", str(base / "out" / "slow"),
-                                   *dataflow_flags(srv, project, base, "console-signed-in")])  # fmt: skip
+    done = run_authenticated(
+        srv,
+        [
+            str(PIPELINES / "shuffled_slow_pipeline.py"),
+            "120",
+            str(base / "out" / "slow"),
+            *dataflow_flags(srv, project, base, "console-signed-in"),
+        ],
+    )
     job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
 
     # The link signs the browser in (an HttpOnly, SameSite=Strict cookie) and opens the console.

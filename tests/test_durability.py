@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 
 import pytest
-
 from conftest import Api
 
 
@@ -17,8 +16,13 @@ def everything(api: Api) -> tuple[list, dict]:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_restart_keeps_jobs_messages_and_labels(backend_server, project, sig):
     api = Api(backend_server.url, project)
-    kept = api.create("kept", type="JOB_TYPE_STREAMING", labels={"team": "data"}, clientRequestId="r-1",
-                      environment={"tempStoragePrefix": "/tmp/t", "sdkPipelineOptions": {"options": {"x": 1}}})
+    kept = api.create(
+        "kept",
+        type="JOB_TYPE_STREAMING",
+        labels={"team": "data"},
+        clientRequestId="r-1",
+        environment={"tempStoragePrefix": "/tmp/t", "sdkPipelineOptions": {"options": {"x": 1}}},
+    )
     cancelled = api.create("cancelled", type="JOB_TYPE_BATCH")
     api.update(cancelled["id"], {"requestedState": "JOB_STATE_CANCELLED"})
     api.update(kept["id"], {"labels": {"team": "ml"}}, updateMask="labels")

@@ -27,7 +27,7 @@ one_backend = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 
 # Run as a script, so that its pipelines live in __main__ (as a user's do) and need save_main_session.
 SUBMIT = textwrap.dedent(
-    '''
+    """
     import json
     import logging
     import sys
@@ -139,7 +139,7 @@ SUBMIT = textwrap.dedent(
         DataflowPipelineResult.wait_until_finish = lambda self, duration=None: print("JOB wordcount", self.job_id())
         wordcount.run([*submit_options(endpoint, project, work, "wordcount"),
                        f"--input={work}/words.txt", f"--output={work}/engine-wordcount/out"])
-    '''
+    """
 )
 
 
@@ -295,8 +295,13 @@ def test_windowed_pipeline_and_its_metrics_match_direct_runner(submitted):
     ours = sorted(
         [["counters", r.key.step, r.key.metric.namespace, r.key.metric.name, r.committed] for r in final["counters"]]
         + [
-            ["distributions", r.key.step, r.key.metric.namespace, r.key.metric.name,
-             [r.committed.sum, r.committed.count, r.committed.min, r.committed.max]]
+            [
+                "distributions",
+                r.key.step,
+                r.key.metric.namespace,
+                r.key.metric.name,
+                [r.committed.sum, r.committed.count, r.committed.min, r.committed.max],
+            ]
             for r in final["distributions"]
         ]
     )
@@ -402,8 +407,11 @@ def test_file_policy_refuses_what_is_outside_its_roots(tmp_path):
         policy.check(f"{root}/escape/secret")
     assert str(outside.resolve() / "secret") in refused.value.message
 
-    for location, status in [("relative/pipeline.pb", "INVALID_ARGUMENT"), ("s3://bucket/x", "INVALID_ARGUMENT"),
-                             ("file://otherhost/x", "INVALID_ARGUMENT")]:
+    for location, status in [
+        ("relative/pipeline.pb", "INVALID_ARGUMENT"),
+        ("s3://bucket/x", "INVALID_ARGUMENT"),
+        ("file://otherhost/x", "INVALID_ARGUMENT"),
+    ]:
         with pytest.raises(ApiError) as refused:
             policy.check(location)
         assert refused.value.status == status and location in refused.value.message
@@ -505,9 +513,10 @@ def test_staging_honours_what_it_can_and_warns_about_the_rest(tmp_path):
     assert staged.python_path == [str(wheel)]
     assert staged.options["num_workers"] == 4 and isinstance(staged.options["num_workers"], int)
     assert "pipelineUrl" not in staged.options
-    assert staged.pipeline_options().view_as(
-        __import__("apache_beam").options.pipeline_options.WorkerOptions
-    ).num_workers == 4
+    assert (
+        staged.pipeline_options().view_as(__import__("apache_beam").options.pipeline_options.WorkerOptions).num_workers
+        == 4
+    )
     text = "\n".join(warnings)
     assert len(warnings) == 4, warnings
     assert "beamport-no-such-package==1.0" in text and "apache-beam" not in text.split("asks for")[1].split("\n")[0]
@@ -597,8 +606,8 @@ def test_a_pickler_that_is_not_installed_fails_the_run(tmp_path):
 @pytest.mark.slow
 def test_a_job_staged_on_gcs_runs(tmp_path, monkeypatch):
     """pipelineUrl and the main session on gs://, through a GCS emulator (STORAGE_EMULATOR_HOST)."""
-    from gcp_storage_emulator import server as emulator
     from conftest import free_port
+    from gcp_storage_emulator import server as emulator
 
     port = free_port()
     server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="staging-bucket")

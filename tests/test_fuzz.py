@@ -29,7 +29,6 @@ from urllib.parse import quote
 
 import httpcore
 import pytest
-
 from conftest import API_ONLY, Server, new_postgres_database
 
 DISCOVERY = Path(__file__).parent / "data" / "dataflow.v1b3-from-google-api-python-client-2.70.0.json"
@@ -43,7 +42,7 @@ LOCATIONS = ("us-central1", "europe-west1")
 UNIMPLEMENTED = ("/debug/getConfig", "/debug/sendCapture")
 
 
-def documented_unimplemented(request: "Request", content: bytes) -> bool:
+def documented_unimplemented(request: Request, content: bytes) -> bool:
     if b'"UNIMPLEMENTED"' not in content:
         return False
     return request.route.endswith(UNIMPLEMENTED) or (
@@ -65,70 +64,247 @@ def b64(data: str | bytes) -> str:
 
 # Values for path segments: raw bytes of the request target (already percent-encoded where they must be).
 ODD_IDS = [
-    b"..", b".", b"%2e%2e", b"%2E", b"a%2Fb", b"%00", b"a%00b", b"%FF%FE", b"%C3%28", b"%ED%A0%80", b"%E2%80%AE",
-    b"%C3%A9", b"x" * 5000, b"-", b"_", b"0", b"-1", b"99999999999999999999999",
-    b"2026-11-29_08_43_45-99999999999999999999999", b"2026-11-29_08_43_45-1", b"%20", b"a%20b", b"*", b"~",
-    b"A" * 129, b"%0A", b"%0D%0A", b"null", b"1e309", b";", b"%27", b"%22", b"%3Cscript%3E", b"%5C", b"%25",
-    b"%25%30%30", b"a:b", b"a@b", b"%40", b"projects", b"jobs",
+    b"..",
+    b".",
+    b"%2e%2e",
+    b"%2E",
+    b"a%2Fb",
+    b"%00",
+    b"a%00b",
+    b"%FF%FE",
+    b"%C3%28",
+    b"%ED%A0%80",
+    b"%E2%80%AE",
+    b"%C3%A9",
+    b"x" * 5000,
+    b"-",
+    b"_",
+    b"0",
+    b"-1",
+    b"99999999999999999999999",
+    b"2026-11-29_08_43_45-99999999999999999999999",
+    b"2026-11-29_08_43_45-1",
+    b"%20",
+    b"a%20b",
+    b"*",
+    b"~",
+    b"A" * 129,
+    b"%0A",
+    b"%0D%0A",
+    b"null",
+    b"1e309",
+    b";",
+    b"%27",
+    b"%22",
+    b"%3Cscript%3E",
+    b"%5C",
+    b"%25",
+    b"%25%30%30",
+    b"a:b",
+    b"a@b",
+    b"%40",
+    b"projects",
+    b"jobs",
 ]
 
 # Values for string query parameters and string fields.
 JUNK_STRINGS = [
-    "", " ", "-1", "0", "1e3", "0x10", "99999999999999999999999999", "9" * 5000, "-9223372036854775809", "NaN",
-    "Infinity", "true", "null", "\u00e9", "\u202e", "\x00", "a\x00b", "%", "\n", "\r\n", "A" * 20000, "\t",
-    "2026-02-30T00:00:00Z", "0000-00-00T00:00:00Z", "9999-12-31T23:59:59.999999999Z", "10000-01-01T00:00:00Z",
-    "-0001-01-01T00:00:00Z", "1970-01-01T00:00:00+25:00", "2026-01-01", "1s", "-5s", "99999999999999999999s",
-    "..", "../../etc/passwd", "*", "-", "\U0001F600", "\ufeff", "<script>", "' OR 1=1 --", "${jndi:x}",
+    "",
+    " ",
+    "-1",
+    "0",
+    "1e3",
+    "0x10",
+    "99999999999999999999999999",
+    "9" * 5000,
+    "-9223372036854775809",
+    "NaN",
+    "Infinity",
+    "true",
+    "null",
+    "\u00e9",
+    "\u202e",
+    "\x00",
+    "a\x00b",
+    "%",
+    "\n",
+    "\r\n",
+    "A" * 20000,
+    "\t",
+    "2026-02-30T00:00:00Z",
+    "0000-00-00T00:00:00Z",
+    "9999-12-31T23:59:59.999999999Z",
+    "10000-01-01T00:00:00Z",
+    "-0001-01-01T00:00:00Z",
+    "1970-01-01T00:00:00+25:00",
+    "2026-01-01",
+    "1s",
+    "-5s",
+    "99999999999999999999s",
+    "..",
+    "../../etc/passwd",
+    "*",
+    "-",
+    "\U0001f600",
+    "\ufeff",
+    "<script>",
+    "' OR 1=1 --",
+    "${jndi:x}",
 ]
 JUNK_ENUMS = ["NOPE", "42", "-1", "99999999999999999999", "", "job_view_all", "JOB_VIEW_ALL\x00", "2147483648", " 1"]
-JUNK_INTS = ["abc", "-1", "-2147483649", "2147483648", "99999999999999999999", "9" * 5000, "1e3", "0x10", " 5", "5 ",
-             "\u0663", "+5", "1.5", "", "NaN", "\x00"]  # fmt: skip
+JUNK_INTS = [
+    "abc",
+    "-1",
+    "-2147483649",
+    "2147483648",
+    "99999999999999999999",
+    "9" * 5000,
+    "1e3",
+    "0x10",
+    " 5",
+    "5 ",
+    "\u0663",
+    "+5",
+    "1.5",
+    "",
+    "NaN",
+    "\x00",
+]
 PAGE_TOKENS = [
-    b64("jobs:99999999999999999999999"), b64("messages:99999999999999999999999"), b64("jobs:-1"), b64("jobs:"),
-    b64("jobs:1e5"), b64("jobs:\u0663"), b64("jobs:9223372036854775807"), b64("jobs:9223372036854775808"),
-    b64("messages:0"), b64("audit:99999999999999999999"), b64("audit:-5"), b64(b"\xff\xfe"), "!!!", "====", "a",
-    b64("jobs:" + "9" * 5000), b64("messages:18446744073709551616"), b64("jobs:\x00"), "A" * 10000,
-]  # fmt: skip
+    b64("jobs:99999999999999999999999"),
+    b64("messages:99999999999999999999999"),
+    b64("jobs:-1"),
+    b64("jobs:"),
+    b64("jobs:1e5"),
+    b64("jobs:\u0663"),
+    b64("jobs:9223372036854775807"),
+    b64("jobs:9223372036854775808"),
+    b64("messages:0"),
+    b64("audit:99999999999999999999"),
+    b64("audit:-5"),
+    b64(b"\xff\xfe"),
+    "!!!",
+    "====",
+    "a",
+    b64("jobs:" + "9" * 5000),
+    b64("messages:18446744073709551616"),
+    b64("jobs:\x00"),
+    "A" * 10000,
+]
 PATHS = [
-    "/tmp/a\x00b", "/tmp/fuzz-missing/x.json", "/etc/passwd", "/proc/self/environ", "", "gs://bucket/object",
-    "gs://", "builtin://Nope", "builtin://../../x", "builtin://Word_Count", "file:///tmp/fuzz-missing",
-    "file:///etc/passwd", "../../etc/passwd", "~/.ssh/id_rsa", "/tmp/" + "x" * 5000, "/tmp/*/**/[", "/dev/zero",
-    "relative/path", "/tmp/\u00e9\x01", "http://127.0.0.1:1/x", "s3://b/o", "/tmp/a\nb", "\x00",
-]  # fmt: skip
+    "/tmp/a\x00b",
+    "/tmp/fuzz-missing/x.json",
+    "/etc/passwd",
+    "/proc/self/environ",
+    "",
+    "gs://bucket/object",
+    "gs://",
+    "builtin://Nope",
+    "builtin://../../x",
+    "builtin://Word_Count",
+    "file:///tmp/fuzz-missing",
+    "file:///etc/passwd",
+    "../../etc/passwd",
+    "~/.ssh/id_rsa",
+    "/tmp/" + "x" * 5000,
+    "/tmp/*/**/[",
+    "/dev/zero",
+    "relative/path",
+    "/tmp/\u00e9\x01",
+    "http://127.0.0.1:1/x",
+    "s3://b/o",
+    "/tmp/a\nb",
+    "\x00",
+]
 SQL = [
-    "SELECT " + "(" * 500 + "1" + ")" * 500, "SELECT 1", "SELECT * FROM t1", "SELECT a FROM t1 WHERE a > 1",
-    "DELETE FROM t1", "CREATE TABLE x (a INT64)", "SELECT", "", "SELECT * FROM " + "a." * 2000 + "b",
-    "SELECT '\x00'", "SELECT 1; SELECT 2", "SELECT * FROM `" + "x" * 5000 + "`", "WITH " * 300 + "x",
-    "SELECT " + "+".join(["1"] * 3000), "SELECT " + "NOT " * 2000 + "TRUE",
+    "SELECT " + "(" * 500 + "1" + ")" * 500,
+    "SELECT 1",
+    "SELECT * FROM t1",
+    "SELECT a FROM t1 WHERE a > 1",
+    "DELETE FROM t1",
+    "CREATE TABLE x (a INT64)",
+    "SELECT",
+    "",
+    "SELECT * FROM " + "a." * 2000 + "b",
+    "SELECT '\x00'",
+    "SELECT 1; SELECT 2",
+    "SELECT * FROM `" + "x" * 5000 + "`",
+    "WITH " * 300 + "x",
+    "SELECT " + "+".join(["1"] * 3000),
+    "SELECT " + "NOT " * 2000 + "TRUE",
     "SELECT * FROM t1 " + "JOIN t1 USING (a) " * 200,
-    "SELECT ARRAY" + "[" * 400 + "1" + "]" * 400, "SELECT STRUCT(" * 300 + "1" + ")" * 300, "SELECT CAST(1 AS " * 200,
-]  # fmt: skip
+    "SELECT ARRAY" + "[" * 400 + "1" + "]" * 400,
+    "SELECT STRUCT(" * 300 + "1" + ")" * 300,
+    "SELECT CAST(1 AS " * 200,
+]
 NAMES = ["fuzz-a", "fuzz-b", "x", "", "A", "a" * 2000, "-", "a_b", "\u00e9", "a\x00", "fuzz-c"]
 # Beamport's own routes' bodies, in the discovery document's schema language.
 STR = {"type": "string"}
 OWN_BODIES = {
-    ("POST", "/beamport/v1/projects/{projectId}/sqlTables"): {"type": "object", "properties": {
-        "name": {"type": "string", "x-kind": "table"}, "path": {"type": "string", "x-kind": "path"},
-        "format": {"type": "string", "enum": ["csv", "jsonl", "parquet"]},
-        "schema": {"type": "array", "items": {"type": "object", "properties": {"name": STR, "type": STR}}}}},
-    ("POST", "/beamport/v1/projects/{projectId}/locations/{location}/sql:query"): {"type": "object", "properties": {
-        "query": {"type": "string", "x-kind": "sql"}, "jobName": {"type": "string", "x-kind": "name"},
-        "output": {"type": "string", "x-kind": "path"}, "outputFormat": {"type": "string", "enum": ["jsonl", "csv"]}}},
-    ("POST", "/v1/projects/{projectId}/serviceAccounts"): {"type": "object", "properties": {
-        "accountId": STR,
-        "serviceAccount": {"type": "object", "properties": {"displayName": STR, "description": STR}}}},
-    ("POST", "/v1/projects/{projectId}/serviceAccounts/{email}/keys"): {"type": "object", "properties": {
-        "privateKeyType": {"type": "string", "enum": ["TYPE_GOOGLE_CREDENTIALS_FILE"]},
-        "keyAlgorithm": {"type": "string", "enum": ["KEY_ALG_RSA_2048"]}}},
-    "policy": {"type": "object", "properties": {"policy": {"type": "object", "properties": {
-        "bindings": {"type": "array", "items": {"type": "object", "properties": {
-            "role": {"type": "string", "enum": ["roles/dataflow.viewer", "roles/dataflow.admin", "roles/owner"]},
-            "members": {"type": "array", "items": {"type": "string", "x-kind": "member"}}}}},
-        "etag": STR, "version": {"type": "integer"}}}, "updateMask": STR}},
-    "options": {"type": "object", "properties": {"options": {"type": "object", "properties": {
-        "requestedPolicyVersion": {"type": "integer"}}}}},
+    ("POST", "/beamport/v1/projects/{projectId}/sqlTables"): {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "x-kind": "table"},
+            "path": {"type": "string", "x-kind": "path"},
+            "format": {"type": "string", "enum": ["csv", "jsonl", "parquet"]},
+            "schema": {"type": "array", "items": {"type": "object", "properties": {"name": STR, "type": STR}}},
+        },
+    },
+    ("POST", "/beamport/v1/projects/{projectId}/locations/{location}/sql:query"): {
+        "type": "object",
+        "properties": {
+            "query": {"type": "string", "x-kind": "sql"},
+            "jobName": {"type": "string", "x-kind": "name"},
+            "output": {"type": "string", "x-kind": "path"},
+            "outputFormat": {"type": "string", "enum": ["jsonl", "csv"]},
+        },
+    },
+    ("POST", "/v1/projects/{projectId}/serviceAccounts"): {
+        "type": "object",
+        "properties": {
+            "accountId": STR,
+            "serviceAccount": {"type": "object", "properties": {"displayName": STR, "description": STR}},
+        },
+    },
+    ("POST", "/v1/projects/{projectId}/serviceAccounts/{email}/keys"): {
+        "type": "object",
+        "properties": {
+            "privateKeyType": {"type": "string", "enum": ["TYPE_GOOGLE_CREDENTIALS_FILE"]},
+            "keyAlgorithm": {"type": "string", "enum": ["KEY_ALG_RSA_2048"]},
+        },
+    },
+    "policy": {
+        "type": "object",
+        "properties": {
+            "policy": {
+                "type": "object",
+                "properties": {
+                    "bindings": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "role": {
+                                    "type": "string",
+                                    "enum": ["roles/dataflow.viewer", "roles/dataflow.admin", "roles/owner"],
+                                },
+                                "members": {"type": "array", "items": {"type": "string", "x-kind": "member"}},
+                            },
+                        },
+                    },
+                    "etag": STR,
+                    "version": {"type": "integer"},
+                },
+            },
+            "updateMask": STR,
+        },
+    },
+    "options": {
+        "type": "object",
+        "properties": {"options": {"type": "object", "properties": {"requestedPolicyVersion": {"type": "integer"}}}},
+    },
     ("POST", "/beamport/v1/session:link"): {"type": "object", "properties": {}},
-}  # fmt: skip
+}
 OWN_QUERY = {
     "/beamport/v1/workers": {"jobId": {"type": "string", "x-kind": "id"}, "all": {"type": "boolean"}},
     "/beamport/v1/auditLogs": {"pageSize": {"type": "integer"}, "pageToken": {"type": "string"}},
@@ -144,32 +320,64 @@ def bases(world: dict, rng: random.Random) -> dict:
     job = rng.choice(world["job_ids"])
     path = lambda: rng.choice(world["files"])  # noqa: E731
     return {
-        "/jobs": {"name": rng.choice(NAMES[:3]), "type": "JOB_TYPE_BATCH", "labels": {"a": "b"},
-                  "environment": {"tempStoragePrefix": world["tmp"], "sdkPipelineOptions": {"options": {
-                      "pipelineUrl": path(), "project": world["projects"][0], "temp_location": world["tmp"]}}}},
-        "/jobs/{jobId}": rng.choice([{"requestedState": "JOB_STATE_CANCELLED"}, {"labels": {"a": "c"}},
-                                     {"requestedState": "JOB_STATE_DRAINED"}]),
+        "/jobs": {
+            "name": rng.choice(NAMES[:3]),
+            "type": "JOB_TYPE_BATCH",
+            "labels": {"a": "b"},
+            "environment": {
+                "tempStoragePrefix": world["tmp"],
+                "sdkPipelineOptions": {
+                    "options": {"pipelineUrl": path(), "project": world["projects"][0], "temp_location": world["tmp"]}
+                },
+            },
+        },
+        "/jobs/{jobId}": rng.choice(
+            [{"requestedState": "JOB_STATE_CANCELLED"}, {"labels": {"a": "c"}}, {"requestedState": "JOB_STATE_DRAINED"}]
+        ),
         ":snapshot": {"ttl": "3600s", "description": "d", "location": "us-central1"},
-        "/WorkerMessages": {"workerMessages": [{
-            "labels": {"JOB_ID": job, "WORKER_ID": world["worker_id"]}, "time": "2026-01-01T00:00:00Z",
-            "workerHealthReport": {"vmIsHealthy": True, "reportInterval": "5s"}}]},
-        "/workItems:lease": {"workerId": world["worker_id"], "workItemTypes": ["map_task"],
-                             "requestedLeaseDuration": "60s", "currentWorkerTime": "2026-01-01T00:00:00Z"},
-        "/workItems:reportStatus": {"workerId": world["worker_id"], "workItemStatuses": [
-            {"workItemId": "1", "reportIndex": "1", "completed": True, "errors": [{"code": 2, "message": "x"}]}]},
+        "/WorkerMessages": {
+            "workerMessages": [
+                {
+                    "labels": {"JOB_ID": job, "WORKER_ID": world["worker_id"]},
+                    "time": "2026-01-01T00:00:00Z",
+                    "workerHealthReport": {"vmIsHealthy": True, "reportInterval": "5s"},
+                }
+            ]
+        },
+        "/workItems:lease": {
+            "workerId": world["worker_id"],
+            "workItemTypes": ["map_task"],
+            "requestedLeaseDuration": "60s",
+            "currentWorkerTime": "2026-01-01T00:00:00Z",
+        },
+        "/workItems:reportStatus": {
+            "workerId": world["worker_id"],
+            "workItemStatuses": [
+                {"workItemId": "1", "reportIndex": "1", "completed": True, "errors": [{"code": 2, "message": "x"}]}
+            ],
+        },
         "/debug/getWorkerStacktraces": {"workerId": world["worker_id"]},
         "/templates:launch": {"jobName": rng.choice(NAMES[:3]), "parameters": {"input": path(), "output": path()}},
         "/templates": {"gcsPath": path(), "jobName": rng.choice(NAMES[:3]), "parameters": {"input": path()}},
-        "/flexTemplates:launch": {"validateOnly": rng.random() < 0.5, "launchParameter": {
-            "jobName": "flex", "containerSpecGcsPath": path(), "parameters": {"input": path()}}},
-        "/sqlTables": {"name": rng.choice(["t1", "t2"]), "path": world["csv"], "format": "csv",
-                       "schema": [{"name": "a", "type": "INT64"}]},
+        "/flexTemplates:launch": {
+            "validateOnly": rng.random() < 0.5,
+            "launchParameter": {"jobName": "flex", "containerSpecGcsPath": path(), "parameters": {"input": path()}},
+        },
+        "/sqlTables": {
+            "name": rng.choice(["t1", "t2"]),
+            "path": world["csv"],
+            "format": "csv",
+            "schema": [{"name": "a", "type": "INT64"}],
+        },
         "/sql:query": {"query": rng.choice(SQL), "jobName": "query", "output": world["tmp"] + "/out"},
-        "/serviceAccounts": {"accountId": rng.choice(["fuzz-sa", "x", "fuzzer"]),
-                             "serviceAccount": {"displayName": "d"}},
-        ":setIamPolicy": {"policy": {"bindings": [{"role": "roles/dataflow.viewer",
-                                                   "members": ["serviceAccount:" + world["email"]]}]}},
-    }  # fmt: skip
+        "/serviceAccounts": {
+            "accountId": rng.choice(["fuzz-sa", "x", "fuzzer"]),
+            "serviceAccount": {"displayName": "d"},
+        },
+        ":setIamPolicy": {
+            "policy": {"bindings": [{"role": "roles/dataflow.viewer", "members": ["serviceAccount:" + world["email"]]}]}
+        },
+    }
 
 
 def discovery() -> tuple[dict, dict, dict]:
@@ -229,9 +437,12 @@ class Raw:
         for attempt in (1, 2):
             try:
                 response = self.pool.request(
-                    request.method, url, headers=headers, content=request.body or b"",
+                    request.method,
+                    url,
+                    headers=headers,
+                    content=request.body or b"",
                     extensions={"timeout": {"connect": 10, "read": 60, "write": 60, "pool": 10}},
-                )  # fmt: skip
+                )
                 break
             except (httpcore.ReadError, httpcore.RemoteProtocolError, httpcore.WriteError):
                 # The server closes a connection after an error it did not expect (a 500): the request sent
@@ -326,12 +537,41 @@ class Generator:
 
     def junk_value(self):
         rng = self.rng
-        return rng.choice([
-            None, True, False, 0, -1, 2**63, 2**64, -(2**63) - 1, 10**30, 1.5, 1e308, [], {}, [[[]]], "",
-            "NaN", "Infinity", "\x00", "a\x00b", "JOB_STATE_NOPE", "2026-13-45T99:99:99Z", "-5s", "1e400",
-            "x" * 100_000, [None] * 1000, {"k": "\x00"}, {str(i): i for i in range(2000)}, "\ud83d\ude00",
-            {"": ""}, {"\x00": 1}, [{"a": 1}] * 200,
-        ])  # fmt: skip
+        return rng.choice(
+            [
+                None,
+                True,
+                False,
+                0,
+                -1,
+                2**63,
+                2**64,
+                -(2**63) - 1,
+                10**30,
+                1.5,
+                1e308,
+                [],
+                {},
+                [[[]]],
+                "",
+                "NaN",
+                "Infinity",
+                "\x00",
+                "a\x00b",
+                "JOB_STATE_NOPE",
+                "2026-13-45T99:99:99Z",
+                "-5s",
+                "1e400",
+                "x" * 100_000,
+                [None] * 1000,
+                {"k": "\x00"},
+                {str(i): i for i in range(2000)},
+                "\ud83d\ude00",
+                {"": ""},
+                {"\x00": 1},
+                [{"a": 1}] * 200,
+            ]
+        )
 
     # bodies -------------------------------------------------------------------------------------------
 
@@ -366,35 +606,51 @@ class Generator:
         if how < 0.3:
             data = self.mangle(data)
         elif how < 0.35:
-            headers = [(b"content-type", rng.choice([b"text/plain", b"application/json; charset=latin-1",
-                                                     b"application/x-www-form-urlencoded", b"", b"\xff"]))]  # fmt: skip
+            headers = [
+                (
+                    b"content-type",
+                    rng.choice(
+                        [
+                            b"text/plain",
+                            b"application/json; charset=latin-1",
+                            b"application/x-www-form-urlencoded",
+                            b"",
+                            b"\xff",
+                        ]
+                    ),
+                )
+            ]
         return data, headers
 
     def mangle(self, data: bytes) -> bytes:
         """Byte-level damage: bodies no JSON encoder would write."""
         rng = self.rng
         at = rng.randint(0, len(data))
-        return rng.choice([
-            lambda: data[:at],  # truncated
-            lambda: data[:at] + rng.choice([b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"\x00", b"\x80"]) + data[at:],
-            lambda: data.replace(b'"', b'"\\u0000', 1),
-            lambda: data.replace(b'":', b'\\ud800":', 1),
-            lambda: data + b",",
-            lambda: data + b"garbage",
-            lambda: b"\xef\xbb\xbf" + data,
-            lambda: b"[" + data + b"]",
-            lambda: b'{"a": 1, "a": 2}',
-            lambda: b"{" * 100_000,
-            lambda: b"[" * 1100 + b"]" * 1100,
-            lambda: b'{"x": 1e999999}',
-            lambda: b'{"x": -' + b"9" * 10_000 + b"}",
-            lambda: b"null",
-            lambda: b'"\x00"',
-            lambda: b"/* comment */ {}",
-            lambda: b'{"x": NaN}',
-            lambda: b"\x00" * 64,
-            lambda: bytes(rng.randrange(256) for _ in range(64)),
-        ])()  # fmt: skip
+        return rng.choice(
+            [
+                lambda: data[:at],  # truncated
+                lambda: (
+                    data[:at] + rng.choice([b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"\x00", b"\x80"]) + data[at:]
+                ),
+                lambda: data.replace(b'"', b'"\\u0000', 1),
+                lambda: data.replace(b'":', b'\\ud800":', 1),
+                lambda: data + b",",
+                lambda: data + b"garbage",
+                lambda: b"\xef\xbb\xbf" + data,
+                lambda: b"[" + data + b"]",
+                lambda: b'{"a": 1, "a": 2}',
+                lambda: b"{" * 100_000,
+                lambda: b"[" * 1100 + b"]" * 1100,
+                lambda: b'{"x": 1e999999}',
+                lambda: b'{"x": -' + b"9" * 10_000 + b"}",
+                lambda: b"null",
+                lambda: b'"\x00"',
+                lambda: b"/* comment */ {}",
+                lambda: b'{"x": NaN}',
+                lambda: b"\x00" * 64,
+                lambda: bytes(rng.randrange(256) for _ in range(64)),
+            ]
+        )()
 
     # paths and queries ------------------------------------------------------------------------------------
 
@@ -467,10 +723,22 @@ class Generator:
         for name in chosen:
             spec = params.get(name) or self.global_params.get(name) or {"type": "string"}
             if name in ("fields", "$fields"):
-                value = rng.choice([
-                    "a(" * 1000 + "b" + ")" * 1000, "/".join(["a"] * 5000), "jobs(id", "jobs)", "*", "",
-                    "jobs(id,currentState),nextPageToken", "a(" * 33 + "b" + ")" * 33, "a,,b", "(", "a b", "\x00",
-                ])  # fmt: skip
+                value = rng.choice(
+                    [
+                        "a(" * 1000 + "b" + ")" * 1000,
+                        "/".join(["a"] * 5000),
+                        "jobs(id",
+                        "jobs)",
+                        "*",
+                        "",
+                        "jobs(id,currentState),nextPageToken",
+                        "a(" * 33 + "b" + ")" * 33,
+                        "a,,b",
+                        "(",
+                        "a b",
+                        "\x00",
+                    ]
+                )
             else:
                 value = self.query_value(spec, name)
             encoded = value if isinstance(value, bytes) else quote(value, safe="").encode()
@@ -500,12 +768,17 @@ class Generator:
         body, headers = None, []
         if method in ("POST", "PUT", "PATCH"):
             if route in ("/token", "/revoke"):
-                body = rng.choice([
-                    b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=a.b.c",
-                    b"grant_type=client_credentials", b"assertion=" + b"x" * 70_000, b"\xff\xfe=\x00",
-                    b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=x",
-                    b"token=%00", b"",
-                ])  # fmt: skip
+                body = rng.choice(
+                    [
+                        b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=a.b.c",
+                        b"grant_type=client_credentials",
+                        b"assertion=" + b"x" * 70_000,
+                        b"\xff\xfe=\x00",
+                        b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=x",
+                        b"token=%00",
+                        b"",
+                    ]
+                )
                 headers = [(b"content-type", b"application/x-www-form-urlencoded")]
             elif rng.random() < 0.9:
                 base = next((b for end, b in bases(self.world, rng).items() if route.endswith(end)), None)
@@ -550,37 +823,89 @@ def seed_world(raw: Raw, tmp: Path) -> dict:
     # Files that requests may name: a classic template and its metadata, a flex template's spec that names no
     # launcher, and files no reader should choke on.
     template = tmp / "template.json"
-    template.write_text(json.dumps({"name": "tmpl", "steps": [], "environment": {
-        "tempStoragePrefix": str(tmp), "sdkPipelineOptions": {"options": {"input": "", "output": ""}}}}))
-    (tmp / "template.json_metadata").write_text(json.dumps({"name": "T", "parameters": [
-        {"name": "input", "label": "In", "helpText": "in", "paramType": "GCS_READ_FILE"},
-        {"name": "output", "label": "Out", "helpText": "out", "isOptional": True, "regexes": ["^/tmp/.*"],
-         "paramType": "GCS_WRITE_FILE"}]}))
+    template.write_text(
+        json.dumps(
+            {
+                "name": "tmpl",
+                "steps": [],
+                "environment": {
+                    "tempStoragePrefix": str(tmp),
+                    "sdkPipelineOptions": {"options": {"input": "", "output": ""}},
+                },
+            }
+        )
+    )
+    (tmp / "template.json_metadata").write_text(
+        json.dumps(
+            {
+                "name": "T",
+                "parameters": [
+                    {"name": "input", "label": "In", "helpText": "in", "paramType": "GCS_READ_FILE"},
+                    {
+                        "name": "output",
+                        "label": "Out",
+                        "helpText": "out",
+                        "isOptional": True,
+                        "regexes": ["^/tmp/.*"],
+                        "paramType": "GCS_WRITE_FILE",
+                    },
+                ],
+            }
+        )
+    )
     spec = tmp / "flex-spec.json"
     spec.write_text(json.dumps({"image": "", "sdkInfo": {"language": "COBOL"}, "metadata": {"name": "F"}}))
     deep = tmp / "deep.json"
     deep.write_text('{"a":' * 5000 + "1" + "}" * 5000)
     deep_template = tmp / "deep-template.json"
-    deep_template.write_text('{"environment": {"sdkPipelineOptions": {"options": {"input": "", "x": '
-                             + '{"a":' * 300 + "1" + "}" * 300 + "}}}}")  # fmt: skip
-    (tmp / "deep-template.json_metadata").write_text('{"name": "D", "parameters": [{"name": "input", "label": '
-                                                     '"l", "helpText": "h", "x": ' + "[" * 900 + "]" * 900 + "}]}")
+    deep_template.write_text(
+        '{"environment": {"sdkPipelineOptions": {"options": {"input": "", "x": '
+        + '{"a":' * 300
+        + "1"
+        + "}" * 300
+        + "}}}}"
+    )
+    (tmp / "deep-template.json_metadata").write_text(
+        '{"name": "D", "parameters": [{"name": "input", "label": '
+        '"l", "helpText": "h", "x": ' + "[" * 900 + "]" * 900 + "}]}"
+    )
     (tmp / "not-json.json").write_bytes(b"\xff\xfe{not json")
     (tmp / "empty.json").write_text("")
     (tmp / "list.json").write_text("[1, 2]")
     (tmp / "pipeline.pb").write_bytes(b"\x0a\xff\xff\xff\xff\x0f")
-    files = [str(f) for f in (csv, template, spec, deep, deep_template, tmp / "not-json.json", tmp / "empty.json",
-                              tmp / "list.json", tmp / "pipeline.pb", tmp, tmp / "*.json", tmp / "missing.json")]
+    files = [
+        str(f)
+        for f in (
+            csv,
+            template,
+            spec,
+            deep,
+            deep_template,
+            tmp / "not-json.json",
+            tmp / "empty.json",
+            tmp / "list.json",
+            tmp / "pipeline.pb",
+            tmp,
+            tmp / "*.json",
+            tmp / "missing.json",
+        )
+    ]
     files += [f"{template}\x00", f"file://{template}"]
     raw.json("POST", f"/beamport/v1/projects/{p}/sqlTables", {"name": "t1", "path": str(csv), "format": "csv"})
     account = raw.json("POST", f"/v1/projects/{p}/serviceAccounts", {"accountId": "fuzzer"})
     key = raw.json("POST", f"/v1/projects/{p}/serviceAccounts/{account['email']}/keys", {})
     key_id = key["name"].rsplit("/", 1)[-1]
     return {
-        "projects": projects, "job_ids": pending + [cancelled], "cancelled_id": cancelled, "csv": str(csv),
-        "tmp": str(tmp), "files": files,
-        "email": account["email"], "key_id": key_id, "worker_id": "fuzz-worker-1",
-    }  # fmt: skip
+        "projects": projects,
+        "job_ids": pending + [cancelled],
+        "cancelled_id": cancelled,
+        "csv": str(csv),
+        "tmp": str(tmp),
+        "files": files,
+        "email": account["email"],
+        "key_id": key_id,
+        "worker_id": "fuzz-worker-1",
+    }
 
 
 def state(raw: Raw, world: dict, headers: list = ()) -> dict:
@@ -589,8 +914,12 @@ def state(raw: Raw, world: dict, headers: list = ()) -> dict:
     for project in world["projects"]:
         jobs, token = [], ""
         while True:
-            page = raw.json("GET", f"/v1b3/projects/{project}/jobs:aggregated?view=JOB_VIEW_ALL&pageSize=1000"
-                                   + (f"&pageToken={token}" if token else ""), headers=headers)  # fmt: skip
+            page = raw.json(
+                "GET",
+                f"/v1b3/projects/{project}/jobs:aggregated?view=JOB_VIEW_ALL&pageSize=1000"
+                + (f"&pageToken={token}" if token else ""),
+                headers=headers,
+            )
             jobs += page.get("jobs", [])
             token = page.get("nextPageToken")
             if not token:
@@ -600,13 +929,16 @@ def state(raw: Raw, world: dict, headers: list = ()) -> dict:
             path = f"/v1b3/projects/{project}/locations/{job['location']}/jobs/{job['id']}/messages?pageSize=1000"
             messages[job["id"]] = raw.json("GET", path, headers=headers)
         out[project] = {
-            "jobs": jobs, "messages": messages,
-            "snapshots": [raw.json("GET", f"/v1b3/projects/{project}/snapshots?location={loc}", headers=headers)
-                          for loc in LOCATIONS],
+            "jobs": jobs,
+            "messages": messages,
+            "snapshots": [
+                raw.json("GET", f"/v1b3/projects/{project}/snapshots?location={loc}", headers=headers)
+                for loc in LOCATIONS
+            ],
             "sqlTables": raw.json("GET", f"/beamport/v1/projects/{project}/sqlTables", headers=headers),
             "serviceAccounts": raw.json("GET", f"/v1/projects/{project}/serviceAccounts", headers=headers),
             "policy": raw.json("POST", f"/v1/projects/{project}:getIamPolicy", {}, headers=headers),
-        }  # fmt: skip
+        }
     return out
 
 
@@ -615,8 +947,10 @@ def _diff(before: dict, after: dict) -> str:
     for project in before:
         for part in before[project]:
             if before[project][part] != after[project][part]:
-                lines.append(f"{project} {part}: {json.dumps(before[project][part])[:1500]}\n  -> "
-                             f"{json.dumps(after[project][part])[:1500]}")  # fmt: skip
+                lines.append(
+                    f"{project} {part}: {json.dumps(before[project][part])[:1500]}\n  -> "
+                    f"{json.dumps(after[project][part])[:1500]}"
+                )
     return "\n".join(lines)
 
 
@@ -670,8 +1004,12 @@ def fuzz(raw: Raw, world: dict, requests: list[Request], headers: list = (), che
             continue
         after = state(raw, world, headers)
         if after != before:
-            failures.append("refused requests changed the state:\n" + _diff(before, after)
-                            + "\nthe batch:\n" + "\n".join(repr(r) for r, _ in batch))  # fmt: skip
+            failures.append(
+                "refused requests changed the state:\n"
+                + _diff(before, after)
+                + "\nthe batch:\n"
+                + "\n".join(repr(r) for r, _ in batch)
+            )
         before = after
     failures = list(dict.fromkeys(failures))  # a request sent again fails again
     assert not failures, f"{len(failures)} failures ({counts}):\n" + "\n\n".join(failures[:60])
@@ -719,12 +1057,16 @@ def reproducers(world: dict) -> list[Request]:
         get(f"{loc}/jobs", pageToken=b64("jobs:99999999999999999999999")),
         get(f"{loc}/jobs/{world['job_ids'][0]}/messages", pageToken=b64("messages:99999999999999999999999")),
         post(f"{loc}/jobs", {"name": "deep", "environment": {"sdkPipelineOptions": {"options": deep(900)}}}),
-        post(f"/beamport/v1/projects/{p}/sqlTables", {"name": "deep", "path": world["csv"], "format": "csv",
-                                                      "schema": deep_list(300)}),
+        post(
+            f"/beamport/v1/projects/{p}/sqlTables",
+            {"name": "deep", "path": world["csv"], "format": "csv", "schema": deep_list(300)},
+        ),
         get(f"{loc}/sql:validate", query=paren_sql),
-        post(f"/beamport/v1/projects/{p}/locations/us-central1/sql:query",
-             {"query": paren_sql, "jobName": "deep-sql", "output": f"{tmp}/deep-sql"}),
-    ]  # fmt: skip
+        post(
+            f"/beamport/v1/projects/{p}/locations/us-central1/sql:query",
+            {"query": paren_sql, "jobName": "deep-sql", "output": f"{tmp}/deep-sql"},
+        ),
+    ]
 
 
 def plan(rng: random.Random, generator: Generator, variants: int) -> list[Request]:
@@ -796,15 +1138,21 @@ def test_fuzz_without_credentials_is_refused_and_changes_nothing(secured_server,
         generator = Generator(rng, world, methods, schemas, global_params)
         requests = plan(rng, generator, AUTH_VARIANTS_PER_ROUTE)
         bad_credentials = [
-            [], [(b"authorization", b"Bearer junk")], [(b"authorization", b"Basic YTpi")],
-            [(b"authorization", b"Bearer " + b"a" * 10_000)], [(b"authorization", b"Bearer a.b.c")],
+            [],
+            [(b"authorization", b"Bearer junk")],
+            [(b"authorization", b"Basic YTpi")],
+            [(b"authorization", b"Bearer " + b"a" * 10_000)],
+            [(b"authorization", b"Bearer a.b.c")],
             [(b"authorization", b"Bearer " + UNSIGNED_JWT)],
-            [(b"authorization", b"Bearer \xff\xfe")], [(b"cookie", b"beamport_session=junk")],
-        ]  # fmt: skip
+            [(b"authorization", b"Bearer \xff\xfe")],
+            [(b"cookie", b"beamport_session=junk")],
+        ]
         for i, request in enumerate(requests):
-            request.headers = [h for h in request.headers if h[0] != b"content-type"] + [
-                (b"content-type", b"application/json")
-            ] + bad_credentials[i % len(bad_credentials)]  # fmt: skip
+            request.headers = (
+                [h for h in request.headers if h[0] != b"content-type"]
+                + [(b"content-type", b"application/json")]
+                + bad_credentials[i % len(bad_credentials)]
+            )
             if request.route in ("/token", "/revoke"):
                 request.headers = [(b"content-type", b"application/x-www-form-urlencoded")]
 

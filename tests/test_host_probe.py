@@ -21,8 +21,20 @@ def sandboxed(argv: list[str]) -> list[str]:
     reason = Sandbox().unavailable
     if reason:
         pytest.skip(reason)
-    return ["bwrap", "--unshare-pid", "--die-with-parent", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--", *argv]  # fmt: skip
+    return [
+        "bwrap",
+        "--unshare-pid",
+        "--die-with-parent",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--",
+        *argv,
+    ]
 
 
 @pytest.mark.parametrize("wrap", [list, sandboxed], ids=["waited", "in-a-sandbox"])

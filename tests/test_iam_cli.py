@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import API_ONLY, Server, beamport_command, new_postgres_database
 
 from beamport.cli import iam as iam_cli
 from beamport.cli.client import ApiCallError, ClientError
-from conftest import API_ONLY, Server, beamport_command, new_postgres_database
 
 DEVELOPER, VIEWER = "roles/dataflow.developer", "roles/dataflow.viewer"
 EMAIL_DOMAIN = "iam.gserviceaccount.com"
@@ -90,8 +90,18 @@ def test_an_account_with_a_key_file_gets_what_its_project_role_allows(admin, aut
     project, other = new_id("team-a"), new_id("team-b")
     name = new_id("dev")
     email = f"{name}@{project}.{EMAIL_DOMAIN}"
-    created = admin("iam", "service-accounts", "create", name, "--project", project,
-                    "--display-name", "Nightly ETL", "--description", "runs the nightly jobs")  # fmt: skip
+    created = admin(
+        "iam",
+        "service-accounts",
+        "create",
+        name,
+        "--project",
+        project,
+        "--display-name",
+        "Nightly ETL",
+        "--description",
+        "runs the nightly jobs",
+    )
     assert f"Created service account [{name}]." in created.stderr
     assert f"email: {email}" in created.stdout
     listed = admin("iam", "service-accounts", "list", "--project", project).stdout.splitlines()
@@ -106,7 +116,7 @@ def test_an_account_with_a_key_file_gets_what_its_project_role_allows(admin, aut
     key_id = re.fullmatch(
         rf"created key \[([0-9a-f]{{40}})\] of type \[json\] as \[{re.escape(str(key))}\] for \[{re.escape(email)}\]\n",
         done.stderr,
-    ).group(1)  # fmt: skip
+    ).group(1)
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["dev-key.json"]  # no temporary file left over
     key_file = json.loads(key.read_text())
@@ -133,8 +143,10 @@ def test_an_account_with_a_key_file_gets_what_its_project_role_allows(admin, aut
     assert "'dataflow.jobs.list'" in dev.refused("jobs", "list", "--project", project, status="PERMISSION_DENIED")
     again = admin("projects", "remove-iam-policy-binding", project, "--member", member, "--role", DEVELOPER, ok=False)
     assert again.returncode == 1
-    assert f"Policy binding with the member [{member}] and the role [{DEVELOPER}] not found on project [{project}]" \
-        in again.stderr  # fmt: skip
+    assert (
+        f"Policy binding with the member [{member}] and the role [{DEVELOPER}] not found on project [{project}]"
+        in again.stderr
+    )
     bare = admin("projects", "remove-iam-policy-binding", project, "--member", email, "--role", DEVELOPER, ok=False)
     assert bare.returncode == 2 and "serviceAccount:" in bare.stderr  # a usage error, before any call
 
@@ -177,9 +189,16 @@ def test_a_viewer_cannot_grant_roles_and_the_audit_log_names_who_tried(admin, au
     viewer = Cli(auth_server, viewer_key)
     viewer("jobs", "list", "--project", project)
     # add-iam-policy-binding reads the policy first (as gcloud does), and Dataflow's viewer role may not.
-    refused = viewer.refused("projects", "add-iam-policy-binding", project, "--member",
-                             f"serviceAccount:{viewer_email}", "--role", "roles/dataflow.admin",
-                             status="PERMISSION_DENIED")  # fmt: skip
+    refused = viewer.refused(
+        "projects",
+        "add-iam-policy-binding",
+        project,
+        "--member",
+        f"serviceAccount:{viewer_email}",
+        "--role",
+        "roles/dataflow.admin",
+        status="PERMISSION_DENIED",
+    )
     assert f"Permission 'resourcemanager.projects.getIamPolicy' denied on project '{project}'" in refused
     viewer.refused("jobs", "cancel", "2026-01-01_00_00_00-1", "--project", project, status="PERMISSION_DENIED")
 
@@ -188,13 +207,26 @@ def test_a_viewer_cannot_grant_roles_and_the_audit_log_names_who_tried(admin, au
     rows = [line.split()[2:] for line in table[1:]]  # after the date and time
     setter = [ADMIN_EMAIL, "resourcemanager.projects.setIamPolicy", f"/v1/projects/{project}:setIamPolicy", "OK"]
     assert setter in rows
-    assert [viewer_email, "resourcemanager.projects.getIamPolicy", f"/v1/projects/{project}:getIamPolicy",
-            "PERMISSION_DENIED"] in rows  # fmt: skip
-    assert [viewer_email, "dataflow.jobs.update",
-            f"/v1b3/projects/{project}/locations/us-central1/jobs/2026-01-01_00_00_00-1", "PERMISSION_DENIED"] in rows
-    assert rows.index([viewer_email, "dataflow.jobs.update",
-                       f"/v1b3/projects/{project}/locations/us-central1/jobs/2026-01-01_00_00_00-1",
-                       "PERMISSION_DENIED"]) < rows.index(setter)  # newest first  # fmt: skip
+    assert [
+        viewer_email,
+        "resourcemanager.projects.getIamPolicy",
+        f"/v1/projects/{project}:getIamPolicy",
+        "PERMISSION_DENIED",
+    ] in rows
+    assert [
+        viewer_email,
+        "dataflow.jobs.update",
+        f"/v1b3/projects/{project}/locations/us-central1/jobs/2026-01-01_00_00_00-1",
+        "PERMISSION_DENIED",
+    ] in rows
+    assert rows.index(
+        [
+            viewer_email,
+            "dataflow.jobs.update",
+            f"/v1b3/projects/{project}/locations/us-central1/jobs/2026-01-01_00_00_00-1",
+            "PERMISSION_DENIED",
+        ]
+    ) < rows.index(setter)  # newest first
     assert {row[0] for row in rows} == {ADMIN_EMAIL, viewer_email}
 
     # --limit follows the pages up to it; JSON has the entries as the API returns them.
@@ -205,8 +237,9 @@ def test_a_viewer_cannot_grant_roles_and_the_audit_log_names_who_tried(admin, au
     assert newest["protoPayload"]["authenticationInfo"]["principalEmail"] == viewer_email
     assert newest["protoPayload"]["status"]["code"] == 7  # PERMISSION_DENIED
     # The viewer may not read the audit log; the policy is as the admin left it.
-    assert "'logging.logEntries.list'" in viewer.refused("logs", "audit", "--project", project,
-                                                         status="PERMISSION_DENIED")  # fmt: skip
+    assert "'logging.logEntries.list'" in viewer.refused(
+        "logs", "audit", "--project", project, status="PERMISSION_DENIED"
+    )
     assert policy_members(admin, "projects", project) == {VIEWER: [f"serviceAccount:{viewer_email}"]}
 
 
@@ -257,8 +290,9 @@ def test_without_credentials_the_server_says_unauthenticated(auth_server):
 def project_admin(auth_server, tmp_path_factory) -> Cli:
     """A service account with roles/dataflow.admin on its own project only."""
     admin = Cli(auth_server, auth_server.admin_key)
-    _, key = new_account(admin, new_id("own"), new_id("proj-admin"), tmp_path_factory.mktemp("keys"),
-                         "roles/dataflow.admin")  # fmt: skip
+    _, key = new_account(
+        admin, new_id("own"), new_id("proj-admin"), tmp_path_factory.mktemp("keys"), "roles/dataflow.admin"
+    )
     return Cli(auth_server, key)
 
 
@@ -316,8 +350,10 @@ def test_policy_changes_are_retried_after_concurrent_ones(monkeypatch):
     client = FakePolicies(conflicts=2)
     policy = iam_cli.update_policy(FakeSession(client), "projects/p", grant)
     assert client.reads == 3
-    assert policy["bindings"] == [{"role": VIEWER, "members": ["allAuthenticatedUsers"]},
-                                  {"role": DEVELOPER, "members": [member]}]  # fmt: skip
+    assert policy["bindings"] == [
+        {"role": VIEWER, "members": ["allAuthenticatedUsers"]},
+        {"role": DEVELOPER, "members": [member]},
+    ]
 
     client = FakePolicies(conflicts=iam_cli.POLICY_ATTEMPTS)
     with pytest.raises(ApiCallError, match="concurrent"):

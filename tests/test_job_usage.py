@@ -25,13 +25,21 @@ class Worker:
         labels = {"JOB_ID": job_id, "WORKER_ID": self.worker_id}
         health = {"vmIsHealthy": True, "reportInterval": interval}
         if rss_mb is not None:
-            health["pods"] = [{"name": "harness", "rssBytes": 100 * MB}, {"name": "python", "rssBytes": (rss_mb - 100) * MB}]
+            health["pods"] = [
+                {"name": "harness", "rssBytes": 100 * MB},
+                {"name": "python", "rssBytes": (rss_mb - 100) * MB},
+            ]
         sample = {"timestamp": at(seconds), "totalMs": str(total_ms), "rate": 0.5}
         path = f"/v1b3/projects/{self.api.project}/locations/us-central1/WorkerMessages"
-        answer = self.api.client.post(path, json={"workerMessages": [
-            {"labels": labels, "time": at(seconds), "workerHealthReport": health},
-            {"labels": labels, "workerMetrics": {"cpuTime": [sample]}},
-        ]})  # fmt: skip
+        answer = self.api.client.post(
+            path,
+            json={
+                "workerMessages": [
+                    {"labels": labels, "time": at(seconds), "workerHealthReport": health},
+                    {"labels": labels, "workerMetrics": {"cpuTime": [sample]}},
+                ]
+            },
+        )
         assert answer.status_code == 200, answer.text
 
 

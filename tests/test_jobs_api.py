@@ -6,7 +6,6 @@ import importlib.metadata
 import re
 
 import pytest
-
 from conftest import Api
 
 ID_RE = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}_\d{2}_\d{2}-\d+\Z")
@@ -34,16 +33,22 @@ def test_create_fills_the_sdk_version_from_the_user_agent(api):
 
     python = {"name": "Apache Beam Python 3.12 SDK", "version": beam}
     assert sdk_of("python", userAgent=python) == {
-        "version": beam, "versionDisplayName": "Apache Beam SDK for Python", "sdkSupportStatus": "SUPPORTED",
-    }  # fmt: skip
+        "version": beam,
+        "versionDisplayName": "Apache Beam SDK for Python",
+        "sdkSupportStatus": "SUPPORTED",
+    }
     older = {"name": "Apache Beam SDK for Python", "version": "2.6.0"}
     assert sdk_of("older", userAgent=older) == {
-        "version": "2.6.0", "versionDisplayName": "Apache Beam SDK for Python", "sdkSupportStatus": "UNKNOWN",
-    }  # fmt: skip
+        "version": "2.6.0",
+        "versionDisplayName": "Apache Beam SDK for Python",
+        "sdkSupportStatus": "UNKNOWN",
+    }
     java = {"name": "Apache Beam SDK for Java", "version": "2.61.0", "java.version": "17", "container.version": "x"}
     assert sdk_of("java", userAgent=java) == {
-        "version": "2.61.0", "versionDisplayName": "Apache Beam SDK for Java", "sdkSupportStatus": "UNKNOWN",
-    }  # fmt: skip
+        "version": "2.61.0",
+        "versionDisplayName": "Apache Beam SDK for Java",
+        "sdkSupportStatus": "UNKNOWN",
+    }
     go = {"name": "Apache Beam SDK for Go", "version": "2.60.0"}
     assert sdk_of("go", userAgent=go)["versionDisplayName"] == "Apache Beam SDK for Go"
     # What the client says wins; no user agent, no SDK version.
@@ -171,10 +176,19 @@ def test_state_changes(api):
     assert "finishing" in refused(batch["id"], {"requestedState": "JOB_STATE_DONE"}, "FAILED_PRECONDITION")
     refused(batch["id"], {"requestedState": "JOB_STATE_RUNNING"}, "INVALID_ARGUMENT")
     refused(batch["id"], {}, "INVALID_ARGUMENT")
-    refused(batch["id"], {"requestedState": "JOB_STATE_CANCELLED", "labels": {"a": "b"}}, "INVALID_ARGUMENT", updateMask="labels")
+    refused(
+        batch["id"],
+        {"requestedState": "JOB_STATE_CANCELLED", "labels": {"a": "b"}},
+        "INVALID_ARGUMENT",
+        updateMask="labels",
+    )
     refused(batch["id"], {"name": "x"}, "INVALID_ARGUMENT", updateMask="name")
-    refused(batch["id"], {"runtimeUpdatableParams": {"maxNumWorkers": 3}}, "FAILED_PRECONDITION",
-            updateMask="runtime_updatable_params.max_num_workers")
+    refused(
+        batch["id"],
+        {"runtimeUpdatableParams": {"maxNumWorkers": 3}},
+        "FAILED_PRECONDITION",
+        updateMask="runtime_updatable_params.max_num_workers",
+    )
     assert api.get(batch["id"]).json()["currentState"] == "JOB_STATE_PENDING"
 
     params = api.update(
@@ -183,8 +197,12 @@ def test_state_changes(api):
         updateMask="runtimeUpdatableParams.maxNumWorkers,runtimeUpdatableParams.minNumWorkers",
     ).json()
     assert params["runtimeUpdatableParams"] == {"maxNumWorkers": 5, "minNumWorkers": 2}
-    refused(stream["id"], {"runtimeUpdatableParams": {"minNumWorkers": 9}}, "INVALID_ARGUMENT",
-            updateMask="runtime_updatable_params.min_num_workers")
+    refused(
+        stream["id"],
+        {"runtimeUpdatableParams": {"minNumWorkers": 9}},
+        "INVALID_ARGUMENT",
+        updateMask="runtime_updatable_params.min_num_workers",
+    )
 
     # Beam's DataflowRunner asks for DRAINING, gcloud for DRAINED; integers work too (7 = DRAINING).
     drained = api.update(stream["id"], {"requestedState": 7}).json()

@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import Api, Server
+from test_running_jobs import read_output, texts, wait_state
 
 from beamport.errors import ApiError
 from beamport.files import POLICY_VARIABLE, FilePolicy
-from conftest import Api, Server
-from test_running_jobs import read_output, texts, wait_state
 
 REGION = "us-central1"
 
@@ -225,9 +225,11 @@ def test_sql_engine_opens_only_the_tables_files(tree):
 
     tables = {"t": {"path": [str(root / "in" / "a.csv")], "format": "csv"}}
     assert list(sql_engine.run("SELECT x FROM t", tables)) == [{"x": 1}]
-    for query in [f"SELECT * FROM t, read_text('{outside}/secret.txt')",
-                  f"SELECT * FROM read_csv_auto('{outside}/secret.txt')",
-                  f"SELECT * FROM read_blob('{outside}/*')"]:  # fmt: skip
+    for query in [
+        f"SELECT * FROM t, read_text('{outside}/secret.txt')",
+        f"SELECT * FROM read_csv_auto('{outside}/secret.txt')",
+        f"SELECT * FROM read_blob('{outside}/*')",
+    ]:
         with pytest.raises(Exception, match="disabled by configuration"):
             list(sql_engine.run(query, tables))
     with pytest.raises(ValueError, match="cannot be read"):
@@ -301,26 +303,32 @@ def test_template_paths_that_escape_are_refused_and_create_nothing(site, project
         ({"inputFile": f"{root}/*/words.txt", "output": f"{root}/o"}, 400, "INVALID_ARGUMENT"),
         ({"inputFile": f"{root}/link/secret.txt", "output": f"{root}/o"}, 403, "PERMISSION_DENIED"),
         ({"inputFile": f"{root}/in/*.txt", "output": f"{root}/o"}, 403, "PERMISSION_DENIED"),
-        ({"inputFile": f"file://{root}/%2e%2e/%2e%2e/outside/secret.txt", "output": f"{root}/o"}, 403,
-         "PERMISSION_DENIED"),
+        (
+            {"inputFile": f"file://{root}/%2e%2e/%2e%2e/outside/secret.txt", "output": f"{root}/o"},
+            403,
+            "PERMISSION_DENIED",
+        ),
         ({"inputFile": f"{site.start}/data/admin-key.json", "output": f"{root}/o"}, 403, "PERMISSION_DENIED"),
-    ]  # fmt: skip
+    ]
     for parameters, code, status in cases:
         error_of(launched(parameters), code, status)
     # Nor through the environment: additionalPipelineOptions may not replace a checked parameter.
-    sneaky = launched({"inputFile": words, "output": f"{root}/o"},
-                      environment={"additionalPipelineOptions": [f"output={outside}/f"]})  # fmt: skip
+    sneaky = launched(
+        {"inputFile": words, "output": f"{root}/o"}, environment={"additionalPipelineOptions": [f"output={outside}/f"]}
+    )
     assert "'output'" in error_of(sneaky, 400, "INVALID_ARGUMENT")
     sneaky = launched({"inputFile": words, "output": f"{root}/o"}, environment={"tempLocation": f"{outside}/tmp"})
     error_of(sneaky, 403, "PERMISSION_DENIED")
 
     # templates.get / launch: the template file itself.
     get = f"/v1b3/projects/{project}/locations/{REGION}/templates:get"
-    for gcs_path, code, status in [(f"{root}/../../outside/tpl", 403, "PERMISSION_DENIED"),
-                                   (f"{root}/link/tpl", 403, "PERMISSION_DENIED"),
-                                   (f"file://host{root}/tpl", 400, "INVALID_ARGUMENT"),
-                                   (f"{root}/tpl\x00", 400, "INVALID_ARGUMENT"),
-                                   ("tpl", 400, "INVALID_ARGUMENT")]:  # fmt: skip
+    for gcs_path, code, status in [
+        (f"{root}/../../outside/tpl", 403, "PERMISSION_DENIED"),
+        (f"{root}/link/tpl", 403, "PERMISSION_DENIED"),
+        (f"file://host{root}/tpl", 400, "INVALID_ARGUMENT"),
+        (f"{root}/tpl\x00", 400, "INVALID_ARGUMENT"),
+        ("tpl", 400, "INVALID_ARGUMENT"),
+    ]:
         error_of(api.client.get(get, params={"gcsPath": gcs_path}), code, status)
         error_of(api.client.post(launch, params={"gcsPath": gcs_path}, json={"jobName": "x"}), code, status)
 
@@ -377,18 +385,23 @@ def test_sql_paths_that_escape_are_refused(site, project):
     assert added.json()["path"] == f"{root.resolve()}/files/sales-*.csv"
     query = f"/beamport/v1/projects/{project}/locations/{REGION}/sql:query"
     good = {"query": "SELECT region FROM sales", "jobName": "q"}
-    for output, code, status in [(f"{root}/*/../../../outside/x", 400, "INVALID_ARGUMENT"),
-                                 (f"{root}/*/x", 400, "INVALID_ARGUMENT"),
-                                 (f"{root}/../../outside/x", 403, "PERMISSION_DENIED"),
-                                 (f"{root}/link/x", 403, "PERMISSION_DENIED"),
-                                 (f"{root}/x\x00", 400, "INVALID_ARGUMENT")]:  # fmt: skip
+    for output, code, status in [
+        (f"{root}/*/../../../outside/x", 400, "INVALID_ARGUMENT"),
+        (f"{root}/*/x", 400, "INVALID_ARGUMENT"),
+        (f"{root}/../../outside/x", 403, "PERMISSION_DENIED"),
+        (f"{root}/link/x", 403, "PERMISSION_DENIED"),
+        (f"{root}/x\x00", 400, "INVALID_ARGUMENT"),
+    ]:
         error_of(api.client.post(query, json={**good, "output": output}), code, status)
     # DuckDB's own functions cannot reach other files.
-    sneaky_queries = [f"SELECT * FROM sales, read_text('{outside}/secret.txt')",
-                      f"SELECT region FROM sales WHERE region IN (SELECT a FROM read_csv_auto('{outside}/x.csv'))"]
+    sneaky_queries = [
+        f"SELECT * FROM sales, read_text('{outside}/secret.txt')",
+        f"SELECT region FROM sales WHERE region IN (SELECT a FROM read_csv_auto('{outside}/x.csv'))",
+    ]
     for sneaky in sneaky_queries:
-        message = error_of(api.client.post(query, json={**good, "query": sneaky, "output": f"{root}/o"}), 400,
-                           "INVALID_ARGUMENT")  # fmt: skip
+        message = error_of(
+            api.client.post(query, json={**good, "query": sneaky, "output": f"{root}/o"}), 400, "INVALID_ARGUMENT"
+        )
         assert "outside words" not in message and "secret,1" not in message
     (root / "files" / "sales-2.csv").symlink_to(outside / "x.csv")
     error_of(api.client.post(query, json={**good, "output": f"{root}/o"}), 403, "PERMISSION_DENIED")
@@ -403,9 +416,13 @@ def test_deeply_nested_queries_are_invalid_arguments(site, project):
     api = Api(site.server.url, project)
     validate = f"/v1b3/projects/{project}/locations/{REGION}/sql:validate"
     query = f"/beamport/v1/projects/{project}/locations/{REGION}/sql:query"
-    deep = ["SELECT " + "(" * 500 + "1" + ")" * 500, "SELECT " + "[" * 500 + "1" + "]" * 500,
-            "SELECT " + "NOT " * 3000 + "TRUE", "SELECT " + "- " * 3000 + "1",
-            "SELECT 1 FROM " + "(SELECT 1 FROM " * 300 + "t" + ")" * 300]  # fmt: skip
+    deep = [
+        "SELECT " + "(" * 500 + "1" + ")" * 500,
+        "SELECT " + "[" * 500 + "1" + "]" * 500,
+        "SELECT " + "NOT " * 3000 + "TRUE",
+        "SELECT " + "- " * 3000 + "1",
+        "SELECT 1 FROM " + "(SELECT 1 FROM " * 300 + "t" + ")" * 300,
+    ]
     for text in deep:
         assert "deep" in error_of(api.client.get(validate, params={"query": text}), 400, "INVALID_ARGUMENT")
         body = {"query": text, "jobName": "deep", "output": str(site.start / "deep")}
@@ -424,9 +441,15 @@ def test_job_files_that_escape_are_refused(site, project):
     jobs = f"/v1b3/projects/{project}/locations/{REGION}/jobs"
 
     def created(options=None, packages=None, **environment):
-        body = {"name": "j", "type": "JOB_TYPE_BATCH", "environment": {
-            "sdkPipelineOptions": {"options": options or {}}, **environment,
-            "workerPools": [{"packages": packages or []}]}}  # fmt: skip
+        body = {
+            "name": "j",
+            "type": "JOB_TYPE_BATCH",
+            "environment": {
+                "sdkPipelineOptions": {"options": options or {}},
+                **environment,
+                "workerPools": [{"packages": packages or []}],
+            },
+        }
         return api.client.post(jobs, json=body)
 
     cases = [
@@ -455,8 +478,14 @@ def test_flex_template_paths_that_escape_are_refused(site, project):
     (root / "link").symlink_to(outside)
     (outside / "main.py").write_text("print('outside')\n")
     (root / "main.py").write_text("print('inside')\n")
-    spec = {"image": "x", "sdkInfo": {"language": "PYTHON"}, "metadata": {"name": "f", "parameters": [
-        {"name": "input", "label": "i", "helpText": "i", "paramType": "GCS_READ_FILE"}]}}  # fmt: skip
+    spec = {
+        "image": "x",
+        "sdkInfo": {"language": "PYTHON"},
+        "metadata": {
+            "name": "f",
+            "parameters": [{"name": "input", "label": "i", "helpText": "i", "paramType": "GCS_READ_FILE"}],
+        },
+    }
     outside_program = {**spec, "beamport": {"pythonFile": str(root / "link" / "main.py")}}
     (root / "outside-program.json").write_text(json.dumps(outside_program))
     (root / "spec.json").write_text(json.dumps({**spec, "beamport": {"pythonFile": str(root / "main.py")}}))
@@ -470,8 +499,11 @@ def test_flex_template_paths_that_escape_are_refused(site, project):
     def launched(launch, validate_only=True):
         return api.client.post(path, json={"launchParameter": launch, "validateOnly": validate_only})
 
-    good = {"jobName": "f", "containerSpecGcsPath": str(root / "spec.json"),
-            "parameters": {"input": str(root / "main.py")}}
+    good = {
+        "jobName": "f",
+        "containerSpecGcsPath": str(root / "spec.json"),
+        "parameters": {"input": str(root / "main.py")},
+    }
     assert launched(good).status_code == 200
     cases = [
         ({**good, "containerSpecGcsPath": f"{root}/../../outside/spec.json"}, 403, "PERMISSION_DENIED"),
@@ -482,12 +514,29 @@ def test_flex_template_paths_that_escape_are_refused(site, project):
         ({**good, "parameters": {"input": f"{root}/link/secret.txt"}}, 403, "PERMISSION_DENIED"),
         ({**good, "environment": {"stagingLocation": f"{root}/link"}}, 403, "PERMISSION_DENIED"),
         ({**good, "environment": {"tempLocation": f"{root}/*/x"}}, 400, "INVALID_ARGUMENT"),
-        ({**good, "containerSpecGcsPath": str(root / "open-spec.json"),
-          "launchOptions": {"staging_location": f"{root}/../../outside"}}, 403, "PERMISSION_DENIED"),
-        ({**good, "containerSpecGcsPath": str(root / "open-spec.json"),
-          "parameters": {"template_location": f"{root}/link/t"}}, 403, "PERMISSION_DENIED"),
-        ({**good, "environment": {"additionalPipelineOptions": [f"temp_location={outside}"]}}, 403,
-         "PERMISSION_DENIED"),
+        (
+            {
+                **good,
+                "containerSpecGcsPath": str(root / "open-spec.json"),
+                "launchOptions": {"staging_location": f"{root}/../../outside"},
+            },
+            403,
+            "PERMISSION_DENIED",
+        ),
+        (
+            {
+                **good,
+                "containerSpecGcsPath": str(root / "open-spec.json"),
+                "parameters": {"template_location": f"{root}/link/t"},
+            },
+            403,
+            "PERMISSION_DENIED",
+        ),
+        (
+            {**good, "environment": {"additionalPipelineOptions": [f"temp_location={outside}"]}},
+            403,
+            "PERMISSION_DENIED",
+        ),
     ]
     for launch, code, status in cases:
         error_of(launched(launch), code, status)
@@ -506,8 +555,22 @@ def start_worker(site: Site, directory: Path) -> subprocess.Popen:
     """A worker for the site's server, allowed the start directory (the data dir is inside), run without the
     sandbox where it has one: the check under test is the templates' own."""
     directory.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "beamport", "worker", "--endpoint", site.server.url, "--worker-id", "paths-worker",
-            "--data-dir", str(directory), "--allow-path", str(site.start), "--poll-interval", "0.1"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "beamport",
+        "worker",
+        "--endpoint",
+        site.server.url,
+        "--worker-id",
+        "paths-worker",
+        "--data-dir",
+        str(directory),
+        "--allow-path",
+        str(site.start),
+        "--poll-interval",
+        "0.1",
+    ]
     helped = subprocess.run([sys.executable, "-m", "beamport", "worker", "--help"], capture_output=True, text=True)
     if "--sandbox" in helped.stdout:
         args += ["--sandbox", "off"]
@@ -532,21 +595,25 @@ def test_links_swapped_while_jobs_wait_are_refused_where_files_are_opened(site, 
     launch = f"/v1b3/projects/{project}/locations/{REGION}/templates:launch"
 
     def word_count(name, parameters):
-        response = api.client.post(launch, params={"gcsPath": "builtin://Word_Count"},
-                                   json={"jobName": name, "parameters": parameters})  # fmt: skip
+        response = api.client.post(
+            launch, params={"gcsPath": "builtin://Word_Count"}, json={"jobName": name, "parameters": parameters}
+        )
         assert response.status_code == 200, response.text
         return response.json()["job"]["id"]
 
     # Launched while everything is inside: each check passes, and the jobs wait (no worker yet).
     read_swapped = word_count("read-swapped", {"inputFile": str(root / "d" / "secret.txt"), "output": str(root / "r1")})
     relinked = word_count("relinked", {"inputFile": str(root / "link" / "secret.txt"), "output": str(root / "r2")})
-    write_swapped = word_count("write-swapped",
-                               {"inputFile": str(root / "words.txt"), "output": str(root / "o" / "counts")})
+    write_swapped = word_count(
+        "write-swapped", {"inputFile": str(root / "words.txt"), "output": str(root / "o" / "counts")}
+    )
     tables = f"/beamport/v1/projects/{project}/sqlTables"
     added = api.client.post(tables, json={"name": "t", "path": str(root / "t" / "*.csv"), "format": "csv"})
     assert added.status_code == 200, added.text
-    query = api.client.post(f"/beamport/v1/projects/{project}/locations/{REGION}/sql:query",
-                            json={"query": "SELECT region FROM t", "jobName": "sql-swapped", "output": str(root / "q")})
+    query = api.client.post(
+        f"/beamport/v1/projects/{project}/locations/{REGION}/sql:query",
+        json={"query": "SELECT region FROM t", "jobName": "sql-swapped", "output": str(root / "q")},
+    )
     assert query.status_code == 200, query.text
     sql_swapped = query.json()["id"]
 
@@ -559,8 +626,10 @@ def test_links_swapped_while_jobs_wait_are_refused_where_files_are_opened(site, 
 
     worker = start_worker(site, tmp_path / "worker")
     try:
-        finals = {job_id: wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=240)["currentState"]
-                  for job_id in (read_swapped, relinked, write_swapped, sql_swapped)}  # fmt: skip
+        finals = {
+            job_id: wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=240)["currentState"]
+            for job_id in (read_swapped, relinked, write_swapped, sql_swapped)
+        }
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
@@ -575,4 +644,10 @@ def test_links_swapped_while_jobs_wait_are_refused_where_files_are_opened(site, 
     assert read_output(root / "r1") == [] and read_output(root / "q") == []
     # Nothing was written outside.
     assert sorted(str(p.relative_to(outside)) for p in outside.rglob("*")) == [
-        "d", "d/secret.txt", "o", "secret.txt", "t", "t/a.csv"]
+        "d",
+        "d/secret.txt",
+        "o",
+        "secret.txt",
+        "t",
+        "t/a.csv",
+    ]

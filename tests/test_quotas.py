@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import API_ONLY, Api, Server, new_postgres_database
 
 JSON = {"content-type": "application/json"}
@@ -51,8 +50,9 @@ def test_labels_follow_dataflows_rules(api):
         "a 1 MiB value": {"k": "v" * 1024 * 1024},
     }
     for what, labels in refused.items():
-        message = error_of(api.client.post(api.jobs_path, json={"name": "labelled", "labels": labels}), 400,
-                           "INVALID_ARGUMENT")  # fmt: skip
+        message = error_of(
+            api.client.post(api.jobs_path, json={"name": "labelled", "labels": labels}), 400, "INVALID_ARGUMENT"
+        )
         assert "'labels" in message, (what, message)
     assert api.all_jobs() == []
     # The largest labels Dataflow allows, and international lower-case letters, are fine.
@@ -105,11 +105,16 @@ def test_label_updates_follow_the_same_rules(api):
 
 def test_template_launches_go_through_the_same_rules(api):
     template = Path("/tmp") / f"beamport-quota-template-{uuid.uuid4().hex[:8]}"
-    template.write_text(json.dumps({"name": "t", "environment": {"sdkPipelineOptions": {"options": {"greeting": None}}}}))
+    template.write_text(
+        json.dumps({"name": "t", "environment": {"sdkPipelineOptions": {"options": {"greeting": None}}}})
+    )
     try:
         path = f"/v1b3/projects/{api.project}/locations/us-central1/templates:launch"
-        launched = api.client.post(path, params={"gcsPath": str(template)},
-                                   json={"jobName": "from-template", "environment": {"additionalUserLabels": {"Team": "x"}}})  # fmt: skip
+        launched = api.client.post(
+            path,
+            params={"gcsPath": str(template)},
+            json={"jobName": "from-template", "environment": {"additionalUserLabels": {"Team": "x"}}},
+        )
         assert "'environment.additionalUserLabels'" in error_of(launched, 400, "INVALID_ARGUMENT")
         launched = api.client.post(path, params={"gcsPath": str(template)}, json={"jobName": "Bad_Name"})
         assert "Invalid job name" in error_of(launched, 400, "INVALID_ARGUMENT")
@@ -136,9 +141,18 @@ def _seed_big_jobs(data_dir: Path, database_url: str | None, project: str, count
         records = []
         for i in range(count):
             stamp = wire.format_timestamp_us(now + i)
-            doc = {"id": model.new_job_id(now), "projectId": project, "name": f"big-{i}", "location": "us-central1",
-                   "type": model.BATCH, "currentState": model.DONE, "currentStateTime": stamp, "createTime": stamp,
-                   "startTime": stamp, "labels": labels}  # fmt: skip
+            doc = {
+                "id": model.new_job_id(now),
+                "projectId": project,
+                "name": f"big-{i}",
+                "location": "us-central1",
+                "type": model.BATCH,
+                "currentState": model.DONE,
+                "currentStateTime": stamp,
+                "createTime": stamp,
+                "startTime": stamp,
+                "labels": labels,
+            }
             records.append(record_from_document(doc))
         store.write(Write(new_jobs=records))
     finally:
@@ -153,8 +167,9 @@ def test_large_lists_do_not_stall_other_requests(tmp_path, store_url):
     try:
         small = Api(server.url, "small").create("tiny")
         tiny = f"{server.url}/v1b3/projects/small/locations/us-central1/jobs/{small['id']}"
-        page = httpx.get(f"{server.url}/v1b3/projects/big/locations/us-central1/jobs", params={"pageSize": 1000},
-                         timeout=60)  # fmt: skip
+        page = httpx.get(
+            f"{server.url}/v1b3/projects/big/locations/us-central1/jobs", params={"pageSize": 1000}, timeout=60
+        )
         assert page.status_code == 200 and len(page.json()["jobs"]) == 1000 and len(page.content) > 8_000_000
 
         stop = threading.Event()
@@ -202,8 +217,11 @@ def test_large_lists_do_not_stall_other_requests(tmp_path, store_url):
 
 
 def test_active_job_quota(tmp_path, store_url):
-    server = Server(tmp_path / "data", database_url=store_url,
-                    extra_args=(*API_ONLY, "--max-active-jobs", "3", "--max-jobs-per-minute", "0")).start()  # fmt: skip
+    server = Server(
+        tmp_path / "data",
+        database_url=store_url,
+        extra_args=(*API_ONLY, "--max-active-jobs", "3", "--max-jobs-per-minute", "0"),
+    ).start()
     try:
         api = Api(server.url, "flood")
         jobs = [api.create(f"job-{i}") for i in range(3)]
@@ -213,7 +231,8 @@ def test_active_job_quota(tmp_path, store_url):
         assert api.create("job-0")["id"] == jobs[0]["id"]
         # Another region of the project counts too; another project does not.
         other_region = Api(server.url, "flood", "europe-west1").client.post(
-            "/v1b3/projects/flood/locations/europe-west1/jobs", json={"name": "elsewhere"})  # fmt: skip
+            "/v1b3/projects/flood/locations/europe-west1/jobs", json={"name": "elsewhere"}
+        )
         error_of(other_region, 429, "RESOURCE_EXHAUSTED")
         assert Api(server.url, "other").create("job-0")["name"] == "job-0"
         # A job that ends frees its place.
@@ -238,8 +257,10 @@ def test_jobs_created_per_minute_quota(tmp_path):
             job = api.create(f"job-{i}")
             assert api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
         message = error_of(api.client.post(api.jobs_path, json={"name": "job-5"}), 429, "RESOURCE_EXHAUSTED")
-        assert message.startswith("Quota exceeded for quota metric 'Job creation requests' and limit "
-                                  "'Job creation requests per minute per project'")  # fmt: skip
+        assert message.startswith(
+            "Quota exceeded for quota metric 'Job creation requests' and limit "
+            "'Job creation requests per minute per project'"
+        )
         assert Api(server.url, "calm").create("job-0")["name"] == "job-0"
         assert len(api.all_jobs()) == 5
     finally:
@@ -295,8 +316,10 @@ def test_jobs_waiting_behind_a_flood_show_queued(tmp_path):
 def _half_request(port: int, body: bool) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     if body:
-        sock.sendall(b"POST /v1b3/projects/slow/locations/us-central1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"name\": \"sl")  # fmt: skip
+        sock.sendall(
+            b"POST /v1b3/projects/slow/locations/us-central1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"name": "sl'
+        )
     else:
         sock.sendall(b"GET /v1b3/projects/slow/locations/us-central1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAcc")
     return sock
@@ -314,8 +337,9 @@ def _answer_and_close(sock: socket.socket, timeout: float) -> bytes:
 
 
 def test_half_sent_requests_are_dropped_and_others_are_served_meanwhile(tmp_path):
-    server = Server(tmp_path / "data", extra_args=(*API_ONLY, "--request-header-timeout", "2",
-                                                   "--request-body-timeout", "2")).start()  # fmt: skip
+    server = Server(
+        tmp_path / "data", extra_args=(*API_ONLY, "--request-header-timeout", "2", "--request-body-timeout", "2")
+    ).start()
     sockets = []
     try:
         api = Api(server.url, "served")
@@ -349,8 +373,10 @@ def test_an_answer_before_the_whole_body_closes_the_connection(tmp_path):
     try:
         sock = socket.create_connection(("127.0.0.1", server.port))
         # Declared over the job request limit: refused from its length; the rest cannot trickle in afterwards.
-        sock.sendall(b"POST /v1b3/projects/p/locations/us-central1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: 30000000\r\n\r\n{\"name\"")  # fmt: skip
+        sock.sendall(
+            b"POST /v1b3/projects/p/locations/us-central1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 30000000\r\n\r\n{"name"'
+        )
         answer = _answer_and_close(sock, timeout=5)
         assert answer.startswith(b"HTTP/1.1 400 ") and b"connection: close" in answer.lower()
         sock.close()

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import Api, Server, new_postgres_database
 
 PIPELINES = Path(__file__).parent / "pipelines"
 pytestmark = pytest.mark.slow
 
 TEXT = "\n".join(
-    f"line {i}: the quick brown fox jumps over the lazy dog, a tale of {i % 7} cats and {i % 3} mice." for i in range(300)
+    f"line {i}: the quick brown fox jumps over the lazy dog, a tale of {i % 7} cats and {i % 3} mice."
+    for i in range(300)
 )
 
 
@@ -60,7 +60,12 @@ def wait_state(api: Api, job_id: str, states: set[str], timeout: float = 60) -> 
 
 
 def texts(api: Api, job_id: str) -> list[str]:
-    return [m["messageText"] for m in api.messages(job_id, minimumImportance="JOB_MESSAGE_DEBUG", pageSize=1000).json().get("jobMessages", [])]
+    return [
+        m["messageText"]
+        for m in api.messages(job_id, minimumImportance="JOB_MESSAGE_DEBUG", pageSize=1000)
+        .json()
+        .get("jobMessages", [])
+    ]
 
 
 def job_ids(api: Api) -> list[str]:
@@ -115,9 +120,26 @@ def test_beam_examples_match_direct_runner(runner, project, workdir, module, ext
 def test_user_pipeline_outputs_and_metrics_match_direct_runner(runner, project, workdir):
     api = Api(runner.url, project)
     script = str(PIPELINES / "rich_pipeline.py")
-    direct = run([script, "--input", str(workdir / "in.txt"), "--output", str(workdir / "direct" / "out"), "--runner=DirectRunner"])
-    served = run([script, "--input", str(workdir / "in.txt"), "--output", str(workdir / "served" / "out"),
-                  *dataflow_flags(runner, project, workdir, "rich")])
+    direct = run(
+        [
+            script,
+            "--input",
+            str(workdir / "in.txt"),
+            "--output",
+            str(workdir / "direct" / "out"),
+            "--runner=DirectRunner",
+        ]
+    )
+    served = run(
+        [
+            script,
+            "--input",
+            str(workdir / "in.txt"),
+            "--output",
+            str(workdir / "served" / "out"),
+            *dataflow_flags(runner, project, workdir, "rich"),
+        ]
+    )
 
     assert read_output(workdir / "served" / "out") == read_output(workdir / "direct" / "out") != []
     metrics = lambda done: json.loads(done.stdout.split("METRICS ", 1)[1].splitlines()[0])  # noqa: E731
@@ -129,24 +151,32 @@ def test_user_pipeline_outputs_and_metrics_match_direct_runner(runner, project, 
     # The SDK, from the user agent Beam sent (jobs.list's summary view has it, as Dataflow's does).
     beam = importlib.metadata.version("apache-beam")
     assert job["jobMetadata"]["sdkVersion"] == {
-        "version": beam, "versionDisplayName": "Apache Beam SDK for Python", "sdkSupportStatus": "SUPPORTED",
-    }  # fmt: skip
+        "version": beam,
+        "versionDisplayName": "Apache Beam SDK for Python",
+        "sdkSupportStatus": "SUPPORTED",
+    }
     all_texts = texts(api, job["id"])
     assert any("a window of" in t for t in all_texts)  # the pipeline's own log records
     warnings = api.messages(job["id"], minimumImportance="JOB_MESSAGE_WARNING").json()["jobMessages"]
     assert any("a window of" in m["messageText"] for m in warnings)
     # System metrics: elements per PCollection, named as Dataflow names them.
     metrics_now = api.client.get(f"{api.jobs_path}/{job['id']}/metrics").json()["metrics"]
-    counts = {m["name"]["context"]["output_user_name"]: m["scalar"] for m in metrics_now
-              if m["name"]["name"] == "ElementCount" and "tentative" not in m["name"]["context"]}
+    counts = {
+        m["name"]["context"]["output_user_name"]: m["scalar"]
+        for m in metrics_now
+        if m["name"]["name"] == "ElementCount" and "tentative" not in m["name"]["context"]
+    }
     words_counted = metrics(served)["counters"][0][2]  # the pipeline's own counter of the words it emitted
     assert counts["Count/Count:PairWithVoid-out0"] == words_counted == 4500
     # What the run used, as Dataflow reports it (its worker's last sample follows the end of the work).
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         metrics_now = api.client.get(f"{api.jobs_path}/{job['id']}/metrics").json()["metrics"]
-        used = {m["name"]["name"]: m["scalar"] for m in metrics_now
-                if m["name"]["origin"] == "dataflow/v1b3" and "context" not in m["name"]}  # fmt: skip
+        used = {
+            m["name"]["name"]: m["scalar"]
+            for m in metrics_now
+            if m["name"]["origin"] == "dataflow/v1b3" and "context" not in m["name"]
+        }
         if used.get("TotalVcpuTime", 0) > 0 and used.get("TotalMemoryUsage", 0) > 0:
             break
         time.sleep(0.1)
@@ -167,12 +197,16 @@ def test_user_pipeline_outputs_and_metrics_match_direct_runner(runner, project, 
 
 def test_failing_pipeline_ends_failed_with_the_traceback(runner, project, workdir):
     api = Api(runner.url, project)
-    done = run([str(PIPELINES / "failing_pipeline.py"), *dataflow_flags(runner, project, workdir, "failing")], check=False)
+    done = run(
+        [str(PIPELINES / "failing_pipeline.py"), *dataflow_flags(runner, project, workdir, "failing")], check=False
+    )
     assert done.returncode != 0
     assert "boom on element 3" in done.stderr  # wait_until_finish raises with the job's error
     (job,) = api.all_jobs()
     assert job["currentState"] == "JOB_STATE_FAILED"
-    errors = [m["messageText"] for m in api.messages(job["id"], minimumImportance="JOB_MESSAGE_ERROR").json()["jobMessages"]]
+    errors = [
+        m["messageText"] for m in api.messages(job["id"], minimumImportance="JOB_MESSAGE_ERROR").json()["jobMessages"]
+    ]
     assert any("Traceback" in e and "explode" in e and "ValueError: boom on element 3" in e for e in errors), errors
 
 
@@ -205,8 +239,14 @@ def alive_in_group(group: int) -> list[int]:
 
 
 def submit_slow(server, project, workdir, name, seconds) -> str:
-    done = run([str(PIPELINES / "slow_pipeline.py"), str(seconds), str(workdir / name / "out"),
-                *dataflow_flags(server, project, workdir, name)])
+    done = run(
+        [
+            str(PIPELINES / "slow_pipeline.py"),
+            str(seconds),
+            str(workdir / name / "out"),
+            *dataflow_flags(server, project, workdir, name),
+        ]
+    )
     return done.stdout.split("JOB_ID ", 1)[1].split()[0]
 
 
@@ -215,7 +255,9 @@ def test_cancel_stops_the_run_within_two_seconds(runner, project, workdir):
     job_id = submit_slow(runner, project, workdir, "slow", 120)
     wait_state(api, job_id, {"JOB_STATE_RUNNING"})
     wait = time.monotonic()
-    while not any(s.get("executionStageState") == "JOB_STATE_RUNNING" for s in api.get(job_id).json().get("stageStates", [])):
+    while not any(
+        s.get("executionStageState") == "JOB_STATE_RUNNING" for s in api.get(job_id).json().get("stageStates", [])
+    ):
         assert time.monotonic() - wait < 60, "no stage ever started"
         time.sleep(0.1)
     _worker, group = worker_groups(runner, api, job_id)
@@ -308,18 +350,32 @@ def test_files_outside_the_allowed_roots_are_refused(tmp_path, project):
         api = Api(srv.url, project)
         outside = tmp_path / "outside"
         outside.mkdir()
-        done = run([str(PIPELINES / "slow_pipeline.py"), "0", str(outside / "out"),
-                    *dataflow_flags(srv, project, outside, "refused")], check=False)
+        done = run(
+            [
+                str(PIPELINES / "slow_pipeline.py"),
+                "0",
+                str(outside / "out"),
+                *dataflow_flags(srv, project, outside, "refused"),
+            ],
+            check=False,
+        )
         assert done.returncode != 0
         assert "403" in done.stderr and str(outside) in done.stderr and "outside the allowed roots" in done.stderr
         assert job_ids(api) == []
         # Through a symlink inside an allowed root: still refused.
         (tmp_path / "allowed").mkdir()
         os.symlink(outside, tmp_path / "allowed" / "link")
-        response = api.client.post(api.jobs_path, json={
-            "name": "sneaky",
-            "environment": {"sdkPipelineOptions": {"options": {"pipelineUrl": str(tmp_path / "allowed" / "link" / "pipeline.pb")}}},
-        })
+        response = api.client.post(
+            api.jobs_path,
+            json={
+                "name": "sneaky",
+                "environment": {
+                    "sdkPipelineOptions": {
+                        "options": {"pipelineUrl": str(tmp_path / "allowed" / "link" / "pipeline.pb")}
+                    }
+                },
+            },
+        )
         assert response.status_code == 403 and response.json()["error"]["status"] == "PERMISSION_DENIED"
         assert job_ids(api) == []
     finally:

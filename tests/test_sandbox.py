@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-import beamport
 from conftest import Server, free_port
 from test_auth import Admin, error_of
 from test_running_jobs import PIPELINES, dataflow_flags, wait_state
+
+import beamport
 
 pytestmark = pytest.mark.slow
 REGION = "us-central1"
@@ -40,8 +40,9 @@ def sandboxed(tmp_path_factory):
     env_secret = {"BEAMPORT_TEST_SECRET": "the server's own"}
     os.environ.update(env_secret)  # the server inherits it; user code must not
     try:
-        srv = Server(base / "data", extra_args=("--allow-path", str(base), "--workers", "1", "--job-memory", "3G"),
-                     auth=True).start()  # fmt: skip
+        srv = Server(
+            base / "data", extra_args=("--allow-path", str(base), "--workers", "1", "--job-memory", "3G"), auth=True
+        ).start()
     finally:
         os.environ.pop("BEAMPORT_TEST_SECRET")
     yield srv, base
@@ -51,8 +52,20 @@ def sandboxed(tmp_path_factory):
 def submit(srv: Server, base: Path, project: str, name: str, probes: dict, *extra: str) -> subprocess.CompletedProcess:
     flags = [f for f in dataflow_flags(srv, project, base, name) if f != "--no_auth"]
     env = {**os.environ, "GOOGLE_APPLICATION_CREDENTIALS": str(srv.admin_key)}
-    return subprocess.run([sys.executable, str(PIPELINES / "sandbox_probe.py"), str(base / project / name),
-                           json.dumps(probes), *extra, *flags], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    return subprocess.run(
+        [
+            sys.executable,
+            str(PIPELINES / "sandbox_probe.py"),
+            str(base / project / name),
+            json.dumps(probes),
+            *extra,
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_a_dofn_sees_only_what_its_job_may(sandboxed, project):
@@ -60,10 +73,15 @@ def test_a_dofn_sees_only_what_its_job_may(sandboxed, project):
     data = srv.data_dir
     source = Path(beamport.__file__).parent / "server.py"
     probes = {
-        "read": [str(srv.admin_key), str(data / "beamport.db"), str(data / "auth" / "local-workers-key.json"),
-                 str(base / "visible.txt"), str(source)],
+        "read": [
+            str(srv.admin_key),
+            str(data / "beamport.db"),
+            str(data / "auth" / "local-workers-key.json"),
+            str(base / "visible.txt"),
+            str(source),
+        ],
         "write": [str(base / "written.txt"), str(source.parent / "planted.py"), "/usr/planted", "/etc/planted"],
-    }  # fmt: skip
+    }
     (base / "visible.txt").write_text("an input")
     done = submit(srv, base, project, "probe", probes)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -96,9 +114,12 @@ def test_an_executors_token_is_good_for_its_own_job_only(sandboxed, project):
     admin = Admin(srv)
     mine, theirs = admin.job(project, "mine"), admin.job(project + "-x", "theirs")
     worker_token = admin.http.headers["Authorization"].split()[1]  # the admin is a worker too (roles/dataflow.admin)
-    form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": worker_token,
-            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
-            "resource": f"projects/{project}/locations/{REGION}/jobs/{mine['id']}"}  # fmt: skip
+    form = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": worker_token,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "resource": f"projects/{project}/locations/{REGION}/jobs/{mine['id']}",
+    }
     answer = httpx.post(srv.url + "/token", data=form)
     assert answer.status_code == 200, answer.text
     job_token = {"Authorization": f"Bearer {answer.json()['access_token']}"}
@@ -133,9 +154,16 @@ class _NoAuthApi:
 
 def test_sandbox_required_refuses_to_start_without_bubblewrap(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}  # no bwrap on it
-    for command in (["serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")],
-                    ["worker", "--endpoint", "http://127.0.0.1:1", "--data-dir", str(tmp_path / "w")]):  # fmt: skip
-        done = subprocess.run([sys.executable, "-m", "beamport", *command, "--sandbox", "required"],
-                              capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    for command in (
+        ["serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")],
+        ["worker", "--endpoint", "http://127.0.0.1:1", "--data-dir", str(tmp_path / "w")],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "beamport", *command, "--sandbox", "required"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         assert done.returncode != 0
         assert "bubblewrap is not installed" in done.stderr, done.stderr[-2000:]

@@ -17,13 +17,12 @@ from urllib.parse import urlparse
 import httpx
 import orjson
 import pytest
+from conftest import beamport_command, discovery_client, new_postgres_database
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import dataflow_v1beta3 as dataflow
 from google.protobuf.duration_pb2 import Duration
 from googleapiclient.errors import HttpError
-
-from conftest import Api, beamport_command, discovery_client, new_postgres_database
 
 REGION = "us-central1"
 
@@ -122,14 +121,17 @@ def test_a_server_without_a_streaming_engine_refuses_naming_what_would_work(serv
     assert error_of(refused)[0] == 404
 
 
-@pytest.mark.parametrize("ttl, says", [
-    ("0s", "must be positive"),
-    ("-60s", "must be positive"),
-    ("2592001s", "at most 30 days"),
-    ("3600", "ttl"),  # no unit
-    ("an hour", "ttl"),
-    (3600, "ttl"),  # not a string
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "ttl, says",
+    [
+        ("0s", "must be positive"),
+        ("-60s", "must be positive"),
+        ("2592001s", "at most 30 days"),
+        ("3600", "ttl"),  # no unit
+        ("an hour", "ttl"),
+        (3600, "ttl"),  # not a string
+    ],
+)
 def test_a_bad_ttl_is_invalid_and_stores_nothing(server, api, ttl, says):
     job = api.create("ttl-check", type="JOB_TYPE_STREAMING")
     path = f"{api.jobs_path}/{job['id']}:snapshot"
@@ -156,8 +158,10 @@ def test_a_ttl_over_30_days_is_refused_through_gapic(server, api):
 def test_unknown_snapshots_are_not_found_everywhere(server, project):
     client = snapshots_client(server.url)
     snapshot_id = str(uuid.uuid4())
-    for request in ({"project_id": project, "location": REGION, "snapshot_id": snapshot_id},
-                    {"project_id": project, "snapshot_id": snapshot_id}):  # fmt: skip
+    for request in (
+        {"project_id": project, "location": REGION, "snapshot_id": snapshot_id},
+        {"project_id": project, "snapshot_id": snapshot_id},
+    ):
         with pytest.raises(gexc.NotFound) as refused:
             client.get_snapshot(request=request)
         assert snapshot_id in refused.value.message
@@ -192,7 +196,10 @@ def test_lists_are_empty_without_snapshots(server, api):
     disc = discovery_client(server.url).projects()
     assert disc.locations().snapshots().list(projectId=api.project, location=REGION).execute() == {}
     assert disc.locations().snapshots().list(projectId=api.project, location=REGION, jobId=job["id"]).execute() == {}
-    assert disc.locations().jobs().snapshots().list(projectId=api.project, location=REGION, jobId=job["id"]).execute() == {}
+    assert (
+        disc.locations().jobs().snapshots().list(projectId=api.project, location=REGION, jobId=job["id"]).execute()
+        == {}
+    )
     assert disc.snapshots().list(projectId=api.project, jobId=job["id"], location="europe-west1").execute() == {}
     assert disc.snapshots().list(projectId=api.project).execute() == {}
 
@@ -218,8 +225,9 @@ def test_cli_commands_show_the_api_errors(server, api):
     job = api.create("cli-stream", type="JOB_TYPE_STREAMING")
     common = ("--endpoint", server.url, "--project", api.project)
 
-    created = beamport_command("snapshots", "create", job["id"], "--ttl", "1h", "--description", "v1", *common,
-                               check=False)  # fmt: skip
+    created = beamport_command(
+        "snapshots", "create", job["id"], "--ttl", "1h", "--description", "v1", *common, check=False
+    )
     assert created.returncode == 1
     assert "ERROR: (FAILED_PRECONDITION)" in created.stderr and "Flink" in created.stderr
 
@@ -409,8 +417,9 @@ def test_a_snapshot_a_job_has_yet_to_start_from_is_kept(world, tmp_path):
 
 def test_a_failed_savepoint_is_failed_and_cannot_be_restored(world, store, tmp_path):
     clock, jobs, _, _ = world
-    snapshots = SnapshotService(store, tmp_path / "data", Savepoints(fail_with="job is not running on Flink"),
-                                clock=clock)  # fmt: skip
+    snapshots = SnapshotService(
+        store, tmp_path / "data", Savepoints(fail_with="job is not running on Flink"), clock=clock
+    )
     job_id = running_streaming_job(jobs)
     snapshot = snapshots.snapshot_job("p", REGION, job_id, {})
     assert snapshot["state"] == "FAILED" and "diskSizeBytes" not in snapshot
@@ -427,9 +436,18 @@ def test_a_failed_savepoint_is_failed_and_cannot_be_restored(world, store, tmp_p
 def test_a_snapshot_left_running_by_a_stopped_server_fails(world, store):
     clock, jobs, snapshots, _ = world
     job_id = running_streaming_job(jobs)
-    store.add_snapshot(SnapshotRecord(id=str(uuid.uuid4()), project_id="p", location=REGION, source_job_id=job_id,
-                                      state=SNAPSHOT_RUNNING, create_us=clock.now_us, ttl_us=HOUR_US,
-                                      expire_us=clock.now_us + HOUR_US))  # fmt: skip
+    store.add_snapshot(
+        SnapshotRecord(
+            id=str(uuid.uuid4()),
+            project_id="p",
+            location=REGION,
+            source_job_id=job_id,
+            state=SNAPSHOT_RUNNING,
+            create_us=clock.now_us,
+            ttl_us=HOUR_US,
+            expire_us=clock.now_us + HOUR_US,
+        )
+    )
     snapshots.expire(clock.now_us + INTERRUPTED_AFTER_US - 1)
     assert snapshots.list_snapshots("p", REGION)["snapshots"][0]["state"] == "RUNNING"
     snapshots.expire(clock.now_us + INTERRUPTED_AFTER_US + 1)

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import Api, Server, beamport_command, discovery_client
 from test_running_jobs import PIPELINES, read_output, run, texts, wait_state
 
@@ -20,10 +19,9 @@ METADATA = {
     "parameters": [
         {"name": "input", "label": "Input file", "helpText": "The text to read."},
         {"name": "output", "label": "Output prefix", "helpText": "Where to write."},
-        {"name": "greeting", "label": "Greeting", "helpText": "A word.", "isOptional": True,
-         "regexes": ["[a-z]+"]},
+        {"name": "greeting", "label": "Greeting", "helpText": "A word.", "isOptional": True, "regexes": ["[a-z]+"]},
     ],
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +32,19 @@ def served(tmp_path_factory):
     stage = base / "stage"
     stage.mkdir()
     template = base / "greeter"
-    run([str(PIPELINES / "template_pipeline.py"), "--runner=DataflowRunner", "--project=p", "--region=us-central1",
-         f"--temp_location={stage}", f"--staging_location={stage}", f"--template_location={template}",
-         "--dataflow_endpoint=http://localhost:1", "--no_auth"])  # fmt: skip
+    run(
+        [
+            str(PIPELINES / "template_pipeline.py"),
+            "--runner=DataflowRunner",
+            "--project=p",
+            "--region=us-central1",
+            f"--temp_location={stage}",
+            f"--staging_location={stage}",
+            f"--template_location={template}",
+            "--dataflow_endpoint=http://localhost:1",
+            "--no_auth",
+        ]
+    )
     Path(f"{template}_metadata").write_text(json.dumps(METADATA))
     (base / "in.txt").write_text("world\nthere\n")
     yield srv, base, template
@@ -52,24 +60,34 @@ def test_a_template_launches_with_its_parameters_through_both_clients(served, pr
     assert [p["name"] for p in described["metadata"]["parameters"]] == ["input", "output", "greeting"]
 
     launched = templates.launch(
-        projectId=project, location="us-central1", gcsPath=str(template),
-        body={"jobName": "greet-one", "parameters": {"input": str(base / "in.txt"), "output": str(base / "one" / "out"),
-                                                     "greeting": "hi"},
-              "environment": {"additionalUserLabels": {"team": "a"}, "machineType": "n1-standard-4"}},
-    ).execute()  # fmt: skip
+        projectId=project,
+        location="us-central1",
+        gcsPath=str(template),
+        body={
+            "jobName": "greet-one",
+            "parameters": {"input": str(base / "in.txt"), "output": str(base / "one" / "out"), "greeting": "hi"},
+            "environment": {"additionalUserLabels": {"team": "a"}, "machineType": "n1-standard-4"},
+        },
+    ).execute()
     first = launched["job"]
 
+    from google.auth.credentials import AnonymousCredentials
     from google.cloud import dataflow_v1beta3 as dataflow
 
-    from google.auth.credentials import AnonymousCredentials
-
-    client = dataflow.TemplatesServiceClient(transport="rest", credentials=AnonymousCredentials(),
-                                             client_options={"api_endpoint": srv.url})  # fmt: skip
-    second = client.launch_template(request={
-        "project_id": project, "location": "us-central1", "gcs_path": str(template),
-        "launch_parameters": {"job_name": "greet-two",
-                              "parameters": {"input": str(base / "in.txt"), "output": str(base / "two" / "out")}},
-    }).job  # fmt: skip
+    client = dataflow.TemplatesServiceClient(
+        transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": srv.url}
+    )
+    second = client.launch_template(
+        request={
+            "project_id": project,
+            "location": "us-central1",
+            "gcs_path": str(template),
+            "launch_parameters": {
+                "job_name": "greet-two",
+                "parameters": {"input": str(base / "in.txt"), "output": str(base / "two" / "out")},
+            },
+        }
+    ).job
 
     for job_id in (first["id"], second.id):
         done = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
@@ -86,11 +104,26 @@ def test_a_template_launches_with_its_parameters_through_both_clients(served, pr
 def test_templates_create_makes_a_job(served, project):
     srv, base, template = served
     api = Api(srv.url, project)
-    job = discovery_client(srv.url).projects().locations().templates().create(
-        projectId=project, location="us-central1",
-        body={"jobName": "greet-created", "gcsPath": str(template),
-              "parameters": {"input": str(base / "in.txt"), "output": str(base / "created" / "out"), "greeting": "yo"}},
-    ).execute()  # fmt: skip
+    job = (
+        discovery_client(srv.url)
+        .projects()
+        .locations()
+        .templates()
+        .create(
+            projectId=project,
+            location="us-central1",
+            body={
+                "jobName": "greet-created",
+                "gcsPath": str(template),
+                "parameters": {
+                    "input": str(base / "in.txt"),
+                    "output": str(base / "created" / "out"),
+                    "greeting": "yo",
+                },
+            },
+        )
+        .execute()
+    )
     assert job["name"] == "greet-created"
     done = wait_state(api, job["id"], {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
     assert done["currentState"] == "JOB_STATE_DONE", texts(api, job["id"])
@@ -109,14 +142,19 @@ def test_bad_launches_name_the_problem_and_create_nothing(served, project, tmp_p
         assert response.json()["error"]["status"] == status
         return response.json()["error"]["message"]
 
-    assert "'input' is required" in refused(str(template), {"jobName": "x", "parameters": {"output": "o"}}, "INVALID_ARGUMENT")
-    assert "'greeting'" in refused(str(template), {"jobName": "x", "parameters": {**good, "greeting": "Hi!"}},
-                                   "INVALID_ARGUMENT")  # fmt: skip
-    assert "'colour' is not a parameter" in refused(str(template), {"jobName": "x", "parameters": {**good, "colour": "red"}},
-                                                    "INVALID_ARGUMENT")  # fmt: skip
+    assert "'input' is required" in refused(
+        str(template), {"jobName": "x", "parameters": {"output": "o"}}, "INVALID_ARGUMENT"
+    )
+    assert "'greeting'" in refused(
+        str(template), {"jobName": "x", "parameters": {**good, "greeting": "Hi!"}}, "INVALID_ARGUMENT"
+    )
+    assert "'colour' is not a parameter" in refused(
+        str(template), {"jobName": "x", "parameters": {**good, "colour": "red"}}, "INVALID_ARGUMENT"
+    )
     assert "jobName" in refused(str(template), {"parameters": good}, "INVALID_ARGUMENT")
-    assert "no active job" in refused(str(template), {"jobName": "nobody", "parameters": good, "update": True},
-                                      "FAILED_PRECONDITION")  # fmt: skip
+    assert "no active job" in refused(
+        str(template), {"jobName": "nobody", "parameters": good, "update": True}, "FAILED_PRECONDITION"
+    )
     assert "does not exist" in refused(str(base / "missing"), {"jobName": "x"}, "NOT_FOUND", 404)
     (tmp_path / "notes.txt").write_text("not json")
     not_template = base / "notes.txt"
@@ -124,14 +162,21 @@ def test_bad_launches_name_the_problem_and_create_nothing(served, project, tmp_p
     assert "not a Dataflow template" in refused(str(not_template), {"jobName": "x"}, "INVALID_ARGUMENT")
     (base / "object.json").write_text('{"name": "x"}')
     assert "not a Dataflow template" in refused(str(base / "object.json"), {"jobName": "x"}, "INVALID_ARGUMENT")
-    assert "PERMISSION_DENIED" == api.client.post(path, params={"gcsPath": "/etc/passwd"}, json={"jobName": "x"}).json()["error"]["status"]
+    assert (
+        "PERMISSION_DENIED"
+        == api.client.post(path, params={"gcsPath": "/etc/passwd"}, json={"jobName": "x"}).json()["error"]["status"]
+    )
     # validateOnly checks everything and creates nothing.
-    ok = api.client.post(path, params={"gcsPath": str(template), "validateOnly": "true"},
-                         json={"jobName": "checked", "parameters": good})  # fmt: skip
+    ok = api.client.post(
+        path, params={"gcsPath": str(template), "validateOnly": "true"}, json={"jobName": "checked", "parameters": good}
+    )
     assert ok.status_code == 200 and ok.json() == {}
-    assert "'input' is required" in api.client.post(
-        path, params={"gcsPath": str(template), "validateOnly": "true"}, json={"jobName": "x", "parameters": {}}
-    ).json()["error"]["message"]
+    assert (
+        "'input' is required"
+        in api.client.post(
+            path, params={"gcsPath": str(template), "validateOnly": "true"}, json={"jobName": "x", "parameters": {}}
+        ).json()["error"]["message"]
+    )
     assert api.all_jobs() == []
 
 
@@ -169,15 +214,39 @@ def test_a_python_flex_template_runs_its_launcher_which_submits_the_job(served, 
     shutil.copyfile(PIPELINES / "flex_main.py", program)
     (base / "flex_metadata.json").write_text(json.dumps(FLEX_METADATA))
     spec = base / "greeter-flex.json"
-    beamport_command("templates", "build-flex", str(spec), "--py-path", str(program), "--metadata-file", str(base / "flex_metadata.json"))
+    beamport_command(
+        "templates",
+        "build-flex",
+        str(spec),
+        "--py-path",
+        str(program),
+        "--metadata-file",
+        str(base / "flex_metadata.json"),
+    )
     assert json.loads(spec.read_text())["sdkInfo"] == {"language": "PYTHON"}
 
-    launched = discovery_client(srv.url).projects().locations().flexTemplates().launch(
-        projectId=project, location="us-central1",
-        body={"launchParameter": {"jobName": "flex-greet", "containerSpecGcsPath": str(spec),
-                                  "parameters": {"input": str(base / "in.txt"), "output": str(base / "flex" / "out"),
-                                                 "greeting": "howdy"}}},
-    ).execute()  # fmt: skip
+    launched = (
+        discovery_client(srv.url)
+        .projects()
+        .locations()
+        .flexTemplates()
+        .launch(
+            projectId=project,
+            location="us-central1",
+            body={
+                "launchParameter": {
+                    "jobName": "flex-greet",
+                    "containerSpecGcsPath": str(spec),
+                    "parameters": {
+                        "input": str(base / "in.txt"),
+                        "output": str(base / "flex" / "out"),
+                        "greeting": "howdy",
+                    },
+                }
+            },
+        )
+        .execute()
+    )
     job = launched["job"]
     assert job["name"] == "flex-greet"
     done = wait_state(api, job["id"], {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
@@ -193,9 +262,19 @@ def test_a_yaml_template_runs_with_its_parameters_as_jinja_variables(served, pro
     spec = base / "yaml-spec.json"
     beamport_command("templates", "build-flex", str(spec), "--yaml-pipeline-file", str(base / "pipeline.yaml"))
     assert json.loads(spec.read_text())["metadata"]["yamlDefinition"] == YAML_PIPELINE
-    beamport_command("flex-template", "run", "yaml-greet", "--template-file-gcs-location", str(spec), "--endpoint", srv.url,
-        "--project", project, "--parameters",
-        f"input={base / 'in.txt'},output={base / 'yaml' / 'out'},greeting=hey")  # fmt: skip
+    beamport_command(
+        "flex-template",
+        "run",
+        "yaml-greet",
+        "--template-file-gcs-location",
+        str(spec),
+        "--endpoint",
+        srv.url,
+        "--project",
+        project,
+        "--parameters",
+        f"input={base / 'in.txt'},output={base / 'yaml' / 'out'},greeting=hey",
+    )
     (job,) = api.all_jobs()
     done = wait_state(api, job["id"], {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
     assert done["currentState"] == "JOB_STATE_DONE", texts(api, job["id"])
@@ -213,10 +292,13 @@ def test_bad_flex_launches_are_refused(served, project):
         assert response.json()["error"]["status"] == status
         return response.json()["error"]["message"]
 
-    assert "does not exist" in refused({"jobName": "x", "containerSpecGcsPath": str(base / "nope.json")}, "NOT_FOUND", 404)
+    assert "does not exist" in refused(
+        {"jobName": "x", "containerSpecGcsPath": str(base / "nope.json")}, "NOT_FOUND", 404
+    )
     (base / "junk.json").write_text("{")
-    assert "not a flex template spec" in refused({"jobName": "x", "containerSpecGcsPath": str(base / "junk.json")},
-                                                 "INVALID_ARGUMENT")  # fmt: skip
+    assert "not a flex template spec" in refused(
+        {"jobName": "x", "containerSpecGcsPath": str(base / "junk.json")}, "INVALID_ARGUMENT"
+    )
     java = {"image": "gcr.io/x/y", "sdkInfo": {"language": "JAVA"}, "metadata": {"name": "j"}}
     assert "JAVA" in refused({"jobName": "x", "containerSpec": java}, "UNIMPLEMENTED", 501)
     image_only = {"image": "gcr.io/x/y", "sdkInfo": {"language": "PYTHON"}}
@@ -224,13 +306,22 @@ def test_bad_flex_launches_are_refused(served, project):
     spec = base / "greeter-flex.json"
     if spec.exists():
         assert "jobName" in refused({"containerSpecGcsPath": str(spec)}, "INVALID_ARGUMENT")
-        assert "'input' is required" in refused({"jobName": "x", "containerSpecGcsPath": str(spec), "parameters": {}},
-                                                "INVALID_ARGUMENT")  # fmt: skip
+        assert "'input' is required" in refused(
+            {"jobName": "x", "containerSpecGcsPath": str(spec), "parameters": {}}, "INVALID_ARGUMENT"
+        )
         outside = {"input": "/etc/passwd", "output": str(base / "o")}
         refused({"jobName": "x", "containerSpecGcsPath": str(spec), "parameters": outside}, "PERMISSION_DENIED", 403)
-        ok = api.client.post(path, json={"validateOnly": True, "launchParameter": {
-            "jobName": "x", "containerSpecGcsPath": str(spec),
-            "parameters": {"input": str(base / "in.txt"), "output": str(base / "o")}}})  # fmt: skip
+        ok = api.client.post(
+            path,
+            json={
+                "validateOnly": True,
+                "launchParameter": {
+                    "jobName": "x",
+                    "containerSpecGcsPath": str(spec),
+                    "parameters": {"input": str(base / "in.txt"), "output": str(base / "o")},
+                },
+            },
+        )
         assert ok.status_code == 200 and ok.json() == {}
     assert api.all_jobs() == []
 
@@ -250,28 +341,70 @@ def test_built_in_templates_run_on_local_files(served, project):
     for name, content in originals.items():
         (data / "plain" / name).write_bytes(content)
 
-    described = beamport_command("templates", "describe", "--gcs-location", "builtin://Word_Count", "--endpoint", srv.url,
-                    "--project", project, "--format", "json")  # fmt: skip
+    described = beamport_command(
+        "templates",
+        "describe",
+        "--gcs-location",
+        "builtin://Word_Count",
+        "--endpoint",
+        srv.url,
+        "--project",
+        project,
+        "--format",
+        "json",
+    )
     assert [p["name"] for p in json.loads(described.stdout)["metadata"]["parameters"]] == ["inputFile", "output"]
 
     launches = {
         "Word_Count": {"inputFile": str(data / "words.txt"), "output": str(data / "counts")},
-        "Text_Transform_Python_UDF": {"inputFilePattern": str(data / "lines.txt"), "outputPrefix": str(data / "udf"),
-                                      "pythonUdfFilePath": str(data / "shout_fn.py"), "pythonUdfFunctionName": "shout"},
+        "Text_Transform_Python_UDF": {
+            "inputFilePattern": str(data / "lines.txt"),
+            "outputPrefix": str(data / "udf"),
+            "pythonUdfFilePath": str(data / "shout_fn.py"),
+            "pythonUdfFunctionName": "shout",
+        },
         "CSV_to_JSONL": {"inputFilePattern": str(data / "csv" / "*.csv"), "outputPrefix": str(data / "rows")},
-        "Bulk_Compress_Files": {"inputFilePattern": str(data / "plain" / "*"), "outputDirectory": str(data / "zipped"),
-                                "compression": "GZIP"},
-    }  # fmt: skip
+        "Bulk_Compress_Files": {
+            "inputFilePattern": str(data / "plain" / "*"),
+            "outputDirectory": str(data / "zipped"),
+            "compression": "GZIP",
+        },
+    }
     # An input that matches no file fails the job, naming the pattern (not DONE with an empty output).
     nothing = str(data / "no-such-*.txt")
-    launched = beamport_command("templates", "run", "wc-nothing", "--gcs-location", "builtin://Word_Count",
-                                "--parameters", f"inputFile={nothing},output={data / 'nothing'}", "--endpoint", srv.url,
-                                "--project", project, "--format", "json")  # fmt: skip
+    launched = beamport_command(
+        "templates",
+        "run",
+        "wc-nothing",
+        "--gcs-location",
+        "builtin://Word_Count",
+        "--parameters",
+        f"inputFile={nothing},output={data / 'nothing'}",
+        "--endpoint",
+        srv.url,
+        "--project",
+        project,
+        "--format",
+        "json",
+    )
     ids = {"nothing": json.loads(launched.stdout)["id"]}
     for name, parameters in launches.items():
         pairs = ",".join(f"{k}={v}" for k, v in parameters.items() if "," not in v)
-        done = beamport_command("templates", "run", name.lower().replace("_", "-"), "--gcs-location", f"builtin://{name}",
-                   "--parameters", pairs, "--endpoint", srv.url, "--project", project, "--format", "json")  # fmt: skip
+        done = beamport_command(
+            "templates",
+            "run",
+            name.lower().replace("_", "-"),
+            "--gcs-location",
+            f"builtin://{name}",
+            "--parameters",
+            pairs,
+            "--endpoint",
+            srv.url,
+            "--project",
+            project,
+            "--format",
+            "json",
+        )
         ids[name] = json.loads(done.stdout)["id"]
     for name, job_id in ids.items():
         final = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=180)
@@ -284,21 +417,41 @@ def test_built_in_templates_run_on_local_files(served, project):
     assert read_output(data / "counts") == sorted(["the: 2", "cat: 1", "and: 1", "hat: 1", "The: 1", "end: 1"])
     assert read_output(data / "udf") == ["HELLO", "WORLD"]
     rows = [json.loads(line) for line in read_output(data / "rows")]
-    assert sorted(rows, key=lambda r: r["name"]) == [{"city": "Paris, FR", "name": "ann"}, {"city": "Oslo", "name": "bob"}]
+    assert sorted(rows, key=lambda r: r["name"]) == [
+        {"city": "Paris, FR", "name": "ann"},
+        {"city": "Oslo", "name": "bob"},
+    ]
     assert sorted(p.name for p in (data / "zipped").iterdir()) == ["one.txt.gz", "two.bin.gz"]
 
     # ... and back: decompressed copies equal the originals.
-    job = discovery_client(srv.url).projects().locations().templates().launch(
-        projectId=project, location="us-central1", gcsPath="builtin://Bulk_Decompress_Files",
-        body={"jobName": "unzip", "parameters": {"inputFilePattern": str(data / "zipped" / "*.gz"),
-                                                  "outputDirectory": str(data / "unzipped")}},
-    ).execute()["job"]  # fmt: skip
+    job = (
+        discovery_client(srv.url)
+        .projects()
+        .locations()
+        .templates()
+        .launch(
+            projectId=project,
+            location="us-central1",
+            gcsPath="builtin://Bulk_Decompress_Files",
+            body={
+                "jobName": "unzip",
+                "parameters": {
+                    "inputFilePattern": str(data / "zipped" / "*.gz"),
+                    "outputDirectory": str(data / "unzipped"),
+                },
+            },
+        )
+        .execute()["job"]
+    )
     final = wait_state(api, job["id"], {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=180)
     assert final["currentState"] == "JOB_STATE_DONE", texts(api, job["id"])
     assert {p.name: p.read_bytes() for p in (data / "unzipped").iterdir()} == originals
 
-    missing = api.client.post(f"/v1b3/projects/{project}/locations/us-central1/templates:launch",
-                              params={"gcsPath": "builtin://Nope"}, json={"jobName": "x"})  # fmt: skip
+    missing = api.client.post(
+        f"/v1b3/projects/{project}/locations/us-central1/templates:launch",
+        params={"gcsPath": "builtin://Nope"},
+        json={"jobName": "x"},
+    )
     assert missing.status_code == 404 and "Word_Count" in missing.json()["error"]["message"]
 
 
@@ -307,15 +460,17 @@ def test_templates_are_read_from_file_urls_and_gcs(served, project, tmp_path, mo
     api = Api(srv.url, project)
     path = f"/v1b3/projects/{project}/locations/us-central1/templates:launch"
     good = {"input": str(base / "in.txt"), "output": str(base / "gcs" / "out")}
-    checked = api.client.post(path, params={"gcsPath": f"file://{template}", "validateOnly": "true"},
-                              json={"jobName": "by-url", "parameters": good})  # fmt: skip
+    checked = api.client.post(
+        path,
+        params={"gcsPath": f"file://{template}", "validateOnly": "true"},
+        json={"jobName": "by-url", "parameters": good},
+    )
     assert checked.status_code == 200 and checked.json() == {}
 
     # gs://, through a GCS emulator, for a server started with STORAGE_EMULATOR_HOST.
+    from conftest import free_port
     from gcp_storage_emulator import server as emulator
     from google.cloud import storage
-
-    from conftest import free_port
 
     port = free_port()
     gcs = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="templates")
@@ -327,11 +482,14 @@ def test_templates_are_read_from_file_urls_and_gcs(served, project, tmp_path, mo
         bucket.blob("greeter").upload_from_filename(str(template))
         bucket.blob("greeter_metadata").upload_from_filename(f"{template}_metadata")
         other_api = Api(other.url, project)
-        described = other_api.client.get(f"/v1b3/projects/{project}/locations/us-central1/templates:get",
-                                         params={"gcsPath": "gs://templates/greeter"}).json()  # fmt: skip
+        described = other_api.client.get(
+            f"/v1b3/projects/{project}/locations/us-central1/templates:get",
+            params={"gcsPath": "gs://templates/greeter"},
+        ).json()
         assert described.get("metadata", {}).get("name") == "Greeter", described
-        launched = other_api.client.post(path, params={"gcsPath": "gs://templates/greeter"},
-                                         json={"jobName": "from-gcs", "parameters": good})  # fmt: skip
+        launched = other_api.client.post(
+            path, params={"gcsPath": "gs://templates/greeter"}, json={"jobName": "from-gcs", "parameters": good}
+        )
         assert launched.status_code == 200, launched.text
         job_id = launched.json()["job"]["id"]
         done = wait_state(other_api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)

@@ -28,8 +28,7 @@ from google.cloud import dataflow
 from google.protobuf import json_format
 
 from beamport import wire
-from beamport.translate import graph
-from beamport.translate import metrics
+from beamport.translate import graph, metrics
 
 NOW_US = 1_795_000_000_123_456
 NUMS = [1, 2, 3, 4, 5, 40]
@@ -208,9 +207,12 @@ def test_update_shapes(runs, updates):
     values = [x * 1000 for x in NUMS]
     assert dist["kind"] == "Distribution" and "scalar" not in dist
     assert dist["distribution"] == {
-        "count": len(values), "min": min(values), "max": max(values), "sum": sum(values),
+        "count": len(values),
+        "min": min(values),
+        "max": max(values),
+        "sum": sum(values),
         "mean": sum(values) / len(values),
-    }  # fmt: skip
+    }
     # Every metric has exactly one committed and one tentative update.
     seen = {}
     for u in updates:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 
-
 from conftest import Api
 
 NOW = "2026-01-01T00:00:00Z"
@@ -119,8 +118,9 @@ def test_a_failed_attempt_is_retried_and_the_fourth_failure_fails_the_job(api):
         item = leased["workItems"][0]
         assert item["configuration"].count(f'"attempt": {attempt}') == 1
         error = f"Traceback (most recent call last):\n  ...\nValueError: boom {attempt}"
-        answer = worker.report(item["id"], int(item["initialReportIndex"]), completed=True,
-                               errors=[{"code": 2, "message": error}])
+        answer = worker.report(
+            item["id"], int(item["initialReportIndex"]), completed=True, errors=[{"code": 2, "message": error}]
+        )
         assert answer.status_code == 200, answer.text
         state = api.get(job["id"]).json()["currentState"]
         assert state == ("JOB_STATE_FAILED" if attempt == 4 else "JOB_STATE_PENDING"), attempt  # it never ran
@@ -140,7 +140,10 @@ def test_cancel_reaches_the_worker(api):
     job = api.create("cancel-me")
     worker = Worker(api, job["id"])
     item = worker.lease().json()["workItems"][0]
-    assert api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"}).json()["currentState"] == "JOB_STATE_CANCELLING"
+    assert (
+        api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"}).json()["currentState"]
+        == "JOB_STATE_CANCELLING"
+    )
     answer = worker.report(item["id"], 1).json()["workItemServiceStates"][0]
     assert answer["completeWorkStatus"]["code"] == 1
     assert api.get(job["id"]).json()["currentState"] == "JOB_STATE_CANCELLED"
@@ -168,15 +171,31 @@ def test_protocol_errors_change_nothing(api):
 
     refused(worker.send({**worker.code("X"), "labels": {}}), 400, "INVALID_ARGUMENT")
     refused(worker.send({**worker.code("X"), "labels": {"JOB_ID": "2020-01-01_00_00_00-1"}}), 404, "NOT_FOUND")
-    refused(worker.send({"labels": {"JOB_ID": job["id"]}, "workerHealthReport": {"vmIsHealthy": True}}), 400, "INVALID_ARGUMENT")
+    refused(
+        worker.send({"labels": {"JOB_ID": job["id"]}, "workerHealthReport": {"vmIsHealthy": True}}),
+        400,
+        "INVALID_ARGUMENT",
+    )
     refused(worker.send({**worker.code("X"), "perWorkerMetrics": {}}), 400, "INVALID_ARGUMENT")
     refused(worker.send({"labels": worker.code("X")["labels"], "streamingScalingReport": {}}), 501, "UNIMPLEMENTED")
-    refused(worker.send({"labels": {"JOB_ID": job["id"]}, "workerHealthReport": {"vmIsHealthy": "yes"}}), 400, "INVALID_ARGUMENT")
+    refused(
+        worker.send({"labels": {"JOB_ID": job["id"]}, "workerHealthReport": {"vmIsHealthy": "yes"}}),
+        400,
+        "INVALID_ARGUMENT",
+    )
     refused(worker.send(worker.code("BEAMPORT_JOB_LOG", importance="LOUD", text="x")), 400, "INVALID_ARGUMENT")
-    refused(worker.send(worker.code("BEAMPORT_STAGE_STATE", stage="F", state="JOB_STATE_PAUSED")), 400, "INVALID_ARGUMENT")
+    refused(
+        worker.send(worker.code("BEAMPORT_STAGE_STATE", stage="F", state="JOB_STATE_PAUSED")), 400, "INVALID_ARGUMENT"
+    )
     # A batch mixing good and bad messages is refused whole.
-    refused(worker.send(worker.code("BEAMPORT_JOB_LOG", importance="JOB_MESSAGE_BASIC", text="fine"),
-                        {**worker.code("X"), "labels": {}}), 400, "INVALID_ARGUMENT")
+    refused(
+        worker.send(
+            worker.code("BEAMPORT_JOB_LOG", importance="JOB_MESSAGE_BASIC", text="fine"),
+            {**worker.code("X"), "labels": {}},
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    )
     refused(worker.send(*[worker.code("X")] * 1001), 400, "INVALID_ARGUMENT")
 
     assert (api.get(job["id"], view="JOB_VIEW_ALL").json(), texts(api, job["id"])) == before
@@ -232,7 +251,10 @@ def test_a_broken_worker_loses_its_work_and_gets_no_more(api):
     assert answer.status_code == 200, answer.text
     assert "workerHealthReportResponse" in answer.json()["workerMessageResponses"][0]
     assert registry(api, job["id"])[bad.worker_id]["state"] == "BROKEN"
-    assert any("reported it is broken (disk on fire)" in t for t in texts(api, job["id"], minimumImportance="JOB_MESSAGE_WARNING"))
+    assert any(
+        "reported it is broken (disk on fire)" in t
+        for t in texts(api, job["id"], minimumImportance="JOB_MESSAGE_WARNING")
+    )
 
     # Its lease is revoked: its next report is told to stop, and it gets no more work, of any job.
     stop = bad.report(item["id"], 1).json()["workItemServiceStates"][0]
@@ -250,7 +272,9 @@ def test_a_broken_worker_loses_its_work_and_gets_no_more(api):
     assert moved["id"] == item["id"] and '"attempt": 2' in moved["configuration"]
     good.send(good.code("BEAMPORT_STAGE_STATE", stage="F1", state="JOB_STATE_RUNNING"))
     stage = api.client.get(f"{api.jobs_path}/{job['id']}/stages/F1/executionDetails").json()
-    assert [(w["workerName"], w["workItems"][0]["attemptId"], w["workItems"][0]["state"]) for w in stage["workers"]] == [
+    assert [
+        (w["workerName"], w["workItems"][0]["attemptId"], w["workItems"][0]["state"]) for w in stage["workers"]
+    ] == [
         (bad.worker_id, "1", "EXECUTION_STATE_FAILED"),
         ("good", "2", "EXECUTION_STATE_RUNNING"),
     ]
@@ -294,19 +318,24 @@ def test_worker_messages_answer_one_entry_per_message_in_order(api):
     answer = worker.send(
         health(worker),
         {"labels": labels, "workerMetrics": {"cpuTime": [{"totalMs": "1500", "rate": 0.25, "timestamp": NOW}]}},
-        {"labels": labels, "time": NOW, "workerLifecycleEvent": {"event": "CONTAINER_START",
-                                                                  "containerStartTime": NOW, "metadata": {"a": "1"}}},
+        {
+            "labels": labels,
+            "time": NOW,
+            "workerLifecycleEvent": {"event": "CONTAINER_START", "containerStartTime": NOW, "metadata": {"a": "1"}},
+        },
         worker.code("HARNESS_STARTED"),
         {"labels": labels, "workerShutdownNotice": {"reason": "UNKNOWN"}},
     )
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"workerMessageResponses": [
-        {"workerHealthReportResponse": {"reportInterval": "5s"}},
-        {"workerMetricsResponse": {}},
-        {},
-        {},
-        {"workerShutdownNoticeResponse": {}},
-    ]}  # fmt: skip
+    assert answer.json() == {
+        "workerMessageResponses": [
+            {"workerHealthReportResponse": {"reportInterval": "5s"}},
+            {"workerMetricsResponse": {}},
+            {},
+            {},
+            {"workerShutdownNoticeResponse": {}},
+        ]
+    }
     detail = api.client.get(f"/beamport/v1/workers/{worker.worker_id}").json()
     assert detail["state"] == "SHUTDOWN" and detail["cpu"]["totalMs"] == "1500" and detail["cpu"]["rate"] == 0.25
     assert detail["containerStartTime"] == NOW
@@ -347,7 +376,12 @@ def test_malformed_worker_messages_change_nothing(api):
     refused(400, "INVALID_ARGUMENT", {"labels": labels, "workerLifecycleEvent": {"event": "X", "metadata": {"a": 1}}})
     assert "1000" in refused(400, "INVALID_ARGUMENT", *[health(worker)] * 1001)
     # One bad message refuses the whole batch, the good ones in it included.
-    refused(404, "NOT_FOUND", health(worker, vmIsBroken=True), {"labels": {**labels, "JOB_ID": "nope-1"}, "workerHealthReport": {}})
+    refused(
+        404,
+        "NOT_FOUND",
+        health(worker, vmIsBroken=True),
+        {"labels": {**labels, "JOB_ID": "nope-1"}, "workerHealthReport": {}},
+    )
     assert (registry(api, job["id"]), texts(api, job["id"], minimumImportance="JOB_MESSAGE_DEBUG")) == before
     # Unknown fields next to a known kind are ignored, as everywhere in the API (newer workers keep working).
     assert worker.send({**health(worker), "futureField": 1}).status_code == 200

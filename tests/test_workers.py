@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import Api, Server, discovery_client
 from test_running_jobs import PIPELINES, TEXT, alive_in_group, dataflow_flags, read_output, run, texts, wait_state
 
@@ -32,9 +31,23 @@ class WorkerProcess:
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir.parent / f"{worker_id}.log"
-        command = [sys.executable, "-m", "beamport", "worker", "--endpoint", server.url, "--worker-id", worker_id,
-                   "--data-dir", str(data_dir), "--allow-path", str(data_dir.parent.parent), "--poll-interval", "0.1",
-                   *args]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "beamport",
+            "worker",
+            "--endpoint",
+            server.url,
+            "--worker-id",
+            worker_id,
+            "--data-dir",
+            str(data_dir),
+            "--allow-path",
+            str(data_dir.parent.parent),
+            "--poll-interval",
+            "0.1",
+            *args,
+        ]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -51,8 +64,9 @@ class WorkerProcess:
 def remote(tmp_path_factory) -> Server:
     """A server without local workers, asking workers for a health report every second."""
     base = tmp_path_factory.mktemp("remote")
-    srv = Server(base / "data", extra_args=("--workers", "0", "--worker-report-interval", "1",
-                                            "--allow-path", str(base.parent))).start()  # fmt: skip
+    srv = Server(
+        base / "data", extra_args=("--workers", "0", "--worker-report-interval", "1", "--allow-path", str(base.parent))
+    ).start()
     yield srv
     srv.stop()
 
@@ -74,12 +88,26 @@ def workers(tmp_path):
 def listed(server: Server, *args: str) -> dict[str, list[str]]:
     """`beamport workers list ARGS` as a user runs it (no BEAMPORT_* variables): its rows by worker id."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BEAMPORT_")}
-    done = subprocess.run([sys.executable, "-m", "beamport", "workers", "list", "--endpoint", server.url, *args],
-                          capture_output=True, text=True, timeout=30, env=env, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "beamport", "workers", "list", "--endpoint", server.url, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
+    )
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     header, *rows = done.stdout.splitlines() or [""]
-    assert not rows or header.split() == ["WORKER_ID", "JOB_ID", "STATE", "HEALTH", "CPU", "UPTIME", "WORK_ITEM",
-                                          "LAST_REPORT"], done.stdout  # fmt: skip
+    assert not rows or header.split() == [
+        "WORKER_ID",
+        "JOB_ID",
+        "STATE",
+        "HEALTH",
+        "CPU",
+        "UPTIME",
+        "WORK_ITEM",
+        "LAST_REPORT",
+    ], done.stdout
     return {row.split()[0]: row.split() for row in rows}
 
 
@@ -104,6 +132,7 @@ def wait_for(condition, timeout: float = 60, what: str = "condition"):
 
 def running_on(server: Server, api: Api, job_id: str, worker_id: str) -> None:
     """Wait until the worker runs a stage of the job."""
+
     def ready():
         job = api.get(job_id).json()
         stages = [s for s in job.get("stageStates", []) if s.get("executionStageState") == "JOB_STATE_RUNNING"]
@@ -117,14 +146,28 @@ def wordcount(tmp_path):
     """Input for slow_wordcount.py, and the output an undisturbed DirectRunner run writes from it."""
     source = tmp_path / "input.txt"
     source.write_text("\n".join(TEXT.splitlines()[:40]) + "\n")
-    run([str(PIPELINES / "slow_wordcount.py"), str(source), str(tmp_path / "expected" / "out"), "0",
-         "--runner=DirectRunner"])  # fmt: skip
+    run(
+        [
+            str(PIPELINES / "slow_wordcount.py"),
+            str(source),
+            str(tmp_path / "expected" / "out"),
+            "0",
+            "--runner=DirectRunner",
+        ]
+    )
     return source, read_output(tmp_path / "expected" / "out")
 
 
 def submit_wordcount(server: Server, project: str, workdir: Path, source: Path, name: str, seconds: float) -> str:
-    done = run([str(PIPELINES / "slow_wordcount.py"), str(source), str(workdir / name / "out"), str(seconds),
-                *dataflow_flags(server, project, workdir, name)])  # fmt: skip
+    done = run(
+        [
+            str(PIPELINES / "slow_wordcount.py"),
+            str(source),
+            str(workdir / name / "out"),
+            str(seconds),
+            *dataflow_flags(server, project, workdir, name),
+        ]
+    )
     return done.stdout.split("JOB_ID ", 1)[1].split()[0]
 
 
@@ -160,8 +203,13 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_output_is_identical(remote,
     samples = detail["cpuTime"]
     assert len(samples) >= 3 and all(int(s["totalMs"]) >= 0 for s in samples)
     events = [e["event"] for e in detail["lifecycleEvents"]]
-    for event in ("CONTAINER_START", "STAGING_FILES_DOWNLOAD_START", "STAGING_FILES_DOWNLOAD_FINISH",
-                  "SDK_INSTALL_START", "SDK_INSTALL_FINISH"):  # fmt: skip
+    for event in (
+        "CONTAINER_START",
+        "STAGING_FILES_DOWNLOAD_START",
+        "STAGING_FILES_DOWNLOAD_FINISH",
+        "SDK_INSTALL_START",
+        "SDK_INSTALL_FINISH",
+    ):
         assert event in events, events
     staged = next(e for e in detail["lifecycleEvents"] if e["event"] == "STAGING_FILES_DOWNLOAD_FINISH")
     assert int(staged["metadata"]["downloaded_bytes"]) > 0
@@ -191,15 +239,25 @@ def test_sigterm_sends_a_shutdown_notice_and_the_work_moves_at_once(remote, proj
     assert any("Worker leaving is shutting down (PREEMPTION)" in t for t in texts(api, job_id))
 
     # debug.getWorkerStacktraces, through Google's discovery client: the live executor's thread stacks.
-    stacks = discovery_client(remote.url).projects().locations().jobs().debug().getWorkerStacktraces(
-        projectId=project, location="us-central1", jobId=job_id, body={"workerId": "staying"}
-    ).execute()
+    stacks = (
+        discovery_client(remote.url)
+        .projects()
+        .locations()
+        .jobs()
+        .debug()
+        .getWorkerStacktraces(projectId=project, location="us-central1", jobId=job_id, body={"workerId": "staying"})
+        .execute()
+    )
     threads = {s["threadName"]: s["stackContent"] for s in stacks["sdks"][0]["stacks"]}
     assert "engine" in threads and "executor.py" in threads["engine"]
 
     # The CLI's view of the registry.
-    listing = subprocess.run([sys.executable, "-m", "beamport", "workers", "list", "--job", job_id,
-                              "--endpoint", remote.url], capture_output=True, text=True, timeout=30)  # fmt: skip
+    listing = subprocess.run(
+        [sys.executable, "-m", "beamport", "workers", "list", "--job", job_id, "--endpoint", remote.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert listing.returncode == 0, listing.stderr
     header, *rows = listing.stdout.splitlines()
     assert header.split() == ["WORKER_ID", "JOB_ID", "STATE", "HEALTH", "CPU", "UPTIME", "WORK_ITEM", "LAST_REPORT"]
@@ -217,12 +275,24 @@ def test_a_second_worker_with_its_own_data_dir_picks_up_queued_jobs(tmp_path, pr
     srv = Server(tmp_path / "data", extra_args=("--workers", "1", "--allow-path", str(tmp_path))).start()
     try:
         api = Api(srv.url, project)
-        slow = run([str(PIPELINES / "slow_pipeline.py"), "30", str(tmp_path / "slow" / "out"),
-                    *dataflow_flags(srv, project, tmp_path, "slow")])  # fmt: skip
+        slow = run(
+            [
+                str(PIPELINES / "slow_pipeline.py"),
+                "30",
+                str(tmp_path / "slow" / "out"),
+                *dataflow_flags(srv, project, tmp_path, "slow"),
+            ]
+        )
         slow_id = slow.stdout.split("JOB_ID ", 1)[1].split()[0]
         wait_state(api, slow_id, {"JOB_STATE_RUNNING"})
-        quick = run([str(PIPELINES / "slow_pipeline.py"), "0", str(tmp_path / "quick" / "out"),
-                     *dataflow_flags(srv, project, tmp_path, "quick")])  # fmt: skip
+        quick = run(
+            [
+                str(PIPELINES / "slow_pipeline.py"),
+                "0",
+                str(tmp_path / "quick" / "out"),
+                *dataflow_flags(srv, project, tmp_path, "quick"),
+            ]
+        )
         quick_id = quick.stdout.split("JOB_ID ", 1)[1].split()[0]
         wait_state(api, quick_id, {"JOB_STATE_QUEUED"})
         extra = workers(srv, "extra")
@@ -240,18 +310,31 @@ def test_a_second_worker_with_its_own_data_dir_picks_up_queued_jobs(tmp_path, pr
 def test_a_job_scales_between_num_workers_and_max_workers_from_its_backlog(remote, project, tmp_path, workers):
     api = Api(remote.url, project)
     workers(remote, "scaler")
-    done = run([str(PIPELINES / "scaling_pipeline.py"), str(tmp_path / "scaled" / "out"),
-                *dataflow_flags(remote, project, tmp_path, "scaled"),
-                "--num_workers=1", "--max_num_workers=2", "--autoscaling_algorithm=THROUGHPUT_BASED"])  # fmt: skip
+    done = run(
+        [
+            str(PIPELINES / "scaling_pipeline.py"),
+            str(tmp_path / "scaled" / "out"),
+            *dataflow_flags(remote, project, tmp_path, "scaled"),
+            "--num_workers=1",
+            "--max_num_workers=2",
+            "--autoscaling_algorithm=THROUGHPUT_BASED",
+        ]
+    )
     job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
     final = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=180)
     assert final["currentState"] == "JOB_STATE_DONE", texts(api, job_id)
     assert read_output(tmp_path / "scaled" / "out") == [f"{k}: 2500" for k in range(8)]
 
     # messages.list's autoscalingEvents, through Google's discovery client.
-    listing = discovery_client(remote.url).projects().locations().jobs().messages().list(
-        projectId=project, location="us-central1", jobId=job_id
-    ).execute()
+    listing = (
+        discovery_client(remote.url)
+        .projects()
+        .locations()
+        .jobs()
+        .messages()
+        .list(projectId=project, location="us-central1", jobId=job_id)
+        .execute()
+    )
     events = [(e["eventType"], e["currentNumWorkers"], e["targetNumWorkers"]) for e in listing["autoscalingEvents"]]
     assert events[0] == ("TARGET_NUM_WORKERS_CHANGED", "0", "1"), events  # numWorkers at the start
     assert ("TARGET_NUM_WORKERS_CHANGED", "1", "2") in events, events  # the shuffle's backlog raised it
@@ -265,8 +348,9 @@ def test_a_job_scales_between_num_workers_and_max_workers_from_its_backlog(remot
 
 def test_a_remote_worker_keeps_its_work_across_a_server_restart(tmp_path, project, workers, wordcount):
     source, expected = wordcount
-    srv = Server(tmp_path / "data", extra_args=("--workers", "0", "--worker-report-interval", "1",
-                                                "--allow-path", str(tmp_path))).start()  # fmt: skip
+    srv = Server(
+        tmp_path / "data", extra_args=("--workers", "0", "--worker-report-interval", "1", "--allow-path", str(tmp_path))
+    ).start()
     try:
         api = Api(srv.url, project)
         workers(srv, "steady")
@@ -297,9 +381,16 @@ def test_a_worker_idle_past_its_health_deadline_is_not_lost_when_it_leases_again
 
     item = lease(first)
     health = {"labels": {"JOB_ID": first["id"], "WORKER_ID": "idler"}, "workerHealthReport": {"vmIsHealthy": True}}
-    assert api.client.post(f"/v1b3/projects/{project}/locations/us-central1/WorkerMessages",
-                           json={"workerMessages": [health]}).status_code == 200  # fmt: skip
-    done = {"workerId": "idler", "workItemStatuses": [{"workItemId": item["id"], "reportIndex": "1", "completed": True}]}
+    assert (
+        api.client.post(
+            f"/v1b3/projects/{project}/locations/us-central1/WorkerMessages", json={"workerMessages": [health]}
+        ).status_code
+        == 200
+    )
+    done = {
+        "workerId": "idler",
+        "workItemStatuses": [{"workItemId": item["id"], "reportIndex": "1", "completed": True}],
+    }
     assert api.client.post(f"{jobs}/{first['id']}/workItems:reportStatus", json=done).status_code == 200
     # Idle for longer than 3 intervals of 1 s, and past the 15 s after the server's start (no deadline then).
     time.sleep(max(3.5, remote.started + 16 - time.monotonic()))
@@ -315,8 +406,9 @@ def test_idle_workers_are_listed_live_their_polls_noted_sparingly_and_lost_once_
     """Workers that wait for work send no health reports: their lease polls keep them live (IDLE); a worker
     that stops polling is LOST after its deadline and leaves the default listing, though it held no work.
     A server of its own: no other test's work for the worker that takes any project's."""
-    remote = Server(tmp_path / "data", extra_args=("--workers", "0", "--worker-report-interval", "1",
-                                                   "--allow-path", str(tmp_path))).start()  # fmt: skip
+    remote = Server(
+        tmp_path / "data", extra_args=("--workers", "0", "--worker-report-interval", "1", "--allow-path", str(tmp_path))
+    ).start()
     try:
         _idle_workers(remote, project, workers)
     finally:
@@ -332,8 +424,11 @@ def _idle_workers(remote: Server, project: str, workers) -> None:
     workers(remote, "bound", "--project", project, "--region", "us-central1", "--job-id", idle_job["id"])
     workers(remote, "elsewhere", "--project", f"{project}-other")
     ours = {"waiting", "bound", "elsewhere"}
-    live = wait_for(lambda: (found := registry(remote, include_gone=False)) and ours <= set(found) and found,
-                    timeout=30, what="the three idle workers listed live")  # fmt: skip
+    live = wait_for(
+        lambda: (found := registry(remote, include_gone=False)) and ours <= set(found) and found,
+        timeout=30,
+        what="the three idle workers listed live",
+    )
     assert {worker_id: live[worker_id]["state"] for worker_id in ours} == dict.fromkeys(ours, "IDLE")
     assert "health" not in live["waiting"] and live["bound"]["projectId"] == project
 
@@ -355,8 +450,11 @@ def _idle_workers(remote: Server, project: str, workers) -> None:
     assert len(times) >= 2 and all(b - a >= 2.5 for a, b in itertools.pairwise(times)), sorted(seen)
 
     waiting.signal(signal.SIGKILL)
-    gone = wait_for(lambda: registry(remote).get("waiting", {}).get("state") == "LOST" and registry(remote)["waiting"],
-                    timeout=60, what="the killed idle worker LOST")  # fmt: skip
+    gone = wait_for(
+        lambda: registry(remote).get("waiting", {}).get("state") == "LOST" and registry(remote)["waiting"],
+        timeout=60,
+        what="the killed idle worker LOST",
+    )
     assert gone["reason"].startswith("no report or lease poll since"), gone
     assert "waiting" not in registry(remote, include_gone=False) and "waiting" not in listed(remote)
     assert listed(remote, "--all")["waiting"][1:4] == ["-", "LOST", "-"]
@@ -369,13 +467,17 @@ def test_a_worker_that_stops_reporting_is_lost_even_when_it_held_no_work(remote,
     job = api.create("reported-once")
     worker_id = f"quiet-{project}"
     health = {"labels": {"JOB_ID": job["id"], "WORKER_ID": worker_id}, "workerHealthReport": {"vmIsHealthy": True}}
-    answer = api.client.post(f"/v1b3/projects/{project}/locations/us-central1/WorkerMessages",
-                             json={"workerMessages": [health]})  # fmt: skip
+    answer = api.client.post(
+        f"/v1b3/projects/{project}/locations/us-central1/WorkerMessages", json={"workerMessages": [health]}
+    )
     assert answer.json()["workerMessageResponses"][0]["workerHealthReportResponse"]["reportInterval"] == "1s"
     assert listed(remote, "--project", project)[worker_id][2:4] == ["RUNNING", "healthy"]
 
-    entry = wait_for(lambda: registry(remote).get(worker_id, {}).get("state") == "LOST" and registry(remote)[worker_id],
-                     timeout=60, what="the silent worker LOST")  # fmt: skip
+    entry = wait_for(
+        lambda: registry(remote).get(worker_id, {}).get("state") == "LOST" and registry(remote)[worker_id],
+        timeout=60,
+        what="the silent worker LOST",
+    )
     assert entry["reason"] == f"no report or lease poll since {entry['lastHealthTime']}", entry
     assert entry["health"]["vmIsHealthy"] is True  # its last report, as it sent it: history ...
     assert listed(remote, "--all", "--project", project)[worker_id][2:4] == ["LOST", "-"]  # ... not its health now
@@ -392,8 +494,11 @@ def test_the_local_workers_are_listed_idle_and_shown_gone_once_their_server_stop
         assert all(worker_id.startswith("local-") and row[2] == "IDLE" for worker_id, row in first.items()), first
         srv.stop()
         srv.start()
-        second = wait_for(lambda: len(rows := listed(srv)) == 2 and not set(rows) & set(first) and rows,
-                          timeout=60, what="the new server's two local workers listed, and only them")  # fmt: skip
+        second = wait_for(
+            lambda: len(rows := listed(srv)) == 2 and not set(rows) & set(first) and rows,
+            timeout=60,
+            what="the new server's two local workers listed, and only them",
+        )
         assert {row[2] for row in second.values()} == {"IDLE"}
         everyone = registry(srv)
         for worker_id in first:  # the pool stopped them: gone at once, not after their deadline

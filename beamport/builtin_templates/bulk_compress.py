@@ -8,7 +8,6 @@ outputFailureFile, a failure fails the job rather than going unnoticed.
 
 from __future__ import annotations
 
-
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -23,12 +22,15 @@ EXTENSIONS = {"GZIP": ".gz", "BZIP2": ".bz2", "DEFLATE": ".deflate"}
 class BulkCompressOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        add_parameters(parser, {
-            "inputFilePattern": {"help": "The files to compress (a file pattern)."},
-            "outputDirectory": {"help": "The directory to write the compressed files to."},
-            "compression": {"help": "The compression: GZIP, BZIP2 or DEFLATE."},
-            "outputFailureFile": {"help": "The file to list the files that failed in, as path,error lines."},
-        })  # fmt: skip
+        add_parameters(
+            parser,
+            {
+                "inputFilePattern": {"help": "The files to compress (a file pattern)."},
+                "outputDirectory": {"help": "The directory to write the compressed files to."},
+                "compression": {"help": "The compression: GZIP, BZIP2 or DEFLATE."},
+                "outputFailureFile": {"help": "The file to list the files that failed in, as path,error lines."},
+            },
+        )
 
 
 class CompressFile(beam.DoFn):
@@ -52,9 +54,9 @@ class CompressFile(beam.DoFn):
 def build(pipeline, options):
     params = options.view_as(BulkCompressOptions)
     files = spread_matches(pipeline, params.inputFilePattern)
-    results = files | "Compress" >> beam.ParDo(
-        CompressFile(params.outputDirectory, params.compression)
-    ).with_outputs(FAILED, main="written")
+    results = files | "Compress" >> beam.ParDo(CompressFile(params.outputDirectory, params.compression)).with_outputs(
+        FAILED, main="written"
+    )
     write_failures(results[FAILED], params.outputFailureFile)
     return results.written  # the paths of the compressed files
 

@@ -25,11 +25,14 @@ COMPRESSIONS = {".gz": CompressionTypes.GZIP, ".bz2": CompressionTypes.BZIP2, ".
 class BulkDecompressOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        add_parameters(parser, {
-            "inputFilePattern": {"help": "The files to decompress (a file pattern)."},
-            "outputDirectory": {"help": "The directory to write the decompressed files to."},
-            "outputFailureFile": {"help": "The file to list the files that failed in, as path,error lines."},
-        })  # fmt: skip
+        add_parameters(
+            parser,
+            {
+                "inputFilePattern": {"help": "The files to decompress (a file pattern)."},
+                "outputDirectory": {"help": "The directory to write the decompressed files to."},
+                "outputFailureFile": {"help": "The file to list the files that failed in, as path,error lines."},
+            },
+        )
 
 
 class DecompressFile(beam.DoFn):

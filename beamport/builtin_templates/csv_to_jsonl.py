@@ -23,12 +23,15 @@ from beamport.builtin_templates.files import WriteToText, open_read, spread_matc
 class CsvToJsonlOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        add_parameters(parser, {
-            "inputFilePattern": {"help": "The CSV files to read (a file pattern)."},
-            "outputPrefix": {"help": "The prefix of the output files."},
-            "delimiter": {"default": ",", "help": "The field delimiter (one character)."},
-            "hasHeader": {"default": "true", "help": "Whether each file's first line is a header (true or false)."},
-        })  # fmt: skip
+        add_parameters(
+            parser,
+            {
+                "inputFilePattern": {"help": "The CSV files to read (a file pattern)."},
+                "outputPrefix": {"help": "The prefix of the output files."},
+                "delimiter": {"default": ",", "help": "The field delimiter (one character)."},
+                "hasHeader": {"default": "true", "help": "Whether each file's first line is a header (true or false)."},
+            },
+        )
 
 
 class CsvFileToJson(beam.DoFn):
@@ -55,7 +58,7 @@ class CsvFileToJson(beam.DoFn):
             keys = names or [f"col{i}" for i in range(len(row))]
             if len(row) != len(keys):
                 raise ValueError(f"{path}, line {reader.line_num}: {len(row)} fields, the header has {len(keys)}.")
-            yield json.dumps(dict(zip(keys, row)), sort_keys=True)
+            yield json.dumps(dict(zip(keys, row, strict=False)), sort_keys=True)
 
 
 def build(pipeline, options):

@@ -203,11 +203,7 @@ def copy_or_fail(source, source_type, target, target_type):
 
 def write_failures(failed, failure_file) -> None:
     """All the failures, as one list (even empty), to the failure file (see WriteFailures)."""
-    (
-        failed
-        | "AllFailures" >> beam.combiners.ToList()
-        | "WriteFailures" >> beam.ParDo(WriteFailures(failure_file))
-    )
+    (failed | "AllFailures" >> beam.combiners.ToList() | "WriteFailures" >> beam.ParDo(WriteFailures(failure_file)))
 
 
 class WriteFailures(beam.DoFn):

@@ -7,7 +7,6 @@ its function is called on each line (str -> str); a line for which it returns No
 
 from __future__ import annotations
 
-
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -18,12 +17,15 @@ from beamport.builtin_templates.files import ReadText, WriteToText, open_read
 class PythonUdfTextOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        add_parameters(parser, {
-            "inputFilePattern": {"help": "The files to read (a file pattern)."},
-            "outputPrefix": {"help": "The prefix of the output files."},
-            "pythonUdfFilePath": {"help": "The Python file (.py) that defines the function."},
-            "pythonUdfFunctionName": {"default": "transform", "help": "The function's name in that file."},
-        })  # fmt: skip
+        add_parameters(
+            parser,
+            {
+                "inputFilePattern": {"help": "The files to read (a file pattern)."},
+                "outputPrefix": {"help": "The prefix of the output files."},
+                "pythonUdfFilePath": {"help": "The Python file (.py) that defines the function."},
+                "pythonUdfFunctionName": {"default": "transform", "help": "The function's name in that file."},
+            },
+        )
 
 
 class ApplyUdf(beam.DoFn):

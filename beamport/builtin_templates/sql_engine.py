@@ -19,11 +19,24 @@ FORMATS = ("csv", "jsonl", "parquet")
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 # DuckDB's types as GoogleSQL names them.
 _GOOGLESQL_TYPES = {
-    "BIGINT": "INT64", "INTEGER": "INT64", "SMALLINT": "INT64", "TINYINT": "INT64", "HUGEINT": "INT64",
-    "UBIGINT": "INT64", "UINTEGER": "INT64", "DOUBLE": "FLOAT64", "FLOAT": "FLOAT64", "REAL": "FLOAT64",
-    "VARCHAR": "STRING", "BOOLEAN": "BOOL", "DATE": "DATE", "TIMESTAMP": "DATETIME",
-    "TIMESTAMP WITH TIME ZONE": "TIMESTAMP", "TIME": "TIME", "BLOB": "BYTES",
-}  # fmt: skip
+    "BIGINT": "INT64",
+    "INTEGER": "INT64",
+    "SMALLINT": "INT64",
+    "TINYINT": "INT64",
+    "HUGEINT": "INT64",
+    "UBIGINT": "INT64",
+    "UINTEGER": "INT64",
+    "DOUBLE": "FLOAT64",
+    "FLOAT": "FLOAT64",
+    "REAL": "FLOAT64",
+    "VARCHAR": "STRING",
+    "BOOLEAN": "BOOL",
+    "DATE": "DATE",
+    "TIMESTAMP": "DATETIME",
+    "TIMESTAMP WITH TIME ZONE": "TIMESTAMP",
+    "TIME": "TIME",
+    "BLOB": "BYTES",
+}
 
 
 def to_duckdb(query: str) -> str:
@@ -102,4 +115,4 @@ def run(query: str, tables: dict[str, dict]):
     cursor = connect(tables).execute(to_duckdb(query))
     names = [column[0] for column in cursor.description]
     for row in cursor.fetchall():
-        yield dict(zip(names, row))
+        yield dict(zip(names, row, strict=False))

@@ -23,12 +23,15 @@ from beamport.builtin_templates.files import WriteToText, match
 class SqlQueryOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        add_parameters(parser, {
-            "query": {"help": "The GoogleSQL query."},
-            "tables": {"help": "The tables it reads: JSON {name: {path, format}}."},
-            "outputPrefix": {"help": "The prefix of the output files."},
-            "outputFormat": {"default": "jsonl", "help": "jsonl or csv."},
-        })  # fmt: skip
+        add_parameters(
+            parser,
+            {
+                "query": {"help": "The GoogleSQL query."},
+                "tables": {"help": "The tables it reads: JSON {name: {path, format}}."},
+                "outputPrefix": {"help": "The prefix of the output files."},
+                "outputFormat": {"default": "jsonl", "help": "jsonl or csv."},
+            },
+        )
 
 
 class RunQuery(beam.DoFn):

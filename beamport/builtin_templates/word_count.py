@@ -19,10 +19,13 @@ from beamport.builtin_templates.files import ReadText, WriteToText
 class WordCountOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        add_parameters(parser, {
-            "inputFile": {"help": "The files to read (a file pattern)."},
-            "output": {"help": "The prefix of the output files."},
-        })  # fmt: skip
+        add_parameters(
+            parser,
+            {
+                "inputFile": {"help": "The files to read (a file pattern)."},
+                "output": {"help": "The prefix of the output files."},
+            },
+        )
 
 
 def words(line: str) -> list[str]:

@@ -6,8 +6,8 @@ It speaks HTTP and knows the API's paths, paging and error shape; it prints noth
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
-from typing import Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import httpx
@@ -52,7 +52,7 @@ def normalize_endpoint(endpoint: str) -> str:
     return endpoint.rstrip("/")
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def format_time_us(us: int) -> str:
@@ -88,7 +88,9 @@ class DataflowClient:
         try:
             auth = key_file_auth(credentials)
         except (OSError, ValueError) as exc:
-            raise ClientError(f"Cannot use the credentials {credentials or os.environ.get(CREDENTIALS_VARIABLE)}: {exc}") from None
+            raise ClientError(
+                f"Cannot use the credentials {credentials or os.environ.get(CREDENTIALS_VARIABLE)}: {exc}"
+            ) from None
         self._http = httpx.Client(
             base_url=self.endpoint,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -99,7 +101,7 @@ class DataflowClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "DataflowClient":
+    def __enter__(self) -> DataflowClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -123,9 +125,12 @@ class DataflowClient:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         try:
             response = self._http.request(
-                method, path, params=params, json=json,
+                method,
+                path,
+                params=params,
+                json=json,
                 timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
-            )  # fmt: skip
+            )
         except httpx.TimeoutException:
             raise ConnectionFailure(self.endpoint, "the request timed out") from None
         except httpx.HTTPError as exc:
@@ -176,7 +181,9 @@ class DataflowClient:
         limit: int | None = None,
     ) -> Iterator[dict]:
         """Jobs, newest first, following nextPageToken until `limit` jobs (None: all)."""
-        return _pages(lambda size, token: self.list_jobs_page(project, region, filter, name, size, token), "jobs", limit)
+        return _pages(
+            lambda size, token: self.list_jobs_page(project, region, filter, name, size, token), "jobs", limit
+        )
 
     def get_job(self, project: str, region: str, job_id: str, view: str | None = None) -> dict:
         return self._request("GET", self._job_path(project, region, job_id), {"view": view})
@@ -251,9 +258,12 @@ class DataflowClient:
     # -- workers (Beamport's own registry view, not Dataflow's API) ------------------
 
     def list_workers(
-        self, job_id: str | None = None, include_gone: bool = False, project: str | None = None,
+        self,
+        job_id: str | None = None,
+        include_gone: bool = False,
+        project: str | None = None,
         region: str | None = None,
-    ) -> list[dict]:  # fmt: skip
+    ) -> list[dict]:
         """Live workers (or all); of a project, a region: theirs, and those that serve no job yet."""
         params = {"jobId": job_id, "all": "true" if include_gone else None, "projectId": project, "location": region}
         return self._request("GET", "/beamport/v1/workers", params).get("workers", [])

@@ -14,8 +14,9 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -26,8 +27,9 @@ from beamport.cli.output import Format, Printer, short_time
 from beamport.errors import RPC_CODE
 
 app = typer.Typer(help="Identity and access: service accounts and their keys.", no_args_is_help=True)
-service_accounts_app = typer.Typer(help="Service accounts: the identities clients and workers call as.",
-                                   no_args_is_help=True)  # fmt: skip
+service_accounts_app = typer.Typer(
+    help="Service accounts: the identities clients and workers call as.", no_args_is_help=True
+)
 keys_app = typer.Typer(help="A service account's keys (Google-format JSON key files).", no_args_is_help=True)
 app.add_typer(service_accounts_app, name="service-accounts")
 service_accounts_app.add_typer(keys_app, name="keys")
@@ -52,19 +54,21 @@ Member = Annotated[
 Role = Annotated[
     str,
     typer.Option(
-        "--role", show_default=False,
+        "--role",
+        show_default=False,
         help="roles/dataflow.viewer, roles/dataflow.developer, roles/dataflow.admin or roles/dataflow.worker.",
     ),
-]  # fmt: skip
+]
 ProjectId = Annotated[str, typer.Argument(help="The project's id.", show_default=False)]
 OrganizationId = Annotated[str, typer.Argument(help="The organization (this server has one: beamport).")]
 AuditProject = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
-        "--project", envvar="BEAMPORT_PROJECT",
+        "--project",
+        envvar="BEAMPORT_PROJECT",
         help="Only this project's entries (default: every project's, which needs the permission on the organization).",
     ),
-]  # fmt: skip
+]
 
 
 def _session(endpoint: str, format: Format):
@@ -91,11 +95,14 @@ def _print_table(printer: Printer, columns: tuple[str, ...], rows: list[tuple[st
 def create_account(
     name: Annotated[
         str,
-        typer.Argument(show_default=False, help="The account's id, 6-30 lowercase letters, digits and hyphens: its "
-                                                "email is NAME@PROJECT.iam.gserviceaccount.com."),
+        typer.Argument(
+            show_default=False,
+            help="The account's id, 6-30 lowercase letters, digits and hyphens: its "
+            "email is NAME@PROJECT.iam.gserviceaccount.com.",
+        ),
     ],
-    display_name: Annotated[Optional[str], typer.Option(help="A name to show for the account.")] = None,
-    description: Annotated[Optional[str], typer.Option(help="What the account is for.")] = None,
+    display_name: Annotated[str | None, typer.Option(help="A name to show for the account.")] = None,
+    description: Annotated[str | None, typer.Option(help="What the account is for.")] = None,
     endpoint: Endpoint = DEFAULT_ENDPOINT,
     project: Project = None,
     format: OutputFormat = Format.table,
@@ -149,8 +156,9 @@ def _key_id(key: dict) -> str:
 
 @keys_app.command("create")
 def create_key(
-    key_file: Annotated[Path, typer.Argument(help="Where to write the key file (readable by you alone).",
-                                             show_default=False)],  # fmt: skip
+    key_file: Annotated[
+        Path, typer.Argument(help="Where to write the key file (readable by you alone).", show_default=False)
+    ],
     iam_account: IamAccount,
     endpoint: Endpoint = DEFAULT_ENDPOINT,
     format: OutputFormat = Format.table,
@@ -202,10 +210,13 @@ def list_keys(iam_account: IamAccount, endpoint: Endpoint = DEFAULT_ENDPOINT, fo
         rows = []
         for key in keys:
             expires = key.get("validBeforeTime", "")
-            rows.append((
-                _key_id(key), short_time(key.get("validAfterTime")),
-                "never" if expires.startswith(NO_EXPIRY_YEAR) else short_time(expires),
-            ))  # fmt: skip
+            rows.append(
+                (
+                    _key_id(key),
+                    short_time(key.get("validAfterTime")),
+                    "never" if expires.startswith(NO_EXPIRY_YEAR) else short_time(expires),
+                )
+            )
         _print_table(s.printer, ("KEY_ID", "CREATED_AT (UTC)", "EXPIRES_AT (UTC)"), rows)
 
 
@@ -305,18 +316,24 @@ def _organization(organization: str) -> str:
 
 @projects_app.command("add-iam-policy-binding")
 def add_project_binding(
-    project_id: ProjectId, member: Member, role: Role,
-    endpoint: Endpoint = DEFAULT_ENDPOINT, format: OutputFormat = Format.table,
-):  # fmt: skip
+    project_id: ProjectId,
+    member: Member,
+    role: Role,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    format: OutputFormat = Format.table,
+):
     """Grant a role on a project to a member; prints the new policy."""
     _add_binding(f"projects/{project_id}", member, role, endpoint, format)
 
 
 @projects_app.command("remove-iam-policy-binding")
 def remove_project_binding(
-    project_id: ProjectId, member: Member, role: Role,
-    endpoint: Endpoint = DEFAULT_ENDPOINT, format: OutputFormat = Format.table,
-):  # fmt: skip
+    project_id: ProjectId,
+    member: Member,
+    role: Role,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    format: OutputFormat = Format.table,
+):
     """Take a role on a project away from a member; prints the new policy."""
     _remove_binding(f"projects/{project_id}", member, role, endpoint, format)
 
@@ -331,18 +348,24 @@ def get_project_policy(
 
 @organizations_app.command("add-iam-policy-binding")
 def add_organization_binding(
-    member: Member, role: Role, organization: OrganizationId = DEFAULT_ORGANIZATION,
-    endpoint: Endpoint = DEFAULT_ENDPOINT, format: OutputFormat = Format.table,
-):  # fmt: skip
+    member: Member,
+    role: Role,
+    organization: OrganizationId = DEFAULT_ORGANIZATION,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    format: OutputFormat = Format.table,
+):
     """Grant a role on every project to a member; prints the new policy."""
     _add_binding(_organization(organization), member, role, endpoint, format)
 
 
 @organizations_app.command("remove-iam-policy-binding")
 def remove_organization_binding(
-    member: Member, role: Role, organization: OrganizationId = DEFAULT_ORGANIZATION,
-    endpoint: Endpoint = DEFAULT_ENDPOINT, format: OutputFormat = Format.table,
-):  # fmt: skip
+    member: Member,
+    role: Role,
+    organization: OrganizationId = DEFAULT_ORGANIZATION,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    format: OutputFormat = Format.table,
+):
     """Take a role on every project away from a member; prints the new policy."""
     _remove_binding(_organization(organization), member, role, endpoint, format)
 
@@ -350,8 +373,9 @@ def remove_organization_binding(
 @organizations_app.command("get-iam-policy")
 def get_organization_policy(
     organization: OrganizationId = DEFAULT_ORGANIZATION,
-    endpoint: Endpoint = DEFAULT_ENDPOINT, format: OutputFormat = Format.table,
-):  # fmt: skip
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    format: OutputFormat = Format.table,
+):
     """Show the organization's IAM policy."""
     _get_policy(_organization(organization), endpoint, format)
 
@@ -381,11 +405,15 @@ def audit(
         rows = []
         for entry in entries:
             payload = entry.get("protoPayload", {})
-            rows.append((
-                short_time(entry.get("timestamp")),
-                payload.get("authenticationInfo", {}).get("principalEmail") or "(unauthenticated)",
-                payload.get("methodName", ""), payload.get("resourceName", ""), _audit_status(payload),
-            ))  # fmt: skip
+            rows.append(
+                (
+                    short_time(entry.get("timestamp")),
+                    payload.get("authenticationInfo", {}).get("principalEmail") or "(unauthenticated)",
+                    payload.get("methodName", ""),
+                    payload.get("resourceName", ""),
+                    _audit_status(payload),
+                )
+            )
         _print_table(s.printer, ("TIME (UTC)", "PRINCIPAL", "METHOD", "RESOURCE", "STATUS"), rows)
 
 

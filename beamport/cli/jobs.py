@@ -7,10 +7,11 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from enum import Enum
-from typing import Annotated, Iterator, Optional
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated
 
 import typer
 
@@ -27,13 +28,13 @@ from beamport.cli.output import Format, Printer
 app = typer.Typer(help="List, describe and steer jobs on a Beamport (or Dataflow) endpoint.", no_args_is_help=True)
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     all = "all"
     active = "active"
     terminated = "terminated"
 
 
-class Importance(str, Enum):
+class Importance(StrEnum):
     debug = "debug"
     detailed = "detailed"
     basic = "basic"
@@ -46,7 +47,7 @@ Endpoint = Annotated[
     str, typer.Option("--endpoint", envvar="BEAMPORT_ENDPOINT", help="Root URL of the Dataflow API.", show_default=True)
 ]
 Project = Annotated[
-    Optional[str], typer.Option("--project", envvar="BEAMPORT_PROJECT", help="Project id (most commands require one).")
+    str | None, typer.Option("--project", envvar="BEAMPORT_PROJECT", help="Project id (most commands require one).")
 ]
 Region = Annotated[str, typer.Option("--region", envvar="BEAMPORT_REGION", help="Region (location) of the jobs.")]
 OutputFormat = Annotated[Format, typer.Option("--format", help="table (readable) or json.")]
@@ -91,7 +92,7 @@ def session(endpoint: str, project: str | None, region: str, format: Format, nee
 @app.command("list")
 def list_jobs(
     status: Annotated[Status, typer.Option(help="Which jobs: all, active or terminated.")] = Status.all,
-    name: Annotated[Optional[str], typer.Option(help="Only jobs with this exact name.")] = None,
+    name: Annotated[str | None, typer.Option(help="Only jobs with this exact name.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="List at most this many jobs (newest first).")] = 100,
     all_regions: Annotated[bool, typer.Option("--all-regions", help="List the jobs of every region.")] = False,
     endpoint: Endpoint = DEFAULT_ENDPOINT,
@@ -157,18 +158,21 @@ def rerun_body(source: dict, name: str, snapshot_id: str, client_request_id: str
 
 def _new_request_id() -> str:
     """A clientRequestId as DataflowRunner makes them: UTC time to the microsecond, then a random number."""
-    return f"{datetime.now(timezone.utc):%Y%m%d%H%M%S%f}-{random.randrange(1000, 10000)}"
+    return f"{datetime.now(UTC):%Y%m%d%H%M%S%f}-{random.randrange(1000, 10000)}"
 
 
 @app.command("run")
 def run_job(
     from_snapshot: Annotated[
         str,
-        typer.Option("--from-snapshot", help="Start from this snapshot: the pipeline of its job, from its state.",
-                     show_default=False),
+        typer.Option(
+            "--from-snapshot",
+            help="Start from this snapshot: the pipeline of its job, from its state.",
+            show_default=False,
+        ),
     ],
     job_name: Annotated[
-        Optional[str], typer.Option("--job-name", help="Name of the new job (default: the source job's name).")
+        str | None, typer.Option("--job-name", help="Name of the new job (default: the source job's name).")
     ] = None,
     endpoint: Endpoint = DEFAULT_ENDPOINT,
     project: Project = None,
@@ -244,9 +248,7 @@ def messages(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new messages until the job ends.")
     ] = False,
-    poll_interval: Annotated[
-        float, typer.Option(min=0.05, help="With --follow: seconds between two polls.")
-    ] = 2.0,
+    poll_interval: Annotated[float, typer.Option(min=0.05, help="With --follow: seconds between two polls.")] = 2.0,
     endpoint: Endpoint = DEFAULT_ENDPOINT,
     project: Project = None,
     region: Region = DEFAULT_REGION,

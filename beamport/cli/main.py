@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from beamport.cli import iam, jobs, snapshots, sql, templates, workers as workers_cli
+from beamport.cli import iam, jobs, snapshots, sql, templates
+from beamport.cli import workers as workers_cli
 from beamport.config import DEFAULT_MAX_REQUEST_BYTES, FlinkConfig, Settings
 from beamport.sandbox import MODES, Limits, Sandbox, SandboxUnavailable, parse_size
 
@@ -25,9 +25,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Beamport: the Dataflow API, self-hosted."""
+
+
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(workers_cli.app, name="workers")
 app.add_typer(templates.app, name="templates")
@@ -51,16 +55,19 @@ FLINK_SDK_POOL = typer.Option(
 )
 # The sandbox of user code (docs/security.md), for `serve` and `worker` alike.
 SANDBOX = typer.Option(
-    "auto", envvar="BEAMPORT_SANDBOX",
+    "auto",
+    envvar="BEAMPORT_SANDBOX",
     help="Run user code under bubblewrap: auto (when installed), required (refuse to run jobs without), off.",
-)  # fmt: skip
+)
 JOB_MEMORY = typer.Option(None, help="Memory (address space) a job's processes may use, e.g. 4G (default: no limit).")
 JOB_OPEN_FILES = typer.Option(None, help="Open files a job's process may hold (default: the system's limit).")
 JOB_PROCESSES = typer.Option(None, help="Processes of this host's user a job may start (default: the system's limit).")
 PRISM = typer.Option(
-    None, envvar="BEAMPORT_PRISM",
-    help="Beam's Prism binary (streaming without Flink; default: on the PATH, in Go's bin, or where scripts/prism-build puts it; 'none': no Prism).",
-)  # fmt: skip
+    None,
+    envvar="BEAMPORT_PRISM",
+    help="Beam's Prism binary (streaming without Flink; default: on the PATH, in Go's bin, or where "
+    "scripts/prism-build puts it; 'none': no Prism).",
+)
 
 
 @app.command()
@@ -70,7 +77,7 @@ def serve(
     data_dir: Path = typer.Option(
         Path("beamport-data"), envvar="BEAMPORT_DATA_DIR", help="Where state lives (SQLite database, files)."
     ),
-    database_url: Optional[str] = typer.Option(
+    database_url: str | None = typer.Option(
         None, envvar="BEAMPORT_DATABASE_URL", help="postgresql://... to keep state in PostgreSQL instead of SQLite."
     ),
     max_request_bytes: int = typer.Option(DEFAULT_MAX_REQUEST_BYTES, help="Largest request body accepted."),
@@ -90,10 +97,10 @@ def serve(
     sdk_workers_per_job: int = typer.Option(
         1, help="SDK worker processes a job runs on when its options (num_workers, direct_num_workers) do not say."
     ),
-    flink_master: Optional[str] = FLINK_MASTER,
-    flink_job_server: Optional[str] = FLINK_JOB_SERVER,
-    flink_sdk_pool: Optional[str] = FLINK_SDK_POOL,
-    prism: Optional[Path] = PRISM,
+    flink_master: str | None = FLINK_MASTER,
+    flink_job_server: str | None = FLINK_JOB_SERVER,
+    flink_sdk_pool: str | None = FLINK_SDK_POOL,
+    prism: Path | None = PRISM,
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Answer every call without credentials (refused unless --host is a loopback address)."
     ),
@@ -111,9 +118,9 @@ def serve(
         30.0, help="Seconds a client has to send a request's body once the server reads it (else 408)."
     ),
     sandbox: str = SANDBOX,
-    job_memory: Optional[str] = JOB_MEMORY,
-    job_open_files: Optional[int] = JOB_OPEN_FILES,
-    job_processes: Optional[int] = JOB_PROCESSES,
+    job_memory: str | None = JOB_MEMORY,
+    job_open_files: int | None = JOB_OPEN_FILES,
+    job_processes: int | None = JOB_PROCESSES,
 ):
     """Serve the Dataflow v1b3 REST API, and run the jobs submitted to it."""
     from beamport.http.guard import is_loopback
@@ -158,7 +165,9 @@ def _sandbox_mode(mode: str) -> str:
     return mode
 
 
-def _use_streaming_engines(master: str | None, job_server: str | None, sdk_pool: str | None, prism: Path | None) -> None:
+def _use_streaming_engines(
+    master: str | None, job_server: str | None, sdk_pool: str | None, prism: Path | None
+) -> None:
     """The streaming engines go in the environment, where this process and the workers it starts read them."""
     if prism:
         os.environ["BEAMPORT_PRISM"] = "none" if str(prism) == "none" else str(prism.resolve())
@@ -178,25 +187,26 @@ def worker(
     project: str = typer.Option("-", help="Lease only work of this project ('-': any)."),
     region: str = typer.Option("-", help="Lease only work of jobs in this region ('-': any)."),
     job_id: str = typer.Option("-", help="Lease only work of this job ('-': any)."),
-    worker_id: Optional[str] = typer.Option(None, help="This worker's name (default: host and pid)."),
+    worker_id: str | None = typer.Option(None, help="This worker's name (default: host and pid)."),
     allow_path: list[Path] = typer.Option([], help="A directory jobs may read and write files in."),
     sdk_workers: int = typer.Option(1, help="SDK worker processes, when the job's options do not say."),
     once: bool = typer.Option(False, help="Run at most one work item, then exit."),
     preemptible: bool = typer.Option(False, help="A SIGTERM means preemption (the shutdown notice says so)."),
     poll_interval: float = typer.Option(0.25, help="Seconds between lease attempts while there is no work."),
-    flink_master: Optional[str] = FLINK_MASTER,
-    flink_job_server: Optional[str] = FLINK_JOB_SERVER,
-    flink_sdk_pool: Optional[str] = FLINK_SDK_POOL,
-    prism: Optional[Path] = PRISM,
-    credentials: Optional[Path] = typer.Option(
-        None, envvar="GOOGLE_APPLICATION_CREDENTIALS",
+    flink_master: str | None = FLINK_MASTER,
+    flink_job_server: str | None = FLINK_JOB_SERVER,
+    flink_sdk_pool: str | None = FLINK_SDK_POOL,
+    prism: Path | None = PRISM,
+    credentials: Path | None = typer.Option(
+        None,
+        envvar="GOOGLE_APPLICATION_CREDENTIALS",
         help="A service-account key file (roles/dataflow.worker) to call the service with.",
     ),
     deny_path: list[Path] = typer.Option([], hidden=True, help="A path under the allowed ones jobs may not name."),
     sandbox: str = SANDBOX,
-    job_memory: Optional[str] = JOB_MEMORY,
-    job_open_files: Optional[int] = JOB_OPEN_FILES,
-    job_processes: Optional[int] = JOB_PROCESSES,
+    job_memory: str | None = JOB_MEMORY,
+    job_open_files: int | None = JOB_OPEN_FILES,
+    job_processes: int | None = JOB_PROCESSES,
 ):
     """Run a worker: lease work through the API, run it on its engine (embedded or Flink), report until it ends."""
     import logging
@@ -209,9 +219,13 @@ def worker(
     roots = [p.resolve() for p in allow_path]
     key = credentials.resolve() if credentials else None
     flink = FlinkConfig.from_env()
-    jail = Sandbox(_sandbox_mode(sandbox), writable=roots, shared=[flink.shared_dir] if flink else [],
-                   hidden=[*(p.resolve() for p in deny_path), *([key] if key else [])],
-                   limits=Limits(parse_size(job_memory), job_open_files, job_processes))  # fmt: skip
+    jail = Sandbox(
+        _sandbox_mode(sandbox),
+        writable=roots,
+        shared=[flink.shared_dir] if flink else [],
+        hidden=[*(p.resolve() for p in deny_path), *([key] if key else [])],
+        limits=Limits(parse_size(job_memory), job_open_files, job_processes),
+    )
     try:
         jail.require()
     except SandboxUnavailable as exc:
@@ -220,11 +234,22 @@ def worker(
     logging.getLogger("beamport.worker").info("worker: %s", jail.describe())
     raise typer.Exit(
         Worker(
-            endpoint, data_dir.resolve(), worker_id, roots, sdk_workers, project, region, job_id,
-            once=once, preemptible=preemptible, poll_s=poll_interval,
-            credentials=key, deny_paths=[p.resolve() for p in deny_path], sandbox=jail,
+            endpoint,
+            data_dir.resolve(),
+            worker_id,
+            roots,
+            sdk_workers,
+            project,
+            region,
+            job_id,
+            once=once,
+            preemptible=preemptible,
+            poll_s=poll_interval,
+            credentials=key,
+            deny_paths=[p.resolve() for p in deny_path],
+            sandbox=jail,
         ).run()
-    )  # fmt: skip
+    )
 
 
 def main() -> None:

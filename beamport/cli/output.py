@@ -8,15 +8,16 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterable
 from datetime import datetime
-from enum import Enum
-from typing import Iterable, TextIO
+from enum import StrEnum
+from typing import TextIO
 
 from rich.console import Console
 from rich.table import Table
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     json = "json"
 
@@ -26,7 +27,7 @@ def short_enum(value: str | None, prefix: str) -> str:
     if not value:
         return "Unknown"
     if value.startswith(prefix):
-        value = value[len(prefix):]
+        value = value[len(prefix) :]
     return value.replace("_", " ").capitalize()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -32,9 +32,9 @@ def parse_ttl(text: str) -> str:
 def create(
     job_id: JobId,
     ttl: Annotated[
-        Optional[str], typer.Option(help="How long the snapshot is kept: 30m, 12h, 7d... (default 7d, at most 30d).")
+        str | None, typer.Option(help="How long the snapshot is kept: 30m, 12h, 7d... (default 7d, at most 30d).")
     ] = None,
-    description: Annotated[Optional[str], typer.Option(help="A description of the snapshot.")] = None,
+    description: Annotated[str | None, typer.Option(help="A description of the snapshot.")] = None,
     snapshot_sources: Annotated[
         bool, typer.Option("--snapshot-sources", help="Also snapshot the sources (Beamport does not: it warns).")
     ] = False,
@@ -61,13 +61,15 @@ def create(
             )
             raise typer.Exit(1)
         if state != "READY":
-            s.printer.note(f"Snapshot [{snapshot_id}] is {state}: `beamport snapshots describe {snapshot_id}` shows "
-                           "when it is READY.")  # fmt: skip
+            s.printer.note(
+                f"Snapshot [{snapshot_id}] is {state}: `beamport snapshots describe {snapshot_id}` shows "
+                "when it is READY."
+            )
 
 
 @app.command("list")
 def list_snapshots(
-    job: Annotated[Optional[str], typer.Option("--job", help="Only the snapshots of this job.")] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Only the snapshots of this job.")] = None,
     endpoint: Endpoint = DEFAULT_ENDPOINT,
     project: Project = None,
     region: Region = DEFAULT_REGION,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Annotated, Optional
+from enum import StrEnum
+from typing import Annotated
 
 import typer
 
@@ -19,13 +19,13 @@ Query = Annotated[str, typer.Argument(help="The GoogleSQL query.", show_default=
 TableName = Annotated[str, typer.Argument(help="The table's name (letters, digits, _).", show_default=False)]
 
 
-class TableFormat(str, Enum):
+class TableFormat(StrEnum):
     csv = "csv"
     jsonl = "jsonl"
     parquet = "parquet"
 
 
-class ResultFormat(str, Enum):
+class ResultFormat(StrEnum):
     jsonl = "jsonl"
     csv = "csv"
 
@@ -81,7 +81,7 @@ def add_table(
     name: TableName,
     path: Annotated[str, typer.Option("--path", help="The table's files: a path or a glob.")],
     table_format: Annotated[TableFormat, typer.Option("--format", help="csv, jsonl or parquet.")],
-    schema: Annotated[Optional[str], typer.Option(help="NAME:TYPE,... (default: inferred from the files).")] = None,
+    schema: Annotated[str | None, typer.Option(help="NAME:TYPE,... (default: inferred from the files).")] = None,
     endpoint: Endpoint = DEFAULT_ENDPOINT,
     project: Project = None,
 ):

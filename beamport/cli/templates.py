@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,12 +16,10 @@ app = typer.Typer(help="Describe and run classic templates; write flex template 
 flex_app = typer.Typer(help="Run flex templates.", no_args_is_help=True)
 
 GcsLocation = Annotated[str, typer.Option("--gcs-location", help="The template file (a path, file:// or gs://).")]
-Parameters = Annotated[
-    Optional[str], typer.Option("--parameters", help="Runtime parameters: NAME=VALUE[,NAME=VALUE...].")
-]
+Parameters = Annotated[str | None, typer.Option("--parameters", help="Runtime parameters: NAME=VALUE[,NAME=VALUE...].")]
 JobName = Annotated[str, typer.Argument(help="The name of the job to start.", show_default=False)]
-NumWorkers = Annotated[Optional[int], typer.Option(help="Workers the job starts with.")]
-MaxWorkers = Annotated[Optional[int], typer.Option(help="Workers the job may scale to.")]
+NumWorkers = Annotated[int | None, typer.Option(help="Workers the job starts with.")]
+MaxWorkers = Annotated[int | None, typer.Option(help="Workers the job may scale to.")]
 
 
 def _environment(num_workers: int | None, max_workers: int | None) -> dict:
@@ -79,12 +77,12 @@ def run(
 @app.command("build-flex")
 def build_flex(
     spec_path: Annotated[Path, typer.Argument(help="Where to write the flex template spec file.")],
-    py_path: Annotated[Optional[Path], typer.Option("--py-path", help="The template's Python program.")] = None,
+    py_path: Annotated[Path | None, typer.Option("--py-path", help="The template's Python program.")] = None,
     yaml_pipeline_file: Annotated[
-        Optional[Path], typer.Option(help="A Beam YAML pipeline (a YAML template) instead of a program.")
+        Path | None, typer.Option(help="A Beam YAML pipeline (a YAML template) instead of a program.")
     ] = None,
-    metadata_file: Annotated[Optional[Path], typer.Option(help="The template's metadata (JSON).")] = None,
-    requirements_file: Annotated[Optional[Path], typer.Option(help="The program's requirements.txt.")] = None,
+    metadata_file: Annotated[Path | None, typer.Option(help="The template's metadata (JSON).")] = None,
+    requirements_file: Annotated[Path | None, typer.Option(help="The program's requirements.txt.")] = None,
     image: Annotated[str, typer.Option(help="The image name recorded in the spec (Beamport runs none).")] = (
         "beamport/python-launcher"
     ),
@@ -122,7 +120,13 @@ def flex_run(
 ):
     """Start a job from a flex template (its launcher runs on the server's host and submits the job)."""
     environment = _environment(num_workers, max_workers)
-    body = {"launchParameter": {"jobName": job_name, "containerSpecGcsPath": template_file_gcs_location,
-                                "parameters": parse_parameters(parameters), "environment": environment}}  # fmt: skip
+    body = {
+        "launchParameter": {
+            "jobName": job_name,
+            "containerSpecGcsPath": template_file_gcs_location,
+            "parameters": parse_parameters(parameters),
+            "environment": environment,
+        }
+    }
     with session(endpoint, project, region, format) as s:
         s.printer.job(s.client.launch_flex_template(s.project, s.region, body)["job"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,7 @@ app = typer.Typer(help="The workers a Beamport service knows: health, CPU, uptim
 
 @app.command("list")
 def list_workers(
-    job: Annotated[Optional[str], typer.Option("--job", help="Only the workers of this job.")] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Only the workers of this job.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Also workers that are gone: lost, broken or shut down.")] = False,
     endpoint: Endpoint = DEFAULT_ENDPOINT,
     project: Project = None,

@@ -8,7 +8,7 @@ import logging
 import re
 import threading
 import traceback
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from google.protobuf import text_format
 

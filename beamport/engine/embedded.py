@@ -23,11 +23,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-
-from google.protobuf import struct_pb2
 
 from apache_beam.internal import pickler
 from apache_beam.io.filesystems import FileSystems
@@ -39,6 +37,7 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiMetrics
 from apache_beam.transforms import environments
 from apache_beam.utils import timestamp
+from google.protobuf import struct_pb2
 
 from beamport.engine.base import (
     DONE,
@@ -166,7 +165,6 @@ class ObservedFnApiRunner(fn_runner.FnApiRunner):
             raise
         self.tracker.bundle_finished(stage, result.process_bundle.monitoring_infos, runner_execution_context)
         return result
-
 
     def _scale(self, stage: str, bundle_context_manager, bundle_input) -> None:
         """Before a stage's first bundle: run it on as many SDK workers as the observer says (autoscaling).
@@ -318,8 +316,12 @@ def _for_worker_processes(job: StagedJob, workdir: Path):
         variables["PYTHONPATH"] = os.pathsep.join([*job.python_path, *inherited])
     # The command runs through a shell (local_job_service.SubprocessSdkWorker): variables go in front of it.
     command = " ".join(
-        [*(f"{k}={shlex.quote(v)}" for k, v in variables.items()), shlex.quote(sys.executable),
-         "-m", "apache_beam.runners.worker.sdk_worker_main"]
+        [
+            *(f"{k}={shlex.quote(v)}" for k, v in variables.items()),
+            shlex.quote(sys.executable),
+            "-m",
+            "apache_beam.runners.worker.sdk_worker_main",
+        ]
     )
     subprocess_env = environments.SubprocessSDKEnvironment.from_command_string(command).to_runner_api(None)
     pipeline = copy.deepcopy(job.pipeline)

@@ -71,16 +71,21 @@ class PrismEngine(Engine):
         with tempfile.TemporaryDirectory(prefix="beamport-prism-") as scratch:
             workdir = Path(scratch)
             boot = workdir / "boot"
-            boot.write_text(f"#!/bin/sh\nexec {sys.executable} -m beamport.engine.sdk_boot "
-                            f"--semi_persist_dir={workdir} \"$@\"\n")  # fmt: skip
+            boot.write_text(
+                f'#!/bin/sh\nexec {sys.executable} -m beamport.engine.sdk_boot --semi_persist_dir={workdir} "$@"\n'
+            )
             boot.chmod(0o755)
-            pool_address, pool = BeamFnExternalWorkerPoolServicer.start(use_process=True, container_executable=str(boot))
+            pool_address, pool = BeamFnExternalWorkerPoolServicer.start(
+                use_process=True, container_executable=str(boot)
+            )
             port = _free_port()
             with open(workdir / "prism.log", "wb") as prism_log:
                 prism = subprocess.Popen(
                     [str(self.binary), f"--job_port={port}", "--serve_http=false", "--log_level=warn"],
-                    stdout=prism_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                )  # fmt: skip
+                    stdout=prism_log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
             try:
                 return self._run(job, observer, f"localhost:{port}", pool_address, workdir / "drain")
             except EngineError as exc:
@@ -94,9 +99,11 @@ class PrismEngine(Engine):
         self._service = service = JobService(address, "Prism", connect_timeout=START_TIMEOUT_S)
         options = dict(job.options)
         options.update(
-            job_name=job.job_id, runner="PortableRunner", streaming=job.job_type == JOB_TYPE_STREAMING,
+            job_name=job.job_id,
+            runner="PortableRunner",
+            streaming=job.job_type == JOB_TYPE_STREAMING,
             beamport_drain_file=str(drain_file),
-        )  # fmt: skip
+        )
         self._invocation = invocation = service.submit(job.job_id, external_environments(job, pool), options)
         observer.stage_state("Prism", STAGE_RUNNING, int(time.time() * 1e6))
         draining = False

@@ -27,9 +27,13 @@ def main(argv: list[str]) -> None:
     args, _ = parser.parse_known_args(argv)
 
     with grpc.insecure_channel(args.provision_endpoint) as channel:
-        info = beam_provision_api_pb2_grpc.ProvisionServiceStub(channel).GetProvisionInfo(
-            beam_provision_api_pb2.GetProvisionInfoRequest(), metadata=[("worker_id", args.id)], timeout=60
-        ).info
+        info = (
+            beam_provision_api_pb2_grpc.ProvisionServiceStub(channel)
+            .GetProvisionInfo(
+                beam_provision_api_pb2.GetProvisionInfoRequest(), metadata=[("worker_id", args.id)], timeout=60
+            )
+            .info
+        )
 
     def descriptor(provided, url: str) -> str:
         return text_format.MessageToString(provided if provided.url else endpoints_pb2.ApiServiceDescriptor(url=url))
@@ -49,9 +53,17 @@ def main(argv: list[str]) -> None:
     argv = [sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"]
     sandbox = _sandbox(semi_persistent)
     if sandbox is not None and sandbox.enabled:  # user code: the job's DoFns
-        worker_env = {k: env[k] for k in ("PIPELINE_OPTIONS", "CONTROL_API_SERVICE_DESCRIPTOR", "WORKER_ID",
-                                           "LOGGING_API_SERVICE_DESCRIPTOR", "SEMI_PERSISTENT_DIRECTORY",
-                                           "RUNNER_CAPABILITIES")}  # fmt: skip
+        worker_env = {
+            k: env[k]
+            for k in (
+                "PIPELINE_OPTIONS",
+                "CONTROL_API_SERVICE_DESCRIPTOR",
+                "WORKER_ID",
+                "LOGGING_API_SERVICE_DESCRIPTOR",
+                "SEMI_PERSISTENT_DIRECTORY",
+                "RUNNER_CAPABILITIES",
+            )
+        }
         argv = sandbox.command(argv, set_env=worker_env)
     os.execvpe(argv[0], argv, env)
 

@@ -21,7 +21,6 @@ they open it.
 from __future__ import annotations
 
 import hashlib
-
 import os
 import re
 import sys
@@ -29,10 +28,9 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
-
 from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
+from google.protobuf.message import DecodeError
 
 from beamport.engine.base import JOB_TYPE_BATCH, JOB_TYPE_STREAMING, StagedJob
 from beamport.errors import ApiError
@@ -49,7 +47,10 @@ _PYTHON_SDK_CAPABILITY = "beam:version:sdk_base:apache/beam_python"
 
 
 def stage_job(
-    job: dict, policy: FilePolicy, workdir: Path | None = None, engine: str = "embedded",
+    job: dict,
+    policy: FilePolicy,
+    workdir: Path | None = None,
+    engine: str = "embedded",
     pipeline_bytes: bytes | None = None,
 ) -> tuple[StagedJob, list[str]]:
     """The job ready to run, and warnings (texts for JOB_MESSAGE_WARNINGs) about what is not honoured.
@@ -265,9 +266,7 @@ def _warn_about_image(image: str, warnings: list[str]) -> None:
             f"the pipeline runs in Beamport's own Python {here} environment with Beam {apache_beam.__version__}."
         )
     elif match["python"] != here:
-        warnings.append(
-            f"The pipeline was built for Python {match['python']}; the embedded engine runs Python {here}."
-        )
+        warnings.append(f"The pipeline was built for Python {match['python']}; the embedded engine runs Python {here}.")
 
 
 def _installed_distribution(filename: str) -> bool:

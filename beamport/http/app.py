@@ -57,8 +57,12 @@ def routes() -> list[Route]:
         *_twins("/jobs/{jobId}/debug/sendCapture", not_yet("jobs.debug.sendCapture", NO_DEBUG), ["POST"], debug),
         _route(L + "/jobs/{jobId}/debug/getWorkerStacktraces", workers.get_worker_stacktraces, ["POST"], debug),
         _route(L + "/jobs/{jobId}/executionDetails", execution.execution_details, ["GET"], "dataflow.jobs.get"),
-        _route(L + "/jobs/{jobId}/stages/{stageId}/executionDetails", execution.stage_execution_details, ["GET"],
-               "dataflow.jobs.get"),
+        _route(
+            L + "/jobs/{jobId}/stages/{stageId}/executionDetails",
+            execution.stage_execution_details,
+            ["GET"],
+            "dataflow.jobs.get",
+        ),
         _route(L + "/jobs/{jobId}/snapshots", snapshots.list_job_snapshots, ["GET"], "dataflow.snapshots.list"),
         *_twins("/jobs/{jobId}/messages", jobs.list_messages, ["GET"], "dataflow.messages.list"),
         *_twins("/jobs/{jobId}/metrics", execution.get_metrics, ["GET"], "dataflow.metrics.get"),
@@ -77,8 +81,12 @@ def routes() -> list[Route]:
         _route(L + "/flexTemplates:launch", templates.launch_flex, ["POST"], "dataflow.jobs.create"),
         _route(L + "/sql:validate", sql.validate, ["GET"], "dataflow.sql.validate"),
         # Beamport's own (not Dataflow's): a job's pipeline as it was submitted, for its workers.
-        _route(BP + "/projects/{projectId}/locations/{location}/jobs/{jobId}/pipeline", jobs.kept_pipeline, ["GET"],
-               "dataflow.jobs.getPipeline"),
+        _route(
+            BP + "/projects/{projectId}/locations/{location}/jobs/{jobId}/pipeline",
+            jobs.kept_pipeline,
+            ["GET"],
+            "dataflow.jobs.getPipeline",
+        ),
         # Beamport's own: the worker registry (each caller sees the workers of projects it may view).
         _route(BP + "/workers", workers.list_workers, ["GET"], "dataflow.workers.list"),
         _route(BP + "/workers/{workerId:path}", workers.get_worker, ["GET"], "dataflow.workers.get"),
@@ -86,25 +94,54 @@ def routes() -> list[Route]:
         _route(BP + "/projects/{projectId}/sqlTables", sql.list_tables, ["GET"], "dataflow.sqlTables.list"),
         _route(BP + "/projects/{projectId}/sqlTables", sql.add_table, ["POST"], "dataflow.sqlTables.create"),
         _route(BP + "/projects/{projectId}/sqlTables/{name}", sql.get_table, ["GET"], "dataflow.sqlTables.get"),
-        _route(BP + "/projects/{projectId}/sqlTables/{name}", sql.delete_table, ["DELETE"], "dataflow.sqlTables.delete"),
-        _route(BP + "/projects/{projectId}/locations/{location}/sql:query", sql.query, ["POST"], "dataflow.jobs.create"),
+        _route(
+            BP + "/projects/{projectId}/sqlTables/{name}", sql.delete_table, ["DELETE"], "dataflow.sqlTables.delete"
+        ),
+        _route(
+            BP + "/projects/{projectId}/locations/{location}/sql:query", sql.query, ["POST"], "dataflow.jobs.create"
+        ),
         # Identity and access (docs/security.md): IAM v1 and Resource Manager v1 shapes, the audit log.
         _route(IAM, iam.create_account, ["POST"], "iam.serviceAccounts.create"),
         _route(IAM, iam.list_accounts, ["GET"], "iam.serviceAccounts.list"),
         _route(IAM + "/{email}", iam.get_account, ["GET"], "iam.serviceAccounts.get", on=iam.account_project),
         _route(IAM + "/{email}", iam.delete_account, ["DELETE"], "iam.serviceAccounts.delete", on=iam.account_project),
-        _route(IAM + "/{email}/keys", iam.create_key, ["POST"], "iam.serviceAccountKeys.create", on=iam.account_project),
+        _route(
+            IAM + "/{email}/keys", iam.create_key, ["POST"], "iam.serviceAccountKeys.create", on=iam.account_project
+        ),
         _route(IAM + "/{email}/keys", iam.list_keys, ["GET"], "iam.serviceAccountKeys.list", on=iam.account_project),
-        _route(IAM + "/{email}/keys/{keyId}", iam.delete_key, ["DELETE"], "iam.serviceAccountKeys.delete",
-               on=iam.account_project),
-        _route("/v1/projects/{projectId}:getIamPolicy", iam.get_project_policy, ["POST"],
-               "resourcemanager.projects.getIamPolicy"),
-        _route("/v1/projects/{projectId}:setIamPolicy", iam.set_project_policy, ["POST"],
-               "resourcemanager.projects.setIamPolicy"),
-        _route("/v1/organizations/{organizationId}:getIamPolicy", iam.get_organization_policy, ["POST"],
-               "resourcemanager.projects.getIamPolicy", on=iam.organization),
-        _route("/v1/organizations/{organizationId}:setIamPolicy", iam.set_organization_policy, ["POST"],
-               "resourcemanager.projects.setIamPolicy", on=iam.organization),
+        _route(
+            IAM + "/{email}/keys/{keyId}",
+            iam.delete_key,
+            ["DELETE"],
+            "iam.serviceAccountKeys.delete",
+            on=iam.account_project,
+        ),
+        _route(
+            "/v1/projects/{projectId}:getIamPolicy",
+            iam.get_project_policy,
+            ["POST"],
+            "resourcemanager.projects.getIamPolicy",
+        ),
+        _route(
+            "/v1/projects/{projectId}:setIamPolicy",
+            iam.set_project_policy,
+            ["POST"],
+            "resourcemanager.projects.setIamPolicy",
+        ),
+        _route(
+            "/v1/organizations/{organizationId}:getIamPolicy",
+            iam.get_organization_policy,
+            ["POST"],
+            "resourcemanager.projects.getIamPolicy",
+            on=iam.organization,
+        ),
+        _route(
+            "/v1/organizations/{organizationId}:setIamPolicy",
+            iam.set_organization_policy,
+            ["POST"],
+            "resourcemanager.projects.setIamPolicy",
+            on=iam.organization,
+        ),
         _route(BP + "/projects/{projectId}/auditLogs", iam.list_project_audit, ["GET"], "logging.logEntries.list"),
         _route(BP + "/auditLogs", iam.list_all_audit, ["GET"], "logging.logEntries.list", on=iam.organization),
         Route("/token", iam.token, methods=["POST"]),
@@ -116,7 +153,7 @@ def routes() -> list[Route]:
         Route("/console/signin", iam.sign_in, methods=["GET"]),
         Route("/", _console, methods=["GET"]),
         Mount("/console", StaticFiles(directory=STATIC), name="console"),
-    ]  # fmt: skip
+    ]
     return table
 
 
@@ -146,9 +183,18 @@ async def _internal_error(request: Request, exc: Exception):
 
 
 def create_app(
-    settings, jobs_service, execution_service, worker_registry, template_service, flex_service, sql_service,
-    snapshot_service, iam_service, on_startup=(), on_shutdown=(),
-) -> Starlette:  # fmt: skip
+    settings,
+    jobs_service,
+    execution_service,
+    worker_registry,
+    template_service,
+    flex_service,
+    sql_service,
+    snapshot_service,
+    iam_service,
+    on_startup=(),
+    on_shutdown=(),
+) -> Starlette:
     @asynccontextmanager
     async def lifespan(app):
         loop = asyncio.get_running_loop()
@@ -170,7 +216,11 @@ def create_app(
     app = Starlette(
         routes=routes(),
         exception_handlers={HTTPException: _http_error, ApiError: _api_error, Exception: _internal_error},
-        middleware=[Middleware(BrowserGuard, allowed_hosts=frozenset([*settings.allowed_hosts, settings.host, socket.gethostname()]))],
+        middleware=[
+            Middleware(
+                BrowserGuard, allowed_hosts=frozenset([*settings.allowed_hosts, settings.host, socket.gethostname()])
+            )
+        ],
         lifespan=lifespan,
     )
     app.state.settings = settings

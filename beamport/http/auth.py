@@ -23,8 +23,14 @@ CSRF_HEADER = "x-csrf-token"
 PRINCIPAL = "beamport.principal"  # where the caller is kept in the request's scope
 # The worker protocol's calls come every few seconds from every worker: audited only when refused (as Cloud
 # Audit Logs keeps them out of admin activity).
-_NOT_AUDITED = frozenset({"dataflow.workItems.lease", "dataflow.workItems.update", "dataflow.workItems.sendMessage",
-                          "resourcemanager.projects.getIamPolicy"})  # a read, though a POST  # fmt: skip
+_NOT_AUDITED = frozenset(
+    {
+        "dataflow.workItems.lease",
+        "dataflow.workItems.update",
+        "dataflow.workItems.sendMessage",
+        "resourcemanager.projects.getIamPolicy",
+    }
+)  # a read, though a POST
 
 
 async def principal_of(request: Request) -> Principal | None:

@@ -70,7 +70,7 @@ async def lease(request: Request) -> dict:
             return answer
         try:
             await asyncio.wait_for(available.wait(), remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
@@ -79,5 +79,3 @@ async def report_status(request: Request) -> dict:
     project, location, job_id = project_param(request), location_param(request), id_param(request, "jobId")
     body = await read_json(request)
     return await call(_service(request).report_status, project, location, job_id, body)
-
-

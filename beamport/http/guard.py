@@ -67,10 +67,16 @@ class BrowserGuard:
         if refusal is None:
             return await self.app(scope, receive, send)
         body = orjson.dumps(refusal.to_dict(), option=orjson.OPT_INDENT_2)
-        await send({
-            "type": "http.response.start", "status": refusal.code,
-            "headers": [(b"content-type", b"application/json; charset=UTF-8"), (b"content-length", str(len(body)).encode())],
-        })  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": refusal.code,
+                "headers": [
+                    (b"content-type", b"application/json; charset=UTF-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     def _refusal(self, scope, headers: dict[str, str]) -> ApiError | None:
@@ -85,10 +91,14 @@ class BrowserGuard:
             return None
         site = headers.get(b"sec-fetch-site")
         if site is not None and site not in ("same-origin", "none"):
-            return ApiError("PERMISSION_DENIED", f"Refused a {site} request: state changes come only from this server's own pages.")
+            return ApiError(
+                "PERMISSION_DENIED", f"Refused a {site} request: state changes come only from this server's own pages."
+            )
         origin = headers.get(b"origin")
         if origin is not None and origin != f"{scope.get('scheme', 'http')}://{host}":
-            return ApiError("PERMISSION_DENIED", f"Refused a request from the web origin {origin}: no cross-origin calls.")
+            return ApiError(
+                "PERMISSION_DENIED", f"Refused a request from the web origin {origin}: no cross-origin calls."
+            )
         has_body = headers.get(b"content-length", "0") != "0" or b"transfer-encoding" in headers
         if has_body and scope["path"] not in FORM_ROUTES:
             media_type = headers.get(b"content-type", "").split(";", 1)[0].strip().lower()

@@ -180,12 +180,19 @@ async def sign_in(request: Request) -> Response:
     if session is None:
         return Response(
             "This sign-in link was used already or has expired. Ask for another with `beamport console link`.",
-            status_code=401, media_type="text/plain; charset=utf-8",
-        )  # fmt: skip
+            status_code=401,
+            media_type="text/plain; charset=utf-8",
+        )
     session_id, _principal = session
     response = RedirectResponse("/", status_code=303)
-    response.set_cookie(session_cookie(request), session_id, httponly=True, samesite="strict", path="/",
-                        secure=request.url.scheme == "https")  # fmt: skip
+    response.set_cookie(
+        session_cookie(request),
+        session_id,
+        httponly=True,
+        samesite="strict",
+        path="/",
+        secure=request.url.scheme == "https",
+    )
     return response
 
 
@@ -195,8 +202,10 @@ async def whoami(request: Request) -> dict:
     principal = await principal_of(request)
     iam = _iam(request)
     if principal is None:
-        raise ApiError("UNAUTHENTICATED", "Not signed in: open the link `beamport serve` printed, or one from "
-                                          "`beamport console link`.")  # fmt: skip
+        raise ApiError(
+            "UNAUTHENTICATED",
+            "Not signed in: open the link `beamport serve` printed, or one from `beamport console link`.",
+        )
     answer = {"principal": principal.email, "authentication": "on" if iam.enabled else "off"}
     if principal.csrf:
         answer["csrfToken"] = principal.csrf

@@ -10,8 +10,17 @@ from starlette.responses import Response
 from beamport import wire
 from beamport.errors import ApiError, invalid_argument
 from beamport.http.protocol import (
-    api, api_off_loop, call, error_response, id_param, int_param, location_param, project_param, read, read_json,
-)  # fmt: skip
+    api,
+    api_off_loop,
+    call,
+    error_response,
+    id_param,
+    int_param,
+    location_param,
+    project_param,
+    read,
+    read_json,
+)
 from beamport.service import model
 from beamport.service.quotas import MAX_JOB_REQUEST_BYTES
 
@@ -64,9 +73,7 @@ def _list(request: Request, location: str | None):
         page_token=q.get("pageToken"),
         create_from_us=wire.parse_timestamp_us(q.get("createTimeRange.startTime"), "createTimeRange.startTime"),
         create_to_us=wire.parse_timestamp_us(q.get("createTimeRange.endTime"), "createTimeRange.endTime"),
-        end_from_us=wire.parse_timestamp_us(
-            q.get("terminationTimeRange.startTime"), "terminationTimeRange.startTime"
-        ),
+        end_from_us=wire.parse_timestamp_us(q.get("terminationTimeRange.startTime"), "terminationTimeRange.startTime"),
         end_to_us=wire.parse_timestamp_us(q.get("terminationTimeRange.endTime"), "terminationTimeRange.endTime"),
     )
 

@@ -63,7 +63,9 @@ def json_response(data: dict, params: SystemParams | None = None, status: int = 
 
 
 def error_response(error: ApiError) -> Response:
-    return Response(orjson.dumps(error.to_dict(), option=orjson.OPT_INDENT_2), status_code=error.code, media_type=JSON_TYPE)
+    return Response(
+        orjson.dumps(error.to_dict(), option=orjson.OPT_INDENT_2), status_code=error.code, media_type=JSON_TYPE
+    )
 
 
 def api(handler):

@@ -35,7 +35,13 @@ async def launch(request: Request) -> dict:
     dynamic = bool(q.get("dynamicTemplate.gcsPath") or q.get("dynamicTemplate.stagingLocation"))
     body = await read_json(request)
     return await call(
-        _service(request).launch, project, location, q.get("gcsPath"), _bool_param(request, "validateOnly"), body, dynamic
+        _service(request).launch,
+        project,
+        location,
+        q.get("gcsPath"),
+        _bool_param(request, "validateOnly"),
+        body,
+        dynamic,
     )
 
 

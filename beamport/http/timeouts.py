@@ -135,9 +135,15 @@ class BodyTimeout:
             if state["started"]:
                 raise RuntimeError("the request body came too slowly, after the answer had started") from None
             body = _error_body("the request body", self.seconds)
-            await send({
-                "type": "http.response.start", "status": 408,
-                "headers": [(b"content-type", b"application/json; charset=UTF-8"),
-                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")],
-            })  # fmt: skip
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 408,
+                    "headers": [
+                        (b"content-type", b"application/json; charset=UTF-8"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})

@@ -52,8 +52,9 @@ async def list_workers(request: Request) -> dict:
     location = location_query_param(request) if request.query_params.get("location") else None
     projects = await _visible_projects(request, "dataflow.workers.list")
     # In the thread pool: a long list reads each live worker's work item too.
-    return await call(_registry(request).list_workers, job_id, include_gone, projects=projects,
-                      project_id=project, location=location)  # fmt: skip
+    return await call(
+        _registry(request).list_workers, job_id, include_gone, projects=projects, project_id=project, location=location
+    )
 
 
 @api

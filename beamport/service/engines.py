@@ -43,9 +43,7 @@ def check_engine(doc: dict, available: set[str]) -> None:
     if named is None:
         return
     if named not in ENGINES:
-        raise invalid_argument(
-            f"Label {ENGINE_LABEL}={named!r} names no engine: use one of {', '.join(ENGINES)}."
-        )
+        raise invalid_argument(f"Label {ENGINE_LABEL}={named!r} names no engine: use one of {', '.join(ENGINES)}.")
     if named not in available:
         raise failed_precondition(
             f"The job asks for the {named} engine ({ENGINE_LABEL}={named}), but this Beamport server has "

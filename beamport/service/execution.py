@@ -28,7 +28,6 @@ from beamport.protocol import (
     WORK_ITEM_TYPE,
 )
 from beamport.service import autoscaling, engines, model
-from beamport.service.notify import WorkNotifier
 from beamport.service.documents import (
     document,
     job_message,
@@ -37,6 +36,7 @@ from beamport.service.documents import (
     record_from_document,
     timestamp,
 )
+from beamport.service.notify import WorkNotifier
 from beamport.store.base import (
     WORK_CANCELLED,
     WORK_DONE,
@@ -56,8 +56,8 @@ from beamport.store.base import (
     StageRecord,
     Store,
     VersionConflict,
-    WorkItemChange,
     WorkerRecord,
+    WorkItemChange,
     WorkItemRecord,
     Write,
 )
@@ -116,9 +116,14 @@ def idle_interval_us(worker: WorkerRecord) -> int:
 
 class ExecutionService:
     def __init__(
-        self, store: Store, clock=wire.now_us, default_report_interval_us: int = 5_000_000,
-        work: WorkNotifier | None = None, streaming_engine: str | None = None, restore_location=None,
-    ):  # fmt: skip
+        self,
+        store: Store,
+        clock=wire.now_us,
+        default_report_interval_us: int = 5_000_000,
+        work: WorkNotifier | None = None,
+        streaming_engine: str | None = None,
+        restore_location=None,
+    ):
         self.store = store
         self.clock = clock
         self.work = work or WorkNotifier()  # told when work is put back to be leased again
@@ -172,10 +177,12 @@ class ExecutionService:
                 after = f" (worker {failures[-1]['worker']}: {failures[-1]['reason']})" if failures else ""
                 messages.append(
                     job_message(
-                        job.id, now, "JOB_MESSAGE_BASIC",
+                        job.id,
+                        now,
+                        "JOB_MESSAGE_BASIC",
                         f"Worker {worker_id} took over work item {item.id}, attempt {item.attempt}{after}.",
                     )
-                )  # fmt: skip
+                )
             if messages:
                 record_from_document(doc, job)
                 write.changed_jobs = [JobChange(job, expected_job)]
@@ -183,10 +190,16 @@ class ExecutionService:
             workers = autoscaling.worker_range(doc)
             if workers:
                 upto = f", up to {workers.high} as its backlog asks" if workers.scales else ""
-                write.autoscaling_events = [autoscaling.event(
-                    job.id, now, autoscaling.TARGET_CHANGED, 0, workers.low,
-                    f"Starting the job's work on {workers.low} worker(s){upto}.",
-                )]  # fmt: skip
+                write.autoscaling_events = [
+                    autoscaling.event(
+                        job.id,
+                        now,
+                        autoscaling.TARGET_CHANGED,
+                        0,
+                        workers.low,
+                        f"Starting the job's work on {workers.low} worker(s){upto}.",
+                    )
+                ]
             try:
                 self.store.write(write)
             except VersionConflict:
@@ -246,10 +259,16 @@ class ExecutionService:
         """The registry entry of a worker that has just leased work."""
         if worker is None:
             worker = WorkerRecord(
-                worker_id=worker_id, project_id=job.project_id, location=job.location, job_id=job.id,
-                state=WORKER_RUNNING, labels="{}", first_seen_us=now, last_seen_us=now,
+                worker_id=worker_id,
+                project_id=job.project_id,
+                location=job.location,
+                job_id=job.id,
+                state=WORKER_RUNNING,
+                labels="{}",
+                first_seen_us=now,
+                last_seen_us=now,
                 report_interval_us=self.default_report_interval_us,
-            )  # fmt: skip
+            )
         worker.project_id, worker.location, worker.job_id = job.project_id, job.location, job.id
         worker.work_item_id, worker.last_seen_us = item.id, now
         # Leasing proves it alive: its health deadline counts from now, not from its last report (which,
@@ -266,10 +285,16 @@ class ExecutionService:
         now = self.clock()
         if worker is None:  # not serving any job yet: bound to the project (and location) it asks work of, if one
             worker = WorkerRecord(
-                worker_id=worker_id, project_id="" if project_id == ANY else project_id,
-                location="" if location == ANY else location, job_id="", state=WORKER_IDLE, labels="{}",
-                first_seen_us=now, last_seen_us=now, report_interval_us=self.default_report_interval_us,
-            )  # fmt: skip
+                worker_id=worker_id,
+                project_id="" if project_id == ANY else project_id,
+                location="" if location == ANY else location,
+                job_id="",
+                state=WORKER_IDLE,
+                labels="{}",
+                first_seen_us=now,
+                last_seen_us=now,
+                report_interval_us=self.default_report_interval_us,
+            )
         elif worker.state == WORKER_RUNNING and not self._holds_work(worker):  # its work ended
             worker.state, worker.reason, worker.last_seen_us = WORKER_IDLE, "", now
         elif worker.state in WORKER_LIVE_STATES:  # an unhealthy one stays so until a health report says otherwise
@@ -296,9 +321,14 @@ class ExecutionService:
             "initialReportIndex": str(item.next_report_index),
             # What to run: the whole pipeline of the job, on its engine (from a snapshot's state).
             "configuration": json.dumps(
-                {"kind": WORK_ITEM_TYPE, "attempt": item.attempt, "location": job.location,
-                 "engine": engines.engine_of(doc, self.streaming_engine), **self._restore(job, doc),
-                 **({"workers": workers.as_config()} if workers else {})}  # fmt: skip
+                {
+                    "kind": WORK_ITEM_TYPE,
+                    "attempt": item.attempt,
+                    "location": job.location,
+                    "engine": engines.engine_of(doc, self.streaming_engine),
+                    **self._restore(job, doc),
+                    **({"workers": workers.as_config()} if workers else {}),
+                }
             ),
         }
 
@@ -391,7 +421,9 @@ class ExecutionService:
             elif status.get("completed"):
                 item.state, item.end_us, item.progress = WORK_DONE, now, 1.0
                 # A draining job's work completes once it has flushed: the job ends drained.
-                self._end_job(doc, model.DRAINED if doc.get("currentState") == model.DRAINING else model.DONE, now, write)
+                self._end_job(
+                    doc, model.DRAINED if doc.get("currentState") == model.DRAINING else model.DONE, now, write
+                )
             if write.messages or answer.get("completeWorkStatus"):
                 record_from_document(doc, job)
                 write.changed_jobs = [JobChange(job, expected_job)]
@@ -419,13 +451,22 @@ class ExecutionService:
         events = self.store.list_autoscaling_events(job_id)
         last = next((e for e in reversed(events) if e.event_type == autoscaling.TARGET_CHANGED), None)
         if last is None or last.target_workers != target:
-            current = next((e.current_workers for e in reversed(events) if e.event_type == autoscaling.CURRENT_CHANGED), 0)
+            current = next(
+                (e.current_workers for e in reversed(events) if e.event_type == autoscaling.CURRENT_CHANGED), 0
+            )
             verb = "Raised" if last is None or target > last.target_workers else "Lowered"
-            write.autoscaling_events = [autoscaling.event(
-                job_id, now, autoscaling.TARGET_CHANGED, current, target,
-                f"{verb} the target number of workers to {target} (between {workers.low} and {workers.high}): "
-                f"the backlog of the stage starting is {remaining:g} unit(s) of {autoscaling.UNIT_BYTES // 2**20} MiB.",
-            )]  # fmt: skip
+            write.autoscaling_events = [
+                autoscaling.event(
+                    job_id,
+                    now,
+                    autoscaling.TARGET_CHANGED,
+                    current,
+                    target,
+                    f"{verb} the target number of workers to {target} (between {workers.low} and {workers.high}): "
+                    f"the backlog of the stage starting is {remaining:g} unit(s) of "
+                    f"{autoscaling.UNIT_BYTES // 2**20} MiB.",
+                )
+            ]
         return target
 
     def _fail_attempt(
@@ -437,8 +478,16 @@ class ExecutionService:
         notice, a server restart) is not counted."""
         job_id, worker = item.job_id, item.worker_id or "unknown"
         failures = failures_of(item)
-        failures.append({"attempt": item.attempt, "worker": worker, "reason": reason, "counted": counts,
-                         "startUs": item.start_us, "endUs": now})  # fmt: skip
+        failures.append(
+            {
+                "attempt": item.attempt,
+                "worker": worker,
+                "reason": reason,
+                "counted": counts,
+                "startUs": item.start_us,
+                "endUs": now,
+            }
+        )
         item.failures = orjson.dumps(failures).decode()
         counted = [f for f in failures if f.get("counted", True)]
         if permanent or (counts and len(counted) >= MAX_FAILURES):
@@ -447,11 +496,14 @@ class ExecutionService:
             why = (
                 "The job cannot run as submitted; another attempt would fail the same way."
                 if permanent
-                else f"Workflow failed. Causes: The job failed because a work item has failed {MAX_FAILURES} times:\n{causes}"
+                else "Workflow failed. Causes: The job failed because a work item has failed "
+                f"{MAX_FAILURES} times:\n{causes}"
             )
             write.messages = [
                 *write.messages,
-                job_message(job_id, now, "JOB_MESSAGE_ERROR", f"Work item {item.id} failed on worker {worker}: {reason}"),
+                job_message(
+                    job_id, now, "JOB_MESSAGE_ERROR", f"Work item {item.id} failed on worker {worker}: {reason}"
+                ),
                 job_message(job_id, now, "JOB_MESSAGE_ERROR", why),
             ]
             self._end_job(doc, model.FAILED, now, write)
@@ -464,11 +516,13 @@ class ExecutionService:
         write.messages = [
             *write.messages,
             job_message(
-                job_id, now, "JOB_MESSAGE_WARNING" if counts else "JOB_MESSAGE_BASIC",
+                job_id,
+                now,
+                "JOB_MESSAGE_WARNING" if counts else "JOB_MESSAGE_BASIC",
                 f"Work item {item.id} {what} on worker {worker}: {reason}\n"
                 f"It will be leased again (attempt {item.attempt}; {left} more failures fail the job).",
             ),
-        ]  # fmt: skip
+        ]
 
     def release_work(self, worker_id: str, reason: str, counts: bool = True, job_id: str | None = None) -> int:
         """Revoke the leases a worker holds and lease its work again (see _fail_attempt). Returns how many."""
@@ -512,10 +566,11 @@ class ExecutionService:
         for item in self.store.list_work_items_in_state(WORK_LEASED, 10_000):
             if item.lease_expire_us is not None and max(item.lease_expire_us, grace_until) < now:
                 self._revoke(
-                    item.id, item.worker_id,
+                    item.id,
+                    item.worker_id,
                     f"its lease expired at {timestamp(item.lease_expire_us)} without a report from the worker.",
                     counts=True,
-                )  # fmt: skip
+                )
 
     def _changed_metrics(self, job_id: str, updates: list[dict], now: int) -> list[MetricRecord]:
         """Records for the reported metrics whose value changed. Reports are cumulative: an unchanged metric
@@ -527,7 +582,9 @@ class ExecutionService:
             old = stored.get(key)
             if old is not None and {k: v for k, v in old.items() if k != "updateTime"} == update:
                 continue
-            records.append(MetricRecord(job_id, key, now, orjson.dumps({**update, "updateTime": timestamp(now)}).decode()))
+            records.append(
+                MetricRecord(job_id, key, now, orjson.dumps({**update, "updateTime": timestamp(now)}).decode())
+            )
         return records
 
     def _end_job(self, doc: dict, state: str, now: int, write: Write) -> None:
@@ -573,10 +630,14 @@ class ExecutionService:
                     where = params.get("detail") or "its engine"
                     notes.append(job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"The job is running on {where}."))
                 elif code == CODE_HARNESS_STARTED:
-                    notes.append(job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"Worker {worker} started its harness."))
+                    notes.append(
+                        job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"Worker {worker} started its harness.")
+                    )
                 else:
                     detail = f": {json.dumps(params, sort_keys=True)}" if params else ""
-                    notes.append(job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"Worker {worker} reported {code}{detail}"))
+                    notes.append(
+                        job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"Worker {worker} reported {code}{detail}")
+                    )
             write.messages = notes
             if touched:
                 write.stages = [stages[name] for name in dict.fromkeys(touched)]
@@ -620,14 +681,16 @@ class ExecutionService:
         workers = [
             {
                 "workerName": failure["worker"],
-                "workItems": [{
-                    "taskId": task_id,
-                    "attemptId": str(failure["attempt"]),
-                    "state": "EXECUTION_STATE_FAILED",
-                    **({"startTime": timestamp(failure["startUs"])} if failure.get("startUs") else {}),
-                    "endTime": timestamp(failure["endUs"]),
-                }],
-            }  # fmt: skip
+                "workItems": [
+                    {
+                        "taskId": task_id,
+                        "attemptId": str(failure["attempt"]),
+                        "state": "EXECUTION_STATE_FAILED",
+                        **({"startTime": timestamp(failure["startUs"])} if failure.get("startUs") else {}),
+                        "endTime": timestamp(failure["endUs"]),
+                    }
+                ],
+            }
             for failure in (failures_of(item) if item else [])
         ]
         task = {
@@ -686,9 +749,10 @@ class ExecutionService:
             move_to_state(doc, model.QUEUED, now)
             write.messages = [
                 job_message(
-                    job_id, now, "JOB_MESSAGE_BASIC",
-                    f"The job is queued: the {running} workers of this server are busy "
-                    "(beamport serve --workers).",
+                    job_id,
+                    now,
+                    "JOB_MESSAGE_BASIC",
+                    f"The job is queued: the {running} workers of this server are busy (beamport serve --workers).",
                 )
             ]
             return True
@@ -709,19 +773,34 @@ class ExecutionService:
             worker.reason = reason.splitlines()[0] if reason else ""
             self.store.write(Write(workers=[worker]))
 
+
 def _workers_changed(job_id: str, now: int, params: dict) -> list:
     """A stage started on a number of SDK workers (CODE_WORKERS_CHANGED): the job's current count changed,
     or could not reach the target."""
     workers, target = int(params.get("workers", 0)), int(params.get("target", 0))
     events = []
     if workers != int(params.get("previous", 0)):
-        events.append(autoscaling.event(job_id, now, autoscaling.CURRENT_CHANGED, workers, target,
-                                        f"Stage {params.get('stage', '?')} runs on {workers} worker(s)."))  # fmt: skip
+        events.append(
+            autoscaling.event(
+                job_id,
+                now,
+                autoscaling.CURRENT_CHANGED,
+                workers,
+                target,
+                f"Stage {params.get('stage', '?')} runs on {workers} worker(s).",
+            )
+        )
     if workers < target:
-        events.append(autoscaling.event(
-            job_id, now, autoscaling.ACTUATION_FAILURE, workers, target,
-            f"Could not run {target} workers: the worker's host allows {params.get('limit', workers)}.",
-        ))  # fmt: skip
+        events.append(
+            autoscaling.event(
+                job_id,
+                now,
+                autoscaling.ACTUATION_FAILURE,
+                workers,
+                target,
+                f"Could not run {target} workers: the worker's host allows {params.get('limit', workers)}.",
+            )
+        )
     return events
 
 

@@ -26,13 +26,13 @@ from pathlib import Path
 import orjson
 
 from beamport import schema, wire
-from beamport.errors import ApiError, failed_precondition, invalid_argument, unimplemented
 from beamport.credentials import CREDENTIALS_VARIABLE
+from beamport.errors import ApiError, failed_precondition, invalid_argument, unimplemented
 from beamport.files import FilePolicy
-from beamport.service.iam import ANONYMOUS, IamService, Principal
-from beamport.sandbox import OFF, Sandbox
 from beamport.lazy_imports import beam_module
+from beamport.sandbox import OFF, Sandbox
 from beamport.service import model
+from beamport.service.iam import ANONYMOUS, IamService, Principal
 from beamport.service.jobs import JobService
 from beamport.service.quotas import check_template_launch
 from beamport.service.templates import check_parameters, check_path_parameters, environment_warnings, pipeline_options
@@ -45,8 +45,14 @@ LAUNCHER_KEY_S = 3600.0  # how long a launcher may act for its caller
 
 class FlexTemplateService:
     def __init__(
-        self, jobs: JobService, files: FilePolicy, endpoint: str, work_dir: Path, iam: IamService | None = None,
-        sandbox: Sandbox | None = None, secrets_dir: Path | None = None,
+        self,
+        jobs: JobService,
+        files: FilePolicy,
+        endpoint: str,
+        work_dir: Path,
+        iam: IamService | None = None,
+        sandbox: Sandbox | None = None,
+        secrets_dir: Path | None = None,
     ):
         self.jobs = jobs
         self.iam = iam
@@ -71,8 +77,12 @@ class FlexTemplateService:
             )
         spec = self._spec(launch)
         parameters = {**(launch.get("launchOptions") or {}), **(launch.get("parameters") or {})}
-        check_template_launch(job_name, parameters, (launch.get("environment") or {}).get("additionalUserLabels"),
-                              prefix="launchParameter.")  # fmt: skip
+        check_template_launch(
+            job_name,
+            parameters,
+            (launch.get("environment") or {}).get("additionalUserLabels"),
+            prefix="launchParameter.",
+        )
         metadata = spec.get("metadata")
         check_parameters(parameters, metadata, options=None)
         parameters = check_path_parameters(self.files, parameters, metadata)
@@ -81,7 +91,9 @@ class FlexTemplateService:
         program = self._program(spec, parameters)
         if request.get("validateOnly"):
             return {}
-        return {"job": self._run_launcher(project_id, location, job_name, launch, environment, program, spec, principal)}
+        return {
+            "job": self._run_launcher(project_id, location, job_name, launch, environment, program, spec, principal)
+        }
 
     def _check_launcher_locations(self, environment: dict, parameters: dict) -> None:
         """Where the launcher's DataflowRunner writes (it stages the pipeline before it submits the job, so
@@ -122,8 +134,12 @@ class FlexTemplateService:
         if language == "YAML" or metadata.get("yamlDefinition"):
             if not metadata.get("yamlDefinition"):
                 raise invalid_argument("A YAML template's spec needs its pipeline in metadata.yamlDefinition.")
-            args = ["-m", "apache_beam.yaml.main", f"--yaml_pipeline={metadata['yamlDefinition']}",
-                    f"--jinja_variables={json.dumps(parameters)}"]  # fmt: skip
+            args = [
+                "-m",
+                "apache_beam.yaml.main",
+                f"--yaml_pipeline={metadata['yamlDefinition']}",
+                f"--jinja_variables={json.dumps(parameters)}",
+            ]
             return {"args": args, "cwd": None, "env": {}, "options": {}, "warnings": []}
         if language != "PYTHON":
             raise unimplemented(
@@ -153,13 +169,25 @@ class FlexTemplateService:
                     f"The template's requirements ask for {', '.join(missing)}, which Beamport's Python "
                     "environment does not have; Beamport does not install packages per job."
                 )
-        return {"args": [str(program)], "cwd": str(program.parent), "env": env, "options": parameters,
-                "warnings": warnings}  # fmt: skip
+        return {
+            "args": [str(program)],
+            "cwd": str(program.parent),
+            "env": env,
+            "options": parameters,
+            "warnings": warnings,
+        }
 
     # -- running the launcher -------------------------------------------------------------------
 
     def _run_launcher(
-        self, project_id: str, location: str, job_name: str, launch: dict, environment: dict, program: dict, spec: dict,
+        self,
+        project_id: str,
+        location: str,
+        job_name: str,
+        launch: dict,
+        environment: dict,
+        program: dict,
+        spec: dict,
         principal: Principal,
     ) -> dict:
         run_dir = self.work_dir / f"{job_name}-{uuid.uuid4().hex[:8]}"
@@ -167,11 +195,17 @@ class FlexTemplateService:
         temp = environment.get("tempLocation") or str(run_dir)
         staging = environment.get("stagingLocation") or str(run_dir)
         options = {
-            "runner": "DataflowRunner", "dataflow_endpoint": self.endpoint, "no_auth": True,
-            "project": project_id, "region": location, "job_name": job_name,
-            "temp_location": temp, "staging_location": staging,
-            **_environment_options(environment), **program["options"],
-        }  # fmt: skip
+            "runner": "DataflowRunner",
+            "dataflow_endpoint": self.endpoint,
+            "no_auth": True,
+            "project": project_id,
+            "region": location,
+            "job_name": job_name,
+            "temp_location": temp,
+            "staging_location": staging,
+            **_environment_options(environment),
+            **program["options"],
+        }
         if launch.get("update"):
             options["update"] = True
             if launch.get("transformNameMappings"):
@@ -194,8 +228,14 @@ class FlexTemplateService:
         log_path = run_dir / "launcher.log"
         started_us = wire.now_us()
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(self.sandbox.command(args, set_env, files, cwd), cwd=cwd, stdout=log,
-                                       stderr=subprocess.STDOUT, env={**env, **set_env}, start_new_session=True)  # fmt: skip
+            process = subprocess.Popen(
+                self.sandbox.command(args, set_env, files, cwd),
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**env, **set_env},
+                start_new_session=True,
+            )
 
         def reap() -> None:  # whenever it ends (a program that waits for its job runs on until the job ends)
             process.wait()
@@ -215,12 +255,12 @@ class FlexTemplateService:
             if process.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-3000:]
                 raise failed_precondition(
-                    f"The flex template's launcher exited with code {process.returncode} without submitting a job:\n{tail}"
+                    f"The flex template's launcher exited with code {process.returncode} without submitting a "
+                    f"job:\n{tail}"
                 )
             time.sleep(0.1)
         process.kill()
         raise ApiError("DEADLINE_EXCEEDED", f"The flex template's launcher submitted no job in {LAUNCH_TIMEOUT_S:g} s.")
-
 
 
 def _environment_options(environment: dict) -> dict:

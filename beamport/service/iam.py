@@ -40,10 +40,17 @@ TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # RFC 8693
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 JOB_TOKEN_LIFETIME_S = 7 * 24 * 3600  # a job's executor cannot refresh: its token lasts the run (revoked at its end)
 # What an executor's token may do: the calls of the work it runs, on its own job (and nothing else).
-JOB_TOKEN_PERMISSIONS = frozenset({
-    "dataflow.workItems.update", "dataflow.workItems.sendMessage", "dataflow.jobs.get", "dataflow.jobs.getPipeline",
-})  # fmt: skip
-_JOB_RESOURCE = re.compile(r"projects/([a-z0-9][-a-z0-9.:_]{0,127})/locations/([a-z][-a-z0-9]{0,62})/jobs/([A-Za-z0-9][-A-Za-z0-9_]{0,127})\Z")
+JOB_TOKEN_PERMISSIONS = frozenset(
+    {
+        "dataflow.workItems.update",
+        "dataflow.workItems.sendMessage",
+        "dataflow.jobs.get",
+        "dataflow.jobs.getPipeline",
+    }
+)
+_JOB_RESOURCE = re.compile(
+    r"projects/([a-z0-9][-a-z0-9.:_]{0,127})/locations/([a-z][-a-z0-9]{0,62})/jobs/([A-Za-z0-9][-A-Za-z0-9_]{0,127})\Z"
+)
 # A self-signed JWT is for the API it names (aud), or carries a scope that covers Dataflow.
 DATAFLOW_AUDIENCE = "https://dataflow.googleapis.com/"
 DATAFLOW_SCOPES = frozenset(
@@ -109,13 +116,18 @@ class IamService:
         if not isinstance(details, dict):
             raise invalid_argument("serviceAccount must be an object.")
         record = ServiceAccountRecord(
-            email=f"{account_id}@{project_id}.{EMAIL_DOMAIN}", project_id=project_id, create_us=self.clock(),
-            display_name=str(details.get("displayName") or "")[:100], description=str(details.get("description") or "")[:256],
-        )  # fmt: skip
+            email=f"{account_id}@{project_id}.{EMAIL_DOMAIN}",
+            project_id=project_id,
+            create_us=self.clock(),
+            display_name=str(details.get("displayName") or "")[:100],
+            description=str(details.get("description") or "")[:256],
+        )
         try:
             self.store.add_account(record)
         except AlreadyExists:
-            raise ApiError("ALREADY_EXISTS", f"Service account {account_id} already exists within project {project_id}.") from None
+            raise ApiError(
+                "ALREADY_EXISTS", f"Service account {account_id} already exists within project {project_id}."
+            ) from None
         return _render_account(record)
 
     def get_account(self, project_id: str, email: str) -> dict:
@@ -138,7 +150,9 @@ class IamService:
         account = self._account(project_id, email)
         key_id, private_pem, public_pem = keys.new_key_pair()
         now = self.clock()
-        record = KeyRecord(key_id, email, public_pem, now, None if valid_for_s is None else now + int(valid_for_s * 1e6))
+        record = KeyRecord(
+            key_id, email, public_pem, now, None if valid_for_s is None else now + int(valid_for_s * 1e6)
+        )
         self.store.add_key(record)
         data = keys.key_file(email, account.project_id, key_id, private_pem, root_url)
         return {
@@ -293,11 +307,19 @@ class IamService:
             claims, key = self._verified_jwt(token)
         except keys.InvalidJwt as exc:
             raise ApiError("UNAUTHENTICATED", f"{_UNAUTHENTICATED} ({exc})") from None
-        audiences = {DATAFLOW_AUDIENCE, DATAFLOW_AUDIENCE.rstrip("/"), f"http://{host}/", f"https://{host}/",
-                     f"http://{host}", f"https://{host}"}  # fmt: skip
+        audiences = {
+            DATAFLOW_AUDIENCE,
+            DATAFLOW_AUDIENCE.rstrip("/"),
+            f"http://{host}/",
+            f"https://{host}/",
+            f"http://{host}",
+            f"https://{host}",
+        }
         scopes = set(str(claims.get("scope", "")).split())
         if claims.get("aud") not in audiences and not scopes & DATAFLOW_SCOPES:
-            raise ApiError("UNAUTHENTICATED", f"{_UNAUTHENTICATED} (the JWT is for {claims.get('aud')!r}, not this API)")
+            raise ApiError(
+                "UNAUTHENTICATED", f"{_UNAUTHENTICATED} (the JWT is for {claims.get('aud')!r}, not this API)"
+            )
         valid_until = int(claims["exp"] * 1e6)
         if key.expire_us is not None:
             valid_until = min(valid_until, key.expire_us)
@@ -346,8 +368,11 @@ class IamService:
         except ApiError as error:
             raise OAuthError("invalid_grant", error.message) from None
         key = self.store.get_key(subject.key_id)
-        return self._issue(Principal(subject.email, subject.key_id, job=match.group(0)), JOB_TOKEN_LIFETIME_S,
-                           key.expire_us if key else None)  # fmt: skip
+        return self._issue(
+            Principal(subject.email, subject.key_id, job=match.group(0)),
+            JOB_TOKEN_LIFETIME_S,
+            key.expire_us if key else None,
+        )
 
     def _issue(self, principal: Principal, lifetime_s: int, key_expire_us: int | None) -> dict:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -388,8 +413,10 @@ class IamService:
         if principal.job:
             project, _, job = _JOB_RESOURCE.match(principal.job).groups()
             if permission not in JOB_TOKEN_PERMISSIONS or project_id != project or job_id not in (None, job):
-                raise ApiError("PERMISSION_DENIED", f"Permission '{permission}' denied: this token is good for "
-                                                    f"{principal.job} only.")  # fmt: skip
+                raise ApiError(
+                    "PERMISSION_DENIED",
+                    f"Permission '{permission}' denied: this token is good for {principal.job} only.",
+                )
         if project_id in (None, "-"):
             if self.projects_with(principal, permission) != set():
                 return
@@ -439,7 +466,9 @@ class IamService:
         if self.store.get_account(ADMIN_EMAIL) is not None:
             return False
         try:
-            self.store.add_account(ServiceAccountRecord(ADMIN_EMAIL, "beamport", self.clock(), "Beamport administrator"))
+            self.store.add_account(
+                ServiceAccountRecord(ADMIN_EMAIL, "beamport", self.clock(), "Beamport administrator")
+            )
         except AlreadyExists:  # another server on the same database made it
             return False
         self.bind(ORGANIZATION, f"serviceAccount:{ADMIN_EMAIL}", ADMIN)
@@ -451,7 +480,9 @@ class IamService:
         key_path (0600); the keys of earlier starts are deleted."""
         if self.store.get_account(LOCAL_WORKERS_EMAIL) is None:
             try:
-                self.store.add_account(ServiceAccountRecord(LOCAL_WORKERS_EMAIL, "beamport", self.clock(), "Local workers"))
+                self.store.add_account(
+                    ServiceAccountRecord(LOCAL_WORKERS_EMAIL, "beamport", self.clock(), "Local workers")
+                )
             except AlreadyExists:
                 pass
         self.bind(ORGANIZATION, f"serviceAccount:{LOCAL_WORKERS_EMAIL}", WORKER)
@@ -508,13 +539,29 @@ class IamService:
 
     # -- the audit log ----------------------------------------------------------------------------
 
-    def audit(self, principal: Principal | None, method: str, project_id: str, resource: str, status: str,
-              message: str = "", caller_ip: str = "") -> None:  # fmt: skip
+    def audit(
+        self,
+        principal: Principal | None,
+        method: str,
+        project_id: str,
+        resource: str,
+        status: str,
+        message: str = "",
+        caller_ip: str = "",
+    ) -> None:
         # What a refused request named goes in as it came, made storable: no NUL, bounded (a project id that is
         # not one is kept in the resource alone).
         project = project_id if project_id and (_PROJECT_ID.match(project_id) or project_id == ORGANIZATION) else ""
-        record = AuditRecord(self.clock(), project, principal.email if principal else "", method,
-                             _storable(resource, 2000), status, _storable(message, 1000), caller_ip[:64])  # fmt: skip
+        record = AuditRecord(
+            self.clock(),
+            project,
+            principal.email if principal else "",
+            method,
+            _storable(resource, 2000),
+            status,
+            _storable(message, 1000),
+            caller_ip[:64],
+        )
         self.store.add_audit([record])
 
     def list_audit(self, project_id: str | None, requested_size: int = 0, token: str | None = None) -> dict:
@@ -612,8 +659,9 @@ def _render_audit(record: AuditRecord) -> dict:
         "insertId": str(record.seq),
         "timestamp": wire.format_timestamp_us(record.time_us),
         "severity": "NOTICE" if record.status == "OK" else "ERROR",
-        "resource": {"type": "project", "labels": {"project_id": project}} if parent.startswith("projects/") else (
-            {"type": "organization", "labels": {"organization_id": ORGANIZATION.split("/")[1]}}),  # fmt: skip
+        "resource": {"type": "project", "labels": {"project_id": project}}
+        if parent.startswith("projects/")
+        else ({"type": "organization", "labels": {"organization_id": ORGANIZATION.split("/")[1]}}),
         "protoPayload": payload,
     }
 

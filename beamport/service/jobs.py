@@ -8,7 +8,7 @@ the job again and re-applies its request to what it finds.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -30,13 +30,15 @@ from beamport.service.documents import (
 )
 from beamport.service.model import JobPb
 from beamport.service.notify import WorkNotifier
-from beamport.service.quotas import JobQuotas, check_job, check_job_name, check_labels
 from beamport.service.paging import decode_token, page_response, page_size
+from beamport.service.quotas import JobQuotas, check_job, check_job_name, check_labels
 from beamport.service.sdk_version import fill_sdk_version
 from beamport.store.base import (
     FILTER_ACTIVE,
     FILTER_ALL,
     FILTER_TERMINATED,
+    WORK_CANCELLED,
+    WORK_LEASED,
     ActiveNameTaken,
     JobChange,
     JobQuery,
@@ -44,8 +46,6 @@ from beamport.store.base import (
     MessageQuery,
     MessageRecord,
     Store,
-    WORK_CANCELLED,
-    WORK_LEASED,
     VersionConflict,
     WorkItemRecord,
     Write,
@@ -79,10 +79,18 @@ NO_STREAMING_ENGINE = (
 
 class JobService:
     def __init__(
-        self, store: Store, files: FilePolicy | None = None, clock=wire.now_us, work: WorkNotifier | None = None,
-        streaming_engine: str | None = None, restore_location=None, carry_state=None, pipelines_dir=None,
-        engines_available: set[str] | frozenset = frozenset({engines.EMBEDDED}), quotas: JobQuotas | None = None,
-    ):  # fmt: skip
+        self,
+        store: Store,
+        files: FilePolicy | None = None,
+        clock=wire.now_us,
+        work: WorkNotifier | None = None,
+        streaming_engine: str | None = None,
+        restore_location=None,
+        carry_state=None,
+        pipelines_dir=None,
+        engines_available: set[str] | frozenset = frozenset({engines.EMBEDDED}),
+        quotas: JobQuotas | None = None,
+    ):
         self.store = store
         self.quotas = quotas  # per-project quotas on creates (None: none)
         self.files = files  # None: files named in requests are neither checked nor read (tests of the API only)
@@ -181,7 +189,12 @@ class JobService:
     # -- creating -----------------------------------------------------------
 
     def create_job(
-        self, project_id: str, location: str, body: dict, replace_job_id: str | None = None, view: int = 0,
+        self,
+        project_id: str,
+        location: str,
+        body: dict,
+        replace_job_id: str | None = None,
+        view: int = 0,
         notes: Sequence[tuple[str, str]] = (),
     ) -> dict:
         """Create a job (or replace an active one); `notes` are (importance, text) messages for it."""
@@ -198,9 +211,18 @@ class JobService:
         now = self.clock()
         job_id = model.new_job_id(now)
         for server_field in (
-            "id", "project_id", "location", "create_time", "current_state", "current_state_time",
-            "requested_state", "replaced_by_job_id", "stage_states", "start_time", "execution_info",
-        ):  # fmt: skip
+            "id",
+            "project_id",
+            "location",
+            "create_time",
+            "current_state",
+            "current_state_time",
+            "requested_state",
+            "replaced_by_job_id",
+            "stage_states",
+            "start_time",
+            "execution_info",
+        ):
             job.ClearField(server_field)
         job.id = job_id
         job.project_id = project_id
@@ -240,9 +262,12 @@ class JobService:
         started = 0
         for summary in self.store.list_active_jobs(100_000):  # bounded by the active-jobs quota
             doc = document(summary)
-            if (doc.get("type") != model.STREAMING or doc.get("currentState") not in model.NOT_STARTED_STATES
-                    or engines.engine_of(doc, None) is not None  # it named its engine: it had work from the start
-                    or self.store.list_work_items(summary.id)):  # fmt: skip
+            if (
+                doc.get("type") != model.STREAMING
+                or doc.get("currentState") not in model.NOT_STARTED_STATES
+                or engines.engine_of(doc, None) is not None  # it named its engine: it had work from the start
+                or self.store.list_work_items(summary.id)
+            ):
                 continue
             job = load_job(self.store, summary.project_id, None, summary.id)
             now, expected = self.clock(), job.version
@@ -250,13 +275,20 @@ class JobService:
             record_from_document(document(job), job)
             text = f"This server now has a streaming engine ({self.streaming_engine}): the job runs on it."
             try:
-                self.store.write(Write(changed_jobs=[JobChange(job, expected)], new_work_items=[WorkItemRecord(job_id=job.id)],
-                                       messages=[job_message(job.id, now, "JOB_MESSAGE_BASIC", text)]))  # fmt: skip
+                self.store.write(
+                    Write(
+                        changed_jobs=[JobChange(job, expected)],
+                        new_work_items=[WorkItemRecord(job_id=job.id)],
+                        messages=[job_message(job.id, now, "JOB_MESSAGE_BASIC", text)],
+                    )
+                )
             except VersionConflict:
                 continue
             started += 1
         if started:
-            log.info("%d streaming job(s) created without a streaming engine now run on %s", started, self.streaming_engine)
+            log.info(
+                "%d streaming job(s) created without a streaming engine now run on %s", started, self.streaming_engine
+            )
             self.work.notify()
         return started
 
@@ -333,11 +365,20 @@ class JobService:
         if engine not in engines.SAVES_STATE or self.carry_state is None:
             if old_doc.get("currentState") != model.RUNNING:
                 return []
-            return [("JOB_MESSAGE_WARNING", f"Job {old_id} runs on the {engine} engine, which keeps no state to "
-                     "carry over: this job starts without it (updates keep state on the Flink engine).")]  # fmt: skip
+            return [
+                (
+                    "JOB_MESSAGE_WARNING",
+                    f"Job {old_id} runs on the {engine} engine, which keeps no state to "
+                    "carry over: this job starts without it (updates keep state on the Flink engine).",
+                )
+            ]
         if old_doc.get("currentState") != model.RUNNING:
-            return [("JOB_MESSAGE_WARNING", f"Job {old_id} was not running ({old_doc.get('currentState')}): "
-                     "this job starts without its state.")]  # fmt: skip
+            return [
+                (
+                    "JOB_MESSAGE_WARNING",
+                    f"Job {old_id} was not running ({old_doc.get('currentState')}): this job starts without its state.",
+                )
+            ]
         if engines.engine_of(doc, self.streaming_engine) != engines.FLINK:
             raise failed_precondition(
                 f"Job {old_id} runs on Flink and keeps state; its replacement must run on Flink too to take it on."
@@ -348,12 +389,15 @@ class JobService:
         )
         if problems:
             raise failed_precondition(
-                f"The new job is not compatible with job {old_id}: " + "; ".join(problems)
+                f"The new job is not compatible with job {old_id}: "
+                + "; ".join(problems)
                 + f". Job {old_id} has not been changed."
             )
         snapshot_id = self.carry_state(project_id, location, old_id, doc["name"])
         doc["createdFromSnapshotId"] = snapshot_id
-        return [("JOB_MESSAGE_BASIC", f"This job takes over the state of job {old_id}, saved in snapshot {snapshot_id}.")]
+        return [
+            ("JOB_MESSAGE_BASIC", f"This job takes over the state of job {old_id}, saved in snapshot {snapshot_id}.")
+        ]
 
     def _pipeline_of(self, doc: dict):
         """The Beam pipeline a job runs (its staged pipelineUrl)."""
@@ -451,7 +495,9 @@ class JobService:
                 messages=[
                     *messages,
                     job_message(record.id, now, "JOB_MESSAGE_BASIC", f"This job replaces job {old_id}."),
-                    job_message(old_id, now, "JOB_MESSAGE_BASIC", f"Job was updated: it is replaced by job {record.id}."),
+                    job_message(
+                        old_id, now, "JOB_MESSAGE_BASIC", f"Job was updated: it is replaced by job {record.id}."
+                    ),
                 ],
             )
         )
@@ -467,9 +513,7 @@ class JobService:
         if requested and mask:
             raise invalid_argument("A job update may set requestedState or updateMask, not both.")
         if not requested and not mask:
-            raise invalid_argument(
-                "Nothing to update: set requestedState, or list the fields to change in updateMask."
-            )
+            raise invalid_argument("Nothing to update: set requestedState, or list the fields to change in updateMask.")
         for path in mask:
             if path not in _UPDATABLE:
                 raise invalid_argument(
@@ -485,9 +529,7 @@ class JobService:
             doc = document(record)
             state = doc.get("currentState", "")
             if state in model.TERMINAL_STATES:
-                raise failed_precondition(
-                    f"Job {job_id} is in terminal state {state} and can no longer be changed."
-                )
+                raise failed_precondition(f"Job {job_id} is in terminal state {state} and can no longer be changed.")
             now = self.clock()
             if requested:
                 # Work between attempts (no worker holds it) has nothing to stop: the cancel ends at once.

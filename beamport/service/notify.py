@@ -8,7 +8,7 @@ work at the end of its wait instead, which is still correct, only later.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 
 class WorkNotifier:

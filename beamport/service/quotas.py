@@ -85,7 +85,12 @@ def check_labels(labels, field: str = "labels") -> None:
         shown = key if len(key) <= 70 else key[:64] + "..."
         if not isinstance(value, str):
             raise invalid_argument(f"Invalid value at '{field}[{shown}]': a label value must be a string.")
-        if not key or len(key) > MAX_LABEL_CHARS or len(key.encode()) > MAX_LABEL_BYTES or not _label_part_ok(key, True):
+        if (
+            not key
+            or len(key) > MAX_LABEL_CHARS
+            or len(key.encode()) > MAX_LABEL_BYTES
+            or not _label_part_ok(key, True)
+        ):
             raise invalid_argument(
                 f"Invalid value at '{field}': the label key '{shown}' is invalid: a key is 1 to {MAX_LABEL_CHARS} "
                 f"characters (at most {MAX_LABEL_BYTES} bytes) of lowercase letters, digits, '_' and '-', starting "
@@ -123,7 +128,9 @@ def check_job(doc: dict) -> None:
     for field in ("replaceJobId", "createdFromSnapshotId"):
         value = doc.get(field) or ""
         if len(value) > MAX_ID_CHARS:
-            raise invalid_argument(f"Invalid value at '{field}': {len(value)} characters; an id has at most {MAX_ID_CHARS}.")
+            raise invalid_argument(
+                f"Invalid value at '{field}': {len(value)} characters; an id has at most {MAX_ID_CHARS}."
+            )
     if "jobMetadata" in doc and _size(doc["jobMetadata"]) > MAX_JOB_METADATA_BYTES:
         raise invalid_argument(
             f"Invalid value at 'jobMetadata': {_size(doc['jobMetadata'])} bytes; at most {MAX_JOB_METADATA_BYTES}."
@@ -160,8 +167,9 @@ def check_job(doc: dict) -> None:
         )
 
 
-def check_template_launch(job_name: str | None, parameters: dict | None, labels: dict | None = None,
-                          prefix: str = "") -> None:  # fmt: skip
+def check_template_launch(
+    job_name: str | None, parameters: dict | None, labels: dict | None = None, prefix: str = ""
+) -> None:
     """A template launch's job name, parameters and additional labels, through the same rules as a job's
     (`prefix`: where they are in the request, e.g. "launchParameter.")."""
     if job_name:
@@ -207,8 +215,12 @@ class JobQuotas:
     cannot together pass a quota. (Creates racing in two server processes can pass it by one each.)
     """
 
-    def __init__(self, store: Store, max_active_jobs: int = DEFAULT_MAX_ACTIVE_JOBS,
-                 max_jobs_per_minute: int = DEFAULT_MAX_JOBS_PER_MINUTE):  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        max_active_jobs: int = DEFAULT_MAX_ACTIVE_JOBS,
+        max_jobs_per_minute: int = DEFAULT_MAX_JOBS_PER_MINUTE,
+    ):
         self.store = store
         self.max_active_jobs = max(0, max_active_jobs)
         self.max_jobs_per_minute = max(0, max_jobs_per_minute)
@@ -225,10 +237,17 @@ class JobQuotas:
             admitted = self._admitted.setdefault(project_id, set())
             if self.max_active_jobs and not replacing:
                 # Admitted jobs already written are among the active ones: each is counted once.
-                active = {job.id for job in self.store.list_jobs(JobQuery(
-                    project_id=project_id, location=None, filter=FILTER_ACTIVE,
-                    limit=self.max_active_jobs + len(admitted),
-                ))}  # fmt: skip
+                active = {
+                    job.id
+                    for job in self.store.list_jobs(
+                        JobQuery(
+                            project_id=project_id,
+                            location=None,
+                            filter=FILTER_ACTIVE,
+                            limit=self.max_active_jobs + len(admitted),
+                        )
+                    )
+                }
                 running = len(active | admitted)
                 if running >= self.max_active_jobs:
                     self._forget(project_id)
@@ -249,7 +268,9 @@ class JobQuotas:
                 if len(recent) >= self.max_jobs_per_minute:
                     self._forget(project_id)
                     raise quota_exceeded(
-                        "Job creation requests", "Job creation requests per minute per project", project_id,
+                        "Job creation requests",
+                        "Job creation requests per minute per project",
+                        project_id,
                         f"{len(recent)} jobs were created in the last minute; the quota is "
                         f"{self.max_jobs_per_minute} (beamport serve --max-jobs-per-minute). Try again later.",
                     )

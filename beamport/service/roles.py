@@ -11,26 +11,58 @@ DEVELOPER = "roles/dataflow.developer"
 ADMIN = "roles/dataflow.admin"
 WORKER = "roles/dataflow.worker"
 
-_VIEW = frozenset({
-    "dataflow.jobs.get", "dataflow.jobs.list", "dataflow.messages.list", "dataflow.metrics.get",
-    "dataflow.snapshots.get", "dataflow.snapshots.list", "dataflow.sqlTables.get", "dataflow.sqlTables.list",
-    "dataflow.workers.get", "dataflow.workers.list",
-})  # fmt: skip
+_VIEW = frozenset(
+    {
+        "dataflow.jobs.get",
+        "dataflow.jobs.list",
+        "dataflow.messages.list",
+        "dataflow.metrics.get",
+        "dataflow.snapshots.get",
+        "dataflow.snapshots.list",
+        "dataflow.sqlTables.get",
+        "dataflow.sqlTables.list",
+        "dataflow.workers.get",
+        "dataflow.workers.list",
+    }
+)
 _DEVELOP = _VIEW | {
-    "dataflow.jobs.create", "dataflow.jobs.update", "dataflow.jobs.cancel", "dataflow.jobs.snapshot",
-    "dataflow.jobs.debug", "dataflow.jobs.getPipeline", "dataflow.snapshots.delete", "dataflow.templates.get",
-    "dataflow.sql.validate", "dataflow.sqlTables.create", "dataflow.sqlTables.delete",
-}  # fmt: skip
-_WORK = frozenset({
-    "dataflow.workItems.lease", "dataflow.workItems.update", "dataflow.workItems.sendMessage",
-    "dataflow.jobs.get", "dataflow.jobs.getPipeline",
-})  # fmt: skip
-_ADMINISTER = _DEVELOP | _WORK | {
-    "iam.serviceAccounts.create", "iam.serviceAccounts.get", "iam.serviceAccounts.list",
-    "iam.serviceAccounts.delete", "iam.serviceAccountKeys.create", "iam.serviceAccountKeys.list",
-    "iam.serviceAccountKeys.delete", "resourcemanager.projects.getIamPolicy",
-    "resourcemanager.projects.setIamPolicy", "logging.logEntries.list",
-}  # fmt: skip
+    "dataflow.jobs.create",
+    "dataflow.jobs.update",
+    "dataflow.jobs.cancel",
+    "dataflow.jobs.snapshot",
+    "dataflow.jobs.debug",
+    "dataflow.jobs.getPipeline",
+    "dataflow.snapshots.delete",
+    "dataflow.templates.get",
+    "dataflow.sql.validate",
+    "dataflow.sqlTables.create",
+    "dataflow.sqlTables.delete",
+}
+_WORK = frozenset(
+    {
+        "dataflow.workItems.lease",
+        "dataflow.workItems.update",
+        "dataflow.workItems.sendMessage",
+        "dataflow.jobs.get",
+        "dataflow.jobs.getPipeline",
+    }
+)
+_ADMINISTER = (
+    _DEVELOP
+    | _WORK
+    | {
+        "iam.serviceAccounts.create",
+        "iam.serviceAccounts.get",
+        "iam.serviceAccounts.list",
+        "iam.serviceAccounts.delete",
+        "iam.serviceAccountKeys.create",
+        "iam.serviceAccountKeys.list",
+        "iam.serviceAccountKeys.delete",
+        "resourcemanager.projects.getIamPolicy",
+        "resourcemanager.projects.setIamPolicy",
+        "logging.logEntries.list",
+    }
+)
 
 PERMISSIONS: dict[str, frozenset[str]] = {
     VIEWER: frozenset(_VIEW),

@@ -145,9 +145,12 @@ class SnapshotService:
         )
         self.store.add_snapshot(snapshot)
         if request.snapshot_sources:
-            self._tell_job(job_id, "JOB_MESSAGE_WARNING",
-                           f"Snapshot {snapshot.id}: snapshotSources was asked for, but Beamport does not snapshot "
-                           "sources (Pub/Sub subscriptions); the snapshot holds the job's state only.")  # fmt: skip
+            self._tell_job(
+                job_id,
+                "JOB_MESSAGE_WARNING",
+                f"Snapshot {snapshot.id}: snapshotSources was asked for, but Beamport does not snapshot "
+                "sources (Pub/Sub subscriptions); the snapshot holds the job's state only.",
+            )
         finished = threading.Event()
         with self._lock:
             self._taking.add(snapshot.id)
@@ -202,11 +205,19 @@ class SnapshotService:
                 # Deleted (or expired) while the engine was saving: its data is nobody's.
                 self._discard(snapshot)
                 return
-            log.info("snapshot %s of job %s is ready: %s (%d bytes)",
-                     snapshot.id, snapshot.source_job_id, saved.location, saved.size_bytes)  # fmt: skip
-            self._tell_job(snapshot.source_job_id, "JOB_MESSAGE_BASIC",
-                           f"Snapshot {snapshot.id} created: {saved.size_bytes} bytes of state, kept until "
-                           f"{timestamp(snapshot.expire_us)} (ttl {_duration_text(snapshot.ttl_us)}).")  # fmt: skip
+            log.info(
+                "snapshot %s of job %s is ready: %s (%d bytes)",
+                snapshot.id,
+                snapshot.source_job_id,
+                saved.location,
+                saved.size_bytes,
+            )
+            self._tell_job(
+                snapshot.source_job_id,
+                "JOB_MESSAGE_BASIC",
+                f"Snapshot {snapshot.id} created: {saved.size_bytes} bytes of state, kept until "
+                f"{timestamp(snapshot.expire_us)} (ttl {_duration_text(snapshot.ttl_us)}).",
+            )
         except Exception:  # noqa: BLE001 (a store hiccup: logged; the sweeper fails the snapshot later)
             log.exception("snapshot %s of job %s", snapshot.id, snapshot.source_job_id)
         finally:
@@ -290,8 +301,11 @@ class SnapshotService:
             if snapshot.data_location and self.control is not None:
                 self.control.discard(snapshot.data_location)
             elif snapshot.data_location and not _inside(savepoint_path(snapshot.data_location), directory):
-                log.warning("snapshot %s: its data at %s is left in place (no streaming engine to discard it)",
-                            snapshot.id, snapshot.data_location)  # fmt: skip
+                log.warning(
+                    "snapshot %s: its data at %s is left in place (no streaming engine to discard it)",
+                    snapshot.id,
+                    snapshot.data_location,
+                )
         except Exception:  # noqa: BLE001 (the record is gone: log, and leave the rest to the operator)
             log.exception("snapshot %s: discarding its data at %s failed", snapshot.id, snapshot.data_location)
         shutil.rmtree(directory, ignore_errors=True)
@@ -322,8 +336,12 @@ class SnapshotService:
                 continue  # kept until its job has started; deleted at a later sweep
             if self.store.delete_snapshot(snapshot.id):
                 deleted += 1
-                log.info("snapshot %s of job %s expired (ttl %s): deleted",
-                         snapshot.id, snapshot.source_job_id, _duration_text(snapshot.ttl_us))  # fmt: skip
+                log.info(
+                    "snapshot %s of job %s expired (ttl %s): deleted",
+                    snapshot.id,
+                    snapshot.source_job_id,
+                    _duration_text(snapshot.ttl_us),
+                )
                 self._discard_unless_taking(snapshot)
         with self._lock:
             taking = set(self._taking)

@@ -245,8 +245,13 @@ def _syntax_error(exc: Exception) -> str:
 
 
 def _render_table(table: SqlTableRecord) -> dict:
-    return {"name": table.name, "path": table.path, "format": table.format, "schema": orjson.loads(table.schema),
-            "createTime": wire.format_timestamp_us(table.create_us)}  # fmt: skip
+    return {
+        "name": table.name,
+        "path": table.path,
+        "format": table.format,
+        "schema": orjson.loads(table.schema),
+        "createTime": wire.format_timestamp_us(table.create_us),
+    }
 
 
 def _nodes(node, kind: str):

@@ -30,11 +30,26 @@ from beamport.service.quotas import check_template_launch
 METADATA_SUFFIX = "_metadata"
 # RuntimeEnvironment fields that mean something only on Google's machines: a warning says they are ignored.
 _NO_LOCAL_MEANING = (
-    "zone", "workerRegion", "workerZone", "machineType", "network", "subnetwork", "serviceAccountEmail",
-    "kmsKeyName", "ipConfiguration", "diskSizeGb", "enableStreamingEngine", "streamingMode",
-    "bypassTempDirValidation", "launcherMachineType", "flexrsGoal", "sdkContainerImage", "dumpHeapOnOom",
-    "saveHeapDumpsToGcsPath", "enableLauncherVmSerialPortLogging",
-)  # fmt: skip
+    "zone",
+    "workerRegion",
+    "workerZone",
+    "machineType",
+    "network",
+    "subnetwork",
+    "serviceAccountEmail",
+    "kmsKeyName",
+    "ipConfiguration",
+    "diskSizeGb",
+    "enableStreamingEngine",
+    "streamingMode",
+    "bypassTempDirValidation",
+    "launcherMachineType",
+    "flexrsGoal",
+    "sdkContainerImage",
+    "dumpHeapOnOom",
+    "saveHeapDumpsToGcsPath",
+    "enableLauncherVmSerialPortLogging",
+)
 
 
 BUILTIN_SCHEME = "builtin://"
@@ -68,16 +83,25 @@ class TemplateService:
         }
 
     def launch(
-        self, project_id: str, location: str, gcs_path: str | None, validate_only: bool, body: dict,
+        self,
+        project_id: str,
+        location: str,
+        gcs_path: str | None,
+        validate_only: bool,
+        body: dict,
         dynamic_template: bool = False,
-    ) -> dict:  # fmt: skip
+    ) -> dict:
         if dynamic_template:
             raise unimplemented("dynamicTemplate is not implemented: launch a classic template with gcsPath.")
         request = schema.check(body, "LaunchTemplateParameters")
         job, notes = self._job_from_template(
-            project_id, location, gcs_path, request.get("jobName"), request.get("parameters") or {},
+            project_id,
+            location,
+            gcs_path,
+            request.get("jobName"),
+            request.get("parameters") or {},
             request.get("environment") or {},
-        )  # fmt: skip
+        )
         if validate_only:
             return {}
         replace = None
@@ -92,9 +116,13 @@ class TemplateService:
     def create(self, project_id: str, location: str, body: dict) -> dict:
         request = schema.check(body, "CreateJobFromTemplateRequest")
         job, notes = self._job_from_template(
-            project_id, location, request.get("gcsPath"), request.get("jobName"), request.get("parameters") or {},
+            project_id,
+            location,
+            request.get("gcsPath"),
+            request.get("jobName"),
+            request.get("parameters") or {},
             request.get("environment") or {},
-        )  # fmt: skip
+        )
         return self.jobs.create_job(project_id, location, job, notes=notes)
 
     def launch_internal(self, project_id: str, location: str, name: str, job_name: str, parameters: dict) -> dict:
@@ -133,10 +161,19 @@ class TemplateService:
     def _write_builtin(self, name: str, module: str, template: Path) -> None:
         staging = self.builtin_dir / "staging" / name
         staging.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", f"beamport.builtin_templates.{module}", "--runner=DataflowRunner",
-                "--project=beamport-builtin", "--region=us-central1", f"--temp_location={staging}",
-                f"--staging_location={staging}", f"--template_location={template}.tmp",
-                "--dataflow_endpoint=http://localhost:1", "--no_auth"]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            f"beamport.builtin_templates.{module}",
+            "--runner=DataflowRunner",
+            "--project=beamport-builtin",
+            "--region=us-central1",
+            f"--temp_location={staging}",
+            f"--staging_location={staging}",
+            f"--template_location={template}.tmp",
+            "--dataflow_endpoint=http://localhost:1",
+            "--no_auth",
+        ]
         done = subprocess.run(args, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise ApiError("INTERNAL", f"Could not write the built-in template {name}: {done.stderr[-2000:]}")
@@ -155,7 +192,9 @@ class TemplateService:
             gcs_path = str(self._builtin(name))
         template = _json_object(self.files.read_bytes(gcs_path), gcs_path)
         environment = template.get("environment")
-        options = (environment or {}).get("sdkPipelineOptions", {}).get("options") if isinstance(environment, dict) else None
+        options = (
+            (environment or {}).get("sdkPipelineOptions", {}).get("options") if isinstance(environment, dict) else None
+        )
         if not isinstance(options, dict):
             raise invalid_argument(
                 f"{gcs_path} is not a Dataflow template: a template is the job file Beam's DataflowRunner writes "
@@ -167,14 +206,21 @@ class TemplateService:
             if exc.status != "NOT_FOUND":
                 raise
             return template, None
-        metadata = schema.check(_json_object(raw, gcs_path + METADATA_SUFFIX), "TemplateMetadata",
-                                gcs_path + METADATA_SUFFIX)  # fmt: skip
+        metadata = schema.check(
+            _json_object(raw, gcs_path + METADATA_SUFFIX), "TemplateMetadata", gcs_path + METADATA_SUFFIX
+        )
         return template, metadata
 
     def _job_from_template(
-        self, project_id: str, location: str, gcs_path: str | None, job_name: str | None, parameters: dict,
-        environment: dict, internal: bool = False,
-    ) -> tuple[dict, list[tuple[str, str]]]:  # fmt: skip
+        self,
+        project_id: str,
+        location: str,
+        gcs_path: str | None,
+        job_name: str | None,
+        parameters: dict,
+        environment: dict,
+        internal: bool = False,
+    ) -> tuple[dict, list[tuple[str, str]]]:
         """The job body to create, and messages for it (importance, text)."""
         template, metadata = self._load(gcs_path, internal)
         if not job_name:
@@ -365,5 +411,12 @@ def environment_warnings(environment: dict) -> list[str]:
     ]
 
 
-__all__ = ["TemplateService", "METADATA_SUFFIX", "check_not_overridden", "check_parameters", "check_path_parameters",
-           "environment_warnings", "pipeline_options"]
+__all__ = [
+    "TemplateService",
+    "METADATA_SUFFIX",
+    "check_not_overridden",
+    "check_parameters",
+    "check_path_parameters",
+    "environment_warnings",
+    "pipeline_options",
+]

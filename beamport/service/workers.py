@@ -44,7 +44,9 @@ from beamport.store.base import (
 log = logging.getLogger(__name__)
 
 MAX_WORKER_MESSAGES = 1000
-MISSED_INTERVALS = 3  # a worker not heard from (health report, or lease poll while idle) for this many intervals is lost
+MISSED_INTERVALS = (
+    3  # a worker not heard from (health report, or lease poll while idle) for this many intervals is lost
+)
 MIN_INTERVAL_US = 200_000
 MAX_INTERVAL_US = 60_000_000
 HEALTH_REPORTS_PER_S = 200  # past this many live workers' reports a second, everyone reports less often
@@ -69,7 +71,7 @@ class WorkerRegistry:
         self._pruned_us: int | None = None  # when the sweep last dropped old workers and samples
         self.usage = JobUsage(store)  # what each job used, from its workers' CPU samples and health reports
 
-    def _job(self, project_id: str, location: str, job_id: str) -> "_JobRef":
+    def _job(self, project_id: str, location: str, job_id: str) -> _JobRef:
         """Where a job lives, or NOT_FOUND. Remembered: a job never moves and is never deleted, and every
         worker message names one."""
         ref = self._jobs.get(job_id)
@@ -136,8 +138,14 @@ class WorkerRegistry:
             else:
                 self._shutdown(worker, message["workerShutdownNotice"], update)
                 responses.append({"workerShutdownNoticeResponse": {}})
-        self.store.write(Write(workers=list(update.workers.values()), cpu_samples=update.samples,
-                               worker_events=update.events, messages=update.messages))  # fmt: skip
+        self.store.write(
+            Write(
+                workers=list(update.workers.values()),
+                cpu_samples=update.samples,
+                worker_events=update.events,
+                messages=update.messages,
+            )
+        )
         self.usage.record(messages, now)
         for worker_id, stacks in update.stacks:
             self.store.save_worker_stacks(worker_id, stacks, now)
@@ -152,19 +160,28 @@ class WorkerRegistry:
         worker = workers.get(worker_id)
         if worker is None:
             worker = workers[worker_id] = WorkerRecord(
-                worker_id=worker_id, project_id=job.project_id, location=job.location, job_id=job.id,
-                state=WORKER_RUNNING, labels="{}", first_seen_us=now, last_seen_us=now,
+                worker_id=worker_id,
+                project_id=job.project_id,
+                location=job.location,
+                job_id=job.id,
+                state=WORKER_RUNNING,
+                labels="{}",
+                first_seen_us=now,
+                last_seen_us=now,
                 report_interval_us=self.base_interval_us,
-            )  # fmt: skip
+            )
         if worker.job_id != job.id:  # the worker moved on to another job
             worker.project_id, worker.location, worker.job_id, worker.work_item_id = (
-                job.project_id, job.location, job.id, None
+                job.project_id,
+                job.location,
+                job.id,
+                None,
             )
         worker.labels = orjson.dumps(labels, option=orjson.OPT_SORT_KEYS).decode()
         worker.last_seen_us = now
         return worker
 
-    def _health(self, worker: WorkerRecord, report: dict, update: "_Update", newcomers: int) -> dict:
+    def _health(self, worker: WorkerRecord, report: dict, update: _Update, newcomers: int) -> dict:
         now = update.now
         was = worker.state
         previous = worker.last_health_us
@@ -176,9 +193,14 @@ class WorkerRegistry:
             pass  # abandoned, or leaving: late reports change nothing
         elif report.get("vmIsBroken"):
             worker.state, worker.reason = WORKER_BROKEN, report.get("msg") or "the worker reported it is broken"
-            update.note(worker, "JOB_MESSAGE_WARNING",
-                        f"Worker {worker.worker_id} reported it is broken ({worker.reason}): it gets no more work.")  # fmt: skip
-            update.releases.append((worker.worker_id, f"worker {worker.worker_id} reported it is broken: {worker.reason}", True))
+            update.note(
+                worker,
+                "JOB_MESSAGE_WARNING",
+                f"Worker {worker.worker_id} reported it is broken ({worker.reason}): it gets no more work.",
+            )
+            update.releases.append(
+                (worker.worker_id, f"worker {worker.worker_id} reported it is broken: {worker.reason}", True)
+            )
         elif report.get("vmIsHealthy", True) is False:
             worker.state, worker.reason = WORKER_UNHEALTHY, report.get("msg") or "the worker reported it is unhealthy"
             if was != WORKER_UNHEALTHY:
@@ -209,7 +231,7 @@ class WorkerRegistry:
             self._live_at = now
         return self._live
 
-    def _lifecycle(self, worker: WorkerRecord, message: dict, update: "_Update") -> None:
+    def _lifecycle(self, worker: WorkerRecord, message: dict, update: _Update) -> None:
         event = message["workerLifecycleEvent"]
         name = event.get("event") or "UNKNOWN"
         at = _time_us(message.get("time"), update.now)
@@ -219,18 +241,32 @@ class WorkerRegistry:
         update.events.append(WorkerEvent(worker.worker_id, worker.job_id, at, name, orjson.dumps(detail).decode()))
         if name == CONTAINER_START:
             labels = orjson.loads(worker.labels)
-            where = ", ".join(f"{k.lower()} {v}" for k, v in sorted(labels.items()) if k.startswith("CONTAINER_") or k == "HOST")
-            update.note(worker, "JOB_MESSAGE_BASIC", f"Worker {worker.worker_id} started" + (f" ({where})." if where else "."))
+            where = ", ".join(
+                f"{k.lower()} {v}" for k, v in sorted(labels.items()) if k.startswith("CONTAINER_") or k == "HOST"
+            )
+            update.note(
+                worker, "JOB_MESSAGE_BASIC", f"Worker {worker.worker_id} started" + (f" ({where})." if where else ".")
+            )
 
-    def _shutdown(self, worker: WorkerRecord, notice: dict, update: "_Update") -> None:
+    def _shutdown(self, worker: WorkerRecord, notice: dict, update: _Update) -> None:
         reason = notice.get("reason") or "UNKNOWN"
         if worker.state == WORKER_SHUTDOWN:
             return
         worker.state, worker.reason = WORKER_SHUTDOWN, f"shutdown notice ({reason})"
-        update.events.append(WorkerEvent(worker.worker_id, worker.job_id, update.now, "SHUTDOWN_NOTICE",
-                                         orjson.dumps({"reason": reason}).decode()))  # fmt: skip
-        update.note(worker, "JOB_MESSAGE_BASIC",
-                    f"Worker {worker.worker_id} is shutting down ({reason}): its work moves to another worker.")  # fmt: skip
+        update.events.append(
+            WorkerEvent(
+                worker.worker_id,
+                worker.job_id,
+                update.now,
+                "SHUTDOWN_NOTICE",
+                orjson.dumps({"reason": reason}).decode(),
+            )
+        )
+        update.note(
+            worker,
+            "JOB_MESSAGE_BASIC",
+            f"Worker {worker.worker_id} is shutting down ({reason}): its work moves to another worker.",
+        )
         # Not the work's fault: a preempted worker's work is not counted as failed.
         update.releases.append((worker.worker_id, f"worker {worker.worker_id} is shutting down ({reason}).", False))
 
@@ -265,8 +301,11 @@ class WorkerRegistry:
             update = _Update(now)
             for worker in lost:
                 if worker.worker_id in busy:  # its job is told; the work of an idle worker is nobody's concern
-                    update.note(worker, "JOB_MESSAGE_WARNING",
-                                f"Worker {worker.worker_id} was lost: {worker.reason} ({MISSED_INTERVALS} report intervals).")  # fmt: skip
+                    update.note(
+                        worker,
+                        "JOB_MESSAGE_WARNING",
+                        f"Worker {worker.worker_id} was lost: {worker.reason} ({MISSED_INTERVALS} report intervals).",
+                    )
             self.store.write(Write(workers=lost, messages=update.messages))
             for worker in lost:
                 if worker.worker_id in busy:
@@ -279,9 +318,14 @@ class WorkerRegistry:
     # -- what the API and the CLI show -------------------------------------------------------------
 
     def list_workers(
-        self, job_id: str | None = None, include_gone: bool = False, limit: int = 1000, projects: set[str] | None = None,
-        project_id: str | None = None, location: str | None = None,
-    ) -> dict:  # fmt: skip
+        self,
+        job_id: str | None = None,
+        include_gone: bool = False,
+        limit: int = 1000,
+        projects: set[str] | None = None,
+        project_id: str | None = None,
+        location: str | None = None,
+    ) -> dict:
         """The registry's live workers, or all (of jobs of `projects` only, unless None). With `project_id` (or
         `location`): that project's workers, and those that serve no job yet (they wait for any project's work)."""
         states = () if include_gone else WORKER_LIVE_STATES
@@ -290,8 +334,11 @@ class WorkerRegistry:
         locations = None if location is None else {location, ""}
         workers = self.store.list_workers(job_id, states, limit, projects, locations)
         # The progress of the work each live worker holds (workers that left hold none).
-        items = {w.work_item_id: self.store.get_work_item(w.work_item_id) for w in workers
-                 if w.work_item_id and w.state in WORKER_LIVE_STATES}  # fmt: skip
+        items = {
+            w.work_item_id: self.store.get_work_item(w.work_item_id)
+            for w in workers
+            if w.work_item_id and w.state in WORKER_LIVE_STATES
+        }
         return {"workers": [self.render(w, items.get(w.work_item_id)) for w in workers]}
 
     def get_worker(self, worker_id: str, projects: set[str] | None = None) -> dict:
@@ -335,10 +382,16 @@ class WorkerRegistry:
         if worker.health != "{}":
             out["health"] = orjson.loads(worker.health)
         if worker.cpu_us is not None:
-            out["cpu"] = {"timestamp": timestamp(worker.cpu_us), "totalMs": str(worker.cpu_total_ms), "rate": worker.cpu_rate}
+            out["cpu"] = {
+                "timestamp": timestamp(worker.cpu_us),
+                "totalMs": str(worker.cpu_total_ms),
+                "rate": worker.cpu_rate,
+            }
         return out
 
-    def stacktraces(self, project_id: str, location: str, job_id: str, body: dict, wait_s: float = STACKS_WAIT_S) -> dict:
+    def stacktraces(
+        self, project_id: str, location: str, job_id: str, body: dict, wait_s: float = STACKS_WAIT_S
+    ) -> dict:
         """debug.getWorkerStacktraces: ask a live worker of the job for its thread stacks, wait for them."""
         request = schema.check(body, "GetWorkerStacktracesRequest")
         load_job(self.store, project_id, location, job_id, with_detail=False)
@@ -429,7 +482,11 @@ def _check_code(code: dict, index: int) -> None:
                 f"workerMessages[{index}]: {CODE_LOG} needs parameters importance (a JOB_MESSAGE_* name) and text."
             )
     elif code["code"] == CODE_STAGE:
-        if not isinstance(params.get("stage"), str) or params.get("state") not in (model.RUNNING, model.DONE, model.FAILED):
+        if not isinstance(params.get("stage"), str) or params.get("state") not in (
+            model.RUNNING,
+            model.DONE,
+            model.FAILED,
+        ):
             raise invalid_argument(
                 f"workerMessages[{index}]: {CODE_STAGE} needs parameters stage and state "
                 "(JOB_STATE_RUNNING, JOB_STATE_DONE or JOB_STATE_FAILED)."

@@ -9,8 +9,8 @@ columns exist for indexing and concurrency control.
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Collection, Iterable, Sequence
 
 # jobs.list filters
 FILTER_ALL = "ALL"
@@ -260,6 +260,7 @@ class Write:
 class Store(abc.ABC):
     # True when a read neither takes nor waits for a lock (so a caller may run it on an event loop).
     reads_never_wait: bool = False
+
     @abc.abstractmethod
     def write(self, write: Write) -> None:
         """Apply a Write atomically. Raises VersionConflict or ActiveNameTaken and changes nothing.
@@ -320,9 +321,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_workers(
-        self, job_id: str | None = None, states: Sequence[str] = (), limit: int = 1000,
-        projects: Collection[str] | None = None, locations: Collection[str] | None = None,
-    ) -> list[WorkerRecord]:  # fmt: skip
+        self,
+        job_id: str | None = None,
+        states: Sequence[str] = (),
+        limit: int = 1000,
+        projects: Collection[str] | None = None,
+        locations: Collection[str] | None = None,
+    ) -> list[WorkerRecord]:
         """Workers (of one job, in some states, of some projects and locations), most recently seen first."""
 
     @abc.abstractmethod

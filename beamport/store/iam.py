@@ -144,7 +144,9 @@ class SqlIamStore(IamStore):
     def list_accounts(self, project_id: str) -> list[ServiceAccountRecord]:
         stmt = select(service_accounts).where(service_accounts.c.project_id == project_id)
         with self.engine.connect() as conn:
-            return [ServiceAccountRecord(**row._mapping) for row in conn.execute(stmt.order_by(service_accounts.c.email))]
+            return [
+                ServiceAccountRecord(**row._mapping) for row in conn.execute(stmt.order_by(service_accounts.c.email))
+            ]
 
     def delete_account(self, email: str) -> bool:
         with self._write() as conn:
@@ -169,7 +171,9 @@ class SqlIamStore(IamStore):
     def delete_key(self, key_id: str) -> bool:
         with self._write() as conn:
             conn.execute(delete(access_tokens).where(access_tokens.c.key_id == key_id))
-            return conn.execute(delete(service_account_keys).where(service_account_keys.c.key_id == key_id)).rowcount > 0
+            return (
+                conn.execute(delete(service_account_keys).where(service_account_keys.c.key_id == key_id)).rowcount > 0
+            )
 
     def get_policy(self, resource: str) -> tuple[int, str]:
         stmt = select(iam_policies.c.version, iam_policies.c.bindings).where(iam_policies.c.resource == resource)
@@ -224,4 +228,6 @@ class SqlIamStore(IamStore):
         if before_seq is not None:
             stmt = stmt.where(audit_log.c.seq < before_seq)
         with self.engine.connect() as conn:
-            return [AuditRecord(**row._mapping) for row in conn.execute(stmt.order_by(audit_log.c.seq.desc()).limit(limit))]
+            return [
+                AuditRecord(**row._mapping) for row in conn.execute(stmt.order_by(audit_log.c.seq.desc()).limit(limit))
+            ]

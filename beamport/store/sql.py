@@ -19,15 +19,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from beamport.errors import ApiError
-
 from beamport.store.base import (
     FILTER_ACTIVE,
-    AutoscalingEventRecord,
-    CpuSample,
-    WorkerEvent,
-    WorkerRecord,
     FILTER_TERMINATED,
     ActiveNameTaken,
+    AutoscalingEventRecord,
+    CpuSample,
     JobQuery,
     JobRecord,
     MessageQuery,
@@ -38,16 +35,18 @@ from beamport.store.base import (
     StageRecord,
     Store,
     VersionConflict,
+    WorkerEvent,
+    WorkerRecord,
     WorkItemRecord,
     Write,
 )
 from beamport.store.tables import (
     autoscaling_events,
-    snapshots,
-    sql_tables,
     job_messages,
     job_metrics,
     jobs,
+    snapshots,
+    sql_tables,
     stage_runs,
     work_items,
     worker_cpu_samples,
@@ -261,7 +260,9 @@ class SqlStore(Store):
                 # The stacks columns are not the registry's to overwrite: the debug call and the worker set them.
                 self._upsert(conn, workers, ["worker_id"], [vars(w) for w in write.workers], keep=_STACK_COLUMNS)
                 # A sample repeated (a retried request) is the same sample: keep the first.
-                self._insert_new(conn, worker_cpu_samples, ["worker_id", "time_us"], [vars(c) for c in write.cpu_samples])
+                self._insert_new(
+                    conn, worker_cpu_samples, ["worker_id", "time_us"], [vars(c) for c in write.cpu_samples]
+                )
                 events = [{k: v for k, v in vars(e).items() if k != "seq"} for e in write.worker_events]
                 if events:
                     conn.execute(insert(worker_events), events)
@@ -276,11 +277,11 @@ class SqlStore(Store):
         # Only a committed write changes the caller's records.
         for change in write.changed_jobs:
             change.record.version = change.expected_version + 1
-        for record, seq in zip(write.new_jobs, new_seqs):
+        for record, seq in zip(write.new_jobs, new_seqs, strict=False):
             record.seq = seq
         for change in write.changed_work_items:
             change.record.version = change.expected_version + 1
-        for item, item_id in zip(write.new_work_items, new_item_ids):
+        for item, item_id in zip(write.new_work_items, new_item_ids, strict=False):
             item.id = item_id
 
     def _message_rows(self, conn, messages: list[MessageRecord]) -> list[dict]:
@@ -478,8 +479,13 @@ class SqlStore(Store):
         if (projects is not None and not projects) or (locations is not None and not locations):
             return []
         stmt = _list_workers_statement(job_id is not None, bool(states), projects is not None, locations is not None)
-        params = {"job_id": job_id, "states": list(states), "limit": limit, "projects": list(projects or ()),
-                  "locations": list(locations or ())}  # fmt: skip
+        params = {
+            "job_id": job_id,
+            "states": list(states),
+            "limit": limit,
+            "projects": list(projects or ()),
+            "locations": list(locations or ()),
+        }
         with self.engine.connect() as conn:
             return [WorkerRecord(*row) for row in conn.execute(stmt, params)]
 
@@ -516,7 +522,9 @@ class SqlStore(Store):
 
     def delete_sql_table(self, project_id: str, name: str) -> bool:
         with self._write_lock, self._writer.begin() as conn:
-            done = conn.execute(delete(sql_tables).where(sql_tables.c.project_id == project_id, sql_tables.c.name == name))
+            done = conn.execute(
+                delete(sql_tables).where(sql_tables.c.project_id == project_id, sql_tables.c.name == name)
+            )
         return done.rowcount == 1
 
     # -- snapshots ------------------------------------------------------------

@@ -1,6 +1,20 @@
 """The database schema (SQLAlchemy Core). Changes here need a migration in migrations/versions."""
 
-from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, SmallInteger, String, Table, Text, false, true
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    false,
+    true,
+)
 
 metadata = MetaData()
 

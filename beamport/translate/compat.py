@@ -8,7 +8,7 @@ one's state on if each of those transforms is still there under the same name (o
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
@@ -21,7 +21,7 @@ def mapped_name(name: str, mapping: Mapping[str, str]) -> str:
     """A transform's name in the new pipeline: `mapping` renames a transform and everything inside it."""
     for old, new in mapping.items():
         if name == old or name.startswith(old + "/"):
-            return new + name[len(old):]
+            return new + name[len(old) :]
     return name
 
 
@@ -46,13 +46,23 @@ def stateful_transforms(pipeline: beam_runner_api_pb2.Pipeline) -> dict[str, dic
             for state_id, spec in payload.state_specs.items():
                 kind = spec.WhichOneof("spec") or ""
                 detail = getattr(spec, kind) if kind else None
-                coders = [_coder_shape(pipeline, value) for field, value in detail.ListFields()
-                          if field.name.endswith("coder_id")] if detail is not None else []  # fmt: skip
+                coders = (
+                    [
+                        _coder_shape(pipeline, value)
+                        for field, value in detail.ListFields()
+                        if field.name.endswith("coder_id")
+                    ]
+                    if detail is not None
+                    else []
+                )
                 cells[f"state '{state_id}'"] = (kind, tuple(coders))
             for timer_id in payload.timer_family_specs:
                 cells[f"timer '{timer_id}'"] = ("timer",)
             if payload.restriction_coder_id:
-                cells["read position (restriction)"] = ("restriction", _coder_shape(pipeline, payload.restriction_coder_id))
+                cells["read position (restriction)"] = (
+                    "restriction",
+                    _coder_shape(pipeline, payload.restriction_coder_id),
+                )
             if cells:
                 found[transform.unique_name] = cells
     return found
@@ -70,7 +80,11 @@ def incompatibilities(
         if target not in now:
             problems.append(
                 f"transform '{name}'{renamed} holds state in the running job and is missing from the new pipeline"
-                + ("" if renamed else "; if it was renamed, map it with transformNameMapping (--transform_name_mapping)")
+                + (
+                    ""
+                    if renamed
+                    else "; if it was renamed, map it with transformNameMapping (--transform_name_mapping)"
+                )
             )
             continue
         for cell, shape in sorted(cells.items()):

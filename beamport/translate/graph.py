@@ -25,13 +25,12 @@ Everything returned is Google JSON (camelCase) that parses as `dataflow.Job`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
-
-from google.protobuf.duration_pb2 import Duration
 
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
+from google.protobuf.duration_pb2 import Duration
 
 from beamport import wire
 

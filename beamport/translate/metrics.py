@@ -37,9 +37,7 @@ from __future__ import annotations
 import logging
 import numbers
 from collections import defaultdict
-from typing import Iterable, Mapping
-
-from google.protobuf import json_format
+from collections.abc import Iterable, Mapping
 
 from apache_beam.metrics import monitoring_infos as mi
 from apache_beam.metrics.cells import (
@@ -50,6 +48,7 @@ from apache_beam.metrics.cells import (
     GaugeResult,
 )
 from apache_beam.portability.api import beam_runner_api_pb2
+from google.protobuf import json_format
 
 from beamport import wire
 from beamport.translate import graph

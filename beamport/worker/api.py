@@ -34,7 +34,7 @@ class Work:
     config: str = "{}"  # the work item's configuration (JSON)
 
     @classmethod
-    def from_item(cls, item: dict, location: str) -> "Work":
+    def from_item(cls, item: dict, location: str) -> Work:
         config = json.loads(item.get("configuration") or "{}")
         return cls(
             project=item["projectId"],
@@ -49,7 +49,11 @@ class Work:
 
 class WorkerApi:
     def __init__(
-        self, endpoint: str, worker_id: str, labels: dict[str, str] | None = None, credentials: str | None = None,
+        self,
+        endpoint: str,
+        worker_id: str,
+        labels: dict[str, str] | None = None,
+        credentials: str | None = None,
         token: str | None = None,
     ):
         """`credentials`: the worker's key (roles/dataflow.worker); `token`: an access token good for one job (an
@@ -77,7 +81,9 @@ class WorkerApi:
                 time.sleep(min(0.2 * 2**attempt, 2.0))
                 continue
             if response.status_code != 200:
-                raise WorkerApiError(f"{method} {path}: HTTP {response.status_code}: {response.text}", response.status_code)
+                raise WorkerApiError(
+                    f"{method} {path}: HTTP {response.status_code}: {response.text}", response.status_code
+                )
             return response.json()
 
     @staticmethod
@@ -112,7 +118,9 @@ class WorkerApi:
         }
         response = httpx.post(f"{self.http.base_url}/token", data=form, timeout=60)
         if response.status_code != 200:
-            raise WorkerApiError(f"POST /token (exchange): HTTP {response.status_code}: {response.text}", response.status_code)
+            raise WorkerApiError(
+                f"POST /token (exchange): HTTP {response.status_code}: {response.text}", response.status_code
+            )
         return response.json()["access_token"]
 
     def revoke(self, token: str) -> None:
@@ -132,7 +140,13 @@ class WorkerApi:
         return response.content if response.status_code == 200 else None
 
     def report(
-        self, work: Work, report_index: int, metric_updates: list[dict], completed=False, errors=(), remaining=None,
+        self,
+        work: Work,
+        report_index: int,
+        metric_updates: list[dict],
+        completed=False,
+        errors=(),
+        remaining=None,
         fraction=None,
     ) -> dict:
         status = {
@@ -179,8 +193,12 @@ class WorkerApi:
 
     def message(self, work: Work, kind: str, body: dict, time_us: int | None = None, with_item: bool = True) -> dict:
         """A WorkerMessage of one kind (workerHealthReport, workerMessageCode...), with this worker's labels."""
-        labels = {LABEL_JOB: work.job_id, LABEL_WORKER: self.worker_id, "CONTAINER_TYPE": CONTAINER_TYPE,
-                  **self.extra_labels}  # fmt: skip
+        labels = {
+            LABEL_JOB: work.job_id,
+            LABEL_WORKER: self.worker_id,
+            "CONTAINER_TYPE": CONTAINER_TYPE,
+            **self.extra_labels,
+        }
         if with_item:
             labels[LABEL_WORK_ITEM] = work.item_id
         return {"labels": labels, "time": wire.format_timestamp_us(time_us or wire.now_us()), kind: body}

@@ -24,17 +24,17 @@ from beamport import wire
 from beamport.engine.base import STAGE_RUNNING
 from beamport.errors import RPC_CODE
 from beamport.protocol import (
+    BACKLOG_UNIT_BYTES,
     CODE_ENGINE_RUNNING,
     CODE_HARNESS_STARTED,
-    CODE_WORKERS_CHANGED,
-    BACKLOG_UNIT_BYTES,
-    HARNESS_TARGET_WORKERS,
     CODE_LOG,
     CODE_STACKTRACES,
     CODE_STAGE,
     CODE_STAGING_FAILED,
+    CODE_WORKERS_CHANGED,
     HARNESS_DRAIN,
     HARNESS_SEND_STACKS,
+    HARNESS_TARGET_WORKERS,
     SDK_INSTALL_FINISH,
     SDK_INSTALL_START,
     STAGING_FILES_DOWNLOAD_FINISH,
@@ -111,8 +111,11 @@ class Reporter:
         self._queue(self.api.code_message(self.work, code, parameters))
 
     def lifecycle(self, event: str, container_start_us: int, **metadata) -> None:
-        body = {"event": event, "containerStartTime": wire.format_timestamp_us(container_start_us),
-                "metadata": {k: str(v) for k, v in metadata.items()}}  # fmt: skip
+        body = {
+            "event": event,
+            "containerStartTime": wire.format_timestamp_us(container_start_us),
+            "metadata": {k: str(v) for k, v in metadata.items()},
+        }
         self._queue(self.api.message(self.work, "workerLifecycleEvent", body))
 
     def _queue(self, message: dict) -> None:
@@ -130,8 +133,10 @@ class Reporter:
 
     def workers_changed(self, stage_name: str, workers: int, target: int, limit: int) -> None:
         previous, self.workers = self.workers, workers
-        self.code(CODE_WORKERS_CHANGED, {"stage": stage_name, "workers": workers, "previous": previous,
-                                         "target": target, "limit": limit})  # fmt: skip
+        self.code(
+            CODE_WORKERS_CHANGED,
+            {"stage": stage_name, "workers": workers, "previous": previous, "target": target, "limit": limit},
+        )
 
     def put_back(self, messages: list[dict]) -> None:
         with self.lock:
@@ -190,7 +195,9 @@ def make_engine(work_config: dict, sdk_workers: int):
                 "This worker has no Flink cluster to run the job on: set BEAMPORT_FLINK_MASTER, "
                 "BEAMPORT_FLINK_JOB_SERVER and BEAMPORT_FLINK_SDK_POOL (scripts/flink-cluster writes them)."
             )
-        return FlinkEngine(config, restore_from=work_config.get("restoreFrom"), state_names=work_config.get("stateNames"))
+        return FlinkEngine(
+            config, restore_from=work_config.get("restoreFrom"), state_names=work_config.get("stateNames")
+        )
     if work_config.get("engine") == "prism":
         from beamport.config import find_prism
         from beamport.engine.prism import PrismEngine
@@ -198,7 +205,8 @@ def make_engine(work_config: dict, sdk_workers: int):
         binary = find_prism()
         if binary is None:
             raise WorkerApiError(
-                "This worker has no Prism binary to run the job on: set BEAMPORT_PRISM (scripts/prism-build builds one)."
+                "This worker has no Prism binary to run the job on: set BEAMPORT_PRISM "
+                "(scripts/prism-build builds one)."
             )
         return PrismEngine(binary)
     from beamport.engine.embedded import EmbeddedEngine
@@ -215,14 +223,18 @@ def execute(assignment: dict) -> int:
 
     work = Work(**assignment["work"])
     work_config = json.loads(work.config or "{}")
-    api = WorkerApi(assignment["endpoint"], assignment["worker_id"], assignment.get("labels"), token=assignment.get("token"))
+    api = WorkerApi(
+        assignment["endpoint"], assignment["worker_id"], assignment.get("labels"), token=assignment.get("token")
+    )
     status = os.fdopen(assignment["status_fd"], "w", buffering=1) if assignment.get("status_fd") else None
     container_start_us = assignment.get("container_start_us") or wire.now_us()
     allow_paths = [Path(p) for p in assignment.get("allow_paths", [])]
     files = FilePolicy(allow_paths, [Path(p) for p in assignment.get("deny_paths", [])])
     reporter = Reporter(api, work)
-    reporter.code(CODE_HARNESS_STARTED, {"pid": os.getpid(), "attempt": work.attempt,
-                                         "engine": work_config.get("engine", "embedded")})  # fmt: skip
+    reporter.code(
+        CODE_HARNESS_STARTED,
+        {"pid": os.getpid(), "attempt": work.attempt, "engine": work_config.get("engine", "embedded")},
+    )
     outcome: dict = {}
     engine_box: list = []  # the engine, once made (the main loop drains or stops it)
     index = work.report_index
@@ -233,8 +245,9 @@ def execute(assignment: dict) -> int:
             try:
                 job = api.get_job(work)
                 reporter.planned_stages = len((job.get("pipelineDescription") or {}).get("executionPipelineStage", []))
-                staged, warnings = stage_job(job, files, engine=work_config.get("engine", "embedded"),
-                                             pipeline_bytes=api.get_pipeline(work))  # fmt: skip
+                staged, warnings = stage_job(
+                    job, files, engine=work_config.get("engine", "embedded"), pipeline_bytes=api.get_pipeline(work)
+                )
                 warnings += clean_up_earlier_attempts(staged, work.attempt, files)
             except Exception as exc:
                 reporter.code(CODE_STAGING_FAILED, {"error": getattr(exc, "message", None) or str(exc)})
@@ -280,8 +293,15 @@ def execute(assignment: dict) -> int:
             now = wire.now_us()
             updates = metric_updates(results, outcome["pipeline"], now)
             updates += system_metric_updates(infos, outcome["pipeline"], now)
-        answer = api.report(work, index, updates, completed=completed, errors=errors, remaining=remaining,
-                            fraction=reporter.fraction_done())  # fmt: skip
+        answer = api.report(
+            work,
+            index,
+            updates,
+            completed=completed,
+            errors=errors,
+            remaining=remaining,
+            fraction=reporter.fraction_done(),
+        )
         index += 1
         if status:
             status.write(json.dumps({"next_report_index": index, "completed": completed}) + "\n")

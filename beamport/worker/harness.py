@@ -141,10 +141,15 @@ class Worker:
             executor.stdin.close()
         except OSError:
             pass  # it died: seen below, as an exit without completion
-        start = self.api.message(work, "workerLifecycleEvent", {
-            "event": CONTAINER_START, "containerStartTime": wire.format_timestamp_us(self.container_start_us),
-            "metadata": {"pid": str(os.getpid()), "executor_pid": str(executor.pid)},
-        })  # fmt: skip
+        start = self.api.message(
+            work,
+            "workerLifecycleEvent",
+            {
+                "event": CONTAINER_START,
+                "containerStartTime": wire.format_timestamp_us(self.container_start_us),
+                "metadata": {"pid": str(os.getpid()), "executor_pid": str(executor.pid)},
+            },
+        )
         self._report_health(work, [start])
         progress = {"next_report_index": work.report_index}
         next_health = time.monotonic() + self.interval_us / 1e6
@@ -225,7 +230,10 @@ class Worker:
         """The executor ended without completing its work: close the work item as failed, with the reason."""
         self._start_failures += 1
         tail = _tail(executor.log_path)
-        reason = f"The worker's executor process (pid {executor.pid}) exited with code {executor.returncode} before its work ended."
+        reason = (
+            f"The worker's executor process (pid {executor.pid}) exited with code {executor.returncode} "
+            "before its work ended."
+        )
         if tail:
             reason += "\n" + tail
         try:
@@ -246,9 +254,12 @@ class Worker:
             argv = [sys.executable, "-m", "beamport.worker.executor", "0" if self.sandbox.enabled else str(os.getpid())]
             process = subprocess.Popen(
                 self.sandbox.command(argv),
-                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, pass_fds=(status_w,),
-            )  # fmt: skip
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(status_w,),
+            )
         os.close(status_w)
         process.status_r, process.status_fd, process.log_path = status_r, status_w, log_path
         return process

@@ -41,7 +41,11 @@ class HostProbe:
         rate = 0.0
         if previous is not None and elapsed > 0:
             rate = max(0.0, total - previous) / (elapsed * self.cpus)
-        return {"timestamp": wire.format_timestamp_us(wire.now_us()), "totalMs": str(int(total * 1000)), "rate": round(rate, 4)}
+        return {
+            "timestamp": wire.format_timestamp_us(wire.now_us()),
+            "totalMs": str(int(total * 1000)),
+            "rate": round(rate, 4),
+        }
 
     def look(self, every_s: float = 0.5) -> None:
         """Look at the worker's processes, at most once every `every_s` (a look takes a few milliseconds): what a
@@ -110,12 +114,14 @@ class HostProbe:
         for process in [self.process, *self._children()]:
             try:
                 with process.oneshot():
-                    pods.append({
-                        "name": "harness" if process.pid == os.getpid() else process.name(),
-                        "pid": process.pid,
-                        "status": process.status(),
-                        "rssBytes": process.memory_info().rss,
-                    })  # fmt: skip
+                    pods.append(
+                        {
+                            "name": "harness" if process.pid == os.getpid() else process.name(),
+                            "pid": process.pid,
+                            "status": process.status(),
+                            "rssBytes": process.memory_info().rss,
+                        }
+                    )
             except psutil.Error:
                 continue
         return pods

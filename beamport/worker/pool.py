@@ -81,7 +81,9 @@ class LocalWorkerPool:
             self._thread.join(5)
         for worker in self.workers:
             self._kill(worker)
-            self.execution.worker_exited(worker.worker_id, "the Beamport server stopped its local workers.", counts=False)
+            self.execution.worker_exited(
+                worker.worker_id, "the Beamport server stopped its local workers.", counts=False
+            )
         self.workers = []
 
     def _loop(self) -> None:
@@ -121,8 +123,22 @@ class LocalWorkerPool:
         worker_id = f"local-{uuid.uuid4().hex[:8]}"
         data_dir = self.run_dir / worker_id
         data_dir.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", "beamport", "worker", "--endpoint", self.endpoint, "--worker-id", worker_id,
-                "--data-dir", str(data_dir), "--sdk-workers", str(self.sdk_workers), "--poll-interval", "0.1"]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            "beamport",
+            "worker",
+            "--endpoint",
+            self.endpoint,
+            "--worker-id",
+            worker_id,
+            "--data-dir",
+            str(data_dir),
+            "--sdk-workers",
+            str(self.sdk_workers),
+            "--poll-interval",
+            "0.1",
+        ]
         for path in self.allow_paths:
             args += ["--allow-path", str(path)]
         for path in self.private_paths:
@@ -135,8 +151,9 @@ class LocalWorkerPool:
             # Its own session: the server's signals (Ctrl-C) are not the worker's.
             # Its credentials are the pool's to give: never the key of whoever started the server.
             env = {k: v for k, v in os.environ.items() if k != CREDENTIALS_VARIABLE}
-            process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True, env=env)  # fmt: skip
+            process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            )
         (self.run_dir / f"{worker_id}.pid").write_text(str(process.pid))
         self._spawned_at = time.monotonic()
         log.info("local worker %s started (pid %d)", worker_id, process.pid)

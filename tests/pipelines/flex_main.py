@@ -1,6 +1,6 @@
 """A flex template's program: plain options (not ValueProviders), read when the launcher runs it.
 
-    python flex_main.py --input IN --output OUT [--greeting WORD] [pipeline flags...]
+python flex_main.py --input IN --output OUT [--greeting WORD] [pipeline flags...]
 """
 
 import apache_beam as beam

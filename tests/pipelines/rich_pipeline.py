@@ -58,7 +58,8 @@ def main(argv=None):
             | "Stamp" >> beam.Map(lambda w: window.TimestampedValue(w, len(w) * 10))
             | "Window" >> beam.WindowInto(window.FixedWindows(10))
             | "PerWindow" >> beam.combiners.Count.Globally().without_defaults()
-            | "Note" >> beam.Map(lambda n: logging.getLogger("rich").warning("a window of %d words", n) or f"window\t{n}")
+            | "Note"
+            >> beam.Map(lambda n: logging.getLogger("rich").warning("a window of %d words", n) or f"window\t{n}")
             | "Unwindow" >> beam.WindowInto(window.GlobalWindows())
         )
         (joined, windowed) | beam.Flatten() | "Write" >> beam.io.WriteToText(known.output)
@@ -71,7 +72,11 @@ def main(argv=None):
             {
                 "counters": sorted((r.key.step, r.key.metric.name, r.committed) for r in query["counters"]),
                 "distributions": sorted(
-                    (r.key.step, r.key.metric.name, [r.committed.count, r.committed.sum, r.committed.min, r.committed.max])
+                    (
+                        r.key.step,
+                        r.key.metric.name,
+                        [r.committed.count, r.committed.sum, r.committed.min, r.committed.max],
+                    )
                     for r in query["distributions"]
                 ),
             }

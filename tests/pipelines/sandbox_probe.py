@@ -1,6 +1,6 @@
 """A pipeline whose one DoFn reports what it can see and do from where it runs (tests/test_sandbox.py).
 
-    python sandbox_probe.py OUTPUT PROBES_JSON [--allocate-gib N] DATAFLOW_FLAGS...
+python sandbox_probe.py OUTPUT PROBES_JSON [--allocate-gib N] DATAFLOW_FLAGS...
 """
 
 import json
@@ -41,9 +41,12 @@ if __name__ == "__main__":
         allocate, rest = float(rest[1]), rest[2:]
     spec = json.loads(probes)
     p = beam.Pipeline(options=PipelineOptions(rest))
-    (p | beam.Create([None])
-       | beam.Map(probe, spec["read"], spec["write"], allocate)
-       | beam.io.WriteToText(output, shard_name_template=""))
+    (
+        p
+        | beam.Create([None])
+        | beam.Map(probe, spec["read"], spec["write"], allocate)
+        | beam.io.WriteToText(output, shard_name_template="")
+    )
     result = p.run()
     print("JOB_ID", result.job_id(), flush=True)
     result.wait_until_finish()

@@ -5,7 +5,6 @@ so that it never races the machine's speed), writing OUTPUT at the end; submitte
 """
 
 import os
-
 import sys
 import time
 

@@ -1,6 +1,6 @@
 """Word count that naps on each line, so that a test can disturb its run; several output shards.
 
-    python slow_wordcount.py INPUT OUTPUT SECONDS_PER_LINE [pipeline flags...]   (prints JOB_ID <id>, or DONE)
+python slow_wordcount.py INPUT OUTPUT SECONDS_PER_LINE [pipeline flags...]   (prints JOB_ID <id>, or DONE)
 """
 
 import re

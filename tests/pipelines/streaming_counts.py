@@ -10,8 +10,6 @@ Each output line is appended to OUT by the pipeline itself, tagged with --versio
 """
 
 import argparse
-import sys
-from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -34,8 +32,13 @@ class GatherForAMinute(beam.DoFn):
     SEEN = userstate.BagStateSpec("seen", beam.coders.StrUtf8Coder())
     DUE = userstate.TimerSpec("due", userstate.TimeDomain.WATERMARK)
 
-    def process(self, element, timestamp=beam.DoFn.TimestampParam, seen=beam.DoFn.StateParam(SEEN),
-                due=beam.DoFn.TimerParam(DUE)):  # fmt: skip
+    def process(
+        self,
+        element,
+        timestamp=beam.DoFn.TimestampParam,
+        seen=beam.DoFn.StateParam(SEEN),
+        due=beam.DoFn.TimerParam(DUE),
+    ):
         key, line = element
         if not list(seen.read()):
             due.set(timestamp + 60)
@@ -68,11 +71,11 @@ if __name__ == "__main__":
     p = beam.Pipeline(options=PipelineOptions(beam_args))
     if args.mode == "counts":
         lines = p | "Read" >> ReadFromLocalLog(args.log)
-        keyed = lines | "Key" >> beam.Map(lambda line: (line.split(",")[0], line)).with_output_types(Tuple[str, str])
+        keyed = lines | "Key" >> beam.Map(lambda line: (line.split(",")[0], line)).with_output_types(tuple[str, str])
         texts = keyed | args.count_step >> beam.ParDo(RunningCount())
     elif args.mode == "timers":
         lines = p | "Read" >> ReadFromLocalLog(args.log, timestamp_fn=lambda line: float(line.split(",")[1]))
-        keyed = lines | "Key" >> beam.Map(lambda line: (line.split(",")[0], line)).with_output_types(Tuple[str, str])
+        keyed = lines | "Key" >> beam.Map(lambda line: (line.split(",")[0], line)).with_output_types(tuple[str, str])
         texts = keyed | "Gather" >> beam.ParDo(GatherForAMinute())
     else:
         lines = p | "Read" >> ReadFromLocalLog(args.log, timestamp_fn=lambda line: float(line.split(",")[1]))

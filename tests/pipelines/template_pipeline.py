@@ -1,6 +1,6 @@
 """A classic-template pipeline: its input, output and greeting are ValueProvider options, given at launch.
 
-    python template_pipeline.py --template_location PATH [pipeline flags...]   (writes the template)
+python template_pipeline.py --template_location PATH [pipeline flags...]   (writes the template)
 """
 
 import sys
