@@ -16,7 +16,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
 from conftest import Api, Server, beamport_command, discovery_client, gapic_clients
 from test_running_jobs import dataflow_flags, run, wait_state
 
@@ -46,9 +45,18 @@ def flink() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def streaming_server(flink, tmp_path_factory):
     root = tmp_path_factory.mktemp("streaming")
-    args = ("--allow-path", str(root), "--workers", "4",
-            "--flink-master", flink["BEAMPORT_FLINK_MASTER"], "--flink-job-server", flink["BEAMPORT_FLINK_JOB_SERVER"],
-            "--flink-sdk-pool", flink["BEAMPORT_FLINK_SDK_POOL"])  # fmt: skip
+    args = (
+        "--allow-path",
+        str(root),
+        "--workers",
+        "4",
+        "--flink-master",
+        flink["BEAMPORT_FLINK_MASTER"],
+        "--flink-job-server",
+        flink["BEAMPORT_FLINK_JOB_SERVER"],
+        "--flink-sdk-pool",
+        flink["BEAMPORT_FLINK_SDK_POOL"],
+    )
     srv = Server(root / "data", extra_args=args).start()
     srv.root = root
     yield srv
@@ -56,8 +64,12 @@ def streaming_server(flink, tmp_path_factory):
     # Flink jobs outlive the server (a restarted server's workers adopt them): stop what the tests left.
     for job in flink_jobs(flink):
         if job["state"] == "RUNNING":
-            urllib.request.urlopen(urllib.request.Request(
-                f"http://{flink['BEAMPORT_FLINK_MASTER']}/jobs/{job['jid']}?mode=cancel", method="PATCH"), timeout=5)
+            urllib.request.urlopen(
+                urllib.request.Request(
+                    f"http://{flink['BEAMPORT_FLINK_MASTER']}/jobs/{job['jid']}?mode=cancel", method="PATCH"
+                ),
+                timeout=5,
+            )
 
 
 def flink_jobs(flink: dict) -> list[dict]:
@@ -98,11 +110,19 @@ def wait_for(what, predicate, timeout: float = 120):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def submit(server: Server, project: str, workdir: Path, name: str, mode: str, log: Path, out: Path,
-           *extra: str) -> str:  # fmt: skip
+def submit(server: Server, project: str, workdir: Path, name: str, mode: str, log: Path, out: Path, *extra: str) -> str:
     workdir.mkdir(parents=True, exist_ok=True)
-    done = run([str(PIPELINES / "streaming_counts.py"), mode, str(log), str(out), *extra,
-                *dataflow_flags(server, project, workdir, name), "--streaming"])  # fmt: skip
+    done = run(
+        [
+            str(PIPELINES / "streaming_counts.py"),
+            mode,
+            str(log),
+            str(out),
+            *extra,
+            *dataflow_flags(server, project, workdir, name),
+            "--streaming",
+        ]
+    )
     return done.stdout.split("JOB_ID ", 1)[1].split()[0]
 
 
@@ -126,24 +146,29 @@ def test_a_snapshot_holds_the_state_a_new_job_continues_from(streaming_server, f
     assert flink_state(flink, job_id) == "RUNNING"
 
     # jobs.snapshot through Google's GAPIC client, as Dataflow users call it.
+    from google.auth.credentials import AnonymousCredentials
     from google.cloud import dataflow_v1beta3 as dataflow
     from google.protobuf import duration_pb2
-
-    from google.auth.credentials import AnonymousCredentials
 
     jobs_client, _, _ = gapic_clients(srv.url)
     snapshots_client = dataflow.SnapshotsV1Beta3Client(
         transport="rest", client_options={"api_endpoint": srv.url}, credentials=AnonymousCredentials()
     )
-    snapshot = jobs_client.snapshot_job(dataflow.SnapshotJobRequest(
-        project_id=project, location="us-central1", job_id=job_id, ttl=duration_pb2.Duration(seconds=3600),
-        description="ten lines in",
-    ))  # fmt: skip
+    snapshot = jobs_client.snapshot_job(
+        dataflow.SnapshotJobRequest(
+            project_id=project,
+            location="us-central1",
+            job_id=job_id,
+            ttl=duration_pb2.Duration(seconds=3600),
+            description="ten lines in",
+        )
+    )
     assert snapshot.state == dataflow.SnapshotState.READY, snapshot
     assert snapshot.source_job_id == job_id and snapshot.region == "us-central1"
     assert snapshot.disk_size_bytes > 0 and snapshot.description == "ten lines in"
-    listed = snapshots_client.list_snapshots(dataflow.ListSnapshotsRequest(
-        project_id=project, location="us-central1", job_id=job_id))  # fmt: skip
+    listed = snapshots_client.list_snapshots(
+        dataflow.ListSnapshotsRequest(project_id=project, location="us-central1", job_id=job_id)
+    )
     assert [s.id for s in listed.snapshots] == [snapshot.id]
     data = [p for p in (srv.data_dir / "snapshots" / snapshot.id).rglob("_metadata")]
     assert data, "the snapshot's savepoint is in the data dir"
@@ -157,8 +182,18 @@ def test_a_snapshot_holds_the_state_a_new_job_continues_from(streaming_server, f
     wait_for("the Flink job cancelled", lambda: flink_state(flink, job_id) == "CANCELED", timeout=30)
 
     append(log, [f"k{i % 2},{i}" for i in range(14, 20)])
-    new_id = submit(srv, project, root / "v2", "counts", "counts", log, out, "--version", "2",
-                    f"--create_from_snapshot={snapshot.id}")  # fmt: skip
+    new_id = submit(
+        srv,
+        project,
+        root / "v2",
+        "counts",
+        "counts",
+        log,
+        out,
+        "--version",
+        "2",
+        f"--create_from_snapshot={snapshot.id}",
+    )
     new_job = wait_state(api, new_id, {"JOB_STATE_RUNNING"})
     assert new_job["createdFromSnapshotId"] == snapshot.id
     # The new job reads from where the snapshot was (line 10), with the counts the snapshot held (5 a key).
@@ -174,15 +209,22 @@ def test_a_snapshot_holds_the_state_a_new_job_continues_from(streaming_server, f
 
     # A snapshot expires after its ttl, data and all (the discovery client, as Airflow's hook calls it).
     dataflow_api = discovery_client(srv.url)
-    short = dataflow_api.projects().locations().jobs().snapshot(
-        projectId=project, location="us-central1", jobId=new_id, body={"ttl": "3s"}
-    ).execute()
+    short = (
+        dataflow_api.projects()
+        .locations()
+        .jobs()
+        .snapshot(projectId=project, location="us-central1", jobId=new_id, body={"ttl": "3s"})
+        .execute()
+    )
     assert short["state"] == "READY" and short["ttl"] == "3s"
     where = srv.data_dir / "snapshots" / short["id"]
     assert where.exists()
     snapshots = dataflow_api.projects().locations().snapshots()
-    wait_for("the snapshot expired", lambda: not snapshots.list(projectId=project, location="us-central1")
-             .execute().get("snapshots"), timeout=40)  # fmt: skip
+    wait_for(
+        "the snapshot expired",
+        lambda: not snapshots.list(projectId=project, location="us-central1").execute().get("snapshots"),
+        timeout=40,
+    )
     assert not where.exists()
     assert api.update(new_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
     wait_for("the new Flink job cancelled", lambda: flink_state(flink, new_id) == "CANCELED", timeout=30)
@@ -260,7 +302,10 @@ def test_drain_reads_what_was_written_fires_open_windows_and_ends_drained(stream
     append(log, [f"k{i % 3},{hour + i}" for i in range(12)])
     job_id = submit(srv, project, root / "w", "windows", "windows", log, out)
     wait_state(api, job_id, {"JOB_STATE_RUNNING"})
-    wait_for("the Flink job running", lambda: flink_state(flink, job_id) == "RUNNING")
+    # RUNNING means running: the job is on the cluster, and a snapshot can be taken at once.
+    assert flink_state(flink, job_id) == "RUNNING"
+    snapshot = api.client.post(f"{api.jobs_path}/{job_id}:snapshot", json={"ttl": "600s"})
+    assert snapshot.status_code == 200 and snapshot.json()["state"] == "READY", snapshot.text
     append(log, [f"k{i % 3},{hour + i}" for i in range(12, 15)])
     time.sleep(3)
     assert outputs(out) == [], "the hour's window is still open: nothing is written before the drain"
@@ -326,17 +371,43 @@ def test_update_carries_state_over_and_refuses_an_incompatible_pipeline(streamin
 
     # Renaming the stateful step without mapping it would lose its state: refused, the job untouched.
     (root / "v2").mkdir()
-    refused = run([str(PIPELINES / "streaming_counts.py"), "counts", str(log), str(out), "--version", "2",
-                   "--count-step", "Counter", *dataflow_flags(srv, project, root / "v2", "upd"), "--streaming",
-                   "--update"], check=False)  # fmt: skip
+    refused = run(
+        [
+            str(PIPELINES / "streaming_counts.py"),
+            "counts",
+            str(log),
+            str(out),
+            "--version",
+            "2",
+            "--count-step",
+            "Counter",
+            *dataflow_flags(srv, project, root / "v2", "upd"),
+            "--streaming",
+            "--update",
+        ],
+        check=False,
+    )
     assert refused.returncode != 0
     assert "transform 'Count' holds state in the running job and is missing" in refused.stderr, refused.stderr[-2000:]
     assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
     assert flink_state(flink, job_id) == "RUNNING"
 
     # Mapped, the rename keeps the state: the new job counts on from 3.
-    new_id = submit(srv, project, root / "v2", "upd", "counts", log, out, "--version", "2", "--count-step", "Counter",
-                    "--update", '--transform_name_mapping={"Count": "Counter"}')  # fmt: skip
+    new_id = submit(
+        srv,
+        project,
+        root / "v2",
+        "upd",
+        "counts",
+        log,
+        out,
+        "--version",
+        "2",
+        "--count-step",
+        "Counter",
+        "--update",
+        '--transform_name_mapping={"Count": "Counter"}',
+    )
     wait_state(api, new_id, {"JOB_STATE_RUNNING"})
     old = api.get(job_id).json()
     assert old["currentState"] == "JOB_STATE_UPDATED" and old["replacedByJobId"] == new_id
@@ -414,8 +485,9 @@ def test_prism_runs_streaming_jobs_until_cancelled_or_drained_and_takes_no_snaps
     assert sorted(outputs(windows_out)) == [["k0", "3"], ["k1", "3"]]
 
 
-def test_a_streaming_job_created_without_an_engine_runs_once_the_server_restarts_with_prism(prism_server, tmp_path,
-                                                                                             project):  # fmt: skip
+def test_a_streaming_job_created_without_an_engine_runs_once_the_server_restarts_with_prism(
+    prism_server, tmp_path, project
+):
     """The README's order of things: a server started before Prism was built keeps a streaming job PENDING (and
     says why, naming both engines); restarted with Prism, it runs that job. The start-up log names the engines."""
     binary = os.environ["BEAMPORT_TEST_PRISM"]
@@ -452,9 +524,18 @@ def test_a_streaming_job_created_without_an_engine_runs_once_the_server_restarts
 def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopts_it(flink, tmp_path, project):
     import psutil
 
-    args = ("--allow-path", str(tmp_path), "--workers", "1",
-            "--flink-master", flink["BEAMPORT_FLINK_MASTER"], "--flink-job-server", flink["BEAMPORT_FLINK_JOB_SERVER"],
-            "--flink-sdk-pool", flink["BEAMPORT_FLINK_SDK_POOL"])  # fmt: skip
+    args = (
+        "--allow-path",
+        str(tmp_path),
+        "--workers",
+        "1",
+        "--flink-master",
+        flink["BEAMPORT_FLINK_MASTER"],
+        "--flink-job-server",
+        flink["BEAMPORT_FLINK_JOB_SERVER"],
+        "--flink-sdk-pool",
+        flink["BEAMPORT_FLINK_SDK_POOL"],
+    )
     srv = Server(tmp_path / "data", extra_args=args).start()
     api = Api(srv.url, project)
     log, out = tmp_path / "in.log", tmp_path / "out.txt"
@@ -477,9 +558,13 @@ def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopt
     srv.start()
     try:
         # The work is leased again; the new executor follows the running Flink job instead of submitting it.
-        wait_for("the work leased again", lambda: any(
-            "took over work item" in m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])
-        ), timeout=90)  # fmt: skip
+        wait_for(
+            "the work leased again",
+            lambda: any(
+                "took over work item" in m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])
+            ),
+            timeout=90,
+        )
         assert running() == [flink_id], "the same Flink job, not a second one"
         assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
         append(log, [f"k{i % 2},{i}" for i in range(8, 10)])

@@ -47,9 +47,11 @@ _END_OF_TIME = 9223372036854775807  # Long.MAX_VALUE: Flink's watermark once the
 POLL_S = 1.0
 SUBMIT_TIMEOUT_S = 180.0
 SAVEPOINT_TIMEOUT_S = 120.0
-DRAIN_GRACE_S = 5.0
-STALL_CHECK_S = 20.0  # how long after it runs a job's first stage must have passed its input on
-MAX_RESUBMITS = 3  # how long a drained job may take to finish by itself before it is stopped
+DRAIN_GRACE_S = 5.0  # how long a drained job may take to finish by itself before it is stopped
+# How long after it runs a job's first stage must have passed its input on (times the attempt: a loaded
+# machine starts SDK workers slowly), and how often a job whose first bundle was lost is submitted again.
+STALL_CHECK_S = 20.0
+MAX_RESUBMITS = 3
 # Defaults for options the job may set itself (Beam's FlinkPipelineOptions, in Python's spelling).
 DEFAULT_OPTIONS = {
     # Bundles of a streaming stage end at each checkpoint (and after max_bundle_time_mills): without
@@ -68,8 +70,9 @@ class FlinkRest:
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        request = urllib.request.Request(
+            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:
                 text = answer.read()
@@ -107,13 +110,18 @@ class FlinkRest:
             return False
         first = vertices[0]["id"]
         names = [m["id"] for m in self._call("GET", f"/jobs/{jid}/vertices/{first}/metrics")]
-        wanted = [n for n in names if n.endswith((".numRecordsIn", ".numRecordsOut")) and "Source__" not in n
-                  and n.count(".") >= 2]  # fmt: skip
+        wanted = [
+            n
+            for n in names
+            if n.endswith((".numRecordsIn", ".numRecordsOut")) and "Source__" not in n and n.count(".") >= 2
+        ]
         if not wanted:
             return False
         query = ",".join(urllib.parse.quote(n, safe="") for n in wanted)
-        values = {m["id"]: int(float(m["value"])) for m in
-                  self._call("GET", f"/jobs/{jid}/vertices/{first}/metrics?get={query}")}  # fmt: skip
+        values = {
+            m["id"]: int(float(m["value"]))
+            for m in self._call("GET", f"/jobs/{jid}/vertices/{first}/metrics?get={query}")
+        }
         took = sum(v for k, v in values.items() if k.endswith(".numRecordsIn"))
         passed = sum(v for k, v in values.items() if k.endswith(".numRecordsOut"))
         return took > 0 and passed == 0
@@ -291,27 +299,36 @@ class FlinkEngine(Engine):
                 # Only now can Flink take a savepoint (a snapshot), so only now is the job RUNNING.
                 reported_running = True
                 observer.running(f"Flink (job {jid} on {self.config.master})")
-            if (running_since is not None and not started and not draining
-                    and time.monotonic() - running_since > STALL_CHECK_S):  # fmt: skip
+            if (
+                running_since is not None
+                and not started
+                and time.monotonic() - running_since > STALL_CHECK_S * (resubmits + 1)
+            ):
                 started = resubmits >= MAX_RESUBMITS or not self.rest.first_bundle_lost(jid)
-            if running_since is not None and not started and not draining and time.monotonic() - running_since > STALL_CHECK_S:
-                # Beam 2.62's Flink runner sometimes loses the first bundle of a job's first stage (the
-                # impulse reaches the SDK worker, its output never comes back): nothing has been read yet,
-                # so the job is submitted again from where it was to start.
-                resubmits += 1
-                observer.log(_warning(f"Flink lost the first bundle of job {job.job_id} (Flink job {jid}), a known "
-                                      f"race of Beam's Flink runner: submitting it again (attempt {resubmits + 1})."))
-                self.rest.cancel(jid)
-                self._wait_ended(jid)
-                jid = self.flink_job_id = self._submit(job, drain_file)
-                running_since = None
-                continue
+                if not started:
+                    # Beam 2.62's Flink runner sometimes loses the first bundle of a job's first stage (the
+                    # impulse reaches the SDK worker, its output never comes back): nothing has been read yet,
+                    # so the job is submitted again from where it was to start (a draining one too: it reads
+                    # what its input holds, then ends).
+                    resubmits += 1
+                    observer.log(
+                        _warning(
+                            f"Flink lost the first bundle of job {job.job_id} (Flink job {jid}), a known race of "
+                            f"Beam's Flink runner: submitting it again (attempt {resubmits + 1})."
+                        )
+                    )
+                    self.rest.cancel(jid)
+                    self._wait_ended(jid)
+                    jid = self.flink_job_id = self._submit(job, drain_file)
+                    running_since = None
+                    continue
             if self._drain.is_set() and not draining and state == "RUNNING":
                 drain_file.parent.mkdir(parents=True, exist_ok=True)
                 drain_file.touch()
                 draining = True
                 log.info("draining Flink job %s", jid)
-            if draining and state == "RUNNING" and self.rest.at_end_of_time(jid):
+            # A job whose first bundle may be lost has read nothing yet: it is not at its end.
+            if draining and started and state == "RUNNING" and self.rest.at_end_of_time(jid):
                 # Every window has fired. The job usually finishes by itself now (its sources have ended);
                 # one that does not (a source that never ends) is stopped: a savepoint first ends the
                 # bundles in flight, so their output is written. Nothing restarts from it: it is not kept.
