@@ -50,6 +50,7 @@ def record_from_document(doc: dict, record: JobRecord | None = None) -> JobRecor
         end_us=end_us,
         summary=orjson.dumps(summary).decode(),
         detail=orjson.dumps(detail).decode(),
+        created_from_snapshot_id=doc.get("createdFromSnapshotId") or "",
     )
     if record is None:
         return JobRecord(**fields)

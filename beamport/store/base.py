@@ -32,6 +32,7 @@ class JobRecord:
     detail: str
     version: int = 1
     seq: int | None = None  # assigned by the store; orders jobs by creation
+    created_from_snapshot_id: str = ""  # the document's createdFromSnapshotId
 
 
 @dataclass
@@ -66,6 +67,9 @@ class WorkItemRecord:
     failures: str = "[]"  # JSON: the attempts that failed, [{attempt, worker, reason}]
     progress: float | None = None  # the fraction of the work done, as the worker last reported it
     id: int | None = None  # assigned by the store
+    # The job's project and location, copied by the store from the job when the item is added.
+    project_id: str = ""
+    location: str = ""
 
 
 @dataclass

@@ -11,10 +11,21 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Integer, bindparam, create_engine, delete, event, insert, make_url, select, update
+from sqlalchemy import (
+    Integer,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    insert,
+    make_url,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -41,6 +52,7 @@ from beamport.store.base import (
     Write,
 )
 from beamport.store.tables import (
+    FROM_SNAPSHOT,
     autoscaling_events,
     job_messages,
     job_metrics,
@@ -252,7 +264,7 @@ class SqlStore(Store):
                     row = _work_item_row(change.record)
                     _compare_and_set(conn, work_items, change.record.id, change.expected_version, row)
                 new_item_ids = [
-                    conn.execute(insert(work_items).values(**_work_item_row(item))).inserted_primary_key[0]
+                    conn.execute(insert(work_items).values(**_new_work_item_row(conn, item))).inserted_primary_key[0]
                     for item in write.new_work_items
                 ]
                 self._upsert(conn, job_metrics, ["job_id", "metric_key"], [vars(m) for m in write.metrics])
@@ -402,17 +414,22 @@ class SqlStore(Store):
             return [_job_record(row) for row in conn.execute(stmt, params).all()]
 
     def list_messages(self, query: MessageQuery) -> list[MessageRecord]:
-        stmt = select(*job_messages.c).where(job_messages.c.job_id == query.job_id)
-        if query.min_importance_rank:
-            stmt = stmt.where(job_messages.c.importance_rank >= query.min_importance_rank)
-        if query.start_us is not None:
-            stmt = stmt.where(job_messages.c.time_us >= query.start_us)
-        if query.end_us is not None:
-            stmt = stmt.where(job_messages.c.time_us < query.end_us)
-        if query.after_seq is not None:
-            stmt = stmt.where(job_messages.c.seq > query.after_seq)
-        stmt = stmt.order_by(job_messages.c.seq).limit(query.limit)
+        params = {"job_id": query.job_id, "after_seq": query.after_seq, "limit": query.limit}
         with self.engine.connect() as conn:
+            # A job's message times never decrease in seq order (the service layer's rule), so a time range is a
+            # seq range: where it starts and ends is found by the time index, and the page is read in seq order
+            # (the time conditions stay in the page's query too).
+            for bound, field in (("start_us", "first_seq"), ("end_us", "end_seq")):
+                value = getattr(query, bound)
+                if value is not None:
+                    params[bound] = value
+                    params[field] = conn.execute(_FIRST_MESSAGE_AT, {"job_id": query.job_id, "time_us": value}).scalar()
+            if query.start_us is not None and params["first_seq"] is None:
+                return []  # nothing at or after the start
+            if query.end_us is not None and params["end_seq"] is None:
+                del params["end_seq"]  # nothing at or after the end: the range runs to the last message
+            shape = tuple(params.get(name) is not None for name in _MESSAGE_BOUNDS)
+            stmt = _list_messages_statement(query.min_importance_rank, shape)
             return [
                 MessageRecord(
                     job_id=row.job_id,
@@ -422,7 +439,7 @@ class SqlStore(Store):
                     text=row.text,
                     seq=row.seq,
                 )
-                for row in conn.execute(stmt)
+                for row in conn.execute(stmt, {k: v for k, v in params.items() if v is not None})
             ]
 
     def list_active_jobs(self, limit: int) -> list[JobRecord]:
@@ -575,13 +592,11 @@ class SqlStore(Store):
         return done.rowcount == 1
 
     def find_active_jobs_from_snapshot(self, project_id: str, snapshot_id: str) -> list[JobRecord]:
-        # The summary is compact JSON (orjson): the field appears exactly as below. Only the project's active
-        # jobs are read, by index; the text match runs on those alone.
-        needle = orjson.dumps({"createdFromSnapshotId": snapshot_id}).decode()[1:-1]
         stmt = select(*_SUMMARY_COLUMNS).where(
             jobs.c.project_id == project_id,
+            jobs.c.created_from_snapshot_id == snapshot_id,
+            text(FROM_SNAPSHOT),  # literally, for the partial index
             jobs.c.active == True,  # noqa: E712 (SQL expression)
-            jobs.c.summary.contains(needle, autoescape=True),
         )
         with self.engine.connect() as conn:
             return [_job_record(row) for row in conn.execute(stmt.order_by(jobs.c.seq))]
@@ -609,6 +624,7 @@ def _job_row(record: JobRecord) -> dict:
         "version": record.version,
         "summary": record.summary,
         "detail": record.detail,
+        "created_from_snapshot_id": record.created_from_snapshot_id,
     }
 
 
@@ -629,6 +645,15 @@ def _work_item_row(item: WorkItemRecord) -> dict:
     return row
 
 
+def _new_work_item_row(conn, item: WorkItemRecord) -> dict:
+    """A new work item's row, with its job's project and location (which never change)."""
+    row = _work_item_row(item)
+    place = conn.execute(select(jobs.c.project_id, jobs.c.location).where(jobs.c.id == item.job_id)).first()
+    if place is not None:
+        row["project_id"], row["location"] = place
+    return row
+
+
 def _job_record(row) -> JobRecord:
     mapping = row._mapping
     return JobRecord(
@@ -645,6 +670,7 @@ def _job_record(row) -> JobRecord:
         detail=mapping["detail"] if "detail" in mapping else "",
         version=mapping["version"],
         seq=mapping["seq"],
+        created_from_snapshot_id=mapping["created_from_snapshot_id"],
     )
 
 
@@ -723,3 +749,43 @@ _WORK_ITEMS_IN_STATE = (
     .order_by(work_items.c.id)
     .limit(bindparam("limit", type_=Integer))
 )
+
+
+# messages.list: the first message at or after a time (by the time index), and pages by shape.
+_FIRST_MESSAGE_AT = (
+    select(job_messages.c.seq)
+    .where(job_messages.c.job_id == bindparam("job_id"), job_messages.c.time_us >= bindparam("time_us"))
+    .order_by(job_messages.c.time_us, job_messages.c.seq)
+    .limit(1)
+)
+# A MessageQuery's bounds, and the condition each adds when it is set.
+_MESSAGE_BOUNDS = {
+    "after_seq": lambda c: c.seq > bindparam("after_seq"),
+    "first_seq": lambda c: c.seq >= bindparam("first_seq"),
+    "end_seq": lambda c: c.seq < bindparam("end_seq"),
+    "start_us": lambda c: c.time_us >= bindparam("start_us"),
+    "end_us": lambda c: c.time_us < bindparam("end_us"),
+}
+IMPORTANCE_RANKS = 5  # MessageRecord.importance_rank: 0 DEBUG ... 4 ERROR
+
+
+@functools.cache
+def _list_messages_statement(min_importance_rank: int, shape: tuple[bool, ...]):
+    """A page of a job's messages in seq order. With a minimum importance, one indexed range per importance at
+    or above it, merged: a page of rare errors reads no more rows than a page of everything."""
+    c = job_messages.c
+
+    def page(rank: int | None):
+        stmt = select(*job_messages.c).where(c.job_id == bindparam("job_id"))
+        if rank is not None:
+            stmt = stmt.where(c.importance_rank == rank)
+        for (_name, condition), present in zip(_MESSAGE_BOUNDS.items(), shape, strict=True):
+            if present:
+                stmt = stmt.where(condition(c))
+        return stmt.order_by(c.seq).limit(bindparam("limit", type_=Integer))
+
+    if not min_importance_rank:
+        return page(None)
+    ranges = [select(*page(rank).subquery().c) for rank in range(min_importance_rank, IMPORTANCE_RANKS)]
+    merged = union_all(*ranges).subquery()
+    return select(*merged.c).order_by(merged.c.seq).limit(bindparam("limit", type_=Integer))

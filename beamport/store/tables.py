@@ -13,10 +13,16 @@ from sqlalchemy import (
     Table,
     Text,
     false,
+    text,
     true,
 )
 
 metadata = MetaData()
+
+# Partial indexes serve only queries that state their condition literally (state = 'PENDING', not a bound value).
+PENDING_ONLY = "state = 'PENDING'"
+LEASED_ONLY = "state = 'LEASED'"
+FROM_SNAPSHOT = "created_from_snapshot_id <> ''"
 
 # BigInteger ids that still autoincrement on SQLite ("INTEGER PRIMARY KEY").
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
@@ -36,12 +42,24 @@ jobs = Table(
     Column("version", Integer, nullable=False),
     Column("summary", Text, nullable=False),
     Column("detail", Text, nullable=False),
+    # The document's createdFromSnapshotId ("" if none), for the snapshot a job has yet to start from.
+    Column("created_from_snapshot_id", String(128), nullable=False, server_default=""),
     Index("ix_jobs_project_location_seq", "project_id", "location", "seq"),
     Index("ix_jobs_project_seq", "project_id", "seq"),
     Index("ix_jobs_project_location_active_seq", "project_id", "location", "active", "seq"),
     Index("ix_jobs_project_location_name_seq", "project_id", "location", "name", "seq"),
+    # jobs:aggregated (every location) by state and by name.
+    Index("ix_jobs_project_active_seq", "project_id", "active", "seq"),
+    Index("ix_jobs_project_name_seq", "project_id", "name", "seq"),
     Index("ix_jobs_request", "project_id", "location", "client_request_id"),
     Index("ix_jobs_active_seq", "active", "seq"),
+    Index(
+        "ix_jobs_from_snapshot",
+        "project_id",
+        "created_from_snapshot_id",
+        sqlite_where=text(FROM_SNAPSHOT),
+        postgresql_where=text(FROM_SNAPSHOT),
+    ),
     # Dataflow's rule: one active job per (project, region, name).
     Index(
         "uq_jobs_active_name",
@@ -65,6 +83,10 @@ job_messages = Table(
     Column("importance_rank", SmallInteger, nullable=False),
     Column("text", Text, nullable=False),
     Index("ix_job_messages_job_seq", "job_id", "seq"),
+    # Where a time range starts (a job's message times never decrease in seq order), and pages of a minimum
+    # importance, one range per importance.
+    Index("ix_job_messages_job_time", "job_id", "time_us", "seq"),
+    Index("ix_job_messages_job_importance_seq", "job_id", "importance_rank", "seq"),
     sqlite_autoincrement=True,
 )
 
@@ -74,6 +96,9 @@ work_items = Table(
     metadata,
     Column("id", SeqType, primary_key=True, autoincrement=True),
     Column("job_id", String(128), nullable=False),
+    # The job's project and location (which never change), copied for the lease's indexes.
+    Column("project_id", String(128), nullable=False, server_default=""),
+    Column("location", String(64), nullable=False, server_default=""),
     Column("state", String(16), nullable=False),  # PENDING, LEASED, DONE, FAILED, CANCELLED
     Column("attempt", Integer, nullable=False),
     Column("worker_id", String(256), nullable=True),
@@ -85,7 +110,26 @@ work_items = Table(
     Column("failures", Text, nullable=False, server_default="[]"),  # JSON: [{attempt, worker, reason}]
     Column("progress", Float, nullable=True),  # the fraction done, as the worker last reported it
     Index("ix_work_items_job", "job_id"),
-    Index("ix_work_items_state", "state", "id"),
+    # Waiting work, oldest first, by project (and location); work held, by project and by worker.
+    Index(
+        "ix_work_items_pending",
+        "project_id",
+        "id",
+        sqlite_where=text(PENDING_ONLY),
+        postgresql_where=text(PENDING_ONLY),
+    ),
+    Index(
+        "ix_work_items_pending_location",
+        "location",
+        "project_id",
+        "id",
+        sqlite_where=text(PENDING_ONLY),
+        postgresql_where=text(PENDING_ONLY),
+    ),
+    Index("ix_work_items_leased", "project_id", sqlite_where=text(LEASED_ONLY), postgresql_where=text(LEASED_ONLY)),
+    Index(
+        "ix_work_items_leased_worker", "worker_id", sqlite_where=text(LEASED_ONLY), postgresql_where=text(LEASED_ONLY)
+    ),
     sqlite_autoincrement=True,
 )
 
