@@ -60,7 +60,7 @@ from beamport.store import open_store  # noqa: E402
 from beamport.store.base import Write  # noqa: E402
 
 try:  # a pending batch job has its work waiting for a worker (servers with an execution engine)
-    from beamport.store.base import WorkItemRecord  # noqa: E402
+    from beamport.store.work_items import WorkItemRecord  # noqa: E402
 except ImportError:  # pragma: no cover
     WorkItemRecord = None
 

@@ -267,7 +267,9 @@ from beamport.service.documents import document, move_to_state, record_from_docu
 from beamport.service.jobs import JobService  # noqa: E402
 from beamport.service.snapshots import INTERRUPTED_AFTER_US, SnapshotService  # noqa: E402
 from beamport.store import open_store  # noqa: E402
-from beamport.store.base import SNAPSHOT_RUNNING, JobChange, SnapshotRecord, Write  # noqa: E402
+from beamport.store.base import Write  # noqa: E402
+from beamport.store.jobs import JobChange  # noqa: E402
+from beamport.store.snapshots import SNAPSHOT_RUNNING, SnapshotRecord  # noqa: E402
 
 HOUR_US = 3600 * 1_000_000
 
@@ -326,7 +328,7 @@ def world(store, tmp_path):
 
 
 def change_job(store, job_id: str, state: str | None = None, **fields) -> None:
-    record = store.get_job(None, job_id)
+    record = store.jobs.get(None, job_id)
     doc = document(record)
     doc.update(fields)
     if state:
@@ -436,7 +438,7 @@ def test_a_failed_savepoint_is_failed_and_cannot_be_restored(world, store, tmp_p
 def test_a_snapshot_left_running_by_a_stopped_server_fails(world, store):
     clock, jobs, snapshots, _ = world
     job_id = running_streaming_job(jobs)
-    store.add_snapshot(
+    store.snapshots.add(
         SnapshotRecord(
             id=str(uuid.uuid4()),
             project_id="p",

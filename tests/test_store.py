@@ -14,8 +14,9 @@ from beamport.service import model
 from beamport.service.documents import job_message, record_from_document
 from beamport.service.jobs import JobService
 from beamport.store import open_store
-from beamport.store.base import WorkItemRecord, Write
+from beamport.store.base import Write
 from beamport.store.sql import SqlStore
+from beamport.store.work_items import WorkItemRecord
 
 REGION = "us-central1"
 
@@ -92,9 +93,7 @@ def test_message_pages_by_time_and_importance_are_what_the_rows_say(store):
         size = rng.choice([2, 7, 100])
         minimum = model.JobMessageImportance.values_by_name[names[rank]].number if rank else 0
         expected = [
-            t
-            for at, r, t in stored
-            if r >= rank and (start is None or at >= start) and (end is None or at < end)
+            t for at, r, t in stored if r >= rank and (start is None or at >= start) and (end is None or at < end)
         ]
         got = listed(start_us=start, end_us=end, minimum_importance=minimum, page_size_=size)
         assert got == expected, (start, end, rank, size)
@@ -147,9 +146,10 @@ def test_migration_fills_the_new_columns_from_what_was_stored(store_url, tmp_pat
                 {"id": record.id},
             )
     old.close()
-    assert '"createdFromSnapshotId":"snap-1"' in record_from_document(
-        _job_doc("x", createdFromSnapshotId="snap-1")
-    ).summary  # the summary's form the migration reads
+    assert (
+        '"createdFromSnapshotId":"snap-1"'
+        in record_from_document(_job_doc("x", createdFromSnapshotId="snap-1")).summary
+    )  # the summary's form the migration reads
 
     migrated = open_store(store_url, tmp_path)
     try:
@@ -161,7 +161,7 @@ def test_migration_fills_the_new_columns_from_what_was_stored(store_url, tmp_pat
             }
         assert snapshots == {"job-0": "snap-1", "job-1": "", "job-2": ""}
         assert places == {"job-0": ("p", REGION), "job-1": ("q", "europe-west1"), "job-2": ("p", REGION)}
-        found = migrated.find_active_jobs_from_snapshot("p", "snap-1")
+        found = migrated.jobs.list_active_from_snapshot("p", "snap-1")
         assert [job.id for job in found] == ["job-0"]
         assert orjson.loads(found[0].summary)["createdFromSnapshotId"] == "snap-1"
     finally:
@@ -172,5 +172,5 @@ def test_new_work_items_carry_their_jobs_place(store):
     record = record_from_document(_job_doc("job-a", "proj", "asia-east1"))
     item = WorkItemRecord(job_id=record.id)
     store.write(Write(new_jobs=[record], new_work_items=[item]))
-    stored = store.get_work_item(item.id)
+    stored = store.work_items.get(item.id)
     assert (stored.project_id, stored.location) == ("proj", "asia-east1")

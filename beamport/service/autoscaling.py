@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from beamport.protocol import BACKLOG_UNIT_BYTES as UNIT_BYTES
 from beamport.protocol import HARNESS_TARGET_WORKERS
 from beamport.service.documents import timestamp
-from beamport.store.base import AutoscalingEventRecord
+from beamport.store.messages import AutoscalingEventRecord
 
 __all__ = ["UNIT_BYTES", "HARNESS_TARGET_WORKERS", "WorkerRange", "worker_range", "event", "render_event"]
 

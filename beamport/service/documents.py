@@ -7,7 +7,10 @@ import orjson
 from beamport import wire
 from beamport.errors import not_found
 from beamport.service import model
-from beamport.store.base import WORK_LEASED, WORK_PENDING, JobRecord, MessageRecord, Store, WorkItemChange
+from beamport.store.base import Store, Write
+from beamport.store.jobs import JobRecord
+from beamport.store.messages import MessageRecord
+from beamport.store.work_items import WORK_LEASED, WORK_PENDING, WorkItemChange
 
 
 def timestamp(us: int) -> str:
@@ -22,6 +25,20 @@ def job_message(job_id: str, now_us: int, importance: str, text: str) -> Message
         importance_rank=model.IMPORTANCE_RANK[importance],
         text=text,
     )
+
+
+def messages_in_order(messages: list[MessageRecord], latest: dict[str, int]) -> None:
+    """A job's message times never go backwards in commit order: a new message is never earlier than the job's
+    latest stored one (`latest`, job id -> time). Pollers (Beam's DataflowRunner among them) ask for messages
+    from the last time they saw: a message committed later with an earlier time would never reach them."""
+    for m in messages:
+        m.time_us = latest[m.job_id] = max(m.time_us, latest[m.job_id])
+
+
+def commit(store: Store, write: Write) -> None:
+    """Apply a write with the rules that hold inside it (messages_in_order)."""
+    write.time_messages = messages_in_order
+    store.write(write)
 
 
 def render_message(m: MessageRecord) -> dict:
@@ -68,7 +85,7 @@ def document(record: JobRecord) -> dict:
 
 def load_job(store: Store, project_id: str, location: str | None, job_id: str, with_detail: bool = True) -> JobRecord:
     """The job, or NOT_FOUND when it does not exist in this project (and location, when given)."""
-    record = store.get_job(project_id, job_id, with_detail=with_detail)
+    record = store.jobs.get(project_id, job_id, with_detail=with_detail)
     if record is None or (location is not None and record.location != location):
         where = f" in location {location}" if location else ""
         raise not_found(
@@ -92,7 +109,7 @@ def move_to_state(doc: dict, state: str, now_us: int) -> None:
 def close_work_items(store: Store, job_id: str, state: str, now_us: int) -> list[WorkItemChange]:
     """Changes that end the job's open work items in `state` (for the same Write as the job's own change)."""
     changes = []
-    for item in store.list_work_items(job_id):
+    for item in store.work_items.list(job_id):
         if item.state in (WORK_PENDING, WORK_LEASED):
             expected = item.version
             item.state, item.end_us = state, now_us

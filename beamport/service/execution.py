@@ -29,6 +29,7 @@ from beamport.protocol import (
 )
 from beamport.service import autoscaling, engines, model
 from beamport.service.documents import (
+    commit,
     document,
     job_message,
     load_job,
@@ -37,12 +38,20 @@ from beamport.service.documents import (
     timestamp,
 )
 from beamport.service.notify import WorkNotifier
-from beamport.store.base import (
+from beamport.store.base import Store, Write
+from beamport.store.errors import VersionConflict
+from beamport.store.jobs import JobChange, JobRecord
+from beamport.store.metrics import MetricRecord, StageRecord
+from beamport.store.work_items import (
     WORK_CANCELLED,
     WORK_DONE,
     WORK_FAILED,
     WORK_LEASED,
     WORK_PENDING,
+    WorkItemChange,
+    WorkItemRecord,
+)
+from beamport.store.workers import (
     WORKER_BROKEN,
     WORKER_IDLE,
     WORKER_LIVE_STATES,
@@ -50,16 +59,7 @@ from beamport.store.base import (
     WORKER_REPORTING_STATES,
     WORKER_RUNNING,
     WORKER_SHUTDOWN,
-    JobChange,
-    JobRecord,
-    MetricRecord,
-    StageRecord,
-    Store,
-    VersionConflict,
     WorkerRecord,
-    WorkItemChange,
-    WorkItemRecord,
-    Write,
 )
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class ExecutionService:
         lease_us = _duration_us(request.get("requestedLeaseDuration"), DEFAULT_LEASE_US)
         if job_id != ANY:
             load_job(self.store, project_id, location, job_id, with_detail=False)
-        worker = self.store.get_workers([worker_id]).get(worker_id)
+        worker = self.store.workers.get_many([worker_id]).get(worker_id)
         if worker is not None and worker.state == WORKER_BROKEN:
             return {}  # abandoned: a broken worker gets no more work (a worker that shut down and leases
             # again is a new process under the same name: it may)
@@ -201,7 +201,7 @@ class ExecutionService:
                     )
                 ]
             try:
-                self.store.write(write)
+                commit(self.store, write)
             except VersionConflict:
                 continue
             return {"workItems": [self._render_item(job, doc, item, workers)]}
@@ -215,13 +215,13 @@ class ExecutionService:
             job = load_job(self.store, project_id, location, job_id)
             if not job.active or document(job).get("currentState") in _STOP_STATES:
                 return None
-            items = [item for item in self.store.list_work_items(job_id) if item.state == WORK_PENDING]
+            items = [item for item in self.store.work_items.list(job_id) if item.state == WORK_PENDING]
             return (job, items[0]) if items else None
         # Fair across projects: among the projects with work this worker may take, the one with the fewest work
         # items running goes first (ties: the one whose waiting work is oldest), and its oldest item; so a
         # project that queues thousands of jobs delays another project's job by one lease at most.
         waiting: dict[str, list[WorkItemRecord]] = {}
-        for item in self.store.list_work_items_in_state(WORK_PENDING, PENDING_SCAN):
+        for item in self.store.work_items.list_in_state(WORK_PENDING, PENDING_SCAN):
             where = self._where(item.job_id)
             if where is None or (project_id != ANY and where[0] != project_id):
                 continue
@@ -232,12 +232,12 @@ class ExecutionService:
             return None
         running = collections.Counter(
             where[0]
-            for where in map(self._where, (i.job_id for i in self.store.list_work_items_in_state(WORK_LEASED, 10_000)))
+            for where in map(self._where, (i.job_id for i in self.store.work_items.list_in_state(WORK_LEASED, 10_000)))
             if where is not None
         )
         for project in sorted(waiting, key=lambda p: (running[p], waiting[p][0].id)):
             for item in waiting[project]:
-                job = self.store.get_job(project, item.job_id)
+                job = self.store.jobs.get(project, item.job_id)
                 if job is not None and job.active and document(job).get("currentState") not in _STOP_STATES:
                     return job, item
         return None
@@ -247,7 +247,7 @@ class ExecutionService:
         work items reads each job once."""
         where = self._places.get(job_id)
         if where is None:
-            job = self.store.get_job(None, job_id, with_detail=False)
+            job = self.store.jobs.get(None, job_id, with_detail=False)
             if job is None:
                 return None
             if len(self._places) >= 100_000:
@@ -303,10 +303,10 @@ class ExecutionService:
             worker.last_seen_us = now
         else:  # lost (e.g. cut off) or shut down, and back
             worker.state, worker.reason, worker.last_seen_us = WORKER_IDLE, "", now
-        self.store.write(Write(workers=[worker]))
+        commit(self.store, Write(workers=[worker]))
 
     def _holds_work(self, worker: WorkerRecord) -> bool:
-        item = self.store.get_work_item(worker.work_item_id) if worker.work_item_id else None
+        item = self.store.work_items.get(worker.work_item_id) if worker.work_item_id else None
         return item is not None and item.state == WORK_LEASED and item.worker_id == worker.worker_id
 
     def _render_item(
@@ -357,7 +357,7 @@ class ExecutionService:
 
     def _owned_item(self, job_id: str, status: dict) -> WorkItemRecord:
         raw_id = status.get("workItemId", "")
-        item = self.store.get_work_item(int(raw_id)) if raw_id.isdigit() else None
+        item = self.store.work_items.get(int(raw_id)) if raw_id.isdigit() else None
         if item is None or item.job_id != job_id:
             raise not_found(f"Work item {raw_id!r} of job {job_id} does not exist.")
         return item
@@ -397,7 +397,7 @@ class ExecutionService:
                 "reportStatusInterval": REPORT_INTERVAL,
                 "nextReportIndex": str(item.next_report_index),
             }
-            worker = self.store.get_workers([worker_id]).get(worker_id)
+            worker = self.store.workers.get_many([worker_id]).get(worker_id)
             if worker and (worker.stacks_request_us or 0) > (worker.stacks_us or 0):
                 answer["harnessData"] = {HARNESS_SEND_STACKS: True}
             progress = status.get("reportedProgress") or {}
@@ -435,7 +435,7 @@ class ExecutionService:
         """Write a change of a work item (False: it changed meanwhile, read again); if the item is waiting
         for a worker again, wake the workers waiting for work."""
         try:
-            self.store.write(write)
+            commit(self.store, write)
         except VersionConflict:
             return False
         if item.state == WORK_PENDING:
@@ -448,7 +448,7 @@ class ExecutionService:
         if workers is None:
             return None
         target = workers.target(remaining) if workers.scales else workers.low
-        events = self.store.list_autoscaling_events(job_id)
+        events = self.store.messages.list_autoscaling_events(job_id)
         last = next((e for e in reversed(events) if e.event_type == autoscaling.TARGET_CHANGED), None)
         if last is None or last.target_workers != target:
             current = next(
@@ -528,7 +528,7 @@ class ExecutionService:
         """Revoke the leases a worker holds and lease its work again (see _fail_attempt). Returns how many."""
         items = [
             item
-            for item in self.store.list_work_items_in_state(WORK_LEASED, 10_000)
+            for item in self.store.work_items.list_in_state(WORK_LEASED, 10_000)
             if item.worker_id == worker_id and (job_id is None or item.job_id == job_id)
         ]
         for item in items:
@@ -537,10 +537,10 @@ class ExecutionService:
 
     def _revoke(self, item_id: int, worker_id: str | None, reason: str, counts: bool) -> None:
         for _ in range(_RETRIES):
-            item = self.store.get_work_item(item_id)
+            item = self.store.work_items.get(item_id)
             if item is None or item.state != WORK_LEASED or (worker_id and item.worker_id != worker_id):
                 return
-            job = self.store.get_job(None, item.job_id)
+            job = self.store.jobs.get(None, item.job_id)
             if job is None:
                 return
             doc, now = document(job), self.clock()
@@ -563,7 +563,7 @@ class ExecutionService:
         now = self.clock()
         # Workers could not report while this server was down: give them time to reach it again.
         grace_until = self.started_us + RESTART_GRACE_US
-        for item in self.store.list_work_items_in_state(WORK_LEASED, 10_000):
+        for item in self.store.work_items.list_in_state(WORK_LEASED, 10_000):
             if item.lease_expire_us is not None and max(item.lease_expire_us, grace_until) < now:
                 self._revoke(
                     item.id,
@@ -575,7 +575,7 @@ class ExecutionService:
     def _changed_metrics(self, job_id: str, updates: list[dict], now: int) -> list[MetricRecord]:
         """Records for the reported metrics whose value changed. Reports are cumulative: an unchanged metric
         keeps its updateTime, so getMetrics' startTime ("only what changed since") can leave it out."""
-        stored = {m.metric_key: orjson.loads(m.doc) for m in self.store.list_metrics(job_id)} if updates else {}
+        stored = {m.metric_key: orjson.loads(m.doc) for m in self.store.metrics.list(job_id)} if updates else {}
         records = []
         for update in updates:
             key = metric_key(update)
@@ -601,7 +601,7 @@ class ExecutionService:
         """Apply workerMessageCode messages (checked by the registry) to the job: messages, stage states."""
 
         def change(doc, now, write):
-            stages = {stage.stage: stage for stage in self.store.list_stages(job_id)}
+            stages = {stage.stage: stage for stage in self.store.metrics.list_stages(job_id)}
             notes, touched = [], []
             for message in messages:
                 code, params = message["workerMessageCode"]["code"], message["workerMessageCode"].get("parameters", {})
@@ -658,24 +658,24 @@ class ExecutionService:
     def get_metrics(self, project_id: str, location: str | None, job_id: str, start_us: int | None = None) -> dict:
         load_job(self.store, project_id, location, job_id, with_detail=False)
         response: dict = {"metricTime": timestamp(self.clock())}
-        metrics = [orjson.loads(m.doc) for m in self.store.list_metrics(job_id, since_us=start_us)]
+        metrics = [orjson.loads(m.doc) for m in self.store.metrics.list(job_id, since_us=start_us)]
         if metrics:
             response["metrics"] = metrics
         return response
 
     def execution_details(self, project_id: str, location: str, job_id: str) -> dict:
         ids = self._stage_ids(project_id, location, job_id)
-        stages = [_stage_summary(stage, ids) for stage in self.store.list_stages(job_id)]
+        stages = [_stage_summary(stage, ids) for stage in self.store.metrics.list_stages(job_id)]
         return {"stages": stages} if stages else {}
 
     def stage_execution_details(self, project_id: str, location: str, job_id: str, stage_id: str) -> dict:
         ids = self._stage_ids(project_id, location, job_id)
-        stage = next((s for s in self.store.list_stages(job_id) if ids.get(s.stage, s.stage) == stage_id), None)
+        stage = next((s for s in self.store.metrics.list_stages(job_id) if ids.get(s.stage, s.stage) == stage_id), None)
         if stage is None:
             raise not_found(f"Job {job_id} has no stage {stage_id!r}.")
-        item = self.store.get_work_item(stage.work_item_id) if stage.work_item_id else None
+        item = self.store.work_items.get(stage.work_item_id) if stage.work_item_id else None
         if item is None:  # a worker that did not label its messages with the work item: the job has one
-            item = next(iter(self.store.list_work_items(job_id)), None)
+            item = next(iter(self.store.work_items.list(job_id)), None)
         task_id = ids.get(stage.stage, stage.stage)
         # Attempts that ended early ran on other workers: each shows, as a failed (or moved) attempt.
         workers = [
@@ -713,20 +713,20 @@ class ExecutionService:
     def pending_work(self, limit: int) -> list[tuple[JobRecord, WorkItemRecord]]:
         """Work waiting for a worker, oldest first, with its job (summary)."""
         out = []
-        for item in self.store.list_work_items_in_state(WORK_PENDING, limit):
-            job = self.store.get_job(None, item.job_id, with_detail=False)
+        for item in self.store.work_items.list_in_state(WORK_PENDING, limit):
+            job = self.store.jobs.get(None, item.job_id, with_detail=False)
             if job is not None and job.active:
                 out.append((job, item))
         return out
 
     def waiting_jobs(self, limit: int = PENDING_SCAN) -> list[str]:
         """The ids of the jobs whose work waits for a worker, oldest first (one read of the work items)."""
-        return list(dict.fromkeys(item.job_id for item in self.store.list_work_items_in_state(WORK_PENDING, limit)))
+        return list(dict.fromkeys(item.job_id for item in self.store.work_items.list_in_state(WORK_PENDING, limit)))
 
     def _change_job(self, job_id: str, change) -> None:
         """Apply `change(doc, now, write) -> bool` to the job with a version check; False means no change."""
         for _ in range(_RETRIES):
-            job = self.store.get_job(None, job_id)
+            job = self.store.jobs.get(None, job_id)
             if job is None:
                 return
             doc, expected, now = document(job), job.version, self.clock()
@@ -736,7 +736,7 @@ class ExecutionService:
             record_from_document(doc, job)
             write.changed_jobs = [JobChange(job, expected)]
             try:
-                self.store.write(write)
+                commit(self.store, write)
                 return
             except VersionConflict:
                 continue
@@ -761,17 +761,17 @@ class ExecutionService:
 
     def busy_workers(self) -> set[str]:
         """Workers holding a lease."""
-        return {item.worker_id for item in self.store.list_work_items_in_state(WORK_LEASED, 10_000) if item.worker_id}
+        return {item.worker_id for item in self.store.work_items.list_in_state(WORK_LEASED, 10_000) if item.worker_id}
 
     def worker_exited(self, worker_id: str, reason: str, counts: bool = True) -> None:
         """A local worker process ended: work it still held is leased again (or the job fails), and the
         registry shows it gone at once (LOST, or SHUTDOWN when the server stopped it), not after its deadline."""
         self.release_work(worker_id, reason, counts)
-        worker = self.store.get_workers([worker_id]).get(worker_id)
+        worker = self.store.workers.get_many([worker_id]).get(worker_id)
         if worker is not None and worker.state in WORKER_LIVE_STATES:
             worker.state = WORKER_LOST if counts else WORKER_SHUTDOWN
             worker.reason = reason.splitlines()[0] if reason else ""
-            self.store.write(Write(workers=[worker]))
+            commit(self.store, Write(workers=[worker]))
 
 
 def _workers_changed(job_id: str, now: int, params: dict) -> list:

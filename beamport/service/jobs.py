@@ -19,6 +19,7 @@ from beamport.lazy_imports import beam_module
 from beamport.service import autoscaling, engines, model
 from beamport.service.documents import (
     close_work_items,
+    commit,
     document,
     job_message,
     load_job,
@@ -33,23 +34,11 @@ from beamport.service.notify import WorkNotifier
 from beamport.service.paging import decode_token, page_response, page_size
 from beamport.service.quotas import JobQuotas, check_job, check_job_name, check_labels
 from beamport.service.sdk_version import fill_sdk_version
-from beamport.store.base import (
-    FILTER_ACTIVE,
-    FILTER_ALL,
-    FILTER_TERMINATED,
-    WORK_CANCELLED,
-    WORK_LEASED,
-    ActiveNameTaken,
-    JobChange,
-    JobQuery,
-    JobRecord,
-    MessageQuery,
-    MessageRecord,
-    Store,
-    VersionConflict,
-    WorkItemRecord,
-    Write,
-)
+from beamport.store.base import Store, Write
+from beamport.store.errors import ActiveNameTaken, VersionConflict
+from beamport.store.jobs import FILTER_ACTIVE, FILTER_ALL, FILTER_TERMINATED, JobChange, JobQuery, JobRecord
+from beamport.store.messages import MessageQuery, MessageRecord
+from beamport.store.work_items import WORK_CANCELLED, WORK_LEASED, WorkItemRecord
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +138,7 @@ class JobService:
             limit=limit + 1,
         )
         with_detail = view in (model.VIEW_ALL, model.VIEW_DESCRIPTION)
-        records = self.store.list_jobs(query, with_detail=with_detail)
+        records = self.store.jobs.list(query, with_detail=with_detail)
         return page_response(records, limit, "jobs", "jobs", lambda record: render_job(record, view))
 
     def list_messages(
@@ -169,7 +158,7 @@ class JobService:
         if minimum_importance:
             name = model.JobMessageImportance.values_by_number[minimum_importance].name
             rank = model.IMPORTANCE_RANK.get(name, 0)
-        records = self.store.list_messages(
+        records = self.store.messages.list(
             MessageQuery(
                 job_id=job_id,
                 min_importance_rank=rank,
@@ -181,7 +170,7 @@ class JobService:
         )
         response = page_response(records, limit, "messages", "jobMessages", render_message)
         if not page_token:  # the job's worker count changes, in the same time window, once per listing
-            events = self.store.list_autoscaling_events(job_id, start_us, end_us)
+            events = self.store.messages.list_autoscaling_events(job_id, start_us, end_us)
             if events:
                 response["autoscalingEvents"] = [autoscaling.render_event(e) for e in events]
         return response
@@ -204,7 +193,7 @@ class JobService:
 
         if job.client_request_id:
             # A retried create: answer the job the first attempt made.
-            existing = self.store.find_job_by_request_id(project_id, location, job.name, job.client_request_id)
+            existing = self.store.jobs.find_by_request_id(project_id, location, job.name, job.client_request_id)
             if existing is not None:
                 return render_job(existing, view)
 
@@ -245,7 +234,7 @@ class JobService:
             self.quotas.reserve(project_id, job_id, now, replacing=bool(replace_job_id))
         except ApiError:
             # Past a quota, a create of a name that has an active job still answers that job, as Dataflow does.
-            existing = None if replace_job_id else self.store.find_active_job(project_id, location, job.name)
+            existing = None if replace_job_id else self.store.jobs.find_active(project_id, location, job.name)
             if existing is not None:
                 return render_job(existing, view)
             raise
@@ -260,13 +249,13 @@ class JobService:
         if self.streaming_engine is None:
             return 0
         started = 0
-        for summary in self.store.list_active_jobs(100_000):  # bounded by the active-jobs quota
+        for summary in self.store.jobs.list_active(100_000):  # bounded by the active-jobs quota
             doc = document(summary)
             if (
                 doc.get("type") != model.STREAMING
                 or doc.get("currentState") not in model.NOT_STARTED_STATES
                 or engines.engine_of(doc, None) is not None  # it named its engine: it had work from the start
-                or self.store.list_work_items(summary.id)
+                or self.store.work_items.list(summary.id)
             ):
                 continue
             job = load_job(self.store, summary.project_id, None, summary.id)
@@ -275,12 +264,13 @@ class JobService:
             record_from_document(document(job), job)
             text = f"This server now has a streaming engine ({self.streaming_engine}): the job runs on it."
             try:
-                self.store.write(
+                commit(
+                    self.store,
                     Write(
                         changed_jobs=[JobChange(job, expected)],
                         new_work_items=[WorkItemRecord(job_id=job.id)],
                         messages=[job_message(job.id, now, "JOB_MESSAGE_BASIC", text)],
-                    )
+                    ),
                 )
             except VersionConflict:
                 continue
@@ -312,7 +302,7 @@ class JobService:
                 if replace_job_id:
                     self._replace(project_id, location, replace_job_id, record, work, messages, now)
                 else:
-                    self.store.write(Write(new_jobs=[record], new_work_items=work, messages=messages))
+                    commit(self.store, Write(new_jobs=[record], new_work_items=work, messages=messages))
                 if work:
                     self.work.notify()
                 return render_job(record, view)
@@ -321,7 +311,7 @@ class JobService:
             except ActiveNameTaken:
                 # Dataflow answers a second create of an active name with the
                 # existing job, unchanged; clients compare clientRequestId.
-                existing = self.store.find_active_job(project_id, location, doc["name"])
+                existing = self.store.jobs.find_active(project_id, location, doc["name"])
                 if existing is not None and not replace_job_id:
                     return render_job(existing, view)
         raise ApiError("ABORTED", f"Too much contention creating job {doc['name']}; try again.")
@@ -336,12 +326,12 @@ class JobService:
 
     def active_job_id(self, project_id: str, location: str, name: str) -> str | None:
         """The id of the active job with this name, if there is one."""
-        job = self.store.find_active_job(project_id, location, name)
+        job = self.store.jobs.find_active(project_id, location, name)
         return job.id if job else None
 
     def newest_job_named(self, project_id: str, location: str, name: str, created_since_us: int) -> dict | None:
         """The newest job with this name created since the given time (summary view), if any."""
-        found = self.store.list_jobs(JobQuery(project_id=project_id, location=location, name=name, limit=1))
+        found = self.store.jobs.list(JobQuery(project_id=project_id, location=location, name=name, limit=1))
         if found and found[0].create_us >= created_since_us:
             return render_job(found[0], model.VIEW_SUMMARY)
         return None
@@ -350,7 +340,9 @@ class JobService:
         """Add (importance, text) messages to a job (what launched it, warnings about how)."""
         if notes:
             now = self.clock()
-            self.store.write(Write(messages=[job_message(job_id, now, importance, text) for importance, text in notes]))
+            commit(
+                self.store, Write(messages=[job_message(job_id, now, importance, text) for importance, text in notes])
+            )
 
     def _carry_state(self, project_id: str, location: str, old_id: str, doc: dict) -> list[tuple[str, str]]:
         """An update of a streaming job on an engine that saves state: check that the new pipeline can take
@@ -486,7 +478,8 @@ class JobService:
         expected = old.version
         old_doc.update(currentState=model.UPDATED, currentStateTime=timestamp(now), replacedByJobId=record.id)
         record_from_document(old_doc, old)
-        self.store.write(
+        commit(
+            self.store,
             Write(
                 new_jobs=[record],
                 new_work_items=work,
@@ -499,7 +492,7 @@ class JobService:
                         old_id, now, "JOB_MESSAGE_BASIC", f"Job was updated: it is replaced by job {record.id}."
                     ),
                 ],
-            )
+            ),
         )
 
     # -- changing -----------------------------------------------------------
@@ -533,7 +526,7 @@ class JobService:
             now = self.clock()
             if requested:
                 # Work between attempts (no worker holds it) has nothing to stop: the cancel ends at once.
-                held = any(item.state == WORK_LEASED for item in self.store.list_work_items(job_id))
+                held = any(item.state == WORK_LEASED for item in self.store.work_items.list(job_id))
                 messages = self._request_state(doc, requested, now, held)
             else:
                 messages = self._apply_mask(doc, mask, changes)
@@ -542,8 +535,9 @@ class JobService:
             # A job that ended here never started: its work will never be leased.
             work = [] if record.active else close_work_items(self.store, job_id, WORK_CANCELLED, now)
             try:
-                self.store.write(
-                    Write(changed_jobs=[JobChange(record, expected)], changed_work_items=work, messages=messages)
+                commit(
+                    self.store,
+                    Write(changed_jobs=[JobChange(record, expected)], changed_work_items=work, messages=messages),
                 )
             except VersionConflict:
                 continue

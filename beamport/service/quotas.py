@@ -15,7 +15,8 @@ import orjson
 
 from beamport.errors import ApiError, invalid_argument
 from beamport.service import model
-from beamport.store.base import FILTER_ACTIVE, JobQuery, Store
+from beamport.store.base import Store
+from beamport.store.jobs import FILTER_ACTIVE, JobQuery
 
 MB = 1024 * 1024
 
@@ -239,7 +240,7 @@ class JobQuotas:
                 # Admitted jobs already written are among the active ones: each is counted once.
                 active = {
                     job.id
-                    for job in self.store.list_jobs(
+                    for job in self.store.jobs.list(
                         JobQuery(
                             project_id=project_id,
                             location=None,
@@ -261,7 +262,7 @@ class JobQuotas:
             if self.max_jobs_per_minute:
                 # The project's newest jobs: if the Nth newest is less than a minute old, N were created in the
                 # last minute (jobs are numbered in creation order). One indexed read of N rows.
-                newest = self.store.list_jobs(
+                newest = self.store.jobs.list(
                     JobQuery(project_id=project_id, location=None, limit=self.max_jobs_per_minute + len(admitted))
                 )
                 recent = {job.id for job in newest if job.create_us > now_us - MINUTE_US} | admitted

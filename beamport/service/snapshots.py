@@ -28,16 +28,9 @@ from beamport import wire
 from beamport.engine.base import EngineError, StreamingControl, savepoint_path
 from beamport.errors import failed_precondition, invalid_argument, not_found
 from beamport.service import engines, model
-from beamport.service.documents import job_message, load_job, timestamp
-from beamport.store.base import (
-    SNAPSHOT_FAILED,
-    SNAPSHOT_PENDING,
-    SNAPSHOT_READY,
-    SNAPSHOT_RUNNING,
-    SnapshotRecord,
-    Store,
-    Write,
-)
+from beamport.service.documents import commit, job_message, load_job, timestamp
+from beamport.store.base import Store, Write
+from beamport.store.snapshots import SNAPSHOT_FAILED, SNAPSHOT_PENDING, SNAPSHOT_READY, SNAPSHOT_RUNNING, SnapshotRecord
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +136,7 @@ class SnapshotService:
             description=request.description,
             snapshot_sources=request.snapshot_sources,
         )
-        self.store.add_snapshot(snapshot)
+        self.store.snapshots.add(snapshot)
         if request.snapshot_sources:
             self._tell_job(
                 job_id,
@@ -158,7 +151,7 @@ class SnapshotService:
             target=self._take, args=(snapshot, finished), name=f"snapshot-{snapshot.id}", daemon=True
         ).start()
         finished.wait(self.wait_s)
-        current = self.store.get_snapshot(project_id, snapshot.id)
+        current = self.store.snapshots.get(project_id, snapshot.id)
         return render_snapshot(current or snapshot)
 
     def carry_state(self, project_id: str, location: str, job_id: str, new_job_name: str) -> str:
@@ -172,7 +165,7 @@ class SnapshotService:
             time.sleep(0.1)
             snapshot = self.get_snapshot(project_id, location, snapshot["id"])
         if snapshot["state"] != "READY":
-            record = self.store.get_snapshot(project_id, snapshot["id"])
+            record = self.store.snapshots.get(project_id, snapshot["id"])
             why = (record.error if record else "") or f"the snapshot is {snapshot['state']}"
             raise failed_precondition(
                 f"Job {job_id} cannot be updated: its state could not be saved ({why}). It is still running."
@@ -187,7 +180,7 @@ class SnapshotService:
         """In a thread of its own: ask the engine for the savepoint, record what came of it."""
         try:
             snapshot.state = SNAPSHOT_RUNNING
-            if not self.store.update_snapshot(snapshot):
+            if not self.store.snapshots.update(snapshot):
                 return  # deleted before it started
             try:
                 saved = self.control.savepoint(snapshot.source_job_id, self.root / snapshot.id)
@@ -201,7 +194,7 @@ class SnapshotService:
             snapshot.state = SNAPSHOT_READY
             snapshot.disk_size_bytes = saved.size_bytes
             snapshot.data_location = saved.location
-            if not self.store.update_snapshot(snapshot):
+            if not self.store.snapshots.update(snapshot):
                 # Deleted (or expired) while the engine was saving: its data is nobody's.
                 self._discard(snapshot)
                 return
@@ -229,12 +222,12 @@ class SnapshotService:
         log.warning("snapshot %s of job %s failed: %s", snapshot.id, snapshot.source_job_id, error)
         snapshot.state = SNAPSHOT_FAILED
         snapshot.error = error
-        if self.store.update_snapshot(snapshot):
+        if self.store.snapshots.update(snapshot):
             self._tell_job(snapshot.source_job_id, "JOB_MESSAGE_WARNING", f"Snapshot {snapshot.id} failed: {error}")
         shutil.rmtree(self.root / snapshot.id, ignore_errors=True)  # whatever the engine left
 
     def _tell_job(self, job_id: str, importance: str, text: str) -> None:
-        self.store.write(Write(messages=[job_message(job_id, self.clock(), importance, text)]))
+        commit(self.store, Write(messages=[job_message(job_id, self.clock(), importance, text)]))
 
     # -- snapshots.get / list / delete --------------------------------------------
 
@@ -244,7 +237,7 @@ class SnapshotService:
     def list_snapshots(self, project_id: str, location: str, job_id: str | None = None) -> dict:
         """ListSnapshotsResponse: the location's snapshots (of one source job), newest first; no paging, as
         on Dataflow."""
-        records = self.store.list_snapshots(project_id, location, job_id or None)
+        records = self.store.snapshots.list(project_id, location, job_id or None)
         return {"snapshots": [render_snapshot(r) for r in records]} if records else {}
 
     def delete_snapshot(self, project_id: str, location: str, snapshot_id: str | None) -> dict:
@@ -259,13 +252,13 @@ class SnapshotService:
                 "started yet (it restores its state from the snapshot when it starts). Delete the snapshot once "
                 "the job is running, or cancel the job."
             )
-        if not self.store.delete_snapshot(snapshot.id):
+        if not self.store.snapshots.delete(snapshot.id):
             raise self._not_found(location, snapshot_id)  # deleted meanwhile
         self._discard_unless_taking(snapshot)
         return {}
 
     def _load(self, project_id: str, location: str, snapshot_id: str) -> SnapshotRecord:
-        snapshot = self.store.get_snapshot(project_id, snapshot_id)
+        snapshot = self.store.snapshots.get(project_id, snapshot_id)
         if snapshot is None or snapshot.location != location:
             raise self._not_found(location, snapshot_id)
         return snapshot
@@ -280,7 +273,7 @@ class SnapshotService:
     def _jobs_waiting_for(self, snapshot: SnapshotRecord) -> list[str]:
         """Ids of the jobs created from this snapshot that have not started (restored) yet."""
         waiting = []
-        for job in self.store.find_active_jobs_from_snapshot(snapshot.project_id, snapshot.id):
+        for job in self.store.jobs.list_active_from_snapshot(snapshot.project_id, snapshot.id):
             doc = orjson.loads(job.summary)
             if doc.get("createdFromSnapshotId") == snapshot.id and doc.get("currentState") in NOT_YET_RESTORED:
                 waiting.append(job.id)
@@ -331,10 +324,10 @@ class SnapshotService:
         deleted."""
         now = self.clock() if now_us is None else now_us
         deleted = 0
-        for snapshot in self.store.list_expired_snapshots(now, limit=100):
+        for snapshot in self.store.snapshots.list_expired(now, limit=100):
             if self._jobs_waiting_for(snapshot):
                 continue  # kept until its job has started; deleted at a later sweep
-            if self.store.delete_snapshot(snapshot.id):
+            if self.store.snapshots.delete(snapshot.id):
                 deleted += 1
                 log.info(
                     "snapshot %s of job %s expired (ttl %s): deleted",
@@ -345,7 +338,7 @@ class SnapshotService:
                 self._discard_unless_taking(snapshot)
         with self._lock:
             taking = set(self._taking)
-        for snapshot in self.store.list_snapshots_in_states(IN_FLIGHT, now - INTERRUPTED_AFTER_US, limit=100):
+        for snapshot in self.store.snapshots.list_in_states(IN_FLIGHT, now - INTERRUPTED_AFTER_US, limit=100):
             if snapshot.id not in taking:
                 self._failed(snapshot, "interrupted: the server stopped while the snapshot was being taken.")
         return deleted

@@ -18,7 +18,8 @@ from beamport import wire
 from beamport.errors import ApiError, invalid_argument, not_found
 from beamport.files import FilePolicy, scheme_of
 from beamport.lazy_imports import beam_module
-from beamport.store.base import SqlTableRecord, Store
+from beamport.store.base import Store
+from beamport.store.sql_tables import SqlTableRecord
 
 MAX_QUERY_BYTES = 1 << 20
 # How deep a query may nest parentheses and brackets: the parser is recursive (it gives up near 65 levels
@@ -92,7 +93,7 @@ class SqlService:
         if self.store is None or not paths or any(len(path) != 1 for path in paths):
             return None
         names = {path[0] for path in paths}
-        found = {t.name.lower(): t for t in self.store.list_sql_tables(project_id)}
+        found = {t.name.lower(): t for t in self.store.sql_tables.list(project_id)}
         if not names <= set(found):
             return None
         return {found[name].name: {"path": found[name].path, "format": found[name].format} for name in names}
@@ -143,20 +144,20 @@ class SqlService:
         if missing:
             raise invalid_argument(f"The files of {name} have no column {sorted(missing)[0]!r}.")
         record = SqlTableRecord(project_id, name, path, fmt, orjson.dumps(columns).decode(), wire.now_us())
-        self.store.put_sql_table(record)
+        self.store.sql_tables.put(record)
         return _render_table(record)
 
     def list_tables(self, project_id: str) -> dict:
-        return {"tables": [_render_table(t) for t in self.store.list_sql_tables(project_id)]}
+        return {"tables": [_render_table(t) for t in self.store.sql_tables.list(project_id)]}
 
     def get_table(self, project_id: str, name: str) -> dict:
-        found = self.store.list_sql_tables(project_id, [name])
+        found = self.store.sql_tables.list(project_id, [name])
         if not found:
             raise not_found(f"There is no table {name!r} in project {project_id}'s SQL catalog.")
         return _render_table(found[0])
 
     def delete_table(self, project_id: str, name: str) -> dict:
-        if not self.store.delete_sql_table(project_id, name):
+        if not self.store.sql_tables.delete(project_id, name):
             raise not_found(f"There is no table {name!r} in project {project_id}'s SQL catalog.")
         return {}
 
@@ -182,7 +183,7 @@ class SqlService:
             raise invalid_argument("The query reads no table.")
         tables = self._catalog(project_id, paths)
         if tables is None:
-            known = [t.name for t in self.store.list_sql_tables(project_id)]
+            known = [t.name for t in self.store.sql_tables.list(project_id)]
             unknown = next(".".join(p) for p in paths if len(p) != 1 or p[0] not in {k.lower() for k in known})
             raise invalid_argument(
                 f"Unknown table {unknown!r}: add it to the catalog (beamport sql tables add); "

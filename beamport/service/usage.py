@@ -23,9 +23,10 @@ import orjson
 from beamport import wire
 from beamport.errors import ApiError
 from beamport.protocol import LABEL_JOB, LABEL_WORKER
-from beamport.service.documents import timestamp
+from beamport.service.documents import commit, timestamp
 from beamport.service.execution import metric_key
-from beamport.store.base import MetricRecord, Store, Write
+from beamport.store.base import Store, Write
+from beamport.store.metrics import MetricRecord
 
 ORIGIN = "dataflow/v1b3"
 VCPU_TIME = "TotalVcpuTime"  # vCPU-seconds
@@ -79,7 +80,7 @@ class JobUsage:
                 total.memory_mb_seconds += more.memory_mb_seconds
                 records += _records(job_id, total, now_us)
             if records:
-                self.store.write(Write(metrics=records))
+                commit(self.store, Write(metrics=records))
 
     def _measure(self, messages: list[dict], now_us: int) -> dict[str, Used]:
         used: dict[str, Used] = {}
@@ -125,7 +126,7 @@ class JobUsage:
 def stored_usage(store: Store, job_id: str) -> Used:
     """What the job's metrics say it used so far."""
     used = Used()
-    for record in store.list_metrics(job_id):
+    for record in store.metrics.list(job_id):
         doc = orjson.loads(record.doc)
         name = doc.get("name") or {}
         if name.get("origin") != ORIGIN or name.get("context"):

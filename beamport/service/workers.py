@@ -22,10 +22,12 @@ from beamport import schema, wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument, not_found
 from beamport.protocol import CODE_LOG, CODE_STACKTRACES, CODE_STAGE, CONTAINER_START, LABEL_JOB, LABEL_WORKER
 from beamport.service import model
-from beamport.service.documents import job_message, load_job, timestamp
+from beamport.service.documents import commit, job_message, load_job, timestamp
 from beamport.service.execution import RESTART_GRACE_US, ExecutionService, idle_interval_us
 from beamport.service.usage import JobUsage
-from beamport.store.base import (
+from beamport.store.base import Store, Write
+from beamport.store.work_items import WorkItemRecord
+from beamport.store.workers import (
     WORKER_BROKEN,
     WORKER_LIVE_STATES,
     WORKER_LOST,
@@ -34,11 +36,8 @@ from beamport.store.base import (
     WORKER_SHUTDOWN,
     WORKER_UNHEALTHY,
     CpuSample,
-    Store,
     WorkerEvent,
     WorkerRecord,
-    WorkItemRecord,
-    Write,
 )
 
 log = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ class WorkerRegistry:
                 jobs[job_id] = self._job(project_id, location, job_id)
         now = self.clock()
         ids = {m["labels"][LABEL_WORKER] for m in messages if LABEL_WORKER in m["labels"]}
-        workers = self.store.get_workers(ids)
+        workers = self.store.workers.get_many(ids)
         newcomers = len(ids) - len(workers)  # live from this batch on, not counted in the store yet
         update = _Update(now)
         responses = []
@@ -138,17 +137,18 @@ class WorkerRegistry:
             else:
                 self._shutdown(worker, message["workerShutdownNotice"], update)
                 responses.append({"workerShutdownNoticeResponse": {}})
-        self.store.write(
+        commit(
+            self.store,
             Write(
                 workers=list(update.workers.values()),
                 cpu_samples=update.samples,
                 worker_events=update.events,
                 messages=update.messages,
-            )
+            ),
         )
         self.usage.record(messages, now)
         for worker_id, stacks in update.stacks:
-            self.store.save_worker_stacks(worker_id, stacks, now)
+            self.store.workers.save_stacks(worker_id, stacks, now)
         for worker_id, reason, counts in update.releases:
             self.execution.release_work(worker_id, reason, counts)
         for job_id, job_messages in codes.items():
@@ -227,7 +227,7 @@ class WorkerRegistry:
         # Counted at most once a second: every health report asks. Idle workers send none: not counted.
         now = time.monotonic()
         if now - self._live_at > 1.0:
-            self._live = len(self.store.list_workers(states=WORKER_REPORTING_STATES, limit=100_000))
+            self._live = len(self.store.workers.list(states=WORKER_REPORTING_STATES, limit=100_000))
             self._live_at = now
         return self._live
 
@@ -280,7 +280,7 @@ class WorkerRegistry:
         # leases are read only when some worker is late.
         late = [
             worker
-            for worker in self.store.list_workers(states=WORKER_LIVE_STATES, limit=100_000)
+            for worker in self.store.workers.list(states=WORKER_LIVE_STATES, limit=100_000)
             if max(_heard_us(worker) + MISSED_INTERVALS * worker.report_interval_us, grace_until) < now
         ]
         busy = self.execution.busy_workers() if late else set()
@@ -306,14 +306,14 @@ class WorkerRegistry:
                         "JOB_MESSAGE_WARNING",
                         f"Worker {worker.worker_id} was lost: {worker.reason} ({MISSED_INTERVALS} report intervals).",
                     )
-            self.store.write(Write(workers=lost, messages=update.messages))
+            commit(self.store, Write(workers=lost, messages=update.messages))
             for worker in lost:
                 if worker.worker_id in busy:
                     self.execution.release_work(worker.worker_id, f"the worker was lost: {worker.reason}.", True)
         self.execution.expire_leases()
         if self._pruned_us is None or now - self._pruned_us >= PRUNE_EVERY_US:
             self._pruned_us = now
-            self.store.prune_workers(now - CPU_SAMPLES_KEPT_US, now - GONE_WORKERS_KEPT_US, WORKER_LIVE_STATES)
+            self.store.workers.prune(now - CPU_SAMPLES_KEPT_US, now - GONE_WORKERS_KEPT_US, WORKER_LIVE_STATES)
 
     # -- what the API and the CLI show -------------------------------------------------------------
 
@@ -332,28 +332,28 @@ class WorkerRegistry:
         if project_id is not None:
             projects = {project_id, ""} if projects is None else {project_id, ""} & projects
         locations = None if location is None else {location, ""}
-        workers = self.store.list_workers(job_id, states, limit, projects, locations)
+        workers = self.store.workers.list(job_id, states, limit, projects, locations)
         # The progress of the work each live worker holds (workers that left hold none).
         items = {
-            w.work_item_id: self.store.get_work_item(w.work_item_id)
+            w.work_item_id: self.store.work_items.get(w.work_item_id)
             for w in workers
             if w.work_item_id and w.state in WORKER_LIVE_STATES
         }
         return {"workers": [self.render(w, items.get(w.work_item_id)) for w in workers]}
 
     def get_worker(self, worker_id: str, projects: set[str] | None = None) -> dict:
-        worker = self.store.get_workers([worker_id]).get(worker_id)
+        worker = self.store.workers.get_many([worker_id]).get(worker_id)
         if worker is None or (projects is not None and worker.project_id not in projects):
             raise not_found(f"Worker {worker_id!r} is not known to this service.")
-        item = self.store.get_work_item(worker.work_item_id) if worker.work_item_id else None
+        item = self.store.work_items.get(worker.work_item_id) if worker.work_item_id else None
         out = self.render(worker, item)
         out["cpuTime"] = [
             {"timestamp": timestamp(s.time_us), "totalMs": str(s.total_ms), "rate": s.rate}
-            for s in self.store.list_cpu_samples(worker_id, 120)
+            for s in self.store.workers.list_cpu_samples(worker_id, 120)
         ]
         out["lifecycleEvents"] = [
             {"time": timestamp(e.time_us), "event": e.event, "jobId": e.job_id, **orjson.loads(e.detail)}
-            for e in self.store.list_worker_events(worker_id)
+            for e in self.store.workers.list_events(worker_id)
         ]
         return out
 
@@ -398,16 +398,16 @@ class WorkerRegistry:
         worker_id = request.get("workerId")
         if not worker_id:
             raise invalid_argument("workerId is required: the worker whose thread stacks to get.")
-        worker = self.store.get_workers([worker_id]).get(worker_id)
+        worker = self.store.workers.get_many([worker_id]).get(worker_id)
         if worker is None or worker.job_id != job_id:
             raise not_found(f"Job {job_id} has no worker {worker_id!r}.")
         if worker.state not in WORKER_REPORTING_STATES or worker.work_item_id is None:
             raise failed_precondition(f"Worker {worker_id} is not running work of job {job_id} ({worker.state}).")
         asked = self.clock()
-        self.store.request_worker_stacks(worker_id, asked)
+        self.store.workers.request_stacks(worker_id, asked)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            worker = self.store.get_workers([worker_id])[worker_id]
+            worker = self.store.workers.get_many([worker_id])[worker_id]
             if (worker.stacks_us or 0) >= asked:
                 stacks = orjson.loads(worker.stacks)
                 return {"sdks": [{"sdkId": f"{worker_id}/python", "stacks": stacks}]} if stacks else {}

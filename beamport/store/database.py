@@ -1,0 +1,232 @@
+"""The SQL database under every aggregate of the store: SQLite (the embedded default) or PostgreSQL, through
+SQLAlchemy Core. How it is opened (SQLite's pragmas, the watch on its file), how a transaction reads and how one
+writes (one writer at a time on SQLite), and the row operations the aggregates share."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from urllib.parse import quote
+
+from sqlalchemy import create_engine, event, make_url, update
+from sqlalchemy.engine import Connection, Engine
+
+from beamport.errors import ApiError
+from beamport.store.errors import VersionConflict
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseGone(ApiError):
+    """The SQLite database file the store opened was deleted or replaced while the server ran. SQLite keeps
+    writing into the open file, which no one will read again: nothing more may be accepted. An ApiError
+    (UNAVAILABLE, 503) so that it reaches the client as it is, through every layer."""
+
+    def __init__(self, message: str):
+        super().__init__("UNAVAILABLE", message)
+
+
+class _DatabaseFile:
+    """The SQLite file a store opened, and whether it is still the one at its path.
+
+    Checked before every write transaction and before its commit (a stat: microseconds, against a commit's
+    fsync), by new connections, and by the server's sweeper. On Linux the process's open files are looked at
+    too, at most once a second: a deleted WAL file that a new connection recreated has a path that exists,
+    but the connections writing into the old one hold it open as "(deleted)".
+    """
+
+    SCAN_EVERY_S = 1.0
+
+    def __init__(self, path: str):
+        self.path = os.path.realpath(path)
+        self.wal = self.path + "-wal"
+        self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file first opened
+        self.wal_mode = False
+        self.gone: str | None = None  # why, once noticed: from then on everything is refused
+        self._next_scan = 0.0
+        self._deleted = (self.path + " (deleted)", self.wal + " (deleted)")
+
+    def opened(self, journal_mode: str) -> None:
+        """A connection opened the database: the first one says which file is this store's."""
+        if self.identity is None:
+            st = os.stat(self.path)
+            self.identity = (st.st_dev, st.st_ino)
+            self.wal_mode = journal_mode.lower() == "wal"
+        else:
+            self.check()
+
+    def check(self, in_write: bool = False) -> None:
+        """Raise DatabaseGone if the file at the path is no longer the one opened (`in_write`: inside a write
+        transaction, when the WAL file must exist too)."""
+        if self.gone is None and self.identity is not None:
+            why = self._why_gone(in_write)
+            if why is not None:
+                self.gone = (
+                    f"The server's database is gone: {why} while the server was running, so nothing more can "
+                    "be stored. The server must be restarted."
+                )
+                log.error("%s", self.gone)
+        if self.gone is not None:
+            raise DatabaseGone(self.gone)
+
+    def _why_gone(self, in_write: bool) -> str | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return f"{self.path} was deleted"
+        if (st.st_dev, st.st_ino) != self.identity:
+            return f"{self.path} was replaced by another file"
+        if in_write and self.wal_mode and not os.path.exists(self.wal):
+            return f"{self.wal} was deleted"
+        now = time.monotonic()
+        if now >= self._next_scan:
+            self._next_scan = now + self.SCAN_EVERY_S
+            return self._deleted_but_open()
+        return None
+
+    def _deleted_but_open(self) -> str | None:
+        try:
+            fds = os.scandir("/proc/self/fd")
+        except OSError:
+            return None  # not Linux: the stat checks above are all there is
+        with fds:
+            for fd in fds:
+                try:
+                    target = os.readlink(fd.path)
+                except OSError:
+                    continue  # closed meanwhile
+                if target in self._deleted:
+                    return f"{target.removesuffix(' (deleted)')} was deleted"
+        return None
+
+
+def _database_file(url: str) -> _DatabaseFile | None:
+    """The file of a SQLite URL to watch (none for an in-memory database or one given as a URI)."""
+    database = make_url(url).database or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return _DatabaseFile(database)
+
+
+def _sqlite_engine(url: str, watch: _DatabaseFile | None) -> Engine:
+    engine = create_engine(url, pool_size=8, max_overflow=32, pool_timeout=60)
+
+    @event.listens_for(engine, "do_connect")
+    def _do_connect(dialect, _record, cargs, cparams):
+        # Once the store has its file, a new connection opens that file or fails: SQLite would otherwise create
+        # an empty database in place of a deleted one, and answer "no such table".
+        if watch is not None and watch.identity is not None and not cparams.get("uri"):
+            watch.check()
+            cargs[0] = f"file:{quote(watch.path)}?mode=rw"
+            cparams["uri"] = True
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own
+        # transaction handling defers it and would break BEGIN IMMEDIATE).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        cursor.execute("PRAGMA synchronous=FULL")  # an accepted job survives power loss too
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+        if watch is not None:
+            watch.opened(mode)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        # Writers take the write lock up front, so two writers never deadlock
+        # upgrading read locks; readers don't block anyone (WAL).
+        if connection.get_execution_options().get("write"):
+            if watch is not None:
+                watch.check()
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            if watch is not None and watch.gone is not None:  # reads too, once it is known: no stale answers
+                raise DatabaseGone(watch.gone)
+            connection.exec_driver_sql("BEGIN")
+
+    @event.listens_for(engine, "commit")
+    def _on_commit(connection):
+        # The last moment to refuse a write that would go into a file no one will read: it is rolled back.
+        if watch is not None and connection.get_execution_options().get("write"):
+            watch.check(in_write=True)
+
+    return engine
+
+
+class Database:
+    """One database: its engine, and the transactions the aggregates read and write in."""
+
+    def __init__(self, url: str):
+        self.url = url
+        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in steps of up to
+        # 100 ms (its busy handler) while others keep taking it: writers queue on a lock here instead.
+        self.write_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
+        self.file: _DatabaseFile | None = None
+        self.reads_never_wait = False
+        if url.startswith("sqlite"):
+            self.file = _database_file(url)
+            self.engine = _sqlite_engine(url, self.file)
+            self.reads_never_wait = True  # WAL: readers take no lock
+            self.write_lock = threading.Lock()
+        else:
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://") :]
+            self.engine = create_engine(url, pool_size=8, max_overflow=32, pool_pre_ping=True)
+        self.postgres = self.engine.dialect.name == "postgresql"
+        self.writer = self.engine.execution_options(write=True)
+
+    def reading(self) -> Connection:
+        """A connection for reads (`with db.reading() as conn:`)."""
+        return self.engine.connect()
+
+    @contextlib.contextmanager
+    def writing(self):
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+        with self.write_lock, self.writer.begin() as conn:
+            yield conn
+
+    def check(self) -> None:
+        """Raise DatabaseGone if the SQLite file was deleted or replaced."""
+        if self.file is not None:
+            self.file.check()
+
+    def upsert(self, conn: Connection, table, key: list[str], rows: list[dict], keep=()) -> None:
+        """Insert the rows, or replace the stored ones with the same key (but for the `keep` columns)."""
+        if not rows:
+            return
+        dialect_insert = self._dialect_insert()
+        # In key order: two writers upserting the same rows lock them in the same order (no deadlock).
+        rows = sorted(rows, key=lambda row: [row[k] for k in key])
+        stmt = dialect_insert(table)
+        updates = {c.name: stmt.excluded[c.name] for c in table.c if c.name not in key and c.name not in keep}
+        conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=updates), rows)
+
+    def insert_new(self, conn: Connection, table, key: list[str], rows: list[dict]) -> None:
+        """Insert the rows whose key is not stored yet."""
+        if not rows:
+            return
+        rows = sorted(rows, key=lambda row: [row[k] for k in key])
+        conn.execute(self._dialect_insert()(table).on_conflict_do_nothing(index_elements=key), rows)
+
+    def _dialect_insert(self):
+        if self.postgres:
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert
+
+
+def compare_and_set(conn: Connection, table, record_id, expected_version: int, row: dict) -> None:
+    """Replace the row with this id if its version is still the expected one, else VersionConflict."""
+    result = conn.execute(
+        update(table)
+        .where(table.c.id == record_id, table.c.version == expected_version)
+        .values({**row, "version": expected_version + 1})
+    )
+    if result.rowcount != 1:
+        raise VersionConflict(f"{table.name} {record_id}")

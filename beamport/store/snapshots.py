@@ -1,0 +1,121 @@
+"""The snapshots aggregate: the records of streaming jobs' snapshots (Dataflow's snapshots resource; the data
+is the engine's). A deleted snapshot has no record."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, insert, select, update
+
+from beamport.store.database import Database
+from beamport.store.tables import snapshots
+
+# Snapshot states (Dataflow's SnapshotState names)
+SNAPSHOT_PENDING = "PENDING"
+SNAPSHOT_RUNNING = "RUNNING"
+SNAPSHOT_READY = "READY"
+SNAPSHOT_FAILED = "FAILED"
+
+
+@dataclass
+class SnapshotRecord:
+    id: str
+    project_id: str
+    location: str
+    source_job_id: str
+    state: str
+    create_us: int
+    ttl_us: int
+    expire_us: int  # create_us + ttl_us
+    description: str = ""
+    snapshot_sources: bool = False
+    disk_size_bytes: int | None = None  # once READY
+    data_location: str = ""  # where the engine saved the state, once READY
+    error: str = ""  # why it FAILED
+
+
+class SnapshotStore(abc.ABC):
+    @abc.abstractmethod
+    def add(self, snapshot: SnapshotRecord) -> None: ...
+
+    @abc.abstractmethod
+    def update(self, snapshot: SnapshotRecord) -> bool:
+        """Replace the stored snapshot with this id; False (and nothing written) when it is gone."""
+
+    @abc.abstractmethod
+    def get(self, project_id: str, snapshot_id: str) -> SnapshotRecord | None: ...
+
+    @abc.abstractmethod
+    def list(
+        self, project_id: str, location: str, source_job_id: str | None = None, limit: int = 1000
+    ) -> list[SnapshotRecord]:
+        """The snapshots of a project and location (of one source job), newest first."""
+
+    @abc.abstractmethod
+    def list_expired(self, now_us: int, limit: int = 100) -> list[SnapshotRecord]:
+        """Snapshots of every project whose expiry time has passed, oldest expiry first."""
+
+    @abc.abstractmethod
+    def list_in_states(self, states: Sequence[str], created_before_us: int, limit: int = 100) -> list[SnapshotRecord]:
+        """Snapshots of every project in one of these states, created before the given time, oldest first."""
+
+    @abc.abstractmethod
+    def delete(self, snapshot_id: str) -> bool: ...
+
+
+class SqlSnapshotStore(SnapshotStore):
+    def __init__(self, db: Database):
+        self.db = db
+
+    def add(self, snapshot: SnapshotRecord) -> None:
+        with self.db.writing() as conn:
+            conn.execute(insert(snapshots).values(**vars(snapshot)))
+
+    def update(self, snapshot: SnapshotRecord) -> bool:
+        row = {k: v for k, v in vars(snapshot).items() if k != "id"}
+        with self.db.writing() as conn:
+            done = conn.execute(update(snapshots).where(snapshots.c.id == snapshot.id).values(**row))
+        return done.rowcount == 1
+
+    def get(self, project_id: str, snapshot_id: str) -> SnapshotRecord | None:
+        stmt = select(*snapshots.c).where(snapshots.c.id == snapshot_id, snapshots.c.project_id == project_id)
+        with self.db.reading() as conn:
+            row = conn.execute(stmt).first()
+        return _snapshot_record(row) if row else None
+
+    def list(self, project_id, location, source_job_id=None, limit=1000) -> list[SnapshotRecord]:
+        stmt = select(*snapshots.c).where(snapshots.c.project_id == project_id, snapshots.c.location == location)
+        if source_job_id is not None:
+            stmt = stmt.where(snapshots.c.source_job_id == source_job_id)
+        stmt = stmt.order_by(snapshots.c.create_us.desc(), snapshots.c.id.desc()).limit(limit)
+        with self.db.reading() as conn:
+            return [_snapshot_record(row) for row in conn.execute(stmt)]
+
+    def list_expired(self, now_us: int, limit: int = 100) -> list[SnapshotRecord]:
+        stmt = select(*snapshots.c).where(snapshots.c.expire_us <= now_us)
+        stmt = stmt.order_by(snapshots.c.expire_us).limit(limit)
+        with self.db.reading() as conn:
+            return [_snapshot_record(row) for row in conn.execute(stmt)]
+
+    def list_in_states(self, states, created_before_us: int, limit: int = 100) -> list[SnapshotRecord]:
+        stmt = (
+            select(*snapshots.c)
+            .where(snapshots.c.state.in_(list(states)), snapshots.c.create_us < created_before_us)
+            .order_by(snapshots.c.create_us)
+            .limit(limit)
+        )
+        with self.db.reading() as conn:
+            return [_snapshot_record(row) for row in conn.execute(stmt)]
+
+    def delete(self, snapshot_id: str) -> bool:
+        with self.db.writing() as conn:
+            done = conn.execute(delete(snapshots).where(snapshots.c.id == snapshot_id))
+        return done.rowcount == 1
+
+
+def _snapshot_record(row) -> SnapshotRecord:
+    snapshot = SnapshotRecord(**row._mapping)
+    snapshot.snapshot_sources = bool(snapshot.snapshot_sources)
+    return snapshot

@@ -1,0 +1,208 @@
+"""The workers aggregate: the worker registry (each worker the service has heard from, its last health report and
+CPU sample), with each worker's CPU series and lifecycle events."""
+
+from __future__ import annotations
+
+import abc
+import functools
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Integer, bindparam, delete, insert, select, update
+
+from beamport.store.database import Database
+from beamport.store.tables import worker_cpu_samples, worker_events, workers
+
+# Worker states
+WORKER_RUNNING = "RUNNING"  # reporting, healthy
+WORKER_UNHEALTHY = "UNHEALTHY"  # reporting, says it is not healthy
+WORKER_IDLE = "IDLE"  # holds no work and asks for some (its lease polls are what the service hears of it)
+WORKER_BROKEN = "BROKEN"  # said it is broken for good: gets no work
+WORKER_LOST = "LOST"  # missed its deadline: nothing heard from it (health report, lease poll) in time
+WORKER_SHUTDOWN = "SHUTDOWN"  # sent a shutdown notice, or its process was stopped by the local pool
+# Workers that run work and report their health while they do (as far as the service knows).
+WORKER_REPORTING_STATES = (WORKER_RUNNING, WORKER_UNHEALTHY)
+WORKER_LIVE_STATES = (*WORKER_REPORTING_STATES, WORKER_IDLE)
+
+
+@dataclass
+class WorkerRecord:
+    worker_id: str
+    project_id: str
+    location: str
+    job_id: str
+    state: str
+    labels: str  # JSON
+    first_seen_us: int
+    last_seen_us: int
+    report_interval_us: int
+    reason: str = ""
+    container_start_us: int | None = None
+    vm_startup_us: int | None = None
+    last_health_us: int | None = None
+    health: str = "{}"  # JSON: the last WorkerHealthReport
+    cpu_total_ms: int | None = None
+    cpu_rate: float | None = None
+    cpu_us: int | None = None
+    work_item_id: int | None = None
+    stacks_request_us: int | None = None
+    stacks_us: int | None = None
+    stacks: str = "[]"  # JSON: the last Stack list the worker sent
+
+
+@dataclass
+class CpuSample:
+    worker_id: str
+    time_us: int
+    total_ms: int
+    rate: float
+
+
+@dataclass
+class WorkerEvent:
+    worker_id: str
+    job_id: str
+    time_us: int
+    event: str
+    detail: str  # JSON
+    seq: int | None = None
+
+
+class WorkerStore(abc.ABC):
+    @abc.abstractmethod
+    def get_many(self, worker_ids: Iterable[str]) -> dict[str, WorkerRecord]: ...
+
+    @abc.abstractmethod
+    def list(
+        self,
+        job_id: str | None = None,
+        states: Sequence[str] = (),
+        limit: int = 1000,
+        projects: Collection[str] | None = None,
+        locations: Collection[str] | None = None,
+    ) -> list[WorkerRecord]:
+        """Workers (of one job, in some states, of some projects and locations), most recently seen first."""
+
+    @abc.abstractmethod
+    def list_cpu_samples(self, worker_id: str, limit: int = 60) -> list[CpuSample]:
+        """The worker's latest CPU samples, oldest first."""
+
+    @abc.abstractmethod
+    def list_events(self, worker_id: str, limit: int = 100) -> list[WorkerEvent]:
+        """The worker's latest lifecycle events, oldest first."""
+
+    @abc.abstractmethod
+    def request_stacks(self, worker_id: str, at_us: int) -> None:
+        """Note that the worker's thread stacks were asked for (a Write leaves this alone)."""
+
+    @abc.abstractmethod
+    def save_stacks(self, worker_id: str, stacks: str, at_us: int) -> None:
+        """Keep the thread stacks a worker sent (a Write leaves them alone)."""
+
+    @abc.abstractmethod
+    def prune(self, samples_before_us: int, gone_before_us: int, live_states: Sequence[str]) -> None:
+        """Drop CPU samples older than `samples_before_us`, and workers (with their samples and events) not
+        in a live state and not seen since `gone_before_us`."""
+
+
+class SqlWorkerStore(WorkerStore):
+    def __init__(self, db: Database):
+        self.db = db
+
+    def get_many(self, worker_ids) -> dict[str, WorkerRecord]:
+        ids = list(dict.fromkeys(worker_ids))
+        if not ids:
+            return {}
+        with self.db.reading() as conn:
+            rows = conn.execute(_GET_WORKERS, {"ids": ids}).all()
+        return {row.worker_id: WorkerRecord(*row) for row in rows}
+
+    def list(self, job_id=None, states=(), limit=1000, projects=None, locations=None) -> list[WorkerRecord]:
+        if (projects is not None and not projects) or (locations is not None and not locations):
+            return []
+        stmt = _list_workers_statement(job_id is not None, bool(states), projects is not None, locations is not None)
+        params = {
+            "job_id": job_id,
+            "states": list(states),
+            "limit": limit,
+            "projects": list(projects or ()),
+            "locations": list(locations or ()),
+        }
+        with self.db.reading() as conn:
+            return [WorkerRecord(*row) for row in conn.execute(stmt, params)]
+
+    def list_cpu_samples(self, worker_id: str, limit: int = 60) -> list[CpuSample]:
+        stmt = (
+            select(*worker_cpu_samples.c)
+            .where(worker_cpu_samples.c.worker_id == worker_id)
+            .order_by(worker_cpu_samples.c.time_us.desc())
+            .limit(limit)
+        )
+        with self.db.reading() as conn:
+            return [CpuSample(**row._mapping) for row in reversed(conn.execute(stmt).all())]
+
+    def list_events(self, worker_id: str, limit: int = 100) -> list[WorkerEvent]:
+        stmt = (
+            select(*worker_events.c)
+            .where(worker_events.c.worker_id == worker_id)
+            .order_by(worker_events.c.seq.desc())
+            .limit(limit)
+        )
+        with self.db.reading() as conn:
+            return [WorkerEvent(**row._mapping) for row in reversed(conn.execute(stmt).all())]
+
+    def request_stacks(self, worker_id: str, at_us: int) -> None:
+        with self.db.writing() as conn:
+            conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(stacks_request_us=at_us))
+
+    def save_stacks(self, worker_id: str, stacks: str, at_us: int) -> None:
+        with self.db.writing() as conn:
+            conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(stacks=stacks, stacks_us=at_us))
+
+    def prune(self, samples_before_us: int, gone_before_us: int, live_states) -> None:
+        gone = (
+            select(workers.c.worker_id)
+            .where(workers.c.state.not_in(list(live_states)), workers.c.last_seen_us < gone_before_us)
+            .scalar_subquery()
+        )
+        with self.db.writing() as conn:
+            conn.execute(delete(worker_cpu_samples).where(worker_cpu_samples.c.time_us < samples_before_us))
+            conn.execute(delete(worker_cpu_samples).where(worker_cpu_samples.c.worker_id.in_(gone)))
+            conn.execute(delete(worker_events).where(worker_events.c.worker_id.in_(gone)))
+            conn.execute(delete(workers).where(workers.c.worker_id.in_(gone)))
+
+    # -- in a Write's transaction (SqlStore.write) ----------------------------------------------------------------
+
+    def put(
+        self, conn: Connection, records: list[WorkerRecord], samples: list[CpuSample], events: list[WorkerEvent]
+    ) -> None:
+        """Replace the stored workers with the same ids; add CPU samples and lifecycle events."""
+        # The stacks columns are not the registry's to overwrite: the debug call and the worker set them.
+        self.db.upsert(conn, workers, ["worker_id"], [vars(w) for w in records], keep=_STACK_COLUMNS)
+        # A sample repeated (a retried request) is the same sample: keep the first.
+        self.db.insert_new(conn, worker_cpu_samples, ["worker_id", "time_us"], [vars(c) for c in samples])
+        rows = [{k: v for k, v in vars(e).items() if k != "seq"} for e in events]
+        if rows:
+            conn.execute(insert(worker_events), rows)
+
+
+_STACK_COLUMNS = ("stacks_request_us", "stacks_us", "stacks")
+# Columns in WorkerRecord's field order, so that a row makes a record positionally (the registry reads
+# hundreds of workers a second under load).
+_WORKER_COLUMNS = [workers.c[name] for name in WorkerRecord.__dataclass_fields__]
+_GET_WORKERS = select(*_WORKER_COLUMNS).where(workers.c.worker_id.in_(bindparam("ids", expanding=True)))
+
+
+# Statements the sweeper runs every second, built once.
+@functools.cache
+def _list_workers_statement(by_job: bool, by_state: bool, by_project: bool, by_location: bool):
+    stmt = select(*_WORKER_COLUMNS)
+    if by_job:
+        stmt = stmt.where(workers.c.job_id == bindparam("job_id"))
+    if by_state:
+        stmt = stmt.where(workers.c.state.in_(bindparam("states", expanding=True)))
+    if by_project:
+        stmt = stmt.where(workers.c.project_id.in_(bindparam("projects", expanding=True)))
+    if by_location:
+        stmt = stmt.where(workers.c.location.in_(bindparam("locations", expanding=True)))
+    return stmt.order_by(workers.c.last_seen_us.desc()).limit(bindparam("limit", type_=Integer))
