@@ -1,5 +1,6 @@
 """The store's queries at the service layer, on both backends: what they answer (against a plain reading of the
-rows) when they filter, count and page in SQL; and the migration that added their indexes."""
+rows) when they filter, count and page in SQL (messages, the lease's fair-share choice among many pending items,
+held and waiting work, live and overdue workers); and the migration that added their indexes."""
 
 from __future__ import annotations
 
@@ -12,11 +13,20 @@ from sqlalchemy import text
 
 from beamport.service import model
 from beamport.service.documents import job_message, record_from_document
+from beamport.service.execution import ExecutionService
 from beamport.service.jobs import JobService
 from beamport.store import open_store
 from beamport.store.base import Write
 from beamport.store.sql import SqlStore
-from beamport.store.work_items import WorkItemRecord
+from beamport.store.work_items import WORK_LEASED, WORK_PENDING, WorkItemRecord
+from beamport.store.workers import (
+    WORKER_IDLE,
+    WORKER_LIVE_STATES,
+    WORKER_LOST,
+    WORKER_RUNNING,
+    WORKER_UNHEALTHY,
+    WorkerRecord,
+)
 
 REGION = "us-central1"
 
@@ -174,3 +184,166 @@ def test_new_work_items_carry_their_jobs_place(store):
     store.write(Write(new_jobs=[record], new_work_items=[item]))
     stored = store.work_items.get(item.id)
     assert (stored.project_id, stored.location) == ("proj", "asia-east1")
+
+
+# -- leasing: the fair-share choice among many pending work items -----------------------------------------------------
+
+
+def _seed_jobs(store, specs) -> list[str]:
+    """Jobs written straight to the store, one Write: (project, location, state, work item state)."""
+    records, items = [], []
+    for n, (project, location, state, item_state) in enumerate(specs):
+        record = record_from_document(_job_doc(f"{project}-{location}-{n}", project, location, currentState=state))
+        records.append(record)
+        if item_state is not None:
+            leased = item_state == WORK_LEASED
+            items.append(
+                WorkItemRecord(
+                    job_id=record.id,
+                    state=item_state,
+                    worker_id=f"holder-{n}" if leased else None,
+                    lease_expire_us=4_000_000_000_000_000 if leased else None,
+                )
+            )
+    store.write(Write(new_jobs=records, new_work_items=items))
+    return [r.id for r in records]
+
+
+def _expected_lease(store, project=None, location=None, projects=None) -> int | None:
+    """The rule, on a plain reading of every row: among the projects with pending work (matching the filters),
+    the one with the fewest leased items, then the one whose oldest pending item is oldest; its oldest pending
+    item whose job is active and not being cancelled."""
+    with store.engine.connect() as conn:
+        items = conn.execute(text("SELECT id, job_id, state FROM work_items")).all()
+        jobs = {row.id: row for row in conn.execute(text("SELECT id, project_id, location, active, summary FROM jobs"))}
+
+    def matches(job) -> bool:
+        return (
+            (project is None or job.project_id == project)
+            and (location is None or job.location == location)
+            and (projects is None or job.project_id in projects)
+        )
+
+    leased, oldest, leasable = {}, {}, {}
+    for item_id, job_id, state in sorted(items):
+        job = jobs[job_id]
+        if state == WORK_LEASED:
+            leased[job.project_id] = leased.get(job.project_id, 0) + 1
+        if state != WORK_PENDING or not matches(job):
+            continue
+        oldest.setdefault(job.project_id, item_id)
+        stopping = orjson.loads(job.summary).get("currentState") == model.CANCELLING
+        if job.active and not stopping:
+            leasable.setdefault(job.project_id, item_id)
+    for name in sorted(oldest, key=lambda p: (leased.get(p, 0), oldest[p])):
+        if name in leasable:
+            return leasable[name]
+    return None
+
+
+def test_leases_follow_the_fair_share_rule_among_many_pending_items(store):
+    clock = Clock()
+    execution = ExecutionService(store, clock=clock)
+    specs = [("flood", REGION, model.PENDING, WORK_PENDING)] * 300  # the oldest: a project that queued hundreds
+    specs += [("flood", REGION, model.RUNNING, WORK_LEASED)]
+    specs += [("small", REGION, model.CANCELLING, WORK_PENDING)]  # its oldest pending item: never leased
+    specs += [("small", REGION, model.PENDING, WORK_PENDING)] * 3
+    specs += [("tiny", REGION, model.DONE, WORK_PENDING)]  # a stray pending item of a job that ended
+    specs += [("tiny", "europe-west1", model.PENDING, WORK_PENDING)]
+    specs += [("busy", REGION, model.RUNNING, WORK_LEASED)] * 2 + [("busy", REGION, model.PENDING, WORK_PENDING)] * 5
+    specs += [("other", "europe-west1", model.PENDING, WORK_PENDING)] * 4
+    _seed_jobs(store, specs)
+
+    def lease(n: int, project="-", location="-", projects=None) -> int | None:
+        answer = execution.lease(project, location, "-", {"workerId": f"w-{n}"}, projects=projects)
+        return int(answer["workItems"][0]["id"]) if answer else None
+
+    leased = []
+    for n in range(40):
+        expected = _expected_lease(store)
+        got = lease(n)
+        assert got == expected, n
+        leased.append(got)
+    # The flood's backlog held no one back: the projects with nothing running came first, in the order of their
+    # oldest waiting work, then the flood (1 running), then busy (2 running) once the others ran 2 too.
+    with store.engine.connect() as conn:
+        project_of = dict(conn.execute(text("SELECT id, project_id FROM work_items")).all())
+    first = {}
+    for position, item_id in enumerate(leased):
+        first.setdefault(project_of[item_id], position)
+    assert first == {"small": 0, "tiny": 1, "other": 2, "flood": 3, "busy": 8}
+
+    # Filters: a location, a project, the projects a worker may take; and nothing when nothing matches.
+    for n, (project, location, projects) in enumerate(
+        [
+            (None, "europe-west1", None),
+            ("flood", None, None),
+            (None, None, {"busy", "small"}),
+            (None, REGION, {"other"}),
+            (None, None, set()),
+        ]
+    ):
+        expected = _expected_lease(store, project, location, projects)
+        got = lease(100 + n, project or "-", location or "-", projects)
+        assert got == expected, (project, location, projects)
+    assert lease(200, "nobody") is None
+
+
+def test_held_and_waiting_work_are_found_by_index(store):
+    clock = Clock()
+    execution = ExecutionService(store, clock=clock)
+    ids = _seed_jobs(store, [("p", REGION, model.PENDING, WORK_PENDING)] * 30)
+    taken = [execution.lease("-", "-", "-", {"workerId": f"w-{n % 3}"})["workItems"][0] for n in range(9)]
+    assert execution.busy_workers() == {"w-0", "w-1", "w-2"}
+    # Waiting work, oldest first, every item (no cap).
+    assert execution.waiting_jobs() == ids[9:]
+    held = store.work_items.list_leased("w-1")
+    assert [item.id for item in held] == sorted(int(t["id"]) for t in taken[1::3])
+    assert execution.release_work("w-1", "it went away") == 3
+    assert execution.busy_workers() == {"w-0", "w-2"}
+    assert sorted(execution.waiting_jobs()) == sorted(ids[9:] + [item.job_id for item in held])
+
+    # Leases not renewed expire, once the server's restart grace has passed.
+    clock.now_us += 30 * 60 * 1_000_000
+    assert [item.worker_id for item in store.work_items.list_leased(expired_before_us=clock.now_us)] == [
+        "w-0",
+        "w-2",
+        "w-0",
+        "w-2",
+        "w-0",
+        "w-2",
+    ]
+    execution.expire_leases()
+    assert execution.busy_workers() == set() and len(execution.waiting_jobs()) == 30
+
+
+def test_live_workers_are_counted_and_the_overdue_found_in_sql(store):
+    now = 1_900_000_000_000_000
+    second = 1_000_000
+    rows = [
+        # (id, state, last seen, last health, report interval)
+        ("fresh", WORKER_RUNNING, now - 1 * second, now - 1 * second, 5 * second),
+        ("late", WORKER_RUNNING, now - 20 * second, now - 16 * second, 5 * second),
+        ("seen-recently", WORKER_UNHEALTHY, now - 2 * second, now - 60 * second, 5 * second),
+        ("never-reported", WORKER_RUNNING, now - 16 * second, None, 5 * second),
+        ("slow-interval", WORKER_RUNNING, now - 100 * second, None, 60 * second),
+        ("idle-late", WORKER_IDLE, now - 30 * second, None, 2 * second),
+        ("gone", WORKER_LOST, now - 999 * second, None, 1 * second),
+    ]
+    store.write(
+        Write(
+            workers=[
+                WorkerRecord(wid, "p", REGION, "j", state, "{}", now - 3600 * second, seen, interval, last_health_us=h)
+                for wid, state, seen, h, interval in rows
+            ]
+        )
+    )
+    assert store.workers.count((WORKER_RUNNING, WORKER_UNHEALTHY)) == 5
+    assert store.workers.count(WORKER_LIVE_STATES) == 6
+    overdue = store.workers.list_overdue(WORKER_LIVE_STATES, 3, now)
+    expected = [
+        wid
+        for wid, state, seen, health, interval in sorted(rows, key=lambda row: -row[2])
+        if state in WORKER_LIVE_STATES and max(health or 0, seen) + 3 * interval < now
+    ]
+    assert [w.worker_id for w in overdue] == expected == ["never-reported", "late", "idle-late"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import orjson
 
 from beamport import wire
@@ -11,6 +13,8 @@ from beamport.store.base import Store, Write
 from beamport.store.jobs import JobRecord
 from beamport.store.messages import MessageRecord
 from beamport.store.work_items import WORK_LEASED, WORK_PENDING, WorkItemChange
+
+ACTIVE_PAGE = 1000  # active jobs read at a time
 
 
 def timestamp(us: int) -> str:
@@ -104,6 +108,14 @@ def render_job(record: JobRecord, view: int) -> dict:
 def move_to_state(doc: dict, state: str, now_us: int) -> None:
     doc["currentState"] = state
     doc["currentStateTime"] = timestamp(now_us)
+
+
+def active_jobs(store: Store) -> Iterator[JobRecord]:
+    """Every active job of every project, oldest first (summary only), read a page at a time."""
+    after = None
+    while page := store.jobs.list_active(ACTIVE_PAGE, after):
+        yield from page
+        after = page[-1].seq
 
 
 def close_work_items(store: Store, job_id: str, state: str, now_us: int) -> list[WorkItemChange]:

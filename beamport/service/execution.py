@@ -9,7 +9,6 @@ with `completeWorkStatus` CANCELLED, which tells a worker to stop.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 
@@ -78,9 +77,6 @@ REPORT_INTERVAL = "1s"
 # Dataflow retries a failing batch work item up to 4 times: the 4th failure fails the job.
 MAX_FAILURES = 4
 ANY = "-"  # AIP-159: a wildcard for the project, location or job of a lease
-# How many waiting work items a lease of any job's work chooses among (the oldest; per-project quotas keep the
-# number waiting far below this).
-PENDING_SCAN = 10_000
 
 _EXECUTION_STATE = {
     model.RUNNING: "EXECUTION_STATE_RUNNING",
@@ -133,7 +129,6 @@ class ExecutionService:
         self.streaming_engine = streaming_engine  # "flink", or None: see beamport.service.engines
         # (project, location, snapshot id) -> the snapshot's data, for jobs that start from one.
         self.restore_location = restore_location
-        self._places: dict[str, tuple[str, str]] = {}  # job id -> (project, location): see _where
 
     # -- the work-item protocol -------------------------------------------------
 
@@ -217,43 +212,25 @@ class ExecutionService:
                 return None
             items = [item for item in self.store.work_items.list(job_id) if item.state == WORK_PENDING]
             return (job, items[0]) if items else None
-        # Fair across projects: among the projects with work this worker may take, the one with the fewest work
-        # items running goes first (ties: the one whose waiting work is oldest), and its oldest item; so a
-        # project that queues thousands of jobs delays another project's job by one lease at most.
-        waiting: dict[str, list[WorkItemRecord]] = {}
-        for item in self.store.work_items.list_in_state(WORK_PENDING, PENDING_SCAN):
-            where = self._where(item.job_id)
-            if where is None or (project_id != ANY and where[0] != project_id):
-                continue
-            if (location != ANY and where[1] != location) or (projects is not None and where[0] not in projects):
-                continue
-            waiting.setdefault(where[0], []).append(item)
-        if not waiting:
+        if projects is not None and project_id != ANY and project_id not in projects:
             return None
-        running = collections.Counter(
-            where[0]
-            for where in map(self._where, (i.job_id for i in self.store.work_items.list_in_state(WORK_LEASED, 10_000)))
-            if where is not None
-        )
-        for project in sorted(waiting, key=lambda p: (running[p], waiting[p][0].id)):
-            for item in waiting[project]:
+        where = None if location == ANY else location
+        if project_id != ANY:
+            candidates = [project_id]
+        else:
+            # Fair across projects: among the projects with work this worker may take, the one with the fewest work
+            # items running goes first (ties: the one whose waiting work is oldest), and its oldest item; so a
+            # project that queues thousands of jobs delays another project's job by one lease at most.
+            waiting = self.store.work_items.pending_projects(where, projects)
+            candidates = [p.project_id for p in sorted(waiting, key=lambda p: (p.leased, p.oldest_id))]
+        for project in candidates:
+            item = self.store.work_items.oldest_pending(project, where)
+            while item is not None:
                 job = self.store.jobs.get(project, item.job_id)
                 if job is not None and job.active and document(job).get("currentState") not in _STOP_STATES:
                     return job, item
+                item = self.store.work_items.oldest_pending(project, where, after_id=item.id)
         return None
-
-    def _where(self, job_id: str) -> tuple[str, str] | None:
-        """A job's (project, location), which never change: cached, so that choosing among thousands of waiting
-        work items reads each job once."""
-        where = self._places.get(job_id)
-        if where is None:
-            job = self.store.jobs.get(None, job_id, with_detail=False)
-            if job is None:
-                return None
-            if len(self._places) >= 100_000:
-                self._places.clear()
-            where = self._places[job_id] = (job.project_id, job.location)
-        return where
 
     def _serving(self, worker: WorkerRecord | None, worker_id: str, job: JobRecord, item: WorkItemRecord, now: int):
         """The registry entry of a worker that has just leased work."""
@@ -448,12 +425,10 @@ class ExecutionService:
         if workers is None:
             return None
         target = workers.target(remaining) if workers.scales else workers.low
-        events = self.store.messages.list_autoscaling_events(job_id)
-        last = next((e for e in reversed(events) if e.event_type == autoscaling.TARGET_CHANGED), None)
+        last = self.store.messages.latest_autoscaling_event(job_id, autoscaling.TARGET_CHANGED)
         if last is None or last.target_workers != target:
-            current = next(
-                (e.current_workers for e in reversed(events) if e.event_type == autoscaling.CURRENT_CHANGED), 0
-            )
+            changed = self.store.messages.latest_autoscaling_event(job_id, autoscaling.CURRENT_CHANGED)
+            current = changed.current_workers if changed is not None else 0
             verb = "Raised" if last is None or target > last.target_workers else "Lowered"
             write.autoscaling_events = [
                 autoscaling.event(
@@ -526,11 +501,7 @@ class ExecutionService:
 
     def release_work(self, worker_id: str, reason: str, counts: bool = True, job_id: str | None = None) -> int:
         """Revoke the leases a worker holds and lease its work again (see _fail_attempt). Returns how many."""
-        items = [
-            item
-            for item in self.store.work_items.list_in_state(WORK_LEASED, 10_000)
-            if item.worker_id == worker_id and (job_id is None or item.job_id == job_id)
-        ]
+        items = self.store.work_items.list_leased(worker_id, job_id)
         for item in items:
             self._revoke(item.id, worker_id, reason, counts)
         return len(items)
@@ -562,15 +533,15 @@ class ExecutionService:
         """Leases nobody renewed in time: the worker stopped reporting; its work goes to another."""
         now = self.clock()
         # Workers could not report while this server was down: give them time to reach it again.
-        grace_until = self.started_us + RESTART_GRACE_US
-        for item in self.store.work_items.list_in_state(WORK_LEASED, 10_000):
-            if item.lease_expire_us is not None and max(item.lease_expire_us, grace_until) < now:
-                self._revoke(
-                    item.id,
-                    item.worker_id,
-                    f"its lease expired at {timestamp(item.lease_expire_us)} without a report from the worker.",
-                    counts=True,
-                )
+        if self.started_us + RESTART_GRACE_US >= now:
+            return
+        for item in self.store.work_items.list_leased(expired_before_us=now):
+            self._revoke(
+                item.id,
+                item.worker_id,
+                f"its lease expired at {timestamp(item.lease_expire_us)} without a report from the worker.",
+                counts=True,
+            )
 
     def _changed_metrics(self, job_id: str, updates: list[dict], now: int) -> list[MetricRecord]:
         """Records for the reported metrics whose value changed. Reports are cumulative: an unchanged metric
@@ -710,18 +681,9 @@ class ExecutionService:
 
     # -- what the local worker pool asks -------------------------------------------------
 
-    def pending_work(self, limit: int) -> list[tuple[JobRecord, WorkItemRecord]]:
-        """Work waiting for a worker, oldest first, with its job (summary)."""
-        out = []
-        for item in self.store.work_items.list_in_state(WORK_PENDING, limit):
-            job = self.store.jobs.get(None, item.job_id, with_detail=False)
-            if job is not None and job.active:
-                out.append((job, item))
-        return out
-
-    def waiting_jobs(self, limit: int = PENDING_SCAN) -> list[str]:
-        """The ids of the jobs whose work waits for a worker, oldest first (one read of the work items)."""
-        return list(dict.fromkeys(item.job_id for item in self.store.work_items.list_in_state(WORK_PENDING, limit)))
+    def waiting_jobs(self) -> list[str]:
+        """The ids of the jobs whose work waits for a worker, oldest first."""
+        return self.store.work_items.pending_job_ids()
 
     def _change_job(self, job_id: str, change) -> None:
         """Apply `change(doc, now, write) -> bool` to the job with a version check; False means no change."""
@@ -761,7 +723,7 @@ class ExecutionService:
 
     def busy_workers(self) -> set[str]:
         """Workers holding a lease."""
-        return {item.worker_id for item in self.store.work_items.list_in_state(WORK_LEASED, 10_000) if item.worker_id}
+        return self.store.work_items.leased_worker_ids()
 
     def worker_exited(self, worker_id: str, reason: str, counts: bool = True) -> None:
         """A local worker process ended: work it still held is leased again (or the job fails), and the

@@ -18,6 +18,7 @@ from beamport.files import FilePolicy
 from beamport.lazy_imports import beam_module
 from beamport.service import autoscaling, engines, model
 from beamport.service.documents import (
+    active_jobs,
     close_work_items,
     commit,
     document,
@@ -249,7 +250,7 @@ class JobService:
         if self.streaming_engine is None:
             return 0
         started = 0
-        for summary in self.store.jobs.list_active(100_000):  # bounded by the active-jobs quota
+        for summary in active_jobs(self.store):
             doc = document(summary)
             if (
                 doc.get("type") != model.STREAMING

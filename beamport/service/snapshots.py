@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -45,6 +46,7 @@ WAIT_S = 30.0  # how long jobs.snapshot waits for the savepoint before answering
 # that stopped: it is FAILED. (Flink's default checkpoint timeout, which savepoints obey, is 10 minutes.)
 INTERRUPTED_AFTER_US = 15 * 60 * 1_000_000
 IN_FLIGHT = (SNAPSHOT_PENDING, SNAPSHOT_RUNNING)
+SWEEP_PAGE = 100  # snapshots read at a time by the sweep (which goes through all of them)
 # Jobs that will restore from their snapshot but have not started yet: its data must stay.
 NOT_YET_RESTORED = frozenset({model.PENDING, model.QUEUED})
 
@@ -324,7 +326,7 @@ class SnapshotService:
         deleted."""
         now = self.clock() if now_us is None else now_us
         deleted = 0
-        for snapshot in self.store.snapshots.list_expired(now, limit=100):
+        for snapshot in _pages(lambda after: self.store.snapshots.list_expired(now, SWEEP_PAGE, after)):
             if self._jobs_waiting_for(snapshot):
                 continue  # kept until its job has started; deleted at a later sweep
             if self.store.snapshots.delete(snapshot.id):
@@ -338,10 +340,24 @@ class SnapshotService:
                 self._discard_unless_taking(snapshot)
         with self._lock:
             taking = set(self._taking)
-        for snapshot in self.store.snapshots.list_in_states(IN_FLIGHT, now - INTERRUPTED_AFTER_US, limit=100):
+        interrupted = _pages(
+            lambda after: self.store.snapshots.list_in_states(IN_FLIGHT, now - INTERRUPTED_AFTER_US, SWEEP_PAGE, after)
+        )
+        for snapshot in interrupted:
             if snapshot.id not in taking:
                 self._failed(snapshot, "interrupted: the server stopped while the snapshot was being taken.")
         return deleted
+
+
+def _pages(fetch) -> Iterator[SnapshotRecord]:
+    """Every snapshot of the pages `fetch(after)` answers, after the last of the page before, until a short page."""
+    after = None
+    while True:
+        page = fetch(after)
+        yield from page
+        if len(page) < SWEEP_PAGE:
+            return
+        after = page[-1]
 
 
 def _inside(path: Path, directory: Path) -> bool:

@@ -227,7 +227,7 @@ class WorkerRegistry:
         # Counted at most once a second: every health report asks. Idle workers send none: not counted.
         now = time.monotonic()
         if now - self._live_at > 1.0:
-            self._live = len(self.store.workers.list(states=WORKER_REPORTING_STATES, limit=100_000))
+            self._live = self.store.workers.count(WORKER_REPORTING_STATES)
             self._live_at = now
         return self._live
 
@@ -278,11 +278,7 @@ class WorkerRegistry:
         grace_until = self.execution.started_us + RESTART_GRACE_US  # reports failed while we were down
         # The shorter deadline first (a worker holding work must report on its health interval), so that the
         # leases are read only when some worker is late.
-        late = [
-            worker
-            for worker in self.store.workers.list(states=WORKER_LIVE_STATES, limit=100_000)
-            if max(_heard_us(worker) + MISSED_INTERVALS * worker.report_interval_us, grace_until) < now
-        ]
+        late = self.store.workers.list_overdue(WORKER_LIVE_STATES, MISSED_INTERVALS, now) if grace_until < now else []
         busy = self.execution.busy_workers() if late else set()
         lost = []
         for worker in late:
@@ -321,7 +317,6 @@ class WorkerRegistry:
         self,
         job_id: str | None = None,
         include_gone: bool = False,
-        limit: int = 1000,
         projects: set[str] | None = None,
         project_id: str | None = None,
         location: str | None = None,
@@ -332,7 +327,7 @@ class WorkerRegistry:
         if project_id is not None:
             projects = {project_id, ""} if projects is None else {project_id, ""} & projects
         locations = None if location is None else {location, ""}
-        workers = self.store.workers.list(job_id, states, limit, projects, locations)
+        workers = self.store.workers.list(job_id, states, projects, locations)
         # The progress of the work each live worker holds (workers that left hold none).
         items = {
             w.work_item_id: self.store.work_items.get(w.work_item_id)

@@ -77,8 +77,9 @@ class JobStore(abc.ABC):
         """Jobs matching the query, newest first, at most query.limit."""
 
     @abc.abstractmethod
-    def list_active(self, limit: int) -> list[JobRecord]:
-        """Active jobs of every project, oldest first (summary only)."""
+    def list_active(self, limit: int, after_seq: int | None = None) -> list[JobRecord]:
+        """A page of the active jobs of every project, oldest first (summary only): at most `limit`, those created
+        after the job with seq `after_seq` (the last of the page before)."""
 
     @abc.abstractmethod
     def list_active_from_snapshot(self, project_id: str, snapshot_id: str) -> list[JobRecord]:
@@ -127,8 +128,11 @@ class SqlJobStore(JobStore):
         with self.db.reading() as conn:
             return [job_record(row) for row in conn.execute(stmt, params).all()]
 
-    def list_active(self, limit: int) -> list[JobRecord]:
-        stmt = select(*SUMMARY_COLUMNS).where(jobs.c.active == True).order_by(jobs.c.seq).limit(limit)  # noqa: E712
+    def list_active(self, limit: int, after_seq: int | None = None) -> list[JobRecord]:
+        stmt = select(*SUMMARY_COLUMNS).where(jobs.c.active == True)  # noqa: E712
+        if after_seq is not None:
+            stmt = stmt.where(jobs.c.seq > after_seq)
+        stmt = stmt.order_by(jobs.c.seq).limit(limit)
         with self.db.reading() as conn:
             return [job_record(row) for row in conn.execute(stmt)]
 

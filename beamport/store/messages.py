@@ -59,9 +59,13 @@ class MessageStore(abc.ABC):
 
     @abc.abstractmethod
     def list_autoscaling_events(
-        self, job_id: str, start_us: int | None = None, end_us: int | None = None, limit: int = 1000
+        self, job_id: str, start_us: int | None = None, end_us: int | None = None
     ) -> list[AutoscalingEventRecord]:
         """The job's autoscaling events in [start, end), oldest first."""
+
+    @abc.abstractmethod
+    def latest_autoscaling_event(self, job_id: str, event_type: str) -> AutoscalingEventRecord | None:
+        """The job's latest autoscaling event of this type."""
 
 
 class SqlMessageStore(MessageStore):
@@ -97,15 +101,26 @@ class SqlMessageStore(MessageStore):
                 for row in conn.execute(stmt, {k: v for k, v in params.items() if v is not None})
             ]
 
-    def list_autoscaling_events(self, job_id, start_us=None, end_us=None, limit=1000):
+    def list_autoscaling_events(self, job_id, start_us=None, end_us=None):
         stmt = select(*autoscaling_events.c).where(autoscaling_events.c.job_id == job_id)
         if start_us is not None:
             stmt = stmt.where(autoscaling_events.c.time_us >= start_us)
         if end_us is not None:
             stmt = stmt.where(autoscaling_events.c.time_us < end_us)
         with self.db.reading() as conn:
-            rows = conn.execute(stmt.order_by(autoscaling_events.c.seq).limit(limit)).all()
+            rows = conn.execute(stmt.order_by(autoscaling_events.c.seq)).all()
         return [AutoscalingEventRecord(**row._mapping) for row in rows]
+
+    def latest_autoscaling_event(self, job_id: str, event_type: str) -> AutoscalingEventRecord | None:
+        stmt = (
+            select(*autoscaling_events.c)
+            .where(autoscaling_events.c.job_id == job_id, autoscaling_events.c.event_type == event_type)
+            .order_by(autoscaling_events.c.seq.desc())
+            .limit(1)
+        )
+        with self.db.reading() as conn:
+            row = conn.execute(stmt).first()
+        return AutoscalingEventRecord(**row._mapping) if row else None
 
     # -- in a Write's transaction (SqlStore.write) ----------------------------------------------------------------
 

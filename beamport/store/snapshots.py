@@ -7,7 +7,7 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, tuple_, update
 
 from beamport.store.database import Database
 from beamport.store.tables import snapshots
@@ -48,18 +48,20 @@ class SnapshotStore(abc.ABC):
     def get(self, project_id: str, snapshot_id: str) -> SnapshotRecord | None: ...
 
     @abc.abstractmethod
-    def list(
-        self, project_id: str, location: str, source_job_id: str | None = None, limit: int = 1000
-    ) -> list[SnapshotRecord]:
+    def list(self, project_id: str, location: str, source_job_id: str | None = None) -> list[SnapshotRecord]:
         """The snapshots of a project and location (of one source job), newest first."""
 
     @abc.abstractmethod
-    def list_expired(self, now_us: int, limit: int = 100) -> list[SnapshotRecord]:
-        """Snapshots of every project whose expiry time has passed, oldest expiry first."""
+    def list_expired(self, now_us: int, limit: int, after: SnapshotRecord | None = None) -> list[SnapshotRecord]:
+        """A page of the snapshots of every project whose expiry time has passed, oldest expiry first: at most
+        `limit`, those after `after` (the last of the page before)."""
 
     @abc.abstractmethod
-    def list_in_states(self, states: Sequence[str], created_before_us: int, limit: int = 100) -> list[SnapshotRecord]:
-        """Snapshots of every project in one of these states, created before the given time, oldest first."""
+    def list_in_states(
+        self, states: Sequence[str], created_before_us: int, limit: int, after: SnapshotRecord | None = None
+    ) -> list[SnapshotRecord]:
+        """A page of the snapshots of every project in one of these states, created before the given time, oldest
+        first: at most `limit`, those after `after` (the last of the page before)."""
 
     @abc.abstractmethod
     def delete(self, snapshot_id: str) -> bool: ...
@@ -85,27 +87,29 @@ class SqlSnapshotStore(SnapshotStore):
             row = conn.execute(stmt).first()
         return _snapshot_record(row) if row else None
 
-    def list(self, project_id, location, source_job_id=None, limit=1000) -> list[SnapshotRecord]:
+    def list(self, project_id, location, source_job_id=None) -> list[SnapshotRecord]:
         stmt = select(*snapshots.c).where(snapshots.c.project_id == project_id, snapshots.c.location == location)
         if source_job_id is not None:
             stmt = stmt.where(snapshots.c.source_job_id == source_job_id)
-        stmt = stmt.order_by(snapshots.c.create_us.desc(), snapshots.c.id.desc()).limit(limit)
+        stmt = stmt.order_by(snapshots.c.create_us.desc(), snapshots.c.id.desc())
         with self.db.reading() as conn:
             return [_snapshot_record(row) for row in conn.execute(stmt)]
 
-    def list_expired(self, now_us: int, limit: int = 100) -> list[SnapshotRecord]:
+    def list_expired(self, now_us: int, limit: int, after: SnapshotRecord | None = None) -> list[SnapshotRecord]:
         stmt = select(*snapshots.c).where(snapshots.c.expire_us <= now_us)
-        stmt = stmt.order_by(snapshots.c.expire_us).limit(limit)
+        if after is not None:
+            stmt = stmt.where(tuple_(snapshots.c.expire_us, snapshots.c.id) > tuple_(after.expire_us, after.id))
+        stmt = stmt.order_by(snapshots.c.expire_us, snapshots.c.id).limit(limit)
         with self.db.reading() as conn:
             return [_snapshot_record(row) for row in conn.execute(stmt)]
 
-    def list_in_states(self, states, created_before_us: int, limit: int = 100) -> list[SnapshotRecord]:
-        stmt = (
-            select(*snapshots.c)
-            .where(snapshots.c.state.in_(list(states)), snapshots.c.create_us < created_before_us)
-            .order_by(snapshots.c.create_us)
-            .limit(limit)
+    def list_in_states(self, states, created_before_us: int, limit: int, after=None) -> list[SnapshotRecord]:
+        stmt = select(*snapshots.c).where(
+            snapshots.c.state.in_(list(states)), snapshots.c.create_us < created_before_us
         )
+        if after is not None:
+            stmt = stmt.where(tuple_(snapshots.c.create_us, snapshots.c.id) > tuple_(after.create_us, after.id))
+        stmt = stmt.order_by(snapshots.c.create_us, snapshots.c.id).limit(limit)
         with self.db.reading() as conn:
             return [_snapshot_record(row) for row in conn.execute(stmt)]
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Integer, bindparam, insert, select
+from sqlalchemy import Connection, bindparam, func, insert, literal_column, select
 
 from beamport.store.database import Database, compare_and_set
 from beamport.store.tables import jobs, work_items
@@ -38,6 +39,15 @@ class WorkItemRecord:
 
 
 @dataclass
+class PendingProject:
+    """A project with work waiting for a worker."""
+
+    project_id: str
+    oldest_id: int  # the id of its oldest pending work item
+    leased: int  # how many of its work items are leased (running)
+
+
+@dataclass
 class WorkItemChange:
     """Replace a stored work item with `record`, provided its version is still `expected_version`."""
 
@@ -54,8 +64,28 @@ class WorkItemStore(abc.ABC):
         """The job's work items, oldest first."""
 
     @abc.abstractmethod
-    def list_in_state(self, state: str, limit: int) -> list[WorkItemRecord]:
-        """Work items in `state`, of every job, oldest first."""
+    def pending_projects(
+        self, location: str | None = None, projects: Collection[str] | None = None
+    ) -> list[PendingProject]:
+        """The projects with pending work (in the location; of these projects only), by project id."""
+
+    @abc.abstractmethod
+    def oldest_pending(self, project_id: str, location: str | None = None, after_id: int | None = None):
+        """The project's oldest pending work item (in the location; after `after_id`) whose job is active, if any."""
+
+    @abc.abstractmethod
+    def list_leased(
+        self, worker_id: str | None = None, job_id: str | None = None, expired_before_us: int | None = None
+    ) -> list[WorkItemRecord]:
+        """Leased work items (to the worker; of the job; whose lease expired before the time), oldest first."""
+
+    @abc.abstractmethod
+    def leased_worker_ids(self) -> set[str]:
+        """The workers holding a lease."""
+
+    @abc.abstractmethod
+    def pending_job_ids(self) -> list[str]:
+        """The jobs with work waiting for a worker, oldest first."""
 
 
 class SqlWorkItemStore(WorkItemStore):
@@ -72,10 +102,44 @@ class SqlWorkItemStore(WorkItemStore):
         with self.db.reading() as conn:
             return [WorkItemRecord(**row._mapping) for row in conn.execute(stmt)]
 
-    def list_in_state(self, state: str, limit: int) -> list[WorkItemRecord]:
+    def pending_projects(self, location=None, projects=None) -> list[PendingProject]:
+        if projects is not None and not projects:
+            return []
+        params = {"location": location, "projects": sorted(projects or ())}
         with self.db.reading() as conn:
-            rows = conn.execute(_WORK_ITEMS_IN_STATE, {"state": state, "limit": limit})
-            return [WorkItemRecord(**row._mapping) for row in rows]
+            rows = conn.execute(_PENDING_PROJECTS[location is not None, projects is not None], params)
+            return [PendingProject(row.project_id, row.oldest_id, row.leased) for row in rows]
+
+    def oldest_pending(self, project_id, location=None, after_id=None) -> WorkItemRecord | None:
+        params = {"project_id": project_id, "location": location, "after_id": after_id}
+        with self.db.reading() as conn:
+            row = conn.execute(_OLDEST_PENDING[location is not None, after_id is not None], params).first()
+        return WorkItemRecord(**row._mapping) if row else None
+
+    def list_leased(self, worker_id=None, job_id=None, expired_before_us=None) -> list[WorkItemRecord]:
+        stmt = select(*work_items.c).where(_LEASED)
+        if worker_id is not None:
+            stmt = stmt.where(work_items.c.worker_id == worker_id)
+        if job_id is not None:
+            stmt = stmt.where(work_items.c.job_id == job_id)
+        if expired_before_us is not None:
+            stmt = stmt.where(work_items.c.lease_expire_us < expired_before_us)
+        with self.db.reading() as conn:
+            items = [WorkItemRecord(**row._mapping) for row in conn.execute(stmt)]
+        # Ordered here: in SQL, SQLite would read every item in id order rather than the few leased ones by index.
+        return sorted(items, key=lambda item: item.id)
+
+    def leased_worker_ids(self) -> set[str]:
+        stmt = select(work_items.c.worker_id).where(_LEASED).distinct()
+        with self.db.reading() as conn:
+            return {worker_id for (worker_id,) in conn.execute(stmt) if worker_id}
+
+    def pending_job_ids(self) -> list[str]:
+        stmt = select(work_items.c.id, work_items.c.job_id).where(_PENDING)
+        with self.db.reading() as conn:
+            rows = conn.execute(stmt).all()
+        # Ordered here, as in list_leased: every pending item is read, by the index of pending work.
+        return list(dict.fromkeys(job_id for _, job_id in sorted(rows)))
 
     # -- in a Write's transaction (SqlStore.write) ----------------------------------------------------------------
 
@@ -103,9 +167,57 @@ def _row(item: WorkItemRecord) -> dict:
     return row
 
 
-_WORK_ITEMS_IN_STATE = (
-    select(*work_items.c)
-    .where(work_items.c.state == bindparam("state"))
-    .order_by(work_items.c.id)
-    .limit(bindparam("limit", type_=Integer))
-)
+# Partial indexes (tables.py) serve only conditions stated literally.
+_PENDING = work_items.c.state == literal_column("'PENDING'")
+_LEASED = work_items.c.state == literal_column("'LEASED'")
+
+
+def _pending_projects_statement(by_location: bool, by_projects: bool):
+    """Each project with pending work (found by skipping from one project to the next along the index of pending
+    work: one index search per project, however many items wait), its oldest pending item and its leased count."""
+    pending = work_items.alias("pending")
+    leased = work_items.alias("leased")
+
+    def waiting(alias):
+        condition = alias.c.state == literal_column("'PENDING'")
+        return condition & (alias.c.location == bindparam("location")) if by_location else condition
+
+    first = select(func.min(pending.c.project_id).label("project_id")).where(waiting(pending))
+    projects = first.cte("projects", recursive=True)
+    later = work_items.alias("later")
+    following = (
+        select(func.min(later.c.project_id)).where(waiting(later), later.c.project_id > projects.c.project_id)
+    ).scalar_subquery()
+    projects = projects.union_all(select(following).where(projects.c.project_id.is_not(None)))
+    oldest = (
+        select(func.min(pending.c.id)).where(waiting(pending), pending.c.project_id == projects.c.project_id)
+    ).scalar_subquery()
+    count = (
+        select(func.count())
+        .select_from(leased)
+        .where(leased.c.state == literal_column("'LEASED'"), leased.c.project_id == projects.c.project_id)
+    ).scalar_subquery()
+    stmt = select(projects.c.project_id, oldest.label("oldest_id"), count.label("leased")).where(
+        projects.c.project_id.is_not(None)
+    )
+    if by_projects:
+        stmt = stmt.where(projects.c.project_id.in_(bindparam("projects", expanding=True)))
+    return stmt
+
+
+def _oldest_pending_statement(by_location: bool, after: bool):
+    stmt = (
+        select(*work_items.c)
+        .join(jobs, jobs.c.id == work_items.c.job_id)
+        .where(_PENDING, work_items.c.project_id == bindparam("project_id"), jobs.c.active == True)  # noqa: E712
+    )
+    if by_location:
+        stmt = stmt.where(work_items.c.location == bindparam("location"))
+    if after:
+        stmt = stmt.where(work_items.c.id > bindparam("after_id"))
+    return stmt.order_by(work_items.c.id).limit(1)
+
+
+_BOTH = (False, True)
+_PENDING_PROJECTS = {(where, which): _pending_projects_statement(where, which) for where in _BOTH for which in _BOTH}
+_OLDEST_PENDING = {(where, after): _oldest_pending_statement(where, after) for where in _BOTH for after in _BOTH}

@@ -8,7 +8,7 @@ import functools
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Integer, bindparam, delete, insert, select, update
+from sqlalchemy import BigInteger, Connection, Integer, bindparam, case, delete, func, insert, select, update
 
 from beamport.store.database import Database
 from beamport.store.tables import worker_cpu_samples, worker_events, workers
@@ -77,11 +77,19 @@ class WorkerStore(abc.ABC):
         self,
         job_id: str | None = None,
         states: Sequence[str] = (),
-        limit: int = 1000,
         projects: Collection[str] | None = None,
         locations: Collection[str] | None = None,
     ) -> list[WorkerRecord]:
         """Workers (of one job, in some states, of some projects and locations), most recently seen first."""
+
+    @abc.abstractmethod
+    def count(self, states: Sequence[str]) -> int:
+        """How many workers are in these states."""
+
+    @abc.abstractmethod
+    def list_overdue(self, states: Sequence[str], intervals: int, now_us: int) -> list[WorkerRecord]:
+        """Workers in these states not heard from (their last health report, or anything else they sent, whichever
+        is later) for more than `intervals` of their report intervals before `now_us`; most recently seen first."""
 
     @abc.abstractmethod
     def list_cpu_samples(self, worker_id: str, limit: int = 60) -> list[CpuSample]:
@@ -117,19 +125,27 @@ class SqlWorkerStore(WorkerStore):
             rows = conn.execute(_GET_WORKERS, {"ids": ids}).all()
         return {row.worker_id: WorkerRecord(*row) for row in rows}
 
-    def list(self, job_id=None, states=(), limit=1000, projects=None, locations=None) -> list[WorkerRecord]:
+    def list(self, job_id=None, states=(), projects=None, locations=None) -> list[WorkerRecord]:
         if (projects is not None and not projects) or (locations is not None and not locations):
             return []
         stmt = _list_workers_statement(job_id is not None, bool(states), projects is not None, locations is not None)
         params = {
             "job_id": job_id,
             "states": list(states),
-            "limit": limit,
             "projects": list(projects or ()),
             "locations": list(locations or ()),
         }
         with self.db.reading() as conn:
             return [WorkerRecord(*row) for row in conn.execute(stmt, params)]
+
+    def count(self, states) -> int:
+        with self.db.reading() as conn:
+            return conn.execute(_COUNT_WORKERS, {"states": list(states)}).scalar()
+
+    def list_overdue(self, states, intervals: int, now_us: int) -> list[WorkerRecord]:
+        params = {"states": list(states), "intervals": intervals, "now_us": now_us}
+        with self.db.reading() as conn:
+            return [WorkerRecord(*row) for row in conn.execute(_OVERDUE_WORKERS, params)]
 
     def list_cpu_samples(self, worker_id: str, limit: int = 60) -> list[CpuSample]:
         stmt = (
@@ -205,4 +221,22 @@ def _list_workers_statement(by_job: bool, by_state: bool, by_project: bool, by_l
         stmt = stmt.where(workers.c.project_id.in_(bindparam("projects", expanding=True)))
     if by_location:
         stmt = stmt.where(workers.c.location.in_(bindparam("locations", expanding=True)))
-    return stmt.order_by(workers.c.last_seen_us.desc()).limit(bindparam("limit", type_=Integer))
+    return stmt.order_by(workers.c.last_seen_us.desc())
+
+
+_IN_STATES = workers.c.state.in_(bindparam("states", expanding=True))
+_COUNT_WORKERS = select(func.count()).select_from(workers).where(_IN_STATES)
+# When the service last heard from a worker: its last health report or anything else it sent, whichever is later.
+_HEARD_US = case(
+    (func.coalesce(workers.c.last_health_us, 0) > workers.c.last_seen_us, workers.c.last_health_us),
+    else_=workers.c.last_seen_us,
+)
+_OVERDUE_WORKERS = (
+    select(*_WORKER_COLUMNS)
+    .where(
+        _IN_STATES,
+        _HEARD_US + bindparam("intervals", type_=Integer) * workers.c.report_interval_us
+        < bindparam("now_us", type_=BigInteger),
+    )
+    .order_by(workers.c.last_seen_us.desc())
+)
