@@ -23,7 +23,8 @@ from pathlib import Path
 AUTO, REQUIRED, OFF = "auto", "required", "off"
 MODES = (AUTO, REQUIRED, OFF)
 NOBODY = 65534
-# What a run keeps of its parent's environment: locale and paths, and the engines' and emulators' endpoints.
+# What a run keeps of its parent's environment: locale and paths, and the emulators' endpoints. (Beamport's own
+# settings reach the executor in its assignment, not through the environment.)
 KEPT_VARIABLES = frozenset(
     {
         "PATH",
@@ -41,12 +42,6 @@ KEPT_VARIABLES = frozenset(
 )
 KEPT_PREFIXES = (
     "LC_",
-    "BEAMPORT_FLINK_MASTER",
-    "BEAMPORT_FLINK_JOB_SERVER",
-    "BEAMPORT_FLINK_SDK_POOL",
-    "BEAMPORT_FLINK_SHARED_DIR",
-    "BEAMPORT_PRISM",
-    "BEAMPORT_FLINK_LOG_LEVEL",
     "STORAGE_EMULATOR_HOST",
     "PUBSUB_EMULATOR_HOST",
     "BIGQUERY_EMULATOR_HOST",

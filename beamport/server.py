@@ -131,7 +131,7 @@ def build_app(settings: Settings, with_workers: bool = True):
             sdk_workers=settings.sdk_workers_per_job,
             credentials=worker_credentials,
             private_paths=settings.private_paths(),
-            sandbox_flags=["--sandbox", settings.sandbox, *settings.job_limits.flags()],
+            engine_flags=settings.worker_flags(),
         )
         hooks["on_startup"].append(pool.start)
         hooks["on_shutdown"].insert(0, pool.stop)

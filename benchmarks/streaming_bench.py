@@ -57,9 +57,9 @@ def run_engine(engine: str, jobs: int) -> dict[str, list[float]]:
         if "BEAMPORT_FLINK_MASTER" not in env:
             sys.exit("flink: set BEAMPORT_FLINK_* (source DIR/endpoints.env after scripts/flink-cluster start DIR)")
     else:
-        from beamport.config import find_prism
+        from beamport.config import EngineSettings
 
-        binary = find_prism()
+        binary = EngineSettings().prism  # as `beamport serve` finds it: BEAMPORT_PRISM, or the PATH and the like
         if binary is None:
             sys.exit("prism: no Prism binary (scripts/prism-build)")
         env["BEAMPORT_PRISM"] = str(binary)

@@ -431,16 +431,3 @@ def test_version():
 
     done = beamport_command("--version")
     assert done.stdout.strip() == f"beamport {__version__}"
-
-
-def test_the_server_finds_prism_where_scripts_prism_build_puts_it(tmp_path):
-    from beamport.config import find_prism
-
-    built = tmp_path / "home" / ".cache" / "beamport" / "bin"
-    environ = {"HOME": str(tmp_path / "home"), "PATH": str(tmp_path / "nothing"), "GOPATH": str(tmp_path / "go")}
-    assert find_prism(environ) is None
-    built.mkdir(parents=True)
-    (built / "prism").write_text("#!/bin/sh\n")
-    assert find_prism(environ) == built / "prism"
-    assert find_prism({**environ, "BEAMPORT_PRISM_BIN_DIR": str(built)}) == built / "prism"
-    assert find_prism({**environ, "BEAMPORT_PRISM": "none", "BEAMPORT_PRISM_BIN_DIR": str(built)}) is None

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 
 from beamport.cli import iam, jobs, snapshots, sql, templates
 from beamport.cli import workers as workers_cli
-from beamport.config import DEFAULT_MAX_REQUEST_BYTES, FlinkConfig, Settings
-from beamport.sandbox import MODES, Limits, Sandbox, SandboxUnavailable, parse_size
+from beamport.config import EngineSettings, Settings
+from beamport.sandbox import SandboxUnavailable
 
 app = typer.Typer(help="Beamport: the Dataflow API, self-hosted.", no_args_is_help=True, add_completion=False)
 
@@ -45,62 +45,129 @@ app.add_typer(iam.logs_app, name="logs")
 app.add_typer(iam.console_app, name="console")
 
 
+# Options that are settings (beamport.config): their defaults are the settings' own, shown in --help; only what is
+# given on the command line is passed on, so that a BEAMPORT_* variable wins over a default, a flag over both.
+def _default(name: str):
+    return Settings.model_fields[name].get_default(call_default_factory=True)
+
+
 # The streaming engines (docs/engines.md), for `serve` and `worker` alike.
 FLINK_MASTER = typer.Option(
-    None, envvar="BEAMPORT_FLINK_MASTER", help="host:port of the Flink cluster's REST API (streaming engine)."
+    None, help="host:port of the Flink cluster's REST API, the streaming engine (or BEAMPORT_FLINK_MASTER)."
 )
-FLINK_JOB_SERVER = typer.Option(None, envvar="BEAMPORT_FLINK_JOB_SERVER", help="host:port of Beam's Flink job server.")
+FLINK_JOB_SERVER = typer.Option(None, help="host:port of Beam's Flink job server (or BEAMPORT_FLINK_JOB_SERVER).")
 FLINK_SDK_POOL = typer.Option(
-    None, envvar="BEAMPORT_FLINK_SDK_POOL", help="host:port of the Python SDK worker pool Flink's tasks use."
+    None, help="host:port of the Python SDK worker pool Flink's tasks use (or BEAMPORT_FLINK_SDK_POOL)."
+)
+FLINK_SHARED_DIR = typer.Option(
+    None,
+    help="A directory the workers share with Flink's SDK workers (drain signals; default /tmp/beamport-flink; "
+    "or BEAMPORT_FLINK_SHARED_DIR).",
+)
+PRISM = typer.Option(
+    None,
+    help="Beam's Prism binary (streaming without Flink; default: on the PATH, in Go's bin, or where "
+    "scripts/prism-build puts it; 'none': no Prism; or BEAMPORT_PRISM).",
 )
 # The sandbox of user code (docs/security.md), for `serve` and `worker` alike.
 SANDBOX = typer.Option(
-    "auto",
-    envvar="BEAMPORT_SANDBOX",
-    help="Run user code under bubblewrap: auto (when installed), required (refuse to run jobs without), off.",
+    _default("sandbox"),
+    help="Run user code under bubblewrap: auto (when installed), required (refuse to run jobs without), off "
+    "(or BEAMPORT_SANDBOX).",
 )
 JOB_MEMORY = typer.Option(None, help="Memory (address space) a job's processes may use, e.g. 4G (default: no limit).")
 JOB_OPEN_FILES = typer.Option(None, help="Open files a job's process may hold (default: the system's limit).")
 JOB_PROCESSES = typer.Option(None, help="Processes of this host's user a job may start (default: the system's limit).")
-PRISM = typer.Option(
-    None,
-    envvar="BEAMPORT_PRISM",
-    help="Beam's Prism binary (streaming without Flink; default: on the PATH, in Go's bin, or where "
-    "scripts/prism-build puts it; 'none': no Prism).",
+ENGINE_OPTIONS = (
+    "flink_master",
+    "flink_job_server",
+    "flink_sdk_pool",
+    "flink_shared_dir",
+    "prism",
+    "sandbox",
+    "job_memory",
+    "job_open_files",
+    "job_processes",
 )
+# Options named otherwise than their settings.
+SETTING_OF_OPTION = {
+    "workers": "local_workers",
+    "worker_report_interval": "worker_report_interval_s",
+    "allow_path": "allow_paths",
+    "allowed_host": "allowed_hosts",
+    "request_header_timeout": "request_header_timeout_s",
+    "request_body_timeout": "request_body_timeout_s",
+}
+LIMIT_OF_OPTION = {"job_memory": "memory_bytes", "job_open_files": "open_files", "job_processes": "processes"}
+
+
+def _given(ctx: typer.Context, names=None) -> dict:
+    """The settings given on the command line (of `names`, or all), by setting name (nested ones as dicts)."""
+    values: dict = {}
+    for name, value in ctx.params.items():
+        # By name: typer carries a click of its own, whose ParameterSource is not click's.
+        if ctx.get_parameter_source(name).name != "COMMANDLINE" or (names and name not in names):
+            continue
+        if name.startswith("flink_"):
+            values.setdefault("flink", {})[name.removeprefix("flink_")] = value
+        elif name in LIMIT_OF_OPTION:
+            values.setdefault("job_limits", {})[LIMIT_OF_OPTION[name]] = value
+        elif name == "no_auth":
+            values["auth"] = not value
+        else:
+            values[SETTING_OF_OPTION.get(name, name)] = value
+    return values
+
+
+def _build(settings_class: type[EngineSettings], values: dict) -> EngineSettings:
+    """The settings, once: `values` given, else the environment's, else defaults. Wrong ones are a usage error."""
+    try:
+        return settings_class(**values)
+    except ValidationError as exc:
+        for problem in exc.errors():
+            text = problem["msg"].removeprefix("Value error, ")
+            name = "_".join(map(str, problem["loc"]))
+            if problem["type"] != "value_error" and name:  # pydantic's own words: say which setting
+                text = f"{name} (BEAMPORT_{name.upper()}): {text}"
+            typer.echo(f"error: {text}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
 def serve(
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8080, help="Port to listen on."),
+    ctx: typer.Context,
+    host: str = typer.Option(_default("host"), help="Interface to listen on."),
+    port: int = typer.Option(_default("port"), help="Port to listen on."),
     data_dir: Path = typer.Option(
-        Path("beamport-data"), envvar="BEAMPORT_DATA_DIR", help="Where state lives (SQLite database, files)."
+        _default("data_dir"), help="Where state lives (SQLite database, files; or BEAMPORT_DATA_DIR)."
     ),
     database_url: str | None = typer.Option(
-        None, envvar="BEAMPORT_DATABASE_URL", help="postgresql://... to keep state in PostgreSQL instead of SQLite."
+        None, help="postgresql://... to keep state in PostgreSQL instead of SQLite (or BEAMPORT_DATABASE_URL)."
     ),
-    max_request_bytes: int = typer.Option(DEFAULT_MAX_REQUEST_BYTES, help="Largest request body accepted."),
-    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    max_request_bytes: int = typer.Option(_default("max_request_bytes"), help="Largest request body accepted."),
+    log_level: str = typer.Option(_default("log_level"), help="debug, info, warning or error."),
     workers: int = typer.Option(
-        os.cpu_count() or 1,
+        _default("local_workers"),
         "--workers",
         "--max-concurrent-jobs",
         help="Workers run on this host, each running one job at a time (0: none; remote workers only).",
     ),
     worker_report_interval: float = typer.Option(
-        5.0, help="Seconds between a worker's health reports, until the service adapts it."
+        _default("worker_report_interval_s"),
+        help="Seconds between a worker's health reports, until the service adapts it.",
     ),
     allow_path: list[Path] = typer.Option(
         [], help="A directory where jobs may read and write files, besides the data dir and the start directory."
     ),
     sdk_workers_per_job: int = typer.Option(
-        1, help="SDK worker processes a job runs on when its options (num_workers, direct_num_workers) do not say."
+        _default("sdk_workers_per_job"),
+        help="SDK worker processes a job runs on when its options (num_workers, direct_num_workers) do not say.",
     ),
     flink_master: str | None = FLINK_MASTER,
     flink_job_server: str | None = FLINK_JOB_SERVER,
     flink_sdk_pool: str | None = FLINK_SDK_POOL,
-    prism: Path | None = PRISM,
+    flink_shared_dir: Path | None = FLINK_SHARED_DIR,
+    prism: str | None = PRISM,
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Answer every call without credentials (refused unless --host is a loopback address)."
     ),
@@ -108,80 +175,36 @@ def serve(
         [], help="A host name clients reach this server by (IP addresses and loopback names always work)."
     ),
     max_active_jobs: int = typer.Option(
-        25, help="Quota: active jobs a project may have at once (Dataflow's default, 25; 0: no quota)."
+        _default("max_active_jobs"),
+        help="Quota: active jobs a project may have at once (Dataflow's default, 25; 0: no quota).",
     ),
-    max_jobs_per_minute: int = typer.Option(60, help="Quota: jobs a project may create per minute (0: no quota)."),
+    max_jobs_per_minute: int = typer.Option(
+        _default("max_jobs_per_minute"), help="Quota: jobs a project may create per minute (0: no quota)."
+    ),
     request_header_timeout: float = typer.Option(
-        10.0, help="Seconds a client has to send a request's line and headers (else 408, connection closed)."
+        _default("request_header_timeout_s"),
+        help="Seconds a client has to send a request's line and headers (else 408, connection closed).",
     ),
     request_body_timeout: float = typer.Option(
-        30.0, help="Seconds a client has to send a request's body once the server reads it (else 408)."
+        _default("request_body_timeout_s"),
+        help="Seconds a client has to send a request's body once the server reads it (else 408).",
     ),
     sandbox: str = SANDBOX,
     job_memory: str | None = JOB_MEMORY,
     job_open_files: int | None = JOB_OPEN_FILES,
     job_processes: int | None = JOB_PROCESSES,
 ):
-    """Serve the Dataflow v1b3 REST API, and run the jobs submitted to it."""
-    from beamport.http.guard import is_loopback
+    """Serve the Dataflow v1b3 REST API, and run the jobs submitted to it.
+
+    Each option may be set by a BEAMPORT_* environment variable instead (docs/cli.md); the option wins."""
     from beamport.server import serve as run
 
-    if no_auth and not is_loopback(host):
-        typer.echo(
-            f"error: --no-auth is refused on --host {host}: without authentication anyone who reaches the port runs "
-            "code on this machine. Bind to 127.0.0.1, or keep authentication on (docs/security.md).",
-            err=True,
-        )
-        raise typer.Exit(2)
-    _use_streaming_engines(flink_master, flink_job_server, flink_sdk_pool, prism)
-
-    run(
-        Settings(
-            host=host,
-            port=port,
-            data_dir=data_dir,
-            database_url=database_url,
-            max_request_bytes=max_request_bytes,
-            log_level=log_level,
-            local_workers=workers,
-            worker_report_interval_s=worker_report_interval,
-            allow_paths=allow_path,
-            sdk_workers_per_job=sdk_workers_per_job,
-            auth=not no_auth,
-            allowed_hosts=allowed_host,
-            max_active_jobs=max_active_jobs,
-            max_jobs_per_minute=max_jobs_per_minute,
-            request_header_timeout_s=request_header_timeout,
-            request_body_timeout_s=request_body_timeout,
-            sandbox=_sandbox_mode(sandbox),
-            job_limits=Limits(parse_size(job_memory), job_open_files, job_processes),
-        )
-    )
-
-
-def _sandbox_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise typer.BadParameter(f"--sandbox must be one of {', '.join(MODES)}, not {mode!r}")
-    return mode
-
-
-def _use_streaming_engines(
-    master: str | None, job_server: str | None, sdk_pool: str | None, prism: Path | None
-) -> None:
-    """The streaming engines go in the environment, where this process and the workers it starts read them."""
-    if prism:
-        os.environ["BEAMPORT_PRISM"] = "none" if str(prism) == "none" else str(prism.resolve())
-    given = {"MASTER": master, "JOB_SERVER": job_server, "SDK_POOL": sdk_pool}
-    if any(given.values()) and not all(given.values()):
-        missing = [f"--flink-{k.lower().replace('_', '-')}" for k, v in given.items() if not v]
-        raise typer.BadParameter(f"the Flink engine needs all three endpoints: missing {', '.join(missing)}")
-    for key, value in given.items():
-        if value:
-            os.environ[f"BEAMPORT_FLINK_{key}"] = value
+    run(_build(Settings, _given(ctx)))
 
 
 @app.command()
 def worker(
+    ctx: typer.Context,
     endpoint: str = typer.Option(..., envvar="BEAMPORT_ENDPOINT", help="The service's address."),
     data_dir: Path = typer.Option(Path("beamport-worker"), help="Where this worker keeps its executors' logs."),
     project: str = typer.Option("-", help="Lease only work of this project ('-': any)."),
@@ -196,7 +219,8 @@ def worker(
     flink_master: str | None = FLINK_MASTER,
     flink_job_server: str | None = FLINK_JOB_SERVER,
     flink_sdk_pool: str | None = FLINK_SDK_POOL,
-    prism: Path | None = PRISM,
+    flink_shared_dir: Path | None = FLINK_SHARED_DIR,
+    prism: str | None = PRISM,
     credentials: Path | None = typer.Option(
         None,
         envvar="GOOGLE_APPLICATION_CREDENTIALS",
@@ -208,24 +232,18 @@ def worker(
     job_open_files: int | None = JOB_OPEN_FILES,
     job_processes: int | None = JOB_PROCESSES,
 ):
-    """Run a worker: lease work through the API, run it on its engine (embedded or Flink), report until it ends."""
+    """Run a worker: lease work through the API, run it on its engine (embedded, Flink or Prism), report until it
+    ends. The engine and sandbox options may be set by the same BEAMPORT_* variables as `serve`'s."""
     import logging
 
-    _use_streaming_engines(flink_master, flink_job_server, flink_sdk_pool, prism)
+    engines = _build(EngineSettings, _given(ctx, ENGINE_OPTIONS))
     from beamport.worker.harness import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per lease poll
     roots = [p.resolve() for p in allow_path]
     key = credentials.resolve() if credentials else None
-    flink = FlinkConfig.from_env()
-    jail = Sandbox(
-        _sandbox_mode(sandbox),
-        writable=roots,
-        shared=[flink.shared_dir] if flink else [],
-        hidden=[*(p.resolve() for p in deny_path), *([key] if key else [])],
-        limits=Limits(parse_size(job_memory), job_open_files, job_processes),
-    )
+    jail = engines.sandbox_with(roots, hidden=[*(p.resolve() for p in deny_path), *([key] if key else [])])
     try:
         jail.require()
     except SandboxUnavailable as exc:
@@ -248,6 +266,7 @@ def worker(
             credentials=key,
             deny_paths=[p.resolve() for p in deny_path],
             sandbox=jail,
+            engines=engines,
         ).run()
     )
 

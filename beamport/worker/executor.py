@@ -183,32 +183,33 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def make_engine(work_config: dict, sdk_workers: int):
-    """The engine the service chose for this work item (see beamport.service.engines)."""
+def make_engine(work_config: dict, sdk_workers: int, engines: dict):
+    """The engine the service chose for this work item (see beamport.service.engines), configured as the worker
+    was (`engines`: EngineSettings.for_executor)."""
     if work_config.get("engine") == "flink":
         from beamport.config import FlinkConfig
         from beamport.engine.flink import FlinkEngine
 
-        config = FlinkConfig.from_env()
-        if config is None:
+        if not engines.get("flink"):
             raise WorkerApiError(
-                "This worker has no Flink cluster to run the job on: set BEAMPORT_FLINK_MASTER, "
-                "BEAMPORT_FLINK_JOB_SERVER and BEAMPORT_FLINK_SDK_POOL (scripts/flink-cluster writes them)."
+                "This worker has no Flink cluster to run the job on: start it with --flink-master, "
+                "--flink-job-server and --flink-sdk-pool (or the BEAMPORT_FLINK_* variables scripts/flink-cluster "
+                "writes)."
             )
         return FlinkEngine(
-            config, restore_from=work_config.get("restoreFrom"), state_names=work_config.get("stateNames")
+            FlinkConfig(**engines["flink"]),
+            restore_from=work_config.get("restoreFrom"),
+            state_names=work_config.get("stateNames"),
         )
     if work_config.get("engine") == "prism":
-        from beamport.config import find_prism
         from beamport.engine.prism import PrismEngine
 
-        binary = find_prism()
-        if binary is None:
+        if not engines.get("prism"):
             raise WorkerApiError(
-                "This worker has no Prism binary to run the job on: set BEAMPORT_PRISM "
-                "(scripts/prism-build builds one)."
+                "This worker has no Prism binary to run the job on: start it with --prism PATH (or BEAMPORT_PRISM; "
+                "scripts/prism-build builds one)."
             )
-        return PrismEngine(binary)
+        return PrismEngine(Path(engines["prism"]))
     from beamport.engine.embedded import EmbeddedEngine
 
     return EmbeddedEngine(default_workers=sdk_workers)
@@ -259,7 +260,7 @@ def execute(assignment: dict) -> int:
             # The engine's SDK is Beamport's own Beam; staged pure-Python wheels go on its path.
             reporter.lifecycle(SDK_INSTALL_FINISH, container_start_us, wheels=len(staged.python_path))
             outcome["pipeline"] = staged.pipeline
-            engine = make_engine(work_config, assignment.get("sdk_workers", 1))
+            engine = make_engine(work_config, assignment.get("sdk_workers", 1), assignment.get("engines", {}))
             engine_box.append(engine)
             outcome["result"] = engine.run(staged, reporter)
         except Exception as exc:  # staging errors and engine bugs end the work as failed, with the reason

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -27,6 +28,9 @@ from beamport.protocol import CONTAINER_START
 from beamport.sandbox import OFF, Sandbox
 from beamport.worker.api import ANY, Work, WorkerApi, WorkerApiError
 from beamport.worker.host import HostProbe
+
+if TYPE_CHECKING:
+    from beamport.config import EngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,11 @@ class Worker:
         credentials: Path | None = None,
         deny_paths: list[Path] = (),
         sandbox: Sandbox | None = None,
+        engines: EngineSettings | None = None,
     ):
         self.endpoint = endpoint
+        # The streaming engines its executors run work on (none given: the embedded engine only).
+        self.engines = engines.for_executor() if engines else {}
         # User code (the executor and all it starts) sees the allowed roots, never Beamport's own files or keys.
         self.sandbox = sandbox or Sandbox(OFF)
         self.credentials = str(credentials) if credentials else None
@@ -135,6 +142,7 @@ class Worker:
             "deny_paths": self.deny_paths,
             "token": token,
             "sdk_workers": self.sdk_workers,
+            "engines": self.engines,
         }
         try:
             executor.stdin.write((json.dumps(assignment) + "\n").encode())

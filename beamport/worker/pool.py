@@ -47,9 +47,11 @@ class LocalWorkerPool:
         tick_s: float = 0.1,
         credentials: Path | None = None,
         private_paths: list[Path] = (),
-        sandbox_flags: list[str] = (),
+        engine_flags: list[str] = (),
     ):
-        self.sandbox_flags = list(sandbox_flags)  # --sandbox MODE and the job limits, as the server was given
+        # The server's engines and sandbox as `beamport worker` flags (EngineSettings.worker_flags): all the
+        # configuration a local worker gets, besides the arguments below.
+        self.engine_flags = list(engine_flags)
         self.credentials = credentials  # the local workers' key (None: the server runs without authentication)
         self.private_paths = private_paths
         self.execution = execution
@@ -145,12 +147,13 @@ class LocalWorkerPool:
             args += ["--deny-path", str(path)]
         if self.credentials:
             args += ["--credentials", str(self.credentials)]
-        args += self.sandbox_flags
+        args += self.engine_flags
         log_path = data_dir / "worker.log"
         with open(log_path, "ab") as out:
             # Its own session: the server's signals (Ctrl-C) are not the worker's.
-            # Its credentials are the pool's to give: never the key of whoever started the server.
-            env = {k: v for k, v in os.environ.items() if k != CREDENTIALS_VARIABLE}
+            # Its credentials are the pool's to give: never the key of whoever started the server. Its settings are
+            # its flags: no BEAMPORT_* variable of the server's gets in their way (one the server's flags overrode).
+            env = {k: v for k, v in os.environ.items() if k != CREDENTIALS_VARIABLE and not k.startswith("BEAMPORT_")}
             process = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
