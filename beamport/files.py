@@ -376,18 +376,17 @@ def _path_of_file_url(location: str) -> str:
 
 
 def _read_gcs(location: str) -> bytes:
-    # Beam's own GCS client, so gs:// behaves here as it does in the pipeline; with STORAGE_EMULATOR_HOST
-    # set and no credentials asked for, google-cloud-storage talks to the configured endpoint anonymously.
-    from beamport.lazy_imports import beam_module
+    # google-cloud-storage's anonymous client: what Beam's GcsIO reads with in a pipeline without credentials
+    # (gcsio.create_storage_client(options, use_credentials=False)), without importing Beam (the server never
+    # does). With STORAGE_EMULATOR_HOST set, the client talks to the configured endpoint.
+    from google.api_core.exceptions import NotFound
+    from google.cloud import storage
 
-    gcsio = beam_module("apache_beam.io.gcp.gcsio")
-    options = beam_module("apache_beam.options.pipeline_options").PipelineOptions([])
-    client = gcsio.GcsIO(gcsio.create_storage_client(options, use_credentials=False), options)
+    bucket, _, name = location.removeprefix("gs://").partition("/")
     try:
-        with client.open(location, "r") as handle:
-            return handle.read()
+        return storage.Client.create_anonymous_client().bucket(bucket).blob(name).download_as_bytes()
+    except NotFound:
+        raise ApiError("NOT_FOUND", f"{location} does not exist.") from None
     except Exception as exc:
-        if type(exc).__name__ == "NotFound":
-            raise ApiError("NOT_FOUND", f"{location} does not exist.") from None
         endpoint = os.environ.get(GCS_EMULATOR_VARIABLE)
         raise ApiError("UNAVAILABLE", f"{location} could not be read from {endpoint}: {exc}") from exc

@@ -5,49 +5,60 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from typing import TYPE_CHECKING
 
-import uvicorn
-
-from beamport import wire
 from beamport.config import Settings
-from beamport.engine.control import streaming_control
 from beamport.errors import ApiError
-from beamport.files import FilePolicy
-from beamport.http.app import create_app
-from beamport.http.timeouts import BodyTimeout, header_timeout_protocol
-from beamport.lazy_imports import beam_module
 from beamport.sandbox import SandboxUnavailable
-from beamport.service.execution import ExecutionService
-from beamport.service.flex_templates import FlexTemplateService
-from beamport.service.iam import ADMIN_EMAIL, IamService, Principal
-from beamport.service.jobs import JobService
-from beamport.service.notify import WorkNotifier
-from beamport.service.quotas import JobQuotas
-from beamport.service.snapshots import SnapshotService
-from beamport.service.sql import SqlService
-from beamport.service.templates import TemplateService
-from beamport.service.workers import WorkerRegistry
-from beamport.store import open_store
-from beamport.store.iam import SqlIamStore
-from beamport.worker.pool import LocalWorkerPool
+from beamport.sidecar import BeamSidecar
+
+# Most of the server's modules are imported in build_app(), once serve() has started the Beam sidecar: its
+# import of Beam and theirs then run at once, on two cores, and the first create waits less.
+if TYPE_CHECKING:
+    from beamport.service.snapshots import SnapshotService
+    from beamport.service.workers import WorkerRegistry
 
 log = logging.getLogger("beamport")
 
 SWEEP_EVERY_S = 1.0
 EXPIRE_SNAPSHOTS_EVERY = 10  # sweeps
+# The local workers start once the Beam sidecar is ready, or this long after start-up at most (below).
+WORKERS_AFTER_BEAM_S = 30.0
 
 
-def _warm_up() -> None:
-    """Import Beam now rather than in the first create, then take everything loaded so far out of the
-    garbage collector's full collections: with Beam's modules in the heap, each full collection held the
-    GIL for ~100 ms, a pause every request in flight waited out (the worst latencies under load)."""
-    try:
-        beam_module("beamport.translate.graph")
-    finally:
-        gc.collect()
-        gc.freeze()
-        # A list answer allocates thousands of short-lived objects: collect the young generation less often.
-        gc.set_threshold(20_000, 20, 20)
+def _freeze_start_up_heap() -> None:
+    """Take what start-up loaded (modules, the app) out of the garbage collector's full collections, which would
+    otherwise walk it again each time while holding the GIL, a pause every request in flight waits out. (No
+    collection first: start-up leaves next to no garbage, and a full collection would delay the first answer.)"""
+    gc.freeze()
+    # A list answer allocates thousands of short-lived objects: collect the young generation less often.
+    gc.set_threshold(20_000, 20, 20)
+
+
+class StartAfter:
+    """Starts something in the background once `wait(timeout)` returns, and stops it at shutdown if it started
+    by then (shutdown may come first: then it never starts)."""
+
+    def __init__(self, start, stop, wait, timeout_s: float):
+        self._start, self._stop, self._wait, self.timeout_s = start, stop, wait, timeout_s
+        self._lock = threading.Lock()
+        self._started = self._stopped = False
+
+    def start(self) -> None:
+        threading.Thread(target=self._start_when_ready, name="start-after", daemon=True).start()
+
+    def _start_when_ready(self) -> None:
+        self._wait(self.timeout_s)
+        with self._lock:
+            if not self._stopped:
+                self._start()
+                self._started = True
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._started:
+                self._stop()
 
 
 class Sweeper:
@@ -78,6 +89,8 @@ class Sweeper:
         self._thread.join(5)
 
     def _loop(self) -> None:
+        from beamport import wire
+
         sweeps = 0
         while not self._stop.wait(self.every_s):
             if self.check_database is not None:
@@ -97,7 +110,25 @@ class Sweeper:
                     log.exception("expiring snapshots failed")
 
 
-def build_app(settings: Settings, with_workers: bool = True):
+def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar | None = None):
+    """The ASGI app. `beam`: the Beam sidecar, when serve() has started it (else it starts with the app)."""
+    from beamport.engine.control import streaming_control
+    from beamport.files import FilePolicy
+    from beamport.http.app import create_app
+    from beamport.service.execution import ExecutionService
+    from beamport.service.flex_templates import FlexTemplateService
+    from beamport.service.iam import ADMIN_EMAIL, IamService
+    from beamport.service.jobs import JobService
+    from beamport.service.notify import WorkNotifier
+    from beamport.service.quotas import JobQuotas
+    from beamport.service.snapshots import SnapshotService
+    from beamport.service.sql import SqlService
+    from beamport.service.templates import TemplateService
+    from beamport.service.workers import WorkerRegistry
+    from beamport.store import open_store
+    from beamport.store.iam import SqlIamStore
+    from beamport.worker.pool import LocalWorkerPool
+
     store = open_store(settings.database_url, settings.data_dir)
     iam = IamService(SqlIamStore(store), enabled=settings.auth)
     worker_credentials = None
@@ -121,6 +152,12 @@ def build_app(settings: Settings, with_workers: bool = True):
     registry = WorkerRegistry(store, execution)
     sweeper = Sweeper(registry, snapshots=snapshots, check_database=getattr(store, "check_database", None))
     hooks: dict = {"on_startup": [sweeper.start], "on_shutdown": [sweeper.stop]}
+    # Beam runs in the sidecar, never here (beamport/sidecar.py): usually ready before the first create, which
+    # waits for it.
+    if beam is None:
+        beam = BeamSidecar()
+        hooks["on_startup"].insert(0, beam.start)
+    hooks["on_shutdown"].append(beam.stop)
     if with_workers and settings.local_workers > 0:
         pool = LocalWorkerPool(
             execution,
@@ -133,8 +170,13 @@ def build_app(settings: Settings, with_workers: bool = True):
             private_paths=settings.private_paths(),
             engine_flags=settings.worker_flags(),
         )
-        hooks["on_startup"].append(pool.start)
-        hooks["on_shutdown"].insert(0, pool.stop)
+        # Each local worker imports Beam as it starts, as the sidecar does: on a 2-core machine, three imports of
+        # Beam at once made the first answer and the first create (which waits for the sidecar) twice as slow.
+        # A killed server's leftover workers are stopped at once all the same: they would go on with work that is
+        # being leased again.
+        workers = StartAfter(pool.start, pool.stop, beam.wait_first_start, WORKERS_AFTER_BEAM_S)
+        hooks["on_startup"] += [pool.stop_leftovers, workers.start]
+        hooks["on_shutdown"].insert(0, workers.stop)
     files = FilePolicy(settings.allowed_roots(), settings.private_paths())
     jobs = JobService(
         store,
@@ -146,6 +188,7 @@ def build_app(settings: Settings, with_workers: bool = True):
         carry_state=snapshots.carry_state,
         pipelines_dir=settings.data_dir.resolve() / "pipelines",
         quotas=JobQuotas(store, settings.max_active_jobs, settings.max_jobs_per_minute),
+        beam=beam,
     )
     hooks["on_startup"].append(jobs.start_waiting_jobs)  # streaming jobs created before it had an engine
     templates = TemplateService(jobs, files, builtin_dir=settings.data_dir.resolve() / "templates" / "builtin")
@@ -158,8 +201,7 @@ def build_app(settings: Settings, with_workers: bool = True):
         sandbox=settings.user_code_sandbox(),
         secrets_dir=settings.local_worker_key_path.parent,
     )
-    # Beam is needed to describe a submitted pipeline: import it now rather than in the first create.
-    hooks["on_startup"].append(threading.Thread(target=_warm_up, daemon=True).start)
+    hooks["on_startup"].append(_freeze_start_up_heap)
     sql = SqlService(store, files, templates)
     return create_app(settings, jobs, execution, registry, templates, flex, sql, snapshots, iam, **hooks)
 
@@ -171,11 +213,18 @@ def serve(settings: Settings) -> None:
         sandbox.require()
     except SandboxUnavailable as exc:
         raise SystemExit(f"error: {exc}") from None
+    beam = BeamSidecar()
+    beam.start()  # first: it imports Beam while this process imports the rest of the server
     (log.info if sandbox.enabled else log.warning)("Sandbox: %s", sandbox.describe())
     log.info("Engines:\n    %s", "\n    ".join(settings.engine_report()))
-    app = build_app(settings)
+    app = build_app(settings, beam=beam)
     where = settings.database_url.split("@")[-1] if settings.database_url else settings.data_dir.resolve()
     log.info("Beamport serving the Dataflow API on http://%s:%d/v1b3/ (state: %s)", settings.host, settings.port, where)
+    import uvicorn
+
+    from beamport.http.timeouts import BodyTimeout, header_timeout_protocol
+    from beamport.service.iam import ADMIN_EMAIL, Principal
+
     iam = app.state.iam
     if settings.auth:
         code = iam.sign_in_code(Principal(ADMIN_EMAIL))

@@ -29,11 +29,18 @@ class Server:
     """A `beamport serve` subprocess; start() again after stop() reuses the same state."""
 
     def __init__(
-        self, data_dir: Path, database_url: str | None = None, extra_args: tuple[str, ...] = (), auth: bool = False
+        self,
+        data_dir: Path,
+        database_url: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        auth: bool = False,
+        python_args: tuple[str, ...] = ("-m", "beamport"),
     ):
         """`auth`: authentication on, as `beamport serve` runs by default (test_auth.py). The other tests drive
-        the API itself and run their servers with --no-auth (on loopback, the only bind it is allowed on)."""
+        the API itself and run their servers with --no-auth (on loopback, the only bind it is allowed on).
+        `python_args`: what the interpreter runs, given `serve` and the server's arguments after them."""
         self.data_dir = data_dir
+        self.python_args = python_args
         self.database_url = database_url
         self.extra_args = extra_args
         self.auth = auth
@@ -52,7 +59,7 @@ class Server:
         return self.data_dir / "admin-key.json"
 
     def start(self) -> Server:
-        args = [sys.executable, "-m", "beamport", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        args = [sys.executable, *self.python_args, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
         if self.database_url:
             args += ["--database-url", self.database_url]
         args += list(self.extra_args)

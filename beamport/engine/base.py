@@ -11,9 +11,10 @@ import abc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from apache_beam.portability.api import beam_runner_api_pb2
+if TYPE_CHECKING:  # the server imports this module for StreamingControl and its errors; it never imports Beam
+    from apache_beam.portability.api import beam_runner_api_pb2
 
 # What a run ends in (Beam's PipelineState names).
 DONE = "DONE"

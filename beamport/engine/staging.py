@@ -20,7 +20,6 @@ they open it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -33,6 +32,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from google.protobuf.message import DecodeError
 
 from beamport.engine.base import JOB_TYPE_BATCH, JOB_TYPE_STREAMING, StagedJob
+from beamport.engine.staged_files import check_pipeline_hash, unsatisfied_requirements
 from beamport.errors import ApiError
 from beamport.files import FilePolicy, scheme_of
 
@@ -144,19 +144,6 @@ def stage_job(
     return staged, warnings
 
 
-def check_pipeline_hash(pipeline_bytes: bytes, options: dict) -> None:
-    """Refuse a staged pipeline that is not the one submitted (DataflowRunner sends its SHA-256): with a local
-    staging location, every submission writes the same pipeline.pb, so a later one can replace an earlier's."""
-    expected = options.get("pipelineProtoHash")
-    if expected and hashlib.sha256(pipeline_bytes).hexdigest() != expected:
-        raise ApiError(
-            "FAILED_PRECONDITION",
-            f"The pipeline staged at {options.get('pipelineUrl')} is not the one this job was submitted with (its "
-            "SHA-256 differs from pipelineProtoHash): a later submission with the same staging location replaced "
-            "it. Give each job a staging location of its own.",
-        )
-
-
 def rewrite_python_environments(pipeline: beam_runner_api_pb2.Pipeline, warnings: list[str]) -> list[str]:
     """Make the pipeline's Python SDK environments embedded, in place; return the ids rewritten.
 
@@ -184,32 +171,6 @@ def rewrite_python_environments(pipeline: beam_runner_api_pb2.Pipeline, warnings
                 "(cross-language transforms are not supported).",
             )
     return rewritten
-
-
-def unsatisfied_requirements(text: str) -> list[str]:
-    """The requirement lines of a requirements file that the installed distributions do not satisfy."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    missing = []
-    for line in text.splitlines():
-        line = line.split(" #")[0].strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            requirement = Requirement(line)
-        except InvalidRequirement:
-            missing.append(line)  # pip options, URLs, editable installs: nothing we can check
-            continue
-        if requirement.marker and not requirement.marker.evaluate():
-            continue
-        try:
-            version = metadata.version(requirement.name)
-        except metadata.PackageNotFoundError:
-            missing.append(line)
-            continue
-        if requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
-            missing.append(f"{line} (installed: {version})")
-    return missing
 
 
 class _Fetcher:

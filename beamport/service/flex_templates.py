@@ -27,9 +27,9 @@ import orjson
 
 from beamport import schema, wire
 from beamport.credentials import CREDENTIALS_VARIABLE
+from beamport.engine.staged_files import unsatisfied_requirements
 from beamport.errors import ApiError, failed_precondition, invalid_argument, unimplemented
 from beamport.files import FilePolicy
-from beamport.lazy_imports import beam_module
 from beamport.sandbox import OFF, Sandbox
 from beamport.service import model
 from beamport.service.iam import ANONYMOUS, IamService, Principal
@@ -160,8 +160,6 @@ class FlexTemplateService:
         requirements = extension.get("requirementsFile")
         env = {"FLEX_TEMPLATE_PYTHON_PY_FILE": str(program)}
         if requirements:
-            unsatisfied_requirements = beam_module("beamport.engine.staging").unsatisfied_requirements
-
             env["FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE"] = self.files.check(requirements)
             missing = unsatisfied_requirements(self.files.read_bytes(requirements).decode("utf-8", "replace"))
             if missing:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from beamport import wire
+from beamport.engine.staged_files import check_pipeline_hash
 from beamport.errors import ApiError, failed_precondition, invalid_argument
 from beamport.files import FilePolicy
-from beamport.lazy_imports import beam_module
 from beamport.service import autoscaling, engines, model
 from beamport.service.documents import (
     active_jobs,
@@ -35,6 +35,7 @@ from beamport.service.notify import WorkNotifier
 from beamport.service.paging import decode_token, page_response, page_size
 from beamport.service.quotas import JobQuotas, check_job, check_job_name, check_labels
 from beamport.service.sdk_version import fill_sdk_version
+from beamport.sidecar import BeamSidecar
 from beamport.store.base import Store, Write
 from beamport.store.errors import ActiveNameTaken, VersionConflict
 from beamport.store.jobs import FILTER_ACTIVE, FILTER_ALL, FILTER_TERMINATED, JobChange, JobQuery, JobRecord
@@ -80,8 +81,11 @@ class JobService:
         pipelines_dir=None,
         engines_available: set[str] | frozenset = frozenset({engines.EMBEDDED}),
         quotas: JobQuotas | None = None,
+        beam: BeamSidecar | None = None,
     ):
         self.store = store
+        # What needs Beam (a pipeline's graph, update compatibility): this process never imports Beam.
+        self.beam = beam or BeamSidecar()
         self.quotas = quotas  # per-project quotas on creates (None: none)
         self.files = files  # None: files named in requests are neither checked nor read (tests of the API only)
         self.clock = clock
@@ -376,9 +380,11 @@ class JobService:
             raise failed_precondition(
                 f"Job {old_id} runs on Flink and keeps state; its replacement must run on Flink too to take it on."
             )
-        compat = beam_module("beamport.translate.compat")  # imports Beam (under the lock: see lazy_imports)
-        problems = compat.incompatibilities(
-            self._pipeline_of(old_doc), self._pipeline_of(doc), doc.get("transformNameMapping") or {}
+        problems = self.beam.call(
+            "update_incompatibilities",
+            self._pipeline_of(old_doc),
+            self._pipeline_of(doc),
+            doc.get("transformNameMapping") or {},
         )
         if problems:
             raise failed_precondition(
@@ -392,21 +398,18 @@ class JobService:
             ("JOB_MESSAGE_BASIC", f"This job takes over the state of job {old_id}, saved in snapshot {snapshot_id}.")
         ]
 
-    def _pipeline_of(self, doc: dict):
-        """The Beam pipeline a job runs (its staged pipelineUrl)."""
-        beam_module("beamport.translate.compat")
-        from apache_beam.portability.api import beam_runner_api_pb2
-
+    def _pipeline_of(self, doc: dict) -> bytes:
+        """The Beam pipeline a job runs (its staged pipelineUrl), serialized."""
         kept = self.pipelines_dir / f"{doc.get('id')}.pb" if self.pipelines_dir is not None else None
         if kept is not None and kept.exists():
-            return beam_runner_api_pb2.Pipeline.FromString(kept.read_bytes())
+            return kept.read_bytes()
         url = doc.get("environment", {}).get("sdkPipelineOptions", {}).get("options", {}).get("pipelineUrl")
         if not url or self.files is None:
             raise failed_precondition(
                 f"Job {doc.get('id') or doc.get('name')} names no staged pipeline (pipelineUrl): the compatibility "
                 "of an update cannot be checked."
             )
-        return beam_runner_api_pb2.Pipeline.FromString(self.files.read_bytes(url))
+        return self.files.read_bytes(url)
 
     @staticmethod
     def _check_replaceable(old: JobRecord, old_doc: dict, new_name: str) -> None:
@@ -449,26 +452,14 @@ class JobService:
         for location in filter(None, read):
             self.files.check(location)
         if options.get("pipelineUrl") and "steps" not in doc:
-            beam_module("beamport.translate.graph")  # imports Beam (under the lock: see lazy_imports)
-            from apache_beam.portability.api import beam_runner_api_pb2
-            from google.protobuf.message import DecodeError
-
-            from beamport.translate.graph import fused_stages, job_graph
-
             url = options["pipelineUrl"]
             data = self.files.read_bytes(url)
-            from beamport.engine.staging import check_pipeline_hash
-
             check_pipeline_hash(data, options)
-            try:
-                pipeline = beam_runner_api_pb2.Pipeline.FromString(data)
-            except DecodeError as exc:
-                raise invalid_argument(f"{url} is not a Beam pipeline: {exc}") from None
+            graph = self.beam.call("describe_pipeline", data, url, environment.get("sdkPipelineOptions"))
             if self.pipelines_dir is not None and doc.get("id"):
                 self.pipelines_dir.mkdir(parents=True, exist_ok=True)
                 (self.pipelines_dir / f"{doc['id']}.pb").write_bytes(data)
-            stages = fused_stages(pipeline)
-            doc.update(job_graph(pipeline, stages, sdk_pipeline_options=environment.get("sdkPipelineOptions")))
+            doc.update(graph)
 
     def _replace(
         self, project_id: str, location: str, old_id: str, record: JobRecord, work: list, messages: list, now: int

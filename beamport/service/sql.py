@@ -15,9 +15,9 @@ import json
 import orjson
 
 from beamport import wire
+from beamport.builtin_templates import sql_engine
 from beamport.errors import ApiError, invalid_argument, not_found
 from beamport.files import FilePolicy, scheme_of
-from beamport.lazy_imports import beam_module
 from beamport.store.base import Store
 from beamport.store.sql_tables import SqlTableRecord
 
@@ -99,7 +99,6 @@ class SqlService:
         return {found[name].name: {"path": found[name].path, "format": found[name].format} for name in names}
 
     def _check_against(self, query: str, tables: dict[str, dict]) -> str | None:
-        engine = beam_module("beamport.builtin_templates.sql_engine")
         try:  # each table's files now, through the policy: DuckDB opens only those
             resolved = {name: {"path": self._files(t["path"]), "format": t["format"]} for name, t in tables.items()}
         except ApiError as exc:
@@ -107,7 +106,7 @@ class SqlService:
                 raise
             return f"Invalid query for the catalog's tables: {exc.message}"
         try:
-            engine.check(query, resolved)
+            sql_engine.check(query, resolved)
         except Exception as exc:  # DuckDB's binder: a column or function that does not fit
             return f"Invalid query for the catalog's tables: {str(exc).splitlines()[0]}"
         return None
@@ -117,14 +116,13 @@ class SqlService:
     def add_table(self, project_id: str, body: dict) -> dict:
         """Add (or replace) a table: a name, files (a path or glob under the allowed roots), a format, and a
         schema ([{name, type}]) or none, to infer it from the files."""
-        engine = beam_module("beamport.builtin_templates.sql_engine")
         if not isinstance(body, dict):
             raise invalid_argument("Expected a table object.")
         name, path, fmt = body.get("name"), body.get("path"), body.get("format")
-        if not isinstance(name, str) or not engine.NAME_RE.match(name):
+        if not isinstance(name, str) or not sql_engine.NAME_RE.match(name):
             raise invalid_argument(f"Invalid table name {name!r}: letters, digits and underscores.")
-        if fmt not in engine.FORMATS:
-            raise invalid_argument(f"format must be one of {', '.join(engine.FORMATS)}, not {fmt!r}.")
+        if fmt not in sql_engine.FORMATS:
+            raise invalid_argument(f"format must be one of {', '.join(sql_engine.FORMATS)}, not {fmt!r}.")
         if not isinstance(path, str) or not path:
             raise invalid_argument("path is required: the table's files (a path or a glob).")
         if scheme_of(path) == "gs":
@@ -132,7 +130,7 @@ class SqlService:
         path = self.files.check_pattern(path)  # the canonical pattern: what the catalog keeps, and jobs read
         files = self._files(path)
         try:
-            inferred = engine.describe(files, fmt)
+            inferred = sql_engine.describe(files, fmt)
         except Exception as exc:
             raise invalid_argument(f"Cannot read {path} as {fmt}: {str(exc).splitlines()[0]}") from None
         columns = body.get("schema") or inferred

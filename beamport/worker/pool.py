@@ -70,7 +70,7 @@ class LocalWorkerPool:
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._stop_leftovers()
+        self.stop_leftovers()
         for _ in range(self.size):
             self.workers.append(self._spawn())
         self._thread = threading.Thread(target=self._loop, name="worker-pool", daemon=True)
@@ -171,8 +171,9 @@ class LocalWorkerPool:
         worker.process.wait()
         (self.run_dir / f"{worker.worker_id}.pid").unlink(missing_ok=True)
 
-    def _stop_leftovers(self) -> None:
-        """Local workers of a server that was killed: stop them, and lease their work again."""
+    def stop_leftovers(self) -> None:
+        """Local workers of a server that was killed: stop them, and lease their work again. The server calls it
+        as soon as it starts (a leftover would go on with work that is now for new workers), and start() again."""
         for pid_file in self.run_dir.glob("*.pid"):
             worker_id = pid_file.stem
             try:

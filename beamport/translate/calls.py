@@ -1,0 +1,42 @@
+"""What the server asks of Beam, answered in the Beam sidecar (beamport/sidecar.py): plain data in (bytes,
+strings, dicts), plain data out, never a Beam object. Importing this module imports Beam, and FnApiRunner's
+fusion, so that the sidecar has them loaded before its first call.
+"""
+
+from __future__ import annotations
+
+import apache_beam
+from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.runners.portability.fn_api_runner import fn_runner  # noqa: F401  (loaded now: fused_stages uses it)
+from google.protobuf.message import DecodeError
+
+from beamport.errors import invalid_argument
+from beamport.translate import compat
+from beamport.translate.graph import fused_stages, job_graph
+
+
+def _pipeline(data: bytes, location: str) -> beam_runner_api_pb2.Pipeline:
+    try:
+        return beam_runner_api_pb2.Pipeline.FromString(data)
+    except DecodeError as exc:
+        raise invalid_argument(f"{location} is not a Beam pipeline: {exc}") from None
+
+
+def describe_pipeline(data: bytes, location: str, sdk_pipeline_options: dict | None) -> dict:
+    """A staged pipeline's graph, as jobs.create stores it: {"steps": [...], "pipelineDescription": {...}}.
+    `location` (its pipelineUrl) names it in errors."""
+    pipeline = _pipeline(data, location)
+    return job_graph(pipeline, fused_stages(pipeline), sdk_pipeline_options=sdk_pipeline_options)
+
+
+def update_incompatibilities(old: bytes, new: bytes, name_mapping: dict[str, str]) -> list[str]:
+    """Why the new pipeline cannot take over the old one's state (an update): one sentence each; [] if it can."""
+    running, replacement = _pipeline(old, "the running job's pipeline"), _pipeline(new, "the new pipeline")
+    return compat.incompatibilities(running, replacement, name_mapping)
+
+
+def beam_version() -> str:
+    return apache_beam.__version__
+
+
+CALLS = {"describe_pipeline": describe_pipeline, "update_incompatibilities": update_incompatibilities}
