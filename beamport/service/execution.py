@@ -215,12 +215,17 @@ class ExecutionService:
         if projects is not None and project_id != ANY and project_id not in projects:
             return None
         where = None if location == ANY else location
+        # Fair across projects: among the projects with work this worker may take, the one with the fewest work
+        # items running goes first (ties: the one whose waiting work is oldest), and its oldest item; so a
+        # project that queues thousands of jobs delays another project's job by one lease at most. One query
+        # finds it; if its job is being stopped (or that project's pending work is all of jobs that ended), the
+        # projects are gone through in the same order.
+        found = self.store.work_items.next_to_lease(where, projects, None if project_id == ANY else project_id)
+        if found is not None and document(found[0]).get("currentState") not in _STOP_STATES:
+            return found
         if project_id != ANY:
             candidates = [project_id]
         else:
-            # Fair across projects: among the projects with work this worker may take, the one with the fewest work
-            # items running goes first (ties: the one whose waiting work is oldest), and its oldest item; so a
-            # project that queues thousands of jobs delays another project's job by one lease at most.
             waiting = self.store.work_items.pending_projects(where, projects)
             candidates = [p.project_id for p in sorted(waiting, key=lambda p: (p.leased, p.oldest_id))]
         for project in candidates:

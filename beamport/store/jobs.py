@@ -179,7 +179,11 @@ def _job_row(record: JobRecord) -> dict:
 
 def job_record(row) -> JobRecord:
     """The record of a row of the jobs table (with or without its detail column)."""
-    mapping = row._mapping
+    return job_record_of(row._mapping)
+
+
+def job_record_of(mapping) -> JobRecord:
+    """The record of a jobs row's columns, by name (with or without the detail column)."""
     return JobRecord(
         id=mapping["id"],
         project_id=mapping["project_id"],

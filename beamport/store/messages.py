@@ -181,21 +181,23 @@ _MESSAGE_BOUNDS = {
 
 @functools.cache
 def _list_messages_statement(min_importance_rank: int, shape: tuple[bool, ...]):
-    """A page of a job's messages in seq order. With a minimum importance, one indexed range per importance at
-    or above it, merged: a page of rare errors reads no more rows than a page of everything."""
+    """A page of a job's messages in seq order. With a minimum importance: the page's seqs from one range of the
+    importance index per importance at or above it, merged (index entries only), then those rows: a page of rare
+    errors reads no more rows than a page of everything."""
     c = job_messages.c
 
-    def page(rank: int | None):
-        stmt = select(*job_messages.c).where(c.job_id == bindparam("job_id"))
-        if rank is not None:
-            stmt = stmt.where(c.importance_rank == rank)
+    def conditions(stmt):
         for (_name, condition), present in zip(_MESSAGE_BOUNDS.items(), shape, strict=True):
             if present:
                 stmt = stmt.where(condition(c))
         return stmt.order_by(c.seq).limit(bindparam("limit", type_=Integer))
 
     if not min_importance_rank:
-        return page(None)
-    ranges = [select(*page(rank).subquery().c) for rank in range(min_importance_rank, IMPORTANCE_RANKS)]
+        return conditions(select(*job_messages.c).where(c.job_id == bindparam("job_id")))
+    ranges = [
+        select(conditions(select(c.seq).where(c.job_id == bindparam("job_id"), c.importance_rank == rank)).subquery().c)
+        for rank in range(min_importance_rank, IMPORTANCE_RANKS)
+    ]
     merged = union_all(*ranges).subquery()
-    return select(*merged.c).order_by(merged.c.seq).limit(bindparam("limit", type_=Integer))
+    page = select(merged.c.seq).order_by(merged.c.seq).limit(bindparam("limit", type_=Integer))
+    return select(*job_messages.c).where(c.seq.in_(page.scalar_subquery())).order_by(c.seq)

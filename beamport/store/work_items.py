@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import abc
+import itertools
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, func, insert, literal_column, select
+from sqlalchemy import Connection, bindparam, func, insert, literal_column, select, true
 
 from beamport.store.database import Database, compare_and_set
+from beamport.store.jobs import JobRecord, job_record_of
 from beamport.store.tables import jobs, work_items
 
 # Work item states
@@ -70,6 +72,16 @@ class WorkItemStore(abc.ABC):
         """The projects with pending work (in the location; of these projects only), by project id."""
 
     @abc.abstractmethod
+    def next_to_lease(
+        self, location: str | None = None, projects: Collection[str] | None = None, project_id: str | None = None
+    ) -> tuple[JobRecord, WorkItemRecord] | None:
+        """In one query, of the projects with pending work (in the location; of these projects; this project only):
+        the project that goes first in the fair-share order (the fewest leased items, then the oldest pending
+        item), and its oldest pending work item whose job is active, with the job. None when there is none: no
+        pending work, or the first project's pending items are all of jobs that are not active (pending_projects
+        and oldest_pending go further)."""
+
+    @abc.abstractmethod
     def oldest_pending(self, project_id: str, location: str | None = None, after_id: int | None = None):
         """The project's oldest pending work item (in the location; after `after_id`) whose job is active, if any."""
 
@@ -107,8 +119,22 @@ class SqlWorkItemStore(WorkItemStore):
             return []
         params = {"location": location, "projects": sorted(projects or ())}
         with self.db.reading() as conn:
-            rows = conn.execute(_PENDING_PROJECTS[location is not None, projects is not None], params)
+            stmt = _PENDING_PROJECTS[location is not None, projects is not None, self.db.postgres]
+            rows = conn.execute(stmt, params)
             return [PendingProject(row.project_id, row.oldest_id, row.leased) for row in rows]
+
+    def next_to_lease(self, location=None, projects=None, project_id=None):
+        if projects is not None and not projects:
+            return None
+        params = {"location": location, "projects": sorted(projects or ()), "project_id": project_id}
+        shape = (location is not None, projects is not None, project_id is not None, self.db.postgres)
+        with self.db.reading() as conn:
+            row = conn.execute(_NEXT_TO_LEASE[shape], params).first()
+        if row is None:
+            return None
+        mapping = row._mapping
+        job = job_record_of({c.name: mapping[f"job__{c.name}"] for c in jobs.c})
+        return job, WorkItemRecord(**{c.name: mapping[c.name] for c in work_items.c})
 
     def oldest_pending(self, project_id, location=None, after_id=None) -> WorkItemRecord | None:
         params = {"project_id": project_id, "location": location, "after_id": after_id}
@@ -172,26 +198,39 @@ _PENDING = work_items.c.state == literal_column("'PENDING'")
 _LEASED = work_items.c.state == literal_column("'LEASED'")
 
 
-def _pending_projects_statement(by_location: bool, by_projects: bool):
-    """Each project with pending work (found by skipping from one project to the next along the index of pending
-    work: one index search per project, however many items wait), its oldest pending item and its leased count."""
-    pending = work_items.alias("pending")
-    leased = work_items.alias("leased")
+def _pending_projects_statement(by_location: bool, by_projects: bool, lateral: bool):
+    """Each project with pending work, its oldest pending item and its leased count. The projects are found by
+    skipping from one to the next along the index of pending work: an index search or two per project, however
+    many items wait. Where the database has LATERAL (PostgreSQL), one search finds the next project and its
+    oldest item together."""
+    pending, later, leased = work_items.alias("pending"), work_items.alias("later"), work_items.alias("leased")
 
     def waiting(alias):
         condition = alias.c.state == literal_column("'PENDING'")
         return condition & (alias.c.location == bindparam("location")) if by_location else condition
 
-    first = select(func.min(pending.c.project_id).label("project_id")).where(waiting(pending))
-    projects = first.cte("projects", recursive=True)
-    later = work_items.alias("later")
-    following = (
-        select(func.min(later.c.project_id)).where(waiting(later), later.c.project_id > projects.c.project_id)
-    ).scalar_subquery()
-    projects = projects.union_all(select(following).where(projects.c.project_id.is_not(None)))
-    oldest = (
-        select(func.min(pending.c.id)).where(waiting(pending), pending.c.project_id == projects.c.project_id)
-    ).scalar_subquery()
+    if lateral:
+        first = select(pending.c.project_id, pending.c.id.label("oldest_id")).where(waiting(pending))
+        projects = first.order_by(pending.c.project_id, pending.c.id).limit(1).cte("projects", recursive=True)
+        following = (
+            select(later.c.project_id, later.c.id)
+            .where(waiting(later), later.c.project_id > projects.c.project_id)
+            .order_by(later.c.project_id, later.c.id)
+            .limit(1)
+            .lateral("following")
+        )
+        projects = projects.union_all(select(*following.c).select_from(projects.join(following, true())))
+        oldest = projects.c.oldest_id
+    else:
+        first = select(func.min(pending.c.project_id).label("project_id")).where(waiting(pending))
+        projects = first.cte("projects", recursive=True)
+        following = (
+            select(func.min(later.c.project_id)).where(waiting(later), later.c.project_id > projects.c.project_id)
+        ).scalar_subquery()
+        projects = projects.union_all(select(following).where(projects.c.project_id.is_not(None)))
+        oldest = (
+            select(func.min(pending.c.id)).where(waiting(pending), pending.c.project_id == projects.c.project_id)
+        ).scalar_subquery()
     count = (
         select(func.count())
         .select_from(leased)
@@ -203,6 +242,26 @@ def _pending_projects_statement(by_location: bool, by_projects: bool):
     if by_projects:
         stmt = stmt.where(projects.c.project_id.in_(bindparam("projects", expanding=True)))
     return stmt
+
+
+def _next_to_lease_statement(by_location: bool, by_projects: bool, one_project: bool, lateral: bool):
+    """The fair-share choice (see next_to_lease) as one statement: the first project in the order, then its oldest
+    pending item of an active job, joined with the job."""
+    if one_project:
+        first = bindparam("project_id")
+    else:
+        ranked = _pending_projects_statement(by_location, by_projects, lateral).subquery("ranked")
+        first = select(ranked.c.project_id).order_by(ranked.c.leased, ranked.c.oldest_id).limit(1).scalar_subquery()
+    oldest = (
+        select(work_items.c.id)
+        .join(jobs, jobs.c.id == work_items.c.job_id)
+        .where(_PENDING, work_items.c.project_id == first, jobs.c.active == True)  # noqa: E712
+    )
+    if by_location:
+        oldest = oldest.where(work_items.c.location == bindparam("location"))
+    oldest = oldest.order_by(work_items.c.id).limit(1).scalar_subquery()
+    columns = [*work_items.c, *(c.label(f"job__{c.name}") for c in jobs.c)]
+    return select(*columns).join(jobs, jobs.c.id == work_items.c.job_id).where(work_items.c.id == oldest)
 
 
 def _oldest_pending_statement(by_location: bool, after: bool):
@@ -219,5 +278,11 @@ def _oldest_pending_statement(by_location: bool, after: bool):
 
 
 _BOTH = (False, True)
-_PENDING_PROJECTS = {(where, which): _pending_projects_statement(where, which) for where in _BOTH for which in _BOTH}
+_PENDING_PROJECTS = {
+    (where, which, lateral): _pending_projects_statement(where, which, lateral)
+    for where in _BOTH
+    for which in _BOTH
+    for lateral in _BOTH
+}
+_NEXT_TO_LEASE = {shape: _next_to_lease_statement(*shape) for shape in itertools.product(_BOTH, _BOTH, _BOTH, _BOTH)}
 _OLDEST_PENDING = {(where, after): _oldest_pending_statement(where, after) for where in _BOTH for after in _BOTH}
