@@ -240,16 +240,8 @@ class ExecutionService:
     def _serving(self, worker: WorkerRecord | None, worker_id: str, job: JobRecord, item: WorkItemRecord, now: int):
         """The registry entry of a worker that has just leased work."""
         if worker is None:
-            worker = WorkerRecord(
-                worker_id=worker_id,
-                project_id=job.project_id,
-                location=job.location,
-                job_id=job.id,
-                state=WORKER_RUNNING,
-                labels="{}",
-                first_seen_us=now,
-                last_seen_us=now,
-                report_interval_us=self.default_report_interval_us,
+            worker = WorkerRecord.first_seen(
+                worker_id, job.project_id, job.location, job.id, WORKER_RUNNING, now, self.default_report_interval_us
             )
         worker.project_id, worker.location, worker.job_id = job.project_id, job.location, job.id
         worker.work_item_id, worker.last_seen_us = item.id, now
@@ -266,16 +258,14 @@ class ExecutionService:
         most once per idle interval (polls may come many times a second), and at once when its state changes."""
         now = self.clock()
         if worker is None:  # not serving any job yet: bound to the project (and location) it asks work of, if one
-            worker = WorkerRecord(
-                worker_id=worker_id,
-                project_id="" if project_id == ANY else project_id,
-                location="" if location == ANY else location,
-                job_id="",
-                state=WORKER_IDLE,
-                labels="{}",
-                first_seen_us=now,
-                last_seen_us=now,
-                report_interval_us=self.default_report_interval_us,
+            worker = WorkerRecord.first_seen(
+                worker_id,
+                "" if project_id == ANY else project_id,
+                "" if location == ANY else location,
+                "",
+                WORKER_IDLE,
+                now,
+                self.default_report_interval_us,
             )
         elif worker.state == WORKER_RUNNING and not self._holds_work(worker):  # its work ended
             worker.state, worker.reason, worker.last_seen_us = WORKER_IDLE, "", now

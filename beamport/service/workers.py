@@ -159,16 +159,8 @@ class WorkerRegistry:
         worker_id = labels[LABEL_WORKER]
         worker = workers.get(worker_id)
         if worker is None:
-            worker = workers[worker_id] = WorkerRecord(
-                worker_id=worker_id,
-                project_id=job.project_id,
-                location=job.location,
-                job_id=job.id,
-                state=WORKER_RUNNING,
-                labels="{}",
-                first_seen_us=now,
-                last_seen_us=now,
-                report_interval_us=self.base_interval_us,
+            worker = workers[worker_id] = WorkerRecord.first_seen(
+                worker_id, job.project_id, job.location, job.id, WORKER_RUNNING, now, self.base_interval_us
             )
         if worker.job_id != job.id:  # the worker moved on to another job
             worker.project_id, worker.location, worker.job_id, worker.work_item_id = (

@@ -49,6 +49,30 @@ class WorkerRecord:
     stacks_us: int | None = None
     stacks: str = "[]"  # JSON: the last Stack list the worker sent
 
+    @classmethod
+    def first_seen(
+        cls,
+        worker_id: str,
+        project_id: str,
+        location: str,
+        job_id: str,
+        state: str,
+        now_us: int,
+        report_interval_us: int,
+    ) -> WorkerRecord:
+        """The registry entry of a worker heard from for the first time, at `now_us`."""
+        return cls(
+            worker_id=worker_id,
+            project_id=project_id,
+            location=location,
+            job_id=job_id,
+            state=state,
+            labels="{}",
+            first_seen_us=now_us,
+            last_seen_us=now_us,
+            report_interval_us=report_interval_us,
+        )
+
 
 @dataclass
 class CpuSample:
