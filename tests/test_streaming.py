@@ -20,7 +20,8 @@ from conftest import Api, Server, beamport_command, discovery_client, gapic_clie
 from test_running_jobs import dataflow_flags, run, wait_state
 
 PIPELINES = Path(__file__).parent / "pipelines"
-pytestmark = pytest.mark.slow
+# One process runs all the Flink tests (scripts/test: --dist loadgroup): the cluster is shared and has 2 cores.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]
 
 
 def flink_endpoints() -> dict[str, str]:
