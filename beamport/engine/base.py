@@ -90,9 +90,23 @@ class RunResult:
 
 
 class Engine(abc.ABC):
+    """What runs a staged job. Which engines there are, and what each can do, is beamport.engine.registry."""
+
     @abc.abstractmethod
     def run(self, job: StagedJob, observer: RunObserver) -> RunResult:
         """Run the job to its end in this process. Errors of the pipeline are a FAILED result, not exceptions."""
+
+    def request_drain(self) -> bool:
+        """Drain the running job: its sources stop reading, every window fires, the run ends DRAINED. Called from
+        another thread while `run` runs, once per report while the job drains. Answers whether this engine
+        drains; by default it cannot, and the run goes on until its input ends or it is stopped."""
+        return False
+
+    def stop(self) -> None:
+        """Stop the run at once, from another thread: the executor then kills its process group. An engine
+        whose run lives outside that group (a job on a cluster) stops it here; by default there is nothing
+        outside it to stop."""
+        return
 
 
 # -- streaming: what the service asks of the engine that runs a streaming job, outside any worker --------
