@@ -112,7 +112,7 @@ class Sweeper:
 
 def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar | None = None):
     """The ASGI app. `beam`: the Beam sidecar, when serve() has started it (else it starts with the app)."""
-    from beamport.engine import registry
+    from beamport.engine.registry import state_control
     from beamport.files import FilePolicy
     from beamport.http.app import create_app
     from beamport.service.execution import ExecutionService
@@ -139,7 +139,7 @@ def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar |
             worker_credentials = settings.local_worker_key_path
             iam.local_worker_credentials(worker_credentials, settings.endpoint)
     work = WorkNotifier()
-    control = registry.state_control(settings)
+    control = state_control(settings)
     available, streaming_engine = settings.engines()
     snapshots = SnapshotService(store, settings.data_dir, control)
     execution = ExecutionService(

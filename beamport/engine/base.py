@@ -136,12 +136,12 @@ def savepoint_path(location: str) -> Path:
 class StreamingControl(abc.ABC):
     """Control of running streaming jobs, used by the service layer (snapshots, drain, update).
 
-    Jobs are named by their Beamport job id. Implemented by beamport.engine.flink.FlinkControl; a server
-    without a checkpointing engine has none (`streaming_control(settings)` answers None), and refuses
-    snapshots with FAILED_PRECONDITION naming what would work.
+    Jobs are named by their Beamport job id. Implemented by beamport.engine.flink.FlinkControl, for the engines
+    the registry says keep state; a server without one has none (`registry.state_control(settings)` answers
+    None), and refuses snapshots with FAILED_PRECONDITION naming what would work.
     """
 
-    name: str = ""  # the engine's name, for messages ("flink")
+    name: str = ""  # the engine's name (beamport.engine.registry), for choosing and for messages
 
     @abc.abstractmethod
     def savepoint(self, job_id: str, directory: Path) -> Savepoint:
