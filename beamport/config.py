@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from beamport.engine import registry
 from beamport.sandbox import MODES, Limits, Sandbox, parse_size
 
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
@@ -140,10 +141,7 @@ class EngineSettings(BaseSettings):
 
     def for_executor(self) -> dict:
         """The engines as a worker hands them to its executors, in each work item's assignment (JSON)."""
-        return {
-            "flink": self.flink.model_dump(mode="json") if self.flink else None,
-            "prism": str(self.prism) if self.prism else None,
-        }
+        return registry.host_configs(self)
 
     def sandbox_with(self, writable: list[Path], hidden: list[Path]) -> Sandbox:
         """The sandbox of user code, writing to `writable` (and Flink's shared directory), not seeing `hidden`."""
@@ -196,9 +194,8 @@ class Settings(EngineSettings):
 
     def engines(self) -> tuple[set[str], str | None]:
         """The engines this server's workers can run jobs on, and the one streaming jobs run on by default."""
-        available = {"embedded"} | ({"flink"} if self.flink else set()) | ({"prism"} if self.prism else set())
-        streaming = "flink" if self.flink else "prism" if self.prism else None
-        return available, streaming
+        streaming = registry.default_streaming(self)
+        return {spec.name for spec in registry.available(self)}, streaming.name if streaming else None
 
     def engine_report(self) -> list[str]:
         """What each engine is here, or why it is not: for the server's start-up log."""

@@ -112,7 +112,7 @@ class Sweeper:
 
 def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar | None = None):
     """The ASGI app. `beam`: the Beam sidecar, when serve() has started it (else it starts with the app)."""
-    from beamport.engine.control import streaming_control
+    from beamport.engine.registry import state_control
     from beamport.files import FilePolicy
     from beamport.http.app import create_app
     from beamport.service.execution import ExecutionService
@@ -139,7 +139,7 @@ def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar |
             worker_credentials = settings.local_worker_key_path
             iam.local_worker_credentials(worker_credentials, settings.endpoint)
     work = WorkNotifier()
-    control = streaming_control(settings)
+    control = state_control(settings)
     available, streaming_engine = settings.engines()
     snapshots = SnapshotService(store, settings.data_dir, control)
     execution = ExecutionService(
@@ -147,7 +147,7 @@ def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar |
         default_report_interval_us=int(settings.worker_report_interval_s * 1e6),
         work=work,
         streaming_engine=streaming_engine,
-        restore_location=snapshots.restore_location,
+        saved_state=snapshots,
     )
     registry = WorkerRegistry(store, execution)
     sweeper = Sweeper(registry, snapshots=snapshots, check_database=getattr(store, "check_database", None))
@@ -184,8 +184,7 @@ def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar |
         work=work,
         streaming_engine=streaming_engine,
         engines_available=available,
-        restore_location=snapshots.restore_location,
-        carry_state=snapshots.carry_state,
+        saved_state=snapshots,
         pipelines_dir=settings.data_dir.resolve() / "pipelines",
         quotas=JobQuotas(store, settings.max_active_jobs, settings.max_jobs_per_minute),
         beam=beam,

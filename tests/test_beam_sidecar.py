@@ -36,7 +36,7 @@ for package in ("beamport.http", "beamport.service", "beamport.store"):
     for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
         if not module.ispkg:
             importlib.import_module(f"{package}.{module.name}")
-for name in ("beamport.engine.control", "beamport.engine.flink", "beamport.files", "beamport.worker.pool"):
+for name in ("beamport.engine.registry", "beamport.engine.flink", "beamport.files", "beamport.worker.pool"):
     importlib.import_module(name)
 print(*sys.modules, sep="\\n")
 """

@@ -90,9 +90,23 @@ class RunResult:
 
 
 class Engine(abc.ABC):
+    """What runs a staged job. Which engines there are, and what each can do, is beamport.engine.registry."""
+
     @abc.abstractmethod
     def run(self, job: StagedJob, observer: RunObserver) -> RunResult:
         """Run the job to its end in this process. Errors of the pipeline are a FAILED result, not exceptions."""
+
+    def request_drain(self) -> bool:
+        """Drain the running job: its sources stop reading, every window fires, the run ends DRAINED. Called from
+        another thread while `run` runs, once per report while the job drains. Answers whether this engine
+        drains; by default it cannot, and the run goes on until its input ends or it is stopped."""
+        return False
+
+    def stop(self) -> None:
+        """Stop the run at once, from another thread: the executor then kills its process group. An engine
+        whose run lives outside that group (a job on a cluster) stops it here; by default there is nothing
+        outside it to stop."""
+        return
 
 
 # -- streaming: what the service asks of the engine that runs a streaming job, outside any worker --------
@@ -122,12 +136,12 @@ def savepoint_path(location: str) -> Path:
 class StreamingControl(abc.ABC):
     """Control of running streaming jobs, used by the service layer (snapshots, drain, update).
 
-    Jobs are named by their Beamport job id. Implemented by beamport.engine.flink.FlinkControl; a server
-    without a checkpointing engine has none (`streaming_control(settings)` answers None), and refuses
-    snapshots with FAILED_PRECONDITION naming what would work.
+    Jobs are named by their Beamport job id. Implemented by beamport.engine.flink.FlinkControl, for the engines
+    the registry says keep state; a server without one has none (`registry.state_control(settings)` answers
+    None), and refuses snapshots with FAILED_PRECONDITION naming what would work.
     """
 
-    name: str = ""  # the engine's name, for messages ("flink")
+    name: str = ""  # the engine's name (beamport.engine.registry), for choosing and for messages
 
     @abc.abstractmethod
     def savepoint(self, job_id: str, directory: Path) -> Savepoint:

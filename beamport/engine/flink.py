@@ -38,10 +38,10 @@ from beamport.engine.base import (
     savepoint_path,
 )
 from beamport.engine.portable import JobService, external_environments
+from beamport.engine.registry import FLINK
 
 log = logging.getLogger(__name__)
 
-NAME = "flink"
 _ACTIVE = {"INITIALIZING", "CREATED", "RUNNING", "RESTARTING", "FAILING", "CANCELLING", "RECONCILING", "SUSPENDED"}
 _END_OF_TIME = 9223372036854775807  # Long.MAX_VALUE: Flink's watermark once the input is all read
 POLL_S = 1.0
@@ -168,7 +168,7 @@ def directory_size(path: Path) -> int:
 class FlinkControl(StreamingControl):
     """Snapshots of running jobs as Flink savepoints, for the service layer."""
 
-    name = NAME
+    name = FLINK.name
 
     def __init__(self, config: FlinkConfig):
         self.config = config
@@ -206,9 +206,10 @@ class FlinkEngine(Engine):
 
     # -- called from other threads -----------------------------------------------------------
 
-    def request_drain(self) -> None:
+    def request_drain(self) -> bool:
         """Stop reading, fire every window, flush, then end DRAINED (see beamport.io.local_log)."""
         self._drain.set()
+        return True
 
     def stop(self) -> None:
         """Cancel the Flink job now (the job was cancelled, or its work moved): best effort, brief."""

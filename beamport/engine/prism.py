@@ -37,7 +37,6 @@ from beamport.engine.portable import JobService, external_environments
 
 log = logging.getLogger(__name__)
 
-NAME = "prism"
 POLL_S = 0.5
 START_TIMEOUT_S = 30.0
 
@@ -55,8 +54,9 @@ class PrismEngine(Engine):
         self._service: JobService | None = None
         self._invocation: str | None = None
 
-    def request_drain(self) -> None:
+    def request_drain(self) -> bool:
         self._drain.set()
+        return True
 
     def stop(self) -> None:
         if self._service is not None and self._invocation is not None:

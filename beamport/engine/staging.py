@@ -31,6 +31,7 @@ from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from google.protobuf.message import DecodeError
 
+from beamport.engine import registry
 from beamport.engine.base import JOB_TYPE_BATCH, JOB_TYPE_STREAMING, StagedJob
 from beamport.engine.staged_files import check_pipeline_hash, unsatisfied_requirements
 from beamport.errors import ApiError
@@ -50,7 +51,7 @@ def stage_job(
     job: dict,
     policy: FilePolicy,
     workdir: Path | None = None,
-    engine: str = "embedded",
+    engine: registry.EngineSpec = registry.BATCH_DEFAULT,
     pipeline_bytes: bytes | None = None,
 ) -> tuple[StagedJob, list[str]]:
     """The job ready to run, and warnings (texts for JOB_MESSAGE_WARNINGs) about what is not honoured.
@@ -58,6 +59,7 @@ def stage_job(
     job: the job document in Google JSON, as jobs.get with JOB_VIEW_ALL answers it.
     workdir: where files staged on gs:// are copied to (if None, a new temporary directory, left in place:
     the engine reads them during the run).
+    engine: the engine that will run it (beamport.engine.registry), for what it cannot do.
     pipeline_bytes: the pipeline as the service kept it when the job was created; None: read pipelineUrl.
     Raises ApiError when the job cannot run at all (no pipeline, a file outside the policy...).
     """
@@ -99,9 +101,9 @@ def stage_job(
         )
 
     job_type = (environment.get("version") or {}).get("job_type") or JOB_TYPE_BATCH
-    if job_type == JOB_TYPE_STREAMING and engine == "embedded":
+    if job_type == JOB_TYPE_STREAMING and not engine.streaming:
         warnings.append(
-            "This is a streaming job. The embedded engine runs a pipeline until all its input is processed: "
+            f"This is a streaming job. The {engine.title} engine runs a pipeline until all its input is processed: "
             "bounded sources work, unbounded ones (Pub/Sub, Kafka...) do not."
         )
 

@@ -1,40 +1,54 @@
 """Which engine runs a job: Dataflow has one service; Beamport has engines to choose from (docs/engines.md).
 
 A job names its engine with the label `beamport_engine` (DataflowRunner: `--labels beamport_engine=flink`).
-Otherwise batch jobs run on the embedded engine, and streaming jobs on the server's streaming engine
-(Flink when the server has a cluster, else Prism when it has the binary; without either they wait in
-JOB_STATE_PENDING, saying so).
+Otherwise batch jobs run on the batch engine (embedded), and streaming jobs on the server's streaming engine
+(the first streaming engine of beamport.engine.registry the server has: Flink when it has a cluster, else
+Prism when it has the binary; without either they wait in JOB_STATE_PENDING, saying so). What an engine can
+do (keep state, drain...) is the registry's to say.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
+from beamport.engine import registry
 from beamport.errors import failed_precondition, invalid_argument
 from beamport.service import model
 
 ENGINE_LABEL = "beamport_engine"
-EMBEDDED = "embedded"
-FLINK = "flink"
-PRISM = "prism"
-ENGINES = (EMBEDDED, FLINK, PRISM)
-SAVES_STATE = {FLINK}  # engines whose jobs can be snapshotted, started from a snapshot, updated with state
+
+
+class SavedState(Protocol):
+    """Jobs' state saved by engines that keep it (the snapshot service): what the job and execution services ask
+    of it, for jobs whose engine the registry says keeps state."""
+
+    def restore_location(self, project_id: str, location: str, snapshot_id: str) -> str:
+        """Where a snapshot's data is, for a job that starts from it; raises unless it can be started from."""
+
+    def carry_state(self, project_id: str, location: str, job_id: str, new_job_name: str) -> str:
+        """For an update: the id of a snapshot of the running job's state, the job stopped."""
 
 
 def engine_of(doc: dict, streaming_engine: str | None) -> str | None:
-    """The engine that runs this job (None: a streaming job on a server without a streaming engine)."""
+    """The name of the engine that runs this job (None: a streaming job on a server without a streaming engine)."""
     named = (doc.get("labels") or {}).get(ENGINE_LABEL)
     if named:
         return named
     if doc.get("type") == model.STREAMING:
         return streaming_engine
-    return EMBEDDED
+    return registry.BATCH_DEFAULT.name
 
 
-_SETUP = {
-    FLINK: "no Flink cluster: start one with scripts/flink-cluster and give its endpoints to `beamport serve` "
-    "(--flink-master, --flink-job-server, --flink-sdk-pool; see docs/engines.md)",
-    PRISM: "no Prism binary: build it with scripts/prism-build, or name one with `beamport serve --prism PATH` "
-    "(see docs/engines.md)",
-}
+def spec_of(doc: dict, streaming_engine: str | None) -> registry.EngineSpec | None:
+    """The engine that runs this job, None when there is none (or its label, changed since the job was created,
+    names no engine)."""
+    return registry.find(engine_of(doc, streaming_engine))
+
+
+def keeps_state(engine: str | None) -> bool:
+    """Whether the engine of this name saves its jobs' state (snapshots, starting from one, updates with state)."""
+    spec = registry.find(engine)
+    return spec is not None and spec.keeps_state
 
 
 def check_engine(doc: dict, available: set[str]) -> None:
@@ -42,10 +56,13 @@ def check_engine(doc: dict, available: set[str]) -> None:
     named = (doc.get("labels") or {}).get(ENGINE_LABEL)
     if named is None:
         return
-    if named not in ENGINES:
-        raise invalid_argument(f"Label {ENGINE_LABEL}={named!r} names no engine: use one of {', '.join(ENGINES)}.")
-    if named not in available:
+    spec = registry.find(named)
+    if spec is None:
+        raise invalid_argument(
+            f"Label {ENGINE_LABEL}={named!r} names no engine: use one of {', '.join(registry.names())}."
+        )
+    if spec.name not in available:
         raise failed_precondition(
             f"The job asks for the {named} engine ({ENGINE_LABEL}={named}), but this Beamport server has "
-            f"{_SETUP[named]}."
+            f"{spec.missing_on_server}."
         )

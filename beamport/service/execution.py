@@ -118,7 +118,7 @@ class ExecutionService:
         default_report_interval_us: int = 5_000_000,
         work: WorkNotifier | None = None,
         streaming_engine: str | None = None,
-        restore_location=None,
+        saved_state: engines.SavedState | None = None,
     ):
         self.store = store
         self.clock = clock
@@ -126,9 +126,9 @@ class ExecutionService:
         self.started_us = clock()
         # The health report interval a worker is first given (the registry adapts it per worker).
         self.default_report_interval_us = default_report_interval_us
-        self.streaming_engine = streaming_engine  # "flink", or None: see beamport.service.engines
-        # (project, location, snapshot id) -> the snapshot's data, for jobs that start from one.
-        self.restore_location = restore_location
+        self.streaming_engine = streaming_engine  # an engine's name, or None: see beamport.service.engines
+        # Where jobs on engines that keep state start from (the snapshot service); None: nowhere.
+        self.saved_state = saved_state
 
     # -- the work-item protocol -------------------------------------------------
 
@@ -307,9 +307,9 @@ class ExecutionService:
     def _restore(self, job: JobRecord, doc: dict) -> dict:
         """Where the job's starting state is (createdFromSnapshotId), for its engine."""
         snapshot_id = doc.get("createdFromSnapshotId")
-        if not snapshot_id or self.restore_location is None:
+        if not snapshot_id or self.saved_state is None:
             return {}
-        restore = {"restoreFrom": self.restore_location(job.project_id, job.location, snapshot_id)}
+        restore = {"restoreFrom": self.saved_state.restore_location(job.project_id, job.location, snapshot_id)}
         if doc.get("transformNameMapping"):  # an update that renamed transforms: their state keeps its old names
             restore["stateNames"] = {new: old for old, new in doc["transformNameMapping"].items()}
         return restore

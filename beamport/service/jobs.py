@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from beamport import wire
+from beamport.engine import registry
 from beamport.engine.staged_files import check_pipeline_hash
 from beamport.errors import ApiError, failed_precondition, invalid_argument
 from beamport.files import FilePolicy
@@ -76,10 +77,9 @@ class JobService:
         clock=wire.now_us,
         work: WorkNotifier | None = None,
         streaming_engine: str | None = None,
-        restore_location=None,
-        carry_state=None,
+        saved_state: engines.SavedState | None = None,
         pipelines_dir=None,
-        engines_available: set[str] | frozenset = frozenset({engines.EMBEDDED}),
+        engines_available: set[str] | frozenset = frozenset({registry.BATCH_DEFAULT.name}),
         quotas: JobQuotas | None = None,
         beam: BeamSidecar | None = None,
     ):
@@ -90,13 +90,11 @@ class JobService:
         self.files = files  # None: files named in requests are neither checked nor read (tests of the API only)
         self.clock = clock
         self.work = work or WorkNotifier()  # told when a created job has work to lease
-        self.streaming_engine = streaming_engine  # "flink", "prism" or None: see beamport.service.engines
+        self.streaming_engine = streaming_engine  # an engine's name, or None: see beamport.service.engines
         self.engines_available = set(engines_available) | ({streaming_engine} if streaming_engine else set())
-        # (project, location, snapshot id) -> the snapshot's data; raises unless it can be started from.
-        self.restore_location = restore_location
-        # (project, location, running job id, new job's name) -> the id of a snapshot of its state, the job
-        # stopped; for updates of streaming jobs on an engine that saves state.
-        self.carry_state = carry_state
+        # Where jobs on engines that keep state (beamport.engine.registry) start from, and updates carry their
+        # state over through (the snapshot service); None: nowhere.
+        self.saved_state = saved_state
         # A copy of each submitted pipeline, by job id: DataflowRunner stages every submission's pipeline.pb at
         # the same path of a local staging location, so a later submission overwrites an earlier one's.
         self.pipelines_dir = pipelines_dir
@@ -359,14 +357,15 @@ class JobService:
         engine = engines.engine_of(old_doc, self.streaming_engine)
         if old_doc.get("type") != model.STREAMING:
             return []
-        if engine not in engines.SAVES_STATE or self.carry_state is None:
+        if not engines.keeps_state(engine) or self.saved_state is None:
             if old_doc.get("currentState") != model.RUNNING:
                 return []
             return [
                 (
                     "JOB_MESSAGE_WARNING",
-                    f"Job {old_id} runs on the {engine} engine, which keeps no state to "
-                    "carry over: this job starts without it (updates keep state on the Flink engine).",
+                    f"Job {old_id} runs on the {engine} engine, which keeps no state to carry over: this job "
+                    f"starts without it (updates keep state on the {registry.titles(registry.keeping_state())} "
+                    "engine).",
                 )
             ]
         if old_doc.get("currentState") != model.RUNNING:
@@ -376,9 +375,11 @@ class JobService:
                     f"Job {old_id} was not running ({old_doc.get('currentState')}): this job starts without its state.",
                 )
             ]
-        if engines.engine_of(doc, self.streaming_engine) != engines.FLINK:
+        spec = registry.get(engine)
+        if engines.spec_of(doc, self.streaming_engine) is not spec:
             raise failed_precondition(
-                f"Job {old_id} runs on Flink and keeps state; its replacement must run on Flink too to take it on."
+                f"Job {old_id} runs on {spec.title} and keeps state; its replacement must run on {spec.title} too "
+                "to take it on."
             )
         problems = self.beam.call(
             "update_incompatibilities",
@@ -392,7 +393,7 @@ class JobService:
                 + "; ".join(problems)
                 + f". Job {old_id} has not been changed."
             )
-        snapshot_id = self.carry_state(project_id, location, old_id, doc["name"])
+        snapshot_id = self.saved_state.carry_state(project_id, location, old_id, doc["name"])
         doc["createdFromSnapshotId"] = snapshot_id
         return [
             ("JOB_MESSAGE_BASIC", f"This job takes over the state of job {old_id}, saved in snapshot {snapshot_id}.")
@@ -428,13 +429,13 @@ class JobService:
         if not snapshot_id:
             return
         engine = engines.engine_of(doc, self.streaming_engine)
-        if engine != engines.FLINK or self.restore_location is None:
+        if not engines.keeps_state(engine) or self.saved_state is None:
             raise failed_precondition(
                 f"The job is to start from snapshot {snapshot_id}, but it would run on "
                 f"{engine or 'no engine'}, which cannot restore state: streaming jobs start from snapshots on "
-                "the Flink engine (see docs/engines.md)."
+                f"the {registry.titles(registry.keeping_state())} engine (see docs/engines.md)."
             )
-        self.restore_location(project_id, location, snapshot_id)
+        self.saved_state.restore_location(project_id, location, snapshot_id)
 
     def _check_files(self, doc: dict) -> None:
         """Refuse files outside the operator's roots now, not when the job runs; describe the pipeline."""

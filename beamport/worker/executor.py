@@ -21,7 +21,8 @@ import traceback
 from pathlib import Path
 
 from beamport import wire
-from beamport.engine.base import STAGE_RUNNING
+from beamport.engine import registry
+from beamport.engine.base import STAGE_RUNNING, Engine
 from beamport.errors import RPC_CODE
 from beamport.protocol import (
     BACKLOG_UNIT_BYTES,
@@ -183,36 +184,22 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def make_engine(work_config: dict, sdk_workers: int, engines: dict):
-    """The engine the service chose for this work item (see beamport.service.engines), configured as the worker
-    was (`engines`: EngineSettings.for_executor)."""
-    if work_config.get("engine") == "flink":
-        from beamport.config import FlinkConfig
-        from beamport.engine.flink import FlinkEngine
+def engine_spec(work_config: dict) -> registry.EngineSpec:
+    """The engine the service chose for this work item (see beamport.service.engines); none named: the batch
+    engine."""
+    try:
+        return registry.get(work_config.get("engine") or registry.BATCH_DEFAULT.name)
+    except registry.UnknownEngine as exc:
+        raise WorkerApiError(f"This worker cannot run the work item: {exc}") from None
 
-        if not engines.get("flink"):
-            raise WorkerApiError(
-                "This worker has no Flink cluster to run the job on: start it with --flink-master, "
-                "--flink-job-server and --flink-sdk-pool (or the BEAMPORT_FLINK_* variables scripts/flink-cluster "
-                "writes)."
-            )
-        return FlinkEngine(
-            FlinkConfig(**engines["flink"]),
-            restore_from=work_config.get("restoreFrom"),
-            state_names=work_config.get("stateNames"),
-        )
-    if work_config.get("engine") == "prism":
-        from beamport.engine.prism import PrismEngine
 
-        if not engines.get("prism"):
-            raise WorkerApiError(
-                "This worker has no Prism binary to run the job on: start it with --prism PATH (or BEAMPORT_PRISM; "
-                "scripts/prism-build builds one)."
-            )
-        return PrismEngine(Path(engines["prism"]))
-    from beamport.engine.embedded import EmbeddedEngine
-
-    return EmbeddedEngine(default_workers=sdk_workers)
+def make_engine(work_config: dict, sdk_workers: int, engines: dict) -> Engine:
+    """The work item's engine, configured as the worker was (`engines`: EngineSettings.for_executor)."""
+    spec = engine_spec(work_config)
+    config = engines.get(spec.name)
+    if spec.host_config is not None and not config:
+        raise WorkerApiError(spec.missing_on_worker)
+    return spec.build(config, work_config, sdk_workers)
 
 
 def execute(assignment: dict) -> int:
@@ -234,7 +221,11 @@ def execute(assignment: dict) -> int:
     reporter = Reporter(api, work)
     reporter.code(
         CODE_HARNESS_STARTED,
-        {"pid": os.getpid(), "attempt": work.attempt, "engine": work_config.get("engine", "embedded")},
+        {
+            "pid": os.getpid(),
+            "attempt": work.attempt,
+            "engine": work_config.get("engine") or registry.BATCH_DEFAULT.name,
+        },
     )
     outcome: dict = {}
     engine_box: list = []  # the engine, once made (the main loop drains or stops it)
@@ -247,7 +238,7 @@ def execute(assignment: dict) -> int:
                 job = api.get_job(work)
                 reporter.planned_stages = len((job.get("pipelineDescription") or {}).get("executionPipelineStage", []))
                 staged, warnings = stage_job(
-                    job, files, engine=work_config.get("engine", "embedded"), pipeline_bytes=api.get_pipeline(work)
+                    job, files, engine=engine_spec(work_config), pipeline_bytes=api.get_pipeline(work)
                 )
                 warnings += clean_up_earlier_attempts(staged, work.attempt, files)
             except Exception as exc:
@@ -315,18 +306,15 @@ def execute(assignment: dict) -> int:
         if thread.is_alive():
             answer = flush()
             if answer.get("harnessData", {}).get(HARNESS_DRAIN) and engine_box:
-                request_drain = getattr(engine_box[0], "request_drain", None)
-                if request_drain:
-                    request_drain()
+                engine_box[0].request_drain()  # an engine that cannot drain runs on to its end (or a cancel)
             if "completeWorkStatus" in answer:
                 # The service wants this work to end (cancelled, or the lease revoked): stop at once, with
                 # the SDK worker processes (this process leads its own process group).
                 log.info("stopping: %s", answer["completeWorkStatus"].get("message"))
                 if status:
                     status.write(json.dumps({"stopped": True}) + "\n")
-                stop = getattr(engine_box[0], "stop", None) if engine_box else None
-                if stop:  # an engine whose job runs outside this process (Flink) stops it first
-                    stop()
+                if engine_box:  # an engine whose job runs outside this process group (Flink) stops it first
+                    engine_box[0].stop()
                 if os.getpgrp() == os.getpid():
                     os.killpg(os.getpgrp(), signal.SIGKILL)
                 os._exit(1)

@@ -1,0 +1,193 @@
+"""The engines Beamport has, and what each can do: the one place that names them (docs/engines.md).
+
+Everything else asks here: the server which engines its settings give it and which one streaming jobs run on,
+the service whether a job's engine keeps state, the executor how to build the engine its work item names. An
+engine's name is what a job's label `beamport_engine` says and what a work item's configuration carries
+("engine": "flink"): stored data, so a name never changes.
+
+Registering imports no Beam: an engine's module is imported only inside its factories, when a worker's executor
+builds the engine (or the server the control of its saved state, which imports no Beam either). The server
+process imports this module and must never import Beam (tests/test_beam_sidecar.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from beamport.config import EngineSettings
+    from beamport.engine.base import Engine, StreamingControl
+
+PYTHON = "python"  # the SDKs an engine runs pipelines of: today only Beam's Python SDK (Beamport's own Python)
+
+
+class UnknownEngine(ValueError):
+    """A name no engine of Beamport has."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an engine is and can do, as data; and how to configure and build it (without importing it here)."""
+
+    name: str  # the label value and the work item's "engine": stored, never renamed
+    title: str  # the engine in messages ("Flink")
+    batch: bool  # runs batch jobs
+    streaming: bool  # runs streaming jobs with unbounded sources (others run bounded input only)
+    keeps_state: bool  # saves a running job's state: snapshots, jobs created from one, updates that keep state
+    drains: bool  # Engine.request_drain works: sources stop reading, windows fire, the run ends DRAINED
+    stops_outside: bool  # Engine.stop stops a run that lives outside the executor's process group (a cluster's job)
+    sdks: frozenset[str]  # the SDKs whose pipelines it runs
+    # What the engine needs from a host's EngineSettings, as JSON for the executor (None: the host does not have
+    # it); None for an engine that needs nothing, which every host has.
+    host_config: Callable[[EngineSettings], Any] | None
+    missing_on_server: str  # why a server that lacks it refuses a job naming it: how to give it one
+    missing_on_worker: str  # the same, for a worker given work on it
+    # (host config, work item configuration, SDK workers per job) -> the Engine; imports the engine's module.
+    build: Callable[[Any, dict, int], Engine]
+    # (host config) -> the control of its jobs' saved state, for the service (engines that keep state).
+    state_control: Callable[[Any], StreamingControl] | None = None
+
+    def on(self, settings: EngineSettings) -> bool:
+        """Whether a host with these settings has this engine."""
+        return self.host_config is None or self.host_config(settings) is not None
+
+
+def _build_embedded(config: Any, work: dict, sdk_workers: int) -> Engine:
+    from beamport.engine.embedded import EmbeddedEngine
+
+    return EmbeddedEngine(default_workers=sdk_workers)
+
+
+def _flink_config(settings: EngineSettings) -> dict | None:
+    return settings.flink.model_dump(mode="json") if settings.flink else None
+
+
+def _build_flink(config: dict, work: dict, sdk_workers: int) -> Engine:
+    from beamport.config import FlinkConfig
+    from beamport.engine.flink import FlinkEngine
+
+    return FlinkEngine(FlinkConfig(**config), restore_from=work.get("restoreFrom"), state_names=work.get("stateNames"))
+
+
+def _flink_control(config: dict) -> StreamingControl:
+    from beamport.config import FlinkConfig
+    from beamport.engine.flink import FlinkControl
+
+    return FlinkControl(FlinkConfig(**config))
+
+
+def _prism_config(settings: EngineSettings) -> str | None:
+    return str(settings.prism) if settings.prism else None
+
+
+def _build_prism(config: str, work: dict, sdk_workers: int) -> Engine:
+    from beamport.engine.prism import PrismEngine
+
+    return PrismEngine(Path(config))
+
+
+EMBEDDED = EngineSpec(
+    name="embedded",
+    title="embedded",
+    batch=True,
+    streaming=False,  # FnApiRunner runs until its input is exhausted: a streaming job's bounded input only
+    keeps_state=False,
+    drains=False,
+    stops_outside=False,
+    sdks=frozenset({PYTHON}),
+    host_config=None,
+    missing_on_server="",
+    missing_on_worker="",
+    build=_build_embedded,
+)
+FLINK = EngineSpec(
+    name="flink",
+    title="Flink",
+    batch=True,
+    streaming=True,
+    keeps_state=True,  # savepoints
+    drains=True,
+    stops_outside=True,  # the job runs on the cluster
+    sdks=frozenset({PYTHON}),
+    host_config=_flink_config,
+    missing_on_server="no Flink cluster: start one with scripts/flink-cluster and give its endpoints to `beamport "
+    "serve` (--flink-master, --flink-job-server, --flink-sdk-pool; see docs/engines.md)",
+    missing_on_worker="This worker has no Flink cluster to run the job on: start it with --flink-master, "
+    "--flink-job-server and --flink-sdk-pool (or the BEAMPORT_FLINK_* variables scripts/flink-cluster writes).",
+    build=_build_flink,
+    state_control=_flink_control,
+)
+PRISM = EngineSpec(
+    name="prism",
+    title="Prism",
+    batch=True,
+    streaming=True,
+    keeps_state=False,  # Prism keeps no savepoints
+    drains=True,
+    stops_outside=False,  # Prism runs in the executor's process group; stop cancels the invocation all the same
+    sdks=frozenset({PYTHON}),
+    host_config=_prism_config,
+    missing_on_server="no Prism binary: build it with scripts/prism-build, or name one with `beamport serve --prism "
+    "PATH` (see docs/engines.md)",
+    missing_on_worker="This worker has no Prism binary to run the job on: start it with --prism PATH (or "
+    "BEAMPORT_PRISM; scripts/prism-build builds one).",
+    build=_build_prism,
+)
+# In order of preference: streaming jobs that name no engine run on the first streaming engine a server has,
+# batch jobs on the first batch engine (which needs nothing, so every server has it).
+ENGINES: tuple[EngineSpec, ...] = (EMBEDDED, FLINK, PRISM)
+_BY_NAME = {spec.name: spec for spec in ENGINES}
+BATCH_DEFAULT = next(spec for spec in ENGINES if spec.batch and spec.host_config is None)
+
+
+def names() -> list[str]:
+    return [spec.name for spec in ENGINES]
+
+
+def get(name: str) -> EngineSpec:
+    """The engine of this name; UnknownEngine, naming the engines there are, for any other name."""
+    try:
+        return _BY_NAME[name]
+    except (KeyError, TypeError):
+        raise UnknownEngine(f"No engine is named {name!r}: Beamport's engines are {', '.join(names())}.") from None
+
+
+def find(name: str | None) -> EngineSpec | None:
+    """The engine of this name, or None (no name, or one no engine has)."""
+    return _BY_NAME.get(name) if isinstance(name, str) else None
+
+
+def titles(specs: Iterable[EngineSpec]) -> str:
+    """Engines for a message: "Flink", "Flink or Prism"."""
+    return " or ".join(spec.title for spec in specs)
+
+
+def keeping_state() -> list[EngineSpec]:
+    return [spec for spec in ENGINES if spec.keeps_state]
+
+
+def available(settings: EngineSettings) -> list[EngineSpec]:
+    """The engines a host with these settings has, in order of preference."""
+    return [spec for spec in ENGINES if spec.on(settings)]
+
+
+def default_streaming(settings: EngineSettings) -> EngineSpec | None:
+    """The engine streaming jobs that name none run on, on a server with these settings (None: it has none)."""
+    return next((spec for spec in available(settings) if spec.streaming), None)
+
+
+def host_configs(settings: EngineSettings) -> dict[str, Any]:
+    """What each configurable engine needs from these settings (None where the host lacks it), by name: how a
+    worker hands its engines to its executors (JSON, in each work item's assignment)."""
+    return {spec.name: spec.host_config(settings) for spec in ENGINES if spec.host_config is not None}
+
+
+def state_control(settings: EngineSettings) -> StreamingControl | None:
+    """The control of saved state of the first engine these settings have that keeps state (None: none does)."""
+    for spec in available(settings):
+        if spec.keeps_state and spec.state_control is not None:
+            return spec.state_control(spec.host_config(settings) if spec.host_config else None)
+    return None

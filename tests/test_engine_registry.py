@@ -1,0 +1,135 @@
+"""The engine registry (beamport.engine.registry): what each engine can do, which engines a host's settings give it,
+how the executor builds them, and that registering them imports no Beam. No server is started here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from beamport.config import EngineSettings
+from beamport.engine import registry
+from beamport.engine.base import Engine
+from beamport.errors import ApiError
+from beamport.service import engines
+
+FLINK = {"master": "m:1", "job_server": "j:2", "sdk_pool": "p:3"}
+
+
+def prism_binary(where: Path) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    binary = where / "prism"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    return binary
+
+
+def test_each_engine_declares_what_it_can_do():
+    table = {
+        spec.name: (spec.batch, spec.streaming, spec.keeps_state, spec.drains, spec.stops_outside, spec.sdks)
+        for spec in registry.ENGINES
+    }
+    python = frozenset({registry.PYTHON})
+    assert table == {
+        "embedded": (True, False, False, False, False, python),
+        "flink": (True, True, True, True, True, python),
+        "prism": (True, True, False, True, False, python),
+    }
+    assert registry.names() == ["embedded", "flink", "prism"]
+    assert registry.BATCH_DEFAULT is registry.get("embedded")
+    assert registry.keeping_state() == [registry.get("flink")]
+    assert registry.titles(registry.ENGINES) == "embedded or Flink or Prism"
+
+
+def test_unknown_names_are_refused_clearly():
+    with pytest.raises(registry.UnknownEngine, match=r"No engine is named 'spark': .* embedded, flink, prism\."):
+        registry.get("spark")
+    with pytest.raises(registry.UnknownEngine, match="No engine is named None"):
+        registry.get(None)
+    assert registry.find("spark") is None and registry.find(None) is None
+    assert not engines.keeps_state("spark") and not engines.keeps_state(None) and engines.keeps_state("flink")
+
+    with pytest.raises(ApiError) as refused:  # a job's label
+        engines.check_engine({"labels": {engines.ENGINE_LABEL: "spark"}}, {"embedded"})
+    assert refused.value.status == "INVALID_ARGUMENT"
+    assert "beamport_engine='spark' names no engine: use one of embedded, flink, prism" in refused.value.message
+    with pytest.raises(ApiError) as refused:  # an engine this server lacks: how to give it one
+        engines.check_engine({"labels": {engines.ENGINE_LABEL: "prism"}}, {"embedded", "flink"})
+    assert refused.value.status == "FAILED_PRECONDITION" and "no Prism binary" in refused.value.message
+
+    from beamport.worker.api import WorkerApiError
+    from beamport.worker.executor import make_engine
+
+    with pytest.raises(WorkerApiError, match="cannot run the work item: No engine is named 'spark'"):
+        make_engine({"engine": "spark"}, 1, {})
+
+
+def test_a_hosts_settings_give_it_its_engines(tmp_path, monkeypatch):
+    for name in [name for name in os.environ if name.startswith("BEAMPORT_")]:
+        monkeypatch.delenv(name)  # only what the test gives
+    binary = prism_binary(tmp_path / "bin")
+
+    def on(**settings):
+        host = EngineSettings(**settings)
+        streaming = registry.default_streaming(host)
+        control = registry.state_control(host)
+        return (
+            [spec.name for spec in registry.available(host)],
+            streaming and streaming.name,
+            control and control.name,
+            registry.host_configs(host),
+        )
+
+    assert on(prism="none") == (["embedded"], None, None, {"flink": None, "prism": None})
+    assert on(prism=str(binary)) == (["embedded", "prism"], "prism", None, {"flink": None, "prism": str(binary)})
+    names, streaming, control, configs = on(prism=str(binary), flink=FLINK)
+    assert (names, streaming, control) == (["embedded", "flink", "prism"], "flink", "flink")
+    assert configs["flink"] == {**FLINK, "shared_dir": "/tmp/beamport-flink"} and configs["prism"] == str(binary)
+
+    # Which engine runs a job: its label, else the server's default for its type.
+    assert engines.engine_of({"type": "JOB_TYPE_BATCH"}, "flink") == "embedded"
+    assert engines.engine_of({"type": "JOB_TYPE_STREAMING"}, "flink") == "flink"
+    assert engines.engine_of({"type": "JOB_TYPE_STREAMING"}, None) is None
+    assert engines.spec_of({"labels": {engines.ENGINE_LABEL: "prism"}}, "flink") is registry.get("prism")
+
+
+def test_the_executor_builds_each_engine_and_its_answers_match_its_declaration(tmp_path):
+    from beamport.worker.executor import make_engine
+
+    binary = prism_binary(tmp_path / "bin")
+    configs = registry.host_configs(EngineSettings(prism=str(binary), flink=FLINK))
+    for spec in registry.ENGINES:
+        engine = make_engine({"engine": spec.name}, 1, configs)
+        assert isinstance(engine, Engine)
+        assert engine.request_drain() is spec.drains, spec.name
+        if spec.stops_outside:
+            assert type(engine).stop is not Engine.stop, spec.name
+    assert type(make_engine({}, 2, {})) is type(make_engine({"engine": None}, 2, {}))  # the batch engine
+    assert make_engine({}, 2, {}).default_workers == 2
+
+
+# Imports the registry and asks it everything a server asks (the state control of Flink included), then lists the
+# modules imported.
+ASK_THE_REGISTRY = """
+import sys
+from beamport.config import EngineSettings
+from beamport.engine import registry
+settings = EngineSettings(prism="none", flink={"master": "m:1", "job_server": "j:2", "sdk_pool": "p:3"})
+registry.available(settings), registry.default_streaming(settings), registry.host_configs(settings)
+assert registry.state_control(settings).name == "flink"
+print(*sys.modules, sep="\\n")
+"""
+
+
+def test_registering_the_engines_imports_no_beam():
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("BEAMPORT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", ASK_THE_REGISTRY], capture_output=True, text=True, check=True, env=environ
+    )
+    modules = done.stdout.splitlines()
+    assert "beamport.engine.registry" in modules and "beamport.engine.flink" in modules
+    assert [m for m in modules if m.split(".")[0] == "apache_beam"] == []
+    assert "beamport.engine.prism" not in modules and "beamport.engine.embedded" not in modules
