@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -213,16 +214,13 @@ def now_us() -> int:
 
 def format_duration_us(us: int) -> str:
     """A google.protobuf.Duration in its JSON form: "5s", "0.200s", "1.000500s"."""
-    seconds, micros = divmod(us, 1_000_000)
-    if not micros:
-        return f"{seconds}s"
-    if micros % 1000 == 0:
-        return f"{seconds}.{micros // 1000:03d}s"
-    return f"{seconds}.{micros:06d}s"
+    duration = Duration()
+    duration.FromMicroseconds(us)
+    return duration.ToJsonString()
 
 
 def parse_duration_us(value: str) -> int:
-    """The microseconds of a Duration's JSON form ("5s", "0.2s"); ValueError when malformed."""
-    if not value.endswith("s"):
-        raise ValueError(value)
-    return round(float(value[:-1]) * 1_000_000)
+    """The microseconds of a Duration's JSON form ("5s", "0.2s"); ValueError when malformed or out of range."""
+    duration = Duration()
+    duration.FromJsonString(value)
+    return duration.ToMicroseconds()

@@ -17,6 +17,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from beamport import wire
+
 
 class Format(StrEnum):
     table = "table"
@@ -271,10 +273,10 @@ def _bytes(n: int) -> str:
 
 def _duration(value: str | None) -> str:
     """A Duration's JSON form ("604800s") as 7d, 1h30m, 45s."""
-    if not value or not value.endswith("s"):
-        return value or "-"
+    if not value:
+        return "-"
     try:
-        seconds = round(float(value[:-1]))
+        seconds = round(wire.parse_duration_us(value) / 1_000_000)
     except ValueError:
         return value
     parts = []
