@@ -83,7 +83,11 @@ _FIELDS_CACHE: dict[str, dict[str, FieldDescriptor]] = {}
 
 
 def _drop_unknown(value, descriptor: Descriptor, path: str, dropped: list[str]):
-    """Return a copy of the JSON object `value` with names unknown to `descriptor` removed."""
+    """Return a copy of the JSON object `value` with names unknown to `descriptor` removed.
+
+    Not json_format's ignore_unknown_fields=True: that also drops enum names the enum does not define
+    (`"type": "JOB_TYPE_NOPE"` parses as no type at all), which Dataflow refuses. Unknown names are dropped
+    here, and the strict parse that follows refuses such enum names."""
     if not isinstance(value, dict):
         return value  # json_format reports the type error with a precise message
     known = _fields_by_json_key(descriptor)
