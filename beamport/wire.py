@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -82,7 +83,11 @@ _FIELDS_CACHE: dict[str, dict[str, FieldDescriptor]] = {}
 
 
 def _drop_unknown(value, descriptor: Descriptor, path: str, dropped: list[str]):
-    """Return a copy of the JSON object `value` with names unknown to `descriptor` removed."""
+    """Return a copy of the JSON object `value` with names unknown to `descriptor` removed.
+
+    Not json_format's ignore_unknown_fields=True: that also drops enum names the enum does not define
+    (`"type": "JOB_TYPE_NOPE"` parses as no type at all), which Dataflow refuses. Unknown names are dropped
+    here, and the strict parse that follows refuses such enum names."""
     if not isinstance(value, dict):
         return value  # json_format reports the type error with a precise message
     known = _fields_by_json_key(descriptor)
@@ -213,16 +218,13 @@ def now_us() -> int:
 
 def format_duration_us(us: int) -> str:
     """A google.protobuf.Duration in its JSON form: "5s", "0.200s", "1.000500s"."""
-    seconds, micros = divmod(us, 1_000_000)
-    if not micros:
-        return f"{seconds}s"
-    if micros % 1000 == 0:
-        return f"{seconds}.{micros // 1000:03d}s"
-    return f"{seconds}.{micros:06d}s"
+    duration = Duration()
+    duration.FromMicroseconds(us)
+    return duration.ToJsonString()
 
 
 def parse_duration_us(value: str) -> int:
-    """The microseconds of a Duration's JSON form ("5s", "0.2s"); ValueError when malformed."""
-    if not value.endswith("s"):
-        raise ValueError(value)
-    return round(float(value[:-1]) * 1_000_000)
+    """The microseconds of a Duration's JSON form ("5s", "0.2s"); ValueError when malformed or out of range."""
+    duration = Duration()
+    duration.FromJsonString(value)
+    return duration.ToMicroseconds()

@@ -341,7 +341,7 @@ class FakeSession:
 
 
 def test_policy_changes_are_retried_after_concurrent_ones(monkeypatch):
-    monkeypatch.setattr(iam_cli.time, "sleep", lambda s: None)
+    monkeypatch.setattr("time.sleep", lambda s: None)  # tenacity sleeps with time.sleep
     member = "serviceAccount:a-robot@p.iam.gserviceaccount.com"
 
     def grant(policy: dict) -> dict:

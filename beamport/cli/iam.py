@@ -13,13 +13,13 @@ import copy
 import os
 import random
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from beamport.cli.client import DEFAULT_ENDPOINT, DEFAULT_REGION, ApiCallError, ClientError
 from beamport.cli.jobs import Endpoint, OutputFormat, Project, Session, session
@@ -273,15 +273,17 @@ def _check_member(member: str) -> None:
 def update_policy(s: Session, resource: str, change: Callable[[dict], dict]) -> dict:
     """Read the policy, change it, write it back with the etag read; again from the read if it changed
     meanwhile (ABORTED), as gcloud does."""
-    for attempt in range(POLICY_ATTEMPTS):
-        policy = s.client.get_iam_policy(resource)
-        try:
-            return s.client.set_iam_policy(resource, change(policy))
-        except ApiCallError as exc:
-            if exc.status != "ABORTED" or attempt == POLICY_ATTEMPTS - 1:
-                raise
-        time.sleep(random.uniform(0.05, 0.2) * 2**attempt)
-    raise AssertionError("unreachable")
+
+    def read_change_write() -> dict:
+        return s.client.set_iam_policy(resource, change(s.client.get_iam_policy(resource)))
+
+    retrying = Retrying(
+        stop=stop_after_attempt(POLICY_ATTEMPTS),
+        wait=lambda state: random.uniform(0.05, 0.2) * 2 ** (state.attempt_number - 1),
+        retry=retry_if_exception(lambda exc: isinstance(exc, ApiCallError) and exc.status == "ABORTED"),
+        reraise=True,
+    )
+    return retrying(read_change_write)
 
 
 def _describe(resource: str) -> str:

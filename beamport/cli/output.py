@@ -13,8 +13,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TextIO
 
+import yaml
 from rich.console import Console
 from rich.table import Table
+
+from beamport import wire
 
 
 class Format(StrEnum):
@@ -45,49 +48,39 @@ def short_time(value: str | None, precision: str = "seconds") -> str:
     return text
 
 
-# -- a YAML-like view of nested JSON ------------------------------------------
+# -- nested JSON as YAML ------------------------------------------------------------
 
+# Strings outside this plain set (or that read as numbers) are double-quoted, as `beamport` always showed them
+# (`- "serviceAccount:dev@p.iam.gserviceaccount.com"`): YAML alone would leave many of them plain.
 _PLAIN = re.compile(r"[A-Za-z0-9_./@(][-A-Za-z0-9_./@()+, ]*\Z")
 _NUMBER = re.compile(r"[-+]?(\d[\d_]*)?\.?\d*([eE][-+]?\d+)?\Z")
 
 
-def _scalar(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)  # only empty ones are shown inline
-    text = str(value)
-    plain = _PLAIN.match(text) and text == text.strip() and not _NUMBER.match(text)
-    if plain and text not in ("true", "false", "null"):
-        return text
-    return json.dumps(text, ensure_ascii=False)
+class _YamlDumper(yaml.SafeDumper):
+    """yaml.SafeDumper with lists indented under their key and double quotes where a string needs quotes."""
+
+    def increase_indent(self, flow=False, indentless=False):
+        return super().increase_indent(flow, False)  # `key:` then `  - item`, not `- item` level with the key
+
+    def choose_scalar_style(self):
+        style = super().choose_scalar_style()
+        return '"' if style == "'" else style  # JSON's quotes, which readers of the JSON answers know
 
 
-def yaml_lines(value, indent: int = 0) -> list[str]:
-    pad = "  " * indent
-    lines: list[str] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(item, (dict, list)) and item:
-                lines.append(f"{pad}{key}:")
-                lines += yaml_lines(item, indent + 1)
-            else:
-                lines.append(f"{pad}{key}: {_scalar(item)}")
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, (dict, list)) and item:
-                nested = yaml_lines(item, indent + 1)
-                lines.append(f"{pad}- {nested[0].lstrip()}")
-                lines += nested[1:]
-            else:
-                lines.append(f"{pad}- {_scalar(item)}")
-    else:
-        lines.append(pad + _scalar(value))
-    return lines
+def _represent_str(dumper: yaml.SafeDumper, text: str):
+    plain = _PLAIN.match(text) and not _NUMBER.match(text)
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=None if plain else '"')
+
+
+_YamlDumper.add_representer(str, _represent_str)
+
+
+def yaml_lines(value) -> list[str]:
+    """An API answer as YAML, one line per item, in the answer's order and never wrapped."""
+    text = yaml.dump(
+        value, Dumper=_YamlDumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=float("inf")
+    )
+    return text.splitlines()
 
 
 # -- the printer ----------------------------------------------------------------
@@ -198,7 +191,7 @@ class Printer:
         self._table(table)
 
     def document(self, value: dict) -> None:
-        """Any API answer: JSON, or readable YAML-like lines."""
+        """Any API answer: JSON, or YAML."""
         if self.format is Format.json:
             self._json(value)
             return
@@ -280,10 +273,10 @@ def _bytes(n: int) -> str:
 
 def _duration(value: str | None) -> str:
     """A Duration's JSON form ("604800s") as 7d, 1h30m, 45s."""
-    if not value or not value.endswith("s"):
-        return value or "-"
+    if not value:
+        return "-"
     try:
-        seconds = round(float(value[:-1]))
+        seconds = round(wire.parse_duration_us(value) / 1_000_000)
     except ValueError:
         return value
     parts = []

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from beamport import wire
 from beamport.cli.client import DEFAULT_ENDPOINT, DEFAULT_REGION
 from beamport.cli.jobs import Endpoint, JobId, OutputFormat, Project, Region, session
 from beamport.cli.output import Format
@@ -24,8 +25,10 @@ def parse_ttl(text: str) -> str:
     match = _TTL_RE.match(text.strip().lower())
     if not match:
         raise typer.BadParameter(f"{text!r} is not a duration such as 30m, 12h, 7d or 3600s.", param_hint="'--ttl'")
-    seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
-    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds:.3f}s"
+    try:
+        return wire.format_duration_us(round(float(match.group(1)) * _UNIT_S[match.group(2)] * 1_000_000))
+    except ValueError:  # past a Duration's 10,000 years
+        raise typer.BadParameter(f"{text!r} is too long: at most 30d.", param_hint="'--ttl'") from None
 
 
 @app.command()

@@ -12,15 +12,15 @@ the running Flink job instead of submitting it again).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
+
+import httpx
+from tenacity import RetryError, Retrying, retry_if_not_result, retry_if_result, stop_after_delay, wait_fixed
 
 from beamport.config import FlinkConfig
 from beamport.engine.base import (
@@ -66,22 +66,17 @@ class FlinkRest:
 
     def __init__(self, master: str, timeout: float = 10.0):
         self.base = master if master.startswith("http") else f"http://{master}"
-        self.timeout = timeout
+        self.http = httpx.Client(timeout=timeout, follow_redirects=True)
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
-                text = answer.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
-            raise EngineError(f"Flink answered {exc.code} to {method} {path}: {detail}") from None
-        except OSError as exc:
+            answer = self.http.request(method, self.base + path, json=body)
+        except httpx.HTTPError as exc:
             raise EngineError(f"Flink's REST API at {self.base} cannot be reached: {exc}") from None
-        return json.loads(text) if text.strip() else {}
+        if not answer.is_success:
+            detail = answer.text[:500]
+            raise EngineError(f"Flink answered {answer.status_code} to {method} {path}: {detail}")
+        return answer.json() if answer.content.strip() else {}
 
     def find_job(self, name: str, active_only: bool = True) -> dict | None:
         """The newest Flink job of this name ({jid, name, state, ...}); only an active one if so asked."""
@@ -143,17 +138,21 @@ class FlinkRest:
         directory.mkdir(parents=True, exist_ok=True)
         body = {"target-directory": directory.resolve().as_uri(), "cancel-job": False, "formatType": "CANONICAL"}
         trigger = self._call("POST", f"/jobs/{jid}/savepoints", body)["request-id"]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self._call("GET", f"/jobs/{jid}/savepoints/{trigger}")
-            if status.get("status", {}).get("id") == "COMPLETED":
-                operation = status.get("operation") or {}
-                if operation.get("failure-cause"):
-                    cause = operation["failure-cause"].get("stack-trace", "").splitlines()
-                    raise EngineError(f"Flink could not take the savepoint: {cause[0] if cause else 'unknown cause'}")
-                return operation["location"]
-            time.sleep(0.2)
-        raise EngineError(f"Flink's savepoint of job {jid} did not complete within {timeout:.0f} s.")
+        poll = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.2), retry=retry_if_not_result(_completed))
+        try:
+            status = poll(self._call, "GET", f"/jobs/{jid}/savepoints/{trigger}")
+        except RetryError:
+            raise EngineError(f"Flink's savepoint of job {jid} did not complete within {timeout:.0f} s.") from None
+        operation = status.get("operation") or {}
+        if operation.get("failure-cause"):
+            cause = operation["failure-cause"].get("stack-trace", "").splitlines()
+            raise EngineError(f"Flink could not take the savepoint: {cause[0] if cause else 'unknown cause'}")
+        return operation["location"]
+
+
+def _completed(status: dict) -> bool:
+    """A savepoint's status says it is done (taken or failed)."""
+    return status.get("status", {}).get("id") == "COMPLETED"
 
 
 def _warning(text: str) -> logging.LogRecord:
@@ -254,8 +253,8 @@ class FlinkEngine(Engine):
         service = JobService(self.config.job_server, "Beam's Flink job server")
         submitted_ms = time.time() * 1000 - 1000  # a job of this name from before (resubmitted) is not this one
         invocation = service.submit(job.job_id, pipeline, options)
-        deadline = time.monotonic() + SUBMIT_TIMEOUT_S
-        while time.monotonic() < deadline:  # the job server translates, then submits to the cluster
+
+        def on_the_cluster() -> str | None:  # the job server translates, then submits to the cluster
             found = self.rest.find_job(job.job_id, active_only=False)
             if found is not None and found.get("start-time", 0) >= submitted_ms:
                 return found["jid"]
@@ -265,8 +264,17 @@ class FlinkEngine(Engine):
                     "Beam's Flink job server could not translate or submit the job"
                     + (f": {errors[-1]}" if errors else "; its log says why.")
                 )
-            time.sleep(0.5)
-        raise EngineError(f"The job did not reach the Flink cluster within {SUBMIT_TIMEOUT_S:.0f} s.")
+            return None
+
+        poll = Retrying(
+            stop=stop_after_delay(SUBMIT_TIMEOUT_S),
+            wait=wait_fixed(0.5),
+            retry=retry_if_result(lambda jid: jid is None),
+        )
+        try:
+            return poll(on_the_cluster)
+        except RetryError:
+            raise EngineError(f"The job did not reach the Flink cluster within {SUBMIT_TIMEOUT_S:.0f} s.") from None
 
     def _follow(self, job: StagedJob, observer: RunObserver, drain_file: Path) -> RunResult:
         jid = self.flink_job_id
@@ -344,9 +352,13 @@ class FlinkEngine(Engine):
             time.sleep(POLL_S)
 
     def _wait_ended(self, jid: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.rest.job(jid).get("state") in _ACTIVE:
-            time.sleep(0.2)
+        poll = Retrying(
+            stop=stop_after_delay(timeout),
+            wait=wait_fixed(0.2),
+            retry=retry_if_result(lambda state: state in _ACTIVE),
+            retry_error_callback=lambda _: None,  # still active: the job is submitted again all the same
+        )
+        poll(lambda: self.rest.job(jid).get("state"))
 
     @staticmethod
     def _report_stages(details: dict, seen: dict[str, str], observer: RunObserver) -> None:

@@ -19,11 +19,11 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import orjson
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from beamport import schema, wire
 from beamport.credentials import CREDENTIALS_VARIABLE
@@ -242,23 +242,33 @@ class FlexTemplateService:
                 key_path.unlink(missing_ok=True)
 
         threading.Thread(target=reap, name=f"flex-launcher-{job_name}", daemon=True).start()
-        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-        while time.monotonic() < deadline:
+
+        def submitted() -> dict | None:
             job = self.jobs.newest_job_named(project_id, location, job_name, started_us)
-            if job is not None:
-                notes = [("JOB_MESSAGE_BASIC", f"Launched from a flex template; the launcher's log is {log_path}.")]
-                notes += [("JOB_MESSAGE_WARNING", w) for w in program["warnings"] + environment_warnings(environment)]
-                self.jobs.add_messages(job["id"], notes)
-                return job
-            if process.poll() is not None:
+            if job is None and process.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-3000:]
                 raise failed_precondition(
                     f"The flex template's launcher exited with code {process.returncode} without submitting a "
                     f"job:\n{tail}"
                 )
-            time.sleep(0.1)
-        process.kill()
-        raise ApiError("DEADLINE_EXCEEDED", f"The flex template's launcher submitted no job in {LAUNCH_TIMEOUT_S:g} s.")
+            return job
+
+        poll = Retrying(
+            stop=stop_after_delay(LAUNCH_TIMEOUT_S),
+            wait=wait_fixed(0.1),
+            retry=retry_if_result(lambda job: job is None),
+        )
+        try:
+            job = poll(submitted)
+        except RetryError:
+            process.kill()
+            raise ApiError(
+                "DEADLINE_EXCEEDED", f"The flex template's launcher submitted no job in {LAUNCH_TIMEOUT_S:g} s."
+            ) from None
+        notes = [("JOB_MESSAGE_BASIC", f"Launched from a flex template; the launcher's log is {log_path}.")]
+        notes += [("JOB_MESSAGE_WARNING", w) for w in program["warnings"] + environment_warnings(environment)]
+        self.jobs.add_messages(job["id"], notes)
+        return job
 
 
 def _environment_options(environment: dict) -> dict:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import orjson
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from beamport import schema, wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument, not_found
@@ -392,14 +393,19 @@ class WorkerRegistry:
             raise failed_precondition(f"Worker {worker_id} is not running work of job {job_id} ({worker.state}).")
         asked = self.clock()
         self.store.workers.request_stacks(worker_id, asked)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            worker = self.store.workers.get_many([worker_id])[worker_id]
-            if (worker.stacks_us or 0) >= asked:
-                stacks = orjson.loads(worker.stacks)
-                return {"sdks": [{"sdkId": f"{worker_id}/python", "stacks": stacks}]} if stacks else {}
-            time.sleep(0.05)
-        raise ApiError("DEADLINE_EXCEEDED", f"Worker {worker_id} did not send its thread stacks within {wait_s:g} s.")
+        poll = Retrying(
+            stop=stop_after_delay(wait_s),
+            wait=wait_fixed(0.05),
+            retry=retry_if_result(lambda worker: (worker.stacks_us or 0) < asked),
+        )
+        try:
+            worker = poll(lambda: self.store.workers.get_many([worker_id])[worker_id])
+        except RetryError:
+            raise ApiError(
+                "DEADLINE_EXCEEDED", f"Worker {worker_id} did not send its thread stacks within {wait_s:g} s."
+            ) from None
+        stacks = orjson.loads(worker.stacks)
+        return {"sdks": [{"sdkId": f"{worker_id}/python", "stacks": stacks}]} if stacks else {}
 
 
 @dataclass(frozen=True)

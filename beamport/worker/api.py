@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 
 import httpx
+from tenacity import Retrying, retry_if_exception_type, retry_if_result, stop_after_delay, wait_exponential
 
 from beamport import wire
 from beamport.credentials import KeyFileAuth
@@ -66,25 +66,19 @@ class WorkerApi:
 
     def _call(self, method: str, path: str, retry_for_s: float = 6.0, **kwargs) -> dict:
         """One API call; an unreachable service or a 5xx answer is tried again until `retry_for_s` passed."""
-        deadline = time.monotonic() + retry_for_s
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = self.http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                if time.monotonic() >= deadline:
-                    raise WorkerApiError(f"{method} {path}: {exc}") from None
-                time.sleep(min(0.2 * 2**attempt, 2.0))
-                continue
-            if response.status_code >= 500 and time.monotonic() < deadline:
-                time.sleep(min(0.2 * 2**attempt, 2.0))
-                continue
-            if response.status_code != 200:
-                raise WorkerApiError(
-                    f"{method} {path}: HTTP {response.status_code}: {response.text}", response.status_code
-                )
-            return response.json()
+        retrying = Retrying(
+            stop=stop_after_delay(retry_for_s),
+            wait=wait_exponential(multiplier=0.4, max=2.0),  # 0.4, 0.8, 1.6, 2, 2... s
+            retry=retry_if_exception_type(httpx.TransportError) | retry_if_result(lambda r: r.status_code >= 500),
+            retry_error_callback=lambda last: last.outcome.result(),  # the last answer (or error) as it is
+        )
+        try:
+            response = retrying(self.http.request, method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise WorkerApiError(f"{method} {path}: {exc}") from None
+        if response.status_code != 200:
+            raise WorkerApiError(f"{method} {path}: HTTP {response.status_code}: {response.text}", response.status_code)
+        return response.json()
 
     @staticmethod
     def _job_path(work: Work) -> str:
