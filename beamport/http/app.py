@@ -185,7 +185,8 @@ async def _internal_error(request: Request, exc: Exception):
 def create_app(
     settings,
     jobs_service,
-    execution_service,
+    lease_service,
+    execution_details,
     worker_registry,
     template_service,
     flex_service,
@@ -204,7 +205,7 @@ def create_app(
             app.state.work_available.set()
             app.state.work_available = asyncio.Event()
 
-        for notifier in {id(n): n for n in (jobs_service.work, execution_service.work)}.values():
+        for notifier in {id(n): n for n in (jobs_service.work, lease_service.work)}.values():
             notifier.subscribe(lambda: loop.call_soon_threadsafe(wake))
         for start in on_startup:
             start()
@@ -225,7 +226,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.jobs = jobs_service
-    app.state.execution = execution_service
+    app.state.leases = lease_service
+    app.state.execution_details = execution_details
     app.state.workers = worker_registry
     app.state.templates = template_service
     app.state.flex_templates = flex_service
