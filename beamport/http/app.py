@@ -45,8 +45,8 @@ IAM = "/v1/projects/{projectId}/serviceAccounts"
 
 def routes() -> list[Route]:
     # Order matters: ":verb" paths before the plain {jobId} paths they would also match. Every API route
-    # names the permission it needs (service/roles.py); only the token endpoint, the console's pages, its
-    # sign-in link and the job state machine (no data) are open.
+    # names the permission it needs (service/roles.py); only the token endpoint, the console's pages and
+    # its sign-in link are open.
     debug = "dataflow.jobs.debug"
     table = [
         _route(P + "/jobs:aggregated", jobs.aggregated, ["GET"], "dataflow.jobs.list"),
@@ -87,6 +87,8 @@ def routes() -> list[Route]:
             ["GET"],
             "dataflow.jobs.getPipeline",
         ),
+        # Beamport's own: the job state machine, for the console (whoever may view some project's jobs).
+        _route(BP + "/jobStates", jobs.state_machine, ["GET"], "dataflow.jobs.get"),
         # Beamport's own: the worker registry (each caller sees the workers of projects it may view).
         _route(BP + "/workers", workers.list_workers, ["GET"], "dataflow.workers.list"),
         _route(BP + "/workers/{workerId:path}", workers.get_worker, ["GET"], "dataflow.workers.get"),
@@ -146,7 +148,6 @@ def routes() -> list[Route]:
         _route(BP + "/auditLogs", iam.list_all_audit, ["GET"], "logging.logEntries.list", on=iam.organization),
         Route("/token", iam.token, methods=["POST"]),
         Route("/revoke", iam.revoke, methods=["POST"]),
-        Route(BP + "/jobStates", jobs.state_machine, methods=["GET"]),
         Route(BP + "/session", iam.whoami, methods=["GET"]),
         Route(BP + "/session", iam.sign_out, methods=["DELETE"]),
         Route(BP + "/session:link", iam.sign_in_link, methods=["POST"]),

@@ -129,5 +129,5 @@ async def kept_pipeline(request: Request) -> Response:
 @api
 async def state_machine(request: Request) -> dict:
     """Beamport's own: the job states, their transitions and the actions each state offers (job_states.py),
-    for the console. The same for everyone, and no data: open, as the console's pages are."""
+    for the console."""
     return job_states.describe()
