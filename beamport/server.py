@@ -115,14 +115,16 @@ def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar |
     from beamport.engine.registry import state_control
     from beamport.files import FilePolicy
     from beamport.http.app import create_app
-    from beamport.service.execution import ExecutionService
+    from beamport.service.execution_details import ExecutionDetails
     from beamport.service.flex_templates import FlexTemplateService
     from beamport.service.iam import ADMIN_EMAIL, IamService
     from beamport.service.jobs import JobService
+    from beamport.service.leases import LeaseService
     from beamport.service.notify import WorkNotifier
     from beamport.service.quotas import JobQuotas
     from beamport.service.snapshots import SnapshotService
     from beamport.service.sql import SqlService
+    from beamport.service.stages import StageRecorder
     from beamport.service.templates import TemplateService
     from beamport.service.workers import WorkerRegistry
     from beamport.store import open_store
@@ -142,14 +144,14 @@ def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar |
     control = state_control(settings)
     available, streaming_engine = settings.engines()
     snapshots = SnapshotService(store, settings.data_dir, control)
-    execution = ExecutionService(
+    leases = LeaseService(
         store,
         default_report_interval_us=int(settings.worker_report_interval_s * 1e6),
         work=work,
         streaming_engine=streaming_engine,
         saved_state=snapshots,
     )
-    registry = WorkerRegistry(store, execution)
+    registry = WorkerRegistry(store, leases, StageRecorder(store))
     sweeper = Sweeper(registry, snapshots=snapshots, check_database=getattr(store, "check_database", None))
     hooks: dict = {"on_startup": [sweeper.start], "on_shutdown": [sweeper.stop]}
     # Beam runs in the sidecar, never here (beamport/sidecar.py): usually ready before the first create, which
@@ -160,7 +162,7 @@ def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar |
     hooks["on_shutdown"].append(beam.stop)
     if with_workers and settings.local_workers > 0:
         pool = LocalWorkerPool(
-            execution,
+            leases,
             settings.endpoint,
             settings.local_workers,
             settings.allowed_roots(),
@@ -202,7 +204,9 @@ def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar |
     )
     hooks["on_startup"].append(_freeze_start_up_heap)
     sql = SqlService(store, files, templates)
-    return create_app(settings, jobs, execution, registry, templates, flex, sql, snapshots, iam, **hooks)
+    return create_app(
+        settings, jobs, leases, ExecutionDetails(store), registry, templates, flex, sql, snapshots, iam, **hooks
+    )
 
 
 def serve(settings: Settings) -> None:

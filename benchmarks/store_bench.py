@@ -10,7 +10,7 @@
      (DONE 85%, FAILED 8%, CANCELLED 7%), each with its DONE work item.
    - messages: the 10 streaming jobs have a tenth of them (interleaved with everyone else's, over the 180 days
      the jobs span), the others a few each; importance DEBUG 10%, DETAILED 45%, BASIC 35%, WARNING 8%, ERROR 2%.
-2. Measures, in-process through the service layer (JobService, ExecutionService; not HTTP), p50/p99 of:
+2. Measures, in-process through the service layer (JobService, LeaseService; not HTTP), p50/p99 of:
    jobs.list pages (first, deep via page token, filters, every location, by name), messages.list pages (a small
    job's, a 100,000-message job's first and deep pages, DataflowRunner's poll from its last message time, a
    minimum importance), and leasing the next work item (any project: the fair-share choice; one project), each
@@ -48,9 +48,10 @@ from sqlalchemy import func, select, text  # noqa: E402
 from beamport import wire  # noqa: E402
 from beamport.service import model  # noqa: E402
 from beamport.service.documents import record_from_document  # noqa: E402
-from beamport.service.execution import ANY, ExecutionService  # noqa: E402
 from beamport.service.jobs import JobService  # noqa: E402
+from beamport.service.leases import LeaseService  # noqa: E402
 from beamport.service.paging import encode_token  # noqa: E402
+from beamport.service.work_queue import ANY, next_leasable  # noqa: E402
 from beamport.store import open_store  # noqa: E402
 from beamport.store.tables import job_messages, jobs, work_items  # noqa: E402
 
@@ -320,7 +321,7 @@ def measure(store, meta: dict, samples: int, lease_samples: int, seed: int, budg
 
     rng = random.Random(seed)
     service = JobService(store)
-    execution = ExecutionService(store)
+    leases = LeaseService(store)
     filters = {name: model.ListJobsFilter.values_by_name[name].number for name in ("ACTIVE", "TERMINATED")}
     importance = {name: model.JobMessageImportance.values_by_name[name].number for name in ("JOB_MESSAGE_WARNING",)}
     with store.engine.connect() as conn:
@@ -420,7 +421,7 @@ def measure(store, meta: dict, samples: int, lease_samples: int, seed: int, budg
     counter = iter(range(10**9))
 
     def lease(project: str) -> dict:
-        answer = execution.lease(project, ANY, ANY, {"workerId": f"store-bench-{os.getpid()}-{next(counter)}"})
+        answer = leases.lease(project, ANY, ANY, {"workerId": f"store-bench-{os.getpid()}-{next(counter)}"})
         leased.extend(int(item["id"]) for item in answer.get("workItems", []))
         return answer
 
@@ -429,7 +430,7 @@ def measure(store, meta: dict, samples: int, lease_samples: int, seed: int, budg
         run(f"lease the next work item of {PROJECT}", lambda: lease(PROJECT), lease_samples, 10)
         run(
             "choose the next work item only (no write), any project",
-            lambda: {"workItems": [execution._leasable(ANY, ANY, ANY)]},
+            lambda: {"workItems": [next_leasable(store, ANY, ANY, ANY)]},
             lease_samples,
             10,
         )

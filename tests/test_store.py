@@ -13,8 +13,8 @@ from sqlalchemy import text
 
 from beamport.service import model
 from beamport.service.documents import job_message, record_from_document
-from beamport.service.execution import ExecutionService
 from beamport.service.jobs import JobService
+from beamport.service.leases import LeaseService
 from beamport.store import open_store
 from beamport.store.base import Write
 from beamport.store.sql import SqlStore
@@ -243,7 +243,7 @@ def _expected_lease(store, project=None, location=None, projects=None) -> int | 
 
 def test_leases_follow_the_fair_share_rule_among_many_pending_items(store):
     clock = Clock()
-    execution = ExecutionService(store, clock=clock)
+    leases = LeaseService(store, clock=clock)
     specs = [("flood", REGION, model.PENDING, WORK_PENDING)] * 300  # the oldest: a project that queued hundreds
     specs += [("flood", REGION, model.RUNNING, WORK_LEASED)]
     specs += [("small", REGION, model.CANCELLING, WORK_PENDING)]  # its oldest pending item: never leased
@@ -255,7 +255,7 @@ def test_leases_follow_the_fair_share_rule_among_many_pending_items(store):
     _seed_jobs(store, specs)
 
     def lease(n: int, project="-", location="-", projects=None) -> int | None:
-        answer = execution.lease(project, location, "-", {"workerId": f"w-{n}"}, projects=projects)
+        answer = leases.lease(project, location, "-", {"workerId": f"w-{n}"}, projects=projects)
         return int(answer["workItems"][0]["id"]) if answer else None
 
     leased = []
@@ -291,17 +291,17 @@ def test_leases_follow_the_fair_share_rule_among_many_pending_items(store):
 
 def test_held_and_waiting_work_are_found_by_index(store):
     clock = Clock()
-    execution = ExecutionService(store, clock=clock)
+    leases = LeaseService(store, clock=clock)
     ids = _seed_jobs(store, [("p", REGION, model.PENDING, WORK_PENDING)] * 30)
-    taken = [execution.lease("-", "-", "-", {"workerId": f"w-{n % 3}"})["workItems"][0] for n in range(9)]
-    assert execution.busy_workers() == {"w-0", "w-1", "w-2"}
+    taken = [leases.lease("-", "-", "-", {"workerId": f"w-{n % 3}"})["workItems"][0] for n in range(9)]
+    assert leases.busy_workers() == {"w-0", "w-1", "w-2"}
     # Waiting work, oldest first, every item (no cap).
-    assert execution.waiting_jobs() == ids[9:]
+    assert leases.waiting_jobs() == ids[9:]
     held = store.work_items.list_leased("w-1")
     assert [item.id for item in held] == sorted(int(t["id"]) for t in taken[1::3])
-    assert execution.release_work("w-1", "it went away") == 3
-    assert execution.busy_workers() == {"w-0", "w-2"}
-    assert sorted(execution.waiting_jobs()) == sorted(ids[9:] + [item.job_id for item in held])
+    assert leases.release_work("w-1", "it went away") == 3
+    assert leases.busy_workers() == {"w-0", "w-2"}
+    assert sorted(leases.waiting_jobs()) == sorted(ids[9:] + [item.job_id for item in held])
 
     # Leases not renewed expire, once the server's restart grace has passed.
     clock.now_us += 30 * 60 * 1_000_000
@@ -313,8 +313,8 @@ def test_held_and_waiting_work_are_found_by_index(store):
         "w-0",
         "w-2",
     ]
-    execution.expire_leases()
-    assert execution.busy_workers() == set() and len(execution.waiting_jobs()) == 30
+    leases.expire_leases()
+    assert leases.busy_workers() == set() and len(leases.waiting_jobs()) == 30
 
 
 def test_live_workers_are_counted_and_the_overdue_found_in_sql(store):

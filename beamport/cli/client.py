@@ -13,13 +13,11 @@ from urllib.parse import quote
 import httpx
 from google.auth.exceptions import GoogleAuthError
 
+from beamport import job_states
 from beamport.credentials import CREDENTIALS_VARIABLE, key_file_auth
 
 DEFAULT_ENDPOINT = "http://localhost:8080"
 DEFAULT_REGION = "us-central1"
-TERMINAL_STATES = frozenset(
-    {"JOB_STATE_DONE", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_DRAINED", "JOB_STATE_UPDATED"}
-)
 MAX_PAGE_SIZE = 1000
 
 
@@ -403,7 +401,7 @@ class MessageFollower:
 
     @property
     def finished(self) -> bool:
-        return self.state in TERMINAL_STATES
+        return job_states.is_terminal(self.state)
 
     def _time_of(self, message: dict) -> int:
         try:

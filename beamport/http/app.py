@@ -87,6 +87,8 @@ def routes() -> list[Route]:
             ["GET"],
             "dataflow.jobs.getPipeline",
         ),
+        # Beamport's own: the job state machine, for the console (whoever may view some project's jobs).
+        _route(BP + "/jobStates", jobs.state_machine, ["GET"], "dataflow.jobs.get"),
         # Beamport's own: the worker registry (each caller sees the workers of projects it may view).
         _route(BP + "/workers", workers.list_workers, ["GET"], "dataflow.workers.list"),
         _route(BP + "/workers/{workerId:path}", workers.get_worker, ["GET"], "dataflow.workers.get"),
@@ -185,7 +187,8 @@ async def _internal_error(request: Request, exc: Exception):
 def create_app(
     settings,
     jobs_service,
-    execution_service,
+    lease_service,
+    execution_details,
     worker_registry,
     template_service,
     flex_service,
@@ -204,7 +207,7 @@ def create_app(
             app.state.work_available.set()
             app.state.work_available = asyncio.Event()
 
-        for notifier in {id(n): n for n in (jobs_service.work, execution_service.work)}.values():
+        for notifier in {id(n): n for n in (jobs_service.work, lease_service.work)}.values():
             notifier.subscribe(lambda: loop.call_soon_threadsafe(wake))
         for start in on_startup:
             start()
@@ -225,7 +228,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.jobs = jobs_service
-    app.state.execution = execution_service
+    app.state.leases = lease_service
+    app.state.execution_details = execution_details
     app.state.workers = worker_registry
     app.state.templates = template_service
     app.state.flex_templates = flex_service

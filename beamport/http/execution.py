@@ -12,8 +12,12 @@ from beamport.http.auth import principal_of
 from beamport.http.protocol import api, api_off_loop, call, id_param, location_param, project_param, read, read_json
 
 
-def _service(request: Request):
-    return request.app.state.execution
+def _details(request: Request):
+    return request.app.state.execution_details
+
+
+def _leases(request: Request):
+    return request.app.state.leases
 
 
 @api_off_loop
@@ -21,20 +25,20 @@ async def get_metrics(request: Request):
     """A job's metrics: as many as its pipeline reports (read and rendered off the event loop)."""
     start = wire.parse_timestamp_us(request.query_params.get("startTime"), "startTime")
     project, location, job_id = project_param(request), location_param(request), id_param(request, "jobId")
-    return lambda: _service(request).get_metrics(project, location, job_id, start)
+    return lambda: _details(request).get_metrics(project, location, job_id, start)
 
 
 @api_off_loop
 async def execution_details(request: Request):
     project, location, job_id = project_param(request), location_param(request), id_param(request, "jobId")
-    return lambda: _service(request).execution_details(project, location, job_id)
+    return lambda: _details(request).execution_details(project, location, job_id)
 
 
 @api_off_loop
 async def stage_execution_details(request: Request):
     project, location, job_id = project_param(request), location_param(request), id_param(request, "jobId")
     stage_id = request.path_params["stageId"]
-    return lambda: _service(request).stage_execution_details(project, location, job_id, stage_id)
+    return lambda: _details(request).stage_execution_details(project, location, job_id, stage_id)
 
 
 LEASE_WAIT_S = 2.0
@@ -52,7 +56,7 @@ async def lease(request: Request) -> dict:
     job_id = _or_any(request, "jobId", lambda r: id_param(r, "jobId"))
     body = await read_json(request)
     if job_id != "-":
-        return await call(_service(request).lease, project, location, job_id, body)
+        return await call(_leases(request).lease, project, location, job_id, body)
     # A worker leases only the work of projects it is bound to (every project: None).
     projects = None
     if project == "-":
@@ -64,7 +68,7 @@ async def lease(request: Request) -> dict:
     deadline = time.monotonic() + LEASE_WAIT_S
     while True:
         available = request.app.state.work_available
-        answer = await call(_service(request).lease, project, location, job_id, body, projects)
+        answer = await call(_leases(request).lease, project, location, job_id, body, projects)
         remaining = deadline - time.monotonic()
         if answer or remaining <= 0:
             return answer
@@ -78,4 +82,4 @@ async def lease(request: Request) -> dict:
 async def report_status(request: Request) -> dict:
     project, location, job_id = project_param(request), location_param(request), id_param(request, "jobId")
     body = await read_json(request)
-    return await call(_service(request).report_status, project, location, job_id, body)
+    return await call(_leases(request).report_status, project, location, job_id, body)

@@ -7,7 +7,7 @@ from functools import partial
 from starlette.requests import Request
 from starlette.responses import Response
 
-from beamport import wire
+from beamport import job_states, wire
 from beamport.errors import ApiError, invalid_argument
 from beamport.http.protocol import (
     api,
@@ -124,3 +124,10 @@ async def kept_pipeline(request: Request) -> Response:
     except ApiError as error:
         return error_response(error)
     return Response(data, media_type="application/x-protobuf")
+
+
+@api
+async def state_machine(request: Request) -> dict:
+    """Beamport's own: the job states, their transitions and the actions each state offers (job_states.py),
+    for the console."""
+    return job_states.describe()

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import orjson
 
-from beamport import wire
-from beamport.errors import not_found
+from beamport import job_states, wire
+from beamport.errors import ApiError, not_found
 from beamport.service import model
 from beamport.store.base import Store, Write
-from beamport.store.jobs import JobRecord
+from beamport.store.errors import VersionConflict
+from beamport.store.jobs import JobChange, JobRecord
 from beamport.store.messages import MessageRecord
 from beamport.store.work_items import WORK_LEASED, WORK_PENDING, WorkItemChange
 
 ACTIVE_PAGE = 1000  # active jobs read at a time
+CONFLICT_ATTEMPTS = 50  # attempts of a change that meets concurrent ones (retry_on_conflict)
+
+T = TypeVar("T")
 
 
 def timestamp(us: int) -> str:
@@ -56,7 +61,7 @@ def render_message(m: MessageRecord) -> dict:
 
 def record_from_document(doc: dict, record: JobRecord | None = None) -> JobRecord:
     summary, detail = model.split_document(doc)
-    active = doc.get("currentState") not in model.TERMINAL_STATES
+    active = not job_states.is_terminal(doc.get("currentState"))
     end_us = None
     if not active:
         end_us = wire.parse_timestamp_us(doc.get("currentStateTime"), "currentStateTime")
@@ -105,9 +110,52 @@ def render_job(record: JobRecord, view: int) -> dict:
     return model.render_view(orjson.loads(record.summary), detail, view)
 
 
-def move_to_state(doc: dict, state: str, now_us: int) -> None:
+def move_to_state(doc: dict, state: str, now_us: int, by: job_states.Actor) -> None:
+    """Change the job's state, as the state machine allows `by` (else FAILED_PRECONDITION)."""
+    job_states.check(doc["id"], doc.get("currentState"), state, by)
     doc["currentState"] = state
     doc["currentStateTime"] = timestamp(now_us)
+
+
+def end_job(doc: dict, state: str, now_us: int, write: Write, by: job_states.Actor) -> None:
+    """The job's run ends in `state` (its work done, failed or stopped): the messages Dataflow shows."""
+    move_to_state(doc, state, now_us, by)
+    write.messages = [
+        *write.messages,
+        job_message(doc["id"], now_us, "JOB_MESSAGE_BASIC", "Stopping worker pool..."),
+        job_message(doc["id"], now_us, "JOB_MESSAGE_BASIC", "Worker pool stopped."),
+    ]
+
+
+def retry_on_conflict(attempt: Callable[[], T], doing: str, conflicts: tuple[type[Exception], ...] = ()) -> T:
+    """Run `attempt` (read, decide, write under version checks) again while its write meets a concurrent change
+    (VersionConflict, or one of `conflicts`): each attempt reads afresh and re-applies the request to what it
+    finds. ABORTED after CONFLICT_ATTEMPTS, `doing` saying what ("updating job 123")."""
+    for _ in range(CONFLICT_ATTEMPTS):
+        try:
+            return attempt()
+        except (VersionConflict, *conflicts):
+            continue
+    raise ApiError("ABORTED", f"Too much contention {doing}; try again.")
+
+
+def change_job(store: Store, clock, job_id: str, change: Callable[[dict, int, Write], bool]) -> None:
+    """Apply `change(doc, now, write) -> bool` to the job with a version check (again on a conflict); False
+    means no change. A job that does not exist is left alone."""
+
+    def attempt() -> None:
+        job = store.jobs.get(None, job_id)
+        if job is None:
+            return
+        doc, expected, now = document(job), job.version, clock()
+        write = Write()
+        if not change(doc, now, write):
+            return
+        record_from_document(doc, job)
+        write.changed_jobs = [JobChange(job, expected)]
+        commit(store, write)
+
+    retry_on_conflict(attempt, f"changing job {job_id}")
 
 
 def active_jobs(store: Store) -> Iterator[JobRecord]:

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from beamport import wire
+from beamport import job_states, wire
 from beamport.engine import registry
 from beamport.engine.staged_files import check_pipeline_hash
 from beamport.errors import ApiError, failed_precondition, invalid_argument
 from beamport.files import FilePolicy
+from beamport.job_states import Actor
 from beamport.service import autoscaling, engines, model
 from beamport.service.documents import (
     active_jobs,
@@ -29,7 +30,7 @@ from beamport.service.documents import (
     record_from_document,
     render_job,
     render_message,
-    timestamp,
+    retry_on_conflict,
 )
 from beamport.service.model import JobPb
 from beamport.service.notify import WorkNotifier
@@ -45,7 +46,6 @@ from beamport.store.work_items import WORK_CANCELLED, WORK_LEASED, WorkItemRecor
 
 log = logging.getLogger(__name__)
 
-_RETRIES = 50
 _FILTERS = {"UNKNOWN": FILTER_ALL, "ALL": FILTER_ALL, "ACTIVE": FILTER_ACTIVE, "TERMINATED": FILTER_TERMINATED}
 # Fields a client may name in jobs.update's updateMask (both spellings are accepted, as Google's ESF does).
 _UPDATABLE = {
@@ -256,7 +256,7 @@ class JobService:
             doc = document(summary)
             if (
                 doc.get("type") != model.STREAMING
-                or doc.get("currentState") not in model.NOT_STARTED_STATES
+                or doc.get("currentState") not in job_states.NOT_STARTED_STATES
                 or engines.engine_of(doc, None) is not None  # it named its engine: it had work from the start
                 or self.store.work_items.list(summary.id)
             ):
@@ -300,24 +300,24 @@ class JobService:
             work, messages = [WorkItemRecord(job_id=job_id)], []  # the whole pipeline, for a worker to lease
         messages += [job_message(job_id, now, importance, text) for importance, text in notes]
 
-        for _ in range(_RETRIES):
+        def attempt() -> dict:
             try:
                 if replace_job_id:
                     self._replace(project_id, location, replace_job_id, record, work, messages, now)
                 else:
                     commit(self.store, Write(new_jobs=[record], new_work_items=work, messages=messages))
-                if work:
-                    self.work.notify()
-                return render_job(record, view)
-            except VersionConflict:
-                continue
             except ActiveNameTaken:
                 # Dataflow answers a second create of an active name with the
                 # existing job, unchanged; clients compare clientRequestId.
                 existing = self.store.jobs.find_active(project_id, location, doc["name"])
                 if existing is not None and not replace_job_id:
                     return render_job(existing, view)
-        raise ApiError("ABORTED", f"Too much contention creating job {doc['name']}; try again.")
+                raise  # that job ended meanwhile: try again
+            if work:
+                self.work.notify()
+            return render_job(record, view)
+
+        return retry_on_conflict(attempt, f"creating job {doc['name']}", conflicts=(ActiveNameTaken,))
 
     def kept_pipeline(self, project_id: str, location: str, job_id: str) -> bytes:
         """The pipeline a job was created with, as the service kept it (what its workers run)."""
@@ -469,7 +469,8 @@ class JobService:
         old_doc = document(old)
         self._check_replaceable(old, old_doc, record.name)
         expected = old.version
-        old_doc.update(currentState=model.UPDATED, currentStateTime=timestamp(now), replacedByJobId=record.id)
+        move_to_state(old_doc, model.UPDATED, now, Actor.CLIENT)
+        old_doc["replacedByJobId"] = record.id
         record_from_document(old_doc, old)
         commit(
             self.store,
@@ -510,11 +511,11 @@ class JobService:
         if "labels" in mask:
             check_labels(changes.get("labels"))
 
-        for _ in range(_RETRIES):
+        def attempt() -> dict:
             record = load_job(self.store, project_id, location, job_id)
             doc = document(record)
             state = doc.get("currentState", "")
-            if state in model.TERMINAL_STATES:
+            if job_states.is_terminal(state):
                 raise failed_precondition(f"Job {job_id} is in terminal state {state} and can no longer be changed.")
             now = self.clock()
             if requested:
@@ -527,60 +528,47 @@ class JobService:
             record_from_document(doc, record)
             # A job that ended here never started: its work will never be leased.
             work = [] if record.active else close_work_items(self.store, job_id, WORK_CANCELLED, now)
-            try:
-                commit(
-                    self.store,
-                    Write(changed_jobs=[JobChange(record, expected)], changed_work_items=work, messages=messages),
-                )
-            except VersionConflict:
-                continue
+            commit(
+                self.store,
+                Write(changed_jobs=[JobChange(record, expected)], changed_work_items=work, messages=messages),
+            )
             return render_job(record, model.VIEW_SUMMARY)
-        raise ApiError("ABORTED", f"Too much contention updating job {job_id}; try again.")
+
+        return retry_on_conflict(attempt, f"updating job {job_id}")
 
     def _request_state(self, doc: dict, requested: str, now: int, work_held: bool = True) -> list[MessageRecord]:
-        """Apply a client's requestedState to the job document; return the messages it causes."""
+        """Apply a client's requestedState to the job document, as the state machine allows (job_states);
+        return the messages it causes."""
         job_id, state = doc["id"], doc.get("currentState", "")
-
-        def move(new_state: str) -> None:
-            move_to_state(doc, new_state, now)
-
-        if requested == model.CANCELLED:
-            doc["requestedState"] = model.CANCELLED
-            if state == model.CANCELLING:
-                return []
-            if not work_held:
-                move(model.CANCELLED)  # nothing runs (yet, or between attempts), so nothing needs stopping
-            else:
-                move(model.CANCELLING)  # a worker holds the work (its engine may be starting): it stops it
-            return [job_message(job_id, now, "JOB_MESSAGE_BASIC", f"Cancel request is committed for job {job_id}.")]
-
-        if requested in (model.DRAINED, model.DRAINING):  # Beam asks for DRAINING, gcloud for DRAINED
-            if doc.get("type") != model.STREAMING:
-                raise failed_precondition(
-                    f"Job {job_id} is a batch job, and batch jobs cannot be drained; "
-                    "cancel it instead (requestedState JOB_STATE_CANCELLED)."
-                )
-            if state == model.CANCELLING:
-                raise failed_precondition(f"Job {job_id} is being cancelled and cannot be drained.")
-            doc["requestedState"] = model.DRAINED
-            if state == model.DRAINING:
-                return []
-            if state in model.NOT_STARTED_STATES and not work_held:
-                move(model.DRAINED)  # it never read any input: there is nothing to flush
-            else:
-                move(model.DRAINING)
-            return [job_message(job_id, now, "JOB_MESSAGE_BASIC", f"Drain request is committed for job {job_id}.")]
-
-        if requested == model.DONE:
+        action = job_states.action_for(requested)
+        if action is None and requested == model.DONE:
             raise failed_precondition(
                 f"Job {job_id} is in {state}: a job reaches JOB_STATE_DONE only by finishing its work. "
                 "Request JOB_STATE_CANCELLED or JOB_STATE_DRAINED to stop it."
             )
-
-        raise invalid_argument(
-            f"requestedState {requested} cannot be requested by a client: use JOB_STATE_CANCELLED, "
-            "JOB_STATE_DRAINED (or JOB_STATE_DRAINING) or JOB_STATE_DONE."
-        )
+        if action is None:
+            raise invalid_argument(
+                f"requestedState {requested} cannot be requested by a client: use JOB_STATE_CANCELLED, "
+                "JOB_STATE_DRAINED (or JOB_STATE_DRAINING) or JOB_STATE_DONE."
+            )
+        if action.streaming_only and doc.get("type") != model.STREAMING:
+            raise failed_precondition(
+                f"Job {job_id} is a batch job, and batch jobs cannot be {action.done}; "
+                "cancel it instead (requestedState JOB_STATE_CANCELLED)."
+            )
+        if state == action.underway:  # asked again: nothing more to do
+            doc["requestedState"] = action.requested_state
+            return []
+        # Nothing runs (yet, or between attempts) and nothing needs stopping or flushing: it ends at once.
+        # Otherwise a worker holds the work (its engine may be starting): it stops it, or drains it.
+        at_once = not work_held and job_states.allows(state, action.at_once, Actor.CLIENT)
+        target = action.at_once if at_once else action.underway
+        if not job_states.allows(state, target, Actor.CLIENT):
+            raise failed_precondition(f"Job {job_id} is in {state} and cannot be {action.done}.")
+        doc["requestedState"] = action.requested_state
+        move_to_state(doc, target, now, Actor.CLIENT)
+        what = action.name.capitalize()
+        return [job_message(job_id, now, "JOB_MESSAGE_BASIC", f"{what} request is committed for job {job_id}.")]
 
     def _apply_mask(self, doc: dict, mask: list[str], changes: dict) -> list[MessageRecord]:
         for path in mask:

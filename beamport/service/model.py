@@ -9,6 +9,21 @@ import time
 from google.cloud import dataflow_v1beta3 as dataflow
 from google.protobuf import descriptor_pool
 
+# The job states are declared, with their transitions, in beamport.job_states; the services name them model.X too.
+from beamport.job_states import (  # noqa: F401
+    CANCELLED,
+    CANCELLING,
+    DONE,
+    DRAINED,
+    DRAINING,
+    FAILED,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    STOPPED,
+    UPDATED,
+)
+
 JobPb = dataflow.Job.pb()
 
 _pool = descriptor_pool.Default()
@@ -17,22 +32,6 @@ JobView = _pool.FindEnumTypeByName("google.dataflow.v1beta3.JobView")
 JobType = _pool.FindEnumTypeByName("google.dataflow.v1beta3.JobType")
 JobMessageImportance = _pool.FindEnumTypeByName("google.dataflow.v1beta3.JobMessageImportance")
 ListJobsFilter = dataflow.ListJobsRequest.pb().DESCRIPTOR.enum_types_by_name["Filter"]
-
-PENDING = "JOB_STATE_PENDING"
-QUEUED = "JOB_STATE_QUEUED"
-RUNNING = "JOB_STATE_RUNNING"
-STOPPED = "JOB_STATE_STOPPED"
-DONE = "JOB_STATE_DONE"
-FAILED = "JOB_STATE_FAILED"
-CANCELLING = "JOB_STATE_CANCELLING"
-CANCELLED = "JOB_STATE_CANCELLED"
-DRAINING = "JOB_STATE_DRAINING"
-DRAINED = "JOB_STATE_DRAINED"
-UPDATED = "JOB_STATE_UPDATED"
-
-TERMINAL_STATES = frozenset({DONE, FAILED, CANCELLED, DRAINED, UPDATED})
-# Active, but no work has started: stopping such a job needs no engine.
-NOT_STARTED_STATES = frozenset({PENDING, QUEUED, STOPPED})
 
 BATCH = "JOB_TYPE_BATCH"
 STREAMING = "JOB_TYPE_STREAMING"

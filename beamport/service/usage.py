@@ -24,7 +24,7 @@ from beamport import wire
 from beamport.errors import ApiError
 from beamport.protocol import LABEL_JOB, LABEL_WORKER
 from beamport.service.documents import commit, timestamp
-from beamport.service.execution import metric_key
+from beamport.service.execution_details import metric_key
 from beamport.store.base import Store, Write
 from beamport.store.metrics import MetricRecord
 

@@ -5,9 +5,9 @@ Every worker message carries labels (JOB_ID, WORKER_ID, ...). Health reports, CP
 events and shutdown notices update the worker's entry; message codes go to the job (its log, its stage
 states). The service acts on what it hears: a worker that reports itself broken, sends a shutdown notice,
 or misses its health deadline loses its leases and its work is leased to another worker
-(ExecutionService.release_work). The health report interval is the service's to set, per worker: longer
+(LeaseService.release_work). The health report interval is the service's to set, per worker: longer
 when many workers report, shorter for a worker it is worried about. A worker waiting for work sends no
-reports: its lease polls say it is alive (ExecutionService._waiting), and it is lost when they stop.
+reports: its lease polls say it is alive (work_queue.note_waiting), and it is lost when they stop.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from beamport.errors import ApiError, failed_precondition, invalid_argument, not
 from beamport.protocol import CODE_LOG, CODE_STACKTRACES, CODE_STAGE, CONTAINER_START, LABEL_JOB, LABEL_WORKER
 from beamport.service import model
 from beamport.service.documents import commit, job_message, load_job, timestamp
-from beamport.service.execution import RESTART_GRACE_US, ExecutionService, idle_interval_us
+from beamport.service.leases import RESTART_GRACE_US, LeaseService
+from beamport.service.stages import StageRecorder
 from beamport.service.usage import JobUsage
+from beamport.service.work_queue import idle_interval_us
 from beamport.store.base import Store, Write
 from beamport.store.work_items import WorkItemRecord
 from beamport.store.workers import (
@@ -62,9 +64,10 @@ _SHUTDOWN_REASONS = ("UNKNOWN", "PREEMPTION")
 
 
 class WorkerRegistry:
-    def __init__(self, store: Store, execution: ExecutionService, clock=wire.now_us):
+    def __init__(self, store: Store, leases: LeaseService, stages: StageRecorder, clock=wire.now_us):
         self.store = store
-        self.execution = execution
+        self.leases = leases  # the work a worker holds, released when it is lost, broken or leaves
+        self.stages = stages  # what message codes say of a job
         self.clock = clock
         self._jobs: dict[str, _JobRef] = {}
         self._live, self._live_at = 0, 0.0  # reporting workers, as counted at that monotonic time
@@ -87,7 +90,7 @@ class WorkerRegistry:
 
     @property
     def base_interval_us(self) -> int:
-        return self.execution.default_report_interval_us
+        return self.leases.default_report_interval_us
 
     # -- WorkerMessages --------------------------------------------------------------
 
@@ -151,9 +154,9 @@ class WorkerRegistry:
         for worker_id, stacks in update.stacks:
             self.store.workers.save_stacks(worker_id, stacks, now)
         for worker_id, reason, counts in update.releases:
-            self.execution.release_work(worker_id, reason, counts)
+            self.leases.release_work(worker_id, reason, counts)
         for job_id, job_messages in codes.items():
-            self.execution.record_code_messages(job_id, job_messages)
+            self.stages.record_code_messages(job_id, job_messages)
         return {"workerMessageResponses": responses}
 
     def _entry(self, workers: dict[str, WorkerRecord], labels: dict, job, now: int) -> WorkerRecord:
@@ -268,11 +271,11 @@ class WorkerRegistry:
     def sweep(self) -> None:
         """Mark workers past their deadline lost (those holding work lose it), expire leases, drop old workers."""
         now = self.clock()
-        grace_until = self.execution.started_us + RESTART_GRACE_US  # reports failed while we were down
+        grace_until = self.leases.started_us + RESTART_GRACE_US  # reports failed while we were down
         # The shorter deadline first (a worker holding work must report on its health interval), so that the
         # leases are read only when some worker is late.
         late = self.store.workers.list_overdue(WORKER_LIVE_STATES, MISSED_INTERVALS, now) if grace_until < now else []
-        busy = self.execution.busy_workers() if late else set()
+        busy = self.leases.busy_workers() if late else set()
         lost = []
         for worker in late:
             heard = timestamp(_heard_us(worker))
@@ -298,8 +301,8 @@ class WorkerRegistry:
             commit(self.store, Write(workers=lost, messages=update.messages))
             for worker in lost:
                 if worker.worker_id in busy:
-                    self.execution.release_work(worker.worker_id, f"the worker was lost: {worker.reason}.", True)
-        self.execution.expire_leases()
+                    self.leases.release_work(worker.worker_id, f"the worker was lost: {worker.reason}.", True)
+        self.leases.expire_leases()
         if self._pruned_us is None or now - self._pruned_us >= PRUNE_EVERY_US:
             self._pruned_us = now
             self.store.workers.prune(now - CPU_SAMPLES_KEPT_US, now - GONE_WORKERS_KEPT_US, WORKER_LIVE_STATES)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from beamport.credentials import CREDENTIALS_VARIABLE
-from beamport.service.execution import ExecutionService
+from beamport.service.leases import LeaseService
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class _Worker:
 class LocalWorkerPool:
     def __init__(
         self,
-        execution: ExecutionService,
+        leases: LeaseService,
         endpoint: str,
         size: int,
         allow_paths: list[Path],
@@ -54,7 +54,7 @@ class LocalWorkerPool:
         self.engine_flags = list(engine_flags)
         self.credentials = credentials  # the local workers' key (None: the server runs without authentication)
         self.private_paths = private_paths
-        self.execution = execution
+        self.leases = leases
         self.endpoint = endpoint
         self.size = size
         self.allow_paths = allow_paths
@@ -83,9 +83,7 @@ class LocalWorkerPool:
             self._thread.join(5)
         for worker in self.workers:
             self._kill(worker)
-            self.execution.worker_exited(
-                worker.worker_id, "the Beamport server stopped its local workers.", counts=False
-            )
+            self.leases.worker_exited(worker.worker_id, "the Beamport server stopped its local workers.", counts=False)
         self.workers = []
 
     def _loop(self) -> None:
@@ -102,7 +100,7 @@ class LocalWorkerPool:
                 continue
             reason = f"The worker process {worker.worker_id} exited with code {worker.process.returncode}."
             tail = _tail(worker.log_path)
-            self.execution.worker_exited(worker.worker_id, reason + (f"\n{tail}" if tail else ""))
+            self.leases.worker_exited(worker.worker_id, reason + (f"\n{tail}" if tail else ""))
             (self.run_dir / f"{worker.worker_id}.pid").unlink(missing_ok=True)
             if time.monotonic() - self._spawned_at > RESPAWN_AFTER_S:
                 self.workers[i] = self._spawn()
@@ -111,14 +109,14 @@ class LocalWorkerPool:
         self._queue_checked = time.monotonic()
         # Every waiting job, not only the oldest few: behind a flood of jobs, the newest wait longest. Each is
         # marked once (the service's change is a no-op for a job no longer PENDING).
-        waiting = self.execution.waiting_jobs()
+        waiting = self.leases.waiting_jobs()
         self._queued &= set(waiting)
         new = [job_id for job_id in waiting if job_id not in self._queued]
         if new:
-            busy = self.execution.busy_workers()
+            busy = self.leases.busy_workers()
             if all(worker.worker_id in busy for worker in self.workers):
                 for job_id in new:  # oldest first
-                    self.execution.mark_queued(job_id, len(self.workers))
+                    self.leases.mark_queued(job_id, len(self.workers))
                 self._queued.update(new)
 
     def _spawn(self) -> _Worker:
@@ -184,7 +182,7 @@ class LocalWorkerPool:
             except (ValueError, OSError):
                 pass
             pid_file.unlink(missing_ok=True)
-            self.execution.worker_exited(
+            self.leases.worker_exited(
                 worker_id, "the Beamport server restarted, and stopped the local worker that ran it.", counts=False
             )
 

@@ -103,7 +103,23 @@ const plural = (count, one, many = `${one}s`) => `${Number(count).toLocaleString
 // The nodes of a list that may hold nothing at places (null, undefined, false), for append and replaceChildren,
 // which would show them as text ("null").
 const present = (...items) => items.flat().filter((item) => item !== null && item !== undefined && item !== false);
-const terminal = (state) => ["JOB_STATE_DONE", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_DRAINED", "JOB_STATE_UPDATED"].includes(state);
+// The job state machine as the server declares it (GET /beamport/v1/jobStates, beamport/job_states.py): which
+// states are terminal, and the actions (cancel, drain) a job in each state offers. Read once, signed in.
+const jobStates = { terminal: new Set(), offered: {}, actions: {}, loading: null };
+function loadJobStates() {
+  jobStates.loading ||= api("/beamport/v1/jobStates").then((machine) => {
+    for (const state of machine.states) {
+      if (state.terminal) jobStates.terminal.add(state.state);
+      jobStates.offered[state.state] = state.actions;
+    }
+    for (const action of machine.actions) jobStates.actions[action.action] = action;
+  }).catch((error) => { jobStates.loading = null; throw error; });
+  return jobStates.loading;
+}
+const terminal = (state) => jobStates.terminal.has(state);
+// The actions a job offers now: those of its state, of its type.
+const offeredActions = (job) => (jobStates.offered[job.currentState] || []).map((name) => jobStates.actions[name])
+  .filter((action) => action && (!action.streamingOnly || job.type === "JOB_TYPE_STREAMING"));
 
 function every(refresh) {
   clearInterval(timer);
@@ -161,6 +177,7 @@ function jobsPage() {
   region.addEventListener("change", reset);
 
   async function load() {
+    await loadJobStates();
     const params = new URLSearchParams({ pageSize: "50", filter: state.value });
     if (name.value.trim()) params.set("name", name.value.trim());
     if (tokens[page]) params.set("pageToken", tokens[page]);
@@ -224,6 +241,7 @@ function jobPage(projectId, region, jobId) {
   let failedStages = new Set();
 
   async function refresh() {
+    await loadJobStates();
     job = await api(`${base}?view=JOB_VIEW_ALL`);
     title.textContent = job.name;
     renderHeader(job);
@@ -270,7 +288,6 @@ function jobPage(projectId, region, jobId) {
   }
 
   function renderActions(job) {
-    if (terminal(job.currentState)) { actions.replaceChildren(); return; }
     const act = (label, state) => h("button", { class: "danger", onclick: async () => {
       if (!confirm(`${label} job ${job.name}?`)) return;
       try { await api(base, { method: "PUT", body: JSON.stringify({ requestedState: state }) }); toast(`${label}: requested.`); }
@@ -284,7 +301,8 @@ function jobPage(projectId, region, jobId) {
       } catch (error) { toast(error.message); }
     } }, "Snapshot");
     const streaming = job.type === "JOB_TYPE_STREAMING";
-    actions.replaceChildren(...present(act("Cancel", "JOB_STATE_CANCELLED"), streaming && act("Drain", "JOB_STATE_DRAINED"),
+    const label = (action) => action.action[0].toUpperCase() + action.action.slice(1);
+    actions.replaceChildren(...present(offeredActions(job).map((action) => act(label(action), action.requestedState)),
       streaming && job.currentState === "JOB_STATE_RUNNING" && snapshot));
   }
 
