@@ -70,7 +70,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BEAMPORT_FLINK_") and k != CREDENTIALS}
         env.setdefault("BEAMPORT_PRISM", "none")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir.parent, env=env)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"beamport serve exited early:\n{self.log_path.read_text()}")
@@ -80,7 +80,7 @@ class Server:
                 return self
             except httpx.TransportError:
                 time.sleep(0.05)
-        raise RuntimeError(f"beamport serve did not answer in 30 s:\n{self.log_path.read_text()}")
+        raise RuntimeError(f"beamport serve did not answer in 60 s:\n{self.log_path.read_text()}")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.process is not None

@@ -49,7 +49,7 @@ def read_output(prefix: Path) -> list[str]:
     return sorted(line for f in prefix.parent.glob(prefix.name + "*") for line in f.read_text().splitlines())
 
 
-def wait_state(api: Api, job_id: str, states: set[str], timeout: float = 60) -> dict:
+def wait_state(api: Api, job_id: str, states: set[str], timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = api.get(job_id).json()
@@ -328,10 +328,12 @@ def test_a_restart_during_a_run_runs_the_work_again(tmp_path, project, backend):
     srv = Server(tmp_path / "data", database_url=url, extra_args=("--allow-path", str(tmp_path))).start()
     try:
         api = Api(srv.url, project)
-        job_id = submit_slow(srv, project, tmp_path, "resumed", 3)
+        release = tmp_path / "release"  # the first attempt runs until the server is killed, however slow the machine
+        job_id = submit_slow(srv, project, tmp_path, "resumed", release)
         wait_state(api, job_id, {"JOB_STATE_RUNNING"})
         first_worker, first_executor = worker_groups(srv, api, job_id)
         srv.stop(signal.SIGKILL)
+        release.touch()
         srv.start()
         done = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
         assert done["currentState"] == "JOB_STATE_DONE", texts(api, job_id)
