@@ -99,13 +99,16 @@ class BodyTimeout:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        loop = asyncio.get_running_loop()
         # A request without Content-Length or Transfer-Encoding (or with a length of 0) has no body to wait for.
         expects_body = any(
             (name == b"content-length" and value.strip() not in (b"", b"0")) or name == b"transfer-encoding"
             for name, value in scope.get("headers", ())
         )
-        state = {"deadline": None, "body_done": not expects_body, "started": False}
+        if not expects_body:  # nothing to time, nor to close the connection for (most calls: every GET)
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        state = {"deadline": None, "body_done": False, "started": False}
 
         async def timed_receive():
             if state["body_done"]:
