@@ -12,6 +12,10 @@ half its headers, or half its body is held for as long as the client likes. Two 
   nothing yet) and the server answers 408 with `Connection: close`. An answer given before the whole body arrived (a 401
   before the body is read, a 400 for a declared length over the limit) also closes the connection, so that the
   rest of the body cannot trickle in for ever.
+
+The same protocol writes what a connection's responses write in one turn of the event loop at once
+(`CoalescedWrites`): a response's head and body in one system call, not two (server CPU per jobs.get: -20%,
+benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            # Every write of this connection's (its responses', and uvicorn's own answers) in one order.
+            self.transport = CoalescedWrites(transport, self.loop)
             self._arm_header_timer()
 
         def on_message_begin(self) -> None:
@@ -52,6 +58,12 @@ def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._cancel_header_timer()
             super().on_headers_complete()
+
+        def handle_websocket_upgrade(self) -> None:
+            # The WebSocket protocol takes the connection over, with the socket's own transport.
+            self.transport.flush()
+            self.transport = self.transport.transport
+            super().handle_websocket_upgrade()
 
         def connection_lost(self, exc) -> None:
             self._cancel_header_timer()
@@ -78,6 +90,35 @@ def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
             self.transport.close()
 
     return HeaderTimeoutProtocol
+
+
+class CoalescedWrites:
+    """A connection's transport as its responses write to it: what they write in one turn of the event loop
+    goes out in one write at the end of that turn. uvicorn writes a response's head and its body separately,
+    two system calls and often two wake-ups of the client, where one does."""
+
+    def __init__(self, transport, loop):
+        self.transport, self._loop = transport, loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self.transport.is_closing():  # the client left meanwhile: as uvicorn, write nothing
+                self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name):  # is_closing, get_extra_info, pause_reading...
+        return getattr(self.transport, name)
 
 
 class _BodyTooSlow(BaseException):
