@@ -421,6 +421,24 @@ def test_pipelined_and_kept_alive_requests_are_each_answered_whole_in_order(tmp_
         server.stop()
 
 
+def test_a_further_request_on_a_kept_alive_connection_is_timed_from_its_first_byte(tmp_path):
+    server = Server(tmp_path / "data", extra_args=(*API_ONLY, "--request-header-timeout", "2")).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock, sock.makefile("rb") as reader:
+            request = b"GET /v1b3/projects/p/locations/us-central1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            sock.sendall(request + b"\r\n")
+            assert _read_response(reader)[0].startswith(b"HTTP/1.1 200 ")
+            time.sleep(1.5)  # idle between requests: not counted
+            sock.sendall(request + b"Acc")
+            started = time.monotonic()
+            sock.settimeout(6)
+            answer = reader.read()
+            assert answer.startswith(b"HTTP/1.1 408 ") and b"request line and headers" in answer
+            assert 1.5 < time.monotonic() - started < 4
+    finally:
+        server.stop()
+
+
 # -- what a killed attempt left -----------------------------------------------------------------------------
 
 
