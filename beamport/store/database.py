@@ -160,7 +160,9 @@ def _sqlite_engine(url: str, watch: _DatabaseFile | None) -> Engine:
 
 class _PointReader:
     """A SQLite connection of its own for reads of one statement (Database.first_row), and those statements
-    compiled once. Opened through the engine (its pragmas, the watch on the file), then kept out of its pool."""
+    compiled once. Opened through an engine of its own, made as the store's is (its pragmas, the watch on the
+    file), so that it takes none of the store's pooled connections: a new one would not open once the WAL file
+    is gone, where a pooled one still answers until the next write notices (tests/test_bad_input.py)."""
 
     def __init__(self, engine: Engine, watch: _DatabaseFile | None):
         self.engine, self.watch = engine, watch
@@ -195,6 +197,7 @@ class _PointReader:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+        self.engine.dispose()
 
 
 class Database:
@@ -218,7 +221,7 @@ class Database:
             self.engine = create_engine(url, pool_size=8, max_overflow=32, pool_pre_ping=True)
         self.postgres = self.engine.dialect.name == "postgresql"
         self.writer = self.engine.execution_options(write=True)
-        self._point_reader = _PointReader(self.engine, self.file) if self.engine.dialect.name == "sqlite" else None
+        self._point_reader = _PointReader(_sqlite_engine(url, self.file), self.file) if self.file is not None else None
 
     def reading(self) -> Connection:
         """A connection for reads (`with db.reading() as conn:`)."""
