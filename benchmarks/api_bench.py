@@ -281,6 +281,32 @@ def seed(data_dir: Path, jobs: int, seed_value: int, batch: int) -> tuple[list[s
     return ids, time.perf_counter() - started, size
 
 
+def seeded(data_dir: Path, jobs: int, seed_value: int, batch: int, reuse: bool) -> tuple[float, int, bool]:
+    """The jobs seeded in data_dir (their ids in IDS_FILE): seeded now, or earlier with the same parameters
+    when `reuse`. Returns the seconds seeding took, the database's size and whether it was reused. Raises
+    FileExistsError if data_dir holds something else and not `reuse`."""
+    meta_path, ids_path = data_dir / META_FILE, data_dir / IDS_FILE
+    wanted = {"jobs": jobs, "seed": seed_value, "format": SEED_FORMAT}
+    if reuse and meta_path.exists() and ids_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if {k: meta.get(k) for k in wanted} == wanted:
+            print(f"reusing the {jobs:,} jobs seeded earlier in {data_dir} (seeding took {meta['seed_s']:.1f} s then)")
+            return meta["seed_s"], meta["db_bytes"], True
+    if data_dir.exists() and any(data_dir.iterdir()):
+        if not reuse:
+            raise FileExistsError(f"{data_dir} is not empty: pass --reuse to use it, or remove it")
+        shutil.rmtree(data_dir)  # --reuse, but seeded with other parameters
+    print(f"seeding {jobs:,} jobs into {data_dir} ...", flush=True)
+    ids, seed_s, db_bytes = seed(data_dir, jobs, seed_value, batch)
+    ids_path.write_text("\n".join(ids) + "\n")
+    meta_path.write_text(json.dumps({**wanted, "seed_s": seed_s, "db_bytes": db_bytes}))
+    print(
+        f"seeded {jobs:,} jobs in {seed_s:.1f} s ({jobs / seed_s:,.0f} jobs/s), "
+        f"{len(ids):,} of them in {PROJECT}/{LOCATION}; database {db_bytes / 2**20:.0f} MiB"
+    )
+    return seed_s, db_bytes, False
+
+
 # -- server -----------------------------------------------------------------
 
 
@@ -509,32 +535,15 @@ def main(argv=None) -> int:
         data_dir = temp / "data"
     else:
         data_dir = args.data_dir.resolve()
-    meta_path, ids_path = data_dir / META_FILE, data_dir / IDS_FILE
-    wanted = {"jobs": args.jobs, "seed": args.seed, "format": SEED_FORMAT}
+    ids_path = data_dir / IDS_FILE
     log_path = data_dir.parent / f"{data_dir.name}-server.log"
     private_dir = Path(tempfile.mkdtemp(prefix="beamport-bench-key-"))  # a copy of the admin key, if needed
 
     try:
-        reused = False
-        if args.reuse and meta_path.exists() and ids_path.exists():
-            meta = json.loads(meta_path.read_text())
-            reused = {k: meta.get(k) for k in wanted} == wanted
-        if reused:
-            seed_s, db_bytes = meta["seed_s"], meta["db_bytes"]
-            print(f"reusing the {args.jobs:,} jobs seeded earlier in {data_dir} (seeding took {seed_s:.1f} s then)")
-        else:
-            if data_dir.exists() and any(data_dir.iterdir()):
-                if not args.reuse:
-                    parser.error(f"{data_dir} is not empty: pass --reuse to use it, or remove it")
-                shutil.rmtree(data_dir)  # --reuse, but seeded with other parameters
-            print(f"seeding {args.jobs:,} jobs into {data_dir} ...", flush=True)
-            ids, seed_s, db_bytes = seed(data_dir, args.jobs, args.seed, args.batch)
-            ids_path.write_text("\n".join(ids) + "\n")
-            meta_path.write_text(json.dumps({**wanted, "seed_s": seed_s, "db_bytes": db_bytes}))
-            print(
-                f"seeded {args.jobs:,} jobs in {seed_s:.1f} s ({args.jobs / seed_s:,.0f} jobs/s), "
-                f"{len(ids):,} of them in {PROJECT}/{LOCATION}; database {db_bytes / 2**20:.0f} MiB"
-            )
+        try:
+            seed_s, db_bytes, reused = seeded(data_dir, args.jobs, args.seed, args.batch, args.reuse)
+        except FileExistsError as exc:
+            parser.error(str(exc))
 
         # The servers: mode -> (port, process). With --auth compare, both run on the same database (one
         # at a time under load; the other idles).

@@ -394,7 +394,8 @@ def test_deleted_database_files_stop_the_server_accepting_anything(tmp_path, rem
     server = Server(tmp_path / "data", extra_args=API_ONLY).start()
     try:
         api = Api(server.url, "gone")
-        api.create("before")
+        got = f"{api.jobs_path}/{api.create('before')['id']}"
+        assert api.client.get(got).status_code == 200  # reads by id have a connection of their own: opened now
         database = server.data_dir / "beamport.db"
         for path in [database, Path(f"{database}-wal"), Path(f"{database}-shm")]:
             if removed == "everything" or path.name.endswith("-wal"):
@@ -403,6 +404,7 @@ def test_deleted_database_files_stop_the_server_accepting_anything(tmp_path, rem
             message = error_of(api.client.post(api.jobs_path, json={"name": "after"}), 503, "UNAVAILABLE")
             assert "database is gone" in message and "restarted" in message
             error_of(api.list(), 503, "UNAVAILABLE")
+            error_of(api.client.get(got), 503, "UNAVAILABLE")
     finally:
         server.stop()
     server.start()
@@ -417,13 +419,15 @@ def test_a_deleted_database_is_noticed_without_a_write(tmp_path):
     server = Server(tmp_path / "data", extra_args=API_ONLY).start()
     try:
         api = Api(server.url, "gone-idle")
-        api.create("before")
+        got = f"{api.jobs_path}/{api.create('before')['id']}"
+        assert api.client.get(got).status_code == 200
         for path in server.data_dir.glob("beamport.db*"):
             path.unlink()
         deadline = time.monotonic() + 30  # the sweeper looks every second (later on a busy machine)
         while api.list().status_code != 503 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert "database is gone" in error_of(api.list(), 503, "UNAVAILABLE")
+        assert "database is gone" in error_of(api.client.get(got), 503, "UNAVAILABLE")
         assert "database is gone" in server.log_path.read_text()
     finally:
         server.stop()

@@ -391,6 +391,54 @@ def test_an_answer_before_the_whole_body_closes_the_connection(tmp_path):
         server.stop()
 
 
+def _read_response(reader) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """One HTTP/1.1 response from a socket's file: status line, headers (lower-case names), body."""
+    status = reader.readline()
+    headers = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, reader.read(int(headers[b"content-length"]))
+
+
+def test_pipelined_and_kept_alive_requests_are_each_answered_whole_in_order(tmp_path):
+    # A connection's responses go out a turn of the event loop at a time (http/timeouts.py, CoalescedWrites): each
+    # whole, in the order asked, however many are asked at once.
+    server = Server(tmp_path / "data", extra_args=API_ONLY).start()
+    try:
+        created = Api(server.url, "p").create("kept")
+        ids = [created["id"], "2026-01-01_00_00_00-1", created["id"], "2026-01-01_00_00_00-2"]
+        with socket.create_connection(("127.0.0.1", server.port)) as sock, sock.makefile("rb") as reader:
+            for batch in (ids[:1], ids):  # one request, then four at once
+                path = "GET /v1b3/projects/p/locations/us-central1/jobs/{} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                sock.sendall("".join(path.format(job_id) for job_id in batch).encode())
+                for job_id in batch:
+                    status, headers, body = _read_response(reader)
+                    assert status.startswith(b"HTTP/1.1 200 " if job_id == created["id"] else b"HTTP/1.1 404 ")
+                    assert job_id.encode() in body and json.loads(body)
+                    assert headers.get(b"connection") != b"close"
+    finally:
+        server.stop()
+
+
+def test_a_further_request_on_a_kept_alive_connection_is_timed_from_its_first_byte(tmp_path):
+    server = Server(tmp_path / "data", extra_args=(*API_ONLY, "--request-header-timeout", "2")).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock, sock.makefile("rb") as reader:
+            request = b"GET /v1b3/projects/p/locations/us-central1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            sock.sendall(request + b"\r\n")
+            assert _read_response(reader)[0].startswith(b"HTTP/1.1 200 ")
+            time.sleep(1.5)  # idle between requests: not counted
+            sock.sendall(request + b"Acc")
+            started = time.monotonic()
+            sock.settimeout(6)
+            answer = reader.read()
+            assert answer.startswith(b"HTTP/1.1 408 ") and b"request line and headers" in answer
+            assert 1.5 < time.monotonic() - started < 4
+    finally:
+        server.stop()
+
+
 # -- what a killed attempt left -----------------------------------------------------------------------------
 
 

@@ -8,11 +8,12 @@ import socket
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.convertors import PathConvertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Match, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
 from beamport.console import STATIC
@@ -159,6 +160,46 @@ def routes() -> list[Route]:
     return table
 
 
+class DepthRouter(Router):
+    """Starlette's router, which tries every route in order for each request, trying only the routes that can
+    match a path of its depth (its number of slashes): the same first match, found among a few routes instead
+    of dozens (jobs.get was the 20th of 72; the scan took 16 us of its ~85 us in the application). A path no
+    route of its depth matches fully (a 404, a 405, a redirect) goes through Starlette's whole scan."""
+
+    def __init__(self, routes, **kwargs):
+        super().__init__(routes, **kwargs)
+        depths = {_route_depth(r) for r in self.routes} - {None}
+        self._any_depth = [r for r in self.routes if _route_depth(r) is None]
+        self._by_depth = {d: [r for r in self.routes if _route_depth(r) in (d, None)] for d in depths}
+
+    async def app(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            for route in self._by_depth.get(scope["path"].count("/"), self._any_depth):
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.setdefault("router", self)
+                    scope["route"] = route
+                    scope.update(child_scope)
+                    await route.handle(scope, receive, send)
+                    return
+        await super().app(scope, receive, send)
+
+
+def _route_depth(route) -> int | None:
+    """The number of slashes in every path the route matches; None: any number (a mount, a `:path` parameter)."""
+    if not isinstance(route, Route) or any(isinstance(c, PathConvertor) for c in route.param_convertors.values()):
+        return None
+    return route.path_format.count("/")
+
+
+class Api(Starlette):
+    """The application: Starlette with the DepthRouter."""
+
+    def __init__(self, *, routes, lifespan, **kwargs):
+        super().__init__(routes=routes, lifespan=lifespan, **kwargs)
+        self.router = DepthRouter(routes, lifespan=lifespan)
+
+
 async def _console(request: Request):
     return FileResponse(STATIC / "index.html")
 
@@ -216,7 +257,7 @@ def create_app(
             stop()
         jobs_service.close()
 
-    app = Starlette(
+    app = Api(
         routes=routes(),
         exception_handlers={HTTPException: _http_error, ApiError: _api_error, Exception: _internal_error},
         middleware=[

@@ -30,6 +30,8 @@ def _service(request: Request):
 
 
 def _view(request: Request) -> int:
+    if not request.scope.get("query_string"):  # no parameters to parse (Starlette would parse an empty string)
+        return model.VIEW_UNKNOWN
     return wire.parse_enum(request.query_params.get("view"), model.JobView, "view")
 
 

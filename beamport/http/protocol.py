@@ -30,11 +30,15 @@ class SystemParams:
     __slots__ = ("pretty", "fields")
 
     def __init__(self, request: Request):
-        query = request.query_params
-        if b"%00" in request.scope.get("query_string", b""):  # a NUL arrives percent-encoded or not at all
-            _refuse_nul(query)
+        query_string = request.scope.get("query_string", b"")
+        if b"%00" in query_string:  # a NUL arrives percent-encoded or not at all
+            _refuse_nul(request.query_params)
         if b"%00" in request.scope.get("raw_path", b""):
             raise invalid_argument("Invalid path: NUL characters are not allowed.")
+        if not query_string:  # nothing to parse: the defaults
+            self.pretty, self.fields = True, None
+            return
+        query = request.query_params
         alt = query.get("$alt") or query.get("alt") or "json"
         if alt.split(";", 1)[0] != "json":
             raise invalid_argument(f"Unsupported alt value {alt!r}: this server answers in JSON only (alt=json).")

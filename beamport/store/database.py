@@ -158,6 +158,48 @@ def _sqlite_engine(url: str, watch: _DatabaseFile | None) -> Engine:
     return engine
 
 
+class _PointReader:
+    """A SQLite connection of its own for reads of one statement (Database.first_row), and those statements
+    compiled once. Opened through an engine of its own, made as the store's is (its pragmas, the watch on the
+    file), so that it takes none of the store's pooled connections: a new one would not open once the WAL file
+    is gone, where a pooled one still answers until the next write notices (tests/test_bad_input.py)."""
+
+    def __init__(self, engine: Engine, watch: _DatabaseFile | None):
+        self.engine, self.watch = engine, watch
+        self.lock = threading.Lock()
+        self._connection = None
+        self._compiled: dict[int, tuple] = {}  # id(statement) -> (statement, SQL, parameters, column names)
+
+    def first_row(self, statement, params: dict) -> dict | None:
+        if self.watch is not None and self.watch.gone is not None:  # as the engine's reads do: no stale answers
+            raise DatabaseGone(self.watch.gone)
+        compiled = self._compiled.get(id(statement))
+        if compiled is None or compiled[0] is not statement:
+            compiled = self._compile(statement)
+        _, sql, binds, columns = compiled
+        if self._connection is None:
+            pooled = self.engine.raw_connection()
+            pooled.detach()  # this connection is ours from now on, not the pool's
+            self._connection = pooled.dbapi_connection
+        values = tuple(params[name] if name in params else value for name, value in binds)
+        row = self._connection.execute(sql, values).fetchone()
+        return dict(zip(columns, row, strict=True)) if row is not None else None
+
+    def _compile(self, statement):
+        compiled = statement.compile(dialect=self.engine.dialect)
+        # Each parameter in order, with the value the statement gives it (used when `params` has none).
+        binds = tuple((name, compiled.binds[name].effective_value) for name in compiled.positiontup)
+        entry = (statement, compiled.string, binds, [c.key for c in statement.selected_columns])
+        self._compiled[id(statement)] = entry
+        return entry
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        self.engine.dispose()
+
+
 class Database:
     """One database: its engine, and the transactions the aggregates read and write in."""
 
@@ -179,10 +221,35 @@ class Database:
             self.engine = create_engine(url, pool_size=8, max_overflow=32, pool_pre_ping=True)
         self.postgres = self.engine.dialect.name == "postgresql"
         self.writer = self.engine.execution_options(write=True)
+        self._point_reader = _PointReader(_sqlite_engine(url, self.file), self.file) if self.file is not None else None
 
     def reading(self) -> Connection:
         """A connection for reads (`with db.reading() as conn:`)."""
         return self.engine.connect()
+
+    def first_row(self, statement, params: dict) -> dict | None:
+        """The first row of a read of one statement (a column name -> value dict, values as the driver gives
+        them: SQLite's booleans are 0 or 1), or None.
+
+        On SQLite it runs on a connection kept for these reads, without SQLAlchemy's work around each call
+        (pool checkout, BEGIN, rollback, result objects): that work took 100 us of jobs.get's 110 us store
+        read, whose query takes 10 (benchmarks/README.md). One statement is its own read transaction. The
+        connection serves one caller at a time; a caller that finds it busy reads through SQLAlchemy."""
+        reader = self._point_reader
+        if reader is not None and reader.lock.acquire(blocking=False):
+            try:
+                return reader.first_row(statement, params)
+            finally:
+                reader.lock.release()
+        with self.reading() as conn:
+            row = conn.execute(statement, params).first()
+        return dict(row._mapping) if row is not None else None
+
+    def close(self) -> None:
+        if self._point_reader is not None:
+            with self._point_reader.lock:
+                self._point_reader.close()
+        self.engine.dispose()
 
     @contextlib.contextmanager
     def writing(self):

@@ -91,10 +91,11 @@ class SqlJobStore(JobStore):
         self.db = db
 
     def get(self, project_id: str | None, job_id: str, with_detail: bool = True) -> JobRecord | None:
-        stmt = _GET_JOB[with_detail, project_id is not None]
-        with self.db.reading() as conn:
-            row = conn.execute(stmt, {"job_id": job_id, "project_id": project_id}).first()
-        return job_record(row) if row else None
+        # The read every jobs.get makes (and every service call on a job): the database's quickest.
+        row = self.db.first_row(
+            _GET_JOB[with_detail, project_id is not None], {"job_id": job_id, "project_id": project_id}
+        )
+        return job_record_of(row) if row is not None else None
 
     def find_by_request_id(self, project_id, location, name, client_request_id):
         with self.db.reading() as conn:

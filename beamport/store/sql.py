@@ -83,4 +83,4 @@ class SqlStore(Store):
             item.id, item.project_id, item.location = item_id, project_id, location
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.db.close()
