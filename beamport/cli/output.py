@@ -190,7 +190,7 @@ class Printer:
             )
         self._table(table)
 
-    def document(self, value: dict) -> None:
+    def document(self, value: dict | list) -> None:
         """Any API answer: JSON, or YAML."""
         if self.format is Format.json:
             self._json(value)
