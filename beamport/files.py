@@ -35,6 +35,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -65,7 +66,7 @@ class FilePolicy:
     The server's roots are Settings.allowed_roots(): the data dir, the start directory, each --allow-path.
     """
 
-    def __init__(self, roots: list[Path] | list[str], private: list[Path] | list[str] = ()):
+    def __init__(self, roots: Sequence[Path] | Sequence[str], private: Sequence[Path] | Sequence[str] = ()):
         # Roots are compared in their real form, so a root reached through a symlink still matches.
         self.roots = [os.path.realpath(os.fspath(root)) for root in roots]
         # Beamport's own files inside a root (its keys, its database): never a job's to read or write.
@@ -378,13 +379,14 @@ def _path_of_file_url(location: str) -> str:
 def _read_gcs(location: str) -> bytes:
     # google-cloud-storage's anonymous client: what Beam's GcsIO reads with in a pipeline without credentials
     # (gcsio.create_storage_client(options, use_credentials=False)), without importing Beam (the server never
-    # does). With STORAGE_EMULATOR_HOST set, the client talks to the configured endpoint.
+    # does). With STORAGE_EMULATOR_HOST set, the client talks to the configured endpoint. (Client by its module's
+    # full name: mypy takes `from google.cloud import storage` for a missing attribute of the namespace.)
     from google.api_core.exceptions import NotFound
-    from google.cloud import storage
+    from google.cloud.storage import Client
 
     bucket, _, name = location.removeprefix("gs://").partition("/")
     try:
-        return storage.Client.create_anonymous_client().bucket(bucket).blob(name).download_as_bytes()
+        return Client.create_anonymous_client().bucket(bucket).blob(name).download_as_bytes()
     except NotFound:
         raise ApiError("NOT_FOUND", f"{location} does not exist.") from None
     except Exception as exc:

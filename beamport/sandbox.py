@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,7 +148,11 @@ class Sandbox:
         return f"user code runs WITHOUT a sandbox, as uid {os.getuid()}: {self.unavailable}"
 
     def command(
-        self, argv: list[str], set_env: dict[str, str] = (), files: dict[str, Path] = (), cwd: str | None = None
+        self,
+        argv: list[str],
+        set_env: Mapping[str, str] | None = None,
+        files: Mapping[str, Path] | None = None,
+        cwd: str | None = None,
     ) -> list[str]:
         """`argv` to run inside the sandbox (unchanged when there is none), in an environment of what a run keeps
         of this process's, plus `set_env`; `files` are host files (a credential) made readable inside at the
@@ -157,7 +162,7 @@ class Sandbox:
         for path in self.shared:
             path.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k in KEPT_VARIABLES or k.startswith(KEPT_PREFIXES)}
-        env.update(dict(set_env))
+        env.update(set_env or {})
         args = [
             "bwrap",
             *self._namespaces(),
@@ -181,7 +186,7 @@ class Sandbox:
                 args += ["--tmpfs", str(path)]
             elif path.exists():
                 args += ["--ro-bind", "/dev/null", str(path)]
-        for inside, host in dict(files).items():
+        for inside, host in (files or {}).items():
             args += ["--ro-bind", str(host), inside]
         args += ["--clearenv", "--setenv", "HOME", "/tmp", "--chdir", cwd or "/tmp"]
         for key, value in sorted(env.items()):

@@ -87,7 +87,7 @@ def _check(value, schema: dict, path: tuple):
     if kind == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
             _fail(path, "expected an integer")
-        low, high = _INT_RANGES.get(schema.get("format"), (-(2**31), 2**31 - 1))
+        low, high = _INT_RANGES.get(schema.get("format", ""), (-(2**31), 2**31 - 1))
         if not low <= value <= high:
             _fail(path, f"{value} is out of range")
         return value

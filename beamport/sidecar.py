@@ -289,6 +289,7 @@ def main() -> None:
         connection.send_bytes(_dumps(("ready", {"beam": calls.beam_version(), "pid": os.getpid()})))
         while True:
             name, args = _loads(connection.recv_bytes())
+            answer: tuple
             try:
                 answer = ("ok", calls.CALLS[name](*args))
             except ApiError as exc:

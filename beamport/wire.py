@@ -121,7 +121,8 @@ def _drop_unknown(value, descriptor: Descriptor, path: str, dropped: list[str]):
 def _check_enums(message: Message, path: str) -> None:
     """Refuse enum numbers the enum does not define (proto3 enums would keep them silently)."""
     for field, value in message.ListFields():
-        name = f"{path}.{field.json_name}" if path else field.json_name
+        # types-protobuf's FieldDescriptor lacks json_name (set by its constructor).
+        name = f"{path}.{field.json_name}" if path else field.json_name  # type: ignore[attr-defined]
         if field.type == FieldDescriptor.TYPE_ENUM:
             values = value if field.is_repeated else [value]
             for number in values:

@@ -13,7 +13,7 @@ import copy
 import os
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -76,7 +76,7 @@ def _session(endpoint: str, format: Format):
     return session(endpoint, None, DEFAULT_REGION, format, need_project=False)
 
 
-def _print_table(printer: Printer, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _print_table(printer: Printer, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     if not rows:
         printer.note("Listed 0 items.")
         return

@@ -49,7 +49,9 @@ Endpoint = Annotated[
 Project = Annotated[
     str | None, typer.Option("--project", envvar="BEAMPORT_PROJECT", help="Project id (most commands require one).")
 ]
-Region = Annotated[str, typer.Option("--region", envvar="BEAMPORT_REGION", help="Region (location) of the jobs.")]
+_REGION = typer.Option("--region", envvar="BEAMPORT_REGION", help="Region (location) of the jobs.")
+Region = Annotated[str, _REGION]
+OptionalRegion = Annotated[str | None, _REGION]  # for a command whose default is every region
 OutputFormat = Annotated[Format, typer.Option("--format", help="table (readable) or json.")]
 JobId = Annotated[str, typer.Argument(help="The job's id.", show_default=False)]
 
@@ -71,7 +73,7 @@ def session(endpoint: str, project: str | None, region: str, format: Format, nee
         printer.error(str(exc))
         raise typer.Exit(1) from None
     try:
-        yield Session(client, printer, project, region)
+        yield Session(client, printer, project or "", region)  # "": a command that needs no project has none
     except ConnectionFailure as exc:
         printer.error(f"{exc}. Is a server listening there? (Set it with --endpoint or BEAMPORT_ENDPOINT.)")
         raise typer.Exit(1) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -11,6 +12,8 @@ from beamport.cli import iam, jobs, snapshots, sql, templates
 from beamport.cli import workers as workers_cli
 from beamport.config import EngineSettings, Settings
 from beamport.sandbox import SandboxUnavailable
+
+SettingsType = TypeVar("SettingsType", bound=EngineSettings)
 
 app = typer.Typer(help="Beamport: the Dataflow API, self-hosted.", no_args_is_help=True, add_completion=False)
 
@@ -106,7 +109,8 @@ def _given(ctx: typer.Context, names=None) -> dict:
     values: dict = {}
     for name, value in ctx.params.items():
         # By name: typer carries a click of its own, whose ParameterSource is not click's.
-        if ctx.get_parameter_source(name).name != "COMMANDLINE" or (names and name not in names):
+        source = ctx.get_parameter_source(name)  # None only for a name that is no parameter
+        if source is None or source.name != "COMMANDLINE" or (names and name not in names):
             continue
         if name.startswith("flink_"):
             values.setdefault("flink", {})[name.removeprefix("flink_")] = value
@@ -119,7 +123,7 @@ def _given(ctx: typer.Context, names=None) -> dict:
     return values
 
 
-def _build(settings_class: type[EngineSettings], values: dict) -> EngineSettings:
+def _build(settings_class: type[SettingsType], values: dict) -> SettingsType:
     """The settings, once: `values` given, else the environment's, else defaults. Wrong ones are a usage error."""
     try:
         return settings_class(**values)

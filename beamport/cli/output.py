@@ -190,7 +190,7 @@ class Printer:
             )
         self._table(table)
 
-    def document(self, value: dict) -> None:
+    def document(self, value: dict | list) -> None:
         """Any API answer: JSON, or YAML."""
         if self.format is Format.json:
             self._json(value)
@@ -279,7 +279,7 @@ def _duration(value: str | None) -> str:
         seconds = round(wire.parse_duration_us(value) / 1_000_000)
     except ValueError:
         return value
-    parts = []
+    parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size or (unit == "s" and not parts):
             parts.append(f"{seconds // size}{unit}")

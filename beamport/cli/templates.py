@@ -96,6 +96,7 @@ def build_flex(
         spec["sdkInfo"] = {"language": "YAML"}
         spec["metadata"]["yamlDefinition"] = yaml_pipeline_file.read_text()
     else:
+        assert py_path is not None  # one of the two, checked above
         spec["sdkInfo"] = {"language": "PYTHON"}
         spec["beamport"] = {"pythonFile": str(py_path.resolve())}
         if requirements_file:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from beamport.cli.client import DEFAULT_ENDPOINT, DEFAULT_REGION
-from beamport.cli.jobs import Endpoint, OutputFormat, Project, Region, session
+from beamport.cli.jobs import Endpoint, OptionalRegion, OutputFormat, Project, session
 from beamport.cli.output import Format
 
 app = typer.Typer(help="The workers a Beamport service knows: health, CPU, uptime, current work.", no_args_is_help=True)
@@ -20,7 +20,7 @@ def list_workers(
     all_: Annotated[bool, typer.Option("--all", help="Also workers that are gone: lost, broken or shut down.")] = False,
     endpoint: Endpoint = DEFAULT_ENDPOINT,
     project: Project = None,
-    region: Region = None,
+    region: OptionalRegion = None,
     format: OutputFormat = Format.table,
 ):
     """List live workers (running, idle, unhealthy): health, CPU %, uptime, work item, last report. With --project

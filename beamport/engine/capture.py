@@ -68,18 +68,20 @@ def pipeline_logs(deliver: Callable[[logging.LogRecord], None], level: int) -> I
 def worker_record(record: logging.LogRecord) -> logging.LogRecord:
     """Rebuild the LogRecord an SDK worker subprocess sent (as a Fn API LogEntry) over the logging service."""
     from apache_beam.portability.api import beam_fn_api_pb2
-    from apache_beam.runners.worker.log_handler import LOG_LEVEL_TO_LOGENTRY_MAP
+    from apache_beam.runners.worker.log_handler import LOGENTRY_TO_LOG_LEVEL_MAP
 
-    try:
-        # local_job_service logs str(entry) with its newlines made spaces: text format does not mind.
-        entry = text_format.Parse(record.args[0], beam_fn_api_pb2.LogEntry())
-    except (text_format.ParseError, IndexError, TypeError):
+    # local_job_service logs str(entry) with its newlines made spaces: text format does not mind.
+    text = record.args[0] if isinstance(record.args, tuple) and record.args else None
+    if not isinstance(text, str | bytes):
         return record
-    levels = {severity: level for level, severity in LOG_LEVEL_TO_LOGENTRY_MAP.items()}
+    try:
+        entry = text_format.Parse(text, beam_fn_api_pb2.LogEntry())
+    except text_format.ParseError:
+        return record
     path, _, line = entry.log_location.rpartition(":")
     rebuilt = logging.LogRecord(
         name=_module_of(path) or "worker",
-        level=levels.get(entry.severity, logging.INFO),
+        level=LOGENTRY_TO_LOG_LEVEL_MAP.get(entry.severity, logging.INFO),
         pathname=path or entry.log_location,
         lineno=int(line) if line.isdigit() else 0,
         msg=entry.message,

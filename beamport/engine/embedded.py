@@ -88,7 +88,7 @@ def parallelism_for(options: dict, default_workers: int = 1, default_mode: str =
     # Dataflow's max_num_workers: the run may scale up to it (not with autoscaling_algorithm NONE).
     scaling = str(options.get("autoscaling_algorithm") or "").upper() != "NONE"
     max_workers = min(max(workers, int(options.get("max_num_workers") or 0) if scaling else 0), cores)
-    mode = {"multi_processing": PROCESSES, "multi_threading": THREADS}.get(options.get("direct_running_mode"))
+    mode = {"multi_processing": PROCESSES, "multi_threading": THREADS}.get(options.get("direct_running_mode") or "")
     mode = mode or default_mode
     if mode == AUTO:
         mode = PROCESSES if max_workers > 1 else THREADS
@@ -154,27 +154,34 @@ class ObservedFnApiRunner(fn_runner.FnApiRunner):
         return result
 
     def _execute_bundle(self, runner_execution_context, bundle_context_manager, bundle_input):
+        tracker = self._running_tracker()
         stage = bundle_context_manager.stage.name
-        if stage not in self.tracker.running and stage not in self.tracker.scaled:
+        if stage not in tracker.running and stage not in tracker.scaled:
             self._scale(stage, bundle_context_manager, bundle_input)
-        self.tracker.bundle_started(stage)
+        tracker.bundle_started(stage)
         try:
             result = super()._execute_bundle(runner_execution_context, bundle_context_manager, bundle_input)
         except BaseException:
-            self.tracker.stage_failed(stage)
+            tracker.stage_failed(stage)
             raise
-        self.tracker.bundle_finished(stage, result.process_bundle.monitoring_infos, runner_execution_context)
+        tracker.bundle_finished(stage, result.process_bundle.monitoring_infos, runner_execution_context)
         return result
+
+    def _running_tracker(self) -> StageTracker:
+        # Bundles run only inside run_stages, which set it.
+        assert self.tracker is not None
+        return self.tracker
 
     def _scale(self, stage: str, bundle_context_manager, bundle_input) -> None:
         """Before a stage's first bundle: run it on as many SDK workers as the observer says (autoscaling).
         FnApiRunner's bundle managers take their worker count from the stage's context; more workers are
         created on demand (get_worker_handlers)."""
-        self.tracker.scaled.add(stage)
+        tracker = self._running_tracker()
+        tracker.scaled.add(stage)
         if bundle_context_manager.stage.is_stateful():
             return  # one key at a time: FnApiRunner runs stateful stages on one worker whatever the count
         ask = getattr(self.observer, "workers_for", None)
-        target = ask(self.tracker.names[stage], _backlog_bytes(bundle_input)) if ask else None
+        target = ask(tracker.names[stage], _backlog_bytes(bundle_input)) if ask else None
         if not target:
             return
         workers, before = max(1, min(target, self.max_workers)), bundle_context_manager.num_workers
@@ -182,9 +189,9 @@ class ObservedFnApiRunner(fn_runner.FnApiRunner):
             bundle_context_manager.num_workers = workers
             bundle_context_manager._worker_handlers = None  # fetched again, for the new count
         tell = getattr(self.observer, "workers_changed", None)
-        if tell and (workers != self.tracker.workers or workers < target):
-            tell(self.tracker.names[stage], workers, target, self.max_workers)
-        self.tracker.workers = workers
+        if tell and (workers != tracker.workers or workers < target):
+            tell(tracker.names[stage], workers, target, self.max_workers)
+        tracker.workers = workers
 
 
 def _backlog_bytes(bundle_input) -> int:
@@ -323,7 +330,9 @@ def _for_worker_processes(job: StagedJob, workdir: Path):
             "apache_beam.runners.worker.sdk_worker_main",
         ]
     )
-    subprocess_env = environments.SubprocessSDKEnvironment.from_command_string(command).to_runner_api(None)
+    subprocess_env = environments.SubprocessSDKEnvironment.from_command_string(command).to_runner_api(
+        None  # type: ignore[arg-type]  # Beam's type; a subprocess environment's payload needs no context
+    )
     pipeline = copy.deepcopy(job.pipeline)
     for env in pipeline.components.environments.values():
         if env.urn == python_urns.EMBEDDED_PYTHON:

@@ -230,11 +230,11 @@ class FlinkEngine(Engine):
             found = self.rest.find_job(job.job_id)
             if found is not None:  # a worker before this one submitted it, and was lost: follow it
                 log.info("adopting Flink job %s of job %s", found["jid"], job.job_id)
-                self.flink_job_id = found["jid"]
+                jid = self.flink_job_id = found["jid"]
             else:
                 drain_file.unlink(missing_ok=True)
-                self.flink_job_id = self._submit(job, drain_file)
-            return self._follow(job, observer, drain_file)
+                jid = self.flink_job_id = self._submit(job, drain_file)
+            return self._follow(jid, job, observer, drain_file)
         except EngineError as exc:
             return RunResult(FAILED, str(exc))
 
@@ -272,12 +272,13 @@ class FlinkEngine(Engine):
             retry=retry_if_result(lambda jid: jid is None),
         )
         try:
-            return poll(on_the_cluster)
+            jid = poll(on_the_cluster)
         except RetryError:
             raise EngineError(f"The job did not reach the Flink cluster within {SUBMIT_TIMEOUT_S:.0f} s.") from None
+        assert jid is not None  # the poll goes on until there is one
+        return jid
 
-    def _follow(self, job: StagedJob, observer: RunObserver, drain_file: Path) -> RunResult:
-        jid = self.flink_job_id
+    def _follow(self, jid: str, job: StagedJob, observer: RunObserver, drain_file: Path) -> RunResult:
         running_since = None  # when the job was first seen RUNNING (for the start-up check)
         started = False  # its first stage has passed its input on (checked once, STALL_CHECK_S after it runs)
         resubmits = 0

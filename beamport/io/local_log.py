@@ -21,6 +21,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.options.value_provider import RuntimeValueProvider
 from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
 
 # The pipeline option naming the file whose presence means "drain": Beamport's engines set it per job.
@@ -96,7 +97,7 @@ class _ReadLines(beam.DoFn):
                     at = Timestamp.of(self.timestamp_fn(text)) if self.timestamp_fn else Timestamp.now()
                     if at > watermark.current_watermark():
                         watermark.set_watermark(at)
-                    yield beam.window.TimestampedValue(text, at)
+                    yield TimestampedValue(text, at)
         if draining:
             watermark.set_watermark(MAX_TIMESTAMP)  # every window downstream can fire
             tracker.try_claim(tracker.current_restriction().stop)  # claims the rest: the restriction is done

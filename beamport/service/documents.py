@@ -92,8 +92,11 @@ def document(record: JobRecord) -> dict:
     return doc
 
 
-def load_job(store: Store, project_id: str, location: str | None, job_id: str, with_detail: bool = True) -> JobRecord:
-    """The job, or NOT_FOUND when it does not exist in this project (and location, when given)."""
+def load_job(
+    store: Store, project_id: str | None, location: str | None, job_id: str, with_detail: bool = True
+) -> JobRecord:
+    """The job, or NOT_FOUND when it does not exist in this project (any project when None; and location, when
+    given)."""
     record = store.jobs.get(project_id, job_id, with_detail=with_detail)
     if record is None or (location is not None and record.location != location):
         where = f" in location {location}" if location else ""

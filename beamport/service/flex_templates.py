@@ -209,7 +209,8 @@ class FlexTemplateService:
             if launch.get("transformNameMappings"):
                 options["transform_name_mapping"] = json.dumps(launch["transformNameMappings"])
         env = {k: v for k, v in os.environ.items() if k != CREDENTIALS_VARIABLE}
-        set_env, files, key_id, key_path = dict(program["env"]), {}, None, None
+        set_env, files = dict(program["env"]), {}
+        launcher_key: tuple[IamService, str, Path] | None = None  # (its service, its id, its file)
         if self.iam is not None and self.iam.enabled and principal is not ANONYMOUS:
             # The launcher submits as the caller: a key of the caller's own account, deleted once it exits.
             key_id, key = self.iam.temporary_key(principal, self.endpoint, LAUNCHER_KEY_S)
@@ -221,6 +222,7 @@ class FlexTemplateService:
             inside = "/tmp/beamport-credentials.json" if self.sandbox.enabled else str(key_path)
             files[inside], set_env[CREDENTIALS_VARIABLE] = key_path, inside
             options.pop("no_auth")
+            launcher_key = (self.iam, key_id, key_path)
         args = [sys.executable, *program["args"], *_flags(options)]
         cwd = program["cwd"] or str(run_dir)
         log_path = run_dir / "launcher.log"
@@ -237,8 +239,9 @@ class FlexTemplateService:
 
         def reap() -> None:  # whenever it ends (a program that waits for its job runs on until the job ends)
             process.wait()
-            if key_id is not None:
-                self.iam.drop_temporary_key(principal, key_id)
+            if launcher_key is not None:
+                iam, key_id, key_path = launcher_key
+                iam.drop_temporary_key(principal, key_id)
                 key_path.unlink(missing_ok=True)
 
         threading.Thread(target=reap, name=f"flex-launcher-{job_name}", daemon=True).start()
@@ -265,6 +268,7 @@ class FlexTemplateService:
             raise ApiError(
                 "DEADLINE_EXCEEDED", f"The flex template's launcher submitted no job in {LAUNCH_TIMEOUT_S:g} s."
             ) from None
+        assert job is not None  # the poll goes on until there is one
         notes = [("JOB_MESSAGE_BASIC", f"Launched from a flex template; the launcher's log is {log_path}.")]
         notes += [("JOB_MESSAGE_WARNING", w) for w in program["warnings"] + environment_warnings(environment)]
         self.jobs.add_messages(job["id"], notes)

@@ -411,8 +411,15 @@ class IamService:
         if principal is ANONYMOUS:
             return
         if principal.job:
-            project, _, job = _JOB_RESOURCE.match(principal.job).groups()
-            if permission not in JOB_TOKEN_PERMISSIONS or project_id != project or job_id not in (None, job):
+            # A job token's resource is one this pattern matched when it was exchanged: no match holds nothing.
+            granted = _JOB_RESOURCE.match(principal.job)
+            project, _, job = granted.groups() if granted else (None, None, None)
+            if (
+                not granted
+                or permission not in JOB_TOKEN_PERMISSIONS
+                or project_id != project
+                or job_id not in (None, job)
+            ):
                 raise ApiError(
                     "PERMISSION_DENIED",
                     f"Permission '{permission}' denied: this token is good for {principal.job} only.",
@@ -439,10 +446,10 @@ class IamService:
         cached = self._grants.get((email, project_id))
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        granted = _granted(orjson.loads(self.store.get_policy(ORGANIZATION)[1]), email)
+        bound = _granted(orjson.loads(self.store.get_policy(ORGANIZATION)[1]), email)
         if project_id != ORGANIZATION:
-            granted |= _granted(orjson.loads(self.store.get_policy(project_id)[1]), email)
-        granted = frozenset(granted)
+            bound |= _granted(orjson.loads(self.store.get_policy(project_id)[1]), email)
+        granted = frozenset(bound)
         with self._lock:
             if len(self._grants) > 10_000:  # callers name projects: bound what they can make us keep
                 self._grants.clear()
@@ -571,7 +578,9 @@ class IamService:
         if records:
             answer["entries"] = [_render_audit(r) for r in records[:limit]]
         if len(records) > limit:
-            answer["nextPageToken"] = encode_token("audit", records[limit - 1].seq)
+            last = records[limit - 1].seq
+            assert last is not None  # read from the store, which numbers every record
+            answer["nextPageToken"] = encode_token("audit", last)
         return answer
 
 
@@ -590,7 +599,7 @@ def _granted(bindings: list[dict], email: str) -> set[str]:
     for binding in bindings:
         members = binding.get("members", ())
         if member in members or "allAuthenticatedUsers" in members:
-            granted |= PERMISSIONS.get(binding.get("role"), frozenset())
+            granted |= PERMISSIONS.get(binding.get("role") or "", frozenset())
     return granted
 
 

@@ -36,6 +36,7 @@ from beamport.store.snapshots import SNAPSHOT_FAILED, SNAPSHOT_PENDING, SNAPSHOT
 log = logging.getLogger(__name__)
 
 SnapshotPb = dataflow.Snapshot.pb()
+SnapshotState = SnapshotPb.DESCRIPTOR.fields_by_name["state"].enum_type
 SnapshotJobRequestPb = dataflow.SnapshotJobRequest.pb()
 
 _DAY_US = 24 * 3600 * 1_000_000
@@ -150,7 +151,7 @@ class SnapshotService:
         with self._lock:
             self._taking.add(snapshot.id)
         threading.Thread(
-            target=self._take, args=(snapshot, finished), name=f"snapshot-{snapshot.id}", daemon=True
+            target=self._take, args=(self.control, snapshot, finished), name=f"snapshot-{snapshot.id}", daemon=True
         ).start()
         finished.wait(self.wait_s)
         current = self.store.snapshots.get(project_id, snapshot.id)
@@ -172,20 +173,21 @@ class SnapshotService:
             raise failed_precondition(
                 f"Job {job_id} cannot be updated: its state could not be saved ({why}). It is still running."
             )
+        assert self.control is not None  # snapshot_job refuses without one
         try:
             self.control.stop(job_id)
         except EngineError as exc:  # its worker stops it too, when it learns the job was replaced
             log.warning("stopping job %s after its update snapshot: %s", job_id, exc)
         return snapshot["id"]
 
-    def _take(self, snapshot: SnapshotRecord, finished: threading.Event) -> None:
+    def _take(self, control: StreamingControl, snapshot: SnapshotRecord, finished: threading.Event) -> None:
         """In a thread of its own: ask the engine for the savepoint, record what came of it."""
         try:
             snapshot.state = SNAPSHOT_RUNNING
             if not self.store.snapshots.update(snapshot):
                 return  # deleted before it started
             try:
-                saved = self.control.savepoint(snapshot.source_job_id, self.root / snapshot.id)
+                saved = control.savepoint(snapshot.source_job_id, self.root / snapshot.id)
             except EngineError as exc:
                 self._failed(snapshot, str(exc) or type(exc).__name__)
                 return
@@ -373,7 +375,7 @@ def render_snapshot(snapshot: SnapshotRecord) -> dict:
         id=snapshot.id,
         project_id=snapshot.project_id,
         source_job_id=snapshot.source_job_id,
-        state=dataflow.SnapshotState[snapshot.state].value,
+        state=SnapshotState.values_by_name[snapshot.state].number,
         description=snapshot.description,
         region=snapshot.location,
     )

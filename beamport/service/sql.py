@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -21,6 +22,9 @@ from beamport.files import FilePolicy, scheme_of
 from beamport.store.base import Store
 from beamport.store.sql_tables import SqlTableRecord
 
+if TYPE_CHECKING:
+    from beamport.service.templates import TemplateService
+
 MAX_QUERY_BYTES = 1 << 20
 # How deep a query may nest parentheses and brackets: the parser is recursive (it gives up near 65 levels
 # of parentheses), and no real query comes near this.
@@ -29,8 +33,15 @@ MAX_NESTING = 40
 _UNBOUNDED_PREFIXES = (("pubsub", "topic"), ("pubsub", "subscription"))
 
 
+def _query_text(query: object) -> str:
+    """The query a request gives, or INVALID_ARGUMENT."""
+    if not isinstance(query, str) or not query.strip():
+        raise invalid_argument("query is required: the GoogleSQL query (a string).")
+    return query
+
+
 class SqlService:
-    def __init__(self, store: Store | None = None, files: FilePolicy | None = None, templates=None):
+    def __init__(self, store: Store, files: FilePolicy, templates: TemplateService):
         self.store = store
         self.files = files
         self.templates = templates  # TemplateService: SQL jobs are SQL_Query template launches
@@ -40,6 +51,7 @@ class SqlService:
     def validate(self, project_id: str, location: str, query: str | None) -> dict:
         """ValidateResponse: `queryInfo` when the query is valid, `errorMessage` (with line and column)
         when it is not."""
+        query = _query_text(query)
         error, paths = self._parse(query)
         if error:
             return {"errorMessage": error}
@@ -51,12 +63,10 @@ class SqlService:
         properties = ["HAS_UNBOUNDED_SOURCE"] if any(_is_unbounded(path) for path in paths) else []
         return {"queryInfo": {"queryProperty": properties} if properties else {}}
 
-    def _parse(self, query: str | None) -> tuple[str | None, list[list[str]]]:
+    def _parse(self, query: str) -> tuple[str | None, list[list[str]]]:
         """(an error message, or None) and the paths of the tables the query reads."""
         import bqsqlparse  # imported only for the SQL calls
 
-        if not isinstance(query, str) or not query.strip():
-            raise invalid_argument("query is required: the GoogleSQL query (a string).")
         if len(query.encode()) > MAX_QUERY_BYTES:
             raise invalid_argument(f"The query is over {MAX_QUERY_BYTES} bytes.")
         depth = _nesting(query)
@@ -90,7 +100,7 @@ class SqlService:
 
     def _catalog(self, project_id: str, paths: list[list[str]]) -> dict[str, dict] | None:
         """The catalog's tables the query reads ({name: {path, format}}), or None if one is not in it."""
-        if self.store is None or not paths or any(len(path) != 1 for path in paths):
+        if not paths or any(len(path) != 1 for path in paths):
             return None
         names = {path[0] for path in paths}
         found = {t.name.lower(): t for t in self.store.sql_tables.list(project_id)}
@@ -168,6 +178,7 @@ class SqlService:
             raise invalid_argument("Expected a query object.")
         query, job_name, output = body.get("query"), body.get("jobName"), body.get("output")
         fmt = body.get("outputFormat") or "jsonl"
+        query = _query_text(query)
         error, paths = self._parse(query)
         if error:
             raise invalid_argument(error)

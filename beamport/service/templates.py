@@ -75,6 +75,7 @@ class TemplateService:
     def get(self, project_id: str, location: str, gcs_path: str | None, view: str | None) -> dict:
         if view not in (None, "", "METADATA_ONLY"):
             raise invalid_argument(f"Invalid value at 'view', \"{view}\": the only view is METADATA_ONLY.")
+        gcs_path = _required_path(gcs_path)
         template, metadata = self._load(gcs_path)
         return {
             "status": {},  # google.rpc.Status OK
@@ -159,7 +160,7 @@ class TemplateService:
         return template
 
     def _write_builtin(self, name: str, module: str, template: Path) -> None:
-        staging = self.builtin_dir / "staging" / name
+        staging = template.parent / "staging" / name
         staging.mkdir(parents=True, exist_ok=True)
         args = [
             sys.executable,
@@ -181,9 +182,7 @@ class TemplateService:
 
     # -- from a template file to a job body ------------------------------------------------
 
-    def _load(self, gcs_path: str | None, internal: bool = False) -> tuple[dict, dict | None]:
-        if not gcs_path:
-            raise invalid_argument("gcsPath is required: the location of the template file.")
+    def _load(self, gcs_path: str, internal: bool = False) -> tuple[dict, dict | None]:
         if gcs_path.startswith(BUILTIN_SCHEME):
             name = gcs_path[len(BUILTIN_SCHEME) :]
             if name in INTERNAL_TEMPLATES and not internal:
@@ -222,7 +221,7 @@ class TemplateService:
         internal: bool = False,
     ) -> tuple[dict, list[tuple[str, str]]]:
         """The job body to create, and messages for it (importance, text)."""
-        template, metadata = self._load(gcs_path, internal)
+        template, metadata = self._load(_required_path(gcs_path), internal)
         if not job_name:
             raise invalid_argument("jobName is required to launch a template.")
         check_template_launch(job_name, parameters, environment.get("additionalUserLabels"))
@@ -317,6 +316,12 @@ def _json_object(raw: bytes, where: str) -> dict:
     return value
 
 
+def _required_path(gcs_path: str | None) -> str:
+    if not gcs_path:
+        raise invalid_argument("gcsPath is required: the location of the template file.")
+    return gcs_path
+
+
 def _metadata_from_template(template: dict, gcs_path: str) -> dict:
     """Metadata for a template that has no metadata file: its name, and its runtime parameters (the
     pipeline's ValueProvider options, which the template file lists without a value)."""
@@ -367,10 +372,10 @@ def check_parameters(parameters: dict, metadata: dict | None, options: dict | No
                 raise invalid_argument(
                     f"The template parameter '{name}' is invalid: {value!r} does not match the regex {pattern!r}."
                 )
-        options = [o.get("value") for o in spec.get("enumOptions", [])]
-        if spec.get("paramType") == "ENUM" and options and value not in options:
+        choices = [o.get("value") for o in spec.get("enumOptions", [])]
+        if spec.get("paramType") == "ENUM" and choices and value not in choices:
             raise invalid_argument(
-                f"The template parameter '{name}' is invalid: {value!r} is not one of {', '.join(options)}."
+                f"The template parameter '{name}' is invalid: {value!r} is not one of {', '.join(choices)}."
             )
         if spec.get("paramType") == "NUMBER" and not re.fullmatch(r"-?\d+(\.\d+)?", value):
             raise invalid_argument(f"The template parameter '{name}' is invalid: {value!r} is not a number.")

@@ -156,8 +156,8 @@ def _note_health(worker: _Worker, report: dict) -> None:
     """The memory of the worker's processes (the sum of its pods' `rssBytes`) and how often it reports."""
     pods = report.get("pods")
     if isinstance(pods, list):
-        sizes = [pod.get("rssBytes") for pod in pods if isinstance(pod, dict)]
-        sizes = [int(size) for size in sizes if isinstance(size, int) or (isinstance(size, str) and size.isdigit())]
+        reported = [pod.get("rssBytes") for pod in pods if isinstance(pod, dict)]
+        sizes = [int(size) for size in reported if isinstance(size, int) or (isinstance(size, str) and size.isdigit())]
         worker.rss_bytes = sum(sizes) if sizes else None
     try:
         interval_us = wire.parse_duration_us(report.get("reportInterval") or "")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import overload
 
 import orjson
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
@@ -110,7 +111,7 @@ class WorkerRegistry:
         workers = self.store.workers.get_many(ids)
         newcomers = len(ids) - len(workers)  # live from this batch on, not counted in the store yet
         update = _Update(now)
-        responses = []
+        responses: list[dict] = []
         codes: dict[str, list[dict]] = {}
         for message in messages:
             labels = message["labels"]
@@ -330,7 +331,7 @@ class WorkerRegistry:
             for w in workers
             if w.work_item_id and w.state in WORKER_LIVE_STATES
         }
-        return {"workers": [self.render(w, items.get(w.work_item_id)) for w in workers]}
+        return {"workers": [self.render(w, items.get(w.work_item_id) if w.work_item_id else None) for w in workers]}
 
     def get_worker(self, worker_id: str, projects: set[str] | None = None) -> dict:
         worker = self.store.workers.get_many([worker_id]).get(worker_id)
@@ -499,6 +500,10 @@ def _heard_us(worker: WorkerRecord) -> int:
     return max(worker.last_health_us or 0, worker.last_seen_us)
 
 
+@overload
+def _time_us(value: str | None, default: int) -> int: ...
+@overload
+def _time_us(value: str | None, default: None) -> int | None: ...
 def _time_us(value: str | None, default: int | None) -> int | None:
     try:
         return wire.parse_timestamp_us(value, "time") or default

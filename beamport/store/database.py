@@ -11,7 +11,7 @@ import threading
 import time
 from urllib.parse import quote
 
-from sqlalchemy import create_engine, event, make_url, update
+from sqlalchemy import Table, create_engine, event, insert, make_url, update
 from sqlalchemy.engine import Connection, Engine
 
 from beamport.errors import ApiError
@@ -297,3 +297,11 @@ def compare_and_set(conn: Connection, table, record_id, expected_version: int, r
     )
     if result.rowcount != 1:
         raise VersionConflict(f"{table.name} {record_id}")
+
+
+def insert_row(conn: Connection, table: Table, row: dict) -> int:
+    """Insert one row; its generated key."""
+    key = conn.execute(insert(table).values(**row)).inserted_primary_key
+    # SQLAlchemy types this Optional: it is None only for executions that are not a single-row insert.
+    assert key is not None
+    return key[0]

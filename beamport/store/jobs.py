@@ -7,11 +7,12 @@ description...). The other columns exist for indexing and concurrency control; t
 from __future__ import annotations
 
 import abc
+import builtins
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Integer, bindparam, insert, select, text
+from sqlalchemy import Connection, Integer, bindparam, select, text
 
-from beamport.store.database import Database, compare_and_set
+from beamport.store.database import Database, compare_and_set, insert_row
 from beamport.store.tables import FROM_SNAPSHOT, jobs
 
 # jobs.list filters
@@ -77,12 +78,12 @@ class JobStore(abc.ABC):
         """Jobs matching the query, newest first, at most query.limit."""
 
     @abc.abstractmethod
-    def list_active(self, limit: int, after_seq: int | None = None) -> list[JobRecord]:
+    def list_active(self, limit: int, after_seq: int | None = None) -> builtins.list[JobRecord]:
         """A page of the active jobs of every project, oldest first (summary only): at most `limit`, those created
         after the job with seq `after_seq` (the last of the page before)."""
 
     @abc.abstractmethod
-    def list_active_from_snapshot(self, project_id: str, snapshot_id: str) -> list[JobRecord]:
+    def list_active_from_snapshot(self, project_id: str, snapshot_id: str) -> builtins.list[JobRecord]:
         """The project's active jobs created from this snapshot (createdFromSnapshotId), oldest first (summary only)."""
 
 
@@ -129,7 +130,7 @@ class SqlJobStore(JobStore):
         with self.db.reading() as conn:
             return [job_record(row) for row in conn.execute(stmt, params).all()]
 
-    def list_active(self, limit: int, after_seq: int | None = None) -> list[JobRecord]:
+    def list_active(self, limit: int, after_seq: int | None = None) -> builtins.list[JobRecord]:
         stmt = select(*SUMMARY_COLUMNS).where(jobs.c.active == True)  # noqa: E712
         if after_seq is not None:
             stmt = stmt.where(jobs.c.seq > after_seq)
@@ -137,7 +138,7 @@ class SqlJobStore(JobStore):
         with self.db.reading() as conn:
             return [job_record(row) for row in conn.execute(stmt)]
 
-    def list_active_from_snapshot(self, project_id: str, snapshot_id: str) -> list[JobRecord]:
+    def list_active_from_snapshot(self, project_id: str, snapshot_id: str) -> builtins.list[JobRecord]:
         stmt = select(*SUMMARY_COLUMNS).where(
             jobs.c.project_id == project_id,
             jobs.c.created_from_snapshot_id == snapshot_id,
@@ -149,13 +150,13 @@ class SqlJobStore(JobStore):
 
     # -- in a Write's transaction (SqlStore.write) ----------------------------------------------------------------
 
-    def change(self, conn: Connection, changes: list[JobChange]) -> None:
+    def change(self, conn: Connection, changes: builtins.list[JobChange]) -> None:
         for change in changes:
             compare_and_set(conn, jobs, change.record.id, change.expected_version, _job_row(change.record))
 
-    def add(self, conn: Connection, records: list[JobRecord]) -> list[int]:
+    def add(self, conn: Connection, records: builtins.list[JobRecord]) -> builtins.list[int]:
         """Insert new jobs; their seqs."""
-        return [conn.execute(insert(jobs).values(**_job_row(record))).inserted_primary_key[0] for record in records]
+        return [insert_row(conn, jobs, _job_row(record)) for record in records]
 
 
 SUMMARY_COLUMNS = [c for c in jobs.c if c.name != "detail"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import builtins
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ class MessageStore(abc.ABC):
     @abc.abstractmethod
     def list_autoscaling_events(
         self, job_id: str, start_us: int | None = None, end_us: int | None = None
-    ) -> list[AutoscalingEventRecord]:
+    ) -> builtins.list[AutoscalingEventRecord]:
         """The job's autoscaling events in [start, end), oldest first."""
 
     @abc.abstractmethod
@@ -124,7 +125,7 @@ class SqlMessageStore(MessageStore):
 
     # -- in a Write's transaction (SqlStore.write) ----------------------------------------------------------------
 
-    def add(self, conn: Connection, messages: list[MessageRecord], timer: MessageTimer | None) -> None:
+    def add(self, conn: Connection, messages: builtins.list[MessageRecord], timer: MessageTimer | None) -> None:
         """Insert new messages; with a timer, first let it see each job's latest stored message time, while the
         job's other message writers wait for this transaction (SQLite's writers wait already; on PostgreSQL the
         jobs' rows are locked, in id order, so that two writes with messages of the same jobs never deadlock)."""
@@ -149,7 +150,7 @@ class SqlMessageStore(MessageStore):
         ]
         conn.execute(insert(job_messages), rows)
 
-    def add_autoscaling_events(self, conn: Connection, events: list[AutoscalingEventRecord]) -> None:
+    def add_autoscaling_events(self, conn: Connection, events: builtins.list[AutoscalingEventRecord]) -> None:
         rows = [{k: v for k, v in vars(e).items() if k != "seq"} for e in events]
         if rows:
             conn.execute(insert(autoscaling_events), rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import builtins
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
@@ -37,7 +38,7 @@ class MetricStore(abc.ABC):
         """The job's metrics (updated since `since_us`), by key."""
 
     @abc.abstractmethod
-    def list_stages(self, job_id: str) -> list[StageRecord]:
+    def list_stages(self, job_id: str) -> builtins.list[StageRecord]:
         """The job's stages in the order they started."""
 
 
@@ -52,14 +53,14 @@ class SqlMetricStore(MetricStore):
         with self.db.reading() as conn:
             return [MetricRecord(**row._mapping) for row in conn.execute(stmt.order_by(job_metrics.c.metric_key))]
 
-    def list_stages(self, job_id: str) -> list[StageRecord]:
+    def list_stages(self, job_id: str) -> builtins.list[StageRecord]:
         stmt = select(*stage_runs.c).where(stage_runs.c.job_id == job_id).order_by(stage_runs.c.ordinal)
         with self.db.reading() as conn:
             return [StageRecord(**row._mapping) for row in conn.execute(stmt)]
 
     # -- in a Write's transaction (SqlStore.write) ----------------------------------------------------------------
 
-    def put(self, conn: Connection, metrics: list[MetricRecord], stages: list[StageRecord]) -> None:
+    def put(self, conn: Connection, metrics: builtins.list[MetricRecord], stages: builtins.list[StageRecord]) -> None:
         """Replace the stored metrics and stages with the same keys."""
         self.db.upsert(conn, job_metrics, ["job_id", "metric_key"], [vars(m) for m in metrics])
         self.db.upsert(conn, stage_runs, ["job_id", "stage"], [vars(st) for st in stages])

@@ -4,6 +4,7 @@ is the engine's). A deleted snapshot has no record."""
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,14 +53,16 @@ class SnapshotStore(abc.ABC):
         """The snapshots of a project and location (of one source job), newest first."""
 
     @abc.abstractmethod
-    def list_expired(self, now_us: int, limit: int, after: SnapshotRecord | None = None) -> list[SnapshotRecord]:
+    def list_expired(
+        self, now_us: int, limit: int, after: SnapshotRecord | None = None
+    ) -> builtins.list[SnapshotRecord]:
         """A page of the snapshots of every project whose expiry time has passed, oldest expiry first: at most
         `limit`, those after `after` (the last of the page before)."""
 
     @abc.abstractmethod
     def list_in_states(
         self, states: Sequence[str], created_before_us: int, limit: int, after: SnapshotRecord | None = None
-    ) -> list[SnapshotRecord]:
+    ) -> builtins.list[SnapshotRecord]:
         """A page of the snapshots of every project in one of these states, created before the given time, oldest
         first: at most `limit`, those after `after` (the last of the page before)."""
 
@@ -95,7 +98,9 @@ class SqlSnapshotStore(SnapshotStore):
         with self.db.reading() as conn:
             return [_snapshot_record(row) for row in conn.execute(stmt)]
 
-    def list_expired(self, now_us: int, limit: int, after: SnapshotRecord | None = None) -> list[SnapshotRecord]:
+    def list_expired(
+        self, now_us: int, limit: int, after: SnapshotRecord | None = None
+    ) -> builtins.list[SnapshotRecord]:
         stmt = select(*snapshots.c).where(snapshots.c.expire_us <= now_us)
         if after is not None:
             stmt = stmt.where(tuple_(snapshots.c.expire_us, snapshots.c.id) > tuple_(after.expire_us, after.id))
@@ -103,7 +108,7 @@ class SqlSnapshotStore(SnapshotStore):
         with self.db.reading() as conn:
             return [_snapshot_record(row) for row in conn.execute(stmt)]
 
-    def list_in_states(self, states, created_before_us: int, limit: int, after=None) -> list[SnapshotRecord]:
+    def list_in_states(self, states, created_before_us: int, limit: int, after=None) -> builtins.list[SnapshotRecord]:
         stmt = select(*snapshots.c).where(
             snapshots.c.state.in_(list(states)), snapshots.c.create_us < created_before_us
         )

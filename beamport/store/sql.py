@@ -27,6 +27,15 @@ __all__ = ["MIGRATIONS", "DatabaseGone", "SqlStore"]
 
 
 class SqlStore(Store):
+    # The SQL aggregates, whose in-transaction methods (change, add, put) write() calls.
+    jobs: SqlJobStore
+    messages: SqlMessageStore
+    metrics: SqlMetricStore
+    work_items: SqlWorkItemStore
+    workers: SqlWorkerStore
+    snapshots: SqlSnapshotStore
+    sql_tables: SqlTableCatalog
+
     def __init__(self, url: str):
         self.url = url
         self.db = Database(url)
@@ -77,8 +86,8 @@ class SqlStore(Store):
             change.record.version = change.expected_version + 1
         for record, seq in zip(write.new_jobs, new_seqs, strict=True):
             record.seq = seq
-        for change in write.changed_work_items:
-            change.record.version = change.expected_version + 1
+        for item_change in write.changed_work_items:
+            item_change.record.version = item_change.expected_version + 1
         for item, (item_id, project_id, location) in zip(write.new_work_items, new_items, strict=True):
             item.id, item.project_id, item.location = item_id, project_id, location
 

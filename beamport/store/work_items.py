@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import abc
+import builtins
 import itertools
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, literal_column, select, true
+from sqlalchemy import ColumnElement, Connection, bindparam, func, literal_column, select, true
 
-from beamport.store.database import Database, compare_and_set
+from beamport.store.database import Database, compare_and_set, insert_row
 from beamport.store.jobs import JobRecord, job_record_of
 from beamport.store.tables import jobs, work_items
 
@@ -68,7 +70,7 @@ class WorkItemStore(abc.ABC):
     @abc.abstractmethod
     def pending_projects(
         self, location: str | None = None, projects: Collection[str] | None = None
-    ) -> list[PendingProject]:
+    ) -> builtins.list[PendingProject]:
         """The projects with pending work (in the location; of these projects only), by project id."""
 
     @abc.abstractmethod
@@ -88,7 +90,7 @@ class WorkItemStore(abc.ABC):
     @abc.abstractmethod
     def list_leased(
         self, worker_id: str | None = None, job_id: str | None = None, expired_before_us: int | None = None
-    ) -> list[WorkItemRecord]:
+    ) -> builtins.list[WorkItemRecord]:
         """Leased work items (to the worker; of the job; whose lease expired before the time), oldest first."""
 
     @abc.abstractmethod
@@ -96,7 +98,7 @@ class WorkItemStore(abc.ABC):
         """The workers holding a lease."""
 
     @abc.abstractmethod
-    def pending_job_ids(self) -> list[str]:
+    def pending_job_ids(self) -> builtins.list[str]:
         """The jobs with work waiting for a worker, oldest first."""
 
 
@@ -114,7 +116,7 @@ class SqlWorkItemStore(WorkItemStore):
         with self.db.reading() as conn:
             return [WorkItemRecord(**row._mapping) for row in conn.execute(stmt)]
 
-    def pending_projects(self, location=None, projects=None) -> list[PendingProject]:
+    def pending_projects(self, location=None, projects=None) -> builtins.list[PendingProject]:
         if projects is not None and not projects:
             return []
         params = {"location": location, "projects": sorted(projects or ())}
@@ -142,7 +144,7 @@ class SqlWorkItemStore(WorkItemStore):
             row = conn.execute(_OLDEST_PENDING[location is not None, after_id is not None], params).first()
         return WorkItemRecord(**row._mapping) if row else None
 
-    def list_leased(self, worker_id=None, job_id=None, expired_before_us=None) -> list[WorkItemRecord]:
+    def list_leased(self, worker_id=None, job_id=None, expired_before_us=None) -> builtins.list[WorkItemRecord]:
         stmt = select(*work_items.c).where(_LEASED)
         if worker_id is not None:
             stmt = stmt.where(work_items.c.worker_id == worker_id)
@@ -151,16 +153,16 @@ class SqlWorkItemStore(WorkItemStore):
         if expired_before_us is not None:
             stmt = stmt.where(work_items.c.lease_expire_us < expired_before_us)
         with self.db.reading() as conn:
-            items = [WorkItemRecord(**row._mapping) for row in conn.execute(stmt)]
+            rows = conn.execute(stmt).all()
         # Ordered here: in SQL, SQLite would read every item in id order rather than the few leased ones by index.
-        return sorted(items, key=lambda item: item.id)
+        return [WorkItemRecord(**row._mapping) for row in sorted(rows, key=lambda row: row.id)]
 
     def leased_worker_ids(self) -> set[str]:
         stmt = select(work_items.c.worker_id).where(_LEASED).distinct()
         with self.db.reading() as conn:
             return {worker_id for (worker_id,) in conn.execute(stmt) if worker_id}
 
-    def pending_job_ids(self) -> list[str]:
+    def pending_job_ids(self) -> builtins.list[str]:
         stmt = select(work_items.c.id, work_items.c.job_id).where(_PENDING)
         with self.db.reading() as conn:
             rows = conn.execute(stmt).all()
@@ -169,11 +171,11 @@ class SqlWorkItemStore(WorkItemStore):
 
     # -- in a Write's transaction (SqlStore.write) ----------------------------------------------------------------
 
-    def change(self, conn: Connection, changes: list[WorkItemChange]) -> None:
+    def change(self, conn: Connection, changes: builtins.list[WorkItemChange]) -> None:
         for change in changes:
             compare_and_set(conn, work_items, change.record.id, change.expected_version, _row(change.record))
 
-    def add(self, conn: Connection, items: list[WorkItemRecord]) -> list[tuple[int, str, str]]:
+    def add(self, conn: Connection, items: builtins.list[WorkItemRecord]) -> builtins.list[tuple[int, str, str]]:
         """Insert new work items, each with its job's project and location (which never change); their
         (id, project, location)."""
         added = []
@@ -182,7 +184,7 @@ class SqlWorkItemStore(WorkItemStore):
             place = conn.execute(select(jobs.c.project_id, jobs.c.location).where(jobs.c.id == item.job_id)).first()
             if place is not None:
                 row["project_id"], row["location"] = place
-            item_id = conn.execute(insert(work_items).values(**row)).inserted_primary_key[0]
+            item_id = insert_row(conn, work_items, row)
             added.append((item_id, row["project_id"], row["location"]))
         return added
 
@@ -209,6 +211,7 @@ def _pending_projects_statement(by_location: bool, by_projects: bool, lateral: b
         condition = alias.c.state == literal_column("'PENDING'")
         return condition & (alias.c.location == bindparam("location")) if by_location else condition
 
+    oldest: ColumnElement[Any]
     if lateral:
         first = select(pending.c.project_id, pending.c.id.label("oldest_id")).where(waiting(pending))
         projects = first.order_by(pending.c.project_id, pending.c.id).limit(1).cte("projects", recursive=True)
@@ -224,10 +227,10 @@ def _pending_projects_statement(by_location: bool, by_projects: bool, lateral: b
     else:
         first = select(func.min(pending.c.project_id).label("project_id")).where(waiting(pending))
         projects = first.cte("projects", recursive=True)
-        following = (
+        next_project = (
             select(func.min(later.c.project_id)).where(waiting(later), later.c.project_id > projects.c.project_id)
         ).scalar_subquery()
-        projects = projects.union_all(select(following).where(projects.c.project_id.is_not(None)))
+        projects = projects.union_all(select(next_project).where(projects.c.project_id.is_not(None)))
         oldest = (
             select(func.min(pending.c.id)).where(waiting(pending), pending.c.project_id == projects.c.project_id)
         ).scalar_subquery()
@@ -247,19 +250,20 @@ def _pending_projects_statement(by_location: bool, by_projects: bool, lateral: b
 def _next_to_lease_statement(by_location: bool, by_projects: bool, one_project: bool, lateral: bool):
     """The fair-share choice (see next_to_lease) as one statement: the first project in the order, then its oldest
     pending item of an active job, joined with the job."""
+    first: ColumnElement[Any]
     if one_project:
         first = bindparam("project_id")
     else:
         ranked = _pending_projects_statement(by_location, by_projects, lateral).subquery("ranked")
         first = select(ranked.c.project_id).order_by(ranked.c.leased, ranked.c.oldest_id).limit(1).scalar_subquery()
-    oldest = (
+    candidates = (
         select(work_items.c.id)
         .join(jobs, jobs.c.id == work_items.c.job_id)
         .where(_PENDING, work_items.c.project_id == first, jobs.c.active == True)  # noqa: E712
     )
     if by_location:
-        oldest = oldest.where(work_items.c.location == bindparam("location"))
-    oldest = oldest.order_by(work_items.c.id).limit(1).scalar_subquery()
+        candidates = candidates.where(work_items.c.location == bindparam("location"))
+    oldest = candidates.order_by(work_items.c.id).limit(1).scalar_subquery()
     columns = [*work_items.c, *(c.label(f"job__{c.name}") for c in jobs.c)]
     return select(*columns).join(jobs, jobs.c.id == work_items.c.job_id).where(work_items.c.id == oldest)
 

@@ -4,6 +4,7 @@ CPU sample), with each worker's CPU series and lifecycle events."""
 from __future__ import annotations
 
 import abc
+import builtins
 import functools
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -111,16 +112,16 @@ class WorkerStore(abc.ABC):
         """How many workers are in these states."""
 
     @abc.abstractmethod
-    def list_overdue(self, states: Sequence[str], intervals: int, now_us: int) -> list[WorkerRecord]:
+    def list_overdue(self, states: Sequence[str], intervals: int, now_us: int) -> builtins.list[WorkerRecord]:
         """Workers in these states not heard from (their last health report, or anything else they sent, whichever
         is later) for more than `intervals` of their report intervals before `now_us`; most recently seen first."""
 
     @abc.abstractmethod
-    def list_cpu_samples(self, worker_id: str, limit: int = 60) -> list[CpuSample]:
+    def list_cpu_samples(self, worker_id: str, limit: int = 60) -> builtins.list[CpuSample]:
         """The worker's latest CPU samples, oldest first."""
 
     @abc.abstractmethod
-    def list_events(self, worker_id: str, limit: int = 100) -> list[WorkerEvent]:
+    def list_events(self, worker_id: str, limit: int = 100) -> builtins.list[WorkerEvent]:
         """The worker's latest lifecycle events, oldest first."""
 
     @abc.abstractmethod
@@ -164,14 +165,14 @@ class SqlWorkerStore(WorkerStore):
 
     def count(self, states) -> int:
         with self.db.reading() as conn:
-            return conn.execute(_COUNT_WORKERS, {"states": list(states)}).scalar()
+            return conn.execute(_COUNT_WORKERS, {"states": list(states)}).scalar_one()
 
-    def list_overdue(self, states, intervals: int, now_us: int) -> list[WorkerRecord]:
+    def list_overdue(self, states, intervals: int, now_us: int) -> builtins.list[WorkerRecord]:
         params = {"states": list(states), "intervals": intervals, "now_us": now_us}
         with self.db.reading() as conn:
             return [WorkerRecord(*row) for row in conn.execute(_OVERDUE_WORKERS, params)]
 
-    def list_cpu_samples(self, worker_id: str, limit: int = 60) -> list[CpuSample]:
+    def list_cpu_samples(self, worker_id: str, limit: int = 60) -> builtins.list[CpuSample]:
         stmt = (
             select(*worker_cpu_samples.c)
             .where(worker_cpu_samples.c.worker_id == worker_id)
@@ -181,7 +182,7 @@ class SqlWorkerStore(WorkerStore):
         with self.db.reading() as conn:
             return [CpuSample(**row._mapping) for row in reversed(conn.execute(stmt).all())]
 
-    def list_events(self, worker_id: str, limit: int = 100) -> list[WorkerEvent]:
+    def list_events(self, worker_id: str, limit: int = 100) -> builtins.list[WorkerEvent]:
         stmt = (
             select(*worker_events.c)
             .where(worker_events.c.worker_id == worker_id)
@@ -214,7 +215,11 @@ class SqlWorkerStore(WorkerStore):
     # -- in a Write's transaction (SqlStore.write) ----------------------------------------------------------------
 
     def put(
-        self, conn: Connection, records: list[WorkerRecord], samples: list[CpuSample], events: list[WorkerEvent]
+        self,
+        conn: Connection,
+        records: builtins.list[WorkerRecord],
+        samples: builtins.list[CpuSample],
+        events: builtins.list[WorkerEvent],
     ) -> None:
         """Replace the stored workers with the same ids; add CPU samples and lifecycle events."""
         # The stacks columns are not the registry's to overwrite: the debug call and the worker set them.

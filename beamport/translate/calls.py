@@ -5,6 +5,9 @@ fusion, so that the sidecar has them loaded before its first call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import apache_beam
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner  # noqa: F401  (loaded now: fused_stages uses it)
@@ -39,4 +42,7 @@ def beam_version() -> str:
     return apache_beam.__version__
 
 
-CALLS = {"describe_pipeline": describe_pipeline, "update_incompatibilities": update_incompatibilities}
+CALLS: dict[str, Callable[..., Any]] = {
+    "describe_pipeline": describe_pipeline,
+    "update_incompatibilities": update_incompatibilities,
+}

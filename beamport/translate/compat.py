@@ -42,7 +42,7 @@ def stateful_transforms(pipeline: beam_runner_api_pb2.Pipeline) -> dict[str, dic
             found[transform.unique_name] = {}
         elif transform.spec.urn == _PARDO:
             payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
-            cells = {}
+            cells: dict[str, tuple] = {}
             for state_id, spec in payload.state_specs.items():
                 kind = spec.WhichOneof("spec") or ""
                 detail = getattr(spec, kind) if kind else None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
@@ -208,7 +209,7 @@ def pipeline_display_data(sdk_pipeline_options: Mapping | None) -> list[dict]:
     for raw in items:
         if not isinstance(raw, Mapping) or "key" not in raw:
             continue
-        item = {"key": str(raw["key"]), "namespace": str(raw.get("namespace", ""))}
+        item: dict[str, Any] = {"key": str(raw["key"]), "namespace": str(raw.get("namespace", ""))}
         for src, dst in (("label", "label"), ("url", "url"), ("shortValue", "shortStrValue")):
             if raw.get(src) is not None:
                 item[dst] = str(raw[src])
@@ -252,7 +253,7 @@ def transform_summaries(pipeline: beam_runner_api_pb2.Pipeline) -> list[dict]:
     out = []
     for tid in ordered_transform_ids(pipeline):
         t = transforms[tid]
-        summary = {"id": tid, "name": t.unique_name}
+        summary: dict[str, Any] = {"id": tid, "name": t.unique_name}
         if summary_kind(t) != "UNKNOWN_KIND":  # the enum's default: Google JSON leaves it out
             summary["kind"] = summary_kind(t)
         display = transform_display_data(t)
@@ -450,8 +451,8 @@ def describe_fn_api_stages(stages, pipeline: beam_runner_api_pb2.Pipeline) -> li
     described = []
     for s in out:
         makers = [made_in[pc] for pc in s.inputs if made_in.get(pc, s.name) != s.name]
-        prereqs = tuple(dict.fromkeys([*s.prerequisites, *makers]))
-        described.append(StageDescription(s.name, s.transform_ids, s.inputs, s.outputs, prereqs))
+        prerequisites = tuple(dict.fromkeys([*s.prerequisites, *makers]))
+        described.append(StageDescription(s.name, s.transform_ids, s.inputs, s.outputs, prerequisites))
     return described
 
 

@@ -89,7 +89,7 @@ def metric_updates(results, pipeline_proto: beam_runner_api_pb2.Pipeline, update
             }
             # A side Beam never filled (committed=None) stays valueless: the reader gives None back.
             if value is not None:
-                update.update(_value_fields(value))
+                update.update(_value_fields(value) or {})  # (its kind is one the sample above has)
             out.append(update)
     return out
 
@@ -138,7 +138,7 @@ def _value_fields(value) -> dict | None:
     if isinstance(value, DistributionResult):
         value = value.data
     if isinstance(value, DistributionData):
-        dist = {"count": value.count, "min": value.min, "max": value.max, "sum": value.sum}
+        dist: dict[str, float] = {"count": value.count, "min": value.min, "max": value.max, "sum": value.sum}
         if value.count:
             dist["mean"] = value.sum / value.count
         return {"kind": "Distribution", "distribution": dist}

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
-from tenacity import Retrying, retry_if_exception_type, retry_if_result, stop_after_delay, wait_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from beamport import wire
 from beamport.credentials import KeyFileAuth
@@ -70,7 +78,7 @@ class WorkerApi:
             stop=stop_after_delay(retry_for_s),
             wait=wait_exponential(multiplier=0.4, max=2.0),  # 0.4, 0.8, 1.6, 2, 2... s
             retry=retry_if_exception_type(httpx.TransportError) | retry_if_result(lambda r: r.status_code >= 500),
-            retry_error_callback=lambda last: last.outcome.result(),  # the last answer (or error) as it is
+            retry_error_callback=_last_outcome,  # the last answer (or error) as it is
         )
         try:
             response = retrying(self.http.request, method, path, **kwargs)
@@ -143,7 +151,7 @@ class WorkerApi:
         remaining=None,
         fraction=None,
     ) -> dict:
-        status = {
+        status: dict[str, Any] = {
             "workItemId": work.item_id,
             "reportIndex": str(report_index),
             "requestedLeaseDuration": "60s",
@@ -199,3 +207,10 @@ class WorkerApi:
 
     def code_message(self, work: Work, code: str, parameters: dict, time_us: int | None = None) -> dict:
         return self.message(work, "workerMessageCode", {"code": code, "parameters": parameters}, time_us)
+
+
+def _last_outcome(state: RetryCallState):
+    """The last attempt's answer, or its error raised again."""
+    # Optional in tenacity's types: it is None only before the first attempt ends.
+    assert state.outcome is not None
+    return state.outcome.result()

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from beamport import wire
@@ -74,7 +75,7 @@ class Reporter:
         self.planned_stages = 0  # the job graph's count of stages (pipelineDescription), for progress
         self.scaling: dict | None = None  # the work item's worker range, {min, max}
         self.workers = 0  # SDK workers the run uses now (0 before the first stage)
-        self.ask_service = None  # reports at once with a backlog, returns the answer
+        self.ask_service: Callable[[int], dict] | None = None  # reports at once with a backlog, returns the answer
 
     def running(self, detail: str) -> None:
         self.code(CODE_ENGINE_RUNNING, {"detail": detail})

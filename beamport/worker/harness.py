@@ -18,8 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import httpx
 
@@ -38,13 +39,24 @@ DEFAULT_HEALTH_INTERVAL_US = 5_000_000  # until the service says otherwise
 MAX_EXECUTOR_START_FAILURES = 3  # executors that die before their work starts: the worker is broken
 
 
+@dataclasses.dataclass
+class Executor:
+    """An executor process, waiting for its assignment or running it."""
+
+    process: subprocess.Popen[bytes]
+    assignment: IO[bytes]  # its stdin: one line of JSON, the work item and all it needs
+    status_r: int  # our end of its status pipe (progress, completion)
+    status_fd: int  # its end, by number (passed on)
+    log_path: Path  # its output, kept only when something went wrong
+
+
 class Worker:
     def __init__(
         self,
         endpoint: str,
         data_dir: Path,
         worker_id: str | None = None,
-        allow_paths: list[Path] = (),
+        allow_paths: Sequence[Path] = (),
         sdk_workers: int = 1,
         project: str = ANY,
         location: str = ANY,
@@ -53,7 +65,7 @@ class Worker:
         preemptible: bool = False,
         poll_s: float = 0.25,
         credentials: Path | None = None,
-        deny_paths: list[Path] = (),
+        deny_paths: Sequence[Path] = (),
         sandbox: Sandbox | None = None,
         engines: EngineSettings | None = None,
     ):
@@ -79,7 +91,7 @@ class Worker:
         self.interval_us = DEFAULT_HEALTH_INTERVAL_US
         self.stopping = False
         self.broken: str | None = None
-        self._standby: subprocess.Popen | None = None
+        self._standby: Executor | None = None
         self._start_failures = 0
 
     # -- the loop ------------------------------------------------------------------
@@ -120,9 +132,10 @@ class Worker:
         """Run one work item in an executor, reporting health and CPU until it ends."""
         log.info("running work item %s of job %s (attempt %d)", work.item_id, work.job_id, work.attempt)
         executor, self._standby = self._standby, None
-        if executor is None or executor.poll() is not None:  # the standby died while idle: not the work's fault
+        # The standby died while idle: not the work's fault.
+        if executor is None or executor.process.poll() is not None:
             if executor is not None:
-                log.warning("the standby executor had exited (code %s); starting another", executor.returncode)
+                log.warning("the standby executor had exited (code %s); starting another", executor.process.returncode)
                 self._kill(executor)
             executor = self._spawn_executor()
         status_r = executor.status_r
@@ -145,8 +158,8 @@ class Worker:
             "engines": self.engines,
         }
         try:
-            executor.stdin.write((json.dumps(assignment) + "\n").encode())
-            executor.stdin.close()
+            executor.assignment.write((json.dumps(assignment) + "\n").encode())
+            executor.assignment.close()
         except OSError:
             pass  # it died: seen below, as an exit without completion
         start = self.api.message(
@@ -155,14 +168,14 @@ class Worker:
             {
                 "event": CONTAINER_START,
                 "containerStartTime": wire.format_timestamp_us(self.container_start_us),
-                "metadata": {"pid": str(os.getpid()), "executor_pid": str(executor.pid)},
+                "metadata": {"pid": str(os.getpid()), "executor_pid": str(executor.process.pid)},
             },
         )
         self._report_health(work, [start])
         progress = {"next_report_index": work.report_index}
         next_health = time.monotonic() + self.interval_us / 1e6
         buffer = b""
-        while executor.poll() is None:
+        while executor.process.poll() is None:
             ready, _, _ = select.select([status_r], [], [], 0.1)
             if ready:
                 chunk = os.read(status_r, 65536)
@@ -197,7 +210,7 @@ class Worker:
 
     # -- what the worker tells the service --------------------------------------------------
 
-    def _report_health(self, work: Work, extra: list[dict] = ()) -> None:
+    def _report_health(self, work: Work, extra: Sequence[dict] = ()) -> None:
         """A batch: health report and CPU sample (and any event). The answer sets the next interval."""
         messages = [
             *extra,
@@ -224,7 +237,7 @@ class Worker:
         except WorkerApiError as exc:
             log.warning("the last CPU sample of work item %s was not sent: %s", work.item_id, exc)
 
-    def _shut_down(self, work: Work, executor: subprocess.Popen) -> None:
+    def _shut_down(self, work: Work, executor: Executor) -> None:
         """SIGTERM: tell the service at once (it moves the work), then stop the executor."""
         log.info("shutting down (%s): work item %s moves to another worker", self.shutdown_reason, work.item_id)
         notice = self.api.message(work, "workerShutdownNotice", {"reason": self.shutdown_reason})
@@ -234,12 +247,13 @@ class Worker:
             log.warning("shutdown notice failed: %s", exc)
         self._kill(executor)
 
-    def _executor_died(self, work: Work, executor: subprocess.Popen, report_index: int) -> None:
+    def _executor_died(self, work: Work, executor: Executor, report_index: int) -> None:
         """The executor ended without completing its work: close the work item as failed, with the reason."""
         self._start_failures += 1
         tail = _tail(executor.log_path)
+        process = executor.process
         reason = (
-            f"The worker's executor process (pid {executor.pid}) exited with code {executor.returncode} "
+            f"The worker's executor process (pid {process.pid}) exited with code {process.returncode} "
             "before its work ended."
         )
         if tail:
@@ -254,7 +268,7 @@ class Worker:
 
     # -- executors --------------------------------------------------------------------------
 
-    def _spawn_executor(self) -> subprocess.Popen:
+    def _spawn_executor(self) -> Executor:
         status_r, status_w = os.pipe()
         log_path = self.data_dir / f"executor-{time.time_ns()}.log"
         with open(log_path, "ab") as out:
@@ -269,18 +283,18 @@ class Worker:
                 pass_fds=(status_w,),
             )
         os.close(status_w)
-        process.status_r, process.status_fd, process.log_path = status_r, status_w, log_path
-        return process
+        assert process.stdin is not None  # stdin=PIPE
+        return Executor(process, process.stdin, status_r, status_w, log_path)
 
     @staticmethod
-    def _kill(process: subprocess.Popen) -> None:
+    def _kill(executor: Executor) -> None:
         try:
-            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(executor.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        process.wait()
+        executor.process.wait()
         try:
-            os.close(process.status_r)
+            os.close(executor.status_r)
         except OSError:
             pass
 

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,8 @@ class LocalWorkerPool:
         sdk_workers: int = 1,
         tick_s: float = 0.1,
         credentials: Path | None = None,
-        private_paths: list[Path] = (),
-        engine_flags: list[str] = (),
+        private_paths: Sequence[Path] = (),
+        engine_flags: Sequence[str] = (),
     ):
         # The server's engines and sandbox as `beamport worker` flags (EngineSettings.worker_flags): all the
         # configuration a local worker gets, besides the arguments below.
