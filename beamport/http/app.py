@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse
-from starlette.routing import Match, Mount, Route, Router
+from starlette.routing import BaseRoute, Match, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
 from beamport.console import STATIC
@@ -44,7 +44,7 @@ BP = "/beamport/v1"
 IAM = "/v1/projects/{projectId}/serviceAccounts"
 
 
-def routes() -> list[Route]:
+def routes() -> list[BaseRoute]:
     # Order matters: ":verb" paths before the plain {jobId} paths they would also match. Every API route
     # names the permission it needs (service/roles.py); only the token endpoint, the console's pages and
     # its sign-in link are open.

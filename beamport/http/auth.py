@@ -88,8 +88,8 @@ def allow(permission: str, endpoint, on=path_project):
         if audited and request.method not in ("GET", "HEAD"):
             status, message = "OK", ""
             if response.status_code != 200:
-                error = orjson.loads(response.body).get("error", {})
-                status, message = error.get("status", "UNKNOWN"), error.get("message", "")
+                answered = orjson.loads(response.body).get("error", {})
+                status, message = answered.get("status", "UNKNOWN"), answered.get("message", "")
             await _audit(request, principal, permission, project, status, message)
         return response
 

@@ -63,7 +63,7 @@ class BrowserGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {}
+        headers: dict[bytes, str] = {}
         for key, value in scope["headers"]:
             if key in (b"host", b"origin", b"sec-fetch-site", b"content-type", b"content-length", b"transfer-encoding"):
                 headers[key] = value.decode("latin-1")
@@ -83,7 +83,7 @@ class BrowserGuard:
         )
         await send({"type": "http.response.body", "body": body})
 
-    def _refusal(self, scope, headers: dict[str, str]) -> ApiError | None:
+    def _refusal(self, scope, headers: dict[bytes, str]) -> ApiError | None:
         host = headers.get(b"host")
         if host is not None and not self._host_allowed(host):
             return ApiError(

@@ -44,10 +44,11 @@ def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
         header_timeout_s = seconds
         _header_timer: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport) -> None:
             super().connection_made(transport)
             # Every write of this connection's (its responses', and uvicorn's own answers) in one order.
-            self.transport = CoalescedWrites(transport, self.loop)
+            self.coalesced = CoalescedWrites(transport, self.loop)
+            self.transport = self.coalesced  # type: ignore[assignment]  # a Transport in all uvicorn uses
             self._arm_header_timer()
 
         _in_headers = False  # a request's first bytes came, not yet the end of its headers
@@ -70,8 +71,8 @@ def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
 
         def handle_websocket_upgrade(self) -> None:
             # The WebSocket protocol takes the connection over, with the socket's own transport.
-            self.transport.flush()
-            self.transport = self.transport.transport
+            self.coalesced.flush()
+            self.transport = self.coalesced.transport
             super().handle_websocket_upgrade()
 
         def connection_lost(self, exc) -> None:

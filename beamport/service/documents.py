@@ -134,10 +134,11 @@ def retry_on_conflict(attempt: Callable[[], T], doing: str, conflicts: tuple[typ
     """Run `attempt` (read, decide, write under version checks) again while its write meets a concurrent change
     (VersionConflict, or one of `conflicts`): each attempt reads afresh and re-applies the request to what it
     finds. ABORTED after CONFLICT_ATTEMPTS, `doing` saying what ("updating job 123")."""
+    retried: tuple[type[Exception], ...] = (VersionConflict, *conflicts)
     for _ in range(CONFLICT_ATTEMPTS):
         try:
             return attempt()
-        except (VersionConflict, *conflicts):
+        except retried:
             continue
     raise ApiError("ABORTED", f"Too much contention {doing}; try again.")
 

@@ -375,6 +375,7 @@ class JobService:
                     f"Job {old_id} was not running ({old_doc.get('currentState')}): this job starts without its state.",
                 )
             ]
+        assert engine is not None  # keeps_state(None) is False: answered above
         spec = registry.get(engine)
         if engines.spec_of(doc, self.streaming_engine) is not spec:
             raise failed_precondition(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from beamport import job_states, schema, wire
 from beamport.errors import RPC_CODE, failed_precondition, invalid_argument, not_found, unimplemented
@@ -150,7 +151,7 @@ class LeaseService:
             "id": str(item.id),
             "projectId": job.project_id,
             "jobId": job.id,
-            "leaseExpireTime": timestamp(item.lease_expire_us),
+            "leaseExpireTime": timestamp(_set(item.lease_expire_us)),
             "reportStatusInterval": REPORT_INTERVAL,
             "initialReportIndex": str(item.next_report_index),
             # What to run: the whole pipeline of the job, on its engine (from a snapshot's state).
@@ -171,7 +172,9 @@ class LeaseService:
         snapshot_id = doc.get("createdFromSnapshotId")
         if not snapshot_id or self.saved_state is None:
             return {}
-        restore = {"restoreFrom": self.saved_state.restore_location(job.project_id, job.location, snapshot_id)}
+        restore: dict[str, Any] = {
+            "restoreFrom": self.saved_state.restore_location(job.project_id, job.location, snapshot_id)
+        }
         if doc.get("transformNameMapping"):  # an update that renamed transforms: their state keeps its old names
             restore["stateNames"] = {new: old for old, new in doc["transformNameMapping"].items()}
         return restore
@@ -228,8 +231,8 @@ class LeaseService:
                 changed_work_items=[WorkItemChange(item, expected_item)],
                 metrics=changed_metrics(self.store, job.id, status.get("metricUpdates", []), now),
             )
-            answer = {
-                "leaseExpireTime": timestamp(item.lease_expire_us),
+            answer: dict[str, Any] = {
+                "leaseExpireTime": timestamp(_set(item.lease_expire_us)),
                 "reportStatusInterval": REPORT_INTERVAL,
                 "nextReportIndex": str(item.next_report_index),
             }
@@ -280,7 +283,7 @@ class LeaseService:
         """Revoke the leases a worker holds and lease its work again (see retries.fail_attempt). Returns how many."""
         items = self.store.work_items.list_leased(worker_id, job_id)
         for item in items:
-            self._revoke(item.id, worker_id, reason, counts)
+            self._revoke(_set(item.id), worker_id, reason, counts)
         return len(items)
 
     def _revoke(self, item_id: int, worker_id: str | None, reason: str, counts: bool) -> None:
@@ -315,9 +318,9 @@ class LeaseService:
             return
         for item in self.store.work_items.list_leased(expired_before_us=now):
             self._revoke(
-                item.id,
+                _set(item.id),
                 item.worker_id,
-                f"its lease expired at {timestamp(item.lease_expire_us)} without a report from the worker.",
+                f"its lease expired at {timestamp(_set(item.lease_expire_us))} without a report from the worker.",
                 counts=True,
             )
 
@@ -369,3 +372,9 @@ def _worker_id(request: dict, to: str) -> str:
     if not isinstance(worker_id, str) or len(worker_id) > 256 or not worker_id.isprintable():
         raise invalid_argument("workerId must be a printable name of at most 256 characters.")
     return worker_id
+
+
+def _set(value: int | None) -> int:
+    """A stored work item's id, or a leased one's lease expiry: always set (None only before the first write)."""
+    assert value is not None
+    return value

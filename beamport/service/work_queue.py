@@ -63,9 +63,9 @@ def next_leasable(
     for project in candidates:
         item = store.work_items.oldest_pending(project, where)
         while item is not None:
-            job = store.jobs.get(project, item.job_id)
-            if _takes_work(job):
-                return job, item
+            owner = store.jobs.get(project, item.job_id)
+            if owner is not None and _takes_work(owner):
+                return owner, item
             item = store.work_items.oldest_pending(project, where, after_id=item.id)
     return None
 

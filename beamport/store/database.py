@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import Table, create_engine, event, insert, make_url, update
@@ -167,7 +168,7 @@ class _PointReader:
     def __init__(self, engine: Engine, watch: _DatabaseFile | None):
         self.engine, self.watch = engine, watch
         self.lock = threading.Lock()
-        self._connection = None
+        self._connection: Any = None  # the DB-API connection, detached from the pool, once first used
         self._compiled: dict[int, tuple] = {}  # id(statement) -> (statement, SQL, parameters, column names)
 
     def first_row(self, statement, params: dict) -> dict | None:
