@@ -5,6 +5,7 @@ It knows the shape of Dataflow's Job and JobMessage objects, and nothing about H
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -13,7 +14,6 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TextIO
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -56,29 +56,34 @@ _PLAIN = re.compile(r"[A-Za-z0-9_./@(][-A-Za-z0-9_./@()+, ]*\Z")
 _NUMBER = re.compile(r"[-+]?(\d[\d_]*)?\.?\d*([eE][-+]?\d+)?\Z")
 
 
-class _YamlDumper(yaml.SafeDumper):
-    """yaml.SafeDumper with lists indented under their key and double quotes where a string needs quotes."""
+@functools.cache
+def _yaml_dumper() -> type:
+    """yaml.SafeDumper with lists indented under their key and double quotes where a string needs quotes. Built
+    (and PyYAML imported) on the first YAML answer: `beamport serve` goes through this CLI and never prints one."""
+    import yaml
 
-    def increase_indent(self, flow=False, indentless=False):
-        return super().increase_indent(flow, False)  # `key:` then `  - item`, not `- item` level with the key
+    class YamlDumper(yaml.SafeDumper):
+        def increase_indent(self, flow=False, indentless=False):
+            return super().increase_indent(flow, False)  # `key:` then `  - item`, not `- item` level with the key
 
-    def choose_scalar_style(self):
-        style = super().choose_scalar_style()
-        return '"' if style == "'" else style  # JSON's quotes, which readers of the JSON answers know
+        def choose_scalar_style(self):
+            style = super().choose_scalar_style()
+            return '"' if style == "'" else style  # JSON's quotes, which readers of the JSON answers know
 
+    def represent_str(dumper: yaml.SafeDumper, text: str):
+        plain = _PLAIN.match(text) and not _NUMBER.match(text)
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=None if plain else '"')
 
-def _represent_str(dumper: yaml.SafeDumper, text: str):
-    plain = _PLAIN.match(text) and not _NUMBER.match(text)
-    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=None if plain else '"')
-
-
-_YamlDumper.add_representer(str, _represent_str)
+    YamlDumper.add_representer(str, represent_str)
+    return YamlDumper
 
 
 def yaml_lines(value) -> list[str]:
     """An API answer as YAML, one line per item, in the answer's order and never wrapped."""
+    import yaml
+
     text = yaml.dump(
-        value, Dumper=_YamlDumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=float("inf")
+        value, Dumper=_yaml_dumper(), sort_keys=False, default_flow_style=False, allow_unicode=True, width=float("inf")
     )
     return text.splitlines()
 
