@@ -49,7 +49,8 @@ NOT_STARTED_STATES = frozenset({PENDING, QUEUED, STOPPED})
 
 class Actor(StrEnum):
     CLIENT = "client"  # a request through the API: jobs.update's requestedState, a create that replaces a job
-    SERVICE = "service"  # the service's own decisions: the local pool queues a job, a worker's lease is revoked
+    # the service's own decisions: the local pool queues a job, a worker's lease is revoked, an update's swap
+    SERVICE = "service"
     WORKER = "worker"  # a job's worker: it leases the work, its engine runs it, it reports the work's end
 
 
@@ -89,6 +90,12 @@ TRANSITIONS = (
     _transition(_STOPPABLE - {DRAINING}, DRAINING, Actor.CLIENT, "drain a streaming job that has started"),
     _transition(NOT_STARTED_STATES, DRAINED, Actor.CLIENT, "drain a streaming job that has not started"),
     _transition(ACTIVE_STATES, UPDATED, Actor.CLIENT, "a new job replaces it (jobs.create with replaceJobId)"),
+    _transition(
+        {RUNNING},
+        UPDATED,
+        Actor.SERVICE,
+        "its state was saved for the job that replaces it, which starts from it (an update that carries state)",
+    ),
 )
 _ALLOWED = {(source, t.target, actor) for t in TRANSITIONS for source in t.sources for actor in t.by}
 
