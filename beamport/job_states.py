@@ -36,7 +36,8 @@ STATES = {
     DRAINING: "a client asked to drain it: its sources stop reading, its windows fire and flush",
     CANCELLING: "a client asked to cancel it: its worker stops it",
     DONE: "its work completed",
-    FAILED: "its work failed (four times, or in a way another attempt would meet again)",
+    FAILED: "its work failed (four times, or in a way another attempt would meet again), or it could not take over the "
+    "state of the job it updates",
     CANCELLED: "cancelled",
     DRAINED: "drained",
     UPDATED: "replaced by another job (replaceJobId); replacedByJobId names it",
@@ -77,7 +78,8 @@ TRANSITIONS = (
         _STOPPABLE,
         FAILED,
         (Actor.WORKER, Actor.SERVICE),
-        "its work failed for the 4th time, or for good (the worker's report, or its lease revoked)",
+        "its work failed for the 4th time, or for good (the worker's report, or its lease revoked); the update it "
+        "makes could not take over the old job's state",
     ),
     _transition(_STOPPABLE, CANCELLING, Actor.CLIENT, "cancel, while a worker holds the job's work"),
     _transition(_STOPPABLE, CANCELLED, Actor.CLIENT, "cancel, while no worker holds the job's work"),
