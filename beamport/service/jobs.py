@@ -311,6 +311,8 @@ class JobService:
                 update_notes, carries = self._update_plan(project_id, location, replace_job_id, doc)
                 notes = [*notes, *update_notes]
             record = record_from_document(doc)
+            work: list[WorkItemRecord]
+            messages: list
             if carries:
                 work, messages = [], []  # its work comes with the swap, from the old job's saved state
             elif engines.engine_of(doc, self.streaming_engine) is None:
@@ -665,6 +667,7 @@ class JobService:
                     )
                 commit(self.store, Write(changed_jobs=[JobChange(new, expected_new)], messages=messages))
                 return False
+            assert old is not None  # no reason to fail: the old job is running
             expected_old = old.version
             move_to_state(old_doc, model.UPDATED, now, Actor.SERVICE)
             old_doc["replacedByJobId"] = new_id

@@ -1,5 +1,7 @@
 """The database schema (SQLAlchemy Core). Changes here need a migration in migrations/versions."""
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -23,7 +25,7 @@ PENDING_ONLY = "state = 'PENDING'"
 LEASED_ONLY = "state = 'LEASED'"
 FROM_SNAPSHOT = "created_from_snapshot_id <> ''"
 # The jobs that hold their name: active, and not waiting to take over from the job they update.
-HOLDS_NAME = {
+HOLDS_NAME: dict[str, Any] = {
     "sqlite_where": text("active = 1 AND replacing_job_id = ''"),
     "postgresql_where": text("active AND replacing_job_id = ''"),
 }

@@ -9,6 +9,8 @@ Revision ID: 0009
 Revises: 0008
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -17,11 +19,11 @@ down_revision = "0008"
 branch_labels = None
 depends_on = None
 
-HOLDS_NAME = {
+HOLDS_NAME: dict[str, Any] = {
     "sqlite_where": sa.text("active = 1 AND replacing_job_id = ''"),
     "postgresql_where": sa.text("active AND replacing_job_id = ''"),
 }
-WAS = {"sqlite_where": sa.text("active = 1"), "postgresql_where": sa.text("active")}
+WAS: dict[str, Any] = {"sqlite_where": sa.text("active = 1"), "postgresql_where": sa.text("active")}
 
 
 def upgrade() -> None:
