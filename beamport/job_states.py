@@ -36,7 +36,8 @@ STATES = {
     DRAINING: "a client asked to drain it: its sources stop reading, its windows fire and flush",
     CANCELLING: "a client asked to cancel it: its worker stops it",
     DONE: "its work completed",
-    FAILED: "its work failed (four times, or in a way another attempt would meet again)",
+    FAILED: "its work failed (four times, or in a way another attempt would meet again), or it could not take over the "
+    "state of the job it updates",
     CANCELLED: "cancelled",
     DRAINED: "drained",
     UPDATED: "replaced by another job (replaceJobId); replacedByJobId names it",
@@ -49,7 +50,8 @@ NOT_STARTED_STATES = frozenset({PENDING, QUEUED, STOPPED})
 
 class Actor(StrEnum):
     CLIENT = "client"  # a request through the API: jobs.update's requestedState, a create that replaces a job
-    SERVICE = "service"  # the service's own decisions: the local pool queues a job, a worker's lease is revoked
+    # the service's own decisions: the local pool queues a job, a worker's lease is revoked, an update's swap
+    SERVICE = "service"
     WORKER = "worker"  # a job's worker: it leases the work, its engine runs it, it reports the work's end
 
 
@@ -76,7 +78,8 @@ TRANSITIONS = (
         _STOPPABLE,
         FAILED,
         (Actor.WORKER, Actor.SERVICE),
-        "its work failed for the 4th time, or for good (the worker's report, or its lease revoked)",
+        "its work failed for the 4th time, or for good (the worker's report, or its lease revoked); the update it "
+        "makes could not take over the old job's state",
     ),
     _transition(_STOPPABLE, CANCELLING, Actor.CLIENT, "cancel, while a worker holds the job's work"),
     _transition(_STOPPABLE, CANCELLED, Actor.CLIENT, "cancel, while no worker holds the job's work"),
@@ -89,6 +92,12 @@ TRANSITIONS = (
     _transition(_STOPPABLE - {DRAINING}, DRAINING, Actor.CLIENT, "drain a streaming job that has started"),
     _transition(NOT_STARTED_STATES, DRAINED, Actor.CLIENT, "drain a streaming job that has not started"),
     _transition(ACTIVE_STATES, UPDATED, Actor.CLIENT, "a new job replaces it (jobs.create with replaceJobId)"),
+    _transition(
+        {RUNNING},
+        UPDATED,
+        Actor.SERVICE,
+        "its state was saved for the job that replaces it, which starts from it (an update that carries state)",
+    ),
 )
 _ALLOWED = {(source, t.target, actor) for t in TRANSITIONS for source in t.sources for actor in t.by}
 

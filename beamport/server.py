@@ -192,6 +192,7 @@ def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar |
         beam=beam,
     )
     hooks["on_startup"].append(jobs.start_waiting_jobs)  # streaming jobs created before it had an engine
+    hooks["on_startup"].append(jobs.resume_updates)  # updates a stopped server left underway
     templates = TemplateService(jobs, files, builtin_dir=settings.data_dir.resolve() / "templates" / "builtin")
     flex = FlexTemplateService(
         jobs,

@@ -48,6 +48,9 @@ def test_terminal_states_have_no_way_out():
         (RUNNING, CANCELLED, Actor.CLIENT, True),
         (RUNNING, DRAINED, Actor.CLIENT, False),  # a running job has something to flush
         (RUNNING, UPDATED, Actor.CLIENT, True),
+        (RUNNING, UPDATED, Actor.SERVICE, True),  # an update's swap, once the old job's state is saved
+        (DRAINING, UPDATED, Actor.SERVICE, False),  # its state is saved of a running job only
+        (PENDING, FAILED, Actor.SERVICE, True),  # an update whose new job could not take over
         (DONE, CANCELLED, Actor.CLIENT, False),
     ],
 )

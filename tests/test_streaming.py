@@ -13,6 +13,7 @@ import os
 import time
 import urllib.request
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from test_running_jobs import dataflow_flags, run, wait_state
 PIPELINES = Path(__file__).parent / "pipelines"
 # One process runs all the Flink tests (scripts/test: --dist loadgroup): the cluster is shared and has 2 cores.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]
+# How long a job may take to start on Flink on a busy machine (its worker stages it, Flink's job server submits it).
+START_S = 300
 
 
 def flink_endpoints() -> dict[str, str]:
@@ -43,14 +46,8 @@ def flink() -> dict[str, str]:
     return flink_endpoints()
 
 
-@pytest.fixture(scope="module")
-def streaming_server(flink, tmp_path_factory):
-    root = tmp_path_factory.mktemp("streaming")
-    args = (
-        "--allow-path",
-        str(root),
-        "--workers",
-        "4",
+def flink_args(flink: dict) -> tuple[str, ...]:
+    return (
         "--flink-master",
         flink["BEAMPORT_FLINK_MASTER"],
         "--flink-job-server",
@@ -58,6 +55,12 @@ def streaming_server(flink, tmp_path_factory):
         "--flink-sdk-pool",
         flink["BEAMPORT_FLINK_SDK_POOL"],
     )
+
+
+@pytest.fixture(scope="module")
+def streaming_server(flink, tmp_path_factory):
+    root = tmp_path_factory.mktemp("streaming")
+    args = ("--allow-path", str(root), "--workers", "4", *flink_args(flink))
     srv = Server(root / "data", extra_args=args).start()
     srv.root = root
     yield srv
@@ -367,7 +370,7 @@ def test_update_carries_state_over_and_refuses_an_incompatible_pipeline(streamin
     root.mkdir()
     append(log, [f"k{i % 2},{i}" for i in range(6)])
     job_id = submit(srv, project, root / "v1", "upd", "counts", log, out)
-    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=START_S)
     wait_for("six lines counted", lambda: len(outputs(out, "1")) >= 6)
 
     # Renaming the stateful step without mapping it would lose its state: refused, the job untouched.
@@ -409,20 +412,66 @@ def test_update_carries_state_over_and_refuses_an_incompatible_pipeline(streamin
         "--update",
         '--transform_name_mapping={"Count": "Counter"}',
     )
-    wait_state(api, new_id, {"JOB_STATE_RUNNING"})
+    wait_state(api, new_id, {"JOB_STATE_RUNNING"}, timeout=START_S)
     old = api.get(job_id).json()
     assert old["currentState"] == "JOB_STATE_UPDATED" and old["replacedByJobId"] == new_id
     wait_for("the old Flink job stopped", lambda: flink_state(flink, job_id) == "CANCELED", timeout=30)
+    # The create answered before the state was saved: the new job was stored (its first message) before the
+    # snapshot was asked for, and waited for it in JOB_STATE_PENDING.
+    new = api.get(new_id).json()
+    carried = new["createdFromSnapshotId"]
+    snapshot = api.client.get(f"/v1b3/projects/{project}/locations/us-central1/snapshots/{carried}").json()
+    stored = api.messages(new_id).json()["jobMessages"][0]
+    assert "the state is being saved" in stored["messageText"]
+    assert datetime.fromisoformat(stored["time"]) <= datetime.fromisoformat(snapshot["creationTime"]), snapshot
+    old_texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
+    assert any(f"Job {new_id} is to replace this job" in t for t in old_texts)
     append(log, [f"k{i % 2},{i}" for i in range(6, 10)])
     rows = wait_for("the updated job's counts", lambda: len(outputs(out, "2")) >= 4 and outputs(out, "2"))
     assert counts_by_key(rows) == {"k0": [4, 5], "k1": [4, 5]}
     assert counts_by_key(outputs(out, "1")) == {"k0": [1, 2, 3], "k1": [1, 2, 3]}
-    new = api.get(new_id).json()
-    carried = new["createdFromSnapshotId"]
     texts = [m["messageText"] for m in api.messages(new_id).json().get("jobMessages", [])]
     assert any(f"takes over the state of job {job_id}, saved in snapshot {carried}" in t for t in texts)
     assert api.update(new_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
     wait_for("the new Flink job cancelled", lambda: flink_state(flink, new_id) == "CANCELED", timeout=30)
+
+
+def test_an_update_whose_state_cannot_be_saved_leaves_the_old_job_running(flink, tmp_path, project):
+    # A server of its own, where the savepoint fails: its snapshots' directory is a file.
+    root = tmp_path / "failed-update"
+    args = ("--allow-path", str(root), "--workers", "2", *flink_args(flink))
+    srv = Server(root / "data", extra_args=args)
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "snapshots").write_text("not a directory")
+    srv.start()
+    api = Api(srv.url, project)
+    log, out = root / "in.log", root / "out.txt"
+    try:
+        append(log, [f"k{i % 2},{i}" for i in range(4)])
+        job_id = submit(srv, project, root / "v1", "upd-fails", "counts", log, out)
+        wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=START_S)
+        wait_for("four lines counted", lambda: len(outputs(out, "1")) >= 4)
+
+        new_id = submit(srv, project, root / "v2", "upd-fails", "counts", log, out, "--version", "2", "--update")
+        failed = wait_state(api, new_id, {"JOB_STATE_FAILED"}, timeout=START_S)
+        assert failed["replaceJobId"] == job_id
+        old = api.get(job_id).json()
+        assert old["currentState"] == "JOB_STATE_RUNNING" and "replacedByJobId" not in old
+        assert flink_state(flink, job_id) == "RUNNING"
+        new_texts = [m["messageText"] for m in api.messages(new_id).json().get("jobMessages", [])]
+        old_texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
+        assert any(
+            f"The update of job {job_id} failed: The state of job {job_id} could not be saved" in t for t in new_texts
+        )
+        assert any(f"The update by job {new_id} failed" in t and "runs on, unchanged" in t for t in old_texts)
+        # The old job counts on, with its state.
+        append(log, [f"k{i % 2},{i}" for i in range(4, 6)])
+        rows = wait_for("the old job's counts", lambda: len(outputs(out, "1")) >= 6 and outputs(out, "1"))
+        assert counts_by_key(rows) == {"k0": [1, 2, 3], "k1": [1, 2, 3]} and outputs(out, "2") == []
+        assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+        wait_for("the Flink job cancelled", lambda: flink_state(flink, job_id) == "CANCELED", timeout=30)
+    finally:
+        srv.stop()
 
 
 def test_only_jobs_on_flink_can_be_snapshotted(streaming_server, project):

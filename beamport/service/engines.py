@@ -25,8 +25,12 @@ class SavedState(Protocol):
     def restore_location(self, project_id: str, location: str, snapshot_id: str) -> str:
         """Where a snapshot's data is, for a job that starts from it; raises unless it can be started from."""
 
-    def carry_state(self, project_id: str, location: str, job_id: str, new_job_name: str) -> str:
-        """For an update: the id of a snapshot of the running job's state, the job stopped."""
+    def save_for_update(self, project_id: str, location: str, job_id: str, new_job_id: str) -> str:
+        """For an update: the id of a snapshot of the running job's state (the job runs on); raises, saying
+        why, when it cannot be saved."""
+
+    def stop_replaced(self, job_id: str) -> None:
+        """Stop the engine's run of a job an update replaced (best effort)."""
 
 
 def engine_of(doc: dict, streaming_engine: str | None) -> str | None:

@@ -3,11 +3,20 @@
 Every change is one atomic store write guarded by the job's version, so two
 concurrent requests can never both act on the same old state; the loser reads
 the job again and re-applies its request to what it finds.
+
+An update that carries a running job's state over (replaceJobId, on an engine that keeps state) is a
+long-running operation: the create stores the new job (PENDING, waiting to take over: its record's
+replacing_job_id) and answers it; in the background the old job's state is saved (a snapshot) while it runs
+on, then one write hands over (the old job UPDATED, replacedByJobId; the new job's work, from the snapshot),
+then the old job's engine run is stopped. A failure before that write leaves the old job running, and fails
+the new one, saying why in both jobs' messages. A server that stops meanwhile starts the swap again at its
+next start (resume_updates).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -67,6 +76,9 @@ NO_STREAMING_ENGINE = (
     "this streaming job yet: it waits in JOB_STATE_PENDING until the server is restarted with one (then it runs), "
     "or until it is cancelled or drained."
 )
+# The active jobs of one name read to find an update underway: the one that holds the name, and at most one job
+# waiting to take over from each (of which only the holder's matters).
+_SAME_NAME_PAGE = 100
 
 
 class JobService:
@@ -256,6 +268,7 @@ class JobService:
             doc = document(summary)
             if (
                 doc.get("type") != model.STREAMING
+                or summary.replacing_job_id  # an update underway: its work comes with the swap (resume_updates)
                 or doc.get("currentState") not in job_states.NOT_STARTED_STATES
                 or engines.engine_of(doc, None) is not None  # it named its engine: it had work from the start
                 or self.store.work_items.list(summary.id)
@@ -290,34 +303,52 @@ class JobService:
     ) -> dict:
         job_id = doc["id"]
         self._check_snapshot(project_id, location, doc)
-        self._check_files(doc)
-        if replace_job_id:
-            notes = [*notes, *self._carry_state(project_id, location, replace_job_id, doc)]
-        record = record_from_document(doc)
-        if engines.engine_of(doc, self.streaming_engine) is None:
-            work, messages = [], [job_message(job_id, now, "JOB_MESSAGE_WARNING", NO_STREAMING_ENGINE)]
-        else:
-            work, messages = [WorkItemRecord(job_id=job_id)], []  # the whole pipeline, for a worker to lease
-        messages += [job_message(job_id, now, importance, text) for importance, text in notes]
+        stored = False
+        try:
+            self._check_files(doc)  # keeps the pipeline (pipelines/<id>.pb): removed below unless the job is stored
+            carries = False
+            if replace_job_id:
+                update_notes, carries = self._update_plan(project_id, location, replace_job_id, doc)
+                notes = [*notes, *update_notes]
+            record = record_from_document(doc)
+            work: list[WorkItemRecord]
+            messages: list
+            if carries:
+                work, messages = [], []  # its work comes with the swap, from the old job's saved state
+            elif engines.engine_of(doc, self.streaming_engine) is None:
+                work, messages = [], [job_message(job_id, now, "JOB_MESSAGE_WARNING", NO_STREAMING_ENGINE)]
+            else:
+                work, messages = [WorkItemRecord(job_id=job_id)], []  # the whole pipeline, for a worker to lease
+            messages += [job_message(job_id, now, importance, text) for importance, text in notes]
 
-        def attempt() -> dict:
-            try:
-                if replace_job_id:
-                    self._replace(project_id, location, replace_job_id, record, work, messages, now)
-                else:
-                    commit(self.store, Write(new_jobs=[record], new_work_items=work, messages=messages))
-            except ActiveNameTaken:
-                # Dataflow answers a second create of an active name with the
-                # existing job, unchanged; clients compare clientRequestId.
-                existing = self.store.jobs.find_active(project_id, location, doc["name"])
-                if existing is not None and not replace_job_id:
-                    return render_job(existing, view)
-                raise  # that job ended meanwhile: try again
-            if work:
-                self.work.notify()
-            return render_job(record, view)
+            def attempt() -> dict:
+                nonlocal stored
+                try:
+                    if carries:
+                        self._store_update(project_id, location, replace_job_id, record, messages, now)
+                    elif replace_job_id:
+                        self._replace(project_id, location, replace_job_id, record, work, messages, now)
+                    else:
+                        commit(self.store, Write(new_jobs=[record], new_work_items=work, messages=messages))
+                except ActiveNameTaken:
+                    # Dataflow answers a second create of an active name with the
+                    # existing job, unchanged; clients compare clientRequestId.
+                    existing = self.store.jobs.find_active(project_id, location, doc["name"])
+                    if existing is not None and not replace_job_id:
+                        return render_job(existing, view)
+                    raise  # that job ended meanwhile: try again
+                stored = True
+                if work:
+                    self.work.notify()
+                return render_job(record, view)
 
-        return retry_on_conflict(attempt, f"creating job {doc['name']}", conflicts=(ActiveNameTaken,))
+            answer = retry_on_conflict(attempt, f"creating job {doc['name']}", conflicts=(ActiveNameTaken,))
+        finally:
+            if not stored and self.pipelines_dir is not None:
+                (self.pipelines_dir / f"{job_id}.pb").unlink(missing_ok=True)
+        if carries:
+            self._start_swap(project_id, location, replace_job_id, job_id)
+        return answer
 
     def kept_pipeline(self, project_id: str, location: str, job_id: str) -> bytes:
         """The pipeline a job was created with, as the service kept it (what its workers run)."""
@@ -347,34 +378,29 @@ class JobService:
                 self.store, Write(messages=[job_message(job_id, now, importance, text) for importance, text in notes])
             )
 
-    def _carry_state(self, project_id: str, location: str, old_id: str, doc: dict) -> list[tuple[str, str]]:
-        """An update of a streaming job on an engine that saves state: check that the new pipeline can take
-        the old one's state, then snapshot the old job and stop it; the new job starts from the snapshot.
-        Anything refused leaves the old job as it was."""
+    def _update_plan(
+        self, project_id: str, location: str, old_id: str, doc: dict
+    ) -> tuple[list[tuple[str, str]], bool]:
+        """An update: (notes for the new job, whether it takes over the old job's state). The state is carried
+        over for a running streaming job on an engine that saves it, once the new pipeline is checked to be able
+        to take it on; then it is saved in the background (_swap). Anything refused leaves the old job as it was."""
         old = load_job(self.store, project_id, location, old_id)
         old_doc = document(old)
         self._check_replaceable(old, old_doc, doc.get("name", ""))
         engine = engines.engine_of(old_doc, self.streaming_engine)
         if old_doc.get("type") != model.STREAMING:
-            return []
+            return [], False
         if not engines.keeps_state(engine) or self.saved_state is None:
             if old_doc.get("currentState") != model.RUNNING:
-                return []
-            return [
-                (
-                    "JOB_MESSAGE_WARNING",
-                    f"Job {old_id} runs on the {engine} engine, which keeps no state to carry over: this job "
-                    f"starts without it (updates keep state on the {registry.titles(registry.keeping_state())} "
-                    "engine).",
-                )
-            ]
+                return [], False
+            note = (
+                f"Job {old_id} runs on the {engine} engine, which keeps no state to carry over: this job starts "
+                f"without it (updates keep state on the {registry.titles(registry.keeping_state())} engine)."
+            )
+            return [("JOB_MESSAGE_WARNING", note)], False
         if old_doc.get("currentState") != model.RUNNING:
-            return [
-                (
-                    "JOB_MESSAGE_WARNING",
-                    f"Job {old_id} was not running ({old_doc.get('currentState')}): this job starts without its state.",
-                )
-            ]
+            note = f"Job {old_id} was not running ({old_doc.get('currentState')}): this job starts without its state."
+            return [("JOB_MESSAGE_WARNING", note)], False
         assert engine is not None  # keeps_state(None) is False: answered above
         spec = registry.get(engine)
         if engines.spec_of(doc, self.streaming_engine) is not spec:
@@ -382,6 +408,7 @@ class JobService:
                 f"Job {old_id} runs on {spec.title} and keeps state; its replacement must run on {spec.title} too "
                 "to take it on."
             )
+        self._check_no_update_underway(old)
         problems = self.beam.call(
             "update_incompatibilities",
             self._pipeline_of(old_doc),
@@ -394,11 +421,11 @@ class JobService:
                 + "; ".join(problems)
                 + f". Job {old_id} has not been changed."
             )
-        snapshot_id = self.saved_state.carry_state(project_id, location, old_id, doc["name"])
-        doc["createdFromSnapshotId"] = snapshot_id
-        return [
-            ("JOB_MESSAGE_BASIC", f"This job takes over the state of job {old_id}, saved in snapshot {snapshot_id}.")
-        ]
+        note = (
+            f"This job replaces job {old_id} and takes over its state: the state is being saved (a snapshot) while "
+            f"job {old_id} runs on; this job starts from it once it is saved."
+        )
+        return [("JOB_MESSAGE_BASIC", note)], True
 
     def _pipeline_of(self, doc: dict) -> bytes:
         """The Beam pipeline a job runs (its staged pipelineUrl), serialized."""
@@ -469,6 +496,7 @@ class JobService:
         old = load_job(self.store, project_id, location, old_id)
         old_doc = document(old)
         self._check_replaceable(old, old_doc, record.name)
+        self._check_no_update_underway(old)
         expected = old.version
         move_to_state(old_doc, model.UPDATED, now, Actor.CLIENT)
         old_doc["replacedByJobId"] = record.id
@@ -489,6 +517,187 @@ class JobService:
                 ],
             ),
         )
+
+    # -- updates that carry state over (long-running) --------------------------
+
+    def _check_no_update_underway(self, old: JobRecord) -> None:
+        query = JobQuery(old.project_id, old.location, FILTER_ACTIVE, name=old.name, limit=_SAME_NAME_PAGE)
+        underway = next((job.id for job in self.store.jobs.list(query) if job.replacing_job_id == old.id), None)
+        if underway:
+            raise failed_precondition(
+                f"Job {old.id} is already being updated: job {underway} takes over its state once it is saved. "
+                f"Wait for that update to end (or cancel job {underway}), then update again."
+            )
+
+    def _store_update(
+        self, project_id: str, location: str, old_id: str, record: JobRecord, messages: list, now: int
+    ) -> None:
+        """Store the new job of an update that carries state, waiting to take over; the old job runs on."""
+        old = load_job(self.store, project_id, location, old_id)
+        old_doc = document(old)
+        self._check_replaceable(old, old_doc, record.name)
+        if old_doc.get("currentState") != model.RUNNING:
+            raise failed_precondition(
+                f"Job {old_id} is in {old_doc.get('currentState')} now, no longer running: update it again."
+            )
+        self._check_no_update_underway(old)
+        record.replacing_job_id = old_id
+        # The old job written back unchanged, under the version read: a concurrent update of it conflicts, and
+        # finds this one underway when it tries again.
+        commit(
+            self.store,
+            Write(
+                new_jobs=[record],
+                changed_jobs=[JobChange(old, old.version)],
+                messages=[
+                    *messages,
+                    job_message(
+                        old_id,
+                        now,
+                        "JOB_MESSAGE_BASIC",
+                        f"Job {record.id} is to replace this job: this job's state is being saved for it (a "
+                        "snapshot); this job runs until then.",
+                    ),
+                ],
+            ),
+        )
+
+    def resume_updates(self) -> int:
+        """Start again the swaps of updates a stopped server left underway (each new job stored, its old job's state
+        not yet handed over): at start-up. Returns how many."""
+        resumed = 0
+        for summary in active_jobs(self.store):
+            if not summary.replacing_job_id:
+                continue
+            self.add_messages(
+                summary.id,
+                [
+                    (
+                        "JOB_MESSAGE_BASIC",
+                        f"The server restarted while the state of job {summary.replacing_job_id} was being saved for "
+                        "this job: it is saved again.",
+                    )
+                ],
+            )
+            self._start_swap(summary.project_id, summary.location, summary.replacing_job_id, summary.id)
+            resumed += 1
+        if resumed:
+            log.info("%d update(s) underway when the server stopped resumed", resumed)
+        return resumed
+
+    def _start_swap(self, project_id: str, location: str, old_id: str, new_id: str) -> None:
+        threading.Thread(
+            target=self._swap, args=(project_id, location, old_id, new_id), name=f"update-{new_id}", daemon=True
+        ).start()
+
+    def _swap(self, project_id: str, location: str, old_id: str, new_id: str) -> None:
+        """In a thread of its own: save the old job's state (it runs on), then hand over to the new job, then stop
+        the old job's run. The old job is stopped only once the new one is written to take over."""
+        try:
+            if self.saved_state is None:
+                failure = "this server has no streaming engine that saves state"
+                self._end_update(old_id, new_id, None, failure)
+                return
+            try:
+                snapshot_id = self.saved_state.save_for_update(project_id, location, old_id, new_id)
+            except ApiError as exc:
+                self._end_update(old_id, new_id, None, exc.message)
+                return
+            if self._end_update(old_id, new_id, snapshot_id):
+                self.saved_state.stop_replaced(old_id)
+                self.work.notify()
+        except Exception as exc:  # noqa: BLE001 (a thread's end: the new job fails, the old job runs on)
+            log.exception("the update of job %s by job %s failed", old_id, new_id)
+            try:
+                self._end_update(old_id, new_id, None, f"internal error: {type(exc).__name__}: {exc}")
+            except Exception:  # noqa: BLE001 (the store failing again: the server's next start resumes it)
+                log.exception("the update of job %s by job %s could not be failed", old_id, new_id)
+
+    def _end_update(self, old_id: str, new_id: str, snapshot_id: str | None, failure: str = "") -> bool:
+        """One write that ends an update underway. The new job takes over from the old one, from the snapshot; or,
+        on `failure` (or when the old job stopped running meanwhile), the new job fails and the old one is left as
+        it is. Either way both jobs' messages say so. Returns whether the new job took over."""
+
+        def attempt() -> bool:
+            now = self.clock()
+            new, old = self.store.jobs.get(None, new_id), self.store.jobs.get(None, old_id)
+            if new is None or new.replacing_job_id != old_id:
+                return False  # ended by another server (resume_updates on two servers at once)
+            new_doc = document(new)
+            kept = f" (its state was saved in snapshot {snapshot_id})" if snapshot_id else ""
+            if not new.active:  # cancelled or drained by a client meanwhile
+                new.replacing_job_id = ""
+                write = Write(changed_jobs=[JobChange(new, new.version)])
+                if old is not None and old.active:
+                    text = (
+                        f"The update by job {new_id} was abandoned: that job is {new_doc.get('currentState')}. "
+                        f"This job runs on{kept}."
+                    )
+                    write.messages = [job_message(old_id, now, "JOB_MESSAGE_WARNING", text)]
+                commit(self.store, write)
+                return False
+            old_doc = document(old) if old is not None else {}
+            old_state = old_doc.get("currentState", "deleted")
+            reason = failure.rstrip(".") or (
+                "" if old_state == model.RUNNING else f"job {old_id} is {old_state}, no longer running"
+            )
+            expected_new = new.version
+            new.replacing_job_id = ""
+            if reason:
+                move_to_state(new_doc, model.FAILED, now, Actor.SERVICE)
+                record_from_document(new_doc, new)
+                after = f"Job {old_id} runs on, unchanged." if old_state == model.RUNNING else ""
+                messages = [
+                    job_message(
+                        new_id,
+                        now,
+                        "JOB_MESSAGE_ERROR",
+                        f"The update of job {old_id} failed: {reason}. {after}".strip(),
+                    )
+                ]
+                if old is not None:
+                    after = "This job runs on, unchanged." if old_state == model.RUNNING else ""
+                    messages.append(
+                        job_message(
+                            old_id,
+                            now,
+                            "JOB_MESSAGE_WARNING",
+                            f"The update by job {new_id} failed: {reason}. {after}".strip(),
+                        )
+                    )
+                commit(self.store, Write(changed_jobs=[JobChange(new, expected_new)], messages=messages))
+                return False
+            assert old is not None  # no reason to fail: the old job is running
+            expected_old = old.version
+            move_to_state(old_doc, model.UPDATED, now, Actor.SERVICE)
+            old_doc["replacedByJobId"] = new_id
+            record_from_document(old_doc, old)
+            new_doc["createdFromSnapshotId"] = snapshot_id
+            record_from_document(new_doc, new)
+            commit(
+                self.store,
+                Write(
+                    # The old job first: it gives up the name the new one then holds.
+                    changed_jobs=[JobChange(old, expected_old), JobChange(new, expected_new)],
+                    new_work_items=[WorkItemRecord(job_id=new_id)],
+                    changed_work_items=close_work_items(self.store, old_id, WORK_CANCELLED, now),
+                    messages=[
+                        job_message(
+                            new_id,
+                            now,
+                            "JOB_MESSAGE_BASIC",
+                            f"This job takes over the state of job {old_id}, saved in snapshot {snapshot_id}.",
+                        ),
+                        job_message(new_id, now, "JOB_MESSAGE_BASIC", f"This job replaces job {old_id}."),
+                        job_message(
+                            old_id, now, "JOB_MESSAGE_BASIC", f"Job was updated: it is replaced by job {new_id}."
+                        ),
+                    ],
+                ),
+            )
+            return True
+
+        return retry_on_conflict(attempt, f"updating job {old_id} with job {new_id}")
 
     # -- changing -----------------------------------------------------------
 

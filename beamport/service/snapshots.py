@@ -54,7 +54,7 @@ NOT_YET_RESTORED = frozenset({model.PENDING, model.QUEUED})
 DEFAULT_LOCATION = "us-central1"  # what the location-less twins mean
 _LOCATION_RE = re.compile(r"[a-z][-a-z0-9]{0,62}\Z")
 
-UPDATE_WAIT_S = 120.0  # how long an update waits for the running job's state to be saved
+UPDATE_WAIT_S = 120.0  # how long an update waits for the running job's state to be saved (in the background)
 NO_CONTROL = (
     "This Beamport server has no streaming engine that saves state, so it cannot snapshot job {job_id}. "
     "Snapshots need a Flink cluster: start the server with `beamport serve --flink-master HOST:PORT ...` "
@@ -157,11 +157,10 @@ class SnapshotService:
         current = self.store.snapshots.get(project_id, snapshot.id)
         return render_snapshot(current or snapshot)
 
-    def carry_state(self, project_id: str, location: str, job_id: str, new_job_name: str) -> str:
-        """For an update: snapshot the running job, waiting for the engine, then stop it at once (its
-        state goes on in the job that replaces it). Returns the snapshot's id; FAILED_PRECONDITION, with
-        the old job unchanged, when its state cannot be saved."""
-        body = {"description": f"The state of job {job_id}, carried into the job that updates it ({new_job_name})."}
+    def save_for_update(self, project_id: str, location: str, job_id: str, new_job_id: str) -> str:
+        """For an update: snapshot the running job, waiting for the engine (the job runs on). Returns the
+        snapshot's id; FAILED_PRECONDITION, saying why, when its state cannot be saved."""
+        body = {"description": f"The state of job {job_id}, carried into job {new_job_id}, which updates it."}
         snapshot = self.snapshot_job(project_id, location, job_id, body)
         deadline = time.monotonic() + UPDATE_WAIT_S
         while snapshot["state"] in ("PENDING", "RUNNING") and time.monotonic() < deadline:
@@ -169,16 +168,19 @@ class SnapshotService:
             snapshot = self.get_snapshot(project_id, location, snapshot["id"])
         if snapshot["state"] != "READY":
             record = self.store.snapshots.get(project_id, snapshot["id"])
-            why = (record.error if record else "") or f"the snapshot is {snapshot['state']}"
-            raise failed_precondition(
-                f"Job {job_id} cannot be updated: its state could not be saved ({why}). It is still running."
-            )
-        assert self.control is not None  # snapshot_job refuses without one
+            why = (record.error if record else "") or f"snapshot {snapshot['id']} is {snapshot['state']}"
+            raise failed_precondition(f"The state of job {job_id} could not be saved ({why}).")
+        return snapshot["id"]
+
+    def stop_replaced(self, job_id: str) -> None:
+        """Stop the engine's run of a job an update replaced (best effort: its worker stops it too, when it
+        learns the job was replaced)."""
+        if self.control is None:  # no engine keeps state here: nothing of its runs to stop
+            return
         try:
             self.control.stop(job_id)
-        except EngineError as exc:  # its worker stops it too, when it learns the job was replaced
-            log.warning("stopping job %s after its update snapshot: %s", job_id, exc)
-        return snapshot["id"]
+        except EngineError as exc:
+            log.warning("stopping job %s after its update: %s", job_id, exc)
 
     def _take(self, control: StreamingControl, snapshot: SnapshotRecord, finished: threading.Event) -> None:
         """In a thread of its own: ask the engine for the savepoint, record what came of it."""

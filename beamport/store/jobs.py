@@ -36,6 +36,9 @@ class JobRecord:
     version: int = 1
     seq: int | None = None  # assigned by the store; orders jobs by creation
     created_from_snapshot_id: str = ""  # the document's createdFromSnapshotId
+    # While an update that carries state over is underway: the id of the active job this one is to replace (it
+    # does not hold its name until then). Not part of the document; kept by its changes.
+    replacing_job_id: str = ""
 
 
 @dataclass
@@ -71,7 +74,8 @@ class JobStore(abc.ABC):
     ) -> JobRecord | None: ...
 
     @abc.abstractmethod
-    def find_active(self, project_id: str, location: str, name: str) -> JobRecord | None: ...
+    def find_active(self, project_id: str, location: str, name: str) -> JobRecord | None:
+        """The active job that holds this name (not one waiting to take over from it)."""
 
     @abc.abstractmethod
     def list(self, query: JobQuery, with_detail: bool = False) -> list[JobRecord]:
@@ -121,6 +125,7 @@ class SqlJobStore(JobStore):
                     jobs.c.location == location,
                     jobs.c.name == name,
                     jobs.c.active == True,  # noqa: E712 (SQL expression)
+                    jobs.c.replacing_job_id == "",
                 )
             ).first()
         return job_record(row) if row else None
@@ -176,6 +181,7 @@ def _job_row(record: JobRecord) -> dict:
         "summary": record.summary,
         "detail": record.detail,
         "created_from_snapshot_id": record.created_from_snapshot_id,
+        "replacing_job_id": record.replacing_job_id,
     }
 
 
@@ -201,6 +207,7 @@ def job_record_of(mapping) -> JobRecord:
         version=mapping["version"],
         seq=mapping["seq"],
         created_from_snapshot_id=mapping["created_from_snapshot_id"],
+        replacing_job_id=mapping["replacing_job_id"],
     )
 
 

@@ -1,5 +1,7 @@
 """The database schema (SQLAlchemy Core). Changes here need a migration in migrations/versions."""
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -14,7 +16,6 @@ from sqlalchemy import (
     Text,
     false,
     text,
-    true,
 )
 
 metadata = MetaData()
@@ -23,6 +24,11 @@ metadata = MetaData()
 PENDING_ONLY = "state = 'PENDING'"
 LEASED_ONLY = "state = 'LEASED'"
 FROM_SNAPSHOT = "created_from_snapshot_id <> ''"
+# The jobs that hold their name: active, and not waiting to take over from the job they update.
+HOLDS_NAME: dict[str, Any] = {
+    "sqlite_where": text("active = 1 AND replacing_job_id = ''"),
+    "postgresql_where": text("active AND replacing_job_id = ''"),
+}
 
 # BigInteger ids that still autoincrement on SQLite ("INTEGER PRIMARY KEY").
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
@@ -44,6 +50,9 @@ jobs = Table(
     Column("detail", Text, nullable=False),
     # The document's createdFromSnapshotId ("" if none), for the snapshot a job has yet to start from.
     Column("created_from_snapshot_id", String(128), nullable=False, server_default=""),
+    # While an update that carries state over is underway (its state being saved), the id of the active job this
+    # one replaces; "" otherwise (service/jobs.py).
+    Column("replacing_job_id", String(128), nullable=False, server_default=""),
     Index("ix_jobs_project_location_seq", "project_id", "location", "seq"),
     Index("ix_jobs_project_seq", "project_id", "seq"),
     Index("ix_jobs_project_location_active_seq", "project_id", "location", "active", "seq"),
@@ -60,16 +69,9 @@ jobs = Table(
         sqlite_where=text(FROM_SNAPSHOT),
         postgresql_where=text(FROM_SNAPSHOT),
     ),
-    # Dataflow's rule: one active job per (project, region, name).
-    Index(
-        "uq_jobs_active_name",
-        "project_id",
-        "location",
-        "name",
-        unique=True,
-        sqlite_where=Column("active") == true(),
-        postgresql_where=Column("active") == true(),
-    ),
+    # Dataflow's rule: one active job per (project, region, name); a job waiting to take over from the one it
+    # updates gets the name at the swap.
+    Index("uq_jobs_active_name", "project_id", "location", "name", unique=True, **HOLDS_NAME),
     sqlite_autoincrement=True,
 )
 
