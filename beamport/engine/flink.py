@@ -20,7 +20,6 @@ import urllib.parse
 from pathlib import Path
 
 import httpx
-from tenacity import RetryError, Retrying, retry_if_not_result, retry_if_result, stop_after_delay, wait_fixed
 
 from beamport.config import FlinkConfig
 from beamport.engine.base import (
@@ -39,6 +38,7 @@ from beamport.engine.base import (
 )
 from beamport.engine.portable import JobService, external_environments
 from beamport.engine.registry import FLINK
+from beamport.polling import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +138,8 @@ class FlinkRest:
         directory.mkdir(parents=True, exist_ok=True)
         body = {"target-directory": directory.resolve().as_uri(), "cancel-job": False, "formatType": "CANONICAL"}
         trigger = self._call("POST", f"/jobs/{jid}/savepoints", body)["request-id"]
-        poll = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.2), retry=retry_if_not_result(_completed))
-        try:
-            status = poll(self._call, "GET", f"/jobs/{jid}/savepoints/{trigger}")
-        except RetryError:
+        status = wait_until(lambda: self._call("GET", f"/jobs/{jid}/savepoints/{trigger}"), _completed, timeout, 0.2)
+        if status is None:
             raise EngineError(f"Flink's savepoint of job {jid} did not complete within {timeout:.0f} s.") from None
         operation = status.get("operation") or {}
         if operation.get("failure-cause"):
@@ -266,16 +264,9 @@ class FlinkEngine(Engine):
                 )
             return None
 
-        poll = Retrying(
-            stop=stop_after_delay(SUBMIT_TIMEOUT_S),
-            wait=wait_fixed(0.5),
-            retry=retry_if_result(lambda jid: jid is None),
-        )
-        try:
-            jid = poll(on_the_cluster)
-        except RetryError:
-            raise EngineError(f"The job did not reach the Flink cluster within {SUBMIT_TIMEOUT_S:.0f} s.") from None
-        assert jid is not None  # the poll goes on until there is one
+        jid = wait_until(on_the_cluster, lambda jid: jid is not None, SUBMIT_TIMEOUT_S, 0.5)
+        if jid is None:
+            raise EngineError(f"The job did not reach the Flink cluster within {SUBMIT_TIMEOUT_S:.0f} s.")
         return jid
 
     def _follow(self, jid: str, job: StagedJob, observer: RunObserver, drain_file: Path) -> RunResult:
@@ -353,13 +344,8 @@ class FlinkEngine(Engine):
             time.sleep(POLL_S)
 
     def _wait_ended(self, jid: str, timeout: float = 30) -> None:
-        poll = Retrying(
-            stop=stop_after_delay(timeout),
-            wait=wait_fixed(0.2),
-            retry=retry_if_result(lambda state: state in _ACTIVE),
-            retry_error_callback=lambda _: None,  # still active: the job is submitted again all the same
-        )
-        poll(lambda: self.rest.job(jid).get("state"))
+        # Still active at the deadline: the job is submitted again all the same.
+        wait_until(lambda: self.rest.job(jid).get("state"), lambda state: state not in _ACTIVE, timeout, 0.2)
 
     @staticmethod
     def _report_stages(details: dict, seen: dict[str, str], observer: RunObserver) -> None:

@@ -23,13 +23,13 @@ import uuid
 from pathlib import Path
 
 import orjson
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from beamport import schema, wire
 from beamport.credentials import CREDENTIALS_VARIABLE
 from beamport.engine.staged_files import unsatisfied_requirements
 from beamport.errors import ApiError, failed_precondition, invalid_argument, unimplemented
 from beamport.files import FilePolicy
+from beamport.polling import wait_until
 from beamport.sandbox import OFF, Sandbox
 from beamport.service import model
 from beamport.service.iam import ANONYMOUS, IamService, Principal
@@ -256,19 +256,12 @@ class FlexTemplateService:
                 )
             return job
 
-        poll = Retrying(
-            stop=stop_after_delay(LAUNCH_TIMEOUT_S),
-            wait=wait_fixed(0.1),
-            retry=retry_if_result(lambda job: job is None),
-        )
-        try:
-            job = poll(submitted)
-        except RetryError:
+        job = wait_until(submitted, lambda job: job is not None, LAUNCH_TIMEOUT_S, 0.1)
+        if job is None:
             process.kill()
             raise ApiError(
                 "DEADLINE_EXCEEDED", f"The flex template's launcher submitted no job in {LAUNCH_TIMEOUT_S:g} s."
-            ) from None
-        assert job is not None  # the poll goes on until there is one
+            )
         notes = [("JOB_MESSAGE_BASIC", f"Launched from a flex template; the launcher's log is {log_path}.")]
         notes += [("JOB_MESSAGE_WARNING", w) for w in program["warnings"] + environment_warnings(environment)]
         self.jobs.add_messages(job["id"], notes)

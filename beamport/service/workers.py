@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import overload
 
 import orjson
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from beamport import schema, wire
 from beamport.errors import ApiError, failed_precondition, invalid_argument, not_found
+from beamport.polling import wait_until
 from beamport.protocol import CODE_LOG, CODE_STACKTRACES, CODE_STAGE, CONTAINER_START, LABEL_JOB, LABEL_WORKER
 from beamport.service import model
 from beamport.service.documents import commit, job_message, load_job, timestamp
@@ -397,17 +397,16 @@ class WorkerRegistry:
             raise failed_precondition(f"Worker {worker_id} is not running work of job {job_id} ({worker.state}).")
         asked = self.clock()
         self.store.workers.request_stacks(worker_id, asked)
-        poll = Retrying(
-            stop=stop_after_delay(wait_s),
-            wait=wait_fixed(0.05),
-            retry=retry_if_result(lambda worker: (worker.stacks_us or 0) < asked),
+        worker = wait_until(
+            lambda: self.store.workers.get_many([worker_id])[worker_id],
+            lambda worker: (worker.stacks_us or 0) >= asked,
+            wait_s,
+            0.05,
         )
-        try:
-            worker = poll(lambda: self.store.workers.get_many([worker_id])[worker_id])
-        except RetryError:
+        if worker is None:
             raise ApiError(
                 "DEADLINE_EXCEEDED", f"Worker {worker_id} did not send its thread stacks within {wait_s:g} s."
-            ) from None
+            )
         stacks = orjson.loads(worker.stacks)
         return {"sdks": [{"sdkId": f"{worker_id}/python", "stacks": stacks}]} if stacks else {}
 
