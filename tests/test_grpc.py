@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import API_ONLY, Server, free_port, new_postgres_database
+from conftest import API_ONLY, Server, beamport_command, free_port, new_postgres_database
 from google.api_core import exceptions as gexc
 from google.auth.credentials import Credentials
 from google.cloud import dataflow_v1beta3 as dataflow
@@ -33,6 +33,7 @@ from google.cloud.dataflow_v1beta3.services.snapshots_v1_beta3.transports import
 from google.cloud.dataflow_v1beta3.services.templates_service.transports import TemplatesServiceGrpcTransport
 from test_auth import DEVELOPER, VIEWER, Admin, bearer
 from test_running_jobs import read_output
+from test_templates import YAML_PIPELINE
 
 REGION = "us-central1"
 TRANSPORTS = ["rest", "grpc"]
@@ -435,8 +436,24 @@ def test_authentication_and_permissions_are_the_same_over_rest_and_grpc(secured,
 # -- a real run ------------------------------------------------------------------------------------------------------
 
 
+def _run_to_end(c: Clients, at: dict, job_id: str) -> dataflow.Job:
+    """The job once it ended, followed over gRPC (asked again until then)."""
+    terminal = {
+        dataflow.JobState.JOB_STATE_DONE,
+        dataflow.JobState.JOB_STATE_FAILED,
+        dataflow.JobState.JOB_STATE_CANCELLED,
+    }
+    deadline = time.monotonic() + 300
+    while (job := c.jobs.get_job(request={**at, "job_id": job_id})).current_state not in terminal:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    texts = [m.message_text for m in c.messages.list_job_messages(request={**at, "job_id": job_id})]
+    assert job.current_state == dataflow.JobState.JOB_STATE_DONE, texts
+    return job
+
+
 @pytest.mark.slow
-def test_a_word_count_launched_over_grpc_runs_to_done(tmp_path, project):
+def test_templates_classic_and_flex_launched_over_grpc_run_to_done(tmp_path, project):
     srv = GrpcServer(tmp_path / "data", extra=("--workers", "1", "--allow-path", str(tmp_path))).start()
     try:
         (tmp_path / "words.txt").write_text("the cat and the hat\nthe end\n")
@@ -454,22 +471,41 @@ def test_a_word_count_launched_over_grpc_runs_to_done(tmp_path, project):
                 },
             }
         )
-        job_id = launched.job.id
-        terminal = {
-            dataflow.JobState.JOB_STATE_DONE,
-            dataflow.JobState.JOB_STATE_FAILED,
-            dataflow.JobState.JOB_STATE_CANCELLED,
-        }
-        deadline = time.monotonic() + 300
-        while (job := c.jobs.get_job(request={**at, "job_id": job_id})).current_state not in terminal:
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
-        assert job.current_state == dataflow.JobState.JOB_STATE_DONE, list(
-            c.messages.list_job_messages(request={**at, "job_id": job_id})
+        _run_to_end(c, at, launched.job.id)
+        assert read_output(tmp_path / "counts") == sorted(["the: 3", "cat: 1", "and: 1", "hat: 1", "end: 1"])
+        assert c.metrics.get_job_metrics(request={**at, "job_id": launched.job.id}).metrics
+
+        created = c.templates.create_job_from_template(
+            request={
+                **at,
+                "gcs_path": "builtin://Word_Count",
+                "job_name": "wc-created-over-grpc",
+                "parameters": {"inputFile": str(tmp_path / "words.txt"), "output": str(tmp_path / "again")},
+            }
         )
-        counts = read_output(tmp_path / "counts")
-        assert sorted(counts) == sorted(["the: 3", "cat: 1", "and: 1", "hat: 1", "end: 1"])
-        metrics = c.metrics.get_job_metrics(request={**at, "job_id": job_id})
-        assert metrics.metrics, "a finished Word_Count reports metrics"
+        _run_to_end(c, at, created.id)
+        assert read_output(tmp_path / "again") == read_output(tmp_path / "counts")
+
+        # A flex template (YAML) launched over gRPC: its launcher runs as the caller and submits the job.
+        (tmp_path / "pipeline.yaml").write_text(YAML_PIPELINE)
+        (tmp_path / "in.txt").write_text("world\nthere\n")
+        spec = tmp_path / "yaml-spec.json"
+        beamport_command("templates", "build-flex", str(spec), "--yaml-pipeline-file", str(tmp_path / "pipeline.yaml"))
+        flex = c.flex.launch_flex_template(
+            request={
+                **at,
+                "launch_parameter": {
+                    "job_name": "yaml-over-grpc",
+                    "container_spec_gcs_path": str(spec),
+                    "parameters": {
+                        "input": str(tmp_path / "in.txt"),
+                        "output": str(tmp_path / "yaml" / "out"),
+                        "greeting": "hey",
+                    },
+                },
+            }
+        )
+        _run_to_end(c, at, flex.job.id)
+        assert read_output(tmp_path / "yaml" / "out") == ["hey there", "hey world"]
     finally:
         srv.stop()
