@@ -473,7 +473,15 @@ def test_templates_classic_and_flex_launched_over_grpc_run_to_done(tmp_path, pro
         )
         _run_to_end(c, at, launched.job.id)
         assert read_output(tmp_path / "counts") == sorted(["the: 3", "cat: 1", "and: 1", "hat: 1", "end: 1"])
-        assert c.metrics.get_job_metrics(request={**at, "job_id": launched.job.id}).metrics
+        # What a run leaves, read back over gRPC: the whole job (steps, environment), metrics, execution details.
+        ran = {**at, "job_id": launched.job.id}
+        whole = c.jobs.get_job(request={**ran, "view": "JOB_VIEW_ALL"})
+        assert whole.steps and whole.environment.sdk_pipeline_options
+        assert c.metrics.get_job_metrics(request=ran).metrics
+        stages = list(c.metrics.get_job_execution_details(request=ran))
+        assert stages and all(stage.state for stage in stages)
+        workers = c.metrics.get_stage_execution_details(request={**ran, "stage_id": stages[0].stage_id})
+        assert list(workers)
 
         created = c.templates.create_job_from_template(
             request={
