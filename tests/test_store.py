@@ -347,3 +347,24 @@ def test_live_workers_are_counted_and_the_overdue_found_in_sql(store):
         if state in WORKER_LIVE_STATES and max(health or 0, seen) + 3 * interval < now
     ]
     assert [w.worker_id for w in overdue] == expected == ["never-reported", "late", "idle-late"]
+
+
+def test_the_head_revision_is_alembics_and_a_migrated_store_is_at_it(store_url):
+    """migrate() skips Alembic when the schema is at head_revision(), which must therefore be Alembic's head."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from beamport.store.sql import MIGRATIONS, head_revision
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [head_revision()]
+    store = SqlStore(store_url)
+    try:
+        assert store._revision() in (None, head_revision())
+        store.migrate()
+        assert store._revision() == head_revision()
+        store.migrate()  # at head: nothing to do
+        assert store._revision() == head_revision()
+    finally:
+        store.close()
