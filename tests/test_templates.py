@@ -254,6 +254,26 @@ def test_a_python_flex_template_runs_its_launcher_which_submits_the_job(served, 
     assert read_output(base / "flex" / "out") == ["howdy there", "howdy world"]
     assert any("Launched from a flex template" in t for t in texts(api, job["id"]))
 
+    # Airflow's operators send proto field names (snake_case), at every depth; parameters' keys are data.
+    snake = api.client.post(
+        f"/v1b3/projects/{project}/locations/us-central1/flexTemplates:launch",
+        json={
+            "launch_parameter": {
+                "job_name": "flex-snake",
+                "container_spec_gcs_path": str(spec),
+                "parameters": {"input": str(base / "in.txt"), "output": str(base / "snake" / "out"), "greeting": "hi"},
+                "environment": {"additional_user_labels": {"launched_by": "airflow"}},
+            }
+        },
+    )
+    assert snake.status_code == 200, snake.text
+    job = snake.json()["job"]
+    assert job["name"] == "flex-snake"
+    done = wait_state(api, job["id"], {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
+    assert done["currentState"] == "JOB_STATE_DONE", texts(api, job["id"])
+    assert done["labels"] == {"launched_by": "airflow"}
+    assert read_output(base / "snake" / "out") == ["hi there", "hi world"]
+
 
 def test_a_yaml_template_runs_with_its_parameters_as_jinja_variables(served, project):
     srv, base, _ = served
