@@ -430,7 +430,8 @@ def test_built_in_templates_run_on_local_files(served, project):
         final = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=180)
         if name == "nothing":
             assert final["currentState"] == "JOB_STATE_FAILED", texts(api, job_id)
-            assert f"No file matches the input pattern {nothing!r}" in "\n".join(texts(api, job_id))
+            errors = api.messages(job_id, minimumImportance="JOB_MESSAGE_ERROR").json()["jobMessages"]
+            assert any(f"No files matched spec: {nothing}" in m["messageText"] for m in errors), errors
             continue
         assert final["currentState"] == "JOB_STATE_DONE", (name, texts(api, job_id))
 
