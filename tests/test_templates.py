@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -434,6 +435,30 @@ def test_built_in_templates_run_on_local_files(served, project):
             assert any(f"No files matched spec: {nothing}" in m["messageText"] for m in errors), errors
             continue
         assert final["currentState"] == "JOB_STATE_DONE", (name, texts(api, job_id))
+
+    # Every job reports its initial worker count as an autoscaling event, as Dataflow does (Airflow's
+    # DataflowJobAutoScalingEventTrigger waits for one): a Word_Count that names no count runs on one worker.
+    initial = {
+        "currentNumWorkers": "0",
+        "targetNumWorkers": "1",
+        "eventType": "TARGET_NUM_WORKERS_CHANGED",
+        "description": {"messageText": "Starting the job's work on 1 worker(s)."},
+        "workerPool": "pool-0",
+    }
+    listed = (
+        discovery_client(srv.url)
+        .projects()
+        .locations()
+        .jobs()
+        .messages()
+        .list(projectId=project, location="us-central1", jobId=ids["Word_Count"])
+        .execute()
+    )
+    (event,) = listed["autoscalingEvents"]
+    assert {k: v for k, v in event.items() if k != "time"} == initial
+    job = api.get(ids["Word_Count"]).json()
+    when = datetime.fromisoformat
+    assert when(job["startTime"]) <= when(event["time"]) <= when(job["currentStateTime"])  # started, then DONE
 
     assert read_output(data / "counts") == sorted(["the: 2", "cat: 1", "and: 1", "hat: 1", "The: 1", "end: 1"])
     assert read_output(data / "udf") == ["HELLO", "WORLD"]
