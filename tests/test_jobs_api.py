@@ -140,9 +140,9 @@ def test_proto_field_names_are_accepted_at_every_depth(api):
     assert response.status_code == 200, response.text
     job = response.json()
     assert job["clientRequestId"] == "req-snake" and job["createTime"] != "2020-01-01T00:00:00Z"
-    assert job["transformNameMapping"] == {"Old_Step": "New_Step"} and job["labels"] == {"team_name": "data"}
-    assert job["runtimeUpdatableParams"] == {"maxNumWorkers": 3}
     full = api.get(job["id"], view="JOB_VIEW_ALL").json()
+    assert full["transformNameMapping"] == {"Old_Step": "New_Step"} and full["labels"] == {"team_name": "data"}
+    assert full["runtimeUpdatableParams"] == {"maxNumWorkers": 3}
     assert full["environment"]["tempStoragePrefix"] == "/tmp/snake"
     assert full["environment"]["workerPools"] == [{"numWorkers": 2, "autoscalingSettings": {"maxNumWorkers": 3}}]
     assert full["environment"]["sdkPipelineOptions"] == {"options": {"job_name": "snake", "numWorkers": 2}}
