@@ -266,6 +266,7 @@ def test_a_python_flex_template_runs_its_launcher_which_submits_the_job(served, 
                 "environment": {"additional_user_labels": {"launched_by": "airflow"}},
             }
         },
+        timeout=600,  # the launch answers once the launcher has submitted the job: Beam builds the pipeline first
     )
     assert snake.status_code == 200, snake.text
     job = snake.json()["job"]
