@@ -304,10 +304,16 @@ def test_location_less_twins_honour_the_location_parameter(server, api, tmp_path
         assert api.client.get(f"{twin}/{job['id']}/{child}", params={"location": "europe-west1"}).status_code == 200
         assert api.client.get(f"{twin}/{job['id']}/{child}").status_code == 404
     labelled = twins.jobs().update(
-        projectId=api.project, jobId=job["id"], location="europe-west1", body={"labels": {"a": "b"}}
+        projectId=api.project,
+        jobId=job["id"],
+        location="europe-west1",
+        updateMask="labels",
+        body={"labels": {"a": "b"}},
     )
     assert labelled.execute()["labels"] == {"a": "b"}
-    assert api.client.put(f"{twin}/{job['id']}", json={"labels": {}}).status_code == 404
+    assert (
+        api.client.put(f"{twin}/{job['id']}", params={"updateMask": "labels"}, json={"labels": {}}).status_code == 404
+    )
     # jobs:aggregated lists every location (Dataflow: "across all regions").
     home = api.create("at-home")
     aggregated = twins.jobs().aggregated(projectId=api.project).execute()
