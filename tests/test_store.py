@@ -17,6 +17,7 @@ from beamport.service.jobs import JobService
 from beamport.service.leases import LeaseService
 from beamport.store import open_store
 from beamport.store.base import Write
+from beamport.store.jobs import projects_statement
 from beamport.store.sql import SqlStore
 from beamport.store.work_items import WORK_LEASED, WORK_PENDING, WorkItemRecord
 from beamport.store.workers import (
@@ -347,3 +348,36 @@ def test_live_workers_are_counted_and_the_overdue_found_in_sql(store):
         if state in WORKER_LIVE_STATES and max(health or 0, seen) + 3 * interval < now
     ]
     assert [w.worker_id for w in overdue] == expected == ["never-reported", "late", "idle-late"]
+
+
+def test_projects_with_jobs_are_listed_newest_job_first_from_the_index(store, store_url):
+    """The console's projects (GET /beamport/v1/projects): each project with jobs once, with its newest job's
+    create time, the project of the newest job first; only the projects asked for; read from an index (only
+    the newest job's row of each project is read)."""
+    clock = Clock()
+    jobs = JobService(store, clock=clock)
+    created = {}
+    for project, location in [("a", REGION), ("b", "europe-west1"), ("a", "asia-east1"), ("c", REGION), ("b", REGION)]:
+        created[project] = jobs.create_job(project, location, {"name": f"j{len(created)}-{location}"})["createTime"]
+    listed = jobs.list_projects(None)["projects"]
+    assert listed == [
+        {"projectId": "b", "latestJobCreateTime": created["b"]},
+        {"projectId": "c", "latestJobCreateTime": created["c"]},
+        {"projectId": "a", "latestJobCreateTime": created["a"]},
+    ]
+    assert [p["projectId"] for p in jobs.list_projects({"a", "c", "nobody"})["projects"]] == ["c", "a"]
+    assert jobs.list_projects(set()) == {"projects": []}
+    for project_ids in (None, {"a", "c"}):
+        with store.engine.connect() as conn:
+            sql = projects_statement(project_ids).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+            if store_url.startswith("sqlite"):
+                plan = " ".join(row[-1] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
+            else:  # a few rows: PostgreSQL would rather scan them, unless told not to (then: the index)
+                conn.execute(text("SET enable_seqscan = off"))
+                plan = " ".join(row[0] for row in conn.execute(text(f"EXPLAIN {sql}")))
+        # Every project's newest seq from an index that starts (project_id, ..., seq): no read of the rows.
+        assert (
+            "COVERING INDEX ix_jobs_project_"
+            if store_url.startswith("sqlite")
+            else "Index Only Scan using ix_jobs_project_"
+        ) in plan, plan
