@@ -367,17 +367,16 @@ def test_projects_with_jobs_are_listed_newest_job_first_from_the_index(store, st
     ]
     assert [p["projectId"] for p in jobs.list_projects({"a", "c", "nobody"})["projects"]] == ["c", "a"]
     assert jobs.list_projects(set()) == {"projects": []}
+    # Every project's newest seq from an index on (project_id, ..., seq), never a scan of the table: SQLite reads
+    # the index alone; PostgreSQL (told not to scan a table this small) may visit rows the visibility map of so
+    # young a table does not vouch for.
     for project_ids in (None, {"a", "c"}):
         with store.engine.connect() as conn:
             sql = projects_statement(project_ids).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
             if store_url.startswith("sqlite"):
                 plan = " ".join(row[-1] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
-            else:  # a few rows: PostgreSQL would rather scan them, unless told not to (then: the index)
+                assert "jobs USING COVERING INDEX ix_jobs_project_" in plan, plan
+            else:
                 conn.execute(text("SET enable_seqscan = off"))
                 plan = " ".join(row[0] for row in conn.execute(text(f"EXPLAIN {sql}")))
-        # Every project's newest seq from an index that starts (project_id, ..., seq): no read of the rows.
-        assert (
-            "COVERING INDEX ix_jobs_project_"
-            if store_url.startswith("sqlite")
-            else "Index Only Scan using ix_jobs_project_"
-        ) in plan, plan
+                assert " ix_jobs_project_" in plan and "Seq Scan" not in plan, plan
