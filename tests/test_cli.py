@@ -300,11 +300,12 @@ def test_messages_follow_stops_cleanly_on_ctrl_c(server, project, api):
         cwd=ROOT,
     )
     try:
-        deadline = time.monotonic() + 10
         first = process.stdout.readline()  # it is following once it printed the first message
-        assert NO_ENGINE in first and time.monotonic() < deadline
+        assert NO_ENGINE in first
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=10)
+        # Generous: the exit takes a fraction of a second, but a loaded machine (both cores busy beside the
+        # suite) once took the CLI past 10 s.
+        out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()

@@ -380,3 +380,56 @@ def test_projects_with_jobs_are_listed_newest_job_first_from_the_index(store, st
                 conn.execute(text("SET enable_seqscan = off"))
                 plan = " ".join(row[0] for row in conn.execute(text(f"EXPLAIN {sql}")))
                 assert " ix_jobs_project_" in plan and "Seq Scan" not in plan, plan
+
+
+def test_the_head_revision_is_alembics_and_a_migrated_store_is_at_it(store_url):
+    """migrate() skips Alembic when the schema is at head_revision(), which must therefore be Alembic's head."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from beamport.store.sql import MIGRATIONS, head_revision
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [head_revision()]
+    store = SqlStore(store_url)
+    try:
+        store.migrate()
+        assert store._revision() == head_revision()
+        store.migrate()  # at head: nothing to do
+        assert store._revision() == head_revision()
+    finally:
+        store.close()
+
+
+def test_a_new_databases_schema_is_the_migrations(tmp_path):
+    """A new database gets tables.py's schema at once (no Alembic): the same tables, columns, types and indexes
+    as the migrations make, one by one, on a database Alembic upgrades from nothing."""
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+
+    from beamport.store.sql import MIGRATIONS, head_revision
+    from beamport.store.tables import metadata
+
+    created = SqlStore(f"sqlite:///{tmp_path / 'created.db'}")
+    migrated = SqlStore(f"sqlite:///{tmp_path / 'migrated.db'}")
+    try:
+        created.migrate()
+        assert created._revision() == head_revision()
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with migrated._writer.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        for store in (created, migrated):
+            with store.engine.connect() as conn:
+                context = MigrationContext.configure(conn, opts={"compare_type": True})
+                assert compare_metadata(context, metadata) == []
+        with created.engine.connect() as a, migrated.engine.connect() as b:
+            query = text("SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name")
+            assert a.execute(query).all() == b.execute(query).all()
+    finally:
+        created.close()
+        migrated.close()

@@ -594,7 +594,8 @@ def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopt
     wait_state(api, job_id, {"JOB_STATE_RUNNING"})
     wait_for("four lines counted", lambda: len(outputs(out)) >= 4)
     running = lambda: [j["jid"] for j in flink_jobs(flink) if j["name"] == job_id and j["state"] == "RUNNING"]  # noqa: E731
-    (flink_id,) = running()
+    # Counting lines is not yet RUNNING on the cluster's REST API (a task restarted under load, say): waited for.
+    (flink_id,) = wait_for("the Flink job running", running)
 
     # The server, its worker and the worker's executor all die at once, as on a crash of the machine.
     server = psutil.Process(srv.process.pid)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import random
-import time
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
@@ -203,9 +206,30 @@ def messages(
             s.printer.messages(s.client.iter_messages(s.project, s.region, job_id, minimum))
             return
         follower = MessageFollower(s.client, s.project, s.region, job_id, minimum)
-        while True:
-            s.printer.messages(follower.poll())
-            if follower.finished:
-                s.printer.note(f"Job [{job_id}] ended in state {follower.state}.")
-                return
-            time.sleep(poll_interval)
+        with _stop_on_interrupt() as stop:
+            while not stop.is_set():
+                s.printer.messages(follower.poll())
+                if follower.finished:
+                    s.printer.note(f"Job [{job_id}] ended in state {follower.state}.")
+                    return
+                stop.wait(poll_interval)
+        raise KeyboardInterrupt  # session() ends the command as on any Ctrl-C: exit status 130
+
+
+@contextmanager
+def _stop_on_interrupt() -> Iterator[threading.Event]:
+    """An event Ctrl-C sets, for a loop to stop at its next check instead of being interrupted wherever it
+    is: a KeyboardInterrupt raised inside the HTTP client (between taking a lock of its connection pool and
+    the block that releases it) once left `--follow` hung at exit. A second Ctrl-C interrupts at once."""
+    stop = threading.Event()
+
+    def interrupted(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)

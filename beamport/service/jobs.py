@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Sequence
 
+import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from beamport import job_states, wire
@@ -34,6 +35,7 @@ from beamport.service.documents import (
     commit,
     document,
     job_message,
+    job_not_found,
     load_job,
     move_to_state,
     record_from_document,
@@ -123,7 +125,12 @@ class JobService:
 
     def get_job(self, project_id: str, location: str | None, job_id: str, view: int = 0) -> dict:
         with_detail = view in (model.VIEW_ALL, model.VIEW_DESCRIPTION)
-        return render_job(load_job(self.store, project_id, location, job_id, with_detail), view)
+        if with_detail:
+            return render_job(load_job(self.store, project_id, location, job_id, with_detail), view)
+        found = self.store.jobs.get_summary(project_id, job_id)  # the common call: its own quick read
+        if found is None or (location is not None and found[0] != location):
+            raise job_not_found(job_id, location)
+        return model.render_view(orjson.loads(found[1]), None, view)
 
     def list_jobs(
         self,

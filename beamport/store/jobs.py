@@ -77,6 +77,10 @@ class JobStore(abc.ABC):
         """The job with this id in this project (any project when project_id is None)."""
 
     @abc.abstractmethod
+    def get_summary(self, project_id: str, job_id: str) -> tuple[str, str] | None:
+        """The job's location and summary document (JSON text), or None: what jobs.get answers by default."""
+
+    @abc.abstractmethod
     def find_by_request_id(
         self, project_id: str, location: str, name: str, client_request_id: str
     ) -> JobRecord | None: ...
@@ -114,6 +118,12 @@ class SqlJobStore(JobStore):
             _GET_JOB[with_detail, project_id is not None], {"job_id": job_id, "project_id": project_id}
         )
         return job_record_of(row) if row is not None else None
+
+    def get_summary(self, project_id: str, job_id: str) -> tuple[str, str] | None:
+        # jobs.get's read: two columns, not the record's thirteen (a row's later columns lie past its
+        # detail, which can spill into overflow pages), no record built: 3 us of its ~10.
+        row = self.db.first_row(_GET_SUMMARY, {"job_id": job_id, "project_id": project_id})
+        return (row["location"], row["summary"]) if row is not None else None
 
     def find_by_request_id(self, project_id, location, name, client_request_id):
         with self.db.reading() as conn:
@@ -240,6 +250,9 @@ def _get_job_statement(with_detail: bool, by_project: bool):
 
 
 _GET_JOB = {(d, p): _get_job_statement(d, p) for d in (False, True) for p in (False, True)}
+_GET_SUMMARY = select(jobs.c.location, jobs.c.summary).where(
+    jobs.c.id == bindparam("job_id"), jobs.c.project_id == bindparam("project_id")
+)
 
 # A JobQuery field, and the condition it adds when it is set (not None).
 _LIST_CONDITIONS = {
