@@ -372,7 +372,8 @@ def test_workers_list_takes_project_region_and_format(server, project):
         f"/v1b3/projects/{project}/locations/us-central1/WorkerMessages", json={"workerMessages": [health]}
     )
     assert sent.status_code == 200, sent.text
-    common = ("--endpoint", server.url, "--format", "json")
+    # --all: the worker reports once, and may be LOST (3 report intervals) by the time a slow machine lists it.
+    common = ("--endpoint", server.url, "--format", "json", "--all")
     mine = lambda stdout: [w["workerId"] for w in json.loads(stdout) if w.get("jobId")]  # noqa: E731
     listed = beamport_command("workers", "list", "--project", project, *common)
     assert mine(listed.stdout) == [f"w-{project}"]
@@ -380,7 +381,11 @@ def test_workers_list_takes_project_region_and_format(server, project):
     assert f"w-{project}" not in elsewhere.stdout
     env = clean_env(BEAMPORT_ENDPOINT=server.url, BEAMPORT_PROJECT=project, BEAMPORT_FORMAT="json")
     from_env = subprocess.run(
-        [sys.executable, "-m", "beamport", "workers", "list"], capture_output=True, text=True, env=env, cwd=ROOT
+        [sys.executable, "-m", "beamport", "workers", "list", "--all"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
     assert mine(from_env.stdout) == [f"w-{project}"], from_env.stderr
 

@@ -286,6 +286,10 @@ def test_location_less_twins_honour_the_location_parameter(server, api, tmp_path
     where their request body has the field, from the body; without either they mean us-central1."""
     from conftest import discovery_client
 
+    # The built-in template's first use writes its file (DataflowRunner, a minute on a busy machine): waited for
+    # first, so that no call below is timed against it (nor a client's idle connection closed meanwhile).
+    warm = f"/v1b3/projects/{api.project}/locations/us-central1/templates:get"
+    assert api.client.get(warm, params={"gcsPath": "builtin://Word_Count"}, timeout=600).status_code == 200
     twins = discovery_client(server.url).projects()
     job = twins.jobs().create(projectId=api.project, location="europe-west1", body={"name": "abroad"}).execute()
     assert job["location"] == "europe-west1"
