@@ -88,6 +88,8 @@ def routes() -> list[BaseRoute]:
             ["GET"],
             "dataflow.jobs.getPipeline",
         ),
+        # Beamport's own: the projects that have jobs, for the console (each caller sees those it may list jobs in).
+        _route(BP + "/projects", jobs.list_projects, ["GET"], "dataflow.jobs.list"),
         # Beamport's own: the job state machine, for the console (whoever may view some project's jobs).
         _route(BP + "/jobStates", jobs.state_machine, ["GET"], "dataflow.jobs.get"),
         # Beamport's own: the worker registry (each caller sees the workers of projects it may view).

@@ -52,9 +52,11 @@ def _or_any(request: Request, name: str, parse) -> str:
 @api
 async def lease(request: Request) -> dict:
     project = _or_any(request, "projectId", project_param)
-    location = _or_any(request, "location", location_param)
     job_id = _or_any(request, "jobId", lambda r: id_param(r, "jobId"))
     body = await read_json(request)
+    # The twin's location may be the wildcard too, in its body (LeaseWorkItemRequest.location).
+    wildcard = request.path_params.get("location", request.query_params.get("location") or body.get("location"))
+    location = "-" if wildcard == "-" else location_param(request, body)
     if job_id != "-":
         return await call(_leases(request).lease, project, location, job_id, body)
     # A worker leases only the work of projects it is bound to (every project: None).
@@ -80,6 +82,7 @@ async def lease(request: Request) -> dict:
 
 @api
 async def report_status(request: Request) -> dict:
-    project, location, job_id = project_param(request), location_param(request), id_param(request, "jobId")
+    project, job_id = project_param(request), id_param(request, "jobId")
     body = await read_json(request)
+    location = location_param(request, body)
     return await call(_leases(request).report_status, project, location, job_id, body)

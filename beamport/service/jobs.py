@@ -163,6 +163,16 @@ class JobService:
         records = self.store.jobs.list(query, with_detail=with_detail)
         return page_response(records, limit, "jobs", "jobs", lambda record: render_job(record, view))
 
+    def list_projects(self, project_ids: set[str] | None) -> dict:
+        """Beamport's own: the projects that have jobs (of `project_ids`, those the caller may list jobs in;
+        None: every project), the one with the newest job first, for the console's choice of project."""
+        return {
+            "projects": [
+                {"projectId": p.project_id, "latestJobCreateTime": wire.format_timestamp_us(p.latest_create_us)}
+                for p in self.store.jobs.list_projects(project_ids)
+            ]
+        }
+
     def list_messages(
         self,
         project_id: str,
