@@ -66,14 +66,17 @@ def streaming_server(flink, tmp_path_factory):
     yield srv
     srv.stop()
     # Flink jobs outlive the server (a restarted server's workers adopt them): stop what the tests left.
+    cancel_flink_jobs(flink, lambda job: job["state"] == "RUNNING")
+
+
+def cancel_flink_jobs(flink: dict, which) -> None:
+    """Cancel, on the cluster, the jobs `which(job)` picks (an entry of Flink's /jobs/overview)."""
     for job in flink_jobs(flink):
-        if job["state"] == "RUNNING":
-            urllib.request.urlopen(
-                urllib.request.Request(
-                    f"http://{flink['BEAMPORT_FLINK_MASTER']}/jobs/{job['jid']}?mode=cancel", method="PATCH"
-                ),
-                timeout=5,
+        if which(job):
+            cancel = urllib.request.Request(
+                f"http://{flink['BEAMPORT_FLINK_MASTER']}/jobs/{job['jid']}?mode=cancel", method="PATCH"
             )
+            urllib.request.urlopen(cancel, timeout=10).close()
 
 
 def flink_jobs(flink: dict) -> list[dict]:
@@ -634,9 +637,5 @@ def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopt
         if srv.process is not None:
             srv.stop()
         # A failed run must not leave its job holding the shared cluster's slots.
-        for job in flink_jobs(flink) if job_id else []:
-            if job["name"] == job_id and job["state"] in ("RUNNING", "RESTARTING", "CREATED", "INITIALIZING"):
-                cancel = urllib.request.Request(
-                    f"http://{flink['BEAMPORT_FLINK_MASTER']}/jobs/{job['jid']}?mode=cancel", method="PATCH"
-                )
-                urllib.request.urlopen(cancel, timeout=10).close()
+        live = ("RUNNING", "RESTARTING", "CREATED", "INITIALIZING")
+        cancel_flink_jobs(flink, lambda job: job["name"] == job_id and job["state"] in live)

@@ -54,9 +54,7 @@ async def lease(request: Request) -> dict:
     project = _or_any(request, "projectId", project_param)
     job_id = _or_any(request, "jobId", lambda r: id_param(r, "jobId"))
     body = await read_json(request)
-    # The twin's location may be the wildcard too, in its body (LeaseWorkItemRequest.location).
-    wildcard = request.path_params.get("location", request.query_params.get("location") or body.get("location"))
-    location = "-" if wildcard == "-" else location_param(request, body)
+    location = location_param(request, body, any_location=True)  # a twin's may be in its body, `-` included
     if job_id != "-":
         return await call(_leases(request).lease, project, location, job_id, body)
     # A worker leases only the work of projects it is bound to (every project: None).
