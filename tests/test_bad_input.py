@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import socket
 import time
@@ -229,6 +230,57 @@ def test_chunked_body_over_limit_is_refused_without_reading_it_whole(tmp_path):
         assert [j["name"] for j in api.all_jobs()] == ["small"]
     finally:
         server.stop()
+
+
+# -- issue 18: gzip bodies, as Beam Java's DataflowRunner sends them ------------------------------------
+
+GZIP = {**JSON, "content-encoding": "gzip"}
+
+
+def test_gzip_bodies_create_and_cancel_a_job_chunked_or_not(api):
+    body = json.dumps({"name": "from-java", "type": "JOB_TYPE_STREAMING", "labels": {"sdk": "java"}}).encode()
+    packed = gzip.compress(body)
+    created = api.client.post(api.jobs_path, content=packed, headers=GZIP)
+    assert created.status_code == 200, created.text
+    job = created.json()
+    assert job["name"] == "from-java" and job["labels"] == {"sdk": "java"}
+
+    def chunked():  # no Content-Length: the body arrives in pieces, each split mid-stream
+        cancel = gzip.compress(b'{"requestedState": "JOB_STATE_CANCELLED"}')
+        for i in range(0, len(cancel), 7):
+            yield cancel[i : i + 7]
+
+    cancelled = api.client.put(f"{api.jobs_path}/{job['id']}", content=chunked(), headers=GZIP)
+    assert cancelled.status_code == 200, cancelled.text
+    assert api.get(job["id"]).json()["currentState"] == "JOB_STATE_CANCELLED"
+    second = api.client.post(
+        api.jobs_path, content=gzip.compress(b'{"name": "x-gzip"}'), headers={**JSON, "content-encoding": "x-gzip"}
+    )
+    assert second.status_code == 200 and second.json()["name"] == "x-gzip", second.text
+
+
+@pytest.mark.parametrize(
+    "body, headers, needle",
+    [
+        (gzip.compress(b'{"name": "x"}')[:-12], GZIP, "ends before"),
+        (b'{"name": "not gzipped"}', GZIP, "Invalid gzip"),
+        (gzip.compress(b'{"name": "x"}') + b"junk", GZIP, "after its end"),
+        (gzip.compress(b'{"name": "x"}')[:5], GZIP, "ends before"),
+        (gzip.compress(b"{not json"), GZIP, "Invalid JSON payload"),
+        (b'{"name": "x"}', {**JSON, "content-encoding": "br"}, "Content-Encoding"),
+    ],
+    ids=["truncated", "not-gzip", "data-after-the-end", "header-only", "bad-json-inside", "brotli"],
+)
+def test_bad_gzip_bodies(api, seeded, body, headers, needle):
+    assert needle in error_of(api.client.post(api.jobs_path, content=body, headers=headers), 400, "INVALID_ARGUMENT")
+
+
+def test_a_gzip_bomb_is_refused_at_the_limit_counted_after_inflating(api, seeded):
+    """64 KiB that would inflate to 64 MiB, twice the server's limit: inflating stops one byte past the limit."""
+    bomb = gzip.compress(b'{"name": "bomb", "labels": {"x": "' + b"a" * (64 * 1024 * 1024) + b'"}}')
+    assert len(bomb) < 128 * 1024
+    response = api.client.post(api.jobs_path, content=bomb, headers=GZIP)
+    assert "exceeds the limit" in error_of(response, 400, "INVALID_ARGUMENT")
 
 
 # -- issue 14: inputs that answered 500 -------------------------------------------------------------------
