@@ -5,7 +5,7 @@ CODE_LOG = "BEAMPORT_JOB_LOG"  # parameters: importance (JOB_MESSAGE_*), text
 CODE_STAGE = "BEAMPORT_STAGE_STATE"  # parameters: stage, state (JOB_STATE_RUNNING / DONE / FAILED)
 CODE_HARNESS_STARTED = "HARNESS_STARTED"
 # The engine runs the job now (Flink: on the cluster), so the job is RUNNING; parameters: engine, detail.
-CODE_ENGINE_RUNNING = "BEAMPORT_ENGINE_RUNNING"
+CODE_ENGINE_RUNNING = "BEAMPORT_ENGINE_RUNNING"  # parameters: detail (where), workers (SDK workers, if it decides)
 CODE_STACKTRACES = "BEAMPORT_STACKTRACES"  # parameters: stacks, a list of Dataflow Stack objects
 CODE_WORKERS_CHANGED = "BEAMPORT_WORKERS_CHANGED"  # parameters: stage, workers (now running), target, limit
 CODE_STAGING_FAILED = "STAGING_FILES_DOWNLOAD_ERROR"  # parameters: error

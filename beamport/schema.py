@@ -1,9 +1,10 @@
 """Bodies of the messages google-cloud-dataflow-client has no protobuf type for (work items, worker
 messages, counter updates...), checked against Dataflow's discovery document.
 
-The document ships with google-api-python-client. The rule is the one of beamport.wire: unknown names are
-dropped, a known field with a value of the wrong type (or an enum name the schema does not list, or a
-malformed int64 / timestamp / duration) is INVALID_ARGUMENT. Enums go by name only here: these bodies come
+The document ships with google-api-python-client. The rule is the one of beamport.wire: a field may be named
+by its JSON name or its proto field name (not both), unknown names are dropped, a known field with a value of
+the wrong type (or an enum name the schema does not list, or a malformed int64 / timestamp / duration) is
+INVALID_ARGUMENT. Enums go by name only here: these bodies come
 from workers and discovery clients, which send names.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import googleapiclient
 
+from beamport import wire
 from beamport.errors import invalid_argument
 
 _DOCUMENT = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents" / "dataflow.v1b3.json"
@@ -30,8 +32,31 @@ def _schemas() -> dict:
     return json.loads(_DOCUMENT.read_text())["schemas"]
 
 
+@functools.cache
+def _names(schema_name: str) -> dict[str, str]:
+    """Each name a field of the named schema may arrive under -> its name in the schema (the JSON name).
+
+    The proto field names come from the protobuf message of the same name where google-cloud-dataflow-client has
+    one (templates, flex templates, their environments); the worker protocol's messages have none, so theirs are
+    the JSON names spelled back the way protoc derives a JSON name (`reportStatusInterval` from
+    `report_status_interval`), which is exact for every name of theirs (none has a digit or two capitals in a
+    row: tests/test_bad_input.py checks)."""
+    properties = _schemas()[schema_name].get("properties") or {}
+    known = wire.proto_names(schema_name) or {}
+    names = {}
+    for json_name in properties:
+        names[json_name] = json_name
+        names[known.get(json_name) or _derived_proto_name(json_name)] = json_name
+    return names
+
+
+def _derived_proto_name(json_name: str) -> str:
+    return re.sub(r"[A-Z]", lambda upper: "_" + upper.group().lower(), json_name)
+
+
 def check(data, schema_name: str, what: str = "body"):
-    """Return `data` as the named schema accepts it: unknown names dropped, int64 rendered as strings."""
+    """Return `data` as the named schema accepts it: fields under their JSON names, unknown names dropped, int64
+    rendered as strings."""
     if not isinstance(data, dict):
         raise invalid_argument(f"Invalid JSON payload received. Expected an object for {what}.")
     return _check(data, {"$ref": schema_name}, (what,))
@@ -60,12 +85,18 @@ def _check(value, schema: dict, path: tuple):
     if kind == "object":
         if not isinstance(value, dict):
             _fail(path, "expected an object")
-        properties = schema.get("properties")
+        properties = schema.get("properties") or {}
         extra = schema.get("additionalProperties")
+        names = _names(ref) if ref is not None else {name: name for name in properties}
         out = {}
+        given: dict[str, str] = {}  # JSON name -> the name it came under
         for key, item in value.items():
-            if properties and key in properties:
-                out[key] = _check(item, properties[key], (path, f".{key}"))
+            name = names.get(key)
+            if name is not None:
+                if name in given:
+                    raise wire.duplicate_field(_path_text(path), given[name], key)
+                given[name] = key
+                out[name] = _check(item, properties[name], (path, f".{key}"))
             elif extra is not None:
                 out[key] = _check(item, extra, (path, f"[{key!r}]"))
             # else: an unknown name, dropped

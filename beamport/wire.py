@@ -1,6 +1,10 @@
 """Google's JSON mapping for Dataflow's messages (the protobuf types of google-cloud-dataflow-client).
 
 The rule for incoming JSON, applied to every request body:
+- A field may be named by its JSON name (lowerCamel, `jobName`) or by its proto field name (`job_name`), at any
+  depth, as proto3's JSON mapping says parsers must accept; naming one field both ways in one object is
+  INVALID_ARGUMENT (`duplicate_field`). Keys of map fields and free-form JSON (Struct) are data, never renamed.
+  Bodies without a protobuf type (beamport.schema) follow the same rule, with the names from `proto_names`.
 - Unknown field names are dropped, at any depth. Clients built from a newer
   schema than ours (Beam, google-api-python-client's discovery documents,
   GAPIC) must keep working, so unknown names are not an error.
@@ -13,12 +17,13 @@ The rule for incoming JSON, applied to every request body:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 from datetime import UTC, datetime, timedelta
 
-from google.protobuf import json_format
+from google.protobuf import descriptor_pool, json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
@@ -69,6 +74,7 @@ _OPAQUE_TYPES = {
 
 
 def _fields_by_json_key(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
+    """Each name a field of `descriptor` may arrive under (its JSON name and its proto field name) -> the field."""
     cached = _FIELDS_CACHE.get(descriptor.full_name)
     if cached is None:
         cached = {}
@@ -82,6 +88,31 @@ def _fields_by_json_key(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
 _FIELDS_CACHE: dict[str, dict[str, FieldDescriptor]] = {}
 
 
+@functools.cache
+def proto_names(message_name: str) -> dict[str, str] | None:
+    """Dataflow's protobuf message `message_name` (google.dataflow.v1beta3.NAME): its fields' JSON names -> their
+    proto field names, from the message's own descriptor; None if google-cloud-dataflow-client has no such
+    message (the worker protocol's, which only the discovery document describes)."""
+    # Imported here, not at the top: most users of this module never need Dataflow's whole client library.
+    import google.cloud.dataflow_v1beta3  # noqa: F401  # registers Dataflow's messages in the default pool
+
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(f"google.dataflow.v1beta3.{message_name}")
+    except KeyError:
+        return None
+    return {field.json_name: field.name for field in descriptor.fields}
+
+
+def duplicate_field(path: str, first: str, second: str) -> ApiError:
+    """One field named twice in one object, by its JSON name and by its proto field name. Protobuf's conformance
+    suite allows refusing it or keeping the later one (JsonInput.FieldNameDuplicateDifferentCasing); refused,
+    since either may be what the client meant (json_format alone would keep the later one silently)."""
+    where = f" at '{path}'" if path else ""
+    return invalid_argument(
+        f'Invalid JSON payload received. Duplicate field{where}: "{first}" and "{second}" name the same field.'
+    )
+
+
 def _drop_unknown(value, descriptor: Descriptor, path: str, dropped: list[str]):
     """Return a copy of the JSON object `value` with names unknown to `descriptor` removed.
 
@@ -92,11 +123,15 @@ def _drop_unknown(value, descriptor: Descriptor, path: str, dropped: list[str]):
         return value  # json_format reports the type error with a precise message
     known = _fields_by_json_key(descriptor)
     out = {}
+    seen: dict[int, str] = {}  # field number -> the name it came under
     for key, item in value.items():
         field = known.get(key)
         if field is None:
             dropped.append(f"{path}.{key}" if path else key)
             continue
+        if field.number in seen:
+            raise duplicate_field(path, seen[field.number], key)
+        seen[field.number] = key
         if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name not in _OPAQUE_TYPES:
             child = field.message_type
             if child.GetOptions().map_entry:

@@ -77,6 +77,24 @@ def test_unknown_fields_are_ignored_not_stored(api):
     assert updated.json()["currentState"] == "JOB_STATE_CANCELLED"
 
 
+def test_proto_names_spelled_back_from_json_names_are_exact():
+    # Bodies checked against the discovery document take proto field names too (docs/api.md, "Field names"):
+    # from the protobuf descriptor where google-cloud-dataflow-client has the message, else spelled back from the
+    # JSON name. Spelling back agrees with every descriptor (proto-plus adds "_" to names such as `type`), and
+    # the names it is used for have no two capitals in a row, where it could guess wrong.
+    import re
+
+    from beamport import schema, wire
+
+    for name, definition in schema._schemas().items():
+        known = wire.proto_names(name) or {}
+        for json_name in definition.get("properties") or {}:
+            if json_name in known:
+                assert known[json_name].rstrip("_") == schema._derived_proto_name(json_name), (name, json_name)
+            else:
+                assert re.fullmatch(r"[a-z][a-z0-9]*([A-Z][a-z0-9]*)*", json_name), (name, json_name)
+
+
 @pytest.mark.parametrize(
     "body,status,needle",
     [

@@ -150,7 +150,7 @@ class Recorder:
         self.events: list[tuple] = []
         self.records: list[logging.LogRecord] = []
 
-    def running(self, detail: str) -> None:
+    def running(self, detail: str, workers: int | None = None) -> None:
         self.events.append(("running", detail))
 
     def stage_state(self, stage_name: str, state: str, time_us: int) -> None:

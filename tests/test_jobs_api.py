@@ -117,6 +117,57 @@ def test_replace_job_id_updates_the_old_job(api):
     assert len(api.all_jobs()) == 3
 
 
+def test_proto_field_names_are_accepted_at_every_depth(api):
+    # proto3's JSON mapping: snake_case proto names as well as lowerCamel JSON names, mixed, at any depth; map keys
+    # and free-form options are data and keep their spelling; answers use the JSON names.
+    response = api.client.post(
+        api.jobs_path,
+        json={
+            "name": "snake",
+            "type": "JOB_TYPE_STREAMING",
+            "client_request_id": "req-snake",
+            "create_time": "2020-01-01T00:00:00Z",  # the service's to fill, under either name
+            "transform_name_mapping": {"Old_Step": "New_Step"},
+            "labels": {"team_name": "data"},
+            "environment": {
+                "temp_storage_prefix": "/tmp/snake",
+                "worker_pools": [{"num_workers": 2, "autoscalingSettings": {"max_num_workers": 3}}],
+                "sdk_pipeline_options": {"options": {"job_name": "snake", "numWorkers": 2}},
+            },
+            "runtime_updatable_params": {"max_num_workers": 3},
+        },
+    )
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["clientRequestId"] == "req-snake" and job["createTime"] != "2020-01-01T00:00:00Z"
+    full = api.get(job["id"], view="JOB_VIEW_ALL").json()
+    assert full["transformNameMapping"] == {"Old_Step": "New_Step"} and full["labels"] == {"team_name": "data"}
+    assert full["runtimeUpdatableParams"] == {"maxNumWorkers": 3}
+    assert full["environment"]["tempStoragePrefix"] == "/tmp/snake"
+    assert full["environment"]["workerPools"] == [{"numWorkers": 2, "autoscalingSettings": {"maxNumWorkers": 3}}]
+    assert full["environment"]["sdkPipelineOptions"] == {"options": {"job_name": "snake", "numWorkers": 2}}
+
+    # The client's retry under the proto name finds the same job; jobs.update takes proto names too.
+    again = api.client.post(api.jobs_path, json={"name": "snake", "client_request_id": "req-snake"}).json()
+    assert again["id"] == job["id"]
+    cancelled = api.update(job["id"], {"requested_state": "JOB_STATE_CANCELLED"})
+    assert cancelled.status_code == 200 and cancelled.json()["currentState"] == "JOB_STATE_CANCELLED"
+
+    # One field under both names is refused, at any depth, and nothing is stored.
+    for body, where in (
+        ({"name": "twice", "clientRequestId": "a", "client_request_id": "b"}, "Duplicate field: "),
+        (
+            {"name": "twice", "environment": {"tempStoragePrefix": "/a", "temp_storage_prefix": "/b"}},
+            "Duplicate field at 'environment': ",
+        ),
+    ):
+        refused = api.client.post(api.jobs_path, json=body)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["status"] == "INVALID_ARGUMENT" and where in error["message"], error
+    assert [j["name"] for j in api.all_jobs()] == ["snake"]
+
+
 def test_views(api):
     steps = [{"kind": "ParallelRead", "name": "s1", "properties": {"user_name": "Read"}}]
     environment = {"tempStoragePrefix": "/tmp/x", "sdkPipelineOptions": {"options": {"a": 1}}}

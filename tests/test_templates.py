@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -254,6 +255,26 @@ def test_a_python_flex_template_runs_its_launcher_which_submits_the_job(served, 
     assert read_output(base / "flex" / "out") == ["howdy there", "howdy world"]
     assert any("Launched from a flex template" in t for t in texts(api, job["id"]))
 
+    # Airflow's operators send proto field names (snake_case), at every depth; parameters' keys are data.
+    snake = api.client.post(
+        f"/v1b3/projects/{project}/locations/us-central1/flexTemplates:launch",
+        json={
+            "launch_parameter": {
+                "job_name": "flex-snake",
+                "container_spec_gcs_path": str(spec),
+                "parameters": {"input": str(base / "in.txt"), "output": str(base / "snake" / "out"), "greeting": "hi"},
+                "environment": {"additional_user_labels": {"launched_by": "airflow"}},
+            }
+        },
+    )
+    assert snake.status_code == 200, snake.text
+    job = snake.json()["job"]
+    assert job["name"] == "flex-snake"
+    done = wait_state(api, job["id"], {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
+    assert done["currentState"] == "JOB_STATE_DONE", texts(api, job["id"])
+    assert done["labels"] == {"launched_by": "airflow"}
+    assert read_output(base / "snake" / "out") == ["hi there", "hi world"]
+
 
 def test_a_yaml_template_runs_with_its_parameters_as_jinja_variables(served, project):
     srv, base, _ = served
@@ -410,9 +431,34 @@ def test_built_in_templates_run_on_local_files(served, project):
         final = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=180)
         if name == "nothing":
             assert final["currentState"] == "JOB_STATE_FAILED", texts(api, job_id)
-            assert f"No file matches the input pattern {nothing!r}" in "\n".join(texts(api, job_id))
+            errors = api.messages(job_id, minimumImportance="JOB_MESSAGE_ERROR").json()["jobMessages"]
+            assert any(f"No files matched spec: {nothing}" in m["messageText"] for m in errors), errors
             continue
         assert final["currentState"] == "JOB_STATE_DONE", (name, texts(api, job_id))
+
+    # Every job reports its initial worker count as an autoscaling event, as Dataflow does (Airflow's
+    # DataflowJobAutoScalingEventTrigger waits for one): a Word_Count that names no count runs on one worker.
+    initial = {
+        "currentNumWorkers": "0",
+        "targetNumWorkers": "1",
+        "eventType": "TARGET_NUM_WORKERS_CHANGED",
+        "description": {"messageText": "Starting the job's work on 1 worker(s)."},
+        "workerPool": "pool-0",
+    }
+    listed = (
+        discovery_client(srv.url)
+        .projects()
+        .locations()
+        .jobs()
+        .messages()
+        .list(projectId=project, location="us-central1", jobId=ids["Word_Count"])
+        .execute()
+    )
+    (event,) = listed["autoscalingEvents"]
+    assert {k: v for k, v in event.items() if k != "time"} == initial
+    job = api.get(ids["Word_Count"]).json()
+    when = datetime.fromisoformat
+    assert when(job["startTime"]) <= when(event["time"]) <= when(job["currentStateTime"])  # started, then DONE
 
     assert read_output(data / "counts") == sorted(["the: 2", "cat: 1", "and: 1", "hat: 1", "The: 1", "end: 1"])
     assert read_output(data / "udf") == ["HELLO", "WORLD"]

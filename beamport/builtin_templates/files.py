@@ -95,8 +95,8 @@ def check_output(location: str, folder: bool = False) -> str:
 
 class MatchFiles(beam.DoFn):
     """The files a pattern matches, matched at run time: the pattern is a template parameter. Matching
-    nothing fails the job, naming the pattern, as Google's templates do (TextIO's EmptyMatchTreatment.DISALLOW):
-    a job that read nothing because of a typo must not end DONE with an empty output."""
+    nothing fails the job, naming the pattern, as Google's templates do (TextIO's EmptyMatchTreatment.DISALLOW,
+    in Beam's words): a job that read nothing because of a typo must not end DONE with an empty output."""
 
     def __init__(self, pattern):
         self.pattern = pattern
@@ -105,7 +105,7 @@ class MatchFiles(beam.DoFn):
         pattern = self.pattern.get()
         found = match(pattern)
         if not found:
-            raise FileNotFoundError(f"No file matches the input pattern {pattern!r}: there is nothing to read.")
+            raise FileNotFoundError(f"No files matched spec: {pattern}")
         yield from found
 
 

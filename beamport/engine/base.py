@@ -55,9 +55,11 @@ class StagedJob:
 class RunObserver(Protocol):
     """What an engine reports while a job runs. Called from the engine's threads: keep each call short."""
 
-    def running(self, detail: str) -> None:
+    def running(self, detail: str, workers: int | None = None) -> None:
         """The engine has the job running now (Flink: on the cluster; not merely submitted), so the job is
-        JOB_STATE_RUNNING from here on. `detail` says where, for the job's log. Called once per run."""
+        JOB_STATE_RUNNING from here on. `detail` says where, for the job's log; `workers` how many SDK workers
+        the run starts on, where the engine decides it (None: Beam's portable default, one per environment).
+        Called once per run."""
 
     def stage_state(self, stage_name: str, state: str, time_us: int) -> None:
         """A fused stage started (STAGE_RUNNING) or ended (STAGE_DONE, STAGE_FAILED); time in µs since the epoch."""

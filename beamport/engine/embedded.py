@@ -125,7 +125,9 @@ class EmbeddedEngine(Engine):
             runner = ObservedFnApiRunner(
                 observer, parallelism.workers, parallelism.max_workers, provision_info=provision_info
             )
-            observer.running(f"the embedded engine ({parallelism.workers} SDK worker(s), {parallelism.mode})")
+            observer.running(
+                f"the embedded engine ({parallelism.workers} SDK worker(s), {parallelism.mode})", parallelism.workers
+            )
             try:
                 result = runner.run_via_runner_api(pipeline, options)
             except Exception as exc:  # the pipeline's failure, whatever it raised, is the job's result

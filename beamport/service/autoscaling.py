@@ -7,6 +7,8 @@ front of it as `reportedProgress.remainingParallelism`: how many units of work (
 could proceed in parallel. The service answers the target worker count in `harnessData`, clamped to the
 job's range, and records every change as an AutoscalingEvent (messages.list `autoscalingEvents`). The worker
 reports, as each stage starts, how many SDK workers it runs on (CODE_WORKERS_CHANGED): the job's current count.
+Every job gets an initial TARGET_NUM_WORKERS_CHANGED event, as on Dataflow: at its lease when it names its
+workers, else when its engine starts it (CODE_ENGINE_RUNNING, with the count the engine chose).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "WorkerRange",
     "worker_range",
     "starting",
+    "engine_started",
     "scale",
     "workers_changed",
     "event",
@@ -77,6 +80,16 @@ def starting(job_id: str, now: int, workers: WorkerRange) -> AutoscalingEventRec
     return event(
         job_id, now, TARGET_CHANGED, 0, workers.low, f"Starting the job's work on {workers.low} worker(s){upto}."
     )
+
+
+def engine_started(store: Store, job_id: str, now: int, workers: int | None) -> list[AutoscalingEventRecord]:
+    """The engine runs the job on `workers` SDK workers (None: Beam's portable default, one). Dataflow reports
+    every job's initial worker count as an event (Airflow's DataflowJobAutoScalingEventTrigger waits for one):
+    a job that named its workers had it at its lease (`starting`); one that did not gets it here, once."""
+    if store.messages.latest_autoscaling_event(job_id, TARGET_CHANGED) is not None:
+        return []
+    count = max(1, int(workers or 1))
+    return [starting(job_id, now, WorkerRange(count, count))]
 
 
 def scale(store: Store, doc: dict, job_id: str, remaining: float, now: int, write: Write) -> int | None:

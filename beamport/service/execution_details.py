@@ -51,11 +51,10 @@ class ExecutionDetails:
 
     def get_metrics(self, project_id: str, location: str | None, job_id: str, start_us: int | None = None) -> dict:
         load_job(self.store, project_id, location, job_id, with_detail=False)
-        response: dict = {"metricTime": timestamp(self.clock())}
+        # `metrics` even when empty, unlike Google's JSON elsewhere: Airflow's DataflowJobMetricsSensor reads
+        # response["metrics"] of a job that has reported none yet.
         metrics = [orjson.loads(m.doc) for m in self.store.metrics.list(job_id, since_us=start_us)]
-        if metrics:
-            response["metrics"] = metrics
-        return response
+        return {"metricTime": timestamp(self.clock()), "metrics": metrics}
 
     def execution_details(self, project_id: str, location: str, job_id: str) -> dict:
         ids = self._stage_ids(project_id, location, job_id)

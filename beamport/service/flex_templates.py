@@ -121,9 +121,11 @@ class FlexTemplateService:
             spec = orjson.loads(self.files.read_bytes(path))
         except orjson.JSONDecodeError as exc:
             raise invalid_argument(f"{path} is not a flex template spec: it is not JSON ({exc}).") from None
-        if not isinstance(spec, dict) or not isinstance(spec.get("sdkInfo"), dict):
+        if not isinstance(spec, dict):
             raise invalid_argument(f"{path} is not a flex template spec: it has no sdkInfo.")
         checked = schema.check(spec, "ContainerSpec", path)
+        if not isinstance(checked.get("sdkInfo"), dict):
+            raise invalid_argument(f"{path} is not a flex template spec: it has no sdkInfo.")
         checked["beamport"] = spec.get("beamport") or {}
         return checked
 

@@ -50,6 +50,10 @@ class StageRecorder:
                         move_to_state(doc, model.RUNNING, now, Actor.WORKER)
                     where = params.get("detail") or "its engine"
                     notes.append(job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"The job is running on {where}."))
+                    write.autoscaling_events = [
+                        *write.autoscaling_events,
+                        *autoscaling.engine_started(self.store, job_id, now, params.get("workers")),
+                    ]
                 elif code == CODE_HARNESS_STARTED:
                     notes.append(
                         job_message(job_id, now, "JOB_MESSAGE_DETAILED", f"Worker {worker} started its harness.")

@@ -77,8 +77,8 @@ class Reporter:
         self.workers = 0  # SDK workers the run uses now (0 before the first stage)
         self.ask_service: Callable[[int], dict] | None = None  # reports at once with a backlog, returns the answer
 
-    def running(self, detail: str) -> None:
-        self.code(CODE_ENGINE_RUNNING, {"detail": detail})
+    def running(self, detail: str, workers: int | None = None) -> None:
+        self.code(CODE_ENGINE_RUNNING, {"detail": detail, **({"workers": workers} if workers else {})})
 
     def stage_state(self, stage_name: str, state: str, time_us: int) -> None:
         with self.lock:
