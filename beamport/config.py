@@ -159,6 +159,8 @@ class Settings(EngineSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # Dataflow's gRPC services (v1beta3) on this port of the same host, beside REST (docs/api.md); 0: none.
+    grpc_port: int = Field(default=0, ge=0, le=65535)
     data_dir: Path = Path("beamport-data")
     database_url: str | None = None  # postgresql://...; None: SQLite in the data dir
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
@@ -190,6 +192,12 @@ class Settings(EngineSettings):
                 f"--no-auth is refused on --host {self.host}: without authentication anyone who reaches the port "
                 "runs code on this machine. Bind to 127.0.0.1, or keep authentication on (docs/security.md)."
             )
+        return self
+
+    @model_validator(mode="after")
+    def _grpc_port_of_its_own(self):
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"--grpc-port {self.grpc_port} is --port's too: gRPC needs a port of its own")
         return self
 
     def engines(self) -> tuple[set[str], str | None]:

@@ -203,11 +203,19 @@ def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar |
         sandbox=settings.user_code_sandbox(),
         secrets_dir=settings.local_worker_key_path.parent,
     )
+    details = ExecutionDetails(store)
+    if settings.grpc_port:
+        # Dataflow's gRPC services over the same service objects, on their own port (beamport/grpc/).
+        from beamport.grpc.rpc import Services
+        from beamport.grpc.server import GrpcServer
+
+        services = Services(jobs, details, snapshots, templates, flex, iam)
+        grpc_server = GrpcServer(services, settings.host, settings.grpc_port, settings.max_request_bytes)
+        hooks["on_startup"].append(grpc_server.start)
+        hooks["on_shutdown"].insert(0, grpc_server.stop)
     hooks["on_startup"].append(_freeze_start_up_heap)
     sql = SqlService(store, files, templates)
-    return create_app(
-        settings, jobs, leases, ExecutionDetails(store), registry, templates, flex, sql, snapshots, iam, **hooks
-    )
+    return create_app(settings, jobs, leases, details, registry, templates, flex, sql, snapshots, iam, **hooks)
 
 
 def serve(settings: Settings) -> None:

@@ -142,6 +142,9 @@ def serve(
     ctx: typer.Context,
     host: str = typer.Option(_default("host"), help="Interface to listen on."),
     port: int = typer.Option(_default("port"), help="Port to listen on."),
+    grpc_port: int = typer.Option(
+        _default("grpc_port"), help="Port to serve Dataflow's gRPC services (v1beta3) on, beside REST (0: none)."
+    ),
     data_dir: Path = typer.Option(
         _default("data_dir"), help="Where state lives (SQLite database, files; or BEAMPORT_DATA_DIR)."
     ),

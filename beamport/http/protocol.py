@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -12,16 +11,15 @@ from starlette.responses import Response
 
 from beamport.errors import ApiError, invalid_argument
 from beamport.http.fields import parse_fields, select
+from beamport.service.model import DEFAULT_LOCATION
+from beamport.service.model import LOCATION_RE as _LOCATION_RE
+from beamport.service.model import PROJECT_ID_RE as _PROJECT_RE
+from beamport.service.model import RESOURCE_ID_RE as _ID_RE
 from beamport.wire import MAX_JSON_DEPTH, deeper_than, too_deep
 
 log = logging.getLogger(__name__)
 
 JSON_TYPE = "application/json; charset=UTF-8"
-DEFAULT_LOCATION = "us-central1"
-
-_PROJECT_RE = re.compile(r"[a-z0-9][-a-z0-9.:_]{0,127}\Z")
-_LOCATION_RE = re.compile(r"[a-z][-a-z0-9]{0,62}\Z")
-_ID_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_]{0,127}\Z")
 
 
 class SystemParams:

@@ -9,6 +9,8 @@ import time
 from google.cloud import dataflow_v1beta3 as dataflow
 from google.protobuf import descriptor_pool
 
+from beamport.errors import invalid_argument
+
 # The job states are declared, with their transitions, in beamport.job_states; the services name them model.X too.
 from beamport.job_states import (  # noqa: F401
     CANCELLED,
@@ -82,6 +84,31 @@ SUMMARY_FIELDS = frozenset(
 
 JOB_NAME_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?\Z")
 JOB_NAME_MAX = 1024
+
+# The names a request gives as parameters (a path's or a gRPC request's fields), checked by every transport alike.
+DEFAULT_LOCATION = "us-central1"  # what a request that names no location means (the location-less twins)
+PROJECT_ID_RE = re.compile(r"[a-z0-9][-a-z0-9.:_]{0,127}\Z")
+LOCATION_RE = re.compile(r"[a-z][-a-z0-9]{0,62}\Z")
+RESOURCE_ID_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_]{0,127}\Z")  # job, snapshot ids
+
+
+def check_project(project: str) -> str:
+    if not PROJECT_ID_RE.match(project):
+        raise invalid_argument(f"Invalid project id {project!r}")
+    return project
+
+
+def check_location(location: str) -> str:
+    if not LOCATION_RE.match(location):
+        raise invalid_argument(f"Invalid location {location!r}")
+    return location
+
+
+def check_id(name: str, value: str) -> str:
+    """An id (`name`: the parameter that carries it, for the message)."""
+    if not RESOURCE_ID_RE.match(value):
+        raise invalid_argument(f"Invalid {name} {value!r}")
+    return value
 
 
 def new_job_id(now_us: int) -> str:
