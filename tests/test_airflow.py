@@ -115,7 +115,6 @@ def test_airflow_runs_every_dataflow_operator_and_sensor_unmodified(airflow, pro
         "python": str(venv / "bin" / "python"),
         # Beam's DataflowRunner stages locally and speaks REST only to a "localhost" endpoint.
         "dataflow_endpoint": srv.url.replace("127.0.0.1", "localhost"),
-        "deferrable": True,
     }
     done = airflow_run(venv, {**env, "BEAMPORT_DAG_SETTINGS": json.dumps(settings)}, "dags", "test", DAG_ID)
 
@@ -133,6 +132,10 @@ def test_airflow_runs_every_dataflow_operator_and_sensor_unmodified(airflow, pro
             "metrics",
             "messages",
             "autoscaling",
+            "status_deferred",
+            "metrics_deferred",
+            "messages_deferred",
+            "autoscaling_deferred",
             "flex",
             "beam_batch",
             "streaming_to_cancel",

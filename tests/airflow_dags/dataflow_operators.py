@@ -21,7 +21,7 @@ from airflow.providers.google.cloud.sensors.dataflow import (
     DataflowJobMetricsSensor,
     DataflowJobStatusSensor,
 )
-from airflow.sdk import DAG
+from airflow.sdk import DAG, BaseOperator
 
 SETTINGS = json.loads(os.environ["BEAMPORT_DAG_SETTINGS"])
 DATA = SETTINGS["data"]
@@ -34,8 +34,45 @@ BEAM_OPTIONS = {
     "staging_location": f"{DATA}/beam-temp",
 }
 DATAFLOW_CONFIG = {**WHERE, "poll_sleep": 1}
-SENSED = {**WHERE, "job_id": "{{ ti.xcom_pull(task_ids='template_sync') }}", "poke_interval": 1, "timeout": 120}
-DEFERRED = SETTINGS["deferrable"]
+
+
+def text(message: dict) -> str:
+    # Deferred sensors get proto-plus dicts (proto field names), poking ones the REST answer (JSON names).
+    return message.get("messageText") or message.get("message_text") or ""
+
+
+def sensors(job: BaseOperator, deferrable: bool = False) -> list[BaseOperator]:
+    """Every Dataflow sensor on the job `job` started (each poking, or each deferred to a trigger)."""
+    suffix = "_deferred" if deferrable else ""
+    common = {
+        **WHERE,
+        "job_id": f"{{{{ ti.xcom_pull(task_ids='{job.task_id}') }}}}",
+        "deferrable": deferrable,
+        "poke_interval": 1,
+        "poll_interval": 1,
+        "timeout": 300,
+    }
+    return [
+        DataflowJobStatusSensor(task_id="status" + suffix, expected_statuses={"JOB_STATE_DONE"}, **common),
+        DataflowJobMetricsSensor(
+            task_id="metrics" + suffix,
+            callback=lambda metrics: any(m["name"]["name"] == "ElementCount" for m in metrics),
+            fail_on_terminal_state=False,
+            **common,
+        ),
+        DataflowJobMessagesSensor(
+            task_id="messages" + suffix,
+            callback=lambda messages: any("Launched from the template" in text(m) for m in messages),
+            fail_on_terminal_state=False,
+            **common,
+        ),
+        DataflowJobAutoScalingEventsSensor(
+            task_id="autoscaling" + suffix,
+            callback=lambda events: len(events) > 0,
+            fail_on_terminal_state=False,
+            **common,
+        ),
+    ]
 
 
 def streaming_job(task_id: str, name: str) -> BeamRunPythonPipelineOperator:
@@ -57,28 +94,13 @@ with DAG("beamport_dataflow", schedule=None, start_date=pendulum.datetime(2026, 
         parameters={"inputFile": f"{DATA}/words.txt", "output": f"{DATA}/sync/counts"},
         **DATAFLOW_CONFIG,
     )
-    status = DataflowJobStatusSensor(task_id="status", expected_statuses={"JOB_STATE_DONE"}, **SENSED)
-    metrics = DataflowJobMetricsSensor(
-        task_id="metrics",
-        callback=lambda metrics: any(m["name"]["name"] == "ElementCount" for m in metrics),
-        fail_on_terminal_state=False,
-        **SENSED,
-    )
-    messages = DataflowJobMessagesSensor(
-        task_id="messages",
-        callback=lambda messages: any("Launched from the template" in m.get("messageText", "") for m in messages),
-        fail_on_terminal_state=False,
-        **SENSED,
-    )
-    autoscaling = DataflowJobAutoScalingEventsSensor(
-        task_id="autoscaling", callback=lambda events: len(events) > 0, fail_on_terminal_state=False, **SENSED
-    )
     flex = DataflowStartFlexTemplateOperator(
         task_id="flex",
         body={
-            "launchParameter": {
-                "jobName": "flex-greet",
-                "containerSpecGcsPath": SETTINGS["flex_spec"],
+            # Proto field names (the operator reads `launch_parameter` first; JSON names work as well).
+            "launch_parameter": {
+                "job_name": "flex-greet",
+                "container_spec_gcs_path": SETTINGS["flex_spec"],
                 "parameters": {"input": f"{DATA}/words.txt", "output": f"{DATA}/flex/out", "greeting": "howdy"},
             }
         },
@@ -109,15 +131,15 @@ with DAG("beamport_dataflow", schedule=None, start_date=pendulum.datetime(2026, 
         poll_sleep=1,
         **WHERE,
     )
-    template_sync >> [status, metrics, messages, autoscaling]
+    template_sync >> sensors(template_sync)
     to_cancel >> cancel
     to_drain >> drain
 
-    if DEFERRED:
-        template_deferred = DataflowTemplatedJobStartOperator(
-            task_id="template_deferred",
-            template="builtin://Word_Count",
-            parameters={"inputFile": f"{DATA}/words.txt", "output": f"{DATA}/deferred/counts"},
-            deferrable=True,
-            **DATAFLOW_CONFIG,
-        )
+    template_deferred = DataflowTemplatedJobStartOperator(
+        task_id="template_deferred",
+        template="builtin://Word_Count",
+        parameters={"inputFile": f"{DATA}/words.txt", "output": f"{DATA}/deferred/counts"},
+        deferrable=True,
+        **DATAFLOW_CONFIG,
+    )
+    template_deferred >> sensors(template_deferred, deferrable=True)
