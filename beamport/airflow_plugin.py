@@ -79,8 +79,8 @@ def patch_hooks() -> None:
         return client_class(transport=client_class.get_transport_class("grpc_asyncio")(channel=channel))
 
     initialize_client.beamport = True  # type: ignore[attr-defined]
-    AsyncDataflowHook.initialize_client = initialize_client  # type: ignore[method-assign]
-    DataflowHook.get_client_options = rest_client_options  # type: ignore[method-assign,assignment]
+    AsyncDataflowHook.initialize_client = initialize_client
+    DataflowHook.get_client_options = rest_client_options
 
 
 class BeamportPlugin(AirflowPlugin):
