@@ -32,12 +32,15 @@ def required_path(variable: str, what: str) -> Path:
     return Path(value)
 
 
-def airflow_run(venv: Path, env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [str(venv / "bin" / "airflow"), *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
-    assert done.returncode == 0, f"airflow {' '.join(args)}:\n{done.stdout[-20000:]}\n{done.stderr[-20000:]}"
-    return done
+def airflow_run(venv: Path, env: dict[str, str], log: Path, *args: str) -> str:
+    """Run `airflow ARGS`, its output to `log` (read it while it runs); it must exit 0. Its output."""
+    with open(log, "w") as out:
+        done = subprocess.run(
+            [str(venv / "bin" / "airflow"), *args], stdout=out, stderr=subprocess.STDOUT, timeout=1800, env=env
+        )
+    output = log.read_text()
+    assert done.returncode == 0, f"airflow {' '.join(args)} (log {log}):\n{output[-30000:]}"
+    return output
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +92,7 @@ def test_airflow_runs_every_dataflow_operator_and_sensor_unmodified(airflow, pro
     srv, base, venv, env = airflow
     api = Api(srv.url, project)
     data = base / project
-    data.mkdir()
+    (data / "beam-temp").mkdir(parents=True)  # where Beam's DataflowRunner stages (it must exist)
     (data / "words.txt").write_text("the cat and the hat\nThe end\n")
     for name in ("to-cancel", "to-drain"):
         (data / f"{name}.log").write_text("".join(f"k{i % 2},{HOUR + i}\n" for i in range(5)))
@@ -116,13 +119,14 @@ def test_airflow_runs_every_dataflow_operator_and_sensor_unmodified(airflow, pro
         # Beam's DataflowRunner stages locally and speaks REST only to a "localhost" endpoint.
         "dataflow_endpoint": srv.url.replace("127.0.0.1", "localhost"),
     }
-    done = airflow_run(venv, {**env, "BEAMPORT_DAG_SETTINGS": json.dumps(settings)}, "dags", "test", DAG_ID)
+    output = airflow_run(
+        venv, {**env, "BEAMPORT_DAG_SETTINGS": json.dumps(settings)}, base / "dags-test.log", "dags", "test", DAG_ID
+    )
 
     # Every task succeeded (a failed one fails the run, and `dags test` with it).
-    run_id = re.search(rf"{DAG_ID}\.\w+ (\S+) ", done.stdout + done.stderr).group(1)
-    states = json.loads(
-        airflow_run(venv, env, "tasks", "states-for-dag-run", DAG_ID, run_id, "--output", "json").stdout
-    )
+    run_id = re.search(rf"{DAG_ID}\.\w+ (\S+) ", output).group(1)
+    listed = airflow_run(venv, env, base / "states.log", "tasks", "states-for-dag-run", DAG_ID, run_id, "-o", "json")
+    states = json.loads(next(line for line in reversed(listed.splitlines()) if line.startswith("[{")))
     assert {s["task_id"]: s["state"] for s in states} == {
         task: "success"
         for task in (
@@ -157,3 +161,63 @@ def test_airflow_runs_every_dataflow_operator_and_sensor_unmodified(airflow, pro
     wait_state(api, drained, {"JOB_STATE_DRAINED"})
     assert sorted((data / "to-drain.out").read_text().splitlines()) == ["k0,3", "k1,2"], texts(api, drained)
     assert not (data / "to-cancel.out").exists()
+
+
+HOOKS_WITH_A_KEY = """
+import asyncio, json, sys
+
+from airflow.plugins_manager import ensure_plugins_loaded
+from airflow.providers.google.cloud.hooks.dataflow import AsyncDataflowHook, DataflowHook
+
+ensure_plugins_loaded()  # as the task runner and the triggerer do before any task or trigger runs
+project = sys.argv[1]
+jobs = DataflowHook(gcp_conn_id="beamport").get_conn().projects().locations().jobs()
+job = jobs.create(projectId=project, location="us-central1", body={"name": "with-a-key"}).execute()
+
+
+async def main():
+    hook = AsyncDataflowHook(gcp_conn_id="beamport")
+    state = await hook.get_job_status(job_id=job["id"], project_id=project, location="us-central1")
+    try:
+        await hook.get_job_status(job_id=job["id"], project_id="elsewhere", location="us-central1")
+        refused = ""
+    except Exception as e:
+        refused = f"{type(e).__name__}: {e}"
+    print(json.dumps({"id": job["id"], "state": state.name, "refused": refused}))
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_connection_with_a_key_made_by_beamport_works_for_both_hooks(airflow, tmp_path, project):
+    """Authentication on: the connection's key_path, a key of Beamport's IAM (docs/security.md), is what the sync
+    hook's discovery client trades for tokens and what the async hook sends as gRPC metadata."""
+    _, _, venv, env = airflow
+    grpc_port = free_port()
+    srv = Server(tmp_path / "data", extra_args=("--workers", "0", "--grpc-port", str(grpc_port)), auth=True).start()
+    try:
+        account = f"airflow@{project}.iam.gserviceaccount.com"
+        key = tmp_path / "airflow-key.json"
+        for args in (
+            ("iam", "service-accounts", "create", "airflow", "--project", project),
+            ("iam", "service-accounts", "keys", "create", str(key), "--iam-account", account),
+            ("projects", "add-iam-policy-binding", project, "--member", f"serviceAccount:{account}"),
+        ):
+            role = ("--role", "roles/dataflow.developer") if args[0] == "projects" else ()
+            beamport_command(*args, *role, "--endpoint", srv.url, credentials=srv.admin_key)
+        extra = {"api_endpoint": srv.url, "grpc_endpoint": f"127.0.0.1:{grpc_port}", "key_path": str(key)}
+        connection = {"conn_type": "google_cloud_platform", "extra": extra}
+        done = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", HOOKS_WITH_A_KEY, project],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**env, "AIRFLOW_CONN_BEAMPORT": json.dumps(connection)},
+        )
+        assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-10000:]
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        assert seen["state"] == "JOB_STATE_PENDING"
+        assert seen["refused"].startswith("PermissionDenied") and account in seen["refused"], seen
+    finally:
+        srv.stop()

@@ -131,9 +131,6 @@ with DAG("beamport_dataflow", schedule=None, start_date=pendulum.datetime(2026, 
         poll_sleep=1,
         **WHERE,
     )
-    template_sync >> sensors(template_sync)
-    to_cancel >> cancel
-    to_drain >> drain
 
     template_deferred = DataflowTemplatedJobStartOperator(
         task_id="template_deferred",
@@ -142,4 +139,10 @@ with DAG("beamport_dataflow", schedule=None, start_date=pendulum.datetime(2026, 
         deferrable=True,
         **DATAFLOW_CONFIG,
     )
+
+    # The batch jobs first: a streaming job holds a worker until it is stopped.
+    batch = [template_sync, template_deferred, flex, beam_batch]
+    template_sync >> sensors(template_sync)
     template_deferred >> sensors(template_deferred, deferrable=True)
+    batch >> to_cancel >> cancel
+    batch >> to_drain >> drain
