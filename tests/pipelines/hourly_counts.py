@@ -5,6 +5,8 @@ each window's count appended to --out as KEY,N when the window closes (a drain c
 python hourly_counts.py --log LOG --out OUT [DataflowRunner flags...] --streaming
 """
 
+import logging
+
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -28,6 +30,9 @@ class AppendTo(beam.DoFn):
 
 
 if __name__ == "__main__":
+    # As Beam's examples do: Airflow learns the job's id from DataflowRunner's INFO line "Created job with id: [ID]"
+    # (without it, its Beam operators follow the job by name and return no id for DataflowStopJobOperator).
+    logging.getLogger().setLevel(logging.INFO)
     options = PipelineOptions()
     paths = options.view_as(CountOptions)
     p = beam.Pipeline(options=options)
