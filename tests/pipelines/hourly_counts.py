@@ -30,9 +30,9 @@ class AppendTo(beam.DoFn):
 
 
 if __name__ == "__main__":
-    # As Beam's examples do: Airflow learns the job's id from DataflowRunner's INFO line "Created job with id: [ID]"
+    # Logs at INFO: Airflow learns the job's id from DataflowRunner's INFO line "Created job with id: [ID]"
     # (without it, its Beam operators follow the job by name and return no id for DataflowStopJobOperator).
-    logging.getLogger().setLevel(logging.INFO)
+    logging.basicConfig(level=logging.INFO)
     options = PipelineOptions()
     paths = options.view_as(CountOptions)
     p = beam.Pipeline(options=options)
