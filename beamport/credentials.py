@@ -12,9 +12,10 @@ import threading
 from pathlib import Path
 
 import httpx
+from google.auth import environment_vars
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
-CREDENTIALS_VARIABLE = "GOOGLE_APPLICATION_CREDENTIALS"
+CREDENTIALS_VARIABLE = environment_vars.CREDENTIALS  # "GOOGLE_APPLICATION_CREDENTIALS"
 
 
 class KeyFileAuth(httpx.Auth):

@@ -1,5 +1,5 @@
-"""Bodies of the messages google-cloud-dataflow-client has no protobuf type for (work items, worker
-messages, counter updates...), checked against Dataflow's discovery document.
+"""Bodies checked against Dataflow's discovery document: the messages google-cloud-dataflow-client has no
+protobuf type for (work items, worker messages, counter updates...), and template launches.
 
 The document ships with google-api-python-client. The rule is the one of beamport.wire: a field may be named
 by its JSON name or its proto field name (not both), unknown names are dropped, a known field with a value of

@@ -315,6 +315,7 @@ def test_without_credentials_every_route_group_answers_401_and_changes_nothing(s
         ("GET", f"/beamport/v1/projects/{project}/locations/{REGION}/jobs/{job['id']}/pipeline"),
         ("GET", "/beamport/v1/workers"),
         ("GET", "/beamport/v1/workers/anyone"),
+        ("GET", "/beamport/v1/projects"),
         ("GET", f"/v1/projects/{project}/serviceAccounts"),
         ("POST", f"/v1/projects/{project}/serviceAccounts"),
         ("POST", f"/v1/projects/{project}:setIamPolicy"),
@@ -394,6 +395,11 @@ def test_a_developer_of_one_project_is_denied_another(secured, project_pair):
     assert all(
         w["projectId"] == a for w in dev.get("/beamport/v1/workers", params={"all": "true"}).json().get("workers", [])
     )
+    # The console's projects: only those it may list jobs in (b has jobs too, newer ones).
+    admin.job(b, "newer")
+    assert [p["projectId"] for p in dev.get("/beamport/v1/projects").json()["projects"]] == [a]
+    everyone = admin.ok("GET", "/beamport/v1/projects")["projects"]
+    assert [p["projectId"] for p in everyone][:2] == [b, a]
 
 
 def test_a_deleted_key_stops_working_at_once(secured, project):

@@ -101,6 +101,15 @@ def test_other_settings_take_their_variables_too(serve, environ):
     assert "port (BEAMPORT_PORT)" in serve()
 
 
+def test_grpc_is_off_unless_a_port_is_given_and_never_on_the_rest_port(serve, environ):
+    assert serve().grpc_port == 0
+    environ.set(BEAMPORT_GRPC_PORT="9443")
+    assert serve().grpc_port == 9443
+    assert serve("--grpc-port", "9444").grpc_port == 9444
+    assert "gRPC needs a port of its own" in serve("--port", "9444", "--grpc-port", "9444")
+    assert "grpc_port (BEAMPORT_GRPC_PORT)" in serve("--grpc-port", "70000")
+
+
 def test_flink_flags_over_environment_all_three_or_none(serve, environ, tmp_path):
     assert serve().flink is None
     environ.set(BEAMPORT_FLINK_SHARED_DIR=str(tmp_path), BEAMPORT_FLINK_LOG_LEVEL="info")

@@ -178,6 +178,50 @@ def test_a_failed_step_is_highlighted(console_server, project, page):
     assert page.failures == []
 
 
+def test_the_console_opens_on_the_latest_jobs_project_remembers_the_choice_and_links_name_the_project(
+    console_server, project, browser, page
+):
+    """A fresh browser opens on the project of the most recent job (GET /beamport/v1/projects), offers the
+    projects that have jobs, remembers the one chosen across reloads, and a job's link opens that job (its
+    project and location in the URL) in another browser."""
+    srv, _ = console_server
+    older = f"{project}-older"
+    Api(srv.url, older).create("in-the-older-project", type="JOB_TYPE_STREAMING")  # no streaming engine: PENDING
+    newest = Api(srv.url, project, "europe-west1").create("the-newest-job", type="JOB_TYPE_STREAMING")
+
+    page.goto(f"{srv.url}/#/jobs")
+    page.locator("#jobs tbody tr", has_text="the-newest-job").wait_for()
+    assert page.input_value("#project") == project
+    for offered in (project, older):
+        assert page.locator(f"#project-choices option[value='{offered}']").count() == 1
+    # Chosen, and remembered over a reload (this browser's localStorage).
+    page.fill("#project", older)
+    page.press("#project", "Enter")
+    page.locator("#jobs tbody tr", has_text="in-the-older-project").wait_for()
+    page.reload()
+    page.locator("#jobs tbody tr", has_text="in-the-older-project").wait_for()
+    assert page.input_value("#project") == older
+    # The job's link, from the list, opened in another browser (nothing remembered there).
+    page.fill("#project", project)
+    page.press("#project", "Enter")
+    link = page.locator("#jobs a", has_text="the-newest-job").get_attribute("href")
+    assert link == f"#/jobs/{project}/europe-west1/{newest['id']}"
+    other = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        elsewhere = other.new_page()
+        failures = []
+        elsewhere.on("response", lambda r: r.status >= 400 and failures.append((r.status, r.url)))
+        elsewhere.on("pageerror", lambda e: failures.append(("script error", str(e))))
+        elsewhere.goto(f"{srv.url}/{link}")
+        elsewhere.locator("#job-header", has_text=newest["id"]).wait_for()
+        assert elsewhere.locator("#job-header", has_text="europe-west1").count() == 1
+        assert elsewhere.input_value("#project") == project
+        assert failures == []
+    finally:
+        other.close()
+    assert page.failures == []
+
+
 @pytest.fixture(scope="module")
 def one_worker_server(tmp_path_factory):
     """A server with a single local worker: each job runs on the same worker as the one before."""

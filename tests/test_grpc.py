@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from google.cloud.dataflow_v1beta3.services.metrics_v1_beta3.transports import (
 )
 from google.cloud.dataflow_v1beta3.services.snapshots_v1_beta3.transports import SnapshotsV1Beta3GrpcTransport
 from google.cloud.dataflow_v1beta3.services.templates_service.transports import TemplatesServiceGrpcTransport
+from google.protobuf.descriptor import FieldDescriptor
 from test_auth import DEVELOPER, VIEWER, Admin, bearer
 from test_running_jobs import read_output
 from test_templates import YAML_PIPELINE
@@ -352,6 +354,57 @@ def test_bad_bytes_and_oversized_requests_are_refused_not_crashed_on(tmp_path, p
         srv.stop()
 
 
+JUNK_STRINGS = ["", "-", "x" * 300, "../../etc/passwd", "a\x00b", "Ünïcode", "2020-01-01_00_00_00-1", "gs://b/o"]
+
+
+def _junk_request(message_class, rng: random.Random):
+    """A request of the type with each top-level field set, or not, to a junk value of its type."""
+    message = message_class()
+    for field in message.DESCRIPTOR.fields:
+        if rng.random() < 0.3 or field.is_repeated:
+            continue
+        if field.type == FieldDescriptor.TYPE_STRING:
+            setattr(message, field.name, rng.choice(JUNK_STRINGS + ["test-junk", "us-central1"]))
+        elif field.type == FieldDescriptor.TYPE_ENUM:
+            setattr(message, field.name, rng.choice([0, 1, 2, 99, -1]))
+        elif field.type in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64):
+            setattr(message, field.name, rng.choice([0, -1, 1, 2**31 - 1]))
+        elif field.type == FieldDescriptor.TYPE_BOOL:
+            setattr(message, field.name, rng.random() < 0.5)
+        elif field.message_type.full_name == "google.protobuf.Timestamp":
+            getattr(message, field.name).seconds = rng.choice([0, -62135596800, 253402300799, 1])
+    return message
+
+
+def test_junk_requests_to_every_method_are_answered_never_crashed_on(served):
+    """Random bytes and junk field values: every method answers with a status of its own (never INTERNAL or
+    UNKNOWN), and the server goes on answering."""
+    from beamport.grpc.server import SERVICES
+
+    rng = random.Random(17)
+    channel = grpc.insecure_channel(served.grpc_address)
+    seen = set()
+    for service, methods in SERVICES:
+        for method in methods:
+            call = channel.unary_unary(f"/google.dataflow.v1beta3.{service}/{method.name}")
+            requests = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 64))) for _ in range(5)]
+            requests += [_junk_request(method.request.pb(), rng).SerializeToString() for _ in range(15)]
+            for data in requests:
+                try:
+                    call(data, timeout=60)
+                    seen.add("OK")
+                except grpc.RpcError as error:
+                    assert error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (
+                        method.name,
+                        data,
+                        error.details(),
+                    )
+                    seen.add(error.code().name)
+    assert {"INVALID_ARGUMENT", "OK"} <= seen
+    jobs = dataflow.JobsV1Beta3Client(transport=JobsV1Beta3GrpcTransport(channel=channel))
+    assert list(jobs.list_jobs(request={"project_id": "test-junk-after", "location": REGION})) == []
+
+
 def test_every_rpc_of_the_clients_is_served():
     """Every RPC google-cloud-dataflow-client's gRPC clients call has a method here (gapic_metadata.json)."""
     import google.cloud.dataflow_v1beta3 as package
@@ -473,7 +526,15 @@ def test_templates_classic_and_flex_launched_over_grpc_run_to_done(tmp_path, pro
         )
         _run_to_end(c, at, launched.job.id)
         assert read_output(tmp_path / "counts") == sorted(["the: 3", "cat: 1", "and: 1", "hat: 1", "end: 1"])
-        assert c.metrics.get_job_metrics(request={**at, "job_id": launched.job.id}).metrics
+        # What a run leaves, read back over gRPC: the whole job (steps, environment), metrics, execution details.
+        ran = {**at, "job_id": launched.job.id}
+        whole = c.jobs.get_job(request={**ran, "view": "JOB_VIEW_ALL"})
+        assert whole.steps and whole.environment.sdk_pipeline_options
+        assert c.metrics.get_job_metrics(request=ran).metrics
+        stages = list(c.metrics.get_job_execution_details(request=ran))
+        assert stages and all(stage.state for stage in stages)
+        workers = c.metrics.get_stage_execution_details(request={**ran, "stage_id": stages[0].stage_id})
+        assert list(workers)
 
         created = c.templates.create_job_from_template(
             request={

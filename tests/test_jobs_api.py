@@ -330,3 +330,78 @@ def test_methods_not_built_yet_say_so(server, method, path):
     error = response.json()["error"]
     assert error["status"] == "UNIMPLEMENTED" and error["code"] == 501
     assert "not implemented" in error["message"]
+
+
+def test_location_less_twins_honour_the_location_parameter(server, api, tmp_path):
+    """The twins under projects/{p} take `location` as a query parameter (as the discovery document lists it) or,
+    where their request body has the field, from the body; without either they mean us-central1."""
+    from conftest import discovery_client
+
+    # The built-in template's first use writes its file (DataflowRunner, a minute on a busy machine): waited for
+    # first, so that no call below is timed against it (nor a client's idle connection closed meanwhile).
+    warm = f"/v1b3/projects/{api.project}/locations/us-central1/templates:get"
+    assert api.client.get(warm, params={"gcsPath": "builtin://Word_Count"}, timeout=600).status_code == 200
+    twins = discovery_client(server.url).projects()
+    job = twins.jobs().create(projectId=api.project, location="europe-west1", body={"name": "abroad"}).execute()
+    assert job["location"] == "europe-west1"
+    europe = Api(server.url, api.project, "europe-west1")
+    assert europe.get(job["id"]).json()["id"] == job["id"]
+    assert twins.jobs().get(projectId=api.project, jobId=job["id"], location="europe-west1").execute() == job
+
+    # Plain HTTP: found with ?location=, not without (the twin means us-central1).
+    twin = f"/v1b3/projects/{api.project}/jobs"
+    assert api.client.get(f"{twin}/{job['id']}", params={"location": "europe-west1"}).json()["id"] == job["id"]
+    assert api.client.get(f"{twin}/{job['id']}").status_code == 404
+    listed = api.client.get(twin, params={"location": "europe-west1"}).json()
+    assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+    assert api.client.get(twin).json().get("jobs", []) == []
+    for child in ("messages", "metrics"):
+        assert api.client.get(f"{twin}/{job['id']}/{child}", params={"location": "europe-west1"}).status_code == 200
+        assert api.client.get(f"{twin}/{job['id']}/{child}").status_code == 404
+    labelled = twins.jobs().update(
+        projectId=api.project,
+        jobId=job["id"],
+        location="europe-west1",
+        updateMask="labels",
+        body={"labels": {"a": "b"}},
+    )
+    assert labelled.execute()["labels"] == {"a": "b"}
+    assert (
+        api.client.put(f"{twin}/{job['id']}", params={"updateMask": "labels"}, json={"labels": {}}).status_code == 404
+    )
+    # jobs:aggregated lists every location (Dataflow: "across all regions").
+    home = api.create("at-home")
+    aggregated = twins.jobs().aggregated(projectId=api.project).execute()
+    assert {j["id"] for j in aggregated["jobs"]} == {home["id"], job["id"]}
+    assert api.client.get(twin, params={"location": "no_such!"}).status_code == 400
+
+    # templates:launch and templates (create) in the location named, the query's or the body's.
+    (tmp_path / "words.txt").write_text("a b a\n")
+    parameters = {"inputFile": str(tmp_path / "words.txt"), "output": str(tmp_path / "counts")}
+    launched = twins.templates().launch(
+        projectId=api.project,
+        gcsPath="builtin://Word_Count",
+        location="asia-east1",
+        body={"jobName": "launched", "parameters": parameters},
+    )
+    assert launched.execute()["job"]["location"] == "asia-east1"
+    created = api.client.post(
+        f"/v1b3/projects/{api.project}/templates",
+        json={
+            "gcsPath": "builtin://Word_Count",
+            "jobName": "created",
+            "parameters": parameters,
+            "location": "asia-east1",
+        },
+    )
+    assert created.json()["location"] == "asia-east1", created.text
+
+    # WorkerMessages: the body's location (SendWorkerMessagesRequest.location) names the job's.
+    health = {
+        "labels": {"JOB_ID": job["id"], "WORKER_ID": f"w-{api.project}"},
+        "workerHealthReport": {"vmIsHealthy": True},
+    }
+    messages = f"/v1b3/projects/{api.project}/WorkerMessages"
+    assert api.client.post(messages, json={"workerMessages": [health]}).status_code == 404
+    sent = api.client.post(messages, json={"workerMessages": [health], "location": "europe-west1"})
+    assert sent.status_code == 200, sent.text

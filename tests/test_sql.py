@@ -136,12 +136,22 @@ def test_sql_queries_run_as_jobs_and_match_the_engine_run_directly(sql_server, p
     api = Api(srv.url, project)
     common = ["--endpoint", srv.url, "--project", project]
     files = base / "files"
-    beamport_command("sql", "tables", "add", "sales", "--path", str(files / "sales-*.csv"), "--format", "csv", *common)
     beamport_command(
-        "sql", "tables", "add", "customers", "--path", str(files / "customers.jsonl"), "--format", "jsonl", *common
+        "sql", "tables", "add", "sales", "--path", str(files / "sales-*.csv"), "--table-format", "csv", *common
     )
     beamport_command(
-        "sql", "tables", "add", "events", "--path", str(files / "events.parquet"), "--format", "parquet", *common
+        "sql",
+        "tables",
+        "add",
+        "customers",
+        "--path",
+        str(files / "customers.jsonl"),
+        "--table-format",
+        "jsonl",
+        *common,
+    )
+    beamport_command(
+        "sql", "tables", "add", "events", "--path", str(files / "events.parquet"), "--table-format", "parquet", *common
     )
     listed = beamport_command("sql", "tables", "list", *common, "--format", "json")
     schemas = {t["name"]: t["schema"] for t in json.loads(listed.stdout)["tables"]}

@@ -17,6 +17,7 @@ from beamport.service.jobs import JobService
 from beamport.service.leases import LeaseService
 from beamport.store import open_store
 from beamport.store.base import Write
+from beamport.store.jobs import projects_statement
 from beamport.store.sql import SqlStore
 from beamport.store.work_items import WORK_LEASED, WORK_PENDING, WorkItemRecord
 from beamport.store.workers import (
@@ -347,3 +348,88 @@ def test_live_workers_are_counted_and_the_overdue_found_in_sql(store):
         if state in WORKER_LIVE_STATES and max(health or 0, seen) + 3 * interval < now
     ]
     assert [w.worker_id for w in overdue] == expected == ["never-reported", "late", "idle-late"]
+
+
+def test_projects_with_jobs_are_listed_newest_job_first_from_the_index(store, store_url):
+    """The console's projects (GET /beamport/v1/projects): each project with jobs once, with its newest job's
+    create time, the project of the newest job first; only the projects asked for; read from an index (only
+    the newest job's row of each project is read)."""
+    clock = Clock()
+    jobs = JobService(store, clock=clock)
+    created = {}
+    for project, location in [("a", REGION), ("b", "europe-west1"), ("a", "asia-east1"), ("c", REGION), ("b", REGION)]:
+        created[project] = jobs.create_job(project, location, {"name": f"j{len(created)}-{location}"})["createTime"]
+    listed = jobs.list_projects(None)["projects"]
+    assert listed == [
+        {"projectId": "b", "latestJobCreateTime": created["b"]},
+        {"projectId": "c", "latestJobCreateTime": created["c"]},
+        {"projectId": "a", "latestJobCreateTime": created["a"]},
+    ]
+    assert [p["projectId"] for p in jobs.list_projects({"a", "c", "nobody"})["projects"]] == ["c", "a"]
+    assert jobs.list_projects(set()) == {"projects": []}
+    # Every project's newest seq from an index on (project_id, ..., seq), never a scan of the table: SQLite reads
+    # the index alone; PostgreSQL (told not to scan a table this small) may visit rows the visibility map of so
+    # young a table does not vouch for.
+    for project_ids in (None, {"a", "c"}):
+        with store.engine.connect() as conn:
+            sql = projects_statement(project_ids).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+            if store_url.startswith("sqlite"):
+                plan = " ".join(row[-1] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
+                assert "jobs USING COVERING INDEX ix_jobs_project_" in plan, plan
+            else:
+                conn.execute(text("SET enable_seqscan = off"))
+                plan = " ".join(row[0] for row in conn.execute(text(f"EXPLAIN {sql}")))
+                assert " ix_jobs_project_" in plan and "Seq Scan" not in plan, plan
+
+
+def test_the_head_revision_is_alembics_and_a_migrated_store_is_at_it(store_url):
+    """migrate() skips Alembic when the schema is at head_revision(), which must therefore be Alembic's head."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from beamport.store.sql import MIGRATIONS, head_revision
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [head_revision()]
+    store = SqlStore(store_url)
+    try:
+        store.migrate()
+        assert store._revision() == head_revision()
+        store.migrate()  # at head: nothing to do
+        assert store._revision() == head_revision()
+    finally:
+        store.close()
+
+
+def test_a_new_databases_schema_is_the_migrations(tmp_path):
+    """A new database gets tables.py's schema at once (no Alembic): the same tables, columns, types and indexes
+    as the migrations make, one by one, on a database Alembic upgrades from nothing."""
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+
+    from beamport.store.sql import MIGRATIONS, head_revision
+    from beamport.store.tables import metadata
+
+    created = SqlStore(f"sqlite:///{tmp_path / 'created.db'}")
+    migrated = SqlStore(f"sqlite:///{tmp_path / 'migrated.db'}")
+    try:
+        created.migrate()
+        assert created._revision() == head_revision()
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with migrated._writer.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        for store in (created, migrated):
+            with store.engine.connect() as conn:
+                context = MigrationContext.configure(conn, opts={"compare_type": True})
+                assert compare_metadata(context, metadata) == []
+        with created.engine.connect() as a, migrated.engine.connect() as b:
+            query = text("SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name")
+            assert a.execute(query).all() == b.execute(query).all()
+    finally:
+        created.close()
+        migrated.close()

@@ -130,6 +130,21 @@ def test_templates_create_makes_a_job(served, project):
     assert done["currentState"] == "JOB_STATE_DONE", texts(api, job["id"])
     assert read_output(base / "created" / "out") == ["yo there", "yo world"]
 
+    # The same request under its proto field names (snake_case).
+    snake = api.client.post(
+        f"/v1b3/projects/{project}/locations/us-central1/templates",
+        json={
+            "job_name": "greet-snake",
+            "gcs_path": str(template),
+            "parameters": {"input": str(base / "in.txt"), "output": str(base / "created-snake" / "out")},
+            "environment": {"additional_user_labels": {"made_by": "snake"}},
+        },
+    )
+    assert snake.status_code == 200, snake.text
+    assert snake.json()["name"] == "greet-snake" and snake.json()["labels"] == {"made_by": "snake"}
+    done = wait_state(api, snake.json()["id"], {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=120)
+    assert done["currentState"] == "JOB_STATE_DONE", texts(api, snake.json()["id"])
+
 
 def test_bad_launches_name_the_problem_and_create_nothing(served, project, tmp_path):
     srv, base, template = served
@@ -266,6 +281,7 @@ def test_a_python_flex_template_runs_its_launcher_which_submits_the_job(served, 
                 "environment": {"additional_user_labels": {"launched_by": "airflow"}},
             }
         },
+        timeout=600,  # the launch answers once the launcher has submitted the job: Beam builds the pipeline first
     )
     assert snake.status_code == 200, snake.text
     job = snake.json()["job"]

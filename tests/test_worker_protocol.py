@@ -109,6 +109,37 @@ def test_a_worker_runs_a_job_to_done(api):
     assert late["completeWorkStatus"]["code"] == 1
 
 
+def test_the_protocol_takes_proto_field_names_and_the_engine_gives_the_initial_workers(api):
+    # Proto field names (snake_case) in every body of the protocol, as in the rest of the API (docs/api.md).
+    job = api.create("snake-worker")
+    path = f"{api.jobs_path}/{job['id']}"
+    lease = {"worker_id": "w-snake", "requested_lease_duration": "30s", "current_worker_time": NOW}
+    leased = api.client.post(path + "/workItems:lease", json=lease)
+    assert leased.status_code == 200, leased.text
+    (item,) = leased.json()["workItems"]
+    running = {
+        "labels": {"JOB_ID": job["id"], "WORKER_ID": "w-snake"},
+        "time": NOW,
+        "worker_message_code": {"code": "BEAMPORT_ENGINE_RUNNING", "parameters": {"detail": "a test", "workers": 3}},
+    }
+    sent = api.client.post(
+        f"/v1b3/projects/{api.project}/locations/us-central1/WorkerMessages", json={"worker_messages": [running]}
+    )
+    assert sent.json() == {"workerMessageResponses": [{}]}
+    assert api.get(job["id"]).json()["currentState"] == "JOB_STATE_RUNNING"
+    # A job that names no worker count: its initial autoscaling event is the count its engine started on.
+    events = api.messages(job["id"]).json()["autoscalingEvents"]
+    assert [(e["eventType"], e["currentNumWorkers"], e["targetNumWorkers"]) for e in events] == [
+        ("TARGET_NUM_WORKERS_CHANGED", "0", "3")
+    ]
+    status = {"work_item_id": item["id"], "report_index": "1", "completed": True}
+    done = api.client.post(
+        path + "/workItems:reportStatus", json={"worker_id": "w-snake", "work_item_statuses": [status]}
+    )
+    assert done.status_code == 200, done.text
+    assert api.get(job["id"]).json()["currentState"] == "JOB_STATE_DONE"
+
+
 def test_a_failed_attempt_is_retried_and_the_fourth_failure_fails_the_job(api):
     job = api.create("failing")
     for attempt in range(1, 5):

@@ -210,7 +210,11 @@ class DataflowClient:
         return self._request("POST", self._locations_path(project, region) + "/templates:launch", params, json=body)
 
     def launch_flex_template(self, project: str, region: str, body: dict) -> dict:
-        return self._request("POST", self._locations_path(project, region) + "/flexTemplates:launch", json=body)
+        # The launch answers once the template's launcher has built and submitted the pipeline (Beam's work):
+        # a minute or more on a loaded machine.
+        return self._request(
+            "POST", self._locations_path(project, region) + "/flexTemplates:launch", json=body, timeout=600.0
+        )
 
     # -- SQL -------------------------------------------------------------------
 

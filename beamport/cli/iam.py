@@ -21,8 +21,8 @@ import typer
 from rich.table import Table
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
-from beamport.cli.client import DEFAULT_ENDPOINT, DEFAULT_REGION, ApiCallError, ClientError
-from beamport.cli.jobs import Endpoint, OutputFormat, Project, Session, session
+from beamport.cli.client import ApiCallError, ClientError
+from beamport.cli.options import ApiOptions, Session, api_command
 from beamport.cli.output import Format, Printer, short_time
 from beamport.errors import RPC_CODE
 
@@ -61,19 +61,6 @@ Role = Annotated[
 ]
 ProjectId = Annotated[str, typer.Argument(help="The project's id.", show_default=False)]
 OrganizationId = Annotated[str, typer.Argument(help="The organization (this server has one: beamport).")]
-AuditProject = Annotated[
-    str | None,
-    typer.Option(
-        "--project",
-        envvar="BEAMPORT_PROJECT",
-        help="Only this project's entries (default: every project's, which needs the permission on the organization).",
-    ),
-]
-
-
-def _session(endpoint: str, format: Format):
-    """A session for the commands that name their resource themselves (no --project)."""
-    return session(endpoint, None, DEFAULT_REGION, format, need_project=False)
 
 
 def _print_table(printer: Printer, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
@@ -92,6 +79,7 @@ def _print_table(printer: Printer, columns: tuple[str, ...], rows: Sequence[tupl
 
 
 @service_accounts_app.command("create")
+@api_command
 def create_account(
     name: Annotated[
         str,
@@ -103,27 +91,26 @@ def create_account(
     ],
     display_name: Annotated[str | None, typer.Option(help="A name to show for the account.")] = None,
     description: Annotated[str | None, typer.Option(help="What the account is for.")] = None,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Create a service account in a project."""
-    with session(endpoint, project, DEFAULT_REGION, format) as s:
+    with api.session() as s:
         account = s.client.create_service_account(s.project, name, display_name, description)
         s.printer.document(account)
         s.printer.note(f"Created service account [{name}].")
 
 
 @service_accounts_app.command("list")
+@api_command
 def list_accounts(
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """List a project's service accounts."""
-    with session(endpoint, project, DEFAULT_REGION, format) as s:
+    with api.session() as s:
         accounts = s.client.list_service_accounts(s.project)
-        if format is Format.json:
+        if api.format is Format.json:
             s.printer.document(accounts)
             return
         rows = [(a.get("email", ""), a.get("displayName", ""), a.get("description", "")) for a in accounts]
@@ -131,18 +118,20 @@ def list_accounts(
 
 
 @service_accounts_app.command("describe")
-def describe_account(email: Email, endpoint: Endpoint = DEFAULT_ENDPOINT, format: OutputFormat = Format.table):
+@api_command
+def describe_account(email: Email, *, api: ApiOptions):
     """Show a service account."""
-    with _session(endpoint, format) as s:
+    with api.session(need_project=False) as s:
         s.printer.document(s.client.get_service_account(email))
 
 
 @service_accounts_app.command("delete")
-def delete_account(email: Email, endpoint: Endpoint = DEFAULT_ENDPOINT, format: OutputFormat = Format.table):
+@api_command
+def delete_account(email: Email, *, api: ApiOptions):
     """Delete a service account, its keys and its access tokens (they stop working at once)."""
-    with _session(endpoint, format) as s:
+    with api.session(need_project=False) as s:
         answer = s.client.delete_service_account(email)
-        if format is Format.json:
+        if api.format is Format.json:
             s.printer.document(answer)
         s.printer.note(f"Deleted service account [{email}].")
 
@@ -155,13 +144,14 @@ def _key_id(key: dict) -> str:
 
 
 @keys_app.command("create")
+@api_command
 def create_key(
     key_file: Annotated[
         Path, typer.Argument(help="Where to write the key file (readable by you alone).", show_default=False)
     ],
     iam_account: IamAccount,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Create a key and write its key file (GOOGLE_APPLICATION_CREDENTIALS for the CLI, workers, Google's
     clients); the server keeps no copy of its private half."""
@@ -170,7 +160,7 @@ def create_key(
         raise typer.BadParameter(f"{key_file} is a directory.", param_hint="'KEY_FILE'")
     if not target.parent.is_dir():
         raise typer.BadParameter(f"the directory {target.parent} does not exist.", param_hint="'KEY_FILE'")
-    with _session(endpoint, format) as s:
+    with api.session(need_project=False) as s:
         # The file exists (owner-only, empty) before the key does: a place where it cannot be written
         # leaves no key behind, and the private key is never in a file anyone else may read.
         try:
@@ -194,17 +184,18 @@ def create_key(
                     f"`beamport iam service-accounts keys delete {_key_id(key)} --iam-account {iam_account}`."
                 ) from None
             raise
-        if format is Format.json:
+        if api.format is Format.json:
             s.printer.document({k: v for k, v in key.items() if k != "privateKeyData"})
         s.printer.note(f"created key [{_key_id(key)}] of type [json] as [{key_file}] for [{iam_account}]")
 
 
 @keys_app.command("list")
-def list_keys(iam_account: IamAccount, endpoint: Endpoint = DEFAULT_ENDPOINT, format: OutputFormat = Format.table):
+@api_command
+def list_keys(iam_account: IamAccount, *, api: ApiOptions):
     """List a service account's keys."""
-    with _session(endpoint, format) as s:
+    with api.session(need_project=False) as s:
         keys = s.client.list_service_account_keys(iam_account)
-        if format is Format.json:
+        if api.format is Format.json:
             s.printer.document(keys)
             return
         rows = []
@@ -221,16 +212,17 @@ def list_keys(iam_account: IamAccount, endpoint: Endpoint = DEFAULT_ENDPOINT, fo
 
 
 @keys_app.command("delete")
+@api_command
 def delete_key(
     key_id: Annotated[str, typer.Argument(help="The key's id (40 hexadecimal digits).", show_default=False)],
     iam_account: IamAccount,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Delete a key: its key file and the access tokens it got stop working at once."""
-    with _session(endpoint, format) as s:
+    with api.session(need_project=False) as s:
         answer = s.client.delete_service_account_key(iam_account, key_id)
-        if format is Format.json:
+        if api.format is Format.json:
             s.printer.document(answer)
         s.printer.note(f"Deleted key [{key_id}] for service account [{iam_account}].")
 
@@ -291,24 +283,24 @@ def _describe(resource: str) -> str:
     return f"{kind.rstrip('s')} [{name}]"
 
 
-def _add_binding(resource: str, member: str, role: str, endpoint: str, format: Format) -> None:
+def _add_binding(resource: str, member: str, role: str, api: ApiOptions) -> None:
     _check_member(member)
-    with _session(endpoint, format) as s:
+    with api.session(need_project=False) as s:
         policy = update_policy(s, resource, lambda p: with_binding(p, member, role))
         s.printer.note(f"Updated IAM policy for {_describe(resource)}.")
         s.printer.document(policy)
 
 
-def _remove_binding(resource: str, member: str, role: str, endpoint: str, format: Format) -> None:
+def _remove_binding(resource: str, member: str, role: str, api: ApiOptions) -> None:
     _check_member(member)
-    with _session(endpoint, format) as s:
+    with api.session(need_project=False) as s:
         policy = update_policy(s, resource, lambda p: without_binding(p, member, role, _describe(resource)))
         s.printer.note(f"Updated IAM policy for {_describe(resource)}.")
         s.printer.document(policy)
 
 
-def _get_policy(resource: str, endpoint: str, format: Format) -> None:
-    with _session(endpoint, format) as s:
+def _get_policy(resource: str, api: ApiOptions) -> None:
+    with api.session(need_project=False) as s:
         s.printer.document(s.client.get_iam_policy(resource))
 
 
@@ -317,69 +309,73 @@ def _organization(organization: str) -> str:
 
 
 @projects_app.command("add-iam-policy-binding")
+@api_command
 def add_project_binding(
     project_id: ProjectId,
     member: Member,
     role: Role,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Grant a role on a project to a member; prints the new policy."""
-    _add_binding(f"projects/{project_id}", member, role, endpoint, format)
+    _add_binding(f"projects/{project_id}", member, role, api)
 
 
 @projects_app.command("remove-iam-policy-binding")
+@api_command
 def remove_project_binding(
     project_id: ProjectId,
     member: Member,
     role: Role,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Take a role on a project away from a member; prints the new policy."""
-    _remove_binding(f"projects/{project_id}", member, role, endpoint, format)
+    _remove_binding(f"projects/{project_id}", member, role, api)
 
 
 @projects_app.command("get-iam-policy")
-def get_project_policy(
-    project_id: ProjectId, endpoint: Endpoint = DEFAULT_ENDPOINT, format: OutputFormat = Format.table
-):
+@api_command
+def get_project_policy(project_id: ProjectId, *, api: ApiOptions):
     """Show a project's IAM policy (the organization's bindings hold there too)."""
-    _get_policy(f"projects/{project_id}", endpoint, format)
+    _get_policy(f"projects/{project_id}", api)
 
 
 @organizations_app.command("add-iam-policy-binding")
+@api_command
 def add_organization_binding(
     member: Member,
     role: Role,
     organization: OrganizationId = DEFAULT_ORGANIZATION,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Grant a role on every project to a member; prints the new policy."""
-    _add_binding(_organization(organization), member, role, endpoint, format)
+    _add_binding(_organization(organization), member, role, api)
 
 
 @organizations_app.command("remove-iam-policy-binding")
+@api_command
 def remove_organization_binding(
     member: Member,
     role: Role,
     organization: OrganizationId = DEFAULT_ORGANIZATION,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Take a role on every project away from a member; prints the new policy."""
-    _remove_binding(_organization(organization), member, role, endpoint, format)
+    _remove_binding(_organization(organization), member, role, api)
 
 
 @organizations_app.command("get-iam-policy")
+@api_command
 def get_organization_policy(
     organization: OrganizationId = DEFAULT_ORGANIZATION,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Show the organization's IAM policy."""
-    _get_policy(_organization(organization), endpoint, format)
+    _get_policy(_organization(organization), api)
 
 
 # -- the audit log, the console ----------------------------------------------------------------------------
@@ -392,16 +388,17 @@ def _audit_status(payload: dict) -> str:
 
 
 @logs_app.command("audit")
+@api_command
 def audit(
-    project: AuditProject = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many entries (newest first).")] = 100,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
-    """Show the audit log: who changed what, and every refused call, newest first."""
-    with _session(endpoint, format) as s:
-        entries = list(s.client.iter_audit_logs(project, limit))
-        if format is Format.json:
+    """Show the audit log: who changed what, and every refused call, newest first. With --project: only that
+    project's entries (without: every project's, which needs the permission on the organization)."""
+    with api.session(need_project=False) as s:
+        entries = list(s.client.iter_audit_logs(api.project, limit))
+        if api.format is Format.json:
             s.printer.document(entries)
             return
         rows = []
@@ -420,11 +417,12 @@ def audit(
 
 
 @console_app.command("link")
-def console_link(endpoint: Endpoint = DEFAULT_ENDPOINT, format: OutputFormat = Format.table):
+@api_command
+def console_link(*, api: ApiOptions):
     """Print a link that signs the web console in as you (GOOGLE_APPLICATION_CREDENTIALS' account), once."""
-    with _session(endpoint, format) as s:
+    with api.session(need_project=False) as s:
         url = s.client.console_sign_in_link()
-        if format is Format.json:
+        if api.format is Format.json:
             s.printer.document({"url": url})
         else:
             typer.echo(url)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import copy
-import os
 import random
-import sys
-import time
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -16,14 +15,10 @@ from typing import Annotated
 import typer
 
 from beamport.cli.client import (
-    DEFAULT_ENDPOINT,
-    DEFAULT_REGION,
     ClientError,
-    ConnectionFailure,
-    DataflowClient,
     MessageFollower,
 )
-from beamport.cli.output import Format, Printer
+from beamport.cli.options import ApiOptions, Session, api_command
 
 app = typer.Typer(help="List, describe and steer jobs on a Beamport (or Dataflow) endpoint.", no_args_is_help=True)
 
@@ -42,68 +37,21 @@ class Importance(StrEnum):
     error = "error"
 
 
-# Options every command takes.
-Endpoint = Annotated[
-    str, typer.Option("--endpoint", envvar="BEAMPORT_ENDPOINT", help="Root URL of the Dataflow API.", show_default=True)
-]
-Project = Annotated[
-    str | None, typer.Option("--project", envvar="BEAMPORT_PROJECT", help="Project id (most commands require one).")
-]
-_REGION = typer.Option("--region", envvar="BEAMPORT_REGION", help="Region (location) of the jobs.")
-Region = Annotated[str, _REGION]
-OptionalRegion = Annotated[str | None, _REGION]  # for a command whose default is every region
-OutputFormat = Annotated[Format, typer.Option("--format", help="table (readable) or json.")]
 JobId = Annotated[str, typer.Argument(help="The job's id.", show_default=False)]
 
 
-class Session:
-    def __init__(self, client: DataflowClient, printer: Printer, project: str, region: str):
-        self.client, self.printer, self.project, self.region = client, printer, project, region
-
-
-@contextmanager
-def session(endpoint: str, project: str | None, region: str, format: Format, need_project=True) -> Iterator[Session]:
-    """A client and a printer for one command; expected failures become a message and an exit code."""
-    if need_project and not project:
-        raise typer.BadParameter("no project set: pass --project or set BEAMPORT_PROJECT.", param_hint="'--project'")
-    printer = Printer(format)
-    try:
-        client = DataflowClient(endpoint)
-    except ClientError as exc:
-        printer.error(str(exc))
-        raise typer.Exit(1) from None
-    try:
-        yield Session(client, printer, project or "", region)  # "": a command that needs no project has none
-    except ConnectionFailure as exc:
-        printer.error(f"{exc}. Is a server listening there? (Set it with --endpoint or BEAMPORT_ENDPOINT.)")
-        raise typer.Exit(1) from None
-    except ClientError as exc:
-        printer.error(str(exc))
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        printer.note("")
-        raise typer.Exit(130) from None
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, without a second error at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(1) from None
-    finally:
-        client.close()
-
-
 @app.command("list")
+@api_command
 def list_jobs(
     status: Annotated[Status, typer.Option(help="Which jobs: all, active or terminated.")] = Status.all,
     name: Annotated[str | None, typer.Option(help="Only jobs with this exact name.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="List at most this many jobs (newest first).")] = 100,
     all_regions: Annotated[bool, typer.Option("--all-regions", help="List the jobs of every region.")] = False,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """List jobs, newest first."""
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         jobs = list(
             s.client.iter_jobs(
                 s.project,
@@ -117,16 +65,15 @@ def list_jobs(
 
 
 @app.command()
+@api_command
 def describe(
     job_id: JobId,
     full: Annotated[bool, typer.Option("--full", help="Everything about the job (JOB_VIEW_ALL).")] = False,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Show a job (its summary; --full for everything, environment and steps included)."""
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         view = "JOB_VIEW_ALL" if full else "JOB_VIEW_SUMMARY"
         s.printer.job(s.client.get_job(s.project, s.region, job_id, view=view))
 
@@ -164,6 +111,7 @@ def _new_request_id() -> str:
 
 
 @app.command("run")
+@api_command
 def run_job(
     from_snapshot: Annotated[
         str,
@@ -176,13 +124,11 @@ def run_job(
     job_name: Annotated[
         str | None, typer.Option("--job-name", help="Name of the new job (default: the source job's name).")
     ] = None,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Start a new job that runs the pipeline of a snapshot's job, from the snapshot's state."""
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         snapshot = s.client.get_snapshot(s.project, s.region, from_snapshot)
         source_id = snapshot.get("sourceJobId")
         if not source_id:
@@ -216,32 +162,31 @@ def _request_state(s: Session, job_id: str, action: str, state: str) -> None:
 
 
 @app.command()
+@api_command
 def cancel(
     job_id: JobId,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Cancel a job: it stops at once, without finishing its work."""
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         _request_state(s, job_id, "cancel", "JOB_STATE_CANCELLED")
 
 
 @app.command()
+@api_command
 def drain(
     job_id: JobId,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Drain a streaming job: it stops reading input and finishes what it has read."""
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         _request_state(s, job_id, "drain", "JOB_STATE_DRAINED")
 
 
 @app.command()
+@api_command
 def messages(
     job_id: JobId,
     importance: Annotated[
@@ -251,21 +196,40 @@ def messages(
         bool, typer.Option("--follow", "-f", help="Keep printing new messages until the job ends.")
     ] = False,
     poll_interval: Annotated[float, typer.Option(min=0.05, help="With --follow: seconds between two polls.")] = 2.0,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Print a job's messages (one per line; JSON lines with --format json)."""
     minimum = f"JOB_MESSAGE_{importance.value.upper()}"
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         if not follow:
             s.printer.messages(s.client.iter_messages(s.project, s.region, job_id, minimum))
             return
         follower = MessageFollower(s.client, s.project, s.region, job_id, minimum)
-        while True:
-            s.printer.messages(follower.poll())
-            if follower.finished:
-                s.printer.note(f"Job [{job_id}] ended in state {follower.state}.")
-                return
-            time.sleep(poll_interval)
+        with _stop_on_interrupt() as stop:
+            while not stop.is_set():
+                s.printer.messages(follower.poll())
+                if follower.finished:
+                    s.printer.note(f"Job [{job_id}] ended in state {follower.state}.")
+                    return
+                stop.wait(poll_interval)
+        raise KeyboardInterrupt  # session() ends the command as on any Ctrl-C: exit status 130
+
+
+@contextmanager
+def _stop_on_interrupt() -> Iterator[threading.Event]:
+    """An event Ctrl-C sets, for a loop to stop at its next check instead of being interrupted wherever it
+    is: a KeyboardInterrupt raised inside the HTTP client (between taking a lock of its connection pool and
+    the block that releases it) once left `--follow` hung at exit. A second Ctrl-C interrupts at once."""
+    stop = threading.Event()
+
+    def interrupted(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from beamport import wire
-from beamport.cli.client import DEFAULT_ENDPOINT, DEFAULT_REGION
-from beamport.cli.jobs import Endpoint, JobId, OutputFormat, Project, Region, session
+from beamport.cli.jobs import JobId
+from beamport.cli.options import ApiOptions, api_command
 from beamport.cli.output import Format
 
 app = typer.Typer(help="Snapshots of streaming jobs: their saved state, to start new jobs from.", no_args_is_help=True)
@@ -32,6 +32,7 @@ def parse_ttl(text: str) -> str:
 
 
 @app.command()
+@api_command
 def create(
     job_id: JobId,
     ttl: Annotated[
@@ -41,10 +42,8 @@ def create(
     snapshot_sources: Annotated[
         bool, typer.Option("--snapshot-sources", help="Also snapshot the sources (Beamport does not: it warns).")
     ] = False,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Snapshot a running streaming job; prints the snapshot (usually READY: the server waits up to ~30 s)."""
     body: dict = {}
@@ -54,7 +53,7 @@ def create(
         body["description"] = description
     if snapshot_sources:
         body["snapshotSources"] = True
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         snapshot = s.client.snapshot_job(s.project, s.region, job_id, body)
         s.printer.document(snapshot)
         state, snapshot_id = snapshot.get("state"), snapshot.get("id")
@@ -71,43 +70,40 @@ def create(
 
 
 @app.command("list")
+@api_command
 def list_snapshots(
     job: Annotated[str | None, typer.Option("--job", help="Only the snapshots of this job.")] = None,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """List the region's snapshots, newest first."""
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         s.printer.snapshots(s.client.list_snapshots(s.project, s.region, job))
 
 
 @app.command()
+@api_command
 def describe(
     snapshot_id: SnapshotId,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Show a snapshot: its source job, state, size, creation time and time to live."""
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         s.printer.document(s.client.get_snapshot(s.project, s.region, snapshot_id))
 
 
 @app.command()
+@api_command
 def delete(
     snapshot_id: SnapshotId,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Delete a snapshot and its data."""
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         answer = s.client.delete_snapshot(s.project, s.region, snapshot_id)
-        if format is Format.json:
+        if api.format is Format.json:
             s.printer.document(answer)
         else:
             typer.echo(f"Deleted snapshot [{snapshot_id}].")

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from beamport.cli.client import DEFAULT_ENDPOINT, DEFAULT_REGION
-from beamport.cli.jobs import Endpoint, OutputFormat, Project, Region, session
+from beamport.cli.options import ApiOptions, api_command
 from beamport.cli.output import Format
 
 app = typer.Typer(help="GoogleSQL: validate queries, keep a table catalog, run queries as jobs.", no_args_is_help=True)
@@ -44,15 +43,14 @@ def parse_schema(text: str | None) -> list[dict] | None:
 
 
 @app.command()
+@api_command
 def validate(
     query: Query,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Validate a query (sql.validate): exit 1 with the error and its position when it is not valid."""
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         answer = s.client.validate_sql(s.project, s.region, query)
         s.printer.document(answer)
         if answer.get("errorMessage"):
@@ -60,43 +58,44 @@ def validate(
 
 
 @app.command()
+@api_command
 def query(
     query: Query,
     job_name: Annotated[str, typer.Option("--job-name", help="The job's name.")],
     output: Annotated[str, typer.Option("--output", help="The prefix of the result files.")],
     output_format: Annotated[ResultFormat, typer.Option(help="jsonl or csv (no header).")] = ResultFormat.jsonl,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Run a query as a job over the catalog's tables (like `gcloud dataflow sql query`)."""
     body = {"query": query, "jobName": job_name, "output": output, "outputFormat": output_format.value}
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         s.printer.job(s.client.sql_query(s.project, s.region, body))
 
 
 @tables_app.command("add")
+@api_command
 def add_table(
     name: TableName,
     path: Annotated[str, typer.Option("--path", help="The table's files: a path or a glob.")],
-    table_format: Annotated[TableFormat, typer.Option("--format", help="csv, jsonl or parquet.")],
+    table_format: Annotated[TableFormat, typer.Option("--table-format", help="csv, jsonl or parquet.")],
     schema: Annotated[str | None, typer.Option(help="NAME:TYPE,... (default: inferred from the files).")] = None,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
+    *,
+    api: ApiOptions,
 ):
     """Add a table to the catalog (or replace the one of that name); prints it, with its schema."""
     body = {"name": name, "path": path, "format": table_format.value, "schema": parse_schema(schema)}
-    with session(endpoint, project, DEFAULT_REGION, Format.table) as s:
+    with api.session() as s:
         s.printer.document(s.client.add_sql_table(s.project, body))
 
 
 @tables_app.command("list")
-def list_tables(endpoint: Endpoint = DEFAULT_ENDPOINT, project: Project = None, format: OutputFormat = Format.table):
+@api_command
+def list_tables(*, api: ApiOptions):
     """List the catalog's tables."""
-    with session(endpoint, project, DEFAULT_REGION, format) as s:
+    with api.session() as s:
         tables = s.client.list_sql_tables(s.project)
-        if format is Format.json:
+        if api.format is Format.json:
             s.printer.document({"tables": tables})
         elif not tables:
             s.printer.note("Listed 0 items.")
@@ -107,19 +106,17 @@ def list_tables(endpoint: Endpoint = DEFAULT_ENDPOINT, project: Project = None, 
 
 
 @tables_app.command("describe")
-def describe_table(
-    name: TableName, endpoint: Endpoint = DEFAULT_ENDPOINT, project: Project = None, format: OutputFormat = Format.table
-):
+@api_command
+def describe_table(name: TableName, *, api: ApiOptions):
     """Show a table: its files, format and schema."""
-    with session(endpoint, project, DEFAULT_REGION, format) as s:
+    with api.session() as s:
         s.printer.document(s.client.get_sql_table(s.project, name))
 
 
 @tables_app.command("remove")
-def remove_table(
-    name: TableName, endpoint: Endpoint = DEFAULT_ENDPOINT, project: Project = None, format: OutputFormat = Format.table
-):
+@api_command
+def remove_table(name: TableName, *, api: ApiOptions):
     """Remove a table from the catalog (its files stay)."""
-    with session(endpoint, project, DEFAULT_REGION, format) as s:
+    with api.session() as s:
         s.client.delete_sql_table(s.project, name)
         s.printer.note(f"Removed the table {name}.")

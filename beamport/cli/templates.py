@@ -8,9 +8,7 @@ from typing import Annotated
 
 import typer
 
-from beamport.cli.client import DEFAULT_ENDPOINT, DEFAULT_REGION
-from beamport.cli.jobs import Endpoint, OutputFormat, Project, Region, session
-from beamport.cli.output import Format
+from beamport.cli.options import ApiOptions, api_command
 
 app = typer.Typer(help="Describe and run classic templates; write flex template specs.", no_args_is_help=True)
 flex_app = typer.Typer(help="Run flex templates.", no_args_is_help=True)
@@ -38,19 +36,19 @@ def parse_parameters(text: str | None) -> dict[str, str]:
 
 
 @app.command()
+@api_command
 def describe(
     gcs_location: GcsLocation,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Show a template's metadata (its parameters)."""
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         s.printer.document(s.client.get_template(s.project, s.region, gcs_location))
 
 
 @app.command()
+@api_command
 def run(
     job_name: JobName,
     gcs_location: GcsLocation,
@@ -58,15 +56,13 @@ def run(
     validate_only: Annotated[bool, typer.Option("--validate-only", help="Check, start nothing.")] = False,
     num_workers: NumWorkers = None,
     max_workers: MaxWorkers = None,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Start a job from a classic template (`builtin://NAME` for Beamport's built-in templates)."""
     environment = _environment(num_workers, max_workers)
     body = {"jobName": job_name, "parameters": parse_parameters(parameters), "environment": environment}
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         answer = s.client.launch_template(s.project, s.region, gcs_location, body, validate_only)
         if validate_only:
             s.printer.note("The template and its parameters are valid (nothing was started).")
@@ -106,6 +102,7 @@ def build_flex(
 
 
 @flex_app.command("run")
+@api_command
 def flex_run(
     job_name: JobName,
     template_file_gcs_location: Annotated[
@@ -114,10 +111,8 @@ def flex_run(
     parameters: Parameters = None,
     num_workers: NumWorkers = None,
     max_workers: MaxWorkers = None,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    project: Project = None,
-    region: Region = DEFAULT_REGION,
-    format: OutputFormat = Format.table,
+    *,
+    api: ApiOptions,
 ):
     """Start a job from a flex template (its launcher runs on the server's host and submits the job)."""
     environment = _environment(num_workers, max_workers)
@@ -129,5 +124,5 @@ def flex_run(
             "environment": environment,
         }
     }
-    with session(endpoint, project, region, format) as s:
+    with api.session() as s:
         s.printer.job(s.client.launch_flex_template(s.project, s.region, body)["job"])

@@ -78,9 +78,13 @@ def list_job_messages(services, request, caller) -> dict:
 
 JOBS = "JobsV1Beta3"
 JOBS_METHODS = [
-    Method("CreateJob", dataflow.CreateJobRequest, dataflow.Job, "dataflow.jobs.create", create_job, True),
+    Method(
+        "CreateJob", dataflow.CreateJobRequest, dataflow.Job, "dataflow.jobs.create", create_job, changes_state=True
+    ),
     Method("GetJob", dataflow.GetJobRequest, dataflow.Job, "dataflow.jobs.get", get_job),
-    Method("UpdateJob", dataflow.UpdateJobRequest, dataflow.Job, "dataflow.jobs.update", update_job, True),
+    Method(
+        "UpdateJob", dataflow.UpdateJobRequest, dataflow.Job, "dataflow.jobs.update", update_job, changes_state=True
+    ),
     Method("ListJobs", dataflow.ListJobsRequest, dataflow.ListJobsResponse, "dataflow.jobs.list", list_jobs),
     Method(
         "AggregatedListJobs",
@@ -96,7 +100,14 @@ JOBS_METHODS = [
         "dataflow.jobs.list",
         check_active_jobs,
     ),
-    Method("SnapshotJob", dataflow.SnapshotJobRequest, dataflow.Snapshot, "dataflow.jobs.snapshot", snapshot_job, True),
+    Method(
+        "SnapshotJob",
+        dataflow.SnapshotJobRequest,
+        dataflow.Snapshot,
+        "dataflow.jobs.snapshot",
+        snapshot_job,
+        changes_state=True,
+    ),
 ]
 
 MESSAGES = "MessagesV1Beta3"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import json_format
@@ -23,6 +23,14 @@ from beamport.errors import ApiError, invalid_argument
 from beamport.service import model
 from beamport.service.iam import Principal
 
+if TYPE_CHECKING:
+    from beamport.service.execution_details import ExecutionDetails
+    from beamport.service.flex_templates import FlexTemplateService
+    from beamport.service.iam import IamService
+    from beamport.service.jobs import JobService
+    from beamport.service.snapshots import SnapshotService
+    from beamport.service.templates import TemplateService
+
 log = logging.getLogger(__name__)
 
 PACKAGE = "google.dataflow.v1beta3"
@@ -32,12 +40,12 @@ PACKAGE = "google.dataflow.v1beta3"
 class Services:
     """The service layer, as the gRPC methods reach it (the same objects the REST app holds)."""
 
-    jobs: Any  # JobService
-    execution_details: Any  # ExecutionDetails
-    snapshots: Any  # SnapshotService
-    templates: Any  # TemplateService
-    flex_templates: Any  # FlexTemplateService
-    iam: Any  # IamService
+    jobs: JobService
+    execution_details: ExecutionDetails
+    snapshots: SnapshotService
+    templates: TemplateService
+    flex_templates: FlexTemplateService
+    iam: IamService
 
 
 # A method's translation: the services, the request (a protobuf message of the method's request type) and the
@@ -182,6 +190,7 @@ class _Handler:
         except ApiError as error:
             self._audit(context, request, principal, error.status, error.message)
             context.abort(grpc.StatusCode[error.status], error.message)
+        assert principal is not None  # authorize() refuses a call from no one
         try:
             _check_parameters(request)
             answer = method.call(self.services, request, principal)
@@ -192,6 +201,8 @@ class _Handler:
             context.abort(grpc.StatusCode[error.status], error.message)
         except Exception:
             log.exception("internal error answering %s", self.path)
+            if method.changes_state:
+                self._audit(context, request, principal, "INTERNAL", "Internal error encountered.")
             context.abort(grpc.StatusCode.INTERNAL, "Internal error encountered.")
         if method.changes_state:
             self._audit(context, request, principal, "OK", "")

@@ -35,7 +35,7 @@ SNAPSHOTS_METHODS = [
         dataflow.DeleteSnapshotResponse,
         "dataflow.snapshots.delete",
         delete_snapshot,
-        True,
+        changes_state=True,
     ),
     Method(
         "ListSnapshots",

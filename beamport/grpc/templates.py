@@ -49,7 +49,7 @@ TEMPLATES_METHODS = [
         dataflow.Job,
         "dataflow.jobs.create",
         create_job_from_template,
-        True,
+        changes_state=True,
     ),
     Method(
         "LaunchTemplate",
@@ -57,7 +57,7 @@ TEMPLATES_METHODS = [
         dataflow.LaunchTemplateResponse,
         "dataflow.jobs.create",
         launch_template,
-        True,
+        changes_state=True,
     ),
     Method(
         "GetTemplate", dataflow.GetTemplateRequest, dataflow.GetTemplateResponse, "dataflow.templates.get", get_template
@@ -72,6 +72,6 @@ FLEX_TEMPLATES_METHODS = [
         dataflow.LaunchFlexTemplateResponse,
         "dataflow.jobs.create",
         launch_flex_template,
-        True,
+        changes_state=True,
     ),
 ]

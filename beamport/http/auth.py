@@ -62,20 +62,35 @@ def path_project(request: Request) -> str | None:
     return request.path_params.get("projectId")
 
 
-def allow(permission: str, endpoint, on=path_project):
+def allow(permission: str, endpoint, on=path_project) -> Guarded:
     """The endpoint, answered only to callers that hold `permission` on the resource `on(request)` names: the
     path's project by default (`-`: some project, the endpoint narrowing what it answers to those)."""
-    audited = permission not in _NOT_AUDITED
+    return Guarded(permission, endpoint, on)
 
-    async def guarded(request: Request) -> Response:
-        iam = request.app.state.iam
+
+class Guarded:
+    """An endpoint behind its permission check. An ASGI application, so that Starlette's route calls it
+    directly rather than through its per-route wrapper (a second Request and exception layer per request;
+    http/app.py's ErrorAnswers answers what it raises)."""
+
+    def __init__(self, permission: str, endpoint, on):
+        self.permission, self.endpoint, self.on = permission, endpoint, on
+        self.audited = permission not in _NOT_AUDITED
+        self.__name__ = getattr(endpoint, "__name__", "endpoint")
+
+    async def __call__(self, scope, receive, send) -> None:
+        response = await self.answer(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+    async def answer(self, request: Request) -> Response:
+        iam, permission = request.app.state.iam, self.permission
         principal = None
         project = request.path_params.get("projectId")
         try:
             principal = await principal_of(request)
             if principal is None:  # refused before anything is looked up for it
                 iam.authorize(None, permission, project)
-            project = on(request) if on is path_project else await read(request, on, request)
+            project = self.on(request) if self.on is path_project else await read(request, self.on, request)
             job_id = request.path_params.get("jobId")
             if iam.decides_at_once(principal, project):  # cached: no thread hop (PostgreSQL's reads take one)
                 iam.authorize(principal, permission, project, job_id)
@@ -84,17 +99,14 @@ def allow(permission: str, endpoint, on=path_project):
         except ApiError as error:
             await _audit(request, principal, permission, project, error.status, error.message)
             return error_response(error)
-        response = await endpoint(request)
-        if audited and request.method not in ("GET", "HEAD"):
+        response = await self.endpoint(request)
+        if self.audited and request.method not in ("GET", "HEAD"):
             status, message = "OK", ""
             if response.status_code != 200:
                 answered = orjson.loads(response.body).get("error", {})
                 status, message = answered.get("status", "UNKNOWN"), answered.get("message", "")
             await _audit(request, principal, permission, project, status, message)
         return response
-
-    guarded.__name__ = getattr(endpoint, "__name__", "endpoint")
-    return guarded
 
 
 async def _audit(request: Request, principal, method: str, project, status: str, message: str) -> None:

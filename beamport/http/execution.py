@@ -52,9 +52,9 @@ def _or_any(request: Request, name: str, parse) -> str:
 @api
 async def lease(request: Request) -> dict:
     project = _or_any(request, "projectId", project_param)
-    location = _or_any(request, "location", location_param)
     job_id = _or_any(request, "jobId", lambda r: id_param(r, "jobId"))
     body = await read_json(request)
+    location = location_param(request, body, any_location=True)  # a twin's may be in its body, `-` included
     if job_id != "-":
         return await call(_leases(request).lease, project, location, job_id, body)
     # A worker leases only the work of projects it is bound to (every project: None).
@@ -80,6 +80,7 @@ async def lease(request: Request) -> dict:
 
 @api
 async def report_status(request: Request) -> dict:
-    project, location, job_id = project_param(request), location_param(request), id_param(request, "jobId")
+    project, job_id = project_param(request), id_param(request, "jobId")
     body = await read_json(request)
+    location = location_param(request, body)
     return await call(_leases(request).report_status, project, location, job_id, body)

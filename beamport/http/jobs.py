@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from beamport import job_states, wire
 from beamport.errors import ApiError, invalid_argument
+from beamport.http.auth import principal_of
 from beamport.http.protocol import (
     api,
     api_off_loop,
@@ -126,6 +127,15 @@ async def kept_pipeline(request: Request) -> Response:
     except ApiError as error:
         return error_response(error)
     return Response(data, media_type="application/x-protobuf")
+
+
+@api
+async def list_projects(request: Request) -> dict:
+    """Beamport's own: the projects that have jobs, newest job first, of those the caller may list jobs in (the
+    console's choice of project)."""
+    principal = await principal_of(request)
+    projects = await read(request, request.app.state.iam.projects_with, principal, "dataflow.jobs.list")
+    return await read(request, _service(request).list_projects, projects)
 
 
 @api

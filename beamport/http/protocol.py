@@ -147,16 +147,22 @@ def project_param(request: Request) -> str:
     return project
 
 
-def location_param(request: Request) -> str:
-    location = request.path_params.get("location", DEFAULT_LOCATION)
-    if not _LOCATION_RE.match(location):
-        raise invalid_argument(f"Invalid location {location!r}")
-    return location
-
-
-def location_query_param(request: Request) -> str:
-    """A location-less twin's location: the `location` query parameter, else the default region."""
-    location = request.query_params.get("location") or DEFAULT_LOCATION
+def location_param(request: Request, body: dict | None = None, any_location: bool = False) -> str:
+    """The call's location: the path's; on a location-less twin (`projects/{p}/jobs...`), the `location` query
+    parameter (the discovery document lists it on the twins of jobs, messages, metrics, snapshots and
+    templates), else the `location` field of a request body that has one (WorkerMessages, templates.create,
+    workItems), else the default region, as Dataflow's twins do. `any_location`: `-` (every location) too."""
+    location = request.path_params.get("location")
+    if location is None:
+        location = request.query_params.get("location") or None
+    if location is None and body is not None:
+        location = body.get("location") or None
+        if location is not None and not isinstance(location, str):
+            raise invalid_argument(f"Invalid value at 'location' (TYPE_STRING), {orjson.dumps(location).decode()}")
+    if location is None:
+        location = DEFAULT_LOCATION
+    if any_location and location == "-":  # the worker protocol's wildcard: every location
+        return location
     if not _LOCATION_RE.match(location):
         raise invalid_argument(f"Invalid location {location!r}")
     return location

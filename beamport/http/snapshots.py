@@ -12,7 +12,6 @@ from beamport.http.protocol import (
     id_param,
     id_query_param,
     location_param,
-    location_query_param,
     project_param,
     read,
     read_json,
@@ -21,11 +20,6 @@ from beamport.http.protocol import (
 
 def _service(request: Request):
     return request.app.state.snapshots
-
-
-def _location(request: Request) -> str:
-    """The path's location, or (location-less twins) the `location` query parameter, else us-central1."""
-    return location_param(request) if "location" in request.path_params else location_query_param(request)
 
 
 @api
@@ -49,14 +43,14 @@ async def list_job_snapshots(request: Request):
 
 @api_off_loop
 async def list_(request: Request):
-    project, location = project_param(request), _location(request)
+    project, location = project_param(request), location_param(request)
     job_id = id_query_param(request, "jobId")
     return lambda: _service(request).list_snapshots(project, location, job_id)
 
 
 @api
 async def get(request: Request) -> dict:
-    project, location = project_param(request), _location(request)
+    project, location = project_param(request), location_param(request)
     snapshot_id = id_param(request, "snapshotId")
     return await read(request, _service(request).get_snapshot, project, location, snapshot_id)
 
@@ -71,6 +65,6 @@ async def delete(request: Request) -> dict:
 @api
 async def delete_snapshots(request: Request) -> dict:
     """projects.deleteSnapshots: DELETE /v1b3/projects/{projectId}/snapshots?snapshotId=&location="""
-    project, location = project_param(request), location_query_param(request)
+    project, location = project_param(request), location_param(request)
     snapshot_id = id_query_param(request, "snapshotId")
     return await call(_service(request).delete_snapshot, project, location, snapshot_id)

@@ -47,8 +47,8 @@ async def launch(request: Request) -> dict:
 
 @api
 async def create(request: Request) -> dict:
-    project, location = project_param(request), location_param(request)
-    body = await read_json(request)
+    project, body = project_param(request), await read_json(request)
+    location = location_param(request, body)
     return await call(_service(request).create, project, location, body)
 
 

@@ -15,7 +15,6 @@ from beamport.http.protocol import (
     call,
     id_param,
     location_param,
-    location_query_param,
     project_param,
     project_query_param,
     read,
@@ -29,8 +28,8 @@ def _registry(request: Request):
 
 @api
 async def worker_messages(request: Request) -> dict:
-    project, location = project_param(request), location_param(request)
-    body = await read_json(request)
+    project, body = project_param(request), await read_json(request)
+    location = location_param(request, body)
     return await call(_registry(request).worker_messages, project, location, body)
 
 
@@ -49,7 +48,7 @@ async def list_workers(request: Request) -> dict:
     include_gone = request.query_params.get("all", "false").lower() in ("1", "true")
     # projectId, location: that project's (location's) workers, and those that serve no job yet.
     project = project_query_param(request)
-    location = location_query_param(request) if request.query_params.get("location") else None
+    location = location_param(request) if request.query_params.get("location") else None
     projects = await _visible_projects(request, "dataflow.workers.list")
     # In the thread pool: a long list reads each live worker's work item too.
     return await call(

@@ -82,13 +82,14 @@ def starting(job_id: str, now: int, workers: WorkerRange) -> AutoscalingEventRec
     )
 
 
-def engine_started(store: Store, job_id: str, now: int, workers: int | None) -> list[AutoscalingEventRecord]:
-    """The engine runs the job on `workers` SDK workers (None: Beam's portable default, one). Dataflow reports
-    every job's initial worker count as an event (Airflow's DataflowJobAutoScalingEventTrigger waits for one):
-    a job that named its workers had it at its lease (`starting`); one that did not gets it here, once."""
+def engine_started(store: Store, job_id: str, now: int, workers: object) -> list[AutoscalingEventRecord]:
+    """The engine runs the job on `workers` SDK workers (a positive integer from the worker; else Beam's portable
+    default, one). Dataflow reports every job's initial worker count as an event (Airflow's
+    DataflowJobAutoScalingEventTrigger waits for one): a job that named its workers had it at its lease
+    (`starting`); one that did not gets it here, once."""
     if store.messages.latest_autoscaling_event(job_id, TARGET_CHANGED) is not None:
         return []
-    count = max(1, int(workers or 1))
+    count = workers if isinstance(workers, int) and not isinstance(workers, bool) and workers > 0 else 1
     return [starting(job_id, now, WorkerRange(count, count))]
 
 

@@ -99,12 +99,16 @@ def load_job(
     given)."""
     record = store.jobs.get(project_id, job_id, with_detail=with_detail)
     if record is None or (location is not None and record.location != location):
-        where = f" in location {location}" if location else ""
-        raise not_found(
-            f"Information about job {job_id}{where} could not be found in our system. "
-            "Please double check that the id is correct."
-        )
+        raise job_not_found(job_id, location)
     return record
+
+
+def job_not_found(job_id: str, location: str | None) -> ApiError:
+    where = f" in location {location}" if location else ""
+    return not_found(
+        f"Information about job {job_id}{where} could not be found in our system. "
+        "Please double check that the id is correct."
+    )
 
 
 def render_job(record: JobRecord, view: int) -> dict:

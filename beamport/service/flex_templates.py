@@ -23,9 +23,9 @@ import uuid
 from pathlib import Path
 
 import orjson
+from google.auth import environment_vars  # GOOGLE_APPLICATION_CREDENTIALS
 
 from beamport import schema, wire
-from beamport.credentials import CREDENTIALS_VARIABLE
 from beamport.engine.staged_files import unsatisfied_requirements
 from beamport.errors import ApiError, failed_precondition, invalid_argument, unimplemented
 from beamport.files import FilePolicy
@@ -210,7 +210,7 @@ class FlexTemplateService:
             options["update"] = True
             if launch.get("transformNameMappings"):
                 options["transform_name_mapping"] = json.dumps(launch["transformNameMappings"])
-        env = {k: v for k, v in os.environ.items() if k != CREDENTIALS_VARIABLE}
+        env = {k: v for k, v in os.environ.items() if k != environment_vars.CREDENTIALS}
         set_env, files = dict(program["env"]), {}
         launcher_key: tuple[IamService, str, Path] | None = None  # (its service, its id, its file)
         if self.iam is not None and self.iam.enabled and principal is not ANONYMOUS:
@@ -222,7 +222,7 @@ class FlexTemplateService:
             with os.fdopen(fd, "w") as handle:
                 json.dump(key, handle)
             inside = "/tmp/beamport-credentials.json" if self.sandbox.enabled else str(key_path)
-            files[inside], set_env[CREDENTIALS_VARIABLE] = key_path, inside
+            files[inside], set_env[environment_vars.CREDENTIALS] = key_path, inside
             options.pop("no_auth")
             launcher_key = (self.iam, key_id, key_path)
         args = [sys.executable, *program["args"], *_flags(options)]

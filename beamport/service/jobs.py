@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Sequence
 
+import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from beamport import job_states, wire
@@ -34,6 +35,7 @@ from beamport.service.documents import (
     commit,
     document,
     job_message,
+    job_not_found,
     load_job,
     move_to_state,
     record_from_document,
@@ -123,7 +125,12 @@ class JobService:
 
     def get_job(self, project_id: str, location: str | None, job_id: str, view: int = 0) -> dict:
         with_detail = view in (model.VIEW_ALL, model.VIEW_DESCRIPTION)
-        return render_job(load_job(self.store, project_id, location, job_id, with_detail), view)
+        if with_detail:
+            return render_job(load_job(self.store, project_id, location, job_id, with_detail), view)
+        found = self.store.jobs.get_summary(project_id, job_id)  # the common call: its own quick read
+        if found is None or (location is not None and found[0] != location):
+            raise job_not_found(job_id, location)
+        return model.render_view(orjson.loads(found[1]), None, view)
 
     def list_jobs(
         self,
@@ -155,6 +162,16 @@ class JobService:
         with_detail = view in (model.VIEW_ALL, model.VIEW_DESCRIPTION)
         records = self.store.jobs.list(query, with_detail=with_detail)
         return page_response(records, limit, "jobs", "jobs", lambda record: render_job(record, view))
+
+    def list_projects(self, project_ids: set[str] | None) -> dict:
+        """Beamport's own: the projects that have jobs (of `project_ids`, those the caller may list jobs in;
+        None: every project), the one with the newest job first, for the console's choice of project."""
+        return {
+            "projects": [
+                {"projectId": p.project_id, "latestJobCreateTime": wire.format_timestamp_us(p.latest_create_us)}
+                for p in self.store.jobs.list_projects(project_ids)
+            ]
+        }
 
     def list_messages(
         self,

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from beamport.credentials import CREDENTIALS_VARIABLE
+from google.auth import environment_vars  # GOOGLE_APPLICATION_CREDENTIALS
+
 from beamport.service.leases import LeaseService
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,11 @@ class LocalWorkerPool:
             # Its own session: the server's signals (Ctrl-C) are not the worker's.
             # Its credentials are the pool's to give: never the key of whoever started the server. Its settings are
             # its flags: no BEAMPORT_* variable of the server's gets in their way (one the server's flags overrode).
-            env = {k: v for k, v in os.environ.items() if k != CREDENTIALS_VARIABLE and not k.startswith("BEAMPORT_")}
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if k != environment_vars.CREDENTIALS and not k.startswith("BEAMPORT_")
+            }
             process = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )

@@ -7,12 +7,28 @@ const REGION = "us-central1";
 const REFRESH_MS = 2000;
 let timer = null;
 
-projectInput.value = localStorage.getItem("beamport.project") || "demo";
+// The project: the one chosen last in this browser (remembered), else the project of the most recent job
+// (loadProjects), else "demo". The box offers the projects that have jobs and takes any other id typed in.
+const PROJECT_KEY = "beamport.project";
+const DEFAULT_PROJECT = "demo";
+projectInput.value = localStorage.getItem(PROJECT_KEY) || "";
 projectInput.addEventListener("change", () => {
-  localStorage.setItem("beamport.project", projectInput.value.trim());
+  const chosen = projectInput.value.trim();
+  if (chosen) localStorage.setItem(PROJECT_KEY, chosen);
+  else localStorage.removeItem(PROJECT_KEY);
   route();
 });
-const project = () => encodeURIComponent(projectInput.value.trim() || "demo");
+projectInput.addEventListener("focus", () => loadProjects().catch((error) => console.warn(error)));
+const project = () => encodeURIComponent(projectInput.value.trim() || DEFAULT_PROJECT);
+
+// GET /beamport/v1/projects (Beamport's own): the projects that have jobs, the most recent job's first, of
+// those the caller may list jobs in. They are the box's choices; with no project chosen, the first is shown.
+async function loadProjects() {
+  const { projects = [] } = await api("/beamport/v1/projects");
+  document.getElementById("project-choices").replaceChildren(...projects.map((p) =>
+    h("option", { value: p.projectId }, `latest job ${when(p.latestJobCreateTime)}`)));
+  if (!projectInput.value.trim()) projectInput.value = projects.length ? projects[0].projectId : DEFAULT_PROJECT;
+}
 
 // -- plumbing -----------------------------------------------------------------------------------
 
@@ -209,6 +225,9 @@ function jobsPage() {
 // -- one job ------------------------------------------------------------------------------------
 
 function jobPage(projectId, region, jobId) {
+  // A link names the job's project: the box shows it (and the jobs list follows), without changing the choice
+  // this browser remembers.
+  projectInput.value = projectId;
   const base = `/v1b3/projects/${encodeURIComponent(projectId)}/locations/${encodeURIComponent(region)}/jobs/${encodeURIComponent(jobId)}`;
   const header = h("dl", { class: "kv", id: "job-header" });
   const actions = h("div", { class: "filters", id: "job-actions" });
@@ -666,6 +685,7 @@ async function resume(asked = false) {
     return;
   }
   document.body.classList.remove("signed-out");
+  await loadProjects().catch((error) => console.warn(error));
   route();
 }
 window.addEventListener("focus", () => { if (session.signedOut) resume(); });
@@ -678,8 +698,9 @@ async function start() {
       h("button", { onclick: start }, "Try again"));
     return;
   }
-  if (signedIn) route();
-  else signedOut(false);
+  if (!signedIn) { signedOut(false); return; }
+  await loadProjects().catch((error) => console.warn(error));
+  route();
 }
 
 start();
