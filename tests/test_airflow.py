@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, Api, Server, beamport_command, free_port
 from test_running_jobs import PIPELINES, read_output, texts, wait_state
-from test_templates import FLEX_METADATA
+from test_templates import build_greeter_flex_template
 
-pytestmark = pytest.mark.slow
+# One worker runs both tests, on one server: the fixture installs this tree into a directory with pip, and two
+# pip builds of the same tree at once collide in its build directory.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("airflow")]
 DAG_ID = "beamport_dataflow"
 HOUR = 1_800_000_000 // 3600 * 3600  # lines of one event-time hour: a drain closes its window
 
@@ -96,19 +98,7 @@ def test_airflow_runs_every_dataflow_operator_and_sensor_unmodified(airflow, pro
     (data / "words.txt").write_text("the cat and the hat\nThe end\n")
     for name in ("to-cancel", "to-drain"):
         (data / f"{name}.log").write_text("".join(f"k{i % 2},{HOUR + i}\n" for i in range(5)))
-    program = data / "greeter.py"
-    shutil.copyfile(PIPELINES / "flex_main.py", program)
-    (data / "flex_metadata.json").write_text(json.dumps(FLEX_METADATA))
-    spec = data / "greeter-flex.json"
-    beamport_command(
-        "templates",
-        "build-flex",
-        str(spec),
-        "--py-path",
-        str(program),
-        "--metadata-file",
-        str(data / "flex_metadata.json"),
-    )
+    program, spec = build_greeter_flex_template(data, "greeter.py")
     settings = {
         "project": project,
         "data": str(data),

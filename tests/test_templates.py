@@ -223,13 +223,13 @@ pipeline:
 """
 
 
-def test_a_python_flex_template_runs_its_launcher_which_submits_the_job(served, project):
-    srv, base, _ = served
-    api = Api(srv.url, project)
-    program = base / "flex_main.py"
+def build_greeter_flex_template(directory: Path, program_name: str = "flex_main.py") -> tuple[Path, Path]:
+    """tests/pipelines/flex_main.py copied into `directory` and built into a flex template there with
+    `beamport templates build-flex`: the program and the spec file."""
+    program = directory / program_name
     shutil.copyfile(PIPELINES / "flex_main.py", program)
-    (base / "flex_metadata.json").write_text(json.dumps(FLEX_METADATA))
-    spec = base / "greeter-flex.json"
+    (directory / "flex_metadata.json").write_text(json.dumps(FLEX_METADATA))
+    spec = directory / "greeter-flex.json"
     beamport_command(
         "templates",
         "build-flex",
@@ -237,8 +237,15 @@ def test_a_python_flex_template_runs_its_launcher_which_submits_the_job(served, 
         "--py-path",
         str(program),
         "--metadata-file",
-        str(base / "flex_metadata.json"),
+        str(directory / "flex_metadata.json"),
     )
+    return program, spec
+
+
+def test_a_python_flex_template_runs_its_launcher_which_submits_the_job(served, project):
+    srv, base, _ = served
+    api = Api(srv.url, project)
+    program, spec = build_greeter_flex_template(base)
     assert json.loads(spec.read_text())["sdkInfo"] == {"language": "PYTHON"}
 
     launched = (
