@@ -232,12 +232,14 @@ class EmulatorProcess:
         self._stopping.set()
         process = self._process
         if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
             try:
+                os.killpg(process.pid, signal.SIGTERM)
                 process.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+            except ProcessLookupError:  # it exited meanwhile
+                pass
         if self._thread.is_alive():
             self._thread.join(STOP_TIMEOUT_S)
 

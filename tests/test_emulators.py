@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import go_programs
 import httpx
 import psutil
 import pytest
@@ -119,6 +120,23 @@ def test_resumable_uploads_in_chunks_as_go_does(gcs_server, project):
     assert bucket.get_blob("worker").size == len(data)
 
 
+def test_gos_storage_client_uploads_in_chunks(gcs_server, project):
+    """Go's own storage client (tests/go/gcs_upload), a resumable upload in 256 KiB chunks and a read back."""
+    try:
+        program = go_programs.binary("gcs_upload")
+    except go_programs.BuildError as exc:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{exc} (scripts/test builds it)")
+    bucket = storage_client().create_bucket(f"go-{project}")
+    done = subprocess.run(
+        [str(program), bucket.name, "worker", str(3 * 256 * 1024 + 777), str(256 * 1024)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert bucket.get_blob("worker").size == 3 * 256 * 1024 + 777
+
+
 def test_google_default_credentials_from_the_metadata_server_alone(tmp_path, project):
     """With auth on: google.auth.default() finds the metadata server by GCE_METADATA_HOST/IP alone, and its token
     develops jobs in the metadata project only."""
@@ -163,11 +181,11 @@ def test_google_default_credentials_from_the_metadata_server_alone(tmp_path, pro
         srv.stop()
 
 
-def test_serve_stops_its_emulator_at_shutdown_and_when_killed(tmp_path):
+def test_serve_stops_its_emulator_at_shutdown_and_when_killed(tmp_path, monkeypatch):
     need_gcs_emulator()
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     srv = Server(tmp_path / "data", extra_args=("--workers", "0", "--emulators", "gcs"))
     for stop in (signal.SIGTERM, signal.SIGKILL):
-        os.environ.pop("STORAGE_EMULATOR_HOST", None)
         srv.start()
         (emulator,) = emulator_processes(srv)
         endpoint = read_env(srv.data_dir)["STORAGE_EMULATOR_HOST"]
@@ -209,3 +227,13 @@ def test_an_emulator_that_dies_is_started_again(gcs_server):
             time.sleep(0.1)
     (again,) = emulator_processes(gcs_server)
     assert again.pid != emulator.pid
+
+
+def test_the_emulators_setting_from_a_flag_or_a_variable(monkeypatch):
+    from beamport.config import Settings
+
+    monkeypatch.setenv("BEAMPORT_EMULATORS", "metadata, gcs")
+    assert Settings().emulators == ["metadata", "gcs"]
+    assert Settings(emulators="gcs").emulators == ["gcs"]
+    monkeypatch.setenv("BEAMPORT_EMULATORS", "")
+    assert Settings().emulators == []
