@@ -14,11 +14,13 @@ and Java, and the resumable uploads of Go's storage client (Go's Dataflow runner
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -46,18 +48,30 @@ RESTARTS = 5
 
 
 @dataclass(frozen=True)
+class Patch:
+    """One exact replacement in a Go module's source before it is built (the build fails if `old` is not there:
+    a new version is checked again, not patched blindly)."""
+
+    file: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
 class GoEmulator:
-    """An emulator built from the Go module proxy with `go install MODULE@VERSION`."""
+    """An emulator built from its Go module (the module proxy's MODULE@VERSION, patched where `patches` say)."""
 
     name: str  # as --emulators names it
     variable: str  # the variable Google's clients find it by
     module: str
     version: str  # pinned: what Beamport was tested with
     health_path: str
+    patches: tuple[Patch, ...] = ()
+    patch_level: str = ""  # names the patches in the cached binary's name: a new patch, a new build
 
     @property
     def binary(self) -> str:
-        return f"{self.module.rsplit('/', 1)[-1]}-{self.version}"
+        return "-".join(filter(None, (self.module.rsplit("/", 1)[-1], self.version, self.patch_level)))
 
     def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
         raise NotImplementedError
@@ -80,12 +94,28 @@ class FakeGcsServer(GoEmulator):
         ]
 
 
+# google-cloud-storage (Python; Beam's GcsIO and WriteToText's rename: batches of copies and deletes) sends batch
+# parts without a Content-ID, which GCS accepts and fake-gcs-server skipped, answering an empty batch that the
+# client refuses ("not multi-part"). Each part is answered, in order, under an id of its own.
+_ANSWER_PARTS_WITHOUT_CONTENT_ID = Patch(
+    "fakestorage/server.go",
+    old="""		if contentID == "" {
+			// missing content ID, skip
+			continue
+		}""",
+    new="""		if contentID == "" {
+			// Beamport: google-cloud-storage sends none; GCS answers such parts, in order.
+			contentID = fmt.Sprintf("<part-%p>", part)
+		}""",
+)
 GCS = FakeGcsServer(
     name="gcs",
     variable="STORAGE_EMULATOR_HOST",
     module="github.com/fsouza/fake-gcs-server",
     version="v1.56.1",
     health_path="/_internal/healthcheck",
+    patches=(_ANSWER_PARTS_WITHOUT_CONTENT_ID,),
+    patch_level="beamport1",
 )
 EMULATORS: dict[str, GoEmulator] = {GCS.name: GCS}
 NAMES = (*EMULATORS, METADATA)
@@ -132,17 +162,34 @@ def install(emulator: GoEmulator, bin_dir: Path) -> Path:
         target,
     )
     started = time.monotonic()
-    # Into a directory of its own, then renamed into place: two servers building at once each get a whole binary.
+    env = {**os.environ, "GOFLAGS": "-mod=mod"}
+    # The module's source from the proxy (into Go's module cache), copied, patched and built there, then renamed
+    # into place: two servers building at once each get a whole binary.
     with tempfile.TemporaryDirectory(dir=bin_dir, prefix=f".{emulator.binary}-") as build_dir:
-        env = {**os.environ, "GOBIN": build_dir, "GOFLAGS": "-mod=mod"}
-        done = subprocess.run(
-            [go, "install", f"{emulator.module}@{emulator.version}"], env=env, capture_output=True, text=True
+        source = Path(build_dir) / "src"
+        downloaded = _go(
+            go, ["mod", "download", "-json", f"{emulator.module}@{emulator.version}"], env, Path(build_dir)
         )
-        if done.returncode != 0:
-            raise EmulatorError(f"building {emulator.module}@{emulator.version} failed:\n{done.stderr[-3000:]}")
-        os.replace(Path(build_dir) / emulator.module.rsplit("/", 1)[-1], target)
+        shutil.copytree(json.loads(downloaded)["Dir"], source)
+        for path in [source, *source.rglob("*")]:  # the module cache's copy is read-only
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+        for patch in emulator.patches:
+            code = (source / patch.file).read_text()
+            if patch.old not in code:
+                raise EmulatorError(f"{emulator.module}@{emulator.version}: {patch.file} is not as the patch expects")
+            (source / patch.file).write_text(code.replace(patch.old, patch.new))
+        built = Path(build_dir) / emulator.binary
+        _go(go, ["build", "-o", str(built), "."], env, source)
+        os.replace(built, target)
     log.info("Built %s in %.0f s", target, time.monotonic() - started)
     return target
+
+
+def _go(go: str, args: list[str], env: dict[str, str], cwd: Path) -> str:
+    done = subprocess.run([go, *args], env=env, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise EmulatorError(f"go {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
 
 
 class EmulatorError(Exception):
