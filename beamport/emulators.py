@@ -8,8 +8,9 @@ parent-death signal, so a killed server leaves no emulator behind). serve export
 them to DATA_DIR/emulators.env for clients (`beamport emulators env`). A variable already set when serve starts
 is the operator's own endpoint: it wins, and that emulator is not started.
 
-GCS is fake-gcs-server: it serves Beam's GcsIO for Python (JSON API, batch copy/delete of WriteToText's rename)
-and Java, and the resumable uploads of Go's storage client (Go's Dataflow runner stages its worker binary so).
+GCS is fake-gcs-server, with one patch (below): it serves Beam's GcsIO for Python (JSON API, the batches of
+copies and deletes of WriteToText's rename) and the resumable uploads of Go's storage client (Go's Dataflow
+runner stages its worker binary so).
 """
 
 from __future__ import annotations

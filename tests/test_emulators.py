@@ -100,7 +100,9 @@ def test_a_python_pipeline_with_gs_temp_staging_and_output_runs_done(gcs_server,
 
     (job,) = api.all_jobs()
     assert job["currentState"] == "JOB_STATE_DONE"
-    assert job["environment"]["tempStoragePrefix"].startswith(gs)
+    # Dataflow's name of the GCS resource, as the runner sent it (storage.googleapis.com/BUCKET/...).
+    full = api.get(job["id"], view="JOB_VIEW_ALL").json()
+    assert full["environment"]["tempStoragePrefix"].startswith(f"storage.googleapis.com/{bucket.name}/temp")
     outputs = [b for b in bucket.list_blobs(prefix="out/counts")]
     assert outputs, [b.name for b in bucket.list_blobs()]
     served = sorted(line for blob in outputs for line in blob.download_as_text().splitlines())
