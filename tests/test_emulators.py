@@ -37,6 +37,15 @@ def need_gcs_emulator() -> None:
         (pytest.fail if os.environ.get("CI") else pytest.skip)(message)
 
 
+def go_program(name: str) -> Path:
+    """tests/go/NAME, built (once: scripts/test builds them ahead)."""
+    try:
+        return go_programs.binary(name)
+    except go_programs.BuildError as exc:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{exc} (scripts/test builds it)")
+        raise
+
+
 def read_env(data_dir: Path) -> dict[str, str]:
     lines = (data_dir / emulators.ENV_FILE).read_text().splitlines()
     return dict(line.removeprefix("export ").split("=", 1) for line in lines)
@@ -124,10 +133,7 @@ def test_resumable_uploads_in_chunks_as_go_does(gcs_server, project):
 
 def test_gos_storage_client_uploads_in_chunks(gcs_server, project):
     """Go's own storage client (tests/go/gcs_upload), a resumable upload in 256 KiB chunks and a read back."""
-    try:
-        program = go_programs.binary("gcs_upload")
-    except go_programs.BuildError as exc:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{exc} (scripts/test builds it)")
+    program = go_program("gcs_upload")
     bucket = storage_client().create_bucket(f"go-{project}")
     done = subprocess.run(
         [str(program), bucket.name, "worker", str(3 * 256 * 1024 + 777), str(256 * 1024)],
@@ -167,6 +173,17 @@ def test_google_default_credentials_from_the_metadata_server_alone(tmp_path, pro
         headers = {"Authorization": f"Bearer {token}"}
         assert httpx.get(jobs_url(srv, project), headers=headers).status_code == 200
         assert httpx.get(jobs_url(srv, f"not-{project}"), headers=headers).status_code == 403
+        # Go: golang.org/x/oauth2/google, as Beam Go's Dataflow runner finds its credentials (GCE_METADATA_HOST
+        # alone; HOME without gcloud's files).
+        go_env = {**client_env, "HOME": str(tmp_path), "GCE_METADATA_HOST": env["GCE_METADATA_HOST"]}
+        go_env.pop("GCE_METADATA_IP")
+        done = subprocess.run(
+            [str(go_program("default_credentials"))], env=go_env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        go_project, go_token = done.stdout.split()
+        assert go_project == project
+        assert httpx.get(jobs_url(srv, project), headers={"Authorization": f"Bearer {go_token}"}).status_code == 200
         # As GCE's: no answer without Metadata-Flavor (a web page or a forwarding proxy cannot ask).
         token_url = f"http://{env['GCE_METADATA_HOST']}/computeMetadata/v1/instance/service-accounts/default/token"
         assert httpx.get(token_url).status_code == 403
