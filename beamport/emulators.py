@@ -40,7 +40,7 @@ ENV_FILE = "emulators.env"
 # Beamport's own GCE metadata server (beamport/http/metadata.py), named among the emulators since clients find it
 # the same way: by variables in emulators.env.
 METADATA = "metadata"
-# Emulators that issue 20 plans, refused until they exist.
+# Emulators planned (Pub/Sub, BigQuery): refused, saying so, until they exist.
 PLANNED = ("pubsub", "bigquery")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -212,10 +212,6 @@ class EmulatorProcess:
     @property
     def value(self) -> str:
         return self.emulator.value(self.port)
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
