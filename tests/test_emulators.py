@@ -15,7 +15,7 @@ import go_programs
 import httpx
 import psutil
 import pytest
-from conftest import Api, Server, beamport_command
+from conftest import Api, Server, beamport_command, new_postgres_database
 from test_running_jobs import TEXT, dataflow_flags, read_output, run
 
 from beamport import emulators
@@ -145,11 +145,13 @@ def test_gos_storage_client_uploads_in_chunks(gcs_server, project):
     assert bucket.get_blob("worker").size == 3 * 256 * 1024 + 777
 
 
-def test_google_default_credentials_from_the_metadata_server_alone(tmp_path, project):
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_google_default_credentials_from_the_metadata_server_alone(tmp_path, project, backend):
     """With auth on: google.auth.default() finds the metadata server by GCE_METADATA_HOST/IP alone, and its token
     develops jobs in the metadata project only."""
     srv = Server(
         tmp_path / "data",
+        database_url=new_postgres_database() if backend == "postgres" else None,
         auth=True,
         extra_args=("--workers", "0", "--emulators", "metadata", "--metadata-project", project),
     ).start()
