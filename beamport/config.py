@@ -12,10 +12,12 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from beamport import emulators as emulator_names
 from beamport.engine import registry
 from beamport.sandbox import MODES, Limits, Sandbox, parse_size
 
@@ -182,6 +184,17 @@ class Settings(EngineSettings):
     # Seconds a client has to send a request's headers, and then its body (else 408, connection closed).
     request_header_timeout_s: float = 10.0
     request_body_timeout_s: float = 30.0
+    # Google service emulators serve runs beside the API (docs/emulators.md): `gcs`, `metadata`; given as
+    # `--emulators gcs,metadata` (BEAMPORT_EMULATORS=gcs,metadata: a list, not JSON).
+    emulators: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    emulator_bin_dir: Path | None = None  # where emulators are built and cached (default ~/.cache/beamport/bin)
+    # The project the metadata server names, on which its token's account may develop jobs.
+    metadata_project: str = "beamport"
+
+    @field_validator("emulators", mode="before")
+    @classmethod
+    def _known_emulators(cls, value):
+        return emulator_names.parse_names(value)
 
     @model_validator(mode="after")
     def _auth_off_only_on_loopback(self):
@@ -246,6 +259,7 @@ class Settings(EngineSettings):
             self.local_worker_key_path.parent,
             data / "pipelines",
             data / "workers",
+            data / "emulators",  # the emulators' own state: jobs reach it through the emulators' APIs
             *(data / f"beamport.db{suffix}" for suffix in ("", "-wal", "-shm", "-journal")),
         ]
 

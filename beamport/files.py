@@ -47,6 +47,7 @@ GCS_EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
 # staging in the process that runs a work item; its SDK harness processes inherit it).
 POLICY_VARIABLE = "BEAMPORT_FILE_POLICY"
 WILDCARDS = "*?["
+_GCS_RESOURCE = "storage.googleapis.com/"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -54,6 +55,18 @@ def scheme_of(location: str) -> str | None:
     """The URL scheme of a location ("gs", "file", ...), or None for a plain path."""
     match = _SCHEME.match(location)
     return match.group(1).lower() if match else None
+
+
+def gcs_resource_as_url(location: str) -> str:
+    """Dataflow's name of a GCS resource (environment.tempStoragePrefix: `storage.googleapis.com/BUCKET/OBJECT`
+    or `BUCKET.storage.googleapis.com/OBJECT`, as Beam's DataflowRunner sends a gs:// temp location) as its
+    gs:// URL; any other location unchanged."""
+    if location.startswith(_GCS_RESOURCE):
+        return "gs://" + location.removeprefix(_GCS_RESOURCE)
+    bucket, dot_host, rest = location.partition("." + _GCS_RESOURCE)
+    if dot_host and bucket and "/" not in bucket:
+        return f"gs://{bucket}/{rest}"
+    return location
 
 
 def has_wildcard(text: str) -> bool:
@@ -93,7 +106,8 @@ class FilePolicy:
 
         Local files (plain absolute paths or file:// URLs) come back as their real path, with
         symlinks and `..` resolved: that is the path that was checked, so the caller must use it.
-        gs:// locations come back unchanged.
+        gs:// locations come back unchanged, and Dataflow's names of GCS resources (storage.googleapis.com/B/O, in
+        tempStoragePrefix and packages) as their gs:// URLs.
         """
         path = self.local_path(location)
         if path is None:
@@ -173,7 +187,7 @@ class FilePolicy:
         if "\x00" in location:
             raise ApiError("INVALID_ARGUMENT", f"{location!r} contains a NUL byte: it names no file.")
         scheme = scheme_of(location)
-        if scheme == "gs":
+        if scheme == "gs" or gcs_resource_as_url(location) != location:
             return None
         if scheme == "file":
             path = _path_of_file_url(location)
@@ -341,6 +355,7 @@ class FilePolicy:
             raise ApiError("PERMISSION_DENIED", f"{location} changed while it was being opened.")
 
     def _check_gcs(self, location: str) -> str:
+        location = gcs_resource_as_url(location)  # the canonical name: gs://
         if not os.environ.get(GCS_EMULATOR_VARIABLE):
             raise ApiError(
                 "FAILED_PRECONDITION",

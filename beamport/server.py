@@ -8,6 +8,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from beamport.config import Settings
+from beamport.emulators import METADATA, EmulatorError, Emulators
 from beamport.errors import ApiError
 from beamport.sandbox import SandboxUnavailable
 from beamport.sidecar import BeamSidecar
@@ -110,8 +111,11 @@ class Sweeper:
                     log.exception("expiring snapshots failed")
 
 
-def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar | None = None):
-    """The ASGI app. `beam`: the Beam sidecar, when serve() has started it (else it starts with the app)."""
+def build_app(
+    settings: Settings, with_workers: bool = True, beam: BeamSidecar | None = None, emulators: Emulators | None = None
+):
+    """The ASGI app. `beam`: the Beam sidecar, when serve() has started it (else it starts with the app);
+    `emulators`: the ones serve() started, stopped with the app, after its workers."""
     from beamport.engine.registry import state_control
     from beamport.files import FilePolicy
     from beamport.http.app import create_app
@@ -213,9 +217,22 @@ def build_app(settings: Settings, with_workers: bool = True, beam: BeamSidecar |
         grpc_server = GrpcServer(services, settings.host, settings.grpc_port, settings.max_request_bytes)
         hooks["on_startup"].append(grpc_server.start)
         hooks["on_shutdown"].insert(0, grpc_server.stop)
+    metadata = None
+    if METADATA in settings.emulators:
+        # A GCE metadata server on a loopback port of its own (http/metadata.py), for Google's default credentials.
+        from beamport.http.metadata import MetadataServer
+
+        metadata = MetadataServer(iam, settings.metadata_project, settings.endpoint)
+        hooks["on_startup"].append(metadata.start)
+        hooks["on_shutdown"].append(metadata.stop)
+    if emulators is not None:
+        # Here, not after uvicorn.run returns: uvicorn ends the process with the signal that stopped it.
+        hooks["on_shutdown"].append(emulators.stop)
     hooks["on_startup"].append(_freeze_start_up_heap)
     sql = SqlService(store, files, templates)
-    return create_app(settings, jobs, leases, details, registry, templates, flex, sql, snapshots, iam, **hooks)
+    app = create_app(settings, jobs, leases, details, registry, templates, flex, sql, snapshots, iam, **hooks)
+    app.state.metadata = metadata
+    return app
 
 
 def serve(settings: Settings) -> None:
@@ -229,7 +246,28 @@ def serve(settings: Settings) -> None:
     beam.start()  # first: it imports Beam while this process imports the rest of the server
     (log.info if sandbox.enabled else log.warning)("Sandbox: %s", sandbox.describe())
     log.info("Engines:\n    %s", "\n    ".join(settings.engine_report()))
-    app = build_app(settings, beam=beam)
+    # The emulators before the app: their variables (STORAGE_EMULATOR_HOST...) are this process's, and so its
+    # workers', and their SDK harnesses'.
+    emulators = Emulators(settings.emulators, settings.data_dir, settings.emulator_bin_dir)
+    try:
+        emulators.start()
+    except EmulatorError as exc:
+        beam.stop()
+        raise SystemExit(f"error: {exc}") from None
+    try:
+        _serve(settings, beam, emulators)
+    finally:  # when the app never ran (its shutdown stops them otherwise)
+        emulators.stop()
+
+
+def _serve(settings: Settings, beam: BeamSidecar, emulators: Emulators) -> None:
+    app = build_app(settings, beam=beam, emulators=emulators)
+    metadata = app.state.metadata
+    env_file = emulators.write_env(
+        {"GCE_METADATA_HOST": metadata.host, "GCE_METADATA_IP": metadata.host} if metadata else {}
+    )
+    if env_file is not None:
+        log.info("Emulators: %s (for clients: source it, or `beamport emulators env`)", env_file)
     where = settings.database_url.split("@")[-1] if settings.database_url else settings.data_dir.resolve()
     log.info("Beamport serving the Dataflow API on http://%s:%d/v1b3/ (state: %s)", settings.host, settings.port, where)
     import uvicorn

@@ -330,7 +330,13 @@ def test_endpoint_project_and_region_from_the_environment(server, project):
 
 
 # The commands that call no API: the server and worker processes, and a spec file written locally.
-NOT_API_COMMANDS = {("serve",), ("worker",), ("templates", "build-flex")}
+NOT_API_COMMANDS = {
+    ("serve",),
+    ("worker",),
+    ("templates", "build-flex"),
+    ("emulators", "env"),
+    ("emulators", "install"),
+}
 
 
 def _commands(group, path=()):

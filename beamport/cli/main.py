@@ -8,7 +8,7 @@ from typing import TypeVar
 import typer
 from pydantic import ValidationError
 
-from beamport.cli import iam, jobs, snapshots, sql, templates
+from beamport.cli import emulators, iam, jobs, snapshots, sql, templates
 from beamport.cli import workers as workers_cli
 from beamport.config import EngineSettings, Settings
 from beamport.sandbox import SandboxUnavailable
@@ -46,6 +46,7 @@ app.add_typer(iam.projects_app, name="projects")
 app.add_typer(iam.organizations_app, name="organizations")
 app.add_typer(iam.logs_app, name="logs")
 app.add_typer(iam.console_app, name="console")
+app.add_typer(emulators.app, name="emulators")
 
 
 # Options that are settings (beamport.config): their defaults are the settings' own, shown in --help; only what is
@@ -200,6 +201,19 @@ def serve(
     job_memory: str | None = JOB_MEMORY,
     job_open_files: int | None = JOB_OPEN_FILES,
     job_processes: int | None = JOB_PROCESSES,
+    emulators: str | None = typer.Option(
+        None,
+        help="Google service emulators to run beside the API, comma-separated: gcs (a GCS endpoint), metadata (a "
+        "GCE metadata server handing out tokens on loopback); their variables go to DATA_DIR/emulators.env "
+        "(or BEAMPORT_EMULATORS; docs/emulators.md).",
+    ),
+    emulator_bin_dir: Path | None = typer.Option(
+        None, help="Where emulators are built and cached (default ~/.cache/beamport/bin; or BEAMPORT_EMULATOR_BIN_DIR)."
+    ),
+    metadata_project: str = typer.Option(
+        _default("metadata_project"),
+        help="The project the metadata server names; its tokens may develop jobs there (or BEAMPORT_METADATA_PROJECT).",
+    ),
 ):
     """Serve the Dataflow v1b3 REST API, and run the jobs submitted to it.
 

@@ -35,7 +35,7 @@ from beamport.engine import registry
 from beamport.engine.base import JOB_TYPE_BATCH, JOB_TYPE_STREAMING, StagedJob
 from beamport.engine.staged_files import check_pipeline_hash, unsatisfied_requirements
 from beamport.errors import ApiError
-from beamport.files import FilePolicy, scheme_of
+from beamport.files import FilePolicy, gcs_resource_as_url, scheme_of
 
 MAIN_SESSION = "pickled_main_session"
 REQUIREMENTS = "requirements.txt"
@@ -189,6 +189,7 @@ class _Fetcher:
         return data.decode("utf-8", errors="replace")
 
     def local_path(self, location: str, name: str) -> Path:
+        location = gcs_resource_as_url(location)  # a package's storage.googleapis.com/B/O is gs://B/O
         if scheme_of(location) != "gs":
             path = Path(self.policy.check(location))
             if not path.is_file():

@@ -26,13 +26,15 @@ from beamport import wire
 from beamport.errors import RPC_CODE, ApiError, invalid_argument, not_found
 from beamport.service import keys
 from beamport.service.paging import decode_token, encode_token, page_size
-from beamport.service.roles import ADMIN, PERMISSIONS, WORKER
+from beamport.service.roles import ADMIN, DEVELOPER, PERMISSIONS, WORKER
 from beamport.store.iam import AlreadyExists, AuditRecord, IamStore, KeyRecord, ServiceAccountRecord, TokenRecord
 
 ORGANIZATION = "organizations/beamport"  # the resource whose policy applies to every project
 EMAIL_DOMAIN = "iam.gserviceaccount.com"
 ADMIN_EMAIL = f"beamport-admin@beamport.{EMAIL_DOMAIN}"
 LOCAL_WORKERS_EMAIL = f"beamport-local-workers@beamport.{EMAIL_DOMAIN}"
+METADATA_EMAIL = f"beamport-metadata@beamport.{EMAIL_DOMAIN}"  # the metadata server's tokens (http/metadata.py)
+OWN_ACCOUNTS = (ADMIN_EMAIL, LOCAL_WORKERS_EMAIL, METADATA_EMAIL)  # Beamport's: not deleted, governed organization-wide
 TOKEN_PREFIX = "bp."  # Beamport's access tokens: opaque, kept by their hash
 TOKEN_LIFETIME_S = 3600
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -139,7 +141,7 @@ class IamService:
 
     def delete_account(self, project_id: str, email: str) -> dict:
         self._account(project_id, email)
-        if email in (ADMIN_EMAIL, LOCAL_WORKERS_EMAIL):
+        if email in OWN_ACCOUNTS:
             raise ApiError("FAILED_PRECONDITION", f"{email} is Beamport's own account and cannot be deleted.")
         self.store.delete_account(email)
         self._forget(lambda p: p.email == email)
@@ -176,7 +178,7 @@ class IamService:
 
     def account_scope(self, project_id: str, email: str) -> str:
         """The resource whose policy governs an account: its project; the organization for Beamport's own."""
-        if email in (ADMIN_EMAIL, LOCAL_WORKERS_EMAIL):
+        if email in OWN_ACCOUNTS:
             return ORGANIZATION
         if project_id != "-":
             return project_id
@@ -496,6 +498,27 @@ class IamService:
         for old in self.store.list_keys(LOCAL_WORKERS_EMAIL):
             self.store.delete_key(old.key_id)
         _write_private(key_path, self._key_file_of(self.create_key("-", LOCAL_WORKERS_EMAIL, root_url)))
+
+    def metadata_credentials(self, project_id: str, root_url: str) -> str:
+        """The metadata server's account, bound to roles/dataflow.developer on `project_id` alone, and a fresh key
+        its tokens are issued under (answered: the key id). The keys of earlier starts are deleted, and with them
+        the tokens they issued: a metadata token lasts an hour at most, and no longer than the server."""
+        if self.store.get_account(METADATA_EMAIL) is None:
+            try:
+                self.store.add_account(
+                    ServiceAccountRecord(METADATA_EMAIL, "beamport", self.clock(), "Metadata server (loopback)")
+                )
+            except AlreadyExists:
+                pass
+        self.bind(project_id, f"serviceAccount:{METADATA_EMAIL}", DEVELOPER)
+        for old in self.store.list_keys(METADATA_EMAIL):
+            self.store.delete_key(old.key_id)
+        self._forget(lambda p: p.email == METADATA_EMAIL)
+        return self.create_key("-", METADATA_EMAIL, root_url)["name"].rsplit("/", 1)[-1]
+
+    def metadata_token(self, key_id: str) -> dict:
+        """An access token of the metadata server's account (OAuth's token answer)."""
+        return self._issue(Principal(METADATA_EMAIL, key_id), TOKEN_LIFETIME_S, None)
 
     def temporary_key(self, principal: Principal, root_url: str, valid_for_s: float) -> tuple[str, dict]:
         """(key id, key file) of a short-lived key of the caller's own account, for a process that acts for it

@@ -1,0 +1,364 @@
+"""The Google service emulators `beamport serve --emulators` runs beside the API (docs/emulators.md).
+
+An emulator is a real, well-kept program built once from its registry (cached by version under
+~/.cache/beamport/bin), started by serve on a loopback port with its state under DATA_DIR/emulators/NAME,
+started again if it dies, and stopped with serve (it also dies with serve's supervising thread: setpriv's
+parent-death signal, so a killed server leaves no emulator behind). serve exports each emulator's variable
+(STORAGE_EMULATOR_HOST...) to itself, its workers and the jobs' SDK harnesses (the sandbox keeps it), and writes
+them to DATA_DIR/emulators.env for clients (`beamport emulators env`). A variable already set when serve starts
+is the operator's own endpoint: it wins, and that emulator is not started.
+
+GCS is fake-gcs-server, with one patch (below): it serves Beam's GcsIO for Python (JSON API, the batches of
+copies and deletes of WriteToText's rename) and the resumable uploads of Go's storage client (Go's Dataflow
+runner stages its worker binary so).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from beamport.polling import wait_until
+
+log = logging.getLogger("beamport.emulators")
+
+ENV_FILE = "emulators.env"
+# Beamport's own GCE metadata server (beamport/http/metadata.py), named among the emulators since clients find it
+# the same way: by variables in emulators.env.
+METADATA = "metadata"
+# Emulators planned (Pub/Sub, BigQuery): refused, saying so, until they exist.
+PLANNED = ("pubsub", "bigquery")
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+# An emulator that dies this soon after it started is broken, not unlucky: serve stops restarting it.
+RESTARTS = 5
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One exact replacement in a Go module's source before it is built (the build fails if `old` is not there:
+    a new version is checked again, not patched blindly)."""
+
+    file: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class GoEmulator:
+    """An emulator built from its Go module (the module proxy's MODULE@VERSION, patched where `patches` say)."""
+
+    name: str  # as --emulators names it
+    variable: str  # the variable Google's clients find it by
+    module: str
+    version: str  # pinned: what Beamport was tested with
+    health_path: str
+    patches: tuple[Patch, ...] = ()
+    patch_level: str = ""  # names the patches in the cached binary's name: a new patch, a new build
+
+    @property
+    def binary(self) -> str:
+        return "-".join(filter(None, (self.module.rsplit("/", 1)[-1], self.version, self.patch_level)))
+
+    def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
+        raise NotImplementedError
+
+    def value(self, port: int) -> str:
+        """The variable's value for an emulator on this port."""
+        return f"http://127.0.0.1:{port}"
+
+
+class FakeGcsServer(GoEmulator):
+    def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
+        url = self.value(port)
+        return [
+            str(binary),
+            *("-scheme", "http", "-host", "127.0.0.1", "-port", str(port)),
+            # The URLs it answers with (resumable uploads' Location, media links) name this address.
+            *("-public-host", f"127.0.0.1:{port}", "-external-url", url),
+            *("-backend", "filesystem", "-filesystem-root", str(state_dir)),
+            *("-log-level", "warn"),
+        ]
+
+
+# google-cloud-storage (Python; Beam's GcsIO and WriteToText's rename: batches of copies and deletes) sends batch
+# parts without a Content-ID, which GCS accepts and fake-gcs-server skipped, answering an empty batch that the
+# client refuses ("not multi-part"). Each part is answered, in order, under an id of its own.
+_ANSWER_PARTS_WITHOUT_CONTENT_ID = Patch(
+    "fakestorage/server.go",
+    old="""		if contentID == "" {
+			// missing content ID, skip
+			continue
+		}""",
+    new="""		if contentID == "" {
+			// Beamport: google-cloud-storage sends none; GCS answers such parts, in order.
+			contentID = fmt.Sprintf("<part-%p>", part)
+		}""",
+)
+GCS = FakeGcsServer(
+    name="gcs",
+    variable="STORAGE_EMULATOR_HOST",
+    module="github.com/fsouza/fake-gcs-server",
+    version="v1.56.1",
+    health_path="/_internal/healthcheck",
+    patches=(_ANSWER_PARTS_WITHOUT_CONTENT_ID,),
+    patch_level="beamport1",
+)
+EMULATORS: dict[str, GoEmulator] = {GCS.name: GCS}
+NAMES = (*EMULATORS, METADATA)
+
+
+def parse_names(value: str | Iterable[str] | None) -> list[str]:
+    """--emulators gcs,metadata (or a list of such): known names, in order, once each."""
+    if value is None or value == "":
+        return []
+    items = value.split(",") if isinstance(value, str) else [n for v in value for n in str(v).split(",")]
+    names: list[str] = []
+    for name in (item.strip().lower() for item in items):
+        if not name or name in names:
+            continue
+        if name in PLANNED:
+            raise ValueError(f"--emulators {name}: not available yet (available: {', '.join(NAMES)})")
+        if name not in NAMES:
+            raise ValueError(f"--emulators {name}: no such emulator (available: {', '.join(NAMES)})")
+        names.append(name)
+    return names
+
+
+def default_bin_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(environ.get("HOME") or Path.home()) / ".cache" / "beamport" / "bin"
+
+
+def install(emulator: GoEmulator, bin_dir: Path) -> Path:
+    """The emulator's binary, built now if this version is not cached yet (minutes, once)."""
+    target = bin_dir / emulator.binary
+    if target.is_file():
+        return target
+    go = shutil.which("go")
+    if go is None:
+        raise EmulatorError(
+            f"the {emulator.name} emulator ({emulator.module} {emulator.version}) is built with Go, which is not "
+            f"installed; install Go, or put the binary at {target}"
+        )
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "Building the %s emulator %s@%s (once; cached at %s)...",
+        emulator.name,
+        emulator.module,
+        emulator.version,
+        target,
+    )
+    started = time.monotonic()
+    env = {**os.environ, "GOFLAGS": "-mod=mod"}
+    # The module's source from the proxy (into Go's module cache), copied, patched and built there, then renamed
+    # into place: two servers building at once each get a whole binary.
+    with tempfile.TemporaryDirectory(dir=bin_dir, prefix=f".{emulator.binary}-") as build_dir:
+        source = Path(build_dir) / "src"
+        downloaded = _go(
+            go, ["mod", "download", "-json", f"{emulator.module}@{emulator.version}"], env, Path(build_dir)
+        )
+        shutil.copytree(json.loads(downloaded)["Dir"], source)
+        for path in [source, *source.rglob("*")]:  # the module cache's copy is read-only
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+        for patch in emulator.patches:
+            code = (source / patch.file).read_text()
+            if patch.old not in code:
+                raise EmulatorError(f"{emulator.module}@{emulator.version}: {patch.file} is not as the patch expects")
+            (source / patch.file).write_text(code.replace(patch.old, patch.new))
+        built = Path(build_dir) / emulator.binary
+        _go(go, ["build", "-o", str(built), "."], env, source)
+        os.replace(built, target)
+    log.info("Built %s in %.0f s", target, time.monotonic() - started)
+    return target
+
+
+def _go(go: str, args: list[str], env: dict[str, str], cwd: Path) -> str:
+    done = subprocess.run([go, *args], env=env, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise EmulatorError(f"go {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+class EmulatorError(Exception):
+    """An emulator could not be built or started (the message says why)."""
+
+
+class EmulatorProcess:
+    """One emulator, supervised: started again on the same port if it dies, until stop()."""
+
+    def __init__(self, emulator: GoEmulator, binary: Path, state_dir: Path, log_path: Path):
+        self.emulator, self.binary, self.state_dir, self.log_path = emulator, binary, state_dir, log_path
+        self.port = _free_port()
+        self._stopping = threading.Event()
+        self._started = threading.Event()
+        self._process: subprocess.Popen | None = None
+        self._error: str | None = None
+        self._thread = threading.Thread(target=self._supervise, name=f"emulator-{emulator.name}", daemon=True)
+
+    @property
+    def value(self) -> str:
+        return self.emulator.value(self.port)
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        self._started.wait(START_TIMEOUT_S + 5)
+        if self._error or not self._started.is_set():
+            self.stop()
+            raise EmulatorError(self._error or f"the {self.emulator.name} emulator did not start")
+
+    def _spawn(self) -> subprocess.Popen:
+        # Started from the supervising thread, which lives as long as the emulator: the parent-death signal
+        # (per thread) then kills the emulator only when serve itself is gone.
+        command = ["setpriv", "--pdeathsig", "KILL", *self.emulator.command(self.binary, self.port, self.state_dir)]
+        if shutil.which("setpriv") is None:  # util-linux: on every Linux this runs on; without, no such guard
+            command = command[3:]
+        with open(self.log_path, "ab") as out:
+            return subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(self.value + self.emulator.health_path, timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def _up_or_over(self, process: subprocess.Popen) -> Callable[[], bool]:
+        """Whether the process answers, exited, or is being stopped: the end of a wait for it to start."""
+        return lambda: process.poll() is not None or self._stopping.is_set() or self._healthy()
+
+    def _supervise(self) -> None:
+        restarts = 0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            self._process = process = self._spawn()
+            ready = wait_until(self._up_or_over(process), bool, START_TIMEOUT_S, 0.05)
+            if ready and process.poll() is None:
+                self._started.set()
+            elif not self._started.is_set():
+                self._error = (
+                    f"the {self.emulator.name} emulator did not start on port {self.port} "
+                    f"(exit code {process.poll()}); see {self.log_path}"
+                )
+                self._started.set()
+                return
+            code = process.wait()
+            if self._stopping.is_set():
+                return
+            restarts = restarts + 1 if time.monotonic() - started < 60 else 1
+            if restarts > RESTARTS:
+                log.error(
+                    "The %s emulator keeps exiting (code %s): not started again; see %s",
+                    self.emulator.name,
+                    code,
+                    self.log_path,
+                )
+                return
+            log.warning("The %s emulator exited (code %s); starting it again", self.emulator.name, code)
+            self._stopping.wait(min(2**restarts * 0.1, 5))
+
+    def stop(self) -> None:
+        self._stopping.set()
+        process = self._process
+        if process is not None and process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            except ProcessLookupError:  # it exited meanwhile
+                pass
+        if self._thread.is_alive():
+            self._thread.join(STOP_TIMEOUT_S)
+
+
+class Emulators:
+    """The emulators a server runs (settings.emulators), and the variables that name every endpoint."""
+
+    def __init__(
+        self,
+        names: list[str],
+        data_dir: Path,
+        bin_dir: Path | None = None,
+        environ: MutableMapping[str, str] = os.environ,
+    ):
+        self.names = [n for n in names if n in EMULATORS]
+        self.data_dir = data_dir.resolve()
+        self.bin_dir = bin_dir or default_bin_dir(environ)
+        self.environ = environ
+        self.running: dict[str, EmulatorProcess] = {}
+        self.variables: dict[str, str] = {}
+
+    @property
+    def state_root(self) -> Path:
+        return self.data_dir / "emulators"
+
+    def start(self) -> None:
+        """Start each emulator whose variable the operator has not set already; export every variable."""
+        try:
+            for name in self.names:
+                emulator = EMULATORS[name]
+                own = self.environ.get(emulator.variable)
+                if own:
+                    log.info(
+                        "%s: the operator's %s=%s (not starting %s)", name, emulator.variable, own, emulator.binary
+                    )
+                    self.variables[emulator.variable] = own
+                    continue
+                binary = install(emulator, self.bin_dir)
+                self.state_root.mkdir(parents=True, exist_ok=True)
+                process = EmulatorProcess(emulator, binary, self.state_root / name, self.state_root / f"{name}.log")
+                started = time.monotonic()
+                process.start()
+                self.running[name] = process
+                log.info(
+                    "%s: %s at %s (data in %s; started in %.1f s)",
+                    name,
+                    emulator.binary,
+                    process.value,
+                    process.state_dir,
+                    time.monotonic() - started,
+                )
+                self.variables[emulator.variable] = process.value
+                # Inherited by what serve starts: its workers, their executors and the SDK harnesses.
+                self.environ[emulator.variable] = process.value
+        except BaseException:
+            self.stop()
+            raise
+
+    def write_env(self, extra: Mapping[str, str] = {}) -> Path | None:
+        """DATA_DIR/emulators.env: `export NAME=VALUE` lines for clients (sourced, or `beamport emulators env`)."""
+        variables = {**self.variables, **extra}
+        if not variables:
+            return None
+        path = self.data_dir / ENV_FILE
+        path.write_text("".join(f"export {name}={value}\n" for name, value in variables.items()))
+        return path
+
+    def stop(self) -> None:
+        for process in self.running.values():
+            process.stop()
+        self.running.clear()
+        (self.data_dir / ENV_FILE).unlink(missing_ok=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
