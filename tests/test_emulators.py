@@ -192,6 +192,12 @@ def test_google_default_credentials_from_the_metadata_server_alone(tmp_path, pro
         flavored = {"Metadata-Flavor": "Google"}
         assert httpx.get(token_url, headers={**flavored, "X-Forwarded-For": "10.0.0.1"}).status_code == 403
         assert httpx.get(token_url, headers=flavored).json()["token_type"] == "Bearer"
+        # A web page that rebound its DNS name to 127.0.0.1 is same-origin and may send Metadata-Flavor: its Host
+        # and the browser's Sec-Fetch-* and Origin headers give it away.
+        port = env["GCE_METADATA_HOST"].rsplit(":", 1)[1]
+        for browser in ({"Host": f"rebound.example:{port}"}, {"Sec-Fetch-Site": "same-origin"}, {"Origin": "null"}):
+            assert httpx.get(token_url, headers={**flavored, **browser}).status_code == 403, browser
+        assert httpx.get(token_url, headers={**flavored, "Host": f"localhost:{port}"}).status_code == 200
     finally:
         srv.stop()
     # Its tokens end with the server: the next start issues under a new key.

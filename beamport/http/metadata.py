@@ -102,6 +102,23 @@ class MetadataServer:
         return 404, text, "Not found"
 
 
+# The names a client may reach this server by: its loopback address (GCE_METADATA_HOST), and GCE's names.
+_OWN_NAMES = {"127.0.0.1", "localhost", "::1", "metadata.google.internal", "metadata", "169.254.169.254"}
+
+
+def _asked_by_a_client(headers) -> bool:
+    """Not a web page's request. A page that rebinds its own DNS name to 127.0.0.1 is same-origin with this
+    server and may send Metadata-Flavor, but its requests name its host in Host; and browsers mark every
+    request they send with Sec-Fetch-* headers (an Origin too on most), which Google's clients never send."""
+    try:
+        name = urlsplit("//" + (headers.get("Host") or "")).hostname
+    except ValueError:  # not a host[:port]
+        return False
+    if name not in _OWN_NAMES:
+        return False
+    return not any(headers.get(h) for h in ("Origin", "Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Dest"))
+
+
 def _handler(server: MetadataServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "Metadata Server for VM"  # GCE's name (clients do not check it)
@@ -111,6 +128,8 @@ def _handler(server: MetadataServer) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             if not ip_address(self.client_address[0]).is_loopback:
                 return self._send(403, "text/plain", "Only this host may ask.")
+            if not _asked_by_a_client(self.headers):
+                return self._send(403, "text/plain", "Only Google's clients may ask, by this server's own name.")
             if parts.path == "/":  # google-auth's probe: is there a metadata server?
                 return self._send(200, "application/text", "computeMetadata/\n")
             if self.headers.get(FLAVOR[0]) != FLAVOR[1] or self.headers.get("X-Forwarded-For"):
