@@ -56,14 +56,18 @@ def airflow(tmp_path_factory):
         base / "data",
         extra_args=("--allow-path", str(base), "--workers", "2", "--prism", str(prism), "--grpc-port", str(grpc_port)),
     ).start()
-    # This tree's beamport as `pip install beamport[airflow]` puts it (its dependencies are the venv's).
-    site = base / "site"
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site), ROOT],
-        check=True,
-        capture_output=True,
-        timeout=300,
+    # This tree's beamport as `pip install beamport[airflow]` puts it (its dependencies are the venv's), built
+    # from a copy: pip builds in the source tree, where the other tests' processes write __pycache__ meanwhile.
+    source = base / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".*", "__pycache__", "build", "*.egg-info", "beamport-data", "test-artifacts"),
     )
+    site = base / "site"
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site)]
+    built = subprocess.run([*pip, str(source)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout[-5000:] + built.stderr[-10000:]
     home = base / "airflow-home"
     home.mkdir()
     shutil.copyfile(venv / "airflow-db" / "airflow.db", home / "airflow.db")  # migrated once, with the venv

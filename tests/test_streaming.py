@@ -574,6 +574,42 @@ def test_a_streaming_job_created_without_an_engine_runs_once_the_server_restarts
             srv.stop()
 
 
+def test_a_cancel_while_no_worker_holds_the_work_stops_the_flink_job(flink, tmp_path, project):
+    """After a crash the Flink job runs on, and no worker holds its work: once the cancel ends the job (when the
+    dead worker's lease is revoked), the service stops the cluster's job itself, since no worker will."""
+    import psutil
+
+    args = ["--allow-path", str(tmp_path), "--workers", "1"]
+    for flag in ("MASTER", "JOB_SERVER", "SDK_POOL"):
+        args += [f"--flink-{flag.lower().replace('_', '-')}", flink[f"BEAMPORT_FLINK_{flag}"]]
+    srv = Server(tmp_path / "data", extra_args=tuple(args)).start()
+    job_id = None
+    try:
+        api = Api(srv.url, project)
+        log, out = tmp_path / "in.log", tmp_path / "out.txt"
+        append(log, ["k0,1", "k1,2"])
+        job_id = submit(srv, project, tmp_path / "v1", "orphan", "counts", log, out)
+        wait_for("the lines counted", lambda: len(outputs(out)) >= 2)
+        wait_for("the Flink job running", lambda: flink_state(flink, job_id) == "RUNNING")
+        server = psutil.Process(srv.process.pid)
+        for process in [*server.children(recursive=True), server]:
+            process.kill()
+        srv.process.wait()
+        srv.process = None
+        srv.extra_args = ("--allow-path", str(tmp_path), "--workers", "0")  # no worker: the work is not leased
+        srv.extra_args += tuple(args[4:])
+        srv.start()
+        assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+        # The dead worker's lease lapses (at most a minute after its last report, past the restart's grace).
+        wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=150)
+        wait_for("the Flink job cancelled", lambda: flink_state(flink, job_id) == "CANCELED", timeout=60)
+    finally:
+        if srv.process is not None:
+            srv.stop()
+        live = ("RUNNING", "RESTARTING", "CREATED", "INITIALIZING")
+        cancel_flink_jobs(flink, lambda job: job["name"] == job_id and job["state"] in live)
+
+
 def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopts_it(flink, tmp_path, project):
     import psutil
 
@@ -604,6 +640,10 @@ def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopt
 
         of_job = lambda: {j["jid"] for j in flink_jobs(flink) if j["name"] == job_id}  # noqa: E731 (any state)
         before_crash = of_job()  # an attempt that failed on the cluster before counting stays listed
+        took_over = lambda: sum(  # noqa: E731 (the messages of work leased again: one per attempt after the first)
+            "took over work item" in m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])
+        )
+        taken_over_before = took_over()
         # The server, its worker and the worker's executor all die at once, as on a crash of the machine.
         server = psutil.Process(srv.process.pid)
         for process in [*server.children(recursive=True), server]:
@@ -615,13 +655,7 @@ def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopt
 
         srv.start()
         # The work is leased again; the new executor follows the running Flink job instead of submitting it.
-        wait_for(
-            "the work leased again",
-            lambda: any(
-                "took over work item" in m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])
-            ),
-            timeout=90,
-        )
+        wait_for("the work leased again", lambda: took_over() > taken_over_before, timeout=90)
         assert of_job() == before_crash, "the same Flink job, not a second one"
         # RUNNING again if a task restarted meanwhile (the cluster's REST API said RESTARTING once, under load).
         wait_for("the Flink job running", lambda: running() == [flink_id])

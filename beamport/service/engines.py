@@ -29,8 +29,9 @@ class SavedState(Protocol):
         """For an update: the id of a snapshot of the running job's state (the job runs on); raises, saying
         why, when it cannot be saved."""
 
-    def stop_replaced(self, job_id: str) -> None:
-        """Stop the engine's run of a job an update replaced (best effort)."""
+    def stop_run(self, job_id: str) -> None:
+        """Stop the engine's run of a job that ended without its worker (replaced by an update, or cancelled
+        between attempts): best effort."""
 
 
 def engine_of(doc: dict, streaming_engine: str | None) -> str | None:
@@ -47,6 +48,15 @@ def spec_of(doc: dict, streaming_engine: str | None) -> registry.EngineSpec | No
     """The engine that runs this job, None when there is none (or its label, changed since the job was created,
     names no engine)."""
     return registry.find(engine_of(doc, streaming_engine))
+
+
+def stop_run_left_behind(saved_state: SavedState | None, doc: dict, streaming_engine: str | None) -> None:
+    """The job ended with no worker to stop its run (cancelled between attempts, or its lease revoked while it
+    was being cancelled): a run on an engine outside the workers' processes (a cluster's job) outlives the worker
+    that started it, so the service stops it itself (best effort)."""
+    spec = registry.find(engine_of(doc, streaming_engine))
+    if spec is not None and spec.stops_outside and saved_state is not None:
+        saved_state.stop_run(doc["id"])
 
 
 def keeps_state(engine: str | None) -> bool:

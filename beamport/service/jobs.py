@@ -621,7 +621,7 @@ class JobService:
                 self._end_update(old_id, new_id, None, exc.message)
                 return
             if self._end_update(old_id, new_id, snapshot_id):
-                self.saved_state.stop_replaced(old_id)
+                self.saved_state.stop_run(old_id)
                 self.work.notify()
         except Exception as exc:  # noqa: BLE001 (a thread's end: the new job fails, the old job runs on)
             log.exception("the update of job %s by job %s failed", old_id, new_id)
@@ -738,6 +738,8 @@ class JobService:
         if "labels" in mask:
             check_labels(changes.get("labels"))
 
+        ended: list[dict] = []  # the document of a job that ended here, with no worker holding its work
+
         def attempt() -> dict:
             record = load_job(self.store, project_id, location, job_id)
             doc = document(record)
@@ -759,9 +761,13 @@ class JobService:
                 self.store,
                 Write(changed_jobs=[JobChange(record, expected)], changed_work_items=work, messages=messages),
             )
+            ended[:] = [] if record.active else [doc]
             return render_job(record, model.VIEW_SUMMARY)
 
-        return retry_on_conflict(attempt, f"updating job {job_id}")
+        answer = retry_on_conflict(attempt, f"updating job {job_id}")
+        if ended:  # a cluster's run outlives a worker that crashed: nobody else would stop it
+            engines.stop_run_left_behind(self.saved_state, ended[0], self.streaming_engine)
+        return answer
 
     def _request_state(self, doc: dict, requested: str, now: int, work_held: bool = True) -> list[MessageRecord]:
         """Apply a client's requestedState to the job document, as the state machine allows (job_states);

@@ -287,6 +287,8 @@ class LeaseService:
         return len(items)
 
     def _revoke(self, item_id: int, worker_id: str | None, reason: str, counts: bool) -> None:
+        ended: list[dict] = []  # the document of a job being cancelled that ended here, without its worker
+
         def attempt() -> None:
             item = self.store.work_items.get(item_id)
             if item is None or item.state != WORK_LEASED or (worker_id and item.worker_id != worker_id):
@@ -297,10 +299,12 @@ class LeaseService:
             doc, now = document(job), self.clock()
             expected_item, expected_job = item.version, job.version
             write = Write()
+            ended.clear()
             if doc.get("currentState") == model.CANCELLING or not job.active:
                 item.state, item.end_us = WORK_CANCELLED, now
                 if job.active:
                     end_job(doc, model.CANCELLED, now, write, Actor.SERVICE)
+                    ended.append(doc)
             else:
                 retries.fail_attempt(doc, item, reason, now, write, Actor.SERVICE, counts=counts)
             write.changed_work_items = [WorkItemChange(item, expected_item)]
@@ -309,6 +313,8 @@ class LeaseService:
             self._commit(write, item)
 
         retry_on_conflict(attempt, f"revoking the lease of work item {item_id}")
+        if ended:  # its worker is gone, and a cluster's run outlives it: nobody else would stop it
+            engines.stop_run_left_behind(self.saved_state, ended[0], self.streaming_engine)
 
     def expire_leases(self) -> None:
         """Leases nobody renewed in time: the worker stopped reporting; its work goes to another."""

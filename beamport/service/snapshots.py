@@ -172,15 +172,15 @@ class SnapshotService:
             raise failed_precondition(f"The state of job {job_id} could not be saved ({why}).")
         return snapshot["id"]
 
-    def stop_replaced(self, job_id: str) -> None:
-        """Stop the engine's run of a job an update replaced (best effort: its worker stops it too, when it
-        learns the job was replaced)."""
+    def stop_run(self, job_id: str) -> None:
+        """Stop the engine's run of a job that ended without its worker: replaced by an update (its worker
+        stops it too, when it learns the job was replaced), or cancelled between attempts. Best effort."""
         if self.control is None:  # no engine keeps state here: nothing of its runs to stop
             return
         try:
             self.control.stop(job_id)
-        except EngineError as exc:
-            log.warning("stopping job %s after its update: %s", job_id, exc)
+        except Exception as exc:  # noqa: BLE001 (the cluster away, say: the job has ended all the same)
+            log.warning("stopping the engine's run of job %s: %s", job_id, exc)
 
     def _take(self, control: StreamingControl, snapshot: SnapshotRecord, finished: threading.Event) -> None:
         """In a thread of its own: ask the engine for the savepoint, record what came of it."""
