@@ -47,7 +47,7 @@ def harness_jars(jars_dir: Path | None = None) -> list[str]:
         (jars_dir or HARNESS_JARS_DIR) / name,
         Path.home() / ".m2" / "repository" / group.replace(".", "/") / artifact / version / name,
     ]
-    return [str(path.resolve()) for path in candidates[:] if path.is_file()][:1]
+    return [str(path.resolve()) for path in candidates if path.is_file()][:1]
 
 
 def find_java() -> str:
