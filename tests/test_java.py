@@ -200,3 +200,39 @@ def _alive_in(process: psutil.Process, groups: set[int]) -> bool:
         return os.getpgid(process.pid) in groups and process.status() != psutil.STATUS_ZOMBIE
     except (ProcessLookupError, psutil.NoSuchProcess):
         return False
+
+
+def test_the_launcher_starts_the_harness_as_beams_java_boot_does(tmp_path):
+    """java_boot with a stand-in `java` that prints what it was given: Beam Java boot's environment and flags."""
+    import json
+    import sys
+
+    from beamport.engine import java_boot
+
+    java = tmp_path / "java"
+    java.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\nenv\n')
+    java.chmod(0o755)
+    jars = [str(tmp_path / "a b.jar"), str(tmp_path / "c.jar")]
+    with pytest.raises(java_boot.JavaUnavailable, match="jamm"):
+        java_boot.harness_command(jars, [], tmp_path)
+    command = java_boot.harness_command(jars, [str(tmp_path / "jamm.jar")], tmp_path)
+    spec = json.loads((tmp_path / "java-harness.json").read_text())
+    spec["java"] = str(java)
+    (tmp_path / "java-harness.json").write_text(json.dumps(spec))
+    env = {
+        **os.environ,
+        "WORKER_ID": "worker_7",
+        "PIPELINE_OPTIONS": '{"options": {"jobName": "j"}}',
+        "CONTROL_API_SERVICE_DESCRIPTOR": 'url: "localhost:1"',
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    done = subprocess.run(command, shell=True, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    printed = done.stderr.splitlines()  # the harness's output goes to stderr, with the executor's
+    assert "org.apache.beam.fn.harness.FnHarness" in printed
+    assert "HARNESS_ID=worker_7" in printed and f"SEMI_PERSISTENT_DIRECTORY={tmp_path}" in printed
+    options_file = next(line.split("=", 1)[1] for line in printed if line.startswith("PIPELINE_OPTIONS_FILE="))
+    assert json.loads(Path(options_file).read_text()) == {"options": {"jobName": "j"}}
+    argfile = next(line[1:] for line in printed if line.startswith("@"))
+    assert Path(argfile).read_text() == f'-cp "{tmp_path}/jamm.jar:{tmp_path}/a b.jar:{tmp_path}/c.jar"\n'
+    assert any(line.startswith("-Xmx") for line in printed) and "-XX:+UseParallelGC" in printed
