@@ -526,11 +526,71 @@ def test_staging_honours_what_it_can_and_warns_about_the_rest(tmp_path):
 
 
 def test_staging_refuses_environments_of_other_sdks(tmp_path):
-    java = _pipeline_proto(image="apache/beam_java11_sdk:2.77.0", capabilities=["beam:coder:bytes:v1"])
-    (tmp_path / "pipeline.pb").write_bytes(java.SerializeToString())
+    go = _pipeline_proto(image="apache/beam_go_sdk:2.77.0", capabilities=["beam:coder:bytes:v1"])
+    (tmp_path / "pipeline.pb").write_bytes(go.SerializeToString())
     with pytest.raises(ApiError) as refused:
         stage_job(_job_document(str(tmp_path / "pipeline.pb")), FilePolicy([tmp_path]))
-    assert refused.value.status == "FAILED_PRECONDITION" and "beam_java11_sdk" in refused.value.message
+    assert refused.value.status == "FAILED_PRECONDITION" and "beam_go_sdk" in refused.value.message
+
+
+def _java_pipeline(tmp_path: Path, jars: list[str], capabilities: list[str] | None = None) -> str:
+    """A pipeline whose transforms run in a Beam Java SDK environment depending on `jars` (url artifacts, as
+    Beam Java's DataflowRunner stages them), written to tmp_path; its location."""
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    proto = _pipeline_proto(image="gcr.io/cloud-dataflow/v1beta3/beam_java17_sdk:2.73.0", capabilities=capabilities)
+    for env in proto.components.environments.values():
+        if env.urn == "beam:env:docker:v1":
+            for jar in jars:
+                env.dependencies.add(
+                    type_urn=common_urns.artifact_types.URL.urn,
+                    type_payload=beam_runner_api_pb2.ArtifactUrlPayload(url=jar).SerializeToString(),
+                    role_urn=common_urns.artifact_roles.STAGING_TO.urn,
+                    role_payload=beam_runner_api_pb2.ArtifactStagingToRolePayload(
+                        staged_name=os.path.basename(jar)
+                    ).SerializeToString(),
+                )
+    (tmp_path / "pipeline.pb").write_bytes(proto.SerializeToString())
+    return str(tmp_path / "pipeline.pb")
+
+
+def test_staging_gives_a_java_environment_its_staged_jars_through_the_file_policy(tmp_path):
+    from beamport.engine import registry
+
+    allowed, elsewhere = tmp_path / "allowed", tmp_path / "elsewhere"
+    allowed.mkdir(), elsewhere.mkdir()
+    jars = [allowed / "b-1.jar", allowed / "a-2.jar"]
+    for jar in [*jars, elsewhere / "c.jar"]:
+        jar.write_bytes(b"PK")
+    # Beam Java's runner v1 says JAVA_BATCH_AUTOSCALING; its packages are the same jars.
+    job = _job_document(_java_pipeline(allowed, [str(jars[0]), f"file://{jars[1]}"], capabilities=[]))
+    job["environment"]["version"]["job_type"] = "JAVA_BATCH_AUTOSCALING"
+    job["environment"]["workerPools"] = [{"packages": [{"name": "b-1.jar", "location": str(jars[0])}]}]
+
+    staged, warnings = stage_job(job, FilePolicy([allowed]))
+
+    assert warnings == []  # neither the jars as packages nor Beam Java's version are warned about
+    assert staged.job_type == "FNAPI_BATCH"
+    [(env_id, class_path)] = staged.java_environments.items()
+    assert class_path == [str(jars[0]), str(jars[1])]  # in the submitter's order
+    assert staged.pipeline.components.environments[env_id].urn == "beam:env:docker:v1"  # the engine's to run
+    assert staged.rewritten_environments == []
+
+    # A jar outside the roots is never read.
+    job = _job_document(_java_pipeline(allowed, [str(jars[0]), str(elsewhere / "c.jar")]))
+    with pytest.raises(ApiError) as refused:
+        stage_job(job, FilePolicy([allowed]))
+    assert refused.value.status == "PERMISSION_DENIED" and "c.jar" in refused.value.message
+
+    # Recognised by its capabilities too, and refused by an engine that runs Python only.
+    job = _job_document(
+        _java_pipeline(allowed, [str(jars[0])], capabilities=["beam:version:sdk_base:apache/beam_java17_sdk:2.73.0"])
+    )
+    assert stage_job(job, FilePolicy([allowed]))[0].java_environments
+    with pytest.raises(ApiError) as refused:
+        stage_job(job, FilePolicy([allowed]), engine=registry.PRISM)
+    assert refused.value.status == "FAILED_PRECONDITION" and "Java" in refused.value.message
 
 
 def test_staging_needs_a_pipeline(tmp_path):

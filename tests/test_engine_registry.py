@@ -13,6 +13,7 @@ import pytest
 from beamport.config import EngineSettings
 from beamport.engine import registry
 from beamport.engine.base import Engine
+from beamport.engine.java_boot import harness_jars
 from beamport.errors import ApiError
 from beamport.service import engines
 
@@ -34,7 +35,7 @@ def test_each_engine_declares_what_it_can_do():
     }
     python = frozenset({registry.PYTHON})
     assert table == {
-        "embedded": (True, False, False, False, False, python),
+        "embedded": (True, False, False, False, False, python | {registry.JAVA}),
         "flink": (True, True, True, True, True, python),
         "prism": (True, True, False, True, False, python),
     }
@@ -83,8 +84,15 @@ def test_a_hosts_settings_give_it_its_engines(tmp_path, monkeypatch):
             registry.host_configs(host),
         )
 
-    assert on(prism="none") == (["embedded"], None, None, {"flink": None, "prism": None})
-    assert on(prism=str(binary)) == (["embedded", "prism"], "prism", None, {"flink": None, "prism": str(binary)})
+    # The embedded engine takes the Java harness's jars from the worker's host (whatever it finds there).
+    embedded = {"java_harness_jars": harness_jars()}
+    assert on(prism="none") == (["embedded"], None, None, {"flink": None, "prism": None, "embedded": embedded})
+    assert on(prism=str(binary)) == (
+        ["embedded", "prism"],
+        "prism",
+        None,
+        {"flink": None, "prism": str(binary), "embedded": embedded},
+    )
     names, streaming, control, configs = on(prism=str(binary), flink=FLINK)
     assert (names, streaming, control) == (["embedded", "flink", "prism"], "flink", "flink")
     assert configs["flink"] == {**FLINK, "shared_dir": "/tmp/beamport-flink"} and configs["prism"] == str(binary)

@@ -43,6 +43,8 @@ class StagedJob:
     main_session: Path | None = None  # the pickled main session (save_main_session), a local file
     python_path: list[str] = field(default_factory=list)  # staged pure-Python wheels, importable as they are
     rewritten_environments: list[str] = field(default_factory=list)  # ids of the environments rewritten
+    # Beam Java SDK environments, by id: each one's class path (its staged jars, local files), in order.
+    java_environments: dict[str, list[str]] = field(default_factory=dict)
     staged_bytes: int = 0  # the size of the staged files read (pipeline, main session, packages)
 
     def pipeline_options(self):

@@ -78,7 +78,9 @@ def worker_record(record: logging.LogRecord) -> logging.LogRecord:
         entry = text_format.Parse(text, beam_fn_api_pb2.LogEntry())
     except text_format.ParseError:
         return record
-    path, _, line = entry.log_location.rpartition(":")
+    path, colon, line = entry.log_location.rpartition(":")
+    if not colon:  # Java's harness: the logger's name (org.apache.beam.fn.harness.FnHarness), no line
+        path, line = entry.log_location, ""
     rebuilt = logging.LogRecord(
         name=_module_of(path) or "worker",
         level=LOGENTRY_TO_LOG_LEVEL_MAP.get(entry.severity, logging.INFO),
@@ -108,6 +110,7 @@ def _module_of(path: str) -> str:
 # Beam's frames: its Python files, and its compiled modules (reported as "apache_beam/runners/common.py").
 _BEAM_FRAMES = re.compile(r'File "(?:[^"]*/)?apache_beam/')
 _TRACEBACK_START = "Traceback (most recent call last):"
+_JAVA_FRAME = re.compile(r"^\s+at [\w$.]+\(", re.MULTILINE)
 
 
 def user_error(exc: BaseException) -> str:
@@ -127,6 +130,8 @@ def user_error(exc: BaseException) -> str:
     innermost = chain[-1]
     if isinstance(innermost, RuntimeError) and _TRACEBACK_START in str(innermost):
         return _worker_traceback(str(innermost))
+    if isinstance(innermost, RuntimeError) and _JAVA_FRAME.search(str(innermost)):
+        return str(innermost)  # a Java SDK harness's error: its Java stack trace, as the harness sent it
     lines = traceback.format_exception(type(innermost), innermost, innermost.__traceback__)
     # The same error as Beam re-raised it, outermost first: its message also names the step.
     augmented = next(e for e in chain if type(e) is type(innermost))

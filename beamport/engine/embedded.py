@@ -4,6 +4,9 @@ The runner is driven through `run_via_runner_api`, with the pipeline proto as su
 environments made embedded by staging). A subclass of FnApiRunner wraps `_execute_bundle`, the one
 method every bundle of every fused stage goes through, to report stage states and metrics as they happen.
 
+A Beam Java pipeline's Java environments run in a Java SDK harness each (engine/java_boot.py), a JVM that
+FnApiRunner feeds over the Fn API's gRPC as it feeds Python's SDK harness subprocesses.
+
 Parallelism (see docs/engines.md): `run_via_runner_api` ignores direct_num_workers (only `run_pipeline`
 reads it), so the engine sets the runner's worker count itself. With one worker, or in "threads" mode,
 the SDK workers are embedded in this process (threads: concurrency for I/O, one core for Python code).
@@ -51,6 +54,7 @@ from beamport.engine.base import (
     StagedJob,
 )
 from beamport.engine.capture import pipeline_logs, user_error
+from beamport.engine.java_boot import JavaUnavailable, harness_command
 from beamport.translate.graph import readable_stage_names
 
 THREADS = "threads"
@@ -96,18 +100,29 @@ def parallelism_for(options: dict, default_workers: int = 1, default_mode: str =
 
 
 class EmbeddedEngine(Engine):
-    def __init__(self, default_workers: int = 1, default_mode: str = AUTO):
-        """default_workers, default_mode: for jobs whose options do not say (see parallelism_for)."""
+    def __init__(self, default_workers: int = 1, default_mode: str = AUTO, java_harness_jars: list[str] | None = None):
+        """default_workers, default_mode: for jobs whose options do not say (see parallelism_for).
+        java_harness_jars: Beamport's jars for Java SDK harnesses (java_boot.harness_jars, found by the worker)."""
         if default_mode not in (AUTO, THREADS, PROCESSES):
             raise ValueError(f"default_mode must be {AUTO}, {THREADS} or {PROCESSES}, not {default_mode!r}")
         self.default_workers = default_workers
         self.default_mode = default_mode
+        self.java_harness_jars = java_harness_jars or []
 
     def run(self, job: StagedJob, observer: RunObserver) -> RunResult:
         options = job.pipeline_options()
         parallelism = parallelism_for(job.options, self.default_workers, self.default_mode)
+        if job.java_environments:
+            # One Java SDK harness per environment: a JVM runs a bundle's parts on threads of its own, and
+            # each JVM takes seconds to start.
+            parallelism = Parallelism(1, PROCESSES)
         with pipeline_logs(observer.log, _harness_log_level(job.options)), _harness_settings(job, options) as workdir:
-            if parallelism.mode == PROCESSES:
+            if job.java_environments:
+                try:
+                    pipeline, provision_info = _for_java_harness(job, workdir, self.java_harness_jars)
+                except JavaUnavailable as exc:
+                    return RunResult(FAILED, str(exc))
+            elif parallelism.mode == PROCESSES:
                 pipeline, provision_info = _for_worker_processes(job, workdir)
             else:
                 pipeline, provision_info = job.pipeline, None
@@ -125,9 +140,12 @@ class EmbeddedEngine(Engine):
             runner = ObservedFnApiRunner(
                 observer, parallelism.workers, parallelism.max_workers, provision_info=provision_info
             )
-            observer.running(
-                f"the embedded engine ({parallelism.workers} SDK worker(s), {parallelism.mode})", parallelism.workers
+            where = (
+                "a Java SDK harness"
+                if job.java_environments
+                else f"{parallelism.workers} SDK worker(s), {parallelism.mode}"
             )
+            observer.running(f"the embedded engine ({where})", parallelism.workers)
             try:
                 result = runner.run_via_runner_api(pipeline, options)
             except Exception as exc:  # the pipeline's failure, whatever it raised, is the job's result
@@ -343,6 +361,26 @@ def _for_worker_processes(job: StagedJob, workdir: Path):
         beam_provision_api_pb2.ProvisionInfo(
             retrieval_token="unused-retrieval-token", pipeline_options=_provisioned_options(job.options)
         )
+    )
+    return pipeline, provision_info
+
+
+def _for_java_harness(job: StagedJob, workdir: Path, harness_jars: list[str]):
+    """The pipeline and provision info for Java SDK harnesses: each Java environment becomes a subprocess
+    environment running java_boot over its staged jars, and the harness gets the job's options as the Java
+    runner wrote them (Java's option names, which Java's harness reads)."""
+    pipeline = copy.deepcopy(job.pipeline)
+    for env_id, class_path in job.java_environments.items():
+        command = harness_command(class_path, harness_jars, workdir)
+        subprocess_env = environments.SubprocessSDKEnvironment.from_command_string(command).to_runner_api(
+            None  # type: ignore[arg-type]  # Beam's type; a subprocess environment's payload needs no context
+        )
+        env = pipeline.components.environments[env_id]
+        env.urn, env.payload = subprocess_env.urn, subprocess_env.payload
+    struct = struct_pb2.Struct()
+    struct.update({"options": {k: v for k, v in job.options.items() if v is not None}})
+    provision_info = fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(retrieval_token="unused-retrieval-token", pipeline_options=struct)
     )
     return pipeline, provision_info
 

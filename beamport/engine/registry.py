@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     from beamport.config import EngineSettings
     from beamport.engine.base import Engine, StreamingControl
 
-PYTHON = "python"  # the SDKs an engine runs pipelines of: today only Beam's Python SDK (Beamport's own Python)
+# The SDKs an engine runs pipelines of: Beam's Python SDK (Beamport's own Python) and Beam's Java SDK (a Java
+# SDK harness over the job's staged jars, engine/java_boot.py).
+PYTHON = "python"
+JAVA = "java"
 
 
 class UnknownEngine(ValueError):
@@ -49,16 +52,25 @@ class EngineSpec:
     build: Callable[[Any, dict, int], Engine]
     # (host config) -> the control of its jobs' saved state, for the service (engines that keep state).
     state_control: Callable[[Any], StreamingControl] | None = None
+    # For an engine every host has (no host_config): what it takes from the worker's host all the same, as
+    # JSON for the executor (found outside the sandbox, where the worker's home directory is); None: nothing.
+    worker_config: Callable[[EngineSettings], Any] | None = None
 
     def on(self, settings: EngineSettings) -> bool:
         """Whether a host with these settings has this engine."""
         return self.host_config is None or self.host_config(settings) is not None
 
 
+def _embedded_worker_config(settings: EngineSettings) -> dict:
+    from beamport.engine.java_boot import harness_jars
+
+    return {"java_harness_jars": harness_jars()}
+
+
 def _build_embedded(config: Any, work: dict, sdk_workers: int) -> Engine:
     from beamport.engine.embedded import EmbeddedEngine
 
-    return EmbeddedEngine(default_workers=sdk_workers)
+    return EmbeddedEngine(default_workers=sdk_workers, java_harness_jars=(config or {}).get("java_harness_jars"))
 
 
 def _flink_config(settings: EngineSettings) -> dict | None:
@@ -97,11 +109,12 @@ EMBEDDED = EngineSpec(
     keeps_state=False,
     drains=False,
     stops_outside=False,
-    sdks=frozenset({PYTHON}),
+    sdks=frozenset({PYTHON, JAVA}),
     host_config=None,
     missing_on_server="",
     missing_on_worker="",
     build=_build_embedded,
+    worker_config=_embedded_worker_config,
 )
 FLINK = EngineSpec(
     name="flink",
@@ -180,9 +193,12 @@ def default_streaming(settings: EngineSettings) -> EngineSpec | None:
 
 
 def host_configs(settings: EngineSettings) -> dict[str, Any]:
-    """What each configurable engine needs from these settings (None where the host lacks it), by name: how a
-    worker hands its engines to its executors (JSON, in each work item's assignment)."""
-    return {spec.name: spec.host_config(settings) for spec in ENGINES if spec.host_config is not None}
+    """What each configurable engine needs from these settings (None where the host lacks it), and what the
+    others take from the worker's host (worker_config), by name: how a worker hands its engines to its
+    executors (JSON, in each work item's assignment)."""
+    configs = {spec.name: spec.host_config(settings) for spec in ENGINES if spec.host_config is not None}
+    configs.update({spec.name: spec.worker_config(settings) for spec in ENGINES if spec.worker_config is not None})
+    return configs
 
 
 def state_control(settings: EngineSettings) -> StreamingControl | None:

@@ -3,7 +3,11 @@
 What Beam's DataflowRunner staged for a job, and what becomes of it here:
 - pipelineUrl (sdkPipelineOptions.options): the pipeline proto. Its Python SDK environments are Docker
   environments (Dataflow starts the SDK container); they are rewritten to run embedded, in this process,
-  as is Beam's "default" environment. Environments of other SDKs (cross-language transforms) are refused.
+  as is Beam's "default" environment. A Java SDK environment (Beam Java's DataflowRunner, runner v1 and v2
+  alike: both stage the portable proto) keeps its place: its dependencies (the staged jars, `url` or `file`
+  artifacts) become its class path, each read through the file policy, and the engine runs its transforms
+  in a Java SDK harness (engine/java_boot.py) on engines whose SDKs include Java. Environments of other SDKs
+  are refused.
 - packages (environment.workerPools[].packages):
   - pickled_main_session: loaded before the run, as Dataflow's SDK harness does;
   - a wheel or sdist whose distribution is already installed at that version: nothing to do;
@@ -12,6 +16,7 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
   - anything else (sdists, setup.py's workflow.tar.gz, platform wheels, jars, a custom Beam SDK)
     cannot be installed without changing the environment every job shares: a warning says so;
   - submission_environment_dependencies.txt, extra_packages.txt: information only.
+  A Java job's packages are its jars, which its environment names too: they are read from there.
 Every file is read through the operator's FilePolicy. The policy also goes to the pipeline: stage_job exports
 it to this process's environment (FilePolicy.export; the executor runs one work item per process, and the SDK
 harness processes it starts inherit it), where Beamport's built-in templates find it to check each file when
@@ -24,6 +29,7 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Collection
 from importlib import metadata
 from pathlib import Path
 
@@ -45,6 +51,8 @@ SERVICE_OPTIONS = {"pipelineUrl", "pipelineProtoHash"}
 # Beam's default SDK images: gcr.io/cloud-dataflow/v1beta3/beam_python3.11_sdk:2.77.0, apache/beam_python3.11_sdk:2.77.0
 _SDK_IMAGE = re.compile(r"(^|/)beam_python(?P<python>\d+\.\d+)_sdk:(?P<beam>[^@]+)")
 _PYTHON_SDK_CAPABILITY = "beam:version:sdk_base:apache/beam_python"
+_JAVA_SDK_IMAGE = re.compile(r"(^|/)beam_java\d*_sdk(:|@|$)")
+_JAVA_SDK_CAPABILITY = "beam:version:sdk_base:apache/beam_java"
 
 
 def stage_job(
@@ -91,16 +99,26 @@ def stage_job(
         if raw_options.get(key):
             policy.check(raw_options[key])
 
-    rewritten = rewrite_python_environments(pipeline, warnings)
+    java = java_environments(pipeline, fetch)
+    if java and registry.JAVA not in engine.sdks:
+        runs_java = registry.titles(spec for spec in registry.ENGINES if registry.JAVA in spec.sdks)
+        raise ApiError(
+            "FAILED_PRECONDITION",
+            f"This is a Beam Java pipeline: the {engine.title} engine runs Python pipelines only; {runs_java} "
+            "runs Java pipelines (docs/engines.md).",
+        )
+    rewritten = rewrite_python_environments(pipeline, warnings, keep=set(java))
 
     submitted_with = (environment.get("userAgent") or {}).get("version")
-    if submitted_with and submitted_with != apache_beam.__version__:
+    if submitted_with and submitted_with != apache_beam.__version__ and not java:
         warnings.append(
             f"The job was submitted with Beam {submitted_with}; this engine runs Beam {apache_beam.__version__}. "
             "Pipelines pickled by one Beam version may not load in another."
         )
 
     job_type = (environment.get("version") or {}).get("job_type") or JOB_TYPE_BATCH
+    if java:  # Beam Java's runner v1 says JAVA_BATCH_AUTOSCALING (or STREAMING_...), v2 FNAPI_BATCH
+        job_type = JOB_TYPE_STREAMING if "STREAMING" in job_type.upper() else JOB_TYPE_BATCH
     if job_type == JOB_TYPE_STREAMING and not engine.streaming:
         warnings.append(
             f"This is a streaming job. The {engine.title} engine runs a pipeline until all its input is processed: "
@@ -108,7 +126,7 @@ def stage_job(
         )
 
     main_session, python_path = None, []
-    for package in _packages(environment):
+    for package in [] if java else _packages(environment):
         name, location = package["name"], package["location"]
         if name == MAIN_SESSION:
             main_session = fetch.local_path(location, name)
@@ -141,21 +159,56 @@ def stage_job(
         main_session=main_session,
         python_path=python_path,
         rewritten_environments=rewritten,
+        java_environments=java,
         staged_bytes=fetch.bytes_read,
     )
     return staged, warnings
 
 
-def rewrite_python_environments(pipeline: beam_runner_api_pb2.Pipeline, warnings: list[str]) -> list[str]:
+def java_environments(pipeline: beam_runner_api_pb2.Pipeline, fetch: _Fetcher) -> dict[str, list[str]]:
+    """The pipeline's Java SDK environments that its transforms use, each with its class path: its
+    dependencies (the jars Beam Java's runner staged), as local files read through the file policy, in their
+    order (the class path's order is the submitter's, as Beam's Java boot keeps it)."""
+    used = {t.environment_id for t in pipeline.components.transforms.values() if t.environment_id}
+    found = {}
+    for env_id, env in pipeline.components.environments.items():
+        if env_id in used and _is_java_sdk(env):
+            found[env_id] = [str(fetch.local_path(*_artifact_location(env_id, a))) for a in env.dependencies]
+    return found
+
+
+def _artifact_location(env_id: str, artifact: beam_runner_api_pb2.ArtifactInformation) -> tuple[str, str]:
+    """Where a dependency was staged, and its name, from its `url` or `file` payload."""
+    urns = common_urns.artifact_types
+    if artifact.type_urn == urns.URL.urn:
+        location = beam_runner_api_pb2.ArtifactUrlPayload.FromString(artifact.type_payload).url
+    elif artifact.type_urn == urns.FILE.urn:
+        location = beam_runner_api_pb2.ArtifactFilePayload.FromString(artifact.type_payload).path
+    else:
+        raise ApiError(
+            "FAILED_PRECONDITION",
+            f"The environment {env_id} depends on an artifact of type {artifact.type_urn}: Beamport reads staged "
+            "files (url and file artifacts) only.",
+        )
+    name = os.path.basename(location)
+    if artifact.role_urn == common_urns.artifact_roles.STAGING_TO.urn:
+        name = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(artifact.role_payload).staged_name or name
+    return location, name
+
+
+def rewrite_python_environments(
+    pipeline: beam_runner_api_pb2.Pipeline, warnings: list[str], keep: Collection[str] = ()
+) -> list[str]:
     """Make the pipeline's Python SDK environments embedded, in place; return the ids rewritten.
 
-    Environments of other SDKs (cross-language transforms) cannot run here: ApiError FAILED_PRECONDITION.
+    keep: environments the engine runs otherwise (Java SDK environments), left as they are. Environments of
+    other SDKs (cross-language transforms) cannot run here: ApiError FAILED_PRECONDITION.
     """
     docker = common_urns.environments.DOCKER.urn
     used = {t.environment_id for t in pipeline.components.transforms.values() if t.environment_id}
     rewritten = []
     for env_id, env in pipeline.components.environments.items():
-        if env.urn == python_urns.EMBEDDED_PYTHON:
+        if env.urn == python_urns.EMBEDDED_PYTHON or env_id in keep:
             continue
         image = beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image if env.urn == docker else ""
         # DEFAULT: "whatever the runner runs Python in" (Beam's own protos, without DataflowRunner's rewriting).
@@ -217,6 +270,16 @@ def _packages(environment: dict) -> list[dict]:
 
 def _is_python_sdk(env: beam_runner_api_pb2.Environment, image: str) -> bool:
     return any(c.startswith(_PYTHON_SDK_CAPABILITY) for c in env.capabilities) or bool(_SDK_IMAGE.search(image))
+
+
+def _is_java_sdk(env: beam_runner_api_pb2.Environment) -> bool:
+    """Beam Java's SDK environment: its capabilities say so, or (an older runner) its Docker image is Beam's
+    Java SDK image (gcr.io/cloud-dataflow/v1beta3/beam_java17_sdk:2.73.0, apache/beam_java11_sdk:...)."""
+    if any(c.startswith(_JAVA_SDK_CAPABILITY) for c in env.capabilities):
+        return True
+    if env.urn != common_urns.environments.DOCKER.urn:
+        return False
+    return bool(_JAVA_SDK_IMAGE.search(beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image))
 
 
 def _warn_about_image(image: str, warnings: list[str]) -> None:

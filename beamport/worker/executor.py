@@ -47,17 +47,19 @@ from beamport.worker.api import Work, WorkerApi, WorkerApiError
 log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 1.0
+_BEAMS_LOGGERS = ("apache_beam", "org.apache.beam")
 _PR_SET_PDEATHSIG = 1
 
 
 def importance_of(record: logging.LogRecord) -> str:
-    """Map a log record onto a job message importance. Beam's own INFO chatter stays DETAILED."""
+    """Map a log record onto a job message importance. Beam's own INFO chatter (Python's, and Java's harness)
+    stays DETAILED."""
     if record.levelno >= logging.ERROR:
         return "JOB_MESSAGE_ERROR"
     if record.levelno >= logging.WARNING:
         return "JOB_MESSAGE_WARNING"
     if record.levelno >= logging.INFO:
-        return "JOB_MESSAGE_DETAILED" if record.name.startswith("apache_beam") else "JOB_MESSAGE_BASIC"
+        return "JOB_MESSAGE_DETAILED" if record.name.startswith(_BEAMS_LOGGERS) else "JOB_MESSAGE_BASIC"
     return "JOB_MESSAGE_DEBUG"
 
 

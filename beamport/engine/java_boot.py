@@ -1,0 +1,130 @@
+"""Start Beam Java's SDK harness (org.apache.beam.fn.harness.FnHarness) for the embedded engine, as Beam's Java
+container boot program (sdks/java/container/boot.go) does.
+
+FnApiRunner starts a subprocess environment's command through a shell, with the Fn API's endpoints and the
+job's options in its environment (CONTROL_API_SERVICE_DESCRIPTOR, LOGGING_API_SERVICE_DESCRIPTOR,
+PIPELINE_OPTIONS, WORKER_ID). This program adds what Beam's Java boot sets besides (HARNESS_ID, the options
+as a file, SEMI_PERSISTENT_DIRECTORY) and becomes the JVM: the job's staged jars and Beamport's harness jars
+(jamm, which the harness declares `provided`: Beam's container image brings it) on its class path.
+
+The JVM stays in the process group of the executor that runs the job (the work item's group), which the
+executor kills on cancel, and it dies with its parent (PR_SET_PDEATHSIG) if that is killed first: no JVM
+outlives its job. `python -m beamport.engine.java_boot SPEC`, SPEC a JSON file: {"class_path": [...],
+"java": "/usr/bin/java", "semi_persistent_dir": "..."} (written by harness_command).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import shlex
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+HARNESS_MAIN = "org.apache.beam.fn.harness.FnHarness"
+# Beam Java's harness measures cached objects with jamm, which it declares `provided` (Beam's SDK container
+# brings it): Beamport brings it (scripts/java-harness-jars, or the local Maven repository).
+JAMM = ("com.github.jbellis", "jamm", "0.4.0")
+HARNESS_JARS_DIR = Path.home() / ".cache" / "beamport" / "java"
+_PR_SET_PDEATHSIG = 1
+
+
+class JavaUnavailable(Exception):
+    """No Java, or no harness jars, on this host (the message says what to install)."""
+
+
+def harness_jars(jars_dir: Path | None = None) -> list[str]:
+    """Beamport's own jars for the harness's class path, found on this host (outside any sandbox, where the
+    home directory is the worker's): in `jars_dir` (default ~/.cache/beamport/java), else in the local Maven
+    repository. Empty when they are missing: a Java job then fails, saying how to get them."""
+    group, artifact, version = JAMM
+    name = f"{artifact}-{version}.jar"
+    candidates = [
+        (jars_dir or HARNESS_JARS_DIR) / name,
+        Path.home() / ".m2" / "repository" / group.replace(".", "/") / artifact / version / name,
+    ]
+    return [str(path.resolve()) for path in candidates if path.is_file()][:1]
+
+
+def find_java() -> str:
+    """The java binary: $JAVA_HOME/bin/java, else the one on PATH; JavaUnavailable when there is none."""
+    home = os.environ.get("JAVA_HOME")
+    java = os.path.join(home, "bin", "java") if home else shutil.which("java")
+    if not java or not os.access(java, os.X_OK):
+        raise JavaUnavailable(
+            "This worker has no Java to run the Beam Java SDK harness with (install a JDK 17 or later, e.g. "
+            "Debian's openjdk-17-jre-headless, or set JAVA_HOME)."
+        )
+    return java
+
+
+def harness_command(class_path: list[str], harness: list[str], workdir: Path) -> str:
+    """The subprocess environment's command (a shell command line) that runs the Java harness over `class_path`
+    (the staged jars) and `harness` (harness_jars), its files in `workdir`."""
+    if not harness:
+        group, artifact, version = JAMM
+        raise JavaUnavailable(
+            f"This worker lacks the Java SDK harness's jar {group}:{artifact}:{version}: run scripts/java-harness-jars "
+            f"(or `mvn dependency:get -Dartifact={group}:{artifact}:{version}`) on it."
+        )
+    spec = workdir / "java-harness.json"
+    spec.write_text(
+        json.dumps({"class_path": [*harness, *class_path], "java": find_java(), "semi_persistent_dir": str(workdir)})
+    )
+    return " ".join(shlex.quote(part) for part in (sys.executable, "-m", "beamport.engine.java_boot", str(spec)))
+
+
+def jvm_arguments(class_path_file: Path) -> list[str]:
+    """The JVM's flags, as Beam's Java boot sets them: a heap of 70% of memory (here: of the sandbox's
+    address-space limit, of which the JVM needs some beside its heap), Beam's GC choices, the class path."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit != resource.RLIM_INFINITY:
+        memory = min(memory, limit // 2)
+    return [
+        f"-Xmx{max(memory * 70 // 100, 256 << 20)}",
+        "-XX:+UseParallelGC",
+        "-XX:+AlwaysActAsServerClassMachine",
+        "-XX:-OmitStackTraceInFastThrow",
+        f"@{class_path_file}",  # the class path in an argument file: hundreds of jars
+    ]
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(Path(argv[0]).read_text())
+    workdir = Path(spec["semi_persistent_dir"])
+    worker_id = os.environ.get("WORKER_ID", "")
+    options_file = workdir / f"pipeline-options-{worker_id or os.getpid()}.json"
+    options_file.write_text(os.environ.get("PIPELINE_OPTIONS", "{}"))
+    class_path_file = workdir / "class-path.args"
+    class_path_file.write_text("-cp " + _quoted(os.pathsep.join(spec["class_path"])) + "\n")
+    env = dict(os.environ)
+    env.update(
+        HARNESS_ID=worker_id,  # the id the harness names itself by to the runner's control service
+        PIPELINE_OPTIONS_FILE=str(options_file),
+        SEMI_PERSISTENT_DIRECTORY=str(workdir),
+    )
+    _die_with_parent()
+    os.dup2(2, 1)  # the harness's own output, with the executor's
+    argv = [spec["java"], *jvm_arguments(class_path_file), HARNESS_MAIN]
+    os.execve(argv[0], argv, env)
+
+
+def _quoted(text: str) -> str:
+    """A value in a java @argfile: double-quoted, with its backslashes and quotes escaped."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

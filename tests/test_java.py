@@ -1,0 +1,241 @@
+"""Beam Java pipelines submitted by Beam Java's own DataflowRunner (runner v1 and v2) run on the embedded engine, in
+a Java SDK harness: outputs identical to Beam Java's DirectRunner's, the user counter through the Java runner's
+MetricResults and getMetrics, a failing DoFn's Java stack trace in the job's messages, and a cancel that leaves no
+JVM. The pipelines are tests/java's, built once by scripts/java-pipelines (BEAMPORT_TEST_JAVA: their class path)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import Api, Server
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("java")]
+
+V1, V2 = "v1", "v2"
+WORDS = ["apple", "banana", "cherry", "avocado", "blueberry", "coconut", "date", "elderberry", "fig", "grape"]
+TEXT = "\n".join(" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(i % 6 + 1)) for i in range(400)) + "\n"
+PROJECT = "java-demo"
+
+
+def required_path(variable: str, what: str) -> Path:
+    value = os.environ.get(variable)
+    if not value or not Path(value).exists():
+        message = f"{variable} is not set: run the suite with scripts/test, which {what}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return Path(value)
+
+
+class Java:
+    """Runs tests/java's pipelines: on Beam Java's DirectRunner, or submitted to a Beamport server."""
+
+    def __init__(self, class_path: str, server: Server, base: Path):
+        self.class_path = class_path
+        self.server = server
+        self.base = base
+        self.input = base / "input.txt"
+        self.input.write_text(TEXT)
+        # One staging location for every job: the Java runner uploads each jar once (it skips those present).
+        self.staging = base / "staging"
+
+    def run(self, main: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            ["java", "-cp", self.class_path, f"dev.beamport.pipelines.{main}", f"--inputFile={self.input}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, f"{main} {args}:\n{done.stdout[-5000:]}\n{done.stderr[-20000:]}"
+        return done
+
+    def direct(self, main: str, output: Path, *args: str) -> subprocess.CompletedProcess:
+        return self.run(main, "--runner=DirectRunner", f"--output={output}", *args)
+
+    def dataflow(self, main: str, output: Path, path: str, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+        """Submit to the server with the flags of issue 18; the run's output and the job's id."""
+        name = f"{main.lower()}-{path}-{uuid.uuid4().hex[:8]}"
+        done = self.run(
+            main,
+            "--runner=DataflowRunner",
+            f"--dataflowEndpoint={self.server.url}",
+            f"--project={PROJECT}",
+            "--region=us-central1",
+            f"--jobName={name}",
+            f"--tempLocation={self.base / 'temp'}",
+            f"--stagingLocation={self.staging}",
+            "--pathValidatorClass=org.apache.beam.sdk.extensions.gcp.storage.NoopPathValidator",
+            "--credentialFactoryClass=org.apache.beam.sdk.extensions.gcp.auth.NoopCredentialFactory",
+            f"--output={output}",
+            *(["--experiments=use_runner_v2"] if path == V2 else []),
+            *args,
+        )
+        api = Api(self.server.url, PROJECT)
+        job = next(j for j in api.all_jobs() if j["name"] == name)
+        return done, job["id"]
+
+
+@pytest.fixture(scope="module")
+def java(tmp_path_factory) -> Java:
+    class_path = required_path("BEAMPORT_TEST_JAVA", "builds the Java pipelines (scripts/java-pipelines)")
+    base = tmp_path_factory.mktemp("java")
+    srv = Server(base / "data", extra_args=("--allow-path", str(base), "--workers", "2")).start()
+    yield Java(class_path.read_text().strip(), srv, base)
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def direct_outputs(java) -> dict:
+    """Each pipeline's output (and printed lines) on Beam Java's DirectRunner, once."""
+    outputs = {}
+    for main in ("WordCount", "Features"):
+        out = java.base / "direct" / main / "out"
+        done = java.direct(main, out)
+        outputs[main] = (read_output(out), done.stdout)
+    return outputs
+
+
+def read_output(prefix: Path) -> list[str]:
+    return sorted(line for f in prefix.parent.glob(prefix.name + "*") for line in f.read_text().splitlines())
+
+
+def messages(api: Api, job_id: str) -> list[str]:
+    answer = api.messages(job_id, minimumImportance="JOB_MESSAGE_DEBUG", pageSize=1000).json()
+    return [m.get("messageText", "") for m in answer.get("jobMessages", [])]
+
+
+def wait_state(api: Api, job_id: str, states: set[str], timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.get(job_id).json()
+        if job.get("currentState") in states:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {states}: {api.get(job_id).json()}")
+
+
+@pytest.mark.parametrize("path", [V1, V2])
+def test_wordcount_output_is_the_direct_runners(java, direct_outputs, path):
+    out = java.base / path / "wordcount" / "out"
+    done, job_id = java.dataflow("WordCount", out, path)
+    assert "FINAL_STATE DONE" in done.stdout, done.stdout + done.stderr[-5000:]
+    assert read_output(out) == direct_outputs["WordCount"][0] != []
+    job = Api(java.server.url, PROJECT).get(job_id).json()
+    assert job["currentState"] == "JOB_STATE_DONE"
+    assert job["type"] == "JOB_TYPE_BATCH"
+
+
+@pytest.mark.parametrize("path", [V1, V2])
+def test_counter_side_input_and_group_by_key(java, direct_outputs, path):
+    out = java.base / path / "features" / "out"
+    done, job_id = java.dataflow("Features", out, path)
+    assert "FINAL_STATE DONE" in done.stdout, done.stdout + done.stderr[-5000:]
+    assert read_output(out) == direct_outputs["Features"][0] != []
+    # The counter as the Java runner's MetricResults read it back from getMetrics, and as the DirectRunner counts.
+    words = len(TEXT.split())
+    assert re.search(rf"COUNTER words attempted={words}\b", direct_outputs["Features"][1])
+    assert re.search(rf"COUNTER words attempted={words}\b", done.stdout), done.stdout
+    api = Api(java.server.url, PROJECT)
+    metrics = api.client.get(f"{api.jobs_path}/{job_id}/metrics").json()["metrics"]
+    user = [m for m in metrics if m["name"]["name"] == "words" and m["name"].get("origin") == "user"]
+    assert user and {m["scalar"] for m in user} == {words}, metrics
+
+
+def test_a_failing_dofn_fails_the_job_with_its_java_stack_trace(java):
+    out = java.base / "failing" / "out"
+    done, job_id = java.dataflow("Features", out, V1, "--failOn=fig")
+    assert "FINAL_STATE FAILED" in done.stdout, done.stdout + done.stderr[-5000:]
+    api = Api(java.server.url, PROJECT)
+    assert api.get(job_id).json()["currentState"] == "JOB_STATE_FAILED"
+    text = "\n".join(messages(api, job_id))
+    assert "java.lang.IllegalStateException: Features refuses the word fig" in text, text[-5000:]
+    assert "at dev.beamport.pipelines.Features$SplitWords.processElement(Features.java:" in text, text[-5000:]
+
+
+def harness_jvms(server: Server) -> list[psutil.Process]:
+    assert server.process is not None
+    found = []
+    for process in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if "org.apache.beam.fn.harness.FnHarness" in process.cmdline():
+                found.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_cancel_leaves_no_jvm(java):
+    out = java.base / "cancelled" / "out"
+    done, job_id = java.dataflow("Features", out, V2, "--slowMillis=2000", "--wait=false")
+    assert "SUBMITTED" in done.stdout
+    api = Api(java.server.url, PROJECT)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    deadline = time.monotonic() + 300
+    while not (jvms := harness_jvms(java.server)):
+        assert time.monotonic() < deadline, "no Java SDK harness started"
+        assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
+        time.sleep(0.2)
+    groups = {os.getpgid(jvm.pid) for jvm in jvms}
+    response = api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"})
+    assert response.status_code == 200, response.text
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"})
+    # The JVMs, and everything else of the work item's process group, end with it.
+    gone, alive = psutil.wait_procs(jvms, timeout=60)
+    assert not alive, alive
+    # The sandbox's own process (bwrap) goes once its child has: wait for that, not for a time.
+    deadline = time.monotonic() + 60
+    while left := [p for p in psutil.process_iter() if _alive_in(p, groups)]:
+        assert time.monotonic() < deadline, left
+        time.sleep(0.1)
+
+
+def _alive_in(process: psutil.Process, groups: set[int]) -> bool:
+    """Whether a process runs in one of these process groups (a zombie, dead and waiting for its parent to
+    read its exit, does not run)."""
+    try:
+        return os.getpgid(process.pid) in groups and process.status() != psutil.STATUS_ZOMBIE
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False
+
+
+def test_the_launcher_starts_the_harness_as_beams_java_boot_does(tmp_path):
+    """java_boot with a stand-in `java` that prints what it was given: Beam Java boot's environment and flags."""
+    import json
+    import sys
+
+    from beamport.engine import java_boot
+
+    java = tmp_path / "java"
+    java.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\nenv\n')
+    java.chmod(0o755)
+    jars = [str(tmp_path / "a b.jar"), str(tmp_path / "c.jar")]
+    with pytest.raises(java_boot.JavaUnavailable, match="jamm"):
+        java_boot.harness_command(jars, [], tmp_path)
+    command = java_boot.harness_command(jars, [str(tmp_path / "jamm.jar")], tmp_path)
+    spec = json.loads((tmp_path / "java-harness.json").read_text())
+    spec["java"] = str(java)
+    (tmp_path / "java-harness.json").write_text(json.dumps(spec))
+    env = {
+        **os.environ,
+        "WORKER_ID": "worker_7",
+        "PIPELINE_OPTIONS": '{"options": {"jobName": "j"}}',
+        "CONTROL_API_SERVICE_DESCRIPTOR": 'url: "localhost:1"',
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    done = subprocess.run(command, shell=True, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    printed = done.stderr.splitlines()  # the harness's output goes to stderr, with the executor's
+    assert "org.apache.beam.fn.harness.FnHarness" in printed
+    assert "HARNESS_ID=worker_7" in printed and f"SEMI_PERSISTENT_DIRECTORY={tmp_path}" in printed
+    options_file = next(line.split("=", 1)[1] for line in printed if line.startswith("PIPELINE_OPTIONS_FILE="))
+    assert json.loads(Path(options_file).read_text()) == {"options": {"jobName": "j"}}
+    argfile = next(line[1:] for line in printed if line.startswith("@"))
+    assert Path(argfile).read_text() == f'-cp "{tmp_path}/jamm.jar:{tmp_path}/a b.jar:{tmp_path}/c.jar"\n'
+    assert any(line.startswith("-Xmx") for line in printed) and "-XX:+UseParallelGC" in printed
