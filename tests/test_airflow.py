@@ -51,11 +51,6 @@ def airflow(tmp_path_factory):
     venv = required_path("BEAMPORT_TEST_AIRFLOW", "makes Airflow's virtualenv (scripts/airflow-venv)")
     prism = required_path("BEAMPORT_TEST_PRISM", "builds Prism")
     base = tmp_path_factory.mktemp("airflow")
-    grpc_port = free_port()
-    srv = Server(
-        base / "data",
-        extra_args=("--allow-path", str(base), "--workers", "2", "--prism", str(prism), "--grpc-port", str(grpc_port)),
-    ).start()
     # This tree's beamport as `pip install beamport[airflow]` puts it (its dependencies are the venv's), built
     # from a copy: pip builds in the source tree, where the other tests' processes write __pycache__ meanwhile.
     source = base / "source"
@@ -71,6 +66,11 @@ def airflow(tmp_path_factory):
     home = base / "airflow-home"
     home.mkdir()
     shutil.copyfile(venv / "airflow-db" / "airflow.db", home / "airflow.db")  # migrated once, with the venv
+    grpc_port = free_port()
+    srv = Server(
+        base / "data",
+        extra_args=("--allow-path", str(base), "--workers", "2", "--prism", str(prism), "--grpc-port", str(grpc_port)),
+    ).start()
     connection = {
         "conn_type": "google_cloud_platform",
         "extra": {
@@ -90,8 +90,10 @@ def airflow(tmp_path_factory):
         "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).parent / "airflow_dags"),
         "AIRFLOW_CONN_BEAMPORT": json.dumps(connection),
     }
-    yield srv, base, venv, env
-    srv.stop()
+    try:
+        yield srv, base, venv, env
+    finally:
+        srv.stop()
 
 
 def test_airflow_runs_every_dataflow_operator_and_sensor_unmodified(airflow, project):
