@@ -19,6 +19,18 @@ POSTGRES_URL = os.environ.get("BEAMPORT_TEST_POSTGRES_URL")
 CREDENTIALS = "GOOGLE_APPLICATION_CREDENTIALS"
 
 
+def required_path(variable: str, what: str) -> Path:
+    """The path a variable names, which scripts/test sets up (a tool, a build): the test is skipped without it,
+    and fails under CI, where nothing may be skipped."""
+    value = os.environ.get(variable)
+    if not value or not Path(value).exists():
+        message = f"{variable} is not set: run the suite with scripts/test, which {what}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return Path(value)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Api, Server, beamport_command, free_port
+from conftest import ROOT, Api, Server, beamport_command, free_port, required_path
 from test_running_jobs import PIPELINES, read_output, texts, wait_state
 from test_templates import build_greeter_flex_template
 
@@ -22,16 +22,6 @@ from test_templates import build_greeter_flex_template
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("airflow")]
 DAG_ID = "beamport_dataflow"
 HOUR = 1_800_000_000 // 3600 * 3600  # lines of one event-time hour: a drain closes its window
-
-
-def required_path(variable: str, what: str) -> Path:
-    value = os.environ.get(variable)
-    if not value or not Path(value).exists():
-        message = f"{variable} is not set: run the suite with scripts/test, which {what}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return Path(value)
 
 
 def airflow_run(venv: Path, env: dict[str, str], log: Path, *args: str) -> str:

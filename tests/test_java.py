@@ -14,7 +14,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Api, Server
+from conftest import Api, Server, required_path
+from test_running_jobs import wait_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("java")]
 
@@ -22,16 +23,6 @@ V1, V2 = "v1", "v2"
 WORDS = ["apple", "banana", "cherry", "avocado", "blueberry", "coconut", "date", "elderberry", "fig", "grape"]
 TEXT = "\n".join(" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(i % 6 + 1)) for i in range(400)) + "\n"
 PROJECT = "java-demo"
-
-
-def required_path(variable: str, what: str) -> Path:
-    value = os.environ.get(variable)
-    if not value or not Path(value).exists():
-        message = f"{variable} is not set: run the suite with scripts/test, which {what}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return Path(value)
 
 
 class Java:
@@ -111,16 +102,6 @@ def messages(api: Api, job_id: str) -> list[str]:
     return [m.get("messageText", "") for m in answer.get("jobMessages", [])]
 
 
-def wait_state(api: Api, job_id: str, states: set[str], timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = api.get(job_id).json()
-        if job.get("currentState") in states:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never reached {states}: {api.get(job_id).json()}")
-
-
 @pytest.mark.parametrize("path", [V1, V2])
 def test_wordcount_output_is_the_direct_runners(java, direct_outputs, path):
     out = java.base / path / "wordcount" / "out"
@@ -176,7 +157,7 @@ def test_cancel_leaves_no_jvm(java):
     done, job_id = java.dataflow("Features", out, V2, "--slowMillis=2000", "--wait=false")
     assert "SUBMITTED" in done.stdout
     api = Api(java.server.url, PROJECT)
-    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=300)
     deadline = time.monotonic() + 300
     while not (jvms := harness_jvms(java.server)):
         assert time.monotonic() < deadline, "no Java SDK harness started"
@@ -185,7 +166,7 @@ def test_cancel_leaves_no_jvm(java):
     groups = {os.getpgid(jvm.pid) for jvm in jvms}
     response = api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"})
     assert response.status_code == 200, response.text
-    wait_state(api, job_id, {"JOB_STATE_CANCELLED"})
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=300)
     # The JVMs, and everything else of the work item's process group, end with it.
     gone, alive = psutil.wait_procs(jvms, timeout=60)
     assert not alive, alive
