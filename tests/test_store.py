@@ -369,7 +369,8 @@ def test_projects_with_jobs_are_listed_newest_job_first_from_the_index(store, st
     assert jobs.list_projects(set()) == {"projects": []}
     # Every project's newest seq from an index on (project_id, ..., seq), never a scan of the table: SQLite reads
     # the index alone; PostgreSQL (told not to scan a table this small) may visit rows the visibility map of so
-    # young a table does not vouch for.
+    # young a table does not vouch for, and with 5 rows its costs tie between the indexes that lead with
+    # project_id (it took ix_jobs_request once): any of those, never the table.
     for project_ids in (None, {"a", "c"}):
         with store.engine.connect() as conn:
             sql = projects_statement(project_ids).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
@@ -379,7 +380,7 @@ def test_projects_with_jobs_are_listed_newest_job_first_from_the_index(store, st
             else:
                 conn.execute(text("SET enable_seqscan = off"))
                 plan = " ".join(row[0] for row in conn.execute(text(f"EXPLAIN {sql}")))
-                assert " ix_jobs_project_" in plan and "Seq Scan" not in plan, plan
+                assert (" ix_jobs_project_" in plan or " ix_jobs_request " in plan) and "Seq Scan" not in plan, plan
 
 
 def test_the_head_revision_is_alembics_and_a_migrated_store_is_at_it(store_url):

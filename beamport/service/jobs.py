@@ -747,9 +747,12 @@ class JobService:
             if job_states.is_terminal(state):
                 raise failed_precondition(f"Job {job_id} is in terminal state {state} and can no longer be changed.")
             now = self.clock()
+            started = False  # a worker took its work once: an engine may run it still (a cluster's job)
             if requested:
                 # Work between attempts (no worker holds it) has nothing to stop: the cancel ends at once.
-                held = any(item.state == WORK_LEASED for item in self.store.work_items.list(job_id))
+                items = self.store.work_items.list(job_id)
+                held = any(item.state == WORK_LEASED for item in items)
+                started = any(item.start_us is not None for item in items)
                 messages = self._request_state(doc, requested, now, held)
             else:
                 messages = self._apply_mask(doc, mask, changes)
@@ -761,7 +764,7 @@ class JobService:
                 self.store,
                 Write(changed_jobs=[JobChange(record, expected)], changed_work_items=work, messages=messages),
             )
-            ended[:] = [] if record.active else [doc]
+            ended[:] = [doc] if started and not record.active else []
             return render_job(record, model.VIEW_SUMMARY)
 
         answer = retry_on_conflict(attempt, f"updating job {job_id}")
