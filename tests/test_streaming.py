@@ -69,6 +69,22 @@ def streaming_server(flink, tmp_path_factory):
     cancel_flink_jobs(flink, lambda job: job["state"] == "RUNNING")
 
 
+def crash(srv: Server) -> None:
+    """The server, its workers and their executors all die at once, as on a crash of the machine."""
+    import psutil
+
+    server = psutil.Process(srv.process.pid)
+    for process in [*server.children(recursive=True), server]:
+        process.kill()
+    srv.process.wait()
+    srv.process = None
+
+
+def cancel_live_flink_jobs_of(flink: dict, job_id: str | None) -> None:
+    live = ("RUNNING", "RESTARTING", "CREATED", "INITIALIZING")
+    cancel_flink_jobs(flink, lambda job: job["name"] == job_id and job["state"] in live)
+
+
 def cancel_flink_jobs(flink: dict, which) -> None:
     """Cancel, on the cluster, the jobs `which(job)` picks (an entry of Flink's /jobs/overview)."""
     for job in flink_jobs(flink):
@@ -577,12 +593,8 @@ def test_a_streaming_job_created_without_an_engine_runs_once_the_server_restarts
 def test_a_cancel_while_no_worker_holds_the_work_stops_the_flink_job(flink, tmp_path, project):
     """After a crash the Flink job runs on, and no worker holds its work: once the cancel ends the job (when the
     dead worker's lease is revoked), the service stops the cluster's job itself, since no worker will."""
-    import psutil
-
-    args = ["--allow-path", str(tmp_path), "--workers", "1"]
-    for flag in ("MASTER", "JOB_SERVER", "SDK_POOL"):
-        args += [f"--flink-{flag.lower().replace('_', '-')}", flink[f"BEAMPORT_FLINK_{flag}"]]
-    srv = Server(tmp_path / "data", extra_args=tuple(args)).start()
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", *flink_args(flink)))
+    srv.start()
     job_id = None
     try:
         api = Api(srv.url, project)
@@ -591,13 +603,8 @@ def test_a_cancel_while_no_worker_holds_the_work_stops_the_flink_job(flink, tmp_
         job_id = submit(srv, project, tmp_path / "v1", "orphan", "counts", log, out)
         wait_for("the lines counted", lambda: len(outputs(out)) >= 2)
         wait_for("the Flink job running", lambda: flink_state(flink, job_id) == "RUNNING")
-        server = psutil.Process(srv.process.pid)
-        for process in [*server.children(recursive=True), server]:
-            process.kill()
-        srv.process.wait()
-        srv.process = None
-        srv.extra_args = ("--allow-path", str(tmp_path), "--workers", "0")  # no worker: the work is not leased
-        srv.extra_args += tuple(args[4:])
+        crash(srv)
+        srv.extra_args = ("--allow-path", str(tmp_path), "--workers", "0", *flink_args(flink))  # no worker to lease
         srv.start()
         assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
         # The dead worker's lease lapses (at most a minute after its last report, past the restart's grace).
@@ -606,26 +613,12 @@ def test_a_cancel_while_no_worker_holds_the_work_stops_the_flink_job(flink, tmp_
     finally:
         if srv.process is not None:
             srv.stop()
-        live = ("RUNNING", "RESTARTING", "CREATED", "INITIALIZING")
-        cancel_flink_jobs(flink, lambda job: job["name"] == job_id and job["state"] in live)
+        cancel_live_flink_jobs_of(flink, job_id)
 
 
 def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopts_it(flink, tmp_path, project):
-    import psutil
-
-    args = (
-        "--allow-path",
-        str(tmp_path),
-        "--workers",
-        "1",
-        "--flink-master",
-        flink["BEAMPORT_FLINK_MASTER"],
-        "--flink-job-server",
-        flink["BEAMPORT_FLINK_JOB_SERVER"],
-        "--flink-sdk-pool",
-        flink["BEAMPORT_FLINK_SDK_POOL"],
-    )
-    srv = Server(tmp_path / "data", extra_args=args).start()
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", *flink_args(flink)))
+    srv.start()
     job_id = None
     try:
         api = Api(srv.url, project)
@@ -644,12 +637,7 @@ def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopt
             "took over work item" in m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])
         )
         taken_over_before = took_over()
-        # The server, its worker and the worker's executor all die at once, as on a crash of the machine.
-        server = psutil.Process(srv.process.pid)
-        for process in [*server.children(recursive=True), server]:
-            process.kill()
-        srv.process.wait()
-        srv.process = None
+        crash(srv)
         append(log, [f"k{i % 2},{i}" for i in range(4, 8)])  # the Flink job goes on reading meanwhile
         wait_for("lines counted while Beamport is down", lambda: len(outputs(out)) >= 8)
 
@@ -670,6 +658,4 @@ def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopt
     finally:
         if srv.process is not None:
             srv.stop()
-        # A failed run must not leave its job holding the shared cluster's slots.
-        live = ("RUNNING", "RESTARTING", "CREATED", "INITIALIZING")
-        cancel_flink_jobs(flink, lambda job: job["name"] == job_id and job["state"] in live)
+        cancel_live_flink_jobs_of(flink, job_id)  # a failed run must not leave them holding the cluster's slots
