@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 import httpx
 
 from beamport.polling import wait_until
+from beamport.processes import free_loopback_port
 
 log = logging.getLogger("beamport.emulators")
 
@@ -202,7 +202,7 @@ class EmulatorProcess:
 
     def __init__(self, emulator: GoEmulator, binary: Path, state_dir: Path, log_path: Path):
         self.emulator, self.binary, self.state_dir, self.log_path = emulator, binary, state_dir, log_path
-        self.port = _free_port()
+        self.port = free_loopback_port()
         self._stopping = threading.Event()
         self._started = threading.Event()
         self._process: subprocess.Popen | None = None
@@ -356,9 +356,3 @@ class Emulators:
             process.stop()
         self.running.clear()
         (self.data_dir / ENV_FILE).unlink(missing_ok=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -15,22 +15,21 @@ outlives its job. `python -m beamport.engine.java_boot SPEC`, SPEC a JSON file: 
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import resource
 import shlex
 import shutil
-import signal
 import sys
 from pathlib import Path
+
+from beamport.processes import die_with_parent
 
 HARNESS_MAIN = "org.apache.beam.fn.harness.FnHarness"
 # Beam Java's harness measures cached objects with jamm, which it declares `provided` (Beam's SDK container
 # brings it): Beamport brings it (scripts/java-harness-jars, or the local Maven repository).
 JAMM = ("com.github.jbellis", "jamm", "0.4.0")
 HARNESS_JARS_DIR = Path.home() / ".cache" / "beamport" / "java"
-_PR_SET_PDEATHSIG = 1
 
 
 class JavaUnavailable(Exception):
@@ -108,7 +107,7 @@ def main(argv: list[str]) -> None:
         PIPELINE_OPTIONS_FILE=str(options_file),
         SEMI_PERSISTENT_DIRECTORY=str(workdir),
     )
-    _die_with_parent()
+    die_with_parent()
     os.dup2(2, 1)  # the harness's own output, with the executor's
     argv = [spec["java"], *jvm_arguments(class_path_file), HARNESS_MAIN]
     os.execve(argv[0], argv, env)
@@ -117,13 +116,6 @@ def main(argv: list[str]) -> None:
 def _quoted(text: str) -> str:
     """A value in a java @argfile: double-quoted, with its backslashes and quotes escaped."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ through beamport.engine.sdk_boot with the job's options (the drain signal among 
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,17 +33,12 @@ from beamport.engine.base import (
     StagedJob,
 )
 from beamport.engine.portable import JobService, external_environments
+from beamport.processes import free_loopback_port
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 START_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrismEngine(Engine):
@@ -78,7 +72,7 @@ class PrismEngine(Engine):
             pool_address, pool = BeamFnExternalWorkerPoolServicer.start(
                 use_process=True, container_executable=str(boot)
             )
-            port = _free_port()
+            port = free_loopback_port()
             with open(workdir / "prism.log", "wb") as prism_log:
                 prism = subprocess.Popen(
                     [str(self.binary), f"--job_port={port}", "--serve_http=false", "--log_level=warn"],

@@ -10,7 +10,6 @@ that leased work starts at once.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from beamport import wire
 from beamport.engine import registry
 from beamport.engine.base import STAGE_RUNNING, Engine
 from beamport.errors import RPC_CODE
+from beamport.processes import die_with_parent
 from beamport.protocol import (
     BACKLOG_UNIT_BYTES,
     CODE_ENGINE_RUNNING,
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 1.0
 _BEAMS_LOGGERS = ("apache_beam", "org.apache.beam")
-_PR_SET_PDEATHSIG = 1
 
 
 def importance_of(record: logging.LogRecord) -> str:
@@ -173,18 +172,6 @@ def warm_up() -> None:
     import beamport.engine.embedded  # noqa: F401
     import beamport.engine.staging  # noqa: F401
     import beamport.translate.metrics  # noqa: F401
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Linux: be killed when the worker that started this process dies (kill -9 included), so that a lost
-    worker's work never runs on behind the service's back."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect (0: in a sandbox,
-        # whose parent is the sandbox's own init, and which dies with the worker)
-        os._exit(1)
 
 
 def engine_spec(work_config: dict) -> registry.EngineSpec:
@@ -336,6 +323,8 @@ def main() -> None:
     0: in a sandbox, which dies with the worker itself)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Killed with the worker that started it, so that a lost worker's work never runs on behind the service's
+    # back (PARENT_PID 0: in a sandbox, whose parent is its own init, and which dies with the worker).
     die_with_parent(int(sys.argv[1]))
     warm_up()
     line = sys.stdin.readline()
