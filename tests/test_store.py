@@ -9,7 +9,7 @@ import random
 import orjson
 import pytest
 from conftest import new_postgres_database
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from beamport.service import model
 from beamport.service.documents import job_message, record_from_document
@@ -288,6 +288,33 @@ def test_leases_follow_the_fair_share_rule_among_many_pending_items(store):
         got = lease(100 + n, project or "-", location or "-", projects)
         assert got == expected, (project, location, projects)
     assert lease(200, "nobody") is None
+
+
+def test_a_lease_commits_without_waiting_for_the_disk_and_a_new_job_waits(store, store_url):
+    """A lease is the one write whose loss in a machine crash leaves nothing wrong (its item is pending again), so
+    its commit does not wait for the disk: the setting in force inside its transaction says so; a new job's does."""
+    postgres = store_url.startswith("postgresql")
+    show = "SHOW synchronous_commit" if postgres else "PRAGMA synchronous"
+    seen = {}
+
+    def setting(conn) -> str:
+        value = str(conn.exec_driver_sql(show).scalar())
+        return {"1": "NORMAL", "2": "FULL"}.get(value, value)
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def record(conn, cursor, statement, params, context, executemany):
+        if statement.startswith("UPDATE work_items") and not conn.info.get("checking"):
+            conn.info["checking"] = True
+            try:
+                seen["lease"] = setting(conn)
+            finally:
+                conn.info["checking"] = False
+
+    _seed_jobs(store, [("p", REGION, model.PENDING, WORK_PENDING)])
+    assert LeaseService(store, clock=Clock()).lease("-", "-", "-", {"workerId": "w"})
+    assert seen["lease"] == ("off" if postgres else "NORMAL")
+    with store.db.writing() as conn:
+        assert setting(conn) == ("on" if postgres else "FULL")
 
 
 def test_held_and_waiting_work_are_found_by_index(store):

@@ -113,6 +113,9 @@ class LeaseService:
             write = Write(
                 changed_work_items=[WorkItemChange(item, expected_item)],
                 workers=[serving(worker, worker_id, job, item, now, self.default_report_interval_us)],
+                # A lease that the machine's crash loses leaves the item pending, to be leased again as when its
+                # worker is lost (the worker's next report is refused, and it stops): no job is lost.
+                durable=False,
             )
             messages = []
             # The job is RUNNING once its engine runs it (CODE_ENGINE_RUNNING): a Flink job is not running

@@ -41,6 +41,10 @@ class Write:
     # time; the job's other message writers wait until this write commits. The service layer sets its rule here
     # (documents.messages_in_order: a job's message times never go backwards).
     time_messages: MessageTimer | None = None
+    # False: the commit does not wait for the disk (SQLite's synchronous=NORMAL, PostgreSQL's synchronous_commit
+    # off). It survives the server's crash, not the machine's; later durable writes make it durable too (both
+    # logs are written in order). For writes whose loss leaves nothing wrong: a lost lease is work pending again.
+    durable: bool = True
 
 
 class Store(abc.ABC):

@@ -131,7 +131,7 @@ def _sqlite_engine(url: str, watch: _DatabaseFile | None) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        cursor.execute("PRAGMA synchronous=FULL")  # an accepted job survives power loss too
+        cursor.execute("PRAGMA synchronous=FULL")  # an accepted job survives power loss too (writes: _on_begin)
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
         if watch is not None:
@@ -141,9 +141,12 @@ def _sqlite_engine(url: str, watch: _DatabaseFile | None) -> Engine:
     def _on_begin(connection):
         # Writers take the write lock up front, so two writers never deadlock
         # upgrading read locks; readers don't block anyone (WAL).
-        if connection.get_execution_options().get("write"):
+        options = connection.get_execution_options()
+        if options.get("write"):
             if watch is not None:
                 watch.check()
+            # Per write (Database.writing): FULL syncs the WAL at each commit, NORMAL at checkpoints only.
+            connection.exec_driver_sql(f"PRAGMA synchronous={'NORMAL' if options.get('relaxed') else 'FULL'}")
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             if watch is not None and watch.gone is not None:  # reads too, once it is known: no stale answers
@@ -222,11 +225,15 @@ class Database:
             self.engine = create_engine(url, pool_size=8, max_overflow=32, pool_pre_ping=True)
         self.postgres = self.engine.dialect.name == "postgresql"
         self.writer = self.engine.execution_options(write=True)
+        self._relaxed_writer = self.engine.execution_options(write=True, relaxed=True)
+        # PostgreSQL's READ COMMITTED gives each statement its own snapshot, in a transaction or not: reads run
+        # without one, which spares each read two round trips (BEGIN, ROLLBACK) and a lease four.
+        self._reader = self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.postgres else self.engine
         self._point_reader = _PointReader(_sqlite_engine(url, self.file), self.file) if self.file is not None else None
 
     def reading(self) -> Connection:
         """A connection for reads (`with db.reading() as conn:`)."""
-        return self.engine.connect()
+        return self._reader.connect()
 
     def first_row(self, statement, params: dict) -> dict | None:
         """The first row of a read of one statement (a column name -> value dict, values as the driver gives
@@ -253,9 +260,12 @@ class Database:
         self.engine.dispose()
 
     @contextlib.contextmanager
-    def writing(self):
-        """A write transaction: committed when the block ends, rolled back if it raises."""
-        with self.write_lock, self.writer.begin() as conn:
+    def writing(self, durable: bool = True):
+        """A write transaction: committed when the block ends, rolled back if it raises. Not `durable`: its
+        commit does not wait for the disk (store.base.Write.durable)."""
+        with self.write_lock, (self.writer if durable else self._relaxed_writer).begin() as conn:
+            if not durable and self.postgres:
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             yield conn
 
     def check(self) -> None:

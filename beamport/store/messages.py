@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import builtins
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Integer, bindparam, insert, select, union_all
@@ -125,17 +125,25 @@ class SqlMessageStore(MessageStore):
 
     # -- in a Write's transaction (SqlStore.write) ----------------------------------------------------------------
 
-    def add(self, conn: Connection, messages: builtins.list[MessageRecord], timer: MessageTimer | None) -> None:
+    def add(
+        self,
+        conn: Connection,
+        messages: builtins.list[MessageRecord],
+        timer: MessageTimer | None,
+        locked: Collection[str] = (),
+    ) -> None:
         """Insert new messages; with a timer, first let it see each job's latest stored message time, while the
         job's other message writers wait for this transaction (SQLite's writers wait already; on PostgreSQL the
-        jobs' rows are locked, in id order, so that two writes with messages of the same jobs never deadlock)."""
+        jobs' rows are locked, in id order, so that two writes with messages of the same jobs never deadlock;
+        `locked`: jobs whose rows this transaction has written already, and so holds)."""
         if not messages:
             return
         if timer is not None:
             job_ids = sorted({m.job_id for m in messages})
             if self.db.postgres:
                 for job_id in job_ids:
-                    conn.execute(select(jobs.c.seq).where(jobs.c.id == job_id).with_for_update())
+                    if job_id not in locked:
+                        conn.execute(select(jobs.c.seq).where(jobs.c.id == job_id).with_for_update())
             latest = {job_id: conn.execute(_LATEST_TIME, {"job_id": job_id}).scalar() or 0 for job_id in job_ids}
             timer(messages, latest)
         rows = [

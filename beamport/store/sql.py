@@ -113,10 +113,11 @@ class SqlStore(Store):
 
     def write(self, write: Write) -> None:
         try:
-            with self.db.writing() as conn:
+            with self.db.writing(durable=write.durable) as conn:
                 self.jobs.change(conn, list(write.changed_jobs))
                 new_seqs = self.jobs.add(conn, list(write.new_jobs))
-                self.messages.add(conn, list(write.messages), write.time_messages)
+                written = {change.record.id for change in write.changed_jobs} | {job.id for job in write.new_jobs}
+                self.messages.add(conn, list(write.messages), write.time_messages, locked=written)
                 self.work_items.change(conn, list(write.changed_work_items))
                 new_items = self.work_items.add(conn, list(write.new_work_items))
                 self.metrics.put(conn, list(write.metrics), list(write.stages))
