@@ -234,13 +234,17 @@ def _pending_projects_statement(by_location: bool, by_projects: bool, lateral: b
         oldest = (
             select(func.min(pending.c.id)).where(waiting(pending), pending.c.project_id == projects.c.project_id)
         ).scalar_subquery()
-    count = (
-        select(func.count())
-        .select_from(leased)
-        .where(leased.c.state == literal_column("'LEASED'"), leased.c.project_id == projects.c.project_id)
-    ).scalar_subquery()
-    stmt = select(projects.c.project_id, oldest.label("oldest_id"), count.label("leased")).where(
-        projects.c.project_id.is_not(None)
+    # Leased items are few (one per busy worker): counted once, by the partial index of held work, not per project.
+    counts = (
+        select(leased.c.project_id, func.count().label("n"))
+        .where(leased.c.state == literal_column("'LEASED'"))
+        .group_by(leased.c.project_id)
+        .subquery("counts")
+    )
+    stmt = (
+        select(projects.c.project_id, oldest.label("oldest_id"), func.coalesce(counts.c.n, 0).label("leased"))
+        .select_from(projects.outerjoin(counts, counts.c.project_id == projects.c.project_id))
+        .where(projects.c.project_id.is_not(None))
     )
     if by_projects:
         stmt = stmt.where(projects.c.project_id.in_(bindparam("projects", expanding=True)))
