@@ -555,6 +555,33 @@ def test_prism_runs_streaming_jobs_until_cancelled_or_drained_and_takes_no_snaps
     assert sorted(outputs(windows_out)) == [["k0", "3"], ["k1", "3"]]
 
 
+def test_a_prism_job_whose_work_stops_fails_saying_prism_keeps_no_state(prism_server, project):
+    """Prism keeps no state: another attempt would read its input from the start and write its counts again. So a
+    Prism streaming job whose run dies fails, and says why (its messages warned at the start), never restarts."""
+    import psutil
+
+    srv, root = prism_server, prism_server.root / "stops"
+    api = Api(srv.url, project)
+    log, out = root / "in.log", root / "out.txt"
+    root.mkdir()
+    append(log, [f"k{i % 2},{i}" for i in range(4)])
+    job_id = submit(srv, project, root / "w", "stops", "counts", log, out)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait_for("four lines counted", lambda: len(outputs(out)) >= 4)
+    texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
+    assert any("Prism keeps no state of a streaming job" in t for t in texts), texts
+
+    # The run dies: Prism's executor (the process that started it) and its process group, as on an OOM kill.
+    prisms = [p for p in psutil.Process(srv.process.pid).children(recursive=True) if p.name() == "prism"]
+    assert len(prisms) == 1, prisms
+    os.killpg(os.getpgid(prisms[0].ppid()), 9)
+    wait_state(api, job_id, {"JOB_STATE_FAILED"}, timeout=60)
+    texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
+    assert any("Prism keeps no state of a streaming job: another attempt would start again" in t for t in texts)
+    assert not any("will be leased again" in t for t in texts), texts
+    assert len(outputs(out)) == 4, "nothing read or written twice"
+
+
 def test_a_streaming_job_created_without_an_engine_runs_once_the_server_restarts_with_prism(
     prism_server, tmp_path, project
 ):

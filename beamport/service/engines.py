@@ -59,6 +59,15 @@ def stop_run_left_behind(saved_state: SavedState | None, doc: dict, streaming_en
         saved_state.stop_run(doc["id"])
 
 
+def starts_over(doc: dict, streaming_engine: str | None) -> str | None:
+    """The title of the engine of a streaming job that keeps no state (Prism): another attempt of its work would
+    start again from its sources' start, reading and writing again what it already had. None for other jobs."""
+    spec = spec_of(doc, streaming_engine)
+    if doc.get("type") != model.STREAMING or spec is None or spec.keeps_state:
+        return None
+    return spec.title
+
+
 def keeps_state(engine: str | None) -> bool:
     """Whether the engine of this name saves its jobs' state (snapshots, starting from one, updates with state)."""
     spec = registry.find(engine)

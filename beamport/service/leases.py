@@ -124,6 +124,11 @@ class LeaseService:
                 if job_states.allows(doc.get("currentState"), model.PENDING, Actor.WORKER):
                     move_to_state(doc, model.PENDING, now, Actor.WORKER)
                 messages.append(job_message(job.id, now, "JOB_MESSAGE_BASIC", "Workers have started successfully."))
+                stateless = engines.starts_over(doc, self.streaming_engine)
+                if stateless:
+                    messages.append(
+                        job_message(job.id, now, "JOB_MESSAGE_WARNING", retries.stateless_notice(stateless))
+                    )
             failures = retries.failures_of(item)
             if item.attempt > 1:
                 after = f" (worker {failures[-1]['worker']}: {failures[-1]['reason']})" if failures else ""
@@ -260,7 +265,10 @@ class LeaseService:
             elif status.get("completed") and status.get("errors"):
                 reason = "; ".join(e.get("message") or f"error {e.get('code')}" for e in status["errors"])
                 permanent = retries.is_permanent(status["errors"])
-                retries.fail_attempt(doc, item, reason, now, write, Actor.WORKER, permanent=permanent)
+                stateless = engines.starts_over(doc, self.streaming_engine)
+                retries.fail_attempt(
+                    doc, item, reason, now, write, Actor.WORKER, permanent=permanent, stateless_engine=stateless
+                )
             elif status.get("completed"):
                 item.state, item.end_us, item.progress = WORK_DONE, now, 1.0
                 # A draining job's work completes once it has flushed: the job ends drained.
@@ -309,7 +317,10 @@ class LeaseService:
                     end_job(doc, model.CANCELLED, now, write, Actor.SERVICE)
                     ended.append(doc)
             else:
-                retries.fail_attempt(doc, item, reason, now, write, Actor.SERVICE, counts=counts)
+                stateless = engines.starts_over(doc, self.streaming_engine)
+                retries.fail_attempt(
+                    doc, item, reason, now, write, Actor.SERVICE, counts=counts, stateless_engine=stateless
+                )
             write.changed_work_items = [WorkItemChange(item, expected_item)]
             record_from_document(doc, job)
             write.changed_jobs = [JobChange(job, expected_job)]
