@@ -4,6 +4,7 @@ held and waiting work, live and overdue workers); and the migration that added t
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import orjson
@@ -315,6 +316,35 @@ def test_a_lease_commits_without_waiting_for_the_disk_and_a_new_job_waits(store,
     assert seen["lease"] == ("off" if postgres else "NORMAL")
     with store.db.writing() as conn:
         assert setting(conn) == ("on" if postgres else "FULL")
+
+
+def test_sqlites_wal_is_copied_into_the_database_by_the_stores_thread_not_by_a_commit(tmp_path):
+    """No commit copies the WAL into the database file (inside a lease that made its p99): the store's thread
+    does, soon after writes. Seen from the file alone: a copy of it without the WAL holds the rows once copied."""
+    import shutil
+    import sqlite3
+    import time
+
+    store = open_store(None, tmp_path)
+    try:
+        with store.db.writing() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        records = [record_from_document(_job_doc(f"job-{n:04d}")) for n in range(300)]
+        for record in records:
+            store.write(Write(new_jobs=[record]))
+
+        def in_the_file_alone() -> int:
+            copy = tmp_path / "copy.db"
+            shutil.copyfile(tmp_path / "beamport.db", copy)
+            with contextlib.closing(sqlite3.connect(copy)) as alone:
+                return alone.execute("SELECT count(*) FROM jobs").fetchone()[0]
+
+        deadline = time.monotonic() + 30
+        while in_the_file_alone() < len(records) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert in_the_file_alone() == len(records), "the WAL was not copied into the database file"
+    finally:
+        store.close()
 
 
 def test_held_and_waiting_work_are_found_by_index(store):
