@@ -51,6 +51,9 @@ DRAIN_GRACE_S = 5.0  # how long a drained job may take to finish by itself befor
 # How long after it runs a job's first stage must have passed its input on (times the attempt: a loaded
 # machine starts SDK workers slowly), and how often a job whose first bundle was lost is submitted again.
 STALL_CHECK_S = 20.0
+# Flink's REST API serves metrics its JobManager fetched up to 10 s before (metrics.fetcher.update-interval): a
+# first bundle that looks lost is believed only if it still looks lost this long after.
+METRICS_LAG_S = 15.0
 MAX_RESUBMITS = 3
 # Defaults for options the job may set itself (Beam's FlinkPipelineOptions, in Python's spelling).
 DEFAULT_OPTIONS = {
@@ -273,6 +276,7 @@ class FlinkEngine(Engine):
         running_since = None  # when the job was first seen RUNNING (for the start-up check)
         started = False  # its first stage has passed its input on (checked once, STALL_CHECK_S after it runs)
         resubmits = 0
+        looked_lost = None  # when the first bundle first looked lost (Flink's metrics lag: see METRICS_LAG_S)
         draining = False
         ended_at = None  # when a draining job was first seen with every watermark at the end of time
         stages: dict[str, str] = {}
@@ -306,11 +310,15 @@ class FlinkEngine(Engine):
                 and time.monotonic() - running_since > STALL_CHECK_S * (resubmits + 1)
             ):
                 started = resubmits >= MAX_RESUBMITS or not self.rest.first_bundle_lost(jid)
-                if not started:
+                if not started and looked_lost is None:
+                    looked_lost = time.monotonic()  # or its output is not in Flink's metrics yet: look again
+                elif not started and looked_lost is not None and time.monotonic() - looked_lost > METRICS_LAG_S:
                     # Beam 2.62's Flink runner sometimes loses the first bundle of a job's first stage (the
                     # impulse reaches the SDK worker, its output never comes back): nothing has been read yet,
                     # so the job is submitted again from where it was to start (a draining one too: it reads
-                    # what its input holds, then ends).
+                    # what its input holds, then ends). Seen twice, METRICS_LAG_S apart: resubmitted on a stale
+                    # reading, a job that had written its output would write it again.
+                    looked_lost = None
                     resubmits += 1
                     observer.log(
                         _warning(
