@@ -6,12 +6,15 @@ update with state: the service refuses those for Prism jobs, naming Flink.
 
 Per run, in the executor's process group (so a killed executor takes them with it): a Prism process
 serving the Beam Job API on a free port, and an SDK worker pool in the executor, whose workers start
-through beamport.engine.sdk_boot with the job's options (the drain signal among them).
+through beamport.engine.sdk_boot with the job's options (the drain signal among them). A Beam Go job's Go
+environments become process environments: Prism starts the job's worker binary through
+beamport.engine.go_boot, as Beam's Go container would.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -81,7 +84,8 @@ class PrismEngine(Engine):
                     stdin=subprocess.DEVNULL,
                 )
             try:
-                return self._run(job, observer, f"localhost:{port}", pool_address, workdir / "drain")
+                pipeline = go_process_environments(external_environments(job, pool_address), job, workdir)
+                return self._run(job, observer, f"localhost:{port}", pipeline, workdir / "drain")
             except EngineError as exc:
                 return RunResult(FAILED, str(exc))
             finally:
@@ -89,7 +93,7 @@ class PrismEngine(Engine):
                 prism.wait()
                 pool.stop(0)
 
-    def _run(self, job: StagedJob, observer: RunObserver, address: str, pool: str, drain_file: Path) -> RunResult:
+    def _run(self, job: StagedJob, observer: RunObserver, address: str, pipeline, drain_file: Path) -> RunResult:
         self._service = service = JobService(address, "Prism", connect_timeout=START_TIMEOUT_S)
         options = dict(job.options)
         options.update(
@@ -98,7 +102,7 @@ class PrismEngine(Engine):
             streaming=job.job_type == JOB_TYPE_STREAMING,
             beamport_drain_file=str(drain_file),
         )
-        self._invocation = invocation = service.submit(job.job_id, external_environments(job, pool), options)
+        self._invocation = invocation = service.submit(job.job_id, pipeline, options)
         observer.stage_state("Prism", STAGE_RUNNING, int(time.time() * 1e6))
         draining = False
         running = False
@@ -119,3 +123,22 @@ class PrismEngine(Engine):
                 drain_file.touch()  # Beamport's sources read what they hold, then end: the job finishes
                 draining = True
             time.sleep(POLL_S)
+
+
+def go_process_environments(pipeline, job: StagedJob, workdir: Path):
+    """The pipeline with its Go environments as process environments that start each one's worker binary
+    (beamport.engine.go_boot); the binary is local, so the environment names no artifacts for Prism to stage."""
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    for number, (env_id, binary) in enumerate(sorted(job.go_environments.items())):
+        boot = workdir / f"go-boot-{number}"
+        command = [sys.executable, "-m", "beamport.engine.go_boot", f"--worker_binary={binary}"]
+        command.append(f"--semi_persist_dir={workdir}")
+        boot.write_text(f'#!/bin/sh\nexec {shlex.join(command)} "$@"\n')
+        boot.chmod(0o755)
+        env = pipeline.components.environments[env_id]
+        env.urn = common_urns.environments.PROCESS.urn
+        env.payload = beam_runner_api_pb2.ProcessPayload(command=str(boot)).SerializeToString()
+        del env.dependencies[:]
+    return pipeline
