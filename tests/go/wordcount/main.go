@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log"
 	"regexp"
+	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	_ "github.com/apache/beam/sdks/v2/go/pkg/beam/io/filesystem/gcs"
@@ -25,17 +26,24 @@ import (
 var (
 	input  = flag.String("input", "", "File(s) to read (required).")
 	output = flag.String("output", "", "Output file (required).")
+	slow   = flag.Int("slow_millis", 0, "Sleep this long per line (a job slow enough to cancel).")
 	words  = beam.NewCounter("wordcount", "words")
 	wordRE = regexp.MustCompile(`[a-zA-Z]+('[a-z])?`)
 )
 
 func init() {
-	register.Function3x0(extractFn)
+	register.DoFn3x0[context.Context, string, func(string)](&extractFn{})
 	register.Function2x1(formatFn)
 	register.Emitter1[string]()
 }
 
-func extractFn(ctx context.Context, line string, emit func(string)) {
+// extractFn is a struct DoFn: its fields travel with the pipeline to the workers (flags do not).
+type extractFn struct {
+	SlowMillis int `json:"slowMillis"`
+}
+
+func (f *extractFn) ProcessElement(ctx context.Context, line string, emit func(string)) {
+	time.Sleep(time.Duration(f.SlowMillis) * time.Millisecond)
 	for _, word := range wordRE.FindAllString(line, -1) {
 		words.Inc(ctx, 1)
 		emit(word)
@@ -55,7 +63,7 @@ func main() {
 	p := beam.NewPipeline()
 	s := p.Root()
 	lines := textio.Read(s, *input)
-	counted := stats.Count(s, beam.ParDo(s, extractFn, lines))
+	counted := stats.Count(s, beam.ParDo(s, &extractFn{SlowMillis: *slow}, lines))
 	textio.Write(s, *output, beam.ParDo(s, formatFn, counted))
 	if err := beamx.Run(context.Background(), p); err != nil {
 		log.Fatalf("the pipeline failed: %v", err)
