@@ -122,7 +122,10 @@ def test_wordcount_runs_done_on_prism_with_the_direct_runners_output(go, where):
     job = api.get(job_id).json()
     assert job["currentState"] == "JOB_STATE_DONE"
     assert job["jobMetadata"]["sdkVersion"]["versionDisplayName"] == "Apache Beam SDK for Go"
-    assert any(text.startswith("The job is running on Prism") for text in messages(api, job_id))
+    texts = messages(api, job_id)
+    assert any(text.startswith("The job is running on Prism") for text in texts)
+    # The Go harness's own log lines (Beam Go's textio logs where it writes, in the worker) are job messages.
+    assert f"Writing to {out}" in texts, texts
 
 
 def go_workers(server: Server) -> list[psutil.Process]:

@@ -13,6 +13,7 @@ beamport.engine.go_boot, as Beam's Go container would.
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import subprocess
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from beamport.engine.base import (
     DONE,
@@ -76,13 +78,24 @@ class PrismEngine(Engine):
                 use_process=True, container_executable=str(boot)
             )
             port = free_loopback_port()
+            command = [str(self.binary), f"--job_port={port}", "--serve_http=false", "--log_level=warn"]
+            forwarder = None
+            if job.go_environments:
+                # A Go worker logs through Prism's logging service, which Prism logs again ("[SDK] ..."): as
+                # JSON lines, from INFO up, read here for the job's messages (Prism's own lines go to its log).
+                command[-1:] = ["--log_level=info", "--log_kind=json"]
             with open(workdir / "prism.log", "wb") as prism_log:
                 prism = subprocess.Popen(
-                    [str(self.binary), f"--job_port={port}", "--serve_http=false", "--log_level=warn"],
-                    stdout=prism_log,
+                    command,
+                    stdout=subprocess.PIPE if job.go_environments else prism_log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                 )
+            if prism.stdout is not None:
+                forwarder = threading.Thread(
+                    target=forward_sdk_logs, args=(prism.stdout, observer, workdir / "prism.log"), daemon=True
+                )
+                forwarder.start()
             try:
                 pipeline = go_process_environments(external_environments(job, pool_address), job, workdir)
                 return self._run(job, observer, f"localhost:{port}", pipeline, workdir / "drain")
@@ -91,6 +104,8 @@ class PrismEngine(Engine):
             finally:
                 prism.kill()
                 prism.wait()
+                if forwarder is not None:
+                    forwarder.join(5)
                 pool.stop(0)
 
     def _run(self, job: StagedJob, observer: RunObserver, address: str, pipeline, drain_file: Path) -> RunResult:
@@ -142,3 +157,37 @@ def go_process_environments(pipeline, job: StagedJob, workdir: Path):
         env.payload = beam_runner_api_pb2.ProcessPayload(command=str(boot)).SerializeToString()
         del env.dependencies[:]
     return pipeline
+
+
+# The Go worker's log lines as job messages: Beam's Go SDK's own and the pipeline's alike, under one name (Prism
+# keeps no logger or source location at its info level), so INFO is DETAILED and warnings and errors stand out.
+GO_WORKER_LOGGER = "org.apache.beam.sdk.go"
+_SLOG_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING, "ERROR": logging.ERROR}
+_SDK_PREFIX = "[SDK] "
+
+
+def forward_sdk_logs(lines: IO[bytes], observer: RunObserver, log_path: Path) -> None:
+    """Read Prism's JSON log lines until it exits: the SDK workers' lines to the observer (job messages), the
+    rest (Prism's own, a worker's raw output) to Prism's log file."""
+    with open(log_path, "ab") as rest:
+        for raw in lines:
+            try:
+                entry = json.loads(raw)
+                text = entry["msg"]
+            except (ValueError, TypeError, KeyError):
+                rest.write(raw)
+                continue
+            if not isinstance(text, str) or not text.startswith(_SDK_PREFIX):
+                rest.write(raw)
+                continue
+            level = str(entry.get("level", "INFO"))
+            record = logging.LogRecord(
+                GO_WORKER_LOGGER,
+                _SLOG_LEVELS.get(level.split("+")[0].split("-")[0], logging.INFO),
+                "",
+                0,
+                text.removeprefix(_SDK_PREFIX),
+                None,
+                None,
+            )
+            observer.log(record)
