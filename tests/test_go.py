@@ -113,14 +113,18 @@ def test_wordcount_runs_done_on_prism_with_the_direct_runners_output(go, where):
         storage(go.env).bucket(BUCKET).blob("input.txt").upload_from_string(TEXT)
         input_ = f"gs://{BUCKET}/input.txt"
     direct, out = go.base / where / "direct.txt", go.base / where / "dataflow.txt"
-    go.direct(direct)
-    done, job_id = go.dataflow(out, input_=input_)
+    go.direct(direct, input_)
+    # Go's runner polls a job every 30 s: the local run waits for it to say DONE, the gs:// one asks the API.
+    done, job_id = go.dataflow(out, *(["--async"] if where == "gs" else []), input_=input_)
     assert done.returncode == 0, done.stderr[-5000:]
-    assert "succeeded" in done.stderr, done.stderr[-5000:]
-    assert read_output(out) == read_output(direct) != []
     api = Api(go.server.url, PROJECT)
+    if where == "gs":
+        wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=300)
+    else:
+        assert "succeeded" in done.stderr, done.stderr[-5000:]
     job = api.get(job_id).json()
-    assert job["currentState"] == "JOB_STATE_DONE"
+    assert job["currentState"] == "JOB_STATE_DONE", messages(api, job_id)
+    assert read_output(out) == read_output(direct) != []
     assert job["jobMetadata"]["sdkVersion"]["versionDisplayName"] == "Apache Beam SDK for Go"
     texts = messages(api, job_id)
     assert any(text.startswith("The job is running on Prism") for text in texts)
@@ -178,3 +182,66 @@ def test_a_server_without_prism_refuses_a_go_job(tmp_path):
         assert api.all_jobs() == []
     finally:
         srv.stop()
+
+
+def test_the_launcher_starts_the_worker_as_beams_go_boot_does(tmp_path):
+    """go_boot with a stand-in worker binary that prints what it was given, and a provisioning service of our
+    own: Prism's quoted id stripped, the endpoints and the options file as Beam Go's boot hands them over."""
+    import json
+    import sys
+    from concurrent import futures
+
+    import grpc
+    from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc, endpoints_pb2
+    from google.protobuf import struct_pb2
+
+    asked_by = []
+
+    class Provision(beam_provision_api_pb2_grpc.ProvisionServiceServicer):
+        def GetProvisionInfo(self, request, context):
+            asked_by.append(dict(context.invocation_metadata()).get("worker_id"))
+            options = struct_pb2.Struct()
+            options.update({"beam:option:go_options:v1": {"options": {"input": "/in.txt"}}})
+            return beam_provision_api_pb2.GetProvisionInfoResponse(
+                info=beam_provision_api_pb2.ProvisionInfo(
+                    pipeline_options=options,
+                    logging_endpoint=endpoints_pb2.ApiServiceDescriptor(url="localhost:7001"),
+                    control_endpoint=endpoints_pb2.ApiServiceDescriptor(url="localhost:7002"),
+                    runner_capabilities=["beam:protocol:control_response_elements_embedding:v1"],
+                )
+            )
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    beam_provision_api_pb2_grpc.add_ProvisionServiceServicer_to_server(Provision(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    worker = tmp_path / "worker"
+    worker.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\nenv\n')
+    worker.chmod(0o755)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "beamport.engine.go_boot", f"--worker_binary={worker}"]
+            + [f"--semi_persist_dir={tmp_path}", "--id='worker-3'", f"--provision_endpoint=127.0.0.1:{port}"],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.stop(0)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.splitlines()
+    assert asked_by == ["worker-3"]
+    workdir = tmp_path / "go-worker-worker-3"
+    assert printed[:5] == [
+        "--worker=true",
+        "--id=worker-3",
+        "--logging_endpoint=localhost:7001",
+        "--control_endpoint=localhost:7002",
+        f"--semi_persist_dir={workdir}",
+    ]
+    assert "RUNNER_CAPABILITIES=beam:protocol:control_response_elements_embedding:v1" in printed
+    options_file = next(line.split("=", 1)[1] for line in printed if line.startswith("PIPELINE_OPTIONS_FILE="))
+    assert json.loads(Path(options_file).read_text()) == {
+        "beam:option:go_options:v1": {"options": {"input": "/in.txt"}}
+    }
