@@ -1,7 +1,8 @@
 """Beam Go pipelines submitted by Beam Go's own Dataflow runner run on Prism: tests/go/wordcount (Beam Go SDK
 v2.77.0), submitted with gs:// staging and only the variables `beamport emulators env` prints (a GCS endpoint and
 a metadata server for Google's default credentials), ends DONE with the output of the same binary on Go's direct
-runner; a cancel leaves no Go worker. Needs Prism (BEAMPORT_TEST_PRISM), the GCS emulator and Go (scripts/test
+runner and the Go harness's log lines in the job's messages; a failing DoFn's Go error fails the job; a cancel
+leaves no Go worker. Needs Prism (BEAMPORT_TEST_PRISM), the GCS emulator and Go (scripts/test
 builds them all)."""
 
 from __future__ import annotations
@@ -130,6 +131,18 @@ def test_wordcount_runs_done_on_prism_with_the_direct_runners_output(go, where):
     assert any(text.startswith("The job is running on Prism") for text in texts)
     # The Go harness's own log lines (Beam Go's textio logs where it writes, in the worker) are job messages.
     assert f"Writing to {out}" in texts, texts
+
+
+def test_a_failing_dofn_fails_the_job_with_the_go_error(go):
+    """The DoFn's error, as Beam Go's harness reports it through Prism, is in the job's messages; the work item
+    is tried again as any job's (4 failures), then the job fails."""
+    _, job_id = go.dataflow(go.base / "failing.txt", "--fail_on=fox", "--async")
+    api = Api(go.server.url, PROJECT)
+    job = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=600)
+    assert job["currentState"] == "JOB_STATE_FAILED"
+    text = "\n".join(messages(api, job_id))
+    assert "DoFn[UID:" in text and "main.extractFn] failed:\nwordcount refuses the word fox" in text, text[-5000:]
+    assert not (go.base / "failing.txt").exists()
 
 
 def go_workers(server: Server) -> list[psutil.Process]:

@@ -27,27 +27,33 @@ var (
 	input  = flag.String("input", "", "File(s) to read (required).")
 	output = flag.String("output", "", "Output file (required).")
 	slow   = flag.Int("slow_millis", 0, "Sleep this long per line (a job slow enough to cancel).")
+	failOn = flag.String("fail_on", "", "Fail the DoFn on this word (a failing job).")
 	words  = beam.NewCounter("wordcount", "words")
 	wordRE = regexp.MustCompile(`[a-zA-Z]+('[a-z])?`)
 )
 
 func init() {
-	register.DoFn3x0[context.Context, string, func(string)](&extractFn{})
+	register.DoFn3x1[context.Context, string, func(string), error](&extractFn{})
 	register.Function2x1(formatFn)
 	register.Emitter1[string]()
 }
 
 // extractFn is a struct DoFn: its fields travel with the pipeline to the workers (flags do not).
 type extractFn struct {
-	SlowMillis int `json:"slowMillis"`
+	SlowMillis int    `json:"slowMillis"`
+	FailOn     string `json:"failOn"`
 }
 
-func (f *extractFn) ProcessElement(ctx context.Context, line string, emit func(string)) {
+func (f *extractFn) ProcessElement(ctx context.Context, line string, emit func(string)) error {
 	time.Sleep(time.Duration(f.SlowMillis) * time.Millisecond)
 	for _, word := range wordRE.FindAllString(line, -1) {
+		if word == f.FailOn {
+			return fmt.Errorf("wordcount refuses the word %v", word)
+		}
 		words.Inc(ctx, 1)
 		emit(word)
 	}
+	return nil
 }
 
 func formatFn(word string, count int) string {
@@ -63,7 +69,7 @@ func main() {
 	p := beam.NewPipeline()
 	s := p.Root()
 	lines := textio.Read(s, *input)
-	counted := stats.Count(s, beam.ParDo(s, &extractFn{SlowMillis: *slow}, lines))
+	counted := stats.Count(s, beam.ParDo(s, &extractFn{SlowMillis: *slow, FailOn: *failOn}, lines))
 	textio.Write(s, *output, beam.ParDo(s, formatFn, counted))
 	if err := beamx.Run(context.Background(), p); err != nil {
 		log.Fatalf("the pipeline failed: %v", err)
