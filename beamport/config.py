@@ -227,13 +227,14 @@ class Settings(EngineSettings):
             " --flink-master, --flink-job-server, --flink-sdk-pool, or source its endpoints.env)"
         )
         if self.prism:
-            prism = f"prism: {self.prism} (" + ("streaming jobs that name it" if self.flink else "streaming jobs") + ")"
+            streaming = "streaming jobs that name it" if self.flink else "streaming jobs"
+            prism = f"prism: {self.prism} ({streaming}; Beam Go jobs)"
         elif self.prism_off:
             prism = "prism: off (--prism none)"
         else:
             prism = (
                 "prism: not found (looked at BEAMPORT_PRISM, the PATH, Go's bin and ~/.cache/beamport/bin; "
-                "scripts/prism-build builds it)"
+                "scripts/prism-build builds it; Beam Go jobs are refused without it)"
             )
         lines = ["embedded: Beam's FnApiRunner on this host's workers (batch jobs)", flink, prism]
         if not (self.flink or self.prism):

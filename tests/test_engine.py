@@ -526,11 +526,75 @@ def test_staging_honours_what_it_can_and_warns_about_the_rest(tmp_path):
 
 
 def test_staging_refuses_environments_of_other_sdks(tmp_path):
-    go = _pipeline_proto(image="apache/beam_go_sdk:2.77.0", capabilities=["beam:coder:bytes:v1"])
-    (tmp_path / "pipeline.pb").write_bytes(go.SerializeToString())
+    other = _pipeline_proto(image="apache/beam_typescript_sdk:2.77.0", capabilities=["beam:coder:bytes:v1"])
+    (tmp_path / "pipeline.pb").write_bytes(other.SerializeToString())
     with pytest.raises(ApiError) as refused:
         stage_job(_job_document(str(tmp_path / "pipeline.pb")), FilePolicy([tmp_path]))
-    assert refused.value.status == "FAILED_PRECONDITION" and "beam_go_sdk" in refused.value.message
+    assert refused.value.status == "FAILED_PRECONDITION" and "beam_typescript_sdk" in refused.value.message
+
+
+def _go_pipeline(tmp_path: Path, artifacts: list[tuple[str, str]], capabilities: list[str] | None = None) -> str:
+    """A pipeline whose transforms run in a Beam Go SDK environment depending on `artifacts` ((path, role) file
+    artifacts; Beam Go's Dataflow runner stages its worker binary as a url one), written to tmp_path."""
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    proto = _pipeline_proto(image="gcr.io/cloud-dataflow/v1beta3/beam_go_sdk:2.77.0", capabilities=capabilities)
+    for env in proto.components.environments.values():
+        if env.urn == "beam:env:docker:v1":
+            for path, role in artifacts:
+                env.dependencies.add(
+                    type_urn=common_urns.artifact_types.FILE.urn,
+                    type_payload=beam_runner_api_pb2.ArtifactFilePayload(path=path).SerializeToString(),
+                    role_urn=role,
+                )
+    (tmp_path / "pipeline.pb").write_bytes(proto.SerializeToString())
+    return str(tmp_path / "pipeline.pb")
+
+
+def test_staging_gives_a_go_environment_its_worker_binary_through_the_file_policy(tmp_path):
+    from beamport.engine import registry
+    from beamport.engine.staging import GO_WORKER_BINARY_ROLE
+
+    allowed, elsewhere, work = tmp_path / "allowed", tmp_path / "elsewhere", tmp_path / "work"
+    for directory in (allowed, elsewhere, work):
+        directory.mkdir()
+    binary, other = allowed / "wordcount", allowed / "notes.txt"
+    binary.write_bytes(b"\x7fELF")  # not executable as staged: staging makes an executable copy
+    other.write_text("x")
+    (elsewhere / "worker").write_bytes(b"\x7fELF")
+    go_flags = {"options": {"input": "/in.txt", "output": "/out.txt"}}
+    artifacts = [(str(other), "beam:artifact:role:staging_to:v1"), (str(binary), GO_WORKER_BINARY_ROLE)]
+    job = _job_document(_go_pipeline(allowed, artifacts, capabilities=[]))
+    job["environment"]["sdkPipelineOptions"]["beam:option:go_options:v1"] = go_flags
+    job["environment"]["userAgent"] = {"name": "Apache Beam SDK for Go", "version": "2.77.0"}
+    job["environment"]["workerPools"] = [{"packages": [{"name": "worker", "location": str(binary)}]}]
+
+    staged, warnings = stage_job(job, FilePolicy([allowed]), workdir=work, engine=registry.PRISM)
+
+    assert warnings == []  # neither the binary as a package nor the Go SDK's version are warned about
+    [(env_id, worker)] = staged.go_environments.items()
+    assert Path(worker).parent == work and Path(worker).read_bytes() == b"\x7fELF" and os.access(worker, os.X_OK)
+    assert staged.pipeline.components.environments[env_id].urn == "beam:env:docker:v1"  # the engine's to run
+    assert staged.rewritten_environments == [] and staged.java_environments == {}
+    assert staged.options["go_options"] == go_flags  # the program's flags, for its workers
+
+    # The embedded engine does not run Go: refused, naming Prism.
+    with pytest.raises(ApiError) as refused:
+        stage_job(job, FilePolicy([allowed]), workdir=work)
+    assert refused.value.status == "FAILED_PRECONDITION" and "Go" in refused.value.message
+    assert "Prism" in refused.value.message
+
+    # Recognised by its capabilities too; a binary outside the roots is never read; no binary at all is refused.
+    capabilities = ["beam:version:sdk_base:go:apache/beam_go_sdk:2.77.0"]
+    outside = _job_document(_go_pipeline(allowed, [(str(elsewhere / "worker"), GO_WORKER_BINARY_ROLE)], capabilities))
+    with pytest.raises(ApiError) as refused:
+        stage_job(outside, FilePolicy([allowed]), workdir=work, engine=registry.PRISM)
+    assert refused.value.status == "PERMISSION_DENIED"
+    none = _job_document(_go_pipeline(allowed, [], capabilities))
+    with pytest.raises(ApiError) as refused:
+        stage_job(none, FilePolicy([allowed]), workdir=work, engine=registry.PRISM)
+    assert refused.value.status == "FAILED_PRECONDITION" and "worker binary" in refused.value.message
 
 
 def _java_pipeline(tmp_path: Path, jars: list[str], capabilities: list[str] | None = None) -> str:

@@ -37,7 +37,7 @@ def test_each_engine_declares_what_it_can_do():
     assert table == {
         "embedded": (True, False, False, False, False, python | {registry.JAVA}),
         "flink": (True, True, True, True, True, python),
-        "prism": (True, True, False, True, False, python),
+        "prism": (True, True, False, True, False, python | {registry.GO}),
     }
     assert registry.names() == ["embedded", "flink", "prism"]
     assert registry.BATCH_DEFAULT is registry.get("embedded")
@@ -102,6 +102,36 @@ def test_a_hosts_settings_give_it_its_engines(tmp_path, monkeypatch):
     assert engines.engine_of({"type": "JOB_TYPE_STREAMING"}, "flink") == "flink"
     assert engines.engine_of({"type": "JOB_TYPE_STREAMING"}, None) is None
     assert engines.spec_of({"labels": {engines.ENGINE_LABEL: "prism"}}, "flink") is registry.get("prism")
+
+
+def test_a_job_goes_where_its_sdk_runs():
+    """A job that names no engine runs on the default for its type, unless that does not run its SDK (its user
+    agent's): a Beam Go job on Prism, batch or streaming, and a server without Prism refuses it at create."""
+
+    def job(sdk: str, job_type: str = "JOB_TYPE_BATCH") -> dict:
+        return {
+            "type": job_type,
+            "environment": {"userAgent": {"name": f"Apache Beam SDK for {sdk}", "version": "2.77.0"}},
+        }
+
+    assert engines.engine_of(job("Go"), "flink") == "prism"
+    assert engines.engine_of(job("Go", "JOB_TYPE_STREAMING"), "flink") == "prism"
+    assert engines.engine_of(job("Go", "JOB_TYPE_STREAMING"), None) == "prism"
+    # Python and Java as before: the defaults run them (or, for streaming without an engine, it waits).
+    assert engines.engine_of(job("Python"), "flink") == "embedded"
+    assert engines.engine_of(job("Java"), None) == "embedded"
+    assert engines.engine_of(job("Python", "JOB_TYPE_STREAMING"), None) is None
+    assert engines.engine_of(job("Java", "JOB_TYPE_STREAMING"), "flink") == "flink"
+    labelled = {**job("Go"), "labels": {engines.ENGINE_LABEL: "embedded"}}
+    assert engines.engine_of(labelled, "flink") == "embedded"  # its label wins (staging refuses it, naming Prism)
+
+    engines.check_engine(job("Go"), {"embedded", "prism"})
+    engines.check_engine(job("Python"), {"embedded"})
+    with pytest.raises(ApiError) as refused:
+        engines.check_engine(job("Go"), {"embedded", "flink"})
+    assert refused.value.status == "FAILED_PRECONDITION"
+    assert "Beam Go pipeline" in refused.value.message and "Prism" in refused.value.message
+    assert "scripts/prism-build" in refused.value.message
 
 
 def test_the_executor_builds_each_engine_and_its_answers_match_its_declaration(tmp_path):

@@ -45,6 +45,8 @@ class StagedJob:
     rewritten_environments: list[str] = field(default_factory=list)  # ids of the environments rewritten
     # Beam Java SDK environments, by id: each one's class path (its staged jars, local files), in order.
     java_environments: dict[str, list[str]] = field(default_factory=dict)
+    # Beam Go SDK environments, by id: each one's worker binary (the job's staged binary, a local executable).
+    go_environments: dict[str, str] = field(default_factory=dict)
     staged_bytes: int = 0  # the size of the staged files read (pipeline, main session, packages)
 
     def pipeline_options(self):

@@ -6,18 +6,23 @@ update with state: the service refuses those for Prism jobs, naming Flink.
 
 Per run, in the executor's process group (so a killed executor takes them with it): a Prism process
 serving the Beam Job API on a free port, and an SDK worker pool in the executor, whose workers start
-through beamport.engine.sdk_boot with the job's options (the drain signal among them).
+through beamport.engine.sdk_boot with the job's options (the drain signal among them). A Beam Go job's Go
+environments become process environments: Prism starts the job's worker binary through
+beamport.engine.go_boot, as Beam's Go container would.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shlex
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from beamport.engine.base import (
     DONE,
@@ -73,23 +78,37 @@ class PrismEngine(Engine):
                 use_process=True, container_executable=str(boot)
             )
             port = free_loopback_port()
+            command = [str(self.binary), f"--job_port={port}", "--serve_http=false", "--log_level=warn"]
+            forwarder = None
+            if job.go_environments:
+                # A Go worker logs through Prism's logging service, which Prism logs again ("[SDK] ..."): as
+                # JSON lines, from INFO up, read here for the job's messages (Prism's own lines go to its log).
+                command[-1:] = ["--log_level=info", "--log_kind=json"]
             with open(workdir / "prism.log", "wb") as prism_log:
                 prism = subprocess.Popen(
-                    [str(self.binary), f"--job_port={port}", "--serve_http=false", "--log_level=warn"],
-                    stdout=prism_log,
+                    command,
+                    stdout=subprocess.PIPE if job.go_environments else prism_log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                 )
+            if prism.stdout is not None:
+                forwarder = threading.Thread(
+                    target=forward_sdk_logs, args=(prism.stdout, observer, workdir / "prism.log"), daemon=True
+                )
+                forwarder.start()
             try:
-                return self._run(job, observer, f"localhost:{port}", pool_address, workdir / "drain")
+                pipeline = go_process_environments(external_environments(job, pool_address), job, workdir)
+                return self._run(job, observer, f"localhost:{port}", pipeline, workdir / "drain")
             except EngineError as exc:
                 return RunResult(FAILED, str(exc))
             finally:
                 prism.kill()
                 prism.wait()
+                if forwarder is not None:
+                    forwarder.join(5)
                 pool.stop(0)
 
-    def _run(self, job: StagedJob, observer: RunObserver, address: str, pool: str, drain_file: Path) -> RunResult:
+    def _run(self, job: StagedJob, observer: RunObserver, address: str, pipeline, drain_file: Path) -> RunResult:
         self._service = service = JobService(address, "Prism", connect_timeout=START_TIMEOUT_S)
         options = dict(job.options)
         options.update(
@@ -98,7 +117,7 @@ class PrismEngine(Engine):
             streaming=job.job_type == JOB_TYPE_STREAMING,
             beamport_drain_file=str(drain_file),
         )
-        self._invocation = invocation = service.submit(job.job_id, external_environments(job, pool), options)
+        self._invocation = invocation = service.submit(job.job_id, pipeline, options)
         observer.stage_state("Prism", STAGE_RUNNING, int(time.time() * 1e6))
         draining = False
         running = False
@@ -119,3 +138,56 @@ class PrismEngine(Engine):
                 drain_file.touch()  # Beamport's sources read what they hold, then end: the job finishes
                 draining = True
             time.sleep(POLL_S)
+
+
+def go_process_environments(pipeline, job: StagedJob, workdir: Path):
+    """The pipeline with its Go environments as process environments that start each one's worker binary
+    (beamport.engine.go_boot); the binary is local, so the environment names no artifacts for Prism to stage."""
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    for number, (env_id, binary) in enumerate(sorted(job.go_environments.items())):
+        boot = workdir / f"go-boot-{number}"
+        command = [sys.executable, "-m", "beamport.engine.go_boot", f"--worker_binary={binary}"]
+        command.append(f"--semi_persist_dir={workdir}")
+        boot.write_text(f'#!/bin/sh\nexec {shlex.join(command)} "$@"\n')
+        boot.chmod(0o755)
+        env = pipeline.components.environments[env_id]
+        env.urn = common_urns.environments.PROCESS.urn
+        env.payload = beam_runner_api_pb2.ProcessPayload(command=str(boot)).SerializeToString()
+        del env.dependencies[:]
+    return pipeline
+
+
+# The Go worker's log lines as job messages: Beam's Go SDK's own and the pipeline's alike, under one name (Prism
+# keeps no logger or source location at its info level), so INFO is DETAILED and warnings and errors stand out.
+GO_WORKER_LOGGER = "org.apache.beam.sdk.go"
+_SLOG_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING, "ERROR": logging.ERROR}
+_SDK_PREFIX = "[SDK] "
+
+
+def forward_sdk_logs(lines: IO[bytes], observer: RunObserver, log_path: Path) -> None:
+    """Read Prism's JSON log lines until it exits: the SDK workers' lines to the observer (job messages), the
+    rest (Prism's own, a worker's raw output) to Prism's log file."""
+    with open(log_path, "ab") as rest:
+        for raw in lines:
+            try:
+                entry = json.loads(raw)
+                text = entry["msg"]
+            except (ValueError, TypeError, KeyError):
+                rest.write(raw)
+                continue
+            if not isinstance(text, str) or not text.startswith(_SDK_PREFIX):
+                rest.write(raw)
+                continue
+            level = str(entry.get("level", "INFO"))
+            record = logging.LogRecord(
+                GO_WORKER_LOGGER,
+                _SLOG_LEVELS.get(level.split("+")[0].split("-")[0], logging.INFO),
+                "",
+                0,
+                text.removeprefix(_SDK_PREFIX),
+                None,
+                None,
+            )
+            observer.log(record)

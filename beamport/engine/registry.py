@@ -21,10 +21,13 @@ if TYPE_CHECKING:
     from beamport.config import EngineSettings
     from beamport.engine.base import Engine, StreamingControl
 
-# The SDKs an engine runs pipelines of: Beam's Python SDK (Beamport's own Python) and Beam's Java SDK (a Java
-# SDK harness over the job's staged jars, engine/java_boot.py).
+# The SDKs an engine runs pipelines of: Beam's Python SDK (Beamport's own Python), Beam's Java SDK (a Java
+# SDK harness over the job's staged jars, engine/java_boot.py) and Beam's Go SDK (the job's staged worker
+# binary, engine/go_boot.py). A job's SDK is what its submission's user agent says (service/sdk_version.py).
 PYTHON = "python"
 JAVA = "java"
+GO = "go"
+SDK_TITLES = {PYTHON: "Python", JAVA: "Java", GO: "Go"}
 
 
 class UnknownEngine(ValueError):
@@ -141,7 +144,9 @@ PRISM = EngineSpec(
     keeps_state=False,  # Prism keeps no savepoints
     drains=True,
     stops_outside=False,  # Prism runs in the executor's process group; stop cancels the invocation all the same
-    sdks=frozenset({PYTHON}),
+    # Go: Prism starts the job's worker binary in a process environment (engine/go_boot.py), as Beam's Go
+    # container does; FnApiRunner and Flink's job server have no process environments of other SDKs here.
+    sdks=frozenset({PYTHON, GO}),
     host_config=_prism_config,
     missing_on_server="no Prism binary: build it with scripts/prism-build, or name one with `beamport serve --prism "
     "PATH` (see docs/engines.md)",
@@ -154,6 +159,11 @@ PRISM = EngineSpec(
 ENGINES: tuple[EngineSpec, ...] = (EMBEDDED, FLINK, PRISM)
 _BY_NAME = {spec.name: spec for spec in ENGINES}
 BATCH_DEFAULT = next(spec for spec in ENGINES if spec.batch and spec.host_config is None)
+
+
+def for_sdk(sdk: str, streaming: bool) -> EngineSpec | None:
+    """The first engine, in order of preference, that runs this SDK's jobs of this type (None: none does)."""
+    return next((spec for spec in ENGINES if sdk in spec.sdks and (spec.streaming if streaming else spec.batch)), None)
 
 
 def names() -> list[str]:

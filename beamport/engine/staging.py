@@ -6,8 +6,10 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
   as is Beam's "default" environment. A Java SDK environment (Beam Java's DataflowRunner, runner v1 and v2
   alike: both stage the portable proto) keeps its place: its dependencies (the staged jars, `url` or `file`
   artifacts) become its class path, each read through the file policy, and the engine runs its transforms
-  in a Java SDK harness (engine/java_boot.py) on engines whose SDKs include Java. Environments of other SDKs
-  are refused.
+  in a Java SDK harness (engine/java_boot.py) on engines whose SDKs include Java. A Go SDK environment (Beam
+  Go's Dataflow runner) keeps its place too: its worker binary (the artifact of Beam's Go worker-binary role)
+  is read through the file policy and made executable, and the engine starts it as Beam's Go container does
+  (engine/go_boot.py), on engines whose SDKs include Go (Prism). Environments of other SDKs are refused.
 - packages (environment.workerPools[].packages):
   - pickled_main_session: loaded before the run, as Dataflow's SDK harness does;
   - a wheel or sdist whose distribution is already installed at that version: nothing to do;
@@ -16,7 +18,8 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
   - anything else (sdists, setup.py's workflow.tar.gz, platform wheels, jars, a custom Beam SDK)
     cannot be installed without changing the environment every job shares: a warning says so;
   - submission_environment_dependencies.txt, extra_packages.txt: information only.
-  A Java job's packages are its jars, which its environment names too: they are read from there.
+  A Java job's packages are its jars, a Go job's its worker binary, which their environments name too: they
+  are read from there.
 Every file is read through the operator's FilePolicy. The policy also goes to the pipeline: stage_job exports
 it to this process's environment (FilePolicy.export; the executor runs one work item per process, and the SDK
 harness processes it starts inherit it), where Beamport's built-in templates find it to check each file when
@@ -53,6 +56,11 @@ _SDK_IMAGE = re.compile(r"(^|/)beam_python(?P<python>\d+\.\d+)_sdk:(?P<beam>[^@]
 _PYTHON_SDK_CAPABILITY = "beam:version:sdk_base:apache/beam_python"
 _JAVA_SDK_IMAGE = re.compile(r"(^|/)beam_java\d*_sdk(:|@|$)")
 _JAVA_SDK_CAPABILITY = "beam:version:sdk_base:apache/beam_java"
+# Beam Go's: gcr.io/cloud-dataflow/v1beta3/beam_go_sdk:2.77.0; beam:version:sdk_base:go:apache/beam_go_sdk:2.77.0
+_GO_SDK_IMAGE = re.compile(r"(^|/)beam_go_sdk(:|@|$)")
+_GO_SDK_CAPABILITY = "beam:version:sdk_base:go:"
+GO_OPTIONS = "beam:option:go_options:v1"  # sdkPipelineOptions' key for a Go program's flags
+GO_WORKER_BINARY_ROLE = "beam:artifact:role:go_worker_binary:v1"
 
 
 def stage_job(
@@ -107,10 +115,18 @@ def stage_job(
             f"This is a Beam Java pipeline: the {engine.title} engine runs Python pipelines only; {runs_java} "
             "runs Java pipelines (docs/engines.md).",
         )
-    rewritten = rewrite_python_environments(pipeline, warnings, keep=set(java))
+    go = go_environments(pipeline, fetch)
+    if go and registry.GO not in engine.sdks:
+        runs_go = registry.titles(spec for spec in registry.ENGINES if registry.GO in spec.sdks)
+        raise ApiError(
+            "FAILED_PRECONDITION",
+            f"This is a Beam Go pipeline: the {engine.title} engine does not run Go pipelines; {runs_go} runs them "
+            "(docs/engines.md).",
+        )
+    rewritten = rewrite_python_environments(pipeline, warnings, keep=set(java) | set(go))
 
     submitted_with = (environment.get("userAgent") or {}).get("version")
-    if submitted_with and submitted_with != apache_beam.__version__ and not java:
+    if submitted_with and submitted_with != apache_beam.__version__ and not java and not go:
         warnings.append(
             f"The job was submitted with Beam {submitted_with}; this engine runs Beam {apache_beam.__version__}. "
             "Pipelines pickled by one Beam version may not load in another."
@@ -126,7 +142,7 @@ def stage_job(
         )
 
     main_session, python_path = None, []
-    for package in [] if java else _packages(environment):
+    for package in [] if java or go else _packages(environment):
         name, location = package["name"], package["location"]
         if name == MAIN_SESSION:
             main_session = fetch.local_path(location, name)
@@ -151,6 +167,11 @@ def stage_job(
             )
 
     options = {key: _json_number(value) for key, value in raw_options.items() if key not in SERVICE_OPTIONS}
+    go_options = (environment.get("sdkPipelineOptions") or {}).get(GO_OPTIONS)
+    if go and go_options:
+        # Beam Go's runner keeps the program's flags beside `options`; its worker reads them back under the
+        # same name from the options the runner provisions (a portable runner's options are beam:option:K:v1).
+        options["go_options"] = go_options
     staged = StagedJob(
         job_id=job.get("id", ""),
         job_type=job_type,
@@ -160,6 +181,7 @@ def stage_job(
         python_path=python_path,
         rewritten_environments=rewritten,
         java_environments=java,
+        go_environments=go,
         staged_bytes=fetch.bytes_read,
     )
     return staged, warnings
@@ -174,6 +196,30 @@ def java_environments(pipeline: beam_runner_api_pb2.Pipeline, fetch: _Fetcher) -
     for env_id, env in pipeline.components.environments.items():
         if env_id in used and _is_java_sdk(env):
             found[env_id] = [str(fetch.local_path(*_artifact_location(env_id, a))) for a in env.dependencies]
+    return found
+
+
+def go_environments(pipeline: beam_runner_api_pb2.Pipeline, fetch: _Fetcher) -> dict[str, str]:
+    """The pipeline's Go SDK environments that its transforms use, each with its worker binary: the artifact
+    of Beam's Go worker-binary role (else its only artifact, else the one named "worker", as Beam's Go boot
+    chooses), a local executable read through the file policy."""
+    used = {t.environment_id for t in pipeline.components.transforms.values() if t.environment_id}
+    found = {}
+    for env_id, env in pipeline.components.environments.items():
+        if env_id not in used or not _is_go_sdk(env):
+            continue
+        binaries = [a for a in env.dependencies if a.role_urn == GO_WORKER_BINARY_ROLE]
+        if not binaries and len(env.dependencies) == 1:
+            binaries = list(env.dependencies)
+        located = [_artifact_location(env_id, a) for a in binaries or env.dependencies]
+        chosen = located[0] if binaries else next((loc for loc in located if loc[1] == "worker"), None)
+        if chosen is None:
+            raise ApiError(
+                "FAILED_PRECONDITION",
+                f"The Go environment {env_id} names no worker binary (an artifact of role {GO_WORKER_BINARY_ROLE}): "
+                "submit with Beam Go's Dataflow runner and --worker_binary, or let it build one.",
+            )
+        found[env_id] = str(fetch.executable(chosen[0], f"go-worker-{env_id}"))
     return found
 
 
@@ -249,13 +295,28 @@ class _Fetcher:
                 raise ApiError("NOT_FOUND", f"The staged file {name} ({location}) does not exist.")
             self.bytes_read += path.stat().st_size
             return path
-        if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="beamport-staged-"))
-        path = self.workdir / os.path.basename(name)
+        path = self._workdir() / os.path.basename(name)
         data = self.policy.read_bytes(location)
         self.bytes_read += len(data)
         path.write_bytes(data)
         return path
+
+    def executable(self, location: str, name: str) -> Path:
+        """A staged program as a local file this process may run: a local one in place when it is executable
+        already, else a copy in the workdir, made executable."""
+        path = self.local_path(location, name)
+        if path.parent == self.workdir or not os.access(path, os.X_OK):
+            if path.parent != self.workdir:
+                copy = self._workdir() / os.path.basename(name)
+                copy.write_bytes(path.read_bytes())
+                path = copy
+            path.chmod(0o755)
+        return path
+
+    def _workdir(self) -> Path:
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="beamport-staged-"))
+        return self.workdir
 
 
 def _packages(environment: dict) -> list[dict]:
@@ -280,6 +341,15 @@ def _is_java_sdk(env: beam_runner_api_pb2.Environment) -> bool:
     if env.urn != common_urns.environments.DOCKER.urn:
         return False
     return bool(_JAVA_SDK_IMAGE.search(beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image))
+
+
+def _is_go_sdk(env: beam_runner_api_pb2.Environment) -> bool:
+    """Beam Go's SDK environment: its capabilities or its Docker image say so."""
+    if any(c.startswith(_GO_SDK_CAPABILITY) for c in env.capabilities):
+        return True
+    if env.urn != common_urns.environments.DOCKER.urn:
+        return False
+    return bool(_GO_SDK_IMAGE.search(beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image))
 
 
 def _warn_about_image(image: str, warnings: list[str]) -> None:

@@ -3,8 +3,9 @@
 A job names its engine with the label `beamport_engine` (DataflowRunner: `--labels beamport_engine=flink`).
 Otherwise batch jobs run on the batch engine (embedded), and streaming jobs on the server's streaming engine
 (the first streaming engine of beamport.engine.registry the server has: Flink when it has a cluster, else
-Prism when it has the binary; without either they wait in JOB_STATE_PENDING, saying so). What an engine can
-do (keep state, drain...) is the registry's to say.
+Prism when it has the binary; without either they wait in JOB_STATE_PENDING, saying so), unless that engine
+does not run the job's SDK (its user agent's): then the first engine that does (Go: Prism), and a server
+without it refuses the job at create. What an engine can do (keep state, drain...) is the registry's to say.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Protocol
 from beamport.engine import registry
 from beamport.errors import failed_precondition, invalid_argument
 from beamport.service import model
+from beamport.service.sdk_version import sdk_language
 
 ENGINE_LABEL = "beamport_engine"
 
@@ -39,9 +41,25 @@ def engine_of(doc: dict, streaming_engine: str | None) -> str | None:
     named = (doc.get("labels") or {}).get(ENGINE_LABEL)
     if named:
         return named
+    for_sdk = engine_for_sdk(doc, streaming_engine)
+    if for_sdk is not None:
+        return for_sdk.name
     if doc.get("type") == model.STREAMING:
         return streaming_engine
     return registry.BATCH_DEFAULT.name
+
+
+def engine_for_sdk(doc: dict, streaming_engine: str | None) -> registry.EngineSpec | None:
+    """The engine a job that names none runs on because the default one does not run its SDK (a Go job: Prism);
+    None when the default serves (or no engine runs that SDK: staging then says why)."""
+    sdk = sdk_language(doc)
+    streaming = doc.get("type") == model.STREAMING
+    default = registry.find(streaming_engine) if streaming else registry.BATCH_DEFAULT
+    if default is None:  # a streaming job on a server without a streaming engine: the one it would prefer
+        default = next(spec for spec in registry.ENGINES if spec.streaming)
+    if sdk is None or sdk in default.sdks:
+        return None
+    return registry.for_sdk(sdk, streaming)
 
 
 def spec_of(doc: dict, streaming_engine: str | None) -> registry.EngineSpec | None:
@@ -78,6 +96,14 @@ def check_engine(doc: dict, available: set[str]) -> None:
     """Refuse a job that names an engine this server does not have."""
     named = (doc.get("labels") or {}).get(ENGINE_LABEL)
     if named is None:
+        # No engine named: the one its SDK needs, where the default does not run it (a Go job on Prism).
+        for_sdk = engine_for_sdk(doc, None)
+        if for_sdk is not None and for_sdk.name not in available:
+            sdk = registry.SDK_TITLES.get(sdk_language(doc) or "", "")
+            raise failed_precondition(
+                f"This is a Beam {sdk} pipeline: Beamport runs those on {for_sdk.title}, and this Beamport server has "
+                f"{for_sdk.missing_on_server}."
+            )
         return
     spec = registry.find(named)
     if spec is None:

@@ -29,6 +29,15 @@ def fill_sdk_version(doc: dict) -> None:
         doc["jobMetadata"] = {**metadata, "sdkVersion": version}
 
 
+def sdk_language(doc: dict) -> str | None:
+    """The Beam SDK a job was submitted with, from its user agent: "python", "java", "go" (the registry's
+    names), None when the user agent names no Beam SDK."""
+    name = ((doc.get("environment") or {}).get("userAgent") or {}).get("name")
+    if not isinstance(name, str) or "Beam" not in name:
+        return None
+    return next((lang.lower() for lang in _LANGUAGES if re.search(rf"\b{lang}\b", name)), None)
+
+
 def sdk_version(user_agent: dict) -> dict | None:
     name, version = user_agent.get("name"), user_agent.get("version")
     if not isinstance(version, str) or not version or not isinstance(name, str) or not name:

@@ -1,0 +1,260 @@
+"""Beam Go pipelines submitted by Beam Go's own Dataflow runner run on Prism: tests/go/wordcount (Beam Go SDK
+v2.77.0), submitted with gs:// staging and only the variables `beamport emulators env` prints (a GCS endpoint and
+a metadata server for Google's default credentials), ends DONE with the output of the same binary on Go's direct
+runner and the Go harness's log lines in the job's messages; a failing DoFn's Go error fails the job; a cancel
+leaves no Go worker. Needs Prism (BEAMPORT_TEST_PRISM), the GCS emulator and Go (scripts/test
+builds them all)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import Api, Server, beamport_command, required_path
+from test_emulators import go_program, need_gcs_emulator
+from test_java import _alive_in
+from test_running_jobs import TEXT, wait_state
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("go")]
+
+PROJECT = "go-demo"
+BUCKET = "go-jobs"
+
+
+class Go:
+    """The wordcount binary, on Go's direct runner or submitted to a Beamport server by Go's Dataflow runner."""
+
+    def __init__(self, binary: Path, server: Server, base: Path, env: dict[str, str]):
+        self.binary, self.server, self.base, self.env = binary, server, base, env
+        self.input = base / "input.txt"
+        self.input.write_text(TEXT)
+
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        # Only what `beamport emulators env` prints (and a HOME without gcloud's files): as a user's shell would.
+        env = {**self.env, "HOME": str(self.base)}
+        done = subprocess.run(
+            [str(self.binary), *args], env=env, cwd=self.base, capture_output=True, text=True, timeout=timeout
+        )
+        return done
+
+    def direct(self, output: Path, input_: str | None = None) -> None:
+        done = self.run("--runner=direct", f"--input={input_ or self.input}", f"--output={output}")
+        assert done.returncode == 0, done.stderr[-5000:]
+
+    def dataflow(self, output: Path, *args: str, input_: str | None = None) -> tuple[subprocess.CompletedProcess, str]:
+        """Submit with the flags of issue 18; the run and the job's id."""
+        name = f"go-wordcount-{uuid.uuid4().hex[:8]}"
+        done = self.run(
+            "--runner=dataflow",
+            f"--dataflow_endpoint={self.server.url}/",
+            f"--project={PROJECT}",
+            "--region=us-central1",
+            f"--job_name={name}",
+            f"--staging_location=gs://{BUCKET}/staging",
+            f"--temp_location=gs://{BUCKET}/temp",
+            f"--worker_binary={self.binary}",
+            f"--input={input_ or self.input}",
+            f"--output={output}",
+            *args,
+        )
+        job = next(j for j in Api(self.server.url, PROJECT).all_jobs() if j["name"] == name)
+        return done, job["id"]
+
+
+@pytest.fixture(scope="module")
+def go(tmp_path_factory) -> Go:
+    prism = required_path("BEAMPORT_TEST_PRISM", "builds Prism")
+    need_gcs_emulator()
+    binary = go_program("wordcount")
+    base = tmp_path_factory.mktemp("go")
+    srv = Server(
+        base / "data",
+        extra_args=(
+            *("--allow-path", str(base), "--workers", "2", "--prism", str(prism)),
+            *("--emulators", "gcs,metadata", "--metadata-project", PROJECT),
+        ),
+    ).start()
+    printed = beamport_command("emulators", "env", "--data-dir", str(srv.data_dir)).stdout
+    env = dict(line.removeprefix("export ").split("=", 1) for line in printed.splitlines() if "=" in line)
+    assert set(env) == {"STORAGE_EMULATOR_HOST", "GCE_METADATA_HOST", "GCE_METADATA_IP"}
+    storage(env).create_bucket(BUCKET)
+    yield Go(binary, srv, base, env)
+    srv.stop()
+
+
+def storage(env: dict[str, str]):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.storage import Client
+
+    os.environ["STORAGE_EMULATOR_HOST"] = env["STORAGE_EMULATOR_HOST"]
+    try:
+        return Client(project=PROJECT, credentials=AnonymousCredentials())
+    finally:
+        del os.environ["STORAGE_EMULATOR_HOST"]
+
+
+def read_output(path: Path) -> list[str]:
+    return sorted(path.read_text().splitlines())
+
+
+def messages(api: Api, job_id: str) -> list[str]:
+    answer = api.messages(job_id, minimumImportance="JOB_MESSAGE_DEBUG", pageSize=1000).json()
+    return [m.get("messageText", "") for m in answer.get("jobMessages", [])]
+
+
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_wordcount_runs_done_on_prism_with_the_direct_runners_output(go, where):
+    input_ = None
+    if where == "gs":  # read by the Go worker itself, through the GCS endpoint
+        storage(go.env).bucket(BUCKET).blob("input.txt").upload_from_string(TEXT)
+        input_ = f"gs://{BUCKET}/input.txt"
+    direct, out = go.base / where / "direct.txt", go.base / where / "dataflow.txt"
+    go.direct(direct, input_)
+    # Go's runner polls a job every 30 s: the local run waits for it to say DONE, the gs:// one asks the API.
+    done, job_id = go.dataflow(out, *(["--async"] if where == "gs" else []), input_=input_)
+    assert done.returncode == 0, done.stderr[-5000:]
+    api = Api(go.server.url, PROJECT)
+    if where == "gs":
+        wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=300)
+    else:
+        assert "succeeded" in done.stderr, done.stderr[-5000:]
+    job = api.get(job_id).json()
+    assert job["currentState"] == "JOB_STATE_DONE", messages(api, job_id)
+    assert read_output(out) == read_output(direct) != []
+    assert job["jobMetadata"]["sdkVersion"]["versionDisplayName"] == "Apache Beam SDK for Go"
+    texts = messages(api, job_id)
+    assert any(text.startswith("The job is running on Prism") for text in texts)
+    # The Go harness's own log lines (Beam Go's textio logs where it writes, in the worker) are job messages.
+    assert f"Writing to {out}" in texts, texts
+
+
+def test_a_failing_dofn_fails_the_job_with_the_go_error(go):
+    """The DoFn's error, as Beam Go's harness reports it through Prism, is in the job's messages; the work item
+    is tried again as any job's (4 failures), then the job fails."""
+    _, job_id = go.dataflow(go.base / "failing.txt", "--fail_on=fox", "--async")
+    api = Api(go.server.url, PROJECT)
+    job = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=600)
+    assert job["currentState"] == "JOB_STATE_FAILED"
+    text = "\n".join(messages(api, job_id))
+    assert "DoFn[UID:" in text and "main.extractFn] failed:\nwordcount refuses the word fox" in text, text[-5000:]
+    assert not (go.base / "failing.txt").exists()
+
+
+def go_workers(server: Server) -> list[psutil.Process]:
+    """The job's Go worker processes (the staged binary in worker mode), under the server."""
+    assert server.process is not None
+    found = []
+    for process in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if "--worker=true" in process.cmdline():
+                found.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_cancel_leaves_no_go_worker(go):
+    _, job_id = go.dataflow(go.base / "cancelled.txt", "--slow_millis=2000", "--async")
+    api = Api(go.server.url, PROJECT)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=300)
+    deadline = time.monotonic() + 300
+    while not (workers := go_workers(go.server)):
+        assert time.monotonic() < deadline, "no Go worker started"
+        assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
+        time.sleep(0.2)
+    groups = {os.getpgid(worker.pid) for worker in workers}
+    response = api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"})
+    assert response.status_code == 200, response.text
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=300)
+    gone, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, alive
+    deadline = time.monotonic() + 60
+    while left := [p for p in psutil.process_iter() if _alive_in(p, groups)]:
+        assert time.monotonic() < deadline, left
+        time.sleep(0.1)
+
+
+def test_a_server_without_prism_refuses_a_go_job(tmp_path):
+    """No engine named, and no Prism: refused at create, saying what is needed (not a job that fails later). The
+    job is what Beam Go's Dataflow runner sends, in short: its user agent names the Go SDK."""
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "0")).start()
+    try:
+        api = Api(srv.url, PROJECT)
+        go_agent = {"userAgent": {"name": "Apache Beam SDK for Go", "version": "2.77.0"}}
+        response = api.client.post(api.jobs_path, json={"name": "go-job", "environment": go_agent})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["status"] == "FAILED_PRECONDITION"
+        assert "This is a Beam Go pipeline: Beamport runs those on Prism" in error["message"]
+        assert "scripts/prism-build" in error["message"]
+        assert api.all_jobs() == []
+    finally:
+        srv.stop()
+
+
+def test_the_launcher_starts_the_worker_as_beams_go_boot_does(tmp_path):
+    """go_boot with a stand-in worker binary that prints what it was given, and a provisioning service of our
+    own: Prism's quoted id stripped, the endpoints and the options file as Beam Go's boot hands them over."""
+    import json
+    import sys
+    from concurrent import futures
+
+    import grpc
+    from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc, endpoints_pb2
+    from google.protobuf import struct_pb2
+
+    asked_by = []
+
+    class Provision(beam_provision_api_pb2_grpc.ProvisionServiceServicer):
+        def GetProvisionInfo(self, request, context):
+            asked_by.append(dict(context.invocation_metadata()).get("worker_id"))
+            options = struct_pb2.Struct()
+            options.update({"beam:option:go_options:v1": {"options": {"input": "/in.txt"}}})
+            return beam_provision_api_pb2.GetProvisionInfoResponse(
+                info=beam_provision_api_pb2.ProvisionInfo(
+                    pipeline_options=options,
+                    logging_endpoint=endpoints_pb2.ApiServiceDescriptor(url="localhost:7001"),
+                    control_endpoint=endpoints_pb2.ApiServiceDescriptor(url="localhost:7002"),
+                    runner_capabilities=["beam:protocol:control_response_elements_embedding:v1"],
+                )
+            )
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    beam_provision_api_pb2_grpc.add_ProvisionServiceServicer_to_server(Provision(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    worker = tmp_path / "worker"
+    worker.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\nenv\n')
+    worker.chmod(0o755)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "beamport.engine.go_boot", f"--worker_binary={worker}"]
+            + [f"--semi_persist_dir={tmp_path}", "--id='worker-3'", f"--provision_endpoint=127.0.0.1:{port}"],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.stop(0)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.splitlines()
+    assert asked_by == ["worker-3"]
+    workdir = tmp_path / "go-worker-worker-3"
+    assert printed[:5] == [
+        "--worker=true",
+        "--id=worker-3",
+        "--logging_endpoint=localhost:7001",
+        "--control_endpoint=localhost:7002",
+        f"--semi_persist_dir={workdir}",
+    ]
+    assert "RUNNER_CAPABILITIES=beam:protocol:control_response_elements_embedding:v1" in printed
+    options_file = next(line.split("=", 1)[1] for line in printed if line.startswith("PIPELINE_OPTIONS_FILE="))
+    assert json.loads(Path(options_file).read_text()) == {
+        "beam:option:go_options:v1": {"options": {"input": "/in.txt"}}
+    }
