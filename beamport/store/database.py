@@ -5,6 +5,7 @@ writes (one writer at a time on SQLite), and the row operations the aggregates s
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -12,7 +13,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Table, create_engine, event, insert, make_url, update
+from sqlalchemy import Table, bindparam, create_engine, event, insert, make_url, update
 from sqlalchemy.engine import Connection, Engine
 
 from beamport.errors import ApiError
@@ -280,6 +281,7 @@ class Database:
         self._reader = self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.postgres else self.engine
         self._point_reader = _PointReader(_sqlite_engine(url, self.file), self.file) if self.file is not None else None
         self._checkpointer = _Checkpointer(self.engine, self.write_lock) if self.file is not None else None
+        self._statements: dict[tuple, Any] = {}  # upsert and insert_new statements, by shape
 
     def reading(self) -> Connection:
         """A connection for reads (`with db.reading() as conn:`)."""
@@ -331,19 +333,29 @@ class Database:
         """Insert the rows, or replace the stored ones with the same key (but for the `keep` columns)."""
         if not rows:
             return
-        dialect_insert = self._dialect_insert()
         # In key order: two writers upserting the same rows lock them in the same order (no deadlock).
         rows = sorted(rows, key=lambda row: [row[k] for k in key])
-        stmt = dialect_insert(table)
-        updates = {c.name: stmt.excluded[c.name] for c in table.c if c.name not in key and c.name not in keep}
-        conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=updates), rows)
+        conn.execute(self._statement("upsert", table, tuple(key), tuple(keep)), rows)
 
     def insert_new(self, conn: Connection, table, key: list[str], rows: list[dict]) -> None:
         """Insert the rows whose key is not stored yet."""
         if not rows:
             return
         rows = sorted(rows, key=lambda row: [row[k] for k in key])
-        conn.execute(self._dialect_insert()(table).on_conflict_do_nothing(index_elements=key), rows)
+        conn.execute(self._statement("insert_new", table, tuple(key), ()), rows)
+
+    def _statement(self, kind: str, table, key: tuple[str, ...], keep: tuple[str, ...]):
+        # Built once per shape: building one took about 0.3 ms of SQLAlchemy's Python, a tenth of a lease.
+        cached = self._statements.get((kind, table.name, key, keep))
+        if cached is None:
+            stmt = self._dialect_insert()(table)
+            if kind == "upsert":
+                updates = {c.name: stmt.excluded[c.name] for c in table.c if c.name not in key and c.name not in keep}
+                cached = stmt.on_conflict_do_update(index_elements=list(key), set_=updates)
+            else:
+                cached = stmt.on_conflict_do_nothing(index_elements=list(key))
+            self._statements[(kind, table.name, key, keep)] = cached
+        return cached
 
     def _dialect_insert(self):
         if self.postgres:
@@ -355,13 +367,22 @@ class Database:
 
 def compare_and_set(conn: Connection, table, record_id, expected_version: int, row: dict) -> None:
     """Replace the row with this id if its version is still the expected one, else VersionConflict."""
-    result = conn.execute(
-        update(table)
-        .where(table.c.id == record_id, table.c.version == expected_version)
-        .values({**row, "version": expected_version + 1})
-    )
+    values = {**row, "version": expected_version + 1}
+    params = {f"new_{name}": value for name, value in values.items()}
+    params.update(record_id=record_id, expected_version=expected_version)
+    result = conn.execute(_compare_and_set_statement(table, tuple(values)), params)
     if result.rowcount != 1:
         raise VersionConflict(f"{table.name} {record_id}")
+
+
+@functools.lru_cache(maxsize=64)
+def _compare_and_set_statement(table: Table, columns: tuple[str, ...]):
+    # Built once per table and set of columns (as upsert's): building it took about 0.3 ms of each write.
+    return (
+        update(table)
+        .where(table.c.id == bindparam("record_id"), table.c.version == bindparam("expected_version"))
+        .values({name: bindparam(f"new_{name}") for name in columns})
+    )
 
 
 def insert_row(conn: Connection, table: Table, row: dict) -> int:
