@@ -184,7 +184,7 @@ class Settings(EngineSettings):
     # Seconds a client has to send a request's headers, and then its body (else 408, connection closed).
     request_header_timeout_s: float = 10.0
     request_body_timeout_s: float = 30.0
-    # Google service emulators serve runs beside the API (docs/emulators.md): `gcs`, `metadata`; given as
+    # Google service emulators serve runs beside the API (docs/emulators.md): `gcs`, `pubsub`, `metadata`; given as
     # `--emulators gcs,metadata` (BEAMPORT_EMULATORS=gcs,metadata: a list, not JSON).
     emulators: Annotated[list[str], NoDecode] = Field(default_factory=list)
     emulator_bin_dir: Path | None = None  # where emulators are built and cached (default ~/.cache/beamport/bin)

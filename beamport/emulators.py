@@ -10,7 +10,9 @@ is the operator's own endpoint: it wins, and that emulator is not started.
 
 GCS is fake-gcs-server, with one patch (below): it serves Beam's GcsIO for Python (JSON API, the batches of
 copies and deletes of WriteToText's rename) and the resumable uploads of Go's storage client (Go's Dataflow
-runner stages its worker binary so).
+runner stages its worker binary so). Pub/Sub is Google's own fake, pstest (cloud.google.com/go/pubsub/v2/pstest),
+as a server: a ten-line main in beamport/emulator_sources/pubsub (go.mod and go.sum pin its dependencies), built
+the same way. It keeps topics, subscriptions and messages in memory: they are gone when it restarts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -40,8 +43,8 @@ ENV_FILE = "emulators.env"
 # Beamport's own GCE metadata server (beamport/http/metadata.py), named among the emulators since clients find it
 # the same way: by variables in emulators.env.
 METADATA = "metadata"
-# Emulators planned (Pub/Sub, BigQuery): refused, saying so, until they exist.
-PLANNED = ("pubsub", "bigquery")
+# Emulators planned (BigQuery): refused, saying so, until they exist.
+PLANNED = ("bigquery",)
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 # An emulator that dies this soon after it started is broken, not unlucky: serve stops restarting it.
@@ -60,15 +63,19 @@ class Patch:
 
 @dataclass(frozen=True)
 class GoEmulator:
-    """An emulator built from its Go module (the module proxy's MODULE@VERSION, patched where `patches` say)."""
+    """An emulator built from its Go module (the module proxy's MODULE@VERSION, patched where `patches` say), or
+    from a main package of Beamport's own (`source`, with its go.mod and go.sum) that uses that module."""
 
     name: str  # as --emulators names it
     variable: str  # the variable Google's clients find it by
     module: str
     version: str  # pinned: what Beamport was tested with
-    health_path: str
+    health_path: str = ""
     patches: tuple[Patch, ...] = ()
-    patch_level: str = ""  # names the patches in the cached binary's name: a new patch, a new build
+    patch_level: str = (
+        ""  # names the patches (or Beamport's source) in the cached binary's name: a new one, a new build
+    )
+    source: Path | None = None
 
     @property
     def binary(self) -> str:
@@ -80,6 +87,13 @@ class GoEmulator:
     def value(self, port: int) -> str:
         """The variable's value for an emulator on this port."""
         return f"http://127.0.0.1:{port}"
+
+    def healthy(self, port: int) -> bool:
+        """Whether the emulator on this port answers."""
+        try:
+            return httpx.get(self.value(port) + self.health_path, timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
 
 
 class FakeGcsServer(GoEmulator):
@@ -118,7 +132,35 @@ GCS = FakeGcsServer(
     patches=(_ANSWER_PARTS_WITHOUT_CONTENT_ID,),
     patch_level="beamport1",
 )
-EMULATORS: dict[str, GoEmulator] = {GCS.name: GCS}
+
+
+class PubSubFake(GoEmulator):
+    """pstest as a server (beamport/emulator_sources/pubsub/main.go): gRPC only, its state in memory."""
+
+    def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
+        return [str(binary), "-host", "127.0.0.1", "-port", str(port)]
+
+    def value(self, port: int) -> str:
+        return f"127.0.0.1:{port}"  # PUBSUB_EMULATOR_HOST is host:port (gRPC, no scheme)
+
+    def healthy(self, port: int) -> bool:
+        # pstest registers no health service; it serves as soon as it listens.
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                return True
+        except OSError:
+            return False
+
+
+PUBSUB = PubSubFake(
+    name="pubsub",
+    variable="PUBSUB_EMULATOR_HOST",
+    module="cloud.google.com/go/pubsub/v2/pstest",
+    version="v2.9.0",
+    source=Path(__file__).parent / "emulator_sources" / "pubsub",
+    patch_level="beamport1",
+)
+EMULATORS: dict[str, GoEmulator] = {GCS.name: GCS, PUBSUB.name: PUBSUB}
 NAMES = (*EMULATORS, METADATA)
 
 
@@ -164,14 +206,18 @@ def install(emulator: GoEmulator, bin_dir: Path) -> Path:
     )
     started = time.monotonic()
     env = {**os.environ, "GOFLAGS": "-mod=mod"}
-    # The module's source from the proxy (into Go's module cache), copied, patched and built there, then renamed
-    # into place: two servers building at once each get a whole binary.
+    # The module's source from the proxy (into Go's module cache), or Beamport's own main (its dependencies from
+    # the proxy, as its go.sum pins them), copied, patched and built there, then renamed into place: two servers
+    # building at once each get a whole binary.
     with tempfile.TemporaryDirectory(dir=bin_dir, prefix=f".{emulator.binary}-") as build_dir:
         source = Path(build_dir) / "src"
-        downloaded = _go(
-            go, ["mod", "download", "-json", f"{emulator.module}@{emulator.version}"], env, Path(build_dir)
-        )
-        shutil.copytree(json.loads(downloaded)["Dir"], source)
+        if emulator.source is not None:
+            shutil.copytree(emulator.source, source)
+        else:
+            downloaded = _go(
+                go, ["mod", "download", "-json", f"{emulator.module}@{emulator.version}"], env, Path(build_dir)
+            )
+            shutil.copytree(json.loads(downloaded)["Dir"], source)
         for path in [source, *source.rglob("*")]:  # the module cache's copy is read-only
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
         for patch in emulator.patches:
@@ -232,15 +278,9 @@ class EmulatorProcess:
                 command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
 
-    def _healthy(self) -> bool:
-        try:
-            return httpx.get(self.value + self.emulator.health_path, timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
     def _up_or_over(self, process: subprocess.Popen) -> Callable[[], bool]:
         """Whether the process answers, exited, or is being stopped: the end of a wait for it to start."""
-        return lambda: process.poll() is not None or self._stopping.is_set() or self._healthy()
+        return lambda: process.poll() is not None or self._stopping.is_set() or self.emulator.healthy(self.port)
 
     def _supervise(self) -> None:
         restarts = 0

@@ -24,17 +24,24 @@ pytestmark = pytest.mark.slow
 EMULATOR_VARIABLES = ("STORAGE_EMULATOR_HOST", "GCE_METADATA_HOST", "GCE_METADATA_IP")
 
 
-def need_gcs_emulator() -> None:
-    """fake-gcs-server built (scripts/test builds it; here it is built if Go is there, else the test cannot run)."""
-    binary = emulators.default_bin_dir() / emulators.GCS.binary
+def need_emulator(emulator: emulators.GoEmulator) -> None:
+    """The emulator built (scripts/test builds them; here it is built if Go is there, else the test cannot run)."""
+    binary = emulators.default_bin_dir() / emulator.binary
     if binary.is_file():
         return
     done = subprocess.run(
-        [sys.executable, "-m", "beamport", "emulators", "install", "gcs"], capture_output=True, text=True, timeout=1800
+        [sys.executable, "-m", "beamport", "emulators", "install", emulator.name],
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     if done.returncode != 0:
-        message = f"the GCS emulator cannot be built here: {done.stderr.strip()} (scripts/test builds it)"
+        message = f"the {emulator.name} emulator cannot be built here: {done.stderr.strip()} (scripts/test builds it)"
         (pytest.fail if os.environ.get("CI") else pytest.skip)(message)
+
+
+def need_gcs_emulator() -> None:
+    need_emulator(emulators.GCS)
 
 
 def go_program(name: str) -> Path:
@@ -237,7 +244,7 @@ def test_the_operators_own_endpoint_wins(tmp_path, monkeypatch):
 def test_unknown_and_planned_emulators_are_refused(tmp_path):
     done = beamport_command("serve", "--data-dir", str(tmp_path), "--emulators", "gcs,ftp", check=False)
     assert done.returncode == 2 and "no such emulator" in done.stderr
-    done = beamport_command("serve", "--data-dir", str(tmp_path), "--emulators", "pubsub", check=False)
+    done = beamport_command("serve", "--data-dir", str(tmp_path), "--emulators", "bigquery", check=False)
     assert done.returncode == 2 and "not available yet" in done.stderr
 
 
@@ -264,3 +271,30 @@ def test_the_emulators_setting_from_a_flag_or_a_variable(monkeypatch):
     assert Settings(emulators="gcs").emulators == ["gcs"]
     monkeypatch.setenv("BEAMPORT_EMULATORS", "")
     assert Settings().emulators == []
+
+
+def test_the_pubsub_emulator_serves_googles_client_and_stops_with_serve(tmp_path, monkeypatch):
+    """pstest as a server: topics, subscriptions, publish, pull and acknowledge with google-cloud-pubsub, which
+    finds it by PUBSUB_EMULATOR_HOST alone (no credentials)."""
+    need_emulator(emulators.PUBSUB)
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    srv = Server(tmp_path / "data", extra_args=("--workers", "0", "--emulators", "pubsub")).start()
+    try:
+        env = read_env(srv.data_dir)
+        assert set(env) == {"PUBSUB_EMULATOR_HOST"}
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", env["PUBSUB_EMULATOR_HOST"])
+        from google.cloud import pubsub_v1
+
+        publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+        topic = publisher.create_topic(name="projects/demo/topics/t").name
+        subscription = subscriber.create_subscription(name="projects/demo/subscriptions/s", topic=topic).name
+        publisher.publish(topic, b"hello", kind="greeting").result(timeout=30)
+        (received,) = subscriber.pull(subscription=subscription, max_messages=10, timeout=30).received_messages
+        assert (received.message.data, dict(received.message.attributes)) == (b"hello", {"kind": "greeting"})
+        subscriber.acknowledge(subscription=subscription, ack_ids=[received.ack_id])
+        (emulator,) = [
+            p for p in psutil.Process(srv.process.pid).children(recursive=True) if p.name().startswith("pstest")
+        ]
+    finally:
+        srv.stop()
+    assert not emulator.is_running()
