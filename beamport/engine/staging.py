@@ -10,6 +10,10 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
   Go's Dataflow runner) keeps its place too: its worker binary (the artifact of Beam's Go worker-binary role)
   is read through the file policy and made executable, and the engine starts it as Beam's Go container does
   (engine/go_boot.py), on engines whose SDKs include Go (Prism). Environments of other SDKs are refused.
+- Beam's native Pub/Sub read and write (`beam:transform:pubsub_read:v1`, `pubsub_write:v1`, which Dataflow
+  runs itself): replaced by Python transforms (engine/pubsub_staging.py, beamport/io/pubsub.py) that reach
+  the server's PUBSUB_EMULATOR_HOST, or Google's Pub/Sub; a read is refused on engines that do not run
+  unbounded sources (the embedded one), where it would end having read nothing.
 - packages (environment.workerPools[].packages):
   - pickled_main_session: loaded before the run, as Dataflow's SDK harness does;
   - a wheel or sdist whose distribution is already installed at that version: nothing to do;
@@ -42,6 +46,9 @@ from google.protobuf.message import DecodeError
 
 from beamport.engine import registry
 from beamport.engine.base import JOB_TYPE_BATCH, JOB_TYPE_STREAMING, StagedJob
+from beamport.engine.pubsub_staging import READ as PUBSUB_READ
+from beamport.engine.pubsub_staging import WRITE as PUBSUB_WRITE
+from beamport.engine.pubsub_staging import pubsub_reads, replace_pubsub_transforms
 from beamport.engine.staged_files import check_pipeline_hash, unsatisfied_requirements
 from beamport.errors import ApiError
 from beamport.files import FilePolicy, gcs_resource_as_url, scheme_of
@@ -124,6 +131,7 @@ def stage_job(
             "(docs/engines.md).",
         )
     rewritten = rewrite_python_environments(pipeline, warnings, keep=set(java) | set(go))
+    _replace_pubsub(pipeline, rewritten, engine)
 
     submitted_with = (environment.get("userAgent") or {}).get("version")
     if submitted_with and submitted_with != apache_beam.__version__ and not java and not go:
@@ -272,6 +280,31 @@ def rewrite_python_environments(
                 "(cross-language transforms are not supported).",
             )
     return rewritten
+
+
+def _replace_pubsub(pipeline: beam_runner_api_pb2.Pipeline, python_environments: list[str], engine) -> None:
+    """Beam's native Pub/Sub transforms -> Python transforms in the job's Python environment
+    (engine/pubsub_staging.py); a read only where the engine runs unbounded sources."""
+    reads = pubsub_reads(pipeline)
+    if reads and not engine.streaming:
+        streaming = registry.titles(spec for spec in registry.ENGINES if spec.streaming)
+        raise ApiError(
+            "FAILED_PRECONDITION",
+            f"The pipeline reads Pub/Sub ({', '.join(reads)}): the {engine.title} engine runs a pipeline until its "
+            f"input ends, and a Pub/Sub read never ends; {streaming} runs it (docs/engines.md).",
+        )
+    natives = [t for t in pipeline.components.transforms.values() if t.spec.urn in (PUBSUB_READ, PUBSUB_WRITE)]
+    if not natives:
+        return
+    used = [t.environment_id for t in pipeline.components.transforms.values() if t.environment_id]
+    python = next((env for env in used if env in python_environments), None)
+    if python is None:
+        raise ApiError(
+            "FAILED_PRECONDITION",
+            f"The pipeline reads or writes Pub/Sub ({', '.join(sorted(t.unique_name for t in natives))}) "
+            "outside a Python pipeline: Beamport runs Pub/Sub I/O for Beam Python pipelines only.",
+        )
+    replace_pubsub_transforms(pipeline, python)
 
 
 class _Fetcher:

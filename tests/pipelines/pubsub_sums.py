@@ -1,0 +1,34 @@
+"""An unchanged streaming Pub/Sub pipeline, as a user writes it for Dataflow: messages `key,number` with their
+event time in the `ts` attribute and their id in `id`, summed per key in one-minute windows, each sum
+published to the output topic as `key,sum,window start`. Prints JOB_ID <id> once submitted."""
+
+import argparse
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--input_subscription", required=True)
+    parser.add_argument("--output_topic", required=True)
+    args, beam_args = parser.parse_known_args()
+    p = beam.Pipeline(options=PipelineOptions(beam_args))
+    (
+        p
+        | "Read"
+        >> beam.io.ReadFromPubSub(subscription=args.input_subscription, timestamp_attribute="ts", id_label="id")
+        | "Parse" >> beam.Map(lambda data: data.decode().split(","))
+        | "Key" >> beam.Map(lambda fields: (fields[0], int(fields[1]))).with_output_types(tuple[str, int])
+        | "Window" >> beam.WindowInto(beam.window.FixedWindows(60))
+        | "Sum" >> beam.CombinePerKey(sum)
+        | "Format"
+        >> beam.ParDo(lambda kv, window=beam.DoFn.WindowParam: [f"{kv[0]},{kv[1]},{int(window.start)}".encode()])
+        | "Write" >> beam.io.WriteToPubSub(topic=args.output_topic)
+    )
+    result = p.run()
+    print("JOB_ID", result.job_id(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""An unchanged streaming Pub/Sub pipeline (ReadFromPubSub -> FixedWindows -> CombinePerKey(sum) ->
+WriteToPubSub), submitted by Beam's DataflowRunner, runs on Beamport against `serve --emulators pubsub`: staging
+puts Python transforms in place of Beam's native Pub/Sub read and write (docs/google-services.md)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import Api, Server, required_path
+from test_emulators import need_emulator, read_env
+from test_running_jobs import dataflow_flags, run, wait_state
+from test_streaming import PIPELINES, wait_for
+
+from beamport import emulators
+
+pytestmark = pytest.mark.slow
+PROJECT = "pubsub-demo"
+
+
+@pytest.fixture(scope="module")
+def pubsub_server(tmp_path_factory, request):
+    """A server with Prism and the Pub/Sub emulator; this process's PUBSUB_EMULATOR_HOST names it (a client's)."""
+    prism = required_path("BEAMPORT_TEST_PRISM", "builds Prism")
+    need_emulator(emulators.PUBSUB)
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    root = tmp_path_factory.mktemp("pubsub")
+    srv = Server(
+        root / "data",
+        extra_args=("--allow-path", str(root), "--workers", "2", "--prism", str(prism), "--emulators", "pubsub"),
+    ).start()
+    srv.root = root
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", read_env(srv.data_dir)["PUBSUB_EMULATOR_HOST"])
+    yield srv
+    srv.stop()
+    monkeypatch.undo()
+
+
+class Topics:
+    """An input topic with the pipeline's subscription, and an output topic with the test's."""
+
+    def __init__(self, name: str):
+        from google.cloud import pubsub_v1
+
+        self.publisher, self.subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+        self.input = self.publisher.create_topic(name=f"projects/{PROJECT}/topics/{name}-in").name
+        self.input_subscription = self.subscriber.create_subscription(
+            name=f"projects/{PROJECT}/subscriptions/{name}-in", topic=self.input
+        ).name
+        self.output = self.publisher.create_topic(name=f"projects/{PROJECT}/topics/{name}-out").name
+        self.output_subscription = self.subscriber.create_subscription(
+            name=f"projects/{PROJECT}/subscriptions/{name}-out", topic=self.output
+        ).name
+        self.received: list[str] = []
+
+    def publish(self, key: str, number: int, event_time_s: int, message_id: str) -> None:
+        self.publisher.publish(
+            self.input, f"{key},{number}".encode(), ts=str(event_time_s * 1000), id=message_id
+        ).result(timeout=30)
+
+    def pull_output(self) -> list[str]:
+        """Everything published to the output topic so far (each output acknowledged once read)."""
+        response = self.subscriber.pull(subscription=self.output_subscription, max_messages=100, timeout=30)
+        if response.received_messages:
+            self.received += [m.message.data.decode() for m in response.received_messages]
+            self.subscriber.acknowledge(
+                subscription=self.output_subscription, ack_ids=[m.ack_id for m in response.received_messages]
+            )
+        return sorted(self.received)
+
+    def backlog(self) -> int:
+        """Messages left on the input subscription (none once the job has acknowledged them all)."""
+        response = self.subscriber.pull(subscription=self.input_subscription, max_messages=100, timeout=30)
+        return len(response.received_messages)
+
+
+def submit(server: Server, topics: Topics, name: str, *extra: str, check: bool = True):
+    workdir = server.root / name
+    workdir.mkdir()
+    return run(
+        [
+            str(PIPELINES / "pubsub_sums.py"),
+            f"--input_subscription={topics.input_subscription}",
+            f"--output_topic={topics.output}",
+            *dataflow_flags(server, PROJECT, workdir, name),
+            "--streaming",
+            *extra,
+        ],
+        check=check,
+    )
+
+
+def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsub_server):
+    topics = Topics("sums")
+    minute = int(time.time()) // 60 * 60 - 3600  # an hour ago: its windows close as soon as all is read
+    later = minute + 7200  # an hour ahead: its window stays open until the drain
+    topics.publish("a", 1, minute + 1, "m1")
+    topics.publish("a", 2, minute + 2, "m2")
+    topics.publish("b", 5, minute + 3, "m3")
+    topics.publish("a", 2, minute + 2, "m2")  # published twice (a publisher's retry): counted once
+    topics.publish("a", 10, minute + 61, "m4")
+    topics.publish("c", 7, later, "m5")
+
+    done = submit(pubsub_server, topics, "sums")
+    job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
+    api = Api(pubsub_server.url, PROJECT)
+    closed = sorted([f"a,3,{minute}", f"a,10,{minute + 60}", f"b,5,{minute}"])
+    wait_for("the closed windows' sums", lambda: len(topics.pull_output()) >= len(closed), 240)
+    assert topics.pull_output() == closed
+    assert topics.backlog() == 0, "every message read was acknowledged"
+    assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
+
+    assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200  # as Beam asks
+    wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=120)
+    # The drain fired the window still open; nothing was counted twice.
+    wait_for("the open window's sum", lambda: len(topics.pull_output()) > len(closed), 60)
+    assert topics.pull_output() == sorted([*closed, f"c,7,{later}"])
+
+
+def test_a_pubsub_read_is_refused_on_the_embedded_engine(pubsub_server):
+    """FnApiRunner would end DONE having read nothing: the job fails, saying where it can run."""
+    topics = Topics("embedded")
+    done = submit(pubsub_server, topics, "embedded", "--labels=beamport_engine=embedded")
+    job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
+    api = Api(pubsub_server.url, PROJECT)
+    wait_state(api, job_id, {"JOB_STATE_FAILED"}, timeout=120)
+    texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
+    assert any("a Pub/Sub read never ends" in t and "Prism" in t for t in texts), texts
