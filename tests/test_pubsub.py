@@ -10,31 +10,37 @@ import pytest
 from conftest import Api, Server, required_path
 from test_emulators import need_emulator, read_env
 from test_running_jobs import dataflow_flags, run, wait_state
-from test_streaming import PIPELINES, wait_for
+from test_streaming import PIPELINES, START_S, cancel_flink_jobs, flink_args, flink_endpoints, wait_for
 
 from beamport import emulators
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]  # one Flink job at a time, as test_streaming
 PROJECT = "pubsub-demo"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["prism", "flink"])
 def pubsub_server(tmp_path_factory, request):
-    """A server with Prism and the Pub/Sub emulator; this process's PUBSUB_EMULATOR_HOST names it (a client's)."""
-    prism = required_path("BEAMPORT_TEST_PRISM", "builds Prism")
+    """A server with one streaming engine and the Pub/Sub emulator; this process's PUBSUB_EMULATOR_HOST names
+    the emulator (as a client's would)."""
+    if request.param == "prism":
+        engine_args: tuple[str, ...] = ("--prism", str(required_path("BEAMPORT_TEST_PRISM", "builds Prism")))
+    else:
+        flink = flink_endpoints()
+        engine_args = flink_args(flink)
     need_emulator(emulators.PUBSUB)
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
-    root = tmp_path_factory.mktemp("pubsub")
+    root = tmp_path_factory.mktemp(f"pubsub-{request.param}")
     srv = Server(
-        root / "data",
-        extra_args=("--allow-path", str(root), "--workers", "2", "--prism", str(prism), "--emulators", "pubsub"),
+        root / "data", extra_args=("--allow-path", str(root), "--workers", "2", *engine_args, "--emulators", "pubsub")
     ).start()
     srv.root = root
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", read_env(srv.data_dir)["PUBSUB_EMULATOR_HOST"])
     yield srv
     srv.stop()
     monkeypatch.undo()
+    if request.param == "flink":  # Flink jobs outlive the server: stop what the tests left running
+        cancel_flink_jobs(flink, lambda job: job["state"] == "RUNNING")
 
 
 class Topics:
@@ -92,7 +98,7 @@ def submit(server: Server, topics: Topics, name: str, *extra: str, check: bool =
 
 
 def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsub_server):
-    topics = Topics("sums")
+    topics = Topics(f"sums-{pubsub_server.root.name}")
     minute = int(time.time()) // 60 * 60 - 3600  # an hour ago: its windows close as soon as all is read
     later = minute + 7200  # an hour ahead: its window stays open until the drain
     topics.publish("a", 1, minute + 1, "m1")
@@ -102,17 +108,17 @@ def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsu
     topics.publish("a", 10, minute + 61, "m4")
     topics.publish("c", 7, later, "m5")
 
-    done = submit(pubsub_server, topics, "sums")
+    done = submit(pubsub_server, topics, "sums")  # streaming: on the server's streaming engine
     job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
     api = Api(pubsub_server.url, PROJECT)
     closed = sorted([f"a,3,{minute}", f"a,10,{minute + 60}", f"b,5,{minute}"])
-    wait_for("the closed windows' sums", lambda: len(topics.pull_output()) >= len(closed), 240)
+    wait_for("the closed windows' sums", lambda: len(topics.pull_output()) >= len(closed), START_S)
     assert topics.pull_output() == closed
     assert topics.backlog() == 0, "every message read was acknowledged"
     assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
 
     assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200  # as Beam asks
-    wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=120)
+    wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=START_S)
     # The drain fired the window still open; nothing was counted twice.
     wait_for("the open window's sum", lambda: len(topics.pull_output()) > len(closed), 60)
     assert topics.pull_output() == sorted([*closed, f"c,7,{later}"])
@@ -120,7 +126,7 @@ def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsu
 
 def test_a_pubsub_read_is_refused_on_the_embedded_engine(pubsub_server):
     """FnApiRunner would end DONE having read nothing: the job fails, saying where it can run."""
-    topics = Topics("embedded")
+    topics = Topics(f"embedded-{pubsub_server.root.name}")
     done = submit(pubsub_server, topics, "embedded", "--labels=beamport_engine=embedded")
     job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
     api = Api(pubsub_server.url, PROJECT)
