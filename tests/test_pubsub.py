@@ -133,3 +133,41 @@ def test_a_pubsub_read_is_refused_on_the_embedded_engine(pubsub_server):
     wait_state(api, job_id, {"JOB_STATE_FAILED"}, timeout=120)
     texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
     assert any("a Pub/Sub read never ends" in t and "Prism" in t for t in texts), texts
+
+
+def test_a_topic_read_with_attributes_through_a_subscription_of_its_own(pubsub_server):
+    """ReadFromPubSub(topic=..., with_attributes=True): the reader makes a temporary subscription when it starts
+    (messages published before are not read) and hands on whole PubsubMessages."""
+    topics = Topics(f"echo-{pubsub_server.root.name}")
+    workdir = pubsub_server.root / "echo"
+    workdir.mkdir()
+    done = run(
+        [
+            str(PIPELINES / "pubsub_sums.py"),
+            f"--input_topic={topics.input}",
+            f"--output_topic={topics.output}",
+            *dataflow_flags(pubsub_server, PROJECT, workdir, "echo"),
+            "--streaming",
+        ]
+    )
+    job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
+
+    def temporary_subscriptions() -> list[str]:
+        names = topics.publisher.list_topic_subscriptions(topic=topics.input)
+        return [name for name in names if name != topics.input_subscription]
+
+    wait_for("the reader's own subscription", temporary_subscriptions, START_S)
+    topics.publisher.publish(topics.input, b"hello", k="1").result(timeout=30)
+    topics.publisher.publish(topics.input, b"world", k="2").result(timeout=30)
+    received = []
+
+    def echoed() -> bool:
+        response = topics.subscriber.pull(subscription=topics.output_subscription, max_messages=10, timeout=30)
+        received.extend((m.message.data, dict(m.message.attributes)) for m in response.received_messages)
+        return len(received) >= 2
+
+    wait_for("the echoes", echoed, START_S)
+    assert sorted(received) == [(b"HELLO", {"k": "1", "echo": "yes"}), (b"WORLD", {"k": "2", "echo": "yes"})]
+    api = Api(pubsub_server.url, PROJECT)
+    assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=START_S)

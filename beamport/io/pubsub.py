@@ -15,7 +15,8 @@ The read is Impulse | a splittable DoFn that pulls | a stateful DoFn that drops 
   message id, remembered for DEDUP_S (Dataflow keeps ids for ten minutes too) in keyed state: the state lives
   in the engine, so it survives a restart from a checkpoint;
 - a topic read pulls through a temporary subscription of its own, made when the DoFn starts (messages
-  published before that are not seen) and deleted when it stops;
+  published before that are not seen) and deleted in its teardown (best effort: Beam may skip teardown, e.g.
+  when a job is cancelled);
 - when the job is drained (Beamport's drain file, as for ReadFromLocalLog) the DoFn stops pulling, moves its
   watermark to the end of time, so every window fires, and ends.
 The read emits what Beam's native source does: a message's data, or with `with_attributes` the serialized

@@ -1,6 +1,7 @@
 """An unchanged streaming Pub/Sub pipeline, as a user writes it for Dataflow: messages `key,number` with their
 event time in the `ts` attribute and their id in `id`, summed per key in one-minute windows, each sum
-published to the output topic as `key,sum,window start`. Prints JOB_ID <id> once submitted."""
+published to the output topic as `key,sum,window start`. With --input_topic instead: a topic read with
+attributes, each message echoed upper-cased with its attribute `k`. Prints JOB_ID <id> once submitted."""
 
 import argparse
 
@@ -10,10 +11,23 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--input_subscription", required=True)
+    parser.add_argument("--input_subscription")
+    parser.add_argument("--input_topic")  # instead: messages with attributes, echoed upper-cased
     parser.add_argument("--output_topic", required=True)
     args, beam_args = parser.parse_known_args()
     p = beam.Pipeline(options=PipelineOptions(beam_args))
+    if args.input_topic:
+        (
+            p
+            | "Read" >> beam.io.ReadFromPubSub(topic=args.input_topic, with_attributes=True)
+            | "Echo"
+            >> beam.Map(
+                lambda m: beam.io.PubsubMessage(m.data.upper(), {"k": m.attributes.get("k", ""), "echo": "yes"})
+            )
+            | "Write" >> beam.io.WriteToPubSub(topic=args.output_topic, with_attributes=True)
+        )
+        print("JOB_ID", p.run().job_id(), flush=True)
+        return
     (
         p
         | "Read"
