@@ -113,35 +113,39 @@ def test_a_streaming_job_reports_its_metrics_logs_and_runs_its_staged_module(eng
         # The staged module ran on the SDK worker, and the main session was loaded there.
         assert sorted(lines.splitlines()) == [f"probe:{x}|main session loaded" for x in ("k0,5", "k0,7", "k1,2")]
 
-        # While it runs: the counter, the distribution and the gauge in getMetrics.
-        wait_for("three lines counted", lambda: user_metrics(api, job_id).get(("lines", True)) == 3, timeout=60)
-        running = user_metrics(api, job_id)
-        assert running["lines", False] == 3
-        assert {k: running["values", False][k] for k in ("sum", "count", "min", "max")} == {
-            "sum": 14,
-            "count": 3,
-            "min": 2,
-            "max": 7,
-        }
-        assert running["last", False]["value"] == 7
         # Its log lines in its messages, as WARNINGs.
         wait_for("three lines logged", lambda: len(observed_messages(api, job_id)) >= 3, timeout=60)
         assert {m["messageImportance"] for m in observed_messages(api, job_id)} == {"JOB_MESSAGE_WARNING"}
+        if srv.engine == "prism":
+            # While it runs: the counter, the distribution and the gauge in getMetrics (Beam 2.62's Flink
+            # runner hands a job's metrics over only as its tasks end: docs/engines.md).
+            wait_for("three lines counted", lambda: user_metrics(api, job_id).get(("lines", False)) == 3, timeout=60)
+            running = user_metrics(api, job_id)
+            assert running["lines", True] == 3
+            assert {k: running["values", False][k] for k in ("sum", "count", "min", "max")} == {
+                "sum": 14,
+                "count": 3,
+                "min": 2,
+                "max": 7,
+            }
+            assert running["last", False]["value"] == 7
 
-        # DataflowRunner's result.metrics().query() in the submitting process sees the new input counted.
         append(log, ["k1,1", "k0,9"])
-        submitter.wait(timeout=180)
-        assert submitter.returncode == 0, (tmp_path / "submitter.err").read_text()[-3000:]
-        seen = json.loads(final.read_text())
-        assert seen["Observe:lines"]["attempted"] == 5
-        assert seen["Observe:values"]["attempted"] == [24, 5, 1, 9]  # sum, count, min, max
-        # (DataflowMetrics reads no gauges, apache/beam#31788: getMetrics has it.)
-        assert user_metrics(api, job_id)["last", True]["value"] == 9
-
+        wait_for("five lines written", lambda: len(written().splitlines()) >= 5)
+        if srv.engine == "prism":
+            # DataflowRunner's result.metrics().query() in the submitting process sees the new input counted.
+            submitter.wait(timeout=180)
         assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200
         wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=120)
+        submitter.wait(timeout=60)  # (Flink: once drained)
+        assert submitter.returncode == 0, (tmp_path / "submitter.err").read_text()[-3000:]
+        seen = json.loads(final.read_text())
+        assert seen["Observe:lines"] == {"attempted": 5, "committed": 5}
+        assert seen["Observe:values"]["attempted"] == [24, 5, 1, 9]  # sum, count, min, max
         final_metrics = user_metrics(api, job_id)
         assert final_metrics["lines", False] == final_metrics["lines", True] == 5
+        # (DataflowMetrics reads no gauges, apache/beam#31788: getMetrics has it.)
+        assert final_metrics["last", False]["value"] == final_metrics["last", True]["value"] == 9
         assert {m["messageText"] for m in observed_messages(api, job_id)} == {
             f"observed {x}" for x in ("k0,5", "k1,2", "k0,7", "k1,1", "k0,9")
         }

@@ -60,22 +60,23 @@ def staged_artifacts(job: StagedJob) -> list:
     ]
 
 
-def user_metrics(response, committed_only: bool = False) -> dict[str, list]:
-    """A GetJobMetricsResponse as DirectRunner's `metrics().query()` gives a job's metrics: the user metrics of
-    its MonitoringInfos, attempted (tentative) and committed, through Beam's own PortableRunner conversion.
-    committed_only: the job service's attempted figures are not a superset of its committed ones (Prism's
-    are the progress of the bundles in flight only), so the committed ones stand for both, as in a batch
-    job's final metrics."""
+def user_metrics(results, one_side: str | None = None) -> dict[str, list]:
+    """A job's MetricResults (MonitoringInfos, attempted and committed: what GetJobMetrics answers) as
+    DirectRunner's `metrics().query()` gives a job's metrics: its user metrics, through Beam's own
+    PortableRunner conversion. one_side ("committed" or "attempted"): the side the engine keeps properly,
+    which then stands for both, as in a batch job's final metrics (Prism's attempted figures are only the
+    progress of the bundles in flight; Flink's runner keeps attempted figures only)."""
     from apache_beam.metrics import monitoring_infos
     from apache_beam.portability.api import beam_job_api_pb2
     from apache_beam.runners.portability.portable_runner import PortableMetrics
 
-    found = response.metrics
-    committed = [i for i in found.committed if monitoring_infos.is_user_monitoring_info(i)]
-    attempted = (
-        committed if committed_only else [i for i in found.attempted if monitoring_infos.is_user_monitoring_info(i)]
-    )
-    user = beam_job_api_pb2.MetricResults(attempted=attempted, committed=committed)
+    sides = {
+        side: [i for i in getattr(results, side) if monitoring_infos.is_user_monitoring_info(i)]
+        for side in ("attempted", "committed")
+    }
+    if one_side:
+        sides = {side: sides[one_side] for side in sides}
+    user = beam_job_api_pb2.MetricResults(**sides)
     return PortableMetrics(beam_job_api_pb2.GetJobMetricsResponse(metrics=user)).query()
 
 
@@ -128,7 +129,7 @@ class JobService:
         answer = self.stub.GetState(beam_job_api_pb2.GetJobStateRequest(job_id=job_id), timeout=10)
         return beam_job_api_pb2.JobState.Enum.Name(answer.state)
 
-    def metrics(self, job_id: str, committed_only: bool = False) -> dict[str, list] | None:
+    def metrics(self, job_id: str, one_side: str | None = None) -> dict[str, list] | None:
         """The invocation's user metrics so far (`user_metrics`); None when the job service does not answer."""
         import grpc
         from apache_beam.portability.api import beam_job_api_pb2
@@ -138,7 +139,7 @@ class JobService:
         except grpc.RpcError as exc:
             log.info("%s gave no metrics for %s: %s", self.what, job_id, exc.details() or exc)
             return None
-        return user_metrics(answer, committed_only)
+        return user_metrics(answer.metrics, one_side)
 
     def errors(self, job_id: str, limit: int = 5) -> list[str]:
         """The ERROR messages the job service kept for the invocation (why it failed)."""

@@ -120,7 +120,7 @@ class PrismEngine(Engine):
                 # Prism keeps the job's metrics as its bundles finish (committed); its attempted figures are
                 # only the progress of bundles in flight, so the committed ones stand for both.
                 metrics_sent = time.monotonic()
-                metrics = service.metrics(invocation, committed_only=True)
+                metrics = service.metrics(invocation, one_side="committed")
                 if metrics is not None:
                     observer.metrics(metrics)
             if state == "DONE":
