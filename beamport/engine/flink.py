@@ -122,14 +122,19 @@ class FlinkRest:
                 log.info("no metrics for Flink job %s: %s", jid, exc)
                 return None
             for accumulator in accumulators.get("user-accumulators", []):
-                if accumulator.get("name") == METRICS_ACCUMULATOR:
-                    found = True
+                if accumulator.get("name") != METRICS_ACCUMULATOR:
+                    continue
+                try:
                     results = json_format.Parse(
                         json.dumps(json.loads(accumulator["value"]).get("metrics", {})),
                         beam_job_api_pb2.MetricResults(),
                         ignore_unknown_fields=True,
                     )
-                    infos.extend(results.attempted)
+                except (ValueError, AttributeError, json_format.ParseError) as exc:  # another runner's text
+                    log.info("unreadable metrics accumulator of Flink job %s: %s", jid, exc)
+                    continue
+                found = True
+                infos.extend(results.attempted)
         if not found:
             return None
         merged = beam_job_api_pb2.MetricResults(attempted=list(monitoring_infos.consolidate(infos)))
