@@ -124,7 +124,8 @@ def worker_log_service(deliver: Callable[[logging.LogRecord], None]) -> Iterator
                         logging.getLogger(__name__).exception("could not pass on an SDK worker's log record")
             return iter(())
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="worker-logs"))
+    # A worker's log stream holds a thread for its life: room for many SDK workers of the run.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="worker-logs"))
     beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(Service(), server)
     port = server.add_insecure_port("localhost:0")
     server.start()
