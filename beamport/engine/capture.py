@@ -9,6 +9,7 @@ import re
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from google.protobuf import text_format
 
@@ -105,10 +106,12 @@ def entry_record(entry) -> logging.LogRecord:
 
 
 @contextlib.contextmanager
-def worker_log_service(deliver: Callable[[logging.LogRecord], None]) -> Iterator[str]:
-    """A Fn API logging service on loopback for SDK workers that run outside this process (Prism's, Flink's):
-    each LogEntry they send goes to `deliver` as its LogRecord. Yields the service's address. The workers
-    filter at the job's log level themselves (sdk_worker_main sets it from default_sdk_harness_log_level)."""
+def worker_log_service(deliver: Callable[[logging.LogRecord], None], socket: Path | None = None) -> Iterator[str]:
+    """A Fn API logging service for SDK workers that run outside this process (Prism's, Flink's): each LogEntry
+    they send goes to `deliver` as its LogRecord. Yields the service's address: on loopback, or at the Unix
+    socket `socket` (a stale one is replaced: SDK workers reconnect to the same address, so the service of
+    whoever runs the job now gets their logs). The workers filter at the job's log level themselves
+    (sdk_worker_main sets it from default_sdk_harness_log_level)."""
     from concurrent import futures
 
     import grpc
@@ -127,10 +130,16 @@ def worker_log_service(deliver: Callable[[logging.LogRecord], None]) -> Iterator
     # A worker's log stream holds a thread for its life: room for many SDK workers of the run.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="worker-logs"))
     beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(Service(), server)
-    port = server.add_insecure_port("localhost:0")
+    if socket is not None:
+        socket.parent.mkdir(parents=True, exist_ok=True)
+        socket.unlink(missing_ok=True)
+        address = f"unix:{socket}"
+        server.add_insecure_port(address)
+    else:
+        address = f"localhost:{server.add_insecure_port('localhost:0')}"
     server.start()
     try:
-        yield f"localhost:{port}"
+        yield address
     finally:
         server.stop(1)
 

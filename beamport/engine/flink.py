@@ -269,11 +269,11 @@ class FlinkEngine(Engine):
         self._job_id = job.job_id
         drain_file = self.config.drain_file(job.job_id)
         try:
-            with worker_log_service(observer.log) as self._logs:
+            # At a socket of the job's in the shared directory: the job's SDK workers reconnect to it, so a
+            # worker that adopts the job (below) gets their logs from then on.
+            with worker_log_service(observer.log, self.config.shared_dir / "logs" / job.job_id) as self._logs:
                 found = self.rest.find_job(job.job_id)
                 if found is not None:  # a worker before this one submitted it, and was lost: follow it
-                    # (its SDK workers keep sending their logs to the lost worker's service: they go to
-                    # Flink's TaskManager log instead)
                     log.info("adopting Flink job %s of job %s", found["jid"], job.job_id)
                     jid = self.flink_job_id = found["jid"]
                 else:
