@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -56,6 +57,41 @@ def observed_messages(api: Api, job_id: str) -> list[dict]:
     return [m for m in messages.get("jobMessages", []) if m["messageText"].startswith("observed ")]
 
 
+def submit_observed(srv: Server, project: str, tmp_path: Path, log: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """Submit streaming_observed.py with DataflowRunner (its output in tmp_path/submitter.out and .err), the
+    probe module importable here and staged as a wheel, the main session saved."""
+    source, wheel = probe_wheel(tmp_path)
+    (tmp_path / "work").mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")])}
+    with open(tmp_path / "submitter.out", "w") as said, open(tmp_path / "submitter.err", "w") as errors:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(PIPELINE),
+                str(log),
+                str(out),
+                *extra,
+                *dataflow_flags(srv, project, tmp_path / "work", "observed"),
+                "--streaming",
+                "--extra_package",
+                str(wheel),
+                "--save_main_session",
+                "--labels",
+                f"beamport_engine={srv.engine}",
+            ],
+            stdout=said,
+            stderr=errors,
+            env=env,
+        )
+
+
+def submitted_job(submitter: subprocess.Popen, tmp_path: Path) -> str:
+    said = tmp_path / "submitter.out"
+    wait_for("the job submitted", lambda: submitter.poll() is not None or "\n" in said.read_text(), timeout=180)
+    assert "JOB_ID " in said.read_text(), (tmp_path / "submitter.err").read_text()[-3000:]
+    return said.read_text().split("JOB_ID ", 1)[1].split()[0]
+
+
 @pytest.fixture(params=["prism", "flink"])
 def engine_server(request, tmp_path):
     if request.param == "prism":
@@ -74,39 +110,12 @@ def engine_server(request, tmp_path):
 
 def test_a_streaming_job_reports_its_metrics_logs_and_runs_its_staged_module(engine_server, tmp_path, project):
     srv, api = engine_server, Api(engine_server.url, project)
-    source, wheel = probe_wheel(tmp_path)
     log, out, final = tmp_path / "in.log", tmp_path / "out.txt", tmp_path / "metrics.json"
     append(log, ["k0,5", "k1,2", "k0,7"])
-    (tmp_path / "work").mkdir()
-    said, errors = open(tmp_path / "submitter.out", "w"), open(tmp_path / "submitter.err", "w")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")])}
-    submitter = subprocess.Popen(
-        [
-            sys.executable,
-            str(PIPELINE),
-            str(log),
-            str(out),
-            "--metrics-until",
-            "5",
-            str(final),
-            *dataflow_flags(srv, project, tmp_path / "work", "observed"),
-            "--streaming",
-            "--extra_package",
-            str(wheel),
-            "--save_main_session",
-            "--labels",
-            f"beamport_engine={srv.engine}",
-        ],
-        stdout=said,
-        stderr=errors,
-        env=env,
-    )
+    submitter = submit_observed(srv, project, tmp_path, log, out, "--metrics-until", "5", str(final))
     job_id = None
     try:
-        submitted = lambda: submitter.poll() is not None or "\n" in (tmp_path / "submitter.out").read_text()  # noqa: E731
-        wait_for("the job submitted", submitted, timeout=180)
-        assert "JOB_ID " in (tmp_path / "submitter.out").read_text(), (tmp_path / "submitter.err").read_text()[-3000:]
-        job_id = (tmp_path / "submitter.out").read_text().split("JOB_ID ", 1)[1].split()[0]
+        job_id = submitted_job(submitter, tmp_path)
         wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=240)
         written = lambda: out.read_text() if out.exists() else ""  # noqa: E731
         lines = wait_for("three lines written", lambda: len(written().splitlines()) >= 3 and written())
@@ -152,7 +161,55 @@ def test_a_streaming_job_reports_its_metrics_logs_and_runs_its_staged_module(eng
     finally:
         if submitter.poll() is None:
             submitter.kill()
-        said.close()
-        errors.close()
         if srv.engine == "flink":
             cancel_live_flink_jobs_of(flink_endpoints(), job_id)
+
+
+def test_a_worker_that_adopts_a_flink_job_gets_its_sdk_workers_logs(tmp_path, project):
+    """The job's SDK workers outlive a crashed Beamport and reconnect to the job's log socket, which the worker
+    that adopts the job serves again (docs/engines.md)."""
+    from test_streaming import crash
+
+    flink = flink_endpoints()
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", *flink_args(flink)))
+    srv.start()
+    srv.engine = "flink"
+    api = Api(srv.url, project)
+    log, out = tmp_path / "in.log", tmp_path / "out.txt"
+    append(log, ["k0,1"])
+    submitter = submit_observed(srv, project, tmp_path, log, out)
+    job_id = None
+    try:
+        job_id = submitted_job(submitter, tmp_path)
+        wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=240)
+        wait_for("the first line logged", lambda: observed_messages(api, job_id), timeout=60)
+        took_over = lambda: sum(  # noqa: E731
+            "took over work item" in m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])
+        )
+        before = took_over()
+        crash(srv)
+        srv.start()
+        wait_for("the work leased again", lambda: took_over() > before, timeout=90)
+        # Records a worker logs while its log stream is down are dropped by Beam's handler, and its reconnection
+        # backs off: lines are appended until one read after the takeover is logged.
+        appended: list[str] = []
+        last_append = [0.0]
+
+        def a_new_line_logged() -> bool:
+            logged = {m["messageText"] for m in observed_messages(api, job_id)}
+            if any(f"observed {line}" in logged for line in appended):
+                return True
+            if time.monotonic() - last_append[0] >= 2:  # a line every 2 s
+                last_append[0] = time.monotonic()
+                appended.append(f"k1,{len(appended) + 2}")
+                append(log, appended[-1:])
+            return False
+
+        wait_for("a line read after the takeover in the messages", a_new_line_logged, timeout=180)
+        assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    finally:
+        if submitter.poll() is None:
+            submitter.kill()
+        if srv.process is not None:
+            srv.stop()
+        cancel_live_flink_jobs_of(flink, job_id)
