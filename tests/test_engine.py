@@ -781,3 +781,56 @@ def test_a_job_staged_on_gcs_runs(tmp_path, monkeypatch):
 def test_parallelism(options, default_workers, expected):
     chosen = parallelism_for(options, default_workers)
     assert (chosen.workers, chosen.mode) == expected
+
+
+def test_portable_metrics_are_the_user_metrics_with_one_side_standing_for_both():
+    """What Prism's GetJobMetrics and Flink's accumulator give (MonitoringInfos) becomes DirectRunner's
+    `metrics().query()` form: user metrics only; the side the engine keeps stands for the other."""
+    from apache_beam.metrics import monitoring_infos
+    from apache_beam.metrics.cells import DistributionData
+    from apache_beam.portability.api import beam_job_api_pb2
+
+    from beamport.engine.portable import user_metrics
+
+    step = "ref_AppliedPTransform_Observe_9"
+    counter = monitoring_infos.int64_user_counter("observed", "lines", 3, ptransform=step)
+    distribution = monitoring_infos.int64_user_distribution(
+        "observed", "values", DistributionData(14, 3, 2, 7), ptransform=step
+    )
+    system = monitoring_infos.int64_counter(monitoring_infos.ELEMENT_COUNT_URN, 9, pcollection="pc")
+    results = beam_job_api_pb2.MetricResults(committed=[counter, distribution, system])
+
+    found = user_metrics(results, one_side="committed")
+    (lines,) = found["counters"]
+    assert (lines.key.step, lines.key.metric.name, lines.committed, lines.attempted) == (
+        "ref_AppliedPTransform_Observe_9",
+        "lines",
+        3,
+        3,
+    )
+    (values,) = found["distributions"]
+    assert (values.attempted.sum, values.attempted.count, values.attempted.min, values.attempted.max) == (14, 3, 2, 7)
+    assert user_metrics(results)["counters"][0].attempted is None  # Beam's own reading: attempted not kept
+
+
+def test_a_worker_log_entry_becomes_its_log_record():
+    from apache_beam.portability.api import beam_fn_api_pb2
+
+    from beamport.engine.capture import entry_record
+
+    entry = beam_fn_api_pb2.LogEntry(
+        severity=beam_fn_api_pb2.LogEntry.Severity.WARN,
+        message="observed k0,5",
+        log_location="/tmp/x/site-packages/mypipeline/steps.py:42",
+        thread="Thread-3",
+        trace="Traceback ...",
+    )
+    entry.timestamp.seconds, entry.timestamp.nanos = 1_800_000_000, 250_000_000
+    record = entry_record(entry)
+    assert (record.levelno, record.getMessage(), record.name, record.lineno) == (
+        logging.WARNING,
+        "observed k0,5",
+        "mypipeline.steps",
+        42,
+    )
+    assert record.created == 1_800_000_000.25 and record.threadName == "Thread-3" and record.exc_text == "Traceback ..."

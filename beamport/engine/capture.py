@@ -9,6 +9,7 @@ import re
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from google.protobuf import text_format
 
@@ -68,7 +69,6 @@ def pipeline_logs(deliver: Callable[[logging.LogRecord], None], level: int) -> I
 def worker_record(record: logging.LogRecord) -> logging.LogRecord:
     """Rebuild the LogRecord an SDK worker subprocess sent (as a Fn API LogEntry) over the logging service."""
     from apache_beam.portability.api import beam_fn_api_pb2
-    from apache_beam.runners.worker.log_handler import LOGENTRY_TO_LOG_LEVEL_MAP
 
     # local_job_service logs str(entry) with its newlines made spaces: text format does not mind.
     text = record.args[0] if isinstance(record.args, tuple) and record.args else None
@@ -78,6 +78,13 @@ def worker_record(record: logging.LogRecord) -> logging.LogRecord:
         entry = text_format.Parse(text, beam_fn_api_pb2.LogEntry())
     except text_format.ParseError:
         return record
+    return entry_record(entry)
+
+
+def entry_record(entry) -> logging.LogRecord:
+    """The LogRecord behind a Fn API LogEntry an SDK worker sent: its logger, level, location, time, traceback."""
+    from apache_beam.runners.worker.log_handler import LOGENTRY_TO_LOG_LEVEL_MAP
+
     path, colon, line = entry.log_location.rpartition(":")
     if not colon:  # Java's harness: the logger's name (org.apache.beam.fn.harness.FnHarness), no line
         path, line = entry.log_location, ""
@@ -96,6 +103,45 @@ def worker_record(record: logging.LogRecord) -> logging.LogRecord:
     if entry.trace:
         rebuilt.exc_text = entry.trace
     return rebuilt
+
+
+@contextlib.contextmanager
+def worker_log_service(deliver: Callable[[logging.LogRecord], None], socket: Path | None = None) -> Iterator[str]:
+    """A Fn API logging service for SDK workers that run outside this process (Prism's, Flink's): each LogEntry
+    they send goes to `deliver` as its LogRecord. Yields the service's address: on loopback, or at the Unix
+    socket `socket` (a stale one is replaced: SDK workers reconnect to the same address, so the service of
+    whoever runs the job now gets their logs). The workers filter at the job's log level themselves
+    (sdk_worker_main sets it from default_sdk_harness_log_level)."""
+    from concurrent import futures
+
+    import grpc
+    from apache_beam.portability.api import beam_fn_api_pb2_grpc
+
+    class Service(beam_fn_api_pb2_grpc.BeamFnLoggingServicer):
+        def Logging(self, request_iterator, context):
+            for entries in request_iterator:
+                for entry in entries.log_entries:
+                    try:
+                        deliver(entry_record(entry))
+                    except Exception:  # an observer's failure must not cut the worker's log stream
+                        logging.getLogger(__name__).exception("could not pass on an SDK worker's log record")
+            return iter(())
+
+    # A worker's log stream holds a thread for its life: room for many SDK workers of the run.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="worker-logs"))
+    beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(Service(), server)
+    if socket is not None:
+        socket.parent.mkdir(parents=True, exist_ok=True)
+        socket.unlink(missing_ok=True)
+        address = f"unix:{socket}"
+        server.add_insecure_port(address)
+    else:
+        address = f"localhost:{server.add_insecure_port('localhost:0')}"
+    server.start()
+    try:
+        yield address
+    finally:
+        server.stop(1)
 
 
 def _module_of(path: str) -> str:

@@ -12,6 +12,7 @@ the running Flink job instead of submitting it again).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -36,7 +37,8 @@ from beamport.engine.base import (
     StreamingControl,
     savepoint_path,
 )
-from beamport.engine.portable import JobService, external_environments
+from beamport.engine.capture import worker_log_service
+from beamport.engine.portable import JobService, external_environments, user_metrics
 from beamport.engine.registry import FLINK
 from beamport.polling import wait_until
 
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 _ACTIVE = {"INITIALIZING", "CREATED", "RUNNING", "RESTARTING", "FAILING", "CANCELLING", "RECONCILING", "SUSPENDED"}
 _END_OF_TIME = 9223372036854775807  # Long.MAX_VALUE: Flink's watermark once the input is all read
 POLL_S = 1.0
+METRICS_EVERY_S = 2.0  # how often the job's metrics are read while it runs (and once at its end)
+# Beam's Flink runner's accumulator of the job's metrics (FlinkMetricContainer.ACCUMULATOR_NAME).
+METRICS_ACCUMULATOR = "__metricscontainers"
 SUBMIT_TIMEOUT_S = 180.0
 SAVEPOINT_TIMEOUT_S = 120.0
 DRAIN_GRACE_S = 5.0  # how long a drained job may take to finish by itself before it is stopped
@@ -99,6 +104,44 @@ class FlinkRest:
             return (self._call("GET", f"/jobs/{jid}/exceptions").get("root-exception") or "").strip()
         except EngineError:
             return ""
+
+    def user_metrics(self, jid: str, vertex_ids: list[str]) -> dict[str, list] | None:
+        """The job's user metrics (`portable.user_metrics`) as Beam's Flink runner hands them to Flink, None
+        while it has not. The runner puts them in an accumulator (what its job server reads once the job has
+        ended) when a stage's operator closes: at the end of the job's tasks (finished, cancelled, failed),
+        not while they run. Flink's REST API shows each vertex's accumulator as text: Beam's MetricResults in
+        proto JSON (MonitoringInfos, attempted only). A transform's metrics are in the vertex that runs it;
+        merged across vertices all the same, as Beam merges a stage's bundles."""
+        from apache_beam.metrics import monitoring_infos
+        from apache_beam.portability.api import beam_job_api_pb2
+        from google.protobuf import json_format
+
+        infos: list = []
+        found = False
+        for vertex in vertex_ids:
+            try:
+                accumulators = self._call("GET", f"/jobs/{jid}/vertices/{vertex}/accumulators")
+            except EngineError as exc:
+                log.info("no metrics for Flink job %s: %s", jid, exc)
+                return None
+            for accumulator in accumulators.get("user-accumulators", []):
+                if accumulator.get("name") != METRICS_ACCUMULATOR:
+                    continue
+                try:
+                    results = json_format.Parse(
+                        json.dumps(json.loads(accumulator["value"]).get("metrics", {})),
+                        beam_job_api_pb2.MetricResults(),
+                        ignore_unknown_fields=True,
+                    )
+                except (ValueError, AttributeError, json_format.ParseError) as exc:  # another runner's text
+                    log.info("unreadable metrics accumulator of Flink job %s: %s", jid, exc)
+                    continue
+                found = True
+                infos.extend(results.attempted)
+        if not found:
+            return None
+        merged = beam_job_api_pb2.MetricResults(attempted=list(monitoring_infos.consolidate(infos)))
+        return user_metrics(merged, one_side="attempted")
 
     def first_bundle_lost(self, jid: str) -> bool:
         """Whether the job's first stage took its input and never passed anything on, though later stages
@@ -203,6 +246,7 @@ class FlinkEngine(Engine):
         self._drain = threading.Event()
         self.flink_job_id: str | None = None
         self._job_id: str | None = None
+        self._logs = ""  # the address of the logging service the job's SDK workers send their logs to
 
     # -- called from other threads -----------------------------------------------------------
 
@@ -228,14 +272,17 @@ class FlinkEngine(Engine):
         self._job_id = job.job_id
         drain_file = self.config.drain_file(job.job_id)
         try:
-            found = self.rest.find_job(job.job_id)
-            if found is not None:  # a worker before this one submitted it, and was lost: follow it
-                log.info("adopting Flink job %s of job %s", found["jid"], job.job_id)
-                jid = self.flink_job_id = found["jid"]
-            else:
-                drain_file.unlink(missing_ok=True)
-                jid = self.flink_job_id = self._submit(job, drain_file)
-            return self._follow(jid, job, observer, drain_file)
+            # At a socket of the job's in the shared directory: the job's SDK workers reconnect to it, so a
+            # worker that adopts the job (below) gets their logs from then on.
+            with worker_log_service(observer.log, self.config.shared_dir / "logs" / job.job_id) as self._logs:
+                found = self.rest.find_job(job.job_id)
+                if found is not None:  # a worker before this one submitted it, and was lost: follow it
+                    log.info("adopting Flink job %s of job %s", found["jid"], job.job_id)
+                    jid = self.flink_job_id = found["jid"]
+                else:
+                    drain_file.unlink(missing_ok=True)
+                    jid = self.flink_job_id = self._submit(job, drain_file)
+                return self._follow(jid, job, observer, drain_file)
         except EngineError as exc:
             return RunResult(FAILED, str(exc))
 
@@ -248,6 +295,7 @@ class FlinkEngine(Engine):
             runner="PortableRunner",
             streaming=job.job_type == JOB_TYPE_STREAMING,
             beamport_drain_file=str(drain_file),
+            beamport_logging_endpoint=self._logs,  # the SDK workers' logs: to observer.log (sdk_boot)
         )
         if self.restore_from:
             options["savepoint_path"] = self.restore_from
@@ -281,6 +329,7 @@ class FlinkEngine(Engine):
         ended_at = None  # when a draining job was first seen with every watermark at the end of time
         stages: dict[str, str] = {}
         reported_running = False
+        metrics_read = 0.0
         while True:
             try:
                 details = self.rest.job(jid)
@@ -290,6 +339,12 @@ class FlinkEngine(Engine):
                 continue
             state = details.get("state")
             self._report_stages(details, stages, observer)
+            if state not in _ACTIVE or time.monotonic() - metrics_read >= METRICS_EVERY_S:
+                # (while the job runs, only tasks that ended have handed theirs over: see user_metrics)
+                metrics_read = time.monotonic()
+                metrics = self.rest.user_metrics(jid, [v["id"] for v in details.get("vertices", [])])
+                if metrics is not None:
+                    observer.metrics(metrics)
             if state == "FINISHED":
                 return RunResult(DRAINED if draining else DONE)
             if state == "FAILED":

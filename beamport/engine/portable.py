@@ -1,29 +1,83 @@
 """Beam's Job API (beam_job_api.proto), as Beamport's engines that run on a Beam job service use it.
 
 Beam's portable runners (Flink's job server, Prism) take a pipeline through the same calls: Prepare,
-artifact staging, Run, then GetState / GetStateStream / Cancel. The pipeline's Python environments point
+artifact staging, Run, then GetState / GetJobMetrics / Cancel. The pipeline's Python environments point
 at an SDK worker pool (Beam's EXTERNAL environment), whose workers start through beamport.engine.sdk_boot.
+What staging made of the job's packages (the pure-Python wheels to import, the main session) travels as
+the environments' artifacts: the job service keeps them, and each SDK worker fetches them at its start.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+
 from beamport.engine.base import EngineError, StagedJob
+
+log = logging.getLogger(__name__)
+
+
+# The name the main session has among an environment's artifacts (and in the SDK worker's staged directory).
+MAIN_SESSION = "pickled_main_session"
 
 
 def external_environments(job: StagedJob, sdk_pool: str):
-    """The pipeline with its (rewritten) Python environments pointing at the SDK worker pool."""
+    """The pipeline with its (rewritten) Python environments pointing at the SDK worker pool, their
+    artifacts what the SDK workers need of the job's staged files (`staged_artifacts`)."""
     from apache_beam.portability import common_urns, python_urns
     from apache_beam.portability.api import beam_runner_api_pb2, endpoints_pb2
 
     pipeline = beam_runner_api_pb2.Pipeline()
     pipeline.CopyFrom(job.pipeline)
     payload = beam_runner_api_pb2.ExternalPayload(endpoint=endpoints_pb2.ApiServiceDescriptor(url=sdk_pool))
+    artifacts = staged_artifacts(job)
     for env in pipeline.components.environments.values():
         if env.urn == python_urns.EMBEDDED_PYTHON:
             env.urn = common_urns.environments.EXTERNAL.urn
             env.payload = payload.SerializeToString()
-            del env.dependencies[:]  # Dataflow's staged files: the SDK workers run Beamport's own Python
+            del env.dependencies[:]
+            env.dependencies.extend(artifacts)
     return pipeline
+
+
+def staged_artifacts(job: StagedJob) -> list:
+    """The job's staged wheels (StagedJob.python_path) and main session as file artifacts, each named as it
+    is staged: what the embedded engine puts on sys.path and loads, for SDK workers elsewhere (sdk_boot)."""
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    files = [(path, os.path.basename(path)) for path in job.python_path]
+    if job.main_session:
+        files.append((str(job.main_session), MAIN_SESSION))
+    return [
+        beam_runner_api_pb2.ArtifactInformation(
+            type_urn=common_urns.artifact_types.FILE.urn,
+            type_payload=beam_runner_api_pb2.ArtifactFilePayload(path=path).SerializeToString(),
+            role_urn=common_urns.artifact_roles.STAGING_TO.urn,
+            role_payload=beam_runner_api_pb2.ArtifactStagingToRolePayload(staged_name=name).SerializeToString(),
+        )
+        for path, name in files
+    ]
+
+
+def user_metrics(results, one_side: str | None = None) -> dict[str, list]:
+    """A job's MetricResults (MonitoringInfos, attempted and committed: what GetJobMetrics answers) as
+    DirectRunner's `metrics().query()` gives a job's metrics: its user metrics, through Beam's own
+    PortableRunner conversion. one_side ("committed" or "attempted"): the side the engine keeps properly,
+    which then stands for both, as in a batch job's final metrics (Prism's attempted figures are only the
+    progress of the bundles in flight; Flink's runner keeps attempted figures only)."""
+    from apache_beam.metrics import monitoring_infos
+    from apache_beam.portability.api import beam_job_api_pb2
+    from apache_beam.runners.portability.portable_runner import PortableMetrics
+
+    sides = {
+        side: [i for i in getattr(results, side) if monitoring_infos.is_user_monitoring_info(i)]
+        for side in ("attempted", "committed")
+    }
+    if one_side:
+        sides = {side: sides[one_side] for side in sides}
+    user = beam_job_api_pb2.MetricResults(**sides)
+    return PortableMetrics(beam_job_api_pb2.GetJobMetricsResponse(metrics=user)).query()
 
 
 class JobService:
@@ -74,6 +128,18 @@ class JobService:
 
         answer = self.stub.GetState(beam_job_api_pb2.GetJobStateRequest(job_id=job_id), timeout=10)
         return beam_job_api_pb2.JobState.Enum.Name(answer.state)
+
+    def metrics(self, job_id: str, one_side: str | None = None) -> dict[str, list] | None:
+        """The invocation's user metrics so far (`user_metrics`); None when the job service does not answer."""
+        import grpc
+        from apache_beam.portability.api import beam_job_api_pb2
+
+        try:
+            answer = self.stub.GetJobMetrics(beam_job_api_pb2.GetJobMetricsRequest(job_id=job_id), timeout=10)
+        except grpc.RpcError as exc:
+            log.info("%s gave no metrics for %s: %s", self.what, job_id, exc.details() or exc)
+            return None
+        return user_metrics(answer.metrics, one_side)
 
     def errors(self, job_id: str, limit: int = 5) -> list[str]:
         """The ERROR messages the job service kept for the invocation (why it failed)."""

@@ -6,8 +6,10 @@ update with state: the service refuses those for Prism jobs, naming Flink.
 
 Per run, in the executor's process group (so a killed executor takes them with it): a Prism process
 serving the Beam Job API on a free port, and an SDK worker pool in the executor, whose workers start
-through beamport.engine.sdk_boot with the job's options (the drain signal among them). A Beam Go job's Go
-environments become process environments: Prism starts the job's worker binary through
+through beamport.engine.sdk_boot with the job's options (the drain signal among them), the job's staged
+packages (artifacts) and, for their logs, a Fn API logging service in the executor (to observer.log).
+The job's user metrics are Prism's (GetJobMetrics), asked for every METRICS_EVERY_S and at the end. A Beam
+Go job's Go environments become process environments: Prism starts the job's worker binary through
 beamport.engine.go_boot, as Beam's Go container would.
 """
 
@@ -37,12 +39,14 @@ from beamport.engine.base import (
     RunResult,
     StagedJob,
 )
+from beamport.engine.capture import worker_log_service
 from beamport.engine.portable import JobService, external_environments
 from beamport.processes import free_loopback_port
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
+METRICS_EVERY_S = 2.0  # how often the job's metrics are asked for while it runs (and once at its end)
 START_TIMEOUT_S = 30.0
 
 
@@ -98,7 +102,8 @@ class PrismEngine(Engine):
                 forwarder.start()
             try:
                 pipeline = go_process_environments(external_environments(job, pool_address), job, workdir)
-                return self._run(job, observer, f"localhost:{port}", pipeline, workdir / "drain")
+                with worker_log_service(observer.log) as logs:
+                    return self._run(job, observer, f"localhost:{port}", pipeline, workdir / "drain", logs)
             except EngineError as exc:
                 return RunResult(FAILED, str(exc))
             finally:
@@ -108,7 +113,9 @@ class PrismEngine(Engine):
                     forwarder.join(5)
                 pool.stop(0)
 
-    def _run(self, job: StagedJob, observer: RunObserver, address: str, pipeline, drain_file: Path) -> RunResult:
+    def _run(
+        self, job: StagedJob, observer: RunObserver, address: str, pipeline, drain_file: Path, logs: str
+    ) -> RunResult:
         self._service = service = JobService(address, "Prism", connect_timeout=START_TIMEOUT_S)
         options = dict(job.options)
         options.update(
@@ -116,16 +123,25 @@ class PrismEngine(Engine):
             runner="PortableRunner",
             streaming=job.job_type == JOB_TYPE_STREAMING,
             beamport_drain_file=str(drain_file),
+            beamport_logging_endpoint=logs,  # the SDK workers' logs: to observer.log (sdk_boot)
         )
         self._invocation = invocation = service.submit(job.job_id, pipeline, options)
         observer.stage_state("Prism", STAGE_RUNNING, int(time.time() * 1e6))
         draining = False
         running = False
+        metrics_sent = 0.0
         while True:
             state = service.state(invocation)
             if state == "RUNNING" and not running:
                 running = True
                 observer.running(f"Prism (invocation {invocation})")
+            if state in ("DONE", "FAILED") or time.monotonic() - metrics_sent >= METRICS_EVERY_S:
+                # Prism keeps the job's metrics as its bundles finish (committed); its attempted figures are
+                # only the progress of bundles in flight, so the committed ones stand for both.
+                metrics_sent = time.monotonic()
+                metrics = service.metrics(invocation, one_side="committed")
+                if metrics is not None:
+                    observer.metrics(metrics)
             if state == "DONE":
                 observer.stage_state("Prism", STAGE_DONE, int(time.time() * 1e6))
                 return RunResult(DRAINED if draining else DONE)

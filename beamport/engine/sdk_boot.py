@@ -6,6 +6,12 @@ for the job's pipeline options and hands them to `sdk_worker_main` in its enviro
 runs with the job's options (log level, pickler, runtime value providers: Beamport's sources read their
 drain signal there), then becomes that worker. Its output goes to stderr: the pool pipes stdout and
 never reads it.
+
+Also as Beam's boot program does, it fetches the environment's artifacts (what staging made of the job's
+packages: pure-Python wheels and the main session, beamport.engine.portable.staged_artifacts) into the
+worker's staged directory, where `sdk_worker_main` loads the main session, and puts the wheels on its
+PYTHONPATH. The worker's logs go to the Beamport engine that runs the job when the job names its logging
+service (the option `beamport_logging_endpoint`, reachable), else to the runner's.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+# The pipeline option naming the Fn API logging service of the Beamport engine that runs the job.
+LOGGING_ENDPOINT_OPTION = "beamport_logging_endpoint"
 
 
 def main(argv: list[str]) -> None:
@@ -40,15 +49,22 @@ def main(argv: list[str]) -> None:
 
     semi_persistent = os.path.join(args.semi_persist_dir, f"worker-{args.id}")
     os.makedirs(semi_persistent, exist_ok=True)
+    wheels = fetch_artifacts(info, descriptor(info.artifact_endpoint, args.artifact_endpoint), semi_persistent)
+    logging_endpoint = descriptor(info.logging_endpoint, args.logging_endpoint)
+    beamport_logs = _option(json_format.MessageToDict(info.pipeline_options), LOGGING_ENDPOINT_OPTION)
+    if beamport_logs and _reachable(beamport_logs):
+        logging_endpoint = descriptor(endpoints_pb2.ApiServiceDescriptor(url=beamport_logs), "")
     env = dict(os.environ)
     env.update(
         PIPELINE_OPTIONS=json_format.MessageToJson(info.pipeline_options),
         CONTROL_API_SERVICE_DESCRIPTOR=descriptor(info.control_endpoint, args.control_endpoint),
-        LOGGING_API_SERVICE_DESCRIPTOR=descriptor(info.logging_endpoint, args.logging_endpoint),
+        LOGGING_API_SERVICE_DESCRIPTOR=logging_endpoint,
         WORKER_ID=args.id,
         SEMI_PERSISTENT_DIRECTORY=semi_persistent,
         RUNNER_CAPABILITIES=" ".join(info.runner_capabilities),
     )
+    if wheels:
+        env["PYTHONPATH"] = os.pathsep.join([*wheels, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     os.dup2(2, 1)
     argv = [sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"]
     sandbox = _sandbox(semi_persistent)
@@ -62,10 +78,63 @@ def main(argv: list[str]) -> None:
                 "LOGGING_API_SERVICE_DESCRIPTOR",
                 "SEMI_PERSISTENT_DIRECTORY",
                 "RUNNER_CAPABILITIES",
+                "PYTHONPATH",
             )
+            if k in env
         }
         argv = sandbox.command(argv, set_env=worker_env)
     os.execvpe(argv[0], argv, env)
+
+
+def fetch_artifacts(info, artifact_endpoint: str, semi_persistent: str) -> list[str]:
+    """Fetch the environment's artifacts into SEMI_PERSISTENT_DIRECTORY/staged under their staged names, as
+    Beam's boot program does (the main session is loaded from there by sdk_worker_main); answer the wheels."""
+    import grpc
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_artifact_api_pb2_grpc, beam_runner_api_pb2, endpoints_pb2
+    from apache_beam.runners.portability import artifact_service
+    from google.protobuf import text_format
+
+    if not info.dependencies:
+        return []
+    staged = os.path.join(semi_persistent, "staged")
+    os.makedirs(staged, exist_ok=True)
+    url = text_format.Parse(artifact_endpoint, endpoints_pb2.ApiServiceDescriptor()).url
+    wheels = []
+    with grpc.insecure_channel(url) as channel:
+        service = beam_artifact_api_pb2_grpc.ArtifactRetrievalServiceStub(channel)
+        for artifact in artifact_service.resolve_artifacts(list(info.dependencies), service, staged):
+            if artifact.type_urn != common_urns.artifact_types.FILE.urn:
+                continue  # Beam's resolution leaves URLs and embedded data as they are: Beamport stages files
+            path = beam_runner_api_pb2.ArtifactFilePayload.FromString(artifact.type_payload).path
+            name = os.path.basename(path)
+            if artifact.role_urn == common_urns.artifact_roles.STAGING_TO.urn:
+                name = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(artifact.role_payload).staged_name
+            os.replace(path, os.path.join(staged, name))
+            if name.endswith(".whl"):
+                wheels.append(os.path.join(staged, name))
+    return wheels
+
+
+def _option(options: dict, name: str):
+    """A pipeline option as a job service provisions it: under its name, Beam's URN for it, or "options"."""
+    for key in (name, f"beam:option:{name}:v1"):
+        if key in options:
+            return options[key]
+    return (options.get("options") or {}).get(name)
+
+
+def _reachable(address: str) -> bool:
+    """Whether a gRPC service answers at `address` now: Beam's SDK worker waits a minute for its logging
+    service, then fails, and the engine that named it may be gone (a Flink job another worker adopted)."""
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=5)
+        except grpc.FutureTimeoutError:
+            return False
+    return True
 
 
 def _sandbox(semi_persistent: str):

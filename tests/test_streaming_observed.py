@@ -1,0 +1,215 @@
+"""Streaming jobs on Flink and Prism, seen as batch jobs are (issue 19): their user metrics in getMetrics and
+DataflowRunner's `result.metrics().query()` while they run and after drain, their SDK workers' logs in the
+job's messages, and their staged packages (an --extra_package wheel) and main session on every SDK worker.
+
+Same clusters and markers as tests/test_streaming.py: Flink from BEAMPORT_TEST_FLINK_ENV, Prism from
+BEAMPORT_TEST_PRISM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import Api, Server
+from test_running_jobs import dataflow_flags, wait_state
+from test_streaming import append, cancel_live_flink_jobs_of, flink_args, flink_endpoints, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]
+
+PIPELINE = Path(__file__).parent / "pipelines" / "streaming_observed.py"
+PROBE = 'class Mark:\n    pass\n\n\ndef describe(line):\n    return "probe:" + line\n'
+
+
+def probe_wheel(root: Path) -> tuple[Path, Path]:
+    """A module Beamport's Python does not have: its source (for the submitter) and a wheel of it (staged)."""
+    source = root / "probe-src"
+    source.mkdir()
+    (source / "staged_probe.py").write_text(PROBE)
+    wheel = root / "staged_probe-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("staged_probe.py", PROBE)
+        archive.writestr(
+            "staged_probe-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: staged-probe\nVersion: 1.0\n"
+        )
+    return source, wheel
+
+
+def user_metrics(api: Api, job_id: str) -> dict:
+    """getMetrics' user metrics as {(name, tentative): value} (a distribution's value its dict)."""
+    found = {}
+    for metric in api.client.get(f"{api.jobs_path}/{job_id}/metrics").json().get("metrics", []):
+        name = metric["name"]
+        if name.get("origin") == "user":
+            tentative = (name.get("context") or {}).get("tentative") == "true"
+            found[name["name"], tentative] = metric.get("scalar", metric.get("distribution", metric.get("gauge")))
+    return found
+
+
+def observed_messages(api: Api, job_id: str) -> list[dict]:
+    messages = api.messages(job_id, minimumImportance="JOB_MESSAGE_DEBUG", pageSize=1000).json()
+    return [m for m in messages.get("jobMessages", []) if m["messageText"].startswith("observed ")]
+
+
+def submit_observed(srv: Server, project: str, tmp_path: Path, log: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """Submit streaming_observed.py with DataflowRunner (its output in tmp_path/submitter.out and .err), the
+    probe module importable here and staged as a wheel, the main session saved."""
+    source, wheel = probe_wheel(tmp_path)
+    (tmp_path / "work").mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")])}
+    with open(tmp_path / "submitter.out", "w") as said, open(tmp_path / "submitter.err", "w") as errors:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(PIPELINE),
+                str(log),
+                str(out),
+                *extra,
+                *dataflow_flags(srv, project, tmp_path / "work", "observed"),
+                "--streaming",
+                "--extra_package",
+                str(wheel),
+                "--save_main_session",
+                "--labels",
+                f"beamport_engine={srv.engine}",
+            ],
+            stdout=said,
+            stderr=errors,
+            env=env,
+        )
+
+
+def submitted_job(submitter: subprocess.Popen, tmp_path: Path) -> str:
+    said = tmp_path / "submitter.out"
+    wait_for("the job submitted", lambda: submitter.poll() is not None or "\n" in said.read_text(), timeout=180)
+    assert "JOB_ID " in said.read_text(), (tmp_path / "submitter.err").read_text()[-3000:]
+    return said.read_text().split("JOB_ID ", 1)[1].split()[0]
+
+
+@pytest.fixture(params=["prism", "flink"])
+def engine_server(request, tmp_path):
+    if request.param == "prism":
+        binary = os.environ.get("BEAMPORT_TEST_PRISM")
+        if not binary or not Path(binary).is_file():
+            pytest.skip("BEAMPORT_TEST_PRISM is not set: run the suite with scripts/test, which builds Prism")
+        engine_args: tuple[str, ...] = ("--prism", binary)
+    else:
+        engine_args = flink_args(flink_endpoints())
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", *engine_args))
+    srv.start()
+    srv.engine = request.param
+    yield srv
+    srv.stop()
+
+
+def test_a_streaming_job_reports_its_metrics_logs_and_runs_its_staged_module(engine_server, tmp_path, project):
+    srv, api = engine_server, Api(engine_server.url, project)
+    log, out, final = tmp_path / "in.log", tmp_path / "out.txt", tmp_path / "metrics.json"
+    append(log, ["k0,5", "k1,2", "k0,7"])
+    submitter = submit_observed(srv, project, tmp_path, log, out, "--metrics-until", "5", str(final))
+    job_id = None
+    try:
+        job_id = submitted_job(submitter, tmp_path)
+        wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=240)
+        written = lambda: out.read_text() if out.exists() else ""  # noqa: E731
+        lines = wait_for("three lines written", lambda: len(written().splitlines()) >= 3 and written())
+        # The staged module ran on the SDK worker, and the main session was loaded there.
+        assert sorted(lines.splitlines()) == [f"probe:{x}|main session loaded" for x in ("k0,5", "k0,7", "k1,2")]
+
+        # Its log lines in its messages, as WARNINGs.
+        wait_for("three lines logged", lambda: len(observed_messages(api, job_id)) >= 3, timeout=60)
+        assert {m["messageImportance"] for m in observed_messages(api, job_id)} == {"JOB_MESSAGE_WARNING"}
+        if srv.engine == "prism":
+            # While it runs: the counter, the distribution and the gauge in getMetrics (Beam 2.62's Flink
+            # runner hands a job's metrics over only as its tasks end: docs/engines.md).
+            wait_for("three lines counted", lambda: user_metrics(api, job_id).get(("lines", False)) == 3, timeout=60)
+            running = user_metrics(api, job_id)
+            assert running["lines", True] == 3
+            assert {k: running["values", False][k] for k in ("sum", "count", "min", "max")} == {
+                "sum": 14,
+                "count": 3,
+                "min": 2,
+                "max": 7,
+            }
+            assert running["last", False]["value"] == 7
+
+        append(log, ["k1,1", "k0,9"])
+        wait_for("five lines written", lambda: len(written().splitlines()) >= 5)
+        if srv.engine == "prism":
+            # DataflowRunner's result.metrics().query() in the submitting process sees the new input counted.
+            submitter.wait(timeout=180)
+        assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200
+        wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=120)
+        submitter.wait(timeout=60)  # (Flink: once drained)
+        assert submitter.returncode == 0, (tmp_path / "submitter.err").read_text()[-3000:]
+        seen = json.loads(final.read_text())
+        assert seen["Observe:lines"] == {"attempted": 5, "committed": 5}
+        assert seen["Observe:values"]["attempted"] == [24, 5, 1, 9]  # sum, count, min, max
+        final_metrics = user_metrics(api, job_id)
+        assert final_metrics["lines", False] == final_metrics["lines", True] == 5
+        # (DataflowMetrics reads no gauges, apache/beam#31788: getMetrics has it.)
+        assert final_metrics["last", False]["value"] == final_metrics["last", True]["value"] == 9
+        assert {m["messageText"] for m in observed_messages(api, job_id)} == {
+            f"observed {x}" for x in ("k0,5", "k1,2", "k0,7", "k1,1", "k0,9")
+        }
+    finally:
+        if submitter.poll() is None:
+            submitter.kill()
+        if srv.engine == "flink":
+            cancel_live_flink_jobs_of(flink_endpoints(), job_id)
+
+
+def test_a_worker_that_adopts_a_flink_job_gets_its_sdk_workers_logs(tmp_path, project):
+    """The job's SDK workers outlive a crashed Beamport and reconnect to the job's log socket, which the worker
+    that adopts the job serves again (docs/engines.md)."""
+    from test_streaming import crash
+
+    flink = flink_endpoints()
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", *flink_args(flink)))
+    srv.start()
+    srv.engine = "flink"
+    api = Api(srv.url, project)
+    log, out = tmp_path / "in.log", tmp_path / "out.txt"
+    append(log, ["k0,1"])
+    submitter = submit_observed(srv, project, tmp_path, log, out)
+    job_id = None
+    try:
+        job_id = submitted_job(submitter, tmp_path)
+        wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=240)
+        wait_for("the first line logged", lambda: observed_messages(api, job_id), timeout=60)
+        took_over = lambda: sum(  # noqa: E731
+            "took over work item" in m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])
+        )
+        before = took_over()
+        crash(srv)
+        srv.start()
+        wait_for("the work leased again", lambda: took_over() > before, timeout=90)
+        # Records a worker logs while its log stream is down are dropped by Beam's handler, and its reconnection
+        # backs off: lines are appended until one read after the takeover is logged.
+        appended: list[str] = []
+        last_append = [0.0]
+
+        def a_new_line_logged() -> bool:
+            logged = {m["messageText"] for m in observed_messages(api, job_id)}
+            if any(f"observed {line}" in logged for line in appended):
+                return True
+            if time.monotonic() - last_append[0] >= 2:  # a line every 2 s
+                last_append[0] = time.monotonic()
+                appended.append(f"k1,{len(appended) + 2}")
+                append(log, appended[-1:])
+            return False
+
+        wait_for("a line read after the takeover in the messages", a_new_line_logged, timeout=180)
+        assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    finally:
+        if submitter.poll() is None:
+            submitter.kill()
+        if srv.process is not None:
+            srv.stop()
+        cancel_live_flink_jobs_of(flink, job_id)
