@@ -115,21 +115,11 @@ def stage_job(
             policy.check(raw_options[key])
 
     java = java_environments(pipeline, fetch)
-    if java and registry.JAVA not in engine.sdks:
-        runs_java = registry.titles(spec for spec in registry.ENGINES if registry.JAVA in spec.sdks)
-        raise ApiError(
-            "FAILED_PRECONDITION",
-            f"This is a Beam Java pipeline: the {engine.title} engine runs Python pipelines only; {runs_java} "
-            "runs Java pipelines (docs/engines.md).",
-        )
+    if java:
+        _check_engine_runs(engine, registry.JAVA)
     go = go_environments(pipeline, fetch)
-    if go and registry.GO not in engine.sdks:
-        runs_go = registry.titles(spec for spec in registry.ENGINES if registry.GO in spec.sdks)
-        raise ApiError(
-            "FAILED_PRECONDITION",
-            f"This is a Beam Go pipeline: the {engine.title} engine does not run Go pipelines; {runs_go} runs them "
-            "(docs/engines.md).",
-        )
+    if go:
+        _check_engine_runs(engine, registry.GO)
     rewritten = rewrite_python_environments(pipeline, warnings, keep=set(java) | set(go))
     _replace_pubsub(pipeline, rewritten, engine)
 
@@ -205,6 +195,18 @@ def java_environments(pipeline: beam_runner_api_pb2.Pipeline, fetch: _Fetcher) -
         if env_id in used and _is_java_sdk(env):
             found[env_id] = [str(fetch.local_path(*_artifact_location(env_id, a))) for a in env.dependencies]
     return found
+
+
+def _check_engine_runs(engine: registry.EngineSpec, sdk: str) -> None:
+    """Refuse a pipeline of an SDK its engine does not run, naming the engines that do."""
+    if sdk not in engine.sdks:
+        title = registry.SDK_TITLES[sdk]
+        runs = registry.titles(spec for spec in registry.ENGINES if sdk in spec.sdks)
+        raise ApiError(
+            "FAILED_PRECONDITION",
+            f"This is a Beam {title} pipeline: the {engine.title} engine does not run {title} pipelines; {runs} "
+            "runs them (docs/engines.md).",
+        )
 
 
 def go_environments(pipeline: beam_runner_api_pb2.Pipeline, fetch: _Fetcher) -> dict[str, str]:
