@@ -110,6 +110,7 @@ def fetch_artifacts(info, artifact_endpoint: str, semi_persistent: str) -> list[
             name = os.path.basename(path)
             if artifact.role_urn == common_urns.artifact_roles.STAGING_TO.urn:
                 name = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(artifact.role_payload).staged_name
+            name = os.path.basename(name)  # into `staged`, whatever name the job service hands over
             os.replace(path, os.path.join(staged, name))
             if name.endswith(".whl"):
                 wheels.append(os.path.join(staged, name))
