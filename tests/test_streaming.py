@@ -125,12 +125,16 @@ def outputs(path: Path, version: str | None = None) -> list[list[str]]:
 
 def wait_for(what, predicate, timeout: float = 120):
     deadline = time.monotonic() + timeout
+    failure = None
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except OSError as exc:  # Flink's REST API, slow to answer on a busy machine: asked again
+            failure, value = exc, None
         if value:
             return value
         time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {failure!r})" if failure else ""))
 
 
 def submit(server: Server, project: str, workdir: Path, name: str, mode: str, log: Path, out: Path, *extra: str) -> str:

@@ -47,7 +47,10 @@ log = logging.getLogger(__name__)
 _ACTIVE = {"INITIALIZING", "CREATED", "RUNNING", "RESTARTING", "FAILING", "CANCELLING", "RECONCILING", "SUSPENDED"}
 _END_OF_TIME = 9223372036854775807  # Long.MAX_VALUE: Flink's watermark once the input is all read
 POLL_S = 1.0
-METRICS_EVERY_S = 2.0  # how often the job's metrics are read while it runs (and once at its end)
+# How often the job's metrics are read while it runs (and once at its end). Beam's Flink runner hands a stage's
+# metrics over only when its tasks end (FlinkRest.user_metrics): a running streaming job has none, and each
+# reading is a REST call per vertex to a JobManager that a busy machine already answers slowly.
+METRICS_EVERY_S = 10.0
 # Beam's Flink runner's accumulator of the job's metrics (FlinkMetricContainer.ACCUMULATOR_NAME).
 METRICS_ACCUMULATOR = "__metricscontainers"
 SUBMIT_TIMEOUT_S = 180.0
