@@ -33,7 +33,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,9 @@ try:  # where the service keeps it (it moved from service.jobs to service.docume
     from beamport.service.documents import record_from_document  # noqa: E402
 except ImportError:  # pragma: no cover
     from beamport.service.jobs import _record_from_document as record_from_document  # noqa: E402
+
+from bench_common import free_port  # noqa: E402
+
 from beamport.store import open_store  # noqa: E402
 from beamport.store.base import Write  # noqa: E402
 
@@ -308,12 +310,6 @@ def seeded(data_dir: Path, jobs: int, seed_value: int, batch: int, reuse: bool) 
 
 
 # -- server -----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(

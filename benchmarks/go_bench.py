@@ -15,33 +15,22 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 import httpx
+from bench_common import free_port, parse_time
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "bench"
 BUCKET = "bench"
 WORDS = ["apple", "banana", "cherry", "avocado", "blueberry", "coconut", "date", "elderberry", "fig", "grape"]
 _LOG_TIME = re.compile(r'^time=(\S+) level=\w+ msg="?(Staging worker binary|Staged worker binary)')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def parse_time(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def run(binary: Path, env: dict[str, str], *args: str) -> tuple[float, str]:

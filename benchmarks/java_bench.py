@@ -12,31 +12,20 @@ figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 import httpx
+from bench_common import free_port, parse_time
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "bench"
 WORDS = ["apple", "banana", "cherry", "avocado", "blueberry", "coconut", "date", "elderberry", "fig", "grape"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def parse_time(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def java(class_path: str, *args: str) -> float:

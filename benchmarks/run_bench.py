@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import httpx
+from bench_common import free_port, parse_time
 
 PROJECT, REGION = "bench", "us-central1"
 WORDS = [f"w{i}" for i in range(5000)] + ["the", "a", "of", "and", "to", "in"] * 200
@@ -37,16 +36,6 @@ def generate_text(path: Path, megabytes: float) -> None:
             line = " ".join(rng.choices(WORDS, k=12)) + "\n"
             out.write(line)
             written += len(line)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def parse_time(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def timed(args: list[str]) -> float:
