@@ -16,34 +16,20 @@ flags.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from beamport.engine.sdk_boot import boot_arguments, provision_info
 from beamport.processes import die_with_parent
 
 
 def main(argv: list[str]) -> None:
-    import grpc
-    from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc
     from google.protobuf import json_format
 
     prism = os.getppid()
-    parser = argparse.ArgumentParser()
-    for name in ("worker_binary", "id", "provision_endpoint", "logging_endpoint", "control_endpoint"):
-        parser.add_argument(f"--{name}", default="")
-    parser.add_argument("--semi_persist_dir", default="/tmp")
-    args, _ = parser.parse_known_args(argv)
-    worker_id = args.id.strip("'\"")  # Prism passes --id='ID'
-
-    with grpc.insecure_channel(args.provision_endpoint) as channel:
-        info = (
-            beam_provision_api_pb2_grpc.ProvisionServiceStub(channel)
-            .GetProvisionInfo(
-                beam_provision_api_pb2.GetProvisionInfoRequest(), metadata=[("worker_id", worker_id)], timeout=60
-            )
-            .info
-        )
+    args = boot_arguments(argv, "worker_binary")
+    worker_id = args.id  # Prism's quotes stripped
+    info = provision_info(args.provision_endpoint, worker_id)
     logging_endpoint = info.logging_endpoint.url or args.logging_endpoint
     control_endpoint = info.control_endpoint.url or args.control_endpoint
     if not logging_endpoint or not control_endpoint:

@@ -24,25 +24,34 @@ import sys
 LOGGING_ENDPOINT_OPTION = "beamport_logging_endpoint"
 
 
-def main(argv: list[str]) -> None:
-    import grpc
-    from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc, endpoints_pb2
-    from google.protobuf import json_format, text_format
-
+def boot_arguments(argv: list[str], *extra: str) -> argparse.Namespace:
+    """The flags a runner starts a boot program with (Beam's container contract), and `extra` ones of ours."""
     parser = argparse.ArgumentParser()
-    for name in ("id", "logging_endpoint", "artifact_endpoint", "provision_endpoint", "control_endpoint"):
+    for name in ("id", "logging_endpoint", "artifact_endpoint", "provision_endpoint", "control_endpoint", *extra):
         parser.add_argument(f"--{name}", default="")
     parser.add_argument("--semi_persist_dir", default="/tmp")
     args, _ = parser.parse_known_args(argv)
+    args.id = args.id.strip("'\"")  # Prism passes --id='ID', quotes included
+    return args
 
-    with grpc.insecure_channel(args.provision_endpoint) as channel:
-        info = (
-            beam_provision_api_pb2_grpc.ProvisionServiceStub(channel)
-            .GetProvisionInfo(
-                beam_provision_api_pb2.GetProvisionInfoRequest(), metadata=[("worker_id", args.id)], timeout=60
-            )
-            .info
-        )
+
+def provision_info(endpoint: str, worker_id: str):
+    """What the runner's provisioning service tells this worker: its endpoints, the job's options, artifacts."""
+    import grpc
+    from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc
+
+    with grpc.insecure_channel(endpoint) as channel:
+        stub = beam_provision_api_pb2_grpc.ProvisionServiceStub(channel)
+        request = beam_provision_api_pb2.GetProvisionInfoRequest()
+        return stub.GetProvisionInfo(request, metadata=[("worker_id", worker_id)], timeout=60).info
+
+
+def main(argv: list[str]) -> None:
+    from apache_beam.portability.api import endpoints_pb2
+    from google.protobuf import json_format, text_format
+
+    args = boot_arguments(argv)
+    info = provision_info(args.provision_endpoint, args.id)
 
     def descriptor(provided, url: str) -> str:
         return text_format.MessageToString(provided if provided.url else endpoints_pb2.ApiServiceDescriptor(url=url))

@@ -58,12 +58,17 @@ class _Positions(RestrictionProvider):
         return None  # a drained job reads nothing more
 
 
-class _Watermark(WatermarkEstimatorProvider):
+class ManualWatermark(WatermarkEstimatorProvider):
+    """A watermark that starts at the beginning of time and that the reader sets (Beamport's readers share it)."""
+
     def initial_estimator_state(self, element, restriction):
         return MIN_TIMESTAMP
 
     def create_watermark_estimator(self, state):
         return ManualWatermarkEstimator(state)
+
+
+_Watermark = ManualWatermark  # its old name, which pipelines pickled before the rename refer to
 
 
 class _ReadLines(beam.DoFn):
@@ -75,7 +80,7 @@ class _ReadLines(beam.DoFn):
         self,
         element: tuple[str, int],
         tracker=beam.DoFn.RestrictionParam(_Positions()),
-        watermark=beam.DoFn.WatermarkEstimatorParam(_Watermark()),
+        watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermark()),
     ):
         draining = drain_requested()  # then read what the file holds now, and end
         path, position = element[0], tracker.current_restriction().start

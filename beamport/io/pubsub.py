@@ -44,13 +44,12 @@ import zlib
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
-from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
-from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
-from beamport.io.local_log import drain_requested
+from beamport.io.local_log import ManualWatermark, drain_requested
 
 log = logging.getLogger("beamport.io.pubsub")
 
@@ -121,14 +120,6 @@ class _Pulls(RestrictionProvider):
 
     def truncate(self, element, restriction):
         return None  # a drained job pulls nothing more
-
-
-class _Watermark(WatermarkEstimatorProvider):
-    def initial_estimator_state(self, element, restriction):
-        return MIN_TIMESTAMP
-
-    def create_watermark_estimator(self, state):
-        return ManualWatermarkEstimator(state)
 
 
 class PullMessages(beam.DoFn):
@@ -206,7 +197,7 @@ class PullMessages(beam.DoFn):
         # Before the restriction's parameters: Beam passes it by position, them by name.
         finalizer=beam.DoFn.BundleFinalizerParam,
         tracker=beam.DoFn.RestrictionParam(_Pulls()),
-        watermark=beam.DoFn.WatermarkEstimatorParam(_Watermark()),
+        watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermark()),
     ):
         if drain_requested():
             watermark.set_watermark(MAX_TIMESTAMP)  # every window downstream can fire
