@@ -72,9 +72,8 @@ class GoEmulator:
     version: str  # pinned: what Beamport was tested with
     health_path: str = ""
     patches: tuple[Patch, ...] = ()
-    patch_level: str = (
-        ""  # names the patches (or Beamport's source) in the cached binary's name: a new one, a new build
-    )
+    # Names the patches (or Beamport's source) in the cached binary's name: a new one, a new build.
+    patch_level: str = ""
     source: Path | None = None
 
     @property
