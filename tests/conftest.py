@@ -132,6 +132,18 @@ def new_postgres_database() -> str:
     return f"{base}/{name}"
 
 
+@pytest.fixture(autouse=True)
+def _kept_with_its_group(request) -> None:
+    """scripts/test runs `--dist loadgroup`: each xdist_group's tests in one process (the Flink tests share one
+    cluster, and their fixtures cancel what is left on it). pytest-xdist groups a test by renaming it "...@group";
+    pytest 9.2 ignores that rename and the groups then run side by side, each cancelling the other's jobs. Fail
+    such a test at once rather than let it flake."""
+    item = request.node
+    if getattr(request.config.option, "loadgroup", False) and item.get_closest_marker("xdist_group"):
+        if "@" not in item.nodeid:
+            pytest.fail("--dist loadgroup did not keep this test with its xdist_group (see pytest's pin)")
+
+
 # The API tests' servers run no workers: their jobs stay as the API leaves them (nothing leases their work).
 API_ONLY = ("--workers", "0", "--allow-path", "/tmp", "--max-active-jobs", "0", "--max-jobs-per-minute", "0")
 
