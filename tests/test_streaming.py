@@ -648,6 +648,47 @@ def test_a_cancel_while_no_worker_holds_the_work_stops_the_flink_job(flink, tmp_
         cancel_live_flink_jobs_of(flink, job_id)
 
 
+def test_work_whose_flink_job_failed_starts_again_from_its_last_checkpoint(streaming_server, flink, project):
+    """A fault that outlives Flink's own restarts fails the Flink job; the work's next attempt starts from the
+    failed job's last checkpoint (Flink keeps it), so nothing counted before it is counted again."""
+    srv, root = streaming_server, streaming_server.root / "failover"
+    api = Api(srv.url, project)
+    log, out, fault = root / "in.log", root / "out.txt", root / "fault"
+    root.mkdir()
+    append(log, [f"k{i % 2},{i}" for i in range(10)])
+    # One restart of Flink's own, not the cluster's three: the fault outlives it all the same, sooner.
+    extra = ("--fail-while", str(fault), "--number_of_execution_retries=1")
+    job_id = submit(srv, project, root / "w", "failover", "counts", log, out, *extra)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait_for("ten lines counted", lambda: len(outputs(out)) >= 10)
+    running = lambda: [j["jid"] for j in flink_jobs(flink) if j["name"] == job_id and j["state"] == "RUNNING"]  # noqa: E731
+    (jid,) = wait_for("the Flink job running", running)
+    counted_ms = time.time() * 1000
+    wait_for("a checkpoint that holds the ten counts", lambda: checkpointed_since(flink, jid, counted_ms))
+
+    fault.touch()
+    append(log, ["k0,boom"])  # fails its bundle on every restart of Flink's, until the fault is gone
+    failed = lambda: any(j["jid"] == jid and j["state"] == "FAILED" for j in flink_jobs(flink))  # noqa: E731
+    wait_for("the Flink job failed past Flink's restart", failed, timeout=180)
+    fault.unlink()
+    append(log, ["k1,10", "k0,11"])
+    rows = wait_for("the counts of the next attempt", lambda: len(outputs(out)) >= 13 and outputs(out), timeout=180)
+    texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
+    assert counts_by_key(rows) == {"k0": [1, 2, 3, 4, 5, 6, 7], "k1": [1, 2, 3, 4, 5, 6]}, texts
+    assert sorted(r[3] for r in rows[10:]) == ["10", "11", "boom"], "read on from the checkpoint's position"
+    assert any(f"Flink job {jid} of job {job_id} failed: the job starts again from its checkpoint" in t for t in texts)
+    assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
+    assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"})
+
+
+def checkpointed_since(flink: dict, jid: str, since_ms: float) -> bool:
+    """Whether the Flink job has completed a checkpoint since the time (ms since the epoch)."""
+    with urllib.request.urlopen(f"http://{flink['BEAMPORT_FLINK_MASTER']}/jobs/{jid}/checkpoints", timeout=5) as got:
+        completed = (json.load(got).get("latest") or {}).get("completed") or {}
+    return completed.get("latest_ack_timestamp", 0) > since_ms
+
+
 def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopts_it(flink, tmp_path, project):
     srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", *flink_args(flink)))
     srv.start()

@@ -69,6 +69,9 @@ DEFAULT_OPTIONS = {
     # checkpoints, output of a streaming stage that gets no more input could wait forever.
     "checkpointing_interval": 5000,
     "max_bundle_time_mills": 500,
+    # A failed job's last checkpoint is kept on the cluster (one cancelled or finished is not): the work's next
+    # attempt starts from it (FlinkEngine.run), so what the failed job had read and counted is not done again.
+    "externalized_checkpoints_enabled": True,
 }
 
 
@@ -95,6 +98,25 @@ class FlinkRest:
         if active_only:
             jobs = [j for j in jobs if j.get("state") in _ACTIVE]
         return max(jobs, key=lambda j: j.get("start-time", 0)) if jobs else None
+
+    def retained_checkpoint(self, name: str) -> tuple[str, dict] | None:
+        """The newest checkpoint that Flink kept of a failed job of this name: (that job's id, the checkpoint's
+        details, its `external_path` among them). A job started from such a checkpoint that failed again before
+        completing its own points to the same one, through the older job."""
+        failed = [
+            job
+            for job in self._call("GET", "/jobs/overview").get("jobs", [])
+            if job.get("name") == name and job.get("state") == "FAILED"
+        ]
+        for job in sorted(failed, key=lambda j: j.get("start-time", 0), reverse=True):
+            try:
+                completed = (self._call("GET", f"/jobs/{job['jid']}/checkpoints").get("latest") or {}).get("completed")
+            except EngineError as exc:
+                log.info("no checkpoints of Flink job %s: %s", job["jid"], exc)
+                continue
+            if completed and completed.get("external_path") and not completed.get("discarded"):
+                return job["jid"], completed
+        return None
 
     def job(self, jid: str) -> dict:
         return self._call("GET", f"/jobs/{jid}")
@@ -207,6 +229,11 @@ def _warning(text: str) -> logging.LogRecord:
     return logging.LogRecord("beamport.engine.flink", logging.WARNING, __file__, 0, text, None, None)
 
 
+def _info(text: str) -> logging.LogRecord:
+    """A record for the job's messages (RunObserver.log): a JOB_MESSAGE_BASIC."""
+    return logging.LogRecord("beamport.engine.flink", logging.INFO, __file__, 0, text, None, None)
+
+
 def directory_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -283,11 +310,28 @@ class FlinkEngine(Engine):
                     log.info("adopting Flink job %s of job %s", found["jid"], job.job_id)
                     jid = self.flink_job_id = found["jid"]
                 else:
+                    self._restart_from_checkpoint(job, observer)
                     drain_file.unlink(missing_ok=True)
                     jid = self.flink_job_id = self._submit(job, drain_file)
                 return self._follow(jid, job, observer, drain_file)
         except EngineError as exc:
             return RunResult(FAILED, str(exc))
+
+    def _restart_from_checkpoint(self, job: StagedJob, observer: RunObserver) -> None:
+        """An earlier attempt's Flink job failed (past Flink's own restarts): start from its last checkpoint, as
+        Dataflow restarts a streaming job's work from its persisted state, rather than from the sources' start
+        (which would read, count and write again what the failed job had)."""
+        retained = self.rest.retained_checkpoint(job.job_id)
+        if retained is None:
+            return  # it failed before its first checkpoint: from the start (or the snapshot it started from)
+        failed_jid, checkpoint = retained
+        self.restore_from = checkpoint["external_path"]
+        observer.log(
+            _info(
+                f"Flink job {failed_jid} of job {job.job_id} failed: the job starts again from its checkpoint "
+                f"{checkpoint.get('id')} ({checkpoint['external_path']}), with the state and input positions it held."
+            )
+        )
 
     def _submit(self, job: StagedJob, drain_file: Path) -> str:
         pipeline = external_environments(job, self.config.sdk_pool)

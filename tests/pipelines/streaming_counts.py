@@ -1,8 +1,9 @@
 """A streaming pipeline over a local log (beamport.io.ReadFromLocalLog), submitted without waiting.
 
-    streaming_counts.py MODE LOG OUT [--version N] [--count-step NAME] -- DataflowRunner flags...
+    streaming_counts.py MODE LOG OUT [--version N] [--count-step NAME] [--fail-while PATH] -- DataflowRunner flags...
 
-MODE counts: a running count per key, kept in state (key,count,line to OUT, a line per element).
+MODE counts: a running count per key, kept in state (key,count,line to OUT, a line per element); a line
+"KEY,boom" fails its bundle for as long as PATH exists (--fail-while: a fault that outlives Flink's restarts).
 MODE windows: elements per key and one-hour event-time window (a line's second field is its time).
 MODE timers: per key, elements gathered in state until an event-time timer a minute after the first fires
 (key,n when the watermark passes it).
@@ -10,6 +11,7 @@ Each output line is appended to OUT by the pipeline itself, tagged with --versio
 """
 
 import argparse
+import os
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -21,8 +23,13 @@ from beamport.io import ReadFromLocalLog
 class RunningCount(beam.DoFn):
     COUNT = userstate.ReadModifyWriteStateSpec("count", beam.coders.VarIntCoder())
 
+    def __init__(self, fail_while=""):
+        self.fail_while = fail_while
+
     def process(self, element, count=beam.DoFn.StateParam(COUNT)):
         key, line = element
+        if line.endswith(",boom") and self.fail_while and os.path.exists(self.fail_while):
+            raise RuntimeError(f"boom: {self.fail_while} exists")
         n = (count.read() or 0) + 1
         count.write(n)
         yield f"{key},{n},{line}"
@@ -51,6 +58,14 @@ class GatherForAMinute(beam.DoFn):
         yield f"{key},{len(lines)}"
 
 
+class FlinkRestarts(PipelineOptions):
+    """Beam's Flink runner's option (FlinkPipelineOptions), declared so that DataflowRunner passes it on."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--number_of_execution_retries", type=int, default=None)
+
+
 class AppendTo(beam.DoFn):
     def __init__(self, path, version):
         self.path, self.version = path, version
@@ -67,12 +82,13 @@ if __name__ == "__main__":
     parser.add_argument("out")
     parser.add_argument("--version", default="1")
     parser.add_argument("--count-step", default="Count")
+    parser.add_argument("--fail-while", default="")
     args, beam_args = parser.parse_known_args()
     p = beam.Pipeline(options=PipelineOptions(beam_args))
     if args.mode == "counts":
         lines = p | "Read" >> ReadFromLocalLog(args.log)
         keyed = lines | "Key" >> beam.Map(lambda line: (line.split(",")[0], line)).with_output_types(tuple[str, str])
-        texts = keyed | args.count_step >> beam.ParDo(RunningCount())
+        texts = keyed | args.count_step >> beam.ParDo(RunningCount(args.fail_while))
     elif args.mode == "timers":
         lines = p | "Read" >> ReadFromLocalLog(args.log, timestamp_fn=lambda line: float(line.split(",")[1]))
         keyed = lines | "Key" >> beam.Map(lambda line: (line.split(",")[0], line)).with_output_types(tuple[str, str])
