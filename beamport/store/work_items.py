@@ -239,18 +239,24 @@ class SqlWorkItemStore(WorkItemStore):
           an item of the place pending and has not reached the row yet waits for the lock, then lowers (or
           inserts) it with that item: so whichever of two writes locks the row first, the second sees or corrects
           the first's. (One statement reading the minimum while it waits for the lock would read it from before
-          the wait.)
+          the wait: tests/test_store.py's concurrent writers caught that in every run.) SQLite needs no lock (one
+          writer at a time): one statement moves the row on, if its oldest item left (a lease: it takes it).
         """
         for place in sorted(joined.keys() | left.keys()):
-            params = {"place_project": place[0], "place_location": place[1]}
+            params: dict[str, Any] = {"place_project": place[0], "place_location": place[1]}
             if place in joined:
                 conn.execute(self._join_waiting, {**params, "joined_id": joined[place]})
-            if place in left:
-                # After the upsert above the row is locked, but whether its oldest item left is not known: recount.
-                oldest = None if place in joined else conn.execute(_LOCK_WAITING, params).scalar()
-                if place in joined or oldest in left[place]:
-                    if conn.execute(_RECOUNT_WAITING, params).rowcount == 0:  # none pending any more
-                        conn.execute(_DROP_WAITING, params)
+            if place not in left:
+                continue
+            if place in joined:  # the upsert above locked the row, but which item is its oldest is not known
+                if_left = False
+            else:
+                if_left, params["left_ids"] = True, sorted(left[place])
+                if self.db.postgres and conn.execute(_LOCK_WAITING, params).scalar() not in left[place]:
+                    continue
+            # Moved on to the place's next pending item; or, with none pending any more, the row goes.
+            if conn.execute(_RECOUNT_WAITING[if_left], params).rowcount == 0:
+                conn.execute(_DROP_WAITING[if_left], params)
 
 
 def _row(item: WorkItemRecord) -> dict:
@@ -357,8 +363,17 @@ _PLACE_OLDEST = (
     )
     .scalar_subquery()
 )
-_RECOUNT_WAITING = update(waiting_work).where(_THE_PLACE, _PLACE_OLDEST.is_not(None)).values(oldest_id=_PLACE_OLDEST)
-_DROP_WAITING = delete(waiting_work).where(_THE_PLACE)
+_OLDEST_LEFT = waiting_work.c.oldest_id.in_(bindparam("left_ids", expanding=True))
+# By whether only a row whose oldest item left (`left_ids`) is changed.
+_RECOUNT_WAITING = {
+    if_left: update(waiting_work)
+    .where(_THE_PLACE, _PLACE_OLDEST.is_not(None), *([_OLDEST_LEFT] if if_left else []))
+    .values(oldest_id=_PLACE_OLDEST)
+    for if_left in _BOTH
+}
+_DROP_WAITING = {
+    if_left: delete(waiting_work).where(_THE_PLACE, *([_OLDEST_LEFT] if if_left else [])) for if_left in _BOTH
+}
 
 
 def _join_waiting_statement(postgres: bool):
