@@ -251,8 +251,10 @@ class SqlWorkItemStore(WorkItemStore):
             if place in joined:  # the upsert above locked the row, but which item is its oldest is not known
                 if_left = False
             else:
-                if_left, params["left_ids"] = True, sorted(left[place])
-                if self.db.postgres and conn.execute(_LOCK_WAITING, params).scalar() not in left[place]:
+                # The items that left were pending (at the versions changed), so the row's oldest_id, the smallest
+                # pending id, is one of them exactly when it is the smallest of them.
+                if_left, params["left_id"] = True, min(left[place])
+                if self.db.postgres and conn.execute(_LOCK_WAITING, params).scalar() != params["left_id"]:
                     continue
             # Moved on to the place's next pending item; or, with none pending any more, the row goes.
             if conn.execute(_RECOUNT_WAITING[if_left], params).rowcount == 0:
@@ -363,8 +365,8 @@ _PLACE_OLDEST = (
     )
     .scalar_subquery()
 )
-_OLDEST_LEFT = waiting_work.c.oldest_id.in_(bindparam("left_ids", expanding=True))
-# By whether only a row whose oldest item left (`left_ids`) is changed.
+_OLDEST_LEFT = waiting_work.c.oldest_id == bindparam("left_id")
+# By whether only a row whose oldest item left (`left_id`) is changed.
 _RECOUNT_WAITING = {
     if_left: update(waiting_work)
     .where(_THE_PLACE, _PLACE_OLDEST.is_not(None), *([_OLDEST_LEFT] if if_left else []))
