@@ -42,7 +42,7 @@ def head_revision() -> str:
 
 
 class SqlStore(Store):
-    # The SQL aggregates, whose in-transaction methods (change, add, put) write() calls.
+    # The SQL aggregates, whose in-transaction methods (change, add, put; work_items.write) write() calls.
     jobs: SqlJobStore
     messages: SqlMessageStore
     metrics: SqlMetricStore
