@@ -54,6 +54,7 @@ from beamport.service.paging import encode_token  # noqa: E402
 from beamport.service.work_queue import ANY, next_leasable  # noqa: E402
 from beamport.store import open_store  # noqa: E402
 from beamport.store.tables import job_messages, jobs, work_items  # noqa: E402
+from beamport.store.work_items import fill_waiting_work  # noqa: E402
 
 PROJECT = "bench-project"
 LOCATION = "us-central1"
@@ -228,6 +229,8 @@ def generate(store, jobs_total: int, messages_total: int, pending: int, seed: in
             )
     for bulk in (job_bulk, item_bulk, message_bulk):
         bulk.flush()
+    with store.engine.begin() as conn:  # the store keeps it with each work item it writes; these it did not write
+        fill_waiting_work(conn)
     if store.engine.dialect.name == "postgresql":
         with store.engine.connect() as conn:  # what autovacuum would soon do
             conn.execute(text("ANALYZE"))
@@ -264,7 +267,7 @@ def _save_meta(store, meta: dict) -> None:
 
 def _empty(store) -> None:
     with store.engine.connect() as conn:
-        for table in ("job_messages", "work_items", "jobs", "workers", "autoscaling_events"):
+        for table in ("job_messages", "work_items", "waiting_work", "jobs", "workers", "autoscaling_events"):
             conn.execute(text(f"DELETE FROM {table}"))
         conn.commit()
 

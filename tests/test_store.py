@@ -12,6 +12,7 @@ import pytest
 from conftest import new_postgres_database
 from sqlalchemy import event, text
 
+from beamport.errors import ApiError
 from beamport.service import model
 from beamport.service.documents import job_message, record_from_document
 from beamport.service.jobs import JobService
@@ -176,6 +177,9 @@ def test_migration_fills_the_new_columns_from_what_was_stored(store_url, tmp_pat
         found = migrated.jobs.list_active_from_snapshot("p", "snap-1")
         assert [job.id for job in found] == ["job-0"]
         assert orjson.loads(found[0].summary)["createdFromSnapshotId"] == "snap-1"
+        # Migration 0010 filled the waiting work from the pending items (every one here).
+        assert _waiting_work(migrated) == _waiting_work_of_the_rows(migrated)
+        assert set(_waiting_work(migrated)) == {("p", REGION), ("q", "europe-west1")}
     finally:
         migrated.close()
 
@@ -289,6 +293,117 @@ def test_leases_follow_the_fair_share_rule_among_many_pending_items(store):
         got = lease(100 + n, project or "-", location or "-", projects)
         assert got == expected, (project, location, projects)
     assert lease(200, "nobody") is None
+
+
+def _waiting_work(store) -> dict[tuple[str, str], int]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(text("SELECT project_id, location, oldest_id FROM waiting_work")).all()
+    return {(project, location): oldest for project, location, oldest in rows}
+
+
+def _waiting_work_of_the_rows(store) -> dict[tuple[str, str], int]:
+    """What waiting_work must hold, read from the work items themselves."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT project_id, location, min(id) FROM work_items WHERE state = 'PENDING' "
+                "GROUP BY project_id, location"
+            )
+        ).all()
+    return {(project, location): oldest for project, location, oldest in rows}
+
+
+def test_the_waiting_work_table_stays_exact_through_adds_leases_requeues_and_cancels(store):
+    """waiting_work (the lease's choice reads it) is kept in the transaction of each work item's change: after
+    every step it is what a GROUP BY over the pending work items says."""
+    clock = Clock()
+    leases = LeaseService(store, clock=clock)
+    jobs = JobService(store, clock=clock)
+
+    def exact(step: str) -> None:
+        assert _waiting_work(store) == _waiting_work_of_the_rows(store), step
+
+    specs = [("a", REGION, model.PENDING, WORK_PENDING)] * 3 + [("b", "europe-west1", model.PENDING, WORK_PENDING)]
+    specs += [("a", "europe-west1", model.PENDING, WORK_PENDING), ("c", REGION, model.RUNNING, WORK_LEASED)]
+    ids = _seed_jobs(store, specs)
+    exact("seeded")
+    assert set(_waiting_work(store)) == {("a", REGION), ("b", "europe-west1"), ("a", "europe-west1")}
+    taken = []
+    for n in range(4):  # each lease takes a place's oldest item: its row moves on, or goes with its last item
+        answer = leases.lease("-", "-", "-", {"workerId": f"w-{n}"})
+        taken.append(int(answer["workItems"][0]["id"]))
+        exact(f"lease {n}")
+    assert leases.release_work("w-0", "it went away") == 1  # put back: its place's oldest again
+    exact("re-queued")
+    leases.lease("a", REGION, "-", {"workerId": "w-9"})
+    exact("leased again")
+    for n in (1, 2):
+        leases.release_work(f"w-{n}", "lost")
+        exact(f"re-queued {n}")
+    jobs.create_job("a", REGION, {"name": "later"})  # a new job's pending item, behind the others
+    exact("created")
+    for job_id in ids[:2]:  # cancelled: a pending item and a leased one end
+        jobs.update_job("a", REGION, job_id, {"requestedState": "JOB_STATE_CANCELLED"})
+        exact(f"cancelled {job_id}")
+    while leases.lease("-", "-", "-", {"workerId": "w-drain"}):
+        exact("drained")
+    assert _waiting_work(store) == {}
+
+
+def test_the_waiting_work_table_stays_exact_with_concurrent_writers(tmp_path):
+    """On PostgreSQL, several servers may share the database: writers that at the same time add pending work to a
+    project, lease its oldest item, cancel the next ones and put leased work back (READ COMMITTED) leave
+    waiting_work exact. (Without the lock of the place's row before its minimum is read again, a cancel next to a
+    lease left a stale oldest_id in every run.)"""
+    import threading
+
+    store = open_store(new_postgres_database(), tmp_path)
+    try:
+        clock = Clock()
+        leases = LeaseService(store, clock=clock)
+        jobs = JobService(store, clock=clock)
+        seeded = _seed_jobs(store, [("p", REGION, model.PENDING, WORK_PENDING)] * 40)
+        failures: list[BaseException] = []
+        start = threading.Barrier(7)
+
+        def run(task) -> None:
+            try:
+                start.wait()
+                task()
+            except BaseException as exc:  # reported by the test's thread
+                failures.append(exc)
+
+        def adder(n: int) -> None:
+            for k in range(15):
+                jobs.create_job("p", REGION if k % 3 else "europe-west1", {"name": f"added-{n}-{k}"})
+
+        def leaser(n: int) -> None:
+            for k in range(10):  # 30 leases of the 70 items, some put back meanwhile: some stay pending
+                leases.lease("p", "-", "-", {"workerId": f"w-{n}-{k}"})
+
+        def canceller() -> None:  # while the leases take the oldest items, the next ones end
+            for job_id in seeded[1::2]:
+                with contextlib.suppress(ApiError):  # it ended meanwhile
+                    jobs.update_job("p", REGION, job_id, {"requestedState": "JOB_STATE_CANCELLED"})
+
+        def requeuer() -> None:
+            for _ in range(10):
+                for worker_id in {item.worker_id for item in store.work_items.list_leased()}:
+                    leases.release_work(worker_id, "lost", counts=False)
+
+        tasks = [lambda: adder(0), lambda: adder(1), lambda: leaser(0), lambda: leaser(1), lambda: leaser(2)]
+        threads = [threading.Thread(target=run, args=(task,)) for task in [*tasks, canceller, requeuer]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures, failures
+        assert _waiting_work(store) == _waiting_work_of_the_rows(store) != {}
+        while leases.lease("-", "-", "-", {"workerId": "w-drain"}):
+            pass
+        assert _waiting_work(store) == _waiting_work_of_the_rows(store) == {}
+    finally:
+        store.close()
 
 
 def test_a_lease_commits_without_waiting_for_the_disk_and_a_new_job_waits(store, store_url):

@@ -42,7 +42,7 @@ def head_revision() -> str:
 
 
 class SqlStore(Store):
-    # The SQL aggregates, whose in-transaction methods (change, add, put) write() calls.
+    # The SQL aggregates, whose in-transaction methods (change, add, put; work_items.write) write() calls.
     jobs: SqlJobStore
     messages: SqlMessageStore
     metrics: SqlMetricStore
@@ -118,8 +118,7 @@ class SqlStore(Store):
                 new_seqs = self.jobs.add(conn, list(write.new_jobs))
                 written = {change.record.id for change in write.changed_jobs} | {job.id for job in write.new_jobs}
                 self.messages.add(conn, list(write.messages), write.time_messages, locked=written)
-                self.work_items.change(conn, list(write.changed_work_items))
-                new_items = self.work_items.add(conn, list(write.new_work_items))
+                new_items = self.work_items.write(conn, list(write.changed_work_items), list(write.new_work_items))
                 self.metrics.put(conn, list(write.metrics), list(write.stages))
                 self.workers.put(conn, list(write.workers), list(write.cpu_samples), list(write.worker_events))
                 self.messages.add_autoscaling_events(conn, list(write.autoscaling_events))
@@ -135,8 +134,9 @@ class SqlStore(Store):
             record.seq = seq
         for item_change in write.changed_work_items:
             item_change.record.version = item_change.expected_version + 1
+            item_change.record.stored_state = item_change.record.state
         for item, (item_id, project_id, location) in zip(write.new_work_items, new_items, strict=True):
-            item.id, item.project_id, item.location = item_id, project_id, location
+            item.id, item.project_id, item.location, item.stored_state = item_id, project_id, location, item.state
 
     def close(self) -> None:
         self.db.close()

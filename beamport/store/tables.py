@@ -135,6 +135,17 @@ work_items = Table(
     sqlite_autoincrement=True,
 )
 
+# Waiting work: one row per (project, location) that has pending work items, with its oldest pending item's id.
+# Kept exact in the transaction of every work item's change (store/work_items.py), so that the lease's fair-share
+# choice reads these few rows instead of searching the index of pending work once per project.
+waiting_work = Table(
+    "waiting_work",
+    metadata,
+    Column("project_id", String(128), primary_key=True),
+    Column("location", String(64), primary_key=True),
+    Column("oldest_id", BigInteger, nullable=False),
+)
+
 # The latest (cumulative) value of each of a job's metrics, as a MetricUpdate document.
 job_metrics = Table(
     "job_metrics",

@@ -6,14 +6,15 @@ import abc
 import builtins
 import itertools
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam, func, literal_column, select, true
+from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, literal_column, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from beamport.store.database import Database, compare_and_set, insert_row
 from beamport.store.jobs import JobRecord, job_record_of
-from beamport.store.tables import jobs, work_items
+from beamport.store.tables import jobs, waiting_work, work_items
 
 # Work item states
 WORK_PENDING = "PENDING"  # waiting for a worker to lease it
@@ -40,6 +41,13 @@ class WorkItemRecord:
     # The job's project and location, copied by the store from the job when the item is added.
     project_id: str = ""
     location: str = ""
+    # The state stored at `version`, as the store read or last wrote it (`state` when not given): by it a change
+    # says whether the item leaves or joins the waiting work (the waiting_work table) without reading it again.
+    stored_state: str | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.stored_state is None:
+            self.stored_state = self.state
 
 
 @dataclass
@@ -105,6 +113,7 @@ class WorkItemStore(abc.ABC):
 class SqlWorkItemStore(WorkItemStore):
     def __init__(self, db: Database):
         self.db = db
+        self._join_waiting = _join_waiting_statement(db.postgres)
 
     def get(self, item_id: int) -> WorkItemRecord | None:
         with self.db.reading() as conn:
@@ -121,7 +130,7 @@ class SqlWorkItemStore(WorkItemStore):
             return []
         params = {"location": location, "projects": sorted(projects or ())}
         with self.db.reading() as conn:
-            stmt = _PENDING_PROJECTS[location is not None, projects is not None, self.db.postgres]
+            stmt = _PENDING_PROJECTS[location is not None, projects is not None]
             rows = conn.execute(stmt, params)
             return [PendingProject(row.project_id, row.oldest_id, row.leased) for row in rows]
 
@@ -129,7 +138,7 @@ class SqlWorkItemStore(WorkItemStore):
         if projects is not None and not projects:
             return None
         params = {"location": location, "projects": sorted(projects or ()), "project_id": project_id}
-        shape = (location is not None, projects is not None, project_id is not None, self.db.postgres)
+        shape = (location is not None, projects is not None, project_id is not None)
         with self.db.reading() as conn:
             row = conn.execute(_NEXT_TO_LEASE[shape], params).first()
         if row is None:
@@ -171,6 +180,29 @@ class SqlWorkItemStore(WorkItemStore):
 
     # -- in a Write's transaction (SqlStore.write) ----------------------------------------------------------------
 
+    def write(
+        self, conn: Connection, changes: builtins.list[WorkItemChange], items: builtins.list[WorkItemRecord]
+    ) -> builtins.list[tuple[int, str, str]]:
+        """Apply the changes, add the new items (see add), then bring the waiting work up to date; the new items'
+        (id, project, location)."""
+        self.change(conn, changes)
+        added = self.add(conn, items)
+        joined: dict[tuple[str, str], int] = {}  # per place: the smallest id of the items that became pending
+        left: dict[tuple[str, str], set[int]] = {}  # per place: the items that were pending and are no longer
+        for change in changes:
+            record, place = change.record, (change.record.project_id, change.record.location)
+            assert record.id is not None  # a stored item's
+            was_pending, pending = record.stored_state == WORK_PENDING, record.state == WORK_PENDING
+            if pending and not was_pending:  # a lost worker's item, put back to be leased again
+                joined[place] = min(joined.get(place, record.id), record.id)
+            elif was_pending and not pending:  # leased, or its job ended
+                left.setdefault(place, set()).add(record.id)
+        for item, (item_id, project_id, location) in zip(items, added, strict=True):
+            if item.state == WORK_PENDING:
+                joined[project_id, location] = min(joined.get((project_id, location), item_id), item_id)
+        self._keep_waiting_work(conn, joined, left)
+        return added
+
     def change(self, conn: Connection, changes: builtins.list[WorkItemChange]) -> None:
         for change in changes:
             compare_and_set(conn, work_items, change.record.id, change.expected_version, _row(change.record))
@@ -188,11 +220,64 @@ class SqlWorkItemStore(WorkItemStore):
             added.append((item_id, row["project_id"], row["location"]))
         return added
 
+    def _keep_waiting_work(
+        self, conn: Connection, joined: dict[tuple[str, str], int], left: dict[tuple[str, str], set[int]]
+    ) -> None:
+        """Keep waiting_work exact: each place's row holds the smallest id of its pending items, and there is no
+        row for a place with none.
+
+        Why this is exact with several writers (PostgreSQL, READ COMMITTED; SQLite has one writer at a time):
+        every write that makes an item pending or not pending changes that item's row first (or inserts it), then
+        locks its place's waiting_work row, places in sorted order (so the order of locks is the same in every
+        write: work_items rows, then waiting_work rows; no deadlock), and holds the lock until it commits.
+        - An item that becomes pending lowers the row's oldest_id to its id, or inserts the row (an upsert,
+          atomic against a concurrent insert or delete). Ids grow, but transactions commit out of order: the
+          smaller id is kept rather than assumed.
+        - An item that stops being pending and was the row's oldest_id: the row is locked first (it is then the
+          newest committed version), and the smallest pending id read by the next statement, whose snapshot
+          (READ COMMITTED: each statement its own) sees every write that held the lock before. A write that makes
+          an item of the place pending and has not reached the row yet waits for the lock, then lowers (or
+          inserts) it with that item: so whichever of two writes locks the row first, the second sees or corrects
+          the first's. (One statement reading the minimum while it waits for the lock would read it from before
+          the wait: tests/test_store.py's concurrent writers caught that in every run.) SQLite needs no lock (one
+          writer at a time): one statement moves the row on, if its oldest item left (a lease: it takes it).
+        """
+        for place in sorted(joined.keys() | left.keys()):
+            params: dict[str, Any] = {"place_project": place[0], "place_location": place[1]}
+            if place in joined:
+                conn.execute(self._join_waiting, {**params, "joined_id": joined[place]})
+            if place not in left:
+                continue
+            if place in joined:  # the upsert above locked the row, but which item is its oldest is not known
+                if_left = False
+            else:
+                # The items that left were pending (at the versions changed), so the row's oldest_id, the smallest
+                # pending id, is one of them exactly when it is the smallest of them.
+                if_left, params["left_id"] = True, min(left[place])
+                if self.db.postgres and conn.execute(_LOCK_WAITING, params).scalar() != params["left_id"]:
+                    continue
+            # Moved on to the place's next pending item; or, with none pending any more, the row goes.
+            if conn.execute(_RECOUNT_WAITING[if_left], params).rowcount == 0:
+                conn.execute(_DROP_WAITING[if_left], params)
+
 
 def _row(item: WorkItemRecord) -> dict:
     row = dict(vars(item))
     row.pop("id")
+    row.pop("stored_state")
     return row
+
+
+def fill_waiting_work(conn: Connection) -> None:
+    """Fill waiting_work afresh from the pending work items: migration 0010, and rows generated straight into the
+    work_items table (benchmarks/store_bench.py). Plain SQL, as a migration's must stay valid."""
+    conn.execute(text("DELETE FROM waiting_work"))
+    conn.execute(
+        text(
+            "INSERT INTO waiting_work (project_id, location, oldest_id) "
+            "SELECT project_id, location, min(id) FROM work_items WHERE state = 'PENDING' GROUP BY project_id, location"
+        )
+    )
 
 
 # Partial indexes (tables.py) serve only conditions stated literally.
@@ -200,65 +285,37 @@ _PENDING = work_items.c.state == literal_column("'PENDING'")
 _LEASED = work_items.c.state == literal_column("'LEASED'")
 
 
-def _pending_projects_statement(by_location: bool, by_projects: bool, lateral: bool):
-    """Each project with pending work, its oldest pending item and its leased count. The projects are found by
-    skipping from one to the next along the index of pending work: an index search or two per project, however
-    many items wait. Where the database has LATERAL (PostgreSQL), one search finds the next project and its
-    oldest item together."""
-    pending, later, leased = work_items.alias("pending"), work_items.alias("later"), work_items.alias("leased")
-
-    def waiting(alias):
-        condition = alias.c.state == literal_column("'PENDING'")
-        return condition & (alias.c.location == bindparam("location")) if by_location else condition
-
-    oldest: ColumnElement[Any]
-    if lateral:
-        first = select(pending.c.project_id, pending.c.id.label("oldest_id")).where(waiting(pending))
-        projects = first.order_by(pending.c.project_id, pending.c.id).limit(1).cte("projects", recursive=True)
-        following = (
-            select(later.c.project_id, later.c.id)
-            .where(waiting(later), later.c.project_id > projects.c.project_id)
-            .order_by(later.c.project_id, later.c.id)
-            .limit(1)
-            .lateral("following")
-        )
-        projects = projects.union_all(select(*following.c).select_from(projects.join(following, true())))
-        oldest = projects.c.oldest_id
-    else:
-        first = select(func.min(pending.c.project_id).label("project_id")).where(waiting(pending))
-        projects = first.cte("projects", recursive=True)
-        next_project = (
-            select(func.min(later.c.project_id)).where(waiting(later), later.c.project_id > projects.c.project_id)
-        ).scalar_subquery()
-        projects = projects.union_all(select(next_project).where(projects.c.project_id.is_not(None)))
-        oldest = (
-            select(func.min(pending.c.id)).where(waiting(pending), pending.c.project_id == projects.c.project_id)
-        ).scalar_subquery()
+def _pending_projects_statement(by_location: bool, by_projects: bool):
+    """Each project with pending work, its oldest pending item and its leased count: from waiting_work (a row per
+    project and location with pending work; in any location, a project's rows taken together), so the cost grows
+    with the number of projects that have work waiting (a short row each), not with the items that wait."""
+    waiting = select(waiting_work.c.project_id, func.min(waiting_work.c.oldest_id).label("oldest_id"))
+    if by_location:
+        waiting = waiting.where(waiting_work.c.location == bindparam("location"))
+    if by_projects:
+        waiting = waiting.where(waiting_work.c.project_id.in_(bindparam("projects", expanding=True)))
+    projects = waiting.group_by(waiting_work.c.project_id).subquery("projects")
     # Leased items are few (one per busy worker): counted once, by the partial index of held work, not per project.
+    leased = work_items.alias("leased")
     counts = (
         select(leased.c.project_id, func.count().label("n"))
         .where(leased.c.state == literal_column("'LEASED'"))
         .group_by(leased.c.project_id)
         .subquery("counts")
     )
-    stmt = (
-        select(projects.c.project_id, oldest.label("oldest_id"), func.coalesce(counts.c.n, 0).label("leased"))
-        .select_from(projects.outerjoin(counts, counts.c.project_id == projects.c.project_id))
-        .where(projects.c.project_id.is_not(None))
-    )
-    if by_projects:
-        stmt = stmt.where(projects.c.project_id.in_(bindparam("projects", expanding=True)))
-    return stmt
+    return select(
+        projects.c.project_id, projects.c.oldest_id, func.coalesce(counts.c.n, 0).label("leased")
+    ).select_from(projects.outerjoin(counts, counts.c.project_id == projects.c.project_id))
 
 
-def _next_to_lease_statement(by_location: bool, by_projects: bool, one_project: bool, lateral: bool):
+def _next_to_lease_statement(by_location: bool, by_projects: bool, one_project: bool):
     """The fair-share choice (see next_to_lease) as one statement: the first project in the order, then its oldest
     pending item of an active job, joined with the job."""
     first: ColumnElement[Any]
     if one_project:
         first = bindparam("project_id")
     else:
-        ranked = _pending_projects_statement(by_location, by_projects, lateral).subquery("ranked")
+        ranked = _pending_projects_statement(by_location, by_projects).subquery("ranked")
         first = select(ranked.c.project_id).order_by(ranked.c.leased, ranked.c.oldest_id).limit(1).scalar_subquery()
     candidates = (
         select(work_items.c.id)
@@ -287,10 +344,44 @@ def _oldest_pending_statement(by_location: bool, after: bool):
 
 _BOTH = (False, True)
 _PENDING_PROJECTS = {
-    (where, which, lateral): _pending_projects_statement(where, which, lateral)
+    (where, which): _pending_projects_statement(where, which).order_by("project_id")
     for where in _BOTH
     for which in _BOTH
-    for lateral in _BOTH
 }
-_NEXT_TO_LEASE = {shape: _next_to_lease_statement(*shape) for shape in itertools.product(_BOTH, _BOTH, _BOTH, _BOTH)}
+_NEXT_TO_LEASE = {shape: _next_to_lease_statement(*shape) for shape in itertools.product(_BOTH, _BOTH, _BOTH)}
 _OLDEST_PENDING = {(where, after): _oldest_pending_statement(where, after) for where in _BOTH for after in _BOTH}
+
+# The waiting work of one place (project, location): see SqlWorkItemStore._keep_waiting_work.
+_THE_PLACE = (waiting_work.c.project_id == bindparam("place_project")) & (
+    waiting_work.c.location == bindparam("place_location")
+)
+_LOCK_WAITING = select(waiting_work.c.oldest_id).where(_THE_PLACE).with_for_update()
+_PLACE_OLDEST = (
+    select(func.min(work_items.c.id))
+    .where(
+        _PENDING,
+        work_items.c.project_id == bindparam("place_project"),
+        work_items.c.location == bindparam("place_location"),
+    )
+    .scalar_subquery()
+)
+_OLDEST_LEFT = waiting_work.c.oldest_id == bindparam("left_id")
+# By whether only a row whose oldest item left (`left_id`) is changed.
+_RECOUNT_WAITING = {
+    if_left: update(waiting_work)
+    .where(_THE_PLACE, _PLACE_OLDEST.is_not(None), *([_OLDEST_LEFT] if if_left else []))
+    .values(oldest_id=_PLACE_OLDEST)
+    for if_left in _BOTH
+}
+_DROP_WAITING = {
+    if_left: delete(waiting_work).where(_THE_PLACE, *([_OLDEST_LEFT] if if_left else [])) for if_left in _BOTH
+}
+
+
+def _join_waiting_statement(postgres: bool):
+    """Insert a place's row, or lower its oldest_id to the new pending item's (`joined_id`) if that is smaller."""
+    stmt = (postgresql.insert if postgres else sqlite.insert)(waiting_work).values(
+        project_id=bindparam("place_project"), location=bindparam("place_location"), oldest_id=bindparam("joined_id")
+    )
+    smaller = (func.least if postgres else func.min)(waiting_work.c.oldest_id, stmt.excluded.oldest_id)
+    return stmt.on_conflict_do_update(index_elements=["project_id", "location"], set_={"oldest_id": smaller})
