@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 
 # The pipeline option naming the Fn API logging service of the Beamport engine that runs the job.
@@ -104,9 +105,12 @@ def fetch_artifacts(info, artifact_endpoint: str, semi_persistent: str) -> list[
     from apache_beam.runners.portability import artifact_service
     from google.protobuf import text_format
 
+    staged = os.path.join(semi_persistent, "staged")
+    # A worker directory of the same name may be left from an earlier worker (a pool restarted over the same
+    # directory numbers its workers from 1 again): its main session would be loaded as this job's.
+    shutil.rmtree(staged, ignore_errors=True)
     if not info.dependencies:
         return []
-    staged = os.path.join(semi_persistent, "staged")
     os.makedirs(staged, exist_ok=True)
     url = text_format.Parse(artifact_endpoint, endpoints_pb2.ApiServiceDescriptor()).url
     wheels = []
