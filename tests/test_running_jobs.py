@@ -56,7 +56,16 @@ def wait_state(api: Api, job_id: str, states: set[str], timeout: float = 120) ->
         if job.get("currentState") in states:
             return job
         time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {states}: {api.get(job_id).json()}")
+    # The job's newest messages say what it was doing (an engine's warnings, a worker lost, a resubmission).
+    found, token = [], None
+    for _ in range(50):
+        params = {"minimumImportance": "JOB_MESSAGE_DETAILED", **({"pageToken": token} if token else {})}
+        page = api.messages(job_id, **params).json()
+        found += page.get("jobMessages", [])
+        if not (token := page.get("nextPageToken")):
+            break
+    said = "\n".join(f"  {m.get('time')} {m.get('messageText', '')[:300]}" for m in found[-30:])
+    raise AssertionError(f"job {job_id} never reached {states}: {api.get(job_id).json()}\nits messages:\n{said}")
 
 
 def texts(api: Api, job_id: str) -> list[str]:
