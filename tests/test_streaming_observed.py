@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import Api, Server
 from test_running_jobs import dataflow_flags, wait_state
-from test_streaming import append, cancel_live_flink_jobs_of, flink_args, flink_endpoints, wait_for
+from test_streaming import DRAIN_S, append, cancel_live_flink_jobs_of, flink_args, flink_endpoints, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]
 
@@ -145,7 +145,7 @@ def test_a_streaming_job_reports_its_metrics_logs_and_runs_its_staged_module(eng
             # DataflowRunner's result.metrics().query() in the submitting process sees the new input counted.
             submitter.wait(timeout=180)
         assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200
-        wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=120)
+        wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=DRAIN_S)
         submitter.wait(timeout=60)  # (Flink: once drained)
         assert submitter.returncode == 0, (tmp_path / "submitter.err").read_text()[-3000:]
         seen = json.loads(final.read_text())

@@ -62,6 +62,7 @@ STALL_CHECK_S = 20.0
 # Flink's REST API serves metrics its JobManager fetched up to 10 s before (metrics.fetcher.update-interval): a
 # first bundle that looks lost is believed only if it still looks lost this long after.
 METRICS_LAG_S = 15.0
+START_CHECK_S = 3.0  # how often a job's first stage is looked at until it has passed something on
 MAX_RESUBMITS = 3
 # Defaults for options the job may set itself (Beam's FlinkPipelineOptions, in Python's spelling).
 DEFAULT_OPTIONS = {
@@ -168,12 +169,13 @@ class FlinkRest:
         merged = beam_job_api_pb2.MetricResults(attempted=list(monitoring_infos.consolidate(infos)))
         return user_metrics(merged, one_side="attempted")
 
-    def first_bundle_lost(self, jid: str) -> bool:
-        """Whether the job's first stage took its input and never passed anything on, though later stages
-        wait for it: the symptom of a first bundle lost at start-up (see FlinkEngine._follow)."""
-        vertices = self.job(jid).get("vertices", [])
+    def first_stage_counts(self, jid: str, vertices: list[dict]) -> tuple[int, int] | None:
+        """What the job's first stage took in and passed on (its operators after the source), as Flink's
+        metrics say (up to metrics.fetcher.update-interval old; 0, 0 before they exist); None for a job whose
+        first stage is not an Impulse that later stages wait for. Took some, passed nothing on: the symptom of
+        a first bundle lost at start-up (see FlinkEngine._follow)."""
         if len(vertices) < 2 or not vertices[0].get("name", "").startswith("Source: Impulse"):
-            return False
+            return None
         first = vertices[0]["id"]
         names = [m["id"] for m in self._call("GET", f"/jobs/{jid}/vertices/{first}/metrics")]
         wanted = [
@@ -182,7 +184,7 @@ class FlinkRest:
             if n.endswith((".numRecordsIn", ".numRecordsOut")) and "Source__" not in n and n.count(".") >= 2
         ]
         if not wanted:
-            return False
+            return 0, 0
         query = ",".join(urllib.parse.quote(n, safe="") for n in wanted)
         values = {
             m["id"]: int(float(m["value"]))
@@ -190,7 +192,7 @@ class FlinkRest:
         }
         took = sum(v for k, v in values.items() if k.endswith(".numRecordsIn"))
         passed = sum(v for k, v in values.items() if k.endswith(".numRecordsOut"))
-        return took > 0 and passed == 0
+        return took, passed
 
     def at_end_of_time(self, jid: str) -> bool:
         """Whether every task that has inputs has seen the final watermark (all windows have fired)."""
@@ -306,6 +308,9 @@ class FlinkEngine(Engine):
             # worker that adopts the job (below) gets their logs from then on.
             with worker_log_service(observer.log, self.config.shared_dir / "logs" / job.job_id) as self._logs:
                 found = self.rest.find_job(job.job_id)
+                ended = self._ended_while_no_one_followed(job, drain_file) if found is None else None
+                if ended is not None:
+                    return ended
                 if found is not None:  # a worker before this one submitted it, and was lost: follow it
                     log.info("adopting Flink job %s of job %s", found["jid"], job.job_id)
                     jid = self.flink_job_id = found["jid"]
@@ -316,6 +321,18 @@ class FlinkEngine(Engine):
                 return self._follow(jid, job, observer, drain_file)
         except EngineError as exc:
             return RunResult(FAILED, str(exc))
+
+    def _ended_while_no_one_followed(self, job: StagedJob, drain_file: Path) -> RunResult | None:
+        """The result of the job's Flink job if it ended well while no worker followed it (its worker was lost
+        as it finished, or while it drained): submitting it again would read and write it all again."""
+        newest = self.rest.find_job(job.job_id, active_only=False)
+        if newest is None:
+            return None
+        state, drained = newest.get("state"), drain_file.exists()
+        if state == "FINISHED" or (state == "CANCELED" and drained):  # a drain's end: finished, or stopped once flushed
+            log.info("Flink job %s of job %s ended (%s) while no worker followed it", newest["jid"], job.job_id, state)
+            return RunResult(DRAINED if drained else DONE)
+        return None
 
     def _restart_from_checkpoint(self, job: StagedJob, observer: RunObserver) -> None:
         """An earlier attempt's Flink job failed (past Flink's own restarts): start from its last checkpoint, as
@@ -372,6 +389,7 @@ class FlinkEngine(Engine):
         started = False  # its first stage has passed its input on (checked once, STALL_CHECK_S after it runs)
         resubmits = 0
         looked_lost = None  # when the first bundle first looked lost (Flink's metrics lag: see METRICS_LAG_S)
+        start_checked = 0.0  # when the first stage's counts were last read (until it has started)
         draining = False
         ended_at = None  # when a draining job was first seen with every watermark at the end of time
         stages: dict[str, str] = {}
@@ -406,15 +424,17 @@ class FlinkEngine(Engine):
                 # Only now can Flink take a savepoint (a snapshot), so only now is the job RUNNING.
                 reported_running = True
                 observer.running(f"Flink (job {jid} on {self.config.master})")
-            if (
-                running_since is not None
-                and not started
-                and time.monotonic() - running_since > STALL_CHECK_S * (resubmits + 1)
-            ):
-                started = resubmits >= MAX_RESUBMITS or not self.rest.first_bundle_lost(jid)
-                if not started and looked_lost is None:
+            if running_since is not None and not started and time.monotonic() - start_checked >= START_CHECK_S:
+                # Started as soon as its first stage has passed something on; lost only if, past the time a
+                # start may take, it took its input and passed nothing on, and still so METRICS_LAG_S later.
+                start_checked = time.monotonic()
+                counts = self.rest.first_stage_counts(jid, details.get("vertices", []))
+                overdue = time.monotonic() - running_since > STALL_CHECK_S * (resubmits + 1)
+                lost = counts is not None and counts[0] > 0 and counts[1] == 0
+                started = counts is None or counts[1] > 0 or resubmits >= MAX_RESUBMITS or (overdue and not lost)
+                if not started and overdue and looked_lost is None:
                     looked_lost = time.monotonic()  # or its output is not in Flink's metrics yet: look again
-                elif not started and looked_lost is not None and time.monotonic() - looked_lost > METRICS_LAG_S:
+                elif not started and overdue and looked_lost and time.monotonic() - looked_lost > METRICS_LAG_S:
                     # Beam 2.62's Flink runner sometimes loses the first bundle of a job's first stage (the
                     # impulse reaches the SDK worker, its output never comes back): nothing has been read yet,
                     # so the job is submitted again from where it was to start (a draining one too: it reads
