@@ -53,6 +53,15 @@ def user_metrics(api: Api, job_id: str) -> dict:
     return found
 
 
+def element_counts(api: Api, job_id: str) -> dict[str, int]:
+    """getMetrics' committed ElementCount per PCollection, by its output_user_name."""
+    return {
+        m["name"]["context"]["output_user_name"]: m["scalar"]
+        for m in api.client.get(f"{api.jobs_path}/{job_id}/metrics").json().get("metrics", [])
+        if m["name"]["name"] == "ElementCount" and "tentative" not in m["name"]["context"]
+    }
+
+
 def observed_messages(api: Api, job_id: str) -> list[dict]:
     messages = api.messages(job_id, minimumImportance="JOB_MESSAGE_DEBUG", pageSize=1000).json()
     return [m for m in messages.get("jobMessages", []) if m["messageText"].startswith("observed ")]
@@ -154,6 +163,8 @@ def test_a_streaming_job_reports_its_metrics_logs_and_runs_its_staged_module(eng
         assert seen["Observe:values"]["attempted"] == [24, 5, 1, 9]  # sum, count, min, max
         final_metrics = user_metrics(api, job_id)
         assert final_metrics["lines", False] == final_metrics["lines", True] == 5
+        # The element counts per PCollection (Flink's runner hands them over with its metrics, Prism's with its).
+        assert element_counts(api, job_id).get("Observe-out0") == 5
         # (DataflowMetrics reads no gauges, apache/beam#31788: getMetrics has it.)
         assert final_metrics["last", False]["value"] == final_metrics["last", True]["value"] == 9
         assert {m["messageText"] for m in observed_messages(api, job_id)} == {
@@ -307,11 +318,7 @@ def test_a_flink_streaming_job_shows_its_watermark_freshness_and_counts(tmp_path
         wait_for("every line written", lambda: out.exists() and len(out.read_text().splitlines()) >= len(sent))
         assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200
         wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=120)
-        counts = {
-            m["name"]["context"]["output_user_name"]: m["scalar"]
-            for m in api.client.get(f"{api.jobs_path}/{job_id}/metrics").json()["metrics"]
-            if m["name"]["name"] == "ElementCount" and "tentative" not in m["name"]["context"]
-        }
+        counts = element_counts(api, job_id)
         assert counts.get("Observe-out0") == len(sent), counts
         assert user_metrics(api, job_id)["lines", False] == len(sent)
     finally:
