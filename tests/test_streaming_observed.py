@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -228,14 +229,11 @@ def test_a_worker_that_adopts_a_flink_job_gets_its_sdk_workers_logs(tmp_path, pr
 
 
 def stage_figures(api: Api, job_id: str) -> dict[str, dict]:
-    """getExecutionDetails' stage metrics: {stage: {name: scalar, "at": the watermark's updateTime}}."""
+    """getExecutionDetails' stage metrics of the stages with a watermark: {stage: {name: scalar}}."""
     details = api.client.get(f"{api.jobs_path}/{job_id}/executionDetails").json()
     found = {}
     for stage in details.get("stages", []):
         figures = {m["name"]["name"]: m["scalar"] for m in stage.get("metrics", [])}
-        for m in stage.get("metrics", []):
-            if m["name"]["name"] == "DataWatermark":
-                figures["at"] = m["updateTime"]
         if "DataWatermark" in figures:
             found[stage["stageId"]] = figures
     return found
@@ -294,25 +292,25 @@ def test_a_flink_streaming_job_shows_its_watermark_freshness_and_counts(tmp_path
         assert moved["DataWatermarkAge"] < (time.time() - sent[0])
         assert moved.get("ElementsOutPerSecond", 0) >= 0
 
-        # Input stops: the watermark stays at the last line's event time and its age grows, measurement after
-        # measurement.
+        # Input stops: the watermark stays at the last line's event time at most, and its age grows.
         stopped = stage_figures(api, job_id)[stage]
         grown = wait_for(
             "the watermark's age grown with no input",
             lambda: (
-                (now := stage_figures(api, job_id)[stage])["at"] != stopped["at"]
-                and now["DataWatermarkAge"] > stopped["DataWatermarkAge"]
-                and now
+                (now := stage_figures(api, job_id)[stage])["DataWatermarkAge"] > stopped["DataWatermarkAge"] + 1 and now
             ),
             timeout=120,
         )
-        assert grown["DataWatermark"] <= sent[-1] * 1e6 + 1000
+        assert grown["DataWatermark"] <= sent[-1] * 1e6
 
         # The console charts them (two measurements make a line).
         page = browser.new_page()
+        script_errors: list[str] = []
+        page.on("pageerror", lambda error: script_errors.append(str(error)))
         page.goto(f"{srv.url}/#/jobs/{project}/us-central1/{job_id}")
-        page.locator("#signals-table td.DataWatermarkAge svg").first.wait_for(timeout=120_000)
-        assert "s" in page.locator("#data-freshness").inner_text()
+        page.locator("#signals-table td.DataWatermarkAge svg path").first.wait_for(timeout=120_000)
+        assert re.fullmatch(r"Data freshness: \d+\.\d s", page.locator("#data-freshness").inner_text())
+        assert script_errors == []
 
         # The counts match the input: Flink's runner hands its element counts over as its tasks end (drained).
         wait_for("every line written", lambda: out.exists() and len(out.read_text().splitlines()) >= len(sent))
