@@ -18,6 +18,9 @@ HARNESS_TARGET_WORKERS = "beamport.targetWorkers"
 HARNESS_DRAIN = "beamport.drain"
 # A worker reports a stage's backlog as remainingParallelism in units of this much input.
 BACKLOG_UNIT_BYTES = 1 << 20
+# A reported MetricUpdate whose name's context has this key measures the fused stage it names (a streaming run's
+# watermark, lag, element counts): the service serves it in getExecutionDetails, not in the job's getMetrics.
+STAGE_METRIC_CONTEXT = "execution_stage"
 
 # workerLifecycleEvent events the workers send (the Dataflow names).
 CONTAINER_START = "CONTAINER_START"

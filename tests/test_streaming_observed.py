@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Api, Server
+from test_console import browser  # noqa: F401  (the Chromium that test_console drives)
 from test_running_jobs import dataflow_flags, wait_state
 from test_streaming import DRAIN_S, append, cancel_live_flink_jobs_of, flink_args, flink_endpoints, wait_for
 
@@ -50,6 +52,15 @@ def user_metrics(api: Api, job_id: str) -> dict:
             tentative = (name.get("context") or {}).get("tentative") == "true"
             found[name["name"], tentative] = metric.get("scalar", metric.get("distribution", metric.get("gauge")))
     return found
+
+
+def element_counts(api: Api, job_id: str) -> dict[str, int]:
+    """getMetrics' committed ElementCount per PCollection, by its output_user_name."""
+    return {
+        m["name"]["context"]["output_user_name"]: m["scalar"]
+        for m in api.client.get(f"{api.jobs_path}/{job_id}/metrics").json().get("metrics", [])
+        if m["name"]["name"] == "ElementCount" and "tentative" not in m["name"]["context"]
+    }
 
 
 def observed_messages(api: Api, job_id: str) -> list[dict]:
@@ -153,6 +164,8 @@ def test_a_streaming_job_reports_its_metrics_logs_and_runs_its_staged_module(eng
         assert seen["Observe:values"]["attempted"] == [24, 5, 1, 9]  # sum, count, min, max
         final_metrics = user_metrics(api, job_id)
         assert final_metrics["lines", False] == final_metrics["lines", True] == 5
+        # The element counts per PCollection (Flink's runner hands them over with its metrics, Prism's with its).
+        assert element_counts(api, job_id).get("Observe-out0") == 5
         # (DataflowMetrics reads no gauges, apache/beam#31788: getMetrics has it.)
         assert final_metrics["last", False]["value"] == final_metrics["last", True]["value"] == 9
         assert {m["messageText"] for m in observed_messages(api, job_id)} == {
@@ -212,4 +225,104 @@ def test_a_worker_that_adopts_a_flink_job_gets_its_sdk_workers_logs(tmp_path, pr
             submitter.kill()
         if srv.process is not None:
             srv.stop()
+        cancel_live_flink_jobs_of(flink, job_id)
+
+
+def stage_figures(api: Api, job_id: str) -> dict[str, dict]:
+    """getExecutionDetails' stage metrics of the stages with a watermark: {stage: {name: scalar}}."""
+    details = api.client.get(f"{api.jobs_path}/{job_id}/executionDetails").json()
+    found = {}
+    for stage in details.get("stages", []):
+        figures = {m["name"]["name"]: m["scalar"] for m in stage.get("metrics", [])}
+        if "DataWatermark" in figures:
+            found[stage["stageId"]] = figures
+    return found
+
+
+def test_a_flink_streaming_job_shows_its_watermark_freshness_and_counts(tmp_path, project, browser):  # noqa: F811
+    """Dataflow's streaming signals of a Flink job (docs/engines.md, "Streaming signals"): each stage's data
+    watermark follows the event times of the lines read and its age stays below the run's length; when lines
+    stop coming the watermark stops and its age grows; the counts match the input; the console charts them."""
+    flink = flink_endpoints()
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", *flink_args(flink)))
+    srv.start()
+    srv.engine = "flink"
+    api = Api(srv.url, project)
+    log, out = tmp_path / "in.log", tmp_path / "out.txt"
+    sent: list[float] = []  # the event times of the lines appended
+
+    def send() -> float:
+        sent.append(time.time())
+        append(log, [f"k{len(sent) % 2},{len(sent)},{sent[-1]:.3f}"])
+        return sent[-1]
+
+    send()
+    submitter = submit_observed(srv, project, tmp_path, log, out, "--event-times")
+    job_id = None
+    page = None
+    try:
+        job_id = submitted_job(submitter, tmp_path)
+        wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=240)
+
+        # While lines arrive (one a second), the watermark moves forward: up to a line sent after the first
+        # watermark was measured.
+        def feeding(predicate):
+            def step():
+                if time.time() - sent[-1] >= 1:
+                    send()
+                return predicate()
+
+            return step
+
+        first = wait_for("a watermark measured", feeding(lambda: stage_figures(api, job_id)), timeout=240)
+        stage, figures = next(iter(first.items()))
+        later = send()
+        moved = wait_for(
+            "the watermark past a later line",
+            feeding(
+                lambda: (
+                    (stage_figures(api, job_id).get(stage) or {}).get("DataWatermark", 0) >= later * 1e6
+                    and stage_figures(api, job_id)[stage]
+                )
+            ),
+            timeout=180,
+        )
+        assert moved["DataWatermark"] > figures["DataWatermark"]
+        # Fresh: the watermark is past the first line, so its age is less than the time since that line.
+        assert moved["DataWatermarkAge"] < (time.time() - sent[0])
+        assert moved.get("ElementsOutPerSecond", 0) >= 0
+
+        # Input stops: the watermark stays at the last line's event time at most, and its age grows.
+        stopped = stage_figures(api, job_id)[stage]
+        grown = wait_for(
+            "the watermark's age grown with no input",
+            lambda: (
+                (now := stage_figures(api, job_id)[stage])["DataWatermarkAge"] > stopped["DataWatermarkAge"] + 1 and now
+            ),
+            timeout=120,
+        )
+        assert grown["DataWatermark"] <= sent[-1] * 1e6
+
+        # The console charts them (two measurements make a line).
+        page = browser.new_page()
+        script_errors: list[str] = []
+        page.on("pageerror", lambda error: script_errors.append(str(error)))
+        page.goto(f"{srv.url}/#/jobs/{project}/us-central1/{job_id}")
+        page.locator("#signals-table td.DataWatermarkAge svg path").first.wait_for(timeout=120_000)
+        assert re.fullmatch(r"Data freshness: \d+\.\d s", page.locator("#data-freshness").inner_text())
+        assert script_errors == []
+
+        # The counts match the input: Flink's runner hands its element counts over as its tasks end (drained).
+        wait_for("every line written", lambda: out.exists() and len(out.read_text().splitlines()) >= len(sent))
+        assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200
+        wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=120)
+        counts = element_counts(api, job_id)
+        assert counts.get("Observe-out0") == len(sent), counts
+        assert user_metrics(api, job_id)["lines", False] == len(sent)
+    finally:
+        if page is not None:
+            page.close()
+        if submitter.poll() is None:
+            submitter.kill()
+        srv.stop()
         cancel_live_flink_jobs_of(flink, job_id)

@@ -261,6 +261,32 @@ def test_get_metrics_start_time_returns_only_what_changed(api):
     assert len(api.client.get(path).json()["metrics"]) == 2
 
 
+def test_a_stages_metrics_are_in_its_execution_details_not_in_get_metrics(api):
+    """A streaming run's stage figures (docs/engines.md, "Streaming signals"): reported as metricUpdates whose
+    context names the stage, served in getExecutionDetails' StageSummary.metrics and left out of getMetrics."""
+    job = api.create("stage-metrics")
+    worker = Worker(api, job["id"])
+    item = worker.lease().json()["workItems"][0]
+    worker.send(worker.code("BEAMPORT_STAGE_STATE", stage="[3]{Read, Write}", state="JOB_STATE_RUNNING"))
+    age = {
+        "name": {
+            "origin": "dataflow/v1b3",
+            "name": "DataWatermarkAge",
+            "context": {"execution_stage": "[3]{Read, Write}"},
+        },
+        "kind": "Max",
+        "scalar": 1.5,
+        "cumulative": False,
+    }
+    assert worker.report(item["id"], 1, metricUpdates=[COUNTER, age]).status_code == 200
+    metrics = api.client.get(f"{api.jobs_path}/{job['id']}/metrics").json()["metrics"]
+    assert [m["name"]["name"] for m in metrics] == ["words"]
+    (stage,) = api.client.get(f"{api.jobs_path}/{job['id']}/executionDetails").json()["stages"]
+    assert stage["stageId"] == "[3]{Read, Write}"
+    assert [(m["name"]["name"], m["scalar"]) for m in stage["metrics"]] == [("DataWatermarkAge", 1.5)]
+    assert stage["metrics"][0]["updateTime"]
+
+
 def health(worker: Worker, **report) -> dict:
     return {
         "labels": {"JOB_ID": worker.job_id, "WORKER_ID": worker.worker_id},

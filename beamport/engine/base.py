@@ -56,6 +56,19 @@ class StagedJob:
         return PipelineOptions.from_dictionary(self.options)
 
 
+@dataclass
+class StageFigures:
+    """What an engine measured of one fused stage of a streaming run, at `measured_us` (µs since the epoch).
+    A figure the engine does not give is None: never estimated (docs/engines.md, "Streaming signals")."""
+
+    measured_us: int
+    input_watermark_us: int | None = None  # the event time the stage's input is complete up to
+    output_watermark_us: int | None = None  # the watermark the stage passes on (its data watermark)
+    elements_in: int | None = None  # elements the stage took in so far
+    elements_out: int | None = None  # elements it passed on so far
+    elements_out_per_s: float | None = None  # the rate it passes them on at now, as the engine measures it
+
+
 class RunObserver(Protocol):
     """What an engine reports while a job runs. Called from the engine's threads: keep each call short."""
 
@@ -80,6 +93,10 @@ class RunObserver(Protocol):
     def monitoring_infos(self, infos: list) -> None:
         """Every monitoring info of the run so far (Beam's MonitoringInfo protos, aggregated per stage),
         sent with each metrics snapshot: the system metrics, such as element counts per PCollection."""
+
+    def stage_figures(self, figures: dict[str, StageFigures]) -> None:
+        """The latest figures of a streaming run's stages, by stage name (the names of `stage_state`): each
+        call a complete reading. Engines that measure no stage never call it."""
 
     def workers_for(self, stage_name: str, backlog_bytes: int) -> int | None:
         """A stage is about to start with this much input in front of it: how many SDK workers should run

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from beamport import wire
 from beamport.config import FlinkConfig
 from beamport.engine.base import (
     DONE,
@@ -34,6 +35,7 @@ from beamport.engine.base import (
     RunResult,
     Savepoint,
     StagedJob,
+    StageFigures,
     StreamingControl,
     savepoint_path,
 )
@@ -46,13 +48,18 @@ log = logging.getLogger(__name__)
 
 _ACTIVE = {"INITIALIZING", "CREATED", "RUNNING", "RESTARTING", "FAILING", "CANCELLING", "RECONCILING", "SUSPENDED"}
 _END_OF_TIME = 9223372036854775807  # Long.MAX_VALUE: Flink's watermark once the input is all read
+_NO_WATERMARK = -9223372036854775808  # Long.MIN_VALUE: Flink's watermark before any has arrived
 POLL_S = 1.0
 # How often the job's metrics are read while it runs (and once at its end). Beam's Flink runner hands a stage's
-# metrics over only when its tasks end (FlinkRest.user_metrics): a running streaming job has none, and each
+# metrics over only when its tasks end (FlinkRest.metric_results): a running streaming job has none, and each
 # reading is a REST call per vertex to a JobManager that a busy machine already answers slowly.
 METRICS_EVERY_S = 10.0
 # Beam's Flink runner's accumulator of the job's metrics (FlinkMetricContainer.ACCUMULATOR_NAME).
 METRICS_ACCUMULATOR = "__metricscontainers"
+# How often a streaming job's stage figures (watermarks, element counts, throughput) are read: one REST call per
+# vertex (FlinkRest.stage_figures). Flink's JobManager refreshes what it serves every 10 s by default
+# (metrics.fetcher.update-interval), so reading more often would only show the same figures again.
+FIGURES_EVERY_S = 5.0
 SUBMIT_TIMEOUT_S = 180.0
 SAVEPOINT_TIMEOUT_S = 120.0
 DRAIN_GRACE_S = 5.0  # how long a drained job may take to finish by itself before it is stopped
@@ -131,13 +138,13 @@ class FlinkRest:
         except EngineError:
             return ""
 
-    def user_metrics(self, jid: str, vertex_ids: list[str]) -> dict[str, list] | None:
-        """The job's user metrics (`portable.user_metrics`) as Beam's Flink runner hands them to Flink, None
-        while it has not. The runner puts them in an accumulator (what its job server reads once the job has
-        ended) when a stage's operator closes: at the end of the job's tasks (finished, cancelled, failed),
-        not while they run. Flink's REST API shows each vertex's accumulator as text: Beam's MetricResults in
-        proto JSON (MonitoringInfos, attempted only). A transform's metrics are in the vertex that runs it;
-        merged across vertices all the same, as Beam merges a stage's bundles."""
+    def metric_results(self, jid: str, vertex_ids: list[str]):
+        """The job's metrics (Beam's MetricResults: its MonitoringInfos, user and system) as Beam's Flink runner
+        hands them to Flink, None while it has not. The runner puts them in an accumulator (what its job server
+        reads once the job has ended) when a stage's operator closes: at the end of the job's tasks (finished,
+        cancelled, failed), not while they run. Flink's REST API shows each vertex's accumulator as text: Beam's
+        MetricResults in proto JSON (MonitoringInfos, attempted only). A transform's metrics are in the vertex
+        that runs it; merged across vertices all the same, as Beam merges a stage's bundles."""
         from apache_beam.metrics import monitoring_infos
         from apache_beam.portability.api import beam_job_api_pb2
         from google.protobuf import json_format
@@ -166,8 +173,7 @@ class FlinkRest:
                 infos.extend(results.attempted)
         if not found:
             return None
-        merged = beam_job_api_pb2.MetricResults(attempted=list(monitoring_infos.consolidate(infos)))
-        return user_metrics(merged, one_side="attempted")
+        return beam_job_api_pb2.MetricResults(attempted=list(monitoring_infos.consolidate(infos)))
 
     def first_stage_counts(self, jid: str, vertices: list[dict]) -> tuple[int, int] | None:
         """What the job's first stage took in and passed on (its operators after the source), as Flink's
@@ -194,6 +200,36 @@ class FlinkRest:
         passed = sum(v for k, v in values.items() if k.endswith(".numRecordsOut"))
         return took, passed
 
+    def stage_figures(self, jid: str, vertices: list[dict], names: dict[str, list[str]]) -> dict[str, StageFigures]:
+        """The figures Flink keeps of each vertex (a fused stage; by its name), aggregated over its subtasks: its
+        tasks' input watermark (`currentInputWatermark`, the minimum), its operators' output watermarks (the
+        minimum: the watermark the stage passes on), its records in and out and their rate (the sum). One call
+        per vertex; `names` caches each vertex's metric names (listed once, while it lacks its watermarks)."""
+        now = wire.now_us()
+        figures = {}
+        for vertex in vertices:
+            path = f"/jobs/{jid}/vertices/{vertex['id']}/subtasks/metrics"
+            wanted = names.get(vertex["id"])
+            if not wanted or not any(n.endswith("Watermark") for n in wanted):
+                listed = [m["id"] for m in self._call("GET", path)]
+                wanted = names[vertex["id"]] = [
+                    n for n in listed if n in _TASK_FIGURES or n.endswith(_OPERATOR_FIGURES)
+                ]
+            if not wanted:
+                continue
+            query = ",".join(urllib.parse.quote(n, safe="") for n in wanted)
+            values = {m["id"]: m for m in self._call("GET", f"{path}?get={query}&agg=min,sum")}
+            output_marks = [m.get("min") for n, m in values.items() if n.endswith(".currentOutputWatermark")]
+            figures[vertex["name"]] = StageFigures(
+                measured_us=now,
+                input_watermark_us=_watermark_us((values.get("currentInputWatermark") or {}).get("min")),
+                output_watermark_us=_least_watermark_us(output_marks),
+                elements_in=_whole((values.get("numRecordsIn") or {}).get("sum")),
+                elements_out=_whole((values.get("numRecordsOut") or {}).get("sum")),
+                elements_out_per_s=_number((values.get("numRecordsOutPerSecond") or {}).get("sum")),
+            )
+        return figures
+
     def at_end_of_time(self, jid: str) -> bool:
         """Whether every task that has inputs has seen the final watermark (all windows have fired)."""
         seen = False
@@ -219,6 +255,41 @@ class FlinkRest:
             cause = operation["failure-cause"].get("stack-trace", "").splitlines()
             raise EngineError(f"Flink could not take the savepoint: {cause[0] if cause else 'unknown cause'}")
         return operation["location"]
+
+
+# The figures FlinkRest.stage_figures reads: its tasks' (by name) and its operators' (by the end of their names).
+_TASK_FIGURES = ("currentInputWatermark", "numRecordsIn", "numRecordsOut", "numRecordsOutPerSecond")
+_OPERATOR_FIGURES = (".currentOutputWatermark",)
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _whole(value) -> int | None:
+    number = _number(value)
+    return None if number is None else int(number)
+
+
+def _watermark_us(value) -> int | None:
+    """A Flink watermark (ms since the epoch) in µs; None for none yet, or for the end of time (the input is all
+    read: the stage's age and lag no longer mean anything)."""
+    number = _number(value)
+    if number is None or number <= _NO_WATERMARK or number >= _END_OF_TIME:
+        return None
+    return int(number) * 1000
+
+
+def _least_watermark_us(marks: list) -> int | None:
+    """The watermark a chain of operators passes on: the least of theirs, leaving out those at the end of time
+    (an Impulse, once it has fired); None while one has none yet."""
+    numbers = [_number(mark) for mark in marks]
+    if not numbers or any(n is None or n <= _NO_WATERMARK for n in numbers):
+        return None
+    return _watermark_us(min(n for n in numbers if n is not None))
 
 
 def _completed(status: dict) -> bool:
@@ -395,6 +466,8 @@ class FlinkEngine(Engine):
         stages: dict[str, str] = {}
         reported_running = False
         metrics_read = 0.0
+        figures_read = 0.0
+        figure_names: dict[str, list[str]] = {}  # each vertex's metric names (FlinkRest.stage_figures)
         while True:
             try:
                 details = self.rest.job(jid)
@@ -405,11 +478,27 @@ class FlinkEngine(Engine):
             state = details.get("state")
             self._report_stages(details, stages, observer)
             if state not in _ACTIVE or time.monotonic() - metrics_read >= METRICS_EVERY_S:
-                # (while the job runs, only tasks that ended have handed theirs over: see user_metrics)
+                # (while the job runs, only tasks that ended have handed theirs over: see metric_results)
                 metrics_read = time.monotonic()
-                metrics = self.rest.user_metrics(jid, [v["id"] for v in details.get("vertices", [])])
-                if metrics is not None:
-                    observer.metrics(metrics)
+                results = self.rest.metric_results(jid, [v["id"] for v in details.get("vertices", [])])
+                if results is not None:
+                    # The runner keeps attempted figures only: they stand for committed too. Its system metrics
+                    # (element counts per PCollection) come with the user metrics, for getMetrics' ElementCount.
+                    observer.monitoring_infos(list(results.attempted))
+                    observer.metrics(user_metrics(results, one_side="attempted"))
+            if (
+                job.job_type == JOB_TYPE_STREAMING
+                and state == "RUNNING"
+                and time.monotonic() - figures_read >= FIGURES_EVERY_S
+            ):
+                figures_read = time.monotonic()
+                try:
+                    figures = self.rest.stage_figures(jid, details.get("vertices", []), figure_names)
+                except EngineError as exc:  # a slow JobManager: read again at the next turn
+                    log.info("no stage figures of Flink job %s: %s", jid, exc)
+                else:
+                    if figures:
+                        observer.stage_figures(figures)
             if state == "FINISHED":
                 return RunResult(DRAINED if draining else DONE)
             if state == "FAILED":

@@ -129,8 +129,9 @@ class JobService:
         answer = self.stub.GetState(beam_job_api_pb2.GetJobStateRequest(job_id=job_id), timeout=10)
         return beam_job_api_pb2.JobState.Enum.Name(answer.state)
 
-    def metrics(self, job_id: str, one_side: str | None = None) -> dict[str, list] | None:
-        """The invocation's user metrics so far (`user_metrics`); None when the job service does not answer."""
+    def metric_results(self, job_id: str):
+        """The invocation's metrics so far (Beam's MetricResults: MonitoringInfos, user and system, attempted and
+        committed); None when the job service does not answer."""
         import grpc
         from apache_beam.portability.api import beam_job_api_pb2
 
@@ -139,7 +140,7 @@ class JobService:
         except grpc.RpcError as exc:
             log.info("%s gave no metrics for %s: %s", self.what, job_id, exc.details() or exc)
             return None
-        return user_metrics(answer.metrics, one_side)
+        return answer.metrics
 
     def errors(self, job_id: str, limit: int = 5) -> list[str]:
         """The ERROR messages the job service kept for the invocation (why it failed)."""

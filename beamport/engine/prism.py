@@ -40,7 +40,7 @@ from beamport.engine.base import (
     StagedJob,
 )
 from beamport.engine.capture import worker_log_service
-from beamport.engine.portable import JobService, external_environments
+from beamport.engine.portable import JobService, external_environments, user_metrics
 from beamport.processes import free_loopback_port
 
 log = logging.getLogger(__name__)
@@ -139,9 +139,11 @@ class PrismEngine(Engine):
                 # Prism keeps the job's metrics as its bundles finish (committed); its attempted figures are
                 # only the progress of bundles in flight, so the committed ones stand for both.
                 metrics_sent = time.monotonic()
-                metrics = service.metrics(invocation, one_side="committed")
-                if metrics is not None:
-                    observer.metrics(metrics)
+                results = service.metric_results(invocation)
+                if results is not None:
+                    # Its system metrics too: element counts per PCollection, getMetrics' ElementCount.
+                    observer.monitoring_infos(list(results.committed))
+                    observer.metrics(user_metrics(results, one_side="committed"))
             if state == "DONE":
                 observer.stage_state("Prism", STAGE_DONE, int(time.time() * 1e6))
                 return RunResult(DRAINED if draining else DONE)

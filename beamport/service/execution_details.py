@@ -11,6 +11,7 @@ import orjson
 
 from beamport import wire
 from beamport.errors import not_found
+from beamport.protocol import STAGE_METRIC_CONTEXT
 from beamport.service import model
 from beamport.service.documents import document, load_job, timestamp
 from beamport.service.retries import failures_of
@@ -54,12 +55,27 @@ class ExecutionDetails:
         # `metrics` even when empty, unlike Google's JSON elsewhere: Airflow's DataflowJobMetricsSensor reads
         # response["metrics"] of a job that has reported none yet.
         metrics = [orjson.loads(m.doc) for m in self.store.metrics.list(job_id, since_us=start_us)]
-        return {"metricTime": timestamp(self.clock()), "metrics": metrics}
+        return {"metricTime": timestamp(self.clock()), "metrics": [m for m in metrics if _stage_of(m) is None]}
 
     def execution_details(self, project_id: str, location: str, job_id: str) -> dict:
         ids = self._stage_ids(project_id, location, job_id)
-        stages = [_stage_summary(stage, ids) for stage in self.store.metrics.list_stages(job_id)]
+        measured = self._stage_metrics(job_id)
+        stages = [
+            _stage_summary(stage, ids, measured.get(stage.stage)) for stage in self.store.metrics.list_stages(job_id)
+        ]
         return {"stages": stages} if stages else {}
+
+    def _stage_metrics(self, job_id: str) -> dict[str, list[dict]]:
+        """The metrics the job's worker reported of its stages (a streaming run's watermarks, lag, element counts:
+        translate.metrics.stage_metric_updates), by stage name."""
+        by_stage: dict[str, list[dict]] = {}
+        for record in self.store.metrics.list(job_id):
+            if STAGE_METRIC_CONTEXT in record.metric_key:  # (a quick look before parsing)
+                metric = orjson.loads(record.doc)
+                stage = _stage_of(metric)
+                if stage is not None:
+                    by_stage.setdefault(stage, []).append(metric)
+        return by_stage
 
     def stage_execution_details(self, project_id: str, location: str, job_id: str, stage_id: str) -> dict:
         ids = self._stage_ids(project_id, location, job_id)
@@ -102,12 +118,19 @@ class ExecutionDetails:
         return {stage["name"]: stage["id"] for stage in planned if "name" in stage and "id" in stage}
 
 
-def _stage_summary(stage: StageRecord, ids: dict[str, str]) -> dict:
-    summary = {
+def _stage_of(metric: dict) -> str | None:
+    """The stage a reported metric measures, if it is a stage's (protocol.STAGE_METRIC_CONTEXT)."""
+    return ((metric.get("name") or {}).get("context") or {}).get(STAGE_METRIC_CONTEXT)
+
+
+def _stage_summary(stage: StageRecord, ids: dict[str, str], metrics: list[dict] | None = None) -> dict:
+    summary: dict = {
         "stageId": ids.get(stage.stage, stage.stage),
         "state": _EXECUTION_STATE.get(stage.state, "EXECUTION_STATE_UNKNOWN"),
     }
     summary.update(_timing(stage))
+    if metrics:
+        summary["metrics"] = metrics
     return summary
 
 

@@ -51,6 +51,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from google.protobuf import json_format
 
 from beamport import wire
+from beamport.protocol import STAGE_METRIC_CONTEXT
 from beamport.translate import graph
 
 log = logging.getLogger(__name__)
@@ -221,3 +222,50 @@ def _system_pair(name: str, output_user_name: str, value: dict, update_time: str
         }
         for extra in ({}, {"tentative": "true"})
     ]
+
+
+# -- a streaming run's stage figures --------------------------------------------------------------
+
+
+def stage_metric_updates(figures: Mapping, update_time_us: int) -> list[dict]:
+    """MetricUpdates for an engine's StageFigures (beamport.engine.base), by stage name: each figure the engine
+    gave, under origin "dataflow/v1b3" and context {"execution_stage": stage}. What each name means is in
+    docs/engines.md ("Streaming signals"):
+
+    - DataWatermark: the stage's output watermark, µs since the epoch (kind Min: a watermark of several
+      workers is their least);
+    - DataWatermarkAge: how far that watermark was behind the clock when measured, in seconds (Dataflow's
+      data freshness of the stage);
+    - SystemLag: how far the stage's output watermark was behind its input watermark, in seconds: the event
+      time its work in flight holds back (only where the stage has both);
+    - ElementsIn, ElementsOut: elements the stage took in and passed on so far (Sum, cumulative);
+    - ElementsOutPerSecond: the rate it passes them on at, as the engine measured it.
+    """
+    update_time = wire.format_timestamp_us(update_time_us)
+    out: list[dict] = []
+    for stage, figure in sorted(figures.items()):
+        values: list[tuple[str, str, float | int, bool]] = []
+        if figure.output_watermark_us is not None:
+            values.append(("DataWatermark", "Min", figure.output_watermark_us, False))
+            values.append(
+                ("DataWatermarkAge", "Max", round((figure.measured_us - figure.output_watermark_us) / 1e6, 3), False)
+            )
+            if figure.input_watermark_us is not None:
+                lag = max(0, figure.input_watermark_us - figure.output_watermark_us)
+                values.append(("SystemLag", "Max", round(lag / 1e6, 3), False))
+        for name, value in (("ElementsIn", figure.elements_in), ("ElementsOut", figure.elements_out)):
+            if value is not None:
+                values.append((name, "Sum", value, True))
+        if figure.elements_out_per_s is not None:
+            values.append(("ElementsOutPerSecond", "Sum", round(figure.elements_out_per_s, 3), False))
+        for name, kind, value, cumulative in values:
+            out.append(
+                {
+                    "name": {"origin": SYSTEM_ORIGIN, "name": name, "context": {STAGE_METRIC_CONTEXT: stage}},
+                    "kind": kind,
+                    "cumulative": cumulative,
+                    "scalar": value,
+                    "updateTime": update_time,
+                }
+            )
+    return out

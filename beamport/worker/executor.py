@@ -72,6 +72,7 @@ class Reporter:
         self.pending: list[dict] = []
         self.latest_metrics = None
         self.latest_infos: list = []
+        self.latest_figures: dict = {}  # the latest StageFigures of a streaming run, by stage name
         self.stages: dict[str, str] = {}
         self.planned_stages = 0  # the job graph's count of stages (pipelineDescription), for progress
         self.scaling: dict | None = None  # the work item's worker range, {min, max}
@@ -100,6 +101,10 @@ class Reporter:
     def monitoring_infos(self, infos: list) -> None:
         with self.lock:
             self.latest_infos = infos
+
+    def stage_figures(self, figures: dict) -> None:
+        with self.lock:
+            self.latest_figures = dict(figures)
 
     def log(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
@@ -145,10 +150,10 @@ class Reporter:
         with self.lock:
             self.pending[:0] = messages
 
-    def take(self) -> tuple[list[dict], object, list]:
+    def take(self) -> tuple[list[dict], object, list, dict]:
         with self.lock:
             pending, self.pending = self.pending, []
-            return pending, self.latest_metrics, self.latest_infos
+            return pending, self.latest_metrics, self.latest_infos, self.latest_figures
 
 
 def thread_stacks() -> list[dict]:
@@ -197,7 +202,7 @@ def execute(assignment: dict) -> int:
     from beamport.engine.cleanup import clean_up_earlier_attempts
     from beamport.engine.staging import stage_job
     from beamport.files import FilePolicy
-    from beamport.translate.metrics import metric_updates, system_metric_updates
+    from beamport.translate.metrics import metric_updates, stage_metric_updates, system_metric_updates
 
     work = Work(**assignment["work"])
     work_config = json.loads(work.config or "{}")
@@ -264,7 +269,7 @@ def execute(assignment: dict) -> int:
 
     def _flush(completed: bool, errors, remaining: int | None) -> dict:
         nonlocal index
-        pending, results, infos = reporter.take()
+        pending, results, infos, figures = reporter.take()
         try:
             api.send(work, pending)
         except WorkerApiError as exc:  # the service is away: keep the messages for the next report
@@ -275,6 +280,8 @@ def execute(assignment: dict) -> int:
             now = wire.now_us()
             updates = metric_updates(results, outcome["pipeline"], now)
             updates += system_metric_updates(infos, outcome["pipeline"], now)
+        if figures:
+            updates += stage_metric_updates(figures, wire.now_us())
         answer = api.report(
             work,
             index,

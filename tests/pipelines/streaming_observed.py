@@ -1,6 +1,6 @@
 """A streaming pipeline that counts, measures, logs, and imports a staged module (issue 19's test pipeline).
 
-    streaming_observed.py LOG OUT [--metrics-until N METRICS_JSON] -- DataflowRunner flags...
+    streaming_observed.py LOG OUT [--metrics-until N METRICS_JSON] [--event-times] -- DataflowRunner flags...
 
 Each line of LOG ("key,value") is counted (counter `lines`), its value measured (distribution `values`,
 gauge `last`), logged (a WARNING "observed key,value"), and written to OUT by `staged_probe.describe`, a
@@ -8,7 +8,8 @@ module the test stages as a wheel (--extra_package) and that Beamport's own Pyth
 with whether the worker loaded the main session (--save_main_session): with Beam's default pickler it
 carries the custom coders registered here, and `staged_probe.Mark`'s is there only once it is loaded.
 With --metrics-until, the script waits after submitting until DataflowRunner's `result.metrics().query()`
-counts N lines, then writes what it gives to METRICS_JSON.
+counts N lines, then writes what it gives to METRICS_JSON. With --event-times, a line's third field is its
+event time (seconds since the epoch; "key,value,time"), so the watermark stops when lines stop coming.
 """
 
 import argparse
@@ -53,6 +54,10 @@ class AppendTo(beam.DoFn):
             out.write(text + "\n")
 
 
+def event_time(line):
+    return float(line.split(",")[2])
+
+
 def plain(value):
     """A metric's value as JSON has it: a distribution [sum, count, min, max], a gauge its value."""
     if hasattr(value, "count") and hasattr(value, "sum"):
@@ -77,11 +82,12 @@ if __name__ == "__main__":
     parser.add_argument("log")
     parser.add_argument("out")
     parser.add_argument("--metrics-until", nargs=2)
+    parser.add_argument("--event-times", action="store_true")
     args, beam_args = parser.parse_known_args()
     p = beam.Pipeline(options=PipelineOptions(beam_args))
     _ = (
         p
-        | "Read" >> ReadFromLocalLog(args.log)
+        | "Read" >> ReadFromLocalLog(args.log, timestamp_fn=event_time if args.event_times else None)
         | "Observe" >> beam.ParDo(Observe())
         | "Write" >> beam.ParDo(AppendTo(args.out))
     )

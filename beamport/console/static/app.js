@@ -234,6 +234,8 @@ function jobPage(projectId, region, jobId) {
   const graph = h("div", { class: "graph", id: "graph" });
   const timeline = h("div", { class: "timeline", id: "timeline" });
   const metrics = h("div", { id: "metrics" });
+  const signals = h("div", { id: "streaming-signals" });
+  const streamingSection = h("section", { id: "streaming-section", hidden: true }, h("h2", {}, "Streaming"), signals);
   const workers = h("div", { id: "job-workers" });
   const resources = h("div", { id: "resources" });
   const importance = h("select", { "aria-label": "Minimum importance" },
@@ -248,6 +250,7 @@ function jobPage(projectId, region, jobId) {
     h("section", {}, h("h2", {}, "Resources"), resources)),
     h("h2", {}, "Graph"), graph,
     h("h2", {}, "Stages"), timeline,
+    streamingSection,
     h("div", { class: "grid" },
       h("section", {}, h("h2", {}, "Metrics"), metrics),
       h("section", {}, h("h2", {}, "Workers"), workers)),
@@ -273,6 +276,7 @@ function jobPage(projectId, region, jobId) {
     failedStages = new Set((job.stageStates || []).filter((s) => s.executionStageState === "JOB_STATE_FAILED").map((s) => s.executionStageName));
     renderGraph(job, all);
     renderTimeline(details.stages || []);
+    renderSignals(details.stages || []);
     renderMetrics(all);
     await Promise.all([renderLogs(), renderWorkers(details.stages || []), renderResources(all)]);
   }
@@ -415,6 +419,37 @@ function jobPage(projectId, region, jobId) {
         h("td", { style: "width:70%" }, h("div", { class: `bar ${s.state}`, style: `margin-left:${left}%;width:${width}%` })),
         h("td", {}, duration(s.startTime, s.endTime)));
     })));
+  }
+
+  // A streaming run's stage figures (executionDetails' StageSummary.metrics, as the engine measured them:
+  // docs/engines.md, "Streaming signals"): watermark age, system lag and throughput per stage as small charts
+  // kept while the page is open, and the job's data freshness (its stages' oldest watermark's age).
+  const signalHistory = {}; // "stage/metric" -> [[time, value]], a point per measurement
+  const SIGNALS = [["DataWatermarkAge", "Watermark age", "s"], ["SystemLag", "System lag", "s"], ["ElementsOutPerSecond", "Throughput", "/s"]];
+  function renderSignals(stages) {
+    const measured = stages.filter((s) => (s.metrics || []).length);
+    streamingSection.hidden = !measured.length;
+    if (!measured.length) return;
+    const value = (stage, name) => { const m = (stage.metrics || []).find((m) => m.name.name === name); return m ? Number(m.scalar) : undefined; };
+    for (const stage of measured) for (const m of stage.metrics) {
+      const series = (signalHistory[`${stage.stageId}/${m.name.name}`] ||= []);
+      const at = new Date(m.updateTime).getTime();
+      if (!series.length || series[series.length - 1][0] !== at) series.push([at, Number(m.scalar)]);
+      if (series.length > 120) series.shift();
+    }
+    const ages = measured.map((s) => value(s, "DataWatermarkAge")).filter((v) => v !== undefined);
+    const freshness = ages.length ? Math.max(...ages) : undefined;
+    const watermark = (stage) => { const w = value(stage, "DataWatermark"); return w === undefined ? "none yet" : new Date(w / 1000).toISOString(); };
+    const counts = (stage) => [value(stage, "ElementsIn"), value(stage, "ElementsOut")].map((v) => (v === undefined ? "–" : String(v))).join(" / ");
+    signals.replaceChildren(
+      h("p", { id: "data-freshness" }, "Data freshness: ", freshness === undefined ? h("span", { class: "muted" }, "no watermark yet") : `${freshness.toFixed(1)} s`),
+      h("table", { id: "signals-table" },
+        h("thead", {}, h("tr", {}, ["Stage", "Data watermark", ...SIGNALS.map(([, label]) => label), "Elements in / out"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, measured.map((stage) => h("tr", { "data-stage": stage.stageId },
+          h("td", {}, stage.stageId), h("td", {}, watermark(stage)),
+          ...SIGNALS.map(([name, , unit]) => h("td", { class: `signal ${name}` },
+            value(stage, name) === undefined ? h("span", { class: "muted" }, "not measured") : sparkline(signalHistory[`${stage.stageId}/${name}`] || [], unit))),
+          h("td", {}, counts(stage)))))));
   }
 
   // Beam's own metrics among the user's (origin "user"): its lineage of sources and sinks.
