@@ -687,6 +687,17 @@ def test_work_whose_flink_job_failed_starts_again_from_its_last_checkpoint(strea
     wait_state(api, job_id, {"JOB_STATE_CANCELLED"})
 
 
+def four_lines_counted(srv: Server, project: str, tmp_path: Path, name: str) -> tuple[Api, Path, Path, str]:
+    """A counts job over four lines, running, its four lines counted: the API, its input, its output, its id."""
+    api = Api(srv.url, project)
+    log, out = tmp_path / "in.log", tmp_path / "out.txt"
+    append(log, [f"k{i % 2},{i}" for i in range(4)])
+    job_id = submit(srv, project, tmp_path / "v1", name, "counts", log, out)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait_for("four lines counted", lambda: len(outputs(out)) >= 4)
+    return api, log, out, job_id
+
+
 def test_a_drain_that_ends_while_beamport_is_down_ends_drained_without_running_again(flink, tmp_path, project):
     """A draining job's Flink job ends while no worker follows it (Beamport crashed as it stopped the flushed
     job): the work's next attempt finds it ended with its drain signal and ends the job DRAINED, rather than
@@ -695,12 +706,7 @@ def test_a_drain_that_ends_while_beamport_is_down_ends_drained_without_running_a
     srv.start()
     job_id = None
     try:
-        api = Api(srv.url, project)
-        log, out = tmp_path / "in.log", tmp_path / "out.txt"
-        append(log, [f"k{i % 2},{i}" for i in range(4)])
-        job_id = submit(srv, project, tmp_path / "v1", "drained-while-down", "counts", log, out)
-        wait_state(api, job_id, {"JOB_STATE_RUNNING"})
-        wait_for("four lines counted", lambda: len(outputs(out)) >= 4)
+        api, log, out, job_id = four_lines_counted(srv, project, tmp_path, "drained-while-down")
         assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINED"}).status_code == 200
         crash(srv)
         # The drain went on as Beamport died: its signal is in the shared directory (the executor may have put it
@@ -736,12 +742,7 @@ def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopt
     srv.start()
     job_id = None
     try:
-        api = Api(srv.url, project)
-        log, out = tmp_path / "in.log", tmp_path / "out.txt"
-        append(log, [f"k{i % 2},{i}" for i in range(4)])
-        job_id = submit(srv, project, tmp_path / "v1", "crash", "counts", log, out)
-        wait_state(api, job_id, {"JOB_STATE_RUNNING"})
-        wait_for("four lines counted", lambda: len(outputs(out)) >= 4)
+        api, log, out, job_id = four_lines_counted(srv, project, tmp_path, "crash")
         running = lambda: [j["jid"] for j in flink_jobs(flink) if j["name"] == job_id and j["state"] == "RUNNING"]  # noqa: E731
         # Counting lines is not yet RUNNING on the cluster's REST API (a task restarted under load, say): waited for.
         (flink_id,) = wait_for("the Flink job running", running)

@@ -178,15 +178,21 @@ def test_a_streaming_job_reports_its_metrics_logs_and_runs_its_staged_module(eng
             cancel_live_flink_jobs_of(flink_endpoints(), job_id)
 
 
+def flink_server_of_its_own(flink: dict, tmp_path: Path) -> Server:
+    """A server with one worker on the Flink cluster, started (its streaming engine is Flink)."""
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", *flink_args(flink)))
+    srv.start()
+    srv.engine = "flink"
+    return srv
+
+
 def test_a_worker_that_adopts_a_flink_job_gets_its_sdk_workers_logs(tmp_path, project):
     """The job's SDK workers outlive a crashed Beamport and reconnect to the job's log socket, which the worker
     that adopts the job serves again (docs/engines.md)."""
     from test_streaming import crash
 
     flink = flink_endpoints()
-    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", *flink_args(flink)))
-    srv.start()
-    srv.engine = "flink"
+    srv = flink_server_of_its_own(flink, tmp_path)
     api = Api(srv.url, project)
     log, out = tmp_path / "in.log", tmp_path / "out.txt"
     append(log, ["k0,1"])
@@ -244,9 +250,7 @@ def test_a_flink_streaming_job_shows_its_watermark_freshness_and_counts(tmp_path
     watermark follows the event times of the lines read and its age stays below the run's length; when lines
     stop coming the watermark stops and its age grows; the counts match the input; the console charts them."""
     flink = flink_endpoints()
-    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", *flink_args(flink)))
-    srv.start()
-    srv.engine = "flink"
+    srv = flink_server_of_its_own(flink, tmp_path)
     api = Api(srv.url, project)
     log, out = tmp_path / "in.log", tmp_path / "out.txt"
     sent: list[float] = []  # the event times of the lines appended
