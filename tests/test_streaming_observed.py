@@ -21,7 +21,7 @@ import pytest
 from conftest import Api, Server
 from test_console import browser  # noqa: F401  (the Chromium that test_console drives)
 from test_running_jobs import dataflow_flags, wait_state
-from test_streaming import DRAIN_S, append, cancel_live_flink_jobs_of, flink_args, flink_endpoints, wait_for
+from test_streaming import DRAIN_S, START_S, append, cancel_live_flink_jobs_of, flink_args, flink_endpoints, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]
 
@@ -134,12 +134,13 @@ def test_a_streaming_job_reports_its_metrics_logs_and_runs_its_staged_module(eng
         assert sorted(lines.splitlines()) == [f"probe:{x}|main session loaded" for x in ("k0,5", "k0,7", "k1,2")]
 
         # Its log lines in its messages, as WARNINGs.
-        wait_for("three lines logged", lambda: len(observed_messages(api, job_id)) >= 3, timeout=60)
+        wait_for("three lines logged", lambda: len(observed_messages(api, job_id)) >= 3, timeout=START_S)
         assert {m["messageImportance"] for m in observed_messages(api, job_id)} == {"JOB_MESSAGE_WARNING"}
         if srv.engine == "prism":
             # While it runs: the counter, the distribution and the gauge in getMetrics (Beam 2.62's Flink
             # runner hands a job's metrics over only as its tasks end: docs/engines.md).
-            wait_for("three lines counted", lambda: user_metrics(api, job_id).get(("lines", False)) == 3, timeout=60)
+            counted = lambda: user_metrics(api, job_id).get(("lines", False)) == 3  # noqa: E731
+            wait_for("three lines counted", counted, timeout=START_S)
             running = user_metrics(api, job_id)
             assert running["lines", True] == 3
             assert {k: running["values", False][k] for k in ("sum", "count", "min", "max")} == {
@@ -201,7 +202,7 @@ def test_a_worker_that_adopts_a_flink_job_gets_its_sdk_workers_logs(tmp_path, pr
     try:
         job_id = submitted_job(submitter, tmp_path)
         wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=240)
-        wait_for("the first line logged", lambda: observed_messages(api, job_id), timeout=60)
+        wait_for("the first line logged", lambda: observed_messages(api, job_id), timeout=START_S)
         took_over = lambda: sum(  # noqa: E731
             "took over work item" in m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])
         )
