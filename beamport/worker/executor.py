@@ -153,7 +153,9 @@ class Reporter:
     def take(self) -> tuple[list[dict], object, list, dict]:
         with self.lock:
             pending, self.pending = self.pending, []
-            return pending, self.latest_metrics, self.latest_infos, self.latest_figures
+            # Stage figures go once per reading (an engine reads them every few seconds; reports go every second).
+            figures, self.latest_figures = self.latest_figures, {}
+            return pending, self.latest_metrics, self.latest_infos, figures
 
 
 def thread_stacks() -> list[dict]:
