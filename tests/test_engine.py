@@ -525,6 +525,60 @@ def test_staging_honours_what_it_can_and_warns_about_the_rest(tmp_path):
     assert "2.10.0" in text
 
 
+def _sdist(root: Path, name: str, module: str, install_requires: list[str]) -> Path:
+    """A source package as DataflowRunner stages --setup_file's (setup.py sdist), built from a setup.py."""
+    project = root / f"{name}-src"
+    (project / name).mkdir(parents=True)
+    (project / name / "__init__.py").write_text(module)
+    (project / "setup.py").write_text(
+        f"import setuptools\nsetuptools.setup(name={name!r}, version='0.3', packages=[{name!r}], "
+        f"install_requires={install_requires!r})\n"
+    )
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(root)], cwd=project, check=True)
+    return root / f"{name}-0.3.tar.gz"
+
+
+def test_staging_builds_a_staged_source_package_into_a_wheel_on_the_jobs_path(tmp_path):
+    (tmp_path / "pipeline.pb").write_bytes(_pipeline_proto().SerializeToString())
+    sdist = _sdist(tmp_path, "builtmod", "VALUE = 'built'\n", ["protobuf>=1", "beamport-no-such-dependency>=2"])
+    workflow = tmp_path / "workflow.tar.gz"  # --setup_file's name for it
+    workflow.write_bytes(sdist.read_bytes())
+    packages = [{"name": "workflow.tar.gz", "location": str(workflow)}]
+
+    staged, warnings = stage_job(_job_document(str(tmp_path / "pipeline.pb"), packages), FilePolicy([tmp_path]))
+
+    [wheel] = staged.python_path
+    assert wheel.endswith("builtmod-0.3-py3-none-any.whl")
+    probe = f"import sys; sys.path[:0] = [{wheel!r}]; import builtmod; print(builtmod.VALUE, builtmod.__file__)"
+    said = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert said.startswith("built ") and wheel in said
+    # The dependency this environment lacks is named; the one it has is not.
+    assert len(warnings) == 1 and "beamport-no-such-dependency>=2" in warnings[0], warnings
+    assert "protobuf" not in warnings[0]
+
+
+def test_staging_warns_about_a_source_package_that_does_not_build_or_has_compiled_code(tmp_path):
+    (tmp_path / "pipeline.pb").write_bytes(_pipeline_proto().SerializeToString())
+    (tmp_path / "broken-1.0.tar.gz").write_bytes(b"not a tarball")
+    compiled = tmp_path / "compiled-src"
+    compiled.mkdir()
+    (compiled / "setup.py").write_text(  # a platform wheel: not pure Python
+        "import setuptools\nfrom setuptools.dist import Distribution\n"
+        "class Binary(Distribution):\n    def has_ext_modules(self):\n        return True\n"
+        "setuptools.setup(name='compiled', version='1.0', py_modules=[], distclass=Binary)\n"
+    )
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)], cwd=compiled, check=True)
+    packages = [{"name": n, "location": str(tmp_path / n)} for n in ("broken-1.0.tar.gz", "compiled-1.0.tar.gz")]
+
+    staged, warnings = stage_job(_job_document(str(tmp_path / "pipeline.pb"), packages), FilePolicy([tmp_path]))
+
+    assert staged.python_path == []
+    assert len(warnings) == 2, warnings
+    assert "broken-1.0.tar.gz is not installed: it could not be built" in warnings[0]
+    assert "compiled-1.0.tar.gz is not installed: it builds into compiled-1.0-" in warnings[1]
+    assert "which has compiled code" in warnings[1]
+
+
 def test_staging_refuses_environments_of_other_sdks(tmp_path):
     other = _pipeline_proto(image="apache/beam_typescript_sdk:2.77.0", capabilities=["beam:coder:bytes:v1"])
     (tmp_path / "pipeline.pb").write_bytes(other.SerializeToString())
