@@ -14,6 +14,9 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
   runs itself): replaced by Python transforms (engine/pubsub_staging.py, beamport/io/pubsub.py) that reach
   the server's PUBSUB_EMULATOR_HOST, or Google's Pub/Sub; a read is refused on engines that do not run
   unbounded sources (the embedded one), where it would end having read nothing.
+- Windowed values carried as element values with a window coder only an SDK knows (Beam Python's Reshuffle on
+  non-global windows since 2.65, WriteToBigQuery's among them): made opaque to the engine with a length prefix
+  (engine/reshuffle_staging.py), which Prism and Flink otherwise decode wrongly.
 - packages (environment.workerPools[].packages):
   - pickled_main_session: loaded before the run, as Dataflow's SDK harness does;
   - a wheel or sdist whose distribution is already installed at that version: nothing to do;
@@ -52,6 +55,7 @@ from beamport.engine.base import JOB_TYPE_BATCH, JOB_TYPE_STREAMING, StagedJob
 from beamport.engine.pubsub_staging import READ as PUBSUB_READ
 from beamport.engine.pubsub_staging import WRITE as PUBSUB_WRITE
 from beamport.engine.pubsub_staging import pubsub_reads, replace_pubsub_transforms
+from beamport.engine.reshuffle_staging import make_windowed_values_opaque
 from beamport.engine.staged_files import (
     BuildFailed,
     build_wheel,
@@ -132,6 +136,7 @@ def stage_job(
         _check_engine_runs(engine, registry.GO)
     rewritten = rewrite_python_environments(pipeline, warnings, keep=set(java) | set(go))
     _replace_pubsub(pipeline, rewritten, engine)
+    make_windowed_values_opaque(pipeline)
 
     submitted_with = (environment.get("userAgent") or {}).get("version")
     if submitted_with and submitted_with != apache_beam.__version__ and not java and not go:
