@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from apache_beam import DoFn
 
 from beamport.engine.base import DONE, FAILED, STAGE_DONE, STAGE_FAILED, STAGE_RUNNING
 from beamport.engine.embedded import PROCESSES, THREADS, EmbeddedEngine, parallelism_for
@@ -767,6 +768,56 @@ def test_engine_in_a_thread_leaves_its_hosts_records_out(tmp_path):
     messages = [r.getMessage() for r in recorder.records]
     assert sorted(m for m in messages if m.startswith("element")) == sorted(f"element {i}" for i in range(20))
     assert "host chatter" not in messages
+
+
+def _timestamped_at_its_second(kv):
+    import apache_beam as beam
+
+    return beam.window.TimestampedValue(kv, kv[1])
+
+
+def _log_sum(kv, window=DoFn.WindowParam):
+    logging.warning("sum %s %s window %s", kv[0], kv[1], int(window.start))
+
+
+def test_a_reshuffle_of_windowed_values_runs_with_those_values_opaque(tmp_path):
+    """Beam Python's Reshuffle on non-global windows (since 2.65) carries each element's window in its value, with
+    a pickled window coder engines cannot decode: staging length-prefixes that coder (engine/reshuffle_staging.py)
+    and the embedded engine still gives each window its own sum."""
+    import apache_beam as beam
+    from apache_beam.transforms.util import ReshufflePerKey
+
+    pipeline = beam.Pipeline()
+    _ = (
+        pipeline
+        | beam.Create([("a", 1), ("a", 2), ("b", 5), ("a", 61), ("b", 119)])
+        | "Stamp" >> beam.Map(_timestamped_at_its_second)
+        | beam.WindowInto(beam.window.FixedWindows(60))
+        | "Shuffle" >> beam.Reshuffle()
+        | "ShufflePerKey" >> ReshufflePerKey()
+        | beam.CombinePerKey(sum)
+        | "Log" >> beam.Map(_log_sum)
+    )
+    (tmp_path / "pipeline.pb").write_bytes(pipeline.to_runner_api().SerializeToString())
+    staged, _ = stage_job(_job_document(str(tmp_path / "pipeline.pb")), FilePolicy([tmp_path]))
+
+    components = staged.pipeline.components
+    reshuffled = [
+        components.coders[components.pcollections[pcoll].coder_id]
+        for t in components.transforms.values()
+        if t.spec.urn == "beam:transform:group_by_key:v1" and t.unique_name.startswith("Shuffle")
+        for pcoll in t.inputs.values()
+    ]
+    assert len(reshuffled) == 2
+    for kv in reshuffled:  # KV<key, length_prefix<windowed_value<value, pickled window coder>>>
+        value = components.coders[kv.component_coder_ids[1]]
+        assert value.spec.urn == "beam:coder:length_prefix:v1"
+        assert components.coders[value.component_coder_ids[0]].spec.urn == "beam:coder:windowed_value:v1"
+
+    recorder = Recorder()
+    assert EmbeddedEngine().run(staged, recorder).state == DONE
+    sums = sorted(r.getMessage() for r in recorder.records if r.getMessage().startswith("sum "))
+    assert sums == ["sum a 3 window 0", "sum a 61 window 60", "sum b 119 window 60", "sum b 5 window 0"]
 
 
 def test_a_pickler_that_is_not_installed_fails_the_run(tmp_path):
