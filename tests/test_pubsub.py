@@ -125,8 +125,8 @@ def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsu
 
 
 def test_a_reshuffle_of_windowed_values_between_the_read_and_the_sum(pubsub_server):
-    """beam.Reshuffle and ReshufflePerKey after FixedWindows (WriteToBigQuery's CommitInsertIds has one): since
-    Beam 2.65 they carry each element's window in its value with a Python-only window coder, which Prism cannot
+    """beam.Reshuffle and ReshufflePerKey after FixedWindows (WriteToBigQuery's CommitInsertIds has one): Beam
+    (2.64 on) carries each element's window in its value with a Python-only window coder, which Prism fails to
     decode and Flink casts wrong; staging makes those values opaque to the engine (docs/engines.md). Each window's
     sum comes out once, in its own window."""
     topics = Topics(f"reshuffled-{pubsub_server.root.name}")
