@@ -1,6 +1,6 @@
 """Staging's workaround for Beam's reshuffle of windowed values, which no engine but FnApiRunner decodes.
 
-Since Beam 2.65, Python's ReshufflePerKey (and so beam.Reshuffle, and WriteToBigQuery's CommitInsertIds) on
+Since Beam 2.64 (for pipelines built as 2.64 or later; 2.65 adds the pane), Python's ReshufflePerKey (and so beam.Reshuffle, and WriteToBigQuery's CommitInsertIds) on
 a PCollection that is not globally windowed carries each element's window, timestamp and pane inside its value
 through a globally windowed GroupByKey: the value's coder is `beam:coder:windowed_value:v1` whose window coder
 is Python's pickled `_OrderedUnionCoder` (transforms/util.py, `reify_metadata_custom_window`;
