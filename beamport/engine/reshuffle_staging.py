@@ -1,13 +1,13 @@
 """Staging's workaround for Beam's reshuffle of windowed values, which no engine but FnApiRunner decodes.
 
-Since Beam 2.64 (for pipelines built as 2.64 or later; 2.65 adds the pane), Python's ReshufflePerKey (and so beam.Reshuffle, and WriteToBigQuery's CommitInsertIds) on
-a PCollection that is not globally windowed carries each element's window, timestamp and pane inside its value
-through a globally windowed GroupByKey: the value's coder is `beam:coder:windowed_value:v1` whose window coder
-is Python's pickled `_OrderedUnionCoder` (transforms/util.py, `reify_metadata_custom_window`;
-coders.WindowedValueCoder). A runner knows the windowed-value URN, so it decodes the value itself, length-
-prefixing the window coder it does not know, which the SDK's bytes do not have: Prism's SDK harness fails to
-decode the grouped values ("IndexError: tuple index out of range"), Flink reads the window as bytes
-("ClassCastException: [B cannot be cast to BoundedWindow").
+Since Beam 2.64 (for pipelines built as 2.64 or later; 2.65 adds the pane), Python's ReshufflePerKey (and so
+beam.Reshuffle, and WriteToBigQuery's CommitInsertIds) on a PCollection that is not globally windowed carries
+each element's window, timestamp and pane inside its value through a globally windowed GroupByKey: the value's
+coder is `beam:coder:windowed_value:v1` whose window coder is Python's pickled `_OrderedUnionCoder`
+(transforms/util.py, `reify_metadata_custom_window`; coders.WindowedValueCoder). A runner knows the
+windowed-value URN, so it decodes the value itself, length-prefixing the window coder it does not know, which
+the SDK's bytes do not have: Prism's SDK harness fails to decode the grouped values ("IndexError: tuple index out
+of range"), Flink reads the window as bytes ("ClassCastException: [B cannot be cast to BoundedWindow").
 
 The rewrite wraps every such windowed-value coder where a coder or PCollection uses it in
 `beam:coder:length_prefix:v1`: the engine moves the value as opaque bytes and only the SDK decodes it, with the
