@@ -141,3 +141,195 @@ def test_cloud_pubsub_to_gcs_text_writes_a_file_per_window_then_drains(pubsub_se
     assert not list(output.glob(".temp-*")), "no temporary file is left behind"
     texts = [m["messageText"] for m in api.messages(job["id"]).json().get("jobMessages", [])]
     assert any("Google's provided template" in t for t in texts), texts
+
+
+@pytest.fixture(scope="module")
+def bigquery_server(tmp_path_factory):
+    """A server with Prism, and the Pub/Sub and BigQuery emulators, whose variables this process uses."""
+    prism = required_path("BEAMPORT_TEST_PRISM", "builds Prism")
+    need_emulator(emulators.PUBSUB)
+    need_emulator(emulators.BIGQUERY)
+    monkeypatch = pytest.MonkeyPatch()
+    for variable in ("PUBSUB_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST"):
+        monkeypatch.delenv(variable, raising=False)
+    root = tmp_path_factory.mktemp("google-bq-templates")
+    srv = Server(
+        root / "data",
+        extra_args=(
+            *("--allow-path", str(root), "--workers", "2", "--prism", str(prism)),
+            *("--emulators", "pubsub,bigquery"),
+        ),
+    ).start()
+    srv.root = root
+    for variable, value in read_env(srv.data_dir).items():
+        monkeypatch.setenv(variable, value)
+    yield srv
+    srv.stop()
+    monkeypatch.undo()
+
+
+def bigquery_client():
+    import os
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    return bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": os.environ["BIGQUERY_EMULATOR_HOST"]},
+    )
+
+
+def table_rows(client, table: str) -> list[dict]:
+    from google.api_core.exceptions import NotFound
+
+    try:
+        return [dict(row) for row in client.list_rows(table)]
+    except NotFound:
+        return []
+
+
+def test_pubsub_subscription_to_bigquery_writes_json_messages_as_rows_and_failures_to_the_dead_letter_table(
+    bigquery_server,
+):
+    from google.cloud import bigquery, pubsub_v1
+
+    bq = bigquery_client()
+    bq.create_dataset(f"{PROJECT}.events")
+    schema = [bigquery.SchemaField("name", "STRING"), bigquery.SchemaField("n", "INTEGER")]
+    bq.create_table(bigquery.Table(f"{PROJECT}.events.counts", schema=schema))
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic = publisher.create_topic(name=f"projects/{PROJECT}/topics/events").name
+    subscription = subscriber.create_subscription(name=f"projects/{PROJECT}/subscriptions/events", topic=topic).name
+    udf = bigquery_server.root / "udf.js"
+    udf.write_text(
+        "function transform(text) {\n"
+        "  var row = JSON.parse(text);\n"
+        "  if (row.skip) return null;\n"
+        "  row.name = row.name.toUpperCase();\n"
+        "  return JSON.stringify(row);\n"
+        "}\n"
+    )
+    job = (
+        templates(bigquery_server)
+        .launch(
+            projectId=PROJECT,
+            location="us-central1",
+            gcsPath=f"{GOOGLE}/PubSub_Subscription_to_BigQuery",
+            body={
+                "jobName": "pubsub-to-bigquery",
+                "parameters": {
+                    "inputSubscription": subscription,
+                    "outputTableSpec": f"{PROJECT}:events.counts",
+                    "javascriptTextTransformGcsPath": str(udf),
+                    "javascriptTextTransformFunctionName": "transform",
+                },
+            },
+        )
+        .execute()["job"]
+    )
+    assert job["type"] == "JOB_TYPE_STREAMING"
+    for data in (b'{"name": "a", "n": 1}', b'{"name": "b", "n": 2}', b'{"skip": true}', b"not json"):
+        publisher.publish(topic, data, origin="test").result(timeout=30)
+    wait_for("the rows", lambda: len(table_rows(bq, f"{PROJECT}.events.counts")) >= 2, START_S)
+    dead = f"{PROJECT}.events.counts_error_records"
+    wait_for("the dead letter", lambda: table_rows(bq, dead), START_S)
+    rows = sorted((row["name"], row["n"]) for row in table_rows(bq, f"{PROJECT}.events.counts"))
+    assert rows == [("A", 1), ("B", 2)]
+    [failure] = table_rows(bq, dead)
+    assert failure["payloadString"] == "not json" and failure["errorMessage"]
+    assert failure["attributes"] == [{"key": "origin", "value": "test"}]
+
+    api = Api(bigquery_server.url, PROJECT)
+    assert api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, job["id"], {"JOB_STATE_CANCELLED"}, timeout=START_S)
+
+
+def test_pubsub_to_bigquery_reads_a_topic_through_a_subscription_of_its_own(bigquery_server):
+    from google.cloud import bigquery, pubsub_v1
+
+    bq = bigquery_client()
+    bq.create_dataset(f"{PROJECT}.topic")
+    schema = [bigquery.SchemaField("name", "STRING"), bigquery.SchemaField("n", "INTEGER")]
+    bq.create_table(bigquery.Table(f"{PROJECT}.topic.counts", schema=schema))
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.create_topic(name=f"projects/{PROJECT}/topics/topic-events").name
+    job = (
+        templates(bigquery_server)
+        .launch(
+            projectId=PROJECT,
+            location="us-central1",
+            gcsPath=f"{GOOGLE}/PubSub_to_BigQuery",
+            body={
+                "jobName": "topic-to-bigquery",
+                "parameters": {
+                    "inputTopic": topic,
+                    "outputTableSpec": "topic.counts",  # in the job's project
+                    "outputDeadletterTable": f"{PROJECT}:topic.failures",
+                },
+            },
+        )
+        .execute()["job"]
+    )
+    wait_for("the reader's own subscription", lambda: list(publisher.list_topic_subscriptions(topic=topic)), START_S)
+    for data in (b'{"name": "a", "n": 1}', b"[1, 2]"):
+        publisher.publish(topic, data).result(timeout=30)
+    wait_for("the row", lambda: table_rows(bq, f"{PROJECT}.topic.counts"), START_S)
+    wait_for("the dead letter", lambda: table_rows(bq, f"{PROJECT}.topic.failures"), START_S)
+    assert [(row["name"], row["n"]) for row in table_rows(bq, f"{PROJECT}.topic.counts")] == [("a", 1)]
+    [failure] = table_rows(bq, f"{PROJECT}.topic.failures")
+    assert failure["payloadString"] == "[1, 2]" and "JSON object" in failure["errorMessage"]
+    api = Api(bigquery_server.url, PROJECT)
+    assert api.update(job["id"], {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200
+    wait_state(api, job["id"], {"JOB_STATE_DRAINED"}, timeout=START_S)
+
+
+def test_gcs_text_to_bigquery_makes_the_table_from_the_schema_file_and_appends_the_udfs_rows(bigquery_server):
+    data = bigquery_server.root / "text"
+    data.mkdir()
+    (data / "a.csv").write_text("Paris,ann,31\nOslo,bob,42\n")
+    (data / "b.csv").write_text("Rome,cy,7\n#skipped\n")
+    (data / "schema.json").write_text(
+        '{"BigQuery Schema": [{"name": "location", "type": "STRING"}, {"name": "name", "type": "STRING"},'
+        ' {"name": "age", "type": "INTEGER", "mode": "REQUIRED"}]}'
+    )
+    (data / "udf.js").write_text(
+        "function transform(line) {\n"
+        "  if (line.charAt(0) === '#') return null;\n"
+        "  var values = line.split(',');\n"
+        "  return JSON.stringify({location: values[0], name: values[1], age: parseInt(values[2])});\n"
+        "}\n"
+    )
+    job = (
+        templates(bigquery_server)
+        .launch(
+            projectId=PROJECT,
+            location="us-central1",
+            gcsPath=f"{GOOGLE}/GCS_Text_to_BigQuery",
+            body={
+                "jobName": "text-to-bigquery",
+                "parameters": {
+                    "inputFilePattern": str(data / "*.csv"),
+                    "JSONPath": str(data / "schema.json"),
+                    "outputTable": f"{PROJECT}:people.everyone",
+                    "bigQueryLoadingTemporaryDirectory": str(data / "tmp"),
+                    "javascriptTextTransformGcsPath": str(data / "udf.js"),
+                    "javascriptTextTransformFunctionName": "transform",
+                },
+            },
+        )
+        .execute()["job"]
+    )
+    assert job["type"] == "JOB_TYPE_BATCH"
+    bq = bigquery_client()
+    bq.create_dataset(f"{PROJECT}.people")  # the dataset must exist (as on BigQuery); the table is made
+    wait_state(Api(bigquery_server.url, PROJECT), job["id"], {"JOB_STATE_DONE"}, timeout=START_S)
+    table = bq.get_table(f"{PROJECT}.people.everyone")
+    assert [(f.name, f.field_type, f.mode) for f in table.schema] == [
+        ("location", "STRING", "NULLABLE"),
+        ("name", "STRING", "NULLABLE"),
+        ("age", "INTEGER", "REQUIRED"),
+    ]
+    rows = sorted((row["location"], row["name"], row["age"]) for row in table_rows(bq, f"{PROJECT}.people.everyone"))
+    assert rows == [("Oslo", "bob", 42), ("Paris", "ann", 31), ("Rome", "cy", 7)]

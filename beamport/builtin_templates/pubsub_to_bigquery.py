@@ -2,8 +2,9 @@
 that name (PubSubToBigQuery) does; PubSub_Subscription_to_BigQuery (pubsub_subscription_to_bigquery.py) is the
 same from a subscription.
 
-Parameters (Google's names): outputTableSpec (PROJECT:DATASET.TABLE, which must exist), inputTopic (or
-inputSubscription), outputDeadletterTable (default: outputTableSpec + "_error_records", made if missing),
+Parameters (Google's names): outputTableSpec (PROJECT:DATASET.TABLE, or DATASET.TABLE in the job's project:
+bigquery_tables.py; it must exist), inputTopic (or inputSubscription), outputDeadletterTable (default:
+outputTableSpec + "_error_records", made if missing),
 javascriptTextTransformGcsPath, javascriptTextTransformFunctionName (an optional JavaScript UDF applied to each
 message's data first; javascript_udf.py), javascriptTextTransformReloadIntervalMinutes (accepted).
 
@@ -26,6 +27,7 @@ from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamport.builtin_templates import add_parameters, run_as_template
+from beamport.builtin_templates.bigquery_tables import TableOf
 from beamport.builtin_templates.javascript_udf import UDF_PARAMETERS, JavascriptUdf
 from beamport.builtin_templates.pubsub_source import ReadPubSubParameters
 
@@ -113,16 +115,6 @@ def refused_row(failure) -> dict:
     return deadletter_row(json.dumps(row, sort_keys=True).encode(), {}, json.dumps(errors, default=str))
 
 
-class DeadletterTable:
-    """outputDeadletterTable, else outputTableSpec + "_error_records" (Google's default), at run time."""
-
-    def __init__(self, deadletter, output):
-        self.deadletter, self.output = deadletter, output
-
-    def __call__(self, unused_row) -> str:
-        return self.deadletter.get() or self.output.get() + DEADLETTER_SUFFIX
-
-
 def build_from(pipeline, options, use_subscription: bool):
     params = options.view_as(PubSubToBigQueryOptions)
     read = (
@@ -141,7 +133,7 @@ def build_from(pipeline, options, use_subscription: bool):
         ).with_outputs(FAILED, main="rows")
     )
     written = converted.rows | "WriteSuccessfulRecords" >> WriteToBigQuery(
-        table=params.outputTableSpec,
+        table=TableOf(params.outputTableSpec),
         method=WriteToBigQuery.Method.STREAMING_INSERTS,
         create_disposition=BigQueryDisposition.CREATE_NEVER,
         write_disposition=BigQueryDisposition.WRITE_APPEND,
@@ -153,7 +145,8 @@ def build_from(pipeline, options, use_subscription: bool):
         | "Flatten" >> beam.Flatten()
         | "WriteFailedRecords"
         >> WriteToBigQuery(
-            table=DeadletterTable(params.outputDeadletterTable, params.outputTableSpec),
+            # outputDeadletterTable, else Google's default: outputTableSpec + "_error_records".
+            table=TableOf(params.outputDeadletterTable, params.outputTableSpec, DEADLETTER_SUFFIX),
             schema=DEADLETTER_SCHEMA,
             method=WriteToBigQuery.Method.STREAMING_INSERTS,
             create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,

@@ -23,6 +23,7 @@ from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamport.builtin_templates import add_parameters, run_as_template
+from beamport.builtin_templates.bigquery_tables import TableOf
 from beamport.builtin_templates.files import ReadText, open_read
 from beamport.builtin_templates.javascript_udf import UDF_PARAMETERS, JavascriptUdf
 
@@ -106,7 +107,7 @@ def build(pipeline, options):
         | "TransformTextViaJavascript" >> beam.ParDo(LineToRow(udf))
         | "Insert into Bigquery"
         >> WriteToBigQuery(
-            table=params.outputTable,
+            table=TableOf(params.outputTable),
             schema=SchemaFromFile(params.JSONPath),
             method=WriteToBigQuery.Method.STREAMING_INSERTS,
             create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,

@@ -255,6 +255,10 @@ class TemplateService:
         for name, value in parameters.items():
             options[name] = value
         options["job_name"] = job_name
+        if resolved.startswith(BUILTIN_SCHEME):
+            # A built-in's file was written for a placeholder project: its jobs run in the launching one (Beam's
+            # IOs default to it, e.g. a BigQuery table named without a project).
+            options["project"] = project_id
         warnings = _apply_environment(environment, job_environment, options, job)
         job_environment["sdkPipelineOptions"] = {**job_environment["sdkPipelineOptions"], "options": options}
         given = ", ".join(sorted(parameters)) or "none"
