@@ -77,6 +77,20 @@ def test_google_paths_name_the_built_ins_and_refuse_what_is_not_there(pubsub_ser
         with pytest.raises(HttpError) as caught:
             client.launch(projectId=PROJECT, location="us-central1", gcsPath=path, body={"jobName": "nope"}).execute()
         assert caught.value.resp.status == status, path
+    # Google's flex templates are images: refused, naming the classic template of the same job.
+    flex = discovery_client(pubsub_server.url).projects().locations().flexTemplates()
+    with pytest.raises(HttpError) as caught:
+        flex.launch(
+            projectId=PROJECT,
+            location="us-central1",
+            body={
+                "launchParameter": {
+                    "jobName": "flex",
+                    "containerSpecGcsPath": f"{GOOGLE}/flex/PubSub_to_BigQuery_Flex",
+                }
+            },
+        ).execute()
+    assert caught.value.resp.status == 501 and "Launch the classic PubSub_to_BigQuery" in str(caught.value)
     # Google's parameter checks: a topic that is not one is refused before anything is created.
     with pytest.raises(HttpError) as caught:
         client.launch(

@@ -330,6 +330,24 @@ def builtin_path(gcs_path: str) -> str:
     return BUILTIN_SCHEME + name
 
 
+def refuse_google_flex_template(spec_path: str) -> None:
+    """flexTemplates.launch of Google's flex templates (gs://dataflow-templates/VERSION/flex/NAME): container
+    images Beamport does not run. UNIMPLEMENTED, naming the classic template of the same job when it has it."""
+    found = _GOOGLE_TEMPLATE.fullmatch(spec_path)
+    if found is None or not found.group("name").startswith("flex/"):
+        return
+    from beamport.builtin_templates import GOOGLE_PROVIDED
+
+    name = found.group("name").removeprefix("flex/")
+    classic = name.removesuffix("_Flex")
+    instead = (
+        f" Launch the classic {classic} instead (templates.launch, gcsPath=gs://dataflow-templates/latest/{classic})."
+        if classic in GOOGLE_PROVIDED
+        else f" Of Google's templates, Beamport runs the classic {', '.join(sorted(GOOGLE_PROVIDED))}."
+    )
+    raise unimplemented(f"Google's flex template {name} is a container image, which Beamport does not run.{instead}")
+
+
 def _check_builtin(name: str, templates) -> None:
     if name not in templates:
         raise not_found(
