@@ -159,19 +159,20 @@ def test_cloud_pubsub_to_gcs_text_writes_a_file_per_window_then_drains(pubsub_se
 
 @pytest.fixture(scope="module")
 def bigquery_server(tmp_path_factory):
-    """A server with Prism, and the Pub/Sub and BigQuery emulators, whose variables this process uses."""
+    """A server with Prism, and the Pub/Sub, BigQuery and GCS emulators, whose variables this process uses."""
     prism = required_path("BEAMPORT_TEST_PRISM", "builds Prism")
     need_emulator(emulators.PUBSUB)
     need_emulator(emulators.BIGQUERY)
+    need_emulator(emulators.GCS)
     monkeypatch = pytest.MonkeyPatch()
-    for variable in ("PUBSUB_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST"):
+    for variable in ("PUBSUB_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
         monkeypatch.delenv(variable, raising=False)
     root = tmp_path_factory.mktemp("google-bq-templates")
     srv = Server(
         root / "data",
         extra_args=(
             *("--allow-path", str(root), "--workers", "2", "--prism", str(prism)),
-            *("--emulators", "pubsub,bigquery"),
+            *("--emulators", "pubsub,bigquery,gcs"),
         ),
     ).start()
     srv.root = root
@@ -347,3 +348,47 @@ def test_gcs_text_to_bigquery_makes_the_table_from_the_schema_file_and_appends_t
     ]
     rows = sorted((row["location"], row["name"], row["age"]) for row in table_rows(bq, f"{PROJECT}.people.everyone"))
     assert rows == [("Oslo", "bob", 42), ("Paris", "ann", 31), ("Rome", "cy", 7)]
+
+
+def test_cloud_pubsub_to_gcs_text_writes_to_cloud_storage_with_dated_directories(bigquery_server):
+    """A topic read, and the windowed files in gs:// (the GCS emulator) under the window's date."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import pubsub_v1, storage
+
+    bucket = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).create_bucket("windowed-text")
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.create_topic(name=f"projects/{PROJECT}/topics/text-to-gcs").name
+    job = (
+        templates(bigquery_server)
+        .launch(
+            projectId=PROJECT,
+            location="us-central1",
+            gcsPath="gs://dataflow-templates-us-central1/latest/Cloud_PubSub_to_GCS_Text",
+            body={
+                "jobName": "pubsub-to-gcs",
+                "parameters": {
+                    "inputTopic": topic,
+                    "outputDirectory": "gs://windowed-text/out/{YYYY}/MM/",
+                    "yearPattern": "{YYYY}",
+                    "windowDuration": "5s",
+                },
+            },
+        )
+        .execute()["job"]
+    )
+    wait_for("the reader's own subscription", lambda: list(publisher.list_topic_subscriptions(topic=topic)), START_S)
+    publisher.publish(topic, b"hello").result(timeout=30)
+    publisher.publish(topic, b"world").result(timeout=30)
+
+    def written() -> dict[str, list[str]]:
+        return {b.name: b.download_as_text().splitlines() for b in bucket.list_blobs(prefix="out/")}
+
+    wait_for("the windowed files", lambda: sum(len(lines) for lines in written().values()) >= 2, START_S)
+    files = written()
+    assert sorted(line for lines in files.values() for line in lines) == ["hello", "world"]
+    for name in files:  # the default prefix, "output", in the window's year and month
+        year, month, file_name = name.removeprefix("out/").split("/")
+        assert len(year) == 4 and len(month) == 2 and file_name.startswith("output" + year), name
+    api = Api(bigquery_server.url, PROJECT)
+    assert api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, job["id"], {"JOB_STATE_CANCELLED"}, timeout=START_S)
