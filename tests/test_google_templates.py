@@ -371,6 +371,7 @@ def test_cloud_pubsub_to_gcs_text_writes_to_cloud_storage_with_dated_directories
                     "outputDirectory": "gs://windowed-text/out/{YYYY}/MM/",
                     "yearPattern": "{YYYY}",
                     "windowDuration": "5s",
+                    "numShards": "2",
                 },
             },
         )
@@ -381,14 +382,19 @@ def test_cloud_pubsub_to_gcs_text_writes_to_cloud_storage_with_dated_directories
     publisher.publish(topic, b"world").result(timeout=30)
 
     def written() -> dict[str, list[str]]:
-        return {b.name: b.download_as_text().splitlines() for b in bucket.list_blobs(prefix="out/")}
+        """The files written (not the temporary ones a rename, a copy and a delete on GCS, has yet to remove)."""
+        blobs = [b for b in bucket.list_blobs(prefix="out/") if "/.temp-beamport-" not in b.name]
+        return {b.name: b.download_as_text().splitlines() for b in blobs}
 
     wait_for("the windowed files", lambda: sum(len(lines) for lines in written().values()) >= 2, START_S)
+    temporary = lambda: [b.name for b in bucket.list_blobs(prefix="out/") if "/.temp-beamport-" in b.name]  # noqa: E731
+    wait_for("the temporary files gone", lambda: not temporary(), START_S)
     files = written()
     assert sorted(line for lines in files.values() for line in lines) == ["hello", "world"]
-    for name in files:  # the default prefix, "output", in the window's year and month
+    for name in files:  # the default prefix, "output", in the window's year and month; two shards
         year, month, file_name = name.removeprefix("out/").split("/")
         assert len(year) == 4 and len(month) == 2 and file_name.startswith("output" + year), name
+        assert file_name.endswith(("-pane-0-last-00-of-02", "-pane-0-last-01-of-02")), name
     api = Api(bigquery_server.url, PROJECT)
     assert api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
     wait_state(api, job["id"], {"JOB_STATE_CANCELLED"}, timeout=START_S)

@@ -3,20 +3,22 @@
 
 Parameters (Google's names): inputTopic or inputSubscription, outputDirectory, outputFilenamePrefix (default
 "output"), outputFilenameSuffix, outputShardTemplate (default "W-P-SS-of-NN"), windowDuration (default "5m":
-Ns, Nm or Nh), yearPattern, monthPattern, dayPattern, hourPattern, minutePattern, userTempLocation.
+Ns, Nm or Nh), numShards (default 1), yearPattern, monthPattern, dayPattern, hourPattern, minutePattern,
+userTempLocation.
 
 Each message's data is one line (UTF-8, a newline added), in the file of its fixed event-time window (event
 time: the publish time). A window's file is written when the watermark passes its end (a drain closes every
 open window): OUTPUT_DIRECTORY/PREFIX + the shard template + SUFFIX, where in the template W is the window
 (`2024-01-08T10:00:00.000Z-2024-01-08T10:05:00.000Z`), P the pane (`pane-0-last`), runs of S the shard number
 and runs of N the number of shards, zero-padded to the run's length; date patterns in the directory (YYYY, MM,
-dd, HH, mm, or the given ones) are the window's end, in UTC. One shard per window, as Google's default
-(`00-of-01`). A file is written under a temporary name and renamed into place, so a retried write replaces it
-whole.
+dd, HH, mm, or the given ones) are the window's end, in UTC. Each message goes to one of numShards shards at
+random, and each shard with messages is a file (one per window by default, `00-of-01`, as Google's). A file
+is written under a temporary name and renamed into place, so a retried write replaces it whole.
 """
 
 from __future__ import annotations
 
+import random
 import re
 import uuid
 
@@ -31,7 +33,6 @@ from beamport.builtin_templates import add_parameters, run_as_template
 from beamport.builtin_templates.files import check_output, create
 from beamport.builtin_templates.pubsub_source import ReadPubSubParameters
 
-NUM_SHARDS = 1
 _DURATION = re.compile(r"(\d+)([smh])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}
 
@@ -49,6 +50,7 @@ class PubSubToTextOptions(PipelineOptions):
                 "outputFilenameSuffix": {"default": "", "help": "The suffix of each windowed file."},
                 "outputShardTemplate": {"default": "W-P-SS-of-NN", "help": "The shard template."},
                 "windowDuration": {"default": "5m", "help": "The window size: Ns, Nm or Nh."},
+                "numShards": {"default": "1", "help": "The number of files per window (at most)."},
                 "userTempLocation": {"help": "Accepted for Google's parameters; files are written in place."},
                 "yearPattern": {"help": "The year pattern of the output directory (default YYYY)."},
                 "monthPattern": {"help": "The month pattern of the output directory (default MM)."},
@@ -57,6 +59,26 @@ class PubSubToTextOptions(PipelineOptions):
                 "minutePattern": {"help": "The minute pattern of the output directory (default mm)."},
             },
         )
+
+
+def shard_count(text: str | None) -> int:
+    """numShards: 0 (Google's "the runner decides") or none is one file per window."""
+    if not (text or "0").isdigit():
+        raise ValueError(f"numShards must be a whole number, not {text!r}.")
+    return max(int(text or "0"), 1)
+
+
+class AssignShard(beam.DoFn):
+    """data -> (shard, data), the shard at random among numShards."""
+
+    def __init__(self, shards):
+        self.shards = shards
+
+    def setup(self):
+        self.count = shard_count(self.shards.get())
+
+    def process(self, data: bytes):
+        yield random.randrange(self.count), data
 
 
 def parse_duration(text: str) -> int:
@@ -138,7 +160,7 @@ def dated_directory(directory: str, end, patterns: list[str | None]) -> str:
 class WriteWindowFile(beam.DoFn):
     """(shard, lines) of one window and pane -> that window's file, written whole."""
 
-    NAMES = ("outputDirectory", "outputFilenamePrefix", "outputFilenameSuffix", "outputShardTemplate")
+    NAMES = ("outputDirectory", "outputFilenamePrefix", "outputFilenameSuffix", "outputShardTemplate", "numShards")
     PATTERNS = ("yearPattern", "monthPattern", "dayPattern", "hourPattern", "minutePattern")
 
     def __init__(self, params):
@@ -154,7 +176,7 @@ class WriteWindowFile(beam.DoFn):
         template = value["outputShardTemplate"] or "W-P-SS-of-NN"
         name = (
             (value["outputFilenamePrefix"] or "")
-            + shard_name(template, shard, NUM_SHARDS, window_text, pane_text(pane))
+            + shard_name(template, shard, shard_count(value["numShards"]), window_text, pane_text(pane))
             + (value["outputFilenameSuffix"] or "")
         )
         target = f"{directory}/{name}"
@@ -173,7 +195,7 @@ def build(pipeline, options):
         pipeline
         | "Read PubSub Events" >> ReadPubSubParameters(params.inputTopic, params.inputSubscription)
         | "Window" >> beam.WindowInto(RuntimeFixedWindows(params.windowDuration))
-        | "Shard" >> beam.Map(lambda data: (0, data)).with_output_types(tuple[int, bytes])
+        | "Shard" >> beam.ParDo(AssignShard(params.numShards)).with_output_types(tuple[int, bytes])
         | "Group" >> beam.GroupByKey()
         | "Write File(s)" >> beam.ParDo(WriteWindowFile(params))
     )
