@@ -3,6 +3,7 @@ the same names and parameters, launched through google-api-python-client as on D
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,8 @@ def test_google_paths_name_the_built_ins_and_refuse_what_is_not_there(pubsub_ser
 
 
 def windowed_files(directory: Path) -> dict[str, list[str]]:
-    return {p.name: p.read_text().splitlines() for p in sorted(directory.glob("out-*.txt"))}
+    """The files written (in the windows' years' directories), by name."""
+    return {p.name: p.read_text().splitlines() for p in sorted(directory.glob("*/out-*.txt"))}
 
 
 def test_cloud_pubsub_to_gcs_text_writes_a_file_per_window_then_drains(pubsub_server):
@@ -123,7 +125,7 @@ def test_cloud_pubsub_to_gcs_text_writes_a_file_per_window_then_drains(pubsub_se
                 "jobName": "pubsub-to-text",
                 "parameters": {
                     "inputSubscription": subscription,
-                    "outputDirectory": f"{output}/",
+                    "outputDirectory": f"{output}/YYYY/",  # the window's year
                     "outputFilenamePrefix": "out-",
                     "outputFilenameSuffix": ".txt",
                     "windowDuration": "5s",
@@ -152,7 +154,8 @@ def test_cloud_pubsub_to_gcs_text_writes_a_file_per_window_then_drains(pubsub_se
     wait_state(api, job["id"], {"JOB_STATE_DRAINED"}, timeout=START_S)
     lines = sorted(line for lines in windowed_files(output).values() for line in lines)
     assert lines == ["last", "one", "three", "two"]
-    assert not list(output.glob(".temp-*")), "no temporary file is left behind"
+    assert not list(output.glob("*/.temp-*")), "no temporary file is left behind"
+    assert [p.name for p in output.iterdir()] == [str(time.gmtime().tm_year)]
     texts = [m["messageText"] for m in api.messages(job["id"]).json().get("jobMessages", [])]
     assert any("Google's provided template" in t for t in texts), texts
 

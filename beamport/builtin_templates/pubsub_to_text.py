@@ -18,6 +18,7 @@ is written under a temporary name and renamed into place, so a retried write rep
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import uuid
@@ -140,11 +141,19 @@ _DEFAULT_PATTERNS = (("YYYY", "%Y"), ("MM", "%m"), ("dd", "%d"), ("HH", "%H"), (
 def dated_directory(directory: str, end, patterns: list[str | None]) -> str:
     """The directory with its date patterns (the given ones, else Google's defaults) as the window's end.
     A given pattern may be wrapped in characters that are not letters, digits or '/' (`{YYYY}`): the whole
-    pattern is replaced. In a gs:// path, the bucket is left alone."""
+    pattern is replaced. In a gs:// path, the bucket is left alone (as Google's template does); in a local path,
+    the directories that exist (the machine's own, such as /home/emma, whose "mm" is no minute)."""
     bucket, path = "", directory
     if directory.startswith("gs://"):
         bucket_end = directory.index("/", 5) + 1 if "/" in directory[5:] else len(directory)
         bucket, path = directory[:bucket_end], directory[bucket_end:]
+    else:
+        parts = directory.split("/")
+        kept = next((n for n in range(len(parts), 0, -1) if os.path.isdir("/".join(parts[:n]) or "/")), 0)
+        if 0 < kept < len(parts):
+            bucket, path = "/".join(parts[:kept]) + "/", "/".join(parts[kept:])
+        elif kept:
+            bucket, path = directory, ""
     when = end.to_utc_datetime()
     for (default, strftime), given in zip(_DEFAULT_PATTERNS, patterns, strict=True):
         letters = re.sub(r"[^A-Za-z]", "", given) if given else default
