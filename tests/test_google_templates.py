@@ -248,16 +248,24 @@ def test_pubsub_subscription_to_bigquery_writes_json_messages_as_rows_and_failur
         .execute()["job"]
     )
     assert job["type"] == "JOB_TYPE_STREAMING"
-    for data in (b'{"name": "a", "n": 1}', b'{"name": "b", "n": 2}', b'{"skip": true}', b"not json"):
+    for data in (
+        b'{"name": "a", "n": 1}',
+        b'{"name": "b", "n": 2}',
+        b'{"skip": true}',
+        b"not json",
+        b'{"name": "c", "n": "many"}',
+    ):
         publisher.publish(topic, data, origin="test").result(timeout=30)
     wait_for("the rows", lambda: len(table_rows(bq, f"{PROJECT}.events.counts")) >= 2, START_S)
     dead = f"{PROJECT}.events.counts_error_records"
-    wait_for("the dead letter", lambda: table_rows(bq, dead), START_S)
+    wait_for("the dead letters", lambda: len(table_rows(bq, dead)) >= 2, START_S)
     rows = sorted((row["name"], row["n"]) for row in table_rows(bq, f"{PROJECT}.events.counts"))
     assert rows == [("A", 1), ("B", 2)]
-    [failure] = table_rows(bq, dead)
-    assert failure["payloadString"] == "not json" and failure["errorMessage"]
-    assert failure["attributes"] == [{"key": "origin", "value": "test"}]
+    # Not JSON: the message itself; a row BigQuery refused (n is no INTEGER): the row, with BigQuery's errors.
+    failures = {row["payloadString"]: row for row in table_rows(bq, dead)}
+    assert set(failures) == {'{"n": "many", "name": "C"}', "not json"}, failures
+    assert failures["not json"]["attributes"] == [{"key": "origin", "value": "test"}]
+    assert all(row["errorMessage"] for row in failures.values())
 
     api = Api(bigquery_server.url, PROJECT)
     assert api.update(job["id"], {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
