@@ -13,10 +13,17 @@ copies and deletes of WriteToText's rename) and the resumable uploads of Go's st
 runner stages its worker binary so). Pub/Sub is Google's own fake, pstest (cloud.google.com/go/pubsub/v2/pstest),
 as a server: a ten-line main in beamport/emulator_sources/pubsub (go.mod and go.sum pin its dependencies), built
 the same way. It keeps topics, subscriptions and messages in memory: they are gone when it restarts.
+
+BigQuery is bqemulator (PyPI; BigQuery's REST API over DuckDB), a Python program: installed once into a virtualenv
+of its own (it needs duckdb 1.x, Beamport pins 2.x) from beamport/emulator_sources/bigquery/requirements.txt,
+every package pinned, cached by the pins' hash under the same directory; its tables in a DuckDB file under
+DATA_DIR/emulators/bigquery.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +32,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -43,8 +51,8 @@ ENV_FILE = "emulators.env"
 # Beamport's own GCE metadata server (beamport/http/metadata.py), named among the emulators since clients find it
 # the same way: by variables in emulators.env.
 METADATA = "metadata"
-# Emulators planned (BigQuery): refused, saying so, until they exist.
-PLANNED = ("bigquery",)
+# Emulators planned: refused, saying so, until they exist.
+PLANNED: tuple[str, ...] = ()
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 # An emulator that dies this soon after it started is broken, not unlucky: serve stops restarting it.
@@ -61,27 +69,26 @@ class Patch:
     new: str
 
 
-@dataclass(frozen=True)
-class GoEmulator:
-    """An emulator built from its Go module (the module proxy's MODULE@VERSION, patched where `patches` say), or
-    from a main package of Beamport's own (`source`, with its go.mod and go.sum) that uses that module."""
+@dataclass(frozen=True, kw_only=True)
+class Emulator:
+    """What serve needs of any emulator: how it is named, found by clients, started and seen to answer."""
 
     name: str  # as --emulators names it
     variable: str  # the variable Google's clients find it by
-    module: str
     version: str  # pinned: what Beamport was tested with
     health_path: str = ""
-    patches: tuple[Patch, ...] = ()
-    # Names the patches (or Beamport's source) in the cached binary's name: a new one, a new build.
-    patch_level: str = ""
-    source: Path | None = None
 
     @property
     def binary(self) -> str:
-        return "-".join(filter(None, (self.module.rsplit("/", 1)[-1], self.version, self.patch_level)))
+        """The cached install's name (a file or a directory under the bin dir): a new version, a new install."""
+        raise NotImplementedError
 
     def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
         raise NotImplementedError
+
+    def environment(self, binary: Path) -> dict[str, str] | None:
+        """The emulator's environment (None: serve's own)."""
+        return None
 
     def value(self, port: int) -> str:
         """The variable's value for an emulator on this port."""
@@ -93,6 +100,39 @@ class GoEmulator:
             return httpx.get(self.value(port) + self.health_path, timeout=2).status_code == 200
         except httpx.TransportError:
             return False
+
+
+@dataclass(frozen=True, kw_only=True)
+class GoEmulator(Emulator):
+    """An emulator built from its Go module (the module proxy's MODULE@VERSION, patched where `patches` say), or
+    from a main package of Beamport's own (`source`, with its go.mod and go.sum) that uses that module."""
+
+    module: str
+    patches: tuple[Patch, ...] = ()
+    # Names the patches (or Beamport's source) in the cached binary's name: a new one, a new build.
+    patch_level: str = ""
+    source: Path | None = None
+
+    @property
+    def binary(self) -> str:
+        return "-".join(filter(None, (self.module.rsplit("/", 1)[-1], self.version, self.patch_level)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PythonEmulator(Emulator):
+    """An emulator that is a Python program: installed into a virtualenv of its own (its dependencies may clash
+    with Beamport's) from a requirements file pinning every package, once per set of pins and Python version."""
+
+    requirements: Path
+    executable: str  # the program in the venv's bin/
+
+    @property
+    def binary(self) -> str:
+        pins = f"{sys.version_info.major}.{sys.version_info.minor}\n{self.requirements.read_text()}"
+        return f"{self.executable}-{self.version}-{hashlib.sha256(pins.encode()).hexdigest()[:12]}"
+
+    def prepare(self, venv: Path) -> None:
+        """What the installed venv needs before its first start (run once, at install)."""
 
 
 class FakeGcsServer(GoEmulator):
@@ -159,7 +199,54 @@ PUBSUB = PubSubFake(
     source=Path(__file__).parent / "emulator_sources" / "pubsub",
     patch_level="beamport1",
 )
-EMULATORS: dict[str, GoEmulator] = {GCS.name: GCS, PUBSUB.name: PUBSUB}
+
+
+class BigQueryEmulator(PythonEmulator):
+    """bqemulator: BigQuery's REST API (and the Storage API's gRPC) over a DuckDB file in its state directory.
+
+    It loads DuckDB's spatial extension at start (GEOGRAPHY) and would download it from extensions.duckdb.org;
+    the pinned duckdb-extension-spatial wheel carries it, installed at `prepare` into the extension directory
+    of a home of the venv's own (DuckDB looks under $HOME/.duckdb), which the emulator runs with: it starts
+    offline. (The avro extension, which it loads best-effort for Avro loads, is not there: Avro loads are
+    refused.)"""
+
+    def home(self, binary: Path) -> Path:
+        return binary.parent.parent / "home"  # binary: VENV/bin/bqemulator
+
+    def prepare(self, venv: Path) -> None:
+        install_spatial = (
+            "import pathlib, duckdb, duckdb_extension_spatial as s\n"
+            "[path] = pathlib.Path(s.__file__).parent.glob('extensions/*/spatial.duckdb_extension')\n"
+            "duckdb.connect().execute(f\"INSTALL '{path}'\")\n"
+        )
+        home = self.home(venv / "bin" / self.executable)
+        home.mkdir(exist_ok=True)
+        _run([str(venv / "bin" / "python"), "-c", install_spatial], {**os.environ, "HOME": str(home)}, venv)
+
+    def environment(self, binary: Path) -> dict[str, str] | None:
+        return {**os.environ, "HOME": str(self.home(binary))}
+
+    def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
+        return [
+            str(binary),
+            "start",
+            *("--rest-host", "127.0.0.1", "--rest-port", str(port)),
+            # The Storage API's gRPC: Beam's BigQueryReadClient takes no endpoint, so nothing here names it.
+            *("--grpc-host", "127.0.0.1", "--grpc-port", "0"),
+            *("--persistent", "--data-dir", str(state_dir)),
+            *("--log-level", "warning"),
+        ]
+
+
+BIGQUERY = BigQueryEmulator(
+    name="bigquery",
+    variable="BIGQUERY_EMULATOR_HOST",
+    version="1.4.0",
+    health_path="/healthz",
+    requirements=Path(__file__).parent / "emulator_sources" / "bigquery" / "requirements.txt",
+    executable="bqemulator",
+)
+EMULATORS: dict[str, Emulator] = {GCS.name: GCS, PUBSUB.name: PUBSUB, BIGQUERY.name: BIGQUERY}
 NAMES = (*EMULATORS, METADATA)
 
 
@@ -184,7 +271,54 @@ def default_bin_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get("HOME") or Path.home()) / ".cache" / "beamport" / "bin"
 
 
-def install(emulator: GoEmulator, bin_dir: Path) -> Path:
+def install(emulator: Emulator, bin_dir: Path) -> Path:
+    """The emulator's program, built or installed now if this version is not cached yet (minutes, once)."""
+    if isinstance(emulator, PythonEmulator):
+        return _install_venv(emulator, bin_dir)
+    assert isinstance(emulator, GoEmulator)
+    return _build_go(emulator, bin_dir)
+
+
+def _install_venv(emulator: PythonEmulator, bin_dir: Path) -> Path:
+    """VENV/bin/PROGRAM, the venv made now if it is not complete yet. Made where it stays (a venv's scripts name
+    its path), under a lock (two servers installing at once), marked complete last."""
+    venv = bin_dir / emulator.binary
+    program = venv / "bin" / emulator.executable
+    complete = venv / "complete"
+    if complete.is_file():
+        return program
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    with open(bin_dir / f".{emulator.binary}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if complete.is_file():
+            return program
+        log.info(
+            "Installing the %s emulator %s %s (once; cached at %s)...",
+            emulator.name,
+            emulator.executable,
+            emulator.version,
+            venv,
+        )
+        started = time.monotonic()
+        shutil.rmtree(venv, ignore_errors=True)  # a half-made one
+        _run([sys.executable, "-m", "venv", str(venv)], dict(os.environ), bin_dir)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        # Every package is pinned in the file: --no-deps installs exactly those, nothing resolved anew.
+        _run([*pip, "--no-deps", "-r", str(emulator.requirements)], dict(os.environ), bin_dir)
+        emulator.prepare(venv)
+        complete.touch()
+    log.info("Installed %s in %.0f s", venv, time.monotonic() - started)
+    return program
+
+
+def _run(command: list[str], env: dict[str, str], cwd: Path) -> str:
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise EmulatorError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def _build_go(emulator: GoEmulator, bin_dir: Path) -> Path:
     """The emulator's binary, built now if this version is not cached yet (minutes, once)."""
     target = bin_dir / emulator.binary
     if target.is_file():
@@ -232,10 +366,7 @@ def install(emulator: GoEmulator, bin_dir: Path) -> Path:
 
 
 def _go(go: str, args: list[str], env: dict[str, str], cwd: Path) -> str:
-    done = subprocess.run([go, *args], env=env, cwd=cwd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise EmulatorError(f"go {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return done.stdout
+    return _run([go, *args], env, cwd)
 
 
 class EmulatorError(Exception):
@@ -245,7 +376,7 @@ class EmulatorError(Exception):
 class EmulatorProcess:
     """One emulator, supervised: started again on the same port if it dies, until stop()."""
 
-    def __init__(self, emulator: GoEmulator, binary: Path, state_dir: Path, log_path: Path):
+    def __init__(self, emulator: Emulator, binary: Path, state_dir: Path, log_path: Path):
         self.emulator, self.binary, self.state_dir, self.log_path = emulator, binary, state_dir, log_path
         self.port = free_loopback_port()
         self._stopping = threading.Event()
@@ -274,7 +405,12 @@ class EmulatorProcess:
             command = command[3:]
         with open(self.log_path, "ab") as out:
             return subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self.emulator.environment(self.binary),
             )
 
     def _up_or_over(self, process: subprocess.Popen) -> Callable[[], bool]:

@@ -31,13 +31,13 @@ def env(data_dir: DataDir = Path("beamport-data")) -> None:
 
 @app.command("install")
 def install(
-    names: Annotated[list[str] | None, typer.Argument(help="Emulators to build (default: all).")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Emulators to build or install (default: all).")] = None,
     bin_dir: Annotated[
         Path | None,
         typer.Option(envvar="BEAMPORT_EMULATOR_BIN_DIR", help="Where they are cached (default ~/.cache/beamport/bin)."),
     ] = None,
 ) -> None:
-    """Build the emulators now (once per version; `serve` does it on first use) and print their paths."""
+    """Build or install the emulators now (once per version; `serve` does it on first use) and print their paths."""
     try:
         chosen = [n for n in emulators.parse_names(names or list(emulators.EMULATORS)) if n in emulators.EMULATORS]
         for name in chosen:

@@ -212,8 +212,9 @@ def serve(
     emulators: str | None = typer.Option(
         None,
         help="Google service emulators to run beside the API, comma-separated: gcs (a GCS endpoint), pubsub (a "
-        "Pub/Sub endpoint, in memory), metadata (a GCE metadata server handing out tokens on loopback); their "
-        "variables go to DATA_DIR/emulators.env (or BEAMPORT_EMULATORS; docs/emulators.md).",
+        "Pub/Sub endpoint, in memory), bigquery (a BigQuery endpoint), metadata (a GCE metadata server handing "
+        "out tokens on loopback); their variables go to DATA_DIR/emulators.env (or BEAMPORT_EMULATORS; "
+        "docs/emulators.md).",
     ),
     emulator_bin_dir: Path | None = typer.Option(
         None, help="Where emulators are built and cached (default ~/.cache/beamport/bin; or BEAMPORT_EMULATOR_BIN_DIR)."

@@ -38,6 +38,7 @@ from apache_beam.portability import python_urns
 from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiMetrics
+from apache_beam.runners.worker.sdk_worker_main import _import_beam_plugins
 from apache_beam.transforms import environments
 from apache_beam.utils import timestamp
 from google.protobuf import struct_pb2
@@ -130,6 +131,10 @@ class EmbeddedEngine(Engine):
                 pickler.set_library(options.view_as(SetupOptions).pickle_library)
             except (ImportError, ValueError) as exc:  # e.g. pickle_library=dill, and dill is not installed here
                 return RunResult(FAILED, str(exc))
+            if parallelism.mode == THREADS:
+                # The SDK workers are this process: it imports the job's Beam plugins as sdk_worker_main does
+                # (Beamport's own among them: beamport/io/bigquery.py).
+                _import_beam_plugins(options.view_as(SetupOptions).beam_plugins or [])
             if parallelism.mode == THREADS and job.main_session:
                 # As Dataflow's SDK harness does before running anything (sdk_worker_main._load_main_session);
                 # worker subprocesses load it themselves from SEMI_PERSISTENT_DIRECTORY.

@@ -11,7 +11,9 @@ Also as Beam's boot program does, it fetches the environment's artifacts (what s
 packages: pure-Python wheels and the main session, beamport.engine.portable.staged_artifacts) into the
 worker's staged directory, where `sdk_worker_main` loads the main session, and puts the wheels on its
 PYTHONPATH. The worker's logs go to the Beamport engine that runs the job when the job names its logging
-service (the option `beamport_logging_endpoint`, reachable), else to the runner's.
+service (the option `beamport_logging_endpoint`, reachable), else to the runner's. The BigQuery endpoint the
+job was staged with (the option `beamport_bigquery_endpoint`) becomes the worker's BIGQUERY_EMULATOR_HOST,
+for the job's BigQuery plugin (beamport/io/bigquery.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import argparse
 import os
 import shutil
 import sys
+
+from beamport.io import bigquery
 
 # The pipeline option naming the Fn API logging service of the Beamport engine that runs the job.
 LOGGING_ENDPOINT_OPTION = "beamport_logging_endpoint"
@@ -61,10 +65,15 @@ def main(argv: list[str]) -> None:
     os.makedirs(semi_persistent, exist_ok=True)
     wheels = fetch_artifacts(info, descriptor(info.artifact_endpoint, args.artifact_endpoint), semi_persistent)
     logging_endpoint = descriptor(info.logging_endpoint, args.logging_endpoint)
-    beamport_logs = _option(json_format.MessageToDict(info.pipeline_options), LOGGING_ENDPOINT_OPTION)
+    options = json_format.MessageToDict(info.pipeline_options)
+    beamport_logs = _option(options, LOGGING_ENDPOINT_OPTION)
     if beamport_logs and _reachable(beamport_logs):
         logging_endpoint = descriptor(endpoints_pb2.ApiServiceDescriptor(url=beamport_logs), "")
     env = dict(os.environ)
+    # The BigQuery endpoint the job was staged with (the server's, which this pool may not have: Flink's).
+    bigquery_endpoint = _option(options, bigquery.ENDPOINT_OPTION)
+    if bigquery_endpoint:
+        env[bigquery.VARIABLE] = bigquery_endpoint
     env.update(
         PIPELINE_OPTIONS=json_format.MessageToJson(info.pipeline_options),
         CONTROL_API_SERVICE_DESCRIPTOR=descriptor(info.control_endpoint, args.control_endpoint),
@@ -89,6 +98,7 @@ def main(argv: list[str]) -> None:
                 "SEMI_PERSISTENT_DIRECTORY",
                 "RUNNER_CAPABILITIES",
                 "PYTHONPATH",
+                bigquery.VARIABLE,
             )
             if k in env
         }

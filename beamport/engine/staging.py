@@ -17,6 +17,10 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
 - Windowed values carried as element values with a window coder only an SDK knows (Beam Python's Reshuffle on
   non-global windows since 2.65, WriteToBigQuery's among them): made opaque to the engine with a length prefix
   (engine/reshuffle_staging.py), which Prism and Flink otherwise decode wrongly.
+- Beam's BigQuery I/O (ordinary Python transforms): when the server has a BigQuery endpoint
+  (BIGQUERY_EMULATOR_HOST), a Beam plugin in the options points every Python SDK worker's BigQuery clients at
+  it, and an option carries the endpoint to workers that do not inherit the server's environment
+  (beamport/io/bigquery.py).
 - packages (environment.workerPools[].packages):
   - pickled_main_session: loaded before the run, as Dataflow's SDK harness does;
   - a wheel or sdist whose distribution is already installed at that version: nothing to do;
@@ -66,6 +70,7 @@ from beamport.engine.staged_files import (
 )
 from beamport.errors import ApiError
 from beamport.files import FilePolicy, gcs_resource_as_url, scheme_of
+from beamport.io import bigquery
 
 MAIN_SESSION = "pickled_main_session"
 REQUIREMENTS = "requirements.txt"
@@ -185,6 +190,8 @@ def stage_job(
         # Beam Go's runner keeps the program's flags beside `options`; its worker reads them back under the
         # same name from the options the runner provisions (a portable runner's options are beam:option:K:v1).
         options["go_options"] = go_options
+    if rewritten:
+        _reach_bigquery(options)
     staged = StagedJob(
         job_id=job.get("id", ""),
         job_type=job_type,
@@ -297,6 +304,20 @@ def rewrite_python_environments(
                 "(cross-language transforms are not supported).",
             )
     return rewritten
+
+
+def _reach_bigquery(options: dict) -> None:
+    """With a BigQuery endpoint in this process's environment (the server's BIGQUERY_EMULATOR_HOST), the job's
+    Python SDK workers point Beam's BigQuery I/O at it: through a Beam plugin every worker imports at start,
+    and an option carrying the endpoint to workers that do not inherit the server's environment
+    (beamport/io/bigquery.py)."""
+    endpoint = os.environ.get(bigquery.VARIABLE)
+    if not endpoint:
+        return
+    plugins = options.get("beam_plugins") or []
+    if bigquery.PLUGIN not in plugins:
+        options["beam_plugins"] = [*plugins, bigquery.PLUGIN]
+    options[bigquery.ENDPOINT_OPTION] = endpoint
 
 
 def _replace_pubsub(pipeline: beam_runner_api_pb2.Pipeline, python_environments: list[str], engine) -> None:

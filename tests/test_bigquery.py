@@ -1,0 +1,110 @@
+"""BigQuery on Beamport: `serve --emulators gcs,bigquery` runs bqemulator (docs/emulators.md), Google's BigQuery
+client works against it, and an unchanged batch pipeline submitted by Beam's DataflowRunner (gs:// text ->
+WriteToBigQuery) writes its rows there from every engine's SDK workers (docs/google-services.md)."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+from conftest import Api, Server, required_path
+from test_emulators import need_emulator, read_env, storage_client
+from test_running_jobs import dataflow_flags, run
+from test_streaming import PIPELINES
+
+from beamport import emulators
+
+pytestmark = pytest.mark.slow
+VARIABLES = ("STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
+LINES = [f"word{i},{i}" for i in range(20)]
+
+
+@pytest.fixture(scope="module")
+def bq_server(tmp_path_factory):
+    """A server with workers, the GCS and BigQuery emulators and Prism (when there is one), the emulators'
+    variables in this process's environment (as a client's)."""
+    need_emulator(emulators.GCS)
+    need_emulator(emulators.BIGQUERY)
+    base = tmp_path_factory.mktemp("bigquery")
+    saved = {name: os.environ.pop(name) for name in VARIABLES if name in os.environ}
+    prism = os.environ.get("BEAMPORT_TEST_PRISM")
+    engine_args = ("--prism", prism) if prism else ()
+    srv = Server(
+        base / "data",
+        extra_args=("--allow-path", str(base), "--workers", "1", *engine_args, "--emulators", "gcs,bigquery"),
+    ).start()
+    srv.root = base
+    os.environ.update(read_env(srv.data_dir))
+    yield srv
+    srv.stop()
+    for name in VARIABLES:
+        os.environ.pop(name, None)
+    os.environ.update(saved)
+
+
+def bigquery_client(project: str):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    return bigquery.Client(project=project, credentials=AnonymousCredentials())  # reads BIGQUERY_EMULATOR_HOST
+
+
+def test_googles_client_creates_inserts_and_queries(bq_server, project):
+    from google.cloud import bigquery
+
+    assert read_env(bq_server.data_dir)["BIGQUERY_EMULATOR_HOST"].startswith("http://127.0.0.1:")
+    client = bigquery_client(project)
+    client.create_dataset("shop")
+    schema = [bigquery.SchemaField("item", "STRING"), bigquery.SchemaField("price", "INTEGER")]
+    table = client.create_table(bigquery.Table(f"{project}.shop.sales", schema=schema))
+    assert client.insert_rows_json(table, [{"item": "tea", "price": 3}, {"item": "cake", "price": 5}]) == []
+    rows = client.query(f"SELECT item, price FROM `{project}.shop.sales` ORDER BY price").result()
+    assert [(r.item, r.price) for r in rows] == [("tea", 3), ("cake", 5)]
+    # Its tables are in the data dir's DuckDB file, which a restart of the emulator keeps.
+    assert list((bq_server.data_dir / "emulators" / "bigquery").glob("*.duckdb"))
+    (emulator,) = [
+        p
+        for p in psutil.Process(bq_server.process.pid).children(recursive=True)
+        if any("bqemulator" in part for part in p.cmdline()[:2])
+    ]
+    assert "--persistent" in emulator.cmdline()
+
+
+def write_table(server: Server, project: str, tmp_path, engine: str, method: str) -> list[tuple[str, int]]:
+    """Run the pipeline (gs:// text -> WriteToBigQuery) on `engine`; answer the table's rows."""
+    bucket = storage_client().create_bucket(f"bq-{project}")
+    bucket.blob("in-1.txt").upload_from_string("\n".join(LINES[:10]) + "\n")
+    bucket.blob("in-2.txt").upload_from_string("\n".join(LINES[10:]) + "\n")
+    client = bigquery_client(project)
+    client.create_dataset("words")
+    gs = f"gs://{bucket.name}"
+    flags = [f for f in dataflow_flags(server, project, tmp_path, "to-bigquery") if "_location=" not in f]
+    flags += [f"--temp_location={gs}/temp", f"--staging_location={gs}/staging", f"--labels=beamport_engine={engine}"]
+    table = f"{project}:words.counts"
+    run(
+        [
+            str(PIPELINES / "text_to_bigquery.py"),
+            f"--input={gs}/in*.txt",
+            f"--table={table}",
+            f"--method={method}",
+            *flags,
+        ],
+        timeout=600,
+    )
+    (job,) = Api(server.url, project).all_jobs()
+    assert job["currentState"] == "JOB_STATE_DONE"
+    rows = client.query(f"SELECT word, count FROM `{project}.words.counts`").result()
+    return sorted((r.word, r.count) for r in rows)
+
+
+EXPECTED = sorted((line.split(",")[0], int(line.split(",")[1])) for line in LINES)
+
+
+def test_a_batch_pipeline_writes_bigquery_with_streaming_inserts_on_the_embedded_engine(bq_server, project, tmp_path):
+    assert write_table(bq_server, project, tmp_path, "embedded", "STREAMING_INSERTS") == EXPECTED
+
+
+def test_a_batch_pipeline_writes_bigquery_with_streaming_inserts_on_prism(bq_server, project, tmp_path):
+    required_path("BEAMPORT_TEST_PRISM", "builds Prism")
+    assert write_table(bq_server, project, tmp_path, "prism", "STREAMING_INSERTS") == EXPECTED
