@@ -86,7 +86,7 @@ class Emulator:
     def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
         raise NotImplementedError
 
-    def environment(self, binary: Path) -> dict[str, str] | None:
+    def environment(self, binary: Path, state_dir: Path) -> dict[str, str] | None:
         """The emulator's environment (None: serve's own)."""
         return None
 
@@ -207,8 +207,8 @@ class BigQueryEmulator(PythonEmulator):
     It loads DuckDB's spatial extension at start (GEOGRAPHY) and would download it from extensions.duckdb.org;
     the pinned duckdb-extension-spatial wheel carries it, installed at `prepare` into the extension directory
     of a home of the venv's own (DuckDB looks under $HOME/.duckdb), which the emulator runs with: it starts
-    offline. (The avro extension, which it loads best-effort for Avro loads, is not there: Avro loads are
-    refused.)"""
+    offline. (The avro extension, which it would fetch at each start for Avro loads, is not there and not
+    fetched: Avro loads are refused.) Load jobs read gs:// URIs as the gcs emulator's files."""
 
     def home(self, binary: Path) -> Path:
         return binary.parent.parent / "home"  # binary: VENV/bin/bqemulator
@@ -223,8 +223,16 @@ class BigQueryEmulator(PythonEmulator):
         home.mkdir(exist_ok=True)
         _run([str(venv / "bin" / "python"), "-c", install_spatial], {**os.environ, "HOME": str(home)}, venv)
 
-    def environment(self, binary: Path) -> dict[str, str] | None:
-        return {**os.environ, "HOME": str(self.home(binary))}
+    def environment(self, binary: Path, state_dir: Path) -> dict[str, str] | None:
+        return {
+            **os.environ,
+            "HOME": str(self.home(binary)),
+            # Load jobs' gs:// URIs are files under this root (gs://BUCKET/OBJECT: ROOT/BUCKET/OBJECT), which is
+            # how the gcs emulator (fake-gcs-server's filesystem backend) keeps its objects.
+            "BQEMU_GCS_LOCAL_ROOT": str(state_dir.parent / GCS.name),
+            # No DuckDB avro extension here (and no download of it at each start, offline): Avro loads refused.
+            "BQEMU_ENABLE_FORMAT_EXTENSIONS": "false",
+        }
 
     def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
         return [
@@ -410,7 +418,7 @@ class EmulatorProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env=self.emulator.environment(self.binary),
+                env=self.emulator.environment(self.binary, self.state_dir),
             )
 
     def _up_or_over(self, process: subprocess.Popen) -> Callable[[], bool]:

@@ -71,40 +71,30 @@ def test_googles_client_creates_inserts_and_queries(bq_server, project):
     assert "--persistent" in emulator.cmdline()
 
 
-def write_table(server: Server, project: str, tmp_path, engine: str, method: str) -> list[tuple[str, int]]:
-    """Run the pipeline (gs:// text -> WriteToBigQuery) on `engine`; answer the table's rows."""
+EXPECTED = sorted((line.split(",")[0], int(line.split(",")[1])) for line in LINES)
+
+
+@pytest.mark.parametrize("method", ["STREAMING_INSERTS", "FILE_LOADS"])
+@pytest.mark.parametrize("engine", ["embedded", "prism"])
+def test_a_batch_pipeline_from_gcs_text_to_bigquery(bq_server, project, tmp_path, engine, method):
+    """ReadFromText(gs://...) -> WriteToBigQuery, unchanged, on the engine's SDK workers: insertAll through
+    google-cloud-bigquery's Client, or files on GCS and a load job through apitools' BigqueryV2."""
+    if engine == "prism":
+        required_path("BEAMPORT_TEST_PRISM", "builds Prism")
     bucket = storage_client().create_bucket(f"bq-{project}")
     bucket.blob("in-1.txt").upload_from_string("\n".join(LINES[:10]) + "\n")
     bucket.blob("in-2.txt").upload_from_string("\n".join(LINES[10:]) + "\n")
     client = bigquery_client(project)
     client.create_dataset("words")
     gs = f"gs://{bucket.name}"
-    flags = [f for f in dataflow_flags(server, project, tmp_path, "to-bigquery") if "_location=" not in f]
+    flags = [f for f in dataflow_flags(bq_server, project, tmp_path, "to-bigquery") if "_location=" not in f]
     flags += [f"--temp_location={gs}/temp", f"--staging_location={gs}/staging", f"--labels=beamport_engine={engine}"]
-    table = f"{project}:words.counts"
-    run(
-        [
-            str(PIPELINES / "text_to_bigquery.py"),
-            f"--input={gs}/in*.txt",
-            f"--table={table}",
-            f"--method={method}",
-            *flags,
-        ],
-        timeout=600,
-    )
-    (job,) = Api(server.url, project).all_jobs()
+    pipeline = [str(PIPELINES / "text_to_bigquery.py"), f"--input={gs}/in*.txt", f"--method={method}"]
+    run([*pipeline, f"--table={project}:words.counts", *flags], timeout=600)
+
+    (job,) = Api(bq_server.url, project).all_jobs()
     assert job["currentState"] == "JOB_STATE_DONE"
     rows = client.query(f"SELECT word, count FROM `{project}.words.counts`").result()
-    return sorted((r.word, r.count) for r in rows)
-
-
-EXPECTED = sorted((line.split(",")[0], int(line.split(",")[1])) for line in LINES)
-
-
-def test_a_batch_pipeline_writes_bigquery_with_streaming_inserts_on_the_embedded_engine(bq_server, project, tmp_path):
-    assert write_table(bq_server, project, tmp_path, "embedded", "STREAMING_INSERTS") == EXPECTED
-
-
-def test_a_batch_pipeline_writes_bigquery_with_streaming_inserts_on_prism(bq_server, project, tmp_path):
-    required_path("BEAMPORT_TEST_PRISM", "builds Prism")
-    assert write_table(bq_server, project, tmp_path, "prism", "STREAMING_INSERTS") == EXPECTED
+    assert sorted((r.word, r.count) for r in rows) == EXPECTED
+    loads = [j for j in client.list_jobs(project=project) if j.job_type == "load"]
+    assert bool(loads) == (method == "FILE_LOADS")
