@@ -5,6 +5,7 @@ WriteToBigQuery) writes its rows there from every engine's SDK workers (docs/goo
 from __future__ import annotations
 
 import os
+import time
 
 import psutil
 import pytest
@@ -63,12 +64,31 @@ def test_googles_client_creates_inserts_and_queries(bq_server, project):
     assert [(r.item, r.price) for r in rows] == [("tea", 3), ("cake", 5)]
     # Its tables are in the data dir's DuckDB file, which a restart of the emulator keeps.
     assert list((bq_server.data_dir / "emulators" / "bigquery").glob("*.duckdb"))
-    (emulator,) = [
+
+
+def bqemulator_processes(server: Server) -> list[psutil.Process]:
+    assert server.process is not None
+    return [
         p
-        for p in psutil.Process(bq_server.process.pid).children(recursive=True)
-        if any("bqemulator" in part for part in p.cmdline()[:2])
+        for p in psutil.Process(server.process.pid).children(recursive=True)
+        if any(part.endswith("/bqemulator") for part in p.cmdline()[:2])
     ]
-    assert "--persistent" in emulator.cmdline()
+
+
+def test_the_emulator_started_again_keeps_its_tables(bq_server, project):
+    client = bigquery_client(project)
+    client.create_dataset("kept")
+    client.query(f"CREATE TABLE `{project}.kept.t` AS SELECT 'x' AS name, 1 AS n").result()
+    (emulator,) = bqemulator_processes(bq_server)
+    emulator.kill()
+    emulator.wait(30)
+    endpoint = read_env(bq_server.data_dir)["BIGQUERY_EMULATOR_HOST"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not emulators.BIGQUERY.healthy(int(endpoint.rsplit(":", 1)[1])):
+        time.sleep(0.1)
+    (again,) = bqemulator_processes(bq_server)
+    assert again.pid != emulator.pid
+    assert [tuple(r.values()) for r in client.query(f"SELECT name, n FROM `{project}.kept.t`").result()] == [("x", 1)]
 
 
 EXPECTED = sorted((line.split(",")[0], int(line.split(",")[1])) for line in LINES)
