@@ -12,7 +12,7 @@ import pytest
 from conftest import Api, Server, required_path
 from test_emulators import need_emulator, read_env, storage_client
 from test_running_jobs import dataflow_flags, run
-from test_streaming import PIPELINES
+from test_streaming import PIPELINES, flink_args, flink_endpoints
 
 from beamport import emulators
 
@@ -23,7 +23,7 @@ LINES = [f"word{i},{i}" for i in range(20)]
 
 @pytest.fixture(scope="module")
 def bq_server(tmp_path_factory):
-    """A server with workers, the GCS and BigQuery emulators and Prism (when there is one), the emulators'
+    """A server with workers, the GCS and BigQuery emulators, Prism and Flink (when there are), the emulators'
     variables in this process's environment (as a client's)."""
     need_emulator(emulators.GCS)
     need_emulator(emulators.BIGQUERY)
@@ -31,6 +31,8 @@ def bq_server(tmp_path_factory):
     saved = {name: os.environ.pop(name) for name in VARIABLES if name in os.environ}
     prism = os.environ.get("BEAMPORT_TEST_PRISM")
     engine_args = ("--prism", prism) if prism else ()
+    if os.environ.get("BEAMPORT_TEST_FLINK_ENV"):
+        engine_args += flink_args(flink_endpoints())
     srv = Server(
         base / "data",
         extra_args=("--allow-path", str(base), "--workers", "1", *engine_args, "--emulators", "gcs,bigquery"),
@@ -118,3 +120,23 @@ def test_a_batch_pipeline_from_gcs_text_to_bigquery(bq_server, project, tmp_path
     assert sorted((r.word, r.count) for r in rows) == EXPECTED
     loads = [j for j in client.list_jobs(project=project) if j.job_type == "load"]
     assert bool(loads) == (method == "FILE_LOADS")
+
+
+@pytest.mark.xdist_group("flink")  # one Flink job at a time, as test_streaming
+def test_a_batch_pipeline_to_bigquery_on_flinks_sdk_workers(bq_server, project):
+    """Flink's SDK worker pool does not inherit the server's environment: its workers reach the emulator by the
+    endpoint the job carries (engine/sdk_boot.py). (Text from a local file: the pool has no GCS endpoint.)"""
+    flink_endpoints()
+    workdir = bq_server.root / project  # an allowed path
+    workdir.mkdir()
+    (workdir / "in.txt").write_text("\n".join(LINES) + "\n")
+    client = bigquery_client(project)
+    client.create_dataset("words")
+    flags = [*dataflow_flags(bq_server, project, workdir, "to-bigquery"), "--labels=beamport_engine=flink"]
+    pipeline = [str(PIPELINES / "text_to_bigquery.py"), f"--input={workdir}/in.txt", "--method=STREAMING_INSERTS"]
+    run([*pipeline, f"--table={project}:words.counts", *flags], timeout=600)
+
+    (job,) = Api(bq_server.url, project).all_jobs()
+    assert job["currentState"] == "JOB_STATE_DONE"
+    rows = client.query(f"SELECT word, count FROM `{project}.words.counts`").result()
+    assert sorted((r.word, r.count) for r in rows) == EXPECTED
