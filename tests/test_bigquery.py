@@ -68,6 +68,25 @@ def test_googles_client_creates_inserts_and_queries(bq_server, project):
     assert list((bq_server.data_dir / "emulators" / "bigquery").glob("*.duckdb"))
 
 
+def test_queries_reach_no_file_outside_the_emulators_data(bq_server, project, tmp_path):
+    """DuckDB's file functions, which a query may call, and load jobs' plain paths reach only the emulator's own
+    data and the gcs emulator's objects: not the server's keys, not a file to write."""
+    from google.api_core.exceptions import BadRequest
+    from google.cloud import bigquery
+
+    client = bigquery_client(project)
+    key = bq_server.data_dir / "secret-key.json"  # as the server's own keys are kept
+    key.write_text('{"private_key": "secret"}\n')
+    for query in (f"SELECT content FROM read_text('{key}')", f"COPY (SELECT 1 AS n) TO '{tmp_path}/written.csv'"):
+        with pytest.raises(BadRequest, match="disabled by configuration"):
+            client.query(query).result()
+    assert not (tmp_path / "written.csv").exists()
+    client.create_dataset("loads")
+    load = bigquery.LoadJobConfig(source_format="CSV", autodetect=True)
+    with pytest.raises(Exception, match="disabled by configuration|Permission"):
+        client.load_table_from_uri(str(key), f"{project}.loads.key", job_config=load).result()
+
+
 def bqemulator_processes(server: Server) -> list[psutil.Process]:
     assert server.process is not None
     return [
