@@ -16,8 +16,8 @@ the same way. It keeps topics, subscriptions and messages in memory: they are go
 
 BigQuery is bqemulator (PyPI; BigQuery's REST API over DuckDB), a Python program: installed once into a virtualenv
 of its own (it needs duckdb 1.x, Beamport pins 2.x) from beamport/emulator_sources/bigquery/requirements.txt,
-every package pinned, cached by the pins' hash under the same directory; its tables in a DuckDB file under
-DATA_DIR/emulators/bigquery.
+every package pinned, cached by the pins' hash under the same directory, with one patch (below: its DuckDB
+touches no file outside its data); its tables in a DuckDB file under DATA_DIR/emulators/bigquery.
 """
 
 from __future__ import annotations
