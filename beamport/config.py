@@ -35,6 +35,9 @@ class FlinkConfig(BaseModel):
     job_server: str  # host:port of Beam's Flink job server (Beam Job API)
     sdk_pool: str  # host:port of the Python SDK worker pool
     shared_dir: Path = Path("/tmp/beamport-flink")  # shared by Beamport's workers and the SDK workers (drain signals)
+    # The cluster's JobManager and TaskManagers run from the job server's Beam jars and have Beamport's
+    # NothingToStage (scripts/flink-cluster's do): jobs go without the job server's 150 MB of jars.
+    beam_on_cluster: bool = False
 
     def drain_file(self, job_id: str) -> Path:
         return self.shared_dir / "drain" / job_id
@@ -44,6 +47,7 @@ class FlinkConfig(BaseModel):
         return [
             *(arg for key, flag in FLINK_ENDPOINTS.items() for arg in (flag, getattr(self, key))),
             *("--flink-shared-dir", str(self.shared_dir)),
+            *(["--flink-beam-on-cluster"] if self.beam_on_cluster else []),
         ]
 
 

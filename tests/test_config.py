@@ -122,6 +122,16 @@ def test_flink_flags_over_environment_all_three_or_none(serve, environ, tmp_path
     flink = serve(*FLINK_FLAGS, "--flink-shared-dir", str(tmp_path / "flag")).flink
     assert (flink.master, flink.job_server, flink.sdk_pool) == ("flag-master:1", "flag-jobs:2", "flag-pool:3")
     assert flink.shared_dir == tmp_path / "flag"
+
+
+def test_a_flink_cluster_with_beam_on_its_class_path_is_said_so_by_flag_or_variable(serve, environ):
+    environ.set(**FLINK_ENV)
+    assert not serve().flink.beam_on_cluster, "an operator's own cluster gets the jobs' jars"
+    assert serve("--flink-beam-on-cluster").flink.beam_on_cluster
+    environ.set(BEAMPORT_FLINK_BEAM_ON_CLUSTER="true")  # as scripts/flink-cluster's endpoints.env says
+    settings = serve()
+    assert settings.flink.beam_on_cluster
+    assert "--flink-beam-on-cluster" in settings.worker_flags(), "the server's local workers are told too"
     # One endpoint by flag, the others from the environment: one cluster, as the operator said.
     assert serve("--flink-master", "flag-master:1").flink.job_server == "env-jobs:8099"
 

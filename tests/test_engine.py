@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from apache_beam import DoFn
 
 from beamport.engine.base import DONE, FAILED, STAGE_DONE, STAGE_FAILED, STAGE_RUNNING
 from beamport.engine.embedded import PROCESSES, THREADS, EmbeddedEngine, parallelism_for
@@ -525,6 +526,60 @@ def test_staging_honours_what_it_can_and_warns_about_the_rest(tmp_path):
     assert "2.10.0" in text
 
 
+def _sdist(root: Path, name: str, module: str, install_requires: list[str]) -> Path:
+    """A source package as DataflowRunner stages --setup_file's (setup.py sdist), built from a setup.py."""
+    project = root / f"{name}-src"
+    (project / name).mkdir(parents=True)
+    (project / name / "__init__.py").write_text(module)
+    (project / "setup.py").write_text(
+        f"import setuptools\nsetuptools.setup(name={name!r}, version='0.3', packages=[{name!r}], "
+        f"install_requires={install_requires!r})\n"
+    )
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(root)], cwd=project, check=True)
+    return root / f"{name}-0.3.tar.gz"
+
+
+def test_staging_builds_a_staged_source_package_into_a_wheel_on_the_jobs_path(tmp_path):
+    (tmp_path / "pipeline.pb").write_bytes(_pipeline_proto().SerializeToString())
+    sdist = _sdist(tmp_path, "builtmod", "VALUE = 'built'\n", ["protobuf>=1", "beamport-no-such-dependency>=2"])
+    workflow = tmp_path / "workflow.tar.gz"  # --setup_file's name for it
+    workflow.write_bytes(sdist.read_bytes())
+    packages = [{"name": "workflow.tar.gz", "location": str(workflow)}]
+
+    staged, warnings = stage_job(_job_document(str(tmp_path / "pipeline.pb"), packages), FilePolicy([tmp_path]))
+
+    [wheel] = staged.python_path
+    assert wheel.endswith("builtmod-0.3-py3-none-any.whl")
+    probe = f"import sys; sys.path[:0] = [{wheel!r}]; import builtmod; print(builtmod.VALUE, builtmod.__file__)"
+    said = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert said.startswith("built ") and wheel in said
+    # The dependency this environment lacks is named; the one it has is not.
+    assert len(warnings) == 1 and "beamport-no-such-dependency>=2" in warnings[0], warnings
+    assert "protobuf" not in warnings[0]
+
+
+def test_staging_warns_about_a_source_package_that_does_not_build_or_has_compiled_code(tmp_path):
+    (tmp_path / "pipeline.pb").write_bytes(_pipeline_proto().SerializeToString())
+    (tmp_path / "broken-1.0.tar.gz").write_bytes(b"not a tarball")
+    compiled = tmp_path / "compiled-src"
+    compiled.mkdir()
+    (compiled / "setup.py").write_text(  # a platform wheel: not pure Python
+        "import setuptools\nfrom setuptools.dist import Distribution\n"
+        "class Binary(Distribution):\n    def has_ext_modules(self):\n        return True\n"
+        "setuptools.setup(name='compiled', version='1.0', py_modules=[], distclass=Binary)\n"
+    )
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)], cwd=compiled, check=True)
+    packages = [{"name": n, "location": str(tmp_path / n)} for n in ("broken-1.0.tar.gz", "compiled-1.0.tar.gz")]
+
+    staged, warnings = stage_job(_job_document(str(tmp_path / "pipeline.pb"), packages), FilePolicy([tmp_path]))
+
+    assert staged.python_path == []
+    assert len(warnings) == 2, warnings
+    assert "broken-1.0.tar.gz is not installed: it could not be built" in warnings[0]
+    assert "compiled-1.0.tar.gz is not installed: it builds into compiled-1.0-" in warnings[1]
+    assert "which has compiled code" in warnings[1]
+
+
 def test_staging_refuses_environments_of_other_sdks(tmp_path):
     other = _pipeline_proto(image="apache/beam_typescript_sdk:2.77.0", capabilities=["beam:coder:bytes:v1"])
     (tmp_path / "pipeline.pb").write_bytes(other.SerializeToString())
@@ -729,6 +784,56 @@ def test_engine_in_a_thread_leaves_its_hosts_records_out(tmp_path):
     messages = [r.getMessage() for r in recorder.records]
     assert sorted(m for m in messages if m.startswith("element")) == sorted(f"element {i}" for i in range(20))
     assert "host chatter" not in messages
+
+
+def _timestamped_at_its_second(kv):
+    import apache_beam as beam
+
+    return beam.window.TimestampedValue(kv, kv[1])
+
+
+def _log_sum(kv, window=DoFn.WindowParam):
+    logging.warning("sum %s %s window %s", kv[0], kv[1], int(window.start))
+
+
+def test_a_reshuffle_of_windowed_values_runs_with_those_values_opaque(tmp_path):
+    """Beam Python's Reshuffle on non-global windows (since 2.65) carries each element's window in its value, with
+    a pickled window coder engines cannot decode: staging length-prefixes that coder (engine/reshuffle_staging.py)
+    and the embedded engine still gives each window its own sum."""
+    import apache_beam as beam
+    from apache_beam.transforms.util import ReshufflePerKey
+
+    pipeline = beam.Pipeline()
+    _ = (
+        pipeline
+        | beam.Create([("a", 1), ("a", 2), ("b", 5), ("a", 61), ("b", 119)])
+        | "Stamp" >> beam.Map(_timestamped_at_its_second)
+        | beam.WindowInto(beam.window.FixedWindows(60))
+        | "Shuffle" >> beam.Reshuffle()
+        | "ShufflePerKey" >> ReshufflePerKey()
+        | beam.CombinePerKey(sum)
+        | "Log" >> beam.Map(_log_sum)
+    )
+    (tmp_path / "pipeline.pb").write_bytes(pipeline.to_runner_api().SerializeToString())
+    staged, _ = stage_job(_job_document(str(tmp_path / "pipeline.pb")), FilePolicy([tmp_path]))
+
+    components = staged.pipeline.components
+    reshuffled = [
+        components.coders[components.pcollections[pcoll].coder_id]
+        for t in components.transforms.values()
+        if t.spec.urn == "beam:transform:group_by_key:v1" and t.unique_name.startswith("Shuffle")
+        for pcoll in t.inputs.values()
+    ]
+    assert len(reshuffled) == 2
+    for kv in reshuffled:  # KV<key, length_prefix<windowed_value<value, pickled window coder>>>
+        value = components.coders[kv.component_coder_ids[1]]
+        assert value.spec.urn == "beam:coder:length_prefix:v1"
+        assert components.coders[value.component_coder_ids[0]].spec.urn == "beam:coder:windowed_value:v1"
+
+    recorder = Recorder()
+    assert EmbeddedEngine().run(staged, recorder).state == DONE
+    sums = sorted(r.getMessage() for r in recorder.records if r.getMessage().startswith("sum "))
+    assert sums == ["sum a 3 window 0", "sum a 61 window 60", "sum b 119 window 60", "sum b 5 window 0"]
 
 
 def test_a_pickler_that_is_not_installed_fails_the_run(tmp_path):

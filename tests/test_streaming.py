@@ -60,6 +60,7 @@ def flink_args(flink: dict) -> tuple[str, ...]:
         flink["BEAMPORT_FLINK_JOB_SERVER"],
         "--flink-sdk-pool",
         flink["BEAMPORT_FLINK_SDK_POOL"],
+        *(["--flink-beam-on-cluster"] if flink.get("BEAMPORT_FLINK_BEAM_ON_CLUSTER") == "true" else []),
     )
 
 
@@ -708,15 +709,17 @@ def test_a_drain_that_ends_while_beamport_is_down_ends_drained_without_running_a
     job_id = None
     try:
         api, log, out, job_id = four_lines_counted(srv, project, tmp_path, "drained-while-down")
+        # A line written before the drain: a drained reader reads what its input holds when it sees the signal
+        # (which the executor may put there before the crash), then ends.
+        append(log, ["k0,4"])
         assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINED"}).status_code == 200
         crash(srv)
-        # The drain went on as Beamport died: its signal is in the shared directory (the executor may have put it
-        # there already), the job reads what its input holds, and is stopped (by the crashed executor: here, by
-        # the test; a streaming job on Beam's Flink runner does not finish by itself).
+        # The drain went on as Beamport died: its signal is in the shared directory, the job reads what its input
+        # holds, and is stopped (by the crashed executor: here, by the test; a streaming job on Beam's Flink
+        # runner does not finish by itself).
         drain_file = FLINK_SHARED_DIR / "drain" / job_id
         drain_file.parent.mkdir(parents=True, exist_ok=True)
         drain_file.touch()
-        append(log, ["k0,4"])
         wait_for("the last line counted", lambda: len(outputs(out)) >= 5)
         cancel_live_flink_jobs_of(flink, job_id)
         wait_for("the Flink job stopped", lambda: flink_state(flink, job_id) == "CANCELED")

@@ -1,6 +1,7 @@
 """Streaming jobs on Flink and Prism, seen as batch jobs are (issue 19): their user metrics in getMetrics and
 DataflowRunner's `result.metrics().query()` while they run and after drain, their SDK workers' logs in the
-job's messages, and their staged packages (an --extra_package wheel) and main session on every SDK worker.
+job's messages, and their staged packages (an --extra_package wheel, a --setup_file package) and main session
+on every SDK worker.
 
 Same clusters and markers as tests/test_streaming.py: Flink from BEAMPORT_TEST_FLINK_ENV, Prism from
 BEAMPORT_TEST_PRISM.
@@ -26,13 +27,18 @@ from test_streaming import DRAIN_S, START_S, append, cancel_live_flink_jobs_of, 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]
 
 PIPELINE = Path(__file__).parent / "pipelines" / "streaming_observed.py"
-PROBE = 'class Mark:\n    pass\n\n\ndef describe(line):\n    return "probe:" + line\n'
+# staged_probe (a wheel) calls setup_probe (a package of --setup_file's): each must reach the SDK worker.
+PROBE = "import setup_probe\n\n\nclass Mark:\n    pass\n\n\ndef describe(line):\n    return setup_probe.PREFIX + line\n"
+SETUP = "import setuptools\nsetuptools.setup(name='setup-probe', version='1.0', packages=['setup_probe'])\n"
 
 
 def probe_wheel(root: Path) -> tuple[Path, Path]:
-    """A module Beamport's Python does not have: its source (for the submitter) and a wheel of it (staged)."""
+    """Modules Beamport's Python does not have: their source (for the submitter, with the setup.py of one, for
+    --setup_file) and a wheel of the other (staged with --extra_package)."""
     source = root / "probe-src"
-    source.mkdir()
+    (source / "setup_probe").mkdir(parents=True)
+    (source / "setup_probe" / "__init__.py").write_text('PREFIX = "probe:"\n')
+    (source / "setup.py").write_text(SETUP)
     (source / "staged_probe.py").write_text(PROBE)
     wheel = root / "staged_probe-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
@@ -70,7 +76,7 @@ def observed_messages(api: Api, job_id: str) -> list[dict]:
 
 def submit_observed(srv: Server, project: str, tmp_path: Path, log: Path, out: Path, *extra: str) -> subprocess.Popen:
     """Submit streaming_observed.py with DataflowRunner (its output in tmp_path/submitter.out and .err), the
-    probe module importable here and staged as a wheel, the main session saved."""
+    probe modules importable here and staged as a wheel and with --setup_file, the main session saved."""
     source, wheel = probe_wheel(tmp_path)
     (tmp_path / "work").mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")])}
@@ -86,6 +92,8 @@ def submit_observed(srv: Server, project: str, tmp_path: Path, log: Path, out: P
                 "--streaming",
                 "--extra_package",
                 str(wheel),
+                "--setup_file",
+                str(source / "setup.py"),
                 "--save_main_session",
                 "--labels",
                 f"beamport_engine={srv.engine}",

@@ -21,8 +21,25 @@ TEMPLATES = {
     "Bulk_Compress_Files": "bulk_compress",
     "Bulk_Decompress_Files": "bulk_decompress",
     "CSV_to_JSONL": "csv_to_jsonl",
+    "Cloud_PubSub_to_GCS_Text": "pubsub_to_text",
+    "PubSub_to_BigQuery": "pubsub_to_bigquery",
+    "PubSub_Subscription_to_BigQuery": "pubsub_subscription_to_bigquery",
+    "GCS_Text_to_BigQuery": "text_to_bigquery",
     "SQL_Query": "sql_query",  # Beamport's SQL jobs (beamport sql query), not Google's
 }
+# The templates that Google provides under the same name and parameters (gs://dataflow-templates/latest/NAME,
+# docs/templates.md): launching Google's path launches the built-in.
+GOOGLE_PROVIDED = frozenset(
+    {
+        "Word_Count",
+        "Bulk_Compress_Files",
+        "Bulk_Decompress_Files",
+        "Cloud_PubSub_to_GCS_Text",
+        "PubSub_to_BigQuery",
+        "PubSub_Subscription_to_BigQuery",
+        "GCS_Text_to_BigQuery",
+    }
+)
 
 
 def metadata_path(name: str) -> Path:
@@ -46,15 +63,18 @@ def add_parameters(parser, parameters: dict[str, dict]) -> None:
             pass  # already declared by another template module imported in this process
 
 
-def run_as_template(build) -> None:
+def run_as_template(build, streaming: bool = False) -> None:
     """A template module's main: build the pipeline from the command line's options and run it (with
-    --template_location, DataflowRunner only writes the template)."""
+    --template_location, DataflowRunner only writes the template). A streaming template is written as a
+    streaming job (its jobs run on the server's streaming engine)."""
     import sys
 
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
     options = PipelineOptions(sys.argv[1:])
+    if streaming:
+        options.view_as(StandardOptions).streaming = True
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options)
     pipeline.run()

@@ -68,6 +68,12 @@ FLINK_SHARED_DIR = typer.Option(
     help="A directory the workers share with Flink's SDK workers (drain signals; default /tmp/beamport-flink; "
     "or BEAMPORT_FLINK_SHARED_DIR).",
 )
+FLINK_BEAM_ON_CLUSTER = typer.Option(
+    None,
+    "--flink-beam-on-cluster",
+    help="The Flink cluster runs from the job server's Beam jars and has Beamport's NothingToStage (as "
+    "scripts/flink-cluster's does): jobs are submitted without those jars (or BEAMPORT_FLINK_BEAM_ON_CLUSTER).",
+)
 PRISM = typer.Option(
     None,
     help="Beam's Prism binary (streaming without Flink; default: on the PATH, in Go's bin, or where "
@@ -87,6 +93,7 @@ ENGINE_OPTIONS = (
     "flink_job_server",
     "flink_sdk_pool",
     "flink_shared_dir",
+    "flink_beam_on_cluster",
     "prism",
     "sandbox",
     "job_memory",
@@ -175,6 +182,7 @@ def serve(
     flink_job_server: str | None = FLINK_JOB_SERVER,
     flink_sdk_pool: str | None = FLINK_SDK_POOL,
     flink_shared_dir: Path | None = FLINK_SHARED_DIR,
+    flink_beam_on_cluster: bool | None = FLINK_BEAM_ON_CLUSTER,
     prism: str | None = PRISM,
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Answer every call without credentials (refused unless --host is a loopback address)."
@@ -242,6 +250,7 @@ def worker(
     flink_job_server: str | None = FLINK_JOB_SERVER,
     flink_sdk_pool: str | None = FLINK_SDK_POOL,
     flink_shared_dir: Path | None = FLINK_SHARED_DIR,
+    flink_beam_on_cluster: bool | None = FLINK_BEAM_ON_CLUSTER,
     prism: str | None = PRISM,
     credentials: Path | None = typer.Option(
         None,

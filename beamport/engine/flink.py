@@ -81,6 +81,9 @@ DEFAULT_OPTIONS = {
     # attempt starts from it (FlinkEngine.run), so what the failed job had read and counted is not done again.
     "externalized_checkpoints_enabled": True,
 }
+# Beamport's detector of the job server's jars to stage with a job (scripts/flink/src): none, on a cluster that
+# runs from those jars already (FlinkConfig.beam_on_cluster). Each submission is then about ten seconds shorter.
+NOTHING_TO_STAGE = {"pipeline_resources_detector_factory_class": "dev.beamport.flink.NothingToStage"}
 
 
 class FlinkRest:
@@ -424,7 +427,7 @@ class FlinkEngine(Engine):
     def _submit(self, job: StagedJob, drain_file: Path) -> str:
         pipeline = external_environments(job, self.config.sdk_pool)
         rename_transforms(pipeline, self.state_names)
-        options = {**DEFAULT_OPTIONS, **job.options}
+        options = {**DEFAULT_OPTIONS, **(NOTHING_TO_STAGE if self.config.beam_on_cluster else {}), **job.options}
         options.update(
             job_name=job.job_id,  # the Flink job's name: how Beamport finds it again
             runner="PortableRunner",

@@ -14,6 +14,9 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
   runs itself): replaced by Python transforms (engine/pubsub_staging.py, beamport/io/pubsub.py) that reach
   the server's PUBSUB_EMULATOR_HOST, or Google's Pub/Sub; a read is refused on engines that do not run
   unbounded sources (the embedded one), where it would end having read nothing.
+- Windowed values carried as element values with a window coder only an SDK knows (Beam Python's Reshuffle on
+  non-global windows since 2.65, WriteToBigQuery's among them): made opaque to the engine with a length prefix
+  (engine/reshuffle_staging.py), which Prism and Flink otherwise decode wrongly.
 - Beam's BigQuery I/O (ordinary Python transforms): when the server has a BigQuery endpoint
   (BIGQUERY_EMULATOR_HOST), a Beam plugin in the options points every Python SDK worker's BigQuery clients at
   it, and an option carries the endpoint to workers that do not inherit the server's environment
@@ -22,9 +25,12 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
   - pickled_main_session: loaded before the run, as Dataflow's SDK harness does;
   - a wheel or sdist whose distribution is already installed at that version: nothing to do;
   - a pure-Python wheel: imported from where it was staged (a wheel is a zip sys.path can hold);
+  - a source package (an sdist, --setup_file's workflow.tar.gz): built into a wheel for this job, offline
+    (staged_files.build_wheel; its setup.py is user code and runs in the executor's sandbox) and used as one if
+    it is pure Python; the dependencies it declares that the environment lacks are named in a warning;
   - requirements.txt: each requirement is checked against the installed distributions;
-  - anything else (sdists, setup.py's workflow.tar.gz, platform wheels, jars, a custom Beam SDK)
-    cannot be installed without changing the environment every job shares: a warning says so;
+  - anything else (platform wheels, jars, a custom Beam SDK, a source package with compiled code) cannot be
+    installed without changing the environment every job shares: a warning says so;
   - submission_environment_dependencies.txt, extra_packages.txt: information only.
   A Java job's packages are its jars, a Go job's its worker binary, which their environments name too: they
   are read from there.
@@ -53,7 +59,15 @@ from beamport.engine.base import JOB_TYPE_BATCH, JOB_TYPE_STREAMING, StagedJob
 from beamport.engine.pubsub_staging import READ as PUBSUB_READ
 from beamport.engine.pubsub_staging import WRITE as PUBSUB_WRITE
 from beamport.engine.pubsub_staging import pubsub_reads, replace_pubsub_transforms
-from beamport.engine.staged_files import check_pipeline_hash, unsatisfied_requirements
+from beamport.engine.reshuffle_staging import make_windowed_values_opaque
+from beamport.engine.staged_files import (
+    BuildFailed,
+    build_wheel,
+    check_pipeline_hash,
+    is_pure_wheel,
+    requires_dist,
+    unsatisfied_requirements,
+)
 from beamport.errors import ApiError
 from beamport.files import FilePolicy, gcs_resource_as_url, scheme_of
 from beamport.io import bigquery
@@ -127,6 +141,7 @@ def stage_job(
         _check_engine_runs(engine, registry.GO)
     rewritten = rewrite_python_environments(pipeline, warnings, keep=set(java) | set(go))
     _replace_pubsub(pipeline, rewritten, engine)
+    make_windowed_values_opaque(pipeline)
 
     submitted_with = (environment.get("userAgent") or {}).get("version")
     if submitted_with and submitted_with != apache_beam.__version__ and not java and not go:
@@ -160,14 +175,14 @@ def stage_job(
             continue
         elif _installed_distribution(name):
             continue  # already here at the staged version (e.g. a requirements.txt package Beam cached)
-        elif _is_pure_wheel(name):
+        elif is_pure_wheel(name):
             python_path.append(str(fetch.local_path(location, name)))
+        elif _is_source_package(name):
+            wheel = _built_wheel(fetch, location, name, warnings)
+            if wheel is not None:
+                python_path.append(str(wheel))
         else:
-            warnings.append(
-                f"The staged package {name} is not installed: the embedded engine runs in Beamport's own Python "
-                "environment and installs only pure-Python wheels (as they are, per job). Install it in that "
-                "environment if the pipeline needs it."
-            )
+            warnings.append(_not_installed(name, "it is not a pure-Python wheel or a source package"))
 
     options = {key: _json_number(value) for key, value in raw_options.items() if key not in SERVICE_OPTIONS}
     go_options = (environment.get("sdkPipelineOptions") or {}).get(GO_OPTIONS)
@@ -369,6 +384,12 @@ class _Fetcher:
             path.chmod(0o755)
         return path
 
+    def scratch(self, name: str) -> Path:
+        """A directory of the workdir's, for what staging makes (wheels built from source packages)."""
+        path = self._workdir() / "scratch" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path.resolve()
+
     def _workdir(self) -> Path:
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="beamport-staged-"))
@@ -433,8 +454,39 @@ def _installed_distribution(filename: str) -> bool:
         return False
 
 
-def _is_pure_wheel(filename: str) -> bool:
-    return filename.endswith(".whl") and filename.rsplit("-", 3)[-2:] in (["none", "any.whl"],)
+def _is_source_package(filename: str) -> bool:
+    """An sdist, or the workflow.tar.gz DataflowRunner builds from --setup_file."""
+    return filename.endswith((".tar.gz", ".zip"))
+
+
+def _built_wheel(fetch: _Fetcher, location: str, name: str, warnings: list[str]) -> Path | None:
+    """A staged source package built into a wheel for this job, if it builds into a pure-Python one; else None
+    and a warning. Dependencies it declares that this environment lacks are named in a warning: nothing is
+    downloaded (as for requirements.txt)."""
+    source = fetch.local_path(location, name)
+    try:
+        wheel = build_wheel(source, fetch.scratch("built-" + os.path.basename(name)))  # staged names are unique
+    except BuildFailed as exc:
+        warnings.append(_not_installed(name, f"it could not be built here (offline, with no build isolation): {exc}"))
+        return None
+    if not is_pure_wheel(wheel.name):
+        warnings.append(_not_installed(name, f"it builds into {wheel.name}, which has compiled code"))
+        return None
+    missing = unsatisfied_requirements("\n".join(requires_dist(wheel)))
+    if missing:
+        warnings.append(
+            f"The staged package {name} asks for {', '.join(missing)}, which this engine's Python environment "
+            "does not have; Beamport does not download packages per job. The pipeline runs without them."
+        )
+    return wheel
+
+
+def _not_installed(name: str, why: str) -> str:
+    return (
+        f"The staged package {name} is not installed: {why}. Jobs run in Beamport's own Python environment, with "
+        "the pure-Python wheels they stage (or build from source packages) on their path; install what the "
+        "pipeline needs in that environment."
+    )
 
 
 def _json_number(value):

@@ -35,7 +35,13 @@ from beamport.service import model
 from beamport.service.iam import ANONYMOUS, IamService, Principal
 from beamport.service.jobs import JobService
 from beamport.service.quotas import check_template_launch
-from beamport.service.templates import check_parameters, check_path_parameters, environment_warnings, pipeline_options
+from beamport.service.templates import (
+    check_parameters,
+    check_path_parameters,
+    environment_warnings,
+    pipeline_options,
+    refuse_google_flex_template,
+)
 
 LAUNCH_TIMEOUT_S = 300.0  # for the launcher to submit its job
 # Pipeline options naming where the launcher's DataflowRunner writes before it submits the job.
@@ -117,6 +123,7 @@ class FlexTemplateService:
         path = launch.get("containerSpecGcsPath")
         if not path:
             raise invalid_argument("launchParameter.containerSpecGcsPath (or containerSpec) is required.")
+        refuse_google_flex_template(path)
         try:
             spec = orjson.loads(self.files.read_bytes(path))
         except orjson.JSONDecodeError as exc:

@@ -53,6 +53,11 @@ _NO_LOCAL_MEANING = (
 
 
 BUILTIN_SCHEME = "builtin://"
+# Google's provided templates as users launch them: gs://dataflow-templates[-REGION]/VERSION/NAME, VERSION being
+# `latest` or a release (2024-01-01-00_RC00). Those Beamport has (builtin_templates.GOOGLE_PROVIDED) are its
+# built-ins of the same name and parameters, whatever the version or region.
+_GOOGLE_TEMPLATE = re.compile(r"gs://dataflow-templates(?:-[a-z0-9-]+)?/(?P<version>[^/]+)/(?P<name>.+)")
+_GOOGLE_VERSION = re.compile(r"latest|\d{4}-\d{2}-\d{2}-\d{2}_RC\d{2}")
 # Built-in templates only their own service starts (it checks what the parameters name): name -> by what.
 INTERNAL_TEMPLATES = {"SQL_Query": "sql:query (beamport sql query)"}
 # Parameter types that name files: their values must lie under the operator's roots, like any file a
@@ -75,7 +80,7 @@ class TemplateService:
     def get(self, project_id: str, location: str, gcs_path: str | None, view: str | None) -> dict:
         if view not in (None, "", "METADATA_ONLY"):
             raise invalid_argument(f"Invalid value at 'view', \"{view}\": the only view is METADATA_ONLY.")
-        gcs_path = _required_path(gcs_path)
+        gcs_path = builtin_path(_required_path(gcs_path))
         if gcs_path.startswith(BUILTIN_SCHEME):  # its metadata ships with Beamport: no template file to write
             return {"status": {}, "metadata": self._builtin_metadata(gcs_path), "templateType": "LEGACY"}
         template, metadata = self._load(gcs_path)
@@ -232,7 +237,9 @@ class TemplateService:
         internal: bool = False,
     ) -> tuple[dict, list[tuple[str, str]]]:
         """The job body to create, and messages for it (importance, text)."""
-        template, metadata = self._load(_required_path(gcs_path), internal)
+        gcs_path = _required_path(gcs_path)
+        resolved = builtin_path(gcs_path)
+        template, metadata = self._load(resolved, internal)
         if not job_name:
             raise invalid_argument("jobName is required to launch a template.")
         check_template_launch(job_name, parameters, environment.get("additionalUserLabels"))
@@ -248,10 +255,22 @@ class TemplateService:
         for name, value in parameters.items():
             options[name] = value
         options["job_name"] = job_name
+        if resolved.startswith(BUILTIN_SCHEME):
+            # A built-in's file was written for a placeholder project: its jobs run in the launching one (Beam's
+            # IOs default to it, e.g. a BigQuery table named without a project).
+            options["project"] = project_id
         warnings = _apply_environment(environment, job_environment, options, job)
         job_environment["sdkPipelineOptions"] = {**job_environment["sdkPipelineOptions"], "options": options}
         given = ", ".join(sorted(parameters)) or "none"
         notes = [("JOB_MESSAGE_BASIC", f"Launched from the template {gcs_path} (parameters: {given}).")]
+        if resolved != gcs_path:
+            notes.append(
+                (
+                    "JOB_MESSAGE_BASIC",
+                    f"{gcs_path} is Google's provided template of that name: Beamport runs its own built-in "
+                    f"{resolved}, with the same parameters (docs/templates.md says what differs).",
+                )
+            )
         return job, notes + [("JOB_MESSAGE_WARNING", warning) for warning in warnings]
 
 
@@ -283,6 +302,50 @@ def check_not_overridden(parameters: dict, metadata: dict | None, environment: d
                 f"environment.additionalPipelineOptions sets {name!r}, a parameter of the template: give it in "
                 "parameters."
             )
+
+
+def builtin_path(gcs_path: str) -> str:
+    """The built-in template a path to one of Google's provided templates names (builtin://NAME); any
+    other path as it is. A Google template Beamport does not provide, or a path that is not one of Google's
+    (a version that is none), is refused, saying what there is."""
+    found = _GOOGLE_TEMPLATE.fullmatch(gcs_path)
+    if found is None:
+        return gcs_path
+    from beamport.builtin_templates import GOOGLE_PROVIDED
+
+    version, name = found.group("version"), found.group("name")
+    if not _GOOGLE_VERSION.fullmatch(version):
+        raise not_found(
+            f"{gcs_path} is not one of Google's provided templates: their paths are "
+            "gs://dataflow-templates[-REGION]/VERSION/NAME, VERSION being latest or a release such as "
+            "2024-01-01-00_RC00."
+        )
+    if name not in GOOGLE_PROVIDED:
+        flex = " (a flex template: Beamport runs no Google images)" if name.startswith("flex/") else ""
+        raise unimplemented(
+            f"Google's template {name}{flex} is not provided by Beamport. Of Google's templates, Beamport runs "
+            f"{', '.join(sorted(GOOGLE_PROVIDED))} (its built-ins of the same names and parameters; "
+            "docs/templates.md)."
+        )
+    return BUILTIN_SCHEME + name
+
+
+def refuse_google_flex_template(spec_path: str) -> None:
+    """flexTemplates.launch of Google's flex templates (gs://dataflow-templates/VERSION/flex/NAME): container
+    images Beamport does not run. UNIMPLEMENTED, naming the classic template of the same job when it has it."""
+    found = _GOOGLE_TEMPLATE.fullmatch(spec_path)
+    if found is None or not found.group("name").startswith("flex/"):
+        return
+    from beamport.builtin_templates import GOOGLE_PROVIDED
+
+    name = found.group("name").removeprefix("flex/")
+    classic = name.removesuffix("_Flex")
+    instead = (
+        f" Launch the classic {classic} instead (templates.launch, gcsPath=gs://dataflow-templates/latest/{classic})."
+        if classic in GOOGLE_PROVIDED
+        else f" Of Google's templates, Beamport runs the classic {', '.join(sorted(GOOGLE_PROVIDED))}."
+    )
+    raise unimplemented(f"Google's flex template {name} is a container image, which Beamport does not run.{instead}")
 
 
 def _check_builtin(name: str, templates) -> None:

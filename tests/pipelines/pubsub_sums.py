@@ -1,12 +1,15 @@
 """An unchanged streaming Pub/Sub pipeline, as a user writes it for Dataflow: messages `key,number` with their
 event time in the `ts` attribute and their id in `id`, summed per key in one-minute windows, each sum
 published to the output topic as `key,sum,window start`. With --input_topic instead: a topic read with
-attributes, each message echoed upper-cased with its attribute `k`. Prints JOB_ID <id> once submitted."""
+attributes, each message echoed upper-cased with its attribute `k`. With --reshuffle: Reshuffle and ReshufflePerKey
+between the windowing and the sum, as WriteToBigQuery's CommitInsertIds has (docs/engines.md, "Beam's reshuffle of
+windowed values"). Prints JOB_ID <id> once submitted."""
 
 import argparse
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.util import ReshufflePerKey
 
 
 def main():
@@ -14,6 +17,7 @@ def main():
     parser.add_argument("--input_subscription")
     parser.add_argument("--input_topic")  # instead: messages with attributes, echoed upper-cased
     parser.add_argument("--output_topic", required=True)
+    parser.add_argument("--reshuffle", action="store_true")
     args, beam_args = parser.parse_known_args()
     p = beam.Pipeline(options=PipelineOptions(beam_args))
     if args.input_topic:
@@ -28,13 +32,18 @@ def main():
         )
         print("JOB_ID", p.run().job_id(), flush=True)
         return
-    (
+    windowed = (
         p
         | "Read"
         >> beam.io.ReadFromPubSub(subscription=args.input_subscription, timestamp_attribute="ts", id_label="id")
         | "Parse" >> beam.Map(lambda data: data.decode().split(","))
         | "Key" >> beam.Map(lambda fields: (fields[0], int(fields[1]))).with_output_types(tuple[str, int])
         | "Window" >> beam.WindowInto(beam.window.FixedWindows(60))
+    )
+    if args.reshuffle:
+        windowed = windowed | "Reshuffle" >> beam.Reshuffle() | "ReshufflePerKey" >> ReshufflePerKey()
+    (
+        windowed
         | "Sum" >> beam.CombinePerKey(sum)
         | "Format"
         >> beam.ParDo(lambda kv, window=beam.DoFn.WindowParam: [f"{kv[0]},{kv[1]},{int(window.start)}".encode()])

@@ -4,9 +4,10 @@
 
 Each line of LOG ("key,value") is counted (counter `lines`), its value measured (distribution `values`,
 gauge `last`), logged (a WARNING "observed key,value"), and written to OUT by `staged_probe.describe`, a
-module the test stages as a wheel (--extra_package) and that Beamport's own Python does not have, together
-with whether the worker loaded the main session (--save_main_session): with Beam's default pickler it
-carries the custom coders registered here, and `staged_probe.Mark`'s is there only once it is loaded.
+module the test stages as a wheel (--extra_package) that calls `setup_probe`, a package it stages with
+--setup_file (neither is in Beamport's own Python), together with whether the worker loaded the main session
+(--save_main_session): with Beam's default pickler it carries the custom coders registered here, and
+`staged_probe.Mark`'s is there only once it is loaded.
 With --metrics-until, the script waits after submitting until DataflowRunner's `result.metrics().query()`
 counts N lines, then writes what it gives to METRICS_JSON. With --event-times, a line's third field is its
 event time (seconds since the epoch; "key,value,time"), so the watermark stops when lines stop coming.

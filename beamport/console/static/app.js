@@ -594,7 +594,8 @@ function workersPage() {
 
 // -- templates ----------------------------------------------------------------------------------
 
-const BUILTINS = ["Word_Count", "Text_Transform_Python_UDF", "Bulk_Compress_Files", "Bulk_Decompress_Files", "CSV_to_JSONL"];
+const BUILTINS = ["Word_Count", "Text_Transform_Python_UDF", "Bulk_Compress_Files", "Bulk_Decompress_Files", "CSV_to_JSONL",
+  "Cloud_PubSub_to_GCS_Text", "PubSub_to_BigQuery", "PubSub_Subscription_to_BigQuery", "GCS_Text_to_BigQuery"];
 
 function templatesPage() {
   const path = h("input", { id: "template-path", size: 60, placeholder: "/path/to/template or builtin://Word_Count", spellcheck: "false" });
