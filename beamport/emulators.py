@@ -16,8 +16,8 @@ the same way. It keeps topics, subscriptions and messages in memory: they are go
 
 BigQuery is bqemulator (PyPI; BigQuery's REST API over DuckDB), a Python program: installed once into a virtualenv
 of its own (it needs duckdb 1.x, Beamport pins 2.x) from beamport/emulator_sources/bigquery/requirements.txt,
-every package pinned, cached by the pins' hash under the same directory; its tables in a DuckDB file under
-DATA_DIR/emulators/bigquery.
+every package pinned, cached by the pins' hash under the same directory, with one patch (below: its DuckDB
+touches no file outside its data); its tables in a DuckDB file under DATA_DIR/emulators/bigquery.
 """
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ class Emulator:
     variable: str  # the variable Google's clients find it by
     version: str  # pinned: what Beamport was tested with
     health_path: str = ""
+    patches: tuple[Patch, ...] = ()
+    # Names the patches (or Beamport's source) in the cached install's name: a new one, a new install.
+    patch_level: str = ""
 
     @property
     def binary(self) -> str:
@@ -86,7 +89,7 @@ class Emulator:
     def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
         raise NotImplementedError
 
-    def environment(self, binary: Path) -> dict[str, str] | None:
+    def environment(self, binary: Path, state_dir: Path) -> dict[str, str] | None:
         """The emulator's environment (None: serve's own)."""
         return None
 
@@ -108,9 +111,6 @@ class GoEmulator(Emulator):
     from a main package of Beamport's own (`source`, with its go.mod and go.sum) that uses that module."""
 
     module: str
-    patches: tuple[Patch, ...] = ()
-    # Names the patches (or Beamport's source) in the cached binary's name: a new one, a new build.
-    patch_level: str = ""
     source: Path | None = None
 
     @property
@@ -121,7 +121,8 @@ class GoEmulator(Emulator):
 @dataclass(frozen=True, kw_only=True)
 class PythonEmulator(Emulator):
     """An emulator that is a Python program: installed into a virtualenv of its own (its dependencies may clash
-    with Beamport's) from a requirements file pinning every package, once per set of pins and Python version."""
+    with Beamport's) from a requirements file pinning every package, once per set of pins and Python version;
+    `patches` name files under the venv's site-packages."""
 
     requirements: Path
     executable: str  # the program in the venv's bin/
@@ -129,7 +130,8 @@ class PythonEmulator(Emulator):
     @property
     def binary(self) -> str:
         pins = f"{sys.version_info.major}.{sys.version_info.minor}\n{self.requirements.read_text()}"
-        return f"{self.executable}-{self.version}-{hashlib.sha256(pins.encode()).hexdigest()[:12]}"
+        pinned = hashlib.sha256(pins.encode()).hexdigest()[:12]
+        return "-".join(filter(None, (self.executable, self.version, self.patch_level, pinned)))
 
     def prepare(self, venv: Path) -> None:
         """What the installed venv needs before its first start (run once, at install)."""
@@ -201,14 +203,39 @@ PUBSUB = PubSubFake(
 )
 
 
+# bqemulator hands a query's SQL, translated, to DuckDB, whose functions read and write any file the process may
+# (`SELECT * FROM read_text('/DATA_DIR/admin-key.json')`, `COPY ... TO '/any/path'`), and resolves load and extract
+# URIs that are plain paths or file:// as they are: whoever reaches its port (any process on this host) could
+# read Beamport's keys and write as its user. Once it has loaded its extensions, its database is confined to the
+# directories in BEAMPORT_BQEMU_ALLOWED_DIRS (its own data, the gcs emulator's objects), and the configuration is
+# locked so no query can undo that.
+_CONFINE_DUCKDB = Patch(
+    "bqemulator/storage/engine.py",
+    old="""        self._register_builtin_udfs()
+        self._started = True
+""",
+    new="""        self._register_builtin_udfs()
+        # Beamport: no file outside these directories, for good (beamport/emulators.py, _CONFINE_DUCKDB).
+        import os
+
+        allowed = [d for d in os.environ.get("BEAMPORT_BQEMU_ALLOWED_DIRS", "").split(os.pathsep) if d]
+        listed = ", ".join("'" + d.rstrip("/").replace("'", "''") + "/'" for d in allowed)
+        self._connection.execute(f"SET allowed_directories = [{listed}]")
+        self._connection.execute("SET enable_external_access = false")
+        self._connection.execute("SET lock_configuration = true")
+        self._started = True
+""",
+)
+
+
 class BigQueryEmulator(PythonEmulator):
     """bqemulator: BigQuery's REST API (and the Storage API's gRPC) over a DuckDB file in its state directory.
 
     It loads DuckDB's spatial extension at start (GEOGRAPHY) and would download it from extensions.duckdb.org;
     the pinned duckdb-extension-spatial wheel carries it, installed at `prepare` into the extension directory
     of a home of the venv's own (DuckDB looks under $HOME/.duckdb), which the emulator runs with: it starts
-    offline. (The avro extension, which it loads best-effort for Avro loads, is not there: Avro loads are
-    refused.)"""
+    offline. (The avro extension, which it would fetch at each start for Avro loads, is not there and not
+    fetched: Avro loads are refused.) Load jobs read gs:// URIs as the gcs emulator's files."""
 
     def home(self, binary: Path) -> Path:
         return binary.parent.parent / "home"  # binary: VENV/bin/bqemulator
@@ -223,8 +250,17 @@ class BigQueryEmulator(PythonEmulator):
         home.mkdir(exist_ok=True)
         _run([str(venv / "bin" / "python"), "-c", install_spatial], {**os.environ, "HOME": str(home)}, venv)
 
-    def environment(self, binary: Path) -> dict[str, str] | None:
-        return {**os.environ, "HOME": str(self.home(binary))}
+    def environment(self, binary: Path, state_dir: Path) -> dict[str, str] | None:
+        return {
+            **os.environ,
+            "HOME": str(self.home(binary)),
+            # Load jobs' gs:// URIs are files under this root (gs://BUCKET/OBJECT: ROOT/BUCKET/OBJECT), which is
+            # how the gcs emulator (fake-gcs-server's filesystem backend) keeps its objects.
+            "BQEMU_GCS_LOCAL_ROOT": str(state_dir.parent / GCS.name),
+            "BEAMPORT_BQEMU_ALLOWED_DIRS": os.pathsep.join((str(state_dir), str(state_dir.parent / GCS.name))),
+            # No DuckDB avro extension here (and no download of it at each start, offline): Avro loads refused.
+            "BQEMU_ENABLE_FORMAT_EXTENSIONS": "false",
+        }
 
     def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
         return [
@@ -245,6 +281,8 @@ BIGQUERY = BigQueryEmulator(
     health_path="/healthz",
     requirements=Path(__file__).parent / "emulator_sources" / "bigquery" / "requirements.txt",
     executable="bqemulator",
+    patches=(_CONFINE_DUCKDB,),
+    patch_level="beamport1",
 )
 EMULATORS: dict[str, Emulator] = {GCS.name: GCS, PUBSUB.name: PUBSUB, BIGQUERY.name: BIGQUERY}
 NAMES = (*EMULATORS, METADATA)
@@ -305,6 +343,8 @@ def _install_venv(emulator: PythonEmulator, bin_dir: Path) -> Path:
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         # Every package is pinned in the file: --no-deps installs exactly those, nothing resolved anew.
         _run([*pip, "--no-deps", "-r", str(emulator.requirements)], dict(os.environ), bin_dir)
+        [site_packages] = venv.glob("lib/python*/site-packages")
+        _apply(emulator.patches, site_packages, f"{emulator.executable} {emulator.version}")
         emulator.prepare(venv)
         complete.touch()
     log.info("Installed %s in %.0f s", venv, time.monotonic() - started)
@@ -353,16 +393,20 @@ def _build_go(emulator: GoEmulator, bin_dir: Path) -> Path:
             shutil.copytree(json.loads(downloaded)["Dir"], source)
         for path in [source, *source.rglob("*")]:  # the module cache's copy is read-only
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
-        for patch in emulator.patches:
-            code = (source / patch.file).read_text()
-            if patch.old not in code:
-                raise EmulatorError(f"{emulator.module}@{emulator.version}: {patch.file} is not as the patch expects")
-            (source / patch.file).write_text(code.replace(patch.old, patch.new))
+        _apply(emulator.patches, source, f"{emulator.module}@{emulator.version}")
         built = Path(build_dir) / emulator.binary
         _go(go, ["build", "-o", str(built), "."], env, source)
         os.replace(built, target)
     log.info("Built %s in %.0f s", target, time.monotonic() - started)
     return target
+
+
+def _apply(patches: Iterable[Patch], root: Path, what: str) -> None:
+    for patch in patches:
+        code = (root / patch.file).read_text()
+        if patch.old not in code:
+            raise EmulatorError(f"{what}: {patch.file} is not as the patch expects")
+        (root / patch.file).write_text(code.replace(patch.old, patch.new))
 
 
 def _go(go: str, args: list[str], env: dict[str, str], cwd: Path) -> str:
@@ -410,7 +454,7 @@ class EmulatorProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env=self.emulator.environment(self.binary),
+                env=self.emulator.environment(self.binary, self.state_dir),
             )
 
     def _up_or_over(self, process: subprocess.Popen) -> Callable[[], bool]:

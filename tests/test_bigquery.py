@@ -5,13 +5,14 @@ WriteToBigQuery) writes its rows there from every engine's SDK workers (docs/goo
 from __future__ import annotations
 
 import os
+import time
 
 import psutil
 import pytest
 from conftest import Api, Server, required_path
 from test_emulators import need_emulator, read_env, storage_client
 from test_running_jobs import dataflow_flags, run
-from test_streaming import PIPELINES
+from test_streaming import PIPELINES, flink_args, flink_endpoints
 
 from beamport import emulators
 
@@ -22,7 +23,7 @@ LINES = [f"word{i},{i}" for i in range(20)]
 
 @pytest.fixture(scope="module")
 def bq_server(tmp_path_factory):
-    """A server with workers, the GCS and BigQuery emulators and Prism (when there is one), the emulators'
+    """A server with workers, the GCS and BigQuery emulators, Prism and Flink (when there are), the emulators'
     variables in this process's environment (as a client's)."""
     need_emulator(emulators.GCS)
     need_emulator(emulators.BIGQUERY)
@@ -30,6 +31,8 @@ def bq_server(tmp_path_factory):
     saved = {name: os.environ.pop(name) for name in VARIABLES if name in os.environ}
     prism = os.environ.get("BEAMPORT_TEST_PRISM")
     engine_args = ("--prism", prism) if prism else ()
+    if os.environ.get("BEAMPORT_TEST_FLINK_ENV"):
+        engine_args += flink_args(flink_endpoints())
     srv = Server(
         base / "data",
         extra_args=("--allow-path", str(base), "--workers", "1", *engine_args, "--emulators", "gcs,bigquery"),
@@ -63,48 +66,96 @@ def test_googles_client_creates_inserts_and_queries(bq_server, project):
     assert [(r.item, r.price) for r in rows] == [("tea", 3), ("cake", 5)]
     # Its tables are in the data dir's DuckDB file, which a restart of the emulator keeps.
     assert list((bq_server.data_dir / "emulators" / "bigquery").glob("*.duckdb"))
-    (emulator,) = [
+
+
+def test_queries_reach_no_file_outside_the_emulators_data(bq_server, project, tmp_path):
+    """DuckDB's file functions, which a query may call, and load jobs' plain paths reach only the emulator's own
+    data and the gcs emulator's objects: not the server's keys, not a file to write."""
+    from google.api_core.exceptions import BadRequest
+    from google.cloud import bigquery
+
+    client = bigquery_client(project)
+    key = bq_server.data_dir / "secret-key.json"  # as the server's own keys are kept
+    key.write_text('{"private_key": "secret"}\n')
+    for query in (f"SELECT content FROM read_text('{key}')", f"COPY (SELECT 1 AS n) TO '{tmp_path}/written.csv'"):
+        with pytest.raises(BadRequest, match="disabled by configuration"):
+            client.query(query).result()
+    assert not (tmp_path / "written.csv").exists()
+    client.create_dataset("loads")
+    load = bigquery.LoadJobConfig(source_format="CSV", autodetect=True)
+    with pytest.raises(Exception, match="disabled by configuration|Permission"):
+        client.load_table_from_uri(str(key), f"{project}.loads.key", job_config=load).result()
+
+
+def bqemulator_processes(server: Server) -> list[psutil.Process]:
+    assert server.process is not None
+    return [
         p
-        for p in psutil.Process(bq_server.process.pid).children(recursive=True)
-        if any("bqemulator" in part for part in p.cmdline()[:2])
+        for p in psutil.Process(server.process.pid).children(recursive=True)
+        if any(part.endswith("/bqemulator") for part in p.cmdline()[:2])
     ]
-    assert "--persistent" in emulator.cmdline()
 
 
-def write_table(server: Server, project: str, tmp_path, engine: str, method: str) -> list[tuple[str, int]]:
-    """Run the pipeline (gs:// text -> WriteToBigQuery) on `engine`; answer the table's rows."""
+def test_the_emulator_started_again_keeps_its_tables(bq_server, project):
+    client = bigquery_client(project)
+    client.create_dataset("kept")
+    client.query(f"CREATE TABLE `{project}.kept.t` AS SELECT 'x' AS name, 1 AS n").result()
+    (emulator,) = bqemulator_processes(bq_server)
+    emulator.kill()
+    emulator.wait(30)
+    endpoint = read_env(bq_server.data_dir)["BIGQUERY_EMULATOR_HOST"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not emulators.BIGQUERY.healthy(int(endpoint.rsplit(":", 1)[1])):
+        time.sleep(0.1)
+    (again,) = bqemulator_processes(bq_server)
+    assert again.pid != emulator.pid
+    assert [tuple(r.values()) for r in client.query(f"SELECT name, n FROM `{project}.kept.t`").result()] == [("x", 1)]
+
+
+EXPECTED = sorted((line.split(",")[0], int(line.split(",")[1])) for line in LINES)
+
+
+@pytest.mark.parametrize("method", ["STREAMING_INSERTS", "FILE_LOADS"])
+@pytest.mark.parametrize("engine", ["embedded", "prism"])
+def test_a_batch_pipeline_from_gcs_text_to_bigquery(bq_server, project, tmp_path, engine, method):
+    """ReadFromText(gs://...) -> WriteToBigQuery, unchanged, on the engine's SDK workers: insertAll through
+    google-cloud-bigquery's Client, or files on GCS and a load job through apitools' BigqueryV2."""
+    if engine == "prism":
+        required_path("BEAMPORT_TEST_PRISM", "builds Prism")
     bucket = storage_client().create_bucket(f"bq-{project}")
     bucket.blob("in-1.txt").upload_from_string("\n".join(LINES[:10]) + "\n")
     bucket.blob("in-2.txt").upload_from_string("\n".join(LINES[10:]) + "\n")
     client = bigquery_client(project)
     client.create_dataset("words")
     gs = f"gs://{bucket.name}"
-    flags = [f for f in dataflow_flags(server, project, tmp_path, "to-bigquery") if "_location=" not in f]
+    flags = [f for f in dataflow_flags(bq_server, project, tmp_path, "to-bigquery") if "_location=" not in f]
     flags += [f"--temp_location={gs}/temp", f"--staging_location={gs}/staging", f"--labels=beamport_engine={engine}"]
-    table = f"{project}:words.counts"
-    run(
-        [
-            str(PIPELINES / "text_to_bigquery.py"),
-            f"--input={gs}/in*.txt",
-            f"--table={table}",
-            f"--method={method}",
-            *flags,
-        ],
-        timeout=600,
-    )
-    (job,) = Api(server.url, project).all_jobs()
+    pipeline = [str(PIPELINES / "text_to_bigquery.py"), f"--input={gs}/in*.txt", f"--method={method}"]
+    run([*pipeline, f"--table={project}:words.counts", *flags], timeout=600)
+
+    (job,) = Api(bq_server.url, project).all_jobs()
     assert job["currentState"] == "JOB_STATE_DONE"
     rows = client.query(f"SELECT word, count FROM `{project}.words.counts`").result()
-    return sorted((r.word, r.count) for r in rows)
+    assert sorted((r.word, r.count) for r in rows) == EXPECTED
+    loads = [j for j in client.list_jobs(project=project) if j.job_type == "load"]
+    assert bool(loads) == (method == "FILE_LOADS")
 
 
-EXPECTED = sorted((line.split(",")[0], int(line.split(",")[1])) for line in LINES)
+@pytest.mark.xdist_group("flink")  # one Flink job at a time, as test_streaming
+def test_a_batch_pipeline_to_bigquery_on_flinks_sdk_workers(bq_server, project):
+    """Flink's SDK worker pool does not inherit the server's environment: its workers reach the emulator by the
+    endpoint the job carries (engine/sdk_boot.py). (Text from a local file: the pool has no GCS endpoint.)"""
+    flink_endpoints()
+    workdir = bq_server.root / project  # an allowed path
+    workdir.mkdir()
+    (workdir / "in.txt").write_text("\n".join(LINES) + "\n")
+    client = bigquery_client(project)
+    client.create_dataset("words")
+    flags = [*dataflow_flags(bq_server, project, workdir, "to-bigquery"), "--labels=beamport_engine=flink"]
+    pipeline = [str(PIPELINES / "text_to_bigquery.py"), f"--input={workdir}/in.txt", "--method=STREAMING_INSERTS"]
+    run([*pipeline, f"--table={project}:words.counts", *flags], timeout=600)
 
-
-def test_a_batch_pipeline_writes_bigquery_with_streaming_inserts_on_the_embedded_engine(bq_server, project, tmp_path):
-    assert write_table(bq_server, project, tmp_path, "embedded", "STREAMING_INSERTS") == EXPECTED
-
-
-def test_a_batch_pipeline_writes_bigquery_with_streaming_inserts_on_prism(bq_server, project, tmp_path):
-    required_path("BEAMPORT_TEST_PRISM", "builds Prism")
-    assert write_table(bq_server, project, tmp_path, "prism", "STREAMING_INSERTS") == EXPECTED
+    (job,) = Api(bq_server.url, project).all_jobs()
+    assert job["currentState"] == "JOB_STATE_DONE"
+    rows = client.query(f"SELECT word, count FROM `{project}.words.counts`").result()
+    assert sorted((r.word, r.count) for r in rows) == EXPECTED

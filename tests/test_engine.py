@@ -723,6 +723,22 @@ def test_staging_needs_a_pipeline(tmp_path):
     assert refused.value.status == "INVALID_ARGUMENT"
 
 
+def test_staging_points_a_python_jobs_bigquery_io_at_the_servers_bigquery_endpoint(tmp_path, monkeypatch):
+    """With BIGQUERY_EMULATOR_HOST (the server's), staging adds Beamport's BigQuery plugin to the job's own and
+    carries the endpoint in an option (beamport/io/bigquery.py); without it, the options stay as submitted."""
+    (tmp_path / "pipeline.pb").write_bytes(_pipeline_proto().SerializeToString())
+    job = _job_document(str(tmp_path / "pipeline.pb"), beam_plugins=["apache_beam.io.filesystem.FileSystem"])
+    monkeypatch.delenv("BIGQUERY_EMULATOR_HOST", raising=False)
+    options = stage_job(job, FilePolicy([tmp_path]))[0].options
+    assert options["beam_plugins"] == ["apache_beam.io.filesystem.FileSystem"]
+    assert "beamport_bigquery_endpoint" not in options
+
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", "http://127.0.0.1:9050")
+    options = stage_job(job, FilePolicy([tmp_path]))[0].options
+    assert options["beam_plugins"] == ["apache_beam.io.filesystem.FileSystem", "beamport.io.bigquery_plugin"]
+    assert options["beamport_bigquery_endpoint"] == "http://127.0.0.1:9050"
+
+
 def test_unsatisfied_requirements():
     assert unsatisfied_requirements("# pins\napache-beam>=2.0\n\nprotobuf\n") == []
     missing = unsatisfied_requirements("apache-beam<1\nbeamport-no-such-package\n--index-url http://x\n")
