@@ -725,18 +725,27 @@ def test_staging_needs_a_pipeline(tmp_path):
 
 def test_staging_points_a_python_jobs_bigquery_io_at_the_servers_bigquery_endpoint(tmp_path, monkeypatch):
     """With BIGQUERY_EMULATOR_HOST (the server's), staging adds Beamport's BigQuery plugin to the job's own and
-    carries the endpoint in an option (beamport/io/bigquery.py); without it, the options stay as submitted."""
+    carries the endpoint in an option (beamport/io/endpoints.py); without it, the options stay as submitted."""
     (tmp_path / "pipeline.pb").write_bytes(_pipeline_proto().SerializeToString())
     job = _job_document(str(tmp_path / "pipeline.pb"), beam_plugins=["apache_beam.io.filesystem.FileSystem"])
     monkeypatch.delenv("BIGQUERY_EMULATOR_HOST", raising=False)
     options = stage_job(job, FilePolicy([tmp_path]))[0].options
     assert options["beam_plugins"] == ["apache_beam.io.filesystem.FileSystem"]
-    assert "beamport_bigquery_endpoint" not in options
+    assert "beamport_emulator_endpoints" not in options
 
     monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", "http://127.0.0.1:9050")
     options = stage_job(job, FilePolicy([tmp_path]))[0].options
     assert options["beam_plugins"] == ["apache_beam.io.filesystem.FileSystem", "beamport.io.bigquery_plugin"]
-    assert options["beamport_bigquery_endpoint"] == "http://127.0.0.1:9050"
+    assert options["beamport_emulator_endpoints"]["BIGQUERY_EMULATOR_HOST"] == "http://127.0.0.1:9050"
+
+
+def test_only_the_emulator_variables_come_back_from_a_jobs_option():
+    """A job's options are its own to write: sdk_boot takes only the three endpoint variables from them."""
+    from beamport.io import endpoints
+
+    given = {"LD_PRELOAD": "/tmp/x.so", "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085", "STORAGE_EMULATOR_HOST": 5}
+    assert endpoints.from_option(given) == {"PUBSUB_EMULATOR_HOST": "127.0.0.1:8085"}
+    assert endpoints.from_option("PUBSUB_EMULATOR_HOST=x") == {}
 
 
 def test_unsatisfied_requirements():

@@ -11,7 +11,7 @@ from conftest import Api, Server, discovery_client, required_path
 from googleapiclient.errors import HttpError
 from test_emulators import need_emulator, read_env
 from test_running_jobs import wait_state
-from test_streaming import START_S, wait_for
+from test_streaming import START_S, cancel_flink_jobs, flink_args, flink_endpoints, wait_for
 
 from beamport import emulators
 
@@ -20,24 +20,36 @@ PROJECT = "templates-demo"
 GOOGLE = "gs://dataflow-templates/latest"
 
 
-@pytest.fixture(scope="module")
-def pubsub_server(tmp_path_factory):
-    """A server with Prism as its streaming engine and the Pub/Sub emulator, whose PUBSUB_EMULATOR_HOST this
-    process uses (as a client's would)."""
-    prism = required_path("BEAMPORT_TEST_PRISM", "builds Prism")
+def streaming_server_with_pubsub(root: Path, engine: str):
+    """A server with `engine` (prism or flink) as its streaming engine and the Pub/Sub emulator, whose
+    PUBSUB_EMULATOR_HOST this process uses (as a client's would)."""
+    if engine == "prism":
+        engine_args: tuple[str, ...] = ("--prism", str(required_path("BEAMPORT_TEST_PRISM", "builds Prism")))
+    else:
+        engine_args = flink_args(flink_endpoints())
     need_emulator(emulators.PUBSUB)
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
-    root = tmp_path_factory.mktemp("google-templates")
     srv = Server(
         root / "data",
-        extra_args=("--allow-path", str(root), "--workers", "2", "--prism", str(prism), "--emulators", "pubsub"),
+        extra_args=("--allow-path", str(root), "--workers", "2", *engine_args, "--emulators", "pubsub"),
     ).start()
     srv.root = root
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", read_env(srv.data_dir)["PUBSUB_EMULATOR_HOST"])
     yield srv
     srv.stop()
     monkeypatch.undo()
+
+
+@pytest.fixture(scope="module")
+def pubsub_server(tmp_path_factory):
+    yield from streaming_server_with_pubsub(tmp_path_factory.mktemp("google-templates"), "prism")
+
+
+@pytest.fixture
+def flink_pubsub_server(tmp_path):
+    yield from streaming_server_with_pubsub(tmp_path, "flink")
+    cancel_flink_jobs(flink_endpoints(), lambda job: job["state"] == "RUNNING")  # one a failed test left running
 
 
 def templates(server: Server):
@@ -158,6 +170,36 @@ def test_cloud_pubsub_to_gcs_text_writes_a_file_per_window_then_drains(pubsub_se
     assert [p.name for p in output.iterdir()] == [str(time.gmtime().tm_year)]
     texts = [m["messageText"] for m in api.messages(job["id"]).json().get("jobMessages", [])]
     assert any("Google's provided template" in t for t in texts), texts
+
+
+@pytest.mark.xdist_group("flink")
+def test_cloud_pubsub_to_gcs_text_on_flink_fails_at_once_saying_why(flink_pubsub_server):
+    """Its window size is a runtime parameter, so its windows are a Python WindowFn, which Beam's Flink runner
+    cannot run: the job fails on its first attempt, saying so and naming the engine that can, not four times."""
+    api = Api(flink_pubsub_server.url, PROJECT)
+    launched = (
+        templates(flink_pubsub_server)
+        .launch(
+            projectId=PROJECT,
+            location="us-central1",
+            gcsPath=f"{GOOGLE}/Cloud_PubSub_to_GCS_Text",
+            body={
+                "jobName": "pubsub-to-text-on-flink",
+                "parameters": {
+                    "inputSubscription": f"projects/{PROJECT}/subscriptions/none",
+                    "outputDirectory": f"{flink_pubsub_server.root}/windowed/",
+                    "windowDuration": "5s",
+                },
+            },
+        )
+        .execute()
+    )
+    job_id = launched["job"]["id"]
+    wait_state(api, job_id, {"JOB_STATE_FAILED"}, timeout=START_S)
+    texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
+    failed = [t for t in texts if "Beam's Flink runner cannot run this pipeline" in t]
+    assert failed and "beam:window_fn:pickled_python:v1" in failed[0] and "beamport_engine=prism" in failed[0], texts
+    assert not any("attempt 2" in t for t in texts), "not tried again"
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ a drain), with the topic or subscription read from the template's parameters whe
 
 from __future__ import annotations
 
-import apache_beam as beam
-
-from beamport.io.pubsub import DropDuplicates, PullMessages
+from beamport.io.pubsub import PullAndDropDuplicates, PullMessages
 
 
 class PullFromParameters(PullMessages):
@@ -38,18 +36,9 @@ class PullFromParameters(PullMessages):
         super().setup()
 
 
-class ReadPubSubParameters(beam.PTransform):
+class ReadPubSubParameters(PullAndDropDuplicates):
     """Messages from a topic or a subscription named by runtime parameters: their data, or with
     `with_attributes` the serialized google.pubsub.v1.PubsubMessage (as beamport.io.pubsub.ReadPubSub)."""
 
     def __init__(self, topic=None, subscription=None, with_attributes: bool = False):
-        super().__init__()
-        self.pull = PullFromParameters(topic, subscription, with_attributes)
-
-    def expand(self, pbegin):
-        return (
-            pbegin
-            | "Impulse" >> beam.Impulse()
-            | "Pull" >> beam.ParDo(self.pull).with_output_types(tuple[int, tuple[str, bytes]])
-            | "DropDuplicates" >> beam.ParDo(DropDuplicates()).with_output_types(bytes)
-        )
+        super().__init__(PullFromParameters(topic, subscription, with_attributes))

@@ -42,6 +42,7 @@ from beamport.engine.base import (
 from beamport.engine.capture import worker_log_service
 from beamport.engine.portable import JobService, external_environments, user_metrics
 from beamport.engine.registry import FLINK
+from beamport.errors import ApiError
 from beamport.polling import wait_until
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ STALL_CHECK_S = 20.0
 METRICS_LAG_S = 15.0
 START_CHECK_S = 3.0  # how often a job's first stage is looked at until it has passed something on
 MAX_RESUBMITS = 3
+# What the job server's translation throws when Beam's Flink runner does not support something the pipeline
+# uses (e.g. "Unknown or unsupported WindowFn: beam:window_fn:pickled_python:v1", a Python WindowFn).
+TRANSLATION_REFUSALS = ("java.lang.IllegalArgumentException", "java.lang.UnsupportedOperationException")
 # Defaults for options the job may set itself (Beam's FlinkPipelineOptions, in Python's spelling).
 DEFAULT_OPTIONS = {
     # Bundles of a streaming stage end at each checkpoint (and after max_bundle_time_mills): without
@@ -447,10 +451,17 @@ class FlinkEngine(Engine):
                 return found["jid"]
             if service.state(invocation) in ("FAILED", "CANCELLED"):
                 errors = service.errors(invocation)
-                raise EngineError(
-                    "Beam's Flink job server could not translate or submit the job"
-                    + (f": {errors[-1]}" if errors else "; its log says why.")
+                message = "Beam's Flink job server could not translate or submit the job" + (
+                    f": {errors[-1]}" if errors else "; its log says why."
                 )
+                if errors and any(refusal in errors[-1] for refusal in TRANSLATION_REFUSALS):
+                    # The same pipeline is refused the same way on every attempt: the job fails now.
+                    raise ApiError(
+                        "FAILED_PRECONDITION",
+                        f"{message} Beam's Flink runner cannot run this pipeline (a transform or window function "
+                        "it does not support); run it on another engine (the label beamport_engine=prism).",
+                    )
+                raise EngineError(message)
             return None
 
         jid = wait_until(on_the_cluster, lambda jid: jid is not None, SUBMIT_TIMEOUT_S, 0.5)

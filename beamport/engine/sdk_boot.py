@@ -11,9 +11,9 @@ Also as Beam's boot program does, it fetches the environment's artifacts (what s
 packages: pure-Python wheels and the main session, beamport.engine.portable.staged_artifacts) into the
 worker's staged directory, where `sdk_worker_main` loads the main session, and puts the wheels on its
 PYTHONPATH. The worker's logs go to the Beamport engine that runs the job when the job names its logging
-service (the option `beamport_logging_endpoint`, reachable), else to the runner's. The BigQuery endpoint the
-job was staged with (the option `beamport_bigquery_endpoint`) becomes the worker's BIGQUERY_EMULATOR_HOST,
-for the job's BigQuery plugin (beamport/io/bigquery.py).
+service (the option `beamport_logging_endpoint`, reachable), else to the runner's. The Google service endpoints
+the job was staged with (the option `beamport_emulator_endpoints`: the server's emulators) become the worker's
+STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST (beamport/io/endpoints.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 
-from beamport.io import bigquery
+from beamport.io import endpoints
 
 # The pipeline option naming the Fn API logging service of the Beamport engine that runs the job.
 LOGGING_ENDPOINT_OPTION = "beamport_logging_endpoint"
@@ -70,10 +70,8 @@ def main(argv: list[str]) -> None:
     if beamport_logs and _reachable(beamport_logs):
         logging_endpoint = descriptor(endpoints_pb2.ApiServiceDescriptor(url=beamport_logs), "")
     env = dict(os.environ)
-    # The BigQuery endpoint the job was staged with (the server's, which this pool may not have: Flink's).
-    bigquery_endpoint = _option(options, bigquery.ENDPOINT_OPTION)
-    if bigquery_endpoint:
-        env[bigquery.VARIABLE] = bigquery_endpoint
+    # The Google service endpoints the job was staged with (the server's, which this pool may not have: Flink's).
+    env.update(endpoints.from_option(_option(options, endpoints.OPTION)))
     env.update(
         PIPELINE_OPTIONS=json_format.MessageToJson(info.pipeline_options),
         CONTROL_API_SERVICE_DESCRIPTOR=descriptor(info.control_endpoint, args.control_endpoint),
@@ -98,7 +96,7 @@ def main(argv: list[str]) -> None:
                 "SEMI_PERSISTENT_DIRECTORY",
                 "RUNNER_CAPABILITIES",
                 "PYTHONPATH",
-                bigquery.VARIABLE,
+                *endpoints.VARIABLES,
             )
             if k in env
         }

@@ -17,9 +17,9 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
 - Windowed values carried as element values with a window coder only an SDK knows (Beam Python's Reshuffle on
   non-global windows since 2.65, WriteToBigQuery's among them): made opaque to the engine with a length prefix
   (engine/reshuffle_staging.py), which Prism and Flink otherwise decode wrongly.
-- Beam's BigQuery I/O (ordinary Python transforms): when the server has a BigQuery endpoint
-  (BIGQUERY_EMULATOR_HOST), a Beam plugin in the options points every Python SDK worker's BigQuery clients at
-  it, and an option carries the endpoint to workers that do not inherit the server's environment
+- The server's Google service endpoints (STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST) go with a Python job in an
+  option, for SDK workers that do not inherit the server's environment (beamport/io/endpoints.py); with a
+  BigQuery endpoint, a Beam plugin in the options points every Python SDK worker's BigQuery clients at it
   (beamport/io/bigquery.py).
 - packages (environment.workerPools[].packages):
   - pickled_main_session: loaded before the run, as Dataflow's SDK harness does;
@@ -70,7 +70,7 @@ from beamport.engine.staged_files import (
 )
 from beamport.errors import ApiError
 from beamport.files import FilePolicy, gcs_resource_as_url, scheme_of
-from beamport.io import bigquery
+from beamport.io import bigquery, endpoints
 
 MAIN_SESSION = "pickled_main_session"
 REQUIREMENTS = "requirements.txt"
@@ -191,7 +191,7 @@ def stage_job(
         # same name from the options the runner provisions (a portable runner's options are beam:option:K:v1).
         options["go_options"] = go_options
     if rewritten:
-        _reach_bigquery(options)
+        _reach_emulators(options)
     staged = StagedJob(
         job_id=job.get("id", ""),
         job_type=job_type,
@@ -306,18 +306,18 @@ def rewrite_python_environments(
     return rewritten
 
 
-def _reach_bigquery(options: dict) -> None:
-    """With a BigQuery endpoint in this process's environment (the server's BIGQUERY_EMULATOR_HOST), the job's
-    Python SDK workers point Beam's BigQuery I/O at it: through a Beam plugin every worker imports at start,
-    and an option carrying the endpoint to workers that do not inherit the server's environment
-    (beamport/io/bigquery.py)."""
-    endpoint = os.environ.get(bigquery.VARIABLE)
-    if not endpoint:
+def _reach_emulators(options: dict) -> None:
+    """The Google service endpoints of this process's environment (the server's emulators) go with the job to
+    its Python SDK workers (beamport/io/endpoints.py), and with a BigQuery endpoint, Beam's BigQuery I/O is
+    pointed at it through a Beam plugin every worker imports at start (beamport/io/bigquery.py)."""
+    found = endpoints.of(os.environ)
+    if not found:
         return
-    plugins = options.get("beam_plugins") or []
-    if bigquery.PLUGIN not in plugins:
-        options["beam_plugins"] = [*plugins, bigquery.PLUGIN]
-    options[bigquery.ENDPOINT_OPTION] = endpoint
+    options[endpoints.OPTION] = found
+    if bigquery.VARIABLE in found:
+        plugins = options.get("beam_plugins") or []
+        if bigquery.PLUGIN not in plugins:
+            options["beam_plugins"] = [*plugins, bigquery.PLUGIN]
 
 
 def _replace_pubsub(pipeline: beam_runner_api_pb2.Pipeline, python_environments: list[str], engine) -> None:

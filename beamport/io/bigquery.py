@@ -19,9 +19,6 @@ import os
 
 VARIABLE = "BIGQUERY_EMULATOR_HOST"
 PLUGIN = "beamport.io.bigquery_plugin"
-# The pipeline option staging carries the server's endpoint in, for SDK workers that do not inherit the
-# server's environment (Flink's SDK worker pool: engine/sdk_boot.py exports it as BIGQUERY_EMULATOR_HOST).
-ENDPOINT_OPTION = "beamport_bigquery_endpoint"
 # google-cloud-bigquery's Client wants a project; Beam's insertAll names the table's own.
 DEFAULT_PROJECT = "beamport"
 

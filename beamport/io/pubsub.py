@@ -247,7 +247,24 @@ class DropDuplicates(beam.DoFn):
         yield payload
 
 
-class ReadPubSub(beam.PTransform):
+class PullAndDropDuplicates(beam.PTransform):
+    """Impulse, a PullMessages DoFn, and the dedup of what it pulled: a Pub/Sub read, however its DoFn finds
+    its topic or subscription."""
+
+    def __init__(self, pull: PullMessages):
+        super().__init__()
+        self.pull = pull
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Impulse" >> beam.Impulse()
+            | "Pull" >> beam.ParDo(self.pull).with_output_types(tuple[int, tuple[str, bytes]])
+            | "DropDuplicates" >> beam.ParDo(DropDuplicates()).with_output_types(bytes)
+        )
+
+
+class ReadPubSub(PullAndDropDuplicates):
     """Beam's native Pub/Sub read (PubSubReadPayload's fields), executable: see the module's doc."""
 
     def __init__(
@@ -259,17 +276,10 @@ class ReadPubSub(beam.PTransform):
         with_attributes: bool = False,
         emulator_host: str | None = None,
     ):
-        super().__init__()
         if not (topic or subscription):
             raise ValueError("a Pub/Sub read names a topic or a subscription")
-        self.pull = PullMessages(topic, subscription, timestamp_attribute, id_attribute, with_attributes, emulator_host)
-
-    def expand(self, pbegin):
-        return (
-            pbegin
-            | "Impulse" >> beam.Impulse()
-            | "Pull" >> beam.ParDo(self.pull).with_output_types(tuple[int, tuple[str, bytes]])
-            | "DropDuplicates" >> beam.ParDo(DropDuplicates()).with_output_types(bytes)
+        super().__init__(
+            PullMessages(topic, subscription, timestamp_attribute, id_attribute, with_attributes, emulator_host)
         )
 
 

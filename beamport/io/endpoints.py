@@ -1,0 +1,28 @@
+"""The Google service endpoints a job's SDK workers reach, carried in the job's options.
+
+`beamport serve --emulators` (or the operator) gives the server STORAGE_EMULATOR_HOST, PUBSUB_EMULATOR_HOST and
+BIGQUERY_EMULATOR_HOST; the workers and SDK harnesses it starts inherit them, but Flink's SDK worker pool does
+not (it runs beside the cluster, with its own environment). So staging records the server's in the option
+`beamport_emulator_endpoints`, and engine/sdk_boot.py gives them back to each SDK worker as variables, for
+Google's clients and Beam's IOs (GCS, Pub/Sub, BigQuery) in the job's code. Only these three names are taken
+from a job's options: the options are the job's own to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+VARIABLES = ("STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
+OPTION = "beamport_emulator_endpoints"
+
+
+def of(environ: Mapping[str, str]) -> dict[str, str]:
+    """The endpoints an environment names (the server's, as staging sees it)."""
+    return {name: environ[name] for name in VARIABLES if environ.get(name)}
+
+
+def from_option(value) -> dict[str, str]:
+    """The endpoints a job's option names: only the three variables, only strings."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {name: value[name] for name in VARIABLES if isinstance(value.get(name), str) and value[name]}
