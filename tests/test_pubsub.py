@@ -1,41 +1,62 @@
 """An unchanged streaming Pub/Sub pipeline (ReadFromPubSub -> FixedWindows -> CombinePerKey(sum) ->
-WriteToPubSub), submitted by Beam's DataflowRunner, runs on Beamport against `serve --emulators pubsub`: staging
-puts Python transforms in place of Beam's native Pub/Sub read and write (docs/google-services.md)."""
+WriteToPubSub, and WriteToBigQuery beside it), submitted by Beam's DataflowRunner, runs on Beamport against
+`serve --emulators pubsub,bigquery`: staging puts Python transforms in place of Beam's native Pub/Sub read and
+write (docs/google-services.md)."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 
+import psutil
 import pytest
 from conftest import Api, Server, required_path
+from test_bigquery import bigquery_client
 from test_emulators import need_emulator, read_env
 from test_running_jobs import dataflow_flags, run, wait_state
-from test_streaming import PIPELINES, START_S, cancel_flink_jobs, flink_args, flink_endpoints, wait_for
+from test_streaming import (
+    DRAIN_S,
+    PIPELINES,
+    START_S,
+    cancel_flink_jobs,
+    checkpointed_since,
+    flink_args,
+    flink_endpoints,
+    flink_jobs,
+    wait_for,
+)
 
 from beamport import emulators
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]  # one Flink job at a time, as test_streaming
 PROJECT = "pubsub-demo"
+VARIABLES = ("PUBSUB_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
 
 
 @pytest.fixture(scope="module", params=["prism", "flink"])
 def pubsub_server(tmp_path_factory, request):
-    """A server with one streaming engine and the Pub/Sub emulator; this process's PUBSUB_EMULATOR_HOST names
-    the emulator (as a client's would)."""
+    """A server with one streaming engine and the Pub/Sub and BigQuery emulators; this process's
+    PUBSUB_EMULATOR_HOST and BIGQUERY_EMULATOR_HOST name them (as a client's would)."""
     if request.param == "prism":
         engine_args: tuple[str, ...] = ("--prism", str(required_path("BEAMPORT_TEST_PRISM", "builds Prism")))
     else:
         flink = flink_endpoints()
         engine_args = flink_args(flink)
     need_emulator(emulators.PUBSUB)
+    need_emulator(emulators.BIGQUERY)
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    for variable in VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
     root = tmp_path_factory.mktemp(f"pubsub-{request.param}")
     srv = Server(
-        root / "data", extra_args=("--allow-path", str(root), "--workers", "2", *engine_args, "--emulators", "pubsub")
+        root / "data",
+        extra_args=("--allow-path", str(root), "--workers", "2", *engine_args, "--emulators", "pubsub,bigquery"),
     ).start()
     srv.root = root
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", read_env(srv.data_dir)["PUBSUB_EMULATOR_HOST"])
+    srv.engine = request.param
+    for variable in VARIABLES:
+        monkeypatch.setenv(variable, read_env(srv.data_dir)[variable])
     yield srv
     srv.stop()
     monkeypatch.undo()
@@ -202,3 +223,142 @@ def test_a_topic_read_with_attributes_through_a_subscription_of_its_own(pubsub_s
     api = Api(pubsub_server.url, PROJECT)
     assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
     wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=START_S)
+
+
+def rows_of(project: str, dataset: str) -> list[str]:
+    """The sums in the pipeline's BigQuery table, as the output topic has them: `key,sum,window start` (none
+    before WriteToBigQuery has created the table)."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        rows = list(bigquery_client(project).list_rows(f"{project}.{dataset.replace('-', '_')}.sums"))
+    except NotFound:
+        return []
+    return sorted(f"{r['key']},{r['sum']},{r['window_start']}" for r in rows)
+
+
+def submit_to_bigquery(server: Server, topics: Topics, name: str) -> str:
+    """The sums job with `--bigquery`, into a dataset of its own (the table is WriteToBigQuery's to create)."""
+    bigquery_client(PROJECT).create_dataset(name.replace("-", "_"))
+    done = submit(server, topics, name, f"--bigquery={PROJECT}:{name.replace('-', '_')}.sums")
+    return done.stdout.split("JOB_ID ", 1)[1].split()[0]
+
+
+def test_windowed_sums_to_pubsub_and_bigquery_with_a_duplicate_then_drained(pubsub_server):
+    """WriteToBigQuery's streaming inserts beside WriteToPubSub: each window's sums reach both, once."""
+    name = f"tobq-{pubsub_server.engine}"
+    topics = Topics(name)
+    minute = int(time.time()) // 60 * 60 - 3600  # an hour ago: its windows close as soon as all is read
+    later = minute + 7200  # an hour ahead: its window stays open until the drain
+    topics.publish("a", 1, minute + 1, "q1")
+    topics.publish("a", 2, minute + 2, "q2")
+    topics.publish("b", 5, minute + 3, "q3")
+    topics.publish("a", 2, minute + 2, "q2")  # published twice (a publisher's retry): counted once
+    topics.publish("a", 10, minute + 61, "q4")
+    topics.publish("c", 7, later, "q5")
+
+    job_id = submit_to_bigquery(pubsub_server, topics, name)
+    api = Api(pubsub_server.url, PROJECT)
+    closed = sorted([f"a,3,{minute}", f"a,10,{minute + 60}", f"b,5,{minute}"])
+    wait_for("the closed windows' sums in the topic", lambda: len(topics.pull_output()) >= len(closed), START_S)
+    wait_for("the closed windows' sums in BigQuery", lambda: len(rows_of(PROJECT, name)) >= len(closed), START_S)
+    assert topics.pull_output() == closed
+    assert rows_of(PROJECT, name) == closed
+    assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
+
+    assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200
+    wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=DRAIN_S)
+    # Drained: the open window fired into both sinks before the job ended.
+    everything = sorted([*closed, f"c,7,{later}"])
+    wait_for("the open window's sum in the topic", lambda: len(topics.pull_output()) > len(closed), 60)
+    assert topics.pull_output() == everything
+    assert rows_of(PROJECT, name) == everything
+
+
+def sdk_workers_of(flink: dict, job_id: str) -> list[psutil.Process]:
+    """The Python SDK workers that the cluster's SDK worker pool runs for this job (sdk_worker_main, started by
+    beamport.engine.sdk_boot under the pool process; the job's options in their environment name the job)."""
+    port = flink["BEAMPORT_FLINK_SDK_POOL"].rsplit(":", 1)[1]
+    (pool,) = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "apache_beam.runners.worker.worker_pool_main" in (p.info["cmdline"] or [])
+        and f"--service_port={port}" in (p.info["cmdline"] or [])
+    ]
+    workers = []
+    for process in pool.children(recursive=True):
+        try:
+            # The Python process itself: under a sandbox, bwrap's command lines name the module too.
+            is_worker = process.cmdline()[1:3] == ["-m", "apache_beam.runners.worker.sdk_worker_main"]
+            if is_worker and job_id in process.environ().get("PIPELINE_OPTIONS", ""):
+                workers.append(process)
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+    return workers
+
+
+def wait_for_quietly(predicate, timeout: float) -> None:
+    """Wait until the predicate holds or the time is up: the assertion after it says what came instead."""
+    try:
+        wait_for("", predicate, timeout)
+    except AssertionError:
+        pass
+
+
+def flink_exceptions(flink: dict, jid: str) -> list[dict]:
+    """The failures of a Flink job's tasks so far (each restart of Flink's follows one)."""
+    url = f"http://{flink['BEAMPORT_FLINK_MASTER']}/jobs/{jid}/exceptions"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.load(answer).get("exceptionHistory", {}).get("entries", [])
+
+
+@pytest.mark.parametrize("pubsub_server", ["flink"], indirect=True)  # Prism keeps no state to restart from
+def test_a_killed_sdk_worker_loses_and_doubles_nothing_on_flink(pubsub_server):
+    """kill -9 of the job's SDK worker: Flink restarts the job's tasks from its last checkpoint; what Pub/Sub
+    delivered after it is delivered again (acknowledgements wait for checkpoints) and the restored dedup state
+    drops ids seen before. A window inserted into BigQuery before that checkpoint is not inserted again (one
+    inserted after it would be, and bqemulator does not drop repeated insert ids: docs/google-services.md)."""
+    flink = flink_endpoints()
+    name = "killed-worker"
+    topics = Topics(name)
+    minute = int(time.time()) // 60 * 60 - 3600  # an hour ago: its windows close as soon as all is read
+    later = minute + 7200  # an hour ahead: its window stays open until the drain
+    topics.publish("a", 1, minute + 1, "k1")
+    topics.publish("a", 2, minute + 2, "k2")
+    topics.publish("b", 5, minute + 3, "k3")
+    topics.publish("c", 7, later, "k4")  # read before the kill: its id is in the checkpoint's dedup state
+
+    job_id = submit_to_bigquery(pubsub_server, topics, name)
+    api = Api(pubsub_server.url, PROJECT)
+    closed = sorted([f"a,3,{minute}", f"b,5,{minute}"])
+    wait_for("the closed window's sums in the topic", lambda: len(topics.pull_output()) >= len(closed), START_S)
+    wait_for("the closed window's sums in BigQuery", lambda: len(rows_of(PROJECT, name)) >= len(closed), START_S)
+    written_ms = time.time() * 1000
+    running = lambda: [j["jid"] for j in flink_jobs(flink) if j["name"] == job_id and j["state"] == "RUNNING"]  # noqa: E731
+    (jid,) = wait_for("the Flink job running", running)
+    wait_for("a checkpoint after the window's output", lambda: checkpointed_since(flink, jid, written_ms))
+    failures_before = len(flink_exceptions(flink, jid))
+
+    workers = wait_for("the job's SDK worker", lambda: sdk_workers_of(flink, job_id))
+    workers[0].kill()  # SIGKILL, of one worker: not the pool, not another job's
+    wait_for("Flink's restart of the job's tasks", lambda: len(flink_exceptions(flink, jid)) > failures_before, 120)
+    # The next window's messages, stamped now (a little ahead of the watermark, which follows the wall clock):
+    # their sums come out once the wall clock passes the window's end, which shows the restored job reads on.
+    now = int(time.time()) + 2
+    current = now // 60 * 60
+    topics.publish("c", 7, later, "k4")  # again, after the restore: the restored dedup state drops it
+    topics.publish("d", 4, now, "k5")
+    topics.publish("d", 4, now, "k5")  # a duplicate, after the restore
+    topics.publish("e", 6, now, "k6")
+    expected_now = sorted([*closed, f"d,4,{current}", f"e,6,{current}"])
+    wait_for_quietly(lambda: len(topics.pull_output()) >= len(expected_now), START_S)
+    assert topics.pull_output() == expected_now, "the next window's sums, once"
+    assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
+
+    assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200
+    wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=DRAIN_S)
+    everything = sorted([*expected_now, f"c,7,{later}"])
+    wait_for_quietly(lambda: len(topics.pull_output()) >= len(everything), 60)
+    assert topics.pull_output() == everything, "nothing lost or doubled in the topic"
+    wait_for_quietly(lambda: len(rows_of(PROJECT, name)) >= len(everything), 60)
+    assert rows_of(PROJECT, name) == everything, "nothing lost or doubled in BigQuery"
