@@ -964,3 +964,24 @@ def test_a_worker_log_entry_becomes_its_log_record():
         42,
     )
     assert record.created == 1_800_000_000.25 and record.threadName == "Thread-3" and record.exc_text == "Traceback ..."
+
+
+def test_a_pubsub_messages_event_time_is_its_attribute_in_ms_or_rfc3339_else_its_publish_time():
+    """As Dataflow reads a `timestamp_attribute`: milliseconds since the epoch, or RFC 3339 (any offset)."""
+    import datetime
+
+    from apache_beam.utils.timestamp import Timestamp
+    from google.pubsub_v1.types import PubsubMessage
+
+    from beamport.io.pubsub import event_time
+
+    published = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+
+    def message(**attributes):
+        return PubsubMessage(data=b"x", attributes=attributes, publish_time=published)
+
+    assert event_time(message(ts="1767323045123"), "ts") == Timestamp(micros=1767323045123000)
+    assert event_time(message(ts="2026-01-02T03:04:05.5Z"), "ts") == Timestamp(1767323045.5)
+    assert event_time(message(ts="2026-01-02T04:04:05+01:00"), "ts") == Timestamp(1767323045)
+    assert event_time(message(other="1"), "ts") == Timestamp(1767323045), "no attribute: the publish time"
+    assert event_time(message(ts="1767323045123"), "") == Timestamp(1767323045), "none named: the publish time"
