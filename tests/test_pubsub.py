@@ -118,16 +118,23 @@ def submit(server: Server, topics: Topics, name: str, *extra: str, check: bool =
     )
 
 
-def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsub_server):
-    topics = Topics(f"sums-{pubsub_server.root.name}")
+def publish_sums_input(topics: Topics, id_prefix: str) -> tuple[int, int]:
+    """Two closed windows' messages (a minute each, an hour ago), one of them published twice (a publisher's
+    retry: counted once), and one for a window an hour ahead, open until the drain; answers both minutes."""
     minute = int(time.time()) // 60 * 60 - 3600  # an hour ago: its windows close as soon as all is read
     later = minute + 7200  # an hour ahead: its window stays open until the drain
-    topics.publish("a", 1, minute + 1, "m1")
-    topics.publish("a", 2, minute + 2, "m2")
-    topics.publish("b", 5, minute + 3, "m3")
-    topics.publish("a", 2, minute + 2, "m2")  # published twice (a publisher's retry): counted once
-    topics.publish("a", 10, minute + 61, "m4")
-    topics.publish("c", 7, later, "m5")
+    topics.publish("a", 1, minute + 1, f"{id_prefix}1")
+    topics.publish("a", 2, minute + 2, f"{id_prefix}2")
+    topics.publish("b", 5, minute + 3, f"{id_prefix}3")
+    topics.publish("a", 2, minute + 2, f"{id_prefix}2")  # published twice (a publisher's retry): counted once
+    topics.publish("a", 10, minute + 61, f"{id_prefix}4")
+    topics.publish("c", 7, later, f"{id_prefix}5")
+    return minute, later
+
+
+def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsub_server):
+    topics = Topics(f"sums-{pubsub_server.root.name}")
+    minute, later = publish_sums_input(topics, "m")
 
     done = submit(pubsub_server, topics, "sums")  # streaming: on the server's streaming engine
     job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
@@ -254,14 +261,7 @@ def test_windowed_sums_to_pubsub_and_bigquery_with_a_duplicate_then_drained(pubs
     (docs/google-services.md)."""
     name = f"tobq-{pubsub_server.engine}"
     topics = Topics(name)
-    minute = int(time.time()) // 60 * 60 - 3600  # an hour ago: its windows close as soon as all is read
-    later = minute + 7200  # an hour ahead: its window stays open until the drain
-    topics.publish("a", 1, minute + 1, "q1")
-    topics.publish("a", 2, minute + 2, "q2")
-    topics.publish("b", 5, minute + 3, "q3")
-    topics.publish("a", 2, minute + 2, "q2")  # published twice (a publisher's retry): counted once
-    topics.publish("a", 10, minute + 61, "q4")
-    topics.publish("c", 7, later, "q5")
+    minute, later = publish_sums_input(topics, "q")
 
     job_id = submit_to_bigquery(pubsub_server, topics, name)
     api = Api(pubsub_server.url, PROJECT)

@@ -4,6 +4,8 @@ object, for the BigQuery templates), or null/undefined to drop the element, as G
 
 from __future__ import annotations
 
+import json
+
 from beamport.builtin_templates.files import open_read
 
 
@@ -37,6 +39,22 @@ class JavascriptUdf:
             return None if result is None else str(result)
 
         return call
+
+
+def json_row(text: str, transform) -> dict | None:
+    """A line or a message's data -> the table row it is: through the UDF (`transform`, or None), whose None
+    drops it (None), then a JSON object of the table's columns. Raises ValueError for anything else."""
+    if transform is not None:
+        text = transform(text)
+        if text is None:
+            return None
+    try:
+        row = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"Not a JSON object (the table's columns): {text[:200]!r} ({exc}).") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"Not a JSON object (the table's columns): {text[:200]!r}.")
+    return row
 
 
 UDF_PARAMETERS = {

@@ -28,7 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamport.builtin_templates import add_parameters, run_as_template
 from beamport.builtin_templates.bigquery_tables import TableOf
-from beamport.builtin_templates.javascript_udf import UDF_PARAMETERS, JavascriptUdf
+from beamport.builtin_templates.javascript_udf import UDF_PARAMETERS, JavascriptUdf, json_row
 from beamport.builtin_templates.pubsub_source import ReadPubSubParameters
 
 FAILED = "failed"
@@ -94,18 +94,12 @@ class MessageToRow(beam.DoFn):
         message = PubsubMessage.deserialize(element)
         data, attributes = bytes(message.data), dict(message.attributes)
         try:
-            text = data.decode("utf-8")
-            if self.transform is not None:
-                text = self.transform(text)
-                if text is None:  # the UDF dropped it
-                    return
-            row = json.loads(text)
-            if not isinstance(row, dict):
-                raise ValueError(f"A message must be a JSON object (the table's columns), not {text[:200]!r}.")
+            row = json_row(data.decode("utf-8"), self.transform)
         except Exception as exc:
             yield beam.pvalue.TaggedOutput(FAILED, deadletter_row(data, attributes, str(exc), traceback.format_exc()))
             return
-        yield row
+        if row is not None:  # None: the UDF dropped it
+            yield row
 
 
 def refused_row(failure) -> dict:

@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beamport.builtin_templates import add_parameters, run_as_template
 from beamport.builtin_templates.bigquery_tables import TableOf
 from beamport.builtin_templates.files import ReadText, open_read
-from beamport.builtin_templates.javascript_udf import UDF_PARAMETERS, JavascriptUdf
+from beamport.builtin_templates.javascript_udf import UDF_PARAMETERS, JavascriptUdf, json_row
 
 SCHEMA_KEY = "BigQuery Schema"
 
@@ -86,16 +86,9 @@ class LineToRow(beam.DoFn):
         self.transform = self.udf.load()
 
     def process(self, line: str):
-        text = self.transform(line) if self.transform is not None else line
-        if text is None:
-            return
-        try:
-            row = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"Not a JSON object: {text[:200]!r} ({exc}).") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"Not a JSON object: {text[:200]!r}.")
-        yield row
+        row = json_row(line, self.transform)
+        if row is not None:  # None: the UDF dropped it
+            yield row
 
 
 def build(pipeline, options):
