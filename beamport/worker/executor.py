@@ -78,9 +78,12 @@ class Reporter:
         self.scaling: dict | None = None  # the work item's worker range, {min, max}
         self.workers = 0  # SDK workers the run uses now (0 before the first stage)
         self.ask_service: Callable[[int], dict] | None = None  # reports at once with a backlog, returns the answer
+        # Set to report now, not at the next tick: the job's state changes (RUNNING, or the run ended).
+        self.report_now = threading.Event()
 
     def running(self, detail: str, workers: int | None = None) -> None:
         self.code(CODE_ENGINE_RUNNING, {"detail": detail, **({"workers": workers} if workers else {})})
+        self.report_now.set()
 
     def stage_state(self, stage_name: str, state: str, time_us: int) -> None:
         with self.lock:
@@ -256,6 +259,8 @@ def execute(assignment: dict) -> int:
             # A job that cannot run as submitted (no pipeline, a file it may not read) fails the same way on
             # every attempt: its status code tells the service not to try again.
             outcome["code"] = RPC_CODE.get(getattr(exc, "status", ""), RPC_CODE["UNKNOWN"])
+        finally:
+            reporter.report_now.set()
 
     thread = threading.Thread(target=run, name="engine", daemon=True)
     thread.start()
@@ -301,7 +306,9 @@ def execute(assignment: dict) -> int:
         return answer
 
     while thread.is_alive():
-        thread.join(REPORT_EVERY_S)
+        if reporter.report_now.wait(REPORT_EVERY_S):
+            reporter.report_now.clear()
+            thread.join(0.1)  # (the run may be ending: then its final report follows the loop)
         if thread.is_alive():
             answer = flush()
             if answer.get("harnessData", {}).get(HARNESS_DRAIN) and engine_box:
