@@ -845,6 +845,47 @@ def test_a_reshuffle_of_windowed_values_runs_with_those_values_opaque(tmp_path):
     assert sums == ["sum a 3 window 0", "sum a 61 window 60", "sum b 119 window 60", "sum b 5 window 0"]
 
 
+def test_on_flink_reshuffle_per_key_is_given_beams_reshuffle_urn(tmp_path):
+    """Flink runs Beam's reshuffle URN as a rebalance; Python's ReshufflePerKey (WriteToBigQuery's CommitInsertIds)
+    lacks the URN, and its globally windowed GroupByKey dropped a drained window's output as late there: staging
+    for Flink gives it the URN (its input and output alike), and for other engines leaves it as it is."""
+    import apache_beam as beam
+    from apache_beam.transforms.util import ReshufflePerKey
+
+    from beamport.engine import registry
+
+    pipeline = beam.Pipeline()
+    _ = (
+        pipeline
+        | beam.Create([("a", 1)])
+        | beam.WindowInto(beam.window.FixedWindows(60))
+        | "CommitInsertIds" >> ReshufflePerKey()
+        | "Shuffle" >> beam.Reshuffle()
+        | "Keyed" >> beam.Map(lambda kv: kv)
+    )
+    (tmp_path / "pipeline.pb").write_bytes(pipeline.to_runner_api().SerializeToString())
+
+    def urns(engine) -> dict[str, str]:
+        staged, _ = stage_job(_job_document(str(tmp_path / "pipeline.pb")), FilePolicy([tmp_path]), engine=engine)
+        names = ("CommitInsertIds", "Shuffle", "Shuffle/ReshufflePerKey")
+        return {
+            t.unique_name: t.spec.urn for t in staged.pipeline.components.transforms.values() if t.unique_name in names
+        }
+
+    reshuffle = "beam:transform:reshuffle:v1"
+    assert urns(registry.FLINK) == {
+        "CommitInsertIds": reshuffle,
+        "Shuffle": reshuffle,
+        "Shuffle/ReshufflePerKey": reshuffle,
+    }
+    composite = "beam:transform:generic_composite:v1"
+    assert urns(registry.PRISM) == {
+        "CommitInsertIds": composite,
+        "Shuffle": reshuffle,
+        "Shuffle/ReshufflePerKey": composite,
+    }
+
+
 def test_a_pickler_that_is_not_installed_fails_the_run(tmp_path):
     (tmp_path / "pipeline.pb").write_bytes(_pipeline_proto().SerializeToString())
     staged, _ = stage_job(_job_document(str(tmp_path / "pipeline.pb"), pickle_library="dill"), FilePolicy([tmp_path]))

@@ -63,7 +63,7 @@ METRICS_ACCUMULATOR = "__metricscontainers"
 FIGURES_EVERY_S = 5.0
 SUBMIT_TIMEOUT_S = 180.0
 SAVEPOINT_TIMEOUT_S = 120.0
-DRAIN_GRACE_S = 5.0  # how long a drained job may take to finish by itself before it is stopped
+DRAIN_GRACE_S = 1.0  # how long a drained job may take to finish by itself before it is stopped
 # How long after it runs a job's first stage must have passed its input on (times the attempt: a loaded
 # machine starts SDK workers slowly), and how often a job whose first bundle was lost is submitted again.
 STALL_CHECK_S = 20.0
@@ -254,6 +254,18 @@ class FlinkRest:
         directory.mkdir(parents=True, exist_ok=True)
         body = {"target-directory": directory.resolve().as_uri(), "cancel-job": False, "formatType": "CANONICAL"}
         trigger = self._call("POST", f"/jobs/{jid}/savepoints", body)["request-id"]
+        return self._savepoint_taken(jid, trigger, timeout)
+
+    def stop_draining(self, jid: str, directory: Path, timeout: float = SAVEPOINT_TIMEOUT_S) -> str:
+        """Stop a running job with a savepoint under `directory` and Flink's drain: its sources stop, and every
+        operator finishes what it holds (bundles in flight, output buffered at a checkpoint) before the job ends
+        FINISHED. The savepoint's location."""
+        directory.mkdir(parents=True, exist_ok=True)
+        body = {"targetDirectory": directory.resolve().as_uri(), "drain": True, "formatType": "CANONICAL"}
+        trigger = self._call("POST", f"/jobs/{jid}/stop", body)["request-id"]
+        return self._savepoint_taken(jid, trigger, timeout)
+
+    def _savepoint_taken(self, jid: str, trigger: str, timeout: float) -> str:
         status = wait_until(lambda: self._call("GET", f"/jobs/{jid}/savepoints/{trigger}"), _completed, timeout, 0.2)
         if status is None:
             raise EngineError(f"Flink's savepoint of job {jid} did not complete within {timeout:.0f} s.") from None
@@ -563,16 +575,18 @@ class FlinkEngine(Engine):
                 log.info("draining Flink job %s", jid)
             # A job whose first bundle may be lost has read nothing yet: it is not at its end.
             if draining and started and state == "RUNNING" and self.rest.at_end_of_time(jid):
-                # Every window has fired. The job usually finishes by itself now (its sources have ended);
-                # one that does not (a source that never ends) is stopped: a savepoint first ends the
-                # bundles in flight, so their output is written. Nothing restarts from it: it is not kept.
+                # Every window has fired. A job whose sources have ended may finish by itself; one that does not
+                # (a source that never ends) is stopped with Flink's drain, which ends it only once every operator
+                # has passed on what it holds: a window's output still on its way to a sink (WriteToBigQuery's
+                # insert is stages after the window fires) is written, not lost, as with a savepoint and a cancel,
+                # where the output Beam's operators buffer at a checkpoint never left. Nothing restarts from the
+                # savepoint: it is not kept.
                 ended_at = ended_at or time.monotonic()
                 if time.monotonic() - ended_at > DRAIN_GRACE_S:
                     try:
-                        flushed = self.rest.savepoint(jid, self.config.shared_dir / "flush" / job.job_id)
+                        flushed = self.rest.stop_draining(jid, self.config.shared_dir / "flush" / job.job_id)
                         shutil.rmtree(savepoint_path(flushed), ignore_errors=True)
-                        self.rest.cancel(jid)
-                    except EngineError as exc:  # it finished meanwhile: the next poll sees it
+                    except EngineError as exc:  # it finished meanwhile (the next poll sees it), or try again
                         log.info("stopping drained job %s: %s", jid, exc)
             time.sleep(POLL_S)
 

@@ -58,6 +58,9 @@ class EngineSpec:
     # For an engine every host has (no host_config): what it takes from the worker's host all the same, as
     # JSON for the executor (found outside the sandbox, where the worker's home directory is); None: nothing.
     worker_config: Callable[[EngineSettings], Any] | None = None
+    # Runs Beam's reshuffle URN itself, with no GroupByKey; staging then gives Python's ReshufflePerKey that URN
+    # (engine/reshuffle_staging.py: on Flink, its GroupByKey dropped a drained window's output as late).
+    native_reshuffle: bool = False
 
     def on(self, settings: EngineSettings) -> bool:
         """Whether a host with these settings has this engine."""
@@ -128,6 +131,7 @@ FLINK = EngineSpec(
     drains=True,
     stops_outside=True,  # the job runs on the cluster
     sdks=frozenset({PYTHON}),
+    native_reshuffle=True,
     host_config=_flink_config,
     missing_on_server="no Flink cluster: start one with scripts/flink-cluster and give its endpoints to `beamport "
     "serve` (--flink-master, --flink-job-server, --flink-sdk-pool; see docs/engines.md)",

@@ -16,7 +16,8 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
   unbounded sources (the embedded one), where it would end having read nothing.
 - Windowed values carried as element values with a window coder only an SDK knows (Beam Python's Reshuffle on
   non-global windows since 2.65, WriteToBigQuery's among them): made opaque to the engine with a length prefix
-  (engine/reshuffle_staging.py), which Prism and Flink otherwise decode wrongly.
+  (engine/reshuffle_staging.py), which Prism and Flink otherwise decode wrongly. On Flink, which runs Beam's
+  reshuffle URN itself, ReshufflePerKey composites get that URN (their GroupByKey dropped a drain's last window).
 - The server's Google service endpoints (STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST) go with a Python job in an
   option, for SDK workers that do not inherit the server's environment (beamport/io/endpoints.py); with a
   BigQuery endpoint, a Beam plugin in the options points every Python SDK worker's BigQuery clients at it
@@ -59,7 +60,7 @@ from beamport.engine.base import JOB_TYPE_BATCH, JOB_TYPE_STREAMING, StagedJob
 from beamport.engine.pubsub_staging import READ as PUBSUB_READ
 from beamport.engine.pubsub_staging import WRITE as PUBSUB_WRITE
 from beamport.engine.pubsub_staging import pubsub_reads, replace_pubsub_transforms
-from beamport.engine.reshuffle_staging import make_windowed_values_opaque
+from beamport.engine.reshuffle_staging import make_windowed_values_opaque, reshuffle_natively
 from beamport.engine.staged_files import (
     BuildFailed,
     build_wheel,
@@ -142,6 +143,8 @@ def stage_job(
     rewritten = rewrite_python_environments(pipeline, warnings, keep=set(java) | set(go))
     _replace_pubsub(pipeline, rewritten, engine)
     make_windowed_values_opaque(pipeline)
+    if engine.native_reshuffle:
+        reshuffle_natively(pipeline)
 
     submitted_with = (environment.get("userAgent") or {}).get("version")
     if submitted_with and submitted_with != apache_beam.__version__ and not java and not go:
