@@ -62,12 +62,16 @@ _LIVE_URNS = (
 )
 # A distribution's Flink gauge as text: Beam's DistributionResult (an AutoValue) as it prints itself.
 _DISTRIBUTION_TEXT = re.compile(r"DistributionResult\{sum=(-?\d+), count=(\d+), min=(-?\d+), max=(-?\d+)\}")
-# How often the job's metrics are read while it runs (and once at its end). Beam's Flink runner hands a stage's
-# metrics over only when its tasks end (FlinkRest.metric_results): a running streaming job has none, and each
-# reading is a REST call per vertex to a JobManager that a busy machine already answers slowly.
+# How often the job's metrics are read while it runs (and once at its end): each reading is a REST call per vertex
+# (FlinkEngine._report_metrics) to a JobManager that a busy machine already answers slowly, and what it reads of
+# a running stage changes only as often as Flink's JobManager fetches it (metrics.fetcher.update-interval, 10 s).
 METRICS_EVERY_S = 10.0
 # Beam's Flink runner's accumulator of the job's metrics (FlinkMetricContainer.ACCUMULATOR_NAME).
 METRICS_ACCUMULATOR = "__metricscontainers"
+# How often, at most, a running vertex's metric names are listed again while a user metric the job's SDK workers
+# noted is in none of the listings (FlinkRest.live_metrics): Flink lists a metric up to 10 s after it appears, and
+# one that never appears (its stage ended, or its Flink name collided) should not cost a call at every reading.
+LIST_AGAIN_S = 30.0
 # How often a streaming job's stage figures (watermarks, element counts, throughput) are read: one REST call per
 # vertex (FlinkRest.stage_figures). Flink's JobManager refreshes what it serves every 10 s by default
 # (metrics.fetcher.update-interval), so reading more often would only show the same figures again.
@@ -193,7 +197,9 @@ class FlinkRest:
             return None
         return beam_job_api_pb2.MetricResults(attempted=list(monitoring_infos.consolidate(infos)))
 
-    def live_metrics(self, jid: str, vertex_ids: list[str], keys: set[tuple], listed: dict[str, list[str]]) -> list:
+    def live_metrics(
+        self, jid: str, vertex_ids: list[str], keys: set[tuple], listed: dict[str, tuple[float, list[str]]]
+    ) -> list:
         """The running job's user metrics as Flink's operator metrics show them now (up to
         metrics.fetcher.update-interval old), as MonitoringInfos (attempted), summed over subtasks.
 
@@ -204,8 +210,9 @@ class FlinkRest:
         from `keys`, the (step, namespace, name, urn) the job's SDK workers reported (beamport.engine.metric_keys):
         a name that more than one key would take (the same namespace and name in two steps, or names that differ
         only in those characters) is left out, never guessed; so is a gauge whose subtasks disagree (Flink keeps
-        no time for it: which is the latest is unknown). `listed` caches each vertex's metric names, listed again
-        only while a key's metric is not in any listing yet: one call per vertex with user metrics per reading."""
+        no time for it: which is the latest is unknown). `listed` caches each vertex's metric names (when listed,
+        which), listed again while a key's metric is in no listing yet, at most every LIST_AGAIN_S: in the end one
+        call per vertex with user metrics per reading."""
         by_name: dict[str, list[tuple]] = {}
         for key in keys:
             if key[3] in _LIVE_URNS:
@@ -213,14 +220,15 @@ class FlinkRest:
         wanted = {name: found[0] for name, found in by_name.items() if len(found) == 1}
         if not wanted:
             return []
-        seen = {_split_metric_id(i)[1] for ids in listed.values() for i in ids}
-        relist = bool(set(wanted) - seen)
+        seen = {_split_metric_id(i)[1] for _, ids in listed.values() for i in ids}
+        missing = bool(set(wanted) - seen)  # a metric not in Flink's listing yet (it lags), or never there
         values: dict[tuple, list[str]] = {}
         for vertex in vertex_ids:
             path = f"/jobs/{jid}/vertices/{vertex}/metrics"
-            if relist or vertex not in listed:
-                listed[vertex] = [m["id"] for m in self._call("GET", path) if _split_metric_id(m["id"])[1]]
-            ids = [i for i in listed[vertex] if _split_metric_id(i)[1] in wanted]
+            if vertex not in listed or (missing and time.monotonic() - listed[vertex][0] >= LIST_AGAIN_S):
+                names = [m["id"] for m in self._call("GET", path) if _split_metric_id(m["id"])[1]]
+                listed[vertex] = (time.monotonic(), names)
+            ids = [i for i in listed[vertex][1] if _split_metric_id(i)[1] in wanted]
             for query in _queries(ids):
                 for metric in self._call("GET", f"{path}?get={query}"):
                     name = _split_metric_id(metric.get("id", ""))[1]
@@ -586,7 +594,7 @@ class FlinkEngine(Engine):
         metrics_read = 0.0
         figures_read = 0.0
         figure_names: dict[str, list[str]] = {}  # each vertex's metric names (FlinkRest.stage_figures)
-        listed: dict[str, list[str]] = {}  # each vertex's operator metric names (FlinkRest.live_metrics)
+        listed: dict[str, tuple[float, list[str]]] = {}  # each vertex's operator metric names (live_metrics)
         while True:
             try:
                 details = self.rest.job(jid)
@@ -675,32 +683,35 @@ class FlinkEngine(Engine):
                         log.info("stopping drained job %s: %s", jid, exc)
             time.sleep(POLL_S)
 
-    def _report_metrics(
-        self, jid: str, state: str | None, details: dict, observer: RunObserver, listed: dict[str, list[str]]
-    ) -> None:
-        """The job's metrics so far to the observer. Those of stages whose tasks ended come from the accumulator
-        Beam's runner fills as an operator closes (FlinkRest.metric_results: exact, with the system metrics); while
-        the job runs, the others from Flink's operator metrics (FlinkRest.live_metrics: live, up to
-        metrics.fetcher.update-interval old). Once the job has ended, the accumulator alone, as the final figures."""
+    def _report_metrics(self, jid: str, state: str | None, details: dict, observer: RunObserver, listed: dict) -> None:
+        """The job's metrics so far to the observer, one REST call per vertex at most (two while a running vertex's
+        metric names are listed). Those of a stage whose tasks ended come from the accumulator Beam's runner fills
+        as its operator closes (FlinkRest.metric_results: exact, with the system metrics); those of a running stage
+        from Flink's operator metrics (FlinkRest.live_metrics: live, up to metrics.fetcher.update-interval old).
+        Once the job has ended, the accumulators alone: its final metrics."""
         from apache_beam.portability.api import beam_job_api_pb2
 
-        vertex_ids = [v["id"] for v in details.get("vertices", [])]
-        results = self.rest.metric_results(jid, vertex_ids)
+        vertices = details.get("vertices", [])
+        active = state in _ACTIVE
+        ended = [v["id"] for v in vertices if not active or v.get("status") in ("FINISHED", "CANCELED", "FAILED")]
+        results = self.rest.metric_results(jid, ended) if ended else None
         handed = list(results.attempted) if results is not None else []
         if handed:
             # The runner keeps attempted figures only: they stand for committed too. Its system metrics
             # (element counts per PCollection) come with the user metrics, for getMetrics' ElementCount.
             observer.monitoring_infos(handed)
         live: list = []
-        if state == "RUNNING" and self._job_id:
-            keys = metric_keys.read_keys(self.config.metric_keys_file(self._job_id))
+        if active:
+            if state != "RUNNING" or not self._job_id:
+                return  # (restarting...) no live figures now: the last snapshot stands
+            running = [v["id"] for v in vertices if v.get("status") == "RUNNING"]
+            exact = {_user_key(info) for info in handed}  # (a metric of a stage that ended: not read live)
+            keys = {k for k in metric_keys.read_keys(self.config.metric_keys_file(self._job_id)) if k not in exact}
             try:
-                live = self.rest.live_metrics(jid, vertex_ids, keys, listed)
+                live = self.rest.live_metrics(jid, running, keys, listed)
             except EngineError as exc:  # a slow JobManager: the last snapshot stands until the next reading
                 log.info("no live metrics of Flink job %s: %s", jid, exc)
                 return
-            exact = {_user_key(info) for info in handed}
-            live = [info for info in live if _user_key(info) not in exact]
         if results is not None or live:
             results = beam_job_api_pb2.MetricResults(attempted=handed + live)
             observer.metrics(user_metrics(results, one_side="attempted"))
@@ -721,9 +732,17 @@ class FlinkEngine(Engine):
                 observer.stage_state(vertex["name"], state, int(time.time() * 1e6))
 
 
-def _user_key(info) -> tuple:
-    """A MonitoringInfo's metric: its URN and labels (step, namespace, name for a user metric)."""
-    return info.urn, tuple(sorted(info.labels.items()))
+def _user_key(info) -> tuple[str, str, str, str]:
+    """A user metric's MonitoringInfo's key as beamport.engine.metric_keys notes it: (step, namespace, name, URN)."""
+    from apache_beam.metrics import monitoring_infos
+
+    labels = info.labels
+    return (
+        labels.get(monitoring_infos.PTRANSFORM_LABEL, ""),
+        labels.get(monitoring_infos.NAMESPACE_LABEL, ""),
+        labels.get(monitoring_infos.NAME_LABEL, ""),
+        info.urn,
+    )
 
 
 def _all_tasks_running(details: dict) -> bool:
