@@ -42,6 +42,10 @@ class FlinkConfig(BaseModel):
     def drain_file(self, job_id: str) -> Path:
         return self.shared_dir / "drain" / job_id
 
+    def metric_keys_file(self, job_id: str) -> Path:
+        """Where the job's SDK workers note the user metrics its steps report (beamport.engine.metric_keys)."""
+        return self.shared_dir / "metric-keys" / job_id
+
     def flags(self) -> list[str]:
         """The same cluster as `beamport worker` flags."""
         return [

@@ -279,9 +279,13 @@ def test_windowed_sums_to_pubsub_and_bigquery_with_a_duplicate_then_drained(pubs
     assert rows_of(PROJECT, name) == everything
 
 
+SDK_WORKER = "apache_beam.runners.worker.sdk_worker_main"
+
+
 def sdk_workers_of(flink: dict, job_id: str) -> list[psutil.Process]:
-    """The Python SDK workers that the cluster's SDK worker pool runs for this job (sdk_worker_main, started by
-    beamport.engine.sdk_boot under the pool process; the job's options in their environment name the job)."""
+    """The Python SDK workers that the cluster's SDK worker pool runs for this job (sdk_worker_main, run through
+    beamport.engine.metric_keys, started by beamport.engine.sdk_boot under the pool process; the job's options in
+    their environment name the job)."""
     port = flink["BEAMPORT_FLINK_SDK_POOL"].rsplit(":", 1)[1]
     (pool,) = [
         p
@@ -293,7 +297,7 @@ def sdk_workers_of(flink: dict, job_id: str) -> list[psutil.Process]:
     for process in pool.children(recursive=True):
         try:
             # The Python process itself: under a sandbox, bwrap's command lines name the module too.
-            is_worker = process.cmdline()[1:3] == ["-m", "apache_beam.runners.worker.sdk_worker_main"]
+            is_worker = process.cmdline()[1:3] in (["-m", "beamport.engine.metric_keys"], ["-m", SDK_WORKER])
             if is_worker and job_id in process.environ().get("PIPELINE_OPTIONS", ""):
                 workers.append(process)
         except psutil.Error:  # gone meanwhile, or not ours to read

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -24,6 +25,7 @@ import httpx
 
 from beamport import wire
 from beamport.config import FlinkConfig
+from beamport.engine import metric_keys
 from beamport.engine.base import (
     DONE,
     DRAINED,
@@ -51,12 +53,25 @@ _ACTIVE = {"INITIALIZING", "CREATED", "RUNNING", "RESTARTING", "FAILING", "CANCE
 _END_OF_TIME = 9223372036854775807  # Long.MAX_VALUE: Flink's watermark once the input is all read
 _NO_WATERMARK = -9223372036854775808  # Long.MIN_VALUE: Flink's watermark before any has arrived
 POLL_S = 1.0
-# How often the job's metrics are read while it runs (and once at its end). Beam's Flink runner hands a stage's
-# metrics over only when its tasks end (FlinkRest.metric_results): a running streaming job has none, and each
-# reading is a REST call per vertex to a JobManager that a busy machine already answers slowly.
+# The user metrics Beam's Flink runner shows as Flink metrics while a job runs (FlinkMetricContainerBase), by
+# their MonitoringInfo URNs: counters, distributions and gauges (monitoring_infos.USER_*_URN).
+_LIVE_URNS = (
+    "beam:metric:user:sum_int64:v1",
+    "beam:metric:user:distribution_int64:v1",
+    "beam:metric:user:latest_int64:v1",
+)
+# A distribution's Flink gauge as text: Beam's DistributionResult (an AutoValue) as it prints itself.
+_DISTRIBUTION_TEXT = re.compile(r"DistributionResult\{sum=(-?\d+), count=(\d+), min=(-?\d+), max=(-?\d+)\}")
+# How often the job's metrics are read while it runs (and once at its end): each reading is a REST call per vertex
+# (FlinkEngine._report_metrics) to a JobManager that a busy machine already answers slowly, and what it reads of
+# a running stage changes only as often as Flink's JobManager fetches it (metrics.fetcher.update-interval, 10 s).
 METRICS_EVERY_S = 10.0
 # Beam's Flink runner's accumulator of the job's metrics (FlinkMetricContainer.ACCUMULATOR_NAME).
 METRICS_ACCUMULATOR = "__metricscontainers"
+# How often, at most, a running vertex's metric names are listed again while a user metric the job's SDK workers
+# noted is in none of the listings (FlinkRest.live_metrics): Flink lists a metric up to 10 s after it appears, and
+# one that never appears (its stage ended, or its Flink name collided) should not cost a call at every reading.
+LIST_AGAIN_S = 30.0
 # How often a streaming job's stage figures (watermarks, element counts, throughput) are read: one REST call per
 # vertex (FlinkRest.stage_figures). Flink's JobManager refreshes what it serves every 10 s by default
 # (metrics.fetcher.update-interval), so reading more often would only show the same figures again.
@@ -181,6 +196,45 @@ class FlinkRest:
         if not found:
             return None
         return beam_job_api_pb2.MetricResults(attempted=list(monitoring_infos.consolidate(infos)))
+
+    def live_metrics(
+        self, jid: str, vertex_ids: list[str], keys: set[tuple], listed: dict[str, tuple[float, list[str]]]
+    ) -> list:
+        """The running job's user metrics as Flink's operator metrics show them now (up to
+        metrics.fetcher.update-interval old), as MonitoringInfos (attempted), summed over subtasks.
+
+        Beam's Flink runner updates, at each bundle's end, a Flink counter per user counter and a Flink gauge per
+        distribution (its text `DistributionResult{sum=.., count=.., min=.., max=..}`) and per gauge (its value),
+        named `namespace.name` in the stage operator's metric group; the REST API lists them per vertex as
+        `<subtask>.<operator>.<name>`, with ' ', '.', ':' and ',' written '_'. Which Beam metric a name is comes
+        from `keys`, the (step, namespace, name, urn) the job's SDK workers reported (beamport.engine.metric_keys):
+        a name that more than one key would take (the same namespace and name in two steps, or names that differ
+        only in those characters) is left out, never guessed; so is a gauge whose subtasks disagree (Flink keeps
+        no time for it: which is the latest is unknown). `listed` caches each vertex's metric names (when listed,
+        which), listed again while a key's metric is in no listing yet, at most every LIST_AGAIN_S: in the end one
+        call per vertex with user metrics per reading."""
+        by_name: dict[str, list[tuple]] = {}
+        for key in keys:
+            if key[3] in _LIVE_URNS:
+                by_name.setdefault(_flink_metric_name(key[1], key[2]), []).append(key)
+        wanted = {name: found[0] for name, found in by_name.items() if len(found) == 1}
+        if not wanted:
+            return []
+        seen = {_split_metric_id(i)[1] for _, ids in listed.values() for i in ids}
+        missing = bool(set(wanted) - seen)  # a metric not in Flink's listing yet (it lags), or never there
+        values: dict[tuple, list[str]] = {}
+        for vertex in vertex_ids:
+            path = f"/jobs/{jid}/vertices/{vertex}/metrics"
+            if vertex not in listed or (missing and time.monotonic() - listed[vertex][0] >= LIST_AGAIN_S):
+                names = [m["id"] for m in self._call("GET", path) if _split_metric_id(m["id"])[1]]
+                listed[vertex] = (time.monotonic(), names)
+            ids = [i for i in listed[vertex][1] if _split_metric_id(i)[1] in wanted]
+            for query in _queries(ids):
+                for metric in self._call("GET", f"{path}?get={query}"):
+                    name = _split_metric_id(metric.get("id", ""))[1]
+                    if name in wanted and metric.get("value") is not None:
+                        values.setdefault(wanted[name], []).append(str(metric["value"]))
+        return [info for key, texts in values.items() if (info := _live_info(key, texts)) is not None]
 
     def first_stage_counts(self, jid: str, vertices: list[dict]) -> tuple[int, int] | None:
         """What the job's first stage took in and passed on (its operators after the source), as Flink's
@@ -311,6 +365,58 @@ def _least_watermark_us(marks: list) -> int | None:
     return _watermark_us(min(n for n in numbers if n is not None))
 
 
+def _flink_metric_name(namespace: str, name: str) -> str:
+    """The name Flink's REST API gives a Beam metric: Beam's `namespace.name` (FlinkMetricContainerBase, with
+    Flink's default scope delimiter) as Flink's metric query service writes it (' ', '.', ':', ',' as '_')."""
+    return re.sub(r"[ .:,]", "_", f"{namespace}.{name}")
+
+
+def _queries(ids: list[str], longest: int = 3000) -> list[str]:
+    """`get` parameters naming these metrics, each short enough for Flink's REST server, which refuses a request
+    line longer than 4096 characters (Netty's default): one for a vertex's few user metrics, more for many."""
+    queries: list[str] = []
+    for quoted in (urllib.parse.quote(i, safe="") for i in ids):
+        if queries and len(queries[-1]) + 1 + len(quoted) <= longest:
+            queries[-1] += "," + quoted
+        else:
+            queries.append(quoted)
+    return queries
+
+
+def _split_metric_id(metric_id: str) -> tuple[str, str]:
+    """A vertex's operator metric id, `<subtask>.<operator>.<name>` (neither of the last two holds a '.'), as
+    (subtask, name); ("", "") for a task's own metric (`<subtask>.<name>`) or a metric of a nested group."""
+    parts = metric_id.split(".")
+    return (parts[0], parts[2]) if len(parts) == 3 and parts[0].isdigit() else ("", "")
+
+
+def _live_info(key: tuple, texts: list[str]):
+    """One user metric's MonitoringInfo from its subtasks' values as Flink shows them; None if they cannot be
+    read as that metric (or, for a gauge, disagree)."""
+    from apache_beam.metrics import monitoring_infos
+    from apache_beam.metrics.cells import DistributionData, GaugeData
+
+    step, namespace, name, urn = key
+    try:
+        if urn == monitoring_infos.USER_COUNTER_URN:
+            return monitoring_infos.int64_user_counter(namespace, name, sum(int(t) for t in texts), ptransform=step)
+        if urn == monitoring_infos.USER_GAUGE_URN:
+            if len(set(texts)) != 1:
+                return None
+            gauge = GaugeData(int(texts[0]), timestamp=int(time.time()))
+            return monitoring_infos.int64_user_gauge(namespace, name, gauge, ptransform=step)
+        parts = [_DISTRIBUTION_TEXT.fullmatch(t.strip()) for t in texts]
+        figures = [tuple(int(x) for x in m.groups()) for m in parts if m is not None]
+        if len(figures) != len(texts) or not any(f[1] for f in figures):
+            return None
+        figures = [f for f in figures if f[1]]  # (sum, count, min, max); a subtask with none has no min or max
+        totals, counts, least, most = zip(*figures, strict=True)
+        data = DistributionData(sum(totals), sum(counts), min(least), max(most))
+        return monitoring_infos.int64_user_distribution(namespace, name, data, ptransform=step)
+    except ValueError:
+        return None
+
+
 def _completed(status: dict) -> bool:
     """A savepoint's status says it is done (taken or failed)."""
     return status.get("status", {}).get("id") == "COMPLETED"
@@ -408,7 +514,9 @@ class FlinkEngine(Engine):
                     self._restart_from_checkpoint(job, observer)
                     drain_file.unlink(missing_ok=True)
                     jid = self.flink_job_id = self._submit(job, drain_file)
-                return self._follow(jid, job, observer, drain_file)
+                result = self._follow(jid, job, observer, drain_file)
+                self.config.metric_keys_file(job.job_id).unlink(missing_ok=True)  # the Flink job has ended
+                return result
         except EngineError as exc:
             return RunResult(FAILED, str(exc))
 
@@ -451,6 +559,10 @@ class FlinkEngine(Engine):
             beamport_drain_file=str(drain_file),
             beamport_logging_endpoint=self._logs,  # the SDK workers' logs: to observer.log (sdk_boot)
         )
+        # Where the job's SDK workers note which user metrics its steps report (beamport.engine.metric_keys).
+        keys_file = self.config.metric_keys_file(job.job_id)
+        keys_file.parent.mkdir(parents=True, exist_ok=True)
+        options[metric_keys.OPTION] = str(keys_file)
         if self.restore_from:
             options["savepoint_path"] = self.restore_from
         service = JobService(self.config.job_server, "Beam's Flink job server")
@@ -494,6 +606,7 @@ class FlinkEngine(Engine):
         metrics_read = 0.0
         figures_read = 0.0
         figure_names: dict[str, list[str]] = {}  # each vertex's metric names (FlinkRest.stage_figures)
+        listed: dict[str, tuple[float, list[str]]] = {}  # each vertex's operator metric names (live_metrics)
         while True:
             try:
                 details = self.rest.job(jid)
@@ -504,14 +617,8 @@ class FlinkEngine(Engine):
             state = details.get("state")
             self._report_stages(details, stages, observer)
             if state not in _ACTIVE or time.monotonic() - metrics_read >= METRICS_EVERY_S:
-                # (while the job runs, only tasks that ended have handed theirs over: see metric_results)
                 metrics_read = time.monotonic()
-                results = self.rest.metric_results(jid, [v["id"] for v in details.get("vertices", [])])
-                if results is not None:
-                    # The runner keeps attempted figures only: they stand for committed too. Its system metrics
-                    # (element counts per PCollection) come with the user metrics, for getMetrics' ElementCount.
-                    observer.monitoring_infos(list(results.attempted))
-                    observer.metrics(user_metrics(results, one_side="attempted"))
+                self._report_metrics(jid, state, details, observer, listed)
             if (
                 job.job_type == JOB_TYPE_STREAMING
                 and state == "RUNNING"
@@ -590,6 +697,39 @@ class FlinkEngine(Engine):
                         log.info("stopping drained job %s: %s", jid, exc)
             time.sleep(POLL_S)
 
+    def _report_metrics(self, jid: str, state: str | None, details: dict, observer: RunObserver, listed: dict) -> None:
+        """The job's metrics so far to the observer, one REST call per vertex at most (two while a running vertex's
+        metric names are listed). Those of a stage whose tasks ended come from the accumulator Beam's runner fills
+        as its operator closes (FlinkRest.metric_results: exact, with the system metrics); those of a running stage
+        from Flink's operator metrics (FlinkRest.live_metrics: live, up to metrics.fetcher.update-interval old).
+        Once the job has ended, the accumulators alone: its final metrics."""
+        from apache_beam.portability.api import beam_job_api_pb2
+
+        vertices = details.get("vertices", [])
+        active = state in _ACTIVE
+        ended = [v["id"] for v in vertices if not active or v.get("status") in ("FINISHED", "CANCELED", "FAILED")]
+        results = self.rest.metric_results(jid, ended) if ended else None
+        handed = list(results.attempted) if results is not None else []
+        if handed:
+            # The runner keeps attempted figures only: they stand for committed too. Its system metrics
+            # (element counts per PCollection) come with the user metrics, for getMetrics' ElementCount.
+            observer.monitoring_infos(handed)
+        live: list = []
+        if active:
+            if state != "RUNNING" or not self._job_id:
+                return  # (restarting...) no live figures now: the last snapshot stands
+            running = [v["id"] for v in vertices if v.get("status") == "RUNNING"]
+            exact = {_user_key(info) for info in handed}  # (a metric of a stage that ended: not read live)
+            keys = {k for k in metric_keys.read_keys(self.config.metric_keys_file(self._job_id)) if k not in exact}
+            try:
+                live = self.rest.live_metrics(jid, running, keys, listed)
+            except EngineError as exc:  # a slow JobManager: the last snapshot stands until the next reading
+                log.info("no live metrics of Flink job %s: %s", jid, exc)
+                return
+        if results is not None or live:
+            results = beam_job_api_pb2.MetricResults(attempted=handed + live)
+            observer.metrics(user_metrics(results, one_side="attempted"))
+
     def _wait_ended(self, jid: str, timeout: float = 30) -> None:
         # Still active at the deadline: the job is submitted again all the same.
         wait_until(lambda: self.rest.job(jid).get("state"), lambda state: state not in _ACTIVE, timeout, 0.2)
@@ -604,6 +744,19 @@ class FlinkEngine(Engine):
             if state and seen.get(vertex["name"]) != state:
                 seen[vertex["name"]] = state
                 observer.stage_state(vertex["name"], state, int(time.time() * 1e6))
+
+
+def _user_key(info) -> tuple[str, str, str, str]:
+    """A user metric's MonitoringInfo's key as beamport.engine.metric_keys notes it: (step, namespace, name, URN)."""
+    from apache_beam.metrics import monitoring_infos
+
+    labels = info.labels
+    return (
+        labels.get(monitoring_infos.PTRANSFORM_LABEL, ""),
+        labels.get(monitoring_infos.NAMESPACE_LABEL, ""),
+        labels.get(monitoring_infos.NAME_LABEL, ""),
+        info.urn,
+    )
 
 
 def _all_tasks_running(details: dict) -> bool:

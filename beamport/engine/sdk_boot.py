@@ -13,7 +13,9 @@ worker's staged directory, where `sdk_worker_main` loads the main session, and p
 PYTHONPATH. The worker's logs go to the Beamport engine that runs the job when the job names its logging
 service (the option `beamport_logging_endpoint`, reachable), else to the runner's. The Google service endpoints
 the job was staged with (the option `beamport_emulator_endpoints`: the server's emulators) become the worker's
-STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST (beamport/io/endpoints.py).
+STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST (beamport/io/endpoints.py). A job that names a metric keys file (the
+option `beamport_metric_keys_file`: the Flink engine's jobs) runs its worker through beamport.engine.metric_keys,
+which notes there which user metrics the job's steps report.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import shutil
 import sys
 
+from beamport.engine import metric_keys
 from beamport.io import endpoints
 
 # The pipeline option naming the Fn API logging service of the Beamport engine that runs the job.
@@ -80,10 +83,15 @@ def main(argv: list[str]) -> None:
         SEMI_PERSISTENT_DIRECTORY=semi_persistent,
         RUNNER_CAPABILITIES=" ".join(info.runner_capabilities),
     )
+    worker = "apache_beam.runners.worker.sdk_worker_main"
+    keys_file = _option(options, metric_keys.OPTION)
+    if keys_file:  # a Flink job's: the worker notes its user metrics' keys (beamport.engine.metric_keys)
+        env[metric_keys.VARIABLE] = keys_file
+        worker = "beamport.engine.metric_keys"
     if wheels:
         env["PYTHONPATH"] = os.pathsep.join([*wheels, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     os.dup2(2, 1)
-    argv = [sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"]
+    argv = [sys.executable, "-m", worker]
     sandbox = _sandbox(semi_persistent)
     if sandbox is not None and sandbox.enabled:  # user code: the job's DoFns
         worker_env = {
@@ -96,6 +104,7 @@ def main(argv: list[str]) -> None:
                 "SEMI_PERSISTENT_DIRECTORY",
                 "RUNNER_CAPABILITIES",
                 "PYTHONPATH",
+                metric_keys.VARIABLE,
                 *endpoints.VARIABLES,
             )
             if k in env

@@ -1,0 +1,85 @@
+"""An SDK worker that notes which user metrics the job's transforms report (step, namespace, name), for Flink.
+
+Beam 2.62's Flink runner shows a running job's user metrics only as Flink operator metrics, named
+`namespace.name` in the metric group of the fused stage's operator (FlinkMetricContainerBase): the step that
+reported a metric is not in its name, and Flink's REST API writes ' ', '.', ':' and ',' as '_', so a name's
+namespace cannot be told from its name either. The SDK worker knows both: each bundle's MonitoringInfos carry
+the step (PTRANSFORM), namespace and name. Run as the worker's program (`beamport.engine.sdk_boot`, for jobs
+that name a keys file), this module appends each user metric key the worker reports to that file, once per
+worker process, then runs Beam's SDK worker. The Flink engine reads the keys back (`read_keys`) to tell which
+Flink metric is which Beam metric (FlinkRest.live_metrics); the values still come from Flink.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+# The pipeline option naming the file (the Flink engine sets it), and the worker's variable for it.
+OPTION = "beamport_metric_keys_file"
+VARIABLE = "BEAMPORT_METRIC_KEYS_FILE"
+
+
+def record_to(path: str) -> None:
+    """Make every bundle's user MonitoringInfos add their keys, not noted before, to `path` (JSON lines)."""
+    from apache_beam.metrics import monitoring_infos
+    from apache_beam.runners.worker import bundle_processor
+
+    noted: set[tuple] = set()
+    lock = threading.Lock()
+    original = bundle_processor.BundleProcessor.monitoring_infos
+
+    def noting(self):
+        infos = original(self)
+        new = []
+        for info in infos:
+            if not monitoring_infos.is_user_monitoring_info(info):
+                continue
+            key = (
+                info.labels.get(monitoring_infos.PTRANSFORM_LABEL, ""),
+                info.labels.get(monitoring_infos.NAMESPACE_LABEL, ""),
+                info.labels.get(monitoring_infos.NAME_LABEL, ""),
+                info.urn,
+            )
+            with lock:
+                if key[0] and key not in noted:
+                    noted.add(key)
+                    new.append(key)
+        if new:
+            try:
+                # One write of whole lines in append mode: workers writing at once do not interleave.
+                with open(path, "a") as out:
+                    out.write("".join(json.dumps(list(key)) + "\n" for key in new))
+            except OSError:
+                with lock:
+                    noted.difference_update(new)  # noted again with a later bundle
+        return infos
+
+    bundle_processor.BundleProcessor.monitoring_infos = noting  # type: ignore[method-assign]
+
+
+def read_keys(path: Path) -> set[tuple[str, str, str, str]]:
+    """The keys the job's SDK workers noted so far: (step, namespace, name, urn)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return set()
+    keys = set()
+    for line in lines:
+        try:
+            step, namespace, name, urn = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        keys.add((step, namespace, name, urn))
+    return keys
+
+
+if __name__ == "__main__":
+    if os.environ.get(VARIABLE):
+        record_to(os.environ[VARIABLE])
+    from apache_beam.runners.worker import sdk_worker_main
+
+    sdk_worker_main.main(sys.argv)
