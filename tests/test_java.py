@@ -1,12 +1,16 @@
 """Beam Java pipelines submitted by Beam Java's own DataflowRunner (runner v1 and v2) run on the embedded engine, in
 a Java SDK harness: outputs identical to Beam Java's DirectRunner's, the user counter through the Java runner's
-MetricResults and getMetrics, a failing DoFn's Java stack trace in the job's messages, and a cancel that leaves no
-JVM. The pipelines are tests/java's, built once by scripts/java-pipelines (BEAMPORT_TEST_JAVA: their class path)."""
+MetricResults and getMetrics, a failing DoFn's Java stack trace in the job's messages, a cancel that leaves no
+JVM, and classic templates the Java runner writes (--templateLocation) launched with parameters through
+google-api-python-client. The pipelines are tests/java's, built once by scripts/java-pipelines
+(BEAMPORT_TEST_JAVA: their class path)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import time
 import uuid
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Api, Server, required_path
+from conftest import Api, Server, discovery_client, required_path
 from test_running_jobs import wait_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("java")]
@@ -23,6 +27,16 @@ V1, V2 = "v1", "v2"
 WORDS = ["apple", "banana", "cherry", "avocado", "blueberry", "coconut", "date", "elderberry", "fig", "grape"]
 TEXT = "\n".join(" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(i % 6 + 1)) for i in range(400)) + "\n"
 PROJECT = "java-demo"
+OTHER_TEXT = "the quick brown fox\njumps over the lazy dog\nthe dog sleeps, the fox runs\n" * 5
+# TemplatedWordCount's metadata file, as Google's Java templates ship one beside the template (<template>_metadata).
+TEMPLATE_METADATA = {
+    "name": "Templated WordCount",
+    "description": "Counts the words of a text file.",
+    "parameters": [
+        {"name": "inputFile", "label": "Input", "helpText": "The text to count.", "paramType": "GCS_READ_FILE"},
+        {"name": "output", "label": "Output prefix", "helpText": "Where the counts go.", "paramType": "GCS_WRITE_FILE"},
+    ],
+}
 
 
 class Java:
@@ -37,9 +51,11 @@ class Java:
         # One staging location for every job: the Java runner uploads each jar once (it skips those present).
         self.staging = base / "staging"
 
-    def run(self, main: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(self, main: str, *args: str, timeout: float = 600, given_input: bool = True) -> subprocess.CompletedProcess:
+        """Run a pipeline's main; given_input=False: without --inputFile (a template's, given at launch)."""
+        input_flags = [f"--inputFile={self.input}"] if given_input else []
         done = subprocess.run(
-            ["java", "-cp", self.class_path, f"dev.beamport.pipelines.{main}", f"--inputFile={self.input}", *args],
+            ["java", "-cp", self.class_path, f"dev.beamport.pipelines.{main}", *input_flags, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -53,8 +69,19 @@ class Java:
     def dataflow(self, main: str, output: Path, path: str, *args: str) -> tuple[subprocess.CompletedProcess, str]:
         """Submit to the server with the flags of issue 18; the run's output and the job's id."""
         name = f"{main.lower()}-{path}-{uuid.uuid4().hex[:8]}"
-        done = self.run(
-            main,
+        done = self.run(main, *self._dataflow_flags(name, path), f"--output={output}", *args)
+        api = Api(self.server.url, PROJECT)
+        job = next(j for j in api.all_jobs() if j["name"] == name)
+        return done, job["id"]
+
+    def template(self, main: str, location: Path, path: str) -> subprocess.CompletedProcess:
+        """Write a classic template with Beam Java's DataflowRunner (--templateLocation): no job is created; its
+        input and output are left to the launch."""
+        name = f"{main.lower()}-{path}-template"
+        return self.run(main, *self._dataflow_flags(name, path), f"--templateLocation={location}", given_input=False)
+
+    def _dataflow_flags(self, name: str, path: str) -> list[str]:
+        return [
             "--runner=DataflowRunner",
             f"--dataflowEndpoint={self.server.url}",
             f"--project={PROJECT}",
@@ -64,13 +91,8 @@ class Java:
             f"--stagingLocation={self.staging}",
             "--pathValidatorClass=org.apache.beam.sdk.extensions.gcp.storage.NoopPathValidator",
             "--credentialFactoryClass=org.apache.beam.sdk.extensions.gcp.auth.NoopCredentialFactory",
-            f"--output={output}",
             *(["--experiments=use_runner_v2"] if path == V2 else []),
-            *args,
-        )
-        api = Api(self.server.url, PROJECT)
-        job = next(j for j in api.all_jobs() if j["name"] == name)
-        return done, job["id"]
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +113,38 @@ def direct_outputs(java) -> dict:
         done = java.direct(main, out)
         outputs[main] = (read_output(out), done.stdout)
     return outputs
+
+
+@pytest.fixture(scope="module")
+def java_templates(java):
+    """TemplatedWordCount written as a classic template by Beam Java's DataflowRunner (runner v1 or v2), once each,
+    with Google's metadata file beside it."""
+    written: dict[str, Path] = {}
+
+    def template(path: str) -> Path:
+        if path not in written:
+            location = java.base / "templates" / path / "wordcount"
+            location.parent.mkdir(parents=True)
+            done = java.template("TemplatedWordCount", location, path)
+            assert "TEMPLATE_WRITTEN" in done.stdout, done.stdout + done.stderr[-5000:]
+            Path(f"{location}_metadata").write_text(json.dumps(TEMPLATE_METADATA))
+            written[path] = location
+        return written[path]
+
+    return template
+
+
+@pytest.fixture(scope="module")
+def other_input(java) -> tuple[Path, list[str]]:
+    """A second input, and TemplatedWordCount's output for it on Beam Java's DirectRunner (its ValueProviders given
+    at construction, as flags)."""
+    other = java.base / "other.txt"
+    other.write_text(OTHER_TEXT)
+    out = java.base / "direct" / "TemplatedWordCount" / "out"
+    java.run(
+        "TemplatedWordCount", "--runner=DirectRunner", f"--inputFile={other}", f"--output={out}", given_input=False
+    )
+    return other, read_output(out)
 
 
 def read_output(prefix: Path) -> list[str]:
@@ -127,6 +181,66 @@ def test_counter_side_input_and_group_by_key(java, direct_outputs, path):
     metrics = api.client.get(f"{api.jobs_path}/{job_id}/metrics").json()["metrics"]
     user = [m for m in metrics if m["name"]["name"] == "words" and m["name"].get("origin") == "user"]
     assert user and {m["scalar"] for m in user} == {words}, metrics
+
+
+@pytest.mark.parametrize("path", [V1, V2])
+def test_a_java_classic_template_launched_through_google_api_python_client_with_parameters(
+    java, direct_outputs, java_templates, other_input, path
+):
+    template = java_templates(path)
+    api = Api(java.server.url, PROJECT)
+    assert not [j for j in api.all_jobs() if j["name"].endswith("-template")]  # writing one creates no job
+    templates = discovery_client(java.server.url).projects().locations().templates()
+    described = templates.get(projectId=PROJECT, location="us-central1", gcsPath=str(template)).execute()
+    assert described["templateType"] == "LEGACY" and described["metadata"] == TEMPLATE_METADATA
+
+    other, other_output = other_input
+    runs = [(java.input, direct_outputs["WordCount"][0]), (other, other_output)]
+    assert runs[0][1] != runs[1][1] and [] not in (runs[0][1], runs[1][1])
+    launched = []
+    for i, (input_file, expected) in enumerate(runs):
+        out = java.base / path / f"templated-{i}" / "out"
+        name = f"templated-{path}-{i}"
+        body = {"jobName": name, "parameters": {"inputFile": str(input_file), "output": str(out)}}
+        job = templates.launch(projectId=PROJECT, location="us-central1", gcsPath=str(template), body=body).execute()
+        assert job["job"]["name"] == name
+        launched.append((job["job"]["id"], name, input_file, out, expected))
+    for job_id, name, input_file, out, expected in launched:
+        done = wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}, timeout=300)
+        assert done["currentState"] == "JOB_STATE_DONE", "\n".join(messages(api, job_id))[-5000:]
+        assert read_output(out) == expected
+        # The job's options are the Java pipeline's, named as Beam Java names them, with the launch's values.
+        options = api.get(job_id, view="JOB_VIEW_ALL").json()["environment"]["sdkPipelineOptions"]["options"]
+        assert options["jobName"] == name and "job_name" not in options and "templateLocation" not in options
+        assert (options["inputFile"], options["output"]) == (str(input_file), str(out))
+
+
+def test_a_java_templates_bad_parameters_are_refused_as_a_python_templates_are(java, java_templates):
+    template = java_templates(V1)
+    api = Api(java.server.url, PROJECT)
+    path = f"/v1b3/projects/{PROJECT}/locations/us-central1/templates:launch"
+    good = {"inputFile": str(java.input), "output": str(java.base / "refused" / "out")}
+
+    def refused(gcs_path: Path, parameters: dict) -> str:
+        response = api.client.post(
+            path, params={"gcsPath": str(gcs_path)}, json={"jobName": "refused", "parameters": parameters}
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
+        return response.json()["error"]["message"]
+
+    assert "'colour' is not a parameter" in refused(template, {**good, "colour": "red"})
+    assert "'output' is required" in refused(template, {"inputFile": good["inputFile"]})
+    # Without its metadata file the template describes its runtime parameters itself (its ValueProvider options),
+    # and a parameter must still be one of its pipeline's options.
+    bare = template.parent / "bare"
+    shutil.copyfile(template, bare)
+    templates = discovery_client(java.server.url).projects().locations().templates()
+    described = templates.get(projectId=PROJECT, location="us-central1", gcsPath=str(bare)).execute()
+    assert described["templateType"] == "LEGACY"
+    assert [p["name"] for p in described["metadata"]["parameters"]] == ["inputFile", "output"]
+    assert "'colour' is not a parameter" in refused(bare, {**good, "colour": "red"})
+    assert not [j for j in api.all_jobs() if j["name"] == "refused"]
 
 
 def test_a_failing_dofn_fails_the_job_with_its_java_stack_trace(java):

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -26,6 +27,7 @@ from beamport.errors import ApiError, failed_precondition, invalid_argument, not
 from beamport.files import FilePolicy
 from beamport.service.jobs import JobService
 from beamport.service.quotas import check_template_launch
+from beamport.service.sdk_version import sdk_language
 
 METADATA_SUFFIX = "_metadata"
 # RuntimeEnvironment fields that mean something only on Google's machines: a warning says they are ignored.
@@ -86,9 +88,24 @@ class TemplateService:
         template, metadata = self._load(gcs_path)
         return {
             "status": {},  # google.rpc.Status OK
-            "metadata": metadata or _metadata_from_template(template, gcs_path),
+            "metadata": metadata or _metadata_from_template(template, gcs_path, self._runtime_parameters(template)),
             "templateType": "LEGACY",
         }
+
+    def _runtime_parameters(self, template: dict) -> list[str]:
+        """The template's runtime parameters: its pipeline's ValueProvider options, which it lists without a value.
+        Beam Python's template lists only those without one; Beam Java's lists every option it did not set, so for
+        Java they are those of them its transforms' display data shows as RuntimeValueProviders (read from the
+        staged pipeline, in the Beam sidecar)."""
+        options = template["environment"]["sdkPipelineOptions"]["options"]
+        unset = sorted(name for name, value in options.items() if value is None)
+        if sdk_language(template) != "java":
+            return unset
+        url = options.get("pipelineUrl")
+        if not isinstance(url, str) or not url:
+            return []
+        shown = set(self.jobs.beam.call("runtime_parameters", self.files.read_bytes(url), url))
+        return [name for name in unset if name in shown]
 
     def launch(
         self,
@@ -251,15 +268,19 @@ class TemplateService:
         job["name"] = job_name
         job_environment = job["environment"]
         options = dict(options)
-        options.pop("template_location", None)  # this job is a launch, not a template
+        # The options a launch sets, named as the template's SDK names them: its harness reads them by that name.
+        name_of = _java_option_name if sdk_language(template) == "java" else str
+        options.pop(name_of("template_location"), None)  # this job is a launch, not a template
         for name, value in parameters.items():
+            # A runtime parameter among the options, where the SDK's harness gives it to the pipeline's
+            # ValueProvider (Python's RuntimeValueProvider; Java's reads the provisioned options likewise).
             options[name] = value
-        options["job_name"] = job_name
+        options[name_of("job_name")] = job_name
         if resolved.startswith(BUILTIN_SCHEME):
             # A built-in's file was written for a placeholder project: its jobs run in the launching one (Beam's
             # IOs default to it, e.g. a BigQuery table named without a project).
             options["project"] = project_id
-        warnings = _apply_environment(environment, job_environment, options, job)
+        warnings = _apply_environment(environment, job_environment, options, job, name_of)
         job_environment["sdkPipelineOptions"] = {**job_environment["sdkPipelineOptions"], "options": options}
         given = ", ".join(sorted(parameters)) or "none"
         notes = [("JOB_MESSAGE_BASIC", f"Launched from the template {gcs_path} (parameters: {given}).")]
@@ -403,11 +424,14 @@ def _required_path(gcs_path: str | None) -> str:
     return gcs_path
 
 
-def _metadata_from_template(template: dict, gcs_path: str) -> dict:
-    """Metadata for a template that has no metadata file: its name, and its runtime parameters (the
-    pipeline's ValueProvider options, which the template file lists without a value)."""
-    options = template["environment"]["sdkPipelineOptions"]["options"]
-    runtime = sorted(name for name, value in options.items() if value is None)
+def _java_option_name(name: str) -> str:
+    """Beam Python's name for an option (job_name, temp_location) as Beam Java names it (jobName, tempLocation)."""
+    head, *rest = name.split("_")
+    return head + "".join(word.capitalize() for word in rest)
+
+
+def _metadata_from_template(template: dict, gcs_path: str, runtime: list[str]) -> dict:
+    """Metadata for a template that has no metadata file: its name, and its runtime parameters."""
     return {
         "name": template.get("name") or gcs_path.rstrip("/").rsplit("/", 1)[-1],
         "parameters": [
@@ -464,18 +488,21 @@ def check_parameters(parameters: dict, metadata: dict | None, options: dict | No
             raise invalid_argument(f"The template parameter '{name}' is invalid: {value!r} is not true or false.")
 
 
-def _apply_environment(environment: dict, job_environment: dict, options: dict, job: dict) -> list[str]:
-    """Apply a RuntimeEnvironment where it means something here; the warnings for the rest."""
+def _apply_environment(
+    environment: dict, job_environment: dict, options: dict, job: dict, name_of: Callable[[str], str] = str
+) -> list[str]:
+    """Apply a RuntimeEnvironment where it means something here; the warnings for the rest. name_of: an option's
+    name (Beam Python's) as the template's SDK names it."""
     if environment.get("tempLocation"):
-        options["temp_location"] = environment["tempLocation"]
+        options[name_of("temp_location")] = environment["tempLocation"]
         job_environment["tempStoragePrefix"] = environment["tempLocation"]
     pools = job_environment.setdefault("workerPools", [{}]) or [{}]
     job_environment["workerPools"] = pools
     if environment.get("numWorkers"):
-        pools[0]["numWorkers"] = options["num_workers"] = environment["numWorkers"]
+        pools[0]["numWorkers"] = options[name_of("num_workers")] = environment["numWorkers"]
     if environment.get("maxWorkers"):
         pools[0].setdefault("autoscalingSettings", {})["maxNumWorkers"] = environment["maxWorkers"]
-        options["max_num_workers"] = environment["maxWorkers"]
+        options[name_of("max_num_workers")] = environment["maxWorkers"]
     if environment.get("additionalExperiments"):
         experiments = list(options.get("experiments") or [])
         experiments += [e for e in environment["additionalExperiments"] if e not in experiments]

@@ -5,6 +5,7 @@ fusion, so that the sidecar has them loaded before its first call.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from google.protobuf.message import DecodeError
 
 from beamport.errors import invalid_argument
 from beamport.translate import compat
-from beamport.translate.graph import fused_stages, job_graph
+from beamport.translate.graph import fused_stages, job_graph, transform_display_data
 
 
 def _pipeline(data: bytes, location: str) -> beam_runner_api_pb2.Pipeline:
@@ -38,6 +39,21 @@ def update_incompatibilities(old: bytes, new: bytes, name_mapping: dict[str, str
     return compat.incompatibilities(running, replacement, name_mapping)
 
 
+# How Beam Java's display data shows a ValueProvider option not given a value (a classic template's runtime
+# parameter): RuntimeValueProvider.toString, also inside NestedValueProvider's.
+_JAVA_RUNTIME_VALUE = re.compile(r"RuntimeValueProvider\{propertyName=([A-Za-z_$][\w$]*)")
+
+
+def runtime_parameters(data: bytes, location: str) -> list[str]:
+    """The runtime parameters a Beam Java pipeline's transforms show in their display data, sorted."""
+    pipeline = _pipeline(data, location)
+    found = set()
+    for transform in pipeline.components.transforms.values():
+        for item in transform_display_data(transform):
+            found.update(_JAVA_RUNTIME_VALUE.findall(item.get("strValue", "")))
+    return sorted(found)
+
+
 def beam_version() -> str:
     return apache_beam.__version__
 
@@ -45,4 +61,5 @@ def beam_version() -> str:
 CALLS: dict[str, Callable[..., Any]] = {
     "describe_pipeline": describe_pipeline,
     "update_incompatibilities": update_incompatibilities,
+    "runtime_parameters": runtime_parameters,
 }

@@ -12,6 +12,8 @@ import org.apache.beam.sdk.transforms.Count;
 import org.apache.beam.sdk.transforms.Filter;
 import org.apache.beam.sdk.transforms.FlatMapElements;
 import org.apache.beam.sdk.transforms.MapElements;
+import org.apache.beam.sdk.transforms.PTransform;
+import org.apache.beam.sdk.values.PCollection;
 import org.apache.beam.sdk.values.TypeDescriptors;
 
 /** Beam's WordCount, as Beam's Java examples write it: lines -> words -> counts -> "word: count" lines. */
@@ -31,21 +33,30 @@ public class WordCount {
     void setOutput(String value);
   }
 
+  /** Lines -> "word: count" lines (TemplatedWordCount counts the same way). */
+  public static class CountWords extends PTransform<PCollection<String>, PCollection<String>> {
+    @Override
+    public PCollection<String> expand(PCollection<String> lines) {
+      return lines
+          .apply(
+              "ExtractWords",
+              FlatMapElements.into(TypeDescriptors.strings())
+                  .via((String line) -> Arrays.asList(line.split("[^\\p{L}]+"))))
+          .apply("DropEmpty", Filter.by((String word) -> !word.isEmpty()))
+          .apply("CountWords", Count.perElement())
+          .apply(
+              "Format",
+              MapElements.into(TypeDescriptors.strings())
+                  .via(count -> count.getKey() + ": " + count.getValue()));
+    }
+  }
+
   public static void main(String[] args) {
     Options options = PipelineOptionsFactory.fromArgs(args).withValidation().as(Options.class);
     Pipeline pipeline = Pipeline.create(options);
     pipeline
         .apply("ReadLines", TextIO.read().from(options.getInputFile()))
-        .apply(
-            "ExtractWords",
-            FlatMapElements.into(TypeDescriptors.strings())
-                .via((String line) -> Arrays.asList(line.split("[^\\p{L}]+"))))
-        .apply("DropEmpty", Filter.by((String word) -> !word.isEmpty()))
-        .apply("CountWords", Count.perElement())
-        .apply(
-            "Format",
-            MapElements.into(TypeDescriptors.strings())
-                .via(count -> count.getKey() + ": " + count.getValue()))
+        .apply(new CountWords())
         .apply("WriteCounts", TextIO.write().to(options.getOutput()));
     PipelineResult result = pipeline.run();
     System.out.println("FINAL_STATE " + result.waitUntilFinish());
