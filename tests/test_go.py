@@ -131,6 +131,17 @@ def test_wordcount_runs_done_on_prism_with_the_direct_runners_output(go, where):
     assert any(text.startswith("The job is running on Prism") for text in texts)
     # The Go harness's own log lines (Beam Go's textio logs where it writes, in the worker) are job messages.
     assert f"Writing to {out}" in texts, texts
+    # The Go counter (wordcount/words, one per word read) through getMetrics, as a Python job's would be.
+    words = sum(int(line.rsplit(": ", 1)[1]) for line in read_output(direct))
+    metrics = api.client.get(f"{api.jobs_path}/{job_id}/metrics").json().get("metrics", [])
+    counted = [
+        m
+        for m in metrics
+        if m["name"]["origin"] == "user"
+        and m["name"]["name"] == "words"
+        and not m["name"].get("context", {}).get("tentative")
+    ]
+    assert [m["scalar"] for m in counted] == [words], metrics
 
 
 def test_a_failing_dofn_fails_the_job_with_the_go_error(go):
