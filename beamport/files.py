@@ -47,6 +47,9 @@ GCS_EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
 # staging in the process that runs a work item; its SDK harness processes inherit it).
 POLICY_VARIABLE = "BEAMPORT_FILE_POLICY"
 WILDCARDS = "*?["
+# The pipeline options that name directories a job writes into, as each SDK spells them (Python and Go:
+# snake_case; Java: camelCase, and its GCP temp location): all are checked against the policy at creation.
+LOCATION_OPTIONS = ("temp_location", "staging_location", "tempLocation", "stagingLocation", "gcpTempLocation")
 _GCS_RESOURCE = "storage.googleapis.com/"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 

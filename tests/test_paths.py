@@ -456,6 +456,10 @@ def test_job_files_that_escape_are_refused(site, project):
         ({"temp_location": f"{root}/*/x"}, None, 400, "INVALID_ARGUMENT"),
         ({"temp_location": f"{root}/../../outside"}, None, 403, "PERMISSION_DENIED"),
         ({"staging_location": f"{root}/link"}, None, 403, "PERMISSION_DENIED"),
+        # Beam Java's spellings (its DataflowRunner's job options)
+        ({"tempLocation": f"{root}/../../outside"}, None, 403, "PERMISSION_DENIED"),
+        ({"stagingLocation": f"{root}/link"}, None, 403, "PERMISSION_DENIED"),
+        ({"gcpTempLocation": f"file://{root}/%2e%2e/%2e%2e/outside"}, None, 403, "PERMISSION_DENIED"),
         ({"staging_location": f"file://{root}/%2e%2e/%2e%2e/outside"}, None, 403, "PERMISSION_DENIED"),
         ({"temp_location": f"file://otherhost{root}"}, None, 400, "INVALID_ARGUMENT"),
         ({"temp_location": f"{root}\x00"}, None, 400, "INVALID_ARGUMENT"),

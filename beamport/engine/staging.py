@@ -70,7 +70,7 @@ from beamport.engine.staged_files import (
     unsatisfied_requirements,
 )
 from beamport.errors import ApiError
-from beamport.files import FilePolicy, gcs_resource_as_url, scheme_of
+from beamport.files import LOCATION_OPTIONS, FilePolicy, gcs_resource_as_url, scheme_of
 from beamport.io import bigquery, endpoints
 
 MAIN_SESSION = "pickled_main_session"
@@ -130,7 +130,7 @@ def stage_job(
     except DecodeError as exc:
         raise ApiError("INVALID_ARGUMENT", f"{pipeline_url} is not a Beam pipeline proto: {exc}") from None
     # Temp and staging locations are the operator's business too, even though the engine itself only reads.
-    for key in ("temp_location", "staging_location"):
+    for key in LOCATION_OPTIONS:
         if raw_options.get(key):
             policy.check(raw_options[key])
 

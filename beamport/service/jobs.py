@@ -26,7 +26,7 @@ from beamport import job_states, wire
 from beamport.engine import registry
 from beamport.engine.staged_files import check_pipeline_hash
 from beamport.errors import ApiError, failed_precondition, invalid_argument
-from beamport.files import FilePolicy
+from beamport.files import LOCATION_OPTIONS, FilePolicy
 from beamport.job_states import Actor
 from beamport.service import autoscaling, engines, model
 from beamport.service.documents import (
@@ -491,7 +491,7 @@ class JobService:
         if not isinstance(options, dict):
             raise invalid_argument("environment.sdkPipelineOptions.options must be an object.")
         # Directories written into (paths, not patterns), and files read.
-        written = [options.get("temp_location"), options.get("staging_location"), environment.get("tempStoragePrefix")]
+        written = [*(options.get(key) for key in LOCATION_OPTIONS), environment.get("tempStoragePrefix")]
         read = [p.get("location") for pool in environment.get("workerPools", []) for p in pool.get("packages", [])]
         for location in filter(None, written):
             self.files.check_output(location, folder=True)
