@@ -735,8 +735,39 @@ def test_staging_points_a_python_jobs_bigquery_io_at_the_servers_bigquery_endpoi
 
     monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", "http://127.0.0.1:9050")
     options = stage_job(job, FilePolicy([tmp_path]))[0].options
-    assert options["beam_plugins"] == ["apache_beam.io.filesystem.FileSystem", "beamport.io.bigquery_plugin"]
+    assert options["beam_plugins"] == ["apache_beam.io.filesystem.FileSystem", "beamport.io.emulators_plugin"]
     assert options["beamport_emulator_endpoints"]["BIGQUERY_EMULATOR_HOST"] == "http://127.0.0.1:9050"
+
+
+def test_the_emulators_plugin_has_beam_look_for_credentials_once(monkeypatch):
+    """Beam's GCS and BigQuery I/O retry their search for Google default credentials for about 25 s before they
+    connect anonymously; with the server's emulators, Beamport's plugin has them look once, to the same end."""
+    import importlib
+    import time
+
+    import google.auth
+    from apache_beam.internal.gcp import auth
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beamport.io import emulators_plugin
+
+    monkeypatch.setattr(
+        auth._Credentials, "_get_credentials_with_retrys", auth._Credentials._get_credentials_with_retrys
+    )
+    monkeypatch.setattr(auth._Credentials, "_credentials_init", False)
+    calls = []
+
+    def no_credentials(**kwargs):
+        calls.append(kwargs)
+        raise google.auth.exceptions.DefaultCredentialsError("none here")
+
+    monkeypatch.setattr(google.auth, "default", no_credentials)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9023")
+    monkeypatch.delenv("BIGQUERY_EMULATOR_HOST", raising=False)
+    importlib.reload(emulators_plugin)
+    started = time.monotonic()
+    assert auth.get_service_credentials(PipelineOptions([])) is None  # anonymous, as after Beam's retries
+    assert len(calls) == 1 and time.monotonic() - started < 2
 
 
 def test_only_the_emulator_variables_come_back_from_a_jobs_option():

@@ -19,9 +19,9 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
   (engine/reshuffle_staging.py), which Prism and Flink otherwise decode wrongly. On Flink, which runs Beam's
   reshuffle URN itself, ReshufflePerKey composites get that URN (their GroupByKey dropped a drain's last window).
 - The server's Google service endpoints (STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST) go with a Python job in an
-  option, for SDK workers that do not inherit the server's environment (beamport/io/endpoints.py); with a
-  BigQuery endpoint, a Beam plugin in the options points every Python SDK worker's BigQuery clients at it
-  (beamport/io/bigquery.py).
+  option, for SDK workers that do not inherit the server's environment (beamport/io/endpoints.py), with a Beam
+  plugin every Python SDK worker imports (beamport/io/emulators_plugin.py): it points Beam's BigQuery clients
+  at a BigQuery endpoint, and has Beam's I/O look for credentials once rather than retry for 25 s.
 - packages (environment.workerPools[].packages):
   - pickled_main_session: loaded before the run, as Dataflow's SDK harness does;
   - a wheel or sdist whose distribution is already installed at that version: nothing to do;
@@ -311,16 +311,16 @@ def rewrite_python_environments(
 
 def _reach_emulators(options: dict) -> None:
     """The Google service endpoints of this process's environment (the server's emulators) go with the job to
-    its Python SDK workers (beamport/io/endpoints.py), and with a BigQuery endpoint, Beam's BigQuery I/O is
-    pointed at it through a Beam plugin every worker imports at start (beamport/io/bigquery.py)."""
+    its Python SDK workers (beamport/io/endpoints.py), with a Beam plugin every worker imports at start
+    (beamport/io/emulators_plugin.py): it points Beam's BigQuery I/O at a BigQuery endpoint, and spares Beam's
+    I/O its 25 s of credential retries."""
     found = endpoints.of(os.environ)
     if not found:
         return
     options[endpoints.OPTION] = found
-    if bigquery.VARIABLE in found:
-        plugins = options.get("beam_plugins") or []
-        if bigquery.PLUGIN not in plugins:
-            options["beam_plugins"] = [*plugins, bigquery.PLUGIN]
+    plugins = options.get("beam_plugins") or []
+    if bigquery.PLUGIN not in plugins:
+        options["beam_plugins"] = [*plugins, bigquery.PLUGIN]
 
 
 def _replace_pubsub(pipeline: beam_runner_api_pb2.Pipeline, python_environments: list[str], engine) -> None:

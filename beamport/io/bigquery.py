@@ -1,7 +1,7 @@
 """Beam's BigQuery I/O on a BigQuery emulator (BIGQUERY_EMULATOR_HOST), with no change to the pipeline.
 
-Through a Beam plugin (SetupOptions.beam_plugins), beamport.io.bigquery_plugin: staging adds it to a job staged
-while the server had a BigQuery endpoint (engine/staging.py), and every SDK worker imports it at start
+Through a Beam plugin (SetupOptions.beam_plugins), beamport.io.emulators_plugin: staging adds it to a job staged
+while the server had Google service endpoints (engine/staging.py), and every SDK worker imports it at start
 (sdk_worker_main; the embedded engine in its own process too), before any bundle. With BIGQUERY_EMULATOR_HOST
 set, it points the two clients Beam's BigQuery I/O uses at the emulator (use_emulator):
 - apitools' BigqueryV2 (tables, datasets, jobs, tabledata: Beam's BigQueryWrapper) has a fixed BASE_URL and no
@@ -18,7 +18,7 @@ import functools
 import os
 
 VARIABLE = "BIGQUERY_EMULATOR_HOST"
-PLUGIN = "beamport.io.bigquery_plugin"
+PLUGIN = "beamport.io.emulators_plugin"
 # google-cloud-bigquery's Client wants a project; Beam's insertAll names the table's own.
 DEFAULT_PROJECT = "beamport"
 
