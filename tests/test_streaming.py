@@ -27,9 +27,10 @@ FLINK_SHARED_DIR = Path(os.environ.get("BEAMPORT_FLINK_SHARED_DIR", "/tmp/beampo
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]
 # How long a job may take to start on Flink on a busy machine (its worker stages it, Flink's job server submits it).
 START_S = 300
-# A Flink drain: the job's first bundle may have been lost (Beam's Flink runner's race, docs/engines.md; one CI
-# run lost it twice in a row), found 35 s or more after the job runs and the job submitted again, which then
-# reads its input and is stopped. (What the tests wait for, START_S by default, allows for the same.)
+# A Flink drain: the job's first bundle may have been lost (Beam's Flink runner, docs/engines.md: avoided since
+# with finish_bundle_before_checkpointing; one CI run had lost it twice in a row), found 35 s or more after the
+# job runs and the job submitted again, which then reads its input and is stopped. (What the tests wait for,
+# START_S by default, allows for the same.)
 DRAIN_S = 240
 
 
