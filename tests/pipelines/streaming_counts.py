@@ -59,11 +59,13 @@ class GatherForAMinute(beam.DoFn):
 
 
 class FlinkRestarts(PipelineOptions):
-    """Beam's Flink runner's option (FlinkPipelineOptions), declared so that DataflowRunner passes it on."""
+    """Beam's Flink runner's options (FlinkPipelineOptions), declared so that DataflowRunner passes them on."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--number_of_execution_retries", type=int, default=None)
+        parser.add_argument("--checkpointing_interval", type=int, default=None)
+        parser.add_argument("--max_bundle_time_mills", type=int, default=None)
 
 
 class AppendTo(beam.DoFn):
