@@ -728,7 +728,7 @@ class FlinkEngine(Engine):
             if state != "RUNNING" or not self._job_id:
                 return  # (restarting...) no live figures now: the last snapshot stands
             running = [v["id"] for v in vertices if v.get("status") == "RUNNING"]
-            exact = {_user_key(info) for info in handed}  # (a metric of a stage that ended: not read live)
+            exact = {metric_keys.key_of(info) for info in handed}  # (a metric of a stage that ended: not read live)
             keys = {k for k in metric_keys.read_keys(self.config.metric_keys_file(self._job_id)) if k not in exact}
             try:
                 live = self.rest.live_metrics(jid, running, keys, listed)
@@ -753,19 +753,6 @@ class FlinkEngine(Engine):
             if state and seen.get(vertex["name"]) != state:
                 seen[vertex["name"]] = state
                 observer.stage_state(vertex["name"], state, int(time.time() * 1e6))
-
-
-def _user_key(info) -> tuple[str, str, str, str]:
-    """A user metric's MonitoringInfo's key as beamport.engine.metric_keys notes it: (step, namespace, name, URN)."""
-    from apache_beam.metrics import monitoring_infos
-
-    labels = info.labels
-    return (
-        labels.get(monitoring_infos.PTRANSFORM_LABEL, ""),
-        labels.get(monitoring_infos.NAMESPACE_LABEL, ""),
-        labels.get(monitoring_infos.NAME_LABEL, ""),
-        info.urn,
-    )
 
 
 def _all_tasks_running(details: dict) -> bool:

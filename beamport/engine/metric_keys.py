@@ -38,12 +38,7 @@ def record_to(path: str) -> None:
         for info in infos:
             if not monitoring_infos.is_user_monitoring_info(info):
                 continue
-            key = (
-                info.labels.get(monitoring_infos.PTRANSFORM_LABEL, ""),
-                info.labels.get(monitoring_infos.NAMESPACE_LABEL, ""),
-                info.labels.get(monitoring_infos.NAME_LABEL, ""),
-                info.urn,
-            )
+            key = key_of(info)
             with lock:
                 if key[0] and key not in noted:
                     noted.add(key)
@@ -59,6 +54,19 @@ def record_to(path: str) -> None:
         return infos
 
     bundle_processor.BundleProcessor.monitoring_infos = noting  # type: ignore[method-assign]
+
+
+def key_of(info) -> tuple[str, str, str, str]:
+    """A user metric's MonitoringInfo as its key: (step, namespace, name, URN)."""
+    from apache_beam.metrics import monitoring_infos
+
+    labels = info.labels
+    return (
+        labels.get(monitoring_infos.PTRANSFORM_LABEL, ""),
+        labels.get(monitoring_infos.NAMESPACE_LABEL, ""),
+        labels.get(monitoring_infos.NAME_LABEL, ""),
+        info.urn,
+    )
 
 
 def read_keys(path: Path) -> set[tuple[str, str, str, str]]:
