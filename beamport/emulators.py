@@ -228,6 +228,90 @@ _CONFINE_DUCKDB = Patch(
 )
 
 
+# BigQuery drops a streamed row whose insertId it has seen in the table lately (best effort, a minute or more), so a
+# client's retry of a partly applied insertAll (Beam's, a restarted Flink task's) adds no row twice; bqemulator
+# keeps every row. These patches make it remember the ids of the rows it inserted, per table, for
+# INSERT_ID_MEMORY_S (in memory: a restarted emulator forgets them, as BigQuery's memory is best effort), and drop
+# rows whose id it remembers or that repeat an earlier row's id in the same request. Ids are remembered only once
+# their rows are in; error indexes stay the request's (Beam retries the rows they name).
+INSERT_ID_MEMORY_S = 600
+_TABLEDATA = "bqemulator/api/routes/tabledata.py"
+_DEDUP_INSERT_IDS = (
+    Patch(
+        _TABLEDATA,
+        old="""router = APIRouter(prefix="/bigquery/v2", tags=["tabledata"])
+""",
+        new=f"""router = APIRouter(prefix="/bigquery/v2", tags=["tabledata"])
+
+# Beamport: (project, dataset, table) -> insertId -> when its row went in (beamport/emulators.py, _DEDUP_INSERT_IDS).
+_beamport_insert_ids: dict[tuple[str, str, str], dict[str, float]] = {{}}
+_BEAMPORT_INSERT_ID_MEMORY_S = {INSERT_ID_MEMORY_S}
+
+
+def _beamport_new_positions(table: tuple[str, str, str], rows: list[dict[str, Any]]) -> list[int]:
+    \"\"\"The positions of the rows whose insertId (if any) neither went in lately nor came earlier in `rows`.\"\"\"
+    import time
+
+    seen = _beamport_insert_ids.setdefault(table, {{}})
+    horizon = time.monotonic() - _BEAMPORT_INSERT_ID_MEMORY_S
+    for insert_id in [i for i, at in seen.items() if at < horizon]:
+        del seen[insert_id]
+    positions, ids = [], set()
+    for position, row in enumerate(rows):
+        insert_id = row.get("insertId") if isinstance(row, dict) else None
+        if insert_id and (insert_id in seen or insert_id in ids):
+            continue
+        if insert_id:
+            ids.add(insert_id)
+        positions.append(position)
+    return positions
+
+
+def _beamport_remember(table: tuple[str, str, str], rows: list[dict[str, Any]]) -> None:
+    import time
+
+    now = time.monotonic()
+    seen = _beamport_insert_ids.setdefault(table, {{}})
+    for row in rows:
+        if row.get("insertId"):
+            seen[row["insertId"]] = now
+""",
+    ),
+    Patch(
+        _TABLEDATA,
+        old="""    body = await request.json()
+    rows = body.get("rows", [])
+    skip_invalid_rows = bool(body.get("skipInvalidRows", False))
+""",
+        new="""    body = await request.json()
+    rows = body.get("rows", [])
+    skip_invalid_rows = bool(body.get("skipInvalidRows", False))
+    # Beamport: rows whose insertId went in lately are dropped (beamport/emulators.py, _DEDUP_INSERT_IDS).
+    table_key = (project_id, dataset_id, table_id)
+    positions = _beamport_new_positions(table_key, rows)
+    rows = [rows[position] for position in positions]
+""",
+    ),
+    Patch(
+        _TABLEDATA,
+        old="""        rows, insert_errors = _partition_rows_for_insert(rows, arrow_schema)
+""",
+        new="""        rows, insert_errors = _partition_rows_for_insert(rows, arrow_schema)
+        for error in insert_errors:  # Beamport: the index in the request, not among its new rows
+            error["index"] = positions[error["index"]]
+""",
+    ),
+    Patch(
+        _TABLEDATA,
+        old="""        ctx.snapshots.record_change(project_id, dataset_id, table_id)
+""",
+        new="""        ctx.snapshots.record_change(project_id, dataset_id, table_id)
+        _beamport_remember(table_key, rows)  # Beamport: once they are in
+""",
+    ),
+)
+
+
 class BigQueryEmulator(PythonEmulator):
     """bqemulator: BigQuery's REST API (and the Storage API's gRPC) over a DuckDB file in its state directory.
 
@@ -281,8 +365,8 @@ BIGQUERY = BigQueryEmulator(
     health_path="/healthz",
     requirements=Path(__file__).parent / "emulator_sources" / "bigquery" / "requirements.txt",
     executable="bqemulator",
-    patches=(_CONFINE_DUCKDB,),
-    patch_level="beamport1",
+    patches=(_CONFINE_DUCKDB, *_DEDUP_INSERT_IDS),
+    patch_level="beamport2",
 )
 EMULATORS: dict[str, Emulator] = {GCS.name: GCS, PUBSUB.name: PUBSUB, BIGQUERY.name: BIGQUERY}
 NAMES = (*EMULATORS, METADATA)

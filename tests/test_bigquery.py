@@ -68,6 +68,36 @@ def test_googles_client_creates_inserts_and_queries(bq_server, project):
     assert list((bq_server.data_dir / "emulators" / "bigquery").glob("*.duckdb"))
 
 
+def test_a_streamed_rows_insert_id_seen_lately_is_dropped_as_bigquery_does(bq_server, project):
+    """A retried insertAll (Beam's, a restarted Flink task's) adds no row twice: rows whose insertId went in
+    lately, or came earlier in the same request, are dropped; rows without one, a failed request's, and a bad row's
+    (skipInvalidRows) are not remembered; an error's index is the row's place in the request."""
+    from google.cloud import bigquery
+
+    client = bigquery_client(project)
+    client.create_dataset("retries")
+    schema = [bigquery.SchemaField("item", "STRING"), bigquery.SchemaField("price", "INTEGER")]
+    table = client.create_table(bigquery.Table(f"{project}.retries.sales", schema=schema))
+    rows = [{"item": "tea", "price": 3}, {"item": "cake", "price": 5}]
+    assert client.insert_rows_json(table, rows, row_ids=["id-tea", "id-cake"]) == []
+    assert client.insert_rows_json(table, rows, row_ids=["id-tea", "id-cake"]) == []  # the retry
+    assert client.insert_rows_json(table, [{"item": "jam", "price": 2}] * 2, row_ids=["id-jam"] * 2) == []
+    assert client.insert_rows_json(table, [{"item": "bun", "price": 1}] * 2, row_ids=[None, None]) == []
+    # A bad row between a repeated one and a new one: its index is the request's, and its id stays free.
+    errors = client.insert_rows_json(
+        table,
+        [{"item": "tea", "price": 3}, {"item": "pie", "price": "x"}, {"item": "egg", "price": 4}],
+        row_ids=["id-tea", "id-pie", "id-egg"],
+        skip_invalid_rows=True,
+    )
+    assert [error["index"] for error in errors] == [1]
+    assert client.insert_rows_json(table, [{"item": "pie", "price": 6}], row_ids=["id-pie"]) == []
+    found = client.query(f"SELECT item, price FROM `{project}.retries.sales` ORDER BY item").result()
+    assert sorted((r.item, r.price) for r in found) == [
+        ("bun", 1), ("bun", 1), ("cake", 5), ("egg", 4), ("jam", 2), ("pie", 6), ("tea", 3)
+    ]  # fmt: skip
+
+
 def test_queries_reach_no_file_outside_the_emulators_data(bq_server, project, tmp_path):
     """DuckDB's file functions, which a query may call, and load jobs' plain paths reach only the emulator's own
     data and the gcs emulator's objects: not the server's keys, not a file to write."""

@@ -325,7 +325,8 @@ def test_a_killed_sdk_worker_loses_and_doubles_nothing_on_flink(pubsub_server):
     """kill -9 of the job's SDK worker: Flink restarts the job's tasks from its last checkpoint; what Pub/Sub
     delivered after it is delivered again (acknowledgements wait for checkpoints) and the restored dedup state
     drops ids seen before. A window inserted into BigQuery before that checkpoint is not inserted again (one
-    inserted after it would be, and bqemulator does not drop repeated insert ids: docs/google-services.md)."""
+    inserted after it would fire again, and the emulator would drop its repeated insert ids, as BigQuery does:
+    docs/google-services.md)."""
     flink = flink_endpoints()
     name = "killed-worker"
     topics = Topics(name)
