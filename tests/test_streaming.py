@@ -528,6 +528,22 @@ def test_an_update_whose_state_cannot_be_saved_leaves_the_old_job_running(flink,
         srv.stop()
 
 
+def test_a_pipeline_flink_cannot_run_fails_at_once_saying_why(streaming_server, flink, project):
+    """Windows of a Python WindowFn, which Beam's Flink runner cannot run: the job fails on its first attempt,
+    saying so and naming the engine that can, not four times."""
+    root = streaming_server.root / "python-windows"
+    root.mkdir()
+    (root / "in.log").touch()
+    mode = "python-windows"
+    job_id = submit(streaming_server, project, root / "w", mode, mode, root / "in.log", root / "o")
+    api = Api(streaming_server.url, project)
+    wait_state(api, job_id, {"JOB_STATE_FAILED"}, timeout=START_S)
+    texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
+    failed = [t for t in texts if "Beam's Flink runner cannot run this pipeline" in t]
+    assert failed and "beam:window_fn:pickled_python:v1" in failed[0] and "beamport_engine=prism" in failed[0], texts
+    assert not any("attempt 2" in t for t in texts), "not tried again"
+
+
 def test_only_jobs_on_flink_can_be_snapshotted(streaming_server, project):
     api = Api(streaming_server.url, project)
     # A streaming job on the embedded engine keeps no state that could be saved: refused, naming Flink.

@@ -24,18 +24,13 @@ import re
 import uuid
 
 import apache_beam as beam
-from apache_beam.coders import coders
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.transforms import window
-from apache_beam.utils.timestamp import Duration
 
 from beamport.builtin_templates import add_parameters, run_as_template
 from beamport.builtin_templates.files import check_output, create
 from beamport.builtin_templates.pubsub_source import ReadPubSubParameters
-
-_DURATION = re.compile(r"(\d+)([smh])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600}
+from beamport.builtin_templates.windows import RuntimeFixedWindows
 
 
 class PubSubToTextOptions(PipelineOptions):
@@ -80,37 +75,6 @@ class AssignShard(beam.DoFn):
 
     def process(self, data: bytes):
         yield random.randrange(self.count), data
-
-
-def parse_duration(text: str) -> int:
-    """Google's window durations (DurationUtils): Ns, Nm or Nh, in seconds."""
-    found = _DURATION.fullmatch(text.strip())
-    if not found or int(found.group(1)) == 0:
-        raise ValueError(f"windowDuration must be Ns, Nm or Nh (e.g. 30s, 5m, 1h), not {text!r}.")
-    return int(found.group(1)) * _UNIT_S[found.group(2)]
-
-
-class RuntimeFixedWindows(window.NonMergingWindowFn):
-    """FixedWindows whose size is a runtime parameter (Beam's FixedWindows takes it when the pipeline is
-    built)."""
-
-    def __init__(self, duration):
-        self.duration = duration
-        self._size = None
-
-    def _size_s(self) -> int:
-        if self._size is None:
-            self._size = parse_duration(self.duration.get() or "5m")
-        return self._size
-
-    def assign(self, context):
-        size = self._size_s() * 1_000_000
-        micros = context.timestamp.micros
-        start = window.Timestamp(micros=micros - micros % size)
-        return [window.IntervalWindow(start, start + Duration(micros=size))]
-
-    def get_window_coder(self):
-        return coders.IntervalWindowCoder()
 
 
 def joda_instant(timestamp) -> str:

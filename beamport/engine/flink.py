@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -25,7 +26,7 @@ import httpx
 
 from beamport import wire
 from beamport.config import FlinkConfig
-from beamport.engine import metric_keys
+from beamport.engine import metric_keys, sdk_boot
 from beamport.engine.base import (
     DONE,
     DRAINED,
@@ -45,6 +46,7 @@ from beamport.engine.capture import worker_log_service
 from beamport.engine.portable import JobService, external_environments, user_metrics
 from beamport.engine.registry import FLINK
 from beamport.errors import ApiError
+from beamport.files import POLICY_VARIABLE
 from beamport.polling import wait_until
 
 log = logging.getLogger(__name__)
@@ -571,6 +573,9 @@ class FlinkEngine(Engine):
         keys_file = self.config.metric_keys_file(job.job_id)
         keys_file.parent.mkdir(parents=True, exist_ok=True)
         options[metric_keys.OPTION] = str(keys_file)
+        options[sdk_boot.CASED_OPTIONS] = sdk_boot.cased_options(options)
+        # This executor's file policy (staging exported it), for the built-in templates' checks in the SDK workers.
+        options[sdk_boot.FILE_POLICY_OPTION] = os.environ.get(POLICY_VARIABLE, "")
         if self.restore_from:
             options["savepoint_path"] = self.restore_from
         service = JobService(self.config.job_server, "Beam's Flink job server")

@@ -15,7 +15,11 @@ service (the option `beamport_logging_endpoint`, reachable), else to the runner'
 the job was staged with (the option `beamport_emulator_endpoints`: the server's emulators) become the worker's
 STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST (beamport/io/endpoints.py). A job that names a metric keys file (the
 option `beamport_metric_keys_file`: the Flink engine's jobs) runs its worker through beamport.engine.metric_keys,
-which notes there which user metrics the job's steps report.
+which notes there which user metrics the job's steps report. Options named in camelCase (a template's runtime
+parameters, Google's names) come back under their own names from the option `beamport_cased_options`: Beam
+Java's job server hands them on in snake_case. The file policy of the executor that submitted the job (the option
+`beamport_file_policy`, set by the engine over any the job gave) becomes the worker's BEAMPORT_FILE_POLICY, where
+Beamport's built-in templates find it (beamport/files.py).
 """
 
 from __future__ import annotations
@@ -26,10 +30,24 @@ import shutil
 import sys
 
 from beamport.engine import metric_keys
+from beamport.files import POLICY_VARIABLE
 from beamport.io import endpoints
 
 # The pipeline option naming the Fn API logging service of the Beamport engine that runs the job.
 LOGGING_ENDPOINT_OPTION = "beamport_logging_endpoint"
+# The pipeline option carrying the job's camelCase options as they were named: Beam Java's job server (Flink's)
+# renames every option to snake_case on its way to the SDK workers (inputSubscription -> input_subscription), and
+# Python's RuntimeValueProvider looks a template parameter up by its own name.
+CASED_OPTIONS = "beamport_cased_options"
+
+
+# The pipeline option carrying the submitting executor's file policy (FilePolicy.to_json) to the SDK workers.
+FILE_POLICY_OPTION = "beamport_file_policy"
+
+
+def cased_options(options: dict) -> dict:
+    """The options whose names a snake_case renaming would change, for CASED_OPTIONS."""
+    return {name: value for name, value in options.items() if name != name.lower()}
 
 
 def boot_arguments(argv: list[str], *extra: str) -> argparse.Namespace:
@@ -69,12 +87,18 @@ def main(argv: list[str]) -> None:
     wheels = fetch_artifacts(info, descriptor(info.artifact_endpoint, args.artifact_endpoint), semi_persistent)
     logging_endpoint = descriptor(info.logging_endpoint, args.logging_endpoint)
     options = json_format.MessageToDict(info.pipeline_options)
+    cased = _option(options, CASED_OPTIONS)
+    if isinstance(cased, dict):  # back under their own names, beside the renamed copies
+        info.pipeline_options.update({f"beam:option:{name}:v1": value for name, value in cased.items()})
     beamport_logs = _option(options, LOGGING_ENDPOINT_OPTION)
     if beamport_logs and _reachable(beamport_logs):
         logging_endpoint = descriptor(endpoints_pb2.ApiServiceDescriptor(url=beamport_logs), "")
     env = dict(os.environ)
     # The Google service endpoints the job was staged with (the server's, which this pool may not have: Flink's).
     env.update(endpoints.from_option(_option(options, endpoints.OPTION)))
+    policy = _option(options, FILE_POLICY_OPTION)
+    if isinstance(policy, str) and policy:
+        env[POLICY_VARIABLE] = policy
     env.update(
         PIPELINE_OPTIONS=json_format.MessageToJson(info.pipeline_options),
         CONTROL_API_SERVICE_DESCRIPTOR=descriptor(info.control_endpoint, args.control_endpoint),
@@ -105,6 +129,7 @@ def main(argv: list[str]) -> None:
                 "RUNNER_CAPABILITIES",
                 "PYTHONPATH",
                 metric_keys.VARIABLE,
+                POLICY_VARIABLE,
                 *endpoints.VARIABLES,
             )
             if k in env

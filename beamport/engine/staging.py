@@ -18,6 +18,8 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
   non-global windows since 2.65, WriteToBigQuery's among them): made opaque to the engine with a length prefix
   (engine/reshuffle_staging.py), which Prism and Flink otherwise decode wrongly. On Flink, which runs Beam's
   reshuffle URN itself, ReshufflePerKey composites get that URN (their GroupByKey dropped a drain's last window).
+- A built-in template's windows whose size is a runtime parameter (Cloud_PubSub_to_GCS_Text's windowDuration):
+  made Beam's FixedWindows of the launch's size (engine/window_staging.py), which every engine runs.
 - The server's Google service endpoints (STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST) go with a Python job in an
   option, for SDK workers that do not inherit the server's environment (beamport/io/endpoints.py), with a Beam
   plugin every Python SDK worker imports (beamport/io/emulators_plugin.py): it points Beam's BigQuery clients
@@ -69,6 +71,7 @@ from beamport.engine.staged_files import (
     requires_dist,
     unsatisfied_requirements,
 )
+from beamport.engine.window_staging import resolve_runtime_windows
 from beamport.errors import ApiError
 from beamport.files import LOCATION_OPTIONS, FilePolicy, gcs_resource_as_url, scheme_of
 from beamport.io import bigquery, endpoints
@@ -145,6 +148,7 @@ def stage_job(
     make_windowed_values_opaque(pipeline)
     if engine.native_reshuffle:
         reshuffle_natively(pipeline)
+    resolve_runtime_windows(pipeline, raw_options)
 
     submitted_with = (environment.get("userAgent") or {}).get("version")
     if submitted_with and submitted_with != apache_beam.__version__ and not java and not go:

@@ -5,6 +5,7 @@
 MODE counts: a running count per key, kept in state (key,count,line to OUT, a line per element); a line
 "KEY,boom" fails its bundle for as long as PATH exists (--fail-while: a fault that outlives Flink's restarts).
 MODE windows: elements per key and one-hour event-time window (a line's second field is its time).
+MODE python-windows: the same, its windows a WindowFn of the pipeline's own (pickled Python, which Flink refuses).
 MODE timers: per key, elements gathered in state until an event-time timer a minute after the first fires
 (key,n when the watermark passes it).
 Each output line is appended to OUT by the pipeline itself, tagged with --version (update tests).
@@ -16,8 +17,20 @@ import os
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import userstate
+from apache_beam.transforms.window import FixedWindows
 
 from beamport.io import ReadFromLocalLog
+
+
+class HourWindows(beam.window.NonMergingWindowFn):
+    """One-hour windows, written as pickled Python (only Python SDK workers run it)."""
+
+    def assign(self, context):
+        start = context.timestamp - context.timestamp % 3600
+        return [beam.window.IntervalWindow(start, start + 3600)]
+
+    def get_window_coder(self):
+        return beam.coders.IntervalWindowCoder()
 
 
 class RunningCount(beam.DoFn):
@@ -79,7 +92,7 @@ class AppendTo(beam.DoFn):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["counts", "windows", "timers"])
+    parser.add_argument("mode", choices=["counts", "windows", "python-windows", "timers"])
     parser.add_argument("log")
     parser.add_argument("out")
     parser.add_argument("--version", default="1")
@@ -99,7 +112,7 @@ if __name__ == "__main__":
         lines = p | "Read" >> ReadFromLocalLog(args.log, timestamp_fn=lambda line: float(line.split(",")[1]))
         texts = (
             lines
-            | "Window" >> beam.WindowInto(beam.window.FixedWindows(3600))
+            | "Window" >> beam.WindowInto(HourWindows() if args.mode == "python-windows" else FixedWindows(3600))
             | "Key" >> beam.Map(lambda line: (line.split(",")[0], 1))
             | "Sum" >> beam.CombinePerKey(sum)
             | "Format" >> beam.MapTuple(lambda key, n: f"{key},{n}")
