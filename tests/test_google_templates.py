@@ -187,17 +187,27 @@ def check_windowed_files_then_drain(server: Server) -> None:
 def bigquery_server(tmp_path_factory):
     """A server with Prism, and the Pub/Sub, BigQuery and GCS emulators, whose variables this process uses."""
     prism = required_path("BEAMPORT_TEST_PRISM", "builds Prism")
+    yield from server_with_google_services(tmp_path_factory.mktemp("google-bq-templates"), ("--prism", str(prism)))
+
+
+@pytest.fixture
+def flink_bigquery_server(tmp_path):
+    """The same with Flink as the streaming engine."""
+    yield from server_with_google_services(tmp_path, flink_args(flink_endpoints()))
+    cancel_flink_jobs(flink_endpoints(), lambda job: job["state"] == "RUNNING")  # one a failed test left running
+
+
+def server_with_google_services(root: Path, engine_args: tuple[str, ...]):
     need_emulator(emulators.PUBSUB)
     need_emulator(emulators.BIGQUERY)
     need_emulator(emulators.GCS)
     monkeypatch = pytest.MonkeyPatch()
     for variable in ("PUBSUB_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
         monkeypatch.delenv(variable, raising=False)
-    root = tmp_path_factory.mktemp("google-bq-templates")
     srv = Server(
         root / "data",
         extra_args=(
-            *("--allow-path", str(root), "--workers", "2", "--prism", str(prism)),
+            *("--allow-path", str(root), "--workers", "2", *engine_args),
             *("--emulators", "pubsub,bigquery,gcs"),
         ),
     ).start()
@@ -296,6 +306,17 @@ def test_pubsub_subscription_to_bigquery_writes_json_messages_as_rows_and_failur
 
 
 def test_pubsub_to_bigquery_reads_a_topic_through_a_subscription_of_its_own(bigquery_server):
+    check_topic_to_bigquery(bigquery_server)
+
+
+@pytest.mark.xdist_group("flink")
+def test_pubsub_to_bigquery_on_flink(flink_bigquery_server):
+    """Its parameters are camelCase options (inputTopic, outputTableSpec), which reach Flink's SDK workers under
+    their own names."""
+    check_topic_to_bigquery(flink_bigquery_server)
+
+
+def check_topic_to_bigquery(bigquery_server: Server) -> None:
     from google.cloud import bigquery, pubsub_v1
 
     bq = bigquery_client()
