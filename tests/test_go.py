@@ -2,8 +2,9 @@
 v2.77.0), submitted with gs:// staging and only the variables `beamport emulators env` prints (a GCS endpoint and
 a metadata server for Google's default credentials), ends DONE with the output of the same binary on Go's direct
 runner and the Go harness's log lines in the job's messages; a failing DoFn's Go error fails the job; a cancel
-leaves no Go worker. Needs Prism (BEAMPORT_TEST_PRISM), the GCS emulator and Go (scripts/test
-builds them all)."""
+leaves no Go worker. A streaming Go pipeline with Beam Go's pubsubio (tests/go/pubsub_sums) reads from and writes to
+the Pub/Sub emulator through Beamport's Python replacements of the native transforms, and drains. Needs Prism
+(BEAMPORT_TEST_PRISM), the GCS and Pub/Sub emulators and Go (scripts/test builds them all)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,13 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import Api, Server, beamport_command, required_path
-from test_emulators import go_program, need_gcs_emulator
+from test_emulators import go_program, need_emulator, need_gcs_emulator
 from test_java import _alive_in
+from test_pubsub import Topics, publish_sums_input
 from test_running_jobs import TEXT, wait_state
+from test_streaming import START_S, wait_for
+
+from beamport import emulators
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("go")]
 
@@ -27,7 +32,8 @@ BUCKET = "go-jobs"
 
 
 class Go:
-    """The wordcount binary, on Go's direct runner or submitted to a Beamport server by Go's Dataflow runner."""
+    """A Go program (the wordcount binary unless named), on Go's direct runner or submitted to a Beamport server by
+    Go's Dataflow runner."""
 
     def __init__(self, binary: Path, server: Server, base: Path, env: dict[str, str]):
         self.binary, self.server, self.base, self.env = binary, server, base, env
@@ -47,8 +53,12 @@ class Go:
         assert done.returncode == 0, done.stderr[-5000:]
 
     def dataflow(self, output: Path, *args: str, input_: str | None = None) -> tuple[subprocess.CompletedProcess, str]:
-        """Submit with the flags of issue 18; the run and the job's id."""
-        name = f"go-wordcount-{uuid.uuid4().hex[:8]}"
+        """Submit the wordcount; the run and the job's id."""
+        return self.submit("go-wordcount", f"--input={input_ or self.input}", f"--output={output}", *args)
+
+    def submit(self, prefix: str, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+        """Submit with the flags of issue 18 and the program's own; the run and the job's id."""
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         done = self.run(
             "--runner=dataflow",
             f"--dataflow_endpoint={self.server.url}/",
@@ -58,30 +68,33 @@ class Go:
             f"--staging_location=gs://{BUCKET}/staging",
             f"--temp_location=gs://{BUCKET}/temp",
             f"--worker_binary={self.binary}",
-            f"--input={input_ or self.input}",
-            f"--output={output}",
             *args,
         )
         job = next(j for j in Api(self.server.url, PROJECT).all_jobs() if j["name"] == name)
         return done, job["id"]
+
+    def program(self, name: str) -> Go:
+        """Another of tests/go's programs, submitted to the same server with the same variables."""
+        return Go(go_program(name), self.server, self.base, self.env)
 
 
 @pytest.fixture(scope="module")
 def go(tmp_path_factory) -> Go:
     prism = required_path("BEAMPORT_TEST_PRISM", "builds Prism")
     need_gcs_emulator()
+    need_emulator(emulators.PUBSUB)
     binary = go_program("wordcount")
     base = tmp_path_factory.mktemp("go")
     srv = Server(
         base / "data",
         extra_args=(
             *("--allow-path", str(base), "--workers", "2", "--prism", str(prism)),
-            *("--emulators", "gcs,metadata", "--metadata-project", PROJECT),
+            *("--emulators", "gcs,metadata,pubsub", "--metadata-project", PROJECT),
         ),
     ).start()
     printed = beamport_command("emulators", "env", "--data-dir", str(srv.data_dir)).stdout
     env = dict(line.removeprefix("export ").split("=", 1) for line in printed.splitlines() if "=" in line)
-    assert set(env) == {"STORAGE_EMULATOR_HOST", "GCE_METADATA_HOST", "GCE_METADATA_IP"}
+    assert set(env) == {"STORAGE_EMULATOR_HOST", "GCE_METADATA_HOST", "GCE_METADATA_IP", "PUBSUB_EMULATOR_HOST"}
     storage(env).create_bucket(BUCKET)
     yield Go(binary, srv, base, env)
     srv.stop()
@@ -188,6 +201,48 @@ def test_cancel_leaves_no_go_worker(go):
     while left := [p for p in psutil.process_iter() if _alive_in(p, groups)]:
         assert time.monotonic() < deadline, left
         time.sleep(0.1)
+
+
+def test_pubsub_windowed_sums_with_a_duplicate_then_drained(go, monkeypatch):
+    """Beam Go's pubsubio.Read (id and timestamp attributes) -> fixed windows -> a sum per key -> pubsubio.Write:
+    Dataflow-native transforms, which staging replaces with Beamport's Python ones in a Python environment of its
+    own, beside the job's Go one, on Prism. Each closed window's sums come out once (a duplicate id counted once),
+    every message read is acknowledged, and a drain fires the open window and ends DRAINED, with no Go worker
+    left."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", go.env["PUBSUB_EMULATOR_HOST"])  # for the test's own clients
+    topics = Topics("go-sums")
+    minute, later = publish_sums_input(topics, "g")
+    done, job_id = go.program("pubsub_sums").submit(
+        "go-pubsub-sums",
+        f"--input_subscription={topics.input_subscription}",
+        f"--output_topic={topics.output}",
+        "--async",
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    api = Api(go.server.url, PROJECT)
+    # Go's runner marks the job streaming (pubsubio's read is unbounded), so it can be drained (batch jobs cannot).
+    assert api.get(job_id).json()["type"] == "JOB_TYPE_STREAMING"
+    closed = sorted([f"a,3,{minute}", f"a,10,{minute + 60}", f"b,5,{minute}"])
+
+    def summed_or_ended() -> bool:
+        if len(topics.pull_output()) >= len(closed):
+            return True
+        return api.get(job_id).json().get("currentState") in {"JOB_STATE_FAILED", "JOB_STATE_DONE"}
+
+    wait_for("the closed windows' sums", summed_or_ended, START_S)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=START_S)  # (a failed job's messages say why)
+    assert topics.pull_output() == closed
+    assert topics.backlog() == 0, "every message read was acknowledged"
+    workers = go_workers(go.server)
+    assert workers, "the job's Go worker runs"
+
+    assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200  # as Beam asks
+    wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=START_S)
+    # The drain fired the window still open; nothing was counted twice.
+    wait_for("the open window's sum", lambda: len(topics.pull_output()) > len(closed), 60)
+    assert topics.pull_output() == sorted([*closed, f"c,7,{later}"])
+    gone, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive and not go_workers(go.server), alive
 
 
 def test_a_server_without_prism_refuses_a_go_job(tmp_path):

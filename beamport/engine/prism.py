@@ -10,7 +10,9 @@ through beamport.engine.sdk_boot with the job's options (the drain signal among 
 packages (artifacts) and, for their logs, a Fn API logging service in the executor (to observer.log).
 The job's user metrics are Prism's (GetJobMetrics), asked for every METRICS_EVERY_S and at the end. A Beam
 Go job's Go environments become process environments: Prism starts the job's worker binary through
-beamport.engine.go_boot, as Beam's Go container would.
+beamport.engine.go_boot, as Beam's Go container would. A Go job may have a Python environment too (its Pub/Sub
+I/O, engine/staging.py): Prism runs both SDKs' workers, the Python ones with a plugin that keeps their metric
+short ids apart from Go's (engine/short_ids.py).
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ from beamport.engine.portable import JobService, external_environments, user_met
 from beamport.processes import free_loopback_port
 
 log = logging.getLogger(__name__)
+
+# A plugin of the Python SDK workers of jobs with a Go environment too: metric short ids that do not clash with
+# the Go worker's in Prism's one map of them (engine/short_ids.py). Named, not imported: importing it patches Beam.
+SHORT_IDS_PLUGIN = "beamport.engine.short_ids"
 
 POLL_S = 0.5
 METRICS_EVERY_S = 2.0  # how often the job's metrics are asked for while it runs (and once at its end)
@@ -125,6 +131,8 @@ class PrismEngine(Engine):
             beamport_drain_file=str(drain_file),
             beamport_logging_endpoint=logs,  # the SDK workers' logs: to observer.log (sdk_boot)
         )
+        if job.go_environments:
+            options["beam_plugins"] = [*(options.get("beam_plugins") or []), SHORT_IDS_PLUGIN]
         self._invocation = invocation = service.submit(job.job_id, pipeline, options)
         observer.stage_state("Prism", STAGE_RUNNING, int(time.time() * 1e6))
         draining = False

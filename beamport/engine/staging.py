@@ -13,7 +13,12 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
 - Beam's native Pub/Sub read and write (`beam:transform:pubsub_read:v1`, `pubsub_write:v1`, which Dataflow
   runs itself): replaced by Python transforms (engine/pubsub_staging.py, beamport/io/pubsub.py) that reach
   the server's PUBSUB_EMULATOR_HOST, or Google's Pub/Sub; a read is refused on engines that do not run
-  unbounded sources (the embedded one), where it would end having read nothing.
+  unbounded sources (the embedded one), where it would end having read nothing. They run in the job's Python
+  environment; a Go pipeline (Beam Go's pubsubio stages the same URNs and payloads) has none, so staging adds
+  one of Beamport's own for them, as rewritten Python environments are (Prism starts its SDK workers through
+  engine/sdk_boot.py, with the emulator endpoints). At that boundary the engine carries standard coders both
+  SDKs know: pubsubio's read emits bytes (message data, or a serialized PubsubMessage with attributes) and its
+  write takes a serialized PubsubMessage as bytes, as Beam Python's do.
 - Windowed values carried as element values with a window coder only an SDK knows (Beam Python's Reshuffle on
   non-global windows since 2.65, WriteToBigQuery's among them): made opaque to the engine with a length prefix
   (engine/reshuffle_staging.py), which Prism and Flink otherwise decode wrongly. On Flink, which runs Beam's
@@ -144,7 +149,7 @@ def stage_job(
     if go:
         _check_engine_runs(engine, registry.GO)
     rewritten = rewrite_python_environments(pipeline, warnings, keep=set(java) | set(go))
-    _replace_pubsub(pipeline, rewritten, engine)
+    rewritten += _replace_pubsub(pipeline, rewritten, engine, add_python=bool(go))
     make_windowed_values_opaque(pipeline)
     if engine.native_reshuffle:
         reshuffle_natively(pipeline)
@@ -327,9 +332,13 @@ def _reach_emulators(options: dict) -> None:
         options["beam_plugins"] = [*plugins, bigquery.PLUGIN]
 
 
-def _replace_pubsub(pipeline: beam_runner_api_pb2.Pipeline, python_environments: list[str], engine) -> None:
+def _replace_pubsub(
+    pipeline: beam_runner_api_pb2.Pipeline, python_environments: list[str], engine, add_python: bool = False
+) -> list[str]:
     """Beam's native Pub/Sub transforms -> Python transforms in the job's Python environment
-    (engine/pubsub_staging.py); a read only where the engine runs unbounded sources."""
+    (engine/pubsub_staging.py); a read only where the engine runs unbounded sources. add_python: a pipeline
+    without a Python environment (a Go one) gets one of Beamport's own for them. Answers the ids of the
+    environments added."""
     reads = pubsub_reads(pipeline)
     if reads and not engine.streaming:
         streaming = registry.titles(spec for spec in registry.ENGINES if spec.streaming)
@@ -340,16 +349,36 @@ def _replace_pubsub(pipeline: beam_runner_api_pb2.Pipeline, python_environments:
         )
     natives = [t for t in pipeline.components.transforms.values() if t.spec.urn in (PUBSUB_READ, PUBSUB_WRITE)]
     if not natives:
-        return
+        return []
     used = [t.environment_id for t in pipeline.components.transforms.values() if t.environment_id]
     python = next((env for env in used if env in python_environments), None)
+    added = []
+    if python is None and add_python:
+        python = add_python_environment(pipeline)
+        added.append(python)
     if python is None:
         raise ApiError(
             "FAILED_PRECONDITION",
             f"The pipeline reads or writes Pub/Sub ({', '.join(sorted(t.unique_name for t in natives))}) "
-            "outside a Python pipeline: Beamport runs Pub/Sub I/O for Beam Python pipelines only.",
+            "outside a Python or Go pipeline: Beamport runs Pub/Sub I/O for Beam Python and Go pipelines only.",
         )
     replace_pubsub_transforms(pipeline, python)
+    return added
+
+
+def add_python_environment(pipeline: beam_runner_api_pb2.Pipeline, name: str = "beamport_python") -> str:
+    """Add a Python SDK environment of Beamport's own to the pipeline, as rewrite_python_environments makes them
+    (engines run it as they run a Python job's), with this Beam's capabilities; answer its id."""
+    from apache_beam.transforms.environments import python_sdk_capabilities
+
+    env_id, number = name, 0
+    while env_id in pipeline.components.environments:
+        number += 1
+        env_id = f"{name}{number}"
+    env = pipeline.components.environments[env_id]
+    env.urn = python_urns.EMBEDDED_PYTHON
+    env.capabilities.extend(python_sdk_capabilities())
+    return env_id
 
 
 class _Fetcher:
