@@ -151,6 +151,9 @@ def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsu
     # The drain fired the window still open; nothing was counted twice.
     wait_for("the open window's sum", lambda: len(topics.pull_output()) > len(closed), 60)
     assert topics.pull_output() == sorted([*closed, f"c,7,{later}"])
+    errors = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])
+              if m["messageImportance"] == "JOB_MESSAGE_ERROR"]  # fmt: skip
+    assert not errors, "a drained job's messages hold no error"
 
 
 def test_a_reshuffle_of_windowed_values_between_the_read_and_the_sum(pubsub_server):

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 # A plugin of the Python SDK workers of jobs with a Go environment too: metric short ids that do not clash with
 # the Go worker's in Prism's one map of them (engine/short_ids.py). Named, not imported: importing it patches Beam.
 SHORT_IDS_PLUGIN = "beamport.engine.short_ids"
+# A plugin of every Prism job's Python SDK workers: Prism's finalization of bundles that asked for none is answered
+# as done, not as an error in the job's messages (engine/prism_finalization.py).
+FINALIZATION_PLUGIN = "beamport.engine.prism_finalization"
 
 POLL_S = 0.5
 METRICS_EVERY_S = 2.0  # how often the job's metrics are asked for while it runs (and once at its end)
@@ -131,8 +134,8 @@ class PrismEngine(Engine):
             beamport_drain_file=str(drain_file),
             beamport_logging_endpoint=logs,  # the SDK workers' logs: to observer.log (sdk_boot)
         )
-        if job.go_environments:
-            options["beam_plugins"] = [*(options.get("beam_plugins") or []), SHORT_IDS_PLUGIN]
+        plugins = [FINALIZATION_PLUGIN, *([SHORT_IDS_PLUGIN] if job.go_environments else [])]
+        options["beam_plugins"] = [*(options.get("beam_plugins") or []), *plugins]
         self._invocation = invocation = service.submit(job.job_id, pipeline, options)
         observer.stage_state("Prism", STAGE_RUNNING, int(time.time() * 1e6))
         draining = False
