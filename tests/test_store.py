@@ -465,6 +465,30 @@ def test_sqlites_wal_is_copied_into_the_database_by_the_stores_thread_not_by_a_c
         store.close()
 
 
+def test_a_write_into_a_wal_deleted_and_recreated_is_refused_as_the_database_gone(tmp_path):
+    """A deleted WAL that another connection recreated has a path that exists, and the open files are looked at
+    at most once a second: SQLite's own error ("disk I/O error") is then said as what it is, the database gone
+    (503, tests/test_bad_input.py), not an internal error."""
+    import os
+    import sqlite3
+
+    store = open_store(None, tmp_path)
+    try:
+        store.write(Write(new_jobs=[record_from_document(_job_doc("before"))]))
+        database = store.db.file
+        assert database is not None
+        os.unlink(database.wal)
+        with contextlib.closing(sqlite3.connect(database.path)) as other, pytest.raises(sqlite3.OperationalError):
+            other.execute("SELECT count(*) FROM jobs").fetchall()  # it recreates the WAL, and fails
+        assert os.path.exists(database.wal)
+        database._next_scan = float("inf")  # as if the open files were looked at a moment ago
+        with pytest.raises(ApiError) as gone:
+            store.write(Write(new_jobs=[record_from_document(_job_doc("after"))]))
+        assert gone.value.status == "UNAVAILABLE" and "database is gone" in gone.value.message
+    finally:
+        store.close()
+
+
 def test_held_and_waiting_work_are_found_by_index(store):
     clock = Clock()
     leases = LeaseService(store, clock=clock)

@@ -36,8 +36,9 @@ class _DatabaseFile:
 
     Checked before every write transaction and before its commit (a stat: microseconds, against a commit's
     fsync), by new connections, and by the server's sweeper. On Linux the process's open files are looked at
-    too, at most once a second: a deleted WAL file that a new connection recreated has a path that exists,
-    but the connections writing into the old one hold it open as "(deleted)".
+    too, at most once a second, and at once when a write finds a new WAL file: a deleted WAL file that a new
+    connection recreated has a path that exists, but the connections writing into the old one hold it open as
+    "(deleted)".
     """
 
     SCAN_EVERY_S = 1.0
@@ -49,6 +50,7 @@ class _DatabaseFile:
         self.wal_mode = False
         self.gone: str | None = None  # why, once noticed: from then on everything is refused
         self._next_scan = 0.0
+        self._wal_identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the WAL file a write last found
         self._deleted = (self.path + " (deleted)", self.wal + " (deleted)")
 
     def opened(self, journal_mode: str) -> None:
@@ -60,9 +62,12 @@ class _DatabaseFile:
         else:
             self.check()
 
-    def check(self, in_write: bool = False) -> None:
+    def check(self, in_write: bool = False, scan: bool = False) -> None:
         """Raise DatabaseGone if the file at the path is no longer the one opened (`in_write`: inside a write
-        transaction, when the WAL file must exist too)."""
+        transaction, when the WAL file must exist too; `scan`: the open files looked at now, not at most once a
+        second)."""
+        if scan:
+            self._next_scan = 0.0
         if self.gone is None and self.identity is not None:
             why = self._why_gone(in_write)
             if why is not None:
@@ -81,8 +86,16 @@ class _DatabaseFile:
             return f"{self.path} was deleted"
         if (st.st_dev, st.st_ino) != self.identity:
             return f"{self.path} was replaced by another file"
-        if in_write and self.wal_mode and not os.path.exists(self.wal):
-            return f"{self.wal} was deleted"
+        if in_write and self.wal_mode:
+            try:
+                wal = os.stat(self.wal)
+            except FileNotFoundError:
+                return f"{self.wal} was deleted"
+            if (wal.st_dev, wal.st_ino) != self._wal_identity:
+                # A new WAL file: SQLite makes one after its last connection closed, and so does a connection
+                # that opens the database after the WAL was deleted, while the others write on into the old one.
+                self._wal_identity = (wal.st_dev, wal.st_ino)
+                self._next_scan = 0.0  # which of the two: the open files say
         now = time.monotonic()
         if now >= self._next_scan:
             self._next_scan = now + self.SCAN_EVERY_S
@@ -155,6 +168,14 @@ def _sqlite_engine(url: str, watch: _DatabaseFile | None) -> Engine:
             if watch is not None and watch.gone is not None:  # reads too, once it is known: no stale answers
                 raise DatabaseGone(watch.gone)
             connection.exec_driver_sql("BEGIN")
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context):
+        # SQLite's own error when its files went from under it ("disk I/O error" from a connection that opens a
+        # database whose WAL was deleted, a write into one a new connection recreated): said as what it is, the
+        # database gone (503), once the files confirm it, rather than as an internal error.
+        if watch is not None and watch.identity is not None and context.sqlalchemy_exception is not None:
+            watch.check(scan=True)
 
     @event.listens_for(engine, "commit")
     def _on_commit(connection):
