@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -28,6 +29,7 @@ from test_streaming import (
 )
 
 from beamport import emulators
+from beamport.engine import sdk_boot
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]  # one Flink job at a time, as test_streaming
 PROJECT = "pubsub-demo"
@@ -282,13 +284,10 @@ def test_windowed_sums_to_pubsub_and_bigquery_with_a_duplicate_then_drained(pubs
     assert rows_of(PROJECT, name) == everything
 
 
-SDK_WORKER = "apache_beam.runners.worker.sdk_worker_main"
-
-
 def sdk_workers_of(flink: dict, job_id: str) -> list[psutil.Process]:
-    """The Python SDK workers that the cluster's SDK worker pool runs for this job (sdk_worker_main, run through
-    beamport.engine.metric_keys, started by beamport.engine.sdk_boot under the pool process; the job's options in
-    their environment name the job)."""
+    """The Python SDK workers that the cluster's SDK worker pool runs for this job: beamport.engine.sdk_boot
+    processes under the pool process (under a sandbox, the one that bwrap starts), which run the worker
+    themselves and name the job in their directory's job_name file."""
     port = flink["BEAMPORT_FLINK_SDK_POOL"].rsplit(":", 1)[1]
     (pool,) = [
         p
@@ -299,11 +298,14 @@ def sdk_workers_of(flink: dict, job_id: str) -> list[psutil.Process]:
     workers = []
     for process in pool.children(recursive=True):
         try:
-            # The Python process itself: under a sandbox, bwrap's command lines name the module too.
-            is_worker = process.cmdline()[1:3] in (["-m", "beamport.engine.metric_keys"], ["-m", SDK_WORKER])
-            if is_worker and job_id in process.environ().get("PIPELINE_OPTIONS", ""):
+            command = process.cmdline()
+            if command[1:3] != ["-m", "beamport.engine.sdk_boot"]:  # bwrap's command line names it too
+                continue
+            flags = dict(arg.removeprefix("--").split("=", 1) for arg in command[3:] if "=" in arg)
+            job_file = Path(flags["semi_persist_dir"]) / f"worker-{flags['id'].strip(chr(39))}" / sdk_boot.JOB_FILE
+            if job_file.is_file() and job_file.read_text() == job_id:
                 workers.append(process)
-        except psutil.Error:  # gone meanwhile, or not ours to read
+        except (psutil.Error, KeyError, OSError):  # gone meanwhile, or not ours to read
             continue
     return workers
 

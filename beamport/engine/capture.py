@@ -105,6 +105,20 @@ def entry_record(entry) -> logging.LogRecord:
     return rebuilt
 
 
+def hang_up_quieted(record: logging.LogRecord) -> logging.LogRecord:
+    """An SDK worker's error that says only that the runner closed its channels (Flink does when the job's tasks
+    end: finished, drained, cancelled; the worker then logs "Failed to read inputs in the data plane" and "Python
+    sdk harness failed") as what it is, an INFO, not an ERROR in the job's messages. Why the tasks ended, if
+    they failed, the engine reports from the runner."""
+    text = f"{record.msg}\n{record.exc_text or ''}"
+    if record.levelno >= logging.ERROR and _HUNG_UP in text:
+        record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+    return record
+
+
+_HUNG_UP = "Multiplexer hanging up"  # gRPC's CANCELLED when the runner closes the data stream
+
+
 @contextlib.contextmanager
 def worker_log_service(deliver: Callable[[logging.LogRecord], None], socket: Path | None = None) -> Iterator[str]:
     """A Fn API logging service for SDK workers that run outside this process (Prism's, Flink's): each LogEntry
@@ -122,7 +136,7 @@ def worker_log_service(deliver: Callable[[logging.LogRecord], None], socket: Pat
             for entries in request_iterator:
                 for entry in entries.log_entries:
                     try:
-                        deliver(entry_record(entry))
+                        deliver(hang_up_quieted(entry_record(entry)))
                     except Exception:  # an observer's failure must not cut the worker's log stream
                         logging.getLogger(__name__).exception("could not pass on an SDK worker's log record")
             return iter(())

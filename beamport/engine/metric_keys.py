@@ -1,20 +1,18 @@
-"""An SDK worker that notes which user metrics the job's transforms report (step, namespace, name), for Flink.
+"""The SDK worker's note of which user metrics the job's transforms report (step, namespace, name), for Flink.
 
 Beam 2.62's Flink runner shows a running job's user metrics only as Flink operator metrics, named
 `namespace.name` in the metric group of the fused stage's operator (FlinkMetricContainerBase): the step that
 reported a metric is not in its name, and Flink's REST API writes ' ', '.', ':' and ',' as '_', so a name's
 namespace cannot be told from its name either. The SDK worker knows both: each bundle's MonitoringInfos carry
-the step (PTRANSFORM), namespace and name. Run as the worker's program (`beamport.engine.sdk_boot`, for jobs
-that name a keys file), this module appends each user metric key the worker reports to that file, once per
-worker process, then runs Beam's SDK worker. The Flink engine reads the keys back (`read_keys`) to tell which
+the step (PTRANSFORM), namespace and name. Set up by `beamport.engine.sdk_boot` before it runs Beam's SDK worker
+(for jobs that name a keys file), `record_to` has the worker append each user metric key it reports to that file,
+once per worker process. The Flink engine reads the keys back (`read_keys`) to tell which
 Flink metric is which Beam metric (FlinkRest.live_metrics); the values still come from Flink.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import threading
 from pathlib import Path
 
@@ -83,11 +81,3 @@ def read_keys(path: Path) -> set[tuple[str, str, str, str]]:
             continue  # a line being written
         keys.add((step, namespace, name, urn))
     return keys
-
-
-if __name__ == "__main__":
-    if os.environ.get(VARIABLE):
-        record_to(os.environ[VARIABLE])
-    from apache_beam.runners.worker import sdk_worker_main
-
-    sdk_worker_main.main(sys.argv)

@@ -4,8 +4,11 @@ Beam's SDK worker pool (`worker_pool_main --container_executable`) runs this wit
 runner's services. Like Beam's Go boot program in its SDK containers, it asks the provisioning service
 for the job's pipeline options and hands them to `sdk_worker_main` in its environment, so that the worker
 runs with the job's options (log level, pickler, runtime value providers: Beamport's sources read their
-drain signal there), then becomes that worker. Its output goes to stderr: the pool pipes stdout and
-never reads it.
+drain signal there), then runs that worker in its own process. Under a sandbox (the pool's operator asks for one:
+scripts/flink-cluster --sandbox) it first starts itself again inside, so that the job's options and its user code
+only ever reach the sandboxed process; the worker is not a second Python, which would import Beam again (about
+3 s of each worker's start here). Its output goes to stderr: the pool pipes stdout and never reads it. The job's
+name is written to the worker's directory (`job_name`): the worker's command line names only the worker.
 
 Also as Beam's boot program does, it fetches the environment's artifacts (what staging made of the job's
 packages: pure-Python wheels and the main session, beamport.engine.portable.staged_artifacts) into the
@@ -14,8 +17,8 @@ PYTHONPATH. The worker's logs go to the Beamport engine that runs the job when t
 service (the option `beamport_logging_endpoint`, reachable), else to the runner's. The Google service endpoints
 the job was staged with (the option `beamport_emulator_endpoints`: the server's emulators) become the worker's
 STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST (beamport/io/endpoints.py). A job that names a metric keys file (the
-option `beamport_metric_keys_file`: the Flink engine's jobs) runs its worker through beamport.engine.metric_keys,
-which notes there which user metrics the job's steps report. Options named in camelCase (a template's runtime
+option `beamport_metric_keys_file`: the Flink engine's jobs) has its worker note there which user metrics the
+job's steps report (beamport.engine.metric_keys). Options named in camelCase (a template's runtime
 parameters, Google's names) come back under their own names from the option `beamport_cased_options`: Beam
 Java's job server hands them on in snake_case. The file policy of the executor that submitted the job (the option
 `beamport_file_policy`, set by the engine over any the job gave) becomes the worker's BEAMPORT_FILE_POLICY, where
@@ -29,10 +32,12 @@ import os
 import shutil
 import sys
 
-from beamport.engine import metric_keys
 from beamport.files import POLICY_VARIABLE
-from beamport.io import endpoints
 
+# Set inside the sandbox this program runs itself in (the worker runs in this same process).
+SANDBOXED = "BEAMPORT_SDK_BOOT_SANDBOXED"
+# The file of the worker's directory that names its job.
+JOB_FILE = "job_name"
 # The pipeline option naming the Fn API logging service of the Beamport engine that runs the job.
 LOGGING_ENDPOINT_OPTION = "beamport_logging_endpoint"
 # The pipeline option carrying the job's camelCase options as they were named: Beam Java's job server (Flink's)
@@ -73,17 +78,32 @@ def provision_info(endpoint: str, worker_id: str):
 
 
 def main(argv: list[str]) -> None:
+    args = boot_arguments(argv)
+    semi_persistent = os.path.join(args.semi_persist_dir, f"worker-{args.id}")
+    os.makedirs(semi_persistent, exist_ok=True)
+    if not os.environ.get(SANDBOXED):
+        sandbox = _sandbox(semi_persistent)
+        if sandbox is not None and sandbox.enabled:  # user code: the job's DoFns. This program goes in first.
+            itself = [sys.executable, "-m", "beamport.engine.sdk_boot", *argv]
+            command = sandbox.command(itself, set_env={SANDBOXED: "1"})
+            os.execvpe(command[0], command, os.environ)
+    run_worker(args, semi_persistent)
+
+
+def run_worker(args: argparse.Namespace, semi_persistent: str) -> None:
+    """Provisioned, become the job's SDK worker: in this process, whose Beam is imported already (a second
+    Python that imports Beam again took about 3 s more of each worker's start)."""
     from apache_beam.portability.api import endpoints_pb2
     from google.protobuf import json_format, text_format
 
-    args = boot_arguments(argv)
+    from beamport.engine import metric_keys
+    from beamport.io import endpoints
+
     info = provision_info(args.provision_endpoint, args.id)
 
     def descriptor(provided, url: str) -> str:
         return text_format.MessageToString(provided if provided.url else endpoints_pb2.ApiServiceDescriptor(url=url))
 
-    semi_persistent = os.path.join(args.semi_persist_dir, f"worker-{args.id}")
-    os.makedirs(semi_persistent, exist_ok=True)
     wheels = fetch_artifacts(info, descriptor(info.artifact_endpoint, args.artifact_endpoint), semi_persistent)
     logging_endpoint = descriptor(info.logging_endpoint, args.logging_endpoint)
     options = json_format.MessageToDict(info.pipeline_options)
@@ -93,7 +113,7 @@ def main(argv: list[str]) -> None:
     beamport_logs = _option(options, LOGGING_ENDPOINT_OPTION)
     if beamport_logs and _reachable(beamport_logs):
         logging_endpoint = descriptor(endpoints_pb2.ApiServiceDescriptor(url=beamport_logs), "")
-    env = dict(os.environ)
+    env = {}
     # The Google service endpoints the job was staged with (the server's, which this pool may not have: Flink's).
     env.update(endpoints.from_option(_option(options, endpoints.OPTION)))
     policy = _option(options, FILE_POLICY_OPTION)
@@ -107,35 +127,22 @@ def main(argv: list[str]) -> None:
         SEMI_PERSISTENT_DIRECTORY=semi_persistent,
         RUNNER_CAPABILITIES=" ".join(info.runner_capabilities),
     )
-    worker = "apache_beam.runners.worker.sdk_worker_main"
+    if wheels:  # imported from where they were staged, here and in any process the worker starts
+        sys.path[:0] = wheels
+        env["PYTHONPATH"] = os.pathsep.join(
+            [*wheels, *([os.environ["PYTHONPATH"]] if "PYTHONPATH" in os.environ else [])]
+        )
+    os.environ.update(env)
+    # Which job this worker's directory is for (its command line names the worker only).
+    with open(os.path.join(semi_persistent, JOB_FILE), "w") as out:
+        out.write(str(_option(options, "job_name") or ""))
+    os.dup2(2, 1)
     keys_file = _option(options, metric_keys.OPTION)
     if keys_file:  # a Flink job's: the worker notes its user metrics' keys (beamport.engine.metric_keys)
-        env[metric_keys.VARIABLE] = keys_file
-        worker = "beamport.engine.metric_keys"
-    if wheels:
-        env["PYTHONPATH"] = os.pathsep.join([*wheels, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
-    os.dup2(2, 1)
-    argv = [sys.executable, "-m", worker]
-    sandbox = _sandbox(semi_persistent)
-    if sandbox is not None and sandbox.enabled:  # user code: the job's DoFns
-        worker_env = {
-            k: env[k]
-            for k in (
-                "PIPELINE_OPTIONS",
-                "CONTROL_API_SERVICE_DESCRIPTOR",
-                "WORKER_ID",
-                "LOGGING_API_SERVICE_DESCRIPTOR",
-                "SEMI_PERSISTENT_DIRECTORY",
-                "RUNNER_CAPABILITIES",
-                "PYTHONPATH",
-                metric_keys.VARIABLE,
-                POLICY_VARIABLE,
-                *endpoints.VARIABLES,
-            )
-            if k in env
-        }
-        argv = sandbox.command(argv, set_env=worker_env)
-    os.execvpe(argv[0], argv, env)
+        metric_keys.record_to(keys_file)
+    from apache_beam.runners.worker import sdk_worker_main
+
+    sdk_worker_main.main([])
 
 
 def fetch_artifacts(info, artifact_endpoint: str, semi_persistent: str) -> list[str]:
