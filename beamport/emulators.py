@@ -11,8 +11,9 @@ is the operator's own endpoint: it wins, and that emulator is not started.
 GCS is fake-gcs-server, with one patch (below): it serves Beam's GcsIO for Python (JSON API, the batches of
 copies and deletes of WriteToText's rename) and the resumable uploads of Go's storage client (Go's Dataflow
 runner stages its worker binary so). Pub/Sub is Google's own fake, pstest (cloud.google.com/go/pubsub/v2/pstest),
-as a server: a ten-line main in beamport/emulator_sources/pubsub (go.mod and go.sum pin its dependencies), built
-the same way. It keeps topics, subscriptions and messages in memory: they are gone when it restarts.
+as a server: a small main in beamport/emulator_sources/pubsub (go.mod and go.sum pin its dependencies), built
+the same way, that serves gRPC and Pub/Sub's REST API (Beam Java's client) on one port. It keeps topics,
+subscriptions and messages in memory: they are gone when it restarts.
 
 BigQuery is bqemulator (PyPI; BigQuery's REST API over DuckDB), a Python program: installed once into a virtualenv
 of its own (it needs duckdb 1.x, Beamport pins 2.x) from beamport/emulator_sources/bigquery/requirements.txt,
@@ -176,13 +177,15 @@ GCS = FakeGcsServer(
 
 
 class PubSubFake(GoEmulator):
-    """pstest as a server (beamport/emulator_sources/pubsub/main.go): gRPC only, its state in memory."""
+    """pstest as a server (beamport/emulator_sources/pubsub/main.go): gRPC, and Pub/Sub's REST API on the same port
+    (for Beam Java's PubsubIO, whose client speaks REST; rest.go), as Google's own emulator serves both; its state
+    in memory."""
 
     def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
         return [str(binary), "-host", "127.0.0.1", "-port", str(port)]
 
     def value(self, port: int) -> str:
-        return f"127.0.0.1:{port}"  # PUBSUB_EMULATOR_HOST is host:port (gRPC, no scheme)
+        return f"127.0.0.1:{port}"  # PUBSUB_EMULATOR_HOST is host:port (no scheme; REST clients add http://)
 
     def healthy(self, port: int) -> bool:
         # pstest registers no health service; it serves as soon as it listens.
@@ -199,7 +202,7 @@ PUBSUB = PubSubFake(
     module="cloud.google.com/go/pubsub/v2/pstest",
     version="v2.9.0",
     source=Path(__file__).parent / "emulator_sources" / "pubsub",
-    patch_level="beamport1",
+    patch_level="beamport2",  # beamport2: REST beside gRPC
 )
 
 

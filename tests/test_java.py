@@ -66,10 +66,13 @@ class Java:
     def direct(self, main: str, output: Path, *args: str) -> subprocess.CompletedProcess:
         return self.run(main, "--runner=DirectRunner", f"--output={output}", *args)
 
-    def dataflow(self, main: str, output: Path, path: str, *args: str) -> tuple[subprocess.CompletedProcess, str]:
-        """Submit to the server with the flags of issue 18; the run's output and the job's id."""
+    def dataflow(
+        self, main: str, output: Path | str, path: str, *args: str, given_input: bool = True
+    ) -> tuple[subprocess.CompletedProcess, str]:
+        """Submit to the server with the flags of issue 18; the run's output and the job's id (given_input=False:
+        the input is among `args`)."""
         name = f"{main.lower()}-{path}-{uuid.uuid4().hex[:8]}"
-        done = self.run(main, *self._dataflow_flags(name, path), f"--output={output}", *args)
+        done = self.run(main, *self._dataflow_flags(name, path), f"--output={output}", *args, given_input=given_input)
         api = Api(self.server.url, PROJECT)
         job = next(j for j in api.all_jobs() if j["name"] == name)
         return done, job["id"]

@@ -28,7 +28,9 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
 - The server's Google service endpoints (STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST) go with a Python job in an
   option, for SDK workers that do not inherit the server's environment (beamport/io/endpoints.py), with a Beam
   plugin every Python SDK worker imports (beamport/io/emulators_plugin.py): it points Beam's BigQuery clients
-  at a BigQuery endpoint, and has Beam's I/O look for credentials once rather than retry for 25 s.
+  at a BigQuery endpoint, and has Beam's I/O look for credentials once rather than retry for 25 s. A Java job
+  gets them as the options Beam Java's IOs read instead (--gcsEndpoint, --bigQueryEndpoint, --pubsubRootUrl;
+  endpoints.java_options), unless it set them itself.
 - packages (environment.workerPools[].packages):
   - pickled_main_session: loaded before the run, as Dataflow's SDK harness does;
   - a wheel or sdist whose distribution is already installed at that version: nothing to do;
@@ -204,6 +206,8 @@ def stage_job(
         options["go_options"] = go_options
     if rewritten:
         _reach_emulators(options)
+    if java:
+        _java_reaches_emulators(options)
     staged = StagedJob(
         job_id=job.get("id", ""),
         job_type=job_type,
@@ -330,6 +334,17 @@ def _reach_emulators(options: dict) -> None:
     plugins = options.get("beam_plugins") or []
     if bigquery.PLUGIN not in plugins:
         options["beam_plugins"] = [*plugins, bigquery.PLUGIN]
+
+
+def _java_reaches_emulators(options: dict) -> None:
+    """The server's Google service endpoints go to a Java job's harness as the options Beam Java's IOs build
+    their clients from (they ignore the emulator variables): GCS's, BigQuery's and Pub/Sub's root URLs
+    (endpoints.java_options). An option the job set itself stays: it names the service the job wants. Credentials
+    are the job's own (--credentialFactoryClass): over http, no credentials, or NoopCredentialFactory's, send
+    no token, and the emulators ask for none."""
+    for name, value in endpoints.java_options(endpoints.of(os.environ)).items():
+        if not options.get(name):
+            options[name] = value
 
 
 def _replace_pubsub(

@@ -26,3 +26,25 @@ def from_option(value) -> dict[str, str]:
     if not isinstance(value, Mapping):
         return {}
     return {name: value[name] for name in VARIABLES if isinstance(value.get(name), str) and value[name]}
+
+
+def java_options(found: Mapping[str, str]) -> dict[str, str]:
+    """The Beam Java options that point its IOs at these endpoints:
+    - gcsEndpoint: the JSON API's URL, whose path is the service path (Beam Java's Transport.newStorageClient);
+    - bigQueryEndpoint: the REST API's root URL (BigQueryServicesImpl.newBigQueryClient);
+    - pubsubRootUrl: the REST API's root URL (PubsubJsonClient, PubsubIO's client unless the pipeline picks
+      another): PUBSUB_EMULATOR_HOST is the emulator's host:port, which serves REST there too."""
+    options = {}
+    if found.get("STORAGE_EMULATOR_HOST"):
+        options["gcsEndpoint"] = _url(found["STORAGE_EMULATOR_HOST"]) + "/storage/v1/"
+    if found.get("BIGQUERY_EMULATOR_HOST"):
+        options["bigQueryEndpoint"] = _url(found["BIGQUERY_EMULATOR_HOST"])
+    if found.get("PUBSUB_EMULATOR_HOST"):
+        options["pubsubRootUrl"] = _url(found["PUBSUB_EMULATOR_HOST"])
+    return options
+
+
+def _url(host: str) -> str:
+    """http://HOST:PORT for an endpoint given with or without its scheme (Google's clients take both)."""
+    host = host.rstrip("/")
+    return host if "://" in host else f"http://{host}"

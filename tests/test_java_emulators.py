@@ -1,0 +1,145 @@
+"""Beam Java jobs on a Beamport with Google's service emulators (`serve --emulators gcs,pubsub,bigquery`) reach them
+unchanged: a Java pipeline that names no endpoint, submitted by Beam Java's DataflowRunner with the flags of the
+other Java tests, reads gs:// text and writes its word counts to a BigQuery table (streaming inserts), a Pub/Sub
+topic and gs:// text, all in the emulators; staging gave its harness the options Beam Java's IOs read
+(engine/staging.py, docs/google-services.md). Read back with Google's Python clients."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections import Counter
+
+import pytest
+from conftest import Api, Server, required_path
+from test_bigquery import bigquery_client
+from test_emulators import need_emulator, read_env, storage_client
+from test_java import PROJECT, TEXT, V1, V2, Java, messages
+
+from beamport import emulators
+from beamport.io import endpoints
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("java")]
+EXPECTED = sorted(f"{word}: {count}" for word, count in Counter(TEXT.split()).items())
+
+
+@pytest.fixture(scope="module")
+def java_with_emulators(tmp_path_factory):
+    """A server with the three emulators, its variables in this process's environment (as a client's), and the
+    Java pipelines to submit to it."""
+    class_path = required_path("BEAMPORT_TEST_JAVA", "builds the Java pipelines (scripts/java-pipelines)")
+    for emulator in (emulators.GCS, emulators.PUBSUB, emulators.BIGQUERY):
+        need_emulator(emulator)
+    base = tmp_path_factory.mktemp("java-emulators")
+    saved = {name: os.environ.pop(name) for name in endpoints.VARIABLES if name in os.environ}
+    srv = Server(
+        base / "data",
+        extra_args=("--allow-path", str(base), "--workers", "1", "--emulators", "gcs,pubsub,bigquery"),
+    ).start()
+    os.environ.update(read_env(srv.data_dir))
+    yield Java(class_path.read_text().strip(), srv, base)
+    srv.stop()
+    for name in endpoints.VARIABLES:
+        os.environ.pop(name, None)
+    os.environ.update(saved)
+
+
+@pytest.mark.parametrize("path", [V1, V2])
+def test_a_java_pipeline_reaches_gcs_bigquery_and_pubsub_unchanged(java_with_emulators, path):
+    from google.cloud import pubsub_v1
+
+    java = java_with_emulators
+    bucket = storage_client().create_bucket(f"java-{path}")
+    bucket.blob("in/text.txt").upload_from_string(TEXT)
+    dataset = f"words_{path}"
+    bigquery_client(PROJECT).create_dataset(dataset)
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic = publisher.create_topic(name=f"projects/{PROJECT}/topics/counts-{path}").name
+    subscription = subscriber.create_subscription(
+        name=f"projects/{PROJECT}/subscriptions/counts-{path}", topic=topic
+    ).name
+
+    # Beam Java's runner v1 estimates a source's size where the job is submitted (its ReadTranslator), so the
+    # submitter must reach GCS itself, as it would have to on Dataflow: given, the job's own endpoint is kept. Runner
+    # v2 reads nothing at submission: its job names no endpoint at all.
+    submitter = [f"--gcsEndpoint={os.environ['STORAGE_EMULATOR_HOST']}/storage/v1/"] if path == V1 else []
+    done, job_id = java.dataflow(
+        "GoogleServicesWordCount",
+        f"gs://{bucket.name}/out/counts",
+        path,
+        f"--inputFile=gs://{bucket.name}/in/*.txt",
+        f"--table={PROJECT}:{dataset}.counts",
+        f"--topic={topic}",
+        *submitter,
+        given_input=False,
+    )
+    api = Api(java.server.url, PROJECT)
+    assert "FINAL_STATE DONE" in done.stdout, "\n".join(messages(api, job_id))[-10000:]
+
+    written = [blob.download_as_text() for blob in bucket.list_blobs(prefix="out/counts")]
+    assert sorted(line for text in written for line in text.splitlines()) == EXPECTED
+    rows = bigquery_client(PROJECT).query(f"SELECT word, count FROM `{PROJECT}.{dataset}.counts`").result()
+    assert sorted(f"{row.word}: {row.count}" for row in rows) == EXPECTED
+    published = []
+    while len(published) < len(EXPECTED):
+        pulled = subscriber.pull(subscription=subscription, max_messages=100, timeout=30).received_messages
+        assert pulled, published
+        published += [m.message.data.decode() for m in pulled]
+        subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in pulled])
+    assert sorted(published) == EXPECTED
+    # The job named no other endpoint: staging gave them to its harness.
+    options = api.get(job_id, view="JOB_VIEW_ALL").json()["environment"]["sdkPipelineOptions"]["options"]
+    assert not {"bigQueryEndpoint", "pubsubRootUrl"} & set(options)
+    assert ("gcsEndpoint" in options) == (path == V1)
+
+
+def test_the_pubsub_emulator_answers_rest_and_grpc_on_one_port(java_with_emulators):
+    """Pub/Sub's REST API as Beam Java's PubsubJsonClient calls it (gzipped bodies, JSON errors with REST's status)
+    beside gRPC on PUBSUB_EMULATOR_HOST: what one publishes, the other pulls."""
+    import gzip
+
+    import httpx
+    from google.cloud import pubsub_v1
+
+    root = endpoints.java_options(endpoints.of(os.environ))["pubsubRootUrl"]
+    topic, subscription = f"projects/{PROJECT}/topics/rest", f"projects/{PROJECT}/subscriptions/rest"
+    with httpx.Client(base_url=f"{root}/v1/", timeout=30) as rest:
+        missing = rest.get(topic)
+        assert missing.status_code == 404 and missing.json()["error"]["status"] == "NOT_FOUND", missing.text
+        assert rest.put(topic, json={}).json() == {"name": topic}
+        pubsub_v1.SubscriberClient().create_subscription(name=subscription, topic=topic)
+        body = gzip.compress(json.dumps({"messages": [{"data": "aGVsbG8=", "attributes": {"k": "v"}}]}).encode())
+        published = rest.post(f"{topic}:publish", content=body, headers={"Content-Encoding": "gzip"})
+        assert published.status_code == 200 and len(published.json()["messageIds"]) == 1, published.text
+        (received,) = (
+            pubsub_v1.SubscriberClient().pull(subscription=subscription, max_messages=10, timeout=30).received_messages
+        )
+        assert (received.message.data, dict(received.message.attributes)) == (b"hello", {"k": "v"})
+        pubsub_v1.PublisherClient().publish(topic, b"by grpc").result(timeout=30)
+        pulled = rest.post(f"{subscription}:pull", json={"maxMessages": 10}).json()["receivedMessages"]
+        assert [base64.b64decode(m["message"]["data"]) for m in pulled] == [b"by grpc"]
+        acked = rest.post(f"{subscription}:acknowledge", json={"ackIds": [m["ackId"] for m in pulled]})
+        assert acked.status_code == 200 and acked.json() == {}
+
+
+def test_a_java_jobs_own_endpoints_stay(monkeypatch):
+    """Staging adds only the options a Java job did not set: one it set names the service it wants."""
+    from beamport.engine import staging
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443")
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", "http://127.0.0.1:9050/")
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")
+    options = {"jobName": "j", "bigQueryEndpoint": "https://bigquery.example.com"}
+    staging._java_reaches_emulators(options)
+    assert options == {
+        "jobName": "j",
+        "gcsEndpoint": "http://127.0.0.1:4443/storage/v1/",
+        "bigQueryEndpoint": "https://bigquery.example.com",
+        "pubsubRootUrl": "http://127.0.0.1:8085",
+    }
+    for name in endpoints.VARIABLES:
+        monkeypatch.delenv(name)
+    untouched = {"jobName": "j"}
+    staging._java_reaches_emulators(untouched)
+    assert untouched == {"jobName": "j"}
