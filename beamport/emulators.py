@@ -202,7 +202,7 @@ PUBSUB = PubSubFake(
     module="cloud.google.com/go/pubsub/v2/pstest",
     version="v2.9.0",
     source=Path(__file__).parent / "emulator_sources" / "pubsub",
-    patch_level="beamport2",  # beamport2: REST beside gRPC
+    patch_level="beamport3",  # beamport2: REST beside gRPC; beamport3: cmux routes the two
 )
 
 
