@@ -6,8 +6,9 @@ a drain takes, on each streaming engine the machine has.
 For each engine: `beamport serve` with that engine only (Flink: the cluster named by BEAMPORT_FLINK_* from
 scripts/flink-cluster; Prism: BEAMPORT_PRISM or the binary found on the machine), then, one job after
 another, the counts pipeline of tests/pipelines/streaming_counts.py over a local log: seconds from submission
-(DataflowRunner's command started) to the first output line, then from appending a line to its output, then
-from the drain request to JOB_STATE_DRAINED. Prints figures (median and max); asserts nothing.
+(DataflowRunner's command started) to the first output line, and from the job's creation (its createTime: the
+service has it) to that line; then from appending a line to its output, then from the drain request to
+JOB_STATE_DRAINED. Prints figures (median and max); asserts nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -86,7 +88,8 @@ def run_engine(engine: str, jobs: int) -> dict[str, list[float]]:
         stderr=subprocess.STDOUT,
         cwd=work,
     )
-    figures: dict[str, list[float]] = {"to first output": [], "new line to output": [], "drain": []}
+    names = ("to first output", "created to output", "new line to output", "drain")
+    figures: dict[str, list[float]] = {name: [] for name in names}
     try:
         wait("the server", lambda: _answers(url), 60)
         for n in range(jobs):
@@ -118,10 +121,12 @@ def run_engine(engine: str, jobs: int) -> dict[str, list[float]]:
             job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
             wait("the first output", lambda out=out: lines(out) >= 4)
             figures["to first output"].append(time.perf_counter() - started)
+            jobs_path = f"{url}/v1b3/projects/{PROJECT}/locations/{REGION}/jobs/{job_id}"
+            created = datetime.fromisoformat(httpx.get(jobs_path).json()["createTime"].replace("Z", "+00:00"))
+            figures["created to output"].append(time.time() - created.timestamp())
             with open(log, "a") as f:
                 f.write("k0,4\n")
             figures["new line to output"].append(wait("the new line's output", lambda out=out: lines(out) >= 5))
-            jobs_path = f"{url}/v1b3/projects/{PROJECT}/locations/{REGION}/jobs/{job_id}"
             httpx.put(jobs_path, json={"requestedState": "JOB_STATE_DRAINED"}, timeout=30)
             figures["drain"].append(
                 wait("the drain", lambda path=jobs_path: httpx.get(path).json()["currentState"] == "JOB_STATE_DRAINED")
