@@ -257,6 +257,19 @@ def test_a_failing_dofn_fails_the_job_with_its_java_stack_trace(java):
     assert "at dev.beamport.pipelines.Features$SplitWords.processElement(Features.java:" in text, text[-5000:]
 
 
+def test_a_jvm_that_dies_before_it_reaches_the_runner_fails_the_job_saying_why(java):
+    """Staged without Beam's harness jar (--filesToStage, as a fat jar gone wrong), the JVM cannot start the
+    harness and exits: the job fails with the JVM's own words, rather than wait for a harness that never comes."""
+    staged = [jar for jar in java.class_path.split(os.pathsep) if "beam-sdks-java-harness" not in jar]
+    out = java.base / "no-harness" / "out"
+    done, job_id = java.dataflow("WordCount", out, V2, f"--filesToStage={','.join(staged)}")
+    assert "FINAL_STATE FAILED" in done.stdout, done.stdout + done.stderr[-5000:]
+    text = "\n".join(messages(Api(java.server.url, PROJECT), job_id))
+    assert "The Java SDK harness (a JVM) exited with status 1 before it reached the runner" in text, text[-5000:]
+    assert "org.apache.beam.fn.harness.FnHarness" in text, text[-5000:]  # Java's "could not find or load"
+    assert not harness_jvms(java.server)
+
+
 def harness_jvms(server: Server) -> list[psutil.Process]:
     assert server.process is not None
     found = []

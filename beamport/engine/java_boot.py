@@ -4,22 +4,29 @@ container boot program (sdks/java/container/boot.go) does.
 FnApiRunner starts a subprocess environment's command through a shell, with the Fn API's endpoints and the
 job's options in its environment (CONTROL_API_SERVICE_DESCRIPTOR, LOGGING_API_SERVICE_DESCRIPTOR,
 PIPELINE_OPTIONS, WORKER_ID). This program adds what Beam's Java boot sets besides (HARNESS_ID, the options
-as a file, SEMI_PERSISTENT_DIRECTORY) and becomes the JVM: the job's staged jars and Beamport's harness jars
+as a file, SEMI_PERSISTENT_DIRECTORY) and starts the JVM: the job's staged jars and Beamport's harness jars
 (jamm, which the harness declares `provided`: Beam's container image brings it) on its class path.
 
 The JVM stays in the process group of the executor that runs the job (the work item's group), which the
-executor kills on cancel, and it dies with its parent (PR_SET_PDEATHSIG) if that is killed first: no JVM
-outlives its job. `python -m beamport.engine.java_boot SPEC`, SPEC a JSON file: {"class_path": [...],
+executor kills on cancel, and it dies with its parent, this program (PR_SET_PDEATHSIG), which dies with the
+executor: no JVM outlives its job. This program waits for the JVM: one that ends in failure before it reached
+the runner (a class path without the harness, a JVM that cannot start) would leave FnApiRunner waiting for it for
+good, so this program answers the runner in its place, as the harness would answer an instruction it failed,
+with the JVM's exit status and its last lines of output: the job fails saying why.
+`python -m beamport.engine.java_boot SPEC`, SPEC a JSON file: {"class_path": [...],
 "java": "/usr/bin/java", "semi_persistent_dir": "..."} (written by harness_command).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import queue
 import resource
 import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +37,8 @@ HARNESS_MAIN = "org.apache.beam.fn.harness.FnHarness"
 # brings it): Beamport brings it (scripts/java-harness-jars, or the local Maven repository).
 JAMM = ("com.github.jbellis", "jamm", "0.4.0")
 HARNESS_JARS_DIR = Path.home() / ".cache" / "beamport" / "java"
+OUTPUT_LINES = 20  # of a failed JVM's output, in the job's failure
+ANSWER_TIMEOUT_S = 30.0
 
 
 class JavaUnavailable(Exception):
@@ -108,9 +117,44 @@ def main(argv: list[str]) -> None:
         SEMI_PERSISTENT_DIRECTORY=str(workdir),
     )
     die_with_parent()
-    os.dup2(2, 1)  # the harness's own output, with the executor's
     argv = [spec["java"], *jvm_arguments(class_path_file), HARNESS_MAIN]
-    os.execve(argv[0], argv, env)
+    # The harness's own output, with the executor's (stderr), its last lines kept for a failure's message.
+    jvm = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    last: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
+    assert jvm.stdout is not None
+    for raw in jvm.stdout:
+        sys.stderr.buffer.write(raw)
+        sys.stderr.flush()
+        last.append(raw.decode(errors="replace").rstrip())
+    status = jvm.wait()
+    if status != 0:
+        answer_in_its_place(status, list(last))
+    sys.exit(status)
+
+
+def answer_in_its_place(status: int, output: list[str]) -> None:
+    """The JVM ended in failure: if the runner still waits for this worker to connect, connect in the JVM's place
+    and answer its first instruction with the failure (a harness that connected first and failed later, the runner
+    has seen go already: nothing is there to answer). Gives up after ANSWER_TIMEOUT_S."""
+    import grpc
+    from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc, endpoints_pb2
+    from google.protobuf import text_format
+
+    descriptor = text_format.Parse(
+        os.environ.get("CONTROL_API_SERVICE_DESCRIPTOR", ""), endpoints_pb2.ApiServiceDescriptor()
+    )
+    why = f"The Java SDK harness (a JVM) exited with status {status} before it reached the runner"
+    error = why + (":\n" + "\n".join(output) if output else ".")
+    responses: queue.SimpleQueue = queue.SimpleQueue()
+    with grpc.insecure_channel(descriptor.url) as channel:
+        stub = beam_fn_api_pb2_grpc.BeamFnControlStub(channel)
+        metadata = [("worker_id", os.environ.get("WORKER_ID", ""))]
+        try:
+            for request in stub.Control(iter(responses.get, None), metadata=metadata, timeout=ANSWER_TIMEOUT_S):
+                responses.put(beam_fn_api_pb2.InstructionResponse(instruction_id=request.instruction_id, error=error))
+                responses.put(None)
+        except grpc.RpcError:
+            pass  # the runner went, or had seen this worker go: it knows
 
 
 def _quoted(text: str) -> str:
