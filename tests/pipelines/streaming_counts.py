@@ -30,7 +30,7 @@ class HourWindows(beam.window.NonMergingWindowFn):
         return [beam.window.IntervalWindow(start, start + 3600)]
 
     def get_window_coder(self):
-        return beam.coders.IntervalWindowCoder()
+        return beam.coders.coders.IntervalWindowCoder()
 
 
 class RunningCount(beam.DoFn):
