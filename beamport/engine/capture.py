@@ -105,6 +105,9 @@ def entry_record(entry) -> logging.LogRecord:
     return rebuilt
 
 
+_HUNG_UP = "Multiplexer hanging up"  # gRPC's CANCELLED when the runner closes the data stream
+
+
 def hang_up_quieted(record: logging.LogRecord) -> logging.LogRecord:
     """An SDK worker's error that says only that the runner closed its channels (Flink does when the job's tasks
     end: finished, drained, cancelled; the worker then logs "Failed to read inputs in the data plane" and "Python
@@ -114,9 +117,6 @@ def hang_up_quieted(record: logging.LogRecord) -> logging.LogRecord:
     if record.levelno >= logging.ERROR and _HUNG_UP in text:
         record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
     return record
-
-
-_HUNG_UP = "Multiplexer hanging up"  # gRPC's CANCELLED when the runner closes the data stream
 
 
 @contextlib.contextmanager

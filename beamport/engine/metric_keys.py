@@ -16,9 +16,8 @@ import json
 import threading
 from pathlib import Path
 
-# The pipeline option naming the file (the Flink engine sets it), and the worker's variable for it.
+# The pipeline option naming the file (the Flink engine sets it).
 OPTION = "beamport_metric_keys_file"
-VARIABLE = "BEAMPORT_METRIC_KEYS_FILE"
 
 
 def record_to(path: str) -> None:

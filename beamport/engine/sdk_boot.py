@@ -44,8 +44,6 @@ LOGGING_ENDPOINT_OPTION = "beamport_logging_endpoint"
 # renames every option to snake_case on its way to the SDK workers (inputSubscription -> input_subscription), and
 # Python's RuntimeValueProvider looks a template parameter up by its own name.
 CASED_OPTIONS = "beamport_cased_options"
-
-
 # The pipeline option carrying the submitting executor's file policy (FilePolicy.to_json) to the SDK workers.
 FILE_POLICY_OPTION = "beamport_file_policy"
 
