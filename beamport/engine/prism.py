@@ -43,7 +43,6 @@ from beamport.engine.base import (
 )
 from beamport.engine.capture import worker_log_service
 from beamport.engine.portable import JobService, external_environments, user_metrics
-from beamport.processes import free_loopback_port
 
 log = logging.getLogger(__name__)
 
@@ -90,36 +89,27 @@ class PrismEngine(Engine):
             pool_address, pool = BeamFnExternalWorkerPoolServicer.start(
                 use_process=True, container_executable=str(boot)
             )
-            port = free_loopback_port()
-            command = [str(self.binary), f"--job_port={port}", "--serve_http=false", "--log_level=warn"]
-            forwarder = None
-            if job.go_environments:
-                # A Go worker logs through Prism's logging service, which Prism logs again ("[SDK] ..."): as
-                # JSON lines, from INFO up, read here for the job's messages (Prism's own lines go to its log).
-                command[-1:] = ["--log_level=info", "--log_kind=json"]
-            with open(workdir / "prism.log", "wb") as prism_log:
-                prism = subprocess.Popen(
-                    command,
-                    stdout=subprocess.PIPE if job.go_environments else prism_log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            if prism.stdout is not None:
-                forwarder = threading.Thread(
-                    target=forward_sdk_logs, args=(prism.stdout, observer, workdir / "prism.log"), daemon=True
-                )
-                forwarder.start()
+            # Prism picks its own port and logs it: a port chosen here could be taken by another Prism before
+            # this one binds it, and this job would then talk to (and cancel) that one's job "job-001".
+            command = [str(self.binary), "--job_port=0", "--serve_http=false", "--log_level=info", "--log_kind=json"]
+            prism = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+            assert prism.stdout is not None
+            prism_log = PrismLog(self.binary, prism.stdout, observer, workdir / "prism.log")
+            forwarder = threading.Thread(target=prism_log.forward, daemon=True)
+            forwarder.start()
             try:
                 pipeline = go_process_environments(external_environments(job, pool_address), job, workdir)
                 with worker_log_service(observer.log) as logs:
-                    return self._run(job, observer, f"localhost:{port}", pipeline, workdir / "drain", logs)
+                    address = prism_log.endpoint(prism, START_TIMEOUT_S)
+                    return self._run(job, observer, address, pipeline, workdir / "drain", logs)
             except EngineError as exc:
                 return RunResult(FAILED, str(exc))
             finally:
                 prism.kill()
                 prism.wait()
-                if forwarder is not None:
-                    forwarder.join(5)
+                forwarder.join(5)
                 pool.stop(0)
 
     def _run(
@@ -193,30 +183,55 @@ def go_process_environments(pipeline, job: StagedJob, workdir: Path):
 GO_WORKER_LOGGER = "org.apache.beam.sdk.go"
 _SLOG_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING, "ERROR": logging.ERROR}
 _SDK_PREFIX = "[SDK] "
+_SERVING = "Serving JobManagement"  # Prism's line naming its Job API endpoint
 
 
-def forward_sdk_logs(lines: IO[bytes], observer: RunObserver, log_path: Path) -> None:
-    """Read Prism's JSON log lines until it exits: the SDK workers' lines to the observer (job messages), the
-    rest (Prism's own, a worker's raw output) to Prism's log file."""
-    with open(log_path, "ab") as rest:
-        for raw in lines:
-            try:
-                entry = json.loads(raw)
-                text = entry["msg"]
-            except (ValueError, TypeError, KeyError):
-                rest.write(raw)
-                continue
-            if not isinstance(text, str) or not text.startswith(_SDK_PREFIX):
-                rest.write(raw)
-                continue
-            level = str(entry.get("level", "INFO"))
-            record = logging.LogRecord(
-                GO_WORKER_LOGGER,
-                _SLOG_LEVELS.get(level.split("+")[0].split("-")[0], logging.INFO),
-                "",
-                0,
-                text.removeprefix(_SDK_PREFIX),
-                None,
-                None,
-            )
-            observer.log(record)
+class PrismLog:
+    """Prism's JSON log lines, read until it exits: the endpoint it serves the Job API on, the SDK workers' lines
+    (a Go worker logs through Prism's logging service) to the observer as job messages, the rest (Prism's own, a
+    worker's raw output) to Prism's log file."""
+
+    def __init__(self, binary: Path, lines: IO[bytes], observer: RunObserver, log_path: Path):
+        self.binary, self.lines, self.observer, self.log_path = binary, lines, observer, log_path
+        self._endpoint: str | None = None
+        self._ended = threading.Event()  # the endpoint is known, or Prism's output ended without it
+
+    def endpoint(self, prism: subprocess.Popen, timeout: float) -> str:
+        """The address Prism serves the Job API on, once it says (EngineError if it exits or stays silent)."""
+        self._ended.wait(timeout)
+        if self._endpoint is None:
+            prism.kill()
+            said = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+            raise EngineError(f"Prism ({self.binary}) did not start its job service: {said.strip() or 'no output'}")
+        return self._endpoint
+
+    def forward(self) -> None:
+        with open(self.log_path, "ab") as rest:
+            for raw in self.lines:
+                try:
+                    entry = json.loads(raw)
+                    text = entry["msg"]
+                except (ValueError, TypeError, KeyError):
+                    rest.write(raw)
+                    continue
+                if text == _SERVING and self._endpoint is None and isinstance(entry.get("endpoint"), str):
+                    self._endpoint = entry["endpoint"]
+                    self._ended.set()
+                if not isinstance(text, str) or not text.startswith(_SDK_PREFIX):
+                    rest.write(raw)
+                    continue
+                self.observer.log(_worker_record(entry, text))
+        self._ended.set()
+
+
+def _worker_record(entry: dict, text: str) -> logging.LogRecord:
+    level = str(entry.get("level", "INFO"))
+    return logging.LogRecord(
+        GO_WORKER_LOGGER,
+        _SLOG_LEVELS.get(level.split("+")[0].split("-")[0], logging.INFO),
+        "",
+        0,
+        text.removeprefix(_SDK_PREFIX),
+        None,
+        None,
+    )
