@@ -56,15 +56,18 @@ class FlinkConfig(BaseModel):
 
 
 def find_prism(environ: Mapping[str, str], bin_dir: Path | None = None) -> Path | None:
-    """Beam's Prism binary where nobody named one: `prism` on the PATH, else where `go install` puts it, else where
-    scripts/prism-build puts it (`bin_dir`, by default ~/.cache/beamport/bin)."""
+    """Beam's Prism binary where nobody named one: where scripts/prism-build puts it (`bin_dir`, by default
+    ~/.cache/beamport/bin: first, as the Prism engine runs only its build, which listens on loopback), else
+    `prism` on the PATH, else where `go install` puts it."""
+    home = Path(environ.get("HOME") or Path.home())
+    built = (bin_dir or home / ".cache" / "beamport" / "bin") / "prism"
+    if built.is_file():
+        return built
     found = shutil.which("prism", path=environ.get("PATH", os.defpath))
     if found:
         return Path(found)
-    home = Path(environ.get("HOME") or Path.home())
     gobin = Path(environ.get("GOBIN") or Path(environ.get("GOPATH") or home / "go") / "bin")
-    built = bin_dir or home / ".cache" / "beamport" / "bin"
-    return next((d / "prism" for d in (gobin, built) if (d / "prism").is_file()), None)
+    return gobin / "prism" if (gobin / "prism").is_file() else None
 
 
 class EngineSettings(BaseSettings):
@@ -241,7 +244,7 @@ class Settings(EngineSettings):
             prism = "prism: off (--prism none)"
         else:
             prism = (
-                "prism: not found (looked at BEAMPORT_PRISM, the PATH, Go's bin and ~/.cache/beamport/bin; "
+                "prism: not found (looked at BEAMPORT_PRISM, ~/.cache/beamport/bin, the PATH and Go's bin; "
                 "scripts/prism-build builds it; Beam Go jobs are refused without it)"
             )
         lines = ["embedded: Beam's FnApiRunner on this host's workers (batch jobs)", flink, prism]

@@ -169,17 +169,19 @@ def test_prism_a_path_none_or_not_found(serve, environ, tmp_path):
     assert "/nowhere/prism, which is not a file" in serve("--prism", "/nowhere/prism")
 
 
-def test_prism_found_on_the_path_in_gos_bin_or_where_prism_build_puts_it(serve, environ, tmp_path):
+def test_prism_found_where_prism_build_puts_it_else_on_the_path_else_in_gos_bin(serve, environ, tmp_path):
+    """scripts/prism-build's Prism comes first: the Prism engine runs only a Prism whose job service listens on
+    loopback, as that build's does (Beam's own, as `go install` builds it, listens on every interface)."""
     home = tmp_path / "home"
+    gobin = prism_binary(home / "go" / "bin")
+    assert serve().prism == gobin
+    on_path = prism_binary(tmp_path / "empty-bin")
+    assert serve().prism == on_path
     built = prism_binary(home / ".cache" / "beamport" / "bin")
     assert serve().prism == built
     elsewhere = prism_binary(tmp_path / "elsewhere")
     environ.set(BEAMPORT_PRISM_BIN_DIR=str(elsewhere.parent))
     assert serve().prism == elsewhere
-    gobin = prism_binary(home / "go" / "bin")
-    assert serve().prism == gobin
-    on_path = prism_binary(tmp_path / "empty-bin")
-    assert serve().prism == on_path
     assert find_prism({"PATH": str(tmp_path / "nothing"), "HOME": str(tmp_path / "nobody")}) is None
 
 

@@ -292,7 +292,7 @@ def sdk_workers_of(flink: dict, job_id: str) -> list[psutil.Process]:
     (pool,) = [
         p
         for p in psutil.process_iter(["cmdline"])
-        if "apache_beam.runners.worker.worker_pool_main" in (p.info["cmdline"] or [])
+        if "beamport.engine.worker_pool" in (p.info["cmdline"] or [])
         and f"--service_port={port}" in (p.info["cmdline"] or [])
     ]
     workers = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import urllib.request
 from collections import defaultdict
@@ -630,6 +631,87 @@ def test_a_prism_job_whose_work_stops_fails_saying_prism_keeps_no_state(prism_se
     assert any("Prism keeps no state of a streaming job: another attempt would start again" in t for t in texts)
     assert not any("will be leased again" in t for t in texts), texts
     assert len(outputs(out)) == 4, "nothing read or written twice"
+
+
+def listeners_beyond_loopback(processes) -> dict[str, list[str]]:
+    """What each process (by its command line) listens on other than loopback addresses."""
+    import ipaddress
+
+    import psutil
+
+    found: dict[str, list[str]] = {}
+    for process in processes:
+        try:
+            sockets = process.net_connections(kind="tcp")
+            command = " ".join(process.cmdline())[:200]
+        except psutil.NoSuchProcess:
+            continue
+        for sock in sockets:
+            if sock.status == psutil.CONN_LISTEN:
+                address = ipaddress.ip_address(sock.laddr.ip.split("%")[0])
+                mapped = getattr(address, "ipv4_mapped", None) or address
+                if not mapped.is_loopback:
+                    found.setdefault(command, []).append(f"{sock.laddr.ip}:{sock.laddr.port}")
+    return found
+
+
+def test_no_engine_process_listens_beyond_loopback_while_jobs_run(streaming_server, prism_server, flink, project):
+    """Prism's Job API, the SDK worker pools, and Beam's Flink job server take pipelines (any code) from whoever
+    reaches them: while a job runs on each engine, none listens beyond loopback. (The TaskManager's per-job Fn API
+    servers still do: Beam binds them itself; docs/security.md says so.)"""
+    import psutil
+
+    jobs = []
+    for srv in (streaming_server, prism_server):
+        root = srv.root / "listeners"
+        root.mkdir(exist_ok=True)
+        log, out = root / "in.log", root / "out.txt"
+        append(log, ["k0,0", "k1,1"])
+        jobs.append((srv, submit(srv, project, root / "w", "listeners", "counts", log, out), out))
+    for srv, job_id, out in jobs:
+        wait_state(Api(srv.url, project), job_id, {"JOB_STATE_RUNNING"})
+        wait_for("both lines counted", lambda out=out: len(outputs(out)) >= 2)  # SDK workers up, bundles flowing
+
+    ours = []
+    for srv in (streaming_server, prism_server):
+        server = psutil.Process(srv.process.pid)
+        ours += [server, *server.children(recursive=True)]
+    markers = ("dev.beamport.flink.", "beamport.engine.worker_pool", "StandaloneSessionClusterEntrypoint")
+    commands = {p: " ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["cmdline"])}
+    cluster = [p for p, command in commands.items() if any(m in command for m in markers)]
+    assert len(cluster) == 3, "the job server, the SDK worker pool and the JobManager of scripts/flink-cluster"
+    assert any(p.name() == "prism" for p in ours), "a Prism runs the Prism job"
+    assert listeners_beyond_loopback(ours + cluster) == {}
+    for srv, job_id, _ in jobs:
+        assert Api(srv.url, project).update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+
+
+def test_a_prism_that_listens_beyond_loopback_is_refused(tmp_path, project):
+    """Beam's own Prism serves its Job API on every interface: Beamport runs only one that listens on loopback
+    (scripts/prism-build's), and fails a job given another, saying why. Here a stand-in that says, as Prism does,
+    where it serves, and listens on 0.0.0.0."""
+    fake = tmp_path / "prism"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, socket, sys, time\n"
+        "s = socket.socket(); s.bind(('0.0.0.0', 0)); s.listen()\n"
+        "line = {'level': 'INFO', 'msg': 'Serving JobManagement', 'endpoint': f'localhost:{s.getsockname()[1]}'}\n"
+        "print(json.dumps(line), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    fake.chmod(0o755)
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", "--prism", str(fake)))
+    srv.start()
+    try:
+        api = Api(srv.url, project)
+        log, out = tmp_path / "in.log", tmp_path / "out.txt"
+        append(log, ["k0,0"])
+        job_id = submit(srv, project, tmp_path / "w", "refused", "counts", log, out)
+        wait_state(api, job_id, {"JOB_STATE_FAILED"})
+        texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
+        assert any("0.0.0.0" in t and "not on loopback only" in t and "scripts/prism-build" in t for t in texts), texts
+    finally:
+        srv.stop()
 
 
 def test_a_streaming_job_created_without_an_engine_runs_once_the_server_restarts_with_prism(

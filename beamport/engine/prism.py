@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from beamport.engine import worker_pool
 from beamport.engine.base import (
     DONE,
     DRAINED,
@@ -43,6 +44,7 @@ from beamport.engine.base import (
 )
 from beamport.engine.capture import worker_log_service
 from beamport.engine.portable import JobService, external_environments, user_metrics
+from beamport.processes import listening_addresses, loopback_only
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,6 @@ class PrismEngine(Engine):
                 log.warning("%s", exc)
 
     def run(self, job: StagedJob, observer: RunObserver) -> RunResult:
-        from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
-
         with tempfile.TemporaryDirectory(prefix="beamport-prism-") as scratch:
             workdir = Path(scratch)
             boot = workdir / "boot"
@@ -86,9 +86,7 @@ class PrismEngine(Engine):
                 f'#!/bin/sh\nexec {sys.executable} -m beamport.engine.sdk_boot --semi_persist_dir={workdir} "$@"\n'
             )
             boot.chmod(0o755)
-            pool_address, pool = BeamFnExternalWorkerPoolServicer.start(
-                use_process=True, container_executable=str(boot)
-            )
+            pool_address, pool = worker_pool.start(str(boot))
             # Prism picks its own port and logs it: a port chosen here could be taken by another Prism before
             # this one binds it, and this job would then talk to (and cancel) that one's job "job-001".
             command = [str(self.binary), "--job_port=0", "--serve_http=false", "--log_level=info", "--log_kind=json"]
@@ -203,6 +201,15 @@ class PrismLog:
             prism.kill()
             said = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
             raise EngineError(f"Prism ({self.binary}) did not start its job service: {said.strip() or 'no output'}")
+        addresses = listening_addresses(int(self._endpoint.rsplit(":", 1)[1]))
+        if addresses and not loopback_only(addresses):
+            prism.kill()
+            where = ", ".join(sorted({str(a) for a in addresses}))
+            raise EngineError(
+                f"Prism ({self.binary}) serves its job service on {where}, not on loopback only: anyone who reaches "
+                "this host there could run any command through it. Beamport runs only a Prism built by "
+                "scripts/prism-build, which listens on 127.0.0.1."
+            )
         return self._endpoint
 
     def forward(self) -> None:

@@ -1,6 +1,6 @@
 """Start a Python SDK worker for a portable runner (Flink), as Beam's container boot program does.
 
-Beam's SDK worker pool (`worker_pool_main --container_executable`) runs this with the endpoints of the
+Beam's SDK worker pool (`beamport.engine.worker_pool --container_executable`) runs this with the endpoints of the
 runner's services. Like Beam's Go boot program in its SDK containers, it asks the provisioning service
 for the job's pipeline options and hands them to `sdk_worker_main` in its environment, so that the worker
 runs with the job's options (log level, pickler, runtime value providers: Beamport's sources read their
