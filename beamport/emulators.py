@@ -44,7 +44,7 @@ from pathlib import Path
 import httpx
 
 from beamport.polling import wait_until
-from beamport.processes import free_loopback_port
+from beamport.processes import free_loopback_port, listens_on
 
 log = logging.getLogger("beamport.emulators")
 
@@ -58,6 +58,7 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 # An emulator that dies this soon after it started is broken, not unlucky: serve stops restarting it.
 RESTARTS = 5
+PORT_TRIES = 3  # ports an emulator is tried on before it is said not to start
 
 
 @dataclass(frozen=True)
@@ -545,17 +546,30 @@ class EmulatorProcess:
             )
 
     def _up_or_over(self, process: subprocess.Popen) -> Callable[[], bool]:
-        """Whether the process answers, exited, or is being stopped: the end of a wait for it to start."""
-        return lambda: process.poll() is not None or self._stopping.is_set() or self.emulator.healthy(self.port)
+        """Whether the process answers, exited, or is being stopped: the end of a wait for it to start. What
+        answers must be this process: the port, free when chosen, may have gone to another server's emulator."""
+        return lambda: (
+            process.poll() is not None
+            or self._stopping.is_set()
+            or (self.emulator.healthy(self.port) and listens_on(process.pid, self.port))
+        )
 
     def _supervise(self) -> None:
-        restarts = 0
+        restarts = port_tries = 0
         while not self._stopping.is_set():
             started = time.monotonic()
             self._process = process = self._spawn()
             ready = wait_until(self._up_or_over(process), bool, START_TIMEOUT_S, 0.05)
             if ready and process.poll() is None:
                 self._started.set()
+            elif not self._started.is_set() and port_tries < PORT_TRIES and not self._stopping.is_set():
+                # Most likely its port was taken between its choice and the emulator's bind: another one.
+                log.warning("The %s emulator did not start on port %s; trying another", self.emulator.name, self.port)
+                process.kill()
+                process.wait()
+                port_tries += 1
+                self.port = free_loopback_port()
+                continue
             elif not self._started.is_set():
                 self._error = (
                     f"the {self.emulator.name} emulator did not start on port {self.port} "

@@ -297,3 +297,39 @@ def test_the_pubsub_emulator_serves_googles_client_and_stops_with_serve(tmp_path
     finally:
         srv.stop()
     assert not emulator.is_running()
+
+
+def test_an_emulator_whose_port_went_to_another_server_starts_on_another_port(tmp_path, monkeypatch):
+    """The port is chosen free, then handed to the emulator: meanwhile another server (here one answering every
+    health check, as another Beamport's emulator would) may take it. The emulator is not taken to be up because
+    something answers there: it is tried on another port, and what answers is this emulator."""
+    import http.server
+    import threading
+
+    need_gcs_emulator()
+
+    class AnswersEverything(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AnswersEverything)
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    taken = squatter.server_address[1]
+    ports = iter([taken])
+    real = emulators.free_loopback_port
+    monkeypatch.setattr(emulators, "free_loopback_port", lambda: next(ports, None) or real())
+    binary = emulators.default_bin_dir() / emulators.GCS.binary
+    process = emulators.EmulatorProcess(emulators.GCS, binary, tmp_path / "state", tmp_path / "gcs.log")
+    try:
+        process.start()
+        assert process.port != taken
+        assert httpx.get(process.value + "/storage/v1/b", timeout=5).status_code == 200
+        listening = {c.laddr.port for c in psutil.Process(process._process.pid).net_connections("tcp")}
+        assert process.port in listening and taken not in listening
+    finally:
+        process.stop()
+        squatter.shutdown()
