@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from pathlib import Path
 
-import psutil
 import pytest
 from conftest import Api, Server, required_path
 from test_bigquery import bigquery_client
@@ -25,11 +23,11 @@ from test_streaming import (
     flink_args,
     flink_endpoints,
     flink_jobs,
+    sdk_workers_of,
     wait_for,
 )
 
 from beamport import emulators
-from beamport.engine import sdk_boot
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]  # one Flink job at a time, as test_streaming
 PROJECT = "pubsub-demo"
@@ -282,32 +280,6 @@ def test_windowed_sums_to_pubsub_and_bigquery_with_a_duplicate_then_drained(pubs
     wait_for("the open window's sum in the topic", lambda: len(topics.pull_output()) > len(closed), 60)
     assert topics.pull_output() == everything
     assert rows_of(PROJECT, name) == everything
-
-
-def sdk_workers_of(flink: dict, job_id: str) -> list[psutil.Process]:
-    """The Python SDK workers that the cluster's SDK worker pool runs for this job: beamport.engine.sdk_boot
-    processes under the pool process (under a sandbox, the one that bwrap starts), which run the worker
-    themselves and name the job in their directory's job_name file."""
-    port = flink["BEAMPORT_FLINK_SDK_POOL"].rsplit(":", 1)[1]
-    (pool,) = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if "beamport.engine.worker_pool" in (p.info["cmdline"] or [])
-        and f"--service_port={port}" in (p.info["cmdline"] or [])
-    ]
-    workers = []
-    for process in pool.children(recursive=True):
-        try:
-            command = process.cmdline()
-            if command[1:3] != ["-m", "beamport.engine.sdk_boot"]:  # bwrap's command line names it too
-                continue
-            flags = dict(arg.removeprefix("--").split("=", 1) for arg in command[3:] if "=" in arg)
-            job_file = Path(flags["semi_persist_dir"]) / f"worker-{flags['id'].strip(chr(39))}" / sdk_boot.JOB_FILE
-            if job_file.is_file() and job_file.read_text() == job_id:
-                workers.append(process)
-        except (psutil.Error, KeyError, OSError):  # gone meanwhile, or not ours to read
-            continue
-    return workers
 
 
 def wait_for_quietly(predicate, timeout: float) -> None:

@@ -17,9 +17,12 @@ from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import Api, Server, beamport_command, discovery_client, gapic_clients
 from test_running_jobs import dataflow_flags, run, wait_state
+
+from beamport.engine import sdk_boot
 
 PIPELINES = Path(__file__).parent / "pipelines"
 # Where Beamport's workers and the SDK workers signal drains (scripts/flink-cluster's default, as the server's).
@@ -80,8 +83,6 @@ def streaming_server(flink, tmp_path_factory):
 
 def crash(srv: Server) -> None:
     """The server, its workers and their executors all die at once, as on a crash of the machine."""
-    import psutil
-
     server = psutil.Process(srv.process.pid)
     for process in [*server.children(recursive=True), server]:
         process.kill()
@@ -160,6 +161,52 @@ def submit(server: Server, project: str, workdir: Path, name: str, mode: str, lo
         ]
     )
     return done.stdout.split("JOB_ID ", 1)[1].split()[0]
+
+
+def pool_workers(flink: dict) -> list[tuple[psutil.Process, Path]]:
+    """The Python SDK workers the cluster's SDK worker pool runs, each with its directory: beamport.engine.sdk_boot
+    processes under the pool process (under a sandbox, the one that bwrap starts), which run the worker
+    themselves; a worker's directory names its job in its job_name file once it has one."""
+    port = flink["BEAMPORT_FLINK_SDK_POOL"].rsplit(":", 1)[1]
+    (pool,) = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "beamport.engine.worker_pool" in (p.info["cmdline"] or [])
+        and f"--service_port={port}" in (p.info["cmdline"] or [])
+    ]
+    workers = []
+    for process in pool.children(recursive=True):
+        try:
+            command = process.cmdline()
+            if command[1:3] != ["-m", "beamport.engine.sdk_boot"]:  # bwrap's command line names it too
+                continue
+            flags = dict(arg.removeprefix("--").split("=", 1) for arg in command[3:] if "=" in arg)
+            if "spare_dir" in flags:  # a spare of the pool: its own directory, named on its command line
+                workers.append((process, Path(flags["spare_dir"])))
+            else:
+                workers.append((process, Path(flags["semi_persist_dir"]) / f"worker-{flags['id'].strip(chr(39))}"))
+        except (psutil.Error, KeyError):  # gone meanwhile, or not ours to read
+            continue
+    return workers
+
+
+def job_of(directory: Path) -> str | None:
+    try:
+        return (directory / sdk_boot.JOB_FILE).read_text()
+    except OSError:
+        return None
+
+
+def sdk_workers_of(flink: dict, job_id: str) -> list[psutil.Process]:
+    """The pool's SDK workers of this job."""
+    return [process for process, directory in pool_workers(flink) if job_of(directory) == job_id]
+
+
+def waiting_spares(flink: dict) -> list[psutil.Process]:
+    """The pool's spares that no job has yet."""
+    return [
+        p for p, directory in pool_workers(flink) if directory.name.startswith("spare-") and job_of(directory) is None
+    ]
 
 
 def counts_by_key(rows: list[list[str]]) -> dict[str, list[int]]:
@@ -609,7 +656,6 @@ def test_prism_runs_streaming_jobs_until_cancelled_or_drained_and_takes_no_snaps
 def test_a_prism_job_whose_work_stops_fails_saying_prism_keeps_no_state(prism_server, project):
     """Prism keeps no state: another attempt would read its input from the start and write its counts again. So a
     Prism streaming job whose run dies fails, and says why (its messages warned at the start), never restarts."""
-    import psutil
 
     srv, root = prism_server, prism_server.root / "stops"
     api = Api(srv.url, project)
@@ -633,11 +679,29 @@ def test_a_prism_job_whose_work_stops_fails_saying_prism_keeps_no_state(prism_se
     assert len(outputs(out)) == 4, "nothing read or written twice"
 
 
+def test_the_flink_pools_spare_worker_becomes_a_jobs_first_sdk_worker(streaming_server, flink, project):
+    """The cluster's SDK worker pool keeps a worker started ahead (Beam imported, in its sandbox): a job's first
+    SDK worker is that spare, and another spare waits behind it."""
+    srv, root = streaming_server, streaming_server.root / "spare"
+    api = Api(srv.url, project)
+    root.mkdir()
+    log, out = root / "in.log", root / "out.txt"
+    append(log, ["k0,0", "k1,1"])
+    assert len(waiting_spares(flink)) == 1, "a spare waits before the job"
+    job_id = submit(srv, project, root / "w", "spare", "counts", log, out)
+    wait_state(api, job_id, {"JOB_STATE_RUNNING"})
+    wait_for("both lines counted", lambda: len(outputs(out)) >= 2)
+    assert counts_by_key(outputs(out)) == {"k0": [1], "k1": [1]}
+    workers = sdk_workers_of(flink, job_id)
+    assert workers and all(any(a.startswith("--spare_dir=") for a in w.cmdline()) for w in workers)
+    wait_for("another spare waiting", lambda: len(waiting_spares(flink)) == 1)
+    assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"})
+
+
 def listeners_beyond_loopback(processes) -> dict[str, list[str]]:
     """What each process (by its command line) listens on other than loopback addresses."""
     import ipaddress
-
-    import psutil
 
     found: dict[str, list[str]] = {}
     for process in processes:
@@ -659,7 +723,6 @@ def test_no_engine_process_listens_beyond_loopback_while_jobs_run(streaming_serv
     """Prism's Job API, the SDK worker pools, and Beam's Flink job server take pipelines (any code) from whoever
     reaches them: while a job runs on each engine, none listens beyond loopback. (The TaskManager's per-job Fn API
     servers still do: Beam binds them itself; docs/security.md says so.)"""
-    import psutil
 
     jobs = []
     for srv in (streaming_server, prism_server):

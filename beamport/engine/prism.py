@@ -86,6 +86,8 @@ class PrismEngine(Engine):
                 f'#!/bin/sh\nexec {sys.executable} -m beamport.engine.sdk_boot --semi_persist_dir={workdir} "$@"\n'
             )
             boot.chmod(0o755)
+            # No spare worker (worker_pool's spares): one started with Prism only competed with it for the CPU
+            # (created to first output 2.4 s with one, 2.3 s without: benchmarks/README.md).
             pool_address, pool = worker_pool.start(str(boot))
             # Prism picks its own port and logs it: a port chosen here could be taken by another Prism before
             # this one binds it, and this job would then talk to (and cancel) that one's job "job-001".

@@ -8,7 +8,9 @@ drain signal there), then runs that worker in its own process. Under a sandbox (
 scripts/flink-cluster --sandbox) it first starts itself again inside, so that the job's options and its user code
 only ever reach the sandboxed process; the worker is not a second Python, which would import Beam again (about
 3 s of each worker's start here). Its output goes to stderr: the pool pipes stdout and never reads it. The job's
-name is written to the worker's directory (`job_name`): the worker's command line names only the worker.
+name is written to the worker's directory (`job_name`): the worker's command line names only the worker. A spare
+(`--spare_dir DIR`: the pool's, started ahead) imports what a worker needs, then reads the worker's flags from
+its stdin and becomes that worker, with DIR as its directory.
 
 Also as Beam's boot program does, it fetches the environment's artifacts (what staging made of the job's
 packages: pure-Python wheels and the main session, beamport.engine.portable.staged_artifacts) into the
@@ -28,9 +30,12 @@ Beamport's built-in templates find it (beamport/files.py).
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import os
 import shutil
 import sys
+from typing import IO
 
 from beamport.files import POLICY_VARIABLE
 
@@ -46,6 +51,17 @@ LOGGING_ENDPOINT_OPTION = "beamport_logging_endpoint"
 CASED_OPTIONS = "beamport_cased_options"
 # The pipeline option carrying the submitting executor's file policy (FilePolicy.to_json) to the SDK workers.
 FILE_POLICY_OPTION = "beamport_file_policy"
+# A spare's flag: its directory (beamport.engine.worker_pool), and the flags the pool assigns it then.
+SPARE_DIR = "spare_dir"
+ASSIGNED = ("id", "logging_endpoint", "artifact_endpoint", "provision_endpoint", "control_endpoint")
+# What a worker imports before it runs: a spare imports them while it waits.
+WORKER_MODULES = (
+    "grpc",
+    "google.protobuf.json_format",
+    "apache_beam.runners.worker.sdk_worker_main",
+    "beamport.engine.metric_keys",
+    "beamport.io.endpoints",
+)
 
 
 def cased_options(options: dict) -> dict:
@@ -56,7 +72,7 @@ def cased_options(options: dict) -> dict:
 def boot_arguments(argv: list[str], *extra: str) -> argparse.Namespace:
     """The flags a runner starts a boot program with (Beam's container contract), and `extra` ones of ours."""
     parser = argparse.ArgumentParser()
-    for name in ("id", "logging_endpoint", "artifact_endpoint", "provision_endpoint", "control_endpoint", *extra):
+    for name in (*ASSIGNED, *extra):
         parser.add_argument(f"--{name}", default="")
     parser.add_argument("--semi_persist_dir", default="/tmp")
     args, _ = parser.parse_known_args(argv)
@@ -76,16 +92,36 @@ def provision_info(endpoint: str, worker_id: str):
 
 
 def main(argv: list[str]) -> None:
-    args = boot_arguments(argv)
-    semi_persistent = os.path.join(args.semi_persist_dir, f"worker-{args.id}")
-    os.makedirs(semi_persistent, exist_ok=True)
+    args = boot_arguments(argv, SPARE_DIR)
+    if args.spare_dir:  # a spare of the pool (beamport.engine.worker_pool): its directory is made already
+        semi_persistent = args.spare_dir
+    else:
+        semi_persistent = os.path.join(args.semi_persist_dir, f"worker-{args.id}")
+        os.makedirs(semi_persistent, exist_ok=True)
     if not os.environ.get(SANDBOXED):
         sandbox = _sandbox(semi_persistent)
         if sandbox is not None and sandbox.enabled:  # user code: the job's DoFns. This program goes in first.
             itself = [sys.executable, "-m", "beamport.engine.sdk_boot", *argv]
             command = sandbox.command(itself, set_env={SANDBOXED: "1"})
             os.execvpe(command[0], command, os.environ)
+    if args.spare_dir:
+        for module in WORKER_MODULES:  # what makes most of a worker's start, done while it waits
+            importlib.import_module(module)
+        if not read_assignment(args, sys.stdin):
+            return  # the pool stopped without needing this spare
     run_worker(args, semi_persistent)
+
+
+def read_assignment(args: argparse.Namespace, lines: IO[str]) -> bool:
+    """A spare's worker: the flags a worker is started with, as one JSON line from the pool (False: none came)."""
+    line = lines.readline()
+    if not line.strip():
+        return False
+    for name, value in json.loads(line).items():
+        if name in ASSIGNED:
+            setattr(args, name, str(value))
+    args.id = args.id.strip("'\"")
+    return bool(args.id)
 
 
 def run_worker(args: argparse.Namespace, semi_persistent: str) -> None:
