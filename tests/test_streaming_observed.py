@@ -261,7 +261,8 @@ def stage_figures(api: Api, job_id: str) -> dict[str, dict]:
 def test_a_flink_streaming_job_shows_its_watermark_freshness_and_counts(tmp_path, project, browser):  # noqa: F811
     """Dataflow's streaming signals of a Flink job (docs/engines.md, "Streaming signals"): each stage's data
     watermark follows the event times of the lines read and its age stays below the run's length; when lines
-    stop coming the watermark stops and its age grows; the counts match the input; the console charts them."""
+    stop coming the watermark stops and its age grows; the counts match the input, live and after a drain; the
+    console charts them."""
     flink = flink_endpoints()
     srv = flink_server_of_its_own(flink, tmp_path)
     api = Api(srv.url, project)
@@ -329,8 +330,10 @@ def test_a_flink_streaming_job_shows_its_watermark_freshness_and_counts(tmp_path
         assert re.fullmatch(r"Data freshness: \d+\.\d s", page.locator("#data-freshness").inner_text())
         assert script_errors == []
 
-        # The counts match the input: Flink's runner hands its element counts over as its tasks end (drained).
+        # The counts match the input, while the job runs (its running stages' Flink counters, up to about 20 s
+        # behind) and once Flink's runner hands its element counts over as its tasks end (drained).
         wait_for("every line written", lambda: out.exists() and len(out.read_text().splitlines()) >= len(sent))
+        wait_for("the element count live", lambda: element_counts(api, job_id).get("Observe-out0") == len(sent))
         assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200
         wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=120)
         counts = element_counts(api, job_id)

@@ -68,6 +68,8 @@ _DISTRIBUTION_TEXT = re.compile(r"DistributionResult\{sum=(-?\d+), count=(\d+), 
 # (FlinkEngine._report_metrics) to a JobManager that a busy machine already answers slowly, and what it reads of
 # a running stage changes only as often as Flink's JobManager fetches it (metrics.fetcher.update-interval, 10 s).
 METRICS_EVERY_S = 10.0
+# The name part of a PCollection's element count among a stage's Flink metrics (element_count_names).
+ELEMENT_COUNT_NAME = "metric:element_count:v1"
 # Beam's Flink runner's accumulator of the job's metrics (FlinkMetricContainer.ACCUMULATOR_NAME).
 METRICS_ACCUMULATOR = "__metricscontainers"
 # How often, at most, a running vertex's metric names are listed again while a user metric the job's SDK workers
@@ -201,8 +203,13 @@ class FlinkRest:
         return beam_job_api_pb2.MetricResults(attempted=list(monitoring_infos.consolidate(infos)))
 
     def live_metrics(
-        self, jid: str, vertex_ids: list[str], keys: set[tuple], listed: dict[str, tuple[float, list[str]]]
-    ) -> list:
+        self,
+        jid: str,
+        vertex_ids: list[str],
+        keys: set[tuple],
+        listed: dict[str, tuple[float, list[str]]],
+        pcollections: dict[str, str] | None = None,
+    ) -> tuple[list, dict[str, int]]:
         """The running job's user metrics as Flink's operator metrics show them now (up to
         metrics.fetcher.update-interval old), as MonitoringInfos (attempted), summed over subtasks.
 
@@ -215,29 +222,47 @@ class FlinkRest:
         only in those characters) is left out, never guessed; so is a gauge whose subtasks disagree (Flink keeps
         no time for it: which is the latest is unknown). `listed` caches each vertex's metric names (when listed,
         which), listed again while a key's metric is in no listing yet, at most every LIST_AGAIN_S: in the end one
-        call per vertex with user metrics per reading."""
+        call per vertex with user metrics per reading.
+
+        Also the element counts of `pcollections` (each one's Flink name: `element_count_name`, to its id): the
+        runner sets a Flink counter per PCollection a stage's bundles count, `<pcollection>.metric:element_count:v1`
+        (its system metric's name). A stage counts what it produces and what it takes in, so a PCollection between
+        two stages is in both their vertices: its count is the larger, summed over each one's subtasks. Answers
+        (the user metrics as MonitoringInfos, the element counts by PCollection id)."""
         by_name: dict[str, list[tuple]] = {}
         for key in keys:
             if key[3] in _LIVE_URNS:
                 by_name.setdefault(_flink_metric_name(key[1], key[2]), []).append(key)
         wanted = {name: found[0] for name, found in by_name.items() if len(found) == 1}
-        if not wanted:
-            return []
-        seen = {_split_metric_id(i)[1] for _, ids in listed.values() for i in ids}
+        counted = pcollections or {}
+        if not wanted and not counted:
+            return [], {}
+        seen = {name for _, ids in listed.values() for name in _names(ids)}
         missing = bool(set(wanted) - seen)  # a metric not in Flink's listing yet (it lags), or never there
         values: dict[tuple, list[str]] = {}
+        counts: dict[str, int] = {}
         for vertex in vertex_ids:
             path = f"/jobs/{jid}/vertices/{vertex}/metrics"
-            if vertex not in listed or (missing and time.monotonic() - listed[vertex][0] >= LIST_AGAIN_S):
+            uncounted = bool(counted) and vertex in listed and not any(n in counted for n in _names(listed[vertex][1]))
+            if vertex not in listed or (
+                (missing or uncounted) and time.monotonic() - listed[vertex][0] >= LIST_AGAIN_S
+            ):
                 names = [m["id"] for m in self._call("GET", path) if _split_metric_id(m["id"])[1]]
                 listed[vertex] = (time.monotonic(), names)
-            ids = [i for i in listed[vertex][1] if _split_metric_id(i)[1] in wanted]
+            ids = [i for i in listed[vertex][1] if (n := _split_metric_id(i)[1]) in wanted or n in counted]
+            in_vertex: dict[str, int] = {}
             for query in _queries(ids):
                 for metric in self._call("GET", f"{path}?get={query}"):
                     name = _split_metric_id(metric.get("id", ""))[1]
-                    if name in wanted and metric.get("value") is not None:
+                    if metric.get("value") is None:
+                        continue
+                    if name in wanted:
                         values.setdefault(wanted[name], []).append(str(metric["value"]))
-        return [info for key, texts in values.items() if (info := _live_info(key, texts)) is not None]
+                    elif name in counted and (count := _whole(metric["value"])) is not None:
+                        in_vertex[counted[name]] = in_vertex.get(counted[name], 0) + count
+            for pcollection, count in in_vertex.items():
+                counts[pcollection] = max(counts.get(pcollection, 0), count)
+        return [info for key, texts in values.items() if (info := _live_info(key, texts)) is not None], counts
 
     def first_stage_counts(self, jid: str, vertices: list[dict]) -> tuple[int, int] | None:
         """What the job's first stage took in and passed on (its operators after the source), as Flink's
@@ -374,6 +399,15 @@ def _flink_metric_name(namespace: str, name: str) -> str:
     return re.sub(r"[ .:,]", "_", f"{namespace}.{name}")
 
 
+def element_count_names(pipeline) -> dict[str, str]:
+    """The Flink names of the element counts of the pipeline's PCollections (to their ids): the runner names a
+    system metric `<PCollection label>.<its URN after "beam:">`. Ids whose names collide are left out."""
+    names: dict[str, list[str]] = {}
+    for pcollection in pipeline.components.pcollections:
+        names.setdefault(_flink_metric_name(pcollection, ELEMENT_COUNT_NAME), []).append(pcollection)
+    return {name: ids[0] for name, ids in names.items() if len(ids) == 1}
+
+
 def _queries(ids: list[str], longest: int = 3000) -> list[str]:
     """`get` parameters naming these metrics, each short enough for Flink's REST server, which refuses a request
     line longer than 4096 characters (Netty's default): one for a vertex's few user metrics, more for many."""
@@ -384,6 +418,10 @@ def _queries(ids: list[str], longest: int = 3000) -> list[str]:
         else:
             queries.append(quoted)
     return queries
+
+
+def _names(metric_ids: list[str]) -> set[str]:
+    return {_split_metric_id(i)[1] for i in metric_ids}
 
 
 def _split_metric_id(metric_id: str) -> tuple[str, str]:
@@ -478,6 +516,7 @@ class FlinkEngine(Engine):
         self.flink_job_id: str | None = None
         self._job_id: str | None = None
         self._logs = ""  # the address of the logging service the job's SDK workers send their logs to
+        self._count_names: dict[str, str] = {}  # its PCollections' element counts' Flink names (live_metrics)
 
     # -- called from other threads -----------------------------------------------------------
 
@@ -501,6 +540,7 @@ class FlinkEngine(Engine):
 
     def run(self, job: StagedJob, observer: RunObserver) -> RunResult:
         self._job_id = job.job_id
+        self._count_names = element_count_names(job.pipeline)
         drain_file = self.config.drain_file(job.job_id)
         try:
             # At a socket of the job's in the shared directory: the job's SDK workers reconnect to it, so a
@@ -717,6 +757,7 @@ class FlinkEngine(Engine):
         as its operator closes (FlinkRest.metric_results: exact, with the system metrics); those of a running stage
         from Flink's operator metrics (FlinkRest.live_metrics: live, up to metrics.fetcher.update-interval old).
         Once the job has ended, the accumulators alone: its final metrics."""
+        from apache_beam.metrics import monitoring_infos
         from apache_beam.portability.api import beam_job_api_pb2
 
         vertices = details.get("vertices", [])
@@ -724,22 +765,32 @@ class FlinkEngine(Engine):
         ended = [v["id"] for v in vertices if not active or v.get("status") in ("FINISHED", "CANCELED", "FAILED")]
         results = self.rest.metric_results(jid, ended) if ended else None
         handed = list(results.attempted) if results is not None else []
-        if handed:
-            # The runner keeps attempted figures only: they stand for committed too. Its system metrics
-            # (element counts per PCollection) come with the user metrics, for getMetrics' ElementCount.
-            observer.monitoring_infos(handed)
         live: list = []
-        if active:
-            if state != "RUNNING" or not self._job_id:
-                return  # (restarting...) no live figures now: the last snapshot stands
+        counts: dict[str, int] = {}
+        reading = active and state == "RUNNING" and self._job_id is not None  # (restarting...: none now)
+        if reading:
             running = [v["id"] for v in vertices if v.get("status") == "RUNNING"]
             exact = {metric_keys.key_of(info) for info in handed}  # (a metric of a stage that ended: not read live)
-            keys = {k for k in metric_keys.read_keys(self.config.metric_keys_file(self._job_id)) if k not in exact}
+            keys_file = self.config.metric_keys_file(self._job_id or "")
+            keys = {k for k in metric_keys.read_keys(keys_file) if k not in exact}
             try:
-                live = self.rest.live_metrics(jid, running, keys, listed)
+                live, counts = self.rest.live_metrics(jid, running, keys, listed, self._count_names)
             except EngineError as exc:  # a slow JobManager: the last snapshot stands until the next reading
                 log.info("no live metrics of Flink job %s: %s", jid, exc)
                 return
+        # The runner keeps attempted figures only: they stand for committed too. Its system metrics (element
+        # counts per PCollection) come with the user metrics of the stages that ended, for getMetrics'
+        # ElementCount; those of running stages from their Flink counters, where the ended ones have none.
+        done = {info.labels.get(monitoring_infos.PCOLLECTION_LABEL) for info in handed}
+        live_counts = [
+            monitoring_infos.int64_counter(monitoring_infos.ELEMENT_COUNT_URN, count, pcollection=pcollection)
+            for pcollection, count in counts.items()
+            if pcollection not in done
+        ]
+        if handed or live_counts:
+            observer.monitoring_infos(handed + live_counts)
+        if active and not reading:
+            return  # the user metrics' last snapshot stands
         if results is not None or live:
             results = beam_job_api_pb2.MetricResults(attempted=handed + live)
             observer.metrics(user_metrics(results, one_side="attempted"))
