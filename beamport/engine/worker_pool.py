@@ -27,6 +27,8 @@ import tempfile
 import threading
 import time
 
+from beamport.engine import sdk_boot
+
 log = logging.getLogger(__name__)
 
 REPLENISH_AFTER_S = 10.0  # how long after a spare is taken another is started
@@ -96,13 +98,9 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
                     timer.start()
             if spare is None:
                 return super().StartWorker(request, context)
-            assignment = {
-                "id": request.worker_id,
-                "logging_endpoint": request.logging_endpoint.url,
-                "artifact_endpoint": request.artifact_endpoint.url,
-                "provision_endpoint": request.provision_endpoint.url,
-                "control_endpoint": request.control_endpoint.url,
-            }
+            # The flags the pool would start a worker with (the request's fields, by the same names).
+            endpoints = {name: getattr(request, name).url for name in sdk_boot.ASSIGNED if name != "id"}
+            assignment = {"id": request.worker_id, **endpoints}
             try:
                 assert spare.stdin is not None
                 spare.stdin.write(json.dumps(assignment).encode() + b"\n")
