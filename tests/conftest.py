@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -39,6 +40,8 @@ def free_port() -> int:
 
 class Server:
     """A `beamport serve` subprocess; start() again after stop() reuses the same state."""
+
+    running: ClassVar[set[Server]] = set()  # whose logs' ends a failed test's report shows
 
     def __init__(
         self,
@@ -89,6 +92,7 @@ class Server:
             try:
                 httpx.get(self.url + "/v1b3/projects/ready-check/locations/us-central1/jobs", timeout=1)
                 self.started = time.monotonic()
+                Server.running.add(self)
                 return self
             except httpx.TransportError:
                 time.sleep(0.05)
@@ -96,10 +100,23 @@ class Server:
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.process is not None
+        Server.running.discard(self)
         self.process.send_signal(sig)
         code = self.process.wait(timeout=30)
         self.process = None
         return code
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with the last lines of the servers' logs (its engines' and workers' words):
+    what a CI run's failure needs to be understood without running it again."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.when == "call":
+        for server in list(Server.running):
+            lines = server.log_path.read_text(errors="replace").splitlines()[-40:]
+            report.sections.append((f"the end of {server.log_path.name}", "\n".join(line[:300] for line in lines)))
 
 
 def beamport_command(*args: str, check: bool = True, credentials: Path | None = None) -> subprocess.CompletedProcess:

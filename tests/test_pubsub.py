@@ -140,7 +140,7 @@ def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsu
     job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
     api = Api(pubsub_server.url, PROJECT)
     closed = sorted([f"a,3,{minute}", f"a,10,{minute + 60}", f"b,5,{minute}"])
-    wait_for("the closed windows' sums", lambda: len(topics.pull_output()) >= len(closed), START_S)
+    wait_for("the closed windows' sums", lambda: len(topics.pull_output()) >= len(closed), START_S, job=(api, job_id))
     assert topics.pull_output() == closed
     assert topics.backlog() == 0, "every message read was acknowledged"
     # (Its output can come before the Flink engine has seen every task running, which RUNNING waits for.)
@@ -149,7 +149,7 @@ def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsu
     assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200  # as Beam asks
     wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=START_S)
     # The drain fired the window still open; nothing was counted twice.
-    wait_for("the open window's sum", lambda: len(topics.pull_output()) > len(closed), 60)
+    wait_for("the open window's sum", lambda: len(topics.pull_output()) > len(closed), 60, job=(api, job_id))
     assert topics.pull_output() == sorted([*closed, f"c,7,{later}"])
     errors = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])
               if m["messageImportance"] == "JOB_MESSAGE_ERROR"]  # fmt: skip
@@ -215,12 +215,13 @@ def test_a_topic_read_with_attributes_through_a_subscription_of_its_own(pubsub_s
         ]
     )
     job_id = done.stdout.split("JOB_ID ", 1)[1].split()[0]
+    api = Api(pubsub_server.url, PROJECT)
 
     def temporary_subscriptions() -> list[str]:
         names = topics.publisher.list_topic_subscriptions(topic=topics.input)
         return [name for name in names if name != topics.input_subscription]
 
-    wait_for("the reader's own subscription", temporary_subscriptions, START_S)
+    wait_for("the reader's own subscription", temporary_subscriptions, START_S, job=(api, job_id))
     topics.publisher.publish(topics.input, b"hello", k="1").result(timeout=30)
     topics.publisher.publish(topics.input, b"world", k="2").result(timeout=30)
     received = []
@@ -230,9 +231,8 @@ def test_a_topic_read_with_attributes_through_a_subscription_of_its_own(pubsub_s
         received.extend((m.message.data, dict(m.message.attributes)) for m in response.received_messages)
         return len(received) >= 2
 
-    wait_for("the echoes", echoed, START_S)
+    wait_for("the echoes", echoed, START_S, job=(api, job_id))
     assert sorted(received) == [(b"HELLO", {"k": "1", "echo": "yes"}), (b"WORLD", {"k": "2", "echo": "yes"})]
-    api = Api(pubsub_server.url, PROJECT)
     assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
     wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=START_S)
 
@@ -267,8 +267,18 @@ def test_windowed_sums_to_pubsub_and_bigquery_with_a_duplicate_then_drained(pubs
     job_id = submit_to_bigquery(pubsub_server, topics, name)
     api = Api(pubsub_server.url, PROJECT)
     closed = sorted([f"a,3,{minute}", f"a,10,{minute + 60}", f"b,5,{minute}"])
-    wait_for("the closed windows' sums in the topic", lambda: len(topics.pull_output()) >= len(closed), START_S)
-    wait_for("the closed windows' sums in BigQuery", lambda: len(rows_of(PROJECT, name)) >= len(closed), START_S)
+    wait_for(
+        "the closed windows' sums in the topic",
+        lambda: len(topics.pull_output()) >= len(closed),
+        START_S,
+        job=(api, job_id),
+    )
+    wait_for(
+        "the closed windows' sums in BigQuery",
+        lambda: len(rows_of(PROJECT, name)) >= len(closed),
+        START_S,
+        job=(api, job_id),
+    )
     assert topics.pull_output() == closed
     assert rows_of(PROJECT, name) == closed
     wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=START_S)  # (output can come first: see above)
@@ -277,7 +287,9 @@ def test_windowed_sums_to_pubsub_and_bigquery_with_a_duplicate_then_drained(pubs
     wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=DRAIN_S)
     # Drained: the open window fired into both sinks before the job ended.
     everything = sorted([*closed, f"c,7,{later}"])
-    wait_for("the open window's sum in the topic", lambda: len(topics.pull_output()) > len(closed), 60)
+    wait_for(
+        "the open window's sum in the topic", lambda: len(topics.pull_output()) > len(closed), 60, job=(api, job_id)
+    )
     assert topics.pull_output() == everything
     assert rows_of(PROJECT, name) == everything
 
@@ -317,8 +329,18 @@ def test_a_killed_sdk_worker_loses_and_doubles_nothing_on_flink(pubsub_server):
     job_id = submit_to_bigquery(pubsub_server, topics, name)
     api = Api(pubsub_server.url, PROJECT)
     closed = sorted([f"a,3,{minute}", f"b,5,{minute}"])
-    wait_for("the closed window's sums in the topic", lambda: len(topics.pull_output()) >= len(closed), START_S)
-    wait_for("the closed window's sums in BigQuery", lambda: len(rows_of(PROJECT, name)) >= len(closed), START_S)
+    wait_for(
+        "the closed window's sums in the topic",
+        lambda: len(topics.pull_output()) >= len(closed),
+        START_S,
+        job=(api, job_id),
+    )
+    wait_for(
+        "the closed window's sums in BigQuery",
+        lambda: len(rows_of(PROJECT, name)) >= len(closed),
+        START_S,
+        job=(api, job_id),
+    )
     written_ms = time.time() * 1000
     running = lambda: [j["jid"] for j in flink_jobs(flink) if j["name"] == job_id and j["state"] == "RUNNING"]  # noqa: E731
     (jid,) = wait_for("the Flink job running", running)

@@ -56,7 +56,12 @@ def wait_state(api: Api, job_id: str, states: set[str], timeout: float = 120) ->
         if job.get("currentState") in states:
             return job
         time.sleep(0.05)
-    # The job's newest messages say what it was doing (an engine's warnings, a worker lost, a resubmission).
+    raise AssertionError(f"job {job_id} never reached {states}: {job_story(api, job_id)}")
+
+
+def job_story(api: Api, job_id: str) -> str:
+    """The job as the server has it now, and its newest messages: what it was doing (an engine's warnings, a
+    worker lost, a resubmission), for a test's failure to say."""
     found, token = [], None
     for _ in range(50):
         params = {"minimumImportance": "JOB_MESSAGE_DETAILED", **({"pageToken": token} if token else {})}
@@ -65,7 +70,7 @@ def wait_state(api: Api, job_id: str, states: set[str], timeout: float = 120) ->
         if not (token := page.get("nextPageToken")):
             break
     said = "\n".join(f"  {m.get('time')} {m.get('messageText', '')[:300]}" for m in found[-30:])
-    raise AssertionError(f"job {job_id} never reached {states}: {api.get(job_id).json()}\nits messages:\n{said}")
+    return f"{api.get(job_id).json()}\nits messages:\n{said}"
 
 
 def texts(api: Api, job_id: str) -> list[str]:

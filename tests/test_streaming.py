@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import Api, Server, beamport_command, discovery_client, gapic_clients
-from test_running_jobs import dataflow_flags, run, wait_state
+from test_running_jobs import dataflow_flags, job_story, run, wait_state
 
 from beamport.engine import sdk_boot
 
@@ -133,9 +133,12 @@ def outputs(path: Path, version: str | None = None) -> list[list[str]]:
     return found
 
 
-def wait_for(what, predicate, timeout: float = START_S):
+def wait_for(what, predicate, timeout: float = START_S, job: tuple[Api, str] | None = None):
+    """Wait until the predicate answers something true. With the job whose work it waits for: give up as soon as
+    that job has failed, and say what the job was doing."""
     deadline = time.monotonic() + timeout
     failure = None
+    checked = time.monotonic()
     while time.monotonic() < deadline:
         try:
             value = predicate()
@@ -143,8 +146,13 @@ def wait_for(what, predicate, timeout: float = START_S):
             failure, value = exc, None
         if value:
             return value
+        if job and time.monotonic() - checked > 5:
+            checked = time.monotonic()
+            if job[0].get(job[1]).json().get("currentState") == "JOB_STATE_FAILED":
+                raise AssertionError(f"the job failed while waiting for {what}: {job_story(*job)}")
         time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {failure!r})" if failure else ""))
+    said = f" (last error: {failure!r})" if failure else ""
+    raise AssertionError(f"timed out waiting for {what}{said}" + (f"; the job: {job_story(*job)}" if job else ""))
 
 
 def submit(server: Server, project: str, workdir: Path, name: str, mode: str, log: Path, out: Path, *extra: str) -> str:
