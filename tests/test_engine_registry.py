@@ -35,9 +35,10 @@ def test_each_engine_declares_what_it_can_do():
     }
     python = frozenset({registry.PYTHON})
     assert table == {
-        "embedded": (True, False, False, False, False, python | {registry.JAVA}),
-        "flink": (True, True, True, True, True, python),
-        "prism": (True, True, False, True, False, python | {registry.GO}),
+        "embedded": (True, False, False, frozenset(), False, python | {registry.JAVA}),
+        "flink": (True, True, True, python, True, python),
+        # Prism runs Java, and cannot drain it: Java's sources know no Beamport drain signal.
+        "prism": (True, True, False, python | {registry.GO}, False, python | {registry.GO, registry.JAVA}),
     }
     assert registry.names() == ["embedded", "flink", "prism"]
     assert registry.BATCH_DEFAULT is registry.get("embedded")
@@ -84,19 +85,19 @@ def test_a_hosts_settings_give_it_its_engines(tmp_path, monkeypatch):
             registry.host_configs(host),
         )
 
-    # The embedded engine takes the Java harness's jars from the worker's host (whatever it finds there).
+    # The embedded engine and Prism take the Java harness's jars from the worker's host (whatever it finds there).
     embedded = {"java_harness_jars": harness_jars()}
     assert on(prism="none") == (["embedded"], None, None, {"flink": None, "prism": None, "embedded": embedded})
     assert on(prism=str(binary)) == (
         ["embedded", "prism"],
         "prism",
         None,
-        {"flink": None, "prism": str(binary), "embedded": embedded},
+        {"flink": None, "prism": {"binary": str(binary), **embedded}, "embedded": embedded},
     )
     names, streaming, control, configs = on(prism=str(binary), flink=FLINK)
     assert (names, streaming, control) == (["embedded", "flink", "prism"], "flink", "flink")
     assert configs["flink"] == {**FLINK, "shared_dir": "/tmp/beamport-flink", "beam_on_cluster": False}
-    assert configs["prism"] == str(binary)
+    assert configs["prism"]["binary"] == str(binary)
 
     # Which engine runs a job: its label, else the server's default for its type.
     assert engines.engine_of({"type": "JOB_TYPE_BATCH"}, "flink") == "embedded"
@@ -107,7 +108,8 @@ def test_a_hosts_settings_give_it_its_engines(tmp_path, monkeypatch):
 
 def test_a_job_goes_where_its_sdk_runs():
     """A job that names no engine runs on the default for its type, unless that does not run its SDK (its user
-    agent's): a Beam Go job on Prism, batch or streaming, and a server without Prism refuses it at create."""
+    agent's): a Beam Go job on Prism, batch or streaming, a streaming Java job on Prism, and a server without Prism
+    refuses them at create."""
 
     def job(sdk: str, job_type: str = "JOB_TYPE_BATCH") -> dict:
         return {
@@ -118,11 +120,13 @@ def test_a_job_goes_where_its_sdk_runs():
     assert engines.engine_of(job("Go"), "flink") == "prism"
     assert engines.engine_of(job("Go", "JOB_TYPE_STREAMING"), "flink") == "prism"
     assert engines.engine_of(job("Go", "JOB_TYPE_STREAMING"), None) == "prism"
-    # Python and Java as before: the defaults run them (or, for streaming without an engine, it waits).
+    # Python and batch Java: the defaults run them (or, for streaming without an engine, it waits).
     assert engines.engine_of(job("Python"), "flink") == "embedded"
     assert engines.engine_of(job("Java"), None) == "embedded"
     assert engines.engine_of(job("Python", "JOB_TYPE_STREAMING"), None) is None
-    assert engines.engine_of(job("Java", "JOB_TYPE_STREAMING"), "flink") == "flink"
+    # Streaming Java: Prism, the streaming engine that runs Java.
+    assert engines.engine_of(job("Java", "JOB_TYPE_STREAMING"), "flink") == "prism"
+    assert engines.engine_of(job("Java", "JOB_TYPE_STREAMING"), None) == "prism"
     labelled = {**job("Go"), "labels": {engines.ENGINE_LABEL: "embedded"}}
     assert engines.engine_of(labelled, "flink") == "embedded"  # its label wins (staging refuses it, naming Prism)
 
@@ -133,6 +137,9 @@ def test_a_job_goes_where_its_sdk_runs():
     assert refused.value.status == "FAILED_PRECONDITION"
     assert "Beam Go pipeline" in refused.value.message and "Prism" in refused.value.message
     assert "scripts/prism-build" in refused.value.message
+    with pytest.raises(ApiError) as refused:
+        engines.check_engine(job("Java", "JOB_TYPE_STREAMING"), {"embedded", "flink"})
+    assert "Beam Java pipeline" in refused.value.message and "Prism" in refused.value.message
 
 
 def test_the_executor_builds_each_engine_and_its_answers_match_its_declaration(tmp_path):
@@ -143,7 +150,7 @@ def test_the_executor_builds_each_engine_and_its_answers_match_its_declaration(t
     for spec in registry.ENGINES:
         engine = make_engine({"engine": spec.name}, 1, configs)
         assert isinstance(engine, Engine)
-        assert engine.request_drain() is spec.drains, spec.name
+        assert engine.request_drain() is bool(spec.drains), spec.name
         if spec.stops_outside:
             assert type(engine).stop is not Engine.stop, spec.name
     assert type(make_engine({}, 2, {})) is type(make_engine({"engine": None}, 2, {}))  # the batch engine

@@ -14,12 +14,14 @@ import shutil
 import subprocess
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import psutil
 import pytest
 from conftest import Api, Server, discovery_client, required_path
 from test_running_jobs import wait_state
+from test_streaming import START_S, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("java")]
 
@@ -307,6 +309,65 @@ def test_cancel_leaves_no_jvm(java):
         time.sleep(0.1)
 
 
+@pytest.fixture(scope="module")
+def java_on_prism(java, tmp_path_factory) -> Java:
+    """A server with Prism, which runs streaming Java jobs."""
+    prism = required_path("BEAMPORT_TEST_PRISM", "builds Prism")
+    base = tmp_path_factory.mktemp("java-prism")
+    srv = Server(base / "data", extra_args=("--allow-path", str(base), "--workers", "2", "--prism", str(prism))).start()
+    yield Java(java.class_path, srv, base)
+    srv.stop()
+
+
+def window_files(prefix: Path) -> dict[tuple[int, int], list[int]]:
+    """TextIO's windowed output: each window's (start, end) in milliseconds, and its lines as numbers."""
+    found = {}
+    for path in prefix.parent.glob(prefix.name + "*-pane-*"):
+        bounds = re.findall(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", path.name)
+        start, end = (int(datetime.fromisoformat(b.replace("Z", "+00:00")).timestamp() * 1000) for b in bounds)
+        found[(start, end)] = sorted(int(line) for line in path.read_text().split())
+    return found
+
+
+@pytest.mark.parametrize("path", [V1, V2])
+def test_a_streaming_java_pipeline_runs_on_prism_until_cancelled(java_on_prism, path):
+    """StreamingImpulses (PeriodicImpulse -> FixedWindows -> TextIO's windowed writes), submitted by Beam Java's
+    DataflowRunner with --streaming: it runs on Prism in a Java SDK harness, each window's file holds exactly that
+    window's impulses, once, its counter is live in getMetrics, its harness's lines in the job's messages; a drain
+    is refused (Prism has none, and Java's sources know no other), and a cancel leaves no JVM."""
+    java = java_on_prism
+    out = java.base / f"impulses-{path}" / "imp"
+    done, job_id = java.dataflow("StreamingImpulses", out, path, given_input=False)
+    assert "SUBMITTED" in done.stdout, done.stdout
+    api = Api(java.server.url, PROJECT)
+    job = wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=300)
+    assert job["type"] == "JOB_TYPE_STREAMING"
+
+    windows = wait_for("three windows' files", lambda: len(w := window_files(out)) >= 3 and w, START_S, (api, job_id))
+    for (start, end), impulses in windows.items():
+        assert end - start == 2000
+        assert impulses == list(range(start, end, 100)), (start, impulses)  # an impulse every 100 ms, each once
+
+    def counted() -> int:
+        metrics = api.client.get(f"{api.jobs_path}/{job_id}/metrics").json().get("metrics", [])
+        counts = [m["scalar"] for m in metrics if m["name"]["name"] == "impulses" and m["name"].get("origin") == "user"]
+        return max(counts, default=0)
+
+    wait_for("the impulses counted in getMetrics", lambda: counted() >= 20 * len(windows), 60, (api, job_id))
+    text = "\n".join(messages(api, job_id))
+    assert "Finalizing 1 file results" in text, text[-3000:]  # TextIO's WriteFiles logging in the Java harness
+
+    refused = api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"})
+    assert refused.status_code == 400 and "cancel it instead" in refused.json()["error"]["message"], refused.text
+    assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
+    jvms = harness_jvms(java.server)
+    assert jvms, "the job's Java SDK harness runs"
+    assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
+    gone, alive = psutil.wait_procs(jvms, timeout=60)
+    assert not alive, alive
+
+
 def _alive_in(process: psutil.Process, groups: set[int]) -> bool:
     """Whether a process runs in one of these process groups (a zombie, dead and waiting for its parent to
     read its exit, does not run)."""
@@ -350,3 +411,57 @@ def test_the_launcher_starts_the_harness_as_beams_java_boot_does(tmp_path):
     argfile = next(line[1:] for line in printed if line.startswith("@"))
     assert Path(argfile).read_text() == f'-cp "{tmp_path}/jamm.jar:{tmp_path}/a b.jar:{tmp_path}/c.jar"\n'
     assert any(line.startswith("-Xmx") for line in printed) and "-XX:+UseParallelGC" in printed
+
+
+def test_the_launcher_started_by_prism_asks_the_provisioning_service_as_beams_java_boot_does(tmp_path):
+    """java_boot with Prism's flags (the container contract) and a stand-in `java`: the endpoints and options come
+    from the runner's provisioning service, the quotes Prism puts around the id are gone."""
+    import json
+    import sys
+    from concurrent import futures
+
+    import grpc
+    from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc, endpoints_pb2
+    from google.protobuf import struct_pb2
+
+    from beamport.engine import java_boot
+
+    asked = []
+
+    class Provision(beam_provision_api_pb2_grpc.ProvisionServiceServicer):
+        def GetProvisionInfo(self, request, context):
+            asked.append(dict(context.invocation_metadata()).get("worker_id"))
+            options = struct_pb2.Struct()
+            options.update({"beam:option:job_name:v1": "j"})
+            return beam_provision_api_pb2.GetProvisionInfoResponse(
+                info=beam_provision_api_pb2.ProvisionInfo(
+                    pipeline_options=options,
+                    control_endpoint=endpoints_pb2.ApiServiceDescriptor(url="localhost:11"),
+                    logging_endpoint=endpoints_pb2.ApiServiceDescriptor(url="localhost:12"),
+                )
+            )
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    beam_provision_api_pb2_grpc.add_ProvisionServiceServicer_to_server(Provision(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        java = tmp_path / "java"
+        java.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\nenv\n')
+        java.chmod(0o755)
+        command = java_boot.harness_command([str(tmp_path / "c.jar")], [str(tmp_path / "jamm.jar")], tmp_path)
+        spec = json.loads((tmp_path / "java-harness.json").read_text())
+        (tmp_path / "java-harness.json").write_text(json.dumps({**spec, "java": str(java)}))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        flags = f" --id=\\'w-1\\' --provision_endpoint=127.0.0.1:{port} --semi_persist_dir={tmp_path}"
+        done = subprocess.run(command + flags, shell=True, capture_output=True, text=True, env=env, timeout=60)
+    finally:
+        server.stop(0)
+    assert done.returncode == 0, done.stderr
+    assert asked == ["w-1"]
+    printed = done.stderr.splitlines()
+    assert "org.apache.beam.fn.harness.FnHarness" in printed and "HARNESS_ID=w-1" in printed
+    assert 'CONTROL_API_SERVICE_DESCRIPTOR=url: "localhost:11"' in printed
+    assert 'LOGGING_API_SERVICE_DESCRIPTOR=url: "localhost:12"' in printed
+    options_file = next(line.split("=", 1)[1] for line in printed if line.startswith("PIPELINE_OPTIONS_FILE="))
+    assert json.loads(Path(options_file).read_text()) == {"beam:option:job_name:v1": "j"}

@@ -15,6 +15,11 @@ good, so this program answers the runner in its place, as the harness would answ
 with the JVM's exit status and its last lines of output: the job fails saying why.
 `python -m beamport.engine.java_boot SPEC`, SPEC a JSON file: {"class_path": [...],
 "java": "/usr/bin/java", "semi_persistent_dir": "..."} (written by harness_command).
+
+For Prism, a process environment runs `python -m beamport.engine.java_boot SPEC` with Prism's flags after it
+(`--id='ID' --provision_endpoint=HOST:PORT ...`, the container contract): as Beam's Java boot does, this asks the
+provisioning service for the Fn API's endpoints and the job's options (as Prism was given them) and hands them
+to the harness in its variables; the JVM then dies with Prism, its parent.
 """
 
 from __future__ import annotations
@@ -105,18 +110,23 @@ def jvm_arguments(class_path_file: Path) -> list[str]:
 def main(argv: list[str]) -> None:
     spec = json.loads(Path(argv[0]).read_text())
     workdir = Path(spec["semi_persistent_dir"])
+    parent = None  # what the JVM dies with: this program (FnApiRunner's subprocess), or Prism
+    if any(arg.startswith("--provision_endpoint") for arg in argv[1:]):
+        parent = os.getppid()
+        provisioned_environment(argv[1:])
     worker_id = os.environ.get("WORKER_ID", "")
     options_file = workdir / f"pipeline-options-{worker_id or os.getpid()}.json"
     options_file.write_text(os.environ.get("PIPELINE_OPTIONS", "{}"))
     class_path_file = workdir / "class-path.args"
     class_path_file.write_text("-cp " + _quoted(os.pathsep.join(spec["class_path"])) + "\n")
     env = dict(os.environ)
+    env.pop("PIPELINE_OPTIONS", None)  # in the file: the options may be longer than a variable may be
     env.update(
         HARNESS_ID=worker_id,  # the id the harness names itself by to the runner's control service
         PIPELINE_OPTIONS_FILE=str(options_file),
         SEMI_PERSISTENT_DIRECTORY=str(workdir),
     )
-    die_with_parent()
+    die_with_parent(parent or 0)
     argv = [spec["java"], *jvm_arguments(class_path_file), HARNESS_MAIN]
     # The harness's own output, with the executor's (stderr), its last lines kept for a failure's message.
     jvm = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
@@ -130,6 +140,31 @@ def main(argv: list[str]) -> None:
     if status != 0:
         answer_in_its_place(status, list(last))
     sys.exit(status)
+
+
+def provisioned_environment(argv: list[str]) -> None:
+    """Started by Prism with the container contract's flags: the variables FnApiRunner would have set, from the
+    provisioning service (Beam's Java boot: sdks/java/container/boot.go)."""
+    from google.protobuf import json_format
+
+    from beamport.engine.sdk_boot import boot_arguments, provision_info
+
+    args = boot_arguments(argv)
+    info = provision_info(args.provision_endpoint, args.id)
+    control = info.control_endpoint.url or args.control_endpoint
+    logging = info.logging_endpoint.url or args.logging_endpoint
+    if not control or not logging:
+        sys.exit(f"java_boot: the runner provisioned no control or logging endpoint for worker {args.id}")
+    os.environ.update(
+        WORKER_ID=args.id,
+        CONTROL_API_SERVICE_DESCRIPTOR=f"url: {json.dumps(control)}",
+        LOGGING_API_SERVICE_DESCRIPTOR=f"url: {json.dumps(logging)}",
+        PIPELINE_OPTIONS=json_format.MessageToJson(info.pipeline_options),
+    )
+    if info.status_endpoint.url:
+        os.environ["STATUS_API_SERVICE_DESCRIPTOR"] = f"url: {json.dumps(info.status_endpoint.url)}"
+    if info.runner_capabilities:
+        os.environ["RUNNER_CAPABILITIES"] = " ".join(info.runner_capabilities)
 
 
 def answer_in_its_place(status: int, output: list[str]) -> None:

@@ -12,13 +12,17 @@ The job's user metrics are Prism's (GetJobMetrics), asked for every METRICS_EVER
 Go job's Go environments become process environments: Prism starts the job's worker binary through
 beamport.engine.go_boot, as Beam's Go container would. A Go job may have a Python environment too (its Pub/Sub
 I/O, engine/staging.py): Prism runs both SDKs' workers, the Python ones with a plugin that keeps their metric
-short ids apart from Go's (engine/short_ids.py).
+short ids apart from Go's (engine/short_ids.py). A Beam Java job's Java environments become process
+environments too, each a Java SDK harness over the job's staged jars (beamport.engine.java_boot), given the job's
+options under Java's names; Prism has no drain, and Java's sources know no Beamport drain signal, so the service
+refuses to drain a Java job here (EngineSpec.drains).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 import subprocess
 import sys
@@ -43,6 +47,7 @@ from beamport.engine.base import (
     StagedJob,
 )
 from beamport.engine.capture import worker_log_service
+from beamport.engine.java_boot import JavaUnavailable, harness_command
 from beamport.engine.portable import JobService, external_environments, user_metrics
 from beamport.processes import listening_addresses, loopback_only
 
@@ -61,8 +66,10 @@ START_TIMEOUT_S = 30.0
 
 
 class PrismEngine(Engine):
-    def __init__(self, binary: Path):
+    def __init__(self, binary: Path, java_harness_jars: list[str] | None = None):
+        """java_harness_jars: Beamport's jars for Java SDK harnesses (java_boot.harness_jars, found by the worker)."""
         self.binary = binary
+        self.java_harness_jars = java_harness_jars or []
         self._drain = threading.Event()
         self._service: JobService | None = None
         self._invocation: str | None = None
@@ -96,15 +103,17 @@ class PrismEngine(Engine):
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
             assert prism.stdout is not None
-            prism_log = PrismLog(self.binary, prism.stdout, observer, workdir / "prism.log")
+            logger = JAVA_WORKER_LOGGER if job.java_environments else GO_WORKER_LOGGER
+            prism_log = PrismLog(self.binary, prism.stdout, observer, workdir / "prism.log", logger)
             forwarder = threading.Thread(target=prism_log.forward, daemon=True)
             forwarder.start()
             try:
                 pipeline = go_process_environments(external_environments(job, pool_address), job, workdir)
+                pipeline = java_process_environments(pipeline, job, workdir, self.java_harness_jars)
                 with worker_log_service(observer.log) as logs:
                     address = prism_log.endpoint(prism, START_TIMEOUT_S)
                     return self._run(job, observer, address, pipeline, workdir / "drain", logs)
-            except EngineError as exc:
+            except (EngineError, JavaUnavailable) as exc:
                 return RunResult(FAILED, str(exc))
             finally:
                 prism.kill()
@@ -116,16 +125,19 @@ class PrismEngine(Engine):
         self, job: StagedJob, observer: RunObserver, address: str, pipeline, drain_file: Path, logs: str
     ) -> RunResult:
         self._service = service = JobService(address, "Prism", connect_timeout=START_TIMEOUT_S)
-        options = dict(job.options)
-        options.update(
-            job_name=job.job_id,
-            runner="PortableRunner",
-            streaming=job.job_type == JOB_TYPE_STREAMING,
-            beamport_drain_file=str(drain_file),
-            beamport_logging_endpoint=logs,  # the SDK workers' logs: to observer.log (sdk_boot)
-        )
-        plugins = [FINALIZATION_PLUGIN, *([SHORT_IDS_PLUGIN] if job.go_environments else [])]
-        options["beam_plugins"] = [*(options.get("beam_plugins") or []), *plugins]
+        if job.java_environments:
+            options = java_options(job)
+        else:
+            options = dict(job.options)
+            options.update(
+                job_name=job.job_id,
+                runner="PortableRunner",
+                streaming=job.job_type == JOB_TYPE_STREAMING,
+                beamport_drain_file=str(drain_file),
+                beamport_logging_endpoint=logs,  # the SDK workers' logs: to observer.log (sdk_boot)
+            )
+            plugins = [FINALIZATION_PLUGIN, *([SHORT_IDS_PLUGIN] if job.go_environments else [])]
+            options["beam_plugins"] = [*(options.get("beam_plugins") or []), *plugins]
         self._invocation = invocation = service.submit(job.job_id, pipeline, options)
         observer.stage_state("Prism", STAGE_RUNNING, int(time.time() * 1e6))
         draining = False
@@ -178,9 +190,43 @@ def go_process_environments(pipeline, job: StagedJob, workdir: Path):
     return pipeline
 
 
+def java_process_environments(pipeline, job: StagedJob, workdir: Path, harness_jars: list[str]):
+    """The pipeline with its Java environments as process environments that start a Java SDK harness over each
+    one's staged jars (beamport.engine.java_boot); the jars are local (staging resolved them through the file
+    policy), so the environment names no artifacts for Prism to stage."""
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    for number, (env_id, class_path) in enumerate(sorted(job.java_environments.items())):
+        harness_dir = workdir / f"java-{number}"
+        harness_dir.mkdir()
+        boot = workdir / f"java-boot-{number}"
+        boot.write_text(f'#!/bin/sh\nexec {harness_command(class_path, harness_jars, harness_dir)} "$@"\n')
+        boot.chmod(0o755)
+        env = pipeline.components.environments[env_id]
+        env.urn = common_urns.environments.PROCESS.urn
+        env.payload = beam_runner_api_pb2.ProcessPayload(command=str(boot)).SerializeToString()
+        del env.dependencies[:]
+    return pipeline
+
+
+def java_options(job: StagedJob) -> dict:
+    """A Java job's options as Prism hands them to the harness: the options Beam Java's runner wrote, under the
+    portable names Beam Java reads back (`beam:option:job_name:v1` is Java's jobName), the job's id as its name."""
+    options = {_snake_case(name): value for name, value in job.options.items() if value is not None}
+    options.update(job_name=job.job_id, streaming=job.job_type == JOB_TYPE_STREAMING)
+    return options
+
+
+def _snake_case(name: str) -> str:
+    """jobName -> job_name: what Beam Java's PipelineOptionsTranslation turns back into the same name."""
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
 # The Go worker's log lines as job messages: Beam's Go SDK's own and the pipeline's alike, under one name (Prism
 # keeps no logger or source location at its info level), so INFO is DETAILED and warnings and errors stand out.
 GO_WORKER_LOGGER = "org.apache.beam.sdk.go"
+JAVA_WORKER_LOGGER = "org.apache.beam.fn.harness"  # a Java harness's lines, which reach Prism's log the same way
 _SLOG_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING, "ERROR": logging.ERROR}
 _SDK_PREFIX = "[SDK] "
 _SERVING = "Serving JobManagement"  # Prism's line naming its Job API endpoint
@@ -191,8 +237,11 @@ class PrismLog:
     (a Go worker logs through Prism's logging service) to the observer as job messages, the rest (Prism's own, a
     worker's raw output) to Prism's log file."""
 
-    def __init__(self, binary: Path, lines: IO[bytes], observer: RunObserver, log_path: Path):
+    def __init__(
+        self, binary: Path, lines: IO[bytes], observer: RunObserver, log_path: Path, logger: str = GO_WORKER_LOGGER
+    ):
         self.binary, self.lines, self.observer, self.log_path = binary, lines, observer, log_path
+        self.logger = logger  # the name the SDK workers' lines are logged under
         self._endpoint: str | None = None
         self._ended = threading.Event()  # the endpoint is known, or Prism's output ended without it
 
@@ -229,14 +278,14 @@ class PrismLog:
                 if not isinstance(text, str) or not text.startswith(_SDK_PREFIX):
                     rest.write(raw)
                     continue
-                self.observer.log(_worker_record(entry, text))
+                self.observer.log(_worker_record(self.logger, entry, text))
         self._ended.set()
 
 
-def _worker_record(entry: dict, text: str) -> logging.LogRecord:
+def _worker_record(logger: str, entry: dict, text: str) -> logging.LogRecord:
     level = str(entry.get("level", "INFO"))
     return logging.LogRecord(
-        GO_WORKER_LOGGER,
+        logger,
         _SLOG_LEVELS.get(level.split("+")[0].split("-")[0], logging.INFO),
         "",
         0,

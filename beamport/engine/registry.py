@@ -43,7 +43,9 @@ class EngineSpec:
     batch: bool  # runs batch jobs
     streaming: bool  # runs streaming jobs with unbounded sources (others run bounded input only)
     keeps_state: bool  # saves a running job's state: snapshots, jobs created from one, updates that keep state
-    drains: bool  # Engine.request_drain works: sources stop reading, windows fire, the run ends DRAINED
+    # The SDKs whose jobs Engine.request_drain drains (sources stop reading, windows fire, the run ends DRAINED):
+    # the service refuses a drain of any other job on it.
+    drains: frozenset[str]
     stops_outside: bool  # Engine.stop stops a run that lives outside the executor's process group (a cluster's job)
     sdks: frozenset[str]  # the SDKs whose pipelines it runs
     # What the engine needs from a host's EngineSettings, as JSON for the executor (None: the host does not have
@@ -97,14 +99,18 @@ def _flink_control(config: dict) -> StreamingControl:
     return FlinkControl(FlinkConfig(**config))
 
 
-def _prism_config(settings: EngineSettings) -> str | None:
-    return str(settings.prism) if settings.prism else None
+def _prism_config(settings: EngineSettings) -> dict | None:
+    if not settings.prism:
+        return None
+    from beamport.engine.java_boot import harness_jars
+
+    return {"binary": str(settings.prism), "java_harness_jars": harness_jars()}
 
 
-def _build_prism(config: str, work: dict, sdk_workers: int) -> Engine:
+def _build_prism(config: dict, work: dict, sdk_workers: int) -> Engine:
     from beamport.engine.prism import PrismEngine
 
-    return PrismEngine(Path(config))
+    return PrismEngine(Path(config["binary"]), java_harness_jars=config.get("java_harness_jars"))
 
 
 EMBEDDED = EngineSpec(
@@ -113,7 +119,7 @@ EMBEDDED = EngineSpec(
     batch=True,
     streaming=False,  # FnApiRunner runs until its input is exhausted: a streaming job's bounded input only
     keeps_state=False,
-    drains=False,
+    drains=frozenset(),
     stops_outside=False,
     sdks=frozenset({PYTHON, JAVA}),
     host_config=None,
@@ -128,7 +134,7 @@ FLINK = EngineSpec(
     batch=True,
     streaming=True,
     keeps_state=True,  # savepoints
-    drains=True,
+    drains=frozenset({PYTHON}),
     stops_outside=True,  # the job runs on the cluster
     sdks=frozenset({PYTHON}),
     native_reshuffle=True,
@@ -146,11 +152,14 @@ PRISM = EngineSpec(
     batch=True,
     streaming=True,
     keeps_state=False,  # Prism keeps no savepoints
-    drains=True,
+    # A drain stops Beamport's own sources (Python's, and those staging gives Go's Pub/Sub I/O); Prism itself has
+    # no drain, so a Java pipeline's sources (Java's own) would read on.
+    drains=frozenset({PYTHON, GO}),
     stops_outside=False,  # Prism runs in the executor's process group; stop cancels the invocation all the same
-    # Go: Prism starts the job's worker binary in a process environment (engine/go_boot.py), as Beam's Go
-    # container does; FnApiRunner and Flink's job server have no process environments of other SDKs here.
-    sdks=frozenset({PYTHON, GO}),
+    # Go and Java: Prism starts the job's worker binary, or a Java SDK harness over its staged jars, in a process
+    # environment (engine/go_boot.py, engine/java_boot.py), as Beam's containers do; Flink's job server here has
+    # no process environments of other SDKs.
+    sdks=frozenset({PYTHON, GO, JAVA}),
     host_config=_prism_config,
     missing_on_server="no Prism binary: build it with scripts/prism-build, or name one with `beamport serve --prism "
     "PATH` (see docs/engines.md)",

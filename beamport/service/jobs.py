@@ -47,7 +47,7 @@ from beamport.service.model import JobPb
 from beamport.service.notify import WorkNotifier
 from beamport.service.paging import decode_token, page_response, page_size
 from beamport.service.quotas import JobQuotas, check_job, check_job_name, check_labels
-from beamport.service.sdk_version import fill_sdk_version
+from beamport.service.sdk_version import fill_sdk_version, sdk_language
 from beamport.sidecar import BeamSidecar
 from beamport.store.base import Store, Write
 from beamport.store.errors import ActiveNameTaken, VersionConflict
@@ -792,6 +792,8 @@ class JobService:
                 f"Job {job_id} is a batch job, and batch jobs cannot be {action.done}; "
                 "cancel it instead (requestedState JOB_STATE_CANCELLED)."
             )
+        if action is job_states.DRAIN and work_held:  # (work no worker holds has nothing to drain: it ends now)
+            self._check_drains(doc)
         if state == action.underway:  # asked again: nothing more to do
             doc["requestedState"] = action.requested_state
             return []
@@ -805,6 +807,19 @@ class JobService:
         move_to_state(doc, target, now, Actor.CLIENT)
         what = action.name.capitalize()
         return [job_message(job_id, now, "JOB_MESSAGE_BASIC", f"{what} request is committed for job {job_id}.")]
+
+    def _check_drains(self, doc: dict) -> None:
+        """A drain only where the job's engine drains its SDK's pipelines: one that cannot would leave it
+        DRAINING, reading on, until it is cancelled."""
+        spec = engines.spec_of(doc, self.streaming_engine)
+        sdk = sdk_language(doc) or registry.PYTHON
+        if spec is not None and sdk not in spec.drains:
+            raise failed_precondition(
+                f"Job {doc['id']} is a Beam {registry.SDK_TITLES.get(sdk, sdk)} pipeline on the {spec.title} engine, "
+                f"which cannot drain it (its sources would read on): cancel it instead (requestedState "
+                f"JOB_STATE_CANCELLED). Beamport drains pipelines of "
+                f"{', '.join(sorted(registry.SDK_TITLES[s] for s in spec.drains)) or 'no SDK'} on {spec.title}."
+            )
 
     def _apply_mask(self, doc: dict, mask: list[str], changes: dict) -> list[MessageRecord]:
         for path in mask:
