@@ -337,32 +337,39 @@ def test_a_streaming_java_pipeline_runs_on_prism_until_cancelled(java_on_prism, 
     is refused (Prism has none, and Java's sources know no other), and a cancel leaves no JVM."""
     java = java_on_prism
     out = java.base / f"impulses-{path}" / "imp"
+    others = {jvm.pid for jvm in harness_jvms(java.server)}  # (another test's job, if it was left running)
     done, job_id = java.dataflow("StreamingImpulses", out, path, given_input=False)
     assert "SUBMITTED" in done.stdout, done.stdout
     api = Api(java.server.url, PROJECT)
-    job = wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=300)
-    assert job["type"] == "JOB_TYPE_STREAMING"
+    try:
+        job = wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=300)
+        assert job["type"] == "JOB_TYPE_STREAMING"
 
-    windows = wait_for("three windows' files", lambda: len(w := window_files(out)) >= 3 and w, START_S, (api, job_id))
-    for (start, end), impulses in windows.items():
-        assert end - start == 2000
-        assert impulses == list(range(start, end, 100)), (start, impulses)  # an impulse every 100 ms, each once
+        windows = wait_for(
+            "three windows' files", lambda: len(w := window_files(out)) >= 3 and w, START_S, (api, job_id)
+        )
+        for (start, end), impulses in windows.items():
+            assert end - start == 2000
+            assert impulses == list(range(start, end, 100)), (start, impulses)  # an impulse every 100 ms, each once
 
-    def counted() -> int:
-        metrics = api.client.get(f"{api.jobs_path}/{job_id}/metrics").json().get("metrics", [])
-        counts = [m["scalar"] for m in metrics if m["name"]["name"] == "impulses" and m["name"].get("origin") == "user"]
-        return max(counts, default=0)
+        def counted() -> int:
+            metrics = api.client.get(f"{api.jobs_path}/{job_id}/metrics").json().get("metrics", [])
+            counts = [
+                m["scalar"] for m in metrics if m["name"]["name"] == "impulses" and m["name"].get("origin") == "user"
+            ]
+            return max(counts, default=0)
 
-    wait_for("the impulses counted in getMetrics", lambda: counted() >= 20 * len(windows), 60, (api, job_id))
-    text = "\n".join(messages(api, job_id))
-    assert "Finalizing 1 file results" in text, text[-3000:]  # TextIO's WriteFiles logging in the Java harness
+        wait_for("the impulses counted in getMetrics", lambda: counted() >= 20 * len(windows), 60, (api, job_id))
+        text = "\n".join(messages(api, job_id))
+        assert "Opening writer" in text, text[-3000:]  # TextIO's WriteFiles logging, in the Java harness
 
-    refused = api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"})
-    assert refused.status_code == 400 and "cancel it instead" in refused.json()["error"]["message"], refused.text
-    assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
-    jvms = harness_jvms(java.server)
-    assert jvms, "the job's Java SDK harness runs"
-    assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+        refused = api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"})
+        assert refused.status_code == 400 and "cancel it instead" in refused.json()["error"]["message"], refused.text
+        assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
+        jvms = [jvm for jvm in harness_jvms(java.server) if jvm.pid not in others]
+        assert jvms, "the job's Java SDK harness runs"
+    finally:
+        assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
     wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
     gone, alive = psutil.wait_procs(jvms, timeout=60)
     assert not alive, alive

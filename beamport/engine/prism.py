@@ -129,14 +129,16 @@ class PrismEngine(Engine):
             options = java_options(job)
         else:
             options = dict(job.options)
+            options.update(job_name=job.job_id, runner="PortableRunner")
+        if not job.java_environments or _has_python(pipeline):
+            # For its Python SDK workers (a Java or Go job's too: its Pub/Sub I/O, engine/staging.py).
             options.update(
-                job_name=job.job_id,
-                runner="PortableRunner",
                 streaming=job.job_type == JOB_TYPE_STREAMING,
                 beamport_drain_file=str(drain_file),
                 beamport_logging_endpoint=logs,  # the SDK workers' logs: to observer.log (sdk_boot)
             )
-            plugins = [FINALIZATION_PLUGIN, *([SHORT_IDS_PLUGIN] if job.go_environments else [])]
+            other_sdk = job.go_environments or job.java_environments
+            plugins = [FINALIZATION_PLUGIN, *([SHORT_IDS_PLUGIN] if other_sdk else [])]
             options["beam_plugins"] = [*(options.get("beam_plugins") or []), *plugins]
         self._invocation = invocation = service.submit(job.job_id, pipeline, options)
         observer.stage_state("Prism", STAGE_RUNNING, int(time.time() * 1e6))
@@ -208,6 +210,13 @@ def java_process_environments(pipeline, job: StagedJob, workdir: Path, harness_j
         env.payload = beam_runner_api_pb2.ProcessPayload(command=str(boot)).SerializeToString()
         del env.dependencies[:]
     return pipeline
+
+
+def _has_python(pipeline) -> bool:
+    """Whether an environment of the pipeline runs Python SDK workers (from the pool: external_environments)."""
+    from apache_beam.portability import common_urns
+
+    return any(env.urn == common_urns.environments.EXTERNAL.urn for env in pipeline.components.environments.values())
 
 
 def java_options(job: StagedJob) -> dict:

@@ -45,8 +45,8 @@ def replace_pubsub_transforms(
         if native.spec.urn == READ:
             read = beam_runner_api_pb2.PubSubReadPayload.FromString(native.spec.payload)
             replacement: beam.PTransform = ReadPubSub(
-                topic=read.topic,
-                subscription=read.subscription,
+                topic=resource_name(read.topic, "topics"),
+                subscription=resource_name(read.subscription, "subscriptions"),
                 timestamp_attribute=read.timestamp_attribute,
                 id_attribute=read.id_attribute,
                 with_attributes=read.with_attributes,
@@ -55,13 +55,22 @@ def replace_pubsub_transforms(
         else:
             write = beam_runner_api_pb2.PubSubWritePayload.FromString(native.spec.payload)
             replacement = WritePubSub(
-                topic=write.topic,
+                topic=resource_name(write.topic, "topics"),
                 timestamp_attribute=write.timestamp_attribute,
                 id_attribute=write.id_attribute,
                 emulator_host=emulator_host,
             )
         _splice(pipeline, transform_id, replacement, python_environment, f"beamport_pubsub{number}")
     return len(natives)
+
+
+def resource_name(name: str, kind: str) -> str:
+    """A topic's or subscription's name as Pub/Sub's API has it (`projects/P/topics/T`): Beam Java's runner writes
+    its native transforms' names in PubsubIO's older form, `/topics/P/T` (`/subscriptions/P/S`)."""
+    parts = name.split("/")
+    if len(parts) == 4 and parts[0] == "" and parts[1] == kind:
+        return f"projects/{parts[2]}/{kind}/{parts[3]}"
+    return name
 
 
 def _splice(
@@ -94,6 +103,19 @@ def _splice(
     if native_output is not None:
         (built_output,) = root.outputs.values()
         renamed[built_output] = native_output
+
+    def drop(tid: str) -> None:
+        """A part of the native transform's own expansion (Beam Java's runner v2 keeps one under it), and the
+        PCollections only it made: left in place, they would produce the output a second time."""
+        transform = pipeline.components.transforms.pop(tid)
+        for sub in transform.subtransforms:
+            drop(sub)
+        for pcoll in transform.outputs.values():
+            if pcoll != native_output:
+                pipeline.components.pcollections.pop(pcoll, None)
+
+    for sub in native.subtransforms:
+        drop(sub)
 
     def copy(tid: str) -> None:
         transform = beam_runner_api_pb2.PTransform()

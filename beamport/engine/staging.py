@@ -14,9 +14,10 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
   runs itself): replaced by Python transforms (engine/pubsub_staging.py, beamport/io/pubsub.py) that reach
   the server's PUBSUB_EMULATOR_HOST, or Google's Pub/Sub; a read is refused on engines that do not run
   unbounded sources (the embedded one), where it would end having read nothing. They run in the job's Python
-  environment; a Go pipeline (Beam Go's pubsubio stages the same URNs and payloads) has none, so staging adds
-  one of Beamport's own for them, as rewritten Python environments are (Prism starts its SDK workers through
-  engine/sdk_boot.py, with the emulator endpoints). At that boundary the engine carries standard coders both
+  environment; a Go pipeline (Beam Go's pubsubio stages the same URNs and payloads) or a streaming Java one
+  (Beam Java's runner stages PubsubIO as them) has none, so staging adds one of Beamport's own for them, as
+  rewritten Python environments are (Prism starts its SDK workers through engine/sdk_boot.py, with the
+  emulator endpoints). At that boundary the engine carries standard coders both
   SDKs know: pubsubio's read emits bytes (message data, or a serialized PubsubMessage with attributes) and its
   write takes a serialized PubsubMessage as bytes, as Beam Python's do.
 - Windowed values carried as element values with a window coder only an SDK knows (Beam Python's Reshuffle on
@@ -151,7 +152,7 @@ def stage_job(
     if go:
         _check_engine_runs(engine, registry.GO)
     rewritten = rewrite_python_environments(pipeline, warnings, keep=set(java) | set(go))
-    rewritten += _replace_pubsub(pipeline, rewritten, engine, add_python=bool(go))
+    rewritten += _replace_pubsub(pipeline, rewritten, engine, add_python=bool(go or java))
     make_windowed_values_opaque(pipeline)
     if engine.native_reshuffle:
         reshuffle_natively(pipeline)
@@ -375,7 +376,8 @@ def _replace_pubsub(
         raise ApiError(
             "FAILED_PRECONDITION",
             f"The pipeline reads or writes Pub/Sub ({', '.join(sorted(t.unique_name for t in natives))}) "
-            "outside a Python or Go pipeline: Beamport runs Pub/Sub I/O for Beam Python and Go pipelines only.",
+            "outside a Python, Java or Go pipeline: Beamport runs Pub/Sub I/O for Beam Python, Java and Go "
+            "pipelines only.",
         )
     replace_pubsub_transforms(pipeline, python)
     return added
