@@ -176,19 +176,10 @@ class PrismEngine(Engine):
 def go_process_environments(pipeline, job: StagedJob, workdir: Path):
     """The pipeline with its Go environments as process environments that start each one's worker binary
     (beamport.engine.go_boot); the binary is local, so the environment names no artifacts for Prism to stage."""
-    from apache_beam.portability import common_urns
-    from apache_beam.portability.api import beam_runner_api_pb2
-
     for number, (env_id, binary) in enumerate(sorted(job.go_environments.items())):
-        boot = workdir / f"go-boot-{number}"
         command = [sys.executable, "-m", "beamport.engine.go_boot", f"--worker_binary={binary}"]
         command.append(f"--semi_persist_dir={workdir}")
-        boot.write_text(f'#!/bin/sh\nexec {shlex.join(command)} "$@"\n')
-        boot.chmod(0o755)
-        env = pipeline.components.environments[env_id]
-        env.urn = common_urns.environments.PROCESS.urn
-        env.payload = beam_runner_api_pb2.ProcessPayload(command=str(boot)).SerializeToString()
-        del env.dependencies[:]
+        _process_environment(pipeline, env_id, workdir / f"go-boot-{number}", shlex.join(command))
     return pipeline
 
 
@@ -196,20 +187,26 @@ def java_process_environments(pipeline, job: StagedJob, workdir: Path, harness_j
     """The pipeline with its Java environments as process environments that start a Java SDK harness over each
     one's staged jars (beamport.engine.java_boot); the jars are local (staging resolved them through the file
     policy), so the environment names no artifacts for Prism to stage."""
-    from apache_beam.portability import common_urns
-    from apache_beam.portability.api import beam_runner_api_pb2
-
     for number, (env_id, class_path) in enumerate(sorted(job.java_environments.items())):
         harness_dir = workdir / f"java-{number}"
         harness_dir.mkdir()
-        boot = workdir / f"java-boot-{number}"
-        boot.write_text(f'#!/bin/sh\nexec {harness_command(class_path, harness_jars, harness_dir)} "$@"\n')
-        boot.chmod(0o755)
-        env = pipeline.components.environments[env_id]
-        env.urn = common_urns.environments.PROCESS.urn
-        env.payload = beam_runner_api_pb2.ProcessPayload(command=str(boot)).SerializeToString()
-        del env.dependencies[:]
+        command = harness_command(class_path, harness_jars, harness_dir)
+        _process_environment(pipeline, env_id, workdir / f"java-boot-{number}", command)
     return pipeline
+
+
+def _process_environment(pipeline, env_id: str, boot: Path, command: str) -> None:
+    """Make the environment a process environment whose command is `boot`, a script that runs `command` (a shell
+    command line) with Prism's flags; it names no artifacts (what it runs is local already)."""
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    boot.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+    boot.chmod(0o755)
+    env = pipeline.components.environments[env_id]
+    env.urn = common_urns.environments.PROCESS.urn
+    env.payload = beam_runner_api_pb2.ProcessPayload(command=str(boot)).SerializeToString()
+    del env.dependencies[:]
 
 
 def _has_python(pipeline) -> bool:
