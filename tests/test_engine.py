@@ -708,8 +708,9 @@ def test_staging_gives_a_java_environment_its_staged_jars_through_the_file_polic
     )
     assert stage_job(job, FilePolicy([allowed]))[0].java_environments
     with pytest.raises(ApiError) as refused:
-        stage_job(job, FilePolicy([allowed]), engine=registry.PRISM)
+        stage_job(job, FilePolicy([allowed]), engine=registry.FLINK)
     assert refused.value.status == "FAILED_PRECONDITION" and "Java" in refused.value.message
+    assert "Prism" in refused.value.message  # the engines that run it
 
 
 def test_staging_needs_a_pipeline(tmp_path):

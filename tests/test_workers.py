@@ -256,18 +256,28 @@ def test_sigterm_sends_a_shutdown_notice_and_the_work_moves_at_once(patient, pro
     assert notices and notices[0]["reason"] == "PREEMPTION"
     assert any("Worker leaving is shutting down (PREEMPTION)" in t for t in texts(api, job_id))
 
-    # debug.getWorkerStacktraces, through Google's discovery client: the live executor's thread stacks.
-    stacks = (
-        discovery_client(remote.url)
-        .projects()
-        .locations()
-        .jobs()
-        .debug()
-        .getWorkerStacktraces(projectId=project, location="us-central1", jobId=job_id, body={"workerId": "staying"})
-        .execute()
-    )
-    threads = {s["threadName"]: s["stackContent"] for s in stacks["sdks"][0]["stacks"]}
-    assert "engine" in threads and "executor.py" in threads["engine"]
+    # debug.getWorkerStacktraces, through Google's discovery client: the live executor's thread stacks. A stack is
+    # sampled while its thread runs: one caught inside a generator (Beam's text reader) can lack its outer frames
+    # (CPython 3.11), so the engine thread's is sampled again until the executor's own frame shows.
+    def engine_stack() -> str:
+        stacks = (
+            discovery_client(remote.url)
+            .projects()
+            .locations()
+            .jobs()
+            .debug()
+            .getWorkerStacktraces(projectId=project, location="us-central1", jobId=job_id, body={"workerId": "staying"})
+            .execute()
+        )
+        threads = {s["threadName"]: s["stackContent"] for s in stacks["sdks"][0]["stacks"]}
+        assert "engine" in threads, threads
+        return threads["engine"]
+
+    samples = [engine_stack()]
+    while "executor.py" not in samples[-1] and len(samples) < 10:
+        time.sleep(0.2)
+        samples.append(engine_stack())
+    assert "executor.py" in samples[-1], samples
 
     # The CLI's view of the registry: the staying worker running and healthy (listed again while a report that
     # a loaded machine delayed has it UNHEALTHY for a moment).
