@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import Api, Server, beamport_command, discovery_client, gapic_clients
+from google.api_core.exceptions import ServerError
 from test_running_jobs import dataflow_flags, job_story, run, wait_state
 
 from beamport.engine import sdk_boot
@@ -142,7 +143,9 @@ def wait_for(what, predicate, timeout: float = START_S, job: tuple[Api, str] | N
     while time.monotonic() < deadline:
         try:
             value = predicate()
-        except OSError as exc:  # Flink's REST API, slow to answer on a busy machine: asked again
+        # Flink's REST API slow to answer, or an emulator answering 5xx, on a busy machine: asked again (a lasting
+        # error is the timeout's "last error").
+        except (OSError, ServerError) as exc:
             failure, value = exc, None
         if value:
             return value
