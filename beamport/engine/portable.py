@@ -158,11 +158,20 @@ class JobService:
             pass  # the stream ends at its timeout: what came is what there is
         return found[-limit:]
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, name: str | None = None) -> None:
+        """Cancel the invocation; with `name`, only if the invocation of that id here bears that name (a job
+        service that numbers its invocations, as Prism's "job-001", may not be the one this job was run on:
+        another can have taken its port since)."""
         import grpc
         from apache_beam.portability.api import beam_job_api_pb2
 
         try:
+            if name is not None:
+                jobs = self.stub.GetJobs(beam_job_api_pb2.GetJobsRequest(), timeout=10).job_info
+                if not any(info.job_id == job_id and info.job_name == name for info in jobs):
+                    log.warning("%s at %s runs no invocation %s of job %s: nothing cancelled", self.what,
+                                self.address, job_id, name)  # fmt: skip
+                    return
             self.stub.Cancel(beam_job_api_pb2.CancelJobRequest(job_id=job_id), timeout=10)
         except grpc.RpcError as exc:
             raise EngineError(f"{self.what} could not cancel the job: {exc.details() or exc}") from None

@@ -73,17 +73,20 @@ class PrismEngine(Engine):
         self._drain = threading.Event()
         self._service: JobService | None = None
         self._invocation: str | None = None
+        self._job_id: str | None = None  # the name Prism knows the invocation by
+        self._prism_alive = threading.Lock()  # held by stop() while it cancels, taken by run() before it kills Prism
 
     def request_drain(self) -> bool:
         self._drain.set()
         return True
 
     def stop(self) -> None:
-        if self._service is not None and self._invocation is not None:
-            try:
-                self._service.cancel(self._invocation)
-            except EngineError as exc:
-                log.warning("%s", exc)
+        with self._prism_alive:  # never after this run's Prism is gone: another may have its port by then
+            if self._service is not None and self._invocation is not None and self._job_id is not None:
+                try:
+                    self._service.cancel(self._invocation, name=self._job_id)  # every Prism has a "job-001"
+                except EngineError as exc:
+                    log.warning("%s", exc)
 
     def run(self, job: StagedJob, observer: RunObserver) -> RunResult:
         with tempfile.TemporaryDirectory(prefix="beamport-prism-") as scratch:
@@ -116,7 +119,9 @@ class PrismEngine(Engine):
             except (EngineError, JavaUnavailable) as exc:
                 return RunResult(FAILED, str(exc))
             finally:
-                prism.kill()
+                with self._prism_alive:
+                    self._service = None
+                    prism.kill()
                 prism.wait()
                 forwarder.join(5)
                 pool.stop(0)
@@ -125,15 +130,15 @@ class PrismEngine(Engine):
         self, job: StagedJob, observer: RunObserver, address: str, pipeline, drain_file: Path, logs: str
     ) -> RunResult:
         self._service = service = JobService(address, "Prism", connect_timeout=START_TIMEOUT_S)
+        self._job_id = job.job_id
         if job.java_environments:
             options = java_options(job)
         else:
-            options = dict(job.options)
-            options.update(job_name=job.job_id, runner="PortableRunner")
-        if not job.java_environments or _has_python(pipeline):
+            options = {**job.options, "job_name": job.job_id, "runner": "PortableRunner"}
+        options["streaming"] = job.job_type == JOB_TYPE_STREAMING
+        if _has_python(pipeline):
             # For its Python SDK workers (a Java or Go job's too: its Pub/Sub I/O, engine/staging.py).
             options.update(
-                streaming=job.job_type == JOB_TYPE_STREAMING,
                 beamport_drain_file=str(drain_file),
                 beamport_logging_endpoint=logs,  # the SDK workers' logs: to observer.log (sdk_boot)
             )
@@ -220,7 +225,7 @@ def java_options(job: StagedJob) -> dict:
     """A Java job's options as Prism hands them to the harness: the options Beam Java's runner wrote, under the
     portable names Beam Java reads back (`beam:option:job_name:v1` is Java's jobName), the job's id as its name."""
     options = {_snake_case(name): value for name, value in job.options.items() if value is not None}
-    options.update(job_name=job.job_id, streaming=job.job_type == JOB_TYPE_STREAMING)
+    options["job_name"] = job.job_id
     return options
 
 
