@@ -110,7 +110,7 @@ def jvm_arguments(class_path_file: Path) -> list[str]:
 def main(argv: list[str]) -> None:
     spec = json.loads(Path(argv[0]).read_text())
     workdir = Path(spec["semi_persistent_dir"])
-    parent = None  # what the JVM dies with: this program (FnApiRunner's subprocess), or Prism
+    parent = 0  # what this program dies with: nothing to check (FnApiRunner's subprocess), or Prism
     if any(arg.startswith("--provision_endpoint") for arg in argv[1:]):
         parent = os.getppid()
         provisioned_environment(argv[1:])
@@ -126,7 +126,7 @@ def main(argv: list[str]) -> None:
         PIPELINE_OPTIONS_FILE=str(options_file),
         SEMI_PERSISTENT_DIRECTORY=str(workdir),
     )
-    die_with_parent(parent or 0)
+    die_with_parent(parent)
     argv = [spec["java"], *jvm_arguments(class_path_file), HARNESS_MAIN]
     # The harness's own output, with the executor's (stderr), its last lines kept for a failure's message.
     jvm = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)

@@ -815,7 +815,7 @@ class JobService:
         sdk = sdk_language(doc) or registry.PYTHON
         if spec is not None and sdk not in spec.drains:
             raise failed_precondition(
-                f"Job {doc['id']} is a Beam {registry.SDK_TITLES.get(sdk, sdk)} pipeline on the {spec.title} engine, "
+                f"Job {doc['id']} is a Beam {registry.SDK_TITLES[sdk]} pipeline on the {spec.title} engine, "
                 f"which cannot drain it (its sources would read on): cancel it instead (requestedState "
                 f"JOB_STATE_CANCELLED). Beamport drains pipelines of "
                 f"{', '.join(sorted(registry.SDK_TITLES[s] for s in spec.drains)) or 'no SDK'} on {spec.title}."
