@@ -239,7 +239,7 @@ class Settings(EngineSettings):
         )
         if self.prism:
             streaming = "streaming jobs that name it" if self.flink else "streaming jobs"
-            prism = f"prism: {self.prism} ({streaming}; Beam Go jobs)"
+            prism = f"prism: {self.prism} ({streaming}; Beam Go jobs; streaming Beam Java jobs)"
         elif self.prism_off:
             prism = "prism: off (--prism none)"
         else:
