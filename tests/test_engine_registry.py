@@ -36,14 +36,15 @@ def test_each_engine_declares_what_it_can_do():
     python = frozenset({registry.PYTHON})
     assert table == {
         "embedded": (True, False, False, frozenset(), False, python | {registry.JAVA}),
-        "flink": (True, True, True, python, True, python),
+        # Flink runs Java in a harness its SDK worker pool starts, and cannot drain it either.
+        "flink": (True, True, True, python, True, python | {registry.JAVA}),
         # Prism runs Java, and cannot drain it: Java's sources know no Beamport drain signal.
         "prism": (True, True, False, python | {registry.GO}, False, python | {registry.GO, registry.JAVA}),
     }
     assert registry.names() == ["embedded", "flink", "prism"]
     assert registry.BATCH_DEFAULT is registry.get("embedded")
     assert registry.keeping_state() == [registry.get("flink")]
-    assert registry.titles(registry.ENGINES) == "embedded or Flink or Prism"
+    assert registry.titles(registry.ENGINES) == "embedded, Flink or Prism"
 
 
 def test_unknown_names_are_refused_clearly():
@@ -108,8 +109,8 @@ def test_a_hosts_settings_give_it_its_engines(tmp_path, monkeypatch):
 
 def test_a_job_goes_where_its_sdk_runs():
     """A job that names no engine runs on the default for its type, unless that does not run its SDK (its user
-    agent's): a Beam Go job on Prism, batch or streaming, a streaming Java job on Prism, and a server without Prism
-    refuses them at create."""
+    agent's): a Beam Go job on Prism, batch or streaming, and a server without Prism refuses it at create; Java runs
+    on the defaults (the embedded engine, the streaming engine: Flink or Prism)."""
 
     def job(sdk: str, job_type: str = "JOB_TYPE_BATCH") -> dict:
         return {
@@ -120,13 +121,13 @@ def test_a_job_goes_where_its_sdk_runs():
     assert engines.engine_of(job("Go"), "flink") == "prism"
     assert engines.engine_of(job("Go", "JOB_TYPE_STREAMING"), "flink") == "prism"
     assert engines.engine_of(job("Go", "JOB_TYPE_STREAMING"), None) == "prism"
-    # Python and batch Java: the defaults run them (or, for streaming without an engine, it waits).
+    # Python and Java: the defaults run them (or, for streaming without an engine, it waits).
     assert engines.engine_of(job("Python"), "flink") == "embedded"
     assert engines.engine_of(job("Java"), None) == "embedded"
     assert engines.engine_of(job("Python", "JOB_TYPE_STREAMING"), None) is None
-    # Streaming Java: Prism, the streaming engine that runs Java.
-    assert engines.engine_of(job("Java", "JOB_TYPE_STREAMING"), "flink") == "prism"
-    assert engines.engine_of(job("Java", "JOB_TYPE_STREAMING"), None) == "prism"
+    assert engines.engine_of(job("Java", "JOB_TYPE_STREAMING"), "flink") == "flink"
+    assert engines.engine_of(job("Java", "JOB_TYPE_STREAMING"), "prism") == "prism"
+    assert engines.engine_of(job("Java", "JOB_TYPE_STREAMING"), None) is None
     labelled = {**job("Go"), "labels": {engines.ENGINE_LABEL: "embedded"}}
     assert engines.engine_of(labelled, "flink") == "embedded"  # its label wins (staging refuses it, naming Prism)
 
@@ -137,9 +138,7 @@ def test_a_job_goes_where_its_sdk_runs():
     assert refused.value.status == "FAILED_PRECONDITION"
     assert "Beam Go pipeline" in refused.value.message and "Prism" in refused.value.message
     assert "scripts/prism-build" in refused.value.message
-    with pytest.raises(ApiError) as refused:
-        engines.check_engine(job("Java", "JOB_TYPE_STREAMING"), {"embedded", "flink"})
-    assert "Beam Java pipeline" in refused.value.message and "Prism" in refused.value.message
+    engines.check_engine(job("Java", "JOB_TYPE_STREAMING"), {"embedded", "flink"})
 
 
 def test_the_executor_builds_each_engine_and_its_answers_match_its_declaration(tmp_path):

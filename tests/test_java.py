@@ -21,7 +21,7 @@ import psutil
 import pytest
 from conftest import Api, Server, discovery_client, required_path
 from test_running_jobs import wait_state
-from test_streaming import START_S, wait_for
+from test_streaming import START_S, flink_state, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("java")]
 
@@ -360,12 +360,7 @@ def test_a_streaming_java_pipeline_runs_on_prism_until_cancelled(java_on_prism, 
             return max(counts, default=0)
 
         wait_for("the impulses counted in getMetrics", lambda: counted() >= 20 * len(windows), 60, (api, job_id))
-        text = "\n".join(messages(api, job_id))
-        assert "Opening writer" in text, text[-3000:]  # TextIO's WriteFiles logging, in the Java harness
-
-        refused = api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"})
-        assert refused.status_code == 400 and "cancel it instead" in refused.json()["error"]["message"], refused.text
-        assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
+        logged_and_undrainable(api, job_id)
         jvms = [jvm for jvm in harness_jvms(java.server) if jvm.pid not in others]
         assert jvms, "the job's Java SDK harness runs"
     finally:
@@ -373,6 +368,16 @@ def test_a_streaming_java_pipeline_runs_on_prism_until_cancelled(java_on_prism, 
     wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
     gone, alive = psutil.wait_procs(jvms, timeout=60)
     assert not alive, alive
+
+
+def logged_and_undrainable(api: Api, job_id: str) -> None:
+    """The running StreamingImpulses job's harness logs are in its messages, and a drain is refused (Java's sources
+    know no drain signal): the job runs on."""
+    text = "\n".join(messages(api, job_id))
+    assert "Opening writer" in text, text[-3000:]  # TextIO's WriteFiles logging, in the Java harness
+    refused = api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"})
+    assert refused.status_code == 400 and "cancel it instead" in refused.json()["error"]["message"], refused.text
+    assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
 
 
 def _alive_in(process: psutil.Process, groups: set[int]) -> bool:
@@ -472,3 +477,84 @@ def test_the_launcher_started_by_prism_asks_the_provisioning_service_as_beams_ja
     assert 'LOGGING_API_SERVICE_DESCRIPTOR=url: "localhost:12"' in printed
     options_file = next(line.split("=", 1)[1] for line in printed if line.startswith("PIPELINE_OPTIONS_FILE="))
     assert json.loads(Path(options_file).read_text()) == {"beam:option:job_name:v1": "j"}
+
+
+@pytest.fixture(scope="module")
+def java_on_flink(tmp_path_factory) -> Java:
+    """A server with the Flink cluster (its streaming engine), whose SDK worker pool starts Java SDK harnesses."""
+    from test_streaming import flink_args, flink_endpoints
+
+    class_path = required_path("BEAMPORT_TEST_JAVA", "builds the Java pipelines (scripts/java-pipelines)")
+    flink = flink_endpoints()
+    base = tmp_path_factory.mktemp("java-flink")
+    srv = Server(base / "data", extra_args=("--allow-path", str(base), "--workers", "2", *flink_args(flink))).start()
+    java = Java(class_path.read_text().strip(), srv, base)
+    java.flink = flink  # type: ignore[attr-defined]
+    yield java
+    srv.stop()
+
+
+def pool_jvms(flink: dict) -> list[psutil.Process]:
+    """The Java SDK harnesses the Flink cluster's SDK worker pool runs."""
+    port = flink["BEAMPORT_FLINK_SDK_POOL"].rpartition(":")[2]
+    found = []
+    for process in psutil.process_iter():
+        try:
+            command = process.cmdline()
+            if "beamport.engine.worker_pool" in command and f"--service_port={port}" in command:
+                found += [p for p in process.children(recursive=True) if HARNESS in p.cmdline()]
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+HARNESS = "org.apache.beam.fn.harness.FnHarness"
+ON_FLINK = '--labels={"beamport_engine": "flink"}'
+
+
+@pytest.mark.xdist_group("flink")  # one Flink job at a time, as test_streaming
+@pytest.mark.parametrize("path", [V1, V2])
+def test_a_java_batch_pipeline_runs_on_flink_as_on_beams_direct_runner(java_on_flink, path):
+    """Features (a counter, a side input, a GroupByKey) on Flink, labelled so: the cluster's SDK worker pool starts a
+    Java SDK harness over the job's staged jars; the output and the counter are the DirectRunner's."""
+    java = java_on_flink
+    direct = java.direct("Features", java.base / f"direct-{path}" / "out")
+    out = java.base / f"flink-{path}" / "out"
+    done, job_id = java.dataflow("Features", out, path, ON_FLINK)
+    assert "FINAL_STATE DONE" in done.stdout, done.stdout + done.stderr[-5000:]
+    assert read_output(out) == read_output(java.base / f"direct-{path}" / "out") != []
+    words = len(TEXT.split())
+    assert re.search(rf"COUNTER words attempted={words}\b", direct.stdout)
+    assert re.search(rf"COUNTER words attempted={words}\b", done.stdout), done.stdout
+    api = Api(java.server.url, PROJECT)
+    job = api.get(job_id).json()
+    assert job["labels"]["beamport_engine"] == "flink" and job["currentState"] == "JOB_STATE_DONE"
+    assert flink_state(java.flink, job_id) == "FINISHED"  # type: ignore[attr-defined]
+
+
+@pytest.mark.xdist_group("flink")
+def test_a_streaming_java_pipeline_runs_on_flink_until_cancelled(java_on_flink):
+    """StreamingImpulses with --streaming on a server whose streaming engine is Flink: it runs there, each
+    window's file holds exactly that window's impulses, once, its harness's lines are in the job's messages; a drain
+    is refused (Java's sources know no drain signal), and a cancel ends the job and its JVM."""
+    java = java_on_flink
+    out = java.base / "impulses" / "imp"
+    others = {jvm.pid for jvm in pool_jvms(java.flink)}  # type: ignore[attr-defined]
+    done, job_id = java.dataflow("StreamingImpulses", out, V2, given_input=False)
+    assert "SUBMITTED" in done.stdout, done.stdout
+    api = Api(java.server.url, PROJECT)
+    try:
+        wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=300)
+        windows = wait_for(
+            "three windows' files", lambda: len(w := window_files(out)) >= 3 and w, START_S, (api, job_id)
+        )
+        for (start, end), impulses in windows.items():
+            assert impulses == list(range(start, end, 100)), (start, impulses)  # an impulse every 100 ms, each once
+        logged_and_undrainable(api, job_id)
+        jvms = [jvm for jvm in pool_jvms(java.flink) if jvm.pid not in others]  # type: ignore[attr-defined]
+        assert jvms, "the job's Java SDK harness runs in the cluster's SDK worker pool"
+    finally:
+        assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
+    gone, alive = psutil.wait_procs(jvms, timeout=120)
+    assert not alive, alive

@@ -147,7 +147,7 @@ def provisioned_environment(argv: list[str]) -> None:
     provisioning service (Beam's Java boot: sdks/java/container/boot.go)."""
     from google.protobuf import json_format
 
-    from beamport.engine.sdk_boot import boot_arguments, provision_info
+    from beamport.engine.sdk_boot import LOGGING_ENDPOINT_OPTION, boot_arguments, option, provision_info, reachable
 
     args = boot_arguments(argv)
     info = provision_info(args.provision_endpoint, args.id)
@@ -155,6 +155,9 @@ def provisioned_environment(argv: list[str]) -> None:
     logging = info.logging_endpoint.url or args.logging_endpoint
     if not control or not logging:
         sys.exit(f"java_boot: the runner provisioned no control or logging endpoint for worker {args.id}")
+    beamport_logs = option(json_format.MessageToDict(info.pipeline_options), LOGGING_ENDPOINT_OPTION)
+    if beamport_logs and reachable(beamport_logs):  # the engine's own, as sdk_boot's workers do: the job's messages
+        logging = relay_logs(beamport_logs)
     os.environ.update(
         WORKER_ID=args.id,
         CONTROL_API_SERVICE_DESCRIPTOR=f"url: {json.dumps(control)}",
@@ -165,6 +168,32 @@ def provisioned_environment(argv: list[str]) -> None:
         os.environ["STATUS_API_SERVICE_DESCRIPTOR"] = f"url: {json.dumps(info.status_endpoint.url)}"
     if info.runner_capabilities:
         os.environ["RUNNER_CAPABILITIES"] = " ".join(info.runner_capabilities)
+
+
+def relay_logs(target: str) -> str:
+    """A loopback Fn API logging service, for the life of this program, that passes the harness's log entries on to
+    `target`, the Beamport engine's logging service: that listens on a Unix socket (engine/capture.py), which Beam
+    Java's gRPC channels do not reach (they dial host:port). Its address."""
+    from concurrent import futures
+
+    import grpc
+    from apache_beam.portability.api import beam_fn_api_pb2_grpc
+
+    upstream = beam_fn_api_pb2_grpc.BeamFnLoggingStub(grpc.insecure_channel(target))
+
+    class Relay(beam_fn_api_pb2_grpc.BeamFnLoggingServicer):
+        def Logging(self, request_iterator, context):
+            return upstream.Logging(request_iterator)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="log-relay"))
+    beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(Relay(), server)
+    port = server.add_insecure_port("localhost:0")
+    server.start()
+    _RELAYS.append(server)
+    return f"localhost:{port}"
+
+
+_RELAYS: list = []  # the relays' servers, kept while this program runs
 
 
 def answer_in_its_place(status: int, output: list[str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from beamport.engine.base import EngineError, StagedJob
 
@@ -40,15 +41,59 @@ def external_environments(job: StagedJob, sdk_pool: str):
     return pipeline
 
 
+# The parameter of an external environment that tells Beamport's SDK worker pool (engine/worker_pool.py) which
+# SDK's worker to start: "java" (a Java SDK harness, engine/java_boot.py); absent, Python.
+SDK_PARAM = "beamport_sdk"
+JAVA_SDK = "java"
+
+
+def java_external_environments(pipeline, job: StagedJob, sdk_pool: str):
+    """The pipeline with its Java environments pointing at the SDK worker pool, which starts a Java SDK harness for
+    them (SDK_PARAM); their artifacts are the job's staged jars, in class path order (each named by its place, as
+    two jars may share a file name), which the job service hands to the harness's launcher (sdk_boot)."""
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2, endpoints_pb2
+
+    payload = beam_runner_api_pb2.ExternalPayload(
+        endpoint=endpoints_pb2.ApiServiceDescriptor(url=sdk_pool), params={SDK_PARAM: JAVA_SDK}
+    )
+    for env_id, class_path in job.java_environments.items():
+        env = pipeline.components.environments[env_id]
+        env.urn = common_urns.environments.EXTERNAL.urn
+        env.payload = payload.SerializeToString()
+        del env.dependencies[:]
+        named = [(path, f"{number:04d}-{os.path.basename(path)}") for number, path in enumerate(class_path)]
+        env.dependencies.extend(_file_artifacts(named))
+    return pipeline
+
+
+def java_options(job: StagedJob) -> dict:
+    """A Java job's options as a job service hands them to the harness: the options Beam Java's runner wrote, under
+    the portable names Beam Java reads back (`beam:option:job_name:v1` is Java's jobName), the job's id as its name."""
+    options = {_snake_case(name): value for name, value in job.options.items() if value is not None}
+    options["job_name"] = job.job_id
+    return options
+
+
+def _snake_case(name: str) -> str:
+    """jobName -> job_name: what Beam Java's PipelineOptionsTranslation turns back into the same name."""
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
 def staged_artifacts(job: StagedJob) -> list:
     """The job's staged wheels (StagedJob.python_path) and main session as file artifacts, each named as it
     is staged: what the embedded engine puts on sys.path and loads, for SDK workers elsewhere (sdk_boot)."""
-    from apache_beam.portability import common_urns
-    from apache_beam.portability.api import beam_runner_api_pb2
-
     files = [(path, os.path.basename(path)) for path in job.python_path]
     if job.main_session:
         files.append((str(job.main_session), MAIN_SESSION))
+    return _file_artifacts(files)
+
+
+def _file_artifacts(files: list[tuple[str, str]]) -> list:
+    """Local files as artifacts a job service stages: (path, the name it is staged under) each."""
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
     return [
         beam_runner_api_pb2.ArtifactInformation(
             type_urn=common_urns.artifact_types.FILE.urn,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shlex
 import subprocess
 import sys
@@ -48,7 +47,7 @@ from beamport.engine.base import (
 )
 from beamport.engine.capture import worker_log_service
 from beamport.engine.java_boot import JavaUnavailable, harness_command
-from beamport.engine.portable import JobService, external_environments, user_metrics
+from beamport.engine.portable import JobService, external_environments, java_options, user_metrics
 from beamport.processes import listening_addresses, loopback_only
 
 log = logging.getLogger(__name__)
@@ -219,19 +218,6 @@ def _has_python(pipeline) -> bool:
     from apache_beam.portability import common_urns
 
     return any(env.urn == common_urns.environments.EXTERNAL.urn for env in pipeline.components.environments.values())
-
-
-def java_options(job: StagedJob) -> dict:
-    """A Java job's options as Prism hands them to the harness: the options Beam Java's runner wrote, under the
-    portable names Beam Java reads back (`beam:option:job_name:v1` is Java's jobName), the job's id as its name."""
-    options = {_snake_case(name): value for name, value in job.options.items() if value is not None}
-    options["job_name"] = job.job_id
-    return options
-
-
-def _snake_case(name: str) -> str:
-    """jobName -> job_name: what Beam Java's PipelineOptionsTranslation turns back into the same name."""
-    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
 
 
 # The Go worker's log lines as job messages: Beam's Go SDK's own and the pipeline's alike, under one name (Prism

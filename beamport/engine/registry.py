@@ -136,7 +136,8 @@ FLINK = EngineSpec(
     keeps_state=True,  # savepoints
     drains=frozenset({PYTHON}),
     stops_outside=True,  # the job runs on the cluster
-    sdks=frozenset({PYTHON}),
+    # Java: the cluster's SDK worker pool starts a Java SDK harness over the job's staged jars (engine/sdk_boot.py).
+    sdks=frozenset({PYTHON, JAVA}),
     native_reshuffle=True,
     host_config=_flink_config,
     missing_on_server="no Flink cluster: start one with scripts/flink-cluster and give its endpoints to `beamport "
@@ -157,8 +158,7 @@ PRISM = EngineSpec(
     drains=frozenset({PYTHON, GO}),
     stops_outside=False,  # Prism runs in the executor's process group; stop cancels the invocation all the same
     # Go and Java: Prism starts the job's worker binary, or a Java SDK harness over its staged jars, in a process
-    # environment (engine/go_boot.py, engine/java_boot.py), as Beam's containers do; Flink's job server here has
-    # no process environments of other SDKs.
+    # environment (engine/go_boot.py, engine/java_boot.py), as Beam's containers do.
     sdks=frozenset({PYTHON, GO, JAVA}),
     host_config=_prism_config,
     missing_on_server="no Prism binary: build it with scripts/prism-build, or name one with `beamport serve --prism "
@@ -197,8 +197,9 @@ def find(name: str | None) -> EngineSpec | None:
 
 
 def titles(specs: Iterable[EngineSpec]) -> str:
-    """Engines for a message: "Flink", "Flink or Prism"."""
-    return " or ".join(spec.title for spec in specs)
+    """Engines for a message: "Flink", "Flink or Prism", "embedded, Flink or Prism"."""
+    names = [spec.title for spec in specs]
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def keeping_state() -> list[EngineSpec]:

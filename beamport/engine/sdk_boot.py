@@ -37,6 +37,7 @@ import shutil
 import sys
 from typing import IO
 
+from beamport.engine import portable
 from beamport.files import POLICY_VARIABLE
 
 # Set inside the sandbox this program runs itself in (the worker runs in this same process).
@@ -53,6 +54,10 @@ CASED_OPTIONS = "beamport_cased_options"
 FILE_POLICY_OPTION = "beamport_file_policy"
 # A spare's flag: its directory (beamport.engine.worker_pool), and the flags the pool assigns it then.
 SPARE_DIR = "spare_dir"
+# The pool's flag for a worker of another SDK ("java": a Java SDK harness, run_java_worker), and the flag this
+# program hands itself, into its sandbox, with Beamport's harness jars found outside it (java_boot.harness_jars).
+SDK_FLAG = "sdk"
+HARNESS_JARS_FLAG = "java_harness_jars"
 ASSIGNED = ("id", "logging_endpoint", "artifact_endpoint", "provision_endpoint", "control_endpoint")
 # What a worker imports before it runs: a spare imports them while it waits.
 WORKER_MODULES = (
@@ -92,7 +97,12 @@ def provision_info(endpoint: str, worker_id: str):
 
 
 def main(argv: list[str]) -> None:
-    args = boot_arguments(argv, SPARE_DIR)
+    args = boot_arguments(argv, SPARE_DIR, SDK_FLAG, HARNESS_JARS_FLAG)
+    java = args.sdk == portable.JAVA_SDK
+    if java and not os.environ.get(SANDBOXED):
+        from beamport.engine.java_boot import harness_jars
+
+        argv = [*argv, f"--{HARNESS_JARS_FLAG}={os.pathsep.join(harness_jars())}"]  # where this host keeps them
     if args.spare_dir:  # a spare of the pool (beamport.engine.worker_pool): its directory is made already
         semi_persistent = args.spare_dir
     else:
@@ -104,6 +114,9 @@ def main(argv: list[str]) -> None:
             itself = [sys.executable, "-m", "beamport.engine.sdk_boot", *argv]
             command = sandbox.command(itself, set_env={SANDBOXED: "1"})
             os.execvpe(command[0], command, os.environ)
+    if java:
+        run_java_worker(args, semi_persistent, argv)
+        return
     if args.spare_dir:
         for module in WORKER_MODULES:  # what makes most of a worker's start, done while it waits
             importlib.import_module(module)
@@ -138,19 +151,20 @@ def run_worker(args: argparse.Namespace, semi_persistent: str) -> None:
     def descriptor(provided, url: str) -> str:
         return text_format.MessageToString(provided if provided.url else endpoints_pb2.ApiServiceDescriptor(url=url))
 
-    wheels = fetch_artifacts(info, descriptor(info.artifact_endpoint, args.artifact_endpoint), semi_persistent)
+    fetched = fetch_artifacts(info, descriptor(info.artifact_endpoint, args.artifact_endpoint), semi_persistent)
+    wheels = [path for path in fetched if path.endswith(".whl")]
     logging_endpoint = descriptor(info.logging_endpoint, args.logging_endpoint)
     options = json_format.MessageToDict(info.pipeline_options)
-    cased = _option(options, CASED_OPTIONS)
+    cased = option(options, CASED_OPTIONS)
     if isinstance(cased, dict):  # back under their own names, beside the renamed copies
         info.pipeline_options.update({f"beam:option:{name}:v1": value for name, value in cased.items()})
-    beamport_logs = _option(options, LOGGING_ENDPOINT_OPTION)
-    if beamport_logs and _reachable(beamport_logs):
+    beamport_logs = option(options, LOGGING_ENDPOINT_OPTION)
+    if beamport_logs and reachable(beamport_logs):
         logging_endpoint = descriptor(endpoints_pb2.ApiServiceDescriptor(url=beamport_logs), "")
     env = {}
     # The Google service endpoints the job was staged with (the server's, which this pool may not have: Flink's).
-    env.update(endpoints.from_option(_option(options, endpoints.OPTION)))
-    policy = _option(options, FILE_POLICY_OPTION)
+    env.update(endpoints.from_option(option(options, endpoints.OPTION)))
+    policy = option(options, FILE_POLICY_OPTION)
     if isinstance(policy, str) and policy:
         env[POLICY_VARIABLE] = policy
     env.update(
@@ -169,9 +183,9 @@ def run_worker(args: argparse.Namespace, semi_persistent: str) -> None:
     os.environ.update(env)
     # Which job this worker's directory is for (its command line names the worker only).
     with open(os.path.join(semi_persistent, JOB_FILE), "w") as out:
-        out.write(str(_option(options, "job_name") or ""))
+        out.write(str(option(options, "job_name") or ""))
     os.dup2(2, 1)
-    keys_file = _option(options, metric_keys.OPTION)
+    keys_file = option(options, metric_keys.OPTION)
     if keys_file:  # a Flink job's: the worker notes its user metrics' keys (beamport.engine.metric_keys)
         metric_keys.record_to(keys_file)
     from apache_beam.runners.worker import sdk_worker_main
@@ -179,9 +193,37 @@ def run_worker(args: argparse.Namespace, semi_persistent: str) -> None:
     sdk_worker_main.main([])
 
 
+def run_java_worker(args: argparse.Namespace, semi_persistent: str, argv: list[str]) -> None:
+    """Become a Java SDK harness for the job (the pool's worker of a Java environment: portable.SDK_PARAM), as
+    Beam's Java boot does: the environment's artifacts (the job's staged jars, named in class path order:
+    portable.java_external_environments) fetched, then the harness started over them and Beamport's harness jars
+    by beamport.engine.java_boot, which asks the provisioning service for the rest."""
+    from apache_beam.portability.api import endpoints_pb2
+    from google.protobuf import text_format
+
+    from beamport.engine import java_boot
+
+    info = provision_info(args.provision_endpoint, args.id)
+    endpoint = (
+        info.artifact_endpoint
+        if info.artifact_endpoint.url
+        else endpoints_pb2.ApiServiceDescriptor(url=args.artifact_endpoint)
+    )
+    jars = sorted(fetch_artifacts(info, text_format.MessageToString(endpoint), semi_persistent))
+    harness = [path for path in args.java_harness_jars.split(os.pathsep) if path]
+    spec = os.path.join(semi_persistent, "java-harness.json")
+    with open(spec, "w") as out:
+        json.dump(
+            {"class_path": [*harness, *jars], "java": java_boot.find_java(), "semi_persistent_dir": semi_persistent},
+            out,
+        )
+    os.dup2(2, 1)
+    java_boot.main([spec, *argv])
+
+
 def fetch_artifacts(info, artifact_endpoint: str, semi_persistent: str) -> list[str]:
     """Fetch the environment's artifacts into SEMI_PERSISTENT_DIRECTORY/staged under their staged names, as
-    Beam's boot program does (the main session is loaded from there by sdk_worker_main); answer the wheels."""
+    Beam's boot program does (the main session is loaded from there by sdk_worker_main); answer their paths."""
     import grpc
     from apache_beam.portability import common_urns
     from apache_beam.portability.api import beam_artifact_api_pb2_grpc, beam_runner_api_pb2, endpoints_pb2
@@ -196,7 +238,7 @@ def fetch_artifacts(info, artifact_endpoint: str, semi_persistent: str) -> list[
         return []
     os.makedirs(staged, exist_ok=True)
     url = text_format.Parse(artifact_endpoint, endpoints_pb2.ApiServiceDescriptor()).url
-    wheels = []
+    fetched = []
     with grpc.insecure_channel(url) as channel:
         service = beam_artifact_api_pb2_grpc.ArtifactRetrievalServiceStub(channel)
         for artifact in artifact_service.resolve_artifacts(list(info.dependencies), service, staged):
@@ -208,12 +250,11 @@ def fetch_artifacts(info, artifact_endpoint: str, semi_persistent: str) -> list[
                 name = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(artifact.role_payload).staged_name
             name = os.path.basename(name)  # into `staged`, whatever name the job service hands over
             os.replace(path, os.path.join(staged, name))
-            if name.endswith(".whl"):
-                wheels.append(os.path.join(staged, name))
-    return wheels
+            fetched.append(os.path.join(staged, name))
+    return fetched
 
 
-def _option(options: dict, name: str):
+def option(options: dict, name: str):
     """A pipeline option as a job service provisions it: under its name, Beam's URN for it, or "options"."""
     for key in (name, f"beam:option:{name}:v1"):
         if key in options:
@@ -221,7 +262,7 @@ def _option(options: dict, name: str):
     return (options.get("options") or {}).get(name)
 
 
-def _reachable(address: str) -> bool:
+def reachable(address: str) -> bool:
     """Whether a gRPC service answers at `address` now: Beam's SDK worker waits a minute for its logging
     service, then fails, and the engine that named it may be gone (a Flink job another worker adopted)."""
     import grpc

@@ -14,6 +14,9 @@ a spare takes a StartWorker's place at once, and another is started REPLENISH_AF
 take the CPU the job's first bundles need then). A spare is beamport.engine.sdk_boot
 with `--spare_dir` (its own directory, as a worker's; the sandbox leaves it, and nothing else of the pool's,
 writable) and reads that worker's flags from its stdin (sdk_boot.read_assignment).
+
+A worker of a Java environment (its parameter `beamport_sdk=java`: portable.java_external_environments) is a Java
+SDK harness: the pool starts the same program with `--sdk=java` (sdk_boot.run_java_worker), never a spare.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import tempfile
 import threading
 import time
 
-from beamport.engine import sdk_boot
+from beamport.engine import portable, sdk_boot
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
                     self.spares.append(self._spare())
 
         def StartWorker(self, request, context):
+            if request.params.get(portable.SDK_PARAM) == portable.JAVA_SDK:
+                return self._start_java(request)
             with self._lock:
                 spare = None
                 while self.spares and spare is None:
@@ -109,6 +114,17 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
                 return super().StartWorker(request, context)
             log.info("worker %s: a spare (pid %s)", request.worker_id, spare.pid)
             self._worker_processes[request.worker_id] = spare
+            return beam_fn_api_pb2.StartWorkerResponse()
+
+        def _start_java(self, request):
+            """A Java SDK harness: the boot program in its Java mode (never a spare: those are Python workers)."""
+            endpoints = {name: getattr(request, name).url for name in sdk_boot.ASSIGNED if name != "id"}
+            flags = [f"--{name}={url}" for name, url in endpoints.items()]
+            command = [container_executable, f"--{sdk_boot.SDK_FLAG}={portable.JAVA_SDK}", f"--id={request.worker_id}"]
+            log.info("worker %s: a Java SDK harness", request.worker_id)
+            # As Beam's pool: stdout piped and never read (the boot program writes to stderr).
+            process = subprocess.Popen([*command, *flags], stdout=subprocess.PIPE, close_fds=True)
+            self._worker_processes[request.worker_id] = process
             return beam_fn_api_pb2.StartWorkerResponse()
 
     return Pool()
