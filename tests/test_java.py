@@ -69,14 +69,14 @@ class Java:
         return self.run(main, "--runner=DirectRunner", f"--output={output}", *args)
 
     def dataflow(
-        self, main: str, output: Path | str, path: str, *args: str, given_input: bool = True
+        self, main: str, output: Path | str, path: str, *args: str, given_input: bool = True, name: str = ""
     ) -> tuple[subprocess.CompletedProcess, str]:
-        """Submit to the server with the flags of issue 18; the run's output and the job's id (given_input=False:
-        the input is among `args`)."""
-        name = f"{main.lower()}-{path}-{uuid.uuid4().hex[:8]}"
+        """Submit to the server with the flags of issue 18; the run's output and the (newest) job's id
+        (given_input=False: the input is among `args`; name: the job's, else a new one)."""
+        name = name or f"{main.lower()}-{path}-{uuid.uuid4().hex[:8]}"
         done = self.run(main, *self._dataflow_flags(name, path), f"--output={output}", *args, given_input=given_input)
         api = Api(self.server.url, PROJECT)
-        job = next(j for j in api.all_jobs() if j["name"] == name)
+        job = max((j for j in api.all_jobs() if j["name"] == name), key=lambda j: j["createTime"])
         return done, job["id"]
 
     def template(self, main: str, location: Path, path: str) -> subprocess.CompletedProcess:
@@ -558,3 +558,85 @@ def test_a_streaming_java_pipeline_runs_on_flink_until_cancelled(java_on_flink):
     wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
     gone, alive = psutil.wait_procs(jvms, timeout=120)
     assert not alive, alive
+
+
+@pytest.mark.xdist_group("flink")
+def test_a_java_job_on_flink_starts_from_a_snapshot_with_its_state(java_on_flink):
+    """StreamingImpulses on Flink, snapshotted (a savepoint) and cancelled; the same pipeline submitted again by Beam
+    Java's runner with --createFromSnapshot starts from the snapshot: its PeriodicImpulse goes on from where the
+    first job was (its position is Flink state), so it writes the windows between the snapshot and its own start,
+    each whole, which a job started afresh (impulses from the next window after its submission) never would."""
+    java = java_on_flink
+    first, second = java.base / "snap-1" / "imp", java.base / "snap-2" / "imp"
+    done, job_id = java.dataflow("StreamingImpulses", first, V2, given_input=False)
+    assert "SUBMITTED" in done.stdout, done.stdout
+    api = Api(java.server.url, PROJECT)
+    try:
+        wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=300)
+        wait_for("two windows' files", lambda: len(window_files(first)) >= 2, START_S, (api, job_id))
+        snapshot = api.client.post(f"{api.jobs_path}/{job_id}:snapshot", json={"ttl": "600s"})
+        assert snapshot.status_code == 200 and snapshot.json()["state"] == "READY", snapshot.text
+    finally:
+        assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
+    time.sleep(4)  # two windows pass with no job running
+    resubmitted_ms = time.time() * 1000
+    done, new_id = java.dataflow(
+        "StreamingImpulses", second, V2, f"--createFromSnapshot={snapshot.json()['id']}", given_input=False
+    )
+    assert "SUBMITTED" in done.stdout, done.stdout
+    try:
+        assert api.get(new_id).json()["createdFromSnapshotId"] == snapshot.json()["id"]
+
+        def caught_up() -> dict | None:  # its windows from before its submission (written in no set order)
+            w = window_files(second)
+            return w if len(w) >= 3 and min(start for start, _ in w) < resubmitted_ms else None
+
+        windows = wait_for("the second job's windows from the first job's position", caught_up, START_S, (api, new_id))
+        # No gap: it began where the snapshot was taken, before the first job's last window.
+        assert min(start for start, _ in windows) <= max(end for _, end in window_files(first)), sorted(windows)
+        for (start, end), impulses in windows.items():
+            assert impulses == list(range(start, end, 100)), (start, impulses)  # each window whole, each once
+    finally:
+        assert api.update(new_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, new_id, {"JOB_STATE_CANCELLED"}, timeout=120)
+
+
+@pytest.mark.xdist_group("flink")
+def test_a_java_job_on_flink_is_updated_with_its_state(java_on_flink):
+    """StreamingImpulses on Flink replaced by Beam Java's runner with --update (the same job name): the old job ends
+    UPDATED, replaced by the new one, which goes on from the old one's state (its PeriodicImpulse's position, saved
+    after the new job was created): its windows begin there, not where a fresh start would (within 2 s of its
+    submission), with no gap after the old job's output, each whole."""
+    java = java_on_flink
+    old_out, new_out = java.base / "update-1" / "imp", java.base / "update-2" / "imp"
+    name = f"impulses-update-{uuid.uuid4().hex[:8]}"
+    done, old_id = java.dataflow("StreamingImpulses", old_out, V2, given_input=False, name=name)
+    assert "SUBMITTED" in done.stdout, done.stdout
+    api = Api(java.server.url, PROJECT)
+    new_id = None
+    try:
+        wait_state(api, old_id, {"JOB_STATE_RUNNING"}, timeout=300)
+        wait_for("two windows' files", lambda: len(window_files(old_out)) >= 2, START_S, (api, old_id))
+        submitted_ms = time.time() * 1000  # afresh, the new job's impulses would begin within 2 s of its main's start
+        done, new_id = java.dataflow("StreamingImpulses", new_out, V2, "--update", given_input=False, name=name)
+        assert "SUBMITTED" in done.stdout, done.stdout
+        assert new_id != old_id
+        old = wait_state(api, old_id, {"JOB_STATE_UPDATED"}, timeout=300)
+        assert old["replacedByJobId"] == new_id
+        updated_ms = time.time() * 1000
+
+        def caught_up() -> dict | None:
+            w = window_files(new_out)
+            return w if len(w) >= 3 and max(end for _, end in w) > updated_ms else None
+
+        windows = wait_for("the new job's windows", caught_up, START_S, (api, new_id))
+        # From the old job's position when its state was saved (after the new job was created), not afresh.
+        assert min(start for start, _ in windows) > submitted_ms + 2000, (submitted_ms, sorted(windows))
+        assert min(start for start, _ in windows) <= max(end for _, end in window_files(old_out)), sorted(windows)
+        for (start, end), impulses in windows.items():
+            assert impulses == list(range(start, end, 100)), (start, impulses)
+    finally:
+        for job_id in (old_id, new_id):
+            if job_id and api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING":
+                api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"})
