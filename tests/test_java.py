@@ -21,7 +21,7 @@ import psutil
 import pytest
 from conftest import Api, Server, discovery_client, required_path
 from test_running_jobs import wait_state
-from test_streaming import START_S, flink_state, wait_for
+from test_streaming import START_S, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("java")]
 
@@ -352,14 +352,7 @@ def test_a_streaming_java_pipeline_runs_on_prism_until_cancelled(java_on_prism, 
             assert end - start == 2000
             assert impulses == list(range(start, end, 100)), (start, impulses)  # an impulse every 100 ms, each once
 
-        def counted() -> int:
-            metrics = api.client.get(f"{api.jobs_path}/{job_id}/metrics").json().get("metrics", [])
-            counts = [
-                m["scalar"] for m in metrics if m["name"]["name"] == "impulses" and m["name"].get("origin") == "user"
-            ]
-            return max(counts, default=0)
-
-        wait_for("the impulses counted in getMetrics", lambda: counted() >= 20 * len(windows), 60, (api, job_id))
+        impulses_counted(api, job_id, 20 * len(windows), within=60)
         logged_and_undrainable(api, job_id)
         jvms = [jvm for jvm in harness_jvms(java.server) if jvm.pid not in others]
         assert jvms, "the job's Java SDK harness runs"
@@ -368,6 +361,17 @@ def test_a_streaming_java_pipeline_runs_on_prism_until_cancelled(java_on_prism, 
     wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
     gone, alive = psutil.wait_procs(jvms, timeout=60)
     assert not alive, alive
+
+
+def impulses_counted(api: Api, job_id: str, least: int, within: float) -> None:
+    """Wait until the running StreamingImpulses job's user counter `impulses` is at least `least` in getMetrics."""
+
+    def counted() -> int:
+        metrics = api.client.get(f"{api.jobs_path}/{job_id}/metrics").json().get("metrics", [])
+        counts = [m["scalar"] for m in metrics if m["name"]["name"] == "impulses" and m["name"].get("origin") == "user"]
+        return max(counts, default=0)
+
+    wait_for("the impulses counted in getMetrics", lambda: counted() >= least, within, (api, job_id))
 
 
 def logged_and_undrainable(api: Api, job_id: str) -> None:
@@ -477,166 +481,3 @@ def test_the_launcher_started_by_prism_asks_the_provisioning_service_as_beams_ja
     assert 'LOGGING_API_SERVICE_DESCRIPTOR=url: "localhost:12"' in printed
     options_file = next(line.split("=", 1)[1] for line in printed if line.startswith("PIPELINE_OPTIONS_FILE="))
     assert json.loads(Path(options_file).read_text()) == {"beam:option:job_name:v1": "j"}
-
-
-@pytest.fixture(scope="module")
-def java_on_flink(tmp_path_factory) -> Java:
-    """A server with the Flink cluster (its streaming engine), whose SDK worker pool starts Java SDK harnesses."""
-    from test_streaming import flink_args, flink_endpoints
-
-    class_path = required_path("BEAMPORT_TEST_JAVA", "builds the Java pipelines (scripts/java-pipelines)")
-    flink = flink_endpoints()
-    base = tmp_path_factory.mktemp("java-flink")
-    srv = Server(base / "data", extra_args=("--allow-path", str(base), "--workers", "2", *flink_args(flink))).start()
-    java = Java(class_path.read_text().strip(), srv, base)
-    java.flink = flink  # type: ignore[attr-defined]
-    yield java
-    srv.stop()
-
-
-def pool_jvms(flink: dict) -> list[psutil.Process]:
-    """The Java SDK harnesses the Flink cluster's SDK worker pool runs."""
-    port = flink["BEAMPORT_FLINK_SDK_POOL"].rpartition(":")[2]
-    found = []
-    for process in psutil.process_iter():
-        try:
-            command = process.cmdline()
-            if "beamport.engine.worker_pool" in command and f"--service_port={port}" in command:
-                found += [p for p in process.children(recursive=True) if HARNESS in p.cmdline()]
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
-HARNESS = "org.apache.beam.fn.harness.FnHarness"
-ON_FLINK = '--labels={"beamport_engine": "flink"}'
-
-
-@pytest.mark.xdist_group("flink")  # one Flink job at a time, as test_streaming
-@pytest.mark.parametrize("path", [V1, V2])
-def test_a_java_batch_pipeline_runs_on_flink_as_on_beams_direct_runner(java_on_flink, path):
-    """Features (a counter, a side input, a GroupByKey) on Flink, labelled so: the cluster's SDK worker pool starts a
-    Java SDK harness over the job's staged jars; the output and the counter are the DirectRunner's."""
-    java = java_on_flink
-    direct = java.direct("Features", java.base / f"direct-{path}" / "out")
-    out = java.base / f"flink-{path}" / "out"
-    done, job_id = java.dataflow("Features", out, path, ON_FLINK)
-    assert "FINAL_STATE DONE" in done.stdout, done.stdout + done.stderr[-5000:]
-    assert read_output(out) == read_output(java.base / f"direct-{path}" / "out") != []
-    words = len(TEXT.split())
-    assert re.search(rf"COUNTER words attempted={words}\b", direct.stdout)
-    assert re.search(rf"COUNTER words attempted={words}\b", done.stdout), done.stdout
-    api = Api(java.server.url, PROJECT)
-    job = api.get(job_id).json()
-    assert job["labels"]["beamport_engine"] == "flink" and job["currentState"] == "JOB_STATE_DONE"
-    assert flink_state(java.flink, job_id) == "FINISHED"  # type: ignore[attr-defined]
-
-
-@pytest.mark.xdist_group("flink")
-def test_a_streaming_java_pipeline_runs_on_flink_until_cancelled(java_on_flink):
-    """StreamingImpulses with --streaming on a server whose streaming engine is Flink: it runs there, each
-    window's file holds exactly that window's impulses, once, its harness's lines are in the job's messages; a drain
-    is refused (Java's sources know no drain signal), and a cancel ends the job and its JVM."""
-    java = java_on_flink
-    out = java.base / "impulses" / "imp"
-    others = {jvm.pid for jvm in pool_jvms(java.flink)}  # type: ignore[attr-defined]
-    done, job_id = java.dataflow("StreamingImpulses", out, V2, given_input=False)
-    assert "SUBMITTED" in done.stdout, done.stdout
-    api = Api(java.server.url, PROJECT)
-    try:
-        wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=300)
-        windows = wait_for(
-            "three windows' files", lambda: len(w := window_files(out)) >= 3 and w, START_S, (api, job_id)
-        )
-        for (start, end), impulses in windows.items():
-            assert impulses == list(range(start, end, 100)), (start, impulses)  # an impulse every 100 ms, each once
-        logged_and_undrainable(api, job_id)
-        jvms = [jvm for jvm in pool_jvms(java.flink) if jvm.pid not in others]  # type: ignore[attr-defined]
-        assert jvms, "the job's Java SDK harness runs in the cluster's SDK worker pool"
-    finally:
-        assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
-    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
-    gone, alive = psutil.wait_procs(jvms, timeout=120)
-    assert not alive, alive
-
-
-@pytest.mark.xdist_group("flink")
-def test_a_java_job_on_flink_starts_from_a_snapshot_with_its_state(java_on_flink):
-    """StreamingImpulses on Flink, snapshotted (a savepoint) and cancelled; the same pipeline submitted again by Beam
-    Java's runner with --createFromSnapshot starts from the snapshot: its PeriodicImpulse goes on from where the
-    first job was (its position is Flink state), so it writes the windows between the snapshot and its own start,
-    each whole, which a job started afresh (impulses from the next window after its submission) never would."""
-    java = java_on_flink
-    first, second = java.base / "snap-1" / "imp", java.base / "snap-2" / "imp"
-    done, job_id = java.dataflow("StreamingImpulses", first, V2, given_input=False)
-    assert "SUBMITTED" in done.stdout, done.stdout
-    api = Api(java.server.url, PROJECT)
-    try:
-        wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=300)
-        wait_for("two windows' files", lambda: len(window_files(first)) >= 2, START_S, (api, job_id))
-        snapshot = api.client.post(f"{api.jobs_path}/{job_id}:snapshot", json={"ttl": "600s"})
-        assert snapshot.status_code == 200 and snapshot.json()["state"] == "READY", snapshot.text
-    finally:
-        assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
-    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
-    time.sleep(4)  # two windows pass with no job running
-    resubmitted_ms = time.time() * 1000
-    done, new_id = java.dataflow(
-        "StreamingImpulses", second, V2, f"--createFromSnapshot={snapshot.json()['id']}", given_input=False
-    )
-    assert "SUBMITTED" in done.stdout, done.stdout
-    try:
-        assert api.get(new_id).json()["createdFromSnapshotId"] == snapshot.json()["id"]
-
-        def caught_up() -> dict | None:  # its windows from before its submission (written in no set order)
-            w = window_files(second)
-            return w if len(w) >= 3 and min(start for start, _ in w) < resubmitted_ms else None
-
-        windows = wait_for("the second job's windows from the first job's position", caught_up, START_S, (api, new_id))
-        # No gap: it began where the snapshot was taken, before the first job's last window.
-        assert min(start for start, _ in windows) <= max(end for _, end in window_files(first)), sorted(windows)
-        for (start, end), impulses in windows.items():
-            assert impulses == list(range(start, end, 100)), (start, impulses)  # each window whole, each once
-    finally:
-        assert api.update(new_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
-    wait_state(api, new_id, {"JOB_STATE_CANCELLED"}, timeout=120)
-
-
-@pytest.mark.xdist_group("flink")
-def test_a_java_job_on_flink_is_updated_with_its_state(java_on_flink):
-    """StreamingImpulses on Flink replaced by Beam Java's runner with --update (the same job name): the old job ends
-    UPDATED, replaced by the new one, which goes on from the old one's state (its PeriodicImpulse's position, saved
-    after the new job was created): its windows begin there, not where a fresh start would (within 2 s of its
-    submission), with no gap after the old job's output, each whole."""
-    java = java_on_flink
-    old_out, new_out = java.base / "update-1" / "imp", java.base / "update-2" / "imp"
-    name = f"impulses-update-{uuid.uuid4().hex[:8]}"
-    done, old_id = java.dataflow("StreamingImpulses", old_out, V2, given_input=False, name=name)
-    assert "SUBMITTED" in done.stdout, done.stdout
-    api = Api(java.server.url, PROJECT)
-    new_id = None
-    try:
-        wait_state(api, old_id, {"JOB_STATE_RUNNING"}, timeout=300)
-        wait_for("two windows' files", lambda: len(window_files(old_out)) >= 2, START_S, (api, old_id))
-        submitted_ms = time.time() * 1000  # afresh, the new job's impulses would begin within 2 s of its main's start
-        done, new_id = java.dataflow("StreamingImpulses", new_out, V2, "--update", given_input=False, name=name)
-        assert "SUBMITTED" in done.stdout, done.stdout
-        assert new_id != old_id
-        old = wait_state(api, old_id, {"JOB_STATE_UPDATED"}, timeout=300)
-        assert old["replacedByJobId"] == new_id
-        updated_ms = time.time() * 1000
-
-        def caught_up() -> dict | None:
-            w = window_files(new_out)
-            return w if len(w) >= 3 and max(end for _, end in w) > updated_ms else None
-
-        windows = wait_for("the new job's windows", caught_up, START_S, (api, new_id))
-        # From the old job's position when its state was saved (after the new job was created), not afresh.
-        assert min(start for start, _ in windows) > submitted_ms + 2000, (submitted_ms, sorted(windows))
-        assert min(start for start, _ in windows) <= max(end for _, end in window_files(old_out)), sorted(windows)
-        for (start, end), impulses in windows.items():
-            assert impulses == list(range(start, end, 100)), (start, impulses)
-    finally:
-        for job_id in (old_id, new_id):
-            if job_id and api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING":
-                api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"})

@@ -147,6 +147,7 @@ def provisioned_environment(argv: list[str]) -> None:
     provisioning service (Beam's Java boot: sdks/java/container/boot.go)."""
     from google.protobuf import json_format
 
+    from beamport.engine import metric_keys
     from beamport.engine.sdk_boot import LOGGING_ENDPOINT_OPTION, boot_arguments, option, provision_info, reachable
 
     args = boot_arguments(argv)
@@ -155,9 +156,13 @@ def provisioned_environment(argv: list[str]) -> None:
     logging = info.logging_endpoint.url or args.logging_endpoint
     if not control or not logging:
         sys.exit(f"java_boot: the runner provisioned no control or logging endpoint for worker {args.id}")
-    beamport_logs = option(json_format.MessageToDict(info.pipeline_options), LOGGING_ENDPOINT_OPTION)
+    options = json_format.MessageToDict(info.pipeline_options)
+    beamport_logs = option(options, LOGGING_ENDPOINT_OPTION)
     if beamport_logs and reachable(beamport_logs):  # the engine's own, as sdk_boot's workers do: the job's messages
         logging = relay_logs(beamport_logs)
+    keys_file = option(options, metric_keys.OPTION)
+    if keys_file:  # a Flink job's: note which user metrics its steps report, as sdk_boot's workers do
+        control = relay_control(control, metric_keys.KeyNotes(keys_file))
     os.environ.update(
         WORKER_ID=args.id,
         CONTROL_API_SERVICE_DESCRIPTOR=f"url: {json.dumps(control)}",
@@ -174,26 +179,75 @@ def relay_logs(target: str) -> str:
     """A loopback Fn API logging service, for the life of this program, that passes the harness's log entries on to
     `target`, the Beamport engine's logging service: that listens on a Unix socket (engine/capture.py), which Beam
     Java's gRPC channels do not reach (they dial host:port). Its address."""
-    from concurrent import futures
-
-    import grpc
     from apache_beam.portability.api import beam_fn_api_pb2_grpc
 
-    upstream = beam_fn_api_pb2_grpc.BeamFnLoggingStub(grpc.insecure_channel(target))
+    upstream = beam_fn_api_pb2_grpc.BeamFnLoggingStub(_channel(target))
 
     class Relay(beam_fn_api_pb2_grpc.BeamFnLoggingServicer):
         def Logging(self, request_iterator, context):
             return upstream.Logging(request_iterator)
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="log-relay"))
-    beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(Relay(), server)
+    return _serve(lambda server: beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(Relay(), server))
+
+
+def relay_control(target: str, notes) -> str:
+    """A loopback Fn API control service, for the life of this program, between the harness and the runner's at
+    `target`, that notes the user metrics each response reports (`notes`: metric_keys.KeyNotes): Beam's Flink runner
+    shows a running job's user metrics by names without their step, which the notes give (engine/metric_keys.py).
+    Its address."""
+    from apache_beam.portability.api import beam_fn_api_pb2_grpc
+
+    upstream = beam_fn_api_pb2_grpc.BeamFnControlStub(_channel(target))
+
+    def worker(context) -> list[tuple[str, str]]:  # the runner tells its workers apart by this header
+        return [(key, value) for key, value in context.invocation_metadata() if key == "worker_id"]
+
+    class Relay(beam_fn_api_pb2_grpc.BeamFnControlServicer):
+        def Control(self, request_iterator, context):
+            def responses():
+                for response in request_iterator:
+                    notes.note(user_monitoring_infos(response))
+                    yield response
+
+            call = upstream.Control(responses(), metadata=worker(context))
+            context.add_callback(call.cancel)  # the harness went: so does the runner's stream
+            return call
+
+        def GetProcessBundleDescriptor(self, request, context):
+            return upstream.GetProcessBundleDescriptor(request, metadata=worker(context), timeout=120)
+
+    return _serve(lambda server: beam_fn_api_pb2_grpc.add_BeamFnControlServicer_to_server(Relay(), server))
+
+
+def user_monitoring_infos(response) -> list:
+    """The MonitoringInfos an instruction's response carries: a bundle's final or progress ones, or the metadata of
+    short ids the runner asked for (labels and URNs, which is what a key needs)."""
+    infos = [*response.process_bundle.monitoring_infos, *response.process_bundle_progress.monitoring_infos]
+    return infos + list(response.monitoring_infos.monitoring_info.values())
+
+
+# Fn API messages (a bundle's descriptor) may be large: no limit, as Beam's own channels.
+_UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+_RELAYS: list = []  # the relays' servers, kept while this program runs
+
+
+def _channel(target: str):
+    import grpc
+
+    return grpc.insecure_channel(target, options=_UNLIMITED)
+
+
+def _serve(add) -> str:
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="relay"), options=_UNLIMITED)
+    add(server)
     port = server.add_insecure_port("localhost:0")
     server.start()
     _RELAYS.append(server)
     return f"localhost:{port}"
-
-
-_RELAYS: list = []  # the relays' servers, kept while this program runs
 
 
 def answer_in_its_place(status: int, output: list[str]) -> None:
