@@ -21,6 +21,7 @@ from test_java import (
     Java,
     impulses_counted,
     logged_and_undrainable,
+    messages,
     read_output,
     window_files,
 )
@@ -80,6 +81,8 @@ def test_a_java_batch_pipeline_runs_on_flink_as_on_beams_direct_runner(java_on_f
     job = api.get(job_id).json()
     assert job["labels"]["beamport_engine"] == "flink" and job["currentState"] == "JOB_STATE_DONE"
     assert flink_state(java.flink, job_id) == "FINISHED"  # type: ignore[attr-defined]
+    # RUNNING while its Flink job ran, though its stages' tasks never all ran at once (a batch job's run in turn).
+    assert any(text.startswith("The job is running on Flink") for text in messages(api, job_id))
 
 
 def test_a_streaming_java_pipeline_runs_on_flink_until_cancelled(java_on_flink):

@@ -708,8 +708,11 @@ class FlinkEngine(Engine):
                 return RunResult(FAILED, "The Flink job was cancelled on the cluster, not through Beamport.")
             if state == "RUNNING" and running_since is None:
                 running_since = time.monotonic()
-            if not reported_running and state == "RUNNING" and _all_tasks_running(details):
-                # Only now can Flink take a savepoint (a snapshot), so only now is the job RUNNING.
+            streaming = job.job_type == JOB_TYPE_STREAMING
+            if not reported_running and state == "RUNNING" and (not streaming or _all_tasks_running(details)):
+                # A streaming job: only once every task runs can Flink take a savepoint (a snapshot), so only then
+                # is the job RUNNING. A batch job's stages run one after another (the next one's tasks wait for
+                # the last one's): it runs as soon as its Flink job does.
                 reported_running = True
                 observer.running(f"Flink (job {jid} on {self.config.master})")
             if running_since is not None and not started and time.monotonic() - start_checked >= START_CHECK_S:
