@@ -150,7 +150,8 @@ def worker_log_service(deliver: Callable[[logging.LogRecord], None], socket: Pat
         address = f"unix:{socket}"
         server.add_insecure_port(address)
     else:
-        address = f"localhost:{server.add_insecure_port('localhost:0')}"
+        # IPv4 loopback, not "localhost", whose two addresses may give a port another process holds on the other.
+        address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
     server.start()
     try:
         yield address

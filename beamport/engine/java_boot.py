@@ -244,10 +244,12 @@ def _serve(add) -> str:
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="relay"), options=_UNLIMITED)
     add(server)
-    port = server.add_insecure_port("localhost:0")
+    # IPv4 loopback, not "localhost": that names two addresses, and the port chosen on one may be another process's
+    # on the other, which the harness would then dial (seen: a harness that waited for good on a stranger's port).
+    port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     _RELAYS.append(server)
-    return f"localhost:{port}"
+    return f"127.0.0.1:{port}"
 
 
 def answer_in_its_place(status: int, output: list[str]) -> None:
