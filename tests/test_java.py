@@ -358,9 +358,7 @@ def test_a_streaming_java_pipeline_runs_on_prism_until_cancelled(java_on_prism, 
         assert jvms, "the job's Java SDK harness runs"
     finally:
         assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
-    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
-    gone, alive = psutil.wait_procs(jvms, timeout=60)
-    assert not alive, alive
+    cancelled_with_its_jvms(api, job_id, jvms, timeout=60)
 
 
 def impulses_counted(api: Api, job_id: str, least: int, within: float) -> None:
@@ -372,6 +370,13 @@ def impulses_counted(api: Api, job_id: str, least: int, within: float) -> None:
         return max(counts, default=0)
 
     wait_for("the impulses counted in getMetrics", lambda: counted() >= least, within, (api, job_id))
+
+
+def cancelled_with_its_jvms(api: Api, job_id: str, jvms: list[psutil.Process], timeout: float) -> None:
+    """The cancelled job ends CANCELLED, and its Java SDK harnesses exit within `timeout`."""
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
+    gone, alive = psutil.wait_procs(jvms, timeout=timeout)
+    assert not alive, alive
 
 
 def logged_and_undrainable(api: Api, job_id: str) -> None:

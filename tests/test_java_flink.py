@@ -19,6 +19,7 @@ from test_java import (
     V1,
     V2,
     Java,
+    cancelled_with_its_jvms,
     impulses_counted,
     logged_and_undrainable,
     messages,
@@ -110,9 +111,7 @@ def test_a_streaming_java_pipeline_runs_on_flink_until_cancelled(java_on_flink):
         assert jvms, "the job's Java SDK harness runs in the cluster's SDK worker pool"
     finally:
         assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
-    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
-    gone, alive = psutil.wait_procs(jvms, timeout=120)
-    assert not alive, alive
+    cancelled_with_its_jvms(api, job_id, jvms, timeout=120)
 
 
 def test_a_java_job_on_flink_starts_from_a_snapshot_with_its_state(java_on_flink):

@@ -660,6 +660,7 @@ class FlinkEngine(Engine):
         return jid
 
     def _follow(self, jid: str, job: StagedJob, observer: RunObserver, drain_file: Path) -> RunResult:
+        streaming = job.job_type == JOB_TYPE_STREAMING
         running_since = None  # when the job was first seen RUNNING (for the start-up check)
         started = False  # its first stage has passed its input on (checked once, STALL_CHECK_S after it runs)
         resubmits = 0
@@ -685,11 +686,7 @@ class FlinkEngine(Engine):
             if state not in _ACTIVE or time.monotonic() - metrics_read >= METRICS_EVERY_S:
                 metrics_read = time.monotonic()
                 self._report_metrics(jid, state, details, observer, listed)
-            if (
-                job.job_type == JOB_TYPE_STREAMING
-                and state == "RUNNING"
-                and time.monotonic() - figures_read >= FIGURES_EVERY_S
-            ):
+            if streaming and state == "RUNNING" and time.monotonic() - figures_read >= FIGURES_EVERY_S:
                 figures_read = time.monotonic()
                 try:
                     figures = self.rest.stage_figures(jid, details.get("vertices", []), figure_names)
@@ -708,7 +705,6 @@ class FlinkEngine(Engine):
                 return RunResult(FAILED, "The Flink job was cancelled on the cluster, not through Beamport.")
             if state == "RUNNING" and running_since is None:
                 running_since = time.monotonic()
-            streaming = job.job_type == JOB_TYPE_STREAMING
             if not reported_running and state == "RUNNING" and (not streaming or _all_tasks_running(details)):
                 # A streaming job: only once every task runs can Flink take a savepoint (a snapshot), so only then
                 # is the job RUNNING. A batch job's stages run one after another (the next one's tasks wait for

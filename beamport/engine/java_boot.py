@@ -19,7 +19,9 @@ with the JVM's exit status and its last lines of output: the job fails saying wh
 For Prism, a process environment runs `python -m beamport.engine.java_boot SPEC` with Prism's flags after it
 (`--id='ID' --provision_endpoint=HOST:PORT ...`, the container contract): as Beam's Java boot does, this asks the
 provisioning service for the Fn API's endpoints and the job's options (as Prism was given them) and hands them
-to the harness in its variables; the JVM then dies with Prism, its parent.
+to the harness in its variables; the JVM then dies with Prism, its parent. On Flink, the cluster's SDK worker pool
+starts it the same way, through beamport.engine.sdk_boot (which fetched the jars); there the harness's logs and
+control stream go through relays here, for the job's messages and its user metrics' steps.
 """
 
 from __future__ import annotations
@@ -107,13 +109,14 @@ def jvm_arguments(class_path_file: Path) -> list[str]:
     ]
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], info=None) -> None:
+    """argv: SPEC, then a runner's flags, if any; info: the worker's ProvisionInfo, if its caller asked already."""
     spec = json.loads(Path(argv[0]).read_text())
     workdir = Path(spec["semi_persistent_dir"])
     parent = 0  # what this program dies with: nothing to check (FnApiRunner's subprocess), or Prism
     if any(arg.startswith("--provision_endpoint") for arg in argv[1:]):
         parent = os.getppid()
-        provisioned_environment(argv[1:])
+        provisioned_environment(argv[1:], info)
     worker_id = os.environ.get("WORKER_ID", "")
     options_file = workdir / f"pipeline-options-{worker_id or os.getpid()}.json"
     options_file.write_text(os.environ.get("PIPELINE_OPTIONS", "{}"))
@@ -142,7 +145,7 @@ def main(argv: list[str]) -> None:
     sys.exit(status)
 
 
-def provisioned_environment(argv: list[str]) -> None:
+def provisioned_environment(argv: list[str], info=None) -> None:
     """Started by Prism with the container contract's flags: the variables FnApiRunner would have set, from the
     provisioning service (Beam's Java boot: sdks/java/container/boot.go)."""
     from google.protobuf import json_format
@@ -151,7 +154,7 @@ def provisioned_environment(argv: list[str]) -> None:
     from beamport.engine.sdk_boot import LOGGING_ENDPOINT_OPTION, boot_arguments, option, provision_info, reachable
 
     args = boot_arguments(argv)
-    info = provision_info(args.provision_endpoint, args.id)
+    info = info or provision_info(args.provision_endpoint, args.id)
     control = info.control_endpoint.url or args.control_endpoint
     logging = info.logging_endpoint.url or args.logging_endpoint
     if not control or not logging:

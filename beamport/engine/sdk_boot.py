@@ -141,26 +141,22 @@ def run_worker(args: argparse.Namespace, semi_persistent: str) -> None:
     """Provisioned, become the job's SDK worker: in this process, whose Beam is imported already (a second
     Python that imports Beam again took about 3 s more of each worker's start)."""
     from apache_beam.portability.api import endpoints_pb2
-    from google.protobuf import json_format, text_format
+    from google.protobuf import json_format
 
     from beamport.engine import metric_keys
     from beamport.io import endpoints
 
     info = provision_info(args.provision_endpoint, args.id)
-
-    def descriptor(provided, url: str) -> str:
-        return text_format.MessageToString(provided if provided.url else endpoints_pb2.ApiServiceDescriptor(url=url))
-
-    fetched = fetch_artifacts(info, descriptor(info.artifact_endpoint, args.artifact_endpoint), semi_persistent)
+    fetched = fetch_artifacts(info, _descriptor(info.artifact_endpoint, args.artifact_endpoint), semi_persistent)
     wheels = [path for path in fetched if path.endswith(".whl")]
-    logging_endpoint = descriptor(info.logging_endpoint, args.logging_endpoint)
+    logging_endpoint = _descriptor(info.logging_endpoint, args.logging_endpoint)
     options = json_format.MessageToDict(info.pipeline_options)
     cased = option(options, CASED_OPTIONS)
     if isinstance(cased, dict):  # back under their own names, beside the renamed copies
         info.pipeline_options.update({f"beam:option:{name}:v1": value for name, value in cased.items()})
     beamport_logs = option(options, LOGGING_ENDPOINT_OPTION)
     if beamport_logs and reachable(beamport_logs):
-        logging_endpoint = descriptor(endpoints_pb2.ApiServiceDescriptor(url=beamport_logs), "")
+        logging_endpoint = _descriptor(endpoints_pb2.ApiServiceDescriptor(url=beamport_logs), "")
     env = {}
     # The Google service endpoints the job was staged with (the server's, which this pool may not have: Flink's).
     env.update(endpoints.from_option(option(options, endpoints.OPTION)))
@@ -169,7 +165,7 @@ def run_worker(args: argparse.Namespace, semi_persistent: str) -> None:
         env[POLICY_VARIABLE] = policy
     env.update(
         PIPELINE_OPTIONS=json_format.MessageToJson(info.pipeline_options),
-        CONTROL_API_SERVICE_DESCRIPTOR=descriptor(info.control_endpoint, args.control_endpoint),
+        CONTROL_API_SERVICE_DESCRIPTOR=_descriptor(info.control_endpoint, args.control_endpoint),
         LOGGING_API_SERVICE_DESCRIPTOR=logging_endpoint,
         WORKER_ID=args.id,
         SEMI_PERSISTENT_DIRECTORY=semi_persistent,
@@ -198,18 +194,10 @@ def run_java_worker(args: argparse.Namespace, semi_persistent: str, argv: list[s
     Beam's Java boot does: the environment's artifacts (the job's staged jars, named in class path order:
     portable.java_external_environments) fetched, then the harness started over them and Beamport's harness jars
     by beamport.engine.java_boot, which asks the provisioning service for the rest."""
-    from apache_beam.portability.api import endpoints_pb2
-    from google.protobuf import text_format
-
     from beamport.engine import java_boot
 
     info = provision_info(args.provision_endpoint, args.id)
-    endpoint = (
-        info.artifact_endpoint
-        if info.artifact_endpoint.url
-        else endpoints_pb2.ApiServiceDescriptor(url=args.artifact_endpoint)
-    )
-    jars = sorted(fetch_artifacts(info, text_format.MessageToString(endpoint), semi_persistent))
+    jars = sorted(fetch_artifacts(info, _descriptor(info.artifact_endpoint, args.artifact_endpoint), semi_persistent))
     harness = [path for path in args.java_harness_jars.split(os.pathsep) if path]
     spec = os.path.join(semi_persistent, "java-harness.json")
     with open(spec, "w") as out:
@@ -218,7 +206,15 @@ def run_java_worker(args: argparse.Namespace, semi_persistent: str, argv: list[s
             out,
         )
     os.dup2(2, 1)
-    java_boot.main([spec, *argv])
+    java_boot.main([spec, *argv], info)
+
+
+def _descriptor(provided, url: str) -> str:
+    """An endpoint as an ApiServiceDescriptor's text: the one provisioned, else the one the worker's flag gave."""
+    from apache_beam.portability.api import endpoints_pb2
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(provided if provided.url else endpoints_pb2.ApiServiceDescriptor(url=url))
 
 
 def fetch_artifacts(info, artifact_endpoint: str, semi_persistent: str) -> list[str]:

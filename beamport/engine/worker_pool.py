@@ -103,9 +103,7 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
                     timer.start()
             if spare is None:
                 return super().StartWorker(request, context)
-            # The flags the pool would start a worker with (the request's fields, by the same names).
-            endpoints = {name: getattr(request, name).url for name in sdk_boot.ASSIGNED if name != "id"}
-            assignment = {"id": request.worker_id, **endpoints}
+            assignment = {"id": request.worker_id, **_endpoints(request)}
             try:
                 assert spare.stdin is not None
                 spare.stdin.write(json.dumps(assignment).encode() + b"\n")
@@ -118,8 +116,7 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
 
         def _start_java(self, request):
             """A Java SDK harness: the boot program in its Java mode (never a spare: those are Python workers)."""
-            endpoints = {name: getattr(request, name).url for name in sdk_boot.ASSIGNED if name != "id"}
-            flags = [f"--{name}={url}" for name, url in endpoints.items()]
+            flags = [f"--{name}={url}" for name, url in _endpoints(request).items()]
             command = [container_executable, f"--{sdk_boot.SDK_FLAG}={portable.JAVA_SDK}", f"--id={request.worker_id}"]
             log.info("worker %s: a Java SDK harness", request.worker_id)
             # As Beam's pool: stdout piped and never read (the boot program writes to stderr).
@@ -128,6 +125,11 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
             return beam_fn_api_pb2.StartWorkerResponse()
 
     return Pool()
+
+
+def _endpoints(request) -> dict[str, str]:
+    """The endpoints a StartWorkerRequest gives, by the names of the flags a worker is started with (sdk_boot)."""
+    return {name: getattr(request, name).url for name in sdk_boot.ASSIGNED if name != "id"}
 
 
 def main(argv: list[str] | None = None) -> None:
