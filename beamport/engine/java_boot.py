@@ -21,22 +21,20 @@ For Prism, a process environment runs `python -m beamport.engine.java_boot SPEC`
 provisioning service for the Fn API's endpoints and the job's options (as Prism was given them) and hands them
 to the harness in its variables; the JVM then dies with Prism, its parent. On Flink, the cluster's SDK worker pool
 starts it the same way, through beamport.engine.sdk_boot (which fetched the jars); there the harness's logs and
-control stream go through relays here, for the job's messages and its user metrics' steps.
+control stream go through relays (engine/harness_process.py), for the job's messages and its user metrics' steps.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
-import queue
 import resource
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+from beamport.engine import harness_process
 from beamport.processes import die_with_parent
 
 HARNESS_MAIN = "org.apache.beam.fn.harness.FnHarness"
@@ -44,8 +42,6 @@ HARNESS_MAIN = "org.apache.beam.fn.harness.FnHarness"
 # brings it): Beamport brings it (scripts/java-harness-jars, or the local Maven repository).
 JAMM = ("com.github.jbellis", "jamm", "0.4.0")
 HARNESS_JARS_DIR = Path.home() / ".cache" / "beamport" / "java"
-OUTPUT_LINES = 20  # of a failed JVM's output, in the job's failure
-ANSWER_TIMEOUT_S = 30.0
 
 
 class JavaUnavailable(Exception):
@@ -111,6 +107,9 @@ def jvm_arguments(class_path_file: Path) -> list[str]:
 
 def main(argv: list[str], info=None) -> None:
     """argv: SPEC, then a runner's flags, if any; info: the worker's ProvisionInfo, if its caller asked already."""
+    from apache_beam.portability.api import endpoints_pb2
+    from google.protobuf import text_format
+
     spec = json.loads(Path(argv[0]).read_text())
     workdir = Path(spec["semi_persistent_dir"])
     parent = 0  # what this program dies with: nothing to check (FnApiRunner's subprocess), or Prism
@@ -131,18 +130,8 @@ def main(argv: list[str], info=None) -> None:
     )
     die_with_parent(parent)
     argv = [spec["java"], *jvm_arguments(class_path_file), HARNESS_MAIN]
-    # The harness's own output, with the executor's (stderr), its last lines kept for a failure's message.
-    jvm = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-    last: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
-    assert jvm.stdout is not None
-    for raw in jvm.stdout:
-        sys.stderr.buffer.write(raw)
-        sys.stderr.flush()
-        last.append(raw.decode(errors="replace").rstrip())
-    status = jvm.wait()
-    if status != 0:
-        answer_in_its_place(status, list(last))
-    sys.exit(status)
+    control = text_format.Parse(env.get("CONTROL_API_SERVICE_DESCRIPTOR", ""), endpoints_pb2.ApiServiceDescriptor())
+    harness_process.run(argv, env, "The Java SDK harness (a JVM)", control.url, worker_id)
 
 
 def provisioned_environment(argv: list[str], info=None) -> None:
@@ -162,10 +151,10 @@ def provisioned_environment(argv: list[str], info=None) -> None:
     options = json_format.MessageToDict(info.pipeline_options)
     beamport_logs = option(options, LOGGING_ENDPOINT_OPTION)
     if beamport_logs and reachable(beamport_logs):  # the engine's own, as sdk_boot's workers do: the job's messages
-        logging = relay_logs(beamport_logs)
+        logging = harness_process.relay_logs(beamport_logs)
     keys_file = option(options, metric_keys.OPTION)
     if keys_file:  # a Flink job's: note which user metrics its steps report, as sdk_boot's workers do
-        control = relay_control(control, metric_keys.KeyNotes(keys_file))
+        control = harness_process.relay_control(control, metric_keys.KeyNotes(keys_file))
     os.environ.update(
         WORKER_ID=args.id,
         CONTROL_API_SERVICE_DESCRIPTOR=f"url: {json.dumps(control)}",
@@ -176,108 +165,6 @@ def provisioned_environment(argv: list[str], info=None) -> None:
         os.environ["STATUS_API_SERVICE_DESCRIPTOR"] = f"url: {json.dumps(info.status_endpoint.url)}"
     if info.runner_capabilities:
         os.environ["RUNNER_CAPABILITIES"] = " ".join(info.runner_capabilities)
-
-
-def relay_logs(target: str) -> str:
-    """A loopback Fn API logging service, for the life of this program, that passes the harness's log entries on to
-    `target`, the Beamport engine's logging service: that listens on a Unix socket (engine/capture.py), which Beam
-    Java's gRPC channels do not reach (they dial host:port). Its address."""
-    from apache_beam.portability.api import beam_fn_api_pb2_grpc
-
-    upstream = beam_fn_api_pb2_grpc.BeamFnLoggingStub(_channel(target))
-
-    class Relay(beam_fn_api_pb2_grpc.BeamFnLoggingServicer):
-        def Logging(self, request_iterator, context):
-            return upstream.Logging(request_iterator)
-
-    return _serve(lambda server: beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(Relay(), server))
-
-
-def relay_control(target: str, notes) -> str:
-    """A loopback Fn API control service, for the life of this program, between the harness and the runner's at
-    `target`, that notes the user metrics each response reports (`notes`: metric_keys.KeyNotes): Beam's Flink runner
-    shows a running job's user metrics by names without their step, which the notes give (engine/metric_keys.py).
-    Its address."""
-    from apache_beam.portability.api import beam_fn_api_pb2_grpc
-
-    upstream = beam_fn_api_pb2_grpc.BeamFnControlStub(_channel(target))
-
-    def worker(context) -> list[tuple[str, str]]:  # the runner tells its workers apart by this header
-        return [(key, value) for key, value in context.invocation_metadata() if key == "worker_id"]
-
-    class Relay(beam_fn_api_pb2_grpc.BeamFnControlServicer):
-        def Control(self, request_iterator, context):
-            def responses():
-                for response in request_iterator:
-                    notes.note(user_monitoring_infos(response))
-                    yield response
-
-            call = upstream.Control(responses(), metadata=worker(context))
-            context.add_callback(call.cancel)  # the harness went: so does the runner's stream
-            return call
-
-        def GetProcessBundleDescriptor(self, request, context):
-            return upstream.GetProcessBundleDescriptor(request, metadata=worker(context), timeout=120)
-
-    return _serve(lambda server: beam_fn_api_pb2_grpc.add_BeamFnControlServicer_to_server(Relay(), server))
-
-
-def user_monitoring_infos(response) -> list:
-    """The MonitoringInfos an instruction's response carries: a bundle's final or progress ones, or the metadata of
-    short ids the runner asked for (labels and URNs, which is what a key needs)."""
-    infos = [*response.process_bundle.monitoring_infos, *response.process_bundle_progress.monitoring_infos]
-    return infos + list(response.monitoring_infos.monitoring_info.values())
-
-
-# Fn API messages (a bundle's descriptor) may be large: no limit, as Beam's own channels.
-_UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-_RELAYS: list = []  # the relays' servers, kept while this program runs
-
-
-def _channel(target: str):
-    import grpc
-
-    return grpc.insecure_channel(target, options=_UNLIMITED)
-
-
-def _serve(add) -> str:
-    from concurrent import futures
-
-    import grpc
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="relay"), options=_UNLIMITED)
-    add(server)
-    # IPv4 loopback, not "localhost": that names two addresses, and the port chosen on one may be another process's
-    # on the other, which the harness would then dial (seen: a harness that waited for good on a stranger's port).
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    _RELAYS.append(server)
-    return f"127.0.0.1:{port}"
-
-
-def answer_in_its_place(status: int, output: list[str]) -> None:
-    """The JVM ended in failure: if the runner still waits for this worker to connect, connect in the JVM's place
-    and answer its first instruction with the failure (a harness that connected first and failed later, the runner
-    has seen go already: nothing is there to answer). Gives up after ANSWER_TIMEOUT_S."""
-    import grpc
-    from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc, endpoints_pb2
-    from google.protobuf import text_format
-
-    descriptor = text_format.Parse(
-        os.environ.get("CONTROL_API_SERVICE_DESCRIPTOR", ""), endpoints_pb2.ApiServiceDescriptor()
-    )
-    why = f"The Java SDK harness (a JVM) exited with status {status} before it reached the runner"
-    error = why + (":\n" + "\n".join(output) if output else ".")
-    responses: queue.SimpleQueue = queue.SimpleQueue()
-    with grpc.insecure_channel(descriptor.url) as channel:
-        stub = beam_fn_api_pb2_grpc.BeamFnControlStub(channel)
-        metadata = [("worker_id", os.environ.get("WORKER_ID", ""))]
-        try:
-            for request in stub.Control(iter(responses.get, None), metadata=metadata, timeout=ANSWER_TIMEOUT_S):
-                responses.put(beam_fn_api_pb2.InstructionResponse(instruction_id=request.instruction_id, error=error))
-                responses.put(None)
-        except grpc.RpcError:
-            pass  # the runner went, or had seen this worker go: it knows
 
 
 def _quoted(text: str) -> str:

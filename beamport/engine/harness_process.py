@@ -1,0 +1,156 @@
+"""What the launchers of other SDKs' harnesses share (engine/java_boot.py: a JVM; engine/go_boot.py on Flink: a
+Go worker binary): the harness as a child process, whose failure the runner hears of, and relays of its log and
+control streams.
+
+The harness runs as a child, its output copied to this program's stderr, so that when it exits in failure before
+it reached the runner, this program connects in its place and answers the runner's first instruction with the
+failure and the harness's last lines (`run`): the job then fails saying why, rather than waiting on a worker
+that never comes. The relays are loopback gRPC services for the life of this program: one passes the harness's
+log entries on to the Beamport engine's logging service (a Unix socket, which Beam Java's channels do not dial),
+one sits between the harness and the runner's control service and notes the user metrics each response reports
+(metric_keys.KeyNotes: for a Flink job's live metrics).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import subprocess
+import sys
+
+from beamport.processes import die_with_parent
+
+# gRPC's fork support (on by default in grpcio's core) restarts its poller thread in a forked child, where
+# subprocess has closed the poller's descriptor before exec: the child can abort before it becomes the harness
+# (grpc/grpc#43055; seen in CI: "The Java SDK harness (a JVM) exited with status -6 ... epoll_wait error: Bad file
+# descriptor", about 1 start in 100 here). These launchers use gRPC only as clients and relays, never in a child:
+# off, before gRPC starts in this process (the launchers import this module before any gRPC call).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+OUTPUT_LINES = 20  # of a failed harness's output, in the job's failure
+ANSWER_TIMEOUT_S = 30.0
+
+
+def run(
+    argv: list[str], env: dict[str, str], who: str, control_url: str, worker_id: str, done_line: str | None = None
+) -> None:
+    """Run the harness `argv` (`who` names it in a failure: "The Java SDK harness (a JVM)") with `env`, dying with
+    this program; exit with its status, having answered the runner at `control_url` in its place if it failed.
+    A harness that says `done_line` when the runner has closed its streams, and then waits to be killed (Beam Go's
+    worker), is killed then, and this program exits as it would have: in success (FnApiRunner waits for its
+    workers to exit)."""
+    harness = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+    )
+    last: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
+    assert harness.stdout is not None
+    for raw in harness.stdout:
+        sys.stderr.buffer.write(raw)
+        sys.stderr.flush()
+        line = raw.decode(errors="replace").rstrip()
+        if done_line is not None and line == done_line:
+            harness.kill()
+            harness.wait()
+            sys.exit(0)
+        last.append(line)
+    status = harness.wait()
+    if status != 0:
+        why = f"{who} exited with status {status} before it reached the runner"
+        answer_in_its_place(control_url, worker_id, why + (":\n" + "\n".join(last) if last else "."))
+    sys.exit(status)
+
+
+def answer_in_its_place(control_url: str, worker_id: str, error: str) -> None:
+    """The harness ended in failure: if the runner still waits for this worker to connect, connect in its place
+    and answer its first instruction with `error` (a harness that connected first and failed later, the runner
+    has seen go already: nothing is there to answer). Gives up after ANSWER_TIMEOUT_S."""
+    import grpc
+    from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
+
+    responses: queue.SimpleQueue = queue.SimpleQueue()
+    with grpc.insecure_channel(control_url) as channel:
+        stub = beam_fn_api_pb2_grpc.BeamFnControlStub(channel)
+        metadata = [("worker_id", worker_id)]
+        try:
+            for request in stub.Control(iter(responses.get, None), metadata=metadata, timeout=ANSWER_TIMEOUT_S):
+                responses.put(beam_fn_api_pb2.InstructionResponse(instruction_id=request.instruction_id, error=error))
+                responses.put(None)
+        except grpc.RpcError:
+            pass  # the runner went, or had seen this worker go: it knows
+
+
+def relay_logs(target: str) -> str:
+    """A logging service that passes the harness's log entries on to `target`, the Beamport engine's logging
+    service (engine/capture.py: on a Unix socket, which Beam Java's gRPC channels do not reach: they dial
+    host:port). Its address."""
+    from apache_beam.portability.api import beam_fn_api_pb2_grpc
+
+    upstream = beam_fn_api_pb2_grpc.BeamFnLoggingStub(_channel(target))
+
+    class Relay(beam_fn_api_pb2_grpc.BeamFnLoggingServicer):
+        def Logging(self, request_iterator, context):
+            return upstream.Logging(request_iterator)
+
+    return _serve(lambda server: beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(Relay(), server))
+
+
+def relay_control(target: str, notes) -> str:
+    """A control service between the harness and the runner's at `target`, that notes the user metrics each
+    response reports (`notes`: metric_keys.KeyNotes): Beam's Flink runner shows a running job's user metrics by
+    names without their step, which the notes give (engine/metric_keys.py). Its address."""
+    from apache_beam.portability.api import beam_fn_api_pb2_grpc
+
+    upstream = beam_fn_api_pb2_grpc.BeamFnControlStub(_channel(target))
+
+    def worker(context) -> list[tuple[str, str]]:  # the runner tells its workers apart by this header
+        return [(key, value) for key, value in context.invocation_metadata() if key == "worker_id"]
+
+    class Relay(beam_fn_api_pb2_grpc.BeamFnControlServicer):
+        def Control(self, request_iterator, context):
+            def responses():
+                for response in request_iterator:
+                    notes.note(user_monitoring_infos(response))
+                    yield response
+
+            call = upstream.Control(responses(), metadata=worker(context))
+            context.add_callback(call.cancel)  # the harness went: so does the runner's stream
+            return call
+
+        def GetProcessBundleDescriptor(self, request, context):
+            return upstream.GetProcessBundleDescriptor(request, metadata=worker(context), timeout=120)
+
+    return _serve(lambda server: beam_fn_api_pb2_grpc.add_BeamFnControlServicer_to_server(Relay(), server))
+
+
+def user_monitoring_infos(response) -> list:
+    """The MonitoringInfos an instruction's response carries: a bundle's final or progress ones, or the metadata of
+    short ids the runner asked for (labels and URNs, which is what a key needs)."""
+    infos = [*response.process_bundle.monitoring_infos, *response.process_bundle_progress.monitoring_infos]
+    return infos + list(response.monitoring_infos.monitoring_info.values())
+
+
+# Fn API messages (a bundle's descriptor) may be large: no limit, as Beam's own channels.
+_UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+_RELAYS: list = []  # the relays' servers, kept while this program runs
+
+
+def _channel(target: str):
+    import grpc
+
+    return grpc.insecure_channel(target, options=_UNLIMITED)
+
+
+def _serve(add) -> str:
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="relay"), options=_UNLIMITED)
+    add(server)
+    # IPv4 loopback, not "localhost": that names two addresses, and the port chosen on one may be another process's
+    # on the other, which the harness would then dial (seen: a harness that waited for good on a stranger's port).
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    _RELAYS.append(server)
+    return f"127.0.0.1:{port}"
