@@ -238,14 +238,14 @@ class Settings(EngineSettings):
             " --flink-master, --flink-job-server, --flink-sdk-pool, or source its endpoints.env)"
         )
         if self.prism:
-            streaming = "streaming jobs that name it" if self.flink else "streaming jobs"
-            prism = f"prism: {self.prism} ({streaming}; Beam Go jobs; streaming Beam Java jobs)"
+            streaming = "streaming jobs that name it" if self.flink else "streaming jobs"  # of every SDK
+            prism = f"prism: {self.prism} ({streaming}; batch jobs that name it)"
         elif self.prism_off:
             prism = "prism: off (--prism none)"
         else:
             prism = (
                 "prism: not found (looked at BEAMPORT_PRISM, ~/.cache/beamport/bin, the PATH and Go's bin; "
-                "scripts/prism-build builds it; Beam Go jobs are refused without it)"
+                "scripts/prism-build builds it)"
             )
         lines = ["embedded: Beam's FnApiRunner on this host's workers (batch jobs)", flink, prism]
         if not (self.flink or self.prism):

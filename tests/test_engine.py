@@ -626,7 +626,7 @@ def test_staging_gives_a_go_environment_its_worker_binary_through_the_file_polic
     job["environment"]["userAgent"] = {"name": "Apache Beam SDK for Go", "version": "2.77.0"}
     job["environment"]["workerPools"] = [{"packages": [{"name": "worker", "location": str(binary)}]}]
 
-    staged, warnings = stage_job(job, FilePolicy([allowed]), workdir=work, engine=registry.PRISM)
+    staged, warnings = stage_job(job, FilePolicy([allowed]), workdir=work)  # on the embedded engine
 
     assert warnings == []  # neither the binary as a package nor the Go SDK's version are warned about
     [(env_id, worker)] = staged.go_environments.items()
@@ -635,11 +635,12 @@ def test_staging_gives_a_go_environment_its_worker_binary_through_the_file_polic
     assert staged.rewritten_environments == [] and staged.java_environments == {}
     assert staged.options["go_options"] == go_flags  # the program's flags, for its workers
 
-    # The embedded engine does not run Go: refused, naming Prism.
+    # An engine that does not run Go refuses it, naming the engines that do.
+    python_only = dataclasses.replace(registry.PRISM, sdks=frozenset({registry.PYTHON}))
     with pytest.raises(ApiError) as refused:
-        stage_job(job, FilePolicy([allowed]), workdir=work)
+        stage_job(job, FilePolicy([allowed]), workdir=work, engine=python_only)
     assert refused.value.status == "FAILED_PRECONDITION" and "Go" in refused.value.message
-    assert "Prism" in refused.value.message
+    assert "embedded, Flink or Prism runs them" in refused.value.message
 
     # Recognised by its capabilities too; a binary outside the roots is never read; no binary at all is refused.
     capabilities = ["beam:version:sdk_base:go:apache/beam_go_sdk:2.77.0"]

@@ -3,6 +3,7 @@ how the executor builds them, and that registering them imports no Beam. No serv
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -35,9 +36,9 @@ def test_each_engine_declares_what_it_can_do():
     }
     python = frozenset({registry.PYTHON})
     assert table == {
-        "embedded": (True, False, False, frozenset(), False, python | {registry.JAVA}),
-        # Flink runs Java in a harness its SDK worker pool starts, and cannot drain it either.
-        "flink": (True, True, True, python, True, python | {registry.JAVA}),
+        "embedded": (True, False, False, frozenset(), False, python | {registry.GO, registry.JAVA}),
+        # Flink runs Java and Go in workers its SDK worker pool starts, and cannot drain Java either.
+        "flink": (True, True, True, python | {registry.GO}, True, python | {registry.GO, registry.JAVA}),
         # Prism runs Java, and cannot drain it: Java's sources know no Beamport drain signal.
         "prism": (True, True, False, python | {registry.GO}, False, python | {registry.GO, registry.JAVA}),
     }
@@ -107,10 +108,11 @@ def test_a_hosts_settings_give_it_its_engines(tmp_path, monkeypatch):
     assert engines.spec_of({"labels": {engines.ENGINE_LABEL: "prism"}}, "flink") is registry.get("prism")
 
 
-def test_a_job_goes_where_its_sdk_runs():
-    """A job that names no engine runs on the default for its type, unless that does not run its SDK (its user
-    agent's): a Beam Go job on Prism, batch or streaming, and a server without Prism refuses it at create; Java runs
-    on the defaults (the embedded engine, the streaming engine: Flink or Prism)."""
+def test_a_job_goes_where_its_sdk_runs(monkeypatch):
+    """A job that names no engine runs on the default for its type: every engine runs Python, Java and Go, so a
+    batch job of any SDK on the embedded engine, a streaming one on the streaming engine (or it waits). Were the
+    default not to run its SDK (its user agent's), the job would go to the first engine that does, and a server
+    without that engine would refuse it at create."""
 
     def job(sdk: str, job_type: str = "JOB_TYPE_BATCH") -> dict:
         return {
@@ -118,27 +120,29 @@ def test_a_job_goes_where_its_sdk_runs():
             "environment": {"userAgent": {"name": f"Apache Beam SDK for {sdk}", "version": "2.77.0"}},
         }
 
-    assert engines.engine_of(job("Go"), "flink") == "prism"
-    assert engines.engine_of(job("Go", "JOB_TYPE_STREAMING"), "flink") == "prism"
-    assert engines.engine_of(job("Go", "JOB_TYPE_STREAMING"), None) == "prism"
-    # Python and Java: the defaults run them (or, for streaming without an engine, it waits).
-    assert engines.engine_of(job("Python"), "flink") == "embedded"
-    assert engines.engine_of(job("Java"), None) == "embedded"
-    assert engines.engine_of(job("Python", "JOB_TYPE_STREAMING"), None) is None
-    assert engines.engine_of(job("Java", "JOB_TYPE_STREAMING"), "flink") == "flink"
-    assert engines.engine_of(job("Java", "JOB_TYPE_STREAMING"), "prism") == "prism"
-    assert engines.engine_of(job("Java", "JOB_TYPE_STREAMING"), None) is None
-    labelled = {**job("Go"), "labels": {engines.ENGINE_LABEL: "embedded"}}
-    assert engines.engine_of(labelled, "flink") == "embedded"  # its label wins (staging refuses it, naming Prism)
+    for sdk in ("Python", "Java", "Go"):
+        assert engines.engine_of(job(sdk), "flink") == "embedded"
+        assert engines.engine_of(job(sdk), None) == "embedded"
+        assert engines.engine_of(job(sdk, "JOB_TYPE_STREAMING"), "flink") == "flink"
+        assert engines.engine_of(job(sdk, "JOB_TYPE_STREAMING"), "prism") == "prism"
+        assert engines.engine_of(job(sdk, "JOB_TYPE_STREAMING"), None) is None
+        engines.check_engine(job(sdk), {"embedded"})
 
-    engines.check_engine(job("Go"), {"embedded", "prism"})
-    engines.check_engine(job("Python"), {"embedded"})
+    # An embedded engine without Go: a Go batch job goes to the first engine that runs Go (Flink), a server
+    # without it refuses the job; a label still wins.
+    without_go = dataclasses.replace(registry.EMBEDDED, sdks=frozenset({registry.PYTHON, registry.JAVA}))
+    monkeypatch.setattr(registry, "BATCH_DEFAULT", without_go)
+    monkeypatch.setattr(registry, "ENGINES", (without_go, registry.FLINK, registry.PRISM))
+    assert engines.engine_of(job("Go"), None) == "flink"
+    assert engines.engine_of(job("Java"), None) == "embedded"
+    labelled = {**job("Go"), "labels": {engines.ENGINE_LABEL: "embedded"}}
+    assert engines.engine_of(labelled, None) == "embedded"  # (staging then refuses it, naming the engines that do)
+    engines.check_engine(job("Go"), {"embedded", "flink"})
     with pytest.raises(ApiError) as refused:
-        engines.check_engine(job("Go"), {"embedded", "flink"})
+        engines.check_engine(job("Go"), {"embedded", "prism"})
     assert refused.value.status == "FAILED_PRECONDITION"
-    assert "Beam Go pipeline" in refused.value.message and "Prism" in refused.value.message
-    assert "scripts/prism-build" in refused.value.message
-    engines.check_engine(job("Java", "JOB_TYPE_STREAMING"), {"embedded", "flink"})
+    assert "This is a Beam Go pipeline: Beamport runs those on Flink" in refused.value.message
+    assert "scripts/flink-cluster" in refused.value.message
 
 
 def test_the_executor_builds_each_engine_and_its_answers_match_its_declaration(tmp_path):

@@ -1,10 +1,11 @@
-"""Beam Go pipelines submitted by Beam Go's own Dataflow runner run on Prism: tests/go/wordcount (Beam Go SDK
-v2.77.0), submitted with gs:// staging and only the variables `beamport emulators env` prints (a GCS endpoint and
-a metadata server for Google's default credentials), ends DONE with the output of the same binary on Go's direct
-runner and the Go harness's log lines in the job's messages; a failing DoFn's Go error fails the job; a cancel
-leaves no Go worker. A streaming Go pipeline with Beam Go's pubsubio (tests/go/pubsub_sums) reads from and writes to
-the Pub/Sub emulator through Beamport's Python replacements of the native transforms, and drains. Needs Prism
-(BEAMPORT_TEST_PRISM), the GCS and Pub/Sub emulators and Go (scripts/test builds them all)."""
+"""Beam Go pipelines submitted by Beam Go's own Dataflow runner run on the embedded engine (batch) and on Prism:
+tests/go/wordcount (Beam Go SDK v2.77.0), submitted with gs:// staging and only the variables `beamport emulators
+env` prints (a GCS endpoint and a metadata server for Google's default credentials), ends DONE with the output of
+the same binary on Go's direct runner, its counter and the Go harness's log lines in the job's messages, on both;
+a failing DoFn's Go error fails the job; a cancel leaves no Go worker. A streaming Go pipeline with Beam Go's
+pubsubio (tests/go/pubsub_sums) reads from and writes to the Pub/Sub emulator on Prism through Beamport's Python
+replacements of the native transforms, and drains. Needs Prism (BEAMPORT_TEST_PRISM), the GCS and Pub/Sub
+emulators and Go (scripts/test builds them all)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("go")]
 
 PROJECT = "go-demo"
 BUCKET = "go-jobs"
+
+
+ON_PRISM = '--labels={"beamport_engine": "prism"}'
 
 
 class Go:
@@ -80,15 +84,22 @@ class Go:
 
 @pytest.fixture(scope="module")
 def go(tmp_path_factory) -> Go:
+    go = go_server(tmp_path_factory.mktemp("go"))
+    yield go
+    go.server.stop()
+
+
+def go_server(base: Path, *engines: str) -> Go:
+    """A started server with Prism (and `engines`' flags), the GCS, metadata and Pub/Sub endpoints Go's runner
+    needs (a bucket made), and the wordcount program."""
     prism = required_path("BEAMPORT_TEST_PRISM", "builds Prism")
     need_gcs_emulator()
     need_emulator(emulators.PUBSUB)
     binary = go_program("wordcount")
-    base = tmp_path_factory.mktemp("go")
     srv = Server(
         base / "data",
         extra_args=(
-            *("--allow-path", str(base), "--workers", "2", "--prism", str(prism)),
+            *("--allow-path", str(base), "--workers", "2", "--prism", str(prism), *engines),
             *("--emulators", "gcs,metadata,pubsub", "--metadata-project", PROJECT),
         ),
     ).start()
@@ -96,8 +107,7 @@ def go(tmp_path_factory) -> Go:
     env = dict(line.removeprefix("export ").split("=", 1) for line in printed.splitlines() if "=" in line)
     assert set(env) == {"STORAGE_EMULATOR_HOST", "GCE_METADATA_HOST", "GCE_METADATA_IP", "PUBSUB_EMULATOR_HOST"}
     storage(env).create_bucket(BUCKET)
-    yield Go(binary, srv, base, env)
-    srv.stop()
+    return Go(binary, srv, base, env)
 
 
 def storage(env: dict[str, str]):
@@ -121,15 +131,19 @@ def messages(api: Api, job_id: str) -> list[str]:
 
 
 @pytest.mark.parametrize("where", ["local", "gs"])
-def test_wordcount_runs_done_on_prism_with_the_direct_runners_output(go, where):
+def test_wordcount_runs_done_with_the_direct_runners_output(go, where):
+    """A batch Go job runs on the embedded engine (FnApiRunner starts the worker binary) unless it names another:
+    local files there; gs:// files (read and written by the Go worker through the GCS endpoint) on Prism, named
+    by the job's label."""
     input_ = None
+    engine = "the embedded engine" if where == "local" else "Prism"
     if where == "gs":  # read by the Go worker itself, through the GCS endpoint
         storage(go.env).bucket(BUCKET).blob("input.txt").upload_from_string(TEXT)
         input_ = f"gs://{BUCKET}/input.txt"
     direct, out = go.base / where / "direct.txt", go.base / where / "dataflow.txt"
     go.direct(direct, input_)
     # Go's runner polls a job every 30 s: the local run waits for it to say DONE, the gs:// one asks the API.
-    done, job_id = go.dataflow(out, *(["--async"] if where == "gs" else []), input_=input_)
+    done, job_id = go.dataflow(out, *(["--async", ON_PRISM] if where == "gs" else []), input_=input_)
     assert done.returncode == 0, done.stderr[-5000:]
     api = Api(go.server.url, PROJECT)
     if where == "gs":
@@ -137,11 +151,18 @@ def test_wordcount_runs_done_on_prism_with_the_direct_runners_output(go, where):
     else:
         assert "succeeded" in done.stderr, done.stderr[-5000:]
     job = api.get(job_id).json()
-    assert job["currentState"] == "JOB_STATE_DONE", messages(api, job_id)
-    assert read_output(out) == read_output(direct) != []
     assert job["jobMetadata"]["sdkVersion"]["versionDisplayName"] == "Apache Beam SDK for Go"
+    ran_as_the_direct_runner(api, job_id, out, direct, engine)
+
+
+def ran_as_the_direct_runner(api: Api, job_id: str, out: Path, direct: Path, engine: str) -> None:
+    """The wordcount job ran DONE on `engine`, with the direct runner's output, its worker's log lines in its
+    messages and its counter in getMetrics."""
+    job = api.get(job_id).json()
+    assert job["currentState"] == "JOB_STATE_DONE", messages(api, job_id)[-30:]
+    assert read_output(out) == read_output(direct) != []
     texts = messages(api, job_id)
-    assert any(text.startswith("The job is running on Prism") for text in texts)
+    assert any(text.startswith(f"The job is running on {engine}") for text in texts), texts
     # The Go harness's own log lines (Beam Go's textio logs where it writes, in the worker) are job messages.
     assert f"Writing to {out}" in texts, texts
     # The Go counter (wordcount/words, one per word read) through getMetrics, as a Python job's would be.
@@ -209,56 +230,69 @@ def test_pubsub_windowed_sums_with_a_duplicate_then_drained(go, monkeypatch):
     own, beside the job's Go one, on Prism. Each closed window's sums come out once (a duplicate id counted once),
     every message read is acknowledged, and a drain fires the open window and ends DRAINED, with no Go worker
     left."""
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", go.env["PUBSUB_EMULATOR_HOST"])  # for the test's own clients
-    topics = Topics("go-sums")
-    minute, later = publish_sums_input(topics, "g")
-    done, job_id = go.program("pubsub_sums").submit(
-        "go-pubsub-sums",
-        f"--input_subscription={topics.input_subscription}",
-        f"--output_topic={topics.output}",
-        "--async",
-    )
-    assert done.returncode == 0, done.stderr[-5000:]
-    api = Api(go.server.url, PROJECT)
-    # Go's runner marks the job streaming (pubsubio's read is unbounded), so it can be drained (batch jobs cannot).
-    assert api.get(job_id).json()["type"] == "JOB_TYPE_STREAMING"
-    closed = sorted([f"a,3,{minute}", f"a,10,{minute + 60}", f"b,5,{minute}"])
-
-    def summed_or_ended() -> bool:
-        if len(topics.pull_output()) >= len(closed):
-            return True
-        return api.get(job_id).json().get("currentState") in {"JOB_STATE_FAILED", "JOB_STATE_DONE"}
-
-    wait_for("the closed windows' sums", summed_or_ended, START_S)
-    wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=START_S)  # (a failed job's messages say why)
-    assert topics.pull_output() == closed
-    assert topics.backlog() == 0, "every message read was acknowledged"
+    sums = PubsubSums(go, "go-sums", monkeypatch)
+    assert sums.topics.backlog() == 0, "every message read was acknowledged"
+    assert any(text.startswith("The job is running on Prism") for text in messages(sums.api, sums.job_id))
     workers = go_workers(go.server)
     assert workers, "the job's Go worker runs"
-
-    assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200  # as Beam asks
-    wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=START_S)
-    # The drain fired the window still open; nothing was counted twice.
-    wait_for("the open window's sum", lambda: len(topics.pull_output()) > len(closed), 60)
-    assert topics.pull_output() == sorted([*closed, f"c,7,{later}"])
+    sums.drained()
     gone, alive = psutil.wait_procs(workers, timeout=60)
     assert not alive and not go_workers(go.server), alive
 
 
-def test_a_server_without_prism_refuses_a_go_job(tmp_path):
-    """No engine named, and no Prism: refused at create, saying what is needed (not a job that fails later). The
-    job is what Beam Go's Dataflow runner sends, in short: its user agent names the Go SDK."""
+class PubsubSums:
+    """tests/go/pubsub_sums submitted, reading input published with a duplicate, and running: each closed window's
+    sums are out, once. `drained()` then drains it."""
+
+    def __init__(self, go: Go, name: str, monkeypatch):
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", go.env["PUBSUB_EMULATOR_HOST"])  # for the test's own clients
+        self.topics = topics = Topics(name)
+        minute, self.later = publish_sums_input(topics, "g")
+        done, self.job_id = go.program("pubsub_sums").submit(
+            name,
+            f"--input_subscription={topics.input_subscription}",
+            f"--output_topic={topics.output}",
+            "--async",
+        )
+        assert done.returncode == 0, done.stderr[-5000:]
+        self.api = api = Api(go.server.url, PROJECT)
+        # Go's runner marks the job streaming (pubsubio's read is unbounded), so it can be drained (batch jobs cannot).
+        assert api.get(self.job_id).json()["type"] == "JOB_TYPE_STREAMING"
+        self.closed = sorted([f"a,3,{minute}", f"a,10,{minute + 60}", f"b,5,{minute}"])
+
+        def summed_or_ended() -> bool:
+            if len(topics.pull_output()) >= len(self.closed):
+                return True
+            return api.get(self.job_id).json().get("currentState") in {"JOB_STATE_FAILED", "JOB_STATE_DONE"}
+
+        wait_for("the closed windows' sums", summed_or_ended, START_S)
+        wait_state(api, self.job_id, {"JOB_STATE_RUNNING"}, timeout=START_S)  # (a failed job's messages say why)
+        assert topics.pull_output() == self.closed
+
+    def drained(self) -> None:
+        """Drained as Beam asks: the job ends DRAINED, the open window fired, nothing counted twice."""
+        assert self.api.update(self.job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200
+        wait_state(self.api, self.job_id, {"JOB_STATE_DRAINED"}, timeout=START_S)
+        wait_for("the open window's sum", lambda: len(self.topics.pull_output()) > len(self.closed), 60)
+        assert self.topics.pull_output() == sorted([*self.closed, f"c,7,{self.later}"])
+
+
+def test_a_server_without_prism_takes_go_jobs(tmp_path):
+    """No Prism, no Flink: a batch Go job is accepted (the embedded engine runs it); a streaming one waits in
+    JOB_STATE_PENDING, saying that the server has no streaming engine, as a Python job would. The jobs are what
+    Beam Go's Dataflow runner sends, in short: their user agent names the Go SDK."""
     srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "0")).start()
     try:
         api = Api(srv.url, PROJECT)
         go_agent = {"userAgent": {"name": "Apache Beam SDK for Go", "version": "2.77.0"}}
-        response = api.client.post(api.jobs_path, json={"name": "go-job", "environment": go_agent})
-        assert response.status_code == 400, response.text
-        error = response.json()["error"]
-        assert error["status"] == "FAILED_PRECONDITION"
-        assert "This is a Beam Go pipeline: Beamport runs those on Prism" in error["message"]
-        assert "scripts/prism-build" in error["message"]
-        assert api.all_jobs() == []
+        for name, job_type in (("go-batch", "JOB_TYPE_BATCH"), ("go-streaming", "JOB_TYPE_STREAMING")):
+            response = api.client.post(api.jobs_path, json={"name": name, "type": job_type, "environment": go_agent})
+            assert response.status_code == 200, response.text
+        jobs = {job["name"]: job for job in api.all_jobs()}
+        assert not any("streaming engine" in text for text in messages(api, jobs["go-batch"]["id"]))
+        streaming = jobs["go-streaming"]
+        assert streaming["currentState"] == "JOB_STATE_PENDING"
+        assert any("no streaming engine" in text for text in messages(api, streaming["id"]))
     finally:
         srv.stop()
 

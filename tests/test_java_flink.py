@@ -47,18 +47,23 @@ def java_on_flink(tmp_path_factory) -> Java:
     srv.stop()
 
 
-def pool_jvms(flink: dict) -> list[psutil.Process]:
-    """The Java SDK harnesses the Flink cluster's SDK worker pool runs."""
+def pool_workers(flink: dict, marker: str) -> list[psutil.Process]:
+    """The SDK workers the Flink cluster's SDK worker pool runs whose command lines hold `marker`."""
     port = flink["BEAMPORT_FLINK_SDK_POOL"].rpartition(":")[2]
     found = []
     for process in psutil.process_iter():
         try:
             command = process.cmdline()
             if "beamport.engine.worker_pool" in command and f"--service_port={port}" in command:
-                found += [p for p in process.children(recursive=True) if HARNESS in p.cmdline()]
+                found += [p for p in process.children(recursive=True) if marker in p.cmdline()]
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+def pool_jvms(flink: dict) -> list[psutil.Process]:
+    """The Java SDK harnesses the Flink cluster's SDK worker pool runs."""
+    return pool_workers(flink, HARNESS)
 
 
 HARNESS = "org.apache.beam.fn.harness.FnHarness"

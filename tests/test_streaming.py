@@ -816,7 +816,7 @@ def test_a_streaming_job_created_without_an_engine_runs_once_the_server_restarts
         assert counts_by_key(rows) == {"k0": [1], "k1": [1]}
         texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
         assert any("now has a streaming engine (prism)" in t for t in texts), texts
-        engines = "streaming jobs; Beam Go jobs; streaming Beam Java jobs"
+        engines = "streaming jobs; batch jobs that name it"
         assert f"prism: {Path(binary).resolve()} ({engines})" in srv.log_path.read_text()
         assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
         wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=30)

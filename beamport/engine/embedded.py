@@ -5,7 +5,8 @@ environments made embedded by staging). A subclass of FnApiRunner wraps `_execut
 method every bundle of every fused stage goes through, to report stage states and metrics as they happen.
 
 A Beam Java pipeline's Java environments run in a Java SDK harness each (engine/java_boot.py), a JVM that
-FnApiRunner feeds over the Fn API's gRPC as it feeds Python's SDK harness subprocesses.
+FnApiRunner feeds over the Fn API's gRPC as it feeds Python's SDK harness subprocesses; a Beam Go pipeline's Go
+environments run in the job's Go worker binary the same way (engine/go_boot.py).
 
 Parallelism (see docs/engines.md): `run_via_runner_api` ignores direct_num_workers (only `run_pipeline`
 reads it), so the engine sets the runner's worker count itself. With one worker, or in "threads" mode,
@@ -55,6 +56,7 @@ from beamport.engine.base import (
     StagedJob,
 )
 from beamport.engine.capture import pipeline_logs, user_error
+from beamport.engine.go_boot import GO_OPTIONS_KEY, go_worker_command
 from beamport.engine.java_boot import JavaUnavailable, harness_command
 from beamport.translate.graph import readable_stage_names
 
@@ -113,14 +115,15 @@ class EmbeddedEngine(Engine):
     def run(self, job: StagedJob, observer: RunObserver) -> RunResult:
         options = job.pipeline_options()
         parallelism = parallelism_for(job.options, self.default_workers, self.default_mode)
-        if job.java_environments:
-            # One Java SDK harness per environment: a JVM runs a bundle's parts on threads of its own, and
-            # each JVM takes seconds to start.
+        other_sdk = bool(job.java_environments or job.go_environments)
+        if other_sdk:
+            # One SDK worker per Java or Go environment: a JVM or a Go worker runs a bundle's parts on threads of
+            # its own (goroutines), and each JVM takes seconds to start.
             parallelism = Parallelism(1, PROCESSES)
         with pipeline_logs(observer.log, _harness_log_level(job.options)), _harness_settings(job, options) as workdir:
-            if job.java_environments:
+            if other_sdk:
                 try:
-                    pipeline, provision_info = _for_java_harness(job, workdir, self.java_harness_jars)
+                    pipeline, provision_info = _for_other_sdks(job, workdir, self.java_harness_jars)
                 except JavaUnavailable as exc:
                     return RunResult(FAILED, str(exc))
             elif parallelism.mode == PROCESSES:
@@ -145,11 +148,12 @@ class EmbeddedEngine(Engine):
             runner = ObservedFnApiRunner(
                 observer, parallelism.workers, parallelism.max_workers, provision_info=provision_info
             )
-            where = (
-                "a Java SDK harness"
-                if job.java_environments
-                else f"{parallelism.workers} SDK worker(s), {parallelism.mode}"
-            )
+            if job.java_environments:
+                where = "a Java SDK harness"
+            elif job.go_environments:
+                where = "the job's Go worker"
+            else:
+                where = f"{parallelism.workers} SDK worker(s), {parallelism.mode}"
             observer.running(f"the embedded engine ({where})", parallelism.workers)
             try:
                 result = runner.run_via_runner_api(pipeline, options)
@@ -370,20 +374,26 @@ def _for_worker_processes(job: StagedJob, workdir: Path):
     return pipeline, provision_info
 
 
-def _for_java_harness(job: StagedJob, workdir: Path, harness_jars: list[str]):
-    """The pipeline and provision info for Java SDK harnesses: each Java environment becomes a subprocess
-    environment running java_boot over its staged jars, and the harness gets the job's options as the Java
-    runner wrote them (Java's option names, which Java's harness reads)."""
+def _for_other_sdks(job: StagedJob, workdir: Path, harness_jars: list[str]):
+    """The pipeline and provision info for Java SDK harnesses and Go workers: each Java environment becomes a
+    subprocess environment running java_boot over its staged jars, each Go environment one running go_boot over
+    its worker binary. A Java harness gets the job's options as the Java runner wrote them (Java's option names,
+    which Java's harness reads); a Go worker reads its program's flags under Beam Go's own key."""
     pipeline = copy.deepcopy(job.pipeline)
-    for env_id, class_path in job.java_environments.items():
-        command = harness_command(class_path, harness_jars, workdir)
+    commands = {env_id: harness_command(jars, harness_jars, workdir) for env_id, jars in job.java_environments.items()}
+    for number, (env_id, binary) in enumerate(sorted(job.go_environments.items())):
+        commands[env_id] = go_worker_command(binary, workdir / f"go-{number}")
+    for env_id, command in commands.items():
         subprocess_env = environments.SubprocessSDKEnvironment.from_command_string(command).to_runner_api(
             None  # type: ignore[arg-type]  # Beam's type; a subprocess environment's payload needs no context
         )
         env = pipeline.components.environments[env_id]
         env.urn, env.payload = subprocess_env.urn, subprocess_env.payload
+    options = {k: v for k, v in job.options.items() if v is not None}
     struct = struct_pb2.Struct()
-    struct.update({"options": {k: v for k, v in job.options.items() if v is not None}})
+    struct.update({"options": options})
+    if "go_options" in options:
+        struct.update({GO_OPTIONS_KEY: options["go_options"]})
     provision_info = fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(retrieval_token="unused-retrieval-token", pipeline_options=struct)
     )

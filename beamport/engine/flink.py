@@ -46,8 +46,8 @@ from beamport.engine.capture import worker_log_service
 from beamport.engine.portable import (
     JobService,
     external_environments,
-    java_external_environments,
     java_options,
+    sdk_external_environments,
     user_metrics,
 )
 from beamport.engine.registry import FLINK
@@ -101,11 +101,11 @@ MAX_RESUBMITS = 3
 # What the job server's translation throws when Beam's Flink runner does not support something the pipeline
 # uses (e.g. "Unknown or unsupported WindowFn: beam:window_fn:pickled_python:v1", a Python WindowFn).
 TRANSLATION_REFUSALS = ("java.lang.IllegalArgumentException", "java.lang.UnsupportedOperationException")
-# A Java job's besides: a batch job's stages run one after the other, each a task of its own, and Beam's Flink
-# runner ends a stage's SDK harness with its task unless its environment is kept a while (Beam's
+# A Java or Go job's besides: a batch job's stages run one after the other, each a task of its own, and Beam's
+# Flink runner ends a stage's SDK harness with its task unless its environment is kept a while (Beam's
 # PortablePipelineOptions.environmentCacheMillis): a JVM started, and the job's jars fetched, once per job rather
-# than once per stage (about 13 s each here).
-JAVA_OPTIONS = {"environment_cache_millis": 10000}
+# than once per stage (about 13 s each here); a Go worker binary fetched once.
+OTHER_SDK_OPTIONS = {"environment_cache_millis": 10000}
 # Defaults for options the job may set itself (Beam's FlinkPipelineOptions, in Python's spelling).
 DEFAULT_OPTIONS = {
     # Bundles of a streaming stage end at each checkpoint (and after max_bundle_time_mills): without
@@ -604,9 +604,11 @@ class FlinkEngine(Engine):
 
     def _submit(self, job: StagedJob, drain_file: Path) -> str:
         pipeline = external_environments(job, self.config.sdk_pool)
-        java_external_environments(pipeline, job, self.config.sdk_pool)
+        sdk_external_environments(pipeline, job, self.config.sdk_pool)
         rename_transforms(pipeline, self.state_names)
-        given = {**JAVA_OPTIONS, **java_options(job)} if job.java_environments else job.options
+        given = java_options(job) if job.java_environments else job.options
+        if job.java_environments or job.go_environments:
+            given = {**OTHER_SDK_OPTIONS, **given}
         options = {**DEFAULT_OPTIONS, **(NOTHING_TO_STAGE if self.config.beam_on_cluster else {}), **given}
         options.update(
             job_name=job.job_id,  # the Flink job's name: how Beamport finds it again

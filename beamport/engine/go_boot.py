@@ -1,5 +1,6 @@
-"""Start a Beam Go job's worker binary for Prism, as Beam's Go container boot program (sdks/go/container/boot.go)
-does.
+"""Start a Beam Go job's worker binary, as Beam's Go container boot program (sdks/go/container/boot.go) does:
+for Prism (`main`), for the embedded engine (`main` without Prism's flags), and for Flink's SDK worker pool
+(`run_in_pool`, through beamport.engine.sdk_boot).
 
 Prism starts a process environment's command with `--id=ID --provision_endpoint=HOST:PORT` (the id in single
 quotes, which Beam's boots reject: they are stripped here). Like Beam's Go boot, this asks the provisioning
@@ -12,30 +13,109 @@ The worker stays in the process group of the executor that runs the job (the wor
 executor kills on cancel) and dies with its parent, Prism (PR_SET_PDEATHSIG): a Go worker outlives a killed
 Prism otherwise. `python -m beamport.engine.go_boot --worker_binary=PATH --semi_persist_dir=DIR` and Prism's
 flags.
+
+For the embedded engine, FnApiRunner starts a subprocess environment's command (`go_worker_command`) with the
+Fn API's endpoints and the job's options in variables (CONTROL_API_SERVICE_DESCRIPTOR, LOGGING_API_SERVICE_DESCRIPTOR,
+PIPELINE_OPTIONS, WORKER_ID), as for Python's and Java's harnesses: they become the worker's flags and options
+file, and the worker runs as a child of this program (engine/harness_process.py), so that one which fails before
+it reached FnApiRunner fails the job saying why, rather than leave the runner waiting for it.
+
+On Flink, the pool's boot program fetched the binary from the job server (sdk_boot.run_go_worker); the worker
+runs as a child of this program instead (engine/harness_process.py): its logs go to the Beamport engine's
+logging service and its control stream through a relay that notes its user metrics' steps, as a Java harness's
+do, and a worker that fails before it reached the runner fails the job saying why.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import shlex
 import sys
+from pathlib import Path
 
+from beamport.engine import harness_process
 from beamport.engine.sdk_boot import boot_arguments, provision_info
 from beamport.processes import die_with_parent
 
+# Where Beam Go's worker reads its program's flags in the options (runtime.RawOptionsWrapper).
+GO_OPTIONS_KEY = "beam:option:go_options:v1"
+# What Beam Go's worker says when the runner has closed its control stream; then it sleeps until it is killed
+# (core/runtime/harness/init/init.go), where FnApiRunner waits for its workers to exit.
+WORKER_DONE = "Worker exited successfully!"
+
+
+def go_worker_command(binary: str, semi_persist_dir: Path) -> str:
+    """The subprocess environment's command (a shell command line) that runs the Go worker `binary` for
+    FnApiRunner, its files under `semi_persist_dir`."""
+    command = [sys.executable, "-m", "beamport.engine.go_boot", f"--worker_binary={binary}"]
+    return shlex.join([*command, f"--semi_persist_dir={semi_persist_dir}"])
+
 
 def main(argv: list[str]) -> None:
+    args = boot_arguments(argv, "worker_binary")
+    if not args.provision_endpoint:
+        run_for_fn_api_runner(args)
+        return
+    prism = os.getppid()
+    info = provision_info(args.provision_endpoint, args.id)  # args.id: Prism's quotes stripped
+    logs, control = _endpoints(info, args)
+    command, env = worker_command(args.worker_binary, args.id, info, args.semi_persist_dir, logs, control)
+    die_with_parent(prism)
+    os.execve(command[0], command, env)
+
+
+def run_for_fn_api_runner(args: argparse.Namespace) -> None:
+    """Run the worker binary for FnApiRunner: its endpoints, id and options from the variables it sets."""
+    from apache_beam.portability.api import beam_provision_api_pb2, endpoints_pb2
+    from google.protobuf import json_format, text_format
+
+    def url(variable: str) -> str:
+        return text_format.Parse(os.environ.get(variable, ""), endpoints_pb2.ApiServiceDescriptor()).url
+
+    info = beam_provision_api_pb2.ProvisionInfo()
+    json_format.Parse(os.environ.pop("PIPELINE_OPTIONS", "{}"), info.pipeline_options)
+    info.logging_endpoint.url = url("LOGGING_API_SERVICE_DESCRIPTOR")
+    info.control_endpoint.url = url("CONTROL_API_SERVICE_DESCRIPTOR")
+    args.id = os.environ.get("WORKER_ID") or "go-worker"
+    logs, control = _endpoints(info, args)
+    os.makedirs(args.semi_persist_dir, exist_ok=True)
+    command, env = worker_command(args.worker_binary, args.id, info, args.semi_persist_dir, logs, control)
+    die_with_parent()  # FnApiRunner's shell, which its executor kills with the job
+    harness_process.run(command, env, "The Go worker", control, args.id, WORKER_DONE)
+
+
+def run_in_pool(args: argparse.Namespace, info, binary: str, semi_persistent: str) -> None:
+    """Run the worker binary for Flink's SDK worker pool, with relays (harness_process) for its logs, to the
+    Beamport engine's logging service when the job names one that is reachable, and for its control stream, when
+    the job names a metric keys file; exit with its status."""
     from google.protobuf import json_format
 
-    prism = os.getppid()
-    args = boot_arguments(argv, "worker_binary")
-    worker_id = args.id  # Prism's quotes stripped
-    info = provision_info(args.provision_endpoint, worker_id)
-    logging_endpoint = info.logging_endpoint.url or args.logging_endpoint
-    control_endpoint = info.control_endpoint.url or args.control_endpoint
-    if not logging_endpoint or not control_endpoint:
-        sys.exit(f"go_boot: the runner provisioned no logging or control endpoint for worker {worker_id}")
+    from beamport.engine import metric_keys
+    from beamport.engine.sdk_boot import LOGGING_ENDPOINT_OPTION, option, reachable
 
-    workdir = os.path.join(args.semi_persist_dir, f"go-worker-{worker_id}")
+    logging_endpoint, control_endpoint = _endpoints(info, args)
+    options = json_format.MessageToDict(info.pipeline_options)
+    beamport_logs = option(options, LOGGING_ENDPOINT_OPTION)
+    if beamport_logs and reachable(beamport_logs):
+        logging_endpoint = harness_process.relay_logs(beamport_logs)
+    keys_file = option(options, metric_keys.OPTION)
+    if keys_file:
+        control_endpoint = harness_process.relay_control(control_endpoint, metric_keys.KeyNotes(keys_file))
+    command, env = worker_command(binary, args.id, info, semi_persistent, logging_endpoint, control_endpoint)
+    die_with_parent(os.getppid())  # the pool, or the sandbox it started this program in
+    harness_process.run(command, env, "The Go worker", control_endpoint, args.id, WORKER_DONE)
+
+
+def worker_command(
+    binary: str, worker_id: str, info, semi_persist_dir: str, logging_endpoint: str, control_endpoint: str
+) -> tuple[list[str], dict[str, str]]:
+    """The worker binary's command line and environment, as Beam's Go boot gives them (in its own directory under
+    `semi_persist_dir`, which is made, with the job's options in a file there); its working directory is made the
+    current one."""
+    from google.protobuf import json_format
+
+    workdir = os.path.join(semi_persist_dir, f"go-worker-{worker_id}")
     os.makedirs(workdir, exist_ok=True)
     options_file = os.path.join(workdir, "pipeline_options.json")
     with open(options_file, "w") as out:
@@ -47,16 +127,24 @@ def main(argv: list[str]) -> None:
     if info.status_endpoint.url:
         env["STATUS_ENDPOINT"] = info.status_endpoint.url
     command = [
-        args.worker_binary,
+        binary,
         "--worker=true",
         f"--id={worker_id}",
         f"--logging_endpoint={logging_endpoint}",
         f"--control_endpoint={control_endpoint}",
         f"--semi_persist_dir={workdir}",
     ]
-    die_with_parent(prism)
     os.chdir(workdir)
-    os.execve(command[0], command, env)
+    return command, env
+
+
+def _endpoints(info, args: argparse.Namespace) -> tuple[str, str]:
+    """The logging and control endpoints: those provisioned, else the flags'."""
+    logging_endpoint = info.logging_endpoint.url or args.logging_endpoint
+    control_endpoint = info.control_endpoint.url or args.control_endpoint
+    if not logging_endpoint or not control_endpoint:
+        sys.exit(f"go_boot: the runner provisioned no logging or control endpoint for worker {args.id}")
+    return logging_endpoint, control_endpoint
 
 
 if __name__ == "__main__":

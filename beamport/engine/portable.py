@@ -42,29 +42,38 @@ def external_environments(job: StagedJob, sdk_pool: str):
 
 
 # The parameter of an external environment that tells Beamport's SDK worker pool (engine/worker_pool.py) which
-# SDK's worker to start: "java" (a Java SDK harness, engine/java_boot.py); absent, Python.
+# SDK's worker to start: "java" (a Java SDK harness, engine/java_boot.py) or "go" (the job's Go worker binary,
+# engine/go_boot.py); absent, Python.
 SDK_PARAM = "beamport_sdk"
 JAVA_SDK = "java"
+GO_SDK = "go"
+GO_WORKER = "worker"  # the name a Go environment's worker binary is staged under (as Beam's Go boot looks for it)
 
 
-def java_external_environments(pipeline, job: StagedJob, sdk_pool: str):
-    """The pipeline with its Java environments pointing at the SDK worker pool, which starts a Java SDK harness for
-    them (SDK_PARAM); their artifacts are the job's staged jars, in class path order (each named by its place, as
-    two jars may share a file name), which the job service hands to the harness's launcher (sdk_boot)."""
+def sdk_external_environments(pipeline, job: StagedJob, sdk_pool: str):
+    """The pipeline with its Java and Go environments pointing at the SDK worker pool, which starts their workers
+    (SDK_PARAM) over their artifacts: a Java environment's are the job's staged jars, in class path order (each
+    named by its place, as two jars may share a file name); a Go environment's is its worker binary. The job
+    service hands them to the worker's launcher (sdk_boot)."""
+    for env_id, class_path in job.java_environments.items():
+        named = [(path, f"{number:04d}-{os.path.basename(path)}") for number, path in enumerate(class_path)]
+        _pool_environment(pipeline.components.environments[env_id], sdk_pool, JAVA_SDK, named)
+    for env_id, binary in job.go_environments.items():
+        _pool_environment(pipeline.components.environments[env_id], sdk_pool, GO_SDK, [(binary, GO_WORKER)])
+    return pipeline
+
+
+def _pool_environment(env, sdk_pool: str, sdk: str, files: list[tuple[str, str]]) -> None:
     from apache_beam.portability import common_urns
     from apache_beam.portability.api import beam_runner_api_pb2, endpoints_pb2
 
     payload = beam_runner_api_pb2.ExternalPayload(
-        endpoint=endpoints_pb2.ApiServiceDescriptor(url=sdk_pool), params={SDK_PARAM: JAVA_SDK}
+        endpoint=endpoints_pb2.ApiServiceDescriptor(url=sdk_pool), params={SDK_PARAM: sdk}
     )
-    for env_id, class_path in job.java_environments.items():
-        env = pipeline.components.environments[env_id]
-        env.urn = common_urns.environments.EXTERNAL.urn
-        env.payload = payload.SerializeToString()
-        del env.dependencies[:]
-        named = [(path, f"{number:04d}-{os.path.basename(path)}") for number, path in enumerate(class_path)]
-        env.dependencies.extend(_file_artifacts(named))
-    return pipeline
+    env.urn = common_urns.environments.EXTERNAL.urn
+    env.payload = payload.SerializeToString()
+    del env.dependencies[:]
+    env.dependencies.extend(_file_artifacts(files))
 
 
 def java_options(job: StagedJob) -> dict:

@@ -121,7 +121,9 @@ EMBEDDED = EngineSpec(
     keeps_state=False,
     drains=frozenset(),
     stops_outside=False,
-    sdks=frozenset({PYTHON, JAVA}),
+    # Java and Go: FnApiRunner starts a Java SDK harness, or the job's Go worker binary, from a subprocess
+    # environment (engine/java_boot.py, engine/go_boot.py), as it starts Python's.
+    sdks=frozenset({PYTHON, JAVA, GO}),
     host_config=None,
     missing_on_server="",
     missing_on_worker="",
@@ -134,10 +136,12 @@ FLINK = EngineSpec(
     batch=True,
     streaming=True,
     keeps_state=True,  # savepoints
-    drains=frozenset({PYTHON}),
+    # A drain stops Beamport's own sources (Python's, and those staging gives Go's Pub/Sub I/O), as on Prism.
+    drains=frozenset({PYTHON, GO}),
     stops_outside=True,  # the job runs on the cluster
-    # Java: the cluster's SDK worker pool starts a Java SDK harness over the job's staged jars (engine/sdk_boot.py).
-    sdks=frozenset({PYTHON, JAVA}),
+    # Java and Go: the cluster's SDK worker pool starts a Java SDK harness over the job's staged jars, or the job's
+    # Go worker binary (engine/sdk_boot.py).
+    sdks=frozenset({PYTHON, JAVA, GO}),
     native_reshuffle=True,
     host_config=_flink_config,
     missing_on_server="no Flink cluster: start one with scripts/flink-cluster and give its endpoints to `beamport "

@@ -25,6 +25,10 @@ parameters, Google's names) come back under their own names from the option `bea
 Java's job server hands them on in snake_case. The file policy of the executor that submitted the job (the option
 `beamport_file_policy`, set by the engine over any the job gave) becomes the worker's BEAMPORT_FILE_POLICY, where
 Beamport's built-in templates find it (beamport/files.py).
+
+A worker of a Java or Go environment (the pool's flag `--sdk=java` or `--sdk=go`) goes into the same sandbox, then
+becomes a Java SDK harness over the job's staged jars, or the job's Go worker binary (run_java_worker,
+run_go_worker).
 """
 
 from __future__ import annotations
@@ -54,8 +58,9 @@ CASED_OPTIONS = "beamport_cased_options"
 FILE_POLICY_OPTION = "beamport_file_policy"
 # A spare's flag: its directory (beamport.engine.worker_pool), and the flags the pool assigns it then.
 SPARE_DIR = "spare_dir"
-# The pool's flag for a worker of another SDK ("java": a Java SDK harness, run_java_worker), and the flag this
-# program hands itself, into its sandbox, with Beamport's harness jars found outside it (java_boot.harness_jars).
+# The pool's flag for a worker of another SDK ("java": a Java SDK harness, run_java_worker; "go": run_go_worker),
+# and the flag this program hands itself, into its sandbox, with Beamport's harness jars found outside it
+# (java_boot.harness_jars).
 SDK_FLAG = "sdk"
 HARNESS_JARS_FLAG = "java_harness_jars"
 ASSIGNED = ("id", "logging_endpoint", "artifact_endpoint", "provision_endpoint", "control_endpoint")
@@ -116,6 +121,9 @@ def main(argv: list[str]) -> None:
             os.execvpe(command[0], command, os.environ)
     if java:
         run_java_worker(args, semi_persistent, argv)
+        return
+    if args.sdk == portable.GO_SDK:
+        run_go_worker(args, semi_persistent)
         return
     if args.spare_dir:
         for module in WORKER_MODULES:  # what makes most of a worker's start, done while it waits
@@ -192,8 +200,8 @@ def run_worker(args: argparse.Namespace, semi_persistent: str) -> None:
 def run_java_worker(args: argparse.Namespace, semi_persistent: str, argv: list[str]) -> None:
     """Become a Java SDK harness for the job (the pool's worker of a Java environment: portable.SDK_PARAM), as
     Beam's Java boot does: the environment's artifacts (the job's staged jars, named in class path order:
-    portable.java_external_environments) fetched, then the harness started over them and Beamport's harness jars
-    by beamport.engine.java_boot, which asks the provisioning service for the rest."""
+    portable.sdk_external_environments) fetched, then the harness started over them and Beamport's harness jars
+    by beamport.engine.java_boot, with the rest of what the provisioning service said."""
     from beamport.engine import java_boot
 
     info = provision_info(args.provision_endpoint, args.id)
@@ -207,6 +215,22 @@ def run_java_worker(args: argparse.Namespace, semi_persistent: str, argv: list[s
         )
     os.dup2(2, 1)
     java_boot.main([spec, *argv], info)
+
+
+def run_go_worker(args: argparse.Namespace, semi_persistent: str) -> None:
+    """Become the job's Go worker (the pool's worker of a Go environment: portable.SDK_PARAM), as Beam's Go boot
+    does: the environment's artifact (the worker binary, staged as portable.GO_WORKER) fetched, then run by
+    beamport.engine.go_boot with what the provisioning service said."""
+    from beamport.engine import go_boot
+
+    info = provision_info(args.provision_endpoint, args.id)
+    fetched = fetch_artifacts(info, _descriptor(info.artifact_endpoint, args.artifact_endpoint), semi_persistent)
+    binary = next((path for path in fetched if os.path.basename(path) == portable.GO_WORKER), None)
+    if binary is None:
+        sys.exit(f"sdk_boot: the Go environment of worker {args.id} staged no {portable.GO_WORKER!r} binary")
+    os.chmod(binary, 0o755)
+    os.dup2(2, 1)
+    go_boot.run_in_pool(args, info, binary, semi_persistent)
 
 
 def _descriptor(provided, url: str) -> str:

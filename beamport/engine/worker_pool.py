@@ -15,8 +15,9 @@ take the CPU the job's first bundles need then). A spare is beamport.engine.sdk_
 with `--spare_dir` (its own directory, as a worker's; the sandbox leaves it, and nothing else of the pool's,
 writable) and reads that worker's flags from its stdin (sdk_boot.read_assignment).
 
-A worker of a Java environment (its parameter `beamport_sdk=java`: portable.java_external_environments) is a Java
-SDK harness: the pool starts the same program with `--sdk=java` (sdk_boot.run_java_worker), never a spare.
+A worker of a Java or Go environment (its parameter `beamport_sdk=java` or `go`: portable.sdk_external_environments)
+is a Java SDK harness or the job's Go worker binary: the pool starts the same program with `--sdk=java` or
+`--sdk=go` (sdk_boot.run_java_worker, run_go_worker), never a spare.
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
                     self.spares.append(self._spare())
 
         def StartWorker(self, request, context):
-            if request.params.get(portable.SDK_PARAM) == portable.JAVA_SDK:
-                return self._start_java(request)
+            sdk = request.params.get(portable.SDK_PARAM)
+            if sdk in (portable.JAVA_SDK, portable.GO_SDK):
+                return self._start_other_sdk(request, sdk)
             with self._lock:
                 spare = None
                 while self.spares and spare is None:
@@ -114,11 +116,12 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
             self._worker_processes[request.worker_id] = spare
             return beam_fn_api_pb2.StartWorkerResponse()
 
-        def _start_java(self, request):
-            """A Java SDK harness: the boot program in its Java mode (never a spare: those are Python workers)."""
+        def _start_other_sdk(self, request, sdk: str):
+            """A Java SDK harness or a Go worker: the boot program in that SDK's mode (never a spare: those are
+            Python workers)."""
             flags = [f"--{name}={url}" for name, url in _endpoints(request).items()]
-            command = [container_executable, f"--{sdk_boot.SDK_FLAG}={portable.JAVA_SDK}", f"--id={request.worker_id}"]
-            log.info("worker %s: a Java SDK harness", request.worker_id)
+            command = [container_executable, f"--{sdk_boot.SDK_FLAG}={sdk}", f"--id={request.worker_id}"]
+            log.info("worker %s: a %s SDK worker", request.worker_id, sdk)
             # As Beam's pool: stdout piped and never read (the boot program writes to stderr).
             process = subprocess.Popen([*command, *flags], stdout=subprocess.PIPE, close_fds=True)
             self._worker_processes[request.worker_id] = process

@@ -4,8 +4,9 @@ A job names its engine with the label `beamport_engine` (DataflowRunner: `--labe
 Otherwise batch jobs run on the batch engine (embedded), and streaming jobs on the server's streaming engine
 (the first streaming engine of beamport.engine.registry the server has: Flink when it has a cluster, else
 Prism when it has the binary; without either they wait in JOB_STATE_PENDING, saying so), unless that engine
-does not run the job's SDK (its user agent's): then the first engine that does (Go: Prism), and a server
-without it refuses the job at create. What an engine can do (keep state, drain...) is the registry's to say.
+does not run the job's SDK (its user agent's): then the first engine that does, and a server without it refuses
+the job at create (every engine runs every SDK today: Python, Java and Go). What an engine can do (keep state,
+drain...) is the registry's to say.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def engine_of(doc: dict, streaming_engine: str | None) -> str | None:
 
 
 def engine_for_sdk(doc: dict, streaming_engine: str | None) -> registry.EngineSpec | None:
-    """The engine a job that names none runs on because the default one does not run its SDK (a Go job: Prism);
+    """The engine a job that names none runs on because the default one does not run its SDK (none today);
     None when the default serves (or no engine runs that SDK: staging then says why)."""
     sdk = sdk_language(doc)
     streaming = doc.get("type") == model.STREAMING
@@ -96,7 +97,7 @@ def check_engine(doc: dict, available: set[str]) -> None:
     """Refuse a job that names an engine this server does not have."""
     named = (doc.get("labels") or {}).get(ENGINE_LABEL)
     if named is None:
-        # No engine named: the one its SDK needs, where the default does not run it (a Go job on Prism).
+        # No engine named: the one its SDK needs, where the default does not run it.
         for_sdk = engine_for_sdk(doc, None)
         if for_sdk is not None and for_sdk.name not in available:
             sdk = registry.SDK_TITLES.get(sdk_language(doc) or "", "")

@@ -1,0 +1,63 @@
+"""Beam Go pipelines on Flink, submitted by Beam Go's own Dataflow runner: the Flink cluster's SDK worker pool
+starts the job's Go worker binary, fetched from the job server (docs/engines.md, "Go on Flink"). The wordcount,
+labelled for Flink, ends DONE with Go's direct runner's output, its counter and its worker's log lines; a
+streaming pubsubio pipeline runs there by default (Flink is the server's streaming engine) and drains. The Flink
+cluster is scripts/test's (BEAMPORT_TEST_FLINK_ENV), the Go programs tests/go's."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+from conftest import Api
+from test_go import PROJECT, Go, PubsubSums, go_server, messages, ran_as_the_direct_runner
+from test_java_flink import pool_workers
+from test_running_jobs import wait_state
+from test_streaming import flink_args, flink_endpoints
+
+# One Flink job at a time, as test_streaming's.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]
+
+ON_FLINK = '--labels={"beamport_engine": "flink"}'
+
+
+@pytest.fixture(scope="module")
+def go_on_flink(tmp_path_factory) -> Go:
+    """A server with the Flink cluster (its streaming engine) and Prism, with the GCS, metadata and Pub/Sub
+    endpoints Go's runner needs; the wordcount program."""
+    flink = flink_endpoints()
+    go = go_server(tmp_path_factory.mktemp("go-flink"), *flink_args(flink))
+    go.flink = flink  # type: ignore[attr-defined]
+    yield go
+    go.server.stop()
+
+
+GO_WORKER = "--worker=true"  # in a Go worker's command line
+
+
+def test_go_wordcount_runs_on_flink_with_the_direct_runners_output(go_on_flink):
+    """Labelled for Flink (a batch Go job that names no engine runs on Prism): the pool starts the worker binary
+    it fetched from the job server; the output is Go's direct runner's, the counter is in getMetrics, and the Go
+    worker's own log lines are the job's messages."""
+    go = go_on_flink
+    direct, out = go.base / "direct.txt", go.base / "flink.txt"
+    go.direct(direct)
+    done, job_id = go.dataflow(out, ON_FLINK, "--async")
+    assert done.returncode == 0, done.stderr[-5000:]
+    api = Api(go.server.url, PROJECT)
+    wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=600)
+    ran_as_the_direct_runner(api, job_id, out, direct, "Flink")
+
+
+def test_go_pubsub_sums_run_on_flink_by_default_then_drain(go_on_flink, monkeypatch):
+    """A streaming Go job that names no engine runs on the server's streaming engine, Flink: Beam Go's pubsubio,
+    replaced by Beamport's Python transforms beside the Go environment, reads and writes through the Pub/Sub
+    emulator; each closed window's sums come out once (a duplicate id counted once); a drain fires the open
+    window and ends DRAINED, with no Go worker left."""
+    go = go_on_flink
+    sums = PubsubSums(go, "go-flink-sums", monkeypatch)
+    assert any(text.startswith("The job is running on Flink") for text in messages(sums.api, sums.job_id))
+    workers = pool_workers(go.flink, GO_WORKER)  # type: ignore[attr-defined]
+    assert workers, "the job's Go worker runs in the cluster's SDK worker pool"
+    sums.drained()
+    gone, alive = psutil.wait_procs(workers, timeout=120)
+    assert not alive, alive
