@@ -1,13 +1,14 @@
 """Beam Go jobs: what Beamport adds to a Go pipeline's own run time, and how soon a submitted Go job runs.
 
-    python benchmarks/go_bench.py [--lines 400] [--runs 3] [--prism PATH]
+    python benchmarks/go_bench.py [--lines 400] [--runs 3] [--engine embedded|prism ...] [--prism PATH]
 
 tests/go/wordcount (built once, tests/go_programs.py) on the same generated text: (a) on Beam Go's direct
 runner, (b) submitted by Beam Go's Dataflow runner to a Beamport server with Prism and `--emulators gcs,metadata`
-(gs:// staging, default credentials from the metadata server), each --runs times. For (b): the submitting
-program's wall time, the part of it spent staging the worker binary on the GCS endpoint (from the runner's own
-log lines), and from the job: jobs.create to RUNNING (the Prism engine's "is running on" message), jobs.create to
-DONE. Prints figures; asserts nothing.
+(gs:// staging, default credentials from the metadata server), each --runs times on each --engine (the job's
+label `beamport_engine`; embedded is a batch Go job's default). For (b): the submitting program's wall time, the
+part of it spent staging the worker binary on the GCS endpoint (from the runner's own log lines), and from the
+job: jobs.create to RUNNING (the engine's "is running on" message), jobs.create to DONE. Prints figures; asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=400)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--engine", action="append", choices=["embedded", "prism"], help="default: both")
     parser.add_argument("--prism", default=str(Path.home() / ".cache" / "beamport" / "bin" / "prism"))
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
@@ -93,7 +95,7 @@ def main() -> None:
             for _ in range(args.runs)
         ]
         print(f"Go direct runner: {statistics.median(direct):.2f} s (median of {args.runs}: {direct})")
-        for _ in range(args.runs):
+        for engine in [engine for engine in args.engine or ["embedded", "prism"] for _ in range(args.runs)]:
             name = f"wc-{uuid.uuid4().hex[:6]}"
             wall, log = run(
                 binary,
@@ -108,6 +110,7 @@ def main() -> None:
                 f"--worker_binary={binary}",
                 f"--input={text}",
                 f"--output={base}/{name}.txt",
+                f'--labels={{"beamport_engine": "{engine}"}}',
             )
             jobs = httpx.get(f"{url}/v1b3/projects/{PROJECT}/locations/us-central1/jobs").json()["jobs"]
             job = next(j for j in jobs if j["name"] == name)
@@ -118,8 +121,8 @@ def main() -> None:
             created = parse_time(job["createTime"])
             running = next(parse_time(m["time"]) for m in messages if "is running on" in m.get("messageText", ""))
             print(
-                f"Dataflow runner: submitter {wall:.1f} s (staging the {binary.stat().st_size >> 20} MB binary "
-                f"{staging_seconds(log):.1f} s), create->RUNNING {running - created:.1f} s, create->DONE "
+                f"Dataflow runner, {engine}: submitter {wall:.1f} s (staging the {binary.stat().st_size >> 20} MB "
+                f"binary {staging_seconds(log):.1f} s), create->RUNNING {running - created:.1f} s, create->DONE "
                 f"{parse_time(job['currentStateTime']) - created:.1f} s ({job['currentState']}; "
                 f"{(parse_time(job['currentStateTime']) - created) / statistics.median(direct):.1f}x direct)"
             )

@@ -25,7 +25,8 @@ from beamport.processes import die_with_parent
 # subprocess has closed the poller's descriptor before exec: the child can abort before it becomes the harness
 # (grpc/grpc#43055; seen in CI: "The Java SDK harness (a JVM) exited with status -6 ... epoll_wait error: Bad file
 # descriptor", about 1 start in 100 here). These launchers use gRPC only as clients and relays, never in a child:
-# off, before gRPC starts in this process (the launchers import this module before any gRPC call).
+# off, before gRPC starts in this process (the launchers import this module before any gRPC call). The embedded
+# engine's executor imports it too (through go_boot): its children exec at once and use none of its gRPC either.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 OUTPUT_LINES = 20  # of a failed harness's output, in the job's failure
