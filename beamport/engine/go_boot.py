@@ -91,17 +91,9 @@ def run_in_pool(args: argparse.Namespace, info, binary: str, semi_persistent: st
     the job names a metric keys file; exit with its status."""
     from google.protobuf import json_format
 
-    from beamport.engine import metric_keys
-    from beamport.engine.sdk_boot import LOGGING_ENDPOINT_OPTION, option, reachable
-
-    logging_endpoint, control_endpoint = _endpoints(info, args)
-    options = json_format.MessageToDict(info.pipeline_options)
-    beamport_logs = option(options, LOGGING_ENDPOINT_OPTION)
-    if beamport_logs and reachable(beamport_logs):
-        logging_endpoint = harness_process.relay_logs(beamport_logs)
-    keys_file = option(options, metric_keys.OPTION)
-    if keys_file:
-        control_endpoint = harness_process.relay_control(control_endpoint, metric_keys.KeyNotes(keys_file))
+    logging_endpoint, control_endpoint = harness_process.relayed(
+        json_format.MessageToDict(info.pipeline_options), *_endpoints(info, args)
+    )
     command, env = worker_command(binary, args.id, info, semi_persistent, logging_endpoint, control_endpoint)
     die_with_parent(os.getppid())  # the pool, or the sandbox it started this program in
     harness_process.run(command, env, "The Go worker", control_endpoint, args.id, WORKER_DONE)

@@ -81,6 +81,22 @@ def answer_in_its_place(control_url: str, worker_id: str, error: str) -> None:
             pass  # the runner went, or had seen this worker go: it knows
 
 
+def relayed(options: dict, logging_endpoint: str, control_endpoint: str) -> tuple[str, str]:
+    """The logging and control endpoints a harness of a job with these provisioned options is given: its logs to
+    the Beamport engine's logging service when the job names one that answers (as sdk_boot's workers do), its
+    control stream through a relay noting its user metrics' keys when the job names a keys file (a Flink job's)."""
+    from beamport.engine import metric_keys
+    from beamport.engine.sdk_boot import LOGGING_ENDPOINT_OPTION, option, reachable
+
+    beamport_logs = option(options, LOGGING_ENDPOINT_OPTION)
+    if beamport_logs and reachable(beamport_logs):
+        logging_endpoint = relay_logs(beamport_logs)
+    keys_file = option(options, metric_keys.OPTION)
+    if keys_file:
+        control_endpoint = relay_control(control_endpoint, metric_keys.KeyNotes(keys_file))
+    return logging_endpoint, control_endpoint
+
+
 def relay_logs(target: str) -> str:
     """A logging service that passes the harness's log entries on to `target`, the Beamport engine's logging
     service (engine/capture.py: on a Unix socket, which Beam Java's gRPC channels do not reach: they dial

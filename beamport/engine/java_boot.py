@@ -139,8 +139,7 @@ def provisioned_environment(argv: list[str], info=None) -> None:
     provisioning service (Beam's Java boot: sdks/java/container/boot.go)."""
     from google.protobuf import json_format
 
-    from beamport.engine import metric_keys
-    from beamport.engine.sdk_boot import LOGGING_ENDPOINT_OPTION, boot_arguments, option, provision_info, reachable
+    from beamport.engine.sdk_boot import boot_arguments, provision_info
 
     args = boot_arguments(argv)
     info = info or provision_info(args.provision_endpoint, args.id)
@@ -148,13 +147,7 @@ def provisioned_environment(argv: list[str], info=None) -> None:
     logging = info.logging_endpoint.url or args.logging_endpoint
     if not control or not logging:
         sys.exit(f"java_boot: the runner provisioned no control or logging endpoint for worker {args.id}")
-    options = json_format.MessageToDict(info.pipeline_options)
-    beamport_logs = option(options, LOGGING_ENDPOINT_OPTION)
-    if beamport_logs and reachable(beamport_logs):  # the engine's own, as sdk_boot's workers do: the job's messages
-        logging = harness_process.relay_logs(beamport_logs)
-    keys_file = option(options, metric_keys.OPTION)
-    if keys_file:  # a Flink job's: note which user metrics its steps report, as sdk_boot's workers do
-        control = harness_process.relay_control(control, metric_keys.KeyNotes(keys_file))
+    logging, control = harness_process.relayed(json_format.MessageToDict(info.pipeline_options), logging, control)
     os.environ.update(
         WORKER_ID=args.id,
         CONTROL_API_SERVICE_DESCRIPTOR=f"url: {json.dumps(control)}",
