@@ -29,6 +29,7 @@ do, and a worker that fails before it reached the runner fails the job saying wh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -59,30 +60,24 @@ def main(argv: list[str]) -> None:
         return
     prism = os.getppid()
     info = provision_info(args.provision_endpoint, args.id)  # args.id: Prism's quotes stripped
-    logs, control = _endpoints(info, args)
-    command, env = worker_command(args.worker_binary, args.id, info, args.semi_persist_dir, logs, control)
+    command, env = worker_command(args.worker_binary, args.id, info, args.semi_persist_dir, *_endpoints(info, args))
     die_with_parent(prism)
     os.execve(command[0], command, env)
 
 
 def run_for_fn_api_runner(args: argparse.Namespace) -> None:
-    """Run the worker binary for FnApiRunner: its endpoints, id and options from the variables it sets."""
-    from apache_beam.portability.api import beam_provision_api_pb2, endpoints_pb2
-    from google.protobuf import json_format, text_format
-
-    def url(variable: str) -> str:
-        return text_format.Parse(os.environ.get(variable, ""), endpoints_pb2.ApiServiceDescriptor()).url
-
-    info = beam_provision_api_pb2.ProvisionInfo()
-    json_format.Parse(os.environ.pop("PIPELINE_OPTIONS", "{}"), info.pipeline_options)
-    info.logging_endpoint.url = url("LOGGING_API_SERVICE_DESCRIPTOR")
-    info.control_endpoint.url = url("CONTROL_API_SERVICE_DESCRIPTOR")
-    args.id = os.environ.get("WORKER_ID") or "go-worker"
-    logs, control = _endpoints(info, args)
+    """Run the worker binary for FnApiRunner: its endpoints, id and options from the variables it sets (read
+    without Beam's protos: importing apache_beam would cost the job 2.5 s before its worker starts)."""
+    worker_id = os.environ.get("WORKER_ID") or "go-worker"
+    logs = harness_process.descriptor_url(os.environ.get("LOGGING_API_SERVICE_DESCRIPTOR", ""))
+    control = harness_process.descriptor_url(os.environ.get("CONTROL_API_SERVICE_DESCRIPTOR", ""))
+    if not logs or not control:
+        sys.exit(f"go_boot: the runner gave no logging or control endpoint to worker {worker_id}")
+    provided = Provided(options_json=os.environ.pop("PIPELINE_OPTIONS", "{}"))
     os.makedirs(args.semi_persist_dir, exist_ok=True)
-    command, env = worker_command(args.worker_binary, args.id, info, args.semi_persist_dir, logs, control)
+    command, env = worker_command(args.worker_binary, worker_id, provided, args.semi_persist_dir, logs, control)
     die_with_parent()  # FnApiRunner's shell, which its executor kills with the job
-    harness_process.run(command, env, "The Go worker", control, args.id, WORKER_DONE)
+    harness_process.run(command, env, "The Go worker", control, worker_id, WORKER_DONE)
 
 
 def run_in_pool(args: argparse.Namespace, info, binary: str, semi_persistent: str) -> None:
@@ -99,25 +94,43 @@ def run_in_pool(args: argparse.Namespace, info, binary: str, semi_persistent: st
     harness_process.run(command, env, "The Go worker", control_endpoint, args.id, WORKER_DONE)
 
 
+@dataclasses.dataclass(frozen=True)
+class Provided:
+    """What a Go worker is given besides its endpoints: the job's options (JSON), the runner's capabilities and
+    its status endpoint (FnApiRunner gives only the options)."""
+
+    options_json: str
+    runner_capabilities: tuple[str, ...] = ()
+    status_url: str = ""
+
+    @classmethod
+    def of(cls, info) -> Provided:
+        """From a ProvisionInfo (Prism's, or Flink's SDK worker pool's provisioning service)."""
+        from google.protobuf import json_format
+
+        return cls(
+            json_format.MessageToJson(info.pipeline_options), tuple(info.runner_capabilities), info.status_endpoint.url
+        )
+
+
 def worker_command(
     binary: str, worker_id: str, info, semi_persist_dir: str, logging_endpoint: str, control_endpoint: str
 ) -> tuple[list[str], dict[str, str]]:
     """The worker binary's command line and environment, as Beam's Go boot gives them (in its own directory under
     `semi_persist_dir`, which is made, with the job's options in a file there); its working directory is made the
-    current one."""
-    from google.protobuf import json_format
-
+    current one. `info`: a ProvisionInfo, or what FnApiRunner provided (Provided)."""
+    provided = info if isinstance(info, Provided) else Provided.of(info)
     workdir = os.path.join(semi_persist_dir, f"go-worker-{worker_id}")
     os.makedirs(workdir, exist_ok=True)
     options_file = os.path.join(workdir, "pipeline_options.json")
     with open(options_file, "w") as out:
-        out.write(json_format.MessageToJson(info.pipeline_options))
+        out.write(provided.options_json)
     env = dict(os.environ)
     env["PIPELINE_OPTIONS_FILE"] = options_file
-    if info.runner_capabilities:
-        env["RUNNER_CAPABILITIES"] = " ".join(info.runner_capabilities)
-    if info.status_endpoint.url:
-        env["STATUS_ENDPOINT"] = info.status_endpoint.url
+    if provided.runner_capabilities:
+        env["RUNNER_CAPABILITIES"] = " ".join(provided.runner_capabilities)
+    if provided.status_url:
+        env["STATUS_ENDPOINT"] = provided.status_url
     command = [
         binary,
         "--worker=true",

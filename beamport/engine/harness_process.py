@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import os
 import queue
+import re
 import subprocess
 import sys
 
@@ -28,6 +29,10 @@ from beamport.processes import die_with_parent
 # off, before gRPC starts in this process (the launchers import this module before any gRPC call). The embedded
 # engine's executor imports it too (through go_boot): its children exec at once and use none of its gRPC either.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+# An ApiServiceDescriptor's text, as FnApiRunner sets it in a subprocess worker's variables (`url: "HOST:PORT"`).
+# (An endpoint's url has no character that text format escapes.)
+_DESCRIPTOR_URL = re.compile(r'^\s*url:\s*"([^"\\]*)"', re.MULTILINE)
 
 OUTPUT_LINES = 20  # of a failed harness's output, in the job's failure
 ANSWER_TIMEOUT_S = 30.0
@@ -60,6 +65,14 @@ def run(
         why = f"{who} exited with status {status} before it reached the runner"
         answer_in_its_place(control_url, worker_id, why + (":\n" + "\n".join(last) if last else "."))
     sys.exit(status)
+
+
+def descriptor_url(text: str) -> str:
+    """The url of an ApiServiceDescriptor in text format ("" when it has none), read without Beam's protos: a
+    launcher started for FnApiRunner needs only this, and importing apache_beam costs it 2.5 s before the harness
+    starts (its package imports the whole SDK)."""
+    found = _DESCRIPTOR_URL.search(text)
+    return found.group(1) if found else ""
 
 
 def answer_in_its_place(control_url: str, worker_id: str, error: str) -> None:

@@ -107,9 +107,6 @@ def jvm_arguments(class_path_file: Path) -> list[str]:
 
 def main(argv: list[str], info=None) -> None:
     """argv: SPEC, then a runner's flags, if any; info: the worker's ProvisionInfo, if its caller asked already."""
-    from apache_beam.portability.api import endpoints_pb2
-    from google.protobuf import text_format
-
     spec = json.loads(Path(argv[0]).read_text())
     workdir = Path(spec["semi_persistent_dir"])
     parent = 0  # what this program dies with: nothing to check (FnApiRunner's subprocess), or Prism
@@ -130,8 +127,8 @@ def main(argv: list[str], info=None) -> None:
     )
     die_with_parent(parent)
     argv = [spec["java"], *jvm_arguments(class_path_file), HARNESS_MAIN]
-    control = text_format.Parse(env.get("CONTROL_API_SERVICE_DESCRIPTOR", ""), endpoints_pb2.ApiServiceDescriptor())
-    harness_process.run(argv, env, "The Java SDK harness (a JVM)", control.url, worker_id)
+    control = harness_process.descriptor_url(env.get("CONTROL_API_SERVICE_DESCRIPTOR", ""))
+    harness_process.run(argv, env, "The Java SDK harness (a JVM)", control, worker_id)
 
 
 def provisioned_environment(argv: list[str], info=None) -> None:
