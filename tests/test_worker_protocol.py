@@ -9,6 +9,8 @@ import time
 
 from conftest import Api
 
+from beamport import wire
+
 NOW = "2026-01-01T00:00:00Z"
 
 
@@ -107,6 +109,33 @@ def test_a_worker_runs_a_job_to_done(api):
     # A finished job's work answers any late report with completeWorkStatus.
     late = worker.report(item["id"], 3).json()["workItemServiceStates"][0]
     assert late["completeWorkStatus"]["code"] == 1
+
+
+def test_a_log_message_keeps_the_time_it_was_logged_but_never_a_future_one(api):
+    """A worker's logs reach the service in batches: each job message is stamped with the time its worker logged
+    it (not the batch's arrival), though never later than the service's clock nor earlier than the job's latest
+    message (pollers ask for messages from the last time they saw)."""
+    job = api.create("batch")
+    worker = Worker(api, job["id"])
+    worker.lease()
+    latest = max(wire.parse_timestamp_us(m["time"], "time") for m in api.messages(job["id"]).json()["jobMessages"])
+    time.sleep(0.5)
+    logged = latest + 200_000  # after the job's latest message, before this batch is sent
+
+    def log(text, at):
+        return {**worker.code("BEAMPORT_JOB_LOG", importance="JOB_MESSAGE_BASIC", text=text), "time": at}
+
+    sent = worker.send(
+        log("logged earlier", wire.format_timestamp_us(logged)), log("from the future", "2099-01-01T00:00:00Z")
+    )
+    assert sent.status_code == 200, sent.text
+    received = wire.now_us()
+    times = {
+        m["messageText"]: wire.parse_timestamp_us(m["time"], "time")
+        for m in api.messages(job["id"]).json()["jobMessages"]
+    }
+    assert times["logged earlier"] == logged
+    assert logged < times["from the future"] <= received
 
 
 def test_the_protocol_takes_proto_field_names_and_the_engine_gives_the_initial_workers(api):

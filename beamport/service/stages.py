@@ -35,8 +35,9 @@ class StageRecorder:
                 code, params = message["workerMessageCode"]["code"], message["workerMessageCode"].get("parameters", {})
                 labels = message.get("labels", {})
                 worker = labels.get("WORKER_ID", "a worker")
-                if code == CODE_LOG:
-                    notes.append(job_message(job_id, now, params["importance"], params["text"]))
+                if code == CODE_LOG:  # at the time it was logged (messages reach the service in batches)
+                    at = min(_worker_time_us(message, now), now)
+                    notes.append(job_message(job_id, at, params["importance"], params["text"]))
                 elif code == CODE_STAGE:
                     stages[params["stage"]] = _stage_reported(stages, job_id, message, now)
                     touched.append(params["stage"])

@@ -113,7 +113,8 @@ class Reporter:
         text = record.getMessage()
         if record.exc_info:
             text += "\n" + "".join(traceback.format_exception(*record.exc_info))
-        self.code(CODE_LOG, {"importance": importance_of(record), "text": text})
+        params = {"importance": importance_of(record), "text": text}
+        self._queue(self.api.code_message(self.work, CODE_LOG, params, int(record.created * 1_000_000)))
 
     def warn(self, text: str) -> None:
         self.code(CODE_LOG, {"importance": "JOB_MESSAGE_WARNING", "text": text})
