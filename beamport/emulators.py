@@ -232,6 +232,73 @@ _CONFINE_DUCKDB = Patch(
 )
 
 
+# bqemulator shares one DuckDB connection between the event loop's thread (insertAll, an async route) and the
+# threads that run its sync routes (tabledata.list among them), and a DuckDB connection is not thread-safe: an
+# insertAll and a tabledata.list at once (a streaming pipeline's inserts while a client reads the table) deadlocked
+# the emulator, every thread waiting, and every client after them (seen in CI; reproduced by three threads
+# inserting while three list). These patches give the engine a lock that every statement on its connection holds,
+# an insert's register-insert-unregister too, so one thread at a time uses it.
+_ENGINE = "bqemulator/storage/engine.py"
+_TABLEDATA = "bqemulator/api/routes/tabledata.py"
+_ONE_THREAD_AT_A_TIME = (
+    Patch(
+        _ENGINE,
+        old="""        self._write_lock = asyncio.Lock()
+""",
+        new="""        self._write_lock = asyncio.Lock()
+        # Beamport: held by every use of the connection (beamport/emulators.py, _ONE_THREAD_AT_A_TIME).
+        import threading
+
+        self._beamport_lock = threading.RLock()
+""",
+    ),
+    Patch(
+        _ENGINE,
+        old="""        conn = self.connection
+        return conn.execute(sql, parameters) if parameters is not None else conn.execute(sql)
+""",
+        new="""        with self._beamport_lock:  # Beamport: one thread at a time
+            conn = self.connection
+            return conn.execute(sql, parameters) if parameters is not None else conn.execute(sql)
+""",
+    ),
+    Patch(
+        _ENGINE,
+        old="""    def fetch_arrow(self, sql: str, parameters: list[Any] | None = None) -> pa.Table:
+""",
+        new="""    def fetch_arrow(self, sql: str, parameters: list[Any] | None = None) -> pa.Table:
+        \"\"\"Beamport: the statement and its fetch under the engine's lock, one thread at a time.\"\"\"
+        with self._beamport_lock:
+            return self._beamport_fetch_arrow(sql, parameters)
+
+    def _beamport_fetch_arrow(self, sql: str, parameters: list[Any] | None = None) -> pa.Table:
+""",
+    ),
+    Patch(
+        _TABLEDATA,
+        old="""    async with ctx.engine.write_lock():
+        ctx.engine.connection.register(reg_name, arrow_table)
+        try:
+            ctx.engine.execute(
+                f"INSERT INTO {target_ref} SELECT {select_projection} FROM {reg_name}",
+            )
+        finally:
+            ctx.engine.connection.unregister(reg_name)
+""",
+        new="""    async with ctx.engine.write_lock():
+        with ctx.engine._beamport_lock:  # Beamport: one thread at a time (_ONE_THREAD_AT_A_TIME)
+            ctx.engine.connection.register(reg_name, arrow_table)
+            try:
+                ctx.engine.execute(
+                    f"INSERT INTO {target_ref} SELECT {select_projection} FROM {reg_name}",
+                )
+            finally:
+                ctx.engine.connection.unregister(reg_name)
+""",
+    ),
+)
+
+
 # BigQuery drops a streamed row whose insertId it has seen in the table lately (best effort, a minute or more), so a
 # client's retry of a partly applied insertAll (Beam's, a restarted Flink task's) adds no row twice; bqemulator
 # keeps every row. These patches make it remember the ids of the rows it inserted, per table, for
@@ -239,7 +306,6 @@ _CONFINE_DUCKDB = Patch(
 # rows whose id it remembers or that repeat an earlier row's id in the same request. Ids are remembered only once
 # their rows are in; error indexes stay the request's (Beam retries the rows they name).
 INSERT_ID_MEMORY_S = 600
-_TABLEDATA = "bqemulator/api/routes/tabledata.py"
 _DEDUP_INSERT_IDS = (
     Patch(
         _TABLEDATA,
@@ -369,8 +435,8 @@ BIGQUERY = BigQueryEmulator(
     health_path="/healthz",
     requirements=Path(__file__).parent / "emulator_sources" / "bigquery" / "requirements.txt",
     executable="bqemulator",
-    patches=(_CONFINE_DUCKDB, *_DEDUP_INSERT_IDS),
-    patch_level="beamport2",
+    patches=(_CONFINE_DUCKDB, *_DEDUP_INSERT_IDS, *_ONE_THREAD_AT_A_TIME),
+    patch_level="beamport3",  # beamport2: insert ids remembered; beamport3: one thread at a time on DuckDB
 )
 EMULATORS: dict[str, Emulator] = {GCS.name: GCS, PUBSUB.name: PUBSUB, BIGQUERY.name: BIGQUERY}
 NAMES = (*EMULATORS, METADATA)

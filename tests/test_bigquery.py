@@ -98,6 +98,39 @@ def test_a_streamed_rows_insert_id_seen_lately_is_dropped_as_bigquery_does(bq_se
     ]  # fmt: skip
 
 
+def test_rows_streamed_in_while_others_read_the_table_leave_the_emulator_answering(bq_server, project):
+    """A streaming pipeline inserts while its user reads the table: three threads streaming rows in while three list
+    them. bqemulator shared one DuckDB connection between its threads, and this deadlocked it for good (a CI run
+    hung on it): every call answers, and every row is in."""
+    import threading
+
+    from google.cloud import bigquery
+
+    client = bigquery_client(project)
+    client.create_dataset("busy")
+    table = client.create_table(bigquery.Table(f"{project}.busy.t", schema=[bigquery.SchemaField("n", "INTEGER")]))
+    failures: list[str] = []
+
+    def insert(worker: int) -> None:
+        for batch in range(30):
+            rows = [{"n": worker * 1000 + batch * 10 + i} for i in range(10)]
+            if errors := client.insert_rows_json(table, rows, timeout=30):
+                failures.append(str(errors))
+
+    def read(_: int) -> None:
+        for _ in range(30):
+            list(client.list_rows(table, timeout=30))
+
+    threads = [threading.Thread(target=f, args=(k,), daemon=True) for k in range(3) for f in (insert, read)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not [t for t in threads if t.is_alive()], "the emulator stopped answering"
+    assert not failures, failures
+    assert len(list(client.list_rows(table, timeout=30))) == 3 * 30 * 10
+
+
 def test_queries_reach_no_file_outside_the_emulators_data(bq_server, project, tmp_path):
     """DuckDB's file functions, which a query may call, and load jobs' plain paths reach only the emulator's own
     data and the gcs emulator's objects: not the server's keys, not a file to write."""
