@@ -380,12 +380,13 @@ def cancelled_with_its_jvms(api: Api, job_id: str, jvms: list[psutil.Process], t
 
 
 def logged_and_undrainable(api: Api, job_id: str) -> None:
-    """The running StreamingImpulses job's harness logs are in its messages, and a drain is refused (Java's sources
-    know no drain signal): the job runs on."""
+    """The running StreamingImpulses job's harness logs are in its messages, and a drain is refused, naming its source
+    (PeriodicImpulse, Java's own, never sees Beamport's drain signal): the job runs on."""
     text = "\n".join(messages(api, job_id))
     assert "Opening writer" in text, text[-3000:]  # TextIO's WriteFiles logging, in the Java harness
     refused = api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"})
-    assert refused.status_code == 400 and "cancel it instead" in refused.json()["error"]["message"], refused.text
+    said = refused.json()["error"]["message"]
+    assert refused.status_code == 400 and "reads from Impulses/" in said and "cancel it instead" in said, said
     assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
 
 

@@ -12,11 +12,12 @@ import json
 import os
 from collections import Counter
 
+import psutil
 import pytest
 from conftest import Api, Server, required_path
 from test_bigquery import bigquery_client
 from test_emulators import need_emulator, read_env, storage_client
-from test_java import PROJECT, TEXT, V1, V2, Java, messages
+from test_java import PROJECT, TEXT, V1, V2, Java, harness_jvms, messages
 from test_running_jobs import wait_state
 from test_streaming import START_S, flink_args, flink_endpoints, flink_state, wait_for
 
@@ -110,7 +111,8 @@ def pubsub_echo(java: Java, path: str, engine: str) -> None:
     """PubsubEcho (PubsubIO.readStrings from a subscription, a counting DoFn, PubsubIO.writeStrings), submitted with
     --streaming: Beam Java's runner stages its Pub/Sub read and write as Dataflow's native transforms, which staging
     replaces with Beamport's Python ones (the topic and subscription named in PubsubIO's older form) beside the Java
-    harness, on the engine named. Every message comes out once, upper-cased; the Java counter is in getMetrics.
+    harness, on the engine named. Every message comes out once, upper-cased; the Java counter is in getMetrics; a
+    drain (the source is Beamport's) ends the job DRAINED, with no Java harness left.
     (tests/test_java_flink.py runs it on Flink.)"""
     from google.cloud import pubsub_v1
 
@@ -153,8 +155,19 @@ def pubsub_echo(java: Java, path: str, engine: str) -> None:
         return max((m.get("scalar", 0) for m in metrics if m["name"]["name"] == "echoed"), default=0)
 
     wait_for("the counter in getMetrics", lambda: counted() == 3, 90, (api, job_id))  # Flink's lags up to 20 s
-    assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
-    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
+    if engine == "flink":
+        from test_java_flink import pool_jvms  # (that module imports this one)
+
+        jvms = pool_jvms(flink_endpoints())
+    else:
+        jvms = harness_jvms(java.server)
+    assert jvms, "the job's Java SDK harness runs"
+    drained = api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"})
+    assert drained.status_code == 200, drained.text
+    wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=240)
+    assert counted() == 3
+    gone, alive = psutil.wait_procs(jvms, timeout=60)
+    assert not alive, alive
 
 
 def test_the_pubsub_emulator_answers_rest_and_grpc_on_one_port(java_with_emulators):

@@ -384,3 +384,29 @@ def test_execution_stages(runs, job_doc):
     assert side_pcoll in [src["name"] for src in work_stage["inputSource"]]
     assert where["Side/Impulse"]["kind"] == "READ_KIND"
     assert where["Side/Impulse"]["id"] in work_stage["prerequisiteStage"]
+
+
+def test_the_sources_a_drain_cannot_reach_are_those_that_start_unbounded_data_in_sdk_code():
+    """What the service asks the sidecar before it drains a Java or Go job (translate/calls.py): the leaves in an SDK
+    environment that start unbounded data, by name; bounded sources and a runner-native read (no environment) are
+    none of them."""
+    from apache_beam.portability import common_urns
+    from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+    from beamport.translate.calls import sdk_unbounded_sources
+
+    unbounded = beam.Pipeline()
+    _ = unbounded | "Ticks" >> PeriodicImpulse(fire_interval=1) | "Double" >> beam.Map(lambda t: t * 2)
+    _ = unbounded | "Bounded" >> beam.Create([1, 2])
+    proto = unbounded.to_runner_api()
+    found = sdk_unbounded_sources(proto.SerializeToString(), "a test pipeline")
+    assert found and all(name.startswith("Ticks/") for name in found), found
+
+    # As Beam Java stages Dataflow's native Pub/Sub read: its URN on the composite, an SDK expansion beneath.
+    (ticks,) = [t for t in proto.components.transforms.values() if t.unique_name == "Ticks"]
+    ticks.spec.urn = common_urns.composites.PUBSUB_READ.urn
+    assert sdk_unbounded_sources(proto.SerializeToString(), "a test pipeline") == []
+
+    bounded = beam.Pipeline()
+    _ = bounded | beam.Create([1, 2]) | beam.Map(str)
+    assert sdk_unbounded_sources(bounded.to_runner_api().SerializeToString(), "a test pipeline") == []

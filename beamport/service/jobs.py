@@ -809,16 +809,32 @@ class JobService:
         return [job_message(job_id, now, "JOB_MESSAGE_BASIC", f"{what} request is committed for job {job_id}.")]
 
     def _check_drains(self, doc: dict) -> None:
-        """A drain only where the job's engine drains its SDK's pipelines: one that cannot would leave it
-        DRAINING, reading on, until it is cancelled."""
+        """A drain only where the job's engine drains its SDK's pipelines, and, for a Java or Go pipeline, only when
+        its sources are Beamport's (the Pub/Sub reads staging replaces): a source of the SDK's own would never see
+        the drain signal, and leave the job DRAINING, reading on, until it is cancelled."""
         spec = engines.spec_of(doc, self.streaming_engine)
+        if spec is None:
+            return
         sdk = sdk_language(doc) or registry.PYTHON
-        if spec is not None and sdk not in spec.drains:
+        title = registry.SDK_TITLES[sdk]
+        cancel = "cancel it instead (requestedState JOB_STATE_CANCELLED)"
+        if sdk not in spec.drains:
             raise failed_precondition(
-                f"Job {doc['id']} is a Beam {registry.SDK_TITLES[sdk]} pipeline on the {spec.title} engine, "
-                f"which cannot drain it (its sources would read on): cancel it instead (requestedState "
-                f"JOB_STATE_CANCELLED). Beamport drains pipelines of "
+                f"Job {doc['id']} is a Beam {title} pipeline on the {spec.title} engine, which cannot drain it (its "
+                f"sources would read on): {cancel}. Beamport drains pipelines of "
                 f"{', '.join(sorted(registry.SDK_TITLES[s] for s in spec.drains)) or 'no SDK'} on {spec.title}."
+            )
+        if sdk == registry.PYTHON:
+            return  # (a Python pipeline's own sources, such as PeriodicImpulse, read on too: docs/engines.md)
+        try:
+            pipeline = self._pipeline_of(doc)  # (Beam Java's runner v1 sends steps: its pipeline was not kept)
+        except ApiError:
+            return  # no staged pipeline to tell its sources by
+        sources = self.beam.call("sdk_unbounded_sources", pipeline, f"job {doc['id']}'s pipeline")
+        if sources:
+            raise failed_precondition(
+                f"Job {doc['id']} reads from {', '.join(sources)}: Beam {title} code, which never sees Beamport's "
+                f"drain signal (only Beamport's sources do, Pub/Sub reads among them), so it would read on: {cancel}."
             )
 
     def _apply_mask(self, doc: dict, mask: list[str], changes: dict) -> list[MessageRecord]:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import apache_beam
+from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner  # noqa: F401  (loaded now: fused_stages uses it)
 from google.protobuf.message import DecodeError
@@ -54,6 +55,35 @@ def runtime_parameters(data: bytes, location: str) -> list[str]:
     return sorted(found)
 
 
+def sdk_unbounded_sources(data: bytes, location: str) -> list[str]:
+    """The names of the transforms that start unbounded data in SDK code: a leaf in an SDK environment with an
+    unbounded output and no unbounded input (PeriodicImpulse, an unbounded Read, Kafka's). Dataflow's native Pub/Sub
+    read is none of them, though Beam Java stages it with an expansion of its own beneath: staging replaces it, whole,
+    with Beamport's source. Sorted."""
+    pipeline = _pipeline(data, location)
+    transforms, collections = pipeline.components.transforms, pipeline.components.pcollections
+    replaced: set[str] = set()
+    pending = [i for i, t in transforms.items() if t.spec.urn == common_urns.composites.PUBSUB_READ.urn]
+    while pending:
+        replaced.add(transform_id := pending.pop())
+        pending.extend(transforms[transform_id].subtransforms)
+
+    def unbounded(ids) -> bool:
+        return any(
+            collections[i].is_bounded == beam_runner_api_pb2.IsBounded.UNBOUNDED for i in ids if i in collections
+        )
+
+    return sorted(
+        t.unique_name
+        for i, t in transforms.items()
+        if i not in replaced
+        and t.environment_id
+        and not t.subtransforms
+        and unbounded(t.outputs.values())
+        and not unbounded(t.inputs.values())
+    )
+
+
 def beam_version() -> str:
     return apache_beam.__version__
 
@@ -62,4 +92,5 @@ CALLS: dict[str, Callable[..., Any]] = {
     "describe_pipeline": describe_pipeline,
     "update_incompatibilities": update_incompatibilities,
     "runtime_parameters": runtime_parameters,
+    "sdk_unbounded_sources": sdk_unbounded_sources,
 }
