@@ -100,8 +100,8 @@ def test_a_streamed_rows_insert_id_seen_lately_is_dropped_as_bigquery_does(bq_se
 
 def test_rows_streamed_in_while_others_read_the_table_leave_the_emulator_answering(bq_server, project):
     """A streaming pipeline inserts while its user reads the table: three threads streaming rows in while three list
-    them. bqemulator shared one DuckDB connection between its threads, and this deadlocked it for good (a CI run
-    hung on it): every call answers, and every row is in."""
+    them (this load hung the unpatched emulator within seconds). bqemulator shared one DuckDB connection between
+    its threads, and this deadlocked it for good (a CI run hung on it): every call answers, and every row is in."""
     import threading
 
     from google.cloud import bigquery
@@ -112,13 +112,13 @@ def test_rows_streamed_in_while_others_read_the_table_leave_the_emulator_answeri
     failures: list[str] = []
 
     def insert(worker: int) -> None:
-        for batch in range(30):
-            rows = [{"n": worker * 1000 + batch * 10 + i} for i in range(10)]
+        for batch in range(60):
+            rows = [{"n": worker * 10_000 + batch * 20 + i} for i in range(20)]
             if errors := client.insert_rows_json(table, rows, timeout=30):
                 failures.append(str(errors))
 
     def read(_: int) -> None:
-        for _ in range(30):
+        for _ in range(60):
             list(client.list_rows(table, timeout=30))
 
     threads = [threading.Thread(target=f, args=(k,), daemon=True) for k in range(3) for f in (insert, read)]
@@ -128,7 +128,7 @@ def test_rows_streamed_in_while_others_read_the_table_leave_the_emulator_answeri
         thread.join(timeout=120)
     assert not [t for t in threads if t.is_alive()], "the emulator stopped answering"
     assert not failures, failures
-    assert len(list(client.list_rows(table, timeout=30))) == 3 * 30 * 10
+    assert len(list(client.list_rows(table, timeout=30))) == 3 * 60 * 20
 
 
 def test_queries_reach_no_file_outside_the_emulators_data(bq_server, project, tmp_path):
