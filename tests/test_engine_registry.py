@@ -34,13 +34,13 @@ def test_each_engine_declares_what_it_can_do():
         spec.name: (spec.batch, spec.streaming, spec.keeps_state, spec.drains, spec.stops_outside, spec.sdks)
         for spec in registry.ENGINES
     }
-    python = frozenset({registry.PYTHON})
+    every_sdk = frozenset({registry.PYTHON, registry.GO, registry.JAVA})
     assert table == {
-        "embedded": (True, False, False, frozenset(), False, python | {registry.GO, registry.JAVA}),
-        # Flink runs Java and Go in workers its SDK worker pool starts, and cannot drain Java either.
-        "flink": (True, True, True, python | {registry.GO}, True, python | {registry.GO, registry.JAVA}),
-        # Prism runs Java, and cannot drain it: Java's sources know no Beamport drain signal.
-        "prism": (True, True, False, python | {registry.GO}, False, python | {registry.GO, registry.JAVA}),
+        "embedded": (True, False, False, frozenset(), False, every_sdk),
+        # Flink runs Java and Go in workers its SDK worker pool starts. Both drain every SDK's jobs whose sources are
+        # Beamport's (the service refuses a Java or Go job's drain when a source is its SDK's own).
+        "flink": (True, True, True, every_sdk, True, every_sdk),
+        "prism": (True, True, False, every_sdk, False, every_sdk),
     }
     assert registry.names() == ["embedded", "flink", "prism"]
     assert registry.BATCH_DEFAULT is registry.get("embedded")
