@@ -60,7 +60,8 @@ def main(argv: list[str]) -> None:
         return
     prism = os.getppid()
     info = provision_info(args.provision_endpoint, args.id)  # args.id: Prism's quotes stripped
-    command, env = worker_command(args.worker_binary, args.id, info, args.semi_persist_dir, *_endpoints(info, args))
+    provided = Provided.of(info)
+    command, env = worker_command(args.worker_binary, args.id, provided, args.semi_persist_dir, *_endpoints(info, args))
     die_with_parent(prism)
     os.execve(command[0], command, env)
 
@@ -89,7 +90,9 @@ def run_in_pool(args: argparse.Namespace, info, binary: str, semi_persistent: st
     logging_endpoint, control_endpoint = harness_process.relayed(
         json_format.MessageToDict(info.pipeline_options), *_endpoints(info, args)
     )
-    command, env = worker_command(binary, args.id, info, semi_persistent, logging_endpoint, control_endpoint)
+    command, env = worker_command(
+        binary, args.id, Provided.of(info), semi_persistent, logging_endpoint, control_endpoint
+    )
     die_with_parent(os.getppid())  # the pool, or the sandbox it started this program in
     harness_process.run(command, env, "The Go worker", control_endpoint, args.id, WORKER_DONE)
 
@@ -114,12 +117,11 @@ class Provided:
 
 
 def worker_command(
-    binary: str, worker_id: str, info, semi_persist_dir: str, logging_endpoint: str, control_endpoint: str
+    binary: str, worker_id: str, provided: Provided, semi_persist_dir: str, logging_endpoint: str, control_endpoint: str
 ) -> tuple[list[str], dict[str, str]]:
     """The worker binary's command line and environment, as Beam's Go boot gives them (in its own directory under
     `semi_persist_dir`, which is made, with the job's options in a file there); its working directory is made the
-    current one. `info`: a ProvisionInfo, or what FnApiRunner provided (Provided)."""
-    provided = info if isinstance(info, Provided) else Provided.of(info)
+    current one."""
     workdir = os.path.join(semi_persist_dir, f"go-worker-{worker_id}")
     os.makedirs(workdir, exist_ok=True)
     options_file = os.path.join(workdir, "pipeline_options.json")
