@@ -10,6 +10,8 @@ import time
 from conftest import Api
 
 from beamport import wire
+from beamport.worker.api import Work, WorkerApi
+from beamport.worker.harness import report_failure
 
 NOW = "2026-01-01T00:00:00Z"
 
@@ -194,6 +196,29 @@ def test_a_failed_attempt_is_retried_and_the_fourth_failure_fails_the_job(api):
     # A worker whose attempt ended is told to stop if it reports again.
     late = Worker(api, job["id"], "w-1").report(item["id"], 9).json()["workItemServiceStates"][0]
     assert late["completeWorkStatus"]["code"] in (1, 10)
+
+
+def test_the_failure_of_an_executor_that_died_while_reporting_is_reported(api):
+    """An executor can die after its report reached the service but before it told its worker so: the worker's
+    failure report then comes one index on. Without it the work stayed leased, and a Prism job RUNNING, until its
+    lease ran out."""
+    job = api.create("dies-reporting")
+    worker = Worker(api, job["id"])
+    item = worker.lease().json()["workItems"][0]
+    work = Work.from_item(item, "us-central1")
+    assert worker.report(item["id"], work.report_index).status_code == 200  # the executor's last report
+
+    as_worker = WorkerApi(str(api.client.base_url), worker.worker_id)
+    # The executor never said it was sending: its index stands, and the service refuses it (nothing changes).
+    assert not report_failure(as_worker, work, {"next_report_index": work.report_index}, "gone")
+    assert api.get(job["id"]).json()["currentState"] == "JOB_STATE_PENDING"
+    assert Worker(api, job["id"], "w-2").lease().json() == {}, "the work is still leased"
+    # It said it was sending that report: the failure comes after it.
+    progress = {"next_report_index": work.report_index, "reporting": work.report_index}
+    assert report_failure(as_worker, work, progress, "The worker's executor process died.")
+    warnings = texts(api, job["id"], minimumImportance="JOB_MESSAGE_WARNING")
+    assert any("will be leased again" in t and "executor process died" in t for t in warnings), warnings
+    assert Worker(api, job["id"], "w-2").lease().json()["workItems"], "the next attempt's work"
 
 
 def test_cancel_reaches_the_worker(api):

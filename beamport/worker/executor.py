@@ -290,6 +290,8 @@ def execute(assignment: dict) -> int:
             updates += system_metric_updates(infos, outcome["pipeline"], now)
         if figures:
             updates += stage_metric_updates(figures, wire.now_us())
+        if status:  # should this process die before the answer, its worker knows the service may have it
+            status.write(json.dumps({"reporting": index}) + "\n")
         answer = api.report(
             work,
             index,

@@ -201,7 +201,7 @@ class Worker:
             except httpx.HTTPError as exc:  # it expires anyway
                 log.warning("could not revoke the executor's token: %s", exc)
         if not progress.get("completed") and not progress.get("stopped"):
-            self._executor_died(work, executor, progress["next_report_index"])
+            self._executor_died(work, executor, progress)
         else:
             self._start_failures = 0
             executor.log_path.unlink(missing_ok=True)  # kept only when something went wrong
@@ -247,7 +247,7 @@ class Worker:
             log.warning("shutdown notice failed: %s", exc)
         self._kill(executor)
 
-    def _executor_died(self, work: Work, executor: Executor, report_index: int) -> None:
+    def _executor_died(self, work: Work, executor: Executor, progress: dict) -> None:
         """The executor ended without completing its work: close the work item as failed, with the reason."""
         self._start_failures += 1
         tail = _tail(executor.log_path)
@@ -258,10 +258,7 @@ class Worker:
         )
         if tail:
             reason += "\n" + tail
-        try:
-            self.api.report(work, report_index, [], completed=True, errors=[{"code": 2, "message": reason}])
-        except WorkerApiError as exc:
-            log.warning("could not report the failure of work item %s: %s", work.item_id, exc)
+        report_failure(self.api, work, progress, reason)
         if self._start_failures >= MAX_EXECUTOR_START_FAILURES:
             self.broken = f"{self._start_failures} executors in a row died before their work ended"
             self._report_health(work)  # vmIsBroken: the service gives this worker no more work
@@ -297,6 +294,24 @@ class Worker:
             os.close(executor.status_r)
         except OSError:
             pass
+
+
+def report_failure(api: WorkerApi, work: Work, progress: dict, reason: str) -> bool:
+    """Close the work item of an executor that died, as failed. `progress` is what the executor last told: the next
+    report index, and the index of a report it was sending (`reporting`). Had that report reached the service before
+    the executor died, the service now expects the index after it."""
+    index = progress["next_report_index"]
+    indexes = [index, index + 1] if progress.get("reporting") == index else [index]
+    for report_index in indexes:
+        try:
+            api.report(work, report_index, [], completed=True, errors=[{"code": 2, "message": reason}])
+            return True
+        except WorkerApiError as exc:
+            if exc.status == 400 and report_index != indexes[-1]:
+                continue  # a report index out of step: the next one
+            log.warning("could not report the failure of work item %s: %s", work.item_id, exc)
+            return False
+    return False
 
 
 def _drain(fd: int) -> bytes:
