@@ -47,6 +47,14 @@ def java_on_flink(tmp_path_factory) -> Java:
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def direct_features(java_on_flink) -> tuple[list[str], str]:
+    """Features' output and printed lines on Beam Java's DirectRunner, once."""
+    out = java_on_flink.base / "direct" / "out"
+    done = java_on_flink.direct("Features", out)
+    return read_output(out), done.stdout
+
+
 def pool_workers(flink: dict, marker: str) -> list[psutil.Process]:
     """The SDK workers the Flink cluster's SDK worker pool runs whose command lines hold `marker`."""
     port = flink["BEAMPORT_FLINK_SDK_POOL"].rpartition(":")[2]
@@ -71,17 +79,16 @@ ON_FLINK = '--labels={"beamport_engine": "flink"}'
 
 
 @pytest.mark.parametrize("path", [V1, V2])
-def test_a_java_batch_pipeline_runs_on_flink_as_on_beams_direct_runner(java_on_flink, path):
+def test_a_java_batch_pipeline_runs_on_flink_as_on_beams_direct_runner(java_on_flink, direct_features, path):
     """Features (a counter, a side input, a GroupByKey) on Flink, labelled so: the cluster's SDK worker pool starts a
     Java SDK harness over the job's staged jars; the output and the counter are the DirectRunner's."""
     java = java_on_flink
-    direct = java.direct("Features", java.base / f"direct-{path}" / "out")
     out = java.base / f"flink-{path}" / "out"
     done, job_id = java.dataflow("Features", out, path, ON_FLINK)
     assert "FINAL_STATE DONE" in done.stdout, done.stdout + done.stderr[-5000:]
-    assert read_output(out) == read_output(java.base / f"direct-{path}" / "out") != []
+    assert read_output(out) == direct_features[0] != []
     words = len(TEXT.split())
-    assert re.search(rf"COUNTER words attempted={words}\b", direct.stdout)
+    assert re.search(rf"COUNTER words attempted={words}\b", direct_features[1])
     assert re.search(rf"COUNTER words attempted={words}\b", done.stdout), done.stdout
     api = Api(java.server.url, PROJECT)
     job = api.get(job_id).json()
