@@ -170,6 +170,56 @@ def pubsub_echo(java: Java, path: str, engine: str) -> None:
     assert not alive, alive
 
 
+def test_a_java_pipeline_reads_pubsub_messages_with_their_attributes_and_ids_on_prism(java_with_emulators):
+    """PubsubAttributes (PubsubIO.readMessagesWithAttributesAndMessageId, writeMessages): each message reaches the
+    Java code with its data, attributes and id, as on Dataflow, and is published again with its attributes and one
+    more. (Runner v1's submission passed too; its Pub/Sub transforms are staged the same way, so v2 alone runs.)"""
+    from google.cloud import pubsub_v1
+
+    java, path = java_with_emulators, V2
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    prefix = f"projects/{PROJECT}/%s/attributes-{path}"
+    source = publisher.create_topic(name=prefix % "topics" + "-in").name
+    subscriber.create_subscription(name=prefix % "subscriptions" + "-in", topic=source)
+    described = publisher.create_topic(name=prefix % "topics" + "-out").name
+    described_sub = subscriber.create_subscription(name=prefix % "subscriptions" + "-out", topic=described).name
+    again = publisher.create_topic(name=prefix % "topics" + "-again").name
+    again_sub = subscriber.create_subscription(name=prefix % "subscriptions" + "-again", topic=again).name
+    publisher.publish(source, b"plain").result(timeout=30)
+    publisher.publish(source, b"tagged", colour="red", size="2").result(timeout=30)
+
+    done, job_id = java.dataflow(
+        "PubsubAttributes",
+        described,
+        path,
+        f"--inputSubscription={prefix % 'subscriptions'}-in",
+        f"--republished={again}",
+        '--labels={"beamport_engine": "prism"}',
+        given_input=False,
+    )
+    assert "SUBMITTED" in done.stdout, done.stdout
+    api = Api(java.server.url, PROJECT)
+
+    def pull(subscription: str, into: list, count: int) -> bool:
+        pulled = subscriber.pull(subscription=subscription, max_messages=10, timeout=30).received_messages
+        if pulled:
+            into.extend(m.message for m in pulled)
+            subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in pulled])
+        return len(into) >= count
+
+    descriptions: list = []
+    wait_for("the descriptions", lambda: pull(described_sub, descriptions, 2), START_S, (api, job_id))
+    assert sorted(m.data.decode() for m in descriptions) == ["plain||id", "tagged|colour=red,size=2|id"]
+    republished: list = []
+    wait_for("the republished messages", lambda: pull(again_sub, republished, 2), START_S, (api, job_id))
+    assert sorted((m.data, dict(m.attributes)) for m in republished) == [
+        (b"plain", {"via": "beamport"}),
+        (b"tagged", {"colour": "red", "size": "2", "via": "beamport"}),
+    ]
+    assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"}, timeout=120)
+
+
 def test_the_pubsub_emulator_answers_rest_and_grpc_on_one_port(java_with_emulators):
     """Pub/Sub's REST API as Beam Java's PubsubJsonClient calls it (gzipped bodies, JSON errors with REST's status)
     beside gRPC on PUBSUB_EMULATOR_HOST: what one publishes, the other pulls."""
