@@ -207,8 +207,9 @@ def test_a_java_job_on_flink_is_updated_with_its_state(java_on_flink):
         for (start, end), impulses in windows.items():
             assert impulses == list(range(start, end, 100)), (start, impulses)
     finally:
+        # (The new job may still be PENDING: its windows' files can come before its RUNNING.)
         for job_id in (old_id, new_id):
-            if job_id and api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING":
+            if job_id and api.get(job_id).json()["currentState"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING"):
                 api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"})
 
 
