@@ -287,7 +287,7 @@ class Savepoints(StreamingControl):
     def stop(self, job_id: str) -> None:
         pass  # no job runs: the service's own logic is under test
 
-    def savepoint(self, job_id: str, directory: Path) -> Savepoint:
+    def savepoint(self, job_id: str, directory: Path, stop: bool = False) -> Savepoint:
         if self.fail_with:
             raise EngineError(self.fail_with)
         data = directory / "savepoint-1"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -23,7 +24,10 @@ from conftest import Api, Server, beamport_command, discovery_client, gapic_clie
 from google.api_core.exceptions import ServerError
 from test_running_jobs import dataflow_flags, job_story, run, wait_state
 
+from beamport.config import FlinkConfig
 from beamport.engine import sdk_boot
+from beamport.engine.base import savepoint_path
+from beamport.engine.flink import FlinkControl, FlinkRest
 
 PIPELINES = Path(__file__).parent / "pipelines"
 # Where Beamport's workers and the SDK workers signal drains (scripts/flink-cluster's default, as the server's).
@@ -218,6 +222,15 @@ def waiting_spares(flink: dict) -> list[psutil.Process]:
     return [
         p for p, directory in pool_workers(flink) if directory.name.startswith("spare-") and job_of(directory) is None
     ]
+
+
+def keep_appending(log: Path, first: int, stop: threading.Event) -> None:
+    """Append a line (key,number, the keys k0 and k1 in turn) every 0.1 s from `first` on, until `stop`."""
+    number = first
+    while not stop.is_set():
+        append(log, [f"k{number % 2},{number}"])
+        number += 1
+        time.sleep(0.1)
 
 
 def counts_by_key(rows: list[list[str]]) -> dict[str, list[int]]:
@@ -476,15 +489,22 @@ def test_a_checkpoint_in_the_first_bundle_does_not_lose_its_output(streaming_ser
     wait_for("the Flink job cancelled", lambda: flink_state(flink, job_id) == "CANCELED", timeout=30)
 
 
-def test_update_carries_state_over_and_refuses_an_incompatible_pipeline(streaming_server, flink, project):
-    srv, root = streaming_server, streaming_server.root / "update"
-    api = Api(srv.url, project)
+def counting(srv: Server, project: str, name: str, lines: int, workdir: str) -> tuple[Api, Path, Path, Path, str]:
+    """streaming_counts.py's counts over a log of `lines` lines (keys k0 and k1 in turn), under srv.root / name,
+    RUNNING with every line counted: (api, that directory, the log, the output, the job's id)."""
+    root, api = srv.root / name, Api(srv.url, project)
     log, out = root / "in.log", root / "out.txt"
     root.mkdir()
-    append(log, [f"k{i % 2},{i}" for i in range(6)])
-    job_id = submit(srv, project, root / "v1", "upd", "counts", log, out)
+    append(log, [f"k{i % 2},{i}" for i in range(lines)])
+    job_id = submit(srv, project, root / workdir, name, "counts", log, out)
     wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=START_S)
-    wait_for("six lines counted", lambda: len(outputs(out, "1")) >= 6)
+    wait_for(f"{lines} lines counted", lambda: len(outputs(out)) >= lines)
+    return api, root, log, out, job_id
+
+
+def test_update_carries_state_over_and_refuses_an_incompatible_pipeline(streaming_server, flink, project):
+    srv = streaming_server
+    api, root, log, out, job_id = counting(srv, project, "upd", 6, "v1")
 
     # Renaming the stateful step without mapping it would lose its state: refused, the job untouched.
     (root / "v2").mkdir()
@@ -509,26 +529,35 @@ def test_update_carries_state_over_and_refuses_an_incompatible_pipeline(streamin
     assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
     assert flink_state(flink, job_id) == "RUNNING"
 
-    # Mapped, the rename keeps the state: the new job counts on from 3.
-    new_id = submit(
-        srv,
-        project,
-        root / "v2",
-        "upd",
-        "counts",
-        log,
-        out,
-        "--version",
-        "2",
-        "--count-step",
-        "Counter",
-        "--update",
-        '--transform_name_mapping={"Count": "Counter"}',
-    )
-    wait_state(api, new_id, {"JOB_STATE_RUNNING"}, timeout=START_S)
+    # Mapped, the rename keeps the state: the new job counts on from where the old one stopped. Lines keep coming
+    # all through the update: the old job's run stops with its savepoint, so each is counted once, by one job.
+    writing = threading.Event()
+    writer = threading.Thread(target=keep_appending, args=(log, 6, writing), daemon=True)
+    writer.start()
+    try:
+        new_id = submit(
+            srv,
+            project,
+            root / "v2",
+            "upd",
+            "counts",
+            log,
+            out,
+            "--version",
+            "2",
+            "--count-step",
+            "Counter",
+            "--update",
+            '--transform_name_mapping={"Count": "Counter"}',
+        )
+        wait_state(api, new_id, {"JOB_STATE_RUNNING"}, timeout=START_S)
+        wait_for("the new job's first counts", lambda: outputs(out, "2"))
+    finally:
+        writing.set()
+        writer.join()
     old = api.get(job_id).json()
     assert old["currentState"] == "JOB_STATE_UPDATED" and old["replacedByJobId"] == new_id
-    wait_for("the old Flink job stopped", lambda: flink_state(flink, job_id) == "CANCELED", timeout=30)
+    assert flink_state(flink, job_id) == "FINISHED"  # stopped with its savepoint, not cancelled after it
     # The create answered before the state was saved: the new job was stored (its first message) before the
     # snapshot was asked for, and waited for it in JOB_STATE_PENDING.
     new = api.get(new_id).json()
@@ -539,14 +568,68 @@ def test_update_carries_state_over_and_refuses_an_incompatible_pipeline(streamin
     assert datetime.fromisoformat(stored["time"]) <= datetime.fromisoformat(snapshot["creationTime"]), snapshot
     old_texts = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])]
     assert any(f"Job {new_id} is to replace this job" in t for t in old_texts)
-    append(log, [f"k{i % 2},{i}" for i in range(6, 10)])
-    rows = wait_for("the updated job's counts", lambda: len(outputs(out, "2")) >= 4 and outputs(out, "2"))
-    assert counts_by_key(rows) == {"k0": [4, 5], "k1": [4, 5]}
-    assert counts_by_key(outputs(out, "1")) == {"k0": [1, 2, 3], "k1": [1, 2, 3]}
+    lines = log.read_text().splitlines()
+    wait_for("every line counted", lambda: len(outputs(out)) >= len(lines), timeout=60)
+    time.sleep(2)  # (a line counted twice would come by now)
+    old_counts, new_counts = counts_by_key(outputs(out, "1")), counts_by_key(outputs(out, "2"))
+    for key in ("k0", "k1"):
+        # The old job's counts, then the new job's on from them: every line once, none lost, none twice.
+        every = list(range(1, sum(line.startswith(f"{key},") for line in lines) + 1))
+        assert sorted(old_counts[key]) + sorted(new_counts[key]) == every, (key, old_counts, new_counts)
+        assert len(old_counts[key]) >= 3 and new_counts[key]
+    assert sorted(int(row[3]) for row in outputs(out)) == list(range(len(lines)))
     texts = [m["messageText"] for m in api.messages(new_id).json().get("jobMessages", [])]
     assert any(f"takes over the state of job {job_id}, saved in snapshot {carried}" in t for t in texts)
+    # What the engine reads to tell a run stopped for an update (its work goes on from the savepoint, should the
+    # update not take over) from one that ended: Flink's synchronous savepoint, the snapshot's.
+    rest = FlinkRest(f"http://{flink['BEAMPORT_FLINK_MASTER']}")
+    (old_run,) = [j["jid"] for j in flink_jobs(flink) if j["name"] == job_id and j["state"] == "FINISHED"]
+    assert Path(savepoint_path(rest.stopped_with_savepoint(old_run) or "")).parent.name == carried, carried
+    # A server that stopped in the middle of the update asks again: it gets that state, in a snapshot of its own.
+    control = FlinkControl(FlinkConfig(master=flink["BEAMPORT_FLINK_MASTER"], job_server="-", sdk_pool="-"))
+    again = control.savepoint(job_id, root / "again", stop=True)
+    assert (savepoint_path(again.location) / "_metadata").is_file() and again.size_bytes > 0
+    assert savepoint_path(again.location).parent == root / "again"
     assert api.update(new_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
     wait_for("the new Flink job cancelled", lambda: flink_state(flink, new_id) == "CANCELED", timeout=30)
+    (new_run,) = [j["jid"] for j in flink_jobs(flink) if j["name"] == new_id]
+    assert rest.stopped_with_savepoint(new_run) is None
+
+
+def test_an_update_cancelled_while_the_state_is_saved_leaves_the_old_job_going_on_from_it(
+    streaming_server, flink, project
+):
+    """The old job's run stops with the update's savepoint; the new job, cancelled meanwhile, never takes over: the
+    old job's work moves to another attempt at once, which the engine starts from that savepoint. It counts on
+    from its state, and nothing is counted twice."""
+    api, root, log, out, job_id = counting(streaming_server, project, "abandoned", 4, "w")
+
+    # The same pipeline, as an update (the REST call DataflowRunner's --update makes), cancelled at once: before
+    # Flink has taken the savepoint (which takes longer than a request).
+    old = api.get(job_id, view="JOB_VIEW_ALL").json()
+    created = api.client.post(
+        api.jobs_path,
+        json={"name": old["name"], "type": old["type"], "environment": old["environment"], "replaceJobId": job_id},
+    )
+    assert created.status_code == 200, created.text
+    new_id = created.json()["id"]
+    assert api.update(new_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_for(
+        "the update abandoned",
+        lambda: any("was abandoned" in m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])),
+    )
+    texts = [m["messageText"] for m in api.messages(job_id, pageSize=1000).json().get("jobMessages", [])]
+    assert any("for the update by job" in t and "goes on from that snapshot" in t for t in texts), texts
+    wait_for("the old job's run again", lambda: flink_state(flink, job_id) == "RUNNING", timeout=START_S)
+    assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"
+    append(log, [f"k{i % 2},{i}" for i in range(4, 8)])
+    wait_for("eight lines counted", lambda: len(outputs(out)) >= 8)
+    time.sleep(2)  # (a line counted twice would come by now)
+    assert counts_by_key(outputs(out)) == {"k0": [1, 2, 3, 4], "k1": [1, 2, 3, 4]}
+    texts = [m["messageText"] for m in api.messages(job_id, pageSize=1000).json().get("jobMessages", [])]
+    assert any("stopped with a savepoint for an update that did not take over" in t for t in texts), texts
+    assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+    wait_state(api, job_id, {"JOB_STATE_CANCELLED"})
 
 
 def test_an_update_whose_state_cannot_be_saved_leaves_the_old_job_running(flink, tmp_path, project):

@@ -11,14 +11,17 @@ import threading
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 from test_snapshots import REGION, Clock, Savepoints, move_job, store  # noqa: F401 (store: a fixture)
 
 from beamport.errors import ApiError
 from beamport.files import FilePolicy
+from beamport.service.documents import commit
 from beamport.service.jobs import JobService
 from beamport.service.snapshots import SnapshotService
-from beamport.store.work_items import WORK_CANCELLED, WORK_PENDING
+from beamport.store.base import Write
+from beamport.store.work_items import WORK_CANCELLED, WORK_LEASED, WORK_PENDING, WorkItemChange
 
 
 class Beam:
@@ -39,10 +42,14 @@ class HeldSavepoints(Savepoints):
         super().__init__(fail_with)
         self.release = threading.Event()
         self.stopped: list[str] = []
+        self.stopped_with_savepoint: list[str] = []
 
-    def savepoint(self, job_id: str, directory: Path):
+    def savepoint(self, job_id: str, directory: Path, stop: bool = False):
         assert self.release.wait(60)
-        return super().savepoint(job_id, directory)
+        saved = super().savepoint(job_id, directory)
+        if stop:
+            self.stopped_with_savepoint.append(job_id)
+        return saved
 
     def stop(self, job_id: str) -> None:
         self.stopped.append(job_id)
@@ -124,6 +131,8 @@ def test_an_update_answers_at_once_and_the_new_job_takes_over_once_the_state_is_
 
     control.release.set()
     wait_until("the new job to take over", lambda: state(jobs, old_id)["currentState"] == "JOB_STATE_UPDATED")
+    # The old job's run stopped with its state: nothing it read after the savepoint is read again, or lost.
+    assert control.stopped_with_savepoint == [old_id]
     old, new = state(jobs, old_id), state(jobs, new_id)
     assert old["replacedByJobId"] == new_id
     assert new["currentState"] == "JOB_STATE_PENDING" and new["createdFromSnapshotId"]
@@ -167,14 +176,24 @@ def test_a_failed_savepoint_leaves_the_old_job_running_and_fails_the_new_one(sto
 def test_the_old_job_ending_or_the_new_one_cancelled_meanwhile_ends_the_update(store, tmp_path):  # noqa: F811
     control = HeldSavepoints()
     jobs = job_service(store, tmp_path, control)
-    # The new job cancelled while the state is being saved: the old job runs on.
+    # The new job cancelled while the state is being saved: the old job runs on. Its run stopped with the
+    # savepoint; its work goes to another attempt at once (not a failure), which the engine starts from there.
     old_id = running_job(jobs, tmp_path)
+    (item,) = store.work_items.list(old_id)
+    expected, item.state, item.worker_id, item.lease_expire_us = item.version, WORK_LEASED, "w-1", 2**62
+    commit(store, Write(changed_work_items=[WorkItemChange(item, expected)]))
     new_id = jobs.create_job("p", REGION, body(tmp_path, replaceJobId=old_id))["id"]
     jobs.update_job("p", REGION, new_id, {"requestedState": "JOB_STATE_CANCELLED"})
     assert state(jobs, new_id)["currentState"] == "JOB_STATE_CANCELLED"
     control.release.set()
     wait_until("the update abandoned", lambda: any("was abandoned" in t for t in texts(jobs, old_id)))
     assert state(jobs, old_id)["currentState"] == "JOB_STATE_RUNNING" and control.stopped == []
+    assert control.stopped_with_savepoint == [old_id]
+    (item,) = store.work_items.list(old_id)
+    assert (item.state, item.attempt, item.worker_id) == (WORK_PENDING, 2, None)
+    assert any("for the update by job" in t and "goes on from that snapshot" in t for t in texts(jobs, old_id))
+    # It was not counted as a failure: that attempt was stopped, not failed.
+    assert [f["counted"] for f in orjson.loads(item.failures)] == [False]
 
     # The old job cancelled while its state is being saved: the new job fails.
     control.release.clear()

@@ -20,6 +20,10 @@ if TYPE_CHECKING:  # the server imports this module for StreamingControl and its
 DONE = "DONE"
 FAILED = "FAILED"
 DRAINED = "DRAINED"  # a streaming run that stopped reading, fired its windows and flushed (on request)
+# A streaming run stopped with a savepoint for an update (StreamingControl.savepoint, stop=True): its state, input
+# positions among it, is in that savepoint, and nothing was read or written after it. The job's work goes on from
+# there, in the job that takes over, or in this job's next attempt if none does: the run ends without a report.
+HANDED_OVER = "HANDED_OVER"
 
 # What a fused stage goes through (Dataflow's execution state names).
 STAGE_RUNNING = "JOB_STATE_RUNNING"
@@ -108,7 +112,7 @@ class RunObserver(Protocol):
 
 @dataclass
 class RunResult:
-    state: str  # DONE, FAILED, or DRAINED
+    state: str  # DONE, FAILED, DRAINED or HANDED_OVER
     error: str | None = None  # for FAILED: the user's exception, formatted as a traceback
 
 
@@ -167,8 +171,10 @@ class StreamingControl(abc.ABC):
     name: str = ""  # the engine's name (beamport.engine.registry), for choosing and for messages
 
     @abc.abstractmethod
-    def savepoint(self, job_id: str, directory: Path) -> Savepoint:
-        """Save the running job's state under `directory` (created if missing), without stopping it.
+    def savepoint(self, job_id: str, directory: Path, stop: bool = False) -> Savepoint:
+        """Save the running job's state under `directory` (created if missing), without stopping it; or, `stop`
+        (an update), stopping it with that state: it reads and writes nothing after the savepoint, so the job
+        that takes over neither repeats nor misses anything (its run ends HANDED_OVER).
         Blocks until the savepoint is complete. Raises EngineError (job not running on the engine...)."""
 
     @abc.abstractmethod

@@ -31,6 +31,7 @@ from beamport.engine.base import (
     DONE,
     DRAINED,
     FAILED,
+    HANDED_OVER,
     JOB_TYPE_STREAMING,
     Engine,
     EngineError,
@@ -358,6 +359,28 @@ class FlinkRest:
         trigger = self._call("POST", f"/jobs/{jid}/stop", body)["request-id"]
         return self._savepoint_taken(jid, trigger, timeout)
 
+    def stop_with_savepoint(self, jid: str, directory: Path, timeout: float = SAVEPOINT_TIMEOUT_S) -> str:
+        """Stop a running job with a savepoint under `directory`, without Flink's drain: its sources stop where
+        they are, the savepoint holds their positions and every operator's state, and the job ends FINISHED
+        having processed nothing after it. The savepoint's location."""
+        directory.mkdir(parents=True, exist_ok=True)
+        body = {"targetDirectory": directory.resolve().as_uri(), "drain": False, "formatType": "CANONICAL"}
+        trigger = self._call("POST", f"/jobs/{jid}/stop", body)["request-id"]
+        return self._savepoint_taken(jid, trigger, timeout)
+
+    def stopped_with_savepoint(self, jid: str) -> str | None:
+        """The location of the savepoint a job that ended was stopped with (stop_with_savepoint or
+        stop_draining: Flink's synchronous savepoint), if it was."""
+        try:
+            latest = self._call("GET", f"/jobs/{jid}/checkpoints").get("latest") or {}
+        except EngineError as exc:
+            log.info("no checkpoints of Flink job %s: %s", jid, exc)
+            return None
+        savepoint = latest.get("savepoint") or {}
+        if savepoint.get("checkpoint_type") == "SYNC_SAVEPOINT" and not savepoint.get("discarded"):
+            return savepoint.get("external_path") or None
+        return None
+
     def _savepoint_taken(self, jid: str, trigger: str, timeout: float) -> str:
         status = wait_until(lambda: self._call("GET", f"/jobs/{jid}/savepoints/{trigger}"), _completed, timeout, 0.2)
         if status is None:
@@ -497,13 +520,31 @@ class FlinkControl(StreamingControl):
         self.config = config
         self.rest = FlinkRest(config.master)
 
-    def savepoint(self, job_id: str, directory: Path) -> Savepoint:
+    def savepoint(self, job_id: str, directory: Path, stop: bool = False) -> Savepoint:
         found = self.rest.find_job(job_id)
         if found is None or found.get("state") != "RUNNING":
+            stopped = self._stopped_with_savepoint(job_id, directory) if stop else None
+            if stopped is not None:
+                return stopped
             state = found.get("state") if found else "not on the cluster"
             raise EngineError(f"Job {job_id} is not running on Flink ({state}): there is no state to save.")
-        location = self.rest.savepoint(found["jid"], directory)
+        if stop:
+            location = self.rest.stop_with_savepoint(found["jid"], directory)
+        else:
+            location = self.rest.savepoint(found["jid"], directory)
         return Savepoint(location=location, size_bytes=directory_size(savepoint_path(location)))
+
+    def _stopped_with_savepoint(self, job_id: str, directory: Path) -> Savepoint | None:
+        """An update's stop again (a server that stopped in the middle of one resumes it): the job's run was
+        stopped with a savepoint, whose state is the job's; a copy of it under `directory` (Flink's savepoints
+        are relocatable), so that the new snapshot owns its data."""
+        newest = self.rest.find_job(job_id, active_only=False)
+        location = self.rest.stopped_with_savepoint(newest["jid"]) if newest and newest["state"] == "FINISHED" else None
+        if location is None or not savepoint_path(location).is_dir():
+            return None
+        copy = directory / savepoint_path(location).name
+        shutil.copytree(savepoint_path(location), copy)
+        return Savepoint(location=copy.resolve().as_uri(), size_bytes=directory_size(copy))
 
     def stop(self, job_id: str) -> None:
         found = self.rest.find_job(job_id)
@@ -558,14 +599,26 @@ class FlinkEngine(Engine):
             # worker that adopts the job (below) gets their logs from then on.
             with worker_log_service(observer.log, self.config.shared_dir / "logs" / job.job_id) as self._logs:
                 found = self.rest.find_job(job.job_id)
-                ended = self._ended_while_no_one_followed(job, drain_file) if found is None else None
+                handed_over = self._stopped_for_an_update(job, drain_file) if found is None else None
+                ended = None
+                if found is None and not handed_over:
+                    ended = self._ended_while_no_one_followed(job, drain_file)
                 if ended is not None:
                     return ended
                 if found is not None:  # a worker before this one submitted it, and was lost: follow it
                     log.info("adopting Flink job %s of job %s", found["jid"], job.job_id)
                     jid = self.flink_job_id = found["jid"]
                 else:
-                    self._restart_from_checkpoint(job, observer)
+                    if handed_over:
+                        self.restore_from = handed_over
+                        observer.log(
+                            _info(
+                                f"The job's run was stopped with a savepoint for an update that did not take over: "
+                                f"it goes on from that savepoint ({handed_over})."
+                            )
+                        )
+                    else:
+                        self._restart_from_checkpoint(job, observer)
                     drain_file.unlink(missing_ok=True)
                     jid = self.flink_job_id = self._submit(job, drain_file)
                 result = self._follow(jid, job, observer, drain_file)
@@ -573,6 +626,16 @@ class FlinkEngine(Engine):
                 return result
         except EngineError as exc:
             return RunResult(FAILED, str(exc))
+
+    def _stopped_for_an_update(self, job: StagedJob, drain_file: Path) -> str | None:
+        """The savepoint the job's newest Flink job was stopped with for an update (HANDED_OVER), when that update
+        did not take over and this job's work goes on: the job starts again from it."""
+        newest = self.rest.find_job(job.job_id, active_only=False)
+        if newest is None or newest.get("state") != "FINISHED" or drain_file.exists():
+            return None
+        if job.job_type != JOB_TYPE_STREAMING:
+            return None
+        return self.rest.stopped_with_savepoint(newest["jid"])
 
     def _ended_while_no_one_followed(self, job: StagedJob, drain_file: Path) -> RunResult | None:
         """The result of the job's Flink job if it ended well while no worker followed it (its worker was lost
@@ -698,6 +761,8 @@ class FlinkEngine(Engine):
                     if figures:
                         observer.stage_figures(figures)
             if state == "FINISHED":
+                if streaming and not draining and self.rest.stopped_with_savepoint(jid):
+                    return RunResult(HANDED_OVER)  # an update's: the job that takes over goes on from its savepoint
                 return RunResult(DRAINED if draining else DONE)
             if state == "FAILED":
                 return RunResult(FAILED, self.rest.root_exception(jid) or "The Flink job failed.")

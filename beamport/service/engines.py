@@ -29,8 +29,8 @@ class SavedState(Protocol):
         """Where a snapshot's data is, for a job that starts from it; raises unless it can be started from."""
 
     def save_for_update(self, project_id: str, location: str, job_id: str, new_job_id: str) -> str:
-        """For an update: the id of a snapshot of the running job's state (the job runs on); raises, saying
-        why, when it cannot be saved."""
+        """For an update: the id of a snapshot of the running job's state, its engine run stopped with it;
+        raises, saying why, when it cannot be saved (the job runs on)."""
 
     def stop_run(self, job_id: str) -> None:
         """Stop the engine's run of a job that ended without its worker (replaced by an update, or cancelled

@@ -6,11 +6,12 @@ the job again and re-applies its request to what it finds.
 
 An update that carries a running job's state over (replaceJobId, on an engine that keeps state) is a
 long-running operation: the create stores the new job (PENDING, waiting to take over: its record's
-replacing_job_id) and answers it; in the background the old job's state is saved (a snapshot) while it runs
-on, then one write hands over (the old job UPDATED, replacedByJobId; the new job's work, from the snapshot),
-then the old job's engine run is stopped. A failure before that write leaves the old job running, and fails
-the new one, saying why in both jobs' messages. A server that stops meanwhile starts the swap again at its
-next start (resume_updates).
+replacing_job_id) and answers it; in the background the old job's engine run stops with its state saved (a
+snapshot: nothing is read or written after it), then one write hands over (the old job UPDATED,
+replacedByJobId; the new job's work, from the snapshot). A savepoint that fails leaves the old job running,
+and fails the new one, saying why in both jobs' messages; a new job cancelled meanwhile leaves the old job's
+work to go on from the snapshot. A server that stops meanwhile starts the swap again at its next start
+(resume_updates).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from beamport.engine.staged_files import check_pipeline_hash
 from beamport.errors import ApiError, failed_precondition, invalid_argument
 from beamport.files import LOCATION_OPTIONS, FilePolicy
 from beamport.job_states import Actor
-from beamport.service import autoscaling, engines, model
+from beamport.service import autoscaling, engines, model, retries
 from beamport.service.documents import (
     active_jobs,
     close_work_items,
@@ -53,7 +54,7 @@ from beamport.store.base import Store, Write
 from beamport.store.errors import ActiveNameTaken, VersionConflict
 from beamport.store.jobs import FILTER_ACTIVE, FILTER_ALL, FILTER_TERMINATED, JobChange, JobQuery, JobRecord
 from beamport.store.messages import MessageQuery, MessageRecord
-from beamport.store.work_items import WORK_CANCELLED, WORK_LEASED, WorkItemRecord
+from beamport.store.work_items import WORK_CANCELLED, WORK_LEASED, WorkItemChange, WorkItemRecord
 
 log = logging.getLogger(__name__)
 
@@ -608,8 +609,9 @@ class JobService:
         ).start()
 
     def _swap(self, project_id: str, location: str, old_id: str, new_id: str) -> None:
-        """In a thread of its own: save the old job's state (it runs on), then hand over to the new job, then stop
-        the old job's run. The old job is stopped only once the new one is written to take over."""
+        """In a thread of its own: save the old job's state, its run stopping with it (nothing read or written
+        after the savepoint), then hand over to the new job; then make sure the old job's run is gone. Should the
+        new job not take over, the old job's work goes on from the savepoint (_go_on_from_snapshot)."""
         try:
             if self.saved_state is None:
                 failure = "this server has no streaming engine that saves state"
@@ -651,6 +653,8 @@ class JobService:
                         f"This job runs on{kept}."
                     )
                     write.messages = [job_message(old_id, now, "JOB_MESSAGE_WARNING", text)]
+                    if snapshot_id:
+                        self._go_on_from_snapshot(old, snapshot_id, new_id, now, write)
                 commit(self.store, write)
                 return False
             old_doc = document(old) if old is not None else {}
@@ -672,6 +676,9 @@ class JobService:
                         f"The update of job {old_id} failed: {reason}. {after}".strip(),
                     )
                 ]
+                write = Write(changed_jobs=[JobChange(new, expected_new)])
+                if old is not None and old.active and snapshot_id:  # (e.g. draining now: its drain goes on)
+                    self._go_on_from_snapshot(old, snapshot_id, new_id, now, write)
                 if old is not None:
                     after = "This job runs on, unchanged." if old_state == model.RUNNING else ""
                     messages.append(
@@ -682,7 +689,8 @@ class JobService:
                             f"The update by job {new_id} failed: {reason}. {after}".strip(),
                         )
                     )
-                commit(self.store, Write(changed_jobs=[JobChange(new, expected_new)], messages=messages))
+                write.messages = [*messages, *write.messages]
+                commit(self.store, write)
                 return False
             assert old is not None  # no reason to fail: the old job is running
             expected_old = old.version
@@ -715,6 +723,25 @@ class JobService:
             return True
 
         return retry_on_conflict(attempt, f"updating job {old_id} with job {new_id}")
+
+    def _go_on_from_snapshot(self, old: JobRecord, snapshot_id: str, new_id: str, now: int, write: Write) -> None:
+        """The old job's run stopped with the update's snapshot, and the new job did not take over: the old job's
+        work moves to another attempt at once (not counted as a failure), which goes on from that snapshot's
+        savepoint (the engine finds it: HANDED_OVER), with nothing read twice or lost."""
+        old_doc = document(old)
+        reason = (
+            f"its run stopped with snapshot {snapshot_id} for the update by job {new_id}, which did not take over; "
+            "the job goes on from that snapshot"
+        )
+        changes = []
+        for item in self.store.work_items.list(old.id):
+            if item.state == WORK_LEASED:
+                expected = item.version
+                retries.fail_attempt(old_doc, item, reason, now, write, Actor.SERVICE, counts=False)
+                changes.append(WorkItemChange(item, expected))
+        write.changed_work_items = [*write.changed_work_items, *changes]
+        if changes:
+            self.work.notify()
 
     # -- changing -----------------------------------------------------------
 

@@ -85,9 +85,12 @@ class SnapshotService:
 
     # -- jobs.snapshot --------------------------------------------------------
 
-    def snapshot_job(self, project_id: str, location: str | None, job_id: str, body: dict) -> dict:
+    def snapshot_job(
+        self, project_id: str, location: str | None, job_id: str, body: dict, stopping: bool = False
+    ) -> dict:
         """Snapshot a running streaming job. `location` None (the location-less twin): the body's location,
-        else us-central1. Waits up to `wait_s` for the engine, then answers the snapshot as it is."""
+        else us-central1. Waits up to `wait_s` for the engine, then answers the snapshot as it is. `stopping`
+        (an update's): the job's run stops with the snapshot, having read and written nothing after it."""
         request = wire.parse_message(body, SnapshotJobRequestPb, "snapshot request")
         if location is None:
             location = request.location or DEFAULT_LOCATION
@@ -151,17 +154,22 @@ class SnapshotService:
         with self._lock:
             self._taking.add(snapshot.id)
         threading.Thread(
-            target=self._take, args=(self.control, snapshot, finished), name=f"snapshot-{snapshot.id}", daemon=True
+            target=self._take,
+            args=(self.control, snapshot, finished, stopping),
+            name=f"snapshot-{snapshot.id}",
+            daemon=True,
         ).start()
         finished.wait(self.wait_s)
         current = self.store.snapshots.get(project_id, snapshot.id)
         return render_snapshot(current or snapshot)
 
     def save_for_update(self, project_id: str, location: str, job_id: str, new_job_id: str) -> str:
-        """For an update: snapshot the running job, waiting for the engine (the job runs on). Returns the
-        snapshot's id; FAILED_PRECONDITION, saying why, when its state cannot be saved."""
+        """For an update: snapshot the running job and stop its run with it, waiting for the engine. Returns the
+        snapshot's id; FAILED_PRECONDITION, saying why, when its state cannot be saved (the job runs on)."""
         body = {"description": f"The state of job {job_id}, carried into job {new_job_id}, which updates it."}
-        snapshot = self.snapshot_job(project_id, location, job_id, body)
+        # The old job's run stops with its state: what it read after a savepoint it ran on past would be read
+        # again by the new job (and written twice), or, acknowledged to its source, lost with the old job's state.
+        snapshot = self.snapshot_job(project_id, location, job_id, body, stopping=True)
         deadline = time.monotonic() + UPDATE_WAIT_S
         while snapshot["state"] in ("PENDING", "RUNNING") and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -182,14 +190,16 @@ class SnapshotService:
         except Exception as exc:  # noqa: BLE001 (the cluster away, say: the job has ended all the same)
             log.warning("stopping the engine's run of job %s: %s", job_id, exc)
 
-    def _take(self, control: StreamingControl, snapshot: SnapshotRecord, finished: threading.Event) -> None:
+    def _take(
+        self, control: StreamingControl, snapshot: SnapshotRecord, finished: threading.Event, stopping: bool
+    ) -> None:
         """In a thread of its own: ask the engine for the savepoint, record what came of it."""
         try:
             snapshot.state = SNAPSHOT_RUNNING
             if not self.store.snapshots.update(snapshot):
                 return  # deleted before it started
             try:
-                saved = control.savepoint(snapshot.source_job_id, self.root / snapshot.id)
+                saved = control.savepoint(snapshot.source_job_id, self.root / snapshot.id, stop=stopping)
             except EngineError as exc:
                 self._failed(snapshot, str(exc) or type(exc).__name__)
                 return
@@ -215,7 +225,8 @@ class SnapshotService:
                 snapshot.source_job_id,
                 "JOB_MESSAGE_BASIC",
                 f"Snapshot {snapshot.id} created: {saved.size_bytes} bytes of state, kept until "
-                f"{timestamp(snapshot.expire_us)} (ttl {_duration_text(snapshot.ttl_us)}).",
+                f"{timestamp(snapshot.expire_us)} (ttl {_duration_text(snapshot.ttl_us)})."
+                + (" The job's run stopped with it, for the update." if stopping else ""),
             )
         except Exception:  # noqa: BLE001 (a store hiccup: logged; the sweeper fails the snapshot later)
             log.exception("snapshot %s of job %s", snapshot.id, snapshot.source_job_id)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from beamport import wire
 from beamport.engine import registry
-from beamport.engine.base import STAGE_RUNNING, Engine
+from beamport.engine.base import HANDED_OVER, STAGE_RUNNING, Engine
 from beamport.errors import RPC_CODE
 from beamport.processes import die_with_parent
 from beamport.protocol import (
@@ -329,6 +329,14 @@ def execute(assignment: dict) -> int:
                 os._exit(1)
 
     result = outcome.get("result")
+    if result is not None and result.state == HANDED_OVER:
+        # Stopped with a savepoint for an update: the service ends this work (the job that takes over goes on from
+        # the savepoint) or gives it to another attempt (which does). Its last messages and metrics go; no end.
+        log.info("the run was stopped with a savepoint for an update: this work is the service's to end")
+        flush()
+        if status:
+            status.write(json.dumps({"stopped": True}) + "\n")
+        return 0
     error = outcome.get("error") or (result.error if result is not None and result.state == "FAILED" else None)
     if error:
         flush(completed=True, errors=[{"code": outcome.get("code", RPC_CODE["UNKNOWN"]), "message": error}])
