@@ -12,7 +12,7 @@ from conftest import Api
 from test_go import PROJECT, Go, PubsubSums, go_server, messages, ran_as_the_direct_runner
 from test_java_flink import pool_workers
 from test_running_jobs import wait_state
-from test_streaming import flink_args, flink_endpoints
+from test_streaming import START_S, flink_args, flink_endpoints, flink_state
 
 # One Flink job at a time, as test_streaming's.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]
@@ -61,3 +61,25 @@ def test_go_pubsub_sums_run_on_flink_by_default_then_drain(go_on_flink, monkeypa
     sums.drained()
     gone, alive = psutil.wait_procs(workers, timeout=120)
     assert not alive, alive
+
+
+def test_a_go_job_on_flink_is_updated_with_its_state(go_on_flink, monkeypatch):
+    """pubsub_sums on Flink replaced by Beam Go's runner with --update (the same job name): the old job's run stops
+    with its savepoint, and the new job goes on from it. The window still open holds the old job's 7 and the ids it
+    read, so after the drain its sum is 7 plus what the new job read (3): not 3 (a fresh start), nor 110 (the
+    repeat of an id the old job read, counted again); and no closed window's sum comes again."""
+    go = go_on_flink
+    sums = PubsubSums(go, "go-flink-update", monkeypatch)
+    name = sums.api.get(sums.job_id).json()["name"]
+    done, new_id = sums.submit("", "--update", name=name)
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert new_id != sums.job_id
+    old = wait_state(sums.api, sums.job_id, {"JOB_STATE_UPDATED"}, timeout=START_S)
+    assert old["replacedByJobId"] == new_id
+    wait_state(sums.api, new_id, {"JOB_STATE_RUNNING"}, timeout=START_S)
+    assert flink_state(go.flink, sums.job_id) == "FINISHED"  # type: ignore[attr-defined]
+    sums.topics.publish("c", 3, sums.later + 1, "g6")
+    # An id the old job read, again (with other data, to tell): its ids are state, so this is dropped.
+    sums.topics.publish("c", 100, sums.later, "g5")
+    sums.job_id = new_id
+    sums.drained(open_sum=10)
