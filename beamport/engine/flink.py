@@ -381,6 +381,13 @@ class FlinkRest:
             return savepoint.get("external_path") or None
         return None
 
+    def handed_over(self, name: str) -> str | None:
+        """The savepoint the newest Flink job of this name was stopped with, if it ended so (FINISHED)."""
+        newest = self.find_job(name, active_only=False)
+        if newest is None or newest.get("state") != "FINISHED":
+            return None
+        return self.stopped_with_savepoint(newest["jid"])
+
     def _savepoint_taken(self, jid: str, trigger: str, timeout: float) -> str:
         status = wait_until(lambda: self._call("GET", f"/jobs/{jid}/savepoints/{trigger}"), _completed, timeout, 0.2)
         if status is None:
@@ -538,8 +545,7 @@ class FlinkControl(StreamingControl):
         """An update's stop again (a server that stopped in the middle of one resumes it): the job's run was
         stopped with a savepoint, whose state is the job's; a copy of it under `directory` (Flink's savepoints
         are relocatable), so that the new snapshot owns its data."""
-        newest = self.rest.find_job(job_id, active_only=False)
-        location = self.rest.stopped_with_savepoint(newest["jid"]) if newest and newest["state"] == "FINISHED" else None
+        location = self.rest.handed_over(job_id)
         if location is None or not savepoint_path(location).is_dir():
             return None
         copy = directory / savepoint_path(location).name
@@ -630,12 +636,9 @@ class FlinkEngine(Engine):
     def _stopped_for_an_update(self, job: StagedJob, drain_file: Path) -> str | None:
         """The savepoint the job's newest Flink job was stopped with for an update (HANDED_OVER), when that update
         did not take over and this job's work goes on: the job starts again from it."""
-        newest = self.rest.find_job(job.job_id, active_only=False)
-        if newest is None or newest.get("state") != "FINISHED" or drain_file.exists():
-            return None
-        if job.job_type != JOB_TYPE_STREAMING:
-            return None
-        return self.rest.stopped_with_savepoint(newest["jid"])
+        if drain_file.exists() or job.job_type != JOB_TYPE_STREAMING:
+            return None  # (a drain's end is stopped with a savepoint too: the job ended)
+        return self.rest.handed_over(job.job_id)
 
     def _ended_while_no_one_followed(self, job: StagedJob, drain_file: Path) -> RunResult | None:
         """The result of the job's Flink job if it ended well while no worker followed it (its worker was lost
