@@ -50,10 +50,13 @@ KEPT_PREFIXES = (
 
 
 def _beamports_own_code() -> list[Path]:
-    """Beamport's package and the Python environment it runs from: never writable by user code."""
+    """Beamport's package, the Python environment it runs from, and its cache (the binaries it built, the jars
+    of warm JVMs: engine/java_warm.py): never writable by user code."""
     import beamport
 
-    return [Path(beamport.__file__).resolve().parent, Path(sys.prefix).resolve()]
+    own = [Path(beamport.__file__).resolve().parent, Path(sys.prefix).resolve()]
+    cache = (Path.home() / ".cache" / "beamport").resolve()
+    return [*own, cache] if cache.is_dir() else own
 
 
 class SandboxUnavailable(Exception):

@@ -5,8 +5,9 @@
 tests/java's WordCount (built by scripts/java-pipelines) on the same generated text: (a) on Beam Java's
 DirectRunner, (b) submitted by Beam Java's DataflowRunner to a Beamport server (runner v1 and v2), each --runs
 times. For (b): the submitting program's wall time (its own JVM and the jars' upload included), and from the job's
-messages: jobs.create to RUNNING, RUNNING to the Java harness up (its JVM start), jobs.create to DONE. Prints
-figures; asserts nothing.
+messages: jobs.create to RUNNING, RUNNING to the Java harness up (its JVM start), jobs.create to DONE, and whether the
+harness ran in a JVM the server's one worker kept warm (engine/java_warm.py: every job after the first, when their
+jars are the same). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "beamport", "serve", "--port", str(port), "--data-dir", str(base / "data")]
-        + ["--allow-path", str(base), "--no-auth"],
+        + ["--allow-path", str(base), "--no-auth", "--workers", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -104,12 +105,14 @@ def main() -> None:
                         running - created,
                         when("Fn Harness started") - running,
                         parse_time(job["currentStateTime"]) - created,
+                        any("started ahead of the job" in m.get("messageText", "") for m in messages),
                     )
                 )
-            for wall, to_running, harness, to_done in rows:
+            for wall, to_running, harness, to_done, warm in rows:
                 print(
                     f"runner {path}: submitter {wall:.1f} s ({wall / statistics.median(direct):.1f}x DirectRunner), "
-                    f"create->RUNNING {to_running:.1f} s, harness up {harness:.1f} s on, create->DONE {to_done:.1f} s"
+                    f"create->RUNNING {to_running:.1f} s, harness up {harness:.1f} s on "
+                    f"({'a warm JVM' if warm else 'a JVM of its own'}), create->DONE {to_done:.1f} s"
                 )
     finally:
         server.terminate()

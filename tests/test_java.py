@@ -115,7 +115,9 @@ class Java:
 def java(tmp_path_factory) -> Java:
     class_path = required_path("BEAMPORT_TEST_JAVA", "builds the Java pipelines (scripts/java-pipelines)")
     base = tmp_path_factory.mktemp("java")
-    srv = Server(base / "data", extra_args=("--allow-path", str(base), "--workers", "2")).start()
+    # One worker: each Java job after the first finds the JVM it keeps warm (engine/java_warm.py), as a developer's
+    # second run does.
+    srv = Server(base / "data", extra_args=("--allow-path", str(base), "--workers", "1")).start()
     yield Java(class_path.read_text().strip(), srv, base)
     srv.stop()
 
@@ -284,15 +286,40 @@ def test_a_jvm_that_dies_before_it_reaches_the_runner_fails_the_job_saying_why(j
 
 
 def harness_jvms(server: Server) -> list[psutil.Process]:
+    """The JVMs running a job's Java SDK harness: one started for it, or a warm one its launcher took (one still
+    waiting for a job, beside an executor with no launcher, runs none)."""
     assert server.process is not None
     found = []
     for process in psutil.Process(server.process.pid).children(recursive=True):
         try:
-            if "org.apache.beam.fn.harness.FnHarness" in process.cmdline():
+            command = process.cmdline()
+            if "org.apache.beam.fn.harness.FnHarness" in command:
+                found.append(process)
+            elif any(part.endswith("WarmHarness.java") for part in command) and _launched(process.parent()):
                 found.append(process)
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+def _launched(executor: psutil.Process) -> bool:
+    """Whether a java_boot launcher runs under this executor (which a warm JVM waits in)."""
+    return any("beamport.engine.java_boot" in p.cmdline() for p in executor.children(recursive=True))
+
+
+def test_a_second_java_job_runs_in_the_jvm_its_worker_kept_warm(java, direct_outputs):
+    """After a Java job, the worker's standby executor starts a JVM over the jars it ran with, warmed up (Beam's
+    harness loaded, its options registry built): the next job over the same jars takes it, with the same output."""
+    api = Api(java.server.url, PROJECT)
+    for run in ("first", "second"):
+        out = java.base / "warm" / run / "out"
+        done, job_id = java.dataflow("WordCount", out, V2)
+        assert "FINAL_STATE DONE" in done.stdout, done.stdout + done.stderr[-5000:]
+        assert read_output(out) == direct_outputs["WordCount"][0] != []
+    text = "\n".join(messages(api, job_id))
+    assert "The Java SDK harness ran in a JVM this worker started ahead of the job" in text, text[-5000:]
+    # Its jars, by content, where no job may write.
+    assert any(Path.home().joinpath(".cache/beamport/java/warm").glob("*.jar"))
 
 
 def test_cancel_leaves_no_jvm(java):

@@ -44,6 +44,7 @@ from apache_beam.transforms import environments
 from apache_beam.utils import timestamp
 from google.protobuf import struct_pb2
 
+from beamport.engine import java_warm
 from beamport.engine.base import (
     DONE,
     FAILED,
@@ -161,6 +162,9 @@ class EmbeddedEngine(Engine):
                 if runner.tracker:
                     runner.tracker.fail_running()
                 return RunResult(FAILED, user_error(exc))
+            finally:
+                if java_warm.claimed():
+                    observer.log(java_warm.CLAIMED_RECORD)
             observer.metrics(result.metrics().query())
             return RunResult(DONE)
 

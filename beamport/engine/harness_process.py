@@ -60,7 +60,12 @@ def run(
             harness.wait()
             sys.exit(0)
         last.append(line)
-    status = harness.wait()
+    finish(harness.wait(), last, who, control_url, worker_id)
+
+
+def finish(status: int, last, who: str, control_url: str, worker_id: str) -> None:
+    """The harness ended with `status`, its `last` lines of output: exit with its status, having answered the
+    runner at `control_url` in its place if it failed."""
     if status != 0:
         why = f"{who} exited with status {status} before it reached the runner"
         answer_in_its_place(control_url, worker_id, why + (":\n" + "\n".join(last) if last else "."))

@@ -117,7 +117,7 @@ def main(argv: list[str], info=None) -> None:
     options_file = workdir / f"pipeline-options-{worker_id or os.getpid()}.json"
     options_file.write_text(os.environ.get("PIPELINE_OPTIONS", "{}"))
     class_path_file = workdir / "class-path.args"
-    class_path_file.write_text("-cp " + _quoted(os.pathsep.join(spec["class_path"])) + "\n")
+    class_path_file.write_text("-cp " + argfile_quoted(os.pathsep.join(spec["class_path"])) + "\n")
     env = dict(os.environ)
     env.pop("PIPELINE_OPTIONS", None)  # in the file: the options may be longer than a variable may be
     env.update(
@@ -126,8 +126,14 @@ def main(argv: list[str], info=None) -> None:
         SEMI_PERSISTENT_DIRECTORY=str(workdir),
     )
     die_with_parent(parent)
-    argv = [spec["java"], *jvm_arguments(class_path_file), HARNESS_MAIN]
     control = harness_process.descriptor_url(env.get("CONTROL_API_SERVICE_DESCRIPTOR", ""))
+    if not parent:  # FnApiRunner's: the executor may have a JVM warm for it (engine/java_warm.py)
+        from beamport.engine import java_warm
+
+        taken = java_warm.claim(spec["class_path"])
+        if taken:
+            java_warm.run(*taken, env, control, worker_id)
+    argv = [spec["java"], *jvm_arguments(class_path_file), HARNESS_MAIN]
     harness_process.run(argv, env, "The Java SDK harness (a JVM)", control, worker_id)
 
 
@@ -157,7 +163,7 @@ def provisioned_environment(argv: list[str], info=None) -> None:
         os.environ["RUNNER_CAPABILITIES"] = " ".join(info.runner_capabilities)
 
 
-def _quoted(text: str) -> str:
+def argfile_quoted(text: str) -> str:
     """A value in a java @argfile: double-quoted, with its backslashes and quotes escaped."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -185,6 +185,17 @@ def warm_up() -> None:
     import beamport.translate.metrics  # noqa: F401
 
 
+def warm_java(spec: dict) -> None:
+    """Start a Java SDK harness's JVM ahead of the job: {"java": path, "class_path": [...]} (the worker's
+    WarmJars.class_path). A JVM that cannot start leaves the job to start one of its own."""
+    from beamport.engine import java_warm
+
+    try:
+        java_warm.start(spec["class_path"], spec["java"])
+    except (OSError, KeyError, TypeError) as exc:
+        log.warning("no warm JVM: %s", exc)
+
+
 def engine_spec(work_config: dict) -> registry.EngineSpec:
     """The engine the service chose for this work item (see beamport.service.engines); none named: the batch
     engine."""
@@ -231,6 +242,7 @@ def execute(assignment: dict) -> int:
     outcome: dict = {}
     engine_box: list = []  # the engine, once made (the main loop drains or stops it)
     index = work.report_index
+    lock = threading.Lock()  # the main loop and the engine thread (autoscaling, the jars below) both report
 
     def run() -> None:
         try:
@@ -252,6 +264,11 @@ def execute(assignment: dict) -> int:
             # The engine's SDK is Beamport's own Beam; staged pure-Python wheels go on its path.
             reporter.lifecycle(SDK_INSTALL_FINISH, container_start_us, wheels=len(staged.python_path))
             outcome["pipeline"] = staged.pipeline
+            if status and staged.java_environments and engine_spec(work_config) is registry.EMBEDDED:
+                # Its worker keeps a JVM warm over these jars for its next job (engine/java_warm.py).
+                with lock:
+                    status.write(json.dumps({"java_class_path": next(iter(staged.java_environments.values()))}))
+                    status.write("\n")
             engine = make_engine(work_config, assignment.get("sdk_workers", 1), assignment.get("engines", {}))
             engine_box.append(engine)
             outcome["result"] = engine.run(staged, reporter)
@@ -265,8 +282,6 @@ def execute(assignment: dict) -> int:
 
     thread = threading.Thread(target=run, name="engine", daemon=True)
     thread.start()
-
-    lock = threading.Lock()  # the main loop and the engine thread (autoscaling) both report
 
     def flush(completed: bool = False, errors=(), remaining: int | None = None) -> dict:
         with lock:
@@ -353,6 +368,8 @@ def main() -> None:
     # Killed with the worker that started it, so that a lost worker's work never runs on behind the service's
     # back (PARENT_PID 0: in a sandbox, whose parent is its own init, and which dies with the worker).
     die_with_parent(int(sys.argv[1]))
+    if len(sys.argv) > 2:  # the worker's last job was a Java one: a JVM warm for the next (engine/java_warm.py)
+        warm_java(json.loads(sys.argv[2]))
     warm_up()
     line = sys.stdin.readline()
     if not line:

@@ -25,6 +25,9 @@ from typing import IO, TYPE_CHECKING
 import httpx
 
 from beamport import wire
+from beamport.engine import java_boot
+from beamport.engine.java_warm import WarmJars
+from beamport.files import FilePolicy
 from beamport.protocol import CONTAINER_START
 from beamport.sandbox import OFF, Sandbox
 from beamport.worker.api import ANY, Work, WorkerApi, WorkerApiError
@@ -93,6 +96,9 @@ class Worker:
         self.broken: str | None = None
         self._standby: Executor | None = None
         self._start_failures = 0
+        # The jars of its last Java jobs: its standby executor keeps a JVM warm over them (engine/java_warm.py).
+        self._java = WarmJars(java_boot.harness_jars())
+        self._warm_java = False  # whether the last work item was a Java job's (on the embedded engine)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -200,6 +206,7 @@ class Worker:
                 self.api.revoke(token)
             except httpx.HTTPError as exc:  # it expires anyway
                 log.warning("could not revoke the executor's token: %s", exc)
+        self._remember_java(progress.get("java_class_path"))
         if not progress.get("completed") and not progress.get("stopped"):
             self._executor_died(work, executor, progress)
         else:
@@ -265,12 +272,35 @@ class Worker:
 
     # -- executors --------------------------------------------------------------------------
 
+    def _remember_java(self, class_path) -> None:
+        """After a Java job's work item, its jars are copied for the next standby's warm JVM; after any other,
+        the next standby starts none (a JVM costs seconds of CPU, and memory, that only a Java job repays)."""
+        self._warm_java = isinstance(class_path, list) and all(isinstance(path, str) for path in class_path)
+        if self._warm_java:
+            try:
+                self._java.keep(class_path, FilePolicy(self.allow_paths, self.deny_paths))
+            except OSError as exc:  # e.g. no room for the copies: the next Java job starts its JVM itself
+                log.warning("no warm JVM for the next Java job: %s", exc)
+                self._warm_java = False
+
+    def _warm_java_spec(self) -> list[str]:
+        """The standby executor's argument that has it start a JVM ahead of its job, or none."""
+        if not self._warm_java:
+            return []
+        class_path = self._java.class_path()
+        try:
+            java = java_boot.find_java()
+        except java_boot.JavaUnavailable:
+            return []
+        return [json.dumps({"java": java, "class_path": class_path})] if class_path else []
+
     def _spawn_executor(self) -> Executor:
         status_r, status_w = os.pipe()
         log_path = self.data_dir / f"executor-{time.time_ns()}.log"
         with open(log_path, "ab") as out:
             # Its own session: stopping it stops the SDK worker processes it started too.
             argv = [sys.executable, "-m", "beamport.worker.executor", "0" if self.sandbox.enabled else str(os.getpid())]
+            argv += self._warm_java_spec()
             process = subprocess.Popen(
                 self.sandbox.command(argv),
                 stdin=subprocess.PIPE,

@@ -1,0 +1,264 @@
+"""Warm Java SDK harnesses: a JVM started ahead of its job, so that a Java job on the embedded engine does not wait
+for a JVM's start (about 3.5 s here, 2 s of it Beam's PipelineOptionsFactory validating every options interface of
+the class path by reflection, which every Beam Java program pays for at start).
+
+Three parts, in three processes:
+- The worker (outside the sandbox), after a Java job's work item (`WarmJars.keep`): copies the jars the job ran
+  with (those its file policy allows, regular files) into WARM_DIR, by content (their SHA-256), where no job may
+  write (the sandbox binds it read-only); the class path of the next warm JVM is the jars of this job that one of
+  the two before it had too: a program's libraries, not its own jar, which changes with each build (all of this
+  job's when those lack Beam's harness: after the first job, or after jobs staged without it).
+- The worker's standby executor (inside the sandbox the job will get, before any job is known: `start`) starts
+  `java -cp JAMM:THOSE WarmHarness.java SOCKET` (engine/java/WarmHarness.java, source-file mode: a JDK's compiler
+  is needed, else no JVM starts warm), which loads Beam's harness and PipelineOptionsFactory's registry and waits.
+- The job's launcher (engine/java_boot.py, started by FnApiRunner: `claim`, `run`) hashes its own class path. Only
+  if every jar of the warm JVM's class path is one of its own, byte for byte, does it take the JVM: it sends the
+  harness's environment and the rest of its jars (which the JVM loads in a class loader of their own, over its
+  class path), and follows its output and exit as it would a JVM it started. Otherwise, or when there is no warm
+  JVM, it starts one (the cold path). A job thus runs only the code it staged; what differs from a cold JVM is
+  the class loaders: a class found both in the job's own jars and in a shared library comes from the library.
+
+One job per warm JVM; it dies with its executor, and with its launcher once taken.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from beamport.engine import harness_process
+from beamport.processes import die_with_parent
+
+WARM_DIR = Path.home() / ".cache" / "beamport" / "java" / "warm"  # the jars of warm JVMs, by content
+SOURCE = Path(__file__).parent / "java" / "WarmHarness.java"
+VARIABLE = "BEAMPORT_WARM_JVM"  # in an executor's environment: its warm JVM's directory
+CLAIMED = "claimed"  # the file java_boot writes in that directory when it takes the JVM
+WAIT_S = 15.0  # how long a launcher waits for a warm JVM still warming up (a cold start takes about 3.5 s more)
+CLASS_PATH_FILE = "class-path.json"
+HARNESS_CLASS = "org/apache/beam/fn/harness/FnHarness.class"
+# What a worker copies of one job (its executor says which jars: a bound on what a job could make it copy).
+MAX_JARS = 2000
+MAX_JAR_BYTES = 512 << 20
+
+
+def sha256_of(path: str) -> str | None:
+    try:
+        with open(path, "rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+# -- the worker: which jars a warm JVM gets ---------------------------------------------------------------
+
+
+class WarmJars:
+    """A worker's memory of the jars of its last two Java jobs, and their copies in WARM_DIR."""
+
+    def __init__(self, harness_jars: list[str]):
+        self.harness_jars = harness_jars  # Beamport's own (jamm): first on every Java harness's class path
+        self.known: dict[tuple, str] = {}  # (path, size, mtime, inode) -> SHA-256 of a copied jar
+        self.jobs: collections.deque[list[str]] = collections.deque(maxlen=3)  # their jars' SHA-256s, in order
+        self.harness_in: dict[str, bool] = {}  # whether a copied jar holds Beam's harness
+
+    def keep(self, class_path: list[str], files) -> None:
+        """Copy a Java job's staged jars (`class_path`, as its executor said: checked here against the file
+        policy `files`, as the job itself was) into WARM_DIR, and remember them."""
+        shas: list[str] = []
+        known: dict[tuple, str] = {}
+        for location in class_path:
+            if len(shas) >= MAX_JARS:
+                break
+            try:
+                with files.open_read(location) as source:
+                    stat = os.fstat(source.fileno())
+                    if stat.st_size > MAX_JAR_BYTES:
+                        continue
+                    key = (location, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+                    sha = self.known.get(key)
+                    if not sha or not (WARM_DIR / f"{sha}.jar").is_file():  # new, changed, or its copy removed
+                        sha = _copy(source)
+            except Exception:  # not a file the job may read: no warm JVM gets it
+                continue
+            known[key] = sha
+            shas.append(sha)
+        self.known = known  # what the latest job had: a jar changed since is hashed (and copied) again
+        self.jobs.append(shas)
+
+    def class_path(self) -> list[dict]:
+        """The next warm JVM's class path: the harness's jars, then the latest Java job's jars that one of the two
+        jobs before it had too (all of its jars when those lack Beam's harness, as after the first job). Empty when
+        this worker ran no Java job, or none with Beam's harness."""
+        if not self.jobs:
+            return []
+        *earlier, latest = self.jobs
+        shared = {sha for jars in earlier for sha in jars}
+        chosen = [sha for sha in dict.fromkeys(latest) if sha in shared]
+        if not any(map(self._has_harness, chosen)):  # the first job, or one after jobs that lacked Beam's harness
+            chosen = list(dict.fromkeys(latest))
+        if not any(map(self._has_harness, chosen)):  # a JVM that could not run a harness: none
+            return []
+        harness: list[dict] = [{"path": path, "sha256": sha256_of(path)} for path in self.harness_jars]
+        copies: list[dict] = [{"path": str(WARM_DIR / f"{sha}.jar"), "sha256": sha} for sha in chosen]
+        # A jar not there (a cache cleaned since) would be missing from the JVM, yet left out of the job's own jars.
+        return [jar for jar in [*harness, *copies] if jar["sha256"] and Path(jar["path"]).is_file()]
+
+    def _has_harness(self, sha: str) -> bool:
+        """Whether the copied jar holds Beam Java's SDK harness (a warm JVM must have it, to load it)."""
+        if sha not in self.harness_in:
+            try:
+                with zipfile.ZipFile(WARM_DIR / f"{sha}.jar") as jar:
+                    self.harness_in[sha] = HARNESS_CLASS in jar.namelist()
+            except (OSError, zipfile.BadZipFile):
+                self.harness_in[sha] = False
+        return self.harness_in[sha]
+
+
+def _copy(source) -> str:
+    """Copy an open file into WARM_DIR under its SHA-256 (unless a copy is there): that SHA-256."""
+    WARM_DIR.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=WARM_DIR, prefix=".copy-", delete=False) as copy:
+        try:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)
+                copy.write(chunk)
+            copy.flush()
+            target = WARM_DIR / f"{digest.hexdigest()}.jar"
+            if target.exists():
+                os.unlink(copy.name)
+            else:
+                os.chmod(copy.name, 0o444)
+                os.replace(copy.name, target)
+        except BaseException:
+            Path(copy.name).unlink(missing_ok=True)
+            raise
+    return digest.hexdigest()
+
+
+# -- the standby executor: the JVM ------------------------------------------------------------------------
+
+
+def start(class_path: list[dict], java: str) -> subprocess.Popen:
+    """Start a warm JVM over `class_path` (WarmJars.class_path) in this process, which it dies with; its
+    directory goes in this process's environment (VARIABLE), for the launchers of the job's harnesses."""
+    from beamport.engine.java_boot import argfile_quoted, jvm_arguments
+
+    directory = Path(tempfile.mkdtemp(prefix="beamport-warm-jvm-"))
+    (directory / CLASS_PATH_FILE).write_text(json.dumps(class_path))
+    args_file = directory / "class-path.args"
+    args_file.write_text("-cp " + argfile_quoted(os.pathsep.join(jar["path"] for jar in class_path)) + "\n")
+    argv = [java, *jvm_arguments(args_file), str(SOURCE), str(directory / "socket")]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    (directory / "pid").write_text(str(process.pid))
+    os.environ[VARIABLE] = str(directory)
+    return process
+
+
+# The job's message when it took its executor's warm JVM.
+CLAIMED_RECORD = logging.LogRecord(
+    __name__,
+    logging.INFO,
+    __file__,
+    0,
+    "The Java SDK harness ran in a JVM this worker started ahead of the job, its classes loaded and Beam's options "
+    "registry built (docs/engines.md, warm JVMs).",
+    None,
+    None,
+)
+
+
+def claimed(environ=os.environ) -> bool:
+    """Whether a launcher of this executor's job took its warm JVM."""
+    directory = environ.get(VARIABLE)
+    return bool(directory) and (Path(directory) / CLAIMED).exists()
+
+
+# -- the job's launcher: taking the JVM -------------------------------------------------------------------
+
+
+def claim(class_path: list[str], environ=os.environ) -> tuple[Path, list[str]] | None:
+    """This executor's warm JVM, taken for a harness over `class_path`, with the jars it must add (those not on
+    its class path already), if it is there and every jar of its class path is one of `class_path`'s, byte for
+    byte; else None (the launcher starts a JVM of its own)."""
+    directory = environ.get(VARIABLE)
+    if not directory or not (Path(directory) / CLASS_PATH_FILE).exists():
+        return None
+    directory_path = Path(directory)
+    warm = json.loads((directory_path / CLASS_PATH_FILE).read_text())
+    hashes = {path: sha256_of(path) for path in class_path}
+    mine = set(hashes.values())
+    if any(jar["sha256"] not in mine for jar in warm):
+        return None
+    socket_path = directory_path / "socket"
+    if not _ready(socket_path, directory_path):
+        return None
+    taken = directory_path / "socket.taken"
+    try:
+        os.rename(socket_path, taken)  # atomic: one launcher takes it
+    except FileNotFoundError:
+        return None
+    (directory_path / CLAIMED).touch()
+    on_path = {jar["sha256"] for jar in warm}
+    return taken, [path for path in class_path if hashes[path] not in on_path]
+
+
+def _ready(socket_path: Path, directory: Path) -> bool:
+    """Wait (up to WAIT_S) for the warm JVM to be listening; False if it died or was taken, or is not done warming
+    up by then."""
+    deadline = time.monotonic() + WAIT_S
+    try:
+        pid = int((directory / "pid").read_text())
+    except (OSError, ValueError):
+        return False
+    while not socket_path.exists():
+        if time.monotonic() > deadline or not _alive(pid) or (directory / CLAIMED).exists():
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def run(taken: Path, jars: list[str], env: dict[str, str], control_url: str, worker_id: str) -> None:
+    """Run the harness in the warm JVM at `taken` over its class path and `jars`, with `env`; exit with its
+    status, having answered the runner in its place if it failed (as harness_process.run does for a JVM of its
+    own)."""
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.connect(str(taken))
+    lines = [f"launcher\t{os.getpid()}"]
+    lines += [f"env\t{_escaped(name)}\t{_escaped(value)}" for name, value in env.items()]
+    lines += [f"jar\t{_escaped(path)}" for path in jars]
+    connection.sendall(("\n".join([*lines, "run"]) + "\n").encode())
+    status = 1  # the JVM went without saying how: killed
+    last: collections.deque[str] = collections.deque(maxlen=harness_process.OUTPUT_LINES)
+    with connection.makefile("rb") as output:
+        for raw in output:
+            line = raw.decode(errors="replace").rstrip()
+            if line.startswith("exit ") and line[5:].lstrip("-").isdigit():
+                status = int(line[5:])
+                break
+            sys.stderr.buffer.write(raw)
+            sys.stderr.flush()
+            last.append(line)
+    harness_process.finish(status, last, "The Java SDK harness (a warm JVM)", control_url, worker_id)
+
+
+def _escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")

@@ -1,0 +1,104 @@
+"""Warm JVMs (engine/java_warm.py): which jars a worker keeps a JVM warm over, and which jobs may take it. The JVM
+itself, taken by a real Java job, is tests/test_java.py's test_a_second_java_job_runs_in_the_jvm_its_worker_kept_warm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from beamport.engine import java_warm
+from beamport.files import FilePolicy
+
+
+@pytest.fixture
+def warm_dir(tmp_path, monkeypatch) -> Path:
+    directory = tmp_path / "warm"
+    monkeypatch.setattr(java_warm, "WARM_DIR", directory)
+    return directory
+
+
+def jar(path: Path, content: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    return str(path)
+
+
+def library(path: Path, content: str) -> str:
+    """A jar holding Beam's harness (a warm JVM must have it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(java_warm.HARNESS_CLASS, content)
+    return str(path)
+
+
+def contents(class_path: list[dict]) -> list[str]:
+    def content(path: str) -> str:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return archive.read(java_warm.HARNESS_CLASS).decode()
+        return Path(path).read_text()
+
+    return [content(entry["path"]) for entry in class_path]
+
+
+def test_a_warm_jvm_gets_the_jars_a_program_shares_with_its_earlier_jobs(tmp_path, warm_dir):
+    harness = jar(tmp_path / "jamm.jar", "jamm")
+    jars = java_warm.WarmJars([harness])
+    files = FilePolicy([tmp_path / "staging"])
+    lib = library(tmp_path / "staging" / "lib.jar", "lib")
+    app1, app2 = (jar(tmp_path / "staging" / f"{n}.jar", n) for n in ("app1", "app2"))
+    outside = jar(tmp_path / "elsewhere" / "secret.jar", "secret")
+
+    assert jars.class_path() == []  # no Java job yet: no warm JVM
+    jars.keep([app1, lib, outside], files)
+    first = jars.class_path()
+    # The harness's jars first; then the job's, copied by content; never a file its policy does not allow.
+    assert contents(first) == ["jamm", "app1", "lib"]
+    assert all(e["path"].startswith(str(warm_dir)) for e in first[1:])
+    assert {stat.S_IMODE(os.stat(e["path"]).st_mode) for e in first[1:]} == {0o444}  # read-only copies
+    # The program rebuilt: its own jar is new, its library is not.
+    jars.keep([app2, lib], files)
+    assert contents(jars.class_path()) == ["jamm", "lib"]
+    # Jobs staged without Beam's harness (a fat jar gone wrong) give a JVM that could not run one: none.
+    jars.keep([app2], files)
+    assert jars.class_path() == []
+    jars.keep([app2], files)
+    # A good job after them: its own jars, all of them (what it shares with them lacks the harness).
+    jars.keep([app2, lib], files)
+    assert contents(jars.class_path()) == ["jamm", "app2", "lib"]
+
+
+def waiting_jvm(tmp_path, class_path: list[dict]) -> dict:
+    """A warm JVM's directory as `java_warm.start` leaves it (its process: this one, alive; its socket: a file)."""
+    directory = tmp_path / "jvm"
+    directory.mkdir()
+    (directory / java_warm.CLASS_PATH_FILE).write_text(json.dumps(class_path))
+    (directory / "pid").write_text(str(os.getpid()))
+    (directory / "socket").touch()
+    return {java_warm.VARIABLE: str(directory)}
+
+
+def test_only_a_job_with_every_jar_of_the_warm_jvm_byte_for_byte_takes_it(tmp_path):
+    lib = jar(tmp_path / "warm" / "lib.jar", "the library")
+    environ = waiting_jvm(tmp_path, [{"path": lib, "sha256": java_warm.sha256_of(lib)}])
+    # Same name, other content: a job must not run with a library it did not stage.
+    forged = jar(tmp_path / "job1" / "lib.jar", "a library of its own")
+    app = jar(tmp_path / "job1" / "app.jar", "app")
+    assert java_warm.claim([app, forged], environ) is None
+    assert not java_warm.claimed(environ)
+    # The same library (under any name): taken, with only the job's own jar to add.
+    same = jar(tmp_path / "job2" / "lib-abc123.jar", "the library")
+    taken = java_warm.claim([app, same], environ)
+    assert taken == (tmp_path / "jvm" / "socket.taken", [app])
+    assert java_warm.claimed(environ)
+    # One job per JVM: a second launcher (another Java environment of the job) starts its own at once.
+    started = time.monotonic()
+    assert java_warm.claim([app, same], environ) is None
+    assert time.monotonic() - started < java_warm.WAIT_S / 2
