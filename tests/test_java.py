@@ -17,9 +17,11 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
-from conftest import Api, Server, discovery_client, required_path
+from conftest import Api, Server, beamport_command, discovery_client, required_path
+from test_auth import DEVELOPER, Admin, bearer
 from test_running_jobs import wait_state
 from test_streaming import START_S, wait_for
 
@@ -231,6 +233,91 @@ def test_a_java_classic_template_launched_through_google_api_python_client_with_
         options = api.get(job_id, view="JOB_VIEW_ALL").json()["environment"]["sdkPipelineOptions"]["options"]
         assert options["jobName"] == name and "job_name" not in options and "templateLocation" not in options
         assert (options["inputFile"], options["output"]) == (str(input_file), str(out))
+
+
+@pytest.fixture(scope="module")
+def java_flex_spec(java) -> Path:
+    """WordCount as a Java flex template: its spec written as gcloud's `flex-template build --jar ... --env
+    FLEX_TEMPLATE_JAVA_MAIN_CLASS=...` writes one, over copies of its jars (where servers' file policies let them
+    be read)."""
+    lib = java.base / "flex" / "lib"
+    lib.mkdir(parents=True)
+    jars = []
+    for jar in java.class_path.split(os.pathsep):
+        jars.append(lib / f"{len(jars):03d}-{Path(jar).name}")
+        shutil.copyfile(jar, jars[-1])
+    metadata = java.base / "flex" / "metadata.json"
+    metadata.write_text(json.dumps({**TEMPLATE_METADATA, "name": "Flex WordCount"}))
+    spec = java.base / "flex" / "wordcount.json"
+    main = "FLEX_TEMPLATE_JAVA_MAIN_CLASS=dev.beamport.pipelines.WordCount"
+    jar_flags = [f"--jar={jar}" for jar in jars]
+    beamport_command("templates", "build-flex", str(spec), *jar_flags, "--env", main, "--metadata-file", str(metadata))
+    written = json.loads(spec.read_text())
+    assert written["sdkInfo"] == {"language": "JAVA"} and written["metadata"]["name"] == "Flex WordCount"
+    return spec
+
+
+def flex_launch(spec: Path, name: str, input_file: Path, out: Path) -> dict:
+    return {
+        "launchParameter": {
+            "jobName": name,
+            "containerSpecGcsPath": str(spec),
+            "parameters": {"inputFile": str(input_file), "output": str(out)},
+            "environment": {"additionalUserLabels": {"team": "data"}},
+        }
+    }
+
+
+def test_a_java_flex_template_launched_through_google_api_python_client(java, direct_outputs, java_flex_spec):
+    """Launched, Beamport runs the template's main class over its jars (as Dataflow's Java launcher image does),
+    which submits the job with Beam Java's DataflowRunner."""
+    out = java.base / "flex" / "out"
+    flex = discovery_client(java.server.url).projects().locations().flexTemplates()
+    body = flex_launch(java_flex_spec, "flex-wordcount", java.input, out)
+    job = flex.launch(projectId=PROJECT, location="us-central1", body=body).execute()["job"]
+    assert job["name"] == "flex-wordcount"
+    api = Api(java.server.url, PROJECT)
+    done = wait_state(api, job["id"], {"JOB_STATE_DONE", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}, timeout=300)
+    assert done["currentState"] == "JOB_STATE_DONE", "\n".join(messages(api, job["id"]))[-5000:]
+    assert read_output(out) == direct_outputs["WordCount"][0] != []
+    # Submitted by the Java launcher with Java's option names, the environment's labels among them.
+    assert done["labels"] == {"team": "data"}
+    options = api.get(job["id"], view="JOB_VIEW_ALL").json()["environment"]["sdkPipelineOptions"]["options"]
+    assert (options["jobName"], options["inputFile"]) == ("flex-wordcount", str(java.input))
+    assert "Launched from a flex template" in "\n".join(messages(api, job["id"]))
+
+
+def test_a_java_flex_template_launched_by_a_developer_runs_as_the_developer(java, direct_outputs, java_flex_spec):
+    """With authentication on, the Java launcher submits with a short-lived key of the caller's account (Beam
+    Java's default credentials read it, as Python's do), gone once the launcher exits."""
+    base = java.base / "secured"
+    srv = Server(base / "data", extra_args=("--allow-path", str(java.base), "--workers", "1"), auth=True).start()
+    try:
+        admin = Admin(srv)
+        email, key = admin.account(PROJECT, "java-flexer", DEVELOPER, base)
+        out = base / "out"
+        launched = httpx.post(
+            f"{srv.url}/v1b3/projects/{PROJECT}/locations/us-central1/flexTemplates:launch",
+            json=flex_launch(java_flex_spec, "flex-secured", java.input, out),
+            headers=bearer(key),
+            timeout=300,
+        )
+        assert launched.status_code == 200, launched.text
+        job_path = f"/v1b3/projects/{PROJECT}/locations/us-central1/jobs/{launched.json()['job']['id']}"
+        deadline = time.monotonic() + 300
+        while (state := admin.ok("GET", job_path)["currentState"]) not in ("JOB_STATE_DONE", "JOB_STATE_FAILED"):
+            assert time.monotonic() < deadline, state
+            time.sleep(0.5)
+        assert state == "JOB_STATE_DONE"
+        assert read_output(out) == direct_outputs["WordCount"][0]
+        creates = [e for e in admin.audit(PROJECT) if e["protoPayload"]["methodName"] == "dataflow.jobs.create"]
+        assert {e["protoPayload"]["authenticationInfo"]["principalEmail"] for e in creates} == {email}
+        deadline = time.monotonic() + 60
+        while len(admin.ok("GET", f"/v1/projects/-/serviceAccounts/{email}/keys")["keys"]) > 1:
+            assert time.monotonic() < deadline, "the launcher's temporary key was not deleted"
+            time.sleep(0.2)
+    finally:
+        srv.stop()
 
 
 def test_a_java_templates_bad_parameters_are_refused_as_a_python_templates_are(java, java_templates):

@@ -343,8 +343,18 @@ def test_bad_flex_launches_are_refused(served, project):
     assert "not a flex template spec" in refused(
         {"jobName": "x", "containerSpecGcsPath": str(base / "junk.json")}, "INVALID_ARGUMENT"
     )
+    go = {"image": "gcr.io/x/y", "sdkInfo": {"language": "GO"}, "metadata": {"name": "g"}}
+    assert "GO" in refused({"jobName": "x", "containerSpec": go}, "UNIMPLEMENTED", 501)
     java = {"image": "gcr.io/x/y", "sdkInfo": {"language": "JAVA"}, "metadata": {"name": "j"}}
-    assert "JAVA" in refused({"jobName": "x", "containerSpec": java}, "UNIMPLEMENTED", 501)
+    assert "FLEX_TEMPLATE_JAVA_MAIN_CLASS" in refused({"jobName": "x", "containerSpec": java}, "FAILED_PRECONDITION")
+    # A Java spec's jars are read through the file policy, as a Python spec's program is.
+    for jar, status, code in (
+        ("/etc/passwd", "PERMISSION_DENIED", 403),
+        (str(base / "no.jar"), "FAILED_PRECONDITION", 400),
+    ):
+        written = {**java, "beamport": {"javaMainClass": "a.Main", "javaClassPath": [jar]}}
+        (base / "java-flex.json").write_text(json.dumps(written))
+        refused({"jobName": "x", "containerSpecGcsPath": str(base / "java-flex.json")}, status, code)
     image_only = {"image": "gcr.io/x/y", "sdkInfo": {"language": "PYTHON"}}
     assert "runs no container images" in refused({"jobName": "x", "containerSpec": image_only}, "FAILED_PRECONDITION")
     spec = base / "greeter-flex.json"

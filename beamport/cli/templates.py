@@ -79,16 +79,32 @@ def build_flex(
     ] = None,
     metadata_file: Annotated[Path | None, typer.Option(help="The template's metadata (JSON).")] = None,
     requirements_file: Annotated[Path | None, typer.Option(help="The program's requirements.txt.")] = None,
-    image: Annotated[str, typer.Option(help="The image name recorded in the spec (Beamport runs none).")] = (
-        "beamport/python-launcher"
-    ),
+    jar: Annotated[
+        list[Path] | None,
+        typer.Option("--jar", help="A jar of a Java template's class path (repeat it for each; gcloud's --jar)."),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env", help="NAME=VALUE for the launcher: FLEX_TEMPLATE_JAVA_MAIN_CLASS names a Java template's."
+        ),
+    ] = None,
+    image: Annotated[str | None, typer.Option(help="The image name recorded in the spec (Beamport runs none).")] = None,
 ):
     """Write a flex template spec file, as `gcloud dataflow flex-template build` does."""
-    if bool(py_path) == bool(yaml_pipeline_file):
-        raise typer.BadParameter("give --py-path or --yaml-pipeline-file (one of them)")
+    if sum(map(bool, (py_path, yaml_pipeline_file, jar))) != 1:
+        raise typer.BadParameter("give --py-path, --yaml-pipeline-file or --jar (one of them)")
+    variables = dict(item.partition("=")[::2] for item in env or [])
     metadata = json.loads(metadata_file.read_text()) if metadata_file else {"name": spec_path.stem}
-    spec: dict = {"image": image, "metadata": metadata, "defaultEnvironment": {}}
-    if yaml_pipeline_file:
+    launcher = "beamport/java-launcher" if jar else "beamport/python-launcher"
+    spec: dict = {"image": image or launcher, "metadata": metadata, "defaultEnvironment": {}}
+    if jar:
+        main_class = variables.get("FLEX_TEMPLATE_JAVA_MAIN_CLASS")
+        if not main_class:
+            raise typer.BadParameter("a Java template needs --env FLEX_TEMPLATE_JAVA_MAIN_CLASS=CLASS")
+        spec["sdkInfo"] = {"language": "JAVA"}
+        spec["beamport"] = {"javaMainClass": main_class, "javaClassPath": [str(path.resolve()) for path in jar]}
+    elif yaml_pipeline_file:
         spec["sdkInfo"] = {"language": "YAML"}
         spec["metadata"]["yamlDefinition"] = yaml_pipeline_file.read_text()
     else:

@@ -3,13 +3,15 @@
 On Dataflow a flex template is a container image whose launcher runs the template's program, which
 submits the real job with DataflowRunner. Beamport runs no images: it runs the launcher as a local
 process, the way Dataflow's Python launcher does (the program named by FLEX_TEMPLATE_PYTHON_PY_FILE, with
-the parameters as pipeline options), pointed back at this service. A YAML template's program is Beam's
+the parameters as pipeline options), or its Java one (the class FLEX_TEMPLATE_JAVA_MAIN_CLASS over the jars of
+FLEX_TEMPLATE_JAVA_CLASSPATH), pointed back at this service. A YAML template's program is Beam's
 own `apache_beam.yaml.main`, given the pipeline from the spec's `metadata.yamlDefinition` and the
 parameters as its jinja variables. The launch answers the job the launcher submitted.
 
 The spec file (`containerSpecGcsPath`, or `containerSpec` inline) is Dataflow's: `image`, `sdkInfo`,
 `metadata`, `defaultEnvironment`; `beamport templates build-flex` writes one, adding what Beamport needs
-to find the program: `beamport.pythonFile` (and `beamport.requirementsFile`).
+to find the program: `beamport.pythonFile` (and `beamport.requirementsFile`), or `beamport.javaMainClass` and
+`beamport.javaClassPath`.
 """
 
 from __future__ import annotations
@@ -150,9 +152,12 @@ class FlexTemplateService:
                 f"--jinja_variables={json.dumps(parameters)}",
             ]
             return {"args": args, "cwd": None, "env": {}, "options": {}, "warnings": []}
+        if language == "JAVA":
+            return self._java_program(spec, parameters)
         if language != "PYTHON":
             raise unimplemented(
-                f"Beamport runs the launchers of Python and YAML flex templates; this one's language is {language}."
+                "Beamport runs the launchers of Python, Java and YAML flex templates; this one's language is "
+                f"{language}."
             )
         extension = spec.get("beamport") or {}
         python_file = extension.get("pythonFile")
@@ -184,6 +189,36 @@ class FlexTemplateService:
             "warnings": warnings,
         }
 
+    def _java_program(self, spec: dict, parameters: dict) -> dict:
+        """A Java template's launcher: its main class over its jars, as Dataflow's Java launcher image runs
+        FLEX_TEMPLATE_JAVA_MAIN_CLASS over FLEX_TEMPLATE_JAVA_CLASSPATH (the spec's `beamport.javaMainClass` and
+        `beamport.javaClassPath`), with the parameters as its options."""
+        extension = spec.get("beamport") or {}
+        main_class, class_path = extension.get("javaMainClass"), extension.get("javaClassPath")
+        if not isinstance(main_class, str) or not main_class or not isinstance(class_path, list) or not class_path:
+            raise failed_precondition(
+                "Beamport runs a flex template's launcher program itself (it runs no container images): the spec "
+                f"names the image {spec.get('image')!r} but not the program. Write the spec with `beamport "
+                "templates build-flex ... --jar JAR --env FLEX_TEMPLATE_JAVA_MAIN_CLASS=CLASS`."
+            )
+        jars = []
+        for entry in class_path:
+            if not isinstance(entry, str):
+                raise invalid_argument(f"The flex template's javaClassPath holds {entry!r}, not a path.")
+            jar = Path(self.files.check(entry))  # the real path: the launcher runs what was checked
+            if not jar.exists():
+                raise failed_precondition(f"The flex template's jar {entry} does not exist.")
+            jars.append(str(jar))
+        from beamport.engine.java_boot import JavaUnavailable, find_java  # not at import: the server's start
+
+        try:
+            java = find_java()
+        except JavaUnavailable as exc:
+            raise failed_precondition(f"This flex template's launcher is a Java program. {exc}") from None
+        # C1 alone: the launcher lives seconds, and compiles what it runs at half the CPU (benchmarks/README.md).
+        command = [java, "-XX:TieredStopAtLevel=1", "-cp", os.pathsep.join(jars), main_class]
+        return {"command": command, "cwd": None, "env": {}, "options": parameters, "warnings": [], "java": True}
+
     # -- running the launcher -------------------------------------------------------------------
 
     def _run_launcher(
@@ -201,22 +236,18 @@ class FlexTemplateService:
         run_dir.mkdir(parents=True)
         temp = environment.get("tempLocation") or str(run_dir)
         staging = environment.get("stagingLocation") or str(run_dir)
-        options = {
-            "runner": "DataflowRunner",
-            "dataflow_endpoint": self.endpoint,
-            "no_auth": True,
-            "project": project_id,
-            "region": location,
-            "job_name": job_name,
-            "temp_location": temp,
-            "staging_location": staging,
-            **_environment_options(environment),
-            **program["options"],
-        }
-        if launch.get("update"):
-            options["update"] = True
-            if launch.get("transformNameMappings"):
-                options["transform_name_mapping"] = json.dumps(launch["transformNameMappings"])
+        runner = {"project": project_id, "region": location, "job_name": job_name}
+        runner.update(temp_location=temp, staging_location=staging)
+        if program.get("java"):
+            options = _java_options(self.endpoint, runner, environment, launch)
+        else:
+            options = {"runner": "DataflowRunner", "dataflow_endpoint": self.endpoint, "no_auth": True, **runner}
+            options.update(_environment_options(environment))
+            if launch.get("update"):
+                options["update"] = True
+                if launch.get("transformNameMappings"):
+                    options["transform_name_mapping"] = json.dumps(launch["transformNameMappings"])
+        options.update(program["options"])
         env = {k: v for k, v in os.environ.items() if k != environment_vars.CREDENTIALS}
         set_env, files = dict(program["env"]), {}
         launcher_key: tuple[IamService, str, Path] | None = None  # (its service, its id, its file)
@@ -230,9 +261,10 @@ class FlexTemplateService:
                 json.dump(key, handle)
             inside = "/tmp/beamport-credentials.json" if self.sandbox.enabled else str(key_path)
             files[inside], set_env[environment_vars.CREDENTIALS] = key_path, inside
-            options.pop("no_auth")
+            options.pop("no_auth", None)
+            options.pop("credentialFactoryClass", None)  # Beam Java's default reads that key, as Python's does
             launcher_key = (self.iam, key_id, key_path)
-        args = [sys.executable, *program["args"], *_flags(options)]
+        args = [*(program.get("command") or [sys.executable, *program["args"]]), *_flags(options)]
         cwd = program["cwd"] or str(run_dir)
         log_path = run_dir / "launcher.log"
         started_us = wire.now_us()
@@ -291,6 +323,38 @@ def _environment_options(environment: dict) -> dict:
     if environment.get("additionalUserLabels"):
         options["labels"] = [f"{k}={v}" for k, v in environment["additionalUserLabels"].items()]
     options.update(pipeline_options(environment))
+    return options
+
+
+def _java_options(endpoint: str, runner: dict, environment: dict, launch: dict) -> dict:
+    """Beam Java's DataflowRunner options for a Java launcher (Java's names), pointed back at this service:
+    the flags docs/engines.md's Java pipelines are submitted with."""
+    options = {
+        "runner": "DataflowRunner",
+        "dataflowEndpoint": endpoint,
+        "project": runner["project"],
+        "region": runner["region"],
+        "jobName": runner["job_name"],
+        "tempLocation": runner["temp_location"],
+        "stagingLocation": runner["staging_location"],
+        "pathValidatorClass": "org.apache.beam.sdk.extensions.gcp.storage.NoopPathValidator",
+        "credentialFactoryClass": "org.apache.beam.sdk.extensions.gcp.auth.NoopCredentialFactory",
+    }
+    if environment.get("numWorkers"):
+        options["numWorkers"] = environment["numWorkers"]
+    if environment.get("maxWorkers"):
+        options["maxNumWorkers"] = environment["maxWorkers"]
+    if environment.get("autoscalingAlgorithm"):
+        options["autoscalingAlgorithm"] = environment["autoscalingAlgorithm"].removeprefix("AUTOSCALING_ALGORITHM_")
+    if environment.get("additionalExperiments"):
+        options["experiments"] = ",".join(environment["additionalExperiments"])
+    if environment.get("additionalUserLabels"):
+        options["labels"] = json.dumps(environment["additionalUserLabels"])
+    options.update(pipeline_options(environment))
+    if launch.get("update"):
+        options["update"] = True
+        if launch.get("transformNameMappings"):
+            options["transformNameMapping"] = json.dumps(launch["transformNameMappings"])
     return options
 
 
