@@ -19,9 +19,8 @@ from test_java import (
     V1,
     V2,
     Java,
-    cancelled_with_its_jvms,
+    drained_whole,
     impulses_counted,
-    logged_and_undrainable,
     messages,
     read_output,
     window_files,
@@ -98,17 +97,18 @@ def test_a_java_batch_pipeline_runs_on_flink_as_on_beams_direct_runner(java_on_f
     assert any(text.startswith("The job is running on Flink") for text in messages(api, job_id))
 
 
-def test_a_streaming_java_pipeline_runs_on_flink_until_cancelled(java_on_flink):
+def test_a_streaming_java_pipeline_runs_on_flink_until_drained(java_on_flink):
     """StreamingImpulses with --streaming on a server whose streaming engine is Flink: it runs there, each
     window's file holds exactly that window's impulses, once, its counter is live in getMetrics, its harness's lines
-    are in the job's messages; a drain is refused (Java's sources know no drain signal), and a cancel ends the job
-    and its JVM."""
+    are in the job's messages; a drain truncates its PeriodicImpulse (the launcher's relay drops its remainder), the
+    open window fires, and the job ends DRAINED with its JVM."""
     java = java_on_flink
     out = java.base / "impulses" / "imp"
     others = {jvm.pid for jvm in pool_jvms(java.flink)}  # type: ignore[attr-defined]
     done, job_id = java.dataflow("StreamingImpulses", out, V2, given_input=False)
     assert "SUBMITTED" in done.stdout, done.stdout
     api = Api(java.server.url, PROJECT)
+    drained = False
     try:
         wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=300)
         windows = wait_for(
@@ -118,12 +118,15 @@ def test_a_streaming_java_pipeline_runs_on_flink_until_cancelled(java_on_flink):
             assert impulses == list(range(start, end, 100)), (start, impulses)  # an impulse every 100 ms, each once
         # Live, as Flink shows it (its metrics lag by up to about 20 s): the step comes from the harness's reports.
         impulses_counted(api, job_id, 20 * len(windows), within=90)
-        logged_and_undrainable(api, job_id)
+        assert "Opening writer" in "\n".join(messages(api, job_id))  # TextIO's WriteFiles logging, in the harness
         jvms = [jvm for jvm in pool_jvms(java.flink) if jvm.pid not in others]  # type: ignore[attr-defined]
         assert jvms, "the job's Java SDK harness runs in the cluster's SDK worker pool"
+        drained_whole(api, job_id, out, jvms, timeout=180)
+        drained = True
+        assert flink_state(java.flink, job_id) == "FINISHED"  # type: ignore[attr-defined]
     finally:
-        assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
-    cancelled_with_its_jvms(api, job_id, jvms, timeout=120)
+        if not drained:
+            api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"})
 
 
 def test_a_java_job_on_flink_starts_from_a_snapshot_with_its_state(java_on_flink):

@@ -32,3 +32,67 @@ def test_launchers_read_fn_api_runners_endpoints_without_beams_protos():
     assert descriptor_url("") == ""
     loaded = "import sys, beamport.engine.java_boot, beamport.engine.go_boot; print('apache_beam' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", loaded], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_a_drain_truncates_the_unbounded_splittable_dofns_a_harness_hands_back(tmp_path):
+    """Between a harness and its runner (a Java job's on Flink or Prism), the launcher's control relay drops the
+    residuals of unbounded splittable DoFns once the job's drain file is there, as Dataflow truncates an unbounded
+    restriction on drain; a bounded one's residuals (the rest of a file) still reach the runner."""
+    import queue
+    from concurrent import futures
+
+    import grpc
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc, beam_runner_api_pb2
+
+    from beamport.engine.harness_process import Drain, relay_control
+
+    process = common_urns.sdf_components.PROCESS_SIZED_ELEMENTS_AND_RESTRICTIONS.urn
+    descriptor = beam_fn_api_pb2.ProcessBundleDescriptor(id="stage-1")
+    for name, bounded in (
+        ("ticks", beam_runner_api_pb2.IsBounded.UNBOUNDED),
+        ("file", beam_runner_api_pb2.IsBounded.BOUNDED),
+    ):
+        descriptor.transforms[name].spec.urn = process
+        descriptor.transforms[name].outputs["out"] = f"{name}-out"
+        descriptor.pcollections[f"{name}-out"].is_bounded = bounded
+    to_harness: queue.SimpleQueue = queue.SimpleQueue()
+    heard: queue.SimpleQueue = queue.SimpleQueue()  # what the runner hears back
+
+    class Runner(beam_fn_api_pb2_grpc.BeamFnControlServicer):
+        def Control(self, request_iterator, context):
+            def listen():
+                for response in request_iterator:
+                    heard.put(response)
+
+            futures.ThreadPoolExecutor(1).submit(listen)
+            return iter(to_harness.get, None)
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    beam_fn_api_pb2_grpc.add_BeamFnControlServicer_to_server(Runner(), server)
+    runner = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    drain_file = tmp_path / "drain"
+    relay = relay_control(runner, None, Drain(str(drain_file)))
+
+    def bundle(instruction: str) -> list[str]:
+        """The transforms whose residuals the runner gets back from a bundle that left both DoFns a remainder."""
+        response = beam_fn_api_pb2.InstructionResponse(instruction_id=instruction)
+        for name in ("ticks", "file"):
+            response.process_bundle.residual_roots.add().application.transform_id = name
+        responses.put(response)
+        return [r.application.transform_id for r in heard.get(timeout=30).process_bundle.residual_roots]
+
+    responses: queue.SimpleQueue = queue.SimpleQueue()
+    with grpc.insecure_channel(relay) as channel:
+        requests = beam_fn_api_pb2_grpc.BeamFnControlStub(channel).Control(iter(responses.get, None))
+        register = beam_fn_api_pb2.InstructionRequest(instruction_id="register")
+        register.register.process_bundle_descriptor.append(descriptor)  # the runner registers it on the stream
+        to_harness.put(register)
+        assert next(requests).instruction_id == "register"
+        assert bundle("1") == ["ticks", "file"]  # no drain yet: the runner gets both back
+        drain_file.touch()
+        assert bundle("2") == ["file"]  # drained: the unbounded one's remainder is gone, the file's is read on
+        responses.put(None)
+        to_harness.put(None)
+    server.stop(0)

@@ -410,3 +410,11 @@ def test_the_sources_a_drain_cannot_reach_are_those_that_start_unbounded_data_in
     bounded = beam.Pipeline()
     _ = bounded | beam.Create([1, 2]) | beam.Map(str)
     assert sdk_unbounded_sources(bounded.to_runner_api().SerializeToString(), "a test pipeline") == []
+
+    # A Java job's splittable sources are truncated on drain (engine/harness_process.py): none is left to refuse;
+    # an unbounded source that is no splittable DoFn still is.
+    assert sdk_unbounded_sources(unbounded.to_runner_api().SerializeToString(), "a test pipeline", True) == []
+    proto = unbounded.to_runner_api()
+    (leaf,) = [t for t in proto.components.transforms.values() if t.unique_name in found]
+    leaf.spec.urn = "beam:transform:read:v1"
+    assert sdk_unbounded_sources(proto.SerializeToString(), "a test pipeline", True) == [leaf.unique_name]

@@ -99,20 +99,63 @@ def answer_in_its_place(control_url: str, worker_id: str, error: str) -> None:
             pass  # the runner went, or had seen this worker go: it knows
 
 
-def relayed(options: dict, logging_endpoint: str, control_endpoint: str) -> tuple[str, str]:
+def relayed(options: dict, logging_endpoint: str, control_endpoint: str, truncates: bool = False) -> tuple[str, str]:
     """The logging and control endpoints a harness of a job with these provisioned options is given: its logs to
     the Beamport engine's logging service when the job names one that answers (as sdk_boot's workers do), its
-    control stream through a relay noting its user metrics' keys when the job names a keys file (a Flink job's)."""
+    control stream through a relay noting its user metrics' keys when the job names a keys file (a Flink job's),
+    and, with `truncates`, ending its unbounded splittable DoFns once the job's drain file is there (Drain)."""
     from beamport.engine import metric_keys
     from beamport.engine.sdk_boot import LOGGING_ENDPOINT_OPTION, option, reachable
+    from beamport.io.local_log import DRAIN_FILE_OPTION
 
     beamport_logs = option(options, LOGGING_ENDPOINT_OPTION)
     if beamport_logs and reachable(beamport_logs):
         logging_endpoint = relay_logs(beamport_logs)
     keys_file = option(options, metric_keys.OPTION)
-    if keys_file:
-        control_endpoint = relay_control(control_endpoint, metric_keys.KeyNotes(keys_file))
+    drain_file = option(options, DRAIN_FILE_OPTION) if truncates else None
+    if keys_file or drain_file:
+        notes = metric_keys.KeyNotes(keys_file) if keys_file else None
+        control_endpoint = relay_control(control_endpoint, notes, Drain(drain_file) if drain_file else None)
     return logging_endpoint, control_endpoint
+
+
+class Drain:
+    """Dataflow's drain of a source in SDK code: once the job's drain file is there, the remainder of every
+    unbounded splittable DoFn (PeriodicImpulse, an unbounded Read) is truncated to nothing, as Dataflow truncates an
+    unbounded restriction: the residuals the harness hands back (a self-checkpoint's, a split's) are dropped before
+    the runner sees them. The source reads no more, its watermark holds go, its windows fire, the job ends.
+    Bounded splittable DoFns (a file's read) keep their residuals: their input is read to its end."""
+
+    def __init__(self, drain_file: str):
+        self.drain_file = drain_file
+        self.unbounded: set[str] = set()  # the transforms (of any bundle descriptor) that process unbounded SDFs
+        self._draining = False
+
+    def learn(self, descriptor) -> None:
+        """Note a bundle descriptor's unbounded splittable DoFns (their process transforms, which residuals name)."""
+        from apache_beam.portability import common_urns
+        from apache_beam.portability.api import beam_runner_api_pb2
+
+        process = common_urns.sdf_components.PROCESS_SIZED_ELEMENTS_AND_RESTRICTIONS.urn
+        unbounded = beam_runner_api_pb2.IsBounded.UNBOUNDED
+        for transform_id, transform in descriptor.transforms.items():
+            outputs = [descriptor.pcollections[p] for p in transform.outputs.values() if p in descriptor.pcollections]
+            if transform.spec.urn == process and any(p.is_bounded == unbounded for p in outputs):
+                self.unbounded.add(transform_id)
+
+    def draining(self) -> bool:
+        self._draining = self._draining or os.path.exists(self.drain_file)
+        return self._draining
+
+    def truncate(self, response) -> None:
+        """Drop the unbounded residuals of an instruction's response, once the job drains."""
+        if not self.unbounded or not self.draining():
+            return
+        for roots in (response.process_bundle.residual_roots, response.process_bundle_split.residual_roots):
+            kept = [root for root in roots if root.application.transform_id not in self.unbounded]
+            if len(kept) != len(roots):
+                del roots[:]
+                roots.extend(kept)
 
 
 def relay_logs(target: str) -> str:
@@ -130,10 +173,11 @@ def relay_logs(target: str) -> str:
     return _serve(lambda server: beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(Relay(), server))
 
 
-def relay_control(target: str, notes) -> str:
+def relay_control(target: str, notes, drain: Drain | None = None) -> str:
     """A control service between the harness and the runner's at `target`, that notes the user metrics each
-    response reports (`notes`: metric_keys.KeyNotes): Beam's Flink runner shows a running job's user metrics by
-    names without their step, which the notes give (engine/metric_keys.py). Its address."""
+    response reports (`notes`: metric_keys.KeyNotes, or None): Beam's Flink runner shows a running job's user
+    metrics by names without their step, which the notes give (engine/metric_keys.py); and drains its sources
+    (`drain`). Its address."""
     from apache_beam.portability.api import beam_fn_api_pb2_grpc
 
     upstream = beam_fn_api_pb2_grpc.BeamFnControlStub(_channel(target))
@@ -145,15 +189,30 @@ def relay_control(target: str, notes) -> str:
         def Control(self, request_iterator, context):
             def responses():
                 for response in request_iterator:
-                    notes.note(user_monitoring_infos(response))
+                    if notes is not None:
+                        notes.note(user_monitoring_infos(response))
+                    if drain is not None:
+                        drain.truncate(response)
                     yield response
 
             call = upstream.Control(responses(), metadata=worker(context))
             context.add_callback(call.cancel)  # the harness went: so does the runner's stream
-            return call
+            if drain is None:
+                return call
+
+            def requests():  # a runner may register its bundle descriptors here rather than be asked for them
+                for request in call:
+                    for descriptor in request.register.process_bundle_descriptor:
+                        drain.learn(descriptor)
+                    yield request
+
+            return requests()
 
         def GetProcessBundleDescriptor(self, request, context):
-            return upstream.GetProcessBundleDescriptor(request, metadata=worker(context), timeout=120)
+            descriptor = upstream.GetProcessBundleDescriptor(request, metadata=worker(context), timeout=120)
+            if drain is not None:
+                drain.learn(descriptor)
+            return descriptor
 
     return _serve(lambda server: beam_fn_api_pb2_grpc.add_BeamFnControlServicer_to_server(Relay(), server))
 

@@ -150,7 +150,9 @@ def provisioned_environment(argv: list[str], info=None) -> None:
     logging = info.logging_endpoint.url or args.logging_endpoint
     if not control or not logging:
         sys.exit(f"java_boot: the runner provisioned no control or logging endpoint for worker {args.id}")
-    logging, control = harness_process.relayed(json_format.MessageToDict(info.pipeline_options), logging, control)
+    options = json_format.MessageToDict(info.pipeline_options)
+    # A drain truncates the job's sources of Java's own (PeriodicImpulse...): harness_process.Drain.
+    logging, control = harness_process.relayed(options, logging, control, truncates=True)
     os.environ.update(
         WORKER_ID=args.id,
         CONTROL_API_SERVICE_DESCRIPTOR=f"url: {json.dumps(control)}",

@@ -14,8 +14,8 @@ beamport.engine.go_boot, as Beam's Go container would. A Go job may have a Pytho
 I/O, engine/staging.py): Prism runs both SDKs' workers, the Python ones with a plugin that keeps their metric
 short ids apart from Go's (engine/short_ids.py). A Beam Java job's Java environments become process
 environments too, each a Java SDK harness over the job's staged jars (beamport.engine.java_boot), given the job's
-options under Java's names; Prism has no drain, and Java's sources know no Beamport drain signal, so the service
-refuses to drain a Java job here (EngineSpec.drains).
+options under Java's names; Prism has no drain, and Java's sources know no Beamport drain signal: java_boot's
+control relay truncates their splittable DoFns once the drain file is there (harness_process.Drain).
 """
 
 from __future__ import annotations
@@ -135,12 +135,11 @@ class PrismEngine(Engine):
         else:
             options = {**job.options, "job_name": job.job_id, "runner": "PortableRunner"}
         options["streaming"] = job.job_type == JOB_TYPE_STREAMING
+        # Beamport's sources watch it; a Java harness's launcher truncates Java's own (harness_process.Drain).
+        options["beamport_drain_file"] = str(drain_file)
         if _has_python(pipeline):
             # For its Python SDK workers (a Java or Go job's too: its Pub/Sub I/O, engine/staging.py).
-            options.update(
-                beamport_drain_file=str(drain_file),
-                beamport_logging_endpoint=logs,  # the SDK workers' logs: to observer.log (sdk_boot)
-            )
+            options["beamport_logging_endpoint"] = logs  # the SDK workers' logs: to observer.log (sdk_boot)
             other_sdk = job.go_environments or job.java_environments
             plugins = [FINALIZATION_PLUGIN, *([SHORT_IDS_PLUGIN] if other_sdk else [])]
             options["beam_plugins"] = [*(options.get("beam_plugins") or []), *plugins]

@@ -837,8 +837,9 @@ class JobService:
 
     def _check_drains(self, doc: dict) -> None:
         """A drain only where the job's engine drains its SDK's pipelines, and, for a Java or Go pipeline, only when
-        its sources are Beamport's (the Pub/Sub reads staging replaces): a source of the SDK's own would never see
-        the drain signal, and leave the job DRAINING, reading on, until it is cancelled."""
+        its sources are Beamport's (the Pub/Sub reads staging replaces) or, for Java, splittable DoFns (whose
+        remainder Beamport's launcher truncates: engine/harness_process.py): any other source of the SDK's own
+        would never see the drain signal, and leave the job DRAINING, reading on, until it is cancelled."""
         spec = engines.spec_of(doc, self.streaming_engine)
         if spec is None:
             return
@@ -857,7 +858,8 @@ class JobService:
             pipeline = self._pipeline_of(doc)  # (Beam Java's runner v1 sends steps: its pipeline was not kept)
         except ApiError:
             return  # no staged pipeline to tell its sources by
-        sources = self.beam.call("sdk_unbounded_sources", pipeline, f"job {doc['id']}'s pipeline")
+        where = f"job {doc['id']}'s pipeline"
+        sources = self.beam.call("sdk_unbounded_sources", pipeline, where, sdk == registry.JAVA)
         if sources:
             raise failed_precondition(
                 f"Job {doc['id']} reads from {', '.join(sources)}: Beam {title} code, which never sees Beamport's "

@@ -55,11 +55,12 @@ def runtime_parameters(data: bytes, location: str) -> list[str]:
     return sorted(found)
 
 
-def sdk_unbounded_sources(data: bytes, location: str) -> list[str]:
+def sdk_unbounded_sources(data: bytes, location: str, truncated: bool = False) -> list[str]:
     """The names of the transforms that start unbounded data in SDK code: a leaf in an SDK environment with an
     unbounded output and no unbounded input (PeriodicImpulse, an unbounded Read, Kafka's). Dataflow's native Pub/Sub
     read is none of them, though Beam Java stages it with an expansion of its own beneath: staging replaces it, whole,
-    with Beamport's source. Sorted."""
+    with Beamport's source. With `truncated`, splittable DoFns are left out: their remainder is truncated on drain
+    (engine/harness_process.py, Drain). Sorted."""
     pipeline = _pipeline(data, location)
     transforms, collections = pipeline.components.transforms, pipeline.components.pcollections
     replaced: set[str] = set()
@@ -81,7 +82,16 @@ def sdk_unbounded_sources(data: bytes, location: str) -> list[str]:
         and not t.subtransforms
         and unbounded(t.outputs.values())
         and not unbounded(t.inputs.values())
+        and not (truncated and _splittable(t))
     )
+
+
+def _splittable(transform: beam_runner_api_pb2.PTransform) -> bool:
+    """A splittable DoFn's ParDo (its payload names a restriction coder)."""
+    if transform.spec.urn != common_urns.primitives.PAR_DO.urn:
+        return False
+    payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+    return bool(payload.restriction_coder_id)
 
 
 def beam_version() -> str:
