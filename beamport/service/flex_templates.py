@@ -309,19 +309,26 @@ class FlexTemplateService:
         return job
 
 
-def _environment_options(environment: dict) -> dict:
-    """FlexTemplateRuntimeEnvironment fields with a local meaning, as Beam pipeline options."""
+# FlexTemplateRuntimeEnvironment fields with a local meaning: their pipeline options in Beam Python, in Beam Java.
+_ENVIRONMENT_OPTIONS = {
+    "numWorkers": ("num_workers", "numWorkers"),
+    "maxWorkers": ("max_num_workers", "maxNumWorkers"),
+    "autoscalingAlgorithm": ("autoscaling_algorithm", "autoscalingAlgorithm"),
+}
+
+
+def _environment_options(environment: dict, java: bool = False) -> dict:
+    """FlexTemplateRuntimeEnvironment fields with a local meaning, as Beam Python's pipeline options (or Java's)."""
     options: dict = {}
-    if environment.get("numWorkers"):
-        options["num_workers"] = environment["numWorkers"]
-    if environment.get("maxWorkers"):
-        options["max_num_workers"] = environment["maxWorkers"]
-    if environment.get("autoscalingAlgorithm"):
-        options["autoscaling_algorithm"] = environment["autoscalingAlgorithm"].removeprefix("AUTOSCALING_ALGORITHM_")
-    if environment.get("additionalExperiments"):
-        options["experiments"] = list(environment["additionalExperiments"])
-    if environment.get("additionalUserLabels"):
-        options["labels"] = [f"{k}={v}" for k, v in environment["additionalUserLabels"].items()]
+    for field, names in _ENVIRONMENT_OPTIONS.items():
+        if environment.get(field):
+            value = environment[field]
+            options[names[java]] = value.removeprefix("AUTOSCALING_ALGORITHM_") if isinstance(value, str) else value
+    experiments, labels = environment.get("additionalExperiments"), environment.get("additionalUserLabels")
+    if experiments:
+        options["experiments"] = ",".join(experiments) if java else list(experiments)
+    if labels:
+        options["labels"] = json.dumps(labels) if java else [f"{k}={v}" for k, v in labels.items()]
     options.update(pipeline_options(environment))
     return options
 
@@ -340,17 +347,7 @@ def _java_options(endpoint: str, runner: dict, environment: dict, launch: dict) 
         "pathValidatorClass": "org.apache.beam.sdk.extensions.gcp.storage.NoopPathValidator",
         "credentialFactoryClass": "org.apache.beam.sdk.extensions.gcp.auth.NoopCredentialFactory",
     }
-    if environment.get("numWorkers"):
-        options["numWorkers"] = environment["numWorkers"]
-    if environment.get("maxWorkers"):
-        options["maxNumWorkers"] = environment["maxWorkers"]
-    if environment.get("autoscalingAlgorithm"):
-        options["autoscalingAlgorithm"] = environment["autoscalingAlgorithm"].removeprefix("AUTOSCALING_ALGORITHM_")
-    if environment.get("additionalExperiments"):
-        options["experiments"] = ",".join(environment["additionalExperiments"])
-    if environment.get("additionalUserLabels"):
-        options["labels"] = json.dumps(environment["additionalUserLabels"])
-    options.update(pipeline_options(environment))
+    options.update(_environment_options(environment, java=True))
     if launch.get("update"):
         options["update"] = True
         if launch.get("transformNameMappings"):
