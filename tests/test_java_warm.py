@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from beamport.engine import java_warm
+from beamport.engine import java_boot, java_warm
 from beamport.files import FilePolicy
 
 
@@ -102,3 +102,18 @@ def test_only_a_job_with_every_jar_of_the_warm_jvm_byte_for_byte_takes_it(tmp_pa
     started = time.monotonic()
     assert java_warm.claim([app, same], environ) is None
     assert time.monotonic() - started < java_warm.WAIT_S / 2
+
+
+def test_the_worker_compiles_the_warm_harness_once_with_the_jdk_that_runs_it(tmp_path, monkeypatch):
+    compiled_dir = tmp_path / "compiled"
+    monkeypatch.setattr(java_warm, "COMPILED_DIR", compiled_dir)
+    java = java_boot.find_java()
+    first = java_warm.compiled(java)
+    assert first is not None
+    made = Path(first) / "WarmHarness.class"
+    assert made.read_bytes()[:4] == b"\xca\xfe\xba\xbe"  # a class file
+    when = made.stat().st_mtime_ns
+    assert java_warm.compiled(java) == first and made.stat().st_mtime_ns == when  # compiled once
+    # A java that cannot compile it: none (the JVM runs the source), and nothing half-built is left.
+    assert java_warm.compiled(str(tmp_path / "not-java")) is None
+    assert [path.name for path in compiled_dir.iterdir()] == [Path(first).name]

@@ -186,12 +186,13 @@ def warm_up() -> None:
 
 
 def warm_java(spec: dict) -> None:
-    """Start a Java SDK harness's JVM ahead of the job: {"java": path, "class_path": [...]} (the worker's
-    WarmJars.class_path). A JVM that cannot start leaves the job to start one of its own."""
+    """Start a Java SDK harness's JVM ahead of the job: {"java": path, "class_path": [...] (the worker's
+    WarmJars.class_path), "classes": WarmHarness.class's directory or None}. A JVM that cannot start leaves the job
+    to start one of its own."""
     from beamport.engine import java_warm
 
     try:
-        java_warm.start(spec["class_path"], spec["java"])
+        java_warm.start(spec["class_path"], spec["java"], spec.get("classes"))
     except (OSError, KeyError, TypeError) as exc:
         log.warning("no warm JVM: %s", exc)
 

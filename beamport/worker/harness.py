@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING
 import httpx
 
 from beamport import wire
-from beamport.engine import java_boot
+from beamport.engine import java_boot, java_warm
 from beamport.engine.java_warm import WarmJars
 from beamport.files import FilePolicy
 from beamport.protocol import CONTAINER_START
@@ -292,7 +292,9 @@ class Worker:
             java = java_boot.find_java()
         except java_boot.JavaUnavailable:
             return []
-        return [json.dumps({"java": java, "class_path": class_path})] if class_path else []
+        if not class_path:
+            return []
+        return [json.dumps({"java": java, "class_path": class_path, "classes": java_warm.compiled(java)})]
 
     def _spawn_executor(self) -> Executor:
         status_r, status_w = os.pipe()
