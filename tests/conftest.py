@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -97,6 +99,12 @@ class Server:
             except httpx.TransportError:
                 time.sleep(0.05)
         raise RuntimeError(f"beamport serve did not answer in 60 s:\n{self.log_path.read_text()}")
+
+    def job_ids(self) -> set[str]:
+        """The ids of every job in this server's SQLite store, running or stopped (for cleaning up after it)."""
+        assert self.database_url is None, "a server on SQLite"
+        with contextlib.closing(sqlite3.connect(self.data_dir / "beamport.db")) as db:
+            return {row[0] for row in db.execute("SELECT id FROM jobs")}
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.process is not None

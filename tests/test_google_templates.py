@@ -11,7 +11,7 @@ from conftest import Api, Server, discovery_client, required_path
 from googleapiclient.errors import HttpError
 from test_emulators import need_emulator, read_env
 from test_running_jobs import wait_state
-from test_streaming import START_S, cancel_flink_jobs, flink_args, flink_endpoints, wait_for
+from test_streaming import START_S, cancel_flink_jobs_of_server, flink_args, flink_endpoints, wait_for
 
 from beamport import emulators
 
@@ -48,8 +48,9 @@ def pubsub_server(tmp_path_factory):
 
 @pytest.fixture
 def flink_pubsub_server(tmp_path):
-    yield from streaming_server_with_pubsub(tmp_path, "flink")
-    cancel_flink_jobs(flink_endpoints(), lambda job: job["state"] == "RUNNING")  # one a failed test left running
+    for srv in streaming_server_with_pubsub(tmp_path, "flink"):
+        yield srv
+    cancel_flink_jobs_of_server(flink_endpoints(), srv)  # one a failed test left running
 
 
 def templates(server: Server):
@@ -193,8 +194,9 @@ def bigquery_server(tmp_path_factory):
 @pytest.fixture
 def flink_bigquery_server(tmp_path):
     """The same with Flink as the streaming engine."""
-    yield from server_with_google_services(tmp_path, flink_args(flink_endpoints()))
-    cancel_flink_jobs(flink_endpoints(), lambda job: job["state"] == "RUNNING")  # one a failed test left running
+    for srv in server_with_google_services(tmp_path, flink_args(flink_endpoints())):
+        yield srv
+    cancel_flink_jobs_of_server(flink_endpoints(), srv)  # one a failed test left running
 
 
 def server_with_google_services(root: Path, engine_args: tuple[str, ...]):

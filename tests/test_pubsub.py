@@ -18,7 +18,7 @@ from test_streaming import (
     DRAIN_S,
     PIPELINES,
     START_S,
-    cancel_flink_jobs,
+    cancel_flink_jobs_of_server,
     checkpointed_since,
     flink_args,
     flink_endpoints,
@@ -61,7 +61,7 @@ def pubsub_server(tmp_path_factory, request):
     srv.stop()
     monkeypatch.undo()
     if request.param == "flink":  # Flink jobs outlive the server: stop what the tests left running
-        cancel_flink_jobs(flink, lambda job: job["state"] == "RUNNING")
+        cancel_flink_jobs_of_server(flink, srv)
 
 
 class Topics:

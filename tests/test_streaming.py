@@ -83,7 +83,7 @@ def streaming_server(flink, tmp_path_factory):
     yield srv
     srv.stop()
     # Flink jobs outlive the server (a restarted server's workers adopt them): stop what the tests left.
-    cancel_flink_jobs(flink, lambda job: job["state"] == "RUNNING")
+    cancel_flink_jobs_of_server(flink, srv)
 
 
 def crash(srv: Server) -> None:
@@ -95,9 +95,18 @@ def crash(srv: Server) -> None:
     srv.process = None
 
 
+LIVE = ("RUNNING", "RESTARTING", "CREATED", "INITIALIZING")
+
+
 def cancel_live_flink_jobs_of(flink: dict, job_id: str | None) -> None:
-    live = ("RUNNING", "RESTARTING", "CREATED", "INITIALIZING")
-    cancel_flink_jobs(flink, lambda job: job["name"] == job_id and job["state"] in live)
+    cancel_flink_jobs(flink, lambda job: job["name"] == job_id and job["state"] in LIVE)
+
+
+def cancel_flink_jobs_of_server(flink: dict, srv: Server) -> None:
+    """Cancel the live Flink jobs of a server's jobs (each is named by its job's id): Flink jobs outlive their
+    server, and the cluster's other jobs belong to the Flink tests running beside these (scripts/test)."""
+    ids = srv.job_ids()
+    cancel_flink_jobs(flink, lambda job: job["name"] in ids and job["state"] in LIVE)
 
 
 def cancel_flink_jobs(flink: dict, which) -> None:
