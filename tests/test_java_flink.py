@@ -16,7 +16,6 @@ from conftest import Api, Server, required_path
 from test_java import (
     PROJECT,
     TEXT,
-    V1,
     V2,
     Java,
     drained_whole,
@@ -77,11 +76,12 @@ HARNESS = "org.apache.beam.fn.harness.FnHarness"
 ON_FLINK = '--labels={"beamport_engine": "flink"}'
 
 
-@pytest.mark.parametrize("path", [V1, V2])
-def test_a_java_batch_pipeline_runs_on_flink_as_on_beams_direct_runner(java_on_flink, direct_features, path):
+def test_a_java_batch_pipeline_runs_on_flink_as_on_beams_direct_runner(java_on_flink, direct_features):
     """Features (a counter, a side input, a GroupByKey) on Flink, labelled so: the cluster's SDK worker pool starts a
-    Java SDK harness over the job's staged jars; the output and the counter are the DirectRunner's."""
-    java = java_on_flink
+    Java SDK harness over the job's staged jars; the output and the counter are the DirectRunner's. (Runner v2's
+    submission: both paths stage the same portable pipeline, which is what Flink runs; test_java.py submits this
+    pipeline by both.)"""
+    java, path = java_on_flink, V2
     out = java.base / f"flink-{path}" / "out"
     done, job_id = java.dataflow("Features", out, path, ON_FLINK)
     assert "FINAL_STATE DONE" in done.stdout, done.stdout + done.stderr[-5000:]
