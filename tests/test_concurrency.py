@@ -8,11 +8,11 @@ import httpx
 from conftest import Api
 
 
-def test_concurrent_creates_with_one_name_make_one_job(backend_server, project):
-    api = Api(backend_server.url, project)
+def test_concurrent_creates_with_one_name_make_one_job(server, project):
+    api = Api(server.url, project)
 
     def create(i: int) -> httpx.Response:
-        with httpx.Client(base_url=backend_server.url, timeout=60) as client:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
             return client.post(api.jobs_path, json={"name": "racer", "clientRequestId": f"r-{i}"})
 
     with ThreadPoolExecutor(20) as pool:
@@ -27,15 +27,15 @@ def test_concurrent_creates_with_one_name_make_one_job(backend_server, project):
     assert len(winners) == 1
 
 
-def test_concurrent_state_changes_make_one_legal_transition(backend_server, project):
-    api = Api(backend_server.url, project)
+def test_concurrent_state_changes_make_one_legal_transition(server, project):
+    api = Api(server.url, project)
     jobs = [api.create(f"steer-{n}", type="JOB_TYPE_STREAMING") for n in range(3)]
     requests = ["JOB_STATE_CANCELLED", "JOB_STATE_DRAINED", "JOB_STATE_DRAINING"] * 4
 
     for job in jobs:
 
         def update(state: str, job: dict = job) -> httpx.Response:
-            with httpx.Client(base_url=backend_server.url, timeout=60) as client:
+            with httpx.Client(base_url=server.url, timeout=60) as client:
                 return client.put(f"{api.jobs_path}/{job['id']}", json={"requestedState": state})
 
         with ThreadPoolExecutor(12) as pool:
@@ -54,12 +54,12 @@ def test_concurrent_state_changes_make_one_legal_transition(backend_server, proj
         assert len(committed) == 1
 
 
-def test_concurrent_label_updates_all_land(backend_server, project):
-    api = Api(backend_server.url, project)
+def test_concurrent_label_updates_all_land(server, project):
+    api = Api(server.url, project)
     job = api.create("labelled", type="JOB_TYPE_STREAMING")
 
     def relabel(i: int) -> httpx.Response:
-        with httpx.Client(base_url=backend_server.url, timeout=60) as client:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
             return client.put(
                 f"{api.jobs_path}/{job['id']}", params={"updateMask": "labels"}, json={"labels": {"n": str(i)}}
             )
