@@ -19,6 +19,7 @@ import queue
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 
 from beamport.processes import die_with_parent
 
@@ -49,18 +50,27 @@ def run(
     harness = subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
     )
-    last: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
     assert harness.stdout is not None
-    for raw in harness.stdout:
+    last, ended = follow(harness.stdout, lambda line: done_line is not None and line == done_line)
+    if ended is not None:
+        harness.kill()
+        harness.wait()
+        sys.exit(0)
+    finish(harness.wait(), last, who, control_url, worker_id)
+
+
+def follow(output: Iterable[bytes], ends: Callable[[str], bool]) -> tuple[collections.deque[str], str | None]:
+    """Copy a harness's output to this program's stderr until it ends, or until a line that `ends` it (returned,
+    not copied); with its last OUTPUT_LINES lines, for a failure's answer."""
+    last: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
+    for raw in output:
+        line = raw.decode(errors="replace").rstrip()
+        if ends(line):
+            return last, line
         sys.stderr.buffer.write(raw)
         sys.stderr.flush()
-        line = raw.decode(errors="replace").rstrip()
-        if done_line is not None and line == done_line:
-            harness.kill()
-            harness.wait()
-            sys.exit(0)
         last.append(line)
-    finish(harness.wait(), last, who, control_url, worker_id)
+    return last, None
 
 
 def finish(status: int, last, who: str, control_url: str, worker_id: str) -> None:

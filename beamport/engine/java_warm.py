@@ -29,10 +29,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -287,17 +287,9 @@ def run(taken: Path, jars: list[str], env: dict[str, str], control_url: str, wor
     lines += [f"env\t{_escaped(name)}\t{_escaped(value)}" for name, value in env.items()]
     lines += [f"jar\t{_escaped(path)}" for path in jars]
     connection.sendall(("\n".join([*lines, "run"]) + "\n").encode())
-    status = 1  # the JVM went without saying how: killed
-    last: collections.deque[str] = collections.deque(maxlen=harness_process.OUTPUT_LINES)
     with connection.makefile("rb") as output:
-        for raw in output:
-            line = raw.decode(errors="replace").rstrip()
-            if line.startswith("exit ") and line[5:].lstrip("-").isdigit():
-                status = int(line[5:])
-                break
-            sys.stderr.buffer.write(raw)
-            sys.stderr.flush()
-            last.append(line)
+        last, ended = harness_process.follow(output, lambda line: bool(re.fullmatch(r"exit -?\d+", line)))
+    status = int(ended[5:]) if ended else 1  # no status: the JVM went without saying how (killed)
     harness_process.finish(status, last, "The Java SDK harness (a warm JVM)", control_url, worker_id)
 
 
