@@ -41,9 +41,9 @@ from pathlib import Path
 from beamport.engine import harness_process
 from beamport.processes import die_with_parent
 
-WARM_DIR = Path.home() / ".cache" / "beamport" / "java" / "warm"  # the jars of warm JVMs, by content
 log = logging.getLogger(__name__)
 
+WARM_DIR = Path.home() / ".cache" / "beamport" / "java" / "warm"  # the jars of warm JVMs, by content
 COMPILED_DIR = Path.home() / ".cache" / "beamport" / "java" / "warm-harness"  # WarmHarness.class, per source and JDK
 SOURCE = Path(__file__).parent / "java" / "WarmHarness.java"
 VARIABLE = "BEAMPORT_WARM_JVM"  # in an executor's environment: its warm JVM's directory
@@ -171,8 +171,7 @@ def compiled(java: str) -> str | None:
         compiler = [java, "-m", "jdk.compiler/com.sun.tools.javac.Main", "-d", str(building), str(SOURCE)]
         done = subprocess.run(compiler, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
         if done.returncode != 0 or not (building / "WarmHarness.class").is_file():
-            log.warning("WarmHarness.java did not compile (the warm JVM runs its source): %s", done.stderr[-2000:])
-            return None
+            raise subprocess.SubprocessError(done.stderr[-2000:])
         os.chmod(building, 0o755)
         try:
             os.rename(building, directory)

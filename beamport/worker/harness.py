@@ -26,7 +26,6 @@ import httpx
 
 from beamport import wire
 from beamport.engine import java_boot, java_warm
-from beamport.engine.java_warm import WarmJars
 from beamport.files import FilePolicy
 from beamport.protocol import CONTAINER_START
 from beamport.sandbox import OFF, Sandbox
@@ -97,7 +96,7 @@ class Worker:
         self._standby: Executor | None = None
         self._start_failures = 0
         # The jars of its last Java jobs: its standby executor keeps a JVM warm over them (engine/java_warm.py).
-        self._java = WarmJars(java_boot.harness_jars())
+        self._java = java_warm.WarmJars(java_boot.harness_jars())
         self._warm_java = False  # whether the last work item was a Java job's (on the embedded engine)
 
     # -- the loop ------------------------------------------------------------------
