@@ -400,7 +400,7 @@ def harness_jvms(server: Server) -> list[psutil.Process]:
             command = process.cmdline()
             if "org.apache.beam.fn.harness.FnHarness" in command:
                 found.append(process)
-            elif any(part.endswith("WarmHarness.java") for part in command) and _launched(process.parent()):
+            elif is_warm_jvm(command) and _launched(process.parent()):
                 found.append(process)
         except psutil.NoSuchProcess:
             pass
@@ -413,11 +413,16 @@ def waiting_warm_jvms(server: Server) -> list[psutil.Process]:
     found = []
     for process in psutil.Process(server.process.pid).children(recursive=True):
         try:
-            if any(part.endswith("WarmHarness.java") for part in process.cmdline()) and not _launched(process.parent()):
+            if is_warm_jvm(process.cmdline()) and not _launched(process.parent()):
                 found.append(process)
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+def is_warm_jvm(command: list[str]) -> bool:
+    """A warm JVM's command: its main class WarmHarness, compiled (java_warm.compiled) or as its source file."""
+    return any(part == "WarmHarness" or part.endswith("WarmHarness.java") for part in command)
 
 
 def _launched(executor: psutil.Process) -> bool:
