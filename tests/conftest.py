@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -158,6 +159,14 @@ def new_postgres_database() -> str:
         conn.execute(f'CREATE DATABASE "{name}"')
     base, _, _ = POSTGRES_URL.rpartition("/")
     return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_under_the_runs_directory(tmp_path_factory) -> None:
+    """The test processes' own temporary files go under pytest's directory of the run, which it deletes a few runs
+    later: Beam's Pipeline makes a directory that only its run() removes, and Beam's job servers one each, so the
+    tests that build pipelines without running them left hundreds in /tmp per run."""
+    tempfile.tempdir = str(tmp_path_factory.mktemp("tmp"))
 
 
 @pytest.fixture(autouse=True)

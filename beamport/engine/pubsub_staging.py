@@ -12,6 +12,7 @@ The user's pickled code is not touched (the pipeline is not rebuilt from its pro
 from __future__ import annotations
 
 import os
+import shutil
 
 import apache_beam as beam
 from apache_beam.portability import common_urns
@@ -91,6 +92,7 @@ def _splice(
         _ = built | "Input" >> beam.Impulse() | _ROOT >> replacement
     context = pipeline_context.PipelineContext(namespace=namespace)
     proto = built.to_runner_api(context=context)
+    shutil.rmtree(built.local_tempdir, ignore_errors=True)  # Beam's Pipeline makes it; only run() removes it
     parts = proto.components
     root_id = next(tid for tid, t in parts.transforms.items() if t.unique_name == _ROOT)
     root = parts.transforms[root_id]
