@@ -75,6 +75,33 @@ def test_a_warm_jvm_gets_the_jars_a_program_shares_with_its_earlier_jobs(tmp_pat
     assert contents(jars.class_path()) == ["jamm", "app2", "lib"]
 
 
+def test_copies_no_java_job_used_for_a_week_are_removed_after_a_java_job(tmp_path, warm_dir):
+    """The copies of each build's own jar would otherwise pile up in the cache for good."""
+    jars = java_warm.WarmJars([])
+    files = FilePolicy([tmp_path / "staging"])
+    lib = library(tmp_path / "staging" / "lib.jar", "lib")
+    builds = [jar(tmp_path / "staging" / f"app{n}.jar", f"app{n}") for n in range(3)]
+    jars.keep([builds[0], lib], files)
+    jars.keep([builds[1], lib], files)
+    copies = {entry["path"] for entry in jars.class_path()}
+    # A week and a day on, with no Java job since: a half-made copy (a worker killed while copying) too.
+    week_ago = time.time() - java_warm.UNUSED_FOR_S - 86400
+    partial = warm_dir / ".copy-left-behind"
+    partial.write_bytes(b"half a jar")
+    for copy in warm_dir.iterdir():
+        os.utime(copy, (week_ago, week_ago))
+
+    jars.next_prune = 0.0  # a worker looks at most hourly: this one's hour is up
+    jars.keep([builds[2], lib], files)
+    # The library this job used stays, and its new build; the builds no job used for a week go.
+    left = sorted(path.name for path in warm_dir.iterdir())
+    assert left == sorted(f"{java_warm.sha256_of(path)}.jar" for path in (lib, builds[2]))
+    assert contents(jars.class_path()) == ["lib"] and {e["path"] for e in jars.class_path()} <= copies
+    # A week not yet past: nothing goes.
+    assert java_warm.prune_unused() == []
+    assert sorted(java_warm.prune_unused(now=time.time() + java_warm.UNUSED_FOR_S + 60)) == left
+
+
 def waiting_jvm(tmp_path, class_path: list[dict]) -> dict:
     """A warm JVM's directory as `java_warm.start` leaves it (its process: this one, alive; its socket: a file)."""
     directory = tmp_path / "jvm"

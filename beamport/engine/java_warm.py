@@ -54,6 +54,10 @@ HARNESS_CLASS = "org/apache/beam/fn/harness/FnHarness.class"
 # What a worker copies of one job (its executor says which jars: a bound on what a job could make it copy).
 MAX_JARS = 2000
 MAX_JAR_BYTES = 512 << 20
+# A copy no Java job used for this long is removed (a developer's jar of each build would otherwise stay for good);
+# each worker looks at most this often, after a Java job.
+UNUSED_FOR_S = 7 * 86400
+PRUNE_EVERY_S = 3600
 
 
 def sha256_of(path: str) -> str | None:
@@ -75,6 +79,7 @@ class WarmJars:
         self.known: dict[tuple, str] = {}  # (path, size, mtime, inode) -> SHA-256 of a copied jar
         self.jobs: collections.deque[list[str]] = collections.deque(maxlen=3)  # their jars' SHA-256s, in order
         self.harness_in: dict[str, bool] = {}  # whether a copied jar holds Beam's harness
+        self.next_prune = 0.0  # time.monotonic() of the next look for unused copies
 
     def keep(self, class_path: list[str], files) -> None:
         """Copy a Java job's staged jars (`class_path`, as its executor said: checked here against the file
@@ -91,7 +96,7 @@ class WarmJars:
                         continue
                     key = (location, stat.st_size, stat.st_mtime_ns, stat.st_ino)
                     sha = self.known.get(key)
-                    if not sha or not (WARM_DIR / f"{sha}.jar").is_file():  # new, changed, or its copy removed
+                    if not sha or not _used(WARM_DIR / f"{sha}.jar"):  # new, changed, or its copy removed
                         sha = _copy(source)
             except Exception:  # not a file the job may read: no warm JVM gets it
                 continue
@@ -99,6 +104,9 @@ class WarmJars:
             shas.append(sha)
         self.known = known  # what the latest job had: a jar changed since is hashed (and copied) again
         self.jobs.append(shas)
+        if time.monotonic() >= self.next_prune:
+            self.next_prune = time.monotonic() + PRUNE_EVERY_S
+            prune_unused()
 
     def class_path(self) -> list[dict]:
         """The next warm JVM's class path: the harness's jars, then the latest Java job's jars that one of the two
@@ -129,6 +137,44 @@ class WarmJars:
         return self.harness_in[sha]
 
 
+def _used(copy: Path) -> bool:
+    """Mark a copy used now (its modification time: copies are never written); whether it is there."""
+    try:
+        os.utime(copy)
+        return True
+    except OSError:
+        return False
+
+
+def prune_unused(now: float | None = None) -> list[str]:
+    """Remove the copies in WARM_DIR that no Java job used for UNUSED_FOR_S (of any worker of this host: `keep` marks
+    each it uses), and partial copies as old; return their names. A warm JVM has opened every jar of its class path
+    while it warmed up (Beam's options registry reads each), so removing one it runs over changes nothing for it."""
+    now = time.time() if now is None else now
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(WARM_DIR))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.endswith(".jar") or entry.name.startswith(".copy-")):
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime > UNUSED_FOR_S:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:  # gone already (another worker's look), or not ours to remove
+            continue
+    if removed:
+        log.info(
+            "removed %d copies of jars that no Java job used for %d days from %s",
+            len(removed),
+            UNUSED_FOR_S // 86400,
+            WARM_DIR,
+        )
+    return removed
+
+
 def _copy(source) -> str:
     """Copy an open file into WARM_DIR under its SHA-256 (unless a copy is there): that SHA-256."""
     WARM_DIR.mkdir(parents=True, exist_ok=True)
@@ -140,8 +186,9 @@ def _copy(source) -> str:
                 copy.write(chunk)
             copy.flush()
             target = WARM_DIR / f"{digest.hexdigest()}.jar"
-            if target.exists():
+            if target.exists():  # another worker's copy (or one this worker forgot): used now
                 os.unlink(copy.name)
+                _used(target)
             else:
                 os.chmod(copy.name, 0o444)
                 os.replace(copy.name, target)
