@@ -165,7 +165,7 @@ def new_postgres_database() -> str:
 def _temporary_files_under_the_runs_directory(tmp_path_factory) -> None:
     """The test processes' own temporary files go under pytest's directory of the run, which it deletes a few runs
     later: Beam's Pipeline makes a directory that only its run() removes, and Beam's job servers one each, so the
-    tests that build pipelines without running them left hundreds in /tmp per run."""
+    tests that build pipelines without running them left a few dozen in /tmp per run, for good."""
     tempfile.tempdir = str(tmp_path_factory.mktemp("tmp"))
 
 
