@@ -69,6 +69,17 @@ def element_counts(api: Api, job_id: str) -> dict[str, int]:
     }
 
 
+def source_backlog(api: Api, job_id: str) -> dict[tuple[str, str], float]:
+    """getMetrics' committed backlog figures, by (the name of the source's step, BacklogBytes/BacklogElements)."""
+    described = api.get(job_id, view="JOB_VIEW_ALL").json().get("pipelineDescription", {})
+    names = {t["id"]: t["name"] for t in described.get("originalPipelineTransform", [])}
+    return {
+        (names.get(m["name"]["context"]["step"], m["name"]["context"]["step"]), m["name"]["name"]): m["scalar"]
+        for m in api.client.get(f"{api.jobs_path}/{job_id}/metrics").json().get("metrics", [])
+        if m["name"]["name"] in ("BacklogBytes", "BacklogElements") and "tentative" not in m["name"]["context"]
+    }
+
+
 def observed_messages(api: Api, job_id: str) -> list[dict]:
     messages = api.messages(job_id, minimumImportance="JOB_MESSAGE_DEBUG", pageSize=1000).json()
     return [m for m in messages.get("jobMessages", []) if m["messageText"].startswith("observed ")]
@@ -159,7 +170,15 @@ def test_a_streaming_job_reports_its_metrics_logs_and_runs_its_staged_module(eng
         assert running["last", False]["value"] == 7
         assert api.get(job_id).json()["currentState"] == "JOB_STATE_RUNNING"  # live figures, not final ones
 
-        append(log, ["k1,1", "k0,9"])
+        # The source's backlog: what the log holds past the position read. A line still being written is
+        # there (its bytes), not yet an element.
+        assert source_backlog(api, job_id) == {("Read/Read", "BacklogBytes"): 0, ("Read/Read", "BacklogElements"): 0}
+        with open(log, "a") as partly:
+            partly.write("k1,")
+        unread = {("Read/Read", "BacklogBytes"): 3, ("Read/Read", "BacklogElements"): 0}
+        backlog_seen = lambda: source_backlog(api, job_id) == unread  # noqa: E731
+        wait_for("the line being written in the backlog", backlog_seen, timeout=START_S)
+        append(log, ["1", "k0,9"])  # the line ends, and another comes
         wait_for("five lines written", lambda: len(written().splitlines()) >= 5)
         # DataflowRunner's result.metrics().query() in the submitting process sees the new input counted, and
         # getMetrics the new figures, before the job is drained.
@@ -179,6 +198,7 @@ def test_a_streaming_job_reports_its_metrics_logs_and_runs_its_staged_module(eng
         assert final_metrics["lines", False] == final_metrics["lines", True] == 5
         # The element counts per PCollection (Flink's runner hands them over with its metrics, Prism's with its).
         assert element_counts(api, job_id).get("Observe-out0") == 5
+        assert source_backlog(api, job_id) == {("Read/Read", "BacklogBytes"): 0, ("Read/Read", "BacklogElements"): 0}
         # (DataflowMetrics reads no gauges, apache/beam#31788: getMetrics has it.)
         assert final_metrics["last", False]["value"] == final_metrics["last", True]["value"] == 9
         assert {m["messageText"] for m in observed_messages(api, job_id)} == {
@@ -328,6 +348,11 @@ def test_a_flink_streaming_job_shows_its_watermark_freshness_and_counts(tmp_path
         page.goto(f"{srv.url}/#/jobs/{project}/us-central1/{job_id}")
         page.locator("#signals-table td.DataWatermarkAge svg path").first.wait_for(timeout=120_000)
         assert re.fullmatch(r"Data freshness: \d+\.\d s", page.locator("#data-freshness").inner_text())
+        # ... and its source's backlog (every line read: none).
+        source_row = page.locator("#backlog-table tbody tr").first
+        source_row.locator("td.BacklogBytes").wait_for(timeout=120_000)
+        assert source_row.locator("td").first.inner_text() == "Read/Read"
+        assert source_row.locator("td.BacklogBytes").inner_text().strip().endswith("0.0 B")
         assert script_errors == []
 
         # The counts match the input, while the job runs (its running stages' Flink counters, up to about 20 s

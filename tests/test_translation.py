@@ -15,6 +15,7 @@ import types
 import apache_beam as beam
 import pytest
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.cells import GaugeData, GaugeResult
 from apache_beam.metrics.execution import MetricKey, MetricResult
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.metrics.metricbase import MetricName
@@ -273,6 +274,58 @@ def test_untranslatable_step_and_transform_id_steps(runs):
     got = {r.key.metric.name: r.key.step for r in reader.query()["counters"]}
     # DataflowMetrics keeps a step it cannot translate as it is: what DirectRunner shows.
     assert got == {"by_id": "Work", "lost": "NotInThePipeline"}
+
+
+def test_metrics_of_the_transforms_an_engine_expands_a_splittable_dofn_into_are_the_dofns(runs):
+    """Prism, Beam Java's expander (Flink's runner) and FnApiRunner name the transforms they make of a splittable
+    DoFn after it; a metric the DoFn reports there (a source's backlog, a user counter) is its own step's."""
+    work_id = graph.transform_ids_by_name(runs.proto)["Work"]
+    steps = {
+        "prism": f"e{work_id}_processandsplit",
+        "flink": f"{work_id}/ProcessSizedElementsAndRestrictions0",
+        "fn_api_runner": "Work/Process",
+        "not_an_expansion": f"{work_id}/Elsewhere",
+    }
+    results = [MetricResult(MetricKey(step, MetricName("ns", name)), 1, 1) for name, step in steps.items()]
+    reader = dataflow_reader(metrics.metric_updates(results, runs.proto, NOW_US), runs.proto)
+    got = {r.key.metric.name: r.key.step for r in reader.query()["counters"]}
+    assert got == {
+        "prism": "Work",
+        "flink": "Work",
+        "fn_api_runner": "Work",
+        "not_an_expansion": steps["not_an_expansion"],
+    }
+
+
+def gauge(value: int) -> GaugeResult:
+    return GaugeResult(GaugeData(value, timestamp=1_795_000_000))
+
+
+def test_a_sources_backlog_gauges_are_its_backlog(runs):
+    """Beam's standard backlog gauges (Java's SourceMetrics: namespace "source", or its splits' in
+    "source.splits") become the source's BacklogBytes and BacklogElements, which Beam's reader reads back
+    as system metrics of its step; other gauges stay user metrics only."""
+    ids = graph.transform_ids_by_name(runs.proto)
+    results = [
+        MetricResult(
+            MetricKey(f"e{ids['Work']}_processandsplit", MetricName("source", "backlog_bytes")), gauge(40), gauge(40)
+        ),
+        MetricResult(MetricKey("Work", MetricName("source", "backlog_elements")), gauge(4), gauge(4)),
+        MetricResult(MetricKey("Post", MetricName("source.splits", "backlog_bytes.0")), gauge(5), gauge(5)),
+        MetricResult(MetricKey("Post", MetricName("source.splits", "backlog_bytes.1")), gauge(7), gauge(7)),
+        MetricResult(MetricKey("Post", MetricName("ns", "backlog_bytes")), gauge(99), gauge(99)),
+    ]
+    updates = metrics.backlog_metric_updates(results, runs.proto, NOW_US)
+    assert all(u["kind"] == "LatestValue" and u["cumulative"] is False for u in updates)
+    reader = dataflow_reader(updates, runs.proto)
+    got = {(r.key.step, r.key.metric.name): (r.committed, r.attempted) for r in reader.all_metrics()}
+    assert got == {
+        ("Work", "BacklogBytes"): (40, 40),
+        ("Work", "BacklogElements"): (4, 4),
+        ("Post", "BacklogBytes"): (12, 12),  # its splits' summed
+    }
+    assert reader.query()["gauges"] == []  # not user metrics: those are the gauges themselves
+    assert metrics.backlog_metric_updates([results[-1]], runs.proto, NOW_US) == []
 
 
 def test_distribution_suffix_names_are_dropped_by_beam(runs):

@@ -8,6 +8,10 @@ snapshot goes on reading where the snapshotted job was, nothing read twice or sk
 Event time is the time of reading, or what `timestamp_fn(line)` says (seconds since the epoch); the
 watermark follows the newest event time read. When the job is drained the source reads what the file holds
 at that moment, says its watermark is at the end of time (so every window fires) and ends.
+
+Its backlog (what the file holds past the position read: bytes, and complete lines) is the gauges Beam names
+for a source's backlog (Java's `SourceMetrics`: namespace `source`, `backlog_bytes` and `backlog_elements`), set
+each time the reader stops; Beamport's service shows them as the source's backlog (translate/metrics.py).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Callable
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics import Metrics
 from apache_beam.options.value_provider import RuntimeValueProvider
 from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
 from apache_beam.transforms.window import TimestampedValue
@@ -28,6 +33,15 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, 
 DRAIN_FILE_OPTION = "beamport_drain_file"
 _END = 2**62  # an unbounded restriction's end: further than any file will grow
 POLL_S = 0.5  # how long to wait for new lines once the file is read to its end
+# What one call reads at most before it checkpoints and goes on at once: a long replay then reaches the
+# runner in bundles (its output committed, its position checkpointed, its backlog reported) as it goes.
+MAX_READ_BYTES = 8 << 20
+# Beam's standard source metrics (Java's org.apache.beam.sdk.metrics.SourceMetrics): the backlog gauges.
+SOURCE_NAMESPACE = "source"
+BACKLOG_BYTES = "backlog_bytes"
+BACKLOG_ELEMENTS = "backlog_elements"
+# The lines of a backlog are counted in this much of it at most; a longer one's are extrapolated from those.
+COUNT_LINES_IN = 64 << 20
 
 
 def drain_requested() -> bool:
@@ -71,9 +85,36 @@ class ManualWatermark(WatermarkEstimatorProvider):
 _Watermark = ManualWatermark  # its old name, which pipelines pickled before the rename refer to
 
 
+def backlog(path: str, position: int) -> tuple[int, int]:
+    """What the file holds past `position`: its bytes, and its complete lines (counted in its first
+    COUNT_LINES_IN bytes, extrapolated past them). A file not there yet holds none."""
+    try:
+        with open(path, "rb") as source:
+            remaining = max(os.fstat(source.fileno()).st_size - position, 0)
+            source.seek(position)
+            lines = counted = 0
+            while counted < min(remaining, COUNT_LINES_IN):
+                chunk = source.read(min(1 << 20, remaining - counted))
+                if not chunk:
+                    break
+                lines += chunk.count(b"\n")
+                counted += len(chunk)
+    except OSError:
+        return 0, 0
+    if counted < remaining and counted:
+        lines = round(lines * remaining / counted)
+    return remaining, lines
+
+
 class _ReadLines(beam.DoFn):
     def __init__(self, timestamp_fn: Callable[[str], float] | None):
         self.timestamp_fn = timestamp_fn
+
+    @staticmethod
+    def _report_backlog(path: str, position: int) -> None:
+        remaining, lines = backlog(path, position)
+        Metrics.gauge(SOURCE_NAMESPACE, BACKLOG_BYTES).set(remaining)
+        Metrics.gauge(SOURCE_NAMESPACE, BACKLOG_ELEMENTS).set(lines)
 
     @beam.DoFn.unbounded_per_element()
     def process(
@@ -84,6 +125,7 @@ class _ReadLines(beam.DoFn):
     ):
         draining = drain_requested()  # then read what the file holds now, and end
         path, position = element[0], tracker.current_restriction().start
+        start, more = position, False
         try:
             source = open(path, "rb")
         except FileNotFoundError:
@@ -96,6 +138,7 @@ class _ReadLines(beam.DoFn):
                         break  # a line still being written: read it whole next time
                     # Claim the line's last byte: a checkpoint then resumes right after this line.
                     if not tracker.try_claim(position + len(line) - 1):
+                        self._report_backlog(path, position)  # the runner split here: the rest is a residual's
                         return
                     position += len(line)
                     text = line[:-1].decode("utf-8")
@@ -103,9 +146,17 @@ class _ReadLines(beam.DoFn):
                     if at > watermark.current_watermark():
                         watermark.set_watermark(at)
                     yield TimestampedValue(text, at)
+                    if position - start >= MAX_READ_BYTES and not draining:
+                        more = True
+                        break
         if draining:
             watermark.set_watermark(MAX_TIMESTAMP)  # every window downstream can fire
             tracker.try_claim(tracker.current_restriction().stop)  # claims the rest: the restriction is done
+            self._report_backlog(path, _END)  # read to its end: none left
+            return
+        self._report_backlog(path, position)
+        if more:  # go on at once, in a call of its own
+            tracker.defer_remainder()
             return
         if not self.timestamp_fn:  # event time is reading time: time passes while nothing comes
             now = Timestamp.of(time.time())

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
@@ -103,19 +104,40 @@ def _flatten_results(results) -> Iterable:
         yield from results
 
 
+# The transforms an engine expands a splittable DoFn into are named after it; a metric of one of them (a source's
+# backlog gauges, a user counter in a splittable DoFn) is the splittable DoFn's. Prism: "e<id>_processandsplit"
+# (and "_pwr", "_splitnsize"); Beam Java's expander (Flink): "<id>/ProcessSizedElementsAndRestrictions0";
+# FnApiRunner: "<id or unique name>/Process".
+_EXPANDED_SDF_STEP = re.compile(
+    r"^e(?P<prism>.+)_(?:pwr|splitnsize|processandsplit|truncate)$"
+    r"|^(?P<runner>.+)/(?:PairWithRestriction|SplitAndSizeRestriction|TruncateAndSizeRestriction"
+    r"|ProcessSizedElementsAndRestrictions|ProcessElementAndRestrictionWithSizing|Process)\d*$"
+)
+
+
 def _step_id(step: str | None, step_ids: Mapping[str, str], transforms) -> str | None:
     """The transform id for a MetricResult's step.
 
     The Python SDK harness labels user metrics with the transform's unique_name (its
-    NameContext), other SDKs with the transform id; both are accepted. A name the
-    proto does not know is kept as is: the reader fails to translate it and then
+    NameContext), other SDKs with the transform id; both are accepted, and so is the name
+    of a transform an engine expanded a splittable DoFn into (_EXPANDED_SDF_STEP). A name
+    the proto does not know is kept as is: the reader fails to translate it and then
     reports it unchanged, which is what DirectRunner reports too.
     """
     if not step:
         return None
     if step in transforms:
         return step
-    return step_ids.get(step, step)
+    if step in step_ids:
+        return step_ids[step]
+    expanded = _EXPANDED_SDF_STEP.match(step)
+    if expanded:
+        original = expanded.group("prism") or expanded.group("runner")
+        if original in transforms:
+            return original
+        if original in step_ids:
+            return step_ids[original]
+    return step
 
 
 def _user_context(key, step_ids, transforms) -> dict:
@@ -222,6 +244,56 @@ def _system_pair(name: str, output_user_name: str, value: dict, update_time: str
         }
         for extra in ({}, {"tentative": "true"})
     ]
+
+
+# -- a source's backlog ----------------------------------------------------------------------------------
+
+# The gauges Beam names for a source's backlog (Java's org.apache.beam.sdk.metrics.SourceMetrics; Beamport's
+# ReadFromLocalLog sets them too): the source's, or its splits' ("source.splits", "backlog_bytes.<split id>").
+SOURCE_NAMESPACE = "source"
+SOURCE_SPLITS_NAMESPACE = "source.splits"
+BACKLOG_GAUGES = {"backlog_bytes": "BacklogBytes", "backlog_elements": "BacklogElements"}
+
+
+def backlog_metric_updates(results, pipeline_proto: beam_runner_api_pb2.Pipeline, update_time_us: int) -> list[dict]:
+    """Each source's backlog, from its backlog gauges in Beam MetricResults (as `metric_updates` takes them):
+    `BacklogBytes` and `BacklogElements`, origin "dataflow/v1b3", context {"step": the source's transform id},
+    kind LatestValue (what the source last said), the committed and tentative twins Beam's reader needs. A
+    source that gives only its splits' backlogs has their sum. Not cumulative: a backlog goes down."""
+    step_ids = graph.transform_ids_by_name(pipeline_proto)
+    transforms = pipeline_proto.components.transforms
+    whole: dict[tuple[str, str], int] = {}  # (step, gauge name) -> value
+    splits: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)  # ... -> {split id: value}
+    for result in _flatten_results(results):
+        gauge = result.attempted if result.attempted is not None else result.committed
+        if isinstance(gauge, GaugeResult):
+            gauge = gauge.data
+        step = _step_id(result.key.step, step_ids, transforms)
+        if not isinstance(gauge, GaugeData) or gauge.value is None or step is None:
+            continue
+        namespace, name = result.key.metric.namespace, result.key.metric.name
+        if namespace == SOURCE_NAMESPACE and name in BACKLOG_GAUGES:
+            whole[step, name] = gauge.value
+        elif namespace == SOURCE_SPLITS_NAMESPACE and name.split(".", 1)[0] in BACKLOG_GAUGES and "." in name:
+            gauge_name, split = name.split(".", 1)
+            splits[step, gauge_name][split] = gauge.value
+    figures = dict(whole)
+    for key, by_split in splits.items():
+        figures.setdefault(key, sum(by_split.values()))
+    update_time = wire.format_timestamp_us(update_time_us)
+    out: list[dict] = []
+    for (step, name), value in sorted(figures.items()):
+        for extra in ({}, {"tentative": "true"}):
+            out.append(
+                {
+                    "name": {"origin": SYSTEM_ORIGIN, "name": BACKLOG_GAUGES[name], "context": {"step": step, **extra}},
+                    "kind": "LatestValue",
+                    "cumulative": False,
+                    "scalar": value,
+                    "updateTime": update_time,
+                }
+            )
+    return out
 
 
 # -- a streaming run's stage figures --------------------------------------------------------------

@@ -220,7 +220,12 @@ def execute(assignment: dict) -> int:
     from beamport.engine.cleanup import clean_up_earlier_attempts
     from beamport.engine.staging import stage_job
     from beamport.files import FilePolicy
-    from beamport.translate.metrics import metric_updates, stage_metric_updates, system_metric_updates
+    from beamport.translate.metrics import (
+        backlog_metric_updates,
+        metric_updates,
+        stage_metric_updates,
+        system_metric_updates,
+    )
 
     work = Work(**assignment["work"])
     work_config = json.loads(work.config or "{}")
@@ -304,6 +309,7 @@ def execute(assignment: dict) -> int:
             now = wire.now_us()
             updates = metric_updates(results, outcome["pipeline"], now)
             updates += system_metric_updates(infos, outcome["pipeline"], now)
+            updates += backlog_metric_updates(results, outcome["pipeline"], now)
         if figures:
             updates += stage_metric_updates(figures, wire.now_us())
         if status:  # should this process die before the answer, its worker knows the service may have it

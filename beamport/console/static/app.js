@@ -276,7 +276,7 @@ function jobPage(projectId, region, jobId) {
     failedStages = new Set((job.stageStates || []).filter((s) => s.executionStageState === "JOB_STATE_FAILED").map((s) => s.executionStageName));
     renderGraph(job, all);
     renderTimeline(details.stages || []);
-    renderSignals(details.stages || []);
+    renderSignals(details.stages || [], all);
     renderMetrics(all);
     await Promise.all([renderLogs(), renderWorkers(details.stages || []), renderResources(all)]);
   }
@@ -423,33 +423,44 @@ function jobPage(projectId, region, jobId) {
 
   // A streaming run's stage figures (executionDetails' StageSummary.metrics, as the engine measured them:
   // docs/engines.md, "Streaming signals"): watermark age, system lag and throughput per stage as small charts
-  // kept while the page is open, and the job's data freshness (its stages' oldest watermark's age).
-  const signalHistory = {}; // "stage/metric" -> [[time, value]], a point per measurement
+  // kept while the page is open, and the job's data freshness (its stages' oldest watermark's age); and each
+  // source's backlog (getMetrics' BacklogBytes and BacklogElements, what the source says it has not read yet).
+  const signalHistory = {}; // "stage/metric" or "source step/metric" -> [[time, value]], a point per measurement
   const SIGNALS = [["DataWatermarkAge", "Watermark age", "s"], ["SystemLag", "System lag", "s"], ["ElementsOutPerSecond", "Throughput", "/s"]];
-  function renderSignals(stages) {
+  const remember = (key, m) => {
+    const series = (signalHistory[key] ||= []);
+    const at = new Date(m.updateTime).getTime();
+    if (!series.length || series[series.length - 1][0] !== at) series.push([at, Number(m.scalar)]);
+    if (series.length > 120) series.shift();
+  };
+  function renderSignals(stages, all) {
     const measured = stages.filter((s) => (s.metrics || []).length);
-    streamingSection.hidden = !measured.length;
-    if (!measured.length) return;
+    const backlogs = all.filter((m) => m.name.origin === "dataflow/v1b3" && ["BacklogBytes", "BacklogElements"].includes(m.name.name) && !(m.name.context || {}).tentative);
+    streamingSection.hidden = !measured.length && !backlogs.length;
+    if (streamingSection.hidden) return;
     const value = (stage, name) => { const m = (stage.metrics || []).find((m) => m.name.name === name); return m ? Number(m.scalar) : undefined; };
-    for (const stage of measured) for (const m of stage.metrics) {
-      const series = (signalHistory[`${stage.stageId}/${m.name.name}`] ||= []);
-      const at = new Date(m.updateTime).getTime();
-      if (!series.length || series[series.length - 1][0] !== at) series.push([at, Number(m.scalar)]);
-      if (series.length > 120) series.shift();
-    }
+    for (const stage of measured) for (const m of stage.metrics) remember(`${stage.stageId}/${m.name.name}`, m);
+    for (const m of backlogs) remember(`${m.name.context.step}/${m.name.name}`, m);
     const ages = measured.map((s) => value(s, "DataWatermarkAge")).filter((v) => v !== undefined);
     const freshness = ages.length ? Math.max(...ages) : undefined;
     const watermark = (stage) => { const w = value(stage, "DataWatermark"); return w === undefined ? "none yet" : new Date(w / 1000).toISOString(); };
     const counts = (stage) => [value(stage, "ElementsIn"), value(stage, "ElementsOut")].map((v) => (v === undefined ? "–" : String(v))).join(" / ");
+    const stepNames = Object.fromEntries(((job.pipelineDescription || {}).originalPipelineTransform || []).map((t) => [t.id, t.name]));
+    const sources = [...new Set(backlogs.map((m) => m.name.context.step))].sort();
+    const backlogCell = (step, name, unit) => { const series = signalHistory[`${step}/${name}`]; return h("td", { class: `backlog ${name}` }, series ? sparkline(series, unit) : h("span", { class: "muted" }, "not measured")); };
     signals.replaceChildren(
       h("p", { id: "data-freshness" }, "Data freshness: ", freshness === undefined ? h("span", { class: "muted" }, "no watermark yet") : `${freshness.toFixed(1)} s`),
-      h("table", { id: "signals-table" },
+      measured.length ? h("table", { id: "signals-table" },
         h("thead", {}, h("tr", {}, ["Stage", "Data watermark", ...SIGNALS.map(([, label]) => label), "Elements in / out"].map((c) => h("th", {}, c)))),
         h("tbody", {}, measured.map((stage) => h("tr", { "data-stage": stage.stageId },
           h("td", {}, stage.stageId), h("td", {}, watermark(stage)),
           ...SIGNALS.map(([name, , unit]) => h("td", { class: `signal ${name}` },
             value(stage, name) === undefined ? h("span", { class: "muted" }, "not measured") : sparkline(signalHistory[`${stage.stageId}/${name}`] || [], unit))),
-          h("td", {}, counts(stage)))))));
+          h("td", {}, counts(stage)))))) : "",
+      sources.length ? h("table", { id: "backlog-table" },
+        h("thead", {}, h("tr", {}, ["Source", "Backlog (bytes)", "Backlog (elements)"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, sources.map((step) => h("tr", { "data-step": step },
+          h("td", {}, stepNames[step] || step), backlogCell(step, "BacklogBytes", " B"), backlogCell(step, "BacklogElements", ""))))) : "");
   }
 
   // Beam's own metrics among the user's (origin "user"): its lineage of sources and sinks.
