@@ -9,6 +9,7 @@ emulators and Go (scripts/test builds them all)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import time
@@ -241,6 +242,50 @@ def test_pubsub_windowed_sums_with_a_duplicate_then_drained(go, monkeypatch):
     sums.drained()
     gone, alive = psutil.wait_procs(workers, timeout=60)
     assert not alive and not go_workers(go.server), alive
+
+
+def test_a_job_reading_a_source_of_gos_own_drains(go):
+    """tests/go/periodic_counts: Beam Go's periodic.Sequence (an unbounded splittable DoFn of Go's own, which never
+    sees Beamport's drain signal) -> fixed windows -> a count per window, on Prism. Drained as Dataflow drains such
+    a source (its remainder truncated: engine/harness_process.py, Drain, through the Go launcher's control relay),
+    the job ends DRAINED: every window whole but the last, which fired with the numbers it had, each number once,
+    and no Go worker left."""
+    counts = PeriodicCounts(go, "go-periodic")
+    workers = go_workers(go.server)
+    assert workers, "the job's Go worker runs"
+    counts.drained()
+    gone, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive and not go_workers(go.server), alive
+
+
+class PeriodicCounts:
+    """tests/go/periodic_counts submitted, running, and two of its windows counted: `drained()` then drains it."""
+
+    def __init__(self, go: Go, name: str):
+        self.out = go.base / f"{name}.txt"
+        done, self.job_id = go.program("periodic_counts").submit(name, f"--output={self.out}", "--async")
+        assert done.returncode == 0, done.stderr[-5000:]
+        self.api = Api(go.server.url, PROJECT)
+        assert self.api.get(self.job_id).json()["type"] == "JOB_TYPE_STREAMING"
+        wait_for("two windows counted", lambda: len(self.windows()) >= 2, START_S)
+
+    def windows(self) -> list[list[int]]:
+        """The windows counted so far: [start (ms), count, least number, greatest number] each, in order."""
+        return [[int(x) for x in line.split(",")] for line in read_output(self.out)] if self.out.exists() else []
+
+    def drained(self) -> None:
+        """Drained: the job ends DRAINED; 2 s windows of a number each 200 ms from a window's start hold 10 each but
+        the last, which holds those up to the drain; each number once, in the window of its time."""
+        response = self.api.update(self.job_id, {"requestedState": "JOB_STATE_DRAINING"})
+        assert response.status_code == 200, response.text
+        wait_state(self.api, self.job_id, {"JOB_STATE_DRAINED"}, timeout=START_S)
+        counted = self.windows()
+        *whole, last = counted
+        assert [count for _, count, _, _ in whole] == [10] * len(whole), counted
+        assert 1 <= last[1] <= 10, counted
+        assert [start for start, *_ in counted] == [counted[0][0] + 2000 * i for i in range(len(counted))], counted
+        assert counted[0][2] == 0 and all(most - least == count - 1 for _, count, least, most in counted), counted
+        assert all(after[2] == before[3] + 1 for before, after in itertools.pairwise(counted)), counted
 
 
 class PubsubSums:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import psutil
 import pytest
 from conftest import Api
-from test_go import PROJECT, Go, PubsubSums, go_server, messages, ran_as_the_direct_runner
+from test_go import PROJECT, Go, PeriodicCounts, PubsubSums, go_server, messages, ran_as_the_direct_runner
 from test_java_flink import pool_workers
 from test_running_jobs import wait_state
-from test_streaming import START_S, flink_args, flink_endpoints, flink_state
+from test_streaming import START_S, cancel_live_flink_jobs_of, flink_args, flink_endpoints, flink_state, wait_for
 
 # One Flink job at a time, as test_streaming's.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]
@@ -61,6 +61,24 @@ def test_go_pubsub_sums_run_on_flink_by_default_then_drain(go_on_flink, monkeypa
     sums.drained()
     gone, alive = psutil.wait_procs(workers, timeout=120)
     assert not alive, alive
+
+
+def test_a_go_job_reading_a_source_of_gos_own_drains_on_flink(go_on_flink):
+    """tests/go/periodic_counts on Flink: its periodic.Sequence (Go's own unbounded splittable DoFn) is truncated on
+    drain by the pool's Go launcher's control relay, as on Prism (test_go.py); DRAINED, each number once, no Go
+    worker left."""
+    go = go_on_flink
+    counts = PeriodicCounts(go, "go-flink-periodic")
+    try:
+        on_flink = lambda: any(m.startswith("The job is running on Flink") for m in messages(counts.api, counts.job_id))  # noqa: E731
+        wait_for("the job's message that it runs on Flink", on_flink, 60)
+        workers = pool_workers(go.flink, GO_WORKER)  # type: ignore[attr-defined]
+        assert workers, "the job's Go worker runs in the cluster's SDK worker pool"
+        counts.drained()
+        gone, alive = psutil.wait_procs(workers, timeout=120)
+        assert not alive, alive
+    finally:
+        cancel_live_flink_jobs_of(go.flink, counts.job_id)  # type: ignore[attr-defined]
 
 
 def test_a_go_job_on_flink_is_updated_with_its_state(go_on_flink, monkeypatch):

@@ -9,10 +9,12 @@ Go's worker reads them: the program's flags among them), and becomes the worker 
 `--worker=true --id --logging_endpoint --control_endpoint --semi_persist_dir`. The binary is already local
 (staging read it through the file policy), so nothing is fetched from the artifact service.
 
-The worker stays in the process group of the executor that runs the job (the work item's group, which the
-executor kills on cancel) and dies with its parent, Prism (PR_SET_PDEATHSIG): a Go worker outlives a killed
-Prism otherwise. `python -m beamport.engine.go_boot --worker_binary=PATH --semi_persist_dir=DIR` and Prism's
-flags.
+A streaming job's worker talks to Prism through a control relay that truncates its unbounded splittable DoFns once
+the job drains (harness_process.Drain: Dataflow's drain of a source of Go's own, such as periodic.Sequence), and
+runs as a child of this program; a batch job's worker replaces it. The worker stays in the process group of the
+executor that runs the job (the work item's group, which the executor kills on cancel) and dies with its parent
+(PR_SET_PDEATHSIG): a Go worker outlives a killed Prism otherwise. `python -m beamport.engine.go_boot
+--worker_binary=PATH --semi_persist_dir=DIR` and Prism's flags.
 
 For the embedded engine, FnApiRunner starts a subprocess environment's command (`go_worker_command`) with the
 Fn API's endpoints and the job's options in variables (CONTROL_API_SERVICE_DESCRIPTOR, LOGGING_API_SERVICE_DESCRIPTOR,
@@ -23,7 +25,8 @@ it reached FnApiRunner fails the job saying why, rather than leave the runner wa
 On Flink, the pool's boot program fetched the binary from the job server (sdk_boot.run_go_worker); the worker
 runs as a child of this program instead (engine/harness_process.py): its logs go to the Beamport engine's
 logging service and its control stream through a relay that notes its user metrics' steps, as a Java harness's
-do, and a worker that fails before it reached the runner fails the job saying why.
+do (truncating its sources of Go's own on drain, as on Prism), and a worker that fails before it reached the runner
+fails the job saying why.
 """
 
 from __future__ import annotations
@@ -61,9 +64,34 @@ def main(argv: list[str]) -> None:
     prism = os.getppid()
     info = provision_info(args.provision_endpoint, args.id)  # args.id: Prism's quotes stripped
     provided = Provided.of(info)
-    command, env = worker_command(args.worker_binary, args.id, provided, args.semi_persist_dir, *_endpoints(info, args))
+    logging_endpoint, control_endpoint = _endpoints(info, args)
+    drain = _drain_of_streaming(info)
+    if drain:
+        control_endpoint = harness_process.relay_control(control_endpoint, None, drain)
+    command, env = worker_command(
+        args.worker_binary, args.id, provided, args.semi_persist_dir, logging_endpoint, control_endpoint
+    )
     die_with_parent(prism)
-    os.execve(command[0], command, env)
+    if not drain:
+        os.execve(command[0], command, env)
+    harness_process.run(command, env, "The Go worker", control_endpoint, args.id, WORKER_DONE)
+
+
+def _drain_of_streaming(info) -> harness_process.Drain | None:
+    """For a streaming job's worker on Prism: Dataflow's drain of its sources of Go's own (periodic.Sequence, an
+    unbounded splittable DoFn), which never see Beamport's drain signal. Its control stream then goes through a
+    relay that truncates their remainder once the job's drain file is there (harness_process.Drain, as Java's
+    launcher does), and the worker runs as a child of this program. A batch job's worker becomes the binary."""
+    from google.protobuf import json_format
+
+    from beamport.engine.sdk_boot import option
+    from beamport.io.local_log import DRAIN_FILE_OPTION
+
+    options = json_format.MessageToDict(info.pipeline_options)
+    drain_file = option(options, DRAIN_FILE_OPTION)
+    if not drain_file or option(options, "streaming") not in (True, "true"):
+        return None
+    return harness_process.Drain(drain_file)
 
 
 def run_for_fn_api_runner(args: argparse.Namespace) -> None:
@@ -87,8 +115,9 @@ def run_in_pool(args: argparse.Namespace, info, binary: str, semi_persistent: st
     the job names a metric keys file; exit with its status."""
     from google.protobuf import json_format
 
+    # Its sources of Go's own are truncated on drain, as on Prism (above).
     logging_endpoint, control_endpoint = harness_process.relayed(
-        json_format.MessageToDict(info.pipeline_options), *_endpoints(info, args)
+        json_format.MessageToDict(info.pipeline_options), *_endpoints(info, args), truncates=True
     )
     command, env = worker_command(
         binary, args.id, Provided.of(info), semi_persistent, logging_endpoint, control_endpoint

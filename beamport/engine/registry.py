@@ -137,8 +137,8 @@ FLINK = EngineSpec(
     streaming=True,
     keeps_state=True,  # savepoints
     # A drain stops Beamport's own sources (Python's, and those staging gives Java's and Go's Pub/Sub I/O), as on
-    # Prism, and Java's own splittable sources are truncated (harness_process.Drain); the service refuses to drain
-    # a job with any other source of its SDK's own (service/jobs.py).
+    # Prism, and Java's and Go's own splittable sources are truncated (harness_process.Drain); the service refuses
+    # to drain a job with any other source of its SDK's own (service/jobs.py).
     drains=frozenset({PYTHON, JAVA, GO}),
     stops_outside=True,  # the job runs on the cluster
     # Java and Go: the cluster's SDK worker pool starts a Java SDK harness over the job's staged jars, or the job's
@@ -160,8 +160,8 @@ PRISM = EngineSpec(
     streaming=True,
     keeps_state=False,  # Prism keeps no savepoints
     # A drain stops Beamport's own sources (Python's, and those staging gives Java's and Go's Pub/Sub I/O); Prism
-    # itself has no drain: Java's own splittable sources are truncated (harness_process.Drain), and the service
-    # refuses to drain a job with any other source of its SDK's own.
+    # itself has no drain: Java's and Go's own splittable sources are truncated (harness_process.Drain), and the
+    # service refuses to drain a job with any other source of its SDK's own.
     drains=frozenset({PYTHON, JAVA, GO}),
     stops_outside=False,  # Prism runs in the executor's process group; stop cancels the invocation all the same
     # Go and Java: Prism starts the job's worker binary, or a Java SDK harness over its staged jars, in a process

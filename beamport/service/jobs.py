@@ -837,9 +837,10 @@ class JobService:
 
     def _check_drains(self, doc: dict) -> None:
         """A drain only where the job's engine drains its SDK's pipelines, and, for a Java or Go pipeline, only when
-        its sources are Beamport's (the Pub/Sub reads staging replaces) or, for Java, splittable DoFns (whose
-        remainder Beamport's launcher truncates: engine/harness_process.py): any other source of the SDK's own
-        would never see the drain signal, and leave the job DRAINING, reading on, until it is cancelled."""
+        its sources are Beamport's (the Pub/Sub reads staging replaces) or splittable DoFns (whose remainder
+        Beamport's launchers truncate: engine/harness_process.py): any other source of the SDK's own (a Java
+        primitive Read no harness runs as a splittable DoFn) would never see the drain signal, and leave the job
+        DRAINING, reading on, until it is cancelled."""
         spec = engines.spec_of(doc, self.streaming_engine)
         if spec is None:
             return
@@ -859,7 +860,7 @@ class JobService:
         except ApiError:
             return  # no staged pipeline to tell its sources by
         where = f"job {doc['id']}'s pipeline"
-        sources = self.beam.call("sdk_unbounded_sources", pipeline, where, sdk == registry.JAVA)
+        sources = self.beam.call("sdk_unbounded_sources", pipeline, where, True)
         if sources:
             raise failed_precondition(
                 f"Job {doc['id']} reads from {', '.join(sources)}: Beam {title} code, which never sees Beamport's "
