@@ -457,11 +457,14 @@ def test_cancel_leaves_no_jvm(java):
 
 @pytest.fixture(scope="module")
 def java_on_prism(java, tmp_path_factory) -> Java:
-    """A server with Prism, which runs streaming Java jobs."""
+    """A server with Prism, which runs streaming Java jobs; one worker, so that each Java job after the first finds
+    the JVM it keeps warm."""
     prism = required_path("BEAMPORT_TEST_PRISM", "builds Prism")
     base = tmp_path_factory.mktemp("java-prism")
-    srv = Server(base / "data", extra_args=("--allow-path", str(base), "--workers", "2", "--prism", str(prism))).start()
-    yield Java(java.class_path, srv, base)
+    srv = Server(base / "data", extra_args=("--allow-path", str(base), "--workers", "1", "--prism", str(prism))).start()
+    java_on_prism = Java(java.class_path, srv, base)
+    java_on_prism.jobs_run = 0  # type: ignore[attr-defined]
+    yield java_on_prism
     srv.stop()
 
 
@@ -481,10 +484,13 @@ def test_a_streaming_java_pipeline_runs_on_prism_until_cancelled_or_drained(java
     DataflowRunner with --streaming: it runs on Prism in a Java SDK harness, each window's file holds exactly that
     window's impulses, once, its counter is live in getMetrics, its harness's lines in the job's messages. Runner
     v1's job is cancelled, runner v2's drained (PeriodicImpulse truncated by the launcher's relay, as Prism has no
-    drain of its own); either way no JVM is left."""
+    drain of its own); either way no JVM is left. A job after the first (v2's, after v1's) runs its harness in the
+    JVM the worker kept warm over the jars of the one before, as on the embedded engine."""
     java = java_on_prism
     out = java.base / f"impulses-{path}" / "imp"
     others = {jvm.pid for jvm in harness_jvms(java.server)}  # (another test's job, if it was left running)
+    warm = java.jobs_run > 0  # type: ignore[attr-defined]
+    java.jobs_run += 1  # type: ignore[attr-defined]
     done, job_id = java.dataflow("StreamingImpulses", out, path, given_input=False)
     assert "SUBMITTED" in done.stdout, done.stdout
     api = Api(java.server.url, PROJECT)
@@ -501,7 +507,10 @@ def test_a_streaming_java_pipeline_runs_on_prism_until_cancelled_or_drained(java
             assert impulses == list(range(start, end, 100)), (start, impulses)  # an impulse every 100 ms, each once
 
         impulses_counted(api, job_id, 20 * len(windows), within=60)
-        assert "Opening writer" in "\n".join(messages(api, job_id))  # TextIO's WriteFiles logging, in the harness
+        said = "\n".join(messages(api, job_id))
+        assert "Opening writer" in said  # TextIO's WriteFiles logging, in the harness
+        ran_warm = "The Java SDK harness ran in a JVM this worker started ahead of the job" in said
+        assert ran_warm == warm, said[-5000:]
         jvms = [jvm for jvm in harness_jvms(java.server) if jvm.pid not in others]
         assert jvms, "the job's Java SDK harness runs"
         if path == V2:

@@ -19,9 +19,11 @@ with the JVM's exit status and its last lines of output: the job fails saying wh
 For Prism, a process environment runs `python -m beamport.engine.java_boot SPEC` with Prism's flags after it
 (`--id='ID' --provision_endpoint=HOST:PORT ...`, the container contract): as Beam's Java boot does, this asks the
 provisioning service for the Fn API's endpoints and the job's options (as Prism was given them) and hands them
-to the harness in its variables; the JVM then dies with Prism, its parent. On Flink, the cluster's SDK worker pool
-starts it the same way, through beamport.engine.sdk_boot (which fetched the jars); there the harness's logs and
-control stream go through relays (engine/harness_process.py), for the job's messages and its user metrics' steps.
+to the harness in its variables; the JVM then dies with Prism, its parent. Under FnApiRunner and Prism alike, the
+harness runs in the executor's warm JVM when it has one for these jars (engine/java_warm.py). On Flink, the
+cluster's SDK worker pool starts it the same way, through beamport.engine.sdk_boot (which fetched the jars); there
+the harness's logs and control stream go through relays (engine/harness_process.py), for the job's messages and
+its user metrics' steps.
 """
 
 from __future__ import annotations
@@ -127,12 +129,12 @@ def main(argv: list[str], info=None) -> None:
     )
     die_with_parent(parent)
     control = harness_process.descriptor_url(env.get("CONTROL_API_SERVICE_DESCRIPTOR", ""))
-    if not parent:  # FnApiRunner's: the executor may have a JVM warm for it (engine/java_warm.py)
-        from beamport.engine import java_warm
+    # FnApiRunner's launcher or Prism's: the executor above may have a JVM warm for it (engine/java_warm.py).
+    from beamport.engine import java_warm
 
-        taken = java_warm.claim(spec["class_path"])
-        if taken:
-            java_warm.run(*taken, env, control, worker_id)
+    taken = java_warm.claim(spec["class_path"])
+    if taken:
+        java_warm.run(*taken, env, control, worker_id)
     argv = [spec["java"], *jvm_arguments(class_path_file), HARNESS_MAIN]
     harness_process.run(argv, env, "The Java SDK harness (a JVM)", control, worker_id)
 

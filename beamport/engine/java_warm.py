@@ -12,10 +12,11 @@ Three parts, in three processes:
   `java -cp JAMM:THOSE:CLASSES WarmHarness SOCKET` (engine/java/WarmHarness.java, which the worker compiles once
   with the JDK's compiler, `compiled`; without a JDK no JVM starts warm), which loads Beam's harness and
   PipelineOptionsFactory's registry and waits.
-- The job's launcher (engine/java_boot.py, started by FnApiRunner: `claim`, `run`) hashes its own class path. Only
-  if every jar of the warm JVM's class path is one of its own, byte for byte, does it take the JVM: it sends the
-  harness's environment and the rest of its jars (which the JVM loads in a class loader of their own, over its
-  class path), and follows its output and exit as it would a JVM it started. Otherwise, or when there is no warm
+- The job's launcher (engine/java_boot.py, started by FnApiRunner, or by Prism under the executor: `claim`,
+  `run`) hashes its own class path. Only if every jar of the warm JVM's class path is one of its own, byte for
+  byte, does it take the JVM: it sends the harness's environment and the rest of its jars (which the JVM loads in
+  a class loader of their own, over its class path), and follows its output and exit as it would a JVM it
+  started. Otherwise, or when there is no warm
   JVM, it starts one (the cold path). A job thus runs only the code it staged; what differs from a cold JVM is
   the class loaders: a class found both in the job's own jars and in a shared library comes from the library.
 

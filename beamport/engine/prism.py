@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from beamport.engine import worker_pool
+from beamport.engine import java_warm, worker_pool
 from beamport.engine.base import (
     DONE,
     DRAINED,
@@ -148,11 +148,15 @@ class PrismEngine(Engine):
         draining = False
         running = False
         metrics_sent = 0.0
+        warm_told = False
         while True:
             state = service.state(invocation)
             if state == "RUNNING" and not running:
                 running = True
                 observer.running(f"Prism (invocation {invocation})")
+            if not warm_told and java_warm.claimed():  # a Java harness took the JVM its worker kept warm
+                observer.log(java_warm.CLAIMED_RECORD)
+                warm_told = True
             if state in ("DONE", "FAILED") or time.monotonic() - metrics_sent >= METRICS_EVERY_S:
                 # Prism keeps the job's metrics as its bundles finish (committed); its attempted figures are
                 # only the progress of bundles in flight, so the committed ones stand for both.
