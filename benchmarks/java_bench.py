@@ -1,18 +1,20 @@
 """Beam Java jobs: what Beamport adds to a Java pipeline's own run time, and how soon a submitted Java job runs.
 
-    python benchmarks/java_bench.py [--lines 400] [--runs 3]
+    python benchmarks/java_bench.py [--lines 400] [--runs 3] [--engine embedded|prism]
 
 tests/java's WordCount (built by scripts/java-pipelines) on the same generated text: (a) on Beam Java's
 DirectRunner, (b) submitted by Beam Java's DataflowRunner to a Beamport server (runner v1 and v2), each --runs
-times. For (b): the submitting program's wall time (its own JVM and the jars' upload included), and from the job's
-messages: jobs.create to RUNNING, RUNNING to the Java harness up (its JVM start), jobs.create to DONE, and whether the
-harness ran in a JVM the server's one worker kept warm (engine/java_warm.py: every job after the first, when their
-jars are the same). Prints figures; asserts nothing.
+times, on the embedded engine or (labelled `beamport_engine=prism`) on Prism (BEAMPORT_PRISM, or where
+scripts/prism-build puts it). For (b): the submitting program's wall time (its own JVM and the jars' upload
+included), and from the job's messages: jobs.create to RUNNING, RUNNING to the Java harness up (its JVM start),
+jobs.create to DONE, and whether the harness ran in a JVM the server's one worker kept warm (engine/java_warm.py:
+every job after the first, when their jars are the same). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -43,7 +45,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=400)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--engine", choices=("embedded", "prism"), default="embedded")
     args = parser.parse_args()
+    engine_args: list[str] = []
+    if args.engine == "prism":
+        prism = os.environ.get("BEAMPORT_PRISM") or str(Path.home() / ".cache" / "beamport" / "bin" / "prism")
+        engine_args = ["--prism", prism]
     class_path_file = subprocess.run(
         [str(ROOT / "scripts" / "java-pipelines")], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -55,7 +62,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "beamport", "serve", "--port", str(port), "--data-dir", str(base / "data")]
-        + ["--allow-path", str(base), "--no-auth", "--workers", "1"],
+        + ["--allow-path", str(base), "--no-auth", "--workers", "1", *engine_args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -86,6 +93,7 @@ def main() -> None:
                     "--pathValidatorClass=org.apache.beam.sdk.extensions.gcp.storage.NoopPathValidator",
                     "--credentialFactoryClass=org.apache.beam.sdk.extensions.gcp.auth.NoopCredentialFactory",
                     *(["--experiments=use_runner_v2"] if path == "v2" else []),
+                    *(['--labels={"beamport_engine": "prism"}'] if args.engine == "prism" else []),
                 )
                 jobs = httpx.get(f"{url}/v1b3/projects/{PROJECT}/locations/us-central1/jobs").json()["jobs"]
                 job = next(j for j in jobs if j["name"] == name)
@@ -110,7 +118,8 @@ def main() -> None:
                 )
             for wall, to_running, harness, to_done, warm in rows:
                 print(
-                    f"runner {path}: submitter {wall:.1f} s ({wall / statistics.median(direct):.1f}x DirectRunner), "
+                    f"{args.engine}, runner {path}: submitter {wall:.1f} s "
+                    f"({wall / statistics.median(direct):.1f}x DirectRunner), "
                     f"create->RUNNING {to_running:.1f} s, harness up {harness:.1f} s on "
                     f"({'a warm JVM' if warm else 'a JVM of its own'}), create->DONE {to_done:.1f} s"
                 )
