@@ -85,13 +85,9 @@ def _drain_of_streaming(info) -> harness_process.Drain | None:
     from google.protobuf import json_format
 
     from beamport.engine.sdk_boot import option
-    from beamport.io.local_log import DRAIN_FILE_OPTION
 
     options = json_format.MessageToDict(info.pipeline_options)
-    drain_file = option(options, DRAIN_FILE_OPTION)
-    if not drain_file or option(options, "streaming") not in (True, "true"):
-        return None
-    return harness_process.Drain(drain_file)
+    return harness_process.drain_of(options) if option(options, "streaming") in (True, "true") else None
 
 
 def run_for_fn_api_runner(args: argparse.Namespace) -> None:

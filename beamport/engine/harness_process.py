@@ -116,17 +116,26 @@ def relayed(options: dict, logging_endpoint: str, control_endpoint: str, truncat
     and, with `truncates`, ending its unbounded splittable DoFns once the job's drain file is there (Drain)."""
     from beamport.engine import metric_keys
     from beamport.engine.sdk_boot import LOGGING_ENDPOINT_OPTION, option, reachable
-    from beamport.io.local_log import DRAIN_FILE_OPTION
 
     beamport_logs = option(options, LOGGING_ENDPOINT_OPTION)
     if beamport_logs and reachable(beamport_logs):
         logging_endpoint = relay_logs(beamport_logs)
     keys_file = option(options, metric_keys.OPTION)
-    drain_file = option(options, DRAIN_FILE_OPTION) if truncates else None
-    if keys_file or drain_file:
+    drain = drain_of(options) if truncates else None
+    if keys_file or drain:
         notes = metric_keys.KeyNotes(keys_file) if keys_file else None
-        control_endpoint = relay_control(control_endpoint, notes, Drain(drain_file) if drain_file else None)
+        control_endpoint = relay_control(control_endpoint, notes, drain)
     return logging_endpoint, control_endpoint
+
+
+def drain_of(options: dict) -> Drain | None:
+    """The truncation of a job's unbounded splittable DoFns on drain (Drain), when its provisioned options name
+    its drain file (Beamport's streaming engines set one for every job)."""
+    from beamport.engine.sdk_boot import option
+    from beamport.io.local_log import DRAIN_FILE_OPTION
+
+    drain_file = option(options, DRAIN_FILE_OPTION)
+    return Drain(drain_file) if drain_file else None
 
 
 class Drain:

@@ -16,9 +16,9 @@ Three parts, in three processes:
   `run`) hashes its own class path. Only if every jar of the warm JVM's class path is one of its own, byte for
   byte, does it take the JVM: it sends the harness's environment and the rest of its jars (which the JVM loads in
   a class loader of their own, over its class path), and follows its output and exit as it would a JVM it
-  started. Otherwise, or when there is no warm
-  JVM, it starts one (the cold path). A job thus runs only the code it staged; what differs from a cold JVM is
-  the class loaders: a class found both in the job's own jars and in a shared library comes from the library.
+  started. Otherwise, or when there is no warm JVM, it starts one (the cold path). A job thus runs only the code
+  it staged; what differs from a cold JVM is the class loaders: a class found both in the job's own jars and in a
+  shared library comes from the library.
 
 One job per warm JVM; it dies with its executor, and with its launcher once taken.
 """

@@ -46,7 +46,9 @@ class EngineSpec:
     # The SDKs whose jobs Engine.request_drain drains (sources stop reading, windows fire, the run ends DRAINED):
     # the service refuses a drain of any other job on it.
     drains: frozenset[str]
-    stops_outside: bool  # Engine.stop stops a run that lives outside the executor's process group (a cluster's job)
+    # Engine.stop stops a run that lives outside the executor's process group (a cluster's job); otherwise the run,
+    # and its SDK harnesses, live under the executor (which keeps a JVM warm for the next Java job only then).
+    stops_outside: bool
     sdks: frozenset[str]  # the SDKs whose pipelines it runs
     # What the engine needs from a host's EngineSettings, as JSON for the executor (None: the host does not have
     # it); None for an engine that needs nothing, which every host has.

@@ -270,9 +270,9 @@ def execute(assignment: dict) -> int:
             # The engine's SDK is Beamport's own Beam; staged pure-Python wheels go on its path.
             reporter.lifecycle(SDK_INSTALL_FINISH, container_start_us, wheels=len(staged.python_path))
             outcome["pipeline"] = staged.pipeline
-            if status and staged.java_environments and engine_spec(work_config) in (registry.EMBEDDED, registry.PRISM):
-                # Its worker keeps a JVM warm over these jars for its next job (engine/java_warm.py): a harness of
-                # either engine's runs in this executor's process group (Flink's pool starts its own).
+            if status and staged.java_environments and not engine_spec(work_config).stops_outside:
+                # Its worker keeps a JVM warm over these jars for its next job (engine/java_warm.py): the engine runs
+                # its harnesses under this executor (the embedded engine's, Prism's; Flink's pool starts its own).
                 with lock:
                     status.write(json.dumps({"java_class_path": next(iter(staged.java_environments.values()))}))
                     status.write("\n")
