@@ -21,6 +21,9 @@ BACKLOG_UNIT_BYTES = 1 << 20
 # A reported MetricUpdate whose name's context has this key measures the fused stage it names (a streaming run's
 # watermark, lag, element counts): the service serves it in getExecutionDetails, not in the job's getMetrics.
 STAGE_METRIC_CONTEXT = "execution_stage"
+# The pipeline option naming the file whose presence means "drain": Beamport's streaming engines set it per job, and
+# the job's sources (beamport.io.local_log) and its harnesses' launchers (engine/harness_process.py) look for it.
+DRAIN_FILE_OPTION = "beamport_drain_file"
 
 # workerLifecycleEvent events the workers send (the Dataflow names).
 CONTAINER_START = "CONTAINER_START"

@@ -1,9 +1,10 @@
 """Beamport's boot program for the SDK workers of Flink and Prism (beamport/engine/sdk_boot.py)."""
 
+import os
 import subprocess
 import sys
 
-from beamport.engine.sdk_boot import fetch_artifacts
+from beamport.engine.sdk_boot import SANDBOXED, fetch_artifacts
 
 
 def test_a_worker_loads_no_staged_file_of_an_earlier_worker_of_its_name(tmp_path):
@@ -96,3 +97,96 @@ def test_a_drain_truncates_the_unbounded_splittable_dofns_a_harness_hands_back(t
         responses.put(None)
         to_harness.put(None)
     server.stop(0)
+
+
+# A Java worker's launcher run as the Flink pool runs it, saying at exit whether Beam's SDK was imported.
+_LAUNCH = (
+    "import atexit, runpy, sys\n"
+    "from beamport.engine import beam_protos\n"
+    "atexit.register(lambda: print('SDK imported:', beam_protos.sdk_imported()))\n"
+    "runpy.run_module('beamport.engine.sdk_boot', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def test_a_java_workers_launcher_needs_beams_protos_alone(tmp_path):
+    """A Java (or Go) worker's launcher, on Flink's pool and under Prism, provisions the worker, fetches its
+    artifacts, relays its streams and answers the runner for a harness that failed, with Beam's protos alone:
+    importing Beam's SDK cost every Java and Go harness's start 2 s. Here the pool's launcher of a Java worker
+    whose "JVM" fails at once: the job's jar is fetched under its staged name onto the class path, the runner hears
+    why the harness failed, and Beam's SDK was never imported."""
+    import queue
+    from concurrent import futures
+
+    import grpc
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import (
+        beam_artifact_api_pb2_grpc,
+        beam_fn_api_pb2,
+        beam_fn_api_pb2_grpc,
+        beam_provision_api_pb2,
+        beam_provision_api_pb2_grpc,
+        beam_runner_api_pb2,
+    )
+    from apache_beam.runners.portability import artifact_service
+    from google.protobuf import struct_pb2
+
+    jar = tmp_path / "build" / "pipeline-1.0.jar"
+    jar.parent.mkdir()
+    jar.write_bytes(b"PK the job's classes" * 1000)
+    java_home = tmp_path / "jdk"
+    (java_home / "bin").mkdir(parents=True)
+    (java_home / "bin" / "java").write_text("#!/bin/sh\necho 'Error: no harness in this JVM'\nexit 3\n")
+    (java_home / "bin" / "java").chmod(0o755)
+    answers: queue.SimpleQueue = queue.SimpleQueue()
+
+    class Runner(beam_fn_api_pb2_grpc.BeamFnControlServicer):
+        def Control(self, request_iterator, context):
+            yield beam_fn_api_pb2.InstructionRequest(instruction_id="first")
+            answers.put(next(request_iterator))
+
+    server = grpc.server(futures.ThreadPoolExecutor(8))
+    port = server.add_insecure_port("127.0.0.1:0")
+    endpoint = f"127.0.0.1:{port}"
+    options = struct_pb2.Struct()
+    options.update({"beamport_drain_file": str(tmp_path / "drain")})  # the control stream then goes through a relay
+    dependency = beam_runner_api_pb2.ArtifactInformation(
+        type_urn=common_urns.artifact_types.FILE.urn,
+        type_payload=beam_runner_api_pb2.ArtifactFilePayload(path=str(jar)).SerializeToString(),
+        role_urn=common_urns.artifact_roles.STAGING_TO.urn,
+        role_payload=beam_runner_api_pb2.ArtifactStagingToRolePayload(staged_name="job.jar").SerializeToString(),
+    )
+    info = beam_provision_api_pb2.ProvisionInfo(pipeline_options=options, dependencies=[dependency])
+    info.control_endpoint.url = info.logging_endpoint.url = info.artifact_endpoint.url = endpoint
+
+    class Provisioning(beam_provision_api_pb2_grpc.ProvisionServiceServicer):
+        def GetProvisionInfo(self, request, context):
+            return beam_provision_api_pb2.GetProvisionInfoResponse(info=info)
+
+    beam_fn_api_pb2_grpc.add_BeamFnControlServicer_to_server(Runner(), server)
+    beam_provision_api_pb2_grpc.add_ProvisionServiceServicer_to_server(Provisioning(), server)
+    beam_artifact_api_pb2_grpc.add_ArtifactRetrievalServiceServicer_to_server(
+        artifact_service.ArtifactRetrievalService(lambda path: open(path, "rb")), server
+    )
+    server.start()
+    try:
+        flags = ["--sdk=java", "--id='worker-1'", f"--provision_endpoint={endpoint}", f"--semi_persist_dir={tmp_path}"]
+        env = {**os.environ, "JAVA_HOME": str(java_home), SANDBOXED: "1", "BEAMPORT_SANDBOX": ""}
+        launcher = subprocess.run(
+            [sys.executable, "-c", _LAUNCH, *flags, "--java_harness_jars=/opt/harness.jar"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        answer = answers.get(timeout=30)
+    finally:
+        server.stop(0)
+    assert launcher.returncode == 3, launcher.stderr
+    assert launcher.stderr.strip().endswith("SDK imported: False"), launcher.stderr  # its stdout is its stderr
+    assert answer.instruction_id == "first"
+    assert "The Java SDK harness (a JVM) exited with status 3" in answer.error
+    assert "Error: no harness in this JVM" in answer.error
+    staged = tmp_path / "worker-worker-1" / "staged" / "job.jar"
+    assert staged.read_bytes() == jar.read_bytes()
+    class_path = (tmp_path / "worker-worker-1" / "class-path.args").read_text()
+    assert "/opt/harness.jar" in class_path and str(staged) in class_path

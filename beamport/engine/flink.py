@@ -55,6 +55,7 @@ from beamport.engine.registry import FLINK
 from beamport.errors import ApiError
 from beamport.files import POLICY_VARIABLE
 from beamport.polling import wait_until
+from beamport.protocol import DRAIN_FILE_OPTION
 
 log = logging.getLogger(__name__)
 
@@ -687,7 +688,7 @@ class FlinkEngine(Engine):
             # bundle", about one job in ten). Finished before the checkpoint, the bundle's output goes on.
             finish_bundle_before_checkpointing=True,
             streaming=job.job_type == JOB_TYPE_STREAMING,
-            beamport_drain_file=str(drain_file),
+            **{DRAIN_FILE_OPTION: str(drain_file)},
             beamport_logging_endpoint=self._logs,  # the SDK workers' logs: to observer.log (sdk_boot)
         )
         # Where the job's SDK workers note which user metrics its steps report (beamport.engine.metric_keys).

@@ -38,7 +38,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from beamport.engine import harness_process
+from beamport.engine import beam_protos, harness_process
 from beamport.engine.sdk_boot import boot_arguments, provision_info
 from beamport.processes import die_with_parent
 
@@ -180,4 +180,5 @@ def _endpoints(info, args: argparse.Namespace) -> tuple[str, str]:
 
 
 if __name__ == "__main__":
+    beam_protos.without_sdk()  # the harness is a Go binary: of Beam, this program needs its protos only
     main(sys.argv[1:])

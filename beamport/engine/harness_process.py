@@ -132,7 +132,7 @@ def drain_of(options: dict) -> Drain | None:
     """The truncation of a job's unbounded splittable DoFns on drain (Drain), when its provisioned options name
     its drain file (Beamport's streaming engines set one for every job)."""
     from beamport.engine.sdk_boot import option
-    from beamport.io.local_log import DRAIN_FILE_OPTION
+    from beamport.protocol import DRAIN_FILE_OPTION
 
     drain_file = option(options, DRAIN_FILE_OPTION)
     return Drain(drain_file) if drain_file else None

@@ -36,7 +36,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from beamport.engine import harness_process
+from beamport.engine import beam_protos, harness_process
 from beamport.processes import die_with_parent
 
 HARNESS_MAIN = "org.apache.beam.fn.harness.FnHarness"
@@ -173,4 +173,5 @@ def argfile_quoted(text: str) -> str:
 
 
 if __name__ == "__main__":
+    beam_protos.without_sdk()  # the harness is a JVM: of Beam, this program needs its protos only
     main(sys.argv[1:])

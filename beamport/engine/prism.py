@@ -49,6 +49,7 @@ from beamport.engine.capture import worker_log_service
 from beamport.engine.java_boot import JavaUnavailable, harness_command
 from beamport.engine.portable import JobService, external_environments, java_options, user_metrics
 from beamport.processes import listening_addresses, loopback_only
+from beamport.protocol import DRAIN_FILE_OPTION
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class PrismEngine(Engine):
             options = {**job.options, "job_name": job.job_id, "runner": "PortableRunner"}
         options["streaming"] = job.job_type == JOB_TYPE_STREAMING
         # Beamport's sources watch it; a Java harness's launcher truncates Java's own (harness_process.Drain).
-        options["beamport_drain_file"] = str(drain_file)
+        options[DRAIN_FILE_OPTION] = str(drain_file)
         if _has_python(pipeline):
             # For its Python SDK workers (a Java or Go job's too: its Pub/Sub I/O, engine/staging.py).
             options["beamport_logging_endpoint"] = logs  # the SDK workers' logs: to observer.log (sdk_boot)

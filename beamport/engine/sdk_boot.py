@@ -39,9 +39,10 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from typing import IO
 
-from beamport.engine import portable
+from beamport.engine import beam_protos, portable
 from beamport.files import POLICY_VARIABLE
 
 # Set inside the sandbox this program runs itself in (the worker runs in this same process).
@@ -119,11 +120,12 @@ def main(argv: list[str]) -> None:
             itself = [sys.executable, "-m", "beamport.engine.sdk_boot", *argv]
             command = sandbox.command(itself, set_env={SANDBOXED: "1"})
             os.execvpe(command[0], command, os.environ)
-    if java:
-        run_java_worker(args, semi_persistent, argv)
-        return
-    if args.sdk == portable.GO_SDK:
-        run_go_worker(args, semi_persistent)
+    if java or args.sdk == portable.GO_SDK:
+        beam_protos.without_sdk()  # this worker is a JVM or a Go binary: Beam's Python SDK is not imported
+        if java:
+            run_java_worker(args, semi_persistent, argv)
+        else:
+            run_go_worker(args, semi_persistent)
         return
     if args.spare_dir:
         for module in WORKER_MODULES:  # what makes most of a worker's start, done while it waits
@@ -243,11 +245,17 @@ def _descriptor(provided, url: str) -> str:
 
 def fetch_artifacts(info, artifact_endpoint: str, semi_persistent: str) -> list[str]:
     """Fetch the environment's artifacts into SEMI_PERSISTENT_DIRECTORY/staged under their staged names, as
-    Beam's boot program does (the main session is loaded from there by sdk_worker_main); answer their paths."""
+    Beam's boot program does (the main session is loaded from there by sdk_worker_main); answer their paths.
+    (Beam's Python resolver, artifact_service.resolve_artifacts, would import the whole SDK into a Java or Go
+    worker's launcher: beam_protos.)"""
     import grpc
     from apache_beam.portability import common_urns
-    from apache_beam.portability.api import beam_artifact_api_pb2_grpc, beam_runner_api_pb2, endpoints_pb2
-    from apache_beam.runners.portability import artifact_service
+    from apache_beam.portability.api import (
+        beam_artifact_api_pb2,
+        beam_artifact_api_pb2_grpc,
+        beam_runner_api_pb2,
+        endpoints_pb2,
+    )
     from google.protobuf import text_format
 
     staged = os.path.join(semi_persistent, "staged")
@@ -258,18 +266,23 @@ def fetch_artifacts(info, artifact_endpoint: str, semi_persistent: str) -> list[
         return []
     os.makedirs(staged, exist_ok=True)
     url = text_format.Parse(artifact_endpoint, endpoints_pb2.ApiServiceDescriptor()).url
+    # Beam's resolution leaves URLs and embedded data as they are: Beamport stages files.
+    left = {common_urns.artifact_types.URL.urn, common_urns.artifact_types.EMBEDDED.urn}
     fetched = []
     with grpc.insecure_channel(url) as channel:
         service = beam_artifact_api_pb2_grpc.ArtifactRetrievalServiceStub(channel)
-        for artifact in artifact_service.resolve_artifacts(list(info.dependencies), service, staged):
-            if artifact.type_urn != common_urns.artifact_types.FILE.urn:
-                continue  # Beam's resolution leaves URLs and embedded data as they are: Beamport stages files
-            path = beam_runner_api_pb2.ArtifactFilePayload.FromString(artifact.type_payload).path
-            name = os.path.basename(path)
+        request = beam_artifact_api_pb2.ResolveArtifactsRequest(artifacts=list(info.dependencies))
+        for artifact in service.ResolveArtifacts(request).replacements:
+            if artifact.type_urn in left:
+                continue
+            with tempfile.NamedTemporaryFile(dir=staged, delete=False) as out:
+                for block in service.GetArtifact(beam_artifact_api_pb2.GetArtifactRequest(artifact=artifact)):
+                    out.write(block.data)
+            name = out.name
             if artifact.role_urn == common_urns.artifact_roles.STAGING_TO.urn:
                 name = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(artifact.role_payload).staged_name
             name = os.path.basename(name)  # into `staged`, whatever name the job service hands over
-            os.replace(path, os.path.join(staged, name))
+            os.replace(out.name, os.path.join(staged, name))
             fetched.append(os.path.join(staged, name))
     return fetched
 

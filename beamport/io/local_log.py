@@ -29,8 +29,8 @@ from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorP
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
 
-# The pipeline option naming the file whose presence means "drain": Beamport's engines set it per job.
-DRAIN_FILE_OPTION = "beamport_drain_file"
+from beamport.protocol import DRAIN_FILE_OPTION
+
 _END = 2**62  # an unbounded restriction's end: further than any file will grow
 POLL_S = 0.5  # how long to wait for new lines once the file is read to its end
 # What one call reads at most before it checkpoints and goes on at once: a long replay then reaches the
