@@ -107,13 +107,30 @@ _LAUNCH = (
     "runpy.run_module('beamport.engine.sdk_boot', run_name='__main__', alter_sys=True)\n"
 )
 
+# A "JVM" that is a harness: it connects to the control service it is given, answers the runner's instructions, and
+# reports a user counter and a remainder of the unbounded splittable DoFn "ticks" from its bundle.
+_HARNESS = """#!{python}
+import os, queue, re
+import grpc
+from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
+url = re.search(r'url: "([^"]*)"', os.environ["CONTROL_API_SERVICE_DESCRIPTOR"]).group(1)
+responses = queue.SimpleQueue()
+with grpc.insecure_channel(url) as channel:
+    for request in beam_fn_api_pb2_grpc.BeamFnControlStub(channel).Control(iter(responses.get, None)):
+        response = beam_fn_api_pb2.InstructionResponse(instruction_id=request.instruction_id)
+        if request.HasField("process_bundle"):
+            info = response.process_bundle.monitoring_infos.add(urn="beam:metric:user:sum_int64:v1")
+            info.labels.update(PTRANSFORM="count", NAMESPACE="ns", NAME="words")
+            response.process_bundle.residual_roots.add().application.transform_id = "ticks"
+        responses.put(response)
+    responses.put(None)  # the runner ended the stream: so does the harness, as Beam's do
+"""
 
-def test_a_java_workers_launcher_needs_beams_protos_alone(tmp_path):
-    """A Java (or Go) worker's launcher, on Flink's pool and under Prism, provisions the worker, fetches its
-    artifacts, relays its streams and answers the runner for a harness that failed, with Beam's protos alone:
-    importing Beam's SDK cost every Java and Go harness's start 2 s. Here the pool's launcher of a Java worker
-    whose "JVM" fails at once: the job's jar is fetched under its staged name onto the class path, the runner hears
-    why the harness failed, and Beam's SDK was never imported."""
+
+def launch_java_worker(tmp_path, java: str, options: dict, answered: int) -> tuple[subprocess.CompletedProcess, list]:
+    """Run the pool's launcher of a Java worker whose `java` is this script, with these provisioned options, against
+    a runner that registers a bundle descriptor (the unbounded splittable DoFn "ticks") and then asks for a bundle;
+    the `answered` answers it gets."""
     import queue
     from concurrent import futures
 
@@ -135,27 +152,37 @@ def test_a_java_workers_launcher_needs_beams_protos_alone(tmp_path):
     jar.write_bytes(b"PK the job's classes" * 1000)
     java_home = tmp_path / "jdk"
     (java_home / "bin").mkdir(parents=True)
-    (java_home / "bin" / "java").write_text("#!/bin/sh\necho 'Error: no harness in this JVM'\nexit 3\n")
+    (java_home / "bin" / "java").write_text(java)
     (java_home / "bin" / "java").chmod(0o755)
+    register = beam_fn_api_pb2.InstructionRequest(instruction_id="register")
+    descriptor = register.register.process_bundle_descriptor.add(id="stage-1")
+    descriptor.transforms["ticks"].spec.urn = common_urns.sdf_components.PROCESS_SIZED_ELEMENTS_AND_RESTRICTIONS.urn
+    descriptor.transforms["ticks"].outputs["out"] = "ticks-out"
+    descriptor.pcollections["ticks-out"].is_bounded = beam_runner_api_pb2.IsBounded.UNBOUNDED
+    bundle = beam_fn_api_pb2.InstructionRequest(instruction_id="bundle")
+    bundle.process_bundle.process_bundle_descriptor_id = "stage-1"
     answers: queue.SimpleQueue = queue.SimpleQueue()
 
     class Runner(beam_fn_api_pb2_grpc.BeamFnControlServicer):
         def Control(self, request_iterator, context):
-            yield beam_fn_api_pb2.InstructionRequest(instruction_id="first")
-            answers.put(next(request_iterator))
+            for request in (register, bundle):
+                yield request
+                answer = next(request_iterator, None)
+                answers.put(answer)
+                if answer is None or answer.error:
+                    return
 
     server = grpc.server(futures.ThreadPoolExecutor(8))
-    port = server.add_insecure_port("127.0.0.1:0")
-    endpoint = f"127.0.0.1:{port}"
-    options = struct_pb2.Struct()
-    options.update({"beamport_drain_file": str(tmp_path / "drain")})  # the control stream then goes through a relay
+    endpoint = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    provided = struct_pb2.Struct()
+    provided.update(options)
     dependency = beam_runner_api_pb2.ArtifactInformation(
         type_urn=common_urns.artifact_types.FILE.urn,
         type_payload=beam_runner_api_pb2.ArtifactFilePayload(path=str(jar)).SerializeToString(),
         role_urn=common_urns.artifact_roles.STAGING_TO.urn,
         role_payload=beam_runner_api_pb2.ArtifactStagingToRolePayload(staged_name="job.jar").SerializeToString(),
     )
-    info = beam_provision_api_pb2.ProvisionInfo(pipeline_options=options, dependencies=[dependency])
+    info = beam_provision_api_pb2.ProvisionInfo(pipeline_options=provided, dependencies=[dependency])
     info.control_endpoint.url = info.logging_endpoint.url = info.artifact_endpoint.url = endpoint
 
     class Provisioning(beam_provision_api_pb2_grpc.ProvisionServiceServicer):
@@ -178,15 +205,48 @@ def test_a_java_workers_launcher_needs_beams_protos_alone(tmp_path):
             text=True,
             timeout=120,
         )
-        answer = answers.get(timeout=30)
+        got = [answers.get(timeout=30) for _ in range(answered)]
     finally:
         server.stop(0)
-    assert launcher.returncode == 3, launcher.stderr
-    assert launcher.stderr.strip().endswith("SDK imported: False"), launcher.stderr  # its stdout is its stderr
-    assert answer.instruction_id == "first"
-    assert "The Java SDK harness (a JVM) exited with status 3" in answer.error
-    assert "Error: no harness in this JVM" in answer.error
     staged = tmp_path / "worker-worker-1" / "staged" / "job.jar"
-    assert staged.read_bytes() == jar.read_bytes()
+    assert staged.read_bytes() == jar.read_bytes()  # fetched under its staged name, onto the class path
     class_path = (tmp_path / "worker-worker-1" / "class-path.args").read_text()
     assert "/opt/harness.jar" in class_path and str(staged) in class_path
+    assert launcher.stderr.strip().endswith("SDK imported: False"), launcher.stderr  # its stdout is its stderr
+    assert answers.empty()
+    return launcher, got
+
+
+def test_a_java_workers_launcher_relays_its_harness_with_beams_protos_alone(tmp_path):
+    """A Java (or Go) worker's launcher, on Flink's pool and under Prism, provisions the worker, fetches its
+    artifacts and relays its streams with Beam's protos alone: importing Beam's SDK cost every Java and Go harness's
+    start 2 s. Here the pool's launcher of a Java worker of a draining job whose user metrics' keys are noted (a
+    Flink job's): its harness's counter is noted, its source's remainder dropped, and Beam's SDK never imported."""
+    keys = tmp_path / "metric-keys"
+    (tmp_path / "drain").touch()
+    options = {"beamport_drain_file": str(tmp_path / "drain"), "beamport_metric_keys_file": str(keys)}
+    launcher, answers = launch_java_worker(tmp_path, _HARNESS.format(python=sys.executable), options, 2)
+    assert launcher.returncode == 0, launcher.stderr
+    assert [answer.instruction_id for answer in answers] == ["register", "bundle"]
+    assert not answers[1].process_bundle.residual_roots  # drained: the unbounded remainder is gone
+    assert len(answers[1].process_bundle.monitoring_infos) == 1
+    assert keys.read_text().splitlines() == ['["count", "ns", "words", "beam:metric:user:sum_int64:v1"]']
+
+
+def test_a_java_workers_launcher_answers_for_a_failed_harness_with_beams_protos_alone(tmp_path):
+    """... and, when the JVM fails at once, answers the runner in its place saying why, with Beam's protos alone."""
+    failing = "#!/bin/sh\necho 'Error: no harness in this JVM'\nexit 3\n"
+    launcher, answers = launch_java_worker(tmp_path, failing, {}, 1)
+    assert launcher.returncode == 3, launcher.stderr
+    assert [answer.instruction_id for answer in answers] == ["register"]
+    assert "The Java SDK harness (a JVM) exited with status 3" in answers[0].error
+    assert "Error: no harness in this JVM" in answers[0].error
+
+
+def test_the_launchers_know_beams_user_metrics():
+    """The launchers note user metrics' keys by Beam's own list of their URNs, without importing its module."""
+    from apache_beam.metrics import monitoring_infos
+
+    from beamport.engine.metric_keys import user_metric_urns
+
+    assert user_metric_urns() == monitoring_infos.USER_METRIC_URNS

@@ -13,12 +13,23 @@ The Flink engine reads the keys back (`read_keys`) to tell which Flink metric is
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from pathlib import Path
 
 # The pipeline option naming the file (the Flink engine sets it).
 OPTION = "beamport_metric_keys_file"
+# Beam's user metrics, as monitoring_infos.USER_METRIC_URNS names them (that module imports Beam's SDK; a Java or
+# Go harness's launcher notes keys with Beam's protos alone: engine/beam_protos.py).
+USER_METRIC_SPECS = (
+    "USER_SUM_INT64",
+    "USER_DISTRIBUTION_INT64",
+    "USER_LATEST_INT64",
+    "USER_SET_STRING",
+    "USER_BOUNDED_TRIE",
+    "USER_HISTOGRAM",
+)
 
 
 def record_to(path: str) -> None:
@@ -45,11 +56,9 @@ class KeyNotes:
         self._lock = threading.Lock()
 
     def note(self, infos) -> None:
-        from apache_beam.metrics import monitoring_infos
-
         new = []
         for info in infos:
-            if not monitoring_infos.is_user_monitoring_info(info):
+            if info.urn not in user_metric_urns():
                 continue
             key = key_of(info)
             with self._lock:
@@ -66,15 +75,24 @@ class KeyNotes:
                     self._noted.difference_update(new)  # noted again with a later bundle
 
 
+@functools.cache
+def user_metric_urns() -> frozenset[str]:
+    from apache_beam.portability import common_urns
+
+    specs = common_urns.monitoring_info_specs
+    return frozenset(getattr(specs, name).spec.urn for name in USER_METRIC_SPECS)
+
+
 def key_of(info) -> tuple[str, str, str, str]:
     """A user metric's MonitoringInfo as its key: (step, namespace, name, URN)."""
-    from apache_beam.metrics import monitoring_infos
+    from apache_beam.portability import common_urns
 
+    names = common_urns.monitoring_info_labels
     labels = info.labels
     return (
-        labels.get(monitoring_infos.PTRANSFORM_LABEL, ""),
-        labels.get(monitoring_infos.NAMESPACE_LABEL, ""),
-        labels.get(monitoring_infos.NAME_LABEL, ""),
+        labels.get(names.TRANSFORM.label_props.name, ""),
+        labels.get(names.NAMESPACE.label_props.name, ""),
+        labels.get(names.NAME.label_props.name, ""),
         info.urn,
     )
 
