@@ -688,9 +688,9 @@ class FlinkEngine(Engine):
             # bundle", about one job in ten). Finished before the checkpoint, the bundle's output goes on.
             finish_bundle_before_checkpointing=True,
             streaming=job.job_type == JOB_TYPE_STREAMING,
-            **{DRAIN_FILE_OPTION: str(drain_file)},
-            beamport_logging_endpoint=self._logs,  # the SDK workers' logs: to observer.log (sdk_boot)
         )
+        options[DRAIN_FILE_OPTION] = str(drain_file)
+        options[sdk_boot.LOGGING_ENDPOINT_OPTION] = self._logs  # the SDK workers' logs: to observer.log
         # Where the job's SDK workers note which user metrics its steps report (beamport.engine.metric_keys).
         keys_file = self.config.metric_keys_file(job.job_id)
         keys_file.parent.mkdir(parents=True, exist_ok=True)

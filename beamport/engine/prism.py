@@ -48,6 +48,7 @@ from beamport.engine.base import (
 from beamport.engine.capture import worker_log_service
 from beamport.engine.java_boot import JavaUnavailable, harness_command
 from beamport.engine.portable import JobService, external_environments, java_options, user_metrics
+from beamport.engine.sdk_boot import LOGGING_ENDPOINT_OPTION
 from beamport.processes import listening_addresses, loopback_only
 from beamport.protocol import DRAIN_FILE_OPTION
 
@@ -140,7 +141,7 @@ class PrismEngine(Engine):
         options[DRAIN_FILE_OPTION] = str(drain_file)
         if _has_python(pipeline):
             # For its Python SDK workers (a Java or Go job's too: its Pub/Sub I/O, engine/staging.py).
-            options["beamport_logging_endpoint"] = logs  # the SDK workers' logs: to observer.log (sdk_boot)
+            options[LOGGING_ENDPOINT_OPTION] = logs  # the SDK workers' logs: to observer.log
             other_sdk = job.go_environments or job.java_environments
             plugins = [FINALIZATION_PLUGIN, *([SHORT_IDS_PLUGIN] if other_sdk else [])]
             options["beam_plugins"] = [*(options.get("beam_plugins") or []), *plugins]
