@@ -22,7 +22,8 @@ def free_loopback_port() -> int:
 
 
 def die_with_parent(parent_pid: int = 0) -> None:
-    """Linux: be killed when the parent process dies (kill -9 included). With `parent_pid`, exit at once if
+    """Linux: be killed when the parent process dies (kill -9 included), or rather the thread of it that started this
+    one: start such processes from threads that live as long as they should. With `parent_pid`, exit at once if
     that parent died before this took effect (0: no check, e.g. in a sandbox whose parent is its own init)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -1,14 +1,16 @@
 """Beam Java jobs: what Beamport adds to a Java pipeline's own run time, and how soon a submitted Java job runs.
 
-    python benchmarks/java_bench.py [--lines 400] [--runs 3] [--engine embedded|prism]
+    python benchmarks/java_bench.py [--lines 400] [--runs 3] [--engine embedded|prism|flink]
 
-tests/java's WordCount (built by scripts/java-pipelines) on the same generated text: (a) on Beam Java's
-DirectRunner, (b) submitted by Beam Java's DataflowRunner to a Beamport server (runner v1 and v2), each --runs
-times, on the embedded engine or (labelled `beamport_engine=prism`) on Prism (BEAMPORT_PRISM, or where
-scripts/prism-build puts it). For (b): the submitting program's wall time (its own JVM and the jars' upload
-included), and from the job's messages: jobs.create to RUNNING, RUNNING to the Java harness up (its JVM start),
-jobs.create to DONE, and whether the harness ran in a JVM the server's one worker kept warm (engine/java_warm.py:
-every job after the first, when their jars are the same). Prints figures; asserts nothing.
+tests/java's WordCount (built by scripts/java-pipelines) on the same generated text: (a) on Beam Java's DirectRunner,
+(b) submitted by Beam Java's DataflowRunner to a Beamport server (runner v1 and v2), each --runs times, on the
+embedded engine, (labelled `beamport_engine=prism`) on Prism (BEAMPORT_PRISM, or where scripts/prism-build puts it),
+or (labelled `beamport_engine=flink`) on the Flink cluster that BEAMPORT_FLINK_* name (`source DIR/endpoints.env`
+after `scripts/flink-cluster start DIR`). For (b): the submitting program's wall time (its own JVM and the jars'
+upload included), and from the job's messages: jobs.create to RUNNING, RUNNING to the Java harness up (its JVM start),
+jobs.create to DONE, and whether the harness ran in a JVM kept warm (engine/java_warm.py: by the server's one worker,
+or on Flink by the cluster's SDK worker pool; every job after the first, when their jars are the same). Prints
+figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -45,12 +47,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=400)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--engine", choices=("embedded", "prism"), default="embedded")
+    parser.add_argument("--engine", choices=("embedded", "prism", "flink"), default="embedded")
     args = parser.parse_args()
     engine_args: list[str] = []
     if args.engine == "prism":
         prism = os.environ.get("BEAMPORT_PRISM") or str(Path.home() / ".cache" / "beamport" / "bin" / "prism")
         engine_args = ["--prism", prism]
+    elif args.engine == "flink":
+        try:
+            engine_args = [
+                *("--flink-master", os.environ["BEAMPORT_FLINK_MASTER"]),
+                *("--flink-job-server", os.environ["BEAMPORT_FLINK_JOB_SERVER"]),
+                *("--flink-sdk-pool", os.environ["BEAMPORT_FLINK_SDK_POOL"]),
+                *(["--flink-beam-on-cluster"] if os.environ.get("BEAMPORT_FLINK_BEAM_ON_CLUSTER") == "true" else []),
+            ]
+        except KeyError:
+            sys.exit("flink: set BEAMPORT_FLINK_* (source DIR/endpoints.env after scripts/flink-cluster start DIR)")
     class_path_file = subprocess.run(
         [str(ROOT / "scripts" / "java-pipelines")], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -93,7 +105,7 @@ def main() -> None:
                     "--pathValidatorClass=org.apache.beam.sdk.extensions.gcp.storage.NoopPathValidator",
                     "--credentialFactoryClass=org.apache.beam.sdk.extensions.gcp.auth.NoopCredentialFactory",
                     *(["--experiments=use_runner_v2"] if path == "v2" else []),
-                    *(['--labels={"beamport_engine": "prism"}'] if args.engine == "prism" else []),
+                    *([f'--labels={{"beamport_engine": "{args.engine}"}}'] if args.engine != "embedded" else []),
                 )
                 jobs = httpx.get(f"{url}/v1b3/projects/{PROJECT}/locations/us-central1/jobs").json()["jobs"]
                 job = next(j for j in jobs if j["name"] == name)

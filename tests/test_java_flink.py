@@ -6,9 +6,12 @@ cluster is scripts/test's (BEAMPORT_TEST_FLINK_ENV), the pipelines tests/java's 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import pytest
@@ -16,10 +19,12 @@ from conftest import Api, Server, required_path
 from test_java import (
     PROJECT,
     TEXT,
+    V1,
     V2,
     Java,
     drained_whole,
     impulses_counted,
+    is_warm_jvm,
     messages,
     read_output,
     window_files,
@@ -27,6 +32,8 @@ from test_java import (
 from test_java_emulators import java_with_emulators, pubsub_echo  # noqa: F401 (a fixture)
 from test_running_jobs import wait_state
 from test_streaming import START_S, flink_args, flink_endpoints, flink_state, wait_for
+
+from beamport.engine import sdk_boot
 
 # One Flink job at a time, as test_streaming's.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flink")]
@@ -55,21 +62,42 @@ def direct_features(java_on_flink) -> tuple[list[str], str]:
 
 def pool_workers(flink: dict, marker: str) -> list[psutil.Process]:
     """The SDK workers the Flink cluster's SDK worker pool runs whose command lines hold `marker`."""
+    return pool_processes(flink, lambda command: marker in command)
+
+
+def pool_processes(flink: dict, chosen: Callable[[list[str]], bool]) -> list[psutil.Process]:
+    """The processes under the Flink cluster's SDK worker pool whose command lines are `chosen`."""
     port = flink["BEAMPORT_FLINK_SDK_POOL"].rpartition(":")[2]
     found = []
     for process in psutil.process_iter():
         try:
             command = process.cmdline()
             if "beamport.engine.worker_pool" in command and f"--service_port={port}" in command:
-                found += [p for p in process.children(recursive=True) if marker in p.cmdline()]
+                for child in process.children(recursive=True):
+                    try:
+                        if chosen(child.cmdline()):
+                            found.append(child)
+                    except psutil.NoSuchProcess:
+                        pass
         except psutil.NoSuchProcess:
             pass
     return found
 
 
 def pool_jvms(flink: dict) -> list[psutil.Process]:
-    """The Java SDK harnesses the Flink cluster's SDK worker pool runs."""
-    return pool_workers(flink, HARNESS)
+    """The Java SDK harnesses the Flink cluster's SDK worker pool runs: in JVMs of their own, or in the warm JVMs of
+    the pool's Java spares that a job took (engine/java_warm.py)."""
+    return pool_processes(flink, lambda command: HARNESS in command or (is_warm_jvm(command) and not waiting(command)))
+
+
+def pool_warm_jvms(flink: dict) -> list[psutil.Process]:
+    """The warm JVMs of the pool's Java spares that wait for a job."""
+    return pool_processes(flink, lambda command: is_warm_jvm(command) and waiting(command))
+
+
+def waiting(warm_jvm_command: list[str]) -> bool:
+    """Whether a warm JVM waits for a job: its socket (its last argument) is there until a launcher takes it."""
+    return Path(warm_jvm_command[-1]).exists()
 
 
 HARNESS = "org.apache.beam.fn.harness.FnHarness"
@@ -95,6 +123,34 @@ def test_a_java_batch_pipeline_runs_on_flink_as_on_beams_direct_runner(java_on_f
     assert flink_state(java.flink, job_id) == "FINISHED"  # type: ignore[attr-defined]
     # RUNNING while its Flink job ran, though its stages' tasks never all ran at once (a batch job's run in turn).
     assert any(text.startswith("The job is running on Flink") for text in messages(api, job_id))
+
+
+def test_a_java_job_on_flink_runs_in_the_warm_jvm_of_the_pools_java_spare(java_on_flink, direct_features):
+    """The cluster's SDK worker pool keeps a JVM warm for the next Java job, as Beamport's own workers do
+    (engine/java_warm.py): a while after a Java job's worker has fetched its jars, the pool starts a Java spare whose
+    JVM warms up over them in the sandbox. The next job with those jars runs its harness there (its messages say so;
+    the waiting JVM ends with the job) to the DirectRunner's output, and the finished workers' directories (their
+    jars) are removed."""
+    java = java_on_flink
+    flink = java.flink  # type: ignore[attr-defined]
+    if not pool_warm_jvms(flink):  # none yet (a Java job ran before in this cluster, or this test runs alone)
+        first = java.dataflow("Features", java.base / "before-warm" / "out", V2, ON_FLINK)[0]
+        assert "FINAL_STATE DONE" in first.stdout, first.stdout + first.stderr[-5000:]
+    warm = wait_for("a warm JVM in the pool", lambda: pool_warm_jvms(flink), 90)
+    out = java.base / "warm" / "out"
+    done, job_id = java.dataflow("Features", out, V1, ON_FLINK)
+    assert "FINAL_STATE DONE" in done.stdout, done.stdout + done.stderr[-5000:]
+    assert read_output(out) == direct_features[0] != []
+    said = "\n".join(messages(Api(java.server.url, PROJECT), job_id))
+    assert "The Java SDK harness ran in a JVM this worker started ahead of the job" in said, said[-5000:]
+    gone, alive = psutil.wait_procs(warm, timeout=60)  # it ran the job's harness, and ended with it
+    assert not alive, alive
+    sdk = Path(os.environ["BEAMPORT_TEST_FLINK_ENV"]).parent / "sdk"  # where the pool's workers have directories
+
+    def only_spares_left() -> bool:
+        return not any((directory / sdk_boot.JAVA_SPEC_FILE).exists() for directory in sdk.glob("java-*"))
+
+    wait_for("the finished Java workers' directories removed", only_spares_left, 60)
 
 
 def test_a_streaming_java_pipeline_runs_on_flink_until_drained(java_on_flink):

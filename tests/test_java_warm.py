@@ -4,9 +4,12 @@ itself, taken by a real Java job, is tests/test_java.py's test_a_second_java_job
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import stat
+import subprocess
 import time
 import zipfile
 from pathlib import Path
@@ -102,33 +105,52 @@ def test_copies_no_java_job_used_for_a_week_are_removed_after_a_java_job(tmp_pat
     assert sorted(java_warm.prune_unused(now=time.time() + java_warm.UNUSED_FOR_S + 60)) == left
 
 
-def waiting_jvm(tmp_path, class_path: list[dict]) -> dict:
-    """A warm JVM's directory as `java_warm.start` leaves it (its process: this one, alive; its socket: a file)."""
-    directory = tmp_path / "jvm"
+def waiting_jvm(tmp_path, class_path: list[dict], name: str = "jvm") -> tuple[dict, subprocess.Popen]:
+    """A warm JVM's directory as `java_warm.start` leaves it (its process: a child that sleeps; its socket: a
+    file), and that process."""
+    directory = tmp_path / name
     directory.mkdir()
     (directory / java_warm.CLASS_PATH_FILE).write_text(json.dumps(class_path))
-    (directory / "pid").write_text(str(os.getpid()))
+    process = subprocess.Popen(["sleep", "60"])
+    (directory / "pid").write_text(str(process.pid))
     (directory / "socket").touch()
-    return {java_warm.VARIABLE: str(directory)}
+    return {java_warm.VARIABLE: str(directory)}, process
 
 
-def test_only_a_job_with_every_jar_of_the_warm_jvm_byte_for_byte_takes_it(tmp_path):
+def test_only_a_job_with_every_jar_of_the_warm_jvm_byte_for_byte_takes_it(tmp_path, monkeypatch):
     lib = jar(tmp_path / "warm" / "lib.jar", "the library")
-    environ = waiting_jvm(tmp_path, [{"path": lib, "sha256": java_warm.sha256_of(lib)}])
-    # Same name, other content: a job must not run with a library it did not stage.
+    environ, jvm = waiting_jvm(tmp_path, [{"path": lib, "sha256": java_warm.sha256_of(lib)}], "jvm1")
+    # Same name, other content: a job must not run with a library it did not stage. No launcher of the job can
+    # take the JVM (they share its jars): it is stopped, its memory given back.
     forged = jar(tmp_path / "job1" / "lib.jar", "a library of its own")
     app = jar(tmp_path / "job1" / "app.jar", "app")
     assert java_warm.claim([app, forged], environ) is None
     assert not java_warm.claimed(environ)
+    assert jvm.wait(timeout=10) == -signal.SIGKILL
     # The same library (under any name): taken, with only the job's own jar to add.
+    environ, jvm = waiting_jvm(tmp_path, [{"path": lib, "sha256": java_warm.sha256_of(lib)}], "jvm2")
     same = jar(tmp_path / "job2" / "lib-abc123.jar", "the library")
     taken = java_warm.claim([app, same], environ)
-    assert taken == (tmp_path / "jvm" / "socket.taken", [app])
+    assert taken == (tmp_path / "jvm2" / "socket.taken", [app])
     assert java_warm.claimed(environ)
     # One job per JVM: a second launcher (another Java environment of the job) starts its own at once.
     started = time.monotonic()
     assert java_warm.claim([app, same], environ) is None
     assert time.monotonic() - started < java_warm.WAIT_S / 2
+    assert jvm.poll() is None  # taken, it runs the job's harness
+    jvm.kill()
+    jvm.wait()
+    # A launcher that fetched its jars knows their SHA-256s (sdk_boot.fetch_artifacts): they are not read again.
+    environ, jvm = waiting_jvm(tmp_path, [{"path": lib, "sha256": java_warm.sha256_of(lib)}], "jvm3")
+    monkeypatch.setattr(java_warm, "sha256_of", lambda path: pytest.fail(f"{path} hashed again"))
+    known = {app: "a" * 64, same: digest(same)}
+    assert java_warm.claim([app, same], environ, known=known) == (tmp_path / "jvm3" / "socket.taken", [app])
+    jvm.kill()
+    jvm.wait()
+
+
+def digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def test_the_worker_compiles_the_warm_harness_once_with_the_jdk_that_runs_it(tmp_path, monkeypatch):

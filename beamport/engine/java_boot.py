@@ -21,9 +21,9 @@ For Prism, a process environment runs `python -m beamport.engine.java_boot SPEC`
 provisioning service for the Fn API's endpoints and the job's options (as Prism was given them) and hands them
 to the harness in its variables; the JVM then dies with Prism, its parent. Under FnApiRunner and Prism alike, the
 harness runs in the executor's warm JVM when it has one for these jars (engine/java_warm.py). On Flink, the
-cluster's SDK worker pool starts it the same way, through beamport.engine.sdk_boot (which fetched the jars); there
-the harness's logs and control stream go through relays (engine/harness_process.py), for the job's messages and
-its user metrics' steps.
+cluster's SDK worker pool starts it the same way, through beamport.engine.sdk_boot (which fetched the jars), in the
+warm JVM of the pool's Java spare when there is one for these jars; there the harness's logs and control stream go
+through relays (engine/harness_process.py), for the job's messages and its user metrics' steps.
 """
 
 from __future__ import annotations
@@ -107,8 +107,10 @@ def jvm_arguments(class_path_file: Path) -> list[str]:
     ]
 
 
-def main(argv: list[str], info=None) -> None:
-    """argv: SPEC, then a runner's flags, if any; info: the worker's ProvisionInfo, if its caller asked already."""
+def main(argv: list[str], info=None, announce: bool = False) -> None:
+    """argv: SPEC, then a runner's flags, if any; info: the worker's ProvisionInfo, if its caller asked already;
+    announce: tell the job through its logs when the harness takes a warm JVM (Flink's pool: no engine beside this
+    program sees it)."""
     spec = json.loads(Path(argv[0]).read_text())
     workdir = Path(spec["semi_persistent_dir"])
     parent = 0  # what this program dies with: nothing to check (FnApiRunner's subprocess), or Prism
@@ -129,11 +131,14 @@ def main(argv: list[str], info=None) -> None:
     )
     die_with_parent(parent)
     control = harness_process.descriptor_url(env.get("CONTROL_API_SERVICE_DESCRIPTOR", ""))
-    # FnApiRunner's launcher or Prism's: the executor above may have a JVM warm for it (engine/java_warm.py).
+    # The executor above (FnApiRunner's, Prism's) or the pool's spare (Flink's) may have a JVM warm for it
+    # (engine/java_warm.py).
     from beamport.engine import java_warm
 
-    taken = java_warm.claim(spec["class_path"])
+    taken = java_warm.claim(spec["class_path"], known=spec.get("sha256"))
     if taken:
+        if announce:
+            java_warm.announce(harness_process.descriptor_url(env.get("LOGGING_API_SERVICE_DESCRIPTOR", "")))
         java_warm.run(*taken, env, control, worker_id)
     argv = [spec["java"], *jvm_arguments(class_path_file), HARNESS_MAIN]
     harness_process.run(argv, env, "The Java SDK harness (a JVM)", control, worker_id)

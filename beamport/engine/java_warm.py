@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -51,6 +52,7 @@ VARIABLE = "BEAMPORT_WARM_JVM"  # in an executor's environment: its warm JVM's d
 CLAIMED = "claimed"  # the file java_boot writes in that directory when it takes the JVM
 WAIT_S = 15.0  # how long a launcher waits for a warm JVM still warming up (a cold start takes about 3.5 s more)
 CLASS_PATH_FILE = "class-path.json"
+SOCKET_PATH_MAX = 104  # the longest path a Unix socket may have (108 bytes with its NUL, less on some systems)
 HARNESS_CLASS = "org/apache/beam/fn/harness/FnHarness.class"
 # What a worker copies of one job (its executor says which jars: a bound on what a job could make it copy).
 MAX_JARS = 2000
@@ -177,26 +179,29 @@ def prune_unused(now: float | None = None) -> list[str]:
 
 
 def _copy(source) -> str:
-    """Copy an open file into WARM_DIR under its SHA-256 (unless a copy is there): that SHA-256."""
+    """Copy an open file into WARM_DIR under its SHA-256 (unless a copy is there: read once, then, as a pool's
+    workers' jars are, each in a directory of its own); that SHA-256."""
     WARM_DIR.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
+    sha = hashlib.file_digest(source, "sha256").hexdigest()
+    target = WARM_DIR / f"{sha}.jar"
+    if _used(target):  # another worker's copy, or one this worker forgot
+        return sha
+    source.seek(0)
     with tempfile.NamedTemporaryFile(dir=WARM_DIR, prefix=".copy-", delete=False) as copy:
         try:
+            digest = hashlib.sha256()
             while chunk := source.read(1 << 20):
                 digest.update(chunk)
                 copy.write(chunk)
             copy.flush()
-            target = WARM_DIR / f"{digest.hexdigest()}.jar"
-            if target.exists():  # another worker's copy (or one this worker forgot): used now
-                os.unlink(copy.name)
-                _used(target)
-            else:
-                os.chmod(copy.name, 0o444)
-                os.replace(copy.name, target)
+            if digest.hexdigest() != sha:  # changed while it was read: not what the job ran
+                raise OSError(f"{source.name} changed while it was copied")
+            os.chmod(copy.name, 0o444)
+            os.replace(copy.name, target)
         except BaseException:
             Path(copy.name).unlink(missing_ok=True)
             raise
-    return digest.hexdigest()
+    return sha
 
 
 # -- the standby executor: the JVM ------------------------------------------------------------------------
@@ -234,13 +239,16 @@ def compiled(java: str) -> str | None:
     return str(directory)
 
 
-def start(class_path: list[dict], java: str, classes: str | None = None) -> subprocess.Popen:
+def start(class_path: list[dict], java: str, classes: str | None = None, parent: str | None = None) -> subprocess.Popen:
     """Start a warm JVM over `class_path` (WarmJars.class_path) in this process, which it dies with; its
-    directory goes in this process's environment (VARIABLE), for the launchers of the job's harnesses.
-    `classes`: WarmHarness.class's directory (`compiled`), else the JVM runs WarmHarness.java."""
+    directory (in `parent`, else in the temporary directory) goes in this process's environment (VARIABLE), for the
+    launchers of the job's harnesses. `classes`: WarmHarness.class's directory (`compiled`), else the JVM runs
+    WarmHarness.java."""
     from beamport.engine.java_boot import argfile_quoted, jvm_arguments
 
-    directory = Path(tempfile.mkdtemp(prefix="beamport-warm-jvm-"))
+    if parent and len(os.path.join(parent, "beamport-warm-jvm-12345678", "socket.taken")) > SOCKET_PATH_MAX:
+        parent = None
+    directory = Path(tempfile.mkdtemp(prefix="beamport-warm-jvm-", dir=parent))
     (directory / CLASS_PATH_FILE).write_text(json.dumps(class_path))
     args_file = directory / "class-path.args"
     entries = [jar["path"] for jar in class_path] + ([classes] if classes else [])
@@ -251,6 +259,27 @@ def start(class_path: list[dict], java: str, classes: str | None = None) -> subp
     (directory / "pid").write_text(str(process.pid))
     os.environ[VARIABLE] = str(directory)
     return process
+
+
+def warm_spec(class_path: list[dict]) -> dict | None:
+    """What `start_spec` takes for a JVM over `class_path` (WarmJars.class_path) with this host's Java, its
+    WarmHarness compiled (by this process: a worker's, a pool's, outside any sandbox); None without either."""
+    from beamport.engine.java_boot import JavaUnavailable, find_java
+
+    try:
+        java = find_java()
+    except JavaUnavailable:
+        return None
+    return {"java": java, "class_path": class_path, "classes": compiled(java)} if class_path else None
+
+
+def start_spec(spec: dict, parent: str | None = None) -> None:
+    """`start` as a worker asks for it: {"java": path, "class_path": [...] (WarmJars.class_path), "classes":
+    WarmHarness.class's directory or None}. A JVM that cannot start leaves the job to start one of its own."""
+    try:
+        start(spec["class_path"], spec["java"], spec.get("classes"), parent)
+    except (OSError, KeyError, TypeError) as exc:
+        log.warning("no warm JVM: %s", exc)
 
 
 # The job's message when it took its executor's warm JVM.
@@ -275,18 +304,21 @@ def claimed(environ=os.environ) -> bool:
 # -- the job's launcher: taking the JVM -------------------------------------------------------------------
 
 
-def claim(class_path: list[str], environ=os.environ) -> tuple[Path, list[str]] | None:
+def claim(class_path: list[str], environ=os.environ, known: dict | None = None) -> tuple[Path, list[str]] | None:
     """This executor's warm JVM, taken for a harness over `class_path`, with the jars it must add (those not on
     its class path already), if it is there and every jar of its class path is one of `class_path`'s, byte for
-    byte; else None (the launcher starts a JVM of its own)."""
+    byte; else None (the launcher starts a JVM of its own). `known`: the SHA-256s of some of those jars (path ->
+    hex), taken as they were fetched; the others are hashed here."""
     directory = environ.get(VARIABLE)
     if not directory or not (Path(directory) / CLASS_PATH_FILE).exists():
         return None
     directory_path = Path(directory)
     warm = json.loads((directory_path / CLASS_PATH_FILE).read_text())
-    hashes = {path: sha256_of(path) for path in class_path}
+    known = known or {}
+    hashes = {path: known.get(path) or sha256_of(path) for path in class_path}
     mine = set(hashes.values())
     if any(jar["sha256"] not in mine for jar in warm):
+        _stop(directory_path)  # no launcher of this job can take it (they share its jars): its memory back
         return None
     socket_path = directory_path / "socket"
     if not _ready(socket_path, directory_path):
@@ -299,6 +331,36 @@ def claim(class_path: list[str], environ=os.environ) -> tuple[Path, list[str]] |
     (directory_path / CLAIMED).touch()
     on_path = {jar["sha256"] for jar in warm}
     return taken, [path for path in class_path if hashes[path] not in on_path]
+
+
+def _stop(directory: Path) -> None:
+    """Kill the warm JVM of `directory` if no launcher took it."""
+    try:
+        if not (directory / CLAIMED).exists():
+            os.kill(int((directory / "pid").read_text()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
+def announce(logging_url: str) -> None:
+    """Tell the job, through the logging service at `logging_url`, that its harness took a warm JVM (CLAIMED_RECORD):
+    for a launcher whose engine does not share its environment to see it (Flink's SDK worker pool)."""
+    import grpc
+    from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
+
+    entry = beam_fn_api_pb2.LogEntry(
+        severity=beam_fn_api_pb2.LogEntry.Severity.INFO,
+        message=CLAIMED_RECORD.getMessage(),
+        log_location=__name__,
+    )
+    entry.timestamp.GetCurrentTime()
+    with grpc.insecure_channel(logging_url) as channel:
+        try:
+            stub = beam_fn_api_pb2_grpc.BeamFnLoggingStub(channel)
+            for _ in stub.Logging(iter([beam_fn_api_pb2.LogEntry.List(log_entries=[entry])]), timeout=10):
+                pass
+        except grpc.RpcError as exc:  # the job's logging service gone: nobody to tell
+            log.info("could not tell the job that its harness runs in a warm JVM: %s", exc)
 
 
 def _ready(socket_path: Path, directory: Path) -> bool:

@@ -28,18 +28,22 @@ Beamport's built-in templates find it (beamport/files.py).
 
 A worker of a Java or Go environment (the pool's flag `--sdk=java` or `--sdk=go`) goes into the same sandbox, then
 becomes a Java SDK harness over the job's staged jars, or the job's Go worker binary (run_java_worker,
-run_go_worker).
+run_go_worker). A Java spare (`--sdk=java --spare_dir DIR`) first starts the JVM that DIR's WARM_JVM_FILE describes
+(engine/java_warm.py: the pool keeps one warm over the jars of the Java jobs before), then reads its worker's flags
+from its stdin; the harness runs in that JVM if the job has all of its jars.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import os
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
 from beamport.engine import beam_protos, portable
@@ -47,6 +51,7 @@ from beamport.files import POLICY_VARIABLE
 
 # Set inside the sandbox this program runs itself in (the worker runs in this same process).
 SANDBOXED = "BEAMPORT_SDK_BOOT_SANDBOXED"
+FETCHES_AT_ONCE = 8  # artifacts fetched at the same time
 # The file of the worker's directory that names its job.
 JOB_FILE = "job_name"
 # The pipeline option naming the Fn API logging service of the Beamport engine that runs the job.
@@ -65,6 +70,10 @@ SPARE_DIR = "spare_dir"
 SDK_FLAG = "sdk"
 HARNESS_JARS_FLAG = "java_harness_jars"
 ASSIGNED = ("id", "logging_endpoint", "artifact_endpoint", "provision_endpoint", "control_endpoint")
+# In a Java spare's directory: the JVM it keeps warm (java_warm.start_spec), written by the pool.
+WARM_JVM_FILE = "warm-jvm.json"
+# In a Java worker's directory: the harness's class path and the rest (run_java_worker), which the pool reads.
+JAVA_SPEC_FILE = "java-harness.json"
 # What a worker imports before it runs: a spare imports them while it waits.
 WORKER_MODULES = (
     "grpc",
@@ -123,6 +132,11 @@ def main(argv: list[str]) -> None:
     if java or args.sdk == portable.GO_SDK:
         beam_protos.without_sdk()  # this worker is a JVM or a Go binary: Beam's Python SDK is not imported
         if java:
+            if args.spare_dir:  # the pool's Java spare: its JVM warmed up, it waits for the worker it is to become
+                assigned = java_spare(args, argv)
+                if assigned is None:
+                    return  # the pool stopped without needing this spare
+                argv = assigned
             run_java_worker(args, semi_persistent, argv)
         else:
             run_go_worker(args, semi_persistent)
@@ -145,6 +159,23 @@ def read_assignment(args: argparse.Namespace, lines: IO[str]) -> bool:
             setattr(args, name, str(value))
     args.id = args.id.strip("'\"")
     return bool(args.id)
+
+
+def java_spare(args: argparse.Namespace, argv: list[str]) -> list[str] | None:
+    """A Java spare of the pool: start the JVM its directory's WARM_JVM_FILE describes (java_warm.start_spec: the
+    pool's, over the jars of the Java jobs before), then wait for the worker it is to become; that worker's flags
+    (its own, then the ones assigned), or None when the pool stopped without needing it."""
+    from beamport.engine import java_warm
+
+    os.dup2(2, 1)  # the pool pipes stdout and never reads it: nothing the JVM says may fill that pipe
+    try:
+        with open(os.path.join(args.spare_dir, WARM_JVM_FILE)) as spec:
+            java_warm.start_spec(json.load(spec), parent=args.spare_dir)  # removed with the spare's directory
+    except FileNotFoundError:  # a spare started for a worker at once: no JVM ahead of it
+        pass
+    if not read_assignment(args, sys.stdin):
+        return None
+    return [*argv, *(f"--{name}={getattr(args, name)}" for name in ASSIGNED)]
 
 
 def run_worker(args: argparse.Namespace, semi_persistent: str) -> None:
@@ -207,16 +238,20 @@ def run_java_worker(args: argparse.Namespace, semi_persistent: str, argv: list[s
     from beamport.engine import java_boot
 
     info = provision_info(args.provision_endpoint, args.id)
-    jars = sorted(fetch_artifacts(info, _descriptor(info.artifact_endpoint, args.artifact_endpoint), semi_persistent))
+    digests: dict[str, str] = {}
+    artifacts = _descriptor(info.artifact_endpoint, args.artifact_endpoint)
+    jars = sorted(fetch_artifacts(info, artifacts, semi_persistent, digests))
     harness = [path for path in args.java_harness_jars.split(os.pathsep) if path]
-    spec = os.path.join(semi_persistent, "java-harness.json")
+    spec = os.path.join(semi_persistent, JAVA_SPEC_FILE)
     with open(spec, "w") as out:
+        java = java_boot.find_java()
+        # The jars' SHA-256s as they were fetched: a warm JVM's are compared with them (not hashed again).
         json.dump(
-            {"class_path": [*harness, *jars], "java": java_boot.find_java(), "semi_persistent_dir": semi_persistent},
+            {"class_path": [*harness, *jars], "java": java, "semi_persistent_dir": semi_persistent, "sha256": digests},
             out,
         )
     os.dup2(2, 1)
-    java_boot.main([spec, *argv], info)
+    java_boot.main([spec, *argv], info, announce=True)
 
 
 def run_go_worker(args: argparse.Namespace, semi_persistent: str) -> None:
@@ -243,9 +278,10 @@ def _descriptor(provided, url: str) -> str:
     return text_format.MessageToString(provided if provided.url else endpoints_pb2.ApiServiceDescriptor(url=url))
 
 
-def fetch_artifacts(info, artifact_endpoint: str, semi_persistent: str) -> list[str]:
+def fetch_artifacts(info, artifact_endpoint: str, semi_persistent: str, digests: dict | None = None) -> list[str]:
     """Fetch the environment's artifacts into SEMI_PERSISTENT_DIRECTORY/staged under their staged names, as
-    Beam's boot program does (the main session is loaded from there by sdk_worker_main); answer their paths.
+    Beam's boot program does (the main session is loaded from there by sdk_worker_main); answer their paths, and
+    put their SHA-256s in `digests` (path -> hex), if given, as they come (java_warm.claim compares them).
     (Beam's Python resolver, artifact_service.resolve_artifacts, would import the whole SDK into a Java or Go
     worker's launcher: beam_protos.)"""
     import grpc
@@ -268,22 +304,32 @@ def fetch_artifacts(info, artifact_endpoint: str, semi_persistent: str) -> list[
     url = text_format.Parse(artifact_endpoint, endpoints_pb2.ApiServiceDescriptor()).url
     # Beam's resolution leaves URLs and embedded data as they are: Beamport stages files.
     left = {common_urns.artifact_types.URL.urn, common_urns.artifact_types.EMBEDDED.urn}
-    fetched = []
     with grpc.insecure_channel(url) as channel:
         service = beam_artifact_api_pb2_grpc.ArtifactRetrievalServiceStub(channel)
         request = beam_artifact_api_pb2.ResolveArtifactsRequest(artifacts=list(info.dependencies))
-        for artifact in service.ResolveArtifacts(request).replacements:
-            if artifact.type_urn in left:
-                continue
+        wanted = [found for found in service.ResolveArtifacts(request).replacements if found.type_urn not in left]
+
+        def fetch(artifact) -> tuple[str, str]:
+            digest = hashlib.sha256()
             with tempfile.NamedTemporaryFile(dir=staged, delete=False) as out:
                 for block in service.GetArtifact(beam_artifact_api_pb2.GetArtifactRequest(artifact=artifact)):
                     out.write(block.data)
-            name = out.name
-            if artifact.role_urn == common_urns.artifact_roles.STAGING_TO.urn:
-                name = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(artifact.role_payload).staged_name
-            name = os.path.basename(name)  # into `staged`, whatever name the job service hands over
-            os.replace(out.name, os.path.join(staged, name))
-            fetched.append(os.path.join(staged, name))
+                    digest.update(block.data)
+            return out.name, digest.hexdigest()
+
+        # Several at once: a Java job's hundreds of jars one after another took 1.5 s, mostly round trips.
+        with ThreadPoolExecutor(max_workers=FETCHES_AT_ONCE, thread_name_prefix="fetch") as fetches:
+            files = list(fetches.map(fetch, wanted))
+    fetched = []
+    for artifact, (file, sha256) in zip(wanted, files, strict=True):  # in order: of two of a name, the last stays
+        name = file
+        if artifact.role_urn == common_urns.artifact_roles.STAGING_TO.urn:
+            name = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(artifact.role_payload).staged_name
+        name = os.path.join(staged, os.path.basename(name))  # into `staged`, whatever name the service hands over
+        os.replace(file, name)
+        fetched.append(name)
+        if digests is not None:
+            digests[name] = sha256
     return fetched
 
 

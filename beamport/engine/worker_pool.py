@@ -17,7 +17,12 @@ writable) and reads that worker's flags from its stdin (sdk_boot.read_assignment
 
 A worker of a Java or Go environment (its parameter `beamport_sdk=java` or `go`: portable.sdk_external_environments)
 is a Java SDK harness or the job's Go worker binary: the pool starts the same program with `--sdk=java` or
-`--sdk=go` (sdk_boot.run_java_worker, run_go_worker), never a spare.
+`--sdk=go` (sdk_boot.run_java_worker, run_go_worker). A pool with spares keeps a JVM warm for the next Java job, as
+Beamport's own workers do (engine/java_warm.py): each Java worker is a Java spare (`--sdk=java --spare_dir`) given
+its flags on its stdin, the one waiting when there is one; a while after a Java worker has fetched its jars (or when
+it ends), the pool copies them (java_warm.WarmJars, only files of that worker's directory) and starts the next Java
+spare, whose JVM warms up over the jars the last Java jobs share, in the sandbox, and is taken only by a harness
+that has every one of them. A Java worker's directory (its jars) is removed when it ends.
 """
 
 from __future__ import annotations
@@ -26,12 +31,19 @@ import argparse
 import atexit
 import json
 import logging
+import shutil
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
-from beamport.engine import portable, sdk_boot
+from beamport.engine import java_boot, java_warm, portable, sdk_boot
+from beamport.files import FilePolicy
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +69,8 @@ def start(container_executable: str, port: int = 0, spares: int = 0, spare_root:
 
     @atexit.register
     def kill_workers() -> None:
-        for process in [*pool._worker_processes.values(), *pool.spares]:
+        java_spare = [pool.java_spare.process] if pool.java_spare else []
+        for process in [*pool._worker_processes.values(), *pool.spares, *java_spare]:
             kill_process_gracefully(process)
 
     return address, server
@@ -74,14 +87,22 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
             self._lock = threading.Lock()
             for _ in range(spares):
                 self.spares.append(self._spare())
+            # The jars of the last Java jobs, and the Java spare whose JVM is warm over those they share.
+            self.java = java_warm.WarmJars(java_boot.harness_jars()) if spares else None
+            self.java_spare: JavaSpare | None = None
+            self._java_lock = threading.Lock()  # who has the Java spare
+            self._keep_lock = threading.Lock()
 
-        def _spare(self) -> subprocess.Popen:
-            directory = tempfile.mkdtemp(prefix="spare-", dir=spare_root)
-            return subprocess.Popen(
-                [container_executable, f"--spare_dir={directory}"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,  # as Beam's pool: never read (the worker writes to stderr)
-                close_fds=True,
+        def _spare(self, *flags: str, directory: str | None = None) -> subprocess.Popen:
+            directory = directory or tempfile.mkdtemp(prefix="spare-", dir=spare_root)
+            command = [container_executable, f"--spare_dir={directory}", *flags]
+            return _spawned(
+                lambda: subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,  # as Beam's pool: never read (the worker writes to stderr)
+                    close_fds=True,
+                )
             )
 
         def _replenish(self) -> None:
@@ -91,6 +112,8 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
 
         def StartWorker(self, request, context):
             sdk = request.params.get(portable.SDK_PARAM)
+            if sdk == portable.JAVA_SDK and self.java is not None:
+                return self._start_java(request)
             if sdk in (portable.JAVA_SDK, portable.GO_SDK):
                 return self._start_other_sdk(request, sdk)
             with self._lock:
@@ -103,31 +126,138 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
                     timer = threading.Timer(REPLENISH_AFTER_S, self._replenish)
                     timer.daemon = True
                     timer.start()
-            if spare is None:
-                return super().StartWorker(request, context)
-            assignment = {"id": request.worker_id, **_endpoints(request)}
-            try:
-                assert spare.stdin is not None
-                spare.stdin.write(json.dumps(assignment).encode() + b"\n")
-                spare.stdin.close()
-            except OSError:  # it died meanwhile: a worker started cold, as without spares
-                return super().StartWorker(request, context)
+            if spare is None or not _assign(spare, request):  # none, or it died meanwhile: a worker started cold
+                return _spawned(lambda: super(Pool, self).StartWorker(request, context))
             log.info("worker %s: a spare (pid %s)", request.worker_id, spare.pid)
             self._worker_processes[request.worker_id] = spare
             return beam_fn_api_pb2.StartWorkerResponse()
 
+        def _start_java(self, request):
+            """A Java SDK harness: the waiting Java spare (its JVM warm), else a Java spare started for it now."""
+            with self._java_lock:
+                spare, self.java_spare = self.java_spare, None
+            if spare is not None and _assign(spare.process, request):
+                log.info("worker %s: the Java spare (pid %s)", request.worker_id, spare.process.pid)
+            else:
+                if spare is not None:
+                    log.warning("the Java spare (pid %s) ended (%s)", spare.process.pid, spare.process.poll())
+                    spare.remove()
+                spare = self._java_spare(None)
+                if not _assign(spare.process, request):
+                    spare.remove()
+                    raise RuntimeError(f"the Java SDK worker {request.worker_id} ended as it started")
+                log.info("worker %s: a Java SDK worker (pid %s)", request.worker_id, spare.process.pid)
+            self._worker_processes[request.worker_id] = spare.process
+            threading.Thread(target=self._after_java, args=(spare,), daemon=True).start()
+            return beam_fn_api_pb2.StartWorkerResponse()
+
+        def _after_java(self, worker: JavaSpare) -> None:
+            """Once a Java worker has fetched its jars (its spec written) and ran REPLENISH_AFTER_S (its JVM's start
+            is not slowed by the copies), or ended: keep its jars and warm the next Java spare over them. Its
+            directory goes when it ends."""
+            spec = Path(worker.directory) / sdk_boot.JAVA_SPEC_FILE
+            try:
+                while worker.process.poll() is None and not spec.exists():
+                    time.sleep(0.5)
+                try:
+                    worker.process.wait(timeout=REPLENISH_AFTER_S)
+                except subprocess.TimeoutExpired:
+                    pass
+                self._warm_java(spec)
+                worker.process.wait()
+            except Exception:  # the next Java job starts its JVM itself
+                log.exception("no warm JVM for the next Java job")
+            finally:
+                worker.remove()
+
+        def _warm_java(self, spec: Path) -> None:
+            """Copy the jars a Java worker's spec names (written in its sandbox: only regular files of its own
+            directory are taken) and start a Java spare warm over what the last Java jobs share, unless one is."""
+            assert self.java is not None
+            try:
+                class_path = json.loads(spec.read_text())["class_path"]
+            except (OSError, ValueError, KeyError, TypeError):
+                return
+            if not isinstance(class_path, list) or not all(isinstance(path, str) for path in class_path):
+                return
+            with self._keep_lock:  # one worker's jars at a time; the only one to set a Java spare
+                self.java.keep(class_path, FilePolicy([spec.parent], []))
+                jars = self.java.class_path()
+                with self._java_lock:
+                    waiting = self.java_spare
+                    if waiting is not None and waiting.process.poll() is None and waiting.class_path == jars:
+                        return  # warm over these jars already
+                    self.java_spare = None
+                if waiting is not None:
+                    waiting.remove()
+                warm = java_warm.warm_spec(jars)
+                if warm is None:
+                    return
+                spare = self._java_spare(warm)
+                log.info("a Java spare (pid %s), its JVM warm over %d jars", spare.process.pid, len(jars))
+                with self._java_lock:
+                    self.java_spare = spare
+
+        def _java_spare(self, warm: dict | None) -> JavaSpare:
+            """A Java spare, its JVM started ahead as `warm` says (java_warm.warm_spec), or none."""
+            directory = tempfile.mkdtemp(prefix="java-", dir=spare_root)
+            if warm is not None:
+                Path(directory, sdk_boot.WARM_JVM_FILE).write_text(json.dumps(warm))
+            process = self._spare(f"--{sdk_boot.SDK_FLAG}={portable.JAVA_SDK}", directory=directory)
+            return JavaSpare(process, directory, warm["class_path"] if warm else None)
+
         def _start_other_sdk(self, request, sdk: str):
-            """A Java SDK harness or a Go worker: the boot program in that SDK's mode (never a spare: those are
-            Python workers)."""
+            """A Go worker, or a Java SDK harness of a pool without spares: the boot program in that SDK's mode."""
             flags = [f"--{name}={url}" for name, url in _endpoints(request).items()]
             command = [container_executable, f"--{sdk_boot.SDK_FLAG}={sdk}", f"--id={request.worker_id}"]
             log.info("worker %s: a %s SDK worker", request.worker_id, sdk)
             # As Beam's pool: stdout piped and never read (the boot program writes to stderr).
-            process = subprocess.Popen([*command, *flags], stdout=subprocess.PIPE, close_fds=True)
+            process = _spawned(lambda: subprocess.Popen([*command, *flags], stdout=subprocess.PIPE, close_fds=True))
             self._worker_processes[request.worker_id] = process
             return beam_fn_api_pb2.StartWorkerResponse()
 
     return Pool()
+
+
+# The one thread that starts the pool's workers. A sandbox (bwrap's --die-with-parent: PR_SET_PDEATHSIG) is killed
+# when the *thread* that started it ends, not its process: a Java spare started by the thread that waited for the
+# worker before it was killed as that worker ended.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
+T = TypeVar("T")
+
+
+def _spawned(start: Callable[[], T]) -> T:
+    """`start()`, which starts a worker process, in the spawning thread."""
+    return _SPAWNER.submit(start).result()
+
+
+@dataclass
+class JavaSpare:
+    """A Java spare of the pool: its process, its directory, and the class path of its warm JVM (None: a spare
+    started for a worker at once)."""
+
+    process: subprocess.Popen
+    directory: str
+    class_path: list[dict] | None = None
+
+    def remove(self) -> None:
+        """Kill it (its sandbox, JVM and all) if it runs, and remove its directory."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _assign(spare: subprocess.Popen, request) -> bool:
+    """Give a spare the flags of the worker it is to become (sdk_boot.read_assignment); False if it died."""
+    assignment = {"id": request.worker_id, **_endpoints(request)}
+    try:
+        assert spare.stdin is not None
+        spare.stdin.write(json.dumps(assignment).encode() + b"\n")
+        spare.stdin.close()
+    except OSError:
+        return False
+    return True
 
 
 def _endpoints(request) -> dict[str, str]:

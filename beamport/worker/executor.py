@@ -185,18 +185,6 @@ def warm_up() -> None:
     import beamport.translate.metrics  # noqa: F401
 
 
-def warm_java(spec: dict) -> None:
-    """Start a Java SDK harness's JVM ahead of the job: {"java": path, "class_path": [...] (the worker's
-    WarmJars.class_path), "classes": WarmHarness.class's directory or None}. A JVM that cannot start leaves the job
-    to start one of its own."""
-    from beamport.engine import java_warm
-
-    try:
-        java_warm.start(spec["class_path"], spec["java"], spec.get("classes"))
-    except (OSError, KeyError, TypeError) as exc:
-        log.warning("no warm JVM: %s", exc)
-
-
 def engine_spec(work_config: dict) -> registry.EngineSpec:
     """The engine the service chose for this work item (see beamport.service.engines); none named: the batch
     engine."""
@@ -377,7 +365,9 @@ def main() -> None:
     # back (PARENT_PID 0: in a sandbox, whose parent is its own init, and which dies with the worker).
     die_with_parent(int(sys.argv[1]))
     if len(sys.argv) > 2:  # the worker's last job was a Java one: a JVM warm for the next (engine/java_warm.py)
-        warm_java(json.loads(sys.argv[2]))
+        from beamport.engine import java_warm
+
+        java_warm.start_spec(json.loads(sys.argv[2]))
     warm_up()
     line = sys.stdin.readline()
     if not line:

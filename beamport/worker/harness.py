@@ -286,14 +286,8 @@ class Worker:
         """The standby executor's argument that has it start a JVM ahead of its job, or none."""
         if not self._warm_java:
             return []
-        class_path = self._java.class_path()
-        try:
-            java = java_boot.find_java()
-        except java_boot.JavaUnavailable:
-            return []
-        if not class_path:
-            return []
-        return [json.dumps({"java": java, "class_path": class_path, "classes": java_warm.compiled(java)})]
+        spec = java_warm.warm_spec(self._java.class_path())
+        return [json.dumps(spec)] if spec else []
 
     def _spawn_executor(self) -> Executor:
         status_r, status_w = os.pipe()
