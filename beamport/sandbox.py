@@ -101,15 +101,18 @@ def parse_size(text: str | None) -> int | None:
 
 
 class Sandbox:
-    def __init__(self, mode: str = AUTO, writable=(), hidden=(), limits: Limits = Limits(), shared=()):
-        """`writable`: directories bound writable when they exist; `shared`: directories the run shares with
-        processes outside it (e.g. Flink's drain signals), created if missing so that they are bound."""
+    def __init__(self, mode: str = AUTO, writable=(), hidden=(), limits: Limits = Limits(), shared=(), scratch=()):
+        """`writable`: directories bound writable when they exist (a hidden path inside one stays hidden);
+        `shared`: directories the run shares with processes outside it (e.g. Flink's drain signals), created if
+        missing so that they are bound; `scratch`: the run's own directories, bound writable even inside a hidden
+        path (an SDK worker's, inside its Flink cluster's directory)."""
         if mode not in MODES:
             raise ValueError(f"sandbox mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.mode = mode
         self.shared = [Path(p) for p in shared]
         self.writable = [*(Path(p) for p in writable), *self.shared]
         self.hidden = [Path(p) for p in hidden]
+        self.scratch = [Path(p) for p in scratch]
         self.limits = limits
 
     @functools.cached_property
@@ -146,7 +149,7 @@ class Sandbox:
             limits = " ".join(self.limits.prlimit()[1:-1]) or "no resource limits"
             return (
                 f"user code runs in a bubblewrap sandbox (uid {NOBODY}, no capabilities, system read-only, "
-                f"writable: {', '.join(map(str, self.writable)) or 'nothing'}; {limits})"
+                f"writable: {', '.join(map(str, [*self.writable, *self.scratch])) or 'nothing'}; {limits})"
             )
         return f"user code runs WITHOUT a sandbox, as uid {os.getuid()}: {self.unavailable}"
 
@@ -189,6 +192,8 @@ class Sandbox:
                 args += ["--tmpfs", str(path)]
             elif path.exists():
                 args += ["--ro-bind", "/dev/null", str(path)]
+        for path in self.scratch:
+            args += ["--bind", str(path), str(path)]
         for inside, host in (files or {}).items():
             args += ["--ro-bind", str(host), inside]
         args += ["--clearenv", "--setenv", "HOME", "/tmp", "--chdir", cwd or "/tmp"]

@@ -802,6 +802,38 @@ def test_the_flink_pools_spare_worker_becomes_a_jobs_first_sdk_worker(streaming_
     wait_state(api, job_id, {"JOB_STATE_CANCELLED"})
 
 
+def test_a_flink_sdk_worker_sees_none_of_the_clusters_files_but_its_own(streaming_server, flink, project):
+    """User code on Flink runs in the pool's sandbox (scripts/flink-cluster, as Beamport's own workers' is): an
+    unprivileged uid that reads and writes what the operator allows, and sees nothing of the cluster's directory
+    (Flink's configuration and logs, every job's staged files and savepoints, the other SDK workers' directories)."""
+    from test_sandbox import require_bwrap
+
+    require_bwrap()
+    srv, root = streaming_server, streaming_server.root / "probe"
+    root.mkdir()
+    cluster = Path(os.environ["BEAMPORT_TEST_FLINK_ENV"]).parent
+    other = cluster / "sdk" / f"worker-of-another-job-{time.monotonic_ns()}"
+    other.mkdir()
+    (other / "main_session.pickle").write_text("another job's")
+    (root / "visible.txt").write_text("an input")
+    hidden = [cluster / "conf" / "config.yaml", cluster / "logs" / "taskmanager.log", other / "main_session.pickle"]
+    assert all(path.is_file() for path in hidden)
+    probes = {
+        "read": [*map(str, hidden), str(root / "visible.txt")],
+        "write": [str(root / "written.txt"), str(planted := cluster / f"planted-{time.monotonic_ns()}.txt")],
+    }
+    out = root / "seen"
+    flags = [*dataflow_flags(srv, project, root, "probe"), "--labels=beamport_engine=flink"]
+    run([str(PIPELINES / "sandbox_probe.py"), str(out), json.dumps(probes), *flags])
+    seen = json.loads(out.read_text())
+    assert seen["uid"] == 65534 and int(seen["capabilities"], 16) == 0
+    for path in hidden:
+        assert seen[str(path)] == "FileNotFoundError", (path, seen[str(path)])
+    assert seen[str(root / "visible.txt")] == "read 8 bytes"
+    assert seen[str(root / "written.txt")] == "written" and (root / "written.txt").read_text() == "written by user code"
+    assert not planted.exists()  # (written, if at all, where nothing outside sees it)
+
+
 def listeners_beyond_loopback(processes) -> dict[str, list[str]]:
     """What each process (by its command line) listens on other than loopback addresses."""
     import ipaddress

@@ -365,7 +365,7 @@ def _sandbox(semi_persistent: str):
     writable = [p for p in os.environ.get("BEAMPORT_SANDBOX_WRITABLE", "").split(os.pathsep) if p]
     hidden = [p for p in os.environ.get("BEAMPORT_SANDBOX_HIDDEN", "").split(os.pathsep) if p]
     shared = os.environ.get("BEAMPORT_FLINK_SHARED_DIR", "/tmp/beamport-flink")
-    sandbox = Sandbox(mode, writable=[*writable, semi_persistent], hidden=hidden, shared=[shared])
+    sandbox = Sandbox(mode, writable=writable, hidden=hidden, shared=[shared], scratch=[semi_persistent])
     sandbox.require()
     return sandbox
 
