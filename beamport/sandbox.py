@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,11 @@ KEPT_PREFIXES = (
     "PUBSUB_EMULATOR_HOST",
     "BIGQUERY_EMULATOR_HOST",
 )
+
+
+# In Beamport's cache, the copies of Java jobs' jars that warm JVMs run over (engine/java_warm.py): hidden from
+# every run, which sees only those its own warm JVM was started over (Sandbox.command's `readable`).
+WARM_JARS = Path.home() / ".cache" / "beamport" / "java" / "warm"
 
 
 def _beamports_own_code() -> list[Path]:
@@ -159,10 +164,12 @@ class Sandbox:
         set_env: Mapping[str, str] | None = None,
         files: Mapping[str, Path] | None = None,
         cwd: str | None = None,
+        readable: Sequence[str] = (),
     ) -> list[str]:
         """`argv` to run inside the sandbox (unchanged when there is none), in an environment of what a run keeps
         of this process's, plus `set_env`; `files` are host files (a credential) made readable inside at the
-        given paths under /tmp."""
+        given paths under /tmp; `readable` host files shown read-only where they are, even where hidden (the
+        jars of the run's warm JVM, in WARM_JARS)."""
         if not self.enabled:
             return argv
         for path in self.shared:
@@ -192,6 +199,10 @@ class Sandbox:
                 args += ["--tmpfs", str(path)]
             elif path.exists():
                 args += ["--ro-bind", "/dev/null", str(path)]
+        if WARM_JARS.is_dir():
+            args += ["--tmpfs", str(WARM_JARS.resolve())]
+        for host_file in readable:
+            args += ["--ro-bind-try", host_file, host_file]  # (a copy pruned since: not there, as in the cache)
         for path in self.scratch:
             args += ["--bind", str(path), str(path)]
         for inside, host in (files or {}).items():

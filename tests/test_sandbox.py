@@ -18,6 +18,7 @@ from test_auth import Admin, error_of
 from test_running_jobs import PIPELINES, dataflow_flags, wait_state
 
 import beamport
+from beamport.sandbox import WARM_JARS
 
 pytestmark = pytest.mark.slow
 REGION = "us-central1"
@@ -49,6 +50,16 @@ def sandboxed(tmp_path_factory):
     srv.stop()
 
 
+@pytest.fixture
+def another_jobs_jar():
+    """A file among the copies of Java jobs' jars that warm JVMs run over (sandbox.WARM_JARS)."""
+    WARM_JARS.mkdir(parents=True, exist_ok=True)
+    copy = WARM_JARS / f"{os.urandom(32).hex()}.jar"
+    copy.write_text("another job's code")
+    yield copy
+    copy.unlink()
+
+
 def submit(srv: Server, base: Path, project: str, name: str, probes: dict, *extra: str) -> subprocess.CompletedProcess:
     flags = [f for f in dataflow_flags(srv, project, base, name) if f != "--no_auth"]
     env = {**os.environ, "GOOGLE_APPLICATION_CREDENTIALS": str(srv.admin_key)}
@@ -68,7 +79,7 @@ def submit(srv: Server, base: Path, project: str, name: str, probes: dict, *extr
     )
 
 
-def test_a_dofn_sees_only_what_its_job_may(sandboxed, project):
+def test_a_dofn_sees_only_what_its_job_may(sandboxed, project, another_jobs_jar):
     srv, base = sandboxed
     data = srv.data_dir
     source = Path(beamport.__file__).parent / "server.py"
@@ -77,6 +88,7 @@ def test_a_dofn_sees_only_what_its_job_may(sandboxed, project):
             str(srv.admin_key),
             str(data / "beamport.db"),
             str(data / "auth" / "local-workers-key.json"),
+            str(another_jobs_jar),  # a copy of an earlier Java job's jar, kept for warm JVMs (engine/java_warm.py)
             str(base / "visible.txt"),
             str(source),
         ],
@@ -87,7 +99,7 @@ def test_a_dofn_sees_only_what_its_job_may(sandboxed, project):
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads((base / project / "probe").read_text())
     assert seen["uid"] == 65534 and int(seen["capabilities"], 16) == 0
-    for secret in probes["read"][:3]:
+    for secret in probes["read"][:4]:
         assert not seen[secret].startswith("read"), (secret, seen[secret])
     assert seen[str(base / "visible.txt")] == "read 8 bytes"
     assert seen[str(source)].startswith("read")  # Beamport is readable, not writable

@@ -23,6 +23,7 @@ import pytest
 from conftest import Api, Server, beamport_command, discovery_client, gapic_clients
 from google.api_core.exceptions import ServerError
 from test_running_jobs import dataflow_flags, job_story, run, wait_state
+from test_sandbox import another_jobs_jar, require_bwrap  # noqa: F401 (a fixture)
 
 from beamport.config import FlinkConfig
 from beamport.engine import sdk_boot
@@ -802,12 +803,15 @@ def test_the_flink_pools_spare_worker_becomes_a_jobs_first_sdk_worker(streaming_
     wait_state(api, job_id, {"JOB_STATE_CANCELLED"})
 
 
-def test_a_flink_sdk_worker_sees_none_of_the_clusters_files_but_its_own(streaming_server, flink, project):
+def test_a_flink_sdk_worker_sees_none_of_the_clusters_files_but_its_own(
+    streaming_server,
+    flink,
+    project,
+    another_jobs_jar,  # noqa: F811 (the fixture)
+):
     """User code on Flink runs in the pool's sandbox (scripts/flink-cluster, as Beamport's own workers' is): an
     unprivileged uid that reads and writes what the operator allows, and sees nothing of the cluster's directory
     (Flink's configuration and logs, every job's staged files and savepoints, the other SDK workers' directories)."""
-    from test_sandbox import require_bwrap
-
     require_bwrap()
     srv, root = streaming_server, streaming_server.root / "probe"
     root.mkdir()
@@ -816,7 +820,12 @@ def test_a_flink_sdk_worker_sees_none_of_the_clusters_files_but_its_own(streamin
     other.mkdir()
     (other / "main_session.pickle").write_text("another job's")
     (root / "visible.txt").write_text("an input")
-    hidden = [cluster / "conf" / "config.yaml", cluster / "logs" / "taskmanager.log", other / "main_session.pickle"]
+    hidden = [
+        cluster / "conf" / "config.yaml",
+        cluster / "logs" / "taskmanager.log",
+        other / "main_session.pickle",
+        another_jobs_jar,  # (of the jars copied for warm JVMs, only a Java spare's own are there)
+    ]
     assert all(path.is_file() for path in hidden)
     probes = {
         "read": [*map(str, hidden), str(root / "visible.txt")],

@@ -42,10 +42,11 @@ from pathlib import Path
 
 from beamport.engine import harness_process
 from beamport.processes import die_with_parent
+from beamport.sandbox import WARM_JARS
 
 log = logging.getLogger(__name__)
 
-WARM_DIR = Path.home() / ".cache" / "beamport" / "java" / "warm"  # the jars of warm JVMs, by content
+WARM_DIR = WARM_JARS  # the jars of warm JVMs, by content (hidden from sandboxes but for a warm JVM's own)
 COMPILED_DIR = Path.home() / ".cache" / "beamport" / "java" / "warm-harness"  # WarmHarness.class, per source and JDK
 SOURCE = Path(__file__).parent / "java" / "WarmHarness.java"
 VARIABLE = "BEAMPORT_WARM_JVM"  # in an executor's environment: its warm JVM's directory

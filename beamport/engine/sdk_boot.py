@@ -127,7 +127,9 @@ def main(argv: list[str]) -> None:
         sandbox = _sandbox(semi_persistent)
         if sandbox is not None and sandbox.enabled:  # user code: the job's DoFns. This program goes in first.
             itself = [sys.executable, "-m", "beamport.engine.sdk_boot", *argv]
-            command = sandbox.command(itself, set_env={SANDBOXED: "1"})
+            # A Java spare's sandbox shows, of the jars copied for warm JVMs, its own JVM's only.
+            jars = warm_jvm_jars(args.spare_dir) if java and args.spare_dir else []
+            command = sandbox.command(itself, set_env={SANDBOXED: "1"}, readable=jars)
             os.execvpe(command[0], command, os.environ)
     if java or args.sdk == portable.GO_SDK:
         beam_protos.without_sdk()  # this worker is a JVM or a Go binary: Beam's Python SDK is not imported
@@ -159,6 +161,15 @@ def read_assignment(args: argparse.Namespace, lines: IO[str]) -> bool:
             setattr(args, name, str(value))
     args.id = args.id.strip("'\"")
     return bool(args.id)
+
+
+def warm_jvm_jars(spare_dir: str) -> list[str]:
+    """The jars of the JVM a Java spare's directory says to keep warm (WARM_JVM_FILE, the pool's), if any."""
+    try:
+        with open(os.path.join(spare_dir, WARM_JVM_FILE)) as spec:
+            return [jar["path"] for jar in json.load(spec)["class_path"]]
+    except FileNotFoundError:
+        return []
 
 
 def java_spare(args: argparse.Namespace, argv: list[str]) -> list[str] | None:

@@ -282,12 +282,9 @@ class Worker:
                 log.warning("no warm JVM for the next Java job: %s", exc)
                 self._warm_java = False
 
-    def _warm_java_spec(self) -> list[str]:
-        """The standby executor's argument that has it start a JVM ahead of its job, or none."""
-        if not self._warm_java:
-            return []
-        spec = java_warm.warm_spec(self._java.class_path())
-        return [json.dumps(spec)] if spec else []
+    def _warm_java_spec(self) -> dict | None:
+        """What the standby executor's JVM ahead of its job is to be (java_warm.start_spec), or None."""
+        return java_warm.warm_spec(self._java.class_path()) if self._warm_java else None
 
     def _spawn_executor(self) -> Executor:
         status_r, status_w = os.pipe()
@@ -295,9 +292,12 @@ class Worker:
         with open(log_path, "ab") as out:
             # Its own session: stopping it stops the SDK worker processes it started too.
             argv = [sys.executable, "-m", "beamport.worker.executor", "0" if self.sandbox.enabled else str(os.getpid())]
-            argv += self._warm_java_spec()
+            warm = self._warm_java_spec()
+            argv += [json.dumps(warm)] if warm else []
+            # Of the jars copied for warm JVMs, its sandbox shows only its own JVM's.
+            jars = [jar["path"] for jar in warm["class_path"]] if warm else []
             process = subprocess.Popen(
-                self.sandbox.command(argv),
+                self.sandbox.command(argv, readable=jars),
                 stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=subprocess.STDOUT,
