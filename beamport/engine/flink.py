@@ -765,6 +765,8 @@ class FlinkEngine(Engine):
                     if figures:
                         observer.stage_figures(figures)
             if state == "FINISHED":
+                if not reported_running:  # it ran, within one look: RUNNING before DONE, as on Dataflow
+                    observer.running(f"Flink (job {jid} on {self.config.master})")
                 if streaming and not draining and self.rest.stopped_with_savepoint(jid):
                     return RunResult(HANDED_OVER)  # an update's: the job that takes over goes on from its savepoint
                 return RunResult(DRAINED if draining else DONE)

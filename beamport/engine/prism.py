@@ -169,6 +169,8 @@ class PrismEngine(Engine):
                     observer.monitoring_infos(list(results.committed))
                     observer.metrics(user_metrics(results, one_side="committed"))
             if state == "DONE":
+                if not running:  # it ran, within one look (a job of a second): RUNNING before DONE, as on Dataflow
+                    observer.running(f"Prism (invocation {invocation})")
                 observer.stage_state("Prism", STAGE_DONE, int(time.time() * 1e6))
                 return RunResult(DRAINED if draining else DONE)
             if state == "FAILED":
