@@ -87,17 +87,18 @@ def pool_processes(flink: dict, chosen: Callable[[list[str]], bool]) -> list[psu
 def pool_jvms(flink: dict) -> list[psutil.Process]:
     """The Java SDK harnesses the Flink cluster's SDK worker pool runs: in JVMs of their own, or in the warm JVMs of
     the pool's Java spares that a job took (engine/java_warm.py)."""
-    return pool_processes(flink, lambda command: HARNESS in command or (is_warm_jvm(command) and not waiting(command)))
+    return pool_processes(flink, lambda command: HARNESS in command or (is_warm_jvm(command) and taken(command)))
 
 
 def pool_warm_jvms(flink: dict) -> list[psutil.Process]:
-    """The warm JVMs of the pool's Java spares that wait for a job."""
-    return pool_processes(flink, lambda command: is_warm_jvm(command) and waiting(command))
+    """The warm JVMs of the pool's Java spares that wait for a job (or are still warming up for one)."""
+    return pool_processes(flink, lambda command: is_warm_jvm(command) and not taken(command))
 
 
-def waiting(warm_jvm_command: list[str]) -> bool:
-    """Whether a warm JVM waits for a job: its socket (its last argument) is there until a launcher takes it."""
-    return Path(warm_jvm_command[-1]).exists()
+def taken(warm_jvm_command: list[str]) -> bool:
+    """Whether a launcher took a warm JVM: it renames the JVM's socket (its last argument) to socket.taken
+    (java_warm.claim). (A JVM still warming up has neither: it is no harness yet.)"""
+    return Path(warm_jvm_command[-1] + ".taken").exists()
 
 
 HARNESS = "org.apache.beam.fn.harness.FnHarness"
