@@ -274,6 +274,11 @@ def warm_spec(class_path: list[dict]) -> dict | None:
     return {"java": java, "class_path": class_path, "classes": compiled(java)} if class_path else None
 
 
+def jar_paths(spec: dict | None) -> list[str]:
+    """The jars of the warm JVM `spec` describes (warm_spec; None: no JVM), which its sandbox must show."""
+    return [jar["path"] for jar in spec["class_path"]] if spec else []
+
+
 def start_spec(spec: dict, parent: str | None = None) -> None:
     """`start` as a worker asks for it: {"java": path, "class_path": [...] (WarmJars.class_path), "classes":
     WarmHarness.class's directory or None}. A JVM that cannot start leaves the job to start one of its own."""

@@ -128,8 +128,10 @@ def main(argv: list[str]) -> None:
         if sandbox is not None and sandbox.enabled:  # user code: the job's DoFns. This program goes in first.
             itself = [sys.executable, "-m", "beamport.engine.sdk_boot", *argv]
             # A Java spare's sandbox shows, of the jars copied for warm JVMs, its own JVM's only.
-            jars = warm_jvm_jars(args.spare_dir) if java and args.spare_dir else []
-            command = sandbox.command(itself, set_env={SANDBOXED: "1"}, readable=jars)
+            from beamport.engine import java_warm
+
+            warm = warm_jvm_spec(args.spare_dir) if java and args.spare_dir else None
+            command = sandbox.command(itself, set_env={SANDBOXED: "1"}, readable=java_warm.jar_paths(warm))
             os.execvpe(command[0], command, os.environ)
     if java or args.sdk == portable.GO_SDK:
         beam_protos.without_sdk()  # this worker is a JVM or a Go binary: Beam's Python SDK is not imported
@@ -163,13 +165,14 @@ def read_assignment(args: argparse.Namespace, lines: IO[str]) -> bool:
     return bool(args.id)
 
 
-def warm_jvm_jars(spare_dir: str) -> list[str]:
-    """The jars of the JVM a Java spare's directory says to keep warm (WARM_JVM_FILE, the pool's), if any."""
+def warm_jvm_spec(spare_dir: str) -> dict | None:
+    """The JVM a Java spare's directory says to keep warm (WARM_JVM_FILE, the pool's: java_warm.warm_spec), if any
+    (none: a spare started for a worker at once)."""
     try:
         with open(os.path.join(spare_dir, WARM_JVM_FILE)) as spec:
-            return [jar["path"] for jar in json.load(spec)["class_path"]]
+            return json.load(spec)
     except FileNotFoundError:
-        return []
+        return None
 
 
 def java_spare(args: argparse.Namespace, argv: list[str]) -> list[str] | None:
@@ -179,11 +182,9 @@ def java_spare(args: argparse.Namespace, argv: list[str]) -> list[str] | None:
     from beamport.engine import java_warm
 
     os.dup2(2, 1)  # the pool pipes stdout and never reads it: nothing the JVM says may fill that pipe
-    try:
-        with open(os.path.join(args.spare_dir, WARM_JVM_FILE)) as spec:
-            java_warm.start_spec(json.load(spec), parent=args.spare_dir)  # removed with the spare's directory
-    except FileNotFoundError:  # a spare started for a worker at once: no JVM ahead of it
-        pass
+    warm = warm_jvm_spec(args.spare_dir)
+    if warm is not None:
+        java_warm.start_spec(warm, parent=args.spare_dir)  # removed with the spare's directory
     if not read_assignment(args, sys.stdin):
         return None
     return [*argv, *(f"--{name}={getattr(args, name)}" for name in ASSIGNED)]

@@ -295,9 +295,8 @@ class Worker:
             warm = self._warm_java_spec()
             argv += [json.dumps(warm)] if warm else []
             # Of the jars copied for warm JVMs, its sandbox shows only its own JVM's.
-            jars = [jar["path"] for jar in warm["class_path"]] if warm else []
             process = subprocess.Popen(
-                self.sandbox.command(argv, readable=jars),
+                self.sandbox.command(argv, readable=java_warm.jar_paths(warm)),
                 stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=subprocess.STDOUT,
