@@ -24,6 +24,7 @@ from conftest import Api, Server, beamport_command, discovery_client, gapic_clie
 from google.api_core.exceptions import ServerError
 from test_running_jobs import dataflow_flags, job_story, run, wait_state
 from test_sandbox import another_jobs_jar, require_bwrap  # noqa: F401 (a fixture)
+from test_worker_protocol import Worker
 
 from beamport.config import FlinkConfig
 from beamport.engine import sdk_boot
@@ -123,6 +124,14 @@ def cancel_flink_jobs(flink: dict, which) -> None:
 def flink_jobs(flink: dict) -> list[dict]:
     with urllib.request.urlopen(f"http://{flink['BEAMPORT_FLINK_MASTER']}/jobs/overview", timeout=5) as answer:
         return json.load(answer)["jobs"]
+
+
+# The message of a worker that follows a Flink job another worker started, and was lost (it adopted the run).
+FOLLOWS = "This worker follows the job's run on Flink"
+
+
+def message_texts(api: Api, job_id: str) -> list[str]:
+    return [m["messageText"] for m in api.messages(job_id, pageSize=1000).json().get("jobMessages", [])]
 
 
 def flink_state(flink: dict, job_id: str) -> str | None:
@@ -1029,6 +1038,33 @@ def four_lines_counted(srv: Server, project: str, tmp_path: Path, name: str) -> 
     return api, log, out, job_id
 
 
+def test_a_job_cancelled_as_a_new_worker_takes_it_over_leaves_no_flink_job_running(flink, tmp_path, project):
+    """Cancelled while the worker that took its work over after a crash has not adopted its Flink job yet (its
+    executor still stages the job, and knows of no run to stop): the Flink job is cancelled all the same. The CI
+    run at 3f93c10 left it running, the job CANCELLED. The new worker is played by hand, so that it never adopts."""
+    args = ("--allow-path", str(tmp_path), *flink_args(flink))
+    srv = Server(tmp_path / "data", extra_args=(*args, "--workers", "1"))
+    srv.start()
+    job_id = None
+    try:
+        api, _, _, job_id = four_lines_counted(srv, project, tmp_path, "cancelled-on-takeover")
+        crash(srv)
+        srv.extra_args = (*args, "--workers", "0")
+        srv.start()
+        worker = Worker(api, job_id, "w-takeover")
+        (item,) = wait_for("the work leased again", lambda: worker.lease().json().get("workItems"), timeout=90)
+        assert flink_state(flink, job_id) == "RUNNING", "the Flink job runs on, as no worker follows it"
+        assert api.update(job_id, {"requestedState": "JOB_STATE_CANCELLED"}).status_code == 200
+        answer = worker.report(item["id"], item["initialReportIndex"]).json()
+        assert answer["workItemServiceStates"][0]["completeWorkStatus"]["message"].endswith("was cancelled.")
+        assert api.get(job_id).json()["currentState"] == "JOB_STATE_CANCELLED"
+        wait_for("the Flink job cancelled", lambda: flink_state(flink, job_id) == "CANCELED", timeout=30)
+    finally:
+        if srv.process is not None:
+            srv.stop()
+        cancel_live_flink_jobs_of(flink, job_id)
+
+
 def test_a_drain_that_ends_while_beamport_is_down_ends_drained_without_running_again(flink, tmp_path, project):
     """A draining job's Flink job ends while no worker follows it (Beamport crashed as it stopped the flushed
     job): the work's next attempt finds it ended with its drain signal and ends the job DRAINED, rather than
@@ -1095,6 +1131,7 @@ def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopt
         srv.start()
         # The work is leased again; the new executor follows the running Flink job instead of submitting it.
         wait_for("the work leased again", lambda: took_over() > taken_over_before, timeout=90)
+        wait_for("the Flink job adopted", lambda: any(FOLLOWS in text for text in message_texts(api, job_id)))
         assert of_job() == before_crash, "the same Flink job, not a second one"
         # RUNNING again if a task restarted meanwhile (the cluster's REST API said RESTARTING once, under load).
         wait_for("the Flink job running", lambda: running() == [flink_id])

@@ -575,6 +575,8 @@ class FlinkEngine(Engine):
         self.flink_job_id: str | None = None
         self._job_id: str | None = None
         self._logs = ""  # the address of the logging service the job's SDK workers send their logs to
+        # The job server's invocation being submitted (stop cancels it there until the Flink job is found).
+        self._submission: tuple[JobService, str] | None = None
         self._count_names: dict[str, str] = {}  # its PCollections' element counts' Flink names (live_metrics)
 
     # -- called from other threads -----------------------------------------------------------
@@ -586,12 +588,14 @@ class FlinkEngine(Engine):
 
     def stop(self) -> None:
         """Cancel the Flink job now (the job was cancelled, or its work moved): best effort, brief."""
-        jid = self.flink_job_id
+        jid, submission = self.flink_job_id, self._submission
         try:
             if jid is None and self._job_id:  # stopped while submitting: the job may just have arrived
                 jid = (self.rest.find_job(self._job_id) or {}).get("jid")
             if jid:
                 self.rest.cancel(jid)
+            elif submission is not None:  # not on the cluster yet: the job server would still submit it
+                submission[0].cancel(submission[1])
         except EngineError as exc:
             log.warning("could not cancel the Flink job of %s: %s", self._job_id, exc)
 
@@ -613,8 +617,10 @@ class FlinkEngine(Engine):
                 if ended is not None:
                     return ended
                 if found is not None:  # a worker before this one submitted it, and was lost: follow it
-                    log.info("adopting Flink job %s of job %s", found["jid"], job.job_id)
                     jid = self.flink_job_id = found["jid"]
+                    observer.log(
+                        _info(f"This worker follows the job's run on Flink (job {jid}), which went on without one.")
+                    )
                 else:
                     if handed_over:
                         self.restore_from = handed_over
@@ -703,6 +709,7 @@ class FlinkEngine(Engine):
         service = JobService(self.config.job_server, "Beam's Flink job server")
         submitted_ms = time.time() * 1000 - 1000  # a job of this name from before (resubmitted) is not this one
         invocation = service.submit(job.job_id, pipeline, options)
+        self._submission = (service, invocation)
 
         def on_the_cluster() -> str | None:  # the job server translates, then submits to the cluster
             found = self.rest.find_job(job.job_id, active_only=False)
@@ -724,6 +731,7 @@ class FlinkEngine(Engine):
             return None
 
         jid = wait_until(on_the_cluster, lambda jid: jid is not None, SUBMIT_TIMEOUT_S, 0.5)
+        self._submission = None
         if jid is None:
             raise EngineError(f"The job did not reach the Flink cluster within {SUBMIT_TIMEOUT_S:.0f} s.")
         return jid

@@ -71,8 +71,9 @@ def spec_of(doc: dict, streaming_engine: str | None) -> registry.EngineSpec | No
 
 def stop_run_left_behind(saved_state: SavedState | None, doc: dict, streaming_engine: str | None) -> None:
     """The job ended with no worker to stop its run (cancelled between attempts, or its lease revoked while it
-    was being cancelled): a run on an engine outside the workers' processes (a cluster's job) outlives the worker
-    that started it, so the service stops it itself (best effort)."""
+    was being cancelled), or with a worker that may not know of it (it took the work over and has not adopted the
+    run yet): a run on an engine outside the workers' processes (a cluster's job) outlives the worker that started
+    it, so the service stops it itself (best effort)."""
     spec = registry.find(engine_of(doc, streaming_engine))
     if spec is not None and spec.stops_outside and saved_state is not None:
         saved_state.stop_run(doc["id"])
