@@ -69,8 +69,13 @@ def job_story(api: Api, job_id: str) -> str:
         found += page.get("jobMessages", [])
         if not (token := page.get("nextPageToken")):
             break
-    said = "\n".join(f"  {m.get('time')} {m.get('messageText', '')[:300]}" for m in found[-30:])
+    said = "\n".join(f"  {m.get('time')} {_ends(m.get('messageText', ''))}" for m in found[-30:])
     return f"{api.get(job_id).json()}\nits messages:\n{said}"
+
+
+def _ends(text: str) -> str:
+    """A long message's start and end: a failure's traceback says where it was raised at its end."""
+    return text if len(text) <= 1500 else f"{text[:300]} [...] {text[-1200:]}"
 
 
 def texts(api: Api, job_id: str) -> list[str]:
