@@ -130,6 +130,13 @@ def flink_jobs(flink: dict) -> list[dict]:
 FOLLOWS = "This worker follows the job's run on Flink"
 
 
+def read_if_there(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def message_texts(api: Api, job_id: str) -> list[str]:
     return [m["messageText"] for m in api.messages(job_id, pageSize=1000).json().get("jobMessages", [])]
 
@@ -842,7 +849,8 @@ def test_a_flink_sdk_worker_sees_none_of_the_clusters_files_but_its_own(
     }
     out = root / "seen"
     flags = [*dataflow_flags(srv, project, root, "probe"), "--labels=beamport_engine=flink"]
-    run([str(PIPELINES / "sandbox_probe.py"), str(out), json.dumps(probes), *flags])
+    done = run([str(PIPELINES / "sandbox_probe.py"), str(out), json.dumps(probes), *flags])
+    job_id = done.stdout.split("JOB_ID", 1)[1].split()[0]
     seen = json.loads(out.read_text())
     assert seen["uid"] == 65534 and int(seen["capabilities"], 16) == 0
     for path in hidden:
@@ -850,6 +858,11 @@ def test_a_flink_sdk_worker_sees_none_of_the_clusters_files_but_its_own(
     assert seen[str(root / "visible.txt")] == "read 8 bytes"
     assert seen[str(root / "written.txt")] == "written" and (root / "written.txt").read_text() == "written by user code"
     assert not planted.exists()  # (written, if at all, where nothing outside sees it)
+
+    def workers_left() -> list[Path]:  # the directories of the job's Python workers (which note the job's name)
+        return [d for d in (cluster / "sdk").glob("*-*") if job_id in read_if_there(d / sdk_boot.JOB_FILE)]
+
+    wait_for("the finished workers' directories removed", lambda: not workers_left(), 60)
 
 
 def listeners_beyond_loopback(processes) -> dict[str, list[str]]:

@@ -22,7 +22,8 @@ Beamport's own workers do (engine/java_warm.py): each Java worker is a Java spar
 its flags on its stdin, the one waiting when there is one; a while after a Java worker has fetched its jars (or when
 it ends), the pool copies them (java_warm.WarmJars, only files of that worker's directory) and starts the next Java
 spare, whose JVM warms up over the jars the last Java jobs share, in the sandbox, and is taken only by a harness
-that has every one of them. A Java worker's directory (its jars) is removed when it ends.
+that has every one of them. A worker's directory (a Java worker's jars, a Python worker's staged files) is removed
+when it ends.
 """
 
 from __future__ import annotations
@@ -83,20 +84,20 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
     class Pool(BeamFnExternalWorkerPoolServicer):
         def __init__(self) -> None:
             super().__init__(use_process=True, container_executable=container_executable)
-            self.spares: list[subprocess.Popen] = []
+            self.spares: list[Spare] = []
             self._lock = threading.Lock()
             for _ in range(spares):
                 self.spares.append(self._spare())
             # The jars of the last Java jobs, and the Java spare whose JVM is warm over those they share.
             self.java = java_warm.WarmJars(java_boot.harness_jars()) if spares else None
-            self.java_spare: JavaSpare | None = None
+            self.java_spare: Spare | None = None
             self._java_lock = threading.Lock()  # who has the Java spare
             self._keep_lock = threading.Lock()
 
-        def _spare(self, *flags: str, directory: str | None = None) -> subprocess.Popen:
+        def _spare(self, *flags: str, directory: str | None = None) -> Spare:
             directory = directory or tempfile.mkdtemp(prefix="spare-", dir=spare_root)
             command = [container_executable, f"--spare_dir={directory}", *flags]
-            return _spawned(
+            process = _spawned(
                 lambda: subprocess.Popen(
                     command,
                     stdin=subprocess.PIPE,
@@ -104,6 +105,7 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
                     close_fds=True,
                 )
             )
+            return Spare(process, directory)
 
         def _replenish(self) -> None:
             with self._lock:
@@ -120,17 +122,29 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
                 spare = None
                 while self.spares and spare is None:
                     candidate = self.spares.pop(0)
-                    spare = candidate if candidate.poll() is None else None
+                    spare = candidate if candidate.process.poll() is None else candidate.remove()
                 if spare is not None:
                     # Later: its import would take the CPU the job's first bundles need now.
                     timer = threading.Timer(REPLENISH_AFTER_S, self._replenish)
                     timer.daemon = True
                     timer.start()
-            if spare is None or not _assign(spare, request):  # none, or it died meanwhile: a worker started cold
-                return _spawned(lambda: super(Pool, self).StartWorker(request, context))
-            log.info("worker %s: a spare (pid %s)", request.worker_id, spare.pid)
-            self._worker_processes[request.worker_id] = spare
+            if spare is None or not _assign(spare.process, request):  # none, or it died: a worker started cold
+                if spare is not None:
+                    spare.remove()
+                answer = _spawned(lambda: super(Pool, self).StartWorker(request, context))
+                self._remove_when_ended(request.worker_id)
+                return answer
+            log.info("worker %s: a spare (pid %s)", request.worker_id, spare.process.pid)
+            self._worker_processes[request.worker_id] = spare.process
+            _remove_when_ended(spare)
             return beam_fn_api_pb2.StartWorkerResponse()
+
+        def _remove_when_ended(self, worker_id: str) -> None:
+            """The directory of a worker started as `sdk_boot --id` (not a spare) goes when it ends."""
+            process = self._worker_processes.get(worker_id)
+            # (Any process on the host may ask for a worker: an id with a "/" would name another directory.)
+            if spare_root is not None and isinstance(process, subprocess.Popen) and "/" not in worker_id:
+                _remove_when_ended(Spare(process, str(Path(spare_root) / f"worker-{worker_id}")))
 
         def _start_java(self, request):
             """A Java SDK harness: the waiting Java spare (its JVM warm), else a Java spare started for it now."""
@@ -151,7 +165,7 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
             threading.Thread(target=self._after_java, args=(spare,), daemon=True).start()
             return beam_fn_api_pb2.StartWorkerResponse()
 
-        def _after_java(self, worker: JavaSpare) -> None:
+        def _after_java(self, worker: Spare) -> None:
             """Once a Java worker has fetched its jars (its spec written) and ran REPLENISH_AFTER_S (its JVM's start
             is not slowed by the copies), or ended: keep its jars and warm the next Java spare over them. Its
             directory goes when it ends."""
@@ -198,13 +212,14 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
                 with self._java_lock:
                     self.java_spare = spare
 
-        def _java_spare(self, warm: dict | None) -> JavaSpare:
+        def _java_spare(self, warm: dict | None) -> Spare:
             """A Java spare, its JVM started ahead as `warm` says (java_warm.warm_spec), or none."""
             directory = tempfile.mkdtemp(prefix="java-", dir=spare_root)
             if warm is not None:
                 Path(directory, sdk_boot.WARM_JVM_FILE).write_text(json.dumps(warm))
-            process = self._spare(f"--{sdk_boot.SDK_FLAG}={portable.JAVA_SDK}", directory=directory)
-            return JavaSpare(process, directory, warm["class_path"] if warm else None)
+            spare = self._spare(f"--{sdk_boot.SDK_FLAG}={portable.JAVA_SDK}", directory=directory)
+            spare.class_path = warm["class_path"] if warm else None
+            return spare
 
         def _start_other_sdk(self, request, sdk: str):
             """A Go worker, or a Java SDK harness of a pool without spares: the boot program in that SDK's mode."""
@@ -214,6 +229,7 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
             # As Beam's pool: stdout piped and never read (the boot program writes to stderr).
             process = _spawned(lambda: subprocess.Popen([*command, *flags], stdout=subprocess.PIPE, close_fds=True))
             self._worker_processes[request.worker_id] = process
+            self._remove_when_ended(request.worker_id)
             return beam_fn_api_pb2.StartWorkerResponse()
 
     return Pool()
@@ -232,9 +248,9 @@ def _spawned(start: Callable[[], T]) -> T:
 
 
 @dataclass
-class JavaSpare:
-    """A Java spare of the pool: its process, its directory, and the class path of its warm JVM (None: a spare
-    started for a worker at once)."""
+class Spare:
+    """A worker of the pool (a spare, or a worker started for a request): its process, its directory, and for a
+    Java spare the class path of its warm JVM (None: none, or a spare started for a worker at once)."""
 
     process: subprocess.Popen
     directory: str
@@ -246,6 +262,16 @@ class JavaSpare:
             self.process.kill()
             self.process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _remove_when_ended(worker: Spare) -> None:
+    """Remove a worker's directory once it has ended (in a thread of its own, which only waits)."""
+
+    def wait_then_remove() -> None:
+        worker.process.wait()
+        worker.remove()
+
+    threading.Thread(target=wait_then_remove, name="remove-worker-dir", daemon=True).start()
 
 
 def _assign(spare: subprocess.Popen, request) -> bool:
