@@ -165,20 +165,25 @@ class Sandbox:
         files: Mapping[str, Path] | None = None,
         cwd: str | None = None,
         readable: Sequence[str] = (),
+        die_with_parent: bool = True,
     ) -> list[str]:
         """`argv` to run inside the sandbox (unchanged when there is none), in an environment of what a run keeps
         of this process's, plus `set_env`; `files` are host files (a credential) made readable inside at the
         given paths under /tmp; `readable` host files shown read-only where they are, even where hidden (the
-        jars of the run's warm JVM, in WARM_JARS)."""
+        jars of the run's warm JVM, in WARM_JARS). `die_with_parent` False: the sandbox outlives the thread that
+        starts it (a service started by a script that then exits: scripts/flink-cluster)."""
         if not self.enabled:
             return argv
         for path in self.shared:
             path.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k in KEPT_VARIABLES or k.startswith(KEPT_PREFIXES)}
         env.update(set_env or {})
+        namespaces = self._namespaces()
+        if not die_with_parent:
+            namespaces.remove("--die-with-parent")
         args = [
             "bwrap",
-            *self._namespaces(),
+            *namespaces,
             "--ro-bind",
             "/",
             "/",

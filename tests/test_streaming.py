@@ -865,6 +865,49 @@ def test_a_flink_sdk_worker_sees_none_of_the_clusters_files_but_its_own(
     wait_for("the finished workers' directories removed", lambda: not workers_left(), 60)
 
 
+def test_user_code_cannot_run_code_outside_a_sandbox_through_the_flink_clusters_services(
+    streaming_server, flink, project
+):
+    """Any process on the host reaches Beam's Flink job server (as Flink's REST API): user code can submit a
+    pipeline of its own there, with a PROCESS environment whose command the cluster runs. The cluster runs in the
+    sandbox too (scripts/flink-cluster), so that command is as confined as the user code that sent it: an
+    unprivileged uid in a namespace of its own that cannot write outside the allowed roots. (Before, it ran as the
+    cluster's user, on the host: anything a job's code was kept from, it could do this way.)"""
+    require_bwrap()
+    srv, root = streaming_server, streaming_server.root / "escape"
+    root.mkdir()
+    forbidden = Path("/var/tmp") / f"beamport-escape-{time.monotonic_ns()}"
+    out = root / "seen"
+    inner = f"escape-{time.monotonic_ns()}"  # the name of the pipeline the DoFn submits
+    try:
+        job_server = flink["BEAMPORT_FLINK_JOB_SERVER"]
+        run(
+            [
+                str(PIPELINES / "cluster_escape.py"),
+                str(out),
+                job_server,
+                str(root),
+                str(forbidden),
+                inner,
+                *dataflow_flags(srv, project, root, "escape"),
+            ]
+        )
+        seen = json.loads(out.read_text())
+        assert seen["submitted"], seen  # the job server takes anyone's pipeline: the cluster runs its command
+        assert "command_uid" in seen, f"the command never ran: {seen}"
+        assert not forbidden.exists(), "the cluster ran user code outside the sandbox"
+        assert seen["command_uid"] == 65534, seen
+        assert seen["command_user_namespace"] != os.readlink("/proc/self/ns/user"), seen
+    finally:
+        # Its command runs again if the job restarts: gone before the file is.
+        cancel_flink_jobs(flink, lambda job: job["name"] == inner and job["state"] in LIVE)
+        wait_for(
+            "the submitted pipeline ended",
+            lambda: not [j for j in flink_jobs(flink) if j["name"] == inner and j["state"] in LIVE],
+        )
+        forbidden.unlink(missing_ok=True)
+
+
 def listeners_beyond_loopback(processes) -> dict[str, list[str]]:
     """What each process (by its command line) listens on other than loopback addresses."""
     import ipaddress
@@ -906,8 +949,9 @@ def test_no_engine_process_listens_beyond_loopback_while_jobs_run(streaming_serv
         server = psutil.Process(srv.process.pid)
         ours += [server, *server.children(recursive=True)]
     markers = ("dev.beamport.flink.", "beamport.engine.worker_pool", "StandaloneSessionClusterEntrypoint")
-    commands = {p: " ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["cmdline"])}
-    cluster = [p for p, command in commands.items() if any(m in command for m in markers)]
+    commands = {p: " ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["cmdline", "name"])}
+    # (not the bubblewrap processes the JVMs run under: scripts/flink-cluster sandboxes them)
+    cluster = [p for p, cmd in commands.items() if any(m in cmd for m in markers) and p.info["name"] != "bwrap"]
     assert len(cluster) == 3, "the job server, the SDK worker pool and the JobManager of scripts/flink-cluster"
     assert any(p.name() == "prism" for p in ours), "a Prism runs the Prism job"
     assert listeners_beyond_loopback(ours + cluster) == {}
