@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -179,3 +180,55 @@ def test_sandbox_required_refuses_to_start_without_bubblewrap(tmp_path):
         )
         assert done.returncode != 0
         assert "bubblewrap is not installed" in done.stderr, done.stderr[-2000:]
+
+
+def test_the_sdk_worker_pool_refuses_a_worker_id_that_names_another_directory(tmp_path):
+    """Any process on the host reaches an SDK worker pool (the Flink cluster's), which starts a worker in a
+    directory named after the worker's id, made outside the sandbox and bound writable inside it: an id with "/"
+    in it would name any directory of the host (here one outside the pool's), and hand it to the worker's code.
+    The pool refuses such an id, and so does the worker's boot program."""
+    import grpc
+    from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc, endpoints_pb2
+
+    from beamport.engine import portable
+
+    sdk = tmp_path / "pool" / "sdk"
+    sdk.mkdir(parents=True)
+    boot = sdk / "boot"
+    boot.write_text(f'#!/bin/sh\nexec {sys.executable} -m beamport.engine.sdk_boot --semi_persist_dir={sdk} "$@"\n')
+    boot.chmod(0o755)
+    elsewhere = tmp_path / "elsewhere"
+    # From the worker's directory (sdk/worker-x) up to / and down to `elsewhere`.
+    worker_id = "x/" + "../" * len(sdk.parts) + str(elsewhere).lstrip("/")
+    port = free_port()
+    log = open(tmp_path / "pool.log", "wb")
+    command = [sys.executable, "-m", "beamport.engine.worker_pool", f"--service_port={port}"]
+    pool = subprocess.Popen([*command, f"--container_executable={boot}", "--spares=1", f"--spare_root={sdk}"],
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        with grpc.insecure_channel(f"localhost:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            nowhere = endpoints_pb2.ApiServiceDescriptor(url="localhost:1")
+            for sdk_name in (portable.GO_SDK, "python"):  # a worker started for the request, and a spare
+                answer = beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel).StartWorker(
+                    beam_fn_api_pb2.StartWorkerRequest(
+                        worker_id=worker_id,
+                        control_endpoint=nowhere,
+                        logging_endpoint=nowhere,
+                        artifact_endpoint=nowhere,
+                        provision_endpoint=nowhere,
+                        params={portable.SDK_PARAM: sdk_name},
+                    ),
+                    timeout=30,
+                )
+                assert "worker id" in answer.error, answer
+        time.sleep(3)  # (a worker started would have made its directory by now)
+        assert not elsewhere.exists(), "a worker's directory outside the pool's"
+        # The boot program on its own (as Beam's own pool would start it) refuses the id too.
+        done = subprocess.run([str(boot), f"--id={worker_id}", "--provision_endpoint=localhost:1"],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode != 0 and "worker id" in done.stderr, done.stderr[-2000:]
+        assert not elsewhere.exists()
+    finally:
+        pool.kill()
+        pool.wait()

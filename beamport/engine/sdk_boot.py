@@ -97,7 +97,17 @@ def boot_arguments(argv: list[str], *extra: str) -> argparse.Namespace:
     parser.add_argument("--semi_persist_dir", default="/tmp")
     args, _ = parser.parse_known_args(argv)
     args.id = args.id.strip("'\"")  # Prism passes --id='ID', quotes included
+    if bad_worker_id(args.id):
+        raise SystemExit(f"sdk_boot: {bad_worker_id(args.id)}")
     return args
+
+
+def bad_worker_id(worker_id: str) -> str | None:
+    """Why a worker id cannot name a worker's directory (`worker-ID`, made outside the sandbox and writable inside
+    it), or None. Whoever reaches a pool chooses the id: one with a "/" would name any directory of the host."""
+    if "/" in worker_id or "\0" in worker_id:
+        return f"the worker id {worker_id!r} has a '/' or a NUL in it: it would name another directory."
+    return None
 
 
 def provision_info(endpoint: str, worker_id: str):

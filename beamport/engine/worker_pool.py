@@ -113,6 +113,10 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
                     self.spares.append(self._spare())
 
         def StartWorker(self, request, context):
+            refused = sdk_boot.bad_worker_id(request.worker_id)
+            if refused:  # (anyone on the host may ask: the id names the worker's directory)
+                log.warning("refused a worker: %s", refused)
+                return beam_fn_api_pb2.StartWorkerResponse(error=refused)
             sdk = request.params.get(portable.SDK_PARAM)
             if sdk == portable.JAVA_SDK and self.java is not None:
                 return self._start_java(request)
@@ -142,8 +146,7 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
         def _remove_when_ended(self, worker_id: str) -> None:
             """The directory of a worker started as `sdk_boot --id` (not a spare) goes when it ends."""
             process = self._worker_processes.get(worker_id)
-            # (Any process on the host may ask for a worker: an id with a "/" would name another directory.)
-            if spare_root is not None and isinstance(process, subprocess.Popen) and "/" not in worker_id:
+            if spare_root is not None and isinstance(process, subprocess.Popen):  # (its id checked: StartWorker)
                 _remove_when_ended(Spare(process, str(Path(spare_root) / f"worker-{worker_id}")))
 
         def _start_java(self, request):
