@@ -241,3 +241,28 @@ def test_a_refused_create_leaves_no_kept_pipeline(store, tmp_path):  # noqa: F81
     assert refused.value.status == "FAILED_PRECONDITION" and "not compatible" in refused.value.message
     assert [p.name for p in kept.iterdir()] == [f"{old_id}.pb"]
     assert state(jobs, old_id)["currentState"] == "JOB_STATE_RUNNING"
+
+
+def test_a_savepoint_copied_for_a_resumed_update_keeps_its_links_as_links(tmp_path):
+    """An update's stop resumed after a restart copies the savepoint its run was stopped with into the new
+    snapshot (FlinkControl._stopped_with_savepoint), in this server, outside the sandbox. The cluster that wrote
+    the savepoint runs what jobs send it (sandboxed: scripts/flink-cluster), so a link in it may name any file of
+    the host: copied as a link, never as the file it names (which the cluster could then read in the snapshot)."""
+    from beamport.config import FlinkConfig
+    from beamport.engine.flink import FlinkControl
+
+    secret = tmp_path / "secret"
+    secret.write_text("the host's")
+    savepoint = tmp_path / "cluster" / "savepoints" / "savepoint-1"
+    savepoint.mkdir(parents=True)
+    (savepoint / "_metadata").write_bytes(b"state")
+    (savepoint / "planted").symlink_to(secret)
+    control = FlinkControl(FlinkConfig(master="localhost:1", job_server="-", sdk_pool="-"))
+    control.rest.handed_over = lambda job_id: savepoint.as_uri()  # type: ignore[method-assign]
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+    saved = control._stopped_with_savepoint("a-job", snapshots)
+    assert saved is not None and saved.size_bytes == len(b"state")
+    copy = snapshots / "savepoint-1"
+    assert (copy / "_metadata").read_bytes() == b"state"
+    assert (copy / "planted").is_symlink() and (copy / "planted").readlink() == secret

@@ -516,7 +516,8 @@ def _info(text: str) -> logging.LogRecord:
 
 
 def directory_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    """The bytes of a savepoint's files (links, which the cluster may have put there, not followed)."""
+    return sum(f.lstat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 class FlinkControl(StreamingControl):
@@ -550,7 +551,9 @@ class FlinkControl(StreamingControl):
         if location is None or not savepoint_path(location).is_dir():
             return None
         copy = directory / savepoint_path(location).name
-        shutil.copytree(savepoint_path(location), copy)
+        # Links as links: the cluster (sandboxed, its savepoints writable to what it runs) may have put one there,
+        # and this server, outside the sandbox, would otherwise copy what it names into the snapshot.
+        shutil.copytree(savepoint_path(location), copy, symlinks=True)
         return Savepoint(location=copy.resolve().as_uri(), size_bytes=directory_size(copy))
 
     def stop(self, job_id: str) -> None:
