@@ -38,6 +38,9 @@ class FlinkConfig(BaseModel):
     # The cluster's JobManager and TaskManagers run from the job server's Beam jars and have Beamport's
     # NothingToStage (scripts/flink-cluster's do): jobs go without the job server's 150 MB of jars.
     beam_on_cluster: bool = False
+    # scripts/flink-cluster's directory: hidden from user code, as its pool runs programs there outside the sandbox
+    # (its endpoints.env names it). None: not known (a cluster of the operator's own).
+    cluster_dir: Path | None = None
 
     def drain_file(self, job_id: str) -> Path:
         return self.shared_dir / "drain" / job_id
@@ -52,6 +55,7 @@ class FlinkConfig(BaseModel):
             *(arg for key, flag in FLINK_ENDPOINTS.items() for arg in (flag, getattr(self, key))),
             *("--flink-shared-dir", str(self.shared_dir)),
             *(["--flink-beam-on-cluster"] if self.beam_on_cluster else []),
+            *(["--flink-cluster-dir", str(self.cluster_dir)] if self.cluster_dir else []),
         ]
 
 
@@ -157,11 +161,13 @@ class EngineSettings(BaseSettings):
         return registry.host_configs(self)
 
     def sandbox_with(self, writable: list[Path], hidden: list[Path]) -> Sandbox:
-        """The sandbox of user code, writing to `writable` (and Flink's shared directory), not seeing `hidden`."""
+        """The sandbox of user code, writing to `writable` (and Flink's shared directory), not seeing `hidden` (nor
+        the Flink cluster's directory)."""
+        cluster = [self.flink.cluster_dir] if self.flink and self.flink.cluster_dir else []
         return Sandbox(
             self.sandbox,
             writable=writable,
-            hidden=hidden,
+            hidden=[*hidden, *cluster],
             limits=self.job_limits,
             shared=[self.flink.shared_dir] if self.flink else [],
         )

@@ -106,11 +106,21 @@ def parse_size(text: str | None) -> int | None:
 
 
 class Sandbox:
-    def __init__(self, mode: str = AUTO, writable=(), hidden=(), limits: Limits = Limits(), shared=(), scratch=()):
+    def __init__(
+        self,
+        mode: str = AUTO,
+        writable=(),
+        hidden=(),
+        limits: Limits = Limits(),
+        shared=(),
+        scratch=(),
+        read_only=(),
+    ):
         """`writable`: directories bound writable when they exist (a hidden path inside one stays hidden);
         `shared`: directories the run shares with processes outside it (e.g. Flink's drain signals), created if
         missing so that they are bound; `scratch`: the run's own directories, bound writable even inside a hidden
-        path (an SDK worker's, inside its Flink cluster's directory)."""
+        path (an SDK worker's, inside its Flink cluster's directory) or a read-only one; `read_only`: paths
+        read-only even inside a writable one (a Flink cluster's directory, for its own processes)."""
         if mode not in MODES:
             raise ValueError(f"sandbox mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.mode = mode
@@ -118,6 +128,7 @@ class Sandbox:
         self.writable = [*(Path(p) for p in writable), *self.shared]
         self.hidden = [Path(p) for p in hidden]
         self.scratch = [Path(p) for p in scratch]
+        self.read_only = [Path(p) for p in read_only]
         self.limits = limits
 
     @functools.cached_property
@@ -197,8 +208,9 @@ class Sandbox:
         for path in self.writable:
             if path.exists():
                 args += ["--bind", str(path), str(path)]
-        for path in _beamports_own_code():  # read-only even inside a writable root (e.g. the start directory)
-            args += ["--ro-bind", str(path), str(path)]
+        for path in [*_beamports_own_code(), *self.read_only]:  # read-only even inside a writable root
+            if path.exists():
+                args += ["--ro-bind", str(path), str(path)]
         for path in self.hidden:
             if path.is_dir():
                 args += ["--tmpfs", str(path)]

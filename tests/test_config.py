@@ -136,6 +136,19 @@ def test_a_flink_cluster_with_beam_on_its_class_path_is_said_so_by_flag_or_varia
     assert serve("--flink-master", "flag-master:1").flink.job_server == "env-jobs:8099"
 
 
+def test_the_flink_clusters_directory_is_hidden_from_user_code(serve, environ, tmp_path):
+    """scripts/flink-cluster's endpoints.env names its directory (its pool runs programs there, outside the
+    sandbox): the server hides it in user code's sandbox, and tells its local workers."""
+    environ.set(**FLINK_ENV)
+    assert serve().flink.cluster_dir is None
+    environ.set(BEAMPORT_FLINK_CLUSTER_DIR=str(tmp_path / "env"))
+    assert serve().flink.cluster_dir == tmp_path / "env"
+    settings = serve("--flink-cluster-dir", str(tmp_path))
+    assert settings.flink.cluster_dir == tmp_path
+    assert settings.worker_flags()[settings.worker_flags().index("--flink-cluster-dir") + 1] == str(tmp_path)
+    assert tmp_path in settings.sandbox_with([tmp_path.parent], hidden=[]).hidden
+
+
 def test_flink_with_an_endpoint_missing_is_a_usage_error(serve, environ):
     error = " ".join(serve("--flink-master", "flag-master:1").split())  # as the terminal wrapped it
     assert (

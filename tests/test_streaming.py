@@ -64,6 +64,9 @@ def flink() -> dict[str, str]:
     return flink_endpoints()
 
 
+CLUSTER_DIR = "BEAMPORT_FLINK_CLUSTER_DIR"  # (the clusters scripts/flink-cluster starts say where they are)
+
+
 def flink_args(flink: dict) -> tuple[str, ...]:
     return (
         "--flink-master",
@@ -73,13 +76,17 @@ def flink_args(flink: dict) -> tuple[str, ...]:
         "--flink-sdk-pool",
         flink["BEAMPORT_FLINK_SDK_POOL"],
         *(["--flink-beam-on-cluster"] if flink.get("BEAMPORT_FLINK_BEAM_ON_CLUSTER") == "true" else []),
+        *(["--flink-cluster-dir", flink[CLUSTER_DIR]] if CLUSTER_DIR in flink else []),
     )
 
 
 @pytest.fixture(scope="module")
 def streaming_server(flink, tmp_path_factory):
     root = tmp_path_factory.mktemp("streaming")
-    args = ("--allow-path", str(root), "--workers", "4", *flink_args(flink))
+    # Where the cluster lives is allowed too (as the README's cluster under the start directory): it must stay
+    # hidden from jobs all the same (test_user_code_cannot_run_code_outside_a_sandbox_through_...).
+    cluster = Path(flink[CLUSTER_DIR]).parent if CLUSTER_DIR in flink else root
+    args = ("--allow-path", str(root), "--allow-path", str(cluster), "--workers", "4", *flink_args(flink))
     srv = Server(root / "data", extra_args=args).start()
     srv.root = root
     yield srv
@@ -871,12 +878,18 @@ def test_user_code_cannot_run_code_outside_a_sandbox_through_the_flink_clusters_
     """Any process on the host reaches Beam's Flink job server (as Flink's REST API): user code can submit a
     pipeline of its own there, with a PROCESS environment whose command the cluster runs. The cluster runs in the
     sandbox too (scripts/flink-cluster), so that command is as confined as the user code that sent it: an
-    unprivileged uid in a namespace of its own that cannot write outside the allowed roots. (Before, it ran as the
-    cluster's user, on the host: anything a job's code was kept from, it could do this way.)"""
+    unprivileged uid in a namespace of its own that cannot write outside the allowed roots, nor change the files
+    of the cluster's directory used outside the sandbox (the program the SDK worker pool starts workers with, the
+    endpoints an operator sources). (Before, it ran as the cluster's user, on the host: anything a job's code was
+    kept from, it could do this way.)"""
     require_bwrap()
     srv, root = streaming_server, streaming_server.root / "escape"
     root.mkdir()
     forbidden = Path("/var/tmp") / f"beamport-escape-{time.monotonic_ns()}"
+    # Files of the cluster's directory that run outside the sandbox: the program the SDK worker pool starts each
+    # worker with, the variables an operator sources.
+    cluster = Path(os.environ["BEAMPORT_TEST_FLINK_ENV"]).parent
+    kept = {path: path.read_text() for path in (cluster / "sdk" / "boot", cluster / "endpoints.env")}
     out = root / "seen"
     inner = f"escape-{time.monotonic_ns()}"  # the name of the pipeline the DoFn submits
     try:
@@ -888,6 +901,7 @@ def test_user_code_cannot_run_code_outside_a_sandbox_through_the_flink_clusters_
                 job_server,
                 str(root),
                 str(forbidden),
+                ":".join(map(str, kept)),
                 inner,
                 *dataflow_flags(srv, project, root, "escape"),
             ]
@@ -896,6 +910,8 @@ def test_user_code_cannot_run_code_outside_a_sandbox_through_the_flink_clusters_
         assert seen["submitted"], seen  # the job server takes anyone's pipeline: the cluster runs its command
         assert "command_uid" in seen, f"the command never ran: {seen}"
         assert not forbidden.exists(), "the cluster ran user code outside the sandbox"
+        for path, text in kept.items():
+            assert path.read_text() == text, f"user code changed {path}, which is used outside the sandbox"
         assert seen["command_uid"] == 65534, seen
         assert seen["command_user_namespace"] != os.readlink("/proc/self/ns/user"), seen
     finally:
@@ -906,6 +922,8 @@ def test_user_code_cannot_run_code_outside_a_sandbox_through_the_flink_clusters_
             lambda: not [j for j in flink_jobs(flink) if j["name"] == inner and j["state"] in LIVE],
         )
         forbidden.unlink(missing_ok=True)
+        for path, text in kept.items():
+            path.write_text(text)
 
 
 def listeners_beyond_loopback(processes) -> dict[str, list[str]]:

@@ -74,6 +74,11 @@ FLINK_BEAM_ON_CLUSTER = typer.Option(
     help="The Flink cluster runs from the job server's Beam jars and has Beamport's NothingToStage (as "
     "scripts/flink-cluster's does): jobs are submitted without those jars (or BEAMPORT_FLINK_BEAM_ON_CLUSTER).",
 )
+FLINK_CLUSTER_DIR = typer.Option(
+    None,
+    help="scripts/flink-cluster's directory, hidden from user code: its pool runs programs there, outside the "
+    "sandbox (or BEAMPORT_FLINK_CLUSTER_DIR, which its endpoints.env sets).",
+)
 PRISM = typer.Option(
     None,
     help="Beam's Prism binary (streaming without Flink; default: on the PATH, in Go's bin, or where "
@@ -94,6 +99,7 @@ ENGINE_OPTIONS = (
     "flink_sdk_pool",
     "flink_shared_dir",
     "flink_beam_on_cluster",
+    "flink_cluster_dir",
     "prism",
     "sandbox",
     "job_memory",
@@ -183,6 +189,7 @@ def serve(
     flink_sdk_pool: str | None = FLINK_SDK_POOL,
     flink_shared_dir: Path | None = FLINK_SHARED_DIR,
     flink_beam_on_cluster: bool | None = FLINK_BEAM_ON_CLUSTER,
+    flink_cluster_dir: Path | None = FLINK_CLUSTER_DIR,
     prism: str | None = PRISM,
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Answer every call without credentials (refused unless --host is a loopback address)."
@@ -251,6 +258,7 @@ def worker(
     flink_sdk_pool: str | None = FLINK_SDK_POOL,
     flink_shared_dir: Path | None = FLINK_SHARED_DIR,
     flink_beam_on_cluster: bool | None = FLINK_BEAM_ON_CLUSTER,
+    flink_cluster_dir: Path | None = FLINK_CLUSTER_DIR,
     prism: str | None = PRISM,
     credentials: Path | None = typer.Option(
         None,

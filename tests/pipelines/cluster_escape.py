@@ -1,9 +1,10 @@
-"""A pipeline whose one DoFn tries to run code outside its sandbox through the Flink cluster's own services
-(tests/test_streaming.py): from user code, it submits a pipeline of its own to Beam's Flink job server (which any
-process on the host can reach) with a PROCESS environment, whose command the cluster runs. The command, a script
-the DoFn writes, marks where it ran and tries to write where user code may not.
+"""A pipeline whose one DoFn tries to run code outside its sandbox through the Flink cluster's files and services
+(tests/test_streaming.py). It appends a line to files of the cluster's that are used outside the sandbox
+(APPEND_TO: paths joined by ':'), then submits a pipeline of its own to Beam's Flink job server (which any process
+on the host can reach) with a PROCESS environment, whose command the cluster runs. The command, a script the DoFn
+writes, marks where it ran and tries to write where user code may not: a new file (FORBIDDEN), and the same lines.
 
-python cluster_escape.py OUTPUT JOB_SERVER SCRIPT_DIR FORBIDDEN JOB_NAME DATAFLOW_FLAGS...
+python cluster_escape.py OUTPUT JOB_SERVER SCRIPT_DIR FORBIDDEN APPEND_TO JOB_NAME DATAFLOW_FLAGS...
 """
 
 import json
@@ -24,21 +25,27 @@ class JavaStaging(PipelineOptions):
         parser.add_argument("--pipeline_resources_detector_factory_class")
 
 
-def escape(_, job_server: str, script_dir: str, forbidden: str, job_name: str) -> str:
+def escape(_, job_server: str, script_dir: str, forbidden: str, append_to: str, job_name: str) -> str:
     ran = os.path.join(script_dir, "ran")
     script = os.path.join(script_dir, "command.sh")
     with open(script, "w") as out:
         # What the command could do, for the test to see: where it ran (uid, namespace), and a file written where
         # user code may not write.
+        planted = "".join(f"echo '# planted by user code' >> {path} 2>/dev/null\n" for path in append_to.split(":"))
         out.write(
-            "#!/bin/sh\n"
-            f"touch {forbidden} 2>/dev/null\n"
+            f"#!/bin/sh\ntouch {forbidden} 2>/dev/null\n{planted}"
             f'echo "$(id -u) $(readlink /proc/self/ns/user)" > {ran}.part && mv {ran}.part {ran}\n'
             # (no SDK harness: the job waits for one until cancelled, rather than fail and run this again)
             "exec sleep 600\n"
         )
     os.chmod(script, 0o755)
     seen = {"own_user_namespace": os.readlink("/proc/self/ns/user")}
+    for path in append_to.split(":"):  # first from here, the DoFn's own sandbox
+        try:
+            with open(path, "a") as planted:
+                planted.write("# planted by user code\n")
+        except OSError:
+            pass
     options = PipelineOptions(
         [
             "--runner=PortableRunner",
@@ -72,12 +79,12 @@ def escape(_, job_server: str, script_dir: str, forbidden: str, job_name: str) -
 
 
 if __name__ == "__main__":
-    output, job_server, script_dir, forbidden, job_name, *rest = sys.argv[1:]
+    output, job_server, script_dir, forbidden, append_to, job_name, *rest = sys.argv[1:]
     p = beam.Pipeline(options=PipelineOptions(rest))
     (
         p
         | beam.Create([None])
-        | beam.Map(escape, job_server, script_dir, forbidden, job_name)
+        | beam.Map(escape, job_server, script_dir, forbidden, append_to, job_name)
         | beam.io.WriteToText(output, shard_name_template="")
     )
     result = p.run()
