@@ -98,7 +98,12 @@ def test_a_hosts_settings_give_it_its_engines(tmp_path, monkeypatch):
     )
     names, streaming, control, configs = on(prism=str(binary), flink=FLINK)
     assert (names, streaming, control) == (["embedded", "flink", "prism"], "flink", "flink")
-    assert configs["flink"] == {**FLINK, "shared_dir": "/tmp/beamport-flink", "beam_on_cluster": False}
+    assert configs["flink"] == {
+        **FLINK,
+        "shared_dir": "/tmp/beamport-flink",
+        "beam_on_cluster": False,
+        "cluster_dir": None,
+    }
     assert configs["prism"]["binary"] == str(binary)
 
     # Which engine runs a job: its label, else the server's default for its type.
