@@ -189,12 +189,9 @@ class Sandbox:
             path.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k in KEPT_VARIABLES or k.startswith(KEPT_PREFIXES)}
         env.update(set_env or {})
-        namespaces = self._namespaces()
-        if not die_with_parent:
-            namespaces.remove("--die-with-parent")
         args = [
             "bwrap",
-            *namespaces,
+            *self._namespaces(die_with_parent),
             "--ro-bind",
             "/",
             "/",
@@ -230,7 +227,7 @@ class Sandbox:
         return [*args, "--", *self.limits.prlimit(), *argv]
 
     @staticmethod
-    def _namespaces() -> list[str]:
+    def _namespaces(die_with_parent: bool = True) -> list[str]:
         return [
             "--unshare-user",
             "--uid",
@@ -242,6 +239,6 @@ class Sandbox:
             "--unshare-uts",
             "--cap-drop",
             "ALL",
-            "--die-with-parent",
+            *(["--die-with-parent"] if die_with_parent else []),
             "--new-session",
         ]

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from conftest import Api, Server, beamport_command, discovery_client, gapic_clients
 from google.api_core.exceptions import ServerError
-from test_running_jobs import dataflow_flags, job_story, run, wait_state
+from test_running_jobs import dataflow_flags, job_story, run, texts, wait_state
 from test_sandbox import another_jobs_jar, require_bwrap  # noqa: F401 (a fixture)
 from test_worker_protocol import Worker
 
@@ -142,10 +142,6 @@ def read_if_there(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
-
-
-def message_texts(api: Api, job_id: str) -> list[str]:
-    return [m["messageText"] for m in api.messages(job_id, pageSize=1000).json().get("jobMessages", [])]
 
 
 def flink_state(flink: dict, job_id: str) -> str | None:
@@ -1206,7 +1202,7 @@ def test_a_crash_of_beamport_leaves_the_flink_job_running_and_a_new_worker_adopt
         srv.start()
         # The work is leased again; the new executor follows the running Flink job instead of submitting it.
         wait_for("the work leased again", lambda: took_over() > taken_over_before, timeout=90)
-        wait_for("the Flink job adopted", lambda: any(FOLLOWS in text for text in message_texts(api, job_id)))
+        wait_for("the Flink job adopted", lambda: any(FOLLOWS in text for text in texts(api, job_id)))
         assert of_job() == before_crash, "the same Flink job, not a second one"
         # RUNNING again if a task restarted meanwhile (the cluster's REST API said RESTARTING once, under load).
         wait_for("the Flink job running", lambda: running() == [flink_id])

@@ -97,9 +97,14 @@ def boot_arguments(argv: list[str], *extra: str) -> argparse.Namespace:
     parser.add_argument("--semi_persist_dir", default="/tmp")
     args, _ = parser.parse_known_args(argv)
     args.id = args.id.strip("'\"")  # Prism passes --id='ID', quotes included
-    if bad_worker_id(args.id):
-        raise SystemExit(f"sdk_boot: {bad_worker_id(args.id)}")
+    if refused := bad_worker_id(args.id):
+        raise SystemExit(f"sdk_boot: {refused}")
     return args
+
+
+def worker_directory(semi_persist_dir: str, worker_id: str) -> str:
+    """The directory of a worker started without a spare's (`--id`, no `--spare_dir`): its pool removes it."""
+    return os.path.join(semi_persist_dir, f"worker-{worker_id}")
 
 
 def bad_worker_id(worker_id: str) -> str | None:
@@ -131,7 +136,7 @@ def main(argv: list[str]) -> None:
     if args.spare_dir:  # a spare of the pool (beamport.engine.worker_pool): its directory is made already
         semi_persistent = args.spare_dir
     else:
-        semi_persistent = os.path.join(args.semi_persist_dir, f"worker-{args.id}")
+        semi_persistent = worker_directory(args.semi_persist_dir, args.id)
         os.makedirs(semi_persistent, exist_ok=True)
     if not os.environ.get(SANDBOXED):
         sandbox = _sandbox(semi_persistent)

@@ -140,14 +140,14 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
                 return answer
             log.info("worker %s: a spare (pid %s)", request.worker_id, spare.process.pid)
             self._worker_processes[request.worker_id] = spare.process
-            _remove_when_ended(spare)
+            spare.remove_when_ended()
             return beam_fn_api_pb2.StartWorkerResponse()
 
         def _remove_when_ended(self, worker_id: str) -> None:
             """The directory of a worker started as `sdk_boot --id` (not a spare) goes when it ends."""
             process = self._worker_processes.get(worker_id)
             if spare_root is not None and isinstance(process, subprocess.Popen):  # (its id checked: StartWorker)
-                _remove_when_ended(Spare(process, str(Path(spare_root) / f"worker-{worker_id}")))
+                Spare(process, sdk_boot.worker_directory(spare_root, worker_id)).remove_when_ended()
 
         def _start_java(self, request):
             """A Java SDK harness: the waiting Java spare (its JVM warm), else a Java spare started for it now."""
@@ -266,15 +266,14 @@ class Spare:
             self.process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
 
+    def remove_when_ended(self) -> None:
+        """Remove its directory once it has ended (in a thread of its own, which only waits)."""
 
-def _remove_when_ended(worker: Spare) -> None:
-    """Remove a worker's directory once it has ended (in a thread of its own, which only waits)."""
+        def wait_then_remove() -> None:
+            self.process.wait()
+            self.remove()
 
-    def wait_then_remove() -> None:
-        worker.process.wait()
-        worker.remove()
-
-    threading.Thread(target=wait_then_remove, name="remove-worker-dir", daemon=True).start()
+        threading.Thread(target=wait_then_remove, name="remove-worker-dir", daemon=True).start()
 
 
 def _assign(spare: subprocess.Popen, request) -> bool:
