@@ -173,7 +173,7 @@ def test_a_streaming_java_pipeline_runs_on_flink_until_drained(java_on_flink):
         )
         for (start, end), impulses in windows.items():
             assert impulses == list(range(start, end, 100)), (start, impulses)  # an impulse every 100 ms, each once
-        # Live, as Flink shows it (its metrics lag by up to about 20 s): the step comes from the harness's reports.
+        # Live, as Flink shows it (its metrics lag by up to about 11 s): the step comes from the harness's reports.
         impulses_counted(api, job_id, 20 * len(windows), within=90)
         assert "Opening writer" in "\n".join(messages(api, job_id))  # TextIO's WriteFiles logging, in the harness
         jvms = [jvm for jvm in pool_jvms(java.flink) if jvm.pid not in others]  # type: ignore[attr-defined]

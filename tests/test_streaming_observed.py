@@ -355,7 +355,7 @@ def test_a_flink_streaming_job_shows_its_watermark_freshness_and_counts(tmp_path
         assert source_row.locator("td.BacklogBytes").inner_text().strip().endswith("0.0 B")
         assert script_errors == []
 
-        # The counts match the input, while the job runs (its running stages' Flink counters, up to about 20 s
+        # The counts match the input, while the job runs (its running stages' Flink counters, up to about 11 s
         # behind) and once Flink's runner hands its element counts over as its tasks end (drained).
         wait_for("every line written", lambda: out.exists() and len(out.read_text().splitlines()) >= len(sent))
         wait_for("the element count live", lambda: element_counts(api, job_id).get("Observe-out0") == len(sent))

@@ -74,19 +74,22 @@ _LIVE_URNS = (
 _DISTRIBUTION_TEXT = re.compile(r"DistributionResult\{sum=(-?\d+), count=(\d+), min=(-?\d+), max=(-?\d+)\}")
 # How often the job's metrics are read while it runs (and once at its end): each reading is a REST call per vertex
 # (FlinkEngine._report_metrics) to a JobManager that a busy machine already answers slowly, and what it reads of
-# a running stage changes only as often as Flink's JobManager fetches it (metrics.fetcher.update-interval, 10 s).
+# a running stage changes only as often as Flink's JobManager fetches it (metrics.fetcher.update-interval: 1 s on
+# the clusters scripts/flink-cluster starts, Flink's default 10 s elsewhere). Read every 3 s, a Java job's drain
+# took 20 s longer (tests/test_java_flink.py, on this 2-core machine): the readings share the engine's one thread.
 METRICS_EVERY_S = 10.0
 # The name part of a PCollection's element count among a stage's Flink metrics (element_count_names).
 ELEMENT_COUNT_NAME = "metric:element_count:v1"
 # Beam's Flink runner's accumulator of the job's metrics (FlinkMetricContainer.ACCUMULATOR_NAME).
 METRICS_ACCUMULATOR = "__metricscontainers"
 # How often, at most, a running vertex's metric names are listed again while a user metric the job's SDK workers
-# noted is in none of the listings (FlinkRest.live_metrics): Flink lists a metric up to 10 s after it appears, and
-# one that never appears (its stage ended, or its Flink name collided) should not cost a call at every reading.
+# noted is in none of the listings (FlinkRest.live_metrics): Flink lists a metric up to its fetcher interval after
+# it appears (METRICS_EVERY_S), and one that never appears (its stage ended, or its Flink name collided) should not
+# cost a call at every reading.
 LIST_AGAIN_S = 30.0
 # How often a streaming job's stage figures (watermarks, element counts, throughput) are read: one REST call per
-# vertex (FlinkRest.stage_figures). Flink's JobManager refreshes what it serves every 10 s by default
-# (metrics.fetcher.update-interval), so reading more often would only show the same figures again.
+# vertex (FlinkRest.stage_figures). Flink's JobManager refreshes what it serves as often as
+# metrics.fetcher.update-interval says (see METRICS_EVERY_S).
 FIGURES_EVERY_S = 5.0
 SUBMIT_TIMEOUT_S = 180.0
 SAVEPOINT_TIMEOUT_S = 120.0
@@ -95,8 +98,9 @@ DRAIN_GRACE_S = 1.0  # how long a drained job may take to finish by itself befor
 # machine starts SDK workers slowly), and how often a job whose first bundle was lost is submitted again
 # (a safety net: the known cause, a checkpoint during the first bundle, is avoided in FlinkEngine._submit).
 STALL_CHECK_S = 20.0
-# Flink's REST API serves metrics its JobManager fetched up to 10 s before (metrics.fetcher.update-interval): a
-# first bundle that looks lost is believed only if it still looks lost this long after.
+# Flink's REST API serves metrics its JobManager fetched up to metrics.fetcher.update-interval before (10 s by
+# Flink's default, which another cluster may keep): a first bundle that looks lost is believed only if it still
+# looks lost this long after.
 METRICS_LAG_S = 15.0
 START_CHECK_S = 3.0  # how often a job's first stage is looked at until it has passed something on
 MAX_RESUBMITS = 3
