@@ -84,7 +84,7 @@ ELEMENT_COUNT_NAME = "metric:element_count:v1"
 METRICS_ACCUMULATOR = "__metricscontainers"
 # How often, at most, a running vertex's metric names are listed again while a user metric the job's SDK workers
 # noted is in none of the listings (FlinkRest.live_metrics): Flink lists a metric up to its fetcher interval after
-# it appears (METRICS_EVERY_S), and one that never appears (its stage ended, or its Flink name collided) should not
+# it appears (see METRICS_EVERY_S), and one that never appears (its stage ended, or its Flink name collided) should not
 # cost a call at every reading.
 LIST_AGAIN_S = 30.0
 # How often a streaming job's stage figures (watermarks, element counts, throughput) are read: one REST call per
