@@ -23,6 +23,7 @@ touches no file outside its data); its tables in a DuckDB file under DATA_DIR/em
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -44,6 +45,8 @@ from pathlib import Path
 
 import httpx
 
+import beamport
+from beamport import google_gateway
 from beamport.polling import wait_until
 from beamport.processes import free_loopback_port, listens_on
 
@@ -451,6 +454,37 @@ BIGQUERY = BigQueryEmulator(
     patches=(_CONFINE_DUCKDB, *_DEDUP_INSERT_IDS, *_ONE_THREAD_AT_A_TIME),
     patch_level="beamport3",  # beamport2: insert ids remembered; beamport3: one thread at a time on DuckDB
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class GoogleGateway(Emulator):
+    """Beamport's Google API gateway (beamport/google_gateway.py) in front of the BigQuery endpoint `upstream`:
+    Python, in serve's own environment (nothing to install). Started with the bigquery emulator, for the clients
+    that reach only Google's own hosts (Beam Go's BigQuery I/O)."""
+
+    upstream: str = ""
+
+    @property
+    def binary(self) -> str:
+        return "beamport.google_gateway"
+
+    def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
+        return [
+            str(binary),
+            "-m",
+            self.binary,
+            "--port",
+            str(port),
+            "--state-dir",
+            str(state_dir),
+            "--bigquery",
+            self.upstream,
+        ]
+
+
+GATEWAY = GoogleGateway(
+    name="gateway", variable=google_gateway.VARIABLE, version=beamport.__version__, health_path="/healthz"
+)
 EMULATORS: dict[str, Emulator] = {GCS.name: GCS, PUBSUB.name: PUBSUB, BIGQUERY.name: BIGQUERY}
 NAMES = (*EMULATORS, METADATA)
 
@@ -478,6 +512,8 @@ def default_bin_dir(environ: Mapping[str, str] = os.environ) -> Path:
 
 def install(emulator: Emulator, bin_dir: Path) -> Path:
     """The emulator's program, built or installed now if this version is not cached yet (minutes, once)."""
+    if isinstance(emulator, GoogleGateway):
+        return Path(sys.executable)  # Beamport's own
     if isinstance(emulator, PythonEmulator):
         return _install_venv(emulator, bin_dir)
     assert isinstance(emulator, GoEmulator)
@@ -709,37 +745,42 @@ class Emulators:
         return self.data_dir / "emulators"
 
     def start(self) -> None:
-        """Start each emulator whose variable the operator has not set already; export every variable."""
+        """Start each emulator whose variable the operator has not set already; export every variable. With a
+        BigQuery endpoint, the Google API gateway in front of it too (for Beam Go's BigQuery I/O)."""
         try:
             for name in self.names:
-                emulator = EMULATORS[name]
-                own = self.environ.get(emulator.variable)
-                if own:
-                    log.info(
-                        "%s: the operator's %s=%s (not starting %s)", name, emulator.variable, own, emulator.binary
-                    )
-                    self.variables[emulator.variable] = own
-                    continue
-                binary = install(emulator, self.bin_dir)
-                self.state_root.mkdir(parents=True, exist_ok=True)
-                process = EmulatorProcess(emulator, binary, self.state_root / name, self.state_root / f"{name}.log")
-                started = time.monotonic()
-                process.start()
-                self.running[name] = process
-                log.info(
-                    "%s: %s at %s (data in %s; started in %.1f s)",
-                    name,
-                    emulator.binary,
-                    process.value,
-                    process.state_dir,
-                    time.monotonic() - started,
-                )
-                self.variables[emulator.variable] = process.value
-                # Inherited by what serve starts: its workers, their executors and the SDK harnesses.
-                self.environ[emulator.variable] = process.value
+                self._start(EMULATORS[name])
+            bigquery = self.variables.get(BIGQUERY.variable)
+            if BIGQUERY.name in self.names and bigquery:
+                self._start(dataclasses.replace(GATEWAY, upstream=bigquery))
         except BaseException:
             self.stop()
             raise
+
+    def _start(self, emulator: Emulator) -> None:
+        name = emulator.name
+        own = self.environ.get(emulator.variable)
+        if own:
+            log.info("%s: the operator's %s=%s (not starting %s)", name, emulator.variable, own, emulator.binary)
+            self.variables[emulator.variable] = own
+            return
+        binary = install(emulator, self.bin_dir)
+        self.state_root.mkdir(parents=True, exist_ok=True)
+        process = EmulatorProcess(emulator, binary, self.state_root / name, self.state_root / f"{name}.log")
+        started = time.monotonic()
+        process.start()
+        self.running[name] = process
+        log.info(
+            "%s: %s at %s (data in %s; started in %.1f s)",
+            name,
+            emulator.binary,
+            process.value,
+            process.state_dir,
+            time.monotonic() - started,
+        )
+        self.variables[emulator.variable] = process.value
+        # Inherited by what serve starts: its workers, their executors and the SDK harnesses.
+        self.environ[emulator.variable] = process.value
 
     def write_env(self, extra: Mapping[str, str] = {}) -> Path | None:
         """DATA_DIR/emulators.env: `export NAME=VALUE` lines for clients (sourced, or `beamport emulators env`)."""
