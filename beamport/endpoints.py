@@ -4,15 +4,17 @@
 BIGQUERY_EMULATOR_HOST; the workers and SDK harnesses it starts inherit them, but Flink's SDK worker pool does
 not (it runs beside the cluster, with its own environment). So staging records the server's in the option
 `beamport_emulator_endpoints`, and engine/sdk_boot.py gives them back to each SDK worker as variables, for
-Google's clients and Beam's IOs (GCS, Pub/Sub, BigQuery) in the job's code. Only these three names are taken
-from a job's options: the options are the job's own to write.
+Google's clients and Beam's IOs (GCS, Pub/Sub, BigQuery) in the job's code (engine/go_boot.py to a Go worker, with
+the Google API gateway's). Only these names are taken from a job's options: the options are the job's own to
+write.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-VARIABLES = ("STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
+# GOOGLE_API_GATEWAY: the Google API gateway (beamport/google_gateway.py), for Go workers' BigQuery I/O.
+VARIABLES = ("STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST", "GOOGLE_API_GATEWAY")
 OPTION = "beamport_emulator_endpoints"
 
 
@@ -22,7 +24,7 @@ def of(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def from_option(value) -> dict[str, str]:
-    """The endpoints a job's option names: only the three variables, only strings."""
+    """The endpoints a job's option names: only the VARIABLES, only strings."""
     if not isinstance(value, Mapping):
         return {}
     return {name: value[name] for name in VARIABLES if isinstance(value.get(name), str) and value[name]}

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 SOURCES = Path(__file__).resolve().parent / "go"
-PROGRAMS = ("gcs_upload", "default_credentials", "wordcount", "pubsub_sums", "periodic_counts")
+PROGRAMS = ("gcs_upload", "default_credentials", "wordcount", "pubsub_sums", "periodic_counts", "bigquery_counts")
 
 
 class BuildError(Exception):

@@ -17,7 +17,7 @@ from test_streaming import PIPELINES, flink_args, flink_endpoints
 from beamport import emulators
 
 pytestmark = pytest.mark.slow
-VARIABLES = ("STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
+VARIABLES = ("STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST", "GOOGLE_API_GATEWAY")
 LINES = [f"word{i},{i}" for i in range(20)]
 
 

@@ -730,7 +730,7 @@ def test_staging_needs_a_pipeline(tmp_path):
 
 def test_staging_points_a_python_jobs_bigquery_io_at_the_servers_bigquery_endpoint(tmp_path, monkeypatch):
     """With BIGQUERY_EMULATOR_HOST (the server's), staging adds Beamport's BigQuery plugin to the job's own and
-    carries the endpoint in an option (beamport/io/endpoints.py); without it, the options stay as submitted."""
+    carries the endpoint in an option (beamport/endpoints.py); without it, the options stay as submitted."""
     (tmp_path / "pipeline.pb").write_bytes(_pipeline_proto().SerializeToString())
     job = _job_document(str(tmp_path / "pipeline.pb"), beam_plugins=["apache_beam.io.filesystem.FileSystem"])
     monkeypatch.delenv("BIGQUERY_EMULATOR_HOST", raising=False)
@@ -776,8 +776,8 @@ def test_the_emulators_plugin_has_beam_look_for_credentials_once(monkeypatch):
 
 
 def test_only_the_emulator_variables_come_back_from_a_jobs_option():
-    """A job's options are its own to write: sdk_boot takes only the three endpoint variables from them."""
-    from beamport.io import endpoints
+    """A job's options are its own to write: sdk_boot and go_boot take only the endpoint variables from them."""
+    from beamport import endpoints
 
     given = {"LD_PRELOAD": "/tmp/x.so", "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085", "STORAGE_EMULATOR_HOST": 5}
     assert endpoints.from_option(given) == {"PUBSUB_EMULATOR_HOST": "127.0.0.1:8085"}

@@ -9,8 +9,10 @@ emulators and Go (scripts/test builds them all)."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -99,17 +101,25 @@ def go_server(base: Path, *engines: str) -> Go:
     prism = required_path("BEAMPORT_TEST_PRISM", "builds Prism")
     need_gcs_emulator()
     need_emulator(emulators.PUBSUB)
+    need_emulator(emulators.BIGQUERY)
     binary = go_program("wordcount")
     srv = Server(
         base / "data",
         extra_args=(
             *("--allow-path", str(base), "--workers", "2", "--prism", str(prism), *engines),
-            *("--emulators", "gcs,metadata,pubsub", "--metadata-project", PROJECT),
+            *("--emulators", "gcs,metadata,pubsub,bigquery", "--metadata-project", PROJECT),
         ),
     ).start()
     printed = beamport_command("emulators", "env", "--data-dir", str(srv.data_dir)).stdout
     env = dict(line.removeprefix("export ").split("=", 1) for line in printed.splitlines() if "=" in line)
-    assert set(env) == {"STORAGE_EMULATOR_HOST", "GCE_METADATA_HOST", "GCE_METADATA_IP", "PUBSUB_EMULATOR_HOST"}
+    assert set(env) == {
+        "STORAGE_EMULATOR_HOST",
+        "GCE_METADATA_HOST",
+        "GCE_METADATA_IP",
+        "PUBSUB_EMULATOR_HOST",
+        "BIGQUERY_EMULATOR_HOST",
+        emulators.GATEWAY.variable,  # the Google API gateway (BigQuery for Go workers)
+    }
     storage(env).create_bucket(BUCKET)
     return Go(binary, srv, base, env)
 
@@ -123,6 +133,45 @@ def storage(env: dict[str, str]):
         return Client(project=PROJECT, credentials=AnonymousCredentials())
     finally:
         del os.environ["STORAGE_EMULATOR_HOST"]
+
+
+def bigquery(env: dict[str, str]):
+    """Google's Python BigQuery client on the server's emulator (as test_bigquery.py's)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.bigquery import Client
+
+    os.environ["BIGQUERY_EMULATOR_HOST"] = env["BIGQUERY_EMULATOR_HOST"]
+    try:
+        return Client(project=PROJECT, credentials=AnonymousCredentials())
+    finally:
+        del os.environ["BIGQUERY_EMULATOR_HOST"]
+
+
+def word_counts(text: str) -> dict[str, int]:
+    """What tests/go/bigquery_counts counts (its words are wordcount's: [a-zA-Z]+('[a-z])?)."""
+    return dict(collections.Counter(m.group(0) for m in re.finditer(r"[a-zA-Z]+('[a-z])?", text)))
+
+
+def write_counts_to_bigquery(go: Go, engine: str, *args: str) -> str:
+    """tests/go/bigquery_counts counts go.input into a new table with Beam Go's bigqueryio.Write, submitted by Go's
+    Dataflow runner (`args`: its engine's label); the job ends DONE on `engine` and the table holds the counts
+    (read by Google's Python client). The table's DATASET.TABLE."""
+    client = bigquery(go.env)
+    dataset = f"go_{uuid.uuid4().hex[:8]}"
+    client.create_dataset(dataset)  # Beam Go's bigqueryio makes tables, not datasets
+    table = f"{dataset}.counts"
+    program = go.program("bigquery_counts")
+    done, job_id = program.submit(
+        "go-bq-write", f"--table_project={PROJECT}", f"--table={table}", f"--input={go.input}", "--async", *args
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    api = Api(go.server.url, PROJECT)
+    wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=600)
+    assert api.get(job_id).json()["currentState"] == "JOB_STATE_DONE", messages(api, job_id)[-30:]
+    assert any(text.startswith(f"The job is running on {engine}") for text in messages(api, job_id))
+    rows = client.query(f"SELECT word, count FROM `{PROJECT}.{table}`").result()
+    assert {row["word"]: row["count"] for row in rows} == word_counts(TEXT)
+    return table
 
 
 def read_output(path: Path) -> list[str]:
@@ -180,6 +229,24 @@ def ran_as_the_direct_runner(api: Api, job_id: str, out: Path, direct: Path, eng
         and not m["name"].get("context", {}).get("tentative")
     ]
     assert [m["scalar"] for m in counted] == [words], metrics
+
+
+def test_beam_gos_bigquery_io_writes_and_reads_the_bigquery_emulator(go):
+    """Beam Go's bigqueryio calls Google's Go BigQuery client, which names no endpoint and reads no emulator
+    variable: the job's Go workers reach the bigquery emulator through serve's Google API gateway (HTTPS_PROXY,
+    the gateway's CA, its credentials: go_boot gives them), the program and its submission naming nothing of it.
+    One job writes the counts to a table (the embedded engine), another reads them back with a query (Prism)."""
+    table = write_counts_to_bigquery(go, "the embedded engine")
+    out = go.base / "bigquery" / "read.txt"
+    program = go.program("bigquery_counts")
+    done, job_id = program.submit(
+        "go-bq-read", f"--table_project={PROJECT}", f"--table={table}", f"--output={out}", "--async", ON_PRISM
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    api = Api(go.server.url, PROJECT)
+    wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=300)
+    assert api.get(job_id).json()["currentState"] == "JOB_STATE_DONE", messages(api, job_id)[-30:]
+    assert read_output(out) == sorted(f"{word}: {count}" for word, count in word_counts(TEXT).items())
 
 
 def test_a_failing_dofn_fails_the_job_with_the_go_error(go):

@@ -9,7 +9,16 @@ from __future__ import annotations
 import psutil
 import pytest
 from conftest import Api
-from test_go import PROJECT, Go, PeriodicCounts, PubsubSums, go_server, messages, ran_as_the_direct_runner
+from test_go import (
+    PROJECT,
+    Go,
+    PeriodicCounts,
+    PubsubSums,
+    go_server,
+    messages,
+    ran_as_the_direct_runner,
+    write_counts_to_bigquery,
+)
 from test_java_flink import pool_workers
 from test_running_jobs import wait_state
 from test_streaming import START_S, cancel_live_flink_jobs_of, flink_args, flink_endpoints, flink_state, wait_for
@@ -46,6 +55,13 @@ def test_go_wordcount_runs_on_flink_with_the_direct_runners_output(go_on_flink):
     api = Api(go.server.url, PROJECT)
     wait_state(api, job_id, {"JOB_STATE_DONE", "JOB_STATE_FAILED"}, timeout=600)
     ran_as_the_direct_runner(api, job_id, out, direct, "Flink")
+
+
+def test_beam_gos_bigquery_io_writes_the_bigquery_emulator_from_flink(go_on_flink):
+    """The cluster's SDK worker pool does not inherit the server's environment: the Go worker gets the Google API
+    gateway from the job's options (beamport_emulator_endpoints) and writes its counts to the emulator through it
+    with Beam Go's bigqueryio (test_go.py's test on the embedded engine and Prism)."""
+    write_counts_to_bigquery(go_on_flink, "Flink", ON_FLINK)
 
 
 def test_go_pubsub_sums_run_on_flink_by_default_then_drain(go_on_flink, monkeypatch):

@@ -13,7 +13,7 @@ from test_emulators import need_emulator, read_env
 from test_running_jobs import wait_state
 from test_streaming import START_S, cancel_flink_jobs_of_server, flink_args, flink_endpoints, wait_for
 
-from beamport import emulators
+from beamport import emulators, endpoints
 
 pytestmark = pytest.mark.slow
 PROJECT = "templates-demo"
@@ -204,7 +204,7 @@ def server_with_google_services(root: Path, engine_args: tuple[str, ...]):
     need_emulator(emulators.BIGQUERY)
     need_emulator(emulators.GCS)
     monkeypatch = pytest.MonkeyPatch()
-    for variable in ("PUBSUB_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
+    for variable in endpoints.VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     srv = Server(
         root / "data",

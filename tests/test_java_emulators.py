@@ -21,8 +21,7 @@ from test_java import PROJECT, TEXT, V1, V2, Java, harness_jvms, messages
 from test_running_jobs import wait_state
 from test_streaming import START_S, flink_args, flink_endpoints, flink_state, wait_for
 
-from beamport import emulators
-from beamport.io import endpoints
+from beamport import emulators, endpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("java")]
 EXPECTED = sorted(f"{word}: {count}" for word, count in Counter(TEXT.split()).items())

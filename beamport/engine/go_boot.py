@@ -37,7 +37,9 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from beamport import google_gateway
 from beamport.engine import beam_protos, harness_process
 from beamport.engine.sdk_boot import boot_arguments, provision_info
 from beamport.processes import die_with_parent
@@ -111,10 +113,14 @@ def run_in_pool(args: argparse.Namespace, info, binary: str, semi_persistent: st
     the job names a metric keys file; exit with its status."""
     from google.protobuf import json_format
 
+    from beamport import endpoints
+    from beamport.engine.sdk_boot import option
+
+    options = json_format.MessageToDict(info.pipeline_options)
+    # The Google service endpoints the job was staged with (the server's, which this pool may not have).
+    os.environ.update(endpoints.from_option(option(options, endpoints.OPTION)))
     # Its sources of Go's own are truncated on drain, as on Prism (above).
-    logging_endpoint, control_endpoint = harness_process.relayed(
-        json_format.MessageToDict(info.pipeline_options), *_endpoints(info, args), truncates=True
-    )
+    logging_endpoint, control_endpoint = harness_process.relayed(options, *_endpoints(info, args), truncates=True)
     command, env = worker_command(
         binary, args.id, Provided.of(info), semi_persistent, logging_endpoint, control_endpoint
     )
@@ -153,6 +159,7 @@ def worker_command(
     with open(options_file, "w") as out:
         out.write(provided.options_json)
     env = dict(os.environ)
+    env.update(_through_the_gateway(env, workdir, (logging_endpoint, control_endpoint)))
     env["PIPELINE_OPTIONS_FILE"] = options_file
     if provided.runner_capabilities:
         env["RUNNER_CAPABILITIES"] = " ".join(provided.runner_capabilities)
@@ -168,6 +175,25 @@ def worker_command(
     ]
     os.chdir(workdir)
     return command, env
+
+
+def _through_the_gateway(env: dict[str, str], workdir: str, runner_endpoints: tuple[str, ...]) -> dict[str, str]:
+    """With the server's Google API gateway (serve --emulators bigquery), the variables that send the worker's
+    calls of Google's API hosts through it (beamport/google_gateway.py): Beam Go's BigQuery I/O then reaches the
+    emulator. The runner's hosts stay out of the proxy (gRPC-Go honours it too). A gateway that does not answer
+    is said on stderr (the job's log), and the worker runs without it."""
+    gateway = env.get(google_gateway.VARIABLE)
+    if not gateway:
+        return {}
+    hosts = {urlsplit(e if "://" in e else f"//{e}").hostname or "" for e in runner_endpoints}
+    try:
+        return google_gateway.worker_variables(gateway, workdir, env, sorted(filter(None, hosts)))
+    except OSError as exc:
+        print(
+            f"go_boot: the Google API gateway {gateway} did not answer ({exc}): Google's APIs are called directly",
+            file=sys.stderr,
+        )
+        return {}
 
 
 def _endpoints(info, args: argparse.Namespace) -> tuple[str, str]:

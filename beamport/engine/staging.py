@@ -27,7 +27,7 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
 - A built-in template's windows whose size is a runtime parameter (Cloud_PubSub_to_GCS_Text's windowDuration):
   made Beam's FixedWindows of the launch's size (engine/window_staging.py), which every engine runs.
 - The server's Google service endpoints (STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST) go with a Python job in an
-  option, for SDK workers that do not inherit the server's environment (beamport/io/endpoints.py), with a Beam
+  option, for SDK workers that do not inherit the server's environment (beamport/endpoints.py), with a Beam
   plugin every Python SDK worker imports (beamport/io/emulators_plugin.py): it points Beam's BigQuery clients
   at a BigQuery endpoint, and has Beam's I/O look for credentials once rather than retry for 25 s. A Java job
   gets them as the options Beam Java's IOs read instead (--gcsEndpoint, --bigQueryEndpoint, --pubsubRootUrl;
@@ -65,6 +65,7 @@ from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from google.protobuf.message import DecodeError
 
+from beamport import endpoints
 from beamport.engine import registry
 from beamport.engine.base import JOB_TYPE_BATCH, JOB_TYPE_STREAMING, StagedJob
 from beamport.engine.pubsub_staging import READ as PUBSUB_READ
@@ -82,7 +83,7 @@ from beamport.engine.staged_files import (
 from beamport.engine.window_staging import resolve_runtime_windows
 from beamport.errors import ApiError
 from beamport.files import LOCATION_OPTIONS, FilePolicy, gcs_resource_as_url, scheme_of
-from beamport.io import bigquery, endpoints
+from beamport.io import bigquery
 
 MAIN_SESSION = "pickled_main_session"
 REQUIREMENTS = "requirements.txt"
@@ -205,8 +206,8 @@ def stage_job(
         # Beam Go's runner keeps the program's flags beside `options`; its worker reads them back under the
         # same name from the options the runner provisions (a portable runner's options are beam:option:K:v1).
         options["go_options"] = go_options
-    if rewritten:
-        _reach_emulators(options)
+    if rewritten or go:
+        _reach_emulators(options, plugin=bool(rewritten))
     if java:
         _java_reaches_emulators(options)
     staged = StagedJob(
@@ -323,15 +324,17 @@ def rewrite_python_environments(
     return rewritten
 
 
-def _reach_emulators(options: dict) -> None:
+def _reach_emulators(options: dict, plugin: bool) -> None:
     """The Google service endpoints of this process's environment (the server's emulators) go with the job to
-    its Python SDK workers (beamport/io/endpoints.py), with a Beam plugin every worker imports at start
+    its SDK workers (beamport/endpoints.py), Python's with a Beam plugin every worker imports at start
     (beamport/io/emulators_plugin.py): it points Beam's BigQuery I/O at a BigQuery endpoint, and spares Beam's
-    I/O its 25 s of credential retries."""
+    I/O its 25 s of credential retries. (A Go worker reaches BigQuery through the Google API gateway: go_boot.)"""
     found = endpoints.of(os.environ)
     if not found:
         return
     options[endpoints.OPTION] = found
+    if not plugin:
+        return
     plugins = options.get("beam_plugins") or []
     if bigquery.PLUGIN not in plugins:
         options["beam_plugins"] = [*plugins, bigquery.PLUGIN]

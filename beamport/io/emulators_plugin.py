@@ -1,5 +1,5 @@
 """A Beam plugin (beam_plugins) that staging adds to a Python job staged while the server has Google service
-endpoints (beamport/io/endpoints.py); every SDK worker imports it at start, before any bundle.
+endpoints (beamport/endpoints.py); every SDK worker imports it at start, before any bundle.
 
 - With BIGQUERY_EMULATOR_HOST set, it points Beam's BigQuery I/O at it (beamport/io/bigquery.py).
 - Beam's GCS and BigQuery I/O look for Google default credentials with four retries (`_Credentials`
@@ -10,8 +10,8 @@ endpoints (beamport/io/endpoints.py); every SDK worker imports it at start, befo
 
 import os
 
+from beamport.endpoints import VARIABLES
 from beamport.io.bigquery import VARIABLE, use_emulator
-from beamport.io.endpoints import VARIABLES
 
 
 def _look_for_credentials_once() -> None:
