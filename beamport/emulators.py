@@ -83,6 +83,9 @@ class Emulator:
     variable: str  # the variable Google's clients find it by
     version: str  # pinned: what Beamport was tested with
     health_path: str = ""
+    # The variable naming a second, gRPC port of the same program (host:port), when it serves one that clients
+    # reach by another endpoint than `variable`'s: `grpc_port` in command.
+    grpc_variable: str = ""
     patches: tuple[Patch, ...] = ()
     # Names the patches (or Beamport's source) in the cached install's name: a new one, a new install.
     patch_level: str = ""
@@ -92,7 +95,7 @@ class Emulator:
         """The cached install's name (a file or a directory under the bin dir): a new version, a new install."""
         raise NotImplementedError
 
-    def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
+    def command(self, binary: Path, port: int, state_dir: Path, grpc_port: int | None = None) -> list[str]:
         raise NotImplementedError
 
     def environment(self, binary: Path, state_dir: Path) -> dict[str, str] | None:
@@ -161,7 +164,7 @@ class PythonEmulator(Emulator):
 
 
 class FakeGcsServer(GoEmulator):
-    def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
+    def command(self, binary: Path, port: int, state_dir: Path, grpc_port: int | None = None) -> list[str]:
         url = self.value(port)
         return [
             str(binary),
@@ -203,7 +206,7 @@ class PubSubFake(GoEmulator):
     (for Beam Java's PubsubIO, whose client speaks REST; rest.go), as Google's own emulator serves both; its state
     in memory."""
 
-    def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
+    def command(self, binary: Path, port: int, state_dir: Path, grpc_port: int | None = None) -> list[str]:
         return [str(binary), "-host", "127.0.0.1", "-port", str(port)]
 
     def value(self, port: int) -> str:
@@ -432,13 +435,14 @@ class BigQueryEmulator(PythonEmulator):
             "BQEMU_ENABLE_FORMAT_EXTENSIONS": "false",
         }
 
-    def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
+    def command(self, binary: Path, port: int, state_dir: Path, grpc_port: int | None = None) -> list[str]:
         return [
             str(binary),
             "start",
             *("--rest-host", "127.0.0.1", "--rest-port", str(port)),
-            # The Storage API's gRPC: Beam's BigQueryReadClient takes no endpoint, so nothing here names it.
-            *("--grpc-host", "127.0.0.1", "--grpc-port", "0"),
+            # The Storage API's gRPC (BIGQUERY_STORAGE_EMULATOR_HOST: beamport/io/bigquery.py points Beam's
+            # BigQueryReadClient there).
+            *("--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port or 0)),
             *("--persistent", "--data-dir", str(state_dir)),
             *("--log-level", "warning"),
         ]
@@ -447,6 +451,7 @@ class BigQueryEmulator(PythonEmulator):
 BIGQUERY = BigQueryEmulator(
     name="bigquery",
     variable="BIGQUERY_EMULATOR_HOST",
+    grpc_variable="BIGQUERY_STORAGE_EMULATOR_HOST",
     version="1.4.0",
     health_path="/healthz",
     requirements=Path(__file__).parent / "emulator_sources" / "bigquery" / "requirements.txt",
@@ -468,7 +473,7 @@ class GoogleGateway(Emulator):
     def binary(self) -> str:
         return "beamport.google_gateway"
 
-    def command(self, binary: Path, port: int, state_dir: Path) -> list[str]:
+    def command(self, binary: Path, port: int, state_dir: Path, grpc_port: int | None = None) -> list[str]:
         return [
             str(binary),
             "-m",
@@ -626,6 +631,7 @@ class EmulatorProcess:
     def __init__(self, emulator: Emulator, binary: Path, state_dir: Path, log_path: Path):
         self.emulator, self.binary, self.state_dir, self.log_path = emulator, binary, state_dir, log_path
         self.port = free_loopback_port()
+        self.grpc_port = free_loopback_port() if emulator.grpc_variable else None
         self._stopping = threading.Event()
         self._started = threading.Event()
         self._process: subprocess.Popen | None = None
@@ -647,7 +653,12 @@ class EmulatorProcess:
     def _spawn(self) -> subprocess.Popen:
         # Started from the supervising thread, which lives as long as the emulator: the parent-death signal
         # (per thread) then kills the emulator only when serve itself is gone.
-        command = ["setpriv", "--pdeathsig", "KILL", *self.emulator.command(self.binary, self.port, self.state_dir)]
+        command = [
+            "setpriv",
+            "--pdeathsig",
+            "KILL",
+            *self.emulator.command(self.binary, self.port, self.state_dir, self.grpc_port),
+        ]
         if shutil.which("setpriv") is None:  # util-linux: on every Linux this runs on; without, no such guard
             command = command[3:]
         with open(self.log_path, "ab") as out:
@@ -666,7 +677,11 @@ class EmulatorProcess:
         return lambda: (
             process.poll() is not None
             or self._stopping.is_set()
-            or (self.emulator.healthy(self.port) and listens_on(process.pid, self.port))
+            or (
+                self.emulator.healthy(self.port)
+                and listens_on(process.pid, self.port)
+                and (self.grpc_port is None or listens_on(process.pid, self.grpc_port))
+            )
         )
 
     def _supervise(self) -> None:
@@ -684,6 +699,7 @@ class EmulatorProcess:
                 process.wait()
                 port_tries += 1
                 self.port = free_loopback_port()
+                self.grpc_port = free_loopback_port() if self.grpc_port is not None else None
                 continue
             elif not self._started.is_set():
                 self._error = (
@@ -763,6 +779,8 @@ class Emulators:
         if own:
             log.info("%s: the operator's %s=%s (not starting %s)", name, emulator.variable, own, emulator.binary)
             self.variables[emulator.variable] = own
+            if emulator.grpc_variable and self.environ.get(emulator.grpc_variable):
+                self.variables[emulator.grpc_variable] = self.environ[emulator.grpc_variable]
             return
         binary = install(emulator, self.bin_dir)
         self.state_root.mkdir(parents=True, exist_ok=True)
@@ -778,9 +796,12 @@ class Emulators:
             process.state_dir,
             time.monotonic() - started,
         )
-        self.variables[emulator.variable] = process.value
+        exported = {emulator.variable: process.value}
+        if process.grpc_port is not None:
+            exported[emulator.grpc_variable] = f"127.0.0.1:{process.grpc_port}"
+        self.variables.update(exported)
         # Inherited by what serve starts: its workers, their executors and the SDK harnesses.
-        self.environ[emulator.variable] = process.value
+        self.environ.update(exported)
 
     def write_env(self, extra: Mapping[str, str] = {}) -> Path | None:
         """DATA_DIR/emulators.env: `export NAME=VALUE` lines for clients (sourced, or `beamport emulators env`)."""

@@ -13,8 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+# BIGQUERY_STORAGE_EMULATOR_HOST: the BigQuery emulator's Storage API (gRPC), for Beam's DIRECT_READ;
 # GOOGLE_API_GATEWAY: the Google API gateway (beamport/google_gateway.py), for Go workers' BigQuery I/O.
-VARIABLES = ("STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST", "GOOGLE_API_GATEWAY")
+VARIABLES = (
+    "STORAGE_EMULATOR_HOST",
+    "PUBSUB_EMULATOR_HOST",
+    "BIGQUERY_EMULATOR_HOST",
+    "BIGQUERY_STORAGE_EMULATOR_HOST",
+    "GOOGLE_API_GATEWAY",
+)
 OPTION = "beamport_emulator_endpoints"
 
 

@@ -46,6 +46,7 @@ KEPT_PREFIXES = (
     "STORAGE_EMULATOR_HOST",
     "PUBSUB_EMULATOR_HOST",
     "BIGQUERY_EMULATOR_HOST",
+    "BIGQUERY_STORAGE_EMULATOR_HOST",
     "GOOGLE_API_GATEWAY",  # the Google API gateway (beamport/google_gateway.py), for Go workers
 )
 

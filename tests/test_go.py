@@ -118,6 +118,7 @@ def go_server(base: Path, *engines: str) -> Go:
         "GCE_METADATA_IP",
         "PUBSUB_EMULATOR_HOST",
         "BIGQUERY_EMULATOR_HOST",
+        "BIGQUERY_STORAGE_EMULATOR_HOST",
         emulators.GATEWAY.variable,  # the Google API gateway (BigQuery for Go workers)
     }
     storage(env).create_bucket(BUCKET)
@@ -125,26 +126,27 @@ def go_server(base: Path, *engines: str) -> Go:
 
 
 def storage(env: dict[str, str]):
-    from google.auth.credentials import AnonymousCredentials
     from google.cloud.storage import Client
 
-    os.environ["STORAGE_EMULATOR_HOST"] = env["STORAGE_EMULATOR_HOST"]
-    try:
-        return Client(project=PROJECT, credentials=AnonymousCredentials())
-    finally:
-        del os.environ["STORAGE_EMULATOR_HOST"]
+    return _on_emulator(Client, "STORAGE_EMULATOR_HOST", env)
 
 
 def bigquery(env: dict[str, str]):
     """Google's Python BigQuery client on the server's emulator (as test_bigquery.py's)."""
-    from google.auth.credentials import AnonymousCredentials
     from google.cloud.bigquery import Client
 
-    os.environ["BIGQUERY_EMULATOR_HOST"] = env["BIGQUERY_EMULATOR_HOST"]
+    return _on_emulator(Client, "BIGQUERY_EMULATOR_HOST", env)
+
+
+def _on_emulator(client_class, variable: str, env: dict[str, str]):
+    """A Google client made while `variable` names the server's emulator (which it reads then), anonymous."""
+    from google.auth.credentials import AnonymousCredentials
+
+    os.environ[variable] = env[variable]
     try:
-        return Client(project=PROJECT, credentials=AnonymousCredentials())
+        return client_class(project=PROJECT, credentials=AnonymousCredentials())
     finally:
-        del os.environ["BIGQUERY_EMULATOR_HOST"]
+        del os.environ[variable]
 
 
 def word_counts(text: str) -> dict[str, int]:
