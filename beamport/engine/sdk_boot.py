@@ -18,7 +18,7 @@ worker's staged directory, where `sdk_worker_main` loads the main session, and p
 PYTHONPATH. The worker's logs go to the Beamport engine that runs the job when the job names its logging
 service (the option `beamport_logging_endpoint`, reachable), else to the runner's. The Google service endpoints
 the job was staged with (the option `beamport_emulator_endpoints`: the server's emulators) become the worker's
-STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST (beamport/endpoints.py). A job that names a metric keys file (the
+STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST... (beamport/endpoints.py). A job that names a metric keys file (the
 option `beamport_metric_keys_file`: the Flink engine's jobs) has its worker note there which user metrics the
 job's steps report (beamport.engine.metric_keys). Options named in camelCase (a template's runtime
 parameters, Google's names) come back under their own names from the option `beamport_cased_options`: Beam

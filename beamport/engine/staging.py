@@ -26,8 +26,9 @@ What Beam's DataflowRunner staged for a job, and what becomes of it here:
   reshuffle URN itself, ReshufflePerKey composites get that URN (their GroupByKey dropped a drain's last window).
 - A built-in template's windows whose size is a runtime parameter (Cloud_PubSub_to_GCS_Text's windowDuration):
   made Beam's FixedWindows of the launch's size (engine/window_staging.py), which every engine runs.
-- The server's Google service endpoints (STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST) go with a Python job in an
-  option, for SDK workers that do not inherit the server's environment (beamport/endpoints.py), with a Beam
+- The server's Google service endpoints (STORAGE/PUBSUB/BIGQUERY_EMULATOR_HOST...) go with a Python or Go job in
+  an option, for SDK workers that do not inherit the server's environment (beamport/endpoints.py; a Go worker
+  reaches BigQuery through the Google API gateway whose address is among them: engine/go_boot.py), with a Beam
   plugin every Python SDK worker imports (beamport/io/emulators_plugin.py): it points Beam's BigQuery clients
   at a BigQuery endpoint, and has Beam's I/O look for credentials once rather than retry for 25 s. A Java job
   gets them as the options Beam Java's IOs read instead (--gcsEndpoint, --bigQueryEndpoint, --pubsubRootUrl;

@@ -10,7 +10,7 @@ set, it points the two clients Beam's BigQuery I/O uses at the emulator (use_emu
 - google-cloud-bigquery-storage's BigQueryReadClient (Beam's DIRECT_READ) takes no endpoint from anywhere: made
   without a transport, it gets an insecure gRPC channel to the emulator's Storage API
   (BIGQUERY_STORAGE_EMULATOR_HOST, host:port), as the Pub/Sub client does for PUBSUB_EMULATOR_HOST.
-Both would want Google default credentials, which a worker offline does not have (and whose tokens an emulator
+The first two would want Google default credentials, which a worker offline does not have (and whose tokens an emulator
 has no use for): made without credentials, they get anonymous ones, as google-cloud-pubsub and -storage do for
 their emulators; Client also gets a project (Beam names each table's project in full).
 """
