@@ -190,14 +190,41 @@ _ANSWER_PARTS_WITHOUT_CONTENT_ID = Patch(
 			contentID = fmt.Sprintf("<part-%p>", part)
 		}""",
 )
+# An object whose file is in the bucket's directory but has no metadata (written there by another program: the
+# bigquery emulator's extract jobs, into the gcs emulator's root) failed every listing of its bucket. It is an
+# object like any other, its attributes what the file says (size, times; no content type of its own, no hashes).
+_OBJECTS_WITHOUT_METADATA = Patch(
+    "internal/backend/fs.go",
+    old="""	encoded, err := s.mh.read(path)
+	if err != nil {
+		return ObjectAttrs{}, err
+	}
+
+	var attrs ObjectAttrs
+	if err = json.Unmarshal(encoded, &attrs); err != nil {""",
+    new="""	encoded, err := s.mh.read(path)
+	if err != nil {
+		// Beamport: a file written by another program has no metadata; it is an object all the same.
+		info, statErr := os.Stat(path)
+		if statErr != nil || info.IsDir() {
+			return ObjectAttrs{}, err
+		}
+		when := info.ModTime().Format(timestampFormat)
+		attrs := `{"Created":%q,"Updated":%q,"ContentType":"application/octet-stream"}`
+		encoded = []byte(fmt.Sprintf(attrs, when, when))
+	}
+
+	var attrs ObjectAttrs
+	if err = json.Unmarshal(encoded, &attrs); err != nil {""",
+)
 GCS = FakeGcsServer(
     name="gcs",
     variable="STORAGE_EMULATOR_HOST",
     module="github.com/fsouza/fake-gcs-server",
     version="v1.56.1",
     health_path="/_internal/healthcheck",
-    patches=(_ANSWER_PARTS_WITHOUT_CONTENT_ID,),
-    patch_level="beamport1",
+    patches=(_ANSWER_PARTS_WITHOUT_CONTENT_ID, _OBJECTS_WITHOUT_METADATA),
+    patch_level="beamport3",  # beamport2, 3: objects without metadata
 )
 
 
@@ -401,27 +428,49 @@ def _beamport_remember(table: tuple[str, str, str], rows: list[dict[str, Any]]) 
 )
 
 
+# BigQuery's extract jobs write a destination URI with a `*` as numbered files (Beam's ReadFromBigQuery exports to
+# gs://TEMP/ID/bigquery-table-dump-*.avro and then reads what matches); bqemulator wrote to the `*` literally, into
+# a directory it did not make (the object's path under the gcs emulator's root), and failed. The one file it
+# writes is shard 0, as BigQuery numbers them, and its directory is made.
+_EXTRACT_TO_WILDCARD_URIS = Patch(
+    "bqemulator/jobs/executor.py",
+    old="""    _validate_local_path(dest_path)
+    select_sql = f"SELECT * FROM {src_ref}"
+""",
+    new="""    _validate_local_path(dest_path)
+    # Beamport: a wildcard's one file is shard 0; its directory is made (beamport/emulators.py).
+    if dest_uris and dest_uris[0].startswith("gs://"):
+        import os
+
+        dest_path = dest_path.replace("*", "000000000000", 1)
+        os.makedirs(os.path.dirname(dest_path), exist_ok=True)
+    select_sql = f"SELECT * FROM {src_ref}"
+""",
+)
+
+
 class BigQueryEmulator(PythonEmulator):
     """bqemulator: BigQuery's REST API (and the Storage API's gRPC) over a DuckDB file in its state directory.
 
-    It loads DuckDB's spatial extension at start (GEOGRAPHY) and would download it from extensions.duckdb.org;
-    the pinned duckdb-extension-spatial wheel carries it, installed at `prepare` into the extension directory
-    of a home of the venv's own (DuckDB looks under $HOME/.duckdb), which the emulator runs with: it starts
-    offline. (The avro extension, which it would fetch at each start for Avro loads, is not there and not
-    fetched: Avro loads are refused.) Load jobs read gs:// URIs as the gcs emulator's files."""
+    It loads DuckDB's spatial extension (GEOGRAPHY) and avro extension (Avro loads and extracts: Beam's
+    ReadFromBigQuery exports Avro) at start, and would download them from extensions.duckdb.org; the pinned
+    duckdb-extension-spatial and -avro wheels carry them, installed at `prepare` into the extension directory of
+    a home of the venv's own (DuckDB looks under $HOME/.duckdb), which the emulator runs with: it starts
+    offline. Load jobs read gs:// URIs, and extract jobs write them, as the gcs emulator's files."""
 
     def home(self, binary: Path) -> Path:
         return binary.parent.parent / "home"  # binary: VENV/bin/bqemulator
 
     def prepare(self, venv: Path) -> None:
-        install_spatial = (
-            "import pathlib, duckdb, duckdb_extension_spatial as s\n"
-            "[path] = pathlib.Path(s.__file__).parent.glob('extensions/*/spatial.duckdb_extension')\n"
-            "duckdb.connect().execute(f\"INSTALL '{path}'\")\n"
+        install_extensions = (
+            "import pathlib, duckdb, duckdb_extension_spatial as s, duckdb_extension_avro as a\n"
+            "for module, name in ((s, 'spatial'), (a, 'avro')):\n"
+            "    [path] = pathlib.Path(module.__file__).parent.glob(f'extensions/*/{name}.duckdb_extension')\n"
+            "    duckdb.connect().execute(f\"INSTALL '{path}'\")\n"
         )
         home = self.home(venv / "bin" / self.executable)
         home.mkdir(exist_ok=True)
-        _run([str(venv / "bin" / "python"), "-c", install_spatial], {**os.environ, "HOME": str(home)}, venv)
+        _run([str(venv / "bin" / "python"), "-c", install_extensions], {**os.environ, "HOME": str(home)}, venv)
 
     def environment(self, binary: Path, state_dir: Path) -> dict[str, str] | None:
         return {
@@ -431,8 +480,9 @@ class BigQueryEmulator(PythonEmulator):
             # how the gcs emulator (fake-gcs-server's filesystem backend) keeps its objects.
             "BQEMU_GCS_LOCAL_ROOT": str(state_dir.parent / GCS.name),
             "BEAMPORT_BQEMU_ALLOWED_DIRS": os.pathsep.join((str(state_dir), str(state_dir.parent / GCS.name))),
-            # No DuckDB avro extension here (and no download of it at each start, offline): Avro loads refused.
-            "BQEMU_ENABLE_FORMAT_EXTENSIONS": "false",
+            # The avro extension loaded at start (`prepare` installed it: INSTALL finds it there, offline), before
+            # DuckDB is confined (_CONFINE_DUCKDB), after which nothing could be loaded.
+            "BQEMU_ENABLE_FORMAT_EXTENSIONS": "true",
         }
 
     def command(self, binary: Path, port: int, state_dir: Path, grpc_port: int | None = None) -> list[str]:
@@ -456,8 +506,9 @@ BIGQUERY = BigQueryEmulator(
     health_path="/healthz",
     requirements=Path(__file__).parent / "emulator_sources" / "bigquery" / "requirements.txt",
     executable="bqemulator",
-    patches=(_CONFINE_DUCKDB, *_DEDUP_INSERT_IDS, *_ONE_THREAD_AT_A_TIME),
-    patch_level="beamport3",  # beamport2: insert ids remembered; beamport3: one thread at a time on DuckDB
+    patches=(_CONFINE_DUCKDB, *_DEDUP_INSERT_IDS, *_ONE_THREAD_AT_A_TIME, _EXTRACT_TO_WILDCARD_URIS),
+    # beamport2: insert ids remembered; beamport3: one thread at a time on DuckDB; beamport4: wildcard extracts
+    patch_level="beamport4",
 )
 
 

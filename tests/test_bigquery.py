@@ -204,10 +204,13 @@ def test_a_batch_pipeline_from_gcs_text_to_bigquery(bq_server, project, tmp_path
     assert bool(loads) == (method == "FILE_LOADS")
 
 
-def test_a_batch_pipeline_reads_a_table_with_the_storage_read_api(bq_server, project):
-    """ReadFromBigQuery(method=DIRECT_READ), unchanged: Beam's BigQueryReadClient, which takes no endpoint, reads
-    the table's rows from the emulator's Storage Read API (gRPC), pointed there by Beamport's plugin in the SDK
-    worker; apitools' BigqueryV2 gets the table's metadata."""
+@pytest.mark.parametrize("method", ["DIRECT_READ", "EXPORT"])
+def test_a_batch_pipeline_reads_a_table(bq_server, project, method):
+    """ReadFromBigQuery, unchanged, on the embedded engine's SDK workers. DIRECT_READ: Beam's BigQueryReadClient,
+    which takes no endpoint, reads the rows from the emulator's Storage Read API (gRPC), pointed there by
+    Beamport's plugin. EXPORT (Beam's default): an extract job writes the table as Avro to the temp location on
+    the gcs emulator (`*` as shard 0), whose listing then finds the file the BigQuery emulator wrote there, and
+    Beam reads it."""
     from google.cloud import bigquery
 
     client = bigquery_client(project)
@@ -218,13 +221,18 @@ def test_a_batch_pipeline_reads_a_table_with_the_storage_read_api(bq_server, pro
     workdir = bq_server.root / project  # an allowed path
     workdir.mkdir()
     flags = dataflow_flags(bq_server, project, workdir, "from-bigquery")
-    pipeline = [str(PIPELINES / "bigquery_to_text.py"), "--method=DIRECT_READ", f"--output={workdir}/out"]
+    if method == "EXPORT":
+        bucket = storage_client().create_bucket(f"export-{project}")
+        flags = [f for f in flags if "temp_location=" not in f] + [f"--temp_location=gs://{bucket.name}/temp"]
+    pipeline = [str(PIPELINES / "bigquery_to_text.py"), f"--method={method}", f"--output={workdir}/out"]
     run([*pipeline, f"--table={project}:read.counts", *flags], timeout=600)
 
     (job,) = Api(bq_server.url, project).all_jobs()
     assert job["currentState"] == "JOB_STATE_DONE"
     lines = [line for path in workdir.glob("out*") for line in path.read_text().splitlines()]
     assert sorted((word, int(count)) for word, count in (line.split(",") for line in lines)) == EXPECTED
+    extracts = [j for j in client.list_jobs(project=project) if j.job_type == "extract"]
+    assert bool(extracts) == (method == "EXPORT")
 
 
 @pytest.mark.xdist_group("flink")  # one Flink job at a time, as test_streaming
