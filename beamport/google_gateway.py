@@ -42,6 +42,7 @@ VARIABLE = "GOOGLE_API_GATEWAY"  # the gateway's URL (http://127.0.0.1:PORT), as
 BIGQUERY_HOST = "bigquery.googleapis.com"
 TOKEN = {"access_token": "beamport-emulators-only", "expires_in": 3600, "token_type": "Bearer"}
 HEAD_LIMIT = 16 * 1024
+BODY_LIMIT = 64 * 1024  # of a plain request (a token request's grant is about 1 KiB)
 HEAD_TIMEOUT_S = 10.0
 PIPE_CHUNK = 64 * 1024
 CONNECT_TIMEOUT_S = 30.0
@@ -220,6 +221,9 @@ class Gateway:
                 await self._tunnel(target, reader, writer)
                 return
             else:
+                # A body (the token request's JWT grant) is read, not used: what the client sent is taken in
+                # before the answer and the close, which would otherwise reset the connection under it.
+                await asyncio.wait_for(reader.readexactly(_body_length(headers)), HEAD_TIMEOUT_S)
                 await self._plain(method, target, writer)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
             await _answer(writer, 400, b"Bad request")
@@ -236,7 +240,7 @@ class Gateway:
             await _answer(writer, 200, self.authority.ca_pem, "application/x-pem-file")
         elif method == "GET" and path == "/credentials.json":
             await _answer(writer, 200, self.credentials, "application/json")
-        elif method == "POST" and path == "/token":  # the body (a JWT bearer grant) is not read: any asker
+        elif method == "POST" and path == "/token":  # any grant: the token is good for nothing
             await _answer(writer, 200, json.dumps(TOKEN).encode(), "application/json")
         else:
             await _answer(writer, 404, b"Not found")
@@ -275,6 +279,14 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
     except (ConnectionError, ssl.SSLError, OSError):
         pass
+
+
+def _body_length(headers: dict[str, str]) -> int:
+    """A plain request's Content-Length (none: 0); more than BODY_LIMIT, or not a number: ValueError."""
+    length = int(headers.get("content-length") or 0)
+    if not 0 <= length <= BODY_LIMIT:
+        raise ValueError(f"a body of {length} bytes")
+    return length
 
 
 def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:

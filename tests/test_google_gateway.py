@@ -120,7 +120,9 @@ def test_other_ports_and_web_pages_are_refused(gateway):
             client.get("https://bigquery.googleapis.com:8443/")
     page = httpx.get(gateway.url + "/credentials.json", headers={"Origin": "https://example.com"})
     assert page.status_code == 403
-    assert httpx.post(gateway.url + "/token").json()["token_type"] == "Bearer"
+    grant = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": "x" * 900}
+    assert httpx.post(gateway.url + "/token", data=grant).json()["token_type"] == "Bearer"
+    assert httpx.post(gateway.url + "/token", content=b"x" * (65 * 1024)).status_code == 400
 
 
 def test_worker_variables_give_a_go_worker_the_proxy_roots_and_credentials(gateway, tmp_path):
