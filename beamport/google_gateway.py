@@ -179,23 +179,14 @@ def _write_private(path: Path, data: bytes) -> None:
         out.write(data)
 
 
-def throwaway_credentials(token_uri: str) -> bytes:
-    """A service-account key file that is good only for the gateway's /token (Go's service-account credentials
-    sign with RSA keys only)."""
-    from cryptography.hazmat.primitives.asymmetric import rsa
+def throwaway_credentials(root_url: str) -> bytes:
+    """A service-account key file (Google's format, as Beamport's own keys: service/keys.py) whose token_uri is
+    the gateway's /token: good for nothing else."""
+    from beamport.service import keys
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return json.dumps(
-        {
-            "type": "service_account",
-            "project_id": "beamport-emulators",
-            "private_key_id": "beamport-google-gateway",
-            "private_key": _pem_key(key).decode(),
-            "client_email": "emulators@beamport-emulators.iam.gserviceaccount.com",
-            "client_id": "0",
-            "token_uri": token_uri,
-        }
-    ).encode()
+    key_id, private_pem, _ = keys.new_key_pair()
+    email = "emulators@beamport-emulators.iam.gserviceaccount.com"
+    return json.dumps(keys.key_file(email, "beamport-emulators", key_id, private_pem, root_url)).encode()
 
 
 class Gateway:
@@ -204,7 +195,7 @@ class Gateway:
     def __init__(self, port: int, authority: Authority, routes: dict[str, tuple[str, int]]):
         self.port, self.authority, self.routes = port, authority, routes
         self.tls = authority.server_context()
-        self.credentials = throwaway_credentials(f"http://127.0.0.1:{port}/token")
+        self.credentials = throwaway_credentials(f"http://127.0.0.1:{port}")
 
     async def serve(self) -> None:
         server = await asyncio.start_server(self._connection, "127.0.0.1", self.port, limit=HEAD_LIMIT)
