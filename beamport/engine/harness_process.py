@@ -37,6 +37,9 @@ _DESCRIPTOR_URL = re.compile(r'^\s*url:\s*"([^"\\]*)"', re.MULTILINE)
 
 OUTPUT_LINES = 20  # of a failed harness's output, in the job's failure
 ANSWER_TIMEOUT_S = 30.0
+# Said on stderr once a launcher has answered the runner in its failed harness's place: the SDK worker pool, which
+# answers for a worker that ends in failure (engine/worker_pool.py), then has nothing to add.
+ANSWERED_LINE = "beamport: the runner was answered in the failed harness's place"
 
 
 def run(
@@ -79,6 +82,7 @@ def finish(status: int, last, who: str, control_url: str, worker_id: str) -> Non
     if status != 0:
         why = f"{who} exited with status {status} before it reached the runner"
         answer_in_its_place(control_url, worker_id, why + (":\n" + "\n".join(last) if last else "."))
+        print(ANSWERED_LINE, file=sys.stderr, flush=True)
     sys.exit(status)
 
 

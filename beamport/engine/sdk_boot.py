@@ -7,10 +7,10 @@ runs with the job's options (log level, pickler, runtime value providers: Beampo
 drain signal there), then runs that worker in its own process. Under a sandbox (the pool's operator asks for one:
 scripts/flink-cluster --sandbox) it first starts itself again inside, so that the job's options and its user code
 only ever reach the sandboxed process; the worker is not a second Python, which would import Beam again (about
-3 s of each worker's start here). Its output goes to stderr: the pool pipes stdout and never reads it. The job's
-name is written to the worker's directory (`job_name`): the worker's command line names only the worker. A spare
-(`--spare_dir DIR`: the pool's, started ahead) imports what a worker needs, then reads the worker's flags from
-its stdin and becomes that worker, with DIR as its directory.
+3 s of each worker's start here). Its output goes to stderr: a pool may pipe stdout and never read it (Beam's
+does). The job's name is written to the worker's directory (`job_name`): the worker's command line names only the
+worker. A spare (`--spare_dir DIR`: the pool's, started ahead) imports what a worker needs, then reads the
+worker's flags from its stdin and becomes that worker, with DIR as its directory.
 
 Also as Beam's boot program does, it fetches the environment's artifacts (what staging made of the job's
 packages: pure-Python wheels and the main session, beamport.engine.portable.staged_artifacts) into the
@@ -196,7 +196,7 @@ def java_spare(args: argparse.Namespace, argv: list[str]) -> list[str] | None:
     (its own, then the ones assigned), or None when the pool stopped without needing it."""
     from beamport.engine import java_warm
 
-    os.dup2(2, 1)  # the pool pipes stdout and never reads it: nothing the JVM says may fill that pipe
+    os.dup2(2, 1)  # a pool may pipe stdout and never read it (Beam's does): nothing the JVM says may fill that pipe
     warm = warm_jvm_spec(args.spare_dir)
     if warm is not None:
         java_warm.start_spec(warm, parent=args.spare_dir)  # removed with the spare's directory

@@ -24,6 +24,13 @@ it ends), the pool copies them (java_warm.WarmJars, only files of that worker's 
 spare, whose JVM warms up over the jars the last Java jobs share, in the sandbox, and is taken only by a harness
 that has every one of them. A worker's directory (a Java worker's jars, a Python worker's staged files) is removed
 when it ends.
+
+A runner waits for a worker it asked for until the worker connects, for ever (Beam's Flink runner:
+ExternalEnvironmentFactory; Prism): one that ends first, in failure (its boot failed, its main session could not be
+loaded, it was killed), would hang the job. The pool reads each worker's output (copied to its own stderr) and,
+when the worker ends in failure unasked (not by StopWorker), connects in its place and answers the runner's first
+instruction with that failure and the worker's last lines (harness_process.answer_in_its_place, as the Java and Go
+launchers do for their harnesses): the job fails saying why. A worker that had connected, the runner has seen go.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from beamport.engine import java_boot, java_warm, portable, sdk_boot
+from beamport.engine import harness_process, java_boot, java_warm, portable, sdk_boot
 from beamport.files import FilePolicy
 
 log = logging.getLogger(__name__)
@@ -70,9 +77,10 @@ def start(container_executable: str, port: int = 0, spares: int = 0, spare_root:
 
     @atexit.register
     def kill_workers() -> None:
-        java_spare = [pool.java_spare.process] if pool.java_spare else []
-        for process in [*pool._worker_processes.values(), *pool.spares, *java_spare]:
-            kill_process_gracefully(process)
+        java_spare = [pool.java_spare] if pool.java_spare else []
+        for worker in [*pool.workers.values(), *pool.spares, *java_spare]:
+            worker.stopped = True
+            kill_process_gracefully(worker.process)
 
     return address, server
 
@@ -85,6 +93,7 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
         def __init__(self) -> None:
             super().__init__(use_process=True, container_executable=container_executable)
             self.spares: list[Spare] = []
+            self.workers: dict[str, Spare] = {}  # the workers runners asked for, by id, until they stop them
             self._lock = threading.Lock()
             for _ in range(spares):
                 self.spares.append(self._spare())
@@ -96,16 +105,7 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
 
         def _spare(self, *flags: str, directory: str | None = None) -> Spare:
             directory = directory or tempfile.mkdtemp(prefix="spare-", dir=spare_root)
-            command = [container_executable, f"--spare_dir={directory}", *flags]
-            process = _spawned(
-                lambda: subprocess.Popen(
-                    command,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,  # as Beam's pool: never read (the worker writes to stderr)
-                    close_fds=True,
-                )
-            )
-            return Spare(process, directory)
+            return _started([container_executable, f"--spare_dir={directory}", *flags], directory, spare=True)
 
         def _replenish(self) -> None:
             with self._lock:
@@ -121,7 +121,7 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
             if sdk == portable.JAVA_SDK and self.java is not None:
                 return self._start_java(request)
             if sdk in (portable.JAVA_SDK, portable.GO_SDK):
-                return self._start_other_sdk(request, sdk)
+                return self._start_cold(request, sdk)
             with self._lock:
                 spare = None
                 while self.spares and spare is None:
@@ -132,39 +132,54 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
                     timer = threading.Timer(REPLENISH_AFTER_S, self._replenish)
                     timer.daemon = True
                     timer.start()
-            if spare is None or not _assign(spare.process, request):  # none, or it died: a worker started cold
+            if spare is None or not _assign(spare, request):  # none, or it died: a worker started cold
                 if spare is not None:
                     spare.remove()
-                answer = _spawned(lambda: super(Pool, self).StartWorker(request, context))
-                self._remove_when_ended(request.worker_id)
-                return answer
+                return self._start_cold(request, None)
             log.info("worker %s: a spare (pid %s)", request.worker_id, spare.process.pid)
-            self._worker_processes[request.worker_id] = spare.process
+            self.workers[request.worker_id] = spare
             spare.remove_when_ended()
             return beam_fn_api_pb2.StartWorkerResponse()
 
-        def _remove_when_ended(self, worker_id: str) -> None:
-            """The directory of a worker started as `sdk_boot --id` (not a spare) goes when it ends."""
-            process = self._worker_processes.get(worker_id)
-            if spare_root is not None and isinstance(process, subprocess.Popen):  # (its id checked: StartWorker)
-                Spare(process, sdk_boot.worker_directory(spare_root, worker_id)).remove_when_ended()
+        def StopWorker(self, request, context):
+            """As Beam's pool: the worker is killed unless it ends within a second (the runner has closed its
+            streams); an end asked for is no failure to answer for (Spare.follow)."""
+            worker = self.workers.pop(request.worker_id, None)
+            if worker is not None:
+                log.info("stopping worker %s", request.worker_id)
+                worker.stop()
+            return beam_fn_api_pb2.StopWorkerResponse()
+
+        def _start_cold(self, request, sdk: str | None):
+            """A worker started for the request (no Python spare waits; a Go worker; a Java SDK harness of a pool
+            without spares): the boot program, in that SDK's mode for another SDK's."""
+            flags = [f"--{name}={url}" for name, url in _endpoints(request).items()]
+            mode = [f"--{sdk_boot.SDK_FLAG}={sdk}"] if sdk else []
+            # Its directory, when the pool knows where the boot program makes it (its id checked: StartWorker).
+            directory = sdk_boot.worker_directory(spare_root, request.worker_id) if spare_root is not None else None
+            worker = _started([container_executable, *mode, f"--id={request.worker_id}", *flags], directory)
+            worker.assigned = _Assignment.of(request)
+            log.info("worker %s: a %s SDK worker (pid %s)", request.worker_id, sdk or "Python", worker.process.pid)
+            self.workers[request.worker_id] = worker
+            worker.remove_when_ended()
+            return beam_fn_api_pb2.StartWorkerResponse()
 
         def _start_java(self, request):
             """A Java SDK harness: the waiting Java spare (its JVM warm), else a Java spare started for it now."""
             with self._java_lock:
                 spare, self.java_spare = self.java_spare, None
-            if spare is not None and _assign(spare.process, request):
+            if spare is not None and _assign(spare, request):
                 log.info("worker %s: the Java spare (pid %s)", request.worker_id, spare.process.pid)
             else:
                 if spare is not None:
                     log.warning("the Java spare (pid %s) ended (%s)", spare.process.pid, spare.process.poll())
                     spare.remove()
                 spare = self._java_spare(None)
-                if not _assign(spare.process, request):
+                if not _assign(spare, request):
                     spare.remove()
                     raise RuntimeError(f"the Java SDK worker {request.worker_id} ended as it started")
                 log.info("worker %s: a Java SDK worker (pid %s)", request.worker_id, spare.process.pid)
-            self._worker_processes[request.worker_id] = spare.process
+            self.workers[request.worker_id] = spare
             threading.Thread(target=self._after_java, args=(spare,), daemon=True).start()
             return beam_fn_api_pb2.StartWorkerResponse()
 
@@ -172,6 +187,7 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
             """Once a Java worker has fetched its jars (its spec written) and ran REPLENISH_AFTER_S (its JVM's start
             is not slowed by the copies), or ended: keep its jars and warm the next Java spare over them. Its
             directory goes when it ends."""
+            assert worker.directory is not None  # (a Java spare's: the pool made it)
             spec = Path(worker.directory) / sdk_boot.JAVA_SPEC_FILE
             try:
                 while worker.process.poll() is None and not spec.exists():
@@ -224,17 +240,6 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
             spare.class_path = warm["class_path"] if warm else None
             return spare
 
-        def _start_other_sdk(self, request, sdk: str):
-            """A Go worker, or a Java SDK harness of a pool without spares: the boot program in that SDK's mode."""
-            flags = [f"--{name}={url}" for name, url in _endpoints(request).items()]
-            command = [container_executable, f"--{sdk_boot.SDK_FLAG}={sdk}", f"--id={request.worker_id}"]
-            log.info("worker %s: a %s SDK worker", request.worker_id, sdk)
-            # As Beam's pool: stdout piped and never read (the boot program writes to stderr).
-            process = _spawned(lambda: subprocess.Popen([*command, *flags], stdout=subprocess.PIPE, close_fds=True))
-            self._worker_processes[request.worker_id] = process
-            self._remove_when_ended(request.worker_id)
-            return beam_fn_api_pb2.StartWorkerResponse()
-
     return Pool()
 
 
@@ -250,21 +255,64 @@ def _spawned(start: Callable[[], T]) -> T:
     return _SPAWNER.submit(start).result()
 
 
+def _started(command: list[str], directory: str | None, spare: bool = False) -> Spare:
+    """A worker process, started in the spawning thread; a spare reads its worker's flags on its stdin. Its output
+    (stderr too) is read by a thread of its own (Spare.follow)."""
+    stdin = subprocess.PIPE if spare else subprocess.DEVNULL
+    process = _spawned(
+        lambda: subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True)
+    )
+    worker = Spare(process, directory)
+    threading.Thread(target=worker.follow, name="worker-output", daemon=True).start()
+    return worker
+
+
+@dataclass(frozen=True)
+class _Assignment:
+    """The worker a runner asked for: its id, the runner's control service, and what it runs (for a failure)."""
+
+    worker_id: str
+    control_url: str
+    who: str
+
+    @classmethod
+    def of(cls, request) -> _Assignment:
+        sdk = request.params.get(portable.SDK_PARAM)
+        names = {portable.JAVA_SDK: "The Java SDK worker", portable.GO_SDK: "The Go worker"}
+        who = names.get(sdk, "The Python SDK worker")
+        return cls(request.worker_id, request.control_endpoint.url, who)
+
+
 @dataclass
 class Spare:
-    """A worker of the pool (a spare, or a worker started for a request): its process, its directory, and for a
-    Java spare the class path of its warm JVM (None: none, or a spare started for a worker at once)."""
+    """A worker of the pool (a spare, or a worker started for a request): its process, its directory (None: the
+    pool does not know it), and for a Java spare the class path of its warm JVM (None: none, or a spare started for
+    a worker at once); once it is a runner's worker, which one (None: a spare still); whether the pool or the runner
+    ended it."""
 
     process: subprocess.Popen
-    directory: str
+    directory: str | None
     class_path: list[dict] | None = None
+    assigned: _Assignment | None = None
+    stopped: bool = False
 
     def remove(self) -> None:
         """Kill it (its sandbox, JVM and all) if it runs, and remove its directory."""
         if self.process.poll() is None:
+            self.stopped = True
             self.process.kill()
             self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def stop(self) -> None:
+        """End it as the runner asked (StopWorker): killed unless it ends within a second."""
+        self.stopped = True
+        try:
+            self.process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     def remove_when_ended(self) -> None:
         """Remove its directory once it has ended (in a thread of its own, which only waits)."""
@@ -275,15 +323,34 @@ class Spare:
 
         threading.Thread(target=wait_then_remove, name="remove-worker-dir", daemon=True).start()
 
+    def follow(self) -> None:
+        """Copy its output to the pool's stderr until it ends. A worker that ended in failure, unasked, may never
+        have reached its runner, which then waits for it for ever: answer in its place (harness_process), unless
+        its launcher has (a Java or Go harness's: harness_process.ANSWERED_LINE)."""
+        assert self.process.stdout is not None
+        last, _ = harness_process.follow(self.process.stdout, lambda line: False)
+        status = self.process.wait()
+        assigned = self.assigned
+        if assigned is None or self.stopped or status == 0 or harness_process.ANSWERED_LINE in last:
+            return
+        why = f"{assigned.who} {assigned.worker_id} exited with status {status} before it reached the runner"
+        log.warning("%s", why)
+        details = ":\n" + "\n".join(last) if last else "."
+        harness_process.answer_in_its_place(assigned.control_url, assigned.worker_id, why + details)
 
-def _assign(spare: subprocess.Popen, request) -> bool:
+
+def _assign(spare: Spare, request) -> bool:
     """Give a spare the flags of the worker it is to become (sdk_boot.read_assignment); False if it died."""
+    if spare.process.poll() is not None:
+        return False
+    spare.assigned = _Assignment.of(request)
     assignment = {"id": request.worker_id, **_endpoints(request)}
     try:
-        assert spare.stdin is not None
-        spare.stdin.write(json.dumps(assignment).encode() + b"\n")
-        spare.stdin.close()
+        assert spare.process.stdin is not None
+        spare.process.stdin.write(json.dumps(assignment).encode() + b"\n")
+        spare.process.stdin.close()
     except OSError:
+        spare.stopped = True  # (another worker takes its place, under its id)
         return False
     return True
 
