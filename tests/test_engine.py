@@ -167,6 +167,9 @@ class Recorder:
     def monitoring_infos(self, infos: list) -> None:
         self.events.append(("monitoring", infos))
 
+    def stage_figures(self, figures: dict) -> None:
+        self.events.append(("figures", figures))
+
     @property
     def snapshots(self) -> list:
         return [event[1] for event in self.events if event[0] == "metrics"]
@@ -1062,3 +1065,57 @@ def test_a_pubsub_messages_event_time_is_its_attribute_in_ms_or_rfc3339_else_its
     assert event_time(message(ts="2026-01-02T04:04:05+01:00"), "ts") == Timestamp(1767323045)
     assert event_time(message(other="1"), "ts") == Timestamp(1767323045), "no attribute: the publish time"
     assert event_time(message(ts="1767323045123"), "") == Timestamp(1767323045), "none named: the publish time"
+
+
+def test_a_prism_jobs_stages_and_watermarks_come_from_the_lines_its_prism_logs(tmp_path):
+    """The Prism scripts/prism-build makes logs a job's stages' transforms once and their watermarks every second
+    (JSON lines, as its other lines): the job's stages are those, named by their transforms' outermost names; a
+    streaming job's figures are their watermarks, none before the first one or from the end of the global window
+    on; the lines are not kept in prism.log. The transforms Prism expands one into are named after it."""
+    import io
+    import json
+
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    from beamport.engine.base import STAGE_DONE, STAGE_RUNNING
+    from beamport.engine.prism import PrismLog, PrismStages
+
+    pipeline = beam_runner_api_pb2.Pipeline()
+    for transform_id, name in (("t1", "Read/Impulse"), ("t2", "Read/Split"), ("t3", "Observe"), ("t4", "Write")):
+        pipeline.components.transforms[transform_id].unique_name = name
+    end_of_window = (2**63 - 1) // 1000 - 24 * 60 * 60 * 1000
+    lines = [
+        {"msg": "beamport: stage transforms",
+         "stages": {"stage-010": ["t4"], "stage-002": ["et2_processandsplit", "t3", "t1"]}},
+        {"msg": "something else of Prism's"},
+        {"msg": "beamport: stage watermarks", "stages": [
+            {"stage": "stage-002", "input_ms": end_of_window, "output_ms": 1_700_000_000_500, "pending": 0},
+            {"stage": "stage-010", "input_ms": 1_700_000_000_000, "output_ms": -(2**63 // 1000), "pending": 3},
+            {"stage": "stage-999", "input_ms": 1, "output_ms": 1, "pending": 0},
+        ]},
+    ]  # fmt: skip
+    output = io.BytesIO(b"".join(json.dumps({"time": "t", "level": "INFO", **line}).encode() + b"\n" for line in lines))
+    recorder = Recorder()
+    stages = PrismStages(recorder, pipeline, streaming=True)
+    PrismLog(tmp_path / "prism", output, recorder, tmp_path / "prism.log", stages=stages).forward()
+    stages.ended(STAGE_DONE)
+    assert recorder.states() == {
+        "stage-002: Read, Observe": [STAGE_RUNNING, STAGE_DONE],
+        "stage-010: Write": [STAGE_RUNNING, STAGE_DONE],
+    }
+    (figures,) = [event[1] for event in recorder.events if event[0] == "figures"]
+    read, write = figures["stage-002: Read, Observe"], figures["stage-010: Write"]
+    assert (read.input_watermark_us, read.output_watermark_us) == (None, 1_700_000_000_500_000)
+    assert (write.input_watermark_us, write.output_watermark_us) == (1_700_000_000_000_000, None)
+    assert "beamport: stage" not in (tmp_path / "prism.log").read_text()
+    assert "something else of Prism's" in (tmp_path / "prism.log").read_text()
+
+    # A batch job has the stages, and no figures; a Prism that logs no stages, the one stage "Prism".
+    recorder = Recorder()
+    stages = PrismStages(recorder, pipeline, streaming=False)
+    for line in lines:
+        stages.told(line["msg"], line.get("stages"))
+    assert [event[0] for event in recorder.events] == ["stage", "stage"]
+    recorder = Recorder()
+    PrismStages(recorder, pipeline, streaming=True).ended(STAGE_DONE)
+    assert recorder.states() == {"Prism": [STAGE_RUNNING, STAGE_DONE]}

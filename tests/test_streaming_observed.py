@@ -278,6 +278,102 @@ def stage_figures(api: Api, job_id: str) -> dict[str, dict]:
     return found
 
 
+def prism_server_of_its_own(tmp_path: Path) -> Server:
+    """A server with one worker whose streaming engine is Prism (no Flink), started."""
+    binary = os.environ.get("BEAMPORT_TEST_PRISM")
+    if not binary or not Path(binary).is_file():
+        pytest.skip("BEAMPORT_TEST_PRISM is not set: run the suite with scripts/test, which builds Prism")
+    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", "--prism", binary))
+    srv.start()
+    srv.engine = "prism"
+    return srv
+
+
+class Lines:
+    """The lines a test appends to a job's input log, one "key,value,event time" each."""
+
+    def __init__(self, log: Path):
+        self.log = log
+        self.sent: list[float] = []  # their event times, to the millisecond as written (engines keep no finer)
+
+    def send(self) -> float:
+        self.sent.append(round(time.time(), 3))
+        append(self.log, [f"k{len(self.sent) % 2},{len(self.sent)},{self.sent[-1]:.3f}"])
+        return self.sent[-1]
+
+    def feeding(self, predicate):
+        """`predicate`, for wait_for, sending a line a second meanwhile."""
+
+        def step():
+            if time.time() - self.sent[-1] >= 1:
+                self.send()
+            return predicate()
+
+        return step
+
+
+def the_watermark_follows_the_lines(api: Api, job_id: str, lines: Lines) -> str:
+    """While lines arrive (one a second), a stage's watermark moves forward, up to a line sent after its first
+    watermark was measured, and its age stays below the time since the first line; when lines stop, the watermark
+    stays at the last line's event time at most, and its age grows. The stage's name."""
+    first = wait_for("a watermark measured", lines.feeding(lambda: stage_figures(api, job_id)), timeout=240)
+    stage, figures = next(iter(first.items()))
+    later = lines.send()
+    moved = wait_for(
+        "the watermark past a later line",
+        lines.feeding(
+            lambda: (
+                (stage_figures(api, job_id).get(stage) or {}).get("DataWatermark", 0) >= round(later * 1e6)
+                and stage_figures(api, job_id)[stage]
+            )
+        ),
+        timeout=180,
+    )
+    assert moved["DataWatermark"] > figures["DataWatermark"]
+    # Fresh: the watermark is past the first line, so its age is less than the time since that line.
+    assert moved["DataWatermarkAge"] < (time.time() - lines.sent[0])
+
+    # Input stops: the watermark stays at the last line's event time at most, and its age grows.
+    stopped = stage_figures(api, job_id)[stage]
+    grown = wait_for(
+        "the watermark's age grown with no input",
+        lambda: (
+            (now := stage_figures(api, job_id)[stage])["DataWatermarkAge"] > stopped["DataWatermarkAge"] + 1 and now
+        ),
+        timeout=120,
+    )
+    assert grown["DataWatermark"] <= round(lines.sent[-1] * 1e6)
+    return stage
+
+
+def test_a_prism_streaming_job_shows_its_stages_watermark_and_freshness(tmp_path, project):
+    """Prism's Job API gives no watermark; the Prism scripts/prism-build makes logs its stages as a job starts and
+    their watermarks every second (docs/engines.md, "Streaming signals"): a Prism job's stages are Prism's fused
+    stages, named by their transforms, and a streaming job's watermark and freshness follow its input as on
+    Flink. Its stages end DONE with the job."""
+    srv = prism_server_of_its_own(tmp_path)
+    api = Api(srv.url, project)
+    lines = Lines(tmp_path / "in.log")
+    lines.send()
+    submitter = submit_observed(srv, project, tmp_path, lines.log, tmp_path / "out.txt", "--event-times")
+    job_id = None
+    try:
+        job_id = submitted_job(submitter, tmp_path)
+        wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=240)
+        stage = the_watermark_follows_the_lines(api, job_id, lines)
+        assert re.fullmatch(r"stage-\d+: .*\bRead\b.*", stage), stage  # the stage that reads the lines
+        assert "SystemLag" not in stage_figures(api, job_id)[stage]  # (its input is the Impulse: no lag figure)
+        assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200
+        wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=120)
+        states = {s["executionStageName"]: s["executionStageState"] for s in api.get(job_id).json()["stageStates"]}
+        assert stage in states and "Prism" not in states, states
+        assert set(states.values()) == {"JOB_STATE_DONE"}, states
+    finally:
+        if submitter.poll() is None:
+            submitter.kill()
+        srv.stop()
+
+
 def test_a_flink_streaming_job_shows_its_watermark_freshness_and_counts(tmp_path, project, browser):  # noqa: F811
     """Dataflow's streaming signals of a Flink job (docs/engines.md, "Streaming signals"): each stage's data
     watermark follows the event times of the lines read and its age stays below the run's length; when lines
@@ -286,60 +382,17 @@ def test_a_flink_streaming_job_shows_its_watermark_freshness_and_counts(tmp_path
     flink = flink_endpoints()
     srv = flink_server_of_its_own(flink, tmp_path)
     api = Api(srv.url, project)
-    log, out = tmp_path / "in.log", tmp_path / "out.txt"
-    sent: list[float] = []  # the event times of the lines appended
-
-    def send() -> float:
-        sent.append(time.time())
-        append(log, [f"k{len(sent) % 2},{len(sent)},{sent[-1]:.3f}"])
-        return sent[-1]
-
-    send()
-    submitter = submit_observed(srv, project, tmp_path, log, out, "--event-times")
+    lines = Lines(tmp_path / "in.log")
+    sent, out = lines.sent, tmp_path / "out.txt"
+    lines.send()
+    submitter = submit_observed(srv, project, tmp_path, lines.log, out, "--event-times")
     job_id = None
     page = None
     try:
         job_id = submitted_job(submitter, tmp_path)
         wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=240)
-
-        # While lines arrive (one a second), the watermark moves forward: up to a line sent after the first
-        # watermark was measured.
-        def feeding(predicate):
-            def step():
-                if time.time() - sent[-1] >= 1:
-                    send()
-                return predicate()
-
-            return step
-
-        first = wait_for("a watermark measured", feeding(lambda: stage_figures(api, job_id)), timeout=240)
-        stage, figures = next(iter(first.items()))
-        later = send()
-        moved = wait_for(
-            "the watermark past a later line",
-            feeding(
-                lambda: (
-                    (stage_figures(api, job_id).get(stage) or {}).get("DataWatermark", 0) >= later * 1e6
-                    and stage_figures(api, job_id)[stage]
-                )
-            ),
-            timeout=180,
-        )
-        assert moved["DataWatermark"] > figures["DataWatermark"]
-        # Fresh: the watermark is past the first line, so its age is less than the time since that line.
-        assert moved["DataWatermarkAge"] < (time.time() - sent[0])
-        assert moved.get("ElementsOutPerSecond", 0) >= 0
-
-        # Input stops: the watermark stays at the last line's event time at most, and its age grows.
-        stopped = stage_figures(api, job_id)[stage]
-        grown = wait_for(
-            "the watermark's age grown with no input",
-            lambda: (
-                (now := stage_figures(api, job_id)[stage])["DataWatermarkAge"] > stopped["DataWatermarkAge"] + 1 and now
-            ),
-            timeout=120,
-        )
-        assert grown["DataWatermark"] <= sent[-1] * 1e6
+        stage = the_watermark_follows_the_lines(api, job_id, lines)
+        assert stage_figures(api, job_id)[stage].get("ElementsOutPerSecond", 0) >= 0
 
         # The console charts them (two measurements make a line).
         page = browser.new_page()

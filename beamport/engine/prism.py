@@ -16,6 +16,11 @@ short ids apart from Go's (engine/short_ids.py). A Beam Java job's Java environm
 environments too, each a Java SDK harness over the job's staged jars (beamport.engine.java_boot), given the job's
 options under Java's names; Prism has no drain, and Java's sources know no Beamport drain signal: java_boot's
 control relay truncates their splittable DoFns once the drain file is there (harness_process.Drain).
+
+The Prism that scripts/prism-build makes logs a job's fused stages (their transforms) as it starts and their
+watermarks every second, which its Job API does not give: the job's stages are those (PrismStages), each named
+by its transforms, and a streaming job's stages get their watermark, freshness and lag from those lines
+(docs/engines.md, "Streaming signals").
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from beamport import wire
 from beamport.engine import java_warm, worker_pool
 from beamport.engine.base import (
     DONE,
@@ -44,6 +50,7 @@ from beamport.engine.base import (
     RunObserver,
     RunResult,
     StagedJob,
+    StageFigures,
 )
 from beamport.engine.capture import worker_log_service
 from beamport.engine.java_boot import JavaUnavailable, harness_command
@@ -75,6 +82,7 @@ class PrismEngine(Engine):
         self._service: JobService | None = None
         self._invocation: str | None = None
         self._job_id: str | None = None  # the name Prism knows the invocation by
+        self._stages = PrismStages(None, None, False)  # the run's (run)
         self._prism_alive = threading.Lock()  # held by stop() while it cancels, taken by run() before it kills Prism
 
     def request_drain(self) -> bool:
@@ -108,7 +116,8 @@ class PrismEngine(Engine):
             )
             assert prism.stdout is not None
             logger = JAVA_WORKER_LOGGER if job.java_environments else GO_WORKER_LOGGER
-            prism_log = PrismLog(self.binary, prism.stdout, observer, workdir / "prism.log", logger)
+            stages = self._stages = PrismStages(observer, job.pipeline, job.job_type == JOB_TYPE_STREAMING)
+            prism_log = PrismLog(self.binary, prism.stdout, observer, workdir / "prism.log", logger, stages)
             forwarder = threading.Thread(target=prism_log.forward, daemon=True)
             forwarder.start()
             try:
@@ -146,7 +155,6 @@ class PrismEngine(Engine):
             plugins = [FINALIZATION_PLUGIN, *([SHORT_IDS_PLUGIN] if other_sdk else [])]
             options["beam_plugins"] = [*(options.get("beam_plugins") or []), *plugins]
         self._invocation = invocation = service.submit(job.job_id, pipeline, options)
-        observer.stage_state("Prism", STAGE_RUNNING, int(time.time() * 1e6))
         draining = False
         running = False
         metrics_sent = 0.0
@@ -171,7 +179,7 @@ class PrismEngine(Engine):
             if state == "DONE":
                 if not running:  # it ran, within one look (a job of a second): RUNNING before DONE, as on Dataflow
                     observer.running(f"Prism (invocation {invocation})")
-                observer.stage_state("Prism", STAGE_DONE, int(time.time() * 1e6))
+                self._stages.ended(STAGE_DONE)
                 return RunResult(DRAINED if draining else DONE)
             if state == "FAILED":
                 errors = service.errors(invocation)
@@ -242,10 +250,17 @@ class PrismLog:
     worker's raw output) to Prism's log file."""
 
     def __init__(
-        self, binary: Path, lines: IO[bytes], observer: RunObserver, log_path: Path, logger: str = GO_WORKER_LOGGER
+        self,
+        binary: Path,
+        lines: IO[bytes],
+        observer: RunObserver,
+        log_path: Path,
+        logger: str = GO_WORKER_LOGGER,
+        stages: PrismStages | None = None,
     ):
         self.binary, self.lines, self.observer, self.log_path = binary, lines, observer, log_path
         self.logger = logger  # the name the SDK workers' lines are logged under
+        self.stages = stages  # what the job's stage lines tell (scripts/prism-build's)
         self._endpoint: str | None = None
         self._ended = threading.Event()  # the endpoint is known, or Prism's output ended without it
 
@@ -279,11 +294,104 @@ class PrismLog:
                 if text == _SERVING and self._endpoint is None and isinstance(entry.get("endpoint"), str):
                     self._endpoint = entry["endpoint"]
                     self._ended.set()
+                if text in (STAGE_TRANSFORMS, STAGE_WATERMARKS):  # a line a second: not kept in the log
+                    if self.stages is not None:
+                        self.stages.told(text, entry.get("stages"))
+                    continue
                 if not isinstance(text, str) or not text.startswith(_SDK_PREFIX):
                     rest.write(raw)
                     continue
                 self.observer.log(_worker_record(self.logger, entry, text))
         self._ended.set()
+
+
+# The lines scripts/prism-build's Prism logs of a job: its stages' transforms (once, as it starts, {stage id:
+# [transform id]}) and their watermarks (every second, [{"stage", "input_ms", "output_ms", "pending"}]).
+STAGE_TRANSFORMS = "beamport: stage transforms"
+STAGE_WATERMARKS = "beamport: stage watermarks"
+# Prism's watermarks are Beam Go's mtime: milliseconds, from math.MinInt64 / 1000 (none yet: Go's division rounds
+# toward zero) to the end of the global window (a day before math.MaxInt64 / 1000) and beyond (the end of time).
+_PRISM_NO_WATERMARK_MS = -(2**63 // 1000)
+_PRISM_END_OF_WINDOW_MS = (2**63 - 1) // 1000 - 24 * 60 * 60 * 1000
+STAGE_NAME_LENGTH = 200
+
+
+class PrismStages:
+    """A Prism job's fused stages, from its stage lines (scripts/prism-build's Prism): each named by its
+    transforms' outermost names ("stage-3: Read, Observe"), in the job's stage states as Flink's vertices are; and,
+    for a streaming job, their watermarks as StageFigures, as Flink's engine gives them (FlinkRest.stage_figures).
+    Prism counts no records per stage: a stage's elements are getMetrics' ElementCount, from Prism's metrics. A
+    Prism that logs no stage lines (not built by scripts/prism-build) gives one stage, "Prism", at the end."""
+
+    def __init__(self, observer: RunObserver | None, pipeline, streaming: bool):
+        self.observer = observer
+        self.streaming = streaming
+        self.transforms = {tid: t.unique_name for tid, t in pipeline.components.transforms.items()} if pipeline else {}
+        self.names: dict[str, str] = {}  # by Prism's stage id
+
+    def told(self, text: str, stages) -> None:
+        """A stage line of Prism's (its message `text`, its `stages`), as PrismLog reads it."""
+        if self.observer is None:
+            return
+        if text == STAGE_TRANSFORMS and isinstance(stages, dict) and not self.names:
+            now = wire.now_us()
+            for stage_id, transforms in sorted(stages.items(), key=lambda item: _stage_number(item[0])):
+                name = self.names[stage_id] = self._name(stage_id, transforms)
+                self.observer.stage_state(name, STAGE_RUNNING, now)
+        elif text == STAGE_WATERMARKS and isinstance(stages, list) and self.streaming and self.names:
+            now = wire.now_us()
+            figures = {}
+            for mark in stages:
+                stage = self.names.get(str(mark.get("stage"))) if isinstance(mark, dict) else None
+                if stage is not None:
+                    figures[stage] = StageFigures(
+                        measured_us=now,
+                        input_watermark_us=_prism_watermark_us(mark.get("input_ms")),
+                        output_watermark_us=_prism_watermark_us(mark.get("output_ms")),
+                    )
+            if figures:
+                self.observer.stage_figures(figures)
+
+    def ended(self, state: str) -> None:
+        """The job ended: each stage in `state` (STAGE_DONE)."""
+        if self.observer is None:
+            return
+        now = wire.now_us()
+        if not self.names:
+            self.observer.stage_state("Prism", STAGE_RUNNING, now)
+        for name in self.names.values() or ["Prism"]:
+            self.observer.stage_state(name, state, now)
+
+    def _name(self, stage_id: str, transforms) -> str:
+        """`stage-3: Read, Observe`: the stage's number and its transforms' outermost names, in their order."""
+        outer: list[str] = []
+        for transform in transforms if isinstance(transforms, list) else []:
+            name = self._transform_name(str(transform)).split("/", 1)[0]
+            if name not in outer:
+                outer.append(name)
+        named = f"{stage_id}: {', '.join(outer)}" if outer else str(stage_id)
+        return named if len(named) <= STAGE_NAME_LENGTH else named[: STAGE_NAME_LENGTH - 3] + "..."
+
+    def _transform_name(self, transform_id: str) -> str:
+        """A transform's unique name; the transforms Prism expands a splittable DoFn or a combine into are named
+        after it (Prism's ids for them are "e" + its id + "_" + a part: `_pwr`, `_processandsplit`, `_lift`...)."""
+        if transform_id in self.transforms:
+            return self.transforms[transform_id]
+        expanded_from = transform_id.removeprefix("e").rsplit("_", 1)[0]
+        return self.transforms.get(expanded_from, transform_id)
+
+
+def _stage_number(stage_id: str) -> tuple[int, str]:
+    digits = "".join(c for c in stage_id if c.isdigit())
+    return (int(digits) if digits else 0, stage_id)
+
+
+def _prism_watermark_us(value) -> int | None:
+    """A Prism watermark (ms) in µs; None for none yet, and from the end of the global window on (the input is all
+    read: the stage's age and lag no longer mean anything)."""
+    if not isinstance(value, int) or value <= _PRISM_NO_WATERMARK_MS or value >= _PRISM_END_OF_WINDOW_MS:
+        return None
+    return value * 1000
 
 
 def _worker_record(logger: str, entry: dict, text: str) -> logging.LogRecord:
