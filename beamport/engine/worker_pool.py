@@ -157,8 +157,8 @@ def _pool_with_spares(container_executable: str, spares: int, spare_root: str | 
             mode = [f"--{sdk_boot.SDK_FLAG}={sdk}"] if sdk else []
             # Its directory, when the pool knows where the boot program makes it (its id checked: StartWorker).
             directory = sdk_boot.worker_directory(spare_root, request.worker_id) if spare_root is not None else None
-            worker = _started([container_executable, *mode, f"--id={request.worker_id}", *flags], directory)
-            worker.assigned = _Assignment.of(request)
+            command = [container_executable, *mode, f"--id={request.worker_id}", *flags]
+            worker = _started(command, directory, assigned=_Assignment.of(request))
             log.info("worker %s: a %s SDK worker (pid %s)", request.worker_id, sdk or "Python", worker.process.pid)
             self.workers[request.worker_id] = worker
             worker.remove_when_ended()
@@ -255,14 +255,17 @@ def _spawned(start: Callable[[], T]) -> T:
     return _SPAWNER.submit(start).result()
 
 
-def _started(command: list[str], directory: str | None, spare: bool = False) -> Spare:
+def _started(
+    command: list[str], directory: str | None, spare: bool = False, assigned: _Assignment | None = None
+) -> Spare:
     """A worker process, started in the spawning thread; a spare reads its worker's flags on its stdin. Its output
-    (stderr too) is read by a thread of its own (Spare.follow)."""
+    (stderr too) is read by a thread of its own (Spare.follow), which must know from the start whose worker it is:
+    a worker may end before this returns."""
     stdin = subprocess.PIPE if spare else subprocess.DEVNULL
     process = _spawned(
         lambda: subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True)
     )
-    worker = Spare(process, directory)
+    worker = Spare(process, directory, assigned=assigned)
     threading.Thread(target=worker.follow, name="worker-output", daemon=True).start()
     return worker
 
