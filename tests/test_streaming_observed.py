@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import Api, Server
+from conftest import Api, Server, required_path
 from test_console import browser  # noqa: F401  (the Chromium that test_console drives)
 from test_running_jobs import dataflow_flags, wait_state
 from test_streaming import DRAIN_S, START_S, append, cancel_live_flink_jobs_of, flink_args, flink_endpoints, wait_for
@@ -122,18 +122,22 @@ def submitted_job(submitter: subprocess.Popen, tmp_path: Path) -> str:
     return said.read_text().split("JOB_ID ", 1)[1].split()[0]
 
 
-@pytest.fixture(params=["prism", "flink"])
-def engine_server(request, tmp_path):
-    if request.param == "prism":
-        binary = os.environ.get("BEAMPORT_TEST_PRISM")
-        if not binary or not Path(binary).is_file():
-            pytest.skip("BEAMPORT_TEST_PRISM is not set: run the suite with scripts/test, which builds Prism")
-        engine_args: tuple[str, ...] = ("--prism", binary)
+def server_of_its_own(tmp_path: Path, engine: str) -> Server:
+    """A server with one worker whose streaming engine is `engine` ("prism", with no Flink; "flink", the suite's
+    cluster), started."""
+    if engine == "prism":
+        engine_args: tuple[str, ...] = ("--prism", str(required_path("BEAMPORT_TEST_PRISM", "builds Prism")))
     else:
         engine_args = flink_args(flink_endpoints())
     srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", *engine_args))
     srv.start()
-    srv.engine = request.param
+    srv.engine = engine
+    return srv
+
+
+@pytest.fixture(params=["prism", "flink"])
+def engine_server(request, tmp_path):
+    srv = server_of_its_own(tmp_path, request.param)
     yield srv
     srv.stop()
 
@@ -211,21 +215,13 @@ def test_a_streaming_job_reports_its_metrics_logs_and_runs_its_staged_module(eng
             cancel_live_flink_jobs_of(flink_endpoints(), job_id)
 
 
-def flink_server_of_its_own(flink: dict, tmp_path: Path) -> Server:
-    """A server with one worker on the Flink cluster, started (its streaming engine is Flink)."""
-    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", *flink_args(flink)))
-    srv.start()
-    srv.engine = "flink"
-    return srv
-
-
 def test_a_worker_that_adopts_a_flink_job_gets_its_sdk_workers_logs(tmp_path, project):
     """The job's SDK workers outlive a crashed Beamport and reconnect to the job's log socket, which the worker
     that adopts the job serves again (docs/engines.md)."""
     from test_streaming import crash
 
     flink = flink_endpoints()
-    srv = flink_server_of_its_own(flink, tmp_path)
+    srv = server_of_its_own(tmp_path, "flink")
     api = Api(srv.url, project)
     log, out = tmp_path / "in.log", tmp_path / "out.txt"
     append(log, ["k0,1"])
@@ -276,17 +272,6 @@ def stage_figures(api: Api, job_id: str) -> dict[str, dict]:
         if "DataWatermark" in figures:
             found[stage["stageId"]] = figures
     return found
-
-
-def prism_server_of_its_own(tmp_path: Path) -> Server:
-    """A server with one worker whose streaming engine is Prism (no Flink), started."""
-    binary = os.environ.get("BEAMPORT_TEST_PRISM")
-    if not binary or not Path(binary).is_file():
-        pytest.skip("BEAMPORT_TEST_PRISM is not set: run the suite with scripts/test, which builds Prism")
-    srv = Server(tmp_path / "data", extra_args=("--allow-path", str(tmp_path), "--workers", "1", "--prism", binary))
-    srv.start()
-    srv.engine = "prism"
-    return srv
 
 
 class Lines:
@@ -351,7 +336,7 @@ def test_a_prism_streaming_job_shows_its_stages_watermark_and_freshness(tmp_path
     their watermarks every second (docs/engines.md, "Streaming signals"): a Prism job's stages are Prism's fused
     stages, named by their transforms, and a streaming job's watermark and freshness follow its input as on
     Flink. Its stages end DONE with the job."""
-    srv = prism_server_of_its_own(tmp_path)
+    srv = server_of_its_own(tmp_path, "prism")
     api = Api(srv.url, project)
     lines = Lines(tmp_path / "in.log")
     lines.send()
@@ -380,7 +365,7 @@ def test_a_flink_streaming_job_shows_its_watermark_freshness_and_counts(tmp_path
     stop coming the watermark stops and its age grows; the counts match the input, live and after a drain; the
     console charts them."""
     flink = flink_endpoints()
-    srv = flink_server_of_its_own(flink, tmp_path)
+    srv = server_of_its_own(tmp_path, "flink")
     api = Api(srv.url, project)
     lines = Lines(tmp_path / "in.log")
     sent, out = lines.sent, tmp_path / "out.txt"

@@ -82,7 +82,6 @@ class PrismEngine(Engine):
         self._service: JobService | None = None
         self._invocation: str | None = None
         self._job_id: str | None = None  # the name Prism knows the invocation by
-        self._stages = PrismStages(None, None, False)  # the run's (run)
         self._prism_alive = threading.Lock()  # held by stop() while it cancels, taken by run() before it kills Prism
 
     def request_drain(self) -> bool:
@@ -116,7 +115,7 @@ class PrismEngine(Engine):
             )
             assert prism.stdout is not None
             logger = JAVA_WORKER_LOGGER if job.java_environments else GO_WORKER_LOGGER
-            stages = self._stages = PrismStages(observer, job.pipeline, job.job_type == JOB_TYPE_STREAMING)
+            stages = PrismStages(observer, job.pipeline, job.job_type == JOB_TYPE_STREAMING)
             prism_log = PrismLog(self.binary, prism.stdout, observer, workdir / "prism.log", logger, stages)
             forwarder = threading.Thread(target=prism_log.forward, daemon=True)
             forwarder.start()
@@ -125,7 +124,7 @@ class PrismEngine(Engine):
                 pipeline = java_process_environments(pipeline, job, workdir, self.java_harness_jars)
                 with worker_log_service(observer.log) as logs:
                     address = prism_log.endpoint(prism, START_TIMEOUT_S)
-                    return self._run(job, observer, address, pipeline, workdir / "drain", logs)
+                    return self._run(job, observer, address, pipeline, workdir / "drain", logs, stages)
             except (EngineError, JavaUnavailable) as exc:
                 return RunResult(FAILED, str(exc))
             finally:
@@ -137,7 +136,14 @@ class PrismEngine(Engine):
                 pool.stop(0)
 
     def _run(
-        self, job: StagedJob, observer: RunObserver, address: str, pipeline, drain_file: Path, logs: str
+        self,
+        job: StagedJob,
+        observer: RunObserver,
+        address: str,
+        pipeline,
+        drain_file: Path,
+        logs: str,
+        stages: PrismStages,
     ) -> RunResult:
         self._service = service = JobService(address, "Prism", connect_timeout=START_TIMEOUT_S)
         self._job_id = job.job_id
@@ -179,7 +185,7 @@ class PrismEngine(Engine):
             if state == "DONE":
                 if not running:  # it ran, within one look (a job of a second): RUNNING before DONE, as on Dataflow
                     observer.running(f"Prism (invocation {invocation})")
-                self._stages.ended(STAGE_DONE)
+                stages.ended(STAGE_DONE)
                 return RunResult(DRAINED if draining else DONE)
             if state == "FAILED":
                 errors = service.errors(invocation)
