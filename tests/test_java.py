@@ -176,6 +176,26 @@ def messages(api: Api, job_id: str) -> list[str]:
     return [m.get("messageText", "") for m in answer.get("jobMessages", [])]
 
 
+def harness_said(api: Api, job_id: str, line: str, within: float = 60) -> str:
+    """The job's messages once they hold `line`, logged by its SDK harness: a harness's log stream reaches them
+    a little after the work it tells of. All of the job's messages, every page."""
+
+    def said() -> str:
+        texts, token = [], None
+        while True:
+            paged = {"pageToken": token} if token else {}
+            answer = api.messages(job_id, minimumImportance="JOB_MESSAGE_DEBUG", pageSize=1000, **paged).json()
+            texts += [m.get("messageText", "") for m in answer.get("jobMessages", [])]
+            if not (token := answer.get("nextPageToken")):
+                return "\n".join(texts)
+
+    deadline = time.monotonic() + within
+    while line not in (text := said()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert line in text, text[-5000:]
+    return text
+
+
 @pytest.mark.parametrize("path", [V1, V2])
 def test_wordcount_output_is_the_direct_runners(java, direct_outputs, path):
     out = java.base / path / "wordcount" / "out"
@@ -507,8 +527,7 @@ def test_a_streaming_java_pipeline_runs_on_prism_until_cancelled_or_drained(java
             assert impulses == list(range(start, end, 100)), (start, impulses)  # an impulse every 100 ms, each once
 
         impulses_counted(api, job_id, 20 * len(windows), within=60)
-        said = "\n".join(messages(api, job_id))
-        assert "Opening writer" in said  # TextIO's WriteFiles logging, in the harness
+        said = harness_said(api, job_id, "Opening writer")  # TextIO's WriteFiles logging, in the harness
         ran_warm = "The Java SDK harness ran in a JVM this worker started ahead of the job" in said
         assert ran_warm == warm, said[-5000:]
         jvms = [jvm for jvm in harness_jvms(java.server) if jvm.pid not in others]
