@@ -131,13 +131,26 @@ def _health_client() -> httpx.Client:
     return httpx.Client(timeout=2)
 
 
+@dataclass(frozen=True)
+class Addition:
+    """Files of Beamport's added to a package of a module that `source` builds with: Go lets no other package
+    reach a package's unexported state. The module (at the version go.mod requires) is copied beside the source
+    with the files in its `package` directory, and go.mod's `replace` builds with that copy."""
+
+    module: str  # cloud.google.com/go/pubsub/v2
+    package: str  # its directory in the module: pstest
+    files: Path  # the directory under `source` whose .go files are added
+
+
 @dataclass(frozen=True, kw_only=True)
 class GoEmulator(Emulator):
     """An emulator built from its Go module (the module proxy's MODULE@VERSION, patched where `patches` say), or
-    from a main package of Beamport's own (`source`, with its go.mod and go.sum) that uses that module."""
+    from a main package of Beamport's own (`source`, with its go.mod and go.sum) that uses that module (with
+    `additions` to the modules it uses)."""
 
     module: str
     source: Path | None = None
+    additions: tuple[Addition, ...] = ()
 
     @property
     def binary(self) -> str:
@@ -243,13 +256,17 @@ class PubSubFake(GoEmulator):
         return _listening(port)  # pstest registers no health service; it serves as soon as it listens
 
 
+_PUBSUB_SOURCE = Path(__file__).parent / "emulator_sources" / "pubsub"
 PUBSUB = PubSubFake(
     name="pubsub",
     variable="PUBSUB_EMULATOR_HOST",
     module="cloud.google.com/go/pubsub/v2/pstest",
     version="v2.9.0",
-    source=Path(__file__).parent / "emulator_sources" / "pubsub",
-    patch_level="beamport3",  # beamport2: REST beside gRPC; beamport3: cmux routes the two
+    source=_PUBSUB_SOURCE,
+    # A subscription's backlog (GServer.Backlog), served as `GET .../subscriptions/S:backlog` (rest.go).
+    additions=(Addition("cloud.google.com/go/pubsub/v2", "pstest", _PUBSUB_SOURCE / "pstest"),),
+    # beamport2: REST beside gRPC; beamport3: cmux routes the two; beamport4: subscriptions' backlogs
+    patch_level="beamport4",
 )
 
 
@@ -650,14 +667,31 @@ def _build_go(emulator: GoEmulator, bin_dir: Path) -> Path:
                 go, ["mod", "download", "-json", f"{emulator.module}@{emulator.version}"], env, Path(build_dir)
             )
             shutil.copytree(json.loads(downloaded)["Dir"], source)
-        for path in [source, *source.rglob("*")]:  # the module cache's copy is read-only
-            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+        _writable(source)
         _apply(emulator.patches, source, f"{emulator.module}@{emulator.version}")
+        for addition in emulator.additions:
+            _add(go, env, source, addition)
         built = Path(build_dir) / emulator.binary
         _go(go, ["build", "-o", str(built), "."], env, source)
         os.replace(built, target)
     log.info("Built %s in %.0f s", target, time.monotonic() - started)
     return target
+
+
+def _writable(tree: Path) -> None:
+    for path in [tree, *tree.rglob("*")]:  # the module cache's copies are read-only
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def _add(go: str, env: dict[str, str], source: Path, addition: Addition) -> None:
+    """The module `source` requires, copied beside it with the addition's files, and used in its place."""
+    required = json.loads(_go(go, ["mod", "download", "-json", addition.module], env, source))
+    copy = source.parent / "modules" / addition.module.replace("/", "_")
+    shutil.copytree(required["Dir"], copy)
+    _writable(copy)
+    for file in sorted(addition.files.glob("*.go")):
+        shutil.copyfile(file, copy / addition.package / file.name)
+    _go(go, ["mod", "edit", f"-replace={addition.module}={copy}"], env, source)
 
 
 def _apply(patches: Iterable[Patch], root: Path, what: str) -> None:

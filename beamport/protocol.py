@@ -24,6 +24,9 @@ STAGE_METRIC_CONTEXT = "execution_stage"
 # The pipeline option naming the file whose presence means "drain": Beamport's streaming engines set it per job, and
 # the job's sources (beamport.io.local_log) and its harnesses' launchers (engine/harness_process.py) look for it.
 DRAIN_FILE_OPTION = "beamport_drain_file"
+# The ids of the transforms staging splices in for Beam's native Pub/Sub transforms (engine/pubsub_staging.py) begin
+# so: what they measure is the native transform's (translate/metrics.py), the step the user knows.
+PUBSUB_SPLICE_NAMESPACE = "beamport_pubsub"
 
 # workerLifecycleEvent events the workers send (the Dataflow names).
 CONTAINER_START = "CONTAINER_START"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from collections import Counter
 
 import psutil
@@ -20,6 +21,7 @@ from test_emulators import need_emulator, read_env, storage_client
 from test_java import PROJECT, TEXT, V1, V2, Java, harness_jvms, messages
 from test_running_jobs import wait_state
 from test_streaming import START_S, flink_args, flink_endpoints, flink_state, wait_for
+from test_streaming_observed import source_backlog
 
 from beamport import emulators, endpoints
 
@@ -146,6 +148,12 @@ def pubsub_echo(java: Java, path: str, engine: str) -> None:
     wait_for("the echoes", echoed, START_S, (api, job_id))
     assert sorted(received) == ["HELLO", "PUBSUB", "WORLD"]
     assert api.get(job_id).json()["type"] == "JOB_TYPE_STREAMING"
+    # The read's backlog (the emulator's count of its subscription), none left, a figure of PubsubIO's own step.
+    backlog = wait_for("no backlog", lambda: (b := source_backlog(api, job_id)) and set(b.values()) == {0} and b, 60)
+    # (The native read's step: named where the job's pipelineDescription names it, else its transform id, which
+    # Java's runner makes of the name.)
+    steps = {re.sub("[^A-Za-z0-9]", "-", step) for step, _ in backlog}
+    assert steps == {"Read-PubsubUnboundedSource-Read-PubsubSource-"}, backlog
     if engine == "flink":
         assert flink_state(flink_endpoints(), job_id) == "RUNNING"
 

@@ -20,6 +20,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners import pipeline_context
 
 from beamport.io.pubsub import ReadPubSub, WritePubSub
+from beamport.protocol import PUBSUB_SPLICE_NAMESPACE
 
 READ = common_urns.composites.PUBSUB_READ.urn
 WRITE = common_urns.composites.PUBSUB_WRITE.urn
@@ -61,7 +62,7 @@ def replace_pubsub_transforms(
                 id_attribute=write.id_attribute,
                 emulator_host=emulator_host,
             )
-        _splice(pipeline, transform_id, replacement, python_environment, f"beamport_pubsub{number}")
+        _splice(pipeline, transform_id, replacement, python_environment, f"{PUBSUB_SPLICE_NAMESPACE}{number}")
     return len(natives)
 
 

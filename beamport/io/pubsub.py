@@ -17,6 +17,9 @@ The read is Impulse | a splittable DoFn that pulls | a stateful DoFn that drops 
 - a topic read pulls through a temporary subscription of its own, made when the DoFn starts (messages
   published before that are not seen) and deleted in its teardown (best effort: Beam may skip teardown, e.g.
   when a job is cancelled);
+- the read's backlog (the subscription's unacknowledged messages and their bytes) is Beam's source backlog
+  gauges, as ReadFromLocalLog's, asked of the emulator every BACKLOG_EVERY_S (`GET .../subscriptions/S:backlog`,
+  Beamport's build of pstest): Google's Pub/Sub tells it only to Cloud Monitoring, so a read from it has none;
 - when the job is drained (Beamport's drain file, as for ReadFromLocalLog) the DoFn stops pulling, moves its
   watermark to the end of time, so every window fires, and ends.
 The read emits what Beam's native source does: a message's data, or with `with_attributes` the serialized
@@ -34,22 +37,25 @@ None: the harness's own PUBSUB_EMULATOR_HOST, else Google's Pub/Sub with default
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import threading
 import time
+import urllib.request
 import uuid
 import zlib
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
-from beamport.io.local_log import ManualWatermark, drain_requested
+from beamport.io.local_log import BACKLOG_BYTES, BACKLOG_ELEMENTS, SOURCE_NAMESPACE, ManualWatermark, drain_requested
 
 log = logging.getLogger("beamport.io.pubsub")
 
@@ -62,6 +68,7 @@ DEDUP_S = 600  # how long a message id is remembered
 DEDUP_SHARDS = 16  # the keys of the dedup state: ids are spread over this many maps
 PRUNE_EVERY = 1000  # ids added to a map between prunings of its old ids
 PUBLISH_BATCH = 100
+BACKLOG_EVERY_S = 1.0  # how often a read asks the emulator for its subscription's backlog
 _END = 2**62  # the restriction's end: one position a Pull, never reached
 
 
@@ -80,6 +87,12 @@ def _clients(emulator_host: str | None):
         PublisherClient(transport=PublisherGrpcTransport(channel=channel)),
         SubscriberClient(transport=SubscriberGrpcTransport(channel=channel)),
     )
+
+
+def _backlog_url(emulator_host: str | None, subscription: str) -> str | None:
+    """Where the emulator answers the subscription's backlog; None for Google's Pub/Sub."""
+    host = emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST")
+    return f"http://{host}/v1/{subscription}:backlog" if host else None
 
 
 def event_time(message, timestamp_attribute: str) -> Timestamp:
@@ -146,6 +159,10 @@ class PullMessages(beam.DoFn):
             self._temporary = f"projects/{project}/subscriptions/beamport_{uuid.uuid4().hex}"
             self._subscriber.create_subscription(name=self._temporary, topic=self.topic)
         self._pulled_from = self.subscription or self._temporary
+        self._backlog_url = _backlog_url(self.emulator_host, self._pulled_from)
+        self._backlog_asked = 0.0
+        # No proxy: the emulator is this host's (an SDK worker's environment may name a proxy for the internet).
+        self._backlog_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self._unacked = set()  # the ack ids pulled and not yet acknowledged
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -180,6 +197,21 @@ class PullMessages(beam.DoFn):
         with self._lock:
             self._unacked.difference_update(ack_ids)
 
+    def _report_backlog(self) -> None:
+        """The subscription's backlog as the source's backlog gauges (see the module's doc), at most every
+        BACKLOG_EVERY_S. Messages pulled and not yet acknowledged are in it, as in Cloud Monitoring's."""
+        if self._backlog_url is None or time.monotonic() - self._backlog_asked < BACKLOG_EVERY_S:
+            return
+        self._backlog_asked = time.monotonic()
+        try:
+            with self._backlog_opener.open(self._backlog_url, timeout=2) as answer:
+                backlog = json.load(answer)
+        except (OSError, ValueError) as exc:  # another emulator than Beamport's has no such route: no figure
+            log.debug("No backlog for %s: %s", self._pulled_from, exc)
+            return
+        Metrics.gauge(SOURCE_NAMESPACE, BACKLOG_BYTES).set(int(backlog.get("backlogBytes", 0)))
+        Metrics.gauge(SOURCE_NAMESPACE, BACKLOG_ELEMENTS).set(int(backlog.get("numUndeliveredMessages", 0)))
+
     def _pull(self):
         from google.api_core import exceptions
 
@@ -206,6 +238,7 @@ class PullMessages(beam.DoFn):
         if not tracker.try_claim(tracker.current_restriction().start):
             return
         received = self._pull()
+        self._report_backlog()
         now = Timestamp.now()
         oldest = now
         for item in received:

@@ -52,7 +52,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from google.protobuf import json_format
 
 from beamport import wire
-from beamport.protocol import STAGE_METRIC_CONTEXT
+from beamport.protocol import PUBSUB_SPLICE_NAMESPACE, STAGE_METRIC_CONTEXT
 from beamport.translate import graph
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,7 @@ def backlog_metric_updates(results, pipeline_proto: beam_runner_api_pb2.Pipeline
     source that gives only its splits' backlogs has their sum. Not cumulative: a backlog goes down."""
     step_ids = graph.transform_ids_by_name(pipeline_proto)
     transforms = pipeline_proto.components.transforms
+    parents = {sub: tid for tid, t in transforms.items() for sub in t.subtransforms}
     whole: dict[tuple[str, str], int] = {}  # (step, gauge name) -> value
     splits: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)  # ... -> {split id: value}
     for result in _flatten_results(results):
@@ -271,6 +272,10 @@ def backlog_metric_updates(results, pipeline_proto: beam_runner_api_pb2.Pipeline
         step = _step_id(result.key.step, step_ids, transforms)
         if not isinstance(gauge, GaugeData) or gauge.value is None or step is None:
             continue
+        # Beamport's Pub/Sub read reports from inside the transforms staging put in place of Beam's native read:
+        # the backlog is the native read's, the source step the user's pipeline has.
+        while step.startswith(PUBSUB_SPLICE_NAMESPACE) and step in parents:
+            step = parents[step]
         namespace, name = result.key.metric.namespace, result.key.metric.name
         if namespace == SOURCE_NAMESPACE and name in BACKLOG_GAUGES:
             whole[step, name] = gauge.value

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // A REST method: the request to fill (its resource name set from the path) and the call that answers it.
@@ -61,6 +62,15 @@ var methods = map[string]method{
 	},
 	"GET projects/subscriptions": func(ctx context.Context, s *pstest.GServer, name string, body []byte) (proto.Message, error) {
 		return s.ListSubscriptions(ctx, &pubsubpb.ListSubscriptionsRequest{Project: name})
+	},
+	// Beamport's: a subscription's backlog as Cloud Monitoring names it (subscription/num_undelivered_messages and
+	// subscription/backlog_bytes), which no Pub/Sub API serves and Beamport's Pub/Sub reader reports.
+	"GET subscriptions:backlog": func(ctx context.Context, s *pstest.GServer, name string, body []byte) (proto.Message, error) {
+		messages, bytes, err := s.Backlog(name)
+		if err != nil {
+			return nil, err
+		}
+		return structpb.NewStruct(map[string]any{"numUndeliveredMessages": messages, "backlogBytes": bytes})
 	},
 	"POST subscriptions:pull": func(ctx context.Context, s *pstest.GServer, name string, body []byte) (proto.Message, error) {
 		req := &pubsubpb.PullRequest{}
