@@ -1119,3 +1119,20 @@ def test_a_prism_jobs_stages_and_watermarks_come_from_the_lines_its_prism_logs(t
     recorder = Recorder()
     PrismStages(recorder, pipeline, streaming=True).ended(STAGE_DONE)
     assert recorder.states() == {"Prism": [STAGE_RUNNING, STAGE_DONE]}
+
+
+@pytest.mark.parametrize(
+    "said, level",
+    [
+        ('Python sdk harness failed: ... details = "Runner closed connection"', logging.INFO),  # control stream
+        ("Failed to read inputs in the data plane. ... Multiplexer hanging up", logging.INFO),  # data stream
+        ("Python sdk harness failed: ZeroDivisionError: division by zero", logging.ERROR),
+    ],
+)
+def test_a_runner_hanging_up_on_an_sdk_worker_is_no_error_of_the_job(said, level):
+    """Flink closes an SDK worker's streams when the job's tasks end (a drain, a cancel): what the worker logs of
+    that is an INFO in the job's messages; any other error stays an ERROR."""
+    from beamport.engine.capture import hang_up_quieted
+
+    record = logging.LogRecord("sdk", logging.ERROR, "", 0, said, None, None)
+    assert hang_up_quieted(record).levelno == level

@@ -105,7 +105,8 @@ def entry_record(entry) -> logging.LogRecord:
     return rebuilt
 
 
-_HUNG_UP = "Multiplexer hanging up"  # gRPC's CANCELLED when the runner closes the data stream
+# gRPC's CANCELLED when the runner closes the data stream, and the control stream.
+_HUNG_UP = ("Multiplexer hanging up", "Runner closed connection")
 
 
 def hang_up_quieted(record: logging.LogRecord) -> logging.LogRecord:
@@ -114,7 +115,7 @@ def hang_up_quieted(record: logging.LogRecord) -> logging.LogRecord:
     sdk harness failed") as what it is, an INFO, not an ERROR in the job's messages. Why the tasks ended, if
     they failed, the engine reports from the runner."""
     text = f"{record.msg}\n{record.exc_text or ''}"
-    if record.levelno >= logging.ERROR and _HUNG_UP in text:
+    if record.levelno >= logging.ERROR and any(said in text for said in _HUNG_UP):
         record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
     return record
 
