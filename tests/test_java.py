@@ -202,9 +202,17 @@ def test_wordcount_output_is_the_direct_runners(java, direct_outputs, path):
     done, job_id = java.dataflow("WordCount", out, path)
     assert "FINAL_STATE DONE" in done.stdout, done.stdout + done.stderr[-5000:]
     assert read_output(out) == direct_outputs["WordCount"][0] != []
-    job = Api(java.server.url, PROJECT).get(job_id).json()
+    job = Api(java.server.url, PROJECT).get(job_id, view="JOB_VIEW_ALL").json()
     assert job["currentState"] == "JOB_STATE_DONE"
     assert job["type"] == "JOB_TYPE_BATCH"
+    # Its graph as Dataflow describes it, on both paths (runner v1 sends legacy steps, kept as sent): the staged
+    # pipeline's transforms by name and kind, and the stages they ran in.
+    described = job["pipelineDescription"]
+    kinds = {t["name"]: t.get("kind") for t in described["originalPipelineTransform"]}
+    assert {name.split("/")[0] for name in kinds} >= {"ReadLines", "WordCount.CountWords", "WriteCounts"}, kinds
+    assert kinds["WordCount.CountWords/CountWords/Combine.perKey(Count)/GroupByKey"] == "GROUP_BY_KEY_KIND"
+    assert described["executionPipelineStage"], described
+    assert job["steps"][0]["name"] == ("s1" if path == V1 else job["steps"][0]["name"])
 
 
 @pytest.mark.parametrize("path", [V1, V2])

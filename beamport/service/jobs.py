@@ -498,7 +498,7 @@ class JobService:
             self.files.check_output(location, folder=True)
         for location in filter(None, read):
             self.files.check(location)
-        if options.get("pipelineUrl") and "steps" not in doc:
+        if options.get("pipelineUrl") and not ("steps" in doc and "pipelineDescription" in doc):
             url = options["pipelineUrl"]
             data = self.files.read_bytes(url)
             check_pipeline_hash(data, options)
@@ -506,7 +506,10 @@ class JobService:
             if self.pipelines_dir is not None and doc.get("id"):
                 self.pipelines_dir.mkdir(parents=True, exist_ok=True)
                 (self.pipelines_dir / f"{doc['id']}.pb").write_bytes(data)
-            doc.update(graph)
+            # Beam Java's runner v1 sends its legacy steps, and no description: the steps stay the client's, the
+            # description is the staged pipeline's, as a runner v2 job's is (its transforms, stages, display data,
+            # and the names of the transform ids its metrics are reported under).
+            doc.update({key: value for key, value in graph.items() if key not in doc})
 
     def _replace(
         self, project_id: str, location: str, old_id: str, record: JobRecord, work: list, messages: list, now: int
