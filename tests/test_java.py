@@ -212,7 +212,8 @@ def test_wordcount_output_is_the_direct_runners(java, direct_outputs, path):
     assert {name.split("/")[0] for name in kinds} >= {"ReadLines", "WordCount.CountWords", "WriteCounts"}, kinds
     assert kinds["WordCount.CountWords/CountWords/Combine.perKey(Count)/GroupByKey"] == "GROUP_BY_KEY_KIND"
     assert described["executionPipelineStage"], described
-    assert job["steps"][0]["name"] == ("s1" if path == V1 else job["steps"][0]["name"])
+    if path == V1:
+        assert job["steps"][0]["name"] == "s1"  # the legacy steps as Beam Java's runner v1 sent them
 
 
 @pytest.mark.parametrize("path", [V1, V2])

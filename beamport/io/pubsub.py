@@ -72,6 +72,11 @@ BACKLOG_EVERY_S = 1.0  # how often a read asks the emulator for its subscription
 _END = 2**62  # the restriction's end: one position a Pull, never reached
 
 
+def _emulator(emulator_host: str | None) -> str | None:
+    """The Pub/Sub emulator's host:port: the job's, else the harness's; None for Google's Pub/Sub."""
+    return emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST") or None
+
+
 def _clients(emulator_host: str | None):
     """Pub/Sub's GAPIC clients (synchronous Pull, Acknowledge, Publish), on the emulator when there is one."""
     import grpc
@@ -79,7 +84,7 @@ def _clients(emulator_host: str | None):
     from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
     from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-    host = emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST")
+    host = _emulator(emulator_host)
     if not host:
         return PublisherClient(), SubscriberClient()
     channel = grpc.insecure_channel(host)
@@ -87,12 +92,6 @@ def _clients(emulator_host: str | None):
         PublisherClient(transport=PublisherGrpcTransport(channel=channel)),
         SubscriberClient(transport=SubscriberGrpcTransport(channel=channel)),
     )
-
-
-def _backlog_url(emulator_host: str | None, subscription: str) -> str | None:
-    """Where the emulator answers the subscription's backlog; None for Google's Pub/Sub."""
-    host = emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST")
-    return f"http://{host}/v1/{subscription}:backlog" if host else None
 
 
 def event_time(message, timestamp_attribute: str) -> Timestamp:
@@ -159,7 +158,8 @@ class PullMessages(beam.DoFn):
             self._temporary = f"projects/{project}/subscriptions/beamport_{uuid.uuid4().hex}"
             self._subscriber.create_subscription(name=self._temporary, topic=self.topic)
         self._pulled_from = self.subscription or self._temporary
-        self._backlog_url = _backlog_url(self.emulator_host, self._pulled_from)
+        host = _emulator(self.emulator_host)  # Google's Pub/Sub has no backlog call: None
+        self._backlog_url = f"http://{host}/v1/{self._pulled_from}:backlog" if host else None
         self._backlog_asked = 0.0
         # No proxy: the emulator is this host's (an SDK worker's environment may name a proxy for the internet).
         self._backlog_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
