@@ -265,8 +265,9 @@ PUBSUB = PubSubFake(
     source=_PUBSUB_SOURCE,
     # A subscription's backlog (GServer.Backlog), served as `GET .../subscriptions/S:backlog` (rest.go).
     additions=(Addition("cloud.google.com/go/pubsub/v2", "pstest", _PUBSUB_SOURCE / "pstest"),),
-    # beamport2: REST beside gRPC; beamport3: cmux routes the two; beamport4: subscriptions' backlogs
-    patch_level="beamport4",
+    # beamport2: REST beside gRPC; beamport3: cmux routes the two; beamport4: subscriptions' backlogs; beamport5: and
+    # their oldest unacknowledged message's age
+    patch_level="beamport5",
 )
 
 

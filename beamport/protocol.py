@@ -27,6 +27,10 @@ DRAIN_FILE_OPTION = "beamport_drain_file"
 # The ids of the transforms staging splices in for Beam's native Pub/Sub transforms (engine/pubsub_staging.py) begin
 # so: what they measure is the native transform's (translate/metrics.py), the step the user knows.
 PUBSUB_SPLICE_NAMESPACE = "beamport_pubsub"
+# A source's gauge beside Beam's backlog gauges (namespace "source"): how long its oldest element the engine has not
+# yet committed has waited, in ms (Beamport's Pub/Sub read: the subscription's oldest unacknowledged message). Beam
+# names no such gauge; it is the system lag of the stage that reads the source (translate/metrics.py).
+SOURCE_LAG_GAUGE = "system_lag_ms"
 
 # workerLifecycleEvent events the workers send (the Dataflow names).
 CONTAINER_START = "CONTAINER_START"

@@ -291,12 +291,23 @@ def test_the_pubsub_emulator_serves_googles_client_and_stops_with_serve(tmp_path
         (received,) = subscriber.pull(subscription=subscription, max_messages=10, timeout=30).received_messages
         assert (received.message.data, dict(received.message.attributes)) == (b"hello", {"kind": "greeting"})
         # Beamport's addition: the subscription's backlog, as Cloud Monitoring counts it (a message pulled and not
-        # yet acknowledged is in it), in bytes of the stored PubsubMessage.
+        # yet acknowledged is in it), in bytes of the stored PubsubMessage, and its oldest message's age, which
+        # grows while it waits.
         backlog_url = f"http://{env['PUBSUB_EMULATOR_HOST']}/v1/{subscription}:backlog"
         size = type(received.message).pb(received.message).ByteSize()
-        assert httpx.get(backlog_url).json() == {"numUndeliveredMessages": 1, "backlogBytes": size}
+        published = received.message.publish_time.timestamp()
+        first = httpx.get(backlog_url).json()
+        time.sleep(0.5)
+        later = httpx.get(backlog_url).json()
+        assert (first["numUndeliveredMessages"], first["backlogBytes"]) == (1, size)
+        assert 0 < first["oldestUnackedMessageAgeMs"] <= (time.time() - published) * 1000 + 50
+        assert later["oldestUnackedMessageAgeMs"] >= first["oldestUnackedMessageAgeMs"] + 500
         subscriber.acknowledge(subscription=subscription, ack_ids=[received.ack_id])
-        assert httpx.get(backlog_url).json() == {"numUndeliveredMessages": 0, "backlogBytes": 0}
+        assert httpx.get(backlog_url).json() == {
+            "numUndeliveredMessages": 0,
+            "backlogBytes": 0,
+            "oldestUnackedMessageAgeMs": 0,
+        }
         missing = httpx.get(backlog_url.replace("/s:", "/missing:"))
         assert missing.status_code == 404 and missing.json()["error"]["status"] == "NOT_FOUND"
         (emulator,) = [

@@ -6,6 +6,7 @@ write (docs/google-services.md)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 
@@ -26,7 +27,7 @@ from test_streaming import (
     sdk_workers_of,
     wait_for,
 )
-from test_streaming_observed import source_backlog
+from test_streaming_observed import source_backlog, stage_figures
 
 from beamport import emulators
 
@@ -103,6 +104,45 @@ class Topics:
         return len(response.received_messages)
 
 
+class Publishing:
+    """While in its `with`, a thread publishes `key,1` at `event_time_s` to the topics' input, every 50 ms."""
+
+    def __init__(self, topics: Topics, key: str, event_time_s: int):
+        self.topics, self.key, self.event_time_s = topics, key, event_time_s
+        self.sent = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._publish, daemon=True)
+
+    def _publish(self) -> None:
+        while not self.stopping.wait(0.05):
+            self.topics.publish(self.key, 1, self.event_time_s, f"{self.key}{self.sent}")
+            self.sent += 1
+
+    def __enter__(self) -> Publishing:
+        self.started = time.time()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=60)
+
+
+def read_lag(api: Api, job_id: str) -> float:
+    """The SystemLag of the stage that reads the subscription (-1 while it has none)."""
+    lags = [
+        f["SystemLag"] for stage, f in stage_figures(api, job_id).items() if is_read_stage(stage) and "SystemLag" in f
+    ]
+    return lags[0] if len(lags) == 1 else -1
+
+
+def is_read_stage(stage: str) -> bool:
+    """The stage that pulls: Prism names it by its transforms' outermost names ("stage-002: Read"; the next stage,
+    the read's dedup among its transforms, is "stage-003: Read, Parse, ..."), Flink by its operator's transform
+    ("[1]Read/Read/Pull/ProcessSizedElementsAndRestrictions0")."""
+    return stage.endswith(": Read") or "/Pull/" in stage
+
+
 def submit(server: Server, topics: Topics, name: str, *extra: str, check: bool = True):
     workdir = server.root / name
     workdir.mkdir()
@@ -152,11 +192,20 @@ def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsu
     # (Its output can come before the Flink engine has seen every task running, which RUNNING waits for.)
     wait_state(api, job_id, {"JOB_STATE_RUNNING"}, timeout=START_S)
 
+    # The read's stage's system lag: how long the subscription's oldest unacknowledged message has waited, as
+    # Dataflow's for a Pub/Sub read. Above 0 while messages keep coming (each waits until the engine has committed
+    # the bundle that read it); 0 once they stop and all are acknowledged.
+    with Publishing(topics, "d", later + 5) as publishing:
+        lags = wait_for("the read's lag above 0", lambda: read_lag(api, job_id) > 0 and read_lag(api, job_id), 90)
+    assert 0 < lags <= time.time() - publishing.started
+    wait_for("the read's lag back at 0", lambda: read_lag(api, job_id) == 0, 90, job=(api, job_id))
+    assert topics.backlog() == 0
+
     assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200  # as Beam asks
     wait_state(api, job_id, {"JOB_STATE_DRAINED"}, timeout=START_S)
     # The drain fired the window still open; nothing was counted twice.
     wait_for("the open window's sum", lambda: len(topics.pull_output()) > len(closed), 60, job=(api, job_id))
-    assert topics.pull_output() == sorted([*closed, f"c,7,{later}"])
+    assert topics.pull_output() == sorted([*closed, f"c,7,{later}", f"d,{publishing.sent},{later}"])
     errors = [m["messageText"] for m in api.messages(job_id).json().get("jobMessages", [])
               if m["messageImportance"] == "JOB_MESSAGE_ERROR"]  # fmt: skip
     assert not errors, "a drained job's messages hold no error"

@@ -328,6 +328,40 @@ def test_a_sources_backlog_gauges_are_its_backlog(runs):
     assert metrics.backlog_metric_updates([results[-1]], runs.proto, NOW_US) == []
 
 
+def test_a_sources_lag_is_the_system_lag_of_the_stage_that_runs_it(runs):
+    """A source's lag gauge (protocol.SOURCE_LAG_GAUGE, ms) is the SystemLag (s) of the stage whose steps, as the
+    engine names them (an expanded splittable DoFn's id on Prism, a unique name on Flink), include the step that set
+    it; where the stage's watermarks give a lag too, the larger. A stage that runs no such source keeps the
+    watermarks' lag, or none."""
+    from beamport.engine.base import StageFigures
+    from beamport.protocol import SOURCE_LAG_GAUGE
+
+    ids = graph.transform_ids_by_name(runs.proto)
+    results = [
+        MetricResult(MetricKey("Work", MetricName("source", SOURCE_LAG_GAUGE)), gauge(2500), gauge(2500)),
+        MetricResult(MetricKey("Post", MetricName("ns", SOURCE_LAG_GAUGE)), gauge(9000), gauge(9000)),  # not a source's
+    ]
+    second = 1_000_000
+    figures = {
+        "read": StageFigures(
+            NOW_US, output_watermark_us=NOW_US - second, transforms=frozenset({f"e{ids['Work']}_pwr"})
+        ),
+        "read, held": StageFigures(
+            NOW_US, input_watermark_us=NOW_US, output_watermark_us=NOW_US - 4 * second, transforms=frozenset({"Work"})
+        ),
+        "after": StageFigures(
+            NOW_US, input_watermark_us=NOW_US, output_watermark_us=NOW_US - second, transforms=frozenset({"Post"})
+        ),
+        "unknown": StageFigures(NOW_US, output_watermark_us=NOW_US),
+    }
+    lags = metrics.stage_source_lags(figures, results, runs.proto)
+    assert lags == {"read": 2.5, "read, held": 2.5}
+    updates = metrics.stage_metric_updates(figures, NOW_US, lags)
+    got = {u["name"]["context"]["execution_stage"]: u["scalar"] for u in updates if u["name"]["name"] == "SystemLag"}
+    assert got == {"read": 2.5, "read, held": 4.0, "after": 1.0}
+    assert metrics.stage_source_lags(figures, None, runs.proto) == {}
+
+
 def test_distribution_suffix_names_are_dropped_by_beam(runs):
     """A known limit of DataflowMetrics: it skips names ending in _MIN/_MAX/_MEAN/_COUNT."""
     results = [MetricResult(MetricKey("Post", MetricName("ns", "rows_COUNT")), 3, 3)]

@@ -71,6 +71,9 @@ class StageFigures:
     elements_in: int | None = None  # elements the stage took in so far
     elements_out: int | None = None  # elements it passed on so far
     elements_out_per_s: float | None = None  # the rate it passes them on at now, as the engine measures it
+    # The steps the stage runs, as far as the engine tells (transform ids or unique names): where its sources'
+    # lags go (translate.metrics.stage_source_lags).
+    transforms: frozenset[str] = frozenset()
 
 
 class RunObserver(Protocol):

@@ -226,6 +226,7 @@ class FlinkRest:
         keys: set[tuple],
         listed: dict[str, tuple[float, list[str]]],
         pcollections: dict[str, str] | None = None,
+        steps: dict[str, frozenset[str]] | None = None,
     ) -> tuple[list, dict[str, int]]:
         """The running job's user metrics as Flink's operator metrics show them now (up to
         metrics.fetcher.update-interval old), as MonitoringInfos (attempted), summed over subtasks.
@@ -245,7 +246,8 @@ class FlinkRest:
         runner sets a Flink counter per PCollection a stage's bundles count, `<pcollection>.metric:element_count:v1`
         (its system metric's name). A stage counts what it produces and what it takes in, so a PCollection between
         two stages is in both their vertices: its count is the larger, summed over each one's subtasks. Answers
-        (the user metrics as MonitoringInfos, the element counts by PCollection id)."""
+        (the user metrics as MonitoringInfos, the element counts by PCollection id); `steps` gets, by vertex, the
+        steps whose metrics it holds (which steps a stage runs: where a source's lag goes)."""
         by_name: dict[str, list[tuple]] = {}
         for key in keys:
             if key[3] in _LIVE_URNS:
@@ -268,6 +270,7 @@ class FlinkRest:
                 listed[vertex] = (time.monotonic(), names)
             ids = [i for i in listed[vertex][1] if (n := _split_metric_id(i)[1]) in wanted or n in counted]
             in_vertex: dict[str, int] = {}
+            holds: set[str] = set()
             for query in _queries(ids):
                 for metric in self._call("GET", f"{path}?get={query}"):
                     name = _split_metric_id(metric.get("id", ""))[1]
@@ -275,10 +278,13 @@ class FlinkRest:
                         continue
                     if name in wanted:
                         values.setdefault(wanted[name], []).append(str(metric["value"]))
+                        holds.add(wanted[name][0])
                     elif name in counted and (count := _whole(metric["value"])) is not None:
                         in_vertex[counted[name]] = in_vertex.get(counted[name], 0) + count
             for pcollection, count in in_vertex.items():
                 counts[pcollection] = max(counts.get(pcollection, 0), count)
+            if steps is not None and holds:
+                steps[vertex] = frozenset(holds)
         return [info for key, texts in values.items() if (info := _live_info(key, texts)) is not None], counts
 
     def first_stage_counts(self, jid: str, vertices: list[dict]) -> tuple[int, int] | None:
@@ -306,11 +312,14 @@ class FlinkRest:
         passed = sum(v for k, v in values.items() if k.endswith(".numRecordsOut"))
         return took, passed
 
-    def stage_figures(self, jid: str, vertices: list[dict], names: dict[str, list[str]]) -> dict[str, StageFigures]:
+    def stage_figures(
+        self, jid: str, vertices: list[dict], names: dict[str, list[str]], steps: dict[str, frozenset[str]]
+    ) -> dict[str, StageFigures]:
         """The figures Flink keeps of each vertex (a fused stage; by its name), aggregated over its subtasks: its
         tasks' input watermark (`currentInputWatermark`, the minimum), its operators' output watermarks (the
-        minimum: the watermark the stage passes on), its records in and out and their rate (the sum). One call
-        per vertex; `names` caches each vertex's metric names (listed once, while it lacks its watermarks)."""
+        minimum: the watermark the stage passes on), its records in and out and their rate (the sum); and the
+        steps it runs, as far as `steps` knows (by vertex id: those whose metrics it holds, `live_metrics`). One
+        call per vertex; `names` caches each vertex's metric names (listed once, while it lacks its watermarks)."""
         now = wire.now_us()
         figures = {}
         for vertex in vertices:
@@ -333,6 +342,7 @@ class FlinkRest:
                 elements_in=_whole((values.get("numRecordsIn") or {}).get("sum")),
                 elements_out=_whole((values.get("numRecordsOut") or {}).get("sum")),
                 elements_out_per_s=_number((values.get("numRecordsOutPerSecond") or {}).get("sum")),
+                transforms=steps.get(vertex["id"], frozenset()),
             )
         return figures
 
@@ -585,6 +595,7 @@ class FlinkEngine(Engine):
         # The job server's invocation being submitted (stop cancels it there until the Flink job is found).
         self._submission: tuple[JobService, str] | None = None
         self._count_names: dict[str, str] = {}  # its PCollections' element counts' Flink names (live_metrics)
+        self._steps: dict[str, frozenset[str]] = {}  # by vertex id, the steps whose metrics it holds (live_metrics)
 
     # -- called from other threads -----------------------------------------------------------
 
@@ -773,7 +784,7 @@ class FlinkEngine(Engine):
             if streaming and state == "RUNNING" and time.monotonic() - figures_read >= FIGURES_EVERY_S:
                 figures_read = time.monotonic()
                 try:
-                    figures = self.rest.stage_figures(jid, details.get("vertices", []), figure_names)
+                    figures = self.rest.stage_figures(jid, details.get("vertices", []), figure_names, self._steps)
                 except EngineError as exc:  # a slow JobManager: read again at the next turn
                     log.info("no stage figures of Flink job %s: %s", jid, exc)
                 else:
@@ -874,7 +885,7 @@ class FlinkEngine(Engine):
             keys_file = self.config.metric_keys_file(self._job_id or "")
             keys = {k for k in metric_keys.read_keys(keys_file) if k not in exact}
             try:
-                live, counts = self.rest.live_metrics(jid, running, keys, listed, self._count_names)
+                live, counts = self.rest.live_metrics(jid, running, keys, listed, self._count_names, self._steps)
             except EngineError as exc:  # a slow JobManager: the last snapshot stands until the next reading
                 log.info("no live metrics of Flink job %s: %s", jid, exc)
                 return

@@ -334,6 +334,7 @@ class PrismStages:
         self.streaming = streaming
         self.transforms = {tid: t.unique_name for tid, t in pipeline.components.transforms.items()} if pipeline else {}
         self.names: dict[str, str] = {}  # by Prism's stage id
+        self.steps: dict[str, frozenset[str]] = {}  # each stage's transforms (Prism's ids), by its id
 
     def told(self, text: str, stages) -> None:
         """A stage line of Prism's (its message `text`, its `stages`), as PrismLog reads it."""
@@ -343,17 +344,20 @@ class PrismStages:
             now = wire.now_us()
             for stage_id, transforms in sorted(stages.items(), key=lambda item: _stage_number(item[0])):
                 name = self.names[stage_id] = self._name(stage_id, transforms)
+                self.steps[stage_id] = frozenset(map(str, transforms if isinstance(transforms, list) else []))
                 self.observer.stage_state(name, STAGE_RUNNING, now)
         elif text == STAGE_WATERMARKS and isinstance(stages, list) and self.streaming and self.names:
             now = wire.now_us()
             figures = {}
             for mark in stages:
-                stage = self.names.get(str(mark.get("stage"))) if isinstance(mark, dict) else None
+                stage_id = str(mark.get("stage")) if isinstance(mark, dict) else ""
+                stage = self.names.get(stage_id)
                 if stage is not None:
                     figures[stage] = StageFigures(
                         measured_us=now,
                         input_watermark_us=_prism_watermark_us(mark.get("input_ms")),
                         output_watermark_us=_prism_watermark_us(mark.get("output_ms")),
+                        transforms=self.steps.get(stage_id, frozenset()),
                     )
             if figures:
                 self.observer.stage_figures(figures)

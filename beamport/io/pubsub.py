@@ -20,6 +20,8 @@ The read is Impulse | a splittable DoFn that pulls | a stateful DoFn that drops 
 - the read's backlog (the subscription's unacknowledged messages and their bytes) is Beam's source backlog
   gauges, as ReadFromLocalLog's, asked of the emulator every BACKLOG_EVERY_S (`GET .../subscriptions/S:backlog`,
   Beamport's build of pstest): Google's Pub/Sub tells it only to Cloud Monitoring, so a read from it has none;
+  with it the age of the subscription's oldest unacknowledged message, the source's lag gauge
+  (protocol.SOURCE_LAG_GAUGE): a message is acknowledged once the engine has committed the bundle that read it;
 - when the job is drained (Beamport's drain file, as for ReadFromLocalLog) the DoFn stops pulling, moves its
   watermark to the end of time, so every window fires, and ends.
 The read emits what Beam's native source does: a message's data, or with `with_attributes` the serialized
@@ -56,6 +58,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
 from beamport.io.local_log import BACKLOG_BYTES, BACKLOG_ELEMENTS, SOURCE_NAMESPACE, ManualWatermark, drain_requested
+from beamport.protocol import SOURCE_LAG_GAUGE
 
 log = logging.getLogger("beamport.io.pubsub")
 
@@ -211,6 +214,7 @@ class PullMessages(beam.DoFn):
             return
         Metrics.gauge(SOURCE_NAMESPACE, BACKLOG_BYTES).set(int(backlog.get("backlogBytes", 0)))
         Metrics.gauge(SOURCE_NAMESPACE, BACKLOG_ELEMENTS).set(int(backlog.get("numUndeliveredMessages", 0)))
+        Metrics.gauge(SOURCE_NAMESPACE, SOURCE_LAG_GAUGE).set(int(backlog.get("oldestUnackedMessageAgeMs", 0)))
 
     def _pull(self):
         from google.api_core import exceptions

@@ -52,7 +52,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from google.protobuf import json_format
 
 from beamport import wire
-from beamport.protocol import PUBSUB_SPLICE_NAMESPACE, STAGE_METRIC_CONTEXT
+from beamport.protocol import PUBSUB_SPLICE_NAMESPACE, SOURCE_LAG_GAUGE, STAGE_METRIC_CONTEXT
 from beamport.translate import graph
 
 log = logging.getLogger(__name__)
@@ -260,28 +260,20 @@ def backlog_metric_updates(results, pipeline_proto: beam_runner_api_pb2.Pipeline
     `BacklogBytes` and `BacklogElements`, origin "dataflow/v1b3", context {"step": the source's transform id},
     kind LatestValue (what the source last said), the committed and tentative twins Beam's reader needs. A
     source that gives only its splits' backlogs has their sum. Not cumulative: a backlog goes down."""
-    step_ids = graph.transform_ids_by_name(pipeline_proto)
     transforms = pipeline_proto.components.transforms
     parents = {sub: tid for tid, t in transforms.items() for sub in t.subtransforms}
     whole: dict[tuple[str, str], int] = {}  # (step, gauge name) -> value
     splits: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)  # ... -> {split id: value}
-    for result in _flatten_results(results):
-        gauge = result.attempted if result.attempted is not None else result.committed
-        if isinstance(gauge, GaugeResult):
-            gauge = gauge.data
-        step = _step_id(result.key.step, step_ids, transforms)
-        if not isinstance(gauge, GaugeData) or gauge.value is None or step is None:
-            continue
+    for step, namespace, name, value in _gauges(results, pipeline_proto):
         # Beamport's Pub/Sub read reports from inside the transforms staging put in place of Beam's native read:
         # the backlog is the native read's, the source step the user's pipeline has.
         while step.startswith(PUBSUB_SPLICE_NAMESPACE) and step in parents:
             step = parents[step]
-        namespace, name = result.key.metric.namespace, result.key.metric.name
         if namespace == SOURCE_NAMESPACE and name in BACKLOG_GAUGES:
-            whole[step, name] = gauge.value
+            whole[step, name] = value
         elif namespace == SOURCE_SPLITS_NAMESPACE and name.split(".", 1)[0] in BACKLOG_GAUGES and "." in name:
             gauge_name, split = name.split(".", 1)
-            splits[step, gauge_name][split] = gauge.value
+            splits[step, gauge_name][split] = value
     figures = dict(whole)
     for key, by_split in splits.items():
         figures.setdefault(key, sum(by_split.values()))
@@ -301,10 +293,51 @@ def backlog_metric_updates(results, pipeline_proto: beam_runner_api_pb2.Pipeline
     return out
 
 
+def _gauges(results, pipeline_proto: beam_runner_api_pb2.Pipeline) -> Iterable[tuple[str, str, str, int]]:
+    """The gauges among Beam MetricResults, as (the transform id of their step, namespace, name, value)."""
+    step_ids = graph.transform_ids_by_name(pipeline_proto)
+    transforms = pipeline_proto.components.transforms
+    for result in _flatten_results(results):
+        gauge = result.attempted if result.attempted is not None else result.committed
+        if isinstance(gauge, GaugeResult):
+            gauge = gauge.data
+        step = _step_id(result.key.step, step_ids, transforms)
+        if isinstance(gauge, GaugeData) and gauge.value is not None and step is not None:
+            yield step, result.key.metric.namespace, result.key.metric.name, gauge.value
+
+
+def source_lags(results, pipeline_proto: beam_runner_api_pb2.Pipeline) -> dict[str, float]:
+    """What each source last said of its lag (its protocol.SOURCE_LAG_GAUGE: how long its oldest element not yet
+    committed has waited), in seconds, by the transform id of the step that said it: for `stage_metric_updates`."""
+    return {
+        step: round(value / 1000, 3)
+        for step, namespace, name, value in _gauges(results, pipeline_proto)
+        if namespace == SOURCE_NAMESPACE and name == SOURCE_LAG_GAUGE
+    }
+
+
+def stage_source_lags(figures: Mapping, results, pipeline_proto: beam_runner_api_pb2.Pipeline) -> dict[str, float]:
+    """The lag of each stage (by name) that runs a step whose source reports one (`source_lags`), as far as the
+    engine said which steps a stage runs (StageFigures.transforms): the largest of its sources' lags."""
+    lags = source_lags(results, pipeline_proto) if results is not None else {}
+    if not lags:
+        return {}
+    step_ids = graph.transform_ids_by_name(pipeline_proto)
+    transforms = pipeline_proto.components.transforms
+    by_stage = {}
+    for stage, figure in figures.items():
+        steps = {_step_id(t, step_ids, transforms) for t in figure.transforms}
+        if found := [lag for step, lag in lags.items() if step in steps]:
+            by_stage[stage] = max(found)
+    return by_stage
+
+
 # -- a streaming run's stage figures --------------------------------------------------------------
 
 
-def stage_metric_updates(figures: Mapping, update_time_us: int) -> list[dict]:
+def stage_metric_updates(
+    figures: Mapping, update_time_us: int, source_lags_by_stage: Mapping[str, float] | None = None
+) -> list[dict]:
     """MetricUpdates for an engine's StageFigures (beamport.engine.base), by stage name: each figure the engine
     gave, under origin "dataflow/v1b3" and context {"execution_stage": stage}. What each name means is in
     docs/engines.md ("Streaming signals"):
@@ -314,7 +347,9 @@ def stage_metric_updates(figures: Mapping, update_time_us: int) -> list[dict]:
     - DataWatermarkAge: how far that watermark was behind the clock when measured, in seconds (Dataflow's
       data freshness of the stage);
     - SystemLag: how far the stage's output watermark was behind its input watermark, in seconds: the event
-      time its work in flight holds back (only where the stage has both);
+      time its work in flight holds back (only where the stage has both); for a stage that reads a source that
+      tells its lag (`source_lags_by_stage`, from `stage_source_lags`), how long its oldest element not yet
+      committed has waited, if longer;
     - ElementsIn, ElementsOut: elements the stage took in and passed on so far (Sum, cumulative);
     - ElementsOutPerSecond: the rate it passes them on at, as the engine measured it.
     """
@@ -322,14 +357,16 @@ def stage_metric_updates(figures: Mapping, update_time_us: int) -> list[dict]:
     out: list[dict] = []
     for stage, figure in sorted(figures.items()):
         values: list[tuple[str, str, float | int, bool]] = []
+        lags = [lag] if (lag := (source_lags_by_stage or {}).get(stage)) is not None else []
         if figure.output_watermark_us is not None:
             values.append(("DataWatermark", "Min", figure.output_watermark_us, False))
             values.append(
                 ("DataWatermarkAge", "Max", round((figure.measured_us - figure.output_watermark_us) / 1e6, 3), False)
             )
             if figure.input_watermark_us is not None:
-                lag = max(0, figure.input_watermark_us - figure.output_watermark_us)
-                values.append(("SystemLag", "Max", round(lag / 1e6, 3), False))
+                lags.append(round(max(0, figure.input_watermark_us - figure.output_watermark_us) / 1e6, 3))
+        if lags:
+            values.append(("SystemLag", "Max", max(lags), False))
         for name, value in (("ElementsIn", figure.elements_in), ("ElementsOut", figure.elements_out)):
             if value is not None:
                 values.append((name, "Sum", value, True))

@@ -212,6 +212,7 @@ def execute(assignment: dict) -> int:
         backlog_metric_updates,
         metric_updates,
         stage_metric_updates,
+        stage_source_lags,
         system_metric_updates,
     )
 
@@ -300,7 +301,8 @@ def execute(assignment: dict) -> int:
             updates += system_metric_updates(infos, outcome["pipeline"], now)
             updates += backlog_metric_updates(results, outcome["pipeline"], now)
         if figures:
-            updates += stage_metric_updates(figures, wire.now_us())
+            lags = stage_source_lags(figures, results, outcome["pipeline"]) if "pipeline" in outcome else {}
+            updates += stage_metric_updates(figures, wire.now_us(), lags)
         if status:  # should this process die before the answer, its worker knows the service may have it
             status.write(json.dumps({"reporting": index}) + "\n")
         answer = api.report(

@@ -63,14 +63,19 @@ var methods = map[string]method{
 	"GET projects/subscriptions": func(ctx context.Context, s *pstest.GServer, name string, body []byte) (proto.Message, error) {
 		return s.ListSubscriptions(ctx, &pubsubpb.ListSubscriptionsRequest{Project: name})
 	},
-	// Beamport's: a subscription's backlog as Cloud Monitoring names it (subscription/num_undelivered_messages and
-	// subscription/backlog_bytes), which no Pub/Sub API serves and Beamport's Pub/Sub reader reports.
+	// Beamport's: a subscription's backlog as Cloud Monitoring names it (subscription/num_undelivered_messages,
+	// subscription/backlog_bytes and subscription/oldest_unacked_message_age, here in milliseconds), which no Pub/Sub
+	// API serves and Beamport's Pub/Sub reader reports.
 	"GET subscriptions:backlog": func(ctx context.Context, s *pstest.GServer, name string, body []byte) (proto.Message, error) {
-		messages, bytes, err := s.Backlog(name)
+		messages, bytes, oldest, err := s.Backlog(name)
 		if err != nil {
 			return nil, err
 		}
-		return structpb.NewStruct(map[string]any{"numUndeliveredMessages": messages, "backlogBytes": bytes})
+		return structpb.NewStruct(map[string]any{
+			"numUndeliveredMessages":    messages,
+			"backlogBytes":              bytes,
+			"oldestUnackedMessageAgeMs": oldest.Milliseconds(),
+		})
 	},
 	"POST subscriptions:pull": func(ctx context.Context, s *pstest.GServer, name string, body []byte) (proto.Message, error) {
 		req := &pubsubpb.PullRequest{}
