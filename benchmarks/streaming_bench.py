@@ -1,7 +1,7 @@
 """Streaming jobs: how soon a submitted streaming job reads its input, how soon a new line comes out, how long
 a drain takes, on each streaming engine the machine has.
 
-    python benchmarks/streaming_bench.py [--jobs 3] [--engine prism|flink ...]
+    python benchmarks/streaming_bench.py [--jobs 3] [--engine prism|flink ...] [--beam-flag=--FLAG=VALUE ...]
 
 For each engine: `beamport serve` with that engine only (Flink: the cluster named by BEAMPORT_FLINK_* from
 scripts/flink-cluster; Prism: BEAMPORT_PRISM or the binary found on the machine), then, one job after
@@ -50,7 +50,7 @@ def lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def run_engine(engine: str, jobs: int) -> dict[str, list[float]]:
+def run_engine(engine: str, jobs: int, beam_flags: list[str]) -> dict[str, list[float]]:
     work = Path(tempfile.mkdtemp(prefix=f"streaming-bench-{engine}-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("BEAMPORT_FLINK_")}
     env["BEAMPORT_PRISM"] = "none"
@@ -112,6 +112,7 @@ def run_engine(engine: str, jobs: int) -> dict[str, list[float]]:
                     f"--staging_location={work}",
                     f"--job_name=bench-{n}",
                     "--streaming",
+                    *beam_flags,
                 ],
                 capture_output=True,
                 text=True,
@@ -148,9 +149,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=3)
     parser.add_argument("--engine", action="append", choices=["prism", "flink"])
+    parser.add_argument(
+        "--beam-flag",
+        action="append",
+        default=[],
+        help="a further flag for DataflowRunner, e.g. --beam-flag=--experiments=disable_logging_submission_environment",
+    )
     args = parser.parse_args()
     for engine in args.engine or ["prism", "flink"]:
-        figures = run_engine(engine, args.jobs)
+        figures = run_engine(engine, args.jobs, args.beam_flag)
         for name, values in figures.items():
             print(
                 f"{engine:6} {name:20} median {statistics.median(values):6.1f} s   max {max(values):6.1f} s"

@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 from conftest import Api, Server, required_path
 from test_bigquery import bigquery_client
+from test_console import browser  # noqa: F401  (the Chromium that test_console drives)
 from test_emulators import need_emulator, read_env
 from test_running_jobs import dataflow_flags, run, wait_state
 from test_streaming import (
@@ -27,7 +28,7 @@ from test_streaming import (
     sdk_workers_of,
     wait_for,
 )
-from test_streaming_observed import source_backlog, stage_figures
+from test_streaming_observed import read_lag, source_backlog
 
 from beamport import emulators
 
@@ -128,21 +129,6 @@ class Publishing:
         self.thread.join(timeout=60)
 
 
-def read_lag(api: Api, job_id: str) -> float:
-    """The SystemLag of the stage that reads the subscription (-1 while it has none)."""
-    lags = [
-        f["SystemLag"] for stage, f in stage_figures(api, job_id).items() if is_read_stage(stage) and "SystemLag" in f
-    ]
-    return lags[0] if len(lags) == 1 else -1
-
-
-def is_read_stage(stage: str) -> bool:
-    """The stage that pulls: Prism names it by its transforms' outermost names ("stage-002: Read"; the next stage,
-    the read's dedup among its transforms, is "stage-003: Read, Parse, ..."), Flink by its operator's transform
-    ("[1]Read/Read/Pull/ProcessSizedElementsAndRestrictions0")."""
-    return stage.endswith(": Read") or "/Pull/" in stage
-
-
 def submit(server: Server, topics: Topics, name: str, *extra: str, check: bool = True):
     workdir = server.root / name
     workdir.mkdir()
@@ -173,7 +159,7 @@ def publish_sums_input(topics: Topics, id_prefix: str) -> tuple[int, int]:
     return minute, later
 
 
-def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsub_server):
+def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsub_server, browser):  # noqa: F811
     topics = Topics(f"sums-{pubsub_server.root.name}")
     minute, later = publish_sums_input(topics, "m")
 
@@ -194,11 +180,21 @@ def test_windowed_sums_from_pubsub_to_pubsub_with_a_duplicate_then_drained(pubsu
 
     # The read's stage's system lag: how long the subscription's oldest unacknowledged message has waited, as
     # Dataflow's for a Pub/Sub read. Above 0 while messages keep coming (each waits until the engine has committed
-    # the bundle that read it); 0 once they stop and all are acknowledged.
-    with Publishing(topics, "d", later + 5) as publishing:
-        lags = wait_for("the read's lag above 0", lambda: read_lag(api, job_id) > 0 and read_lag(api, job_id), 90)
-    assert 0 < lags <= time.time() - publishing.started
-    wait_for("the read's lag back at 0", lambda: read_lag(api, job_id) == 0, 90, job=(api, job_id))
+    # the bundle that read it); 0 once they stop and all are acknowledged. The console charts it.
+    page = browser.new_page()
+    try:
+        with Publishing(topics, "d", later + 5) as publishing:
+            stage, lag = wait_for(
+                "the read's lag above 0", lambda: (found := read_lag(api, job_id)) and found[1] > 0 and found, 90
+            )
+            assert lag <= time.time() - publishing.started
+            page.goto(f"{pubsub_server.url}/#/jobs/{PROJECT}/us-central1/{job_id}")
+            chart = page.locator(f'#signals-table tr[data-stage="{stage}"] td.SystemLag')
+            chart.locator("svg path").wait_for(timeout=60_000)
+        wait_for("the read's lag back at 0", lambda: read_lag(api, job_id) == (stage, 0), 90, job=(api, job_id))
+        wait_for("the chart at 0", lambda: chart.inner_text().strip() == "0.0s", 60)
+    finally:
+        page.close()
     assert topics.backlog() == 0
 
     assert api.update(job_id, {"requestedState": "JOB_STATE_DRAINING"}).status_code == 200  # as Beam asks
