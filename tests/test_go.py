@@ -26,6 +26,7 @@ from test_java import _alive_in
 from test_pubsub import Topics, publish_sums_input
 from test_running_jobs import TEXT, wait_state
 from test_streaming import START_S, wait_for
+from test_streaming_observed import read_lag, source_backlog
 
 from beamport import emulators
 
@@ -381,6 +382,13 @@ class PubsubSums:
         wait_for("the closed windows' sums", summed_or_ended, START_S)
         wait_state(api, self.job_id, {"JOB_STATE_RUNNING"}, timeout=START_S)  # (a failed job's messages say why)
         assert topics.pull_output() == self.closed
+        # The read's backlog (Beamport's reader, in a Python environment beside Go's, counts its subscription), a
+        # figure of pubsubio.Read's step, and its stage's lag: none left once all is read and acknowledged.
+        step = "pubsubio.Read/External"
+        no_backlog = {(step, "BacklogBytes"): 0, (step, "BacklogElements"): 0}
+        wait_for("no backlog", lambda: source_backlog(api, self.job_id) == no_backlog, 60, (api, self.job_id))
+        lag = lambda: (read_lag(api, self.job_id) or ("", -1))[1]  # noqa: E731
+        wait_for("the read's lag at 0", lambda: lag() == 0, 60, (api, self.job_id))
 
     def submit(self, prefix: str, *args: str, name: str = "") -> tuple[subprocess.CompletedProcess, str]:
         return self.program.submit(

@@ -278,11 +278,11 @@ def read_lag(api: Api, job_id: str) -> tuple[str, float] | None:
     """The stage of a pipeline's Pub/Sub read that pulls (Beamport's reader), and its SystemLag; None while it has
     none. On Flink it is the vertex of the reader's one transform ("[1]Read/Read/Pull/Process..."). Prism names a
     stage by its transforms' outermost names, in the order it runs them: the pulling stage is the first named for
-    the read alone ("stage-002: Read"); those after it, named for the read too, hold the read's dedup and, for a
-    Java pipeline, PubsubIO's own steps after it ("stage-003: Read" or "stage-003: Read, Parse, ...")."""
+    the read alone ("stage-002: Read", Go's "stage-002: pubsubio.Read"); those after it, named for the read too,
+    hold the read's dedup and, for a Java pipeline, PubsubIO's own steps after it ("stage-003: Read")."""
     figures = stage_figures(api, job_id)
     flink = [stage for stage in figures if "/Pull/" in stage]
-    prism = sorted(stage for stage in figures if stage.startswith("stage-") and stage.endswith(": Read"))
+    prism = sorted(stage for stage in figures if re.fullmatch(r"stage-\d+: (\S+\.)?Read", stage))
     stage = (flink or prism or [None])[0]
     return (stage, figures[stage]["SystemLag"]) if stage and "SystemLag" in figures[stage] else None
 
