@@ -26,7 +26,7 @@ from test_java import _alive_in
 from test_pubsub import Topics, publish_sums_input
 from test_running_jobs import TEXT, wait_state
 from test_streaming import START_S, wait_for
-from test_streaming_observed import read_lag, source_backlog
+from test_streaming_observed import read_stage_lag, source_backlog
 
 from beamport import emulators
 
@@ -387,8 +387,7 @@ class PubsubSums:
         step = "pubsubio.Read/External"
         no_backlog = {(step, "BacklogBytes"): 0, (step, "BacklogElements"): 0}
         wait_for("no backlog", lambda: source_backlog(api, self.job_id) == no_backlog, 60, (api, self.job_id))
-        lag = lambda: (read_lag(api, self.job_id) or ("", -1))[1]  # noqa: E731
-        wait_for("the read's lag at 0", lambda: lag() == 0, 60, (api, self.job_id))
+        wait_for("the read's lag at 0", lambda: read_stage_lag(api, self.job_id) == 0, 60, (api, self.job_id))
 
     def submit(self, prefix: str, *args: str, name: str = "") -> tuple[subprocess.CompletedProcess, str]:
         return self.program.submit(

@@ -20,7 +20,7 @@ from test_emulators import need_emulator, read_env, storage_client
 from test_java import PROJECT, TEXT, V1, V2, Java, harness_jvms, messages
 from test_running_jobs import wait_state
 from test_streaming import START_S, flink_args, flink_endpoints, flink_state, wait_for
-from test_streaming_observed import read_lag, source_backlog
+from test_streaming_observed import read_stage_lag, source_backlog
 
 from beamport import emulators, endpoints
 
@@ -151,7 +151,7 @@ def pubsub_echo(java: Java, path: str, engine: str) -> None:
     backlog = wait_for("no backlog", lambda: (b := source_backlog(api, job_id)) and set(b.values()) == {0} and b, 60)
     assert {step for step, _ in backlog} == {"Read/PubsubUnboundedSource/Read(PubsubSource)"}, backlog
     # ... and its stage's system lag (its subscription's oldest unacknowledged message's age): none waits now.
-    wait_for("the read's stage's lag at 0", lambda: (read_lag(api, job_id) or ("", -1))[1] == 0, 60, (api, job_id))
+    wait_for("the read's stage's lag at 0", lambda: read_stage_lag(api, job_id) == 0, 60, (api, job_id))
     if engine == "flink":
         assert flink_state(flink_endpoints(), job_id) == "RUNNING"
 

@@ -274,6 +274,12 @@ def stage_figures(api: Api, job_id: str) -> dict[str, dict]:
     return found
 
 
+def read_stage_lag(api: Api, job_id: str) -> float | None:
+    """The SystemLag of the stage of a Pub/Sub read that pulls (`read_lag`); None while it has none."""
+    found = read_lag(api, job_id)
+    return found[1] if found else None
+
+
 def read_lag(api: Api, job_id: str) -> tuple[str, float] | None:
     """The stage of a pipeline's Pub/Sub read that pulls (Beamport's reader), and its SystemLag; None while it has
     none. On Flink it is the vertex of the reader's one transform ("[1]Read/Read/Pull/Process..."). Prism names a

@@ -306,20 +306,15 @@ def _gauges(results, pipeline_proto: beam_runner_api_pb2.Pipeline) -> Iterable[t
             yield step, result.key.metric.namespace, result.key.metric.name, gauge.value
 
 
-def source_lags(results, pipeline_proto: beam_runner_api_pb2.Pipeline) -> dict[str, float]:
-    """What each source last said of its lag (its protocol.SOURCE_LAG_GAUGE: how long its oldest element not yet
-    committed has waited), in seconds, by the transform id of the step that said it: for `stage_metric_updates`."""
-    return {
+def stage_source_lags(figures: Mapping, results, pipeline_proto: beam_runner_api_pb2.Pipeline) -> dict[str, float]:
+    """The lag of each stage (by name) that runs a step whose source reports one (its protocol.SOURCE_LAG_GAUGE:
+    how long its oldest element not yet committed has waited, in ms), as far as the engine said which steps a stage
+    runs (StageFigures.transforms): the largest of its sources' lags, in seconds."""
+    lags = {
         step: round(value / 1000, 3)
-        for step, namespace, name, value in _gauges(results, pipeline_proto)
+        for step, namespace, name, value in (_gauges(results, pipeline_proto) if results is not None else ())
         if namespace == SOURCE_NAMESPACE and name == SOURCE_LAG_GAUGE
     }
-
-
-def stage_source_lags(figures: Mapping, results, pipeline_proto: beam_runner_api_pb2.Pipeline) -> dict[str, float]:
-    """The lag of each stage (by name) that runs a step whose source reports one (`source_lags`), as far as the
-    engine said which steps a stage runs (StageFigures.transforms): the largest of its sources' lags."""
-    lags = source_lags(results, pipeline_proto) if results is not None else {}
     if not lags:
         return {}
     step_ids = graph.transform_ids_by_name(pipeline_proto)
